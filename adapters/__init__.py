@@ -1,0 +1,1 @@
+"""Platform adapters. Each only translates: platform event -> core request, core message -> platform."""

@@ -1,0 +1,227 @@
+"""The playground: a local web chat that is its own platform (channels, threads, buttons, live updates).
+
+It is what ``baton run`` serves with no tokens. The page and the tests use its JSON API:
+``POST /api/messages``, ``POST /api/clicks``, ``GET /api/channels/{id}/messages``,
+``GET /api/threads/{id}/messages`` and the server-sent events stream ``GET /api/events``.
+The playground trusts the user name it is given: it is for trying Baton locally, never for
+deciding real approvals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from sqlalchemy import func, or_
+from sqlmodel import select
+
+from adapters.contract import Adapter
+from bot.messages import InboundClick, InboundMessage, Message
+from bot.outbox import Delivery
+from storage.db import insert_ignore
+from storage.models import PlaygroundMessage, utcnow
+
+PAGE = Path(__file__).parent / "playground_page"
+BOT_NAME = "baton"
+CHANNELS = [
+    {"id": "general", "name": "#general", "kind": "channel"},
+    {"id": "ops", "name": "#ops", "kind": "channel"},
+    {"id": "random", "name": "#random", "kind": "channel"},
+    {"id": "dm-baton", "name": "baton", "kind": "dm"},
+]
+CHANNEL_KINDS = {channel["id"]: channel["kind"] for channel in CHANNELS}
+USERS = ["alice", "bob", "carol", "dave"]
+MENTION = re.compile(rf"@{BOT_NAME}\b[:,]?", re.IGNORECASE)
+MAX_HTTP_TEXT = 100_000
+USER_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+class PostMessage(BaseModel):
+    channel: str
+    user: str = Field(pattern=USER_NAME)
+    text: str = Field(max_length=MAX_HTTP_TEXT)
+    thread_id: str | None = None
+    event_id: str | None = Field(None, max_length=200, description="Set it to simulate a platform redelivery.")
+
+
+class PostClick(BaseModel):
+    message_id: int
+    approval_id: str = Field(max_length=200)
+    action: Literal["approve", "reject"]
+    user: str = Field(pattern=USER_NAME)
+    event_id: str | None = Field(None, max_length=200)
+
+
+class PlaygroundAdapter(Adapter):
+    name = "playground"
+
+    def __init__(self, baton: Any) -> None:
+        super().__init__(baton)
+        self._changed = asyncio.Condition()
+
+    def mount(self, app: FastAPI) -> None:
+        router = APIRouter(prefix="/api", tags=["playground"])
+        router.add_api_route("/channels", self.channels, methods=["GET"])
+        router.add_api_route("/channels/{channel}/messages", self.channel_messages, methods=["GET"])
+        router.add_api_route("/threads/{thread_id}/messages", self.thread_messages, methods=["GET"])
+        router.add_api_route("/messages", self.post_message, methods=["POST"], status_code=201)
+        router.add_api_route("/clicks", self.post_click, methods=["POST"], status_code=202)
+        router.add_api_route("/events", self.events, methods=["GET"])
+        app.include_router(router)
+        app.mount("/static", StaticFiles(directory=PAGE), name="playground-static")
+        app.add_api_route("/", lambda: FileResponse(PAGE / "index.html"), methods=["GET"], include_in_schema=False)
+
+    # -- the HTTP API ----------------------------------------------------------------------------
+
+    async def channels(self) -> dict[str, Any]:
+        return {"channels": CHANNELS, "users": USERS, "bot": BOT_NAME}
+
+    async def channel_messages(self, channel: str, viewer: str | None = None) -> dict[str, Any]:
+        self._known_channel(channel)
+        async with self.baton.db.session() as session:
+            rows = (await session.exec(self._visible(viewer).where(
+                PlaygroundMessage.channel == channel, PlaygroundMessage.thread_id.is_(None))  # type: ignore[union-attr]
+                .order_by(PlaygroundMessage.id))).all()  # type: ignore[arg-type]
+            counts = dict((await session.exec(
+                select(PlaygroundMessage.thread_id, func.count()).where(
+                    PlaygroundMessage.channel == channel, PlaygroundMessage.thread_id.is_not(None),  # type: ignore[union-attr]
+                    or_(PlaygroundMessage.visible_to.is_(None), PlaygroundMessage.visible_to == viewer))  # type: ignore[union-attr]
+                .group_by(PlaygroundMessage.thread_id))).all())
+        return {"messages": [self._json(row, counts.get(str(row.id), 0)) for row in rows]}
+
+    async def thread_messages(self, thread_id: str, viewer: str | None = None) -> dict[str, Any]:
+        async with self.baton.db.session() as session:
+            root = await self._root(session, thread_id)
+            replies = (await session.exec(self._visible(viewer).where(PlaygroundMessage.thread_id == thread_id)
+                                          .order_by(PlaygroundMessage.id))).all()  # type: ignore[arg-type]
+        return {"root": self._json(root, len(replies)), "replies": [self._json(row) for row in replies]}
+
+    async def post_message(self, body: PostMessage) -> dict[str, Any]:
+        self._known_channel(body.channel)
+        if not body.text.strip():
+            raise HTTPException(400, "text must not be empty")
+        event_id = body.event_id or f"msg-{uuid.uuid4().hex}"
+        async with self.baton.db.session() as session:
+            if body.thread_id is not None:
+                root = await self._root(session, body.thread_id)
+                if root.channel != body.channel:
+                    raise HTTPException(400, f"thread {body.thread_id} is in #{root.channel}, not #{body.channel}")
+            now = utcnow()
+            await insert_ignore(session, PlaygroundMessage, {
+                "event_id": event_id, "channel": body.channel, "thread_id": body.thread_id, "user": body.user,
+                "text": body.text, "content": {"parts": [{"kind": "text", "text": body.text}]}, "is_bot": False,
+                "created_at": now, "updated_at": now, "revision": 1}, ["event_id"])
+            stored = (await session.exec(select(PlaygroundMessage).where(PlaygroundMessage.event_id == event_id))).one()
+        await self._notify()
+        thread = stored.thread_id or str(stored.id)
+        addressed = bool(MENTION.search(stored.text)) or CHANNEL_KINDS[stored.channel] == "dm"
+        accepted = await self.baton.accept_message(InboundMessage(
+            platform=self.name, channel=stored.channel, thread=thread, user=stored.user,
+            text=MENTION.sub("", stored.text).strip(), addressed=addressed, event_id=event_id))
+        return {"message": self._json(stored), "thread_id": thread, "delivery": accepted.status}
+
+    async def post_click(self, body: PostClick) -> dict[str, Any]:
+        async with self.baton.db.session() as session:
+            card = await session.get(PlaygroundMessage, body.message_id)
+        if card is None:
+            raise HTTPException(404, f"there is no message {body.message_id}")
+        if not any(part.get("kind") == "buttons" and part.get("approval_id") == body.approval_id
+                   for part in card.content.get("parts", [])):
+            raise HTTPException(400, "that message has no buttons for this approval (it may have been decided)")
+        accepted = await self.baton.accept_click(InboundClick(
+            platform=self.name, channel=card.channel, thread=card.thread_id or str(card.id), user=body.user,
+            approval_id=body.approval_id, action=body.action, event_id=body.event_id or f"click-{uuid.uuid4().hex}"))
+        return {"delivery": accepted.status}
+
+    async def events(self, request: Request, viewer: str | None = Query(None)) -> StreamingResponse:
+        return StreamingResponse(self._stream(request, viewer), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def _stream(self, request: Request, viewer: str | None) -> AsyncIterator[str]:
+        """Send each new or edited message once per revision. Other replicas write to the same
+        table, so this polls; the overlap window catches rows committed slightly out of order."""
+        seen: dict[int, int] = {}
+        cursor = utcnow()
+        yield ": connected\n\n"
+        while not await request.is_disconnected():
+            async with self.baton.db.session() as session:
+                rows = (await session.exec(self._visible(viewer).where(
+                    PlaygroundMessage.updated_at >= cursor - timedelta(seconds=5)).order_by(PlaygroundMessage.updated_at))).all()  # type: ignore[arg-type]
+            for row in rows:
+                if seen.get(row.id, 0) < row.revision:  # type: ignore[arg-type]
+                    seen[row.id] = row.revision  # type: ignore[index]
+                    yield f"data: {json.dumps({'type': 'message', 'message': self._json(row)})}\n\n"
+                cursor = max(cursor, row.updated_at)
+            async with self._changed:
+                try:
+                    await asyncio.wait_for(self._changed.wait(), 0.5)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+
+    # -- delivery: the core's messages become playground messages ---------------------------------
+
+    async def send(self, delivery: Delivery) -> str | None:
+        content = delivery.message.model_dump()
+        text = delivery.message.plain_text()
+        async with self.baton.db.session() as session:
+            target = await session.get(PlaygroundMessage, int(delivery.target_message_id)) \
+                if delivery.kind == "update" and delivery.target_message_id else None
+            if target is not None:
+                target.content, target.text = content, text
+                target.revision += 1
+                target.updated_at = utcnow()
+                session.add(target)
+                message_id = target.id
+            else:
+                row = PlaygroundMessage(channel=delivery.location.channel, thread_id=delivery.location.thread or None,
+                                        user=BOT_NAME, text=text, content=content, is_bot=True,
+                                        visible_to=delivery.target_user if delivery.kind == "ephemeral" else None)
+                session.add(row)
+                await session.flush()
+                message_id = row.id
+        await self._notify()
+        return str(message_id)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    @staticmethod
+    def _known_channel(channel: str) -> None:
+        if channel not in CHANNEL_KINDS:
+            raise HTTPException(404, f"there is no channel '{channel}'; channels: {', '.join(CHANNEL_KINDS)}")
+
+    @staticmethod
+    async def _root(session: Any, thread_id: str) -> PlaygroundMessage:
+        root = await session.get(PlaygroundMessage, int(thread_id)) if thread_id.isdigit() else None
+        if root is None or root.thread_id is not None:
+            raise HTTPException(404, f"there is no thread {thread_id}")
+        return root
+
+    @staticmethod
+    def _visible(viewer: str | None) -> Any:
+        return select(PlaygroundMessage).where(
+            or_(PlaygroundMessage.visible_to.is_(None), PlaygroundMessage.visible_to == viewer))  # type: ignore[union-attr]
+
+    @staticmethod
+    def _json(row: PlaygroundMessage, reply_count: int = 0) -> dict[str, Any]:
+        content = Message.model_validate(row.content).model_dump()
+        for part in content["parts"]:
+            if part["kind"] == "link":
+                part["url"] = f"/#/c/{part['channel']}/t/{part['thread']}"
+        return {"id": row.id, "channel": row.channel, "thread_id": row.thread_id, "user": row.user, "text": row.text,
+                "content": content, "is_bot": row.is_bot, "ephemeral": row.visible_to is not None,
+                "created_at": row.created_at.isoformat(), "updated_at": row.updated_at.isoformat(),
+                "revision": row.revision, "reply_count": reply_count}

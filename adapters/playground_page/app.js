@@ -1,0 +1,437 @@
+// Baton's playground: a tiny Slack-like chat page. Vanilla JS, no build step.
+'use strict';
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const enc = encodeURIComponent;
+  const USER_KEY = 'batonPlayground.user';
+  const TONES = ['info', 'progress', 'success', 'warning', 'error', 'approval'];
+  const S = {
+    channels: [], users: [], bot: 'baton', user: '',
+    channel: null, thread: null,          // what is open (ids as strings)
+    msgs: new Map(),                      // String(id) -> newest Message we know
+    es: null, down: false, unread: new Set(),
+  };
+  let chanSeq = 0, threadSeq = 0;
+
+  // ---------- helpers ----------
+  const ESC = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' };
+  const esc = (s) => String(s == null ? '' : s).replace(/[&<>"']/g, (c) => ESC[c]);
+  const dec = (s) => { try { return decodeURIComponent(s); } catch (_) { return s; } };
+  const key = (id) => String(id);
+  const isTop = (m) => m.thread_id == null || m.thread_id === '' || key(m.thread_id) === key(m.id);
+  const rev = (m) => Number(m && m.revision) || 0;
+  const byId = (a, b) => (Number(a.id) - Number(b.id)) || String(a.created_at).localeCompare(String(b.created_at));
+
+  // escaped text with `inline code` and highlighted @mentions (input is raw text)
+  function inline(text) {
+    const segs = String(text == null ? '' : text).split('`');
+    return segs.map((seg, i) => {
+      if (i % 2 === 1 && i < segs.length - 1) return '<code>' + esc(seg) + '</code>';
+      return (i % 2 === 1 ? '`' : '') +
+        esc(seg).replace(/(^|[^\w@])@([\w.-]*\w)/g, '$1<span class="mention">@$2</span>');
+    }).join('');
+  }
+
+  function fmtTime(iso) {
+    const d = new Date(iso);
+    if (isNaN(d)) return '';
+    const t = d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+    if (d.toDateString() === new Date().toDateString()) return t;
+    return d.toLocaleDateString([], { month: 'short', day: 'numeric' }) + ' ' + t;
+  }
+
+  function hue(name) {
+    let h = 7;
+    for (const c of String(name)) h = (h * 31 + c.charCodeAt(0)) % 360;
+    return h;
+  }
+
+  function detailText(data, res) {
+    const d = data && data.detail;
+    if (typeof d === 'string' && d) return d;
+    if (Array.isArray(d)) return d.map((x) => (x && x.msg) || JSON.stringify(x)).join('; ');
+    if (d) return JSON.stringify(d);
+    return 'Request failed (' + res.status + (res.statusText ? ' ' + res.statusText : '') + ')';
+  }
+
+  async function api(path, opts = {}) {
+    const init = { method: opts.method || 'GET', headers: { Accept: 'application/json' } };
+    if (opts.body) {
+      init.headers['Content-Type'] = 'application/json';
+      init.body = JSON.stringify(opts.body);
+    }
+    let res;
+    try { res = await fetch(path, init); } catch (_) { throw new Error('Could not reach the server. Is it running?'); }
+    let data = null;
+    try { data = await res.json(); } catch (_) { /* empty or non-JSON body */ }
+    if (!res.ok) throw new Error(detailText(data, res));
+    return data || {};
+  }
+
+  function showErr(el, msg) { el.textContent = msg; el.hidden = !msg; }
+  const nearBottom = (el) => el.scrollHeight - el.scrollTop - el.clientHeight < 80;
+  const chanName = (id) => { const c = S.channels.find((x) => x.id === id); return c ? c.name : '#' + id; };
+
+  // ---------- message store ----------
+  function merge(m) { // from a fetch: keep the newer (or equal, to refresh reply_count)
+    const cur = S.msgs.get(key(m.id));
+    if (!cur || rev(cur) <= rev(m)) S.msgs.set(key(m.id), m);
+  }
+  function fresh(m) { // from an event/POST: only strictly newer revisions count
+    const cur = S.msgs.get(key(m.id));
+    if (cur && rev(cur) >= rev(m)) return false;
+    S.msgs.set(key(m.id), m);
+    return true;
+  }
+  function replyCount(root) {
+    const id = key(root.id);
+    let n = 0;
+    for (const r of S.msgs.values()) if (!isTop(r) && key(r.thread_id) === id) n++;
+    return Math.max(Number(root.reply_count) || 0, n);
+  }
+  const repliesText = (n) => n + (n === 1 ? ' reply' : ' replies');
+
+  // ---------- rendering ----------
+  function linkHref(p) {
+    if (p.channel) return '#/c/' + enc(p.channel) + (p.thread != null && p.thread !== '' ? '/t/' + enc(p.thread) : '');
+    if (p.url && /^(https?:|#|\/)/i.test(p.url)) return p.url;
+    return '#';
+  }
+
+  function renderPart(p) {
+    p = p || {};
+    switch (p.kind) {
+      case 'code':
+        return '<pre class="part part-code"><code>' + esc(p.text) + '</code></pre>';
+      case 'note':
+        return '<div class="part part-note">' + inline(p.text) + '</div>';
+      case 'link': {
+        const href = linkHref(p);
+        const ext = /^https?:/i.test(href) ? ' target="_blank" rel="noopener noreferrer"' : '';
+        return '<div class="part part-link"><a href="' + esc(href) + '"' + ext + '>' + esc(p.label || p.url || 'open') + '</a></div>';
+      }
+      case 'buttons': {
+        const a = esc(p.approval_id);
+        return '<div class="part part-buttons">' +
+          '<button type="button" class="approve" data-approval-id="' + a + '" data-action="approve">' + esc(p.approve_label || 'Approve') + '</button>' +
+          '<button type="button" class="reject" data-approval-id="' + a + '" data-action="reject">' + esc(p.reject_label || 'Reject') + '</button>' +
+          '<div class="error buttons-error" role="alert" hidden></div></div>';
+      }
+      default:
+        return '<div class="part part-text">' + inline(p.text) + '</div>';
+    }
+  }
+
+  function replyLinkHtml(m) {
+    const n = replyCount(m);
+    return '<a class="replies-link' + (n ? '' : ' empty') + '" data-reply-count="' + n + '" href="#/c/' +
+      esc(enc(m.channel)) + '/t/' + esc(enc(key(m.id))) + '">' + (n ? repliesText(n) : 'Reply in thread') + '</a>';
+  }
+
+  function messageEl(m, inThread) {
+    const c = m.content || {};
+    const tone = m.is_bot && TONES.includes(c.tone) ? c.tone : null;
+    const el = document.createElement('div');
+    el.className = 'message' + (m.is_bot ? ' bot' : '') + (m.ephemeral ? ' ephemeral' : '') + (tone ? ' tone-' + tone : '');
+    el.dataset.messageId = key(m.id);
+    if (!inThread && key(m.id) === S.thread) el.classList.add('selected');
+    const parts = Array.isArray(c.parts) && c.parts.length ? c.parts : [{ kind: 'text', text: m.text }];
+    const when = new Date(m.created_at);
+    el.innerHTML =
+      '<div class="avatar" style="background:hsl(' + hue(m.user) + ',50%,' + (m.is_bot ? '32%' : '46%') + ')">' +
+        esc(String(m.user || '?').charAt(0).toUpperCase()) + '</div>' +
+      '<div class="body"><div class="meta"><span class="author">' + esc(m.user) + '</span>' +
+        (m.is_bot ? '<span class="app-badge">APP</span>' : '') +
+        '<time datetime="' + esc(m.created_at) + '" title="' + esc(isNaN(when) ? '' : when.toLocaleString()) + '">' + esc(fmtTime(m.created_at)) + '</time>' +
+        (m.ephemeral ? '<span class="ephemeral-label">Only visible to you</span>' : '') + '</div>' +
+        (c.title ? '<div class="title">' + inline(c.title) + '</div>' : '') +
+        parts.map(renderPart).join('') +
+        (!inThread && isTop(m) && !m.ephemeral ? replyLinkHtml(m) : '') +
+      '</div>';
+    return el;
+  }
+
+  function upsert(list, m, inThread) {
+    const el = messageEl(m, inThread);
+    const old = list.querySelector('.message[data-message-id="' + CSS.escape(key(m.id)) + '"]');
+    if (old) { old.replaceWith(el); return; }
+    const stick = nearBottom(list);
+    const empty = list.querySelector('.empty');
+    if (empty) empty.remove();
+    const next = [...list.querySelectorAll('.message')].find((e) => {
+      const o = S.msgs.get(e.dataset.messageId);
+      return o && byId(o, m) > 0;
+    });
+    list.insertBefore(el, next || null);
+    if (stick) list.scrollTop = list.scrollHeight;
+  }
+
+  function refreshReplies(tid) {
+    const root = S.msgs.get(tid);
+    if (!root) return;
+    document.querySelectorAll('#messages .message[data-message-id="' + CSS.escape(tid) + '"] .replies-link')
+      .forEach((a) => { a.outerHTML = replyLinkHtml(root); });
+    const div = $('thread-count');
+    if (div && S.thread === tid) div.textContent = repliesText(replyCount(root));
+  }
+
+  function renderSidebar() {
+    for (const [listId, dm] of [['channel-list', false], ['dm-list', true]]) {
+      const items = S.channels.filter((c) => (c.kind === 'dm') === dm);
+      $(listId).innerHTML = items.map((c) =>
+        '<li><a class="channel-link' + (c.id === S.channel ? ' active' : '') + (S.unread.has(c.id) ? ' unread' : '') +
+        '" data-channel="' + esc(c.id) + '" href="#/c/' + esc(enc(c.id)) + '">' + esc(c.name) + '</a></li>').join('');
+      if (dm) $(listId).parentElement.hidden = !items.length;
+    }
+  }
+
+  function renderChannel() {
+    const list = $('messages');
+    const ms = [...S.msgs.values()].filter((m) => m.channel === S.channel && isTop(m)).sort(byId);
+    list.replaceChildren(...ms.map((m) => messageEl(m, false)));
+    if (!ms.length) {
+      list.innerHTML = '<div class="empty">No messages yet. Say hi, or try <code>@' + esc(S.bot) + ' help</code>.</div>';
+    }
+    list.scrollTop = list.scrollHeight;
+  }
+
+  function renderThread() {
+    const tid = S.thread, root = S.msgs.get(tid);
+    if (!root) return;
+    const replies = [...S.msgs.values()].filter((m) => !isTop(m) && key(m.thread_id) === tid).sort(byId);
+    const div = document.createElement('div');
+    div.className = 'thread-divider';
+    div.id = 'thread-count';
+    div.textContent = repliesText(replyCount(root));
+    const rootEl = messageEl(root, true);
+    rootEl.classList.add('thread-root');
+    $('thread-messages').replaceChildren(rootEl, div, ...replies.map((m) => messageEl(m, true)));
+    $('thread-channel').textContent = chanName(root.channel);
+    $('thread-messages').scrollTop = $('thread-messages').scrollHeight;
+  }
+
+  // ---------- loading & routing ----------
+  async function loadChannel(quiet) {
+    const seq = ++chanSeq, ch = S.channel, list = $('messages');
+    const name = chanName(ch);
+    $('channel-title').textContent = name;
+    $('composer').placeholder = 'Message ' + name;
+    document.title = name + " · Baton's playground";
+    S.unread.delete(ch);
+    renderSidebar();
+    if (!quiet) list.innerHTML = '<div class="empty">Loading…</div>';
+    try {
+      const d = await api('/api/channels/' + enc(ch) + '/messages?viewer=' + enc(S.user));
+      (d.messages || []).forEach(merge);
+      if (seq === chanSeq) renderChannel();
+    } catch (e) {
+      if (seq === chanSeq) list.innerHTML = '<div class="empty load-error">' + esc(e.message) + '</div>';
+    }
+  }
+
+  async function loadThread() {
+    const seq = ++threadSeq, tid = S.thread;
+    $('thread-pane').hidden = false;
+    document.body.classList.add('thread-open');
+    markSelected();
+    if (S.msgs.has(tid)) renderThread();
+    else $('thread-messages').innerHTML = '<div class="empty">Loading…</div>';
+    try {
+      const d = await api('/api/threads/' + enc(tid) + '/messages?viewer=' + enc(S.user));
+      if (d.root) merge(d.root);
+      (d.replies || []).forEach(merge);
+      if (seq === threadSeq) { renderThread(); refreshReplies(tid); }
+    } catch (e) {
+      if (seq === threadSeq) $('thread-messages').innerHTML = '<div class="empty load-error">' + esc(e.message) + '</div>';
+    }
+  }
+
+  function closeThread() {
+    ++threadSeq;
+    $('thread-pane').hidden = true;
+    document.body.classList.remove('thread-open');
+    showErr($('thread-composer-error'), '');
+    markSelected();
+  }
+
+  function markSelected() {
+    document.querySelectorAll('#messages .message')
+      .forEach((e) => e.classList.toggle('selected', e.dataset.messageId === S.thread));
+  }
+
+  function route() {
+    const m = location.hash.match(/^#\/c\/([^/]+)(?:\/t\/([^/]+))?\/?$/);
+    if (!m) {
+      if (S.channels.length) { history.replaceState(null, '', '#/c/' + enc(S.channels[0].id)); route(); }
+      return;
+    }
+    const ch = dec(m[1]), tid = m[2] ? dec(m[2]) : null;
+    if (ch !== S.channel) { S.channel = ch; loadChannel(); if (!tid) $('composer').focus(); }
+    $('thread-close').href = '#/c/' + enc(ch);
+    if (tid !== S.thread) {
+      S.thread = tid;
+      if (tid) { loadThread(); $('thread-composer').focus(); } else closeThread();
+    }
+  }
+
+  function reloadAll(quiet) {
+    if (S.channel) loadChannel(quiet);
+    if (S.thread) loadThread();
+  }
+
+  // ---------- live updates ----------
+  function ingest(m, own) {
+    const isNew = !S.msgs.has(key(m.id));
+    if (!fresh(m)) return;
+    if (isTop(m)) {
+      if (m.channel === S.channel) upsert($('messages'), m, false);
+      else if (isNew && !own && S.channels.some((c) => c.id === m.channel)) { S.unread.add(m.channel); renderSidebar(); }
+      if (S.thread === key(m.id)) {
+        const list = $('thread-messages'), old = list.querySelector('.thread-root');
+        if (old) { const el = messageEl(m, true); el.classList.add('thread-root'); old.replaceWith(el); }
+      }
+    } else {
+      const tid = key(m.thread_id);
+      if (S.thread === tid && $('thread-count')) upsert($('thread-messages'), m, true);
+      refreshReplies(tid);
+    }
+  }
+
+  function setStatus(ok) {
+    const s = $('conn-status');
+    s.className = 'conn-status ' + (ok ? 'online' : 'offline');
+    s.title = ok ? 'Live' : 'Reconnecting…';
+  }
+
+  function connect() {
+    if (S.es) S.es.close();
+    const es = new EventSource('/api/events?viewer=' + enc(S.user));
+    S.es = es;
+    es.onopen = () => {
+      setStatus(true);
+      if (S.down) { S.down = false; reloadAll(true); } // catch up on anything missed
+    };
+    es.onerror = () => {
+      setStatus(false);
+      S.down = true;
+      // the browser retries by itself unless the stream was refused outright
+      if (es.readyState === EventSource.CLOSED) setTimeout(() => { if (S.es === es) connect(); }, 3000);
+    };
+    es.onmessage = (ev) => {
+      let d;
+      try { d = JSON.parse(ev.data); } catch (_) { return; }
+      if (d && d.type === 'message' && d.message) ingest(d.message, false);
+    };
+  }
+
+  // ---------- actions ----------
+  async function send(box, errEl, threadId) {
+    const text = box.value;
+    if (!text.trim() || box.dataset.busy) return;
+    const root = threadId && S.msgs.get(threadId);
+    const body = { channel: (root && root.channel) || S.channel, user: S.user, text };
+    if (threadId) body.thread_id = threadId;
+    box.dataset.busy = '1';
+    try {
+      const d = await api('/api/messages', { method: 'POST', body });
+      showErr(errEl, '');
+      if (box.value === text) { box.value = ''; autosize(box); }
+      if (d.message) ingest(d.message, true);
+      const list = threadId ? $('thread-messages') : $('messages');
+      list.scrollTop = list.scrollHeight;
+    } catch (e) {
+      showErr(errEl, e.message);
+    } finally {
+      delete box.dataset.busy;
+      box.focus();
+    }
+  }
+
+  async function click(btn) {
+    const part = btn.closest('.part-buttons'), msgEl = btn.closest('.message');
+    const err = part.querySelector('.buttons-error'), btns = part.querySelectorAll('button');
+    const msg = S.msgs.get(msgEl.dataset.messageId);
+    btns.forEach((b) => { b.disabled = true; });
+    showErr(err, '');
+    try {
+      await api('/api/clicks', {
+        method: 'POST',
+        body: { message_id: msg ? msg.id : Number(msgEl.dataset.messageId), approval_id: btn.dataset.approvalId, action: btn.dataset.action, user: S.user },
+      });
+    } catch (e) {
+      showErr(err, e.message);
+    } finally {
+      btns.forEach((b) => { b.disabled = false; });
+    }
+  }
+
+  function autosize(box) {
+    box.style.height = 'auto';
+    box.style.height = Math.min(box.scrollHeight, 200) + 'px';
+  }
+
+  function wireComposer(formId, boxId, errId, threadOf) {
+    const form = $(formId), box = $(boxId), err = $(errId);
+    form.addEventListener('submit', (e) => { e.preventDefault(); send(box, err, threadOf()); });
+    box.addEventListener('keydown', (e) => {
+      if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) { e.preventDefault(); send(box, err, threadOf()); }
+    });
+    box.addEventListener('input', () => autosize(box));
+  }
+
+  // ---------- boot ----------
+  async function boot() {
+    let d;
+    try {
+      d = await api('/api/channels');
+    } catch (e) {
+      $('messages').innerHTML = '<div class="empty load-error">' + esc(e.message) + ' Retrying…</div>';
+      setTimeout(boot, 3000);
+      return;
+    }
+    S.channels = d.channels || [];
+    S.users = d.users || [];
+    S.bot = d.bot || 'baton';
+    let saved = null;
+    try { saved = localStorage.getItem(USER_KEY); } catch (_) { /* storage unavailable */ }
+    S.user = S.users.includes(saved) ? saved : (S.users[0] || '');
+    $('user-picker').innerHTML = S.users.map((u) =>
+      '<option value="' + esc(u) + '"' + (u === S.user ? ' selected' : '') + '>' + esc(u) + '</option>').join('');
+    $('bot-name').textContent = '@' + S.bot;
+    $('hint').innerHTML = 'mention <code>@' + esc(S.bot) + '</code> to talk to the bot, e.g. <code class="example">@' +
+      esc(S.bot) + ' help</code>';
+    if (!S.channels.length) $('messages').innerHTML = '<div class="empty">No channels yet.</div>';
+    renderSidebar();
+    connect();
+    window.addEventListener('hashchange', route);
+    route();
+  }
+
+  wireComposer('composer-form', 'composer', 'composer-error', () => null);
+  wireComposer('thread-composer-form', 'thread-composer', 'thread-composer-error', () => S.thread);
+
+  $('user-picker').addEventListener('change', (e) => {
+    S.user = e.target.value;
+    try { localStorage.setItem(USER_KEY, S.user); } catch (_) { /* ignore */ }
+    S.msgs.clear();
+    S.unread.clear();
+    connect();
+    reloadAll(false);
+  });
+
+  document.addEventListener('click', (e) => {
+    const btn = e.target.closest('.part-buttons button[data-action]');
+    if (btn) { click(btn); return; }
+    if (e.target.closest('#hint code.example')) {
+      const box = $('composer');
+      box.value = e.target.textContent;
+      box.focus();
+    }
+  });
+
+  document.addEventListener('keydown', (e) => {
+    if (e.key === 'Escape' && S.thread && S.channel) location.hash = '#/c/' + enc(S.channel);
+  });
+
+  boot();
+})();

@@ -1,0 +1,122 @@
+"""``Baton``: the hub that wires settings, storage, graphs, the request path and the adapters."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+from contextlib import AsyncExitStack
+from datetime import timedelta
+from importlib.metadata import entry_points
+from typing import Any
+
+from sqlalchemy import update
+from sqlmodel import select
+
+from bot.config import BatonConfig, load_config
+from bot.messages import Accepted, InboundClick, InboundMessage
+from bot.orchestrator import Orchestrator
+from bot.outbox import Outbox
+from bot.registry import GraphRegistry
+from bot.runtime import GraphRuntime
+from bot.settings import Settings
+from storage.checkpointer import open_checkpointer
+from storage.db import Database
+from storage.migrate import upgrade
+from storage.models import ThreadRecord, utcnow
+
+log = logging.getLogger("baton")
+SWEEP_INTERVAL = 1.0
+RETENTION_INTERVAL = 600.0
+
+
+def discover_adapters() -> dict[str, type[Any]]:
+    """Adapter classes registered under the ``baton.adapters`` entry point (the core imports none)."""
+    return {point.name: point.load() for point in entry_points(group="baton.adapters")}
+
+
+class Baton:
+    """One Baton process. ``async with Baton(settings) as baton:`` starts it; adapters attach to it."""
+
+    def __init__(self, settings: Settings, config: BatonConfig | None = None) -> None:
+        self.settings = settings
+        self.config = config if config is not None else load_config(settings.config_path)
+        self.instance = settings.instance_name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.db = Database(settings.database_url)
+        self.registry = GraphRegistry.discover()
+        self.outbox = Outbox(self.db)
+        self.adapters: list[Any] = [adapter_class(self) for adapter_class in self._selected_adapters()]
+        self._stack = AsyncExitStack()
+        self._loops: list[asyncio.Task[None]] = []
+        self.orchestrator: Orchestrator | None = None
+
+    async def __aenter__(self) -> Baton:
+        await asyncio.to_thread(upgrade, self.settings.database_url)
+        checkpointer = await self._stack.enter_async_context(open_checkpointer(self.settings.database_url))
+        self.runtime = GraphRuntime(self.registry, checkpointer)
+        self.orchestrator = Orchestrator(self.settings, self.config, self.db, self.registry, self.runtime,
+                                         self.outbox, self.instance)
+        for adapter in self.adapters:
+            await adapter.start()
+        self._loops = [asyncio.create_task(self._every(SWEEP_INTERVAL, self.orchestrator.sweep)),
+                       asyncio.create_task(self._every(RETENTION_INTERVAL, self.prune_checkpoints))]
+        log.info("Baton %s started with adapters: %s", self.instance, ", ".join(a.name for a in self.adapters) or "none")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        for adapter in reversed(self.adapters):
+            await adapter.stop()
+        if self.orchestrator:
+            await self.orchestrator.stop()
+        await self._stack.aclose()
+        await self.db.dispose()
+
+    def _selected_adapters(self) -> list[type[Any]]:
+        available = discover_adapters()
+        wanted = self.settings.enabled_adapters()
+        if wanted is not None:
+            unknown = wanted - set(available)
+            if unknown:
+                raise ValueError(f"BATON_ADAPTERS names unknown adapters: {', '.join(sorted(unknown))}")
+            return [available[name] for name in sorted(wanted)]
+        configured = [cls for name, cls in available.items() if name != "playground" and cls.is_configured(self.settings)]
+        # With no platform configured, the playground is the zero-config default. It trusts the
+        # user name it is given, so it is never served beside a real platform unless asked for.
+        return configured or [available["playground"]]
+
+    async def accept_message(self, message: InboundMessage) -> Accepted:
+        assert self.orchestrator is not None, "Baton is not started"
+        return await self.orchestrator.accept_message(message)
+
+    async def accept_click(self, click: InboundClick) -> Accepted:
+        assert self.orchestrator is not None, "Baton is not started"
+        return await self.orchestrator.accept_click(click)
+
+    async def prune_checkpoints(self) -> int:
+        """Delete the checkpoints of threads finished longer ago than the retention setting."""
+        cutoff = utcnow() - timedelta(hours=self.settings.checkpoint_retention_hours)
+        async with self.db.session() as session:
+            records = (await session.exec(select(ThreadRecord).where(
+                ThreadRecord.status.in_(("done", "failed", "idle")),  # type: ignore[attr-defined]
+                ThreadRecord.updated_at < cutoff, ThreadRecord.pruned_at.is_(None),  # type: ignore[union-attr]
+            ).limit(500))).all()
+        for record in records:
+            await self.runtime.forget(record.lg_thread_id)
+            async with self.db.session() as session:
+                await session.exec(update(ThreadRecord).where(ThreadRecord.id == record.id,  # type: ignore[arg-type]
+                                   ThreadRecord.updated_at == record.updated_at).values(pruned_at=utcnow()))
+        return len(records)
+
+    @staticmethod
+    async def _every(seconds: float, job: Any) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await job()
+            except Exception:
+                log.exception("background job %s failed", getattr(job, "__name__", job))

@@ -1,0 +1,43 @@
+"""Who may decide an approval, and the atomic "first valid decision wins"."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import update
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from storage.models import Approval
+
+
+def is_approver(approvers: list[str], platform: str, user: str) -> bool:
+    """``alice`` matches alice on every platform; ``slack:U1`` only on Slack."""
+    return user in approvers or f"{platform}:{user}" in approvers
+
+
+def refusal(approval: Approval, platform: str, user: str) -> str | None:
+    """Why ``user`` may not decide ``approval``, or ``None`` when they may."""
+    if approval.risk == "high" and user == approval.requested_by:
+        return "You asked for this high-risk action, so someone else has to approve or reject it."
+    if not approval.approvers:
+        return "Nobody is configured to approve this (add `approvers` in baton.yaml)."
+    if not is_approver(approval.approvers, platform, user):
+        return f"Only {', '.join(approval.approvers)} can decide this."
+    return None
+
+
+async def decide(session: AsyncSession, approval_id: str, approved: bool, user: str, at: datetime, event_id: int) -> bool:
+    """Record the decision only if nobody decided first; true when this decision won."""
+    result = await session.exec(
+        update(Approval)
+        .where(Approval.id == approval_id, Approval.status == "pending")  # type: ignore[arg-type]
+        .values(status="approved" if approved else "rejected", decided_by=user, decided_at=at, decided_event_id=event_id)
+    )
+    return bool(result.rowcount)
+
+
+def resume_value(approval: Approval) -> dict[str, object]:
+    """What ``interrupt()`` returns to the graph (``bot.kit.Decision.from_resume`` reads it)."""
+    assert approval.decided_at is not None
+    return {"approved": approval.status == "approved", "by": approval.decided_by, "at": approval.decided_at.isoformat(),
+            "approval_id": approval.id}

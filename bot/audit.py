@@ -1,0 +1,42 @@
+"""The audit log: append-only, one correlation id from chat event to run, approval and effect."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from storage.models import AuditEntry
+
+log = logging.getLogger("baton.audit")
+
+
+def record(
+    session: AsyncSession,
+    kind: str,
+    correlation_id: str,
+    *,
+    platform: str | None = None,
+    channel: str | None = None,
+    thread: str | None = None,
+    user: str | None = None,
+    run_id: int | None = None,
+    approval_id: str | None = None,
+    **detail: Any,
+) -> None:
+    """Add an audit entry to the caller's transaction (it lands or vanishes with that work)."""
+    session.add(
+        AuditEntry(
+            kind=kind,
+            correlation_id=correlation_id,
+            platform=platform,
+            channel=channel,
+            thread=thread,
+            user=user,
+            run_id=run_id,
+            approval_id=approval_id,
+            detail=detail,
+        )
+    )
+    log.info("%s correlation=%s run=%s approval=%s", kind, correlation_id, run_id, approval_id)

@@ -1,0 +1,121 @@
+"""The ``baton`` command line (Typer)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any
+
+import typer
+from sqlmodel import select
+
+from bot.config import ConfigError, load_config
+from bot.registry import GraphRegistry
+from bot.settings import Settings
+from storage.db import Database
+from storage.migrate import upgrade
+from storage.models import Approval, ThreadRecord
+
+app = typer.Typer(help="Baton: chat-ops orchestrator.", no_args_is_help=True, add_completion=False)
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+def _settings_and_config() -> tuple[Settings, Any]:
+    settings = Settings()
+    try:
+        return settings, load_config(settings.config_path)
+    except ConfigError as exc:
+        typer.secho(f"Baton cannot start: {settings.config_path} is not valid:\n{exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def run() -> None:
+    """Start Baton: the HTTP server, the adapters, and the background loops."""
+    import uvicorn
+
+    from bot.server import create_app
+
+    settings, config = _settings_and_config()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        web = create_app(settings, config)
+    except ValueError as exc:
+        typer.secho(f"Baton cannot start: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    names = ", ".join(adapter.name for adapter in web.state.baton.adapters)
+    typer.echo(f"Baton is starting with: {names}")
+    if "playground" in names:
+        typer.echo(f"Playground: {settings.base_url}/")
+    uvicorn.run(web, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+
+
+@app.command()
+def graphs() -> None:
+    """List the graphs Baton found in graphs/ and the runbooks of baton.yaml."""
+    _, config = _settings_and_config()
+    for spec in GraphRegistry.discover():
+        typer.echo(f"{spec.name:<12} {spec.description}  (e.g. `{spec.example}`)")
+    for name, runbook in config.runbooks.items():
+        typer.echo(f"run {name:<8} {runbook.description}  [risk {runbook.risk}]")
+
+
+@app.command()
+def threads(limit: int = typer.Option(20, help="How many, newest first.")) -> None:
+    """Show recent thread records: where, which graph, status."""
+
+    async def show() -> None:
+        database = Database(Settings().database_url)
+        try:
+            async with database.session() as session:
+                rows = (await session.exec(select(ThreadRecord).order_by(ThreadRecord.updated_at.desc()).limit(limit))).all()  # type: ignore[attr-defined]
+        finally:
+            await database.dispose()
+        for row in rows:
+            typer.echo(f"{row.updated_at:%Y-%m-%d %H:%M} {row.platform}/{row.channel}/{row.thread:<10} "
+                       f"{row.status:<8} {row.graph or '-':<10} {row.title or ''}")
+
+    _ready()
+    asyncio.run(show())
+
+
+@app.command()
+def approvals(all_: bool = typer.Option(False, "--all", help="Include decided approvals.")) -> None:
+    """Show approvals waiting for a human (or all of them)."""
+
+    async def show() -> None:
+        database = Database(Settings().database_url)
+        try:
+            async with database.session() as session:
+                query = select(Approval).order_by(Approval.created_at.desc())  # type: ignore[attr-defined]
+                if not all_:
+                    query = query.where(Approval.status == "pending")
+                rows = (await session.exec(query.limit(100))).all()
+        finally:
+            await database.dispose()
+        if not rows:
+            typer.echo("No approvals." if all_ else "Nothing is waiting for approval.")
+        for row in rows:
+            decided = f" by {row.decided_by}" if row.decided_by else ""
+            typer.echo(f"{row.created_at:%Y-%m-%d %H:%M} {row.id} {row.status}{decided} [{row.risk}] "
+                       f"{row.summary.splitlines()[0][:80]} (asked by {row.requested_by}; approvers: {', '.join(row.approvers)})")
+
+    _ready()
+    asyncio.run(show())
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head")) -> None:
+    """Apply the database migrations (also done automatically by `baton run`)."""
+    upgrade(Settings().database_url, revision)
+    typer.echo("Database is up to date.")
+
+
+def _ready() -> None:
+    upgrade(Settings().database_url)
+
+
+if __name__ == "__main__":
+    sys.exit(app())

@@ -1,0 +1,164 @@
+"""``baton.yaml``: approvers, runbooks and per-graph policy, validated with line numbers.
+
+A runbook's command is an argument list with ``{placeholders}``; it is never run through a shell,
+and every placeholder must be a declared argument with a validation pattern.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Risk = Literal["low", "high"]
+NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,40}$"
+
+
+class ConfigError(Exception):
+    """``baton.yaml`` is wrong; the message names the file, line and what is wrong."""
+
+
+class Argument(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pattern: str = Field(description="Regular expression the whole value must match.")
+    description: str = ""
+    default: str | None = None
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression: {exc}") from exc
+        return value
+
+
+class Runbook(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    description: str
+    command: list[str] = Field(min_length=1)
+    args: dict[str, Argument] = Field(default_factory=dict)
+    risk: Risk = "low"
+    approvers: list[str] | None = None
+    timeout: float = Field(60.0, gt=0, le=24 * 3600)
+    example: str | None = None
+
+    @model_validator(mode="after")
+    def _placeholders_are_declared(self) -> Runbook:
+        for part in self.command:
+            for _, field, _, _ in string.Formatter().parse(part):
+                if field is not None and field not in self.args:
+                    raise ValueError(f"command uses {{{field}}} but no argument '{field}' is declared")
+        return self
+
+    def validate_args(self, given: dict[str, str]) -> dict[str, str]:
+        """Return the full argument set, or raise ``ValueError`` with a message fit for chat."""
+        unknown = sorted(set(given) - set(self.args))
+        if unknown:
+            raise ValueError(f"unknown argument(s): {', '.join(unknown)}; expected: {self.usage_args() or 'none'}")
+        values: dict[str, str] = {}
+        for name, spec in self.args.items():
+            value = given.get(name, spec.default)
+            if value is None:
+                raise ValueError(f"missing argument `{name}` ({spec.description or spec.pattern})")
+            if not re.fullmatch(spec.pattern, value):
+                raise ValueError(f"`{name}={value}` does not match the allowed pattern `{spec.pattern}`")
+            values[name] = value
+        return values
+
+    def argv(self, values: dict[str, str]) -> list[str]:
+        return [part.format(**values) for part in self.command]
+
+    def usage_args(self) -> str:
+        return " ".join(f"{name}=<{spec.description or name}>" for name, spec in self.args.items())
+
+
+class GraphPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    approvers: list[str] | None = None
+    risk: Risk = "high"
+
+
+class BatonConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    approvers: list[str] = Field(default_factory=list)
+    runbooks: dict[str, Runbook] = Field(default_factory=dict)
+    graphs: dict[str, GraphPolicy] = Field(default_factory=dict)
+
+    @field_validator("runbooks")
+    @classmethod
+    def _runbook_names(cls, value: dict[str, Runbook]) -> dict[str, Runbook]:
+        for name in value:
+            if not re.fullmatch(NAME_PATTERN, name):
+                raise ValueError(f"runbook name '{name}' must match {NAME_PATTERN}")
+        return value
+
+    def approvers_for_runbook(self, name: str) -> list[str]:
+        runbook = self.runbooks[name]
+        return runbook.approvers if runbook.approvers is not None else self.approvers
+
+    def policy_for_graph(self, graph: str) -> GraphPolicy:
+        return self.graphs.get(graph) or GraphPolicy(approvers=None)
+
+    def approvers_for_graph(self, graph: str) -> list[str]:
+        policy = self.policy_for_graph(graph)
+        return policy.approvers if policy.approvers is not None else self.approvers
+
+
+def load_config(path: Path) -> BatonConfig:
+    """Load and validate ``baton.yaml``. A missing file means an empty configuration."""
+    if not path.exists():
+        return BatonConfig()
+    text = path.read_text(encoding="utf-8")
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "unknown line"
+        raise ConfigError(f"{path}: {where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    if data is None:
+        return BatonConfig()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: line 1: the top level must be a mapping (approvers, runbooks, graphs)")
+    try:
+        return BatonConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = _line_index(root)
+        problems = []
+        for error in exc.errors():
+            loc = tuple(str(part) for part in error["loc"])
+            line = _nearest_line(lines, loc)
+            problems.append(f"{path}: line {line}: {'.'.join(loc) or '(top)'}: {error['msg']}")
+        raise ConfigError("\n".join(problems)) from exc
+
+
+def _line_index(node: yaml.Node | None, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
+    """Map each key path of the YAML document to its 1-based line number."""
+    index: dict[tuple[str, ...], int] = {}
+    if node is None:
+        return index
+    index[prefix] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            path = (*prefix, str(key.value))
+            index.update(_line_index(value, path))
+            index[path] = key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for position, item in enumerate(node.value):
+            index.update(_line_index(item, (*prefix, str(position))))
+    return index
+
+
+def _nearest_line(lines: dict[tuple[str, ...], int], loc: tuple[str, ...]) -> int:
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return 1
+
+

@@ -1,0 +1,124 @@
+"""The graph author's kit: post progress, ask a human, and run side effects at most once.
+
+Graphs import only ``langgraph`` and this module. Inside a node:
+
+    from bot.kit import progress, approve, effect
+
+    async def restart(state):
+        progress("Restarting web...")
+        decision = approve("Restart web?", details={"host": "web-1"})
+        ...
+
+``approve`` calls LangGraph's ``interrupt()``; put anything with an effect *after* it (in the next
+node), because a node re-runs from its start when it resumes.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, Protocol, TypeVar
+
+from langgraph.config import get_config, get_stream_writer
+from langgraph.types import interrupt
+
+from bot.config import BatonConfig
+
+T = TypeVar("T")
+APPROVAL_MARK = "baton.approval"
+PROGRESS_MARK = "baton.progress"
+
+
+@dataclass(frozen=True)
+class Request:
+    """The chat request a run serves."""
+
+    platform: str
+    channel: str
+    thread: str
+    user: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A human's answer to ``approve()``."""
+
+    approved: bool
+    by: str
+    at: datetime
+
+    @classmethod
+    def from_resume(cls, value: dict[str, Any]) -> Decision:
+        return cls(approved=bool(value["approved"]), by=str(value["by"]), at=datetime.fromisoformat(value["at"]))
+
+
+class RunContext(Protocol):
+    """What the core offers a running graph (implemented in ``bot.runtime``)."""
+
+    request: Request
+    config: BatonConfig
+
+    def catalog(self) -> list[dict[str, Any]]:
+        """The graphs and runbooks this Baton knows: name, kind, description, example, risk."""
+
+    async def channel_activity(self) -> list[dict[str, Any]]:
+        """Threads of this channel that are running or waiting, with their waiting approvals."""
+
+    async def run_effect_once(self, key: str, name: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run ``fn`` unless the ledger already has ``key``; return its recorded result."""
+
+
+_current: contextvars.ContextVar[RunContext] = contextvars.ContextVar("baton_run_context")
+
+
+def current() -> RunContext:
+    """The context of the run this node belongs to (only valid inside a Baton run)."""
+    try:
+        return _current.get()
+    except LookupError:
+        raise RuntimeError("bot.kit is only usable inside a graph run started by Baton") from None
+
+
+def bind(context: RunContext) -> contextvars.Token[RunContext]:
+    return _current.set(context)
+
+
+def unbind(token: contextvars.Token[RunContext]) -> None:
+    _current.reset(token)
+
+
+def progress(text: str) -> None:
+    """Post an intermediate result in the thread (LangGraph custom stream)."""
+    get_stream_writer()({"baton": PROGRESS_MARK, "text": str(text)})
+
+
+def approve(
+    summary: str,
+    *,
+    details: dict[str, Any] | None = None,
+    risk: Literal["low", "high"] = "high",
+    approvers: list[str] | None = None,
+) -> Decision:
+    """Stop until a human approves or rejects; returns their ``Decision``.
+
+    ``approvers`` defaults to the graph's approvers from ``baton.yaml``. A requester may never
+    decide their own ``high``-risk request.
+    """
+    value = interrupt(
+        {"baton": APPROVAL_MARK, "summary": summary, "details": details or {}, "risk": risk, "approvers": approvers}
+    )
+    return Decision.from_resume(value)
+
+
+async def effect(name: str, fn: Callable[[], Awaitable[T]]) -> T:
+    """Run a side effect at most once for this node execution, even if the node re-runs.
+
+    The key is (thread, LangGraph task id, ``name``): the task id is the same when a node is
+    replayed after a resume or a crash, so the second time returns the recorded result.
+    """
+    configurable = get_config()["configurable"]
+    key = f"{configurable['thread_id']}|{configurable.get('checkpoint_ns', '')}|{name}"
+    return await current().run_effect_once(key, name, fn)

@@ -1,0 +1,105 @@
+"""The core's vocabulary: what adapters hand in, and the platform-neutral messages they render.
+
+Adapters translate platform events into ``InboundMessage``/``InboundClick`` and render
+``Message`` parts (text, code, thread links, approval buttons, notes) in their own format.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Location(BaseModel):
+    """Where something lives on a platform: a channel and (for replies) a thread."""
+
+    model_config = ConfigDict(frozen=True)
+    platform: str
+    workspace: str = ""
+    channel: str
+    thread: str
+
+
+class InboundMessage(Location):
+    """A chat message. ``addressed`` is true for a mention, a DM or a slash command."""
+
+    event_id: str
+    user: str
+    text: str
+    addressed: bool = True
+
+
+class InboundClick(Location):
+    """An Approve/Reject click; the button carried only ``approval_id``."""
+
+    event_id: str
+    user: str
+    approval_id: str
+    action: Literal["approve", "reject"]
+
+
+class Text(BaseModel):
+    kind: Literal["text"] = "text"
+    text: str
+
+
+class Code(BaseModel):
+    kind: Literal["code"] = "code"
+    text: str
+
+
+class Note(BaseModel):
+    kind: Literal["note"] = "note"
+    text: str
+
+
+class ThreadLink(BaseModel):
+    kind: Literal["link"] = "link"
+    label: str
+    channel: str
+    thread: str
+
+
+class Buttons(BaseModel):
+    kind: Literal["buttons"] = "buttons"
+    approval_id: str
+    approve_label: str = "Approve"
+    reject_label: str = "Reject"
+
+
+Part = Annotated[Text | Code | Note | ThreadLink | Buttons, Field(discriminator="kind")]
+Tone = Literal["info", "progress", "success", "warning", "error", "approval"]
+
+
+class Message(BaseModel):
+    """A platform-neutral message. ``plain_text()`` is the fallback every platform can show."""
+
+    title: str | None = None
+    tone: Tone = "info"
+    parts: list[Part] = Field(default_factory=list)
+
+    @classmethod
+    def text(cls, text: str, *, tone: Tone = "info", title: str | None = None) -> Message:
+        return cls(title=title, tone=tone, parts=[Text(text=text)])
+
+    def plain_text(self) -> str:
+        lines = [f"*{self.title}*"] if self.title else []
+        for part in self.parts:
+            if isinstance(part, Code):
+                lines.append(f"```\n{part.text}\n```")
+            elif isinstance(part, ThreadLink):
+                lines.append(part.label)
+            elif isinstance(part, Buttons):
+                lines.append(f"[{part.approve_label}] [{part.reject_label}]")
+            else:
+                lines.append(part.text)
+        return "\n".join(lines)
+
+
+class Accepted(BaseModel):
+    """What ``Baton.accept`` tells an adapter: stored and queued, a duplicate, or not for us."""
+
+    status: Literal["accepted", "duplicate", "ignored"]
+    correlation_id: str | None = None
+    reason: str | None = None

@@ -1,0 +1,390 @@
+"""The one request path: claim, queue per thread, route, run, approve, resume, reply.
+
+Every inbound event is first stored with a unique platform event id (a retry, a redelivery or a
+second replica stops there). Pending events form each thread's queue; whoever holds the thread's
+lease drains it in order. A crash leaves events pending and the lease expiring, and the sweeper
+of any replica picks the work up again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from langgraph.types import Command, Interrupt
+from sqlalchemy import or_, update
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from bot import approvals, audit, replies, threads
+from bot.config import BatonConfig
+from bot.kit import APPROVAL_MARK, Request
+from bot.messages import Accepted, InboundClick, InboundMessage, Location, Message
+from bot.outbox import Outbox
+from bot.registry import GraphRegistry, GraphSpec
+from bot.routing import RouteError, route
+from bot.runtime import GraphRuntime, RunServices
+from bot.settings import Settings
+from storage.db import Database, insert_ignore
+from storage.models import Approval, InboundEvent, Run, ThreadRecord, utcnow
+
+log = logging.getLogger("baton.orchestrator")
+SWEEP_AFTER_SECONDS = 2.0
+
+
+class Orchestrator:
+    def __init__(self, settings: Settings, config: BatonConfig, db: Database, registry: GraphRegistry,
+                 runtime: GraphRuntime, outbox: Outbox, instance: str) -> None:
+        self.settings = settings
+        self.config = config
+        self.db = db
+        self.registry = registry
+        self.runtime = runtime
+        self.outbox = outbox
+        self.leases = threads.Leases(db, instance, settings.lease_seconds)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- 1-2. accept and claim -------------------------------------------------------------------
+
+    async def accept_message(self, message: InboundMessage) -> Accepted:
+        """Store the event (unique per platform event id) and queue it on its thread."""
+        location = Location(**message.model_dump(include={"platform", "workspace", "channel", "thread"}))
+        correlation = uuid.uuid4().hex
+        async with self.db.session() as session:
+            record = await threads.find(session, location)
+            if record is None and not message.addressed:
+                return Accepted(status="ignored", reason="not addressed to the bot and not in a Baton thread")
+            record = record or await threads.get_or_create(session, location)
+            stored = await self._claim(session, message.platform, message.event_id, "message", location, message.user,
+                                       message.text, {}, record.id, correlation)
+            if not stored:
+                return Accepted(status="duplicate", reason="this event was already received")
+            if record.status in threads.BUSY:
+                after = "the approval is decided and " if record.status == "waiting" else ""
+                self.outbox.enqueue(session, location, Message.text(
+                    f"Queued: I'll handle this after {after}the current run finishes.", tone="progress"),
+                    correlation_id=correlation)
+            audit.record(session, "request.received", correlation, platform=message.platform,
+                         channel=message.channel, thread=message.thread, user=message.user, chars=len(message.text))
+        self.outbox.wake(message.platform)
+        self._schedule(record.id)  # type: ignore[arg-type]
+        return Accepted(status="accepted", correlation_id=correlation)
+
+    async def accept_click(self, click: InboundClick) -> Accepted:
+        location = Location(**click.model_dump(include={"platform", "workspace", "channel", "thread"}))
+        correlation = uuid.uuid4().hex
+        async with self.db.session() as session:
+            approval = await session.get(Approval, click.approval_id)
+            record_id = approval.thread_record_id if approval else None
+            stored = await self._claim(session, click.platform, click.event_id, "click", location, click.user,
+                                       click.action, {"approval_id": click.approval_id, "action": click.action},
+                                       record_id, correlation)
+            if not stored:
+                return Accepted(status="duplicate", reason="this click was already received")
+            audit.record(session, "click.received", correlation, platform=click.platform, channel=click.channel,
+                         thread=click.thread, user=click.user, approval_id=click.approval_id, action=click.action)
+            if approval is None:
+                self.outbox.enqueue(session, location, Message.text(
+                    "I don't know that approval: it may belong to another Baton or have been removed.", tone="warning"),
+                    kind="ephemeral", target_user=click.user, correlation_id=correlation)
+                await session.exec(update(InboundEvent).where(
+                    InboundEvent.platform == click.platform, InboundEvent.event_id == click.event_id)  # type: ignore[arg-type]
+                    .values(status="done", outcome="unknown approval", handled_at=utcnow()))
+        self.outbox.wake(click.platform)
+        if record_id is not None:
+            self._schedule(record_id)
+        return Accepted(status="accepted", correlation_id=correlation)
+
+    @staticmethod
+    async def _claim(session: AsyncSession, platform: str, event_id: str, kind: str, location: Location, user: str,
+                     text: str, payload: dict[str, Any], record_id: int | None, correlation: str) -> bool:
+        return await insert_ignore(session, InboundEvent, {
+            "platform": platform, "event_id": event_id, "kind": kind, "workspace": location.workspace,
+            "channel": location.channel, "thread": location.thread, "user": user, "text": text, "payload": payload,
+            "status": "pending", "thread_record_id": record_id, "correlation_id": correlation,
+            "received_at": utcnow()}, ["platform", "event_id"])
+
+    # -- 3. one writer per thread ----------------------------------------------------------------
+
+    def _schedule(self, record_id: int) -> None:
+        task = asyncio.create_task(self.drain(record_id), name=f"drain-{record_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, record_id: int) -> None:
+        """Handle the thread's queued events in order, if nobody else is doing it already."""
+        try:
+            while await self.leases.acquire(record_id):
+                heartbeat = asyncio.create_task(self._heartbeat(record_id))
+                try:
+                    while (work := await self._next(record_id)) is not None:
+                        await self._handle(*work)
+                finally:
+                    heartbeat.cancel()
+                    await self.leases.release(record_id)
+                # An event queued while we released would otherwise wait for the sweeper.
+                if await self._next(record_id) is None:
+                    return
+        except Exception:
+            log.exception("draining thread %s failed; the sweeper will retry", record_id)
+
+    async def _next(self, record_id: int) -> tuple[InboundEvent, ThreadRecord] | None:
+        async with self.db.session() as session:
+            record = await session.get(ThreadRecord, record_id)
+            event = await threads.next_event(session, record) if record else None
+        return (event, record) if event and record else None
+
+    async def _heartbeat(self, record_id: int) -> None:
+        while True:
+            await asyncio.sleep(self.leases.seconds / 3)
+            if not await self.leases.renew(record_id):
+                log.warning("lost the lease on thread %s", record_id)
+                return
+
+    async def sweep(self) -> int:
+        """Schedule every thread that has old pending events and no live lease (crash recovery)."""
+        now = utcnow()
+        async with self.db.session() as session:
+            ids = (await session.exec(
+                select(InboundEvent.thread_record_id).join(ThreadRecord).where(
+                    InboundEvent.status == "pending",
+                    InboundEvent.received_at < now - timedelta(seconds=SWEEP_AFTER_SECONDS),
+                    or_(ThreadRecord.lease_owner.is_(None), ThreadRecord.lease_until < now),  # type: ignore[union-attr]
+                    or_(InboundEvent.kind == "click", ThreadRecord.status != "waiting"),
+                ).distinct()
+            )).all()
+        for record_id in ids:
+            self._schedule(record_id)  # type: ignore[arg-type]
+        return len(ids)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- 4-6. handle one event -------------------------------------------------------------------
+
+    async def _handle(self, event: InboundEvent, record: ThreadRecord) -> None:
+        try:
+            if event.kind == "click":
+                await self._handle_click(event, record)
+            else:
+                await self._handle_message(event, record)
+        except Exception as exc:
+            log.exception("event %s failed", event.id)
+            await self._finish_event(event, f"error: {type(exc).__name__}",
+                                     Message.text("Something went wrong while handling this; it was logged.", tone="error"))
+
+    async def _handle_message(self, event: InboundEvent, record: ThreadRecord) -> None:
+        async with self.db.session() as session:
+            earlier = (await session.exec(select(Run).where(Run.inbound_id == event.id))).first()
+        if earlier is not None:  # we crashed while handling this event: continue, never start twice
+            spec = self.registry.get(earlier.graph)
+            if earlier.status == "running" and spec is not None:
+                await self._drive(earlier.id, record, spec, None, event)  # type: ignore[arg-type]
+            else:
+                await self._finish_event(event, "recovered")
+            return
+        text = event.text.strip()
+        if not text:
+            return await self._finish_event(event, "empty", Message.text(
+                "You mentioned me without a request. Try `help` to see what I can do.", tone="warning"))
+        if len(text) > self.settings.max_message_chars:
+            return await self._finish_event(event, "too long", Message.text(
+                f"That request is {len(text):,} characters long; I take requests of up to "
+                f"{self.settings.max_message_chars:,} characters. Nothing was run.", tone="warning"))
+        request = Request(platform=event.platform, channel=event.channel, thread=event.thread, user=event.user, text=text)
+        try:
+            chosen = route(request, text, self.registry, self.config)
+        except RouteError as exc:
+            return await self._finish_event(event, "rejected input", Message.text(str(exc), tone="warning"))
+        spec = self.registry.get(chosen.graph)
+        if spec is None:
+            return await self._finish_event(event, "no graph", Message.text(f"The `{chosen.graph}` graph is not installed.", tone="error"))
+        if chosen.fingerprint and not chosen.force:
+            twin = await self._recent_twin(record, chosen.fingerprint)
+            if twin is not None:
+                return await self._finish_event(event, "duplicate request", replies.duplicate(twin.channel, twin.thread, twin.status))
+        async with self.db.session() as session:
+            run = Run(thread_record_id=record.id, inbound_id=event.id, platform=event.platform, channel=event.channel,  # type: ignore[arg-type]
+                      graph=spec.name, requested_by=event.user, input_text=text, correlation_id=event.correlation_id)
+            session.add(run)
+            await session.flush()
+            await session.exec(update(ThreadRecord).where(ThreadRecord.id == record.id).values(  # type: ignore[arg-type]
+                status="running", graph=spec.name, fingerprint=chosen.fingerprint, title=chosen.title or spec.name,
+                requested_by=event.user, updated_at=utcnow(), pruned_at=None))
+            audit.record(session, "run.started", event.correlation_id, platform=event.platform, channel=event.channel,
+                         thread=event.thread, user=event.user, run_id=run.id, graph=spec.name, title=chosen.title)
+        await self._drive(run.id, record, spec, chosen.input, event)  # type: ignore[arg-type]
+
+    async def _recent_twin(self, record: ThreadRecord, fingerprint: str) -> ThreadRecord | None:
+        since = utcnow() - timedelta(seconds=self.settings.dedupe_window_seconds)
+        async with self.db.session() as session:
+            return (await session.exec(select(ThreadRecord).where(
+                ThreadRecord.platform == record.platform, ThreadRecord.workspace == record.workspace,
+                ThreadRecord.channel == record.channel, ThreadRecord.fingerprint == fingerprint,
+                ThreadRecord.id != record.id,
+                or_(ThreadRecord.status.in_(threads.BUSY),  # type: ignore[attr-defined]
+                    (ThreadRecord.status == "done") & (ThreadRecord.updated_at >= since)),
+            ).order_by(ThreadRecord.updated_at.desc()).limit(1))).first()  # type: ignore[attr-defined]
+
+    async def _handle_click(self, event: InboundEvent, record: ThreadRecord) -> None:
+        approval_id = event.payload["approval_id"]
+        approve = event.payload["action"] == "approve"
+        async with self.db.session() as session:
+            approval = await session.get(Approval, approval_id)
+            run = await session.get(Run, approval.run_id) if approval else None
+        spec = self.registry.get(approval.graph) if approval else None
+        if approval is None or run is None or spec is None:
+            return await self._finish_event(event, "unknown approval", Message.text(
+                "I can't find the run behind this approval any more.", tone="warning"), ephemeral=True)
+        if approval.status != "pending":
+            if approval.decided_event_id == event.id and run.status in threads.BUSY:  # crashed mid-resume
+                return await self._resume(approval, run, record, spec, event)
+            return await self._finish_event(event, "already decided", replies.already_decided(approval), ephemeral=True)
+        reason = approvals.refusal(approval, event.platform, event.user)
+        if reason is not None:
+            async with self.db.session() as session:
+                audit.record(session, "approval.refused", event.correlation_id, platform=event.platform,
+                             user=event.user, run_id=run.id, approval_id=approval.id, reason=reason)
+            return await self._finish_event(event, "refused", Message.text(reason, tone="warning"), ephemeral=True)
+        pending = {interrupt.id for interrupt in (await self.runtime.state(spec, record.lg_thread_id)).interrupts}
+        now = utcnow()
+        async with self.db.session() as session:
+            if approval.interrupt_id not in pending:
+                await session.exec(update(Approval).where(Approval.id == approval.id, Approval.status == "pending")  # type: ignore[arg-type]
+                                   .values(status="stale", decided_by="Baton", decided_at=now))
+                won = False
+            else:
+                won = await approvals.decide(session, approval.id, approve, event.user, now, event.id)  # type: ignore[arg-type]
+            approval = await session.get(Approval, approval.id, populate_existing=True)
+            assert approval is not None
+            if approval.status == "stale" or won:
+                self._edit_card(session, record, approval, event.correlation_id)
+            if won:
+                waited = (now - approval.created_at).total_seconds()
+                await session.exec(update(Run).where(Run.id == run.id).values(  # type: ignore[arg-type]
+                    status="running", waited_seconds=Run.waited_seconds + waited))
+                await session.exec(update(ThreadRecord).where(ThreadRecord.id == record.id)  # type: ignore[arg-type]
+                                   .values(status="running", updated_at=now))
+                audit.record(session, f"approval.{approval.status}", event.correlation_id, platform=event.platform,
+                             channel=event.channel, thread=event.thread, user=event.user, run_id=run.id,
+                             approval_id=approval.id, waited_seconds=round(waited, 3))
+        if not won:
+            return await self._finish_event(event, "already decided", replies.already_decided(approval), ephemeral=True)
+        await self._resume(approval, run, record, spec, event)
+
+    def _edit_card(self, session: AsyncSession, record: ThreadRecord, approval: Approval, correlation: str) -> None:
+        self.outbox.enqueue(session, threads.location_of(record), replies.approval_card(approval), kind="update",
+                            ref_outbox_id=approval.card_outbox_id, correlation_id=correlation)
+
+    async def _resume(self, approval: Approval, run: Run, record: ThreadRecord, spec: GraphSpec,
+                      event: InboundEvent) -> None:
+        pending = {interrupt.id for interrupt in (await self.runtime.state(spec, record.lg_thread_id)).interrupts}
+        payload = Command(resume={approval.interrupt_id: approvals.resume_value(approval)}) \
+            if approval.interrupt_id in pending else None
+        await self._drive(run.id, record, spec, payload, event)  # type: ignore[arg-type]
+
+    # -- 5, 7, 8. run the graph and report -------------------------------------------------------
+
+    async def _drive(self, run_id: int, record: ThreadRecord, spec: GraphSpec, payload: Any, event: InboundEvent) -> None:
+        location = threads.location_of(record)
+        async with self.db.session() as session:
+            run = await session.get(Run, run_id)
+        assert run is not None
+        services = RunServices(self.db, self.config, self.registry, Request(
+            platform=record.platform, channel=record.channel, thread=record.thread, user=run.requested_by,
+            text=run.input_text), run_id)
+
+        async def post_progress(text: str) -> None:
+            async with self.db.session() as session:
+                self.outbox.enqueue(session, location, Message.text(text, tone="progress"), correlation_id=run.correlation_id)
+            self.outbox.wake(location.platform)
+
+        try:
+            outcome = await self.runtime.run(spec, record.lg_thread_id, payload, services, post_progress)
+        except Exception as exc:
+            log.warning("run %s (%s) failed: %s", run_id, spec.name, exc)
+            await self._finish_run(run, record, event, "failed", replies.failure(spec.name, exc), str(exc)[:1000])
+            return
+        if outcome.waiting:
+            await self._wait_for_approval(run, record, spec, outcome.interrupts, event)
+            return
+        error = outcome.values.get("error") or None
+        message = replies.result(outcome.values.get("reply"), failed=bool(error))
+        await self._finish_run(run, record, event, "failed" if error else "done", message, error)
+
+    async def _wait_for_approval(self, run: Run, record: ThreadRecord, spec: GraphSpec, interrupts: list[Interrupt],
+                                 event: InboundEvent) -> None:
+        location = threads.location_of(record)
+        async with self.db.session() as session:
+            known = set((await session.exec(select(Approval.interrupt_id).where(Approval.run_id == run.id))).all())
+            for interrupt in interrupts:
+                if interrupt.id in known:
+                    continue
+                approval = self._approval_for(interrupt, run, record, spec)
+                session.add(approval)
+                await session.flush()
+                card = self.outbox.enqueue(session, location, replies.approval_card(approval), correlation_id=run.correlation_id)
+                await session.flush()
+                approval.card_outbox_id = card.id
+                audit.record(session, "approval.requested", run.correlation_id, platform=record.platform,
+                             channel=record.channel, thread=record.thread, user=run.requested_by, run_id=run.id,
+                             approval_id=approval.id, approvers=approval.approvers, risk=approval.risk)
+            await session.exec(update(Run).where(Run.id == run.id).values(status="waiting"))  # type: ignore[arg-type]
+            await session.exec(update(ThreadRecord).where(ThreadRecord.id == record.id)  # type: ignore[arg-type]
+                               .values(status="waiting", updated_at=utcnow()))
+            await self._mark_done(session, event, "waiting for approval")
+        self.outbox.wake(record.platform)
+
+    def _approval_for(self, interrupt: Interrupt, run: Run, record: ThreadRecord, spec: GraphSpec) -> Approval:
+        value = interrupt.value
+        policy = self.config.policy_for_graph(spec.name)
+        if isinstance(value, dict) and value.get("baton") == APPROVAL_MARK:
+            summary, details, risk = str(value["summary"]), dict(value.get("details") or {}), value.get("risk", "high")
+            approvers = value.get("approvers")
+        else:  # a plain graph's interrupt(value): show the value, apply the graph's policy
+            summary = value if isinstance(value, str) else json.dumps(value, indent=2, default=str)
+            details, risk, approvers = {}, policy.risk, None
+        if approvers is None:
+            approvers = self.config.approvers_for_graph(spec.name)
+        return Approval(run_id=run.id, thread_record_id=record.id, interrupt_id=interrupt.id, graph=spec.name,  # type: ignore[arg-type]
+                        summary=summary[:3000], details=details, risk=risk, approvers=list(approvers),
+                        requested_by=run.requested_by)
+
+    async def _finish_run(self, run: Run, record: ThreadRecord, event: InboundEvent, status: str, message: Message,
+                          error: str | None) -> None:
+        now = utcnow()
+        async with self.db.session() as session:
+            await session.exec(update(Run).where(Run.id == run.id).values(status=status, finished_at=now, error=error))  # type: ignore[arg-type]
+            await session.exec(update(ThreadRecord).where(ThreadRecord.id == record.id).values(  # type: ignore[arg-type]
+                status=status, updated_at=now, last_result=message.plain_text()[:2000]))
+            self.outbox.enqueue(session, threads.location_of(record), message, correlation_id=run.correlation_id)
+            audit.record(session, f"run.{status}", run.correlation_id, platform=record.platform, channel=record.channel,
+                         thread=record.thread, user=run.requested_by, run_id=run.id, graph=run.graph, error=error,
+                         seconds=round((now - run.started_at).total_seconds(), 3))
+            await self._mark_done(session, event, status)
+        self.outbox.wake(record.platform)
+
+    async def _finish_event(self, event: InboundEvent, outcome: str, reply: Message | None = None,
+                            *, ephemeral: bool = False) -> None:
+        """Mark the event handled, and post ``reply`` in the same transaction."""
+        async with self.db.session() as session:
+            if reply is not None:
+                location = Location(platform=event.platform, workspace=event.workspace, channel=event.channel,
+                                    thread=event.thread)
+                self.outbox.enqueue(session, location, reply, kind="ephemeral" if ephemeral else "post",
+                                    target_user=event.user if ephemeral else None, correlation_id=event.correlation_id)
+            audit.record(session, "request.answered", event.correlation_id, platform=event.platform,
+                         channel=event.channel, thread=event.thread, user=event.user, outcome=outcome)
+            await self._mark_done(session, event, outcome)
+        self.outbox.wake(event.platform)
+
+    @staticmethod
+    async def _mark_done(session: AsyncSession, event: InboundEvent, outcome: str) -> None:
+        await session.exec(update(InboundEvent).where(InboundEvent.id == event.id)  # type: ignore[arg-type]
+                           .values(status="done", outcome=outcome[:200], handled_at=utcnow()))

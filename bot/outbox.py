@@ -1,0 +1,172 @@
+"""The outbox: every bot message is stored first, then delivered by its platform's adapter.
+
+Delivery keeps order per thread (a row waits until every earlier row of its thread is sent),
+paces per channel when the platform asks for it, and survives crashes: a claim is a lease that
+another replica takes over when it expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import and_, exists, or_, update
+from sqlalchemy.orm import aliased
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from bot.messages import Location, Message
+from storage.db import Database, insert_ignore
+from storage.models import ChannelPace, OutboxMessage, utcnow
+
+CLAIM_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One claimed outbox row, ready for an adapter to send."""
+
+    id: int
+    kind: str  # post | update | ephemeral
+    location: Location
+    message: Message
+    target_user: str | None
+    target_message_id: str | None  # for ``update``: the platform id of the message to edit
+    attempts: int
+
+
+class Outbox:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._wake: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+
+    @staticmethod
+    def enqueue(
+        session: AsyncSession,
+        location: Location,
+        message: Message,
+        *,
+        kind: str = "post",
+        target_user: str | None = None,
+        ref_outbox_id: int | None = None,
+        correlation_id: str | None = None,
+    ) -> OutboxMessage:
+        """Add a message to the caller's transaction; call ``wake`` after it commits."""
+        row = OutboxMessage(
+            platform=location.platform,
+            workspace=location.workspace,
+            channel=location.channel,
+            thread=location.thread,
+            kind=kind,
+            target_user=target_user,
+            ref_outbox_id=ref_outbox_id,
+            payload=message.model_dump(),
+            correlation_id=correlation_id,
+        )
+        session.add(row)
+        return row
+
+    def wake(self, platform: str) -> None:
+        self._wake[platform].set()
+
+    async def wait(self, platform: str, timeout: float) -> None:
+        event = self._wake[platform]
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass
+        event.clear()
+
+    async def claim(self, platform: str, worker: str, *, limit: int = 20, pace_seconds: float = 0.0) -> list[Delivery]:
+        now = utcnow()
+        earlier = aliased(OutboxMessage)
+        blocked_by_earlier = exists().where(
+            earlier.platform == OutboxMessage.platform,
+            earlier.channel == OutboxMessage.channel,
+            earlier.thread == OutboxMessage.thread,
+            earlier.id < OutboxMessage.id,
+            earlier.status.in_(("pending", "sending")),  # type: ignore[attr-defined]
+        )
+        claimable = or_(
+            and_(OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= now),
+            and_(OutboxMessage.status == "sending", OutboxMessage.claimed_until < now),
+        )
+        deliveries: list[Delivery] = []
+        async with self._db.session() as session:
+            rows = (
+                await session.exec(
+                    select(OutboxMessage)
+                    .where(OutboxMessage.platform == platform, claimable, ~blocked_by_earlier)
+                    .order_by(OutboxMessage.id)  # type: ignore[arg-type]
+                    .limit(limit)
+                )
+            ).all()
+            paced: set[str] = set()
+            for row in rows:
+                if pace_seconds > 0:
+                    if row.channel in paced or not await self._take_channel_slot(session, row, pace_seconds):
+                        paced.add(row.channel)
+                        continue
+                    paced.add(row.channel)
+                taken = await session.exec(
+                    update(OutboxMessage)
+                    .where(OutboxMessage.id == row.id, claimable)  # type: ignore[arg-type]
+                    .values(status="sending", claimed_by=worker, claimed_until=now + timedelta(seconds=CLAIM_SECONDS),
+                            attempts=OutboxMessage.attempts + 1)
+                )
+                if not taken.rowcount:
+                    continue
+                target = None
+                if row.ref_outbox_id is not None:
+                    ref = await session.get(OutboxMessage, row.ref_outbox_id)
+                    target = ref.platform_message_id if ref else None
+                deliveries.append(
+                    Delivery(
+                        id=row.id,  # type: ignore[arg-type]
+                        kind=row.kind,
+                        location=Location(platform=row.platform, workspace=row.workspace, channel=row.channel, thread=row.thread or ""),
+                        message=Message.model_validate(row.payload),
+                        target_user=row.target_user,
+                        target_message_id=target,
+                        attempts=row.attempts + 1,
+                    )
+                )
+        return deliveries
+
+    async def _take_channel_slot(self, session: AsyncSession, row: OutboxMessage, pace_seconds: float) -> bool:
+        now = utcnow()
+        await insert_ignore(session, ChannelPace, {"platform": row.platform, "channel": row.channel, "next_at": now},
+                            ["platform", "channel"])
+        result = await session.exec(
+            update(ChannelPace)
+            .where(ChannelPace.platform == row.platform, ChannelPace.channel == row.channel, ChannelPace.next_at <= now)  # type: ignore[arg-type]
+            .values(next_at=now + timedelta(seconds=pace_seconds))
+        )
+        return bool(result.rowcount)
+
+    async def delivered(self, delivery_id: int, platform_message_id: str | None) -> None:
+        async with self._db.session() as session:
+            await session.exec(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == delivery_id)  # type: ignore[arg-type]
+                .values(status="sent", platform_message_id=platform_message_id, sent_at=utcnow(), claimed_until=None, error=None)
+            )
+
+    async def retry(self, delivery_id: int, after_seconds: float, error: str) -> None:
+        async with self._db.session() as session:
+            await session.exec(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == delivery_id)  # type: ignore[arg-type]
+                .values(status="pending", next_attempt_at=utcnow() + timedelta(seconds=after_seconds), claimed_until=None,
+                        error=error[:500])
+            )
+
+    async def failed(self, delivery_id: int, error: str) -> None:
+        async with self._db.session() as session:
+            await session.exec(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == delivery_id)  # type: ignore[arg-type]
+                .values(status="failed", claimed_until=None, error=error[:500])
+            )

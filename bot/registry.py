@@ -1,0 +1,91 @@
+"""Finds the graphs in ``graphs/``: every module that defines ``graph`` is one.
+
+A graph module may also define ``DESCRIPTION``, ``EXAMPLE``, ``PATTERNS`` (regular expressions that
+route plain chat to it), ``DEDUPE`` (default true: the same request in a channel links to the
+running thread instead of running twice) and ``make_input(request, args)`` (default
+``{"text": args}``). ``graph`` may be a ``StateGraph`` builder or a compiled graph; Baton
+compiles or copies it with its own checkpointer.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph import StateGraph
+from langgraph.pregel import Pregel
+
+from bot.kit import Request
+
+InputMaker = Callable[[Request, str], dict[str, Any]]
+
+
+def _text_input(_request: Request, args: str) -> dict[str, Any]:
+    return {"text": args}
+
+
+@dataclass
+class GraphSpec:
+    name: str
+    graph: Any
+    description: str = ""
+    example: str = ""
+    patterns: list[re.Pattern[str]] = field(default_factory=list)
+    dedupe: bool = True
+    make_input: InputMaker = _text_input
+
+    def compile(self, checkpointer: BaseCheckpointSaver) -> Pregel:
+        if isinstance(self.graph, StateGraph):
+            return self.graph.compile(checkpointer=checkpointer)
+        if isinstance(self.graph, Pregel):
+            return self.graph.copy(update={"checkpointer": checkpointer})
+        raise TypeError(f"graphs.{self.name}.graph must be a StateGraph or a compiled graph")
+
+
+class GraphRegistry:
+    def __init__(self, specs: list[GraphSpec]) -> None:
+        self._specs = {spec.name: spec for spec in specs}
+
+    @classmethod
+    def discover(cls, package: str = "graphs") -> GraphRegistry:
+        root = importlib.import_module(package)
+        specs = []
+        for info in pkgutil.iter_modules(root.__path__):
+            if info.name.startswith("_"):
+                continue
+            module = importlib.import_module(f"{package}.{info.name}")
+            if hasattr(module, "graph"):
+                specs.append(_spec_from_module(info.name, module))
+        return cls(specs)
+
+    def get(self, name: str) -> GraphSpec | None:
+        return self._specs.get(name)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(sorted(self._specs.values(), key=lambda spec: spec.name))
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+
+def _spec_from_module(name: str, module: ModuleType) -> GraphSpec:
+    return GraphSpec(
+        name=name,
+        graph=module.graph,
+        description=getattr(module, "DESCRIPTION", _first_line(module.__doc__)),
+        example=getattr(module, "EXAMPLE", name),
+        patterns=[re.compile(p, re.IGNORECASE) for p in getattr(module, "PATTERNS", [])],
+        dedupe=getattr(module, "DEDUPE", True),
+        make_input=getattr(module, "make_input", _text_input),
+    )
+
+
+def _first_line(doc: str | None) -> str:
+    lines = (doc or "").strip().splitlines()
+    return lines[0] if lines else ""

@@ -1,0 +1,90 @@
+"""The messages the core posts: approval cards, results, refusals and errors."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from bot.messages import Buttons, Code, Message, Note, Text, ThreadLink
+from storage.models import Approval
+
+
+def when(at: datetime) -> str:
+    return at.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def age(since: datetime, now: datetime) -> str:
+    seconds = max(0, int((now - since).total_seconds()))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 86400:
+        return f"{seconds // 3600}h {seconds % 3600 // 60}m"
+    return f"{seconds // 86400}d {seconds % 86400 // 3600}h"
+
+
+def approval_card(approval: Approval) -> Message:
+    """The card while waiting (with buttons) and after a decision (buttons gone, who and when)."""
+    parts: list[Any] = [Text(text=approval.summary)]
+    if approval.details:
+        parts.append(Code(text="\n".join(f"{key}: {_shown(value)}" for key, value in approval.details.items())))
+    parts.append(Note(text=f"Requested by {approval.requested_by} · risk {approval.risk} · "
+                           f"approvers: {', '.join(approval.approvers) or 'none configured'}"))
+    if approval.status == "pending":
+        parts.append(Buttons(approval_id=approval.id))
+        return Message(title="Approval needed", tone="approval", parts=parts)
+    assert approval.decided_at is not None
+    verdict = {"approved": "Approved", "rejected": "Rejected", "stale": "Expired"}[approval.status]
+    parts.append(Note(text=f"{verdict} by {approval.decided_by} at {when(approval.decided_at)}"))
+    tone = "success" if approval.status == "approved" else "warning"
+    return Message(title=f"{verdict}", tone=tone, parts=parts)
+
+
+def already_decided(approval: Approval) -> Message:
+    if approval.status == "stale":
+        return Message.text("This approval is no longer current; nothing was changed.", tone="warning")
+    verdict = "approved" if approval.status == "approved" else "rejected"
+    at = when(approval.decided_at) if approval.decided_at else "earlier"
+    return Message.text(f"Already {verdict} by {approval.decided_by} at {at}; nothing was changed.", tone="info")
+
+
+def result(reply: Any, *, failed: bool) -> Message:
+    """A graph's final ``reply`` (text or a message dict) as a message."""
+    if isinstance(reply, dict) and reply.get("parts"):
+        return Message.model_validate(reply)
+    text = reply if isinstance(reply, str) and reply else ("The run failed." if failed else "Done.")
+    return _text_with_code(text, tone="error" if failed else "success")
+
+
+def failure(graph: str, error: BaseException) -> Message:
+    line = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+    return Message.text(f"`{graph}` failed: {line}", tone="error", title="Run failed")
+
+
+def duplicate(link_channel: str, link_thread: str, status: str) -> Message:
+    doing = {"running": "is running", "waiting": "is waiting for approval"}.get(status, "finished recently")
+    return Message(
+        tone="info",
+        parts=[
+            Text(text=f"The same request {doing} in another thread, so I did not start it again:"),
+            ThreadLink(label="open that thread", channel=link_channel, thread=link_thread),
+            Note(text="Add `force` to your request to run it anyway."),
+        ],
+    )
+
+
+def _text_with_code(text: str, tone: Any) -> Message:
+    """Split ```fenced``` blocks out of plain text into code parts."""
+    parts: list[Any] = []
+    for index, chunk in enumerate(text.split("```")):
+        chunk = chunk.strip("\n")
+        if not chunk:
+            continue
+        parts.append(Code(text=chunk) if index % 2 else Text(text=chunk))
+    return Message(tone=tone, parts=parts or [Text(text=text)])
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str)

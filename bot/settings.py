@@ -1,0 +1,38 @@
+"""Settings from the environment and ``.env`` (pydantic-settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything Baton reads from its environment. """
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    database_url: str = Field("sqlite:///baton.db", alias="BATON_DATABASE_URL")
+    host: str = Field("127.0.0.1", alias="BATON_HOST")
+    port: int = Field(8000, alias="BATON_PORT")
+    config_path: Path = Field(Path("baton.yaml"), alias="BATON_CONFIG")
+    public_url: str | None = Field(None, alias="BATON_PUBLIC_URL")
+    dedupe_window_seconds: int = Field(600, alias="BATON_DEDUPE_WINDOW_SECONDS")
+    max_message_chars: int = Field(4000, alias="BATON_MAX_MESSAGE_CHARS")
+    checkpoint_retention_hours: float = Field(72.0, alias="BATON_CHECKPOINT_RETENTION_HOURS")
+    lease_seconds: float = Field(30.0, alias="BATON_LEASE_SECONDS")
+    instance_name: str | None = Field(None, alias="BATON_INSTANCE_NAME")
+    adapters: str | None = Field(None, alias="BATON_ADAPTERS")
+    log_level: str = Field("INFO", alias="BATON_LOG_LEVEL")
+
+    @property
+    def base_url(self) -> str:
+        """Where people reach this Baton (used for links in the playground)."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    def enabled_adapters(self) -> set[str] | None:
+        """Adapter names to start, or ``None`` for "every adapter that is configured"."""
+        if not self.adapters:
+            return None
+        return {name.strip() for name in self.adapters.split(",") if name.strip()}

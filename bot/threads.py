@@ -1,0 +1,101 @@
+"""Thread records and the one-writer-per-thread lease.
+
+The lease is a row-level compare-and-set on ``thread_records`` (``lease_owner``/``lease_until``):
+atomic under PostgreSQL's row locks and SQLite's write lock alike, so it holds across processes
+and replicas, and a crashed holder's lease simply expires.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import or_, update
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from bot.messages import Location
+from storage.db import Database, insert_ignore
+from storage.models import InboundEvent, ThreadRecord, utcnow
+
+BUSY = ("running", "waiting")
+
+
+async def find(session: AsyncSession, location: Location) -> ThreadRecord | None:
+    return (
+        await session.exec(
+            select(ThreadRecord).where(
+                ThreadRecord.platform == location.platform,
+                ThreadRecord.workspace == location.workspace,
+                ThreadRecord.channel == location.channel,
+                ThreadRecord.thread == location.thread,
+            )
+        )
+    ).first()
+
+
+async def get_or_create(session: AsyncSession, location: Location) -> ThreadRecord:
+    record = await find(session, location)
+    if record is None:
+        await insert_ignore(
+            session,
+            ThreadRecord,
+            {**location.model_dump(), "lg_thread_id": ThreadRecord().lg_thread_id, "status": "idle",
+             "created_at": utcnow(), "updated_at": utcnow()},
+            ["platform", "workspace", "channel", "thread"],
+        )
+        record = await find(session, location)
+    assert record is not None
+    return record
+
+
+def location_of(record: ThreadRecord) -> Location:
+    return Location(platform=record.platform, workspace=record.workspace, channel=record.channel, thread=record.thread)
+
+
+class Leases:
+    def __init__(self, db: Database, owner: str, seconds: float) -> None:
+        self._db = db
+        self.owner = owner
+        self.seconds = seconds
+
+    async def acquire(self, record_id: int) -> bool:
+        now = utcnow()
+        async with self._db.session() as session:
+            result = await session.exec(
+                update(ThreadRecord)
+                .where(
+                    ThreadRecord.id == record_id,  # type: ignore[arg-type]
+                    or_(ThreadRecord.lease_owner.is_(None), ThreadRecord.lease_until < now),  # type: ignore[union-attr]
+                )
+                .values(lease_owner=self.owner, lease_until=now + timedelta(seconds=self.seconds))
+            )
+            return bool(result.rowcount)
+
+    async def renew(self, record_id: int) -> bool:
+        async with self._db.session() as session:
+            result = await session.exec(
+                update(ThreadRecord)
+                .where(ThreadRecord.id == record_id, ThreadRecord.lease_owner == self.owner)  # type: ignore[arg-type]
+                .values(lease_until=utcnow() + timedelta(seconds=self.seconds))
+            )
+            return bool(result.rowcount)
+
+    async def release(self, record_id: int) -> None:
+        async with self._db.session() as session:
+            await session.exec(
+                update(ThreadRecord)
+                .where(ThreadRecord.id == record_id, ThreadRecord.lease_owner == self.owner)  # type: ignore[arg-type]
+                .values(lease_owner=None, lease_until=None)
+            )
+
+
+async def next_event(session: AsyncSession, record: ThreadRecord) -> InboundEvent | None:
+    """The next queued event: clicks first (they unblock the thread), then messages in order.
+
+    Messages wait while the thread waits for approval: they are handled after the run.
+    """
+    pending = select(InboundEvent).where(InboundEvent.thread_record_id == record.id, InboundEvent.status == "pending")
+    click = (await session.exec(pending.where(InboundEvent.kind == "click").order_by(InboundEvent.id).limit(1))).first()  # type: ignore[arg-type]
+    if click is not None or record.status == "waiting":
+        return click
+    return (await session.exec(pending.order_by(InboundEvent.id).limit(1))).first()  # type: ignore[arg-type]

@@ -1,0 +1,43 @@
+"""What is running or waiting for approval in this channel, with links to the threads."""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+
+from bot.kit import Request, current
+
+DESCRIPTION = "What is running or waiting for approval in this channel."
+EXAMPLE = "status"
+DEDUPE = False
+
+
+class StatusState(TypedDict, total=False):
+    text: str
+    reply: dict[str, Any]
+
+
+def make_input(_request: Request, args: str) -> dict[str, Any]:
+    return {"text": args, "reply": {}}
+
+
+async def report(_state: StatusState) -> StatusState:
+    threads = await current().channel_activity()
+    if not threads:
+        return {"reply": {"title": "Status", "tone": "info", "parts": [{"kind": "text", "text": "Nothing is running or waiting for approval in this channel."}]}}
+    parts: list[dict[str, Any]] = []
+    for thread in threads:
+        label = f"{thread['title']} — {thread['status_text']} (asked by {thread['requested_by']}, {thread['age']})"
+        parts.append({"kind": "link", "label": label, "channel": thread["channel"], "thread": thread["thread"]})
+        for approval in thread["approvals"]:
+            parts.append({"kind": "note", "text": f"waiting {approval['age']} for {approval['approvers']}: {approval['summary']}"})
+    title = f"Status: {len(threads)} active thread{'s' if len(threads) != 1 else ''}"
+    return {"reply": {"title": title, "tone": "info", "parts": parts}}
+
+
+builder = StateGraph(StatusState)
+builder.add_node("report", report)
+builder.add_edge(START, "report")
+builder.add_edge("report", END)
+graph = builder

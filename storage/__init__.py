@@ -1,0 +1,1 @@
+"""Storage: SQLModel tables, the async engine, Alembic migrations, the LangGraph checkpointer."""

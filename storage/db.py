@@ -1,0 +1,105 @@
+"""The async engine: one URL setting, SQLite by default, PostgreSQL in production."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def async_url(url: str) -> str:
+    """``sqlite:///x`` -> aiosqlite, ``postgresql://`` -> psycopg (async)."""
+    parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+    if parsed.get_backend_name() == "sqlite":
+        return parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
+    if parsed.get_backend_name() == "postgresql":
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    raise ValueError(f"unsupported database URL scheme '{parsed.drivername}': use sqlite:/// or postgresql://")
+
+
+def sync_url(url: str) -> str:
+    """The same database through a synchronous driver (Alembic)."""
+    parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+    if parsed.get_backend_name() == "sqlite":
+        return parsed.set(drivername="sqlite").render_as_string(hide_password=False)
+    return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+def sqlite_path(url: str) -> str:
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        raise ValueError("Baton needs a SQLite file (several connections share it), not :memory:")
+    return database
+
+
+def create_engine(url: str) -> AsyncEngine:
+    if is_sqlite(url):
+        sqlite_path(url)
+        engine = create_async_engine(async_url(url), connect_args={"timeout": 30})
+        _serialise_sqlite_writers(engine)
+        return engine
+    return create_async_engine(async_url(url), pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def _serialise_sqlite_writers(engine: AsyncEngine) -> None:
+    """Every transaction takes SQLite's write lock up front (``BEGIN IMMEDIATE``).
+
+    With the default deferred BEGIN, two connections that read and then write deadlock and one
+    fails at once with "database is locked" instead of waiting its turn; with IMMEDIATE the
+    second simply waits (busy timeout). This is also what serialises writers across processes.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Database:
+    """The engine and a session factory; ``session()`` commits on success, rolls back on error."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = create_engine(url)
+        self._sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return is_sqlite(self.url)
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        async with self._sessions() as session:
+            async with session.begin():
+                yield session
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+async def insert_ignore(session: AsyncSession, table: type[Any], values: dict[str, Any], conflict: list[str]) -> bool:
+    """INSERT ... ON CONFLICT DO NOTHING; true when the row was inserted (SQLite and PostgreSQL)."""
+    if session.bind.dialect.name == "sqlite":  # type: ignore[union-attr]
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        from sqlalchemy.dialects.postgresql import insert
+    statement = insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
+    result = await session.exec(statement)  # type: ignore[call-overload]
+    return bool(result.rowcount)

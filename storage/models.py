@@ -1,0 +1,224 @@
+"""SQLModel tables. Datetimes are timezone-aware UTC throughout (``utcnow``)."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(12)
+
+
+class ThreadRecord(SQLModel, table=True):
+    """One chat thread: its stable LangGraph thread id, status, and who may write to it now."""
+
+    __tablename__ = "thread_records"
+    __table_args__ = (
+        UniqueConstraint("platform", "workspace", "channel", "thread", name="uq_thread_location"),
+        Index("ix_thread_fingerprint", "platform", "workspace", "channel", "fingerprint"),
+        Index("ix_thread_status", "status"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    platform: str
+    workspace: str = ""
+    channel: str
+    thread: str
+    lg_thread_id: str = Field(default_factory=lambda: uuid.uuid4().hex, unique=True)
+    graph: str | None = None
+    status: str = "idle"  # idle | running | waiting | done | failed
+    fingerprint: str | None = None
+    title: str | None = None
+    requested_by: str | None = None
+    last_result: str | None = Field(default=None, sa_column=Column(Text))
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
+    pruned_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class InboundEvent(SQLModel, table=True):
+    """Every platform event, claimed once by its platform event id; pending ones form the thread's queue."""
+
+    __tablename__ = "inbound_events"
+    __table_args__ = (
+        UniqueConstraint("platform", "event_id", name="uq_inbound_event"),
+        Index("ix_inbound_queue", "thread_record_id", "status", "id"),
+        Index("ix_inbound_status", "status", "received_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    platform: str
+    event_id: str
+    kind: str  # message | click
+    workspace: str = ""
+    channel: str
+    thread: str
+    user: str
+    text: str = Field(default="", sa_column=Column(Text, nullable=False))
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: str = "pending"  # pending | done
+    outcome: str | None = None
+    thread_record_id: int | None = Field(default=None, foreign_key="thread_records.id")
+    correlation_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    received_at: datetime = Field(default_factory=utcnow)
+    handled_at: datetime | None = None
+
+
+class Run(SQLModel, table=True):
+    """One request run through one graph, from the request to its final result."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        Index("ix_runs_thread", "thread_record_id"),
+        Index("ix_runs_channel_started", "platform", "channel", "started_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    thread_record_id: int = Field(foreign_key="thread_records.id")
+    inbound_id: int | None = Field(default=None, foreign_key="inbound_events.id")
+    platform: str
+    channel: str
+    graph: str
+    status: str = "running"  # running | waiting | done | failed | rejected
+    requested_by: str
+    input_text: str = Field(default="", sa_column=Column(Text, nullable=False))
+    correlation_id: str
+    started_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+    waited_seconds: float = 0.0
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    tokens: int | None = None
+    cost: float | None = None
+
+
+class Approval(SQLModel, table=True):
+    """A graph's ``interrupt()`` waiting for a human; the card's buttons carry only ``id``."""
+
+    __tablename__ = "approvals"
+    __table_args__ = (
+        UniqueConstraint("run_id", "interrupt_id", name="uq_approval_interrupt"),
+        Index("ix_approvals_status", "status", "created_at"),
+    )
+
+    id: str = Field(default_factory=new_token, primary_key=True)
+    run_id: int = Field(foreign_key="runs.id")
+    thread_record_id: int = Field(foreign_key="thread_records.id")
+    interrupt_id: str
+    graph: str
+    summary: str = Field(sa_column=Column(Text, nullable=False))
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    risk: str = "high"
+    approvers: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    requested_by: str
+    status: str = "pending"  # pending | approved | rejected | stale
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    decided_event_id: int | None = None
+    card_outbox_id: int | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Effect(SQLModel, table=True):
+    """The effects ledger: a side effect keyed (thread, task, name) runs at most once."""
+
+    __tablename__ = "effects"
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(unique=True)
+    run_id: int | None = Field(default=None, foreign_key="runs.id")
+    name: str
+    status: str = "started"  # started | done | failed
+    result: Any = Field(default=None, sa_column=Column(JSON))
+    started_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+
+
+class AuditEntry(SQLModel, table=True):
+    """Append-only log; ``correlation_id`` ties a chat event to its run, approval and effects."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_correlation", "correlation_id"), Index("ix_audit_at", "at"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow)
+    correlation_id: str
+    kind: str
+    platform: str | None = None
+    channel: str | None = None
+    thread: str | None = None
+    user: str | None = None
+    run_id: int | None = None
+    approval_id: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class OutboxMessage(SQLModel, table=True):
+    """A message on its way to a platform: delivered in order per thread, retried, never doubled."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index("ix_outbox_due", "platform", "status", "next_attempt_at"),
+        Index("ix_outbox_thread", "platform", "channel", "thread", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    platform: str
+    workspace: str = ""
+    channel: str
+    thread: str | None = None
+    kind: str = "post"  # post | update | ephemeral
+    target_user: str | None = None
+    ref_outbox_id: int | None = None
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: str = "pending"  # pending | sending | sent | failed
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow)
+    claimed_by: str | None = None
+    claimed_until: datetime | None = None
+    platform_message_id: str | None = None
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    correlation_id: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    sent_at: datetime | None = None
+
+
+class ChannelPace(SQLModel, table=True):
+    """Earliest time the next message may go to a channel (shared by all replicas)."""
+
+    __tablename__ = "channel_pace"
+
+    platform: str = Field(primary_key=True)
+    channel: str = Field(primary_key=True)
+    next_at: datetime = Field(default_factory=utcnow)
+
+
+class PlaygroundMessage(SQLModel, table=True):
+    """The playground's own chat history: it is the platform, so it keeps its messages here."""
+
+    __tablename__ = "playground_messages"
+    __table_args__ = (Index("ix_playground_channel", "channel", "id"), Index("ix_playground_updated", "updated_at"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str | None = Field(default=None, unique=True)
+    channel: str
+    thread_id: str | None = None
+    user: str
+    text: str = Field(default="", sa_column=Column(Text, nullable=False))
+    content: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    is_bot: bool = False
+    visible_to: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    revision: int = 1
