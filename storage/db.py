@@ -100,6 +100,9 @@ async def insert_ignore(session: AsyncSession, table: type[Any], values: dict[st
         from sqlalchemy.dialects.sqlite import insert
     else:
         from sqlalchemy.dialects.postgresql import insert
-    statement = insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
+    columns = table.__table__.c
+    statement = (insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
+                 .returning(*[columns[name] for name in conflict]))
+    # RETURNING rather than rowcount: drivers disagree on rowcount for ON CONFLICT DO NOTHING.
     result = await session.exec(statement)  # type: ignore[call-overload]
-    return bool(result.rowcount)
+    return result.first() is not None

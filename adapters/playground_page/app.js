@@ -124,7 +124,7 @@
 
   function replyLinkHtml(m) {
     const n = replyCount(m);
-    return '<a class="replies-link' + (n ? '' : ' empty') + '" data-reply-count="' + n + '" href="#/c/' +
+    return '<a class="replies-link' + (n ? '' : ' no-replies') + '" data-reply-count="' + n + '" href="#/c/' +
       esc(enc(m.channel)) + '/t/' + esc(enc(key(m.id))) + '">' + (n ? repliesText(n) : 'Reply in thread') + '</a>';
   }
 
@@ -156,7 +156,7 @@
     const old = list.querySelector('.message[data-message-id="' + CSS.escape(key(m.id)) + '"]');
     if (old) { old.replaceWith(el); return; }
     const stick = nearBottom(list);
-    const empty = list.querySelector('.empty');
+    const empty = list.querySelector(':scope > .empty'); // the list's placeholder, if any
     if (empty) empty.remove();
     const next = [...list.querySelectorAll('.message')].find((e) => {
       const o = S.msgs.get(e.dataset.messageId);

@@ -1,0 +1,1 @@
+"""Benchmarks (``python -m bench`` / ``make bench``). Numbers, not timed tests: see ``bench/README.md``."""

@@ -1,0 +1,149 @@
+"""``python -m bench``: Baton's request path against bare LangGraph, side by side. See bench/README.md."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import platform
+import sqlite3
+import sys
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from bench.request_path import COMMAND, Result, cpu_count, measure, run_command_only
+
+GOAL = 0.25  # Baton may add at most 25% over bare LangGraph
+RESULTS = Path(__file__).parent / "results" / "request_path.md"
+PACKAGES = ["langgraph", "langgraph-checkpoint", "langgraph-checkpoint-sqlite", "SQLAlchemy", "aiosqlite", "sqlmodel"]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--runs", type=int, default=200, help="measured requests per side and mode (default 200)")
+    parser.add_argument("--warmup", type=int, default=20, help="unmeasured requests first (default 20)")
+    parser.add_argument("--concurrency", type=int, default=8,
+                        help="requests in flight in the concurrent mode; 0 skips it (default 8)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also split Baton's sequential request into its steps (adds ~30 s)")
+    parser.add_argument("--output", type=Path, default=RESULTS, help=f"Markdown report (default {RESULTS})")
+    parser.add_argument("--no-write", action="store_true", help="print only; do not write the report")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.warmup < 0 or args.concurrency < 0:
+        parser.error("--runs must be >= 1, --warmup and --concurrency >= 0")
+    return args
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> list[str]:
+    packages = ", ".join(f"{name} {_version(name)}" for name in PACKAGES)
+    return [
+        f"- Date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- Machine: {cpu_count()} CPU cores available ({_cpu_model()}), {platform.system()} {platform.release()}",
+        f"- Python {platform.python_version()} ({sys.implementation.name}), SQLite {sqlite3.sqlite_version}",
+        f"- {packages}",
+    ]
+
+
+def table(results: list[Result]) -> list[str]:
+    lines = ["| mode | side | runs | runs/s | p50 ms | p99 ms | mean ms |", "|---|---|---:|---:|---:|---:|---:|"]
+    for result in results:
+        mode = result.mode if result.concurrency == 1 else f"{result.mode} ({result.concurrency} in flight)"
+        lines.append(f"| {mode} | {result.side} | {result.runs} | {result.runs_per_second:.1f} | "
+                     f"{result.percentile_ms(50):.2f} | {result.percentile_ms(99):.2f} | {result.mean_ms:.2f} |")
+    return lines
+
+
+def overhead(bare: Result, baton: Result) -> dict[str, float]:
+    """Baton over bare: latency ratios minus one; throughput as extra wall time per run."""
+    return {
+        "p50": baton.percentile_ms(50) / bare.percentile_ms(50) - 1,
+        "p99": baton.percentile_ms(99) / bare.percentile_ms(99) - 1,
+        "throughput": bare.runs_per_second / baton.runs_per_second - 1,
+    }
+
+
+def overhead_table(pairs: list[tuple[Result, Result]]) -> list[str]:
+    lines = ["| mode | p50 overhead | p99 overhead | throughput overhead | goal (<= 25%) |", "|---|---:|---:|---:|---|"]
+    for bare, baton in pairs:
+        ratio = overhead(bare, baton)
+        met = ratio["p50"] <= GOAL and ratio["throughput"] <= GOAL
+        mode = bare.mode if bare.concurrency == 1 else f"{bare.mode} ({bare.concurrency} in flight)"
+        lines.append(f"| {mode} | {ratio['p50']:+.0%} | {ratio['p99']:+.0%} | {ratio['throughput']:+.0%} | "
+                     f"{'met' if met else '**not met**'} |")
+    return lines
+
+
+async def run(args: argparse.Namespace) -> str:
+    modes = [("sequential", 1)] + ([("concurrent", args.concurrency)] if args.concurrency > 1 else [])
+    results: list[Result] = []
+    pairs: list[tuple[Result, Result]] = []
+    for mode, concurrency in modes:
+        pair = []
+        for side in ("bare", "baton"):
+            print(f"{mode}: {side} ({args.warmup} warm-up + {args.runs} runs, {concurrency} in flight)...",
+                  file=sys.stderr, flush=True)
+            gc.collect()
+            result = await measure(side, mode, args.runs, args.warmup, concurrency)
+            results.append(result)
+            pair.append(result)
+        pairs.append((pair[0], pair[1]))
+    floor = await run_command_only("sequential", args.runs, args.warmup, 1)
+
+    report = [
+        "# Request path: Baton vs bare LangGraph",
+        "",
+        f"`python -m bench --runs {args.runs} --warmup {args.warmup} --concurrency {args.concurrency}`: "
+        f"the `runbook` graph for a low-risk runbook running `{' '.join(COMMAND)}`, SQLite files in a temporary "
+        "directory (one per side and mode, same settings). Latency: Baton from `accept_message` to the final reply "
+        "stored by the playground adapter's `send`; bare from `astream` to the reply read with `aget_state`. "
+        "Overhead: Baton / bare - 1 (throughput: bare runs/s / Baton runs/s - 1, i.e. extra wall time per run).",
+        "",
+        *environment(),
+        "",
+        *table(results),
+        "",
+        f"For reference, spawning `{' '.join(COMMAND)}` alone (asyncio subprocess): "
+        f"p50 {floor.percentile_ms(50):.2f} ms, p99 {floor.percentile_ms(99):.2f} ms.",
+        "",
+        *overhead_table(pairs),
+    ]
+    if args.breakdown:
+        from bench.breakdown import breakdown
+
+        print("breakdown: bare and Baton, one request at a time...", file=sys.stderr, flush=True)
+        report += ["", "## Where Baton's time goes (sequential)", "",
+                   await breakdown(max(50, args.runs // 2), args.warmup)]
+    return "\n".join(report) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    report = asyncio.run(run(args))
+    print(report)
+    if not args.no_write:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(report, encoding="utf-8")
+        print(f"written to {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

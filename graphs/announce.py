@@ -1,0 +1,54 @@
+"""Draft an announcement and post it once a human approves: a plain LangGraph graph, no kit.
+
+It shows that any compiled graph that calls ``interrupt()`` works in Baton: the interrupt's
+value is shown on the approval card, and the decision comes back as
+``{"approved": bool, "by": str, "at": iso-time, "approval_id": str}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import interrupt
+
+DESCRIPTION = "Draft an announcement for the channel; it is posted after approval."
+EXAMPLE = "announce Maintenance tonight at 22:00 UTC"
+
+
+class AnnounceState(TypedDict, total=False):
+    text: str
+    draft: str
+    decision: dict[str, Any]
+    reply: str
+
+
+def draft(state: AnnounceState) -> AnnounceState:
+    text = " ".join(state.get("text", "").split())
+    return {"draft": f"📣 {text}" if text else "", "reply": ""}
+
+
+def confirm(state: AnnounceState) -> AnnounceState:
+    if not state["draft"]:
+        return {"decision": {"approved": False, "by": "nobody"}}
+    return {"decision": interrupt(f"Post this announcement?\n\n{state['draft']}")}
+
+
+def publish(state: AnnounceState) -> AnnounceState:
+    if not state["draft"]:
+        return {"reply": "What should I announce? Try `announce Maintenance tonight at 22:00 UTC`."}
+    decision = state["decision"]
+    if not decision.get("approved"):
+        return {"reply": f"Announcement dropped ({decision.get('by')} rejected it)."}
+    return {"reply": f"{state['draft']}\n(approved by {decision['by']})"}
+
+
+builder = StateGraph(AnnounceState)
+builder.add_node("draft", draft)
+builder.add_node("confirm", confirm)
+builder.add_node("publish", publish)
+builder.add_edge(START, "draft")
+builder.add_edge("draft", "confirm")
+builder.add_edge("confirm", "publish")
+builder.add_edge("publish", END)
+graph = builder.compile()

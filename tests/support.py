@@ -1,0 +1,198 @@
+"""Test helpers: a real ``baton run`` process, databases, a playground client, and waiting on conditions."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+PG_ADMIN_URL = os.environ.get("BATON_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def wait_for(condition: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
+    """Poll ``condition`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last value: {last!r})")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def postgres_reachable() -> str | None:
+    """``None`` when PostgreSQL answers, else the reason it does not."""
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3):
+            return None
+    except Exception as exc:  # noqa: BLE001 - any failure means "skip", with the reason
+        return f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}".strip()
+
+
+def create_postgres_database() -> tuple[str, Callable[[], None]]:
+    import psycopg
+
+    name = f"baton_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}", drop
+
+
+class BatonProcess:
+    """``baton run`` in its own process, as a user would start it."""
+
+    def __init__(self, database_url: str, config: Path, workdir: Path, name: str = "baton") -> None:
+        self.database_url = database_url
+        self.config = config
+        self.workdir = workdir
+        self.name = name
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = workdir / f"{name}-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> BatonProcess:
+        env = {**os.environ, "BATON_DATABASE_URL": self.database_url, "BATON_CONFIG": str(self.config),
+               "BATON_PORT": str(self.port), "BATON_HOST": "127.0.0.1", "BATON_INSTANCE_NAME": f"{self.name}-{self.port}"}
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], cwd=self.workdir, env=env,
+                                            stdout=log, stderr=subprocess.STDOUT)
+        wait_for(self._healthy, 30, f"{self.name} to answer /healthz (log: {self.log})")
+        return self
+
+    def _healthy(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(f"{self.name} exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+    def client(self) -> Playground:
+        return Playground(self.url)
+
+
+class Playground:
+    """The playground's JSON API, as the page and the tests use it."""
+
+    def __init__(self, url: str) -> None:
+        self.http = httpx.Client(base_url=url, timeout=15)
+
+    def say(self, text: str, *, user: str = "alice", channel: str = "general", thread: str | None = None,
+            event_id: str | None = None) -> httpx.Response:
+        body: dict[str, Any] = {"channel": channel, "user": user, "text": text}
+        if thread is not None:
+            body["thread_id"] = thread
+        if event_id is not None:
+            body["event_id"] = event_id
+        return self.http.post("/api/messages", json=body)
+
+    def ask(self, text: str, **kwargs: Any) -> str:
+        """Post a top-level message; return its thread id."""
+        response = self.say(text, **kwargs)
+        assert response.status_code == 201, response.text
+        return str(response.json()["thread_id"])
+
+    def click(self, card: dict[str, Any], user: str, action: str = "approve", event_id: str | None = None) -> httpx.Response:
+        body = {"message_id": card["id"], "approval_id": approval_id(card), "action": action, "user": user}
+        if event_id is not None:
+            body["event_id"] = event_id
+        return self.http.post("/api/clicks", json=body)
+
+    def replies(self, thread: str, viewer: str | None = None) -> list[dict[str, Any]]:
+        params = {"viewer": viewer} if viewer else {}
+        response = self.http.get(f"/api/threads/{thread}/messages", params=params)
+        assert response.status_code == 200, response.text
+        return list(response.json()["replies"])
+
+    def bot_replies(self, thread: str, viewer: str | None = None) -> list[dict[str, Any]]:
+        return [m for m in self.replies(thread, viewer) if m["is_bot"]]
+
+    def wait_reply(self, thread: str, contains: str, viewer: str | None = None, timeout: float = 20) -> dict[str, Any]:
+        return wait_for(lambda: next((m for m in self.bot_replies(thread, viewer) if contains in m["text"]), None),
+                        timeout, f"a reply containing {contains!r} in thread {thread}")
+
+    def wait_card(self, thread: str, timeout: float = 20) -> dict[str, Any]:
+        return wait_for(lambda: next((m for m in self.bot_replies(thread) if _has_buttons(m)), None),
+                        timeout, f"an approval card in thread {thread}")
+
+
+def approval_id(card: dict[str, Any]) -> str:
+    return next(p["approval_id"] for p in card["content"]["parts"] if p["kind"] == "buttons")
+
+
+def _has_buttons(message: dict[str, Any]) -> bool:
+    return any(p["kind"] == "buttons" for p in message["content"]["parts"])
+
+
+def write_config(directory: Path, counter: Path) -> Path:
+    """A baton.yaml whose runbooks count their executions in ``counter`` (one line per run)."""
+    python = sys.executable
+    script = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n'); print('did', sys.argv[2])"
+    config = directory / "baton.yaml"
+    config.write_text(f"""
+approvers: [alice, bob]
+runbooks:
+  uptime:
+    description: Host uptime.
+    command: [{python!r}, "-c", {script!r}, {str(counter)!r}, "uptime"]
+    risk: low
+    timeout: 10
+  restart:
+    description: Restart a service.
+    command: [{python!r}, "-c", {script!r}, {str(counter)!r}, "restart {{service}}"]
+    args:
+      service:
+        pattern: "^(web|api|worker)$"
+        description: one of web, api, worker
+    risk: high
+    timeout: 20
+  slow:
+    description: Takes a moment, to see queueing.
+    command: [{python!r}, "-c", "import time, sys; time.sleep(float(sys.argv[1])); print('slept')", "{{seconds}}"]
+    args:
+      seconds:
+        pattern: "^[0-9](\\\\.[0-9])?$"
+    risk: low
+    timeout: 20
+""")
+    return config
+
+
+def runs_in(counter: Path) -> list[str]:
+    return counter.read_text().splitlines() if counter.exists() else []

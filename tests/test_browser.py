@@ -1,0 +1,183 @@
+"""The playground page in a real headless Chromium: a request, an approval by someone else, the result.
+
+These tests drive ``/`` the way a person would (picker, composer, Enter, thread link, buttons) against a
+real ``baton run`` process. They use Debian's ``/usr/bin/chromium`` (Playwright cannot download its own
+browsers here; CI installs the package in ``.ci/run``) and are skipped, with the reason, without it.
+Everything waits with Playwright's auto-waiting assertions, never with sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import runs_in
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install -e '.[test]')")
+expect = sync_api.expect
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+WAIT_MS = 20_000  # generous: the run goes through the real queue, graph and outbox
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[sync_api.Browser]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium), "
+                    "as .ci/run does; Playwright cannot download its own browsers here")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser: sync_api.Browser) -> Iterator[sync_api.Page]:
+    """A fresh profile (empty localStorage) wide enough to show the channel and the thread side by side.
+    Uncaught errors in the page's JavaScript, and errors it logs (such as failed loads), fail the test."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
+    page.on("console", lambda message: errors.append(f"console: {message.text} at {message.location}")
+            if message.type == "error" else None)
+    try:
+        yield page
+    finally:
+        context.close()
+    assert not errors, f"errors in the page: {errors}"
+
+
+def open_playground(page: sync_api.Page, url: str, user: str) -> None:
+    """Load the page, pick ``user``, and wait until #general is loaded and the live stream is connected."""
+    page.goto(url + "/")
+    picker = page.locator("#user-picker")
+    expect(picker.locator("option")).to_have_count(4)
+    picker.select_option(user)
+    expect(picker).to_have_value(user)
+    expect(page.locator("#channel-title")).to_have_text("#general")
+    expect(page.locator("#messages .empty")).to_contain_text("No messages yet")
+    expect(page.locator("#conn-status.online")).to_be_attached()
+    assert page.evaluate("localStorage.getItem('batonPlayground.user')") == user
+
+
+def test_request_approved_by_someone_else_runs_once(start_baton, sqlite_url: str, counter: Path,
+                                                    tmp_path: Path, page: sync_api.Page) -> None:
+    baton = start_baton(sqlite_url)
+    open_playground(page, baton.url, "alice")
+
+    request_text = "@baton run restart service=web"
+    page.locator("#composer").fill(request_text)
+    page.locator("#composer").press("Enter")
+    expect(page.locator("#composer")).to_have_value("")  # sent and cleared, no error
+    expect(page.locator("#composer-error")).to_be_hidden()
+
+    request = page.locator("#messages .message[data-message-id]", has_text=request_text)
+    expect(request).to_have_count(1)
+    expect(request.locator(".author")).to_have_text("alice")
+    # the bot answers in the thread: the root's link turns from "Reply in thread" into a count
+    replies_link = request.locator(".replies-link")
+    expect(replies_link).to_have_text(re.compile(r"^\d+ repl(y|ies)$"), timeout=WAIT_MS)
+    replies_link.click()
+
+    thread = page.locator("#thread-pane")
+    expect(thread).to_be_visible()
+    request_id = request.get_attribute("data-message-id")
+    assert request_id
+    expect(page).to_have_url(re.compile(rf"#/c/general/t/{request_id}$"))
+    expect(thread.locator(".message.thread-root")).to_contain_text(request_text)
+
+    approve = thread.locator("button.approve[data-approval-id]")
+    card = thread.locator(".message.bot[data-message-id]", has=page.locator("button.approve"))
+    expect(approve).to_be_visible(timeout=WAIT_MS)
+    expect(card).to_contain_text("Approval needed")
+    expect(card).to_contain_text("Requested by alice")
+    card_id = card.get_attribute("data-message-id")
+    assert card_id
+    assert runs_in(counter) == [], "the high-risk runbook ran before anyone approved it"
+
+    # someone else approves: switch the user, the page reloads what it shows for bob
+    page.locator("#user-picker").select_option("bob")
+    expect(page.locator("#user-picker")).to_have_value("bob")
+    assert page.evaluate("localStorage.getItem('batonPlayground.user')") == "bob"
+    expect(thread.locator(".message.thread-root")).to_contain_text(request_text)
+    expect(approve).to_be_visible()
+    approve.click()
+
+    decided = thread.locator(f'.message[data-message-id="{card_id}"]')
+    expect(decided).to_contain_text("Approved by bob", timeout=WAIT_MS)
+    expect(decided.locator("button")).to_have_count(0)  # the same card was edited: buttons gone
+    expect(decided).to_have_class(re.compile(r"\btone-success\b"))
+    expect(thread.locator("button.approve")).to_have_count(0)
+    output = thread.locator("pre.part-code", has_text="did restart web")
+    expect(output).to_be_visible(timeout=WAIT_MS)
+    expect(output).to_contain_text("did restart web")
+    expect(thread.locator(".buttons-error")).to_have_count(0)
+
+    # the channel's root shows the thread's replies too
+    expect(replies_link).to_have_text(re.compile(r"^\d+ replies$"))
+    assert runs_in(counter) == ["restart web"]
+
+    page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
+
+
+def test_blank_message_is_not_sent(start_baton, sqlite_url: str, tmp_path: Path, page: sync_api.Page) -> None:
+    """The page does not post a blank message at all (the API would answer 400 "text must not be empty"):
+    nothing is posted, no error is shown, and the next real message goes through normally."""
+    baton = start_baton(sqlite_url)
+    open_playground(page, baton.url, "alice")
+    posted: list[dict] = []
+    page.on("request", lambda r: posted.append(json.loads(r.post_data or "{}"))
+            if r.method == "POST" and r.url.endswith("/api/messages") else None)
+
+    composer = page.locator("#composer")
+    composer.fill("   \n\t  ")
+    composer.press("Enter")
+    page.locator("#composer-form button.send-button").click()
+    expect(page.locator("#composer-error")).to_be_hidden()
+    expect(composer).to_have_value("   \n\t  ")  # left as typed; nothing happened
+
+    # a real message afterwards: once it shows, any POST from the blank attempts would have been seen
+    composer.fill("hello after the blank one")
+    composer.press("Enter")
+    expect(page.locator("#messages .message[data-message-id]", has_text="hello after the blank one")).to_be_visible()
+    expect(composer).to_have_value("")
+    expect(page.locator("#composer-error")).to_be_hidden()
+    assert [body["text"] for body in posted] == ["hello after the blank one"]
+    expect(page.locator("#messages .message[data-message-id]")).to_have_count(1)
+    stored = baton.client().http.get("/api/channels/general/messages").json()["messages"]
+    assert [m["text"] for m in stored] == ["hello after the blank one"]
+
+    page.screenshot(path=str(tmp_path / "blank.png"), full_page=True)
+
+
+def test_every_message_keeps_its_reply_link(start_baton, sqlite_url: str, page: sync_api.Page) -> None:
+    """A new message must not take away an earlier one's "Reply in thread" link, and the link sits
+    under the message's text (it once shared its class with the list's "No messages yet" placeholder)."""
+    baton = start_baton(sqlite_url)
+    open_playground(page, baton.url, "alice")
+    composer = page.locator("#composer")
+    for text in ["first message", "second message"]:
+        composer.fill(text)
+        composer.press("Enter")
+        expect(page.locator("#messages .message[data-message-id]", has_text=text)).to_be_visible()
+    messages = page.locator("#messages .message[data-message-id]")
+    expect(messages).to_have_count(2)
+    for i in range(2):
+        link = messages.nth(i).locator(".replies-link")
+        expect(link).to_have_text("Reply in thread")
+        text_box = messages.nth(i).locator(".part-text").bounding_box()
+        link_box = link.bounding_box()
+        assert text_box and link_box
+        assert abs(link_box["x"] - text_box["x"]) < 2, (text_box, link_box)
+        assert 0 <= link_box["y"] - (text_box["y"] + text_box["height"]) < 12, (text_box, link_box)
+    expect(page.locator("#messages > .empty")).to_have_count(0)
