@@ -1,0 +1,76 @@
+"""``baton.yaml`` validation (with line numbers) and the ``baton`` command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.config import ConfigError, load_config
+from tests.support import ROOT, BatonProcess, wait_for
+
+
+def baton_cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bot.cli", *args], cwd=cwd, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_shipped_example_config_is_valid():
+    config = load_config(ROOT / "baton.yaml")
+    assert config.runbooks["restart"].risk == "high"
+    assert config.runbooks["uptime"].argv({}) == ["uptime"]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("runbooks:\n  up:\n    description: x\n    command: [uptime]\n    risk: medium\n", "line 5: runbooks.up.risk"),
+    ("runbooks:\n  up:\n    command: [echo, '{who}']\n    description: x\n", "line 2: runbooks.up: Value error, command uses {who}"),
+    ("runbooks:\n  up:\n    description: x\n    command: [a]\n    args:\n      n:\n        pattern: '(['\n", "line 7: runbooks.up.args.n.pattern"),
+    ("approvers: [alice\n", "line 2: not valid YAML"),
+    ("runbooks:\n  Bad Name:\n    description: x\n    command: [a]\n", "runbook name 'Bad Name'"),
+    ("runbook:\n  up: {}\n", "line 1: runbook: Extra inputs are not permitted"),
+])
+def test_invalid_config_names_the_line(tmp_path, text, expected):
+    path = tmp_path / "baton.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert expected in str(error.value)
+
+
+def test_baton_run_refuses_an_invalid_config(tmp_path):
+    path = tmp_path / "baton.yaml"
+    path.write_text("approvers: [alice]\nrunbooks:\n  up:\n    description: x\n    command: []\n")
+    result = baton_cli("run", cwd=tmp_path, env={"BATON_CONFIG": str(path),
+                                                 "BATON_DATABASE_URL": f"sqlite:///{tmp_path / 'b.db'}"})
+    assert result.returncode == 2
+    assert "line 5: runbooks.up.command" in result.stderr
+    assert not (tmp_path / "b.db").exists()
+
+
+def test_cli_lists_graphs_threads_and_approvals(tmp_path, config_path):
+    env = {"BATON_CONFIG": str(config_path), "BATON_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
+    upgrade = baton_cli("db", "upgrade", cwd=tmp_path, env=env)
+    assert upgrade.returncode == 0 and "up to date" in upgrade.stdout
+    graphs = baton_cli("graphs", cwd=tmp_path, env=env).stdout
+    for name in ("help", "status", "runbook", "announce", "run restart"):
+        assert name in graphs
+    assert "Nothing is waiting" in baton_cli("approvals", cwd=tmp_path, env=env).stdout
+
+    server = BatonProcess(env["BATON_DATABASE_URL"], config_path, tmp_path).start()
+    try:
+        pg = server.client()
+        thread = pg.ask("@baton run restart service=web")
+        card = pg.wait_card(thread)
+        approvals = baton_cli("approvals", cwd=tmp_path, env=env).stdout
+        assert "pending" in approvals and "Run `restart`" in approvals and "asked by alice" in approvals
+        threads = baton_cli("threads", cwd=tmp_path, env=env).stdout
+        assert f"playground/general/{thread}" in threads and "waiting" in threads
+        pg.click(card, "bob")
+        pg.wait_reply(thread, "did restart web")
+        wait_for(lambda: "approved by bob" in baton_cli("approvals", "--all", cwd=tmp_path, env=env).stdout,
+                 what="the decided approval in `baton approvals --all`")
+    finally:
+        server.stop()

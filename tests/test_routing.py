@@ -1,0 +1,47 @@
+"""Routing of request text: commands, runbook arguments, patterns and the help fallback."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.config import BatonConfig, load_config
+from bot.kit import Request
+from bot.registry import GraphRegistry
+from bot.routing import RouteError, route
+from tests.support import ROOT
+
+CONFIG: BatonConfig = load_config(ROOT / "baton.yaml")
+REGISTRY = GraphRegistry.discover()
+REQUEST = Request(platform="playground", channel="general", thread="1", user="alice", text="")
+
+
+def test_run_command_validates_arguments_and_fingerprints_them():
+    first = route(REQUEST, "run restart service=web", REGISTRY, CONFIG)
+    second = route(REQUEST, "run   restart  service=web", REGISTRY, CONFIG)
+    assert first.graph == "runbook" and first.input == {"runbook": "restart", "args": {"service": "web"}}
+    assert first.fingerprint == second.fingerprint and not first.force
+    other = route(REQUEST, "run restart service=api force", REGISTRY, CONFIG)
+    assert other.fingerprint != first.fingerprint and other.force
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("run", "Which runbook?"),
+    ("run nope", "I don't know a runbook called `nope`"),
+    ("run restart web", "is not a `key=value` argument"),
+    ("run restart service=web service=api", "`service` is given twice"),
+    ("run restart service=db", "does not match the allowed pattern"),
+    ("run restart 'service=web;rm -rf /'", "does not match the allowed pattern"),
+])
+def test_bad_runbook_requests_are_explained(text, message):
+    with pytest.raises(RouteError) as error:
+        route(REQUEST, text, REGISTRY, CONFIG)
+    assert message in str(error.value)
+
+
+def test_graph_names_and_fallback():
+    assert route(REQUEST, "status", REGISTRY, CONFIG).graph == "status"
+    assert route(REQUEST, "help", REGISTRY, CONFIG).fingerprint is None
+    announce = route(REQUEST, "announce Lunch is served", REGISTRY, CONFIG)
+    assert announce.graph == "announce" and announce.input == {"text": "Lunch is served"}
+    fallback = route(REQUEST, "make coffee", REGISTRY, CONFIG)
+    assert fallback.graph == "help" and fallback.input["text"] == "make coffee"
