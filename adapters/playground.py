@@ -55,7 +55,7 @@ class PostMessage(BaseModel):
 
 
 class PostClick(BaseModel):
-    message_id: int
+    message_id: int = Field(ge=1, le=10**15)
     approval_id: str = Field(max_length=200)
     action: Literal["approve", "reject"]
     user: str = Field(pattern=USER_NAME)
@@ -205,7 +205,7 @@ class PlaygroundAdapter(Adapter):
 
     @staticmethod
     async def _root(session: Any, thread_id: str) -> PlaygroundMessage:
-        root = await session.get(PlaygroundMessage, int(thread_id)) if thread_id.isdigit() else None
+        root = await session.get(PlaygroundMessage, int(thread_id)) if re.fullmatch(r"[0-9]{1,15}", thread_id) else None
         if root is None or root.thread_id is not None:
             raise HTTPException(404, f"there is no thread {thread_id}")
         return root

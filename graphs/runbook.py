@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import signal
 from typing import Any, TypedDict
 
@@ -90,7 +91,7 @@ async def run_command(argv: list[str], timeout: float) -> dict[str, Any]:
 
 
 def _shown(argv: list[str]) -> str:
-    return " ".join(argv)
+    return shlex.join(argv)
 
 
 builder = StateGraph(RunbookState)

@@ -56,8 +56,8 @@ def start_baton(tmp_path: Path, config_path: Path) -> Iterator:
     """Start ``baton run`` processes; every one is stopped at the end of the test."""
     started: list[BatonProcess] = []
 
-    def start(database_url: str, name: str = "baton") -> BatonProcess:
-        process = BatonProcess(database_url, config_path, tmp_path, name).start()
+    def start(database_url: str, name: str = "baton", env: dict[str, str] | None = None) -> BatonProcess:
+        process = BatonProcess(database_url, config_path, tmp_path, name, env).start()
         started.append(process)
         return process
 

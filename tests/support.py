@@ -66,7 +66,9 @@ def create_postgres_database() -> tuple[str, Callable[[], None]]:
 class BatonProcess:
     """``baton run`` in its own process, as a user would start it."""
 
-    def __init__(self, database_url: str, config: Path, workdir: Path, name: str = "baton") -> None:
+    def __init__(self, database_url: str, config: Path, workdir: Path, name: str = "baton",
+                 env: dict[str, str] | None = None) -> None:
+        self.extra_env = env or {}
         self.database_url = database_url
         self.config = config
         self.workdir = workdir
@@ -78,7 +80,8 @@ class BatonProcess:
 
     def start(self) -> BatonProcess:
         env = {**os.environ, "BATON_DATABASE_URL": self.database_url, "BATON_CONFIG": str(self.config),
-               "BATON_PORT": str(self.port), "BATON_HOST": "127.0.0.1", "BATON_INSTANCE_NAME": f"{self.name}-{self.port}"}
+               "BATON_PORT": str(self.port), "BATON_HOST": "127.0.0.1", "BATON_INSTANCE_NAME": f"{self.name}-{self.port}",
+               **self.extra_env}
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], cwd=self.workdir, env=env,
                                             stdout=log, stderr=subprocess.STDOUT)

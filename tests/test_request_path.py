@@ -210,3 +210,12 @@ def test_unknown_click_targets_are_refused_over_http(baton):
     wrong = pg.http.post("/api/clicks", json={"message_id": reply["id"], "approval_id": "x", "action": "maybe",
                                               "user": "bob"})
     assert wrong.status_code == 422
+
+
+def test_unknown_threads_are_404_not_errors(baton):
+    pg = baton.client()
+    for thread in ("999999999999999999999999", "²", "abc"):
+        assert pg.http.get(f"/api/threads/{thread}/messages").status_code == 404
+        assert pg.say("hello", thread=thread).status_code == 404
+    too_big = pg.http.post("/api/clicks", json={"message_id": 10**20, "approval_id": "a", "action": "approve", "user": "bob"})
+    assert too_big.status_code == 422

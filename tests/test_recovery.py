@@ -1,0 +1,89 @@
+"""Crashes and housekeeping: a killed replica's work is picked up, never done twice; old checkpoints go."""
+
+from __future__ import annotations
+
+import signal
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+from sqlmodel import select
+
+from bot.app import Baton
+from bot.messages import InboundMessage
+from bot.settings import Settings
+from storage.db import Database
+from storage.models import Effect, ThreadRecord, utcnow
+from tests.support import runs_in, wait_for
+
+
+async def _effects(database_url: str) -> list[Effect]:
+    database = Database(database_url)
+    try:
+        async with database.session() as session:
+            return list((await session.exec(select(Effect))).all())
+    finally:
+        await database.dispose()
+
+
+def effects(database_url: str) -> list[Effect]:
+    import asyncio
+
+    return asyncio.run(_effects(database_url))
+
+
+def test_killed_while_a_command_runs_it_is_not_run_again(start_baton, database_url, counter):
+    fast_lease = {"BATON_LEASE_SECONDS": "2"}
+    first = start_baton(database_url, name="crashing", env=fast_lease)
+    pg = first.client()
+    thread = pg.ask("@baton run slow seconds=3")
+    wait_for(lambda: [e for e in effects(database_url) if e.status == "started"], what="the command to start")
+    first.stop(signal.SIGKILL)
+
+    second = start_baton(database_url, name="survivor", env=fast_lease)
+    pg = second.client()
+    reply = pg.wait_reply(thread, "outcome is unknown", timeout=30)
+    assert reply["content"]["tone"] == "error"
+    assert [e.status for e in effects(database_url)] == ["started"]
+
+
+def test_request_queued_on_a_dead_replica_is_handled_by_another(start_baton, database_url, counter):
+    fast_lease = {"BATON_LEASE_SECONDS": "2"}
+    first = start_baton(database_url, name="crashing", env=fast_lease)
+    pg = first.client()
+    thread = pg.ask("@baton run slow seconds=3")
+    pg.say("run uptime", thread=thread)
+    wait_for(lambda: [e for e in effects(database_url) if e.status == "started"], what="the command to start")
+    first.stop(signal.SIGKILL)
+    second = start_baton(database_url, name="survivor", env=fast_lease)
+    second.client().wait_reply(thread, "did uptime", timeout=30)
+    assert runs_in(counter) == ["uptime"]
+
+
+@pytest.mark.asyncio
+async def test_finished_threads_lose_their_checkpoints_after_retention(tmp_path, config_path):
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'r.db'}", BATON_CONFIG=config_path,
+                        BATON_CHECKPOINT_RETENTION_HOURS=1)
+    async with Baton(settings) as baton:
+        await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
+                                                  event_id="e1", user="alice", text="run uptime"))
+
+        async def finished() -> ThreadRecord | None:
+            async with baton.db.session() as session:
+                return (await session.exec(select(ThreadRecord).where(ThreadRecord.status == "done"))).first()
+
+        record = None
+        for _ in range(400):
+            if record := await finished():
+                break
+            await baton.outbox.wait("never", 0.05)
+        assert record is not None, "the run did not finish"
+        config = {"configurable": {"thread_id": f"{record.lg_thread_id}:runbook"}}
+        assert await baton.runtime.checkpointer.aget_tuple(config) is not None
+
+        assert await baton.prune_checkpoints() == 0  # not old enough yet
+        async with baton.db.session() as session:
+            await session.exec(update(ThreadRecord).values(updated_at=utcnow() - timedelta(hours=2)))
+        assert await baton.prune_checkpoints() == 1
+        assert await baton.runtime.checkpointer.aget_tuple(config) is None
+        assert await baton.prune_checkpoints() == 0
