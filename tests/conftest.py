@@ -15,14 +15,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     """Each test gets an empty database: a SQLite file, or a fresh PostgreSQL database."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'baton.db'}"
-        return
-    if PG_SKIP_REASON:
-        pytest.skip(PG_SKIP_REASON)
-    url, drop = create_postgres_database()
-    try:
-        yield url
-    finally:
-        drop()
+    else:
+        yield from _fresh_postgres_database()
 
 
 @pytest.fixture
@@ -32,6 +26,10 @@ def sqlite_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
+    yield from _fresh_postgres_database()
+
+
+def _fresh_postgres_database() -> Iterator[str]:
     if PG_SKIP_REASON:
         pytest.skip(PG_SKIP_REASON)
     url, drop = create_postgres_database()
