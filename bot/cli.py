@@ -14,7 +14,7 @@ from bot.config import ConfigError, load_config
 from bot.registry import GraphRegistry
 from bot.settings import Settings
 from storage.db import Database
-from storage.migrate import upgrade
+from storage.migrate import autogenerate, upgrade
 from storage.models import Approval, ThreadRecord
 
 app = typer.Typer(help="Baton: chat-ops orchestrator.", no_args_is_help=True, add_completion=False)
@@ -111,6 +111,13 @@ def db_upgrade(revision: str = typer.Argument("head")) -> None:
     """Apply the database migrations (also done automatically by `baton run`)."""
     upgrade(Settings().database_url, revision)
     typer.echo("Database is up to date.")
+
+
+@db_app.command("revision")
+def db_revision(message: str = typer.Argument(..., help="What the migration changes.")) -> None:
+    """For developers: write a migration from the difference between the models and the database."""
+    upgrade(Settings().database_url)
+    autogenerate(Settings().database_url, message)
 
 
 def _ready() -> None:

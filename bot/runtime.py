@@ -77,10 +77,6 @@ class GraphRuntime:
         snapshot = await self.compiled(spec).aget_state(self.config_for(lg_thread_id, spec.name))
         return GraphOutcome(interrupts=list(snapshot.interrupts), values=dict(snapshot.values or {}))
 
-    async def has_unfinished_work(self, spec: GraphSpec, lg_thread_id: str) -> bool:
-        snapshot = await self.compiled(spec).aget_state(self.config_for(lg_thread_id, spec.name))
-        return bool(snapshot.next) and not snapshot.interrupts
-
     async def forget(self, lg_thread_id: str) -> None:
         for name in self.registry.names():
             await self.checkpointer.adelete_thread(f"{lg_thread_id}:{name}")
