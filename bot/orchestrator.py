@@ -63,7 +63,7 @@ class Orchestrator:
                                        message.text, {}, record.id, correlation)
             if not stored:
                 return Accepted(status="duplicate", reason="this event was already received")
-            if record.status in threads.BUSY:
+            if record.status == "waiting" or await threads.queued_before(session, record, message.event_id):
                 after = "the approval is decided and " if record.status == "waiting" else ""
                 self.outbox.enqueue(session, location, Message.text(
                     f"Queued: I'll handle this after {after}the current run finishes.", tone="progress"),

@@ -99,3 +99,13 @@ async def next_event(session: AsyncSession, record: ThreadRecord) -> InboundEven
     if click is not None or record.status == "waiting":
         return click
     return (await session.exec(pending.order_by(InboundEvent.id).limit(1))).first()  # type: ignore[arg-type]
+
+
+async def queued_before(session: AsyncSession, record: ThreadRecord, event_id: str) -> bool:
+    """Whether an earlier event of this thread is still being handled (so ``event_id`` waits)."""
+    mine = select(InboundEvent.id).where(InboundEvent.platform == record.platform, InboundEvent.event_id == event_id)
+    earlier = select(InboundEvent.id).where(
+        InboundEvent.thread_record_id == record.id, InboundEvent.status == "pending",
+        InboundEvent.id < mine.scalar_subquery(),
+    ).limit(1)
+    return (await session.exec(earlier)).first() is not None
