@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import platform
 import sqlite3
 import sys
@@ -25,8 +26,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=20, help="unmeasured requests first (default 20)")
     parser.add_argument("--concurrency", type=int, default=8,
                         help="requests in flight in the concurrent mode; 0 skips it (default 8)")
-    parser.add_argument("--breakdown", action="store_true",
-                        help="also split Baton's sequential request into its steps (adds ~30 s)")
+    parser.add_argument("--breakdown", action=argparse.BooleanOptionalAction, default=True,
+                        help="also split Baton's sequential request into its steps (default on; adds ~15 s)")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"Markdown report (default {RESULTS})")
     parser.add_argument("--no-write", action="store_true", help="print only; do not write the report")
     args = parser.parse_args(argv)
@@ -52,22 +53,30 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment() -> list[str]:
+def _load() -> str:
+    return f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "n/a"
+
+
+def environment(load_before: str) -> list[str]:
     packages = ", ".join(f"{name} {_version(name)}" for name in PACKAGES)
     return [
         f"- Date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- Machine: {cpu_count()} CPU cores available ({_cpu_model()}), {platform.system()} {platform.release()}",
         f"- Python {platform.python_version()} ({sys.implementation.name}), SQLite {sqlite3.sqlite_version}",
         f"- {packages}",
+        (f"- Load average (1 min) before / after the run: {load_before} / {_load()} "
+         "(other work on the machine skews the numbers; compare runs made under the same load)"),
     ]
 
 
 def table(results: list[Result]) -> list[str]:
-    lines = ["| mode | side | runs | runs/s | p50 ms | p99 ms | mean ms |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| mode | side | runs | runs/s | p50 ms | p99 ms | mean ms | CPU ms/run |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for result in results:
         mode = result.mode if result.concurrency == 1 else f"{result.mode} ({result.concurrency} in flight)"
         lines.append(f"| {mode} | {result.side} | {result.runs} | {result.runs_per_second:.1f} | "
-                     f"{result.percentile_ms(50):.2f} | {result.percentile_ms(99):.2f} | {result.mean_ms:.2f} |")
+                     f"{result.percentile_ms(50):.2f} | {result.percentile_ms(99):.2f} | {result.mean_ms:.2f} | "
+                     f"{result.cpu_ms_per_run:.2f} |")
     return lines
 
 
@@ -92,6 +101,7 @@ def overhead_table(pairs: list[tuple[Result, Result]]) -> list[str]:
 
 
 async def run(args: argparse.Namespace) -> str:
+    load_before = _load()
     modes = [("sequential", 1)] + ([("concurrent", args.concurrency)] if args.concurrency > 1 else [])
     results: list[Result] = []
     pairs: list[tuple[Result, Result]] = []
@@ -110,18 +120,19 @@ async def run(args: argparse.Namespace) -> str:
     report = [
         "# Request path: Baton vs bare LangGraph",
         "",
-        f"`python -m bench --runs {args.runs} --warmup {args.warmup} --concurrency {args.concurrency}`: "
-        f"the `runbook` graph for a low-risk runbook running `{' '.join(COMMAND)}`, SQLite files in a temporary "
-        "directory (one per side and mode, same settings). Latency: Baton from `accept_message` to the final reply "
-        "stored by the playground adapter's `send`; bare from `astream` to the reply read with `aget_state`. "
-        "Overhead: Baton / bare - 1 (throughput: bare runs/s / Baton runs/s - 1, i.e. extra wall time per run).",
+        (f"`python -m bench --runs {args.runs} --warmup {args.warmup} --concurrency {args.concurrency}"
+         f"{'' if args.breakdown else ' --no-breakdown'}`: "
+         f"the `runbook` graph for a low-risk runbook running `{' '.join(COMMAND)}`, SQLite files in a temporary "
+         "directory (one per side and mode, same settings). Latency: Baton from `accept_message` to the final reply "
+         "stored by the playground adapter's `send`; bare from `astream` to the reply read with `aget_state`. "
+         "Overhead: Baton / bare - 1 (throughput: bare runs/s / Baton runs/s - 1, i.e. extra wall time per run)."),
         "",
-        *environment(),
+        *environment(load_before),
         "",
         *table(results),
         "",
-        f"For reference, spawning `{' '.join(COMMAND)}` alone (asyncio subprocess): "
-        f"p50 {floor.percentile_ms(50):.2f} ms, p99 {floor.percentile_ms(99):.2f} ms.",
+        (f"For reference, spawning `{' '.join(COMMAND)}` alone (asyncio subprocess): "
+         f"p50 {floor.percentile_ms(50):.2f} ms, p99 {floor.percentile_ms(99):.2f} ms."),
         "",
         *overhead_table(pairs),
     ]
@@ -140,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     print(report)
     if not args.no_write:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(report, encoding="utf-8")
+        partial = args.output.with_name(args.output.name + ".tmp")
+        partial.write_text(report, encoding="utf-8")
+        partial.replace(args.output)
         print(f"written to {args.output}", file=sys.stderr)
     return 0
 

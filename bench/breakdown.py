@@ -17,10 +17,20 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiosqlite.core
 from sqlalchemy import event
 
 from bench.request_path import (
-    CHANNEL, REPLY_TIMEOUT, RUNBOOK, USER, BareContext, ReplyWatch, drive, graph_input, percentile, write_config,
+    CHANNEL,
+    REPLY_TIMEOUT,
+    RUNBOOK,
+    USER,
+    BareContext,
+    ReplyWatch,
+    drive,
+    graph_input,
+    percentile,
+    write_config,
 )
 from bot import kit, runtime
 from bot.app import Baton
@@ -50,6 +60,7 @@ COUNTS = [
     ("SQLAlchemy transactions (BEGIN IMMEDIATE) per request", "transactions"),
     ("SQL statements per request (without BEGIN)", "statements"),
     ("checkpointer writes (aput + aput_writes) per request", "checkpoint_writes"),
+    ("aiosqlite thread round trips per request (all connections)", "hops"),
 ]
 
 
@@ -134,6 +145,21 @@ def _probe_ledger(probe: Probe) -> Callable[[], None]:
     return undo
 
 
+def _probe_hops(probe: Probe) -> Callable[[], None]:
+    """Count calls handed to aiosqlite's worker threads (each is a thread round trip); returns the undo."""
+    original = aiosqlite.core.Connection._execute
+
+    async def _execute(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        probe.add("hops", 1)
+        return await original(self, fn, *args, **kwargs)
+
+    aiosqlite.core.Connection._execute = _execute  # type: ignore[method-assign]
+
+    def undo() -> None:
+        aiosqlite.core.Connection._execute = original  # type: ignore[method-assign]
+    return undo
+
+
 def _probe_engine(engine: Any, probe: Probe) -> None:
     @event.listens_for(engine.sync_engine, "before_cursor_execute")
     def before(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
@@ -153,7 +179,7 @@ async def baton_breakdown(directory: Path, runs: int, warmup: int) -> list[dict[
                         BATON_CONFIG=str(write_config(directory)), BATON_ADAPTERS="playground",
                         BATON_INSTANCE_NAME="bench")
     probe = Probe()
-    undo = _probe_ledger(probe)
+    undo, undo_hops = _probe_ledger(probe), _probe_hops(probe)
     samples: list[dict[str, Any]] = []
     try:
         async with Baton(settings) as baton:
@@ -188,7 +214,160 @@ async def baton_breakdown(directory: Path, runs: int, warmup: int) -> list[dict[
             await drive(one_request, warmup + runs, 1)
     finally:
         undo()
+        undo_hops()
     return samples
+
+
+# -- the same steps run back to back, with nothing else running ------------------------------------
+
+ISOLATED = [  # (label, key); keys are wrapped calls, "before_graph" is derived
+    ("accept_message", "accept"),
+    ("drain: Leases.acquire", "acquire"),
+    ("drain: Orchestrator._next (before the event, after it, after the release)", "next"),
+    ("drain: _handle_message before the graph (earlier run, route, duplicate check, Run insert + reload)",
+     "before_graph"),
+    ("drain: GraphRuntime.run", "run"),
+    ("  of which the effects ledger (without the command)", "ledger"),
+    ("drain: _finish_run", "finish"),
+    ("drain: Leases.release", "release"),
+    ("Outbox.claim (x1 here; x3 per request in a live Baton)", "claim"),
+    ("adapter _deliver: send + Outbox.delivered", "deliver"),
+    ("**total**", "total"),
+]
+METRICS = ("wall", "cpu", "transactions", "statements", "hops")
+
+
+class Meter:
+    """Wall time, main-thread CPU and the probe's counters of wrapped calls, summed per request."""
+
+    def __init__(self, probe: Probe) -> None:
+        self.probe = probe
+        self.current: defaultdict[str, defaultdict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self.requests: list[dict[str, dict[str, float]]] = []
+
+    def snapshot(self) -> dict[str, float]:
+        return {"wall": time.perf_counter_ns() / 1e6, "cpu": time.thread_time() * 1000,
+                **{key: float(self.probe.sums.get(key, 0)) for key in METRICS[2:]}}
+
+    def add(self, key: str, before: dict[str, float], after: dict[str, float]) -> None:
+        for metric in METRICS:
+            self.current[key][metric] += after[metric] - before[metric]
+        self.current[key]["calls"] += 1
+
+    def wrap(self, obj: Any, attr: str, key: str) -> bool:
+        original = getattr(obj, attr, None)
+        if original is None:
+            return False
+
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            before = self.snapshot()
+            try:
+                return await original(*args, **kwargs)
+            finally:
+                self.add(key, before, self.snapshot())
+
+        setattr(obj, attr, wrapper)
+        return True
+
+    def finish_request(self, keep: bool) -> None:
+        if keep:
+            self.requests.append({key: dict(values) for key, values in self.current.items()})
+        self.current = defaultdict(lambda: defaultdict(float))
+
+
+async def isolated_breakdown(directory: Path, runs: int, warmup: int) -> list[dict[str, dict[str, float]]] | None:
+    """Each request's steps awaited one after the other by the bench: no contention, exact CPU per step."""
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{directory / 'baton.db'}",  # type: ignore[call-arg]
+                        BATON_CONFIG=str(write_config(directory)), BATON_ADAPTERS="playground",
+                        BATON_INSTANCE_NAME="bench")
+    probe = Probe()
+    meter = Meter(probe)
+    undo_hops = _probe_hops(probe)
+    original_ledger = runtime.RunServices.run_effect_once
+
+    async def run_effect_once(self: Any, key: str, name: str, fn: Callable[[], Awaitable[Any]]) -> Any:
+        before = meter.snapshot()
+        inner: dict[str, float] = {}
+
+        async def measured() -> Any:
+            start = meter.snapshot()
+            try:
+                return await fn()
+            finally:
+                end = meter.snapshot()
+                inner.update({metric: end[metric] - start[metric] for metric in METRICS})
+
+        try:
+            return await original_ledger(self, key, name, measured)
+        finally:
+            after = meter.snapshot()
+            meter.add("ledger", before, {metric: after[metric] - inner.get(metric, 0) for metric in METRICS})
+
+    runtime.RunServices.run_effect_once = run_effect_once  # type: ignore[method-assign]
+    try:
+        async with Baton(settings) as baton:
+            orchestrator = baton.orchestrator
+            playground = next(adapter for adapter in baton.adapters if adapter.name == "playground")
+            needed = [(baton, "_loops"), (orchestrator, "_schedule"), (orchestrator, "drain"),
+                      (orchestrator, "_handle_message"), (orchestrator, "_next"), (orchestrator, "_finish_run"),
+                      (playground, "_deliver")]
+            if any(not hasattr(obj, attr) for obj, attr in needed):
+                return None
+            for task in baton._loops:  # no sweeper, no retention job
+                task.cancel()
+            await playground.stop()  # no delivery loop: the bench claims and delivers itself
+            scheduled: list[int] = []
+            orchestrator._schedule = scheduled.append  # type: ignore[method-assign]
+            _probe_engine(baton.db.engine, probe)
+            for obj, attr, key in [(orchestrator.leases, "acquire", "acquire"), (orchestrator, "_next", "next"),
+                                   (orchestrator, "_handle_message", "handle"), (baton.runtime, "run", "run"),
+                                   (orchestrator, "_finish_run", "finish"), (orchestrator.leases, "release", "release"),
+                                   (baton.outbox, "claim", "claim"), (playground, "_deliver", "deliver")]:
+                meter.wrap(obj, attr, key)
+            for number in range(warmup + runs):
+                probe.reset()
+                start = meter.snapshot()
+                before = meter.snapshot()
+                await baton.accept_message(InboundMessage(
+                    platform="playground", channel=CHANNEL, thread=f"isolated-{number}", user=USER,
+                    text=f"run {RUNBOOK} n={number}", addressed=True, event_id=f"isolated-{number}"))
+                meter.add("accept", before, meter.snapshot())
+                await orchestrator.drain(scheduled.pop())
+                deliveries = await baton.outbox.claim(playground.name, baton.instance)
+                if len(deliveries) != 1 or "finished" not in deliveries[0].message.plain_text():
+                    raise RuntimeError(f"isolated request {number}: unexpected outbox rows {deliveries}")
+                await playground._deliver(deliveries[0])
+                meter.add("total", start, meter.snapshot())
+                meter.finish_request(keep=number >= warmup)
+    finally:
+        runtime.RunServices.run_effect_once = original_ledger  # type: ignore[method-assign]
+        undo_hops()
+    for request in meter.requests:  # the part of _handle_message before the graph
+        handle, run, finish = request.get("handle", {}), request.get("run", {}), request.get("finish", {})
+        request["before_graph"] = {metric: handle.get(metric, 0) - run.get(metric, 0) - finish.get(metric, 0)
+                                   for metric in METRICS}
+        request["before_graph"]["calls"] = 1
+    return meter.requests
+
+
+def render_isolated(requests: list[dict[str, dict[str, float]]] | None) -> str:
+    if not requests:
+        return "(n/a: the Baton internals this probe wraps have changed)"
+    lines = [("| step (nothing else running) | calls | wall ms p50 | main-thread CPU ms p50 | txns | statements | "
+              "aiosqlite round trips |"), "|---|---:|---:|---:|---:|---:|---:|"]
+    for label, key in ISOLATED:
+        rows = [request[key] for request in requests if key in request]
+        if not rows:
+            lines.append(f"| {label} | n/a | n/a | n/a | n/a | n/a | n/a |")
+            continue
+
+        def p50(metric: str, rows: list[dict[str, float]] = rows) -> float:
+            return percentile([row.get(metric, 0) for row in rows], 50)
+
+        calls = "" if key in ("total", "before_graph") else f"{p50('calls'):g}"
+        lines.append(f"| {label} | {calls} | {p50('wall'):.2f} | {p50('cpu'):.2f} | {p50('transactions'):g} | "
+                     f"{p50('statements'):g} | {p50('hops'):g} |")
+    return "\n".join(lines)
 
 
 async def bare_breakdown(directory: Path, runs: int, warmup: int) -> list[dict[str, Any]]:
@@ -229,7 +408,11 @@ async def bare_breakdown(directory: Path, runs: int, warmup: int) -> list[dict[s
                 samples.append({**probe.marks, "delivered": finished, **probe.sums})
             return finished
 
-        await drive(one_request, warmup + runs, 1)
+        undo_hops = _probe_hops(probe)
+        try:
+            await drive(one_request, warmup + runs, 1)
+        finally:
+            undo_hops()
     return samples
 
 
@@ -258,6 +441,7 @@ def render(baton: list[dict[str, Any]], bare: list[dict[str, Any]]) -> str:
     lines.append(_row("  the command", [s.get("command", 0) for s in bare]))
     lines.append(_row("checkpointer writes (aput + aput_writes) per request",
                       [s.get("checkpoint_writes", 0) for s in bare], unit="count"))
+    lines.append(_row("aiosqlite thread round trips per request", [s.get("hops", 0) for s in bare], unit="count"))
     return "\n".join(lines)
 
 
@@ -266,4 +450,12 @@ async def breakdown(runs: int, warmup: int) -> str:
         bare = await bare_breakdown(Path(directory), runs, warmup)
     with tempfile.TemporaryDirectory(prefix="baton-bench-breakdown-") as directory:
         baton = await baton_breakdown(Path(directory), runs, warmup)
-    return render(baton, bare)
+    with tempfile.TemporaryDirectory(prefix="baton-bench-breakdown-") as directory:
+        isolated = await isolated_breakdown(Path(directory), runs, warmup)
+    return "\n\n".join([
+        "A live Baton, one request at a time (the drain task, the outbox loop and the next request overlap):",
+        render(baton, bare),
+        ("The same steps awaited one after the other by the bench, with the sweeper and the outbox loop stopped "
+         "(no lock contention; CPU is the event loop thread's, the aiosqlite threads' own CPU is not in it):"),
+        render_isolated(isolated),
+    ])

@@ -71,6 +71,11 @@ class Result:
     concurrency: int
     latencies_ns: list[int] = field(default_factory=list)
     wall_ns: int = 0
+    cpu_s: float = 0.0  # this process's CPU time (all threads) during the measured runs
+
+    @property
+    def cpu_ms_per_run(self) -> float:
+        return self.cpu_s * 1000 / self.runs if self.runs else 0.0
 
     @property
     def runs(self) -> int:
@@ -98,8 +103,9 @@ def percentile(values: list[int] | list[float], p: float) -> float:
 OneRequest = Callable[[int], Awaitable[int]]  # request number -> perf_counter_ns when its reply was there
 
 
-async def drive(one_request: OneRequest, runs: int, concurrency: int, first: int = 0) -> tuple[list[int], int]:
-    """``runs`` requests, ``concurrency`` of them in flight (closed loop); latencies and wall time (ns)."""
+async def drive(one_request: OneRequest, runs: int, concurrency: int, first: int = 0) -> tuple[list[int], int, float]:
+    """``runs`` requests, ``concurrency`` of them in flight (closed loop): latencies and wall time (ns),
+    CPU time (s)."""
     numbers = itertools.count(first)
     last = first + runs
     latencies: list[int] = []
@@ -110,9 +116,10 @@ async def drive(one_request: OneRequest, runs: int, concurrency: int, first: int
             finished = await one_request(number)
             latencies.append(finished - started)
 
+    cpu = time.process_time()
     started = time.perf_counter_ns()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, time.perf_counter_ns() - started
+    return latencies, time.perf_counter_ns() - started, time.process_time() - cpu
 
 
 def write_config(directory: Path) -> Path:
@@ -171,8 +178,8 @@ async def run_bare(directory: Path, mode: str, runs: int, warmup: int, concurren
             return finished
 
         await drive(one_request, warmup, concurrency, first=0)
-        latencies, wall = await drive(one_request, runs, concurrency, first=warmup)
-    return Result("bare LangGraph", mode, concurrency, latencies, wall)
+        latencies, wall, cpu = await drive(one_request, runs, concurrency, first=warmup)
+    return Result("bare LangGraph", mode, concurrency, latencies, wall, cpu)
 
 
 # -- Baton ---------------------------------------------------------------------------------------
@@ -222,14 +229,14 @@ async def run_baton(directory: Path, mode: str, runs: int, warmup: int, concurre
             return finished
 
         await drive(one_request, warmup, concurrency, first=0)
-        latencies, wall = await drive(one_request, runs, concurrency, first=warmup)
+        latencies, wall, cpu = await drive(one_request, runs, concurrency, first=warmup)
         async with baton.db.session() as session:
             done = (await session.exec(select(func.count()).select_from(Run).where(Run.status == "done"))).one()
             undelivered = (await session.exec(select(func.count()).select_from(OutboxMessage).where(
                 OutboxMessage.status.in_(("failed",))))).one()  # type: ignore[attr-defined]
         if done != warmup + runs or undelivered:
             raise RuntimeError(f"Baton finished {done} of {warmup + runs} runs, {undelivered} failed deliveries")
-    return Result("Baton", mode, concurrency, latencies, wall)
+    return Result("Baton", mode, concurrency, latencies, wall, cpu)
 
 
 # -- the command alone ---------------------------------------------------------------------------
@@ -243,8 +250,8 @@ async def run_command_only(mode: str, runs: int, warmup: int, concurrency: int) 
         return time.perf_counter_ns()
 
     await drive(one_request, warmup, concurrency)
-    latencies, wall = await drive(one_request, runs, concurrency, first=warmup)
-    return Result("command alone", mode, concurrency, latencies, wall)
+    latencies, wall, cpu = await drive(one_request, runs, concurrency, first=warmup)
+    return Result("command alone", mode, concurrency, latencies, wall, cpu)
 
 
 Side = Callable[[Path, str, int, int, int], Awaitable[Result]]
