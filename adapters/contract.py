@@ -91,5 +91,3 @@ class Adapter(ABC):
                 await outbox.retry(delivery.id, min(2.0 ** delivery.attempts, 120.0), f"{type(exc).__name__}: {exc}")
         else:
             await outbox.delivered(delivery.id, platform_id)
-            if delivery.kind != "update":
-                self.baton.outbox.wake(self.name)

@@ -88,7 +88,7 @@ class PlaygroundAdapter(Adapter):
 
     async def channel_messages(self, channel: str, viewer: str | None = None) -> dict[str, Any]:
         self._known_channel(channel)
-        async with self.baton.db.session() as session:
+        async with self.baton.db.read() as session:
             rows = (await session.exec(self._visible(viewer).where(
                 PlaygroundMessage.channel == channel, PlaygroundMessage.thread_id.is_(None))  # type: ignore[union-attr]
                 .order_by(PlaygroundMessage.id))).all()  # type: ignore[arg-type]
@@ -100,7 +100,7 @@ class PlaygroundAdapter(Adapter):
         return {"messages": [self._json(row, counts.get(str(row.id), 0)) for row in rows]}
 
     async def thread_messages(self, thread_id: str, viewer: str | None = None) -> dict[str, Any]:
-        async with self.baton.db.session() as session:
+        async with self.baton.db.read() as session:
             root = await self._root(session, thread_id)
             replies = (await session.exec(self._visible(viewer).where(PlaygroundMessage.thread_id == thread_id)
                                           .order_by(PlaygroundMessage.id))).all()  # type: ignore[arg-type]
@@ -131,7 +131,7 @@ class PlaygroundAdapter(Adapter):
         return {"message": self._json(stored), "thread_id": thread, "delivery": accepted.status}
 
     async def post_click(self, body: PostClick) -> dict[str, Any]:
-        async with self.baton.db.session() as session:
+        async with self.baton.db.read() as session:
             card = await session.get(PlaygroundMessage, body.message_id)
         if card is None:
             raise HTTPException(404, f"there is no message {body.message_id}")
@@ -154,7 +154,7 @@ class PlaygroundAdapter(Adapter):
         cursor = utcnow()
         yield ": connected\n\n"
         while not await request.is_disconnected():
-            async with self.baton.db.session() as session:
+            async with self.baton.db.read() as session:
                 rows = (await session.exec(self._visible(viewer).where(
                     PlaygroundMessage.updated_at >= cursor - timedelta(seconds=5)).order_by(PlaygroundMessage.updated_at))).all()  # type: ignore[arg-type]
             for row in rows:

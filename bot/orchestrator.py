@@ -63,14 +63,16 @@ class Orchestrator:
                                        message.text, {}, record.id, correlation)
             if not stored:
                 return Accepted(status="duplicate", reason="this event was already received")
-            if record.status == "waiting" or await threads.queued_before(session, record, message.event_id):
+            queued = record.status == "waiting" or await threads.queued_before(session, record, message.event_id)
+            if queued:
                 after = "the approval is decided and " if record.status == "waiting" else ""
                 self.outbox.enqueue(session, location, Message.text(
                     f"Queued: I'll handle this after {after}the current run finishes.", tone="progress"),
                     correlation_id=correlation)
             audit.record(session, "request.received", correlation, platform=message.platform,
                          channel=message.channel, thread=message.thread, user=message.user, chars=len(message.text))
-        self.outbox.wake(message.platform)
+        if queued:
+            self.outbox.wake(message.platform)
         self._schedule(record.id)  # type: ignore[arg-type]
         return Accepted(status="accepted", correlation_id=correlation)
 
@@ -118,25 +120,23 @@ class Orchestrator:
     async def drain(self, record_id: int) -> None:
         """Handle the thread's queued events in order, if nobody else is doing it already."""
         try:
-            while await self.leases.acquire(record_id):
-                heartbeat = asyncio.create_task(self._heartbeat(record_id))
-                try:
-                    while (work := await self._next(record_id)) is not None:
-                        await self._handle(*work)
-                finally:
-                    heartbeat.cancel()
-                    await self.leases.release(record_id)
-                # An event queued while we released would otherwise wait for the sweeper.
-                if await self._next(record_id) is None:
-                    return
+            work = await self.leases.take(record_id)
         except Exception:
-            log.exception("draining thread %s failed; the sweeper will retry", record_id)
-
-    async def _next(self, record_id: int) -> tuple[InboundEvent, ThreadRecord] | None:
-        async with self.db.session() as session:
-            record = await session.get(ThreadRecord, record_id)
-            event = await threads.next_event(session, record) if record else None
-        return (event, record) if event and record else None
+            log.exception("taking thread %s failed; the sweeper will retry", record_id)
+            return
+        if work is None:
+            return
+        heartbeat = asyncio.create_task(self._heartbeat(record_id))
+        try:
+            while work is not None:
+                await self._handle(*work)
+                work = await self.leases.next_or_release(record_id)
+        except BaseException:
+            log.exception("draining thread %s stopped; the sweeper will retry", record_id)
+            await asyncio.shield(self.leases.release(record_id))
+            raise
+        finally:
+            heartbeat.cancel()
 
     async def _heartbeat(self, record_id: int) -> None:
         while True:
@@ -148,7 +148,7 @@ class Orchestrator:
     async def sweep(self) -> int:
         """Schedule every thread that has old pending events and no live lease (crash recovery)."""
         now = utcnow()
-        async with self.db.session() as session:
+        async with self.db.read() as session:
             ids = (await session.exec(
                 select(InboundEvent.thread_record_id).join(ThreadRecord).where(
                     InboundEvent.status == "pending",
@@ -180,15 +180,6 @@ class Orchestrator:
                                      Message.text("Something went wrong while handling this; it was logged.", tone="error"))
 
     async def _handle_message(self, event: InboundEvent, record: ThreadRecord) -> None:
-        async with self.db.session() as session:
-            earlier = (await session.exec(select(Run).where(Run.inbound_id == event.id))).first()
-        if earlier is not None:  # we crashed while handling this event: continue, never start twice
-            spec = self.registry.get(earlier.graph)
-            if earlier.status == "running" and spec is not None:
-                await self._drive(earlier.id, record, spec, None, event)  # type: ignore[arg-type]
-            else:
-                await self._finish_event(event, "recovered")
-            return
         text = event.text.strip()
         if not text:
             return await self._finish_event(event, "empty", Message.text(
@@ -205,37 +196,48 @@ class Orchestrator:
         spec = self.registry.get(chosen.graph)
         if spec is None:
             return await self._finish_event(event, "no graph", Message.text(f"The `{chosen.graph}` graph is not installed.", tone="error"))
-        if chosen.fingerprint and not chosen.force:
-            twin = await self._recent_twin(record, chosen.fingerprint)
-            if twin is not None:
-                return await self._finish_event(event, "duplicate request", replies.duplicate(twin.channel, twin.thread, twin.status))
         async with self.db.session() as session:
-            run = Run(thread_record_id=record.id, inbound_id=event.id, platform=event.platform, channel=event.channel,  # type: ignore[arg-type]
-                      graph=spec.name, requested_by=event.user, input_text=text, correlation_id=event.correlation_id)
-            session.add(run)
-            await session.flush()
-            await session.exec(update(ThreadRecord).where(ThreadRecord.id == record.id).values(  # type: ignore[arg-type]
-                status="running", graph=spec.name, fingerprint=chosen.fingerprint, title=chosen.title or spec.name,
-                requested_by=event.user, updated_at=utcnow(), pruned_at=None))
-            audit.record(session, "run.started", event.correlation_id, platform=event.platform, channel=event.channel,
-                         thread=event.thread, user=event.user, run_id=run.id, graph=spec.name, title=chosen.title)
-        await self._drive(run.id, record, spec, chosen.input, event)  # type: ignore[arg-type]
+            earlier = (await session.exec(select(Run).where(Run.inbound_id == event.id))).first()
+            if earlier is None and chosen.fingerprint and not chosen.force:
+                twin = await self._recent_twin(session, record, chosen.fingerprint)
+                if twin is not None:
+                    await self._answer(session, event, "duplicate request",
+                                       replies.duplicate(twin.channel, twin.thread, twin.status))
+                    return self.outbox.wake(event.platform)
+            if earlier is None:
+                run = Run(thread_record_id=record.id, inbound_id=event.id, platform=event.platform,  # type: ignore[arg-type]
+                          channel=event.channel, graph=spec.name, requested_by=event.user, input_text=text,
+                          correlation_id=event.correlation_id)
+                session.add(run)
+                await session.flush()
+                await session.exec(update(ThreadRecord).where(ThreadRecord.id == record.id).values(  # type: ignore[arg-type]
+                    status="running", graph=spec.name, fingerprint=chosen.fingerprint, title=chosen.title or spec.name,
+                    requested_by=event.user, updated_at=utcnow(), pruned_at=None))
+                audit.record(session, "run.started", event.correlation_id, platform=event.platform,
+                             channel=event.channel, thread=event.thread, user=event.user, run_id=run.id,
+                             graph=spec.name, title=chosen.title)
+        if earlier is None:
+            return await self._drive(run, record, spec, chosen.input, event)
+        # We crashed while handling this event: continue from the checkpoint, never start twice.
+        earlier_spec = self.registry.get(earlier.graph)
+        if earlier.status == "running" and earlier_spec is not None:
+            return await self._drive(earlier, record, earlier_spec, None, event)
+        await self._finish_event(event, "recovered")
 
-    async def _recent_twin(self, record: ThreadRecord, fingerprint: str) -> ThreadRecord | None:
+    async def _recent_twin(self, session: AsyncSession, record: ThreadRecord, fingerprint: str) -> ThreadRecord | None:
         since = utcnow() - timedelta(seconds=self.settings.dedupe_window_seconds)
-        async with self.db.session() as session:
-            return (await session.exec(select(ThreadRecord).where(
-                ThreadRecord.platform == record.platform, ThreadRecord.workspace == record.workspace,
-                ThreadRecord.channel == record.channel, ThreadRecord.fingerprint == fingerprint,
-                ThreadRecord.id != record.id,
-                or_(ThreadRecord.status.in_(threads.BUSY),  # type: ignore[attr-defined]
-                    (ThreadRecord.status == "done") & (ThreadRecord.updated_at >= since)),
-            ).order_by(ThreadRecord.updated_at.desc()).limit(1))).first()  # type: ignore[attr-defined]
+        return (await session.exec(select(ThreadRecord).where(
+            ThreadRecord.platform == record.platform, ThreadRecord.workspace == record.workspace,
+            ThreadRecord.channel == record.channel, ThreadRecord.fingerprint == fingerprint,
+            ThreadRecord.id != record.id,
+            or_(ThreadRecord.status.in_(threads.BUSY),  # type: ignore[attr-defined]
+                (ThreadRecord.status == "done") & (ThreadRecord.updated_at >= since)),
+        ).order_by(ThreadRecord.updated_at.desc()).limit(1))).first()  # type: ignore[attr-defined]
 
     async def _handle_click(self, event: InboundEvent, record: ThreadRecord) -> None:
         approval_id = event.payload["approval_id"]
         approve = event.payload["action"] == "approve"
-        async with self.db.session() as session:
+        async with self.db.read() as session:
             approval = await session.get(Approval, approval_id)
             run = await session.get(Run, approval.run_id) if approval else None
         spec = self.registry.get(approval.graph) if approval else None
@@ -287,18 +289,15 @@ class Orchestrator:
         pending = {interrupt.id for interrupt in (await self.runtime.state(spec, record.lg_thread_id)).interrupts}
         payload = Command(resume={approval.interrupt_id: approvals.resume_value(approval)}) \
             if approval.interrupt_id in pending else None
-        await self._drive(run.id, record, spec, payload, event)  # type: ignore[arg-type]
+        await self._drive(run, record, spec, payload, event)
 
     # -- 5, 7, 8. run the graph and report -------------------------------------------------------
 
-    async def _drive(self, run_id: int, record: ThreadRecord, spec: GraphSpec, payload: Any, event: InboundEvent) -> None:
+    async def _drive(self, run: Run, record: ThreadRecord, spec: GraphSpec, payload: Any, event: InboundEvent) -> None:
         location = threads.location_of(record)
-        async with self.db.session() as session:
-            run = await session.get(Run, run_id)
-        assert run is not None
         services = RunServices(self.db, self.config, self.registry, Request(
             platform=record.platform, channel=record.channel, thread=record.thread, user=run.requested_by,
-            text=run.input_text), run_id)
+            text=run.input_text), run.id)  # type: ignore[arg-type]
 
         async def post_progress(text: str) -> None:
             async with self.db.session() as session:
@@ -308,7 +307,7 @@ class Orchestrator:
         try:
             outcome = await self.runtime.run(spec, record.lg_thread_id, payload, services, post_progress)
         except Exception as exc:
-            log.warning("run %s (%s) failed: %s", run_id, spec.name, exc)
+            log.warning("run %s (%s) failed: %s", run.id, spec.name, exc)
             await self._finish_run(run, record, event, "failed", replies.failure(spec.name, exc), str(exc)[:1000])
             return
         if outcome.waiting:
@@ -374,15 +373,19 @@ class Orchestrator:
                             *, ephemeral: bool = False) -> None:
         """Mark the event handled, and post ``reply`` in the same transaction."""
         async with self.db.session() as session:
-            if reply is not None:
-                location = Location(platform=event.platform, workspace=event.workspace, channel=event.channel,
-                                    thread=event.thread)
-                self.outbox.enqueue(session, location, reply, kind="ephemeral" if ephemeral else "post",
-                                    target_user=event.user if ephemeral else None, correlation_id=event.correlation_id)
-            audit.record(session, "request.answered", event.correlation_id, platform=event.platform,
-                         channel=event.channel, thread=event.thread, user=event.user, outcome=outcome)
-            await self._mark_done(session, event, outcome)
+            await self._answer(session, event, outcome, reply, ephemeral=ephemeral)
         self.outbox.wake(event.platform)
+
+    async def _answer(self, session: AsyncSession, event: InboundEvent, outcome: str, reply: Message | None = None,
+                      *, ephemeral: bool = False) -> None:
+        if reply is not None:
+            location = Location(platform=event.platform, workspace=event.workspace, channel=event.channel,
+                                thread=event.thread)
+            self.outbox.enqueue(session, location, reply, kind="ephemeral" if ephemeral else "post",
+                                target_user=event.user if ephemeral else None, correlation_id=event.correlation_id)
+        audit.record(session, "request.answered", event.correlation_id, platform=event.platform,
+                     channel=event.channel, thread=event.thread, user=event.user, outcome=outcome)
+        await self._mark_done(session, event, outcome)
 
     @staticmethod
     async def _mark_done(session: AsyncSession, event: InboundEvent, outcome: str) -> None:

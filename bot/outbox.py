@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, exists, or_, update
 from sqlalchemy.orm import aliased
@@ -81,28 +82,14 @@ class Outbox:
 
     async def claim(self, platform: str, worker: str, *, limit: int = 20, pace_seconds: float = 0.0) -> list[Delivery]:
         now = utcnow()
-        earlier = aliased(OutboxMessage)
-        blocked_by_earlier = exists().where(
-            earlier.platform == OutboxMessage.platform,
-            earlier.channel == OutboxMessage.channel,
-            earlier.thread == OutboxMessage.thread,
-            earlier.id < OutboxMessage.id,
-            earlier.status.in_(("pending", "sending")),  # type: ignore[attr-defined]
-        )
-        claimable = or_(
-            and_(OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= now),
-            and_(OutboxMessage.status == "sending", OutboxMessage.claimed_until < now),
-        )
+        claimable = self._claimable(now)
+        due = self._due(platform, claimable, limit)
+        async with self._db.read() as session:  # idle polling never takes the write lock
+            if (await session.exec(due)).first() is None:
+                return []
         deliveries: list[Delivery] = []
         async with self._db.session() as session:
-            rows = (
-                await session.exec(
-                    select(OutboxMessage)
-                    .where(OutboxMessage.platform == platform, claimable, ~blocked_by_earlier)
-                    .order_by(OutboxMessage.id)  # type: ignore[arg-type]
-                    .limit(limit)
-                )
-            ).all()
+            rows = (await session.exec(due)).all()
             paced: set[str] = set()
             for row in rows:
                 if pace_seconds > 0:
@@ -134,6 +121,27 @@ class Outbox:
                     )
                 )
         return deliveries
+
+    @staticmethod
+    def _claimable(now: datetime) -> Any:
+        return or_(
+            and_(OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= now),
+            and_(OutboxMessage.status == "sending", OutboxMessage.claimed_until < now),  # a crashed sender's claim
+        )
+
+    @staticmethod
+    def _due(platform: str, claimable: Any, limit: int) -> Any:
+        """The first claimable row of each thread (a row waits for every earlier row of its thread)."""
+        earlier = aliased(OutboxMessage)
+        blocked_by_earlier = exists().where(
+            earlier.platform == OutboxMessage.platform,
+            earlier.channel == OutboxMessage.channel,
+            earlier.thread == OutboxMessage.thread,
+            earlier.id < OutboxMessage.id,
+            earlier.status.in_(("pending", "sending")),  # type: ignore[attr-defined]
+        )
+        return (select(OutboxMessage).where(OutboxMessage.platform == platform, claimable, ~blocked_by_earlier)
+                .order_by(OutboxMessage.id).limit(limit))  # type: ignore[arg-type]
 
     async def _take_channel_slot(self, session: AsyncSession, row: OutboxMessage, pace_seconds: float) -> bool:
         now = utcnow()

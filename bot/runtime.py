@@ -107,7 +107,7 @@ class RunServices:
 
     async def channel_activity(self) -> list[dict[str, Any]]:
         now = utcnow()
-        async with self._db.session() as session:
+        async with self._db.read() as session:
             records = (await session.exec(
                 select(ThreadRecord).where(
                     ThreadRecord.platform == self.request.platform,

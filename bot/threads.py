@@ -52,16 +52,22 @@ def location_of(record: ThreadRecord) -> Location:
     return Location(platform=record.platform, workspace=record.workspace, channel=record.channel, thread=record.thread)
 
 
+Work = tuple[InboundEvent, ThreadRecord]
+
+
 class Leases:
+    """Take a thread's lease together with its next event, and give it back when the queue is empty."""
+
     def __init__(self, db: Database, owner: str, seconds: float) -> None:
         self._db = db
         self.owner = owner
         self.seconds = seconds
 
-    async def acquire(self, record_id: int) -> bool:
+    async def take(self, record_id: int) -> Work | None:
+        """The lease and the next event, or ``None`` if another writer holds it or nothing waits."""
         now = utcnow()
         async with self._db.session() as session:
-            result = await session.exec(
+            taken = await session.exec(
                 update(ThreadRecord)
                 .where(
                     ThreadRecord.id == record_id,  # type: ignore[arg-type]
@@ -69,7 +75,32 @@ class Leases:
                 )
                 .values(lease_owner=self.owner, lease_until=now + timedelta(seconds=self.seconds))
             )
-            return bool(result.rowcount)
+            if not taken.rowcount:
+                return None
+            return await self._next_or_release(session, record_id)
+
+    async def next_or_release(self, record_id: int) -> Work | None:
+        """The next event while we hold the lease; with none left, release it in the same transaction.
+
+        The record row is locked first, so a concurrent ``take`` waits for this transaction and
+        then finds the lease free: an event queued meanwhile is never stranded.
+        """
+        async with self._db.session() as session:
+            return await self._next_or_release(session, record_id)
+
+    async def _next_or_release(self, session: AsyncSession, record_id: int) -> Work | None:
+        record = (await session.exec(
+            select(ThreadRecord).where(ThreadRecord.id == record_id).with_for_update()  # type: ignore[arg-type]
+            .execution_options(populate_existing=True))).one()
+        event = await next_event(session, record)
+        if event is not None:
+            return event, record
+        await session.exec(
+            update(ThreadRecord)
+            .where(ThreadRecord.id == record_id, ThreadRecord.lease_owner == self.owner)  # type: ignore[arg-type]
+            .values(lease_owner=None, lease_until=None)
+        )
+        return None
 
     async def renew(self, record_id: int) -> bool:
         async with self._db.session() as session:

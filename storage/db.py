@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -41,21 +42,22 @@ def sqlite_path(url: str) -> str:
     return database
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, *, writer: bool = True) -> AsyncEngine:
     if is_sqlite(url):
         sqlite_path(url)
         engine = create_async_engine(async_url(url), connect_args={"timeout": 30})
-        _serialise_sqlite_writers(engine)
+        _configure_sqlite(engine, begin="BEGIN IMMEDIATE" if writer else "BEGIN")
         return engine
     return create_async_engine(async_url(url), pool_size=10, max_overflow=10, pool_pre_ping=True)
 
 
-def _serialise_sqlite_writers(engine: AsyncEngine) -> None:
-    """Every transaction takes SQLite's write lock up front (``BEGIN IMMEDIATE``).
+def _configure_sqlite(engine: AsyncEngine, begin: str) -> None:
+    """WAL, a busy timeout, and an explicit BEGIN.
 
-    With the default deferred BEGIN, two connections that read and then write deadlock and one
-    fails at once with "database is locked" instead of waiting its turn; with IMMEDIATE the
-    second simply waits (busy timeout). This is also what serialises writers across processes.
+    Writers use ``BEGIN IMMEDIATE``: with the default deferred BEGIN, two connections that read
+    and then write deadlock and one fails at once with "database is locked" instead of waiting
+    its turn; with IMMEDIATE the second waits (busy timeout). That is also what serialises
+    writers across processes. Readers use a plain BEGIN: under WAL they never block anyone.
     """
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -69,16 +71,27 @@ def _serialise_sqlite_writers(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        connection.exec_driver_sql(begin)
 
 
 class Database:
-    """The engine and a session factory; ``session()`` commits on success, rolls back on error."""
+    """Sessions that commit on success and roll back on error.
+
+    ``session()`` is for work that writes; ``read()`` for work that only reads. On SQLite the
+    writers of this process also queue on an asyncio lock before taking the database's write
+    lock: waiting in line is cheaper than SQLite's sleep-and-retry busy handler.
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = create_engine(url)
         self._sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+        if is_sqlite(url):
+            self._read_engine: AsyncEngine | None = create_engine(url, writer=False)
+            self._reads = async_sessionmaker(self._read_engine, class_=AsyncSession, expire_on_commit=False)
+            self._writer_turn: asyncio.Lock | None = asyncio.Lock()
+        else:
+            self._read_engine, self._reads, self._writer_turn = None, self._sessions, None
 
     @property
     def is_sqlite(self) -> bool:
@@ -86,12 +99,22 @@ class Database:
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        async with self._sessions() as session:
-            async with session.begin():
+        if self._writer_turn is None:
+            async with self._sessions() as session, session.begin():
                 yield session
+            return
+        async with self._writer_turn, self._sessions() as session, session.begin():
+            yield session
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        async with self._reads() as session, session.begin():
+            yield session
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self._read_engine is not None:
+            await self._read_engine.dispose()
 
 
 async def insert_ignore(session: AsyncSession, table: type[Any], values: dict[str, Any], conflict: list[str]) -> bool:
