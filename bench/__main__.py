@@ -141,7 +141,8 @@ async def run(args: argparse.Namespace) -> str:
 
         print("breakdown: bare and Baton, one request at a time...", file=sys.stderr, flush=True)
         report += ["", "## Where Baton's time goes (sequential)", "",
-                   await breakdown(max(50, args.runs // 2), args.warmup)]
+                   await breakdown(max(50, args.runs // 2), args.warmup), "",
+                   f"Load average (1 min) after the breakdown: {_load()}"]
     return "\n".join(report) + "\n"
 
 

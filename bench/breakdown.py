@@ -1,14 +1,17 @@
 """Where a Baton request's time goes: one request at a time, split into the steps of the request path.
 
-The probes wrap methods of the running objects (``Leases.acquire``, ``Orchestrator._next`` and
-``_finish_run``, ``GraphRuntime.run``, ``Outbox.claim``, the checkpointer, the effects ledger, the
-adapter's ``send``) and listen to the SQLAlchemy engine; nothing in the project is changed. A
-probe whose method no longer exists is skipped and its steps are shown as "n/a".
+The probes wrap methods of the running objects (``Leases.take`` and ``next_or_release``,
+``Orchestrator._handle_message`` and ``_finish_run``, ``GraphRuntime.run``, ``Outbox.claim``, the
+checkpointer, the effects ledger, the adapter's ``send``), time the writers' turn on
+``Database``'s asyncio lock and listen to both SQLAlchemy engines (writes start with
+``BEGIN IMMEDIATE``, ``Database.read()`` sessions with a plain ``BEGIN``); nothing in the project
+is changed. A probe whose target no longer exists is skipped and its rows are shown as "n/a".
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import tempfile
 import time
 import uuid
@@ -40,37 +43,56 @@ from bot.registry import GraphRegistry
 from bot.settings import Settings
 from storage.checkpointer import open_checkpointer
 
-# (label, from mark, to mark): consecutive marks of one request
+# (label, from mark, to mark). Consecutive marks of one request, except the drain's tail, which
+# runs beside the outbox loop: both start when _finish_run has committed.
 STEPS = [
-    ("accept_message: thread record, inbound event, audit (1 txn)", "start", "accepted"),
-    ("drain task: take the thread lease (1 txn)", "accepted", "leased"),
-    ("drain task: load record + next event (1 txn)", "leased", "fetched"),
-    ("before the graph: earlier-run check, duplicate check, Run insert, Run reload (4 txns)", "fetched", "graph_start"),
+    ("accept_message: thread record, inbound event, audit (1 write txn)", "start", "accepted"),
+    ("drain task: Leases.take, lease + record + next event (1 write txn)", "accepted", "taken"),
+    ("before the graph: route; earlier-run check, duplicate check, Run insert, thread update, audit (1 write txn)",
+     "taken", "graph_start"),
     ("graph run: GraphRuntime.run (LangGraph, checkpointer, effects ledger, command)", "graph_start", "graph_end"),
-    ("_finish_run: Run, thread, outbox row, audit, event (1 txn)", "graph_end", "stored"),
-    ("outbox: wake -> claim committed (1 txn, races the drain's tail)", "stored", "claimed"),
-    ("playground send: insert the message (1 txn)", "claimed", "delivered"),
+    ("_finish_run: Run, thread, outbox row, audit, event (1 write txn)", "graph_end", "stored"),
+    ("outbox loop: wake -> Outbox.claim committed (1 read + 1 write txn; queues behind the drain's tail)",
+     "stored", "claimed"),
+    ("  beside it, the drain's tail: Leases.next_or_release, none left -> lease released (1 write txn)",
+     "stored", "released"),
+    ("playground send: insert the message (1 write txn; Outbox.delivered follows, after the reply is seen)",
+     "claimed", "delivered"),
 ]
+# (label, key, probe that must be installed for the row to mean anything)
 SUMS = [
-    ("  inside the graph run: checkpointer calls", "checkpointer"),
-    ("  inside the graph run: effects ledger (2 txns)", "ledger"),
-    ("  inside the graph run: the command", "command"),
+    ("  inside the graph run: checkpointer calls", "checkpointer", "checkpointer"),
+    ("  inside the graph run: effects ledger (2 write txns)", "ledger", "ledger"),
+    ("  inside the graph run: the command", "command", "ledger"),
+]
+WAITS = [
+    ("time queued for the writers' asyncio.Lock (Database.session), summed", "writer_wait", "writer_turn"),
+    ("time in BEGIN IMMEDIATE (SQLite write lock, e.g. behind the checkpointer's connection, + thread hop), summed",
+     "write_begin", "engine"),
+    ("time in plain BEGIN (Database.read sessions: thread hop), summed", "read_begin", "read_engine"),
 ]
 COUNTS = [
-    ("SQLAlchemy transactions (BEGIN IMMEDIATE) per request", "transactions"),
-    ("SQL statements per request (without BEGIN)", "statements"),
-    ("checkpointer writes (aput + aput_writes) per request", "checkpoint_writes"),
-    ("aiosqlite thread round trips per request (all connections)", "hops"),
+    ("write transactions (BEGIN IMMEDIATE) per request", "write_txns", "engine"),
+    ("read transactions (plain BEGIN, Database.read) per request, incl. idle outbox polls and the sweeper",
+     "read_txns", "read_engine"),
+    ("SQL statements in write transactions per request (without BEGIN)", "write_statements", "engine"),
+    ("SQL statements in read transactions per request (without BEGIN)", "read_statements", "read_engine"),
+    ("checkpointer writes (aput + aput_writes) per request", "checkpoint_writes", "checkpointer"),
+    ("aiosqlite thread round trips per request (all connections)", "hops", "hops"),
 ]
+TAIL_NOTE = ("The previous request's tail (Outbox.delivered, then the outbox loop's empty re-claim) runs while the "
+             "next request starts, so it is counted in that request's window, and accept_message can queue behind it "
+             "for the writers' lock; one request at a time, the counts per request are still one whole request's.")
 
 
 class Probe:
-    """Marks and sums of the request in flight (requests run one at a time)."""
+    """Marks and sums of the request in flight (requests run one at a time), and the probes installed."""
 
     def __init__(self) -> None:
         self.marks: dict[str, int] = {}
         self.sums: defaultdict[str, int] = defaultdict(int)
         self.active = False
+        self.installed: set[str] = set()
 
     def reset(self) -> None:
         self.marks, self.sums, self.active = {}, defaultdict(int), True
@@ -86,8 +108,9 @@ class Probe:
 
 def _wrap(obj: Any, attr: str, before: Callable[[], None] | None = None,
           after: Callable[[Any], None] | None = None, timed: Callable[[int], None] | None = None) -> bool:
-    original = getattr(obj, attr, None)
-    if original is None:
+    """Wrap an async method on ``obj`` (an instance attribute wins over the class's); False if there is none."""
+    original = getattr(obj, attr, None) if obj is not None else None
+    if original is None or not inspect.iscoroutinefunction(original):
         return False
 
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -113,12 +136,16 @@ def _probe_checkpointer(checkpointer: Any, probe: Probe) -> None:
             probe.add("checkpointer", ns)
             if attr != "aget_tuple":
                 probe.add("checkpoint_writes", 1)
-        _wrap(checkpointer, attr, timed=timed)
+        if _wrap(checkpointer, attr, timed=timed):
+            probe.installed.add("checkpointer")
 
 
 def _probe_ledger(probe: Probe) -> Callable[[], None]:
     """Time ``RunServices.run_effect_once`` minus the effect itself; returns the undo."""
-    original = runtime.RunServices.run_effect_once
+    services = getattr(runtime, "RunServices", None)
+    original = getattr(services, "run_effect_once", None)
+    if original is None or not inspect.iscoroutinefunction(original):
+        return lambda: None
 
     async def run_effect_once(self: Any, key: str, name: str, fn: Callable[[], Awaitable[Any]]) -> Any:
         inner = 0
@@ -138,62 +165,117 @@ def _probe_ledger(probe: Probe) -> Callable[[], None]:
             probe.add("ledger", time.perf_counter_ns() - started - inner)
             probe.add("command", inner)
 
-    runtime.RunServices.run_effect_once = run_effect_once  # type: ignore[method-assign]
+    services.run_effect_once = run_effect_once  # type: ignore[union-attr]
+    probe.installed.add("ledger")
 
     def undo() -> None:
-        runtime.RunServices.run_effect_once = original  # type: ignore[method-assign]
+        services.run_effect_once = original  # type: ignore[union-attr]
     return undo
 
 
 def _probe_hops(probe: Probe) -> Callable[[], None]:
     """Count calls handed to aiosqlite's worker threads (each is a thread round trip); returns the undo."""
-    original = aiosqlite.core.Connection._execute
+    connection = getattr(getattr(aiosqlite, "core", None), "Connection", None)
+    original = getattr(connection, "_execute", None)
+    if original is None or not inspect.iscoroutinefunction(original):
+        return lambda: None
 
     async def _execute(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
         probe.add("hops", 1)
         return await original(self, fn, *args, **kwargs)
 
-    aiosqlite.core.Connection._execute = _execute  # type: ignore[method-assign]
+    connection._execute = _execute  # type: ignore[union-attr]
+    probe.installed.add("hops")
 
     def undo() -> None:
-        aiosqlite.core.Connection._execute = original  # type: ignore[method-assign]
+        connection._execute = original  # type: ignore[union-attr]
     return undo
 
 
-def _probe_engine(engine: Any, probe: Probe) -> None:
-    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+def _probe_engine(engine: Any, probe: Probe, kind: str) -> None:
+    """Count transactions by their BEGIN (IMMEDIATE: a write, plain: a read), time the BEGIN, count statements.
+
+    ``kind`` is "write" for ``Database.engine`` and "read" for the engine behind ``Database.read()``.
+    """
+    sync_engine = getattr(engine, "sync_engine", None)
+    if sync_engine is None:
+        return
+
+    @event.listens_for(sync_engine, "before_cursor_execute")
     def before(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
         conn.info["bench_started"] = time.perf_counter_ns()
 
-    @event.listens_for(engine.sync_engine, "after_cursor_execute")
+    @event.listens_for(sync_engine, "after_cursor_execute")
     def after(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if statement.startswith("BEGIN"):
-            probe.add("transactions", 1)
-            probe.add("begin_wait", time.perf_counter_ns() - conn.info.get("bench_started", 0))
+        words = statement.split(None, 2)
+        if words and words[0].upper() == "BEGIN":
+            lock = words[1].upper() if len(words) > 1 else "DEFERRED"
+            txn = "write" if lock in ("IMMEDIATE", "EXCLUSIVE") else "read"
+            probe.add(f"{txn}_txns", 1)
+            probe.add(f"{txn}_begin", time.perf_counter_ns() - conn.info.get("bench_started", time.perf_counter_ns()))
         else:
+            probe.add(f"{kind}_statements", 1)
             probe.add("statements", 1)
 
+    probe.installed.add("engine" if kind == "write" else "read_engine")
 
-async def baton_breakdown(directory: Path, runs: int, warmup: int) -> list[dict[str, Any]]:
-    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{directory / 'baton.db'}",  # type: ignore[call-arg]
-                        BATON_CONFIG=str(write_config(directory)), BATON_ADAPTERS="playground",
-                        BATON_INSTANCE_NAME="bench")
+
+class _TimedTurn:
+    """Stands in for ``Database._writer_turn`` (an asyncio.Lock): times how long writers queue for it."""
+
+    def __init__(self, lock: Any, probe: Probe) -> None:
+        self._lock = lock
+        self._probe = probe
+
+    async def __aenter__(self) -> Any:
+        started = time.perf_counter_ns()
+        result = await self._lock.__aenter__()
+        self._probe.add("writer_wait", time.perf_counter_ns() - started)
+        self._probe.add("writer_turns", 1)
+        return result
+
+    async def __aexit__(self, *exc: object) -> Any:
+        return await self._lock.__aexit__(*exc)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._lock, name)
+
+
+def _probe_db(db: Any, probe: Probe) -> None:
+    _probe_engine(getattr(db, "engine", None), probe, "write")
+    read_engine = getattr(db, "_read_engine", None)
+    if read_engine is not None and read_engine is not getattr(db, "engine", None):
+        _probe_engine(read_engine, probe, "read")
+    lock = getattr(db, "_writer_turn", None)
+    if lock is not None and hasattr(lock, "__aenter__") and hasattr(lock, "__aexit__"):
+        db._writer_turn = _TimedTurn(lock, probe)
+        probe.installed.add("writer_turn")
+
+
+def _settings(directory: Path) -> Settings:
+    return Settings(BATON_DATABASE_URL=f"sqlite:///{directory / 'baton.db'}",  # type: ignore[call-arg]
+                    BATON_CONFIG=str(write_config(directory)), BATON_ADAPTERS="playground",
+                    BATON_INSTANCE_NAME="bench")
+
+
+async def baton_breakdown(directory: Path, runs: int, warmup: int) -> tuple[list[dict[str, Any]], set[str]]:
     probe = Probe()
     undo, undo_hops = _probe_ledger(probe), _probe_hops(probe)
     samples: list[dict[str, Any]] = []
     try:
-        async with Baton(settings) as baton:
+        async with Baton(_settings(directory)) as baton:
             orchestrator = baton.orchestrator
             assert orchestrator is not None
             playground = next(adapter for adapter in baton.adapters if adapter.name == "playground")
-            _probe_engine(baton.db.engine, probe)
-            _probe_checkpointer(baton.runtime.checkpointer, probe)
-            _wrap(orchestrator.leases, "acquire", after=lambda won: won and probe.mark("leased"))
-            _wrap(orchestrator, "_next", after=lambda work: work is not None and probe.mark("fetched"))
+            _probe_db(baton.db, probe)
+            _probe_checkpointer(getattr(baton.runtime, "checkpointer", None), probe)
+            leases = getattr(orchestrator, "leases", None)
+            _wrap(leases, "take", after=lambda work: work is not None and probe.mark("taken"))
+            _wrap(leases, "next_or_release", after=lambda work: work is None and probe.mark("released"))
             _wrap(baton.runtime, "run", before=lambda: probe.mark("graph_start"),
                   after=lambda _: probe.mark("graph_end"))
             _wrap(orchestrator, "_finish_run", after=lambda _: probe.mark("stored"))
-            _wrap(baton.outbox, "claim", after=lambda rows: rows and probe.mark("claimed"))
+            _wrap(baton.outbox, "claim", after=lambda rows: bool(rows) and probe.mark("claimed"))
             watch = ReplyWatch(playground)
 
             async def one_request(number: int) -> int:
@@ -215,30 +297,30 @@ async def baton_breakdown(directory: Path, runs: int, warmup: int) -> list[dict[
     finally:
         undo()
         undo_hops()
-    return samples
+    return samples, probe.installed
 
 
 # -- the same steps run back to back, with nothing else running ------------------------------------
 
-ISOLATED = [  # (label, key); keys are wrapped calls, "before_graph" is derived
+ISOLATED = [  # (label, key); keys are measured calls, "before_graph" is derived
     ("accept_message", "accept"),
-    ("drain: Leases.acquire", "acquire"),
-    ("drain: Orchestrator._next (before the event, after it, after the release)", "next"),
-    ("drain: _handle_message before the graph (earlier run, route, duplicate check, Run insert + reload)",
+    ("drain: Leases.take (lease + record + next event)", "take"),
+    ("drain: _handle_message before the graph (route; earlier run, duplicate check, Run insert, thread, audit)",
      "before_graph"),
     ("drain: GraphRuntime.run", "run"),
     ("  of which the effects ledger (without the command)", "ledger"),
     ("drain: _finish_run", "finish"),
-    ("drain: Leases.release", "release"),
-    ("Outbox.claim (x1 here; x3 per request in a live Baton)", "claim"),
+    ("drain: Leases.next_or_release (none left: releases the lease)", "next_or_release"),
+    ("Outbox.claim with a row due (read check, then the claim)", "claim"),
     ("adapter _deliver: send + Outbox.delivered", "deliver"),
+    ("Outbox.claim with nothing due (read only; the live loop does it after every batch)", "claim_idle"),
     ("**total**", "total"),
 ]
-METRICS = ("wall", "cpu", "transactions", "statements", "hops")
+METRICS = ("wall", "cpu", "write_txns", "read_txns", "statements", "hops")
 
 
 class Meter:
-    """Wall time, main-thread CPU and the probe's counters of wrapped calls, summed per request."""
+    """Wall time, main-thread CPU and the probe's counters of measured calls, summed per request."""
 
     def __init__(self, probe: Probe) -> None:
         self.probe = probe
@@ -254,17 +336,20 @@ class Meter:
             self.current[key][metric] += after[metric] - before[metric]
         self.current[key]["calls"] += 1
 
+    async def measure(self, key: str, call: Awaitable[Any]) -> Any:
+        before = self.snapshot()
+        try:
+            return await call
+        finally:
+            self.add(key, before, self.snapshot())
+
     def wrap(self, obj: Any, attr: str, key: str) -> bool:
-        original = getattr(obj, attr, None)
-        if original is None:
+        original = getattr(obj, attr, None) if obj is not None else None
+        if original is None or not inspect.iscoroutinefunction(original):
             return False
 
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            before = self.snapshot()
-            try:
-                return await original(*args, **kwargs)
-            finally:
-                self.add(key, before, self.snapshot())
+            return await self.measure(key, original(*args, **kwargs))
 
         setattr(obj, attr, wrapper)
         return True
@@ -275,15 +360,20 @@ class Meter:
         self.current = defaultdict(lambda: defaultdict(float))
 
 
-async def isolated_breakdown(directory: Path, runs: int, warmup: int) -> list[dict[str, dict[str, float]]] | None:
-    """Each request's steps awaited one after the other by the bench: no contention, exact CPU per step."""
-    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{directory / 'baton.db'}",  # type: ignore[call-arg]
-                        BATON_CONFIG=str(write_config(directory)), BATON_ADAPTERS="playground",
-                        BATON_INSTANCE_NAME="bench")
+Isolated = tuple[list[dict[str, dict[str, float]]], set[str]]
+
+
+async def isolated_breakdown(directory: Path, runs: int, warmup: int) -> Isolated | None:
+    """Each request's steps awaited one after the other by the bench: no contention, exact CPU per step.
+
+    ``None`` when what the bench drives itself (the drain, the outbox claim, the adapter's delivery)
+    is gone; a wrapped step that is gone only leaves its row "n/a".
+    """
     probe = Probe()
     meter = Meter(probe)
     undo_hops = _probe_hops(probe)
-    original_ledger = runtime.RunServices.run_effect_once
+    services = getattr(runtime, "RunServices", None)
+    original_ledger = getattr(services, "run_effect_once", None)
 
     async def run_effect_once(self: Any, key: str, name: str, fn: Callable[[], Awaitable[Any]]) -> Any:
         before = meter.snapshot()
@@ -298,83 +388,96 @@ async def isolated_breakdown(directory: Path, runs: int, warmup: int) -> list[di
                 inner.update({metric: end[metric] - start[metric] for metric in METRICS})
 
         try:
-            return await original_ledger(self, key, name, measured)
+            return await original_ledger(self, key, name, measured)  # type: ignore[misc]
         finally:
             after = meter.snapshot()
             meter.add("ledger", before, {metric: after[metric] - inner.get(metric, 0) for metric in METRICS})
 
-    runtime.RunServices.run_effect_once = run_effect_once  # type: ignore[method-assign]
+    if original_ledger is not None and inspect.iscoroutinefunction(original_ledger):
+        services.run_effect_once = run_effect_once  # type: ignore[union-attr]
     try:
-        async with Baton(settings) as baton:
+        async with Baton(_settings(directory)) as baton:
             orchestrator = baton.orchestrator
             playground = next(adapter for adapter in baton.adapters if adapter.name == "playground")
             needed = [(baton, "_loops"), (orchestrator, "_schedule"), (orchestrator, "drain"),
-                      (orchestrator, "_handle_message"), (orchestrator, "_next"), (orchestrator, "_finish_run"),
-                      (playground, "_deliver")]
+                      (baton.outbox, "claim"), (playground, "_deliver"), (playground, "stop")]
             if any(not hasattr(obj, attr) for obj, attr in needed):
                 return None
             for task in baton._loops:  # no sweeper, no retention job
                 task.cancel()
             await playground.stop()  # no delivery loop: the bench claims and delivers itself
             scheduled: list[int] = []
-            orchestrator._schedule = scheduled.append  # type: ignore[method-assign]
-            _probe_engine(baton.db.engine, probe)
-            for obj, attr, key in [(orchestrator.leases, "acquire", "acquire"), (orchestrator, "_next", "next"),
+            orchestrator._schedule = scheduled.append  # type: ignore[method-assign,union-attr]
+            _probe_db(baton.db, probe)
+            leases = getattr(orchestrator, "leases", None)
+            for obj, attr, key in [(leases, "take", "take"), (leases, "next_or_release", "next_or_release"),
                                    (orchestrator, "_handle_message", "handle"), (baton.runtime, "run", "run"),
-                                   (orchestrator, "_finish_run", "finish"), (orchestrator.leases, "release", "release"),
-                                   (baton.outbox, "claim", "claim"), (playground, "_deliver", "deliver")]:
+                                   (orchestrator, "_finish_run", "finish")]:
                 meter.wrap(obj, attr, key)
             for number in range(warmup + runs):
                 probe.reset()
                 start = meter.snapshot()
-                before = meter.snapshot()
-                await baton.accept_message(InboundMessage(
+                await meter.measure("accept", baton.accept_message(InboundMessage(
                     platform="playground", channel=CHANNEL, thread=f"isolated-{number}", user=USER,
-                    text=f"run {RUNBOOK} n={number}", addressed=True, event_id=f"isolated-{number}"))
-                meter.add("accept", before, meter.snapshot())
-                await orchestrator.drain(scheduled.pop())
-                deliveries = await baton.outbox.claim(playground.name, baton.instance)
+                    text=f"run {RUNBOOK} n={number}", addressed=True, event_id=f"isolated-{number}")))
+                if len(scheduled) != 1:
+                    raise RuntimeError(f"isolated request {number}: expected one drain to be scheduled, got {scheduled}")
+                await orchestrator.drain(scheduled.pop())  # type: ignore[union-attr]
+                deliveries = await meter.measure("claim", baton.outbox.claim(playground.name, baton.instance))
                 if len(deliveries) != 1 or "finished" not in deliveries[0].message.plain_text():
                     raise RuntimeError(f"isolated request {number}: unexpected outbox rows {deliveries}")
-                await playground._deliver(deliveries[0])
+                await meter.measure("deliver", playground._deliver(deliveries[0]))
+                leftover = await meter.measure("claim_idle", baton.outbox.claim(playground.name, baton.instance))
+                if leftover:
+                    raise RuntimeError(f"isolated request {number}: unexpected outbox rows {leftover}")
                 meter.add("total", start, meter.snapshot())
                 meter.finish_request(keep=number >= warmup)
     finally:
-        runtime.RunServices.run_effect_once = original_ledger  # type: ignore[method-assign]
+        if original_ledger is not None:
+            services.run_effect_once = original_ledger  # type: ignore[union-attr]
         undo_hops()
     for request in meter.requests:  # the part of _handle_message before the graph
-        handle, run, finish = request.get("handle", {}), request.get("run", {}), request.get("finish", {})
+        parts = [request.get(key) for key in ("handle", "run", "finish")]
+        if any(part is None for part in parts):
+            continue
+        handle, run, finish = parts  # type: ignore[misc]
         request["before_graph"] = {metric: handle.get(metric, 0) - run.get(metric, 0) - finish.get(metric, 0)
                                    for metric in METRICS}
         request["before_graph"]["calls"] = 1
-    return meter.requests
+    return (meter.requests, probe.installed) if meter.requests else None
 
 
-def render_isolated(requests: list[dict[str, dict[str, float]]] | None) -> str:
-    if not requests:
-        return "(n/a: the Baton internals this probe wraps have changed)"
-    lines = [("| step (nothing else running) | calls | wall ms p50 | main-thread CPU ms p50 | txns | statements | "
-              "aiosqlite round trips |"), "|---|---:|---:|---:|---:|---:|---:|"]
+def render_isolated(isolated: Isolated | None) -> str:
+    if not isolated:
+        return "(n/a: the Baton internals this probe drives have changed)"
+    requests, installed = isolated
+    needs = {"write_txns": "engine", "read_txns": "read_engine", "statements": "engine", "hops": "hops"}
+    lines = [("| step (nothing else running) | calls | wall ms p50 | main-thread CPU ms p50 | write txns | read txns | "
+              "statements (write + read) | aiosqlite round trips |"), "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for label, key in ISOLATED:
         rows = [request[key] for request in requests if key in request]
         if not rows:
-            lines.append(f"| {label} | n/a | n/a | n/a | n/a | n/a | n/a |")
+            lines.append(f"| {label} | n/a | n/a | n/a | n/a | n/a | n/a | n/a |")
             continue
 
-        def p50(metric: str, rows: list[dict[str, float]] = rows) -> float:
-            return percentile([row.get(metric, 0) for row in rows], 50)
+        def p50(metric: str, rows: list[dict[str, float]] = rows) -> str:
+            if metric in needs and needs[metric] not in installed:
+                return "n/a"
+            value = percentile([row.get(metric, 0) for row in rows], 50)
+            return f"{value:.2f}" if metric in ("wall", "cpu") else f"{value:g}"
 
-        calls = "" if key in ("total", "before_graph") else f"{p50('calls'):g}"
-        lines.append(f"| {label} | {calls} | {p50('wall'):.2f} | {p50('cpu'):.2f} | {p50('transactions'):g} | "
-                     f"{p50('statements'):g} | {p50('hops'):g} |")
+        calls = "" if key in ("total", "before_graph") else p50("calls")
+        lines.append(f"| {label} | {calls} | {p50('wall')} | {p50('cpu')} | {p50('write_txns')} | "
+                     f"{p50('read_txns')} | {p50('statements')} | {p50('hops')} |")
     return "\n".join(lines)
 
 
-async def bare_breakdown(directory: Path, runs: int, warmup: int) -> list[dict[str, Any]]:
+async def bare_breakdown(directory: Path, runs: int, warmup: int) -> tuple[list[dict[str, Any]], set[str]]:
     config = load_config(write_config(directory))
     spec = GraphRegistry.discover().get("runbook")
     assert spec is not None
     probe = Probe()
+    probe.installed.add("ledger")  # the bare context's run_effect_once is ours
     samples: list[dict[str, Any]] = []
 
     class TimedContext(BareContext):
@@ -413,7 +516,7 @@ async def bare_breakdown(directory: Path, runs: int, warmup: int) -> list[dict[s
             await drive(one_request, warmup + runs, 1)
         finally:
             undo_hops()
-    return samples
+    return samples, probe.installed
 
 
 def _row(label: str, values: list[float], unit: str = "ms") -> str:
@@ -424,24 +527,31 @@ def _row(label: str, values: list[float], unit: str = "ms") -> str:
     return f"| {label} | {percentile(values, 50):g} | {sum(values) / len(values):.2f} |"
 
 
-def render(baton: list[dict[str, Any]], bare: list[dict[str, Any]]) -> str:
+def _summed(samples: list[dict[str, Any]], key: str, needs: str, installed: set[str]) -> list[float]:
+    return [s.get(key, 0) for s in samples] if needs in installed else []
+
+
+def render(baton: tuple[list[dict[str, Any]], set[str]], bare: tuple[list[dict[str, Any]], set[str]]) -> str:
+    samples, installed = baton
     lines = ["| Baton step (sequential) | p50 ms | mean ms |", "|---|---:|---:|"]
     for label, start, end in STEPS:
-        lines.append(_row(label, [s[end] - s[start] for s in baton if start in s and end in s]))
-    for label, key in SUMS:
-        lines.append(_row(label, [s.get(key, 0) for s in baton]))
-    lines.append(_row("**total: accept -> final reply delivered**", [s["delivered"] - s["start"] for s in baton]))
-    lines.append(_row("time spent in BEGIN IMMEDIATE (lock wait + thread hop), summed",
-                      [s.get("begin_wait", 0) for s in baton]))
-    for label, key in COUNTS:
-        lines.append(_row(label, [s.get(key, 0) for s in baton], unit="count"))
+        lines.append(_row(label, [s[end] - s[start] for s in samples if start in s and end in s]))
+    for label, key, needs in SUMS:
+        lines.append(_row(label, _summed(samples, key, needs, installed)))
+    lines.append(_row("**total: accept -> final reply delivered**", [s["delivered"] - s["start"] for s in samples]))
+    for label, key, needs in WAITS:
+        lines.append(_row(label, _summed(samples, key, needs, installed)))
+    for label, key, needs in COUNTS:
+        lines.append(_row(label, _summed(samples, key, needs, installed), unit="count"))
+    bare_samples, bare_installed = bare
     lines += ["", "| bare LangGraph (sequential) | p50 ms | mean ms |", "|---|---:|---:|"]
-    lines.append(_row("**total: astream + aget_state**", [s["delivered"] - s["start"] for s in bare]))
-    lines.append(_row("  checkpointer calls", [s.get("checkpointer", 0) for s in bare]))
-    lines.append(_row("  the command", [s.get("command", 0) for s in bare]))
+    lines.append(_row("**total: astream + aget_state**", [s["delivered"] - s["start"] for s in bare_samples]))
+    lines.append(_row("  checkpointer calls", _summed(bare_samples, "checkpointer", "checkpointer", bare_installed)))
+    lines.append(_row("  the command", _summed(bare_samples, "command", "ledger", bare_installed)))
     lines.append(_row("checkpointer writes (aput + aput_writes) per request",
-                      [s.get("checkpoint_writes", 0) for s in bare], unit="count"))
-    lines.append(_row("aiosqlite thread round trips per request", [s.get("hops", 0) for s in bare], unit="count"))
+                      _summed(bare_samples, "checkpoint_writes", "checkpointer", bare_installed), unit="count"))
+    lines.append(_row("aiosqlite thread round trips per request",
+                      _summed(bare_samples, "hops", "hops", bare_installed), unit="count"))
     return "\n".join(lines)
 
 
@@ -455,6 +565,7 @@ async def breakdown(runs: int, warmup: int) -> str:
     return "\n\n".join([
         "A live Baton, one request at a time (the drain task, the outbox loop and the next request overlap):",
         render(baton, bare),
+        TAIL_NOTE,
         ("The same steps awaited one after the other by the bench, with the sweeper and the outbox loop stopped "
          "(no lock contention; CPU is the event loop thread's, the aiosqlite threads' own CPU is not in it):"),
         render_isolated(isolated),

@@ -16,11 +16,13 @@ from sqlalchemy import update
 from sqlmodel import select
 
 from bot.config import BatonConfig, load_config
+from bot.digests import Digests
 from bot.messages import Accepted, InboundClick, InboundMessage
 from bot.orchestrator import Orchestrator
 from bot.outbox import Outbox
 from bot.registry import GraphRegistry
 from bot.runtime import GraphRuntime
+from bot.scheduler import DigestScheduler
 from bot.settings import Settings
 from storage.checkpointer import open_checkpointer
 from storage.db import Database
@@ -51,21 +53,27 @@ class Baton:
         self._stack = AsyncExitStack()
         self._loops: list[asyncio.Task[None]] = []
         self.orchestrator: Orchestrator | None = None
+        self.scheduler: DigestScheduler | None = None
 
     async def __aenter__(self) -> Baton:
         await asyncio.to_thread(upgrade, self.settings.database_url)
         checkpointer = await self._stack.enter_async_context(open_checkpointer(self.settings.database_url))
         self.runtime = GraphRuntime(self.registry, checkpointer)
+        self.digests = Digests(self.db, self.config, self.registry, self.runtime, self.outbox, self.instance)
         self.orchestrator = Orchestrator(self.settings, self.config, self.db, self.registry, self.runtime,
-                                         self.outbox, self.instance)
+                                         self.outbox, self.instance, self.digests)
         for adapter in self.adapters:
             await adapter.start()
+        self.scheduler = DigestScheduler(self.digests)
+        await self.scheduler.start()
         self._loops = [asyncio.create_task(self._every(SWEEP_INTERVAL, self.orchestrator.sweep)),
                        asyncio.create_task(self._every(RETENTION_INTERVAL, self.prune_checkpoints))]
         log.info("Baton %s started with adapters: %s", self.instance, ", ".join(a.name for a in self.adapters) or "none")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self.scheduler is not None:
+            await self.scheduler.stop()
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)

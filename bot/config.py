@@ -14,6 +14,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bot.schedules import check_schedule
+
 Risk = Literal["low", "high"]
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,40}$"
 
@@ -84,11 +86,29 @@ class GraphPolicy(BaseModel):
     risk: Risk = "high"
 
 
+class Digest(BaseModel):
+    """A scheduled digest: ``cron`` is a five-field crontab line read in ``timezone``."""
+
+    model_config = ConfigDict(extra="forbid")
+    platform: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    channel: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
+    workspace: str = ""
+    cron: str
+    timezone: str = "UTC"
+    graphs: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _valid_schedule(self) -> Digest:
+        check_schedule(self.cron, self.timezone)
+        return self
+
+
 class BatonConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     approvers: list[str] = Field(default_factory=list)
     runbooks: dict[str, Runbook] = Field(default_factory=dict)
     graphs: dict[str, GraphPolicy] = Field(default_factory=dict)
+    digests: list[Digest] = Field(default_factory=list)
 
     @field_validator("runbooks")
     @classmethod

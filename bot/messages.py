@@ -68,7 +68,17 @@ class Buttons(BaseModel):
     reject_label: str = "Reject"
 
 
-Part = Annotated[Text | Code | Note | ThreadLink | Buttons, Field(discriminator="kind")]
+class Image(BaseModel):
+    """A small picture (a chart): shown inline where the platform can, else attached as a file."""
+
+    kind: Literal["image"] = "image"
+    alt: str
+    mime: str = "image/svg+xml"
+    data: str  # base64
+    filename: str = "chart.svg"
+
+
+Part = Annotated[Text | Code | Note | ThreadLink | Buttons | Image, Field(discriminator="kind")]
 Tone = Literal["info", "progress", "success", "warning", "error", "approval"]
 
 
@@ -92,6 +102,8 @@ class Message(BaseModel):
                 lines.append(part.label)
             elif isinstance(part, Buttons):
                 lines.append(f"[{part.approve_label}] [{part.reject_label}]")
+            elif isinstance(part, Image):
+                lines.append(f"[{part.alt}]")
             else:
                 lines.append(part.text)
         return "\n".join(lines)

@@ -20,13 +20,14 @@ from sqlalchemy import or_, update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot import approvals, audit, replies, threads
+from bot import approvals, audit, replies, schedules, threads
 from bot.config import BatonConfig
 from bot.kit import APPROVAL_MARK, Request
-from bot.messages import Accepted, InboundClick, InboundMessage, Location, Message
+from bot.digests import Digests
+from bot.messages import Accepted, InboundClick, InboundMessage, Location, Message, Text
 from bot.outbox import Outbox
 from bot.registry import GraphRegistry, GraphSpec
-from bot.routing import RouteError, route
+from bot.routing import DIGEST_COMMAND, RouteError, route
 from bot.runtime import GraphRuntime, RunServices
 from bot.settings import Settings
 from storage.db import Database, insert_ignore
@@ -38,13 +39,14 @@ SWEEP_AFTER_SECONDS = 2.0
 
 class Orchestrator:
     def __init__(self, settings: Settings, config: BatonConfig, db: Database, registry: GraphRegistry,
-                 runtime: GraphRuntime, outbox: Outbox, instance: str) -> None:
+                 runtime: GraphRuntime, outbox: Outbox, instance: str, digests: Digests) -> None:
         self.settings = settings
         self.config = config
         self.db = db
         self.registry = registry
         self.runtime = runtime
         self.outbox = outbox
+        self.digests = digests
         self.leases = threads.Leases(db, instance, settings.lease_seconds)
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -193,6 +195,8 @@ class Orchestrator:
             chosen = route(request, text, self.registry, self.config)
         except RouteError as exc:
             return await self._finish_event(event, "rejected input", Message.text(str(exc), tone="warning"))
+        if chosen.graph == DIGEST_COMMAND:
+            return await self._digest_command(event, chosen.input["words"])
         spec = self.registry.get(chosen.graph)
         if spec is None:
             return await self._finish_event(event, "no graph", Message.text(f"The `{chosen.graph}` graph is not installed.", tone="error"))
@@ -223,6 +227,42 @@ class Orchestrator:
         if earlier.status == "running" and earlier_spec is not None:
             return await self._drive(earlier, record, earlier_spec, None, event)
         await self._finish_event(event, "recovered")
+
+    async def _digest_command(self, event: InboundEvent, words: list[str]) -> None:
+        location = Location(platform=event.platform, workspace=event.workspace, channel=event.channel, thread=event.thread)
+        action = words[0].lower() if words else ""
+        try:
+            if action == "now":
+                await self.digests.run_now(location, event.event_id, event.user)
+                return await self._finish_event(event, "digest posted")
+            if action == "list":
+                return await self._finish_event(event, "digest list", await self._digest_list(location))
+            if action == "off":
+                removed = await self.digests.disable_chat_schedule(location, event.user, event.correlation_id)
+                text = ("Done: this channel's digest schedule is off." if removed else
+                        "This channel has no digest schedule made in chat (schedules in baton.yaml stay).")
+                return await self._finish_event(event, "digest off", Message.text(text, tone="success" if removed else "info"))
+            cron, timezone = schedules.parse_when(words)
+            await self.digests.set_chat_schedule(location, cron, timezone, event.user, event.correlation_id)
+            upcoming = schedules.next_fire(cron, timezone, utcnow())
+            text = (f"Digest scheduled {schedules.describe(cron, timezone)} in this channel; the next one is at "
+                    f"{replies.when(upcoming) if upcoming else 'never'}.")
+            return await self._finish_event(event, "digest scheduled", Message.text(text, tone="success"))
+        except schedules.ScheduleError as exc:
+            return await self._finish_event(event, "rejected input", Message.text(f"{exc} Nothing was changed.", tone="warning"))
+
+    async def _digest_list(self, location: Location) -> Message:
+        found = await self.digests.in_channel(location)
+        if not found:
+            return Message.text("No digests are scheduled in this channel. Try `digest daily 09:00 Europe/Paris`.")
+        now = utcnow()
+        lines = []
+        for schedule in found:
+            upcoming = schedules.next_fire(schedule.cron, schedule.timezone, now)
+            source = "from baton.yaml" if schedule.source == "config" else f"set by {schedule.created_by}"
+            lines.append(f"• {schedules.describe(schedule.cron, schedule.timezone)} ({source}); "
+                         f"next: {replies.when(upcoming) if upcoming else 'never'}")
+        return Message(title="Digests in this channel", parts=[Text(text="\n".join(lines))])
 
     async def _recent_twin(self, session: AsyncSession, record: ThreadRecord, fingerprint: str) -> ThreadRecord | None:
         since = utcnow() - timedelta(seconds=self.settings.dedupe_window_seconds)
@@ -359,7 +399,9 @@ class Orchestrator:
                           error: str | None) -> None:
         now = utcnow()
         async with self.db.session() as session:
-            await session.exec(update(Run).where(Run.id == run.id).values(status=status, finished_at=now, error=error))  # type: ignore[arg-type]
+            await session.exec(update(Run).where(Run.id == run.id).values(  # type: ignore[arg-type]
+                status=status, finished_at=now, error=error,
+                turnaround_ms=int((now - run.started_at).total_seconds() * 1000)))
             await session.exec(update(ThreadRecord).where(ThreadRecord.id == record.id).values(  # type: ignore[arg-type]
                 status=status, updated_at=now, last_result=message.plain_text()[:2000]))
             self.outbox.enqueue(session, threads.location_of(record), message, correlation_id=run.correlation_id)

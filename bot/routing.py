@@ -14,6 +14,7 @@ from bot.registry import GraphRegistry
 FORCE_WORD = "force"
 RUNBOOK_GRAPH = "runbook"
 HELP_GRAPH = "help"
+DIGEST_COMMAND = "digest"  # schedules and "digest now": handled by the core (bot.digests), not a graph run
 
 
 class RouteError(ValueError):
@@ -42,6 +43,8 @@ def route(request: Request, text: str, registry: GraphRegistry, config: BatonCon
     head, rest = tokens[0].lower(), tokens[1:]
     if head in ("run", RUNBOOK_GRAPH):
         return _runbook_route(rest, config, force)
+    if head == DIGEST_COMMAND:
+        return Route(DIGEST_COMMAND, {"words": rest}, title="digest")
     spec = registry.get(head)
     if spec is not None and head != RUNBOOK_GRAPH:
         args = " ".join(rest)

@@ -86,7 +86,7 @@ class RunServices:
     """The ``kit.RunContext`` of one run."""
 
     def __init__(self, db: Database, config: BatonConfig, registry: GraphRegistry, request: kit.Request,
-                 run_id: int) -> None:
+                 run_id: int | None) -> None:
         self._db = db
         self._registry = registry
         self._run_id = run_id

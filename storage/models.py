@@ -83,6 +83,7 @@ class Run(SQLModel, table=True):
     __table_args__ = (
         Index("ix_runs_thread", "thread_record_id"),
         Index("ix_runs_channel_started", "platform", "channel", "started_at"),
+        Index("ix_runs_channel_finished", "platform", "channel", "finished_at", "turnaround_ms"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -98,6 +99,7 @@ class Run(SQLModel, table=True):
     started_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
     waited_seconds: float = 0.0
+    turnaround_ms: int | None = None  # request to result, set when the run finishes
     error: str | None = Field(default=None, sa_column=Column(Text))
     tokens: int | None = None
     cost: float | None = None
@@ -222,3 +224,48 @@ class PlaygroundMessage(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     revision: int = 1
+
+
+class DigestSchedule(SQLModel, table=True):
+    """When a channel gets its digest: from ``baton.yaml`` (``source=config``) or made in chat."""
+
+    __tablename__ = "digest_schedules"
+    __table_args__ = (UniqueConstraint("key", name="uq_digest_schedule_key"), Index("ix_digest_channel", "platform", "channel"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str  # "config:<platform>:<channel>:<cron>:<tz>" or "chat:<platform>:<workspace>:<channel>"
+    source: str  # config | chat
+    platform: str
+    workspace: str = ""
+    channel: str
+    cron: str
+    timezone: str = "UTC"
+    graphs: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    enabled: bool = True
+    created_by: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class DigestRun(SQLModel, table=True):
+    """One digest firing, claimed by (schedule, fire time) before anything is posted."""
+
+    __tablename__ = "digest_runs"
+    __table_args__ = (
+        UniqueConstraint("schedule_key", "fire_time", name="uq_digest_firing"),
+        Index("ix_digest_runs_channel", "platform", "workspace", "channel", "window_end"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    schedule_key: str  # the schedule's key, or "now:<event>" for `digest now`
+    fire_time: datetime
+    platform: str
+    workspace: str = ""
+    channel: str
+    window_start: datetime
+    window_end: datetime
+    status: str = "claimed"  # claimed | posted | failed
+    claimed_by: str | None = None
+    claimed_at: datetime = Field(default_factory=utcnow)
+    posted_at: datetime | None = None
+    summary: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))

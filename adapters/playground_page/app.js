@@ -117,6 +117,11 @@
           '<button type="button" class="reject" data-approval-id="' + a + '" data-action="reject">' + esc(p.reject_label || 'Reject') + '</button>' +
           '<div class="error buttons-error" role="alert" hidden></div></div>';
       }
+      case 'image': {
+        const mime = /^image\/(svg\+xml|png|jpeg|gif)$/.test(p.mime || '') ? p.mime : 'application/octet-stream';
+        const data = /^[A-Za-z0-9+\/=]*$/.test(p.data || '') ? p.data : '';
+        return '<div class="part part-image"><img alt="' + esc(p.alt || 'image') + '" src="data:' + mime + ';base64,' + data + '"></div>';
+      }
       default:
         return '<div class="part part-text">' + inline(p.text) + '</div>';
     }

@@ -1,0 +1,97 @@
+"""What a channel's digest says, computed in SQL over a time window (indexes, not Python loops)."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from storage.models import Approval, Run, ThreadRecord
+
+MAX_LISTED = 10
+
+
+async def collect(session: AsyncSession, platform: str, channel: str, start: datetime, end: datetime,
+                  graphs: list[str], now: datetime) -> dict[str, Any]:
+    """Everything the digest of ``[start, end)`` shows, as plain JSON-able data."""
+    in_window = [Run.platform == platform, Run.channel == channel, Run.started_at >= start, Run.started_at < end]
+    if graphs:
+        in_window.append(Run.graph.in_(graphs))  # type: ignore[attr-defined]
+    per_graph: dict[str, dict[str, int]] = {}
+    for graph, status, count in (await session.exec(
+            select(Run.graph, Run.status, func.count()).where(*in_window).group_by(Run.graph, Run.status))).all():
+        bucket = "running" if status in ("running", "waiting") else status
+        per_graph.setdefault(graph, {"done": 0, "failed": 0, "running": 0})
+        per_graph[graph][bucket] = per_graph[graph].get(bucket, 0) + count
+
+    finished = [*in_window, Run.finished_at.is_not(None), Run.turnaround_ms.is_not(None)]  # type: ignore[union-attr]
+    finished_count = (await session.exec(select(func.count()).where(*finished))).one()
+    turnaround = {"p50_ms": await _percentile(session, finished, finished_count, 0.50),
+                  "p95_ms": await _percentile(session, finished, finished_count, 0.95), "count": finished_count}
+
+    waited, tokens, cost, cost_known = (await session.exec(select(
+        func.coalesce(func.sum(Run.waited_seconds), 0.0), func.sum(Run.tokens), func.sum(Run.cost),
+        func.count(Run.cost)).where(*in_window))).one()
+
+    failures = [
+        {"graph": graph, "error": (error or "failed").splitlines()[0][:200], "channel": c, "thread": t}
+        for graph, error, c, t in (await session.exec(
+            select(Run.graph, Run.error, ThreadRecord.channel, ThreadRecord.thread)
+            .join(ThreadRecord, ThreadRecord.id == Run.thread_record_id)
+            .where(*in_window, Run.status == "failed").order_by(Run.started_at).limit(MAX_LISTED))).all()
+    ]
+    decided_filter = [Run.platform == platform, Run.channel == channel, Approval.decided_at >= start,
+                      Approval.decided_at < end, Approval.status.in_(("approved", "rejected"))]  # type: ignore[attr-defined]
+    if graphs:
+        decided_filter.append(Approval.graph.in_(graphs))  # type: ignore[attr-defined]
+    decided = [
+        {"status": status, "by": by, "summary": summary.splitlines()[0][:120], "channel": c, "thread": t}
+        for status, by, summary, c, t in (await session.exec(
+            select(Approval.status, Approval.decided_by, Approval.summary, ThreadRecord.channel, ThreadRecord.thread)
+            .join(Run, Run.id == Approval.run_id).join(ThreadRecord, ThreadRecord.id == Approval.thread_record_id)
+            .where(*decided_filter).order_by(Approval.decided_at))).all()
+    ]
+    waiting_filter = [Run.platform == platform, Run.channel == channel, Approval.status == "pending"]
+    if graphs:
+        waiting_filter.append(Approval.graph.in_(graphs))  # type: ignore[attr-defined]
+    waiting = [
+        {"summary": summary.splitlines()[0][:120], "approvers": approvers, "age_seconds": (now - created).total_seconds(),
+         "channel": c, "thread": t}
+        for summary, approvers, created, c, t in (await session.exec(
+            select(Approval.summary, Approval.approvers, Approval.created_at, ThreadRecord.channel, ThreadRecord.thread)
+            .join(Run, Run.id == Approval.run_id).join(ThreadRecord, ThreadRecord.id == Approval.thread_record_id)
+            .where(*waiting_filter).order_by(Approval.created_at))).all()
+    ]
+    day = func.date(Run.started_at)
+    per_day = [{"day": str(d), "requests": n, "avg_turnaround_ms": float(avg) if avg is not None else None}
+               for d, n, avg in (await session.exec(
+                   select(day, func.count(), func.avg(Run.turnaround_ms)).where(*in_window).group_by(day).order_by(day))).all()]
+    return {
+        "window": {"start": start.isoformat(), "end": end.isoformat()},
+        "platform": platform,
+        "channel": channel,
+        "per_graph": per_graph,
+        "requests": sum(sum(counts.values()) for counts in per_graph.values()),
+        "turnaround": turnaround,
+        "waited_seconds": float(waited or 0.0),
+        "tokens": int(tokens) if tokens is not None else None,
+        "cost": float(cost) if cost_known else None,
+        "failures": failures,
+        "failure_count": sum(counts.get("failed", 0) for counts in per_graph.values()),
+        "decided": decided,
+        "waiting": waiting,
+        "per_day": per_day,
+    }
+
+
+async def _percentile(session: AsyncSession, where: list[Any], count: int, q: float) -> int | None:
+    """Nearest-rank percentile: the value at rank ceil(q * n), read with one ordered index scan."""
+    if count == 0:
+        return None
+    rank = max(1, math.ceil(round(q * count, 9)))
+    return (await session.exec(select(Run.turnaround_ms).where(and_(*where))
+                               .order_by(Run.turnaround_ms).offset(rank - 1).limit(1))).one()  # type: ignore[arg-type]

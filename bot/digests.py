@@ -1,0 +1,208 @@
+"""Scheduled digests: schedules (from baton.yaml and chat), exactly-once firings, and posting.
+
+A firing is claimed by inserting (schedule key, fire time) with a unique key before anything is
+built or posted, so several replicas, or a replica restarted mid-way, post each digest once. The
+window of a digest starts where the channel's previous digest ended; missed firings (Baton was
+down) coalesce into one catch-up digest for the latest due time, covering the whole gap.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, update
+from sqlmodel import select
+
+from bot import audit, schedules
+from bot.config import BatonConfig
+from bot.digest_stats import collect
+from bot.kit import Request
+from bot.messages import Location, Message
+from bot.outbox import Outbox
+from bot.registry import GraphRegistry
+from bot.replies import when
+from bot.runtime import GraphRuntime, RunServices
+from storage.db import Database, insert_ignore
+from storage.models import DigestRun, DigestSchedule, utcnow
+
+log = logging.getLogger("baton.digests")
+DIGEST_GRAPH = "digest"
+RETAKE_AFTER = timedelta(minutes=2)  # a claimed firing not posted by then was lost with its replica
+MANUAL_WINDOW = timedelta(hours=24)  # `digest now` in a channel that never had a digest
+
+
+class Digests:
+    def __init__(self, db: Database, config: BatonConfig, registry: GraphRegistry, runtime: GraphRuntime,
+                 outbox: Outbox, instance: str, clock: Callable[[], datetime] = utcnow) -> None:
+        self.db = db
+        self.config = config
+        self.registry = registry
+        self.runtime = runtime
+        self.outbox = outbox
+        self.instance = instance
+        self.clock = clock
+
+    # -- schedules -------------------------------------------------------------------------------
+
+    async def sync_config(self) -> None:
+        """Make the ``config`` schedules in the database match ``baton.yaml``."""
+        wanted = {f"config:{d.platform}:{d.workspace}:{d.channel}:{d.cron}:{d.timezone}": d for d in self.config.digests}
+        now = self.clock()
+        async with self.db.session() as session:
+            for key, digest in wanted.items():
+                await insert_ignore(session, DigestSchedule, {
+                    "key": key, "source": "config", "platform": digest.platform, "workspace": digest.workspace,
+                    "channel": digest.channel, "cron": digest.cron, "timezone": digest.timezone, "graphs": digest.graphs,
+                    "enabled": True, "created_at": now, "updated_at": now}, ["key"])
+                await session.exec(update(DigestSchedule).where(DigestSchedule.key == key)  # type: ignore[arg-type]
+                                   .values(graphs=digest.graphs, enabled=True))
+            await session.exec(update(DigestSchedule).where(  # type: ignore[arg-type]
+                DigestSchedule.source == "config", DigestSchedule.key.not_in(list(wanted) or [""]))  # type: ignore[attr-defined]
+                .values(enabled=False, updated_at=now))
+
+    async def enabled(self) -> list[DigestSchedule]:
+        async with self.db.read() as session:
+            return list((await session.exec(select(DigestSchedule).where(DigestSchedule.enabled == True))).all())  # noqa: E712
+
+    async def in_channel(self, location: Location) -> list[DigestSchedule]:
+        async with self.db.read() as session:
+            return list((await session.exec(select(DigestSchedule).where(
+                DigestSchedule.enabled == True, DigestSchedule.platform == location.platform,  # noqa: E712
+                DigestSchedule.workspace == location.workspace, DigestSchedule.channel == location.channel))).all())
+
+    async def set_chat_schedule(self, location: Location, cron: str, timezone: str, user: str, correlation: str) -> None:
+        """The channel's chat-made schedule (one per channel; a new one replaces the old)."""
+        schedules.check_schedule(cron, timezone)
+        key = f"chat:{location.platform}:{location.workspace}:{location.channel}"
+        now = self.clock()
+        async with self.db.session() as session:
+            inserted = await insert_ignore(session, DigestSchedule, {
+                "key": key, "source": "chat", "platform": location.platform, "workspace": location.workspace,
+                "channel": location.channel, "cron": cron, "timezone": timezone, "graphs": [], "enabled": True,
+                "created_by": user, "created_at": now, "updated_at": now}, ["key"])
+            if not inserted:
+                await session.exec(update(DigestSchedule).where(DigestSchedule.key == key).values(  # type: ignore[arg-type]
+                    cron=cron, timezone=timezone, enabled=True, created_by=user, created_at=now, updated_at=now))
+            audit.record(session, "digest.scheduled", correlation, platform=location.platform, channel=location.channel,
+                         user=user, cron=cron, timezone=timezone)
+
+    async def disable_chat_schedule(self, location: Location, user: str, correlation: str) -> bool:
+        key = f"chat:{location.platform}:{location.workspace}:{location.channel}"
+        async with self.db.session() as session:
+            result = await session.exec(update(DigestSchedule).where(  # type: ignore[arg-type]
+                DigestSchedule.key == key, DigestSchedule.enabled == True)  # noqa: E712
+                .values(enabled=False, updated_at=self.clock()))
+            if result.rowcount:
+                audit.record(session, "digest.unscheduled", correlation, platform=location.platform,
+                             channel=location.channel, user=user)
+            return bool(result.rowcount)
+
+    # -- firing ----------------------------------------------------------------------------------
+
+    async def run_due(self, now: datetime | None = None) -> int:
+        """Post every digest that is due at ``now`` and not posted yet; returns how many this replica posted."""
+        now = now or self.clock()
+        posted = 0
+        for schedule in await self.enabled():
+            try:
+                posted += await self._run_schedule(schedule, now)
+            except Exception:
+                log.exception("digest for %s/%s failed", schedule.platform, schedule.channel)
+        return posted + await self._retake_lost(now)
+
+    async def _run_schedule(self, schedule: DigestSchedule, now: datetime) -> int:
+        async with self.db.read() as session:
+            last = (await session.exec(select(func.max(DigestRun.fire_time))
+                                       .where(DigestRun.schedule_key == schedule.key))).one()
+        since = max(last, schedule.created_at) if last else schedule.created_at
+        due = schedules.latest_due(schedule.cron, schedule.timezone, since, now)
+        if due is None:
+            return 0
+        location = Location(platform=schedule.platform, workspace=schedule.workspace, channel=schedule.channel, thread="")
+        period = self._period(schedule, due)
+        return int(await self._fire(schedule.key, location, schedule.graphs, due, period, schedules.describe(
+            schedule.cron, schedule.timezone)))
+
+    async def run_now(self, location: Location, event_id: str, user: str) -> bool:
+        """``digest now``: a digest in the request's thread, covering the time since the channel's last one."""
+        now = self.clock()
+        return await self._fire(f"now:{location.platform}:{event_id}", location, [], now, MANUAL_WINDOW,
+                                f"asked for by {user}")
+
+    async def _fire(self, key: str, location: Location, graphs: list[str], fire_time: datetime, default_window: timedelta,
+                    reason: str) -> bool:
+        async with self.db.session() as session:
+            previous_end = (await session.exec(select(func.max(DigestRun.window_end)).where(
+                DigestRun.platform == location.platform, DigestRun.workspace == location.workspace,
+                DigestRun.channel == location.channel, DigestRun.window_end <= fire_time))).one()
+            start = previous_end or fire_time - default_window
+            claimed = await insert_ignore(session, DigestRun, {
+                "schedule_key": key, "fire_time": fire_time, "platform": location.platform,
+                "workspace": location.workspace, "channel": location.channel, "window_start": start,
+                "window_end": fire_time, "status": "claimed", "claimed_by": self.instance, "claimed_at": self.clock(),
+                "summary": {"reason": reason, "thread": location.thread, "graphs": graphs}}, ["schedule_key", "fire_time"])
+            if not claimed:
+                return False
+            run = (await session.exec(select(DigestRun).where(DigestRun.schedule_key == key,
+                                                              DigestRun.fire_time == fire_time))).one()
+        await self._build_and_post(run)
+        return True
+
+    async def _retake_lost(self, now: datetime) -> int:
+        async with self.db.read() as session:
+            lost = (await session.exec(select(DigestRun).where(
+                DigestRun.status == "claimed", DigestRun.claimed_at < now - RETAKE_AFTER))).all()
+        posted = 0
+        for run in lost:
+            async with self.db.session() as session:
+                taken = await session.exec(update(DigestRun).where(  # type: ignore[arg-type]
+                    DigestRun.id == run.id, DigestRun.status == "claimed", DigestRun.claimed_at == run.claimed_at)
+                    .values(claimed_by=self.instance, claimed_at=self.clock()))
+            if taken.rowcount:
+                await self._build_and_post(run)
+                posted += 1
+        return posted
+
+    async def _build_and_post(self, run: DigestRun) -> None:
+        graphs = list(run.summary.get("graphs") or [])
+        async with self.db.read() as session:
+            stats = await collect(session, run.platform, run.channel, run.window_start, run.window_end, graphs,
+                                  self.clock())
+        stats["reason"] = run.summary.get("reason", "")
+        location = Location(platform=run.platform, workspace=run.workspace, channel=run.channel,
+                            thread=run.summary.get("thread") or "")
+        message = await self._render(run, stats, location)
+        async with self.db.session() as session:
+            card = self.outbox.enqueue(session, location, message, correlation_id=f"digest-{run.id}")
+            await session.flush()
+            await session.exec(update(DigestRun).where(DigestRun.id == run.id).values(  # type: ignore[arg-type]
+                status="posted", posted_at=self.clock(),
+                summary={**run.summary, "requests": stats["requests"], "outbox_id": card.id}))
+            audit.record(session, "digest.posted", f"digest-{run.id}", platform=run.platform, channel=run.channel,
+                         window_start=run.window_start.isoformat(), window_end=run.window_end.isoformat(),
+                         requests=stats["requests"])
+        self.outbox.wake(run.platform)
+
+    async def _render(self, run: DigestRun, stats: dict[str, Any], location: Location) -> Message:
+        spec = self.registry.get(DIGEST_GRAPH)
+        if spec is None:
+            return Message.text(f"Digest {when(run.window_start)} to {when(run.window_end)}: "
+                                f"{stats['requests']} requests (the `digest` graph is not installed).")
+        services = RunServices(self.db, self.config, self.registry, Request(
+            platform=run.platform, channel=run.channel, thread=location.thread, user="baton", text="digest"), None)
+        lg_thread = f"digest-{run.id}"
+
+        async def no_progress(_text: str) -> None:
+            return None
+
+        outcome = await self.runtime.run(spec, lg_thread, {"stats": stats, "reply": {}}, services, no_progress)
+        await self.runtime.forget(lg_thread)
+        return Message.model_validate(outcome.values["reply"])
+
+    @staticmethod
+    def _period(schedule: DigestSchedule, fire_time: datetime) -> timedelta:
+        following = schedules.next_fire(schedule.cron, schedule.timezone, fire_time + timedelta(microseconds=1))
+        return (following - fire_time) if following else timedelta(days=1)

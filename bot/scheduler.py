@@ -1,0 +1,52 @@
+"""APScheduler (3.x, ``AsyncIOScheduler``) fires the digest schedules inside the Baton process.
+
+Each schedule is a cron job in its own time zone. APScheduler's job store lives in memory and is
+never shared: exactly-once comes from ``bot.digests`` claiming each (schedule, fire time) in the
+database, so every replica may run the same jobs. At start, and every minute, the jobs are
+reconciled with the database (chat-made schedules of other replicas) and anything overdue is
+posted as one catch-up digest.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from bot import schedules
+from bot.digests import Digests
+
+log = logging.getLogger("baton.scheduler")
+RECONCILE_SECONDS = 60
+
+
+class DigestScheduler:
+    def __init__(self, digests: Digests) -> None:
+        self.digests = digests
+        self.scheduler = AsyncIOScheduler(timezone="UTC", job_defaults={"coalesce": True, "misfire_grace_time": None,
+                                                                        "max_instances": 1})
+
+    async def start(self) -> None:
+        await self.digests.sync_config()
+        self.scheduler.start()
+        self.scheduler.add_job(self.reconcile, "interval", seconds=RECONCILE_SECONDS, id="reconcile")
+        await self.reconcile()
+
+    async def stop(self) -> None:
+        self.scheduler.shutdown(wait=False)
+
+    async def reconcile(self) -> None:
+        """Match the cron jobs to the enabled schedules, then post whatever is due (catch-up)."""
+        wanted = {schedule.key: schedule for schedule in await self.digests.enabled()}
+        for job in self.scheduler.get_jobs():
+            if job.id != "reconcile" and job.id not in wanted:
+                job.remove()
+        for key, schedule in wanted.items():
+            trigger = schedules.trigger(schedule.cron, schedule.timezone)
+            job = self.scheduler.get_job(key)
+            if job is None or str(job.trigger) != str(trigger):
+                self.scheduler.add_job(self.digests.run_due, trigger, id=key, replace_existing=True)
+        await self.digests.run_due()
+
+    def next_runs(self) -> dict[str, object]:
+        return {job.id: job.next_run_time for job in self.scheduler.get_jobs() if job.id != "reconcile"}

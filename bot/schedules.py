@@ -1,0 +1,101 @@
+"""Cron expressions and time zones: validation, chat grammar, and which firing is due.
+
+APScheduler's ``CronTrigger`` does the calendar arithmetic (time zones, daylight-saving changes);
+this module only asks it questions, so the scheduler and the tests agree on every fire time.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from apscheduler.triggers.cron import CronTrigger
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+MAX_STEPS = 200_000
+
+
+class ScheduleError(ValueError):
+    """A schedule that cannot be used; the message is shown to the user as is."""
+
+
+def zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ScheduleError(f"I don't know the time zone `{name[:60]}`. Use an IANA name like `Europe/Paris` or `UTC`.") from None
+
+
+def trigger(cron: str, timezone: str) -> CronTrigger:
+    tz = zone(timezone)
+    if len(cron.split()) != 5:
+        raise ScheduleError(f"`{cron[:80]}` is not a cron expression: it needs five fields (minute hour day month weekday).")
+    try:
+        return CronTrigger.from_crontab(cron, timezone=tz)
+    except ValueError as exc:
+        raise ScheduleError(f"`{cron[:80]}` is not a valid cron expression: {exc}.") from None
+
+
+def check_schedule(cron: str, timezone: str) -> None:
+    trigger(cron, timezone)
+
+
+def latest_due(cron: str, timezone: str, since: datetime, now: datetime) -> datetime | None:
+    """The last fire time in ``(since, now]``, or ``None``. Missed firings coalesce into this one."""
+    cron_trigger = trigger(cron, timezone)
+    latest = None
+    fire = cron_trigger.get_next_fire_time(None, since + timedelta(microseconds=1))
+    steps = 0
+    while fire is not None and fire <= now and steps < MAX_STEPS:
+        latest = fire
+        fire = cron_trigger.get_next_fire_time(fire, fire + timedelta(microseconds=1))
+        steps += 1
+    return latest
+
+
+def next_fire(cron: str, timezone: str, now: datetime) -> datetime | None:
+    return trigger(cron, timezone).get_next_fire_time(None, now)
+
+
+def parse_when(words: list[str]) -> tuple[str, str]:
+    """Chat grammar after ``digest``: ``daily 09:00 [tz]``, ``weekly mon 08:30 [tz]``, ``cron "<expr>" [tz]``."""
+    if not words:
+        raise ScheduleError("Say when: `digest daily 09:00 Europe/Paris`, `digest weekly mon 08:30` or `digest cron \"0 9 * * 1-5\" UTC`.")
+    kind, rest = words[0].lower(), words[1:]
+    if kind == "daily" and rest:
+        hour, minute = _clock(rest[0])
+        cron, rest = f"{minute} {hour} * * *", rest[1:]
+    elif kind == "weekly" and len(rest) >= 2:
+        day = rest[0].lower()[:3]
+        if day not in DAYS:
+            raise ScheduleError(f"`{rest[0][:20]}` is not a weekday; use one of {', '.join(DAYS)}.")
+        hour, minute = _clock(rest[1])
+        cron, rest = f"{minute} {hour} * * {day}", rest[2:]
+    elif kind == "cron" and rest:
+        cron, rest = rest[0], rest[1:]
+    else:
+        raise ScheduleError("I understand `digest daily HH:MM [zone]`, `digest weekly <day> HH:MM [zone]`, "
+                            "`digest cron \"<expression>\" [zone]`, `digest now`, `digest list` and `digest off`.")
+    if len(rest) > 1:
+        raise ScheduleError(f"Unexpected words after the time zone: `{' '.join(rest[1:])[:60]}`.")
+    timezone = rest[0] if rest else "UTC"
+    check_schedule(cron, timezone)
+    return cron, timezone
+
+
+def _clock(text: str) -> tuple[int, int]:
+    hour, sep, minute = text.partition(":")
+    if not (sep and hour.isdigit() and minute.isdigit() and int(hour) < 24 and int(minute) < 60 and len(minute) == 2):
+        raise ScheduleError(f"`{text[:20]}` is not a time of day; use HH:MM, e.g. 09:00.")
+    return int(hour), int(minute)
+
+
+def describe(cron: str, timezone: str) -> str:
+    fields = cron.split()
+    if fields[2:4] == ["*", "*"] and fields[0].isdigit() and fields[1].isdigit():
+        at = f"{int(fields[1]):02d}:{int(fields[0]):02d} {timezone}"
+        if fields[4] == "*":
+            return f"daily at {at}"
+        if fields[4] in DAYS:
+            return f"every {fields[4]} at {at}"
+    return f"cron `{cron}` ({timezone})"

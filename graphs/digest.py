@@ -1,0 +1,120 @@
+"""The channel digest: what the bots and the people got done since the last one.
+
+Baton computes the numbers (``bot.digest_stats``) and hands them to this graph as ``stats``; the
+graph turns them into the card. Copy it to write your own digest.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import Any, TypedDict
+from xml.sax.saxutils import escape
+
+from langgraph.graph import END, START, StateGraph
+
+from bot.kit import Request
+
+DESCRIPTION = "Digests of this channel: `digest daily 09:00 Europe/Paris`, `digest now`, `digest list`, `digest off`."
+EXAMPLE = "digest now"
+DEDUPE = False
+
+
+class DigestState(TypedDict, total=False):
+    stats: dict[str, Any]
+    reply: dict[str, Any]
+
+
+def make_input(_request: Request, _args: str) -> dict[str, Any]:
+    raise ValueError("digests are started by the schedule or by `digest now`")
+
+
+def compose(state: DigestState) -> DigestState:
+    stats = state["stats"]
+    start, end = (datetime.fromisoformat(stats["window"][key]) for key in ("start", "end"))
+    title = f"Digest for #{stats['channel']}: {_span(start, end)}"
+    quiet = not stats["requests"] and not stats["decided"] and not stats["waiting"]
+    if quiet:
+        text = f"Quiet: no requests, approvals or failures from {_span(start, end)}."
+        return {"reply": {"title": title, "tone": "info", "parts": [{"kind": "text", "text": text}]}}
+    parts: list[dict[str, Any]] = []
+    lines = [f"*{stats['requests']}* requests"]
+    for graph, counts in sorted(stats["per_graph"].items()):
+        lines.append(f"• `{graph}`: {counts.get('done', 0)} done, {counts.get('failed', 0)} failed, "
+                     f"{counts.get('running', 0)} still running")
+    turnaround = stats["turnaround"]
+    if turnaround["count"]:
+        lines.append(f"Turnaround (request to result): p50 {_duration(turnaround['p50_ms'] / 1000)}, "
+                     f"p95 {_duration(turnaround['p95_ms'] / 1000)} over {turnaround['count']} finished")
+    lines.append(f"Time spent waiting for humans: {_duration(stats['waited_seconds'])}")
+    if stats.get("tokens") is not None:
+        cost = f", cost ${stats['cost']:.4f}" if stats.get("cost") is not None else ""
+        lines.append(f"Model tokens: {stats['tokens']:,}{cost}")
+    parts.append({"kind": "text", "text": "\n".join(lines)})
+    if stats["decided"]:
+        granted = sum(1 for d in stats["decided"] if d["status"] == "approved")
+        parts.append({"kind": "text", "text": f"*Approvals*: {granted} granted, {len(stats['decided']) - granted} rejected"})
+        for decided in stats["decided"]:
+            verb = "approved" if decided["status"] == "approved" else "rejected"
+            parts.append({"kind": "link", "label": f"{decided['summary']} — {verb} by {decided['by']}",
+                          "channel": decided["channel"], "thread": decided["thread"]})
+    if stats["waiting"]:
+        parts.append({"kind": "text", "text": f"*Waiting for approval*: {len(stats['waiting'])}"})
+        for waiting in stats["waiting"]:
+            parts.append({"kind": "link", "label": f"{waiting['summary']} — waiting {_duration(waiting['age_seconds'])} "
+                                                   f"for {', '.join(waiting['approvers']) or 'nobody'}",
+                          "channel": waiting["channel"], "thread": waiting["thread"]})
+    if stats["failures"]:
+        more = stats["failure_count"] - len(stats["failures"])
+        parts.append({"kind": "text", "text": f"*Failures*: {stats['failure_count']}" + (f" ({more} more not listed)" if more > 0 else "")})
+        for failure in stats["failures"]:
+            parts.append({"kind": "link", "label": f"`{failure['graph']}`: {failure['error']}",
+                          "channel": failure["channel"], "thread": failure["thread"]})
+    if stats["per_day"]:
+        parts.append(chart(stats["per_day"]))
+    if stats.get("reason"):
+        parts.append({"kind": "note", "text": f"Digest {stats['reason']}."})
+    tone = "warning" if stats["failures"] or stats["waiting"] else "success"
+    return {"reply": {"title": title, "tone": tone, "parts": parts}}
+
+
+def chart(per_day: list[dict[str, Any]]) -> dict[str, Any]:
+    """Requests per day as bars, with the day's average turnaround written above each bar."""
+    width, height, top, bottom = 360, 140, 24, 22
+    most = max(day["requests"] for day in per_day) or 1
+    slot = width / len(per_day)
+    bars = []
+    for index, day in enumerate(per_day):
+        bar_height = (height - top - bottom) * day["requests"] / most
+        x, y = index * slot + slot * 0.15, height - bottom - bar_height
+        turnaround = _duration(day["avg_turnaround_ms"] / 1000) if day["avg_turnaround_ms"] is not None else "-"
+        bars.append(
+            f'<rect x="{x:.1f}" y="{y:.1f}" width="{slot * 0.7:.1f}" height="{bar_height:.1f}" fill="#4a7dff"/>'
+            f'<text x="{x + slot * 0.35:.1f}" y="{y - 4:.1f}" font-size="10" text-anchor="middle">{day["requests"]} · {escape(turnaround)}</text>'
+            f'<text x="{x + slot * 0.35:.1f}" y="{height - 6}" font-size="10" text-anchor="middle">{escape(day["day"][5:])}</text>')
+    svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif">'
+           f'<text x="4" y="12" font-size="11" fill="#555">requests per day · average turnaround</text>{"".join(bars)}</svg>')
+    return {"kind": "image", "alt": "Requests per day and average turnaround", "mime": "image/svg+xml",
+            "data": base64.b64encode(svg.encode()).decode(), "filename": "digest.svg"}
+
+
+def _span(start: datetime, end: datetime) -> str:
+    return f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 86400:
+        return f"{seconds // 3600:.0f}h {seconds % 3600 / 60:.0f}m"
+    return f"{seconds // 86400:.0f}d {seconds % 86400 / 3600:.0f}h"
+
+
+builder = StateGraph(DigestState)
+builder.add_node("compose", compose)
+builder.add_edge(START, "compose")
+builder.add_edge("compose", END)
+graph = builder

@@ -1,0 +1,271 @@
+"""Scheduled digests: exactly-once firings on a controllable clock, catch-up, content, chat commands."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from bot.config import BatonConfig, ConfigError, Digest, load_config
+from bot.digest_stats import collect
+from bot.digests import Digests
+from bot.messages import Location, Message
+from bot.outbox import Outbox
+from bot.registry import GraphRegistry
+from bot.runtime import GraphRuntime
+from bot.scheduler import DigestScheduler
+from graphs.digest import compose
+from storage.checkpointer import open_checkpointer
+from storage.db import Database
+from storage.migrate import upgrade
+from storage.models import Approval, DigestRun, OutboxMessage, Run, ThreadRecord
+
+PARIS_DAILY = Digest(platform="playground", channel="ops", cron="0 9 * * *", timezone="Europe/Paris")
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@asynccontextmanager
+async def digest_service(database_url: str, clock: Clock, config: BatonConfig, instance: str = "a") -> AsyncIterator[Digests]:
+    """The digest machinery of one Baton instance, on a clock the test controls."""
+    await asyncio.to_thread(upgrade, database_url)
+    db = Database(database_url)
+    try:
+        async with open_checkpointer(database_url) as checkpointer:
+            registry = GraphRegistry.discover()
+            digests = Digests(db, config, registry, GraphRuntime(registry, checkpointer), Outbox(db), instance, clock)
+            await digests.sync_config()
+            yield digests
+    finally:
+        await db.dispose()
+
+
+async def firings(digests: Digests) -> list[DigestRun]:
+    async with digests.db.read() as session:
+        return list((await session.exec(select(DigestRun).order_by(DigestRun.fire_time))).all())
+
+
+async def posted_messages(digests: Digests) -> list[OutboxMessage]:
+    async with digests.db.read() as session:
+        return list((await session.exec(select(OutboxMessage).order_by(OutboxMessage.id))).all())
+
+
+async def test_daily_digest_fires_once_a_day_at_local_time_across_dst(database_url):
+    clock = Clock(datetime(2026, 3, 27, 0, 0, tzinfo=UTC))
+    async with digest_service(database_url, clock, BatonConfig(digests=[PARIS_DAILY])) as digests:
+        posted_at = []
+        while clock.now < datetime(2026, 3, 31, 0, 0, tzinfo=UTC):
+            if await digests.run_due(clock.now):
+                posted_at.append(clock.now)
+            clock.now += timedelta(minutes=15)
+        runs = await firings(digests)
+    # 09:00 in Paris is 08:00 UTC before the change to summer time on 29 March, 07:00 UTC after.
+    assert [run.fire_time for run in runs] == [datetime(2026, 3, 27, 8, tzinfo=UTC), datetime(2026, 3, 28, 8, tzinfo=UTC),
+                                               datetime(2026, 3, 29, 7, tzinfo=UTC), datetime(2026, 3, 30, 7, tzinfo=UTC)]
+    assert posted_at == [run.fire_time for run in runs]  # posted at the first tick at or after the fire time
+    assert [run.window_end for run in runs[:-1]] == [run.window_start for run in runs[1:]]  # windows tile exactly
+
+
+async def test_two_instances_post_one_digest_per_firing(database_url):
+    clock = Clock(datetime(2026, 6, 1, 0, 0, tzinfo=UTC))
+    config = BatonConfig(digests=[PARIS_DAILY])
+    async with digest_service(database_url, clock, config, "a") as one, digest_service(database_url, clock, config, "b") as two:
+        while clock.now < datetime(2026, 6, 4, 0, 0, tzinfo=UTC):
+            await asyncio.gather(one.run_due(clock.now), two.run_due(clock.now))
+            clock.now += timedelta(minutes=30)
+        runs = await firings(one)
+        messages = await posted_messages(one)
+    assert len(runs) == 3 and len({run.fire_time for run in runs}) == 3
+    assert len(messages) == 3 and all(m.channel == "ops" and m.thread == "" for m in messages)
+    assert {run.claimed_by for run in runs} <= {"a", "b"}
+
+
+async def test_three_days_down_gives_one_catch_up_digest(database_url):
+    clock = Clock(datetime(2026, 6, 1, 6, 0, tzinfo=UTC))
+    async with digest_service(database_url, clock, BatonConfig(digests=[PARIS_DAILY])) as digests:
+        clock.now = datetime(2026, 6, 1, 7, 5, tzinfo=UTC)  # 09:05 Paris: the first digest
+        assert await digests.run_due(clock.now) == 1
+    clock.now = datetime(2026, 6, 4, 12, 0, tzinfo=UTC)  # Baton was down for three days
+    async with digest_service(database_url, clock, BatonConfig(digests=[PARIS_DAILY])) as digests:
+        assert await digests.run_due(clock.now) == 1
+        assert await digests.run_due(clock.now) == 0
+        runs = await firings(digests)
+    assert len(runs) == 2
+    catch_up = runs[1]
+    assert catch_up.fire_time == datetime(2026, 6, 4, 7, tzinfo=UTC)
+    assert (catch_up.window_start, catch_up.window_end) == (runs[0].window_end, catch_up.fire_time)
+    assert catch_up.window_end - catch_up.window_start == timedelta(days=3)
+
+
+async def seed(db: Database, start: datetime) -> None:
+    """Known runs: deploy 3 done + 1 failed, uptime 2 done + 1 running; two decided approvals, one waiting."""
+    async with db.session() as session:
+        threads = []
+        for n in range(8):
+            record = ThreadRecord(platform="playground", channel="ops", thread=str(100 + n), status="done")
+            session.add(record)
+            threads.append(record)
+        other = ThreadRecord(platform="playground", channel="general", thread="900")
+        session.add(other)
+        await session.flush()
+
+        def run(n: int, graph: str, status: str, minutes: int, turnaround_s: float | None, error: str | None = None,
+                waited: float = 0.0, record: ThreadRecord | None = None) -> Run:
+            at = start + timedelta(minutes=minutes)
+            finished = at + timedelta(seconds=turnaround_s) if turnaround_s is not None else None
+            row = Run(thread_record_id=(record or threads[n]).id, platform="playground", channel=(record or threads[n]).channel,
+                      graph=graph, status=status, requested_by="alice", correlation_id=f"c{n}", started_at=at,
+                      finished_at=finished, turnaround_ms=int(turnaround_s * 1000) if turnaround_s is not None else None,
+                      error=error, waited_seconds=waited)
+            session.add(row)
+            return row
+
+        runs = [run(0, "deploy", "done", 10, 10), run(1, "deploy", "done", 20, 20, waited=15),
+                run(2, "deploy", "done", 30, 30), run(3, "deploy", "failed", 40, 40, error="exit code 2\nstack..."),
+                run(4, "uptime", "done", 50, 1), run(5, "uptime", "done", 60, 2),
+                run(6, "uptime", "running", 70, None), run(7, "deploy", "waiting", 80, None)]
+        run(8, "uptime", "done", -60, 5, record=threads[0])          # before the window
+        run(9, "uptime", "done", 30, 5, record=other)               # another channel
+        await session.flush()
+        session.add(Approval(run_id=runs[1].id, thread_record_id=threads[1].id, interrupt_id="i1", graph="deploy",
+                             summary="Deploy web", requested_by="alice", approvers=["bob"], status="approved",
+                             decided_by="bob", decided_at=start + timedelta(minutes=21)))
+        session.add(Approval(run_id=runs[2].id, thread_record_id=threads[2].id, interrupt_id="i2", graph="deploy",
+                             summary="Deploy api", requested_by="alice", approvers=["bob"], status="rejected",
+                             decided_by="carol", decided_at=start + timedelta(minutes=31)))
+        session.add(Approval(run_id=runs[7].id, thread_record_id=threads[7].id, interrupt_id="i3", graph="deploy",
+                             summary="Deploy worker\nmore", requested_by="alice", approvers=["bob", "dave"],
+                             status="pending", created_at=start + timedelta(minutes=80)))
+
+
+async def test_digest_content_is_exact(sqlite_url):
+    start = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)
+    end = start + timedelta(hours=2)
+    clock = Clock(end)
+    async with digest_service(sqlite_url, clock, BatonConfig()) as digests:
+        await seed(digests.db, start)
+        async with digests.db.read() as session:
+            stats = await collect(session, "playground", "ops", start, end, [], end)
+    assert stats["per_graph"] == {"deploy": {"done": 3, "failed": 1, "running": 1},
+                                  "uptime": {"done": 2, "failed": 0, "running": 1}}
+    assert stats["requests"] == 8
+    # finished turnarounds (s): 1, 2, 10, 20, 30, 40 -> nearest-rank p50 = 3rd = 10 s, p95 = 6th = 40 s
+    assert stats["turnaround"] == {"p50_ms": 10_000, "p95_ms": 40_000, "count": 6}
+    assert stats["waited_seconds"] == 15
+    assert stats["failures"] == [{"graph": "deploy", "error": "exit code 2", "channel": "ops", "thread": "103"}]
+    assert [(d["status"], d["by"], d["thread"]) for d in stats["decided"]] == [("approved", "bob", "101"), ("rejected", "carol", "102")]
+    assert stats["waiting"] == [{"summary": "Deploy worker", "approvers": ["bob", "dave"], "age_seconds": 2400.0,
+                                 "channel": "ops", "thread": "107"}]
+    assert stats["tokens"] is None and stats["cost"] is None
+    message = Message.model_validate(compose({"stats": stats})["reply"])
+    text = message.plain_text()
+    assert "*8* requests" in text and "`deploy`: 3 done, 1 failed, 1 still running" in text
+    assert "p50 10.0s, p95 40.0s over 6 finished" in text and "Approvals*: 1 granted, 1 rejected" in text
+    assert "Deploy worker — waiting 40m for bob, dave" in text and "`deploy`: exit code 2" in text
+    assert any(part.kind == "image" for part in message.parts)
+    links = [part for part in message.parts if part.kind == "link"]
+    assert {link.thread for link in links} == {"101", "102", "103", "107"}
+
+
+async def test_quiet_period_gets_one_line(sqlite_url):
+    start = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)
+    async with digest_service(sqlite_url, Clock(start), BatonConfig()) as digests:
+        async with digests.db.read() as session:
+            stats = await collect(session, "playground", "ops", start, start + timedelta(days=1), [], start)
+    message = Message.model_validate(compose({"stats": stats})["reply"])
+    assert [part.kind for part in message.parts] == ["text"]
+    assert message.parts[0].text.startswith("Quiet: no requests, approvals or failures")
+
+
+def test_invalid_digest_in_config_names_the_line(tmp_path: Path):
+    path = tmp_path / "baton.yaml"
+    path.write_text("digests:\n  - platform: playground\n    channel: ops\n    cron: '0 9 * *'\n"
+                    "  - platform: playground\n    channel: ops\n    cron: '0 9 * * *'\n    timezone: Mars/Base\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert "line 2: digests.0: Value error, `0 9 * *` is not a cron expression" in str(error.value)
+    assert "line 5: digests.1: Value error, I don't know the time zone `Mars/Base`" in str(error.value)
+
+
+def test_chat_commands_create_list_run_and_remove_schedules(start_baton, sqlite_url):
+    baton = start_baton(sqlite_url)
+    pg = baton.client()
+    work = pg.ask("@baton run uptime", channel="ops")
+    pg.wait_reply(work, "did uptime")
+
+    made = pg.ask("@baton digest daily 09:00 Europe/Paris", channel="ops")
+    pg.wait_reply(made, "Digest scheduled daily at 09:00 Europe/Paris in this channel; the next one is at")
+    listed = pg.ask("@baton digest list", channel="ops")
+    pg.wait_reply(listed, "daily at 09:00 Europe/Paris (set by alice)")
+
+    now = pg.ask("@baton digest now", channel="ops", user="bob")
+    digest = pg.wait_reply(now, "Digest for #ops")
+    assert "*1* requests" in digest["text"] and "`runbook`: 1 done, 0 failed" in digest["text"]
+    assert "asked for by bob" in digest["text"]
+    assert any(part["kind"] == "image" for part in digest["content"]["parts"])
+    again = pg.ask("@baton digest now", channel="ops")
+    quiet = pg.wait_reply(again, "Digest for #ops")
+    assert "Quiet" in quiet["text"]  # the window starts where the previous digest ended
+
+    baton.stop()
+    pg = start_baton(sqlite_url, name="restarted").client()
+    survived = pg.ask("@baton digest list", channel="ops")
+    pg.wait_reply(survived, "daily at 09:00 Europe/Paris")
+    off = pg.ask("@baton digest off", channel="ops")
+    pg.wait_reply(off, "this channel's digest schedule is off")
+    empty = pg.ask("@baton digest list", channel="ops")
+    pg.wait_reply(empty, "No digests are scheduled in this channel")
+
+
+@pytest.mark.parametrize(("command", "answer"), [
+    ("digest daily 25:00", "`25:00` is not a time of day"),
+    ("digest daily 09:00 Mars/Base", "I don't know the time zone `Mars/Base`"),
+    ('digest cron "0 9 * *"', "it needs five fields"),
+    ('digest cron "0 99 * * *" UTC', "is not a valid cron expression"),
+    ("digest weekly funday 09:00", "`funday` is not a weekday"),
+    ("digest sometimes", "I understand `digest daily HH:MM [zone]`"),
+])
+def test_invalid_digest_commands_change_nothing(start_baton, sqlite_url, command, answer):
+    pg = start_baton(sqlite_url).client()
+    thread = pg.ask(f"@baton {command}", channel="ops")
+    reply = pg.wait_reply(thread, answer)
+    assert "Nothing was changed" in reply["text"]
+    listed = pg.ask("@baton digest list", channel="ops")
+    pg.wait_reply(listed, "No digests are scheduled")
+
+
+async def test_scheduler_registers_cron_jobs_in_their_time_zone(sqlite_url):
+    clock = Clock(datetime.now(UTC))
+    config = BatonConfig(digests=[Digest(platform="playground", channel="ops", cron="30 8 * * mon",
+                                         timezone="America/New_York")])
+    async with digest_service(sqlite_url, clock, config) as digests:
+        scheduler = DigestScheduler(digests)
+        await scheduler.start()
+        try:
+            jobs = scheduler.next_runs()
+            assert list(jobs) == ["config:playground::ops:30 8 * * mon:America/New_York"]
+            upcoming = next(iter(jobs.values()))
+            assert (upcoming.weekday(), upcoming.hour, upcoming.minute) == (0, 8, 30)
+            assert str(upcoming.tzinfo) == "America/New_York"
+            assert scheduler.scheduler.get_job(next(iter(jobs))).func == digests.run_due
+
+            location = Location(platform="playground", channel="general", thread="1")
+            await digests.set_chat_schedule(location, "0 18 * * *", "Asia/Tokyo", "alice", "c1")
+            await scheduler.reconcile()
+            assert "chat:playground::general" in scheduler.next_runs()
+            await digests.disable_chat_schedule(location, "alice", "c2")
+            await scheduler.reconcile()
+            assert "chat:playground::general" not in scheduler.next_runs()
+        finally:
+            await scheduler.stop()
