@@ -21,21 +21,25 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
     in_window = [Run.platform == platform, Run.channel == channel, Run.started_at >= start, Run.started_at < end]
     if graphs:
         in_window.append(Run.graph.in_(graphs))  # type: ignore[attr-defined]
+    # One index-only scan for the counts and sums (ix_runs_digest covers every column used).
     per_graph: dict[str, dict[str, int]] = {}
-    for graph, status, count in (await session.exec(
-            select(Run.graph, Run.status, func.count()).where(*in_window).group_by(Run.graph, Run.status))).all():
+    finished_count, waited, tokens, cost, cost_known = 0, 0.0, None, None, 0
+    for graph, status, count, finished, waited_sum, tokens_sum, cost_sum, costs in (await session.exec(
+            select(Run.graph, Run.status, func.count(), func.count(Run.turnaround_ms), func.sum(Run.waited_seconds),
+                   func.sum(Run.tokens), func.sum(Run.cost), func.count(Run.cost))
+            .where(*in_window).group_by(Run.graph, Run.status))).all():
         bucket = "running" if status in ("running", "waiting") else status
         per_graph.setdefault(graph, {"done": 0, "failed": 0, "running": 0})
         per_graph[graph][bucket] = per_graph[graph].get(bucket, 0) + count
+        finished_count += finished
+        waited += waited_sum or 0.0
+        tokens = (tokens or 0) + tokens_sum if tokens_sum is not None else tokens
+        cost = (cost or 0.0) + cost_sum if cost_sum is not None else cost
+        cost_known += costs
 
-    finished = [*in_window, Run.finished_at.is_not(None), Run.turnaround_ms.is_not(None)]  # type: ignore[union-attr]
-    finished_count = (await session.exec(select(func.count()).where(*finished))).one()
+    finished = [*in_window, Run.turnaround_ms.is_not(None)]  # type: ignore[union-attr]
     turnaround = {"p50_ms": await _percentile(session, finished, finished_count, 0.50),
                   "p95_ms": await _percentile(session, finished, finished_count, 0.95), "count": finished_count}
-
-    waited, tokens, cost, cost_known = (await session.exec(select(
-        func.coalesce(func.sum(Run.waited_seconds), 0.0), func.sum(Run.tokens), func.sum(Run.cost),
-        func.count(Run.cost)).where(*in_window))).one()
 
     failures = [
         {"graph": graph, "error": (error or "failed").splitlines()[0][:200], "channel": c, "thread": t}

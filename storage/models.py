@@ -82,8 +82,9 @@ class Run(SQLModel, table=True):
     __tablename__ = "runs"
     __table_args__ = (
         Index("ix_runs_thread", "thread_record_id"),
-        Index("ix_runs_channel_started", "platform", "channel", "started_at"),
-        Index("ix_runs_channel_finished", "platform", "channel", "finished_at", "turnaround_ms"),
+        # Covers every aggregate of a channel digest, so a window is read from the index alone.
+        Index("ix_runs_digest", "platform", "channel", "started_at", "status", "graph", "turnaround_ms",
+              "waited_seconds", "tokens", "cost"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -59,7 +59,9 @@ def upgrade() -> None:
 
     with op.batch_alter_table('runs', schema=None) as batch_op:
         batch_op.add_column(sa.Column('turnaround_ms', sa.Integer(), nullable=True))
-        batch_op.create_index('ix_runs_channel_finished', ['platform', 'channel', 'finished_at', 'turnaround_ms'], unique=False)
+        batch_op.drop_index('ix_runs_channel_started')
+        batch_op.create_index('ix_runs_digest', ['platform', 'channel', 'started_at', 'status', 'graph', 'turnaround_ms',
+                                                 'waited_seconds', 'tokens', 'cost'], unique=False)
 
     
 
@@ -67,7 +69,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     
     with op.batch_alter_table('runs', schema=None) as batch_op:
-        batch_op.drop_index('ix_runs_channel_finished')
+        batch_op.drop_index('ix_runs_digest')
+        batch_op.create_index('ix_runs_channel_started', ['platform', 'channel', 'started_at'], unique=False)
         batch_op.drop_column('turnaround_ms')
 
     with op.batch_alter_table('digest_schedules', schema=None) as batch_op:
