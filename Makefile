@@ -18,6 +18,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+	$(PY) -m bench.digest_build
 
 clean:
 	rm -rf $(VENV) *.egg-info baton.db
