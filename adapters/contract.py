@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from fastapi import FastAPI
 
+from bot.messages import Location
 from bot.outbox import Delivery
 from bot.settings import Settings
 
@@ -30,6 +32,9 @@ class DeliveryRejected(Exception):
     """The platform refused the message for good (bad request, unknown channel): do not retry."""
 
 
+Step = Callable[[], Awaitable[str | None]]
+
+
 class Adapter(ABC):
     name: ClassVar[str]
     channel_pace_seconds: ClassVar[float] = 0.0  # minimum gap between two messages in one channel
@@ -39,6 +44,7 @@ class Adapter(ABC):
     def __init__(self, baton: Baton) -> None:
         self.baton = baton
         self._pump: asyncio.Task[None] | None = None
+        self._steps_done: dict[int, list[str | None]] = {}  # delivery id -> results of the steps already made
 
     @classmethod
     def is_configured(cls, settings: Settings) -> bool:
@@ -56,9 +62,27 @@ class Adapter(ABC):
             self._pump.cancel()
             await asyncio.gather(self._pump, return_exceptions=True)
 
+    async def history(self, location: Location, limit: int) -> list[dict[str, Any]] | None:
+        """Recent messages of a thread (``location.thread``) or of the channel (``thread == ""``),
+        oldest first, as ``{"user", "text", "is_bot"}``; ``None`` when the platform offers none
+        (the core then uses what it saw itself)."""
+        return None
+
     @abstractmethod
     async def send(self, delivery: Delivery) -> str | None:
         """Deliver one message; return the platform's id for it (used to edit it later)."""
+
+    async def send_steps(self, delivery: Delivery, steps: list[Step]) -> list[str | None]:
+        """Make a delivery that takes several platform calls (a message split in three, then a file).
+
+        The results of the calls already made are kept until the delivery is settled, so when the
+        third call hits a rate limit, the retry makes only the third call: nothing is posted twice.
+        (Kept in this process: a retry taken over by another replica starts again from the first.)
+        """
+        done = self._steps_done.setdefault(delivery.id, [])
+        for step in steps[len(done):]:
+            done.append(await step())
+        return list(done)
 
     async def _deliver_forever(self) -> None:
         outbox = self.baton.outbox
@@ -80,14 +104,16 @@ class Adapter(ABC):
         except RetryLater as exc:
             log.info("%s asked to retry message %s in %.1fs: %s", self.name, delivery.id, exc.seconds, exc)
             await outbox.retry(delivery.id, exc.seconds, str(exc))
+            return
         except DeliveryRejected as exc:
             log.error("%s rejected message %s: %s", self.name, delivery.id, exc)
             await outbox.failed(delivery.id, str(exc))
         except Exception as exc:
-            if delivery.attempts >= self.max_attempts:
-                log.error("giving up on %s message %s after %d attempts: %s", self.name, delivery.id, delivery.attempts, exc)
-                await outbox.failed(delivery.id, f"{type(exc).__name__}: {exc}")
-            else:
+            if delivery.attempts < self.max_attempts:
                 await outbox.retry(delivery.id, min(2.0 ** delivery.attempts, 120.0), f"{type(exc).__name__}: {exc}")
+                return
+            log.error("giving up on %s message %s after %d attempts: %s", self.name, delivery.id, delivery.attempts, exc)
+            await outbox.failed(delivery.id, f"{type(exc).__name__}: {exc}")
         else:
             await outbox.delivered(delivery.id, platform_id)
+        self._steps_done.pop(delivery.id, None)  # settled: a retry will not come

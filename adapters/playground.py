@@ -16,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
@@ -26,7 +26,7 @@ from sqlalchemy import func, or_
 from sqlmodel import select
 
 from adapters.contract import Adapter
-from bot.messages import InboundClick, InboundMessage, Message
+from bot.messages import InboundClick, InboundMessage, Location, Message
 from bot.outbox import Delivery
 from storage.db import insert_ignore
 from storage.models import PlaygroundMessage, utcnow
@@ -57,7 +57,7 @@ class PostMessage(BaseModel):
 class PostClick(BaseModel):
     message_id: int = Field(ge=1, le=10**15)
     approval_id: str = Field(max_length=200)
-    action: Literal["approve", "reject"]
+    action: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_-]+$")
     user: str = Field(pattern=USER_NAME)
     event_id: str | None = Field(None, max_length=200)
 
@@ -135,9 +135,12 @@ class PlaygroundAdapter(Adapter):
             card = await session.get(PlaygroundMessage, body.message_id)
         if card is None:
             raise HTTPException(404, f"there is no message {body.message_id}")
-        if not any(part.get("kind") == "buttons" and part.get("approval_id") == body.approval_id
-                   for part in card.content.get("parts", [])):
+        buttons = next((part for part in card.content.get("parts", [])
+                        if part.get("kind") == "buttons" and part.get("approval_id") == body.approval_id), None)
+        if buttons is None:
             raise HTTPException(400, "that message has no buttons for this approval (it may have been decided)")
+        if body.action not in {option["value"] for option in buttons.get("options", [])}:
+            raise HTTPException(400, f"'{body.action}' is not one of this message's buttons")
         accepted = await self.baton.accept_click(InboundClick(
             platform=self.name, channel=card.channel, thread=card.thread_id or str(card.id), user=body.user,
             approval_id=body.approval_id, action=body.action, event_id=body.event_id or f"click-{uuid.uuid4().hex}"))
@@ -167,6 +170,18 @@ class PlaygroundAdapter(Adapter):
                     await asyncio.wait_for(self._changed.wait(), 0.5)
                 except TimeoutError:
                     yield ": keep-alive\n\n"
+
+    async def history(self, location: Location, limit: int) -> list[dict[str, Any]] | None:
+        """A thread's messages, or the channel's top-level ones, as everyone sees them."""
+        async with self.baton.db.read() as session:
+            query = self._visible(None).where(PlaygroundMessage.channel == location.channel)
+            if location.thread:
+                query = query.where(or_(PlaygroundMessage.thread_id == location.thread,
+                                        PlaygroundMessage.id == int(location.thread) if location.thread.isdigit() else False))
+            else:
+                query = query.where(PlaygroundMessage.thread_id.is_(None))  # type: ignore[union-attr]
+            rows = (await session.exec(query.order_by(PlaygroundMessage.id.desc()).limit(limit))).all()  # type: ignore[union-attr]
+        return [{"user": row.user, "text": row.text, "is_bot": row.is_bot} for row in reversed(rows)]
 
     # -- delivery: the core's messages become playground messages ---------------------------------
 

@@ -21,7 +21,8 @@ from bot.messages import Accepted, InboundClick, InboundMessage
 from bot.orchestrator import Orchestrator
 from bot.outbox import Outbox
 from bot.registry import GraphRegistry
-from bot.runtime import GraphRuntime
+from bot.models import create_model
+from bot.runtime import GraphRuntime, Services
 from bot.scheduler import DigestScheduler
 from bot.settings import Settings
 from storage.checkpointer import open_checkpointer
@@ -34,9 +35,24 @@ SWEEP_INTERVAL = 1.0
 RETENTION_INTERVAL = 600.0
 
 
-def discover_adapters() -> dict[str, type[Any]]:
-    """Adapter classes registered under the ``baton.adapters`` entry point (the core imports none)."""
-    return {point.name: point.load() for point in entry_points(group="baton.adapters")}
+def discover_adapters(names: set[str] | None = None) -> dict[str, type[Any]]:
+    """Adapter classes registered under the ``baton.adapters`` entry point (the core imports none).
+
+    With ``names``, only those are loaded, and one that fails to load is an error. Without, an
+    adapter whose module fails to import is logged and left out, so one broken plugin does not
+    take every platform down.
+    """
+    found: dict[str, type[Any]] = {}
+    for point in entry_points(group="baton.adapters"):
+        if names is not None and point.name not in names:
+            continue
+        try:
+            found[point.name] = point.load()
+        except Exception as exc:
+            if names is not None:
+                raise ValueError(f"adapter '{point.name}' cannot be loaded: {exc}") from exc
+            log.error("adapter %s cannot be loaded and is left out: %s", point.name, exc)
+    return found
 
 
 class Baton:
@@ -50,6 +66,11 @@ class Baton:
         self.registry = GraphRegistry.discover()
         self.outbox = Outbox(self.db)
         self.adapters: list[Any] = [adapter_class(self) for adapter_class in self._selected_adapters()]
+        self.services = Services(
+            self.db, self.config, self.registry,
+            model=create_model(settings.model, timeout=settings.model_timeout_seconds, retries=settings.model_retries),
+            model_name=settings.model,
+            histories={adapter.name: adapter.history for adapter in self.adapters})
         self._stack = AsyncExitStack()
         self._loops: list[asyncio.Task[None]] = []
         self.orchestrator: Orchestrator | None = None
@@ -60,8 +81,8 @@ class Baton:
         checkpointer = await self._stack.enter_async_context(open_checkpointer(self.settings.database_url))
         self.runtime = GraphRuntime(self.registry, checkpointer)
         self.digests = Digests(self.db, self.config, self.registry, self.runtime, self.outbox, self.instance)
-        self.orchestrator = Orchestrator(self.settings, self.config, self.db, self.registry, self.runtime,
-                                         self.outbox, self.instance, self.digests)
+        self.orchestrator = Orchestrator(self.settings, self.services, self.runtime, self.outbox, self.instance,
+                                         self.digests)
         for adapter in self.adapters:
             await adapter.start()
         self.scheduler = DigestScheduler(self.digests)
@@ -85,8 +106,8 @@ class Baton:
         await self.db.dispose()
 
     def _selected_adapters(self) -> list[type[Any]]:
-        available = discover_adapters()
         wanted = self.settings.enabled_adapters()
+        available = discover_adapters(wanted)
         if wanted is not None:
             unknown = wanted - set(available)
             if unknown:

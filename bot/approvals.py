@@ -36,6 +36,16 @@ async def decide(session: AsyncSession, approval_id: str, approved: bool, user: 
     return bool(result.rowcount)
 
 
+async def choose(session: AsyncSession, approval_id: str, choice: str, user: str, at: datetime, event_id: int) -> bool:
+    """Record a choice card's pick only if nobody picked first."""
+    result = await session.exec(
+        update(Approval)
+        .where(Approval.id == approval_id, Approval.status == "pending")  # type: ignore[arg-type]
+        .values(status="approved", choice=choice, decided_by=user, decided_at=at, decided_event_id=event_id)
+    )
+    return bool(result.rowcount)
+
+
 def resume_value(approval: Approval) -> dict[str, object]:
     """What ``interrupt()`` returns to the graph (``bot.kit.Decision.from_resume`` reads it)."""
     assert approval.decided_at is not None

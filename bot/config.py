@@ -103,9 +103,23 @@ class Digest(BaseModel):
         return self
 
 
+class Price(BaseModel):
+    """US dollars per million tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
+class Models(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prices: dict[str, Price] = Field(default_factory=dict, description="keyed by the BATON_MODEL value")
+
+
 class BatonConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     approvers: list[str] = Field(default_factory=list)
+    models: Models = Field(default_factory=Models)
     runbooks: dict[str, Runbook] = Field(default_factory=dict)
     graphs: dict[str, GraphPolicy] = Field(default_factory=dict)
     digests: list[Digest] = Field(default_factory=list)

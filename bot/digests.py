@@ -24,7 +24,7 @@ from bot.messages import Location, Message
 from bot.outbox import Outbox
 from bot.registry import GraphRegistry
 from bot.replies import when
-from bot.runtime import GraphRuntime, RunServices
+from bot.runtime import GraphRuntime, RunServices, Services
 from storage.db import Database, insert_ignore
 from storage.models import DigestRun, DigestSchedule, utcnow
 
@@ -191,8 +191,9 @@ class Digests:
         if spec is None:
             return Message.text(f"Digest {when(run.window_start)} to {when(run.window_end)}: "
                                 f"{stats['requests']} requests (the `digest` graph is not installed).")
-        services = RunServices(self.db, self.config, self.registry, Request(
-            platform=run.platform, channel=run.channel, thread=location.thread, user="baton", text="digest"), None)
+        services = RunServices(Services(self.db, self.config, self.registry), Request(
+            platform=run.platform, channel=run.channel, thread=location.thread, user="baton", text="digest"), None,
+            run.workspace)
         lg_thread = f"digest-{run.id}"
 
         async def no_progress(_text: str) -> None:

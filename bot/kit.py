@@ -2,7 +2,7 @@
 
 Graphs import only ``langgraph`` and this module. Inside a node:
 
-    from bot.kit import progress, approve, effect
+    from bot.kit import progress, approve, effect, chat
 
     async def restart(state):
         progress("Restarting web...")
@@ -16,17 +16,22 @@ node), because a node re-runs from its start when it resumes.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol, TypeVar
 
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
 from langgraph.config import get_config, get_stream_writer
 from langgraph.types import interrupt
+from pydantic import BaseModel
 
 from bot.config import BatonConfig
+from bot.models import ModelFailed, ModelRequired
 
 T = TypeVar("T")
+S = TypeVar("S", bound=BaseModel)
 APPROVAL_MARK = "baton.approval"
 PROGRESS_MARK = "baton.progress"
 
@@ -60,6 +65,13 @@ class RunContext(Protocol):
 
     request: Request
     config: BatonConfig
+    model: BaseChatModel | None
+
+    async def record_usage(self, reply: Any) -> None:
+        """Add a model reply's tokens (and their cost, when the price is known) to the run."""
+
+    async def history(self, scope: Literal["thread", "channel"], limit: int) -> list[dict[str, Any]]:
+        """Recent messages (``user``, ``text``, ``is_bot``), oldest first."""
 
     def catalog(self) -> list[dict[str, Any]]:
         """The graphs and runbooks this Baton knows: name, kind, description, example, risk."""
@@ -111,6 +123,44 @@ def approve(
         {"baton": APPROVAL_MARK, "summary": summary, "details": details or {}, "risk": risk, "approvers": approvers}
     )
     return Decision.from_resume(value)
+
+
+async def chat(messages: Sequence[BaseMessage], *, tools: Sequence[dict[str, Any]] | None = None,
+               what: str = "This") -> AIMessage:
+    """Call the configured model (recording its tokens and cost); ``ModelRequired`` without one.
+
+    Keep it out of nodes that call ``approve()``: a node re-runs from its start on resume.
+    """
+    context = current()
+    if context.model is None:
+        raise ModelRequired(what)
+    model = context.model.bind_tools(list(tools)) if tools else context.model
+    try:
+        reply = await model.ainvoke(list(messages))
+    except Exception as exc:
+        raise ModelFailed(str(exc)) from exc
+    await context.record_usage(reply)
+    return reply  # type: ignore[return-value]
+
+
+async def structured(messages: Sequence[BaseMessage], schema: type[S], *, what: str = "This") -> S:
+    """Ask the model for an answer in ``schema`` (a pydantic model), recording its usage."""
+    context = current()
+    if context.model is None:
+        raise ModelRequired(what)
+    try:
+        result = await context.model.with_structured_output(schema, include_raw=True).ainvoke(list(messages))
+    except Exception as exc:
+        raise ModelFailed(str(exc)) from exc
+    await context.record_usage(result["raw"])
+    if result.get("parsed") is None:
+        raise ValueError(f"the model's answer did not fit {schema.__name__}: {result.get('parsing_error')}")
+    return result["parsed"]  # type: ignore[no-any-return]
+
+
+async def history(scope: Literal["thread", "channel"] = "thread", limit: int = 50) -> list[dict[str, Any]]:
+    """The thread's (or channel's) recent messages, oldest first."""
+    return await current().history(scope, limit)
 
 
 async def effect(name: str, fn: Callable[[], Awaitable[T]]) -> T:

@@ -31,12 +31,13 @@ class InboundMessage(Location):
 
 
 class InboundClick(Location):
-    """An Approve/Reject click; the button carried only ``approval_id``."""
+    """A button click: the button carried only ``approval_id``; ``action`` is the button's value
+    (``approve``/``reject`` on approval cards, a graph name on a "which one did you mean?" card)."""
 
     event_id: str
     user: str
     approval_id: str
-    action: Literal["approve", "reject"]
+    action: str = Field(min_length=1, max_length=64)
 
 
 class Text(BaseModel):
@@ -61,11 +62,30 @@ class ThreadLink(BaseModel):
     thread: str
 
 
+class ButtonOption(BaseModel):
+    value: str
+    label: str
+    style: Literal["primary", "danger", "default"] = "default"
+
+
+APPROVE_REJECT = [ButtonOption(value="approve", label="Approve", style="primary"),
+                  ButtonOption(value="reject", label="Reject", style="danger")]
+
+
 class Buttons(BaseModel):
+    """Buttons that all carry ``approval_id``; a click sends back the chosen option's ``value``."""
+
     kind: Literal["buttons"] = "buttons"
     approval_id: str
-    approve_label: str = "Approve"
-    reject_label: str = "Reject"
+    options: list[ButtonOption] = Field(default_factory=lambda: list(APPROVE_REJECT), max_length=5)
+
+    @property
+    def approve_label(self) -> str:
+        return next((option.label for option in self.options if option.value == "approve"), "Approve")
+
+    @property
+    def reject_label(self) -> str:
+        return next((option.label for option in self.options if option.value == "reject"), "Reject")
 
 
 class Image(BaseModel):
@@ -101,7 +121,7 @@ class Message(BaseModel):
             elif isinstance(part, ThreadLink):
                 lines.append(part.label)
             elif isinstance(part, Buttons):
-                lines.append(f"[{part.approve_label}] [{part.reject_label}]")
+                lines.append(" ".join(f"[{option.label}]" for option in part.options))
             elif isinstance(part, Image):
                 lines.append(f"[{part.alt}]")
             else:

@@ -20,34 +20,36 @@ from sqlalchemy import or_, update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot import approvals, audit, replies, schedules, threads
-from bot.config import BatonConfig
+from bot import approvals, audit, model_routing, replies, schedules, threads
 from bot.kit import APPROVAL_MARK, Request
 from bot.digests import Digests
 from bot.messages import Accepted, InboundClick, InboundMessage, Location, Message, Text
 from bot.outbox import Outbox
-from bot.registry import GraphRegistry, GraphSpec
-from bot.routing import DIGEST_COMMAND, RouteError, route
-from bot.runtime import GraphRuntime, RunServices
+from bot.registry import GraphSpec
+from bot.models import MODEL_ERRORS, cost_of, usage_of
+from bot.routing import DIGEST_COMMAND, RouteError, route, route_to
+from bot.runtime import GraphRuntime, RunServices, Services
 from bot.settings import Settings
-from storage.db import Database, insert_ignore
+from storage.db import insert_ignore
 from storage.models import Approval, InboundEvent, Run, ThreadRecord, utcnow
 
 log = logging.getLogger("baton.orchestrator")
 SWEEP_AFTER_SECONDS = 2.0
+CHOOSER = "choose"  # the pseudo-graph of a run that waits for the requester to pick a graph
 
 
 class Orchestrator:
-    def __init__(self, settings: Settings, config: BatonConfig, db: Database, registry: GraphRegistry,
-                 runtime: GraphRuntime, outbox: Outbox, instance: str, digests: Digests) -> None:
+    def __init__(self, settings: Settings, services: Services, runtime: GraphRuntime, outbox: Outbox, instance: str,
+                 digests: Digests) -> None:
         self.settings = settings
-        self.config = config
-        self.db = db
-        self.registry = registry
+        self.services = services
+        self.config = services.config
+        self.db = services.db
+        self.registry = services.registry
         self.runtime = runtime
         self.outbox = outbox
         self.digests = digests
-        self.leases = threads.Leases(db, instance, settings.lease_seconds)
+        self.leases = threads.Leases(services.db, instance, settings.lease_seconds)
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- 1-2. accept and claim -------------------------------------------------------------------
@@ -190,6 +192,13 @@ class Orchestrator:
             return await self._finish_event(event, "too long", Message.text(
                 f"That request is {len(text):,} characters long; I take requests of up to "
                 f"{self.settings.max_message_chars:,} characters. Nothing was run.", tone="warning"))
+        async with self.db.read() as session:
+            earlier = (await session.exec(select(Run).where(Run.inbound_id == event.id))).first()
+        if earlier is not None:  # we crashed while handling this event: continue, never start twice
+            earlier_spec = self.registry.get(earlier.graph)
+            if earlier.status == "running" and earlier_spec is not None:
+                return await self._drive(earlier, record, earlier_spec, None, event)
+            return await self._finish_event(event, "recovered")
         request = Request(platform=event.platform, channel=event.channel, thread=event.thread, user=event.user, text=text)
         try:
             chosen = route(request, text, self.registry, self.config)
@@ -197,36 +206,70 @@ class Orchestrator:
             return await self._finish_event(event, "rejected input", Message.text(str(exc), tone="warning"))
         if chosen.graph == DIGEST_COMMAND:
             return await self._digest_command(event, chosen.input["words"])
+        usage: Any = None
+        if chosen.unmatched and self.services.model is not None:
+            try:
+                guess = await model_routing.guess(self.services.model, text, self.registry)
+            except Exception as exc:
+                log.warning("model routing failed: %s", exc)
+                return await self._finish_event(event, "model error", replies.model_error(exc))
+            usage = guess.raw
+            if guess.graph is None and guess.options:
+                return await self._offer_choices(event, record, text, guess.options, usage)
+            if guess.graph is not None:
+                chosen = route_to(self.registry, guess.graph, request, text)
         spec = self.registry.get(chosen.graph)
         if spec is None:
             return await self._finish_event(event, "no graph", Message.text(f"The `{chosen.graph}` graph is not installed.", tone="error"))
         async with self.db.session() as session:
-            earlier = (await session.exec(select(Run).where(Run.inbound_id == event.id))).first()
-            if earlier is None and chosen.fingerprint and not chosen.force:
+            if chosen.fingerprint and not chosen.force:
                 twin = await self._recent_twin(session, record, chosen.fingerprint)
                 if twin is not None:
                     await self._answer(session, event, "duplicate request",
                                        replies.duplicate(twin.channel, twin.thread, twin.status))
                     return self.outbox.wake(event.platform)
-            if earlier is None:
-                run = Run(thread_record_id=record.id, inbound_id=event.id, platform=event.platform,  # type: ignore[arg-type]
-                          channel=event.channel, graph=spec.name, requested_by=event.user, input_text=text,
-                          correlation_id=event.correlation_id)
-                session.add(run)
-                await session.flush()
-                await session.exec(update(ThreadRecord).where(ThreadRecord.id == record.id).values(  # type: ignore[arg-type]
-                    status="running", graph=spec.name, fingerprint=chosen.fingerprint, title=chosen.title or spec.name,
-                    requested_by=event.user, updated_at=utcnow(), pruned_at=None))
-                audit.record(session, "run.started", event.correlation_id, platform=event.platform,
-                             channel=event.channel, thread=event.thread, user=event.user, run_id=run.id,
-                             graph=spec.name, title=chosen.title)
-        if earlier is None:
-            return await self._drive(run, record, spec, chosen.input, event)
-        # We crashed while handling this event: continue from the checkpoint, never start twice.
-        earlier_spec = self.registry.get(earlier.graph)
-        if earlier.status == "running" and earlier_spec is not None:
-            return await self._drive(earlier, record, earlier_spec, None, event)
-        await self._finish_event(event, "recovered")
+            run = await self._insert_run(session, event, record, spec.name, text, chosen.fingerprint, chosen.title, usage)
+        await self._drive(run, record, spec, chosen.input, event)
+
+    async def _insert_run(self, session: AsyncSession, event: InboundEvent, record: ThreadRecord, graph: str, text: str,
+                          fingerprint: str | None, title: str, usage: Any = None, status: str = "running",
+                          user: str | None = None) -> Run:
+        user = user or event.user
+        input_tokens, output_tokens = usage_of(usage)
+        price = self.config.models.prices.get(self.services.model_name or "")
+        run = Run(thread_record_id=record.id, inbound_id=event.id, platform=event.platform,  # type: ignore[arg-type]
+                  channel=event.channel, graph=graph, requested_by=user, input_text=text, correlation_id=event.correlation_id, status=status,
+                  tokens=(input_tokens + output_tokens) or None, cost=cost_of(price, input_tokens, output_tokens))
+        session.add(run)
+        await session.flush()
+        await session.exec(update(ThreadRecord).where(ThreadRecord.id == record.id).values(  # type: ignore[arg-type]
+            status=status, graph=graph, fingerprint=fingerprint, title=title or graph,
+            requested_by=user, updated_at=utcnow(), pruned_at=None))
+        audit.record(session, "run.started", event.correlation_id, platform=event.platform, channel=event.channel,
+                     thread=event.thread, user=user, run_id=run.id, graph=graph, title=title)
+        return run
+
+    async def _offer_choices(self, event: InboundEvent, record: ThreadRecord, text: str, options: list[str],
+                             usage: Any) -> None:
+        """The model is unsure: ask the requester to pick the graph (a "choice" card), instead of guessing."""
+        async with self.db.session() as session:
+            run = await self._insert_run(session, event, record, CHOOSER, text, None, text[:120], usage, status="waiting")
+            approval = Approval(kind="choice", run_id=run.id, thread_record_id=record.id,  # type: ignore[arg-type]
+                                interrupt_id=f"choice:{uuid.uuid4().hex}", graph=CHOOSER,
+                                summary=f"Which of these did you mean by “{text[:300]}”?",
+                                details={"text": text, "options": options}, risk="low", approvers=[event.user],
+                                requested_by=event.user)
+            session.add(approval)
+            await session.flush()
+            card = self.outbox.enqueue(session, threads.location_of(record), replies.choice_card(approval),
+                                       correlation_id=event.correlation_id)
+            await session.flush()
+            approval.card_outbox_id = card.id
+            audit.record(session, "choice.offered", event.correlation_id, platform=event.platform,
+                         channel=event.channel, thread=event.thread, user=event.user, run_id=run.id,
+                         approval_id=approval.id, options=options)
+            await self._mark_done(session, event, "choice offered")
+        self.outbox.wake(event.platform)
 
     async def _digest_command(self, event: InboundEvent, words: list[str]) -> None:
         location = Location(platform=event.platform, workspace=event.workspace, channel=event.channel, thread=event.thread)
@@ -280,6 +323,8 @@ class Orchestrator:
         async with self.db.read() as session:
             approval = await session.get(Approval, approval_id)
             run = await session.get(Run, approval.run_id) if approval else None
+        if approval is not None and run is not None and approval.kind == "choice":
+            return await self._handle_choice(event, record, approval, run)
         spec = self.registry.get(approval.graph) if approval else None
         if approval is None or run is None or spec is None:
             return await self._finish_event(event, "unknown approval", Message.text(
@@ -288,6 +333,9 @@ class Orchestrator:
             if approval.decided_event_id == event.id and run.status in threads.BUSY:  # crashed mid-resume
                 return await self._resume(approval, run, record, spec, event)
             return await self._finish_event(event, "already decided", replies.already_decided(approval), ephemeral=True)
+        if event.payload["action"] not in ("approve", "reject"):
+            return await self._finish_event(event, "unknown action", Message.text(
+                "That button is not Approve or Reject; nothing was changed.", tone="warning"), ephemeral=True)
         reason = approvals.refusal(approval, event.platform, event.user)
         if reason is not None:
             async with self.db.session() as session:
@@ -320,6 +368,41 @@ class Orchestrator:
             return await self._finish_event(event, "already decided", replies.already_decided(approval), ephemeral=True)
         await self._resume(approval, run, record, spec, event)
 
+    async def _handle_choice(self, event: InboundEvent, record: ThreadRecord, approval: Approval, run: Run) -> None:
+        """The requester picked a graph on a choice card: close the card, then run that graph."""
+        choice = event.payload["action"]
+        if approval.status != "pending":
+            return await self._finish_event(event, "already chosen", Message.text(
+                f"{approval.decided_by} already chose `{approval.choice}`; nothing was changed.", tone="info"), ephemeral=True)
+        reason = approvals.refusal(approval, event.platform, event.user)
+        if reason is not None:
+            return await self._finish_event(event, "refused", Message.text(
+                f"Only {approval.requested_by}, who asked, can choose here.", tone="warning"), ephemeral=True)
+        spec = self.registry.get(choice)
+        if choice not in approval.details.get("options", []) or spec is None:
+            return await self._finish_event(event, "unknown choice", Message.text(
+                "That is not one of the choices; nothing was changed.", tone="warning"), ephemeral=True)
+        text = str(approval.details["text"])
+        request = Request(platform=record.platform, channel=record.channel, thread=record.thread,
+                          user=approval.requested_by, text=text)
+        chosen = route_to(self.registry, choice, request, text)
+        now = utcnow()
+        async with self.db.session() as session:
+            if not await approvals.choose(session, approval.id, choice, event.user, now, event.id):  # type: ignore[arg-type]
+                await self._answer(session, event, "already chosen", Message.text(
+                    "Someone chose first; nothing was changed.", tone="info"), ephemeral=True)
+                return self.outbox.wake(event.platform)
+            approval = await session.get(Approval, approval.id, populate_existing=True)
+            assert approval is not None
+            self.outbox.enqueue(session, threads.location_of(record), replies.choice_card(approval), kind="update",
+                                ref_outbox_id=approval.card_outbox_id, correlation_id=event.correlation_id)
+            await session.exec(update(Run).where(Run.id == run.id).values(  # type: ignore[arg-type]
+                status="done", finished_at=now, turnaround_ms=int((now - run.started_at).total_seconds() * 1000),
+                waited_seconds=(now - approval.created_at).total_seconds()))
+            new_run = await self._insert_run(session, event, record, choice, text, chosen.fingerprint, chosen.title,
+                                             user=approval.requested_by)
+        await self._drive(new_run, record, spec, chosen.input, event)
+
     def _edit_card(self, session: AsyncSession, record: ThreadRecord, approval: Approval, correlation: str) -> None:
         self.outbox.enqueue(session, threads.location_of(record), replies.approval_card(approval), kind="update",
                             ref_outbox_id=approval.card_outbox_id, correlation_id=correlation)
@@ -335,9 +418,9 @@ class Orchestrator:
 
     async def _drive(self, run: Run, record: ThreadRecord, spec: GraphSpec, payload: Any, event: InboundEvent) -> None:
         location = threads.location_of(record)
-        services = RunServices(self.db, self.config, self.registry, Request(
+        services = RunServices(self.services, Request(
             platform=record.platform, channel=record.channel, thread=record.thread, user=run.requested_by,
-            text=run.input_text), run.id)  # type: ignore[arg-type]
+            text=run.input_text), run.id, record.workspace)
 
         async def post_progress(text: str) -> None:
             async with self.db.session() as session:
@@ -348,7 +431,8 @@ class Orchestrator:
             outcome = await self.runtime.run(spec, record.lg_thread_id, payload, services, post_progress)
         except Exception as exc:
             log.warning("run %s (%s) failed: %s", run.id, spec.name, exc)
-            await self._finish_run(run, record, event, "failed", replies.failure(spec.name, exc), str(exc)[:1000])
+            message = replies.model_error(exc) if isinstance(exc, MODEL_ERRORS) else replies.failure(spec.name, exc)
+            await self._finish_run(run, record, event, "failed", message, str(exc)[:1000])
             return
         if outcome.waiting:
             await self._wait_for_approval(run, record, spec, outcome.interrupts, event)

@@ -6,7 +6,8 @@ import json
 from datetime import datetime
 from typing import Any
 
-from bot.messages import Buttons, Code, Message, Note, Text, ThreadLink
+from bot.models import ModelRequired
+from bot.messages import ButtonOption, Buttons, Code, Message, Note, Text, ThreadLink
 from storage.models import Approval
 
 
@@ -56,6 +57,31 @@ def result(reply: Any, *, failed: bool) -> Message:
         return Message.model_validate(reply)
     text = reply if isinstance(reply, str) and reply else ("The run failed." if failed else "Done.")
     return _text_with_code(text, tone="error" if failed else "success")
+
+
+def choice_card(approval: Approval) -> Message:
+    """"Which one did you mean?": one button per likely graph; after the pick, who chose what."""
+    options = list(approval.details.get("options", []))
+    if approval.status == "pending":
+        return Message(title="Which one?", tone="approval", parts=[
+            Text(text=approval.summary),
+            Note(text="I was not sure which graph you meant, so I'm asking rather than guessing."),
+            Buttons(approval_id=approval.id, options=[
+                ButtonOption(value=name, label=name, style="primary" if index == 0 else "default")
+                for index, name in enumerate(options)])])
+    assert approval.decided_at is not None
+    return Message(title="Chosen", tone="success", parts=[
+        Text(text=approval.summary), Note(text=f"{approval.decided_by} chose `{approval.choice}` at {when(approval.decided_at)}")])
+
+
+def model_error(error: BaseException) -> Message:
+    """A model that is missing or failing: say so plainly, with what to do."""
+    if isinstance(error, ModelRequired):
+        return Message.text(str(error), tone="warning", title="A model is needed")
+    cause = error.__cause__ or error
+    line = f"{type(cause).__name__}: {cause}".splitlines()[0][:300]
+    return Message.text(f"The language model did not answer ({line}). The run stopped; try again later.",
+                        tone="error", title="Model error")
 
 
 def failure(graph: str, error: BaseException) -> Message:

@@ -28,6 +28,7 @@ class Route:
     fingerprint: str | None = None
     force: bool = False
     title: str = ""
+    unmatched: bool = False  # nothing matched: the help answer, unless a model can route it
 
 
 def route(request: Request, text: str, registry: GraphRegistry, config: BatonConfig) -> Route:
@@ -35,7 +36,9 @@ def route(request: Request, text: str, registry: GraphRegistry, config: BatonCon
     try:
         tokens = shlex.split(text)
     except ValueError as exc:
-        raise RouteError(f"I could not read that request ({exc}). Check the quotes.") from None
+        if text.split()[:1] in (["run"], [RUNBOOK_GRAPH], [DIGEST_COMMAND]):
+            raise RouteError(f"I could not read that request ({exc}). Check the quotes.") from None
+        tokens = text.split()  # plain words ("what's up?") need no shell-style quoting
     force = FORCE_WORD in tokens
     tokens = [token for token in tokens if token != FORCE_WORD]
     if not tokens:
@@ -65,7 +68,16 @@ def route(request: Request, text: str, registry: GraphRegistry, config: BatonCon
                 force=force,
                 title=plain[:120],
             )
-    return Route(HELP_GRAPH, _input_for(registry, HELP_GRAPH, request, plain), title="help")
+    return Route(HELP_GRAPH, _input_for(registry, HELP_GRAPH, request, plain), title="help", unmatched=True)
+
+
+def route_to(registry: GraphRegistry, graph: str, request: Request, text: str) -> Route:
+    """The route to ``graph`` with the whole request as its text (model routing, choice cards)."""
+    spec = registry.get(graph)
+    if spec is None:
+        raise RouteError(f"The `{graph}` graph is not installed.")
+    return Route(graph, spec.make_input(request, text), fingerprint=_fingerprint(graph, text) if spec.dedupe else None,
+                 title=text[:120])
 
 
 def _runbook_route(tokens: list[str], config: BatonConfig, force: bool) -> Route:

@@ -8,20 +8,24 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
+
+from langchain_core.language_models import BaseChatModel
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.pregel import Pregel
 from langgraph.types import Command, Interrupt
-from sqlalchemy import update
+from sqlalchemy import func, update
 from sqlmodel import select
 
 from bot import kit
 from bot.config import BatonConfig
+from bot.messages import Location, Message
+from bot.models import cost_of, usage_of
 from bot.registry import GraphRegistry, GraphSpec
 from bot.replies import age
 from storage.db import Database, insert_ignore
-from storage.models import Approval, Effect, ThreadRecord, utcnow
+from storage.models import Approval, Effect, InboundEvent, OutboxMessage, Run, ThreadRecord, utcnow
 
 T = TypeVar("T")
 ProgressSink = Callable[[str], Awaitable[None]]
@@ -82,16 +86,73 @@ class GraphRuntime:
             await self.checkpointer.adelete_thread(f"{lg_thread_id}:{name}")
 
 
+HistoryProvider = Callable[[Location, int], Awaitable[list[dict[str, Any]] | None]]
+
+
+@dataclass
+class Services:
+    """What every run's context shares: the database, config, graphs, the model and chat history."""
+
+    db: Database
+    config: BatonConfig
+    registry: GraphRegistry
+    model: BaseChatModel | None = None
+    model_name: str | None = None
+    histories: dict[str, HistoryProvider] = field(default_factory=dict)
+
+
 class RunServices:
     """The ``kit.RunContext`` of one run."""
 
-    def __init__(self, db: Database, config: BatonConfig, registry: GraphRegistry, request: kit.Request,
-                 run_id: int | None) -> None:
-        self._db = db
-        self._registry = registry
+    def __init__(self, services: Services, request: kit.Request, run_id: int | None, workspace: str = "") -> None:
+        self._services = services
+        self._db = services.db
+        self._registry = services.registry
         self._run_id = run_id
-        self.config = config
+        self._workspace = workspace
+        self.config = services.config
+        self.model = services.model
         self.request = request
+
+    async def record_usage(self, reply: Any) -> None:
+        input_tokens, output_tokens = usage_of(reply)
+        if self._run_id is None or not (input_tokens or output_tokens):
+            return
+        price = self.config.models.prices.get(self._services.model_name or "")
+        cost = cost_of(price, input_tokens, output_tokens)
+        async with self._db.session() as session:
+            await session.exec(update(Run).where(Run.id == self._run_id).values(  # type: ignore[arg-type]
+                tokens=func.coalesce(Run.tokens, 0) + input_tokens + output_tokens,
+                cost=(func.coalesce(Run.cost, 0.0) + cost) if cost is not None else Run.cost))
+
+    async def history(self, scope: Literal["thread", "channel"], limit: int) -> list[dict[str, Any]]:
+        location = Location(platform=self.request.platform, workspace=self._workspace, channel=self.request.channel,
+                            thread=self.request.thread if scope == "thread" else "")
+        provider = self._services.histories.get(self.request.platform)
+        if provider is not None:
+            found = await provider(location, limit)
+            if found is not None:
+                return found
+        return await self._seen_by_baton(location, limit)
+
+    async def _seen_by_baton(self, location: Location, limit: int) -> list[dict[str, Any]]:
+        """The messages Baton itself received and sent there (for platforms that offer no history)."""
+        async with self._db.read() as session:
+            inbound = select(InboundEvent).where(
+                InboundEvent.platform == location.platform, InboundEvent.channel == location.channel,
+                InboundEvent.kind == "message")
+            outbound = select(OutboxMessage).where(
+                OutboxMessage.platform == location.platform, OutboxMessage.channel == location.channel,
+                OutboxMessage.kind == "post")
+            if location.thread:
+                inbound = inbound.where(InboundEvent.thread == location.thread)
+                outbound = outbound.where(OutboxMessage.thread == location.thread)
+            asked = (await session.exec(inbound.order_by(InboundEvent.id.desc()).limit(limit))).all()  # type: ignore[union-attr]
+            said = (await session.exec(outbound.order_by(OutboxMessage.id.desc()).limit(limit))).all()  # type: ignore[union-attr]
+        merged = [(event.received_at, {"user": event.user, "text": event.text, "is_bot": False}) for event in asked]
+        merged += [(row.created_at, {"user": "baton", "text": Message.model_validate(row.payload).plain_text(),
+                                     "is_bot": True}) for row in said]
+        return [entry for _, entry in sorted(merged, key=lambda pair: pair[0])][-limit:]
 
     def catalog(self) -> list[dict[str, Any]]:
         entries = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,6 +25,23 @@ class Settings(BaseSettings):
     instance_name: str | None = Field(None, alias="BATON_INSTANCE_NAME")
     adapters: str | None = Field(None, alias="BATON_ADAPTERS")
     log_level: str = Field("INFO", alias="BATON_LOG_LEVEL")
+    # A chat model, "provider:model" as LangChain's init_chat_model reads it (openai:gpt-4.1-mini),
+    # or "python:package.module:factory" for a model class of your own. The provider's own key
+    # variable (OPENAI_API_KEY, ANTHROPIC_API_KEY, ...) is read by its LangChain package.
+    model: str | None = Field(None, alias="BATON_MODEL")
+    model_timeout_seconds: float = Field(60.0, alias="BATON_MODEL_TIMEOUT_SECONDS")
+    model_retries: int = Field(2, alias="BATON_MODEL_RETRIES")
+    # Slack (adapters/slack.py). Secrets are SecretStr: they print as '**********'.
+    slack_bot_token: SecretStr | None = Field(None, alias="SLACK_BOT_TOKEN")
+    slack_signing_secret: SecretStr | None = Field(None, alias="SLACK_SIGNING_SECRET")
+    slack_app_token: SecretStr | None = Field(None, alias="SLACK_APP_TOKEN")
+    slack_api_url: str = Field("https://slack.com/api/", alias="SLACK_API_URL")
+    # Discord (adapters/discord_adapter.py). The URLs point discord.py elsewhere (tests, proxies):
+    # the REST base with its version, and the gateway (default: what GET /gateway/bot names).
+    discord_token: SecretStr | None = Field(None, alias="DISCORD_TOKEN")
+    discord_api_url: str | None = Field(None, alias="DISCORD_API_URL")
+    discord_gateway_url: str | None = Field(None, alias="DISCORD_GATEWAY_URL")
+    discord_guild_id: int | None = Field(None, alias="DISCORD_GUILD_ID")  # /baton in this server only, at once
 
     @property
     def base_url(self) -> str:

@@ -125,7 +125,9 @@ class Approval(SQLModel, table=True):
     risk: str = "high"
     approvers: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     requested_by: str
-    status: str = "pending"  # pending | approved | rejected | stale
+    kind: str = "approval"  # approval | choice ("which graph did you mean?")
+    status: str = "pending"  # pending | approved | rejected | stale (a choice, once made: approved)
+    choice: str | None = None  # the option a choice card's click picked
     decided_by: str | None = None
     decided_at: datetime | None = None
     decided_event_id: int | None = None

@@ -81,6 +81,7 @@ class BatonProcess:
     def start(self) -> BatonProcess:
         env = {**os.environ, "BATON_DATABASE_URL": self.database_url, "BATON_CONFIG": str(self.config),
                "BATON_PORT": str(self.port), "BATON_HOST": "127.0.0.1", "BATON_INSTANCE_NAME": f"{self.name}-{self.port}",
+               "PYTHONPATH": str(ROOT),  # so BATON_MODEL=python:tests.fake_models:... can be imported
                **self.extra_env}
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], cwd=self.workdir, env=env,

@@ -207,9 +207,9 @@ def test_unknown_click_targets_are_refused_over_http(baton):
     missing = pg.http.post("/api/clicks", json={"message_id": 999999, "approval_id": "nope", "action": "approve",
                                                 "user": "bob"})
     assert missing.status_code == 404
-    wrong = pg.http.post("/api/clicks", json={"message_id": reply["id"], "approval_id": "x", "action": "maybe",
-                                              "user": "bob"})
-    assert wrong.status_code == 422
+    card = pg.wait_card(pg.ask("@baton run restart service=web"))
+    wrong = pg.click(card, "bob", action="maybe")
+    assert wrong.status_code == 400 and "not one of this message's buttons" in wrong.json()["detail"]
 
 
 def test_unknown_threads_are_404_not_errors(baton):

@@ -45,3 +45,10 @@ def test_graph_names_and_fallback():
     assert announce.graph == "announce" and announce.input == {"text": "Lunch is served"}
     fallback = route(REQUEST, "make coffee", REGISTRY, CONFIG)
     assert fallback.graph == "help" and fallback.input["text"] == "make coffee"
+
+
+def test_plain_words_with_apostrophes_are_not_a_quoting_error():
+    fallback = route(REQUEST, "what's up with web?", REGISTRY, CONFIG)
+    assert fallback.graph == "help" and fallback.unmatched
+    with pytest.raises(RouteError, match="Check the quotes"):
+        route(REQUEST, "run restart service='web", REGISTRY, CONFIG)

@@ -112,10 +112,13 @@
       }
       case 'buttons': {
         const a = esc(p.approval_id);
-        return '<div class="part part-buttons">' +
-          '<button type="button" class="approve" data-approval-id="' + a + '" data-action="approve">' + esc(p.approve_label || 'Approve') + '</button>' +
-          '<button type="button" class="reject" data-approval-id="' + a + '" data-action="reject">' + esc(p.reject_label || 'Reject') + '</button>' +
-          '<div class="error buttons-error" role="alert" hidden></div></div>';
+        const options = Array.isArray(p.options) && p.options.length ? p.options :
+          [{value: 'approve', label: 'Approve', style: 'primary'}, {value: 'reject', label: 'Reject', style: 'danger'}];
+        const buttons = options.map((o) => {
+          const cls = o.value === 'approve' || o.value === 'reject' ? o.value : 'choice' + (o.style === 'primary' ? ' primary' : '');
+          return '<button type="button" class="' + cls + '" data-approval-id="' + a + '" data-action="' + esc(o.value) + '">' + esc(o.label) + '</button>';
+        }).join('');
+        return '<div class="part part-buttons">' + buttons + '<div class="error buttons-error" role="alert" hidden></div></div>';
       }
       case 'image': {
         const mime = /^image\/(svg\+xml|png|jpeg|gif)$/.test(p.mime || '') ? p.mime : 'application/octet-stream';

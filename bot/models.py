@@ -1,0 +1,73 @@
+"""The chat model: built once from ``BATON_MODEL`` through LangChain's ``init_chat_model``.
+
+Offline by default: with no ``BATON_MODEL`` there is no model, and whatever needs one says so in
+chat with the exact setting to add (``ModelRequired``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage
+
+from bot.config import Price
+
+SETUP_HINT = ("set `BATON_MODEL=provider:model` (for example `openai:gpt-4.1-mini` with `OPENAI_API_KEY`, "
+              "or `anthropic:claude-sonnet-4-5` with `ANTHROPIC_API_KEY`) and install the provider's extra, "
+              "e.g. `pip install -e '.[openai]'`")
+
+
+class ModelRequired(RuntimeError):
+    """Raised by graphs that need a model when none is configured."""
+
+    def __init__(self, what: str = "This") -> None:
+        super().__init__(f"{what} needs a language model, and none is configured: {SETUP_HINT}.")
+
+
+class ModelFailed(RuntimeError):
+    """The model call raised (after its own retries) or timed out; the cause is chained."""
+
+
+MODEL_ERRORS = (ModelRequired, ModelFailed)
+
+
+class ModelSetupError(ValueError):
+    """``BATON_MODEL`` names something that cannot be built; Baton refuses to start."""
+
+
+def create_model(spec: str | None, *, timeout: float, retries: int) -> BaseChatModel | None:
+    if not spec:
+        return None
+    if spec.startswith("python:"):
+        module_name, _, factory = spec.removeprefix("python:").rpartition(":")
+        try:
+            return importlib.import_module(module_name).__dict__[factory]()  # type: ignore[no-any-return]
+        except (ImportError, KeyError) as exc:
+            raise ModelSetupError(f"BATON_MODEL={spec}: cannot load {module_name}:{factory} ({exc})") from None
+    provider, sep, name = spec.partition(":")
+    if not sep or not provider or not name:
+        raise ModelSetupError(f"BATON_MODEL={spec} must look like provider:model, e.g. openai:gpt-4.1-mini")
+    from langchain.chat_models import init_chat_model
+
+    try:
+        return init_chat_model(name, model_provider=provider, timeout=timeout, max_retries=retries)  # type: ignore[return-value]
+    except ImportError as exc:
+        raise ModelSetupError(f"BATON_MODEL={spec} needs the {provider} package: pip install -e '.[{provider}]' ({exc})") from None
+    except ValueError as exc:
+        raise ModelSetupError(f"BATON_MODEL={spec}: {exc}") from None
+
+
+def usage_of(message: Any) -> tuple[int, int]:
+    """(input, output) tokens a model reply reports, (0, 0) when it reports none."""
+    usage = getattr(message, "usage_metadata", None) if isinstance(message, AIMessage) else None
+    if not usage:
+        return 0, 0
+    return int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
+
+
+def cost_of(price: Price | None, input_tokens: int, output_tokens: int) -> float | None:
+    if price is None:
+        return None
+    return (input_tokens * price.input + output_tokens * price.output) / 1_000_000

@@ -1,0 +1,148 @@
+"""A tool-calling assistant whose tools are the runbooks of baton.yaml.
+
+Low-risk runbooks run at once; a high-risk one stops on the same approval card as everything
+else, showing the exact runbook and arguments. A rejection is reported back to the model, which
+then answers without it. The model call, the approval and the command are three nodes, so a
+resume re-runs none of the others: nothing is asked or run twice.
+
+Risk comes only from baton.yaml: whatever the channel's text or the model says, a high-risk
+runbook is a high-risk tool.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypedDict
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langgraph.graph import END, START, StateGraph
+
+from bot.kit import Request, approve, chat, current, effect, history
+from graphs.runbook import run_command
+
+DESCRIPTION = "Ask in plain words; I can use the runbooks (risky ones after approval). Needs a model."
+EXAMPLE = "assistant why is the web service slow?"
+PATTERNS: list[str] = []
+DEDUPE = False
+MAX_TURNS = 6
+SYSTEM = ("You are Baton, an operations assistant in a team chat. Use the tools (runbooks) when they help; "
+          "answer briefly. If a tool was rejected by an approver, do not try it again: answer without it.")
+
+
+class AssistantState(TypedDict, total=False):
+    text: str
+    messages: list[BaseMessage]
+    decisions: dict[str, dict[str, Any]]  # tool call id -> {"approved": bool, "by": str}
+    turns: int
+    reply: str
+
+
+def make_input(_request: Request, text: str) -> dict[str, Any]:
+    return {"text": text, "messages": [], "decisions": {}, "turns": 0, "reply": ""}
+
+
+def tools() -> list[dict[str, Any]]:
+    """Each runbook as a function the model may call; arguments are the runbook's declared args."""
+    config = current().config
+    return [{"type": "function", "function": {
+        "name": name,
+        "description": f"{runbook.description} (risk: {runbook.risk})",
+        "parameters": {"type": "object", "additionalProperties": False, "required": list(runbook.args),
+                       "properties": {arg: {"type": "string", "pattern": spec.pattern,
+                                            "description": spec.description or arg}
+                                      for arg, spec in runbook.args.items()}},
+    }} for name, runbook in config.runbooks.items()]
+
+
+async def think(state: AssistantState) -> AssistantState:
+    """The model call: the only node that talks to the model."""
+    messages = list(state.get("messages") or [])
+    if not messages:
+        earlier = await history("thread", 30)
+        past = [AIMessage(content=m["text"]) if m["is_bot"] else HumanMessage(content=f"{m['user']}: {m['text']}")
+                for m in earlier[:-1]]  # the last one is this request
+        messages = [SystemMessage(content=SYSTEM), *past, HumanMessage(content=state["text"])]
+    reply = await chat(messages, tools=tools(), what="The assistant")
+    return {"messages": [*messages, reply], "turns": state.get("turns", 0) + 1}
+
+
+def review(state: AssistantState) -> AssistantState:
+    """Ask a human for every high-risk call (one card per call); nothing else happens here."""
+    config = current().config
+    decisions = dict(state.get("decisions") or {})
+    for call in _calls(state):
+        runbook = config.runbooks.get(call["name"])
+        if runbook is None or runbook.risk != "high" or call["id"] in decisions:
+            continue
+        try:
+            argv = runbook.argv(runbook.validate_args(_string_args(call["args"])))
+        except ValueError:
+            continue  # refused in `act`, never shown as runnable
+        decision = approve(f"The assistant wants to run `{call['name']}`: {runbook.description}",
+                           details={"tool": call["name"], "arguments": json.dumps(call["args"], sort_keys=True),
+                                    "command": " ".join(argv)},
+                           risk="high", approvers=config.approvers_for_runbook(call["name"]))
+        decisions[call["id"]] = {"approved": decision.approved, "by": decision.by}
+    return {"decisions": decisions}
+
+
+async def act(state: AssistantState) -> AssistantState:
+    """Run the allowed calls (each at most once) and tell the model what happened."""
+    config = current().config
+    decisions = state.get("decisions") or {}
+    results: list[BaseMessage] = []
+    for call in _calls(state):
+        runbook = config.runbooks.get(call["name"])
+        if runbook is None:
+            results.append(ToolMessage(content=f"There is no runbook `{call['name']}`.", tool_call_id=call["id"]))
+            continue
+        try:
+            values = runbook.validate_args(_string_args(call["args"]))
+        except ValueError as exc:
+            results.append(ToolMessage(content=f"Not run: {exc}.", tool_call_id=call["id"]))
+            continue
+        decision = decisions.get(call["id"])
+        if runbook.risk == "high" and not (decision and decision["approved"]):
+            by = decision["by"] if decision else "nobody"
+            results.append(ToolMessage(content=f"Not run: {by} rejected running `{call['name']}`.", tool_call_id=call["id"]))
+            continue
+        argv = runbook.argv(values)
+        outcome = await effect(f"tool:{call['id']}", lambda argv=argv, timeout=runbook.timeout: run_command(argv, timeout))
+        results.append(ToolMessage(content=f"exit code {outcome['exit_code']}\n{outcome['output']}", tool_call_id=call["id"]))
+    return {"messages": [*state["messages"], *results]}
+
+
+def answer(state: AssistantState) -> AssistantState:
+    last = state["messages"][-1]
+    text = last.content if isinstance(last.content, str) else json.dumps(last.content)
+    if state.get("turns", 0) >= MAX_TURNS and _calls(state):
+        text = "I stopped after several rounds of tool calls without an answer. " + text
+    return {"reply": text or "(the model gave no answer)"}
+
+
+def after_think(state: AssistantState) -> str:
+    if not _calls(state) or state.get("turns", 0) >= MAX_TURNS:
+        return "answer"
+    return "review"
+
+
+def _calls(state: AssistantState) -> list[dict[str, Any]]:
+    last = (state.get("messages") or [None])[-1]
+    return list(last.tool_calls) if isinstance(last, AIMessage) else []
+
+
+def _string_args(args: dict[str, Any]) -> dict[str, str]:
+    return {str(key): str(value) for key, value in (args or {}).items()}
+
+
+builder = StateGraph(AssistantState)
+builder.add_node("think", think)
+builder.add_node("review", review)
+builder.add_node("act", act)
+builder.add_node("answer", answer)
+builder.add_edge(START, "think")
+builder.add_conditional_edges("think", after_think, ["review", "answer"])
+builder.add_edge("review", "act")
+builder.add_edge("act", "think")
+builder.add_edge("answer", END)
+graph = builder

@@ -1,0 +1,72 @@
+"""Summarise this thread (or the channel's last N messages); without a model, the key messages."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, TypedDict
+
+from langchain_core.messages import HumanMessage, SystemMessage
+from langgraph.graph import END, START, StateGraph
+
+from bot.kit import Request, chat, current, history
+
+DESCRIPTION = "Summarise this thread, or `summarize channel 50` for the channel's last 50 messages."
+EXAMPLE = "summarize"
+DEDUPE = False
+KEY_WORDS = re.compile(r"\b(approved|rejected|failed|error|done|decided|because|todo|next|\?)", re.IGNORECASE)
+
+
+class SummarizeState(TypedDict, total=False):
+    text: str
+    reply: dict[str, Any]
+
+
+def make_input(_request: Request, text: str) -> dict[str, Any]:
+    return {"text": text, "reply": {}}
+
+
+async def summarize(state: SummarizeState) -> SummarizeState:
+    words = state.get("text", "").split()
+    scope = "channel" if words[:1] == ["channel"] else "thread"
+    limit = int(words[1]) if scope == "channel" and len(words) > 1 and words[1].isdigit() else 50
+    limit = max(1, min(limit, 200))
+    messages = [m for m in await history(scope, limit + 1) if not _is_this_request(m)][-limit:]
+    where = f"the channel's last {len(messages)} messages" if scope == "channel" else "this thread"
+    if not messages:
+        return {"reply": {"tone": "info", "parts": [{"kind": "text", "text": f"There is nothing to summarise in {where} yet."}]}}
+    if current().model is None:
+        key = extract(messages)
+        lines = "\n".join(f"• {m['user']}: {m['text'][:200]}" for m in key)
+        return {"reply": {"title": f"Extractive summary of {where}", "tone": "info", "parts": [
+            {"kind": "note", "text": "No model is configured, so these are the key messages, not a written summary."},
+            {"kind": "text", "text": lines}]}}
+    transcript = "\n".join(f"{m['user']}: {m['text']}" for m in messages)
+    reply = await chat([SystemMessage(content="Summarise this chat for someone who missed it: decisions, open "
+                                               "questions, who does what. Five bullet points at most."),
+                        HumanMessage(content=transcript)], what="Summarising")
+    return {"reply": {"title": f"Summary of {where}", "tone": "info",
+                      "parts": [{"kind": "text", "text": str(reply.content)}]}}
+
+
+def extract(messages: list[dict[str, Any]], most: int = 5) -> list[dict[str, Any]]:
+    """The first message, the last one, and those that carry decisions, failures or questions."""
+    keep = {0, len(messages) - 1}
+    for index, message in enumerate(messages):
+        if len(keep) >= most:
+            break
+        if KEY_WORDS.search(message["text"]):
+            keep.add(index)
+    return [messages[index] for index in sorted(keep)]
+
+
+def _is_this_request(message: dict[str, Any]) -> bool:
+    request = current().request
+    return not message["is_bot"] and message["user"] == request.user and request.text in message["text"] \
+        and message["text"].strip().endswith(request.text)
+
+
+builder = StateGraph(SummarizeState)
+builder.add_node("summarize", summarize)
+builder.add_edge(START, "summarize")
+builder.add_edge("summarize", END)
+graph = builder
