@@ -80,7 +80,7 @@ class Baton:
         await asyncio.to_thread(upgrade, self.settings.database_url)
         checkpointer = await self._stack.enter_async_context(open_checkpointer(self.settings.database_url))
         self.runtime = GraphRuntime(self.registry, checkpointer)
-        self.digests = Digests(self.db, self.config, self.registry, self.runtime, self.outbox, self.instance)
+        self.digests = Digests(self.services, self.runtime, self.outbox, self.instance)
         self.orchestrator = Orchestrator(self.settings, self.services, self.runtime, self.outbox, self.instance,
                                          self.digests)
         for adapter in self.adapters:

@@ -17,15 +17,13 @@ from sqlalchemy import func, update
 from sqlmodel import select
 
 from bot import audit, schedules
-from bot.config import BatonConfig
 from bot.digest_stats import collect
 from bot.kit import Request
 from bot.messages import Location, Message
 from bot.outbox import Outbox
-from bot.registry import GraphRegistry
 from bot.replies import when
 from bot.runtime import GraphRuntime, RunServices, Services
-from storage.db import Database, insert_ignore
+from storage.db import insert_ignore
 from storage.models import DigestRun, DigestSchedule, utcnow
 
 log = logging.getLogger("baton.digests")
@@ -35,11 +33,12 @@ MANUAL_WINDOW = timedelta(hours=24)  # `digest now` in a channel that never had 
 
 
 class Digests:
-    def __init__(self, db: Database, config: BatonConfig, registry: GraphRegistry, runtime: GraphRuntime,
-                 outbox: Outbox, instance: str, clock: Callable[[], datetime] = utcnow) -> None:
-        self.db = db
-        self.config = config
-        self.registry = registry
+    def __init__(self, services: Services, runtime: GraphRuntime, outbox: Outbox, instance: str,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self.services = services
+        self.db = services.db
+        self.config = services.config
+        self.registry = services.registry
         self.runtime = runtime
         self.outbox = outbox
         self.instance = instance
@@ -191,7 +190,7 @@ class Digests:
         if spec is None:
             return Message.text(f"Digest {when(run.window_start)} to {when(run.window_end)}: "
                                 f"{stats['requests']} requests (the `digest` graph is not installed).")
-        services = RunServices(Services(self.db, self.config, self.registry), Request(
+        services = RunServices(self.services, Request(
             platform=run.platform, channel=run.channel, thread=location.thread, user="baton", text="digest"), None,
             run.workspace)
         lg_thread = f"digest-{run.id}"

@@ -1,19 +1,22 @@
 """The channel digest: what the bots and the people got done since the last one.
 
 Baton computes the numbers (``bot.digest_stats``) and hands them to this graph as ``stats``; the
-graph turns them into the card. Copy it to write your own digest.
+graph turns them into the card and, with a model configured, writes a short summary on top.
+Copy it to write your own digest.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 from datetime import datetime
 from typing import Any, TypedDict
 from xml.sax.saxutils import escape
 
+from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.graph import END, START, StateGraph
 
-from bot.kit import Request
+from bot.kit import Request, chat, current
 
 DESCRIPTION = "Digests of this channel: `digest daily 09:00 Europe/Paris`, `digest now`, `digest list`, `digest off`."
 EXAMPLE = "digest now"
@@ -113,8 +116,23 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 86400:.0f}d {seconds % 86400 / 3600:.0f}h"
 
 
+async def summarize(state: DigestState) -> DigestState:
+    """With a model, a short written summary above the numbers; without one, the numbers alone."""
+    reply = state["reply"]
+    if current().model is None or not state["stats"]["requests"]:
+        return {}
+    stats = {key: value for key, value in state["stats"].items() if key != "per_day"}
+    answer = await chat([SystemMessage(content="Write two sentences for a team channel summarising what their bots "
+                                               "and people got done, from these digest numbers. Plain words, no lists."),
+                         HumanMessage(content=json.dumps(stats, default=str))], what="The digest summary")
+    summary = {"kind": "text", "text": str(answer.content).strip()}
+    return {"reply": {**reply, "parts": [summary, *reply["parts"]]}}
+
+
 builder = StateGraph(DigestState)
 builder.add_node("compose", compose)
+builder.add_node("summarize", summarize)
 builder.add_edge(START, "compose")
-builder.add_edge("compose", END)
+builder.add_edge("compose", "summarize")
+builder.add_edge("summarize", END)
 graph = builder

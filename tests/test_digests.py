@@ -17,7 +17,7 @@ from bot.digests import Digests
 from bot.messages import Location, Message
 from bot.outbox import Outbox
 from bot.registry import GraphRegistry
-from bot.runtime import GraphRuntime
+from bot.runtime import GraphRuntime, Services
 from bot.scheduler import DigestScheduler
 from graphs.digest import compose
 from storage.checkpointer import open_checkpointer
@@ -44,7 +44,7 @@ async def digest_service(database_url: str, clock: Clock, config: BatonConfig, i
     try:
         async with open_checkpointer(database_url) as checkpointer:
             registry = GraphRegistry.discover()
-            digests = Digests(db, config, registry, GraphRuntime(registry, checkpointer), Outbox(db), instance, clock)
+            digests = Digests(Services(db, config, registry), GraphRuntime(registry, checkpointer), Outbox(db), instance, clock)
             await digests.sync_config()
             yield digests
     finally:

@@ -154,3 +154,12 @@ def test_summarize_with_and_without_a_model(start_baton, sqlite_url, tmp_path, m
     assert "carol: roll back tomorrow" in written["text"]
     transcript = calls(model_script.path)[0]["last"]
     assert "bob: the web deploy failed again" in transcript
+
+
+def test_digest_gets_a_written_summary_with_a_model(start_baton, sqlite_url, model_script):
+    pg = start_baton(sqlite_url, env=model_script(final("A quiet, healthy day: one uptime check, all fine."))).client()
+    pg.wait_reply(pg.ask("@baton run uptime", channel="ops"), "did uptime")
+    digest = pg.wait_reply(pg.ask("@baton digest now", channel="ops"), "Digest for #ops")
+    assert digest["content"]["parts"][0]["text"] == "A quiet, healthy day: one uptime check, all fine."
+    assert "*1* requests" in digest["text"]
+    assert '"requests": 1' in calls(model_script.path)[0]["last"]
