@@ -70,6 +70,7 @@ class Baton:
             self.db, self.config, self.registry,
             model=create_model(settings.model, timeout=settings.model_timeout_seconds, retries=settings.model_retries),
             model_name=settings.model,
+            model_deadline=settings.model_timeout_seconds * (settings.model_retries + 1),
             histories={adapter.name: adapter.history for adapter in self.adapters})
         self._stack = AsyncExitStack()
         self._loops: list[asyncio.Task[None]] = []

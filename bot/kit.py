@@ -15,6 +15,7 @@ node), because a node re-runs from its start when it resumes.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ class RunContext(Protocol):
     request: Request
     config: BatonConfig
     model: BaseChatModel | None
+    model_deadline: float  # seconds one model call may take, its retries included
 
     async def record_usage(self, reply: Any) -> None:
         """Add a model reply's tokens (and their cost, when the price is known) to the run."""
@@ -136,7 +138,9 @@ async def chat(messages: Sequence[BaseMessage], *, tools: Sequence[dict[str, Any
         raise ModelRequired(what)
     model = context.model.bind_tools(list(tools)) if tools else context.model
     try:
-        reply = await model.ainvoke(list(messages))
+        reply = await asyncio.wait_for(model.ainvoke(list(messages)), context.model_deadline)
+    except TimeoutError as exc:
+        raise ModelFailed(f"no answer within {context.model_deadline:g}s") from exc
     except Exception as exc:
         raise ModelFailed(str(exc)) from exc
     await context.record_usage(reply)
@@ -149,7 +153,10 @@ async def structured(messages: Sequence[BaseMessage], schema: type[S], *, what: 
     if context.model is None:
         raise ModelRequired(what)
     try:
-        result = await context.model.with_structured_output(schema, include_raw=True).ainvoke(list(messages))
+        result = await asyncio.wait_for(context.model.with_structured_output(schema, include_raw=True)
+                                        .ainvoke(list(messages)), context.model_deadline)
+    except TimeoutError as exc:
+        raise ModelFailed(f"no answer within {context.model_deadline:g}s") from exc
     except Exception as exc:
         raise ModelFailed(str(exc)) from exc
     await context.record_usage(result["raw"])

@@ -11,6 +11,7 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage
+from pydantic import ValidationError
 
 from bot.config import Price
 
@@ -52,7 +53,11 @@ def create_model(spec: str | None, *, timeout: float, retries: int) -> BaseChatM
     from langchain.chat_models import init_chat_model
 
     try:
-        return init_chat_model(name, model_provider=provider, timeout=timeout, max_retries=retries)  # type: ignore[return-value]
+        try:
+            return init_chat_model(name, model_provider=provider, timeout=timeout, max_retries=retries)  # type: ignore[return-value]
+        except (TypeError, ValidationError):
+            # Not every provider class takes these; the kit's own deadline (``bot.kit.chat``) still applies.
+            return init_chat_model(name, model_provider=provider)  # type: ignore[return-value]
     except ImportError as exc:
         raise ModelSetupError(f"BATON_MODEL={spec} needs the {provider} package: pip install -e '.[{provider}]' ({exc})") from None
     except ValueError as exc:

@@ -26,7 +26,7 @@ from bot.digests import Digests
 from bot.messages import Accepted, InboundClick, InboundMessage, Location, Message, Text
 from bot.outbox import Outbox
 from bot.registry import GraphSpec
-from bot.models import MODEL_ERRORS, cost_of, usage_of
+from bot.models import MODEL_ERRORS, ModelFailed, cost_of, usage_of
 from bot.routing import DIGEST_COMMAND, RouteError, route, route_to
 from bot.runtime import GraphRuntime, RunServices, Services
 from bot.settings import Settings
@@ -209,7 +209,11 @@ class Orchestrator:
         usage: Any = None
         if chosen.unmatched and self.services.model is not None:
             try:
-                guess = await model_routing.guess(self.services.model, text, self.registry)
+                guess = await asyncio.wait_for(model_routing.guess(self.services.model, text, self.registry),
+                                               self.services.model_deadline)
+            except TimeoutError:
+                return await self._finish_event(event, "model error", replies.model_error(
+                    ModelFailed(f"no answer within {self.services.model_deadline:g}s")))
             except Exception as exc:
                 log.warning("model routing failed: %s", exc)
                 return await self._finish_event(event, "model error", replies.model_error(exc))

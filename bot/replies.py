@@ -78,8 +78,9 @@ def model_error(error: BaseException) -> Message:
     """A model that is missing or failing: say so plainly, with what to do."""
     if isinstance(error, ModelRequired):
         return Message.text(str(error), tone="warning", title="A model is needed")
-    cause = error.__cause__ or error
-    line = f"{type(cause).__name__}: {cause}".splitlines()[0][:300]
+    cause = error.__cause__
+    line = f"{type(cause).__name__}: {cause}" if cause is not None and str(cause) else str(error) or type(error).__name__
+    line = line.splitlines()[0][:300]
     return Message.text(f"The language model did not answer ({line}). The run stopped; try again later.",
                         tone="error", title="Model error")
 

@@ -98,6 +98,7 @@ class Services:
     registry: GraphRegistry
     model: BaseChatModel | None = None
     model_name: str | None = None
+    model_deadline: float = 180.0
     histories: dict[str, HistoryProvider] = field(default_factory=dict)
 
 
@@ -112,6 +113,7 @@ class RunServices:
         self._workspace = workspace
         self.config = services.config
         self.model = services.model
+        self.model_deadline = services.model_deadline
         self.request = request
 
     async def record_usage(self, reply: Any) -> None:

@@ -3,7 +3,7 @@
 ``BATON_MODEL=python:tests.fake_models:scripted`` makes a ``baton run`` process use it. The script
 is a JSON list in the file named by ``BATON_TEST_MODEL_SCRIPT``: each entry is the reply to one
 call (``content``, optional ``tool_calls``, optional ``usage`` {input_tokens, output_tokens}) or
-``{"error": "..."}`` to raise. The position in the script and every call's last message are kept
+``{"error": "..."}`` to raise, or ``{"hang": seconds}`` to answer nothing for that long. The position in the script and every call's last message are kept
 in ``<script>.calls``, so the script continues across a restart and tests can count the calls.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ class ScriptedModel(ToolCallingFakeModel):
             log.write(json.dumps({"last": str(messages[-1].content)[:4000], "count": len(messages)}) + "\n")
         if "error" in entry:
             raise RuntimeError(entry["error"])
+        if "hang" in entry:  # a provider that never answers
+            threading.Event().wait(entry["hang"])
         message = AIMessage(content=entry.get("content", ""), tool_calls=[
             {"name": call["name"], "args": call["args"], "id": call["id"], "type": "tool_call"}
             for call in entry.get("tool_calls", [])], usage_metadata=_usage(entry.get("usage")))

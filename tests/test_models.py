@@ -163,3 +163,10 @@ def test_digest_gets_a_written_summary_with_a_model(start_baton, sqlite_url, mod
     assert digest["content"]["parts"][0]["text"] == "A quiet, healthy day: one uptime check, all fine."
     assert "*1* requests" in digest["text"]
     assert '"requests": 1' in calls(model_script.path)[0]["last"]
+
+
+def test_a_model_that_hangs_is_given_up_on(start_baton, sqlite_url, model_script):
+    env = {**model_script({"hang": 30}), "BATON_MODEL_TIMEOUT_SECONDS": "0.5", "BATON_MODEL_RETRIES": "1"}
+    pg = start_baton(sqlite_url, env=env).client()
+    reply = pg.wait_reply(pg.ask("@baton assistant hello"), "The language model did not answer")
+    assert "no answer within 1s" in reply["text"]
