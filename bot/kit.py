@@ -88,6 +88,18 @@ class RunContext(Protocol):
 _current: contextvars.ContextVar[RunContext] = contextvars.ContextVar("baton_run_context")
 
 
+def duration(seconds: float) -> str:
+    """A span of time for people: 4.2s, 12m, 3h 5m, 2d 4h."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f}m"
+    if seconds < 86400:
+        return f"{seconds // 3600:.0f}h {seconds % 3600 // 60:.0f}m"
+    return f"{seconds // 86400:.0f}d {seconds % 86400 // 3600:.0f}h"
+
+
 def current() -> RunContext:
     """The context of the run this node belongs to (only valid inside a Baton run)."""
     try:

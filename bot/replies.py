@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from bot.models import ModelRequired
+from bot.kit import duration
 from bot.messages import ButtonOption, Buttons, Code, Message, Note, Text, ThreadLink
 from storage.models import Approval
 
@@ -16,14 +17,7 @@ def when(at: datetime) -> str:
 
 
 def age(since: datetime, now: datetime) -> str:
-    seconds = max(0, int((now - since).total_seconds()))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m"
-    if seconds < 86400:
-        return f"{seconds // 3600}h {seconds % 3600 // 60}m"
-    return f"{seconds // 86400}d {seconds % 86400 // 3600}h"
+    return duration(int((now - since).total_seconds()))
 
 
 def approval_card(approval: Approval) -> Message:

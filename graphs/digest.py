@@ -16,7 +16,7 @@ from xml.sax.saxutils import escape
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.graph import END, START, StateGraph
 
-from bot.kit import Request, chat, current
+from bot.kit import Request, chat, current, duration
 
 DESCRIPTION = "Digests of this channel: `digest daily 09:00 Europe/Paris`, `digest now`, `digest list`, `digest off`."
 EXAMPLE = "digest now"
@@ -47,9 +47,9 @@ def compose(state: DigestState) -> DigestState:
                      f"{counts.get('running', 0)} still running")
     turnaround = stats["turnaround"]
     if turnaround["count"]:
-        lines.append(f"Turnaround (request to result): p50 {_duration(turnaround['p50_ms'] / 1000)}, "
-                     f"p95 {_duration(turnaround['p95_ms'] / 1000)} over {turnaround['count']} finished")
-    lines.append(f"Time spent waiting for humans: {_duration(stats['waited_seconds'])}")
+        lines.append(f"Turnaround (request to result): p50 {duration(turnaround['p50_ms'] / 1000)}, "
+                     f"p95 {duration(turnaround['p95_ms'] / 1000)} over {turnaround['count']} finished")
+    lines.append(f"Time spent waiting for humans: {duration(stats['waited_seconds'])}")
     if stats.get("tokens") is not None:
         cost = f", cost ${stats['cost']:.4f}" if stats.get("cost") is not None else ""
         lines.append(f"Model tokens: {stats['tokens']:,}{cost}")
@@ -64,7 +64,7 @@ def compose(state: DigestState) -> DigestState:
     if stats["waiting"]:
         parts.append({"kind": "text", "text": f"*Waiting for approval*: {len(stats['waiting'])}"})
         for waiting in stats["waiting"]:
-            parts.append({"kind": "link", "label": f"{waiting['summary']} — waiting {_duration(waiting['age_seconds'])} "
+            parts.append({"kind": "link", "label": f"{waiting['summary']} — waiting {duration(waiting['age_seconds'])} "
                                                    f"for {', '.join(waiting['approvers']) or 'nobody'}",
                           "channel": waiting["channel"], "thread": waiting["thread"]})
     if stats["failures"]:
@@ -90,7 +90,7 @@ def chart(per_day: list[dict[str, Any]]) -> dict[str, Any]:
     for index, day in enumerate(per_day):
         bar_height = (height - top - bottom) * day["requests"] / most
         x, y = index * slot + slot * 0.15, height - bottom - bar_height
-        turnaround = _duration(day["avg_turnaround_ms"] / 1000) if day["avg_turnaround_ms"] is not None else "-"
+        turnaround = duration(day["avg_turnaround_ms"] / 1000) if day["avg_turnaround_ms"] is not None else "-"
         bars.append(
             f'<rect x="{x:.1f}" y="{y:.1f}" width="{slot * 0.7:.1f}" height="{bar_height:.1f}" fill="#4a7dff"/>'
             f'<text x="{x + slot * 0.35:.1f}" y="{y - 4:.1f}" font-size="10" text-anchor="middle">{day["requests"]} · {escape(turnaround)}</text>'
@@ -103,17 +103,6 @@ def chart(per_day: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _span(start: datetime, end: datetime) -> str:
     return f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC"
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0.0, float(seconds))
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 86400:
-        return f"{seconds // 3600:.0f}h {seconds % 3600 / 60:.0f}m"
-    return f"{seconds // 86400:.0f}d {seconds % 86400 / 3600:.0f}h"
 
 
 async def summarize(state: DigestState) -> DigestState:
