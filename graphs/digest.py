@@ -44,7 +44,7 @@ def compose(state: DigestState) -> DigestState:
     lines = [f"*{stats['requests']}* requests"]
     for graph, counts in sorted(stats["per_graph"].items()):
         lines.append(f"• `{graph}`: {counts.get('done', 0)} done, {counts.get('failed', 0)} failed, "
-                     f"{counts.get('running', 0)} still running")
+                     f"{counts.get('running', 0)} still running or waiting")
     turnaround = stats["turnaround"]
     if turnaround["count"]:
         lines.append(f"Turnaround (request to result): p50 {duration(turnaround['p50_ms'] / 1000)}, "
@@ -83,7 +83,7 @@ def compose(state: DigestState) -> DigestState:
 
 def chart(per_day: list[dict[str, Any]]) -> dict[str, Any]:
     """Requests per day as bars, with the day's average turnaround written above each bar."""
-    width, height, top, bottom = 360, 140, 24, 22
+    width, height, top, bottom = 360, 150, 36, 22
     most = max(day["requests"] for day in per_day) or 1
     slot = width / len(per_day)
     bars = []
@@ -96,7 +96,7 @@ def chart(per_day: list[dict[str, Any]]) -> dict[str, Any]:
             f'<text x="{x + slot * 0.35:.1f}" y="{y - 4:.1f}" font-size="10" text-anchor="middle">{day["requests"]} · {escape(turnaround)}</text>'
             f'<text x="{x + slot * 0.35:.1f}" y="{height - 6}" font-size="10" text-anchor="middle">{escape(day["day"][5:])}</text>')
     svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif">'
-           f'<text x="4" y="12" font-size="11" fill="#555">requests per day · average turnaround</text>{"".join(bars)}</svg>')
+           f'<text x="4" y="13" font-size="11" fill="#555">requests per day · average turnaround</text>{"".join(bars)}</svg>')
     return {"kind": "image", "alt": "Requests per day and average turnaround", "mime": "image/svg+xml",
             "data": base64.b64encode(svg.encode()).decode(), "filename": "digest.svg"}
 

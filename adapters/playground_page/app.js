@@ -28,7 +28,8 @@
     return segs.map((seg, i) => {
       if (i % 2 === 1 && i < segs.length - 1) return '<code>' + esc(seg) + '</code>';
       return (i % 2 === 1 ? '`' : '') +
-        esc(seg).replace(/(^|[^\w@])@([\w.-]*\w)/g, '$1<span class="mention">@$2</span>');
+        esc(seg).replace(/(^|[^\w@])@([\w.-]*\w)/g, '$1<span class="mention">@$2</span>')
+          .replace(/(^|[\s(])\*([^*\n]+)\*(?=$|[\s.,:;!?)])/g, '$1<strong>$2</strong>');
     }).join('');
   }
 
