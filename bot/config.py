@@ -42,6 +42,7 @@ class Argument(BaseModel):
 
 class Runbook(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    _approver_ids = field_validator("approvers", mode="before")(lambda cls, value: _ids_as_text(value))
     description: str
     command: list[str] = Field(min_length=1)
     args: dict[str, Argument] = Field(default_factory=dict)
@@ -82,6 +83,7 @@ class Runbook(BaseModel):
 
 class GraphPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    _approver_ids = field_validator("approvers", mode="before")(lambda cls, value: _ids_as_text(value))
     approvers: list[str] | None = None
     risk: Risk = "high"
 
@@ -116,6 +118,12 @@ class Models(BaseModel):
     prices: dict[str, Price] = Field(default_factory=dict, description="keyed by the BATON_MODEL value")
 
 
+def _ids_as_text(value: object) -> object:
+    """YAML reads a bare Discord id (123456789012345678) as a number; ids are text."""
+    return [str(item) if isinstance(item, int) and not isinstance(item, bool) else item for item in value] \
+        if isinstance(value, list) else value
+
+
 class BatonConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     approvers: list[str] = Field(default_factory=list)
@@ -123,6 +131,7 @@ class BatonConfig(BaseModel):
     runbooks: dict[str, Runbook] = Field(default_factory=dict)
     graphs: dict[str, GraphPolicy] = Field(default_factory=dict)
     digests: list[Digest] = Field(default_factory=list)
+    _approver_ids = field_validator("approvers", mode="before")(lambda cls, value: _ids_as_text(value))
 
     @field_validator("runbooks")
     @classmethod

@@ -22,7 +22,7 @@ from bot.messages import Location, Message
 from storage.db import Database, insert_ignore
 from storage.models import ChannelPace, OutboxMessage, utcnow
 
-CLAIM_SECONDS = 60.0
+CLAIM_SECONDS = 30.0  # a sender that died mid-send leaves its rows to others after this
 
 
 @dataclass(frozen=True)

@@ -74,3 +74,12 @@ def test_cli_lists_graphs_threads_and_approvals(tmp_path, config_path):
                  what="the decided approval in `baton approvals --all`")
     finally:
         server.stop()
+
+
+def test_numeric_platform_ids_are_read_as_text(tmp_path):
+    path = tmp_path / "baton.yaml"
+    path.write_text("approvers: [123456789012345678, alice]\nrunbooks:\n  up:\n    description: x\n"
+                    "    command: [uptime]\n    approvers: [987654321098765432]\n")
+    config = load_config(path)
+    assert config.approvers == ["123456789012345678", "alice"]
+    assert config.approvers_for_runbook("up") == ["987654321098765432"]
