@@ -16,7 +16,8 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,7 @@ SUMS = [
     ("  inside the graph run: the command", "command", "ledger"),
 ]
 WAITS = [
-    ("time queued for the writers' asyncio.Lock (Database.session), summed", "writer_wait", "writer_turn"),
+    ("time queued for the writers' turn (Database.session), summed", "writer_wait", "writer_turn"),
     ("time in BEGIN IMMEDIATE (SQLite write lock, e.g. behind the checkpointer's connection, + thread hop), summed",
      "write_begin", "engine"),
     ("time in plain BEGIN (Database.read sessions: thread hop), summed", "read_begin", "read_engine"),
@@ -221,24 +222,19 @@ def _probe_engine(engine: Any, probe: Probe, kind: str) -> None:
 
 
 class _TimedTurn:
-    """Stands in for ``Database._writer_turn`` (an asyncio.Lock): times how long writers queue for it."""
+    """Stands in for ``Database._writers`` (a ``WriterQueue``): times how long writers queue for their turn."""
 
-    def __init__(self, lock: Any, probe: Probe) -> None:
-        self._lock = lock
+    def __init__(self, queue: Any, probe: Probe) -> None:
+        self._queue = queue
         self._probe = probe
 
-    async def __aenter__(self) -> Any:
+    @asynccontextmanager
+    async def turn(self, urgent: bool = False) -> AsyncIterator[None]:
         started = time.perf_counter_ns()
-        result = await self._lock.__aenter__()
-        self._probe.add("writer_wait", time.perf_counter_ns() - started)
-        self._probe.add("writer_turns", 1)
-        return result
-
-    async def __aexit__(self, *exc: object) -> Any:
-        return await self._lock.__aexit__(*exc)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._lock, name)
+        async with self._queue.turn(urgent):
+            self._probe.add("writer_wait", time.perf_counter_ns() - started)
+            self._probe.add("writer_turns", 1)
+            yield
 
 
 def _probe_db(db: Any, probe: Probe) -> None:
@@ -246,9 +242,9 @@ def _probe_db(db: Any, probe: Probe) -> None:
     read_engine = getattr(db, "_read_engine", None)
     if read_engine is not None and read_engine is not getattr(db, "engine", None):
         _probe_engine(read_engine, probe, "read")
-    lock = getattr(db, "_writer_turn", None)
-    if lock is not None and hasattr(lock, "__aenter__") and hasattr(lock, "__aexit__"):
-        db._writer_turn = _TimedTurn(lock, probe)
+    queue = getattr(db, "_writers", None)
+    if queue is not None and hasattr(queue, "turn"):
+        db._writers = _TimedTurn(queue, probe)
         probe.installed.add("writer_turn")
 
 

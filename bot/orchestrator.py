@@ -35,6 +35,7 @@ from storage.models import Approval, InboundEvent, Run, ThreadRecord, utcnow
 
 log = logging.getLogger("baton.orchestrator")
 SWEEP_AFTER_SECONDS = 2.0
+MAX_DRAINING_THREADS = 32  # threads this process drains at once (see Orchestrator._schedule)
 CHOOSER = "choose"  # the pseudo-graph of a run that waits for the requester to pick a graph
 
 
@@ -51,6 +52,8 @@ class Orchestrator:
         self.digests = digests
         self.leases = threads.Leases(services.db, instance, settings.lease_seconds)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._drain_slots = asyncio.Semaphore(MAX_DRAINING_THREADS)
+        self._waiting_for_slot: set[int] = set()
 
     # -- 1-2. accept and claim -------------------------------------------------------------------
 
@@ -58,7 +61,7 @@ class Orchestrator:
         """Store the event (unique per platform event id) and queue it on its thread."""
         location = Location(**message.model_dump(include={"platform", "workspace", "channel", "thread"}))
         correlation = uuid.uuid4().hex
-        async with self.db.session() as session:
+        async with self.db.session(urgent=True) as session:  # the platform waits for this write
             record = await threads.find(session, location)
             if record is None and not message.addressed:
                 return Accepted(status="ignored", reason="not addressed to the bot and not in a Baton thread")
@@ -83,7 +86,7 @@ class Orchestrator:
     async def accept_click(self, click: InboundClick) -> Accepted:
         location = Location(**click.model_dump(include={"platform", "workspace", "channel", "thread"}))
         correlation = uuid.uuid4().hex
-        async with self.db.session() as session:
+        async with self.db.session(urgent=True) as session:  # the platform waits for this write
             approval = await session.get(Approval, click.approval_id)
             record_id = approval.thread_record_id if approval else None
             stored = await self._claim(session, click.platform, click.event_id, "click", location, click.user,
@@ -117,11 +120,26 @@ class Orchestrator:
     # -- 3. one writer per thread ----------------------------------------------------------------
 
     def _schedule(self, record_id: int) -> None:
+        """Drain the thread as soon as one of ``MAX_DRAINING_THREADS`` slots is free.
+
+        Unbounded, a burst (100 Slack mentions a second) starts thousands of drains that all
+        contend for the database and the event loop, and the backlog stalls. A thread already
+        waiting for a slot is not scheduled twice: its drain, once started, takes every event
+        queued on the thread by then (the sweeper's repeats cost nothing either).
+        """
+        if record_id in self._waiting_for_slot:
+            return
+        self._waiting_for_slot.add(record_id)
         task = asyncio.create_task(self.drain(record_id), name=f"drain-{record_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def drain(self, record_id: int) -> None:
+        async with self._drain_slots:
+            self._waiting_for_slot.discard(record_id)
+            await self._drain_now(record_id)
+
+    async def _drain_now(self, record_id: int) -> None:
         """Handle the thread's queued events in order, if nobody else is doing it already."""
         try:
             work = await self.leases.take(record_id)

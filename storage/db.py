@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -74,12 +75,60 @@ def _configure_sqlite(engine: AsyncEngine, begin: str) -> None:
         connection.exec_driver_sql(begin)
 
 
+class WriterQueue:
+    """This process's SQLite writers, one at a time: urgent ones first, the others in arrival order.
+
+    Urgent is the write a platform is waiting for: storing an inbound event before it is
+    acknowledged (Slack gives up after 3 s). Without the priority that write queues behind every
+    run's transactions, and under a burst the acknowledgement waits for the whole backlog.
+    """
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._urgent: deque[asyncio.Future[None]] = deque()
+        self._others: deque[asyncio.Future[None]] = deque()
+
+    @asynccontextmanager
+    async def turn(self, urgent: bool = False) -> AsyncIterator[None]:
+        await self._wait(urgent)
+        try:
+            yield
+        finally:
+            self._pass_on()
+
+    async def _wait(self, urgent: bool) -> None:
+        if not self._busy:
+            self._busy = True
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        line = self._urgent if urgent else self._others
+        line.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._pass_on()  # our turn came as we were cancelled: hand it to the next writer
+            else:
+                line.remove(waiter)
+            raise
+
+    def _pass_on(self) -> None:
+        for line in (self._urgent, self._others):
+            while line:
+                waiter = line.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    return
+        self._busy = False
+
+
 class Database:
     """Sessions that commit on success and roll back on error.
 
     ``session()`` is for work that writes; ``read()`` for work that only reads. On SQLite the
-    writers of this process also queue on an asyncio lock before taking the database's write
-    lock: waiting in line is cheaper than SQLite's sleep-and-retry busy handler.
+    writers of this process also queue (``WriterQueue``) before taking the database's write
+    lock: waiting in line is cheaper than SQLite's sleep-and-retry busy handler. ``urgent=True``
+    is for the write a platform waits for (see ``WriterQueue``).
     """
 
     def __init__(self, url: str) -> None:
@@ -89,21 +138,21 @@ class Database:
         if is_sqlite(url):
             self._read_engine: AsyncEngine | None = create_engine(url, writer=False)
             self._reads = async_sessionmaker(self._read_engine, class_=AsyncSession, expire_on_commit=False)
-            self._writer_turn: asyncio.Lock | None = asyncio.Lock()
+            self._writers: WriterQueue | None = WriterQueue()
         else:
-            self._read_engine, self._reads, self._writer_turn = None, self._sessions, None
+            self._read_engine, self._reads, self._writers = None, self._sessions, None
 
     @property
     def is_sqlite(self) -> bool:
         return is_sqlite(self.url)
 
     @asynccontextmanager
-    async def session(self) -> AsyncIterator[AsyncSession]:
-        if self._writer_turn is None:
+    async def session(self, *, urgent: bool = False) -> AsyncIterator[AsyncSession]:
+        if self._writers is None:
             async with self._sessions() as session, session.begin():
                 yield session
             return
-        async with self._writer_turn, self._sessions() as session, session.begin():
+        async with self._writers.turn(urgent), self._sessions() as session, session.begin():
             yield session
 
     @asynccontextmanager

@@ -1,0 +1,474 @@
+"""Discord through discord.py: the gateway for messages, interactions for ``/baton`` and buttons.
+
+(This module is not called ``discord.py``: it would shadow the library.)
+
+Inbound
+* A mention in a channel opens a thread on that message, and the conversation lives there. As on
+  Slack, a request's channel is the channel and its thread the thread (a Discord thread belongs to
+  its parent channel), so "the same request in this channel", ``status`` and digests see every
+  thread of a channel. A mention inside a thread uses that thread; a direct message needs no
+  mention, and a DM channel is one conversation (its id is both the channel and the thread).
+* Other messages in threads are handed in unaddressed, and the core keeps the follow-ups in Baton
+  threads; chatter in channels (not in a thread, no mention) can never be for Baton and is dropped
+  here. Messages from bots, Baton's own included, and system messages are ignored.
+* ``/baton <request>`` is deferred at once ("Baton is thinking..."), then the deferred reply
+  becomes "@you asked: ..." and a thread is opened on it, like a mention.
+* Buttons are ``DynamicItem``s: a click is matched by its custom_id (``baton:<value>:<approval>``)
+  alone, so a card posted before a restart, or by another replica, still works. A click is stored,
+  then deferred; a redelivered interaction is a duplicate and is not answered twice.
+* Event ids are the message or interaction ids (snowflakes are unique across Discord).
+
+Outbound, ``send`` renders core messages with ``adapters.discord_render`` over REST (no gateway
+cache needed). discord.py waits out 429s itself (up to ``RATE_LIMIT_WAIT_SECONDS``; a longer wait
+becomes ``RetryLater``) and retries 5xx; 403/404/400 are final (``DeliveryRejected``).
+
+A refusal of a click is shown only to the person who clicked: it goes through that click's
+interaction follow-up webhook, which Discord accepts for 15 minutes. Interactions are kept in this
+process only (``ClickReplies``). When the follow-up is not possible (the token expired, Baton was
+restarted since the click, another replica received it, or the defer failed), the reply goes to
+the person as a direct message, and if they do not accept DMs, into the thread with a mention.
+
+Settings: ``DISCORD_API_URL`` and ``DISCORD_GATEWAY_URL`` point discord.py elsewhere (tests,
+proxies). discord.py has no per-client option for either: every REST URL, the interaction
+webhooks' included, is built from the class attribute ``discord.http.Route.BASE``, and the gateway
+is ``DiscordWebSocket.DEFAULT_GATEWAY`` (also after Discord invalidates a session). Both are set for
+the process, which is fine because one process runs one Discord bot. Without
+``DISCORD_GATEWAY_URL`` the gateway is the one ``GET /gateway/bot`` names, as Discord recommends, so
+a REST proxy can bring its gateway along.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+from typing import Any, cast
+
+import discord
+import yarl
+from discord import app_commands
+
+from adapters.contract import Adapter, DeliveryRejected, RetryLater, Step
+from adapters.discord_render import (
+    BUTTON_LABEL_CHARS,
+    BUTTON_STYLE,
+    CUSTOM_ID_TEMPLATE,
+    Outgoing,
+    custom_id,
+    jump_url,
+    render,
+)
+from bot.messages import Buttons, InboundClick, InboundMessage, Location, Message, Text
+from bot.outbox import Delivery
+from bot.settings import Settings
+
+log = logging.getLogger("baton.discord")
+PLATFORM = "discord"
+RATE_LIMIT_WAIT_SECONDS = 30.0  # discord.py waits out a 429 up to this (its minimum); longer -> RetryLater
+CONNECT_TIMEOUT_SECONDS = 30.0
+FOLLOW_UP_MARGIN = timedelta(seconds=60)  # do not start a follow-up this close to the token's expiry
+DEFER_WAIT_SECONDS = 5.0  # a refusal waits at most this long for its click's defer to finish
+THREAD_NAME_CHARS = 100
+ECHO_CHARS = 1800  # "@you asked: `/baton ...`" stays one message
+THREAD_ARCHIVE_MINUTES = 10080  # the longest: a card may wait days for its approver
+THREAD_ALREADY_CREATED = 160004  # Discord's error code: this message already has a thread
+PERSON_MESSAGE_TYPES = (discord.MessageType.default, discord.MessageType.reply)
+
+
+def _secret(settings: Settings) -> str | None:
+    token = settings.discord_token.get_secret_value().strip() if settings.discord_token is not None else ""
+    return token or None
+
+
+def conversation(channel: Any) -> tuple[str, str]:
+    """A request's (channel, thread): a thread belongs to its parent channel; a DM is one conversation."""
+    if isinstance(channel, discord.Thread):
+        return str(channel.parent_id), str(channel.id)
+    return str(channel.id), str(channel.id)
+
+
+def intents(message_content: bool) -> discord.Intents:
+    """Guilds (channels and threads), guild and DM messages; the message text of messages that do
+    not mention Baton (follow-ups in a thread) only when the application has that intent."""
+    wanted = discord.Intents.none()
+    wanted.guilds = wanted.guild_messages = wanted.dm_messages = True
+    wanted.message_content = message_content
+    return wanted
+
+
+class BatonClient(discord.Client):
+    """discord.py's client, with the ``/baton`` command and a way back to the adapter."""
+
+    def __init__(self, adapter: DiscordAdapter) -> None:
+        super().__init__(intents=intents(message_content=False), allowed_mentions=discord.AllowedMentions.none(),
+                         max_ratelimit_timeout=RATE_LIMIT_WAIT_SECONDS)
+        self.adapter = adapter
+        self.connected = asyncio.Event()
+        self.tree = app_commands.CommandTree(self)
+        self.tree.add_command(baton_command)
+
+    async def on_connect(self) -> None:
+        self.connected.set()
+
+    async def on_message(self, message: discord.Message) -> None:
+        await self.adapter.on_message(message)
+
+    def allow_message_content(self, allowed: bool) -> None:
+        """Request the message content intent or not; called after login, before the gateway connects.
+
+        Whether the application has the intent is only known after login, and discord.py takes
+        intents in its constructor only; the identify payload is built from the state's intents,
+        so that is where they are changed.
+        """
+        self._connection._intents.message_content = allowed
+
+
+@app_commands.command(name="baton", description="Ask Baton: run a runbook, start a graph, or `help`.")
+@app_commands.describe(request="What to do, e.g. `run uptime` or `help`")
+async def baton_command(interaction: discord.Interaction, request: str) -> None:
+    await cast(BatonClient, interaction.client).adapter.on_command(interaction, request)
+
+
+class ChoiceButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=CUSTOM_ID_TEMPLATE):
+    """A card's button, recognised by its custom_id alone: it works after any restart, with no view
+    kept per message (a view of dynamic items only is never stored by message id)."""
+
+    def __init__(self, action: str, approval_id: str, label: str | None = None,
+                 style: discord.ButtonStyle = discord.ButtonStyle.secondary) -> None:
+        super().__init__(discord.ui.Button(label=label or action, style=style, custom_id=custom_id(action, approval_id)))
+        self.action = action
+        self.approval_id = approval_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
+                             match: re.Match[str]) -> ChoiceButton:
+        return cls(match["action"], match["approval_id"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await cast(BatonClient, interaction.client).adapter.on_click(interaction, self.action, self.approval_id)
+
+
+def card_view(buttons: Buttons) -> discord.ui.View:
+    """The card's buttons (a label is shortened to Discord's 80 characters; the value is intact)."""
+    view = discord.ui.View(timeout=None)
+    for option in buttons.options:
+        label = option.label if len(option.label) <= BUTTON_LABEL_CHARS else option.label[:BUTTON_LABEL_CHARS - 1] + "…"
+        view.add_item(ChoiceButton(option.value, buttons.approval_id, label, BUTTON_STYLE[option.style]))
+    return view
+
+
+@dataclass
+class _Click:
+    interaction: discord.Interaction
+    deferred: asyncio.Future[bool]
+
+
+class ClickReplies:
+    """The interactions of recent clicks, by (thread, person): where a private reply can go."""
+
+    def __init__(self) -> None:
+        self._clicks: dict[tuple[str, str], _Click] = {}
+
+    def expect(self, thread: str, user: str, interaction: discord.Interaction) -> asyncio.Future[bool]:
+        """Remember a click; the caller sets the returned future to whether deferring it worked."""
+        now = discord.utils.utcnow()
+        self._clicks = {key: click for key, click in self._clicks.items() if click.interaction.expires_at > now}
+        click = _Click(interaction, asyncio.get_running_loop().create_future())
+        self._clicks[(thread, user)] = click
+        return click.deferred
+
+    async def follow_up(self, thread: str, user: str) -> discord.Webhook | None:
+        """The follow-up webhook of this person's latest click here, if it can still be used."""
+        click = self._clicks.get((thread, user))
+        if click is None or click.interaction.expires_at - discord.utils.utcnow() < FOLLOW_UP_MARGIN:
+            return None
+        try:  # the click's defer may still be on its way, and a follow-up before it would fail
+            deferred = await asyncio.wait_for(asyncio.shield(click.deferred), DEFER_WAIT_SECONDS)
+        except TimeoutError:
+            return None
+        return click.interaction.followup if deferred else None
+
+
+class DiscordAdapter(Adapter):
+    name = PLATFORM
+
+    @classmethod
+    def is_configured(cls, settings: Settings) -> bool:
+        return _secret(settings) is not None
+
+    def __init__(self, baton: Any) -> None:
+        super().__init__(baton)
+        settings: Settings = baton.settings
+        token = _secret(settings)
+        if token is None:
+            raise ValueError("the Discord adapter needs DISCORD_TOKEN (the bot token from the Developer Portal)")
+        self._token = token
+        self._gateway_url = settings.discord_gateway_url
+        self._guild_id = settings.discord_guild_id
+        if settings.discord_api_url:
+            discord.http.Route.BASE = settings.discord_api_url.rstrip("/")
+        self.client = BatonClient(self)
+        self.clicks = ClickReplies()
+        self.reads_content = False  # whether Discord sends the text of messages that do not mention Baton
+        self._gateway: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            await self.client.login(self._token)
+        except discord.LoginFailure as exc:
+            await self.client.close()
+            raise RuntimeError("Discord refused DISCORD_TOKEN (GET /users/@me: 401 Unauthorized)") from exc
+        flags = self.client.application_flags
+        self.reads_content = flags.gateway_message_content or flags.gateway_message_content_limited
+        self.client.allow_message_content(self.reads_content)
+        if not self.reads_content:
+            log.warning("Discord: the application has no Message Content Intent, so follow-ups in a Baton thread "
+                        "need a mention (Developer Portal -> Bot -> Message Content Intent)")
+        self.client.add_dynamic_items(ChoiceButton)
+        await self._sync_commands()
+        await self._choose_gateway()
+        self._gateway = asyncio.create_task(self.client.connect(), name="discord-gateway")
+        self._gateway.add_done_callback(_gateway_ended)
+        await self._wait_connected()
+        log.info("Discord: signed in as %s", self.client.user)
+        await super().start()
+
+    async def _sync_commands(self) -> None:
+        """Register ``/baton``: in one server, at once (``DISCORD_GUILD_ID``), else globally."""
+        tree = self.client.tree
+        if self._guild_id is None:
+            await tree.sync()
+            return
+        guild = discord.Object(self._guild_id)
+        tree.copy_global_to(guild=guild)
+        tree.clear_commands(guild=None)
+        try:
+            await tree.sync(guild=guild)
+        except discord.Forbidden as exc:
+            raise RuntimeError(f"Discord did not let Baton register /baton in DISCORD_GUILD_ID={self._guild_id} "
+                               f"({exc.text}): is the bot in that server, invited with the applications.commands "
+                               "scope?") from exc
+
+    async def _choose_gateway(self) -> None:
+        if self._gateway_url:
+            url = self._gateway_url
+        else:
+            _, url, limits = await self.client.http.get_bot_gateway()
+            log.info("Discord: gateway %s (%s of %s session starts left today)", url,
+                     limits.get("remaining"), limits.get("total"))
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
+
+    async def _wait_connected(self) -> None:
+        """Until Discord accepted the identify (READY); a gateway that refuses us stops the start."""
+        assert self._gateway is not None
+        connected = asyncio.create_task(self.client.connected.wait())
+        done, _ = await asyncio.wait({connected, self._gateway}, timeout=CONNECT_TIMEOUT_SECONDS,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        connected.cancel()
+        if self._gateway in done:
+            error = None if self._gateway.cancelled() else self._gateway.exception()
+            raise RuntimeError(f"the Discord gateway closed the connection: {error!r}")
+        if not done:
+            log.warning("Discord: no answer from the gateway after %.0fs; still trying", CONNECT_TIMEOUT_SECONDS)
+
+    async def stop(self) -> None:
+        await super().stop()
+        await self.client.close()
+        if self._gateway is not None:
+            await asyncio.gather(self._gateway, return_exceptions=True)
+
+    # -- inbound ---------------------------------------------------------------------------------
+
+    async def on_message(self, message: discord.Message) -> None:
+        me = self.client.user
+        if (me is None or message.author.bot or message.webhook_id is not None
+                or message.type not in PERSON_MESSAGE_TYPES):
+            return
+        channel: Any = message.channel
+        if isinstance(channel, discord.PartialMessageable):  # not in the cache (yet): is it a thread?
+            channel = await self.client.fetch_channel(channel.id)
+        direct = isinstance(channel, discord.DMChannel)
+        addressed = direct or me.id in message.raw_mentions
+        text = re.sub(rf"<@!?{me.id}>[:,]?", "", message.content).strip()
+        if not addressed and (not self.reads_content or not text):
+            return  # without the intent Discord sends no text; an empty message (a picture) is no request
+        if direct or isinstance(channel, discord.Thread):
+            where, thread = conversation(channel)
+        elif not addressed:
+            return  # chatter in a channel: Baton's conversations there are always threads
+        else:
+            opened = await self._open_thread(message, text)
+            if opened is None:
+                return
+            where, thread = str(channel.id), opened
+        accepted = await self.baton.accept_message(InboundMessage(
+            platform=PLATFORM, workspace=str(message.guild.id) if message.guild else "", channel=where, thread=thread,
+            user=str(message.author.id), text=text, addressed=addressed, event_id=str(message.id)))
+        log.debug("Discord message %s in %s/%s -> %s", message.id, where, thread, accepted.status)
+
+    async def _open_thread(self, message: discord.Message, text: str) -> str | None:
+        """The thread for a mention in a channel, started on the message; ``None`` if that is not possible."""
+        name = " ".join(text.split())[:THREAD_NAME_CHARS] or "Baton"
+        try:
+            thread = await message.create_thread(name=name, auto_archive_duration=THREAD_ARCHIVE_MINUTES)
+        except discord.HTTPException as exc:
+            if exc.code == THREAD_ALREADY_CREATED:  # a redelivered message: its thread has its id
+                return str(message.id)
+            log.warning("Discord: cannot open a thread on message %s in %s: %s", message.id, message.channel.id, exc)
+            try:
+                await message.channel.send(
+                    f"I can't open a thread here ({exc.text or exc.status}). I need the *Create Public Threads* "
+                    "and *Send Messages in Threads* permissions in this channel.")
+            except discord.HTTPException:
+                log.warning("Discord: cannot tell them either")
+            return None
+        return str(thread.id)
+
+    async def on_command(self, interaction: discord.Interaction, request: str) -> None:
+        """``/baton``: defer, turn the deferred reply into the thread's first message, hand the request in."""
+        try:
+            await interaction.response.defer(thinking=True)
+        except discord.HTTPException as exc:
+            log.info("Discord: /baton interaction %s was not deferred (answered already, or too late): %s",
+                     interaction.id, exc)
+            return
+        shown = " ".join(f"/baton {request}".split()).replace("`", "ˋ")
+        if len(shown) > ECHO_CHARS:  # only the echo is shortened: the request is handed in whole
+            shown = shown[:ECHO_CHARS - 1] + "…"
+        anchor = await interaction.edit_original_response(content=f"{interaction.user.mention} asked: `{shown}`")
+        channel = interaction.channel
+        if isinstance(channel, discord.Thread | discord.DMChannel) or interaction.guild_id is None:
+            where, thread = conversation(channel or anchor.channel)
+        else:
+            opened = await self._open_thread(anchor, request)
+            if opened is None:
+                return
+            where, thread = str(interaction.channel_id), opened
+        await self.baton.accept_message(InboundMessage(
+            platform=PLATFORM, workspace=str(interaction.guild_id or ""), channel=where, thread=thread,
+            user=str(interaction.user.id), text=request.strip(), addressed=True, event_id=str(interaction.id)))
+
+    async def on_click(self, interaction: discord.Interaction, action: str, approval_id: str) -> None:
+        """Store the click, then defer it (a redelivery is a duplicate: the first one was answered)."""
+        where, thread = conversation(interaction.channel or discord.Object(interaction.channel_id or 0))
+        user = str(interaction.user.id)
+        accepted = await self.baton.accept_click(InboundClick(
+            platform=PLATFORM, workspace=str(interaction.guild_id or ""), channel=where, thread=thread, user=user,
+            approval_id=approval_id, action=action, event_id=str(interaction.id)))
+        if accepted.status != "accepted":
+            log.info("Discord: click %s was %s", interaction.id, accepted.status)
+            return
+        deferred = self.clicks.expect(thread, user, interaction)  # before any await: a refusal may follow soon
+        done = False
+        try:
+            await interaction.response.defer()
+            done = True
+        except discord.HTTPException as exc:  # e.g. 10062: older than Discord's 3 seconds, or its token expired
+            log.warning("Discord: click %s could not be deferred: %s", interaction.id, exc)
+        finally:
+            deferred.set_result(done)
+
+    # -- outbound --------------------------------------------------------------------------------
+
+    async def send(self, delivery: Delivery) -> str | None:
+        location = delivery.location
+        channel = self.client.get_partial_messageable(int(location.thread or location.channel))
+        if delivery.kind == "ephemeral" and delivery.target_user:
+            steps = await self._private_steps(delivery)
+        elif delivery.kind == "update" and delivery.target_message_id:
+            message = channel.get_partial_message(int(delivery.target_message_id))
+            first, *rest = _render(delivery.message, location.workspace)
+            steps = [_step(lambda: message.edit(content=first.content, embed=first.embed, view=_view(first),
+                                                attachments=_files(first)))]
+            steps += [_post(channel.send, outgoing) for outgoing in rest]
+        else:
+            steps = [_post(channel.send, outgoing) for outgoing in _render(delivery.message, location.workspace)]
+        return (await self.send_steps(delivery, steps))[0]
+
+    async def _private_steps(self, delivery: Delivery) -> list[Step]:
+        """Only for the person who clicked: the click's follow-up; else a DM; else the thread, with a mention."""
+        user, location = str(delivery.target_user), delivery.location
+        if not user.isdigit():
+            raise DeliveryRejected(f"{user!r} is not a Discord user id")
+        webhook = await self.clicks.follow_up(location.thread, user)
+        if webhook is not None:
+            return [_post(webhook.send, outgoing, ephemeral=True, wait=True)
+                    for outgoing in _render(delivery.message, location.workspace)]
+        where = location.thread or location.channel
+        log.info("Discord: no usable interaction for a private reply to %s in %s: sending it as a direct message",
+                 user, where)
+        intro = Text(text=f"<@{user}>, about your click in {jump_url(location.workspace, where)}:")
+        message = delivery.message.model_copy(update={"parts": [intro, *delivery.message.parts]})
+        return [_step(partial(self._direct_or_mention, int(user), location, outgoing))
+                for outgoing in _render(message, location.workspace)]
+
+    async def _direct_or_mention(self, user: int, location: Location, outgoing: Outgoing) -> discord.Message:
+        try:
+            channel: Any = await self.client.create_dm(discord.Object(user))
+            return await channel.send(**_payload(outgoing))
+        except discord.Forbidden as exc:  # 50007: they do not accept direct messages from this server's members
+            log.info("Discord: %s takes no direct messages (%s); answering in the thread", user, exc.text)
+        channel = self.client.get_partial_messageable(int(location.thread or location.channel))
+        return await channel.send(**_payload(outgoing), allowed_mentions=discord.AllowedMentions(
+            users=[discord.Object(user)]))
+
+
+def _render(message: Message, guild: str) -> list[Outgoing]:
+    try:
+        return render(message, guild)
+    except ValueError as exc:
+        raise DeliveryRejected(f"cannot show this message on Discord: {exc}") from exc
+
+
+def _payload(outgoing: Outgoing) -> dict[str, Any]:
+    """``send`` keyword arguments (discord.py wants no ``files``/``view`` at all rather than empty ones)."""
+    payload: dict[str, Any] = {"content": outgoing.content, "embed": outgoing.embed}
+    if outgoing.files:
+        payload["files"] = _files(outgoing)
+    view = _view(outgoing)
+    if view is not None:
+        payload["view"] = view
+    return payload
+
+
+def _post(send: Callable[..., Awaitable[Any]], outgoing: Outgoing, **options: Any) -> Step:
+    return _step(lambda: send(**_payload(outgoing), **options))
+
+
+def _step(call: Callable[[], Awaitable[Any]]) -> Step:
+    """One REST call; Discord's answers become the contract's retry decisions."""
+
+    async def step() -> str | None:
+        try:
+            sent = await call()
+        except discord.RateLimited as exc:
+            raise RetryLater(exc.retry_after, "Discord rate limit, longer than discord.py waits") from exc
+        except discord.DiscordServerError:
+            raise  # 5xx after discord.py's own retries: the outbox retries with backoff
+        except discord.HTTPException as exc:  # 400 (invalid form), 403 (no permission), 404 (unknown channel)
+            raise DeliveryRejected(f"Discord: {exc.status} {exc.text}") from exc
+        return str(sent.id) if sent is not None else None
+
+    return step
+
+
+def _view(outgoing: Outgoing) -> discord.ui.View | None:
+    return card_view(outgoing.approval) if outgoing.approval is not None else None
+
+
+def _files(outgoing: Outgoing) -> list[discord.File]:
+    """Fresh ``discord.File`` objects for each call (a file is read when it is sent)."""
+    return [discord.File(io.BytesIO(attachment.content), filename=attachment.filename) for attachment in outgoing.files]
+
+
+def _gateway_ended(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("Discord: the gateway connection ended: %r", task.exception())
+

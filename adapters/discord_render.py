@@ -1,0 +1,221 @@
+"""Core messages as Discord messages: markdown content, or one embed with approval buttons, and files.
+
+Discord's limits shape this: a message holds 2,000 characters of content and 10 files; an
+embed's title 256 characters, its description 4,096, all of its text 6,000. Nothing is cut:
+
+* A message with a title or approval buttons becomes one message with an embed. A card is edited
+  in place after the decision, so it must stay one message: when its text does not fit, the embed
+  shows the beginning and says so, and the whole text is attached as ``message.txt``.
+* Any other message is markdown content, split at line ends over as many messages as needed.
+* Command output longer than about two messages is shown as a preview and attached in full as a
+  file (a 3,000-line log is one file, not 80 messages); images (charts) are attached as files.
+
+User ids as the core shows them (``123456789012345678``, or ``discord:123...`` from baton.yaml)
+become mentions outside code. Baton never pings anyone with them: the adapter sends every message
+with ``allowed_mentions`` off.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass, field
+
+import discord
+
+from bot.messages import Buttons, Code, Image, Message, Note, Text, ThreadLink
+
+CONTENT_CHARS = 2000
+PIECE_CHARS = 1900  # one block of a message: leaves room for the tone emoji and the joining newlines
+FENCE_CHARS = len("```\n\n```")
+EMBED_TITLE_CHARS = 256
+EMBED_DESCRIPTION_CHARS = 4096
+FILES_PER_MESSAGE = 10
+CODE_INLINE_CHARS = 3800  # longer output: a preview and the whole text as a file
+CUSTOM_ID_CHARS = 100
+BUTTON_LABEL_CHARS = 80
+# A button's custom_id carries the option's value (approve, reject, or a graph's name on a "which
+# one?" card) and the approval's opaque id (token_urlsafe): ``baton:<value>:<approval id>``.
+CUSTOM_ID_TEMPLATE = r"baton:(?P<action>[A-Za-z0-9_-]{1,64}):(?P<approval_id>[A-Za-z0-9_-]{1,86})"
+BUTTON_STYLE = {"primary": discord.ButtonStyle.primary, "danger": discord.ButtonStyle.danger,
+                "default": discord.ButtonStyle.secondary}
+TONE_EMOJI = {"success": "✅", "error": "❌", "warning": "⚠️", "approval": "✋", "progress": "⏳"}
+TONE_COLOUR = {"info": 0x5865F2, "progress": 0x99AAB5, "success": 0x57F287, "warning": 0xFEE75C,
+               "error": 0xED4245, "approval": 0xEB459E}
+# A Discord user id (a snowflake) as the core shows it, outside `code` and not already in <@...>
+# or a URL: rendered as a mention.
+USER_ID = re.compile(r"(?<![\w/<@#:!&.])(?:discord:)?([0-9]{17,20})(?![\w>])")
+INLINE_CODE = re.compile(r"(`[^`\n]*`)")
+
+
+@dataclass(frozen=True)
+class Attachment:
+    filename: str
+    content: bytes
+
+
+@dataclass
+class Outgoing:
+    """One Discord message: content and/or one embed, files, and the approval buttons if any."""
+
+    content: str | None = None
+    embed: discord.Embed | None = None
+    files: list[Attachment] = field(default_factory=list)
+    approval: Buttons | None = None
+
+
+def custom_id(action: str, approval_id: str) -> str:
+    value = f"baton:{action}:{approval_id}"
+    if len(value) > CUSTOM_ID_CHARS or not re.fullmatch(CUSTOM_ID_TEMPLATE, value):
+        raise ValueError(f"button {action!r} of approval {approval_id!r} does not fit a Discord custom_id "
+                         f"({CUSTOM_ID_CHARS} characters of letters, digits, '_' and '-')")
+    return value
+
+
+def jump_url(guild: str, channel: str) -> str:
+    """The link to a channel or thread (``@me`` for a direct message)."""
+    return f"https://discord.com/channels/{guild or '@me'}/{channel}"
+
+
+def with_mentions(text: str) -> str:
+    """Raw user ids (outside inline code) become mentions: ``123...`` -> ``<@123...>``."""
+    pieces = INLINE_CODE.split(text)
+    return "".join(piece if index % 2 else USER_ID.sub(r"<@\1>", piece) for index, piece in enumerate(pieces))
+
+
+def split_lines(text: str, limit: int) -> list[str]:
+    """Split ``text`` into pieces of at most ``limit`` characters, at line ends when possible.
+
+    ``"".join(split_lines(text, limit)) == text``: nothing is lost or reordered.
+    """
+    pieces: list[str] = []
+    current = ""
+    for line in text.splitlines(keepends=True):
+        if len(current) + len(line) <= limit:
+            current += line
+            continue
+        if current:
+            pieces.append(current)
+        while len(line) > limit:  # one line longer than a piece: split it by characters
+            pieces.append(line[:limit])
+            line = line[limit:]
+        current = line
+    if current or not pieces:
+        pieces.append(current)
+    return pieces
+
+
+def render(message: Message, guild: str) -> list[Outgoing]:
+    """The Discord messages for one core message, in order. ``guild`` is the location's workspace."""
+    blocks: list[str] = []
+    files: list[Attachment] = []
+    buttons: Buttons | None = None
+    for part in message.parts:
+        if isinstance(part, Text):
+            blocks += _pieces(with_mentions(part.text))
+        elif isinstance(part, Code):
+            blocks += _code(part.text, files)
+        elif isinstance(part, Note):
+            blocks += _pieces(_note(part.text))
+        elif isinstance(part, ThreadLink):
+            label = part.label.replace("[", "(").replace("]", ")")
+            blocks.append(f"[{label}]({jump_url(guild, part.thread or part.channel)})")
+        elif isinstance(part, Buttons):
+            for option in part.options:  # fail here, not when Discord rejects the message
+                custom_id(option.value, part.approval_id)
+            buttons = part
+        elif isinstance(part, Image):
+            files.append(Attachment(_unique(part.filename, files), base64.b64decode(part.data)))
+            blocks.append(_note(f"{part.alt}: attached as `{files[-1].filename}`."))
+        else:
+            raise ValueError(f"the Discord adapter cannot show a '{part.kind}' part")
+    if message.title or buttons is not None:
+        return _embed_message(message, blocks, files, buttons)
+    return _content_messages(message, blocks, files)
+
+
+def _pieces(markdown: str) -> list[str]:
+    """Rendered markdown in blocks that each fit a message (split after rendering: mentions and
+    subtext markers make a line longer, and lines are where it is split)."""
+    return [piece.rstrip("\n") for piece in split_lines(markdown, PIECE_CHARS)]
+
+
+def _note(text: str) -> str:
+    """Discord's subtext (small grey lines)."""
+    return "\n".join(f"-# {line}" if line.strip() else line for line in with_mentions(text).split("\n"))
+
+
+def _fenced(code: str) -> str:
+    return "```\n" + code.rstrip("\n") + "\n```"
+
+
+def _code(text: str, files: list[Attachment]) -> list[str]:
+    """Code as fenced blocks (a ``` inside is broken with a zero-width space, so it cannot close the
+    block); long output as a preview plus the whole text, untouched, as a file."""
+    pieces = split_lines(text.replace("```", "`\u200b``"), PIECE_CHARS - FENCE_CHARS)
+    if len(text) <= CODE_INLINE_CHARS:
+        return [_fenced(piece) for piece in pieces]
+    filename = _unique("output.txt", files)
+    files.append(Attachment(filename, text.encode("utf-8")))
+    lines = text.count("\n") + (0 if text.endswith("\n") else 1)
+    shown = pieces[0].count("\n") + (0 if pieces[0].endswith("\n") else 1)
+    return [_fenced(pieces[0]), _note(f"Showing the first {shown:,} of {lines:,} lines ({len(text):,} characters): "
+                                      f"the whole output is attached as `{filename}`.")]
+
+
+def _unique(filename: str, files: list[Attachment]) -> str:
+    taken = {attachment.filename for attachment in files}
+    stem, dot, suffix = filename.rpartition(".")
+    stem, suffix = (stem, f".{suffix}") if dot else (filename, "")
+    candidate, number = filename, 1
+    while candidate in taken:
+        number += 1
+        candidate = f"{stem}-{number}{suffix}"
+    return candidate
+
+
+def _embed_message(message: Message, blocks: list[str], files: list[Attachment],
+                   buttons: Buttons | None) -> list[Outgoing]:
+    title = message.title or None
+    if title and len(title) > EMBED_TITLE_CHARS:
+        blocks, title = [f"**{title}**", *blocks], None
+    description = "\n".join(blocks)
+    if len(description) > EMBED_DESCRIPTION_CHARS:
+        filename = _unique("message.txt", files)
+        notice = _note(f"This message is longer than Discord shows in one card: all of it is attached as `{filename}`.")
+        shown: list[str] = []
+        room = EMBED_DESCRIPTION_CHARS - len(notice) - 1
+        for block in blocks:
+            if len(block) + 1 > room:
+                break
+            shown.append(block)
+            room -= len(block) + 1
+        description = "\n".join([*shown, notice])
+        files = [*files, Attachment(filename, message.plain_text().encode("utf-8"))]
+    embed = discord.Embed(title=title, description=description or None, colour=TONE_COLOUR.get(message.tone))
+    first, *rest = _file_groups(files)
+    return [Outgoing(embed=embed, files=first, approval=buttons), *(Outgoing(files=group) for group in rest)]
+
+
+def _content_messages(message: Message, blocks: list[str], files: list[Attachment]) -> list[Outgoing]:
+    emoji = TONE_EMOJI.get(message.tone)
+    prefix = f"{emoji} " if emoji else ""
+    contents: list[str] = []
+    for block in blocks:
+        if contents and len(prefix) + len(contents[-1]) + 1 + len(block) <= CONTENT_CHARS:
+            contents[-1] += "\n" + block
+        else:
+            contents.append(block)
+    if contents:
+        contents[0] = prefix + contents[0]
+    elif not files:
+        contents.append(message.plain_text() or "\u200b")
+    outgoing = [Outgoing(content=content) for content in contents]
+    groups = _file_groups(files)
+    if outgoing:
+        outgoing[-1].files = groups.pop(0)
+    return outgoing + [Outgoing(files=group) for group in groups if group]
+
+
+def _file_groups(files: list[Attachment]) -> list[list[Attachment]]:
+    return [files[start:start + FILES_PER_MESSAGE] for start in range(0, len(files), FILES_PER_MESSAGE)] or [[]]

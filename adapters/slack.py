@@ -1,0 +1,297 @@
+"""Slack through slack-bolt: HTTP events (``POST /slack/events``) and/or Socket Mode.
+
+Inbound, the Bolt app runs with ``process_before_response=True`` and every listener only hands
+the event to ``Baton.accept_*`` before returning: Slack's acknowledgement goes out after the
+event is stored (a crash never loses an acknowledged request) and is only as slow as that insert.
+Bolt verifies signatures (a bad or stale one gets a 401 before any listener runs); Bolt has no
+dedupe, so Slack's retries (``X-Slack-Retry-Num``) and Socket Mode redeliveries are stopped by
+the core's unique event id.
+
+The event id of a message is ``<channel>:<ts>``, the message's own identity, not the Slack
+``event_id``: a mention in a channel arrives twice, as ``app_mention`` and as ``message``, with
+two different ``event_id`` values, and both must become one request. Clicks use the click's
+``trigger_id``; slash commands theirs.
+
+Whether a message is for Baton is the core's decision: a mention or a DM is ``addressed``; any
+other message is handed in too, and the core keeps it only inside a Baton thread (follow-ups).
+Messages from bots, including Baton's own, and edits or joins (message subtypes) are ignored here.
+
+Outbound, ``send`` renders core messages as Block Kit (``adapters.slack_blocks``) and always
+posts in the thread. A 429 becomes ``RetryLater`` (Retry-After honoured by the shared outbox
+loop), a 5xx or a connection error is retried with backoff, and any other Slack error is final.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from fastapi import FastAPI, Request, Response
+from pydantic import SecretStr
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from adapters.contract import Adapter, DeliveryRejected, RetryLater, Step
+from adapters.slack_blocks import (
+    BUTTON_ACTION_PREFIX,
+    escape,
+    render,
+    shown_text,
+    unescape,
+)
+from bot.messages import InboundClick, InboundMessage, Location
+from bot.outbox import Delivery
+from bot.settings import Settings
+
+log = logging.getLogger("baton.slack")
+EVENTS_PATH = "/slack/events"
+PLATFORM = "slack"
+HTTP_TIMEOUT_SECONDS = 30
+# Message subtypes that are a person writing; every other subtype (edits, deletions, joins,
+# bot_message, ...) is not a request.
+PERSON_SUBTYPES = {None, "thread_broadcast", "file_share"}
+HISTORY_PAGES = 10  # at 200 messages a page
+TRANSIENT_ERRORS = {"internal_error", "fatal_error", "service_unavailable", "request_timeout", "ratelimited"}
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    text = value.get_secret_value().strip() if value is not None else ""
+    return text or None
+
+
+class SlackAdapter(Adapter):
+    name = PLATFORM
+    channel_pace_seconds = 1.0  # Slack allows about one message per second per channel
+
+    @classmethod
+    def is_configured(cls, settings: Settings) -> bool:
+        # A bot token alone counts: the constructor then says clearly what else is missing,
+        # instead of Baton quietly serving the playground.
+        return _secret(settings.slack_bot_token) is not None
+
+    def __init__(self, baton: Any) -> None:
+        super().__init__(baton)
+        settings: Settings = baton.settings
+        token = _secret(settings.slack_bot_token)
+        self._signing_secret = _secret(settings.slack_signing_secret)
+        self._app_token = _secret(settings.slack_app_token)
+        if token is None:
+            raise ValueError("the Slack adapter needs SLACK_BOT_TOKEN (the bot token, xoxb-...)")
+        if self._signing_secret is None and self._app_token is None:
+            raise ValueError("SLACK_BOT_TOKEN is set, but neither SLACK_SIGNING_SECRET (HTTP events) "
+                             "nor SLACK_APP_TOKEN (Socket Mode, xapp-...) is")
+        self.bolt = AsyncApp(name="baton", token=token, signing_secret=self._signing_secret or "",
+                             process_before_response=True, logger=log)
+        # Bolt's own client (its user agent, the token), pointed at SLACK_API_URL. Handing Bolt a
+        # client instead works too, but then Bolt also finds SLACK_BOT_TOKEN in the environment
+        # and warns at every start that the token "will be unused".
+        self.client: AsyncWebClient = self.bolt.client
+        self.client.base_url = settings.slack_api_url.rstrip("/") + "/"
+        self.bolt.event("app_mention")(self._on_mention)
+        self.bolt.event("message")(self._on_message)
+        self.bolt.action(re.compile(rf"^{re.escape(BUTTON_ACTION_PREFIX)}"))(self._on_click)
+        self.bolt.command(re.compile(r"^/"))(self._on_command)  # /baton, or whatever the app calls it
+        self._socket: AsyncSocketModeHandler | None = None
+        self.bot_user_id = ""
+        self.team_url = ""
+        self._mention = re.compile(r"(?!)")
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def mount(self, app: FastAPI) -> None:
+        if self._signing_secret is None:
+            return  # Socket Mode only: without the signing secret nothing could be verified
+        handler = AsyncSlackRequestHandler(self.bolt)
+
+        async def slack_events(request: Request) -> Response:
+            return await handler.handle(request)
+
+        app.add_api_route(EVENTS_PATH, slack_events, methods=["POST"], include_in_schema=False)
+
+    async def start(self) -> None:
+        self.client.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_SECONDS))
+        try:
+            auth = await self.client.auth_test()
+        except SlackApiError as exc:
+            raise RuntimeError(f"Slack refused SLACK_BOT_TOKEN (auth.test: {_error_code(exc)})") from exc
+        self.bot_user_id = auth["user_id"]
+        self.team_url = str(auth.get("url") or "https://slack.com/")
+        if not self.team_url.endswith("/"):
+            self.team_url += "/"
+        self._mention = re.compile(rf"<@{re.escape(self.bot_user_id)}(?:\|[^>]*)?>[:,]?")
+        log.info("Slack: signed in as %s (%s) in %s", auth.get("user"), self.bot_user_id, auth.get("team"))
+        await super().start()
+        if self._app_token is not None:
+            await self._connect_socket_mode(self._app_token)
+
+    async def _connect_socket_mode(self, app_token: str) -> None:
+        self._socket = AsyncSocketModeHandler(self.bolt, app_token=app_token, web_client=self.client)
+        try:  # ask once ourselves, so that a wrong app token stops the start with a clear message
+            opened = await self.client.apps_connections_open(app_token=app_token)
+        except SlackApiError as exc:
+            raise RuntimeError(f"Slack refused SLACK_APP_TOKEN (apps.connections.open: {_error_code(exc)})") from exc
+        self._socket.client.wss_uri = opened["url"]
+        await self._socket.connect_async()
+        log.info("Slack: Socket Mode connected")
+
+    async def stop(self) -> None:
+        if self._socket is not None:
+            await self._socket.close_async()
+        await super().stop()
+        if self.client.session is not None:
+            await self.client.session.close()
+
+    # -- inbound: listeners only hand the event to the core ------------------------------------
+
+    async def _on_mention(self, body: dict[str, Any], event: dict[str, Any]) -> None:
+        await self._accept_message(body, event, mentioned=True)
+
+    async def _on_message(self, body: dict[str, Any], event: dict[str, Any]) -> None:
+        await self._accept_message(body, event, mentioned=False)
+
+    async def _accept_message(self, body: dict[str, Any], event: dict[str, Any], *, mentioned: bool) -> None:
+        user = event.get("user")
+        if (not user or user == self.bot_user_id or event.get("bot_id")
+                or event.get("subtype") not in PERSON_SUBTYPES):
+            return
+        raw = event.get("text") or ""
+        mentioned = mentioned or bool(self._mention.search(raw))
+        channel, ts = event["channel"], event["ts"]
+        accepted = await self.baton.accept_message(InboundMessage(
+            platform=PLATFORM, workspace=body.get("team_id") or "", channel=channel,
+            thread=event.get("thread_ts") or ts, user=user, text=unescape(self._mention.sub("", raw)).strip(),
+            addressed=mentioned or event.get("channel_type") == "im", event_id=f"{channel}:{ts}"))
+        log.debug("Slack %s %s:%s -> %s", event.get("type"), channel, ts, accepted.status)
+
+    async def _on_click(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any], action: dict[str, Any]) -> None:
+        message = body.get("message") or {}
+        container = body.get("container") or {}
+        channel = (body.get("channel") or {}).get("id") or container.get("channel_id") or ""
+        thread = (message.get("thread_ts") or container.get("thread_ts") or message.get("ts")
+                  or container.get("message_ts") or "")
+        await self.baton.accept_click(InboundClick(
+            platform=PLATFORM, workspace=(body.get("team") or {}).get("id") or "", channel=channel, thread=thread,
+            user=body["user"]["id"], approval_id=action.get("value") or "",
+            action=action["action_id"].removeprefix(BUTTON_ACTION_PREFIX),
+            event_id=f"click:{body.get('trigger_id') or action.get('action_ts')}"))
+        await ack()
+
+    async def _on_command(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any]) -> None:
+        """A slash command has no message to reply to: post one (in the channel) and use it as the thread."""
+        channel, user, text = body["channel_id"], body["user_id"], unescape(body.get("text") or "").strip()
+        shown = f"{body.get('command', '/baton')} {text}".strip()
+        try:
+            anchor = await self.client.chat_postMessage(
+                channel=channel, text=f"<@{user}> asked: `{escape(shown)}`", unfurl_links=False, unfurl_media=False)
+        except SlackApiError as exc:
+            await ack(text=_command_refusal(_error_code(exc)), response_type="ephemeral")
+            return
+        await self.baton.accept_message(InboundMessage(
+            platform=PLATFORM, workspace=body.get("team_id") or "", channel=channel, thread=anchor["ts"], user=user,
+            text=text, addressed=True, event_id=f"command:{body['trigger_id']}"))
+        await ack()
+
+    # -- outbound --------------------------------------------------------------------------------
+
+    def permalink(self, channel: str, ts: str) -> str:
+        return f"{self.team_url}archives/{channel}/p{ts.replace('.', '')}"
+
+    async def send(self, delivery: Delivery) -> str | None:
+        ephemeral = delivery.kind == "ephemeral"
+        rendered = render(delivery.message, self.permalink, files=not ephemeral)
+        channel, thread = delivery.location.channel, delivery.location.thread or None
+        steps: list[Step] = []
+        for index, content in enumerate(rendered.messages):
+            if index == 0 and delivery.kind == "update" and delivery.target_message_id:
+                steps.append(self._caller("chat.update", self.client.chat_update, "ts", channel=channel,
+                                          ts=delivery.target_message_id, **content))
+            elif ephemeral:
+                steps.append(self._caller("chat.postEphemeral", self.client.chat_postEphemeral, "message_ts",
+                                          channel=channel, user=delivery.target_user, thread_ts=thread, **content))
+            else:  # a post, or an update whose original never made it to Slack: post it anew
+                steps.append(self._caller("chat.postMessage", self.client.chat_postMessage, "ts", channel=channel,
+                                          thread_ts=thread, unfurl_links=False, unfurl_media=False, **content))
+        for upload in rendered.uploads:
+            steps.append(self._caller("files.upload", self.client.files_upload_v2, None, channel=channel,
+                                      thread_ts=thread, content=upload.content, filename=upload.filename,
+                                      title=upload.title))
+        return (await self.send_steps(delivery, steps))[0]
+
+    async def history(self, location: Location, limit: int) -> list[dict[str, Any]] | None:
+        """The thread (``conversations.replies``) or the channel's top level (``conversations.history``),
+        oldest first; ``None`` (the core then uses what Baton saw) when Slack does not allow it."""
+        try:
+            if location.thread:
+                messages = await self._thread_messages(location.channel, location.thread, limit)
+            else:
+                response = await self.client.conversations_history(channel=location.channel, limit=min(limit, 999))
+                messages = list(reversed(response.get("messages") or []))
+        except SlackApiError as exc:
+            log.warning("Slack history of %s is not available (%s)", location.channel, _error_code(exc))
+            return None
+        return [self._as_history(message) for message in messages[-limit:]
+                if message.get("subtype") in PERSON_SUBTYPES | {"bot_message"}]
+
+    async def _thread_messages(self, channel: str, thread: str, limit: int) -> list[dict[str, Any]]:
+        """A thread's messages, oldest first; Slack pages from the oldest, and we want the latest."""
+        messages: list[dict[str, Any]] = []
+        cursor = None
+        for _ in range(HISTORY_PAGES):
+            response = await self.client.conversations_replies(channel=channel, ts=thread, limit=200, cursor=cursor)
+            messages = (messages + list(response.get("messages") or []))[-limit:]
+            cursor = (response.get("response_metadata") or {}).get("next_cursor")
+            if not response.get("has_more") or not cursor:
+                break
+        return messages
+
+    def _as_history(self, message: dict[str, Any]) -> dict[str, Any]:
+        is_bot = bool(message.get("bot_id")) or message.get("user") == self.bot_user_id
+        text = shown_text(message) if is_bot else message.get("text") or ""
+        return {"user": message.get("user") or message.get("bot_id") or "", "is_bot": is_bot,
+                "text": unescape(self._mention.sub("@baton", text)).strip()}
+
+    @staticmethod
+    def _caller(method: str, function: Callable[..., Awaitable[Any]], result_key: str | None,
+                **kwargs: Any) -> Step:
+        async def call() -> str | None:
+            try:
+                response = await function(**kwargs)
+            except SlackApiError as exc:
+                raise _delivery_error(method, exc) from exc
+            return str(response[result_key]) if result_key else None
+
+        return call
+
+
+def _error_code(exc: SlackApiError) -> str:
+    data = exc.response.data
+    return str(data.get("error", "unknown_error")) if isinstance(data, dict) else f"HTTP {exc.response.status_code}"
+
+
+def _delivery_error(method: str, exc: SlackApiError) -> Exception:
+    """429 -> wait as told; 5xx and transient errors -> retried with backoff; anything else -> final."""
+    status, error = exc.response.status_code, _error_code(exc)
+    if status == 429 or error == "ratelimited":
+        retry_after = exc.response.headers.get("Retry-After", "1")
+        try:
+            seconds = max(float(retry_after), 0.0)
+        except ValueError:
+            seconds = 1.0
+        return RetryLater(seconds, f"Slack rate limit on {method}")
+    if status >= 500 or error in TRANSIENT_ERRORS:
+        return exc
+    return DeliveryRejected(f"{method}: {error}")
+
+
+def _command_refusal(error: str) -> str:
+    if error in ("not_in_channel", "channel_not_found"):
+        return ("I can't post in this conversation. Invite me to the channel (`/invite @baton`), "
+                "or send me a direct message.")
+    return f"Slack did not let me post here ({error}); please try again in a moment."
+

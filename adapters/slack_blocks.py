@@ -1,0 +1,231 @@
+"""Core messages as Slack Block Kit: sections, code, notes, thread links, approval buttons.
+
+Slack's limits shape this: a section holds at most 3,000 characters, a message at most 50 blocks
+and (in practice, ``msg_blocks_too_long``) about 13,000 characters of block text. Nothing is cut:
+long text is split over several sections and, when needed, several messages; long command output
+is shown as a preview and attached in full as a file (when the message can carry files).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.messages import Message
+
+BUTTON_ACTION_PREFIX = "baton:"  # a button's action_id is this and the option's value; its value is the approval id
+SECTION_CHARS = 2900  # of a section's 3,000, leaving room for code fences and <@U...> mentions
+MESSAGE_BLOCKS = 50
+MESSAGE_CHARS = 12_000
+CODE_INLINE_CHARS = 8_000  # longer output becomes a preview plus the whole text as a file
+FALLBACK_CHARS = 300  # the notification text; the blocks carry everything
+BUTTON_LABEL_CHARS = 75
+TONE_EMOJI = {"success": ":white_check_mark:", "error": ":x:", "warning": ":warning:",
+              "approval": ":raised_hand:", "progress": ":hourglass_flowing_sand:"}
+# A Slack user id as the core shows it ("U0123ABCD", or "slack:U0123ABCD" from baton.yaml),
+# outside `code`: rendered as a mention. It must contain a digit, so plain words never match.
+USER_ID = re.compile(r"(?<![\w@<|/])(?:slack:)?((?=[UW][A-Z0-9]*[0-9])[UW][A-Z0-9]{8,11})(?![\w])")
+INLINE_CODE = re.compile(r"(`[^`\n]*`)")
+
+Permalink = Callable[[str, str], str]  # (channel, thread ts) -> URL
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A file to share in the thread after the message."""
+
+    filename: str
+    content: bytes
+    title: str
+
+
+@dataclass
+class Rendered:
+    """One core message as one or more Slack messages (``{"blocks", "text"}``) and files."""
+
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    uploads: list[Upload] = field(default_factory=list)
+
+
+def escape(text: str) -> str:
+    """Slack mrkdwn needs only these three escaped."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def unescape(text: str) -> str:
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def with_mentions(escaped: str) -> str:
+    """Raw Slack user ids (outside inline code) become mentions: ``U0123ABCD`` -> ``<@U0123ABCD>``."""
+    pieces = INLINE_CODE.split(escaped)
+    return "".join(piece if index % 2 else USER_ID.sub(r"<@\1>", piece) for index, piece in enumerate(pieces))
+
+
+def chunks(text: str, limit: int) -> list[str]:
+    """Split ``text`` into pieces whose escaped length is at most ``limit``, at line ends when possible.
+
+    ``"".join(chunks(text, limit)) == text``: nothing is lost or reordered.
+    """
+    pieces: list[str] = []
+    current, size = "", 0
+    for line in text.splitlines(keepends=True):
+        cost = len(escape(line))
+        if size + cost <= limit:
+            current, size = current + line, size + cost
+            continue
+        if current:
+            pieces.append(current)
+            current, size = "", 0
+        while len(escape(line)) > limit:  # one line longer than a piece: split it by characters
+            cut = _fitting_prefix(line, limit)
+            pieces.append(line[:cut])
+            line = line[cut:]
+        current, size = line, len(escape(line))
+    if current or not pieces:
+        pieces.append(current)
+    return pieces
+
+
+def _fitting_prefix(line: str, limit: int) -> int:
+    size = 0
+    for index, char in enumerate(line):
+        size += len(escape(char))
+        if size > limit:
+            return max(index, 1)
+    return len(line)
+
+
+def render(message: Message, permalink: Permalink, *, files: bool = True) -> Rendered:
+    """``files=False`` (ephemeral messages cannot carry files): long output is split over messages instead."""
+    rendered = Rendered()
+    blocks: list[dict[str, Any]] = []
+    emoji = TONE_EMOJI.get(message.tone)
+    if message.title:
+        blocks.append(_section(f"*{escape(message.title)}*", emoji))
+        emoji = None
+    for part in message.parts:
+        kind = part.kind
+        if kind == "text":
+            for piece in chunks(part.text, SECTION_CHARS):  # type: ignore[union-attr]
+                blocks.append(_section(with_mentions(escape(piece.rstrip("\n"))), emoji))
+                emoji = None
+        elif kind == "code":
+            blocks += _code(part.text, rendered, files)  # type: ignore[union-attr]
+        elif kind == "note":
+            for piece in chunks(part.text, SECTION_CHARS):  # type: ignore[union-attr]
+                blocks.append(_context(with_mentions(escape(piece.rstrip("\n")))))
+        elif kind == "link":
+            url = permalink(part.channel, part.thread)  # type: ignore[union-attr]
+            blocks.append(_section(f"<{url}|{escape(part.label).replace('|', '¦')}>"))  # type: ignore[union-attr]
+        elif kind == "buttons":
+            blocks.append(_buttons(part))
+        elif kind == "image":
+            blocks += _image(part, rendered, files)
+        else:
+            raise ValueError(f"the Slack adapter cannot show a '{kind}' part")
+    rendered.messages = _pack(blocks or [_section(escape(message.plain_text()))], _fallback(message))
+    return rendered
+
+
+def _section(mrkdwn: str, emoji: str | None = None) -> dict[str, Any]:
+    text = f"{emoji} {mrkdwn}" if emoji else mrkdwn
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text or " "}}
+
+
+def _context(mrkdwn: str) -> dict[str, Any]:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": mrkdwn or " "}]}
+
+
+def _fenced(code: str) -> dict[str, Any]:
+    body = escape(code.rstrip("\n")).replace("```", "`\u200b``") or " "
+    return _section(f"```\n{body}\n```")
+
+
+def _code(text: str, rendered: Rendered, files: bool) -> list[dict[str, Any]]:
+    pieces = chunks(text, SECTION_CHARS)
+    if not files or len(escape(text)) <= CODE_INLINE_CHARS:
+        return [_fenced(piece) for piece in pieces]
+    number = len(rendered.uploads) + 1
+    filename = "output.txt" if number == 1 else f"output-{number}.txt"
+    rendered.uploads.append(Upload(filename=filename, content=text.encode("utf-8"), title=filename))
+    note = (f"Showing the first {_lines(pieces[0]):,} of {_lines(text):,} lines ({len(text):,} characters): "
+            f"the whole output is attached below as `{filename}`.")
+    return [_fenced(pieces[0]), _context(note)]
+
+
+def _lines(text: str) -> int:
+    return text.count("\n") + (1 if text and not text.endswith("\n") else 0)
+
+
+def _image(part: Any, rendered: Rendered, files: bool) -> list[dict[str, Any]]:
+    if not files:
+        return [_context(escape(f"[{part.alt}] (an image; it cannot be attached to this message)"))]
+    rendered.uploads.append(Upload(filename=part.filename, content=base64.b64decode(part.data), title=part.alt))
+    return [_context(f"{escape(part.alt)}: attached below as `{escape(part.filename)}`.")]
+
+
+def _buttons(part: Any) -> dict[str, Any]:
+    """One button per option; the click comes back as ``baton:<option value>`` with the approval id."""
+    elements = []
+    for option in part.options:
+        button = {"type": "button", "action_id": f"{BUTTON_ACTION_PREFIX}{option.value}", "value": part.approval_id,
+                  "text": {"type": "plain_text", "text": _label(option.label), "emoji": True}}
+        if option.style in ("primary", "danger"):
+            button["style"] = option.style
+        elements.append(button)
+    return {"type": "actions", "block_id": f"baton_buttons:{part.approval_id}"[:255], "elements": elements}
+
+
+def _label(label: str) -> str:
+    """Slack refuses a button label over 75 characters: the full label is in the message above it."""
+    return label if len(label) <= BUTTON_LABEL_CHARS else label[:BUTTON_LABEL_CHARS - 1] + "…"
+
+
+def shown_text(message: dict[str, Any]) -> str:
+    """What a Slack message shows (its sections and notes; else its fallback text), as mrkdwn."""
+    lines = []
+    for block in message.get("blocks") or []:
+        if block.get("type") == "section" and "text" in block:
+            lines.append(block["text"].get("text", ""))
+        elif block.get("type") == "context":
+            lines += [element.get("text", "") for element in block.get("elements", []) if "text" in element]
+    return "\n".join(lines) if lines else message.get("text") or ""
+
+
+def _block_chars(block: dict[str, Any]) -> int:
+    if block["type"] == "section":
+        return len(block["text"]["text"])
+    if block["type"] == "context":
+        return sum(len(element["text"]) for element in block["elements"])
+    return 200  # buttons: labels and ids
+
+
+def _pack(blocks: list[dict[str, Any]], fallback: str) -> list[dict[str, Any]]:
+    """Blocks into as few messages as Slack's per-message limits allow, in order."""
+    messages: list[list[dict[str, Any]]] = [[]]
+    size = 0
+    for block in blocks:
+        cost = _block_chars(block)
+        if messages[-1] and (len(messages[-1]) >= MESSAGE_BLOCKS or size + cost > MESSAGE_CHARS):
+            messages.append([])
+            size = 0
+        messages[-1].append(block)
+        size += cost
+    if len(messages) == 1:
+        return [{"blocks": messages[0], "text": fallback}]
+    return [{"blocks": group, "text": f"{fallback} ({index} of {len(messages)})"}
+            for index, group in enumerate(messages, start=1)]
+
+
+def _fallback(message: Message) -> str:
+    """The notification text (the blocks carry the whole message)."""
+    first = message.title or next((getattr(part, "text", "") for part in message.parts if part.kind == "text"), "")
+    first = first or message.plain_text()
+    line = " ".join(first.split())
+    if len(line) > FALLBACK_CHARS:
+        line = line[:FALLBACK_CHARS - 1].rstrip() + "…"
+    return escape(line) or "Baton"

@@ -1,0 +1,395 @@
+"""The Discord adapter end to end: a real ``baton run`` whose real discord.py talks to a local fake
+of Discord's REST API and gateway (``tests/fake_discord.py``); rendering without a process."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import discord
+import httpx
+import pytest
+
+from adapters import discord_render
+from adapters.contract import DeliveryRejected, RetryLater
+from adapters.discord_adapter import _step, card_view
+from bot.messages import ButtonOption, Buttons, Code, Message, Note, Text, ThreadLink
+from tests.fake_discord import (
+    ALICE,
+    BOB,
+    BOT_ID,
+    CAROL,
+    EPHEMERAL,
+    GUILD_ID,
+    MESSAGE_CONTENT_INTENT,
+    OPS,
+    OTHER_BOT,
+    FakeDiscord,
+    FakeMessage,
+    buttons,
+)
+from tests.support import BatonProcess, runs_in, wait_for, write_config
+
+LONG_LINES = 3000
+MESSAGES = "POST /channels/{channel_id}/messages"
+CALLBACK = "POST /interactions/{interaction_id}/{token}/callback"
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, counter: Path) -> Path:
+    """The usual runbooks, with Discord user ids as approvers (one platform-prefixed, one bare;
+    quoted: YAML reads a bare snowflake as a number), and a runbook with very long output."""
+    config = write_config(tmp_path, counter)
+    text = config.read_text().replace("approvers: [alice, bob]", f'approvers: ["discord:{BOB}", "{ALICE}"]')
+    script = f"for i in range({LONG_LINES}): print('line %05d ' % i + 'x' * 40)"
+    text += f"""  long:
+    description: Prints a lot.
+    command: [{sys.executable!r}, "-c", {script!r}]
+    risk: low
+    timeout: 10
+"""
+    config.write_text(text)
+    return config
+
+
+# The fakes are fixtures requested before ``start_baton``: pytest then stops Baton first, and a
+# fake never has to close a connection that Baton would at once open again.
+@pytest.fixture
+def fake_discord() -> Iterator[FakeDiscord]:
+    fake = FakeDiscord().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def fake_discord_without_content() -> Iterator[FakeDiscord]:
+    """An application without the Message Content Intent."""
+    fake = FakeDiscord(message_content_intent=False).start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def fake_slack() -> Iterator[Any]:
+    from tests.fake_slack import FakeSlack
+
+    fake = FakeSlack().start()
+    yield fake
+    fake.stop()
+
+
+def rows(database_url: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    if database_url.startswith("sqlite:///"):
+        with sqlite3.connect(database_url.removeprefix("sqlite:///")) as connection:
+            return connection.execute(query, params).fetchall()
+    import psycopg
+
+    with psycopg.connect(database_url) as connection:
+        return [tuple(row) for row in connection.execute(query.replace("?", "%s"), params).fetchall()]
+
+
+@dataclass
+class Discord:
+    """One Baton with the Discord adapter and the fake Discord it is connected to."""
+
+    baton: BatonProcess
+    fake: FakeDiscord
+    database_url: str
+
+    def rows(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        return rows(self.database_url, query, *params)
+
+    def stored_events(self) -> list[str]:
+        return [row[0] for row in self.rows("SELECT event_id FROM inbound_events WHERE platform = 'discord' ORDER BY id")]
+
+    def reply(self, contains: str, channel: str, timeout: float = 20) -> FakeMessage:
+        return wait_for(lambda: self.fake.find(contains, channel), timeout,
+                        f"a Discord message containing {contains!r} in {channel}")
+
+    def card(self, thread: str) -> FakeMessage:
+        return wait_for(lambda: next((m for m in self.fake.messages(thread) if buttons(m)), None), 20,
+                        f"an approval card in thread {thread}")
+
+
+def start_discord(start_baton: Any, fake: FakeDiscord, database_url: str, name: str = "baton",
+                  **env: Any) -> Discord:
+    baton = start_baton(database_url, name=name, env=fake.env(**env))
+    wait_for(lambda: fake.sessions == 1, what="Baton's gateway session")
+    return Discord(baton, fake, database_url)
+
+
+@pytest.fixture
+def chat(fake_discord: FakeDiscord, start_baton: Any, sqlite_url: str) -> Discord:
+    return start_discord(start_baton, fake_discord, sqlite_url)
+
+
+def test_mention_opens_a_thread_and_the_thread_is_the_conversation(chat, counter):
+    fake = chat.fake
+    (identify,) = fake.identifies
+    assert identify["intents"] & MESSAGE_CONTENT_INTENT and not identify["intents"] & (1 << 1)  # no members intent
+    (command,) = fake.commands[GUILD_ID]  # DISCORD_GUILD_ID: registered in that server, at once
+    assert command["name"] == "baton" and [o["name"] for o in command["options"]] == ["request"]
+
+    asked = fake.say("run uptime", channel=OPS)
+    thread = asked["id"]  # a thread started on a message has the message's id
+    reply = chat.reply("did uptime", thread)
+    assert reply.content.startswith("✅ `") and reply.content.endswith("```\ndid uptime\n```")
+    (opened,) = fake.threads()
+    assert (opened["parent_id"], opened["name"]) == (OPS, "run uptime")
+    assert fake.messages(OPS) == [] and runs_in(counter) == ["uptime"]
+
+    fake.dispatch("MESSAGE_CREATE", asked)  # the same message again (a gateway replay): its thread exists
+    wait_for(lambda: [c.status for c in fake.calls("POST /channels/{channel_id}/messages/{message_id}/threads")]
+             == [201, 400], what="the second attempt to open the thread")
+    fake.say("lunch anyone?", channel=OPS, mention=False)  # chatter in a channel
+    fake.say("run uptime", user=OTHER_BOT, channel=OPS)  # another bot mentioning Baton
+    fake.say("run uptime", user=BOT_ID, channel=thread, mention=False)  # Baton's own words
+    follow_up = fake.say("help", channel=thread, mention=False, user=CAROL)  # no mention needed in the thread
+    chat.reply("Here is what I can do", thread)
+    assert chat.stored_events() == [thread, follow_up["id"]]
+    assert runs_in(counter) == ["uptime"] and len(fake.threads()) == 1
+
+    fake.say("digest now", channel=thread)  # the channel's digest (every thread of it), here
+    digest = chat.reply(f"Digest for #{OPS}", thread)
+    (embed,) = digest.embeds
+    assert "requests" in embed["description"] and "`runbook`: 1 done" in embed["description"]
+    assert digest.files["digest.svg"].startswith(b"<svg") and "attached as `digest.svg`" in embed["description"]
+
+    direct = fake.direct_channel(ALICE)
+    message = fake.say("run uptime", channel=direct, mention=False)  # a DM needs no mention
+    chat.reply("did uptime", direct)
+    assert chat.stored_events()[-1] == message["id"] and len(fake.threads()) == 1
+    # As on Slack: the channel, and the thread in it (a DM is one conversation).
+    assert chat.rows("SELECT workspace, channel, thread FROM thread_records ORDER BY id") == [
+        (GUILD_ID, OPS, thread), ("", direct, direct)]
+
+
+def test_refusals_are_shown_only_to_the_person_who_clicked(chat, counter):
+    fake = chat.fake
+    thread = fake.say("run restart service=web")["id"]
+    card = chat.card(thread)
+    approve, reject = buttons(card)
+    ((approval_id,),) = chat.rows("SELECT id FROM approvals")
+    assert (approve["custom_id"], approve["style"], approve["label"]) == (f"baton:approve:{approval_id}", 1, "Approve")
+    assert (reject["custom_id"], reject["style"], reject["label"]) == (f"baton:reject:{approval_id}", 4, "Reject")
+    (embed,) = card.embeds
+    assert embed["title"] == "Approval needed"
+    assert f"Requested by <@{ALICE}>" in embed["description"] and f"approvers: <@{BOB}>, <@{ALICE}>" in embed["description"]
+
+    # The same request in the same channel, from another thread: a link to the first one, no second card.
+    again = fake.say("run restart service=web", user=CAROL)["id"]
+    link = chat.reply("The same request is waiting for approval", again)
+    assert f"[open that thread](https://discord.com/channels/{GUILD_ID}/{thread})" in link.content
+    assert len(chat.rows("SELECT id FROM approvals")) == 1
+
+    carol = fake.click(card, user=CAROL)
+    refusal = chat.reply(f"Only <@{BOB}>, <@{ALICE}> can decide this", thread)
+    assert refusal.ephemeral_to == CAROL and refusal.flags & EPHEMERAL and refusal.interaction_id == carol["id"]
+    (deferred,) = [c for c in fake.callbacks if c["interaction_id"] == carol["id"]]
+    assert deferred["type"] == 6  # "deferred update": the card stays, nothing is shown to others
+    follow_up = next(c for c in fake.calls("POST /webhooks/{application_id}/{token}") if c.path.endswith(carol["token"]))
+    assert deferred["at"] <= follow_up.at
+    fake.click(card, user=ALICE)
+    assert chat.reply("You asked for this high-risk action", thread).ephemeral_to == ALICE
+
+    # The token of a click is good for 15 minutes; older, the refusal comes as a direct message ...
+    fake.click(card, user=CAROL, age=timedelta(minutes=16))
+    direct = fake.direct_channel(CAROL)
+    dm = chat.reply(f"Only <@{BOB}>, <@{ALICE}> can decide this", direct)
+    assert dm.content.startswith(f"⚠️ <@{CAROL}>, about your click in https://discord.com/channels/{GUILD_ID}/{thread}:")
+    # ... and to someone who takes no direct messages, in the thread, mentioning them.
+    fake.refuses_direct_messages.add(CAROL)
+    fake.click(card, user=CAROL, age=timedelta(minutes=16))
+    public = wait_for(lambda: next((m for m in fake.messages(thread) if m.content.startswith(f"⚠️ <@{CAROL}>")
+                                    and not m.ephemeral_to), None), what="the refusal in the thread")
+    post = next(c for c in fake.calls(MESSAGES) if c.path.endswith(f"/channels/{thread}/messages")
+                and c.body.get("content") == public.content)
+    assert [str(user) for user in post.body["allowed_mentions"]["users"]] == [CAROL]  # pinged: only them
+    wait_for(lambda: [c.status for c in fake.calls(CALLBACK)] == [200, 200, 404, 404],
+             what="Discord's 404 for the clicks whose tokens were too old")
+    assert fake.message(card.id).edits == 0 and runs_in(counter) == []
+
+
+def test_card_posted_before_a_restart_works_and_a_redelivered_click_decides_once(
+        fake_discord, start_baton, database_url, counter):
+    first = start_discord(start_baton, fake_discord, database_url)
+    thread = fake_discord.say("run restart service=web")["id"]
+    card = first.card(thread)
+    first.baton.stop()
+    wait_for(lambda: fake_discord.sessions == 0, what="the first session to close")
+
+    # The second Baton has no DISCORD_GATEWAY_URL: it asks GET /gateway/bot where to connect.
+    second = start_discord(start_baton, fake_discord, database_url, name="second", gateway=False)
+    assert len(fake_discord.calls("GET /gateway/bot")) == 1
+    click = fake_discord.click(card, user=BOB)
+    fake_discord.redeliver(click)
+    second.reply("did restart web", thread)
+    edited = wait_for(lambda: (m := fake_discord.message(card.id)) and m.edits and m, what="the card edit")
+    assert edited.components == [] and edited.embeds[0]["title"] == "Approved"
+    assert f"Approved by <@{BOB}> at" in edited.embeds[0]["description"]
+    assert runs_in(counter) == ["restart web"] and edited.edits == 1
+    wait_for(lambda: [c["type"] for c in fake_discord.callbacks if c["interaction_id"] == click["id"]] == [6],
+             what="one deferred update for the click delivered twice")
+    assert len(fake_discord.calls(CALLBACK)) == 1  # the redelivery was a duplicate: not answered again
+    assert second.rows("SELECT status, decided_by FROM approvals") == [("approved", BOB)]
+    assert second.stored_events() == [thread, click["id"]]
+
+
+def test_slash_command_defers_then_answers_in_a_thread_on_its_reply(chat, counter):
+    fake = chat.fake
+    command = fake.slash("run uptime", channel=OPS)
+    original = wait_for(lambda: next((m for m in fake.messages(OPS) if m.interaction_id == command["id"]
+                                      and m.content), None), what="the deferred reply filled in")
+    assert original.content == f"<@{ALICE}> asked: `/baton run uptime`" and not original.flags & 128
+    reply = chat.reply("did uptime", original.id)  # the thread on the reply has the reply's id
+    assert reply.channel_id == original.id and runs_in(counter) == ["uptime"]
+    (deferred,) = fake.callbacks
+    assert deferred["type"] == 5  # "thinking...", within Discord's 3 seconds, before anything slow
+    assert deferred["at"] <= fake.calls("PATCH /webhooks/{application_id}/{token}/messages/@original")[0].at
+
+    fake.redeliver(command)  # the same interaction again: Discord refuses a second answer, nothing runs
+    wait_for(lambda: [c.status for c in fake.calls(CALLBACK)] == [200, 400], what="the refused second answer")
+    assert chat.stored_events() == [command["id"]] and runs_in(counter) == ["uptime"]
+
+    inside = fake.slash("help", user=BOB, channel=original.id)  # in a thread: answered in that thread
+    chat.reply("Here is what I can do", original.id)
+    assert len(fake.threads()) == 1 and chat.stored_events() == [command["id"], inside["id"]]
+
+
+def test_a_rate_limited_post_is_waited_out_by_discord_py_and_posted_once(chat, counter):
+    fake = chat.fake
+    fake.fail(MESSAGES, 429, retry_after=1.5)
+    thread = fake.say("run uptime")["id"]
+    chat.reply("did uptime", thread)
+    posts = fake.calls(MESSAGES)
+    assert [call.status for call in posts] == [429, 200]
+    assert posts[1].at - posts[0].at >= 1.4, "retry_after was not honoured"
+    assert len(fake.messages(thread)) == 1
+    wait_for(lambda: chat.rows("SELECT status, attempts FROM outbox") == [("sent", 1)],  # discord.py waited,
+             what="the outbox row to be sent at its first attempt")                  # not the outbox
+    assert "We are being rate limited" in chat.baton.log.read_text()
+
+
+def test_long_output_is_previewed_and_attached_in_full(chat, counter):
+    thread = chat.fake.say("run long")["id"]
+    reply = chat.reply("the whole output is attached as `output.txt`", thread, timeout=30)
+    expected = "".join(f"line {n:05d} " + "x" * 40 + "\n" for n in range(LONG_LINES)).rstrip("\n")
+    assert reply.files["output.txt"].decode() == expected
+    assert f"of {LONG_LINES:,} lines" in reply.content and len(reply.content) <= 2000
+    assert all(len(m.content) <= 2000 for m in chat.fake.messages(thread))
+
+
+def test_without_the_message_content_intent_follow_ups_need_a_mention(
+        fake_discord_without_content, start_baton, sqlite_url, counter):
+    fake = fake_discord_without_content
+    chat = start_discord(start_baton, fake, sqlite_url)
+    assert not fake.identifies[0]["intents"] & MESSAGE_CONTENT_INTENT  # else Discord closes with 4014
+    thread = fake.say("run uptime")["id"]
+    chat.reply("did uptime", thread)
+    fake.say("help", channel=thread, mention=False)  # arrives with empty content
+    mentioned = fake.say("help", channel=thread)
+    chat.reply("Here is what I can do", thread)
+    assert chat.stored_events() == [thread, mentioned["id"]]
+    assert "no Message Content Intent" in chat.baton.log.read_text()
+
+
+def test_slack_and_discord_in_one_process_share_one_database(fake_discord, fake_slack, start_baton, sqlite_url,
+                                                              counter):
+    from tests.fake_slack import SlackSender
+
+    slack = fake_slack
+    env = {**slack.env(), **fake_discord.env(), "BATON_ADAPTERS": "slack,discord"}
+    baton = start_baton(sqlite_url, env=env)
+    assert httpx.get(f"{baton.url}/healthz").json()["adapters"] == ["discord", "slack"]
+    wait_for(lambda: fake_discord.sessions == 1, what="the gateway session")
+    sender = SlackSender(baton.url)
+    event = sender.mention("run uptime", user="U0ALICE001")
+    assert sender.send_event(event).status_code == 200
+    thread = fake_discord.say("run uptime")["id"]
+    wait_for(lambda: slack.find("did uptime", thread=event["ts"]), what="the Slack reply")
+    wait_for(lambda: fake_discord.find("did uptime", thread), what="the Discord reply")
+    assert runs_in(counter) == ["uptime", "uptime"]
+    wait_for(lambda: rows(sqlite_url, "SELECT platform, status FROM outbox ORDER BY platform") == [
+        ("discord", "sent"), ("slack", "sent")], what="each platform's reply to be marked sent")
+    assert sorted(rows(sqlite_url, "SELECT platform, event_id FROM inbound_events")) == sorted(
+        [("discord", thread), ("slack", f"{event['channel']}:{event['ts']}")])
+    assert len(slack.messages()) == 1 and len(fake_discord.messages()) == 1
+
+
+# -- rendering and delivery decisions, without a process -------------------------------------------
+
+
+def test_card_renders_as_one_embed_with_buttons_carrying_only_the_approval_id():
+    message = Message(title="Approval needed", tone="approval", parts=[
+        Text(text="Restart web for 1100000000000000101? See https://discord.com/channels/1/1100000000000000011"),
+        Code(text="requested_by: 1100000000000000101"), Note(text="approvers: discord:1100000000000000102, bob"),
+        ThreadLink(label="the [other] thread", channel="1", thread="1100000000000000555"),
+        Buttons(approval_id="abc_DEF-123")])
+    (outgoing,) = discord_render.render(message, GUILD_ID)
+    assert outgoing.content is None and outgoing.approval is not None
+    embed = outgoing.embed.to_dict()
+    assert embed["title"] == "Approval needed" and embed["color"] == discord_render.TONE_COLOUR["approval"]
+    assert embed["description"].split("\n") == [
+        "Restart web for <@1100000000000000101>? See https://discord.com/channels/1/1100000000000000011",
+        "```", "requested_by: 1100000000000000101", "```",  # ids in code stay as they are
+        "-# approvers: <@1100000000000000102>, bob",
+        f"[the (other) thread](https://discord.com/channels/{GUILD_ID}/1100000000000000555)"]
+    view = card_view(outgoing.approval)
+    assert view.timeout is None and view.is_persistent()
+    assert [(b.item.custom_id, b.item.label, b.item.style) for b in view.children] == [  # type: ignore[attr-defined]
+        ("baton:approve:abc_DEF-123", "Approve", discord.ButtonStyle.primary),
+        ("baton:reject:abc_DEF-123", "Reject", discord.ButtonStyle.danger)]
+
+
+def test_choice_buttons_carry_their_value_and_labels_fit_discord():
+    buttons_part = Buttons(approval_id="a1", options=[ButtonOption(value="summarize", label="summarize", style="primary"),
+                                                      ButtonOption(value="announce", label="a" * 100)])
+    view = card_view(buttons_part)
+    first, second = (child.item for child in view.children)  # type: ignore[attr-defined]
+    assert [first.custom_id, second.custom_id] == ["baton:summarize:a1", "baton:announce:a1"]
+    assert len(second.label) == 80 and second.label.endswith("…") and second.style == discord.ButtonStyle.secondary
+    with pytest.raises(ValueError, match="custom_id"):
+        discord_render.render(Message(parts=[Buttons(approval_id="x" * 90)]), GUILD_ID)
+
+
+def test_long_text_is_split_over_messages_within_discord_limits_and_nothing_is_lost():
+    text = "\n".join(f"paragraph {n}: " + "word " * 30 for n in range(400))  # ~64,000 characters
+    rendered = discord_render.render(Message(parts=[Text(text=text)], tone="success"), GUILD_ID)
+    assert len(rendered) > 30 and all(o.embed is None and not o.files for o in rendered)
+    assert all(len(o.content or "") <= 2000 for o in rendered)
+    assert "\n".join(o.content or "" for o in rendered) == "✅ " + text
+    assert discord_render.split_lines("a" * 5000 + "\nb\n", 1900) == ["a" * 1900, "a" * 1900, "a" * 1200 + "\nb\n"]
+
+
+def test_a_card_too_long_for_an_embed_stays_one_message_and_attaches_the_whole_text():
+    summary = "\n".join(f"step {n}: " + "check " * 20 for n in range(100))  # ~13,000 characters
+    message = Message(title="Approval needed", tone="approval", parts=[Text(text=summary), Buttons(approval_id="a1")])
+    (outgoing,) = discord_render.render(message, GUILD_ID)
+    description = outgoing.embed.description
+    assert len(description) <= 4096 and description.endswith("all of it is attached as `message.txt`.")
+    assert outgoing.approval is not None
+    assert [f.filename for f in outgoing.files] == ["message.txt"]
+    assert outgoing.files[0].content.decode() == message.plain_text()
+
+
+async def test_discord_answers_become_retry_decisions():
+    async def rate_limited() -> None:
+        raise discord.RateLimited(45.0)
+
+    with pytest.raises(RetryLater) as waited:
+        await _step(rate_limited)()
+    assert waited.value.seconds == 45.0
+
+    class Response:
+        status, reason = 403, "Forbidden"
+
+    async def forbidden() -> None:
+        raise discord.Forbidden(Response(), {"message": "Missing Permissions", "code": 50013})  # type: ignore[arg-type]
+
+    with pytest.raises(DeliveryRejected, match="403 Missing Permissions"):
+        await _step(forbidden)()

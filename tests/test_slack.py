@@ -1,0 +1,387 @@
+"""The Slack adapter end to end: signed requests into the real Bolt app of a real ``baton run``,
+and a local fake of Slack's Web API and Socket Mode (``tests/fake_slack.py``)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from adapters import slack_blocks
+from adapters.slack import EVENTS_PATH
+from bot.messages import ButtonOption, Buttons, Code, Message, Note, Text, ThreadLink
+from tests.fake_slack import (
+    BOT_ID,
+    BOT_USER_ID,
+    FakeMessage,
+    FakeSlack,
+    SlackSender,
+    buttons,
+    check_message,
+    shown_text,
+)
+from tests.support import ROOT, BatonProcess, runs_in, wait_for, write_config
+
+ALICE, BOB, CAROL = "U0ALICE001", "U0BOB00002", "U0CAROL003"
+GENERAL, OPS, DM = "C0GENERAL1", "C0OPS00001", "D0ALICEDM1"
+LONG_LINES = 3000
+
+
+def long_line(number: int) -> str:
+    return f"line {number:05d} " + "x" * 40
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, counter: Path) -> Path:
+    """The usual test runbooks, with Slack user ids as approvers (one platform-prefixed, one bare),
+    and a runbook whose output is too long for a Slack message."""
+    config = write_config(tmp_path, counter)
+    text = config.read_text().replace("approvers: [alice, bob]", f'approvers: ["slack:{BOB}", {ALICE}]')
+    script = f"for i in range({LONG_LINES}): print('line %05d ' % i + 'x' * 40)"
+    text += f"""  long:
+    description: Prints a lot.
+    command: [{sys.executable!r}, "-c", {script!r}]
+    risk: low
+    timeout: 10
+"""
+    config.write_text(text)
+    return config
+
+
+@pytest.fixture
+def fake_slack() -> Iterator[FakeSlack]:
+    fake = FakeSlack().start()
+    yield fake
+    fake.stop()
+
+
+@dataclass
+class Slack:
+    """One Baton with the Slack adapter, the fake Slack it talks to, and Slack's side of requests."""
+
+    baton: BatonProcess
+    fake: FakeSlack
+    sender: SlackSender
+    database: Path
+
+    def rows(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(self.database) as connection:
+            return connection.execute(query, params).fetchall()
+
+    def stored_events(self) -> list[str]:
+        return [row[0] for row in self.rows("SELECT event_id FROM inbound_events WHERE platform = 'slack' ORDER BY id")]
+
+    def mention(self, text: str, *, user: str = ALICE, channel: str = GENERAL, **kwargs: Any) -> dict[str, Any]:
+        event = self.sender.mention(text, user=user, channel=channel, **kwargs)
+        answer = self.sender.send_event(event)
+        assert answer.status_code == 200, answer.text
+        return event
+
+    def reply(self, contains: str, thread: str, channel: str = GENERAL, timeout: float = 20) -> FakeMessage:
+        return wait_for(lambda: self.fake.find(contains, channel=channel, thread=thread), timeout,
+                        f"a Slack message containing {contains!r} in thread {thread}")
+
+    def card(self, thread: str, channel: str = GENERAL) -> FakeMessage:
+        return wait_for(lambda: next((m for m in self.fake.messages(channel, thread) if buttons(m)), None),
+                        20, f"an approval card in thread {thread}")
+
+
+@pytest.fixture
+def slack(fake_slack: FakeSlack, start_baton, sqlite_url: str, tmp_path: Path) -> Slack:
+    baton = start_baton(sqlite_url, env=fake_slack.env())
+    return Slack(baton, fake_slack, SlackSender(baton.url), tmp_path / "baton.db")
+
+
+def test_mention_runs_a_low_risk_runbook_and_answers_in_the_thread(slack, counter):
+    event = slack.mention("run uptime", channel=OPS)
+    assert slack.stored_events() == [f"{OPS}:{event['ts']}"]  # stored before Slack got its 200
+    # Slack also sends the same mention as a plain `message` event, with another event_id.
+    twin = slack.sender.message(event["text"], user=ALICE, channel=OPS)
+    twin["ts"] = twin["event_ts"] = event["ts"]
+    assert slack.sender.send_event(twin).status_code == 200
+    reply = slack.reply("did uptime", event["ts"], channel=OPS)
+    assert reply.thread_ts == event["ts"] and reply.ephemeral_to is None
+    assert reply.blocks[-1] == {"type": "section", "text": {"type": "mrkdwn", "text": "```\ndid uptime\n```"}}
+    assert reply.blocks[0]["text"]["text"].startswith(":white_check_mark: `")
+    assert runs_in(counter) == ["uptime"]
+    assert slack.stored_events() == [f"{OPS}:{event['ts']}"]
+    assert len(slack.fake.messages(OPS)) == 1
+
+
+def test_high_risk_card_refusals_approval_and_edit(slack, counter):
+    event = slack.mention("run restart service=web")
+    thread = event["ts"]
+    slack.reply("Plan: run", thread)
+    card = slack.card(thread)
+    approve, reject = buttons(card)
+    (approval_id,) = slack.rows("SELECT id FROM approvals")[0]
+    assert (approve["action_id"], approve["style"], approve["value"]) == ("baton:approve", "primary", approval_id)
+    assert (reject["action_id"], reject["style"], reject["value"]) == ("baton:reject", "danger", approval_id)
+    assert f"approvers: <@{BOB}>, <@{ALICE}>" in shown_text(card) and f"Requested by <@{ALICE}>" in shown_text(card)
+
+    again = slack.mention("run restart service=web", user=CAROL)  # the same request: a link, not a second card
+    link = slack.reply("The same request is waiting for approval", again["ts"])
+    assert f"<{slack.fake.team_url}archives/{GENERAL}/p{thread.replace('.', '')}|open that thread>" in shown_text(link)
+
+    assert slack.sender.click(card, user=CAROL).status_code == 200
+    refusal = slack.reply(f"Only <@{BOB}>, <@{ALICE}> can decide this", thread)
+    assert refusal.ephemeral_to == CAROL
+    assert slack.sender.click(card, user=ALICE).status_code == 200
+    assert slack.reply("You asked for this high-risk action", thread).ephemeral_to == ALICE
+    assert slack.fake.message(GENERAL, card.ts).edits == 0 and runs_in(counter) == []
+
+    assert slack.sender.click(card, user=BOB).status_code == 200
+    slack.reply("did restart web", thread)
+    edited = wait_for(lambda: (m := slack.fake.message(GENERAL, card.ts)) and m.edits and m, what="the card edit")
+    assert not buttons(edited) and f"Approved by <@{BOB}> at" in shown_text(edited)
+    assert [call.args["ts"] for call in slack.fake.calls("chat.update")] == [card.ts]
+    assert runs_in(counter) == ["restart web"]
+
+
+def test_event_delivered_four_times_runs_once(slack, counter):
+    event = slack.sender.mention("run uptime", user=ALICE)
+    body = slack.sender.event_body(event, event_id="Ev0RETRIED01")
+    answers = [slack.sender.post(body, "application/json", retry_num=number) for number in (None, 1, 2, 3)]
+    assert [answer.status_code for answer in answers] == [200] * 4
+    slack.reply("did uptime", event["ts"])
+    assert runs_in(counter) == ["uptime"]
+    assert slack.stored_events() == [f"{GENERAL}:{event['ts']}"]
+    assert len(slack.fake.messages(GENERAL, event["ts"])) == 1
+
+
+def test_forged_and_stale_signatures_get_401_and_store_nothing(slack, counter):
+    forged = slack.sender.mention("run uptime", user=ALICE)
+    body = slack.sender.event_body(forged)
+    wrong = SlackSender(slack.baton.url, signing_secret="not-the-secret").signed_headers(body, "application/json")
+    assert httpx.post(slack.sender.url, content=body, headers=wrong).status_code == 401
+    stale = slack.sender.mention("run uptime", user=ALICE)
+    six_minutes_ago = int(time.time()) - 360  # correctly signed, but outside Slack's 5-minute window
+    assert slack.sender.send_event(stale, timestamp=six_minutes_ago).status_code == 401
+    unsigned = httpx.post(slack.sender.url, content=slack.sender.event_body(stale),
+                          headers={"Content-Type": "application/json"})
+    assert unsigned.status_code == 401
+    # A good request afterwards is handled: by the time its reply is out, the bad ones would be too.
+    good = slack.mention("run uptime", channel=OPS)
+    slack.reply("did uptime", good["ts"], channel=OPS)
+    assert slack.stored_events() == [f"{OPS}:{good['ts']}"]
+    assert slack.rows("SELECT channel, thread FROM thread_records") == [(OPS, good["ts"])]
+    assert runs_in(counter) == ["uptime"] and slack.fake.messages(GENERAL) == []
+
+
+def test_rate_limited_and_failing_posts_are_retried_and_delivered_once(slack, counter):
+    slack.fake.fail("chat.postMessage", 429, retry_after=3)  # longer than the first backoff after an error (2 s)
+    first = slack.mention("run uptime")
+    slack.reply("did uptime", first["ts"], timeout=30)
+    posts = slack.fake.calls("chat.postMessage")
+    assert [call.status for call in posts] == [429, 200]
+    assert posts[1].at - posts[0].at >= 2.9, "Retry-After: 3 was not honoured"
+    assert "asked to retry message 1 in 3.0s: Slack rate limit on chat.postMessage" in slack.baton.log.read_text()
+    assert len(slack.fake.messages(GENERAL, first["ts"])) == 1
+
+    slack.fake.fail("chat.postMessage", 500)
+    second = slack.mention("run disk-is-not-a-runbook", channel=OPS)
+    slack.reply("I don't know a runbook called `disk-is-not-a-runbook`", second["ts"], channel=OPS, timeout=30)
+    assert [call.status for call in slack.fake.calls("chat.postMessage")] == [429, 200, 500, 200]
+    assert len(slack.fake.messages(OPS, second["ts"])) == 1
+    assert slack.rows("SELECT status, attempts FROM outbox ORDER BY id") == [("sent", 2), ("sent", 2)]
+
+
+def test_slash_command_posts_its_own_thread(slack, counter):
+    answer = slack.sender.command("run uptime", user=ALICE, channel=OPS)
+    assert answer.status_code == 200 and answer.text == ""
+    anchor = slack.fake.find(f"<@{ALICE}> asked: `/baton run uptime`", channel=OPS)
+    assert anchor is not None and anchor.thread_ts is None
+    reply = slack.reply("did uptime", anchor.ts, channel=OPS)
+    assert reply.thread_ts == anchor.ts and runs_in(counter) == ["uptime"]
+
+    slack.fake.fail("chat.postMessage", 200, error="not_in_channel")
+    refused = slack.sender.command("run uptime", user=ALICE, channel="C0NOTJOINED")
+    assert refused.status_code == 200
+    assert refused.json()["response_type"] == "ephemeral" and "Invite me to the channel" in refused.json()["text"]
+    assert len(slack.stored_events()) == 1
+
+
+def test_direct_message_needs_no_mention(slack, counter):
+    event = slack.sender.message("run uptime", user=ALICE, channel=DM, channel_type="im")
+    assert slack.sender.send_event(event).status_code == 200
+    reply = slack.reply("did uptime", event["ts"], channel=DM)
+    assert reply.thread_ts == event["ts"] and runs_in(counter) == ["uptime"]
+
+
+def test_follow_up_in_a_baton_thread_needs_no_mention_and_other_chatter_is_ignored(slack, counter):
+    event = slack.mention("run uptime")
+    slack.reply("did uptime", event["ts"])
+    chatter = slack.sender.message("lunch anyone?", user=CAROL)
+    follow_up = slack.sender.message("help", user=CAROL, thread_ts=event["ts"])
+    for message in (chatter, follow_up):
+        assert slack.sender.send_event(message).status_code == 200
+    slack.reply("Here is what I can do", event["ts"])
+    assert slack.stored_events() == [f"{GENERAL}:{event['ts']}", f"{GENERAL}:{follow_up['ts']}"]
+    assert slack.fake.messages(GENERAL, chatter["ts"]) == []
+
+
+def test_messages_from_bots_and_edits_are_ignored(slack, counter):
+    event = slack.mention("run uptime")
+    slack.reply("did uptime", event["ts"])
+    thread = event["ts"]
+    own = slack.sender.message("run uptime", user=BOT_USER_ID, thread_ts=thread, bot_id=BOT_ID)
+    other_bot = slack.sender.message("run uptime", user=None, thread_ts=thread, bot_id="B0OTHERBOT",
+                                     subtype="bot_message")
+    other_bot_user = slack.sender.message(f"<@{BOT_USER_ID}> run uptime", user="U0OTHERBOT", thread_ts=thread,
+                                          bot_id="B0OTHERBOT")
+    edit = slack.sender.message("", user=None, thread_ts=thread, subtype="message_changed",
+                                message={"user": ALICE, "text": "run uptime", "ts": thread})
+    for message in (own, other_bot, other_bot_user, edit):
+        assert slack.sender.send_event(message).status_code == 200
+    real = slack.sender.message("run uptime", user=ALICE, thread_ts=thread)
+    assert slack.sender.send_event(real).status_code == 200
+    wait_for(lambda: len(runs_in(counter)) == 2, what="the person's follow-up to run")
+    assert slack.stored_events() == [f"{GENERAL}:{thread}", f"{GENERAL}:{real['ts']}"]
+
+
+def test_long_output_is_attached_in_full_not_cut(slack, counter):
+    event = slack.mention("run long")
+    reply = slack.reply("the whole output is attached below as `output.txt`", event["ts"], timeout=30)
+    assert "Showing the first" in shown_text(reply) and f"of {LONG_LINES:,} lines" in shown_text(reply)
+    expected = "".join(long_line(number) + "\n" for number in range(LONG_LINES)).rstrip("\n")
+    shared = wait_for(lambda: [f for f in slack.fake.files.values() if f["shared"]], what="the file to be shared")
+    assert len(shared) == 1
+    assert shared[0]["content"].decode() == expected
+    assert shared[0]["shared"] == {"channel": GENERAL, "thread_ts": event["ts"], "title": "output.txt"}
+    assert [call.method for call in slack.fake.calls() if call.method.startswith("files.")] == [
+        "files.getUploadURLExternal", "files.completeUploadExternal"]
+
+
+def test_summarize_reads_the_thread_from_slack(slack, counter):
+    event = slack.mention("run uptime")
+    slack.fake.said(event)
+    slack.reply("did uptime", event["ts"])
+    # Another bot's message in the thread: Baton ignores its event, but Slack's history has it.
+    deploy_bot = slack.sender.message("deploy 42 failed on web-2", user=None, thread_ts=event["ts"],
+                                      bot_id="B0DEPLOY01", subtype="bot_message")
+    slack.fake.said(deploy_bot)
+    assert slack.sender.send_event(deploy_bot).status_code == 200
+    ask = slack.sender.mention("summarize", user=BOB, thread_ts=event["ts"])
+    slack.fake.said(ask)
+    assert slack.sender.send_event(ask).status_code == 200
+    summary = shown_text(slack.reply("Extractive summary of this thread", event["ts"]))
+    key_messages = summary.split("\n")[2:]
+    assert key_messages == [f"• <@{ALICE}>: @baton run uptime", "• B0DEPLOY01: deploy 42 failed on web-2"]
+    assert [call.args["ts"] for call in slack.fake.calls("conversations.replies")] == [event["ts"]]
+
+
+def test_wrong_or_missing_slack_settings_stop_the_start(fake_slack, start_baton, sqlite_url):
+    wrong = {**fake_slack.env(), "SLACK_BOT_TOKEN": "xoxb-revoked"}
+    with pytest.raises(AssertionError, match=r"Slack refused SLACK_BOT_TOKEN \(auth.test: invalid_auth\)"):
+        start_baton(sqlite_url, name="wrong-token", env=wrong)
+    incomplete = {key: value for key, value in fake_slack.env().items() if key != "SLACK_SIGNING_SECRET"}
+    with pytest.raises(AssertionError, match="neither SLACK_SIGNING_SECRET .* nor SLACK_APP_TOKEN"):
+        start_baton(sqlite_url, name="no-secret", env=incomplete)
+
+
+def test_manifest_subscribes_to_what_the_adapter_handles():
+    manifest = yaml.safe_load((ROOT / "slack" / "manifest.yaml").read_text())
+    settings = manifest["settings"]
+    assert set(settings["event_subscriptions"]["bot_events"]) == {
+        "app_mention", "message.channels", "message.groups", "message.im"}
+    urls = [settings["event_subscriptions"]["request_url"], settings["interactivity"]["request_url"],
+            *(command["url"] for command in manifest["features"]["slash_commands"])]
+    assert all(url.endswith(EVENTS_PATH) for url in urls) and settings["interactivity"]["is_enabled"]
+    assert [command["command"] for command in manifest["features"]["slash_commands"]] == ["/baton"]
+    assert set(manifest["oauth_config"]["scopes"]["bot"]) == {
+        "app_mentions:read", "channels:history", "groups:history", "im:history", "chat:write", "commands",
+        "files:write"}
+
+
+def test_socket_mode_receives_acknowledges_and_runs_once(fake_slack, start_baton, sqlite_url, tmp_path, counter):
+    baton = start_baton(sqlite_url, env=fake_slack.env(socket_mode=True))
+    wait_for(lambda: fake_slack.socket_connections == 1, what="Baton's Socket Mode connection")
+    assert [call.method for call in fake_slack.calls("apps.connections.open")] == ["apps.connections.open"]
+    sender = SlackSender(baton.url)
+    event = sender.mention("run uptime", user=ALICE)
+    payload = json.loads(sender.event_body(event))
+    first = fake_slack.send_envelope(payload)
+    wait_for(lambda: {"envelope_id": first} in fake_slack.socket_acks, what="the ack of the envelope")
+    with sqlite3.connect(tmp_path / "baton.db") as connection:  # stored before the ack went out
+        assert connection.execute("SELECT event_id FROM inbound_events").fetchall() == [(f"{GENERAL}:{event['ts']}",)]
+    again = fake_slack.send_envelope(payload, retry_attempt=1)  # Slack redelivers: a new envelope, the same event
+    wait_for(lambda: {"envelope_id": again} in fake_slack.socket_acks, what="the ack of the redelivery")
+    reply = wait_for(lambda: fake_slack.find("did uptime", thread=event["ts"]), what="the reply")
+    assert reply.thread_ts == event["ts"] and runs_in(counter) == ["uptime"]
+    assert sender.send_event(sender.mention("run uptime", user=ALICE)).status_code == 404  # no HTTP endpoint
+    with sqlite3.connect(tmp_path / "baton.db") as connection:
+        assert connection.execute("SELECT count(*) FROM inbound_events").fetchone() == (1,)
+        assert connection.execute("SELECT count(*) FROM runs").fetchone() == (1,)
+
+
+# -- rendering, without a process ------------------------------------------------------------------
+
+
+def link(channel: str, thread: str) -> str:
+    return f"https://x.slack.com/archives/{channel}/p{thread.replace('.', '')}"
+
+
+def test_chunks_never_lose_or_reorder_text():
+    text = "".join(f"{n} <&> " * (n % 7 + 1) + "\n" for n in range(2000)) + "y" * 7000
+    pieces = slack_blocks.chunks(text, 2900)
+    assert "".join(pieces) == text
+    assert all(len(slack_blocks.escape(piece)) <= 2900 for piece in pieces)
+
+
+def test_long_text_is_split_into_sections_and_messages_within_slack_limits():
+    text = "\n".join(f"paragraph {n}: " + "word " * 30 for n in range(400))  # ~64,000 characters
+    rendered = slack_blocks.render(Message(title="Report", parts=[Text(text=text)]), link)
+    assert len(rendered.messages) > 1 and not rendered.uploads
+    sections = []
+    for message in rendered.messages:
+        fake = FakeMessage(channel="C1", ts="1.1", thread_ts=None, text=message["text"], blocks=message["blocks"])
+        assert len(message["blocks"]) <= 50
+        assert check_message({"channel": "C1", **message}) == ""
+        sections += [block["text"]["text"] for block in fake.blocks]
+    assert sections[0] == "*Report*"
+    assert "\n".join(sections[1:]) == text
+
+
+def test_ephemeral_long_output_is_split_not_attached():
+    output = "\n".join(long_line(n) for n in range(1000))
+    rendered = slack_blocks.render(Message(parts=[Code(text=output)]), link, files=False)
+    assert not rendered.uploads and len(rendered.messages) > 1
+    code = [block["text"]["text"].removeprefix("```\n").removesuffix("\n```")
+            for message in rendered.messages for block in message["blocks"]]
+    assert "\n".join(code) == output
+
+
+def test_card_parts_render_as_block_kit():
+    message = Message(title="Approval needed", tone="approval", parts=[
+        Text(text="Run `restart` for U0BOB00002 & <friends>"), Code(text="command: a <b>"),
+        Note(text="approvers: slack:U0BOB00002, bob, UPTIME"), ThreadLink(label="open | it", channel="C1", thread="1.5"),
+        Buttons(approval_id="abc123")])
+    (rendered,) = slack_blocks.render(message, link).messages
+    texts = [block.get("text", {}).get("text") for block in rendered["blocks"]]
+    assert texts[:2] == [":raised_hand: *Approval needed*", "Run `restart` for <@U0BOB00002> &amp; &lt;friends&gt;"]
+    assert texts[2] == "```\ncommand: a &lt;b&gt;\n```"
+    assert rendered["blocks"][3]["elements"][0]["text"] == "approvers: <@U0BOB00002>, bob, UPTIME"
+    assert texts[4] == "<https://x.slack.com/archives/C1/p15|open ¦ it>"
+    assert [(b["action_id"], b["value"], b["style"]) for b in rendered["blocks"][5]["elements"]] == [
+        ("baton:approve", "abc123", "primary"), ("baton:reject", "abc123", "danger")]
+    assert rendered["text"] == "Approval needed"
+
+
+def test_choice_buttons_carry_the_option_in_the_action_id():
+    choices = Buttons(approval_id="c1", options=[
+        ButtonOption(value="deploy", label="deploy: roll out a release"), ButtonOption(value="status", label="status"),
+        ButtonOption(value="none", label="x" * 100, style="danger")])
+    (rendered,) = slack_blocks.render(Message(parts=[choices]), link).messages
+    elements = rendered["blocks"][0]["elements"]
+    assert [(b["action_id"], b["value"], b.get("style")) for b in elements] == [
+        ("baton:deploy", "c1", None), ("baton:status", "c1", None), ("baton:none", "c1", "danger")]
+    assert elements[2]["text"]["text"] == "x" * 74 + "…"
