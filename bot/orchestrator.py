@@ -35,7 +35,7 @@ from storage.models import Approval, InboundEvent, Run, ThreadRecord, utcnow
 
 log = logging.getLogger("baton.orchestrator")
 SWEEP_AFTER_SECONDS = 2.0
-MAX_DRAINING_THREADS = 32  # threads this process drains at once (see Orchestrator._schedule)
+MAX_DRAINING_THREADS = 16  # threads this process drains at once (see Orchestrator._schedule)
 CHOOSER = "choose"  # the pseudo-graph of a run that waits for the requester to pick a graph
 
 

@@ -8,6 +8,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,19 @@ def test_event_delivered_four_times_runs_once(slack, counter):
     assert runs_in(counter) == ["uptime"]
     assert slack.stored_events() == [f"{GENERAL}:{event['ts']}"]
     assert len(slack.fake.messages(GENERAL, event["ts"])) == 1
+
+
+def test_a_burst_of_mentions_is_acknowledged_run_and_answered_once_each(slack, counter):
+    """More requests at once than Baton drains at a time (``MAX_DRAINING_THREADS``)."""
+    events = [slack.sender.mention("run uptime", user=ALICE, channel=f"C0BURST{n:03d}") for n in range(40)]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(slack.sender.send_event, events))
+    assert [answer.status_code for answer in answers] == [200] * 40
+    assert len(slack.stored_events()) == 40  # all stored before they were acknowledged
+    wait_for(lambda: len(slack.fake.calls("chat.postMessage")) >= 40, 60, "40 replies")
+    for event in events:
+        assert len(slack.fake.messages(event["channel"], event["ts"])) == 1
+    assert runs_in(counter) == ["uptime"] * 40
 
 
 def test_forged_and_stale_signatures_get_401_and_store_nothing(slack, counter):
