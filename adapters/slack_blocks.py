@@ -12,9 +12,9 @@ import base64
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, assert_never
 
-from bot.messages import Message
+from bot.messages import Buttons, Code, Image, Message, Note, Text, ThreadLink
 
 BUTTON_ACTION_PREFIX = "baton:"  # a button's action_id is this and the option's value; its value is the approval id
 SECTION_CHARS = 2900  # of a section's 3,000, leaving room for code fences and <@U...> mentions
@@ -108,25 +108,24 @@ def render(message: Message, permalink: Permalink, *, files: bool = True) -> Ren
         blocks.append(_section(f"*{escape(message.title)}*", emoji))
         emoji = None
     for part in message.parts:
-        kind = part.kind
-        if kind == "text":
-            for piece in chunks(part.text, SECTION_CHARS):  # type: ignore[union-attr]
-                blocks.append(_section(with_mentions(escape(piece.rstrip("\n"))), emoji))
+        if isinstance(part, Text):
+            for piece in chunks(part.text, SECTION_CHARS):
+                blocks.append(_section(with_mentions(escape(piece.removesuffix("\n"))), emoji))
                 emoji = None
-        elif kind == "code":
-            blocks += _code(part.text, rendered, files)  # type: ignore[union-attr]
-        elif kind == "note":
-            for piece in chunks(part.text, SECTION_CHARS):  # type: ignore[union-attr]
-                blocks.append(_context(with_mentions(escape(piece.rstrip("\n")))))
-        elif kind == "link":
-            url = permalink(part.channel, part.thread)  # type: ignore[union-attr]
-            blocks.append(_section(f"<{url}|{escape(part.label).replace('|', '¦')}>"))  # type: ignore[union-attr]
-        elif kind == "buttons":
+        elif isinstance(part, Code):
+            blocks += _code(part.text, rendered, files)
+        elif isinstance(part, Note):
+            for piece in chunks(part.text, SECTION_CHARS):
+                blocks.append(_context(with_mentions(escape(piece.removesuffix("\n")))))
+        elif isinstance(part, ThreadLink):
+            url = permalink(part.channel, part.thread)
+            blocks.append(_section(f"<{url}|{escape(part.label).replace('|', '¦')}>"))
+        elif isinstance(part, Buttons):
             blocks.append(_buttons(part))
-        elif kind == "image":
+        elif isinstance(part, Image):
             blocks += _image(part, rendered, files)
         else:
-            raise ValueError(f"the Slack adapter cannot show a '{kind}' part")
+            assert_never(part)
     rendered.messages = _pack(blocks or [_section(escape(message.plain_text()))], _fallback(message))
     return rendered
 
@@ -141,7 +140,7 @@ def _context(mrkdwn: str) -> dict[str, Any]:
 
 
 def _fenced(code: str) -> dict[str, Any]:
-    body = escape(code.rstrip("\n")).replace("```", "`\u200b``") or " "
+    body = escape(code.removesuffix("\n")).replace("```", "`\u200b``") or " "
     return _section(f"```\n{body}\n```")
 
 
@@ -161,14 +160,14 @@ def _lines(text: str) -> int:
     return text.count("\n") + (1 if text and not text.endswith("\n") else 0)
 
 
-def _image(part: Any, rendered: Rendered, files: bool) -> list[dict[str, Any]]:
+def _image(part: Image, rendered: Rendered, files: bool) -> list[dict[str, Any]]:
     if not files:
         return [_context(escape(f"[{part.alt}] (an image; it cannot be attached to this message)"))]
     rendered.uploads.append(Upload(filename=part.filename, content=base64.b64decode(part.data), title=part.alt))
     return [_context(f"{escape(part.alt)}: attached below as `{escape(part.filename)}`.")]
 
 
-def _buttons(part: Any) -> dict[str, Any]:
+def _buttons(part: Buttons) -> dict[str, Any]:
     """One button per option; the click comes back as ``baton:<option value>`` with the approval id."""
     elements = []
     for option in part.options:
@@ -223,7 +222,7 @@ def _pack(blocks: list[dict[str, Any]], fallback: str) -> list[dict[str, Any]]:
 
 def _fallback(message: Message) -> str:
     """The notification text (the blocks carry the whole message)."""
-    first = message.title or next((getattr(part, "text", "") for part in message.parts if part.kind == "text"), "")
+    first = message.title or next((part.text for part in message.parts if isinstance(part, Text)), "")
     first = first or message.plain_text()
     line = " ".join(first.split())
     if len(line) > FALLBACK_CHARS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -164,13 +165,25 @@ def _has_buttons(message: dict[str, Any]) -> bool:
     return any(p["kind"] == "buttons" for p in message["content"]["parts"])
 
 
-def write_config(directory: Path, counter: Path) -> Path:
-    """A baton.yaml whose runbooks count their executions in ``counter`` (one line per run)."""
+LONG_LINES = 3000
+
+
+def long_line(number: int) -> str:
+    return f"line {number:05d} " + "x" * 40
+
+
+def write_config(directory: Path, counter: Path, approvers: list[str] | None = None) -> Path:
+    """A baton.yaml whose runbooks count their executions in ``counter`` (one line per run).
+
+    ``approvers`` replaces alice and bob (platform tests use their platform's user ids); the
+    ``long`` runbook prints ``LONG_LINES`` lines of ``long_line`` (output too long for a message).
+    """
     python = sys.executable
+    long_script = f"for i in range({LONG_LINES}): print('line %05d ' % i + 'x' * 40)"
     script = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n'); print('did', sys.argv[2])"
     config = directory / "baton.yaml"
     config.write_text(f"""
-approvers: [alice, bob]
+approvers: {json.dumps(approvers or ["alice", "bob"])}
 runbooks:
   uptime:
     description: Host uptime.
@@ -194,6 +207,11 @@ runbooks:
         pattern: "^[0-9](\\\\.[0-9])?$"
     risk: low
     timeout: 20
+  long:
+    description: Prints a lot.
+    command: [{python!r}, "-c", {long_script!r}]
+    risk: low
+    timeout: 10
 """)
     return config
 

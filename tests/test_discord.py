@@ -4,7 +4,6 @@ of Discord's REST API and gateway (``tests/fake_discord.py``); rendering without
 from __future__ import annotations
 
 import sqlite3
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -33,9 +32,8 @@ from tests.fake_discord import (
     FakeMessage,
     buttons,
 )
-from tests.support import BatonProcess, runs_in, wait_for, write_config
+from tests.support import LONG_LINES, long_line, BatonProcess, runs_in, wait_for, write_config
 
-LONG_LINES = 3000
 MESSAGES = "POST /channels/{channel_id}/messages"
 CALLBACK = "POST /interactions/{interaction_id}/{token}/callback"
 
@@ -44,17 +42,7 @@ CALLBACK = "POST /interactions/{interaction_id}/{token}/callback"
 def config_path(tmp_path: Path, counter: Path) -> Path:
     """The usual runbooks, with Discord user ids as approvers (one platform-prefixed, one bare;
     quoted: YAML reads a bare snowflake as a number), and a runbook with very long output."""
-    config = write_config(tmp_path, counter)
-    text = config.read_text().replace("approvers: [alice, bob]", f'approvers: ["discord:{BOB}", "{ALICE}"]')
-    script = f"for i in range({LONG_LINES}): print('line %05d ' % i + 'x' * 40)"
-    text += f"""  long:
-    description: Prints a lot.
-    command: [{sys.executable!r}, "-c", {script!r}]
-    risk: low
-    timeout: 10
-"""
-    config.write_text(text)
-    return config
+    return write_config(tmp_path, counter, approvers=[f"discord:{BOB}", ALICE])
 
 
 # The fakes are fixtures requested before ``start_baton``: pytest then stops Baton first, and a
@@ -278,7 +266,7 @@ def test_a_rate_limited_post_is_waited_out_by_discord_py_and_posted_once(chat, c
 def test_long_output_is_previewed_and_attached_in_full(chat, counter):
     thread = chat.fake.say("run long")["id"]
     reply = chat.reply("the whole output is attached as `output.txt`", thread, timeout=30)
-    expected = "".join(f"line {n:05d} " + "x" * 40 + "\n" for n in range(LONG_LINES)).rstrip("\n")
+    expected = "".join(long_line(n) + "\n" for n in range(LONG_LINES)).rstrip("\n")
     assert reply.files["output.txt"].decode() == expected
     assert f"of {LONG_LINES:,} lines" in reply.content and len(reply.content) <= 2000
     assert all(len(m.content) <= 2000 for m in chat.fake.messages(thread))

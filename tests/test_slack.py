@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,32 +29,25 @@ from tests.fake_slack import (
     check_message,
     shown_text,
 )
-from tests.support import ROOT, BatonProcess, runs_in, wait_for, write_config
+from tests.support import (
+    LONG_LINES,
+    ROOT,
+    BatonProcess,
+    long_line,
+    runs_in,
+    wait_for,
+    write_config,
+)
 
 ALICE, BOB, CAROL = "U0ALICE001", "U0BOB00002", "U0CAROL003"
 GENERAL, OPS, DM = "C0GENERAL1", "C0OPS00001", "D0ALICEDM1"
-LONG_LINES = 3000
-
-
-def long_line(number: int) -> str:
-    return f"line {number:05d} " + "x" * 40
 
 
 @pytest.fixture
 def config_path(tmp_path: Path, counter: Path) -> Path:
     """The usual test runbooks, with Slack user ids as approvers (one platform-prefixed, one bare),
     and a runbook whose output is too long for a Slack message."""
-    config = write_config(tmp_path, counter)
-    text = config.read_text().replace("approvers: [alice, bob]", f'approvers: ["slack:{BOB}", {ALICE}]')
-    script = f"for i in range({LONG_LINES}): print('line %05d ' % i + 'x' * 40)"
-    text += f"""  long:
-    description: Prints a lot.
-    command: [{sys.executable!r}, "-c", {script!r}]
-    risk: low
-    timeout: 10
-"""
-    config.write_text(text)
-    return config
+    return write_config(tmp_path, counter, approvers=[f"slack:{BOB}", ALICE])
 
 
 @pytest.fixture
