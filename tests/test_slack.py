@@ -255,6 +255,8 @@ def test_messages_from_bots_and_edits_are_ignored(slack, counter):
 
 
 def test_long_output_is_attached_in_full_not_cut(slack, counter):
+    # The message and the file are two calls: a 429 on the upload retries the upload only.
+    slack.fake.fail("files.getUploadURLExternal", 429, retry_after=1)
     event = slack.mention("run long")
     reply = slack.reply("the whole output is attached below as `output.txt`", event["ts"], timeout=30)
     assert "Showing the first" in shown_text(reply) and f"of {LONG_LINES:,} lines" in shown_text(reply)
@@ -263,8 +265,9 @@ def test_long_output_is_attached_in_full_not_cut(slack, counter):
     assert len(shared) == 1
     assert shared[0]["content"].decode() == expected
     assert shared[0]["shared"] == {"channel": GENERAL, "thread_ts": event["ts"], "title": "output.txt"}
-    assert [call.method for call in slack.fake.calls() if call.method.startswith("files.")] == [
-        "files.getUploadURLExternal", "files.completeUploadExternal"]
+    assert [(call.method, call.status) for call in slack.fake.calls() if call.method.startswith("files.")] == [
+        ("files.getUploadURLExternal", 429), ("files.getUploadURLExternal", 200), ("files.completeUploadExternal", 200)]
+    assert [m.ts for m in slack.fake.messages(GENERAL, event["ts"])] == [reply.ts]  # posted once
 
 
 def test_summarize_reads_the_thread_from_slack(slack, counter):
