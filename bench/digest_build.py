@@ -71,11 +71,11 @@ async def measure(url: str, window: timedelta, repeats: int) -> dict[str, float]
     try:
         for _ in range(repeats):
             began = time.perf_counter()
-            async with database.read() as session:
+            async with database.scan() as session:
                 stats = await collect(session, "playground", "ops", start, END, [], END)
             digest_ms.append((time.perf_counter() - began) * 1000)
             began = time.perf_counter()
-            async with database.read() as session:
+            async with database.scan() as session:
                 rows = (await session.exec(select(func.count()).where(
                     Run.platform == "playground", Run.channel == "ops", Run.started_at >= start,
                     Run.started_at < END))).one()

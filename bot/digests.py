@@ -167,7 +167,7 @@ class Digests:
 
     async def _build_and_post(self, run: DigestRun) -> None:
         graphs = list(run.summary.get("graphs") or [])
-        async with self.db.read() as session:
+        async with self.db.scan() as session:
             stats = await collect(session, run.platform, run.channel, run.window_start, run.window_end, graphs,
                                   self.clock())
         stats["reason"] = run.summary.get("reason", "")

@@ -13,6 +13,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from storage.sqlite_inline import inline_connector
+
 
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
@@ -43,30 +45,45 @@ def sqlite_path(url: str) -> str:
     return database
 
 
-def create_engine(url: str, *, writer: bool = True) -> AsyncEngine:
+SQLITE_BUSY_SECONDS = 30.0
+
+
+def create_engine(url: str, *, writer: bool = True, inline: bool = True) -> AsyncEngine:
+    """The async engine for ``url``.
+
+    On SQLite, ``inline`` runs statements on the event loop thread (``storage.sqlite_inline``):
+    right for Baton's small indexed statements; ``inline=False`` keeps aiosqlite's worker thread,
+    for the rare long scans (digest statistics) that must not stall the loop.
+    """
     if is_sqlite(url):
-        sqlite_path(url)
-        engine = create_async_engine(async_url(url), connect_args={"timeout": 30})
-        _configure_sqlite(engine, begin="BEGIN IMMEDIATE" if writer else "BEGIN")
+        path = sqlite_path(url)
+        if inline:
+            engine = create_async_engine(async_url(url), async_creator=inline_connector(path, SQLITE_BUSY_SECONDS))
+        else:
+            engine = create_async_engine(async_url(url), connect_args={"timeout": SQLITE_BUSY_SECONDS})
+        _configure_sqlite(engine, begin="BEGIN IMMEDIATE" if writer else "BEGIN", inline=inline)
         return engine
     return create_async_engine(async_url(url), pool_size=10, max_overflow=10, pool_pre_ping=True)
 
 
-def _configure_sqlite(engine: AsyncEngine, begin: str) -> None:
+def _configure_sqlite(engine: AsyncEngine, begin: str, inline: bool) -> None:
     """WAL, a busy timeout, and an explicit BEGIN.
 
     Writers use ``BEGIN IMMEDIATE``: with the default deferred BEGIN, two connections that read
     and then write deadlock and one fails at once with "database is locked" instead of waiting
-    its turn; with IMMEDIATE the second waits (busy timeout). That is also what serialises
-    writers across processes. Readers use a plain BEGIN: under WAL they never block anyone.
+    its turn; with IMMEDIATE the second waits (busy timeout, or the inline driver's async retry).
+    That is also what serialises writers across processes. Readers use a plain BEGIN: under WAL
+    they never block anyone.
     """
 
     @event.listens_for(engine.sync_engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
+        if dbapi_connection.isolation_level is not None:
+            dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        if not inline:
+            cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_SECONDS * 1000)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
@@ -138,9 +155,12 @@ class Database:
         if is_sqlite(url):
             self._read_engine: AsyncEngine | None = create_engine(url, writer=False)
             self._reads = async_sessionmaker(self._read_engine, class_=AsyncSession, expire_on_commit=False)
+            self._scan_engine: AsyncEngine | None = create_engine(url, writer=False, inline=False)
+            self._scans = async_sessionmaker(self._scan_engine, class_=AsyncSession, expire_on_commit=False)
             self._writers: WriterQueue | None = WriterQueue()
         else:
-            self._read_engine, self._reads, self._writers = None, self._sessions, None
+            self._read_engine, self._scan_engine, self._writers = None, None, None
+            self._reads = self._scans = self._sessions
 
     @property
     def is_sqlite(self) -> bool:
@@ -160,10 +180,17 @@ class Database:
         async with self._reads() as session, session.begin():
             yield session
 
+    @asynccontextmanager
+    async def scan(self) -> AsyncIterator[AsyncSession]:
+        """A read that may take long (aggregates over many rows): on SQLite it runs off the event loop."""
+        async with self._scans() as session, session.begin():
+            yield session
+
     async def dispose(self) -> None:
         await self.engine.dispose()
-        if self._read_engine is not None:
-            await self._read_engine.dispose()
+        for engine in (self._read_engine, self._scan_engine):
+            if engine is not None:
+                await engine.dispose()
 
 
 async def insert_ignore(session: AsyncSession, table: type[Any], values: dict[str, Any], conflict: list[str]) -> bool:

@@ -1,0 +1,160 @@
+"""SQLite for the async engine without a thread hop per statement.
+
+aiosqlite runs every statement in a worker thread and wakes the event loop for each result: a
+request of ~30 statements paid ~200 round trips, most of Baton's own CPU per request (see
+bench/results/request_path.md). Baton's own statements are small and indexed (tens of
+microseconds each), so this driver runs them directly on the event loop thread, handed to
+SQLAlchemy through ``create_async_engine(async_creator=...)``.
+
+The one thing that must not block the loop is waiting for SQLite's write lock: another
+connection (the LangGraph checkpointer of this process, whose transaction may need the loop
+to finish, or another replica) can hold it. So the connection has no busy timeout, and a
+statement that finds the database locked is retried after an asyncio sleep instead. A failed
+SQLite statement has no effect, so retrying it, even inside a transaction, is safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+SQLITE_BUSY, SQLITE_LOCKED = 5, 6
+FIRST_PAUSE, LONGEST_PAUSE = 0.0005, 0.02
+T = TypeVar("T")
+
+
+def _is_busy(error: sqlite3.OperationalError) -> bool:
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (SQLITE_BUSY, SQLITE_LOCKED)
+    return "locked" in str(error) or "busy" in str(error)
+
+
+async def _until_free(step: Callable[[], T], timeout: float) -> T:
+    """``step()``; while the database is locked, sleep (without blocking the loop) and try again."""
+    try:
+        return step()
+    except sqlite3.OperationalError as error:
+        if not _is_busy(error):
+            raise
+    deadline = time.monotonic() + timeout
+    pause = FIRST_PAUSE
+    while True:
+        await asyncio.sleep(pause)
+        try:
+            return step()
+        except sqlite3.OperationalError as error:
+            if not _is_busy(error) or time.monotonic() >= deadline:
+                raise
+        pause = min(pause * 2, LONGEST_PAUSE)
+
+
+class InlineCursor:
+    """The aiosqlite cursor interface SQLAlchemy's adapter uses, over a plain ``sqlite3.Cursor``."""
+
+    def __init__(self, cursor: sqlite3.Cursor, timeout: float) -> None:
+        self._cursor = cursor
+        self._timeout = timeout
+
+    async def __aenter__(self) -> InlineCursor:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self._cursor.close()
+
+    @property
+    def description(self) -> Any:
+        return self._cursor.description
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    @property
+    def lastrowid(self) -> int | None:
+        return self._cursor.lastrowid
+
+    @property
+    def arraysize(self) -> int:
+        return self._cursor.arraysize
+
+    @arraysize.setter
+    def arraysize(self, value: int) -> None:
+        self._cursor.arraysize = value
+
+    async def execute(self, operation: str, parameters: Sequence[Any] | dict[str, Any] = ()) -> InlineCursor:
+        await _until_free(lambda: self._cursor.execute(operation, parameters), self._timeout)
+        return self
+
+    async def executemany(self, operation: str, parameters: Iterable[Any]) -> InlineCursor:
+        rows = list(parameters)
+        await _until_free(lambda: self._cursor.executemany(operation, rows), self._timeout)
+        return self
+
+    async def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    async def fetchmany(self, size: int | None = None) -> list[Any]:
+        return self._cursor.fetchmany(size if size is not None else self._cursor.arraysize)
+
+    async def fetchall(self) -> list[Any]:
+        return self._cursor.fetchall()
+
+    async def nextset(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._cursor.close()
+
+
+class InlineConnection:
+    """The aiosqlite connection interface SQLAlchemy's adapter uses, over a plain ``sqlite3.Connection``."""
+
+    def __init__(self, connection: sqlite3.Connection, timeout: float) -> None:
+        self._connection: sqlite3.Connection | None = connection
+        self._timeout = timeout
+
+    @property
+    def isolation_level(self) -> str | None:
+        return self._live.isolation_level
+
+    @property
+    def _live(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise ValueError("no active connection")
+        return self._connection
+
+    def cursor(self) -> InlineCursor:
+        return InlineCursor(self._live.cursor(), self._timeout)
+
+    async def commit(self) -> None:
+        connection = self._live
+        await _until_free(connection.commit, self._timeout)
+
+    async def rollback(self) -> None:
+        self._live.rollback()
+
+    async def create_function(self, *args: Any, **kw: Any) -> None:
+        self._live.create_function(*args, **kw)
+
+    async def close(self) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+def inline_connector(path: str, timeout: float) -> Callable[[], Awaitable[InlineConnection]]:
+    """The ``async_creator`` for ``create_async_engine``: autocommit mode, BEGIN is issued explicitly."""
+
+    async def connect() -> InlineConnection:
+        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        connection.execute("PRAGMA busy_timeout=0")  # waiting happens in _until_free, off the loop's back
+        return InlineConnection(connection, timeout)
+
+    return connect
