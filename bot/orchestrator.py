@@ -35,8 +35,11 @@ from storage.models import Approval, InboundEvent, Run, ThreadRecord, utcnow
 
 log = logging.getLogger("baton.orchestrator")
 SWEEP_AFTER_SECONDS = 2.0
-MAX_DRAINING_THREADS = 16  # threads this process drains at once (see Orchestrator._schedule)
 CHOOSER = "choose"  # the pseudo-graph of a run that waits for the requester to pick a graph
+
+
+class LeaseLost(RuntimeError):
+    """This process no longer holds the thread it was draining: its results are not written."""
 
 
 class Orchestrator:
@@ -52,8 +55,10 @@ class Orchestrator:
         self.digests = digests
         self.leases = threads.Leases(services.db, instance, settings.lease_seconds)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._drain_slots = asyncio.Semaphore(MAX_DRAINING_THREADS)
+        self._drain_slots = asyncio.Semaphore(settings.max_draining_threads)
         self._waiting_for_slot: set[int] = set()
+        self._draining: set[int] = set()
+        self._drain_again: set[int] = set()
 
     # -- 1-2. accept and claim -------------------------------------------------------------------
 
@@ -120,13 +125,18 @@ class Orchestrator:
     # -- 3. one writer per thread ----------------------------------------------------------------
 
     def _schedule(self, record_id: int) -> None:
-        """Drain the thread as soon as one of ``MAX_DRAINING_THREADS`` slots is free.
+        """Drain the thread as soon as one of ``BATON_MAX_DRAINING_THREADS`` slots is free.
 
         Unbounded, a burst (100 Slack mentions a second) starts thousands of drains that all
         contend for the database and the event loop, and the backlog stalls. A thread already
         waiting for a slot is not scheduled twice: its drain, once started, takes every event
-        queued on the thread by then (the sweeper's repeats cost nothing either).
+        queued on the thread by then (the sweeper's repeats cost nothing either). A thread this
+        process is draining is never drained twice at once, even if its lease ran out meanwhile
+        (the lease names the process, not the drain); it is looked at again when that drain ends.
         """
+        if record_id in self._draining:
+            self._drain_again.add(record_id)
+            return
         if record_id in self._waiting_for_slot:
             return
         self._waiting_for_slot.add(record_id)
@@ -137,7 +147,17 @@ class Orchestrator:
     async def drain(self, record_id: int) -> None:
         async with self._drain_slots:
             self._waiting_for_slot.discard(record_id)
-            await self._drain_now(record_id)
+            if record_id in self._draining:
+                self._drain_again.add(record_id)
+                return
+            self._draining.add(record_id)
+            try:
+                await self._drain_now(record_id)
+            finally:
+                self._draining.discard(record_id)
+        if record_id in self._drain_again:
+            self._drain_again.discard(record_id)
+            self._schedule(record_id)
 
     async def _drain_now(self, record_id: int) -> None:
         """Handle the thread's queued events in order, if nobody else is doing it already."""
@@ -153,6 +173,8 @@ class Orchestrator:
             while work is not None:
                 await self._handle(*work)
                 work = await self.leases.next_or_release(record_id)
+        except LeaseLost as exc:
+            log.warning("stopped draining: %s", exc)
         except BaseException:
             log.exception("draining thread %s stopped; the sweeper will retry", record_id)
             await asyncio.shield(self.leases.release(record_id))
@@ -196,6 +218,8 @@ class Orchestrator:
                 await self._handle_click(event, record)
             else:
                 await self._handle_message(event, record)
+        except LeaseLost:
+            raise
         except Exception as exc:
             log.exception("event %s failed", event.id)
             await self._finish_event(event, f"error: {type(exc).__name__}",
@@ -535,7 +559,21 @@ class Orchestrator:
                      channel=event.channel, thread=event.thread, user=event.user, outcome=outcome)
         await self._mark_done(session, event, outcome)
 
-    @staticmethod
-    async def _mark_done(session: AsyncSession, event: InboundEvent, outcome: str) -> None:
-        await session.exec(update(InboundEvent).where(InboundEvent.id == event.id)  # type: ignore[arg-type]
-                           .values(status="done", outcome=outcome[:200], handled_at=utcnow()))
+    async def _mark_done(self, session: AsyncSession, event: InboundEvent, outcome: str) -> None:
+        """Close the event, in the transaction that stores its outcome, only while we still hold the thread.
+
+        The fence against a lost lease (this process stalled past it and another drain took the
+        thread over): raising here rolls the whole transaction back, reply included, so the
+        event is answered once, by whoever holds the thread.
+        """
+        now = utcnow()
+        held = await session.exec(update(ThreadRecord).where(  # type: ignore[call-overload]
+            ThreadRecord.id == event.thread_record_id, ThreadRecord.lease_owner == self.leases.owner)
+            .values(lease_until=now + timedelta(seconds=self.leases.seconds)))
+        if not held.rowcount:
+            raise LeaseLost(f"thread {event.thread_record_id} is no longer ours; event {event.id} is left to its holder")
+        closed = await session.exec(update(InboundEvent).where(  # type: ignore[call-overload]
+            InboundEvent.id == event.id, InboundEvent.status == "pending")
+            .values(status="done", outcome=outcome[:200], handled_at=now))
+        if not closed.rowcount:
+            raise LeaseLost(f"event {event.id} was already handled elsewhere")

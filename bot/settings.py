@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(4000, alias="BATON_MAX_MESSAGE_CHARS")
     checkpoint_retention_hours: float = Field(72.0, alias="BATON_CHECKPOINT_RETENTION_HOURS")
     lease_seconds: float = Field(30.0, alias="BATON_LEASE_SECONDS")
+    max_draining_threads: int = Field(16, ge=1, alias="BATON_MAX_DRAINING_THREADS")
     instance_name: str | None = Field(None, alias="BATON_INSTANCE_NAME")
     adapters: str | None = Field(None, alias="BATON_ADAPTERS")
     log_level: str = Field("INFO", alias="BATON_LOG_LEVEL")

@@ -92,6 +92,8 @@ class Leases:
         record = (await session.exec(
             select(ThreadRecord).where(ThreadRecord.id == record_id).with_for_update()  # type: ignore[arg-type]
             .execution_options(populate_existing=True))).one()
+        if record.lease_owner != self.owner:  # lost it while handling (see Orchestrator._mark_done)
+            return None
         event = await next_event(session, record)
         if event is not None:
             return event, record

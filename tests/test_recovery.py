@@ -88,3 +88,40 @@ async def test_finished_threads_lose_their_checkpoints_after_retention(tmp_path,
         assert await baton.prune_checkpoints() == 1
         assert await baton.runtime.checkpointer.aget_tuple(config) is None
         assert await baton.prune_checkpoints() == 0
+
+
+async def _expire_leases(database_url: str) -> int:
+    """What another replica sees when the holder stalls past its lease (a long GC pause, a frozen VM)."""
+    database = Database(database_url)
+    try:
+        async with database.session() as session:
+            taken = await session.exec(update(ThreadRecord).where(ThreadRecord.lease_owner.is_not(None))  # type: ignore[union-attr]
+                                       .values(lease_until=utcnow() - timedelta(seconds=1)))
+            return int(taken.rowcount)
+    finally:
+        await database.dispose()
+
+
+def test_a_replica_that_lost_its_lease_mid_run_does_not_answer_too(start_baton, database_url, counter):
+    """The holder's lease runs out while its command still runs; another replica takes the thread over
+    and answers (the command's outcome is in doubt, so it is not run again). The first replica's
+    result, when its command ends, must not be posted as well: its final write is fenced by the lease."""
+    import asyncio
+
+    slow_renewal = {"BATON_LEASE_SECONDS": "60"}  # renewed every 20 s: the expiry below is not undone
+    stalled = start_baton(database_url, name="stalled", env=slow_renewal)
+    start_baton(database_url, name="taker", env=slow_renewal)  # sweeps the thread once its lease has run out
+    pg = stalled.client()
+    thread = pg.ask("@baton run slow seconds=3")
+    wait_for(lambda: [e for e in effects(database_url) if e.status == "started"], what="the command to start")
+    assert asyncio.run(_expire_leases(database_url)) == 1
+
+    pg.wait_reply(thread, "outcome is unknown", timeout=30)  # the taker's answer
+    wait_for(lambda: [e for e in effects(database_url) if e.status == "done"], timeout=30,
+             what="the stalled replica's command to end")
+    wait_for(lambda: "stopped draining" in stalled.log.read_text() or
+             [m for m in pg.bot_replies(thread) if "slept" in m["text"]], timeout=30,
+             what="the stalled replica to write its result or be fenced off")
+    assert not [m for m in pg.bot_replies(thread) if "slept" in m["text"]], "the thread was answered twice"
+    assert len(pg.bot_replies(thread)) == 1
+    assert len(effects(database_url)) == 1  # the command ran once

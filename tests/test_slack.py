@@ -152,7 +152,7 @@ def test_event_delivered_four_times_runs_once(slack, counter):
 
 
 def test_a_burst_of_mentions_is_acknowledged_run_and_answered_once_each(slack, counter):
-    """More requests at once than Baton drains at a time (``MAX_DRAINING_THREADS``)."""
+    """More requests at once than Baton drains at a time (``BATON_MAX_DRAINING_THREADS``)."""
     events = [slack.sender.mention("run uptime", user=ALICE, channel=f"C0BURST{n:03d}") for n in range(40)]
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(slack.sender.send_event, events))
