@@ -97,6 +97,7 @@ class Outbox:
                         paced.add(row.channel)
                         continue
                     paced.add(row.channel)
+                attempts = row.attempts + 1  # read first: the ORM update below refreshes ``row`` in place
                 taken = await session.exec(
                     update(OutboxMessage)
                     .where(OutboxMessage.id == row.id, claimable)  # type: ignore[arg-type]
@@ -117,7 +118,7 @@ class Outbox:
                         message=Message.model_validate(row.payload),
                         target_user=row.target_user,
                         target_message_id=target,
-                        attempts=row.attempts + 1,
+                        attempts=attempts,
                     )
                 )
         return deliveries
