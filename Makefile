@@ -21,4 +21,4 @@ bench: $(STAMP)
 	$(PY) -m bench.digest_build
 
 clean:
-	rm -rf $(VENV) *.egg-info baton.db
+	rm -rf $(VENV) *.egg-info baton.db baton.checkpoints.db

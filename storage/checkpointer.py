@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
+from pathlib import Path
 
 import aiosqlite
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -16,11 +18,32 @@ from sqlalchemy.engine import make_url
 from storage.db import is_sqlite, sqlite_path
 
 
+def sqlite_checkpoint_path(url: str) -> Path:
+    """Where a SQLite Baton keeps LangGraph's checkpoints: a file of their own beside the database.
+
+    SQLite has one write lock per file. The checkpointer's transactions span several event loop
+    turns (aiosqlite), so in the same file every inbound event's insert, the write Slack waits
+    for, queued behind them. A database that already holds checkpoints (made before this split)
+    keeps them where they are, so no waiting approval loses its run.
+    """
+    database = Path(sqlite_path(url))
+    separate = database.with_name(f"{database.stem}.checkpoints{database.suffix or '.db'}")
+    if not separate.exists() and database.exists() and _holds_checkpoints(database):
+        return database
+    return separate
+
+
+def _holds_checkpoints(database: Path) -> bool:
+    with closing(sqlite3.connect(database)) as connection:
+        found = connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'checkpoints'").fetchone()
+        return bool(found and connection.execute("SELECT 1 FROM checkpoints LIMIT 1").fetchone())
+
+
 @asynccontextmanager
 async def open_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
     """Yield a ready checkpointer (tables created) and close it on exit."""
     if is_sqlite(url):
-        connection = await aiosqlite.connect(sqlite_path(url), timeout=30)
+        connection = await aiosqlite.connect(sqlite_checkpoint_path(url), timeout=30)
         try:
             await connection.execute("PRAGMA journal_mode=WAL")
             await connection.execute("PRAGMA busy_timeout=30000")
