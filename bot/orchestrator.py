@@ -70,12 +70,16 @@ class Orchestrator:
             record = await threads.find(session, location)
             if record is None and not message.addressed:
                 return Accepted(status="ignored", reason="not addressed to the bot and not in a Baton thread")
-            record = record or await threads.get_or_create(session, location)
+            new_thread = False
+            if record is None:
+                record, new_thread = await threads.create(session, location)
             stored = await self._claim(session, message.platform, message.event_id, "message", location, message.user,
                                        message.text, {}, record.id, correlation)
             if not stored:
                 return Accepted(status="duplicate", reason="this event was already received")
-            queued = record.status == "waiting" or await threads.queued_before(session, record, message.event_id)
+            # A thread made just now has nothing queued before this event.
+            queued = not new_thread and (
+                record.status == "waiting" or await threads.queued_before(session, record, message.event_id))
             if queued:
                 after = "the approval is decided and " if record.status == "waiting" else ""
                 self.outbox.enqueue(session, location, Message.text(

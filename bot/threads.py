@@ -14,7 +14,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.messages import Location
-from storage.db import Database, insert_ignore
+from storage.db import Database, insert_new_id
 from storage.models import InboundEvent, ThreadRecord, utcnow
 
 BUSY = ("running", "waiting")
@@ -33,19 +33,17 @@ async def find(session: AsyncSession, location: Location) -> ThreadRecord | None
     ).first()
 
 
-async def get_or_create(session: AsyncSession, location: Location) -> ThreadRecord:
+async def create(session: AsyncSession, location: Location) -> tuple[ThreadRecord, bool]:
+    """The thread's record, made now unless a concurrent writer made it first; and whether it is new."""
+    now = utcnow()
+    values = {**location.model_dump(), "lg_thread_id": ThreadRecord().lg_thread_id, "status": "idle",
+              "created_at": now, "updated_at": now}
+    new_id = await insert_new_id(session, ThreadRecord, values, ["platform", "workspace", "channel", "thread"])
+    if new_id is not None:
+        return ThreadRecord(id=new_id, **values), True
     record = await find(session, location)
-    if record is None:
-        await insert_ignore(
-            session,
-            ThreadRecord,
-            {**location.model_dump(), "lg_thread_id": ThreadRecord().lg_thread_id, "status": "idle",
-             "created_at": utcnow(), "updated_at": utcnow()},
-            ["platform", "workspace", "channel", "thread"],
-        )
-        record = await find(session, location)
     assert record is not None
-    return record
+    return record, False
 
 
 def location_of(record: ThreadRecord) -> Location:

@@ -195,13 +195,24 @@ class Database:
 
 async def insert_ignore(session: AsyncSession, table: type[Any], values: dict[str, Any], conflict: list[str]) -> bool:
     """INSERT ... ON CONFLICT DO NOTHING; true when the row was inserted (SQLite and PostgreSQL)."""
+    return await _insert_returning(session, table, values, conflict, conflict) is not None
+
+
+async def insert_new_id(session: AsyncSession, table: type[Any], values: dict[str, Any], conflict: list[str]) -> int | None:
+    """INSERT ... ON CONFLICT DO NOTHING; the new row's ``id``, or ``None`` when it already existed."""
+    row = await _insert_returning(session, table, values, conflict, ["id"])
+    return None if row is None else int(row[0])
+
+
+async def _insert_returning(session: AsyncSession, table: type[Any], values: dict[str, Any], conflict: list[str],
+                            returning: list[str]) -> Any:
     if session.bind.dialect.name == "sqlite":  # type: ignore[union-attr]
         from sqlalchemy.dialects.sqlite import insert
     else:
         from sqlalchemy.dialects.postgresql import insert
     columns = table.__table__.c
     statement = (insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
-                 .returning(*[columns[name] for name in conflict]))
+                 .returning(*[columns[name] for name in returning]))
     # RETURNING rather than rowcount: drivers disagree on rowcount for ON CONFLICT DO NOTHING.
     result = await session.exec(statement)  # type: ignore[call-overload]
-    return result.first() is not None
+    return result.first()

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 SQLITE_BUSY, SQLITE_LOCKED = 5, 6
-FIRST_PAUSE, LONGEST_PAUSE = 0.0005, 0.02
+FIRST_PAUSE, LONGEST_PAUSE = 0.0005, 0.005
 T = TypeVar("T")
 
 
