@@ -10,7 +10,9 @@ talking to its own fake Slack Web API (``tests/fake_slack.py``, in a process of 
   ``runbook`` graph with a SQLite checkpointer (bare LangGraph) and posts the reply before it
   returns: the ack waits for the whole run.
 
-The sender behaves like Slack: an acknowledgement not received within 3 seconds (or a non-2xx)
+The sender and the fake Web API run at a higher CPU priority than the server under test
+(``give_slack_priority``): on this shared 2-core machine they stand for Slack's servers, which do not
+wait for Baton's cores. The sender behaves like Slack: an acknowledgement not received within 3 seconds (or a non-2xx)
 counts as failed and the event is sent again with ``X-Slack-Retry-Num`` (up to 3 retries; Slack
 waits about a minute before its second retry, the bench retries at once). Each event is
 ``run trivial n=<i>`` (a low-risk runbook running ``/bin/true``) in one of ``--channels``
@@ -29,6 +31,7 @@ import argparse
 import asyncio
 import math
 import multiprocessing
+import os
 import re
 import sqlite3
 import subprocess
@@ -269,6 +272,33 @@ class Side:
         return f"not done: {self.unfinished}"
 
 
+SLACK_SIDE_NICENESS = -10  # the sender and the fake Slack stand for Slack's own servers
+
+
+def give_slack_priority() -> bool:
+    """Run this process (the sender) and what it starts at a higher CPU priority, if allowed.
+
+    Slack's servers do not share Baton's two cores; here the sender and the fake Web API do, and
+    a sender that waits for a core adds its own delay to every ack it times. The servers under
+    test are put back to normal priority (``normal_priority``) right after they start.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, SLACK_SIDE_NICENESS)
+    except PermissionError:
+        return False
+    return True
+
+
+def normal_priority(pid: int) -> None:
+    """Every thread of ``pid`` back to niceness 0 (niceness is per thread on Linux)."""
+    tasks = Path(f"/proc/{pid}/task")
+    for tid in ([int(t.name) for t in tasks.iterdir()] if tasks.exists() else [pid]):
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, 0)
+        except (PermissionError, ProcessLookupError):
+            pass
+
+
 def percentile(values: list[float], p: float) -> float:
     """Nearest rank (p in 0..100) of sorted ``values``."""
     return values[max(1, min(len(values), math.ceil(p * len(values) / 100))) - 1]
@@ -280,6 +310,8 @@ def measure_baton(args: argparse.Namespace, workdir: Path) -> Side:
     env = {"SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET, "SLACK_API_URL": fake.api_url,
            "BATON_ADAPTERS": "slack", "BATON_LOG_LEVEL": "WARNING"}
     baton = BatonProcess(f"sqlite:///{database}", write_config(workdir), workdir, "baton-bench", env).start()
+    assert baton.process is not None
+    normal_priority(baton.process.pid)
     try:
         events = asyncio.run(stream(baton.url, args.rate, args.duration, args.channels))
 
@@ -308,6 +340,7 @@ def measure_naive(args: argparse.Namespace, workdir: Path) -> Side:
                                    str(workdir)], stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: _answers(f"{url}/healthz"), 30, "the naive Bolt server to start")
+        normal_priority(server.pid)
         events = asyncio.run(stream(url, args.rate, args.duration, args.channels))
         drained = wait_drained(lambda: httpx.get(f"{url}/runs", timeout=10).json()["in_flight"] == 0,
                                args.drain_timeout)
@@ -360,6 +393,11 @@ def report(args: argparse.Namespace, sides: list[Side], load_before: str) -> str
         f"- {packages}",
         *(f"- {side.name}: the sender started each event at most {side.lag_ms:.1f} ms late (its own health)."
           for side in sides),
+        ("- Slack's side (the sender and the fake Web API) ran at niceness "
+         f"{SLACK_SIDE_NICENESS}, the server under test at 0: Slack's servers do not share Baton's cores."
+         if getattr(args, "slack_priority", False) else
+         "- Slack's side ran at the same CPU priority as the server under test (raising it was not permitted): "
+         "its own waits for a core count in the ack times."),
         "",
         ("| side | events | acked | retries sent | ack p50 ms | ack p99 ms | ack max ms | ran once | ran 2+ times "
          "| never ran | one reply | 2+ replies | event -> reply p50 / p99 s | drain after stream s |"),
@@ -401,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         serve_naive(int(port), api_url, Path(directory))
         return 0
     load_before = _load()
+    args.slack_priority = give_slack_priority()
     sides = []
     with tempfile.TemporaryDirectory(prefix="baton-bench-slack-") as directory:
         for name, measure in (("baton", measure_baton), ("naive", measure_naive)):

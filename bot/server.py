@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,12 +13,24 @@ from bot.config import BatonConfig
 from bot.settings import Settings
 
 
+def settle_garbage_collector() -> None:
+    """Keep what start-up built (modules, mappers, compiled graphs) out of every later collection.
+
+    Measured under a burst of Slack events: each full (generation 2) collection walked those
+    objects again and stopped the event loop for ~140 ms, the whole tail of the ack latency.
+    Frozen, they are never scanned; what the running server allocates is collected as before.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def create_app(settings: Settings, config: BatonConfig | None = None) -> FastAPI:
     baton = Baton(settings, config)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         async with baton:
+            settle_garbage_collector()
             yield
 
     app = FastAPI(title="Baton", lifespan=lifespan)
