@@ -35,6 +35,7 @@ from storage.models import Approval, InboundEvent, Run, ThreadRecord, utcnow
 
 log = logging.getLogger("baton.orchestrator")
 SWEEP_AFTER_SECONDS = 2.0
+SWEEP_BATCH = 200
 CHOOSER = "choose"  # the pseudo-graph of a run that waits for the requester to pick a graph
 
 
@@ -59,6 +60,7 @@ class Orchestrator:
         self._waiting_for_slot: set[int] = set()
         self._draining: set[int] = set()
         self._drain_again: set[int] = set()
+        self._released: set[int] = set()  # threads whose last handled event also released the lease
 
     # -- 1-2. accept and claim -------------------------------------------------------------------
 
@@ -175,7 +177,11 @@ class Orchestrator:
         heartbeat = asyncio.create_task(self._heartbeat(record_id))
         try:
             while work is not None:
+                self._released.discard(record_id)
                 await self._handle(*work)
+                if record_id in self._released:  # nothing was queued: the last transaction gave the lease back
+                    self._released.discard(record_id)
+                    break
                 work = await self.leases.next_or_release(record_id)
         except LeaseLost as exc:
             log.warning("stopped draining: %s", exc)
@@ -203,7 +209,7 @@ class Orchestrator:
                     InboundEvent.received_at < now - timedelta(seconds=SWEEP_AFTER_SECONDS),
                     or_(ThreadRecord.lease_owner.is_(None), ThreadRecord.lease_until < now),  # type: ignore[union-attr]
                     or_(InboundEvent.kind == "click", ThreadRecord.status != "waiting"),
-                ).distinct()
+                ).distinct().limit(SWEEP_BATCH)  # a backlog is taken a batch per sweep, never in one long query
             )).all()
         for record_id in ids:
             self._schedule(record_id)  # type: ignore[arg-type]
@@ -568,16 +574,24 @@ class Orchestrator:
 
         The fence against a lost lease (this process stalled past it and another drain took the
         thread over): raising here rolls the whole transaction back, reply included, so the
-        event is answered once, by whoever holds the thread.
+        event is answered once, by whoever holds the thread. With nothing else queued on the
+        thread the lease is released in the same transaction (``_released`` tells the drain).
         """
         now = utcnow()
-        held = await session.exec(update(ThreadRecord).where(  # type: ignore[call-overload]
-            ThreadRecord.id == event.thread_record_id, ThreadRecord.lease_owner == self.leases.owner)
-            .values(lease_until=now + timedelta(seconds=self.leases.seconds)))
-        if not held.rowcount:
-            raise LeaseLost(f"thread {event.thread_record_id} is no longer ours; event {event.id} is left to its holder")
+        # The record row first, locked: a replica's ``take`` of this thread waits for this
+        # transaction and then finds the lease free, so an event it queued meanwhile is not stranded.
+        record = await session.get(ThreadRecord, event.thread_record_id, populate_existing=True, with_for_update=True)
         closed = await session.exec(update(InboundEvent).where(  # type: ignore[call-overload]
             InboundEvent.id == event.id, InboundEvent.status == "pending")
             .values(status="done", outcome=outcome[:200], handled_at=now))
         if not closed.rowcount:
             raise LeaseLost(f"event {event.id} was already handled elsewhere")
+        more = record is not None and await threads.next_event(session, record) is not None
+        lease = ({"lease_until": now + timedelta(seconds=self.leases.seconds)} if more
+                 else {"lease_owner": None, "lease_until": None})
+        held = await session.exec(update(ThreadRecord).where(  # type: ignore[call-overload]
+            ThreadRecord.id == event.thread_record_id, ThreadRecord.lease_owner == self.leases.owner).values(**lease))
+        if not held.rowcount:
+            raise LeaseLost(f"thread {event.thread_record_id} is no longer ours; event {event.id} is left to its holder")
+        if not more:
+            self._released.add(event.thread_record_id)  # type: ignore[arg-type]
