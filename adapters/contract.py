@@ -20,6 +20,42 @@ if TYPE_CHECKING:
 log = logging.getLogger("baton.adapters")
 
 
+def split_text(text: str, limit: int, size: Callable[[str], int] = len) -> list[str]:
+    """Split ``text`` into pieces of at most ``limit`` (as measured by ``size``), at line ends when possible.
+
+    ``"".join(split_text(text, limit)) == text``: nothing is lost or reordered. ``size`` is how
+    the platform counts (Slack counts the escaped text: ``&`` is five characters there).
+    """
+    pieces: list[str] = []
+    current, used = "", 0
+    for line in text.splitlines(keepends=True):
+        cost = size(line)
+        if used + cost <= limit:
+            current, used = current + line, used + cost
+            continue
+        if current:
+            pieces.append(current)
+        while size(line) > limit:  # one line longer than a piece: split it by characters
+            cut = _fitting_prefix(line, limit, size)
+            pieces.append(line[:cut])
+            line = line[cut:]
+        current, used = line, size(line)
+    if current or not pieces:
+        pieces.append(current)
+    return pieces
+
+
+def _fitting_prefix(line: str, limit: int, size: Callable[[str], int]) -> int:
+    if size is len:
+        return limit
+    used = 0
+    for index, char in enumerate(line):
+        used += size(char)
+        if used > limit:
+            return max(index, 1)
+    return len(line)
+
+
 class RetryLater(Exception):
     """The platform asked us to wait (HTTP 429 with Retry-After) or is briefly unavailable."""
 

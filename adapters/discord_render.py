@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import discord
 
+from adapters.contract import split_text
 from bot.messages import Buttons, Code, Image, Message, Note, Text, ThreadLink
 
 CONTENT_CHARS = 2000
@@ -46,6 +47,8 @@ TONE_COLOUR = {"info": 0x5865F2, "progress": 0x99AAB5, "success": 0x57F287, "war
 # or a URL: rendered as a mention.
 USER_ID = re.compile(r"(?<![\w/<@#:!&.])(?:discord:)?([0-9]{17,20})(?![\w>])")
 INLINE_CODE = re.compile(r"(`[^`\n]*`)")
+# ``*words*`` with no star or word character around it (so ``**bold**``, ``a*b*c`` and ``2 * 3`` stay).
+SINGLE_STAR_BOLD = re.compile(r"(?<![*\w])\*(?=[^\s*])([^*\n]*?[^\s*])\*(?![*\w])")
 
 
 @dataclass(frozen=True)
@@ -78,31 +81,11 @@ def jump_url(guild: str, channel: str) -> str:
 
 
 def with_mentions(text: str) -> str:
-    """Raw user ids (outside inline code) become mentions: ``123...`` -> ``<@123...>``."""
+    """Outside inline code: raw user ids become mentions (``123...`` -> ``<@123...>``) and the core's
+    ``*bold*`` (Slack's markup, which Discord would show in italics) becomes ``**bold**``."""
     pieces = INLINE_CODE.split(text)
-    return "".join(piece if index % 2 else USER_ID.sub(r"<@\1>", piece) for index, piece in enumerate(pieces))
-
-
-def split_lines(text: str, limit: int) -> list[str]:
-    """Split ``text`` into pieces of at most ``limit`` characters, at line ends when possible.
-
-    ``"".join(split_lines(text, limit)) == text``: nothing is lost or reordered.
-    """
-    pieces: list[str] = []
-    current = ""
-    for line in text.splitlines(keepends=True):
-        if len(current) + len(line) <= limit:
-            current += line
-            continue
-        if current:
-            pieces.append(current)
-        while len(line) > limit:  # one line longer than a piece: split it by characters
-            pieces.append(line[:limit])
-            line = line[limit:]
-        current = line
-    if current or not pieces:
-        pieces.append(current)
-    return pieces
+    return "".join(piece if index % 2 else SINGLE_STAR_BOLD.sub(r"**\1**", USER_ID.sub(r"<@\1>", piece))
+                   for index, piece in enumerate(pieces))
 
 
 def render(message: Message, guild: str) -> list[Outgoing]:
@@ -137,7 +120,7 @@ def render(message: Message, guild: str) -> list[Outgoing]:
 def _pieces(markdown: str) -> list[str]:
     """Rendered markdown in blocks that each fit a message (split after rendering: mentions and
     subtext markers make a line longer, and lines are where it is split)."""
-    return [piece.rstrip("\n") for piece in split_lines(markdown, PIECE_CHARS)]
+    return [piece.rstrip("\n") for piece in split_text(markdown, PIECE_CHARS)]
 
 
 def _note(text: str) -> str:
@@ -152,7 +135,7 @@ def _fenced(code: str) -> str:
 def _code(text: str, files: list[Attachment]) -> list[str]:
     """Code as fenced blocks (a ``` inside is broken with a zero-width space, so it cannot close the
     block); long output as a preview plus the whole text, untouched, as a file."""
-    pieces = split_lines(text.replace("```", "`\u200b``"), PIECE_CHARS - FENCE_CHARS)
+    pieces = split_text(text.replace("```", "`\u200b``"), PIECE_CHARS - FENCE_CHARS)
     if len(text) <= CODE_INLINE_CHARS:
         return [_fenced(piece) for piece in pieces]
     filename = _unique("output.txt", files)

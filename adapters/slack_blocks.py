@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, assert_never
 
+from adapters.contract import split_text
 from bot.messages import Buttons, Code, Image, Message, Note, Text, ThreadLink
 
 BUTTON_ACTION_PREFIX = "baton:"  # a button's action_id is this and the option's value; its value is the approval id
@@ -66,37 +67,8 @@ def with_mentions(escaped: str) -> str:
 
 
 def chunks(text: str, limit: int) -> list[str]:
-    """Split ``text`` into pieces whose escaped length is at most ``limit``, at line ends when possible.
-
-    ``"".join(chunks(text, limit)) == text``: nothing is lost or reordered.
-    """
-    pieces: list[str] = []
-    current, size = "", 0
-    for line in text.splitlines(keepends=True):
-        cost = len(escape(line))
-        if size + cost <= limit:
-            current, size = current + line, size + cost
-            continue
-        if current:
-            pieces.append(current)
-            current, size = "", 0
-        while len(escape(line)) > limit:  # one line longer than a piece: split it by characters
-            cut = _fitting_prefix(line, limit)
-            pieces.append(line[:cut])
-            line = line[cut:]
-        current, size = line, len(escape(line))
-    if current or not pieces:
-        pieces.append(current)
-    return pieces
-
-
-def _fitting_prefix(line: str, limit: int) -> int:
-    size = 0
-    for index, char in enumerate(line):
-        size += len(escape(char))
-        if size > limit:
-            return max(index, 1)
-    return len(line)
+    """Split ``text`` into pieces whose escaped length is at most ``limit``, at line ends when possible."""
+    return split_text(text, limit, lambda piece: len(escape(piece)))
 
 
 def render(message: Message, permalink: Permalink, *, files: bool = True) -> Rendered:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from adapters import discord_render
-from adapters.contract import DeliveryRejected, RetryLater
+from adapters.contract import DeliveryRejected, RetryLater, split_text
 from adapters.discord_adapter import _step, card_view
 from bot.messages import ButtonOption, Buttons, Code, Message, Note, Text, ThreadLink
 from tests.fake_discord import (
@@ -334,6 +334,15 @@ def test_card_renders_as_one_embed_with_buttons_carrying_only_the_approval_id():
         ("baton:reject:abc_DEF-123", "Reject", discord.ButtonStyle.danger)]
 
 
+def test_the_cores_single_star_bold_is_bold_on_discord_not_italics():
+    message = Message(parts=[Text(text="*Approvals*: 2 granted; `*glob*` and 2 * 3 stay; **already** too"),
+                             Note(text="approved by *alice*")])
+    (outgoing,) = discord_render.render(message, GUILD_ID)
+    assert outgoing.content is not None
+    assert outgoing.content.split("\n") == ["**Approvals**: 2 granted; `*glob*` and 2 * 3 stay; **already** too",
+                                             "-# approved by **alice**"]
+
+
 def test_choice_buttons_carry_their_value_and_labels_fit_discord():
     buttons_part = Buttons(approval_id="a1", options=[ButtonOption(value="summarize", label="summarize", style="primary"),
                                                       ButtonOption(value="announce", label="a" * 100)])
@@ -351,7 +360,7 @@ def test_long_text_is_split_over_messages_within_discord_limits_and_nothing_is_l
     assert len(rendered) > 30 and all(o.embed is None and not o.files for o in rendered)
     assert all(len(o.content or "") <= 2000 for o in rendered)
     assert "\n".join(o.content or "" for o in rendered) == "✅ " + text
-    assert discord_render.split_lines("a" * 5000 + "\nb\n", 1900) == ["a" * 1900, "a" * 1900, "a" * 1200 + "\nb\n"]
+    assert split_text("a" * 5000 + "\nb\n", 1900) == ["a" * 1900, "a" * 1900, "a" * 1200 + "\nb\n"]
 
 
 def test_a_card_too_long_for_an_embed_stays_one_message_and_attaches_the_whole_text():
