@@ -34,6 +34,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from tests.support import BackgroundServer
+
 TOKEN = "baton-test-discord-token"
 DISCORD_EPOCH_MS = 1_420_070_400_000
 GUILD_ID = "1100000000000000001"
@@ -157,10 +159,11 @@ class _Connection:
             await self.socket.send_bytes(self._compress(text.encode()))
 
 
-class FakeDiscord:
+class FakeDiscord(BackgroundServer):
     """Discord's REST API and gateway, locally. Thread-safe to read from the test."""
 
     def __init__(self, *, message_content_intent: bool = True) -> None:
+        super().__init__("fake-discord")
         self.message_content_intent = message_content_intent
         self._lock = threading.Lock()
         self._calls: list[Call] = []
@@ -174,30 +177,14 @@ class FakeDiscord:
         self.refuses_direct_messages: set[str] = set()
         self.commands: dict[str, list[dict[str, Any]]] = {}  # "global" or a guild id -> the registered commands
         self._connections: list[_Connection] = []
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-discord", daemon=True)
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
     # -- life ------------------------------------------------------------------------------------
 
-    def start(self) -> FakeDiscord:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(10)
-        return self
+    async def close_connections(self) -> None:
+        for connection in list(self._connections):
+            await connection.socket.close()
 
-    def stop(self) -> None:
-        async def shutdown() -> None:
-            for connection in list(self._connections):
-                await connection.socket.close()
-            if self._runner is not None:
-                await self._runner.cleanup()
-
-        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    async def _serve(self) -> None:
+    def build_app(self) -> web.Application:
         app = web.Application(client_max_size=50 * 1024 * 1024)
         routes = [
             ("GET", "/gateway/bot", self._gateway_bot),
@@ -218,11 +205,7 @@ class FakeDiscord:
             app.router.add_route(method, "/api/v10" + path, self._recorded(f"{method} {path}", handler))
         app.router.add_route("*", "/api/v10/{tail:.*}", self._recorded("unknown", self._unknown))
         app.router.add_get("/gateway", self._gateway)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return app
 
     @property
     def api_url(self) -> str:

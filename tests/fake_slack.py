@@ -24,6 +24,8 @@ import httpx
 from aiohttp import WSMsgType, web
 from slack_sdk.signature import SignatureVerifier
 
+from tests.support import BackgroundServer
+
 BOT_TOKEN = "xoxb-baton-test-token"
 APP_TOKEN = "xapp-baton-test-token"
 SIGNING_SECRET = "baton-test-signing-secret"
@@ -72,50 +74,31 @@ class FakeMessage:
     history: list[list[dict[str, Any]]] = field(default_factory=list)
 
 
-class FakeSlack:
+class FakeSlack(BackgroundServer):
     """Slack's Web API and Socket Mode, locally. Thread-safe to read from the test."""
 
     def __init__(self) -> None:
+        super().__init__("fake-slack")
         self._lock = threading.Lock()
         self._calls: list[Call] = []
         self._failures: dict[str, list[Failure]] = {}
         self._messages: list[FakeMessage] = []
         self.files: dict[str, dict[str, Any]] = {}
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-slack", daemon=True)
-        self._runner: web.AppRunner | None = None
         self._sockets: list[web.WebSocketResponse] = []
         self.socket_acks: list[dict[str, Any]] = []
-        self.port = 0
 
     # -- life ------------------------------------------------------------------------------------
 
-    def start(self) -> FakeSlack:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        async def shutdown() -> None:
-            for socket in list(self._sockets):
-                await socket.close()
-            if self._runner is not None:
-                await self._runner.cleanup()
-
-        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    async def _serve(self) -> None:
+    def build_app(self) -> web.Application:
         app = web.Application(client_max_size=50 * 1024 * 1024)
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_post("/upload/{file_id}", self._upload)
         app.router.add_get("/socket", self._socket)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return app
+
+    async def close_connections(self) -> None:
+        for socket in list(self._sockets):
+            await socket.close()
 
     @property
     def base(self) -> str:
