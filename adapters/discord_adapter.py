@@ -375,6 +375,26 @@ class DiscordAdapter(Adapter):
         finally:
             deferred.set_result(done)
 
+    # -- history ---------------------------------------------------------------------------------
+
+    async def history(self, location: Location, limit: int) -> list[dict[str, Any]] | None:
+        """The thread's messages (a Discord thread is a channel) or the channel's, oldest first.
+
+        ``None`` (the core then uses what Baton saw) without the message content intent, since
+        Discord then blanks other people's messages, or when Discord refuses (no Read Message
+        History permission there).
+        """
+        if not self.reads_content:
+            return None
+        channel = self.client.get_partial_messageable(int(location.thread or location.channel))
+        try:
+            messages = [message async for message in channel.history(limit=limit)]
+        except discord.HTTPException as exc:
+            log.warning("Discord history of %s is not available (%s %s)", channel.id, exc.status, exc.text)
+            return None
+        me = self.client.user.id if self.client.user else None
+        return [_as_history(message, me) for message in reversed(messages)]
+
     # -- outbound --------------------------------------------------------------------------------
 
     async def send(self, delivery: Delivery) -> str | None:
@@ -418,6 +438,14 @@ class DiscordAdapter(Adapter):
         channel = self.client.get_partial_messageable(int(location.thread or location.channel))
         return await channel.send(**_payload(outgoing), allowed_mentions=discord.AllowedMentions(
             users=[discord.Object(user)]))
+
+
+def _as_history(message: discord.Message, me: int | None) -> dict[str, Any]:
+    is_bot = message.author.bot or message.author.id == me
+    text = message.content or "\n".join(embed.description or "" for embed in message.embeds)
+    if me is not None:
+        text = text.replace(f"<@{me}>", "@baton").replace(f"<@!{me}>", "@baton")
+    return {"user": str(message.author.id), "is_bot": is_bot, "text": text.strip()}
 
 
 def _render(message: Message, guild: str) -> list[Outgoing]:

@@ -193,6 +193,7 @@ class FakeDiscord(BackgroundServer):
             ("PUT", "/applications/{application_id}/commands", self._overwrite_commands),
             ("PUT", "/applications/{application_id}/guilds/{guild_id}/commands", self._overwrite_commands),
             ("GET", "/channels/{channel_id}", self._get_channel),
+            ("GET", "/channels/{channel_id}/messages", self._channel_history),
             ("POST", "/channels/{channel_id}/messages", self._post_message),
             ("PATCH", "/channels/{channel_id}/messages/{message_id}", self._edit_message),
             ("POST", "/channels/{channel_id}/messages/{message_id}/threads", self._start_thread),
@@ -394,6 +395,20 @@ class FakeDiscord(BackgroundServer):
         with self._lock:
             channel = self.channels.get(request.match_info["channel_id"])
         return _json(channel) if channel else _error(404, 10003, "Unknown Channel")
+
+    async def _channel_history(self, request: web.Request, body: dict[str, Any]) -> web.Response:
+        """Newest first, at most ``limit`` (1..100), older than ``before`` if given, as Discord pages."""
+        channel_id = request.match_info["channel_id"]
+        limit = max(1, min(100, int(request.query.get("limit", "50"))))
+        before = int(request.query.get("before", str(2**63)))
+        with self._lock:
+            if channel_id not in self.channels:
+                return _error(404, 10003, "Unknown Channel")
+            found = [m for m in self._messages.values() if m.channel_id == channel_id and int(m.id) < before]
+            page = sorted(found, key=lambda m: int(m.id), reverse=True)[:limit]
+            payload = [{**m.json(), "author": {**user_json(m.author_id), "bot": m.author_id in (BOT_ID, OTHER_BOT)}}
+                       for m in page]
+        return _json(payload)
 
     async def _post_message(self, request: web.Request, body: dict[str, Any]) -> web.Response:
         channel_id = request.match_info["channel_id"]

@@ -31,6 +31,7 @@ from tests.fake_discord import (
     FakeDiscord,
     FakeMessage,
     buttons,
+    shown_text,
 )
 from tests.support import LONG_LINES, long_line, BatonProcess, runs_in, wait_for, write_config
 
@@ -155,6 +156,18 @@ def test_mention_opens_a_thread_and_the_thread_is_the_conversation(chat, counter
     # As on Slack: the channel, and the thread in it (a DM is one conversation).
     assert chat.rows("SELECT workspace, channel, thread FROM thread_records ORDER BY id") == [
         (GUILD_ID, OPS, thread), ("", direct, direct)]
+
+
+def test_summarize_reads_the_thread_from_discord(chat, counter):
+    fake = chat.fake
+    thread = fake.say("run uptime", channel=OPS)["id"]
+    chat.reply("did uptime", thread)
+    # Another bot's message in the thread: Baton ignores its event, but Discord's history has it.
+    fake.say("deploy 42 failed on web-2", user=OTHER_BOT, channel=thread, mention=False)
+    fake.say("summarize", user=CAROL, channel=thread)
+    summary = shown_text(chat.reply("Extractive summary of this thread", thread))
+    assert summary.split("\n")[-1] == f"• <@{OTHER_BOT}>: deploy 42 failed on web-2"
+    assert [call.status for call in fake.calls("GET /channels/{channel_id}/messages")] == [200]
 
 
 def test_refusals_are_shown_only_to_the_person_who_clicked(chat, counter):
