@@ -44,19 +44,17 @@ from bot.registry import GraphRegistry
 from bot.settings import Settings
 from storage.checkpointer import open_checkpointer
 
-# (label, from mark, to mark). Consecutive marks of one request, except the drain's tail, which
-# runs beside the outbox loop: both start when _finish_run has committed.
+# (label, from mark, to mark). Consecutive marks of one request. The lease is given back in
+# _finish_run's own transaction when nothing else is queued on the thread.
 STEPS = [
     ("accept_message: thread record, inbound event, audit (1 write txn)", "start", "accepted"),
     ("drain task: Leases.take, lease + record + next event (1 write txn)", "accepted", "taken"),
     ("before the graph: route; earlier-run check, duplicate check, Run insert, thread update, audit (1 write txn)",
      "taken", "graph_start"),
     ("graph run: GraphRuntime.run (LangGraph, checkpointer, effects ledger, command)", "graph_start", "graph_end"),
-    ("_finish_run: Run, thread, outbox row, audit, event (1 write txn)", "graph_end", "stored"),
-    ("outbox loop: wake -> Outbox.claim committed (1 read + 1 write txn; queues behind the drain's tail)",
-     "stored", "claimed"),
-    ("  beside it, the drain's tail: Leases.next_or_release, none left -> lease released (1 write txn)",
-     "stored", "released"),
+    ("_finish_run: Run, thread, outbox row, audit, event, lease fenced and released (1 write txn)",
+     "graph_end", "stored"),
+    ("outbox loop: wake -> Outbox.claim committed (1 read + 1 write txn)", "stored", "claimed"),
     ("playground send: insert the message (1 write txn; Outbox.delivered follows, after the reply is seen)",
      "claimed", "delivered"),
 ]
@@ -305,8 +303,7 @@ ISOLATED = [  # (label, key); keys are measured calls, "before_graph" is derived
      "before_graph"),
     ("drain: GraphRuntime.run", "run"),
     ("  of which the effects ledger (without the command)", "ledger"),
-    ("drain: _finish_run", "finish"),
-    ("drain: Leases.next_or_release (none left: releases the lease)", "next_or_release"),
+    ("drain: _finish_run (with the lease check and release)", "finish"),
     ("Outbox.claim with a row due (read check, then the claim)", "claim"),
     ("adapter _deliver: send + Outbox.delivered", "deliver"),
     ("Outbox.claim with nothing due (read only; the live loop does it after every batch)", "claim_idle"),
