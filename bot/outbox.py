@@ -8,12 +8,13 @@ another replica takes over when it expires.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, update
+from sqlalchemy import DateTime, and_, bindparam, exists, or_, update
 from sqlalchemy.orm import aliased
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -23,6 +24,34 @@ from storage.db import Database, insert_ignore
 from storage.models import ChannelPace, OutboxMessage, utcnow
 
 CLAIM_SECONDS = 30.0  # a sender that died mid-send leaves its rows to others after this
+
+# The claim's statements are built once, with bound parameters: building them (and their cache
+# keys) on every poll cost more CPU than running them.
+_NOW = bindparam("now", type_=DateTime())
+_CLAIMABLE = or_(
+    and_(OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= _NOW),
+    and_(OutboxMessage.status == "sending", OutboxMessage.claimed_until < _NOW),  # a crashed sender's claim
+)
+_TAKE = (update(OutboxMessage)
+         .where(OutboxMessage.id == bindparam("row_id"), _CLAIMABLE)  # type: ignore[arg-type]
+         .values(status="sending", claimed_by=bindparam("worker"), claimed_until=bindparam("until", type_=DateTime()),
+                 attempts=OutboxMessage.attempts + 1)
+         .execution_options(synchronize_session=False))
+
+
+@functools.cache
+def _due_statement(limit: int) -> Any:
+    """The first claimable row of each thread (a row waits for every earlier row of its thread)."""
+    earlier = aliased(OutboxMessage)
+    blocked_by_earlier = exists().where(
+        earlier.platform == OutboxMessage.platform,
+        earlier.channel == OutboxMessage.channel,
+        earlier.thread == OutboxMessage.thread,
+        earlier.id < OutboxMessage.id,
+        earlier.status.in_(("pending", "sending")),  # type: ignore[attr-defined]
+    )
+    return (select(OutboxMessage).where(OutboxMessage.platform == bindparam("platform"), _CLAIMABLE, ~blocked_by_earlier)
+            .order_by(OutboxMessage.id).limit(limit))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -82,14 +111,13 @@ class Outbox:
 
     async def claim(self, platform: str, worker: str, *, limit: int = 20, pace_seconds: float = 0.0) -> list[Delivery]:
         now = utcnow()
-        claimable = self._claimable(now)
-        due = self._due(platform, claimable, limit)
+        due, due_params = _due_statement(limit), {"platform": platform, "now": now}
         async with self._db.read() as session:  # idle polling never takes the write lock
-            if (await session.exec(due)).first() is None:
+            if (await session.exec(due, params=due_params)).first() is None:
                 return []
         deliveries: list[Delivery] = []
         async with self._db.session() as session:
-            rows = (await session.exec(due)).all()
+            rows = (await session.exec(due, params=due_params)).all()
             paced: set[str] = set()
             for row in rows:
                 if pace_seconds > 0:
@@ -97,13 +125,8 @@ class Outbox:
                         paced.add(row.channel)
                         continue
                     paced.add(row.channel)
-                attempts = row.attempts + 1  # read first: the ORM update below refreshes ``row`` in place
-                taken = await session.exec(
-                    update(OutboxMessage)
-                    .where(OutboxMessage.id == row.id, claimable)  # type: ignore[arg-type]
-                    .values(status="sending", claimed_by=worker, claimed_until=now + timedelta(seconds=CLAIM_SECONDS),
-                            attempts=OutboxMessage.attempts + 1)
-                )
+                taken = await session.exec(_TAKE, params={  # type: ignore[call-overload]
+                    "row_id": row.id, "now": now, "worker": worker, "until": now + timedelta(seconds=CLAIM_SECONDS)})
                 if not taken.rowcount:
                     continue
                 target = None
@@ -118,31 +141,10 @@ class Outbox:
                         message=Message.model_validate(row.payload),
                         target_user=row.target_user,
                         target_message_id=target,
-                        attempts=attempts,
+                        attempts=row.attempts + 1,
                     )
                 )
         return deliveries
-
-    @staticmethod
-    def _claimable(now: datetime) -> Any:
-        return or_(
-            and_(OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= now),
-            and_(OutboxMessage.status == "sending", OutboxMessage.claimed_until < now),  # a crashed sender's claim
-        )
-
-    @staticmethod
-    def _due(platform: str, claimable: Any, limit: int) -> Any:
-        """The first claimable row of each thread (a row waits for every earlier row of its thread)."""
-        earlier = aliased(OutboxMessage)
-        blocked_by_earlier = exists().where(
-            earlier.platform == OutboxMessage.platform,
-            earlier.channel == OutboxMessage.channel,
-            earlier.thread == OutboxMessage.thread,
-            earlier.id < OutboxMessage.id,
-            earlier.status.in_(("pending", "sending")),  # type: ignore[attr-defined]
-        )
-        return (select(OutboxMessage).where(OutboxMessage.platform == platform, claimable, ~blocked_by_earlier)
-                .order_by(OutboxMessage.id).limit(limit))  # type: ignore[arg-type]
 
     async def _take_channel_slot(self, session: AsyncSession, row: OutboxMessage, pace_seconds: float) -> bool:
         now = utcnow()
