@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from langgraph.types import Command, Interrupt
-from sqlalchemy import or_, update
+from sqlalchemy import DateTime, bindparam, or_, update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -37,6 +37,25 @@ log = logging.getLogger("baton.orchestrator")
 SWEEP_AFTER_SECONDS = 2.0
 SWEEP_BATCH = 200
 CHOOSER = "choose"  # the pseudo-graph of a run that waits for the requester to pick a graph
+
+
+# Statements of every request, built once with bound parameters (building them cost more CPU than running them).
+_RECENT_TWIN = select(ThreadRecord).where(
+    ThreadRecord.platform == bindparam("platform"), ThreadRecord.workspace == bindparam("workspace"),
+    ThreadRecord.channel == bindparam("channel"), ThreadRecord.fingerprint == bindparam("fingerprint"),
+    ThreadRecord.id != bindparam("record_id"),
+    or_(ThreadRecord.status.in_(threads.BUSY),  # type: ignore[attr-defined]
+        (ThreadRecord.status == "done") & (ThreadRecord.updated_at >= bindparam("since", type_=DateTime()))),
+).order_by(ThreadRecord.updated_at.desc()).limit(1)  # type: ignore[attr-defined]
+_CLOSE_EVENT = (update(InboundEvent)
+                .where(InboundEvent.id == bindparam("closed_id"), InboundEvent.status == "pending")  # type: ignore[arg-type]
+                .values(status="done", outcome=bindparam("closed_as"), handled_at=bindparam("now", type_=DateTime()))
+                .execution_options(synchronize_session=False))
+_LEASE_HELD = (ThreadRecord.id == bindparam("record_id"), ThreadRecord.lease_owner == bindparam("owner"))
+_RENEW_LEASE = (update(ThreadRecord).where(*_LEASE_HELD)  # type: ignore[arg-type]
+                .values(lease_until=bindparam("until", type_=DateTime())).execution_options(synchronize_session=False))
+_RELEASE_LEASE = (update(ThreadRecord).where(*_LEASE_HELD)  # type: ignore[arg-type]
+                  .values(lease_owner=None, lease_until=None).execution_options(synchronize_session=False))
 
 
 class LeaseLost(RuntimeError):
@@ -365,13 +384,9 @@ class Orchestrator:
 
     async def _recent_twin(self, session: AsyncSession, record: ThreadRecord, fingerprint: str) -> ThreadRecord | None:
         since = utcnow() - timedelta(seconds=self.settings.dedupe_window_seconds)
-        return (await session.exec(select(ThreadRecord).where(
-            ThreadRecord.platform == record.platform, ThreadRecord.workspace == record.workspace,
-            ThreadRecord.channel == record.channel, ThreadRecord.fingerprint == fingerprint,
-            ThreadRecord.id != record.id,
-            or_(ThreadRecord.status.in_(threads.BUSY),  # type: ignore[attr-defined]
-                (ThreadRecord.status == "done") & (ThreadRecord.updated_at >= since)),
-        ).order_by(ThreadRecord.updated_at.desc()).limit(1))).first()  # type: ignore[attr-defined]
+        return (await session.exec(_RECENT_TWIN, params={  # type: ignore[call-overload]
+            "platform": record.platform, "workspace": record.workspace, "channel": record.channel,
+            "fingerprint": fingerprint, "record_id": record.id, "since": since})).first()
 
     async def _handle_click(self, event: InboundEvent, record: ThreadRecord) -> None:
         approval_id = event.payload["approval_id"]
@@ -581,16 +596,14 @@ class Orchestrator:
         # The record row first, locked: a replica's ``take`` of this thread waits for this
         # transaction and then finds the lease free, so an event it queued meanwhile is not stranded.
         record = await session.get(ThreadRecord, event.thread_record_id, populate_existing=True, with_for_update=True)
-        closed = await session.exec(update(InboundEvent).where(  # type: ignore[call-overload]
-            InboundEvent.id == event.id, InboundEvent.status == "pending")
-            .values(status="done", outcome=outcome[:200], handled_at=now))
+        closed = await session.exec(_CLOSE_EVENT, params={  # type: ignore[call-overload]
+            "closed_id": event.id, "closed_as": outcome[:200], "now": now})
         if not closed.rowcount:
             raise LeaseLost(f"event {event.id} was already handled elsewhere")
         more = record is not None and await threads.next_event(session, record) is not None
-        lease = ({"lease_until": now + timedelta(seconds=self.leases.seconds)} if more
-                 else {"lease_owner": None, "lease_until": None})
-        held = await session.exec(update(ThreadRecord).where(  # type: ignore[call-overload]
-            ThreadRecord.id == event.thread_record_id, ThreadRecord.lease_owner == self.leases.owner).values(**lease))
+        held = await session.exec(_RENEW_LEASE if more else _RELEASE_LEASE, params={  # type: ignore[call-overload]
+            "record_id": event.thread_record_id, "owner": self.leases.owner,
+            "until": now + timedelta(seconds=self.leases.seconds)})
         if not held.rowcount:
             raise LeaseLost(f"thread {event.thread_record_id} is no longer ours; event {event.id} is left to its holder")
         if not more:

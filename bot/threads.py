@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import or_, update
+from sqlalchemy import bindparam, or_, update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -20,17 +20,23 @@ from storage.models import InboundEvent, ThreadRecord, utcnow
 BUSY = ("running", "waiting")
 
 
+# Hot statements, built once with bound parameters (building them cost more CPU than running them).
+_FIND = select(ThreadRecord).where(
+    ThreadRecord.platform == bindparam("platform"), ThreadRecord.workspace == bindparam("workspace"),
+    ThreadRecord.channel == bindparam("channel"), ThreadRecord.thread == bindparam("thread"))
+_PENDING = select(InboundEvent).where(InboundEvent.thread_record_id == bindparam("record_id"),
+                                      InboundEvent.status == "pending")
+_NEXT_CLICK = _PENDING.where(InboundEvent.kind == "click").order_by(InboundEvent.id).limit(1)  # type: ignore[arg-type]
+_NEXT_ANY = _PENDING.order_by(InboundEvent.id).limit(1)  # type: ignore[arg-type]
+_MINE = select(InboundEvent.id).where(InboundEvent.platform == bindparam("platform"),
+                                      InboundEvent.event_id == bindparam("event_id"))
+_EARLIER = select(InboundEvent.id).where(
+    InboundEvent.thread_record_id == bindparam("record_id"), InboundEvent.status == "pending",
+    InboundEvent.id < _MINE.scalar_subquery()).limit(1)  # type: ignore[operator]
+
+
 async def find(session: AsyncSession, location: Location) -> ThreadRecord | None:
-    return (
-        await session.exec(
-            select(ThreadRecord).where(
-                ThreadRecord.platform == location.platform,
-                ThreadRecord.workspace == location.workspace,
-                ThreadRecord.channel == location.channel,
-                ThreadRecord.thread == location.thread,
-            )
-        )
-    ).first()
+    return (await session.exec(_FIND, params=location.model_dump())).first()
 
 
 async def create(session: AsyncSession, location: Location) -> tuple[ThreadRecord, bool]:
@@ -125,18 +131,14 @@ async def next_event(session: AsyncSession, record: ThreadRecord) -> InboundEven
 
     Messages wait while the thread waits for approval: they are handled after the run.
     """
-    pending = select(InboundEvent).where(InboundEvent.thread_record_id == record.id, InboundEvent.status == "pending")
-    click = (await session.exec(pending.where(InboundEvent.kind == "click").order_by(InboundEvent.id).limit(1))).first()  # type: ignore[arg-type]
+    params = {"record_id": record.id}
+    click = (await session.exec(_NEXT_CLICK, params=params)).first()
     if click is not None or record.status == "waiting":
         return click
-    return (await session.exec(pending.order_by(InboundEvent.id).limit(1))).first()  # type: ignore[arg-type]
+    return (await session.exec(_NEXT_ANY, params=params)).first()
 
 
 async def queued_before(session: AsyncSession, record: ThreadRecord, event_id: str) -> bool:
     """Whether an earlier event of this thread is still being handled (so ``event_id`` waits)."""
-    mine = select(InboundEvent.id).where(InboundEvent.platform == record.platform, InboundEvent.event_id == event_id)
-    earlier = select(InboundEvent.id).where(
-        InboundEvent.thread_record_id == record.id, InboundEvent.status == "pending",
-        InboundEvent.id < mine.scalar_subquery(),
-    ).limit(1)
-    return (await session.exec(earlier)).first() is not None
+    params = {"record_id": record.id, "platform": record.platform, "event_id": event_id}
+    return (await session.exec(_EARLIER, params=params)).first() is not None
