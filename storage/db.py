@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -206,13 +207,19 @@ async def insert_new_id(session: AsyncSession, table: type[Any], values: dict[st
 
 async def _insert_returning(session: AsyncSession, table: type[Any], values: dict[str, Any], conflict: list[str],
                             returning: list[str]) -> Any:
-    if session.bind.dialect.name == "sqlite":  # type: ignore[union-attr]
+    statement = _insert_statement(session.bind.dialect.name, table, tuple(conflict), tuple(returning))  # type: ignore[union-attr]
+    # RETURNING rather than rowcount: drivers disagree on rowcount for ON CONFLICT DO NOTHING.
+    result = await session.exec(statement, params=values)  # type: ignore[call-overload]
+    return result.first()
+
+
+@functools.cache
+def _insert_statement(dialect: str, table: type[Any], conflict: tuple[str, ...], returning: tuple[str, ...]) -> Any:
+    """Built once per shape; the values come as parameters (building it per call cost more than running it)."""
+    if dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert
     else:
         from sqlalchemy.dialects.postgresql import insert
     columns = table.__table__.c
-    statement = (insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
-                 .returning(*[columns[name] for name in returning]))
-    # RETURNING rather than rowcount: drivers disagree on rowcount for ON CONFLICT DO NOTHING.
-    result = await session.exec(statement)  # type: ignore[call-overload]
-    return result.first()
+    return (insert(table).on_conflict_do_nothing(index_elements=list(conflict))
+            .returning(*[columns[name] for name in returning]))
