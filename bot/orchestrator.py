@@ -36,6 +36,7 @@ from storage.models import Approval, InboundEvent, Run, ThreadRecord, utcnow
 log = logging.getLogger("baton.orchestrator")
 SWEEP_AFTER_SECONDS = 2.0
 SWEEP_BATCH = 200
+PROGRESS_LINES = 20  # the latest progress lines a run's progress message shows
 CHOOSER = "choose"  # the pseudo-graph of a run that waits for the requester to pick a graph
 
 
@@ -493,9 +494,22 @@ class Orchestrator:
             platform=record.platform, channel=record.channel, thread=record.thread, user=run.requested_by,
             text=run.input_text), run.id, record.workspace)
 
+        progress_lines: list[str] = []
+        progress_row: int | None = None  # the outbox row of this stretch's progress message
+
         async def post_progress(text: str) -> None:
+            """The first update of a run is posted; later ones edit that message (the thread is not flooded)."""
+            nonlocal progress_row
+            progress_lines.append(text)
+            message = Message.text("\n".join(progress_lines[-PROGRESS_LINES:]), tone="progress")
             async with self.db.session() as session:
-                self.outbox.enqueue(session, location, Message.text(text, tone="progress"), correlation_id=run.correlation_id)
+                if progress_row is None:
+                    row = self.outbox.enqueue(session, location, message, correlation_id=run.correlation_id)
+                    await session.flush()
+                    progress_row = row.id
+                else:
+                    self.outbox.enqueue(session, location, message, kind="update", ref_outbox_id=progress_row,
+                                        correlation_id=run.correlation_id)
             self.outbox.wake(location.platform)
 
         try:

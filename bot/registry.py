@@ -64,6 +64,10 @@ class GraphRegistry:
                 specs.append(_spec_from_module(info.name, module))
         return cls(specs)
 
+    def add(self, spec: GraphSpec) -> None:
+        """A graph from elsewhere than ``graphs/`` (Baton embedded in another program, tests)."""
+        self._specs[spec.name] = spec
+
     def get(self, name: str) -> GraphSpec | None:
         return self._specs.get(name)
 

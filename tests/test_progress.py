@@ -1,0 +1,63 @@
+"""Progress from inside a graph: one message per run, edited in place, not a flood of messages."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TypedDict
+
+from langgraph.graph import END, START, StateGraph
+from sqlmodel import select
+
+from bot.app import Baton
+from bot.kit import progress
+from bot.messages import InboundMessage
+from bot.registry import GraphSpec
+from bot.settings import Settings
+from storage.models import PlaygroundMessage
+
+
+class StepsState(TypedDict, total=False):
+    text: str
+    reply: str
+
+
+def _three_steps(_state: StepsState) -> StepsState:
+    for step in ("copying files", "restarting web", "checking health"):
+        progress(f"Step: {step}")
+    return {"reply": "All three steps done."}
+
+
+def _steps_graph() -> StateGraph:
+    graph = StateGraph(StepsState)
+    graph.add_node("work", _three_steps)
+    graph.add_edge(START, "work")
+    graph.add_edge("work", END)
+    return graph
+
+
+async def test_a_long_step_edits_one_progress_message_in_place(tmp_path, config_path) -> None:
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'p.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground")
+    async with Baton(settings) as baton:
+        baton.registry.add(GraphSpec(name="steps", graph=_steps_graph(), description="Three steps."))
+        accepted = await baton.accept_message(InboundMessage(
+            platform="playground", channel="general", thread="1", event_id="e1", user="alice", text="steps"))
+        assert accepted.status == "accepted"
+
+        async def bot_messages() -> list[PlaygroundMessage]:
+            async with baton.db.read() as session:
+                return list((await session.exec(select(PlaygroundMessage).where(
+                    PlaygroundMessage.thread_id == "1", PlaygroundMessage.is_bot).order_by(PlaygroundMessage.id))).all())
+
+        async def settled() -> list[PlaygroundMessage]:
+            while True:
+                found = await bot_messages()
+                if any("All three steps done." in m.text for m in found) and any(m.revision == 3 for m in found):
+                    return found
+                await baton.outbox.wait("playground-test-never-woken", 0.05)
+
+        progress_message, final = await asyncio.wait_for(settled(), 20)
+        assert progress_message.text.split("\n")[-3:] == [
+            "Step: copying files", "Step: restarting web", "Step: checking health"]
+        assert progress_message.revision == 3  # posted once, edited twice
+        assert "All three steps done." in final.text
