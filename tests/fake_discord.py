@@ -34,7 +34,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from tests.support import BackgroundServer
+from tests.support import BackgroundServer, Failure, ScriptedFailures
 
 TOKEN = "baton-test-discord-token"
 DISCORD_EPOCH_MS = 1_420_070_400_000
@@ -85,13 +85,6 @@ class Call:
     body: dict[str, Any]
     at: float
     status: int = 200
-
-
-@dataclass
-class Failure:
-    status: int
-    times: int
-    retry_after: float
 
 
 @dataclass
@@ -167,7 +160,7 @@ class FakeDiscord(BackgroundServer):
         self.message_content_intent = message_content_intent
         self._lock = threading.Lock()
         self._calls: list[Call] = []
-        self._failures: dict[str, list[Failure]] = {}
+        self._failures = ScriptedFailures()
         self._messages: dict[str, FakeMessage] = {}
         self.channels: dict[str, dict[str, Any]] = {
             GENERAL: self._text_channel(GENERAL, "general", 0), OPS: self._text_channel(OPS, "ops", 1)}
@@ -229,7 +222,7 @@ class FakeDiscord(BackgroundServer):
     def fail(self, route: str, status: int = 429, *, times: int = 1, retry_after: float = 1.0) -> None:
         """Answer the next ``times`` calls of ``route`` ("POST /channels/{channel_id}/messages") with ``status``."""
         with self._lock:
-            self._failures.setdefault(route, []).append(Failure(status, times, retry_after))
+            self._failures.add(route, Failure(status, times, retry_after))
 
     def calls(self, route: str | None = None) -> list[Call]:
         with self._lock:
@@ -341,7 +334,7 @@ class FakeDiscord(BackgroundServer):
         async def handle(request: web.Request) -> web.StreamResponse:
             body = await _body(request)
             with self._lock:
-                failure = self._next_failure(route)
+                failure = self._failures.next(route)
                 call = Call(route, request.path, body, time.time(), failure.status if failure else 200)
                 self._calls.append(call)
             if failure is not None:
@@ -355,16 +348,6 @@ class FakeDiscord(BackgroundServer):
             return response
 
         return handle
-
-    def _next_failure(self, route: str) -> Failure | None:
-        queue = self._failures.get(route) or []
-        if not queue:
-            return None
-        failure = queue[0]
-        failure.times -= 1
-        if failure.times <= 0:
-            queue.pop(0)
-        return failure
 
     async def _unknown(self, request: web.Request, body: dict[str, Any]) -> web.Response:
         return _error(404, 0, f"404: Not Found ({request.method} {request.path})")

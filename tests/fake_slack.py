@@ -24,7 +24,7 @@ import httpx
 from aiohttp import WSMsgType, web
 from slack_sdk.signature import SignatureVerifier
 
-from tests.support import BackgroundServer
+from tests.support import BackgroundServer, Failure, ScriptedFailures
 
 BOT_TOKEN = "xoxb-baton-test-token"
 APP_TOKEN = "xapp-baton-test-token"
@@ -53,14 +53,6 @@ class Call:
 
 
 @dataclass
-class Failure:
-    status: int
-    times: int
-    retry_after: float | None = None
-    error: str = "internal_error"
-
-
-@dataclass
 class FakeMessage:
     channel: str
     ts: str
@@ -81,7 +73,7 @@ class FakeSlack(BackgroundServer):
         super().__init__("fake-slack")
         self._lock = threading.Lock()
         self._calls: list[Call] = []
-        self._failures: dict[str, list[Failure]] = {}
+        self._failures = ScriptedFailures()
         self._messages: list[FakeMessage] = []
         self.files: dict[str, dict[str, Any]] = {}
         self._sockets: list[web.WebSocketResponse] = []
@@ -127,7 +119,7 @@ class FakeSlack(BackgroundServer):
              error: str = "internal_error") -> None:
         """Answer the next ``times`` calls of ``method`` with ``status`` (429: with Retry-After)."""
         with self._lock:
-            self._failures.setdefault(method, []).append(Failure(status, times, retry_after, error))
+            self._failures.add(method, Failure(status, times, retry_after, error))
 
     def calls(self, method: str | None = None) -> list[Call]:
         with self._lock:
@@ -182,7 +174,7 @@ class FakeSlack(BackgroundServer):
                 args.update(dict(await request.post()))
         token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         with self._lock:
-            failure = self._next_failure(method)
+            failure = self._failures.next(method)
             self._calls.append(Call(method, args, time.time(), failure.status if failure else 200))
         if failure is not None:
             headers = {"Retry-After": f"{failure.retry_after:g}"} if failure.retry_after is not None else {}
@@ -195,16 +187,6 @@ class FakeSlack(BackgroundServer):
         if handler is None:
             return web.json_response({"ok": False, "error": "unknown_method"}, status=404)
         return web.json_response(handler(args))
-
-    def _next_failure(self, method: str) -> Failure | None:
-        queue = self._failures.get(method) or []
-        if not queue:
-            return None
-        failure = queue[0]
-        failure.times -= 1
-        if failure.times <= 0:
-            queue.pop(0)
-        return failure
 
     def _auth_test(self, _args: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "url": self.team_url, "team": "Baton Test", "user": "baton", "team_id": TEAM_ID,

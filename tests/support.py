@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -106,6 +107,40 @@ class BackgroundServer:
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
+@dataclass
+class Failure:
+    """An error a platform fake answers with instead of doing the call."""
+
+    status: int
+    times: int
+    retry_after: float | None = None
+    error: str = "internal_error"
+
+
+class ScriptedFailures:
+    """The failures a fake was told to give, per method or route, in the order given.
+
+    Not locked: the fakes use it under their own lock, together with their record of calls.
+    """
+
+    def __init__(self) -> None:
+        self._queues: dict[str, list[Failure]] = {}
+
+    def add(self, key: str, failure: Failure) -> None:
+        self._queues.setdefault(key, []).append(failure)
+
+    def next(self, key: str) -> Failure | None:
+        """The failure for this call of ``key``, if one is due (each counts down its ``times``)."""
+        queue = self._queues.get(key)
+        if not queue:
+            return None
+        failure = queue[0]
+        failure.times -= 1
+        if failure.times <= 0:
+            queue.pop(0)
+        return failure
 
 
 class BatonProcess:
