@@ -146,16 +146,21 @@ async def run(args: argparse.Namespace) -> str:
     return "\n".join(report) + "\n"
 
 
+def publish(report: str, output: Path | None) -> None:
+    """Print the report and, unless ``output`` is None, replace that file with it in one step."""
+    print(report)
+    if output is None:
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(output.name + ".tmp")
+    partial.write_text(report, encoding="utf-8")
+    partial.replace(output)
+    print(f"written to {output}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    report = asyncio.run(run(args))
-    print(report)
-    if not args.no_write:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        partial = args.output.with_name(args.output.name + ".tmp")
-        partial.write_text(report, encoding="utf-8")
-        partial.replace(args.output)
-        print(f"written to {args.output}", file=sys.stderr)
+    publish(asyncio.run(run(args)), None if args.no_write else args.output)
     return 0
 
 

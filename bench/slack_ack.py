@@ -49,7 +49,7 @@ import aiohttp
 import httpx
 from fastapi import FastAPI, Request
 
-from bench.__main__ import _load, _version, environment
+from bench.__main__ import _load, _version, environment, publish
 from bench.request_path import RUNBOOK, BareContext, write_config
 from tests.fake_slack import (
     BOT_TOKEN,
@@ -449,14 +449,7 @@ def main(argv: list[str] | None = None) -> int:
             workdir.mkdir()
             print(f"{name}: {args.rate:g} events/s for {args.duration:g} s...", file=sys.stderr, flush=True)
             sides.append(measure(args, workdir))
-    text = report(args, sides, load_before)
-    print(text)
-    if not args.no_write:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        partial = args.output.with_name(args.output.name + ".tmp")
-        partial.write_text(text, encoding="utf-8")
-        partial.replace(args.output)
-        print(f"written to {args.output}", file=sys.stderr)
+    publish(report(args, sides, load_before), None if args.no_write else args.output)
     return 0
 
 
