@@ -91,9 +91,11 @@ class Adapter(ABC):
         """Add this adapter's HTTP routes to the server (if it has any)."""
 
     async def start(self) -> None:
+        self.baton.outbox.attach(self.name, self.channel_pace_seconds)
         self._pump = asyncio.create_task(self._deliver_forever(), name=f"outbox-{self.name}")
 
     async def stop(self) -> None:
+        self.baton.outbox.detach(self.name)
         if self._pump is not None:
             self._pump.cancel()
             await asyncio.gather(self._pump, return_exceptions=True)
@@ -121,16 +123,23 @@ class Adapter(ABC):
         return list(done)
 
     async def _deliver_forever(self) -> None:
+        """Send what the core hands over, and what the outbox holds when woken or polled.
+
+        Handed-over deliveries go first: a stored row of the same thread may be waiting behind one.
+        """
         outbox = self.baton.outbox
         while True:
+            handed = outbox.handed_over(self.name)
+            for delivery in handed:
+                await self._deliver(delivery)
             try:
-                deliveries = await outbox.claim(self.name, self.baton.instance, pace_seconds=self.channel_pace_seconds)
+                claimed = await outbox.claim_if_wanted(self.name, pace_seconds=self.channel_pace_seconds)
             except Exception:
                 log.exception("claiming %s outbox rows failed", self.name)
-                deliveries = []
-            for delivery in deliveries:
+                claimed = []
+            for delivery in claimed:
                 await self._deliver(delivery)
-            if not deliveries:
+            if not handed and not claimed:
                 await outbox.wait(self.name, self.idle_poll_seconds)
 
     async def _deliver(self, delivery: Delivery) -> None:

@@ -44,19 +44,20 @@ from bot.registry import GraphRegistry
 from bot.settings import Settings
 from storage.checkpointer import open_checkpointer
 
-# (label, from mark, to mark). Consecutive marks of one request. The lease is given back in
-# _finish_run's own transaction when nothing else is queued on the thread.
+# (label, from mark, to mark). Consecutive marks of one request. A new thread is made with its lease
+# held, so its first event needs no Leases.take; the lease is given back in _finish_run's own
+# transaction when nothing else is queued; the final reply is claimed there and handed straight
+# to the adapter (no outbox claim).
 STEPS = [
-    ("accept_message: thread record, inbound event, audit (1 write txn)", "start", "accepted"),
-    ("drain task: Leases.take, lease + record + next event (1 write txn)", "accepted", "taken"),
-    ("before the graph: route; earlier-run check, duplicate check, Run insert, thread update, audit (1 write txn)",
-     "taken", "graph_start"),
+    ("accept_message: thread record (lease held), inbound event, audit (1 write txn)", "start", "accepted"),
+    ("drain task starts (scheduled; no lease to take for a new thread)", "accepted", "handling"),
+    ("before the graph: route; duplicate check, Run insert, thread update, audit (1 write txn)",
+     "handling", "graph_start"),
     ("graph run: GraphRuntime.run (LangGraph, checkpointer, effects ledger, command)", "graph_start", "graph_end"),
-    ("_finish_run: Run, thread, outbox row, audit, event, lease fenced and released (1 write txn)",
+    ("_finish_run: Run, thread, reply claimed, audit, event, lease fenced and released (1 write txn)",
      "graph_end", "stored"),
-    ("outbox loop: wake -> Outbox.claim committed (1 read + 1 write txn)", "stored", "claimed"),
-    ("playground send: insert the message (1 write txn; Outbox.delivered follows, after the reply is seen)",
-     "claimed", "delivered"),
+    ("hand-over -> playground send: insert the message (1 write txn; Outbox.delivered follows, after the reply is seen)",
+     "stored", "delivered"),
 ]
 # (label, key, probe that must be installed for the row to mean anything)
 SUMS = [
@@ -264,12 +265,11 @@ async def baton_breakdown(directory: Path, runs: int, warmup: int) -> tuple[list
             _probe_db(baton.db, probe)
             _probe_checkpointer(getattr(baton.runtime, "checkpointer", None), probe)
             leases = getattr(orchestrator, "leases", None)
-            _wrap(leases, "take", after=lambda work: work is not None and probe.mark("taken"))
+            _wrap(orchestrator, "_handle", before=lambda: probe.mark("handling"))
             _wrap(leases, "next_or_release", after=lambda work: work is None and probe.mark("released"))
             _wrap(baton.runtime, "run", before=lambda: probe.mark("graph_start"),
                   after=lambda _: probe.mark("graph_end"))
             _wrap(orchestrator, "_finish_run", after=lambda _: probe.mark("stored"))
-            _wrap(baton.outbox, "claim", after=lambda rows: bool(rows) and probe.mark("claimed"))
             watch = ReplyWatch(playground)
 
             async def one_request(number: int) -> int:
@@ -298,15 +298,14 @@ async def baton_breakdown(directory: Path, runs: int, warmup: int) -> tuple[list
 
 ISOLATED = [  # (label, key); keys are measured calls, "before_graph" is derived
     ("accept_message", "accept"),
-    ("drain: Leases.take (lease + record + next event)", "take"),
-    ("drain: _handle_message before the graph (route; earlier run, duplicate check, Run insert, thread, audit)",
+    ("drain: Leases.take (only when the new thread's lease was not fresh any more)", "take"),
+    ("drain: _handle_message before the graph (route; duplicate check, Run insert, thread, audit)",
      "before_graph"),
     ("drain: GraphRuntime.run", "run"),
     ("  of which the effects ledger (without the command)", "ledger"),
-    ("drain: _finish_run (with the lease check and release)", "finish"),
-    ("Outbox.claim with a row due (read check, then the claim)", "claim"),
-    ("adapter _deliver: send + Outbox.delivered", "deliver"),
-    ("Outbox.claim with nothing due (read only; the live loop does it after every batch)", "claim_idle"),
+    ("drain: _finish_run (reply claimed for hand-over, lease check and release)", "finish"),
+    ("adapter _deliver of the handed-over reply: send + Outbox.delivered", "deliver"),
+    ("Outbox.claim with nothing due (read only; the loop polls so when idle)", "claim_idle"),
     ("**total**", "total"),
 ]
 METRICS = ("wall", "cpu", "write_txns", "read_txns", "statements", "hops")
@@ -392,15 +391,23 @@ async def isolated_breakdown(directory: Path, runs: int, warmup: int) -> Isolate
         async with Baton(_settings(directory)) as baton:
             orchestrator = baton.orchestrator
             playground = next(adapter for adapter in baton.adapters if adapter.name == "playground")
-            needed = [(baton, "_loops"), (orchestrator, "_schedule"), (orchestrator, "drain"),
-                      (baton.outbox, "claim"), (playground, "_deliver"), (playground, "stop")]
+            needed = [(baton, "_loops"), (orchestrator, "_schedule"), (orchestrator, "_first_work"),
+                      (orchestrator, "drain"),
+                      (baton.outbox, "claim"), (baton.outbox, "handed_over"), (baton.outbox, "attach"),
+                      (playground, "_deliver"), (playground, "stop")]
             if any(not hasattr(obj, attr) for obj, attr in needed):
                 return None
             for task in baton._loops:  # no sweeper, no retention job
                 task.cancel()
-            await playground.stop()  # no delivery loop: the bench claims and delivers itself
+            await playground.stop()  # no delivery loop: the bench takes the handed-over reply and delivers it
+            baton.outbox.attach(playground.name, playground.channel_pace_seconds)
             scheduled: list[int] = []
-            orchestrator._schedule = scheduled.append  # type: ignore[method-assign,union-attr]
+            def record_schedule(record_id: int, first: Any = None) -> None:
+                scheduled.append(record_id)  # the bench runs the drain itself
+                if first is not None:  # what _schedule keeps of a new thread's first event
+                    orchestrator._first_work[record_id] = first  # type: ignore[union-attr]
+
+            orchestrator._schedule = record_schedule  # type: ignore[method-assign,union-attr]
             _probe_db(baton.db, probe)
             leases = getattr(orchestrator, "leases", None)
             for obj, attr, key in [(leases, "take", "take"), (leases, "next_or_release", "next_or_release"),
@@ -416,7 +423,7 @@ async def isolated_breakdown(directory: Path, runs: int, warmup: int) -> Isolate
                 if len(scheduled) != 1:
                     raise RuntimeError(f"isolated request {number}: expected one drain to be scheduled, got {scheduled}")
                 await orchestrator.drain(scheduled.pop())  # type: ignore[union-attr]
-                deliveries = await meter.measure("claim", baton.outbox.claim(playground.name, baton.instance))
+                deliveries = baton.outbox.handed_over(playground.name)
                 if len(deliveries) != 1 or "finished" not in deliveries[0].message.plain_text():
                     raise RuntimeError(f"isolated request {number}: unexpected outbox rows {deliveries}")
                 await meter.measure("deliver", playground._deliver(deliveries[0]))

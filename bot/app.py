@@ -64,7 +64,7 @@ class Baton:
         self.instance = settings.instance_name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.db = Database(settings.database_url)
         self.registry = GraphRegistry.discover()
-        self.outbox = Outbox(self.db)
+        self.outbox = Outbox(self.db, self.instance)
         self.adapters: list[Any] = [adapter_class(self) for adapter_class in self._selected_adapters()]
         self.services = Services(
             self.db, self.config, self.registry,
@@ -103,6 +103,7 @@ class Baton:
             await adapter.stop()
         if self.orchestrator:
             await self.orchestrator.stop()
+        await self.outbox.give_back_handed()
         await self._stack.aclose()
         await self.db.dispose()
 

@@ -7,12 +7,13 @@ from typing import Any
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from storage.db import insert_row
 from storage.models import AuditEntry
 
 log = logging.getLogger("baton.audit")
 
 
-def record(
+async def record(
     session: AsyncSession,
     kind: str,
     correlation_id: str,
@@ -25,8 +26,9 @@ def record(
     approval_id: str | None = None,
     **detail: Any,
 ) -> None:
-    """Add an audit entry to the caller's transaction (it lands or vanishes with that work)."""
-    session.add(
+    """Write an audit entry in the caller's transaction (it lands or vanishes with that work)."""
+    await insert_row(
+        session,
         AuditEntry(
             kind=kind,
             correlation_id=correlation_id,

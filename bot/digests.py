@@ -85,8 +85,8 @@ class Digests:
             if not inserted:
                 await session.exec(update(DigestSchedule).where(DigestSchedule.key == key).values(  # type: ignore[arg-type]
                     cron=cron, timezone=timezone, enabled=True, created_by=user, created_at=now, updated_at=now))
-            audit.record(session, "digest.scheduled", correlation, platform=location.platform, channel=location.channel,
-                         user=user, cron=cron, timezone=timezone)
+            await audit.record(session, "digest.scheduled", correlation, platform=location.platform, channel=location.channel,
+                               user=user, cron=cron, timezone=timezone)
 
     async def disable_chat_schedule(self, location: Location, user: str, correlation: str) -> bool:
         key = f"chat:{location.platform}:{location.workspace}:{location.channel}"
@@ -95,8 +95,8 @@ class Digests:
                 DigestSchedule.key == key, DigestSchedule.enabled == True)  # noqa: E712
                 .values(enabled=False, updated_at=self.clock()))
             if result.rowcount:
-                audit.record(session, "digest.unscheduled", correlation, platform=location.platform,
-                             channel=location.channel, user=user)
+                await audit.record(session, "digest.unscheduled", correlation, platform=location.platform,
+                                   channel=location.channel, user=user)
             return bool(result.rowcount)
 
     # -- firing ----------------------------------------------------------------------------------
@@ -175,14 +175,13 @@ class Digests:
                             thread=run.summary.get("thread") or "")
         message = await self._render(run, stats, location)
         async with self.db.session() as session:
-            card = self.outbox.enqueue(session, location, message, correlation_id=f"digest-{run.id}")
-            await session.flush()
+            card = await self.outbox.enqueue(session, location, message, correlation_id=f"digest-{run.id}")
             await session.exec(update(DigestRun).where(DigestRun.id == run.id).values(  # type: ignore[arg-type]
                 status="posted", posted_at=self.clock(),
                 summary={**run.summary, "requests": stats["requests"], "outbox_id": card.id}))
-            audit.record(session, "digest.posted", f"digest-{run.id}", platform=run.platform, channel=run.channel,
-                         window_start=run.window_start.isoformat(), window_end=run.window_end.isoformat(),
-                         requests=stats["requests"])
+            await audit.record(session, "digest.posted", f"digest-{run.id}", platform=run.platform, channel=run.channel,
+                               window_start=run.window_start.isoformat(), window_end=run.window_end.isoformat(),
+                               requests=stats["requests"])
         self.outbox.wake(run.platform)
 
     async def _render(self, run: DigestRun, stats: dict[str, Any], location: Location) -> Message:

@@ -24,13 +24,13 @@ from bot import approvals, audit, model_routing, replies, schedules, threads
 from bot.kit import APPROVAL_MARK, Request
 from bot.digests import Digests
 from bot.messages import Accepted, InboundClick, InboundMessage, Location, Message, Text
-from bot.outbox import Outbox
+from bot.outbox import Delivery, Outbox
 from bot.registry import GraphSpec
 from bot.models import MODEL_ERRORS, ModelFailed, cost_of, usage_of
 from bot.routing import DIGEST_COMMAND, RouteError, route, route_to
 from bot.runtime import GraphRuntime, RunServices, Services
 from bot.settings import Settings
-from storage.db import insert_ignore
+from storage.db import insert_new_id, insert_row
 from storage.models import Approval, InboundEvent, Run, ThreadRecord, utcnow
 
 log = logging.getLogger("baton.orchestrator")
@@ -48,15 +48,23 @@ _RECENT_TWIN = select(ThreadRecord).where(
     or_(ThreadRecord.status.in_(threads.BUSY),  # type: ignore[attr-defined]
         (ThreadRecord.status == "done") & (ThreadRecord.updated_at >= bindparam("since", type_=DateTime()))),
 ).order_by(ThreadRecord.updated_at.desc()).limit(1)  # type: ignore[attr-defined]
-_CLOSE_EVENT = (update(InboundEvent)
-                .where(InboundEvent.id == bindparam("closed_id"), InboundEvent.status == "pending")  # type: ignore[arg-type]
-                .values(status="done", outcome=bindparam("closed_as"), handled_at=bindparam("now", type_=DateTime()))
-                .execution_options(synchronize_session=False))
-_LEASE_HELD = (ThreadRecord.id == bindparam("record_id"), ThreadRecord.lease_owner == bindparam("owner"))
-_RENEW_LEASE = (update(ThreadRecord).where(*_LEASE_HELD)  # type: ignore[arg-type]
-                .values(lease_until=bindparam("until", type_=DateTime())).execution_options(synchronize_session=False))
-_RELEASE_LEASE = (update(ThreadRecord).where(*_LEASE_HELD)  # type: ignore[arg-type]
-                  .values(lease_owner=None, lease_until=None).execution_options(synchronize_session=False))
+# The writes of every request go to the tables (SQLAlchemy Core): ORM-enabled UPDATEs cost more CPU
+# than the SQL they run.
+_EVENTS, _THREADS, _RUNS = InboundEvent.__table__, ThreadRecord.__table__, Run.__table__  # type: ignore[attr-defined]
+_CLOSE_EVENT = (update(_EVENTS).where(_EVENTS.c.id == bindparam("closed_id"), _EVENTS.c.status == "pending")
+                .values(status="done", outcome=bindparam("closed_as"), handled_at=bindparam("now", type_=DateTime())))
+_LEASE_HELD = (_THREADS.c.id == bindparam("record_id"), _THREADS.c.lease_owner == bindparam("owner"))
+_RENEW_LEASE = update(_THREADS).where(*_LEASE_HELD).values(lease_until=bindparam("until", type_=DateTime()))
+_RELEASE_LEASE = update(_THREADS).where(*_LEASE_HELD).values(lease_owner=None, lease_until=None)
+_START_THREAD = update(_THREADS).where(_THREADS.c.id == bindparam("record_id")).values(
+    status=bindparam("status"), graph=bindparam("graph"), fingerprint=bindparam("fingerprint"),
+    title=bindparam("title"), requested_by=bindparam("user"), updated_at=bindparam("now", type_=DateTime()),
+    pruned_at=None)
+_FINISH_THREAD = update(_THREADS).where(_THREADS.c.id == bindparam("record_id")).values(
+    status=bindparam("status"), updated_at=bindparam("now", type_=DateTime()), last_result=bindparam("result"))
+_FINISH_RUN = update(_RUNS).where(_RUNS.c.id == bindparam("run_id")).values(
+    status=bindparam("status"), finished_at=bindparam("now", type_=DateTime()), error=bindparam("error"),
+    turnaround_ms=bindparam("turnaround_ms"))
 
 
 class LeaseLost(RuntimeError):
@@ -81,6 +89,7 @@ class Orchestrator:
         self._draining: set[int] = set()
         self._drain_again: set[int] = set()
         self._released: set[int] = set()  # threads whose last handled event also released the lease
+        self._first_work: dict[int, threads.Work] = {}  # new threads' first events, their lease already ours
 
     # -- 1-2. accept and claim -------------------------------------------------------------------
 
@@ -94,24 +103,25 @@ class Orchestrator:
                 return Accepted(status="ignored", reason="not addressed to the bot and not in a Baton thread")
             new_thread = False
             if record is None:
-                record, new_thread = await threads.create(session, location)
-            stored = await self._claim(session, message.platform, message.event_id, "message", location, message.user,
-                                       message.text, {}, record.id, correlation)
-            if not stored:
+                record, new_thread = await threads.create(session, location, self.leases.lease_for_new_thread())
+            event = await self._claim(session, message.platform, message.event_id, "message", location, message.user,
+                                      message.text, {}, record.id, correlation)
+            if event is None:
                 return Accepted(status="duplicate", reason="this event was already received")
             # A thread made just now has nothing queued before this event.
             queued = not new_thread and (
                 record.status == "waiting" or await threads.queued_before(session, record, message.event_id))
             if queued:
                 after = "the approval is decided and " if record.status == "waiting" else ""
-                self.outbox.enqueue(session, location, Message.text(
+                await self.outbox.enqueue(session, location, Message.text(
                     f"Queued: I'll handle this after {after}the current run finishes.", tone="progress"),
                     correlation_id=correlation)
-            audit.record(session, "request.received", correlation, platform=message.platform,
-                         channel=message.channel, thread=message.thread, user=message.user, chars=len(message.text))
+            await audit.record(session, "request.received", correlation, platform=message.platform,
+                               channel=message.channel, thread=message.thread, user=message.user, chars=len(message.text))
         if queued:
             self.outbox.wake(message.platform)
-        self._schedule(record.id)  # type: ignore[arg-type]
+        # A new thread's lease is already ours, and this event is its whole queue: the drain starts with it.
+        self._schedule(record.id, first=(event, record) if new_thread else None)  # type: ignore[arg-type]
         return Accepted(status="accepted", correlation_id=correlation)
 
     async def accept_click(self, click: InboundClick) -> Accepted:
@@ -123,12 +133,12 @@ class Orchestrator:
             stored = await self._claim(session, click.platform, click.event_id, "click", location, click.user,
                                        click.action, {"approval_id": click.approval_id, "action": click.action},
                                        record_id, correlation)
-            if not stored:
+            if stored is None:
                 return Accepted(status="duplicate", reason="this click was already received")
-            audit.record(session, "click.received", correlation, platform=click.platform, channel=click.channel,
-                         thread=click.thread, user=click.user, approval_id=click.approval_id, action=click.action)
+            await audit.record(session, "click.received", correlation, platform=click.platform, channel=click.channel,
+                               thread=click.thread, user=click.user, approval_id=click.approval_id, action=click.action)
             if approval is None:
-                self.outbox.enqueue(session, location, Message.text(
+                await self.outbox.enqueue(session, location, Message.text(
                     "I don't know that approval: it may belong to another Baton or have been removed.", tone="warning"),
                     kind="ephemeral", target_user=click.user, correlation_id=correlation)
                 await session.exec(update(InboundEvent).where(
@@ -141,16 +151,19 @@ class Orchestrator:
 
     @staticmethod
     async def _claim(session: AsyncSession, platform: str, event_id: str, kind: str, location: Location, user: str,
-                     text: str, payload: dict[str, Any], record_id: int | None, correlation: str) -> bool:
-        return await insert_ignore(session, InboundEvent, {
+                     text: str, payload: dict[str, Any], record_id: int | None, correlation: str) -> InboundEvent | None:
+        """Store the event; ``None`` when it was received before (a retry, a redelivery, another replica)."""
+        values = {
             "platform": platform, "event_id": event_id, "kind": kind, "workspace": location.workspace,
             "channel": location.channel, "thread": location.thread, "user": user, "text": text, "payload": payload,
             "status": "pending", "thread_record_id": record_id, "correlation_id": correlation,
-            "received_at": utcnow()}, ["platform", "event_id"])
+            "received_at": utcnow()}
+        new_id = await insert_new_id(session, InboundEvent, values, ["platform", "event_id"])
+        return None if new_id is None else InboundEvent(id=new_id, **values)
 
     # -- 3. one writer per thread ----------------------------------------------------------------
 
-    def _schedule(self, record_id: int) -> None:
+    def _schedule(self, record_id: int, first: threads.Work | None = None) -> None:
         """Drain the thread as soon as one of ``BATON_MAX_DRAINING_THREADS`` slots is free.
 
         Unbounded, a burst (100 Slack mentions a second) starts thousands of drains that all
@@ -159,7 +172,12 @@ class Orchestrator:
         queued on the thread by then (the sweeper's repeats cost nothing either). A thread this
         process is draining is never drained twice at once, even if its lease ran out meanwhile
         (the lease names the process, not the drain); it is looked at again when that drain ends.
+
+        ``first``: the thread's first event, with the lease this process took when it made the
+        thread; the drain starts with it instead of taking the lease and reading the queue.
         """
+        if first is not None and record_id not in self._draining and record_id not in self._waiting_for_slot:
+            self._first_work[record_id] = first  # only the drain made just below may start with it
         if record_id in self._draining:
             self._drain_again.add(record_id)
             return
@@ -188,7 +206,10 @@ class Orchestrator:
     async def _drain_now(self, record_id: int) -> None:
         """Handle the thread's queued events in order, if nobody else is doing it already."""
         try:
-            work = await self.leases.take(record_id)
+            work = self._first_work.pop(record_id, None)
+            fresh = work is not None and self.leases.still_fresh(work[1])  # a new thread's first event, as stored
+            if not fresh:
+                work = await self.leases.take(record_id)
         except Exception:
             log.exception("taking thread %s failed; the sweeper will retry", record_id)
             return
@@ -198,7 +219,8 @@ class Orchestrator:
         try:
             while work is not None:
                 self._released.discard(record_id)
-                await self._handle(*work)
+                await self._handle(*work, fresh=fresh)
+                fresh = False
                 if record_id in self._released:  # nothing was queued: the last transaction gave the lease back
                     self._released.discard(record_id)
                     break
@@ -242,12 +264,13 @@ class Orchestrator:
 
     # -- 4-6. handle one event -------------------------------------------------------------------
 
-    async def _handle(self, event: InboundEvent, record: ThreadRecord) -> None:
+    async def _handle(self, event: InboundEvent, record: ThreadRecord, *, fresh: bool = False) -> None:
+        """Handle one event; ``fresh``: it was stored just now and has not been looked at before."""
         try:
             if event.kind == "click":
                 await self._handle_click(event, record)
             else:
-                await self._handle_message(event, record)
+                await self._handle_message(event, record, fresh)
         except LeaseLost:
             raise
         except Exception as exc:
@@ -255,7 +278,7 @@ class Orchestrator:
             await self._finish_event(event, f"error: {type(exc).__name__}",
                                      Message.text("Something went wrong while handling this; it was logged.", tone="error"))
 
-    async def _handle_message(self, event: InboundEvent, record: ThreadRecord) -> None:
+    async def _handle_message(self, event: InboundEvent, record: ThreadRecord, fresh: bool = False) -> None:
         text = event.text.strip()
         if not text:
             return await self._finish_event(event, "empty", Message.text(
@@ -264,8 +287,10 @@ class Orchestrator:
             return await self._finish_event(event, "too long", Message.text(
                 f"That request is {len(text):,} characters long; I take requests of up to "
                 f"{self.settings.max_message_chars:,} characters. Nothing was run.", tone="warning"))
-        async with self.db.read() as session:
-            earlier = (await session.exec(select(Run).where(Run.inbound_id == event.id))).first()
+        earlier = None
+        if not fresh:
+            async with self.db.read() as session:
+                earlier = (await session.exec(select(Run).where(Run.inbound_id == event.id))).first()
         if earlier is not None:  # we crashed while handling this event: continue, never start twice
             earlier_spec = self.registry.get(earlier.graph)
             if earlier.status == "running" and earlier_spec is not None:
@@ -298,13 +323,17 @@ class Orchestrator:
         if spec is None:
             return await self._finish_event(event, "no graph", Message.text(f"The `{chosen.graph}` graph is not installed.", tone="error"))
         async with self.db.session() as session:
+            twin = None
             if chosen.fingerprint and not chosen.force:
                 twin = await self._recent_twin(session, record, chosen.fingerprint)
-                if twin is not None:
-                    await self._answer(session, event, "duplicate request",
-                                       replies.duplicate(twin.channel, twin.thread, twin.status))
-                    return self.outbox.wake(event.platform)
-            run = await self._insert_run(session, event, record, spec.name, text, chosen.fingerprint, chosen.title, usage)
+            if twin is not None:
+                answer = await self._answer(session, event, "duplicate request",
+                                            replies.duplicate(twin.channel, twin.thread, twin.status))
+            else:
+                run = await self._insert_run(session, event, record, spec.name, text, chosen.fingerprint, chosen.title,
+                                             usage)
+        if twin is not None:
+            return self.outbox.hand_over(event.platform, answer)
         await self._drive(run, record, spec, chosen.input, event)
 
     async def _insert_run(self, session: AsyncSession, event: InboundEvent, record: ThreadRecord, graph: str, text: str,
@@ -314,15 +343,15 @@ class Orchestrator:
         input_tokens, output_tokens = usage_of(usage)
         price = self.config.models.prices.get(self.services.model_name or "")
         run = Run(thread_record_id=record.id, inbound_id=event.id, platform=event.platform,  # type: ignore[arg-type]
-                  channel=event.channel, graph=graph, requested_by=user, input_text=text, correlation_id=event.correlation_id, status=status,
+                  channel=event.channel, graph=graph, requested_by=user, input_text=text,
+                  correlation_id=event.correlation_id, status=status,
                   tokens=(input_tokens + output_tokens) or None, cost=cost_of(price, input_tokens, output_tokens))
-        session.add(run)
-        await session.flush()
-        await session.exec(update(ThreadRecord).where(ThreadRecord.id == record.id).values(  # type: ignore[arg-type]
-            status=status, graph=graph, fingerprint=fingerprint, title=title or graph,
-            requested_by=user, updated_at=utcnow(), pruned_at=None))
-        audit.record(session, "run.started", event.correlation_id, platform=event.platform, channel=event.channel,
-                     thread=event.thread, user=user, run_id=run.id, graph=graph, title=title)
+        await insert_row(session, run)
+        await session.exec(_START_THREAD, params={  # type: ignore[call-overload]
+            "record_id": record.id, "status": status, "graph": graph, "fingerprint": fingerprint,
+            "title": title or graph, "user": user, "now": utcnow()})
+        await audit.record(session, "run.started", event.correlation_id, platform=event.platform, channel=event.channel,
+                           thread=event.thread, user=user, run_id=run.id, graph=graph, title=title)
         return run
 
     async def _offer_choices(self, event: InboundEvent, record: ThreadRecord, text: str, options: list[str],
@@ -337,13 +366,12 @@ class Orchestrator:
                                 requested_by=event.user)
             session.add(approval)
             await session.flush()
-            card = self.outbox.enqueue(session, threads.location_of(record), replies.choice_card(approval),
-                                       correlation_id=event.correlation_id)
-            await session.flush()
+            card = await self.outbox.enqueue(session, threads.location_of(record), replies.choice_card(approval),
+                                             correlation_id=event.correlation_id)
             approval.card_outbox_id = card.id
-            audit.record(session, "choice.offered", event.correlation_id, platform=event.platform,
-                         channel=event.channel, thread=event.thread, user=event.user, run_id=run.id,
-                         approval_id=approval.id, options=options)
+            await audit.record(session, "choice.offered", event.correlation_id, platform=event.platform,
+                               channel=event.channel, thread=event.thread, user=event.user, run_id=run.id,
+                               approval_id=approval.id, options=options)
             await self._mark_done(session, event, "choice offered")
         self.outbox.wake(event.platform)
 
@@ -411,8 +439,8 @@ class Orchestrator:
         reason = approvals.refusal(approval, event.platform, event.user)
         if reason is not None:
             async with self.db.session() as session:
-                audit.record(session, "approval.refused", event.correlation_id, platform=event.platform,
-                             user=event.user, run_id=run.id, approval_id=approval.id, reason=reason)
+                await audit.record(session, "approval.refused", event.correlation_id, platform=event.platform,
+                                   user=event.user, run_id=run.id, approval_id=approval.id, reason=reason)
             return await self._finish_event(event, "refused", Message.text(reason, tone="warning"), ephemeral=True)
         pending = {interrupt.id for interrupt in (await self.runtime.state(spec, record.lg_thread_id)).interrupts}
         now = utcnow()
@@ -426,16 +454,16 @@ class Orchestrator:
             approval = await session.get(Approval, approval.id, populate_existing=True)
             assert approval is not None
             if approval.status == "stale" or won:
-                self._edit_card(session, record, approval, event.correlation_id)
+                await self._edit_card(session, record, approval, event.correlation_id)
             if won:
                 waited = (now - approval.created_at).total_seconds()
                 await session.exec(update(Run).where(Run.id == run.id).values(  # type: ignore[arg-type]
                     status="running", waited_seconds=Run.waited_seconds + waited))
                 await session.exec(update(ThreadRecord).where(ThreadRecord.id == record.id)  # type: ignore[arg-type]
                                    .values(status="running", updated_at=now))
-                audit.record(session, f"approval.{approval.status}", event.correlation_id, platform=event.platform,
-                             channel=event.channel, thread=event.thread, user=event.user, run_id=run.id,
-                             approval_id=approval.id, waited_seconds=round(waited, 3))
+                await audit.record(session, f"approval.{approval.status}", event.correlation_id, platform=event.platform,
+                                   channel=event.channel, thread=event.thread, user=event.user, run_id=run.id,
+                                   approval_id=approval.id, waited_seconds=round(waited, 3))
         if not won:
             return await self._finish_event(event, "already decided", replies.already_decided(approval), ephemeral=True)
         await self._resume(approval, run, record, spec, event)
@@ -460,24 +488,27 @@ class Orchestrator:
         chosen = route_to(self.registry, choice, request, text)
         now = utcnow()
         async with self.db.session() as session:
-            if not await approvals.choose(session, approval.id, choice, event.user, now, event.id):  # type: ignore[arg-type]
+            chosen_first = await approvals.choose(session, approval.id, choice, event.user, now, event.id)  # type: ignore[arg-type]
+            if not chosen_first:
                 await self._answer(session, event, "already chosen", Message.text(
                     "Someone chose first; nothing was changed.", tone="info"), ephemeral=True)
-                return self.outbox.wake(event.platform)
-            approval = await session.get(Approval, approval.id, populate_existing=True)
-            assert approval is not None
-            self.outbox.enqueue(session, threads.location_of(record), replies.choice_card(approval), kind="update",
-                                ref_outbox_id=approval.card_outbox_id, correlation_id=event.correlation_id)
-            await session.exec(update(Run).where(Run.id == run.id).values(  # type: ignore[arg-type]
-                status="done", finished_at=now, turnaround_ms=int((now - run.started_at).total_seconds() * 1000),
-                waited_seconds=(now - approval.created_at).total_seconds()))
-            new_run = await self._insert_run(session, event, record, choice, text, chosen.fingerprint, chosen.title,
-                                             user=approval.requested_by)
+            else:
+                approval = await session.get(Approval, approval.id, populate_existing=True)
+                assert approval is not None
+                await self.outbox.enqueue(session, threads.location_of(record), replies.choice_card(approval), kind="update",
+                                          ref_outbox_id=approval.card_outbox_id, correlation_id=event.correlation_id)
+                await session.exec(update(Run).where(Run.id == run.id).values(  # type: ignore[arg-type]
+                    status="done", finished_at=now, turnaround_ms=int((now - run.started_at).total_seconds() * 1000),
+                    waited_seconds=(now - approval.created_at).total_seconds()))
+                new_run = await self._insert_run(session, event, record, choice, text, chosen.fingerprint,
+                                                 chosen.title, user=approval.requested_by)
+        if not chosen_first:
+            return self.outbox.wake(event.platform)
         await self._drive(new_run, record, spec, chosen.input, event)
 
-    def _edit_card(self, session: AsyncSession, record: ThreadRecord, approval: Approval, correlation: str) -> None:
-        self.outbox.enqueue(session, threads.location_of(record), replies.approval_card(approval), kind="update",
-                            ref_outbox_id=approval.card_outbox_id, correlation_id=correlation)
+    async def _edit_card(self, session: AsyncSession, record: ThreadRecord, approval: Approval, correlation: str) -> None:
+        await self.outbox.enqueue(session, threads.location_of(record), replies.approval_card(approval), kind="update",
+                                  ref_outbox_id=approval.card_outbox_id, correlation_id=correlation)
 
     async def _resume(self, approval: Approval, run: Run, record: ThreadRecord, spec: GraphSpec,
                       event: InboundEvent) -> None:
@@ -504,12 +535,11 @@ class Orchestrator:
             message = Message.text("\n".join(progress_lines[-PROGRESS_LINES:]), tone="progress")
             async with self.db.session() as session:
                 if progress_row is None:
-                    row = self.outbox.enqueue(session, location, message, correlation_id=run.correlation_id)
-                    await session.flush()
-                    progress_row = row.id
+                    progress_row = (await self.outbox.enqueue(session, location, message,
+                                                              correlation_id=run.correlation_id)).id
                 else:
-                    self.outbox.enqueue(session, location, message, kind="update", ref_outbox_id=progress_row,
-                                        correlation_id=run.correlation_id)
+                    await self.outbox.enqueue(session, location, message, kind="update", ref_outbox_id=progress_row,
+                                              correlation_id=run.correlation_id)
             self.outbox.wake(location.platform)
 
         try:
@@ -537,12 +567,12 @@ class Orchestrator:
                 approval = self._approval_for(interrupt, run, record, spec)
                 session.add(approval)
                 await session.flush()
-                card = self.outbox.enqueue(session, location, replies.approval_card(approval), correlation_id=run.correlation_id)
-                await session.flush()
+                card = await self.outbox.enqueue(session, location, replies.approval_card(approval),
+                                                 correlation_id=run.correlation_id)
                 approval.card_outbox_id = card.id
-                audit.record(session, "approval.requested", run.correlation_id, platform=record.platform,
-                             channel=record.channel, thread=record.thread, user=run.requested_by, run_id=run.id,
-                             approval_id=approval.id, approvers=approval.approvers, risk=approval.risk)
+                await audit.record(session, "approval.requested", run.correlation_id, platform=record.platform,
+                                   channel=record.channel, thread=record.thread, user=run.requested_by, run_id=run.id,
+                                   approval_id=approval.id, approvers=approval.approvers, risk=approval.risk)
             await session.exec(update(Run).where(Run.id == run.id).values(status="waiting"))  # type: ignore[arg-type]
             await session.exec(update(ThreadRecord).where(ThreadRecord.id == record.id)  # type: ignore[arg-type]
                                .values(status="waiting", updated_at=utcnow()))
@@ -568,35 +598,43 @@ class Orchestrator:
                           error: str | None) -> None:
         now = utcnow()
         async with self.db.session() as session:
-            await session.exec(update(Run).where(Run.id == run.id).values(  # type: ignore[arg-type]
-                status=status, finished_at=now, error=error,
-                turnaround_ms=int((now - run.started_at).total_seconds() * 1000)))
-            await session.exec(update(ThreadRecord).where(ThreadRecord.id == record.id).values(  # type: ignore[arg-type]
-                status=status, updated_at=now, last_result=message.plain_text()[:2000]))
-            self.outbox.enqueue(session, threads.location_of(record), message, correlation_id=run.correlation_id)
-            audit.record(session, f"run.{status}", run.correlation_id, platform=record.platform, channel=record.channel,
-                         thread=record.thread, user=run.requested_by, run_id=run.id, graph=run.graph, error=error,
-                         seconds=round((now - run.started_at).total_seconds(), 3))
+            await session.exec(_FINISH_RUN, params={  # type: ignore[call-overload]
+                "run_id": run.id, "status": status, "now": now, "error": error,
+                "turnaround_ms": int((now - run.started_at).total_seconds() * 1000)})
+            await session.exec(_FINISH_THREAD, params={  # type: ignore[call-overload]
+                "record_id": record.id, "status": status, "now": now, "result": message.plain_text()[:2000]})
+            reply = await self.outbox.enqueue_claimed(session, threads.location_of(record), message,
+                                                      correlation_id=run.correlation_id)
+            await audit.record(session, f"run.{status}", run.correlation_id, platform=record.platform, channel=record.channel,
+                               thread=record.thread, user=run.requested_by, run_id=run.id, graph=run.graph, error=error,
+                               seconds=round((now - run.started_at).total_seconds(), 3))
             await self._mark_done(session, event, status)
-        self.outbox.wake(record.platform)
+        self.outbox.hand_over(record.platform, reply)
 
     async def _finish_event(self, event: InboundEvent, outcome: str, reply: Message | None = None,
                             *, ephemeral: bool = False) -> None:
         """Mark the event handled, and post ``reply`` in the same transaction."""
         async with self.db.session() as session:
-            await self._answer(session, event, outcome, reply, ephemeral=ephemeral)
-        self.outbox.wake(event.platform)
+            delivery = await self._answer(session, event, outcome, reply, ephemeral=ephemeral)
+        self.outbox.hand_over(event.platform, delivery)
 
     async def _answer(self, session: AsyncSession, event: InboundEvent, outcome: str, reply: Message | None = None,
-                      *, ephemeral: bool = False) -> None:
+                      *, ephemeral: bool = False) -> Delivery | None:
+        """Answer ``event`` in the caller's transaction; a reply this process may send at once is returned
+        (``Outbox.hand_over`` it after the commit)."""
+        delivery = None
         if reply is not None:
             location = Location(platform=event.platform, workspace=event.workspace, channel=event.channel,
                                 thread=event.thread)
-            self.outbox.enqueue(session, location, reply, kind="ephemeral" if ephemeral else "post",
-                                target_user=event.user if ephemeral else None, correlation_id=event.correlation_id)
-        audit.record(session, "request.answered", event.correlation_id, platform=event.platform,
-                     channel=event.channel, thread=event.thread, user=event.user, outcome=outcome)
+            if ephemeral:
+                await self.outbox.enqueue(session, location, reply, kind="ephemeral", target_user=event.user,
+                                          correlation_id=event.correlation_id)
+            else:
+                delivery = await self.outbox.enqueue_claimed(session, location, reply, correlation_id=event.correlation_id)
+        await audit.record(session, "request.answered", event.correlation_id, platform=event.platform,
+                           channel=event.channel, thread=event.thread, user=event.user, outcome=outcome)
         await self._mark_done(session, event, outcome)
+        return delivery
 
     async def _mark_done(self, session: AsyncSession, event: InboundEvent, outcome: str) -> None:
         """Close the event, in the transaction that stores its outcome, only while we still hold the thread.
@@ -609,12 +647,12 @@ class Orchestrator:
         now = utcnow()
         # The record row first, locked: a replica's ``take`` of this thread waits for this
         # transaction and then finds the lease free, so an event it queued meanwhile is not stranded.
-        record = await session.get(ThreadRecord, event.thread_record_id, populate_existing=True, with_for_update=True)
+        status = await threads.lock_status(session, event.thread_record_id)  # type: ignore[arg-type]
         closed = await session.exec(_CLOSE_EVENT, params={  # type: ignore[call-overload]
             "closed_id": event.id, "closed_as": outcome[:200], "now": now})
         if not closed.rowcount:
             raise LeaseLost(f"event {event.id} was already handled elsewhere")
-        more = record is not None and await threads.next_event(session, record) is not None
+        more = status is not None and await threads.next_event_of(session, event.thread_record_id, status) is not None  # type: ignore[arg-type]
         held = await session.exec(_RENEW_LEASE if more else _RELEASE_LEASE, params={  # type: ignore[call-overload]
             "record_id": event.thread_record_id, "owner": self.leases.owner,
             "until": now + timedelta(seconds=self.leases.seconds)})

@@ -3,13 +3,19 @@
 Delivery keeps order per thread (a row waits until every earlier row of its thread is sent),
 paces per channel when the platform asks for it, and survives crashes: a claim is a lease that
 another replica takes over when it expires.
+
+A run's final reply usually needs no trip through the claim: when this process has the
+platform's adapter and nothing earlier in the thread is still undelivered, the row is stored
+already claimed (in the transaction that records the outcome) and handed straight to the adapter
+after the commit (``enqueue_claimed`` / ``hand_over``). If the process dies before sending it,
+the claim expires and any replica sends it, as for any other claimed row.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -20,7 +26,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.messages import Location, Message
-from storage.db import Database, insert_ignore
+from storage.db import Database, insert_ignore, insert_returning_id, insert_row
 from storage.models import ChannelPace, OutboxMessage, utcnow
 
 CLAIM_SECONDS = 30.0  # a sender that died mid-send leaves its rows to others after this
@@ -28,15 +34,33 @@ CLAIM_SECONDS = 30.0  # a sender that died mid-send leaves its rows to others af
 # The claim's statements are built once, with bound parameters: building them (and their cache
 # keys) on every poll cost more CPU than running them.
 _NOW = bindparam("now", type_=DateTime())
-_CLAIMABLE = or_(
-    and_(OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= _NOW),
-    and_(OutboxMessage.status == "sending", OutboxMessage.claimed_until < _NOW),  # a crashed sender's claim
-)
-_TAKE = (update(OutboxMessage)
-         .where(OutboxMessage.id == bindparam("row_id"), _CLAIMABLE)  # type: ignore[arg-type]
+
+
+def _claimable(rows: Any) -> Any:
+    """Due now: ``rows`` is the model (in ORM queries) or its table's columns (in Core writes)."""
+    return or_(and_(rows.status == "pending", rows.next_attempt_at <= _NOW),
+               and_(rows.status == "sending", rows.claimed_until < _NOW))  # a crashed sender's claim
+
+
+_CLAIMABLE = _claimable(OutboxMessage)
+_ROWS = OutboxMessage.__table__  # type: ignore[attr-defined]
+_TAKE = (update(_ROWS)
+         .where(_ROWS.c.id == bindparam("row_id"), _claimable(_ROWS.c))
          .values(status="sending", claimed_by=bindparam("worker"), claimed_until=bindparam("until", type_=DateTime()),
-                 attempts=OutboxMessage.attempts + 1)
-         .execution_options(synchronize_session=False))
+                 attempts=_ROWS.c.attempts + 1))
+_GIVE_BACK = update(_ROWS).where(
+    _ROWS.c.id.in_(bindparam("row_ids", expanding=True)), _ROWS.c.status == "sending",
+    _ROWS.c.claimed_by == bindparam("worker"),
+).values(status="pending", claimed_by=None, claimed_until=None, attempts=_ROWS.c.attempts - 1)
+_DELIVERED = update(_ROWS).where(_ROWS.c.id == bindparam("row_id")).values(
+    status="sent", platform_message_id=bindparam("platform_id"), sent_at=bindparam("now", type_=DateTime()),
+    claimed_until=None, error=None)
+
+
+_UNDELIVERED_IN_THREAD = select(OutboxMessage.id).where(
+    OutboxMessage.platform == bindparam("platform"), OutboxMessage.channel == bindparam("channel"),
+    OutboxMessage.thread == bindparam("thread"),
+    OutboxMessage.status.in_(("pending", "sending"))).limit(1)  # type: ignore[attr-defined]
 
 
 @functools.cache
@@ -68,12 +92,24 @@ class Delivery:
 
 
 class Outbox:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, worker: str = "local") -> None:
         self._db = db
+        self.worker = worker  # this process, as named in the claims it makes
         self._wake: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self._senders: dict[str, float] = {}  # platform -> channel pace, for the adapters running here
+        self._handed: defaultdict[str, deque[Delivery]] = defaultdict(deque)
+        self._claim_wanted: set[str] = set()  # platforms whose stored rows may be due
+
+    def attach(self, platform: str, pace_seconds: float) -> None:
+        """This process delivers ``platform``'s messages from now on (its adapter has started)."""
+        self._senders[platform] = pace_seconds
+        self._claim_wanted.add(platform)  # rows left from before
+
+    def detach(self, platform: str) -> None:
+        self._senders.pop(platform, None)
 
     @staticmethod
-    def enqueue(
+    async def enqueue(
         session: AsyncSession,
         location: Location,
         message: Message,
@@ -83,7 +119,7 @@ class Outbox:
         ref_outbox_id: int | None = None,
         correlation_id: str | None = None,
     ) -> OutboxMessage:
-        """Add a message to the caller's transaction; call ``wake`` after it commits."""
+        """Store a message in the caller's transaction (the row has its id); call ``wake`` after it commits."""
         row = OutboxMessage(
             platform=location.platform,
             workspace=location.workspace,
@@ -95,18 +131,83 @@ class Outbox:
             payload=message.model_dump(),
             correlation_id=correlation_id,
         )
-        session.add(row)
+        await insert_row(session, row)
         return row
 
-    def wake(self, platform: str) -> None:
+    async def enqueue_claimed(self, session: AsyncSession, location: Location, message: Message, *,
+                              correlation_id: str | None = None) -> Delivery | None:
+        """Post ``message``, claimed by this process in the caller's transaction when it may go at once.
+
+        Returns the delivery to ``hand_over`` after the commit; ``None`` when the row was stored
+        for the delivery loop instead (no adapter for the platform here, an earlier message of the
+        thread still undelivered, or the channel's pace not yet allowing another message): then
+        ``wake`` after the commit, as for ``enqueue``.
+        """
+        pace = self._senders.get(location.platform)
+        thread = {"platform": location.platform, "channel": location.channel, "thread": location.thread}
+        if pace is None or (await session.exec(_UNDELIVERED_IN_THREAD, params=thread)).first() is not None \
+                or (pace > 0 and not await self._channel_slot(session, location.platform, location.channel, pace)):
+            await self.enqueue(session, location, message, correlation_id=correlation_id)
+            return None
+        now = utcnow()
+        payload = message.model_dump()
+        row_id = await insert_returning_id(session, OutboxMessage, {
+            **thread, "workspace": location.workspace, "kind": "post", "target_user": None, "ref_outbox_id": None,
+            "payload": payload, "status": "sending", "attempts": 1, "next_attempt_at": now, "claimed_by": self.worker,
+            "claimed_until": now + timedelta(seconds=CLAIM_SECONDS), "correlation_id": correlation_id,
+            "created_at": now})
+        return Delivery(id=row_id, kind="post", location=location, message=message, target_user=None,
+                        target_message_id=None, attempts=1)
+
+    def hand_over(self, platform: str, delivery: Delivery | None) -> None:
+        """After the commit: give the adapter the delivery ``enqueue_claimed`` made, or else ``wake`` it."""
+        if delivery is None:
+            return self.wake(platform)
+        self._handed[platform].append(delivery)
         self._wake[platform].set()
 
+    def wake(self, platform: str) -> None:
+        """Rows were stored for ``platform``: its delivery loop claims them."""
+        self._claim_wanted.add(platform)
+        self._wake[platform].set()
+
+    def handed_over(self, platform: str) -> list[Delivery]:
+        """The deliveries handed to this process's adapter since it last asked."""
+        waiting = self._handed.get(platform)
+        if not waiting:
+            return []
+        deliveries = list(waiting)
+        waiting.clear()
+        return deliveries
+
+    async def give_back_handed(self) -> int:
+        """At shutdown: the handed-over deliveries not sent yet go back to the stored queue, for any replica
+        to send at once rather than after their claim expires. Returns how many."""
+        ids = [delivery.id for waiting in self._handed.values() for delivery in waiting]
+        self._handed.clear()
+        if ids:
+            async with self._db.session() as session:
+                await session.exec(_GIVE_BACK, params={"row_ids": ids, "worker": self.worker})  # type: ignore[call-overload]
+        return len(ids)
+
+    async def claim_if_wanted(self, platform: str, *, pace_seconds: float = 0.0) -> list[Delivery]:
+        """``claim`` when rows may be due (woken, polled, or the last claim found some)."""
+        if platform not in self._claim_wanted:
+            return []
+        self._claim_wanted.discard(platform)
+        deliveries = await self.claim(platform, self.worker, pace_seconds=pace_seconds)
+        if deliveries:
+            self._claim_wanted.add(platform)  # sending these may unblock the next rows of their threads
+        return deliveries
+
     async def wait(self, platform: str, timeout: float) -> None:
+        """Until woken or handed a delivery; after ``timeout`` the stored rows are polled (retries come due,
+        other replicas' rows)."""
         event = self._wake[platform]
         try:
             await asyncio.wait_for(event.wait(), timeout)
         except TimeoutError:
-            pass
+            self._claim_wanted.add(platform)
         event.clear()
 
     async def claim(self, platform: str, worker: str, *, limit: int = 20, pace_seconds: float = 0.0) -> list[Delivery]:
@@ -121,7 +222,7 @@ class Outbox:
             paced: set[str] = set()
             for row in rows:
                 if pace_seconds > 0:
-                    if row.channel in paced or not await self._take_channel_slot(session, row, pace_seconds):
+                    if row.channel in paced or not await self._channel_slot(session, row.platform, row.channel, pace_seconds):
                         paced.add(row.channel)
                         continue
                     paced.add(row.channel)
@@ -146,24 +247,23 @@ class Outbox:
                 )
         return deliveries
 
-    async def _take_channel_slot(self, session: AsyncSession, row: OutboxMessage, pace_seconds: float) -> bool:
+    @staticmethod
+    async def _channel_slot(session: AsyncSession, platform: str, channel: str, pace_seconds: float) -> bool:
+        """Take the channel's next sending slot if its pace allows a message now."""
         now = utcnow()
-        await insert_ignore(session, ChannelPace, {"platform": row.platform, "channel": row.channel, "next_at": now},
+        await insert_ignore(session, ChannelPace, {"platform": platform, "channel": channel, "next_at": now},
                             ["platform", "channel"])
         result = await session.exec(
             update(ChannelPace)
-            .where(ChannelPace.platform == row.platform, ChannelPace.channel == row.channel, ChannelPace.next_at <= now)  # type: ignore[arg-type]
+            .where(ChannelPace.platform == platform, ChannelPace.channel == channel, ChannelPace.next_at <= now)  # type: ignore[arg-type]
             .values(next_at=now + timedelta(seconds=pace_seconds))
         )
         return bool(result.rowcount)
 
     async def delivered(self, delivery_id: int, platform_message_id: str | None) -> None:
         async with self._db.session() as session:
-            await session.exec(
-                update(OutboxMessage)
-                .where(OutboxMessage.id == delivery_id)  # type: ignore[arg-type]
-                .values(status="sent", platform_message_id=platform_message_id, sent_at=utcnow(), claimed_until=None, error=None)
-            )
+            await session.exec(_DELIVERED, params={  # type: ignore[call-overload]
+                "row_id": delivery_id, "platform_id": platform_message_id, "now": utcnow()})
 
     async def retry(self, delivery_id: int, after_seconds: float, error: str) -> None:
         async with self._db.session() as session:

@@ -15,7 +15,7 @@ from langchain_core.language_models import BaseChatModel
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.pregel import Pregel
 from langgraph.types import Command, Interrupt
-from sqlalchemy import func, update
+from sqlalchemy import DateTime, bindparam, func, update
 from sqlmodel import select
 
 from bot import kit
@@ -28,6 +28,11 @@ from storage.db import Database, insert_ignore
 from storage.models import Approval, Effect, InboundEvent, OutboxMessage, Run, ThreadRecord, utcnow
 
 T = TypeVar("T")
+
+_EFFECTS = Effect.__table__  # type: ignore[attr-defined]
+_FINISH_EFFECT = update(_EFFECTS).where(_EFFECTS.c.key == bindparam("effect_key")).values(
+    status=bindparam("status"), result=bindparam("result", type_=_EFFECTS.c.result.type),
+    finished_at=bindparam("now", type_=DateTime()))
 ProgressSink = Callable[[str], Awaitable[None]]
 
 
@@ -226,6 +231,5 @@ class RunServices:
 
     async def _finish_effect(self, key: str, status: str, result: Any) -> None:
         async with self._db.session() as session:
-            await session.exec(
-                update(Effect).where(Effect.key == key).values(status=status, result=result, finished_at=utcnow())  # type: ignore[arg-type]
-            )
+            await session.exec(_FINISH_EFFECT, params={  # type: ignore[call-overload]
+                "effect_key": key, "status": status, "result": result, "now": utcnow()})

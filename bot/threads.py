@@ -7,9 +7,9 @@ and replicas, and a crashed holder's lease simply expires.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, or_, update
+from sqlalchemy import DateTime, bindparam, or_, update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -30,6 +30,15 @@ _NEXT_CLICK = _PENDING.where(InboundEvent.kind == "click").order_by(InboundEvent
 _NEXT_ANY = _PENDING.order_by(InboundEvent.id).limit(1)  # type: ignore[arg-type]
 _MINE = select(InboundEvent.id).where(InboundEvent.platform == bindparam("platform"),
                                       InboundEvent.event_id == bindparam("event_id"))
+_THREADS = ThreadRecord.__table__  # type: ignore[attr-defined]
+_TAKE = update(_THREADS).where(
+    _THREADS.c.id == bindparam("record_id"),
+    or_(_THREADS.c.lease_owner.is_(None), _THREADS.c.lease_until < bindparam("now", type_=DateTime()),
+        _THREADS.c.lease_owner == bindparam("owner")),
+).values(lease_owner=bindparam("owner"), lease_until=bindparam("until", type_=DateTime()))
+_RELEASE = update(_THREADS).where(_THREADS.c.id == bindparam("record_id"), _THREADS.c.lease_owner == bindparam("owner")
+                                  ).values(lease_owner=None, lease_until=None)
+_LOCK_STATUS = select(_THREADS.c.status).where(_THREADS.c.id == bindparam("record_id")).with_for_update()
 _EARLIER = select(InboundEvent.id).where(
     InboundEvent.thread_record_id == bindparam("record_id"), InboundEvent.status == "pending",
     InboundEvent.id < _MINE.scalar_subquery()).limit(1)  # type: ignore[operator]
@@ -39,11 +48,17 @@ async def find(session: AsyncSession, location: Location) -> ThreadRecord | None
     return (await session.exec(_FIND, params=location.model_dump())).first()
 
 
-async def create(session: AsyncSession, location: Location) -> tuple[ThreadRecord, bool]:
-    """The thread's record, made now unless a concurrent writer made it first; and whether it is new."""
+async def create(session: AsyncSession, location: Location, lease: tuple[str, datetime] | None = None,
+                 ) -> tuple[ThreadRecord, bool]:
+    """The thread's record, made now unless a concurrent writer made it first; and whether it is new.
+
+    ``lease`` (owner, until): a new record is made with its lease already held, so the first event
+    needs no separate ``Leases.take``.
+    """
     now = utcnow()
+    owner, until = lease if lease is not None else (None, None)
     values = {**location.model_dump(), "lg_thread_id": ThreadRecord().lg_thread_id, "status": "idle",
-              "created_at": now, "updated_at": now}
+              "created_at": now, "updated_at": now, "lease_owner": owner, "lease_until": until}
     new_id = await insert_new_id(session, ThreadRecord, values, ["platform", "workspace", "channel", "thread"])
     if new_id is not None:
         return ThreadRecord(id=new_id, **values), True
@@ -67,18 +82,24 @@ class Leases:
         self.owner = owner
         self.seconds = seconds
 
+    def lease_for_new_thread(self) -> tuple[str, datetime]:
+        return self.owner, utcnow() + timedelta(seconds=self.seconds)
+
+    def still_fresh(self, record: ThreadRecord) -> bool:
+        """Whether ``record``'s lease, taken by this process, has most of its time left (else ``take`` again)."""
+        return (record.lease_owner == self.owner and record.lease_until is not None
+                and record.lease_until - utcnow() > timedelta(seconds=self.seconds / 2))
+
     async def take(self, record_id: int) -> Work | None:
-        """The lease and the next event, or ``None`` if another writer holds it or nothing waits."""
+        """The lease and the next event, or ``None`` if another writer holds it or nothing waits.
+
+        A lease this process already holds counts as free: the orchestrator drains a thread once
+        at a time in a process, and a thread made with its lease held (``create``) is taken so.
+        """
         now = utcnow()
         async with self._db.session() as session:
-            taken = await session.exec(
-                update(ThreadRecord)
-                .where(
-                    ThreadRecord.id == record_id,  # type: ignore[arg-type]
-                    or_(ThreadRecord.lease_owner.is_(None), ThreadRecord.lease_until < now),  # type: ignore[union-attr]
-                )
-                .values(lease_owner=self.owner, lease_until=now + timedelta(seconds=self.seconds))
-            )
+            taken = await session.exec(_TAKE, params={  # type: ignore[call-overload]
+                "record_id": record_id, "now": now, "owner": self.owner, "until": now + timedelta(seconds=self.seconds)})
             if not taken.rowcount:
                 return None
             return await self._next_or_release(session, record_id)
@@ -101,11 +122,7 @@ class Leases:
         event = await next_event(session, record)
         if event is not None:
             return event, record
-        await session.exec(
-            update(ThreadRecord)
-            .where(ThreadRecord.id == record_id, ThreadRecord.lease_owner == self.owner)  # type: ignore[arg-type]
-            .values(lease_owner=None, lease_until=None)
-        )
+        await session.exec(_RELEASE, params={"record_id": record_id, "owner": self.owner})  # type: ignore[call-overload]
         return None
 
     async def renew(self, record_id: int) -> bool:
@@ -119,11 +136,7 @@ class Leases:
 
     async def release(self, record_id: int) -> None:
         async with self._db.session() as session:
-            await session.exec(
-                update(ThreadRecord)
-                .where(ThreadRecord.id == record_id, ThreadRecord.lease_owner == self.owner)  # type: ignore[arg-type]
-                .values(lease_owner=None, lease_until=None)
-            )
+            await session.exec(_RELEASE, params={"record_id": record_id, "owner": self.owner})  # type: ignore[call-overload]
 
 
 async def next_event(session: AsyncSession, record: ThreadRecord) -> InboundEvent | None:
@@ -131,11 +144,21 @@ async def next_event(session: AsyncSession, record: ThreadRecord) -> InboundEven
 
     Messages wait while the thread waits for approval: they are handled after the run.
     """
-    params = {"record_id": record.id}
+    return await next_event_of(session, record.id, record.status)  # type: ignore[arg-type]
+
+
+async def next_event_of(session: AsyncSession, record_id: int, status: str) -> InboundEvent | None:
+    """``next_event`` of the thread ``record_id`` whose status is ``status``."""
+    params = {"record_id": record_id}
     click = (await session.exec(_NEXT_CLICK, params=params)).first()
-    if click is not None or record.status == "waiting":
+    if click is not None or status == "waiting":
         return click
     return (await session.exec(_NEXT_ANY, params=params)).first()
+
+
+async def lock_status(session: AsyncSession, record_id: int) -> str | None:
+    """The thread's status, its row locked for the rest of the transaction (``None``: no such thread)."""
+    return (await session.exec(_LOCK_STATUS, params={"record_id": record_id})).first()  # type: ignore[call-overload]
 
 
 async def queued_before(session: AsyncSession, record: ThreadRecord, event_id: str) -> bool:
