@@ -196,8 +196,9 @@ class Outbox:
             return []
         self._claim_wanted.discard(platform)
         deliveries = await self.claim(platform, self.worker, pace_seconds=pace_seconds)
-        if deliveries:
-            self._claim_wanted.add(platform)  # sending these may unblock the next rows of their threads
+        if deliveries or self._handed.get(platform):
+            # Sending these, or the deliveries handed over meanwhile, may unblock the next rows of their threads.
+            self._claim_wanted.add(platform)
         return deliveries
 
     async def wait(self, platform: str, timeout: float) -> None:

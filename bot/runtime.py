@@ -33,6 +33,7 @@ _EFFECTS = Effect.__table__  # type: ignore[attr-defined]
 _FINISH_EFFECT = update(_EFFECTS).where(_EFFECTS.c.key == bindparam("effect_key")).values(
     status=bindparam("status"), result=bindparam("result", type_=_EFFECTS.c.result.type),
     finished_at=bindparam("now", type_=DateTime()))
+
 ProgressSink = Callable[[str], Awaitable[None]]
 
 

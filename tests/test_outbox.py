@@ -142,3 +142,27 @@ async def test_replies_handed_over_but_not_sent_at_shutdown_go_back_to_the_queue
         assert [(d.message.plain_text(), d.attempts) for d in taken] == [("not sent before the stop", 1)]
     finally:
         await database.dispose()
+
+
+@pytest.mark.asyncio
+async def test_a_row_stored_behind_a_handed_over_reply_is_claimed_as_soon_as_that_reply_is_sent(database_url: str) -> None:
+    upgrade(database_url)
+    database = Database(database_url)
+    outbox = Outbox(database, worker="me")
+    outbox.attach("playground", 0.0)
+    try:
+        assert await outbox.claim_if_wanted("playground") == []  # what attach asked for: nothing stored yet
+        async with database.session() as session:
+            handed = await outbox.enqueue_claimed(session, THERE, Message.text("the reply"))
+        async with database.session() as session:
+            await outbox.enqueue(session, THERE, Message.text("the next message of the thread"))
+        outbox.wake("playground")
+        outbox.hand_over("playground", handed)  # handed over while the loop was claiming (it finds nothing due)
+        assert await outbox.claim_if_wanted("playground") == []
+        [reply] = outbox.handed_over("playground")
+        await outbox.delivered(reply.id, "m1")
+        # No new wake and no poll: the loop claims again because a hand-over was pending at its last claim.
+        claimed = await outbox.claim_if_wanted("playground")
+        assert [d.message.plain_text() for d in claimed] == ["the next message of the thread"]
+    finally:
+        await database.dispose()
