@@ -7,10 +7,10 @@ from typing import Any
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage.db import insert_row
-from storage.models import AuditEntry
+from storage.models import AuditEntry, utcnow
 
 log = logging.getLogger("baton.audit")
+_INSERT = AuditEntry.__table__.insert()  # type: ignore[attr-defined]
 
 
 async def record(
@@ -27,18 +27,8 @@ async def record(
     **detail: Any,
 ) -> None:
     """Write an audit entry in the caller's transaction (it lands or vanishes with that work)."""
-    await insert_row(
-        session,
-        AuditEntry(
-            kind=kind,
-            correlation_id=correlation_id,
-            platform=platform,
-            channel=channel,
-            thread=thread,
-            user=user,
-            run_id=run_id,
-            approval_id=approval_id,
-            detail=detail,
-        )
-    )
+    # A plain dict, not an AuditEntry: building a table model costs more than the INSERT (three per request).
+    await session.exec(_INSERT, params={  # type: ignore[call-overload]
+        "at": utcnow(), "kind": kind, "correlation_id": correlation_id, "platform": platform, "channel": channel,
+        "thread": thread, "user": user, "run_id": run_id, "approval_id": approval_id, "detail": detail})
     log.info("%s correlation=%s run=%s approval=%s", kind, correlation_id, run_id, approval_id)

@@ -175,10 +175,10 @@ class Digests:
                             thread=run.summary.get("thread") or "")
         message = await self._render(run, stats, location)
         async with self.db.session() as session:
-            card = await self.outbox.enqueue(session, location, message, correlation_id=f"digest-{run.id}")
+            card_id = await self.outbox.enqueue(session, location, message, correlation_id=f"digest-{run.id}")
             await session.exec(update(DigestRun).where(DigestRun.id == run.id).values(  # type: ignore[arg-type]
                 status="posted", posted_at=self.clock(),
-                summary={**run.summary, "requests": stats["requests"], "outbox_id": card.id}))
+                summary={**run.summary, "requests": stats["requests"], "outbox_id": card_id}))
             await audit.record(session, "digest.posted", f"digest-{run.id}", platform=run.platform, channel=run.channel,
                                window_start=run.window_start.isoformat(), window_end=run.window_end.isoformat(),
                                requests=stats["requests"])

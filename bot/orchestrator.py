@@ -366,9 +366,9 @@ class Orchestrator:
                                 requested_by=event.user)
             session.add(approval)
             await session.flush()
-            card = await self.outbox.enqueue(session, threads.location_of(record), replies.choice_card(approval),
-                                             correlation_id=event.correlation_id)
-            approval.card_outbox_id = card.id
+            card_id = await self.outbox.enqueue(session, threads.location_of(record), replies.choice_card(approval),
+                                                correlation_id=event.correlation_id)
+            approval.card_outbox_id = card_id
             await audit.record(session, "choice.offered", event.correlation_id, platform=event.platform,
                                channel=event.channel, thread=event.thread, user=event.user, run_id=run.id,
                                approval_id=approval.id, options=options)
@@ -535,8 +535,8 @@ class Orchestrator:
             message = Message.text("\n".join(progress_lines[-PROGRESS_LINES:]), tone="progress")
             async with self.db.session() as session:
                 if progress_row is None:
-                    progress_row = (await self.outbox.enqueue(session, location, message,
-                                                              correlation_id=run.correlation_id)).id
+                    progress_row = await self.outbox.enqueue(session, location, message,
+                                                             correlation_id=run.correlation_id)
                 else:
                     await self.outbox.enqueue(session, location, message, kind="update", ref_outbox_id=progress_row,
                                               correlation_id=run.correlation_id)
@@ -567,9 +567,9 @@ class Orchestrator:
                 approval = self._approval_for(interrupt, run, record, spec)
                 session.add(approval)
                 await session.flush()
-                card = await self.outbox.enqueue(session, location, replies.approval_card(approval),
-                                                 correlation_id=run.correlation_id)
-                approval.card_outbox_id = card.id
+                card_id = await self.outbox.enqueue(session, location, replies.approval_card(approval),
+                                                    correlation_id=run.correlation_id)
+                approval.card_outbox_id = card_id
                 await audit.record(session, "approval.requested", run.correlation_id, platform=record.platform,
                                    channel=record.channel, thread=record.thread, user=run.requested_by, run_id=run.id,
                                    approval_id=approval.id, approvers=approval.approvers, risk=approval.risk)

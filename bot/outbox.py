@@ -26,7 +26,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.messages import Location, Message
-from storage.db import Database, insert_ignore, insert_returning_id, insert_row
+from storage.db import Database, insert_ignore, insert_returning_id
 from storage.models import ChannelPace, OutboxMessage, utcnow
 
 CLAIM_SECONDS = 30.0  # a sender that died mid-send leaves its rows to others after this
@@ -78,6 +78,16 @@ def _due_statement(limit: int) -> Any:
             .order_by(OutboxMessage.id).limit(limit))  # type: ignore[arg-type]
 
 
+def _row(location: Location, message: Message, *, kind: str = "post", target_user: str | None = None,
+         ref_outbox_id: int | None = None, correlation_id: str | None = None) -> dict[str, Any]:
+    """A new outbox row's columns (a dict: building an ``OutboxMessage`` costs more than the INSERT)."""
+    now = utcnow()
+    return {"platform": location.platform, "workspace": location.workspace, "channel": location.channel,
+            "thread": location.thread, "kind": kind, "target_user": target_user, "ref_outbox_id": ref_outbox_id,
+            "payload": message.model_dump(), "status": "pending", "attempts": 0, "next_attempt_at": now,
+            "claimed_by": None, "claimed_until": None, "correlation_id": correlation_id, "created_at": now}
+
+
 @dataclass(frozen=True)
 class Delivery:
     """One claimed outbox row, ready for an adapter to send."""
@@ -118,21 +128,11 @@ class Outbox:
         target_user: str | None = None,
         ref_outbox_id: int | None = None,
         correlation_id: str | None = None,
-    ) -> OutboxMessage:
-        """Store a message in the caller's transaction (the row has its id); call ``wake`` after it commits."""
-        row = OutboxMessage(
-            platform=location.platform,
-            workspace=location.workspace,
-            channel=location.channel,
-            thread=location.thread,
-            kind=kind,
-            target_user=target_user,
-            ref_outbox_id=ref_outbox_id,
-            payload=message.model_dump(),
-            correlation_id=correlation_id,
-        )
-        await insert_row(session, row)
-        return row
+    ) -> int:
+        """Store a message in the caller's transaction and return its row id; call ``wake`` after it commits."""
+        return int(await insert_returning_id(session, OutboxMessage, _row(
+            location, message, kind=kind, target_user=target_user, ref_outbox_id=ref_outbox_id,
+            correlation_id=correlation_id)))
 
     async def enqueue_claimed(self, session: AsyncSession, location: Location, message: Message, *,
                               correlation_id: str | None = None) -> Delivery | None:
@@ -149,13 +149,10 @@ class Outbox:
                 or (pace > 0 and not await self._channel_slot(session, location.platform, location.channel, pace)):
             await self.enqueue(session, location, message, correlation_id=correlation_id)
             return None
-        now = utcnow()
-        payload = message.model_dump()
-        row_id = await insert_returning_id(session, OutboxMessage, {
-            **thread, "workspace": location.workspace, "kind": "post", "target_user": None, "ref_outbox_id": None,
-            "payload": payload, "status": "sending", "attempts": 1, "next_attempt_at": now, "claimed_by": self.worker,
-            "claimed_until": now + timedelta(seconds=CLAIM_SECONDS), "correlation_id": correlation_id,
-            "created_at": now})
+        row = _row(location, message, correlation_id=correlation_id)
+        row.update(status="sending", attempts=1, claimed_by=self.worker,
+                   claimed_until=row["created_at"] + timedelta(seconds=CLAIM_SECONDS))
+        row_id = await insert_returning_id(session, OutboxMessage, row)
         return Delivery(id=row_id, kind="post", location=location, message=message, target_user=None,
                         target_message_id=None, attempts=1)
 

@@ -15,7 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.messages import Location
 from storage.db import Database, insert_new_id
-from storage.models import InboundEvent, ThreadRecord, utcnow
+from storage.models import InboundEvent, ThreadRecord, new_lg_thread_id, utcnow
 
 BUSY = ("running", "waiting")
 
@@ -57,7 +57,7 @@ async def create(session: AsyncSession, location: Location, lease: tuple[str, da
     """
     now = utcnow()
     owner, until = lease if lease is not None else (None, None)
-    values = {**location.model_dump(), "lg_thread_id": ThreadRecord().lg_thread_id, "status": "idle",
+    values = {**location.model_dump(), "lg_thread_id": new_lg_thread_id(), "status": "idle",
               "created_at": now, "updated_at": now, "lease_owner": owner, "lease_until": until}
     new_id = await insert_new_id(session, ThreadRecord, values, ["platform", "workspace", "channel", "thread"])
     if new_id is not None:

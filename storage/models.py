@@ -19,6 +19,10 @@ def new_token() -> str:
     return secrets.token_urlsafe(12)
 
 
+def new_lg_thread_id() -> str:
+    return uuid.uuid4().hex
+
+
 class ThreadRecord(SQLModel, table=True):
     """One chat thread: its stable LangGraph thread id, status, and who may write to it now."""
 
@@ -34,7 +38,7 @@ class ThreadRecord(SQLModel, table=True):
     workspace: str = ""
     channel: str
     thread: str
-    lg_thread_id: str = Field(default_factory=lambda: uuid.uuid4().hex, unique=True)
+    lg_thread_id: str = Field(default_factory=new_lg_thread_id, unique=True)
     graph: str | None = None
     status: str = "idle"  # idle | running | waiting | done | failed
     fingerprint: str | None = None
