@@ -608,7 +608,7 @@ class Orchestrator:
             await audit.record(session, f"run.{status}", run.correlation_id, platform=record.platform, channel=record.channel,
                                thread=record.thread, user=run.requested_by, run_id=run.id, graph=run.graph, error=error,
                                seconds=round((now - run.started_at).total_seconds(), 3))
-            await self._mark_done(session, event, status)
+            await self._mark_done(session, event, status, thread_status=status)
         self.outbox.hand_over(record.platform, reply)
 
     async def _finish_event(self, event: InboundEvent, outcome: str, reply: Message | None = None,
@@ -636,18 +636,21 @@ class Orchestrator:
         await self._mark_done(session, event, outcome)
         return delivery
 
-    async def _mark_done(self, session: AsyncSession, event: InboundEvent, outcome: str) -> None:
+    async def _mark_done(self, session: AsyncSession, event: InboundEvent, outcome: str, *,
+                         thread_status: str | None = None) -> None:
         """Close the event, in the transaction that stores its outcome, only while we still hold the thread.
 
         The fence against a lost lease (this process stalled past it and another drain took the
         thread over): raising here rolls the whole transaction back, reply included, so the
         event is answered once, by whoever holds the thread. With nothing else queued on the
         thread the lease is released in the same transaction (``_released`` tells the drain).
+        ``thread_status``: the status this transaction already wrote to the thread's record (its row
+        is locked then), so it need not be read.
         """
         now = utcnow()
         # The record row first, locked: a replica's ``take`` of this thread waits for this
         # transaction and then finds the lease free, so an event it queued meanwhile is not stranded.
-        status = await threads.lock_status(session, event.thread_record_id)  # type: ignore[arg-type]
+        status = thread_status or await threads.lock_status(session, event.thread_record_id)  # type: ignore[arg-type]
         closed = await session.exec(_CLOSE_EVENT, params={  # type: ignore[call-overload]
             "closed_id": event.id, "closed_as": outcome[:200], "now": now})
         if not closed.rowcount:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import DateTime, bindparam, or_, update
+from sqlalchemy import DateTime, bindparam, case, or_, update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -27,7 +27,7 @@ _FIND = select(ThreadRecord).where(
 _PENDING = select(InboundEvent).where(InboundEvent.thread_record_id == bindparam("record_id"),
                                       InboundEvent.status == "pending")
 _NEXT_CLICK = _PENDING.where(InboundEvent.kind == "click").order_by(InboundEvent.id).limit(1)  # type: ignore[arg-type]
-_NEXT_ANY = _PENDING.order_by(InboundEvent.id).limit(1)  # type: ignore[arg-type]
+_NEXT_CLICKS_FIRST = _PENDING.order_by(case((InboundEvent.kind == "click", 0), else_=1), InboundEvent.id).limit(1)  # type: ignore[arg-type]
 _MINE = select(InboundEvent.id).where(InboundEvent.platform == bindparam("platform"),
                                       InboundEvent.event_id == bindparam("event_id"))
 _THREADS = ThreadRecord.__table__  # type: ignore[attr-defined]
@@ -149,11 +149,8 @@ async def next_event(session: AsyncSession, record: ThreadRecord) -> InboundEven
 
 async def next_event_of(session: AsyncSession, record_id: int, status: str) -> InboundEvent | None:
     """``next_event`` of the thread ``record_id`` whose status is ``status``."""
-    params = {"record_id": record_id}
-    click = (await session.exec(_NEXT_CLICK, params=params)).first()
-    if click is not None or status == "waiting":
-        return click
-    return (await session.exec(_NEXT_ANY, params=params)).first()
+    return (await session.exec(_NEXT_CLICK if status == "waiting" else _NEXT_CLICKS_FIRST,  # type: ignore[call-overload]
+                               params={"record_id": record_id})).first()
 
 
 async def lock_status(session: AsyncSession, record_id: int) -> str | None:

@@ -53,3 +53,28 @@ async def test_a_thread_made_with_its_lease_is_taken_by_its_maker_and_by_nobody_
         assert await maker.take(record.id) is None  # type: ignore[arg-type]
     finally:
         await database.dispose()
+
+
+@pytest.mark.asyncio
+async def test_the_queue_gives_clicks_first_then_messages_in_order_and_only_clicks_while_waiting(
+        database_url: str) -> None:
+    upgrade(database_url)
+    database = Database(database_url)
+    try:
+        async with database.session() as session:
+            record, _ = await threads.create(session, HERE)
+        first = await _queue_event(database, record.id, "m1")  # type: ignore[arg-type]
+        await _queue_event(database, record.id, "m2")  # type: ignore[arg-type]
+        async with database.read() as session:
+            assert (await threads.next_event_of(session, record.id, "running")).id == first  # type: ignore[arg-type,union-attr]
+            assert await threads.next_event_of(session, record.id, "waiting") is None  # type: ignore[arg-type]
+        async with database.session() as session:
+            click = await insert_new_id(session, InboundEvent, {
+                "platform": "playground", "event_id": "c1", "kind": "click", "workspace": "", "channel": "general",
+                "thread": "1", "user": "bob", "text": "approve", "payload": {}, "status": "pending",
+                "thread_record_id": record.id, "correlation_id": "c1", "received_at": utcnow()}, ["platform", "event_id"])
+        async with database.read() as session:
+            for status in ("running", "waiting"):
+                assert (await threads.next_event_of(session, record.id, status)).id == click  # type: ignore[arg-type,union-attr]
+    finally:
+        await database.dispose()
