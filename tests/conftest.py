@@ -1,10 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from storage.db import Database
+from storage.migrate import upgrade
 from tests.support import BatonProcess, create_postgres_database, postgres_reachable, write_config
 
 PG_SKIP_REASON = postgres_reachable()
@@ -17,6 +19,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield f"sqlite:///{tmp_path / 'baton.db'}"
     else:
         yield from _fresh_postgres_database()
+
+
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[Database]:
+    """Baton's database, migrated, on each backend of ``database_url``."""
+    upgrade(database_url)
+    migrated = Database(database_url)
+    yield migrated
+    await migrated.dispose()
 
 
 @pytest.fixture

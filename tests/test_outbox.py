@@ -11,37 +11,31 @@ from sqlmodel import select
 from bot.messages import Location, Message
 from bot.outbox import Outbox
 from storage.db import Database
-from storage.migrate import upgrade
 from storage.models import OutboxMessage, utcnow
 
 HERE = Location(platform="playground", workspace="", channel="general", thread="1")
 
 
 @pytest.mark.asyncio
-async def test_each_claim_counts_one_attempt_and_the_thread_order_holds(database_url: str) -> None:
-    upgrade(database_url)
-    database = Database(database_url)
+async def test_each_claim_counts_one_attempt_and_the_thread_order_holds(database: Database) -> None:
     outbox = Outbox(database)
-    try:
-        async with database.session() as session:
-            await outbox.enqueue(session, HERE, Message.text("first"))
-            await outbox.enqueue(session, HERE, Message.text("second"))
+    async with database.session() as session:
+        await outbox.enqueue(session, HERE, Message.text("first"))
+        await outbox.enqueue(session, HERE, Message.text("second"))
 
-        first = await outbox.claim("playground", "me")
-        assert [(d.message.plain_text(), d.attempts) for d in first] == [("first", 1)]  # "second" waits its turn
-        await outbox.retry(first[0].id, 60, "the platform was down")
-        assert await outbox.claim("playground", "me") == []  # not due yet, and "second" still waits behind it
+    first = await outbox.claim("playground", "me")
+    assert [(d.message.plain_text(), d.attempts) for d in first] == [("first", 1)]  # "second" waits its turn
+    await outbox.retry(first[0].id, 60, "the platform was down")
+    assert await outbox.claim("playground", "me") == []  # not due yet, and "second" still waits behind it
 
-        async with database.session() as session:
-            await session.exec(update(OutboxMessage).where(OutboxMessage.id == first[0].id)  # type: ignore[call-overload]
-                               .values(next_attempt_at=utcnow() - timedelta(seconds=1)))
-        again = await outbox.claim("playground", "me")
-        assert [(d.message.plain_text(), d.attempts) for d in again] == [("first", 2)]
-        await outbox.delivered(again[0].id, "m1")
-        after = await outbox.claim("playground", "me")
-        assert [(d.message.plain_text(), d.attempts) for d in after] == [("second", 1)]
-    finally:
-        await database.dispose()
+    async with database.session() as session:
+        await session.exec(update(OutboxMessage).where(OutboxMessage.id == first[0].id)  # type: ignore[call-overload]
+                           .values(next_attempt_at=utcnow() - timedelta(seconds=1)))
+    again = await outbox.claim("playground", "me")
+    assert [(d.message.plain_text(), d.attempts) for d in again] == [("first", 2)]
+    await outbox.delivered(again[0].id, "m1")
+    after = await outbox.claim("playground", "me")
+    assert [(d.message.plain_text(), d.attempts) for d in after] == [("second", 1)]
 
 
 THERE = Location(platform="playground", workspace="", channel="general", thread="2")
@@ -56,113 +50,88 @@ async def _row(database: Database, row_id: int) -> OutboxMessage:
 
 
 @pytest.mark.asyncio
-async def test_a_final_reply_is_claimed_in_its_own_transaction_only_when_it_may_go_at_once(database_url: str) -> None:
-    upgrade(database_url)
-    database = Database(database_url)
+async def test_a_final_reply_is_claimed_in_its_own_transaction_only_when_it_may_go_at_once(database: Database) -> None:
     outbox = Outbox(database, worker="me")
-    try:
-        async with database.session() as session:  # no adapter for the platform here: stored for the loop
-            assert await outbox.enqueue_claimed(session, HERE, Message.text("nobody here sends it")) is None
-        outbox.attach("playground", 0.0)
-        async with database.session() as session:  # HERE still has an undelivered row: this one waits behind it
-            assert await outbox.enqueue_claimed(session, HERE, Message.text("behind")) is None
-            handed = await outbox.enqueue_claimed(session, THERE, Message.text("at once"), correlation_id="c1")
-        assert handed is not None and handed.message.plain_text() == "at once" and handed.attempts == 1
-        row = await _row(database, handed.id)
-        assert (row.status, row.claimed_by, row.attempts, row.correlation_id) == ("sending", "me", 1, "c1")
-        assert row.claimed_until is not None and row.claimed_until > utcnow()
+    async with database.session() as session:  # no adapter for the platform here: stored for the loop
+        assert await outbox.enqueue_claimed(session, HERE, Message.text("nobody here sends it")) is None
+    outbox.attach("playground", 0.0)
+    async with database.session() as session:  # HERE still has an undelivered row: this one waits behind it
+        assert await outbox.enqueue_claimed(session, HERE, Message.text("behind")) is None
+        handed = await outbox.enqueue_claimed(session, THERE, Message.text("at once"), correlation_id="c1")
+    assert handed is not None and handed.message.plain_text() == "at once" and handed.attempts == 1
+    row = await _row(database, handed.id)
+    assert (row.status, row.claimed_by, row.attempts, row.correlation_id) == ("sending", "me", 1, "c1")
+    assert row.claimed_until is not None and row.claimed_until > utcnow()
 
-        outbox.hand_over("playground", handed)
-        assert outbox.handed_over("playground") == [handed]
-        assert outbox.handed_over("playground") == []
-        claimed = await outbox.claim("playground", "me")  # the handed-over row is not claimed a second time
-        assert [d.message.plain_text() for d in claimed] == ["nobody here sends it"]
-        await outbox.delivered(handed.id, "m-at-once")
-        assert (await _row(database, handed.id)).status == "sent"
-    finally:
-        await database.dispose()
+    outbox.hand_over("playground", handed)
+    assert outbox.handed_over("playground") == [handed]
+    assert outbox.handed_over("playground") == []
+    claimed = await outbox.claim("playground", "me")  # the handed-over row is not claimed a second time
+    assert [d.message.plain_text() for d in claimed] == ["nobody here sends it"]
+    await outbox.delivered(handed.id, "m-at-once")
+    assert (await _row(database, handed.id)).status == "sent"
 
 
 @pytest.mark.asyncio
 async def test_a_handed_over_reply_that_was_never_sent_is_claimed_by_another_replica_after_its_claim_expires(
-        database_url: str) -> None:
-    upgrade(database_url)
-    database = Database(database_url)
+        database: Database) -> None:
     crashed, survivor = Outbox(database, worker="crashed"), Outbox(database, worker="survivor")
     crashed.attach("playground", 0.0)
-    try:
-        async with database.session() as session:
-            handed = await crashed.enqueue_claimed(session, THERE, Message.text("lost with its process"))
-        assert handed is not None  # ... and the process dies before sending it
-        assert await survivor.claim("playground", "survivor") == []  # the claim is still live
-        async with database.session() as session:
-            await session.exec(update(OutboxMessage).where(OutboxMessage.id == handed.id)  # type: ignore[call-overload]
-                               .values(claimed_until=utcnow() - timedelta(seconds=1)))
-        taken = await survivor.claim("playground", "survivor")
-        assert [(d.id, d.message.plain_text(), d.attempts) for d in taken] == [(handed.id, "lost with its process", 2)]
-    finally:
-        await database.dispose()
+    async with database.session() as session:
+        handed = await crashed.enqueue_claimed(session, THERE, Message.text("lost with its process"))
+    assert handed is not None  # ... and the process dies before sending it
+    assert await survivor.claim("playground", "survivor") == []  # the claim is still live
+    async with database.session() as session:
+        await session.exec(update(OutboxMessage).where(OutboxMessage.id == handed.id)  # type: ignore[call-overload]
+                           .values(claimed_until=utcnow() - timedelta(seconds=1)))
+    taken = await survivor.claim("playground", "survivor")
+    assert [(d.id, d.message.plain_text(), d.attempts) for d in taken] == [(handed.id, "lost with its process", 2)]
 
 
 @pytest.mark.asyncio
-async def test_a_paced_channel_hands_over_one_reply_per_slot(database_url: str) -> None:
-    upgrade(database_url)
-    database = Database(database_url)
+async def test_a_paced_channel_hands_over_one_reply_per_slot(database: Database) -> None:
     outbox = Outbox(database, worker="me")
     outbox.attach("playground", 60.0)  # one message a minute per channel
-    try:
-        async with database.session() as session:
-            first = await outbox.enqueue_claimed(session, THERE, Message.text("first in #general"))
-        async with database.session() as session:
-            same_channel = await outbox.enqueue_claimed(session, Location(
-                platform="playground", workspace="", channel="general", thread="4"), Message.text("too soon"))
-            other_channel = await outbox.enqueue_claimed(session, ELSEWHERE, Message.text("first in #random"))
-        assert first is not None and other_channel is not None
-        assert same_channel is None  # stored, and sent by the loop when the channel's pace allows
-        async with database.read() as session:
-            pending = (await session.exec(select(OutboxMessage).where(OutboxMessage.status == "pending"))).all()
-        assert [Message.model_validate(row.payload).plain_text() for row in pending] == ["too soon"]
-    finally:
-        await database.dispose()
+    async with database.session() as session:
+        first = await outbox.enqueue_claimed(session, THERE, Message.text("first in #general"))
+    async with database.session() as session:
+        same_channel = await outbox.enqueue_claimed(session, Location(
+            platform="playground", workspace="", channel="general", thread="4"), Message.text("too soon"))
+        other_channel = await outbox.enqueue_claimed(session, ELSEWHERE, Message.text("first in #random"))
+    assert first is not None and other_channel is not None
+    assert same_channel is None  # stored, and sent by the loop when the channel's pace allows
+    async with database.read() as session:
+        pending = (await session.exec(select(OutboxMessage).where(OutboxMessage.status == "pending"))).all()
+    assert [Message.model_validate(row.payload).plain_text() for row in pending] == ["too soon"]
 
 
 @pytest.mark.asyncio
-async def test_replies_handed_over_but_not_sent_at_shutdown_go_back_to_the_queue(database_url: str) -> None:
-    upgrade(database_url)
-    database = Database(database_url)
+async def test_replies_handed_over_but_not_sent_at_shutdown_go_back_to_the_queue(database: Database) -> None:
     stopping, survivor = Outbox(database, worker="stopping"), Outbox(database, worker="survivor")
     stopping.attach("playground", 0.0)
-    try:
-        async with database.session() as session:
-            handed = await stopping.enqueue_claimed(session, THERE, Message.text("not sent before the stop"))
-        stopping.hand_over("playground", handed)
-        assert await stopping.give_back_handed() == 1
-        assert stopping.handed_over("playground") == []
-        taken = await survivor.claim("playground", "survivor")  # at once: no claim to wait out
-        assert [(d.message.plain_text(), d.attempts) for d in taken] == [("not sent before the stop", 1)]
-    finally:
-        await database.dispose()
+    async with database.session() as session:
+        handed = await stopping.enqueue_claimed(session, THERE, Message.text("not sent before the stop"))
+    stopping.hand_over("playground", handed)
+    assert await stopping.give_back_handed() == 1
+    assert stopping.handed_over("playground") == []
+    taken = await survivor.claim("playground", "survivor")  # at once: no claim to wait out
+    assert [(d.message.plain_text(), d.attempts) for d in taken] == [("not sent before the stop", 1)]
 
 
 @pytest.mark.asyncio
-async def test_a_row_stored_behind_a_handed_over_reply_is_claimed_as_soon_as_that_reply_is_sent(database_url: str) -> None:
-    upgrade(database_url)
-    database = Database(database_url)
+async def test_a_row_stored_behind_a_handed_over_reply_is_claimed_as_soon_as_that_reply_is_sent(database: Database) -> None:
     outbox = Outbox(database, worker="me")
     outbox.attach("playground", 0.0)
-    try:
-        assert await outbox.claim_if_wanted("playground") == []  # what attach asked for: nothing stored yet
-        async with database.session() as session:
-            handed = await outbox.enqueue_claimed(session, THERE, Message.text("the reply"))
-        async with database.session() as session:
-            await outbox.enqueue(session, THERE, Message.text("the next message of the thread"))
-        outbox.wake("playground")
-        outbox.hand_over("playground", handed)  # handed over while the loop was claiming (it finds nothing due)
-        assert await outbox.claim_if_wanted("playground") == []
-        [reply] = outbox.handed_over("playground")
-        await outbox.delivered(reply.id, "m1")
-        # No new wake and no poll: the loop claims again because a hand-over was pending at its last claim.
-        claimed = await outbox.claim_if_wanted("playground")
-        assert [d.message.plain_text() for d in claimed] == ["the next message of the thread"]
-    finally:
-        await database.dispose()
+    assert await outbox.claim_if_wanted("playground") == []  # what attach asked for: nothing stored yet
+    async with database.session() as session:
+        handed = await outbox.enqueue_claimed(session, THERE, Message.text("the reply"))
+    async with database.session() as session:
+        await outbox.enqueue(session, THERE, Message.text("the next message of the thread"))
+    outbox.wake("playground")
+    outbox.hand_over("playground", handed)  # handed over while the loop was claiming (it finds nothing due)
+    assert await outbox.claim_if_wanted("playground") == []
+    [reply] = outbox.handed_over("playground")
+    await outbox.delivered(reply.id, "m1")
+    # No new wake and no poll: the loop claims again because a hand-over was pending at its last claim.
+    claimed = await outbox.claim_if_wanted("playground")
+    assert [d.message.plain_text() for d in claimed] == ["the next message of the thread"]
