@@ -1,11 +1,12 @@
 """Where a Baton request's time goes: one request at a time, split into the steps of the request path.
 
-The probes wrap methods of the running objects (``Leases.take`` and ``next_or_release``,
-``Orchestrator._handle_message`` and ``_finish_run``, ``GraphRuntime.run``, ``Outbox.claim``, the
-checkpointer, the effects ledger, the adapter's ``send``), time the writers' turn on
-``Database``'s asyncio lock and listen to both SQLAlchemy engines (writes start with
-``BEGIN IMMEDIATE``, ``Database.read()`` sessions with a plain ``BEGIN``); nothing in the project
-is changed. A probe whose target no longer exists is skipped and its rows are shown as "n/a".
+The probes wrap methods of the running objects (``Orchestrator._handle``, ``_finish_run``,
+``Leases.next_or_release``, ``GraphRuntime.run``, the checkpointer, the effects ledger, the
+adapter's ``send``), time the writers' turn on ``Database``'s writer queue and listen to both
+SQLAlchemy engines (writes start with ``BEGIN IMMEDIATE``, ``Database.read()`` sessions with a
+plain ``BEGIN``); nothing in the project is changed. A probe whose target no longer exists is
+skipped and its rows are shown as "n/a". ``transaction_floor`` measures the least one durable
+write costs on the machine, for comparison.
 """
 
 from __future__ import annotations
@@ -406,6 +407,7 @@ async def isolated_breakdown(directory: Path, runs: int, warmup: int) -> Isolate
             await playground.stop()  # no delivery loop: the bench takes the handed-over reply and delivers it
             baton.outbox.attach(playground.name, playground.channel_pace_seconds)
             scheduled: list[int] = []
+
             def record_schedule(record_id: int, first: Any = None) -> None:
                 scheduled.append(record_id)  # the bench runs the drain itself
                 if first is not None:  # what _schedule keeps of a new thread's first event
