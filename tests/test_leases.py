@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
+from pathlib import Path
+from typing import TypedDict
 
 import pytest
+from langgraph.graph import END, START, StateGraph
 from sqlalchemy import update
+from sqlmodel import select
 
 from bot import threads
-from bot.messages import Location
+from bot.app import Baton
+from bot.messages import InboundMessage, Location
+from bot.registry import GraphSpec
+from bot.settings import Settings
 from storage.db import Database, insert_new_id
-from storage.models import InboundEvent, ThreadRecord, utcnow
+from storage.models import InboundEvent, Run, ThreadRecord, utcnow
 
 HERE = Location(platform="playground", workspace="", channel="general", thread="1")
 
@@ -67,3 +75,69 @@ async def test_the_queue_gives_clicks_first_then_messages_in_order_and_only_clic
     async with database.read() as session:
         for status in ("running", "waiting"):
             assert (await threads.next_event_of(session, record.id, status)).id == click  # type: ignore[arg-type,union-attr]
+
+
+class _HoldState(TypedDict, total=False):
+    reply: str
+
+
+async def test_a_new_threads_first_event_that_waited_past_its_lease_is_taken_again_and_handled_once(
+        tmp_path: Path, config_path: Path) -> None:
+    """The first event rides along with the lease taken when the thread was made, unless the drain
+    waited for a slot so long that the lease is half gone: then it takes the thread like any other."""
+    release = asyncio.Event()
+
+    async def hold(_state: _HoldState) -> _HoldState:
+        await release.wait()
+        return {"reply": "held, then done"}
+
+    graph = StateGraph(_HoldState)
+    graph.add_node("hold", hold)
+    graph.add_edge(START, "hold")
+    graph.add_edge("hold", END)
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'l.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground", BATON_MAX_DRAINING_THREADS=1)
+    async with Baton(settings) as baton:
+        baton.registry.add(GraphSpec(name="hold", graph=graph, description="Waits for the test.", dedupe=False))
+        orchestrator = baton.orchestrator
+        assert orchestrator is not None
+        taken: list[int] = []
+        take = orchestrator.leases.take
+
+        async def counted_take(record_id: int) -> threads.Work | None:
+            taken.append(record_id)
+            return await take(record_id)
+
+        orchestrator.leases.take = counted_take  # type: ignore[method-assign]
+        async def runs_with(status: str, count: int) -> list[Run]:
+            while True:
+                async with baton.db.read() as session:
+                    runs = list((await session.exec(select(Run).where(Run.status == status))).all())
+                if len(runs) == count:
+                    return runs
+                await baton.outbox.wait("test-never-woken", 0.05)
+
+        async def ask(thread: str) -> None:
+            accepted = await baton.accept_message(InboundMessage(
+                platform="playground", channel="general", thread=thread, event_id=f"e{thread}", user="alice",
+                text="hold", addressed=True))
+            assert accepted.status == "accepted"
+
+        await ask("1")
+        await asyncio.wait_for(runs_with("running", 1), 20)  # thread 1 holds the only slot
+        await ask("2")  # thread 2's first event waits for it
+        [(waiting_id, (_event, record))] = orchestrator._first_work.items()
+        stale = utcnow() - timedelta(seconds=1)  # the wait outlasted the lease
+        record.lease_until = stale
+        async with baton.db.session() as session:
+            await session.exec(update(ThreadRecord).where(ThreadRecord.id == waiting_id)  # type: ignore[call-overload]
+                               .values(lease_until=stale))
+        release.set()
+        runs = await asyncio.wait_for(runs_with("done", 2), 20)
+        assert waiting_id in {run.thread_record_id for run in runs} and len({run.inbound_id for run in runs}) == 2
+        assert taken == [waiting_id]  # thread 1 started with its own lease; thread 2 had to take it again
+        async with baton.db.read() as session:
+            events = (await session.exec(select(InboundEvent).order_by(InboundEvent.id))).all()
+            record_now = await session.get(ThreadRecord, waiting_id)
+        assert [(e.event_id, e.status) for e in events] == [("e1", "done"), ("e2", "done")]
+        assert record_now is not None and record_now.lease_owner is None  # taken again, then given back
