@@ -131,16 +131,29 @@ class Adapter(ABC):
         while True:
             handed = outbox.handed_over(self.name)
             for delivery in handed:
-                await self._deliver(delivery)
+                await self._deliver_and_carry_on(delivery)
             try:
                 claimed = await outbox.claim_if_wanted(self.name, pace_seconds=self.channel_pace_seconds)
             except Exception:
                 log.exception("claiming %s outbox rows failed", self.name)
                 claimed = []
             for delivery in claimed:
-                await self._deliver(delivery)
+                await self._deliver_and_carry_on(delivery)
             if not handed and not claimed:
                 await outbox.wait(self.name, self.idle_poll_seconds)
+
+    async def _deliver_and_carry_on(self, delivery: Delivery) -> None:
+        """``_deliver``; if recording its outcome fails (the database briefly unreachable), the loop goes on.
+
+        The row keeps its claim, which expires, and it is delivered again then (a delivery of
+        several steps resumes after the steps already made). Without this, one failed write
+        ended the loop and the platform got no more messages until a restart.
+        """
+        try:
+            await self._deliver(delivery)
+        except Exception:
+            log.exception("recording %s message %s failed; it is sent again when its claim expires",
+                          self.name, delivery.id)
 
     async def _deliver(self, delivery: Delivery) -> None:
         outbox = self.baton.outbox

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import update
 from sqlmodel import select
 
-from bot.messages import Location, Message
+from bot.app import Baton
+from bot.messages import InboundMessage, Location, Message
 from bot.outbox import Outbox
+from bot.settings import Settings
 from storage.db import Database
-from storage.models import OutboxMessage, utcnow
+from storage.models import OutboxMessage, PlaygroundMessage, utcnow
 
 HERE = Location(platform="playground", workspace="", channel="general", thread="1")
 
@@ -135,3 +139,39 @@ async def test_a_row_stored_behind_a_handed_over_reply_is_claimed_as_soon_as_tha
     # No new wake and no poll: the loop claims again because a hand-over was pending at its last claim.
     claimed = await outbox.claim_if_wanted("playground")
     assert [d.message.plain_text() for d in claimed] == ["the next message of the thread"]
+
+
+async def test_the_delivery_loop_goes_on_after_failing_to_record_a_delivery(tmp_path: Path, config_path: Path) -> None:
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'd.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground")
+    async with Baton(settings) as baton:
+        delivered = baton.outbox.delivered
+        failed: list[int] = []
+
+        async def unreachable_once(delivery_id: int, platform_message_id: str | None) -> None:
+            if not failed:
+                failed.append(delivery_id)
+                raise ConnectionError("the database went away for a moment")
+            await delivered(delivery_id, platform_message_id)
+
+        baton.outbox.delivered = unreachable_once  # type: ignore[method-assign]
+        for thread, text in (("1", "help"), ("2", "status")):
+            accepted = await baton.accept_message(InboundMessage(
+                platform="playground", channel="general", thread=thread, event_id=f"e{thread}", user="alice",
+                text=text, addressed=True))
+            assert accepted.status == "accepted"
+
+        async def answered_threads() -> set[str]:
+            while True:
+                async with baton.db.read() as session:
+                    threads = set((await session.exec(select(PlaygroundMessage.thread_id).where(
+                        PlaygroundMessage.is_bot))).all())
+                if {"1", "2"} <= threads:
+                    return threads
+                await baton.outbox.wait("test-never-woken", 0.05)
+
+        await asyncio.wait_for(answered_threads(), 20)  # the second answer came after the failure
+        assert len(failed) == 1
+        async with baton.db.read() as session:
+            row = await session.get(OutboxMessage, failed[0])
+        assert row is not None and row.status == "sending"  # its claim expires, then it is sent again
