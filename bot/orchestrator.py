@@ -235,9 +235,16 @@ class Orchestrator:
             heartbeat.cancel()
 
     async def _heartbeat(self, record_id: int) -> None:
+        """Renew the lease every third of it; a renewal that fails (a database blip) is tried again
+        at the next beat rather than ending the heartbeat, so a long run keeps its thread."""
         while True:
             await asyncio.sleep(self.leases.seconds / 3)
-            if not await self.leases.renew(record_id):
+            try:
+                renewed = await self.leases.renew(record_id)
+            except Exception:
+                log.exception("renewing the lease on thread %s failed; trying again", record_id)
+                continue
+            if not renewed:
                 log.warning("lost the lease on thread %s", record_id)
                 return
 

@@ -81,11 +81,8 @@ class _HoldState(TypedDict, total=False):
     reply: str
 
 
-async def test_a_new_threads_first_event_that_waited_past_its_lease_is_taken_again_and_handled_once(
-        tmp_path: Path, config_path: Path) -> None:
-    """The first event rides along with the lease taken when the thread was made, unless the drain
-    waited for a slot so long that the lease is half gone: then it takes the thread like any other."""
-    release = asyncio.Event()
+def _hold_graph(release: asyncio.Event) -> StateGraph:
+    """A graph whose one step waits until the test sets ``release``."""
 
     async def hold(_state: _HoldState) -> _HoldState:
         await release.wait()
@@ -95,6 +92,15 @@ async def test_a_new_threads_first_event_that_waited_past_its_lease_is_taken_aga
     graph.add_node("hold", hold)
     graph.add_edge(START, "hold")
     graph.add_edge("hold", END)
+    return graph
+
+
+async def test_a_new_threads_first_event_that_waited_past_its_lease_is_taken_again_and_handled_once(
+        tmp_path: Path, config_path: Path) -> None:
+    """The first event rides along with the lease taken when the thread was made, unless the drain
+    waited for a slot so long that the lease is half gone: then it takes the thread like any other."""
+    release = asyncio.Event()
+    graph = _hold_graph(release)
     settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'l.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
                         BATON_ADAPTERS="playground", BATON_MAX_DRAINING_THREADS=1)
     async with Baton(settings) as baton:
@@ -141,3 +147,44 @@ async def test_a_new_threads_first_event_that_waited_past_its_lease_is_taken_aga
             record_now = await session.get(ThreadRecord, waiting_id)
         assert [(e.event_id, e.status) for e in events] == [("e1", "done"), ("e2", "done")]
         assert record_now is not None and record_now.lease_owner is None  # taken again, then given back
+
+
+async def test_a_long_run_keeps_its_thread_when_one_lease_renewal_fails(tmp_path: Path, config_path: Path) -> None:
+    release = asyncio.Event()
+    graph = _hold_graph(release)
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'h.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground", BATON_LEASE_SECONDS=0.6)  # a beat every 0.2 s
+    async with Baton(settings) as baton:
+        baton.registry.add(GraphSpec(name="hold", graph=graph, description="Waits for the test.", dedupe=False))
+        orchestrator = baton.orchestrator
+        assert orchestrator is not None
+        renew = orchestrator.leases.renew
+        beats: list[str] = []
+        renewed_after_failure = asyncio.Event()
+
+        async def flaky_renew(record_id: int) -> bool:
+            if not beats:
+                beats.append("failed")
+                raise ConnectionError("the database went away for a moment")
+            beats.append("renewed")
+            renewed_after_failure.set()
+            return await renew(record_id)
+
+        orchestrator.leases.renew = flaky_renew  # type: ignore[method-assign]
+        accepted = await baton.accept_message(InboundMessage(
+            platform="playground", channel="general", thread="1", event_id="e1", user="alice", text="hold",
+            addressed=True))
+        assert accepted.status == "accepted"
+        await asyncio.wait_for(renewed_after_failure.wait(), 20)  # the heartbeat outlived the failure
+        release.set()
+
+        async def handled() -> InboundEvent:
+            while True:
+                async with baton.db.read() as session:
+                    event = (await session.exec(select(InboundEvent).where(InboundEvent.event_id == "e1"))).one()
+                if event.status == "done":
+                    return event
+                await baton.outbox.wait("test-never-woken", 0.05)
+
+        event = await asyncio.wait_for(handled(), 20)
+        assert beats[:2] == ["failed", "renewed"] and event.outcome == "done"
