@@ -53,9 +53,6 @@ _RECENT_TWIN = select(ThreadRecord).where(
 _EVENTS, _THREADS, _RUNS = InboundEvent.__table__, ThreadRecord.__table__, Run.__table__  # type: ignore[attr-defined]
 _CLOSE_EVENT = (update(_EVENTS).where(_EVENTS.c.id == bindparam("closed_id"), _EVENTS.c.status == "pending")
                 .values(status="done", outcome=bindparam("closed_as"), handled_at=bindparam("now", type_=DateTime())))
-_LEASE_HELD = (_THREADS.c.id == bindparam("record_id"), _THREADS.c.lease_owner == bindparam("owner"))
-_RENEW_LEASE = update(_THREADS).where(*_LEASE_HELD).values(lease_until=bindparam("until", type_=DateTime()))
-_RELEASE_LEASE = update(_THREADS).where(*_LEASE_HELD).values(lease_owner=None, lease_until=None)
 _START_THREAD = update(_THREADS).where(_THREADS.c.id == bindparam("record_id")).values(
     status=bindparam("status"), graph=bindparam("graph"), fingerprint=bindparam("fingerprint"),
     title=bindparam("title"), requested_by=bindparam("user"), updated_at=bindparam("now", type_=DateTime()),
@@ -663,10 +660,8 @@ class Orchestrator:
         if not closed.rowcount:
             raise LeaseLost(f"event {event.id} was already handled elsewhere")
         more = status is not None and await threads.next_event_of(session, event.thread_record_id, status) is not None  # type: ignore[arg-type]
-        held = await session.exec(_RENEW_LEASE if more else _RELEASE_LEASE, params={  # type: ignore[call-overload]
-            "record_id": event.thread_record_id, "owner": self.leases.owner,
-            "until": now + timedelta(seconds=self.leases.seconds)})
-        if not held.rowcount:
+        held = await (self.leases.keep if more else self.leases.give_back)(session, event.thread_record_id)  # type: ignore[arg-type]
+        if not held:
             raise LeaseLost(f"thread {event.thread_record_id} is no longer ours; event {event.id} is left to its holder")
         if not more:
             self._released.add(event.thread_record_id)  # type: ignore[arg-type]

@@ -36,8 +36,9 @@ _TAKE = update(_THREADS).where(
     or_(_THREADS.c.lease_owner.is_(None), _THREADS.c.lease_until < bindparam("now", type_=DateTime()),
         _THREADS.c.lease_owner == bindparam("owner")),
 ).values(lease_owner=bindparam("owner"), lease_until=bindparam("until", type_=DateTime()))
-_RELEASE = update(_THREADS).where(_THREADS.c.id == bindparam("record_id"), _THREADS.c.lease_owner == bindparam("owner")
-                                  ).values(lease_owner=None, lease_until=None)
+_LEASE_HELD = (_THREADS.c.id == bindparam("record_id"), _THREADS.c.lease_owner == bindparam("owner"))
+_RENEW = update(_THREADS).where(*_LEASE_HELD).values(lease_until=bindparam("until", type_=DateTime()))
+_RELEASE = update(_THREADS).where(*_LEASE_HELD).values(lease_owner=None, lease_until=None)
 _LOCK_STATUS = select(_THREADS.c.status).where(_THREADS.c.id == bindparam("record_id")).with_for_update()
 _EARLIER = select(InboundEvent.id).where(
     InboundEvent.thread_record_id == bindparam("record_id"), InboundEvent.status == "pending",
@@ -122,21 +123,27 @@ class Leases:
         event = await next_event(session, record)
         if event is not None:
             return event, record
-        await session.exec(_RELEASE, params={"record_id": record_id, "owner": self.owner})  # type: ignore[call-overload]
+        await self.give_back(session, record_id)
         return None
 
     async def renew(self, record_id: int) -> bool:
         async with self._db.session() as session:
-            result = await session.exec(
-                update(ThreadRecord)
-                .where(ThreadRecord.id == record_id, ThreadRecord.lease_owner == self.owner)  # type: ignore[arg-type]
-                .values(lease_until=utcnow() + timedelta(seconds=self.seconds))
-            )
-            return bool(result.rowcount)
+            return await self.keep(session, record_id)
 
     async def release(self, record_id: int) -> None:
         async with self._db.session() as session:
-            await session.exec(_RELEASE, params={"record_id": record_id, "owner": self.owner})  # type: ignore[call-overload]
+            await self.give_back(session, record_id)
+
+    async def keep(self, session: AsyncSession, record_id: int) -> bool:
+        """Extend our lease, in the caller's transaction; false when it is no longer ours."""
+        kept = await session.exec(_RENEW, params={  # type: ignore[call-overload]
+            "record_id": record_id, "owner": self.owner, "until": utcnow() + timedelta(seconds=self.seconds)})
+        return bool(kept.rowcount)
+
+    async def give_back(self, session: AsyncSession, record_id: int) -> bool:
+        """Release our lease, in the caller's transaction; false when it was not ours."""
+        released = await session.exec(_RELEASE, params={"record_id": record_id, "owner": self.owner})  # type: ignore[call-overload]
+        return bool(released.rowcount)
 
 
 async def next_event(session: AsyncSession, record: ThreadRecord) -> InboundEvent | None:
