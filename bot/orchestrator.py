@@ -138,9 +138,8 @@ class Orchestrator:
                 await self.outbox.enqueue(session, location, Message.text(
                     "I don't know that approval: it may belong to another Baton or have been removed.", tone="warning"),
                     kind="ephemeral", target_user=click.user, correlation_id=correlation)
-                await session.exec(update(InboundEvent).where(
-                    InboundEvent.platform == click.platform, InboundEvent.event_id == click.event_id)  # type: ignore[arg-type]
-                    .values(status="done", outcome="unknown approval", handled_at=utcnow()))
+                await session.exec(_CLOSE_EVENT, params={  # type: ignore[call-overload]
+                    "closed_id": stored.id, "closed_as": "unknown approval", "now": utcnow()})
         self.outbox.wake(click.platform)
         if record_id is not None:
             self._schedule(record_id)

@@ -214,9 +214,9 @@ async def insert_returning_id(session: AsyncSession, table: type[Any], values: d
 async def insert_row(session: AsyncSession, row: SQLModel) -> Any:
     """Insert ``row`` (its defaults applied) in one Core statement, and set its ``id``.
 
-    For rows written on every request (audit entries, runs, outbox messages): the ORM's unit of
-    work costs several times the statement. ``row`` is not added to the session, so later changes
-    to it are not saved.
+    For rows written on every request that the caller keeps using as objects (runs): the ORM's unit
+    of work costs several times the statement. ``row`` is not added to the session, so later
+    changes to it are not saved.
     """
     values = row.model_dump(exclude={"id"} if row.id is None else None)  # type: ignore[attr-defined]
     row.id = await insert_returning_id(session, type(row), values)  # type: ignore[attr-defined]
