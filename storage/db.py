@@ -50,12 +50,13 @@ def sqlite_path(url: str) -> str:
 SQLITE_BUSY_SECONDS = 30.0
 
 
-def create_engine(url: str, *, writer: bool = True, inline: bool = True) -> AsyncEngine:
+def create_engine(url: str, *, writer: bool = True, inline: bool = True, durable: bool = True) -> AsyncEngine:
     """The async engine for ``url``.
 
     On SQLite, ``inline`` runs statements on the event loop thread (``storage.sqlite_inline``):
     right for Baton's small indexed statements; ``inline=False`` keeps aiosqlite's worker thread,
     for the rare long scans (digest statistics) that must not stall the loop.
+    ``durable=False``: its commits do not wait for the disk (see ``Database.session``).
     """
     if is_sqlite(url):
         path = sqlite_path(url)
@@ -63,13 +64,17 @@ def create_engine(url: str, *, writer: bool = True, inline: bool = True) -> Asyn
             engine = create_async_engine(async_url(url), async_creator=inline_connector(path, SQLITE_BUSY_SECONDS))
         else:
             engine = create_async_engine(async_url(url), connect_args={"timeout": SQLITE_BUSY_SECONDS})
-        _configure_sqlite(engine, begin="BEGIN IMMEDIATE" if writer else "BEGIN", inline=inline)
+        _configure_sqlite(engine, begin="BEGIN IMMEDIATE" if writer else "BEGIN", inline=inline,
+                          synchronous="FULL" if durable else "NORMAL")
         return engine
+    if not durable:
+        return create_async_engine(async_url(url), pool_size=5, max_overflow=5, pool_pre_ping=True,
+                                   connect_args={"options": "-c synchronous_commit=off"})
     return create_async_engine(async_url(url), pool_size=10, max_overflow=10, pool_pre_ping=True)
 
 
-def _configure_sqlite(engine: AsyncEngine, begin: str, inline: bool) -> None:
-    """WAL, a busy timeout, and an explicit BEGIN.
+def _configure_sqlite(engine: AsyncEngine, begin: str, inline: bool, synchronous: str) -> None:
+    """WAL, the commit's sync level, a busy timeout, and an explicit BEGIN.
 
     Writers use ``BEGIN IMMEDIATE``: with the default deferred BEGIN, two connections that read
     and then write deadlock and one fails at once with "database is locked" instead of waiting
@@ -84,6 +89,7 @@ def _configure_sqlite(engine: AsyncEngine, begin: str, inline: bool) -> None:
             dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
         if not inline:
             cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_SECONDS * 1000)}")
         cursor.execute("PRAGMA foreign_keys=ON")
@@ -148,12 +154,22 @@ class Database:
     writers of this process also queue (``WriterQueue``) before taking the database's write
     lock: waiting in line is cheaper than SQLite's sleep-and-retry busy handler. ``urgent=True``
     is for the write a platform waits for (see ``WriterQueue``).
+
+    ``durable=False`` is for a write that nothing outside this process sees before a later durable
+    write (the output-commit rule): its commit does not wait for the disk (SQLite
+    ``synchronous=NORMAL`` in WAL mode, PostgreSQL ``synchronous_commit=off``). A process crash
+    loses none of it; a power loss or OS crash can lose it only together with everything written
+    after it, since the next durable commit flushes the whole log up to itself. So every write
+    that is followed by something the world sees (an acknowledgement, a side effect, a message
+    sent) must be durable, and the ones in between need not wait for the disk each time.
     """
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = create_engine(url)
         self._sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+        self._lazy_engine = create_engine(url, durable=False)
+        self._lazy_sessions = async_sessionmaker(self._lazy_engine, class_=AsyncSession, expire_on_commit=False)
         if is_sqlite(url):
             self._read_engine: AsyncEngine | None = create_engine(url, writer=False)
             self._reads = async_sessionmaker(self._read_engine, class_=AsyncSession, expire_on_commit=False)
@@ -169,12 +185,13 @@ class Database:
         return is_sqlite(self.url)
 
     @asynccontextmanager
-    async def session(self, *, urgent: bool = False) -> AsyncIterator[AsyncSession]:
+    async def session(self, *, urgent: bool = False, durable: bool = True) -> AsyncIterator[AsyncSession]:
+        sessions = self._sessions if durable else self._lazy_sessions
         if self._writers is None:
-            async with self._sessions() as session, session.begin():
+            async with sessions() as session, session.begin():
                 yield session
             return
-        async with self._writers.turn(urgent), self._sessions() as session, session.begin():
+        async with self._writers.turn(urgent), sessions() as session, session.begin():
             yield session
 
     @asynccontextmanager
@@ -190,7 +207,7 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
-        for engine in (self._read_engine, self._scan_engine):
+        for engine in (self._lazy_engine, self._read_engine, self._scan_engine):
             if engine is not None:
                 await engine.dispose()
 
