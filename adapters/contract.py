@@ -76,6 +76,10 @@ class Adapter(ABC):
     channel_pace_seconds: ClassVar[float] = 0.0  # minimum gap between two messages in one channel
     max_attempts: ClassVar[int] = 12
     idle_poll_seconds: ClassVar[float] = 0.5
+    # True for a platform whose messages are rows in Baton's own database (the playground): its
+    # ``send`` marks the delivery in the transaction that stores the message (``Outbox.record_delivery``),
+    # so a message is delivered exactly once, even across a crash.
+    send_records_delivery: ClassVar[bool] = False
 
     def __init__(self, baton: Baton) -> None:
         self.baton = baton
@@ -108,7 +112,9 @@ class Adapter(ABC):
 
     @abstractmethod
     async def send(self, delivery: Delivery) -> str | None:
-        """Deliver one message; return the platform's id for it (used to edit it later)."""
+        """Deliver one message; return the platform's id for it (used to edit it later).
+
+        With ``send_records_delivery``, also mark it delivered, in the same transaction."""
 
     async def send_steps(self, delivery: Delivery, steps: list[Step]) -> list[str | None]:
         """Make a delivery that takes several platform calls (a message split in three, then a file).
@@ -173,5 +179,6 @@ class Adapter(ABC):
             log.error("giving up on %s message %s after %d attempts: %s", self.name, delivery.id, delivery.attempts, exc)
             await outbox.failed(delivery.id, f"{type(exc).__name__}: {exc}")
         else:
-            await outbox.delivered(delivery.id, platform_id)
+            if not self.send_records_delivery:
+                await outbox.delivered(delivery.id, platform_id)
         self._steps_done.pop(delivery.id, None)  # settled: a retry will not come

@@ -28,7 +28,7 @@ from sqlmodel import select
 from adapters.contract import Adapter
 from bot.messages import InboundClick, InboundMessage, Location, Message
 from bot.outbox import Delivery
-from storage.db import insert_ignore
+from storage.db import insert_ignore, insert_returning_id
 from storage.models import PlaygroundMessage, utcnow
 
 PAGE = Path(__file__).parent / "playground_page"
@@ -64,6 +64,7 @@ class PostClick(BaseModel):
 
 class PlaygroundAdapter(Adapter):
     name = "playground"
+    send_records_delivery = True  # its messages are rows in Baton's database
 
     def __init__(self, baton: Any) -> None:
         super().__init__(baton)
@@ -186,24 +187,27 @@ class PlaygroundAdapter(Adapter):
     # -- delivery: the core's messages become playground messages ---------------------------------
 
     async def send(self, delivery: Delivery) -> str | None:
+        """Store the message and mark its outbox row delivered, in one transaction: exactly once."""
         content = delivery.message.model_dump()
         text = delivery.message.plain_text()
+        now = utcnow()
         async with self.baton.db.session() as session:
             target = await session.get(PlaygroundMessage, int(delivery.target_message_id)) \
                 if delivery.kind == "update" and delivery.target_message_id else None
             if target is not None:
                 target.content, target.text = content, text
                 target.revision += 1
-                target.updated_at = utcnow()
+                target.updated_at = now
                 session.add(target)
                 message_id = target.id
             else:
-                row = PlaygroundMessage(channel=delivery.location.channel, thread_id=delivery.location.thread or None,
-                                        user=BOT_NAME, text=text, content=content, is_bot=True,
-                                        visible_to=delivery.target_user if delivery.kind == "ephemeral" else None)
-                session.add(row)
-                await session.flush()
-                message_id = row.id
+                message_id = await insert_returning_id(session, PlaygroundMessage, {
+                    "event_id": None, "channel": delivery.location.channel,
+                    "thread_id": delivery.location.thread or None, "user": BOT_NAME, "text": text, "content": content,
+                    "is_bot": True, "visible_to": delivery.target_user if delivery.kind == "ephemeral" else None,
+                    "created_at": now, "updated_at": now, "revision": 1})
+            if self.send_records_delivery:
+                await self.baton.outbox.record_delivery(session, delivery.id, str(message_id))
         await self._notify()
         return str(message_id)
 

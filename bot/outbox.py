@@ -259,9 +259,17 @@ class Outbox:
         return bool(result.rowcount)
 
     async def delivered(self, delivery_id: int, platform_message_id: str | None) -> None:
-        async with self._db.session() as session:
-            await session.exec(_DELIVERED, params={  # type: ignore[call-overload]
-                "row_id": delivery_id, "platform_id": platform_message_id, "now": utcnow()})
+        # Not durable (see Database.session): lost with a power cut before the next durable write,
+        # the row is sent again once its claim expires, as after a crash between send and mark.
+        async with self._db.session(durable=False) as session:
+            await self.record_delivery(session, delivery_id, platform_message_id)
+
+    @staticmethod
+    async def record_delivery(session: AsyncSession, delivery_id: int, platform_message_id: str | None) -> None:
+        """Mark a row sent in the caller's transaction: for a platform that stores its messages in
+        Baton's database, in the transaction that stores the message (delivered exactly once)."""
+        await session.exec(_DELIVERED, params={  # type: ignore[call-overload]
+            "row_id": delivery_id, "platform_id": platform_message_id, "now": utcnow()})
 
     async def retry(self, delivery_id: int, after_seconds: float, error: str) -> None:
         async with self._db.session() as session:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import update
@@ -145,6 +146,8 @@ async def test_the_delivery_loop_goes_on_after_failing_to_record_a_delivery(tmp_
     settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'd.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
                         BATON_ADAPTERS="playground")
     async with Baton(settings) as baton:
+        playground = next(adapter for adapter in baton.adapters if adapter.name == "playground")
+        playground.send_records_delivery = False  # as Slack and Discord: the loop records each delivery
         delivered = baton.outbox.delivered
         failed: list[int] = []
 
@@ -175,3 +178,47 @@ async def test_the_delivery_loop_goes_on_after_failing_to_record_a_delivery(tmp_
         async with baton.db.read() as session:
             row = await session.get(OutboxMessage, failed[0])
         assert row is not None and row.status == "sending"  # its claim expires, then it is sent again
+
+
+async def test_a_playground_message_and_its_delivery_mark_are_stored_together_or_not_at_all(
+        tmp_path: Path, config_path: Path) -> None:
+    """The playground is its own platform: storing a message *is* delivering it, so both happen in one
+    transaction and a message is delivered exactly once, even when that transaction fails."""
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'd.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground")
+    async with Baton(settings) as baton:
+        record_delivery, failures = baton.outbox.record_delivery, []
+
+        async def failing_once(session: Any, delivery_id: int, platform_message_id: str | None) -> None:
+            if not failures:
+                failures.append(delivery_id)
+                raise ConnectionError("the database went away for a moment")
+            await record_delivery(session, delivery_id, platform_message_id)
+
+        separate_marks: list[int] = []
+        delivered = baton.outbox.delivered
+
+        async def counted(delivery_id: int, platform_message_id: str | None) -> None:
+            separate_marks.append(delivery_id)
+            await delivered(delivery_id, platform_message_id)
+
+        baton.outbox.record_delivery = failing_once  # type: ignore[method-assign]
+        baton.outbox.delivered = counted  # type: ignore[method-assign]
+        accepted = await baton.accept_message(InboundMessage(
+            platform="playground", channel="general", thread="1", event_id="e1", user="alice", text="help",
+            addressed=True))
+        assert accepted.status == "accepted"
+
+        async def delivered_row() -> OutboxMessage:
+            while True:
+                async with baton.db.read() as session:
+                    row = await session.get(OutboxMessage, failures[0]) if failures else None
+                if row is not None and row.status == "sent":
+                    return row
+                await baton.outbox.wait("test-never-woken", 0.05)
+
+        row = await asyncio.wait_for(delivered_row(), 20)  # sent on the retry after the failed transaction
+        async with baton.db.read() as session:
+            answers = (await session.exec(select(PlaygroundMessage).where(PlaygroundMessage.is_bot))).all()
+        assert [str(message.id) for message in answers] == [row.platform_message_id]  # stored once: the failed try left nothing
+        assert row.attempts == 2 and separate_marks == []
