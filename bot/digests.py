@@ -198,6 +198,7 @@ class Digests:
             return None
 
         outcome = await self.runtime.run(spec, lg_thread, {"stats": stats, "reply": {}}, services, no_progress)
+        await services.flush_effects()
         await self.runtime.forget(lg_thread)
         return Message.model_validate(outcome.values["reply"])
 

@@ -28,7 +28,7 @@ from bot.outbox import Delivery, Outbox
 from bot.registry import GraphSpec
 from bot.models import MODEL_ERRORS, ModelFailed, cost_of, usage_of
 from bot.routing import DIGEST_COMMAND, RouteError, route, route_to
-from bot.runtime import GraphRuntime, RunServices, Services
+from bot.runtime import GraphRuntime, ProgressSink, RunServices, Services
 from bot.settings import Settings
 from storage.db import insert_new_id, insert_row
 from storage.models import Approval, InboundEvent, Run, ThreadRecord, utcnow
@@ -325,18 +325,18 @@ class Orchestrator:
         spec = self.registry.get(chosen.graph)
         if spec is None:
             return await self._finish_event(event, "no graph", Message.text(f"The `{chosen.graph}` graph is not installed.", tone="error"))
-        async with self.db.session() as session:
+        # Not durable: nothing leaves the process before the run's first durable write (an effect's
+        # ledger entry, an approval card, the outcome), which flushes this one too.
+        async with self.db.session(durable=False) as session:
             twin = None
             if chosen.fingerprint and not chosen.force:
                 twin = await self._recent_twin(session, record, chosen.fingerprint)
-            if twin is not None:
-                answer = await self._answer(session, event, "duplicate request",
-                                            replies.duplicate(twin.channel, twin.thread, twin.status))
-            else:
+            if twin is None:
                 run = await self._insert_run(session, event, record, spec.name, text, chosen.fingerprint, chosen.title,
                                              usage)
         if twin is not None:
-            return self.outbox.hand_over(event.platform, answer)
+            return await self._finish_event(event, "duplicate request",
+                                            replies.duplicate(twin.channel, twin.thread, twin.status))
         await self._drive(run, record, spec, chosen.input, event)
 
     async def _insert_run(self, session: AsyncSession, event: InboundEvent, record: ThreadRecord, graph: str, text: str,
@@ -536,7 +536,7 @@ class Orchestrator:
             nonlocal progress_row
             progress_lines.append(text)
             message = Message.text("\n".join(progress_lines[-PROGRESS_LINES:]), tone="progress")
-            async with self.db.session() as session:
+            async with services.session() as session:
                 if progress_row is None:
                     progress_row = await self.outbox.enqueue(session, location, message,
                                                              correlation_id=run.correlation_id)
@@ -546,23 +546,33 @@ class Orchestrator:
             self.outbox.wake(location.platform)
 
         try:
+            await self._run_and_report(run, record, spec, payload, event, services, post_progress)
+        finally:
+            try:
+                await services.flush_effects()
+            except Exception:
+                log.exception("recording the outcomes of run %s's effects failed", run.id)
+
+    async def _run_and_report(self, run: Run, record: ThreadRecord, spec: GraphSpec, payload: Any, event: InboundEvent,
+                              services: RunServices, post_progress: ProgressSink) -> None:
+        try:
             outcome = await self.runtime.run(spec, record.lg_thread_id, payload, services, post_progress)
         except Exception as exc:
             log.warning("run %s (%s) failed: %s", run.id, spec.name, exc)
             message = replies.model_error(exc) if isinstance(exc, MODEL_ERRORS) else replies.failure(spec.name, exc)
-            await self._finish_run(run, record, event, "failed", message, str(exc)[:1000])
+            await self._finish_run(run, record, event, "failed", message, str(exc)[:1000], services)
             return
         if outcome.waiting:
-            await self._wait_for_approval(run, record, spec, outcome.interrupts, event)
+            await self._wait_for_approval(run, record, spec, outcome.interrupts, event, services)
             return
         error = outcome.values.get("error") or None
         message = replies.result(outcome.values.get("reply"), failed=bool(error))
-        await self._finish_run(run, record, event, "failed" if error else "done", message, error)
+        await self._finish_run(run, record, event, "failed" if error else "done", message, error, services)
 
     async def _wait_for_approval(self, run: Run, record: ThreadRecord, spec: GraphSpec, interrupts: list[Interrupt],
-                                 event: InboundEvent) -> None:
+                                 event: InboundEvent, services: RunServices) -> None:
         location = threads.location_of(record)
-        async with self.db.session() as session:
+        async with services.session() as session:
             known = set((await session.exec(select(Approval.interrupt_id).where(Approval.run_id == run.id))).all())
             for interrupt in interrupts:
                 if interrupt.id in known:
@@ -598,9 +608,9 @@ class Orchestrator:
                         requested_by=run.requested_by)
 
     async def _finish_run(self, run: Run, record: ThreadRecord, event: InboundEvent, status: str, message: Message,
-                          error: str | None) -> None:
+                          error: str | None, services: RunServices) -> None:
         now = utcnow()
-        async with self.db.session() as session:
+        async with services.session() as session:
             await session.exec(_FINISH_RUN, params={  # type: ignore[call-overload]
                 "run_id": run.id, "status": status, "now": now, "error": error,
                 "turnaround_ms": int((now - run.started_at).total_seconds() * 1000)})

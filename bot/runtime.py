@@ -6,7 +6,8 @@ channel activity, the effects ledger).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -17,6 +18,7 @@ from langgraph.pregel import Pregel
 from langgraph.types import Command, Interrupt
 from sqlalchemy import DateTime, bindparam, func, update
 from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot import kit
 from bot.config import BatonConfig
@@ -121,6 +123,7 @@ class RunServices:
         self.model = services.model
         self.model_deadline = services.model_deadline
         self.request = request
+        self._settled: list[dict[str, Any]] = []  # outcomes of effects not written yet (see session)
 
     async def record_usage(self, reply: Any) -> None:
         input_tokens, output_tokens = usage_of(reply)
@@ -128,7 +131,7 @@ class RunServices:
             return
         price = self.config.models.prices.get(self._services.model_name or "")
         cost = cost_of(price, input_tokens, output_tokens)
-        async with self._db.session() as session:
+        async with self.session() as session:
             await session.exec(update(Run).where(Run.id == self._run_id).values(  # type: ignore[arg-type]
                 tokens=func.coalesce(Run.tokens, 0) + input_tokens + output_tokens,
                 cost=(func.coalesce(Run.cost, 0.0) + cost) if cost is not None else Run.cost))
@@ -210,7 +213,9 @@ class RunServices:
         return activity
 
     async def run_effect_once(self, key: str, name: str, fn: Callable[[], Awaitable[T]]) -> T:
-        async with self._db.session() as session:
+        # Durable: the effect must not run before this is on disk. The earlier effects' outcomes are
+        # written first, so a node that runs again within this run finds its effect done.
+        async with self.session() as session:
             fresh = await insert_ignore(session, Effect, {"key": key, "name": name, "run_id": self._run_id,
                                                           "status": "started", "started_at": utcnow()}, ["key"])
             if not fresh:
@@ -225,12 +230,37 @@ class RunServices:
         try:
             result = await fn()
         except BaseException as exc:
-            await self._finish_effect(key, "failed", {"error": f"{type(exc).__name__}: {exc}"})
+            self._settle(key, "failed", {"error": f"{type(exc).__name__}: {exc}"})
             raise
-        await self._finish_effect(key, "done", result)
+        self._settle(key, "done", result)
         return result
 
-    async def _finish_effect(self, key: str, status: str, result: Any) -> None:
-        async with self._db.session() as session:
-            await session.exec(_FINISH_EFFECT, params={  # type: ignore[call-overload]
-                "effect_key": key, "status": status, "result": result, "now": utcnow()})
+    def _settle(self, key: str, status: str, result: Any) -> None:
+        self._settled.append({"effect_key": key, "status": status, "result": result, "now": utcnow()})
+
+    @asynccontextmanager
+    async def session(self, *, durable: bool = True) -> AsyncIterator[AsyncSession]:
+        """A write transaction of this run, which also records the outcomes of its effects finished since
+        its last one.
+
+        An effect's outcome rides on the run's next write (its next effect, progress message,
+        approval card or result) instead of a transaction of its own. Only a node that runs again
+        reads it, and a node runs again only when LangGraph has not stored its result yet: after a
+        crash before that, the effect reads as started and is not run again, as it would after a
+        crash between the effect and a write of its own. An outcome whose transaction failed
+        stays pending (``flush_effects``).
+        """
+        settled = list(self._settled)
+        async with self._db.session(durable=durable) as session:
+            for params in settled:
+                await session.exec(_FINISH_EFFECT, params=params)  # type: ignore[call-overload]
+            yield session
+        del self._settled[:len(settled)]
+
+    async def flush_effects(self) -> None:
+        """Record the outcomes still pending, in a transaction of their own: after the run's last write
+        (a run with none to come, or whose last one failed, e.g. fenced off by a lost lease). The
+        effects happened, whoever answers the thread."""
+        if self._settled:
+            async with self.session(durable=False):
+                pass
