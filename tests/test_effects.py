@@ -1,0 +1,89 @@
+"""The effects ledger: an effect runs at most once, and its outcome rides on the run's next write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmodel import select
+
+from bot.config import load_config
+from bot.kit import Request
+from bot.registry import GraphRegistry
+from bot.runtime import EffectInDoubt, RunServices, Services
+from storage.db import Database
+from storage.models import Effect
+
+
+@pytest.fixture
+def services(database: Database, config_path: Path) -> RunServices:
+    shared = Services(db=database, config=load_config(config_path), registry=GraphRegistry.discover())
+    return RunServices(shared, Request(platform="playground", channel="general", thread="1", user="alice", text=""), None)
+
+
+async def _ledger(database: Database) -> list[tuple[str, str, Any]]:
+    async with database.read() as session:
+        return [(row.key, row.status, row.result) for row in (await session.exec(select(Effect))).all()]
+
+
+async def test_an_effects_outcome_is_written_with_the_runs_next_write_not_on_its_own(
+        services: RunServices, database: Database) -> None:
+    ran: list[str] = []
+
+    async def restart() -> dict[str, Any]:
+        ran.append("restart")
+        return {"exit_code": 0}
+
+    assert await services.run_effect_once("t|execute:1|command", "command", restart) == {"exit_code": 0}
+    assert await _ledger(database) == [("t|execute:1|command", "started", None)]  # durable before it ran
+    async with services.session():  # the run's next write: its progress, approval card or result
+        pass
+    assert await _ledger(database) == [("t|execute:1|command", "done", {"exit_code": 0})]
+    assert ran == ["restart"]
+
+
+async def test_a_node_that_runs_again_before_the_next_write_finds_its_effect_done(
+        services: RunServices, database: Database) -> None:
+    """LangGraph runs a node again within the same run (a retry policy): the outcome not written yet is
+    written first, so the second try gets the recorded result instead of "outcome unknown"."""
+    ran: list[str] = []
+
+    async def deploy() -> str:
+        ran.append("deploy")
+        return "deployed v2"
+
+    assert await services.run_effect_once("t|deploy:1|push", "push", deploy) == "deployed v2"
+    assert await services.run_effect_once("t|deploy:1|push", "push", deploy) == "deployed v2"
+    assert ran == ["deploy"]
+    assert await _ledger(database) == [("t|deploy:1|push", "done", "deployed v2")]
+
+
+async def test_an_outcome_whose_write_failed_stays_pending_and_is_flushed(
+        services: RunServices, database: Database) -> None:
+    async def notify() -> str:
+        return "sent"
+
+    await services.run_effect_once("t|notify:1|post", "post", notify)
+    with pytest.raises(RuntimeError):
+        async with services.session():  # e.g. fenced off by a lost lease: rolled back
+            raise RuntimeError("this transaction is rolled back")
+    assert await _ledger(database) == [("t|notify:1|post", "started", None)]
+    await services.flush_effects()  # what Orchestrator._drive does after the run's last write
+    assert await _ledger(database) == [("t|notify:1|post", "done", "sent")]
+
+
+async def test_an_effect_started_before_a_crash_is_not_run_again(database: Database, config_path: Path) -> None:
+    shared = Services(db=database, config=load_config(config_path), registry=GraphRegistry.discover())
+    request = Request(platform="playground", channel="general", thread="1", user="alice", text="")
+    ran: list[str] = []
+
+    async def wipe() -> str:
+        ran.append("wipe")
+        return "wiped"
+
+    crashed = RunServices(shared, request, None)
+    await crashed.run_effect_once("t|wipe:1|rm", "rm", wipe)  # ... and the process dies before any other write
+    with pytest.raises(EffectInDoubt):
+        await RunServices(shared, request, None).run_effect_once("t|wipe:1|rm", "rm", wipe)
+    assert ran == ["wipe"]
