@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import update
-from sqlmodel.ext.asyncio.session import AsyncSession
 
+from storage.db import Transaction
 from storage.models import Approval
 
 
@@ -26,7 +26,7 @@ def refusal(approval: Approval, platform: str, user: str) -> str | None:
     return None
 
 
-async def decide(session: AsyncSession, approval_id: str, approved: bool, user: str, at: datetime, event_id: int) -> bool:
+async def decide(session: Transaction, approval_id: str, approved: bool, user: str, at: datetime, event_id: int) -> bool:
     """Record the decision only if nobody decided first; true when this decision won."""
     result = await session.exec(
         update(Approval)
@@ -36,7 +36,7 @@ async def decide(session: AsyncSession, approval_id: str, approved: bool, user: 
     return bool(result.rowcount)
 
 
-async def choose(session: AsyncSession, approval_id: str, choice: str, user: str, at: datetime, event_id: int) -> bool:
+async def choose(session: Transaction, approval_id: str, choice: str, user: str, at: datetime, event_id: int) -> bool:
     """Record a choice card's pick only if nobody picked first."""
     result = await session.exec(
         update(Approval)

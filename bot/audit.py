@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlmodel.ext.asyncio.session import AsyncSession
 
+from storage.db import Transaction
 from storage.models import AuditEntry, utcnow
 
 log = logging.getLogger("baton.audit")
@@ -14,7 +14,7 @@ _INSERT = AuditEntry.__table__.insert()  # type: ignore[attr-defined]
 
 
 async def record(
-    session: AsyncSession,
+    session: Transaction,
     kind: str,
     correlation_id: str,
     *,

@@ -18,7 +18,6 @@ from typing import Any
 from langgraph.types import Command, Interrupt
 from sqlalchemy import DateTime, bindparam, or_, update
 from sqlmodel import select
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot import approvals, audit, model_routing, replies, schedules, threads
 from bot.kit import APPROVAL_MARK, Request
@@ -30,7 +29,7 @@ from bot.models import MODEL_ERRORS, ModelFailed, cost_of, usage_of
 from bot.routing import DIGEST_COMMAND, RouteError, route, route_to
 from bot.runtime import GraphRuntime, ProgressSink, RunServices, Services
 from bot.settings import Settings
-from storage.db import insert_new_id, insert_row
+from storage.db import Transaction, insert_new_id, insert_row
 from storage.models import Approval, InboundEvent, Run, ThreadRecord, utcnow
 
 log = logging.getLogger("baton.orchestrator")
@@ -146,7 +145,7 @@ class Orchestrator:
         return Accepted(status="accepted", correlation_id=correlation)
 
     @staticmethod
-    async def _claim(session: AsyncSession, platform: str, event_id: str, kind: str, location: Location, user: str,
+    async def _claim(session: Transaction, platform: str, event_id: str, kind: str, location: Location, user: str,
                      text: str, payload: dict[str, Any], record_id: int | None, correlation: str) -> InboundEvent | None:
         """Store the event; ``None`` when it was received before (a retry, a redelivery, another replica)."""
         values = {
@@ -339,7 +338,7 @@ class Orchestrator:
                                             replies.duplicate(twin.channel, twin.thread, twin.status))
         await self._drive(run, record, spec, chosen.input, event)
 
-    async def _insert_run(self, session: AsyncSession, event: InboundEvent, record: ThreadRecord, graph: str, text: str,
+    async def _insert_run(self, session: Transaction, event: InboundEvent, record: ThreadRecord, graph: str, text: str,
                           fingerprint: str | None, title: str, usage: Any = None, status: str = "running",
                           user: str | None = None) -> Run:
         user = user or event.user
@@ -414,7 +413,7 @@ class Orchestrator:
                          f"next: {replies.when(upcoming) if upcoming else 'never'}")
         return Message(title="Digests in this channel", parts=[Text(text="\n".join(lines))])
 
-    async def _recent_twin(self, session: AsyncSession, record: ThreadRecord, fingerprint: str) -> ThreadRecord | None:
+    async def _recent_twin(self, session: Transaction, record: ThreadRecord, fingerprint: str) -> ThreadRecord | None:
         since = utcnow() - timedelta(seconds=self.settings.dedupe_window_seconds)
         return (await session.exec(_RECENT_TWIN, params={  # type: ignore[call-overload]
             "platform": record.platform, "workspace": record.workspace, "channel": record.channel,
@@ -509,7 +508,7 @@ class Orchestrator:
             return self.outbox.wake(event.platform)
         await self._drive(new_run, record, spec, chosen.input, event)
 
-    async def _edit_card(self, session: AsyncSession, record: ThreadRecord, approval: Approval, correlation: str) -> None:
+    async def _edit_card(self, session: Transaction, record: ThreadRecord, approval: Approval, correlation: str) -> None:
         await self.outbox.enqueue(session, threads.location_of(record), replies.approval_card(approval), kind="update",
                                   ref_outbox_id=approval.card_outbox_id, correlation_id=correlation)
 
@@ -631,7 +630,7 @@ class Orchestrator:
             delivery = await self._answer(session, event, outcome, reply, ephemeral=ephemeral)
         self.outbox.hand_over(event.platform, delivery)
 
-    async def _answer(self, session: AsyncSession, event: InboundEvent, outcome: str, reply: Message | None = None,
+    async def _answer(self, session: Transaction, event: InboundEvent, outcome: str, reply: Message | None = None,
                       *, ephemeral: bool = False) -> Delivery | None:
         """Answer ``event`` in the caller's transaction; a reply this process may send at once is returned
         (``Outbox.hand_over`` it after the commit)."""
@@ -649,7 +648,7 @@ class Orchestrator:
         await self._mark_done(session, event, outcome)
         return delivery
 
-    async def _mark_done(self, session: AsyncSession, event: InboundEvent, outcome: str, *,
+    async def _mark_done(self, session: Transaction, event: InboundEvent, outcome: str, *,
                          thread_status: str | None = None) -> None:
         """Close the event, in the transaction that stores its outcome, only while we still hold the thread.
 

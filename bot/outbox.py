@@ -23,10 +23,9 @@ from typing import Any
 from sqlalchemy import DateTime, and_, bindparam, exists, or_, update
 from sqlalchemy.orm import aliased
 from sqlmodel import select
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.messages import Location, Message
-from storage.db import Database, insert_ignore, insert_returning_id
+from storage.db import Database, Transaction, insert_ignore, insert_returning_id
 from storage.models import ChannelPace, OutboxMessage, utcnow
 
 CLAIM_SECONDS = 30.0  # a sender that died mid-send leaves its rows to others after this
@@ -120,7 +119,7 @@ class Outbox:
 
     @staticmethod
     async def enqueue(
-        session: AsyncSession,
+        session: Transaction,
         location: Location,
         message: Message,
         *,
@@ -134,7 +133,7 @@ class Outbox:
             location, message, kind=kind, target_user=target_user, ref_outbox_id=ref_outbox_id,
             correlation_id=correlation_id)))
 
-    async def enqueue_claimed(self, session: AsyncSession, location: Location, message: Message, *,
+    async def enqueue_claimed(self, session: Transaction, location: Location, message: Message, *,
                               correlation_id: str | None = None) -> Delivery | None:
         """Post ``message``, claimed by this process in the caller's transaction when it may go at once.
 
@@ -246,7 +245,7 @@ class Outbox:
         return deliveries
 
     @staticmethod
-    async def _channel_slot(session: AsyncSession, platform: str, channel: str, pace_seconds: float) -> bool:
+    async def _channel_slot(session: Transaction, platform: str, channel: str, pace_seconds: float) -> bool:
         """Take the channel's next sending slot if its pace allows a message now."""
         now = utcnow()
         await insert_ignore(session, ChannelPace, {"platform": platform, "channel": channel, "next_at": now},
@@ -265,7 +264,7 @@ class Outbox:
             await self.record_delivery(session, delivery_id, platform_message_id)
 
     @staticmethod
-    async def record_delivery(session: AsyncSession, delivery_id: int, platform_message_id: str | None) -> None:
+    async def record_delivery(session: Transaction, delivery_id: int, platform_message_id: str | None) -> None:
         """Mark a row sent in the caller's transaction: for a platform that stores its messages in
         Baton's database, in the transaction that stores the message (delivered exactly once)."""
         await session.exec(_DELIVERED, params={  # type: ignore[call-overload]

@@ -18,7 +18,6 @@ from langgraph.pregel import Pregel
 from langgraph.types import Command, Interrupt
 from sqlalchemy import DateTime, bindparam, func, update
 from sqlmodel import select
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot import kit
 from bot.config import BatonConfig
@@ -26,7 +25,7 @@ from bot.messages import Location, Message
 from bot.models import cost_of, usage_of
 from bot.registry import GraphRegistry, GraphSpec
 from bot.replies import age
-from storage.db import Database, insert_ignore
+from storage.db import Database, Transaction, insert_ignore
 from storage.models import Approval, Effect, InboundEvent, OutboxMessage, Run, ThreadRecord, utcnow
 
 T = TypeVar("T")
@@ -239,7 +238,7 @@ class RunServices:
         self._settled.append({"effect_key": key, "status": status, "result": result, "now": utcnow()})
 
     @asynccontextmanager
-    async def session(self, *, durable: bool = True) -> AsyncIterator[AsyncSession]:
+    async def session(self, *, durable: bool = True) -> AsyncIterator[Transaction]:
         """A write transaction of this run, which also records the outcomes of its effects finished since
         its last one.
 

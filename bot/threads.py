@@ -11,10 +11,9 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import DateTime, bindparam, case, or_, update
 from sqlmodel import select
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.messages import Location
-from storage.db import Database, insert_new_id
+from storage.db import Database, Transaction, insert_new_id
 from storage.models import InboundEvent, ThreadRecord, new_lg_thread_id, utcnow
 
 BUSY = ("running", "waiting")
@@ -45,11 +44,11 @@ _EARLIER = select(InboundEvent.id).where(
     InboundEvent.id < _MINE.scalar_subquery()).limit(1)  # type: ignore[operator]
 
 
-async def find(session: AsyncSession, location: Location) -> ThreadRecord | None:
+async def find(session: Transaction, location: Location) -> ThreadRecord | None:
     return (await session.exec(_FIND, params=location.model_dump())).first()
 
 
-async def create(session: AsyncSession, location: Location, lease: tuple[str, datetime] | None = None,
+async def create(session: Transaction, location: Location, lease: tuple[str, datetime] | None = None,
                  ) -> tuple[ThreadRecord, bool]:
     """The thread's record, made now unless a concurrent writer made it first; and whether it is new.
 
@@ -114,7 +113,7 @@ class Leases:
         async with self._db.session() as session:
             return await self._next_or_release(session, record_id)
 
-    async def _next_or_release(self, session: AsyncSession, record_id: int) -> Work | None:
+    async def _next_or_release(self, session: Transaction, record_id: int) -> Work | None:
         record = (await session.exec(
             select(ThreadRecord).where(ThreadRecord.id == record_id).with_for_update()  # type: ignore[arg-type]
             .execution_options(populate_existing=True))).one()
@@ -134,19 +133,19 @@ class Leases:
         async with self._db.session() as session:
             await self.give_back(session, record_id)
 
-    async def keep(self, session: AsyncSession, record_id: int) -> bool:
+    async def keep(self, session: Transaction, record_id: int) -> bool:
         """Extend our lease, in the caller's transaction; false when it is no longer ours."""
         kept = await session.exec(_RENEW, params={  # type: ignore[call-overload]
             "record_id": record_id, "owner": self.owner, "until": utcnow() + timedelta(seconds=self.seconds)})
         return bool(kept.rowcount)
 
-    async def give_back(self, session: AsyncSession, record_id: int) -> bool:
+    async def give_back(self, session: Transaction, record_id: int) -> bool:
         """Release our lease, in the caller's transaction; false when it was not ours."""
         released = await session.exec(_RELEASE, params={"record_id": record_id, "owner": self.owner})  # type: ignore[call-overload]
         return bool(released.rowcount)
 
 
-async def next_event(session: AsyncSession, record: ThreadRecord) -> InboundEvent | None:
+async def next_event(session: Transaction, record: ThreadRecord) -> InboundEvent | None:
     """The next queued event: clicks first (they unblock the thread), then messages in order.
 
     Messages wait while the thread waits for approval: they are handled after the run.
@@ -154,18 +153,18 @@ async def next_event(session: AsyncSession, record: ThreadRecord) -> InboundEven
     return await next_event_of(session, record.id, record.status)  # type: ignore[arg-type]
 
 
-async def next_event_of(session: AsyncSession, record_id: int, status: str) -> InboundEvent | None:
+async def next_event_of(session: Transaction, record_id: int, status: str) -> InboundEvent | None:
     """``next_event`` of the thread ``record_id`` whose status is ``status``."""
     return (await session.exec(_NEXT_CLICK if status == "waiting" else _NEXT_CLICKS_FIRST,  # type: ignore[call-overload]
                                params={"record_id": record_id})).first()
 
 
-async def lock_status(session: AsyncSession, record_id: int) -> str | None:
+async def lock_status(session: Transaction, record_id: int) -> str | None:
     """The thread's status, its row locked for the rest of the transaction (``None``: no such thread)."""
     return (await session.exec(_LOCK_STATUS, params={"record_id": record_id})).first()  # type: ignore[call-overload]
 
 
-async def queued_before(session: AsyncSession, record: ThreadRecord, event_id: str) -> bool:
+async def queued_before(session: Transaction, record: ThreadRecord, event_id: str) -> bool:
     """Whether an earlier event of this thread is still being handled (so ``event_id`` waits)."""
     params = {"record_id": record.id, "platform": record.platform, "event_id": event_id}
     return (await session.exec(_EARLIER, params=params)).first() is not None

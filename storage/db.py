@@ -9,13 +9,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Engine, event
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlmodel import SQLModel
+from sqlalchemy.orm import sessionmaker
+from sqlmodel import Session, SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage.sqlite_inline import inline_connector
+from storage.sqlite_inline import InlineSession, inline_connector, write_session
 
 
 def is_sqlite(url: str) -> bool:
@@ -48,6 +50,8 @@ def sqlite_path(url: str) -> str:
 
 
 SQLITE_BUSY_SECONDS = 30.0
+# A write transaction: an AsyncSession on PostgreSQL, its synchronous stand-in on SQLite (same methods).
+Transaction = AsyncSession | InlineSession
 
 
 def create_engine(url: str, *, writer: bool = True, inline: bool = True, durable: bool = True) -> AsyncEngine:
@@ -64,7 +68,7 @@ def create_engine(url: str, *, writer: bool = True, inline: bool = True, durable
             engine = create_async_engine(async_url(url), async_creator=inline_connector(path, SQLITE_BUSY_SECONDS))
         else:
             engine = create_async_engine(async_url(url), connect_args={"timeout": SQLITE_BUSY_SECONDS})
-        _configure_sqlite(engine, begin="BEGIN IMMEDIATE" if writer else "BEGIN", inline=inline,
+        _configure_sqlite(engine.sync_engine, begin="BEGIN IMMEDIATE" if writer else "BEGIN", inline=inline,
                           synchronous="FULL" if durable else "NORMAL")
         return engine
     if not durable:
@@ -73,7 +77,14 @@ def create_engine(url: str, *, writer: bool = True, inline: bool = True, durable
     return create_async_engine(async_url(url), pool_size=10, max_overflow=10, pool_pre_ping=True)
 
 
-def _configure_sqlite(engine: AsyncEngine, begin: str, inline: bool, synchronous: str) -> None:
+def create_sqlite_writer(url: str, *, durable: bool = True) -> Engine:
+    """A synchronous engine for SQLite write transactions run on the event loop (``sqlite_inline.write_session``)."""
+    engine = create_sync_engine(sync_url(url), connect_args={"check_same_thread": False})
+    _configure_sqlite(engine, begin="BEGIN IMMEDIATE", inline=True, synchronous="FULL" if durable else "NORMAL")
+    return engine
+
+
+def _configure_sqlite(engine: Engine, begin: str, inline: bool, synchronous: str) -> None:
     """WAL, the commit's sync level, a busy timeout, and an explicit BEGIN.
 
     Writers use ``BEGIN IMMEDIATE``: with the default deferred BEGIN, two connections that read
@@ -83,19 +94,19 @@ def _configure_sqlite(engine: AsyncEngine, begin: str, inline: bool, synchronous
     they never block anyone.
     """
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         if dbapi_connection.isolation_level is not None:
             dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
-        if not inline:
-            cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_SECONDS * 1000)}")
+        # Inline connections never wait for a lock on the loop's thread: ``sqlite_inline`` awaits it.
+        cursor.execute(f"PRAGMA busy_timeout={0 if inline else int(SQLITE_BUSY_SECONDS * 1000)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
         connection.exec_driver_sql(begin)
 
@@ -166,33 +177,40 @@ class Database:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine = create_engine(url)
-        self._sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
-        self._lazy_engine = create_engine(url, durable=False)
-        self._lazy_sessions = async_sessionmaker(self._lazy_engine, class_=AsyncSession, expire_on_commit=False)
+        self._writers: WriterQueue | None = None
         if is_sqlite(url):
-            self._read_engine: AsyncEngine | None = create_engine(url, writer=False)
-            self._reads = async_sessionmaker(self._read_engine, class_=AsyncSession, expire_on_commit=False)
-            self._scan_engine: AsyncEngine | None = create_engine(url, writer=False, inline=False)
-            self._scans = async_sessionmaker(self._scan_engine, class_=AsyncSession, expire_on_commit=False)
-            self._writers: WriterQueue | None = WriterQueue()
+            # Writes: synchronous sessions on the event loop (``sqlite_inline.write_session``), durable or
+            # not; reads: the inline async driver; scans: aiosqlite's worker thread.
+            self.write_engines: tuple[Engine, Engine] = (create_sqlite_writer(url), create_sqlite_writer(url, durable=False))
+            self._inline_writes = tuple(sessionmaker(engine, class_=Session, expire_on_commit=False)
+                                        for engine in self.write_engines)
+            self.read_engine = create_engine(url, writer=False)
+            self._async_engines = (self.read_engine, create_engine(url, writer=False, inline=False))
+            self._reads = async_sessionmaker(self.read_engine, class_=AsyncSession, expire_on_commit=False)
+            self._scans = async_sessionmaker(self._async_engines[1], class_=AsyncSession, expire_on_commit=False)
+            self._writers = WriterQueue()
         else:
-            self._read_engine, self._scan_engine, self._writers = None, None, None
-            self._reads = self._scans = self._sessions
+            durable, lazy = create_engine(url), create_engine(url, durable=False)
+            self.write_engines = (durable.sync_engine, lazy.sync_engine)
+            self.read_engine = durable
+            self._async_engines = (durable, lazy)
+            self._writes = tuple(async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+                                 for engine in self._async_engines)
+            self._reads = self._scans = self._writes[0]
 
     @property
     def is_sqlite(self) -> bool:
         return is_sqlite(self.url)
 
     @asynccontextmanager
-    async def session(self, *, urgent: bool = False, durable: bool = True) -> AsyncIterator[AsyncSession]:
-        sessions = self._sessions if durable else self._lazy_sessions
+    async def session(self, *, urgent: bool = False, durable: bool = True) -> AsyncIterator[Transaction]:
         if self._writers is None:
-            async with sessions() as session, session.begin():
+            async with self._writes[0 if durable else 1]() as session, session.begin():
                 yield session
             return
-        async with self._writers.turn(urgent), sessions() as session, session.begin():
-            yield session
+        async with self._writers.turn(urgent), write_session(self._inline_writes[0 if durable else 1],
+                                                              SQLITE_BUSY_SECONDS) as inline:
+            yield inline
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -206,29 +224,30 @@ class Database:
             yield session
 
     async def dispose(self) -> None:
-        await self.engine.dispose()
-        for engine in (self._lazy_engine, self._read_engine, self._scan_engine):
-            if engine is not None:
-                await engine.dispose()
+        for engine in self._async_engines:
+            await engine.dispose()
+        if self._writers is not None:  # SQLite's synchronous write engines
+            for write_engine in self.write_engines:
+                write_engine.dispose()
 
 
-async def insert_ignore(session: AsyncSession, table: type[Any], values: dict[str, Any], conflict: list[str]) -> bool:
+async def insert_ignore(session: Transaction, table: type[Any], values: dict[str, Any], conflict: list[str]) -> bool:
     """INSERT ... ON CONFLICT DO NOTHING; true when the row was inserted (SQLite and PostgreSQL)."""
     return await _insert_returning(session, table, values, conflict, conflict) is not None
 
 
-async def insert_new_id(session: AsyncSession, table: type[Any], values: dict[str, Any], conflict: list[str]) -> int | None:
+async def insert_new_id(session: Transaction, table: type[Any], values: dict[str, Any], conflict: list[str]) -> int | None:
     """INSERT ... ON CONFLICT DO NOTHING; the new row's ``id``, or ``None`` when it already existed."""
     row = await _insert_returning(session, table, values, conflict, ["id"])
     return None if row is None else int(row[0])
 
 
-async def insert_returning_id(session: AsyncSession, table: type[Any], values: dict[str, Any]) -> Any:
+async def insert_returning_id(session: Transaction, table: type[Any], values: dict[str, Any]) -> Any:
     """A plain INSERT of ``values`` (every column the row needs: model defaults are not applied); the new ``id``."""
     return (await session.exec(_plain_insert(table), params=values)).one()[0]  # type: ignore[call-overload]
 
 
-async def insert_row(session: AsyncSession, row: SQLModel) -> Any:
+async def insert_row(session: Transaction, row: SQLModel) -> Any:
     """Insert ``row`` (its defaults applied) in one Core statement, and set its ``id``.
 
     For rows written on every request that the caller keeps using as objects (runs): the ORM's unit
@@ -245,7 +264,7 @@ def _plain_insert(table: type[Any]) -> Any:
     return table.__table__.insert().returning(table.__table__.c["id"])
 
 
-async def _insert_returning(session: AsyncSession, table: type[Any], values: dict[str, Any], conflict: list[str],
+async def _insert_returning(session: Transaction, table: type[Any], values: dict[str, Any], conflict: list[str],
                             returning: list[str]) -> Any:
     statement = _insert_statement(session.bind.dialect.name, table, tuple(conflict), tuple(returning))  # type: ignore[union-attr]
     # RETURNING rather than rowcount: drivers disagree on rowcount for ON CONFLICT DO NOTHING.

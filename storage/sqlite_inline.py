@@ -1,4 +1,4 @@
-"""SQLite for the async engine without a thread hop per statement.
+"""SQLite on the event loop thread: no thread hop per statement, no greenlet per statement for writes.
 
 aiosqlite runs every statement in a worker thread and wakes the event loop for each result: a
 request of ~30 statements paid ~200 round trips, most of Baton's own CPU per request (see
@@ -11,6 +11,12 @@ connection (the LangGraph checkpointer of this process, whose transaction may ne
 to finish, or another replica) can hold it. So the connection has no busy timeout, and a
 statement that finds the database locked is retried after an asyncio sleep instead. A failed
 SQLite statement has no effect, so retrying it, even inside a transaction, is safe.
+
+Writes go one step further (``write_session``): a write transaction takes the write lock with its
+``BEGIN IMMEDIATE`` (awaited as above) and then nothing in it can wait for another connection,
+so its statements run in a plain synchronous SQLModel ``Session``. An ``AsyncSession`` spends
+a greenlet switch and several awaits per statement bridging SQLAlchemy to an async driver:
+about half of a small write transaction's CPU (bench/results/request_path.md).
 """
 
 from __future__ import annotations
@@ -18,15 +24,20 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
+
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Session
 
 SQLITE_BUSY, SQLITE_LOCKED = 5, 6
 FIRST_PAUSE, LONGEST_PAUSE = 0.0005, 0.005
 T = TypeVar("T")
 
 
-def _is_busy(error: sqlite3.OperationalError) -> bool:
+def _is_busy(error: sqlite3.OperationalError | OperationalError) -> bool:
+    error = getattr(error, "orig", None) or error  # SQLAlchemy wraps the driver's error
     code = getattr(error, "sqlite_errorcode", None)
     if code is not None:
         return code & 0xFF in (SQLITE_BUSY, SQLITE_LOCKED)
@@ -37,7 +48,7 @@ async def _until_free(step: Callable[[], T], timeout: float) -> T:
     """``step()``; while the database is locked, sleep (without blocking the loop) and try again."""
     try:
         return step()
-    except sqlite3.OperationalError as error:
+    except (sqlite3.OperationalError, OperationalError) as error:
         if not _is_busy(error):
             raise
     deadline = time.monotonic() + timeout
@@ -46,10 +57,63 @@ async def _until_free(step: Callable[[], T], timeout: float) -> T:
         await asyncio.sleep(pause)
         try:
             return step()
-        except sqlite3.OperationalError as error:
+        except (sqlite3.OperationalError, OperationalError) as error:
             if not _is_busy(error) or time.monotonic() >= deadline:
                 raise
         pause = min(pause * 2, LONGEST_PAUSE)
+
+
+class InlineSession:
+    """What Baton's code uses of an ``AsyncSession`` (``exec``, ``get``, ``add``, ``flush``), over a
+    synchronous SQLModel ``Session`` whose transaction already holds SQLite's write lock."""
+
+    def __init__(self, session: Session) -> None:
+        self.sync_session = session
+
+    @property
+    def bind(self) -> Any:
+        return self.sync_session.bind
+
+    async def exec(self, statement: Any, **options: Any) -> Any:
+        return self.sync_session.exec(statement, **options)
+
+    async def get(self, entity: Any, ident: Any, **options: Any) -> Any:
+        return self.sync_session.get(entity, ident, **options)
+
+    def add(self, instance: Any) -> None:
+        self.sync_session.add(instance)
+
+    async def flush(self) -> None:
+        self.sync_session.flush()
+
+
+def _begun(sessions: Callable[[], Session]) -> Session:
+    """A new session whose transaction has begun (its engine's ``begin`` listener says BEGIN IMMEDIATE)."""
+    session = sessions()
+    try:
+        session.connection()
+    except BaseException:
+        session.close()
+        raise
+    return session
+
+
+@asynccontextmanager
+async def write_session(sessions: Callable[[], Session], timeout: float) -> AsyncIterator[InlineSession]:
+    """A write transaction on the event loop thread: commits on success, rolls back on error.
+
+    Only taking the write lock is awaited (another connection may hold it); once it is held, the
+    statements and the commit cannot be kept waiting by another connection.
+    """
+    session = await _until_free(lambda: _begun(sessions), timeout)
+    try:
+        yield InlineSession(session)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
 
 
 class InlineCursor:
