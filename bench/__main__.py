@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from bench.request_path import COMMAND, Result, cpu_count, measure, run_command_only
+from bench.request_path import COMMAND, Result, combined, cpu_count, measure, run_command_only
 
 GOAL = 0.25  # Baton may add at most 25% over bare LangGraph
 RESULTS = Path(__file__).parent / "results" / "request_path.md"
@@ -24,6 +24,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--runs", type=int, default=200, help="measured requests per side and mode (default 200)")
     parser.add_argument("--warmup", type=int, default=20, help="unmeasured requests first (default 20)")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="split each side's runs into this many rounds, the sides taking turns (default 4): "
+                             "a slow spell of the machine then weighs on both sides alike")
     parser.add_argument("--concurrency", type=int, default=8,
                         help="requests in flight in the concurrent mode; 0 skips it (default 8)")
     parser.add_argument("--breakdown", action=argparse.BooleanOptionalAction, default=True,
@@ -31,8 +34,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"Markdown report (default {RESULTS})")
     parser.add_argument("--no-write", action="store_true", help="print only; do not write the report")
     args = parser.parse_args(argv)
-    if args.runs < 1 or args.warmup < 0 or args.concurrency < 0:
-        parser.error("--runs must be >= 1, --warmup and --concurrency >= 0")
+    if args.runs < 1 or args.warmup < 0 or args.concurrency < 0 or not 1 <= args.rounds <= args.runs:
+        parser.error("--runs must be >= 1, --warmup and --concurrency >= 0, --rounds between 1 and --runs")
     return args
 
 
@@ -105,25 +108,33 @@ async def run(args: argparse.Namespace) -> str:
     modes = [("sequential", 1)] + ([("concurrent", args.concurrency)] if args.concurrency > 1 else [])
     results: list[Result] = []
     pairs: list[tuple[Result, Result]] = []
+    spreads: list[str] = []
     for mode, concurrency in modes:
-        pair = []
-        for side in ("bare", "baton"):
-            print(f"{mode}: {side} ({args.warmup} warm-up + {args.runs} runs, {concurrency} in flight)...",
-                  file=sys.stderr, flush=True)
-            gc.collect()
-            result = await measure(side, mode, args.runs, args.warmup, concurrency)
-            results.append(result)
-            pair.append(result)
-        pairs.append((pair[0], pair[1]))
+        rounds: dict[str, list[Result]] = {"bare": [], "baton": []}
+        for number in range(args.rounds):
+            runs = args.runs // args.rounds + (1 if number < args.runs % args.rounds else 0)
+            for side in ("bare", "baton") if number % 2 == 0 else ("baton", "bare"):  # each goes first in turn
+                print(f"{mode}, round {number + 1} of {args.rounds}: {side} ({args.warmup} warm-up + {runs} runs, "
+                      f"{concurrency} in flight)...", file=sys.stderr, flush=True)
+                gc.collect()
+                rounds[side].append(await measure(side, mode, runs, args.warmup, concurrency))
+        bare, baton = combined(rounds["bare"]), combined(rounds["baton"])
+        results += [bare, baton]
+        pairs.append((bare, baton))
+        per_round = ", ".join(f"{overhead(b, t)['p50']:+.0%}" for b, t in zip(rounds["bare"], rounds["baton"]))
+        spreads.append(f"- {mode}: {per_round}")
     floor = await run_command_only("sequential", args.runs, args.warmup, 1)
 
     report = [
         "# Request path: Baton vs bare LangGraph",
         "",
-        (f"`python -m bench --runs {args.runs} --warmup {args.warmup} --concurrency {args.concurrency}"
-         f"{'' if args.breakdown else ' --no-breakdown'}`: "
+        (f"`python -m bench --runs {args.runs} --rounds {args.rounds} --warmup {args.warmup} "
+         f"--concurrency {args.concurrency}{'' if args.breakdown else ' --no-breakdown'}`: "
          f"the `runbook` graph for a low-risk runbook running `{' '.join(COMMAND)}`, SQLite files in a temporary "
-         "directory (one per side and mode, same settings). Latency: Baton from `accept_message` to the final reply "
+         f"directory (one per side, mode and round, same settings). The runs of each side are made in {args.rounds} "
+         "rounds, the sides taking turns (and turns at going first), and pooled: a slow spell of the machine weighs "
+         "on both. Warm-up runs are made in each round and not counted. "
+         "Latency: Baton from `accept_message` to the final reply "
          "stored by the playground adapter's `send`; bare from `astream` to the reply read with `aget_state`. "
          "Overhead: Baton / bare - 1 (throughput: bare runs/s / Baton runs/s - 1, i.e. extra wall time per run)."),
         "",
@@ -135,6 +146,10 @@ async def run(args: argparse.Namespace) -> str:
          f"p50 {floor.percentile_ms(50):.2f} ms, p99 {floor.percentile_ms(99):.2f} ms."),
         "",
         *overhead_table(pairs),
+        "",
+        "p50 overhead of each round on its own (how much the machine moved during the run):",
+        "",
+        *spreads,
     ]
     if args.breakdown:
         from bench.breakdown import breakdown

@@ -94,6 +94,14 @@ class Result:
         return statistics.fmean(self.latencies_ns) / 1e6
 
 
+def combined(rounds: list[Result]) -> Result:
+    """One side's rounds pooled: every latency, the wall and CPU time summed."""
+    first = rounds[0]
+    return Result(first.side, first.mode, first.concurrency,
+                  [latency for result in rounds for latency in result.latencies_ns],
+                  sum(result.wall_ns for result in rounds), sum(result.cpu_s for result in rounds))
+
+
 def percentile(values: list[int] | list[float], p: float) -> float:
     """Nearest-rank percentile (p in 0..100) of a non-empty list."""
     ordered = sorted(values)
