@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-
 from storage.db import Transaction
 from storage.models import AuditEntry, utcnow
 

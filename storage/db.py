@@ -54,13 +54,14 @@ SQLITE_BUSY_SECONDS = 30.0
 Transaction = AsyncSession | InlineSession
 
 
-def create_engine(url: str, *, writer: bool = True, inline: bool = True, durable: bool = True) -> AsyncEngine:
-    """The async engine for ``url``.
+def create_engine(url: str, *, inline: bool = True, durable: bool = True) -> AsyncEngine:
+    """The async engine for ``url``: every session on PostgreSQL; on SQLite, reads (``create_sqlite_writer``
+    makes the engines for its writes).
 
     On SQLite, ``inline`` runs statements on the event loop thread (``storage.sqlite_inline``):
     right for Baton's small indexed statements; ``inline=False`` keeps aiosqlite's worker thread,
     for the rare long scans (digest statistics) that must not stall the loop.
-    ``durable=False``: its commits do not wait for the disk (see ``Database.session``).
+    ``durable=False`` (PostgreSQL): its commits do not wait for the disk (see ``Database.session``).
     """
     if is_sqlite(url):
         path = sqlite_path(url)
@@ -68,8 +69,7 @@ def create_engine(url: str, *, writer: bool = True, inline: bool = True, durable
             engine = create_async_engine(async_url(url), async_creator=inline_connector(path, SQLITE_BUSY_SECONDS))
         else:
             engine = create_async_engine(async_url(url), connect_args={"timeout": SQLITE_BUSY_SECONDS})
-        _configure_sqlite(engine.sync_engine, begin="BEGIN IMMEDIATE" if writer else "BEGIN", inline=inline,
-                          synchronous="FULL" if durable else "NORMAL")
+        _configure_sqlite(engine.sync_engine, begin="BEGIN", inline=inline)
         return engine
     if not durable:
         return create_async_engine(async_url(url), pool_size=5, max_overflow=5, pool_pre_ping=True,
@@ -84,7 +84,7 @@ def create_sqlite_writer(url: str, *, durable: bool = True) -> Engine:
     return engine
 
 
-def _configure_sqlite(engine: Engine, begin: str, inline: bool, synchronous: str) -> None:
+def _configure_sqlite(engine: Engine, begin: str, inline: bool, synchronous: str = "FULL") -> None:
     """WAL, the commit's sync level, a busy timeout, and an explicit BEGIN.
 
     Writers use ``BEGIN IMMEDIATE``: with the default deferred BEGIN, two connections that read
@@ -184,8 +184,8 @@ class Database:
             self.write_engines: tuple[Engine, Engine] = (create_sqlite_writer(url), create_sqlite_writer(url, durable=False))
             self._inline_writes = tuple(sessionmaker(engine, class_=Session, expire_on_commit=False)
                                         for engine in self.write_engines)
-            self.read_engine = create_engine(url, writer=False)
-            self._async_engines = (self.read_engine, create_engine(url, writer=False, inline=False))
+            self.read_engine = create_engine(url)
+            self._async_engines = (self.read_engine, create_engine(url, inline=False))
             self._reads = async_sessionmaker(self.read_engine, class_=AsyncSession, expire_on_commit=False)
             self._scans = async_sessionmaker(self._async_engines[1], class_=AsyncSession, expire_on_commit=False)
             self._writers = WriterQueue()
