@@ -258,9 +258,9 @@ class Outbox:
         return bool(result.rowcount)
 
     async def delivered(self, delivery_id: int, platform_message_id: str | None) -> None:
-        # Not durable (see Database.session): lost with a power cut before the next durable write,
-        # the row is sent again once its claim expires, as after a crash between send and mark.
-        async with self._db.session(durable=False) as session:
+        # Durable, though nothing outside follows it: a mark lost to a power cut would have the message
+        # sent twice, and the next durable write may be a long way off on a quiet Baton.
+        async with self._db.session() as session:
             await self.record_delivery(session, delivery_id, platform_message_id)
 
     @staticmethod
