@@ -289,6 +289,7 @@ class Orchestrator:
             return await self._finish_event(event, "too long", Message.text(
                 f"That request is {len(text):,} characters long; I take requests of up to "
                 f"{self.settings.max_message_chars:,} characters. Nothing was run.", tone="warning"))
+        request = Request(platform=event.platform, channel=event.channel, thread=event.thread, user=event.user, text=text)
         earlier = None
         if not fresh:
             async with self.db.read() as session:
@@ -296,9 +297,8 @@ class Orchestrator:
         if earlier is not None:  # we crashed while handling this event: continue, never start twice
             earlier_spec = self.registry.get(earlier.graph)
             if earlier.status == "running" and earlier_spec is not None:
-                return await self._drive(earlier, record, earlier_spec, None, event)
+                return await self._continue(earlier, record, earlier_spec, event, request)
             return await self._finish_event(event, "recovered")
-        request = Request(platform=event.platform, channel=event.channel, thread=event.thread, user=event.user, text=text)
         try:
             chosen = route(request, text, self.registry, self.config)
         except RouteError as exc:
@@ -336,6 +336,26 @@ class Orchestrator:
         if twin is not None:
             return await self._finish_event(event, "duplicate request",
                                             replies.duplicate(twin.channel, twin.thread, twin.status))
+        await self._drive(run, record, spec, chosen.input, event)
+
+    async def _continue(self, run: Run, record: ThreadRecord, spec: GraphSpec, event: InboundEvent,
+                        request: Request) -> None:
+        """Go on with a run that was under way when Baton stopped.
+
+        From its graph's last checkpoint; or, when Baton stopped between storing the run and its
+        graph's first checkpoint, from the start, with the input routed again from the request (going
+        on from the checkpoint would find nothing to do, or an earlier run's end in the same thread).
+        """
+        if await self.runtime.started(spec, record.lg_thread_id, run.id):  # type: ignore[arg-type]
+            return await self._drive(run, record, spec, None, event)
+        try:
+            chosen = route(request, request.text, self.registry, self.config)
+            if chosen.graph != run.graph:  # it was routed by the model or chosen on a card
+                chosen = route_to(self.registry, run.graph, request, run.input_text)
+        except (RouteError, ValueError) as exc:
+            return await self._finish_run(run, record, event, "failed", Message.text(
+                f"Baton stopped before this run began, and it cannot be started again as it was ({exc}). "
+                "Nothing was run; please ask again.", tone="error"), str(exc)[:1000])
         await self._drive(run, record, spec, chosen.input, event)
 
     async def _insert_run(self, session: Transaction, event: InboundEvent, record: ThreadRecord, graph: str, text: str,
@@ -555,7 +575,7 @@ class Orchestrator:
     async def _run_and_report(self, run: Run, record: ThreadRecord, spec: GraphSpec, payload: Any, event: InboundEvent,
                               services: RunServices, post_progress: ProgressSink) -> None:
         try:
-            outcome = await self.runtime.run(spec, record.lg_thread_id, payload, services, post_progress)
+            outcome = await self.runtime.run(spec, record.lg_thread_id, payload, services, post_progress, run.id)
         except Exception as exc:
             log.warning("run %s (%s) failed: %s", run.id, spec.name, exc)
             message = replies.model_error(exc) if isinstance(exc, MODEL_ERRORS) else replies.failure(spec.name, exc)
@@ -607,9 +627,10 @@ class Orchestrator:
                         requested_by=run.requested_by)
 
     async def _finish_run(self, run: Run, record: ThreadRecord, event: InboundEvent, status: str, message: Message,
-                          error: str | None, services: RunServices) -> None:
+                          error: str | None, services: RunServices | None = None) -> None:
+        """Store the run's outcome and reply; with ``services``, its effects' outcomes too (``RunServices.session``)."""
         now = utcnow()
-        async with services.session() as session:
+        async with (services.session() if services is not None else self.db.session()) as session:
             await session.exec(_FINISH_RUN, params={  # type: ignore[call-overload]
                 "run_id": run.id, "status": status, "now": now, "error": error,
                 "turnaround_ms": int((now - run.started_at).total_seconds() * 1000)})

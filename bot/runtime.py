@@ -36,6 +36,7 @@ _FINISH_EFFECT = update(_EFFECTS).where(_EFFECTS.c.key == bindparam("effect_key"
     finished_at=bindparam("now", type_=DateTime()))
 
 ProgressSink = Callable[[str], Awaitable[None]]
+RUN_METADATA = "baton_run"  # the checkpoint metadata key naming Baton's run
 
 
 class EffectInDoubt(RuntimeError):
@@ -70,11 +71,16 @@ class GraphRuntime:
 
     async def run(
         self, spec: GraphSpec, lg_thread_id: str, payload: dict[str, Any] | Command | None,
-        context: kit.RunContext, on_progress: ProgressSink,
+        context: kit.RunContext, on_progress: ProgressSink, run_id: int | None = None,
     ) -> GraphOutcome:
-        """Run (``payload`` a dict), resume (a ``Command``) or continue (``None``) until done or interrupted."""
+        """Run (``payload`` a dict), resume (a ``Command``) or continue (``None``) until done or interrupted.
+
+        ``run_id`` (Baton's run) goes into the metadata of every checkpoint the run writes (``started``).
+        """
         graph = self.compiled(spec)
         config = self.config_for(lg_thread_id, spec.name)
+        if run_id is not None:
+            config["metadata"] = {RUN_METADATA: run_id}
         token = kit.bind(context)
         try:
             async for chunk in graph.astream(payload, config, stream_mode="custom", durability="sync"):
@@ -83,6 +89,11 @@ class GraphRuntime:
         finally:
             kit.unbind(token)
         return await self.state(spec, lg_thread_id)
+
+    async def started(self, spec: GraphSpec, lg_thread_id: str, run_id: int) -> bool:
+        """Whether run ``run_id`` has written a checkpoint yet (its graph's thread may hold earlier runs')."""
+        latest = await self.checkpointer.aget_tuple(self.config_for(lg_thread_id, spec.name))
+        return latest is not None and (latest.metadata or {}).get(RUN_METADATA) == run_id
 
     async def state(self, spec: GraphSpec, lg_thread_id: str) -> GraphOutcome:
         snapshot = await self.compiled(spec).aget_state(self.config_for(lg_thread_id, spec.name))

@@ -13,7 +13,7 @@ from bot.app import Baton
 from bot.messages import InboundMessage
 from bot.settings import Settings
 from storage.db import Database
-from storage.models import Effect, ThreadRecord, utcnow
+from storage.models import Effect, InboundEvent, PlaygroundMessage, Run, ThreadRecord, utcnow
 from tests.support import runs_in, wait_for
 
 
@@ -125,3 +125,66 @@ def test_a_replica_that_lost_its_lease_mid_run_does_not_answer_too(start_baton, 
     assert not [m for m in pg.bot_replies(thread) if "slept" in m["text"]], "the thread was answered twice"
     assert len(pg.bot_replies(thread)) == 1
     assert len(effects(database_url)) == 1  # the command ran once
+
+
+class _Stopped(BaseException):
+    """Baton stopping mid-request (a kill, a deploy): nothing after it in the drain runs."""
+
+
+async def _bot_replies(baton: Baton, thread: str) -> list[str]:
+    async with baton.db.read() as session:
+        return list((await session.exec(select(PlaygroundMessage.text).where(
+            PlaygroundMessage.is_bot, PlaygroundMessage.thread_id == thread).order_by(PlaygroundMessage.id))).all())
+
+
+async def _until_replies(baton: Baton, thread: str, count: int) -> list[str]:
+    for _ in range(400):
+        if len(replies := await _bot_replies(baton, thread)) >= count:
+            return replies
+        await baton.outbox.wait("never", 0.05)
+    raise AssertionError(f"thread {thread} got {await _bot_replies(baton, thread)}, not {count} replies")
+
+
+@pytest.mark.parametrize("earlier_run", [False, True], ids=["first run of the graph", "after an earlier run"])
+async def test_stopped_between_storing_a_run_and_its_first_checkpoint_the_run_starts_again(
+        tmp_path, config_path, counter, earlier_run: bool) -> None:
+    """The graph's thread then holds no checkpoint of this run: going on from it would fail ("no input"),
+    or, after an earlier run of the same graph in the thread, post that run's old result as this one's."""
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'r.db'}", BATON_CONFIG=config_path)
+    async with Baton(settings) as baton:
+        sent = 0
+        if earlier_run:
+            await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
+                                                      event_id="e0", user="alice", text="run uptime", addressed=True))
+            assert "did uptime" in (await _until_replies(baton, "1", 1))[-1]
+            sent = 1
+
+        graph_run = baton.runtime.run
+
+        async def stop_before_the_graph(*_args: object, **_kwargs: object) -> None:
+            raise _Stopped()
+
+        baton.runtime.run = stop_before_the_graph  # type: ignore[method-assign]
+        await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
+                                                  event_id="e1", user="alice", text="run slow seconds=0",
+                                                  addressed=True))
+        for _ in range(400):  # the run is stored, then Baton "stops": the event stays pending
+            async with baton.db.read() as session:
+                runs = (await session.exec(select(Run).where(Run.status == "running"))).all()
+            if runs and not baton.orchestrator._tasks:
+                break
+            await baton.outbox.wait("never", 0.05)
+        assert [run.input_text for run in runs] == ["run slow seconds=0"]
+
+        baton.runtime.run = graph_run  # type: ignore[method-assign]
+        async with baton.db.session() as session:  # as if it had waited past the sweeper's delay
+            await session.exec(update(InboundEvent).where(InboundEvent.event_id == "e1")  # type: ignore[call-overload]
+                               .values(received_at=utcnow() - timedelta(minutes=1)))
+        assert await baton.orchestrator.sweep() == 1
+
+        replies = await _until_replies(baton, "1", sent + 1)
+        assert "slept" in replies[-1], replies
+        async with baton.db.read() as session:
+            statuses = (await session.exec(select(Run.status).order_by(Run.id))).all()
+        assert statuses == ["done"] * (sent + 1)
+    assert runs_in(counter) == (["uptime"] if earlier_run else [])
