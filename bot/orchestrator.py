@@ -493,6 +493,14 @@ class Orchestrator:
     async def _handle_choice(self, event: InboundEvent, record: ThreadRecord, approval: Approval, run: Run) -> None:
         """The requester picked a graph on a choice card: close the card, then run that graph."""
         choice = event.payload["action"]
+        if approval.status != "pending" and approval.decided_event_id == event.id:  # this click chose, then we stopped
+            async with self.db.read() as session:
+                chosen_run = (await session.exec(select(Run).where(Run.inbound_id == event.id))).first()
+            chosen_spec = self.registry.get(chosen_run.graph) if chosen_run else None
+            if chosen_run is not None and chosen_run.status == "running" and chosen_spec is not None:
+                request = Request(platform=record.platform, channel=record.channel, thread=record.thread,
+                                  user=chosen_run.requested_by, text=chosen_run.input_text)
+                return await self._continue(chosen_run, record, chosen_spec, event, request)
         if approval.status != "pending":
             return await self._finish_event(event, "already chosen", Message.text(
                 f"{approval.decided_by} already chose `{approval.choice}`; nothing was changed.", tone="info"), ephemeral=True)

@@ -10,10 +10,11 @@ from sqlalchemy import update
 from sqlmodel import select
 
 from bot.app import Baton
-from bot.messages import InboundMessage
+from bot.messages import InboundClick, InboundMessage
 from bot.settings import Settings
 from storage.db import Database
-from storage.models import Effect, InboundEvent, PlaygroundMessage, Run, ThreadRecord, utcnow
+from storage.models import Approval, Effect, InboundEvent, PlaygroundMessage, Run, ThreadRecord, utcnow
+from tests.fake_models import script
 from tests.support import runs_in, wait_for
 
 
@@ -188,3 +189,48 @@ async def test_stopped_between_storing_a_run_and_its_first_checkpoint_the_run_st
             statuses = (await session.exec(select(Run.status).order_by(Run.id))).all()
         assert statuses == ["done"] * (sent + 1)
     assert runs_in(counter) == (["uptime"] if earlier_run else [])
+
+
+async def test_stopped_between_a_choice_and_the_chosen_runs_first_checkpoint_the_run_starts_again(
+        tmp_path, config_path, monkeypatch) -> None:
+    """The click that chose is taken again after the stop: it must start the chosen run, not answer
+    "already chosen" and leave that run running for ever."""
+    script_path = tmp_path / "script.json"
+    monkeypatch.setenv("BATON_TEST_MODEL_SCRIPT", str(script_path))
+    script(script_path, [{"tool_calls": [{"name": "GraphGuess", "id": "g1", "args": {
+        "graph": "status", "confidence": 0.4, "alternatives": ["help"]}}]}])
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'r.db'}", BATON_CONFIG=config_path,
+                        BATON_MODEL="python:tests.fake_models:scripted")
+    async with Baton(settings) as baton:
+        await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
+                                                  event_id="e1", user="alice", text="hmm, the thing?", addressed=True))
+        await _until_replies(baton, "1", 1)  # the "which one?" card
+        async with baton.db.read() as session:
+            card = (await session.exec(select(Approval).where(Approval.kind == "choice"))).one()
+
+        graph_run = baton.runtime.run
+
+        async def stop_before_the_graph(*_args: object, **_kwargs: object) -> None:
+            raise _Stopped()
+
+        baton.runtime.run = stop_before_the_graph  # type: ignore[method-assign]
+        await baton.accept_click(InboundClick(platform="playground", channel="general", thread="1", event_id="c1",
+                                              user="alice", approval_id=card.id, action="status"))
+        for _ in range(400):  # chosen and the status run stored, then Baton "stops": the click stays pending
+            async with baton.db.read() as session:
+                runs = (await session.exec(select(Run).where(Run.graph == "status", Run.status == "running"))).all()
+            if runs and not baton.orchestrator._tasks:
+                break
+            await baton.outbox.wait("never", 0.05)
+        assert len(runs) == 1
+
+        baton.runtime.run = graph_run  # type: ignore[method-assign]
+        async with baton.db.session() as session:
+            await session.exec(update(InboundEvent).where(InboundEvent.event_id == "c1")  # type: ignore[call-overload]
+                               .values(received_at=utcnow() - timedelta(minutes=1)))
+        assert await baton.orchestrator.sweep() == 1
+
+        replies = await _until_replies(baton, "1", 2)
+        assert "Nothing is running or waiting" in replies[-1], replies
+        async with baton.db.read() as session:
+            assert (await session.exec(select(Run.status).where(Run.graph == "status"))).all() == ["done"]
