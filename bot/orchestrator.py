@@ -290,10 +290,7 @@ class Orchestrator:
                 f"That request is {len(text):,} characters long; I take requests of up to "
                 f"{self.settings.max_message_chars:,} characters. Nothing was run.", tone="warning"))
         request = Request(platform=event.platform, channel=event.channel, thread=event.thread, user=event.user, text=text)
-        earlier = None
-        if not fresh:
-            async with self.db.read() as session:
-                earlier = (await session.exec(select(Run).where(Run.inbound_id == event.id))).first()
+        earlier = None if fresh else await self._run_started_by(event)
         if earlier is not None:  # we crashed while handling this event: continue, never start twice
             earlier_spec = self.registry.get(earlier.graph)
             if earlier.status == "running" and earlier_spec is not None:
@@ -337,6 +334,11 @@ class Orchestrator:
             return await self._finish_event(event, "duplicate request",
                                             replies.duplicate(twin.channel, twin.thread, twin.status))
         await self._drive(run, record, spec, chosen.input, event)
+
+    async def _run_started_by(self, event: InboundEvent) -> Run | None:
+        """The run ``event`` started before Baton stopped, if it got that far."""
+        async with self.db.read() as session:
+            return (await session.exec(select(Run).where(Run.inbound_id == event.id))).first()
 
     async def _continue(self, run: Run, record: ThreadRecord, spec: GraphSpec, event: InboundEvent,
                         request: Request) -> None:
@@ -494,8 +496,7 @@ class Orchestrator:
         """The requester picked a graph on a choice card: close the card, then run that graph."""
         choice = event.payload["action"]
         if approval.status != "pending" and approval.decided_event_id == event.id:  # this click chose, then we stopped
-            async with self.db.read() as session:
-                chosen_run = (await session.exec(select(Run).where(Run.inbound_id == event.id))).first()
+            chosen_run = await self._run_started_by(event)
             chosen_spec = self.registry.get(chosen_run.graph) if chosen_run else None
             if chosen_run is not None and chosen_run.status == "running" and chosen_spec is not None:
                 request = Request(platform=record.platform, channel=record.channel, thread=record.thread,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Awaitable
 from datetime import timedelta
 
 import pytest
@@ -146,6 +147,32 @@ async def _until_replies(baton: Baton, thread: str, count: int) -> list[str]:
     raise AssertionError(f"thread {thread} got {await _bot_replies(baton, thread)}, not {count} replies")
 
 
+async def _stopped_after_storing_a_run(baton: Baton, event_id: str, arrive: Awaitable[object]) -> Run:
+    """Baton stores the run the event ``event_id`` starts, then "stops" before its graph runs (the
+    event stays pending); then it is back, and its sweeper takes the event again. Returns that run."""
+    graph_run = baton.runtime.run
+
+    async def stop_before_the_graph(*_args: object, **_kwargs: object) -> None:
+        raise _Stopped()
+
+    baton.runtime.run = stop_before_the_graph  # type: ignore[method-assign]
+    await arrive
+    for _ in range(400):
+        async with baton.db.read() as session:
+            stopped = (await session.exec(select(Run).join(InboundEvent, Run.inbound_id == InboundEvent.id).where(
+                InboundEvent.event_id == event_id, Run.status == "running"))).first()
+        if stopped is not None and not baton.orchestrator._tasks:
+            break
+        await baton.outbox.wait("never", 0.05)
+    assert stopped is not None, "the run was not stored"
+    baton.runtime.run = graph_run  # type: ignore[method-assign]
+    async with baton.db.session() as session:  # as if it had waited past the sweeper's delay
+        await session.exec(update(InboundEvent).where(InboundEvent.event_id == event_id)  # type: ignore[call-overload]
+                           .values(received_at=utcnow() - timedelta(minutes=1)))
+    assert await baton.orchestrator.sweep() == 1
+    return stopped
+
+
 @pytest.mark.parametrize("earlier_run", [False, True], ids=["first run of the graph", "after an earlier run"])
 async def test_stopped_between_storing_a_run_and_its_first_checkpoint_the_run_starts_again(
         tmp_path, config_path, counter, earlier_run: bool) -> None:
@@ -160,28 +187,10 @@ async def test_stopped_between_storing_a_run_and_its_first_checkpoint_the_run_st
             assert "did uptime" in (await _until_replies(baton, "1", 1))[-1]
             sent = 1
 
-        graph_run = baton.runtime.run
-
-        async def stop_before_the_graph(*_args: object, **_kwargs: object) -> None:
-            raise _Stopped()
-
-        baton.runtime.run = stop_before_the_graph  # type: ignore[method-assign]
-        await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
-                                                  event_id="e1", user="alice", text="run slow seconds=0",
-                                                  addressed=True))
-        for _ in range(400):  # the run is stored, then Baton "stops": the event stays pending
-            async with baton.db.read() as session:
-                runs = (await session.exec(select(Run).where(Run.status == "running"))).all()
-            if runs and not baton.orchestrator._tasks:
-                break
-            await baton.outbox.wait("never", 0.05)
-        assert [run.input_text for run in runs] == ["run slow seconds=0"]
-
-        baton.runtime.run = graph_run  # type: ignore[method-assign]
-        async with baton.db.session() as session:  # as if it had waited past the sweeper's delay
-            await session.exec(update(InboundEvent).where(InboundEvent.event_id == "e1")  # type: ignore[call-overload]
-                               .values(received_at=utcnow() - timedelta(minutes=1)))
-        assert await baton.orchestrator.sweep() == 1
+        stopped = await _stopped_after_storing_a_run(baton, "e1", baton.accept_message(InboundMessage(
+            platform="playground", channel="general", thread="1", event_id="e1", user="alice",
+            text="run slow seconds=0", addressed=True)))
+        assert stopped.input_text == "run slow seconds=0"
 
         replies = await _until_replies(baton, "1", sent + 1)
         assert "slept" in replies[-1], replies
@@ -208,27 +217,10 @@ async def test_stopped_between_a_choice_and_the_chosen_runs_first_checkpoint_the
         async with baton.db.read() as session:
             card = (await session.exec(select(Approval).where(Approval.kind == "choice"))).one()
 
-        graph_run = baton.runtime.run
-
-        async def stop_before_the_graph(*_args: object, **_kwargs: object) -> None:
-            raise _Stopped()
-
-        baton.runtime.run = stop_before_the_graph  # type: ignore[method-assign]
-        await baton.accept_click(InboundClick(platform="playground", channel="general", thread="1", event_id="c1",
-                                              user="alice", approval_id=card.id, action="status"))
-        for _ in range(400):  # chosen and the status run stored, then Baton "stops": the click stays pending
-            async with baton.db.read() as session:
-                runs = (await session.exec(select(Run).where(Run.graph == "status", Run.status == "running"))).all()
-            if runs and not baton.orchestrator._tasks:
-                break
-            await baton.outbox.wait("never", 0.05)
-        assert len(runs) == 1
-
-        baton.runtime.run = graph_run  # type: ignore[method-assign]
-        async with baton.db.session() as session:
-            await session.exec(update(InboundEvent).where(InboundEvent.event_id == "c1")  # type: ignore[call-overload]
-                               .values(received_at=utcnow() - timedelta(minutes=1)))
-        assert await baton.orchestrator.sweep() == 1
+        stopped = await _stopped_after_storing_a_run(baton, "c1", baton.accept_click(InboundClick(
+            platform="playground", channel="general", thread="1", event_id="c1", user="alice", approval_id=card.id,
+            action="status")))
+        assert stopped.graph == "status"
 
         replies = await _until_replies(baton, "1", 2)
         assert "Nothing is running or waiting" in replies[-1], replies
