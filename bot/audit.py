@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from storage.db import Transaction
+from storage.db import Transaction, prepared
 from storage.models import AuditEntry, utcnow
 
 log = logging.getLogger("baton.audit")
-_INSERT = AuditEntry.__table__.insert()  # type: ignore[attr-defined]
+_INSERT = prepared(AuditEntry.__table__.insert())  # type: ignore[attr-defined]
 
 
 async def record(

@@ -29,7 +29,7 @@ from bot.models import MODEL_ERRORS, ModelFailed, cost_of, usage_of
 from bot.routing import DIGEST_COMMAND, RouteError, route, route_to
 from bot.runtime import GraphRuntime, ProgressSink, RunServices, Services
 from bot.settings import Settings
-from storage.db import Transaction, insert_new_id, insert_row
+from storage.db import Transaction, insert_new_id, insert_row, prepared
 from storage.models import Approval, InboundEvent, Run, ThreadRecord, utcnow
 
 log = logging.getLogger("baton.orchestrator")
@@ -40,27 +40,27 @@ CHOOSER = "choose"  # the pseudo-graph of a run that waits for the requester to 
 
 
 # Statements of every request, built once with bound parameters (building them cost more CPU than running them).
-_RECENT_TWIN = select(ThreadRecord).where(
+_RECENT_TWIN = prepared(select(ThreadRecord).where(
     ThreadRecord.platform == bindparam("platform"), ThreadRecord.workspace == bindparam("workspace"),
     ThreadRecord.channel == bindparam("channel"), ThreadRecord.fingerprint == bindparam("fingerprint"),
     ThreadRecord.id != bindparam("record_id"),
-    or_(ThreadRecord.status.in_(threads.BUSY),  # type: ignore[attr-defined]
+    or_(*(ThreadRecord.status == busy for busy in threads.BUSY),  # no IN list: prepared statements take none
         (ThreadRecord.status == "done") & (ThreadRecord.updated_at >= bindparam("since", type_=DateTime()))),
-).order_by(ThreadRecord.updated_at.desc()).limit(1)  # type: ignore[attr-defined]
+).order_by(ThreadRecord.updated_at.desc()).limit(1))  # type: ignore[attr-defined]
 # The writes of every request go to the tables (SQLAlchemy Core): ORM-enabled UPDATEs cost more CPU
 # than the SQL they run.
 _EVENTS, _THREADS, _RUNS = InboundEvent.__table__, ThreadRecord.__table__, Run.__table__  # type: ignore[attr-defined]
-_CLOSE_EVENT = (update(_EVENTS).where(_EVENTS.c.id == bindparam("closed_id"), _EVENTS.c.status == "pending")
-                .values(status="done", outcome=bindparam("closed_as"), handled_at=bindparam("now", type_=DateTime())))
-_START_THREAD = update(_THREADS).where(_THREADS.c.id == bindparam("record_id")).values(
+_CLOSE_EVENT = prepared(update(_EVENTS).where(_EVENTS.c.id == bindparam("closed_id"), _EVENTS.c.status == "pending")
+                        .values(status="done", outcome=bindparam("closed_as"), handled_at=bindparam("now", type_=DateTime())))
+_START_THREAD = prepared(update(_THREADS).where(_THREADS.c.id == bindparam("record_id")).values(
     status=bindparam("status"), graph=bindparam("graph"), fingerprint=bindparam("fingerprint"),
     title=bindparam("title"), requested_by=bindparam("user"), updated_at=bindparam("now", type_=DateTime()),
-    pruned_at=None)
-_FINISH_THREAD = update(_THREADS).where(_THREADS.c.id == bindparam("record_id")).values(
-    status=bindparam("status"), updated_at=bindparam("now", type_=DateTime()), last_result=bindparam("result"))
-_FINISH_RUN = update(_RUNS).where(_RUNS.c.id == bindparam("run_id")).values(
+    pruned_at=None))
+_FINISH_THREAD = prepared(update(_THREADS).where(_THREADS.c.id == bindparam("record_id")).values(
+    status=bindparam("status"), updated_at=bindparam("now", type_=DateTime()), last_result=bindparam("result")))
+_FINISH_RUN = prepared(update(_RUNS).where(_RUNS.c.id == bindparam("run_id")).values(
     status=bindparam("status"), finished_at=bindparam("now", type_=DateTime()), error=bindparam("error"),
-    turnaround_ms=bindparam("turnaround_ms"))
+    turnaround_ms=bindparam("turnaround_ms")))
 
 
 class LeaseLost(RuntimeError):

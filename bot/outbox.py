@@ -25,7 +25,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import select
 
 from bot.messages import Location, Message
-from storage.db import Database, Transaction, insert_ignore, insert_returning_id
+from storage.db import Database, Transaction, insert_ignore, insert_returning_id, prepared
 from storage.models import ChannelPace, OutboxMessage, utcnow
 
 CLAIM_SECONDS = 30.0  # a sender that died mid-send leaves its rows to others after this
@@ -43,23 +43,23 @@ def _claimable(rows: Any) -> Any:
 
 _CLAIMABLE = _claimable(OutboxMessage)
 _ROWS = OutboxMessage.__table__  # type: ignore[attr-defined]
-_TAKE = (update(_ROWS)
-         .where(_ROWS.c.id == bindparam("row_id"), _claimable(_ROWS.c))
-         .values(status="sending", claimed_by=bindparam("worker"), claimed_until=bindparam("until", type_=DateTime()),
-                 attempts=_ROWS.c.attempts + 1))
+_TAKE = prepared(update(_ROWS)
+                 .where(_ROWS.c.id == bindparam("row_id"), _claimable(_ROWS.c))
+                 .values(status="sending", claimed_by=bindparam("worker"),
+                         claimed_until=bindparam("until", type_=DateTime()), attempts=_ROWS.c.attempts + 1))
 _GIVE_BACK = update(_ROWS).where(
     _ROWS.c.id.in_(bindparam("row_ids", expanding=True)), _ROWS.c.status == "sending",
     _ROWS.c.claimed_by == bindparam("worker"),
 ).values(status="pending", claimed_by=None, claimed_until=None, attempts=_ROWS.c.attempts - 1)
-_DELIVERED = update(_ROWS).where(_ROWS.c.id == bindparam("row_id")).values(
+_DELIVERED = prepared(update(_ROWS).where(_ROWS.c.id == bindparam("row_id")).values(
     status="sent", platform_message_id=bindparam("platform_id"), sent_at=bindparam("now", type_=DateTime()),
-    claimed_until=None, error=None)
+    claimed_until=None, error=None))
 
 
-_UNDELIVERED_IN_THREAD = select(OutboxMessage.id).where(
+_UNDELIVERED_IN_THREAD = prepared(select(OutboxMessage.id).where(
     OutboxMessage.platform == bindparam("platform"), OutboxMessage.channel == bindparam("channel"),
     OutboxMessage.thread == bindparam("thread"),
-    OutboxMessage.status.in_(("pending", "sending"))).limit(1)  # type: ignore[attr-defined]
+    or_(OutboxMessage.status == "pending", OutboxMessage.status == "sending")).limit(1))  # no IN list: prepared
 
 
 @functools.cache

@@ -25,15 +25,15 @@ from bot.messages import Location, Message
 from bot.models import cost_of, usage_of
 from bot.registry import GraphRegistry, GraphSpec
 from bot.replies import age
-from storage.db import Database, Transaction, insert_ignore
+from storage.db import Database, Transaction, insert_ignore, prepared
 from storage.models import Approval, Effect, InboundEvent, OutboxMessage, Run, ThreadRecord, utcnow
 
 T = TypeVar("T")
 
 _EFFECTS = Effect.__table__  # type: ignore[attr-defined]
-_FINISH_EFFECT = update(_EFFECTS).where(_EFFECTS.c.key == bindparam("effect_key")).values(
+_FINISH_EFFECT = prepared(update(_EFFECTS).where(_EFFECTS.c.key == bindparam("effect_key")).values(
     status=bindparam("status"), result=bindparam("result", type_=_EFFECTS.c.result.type),
-    finished_at=bindparam("now", type_=DateTime()))
+    finished_at=bindparam("now", type_=DateTime())))
 
 ProgressSink = Callable[[str], Awaitable[None]]
 RUN_METADATA = "baton_run"  # the checkpoint metadata key naming Baton's run

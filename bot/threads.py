@@ -13,35 +13,35 @@ from sqlalchemy import DateTime, bindparam, case, or_, update
 from sqlmodel import select
 
 from bot.messages import Location
-from storage.db import Database, Transaction, insert_new_id
+from storage.db import Database, Transaction, insert_new_id, prepared
 from storage.models import InboundEvent, ThreadRecord, new_lg_thread_id, utcnow
 
 BUSY = ("running", "waiting")
 
 
 # Hot statements, built once with bound parameters (building them cost more CPU than running them).
-_FIND = select(ThreadRecord).where(
+_FIND = prepared(select(ThreadRecord).where(
     ThreadRecord.platform == bindparam("platform"), ThreadRecord.workspace == bindparam("workspace"),
-    ThreadRecord.channel == bindparam("channel"), ThreadRecord.thread == bindparam("thread"))
+    ThreadRecord.channel == bindparam("channel"), ThreadRecord.thread == bindparam("thread")))
 _PENDING = select(InboundEvent).where(InboundEvent.thread_record_id == bindparam("record_id"),
                                       InboundEvent.status == "pending")
-_NEXT_CLICK = _PENDING.where(InboundEvent.kind == "click").order_by(InboundEvent.id).limit(1)  # type: ignore[arg-type]
-_NEXT_CLICKS_FIRST = _PENDING.order_by(case((InboundEvent.kind == "click", 0), else_=1), InboundEvent.id).limit(1)  # type: ignore[arg-type]
+_NEXT_CLICK = prepared(_PENDING.where(InboundEvent.kind == "click").order_by(InboundEvent.id).limit(1))  # type: ignore[arg-type]
+_NEXT_CLICKS_FIRST = prepared(_PENDING.order_by(case((InboundEvent.kind == "click", 0), else_=1), InboundEvent.id).limit(1))  # type: ignore[arg-type]
 _MINE = select(InboundEvent.id).where(InboundEvent.platform == bindparam("platform"),
                                       InboundEvent.event_id == bindparam("event_id"))
 _THREADS = ThreadRecord.__table__  # type: ignore[attr-defined]
-_TAKE = update(_THREADS).where(
+_TAKE = prepared(update(_THREADS).where(
     _THREADS.c.id == bindparam("record_id"),
     or_(_THREADS.c.lease_owner.is_(None), _THREADS.c.lease_until < bindparam("now", type_=DateTime()),
         _THREADS.c.lease_owner == bindparam("owner")),
-).values(lease_owner=bindparam("owner"), lease_until=bindparam("until", type_=DateTime()))
+).values(lease_owner=bindparam("owner"), lease_until=bindparam("until", type_=DateTime())))
 _LEASE_HELD = (_THREADS.c.id == bindparam("record_id"), _THREADS.c.lease_owner == bindparam("owner"))
-_RENEW = update(_THREADS).where(*_LEASE_HELD).values(lease_until=bindparam("until", type_=DateTime()))
-_RELEASE = update(_THREADS).where(*_LEASE_HELD).values(lease_owner=None, lease_until=None)
-_LOCK_STATUS = select(_THREADS.c.status).where(_THREADS.c.id == bindparam("record_id")).with_for_update()
-_EARLIER = select(InboundEvent.id).where(
+_RENEW = prepared(update(_THREADS).where(*_LEASE_HELD).values(lease_until=bindparam("until", type_=DateTime())))
+_RELEASE = prepared(update(_THREADS).where(*_LEASE_HELD).values(lease_owner=None, lease_until=None))
+_LOCK_STATUS = prepared(select(_THREADS.c.status).where(_THREADS.c.id == bindparam("record_id")).with_for_update())
+_EARLIER = prepared(select(InboundEvent.id).where(
     InboundEvent.thread_record_id == bindparam("record_id"), InboundEvent.status == "pending",
-    InboundEvent.id < _MINE.scalar_subquery()).limit(1)  # type: ignore[operator]
+    InboundEvent.id < _MINE.scalar_subquery()).limit(1))  # type: ignore[operator]
 
 
 async def find(session: Transaction, location: Location) -> ThreadRecord | None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sqlite3
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -13,11 +14,12 @@ from sqlalchemy import Engine, event
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import sessionmaker
-from sqlmodel import Session, SQLModel
+from sqlalchemy.pool import StaticPool
+from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage.sqlite_inline import InlineSession, inline_connector, write_session
+from storage.sqlite_inline import InlineSession, SQLiteWriter, inline_connector, write_session
+from storage.sqlite_prepared import PREPARED
 
 
 def is_sqlite(url: str) -> bool:
@@ -69,7 +71,7 @@ def create_engine(url: str, *, inline: bool = True, durable: bool = True) -> Asy
             engine = create_async_engine(async_url(url), async_creator=inline_connector(path, SQLITE_BUSY_SECONDS))
         else:
             engine = create_async_engine(async_url(url), connect_args={"timeout": SQLITE_BUSY_SECONDS})
-        _configure_sqlite(engine.sync_engine, begin="BEGIN", inline=inline)
+        _configure_sqlite(engine.sync_engine, inline=inline)
         return engine
     if not durable:
         return create_async_engine(async_url(url), pool_size=5, max_overflow=5, pool_pre_ping=True,
@@ -77,38 +79,62 @@ def create_engine(url: str, *, inline: bool = True, durable: bool = True) -> Asy
     return create_async_engine(async_url(url), pool_size=10, max_overflow=10, pool_pre_ping=True)
 
 
-def create_sqlite_writer(url: str, *, durable: bool = True) -> Engine:
-    """A synchronous engine for SQLite write transactions run on the event loop (``sqlite_inline.write_session``)."""
-    engine = create_sync_engine(sync_url(url), connect_args={"check_same_thread": False})
-    _configure_sqlite(engine, begin="BEGIN IMMEDIATE", inline=True, synchronous="FULL" if durable else "NORMAL")
-    return engine
+def create_sqlite_writer(url: str, *, durable: bool = True) -> SQLiteWriter:
+    """A SQLite write connection for transactions run on the event loop (``sqlite_inline.write_session``).
+
+    No busy timeout: taking the write lock is awaited there instead. The connection is in autocommit
+    mode; ``write_session`` issues ``BEGIN IMMEDIATE`` itself, and the ORM session made over the
+    connection for the statements that are not prepared joins that transaction.
+    """
+    path = sqlite_path(url)
+
+    def connect() -> sqlite3.Connection:
+        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        _sqlite_pragmas(connection, synchronous="FULL" if durable else "NORMAL", busy_ms=0)
+        return connection
+
+    def make_engine(creator: Callable[[], Any]) -> Engine:
+        # StaticPool: the one connection, never reset on return (that would roll back our transaction).
+        return create_sync_engine(sync_url(url), creator=creator, poolclass=StaticPool, pool_reset_on_return=None)
+
+    return SQLiteWriter(connect, make_engine)
 
 
-def _configure_sqlite(engine: Engine, begin: str, inline: bool, synchronous: str = "FULL") -> None:
-    """WAL, the commit's sync level, a busy timeout, and an explicit BEGIN.
+def _sqlite_pragmas(connection: Any, synchronous: str, busy_ms: int) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA synchronous={synchronous}")
+    cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
 
-    Writers use ``BEGIN IMMEDIATE``: with the default deferred BEGIN, two connections that read
-    and then write deadlock and one fails at once with "database is locked" instead of waiting
-    its turn; with IMMEDIATE the second waits (busy timeout, or the inline driver's async retry).
-    That is also what serialises writers across processes. Readers use a plain BEGIN: under WAL
-    they never block anyone.
+
+def _configure_sqlite(engine: Engine, inline: bool) -> None:
+    """A read engine: WAL, a busy timeout, and an explicit plain BEGIN (under WAL readers never block anyone).
+
+    Writers use ``BEGIN IMMEDIATE`` (``sqlite_inline.write_session``): with the default deferred
+    BEGIN, two connections that read and then write deadlock and one fails at once with "database
+    is locked" instead of waiting its turn; with IMMEDIATE the second waits. That is also what
+    serialises writers across processes.
     """
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         if dbapi_connection.isolation_level is not None:
             dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA synchronous={synchronous}")
         # Inline connections never wait for a lock on the loop's thread: ``sqlite_inline`` awaits it.
-        cursor.execute(f"PRAGMA busy_timeout={0 if inline else int(SQLITE_BUSY_SECONDS * 1000)}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
+        _sqlite_pragmas(dbapi_connection, synchronous="FULL", busy_ms=0 if inline else int(SQLITE_BUSY_SECONDS * 1000))
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
-        connection.exec_driver_sql(begin)
+        connection.exec_driver_sql("BEGIN")
+
+
+def prepared(statement: Any) -> Any:
+    """Mark a hot Core statement (a module-level constant) as prepared: on SQLite it is compiled once
+    and run on the ``sqlite3`` connection itself (``storage.sqlite_prepared``); PostgreSQL runs it
+    through SQLAlchemy as any other."""
+    return statement.execution_options(**{PREPARED: True})
 
 
 class WriterQueue:
@@ -181,9 +207,7 @@ class Database:
         if is_sqlite(url):
             # Writes: synchronous sessions on the event loop (``sqlite_inline.write_session``), durable or
             # not; reads: the inline async driver; scans: aiosqlite's worker thread.
-            self.write_engines: tuple[Engine, Engine] = (create_sqlite_writer(url), create_sqlite_writer(url, durable=False))
-            self._inline_writes = tuple(sessionmaker(engine, class_=Session, expire_on_commit=False)
-                                        for engine in self.write_engines)
+            self.sqlite_writers = (create_sqlite_writer(url), create_sqlite_writer(url, durable=False))
             self.read_engine = create_engine(url)
             self._async_engines = (self.read_engine, create_engine(url, inline=False))
             self._reads = async_sessionmaker(self.read_engine, class_=AsyncSession, expire_on_commit=False)
@@ -191,7 +215,6 @@ class Database:
             self._writers = WriterQueue()
         else:
             durable, lazy = create_engine(url), create_engine(url, durable=False)
-            self.write_engines = (durable.sync_engine, lazy.sync_engine)
             self.read_engine = durable
             self._async_engines = (durable, lazy)
             self._writes = tuple(async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
@@ -208,7 +231,7 @@ class Database:
             async with self._writes[0 if durable else 1]() as session, session.begin():
                 yield session
             return
-        async with self._writers.turn(urgent), write_session(self._inline_writes[0 if durable else 1],
+        async with self._writers.turn(urgent), write_session(self.sqlite_writers[0 if durable else 1],
                                                               SQLITE_BUSY_SECONDS) as inline:
             yield inline
 
@@ -226,9 +249,9 @@ class Database:
     async def dispose(self) -> None:
         for engine in self._async_engines:
             await engine.dispose()
-        if self._writers is not None:  # SQLite's synchronous write engines
-            for write_engine in self.write_engines:
-                write_engine.dispose()
+        if self._writers is not None:  # SQLite's write connections
+            for writer in self.sqlite_writers:
+                writer.close()
 
 
 async def insert_ignore(session: Transaction, table: type[Any], values: dict[str, Any], conflict: list[str]) -> bool:
@@ -261,7 +284,7 @@ async def insert_row(session: Transaction, row: SQLModel) -> Any:
 
 @functools.cache
 def _plain_insert(table: type[Any]) -> Any:
-    return table.__table__.insert().returning(table.__table__.c["id"])
+    return prepared(table.__table__.insert().returning(table.__table__.c["id"]))
 
 
 async def _insert_returning(session: Transaction, table: type[Any], values: dict[str, Any], conflict: list[str],
@@ -281,5 +304,5 @@ def _insert_statement(dialect: str, table: type[Any], conflict: tuple[str, ...],
         from sqlalchemy.dialects.postgresql import insert
     # On the Table, not the model: an ORM-enabled INSERT costs several times more CPU for the same SQL.
     columns = table.__table__.c
-    return (insert(table.__table__).on_conflict_do_nothing(index_elements=list(conflict))
-            .returning(*[columns[name] for name in returning]))
+    return prepared(insert(table.__table__).on_conflict_do_nothing(index_elements=list(conflict))
+                    .returning(*[columns[name] for name in returning]))

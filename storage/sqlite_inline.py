@@ -12,11 +12,13 @@ to finish, or another replica) can hold it. So the connection has no busy timeou
 statement that finds the database locked is retried after an asyncio sleep instead. A failed
 SQLite statement has no effect, so retrying it, even inside a transaction, is safe.
 
-Writes go one step further (``write_session``): a write transaction takes the write lock with its
+Writes go further (``write_session``): a write transaction takes the write lock with its
 ``BEGIN IMMEDIATE`` (awaited as above) and then nothing in it can wait for another connection,
-so its statements run in a plain synchronous SQLModel ``Session``. An ``AsyncSession`` spends
-a greenlet switch and several awaits per statement bridging SQLAlchemy to an async driver:
-about half of a small write transaction's CPU (bench/results/request_path.md).
+so its statements run synchronously on a plain ``sqlite3`` connection: prepared statements
+directly (``storage.sqlite_prepared``), anything else through a SQLModel ``Session`` over that
+connection. An ``AsyncSession`` spends a greenlet switch and several awaits per statement
+bridging SQLAlchemy to an async driver, and SQLAlchemy's execution itself costs several times a
+small statement (bench/results/request_path.md).
 """
 
 from __future__ import annotations
@@ -28,8 +30,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import sessionmaker
 from sqlmodel import Session
+
+from storage.sqlite_prepared import PREPARED, plan_for
 
 SQLITE_BUSY, SQLITE_LOCKED = 5, 6
 FIRST_PAUSE, LONGEST_PAUSE = 0.0005, 0.005
@@ -63,19 +69,53 @@ async def _until_free(step: Callable[[], T], timeout: float) -> T:
         pause = min(pause * 2, LONGEST_PAUSE)
 
 
-class InlineSession:
-    """What Baton's code uses of an ``AsyncSession`` (``exec``, ``get``, ``add``, ``flush``), over a
-    synchronous SQLModel ``Session`` whose transaction already holds SQLite's write lock."""
+class SQLiteWriter:
+    """One of this process's SQLite write connections (durable or not), used by one writer at a time.
 
-    def __init__(self, session: Session) -> None:
-        self.sync_session = session
+    The process's writers take turns (``storage.db.WriterQueue``), so one connection per
+    durability level serves them all. Prepared statements (``storage.sqlite_prepared``) run on
+    the ``sqlite3`` connection itself; anything else (the ORM's ``add``, ``get``, ``flush``, ad-hoc
+    statements) goes through a SQLModel ``Session`` over the same connection, made only when a
+    transaction needs one.
+    """
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], make_engine: Callable[[Callable[[], Any]], Engine]) -> None:
+        self.connection = connect()
+        self.engine = make_engine(lambda: self.connection)
+        with self.engine.connect():  # SQLAlchemy's first-connect set-up ends with a ROLLBACK: not inside a transaction
+            pass
+        self.sessions = sessionmaker(self.engine, class_=Session, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+        self.connection.close()
+
+
+class InlineSession:
+    """What Baton's code uses of an ``AsyncSession`` (``exec``, ``get``, ``add``, ``flush``), in a
+    transaction that already holds SQLite's write lock."""
+
+    def __init__(self, writer: SQLiteWriter) -> None:
+        self._writer = writer
+        self._orm: Session | None = None
 
     @property
     def bind(self) -> Any:
-        return self.sync_session.bind
+        return self._writer.engine
 
-    async def exec(self, statement: Any, **options: Any) -> Any:
-        return self.sync_session.exec(statement, **options)
+    @property
+    def sync_session(self) -> Session:
+        """The ORM session of this transaction, on the same connection (made on first use)."""
+        if self._orm is None:
+            self._orm = self._writer.sessions()
+        return self._orm
+
+    async def exec(self, statement: Any, *, params: dict[str, Any] | None = None, **options: Any) -> Any:
+        if not options and statement.get_execution_options().get(PREPARED):
+            if self._orm is not None and (self._orm.new or self._orm.dirty or self._orm.deleted):
+                self._orm.flush()  # what the ORM's autoflush would do before a statement
+            return plan_for(statement, params).run(self._writer.connection, params)
+        return self.sync_session.exec(statement, params=params, **options)
 
     async def get(self, entity: Any, ident: Any, **options: Any) -> Any:
         return self.sync_session.get(entity, ident, **options)
@@ -84,36 +124,45 @@ class InlineSession:
         self.sync_session.add(instance)
 
     async def flush(self) -> None:
-        self.sync_session.flush()
+        if self._orm is not None:
+            self._orm.flush()
 
+    def _commit(self) -> None:
+        if self._orm is not None:
+            self._orm.commit()  # its flush, then the connection's COMMIT
+        else:
+            self._writer.connection.commit()
 
-def _begun(sessions: Callable[[], Session]) -> Session:
-    """A new session whose transaction has begun (its engine's ``begin`` listener says BEGIN IMMEDIATE)."""
-    session = sessions()
-    try:
-        session.connection()
-    except BaseException:
-        session.close()
-        raise
-    return session
+    def _rollback(self) -> None:
+        if self._orm is not None:
+            self._orm.rollback()
+        if self._writer.connection.in_transaction:
+            self._writer.connection.rollback()
+
+    def _close(self) -> None:
+        if self._orm is not None:
+            self._orm.close()
+            self._orm = None
 
 
 @asynccontextmanager
-async def write_session(sessions: Callable[[], Session], timeout: float) -> AsyncIterator[InlineSession]:
+async def write_session(writer: SQLiteWriter, timeout: float) -> AsyncIterator[InlineSession]:
     """A write transaction on the event loop thread: commits on success, rolls back on error.
 
-    Only taking the write lock is awaited (another connection may hold it); once it is held, the
-    statements and the commit cannot be kept waiting by another connection.
+    Only taking the write lock (``BEGIN IMMEDIATE``) is awaited: another connection may hold it.
+    Once it is held, the statements and the commit cannot be kept waiting by another connection.
     """
-    session = await _until_free(lambda: _begun(sessions), timeout)
+    connection = writer.connection
+    await _until_free(lambda: connection.execute("BEGIN IMMEDIATE"), timeout)
+    session = InlineSession(writer)
     try:
-        yield InlineSession(session)
-        session.commit()
+        yield session
+        session._commit()
     except BaseException:
-        session.rollback()
+        session._rollback()
         raise
     finally:
-        session.close()
+        session._close()
 
 
 class InlineCursor:
