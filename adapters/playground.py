@@ -187,11 +187,16 @@ class PlaygroundAdapter(Adapter):
     # -- delivery: the core's messages become playground messages ---------------------------------
 
     async def send(self, delivery: Delivery) -> str | None:
-        """Store the message and mark its outbox row delivered, in one transaction: exactly once."""
+        """Store the message and mark its outbox row delivered, in one transaction: exactly once.
+
+        The commit does not wait for the disk (``Database.session(durable=False)``): the message and
+        its mark are lost together or kept together, and a lost pair is sent again when the row's
+        claim runs out. (A platform elsewhere needs its mark durable: a lost mark means a double post.)
+        """
         content = delivery.message.model_dump()
         text = delivery.message.plain_text()
         now = utcnow()
-        async with self.baton.db.session() as session:
+        async with self.baton.db.session(durable=False) as session:
             target = await session.get(PlaygroundMessage, int(delivery.target_message_id)) \
                 if delivery.kind == "update" and delivery.target_message_id else None
             if target is not None:

@@ -30,7 +30,7 @@ from bot.routing import DIGEST_COMMAND, RouteError, route, route_to
 from bot.runtime import GraphRuntime, ProgressSink, RunServices, Services
 from bot.settings import Settings
 from storage.db import Transaction, insert_new_id, insert_row, prepared
-from storage.models import Approval, InboundEvent, Run, ThreadRecord, utcnow
+from storage.models import Approval, InboundEvent, Run, ThreadRecord, loaded, utcnow
 
 log = logging.getLogger("baton.orchestrator")
 SWEEP_AFTER_SECONDS = 2.0
@@ -154,7 +154,8 @@ class Orchestrator:
             "status": "pending", "thread_record_id": record_id, "correlation_id": correlation,
             "received_at": utcnow()}
         new_id = await insert_new_id(session, InboundEvent, values, ["platform", "event_id"])
-        return None if new_id is None else InboundEvent(id=new_id, **values)
+        return None if new_id is None else loaded(InboundEvent, {**values, "id": new_id, "outcome": None,
+                                                                  "handled_at": None})
 
     # -- 3. one writer per thread ----------------------------------------------------------------
 
@@ -366,11 +367,12 @@ class Orchestrator:
         user = user or event.user
         input_tokens, output_tokens = usage_of(usage)
         price = self.config.models.prices.get(self.services.model_name or "")
-        run = Run(thread_record_id=record.id, inbound_id=event.id, platform=event.platform,  # type: ignore[arg-type]
-                  channel=event.channel, graph=graph, requested_by=user, input_text=text,
-                  correlation_id=event.correlation_id, status=status,
-                  tokens=(input_tokens + output_tokens) or None, cost=cost_of(price, input_tokens, output_tokens))
-        await insert_row(session, run)
+        run = await insert_row(session, Run, {
+            "thread_record_id": record.id, "inbound_id": event.id, "platform": event.platform, "channel": event.channel,
+            "graph": graph, "status": status, "requested_by": user, "input_text": text,
+            "correlation_id": event.correlation_id, "started_at": utcnow(), "finished_at": None, "waited_seconds": 0.0,
+            "turnaround_ms": None, "error": None, "tokens": (input_tokens + output_tokens) or None,
+            "cost": cost_of(price, input_tokens, output_tokens)})
         await session.exec(_START_THREAD, params={  # type: ignore[call-overload]
             "record_id": record.id, "status": status, "graph": graph, "fingerprint": fingerprint,
             "title": title or graph, "user": user, "now": utcnow()})

@@ -14,7 +14,7 @@ from sqlmodel import select
 
 from bot.messages import Location
 from storage.db import Database, Transaction, insert_new_id, prepared
-from storage.models import InboundEvent, ThreadRecord, new_lg_thread_id, utcnow
+from storage.models import InboundEvent, ThreadRecord, loaded, new_lg_thread_id, utcnow
 
 BUSY = ("running", "waiting")
 
@@ -61,7 +61,8 @@ async def create(session: Transaction, location: Location, lease: tuple[str, dat
               "created_at": now, "updated_at": now, "lease_owner": owner, "lease_until": until}
     new_id = await insert_new_id(session, ThreadRecord, values, ["platform", "workspace", "channel", "thread"])
     if new_id is not None:
-        return ThreadRecord(id=new_id, **values), True
+        return loaded(ThreadRecord, {**values, "id": new_id, "graph": None, "fingerprint": None, "title": None,
+                                     "requested_by": None, "last_result": None, "pruned_at": None}), True
     record = await find(session, location)
     assert record is not None
     return record, False

@@ -15,10 +15,10 @@ from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import StaticPool
-from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage.sqlite_inline import InlineSession, SQLiteWriter, inline_connector, write_session
+from storage.models import M, loaded
 from storage.sqlite_prepared import PREPARED
 
 
@@ -270,16 +270,14 @@ async def insert_returning_id(session: Transaction, table: type[Any], values: di
     return (await session.exec(_plain_insert(table), params=values)).one()[0]  # type: ignore[call-overload]
 
 
-async def insert_row(session: Transaction, row: SQLModel) -> Any:
-    """Insert ``row`` (its defaults applied) in one Core statement, and set its ``id``.
+async def insert_row(session: Transaction, model: type[M], values: dict[str, Any]) -> M:
+    """Insert ``values`` (every column but ``id``) in one Core statement; the row as a ``model`` instance.
 
     For rows written on every request that the caller keeps using as objects (runs): the ORM's unit
-    of work costs several times the statement. ``row`` is not added to the session, so later
-    changes to it are not saved.
+    of work, and even building the instance through ``__init__``, cost several times the statement.
+    The instance belongs to no session, so later changes to it are not saved.
     """
-    values = row.model_dump(exclude={"id"} if row.id is None else None)  # type: ignore[attr-defined]
-    row.id = await insert_returning_id(session, type(row), values)  # type: ignore[attr-defined]
-    return row.id  # type: ignore[attr-defined]
+    return loaded(model, {**values, "id": await insert_returning_id(session, model, values)})
 
 
 @functools.cache

@@ -25,6 +25,8 @@ from sqlalchemy.sql import Select
 from sqlalchemy.sql.dml import UpdateBase
 from sqlmodel.sql.expression import SelectOfScalar
 
+from storage.models import loaded
+
 PREPARED = "baton_prepared"  # the execution option that marks a statement (see ``storage.db.prepared``)
 _DIALECT = SQLiteDialect_pysqlite(paramstyle="named")
 Processor = Callable[[Any], Any]
@@ -102,7 +104,7 @@ class Plan:
             rows = [self._decoded(row) for row in rows]
         if self._entity is not None:
             entity, names = self._entity, self._names
-            return PreparedResult([entity(**dict(zip(names, row))) for row in rows], len(rows))
+            return PreparedResult([loaded(entity, dict(zip(names, row))) for row in rows], len(rows))
         if self._scalar:
             return PreparedResult([row[0] for row in rows], len(rows))
         return PreparedResult(rows, len(rows))
