@@ -154,8 +154,7 @@ class Orchestrator:
             "status": "pending", "thread_record_id": record_id, "correlation_id": correlation,
             "received_at": utcnow()}
         new_id = await insert_new_id(session, InboundEvent, values, ["platform", "event_id"])
-        return None if new_id is None else loaded(InboundEvent, {**values, "id": new_id, "outcome": None,
-                                                                  "handled_at": None})
+        return None if new_id is None else loaded(InboundEvent, {**values, "id": new_id})
 
     # -- 3. one writer per thread ----------------------------------------------------------------
 

@@ -61,8 +61,7 @@ async def create(session: Transaction, location: Location, lease: tuple[str, dat
               "created_at": now, "updated_at": now, "lease_owner": owner, "lease_until": until}
     new_id = await insert_new_id(session, ThreadRecord, values, ["platform", "workspace", "channel", "thread"])
     if new_id is not None:
-        return loaded(ThreadRecord, {**values, "id": new_id, "graph": None, "fingerprint": None, "title": None,
-                                     "requested_by": None, "last_result": None, "pruned_at": None}), True
+        return loaded(ThreadRecord, {**values, "id": new_id}), True
     record = await find(session, location)
     assert record is not None
     return record, False

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint, inspect
+from sqlalchemy.orm import configure_mappers
 from sqlmodel import Field, SQLModel
 
 M = TypeVar("M", bound=SQLModel)
@@ -18,11 +19,14 @@ def utcnow() -> datetime:
 
 
 def loaded(model: type[M], values: dict[str, Any]) -> M:
-    """A ``model`` instance holding ``values`` (every column, as stored), made the way the ORM makes a row
-    it loads: without ``__init__``, whose validation and per-attribute events cost ~60 µs a row. For
-    rows just written or read on the request path; the instance belongs to no session."""
-    instance = inspect(model).class_manager.new_instance()
-    instance.__dict__.update(values)
+    """A ``model`` instance holding ``values`` as stored, made the way the ORM makes a row it loads:
+    without ``__init__``, whose validation and per-attribute events cost ~60 µs a row. For rows just
+    written or read on the request path; a column not in ``values`` was stored as NULL (a prepared
+    INSERT refuses to leave a column with a default out). The instance belongs to no session."""
+    configure_mappers()  # what __init__ would do first; a no-op once the mappers are set up
+    mapper = inspect(model)
+    instance = mapper.class_manager.new_instance()
+    instance.__dict__.update(dict.fromkeys(mapper.columns.keys()), **values)
     return instance
 
 
