@@ -2,10 +2,10 @@
 
 The probes wrap methods of the running objects (``Orchestrator._handle``, ``_finish_run``,
 ``Leases.next_or_release``, ``GraphRuntime.run``, the checkpointer, the effects ledger, the
-adapter's ``send``), time the writers' turn on ``Database``'s writer queue and listen to both
-SQLAlchemy engines (writes start with ``BEGIN IMMEDIATE``, ``Database.read()`` sessions with a
-plain ``BEGIN``); nothing in the project is changed. A probe whose target no longer exists is
-skipped and its rows are shown as "n/a". ``transaction_floor`` measures the least one durable
+adapter's ``send``), time the writers' turn on ``Database``'s writer queue, trace the statements
+of the SQLite write connection (``Database.sqlite_writer``) and listen to the read engine
+(``Database.read()`` sessions begin with a plain ``BEGIN``); nothing in the project is changed.
+A probe whose target no longer exists is skipped and its rows are shown as "n/a". ``transaction_floor`` measures the least one durable
 write costs on the machine, for comparison.
 """
 
@@ -46,6 +46,7 @@ from bot.threads import create as create_thread
 from bot.registry import GraphRegistry
 from bot.settings import Settings
 from storage.checkpointer import open_checkpointer
+from storage import db as storage_db
 from storage.db import Database
 from storage.migrate import upgrade
 from storage.models import ThreadRecord
@@ -246,17 +247,51 @@ class _TimedTurn:
             yield
 
 
-def _probe_db(db: Any, probe: Probe) -> None:
-    durable, lazy = getattr(db, "write_engines", (None, None))
-    _probe_engine(durable, probe, "write", durable=True)
-    _probe_engine(lazy, probe, "write")
-    read_engine = getattr(db, "read_engine", None)
-    if db.is_sqlite and read_engine is not None:  # on PostgreSQL reads share the durable write engine
-        _probe_engine(read_engine, probe, "read")
+def _probe_sqlite_writers(db: Any, probe: Probe) -> Callable[[], None]:
+    """SQLite's write transactions run on the writer's own ``sqlite3`` connection (``storage.sqlite_inline``),
+    not through an engine: count their statements with SQLite's trace callback, and time taking the write
+    lock and count the durable ones by wrapping ``write_session`` where ``Database.session`` looks it up."""
+    writer = getattr(db, "sqlite_writer", None)
+    original = getattr(storage_db, "write_session", None)
+    if writer is None or original is None:
+        return lambda: None
+
+    def trace(statement: str) -> None:
+        words = statement.split(None, 2)
+        first = words[0].upper() if words else ""
+        if first == "BEGIN":
+            probe.add("write_txns", 1)
+        elif first not in ("COMMIT", "ROLLBACK", "PRAGMA"):
+            probe.add("write_statements", 1)
+            probe.add("statements", 1)
+    writer.connection.set_trace_callback(trace)
+
+    @asynccontextmanager
+    async def write_session(writer: Any, timeout: float, durable: bool = True) -> AsyncIterator[Any]:
+        started = time.perf_counter_ns()
+        async with original(writer, timeout, durable) as session:
+            probe.add("write_begin", time.perf_counter_ns() - started)
+            if durable:
+                probe.add("durable_txns", 1)
+            yield session
+
+    storage_db.write_session = write_session  # type: ignore[attr-defined]
+    probe.installed.add("engine")
+
+    def undo() -> None:  # the connections (and their trace callbacks) go with the Baton
+        storage_db.write_session = original  # type: ignore[attr-defined]
+    return undo
+
+
+def _probe_db(db: Any, probe: Probe) -> Callable[[], None]:
+    """The probes on a SQLite ``Database`` (the bench's); returns the undo of what outlives the Baton."""
+    undo = _probe_sqlite_writers(db, probe)
+    _probe_engine(getattr(db, "read_engine", None), probe, "read")
     queue = getattr(db, "_writers", None)
     if queue is not None and hasattr(queue, "turn"):
         db._writers = _TimedTurn(queue, probe)
         probe.installed.add("writer_turn")
+    return undo
 
 
 def _settings(directory: Path) -> Settings:
@@ -268,13 +303,14 @@ def _settings(directory: Path) -> Settings:
 async def baton_breakdown(directory: Path, runs: int, warmup: int) -> tuple[list[dict[str, Any]], set[str]]:
     probe = Probe()
     undo, undo_hops = _probe_ledger(probe), _probe_hops(probe)
+    undo_db: Callable[[], None] = lambda: None
     samples: list[dict[str, Any]] = []
     try:
         async with Baton(_settings(directory)) as baton:
             orchestrator = baton.orchestrator
             assert orchestrator is not None
             playground = next(adapter for adapter in baton.adapters if adapter.name == "playground")
-            _probe_db(baton.db, probe)
+            undo_db = _probe_db(baton.db, probe)
             _probe_checkpointer(getattr(baton.runtime, "checkpointer", None), probe)
             leases = getattr(orchestrator, "leases", None)
             _wrap(orchestrator, "_handle", before=lambda: probe.mark("handling"))
@@ -303,6 +339,7 @@ async def baton_breakdown(directory: Path, runs: int, warmup: int) -> tuple[list
     finally:
         undo()
         undo_hops()
+        undo_db()
     return samples, probe.installed
 
 
@@ -376,6 +413,7 @@ async def isolated_breakdown(directory: Path, runs: int, warmup: int) -> Isolate
     probe = Probe()
     meter = Meter(probe)
     undo_hops = _probe_hops(probe)
+    undo_db: Callable[[], None] = lambda: None
     services = getattr(runtime, "RunServices", None)
     original_ledger = getattr(services, "run_effect_once", None)
 
@@ -421,7 +459,7 @@ async def isolated_breakdown(directory: Path, runs: int, warmup: int) -> Isolate
                     orchestrator._first_work[record_id] = first  # type: ignore[union-attr]
 
             orchestrator._schedule = record_schedule  # type: ignore[method-assign,union-attr]
-            _probe_db(baton.db, probe)
+            undo_db = _probe_db(baton.db, probe)
             leases = getattr(orchestrator, "leases", None)
             for obj, attr, key in [(leases, "take", "take"), (leases, "next_or_release", "next_or_release"),
                                    (orchestrator, "_handle_message", "handle"), (baton.runtime, "run", "run"),
@@ -449,6 +487,7 @@ async def isolated_breakdown(directory: Path, runs: int, warmup: int) -> Isolate
         if original_ledger is not None:
             services.run_effect_once = original_ledger  # type: ignore[union-attr]
         undo_hops()
+        undo_db()
     for request in meter.requests:  # the part of _handle_message before the graph
         parts = [request.get(key) for key in ("handle", "run", "finish")]
         if any(part is None for part in parts):

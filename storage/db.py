@@ -79,8 +79,8 @@ def create_engine(url: str, *, inline: bool = True, durable: bool = True) -> Asy
     return create_async_engine(async_url(url), pool_size=10, max_overflow=10, pool_pre_ping=True)
 
 
-def create_sqlite_writer(url: str, *, durable: bool = True) -> SQLiteWriter:
-    """A SQLite write connection for transactions run on the event loop (``sqlite_inline.write_session``).
+def create_sqlite_writer(url: str) -> SQLiteWriter:
+    """The SQLite write connection for transactions run on the event loop (``sqlite_inline.write_session``).
 
     No busy timeout: taking the write lock is awaited there instead. The connection is in autocommit
     mode; ``write_session`` issues ``BEGIN IMMEDIATE`` itself, and the ORM session made over the
@@ -90,7 +90,7 @@ def create_sqlite_writer(url: str, *, durable: bool = True) -> SQLiteWriter:
 
     def connect() -> sqlite3.Connection:
         connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        _sqlite_pragmas(connection, synchronous="FULL" if durable else "NORMAL", busy_ms=0)
+        _sqlite_pragmas(connection, synchronous="FULL", busy_ms=0)  # each transaction sets its own (SQLiteWriter)
         return connection
 
     def make_engine(creator: Callable[[], Any]) -> Engine:
@@ -205,9 +205,9 @@ class Database:
         self.url = url
         self._writers: WriterQueue | None = None
         if is_sqlite(url):
-            # Writes: synchronous sessions on the event loop (``sqlite_inline.write_session``), durable or
-            # not; reads: the inline async driver; scans: aiosqlite's worker thread.
-            self.sqlite_writers = (create_sqlite_writer(url), create_sqlite_writer(url, durable=False))
+            # Writes: synchronous sessions on the event loop on one connection (``sqlite_inline``), durable
+            # or not; reads: the inline async driver; scans: aiosqlite's worker thread.
+            self.sqlite_writer = create_sqlite_writer(url)
             self.read_engine = create_engine(url)
             self._async_engines = (self.read_engine, create_engine(url, inline=False))
             self._reads = async_sessionmaker(self.read_engine, class_=AsyncSession, expire_on_commit=False)
@@ -231,8 +231,7 @@ class Database:
             async with self._writes[0 if durable else 1]() as session, session.begin():
                 yield session
             return
-        async with self._writers.turn(urgent), write_session(self.sqlite_writers[0 if durable else 1],
-                                                              SQLITE_BUSY_SECONDS) as inline:
+        async with self._writers.turn(urgent), write_session(self.sqlite_writer, SQLITE_BUSY_SECONDS, durable) as inline:
             yield inline
 
     @asynccontextmanager
@@ -249,9 +248,8 @@ class Database:
     async def dispose(self) -> None:
         for engine in self._async_engines:
             await engine.dispose()
-        if self._writers is not None:  # SQLite's write connections
-            for writer in self.sqlite_writers:
-                writer.close()
+        if self._writers is not None:  # SQLite's write connection
+            self.sqlite_writer.close()
 
 
 async def insert_ignore(session: Transaction, table: type[Any], values: dict[str, Any], conflict: list[str]) -> bool:

@@ -70,21 +70,32 @@ async def _until_free(step: Callable[[], T], timeout: float) -> T:
 
 
 class SQLiteWriter:
-    """One of this process's SQLite write connections (durable or not), used by one writer at a time.
+    """This process's SQLite write connection, used by one writer at a time.
 
-    The process's writers take turns (``storage.db.WriterQueue``), so one connection per
-    durability level serves them all. Prepared statements (``storage.sqlite_prepared``) run on
-    the ``sqlite3`` connection itself; anything else (the ORM's ``add``, ``get``, ``flush``, ad-hoc
-    statements) goes through a SQLModel ``Session`` over the same connection, made only when a
-    transaction needs one.
+    The process's writers take turns (``storage.db.WriterQueue``), so one connection serves them
+    all, durable or not: each transaction sets ``synchronous`` before its ``BEGIN`` when it differs
+    from the last one's (SQLite refuses to change it inside a transaction). One connection, not
+    one per durability level: a connection's page cache is dropped whenever another connection
+    has written to the file, and with two writers taking turns every transaction started cold,
+    which made its statements about three times slower. Prepared statements
+    (``storage.sqlite_prepared``) run on the ``sqlite3`` connection itself; anything else (the
+    ORM's ``add``, ``get``, ``flush``, ad-hoc statements) goes through a SQLModel ``Session`` over
+    the same connection, made only when a transaction needs one.
     """
 
     def __init__(self, connect: Callable[[], sqlite3.Connection], make_engine: Callable[[Callable[[], Any]], Engine]) -> None:
         self.connection = connect()
+        self._durable = self.connection.execute("PRAGMA synchronous").fetchone()[0] >= 2  # FULL (2) or EXTRA (3)
         self.engine = make_engine(lambda: self.connection)
         with self.engine.connect():  # SQLAlchemy's first-connect set-up ends with a ROLLBACK: not inside a transaction
             pass
         self.sessions = sessionmaker(self.engine, class_=Session, expire_on_commit=False)
+
+    def durable(self, durable: bool) -> None:
+        """Whether the next transaction's commit waits for the disk (FULL) or not (NORMAL); outside a transaction."""
+        if durable != self._durable:
+            self.connection.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._durable = durable
 
     def close(self) -> None:
         self.engine.dispose()
@@ -146,13 +157,15 @@ class InlineSession:
 
 
 @asynccontextmanager
-async def write_session(writer: SQLiteWriter, timeout: float) -> AsyncIterator[InlineSession]:
+async def write_session(writer: SQLiteWriter, timeout: float, durable: bool = True) -> AsyncIterator[InlineSession]:
     """A write transaction on the event loop thread: commits on success, rolls back on error.
 
     Only taking the write lock (``BEGIN IMMEDIATE``) is awaited: another connection may hold it.
     Once it is held, the statements and the commit cannot be kept waiting by another connection.
+    ``durable``: the commit waits for the disk (see ``storage.db.Database``).
     """
     connection = writer.connection
+    writer.durable(durable)
     await _until_free(lambda: connection.execute("BEGIN IMMEDIATE"), timeout)
     session = InlineSession(writer)
     try:
