@@ -5,8 +5,8 @@ The probes wrap methods of the running objects (``Orchestrator._handle``, ``_fin
 adapter's ``send``), time the writers' turn on ``Database``'s writer queue, trace the statements
 of the SQLite write connection (``Database.sqlite_writer``) and listen to the read engine
 (``Database.read()`` sessions begin with a plain ``BEGIN``); nothing in the project is changed.
-A probe whose target no longer exists is skipped and its rows are shown as "n/a". ``transaction_floor`` measures the least one durable
-write costs on the machine, for comparison.
+A probe whose target no longer exists is skipped and its rows are shown as "n/a".
+``transaction_floor`` measures the least one durable write costs on the machine, for comparison.
 """
 
 from __future__ import annotations
@@ -247,7 +247,7 @@ class _TimedTurn:
             yield
 
 
-def _probe_sqlite_writers(db: Any, probe: Probe) -> Callable[[], None]:
+def _probe_sqlite_writer(db: Any, probe: Probe) -> Callable[[], None]:
     """SQLite's write transactions run on the writer's own ``sqlite3`` connection (``storage.sqlite_inline``),
     not through an engine: count their statements with SQLite's trace callback, and time taking the write
     lock and count the durable ones by wrapping ``write_session`` where ``Database.session`` looks it up."""
@@ -285,7 +285,7 @@ def _probe_sqlite_writers(db: Any, probe: Probe) -> Callable[[], None]:
 
 def _probe_db(db: Any, probe: Probe) -> Callable[[], None]:
     """The probes on a SQLite ``Database`` (the bench's); returns the undo of what outlives the Baton."""
-    undo = _probe_sqlite_writers(db, probe)
+    undo = _probe_sqlite_writer(db, probe)
     _probe_engine(getattr(db, "read_engine", None), probe, "read")
     queue = getattr(db, "_writers", None)
     if queue is not None and hasattr(queue, "turn"):
