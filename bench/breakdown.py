@@ -74,16 +74,16 @@ SUMS = [
 ]
 WAITS = [
     ("time queued for the writers' turn (Database.session), summed", "writer_wait", "writer_turn"),
-    ("time in BEGIN IMMEDIATE (SQLite write lock, e.g. behind the checkpointer's connection, + thread hop), summed",
-     "write_begin", "engine"),
-    ("time in plain BEGIN (Database.read sessions: thread hop), summed", "read_begin", "read_engine"),
+    ("time taking the write lock (setting synchronous, BEGIN IMMEDIATE: waits only behind another process), summed",
+     "write_begin", "writer"),
+    ("time in plain BEGIN (Database.read sessions), summed", "read_begin", "read_engine"),
 ]
 COUNTS = [
-    ("write transactions (BEGIN IMMEDIATE) per request", "write_txns", "engine"),
-    ("  of which durable (the commit waits for the disk: synchronous=FULL)", "durable_txns", "engine"),
+    ("write transactions (BEGIN IMMEDIATE) per request", "write_txns", "writer"),
+    ("  of which durable (the commit waits for the disk: synchronous=FULL)", "durable_txns", "writer"),
     ("read transactions (plain BEGIN, Database.read) per request, incl. idle outbox polls and the sweeper",
      "read_txns", "read_engine"),
-    ("SQL statements in write transactions per request (without BEGIN)", "write_statements", "engine"),
+    ("SQL statements in write transactions per request (without BEGIN)", "write_statements", "writer"),
     ("SQL statements in read transactions per request (without BEGIN)", "read_statements", "read_engine"),
     ("checkpointer writes (aput + aput_writes) per request", "checkpoint_writes", "checkpointer"),
     ("aiosqlite thread round trips per request (all connections)", "hops", "hops"),
@@ -200,15 +200,14 @@ def _probe_hops(probe: Probe) -> Callable[[], None]:
     return undo
 
 
-def _probe_engine(engine: Any, probe: Probe, kind: str, durable: bool = False) -> None:
-    """Count transactions by their BEGIN (IMMEDIATE: a write, plain: a read), time the BEGIN, count statements.
+def _probe_read_engine(engine: Any, probe: Probe) -> None:
+    """``Database.read()`` sessions: count them by their plain ``BEGIN``, time the BEGIN, count their statements.
 
-    ``kind`` is "write" for the engines behind ``Database.session()`` and "read" for the one behind
-    ``Database.read()``; ``durable`` for the engine whose commits wait for the disk.
+    (Write transactions run on the SQLite writer's own connection: ``_probe_sqlite_writer``.)
     """
     if engine is None:
         return
-    sync_engine = getattr(engine, "sync_engine", engine)  # an AsyncEngine's, or SQLite's synchronous write engines
+    sync_engine = engine.sync_engine
 
     @event.listens_for(sync_engine, "before_cursor_execute")
     def before(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
@@ -216,19 +215,14 @@ def _probe_engine(engine: Any, probe: Probe, kind: str, durable: bool = False) -
 
     @event.listens_for(sync_engine, "after_cursor_execute")
     def after(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        words = statement.split(None, 2)
-        if words and words[0].upper() == "BEGIN":
-            lock = words[1].upper() if len(words) > 1 else "DEFERRED"
-            txn = "write" if lock in ("IMMEDIATE", "EXCLUSIVE") else "read"
-            probe.add(f"{txn}_txns", 1)
-            if durable and txn == "write":
-                probe.add("durable_txns", 1)
-            probe.add(f"{txn}_begin", time.perf_counter_ns() - conn.info.get("bench_started", time.perf_counter_ns()))
+        if statement.split(None, 1)[:1] == ["BEGIN"]:
+            probe.add("read_txns", 1)
+            probe.add("read_begin", time.perf_counter_ns() - conn.info.get("bench_started", time.perf_counter_ns()))
         else:
-            probe.add(f"{kind}_statements", 1)
+            probe.add("read_statements", 1)
             probe.add("statements", 1)
 
-    probe.installed.add("engine" if kind == "write" else "read_engine")
+    probe.installed.add("read_engine")
 
 
 class _TimedTurn:
@@ -276,7 +270,7 @@ def _probe_sqlite_writer(db: Any, probe: Probe) -> Callable[[], None]:
             yield session
 
     storage_db.write_session = write_session  # type: ignore[attr-defined]
-    probe.installed.add("engine")
+    probe.installed.add("writer")
 
     def undo() -> None:  # the connections (and their trace callbacks) go with the Baton
         storage_db.write_session = original  # type: ignore[attr-defined]
@@ -286,7 +280,7 @@ def _probe_sqlite_writer(db: Any, probe: Probe) -> Callable[[], None]:
 def _probe_db(db: Any, probe: Probe) -> Callable[[], None]:
     """The probes on a SQLite ``Database`` (the bench's); returns the undo of what outlives the Baton."""
     undo = _probe_sqlite_writer(db, probe)
-    _probe_engine(getattr(db, "read_engine", None), probe, "read")
+    _probe_read_engine(getattr(db, "read_engine", None), probe)
     queue = getattr(db, "_writers", None)
     if queue is not None and hasattr(queue, "turn"):
         db._writers = _TimedTurn(queue, probe)
@@ -503,7 +497,7 @@ def render_isolated(isolated: Isolated | None) -> str:
     if not isolated:
         return "(n/a: the Baton internals this probe drives have changed)"
     requests, installed = isolated
-    needs = {"write_txns": "engine", "read_txns": "read_engine", "statements": "engine", "hops": "hops"}
+    needs = {"write_txns": "writer", "read_txns": "read_engine", "statements": "writer", "hops": "hops"}
     lines = [("| step (nothing else running) | calls | wall ms p50 | main-thread CPU ms p50 | write txns | read txns | "
               "statements (write + read) | aiosqlite round trips |"), "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for label, key in ISOLATED:

@@ -91,7 +91,7 @@ class SQLiteWriter:
             pass
         self.sessions = sessionmaker(self.engine, class_=Session, expire_on_commit=False)
 
-    def durable(self, durable: bool) -> None:
+    def set_durable(self, durable: bool) -> None:
         """Whether the next transaction's commit waits for the disk (FULL) or not (NORMAL); outside a transaction."""
         if durable != self._durable:
             self.connection.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
@@ -165,7 +165,7 @@ async def write_session(writer: SQLiteWriter, timeout: float, durable: bool = Tr
     ``durable``: the commit waits for the disk (see ``storage.db.Database``).
     """
     connection = writer.connection
-    writer.durable(durable)
+    writer.set_durable(durable)
     await _until_free(lambda: connection.execute("BEGIN IMMEDIATE"), timeout)
     session = InlineSession(writer)
     try:
