@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import secrets
 import uuid
 from datetime import UTC, datetime
@@ -23,11 +24,18 @@ def loaded(model: type[M], values: dict[str, Any]) -> M:
     without ``__init__``, whose validation and per-attribute events cost ~60 µs a row. For rows just
     written or read on the request path; a column not in ``values`` was stored as NULL (a prepared
     INSERT refuses to leave a column with a default out). The instance belongs to no session."""
-    configure_mappers()  # what __init__ would do first; a no-op once the mappers are set up
-    mapper = inspect(model)
-    instance = mapper.class_manager.new_instance()
-    instance.__dict__.update(dict.fromkeys(mapper.columns.keys()), **values)
+    new_instance, columns = _loader(model)
+    instance = new_instance()
+    instance.__dict__.update(columns, **values)
     return instance
+
+
+@functools.cache
+def _loader(model: type[SQLModel]) -> tuple[Any, dict[str, None]]:
+    """``model``'s bare constructor and its columns, all NULL: looked up once (each lookup cost more than the row)."""
+    configure_mappers()  # what __init__ would do first
+    mapper = inspect(model)
+    return mapper.class_manager.new_instance, dict.fromkeys(mapper.columns.keys())
 
 
 def new_token() -> str:
