@@ -73,7 +73,11 @@ def _due_statement(limit: int) -> Any:
         earlier.id < OutboxMessage.id,
         earlier.status.in_(("pending", "sending")),  # type: ignore[attr-defined]
     )
-    return (select(OutboxMessage).where(OutboxMessage.platform == bindparam("platform"), _CLAIMABLE, ~blocked_by_earlier)
+    # The status IN first: with only the OR of ``_CLAIMABLE``, SQLite walked every row the platform ever
+    # sent (through ix_outbox_thread), so an idle poll cost grew with the outbox's whole history.
+    unsent = OutboxMessage.status.in_(("pending", "sending"))  # type: ignore[attr-defined]
+    return (select(OutboxMessage).where(OutboxMessage.platform == bindparam("platform"), unsent, _CLAIMABLE,
+                                        ~blocked_by_earlier)
             .order_by(OutboxMessage.id).limit(limit))  # type: ignore[arg-type]
 
 

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import update
+from sqlalchemy.dialects import sqlite
 from sqlmodel import select
 
 from bot.app import Baton
 from bot.messages import InboundMessage, Location, Message
-from bot.outbox import Outbox
+from bot.outbox import Outbox, _due_statement
 from bot.settings import Settings
-from storage.db import Database
+from storage.db import Database, sqlite_path
+from storage.migrate import upgrade
 from storage.models import OutboxMessage, PlaygroundMessage, utcnow
 
 HERE = Location(platform="playground", workspace="", channel="general", thread="1")
@@ -222,3 +226,15 @@ async def test_a_playground_message_and_its_delivery_mark_are_stored_together_or
             answers = (await session.exec(select(PlaygroundMessage).where(PlaygroundMessage.is_bot))).all()
         assert [str(message.id) for message in answers] == [row.platform_message_id]  # stored once: the failed try left nothing
         assert row.attempts == 2 and separate_marks == []
+
+
+def test_an_idle_poll_looks_up_unsent_rows_by_index_not_every_row_ever_sent(sqlite_url: str) -> None:
+    """The poll runs every half second per platform: walking the outbox's whole history, its cost
+    grew with every message Baton had ever sent (0.85 ms at 5,000 rows)."""
+    upgrade(sqlite_url)
+    due = _due_statement(20).params(platform="playground", now=utcnow())
+    sql = str(due.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
+    with closing(sqlite3.connect(sqlite_path(sqlite_url))) as connection:
+        outer = [detail for _id, parent, _unused, detail in connection.execute(f"EXPLAIN QUERY PLAN {sql}")
+                 if parent == 0]
+    assert outer[0].startswith("SEARCH outbox USING INDEX ix_outbox_due (platform=? AND status=?)"), outer
