@@ -36,7 +36,7 @@ def run() -> None:
     """Start Baton: the HTTP server, the adapters, and the background loops."""
     import uvicorn
 
-    from bot.server import create_app
+    from bot.server import EVENT_LOOP, create_app
 
     settings, config = _settings_and_config()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -49,7 +49,7 @@ def run() -> None:
     typer.echo(f"Baton is starting with: {names}")
     if "playground" in names:
         typer.echo(f"Playground: {settings.base_url}/")
-    uvicorn.run(web, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    uvicorn.run(web, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), loop=EVENT_LOOP)
 
 
 @app.command()

@@ -306,7 +306,9 @@ def test_slack_and_discord_in_one_process_share_one_database(fake_discord, fake_
     slack = fake_slack
     env = {**slack.env(), **fake_discord.env(), "BATON_ADAPTERS": "slack,discord"}
     baton = start_baton(sqlite_url, env=env)
-    assert httpx.get(f"{baton.url}/healthz").json()["adapters"] == ["discord", "slack"]
+    health = httpx.get(f"{baton.url}/healthz").json()
+    assert health["adapters"] == ["discord", "slack"]
+    assert health["event_loop"] == "asyncio"  # not uvloop: its fork() per runbook command stalls the process
     wait_for(lambda: fake_discord.sessions == 1, what="the gateway session")
     sender = SlackSender(baton.url)
     event = sender.mention("run uptime", user="U0ALICE001")
