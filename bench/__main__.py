@@ -14,6 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from bench.request_path import COMMAND, Result, combined, cpu_count, measure, run_command_only
+from bot.server import EVENT_LOOP
 
 GOAL = 0.25  # Baton may add at most 25% over bare LangGraph
 RESULTS = Path(__file__).parent / "results" / "request_path.md"
@@ -67,6 +68,8 @@ def environment(load_before: str) -> list[str]:
         f"- Machine: {cpu_count()} CPU cores available ({_cpu_model()}), {platform.system()} {platform.release()}",
         f"- Python {platform.python_version()} ({sys.implementation.name}), SQLite {sqlite3.sqlite_version}",
         f"- {packages}",
+        f"- Event loop: {type(asyncio.get_running_loop()).__module__.split('.')[0]}, the one `baton run` serves on "
+        f"(`bot.server.EVENT_LOOP` = {EVENT_LOOP!r}; uvloop's fork() per command made both sides 2.4 times slower)",
         (f"- Load average (1 min) before / after the run: {load_before} / {_load()} "
          "(other work on the machine skews the numbers; compare runs made under the same load)"),
     ]
