@@ -18,7 +18,8 @@ from bot.settings import Settings
 # installs it). uvloop starts a subprocess with libuv's fork(), which holds the GIL, and so the
 # whole process, until the child execs; it costs more the larger the process is. Here one
 # runbook command (/bin/true) took 7.2 ms on uvloop inside Baton's process against 0.9 ms on
-# asyncio's loop (posix_spawn/vfork), and bench/request_path.py ran 2.4 times slower on uvloop.
+# asyncio's loop (Python's own subprocess, vfork where it can), and bench/request_path.py ran
+# 2.4 times slower on uvloop.
 EVENT_LOOP = "asyncio"
 
 
