@@ -68,11 +68,15 @@ def environment(load_before: str) -> list[str]:
         f"- Machine: {cpu_count()} CPU cores available ({_cpu_model()}), {platform.system()} {platform.release()}",
         f"- Python {platform.python_version()} ({sys.implementation.name}), SQLite {sqlite3.sqlite_version}",
         f"- {packages}",
-        f"- Event loop: {type(asyncio.get_running_loop()).__module__.split('.')[0]}, the one `baton run` serves on "
-        f"(`bot.server.EVENT_LOOP` = {EVENT_LOOP!r}; uvloop's fork() per command made both sides 2.4 times slower)",
         (f"- Load average (1 min) before / after the run: {load_before} / {_load()} "
          "(other work on the machine skews the numbers; compare runs made under the same load)"),
     ]
+
+
+def event_loop() -> str:
+    """The loop this benchmark runs on (call it inside that loop)."""
+    return (f"- Event loop: {type(asyncio.get_running_loop()).__module__.split('.')[0]}, the one `baton run` serves on "
+            f"(`bot.server.EVENT_LOOP` = {EVENT_LOOP!r}; uvloop's fork() per command made both sides 2.4 times slower)")
 
 
 def table(results: list[Result]) -> list[str]:
@@ -142,6 +146,7 @@ async def run(args: argparse.Namespace) -> str:
          "Overhead: Baton / bare - 1 (throughput: bare runs/s / Baton runs/s - 1, i.e. extra wall time per run)."),
         "",
         *environment(load_before),
+        event_loop(),
         "",
         *table(results),
         "",
