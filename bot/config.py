@@ -60,18 +60,20 @@ class Runbook(BaseModel):
         return self
 
     def validate_args(self, given: dict[str, str]) -> dict[str, str]:
-        """Return the full argument set, or raise ``ValueError`` with a message fit for chat."""
-        unknown = sorted(set(given) - set(self.args))
-        if unknown:
-            raise ValueError(f"unknown argument(s): {', '.join(unknown)}; expected: {self.usage_args() or 'none'}")
+        """Return the full argument set, or raise ``ValueError`` naming every problem, fit for chat."""
+        problems = [f"unknown argument `{name}`" for name in sorted(set(given) - set(self.args))]
         values: dict[str, str] = {}
         for name, spec in self.args.items():
             value = given.get(name, spec.default)
             if value is None:
-                raise ValueError(f"missing argument `{name}` ({spec.description or spec.pattern})")
-            if not re.fullmatch(spec.pattern, value):
-                raise ValueError(f"`{name}={value}` does not match the allowed pattern `{spec.pattern}`")
-            values[name] = value
+                problems.append(f"missing argument `{name}` ({spec.description or spec.pattern})")
+            elif not re.fullmatch(spec.pattern, value):
+                allowed = f" ({spec.description})" if spec.description else ""
+                problems.append(f"`{name}={value[:60]}` does not match the allowed pattern `{spec.pattern}`{allowed}")
+            else:
+                values[name] = value
+        if problems:
+            raise ValueError("; ".join(problems))
         return values
 
     def argv(self, values: dict[str, str]) -> list[str]:

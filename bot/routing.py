@@ -89,17 +89,25 @@ def _runbook_route(tokens: list[str], config: BatonConfig, force: bool) -> Route
     if runbook is None:
         raise RouteError(f"I don't know a runbook called `{name[:60]}`. Runbooks: {known}.")
     given: dict[str, str] = {}
+    malformed: list[str] = []
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise RouteError(f"`{pair[:60]}` is not a `key=value` argument. Usage: `run {name} {runbook.usage_args()}`".strip())
-        if key in given:
-            raise RouteError(f"`{key}` is given twice.")
-        given[key] = value
+            malformed.append(f"`{pair[:60]}` is not a `key=value` argument")
+        elif key in given:
+            malformed.append(f"`{key[:60]}` is given twice")
+        else:
+            given[key] = value
+    problems: list[str] = []
+    values: dict[str, str] = {}
     try:
         values = runbook.validate_args(given)
     except ValueError as exc:
-        raise RouteError(f"Runbook `{name}`: {exc}. Nothing was run.") from None
+        problems.append(str(exc))
+    # Every problem at once, the values first: `service=web;rm -rf /` is wrong in more than one way.
+    if problems or malformed:
+        usage = f"`run {name} {runbook.usage_args()}`" if runbook.args else f"`run {name}` (no arguments)"
+        raise RouteError(f"Runbook `{name}`: {'; '.join(problems + malformed)}. Usage: {usage}. Nothing was run.")
     canonical = " ".join(f"{key}={values[key]}" for key in sorted(values))
     return Route(
         RUNBOOK_GRAPH,

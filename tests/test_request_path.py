@@ -140,8 +140,12 @@ def test_argument_failing_its_pattern_is_refused(baton, counter):
     thread = pg.ask("@baton run restart service='web;rm -rf /'")
     reply = pg.wait_reply(thread, "does not match the allowed pattern")
     assert "Nothing was run" in reply["text"] and reply["content"]["tone"] == "warning"
+    # Unquoted, as people type it: the value that fails its pattern is named, not only the stray words.
+    thread = pg.ask("@baton run restart service=web;rm -rf /")
+    reply = pg.wait_reply(thread, "`service=web;rm` does not match the allowed pattern")
+    assert "`-rf` is not a `key=value` argument" in reply["text"] and "Nothing was run" in reply["text"]
     thread = pg.ask("@baton run restart service=web extra=1")
-    pg.wait_reply(thread, "unknown argument(s): extra")
+    pg.wait_reply(thread, "unknown argument `extra`")
     thread = pg.ask("@baton run restart")
     pg.wait_reply(thread, "missing argument `service`")
     assert runs_in(counter) == []

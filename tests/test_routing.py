@@ -31,6 +31,8 @@ def test_run_command_validates_arguments_and_fingerprints_them():
     ("run restart service=web service=api", "`service` is given twice"),
     ("run restart service=db", "does not match the allowed pattern"),
     ("run restart 'service=web;rm -rf /'", "does not match the allowed pattern"),
+    ("run restart service=web;rm -rf /", "`service=web;rm` does not match the allowed pattern"),
+    ("run uptime now=1", "unknown argument `now`. Usage: `run uptime` (no arguments). Nothing was run."),
 ])
 def test_bad_runbook_requests_are_explained(text, message):
     with pytest.raises(RouteError) as error:
