@@ -69,13 +69,16 @@ def threads(limit: int = typer.Option(20, help="How many, newest first.")) -> No
     async def show() -> None:
         database = Database(Settings().database_url)
         try:
-            async with database.session() as session:
+            async with database.read() as session:
                 rows = (await session.exec(select(ThreadRecord).order_by(ThreadRecord.updated_at.desc()).limit(limit))).all()  # type: ignore[attr-defined]
         finally:
             await database.dispose()
-        for row in rows:
-            typer.echo(f"{row.updated_at:%Y-%m-%d %H:%M} {row.platform}/{row.channel}/{row.thread:<10} "
-                       f"{row.status:<8} {row.graph or '-':<10} {row.title or ''}")
+        if not rows:
+            typer.echo("No threads yet.")
+            return
+        _table(["updated (UTC)", "thread", "status", "graph", "request"],
+               [[f"{row.updated_at:%Y-%m-%d %H:%M}", f"{row.platform}/{row.channel}/{row.thread}", row.status,
+                 row.graph or "-", (row.title or "").splitlines()[0][:80] if row.title else ""] for row in rows])
 
     _ready()
     asyncio.run(show())
@@ -88,7 +91,7 @@ def approvals(all_: bool = typer.Option(False, "--all", help="Include decided ap
     async def show() -> None:
         database = Database(Settings().database_url)
         try:
-            async with database.session() as session:
+            async with database.read() as session:
                 query = select(Approval).order_by(Approval.created_at.desc())  # type: ignore[attr-defined]
                 if not all_:
                     query = query.where(Approval.status == "pending")
@@ -97,13 +100,22 @@ def approvals(all_: bool = typer.Option(False, "--all", help="Include decided ap
             await database.dispose()
         if not rows:
             typer.echo("No approvals." if all_ else "Nothing is waiting for approval.")
-        for row in rows:
-            decided = f" by {row.decided_by}" if row.decided_by else ""
-            typer.echo(f"{row.created_at:%Y-%m-%d %H:%M} {row.id} {row.status}{decided} [{row.risk}] "
-                       f"{row.summary.splitlines()[0][:80]} (asked by {row.requested_by}; approvers: {', '.join(row.approvers)})")
+            return
+        _table(["asked (UTC)", "id", "status", "risk", "asked by", "approvers", "what"],
+               [[f"{row.created_at:%Y-%m-%d %H:%M}", row.id,
+                 f"{row.status} by {row.decided_by}" if row.decided_by else row.status, row.risk, row.requested_by,
+                 ", ".join(row.approvers), row.summary.splitlines()[0][:80]] for row in rows])
 
     _ready()
     asyncio.run(show())
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> None:
+    """Print aligned columns under a header (the last column is not padded)."""
+    cells = [headers] + [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[column]) for row in cells) for column in range(len(headers) - 1)]
+    for row in cells:
+        typer.echo("  ".join([cell.ljust(width) for cell, width in zip(row, widths)] + [row[-1]]).rstrip())
 
 
 @db_app.command("upgrade")

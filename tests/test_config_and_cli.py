@@ -58,6 +58,7 @@ def test_cli_lists_graphs_threads_and_approvals(tmp_path, config_path):
     for name in ("help", "status", "runbook", "announce", "run restart"):
         assert name in graphs
     assert "Nothing is waiting" in baton_cli("approvals", cwd=tmp_path, env=env).stdout
+    assert "No threads yet" in baton_cli("threads", cwd=tmp_path, env=env).stdout
 
     server = BatonProcess(env["BATON_DATABASE_URL"], config_path, tmp_path).start()
     try:
@@ -65,9 +66,14 @@ def test_cli_lists_graphs_threads_and_approvals(tmp_path, config_path):
         thread = pg.ask("@baton run restart service=web")
         card = pg.wait_card(thread)
         approvals = baton_cli("approvals", cwd=tmp_path, env=env).stdout
-        assert "pending" in approvals and "Run `restart`" in approvals and "asked by alice" in approvals
-        threads = baton_cli("threads", cwd=tmp_path, env=env).stdout
-        assert f"playground/general/{thread}" in threads and "waiting" in threads
+        header, row = approvals.splitlines()
+        assert header.split() == ["asked", "(UTC)", "id", "status", "risk", "asked", "by", "approvers", "what"]
+        assert "pending" in row and "Run `restart`" in row and "alice" in row
+        header, *rows = baton_cli("threads", cwd=tmp_path, env=env).stdout.splitlines()
+        assert header.startswith("updated (UTC)") and len(rows) == 1
+        assert f"playground/general/{thread}" in rows[0] and "waiting" in rows[0]
+        # The columns line up under the header.
+        assert rows[0].index(f"playground/general/{thread}") == header.index("thread")
         pg.click(card, "bob")
         pg.wait_reply(thread, "did restart web")
         wait_for(lambda: "approved by bob" in baton_cli("approvals", "--all", cwd=tmp_path, env=env).stdout,
