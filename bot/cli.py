@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
 
 import typer
+from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import select
 
 from bot.config import ConfigError, load_config
 from bot.registry import GraphRegistry
 from bot.settings import Settings
-from storage.db import Database
+from storage.db import Database, check_url
 from storage.migrate import autogenerate, upgrade
 from storage.models import Approval, ThreadRecord
 
@@ -22,13 +26,36 @@ db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
 
+def _fail(message: str) -> NoReturn:
+    typer.secho(message, fg="red", err=True)
+    raise typer.Exit(2)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:  # the messages name the setting, never its value (it may be a secret)
+        problems = "\n".join(f"  {'.'.join(str(part) for part in error['loc'])}: {error['msg'].removeprefix('Value error, ')}"
+                             for error in exc.errors())
+        _fail(f"Baton's settings (environment or .env) are not valid:\n{problems}")
+
+
 def _settings_and_config() -> tuple[Settings, Any]:
-    settings = Settings()
+    settings = _settings()
     try:
         return settings, load_config(settings.config_path)
     except ConfigError as exc:
-        typer.secho(f"Baton cannot start: {settings.config_path} is not valid:\n{exc}", fg="red", err=True)
-        raise typer.Exit(2) from None
+        _fail(f"Baton cannot start: {settings.config_path} is not valid:\n{exc}")
+
+
+@contextmanager
+def _database(url: str) -> Iterator[None]:
+    """A database that cannot be reached or opened is one line naming it (without its password)."""
+    try:
+        yield
+    except DBAPIError as exc:
+        reason = (str(exc.orig).strip().splitlines() or ["no reason given"])[0]
+        _fail(f"Baton cannot use the database {check_url(url)}: {reason}")
 
 
 @app.command()
@@ -39,6 +66,7 @@ def run() -> None:
     from bot.server import EVENT_LOOP, create_app
 
     settings, config = _settings_and_config()
+    _ready(settings)  # the migrations, before the server: a database that cannot be used is one clear line
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         web = create_app(settings, config)
@@ -67,7 +95,7 @@ def threads(limit: int = typer.Option(20, help="How many, newest first.")) -> No
     """Show recent thread records: where, which graph, status."""
 
     async def show() -> None:
-        database = Database(Settings().database_url)
+        database = Database(settings.database_url)
         try:
             async with database.read() as session:
                 rows = (await session.exec(select(ThreadRecord).order_by(ThreadRecord.updated_at.desc()).limit(limit))).all()  # type: ignore[attr-defined]
@@ -80,8 +108,10 @@ def threads(limit: int = typer.Option(20, help="How many, newest first.")) -> No
                [[f"{row.updated_at:%Y-%m-%d %H:%M}", f"{row.platform}/{row.channel}/{row.thread}", row.status,
                  row.graph or "-", (row.title or "").splitlines()[0][:80] if row.title else ""] for row in rows])
 
-    _ready()
-    asyncio.run(show())
+    settings = _settings()
+    _ready(settings)
+    with _database(settings.database_url):
+        asyncio.run(show())
 
 
 @app.command()
@@ -89,7 +119,7 @@ def approvals(all_: bool = typer.Option(False, "--all", help="Include decided ap
     """Show approvals waiting for a human (or all of them)."""
 
     async def show() -> None:
-        database = Database(Settings().database_url)
+        database = Database(settings.database_url)
         try:
             async with database.read() as session:
                 query = select(Approval).order_by(Approval.created_at.desc())  # type: ignore[attr-defined]
@@ -106,8 +136,10 @@ def approvals(all_: bool = typer.Option(False, "--all", help="Include decided ap
                  f"{row.status} by {row.decided_by}" if row.decided_by else row.status, row.risk, row.requested_by,
                  ", ".join(row.approvers), row.summary.splitlines()[0][:80]] for row in rows])
 
-    _ready()
-    asyncio.run(show())
+    settings = _settings()
+    _ready(settings)
+    with _database(settings.database_url):
+        asyncio.run(show())
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> None:
@@ -121,19 +153,24 @@ def _table(headers: list[str], rows: list[list[Any]]) -> None:
 @db_app.command("upgrade")
 def db_upgrade(revision: str = typer.Argument("head")) -> None:
     """Apply the database migrations (also done automatically by `baton run`)."""
-    upgrade(Settings().database_url, revision)
+    settings = _settings()
+    with _database(settings.database_url):
+        upgrade(settings.database_url, revision)
     typer.echo("Database is up to date.")
 
 
 @db_app.command("revision")
 def db_revision(message: str = typer.Argument(..., help="What the migration changes.")) -> None:
     """For developers: write a migration from the difference between the models and the database."""
-    upgrade(Settings().database_url)
-    autogenerate(Settings().database_url, message)
+    settings = _settings()
+    _ready(settings)
+    with _database(settings.database_url):
+        autogenerate(settings.database_url, message)
 
 
-def _ready() -> None:
-    upgrade(Settings().database_url)
+def _ready(settings: Settings) -> None:
+    with _database(settings.database_url):
+        upgrade(settings.database_url)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from storage.db import check_url
 
 
 class Settings(BaseSettings):
@@ -15,13 +17,13 @@ class Settings(BaseSettings):
 
     database_url: str = Field("sqlite:///baton.db", alias="BATON_DATABASE_URL")
     host: str = Field("127.0.0.1", alias="BATON_HOST")
-    port: int = Field(8000, alias="BATON_PORT")
+    port: int = Field(8000, ge=0, le=65535, alias="BATON_PORT")
     config_path: Path = Field(Path("baton.yaml"), alias="BATON_CONFIG")
     public_url: str | None = Field(None, alias="BATON_PUBLIC_URL")
-    dedupe_window_seconds: int = Field(600, alias="BATON_DEDUPE_WINDOW_SECONDS")
-    max_message_chars: int = Field(4000, alias="BATON_MAX_MESSAGE_CHARS")
-    checkpoint_retention_hours: float = Field(72.0, alias="BATON_CHECKPOINT_RETENTION_HOURS")
-    lease_seconds: float = Field(30.0, alias="BATON_LEASE_SECONDS")
+    dedupe_window_seconds: int = Field(600, ge=0, alias="BATON_DEDUPE_WINDOW_SECONDS")
+    max_message_chars: int = Field(4000, ge=1, alias="BATON_MAX_MESSAGE_CHARS")
+    checkpoint_retention_hours: float = Field(72.0, gt=0, alias="BATON_CHECKPOINT_RETENTION_HOURS")
+    lease_seconds: float = Field(30.0, gt=0, alias="BATON_LEASE_SECONDS")
     max_draining_threads: int = Field(16, ge=1, alias="BATON_MAX_DRAINING_THREADS")
     instance_name: str | None = Field(None, alias="BATON_INSTANCE_NAME")
     adapters: str | None = Field(None, alias="BATON_ADAPTERS")
@@ -30,8 +32,8 @@ class Settings(BaseSettings):
     # or "python:package.module:factory" for a model class of your own. The provider's own key
     # variable (OPENAI_API_KEY, ANTHROPIC_API_KEY, ...) is read by its LangChain package.
     model: str | None = Field(None, alias="BATON_MODEL")
-    model_timeout_seconds: float = Field(60.0, alias="BATON_MODEL_TIMEOUT_SECONDS")
-    model_retries: int = Field(2, alias="BATON_MODEL_RETRIES")
+    model_timeout_seconds: float = Field(60.0, gt=0, alias="BATON_MODEL_TIMEOUT_SECONDS")
+    model_retries: int = Field(2, ge=0, alias="BATON_MODEL_RETRIES")
     # Slack (adapters/slack.py). Secrets are SecretStr: they print as '**********'.
     slack_bot_token: SecretStr | None = Field(None, alias="SLACK_BOT_TOKEN")
     slack_signing_secret: SecretStr | None = Field(None, alias="SLACK_SIGNING_SECRET")
@@ -43,6 +45,12 @@ class Settings(BaseSettings):
     discord_api_url: str | None = Field(None, alias="DISCORD_API_URL")
     discord_gateway_url: str | None = Field(None, alias="DISCORD_GATEWAY_URL")
     discord_guild_id: int | None = Field(None, alias="DISCORD_GUILD_ID")  # /baton in this server only, at once
+
+    @field_validator("database_url")
+    @classmethod
+    def _usable_database(cls, url: str) -> str:
+        check_url(url)
+        return url
 
     @property
     def base_url(self) -> str:

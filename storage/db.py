@@ -12,7 +12,8 @@ from typing import Any
 
 from sqlalchemy import Engine, event
 from sqlalchemy import create_engine as create_sync_engine
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import StaticPool
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -26,22 +27,38 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+def _parsed(url: str) -> URL:
+    """``url`` parsed, ``postgres://`` read as ``postgresql://``; ``ValueError`` (without the URL, which
+    may hold a password) for anything Baton cannot use."""
+    try:
+        parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+    except ArgumentError:
+        raise ValueError("not a database URL: use sqlite:///path/to/baton.db or postgresql://user:password@host/db") from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ValueError(f"unsupported database '{parsed.drivername}': use sqlite:///path/to/baton.db or "
+                         "postgresql://user:password@host/db")
+    if parsed.get_backend_name() == "sqlite":
+        sqlite_path(url)
+    return parsed
+
+
+def check_url(url: str) -> str:
+    """Raise ``ValueError`` for a database URL Baton cannot use; return it as it may be shown (no password)."""
+    return _parsed(url).render_as_string(hide_password=True)
+
+
 def async_url(url: str) -> str:
     """``sqlite:///x`` -> aiosqlite, ``postgresql://`` -> psycopg (async)."""
-    parsed = make_url(url.replace("postgres://", "postgresql://", 1))
-    if parsed.get_backend_name() == "sqlite":
-        return parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
-    if parsed.get_backend_name() == "postgresql":
-        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-    raise ValueError(f"unsupported database URL scheme '{parsed.drivername}': use sqlite:/// or postgresql://")
+    parsed = _parsed(url)
+    driver = "sqlite+aiosqlite" if parsed.get_backend_name() == "sqlite" else "postgresql+psycopg"
+    return parsed.set(drivername=driver).render_as_string(hide_password=False)
 
 
 def sync_url(url: str) -> str:
     """The same database through a synchronous driver (Alembic)."""
-    parsed = make_url(url.replace("postgres://", "postgresql://", 1))
-    if parsed.get_backend_name() == "sqlite":
-        return parsed.set(drivername="sqlite").render_as_string(hide_password=False)
-    return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    parsed = _parsed(url)
+    driver = "sqlite" if parsed.get_backend_name() == "sqlite" else "postgresql+psycopg"
+    return parsed.set(drivername=driver).render_as_string(hide_password=False)
 
 
 def sqlite_path(url: str) -> str:

@@ -50,6 +50,30 @@ def test_baton_run_refuses_an_invalid_config(tmp_path):
     assert not (tmp_path / "b.db").exists()
 
 
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"BATON_PORT": "eighty"}, "BATON_PORT: Input should be a valid integer"),
+    ({"BATON_LEASE_SECONDS": "0"}, "BATON_LEASE_SECONDS: Input should be greater than 0"),
+    ({"BATON_DATABASE_URL": "mysql://root:hunter2@db/baton"}, "BATON_DATABASE_URL: unsupported database 'mysql'"),
+    ({"BATON_DATABASE_URL": "sqlite://"}, "BATON_DATABASE_URL: Baton needs a SQLite file"),
+])
+def test_invalid_settings_are_named_without_their_values(tmp_path, config_path, env, expected):
+    for command in (["run"], ["threads"], ["db", "upgrade"]):
+        result = baton_cli(*command, cwd=tmp_path, env={"BATON_CONFIG": str(config_path), **env})
+        assert result.returncode == 2 and expected in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and "hunter2" not in result.stderr
+    assert not list(tmp_path.glob("*.db"))  # no database was made
+
+
+def test_a_database_that_cannot_be_reached_is_one_line_without_its_password(tmp_path, config_path):
+    unreachable = "postgresql://baton:hunter2@127.0.0.1:1/baton"  # port 1: nothing listens there
+    for command in (["run"], ["approvals"]):
+        result = baton_cli(*command, cwd=tmp_path, env={"BATON_CONFIG": str(config_path),
+                                                         "BATON_DATABASE_URL": unreachable})
+        assert result.returncode == 2, result.stderr
+        assert "Baton cannot use the database postgresql://baton:***@127.0.0.1:1/baton: " in result.stderr
+        assert "Traceback" not in result.stderr and "hunter2" not in result.stderr
+
+
 def test_cli_lists_graphs_threads_and_approvals(tmp_path, config_path):
     env = {"BATON_CONFIG": str(config_path), "BATON_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
     upgrade = baton_cli("db", "upgrade", cwd=tmp_path, env=env)
