@@ -33,6 +33,7 @@ import math
 import multiprocessing
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -438,6 +439,10 @@ def main(argv: list[str] | None = None) -> int:
         port, api_url, directory = args.serve_naive
         serve_naive(int(port), api_url, Path(directory))
         return 0
+    # Stopped with SIGTERM (kill, a CI timeout), the servers it started are stopped too: the
+    # ``finally`` blocks run only for an exception, and a naive server left behind with thousands of
+    # listener runs still going keeps a core busy for minutes.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     load_before = _load()
     args.slack_priority = give_slack_priority()
     sides = []
