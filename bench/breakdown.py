@@ -47,7 +47,7 @@ from bot.registry import GraphRegistry
 from bot.settings import Settings
 from storage.checkpointer import open_checkpointer
 from storage import db as storage_db
-from storage.db import Database
+from storage.db import Database, prepared
 from storage.migrate import upgrade
 from storage.models import ThreadRecord
 
@@ -602,13 +602,14 @@ def render(baton: tuple[list[dict[str, Any]], set[str]], bare: tuple[list[dict[s
 
 
 async def transaction_floor(directory: Path, runs: int) -> str:
-    """The least one write costs here: a write transaction of one prebuilt Core statement, durable and not,
+    """The least one write costs here: a write transaction of one prepared Core statement, durable and not,
     and the same statement through Python's ``sqlite3`` alone (what the data layer adds)."""
     url = f"sqlite:///{directory / 'floor.db'}"
     upgrade(url)
     db = Database(url)
     table = ThreadRecord.__table__  # type: ignore[attr-defined]
-    touch = update(table).where(table.c.id == bindparam("record_id")).values(status=bindparam("status"))
+    # Prepared, as the request path's statements are (storage.sqlite_prepared), not through the ORM session.
+    touch = prepared(update(table).where(table.c.id == bindparam("record_id")).values(status=bindparam("status")))
     floors: dict[str, tuple[float, float]] = {}
     try:
         async with db.session() as session:
@@ -637,7 +638,7 @@ async def transaction_floor(directory: Path, runs: int) -> str:
             if number >= 20:
                 walls.append(time.perf_counter_ns() - started)
     durable, lazy = floors["durable"], floors["lazy"]
-    return (f"The floor of one write here (p50 of {runs}): a write transaction of one prebuilt Core statement through "
+    return (f"The floor of one write here (p50 of {runs}): a write transaction of one prepared Core statement through "
             f"`Database.session()` takes {durable[0]:.2f} ms wall / {durable[1]:.2f} ms CPU durable (SQLite "
             f"synchronous=FULL: the commit waits for the disk) and {lazy[0]:.2f} / {lazy[1]:.2f} ms not durable "
             f"(synchronous=NORMAL); the same durable write through Python's `sqlite3` alone takes "
