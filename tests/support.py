@@ -260,6 +260,8 @@ def write_config(directory: Path, counter: Path, approvers: list[str] | None = N
     python = sys.executable
     long_script = f"for i in range({LONG_LINES}): print('line %05d ' % i + 'x' * 40)"
     script = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n'); print('did', sys.argv[2])"
+    hang_script = ("import subprocess, sys, time; child = subprocess.Popen(['sleep', '60']); "
+                   "open(sys.argv[1], 'w').write(str(child.pid)); print('waiting', flush=True); time.sleep(60)")
     config = directory / "baton.yaml"
     config.write_text(f"""
 approvers: {json.dumps(approvers or ["alice", "bob"])}
@@ -289,6 +291,24 @@ runbooks:
   long:
     description: Prints a lot.
     command: [{python!r}, "-c", {long_script!r}]
+    risk: low
+    timeout: 10
+  fails:
+    description: Exits with status 3.
+    command: [{python!r}, "-c", "import sys; print('disk full'); sys.exit(3)"]
+    risk: low
+    timeout: 10
+  hang:
+    description: Starts a child that outlives it, then hangs; the child's pid goes to {{pidfile}}.
+    command: [{python!r}, "-c", {hang_script!r}, "{{pidfile}}"]
+    args:
+      pidfile:
+        pattern: "^[A-Za-z0-9_./-]+$"
+    risk: low
+    timeout: 1
+  missing:
+    description: A program that is not installed.
+    command: ["/nonexistent/baton-test-tool", "--version"]
     risk: low
     timeout: 10
 """)

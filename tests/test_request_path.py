@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from tests.support import runs_in, wait_for
 
@@ -166,6 +167,31 @@ def test_empty_long_and_unknown_messages_get_polite_answers(baton, counter):
     pg.wait_reply(unbalanced, "Check the quotes")
     assert pg.say("@baton help", channel="nope").status_code == 404
     assert runs_in(counter) == []
+
+
+def test_failing_hanging_and_missing_commands_are_reported_as_failures(baton, tmp_path):
+    pg = baton.client()
+    failed = pg.wait_reply(pg.ask("@baton run fails"), "failed with exit code 3")
+    assert "disk full" in failed["text"] and failed["content"]["tone"] == "error"
+    missing = pg.wait_reply(pg.ask("@baton run missing"), "could not start /nonexistent/baton-test-tool")
+    assert missing["content"]["tone"] == "error"
+    pidfile = tmp_path / "hang.pid"
+    hung = pg.wait_reply(pg.ask(f"@baton run hang pidfile={pidfile}"), "timed out after 1s and was stopped")
+    assert "waiting" in hung["text"] and hung["content"]["tone"] == "error"
+    # The whole process group was stopped, the child the command left behind included.
+    child = int(pidfile.read_text())
+    wait_for(lambda: _gone(child), 10, f"the command's child {child} to be stopped")
+    # Failed runs are recorded as failed, and a failure is not "the same request done recently".
+    again = pg.ask("@baton run fails")
+    pg.wait_reply(again, "failed with exit code 3")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")  # killed, waiting to be reaped by whoever inherited it
 
 
 def test_help_and_status(baton, counter):
