@@ -89,25 +89,23 @@ def _runbook_route(tokens: list[str], config: BatonConfig, force: bool) -> Route
     if runbook is None:
         raise RouteError(f"I don't know a runbook called `{name[:60]}`. Runbooks: {known}.")
     given: dict[str, str] = {}
-    malformed: list[str] = []
+    problems: list[str] = []
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            malformed.append(f"`{pair[:60]}` is not a `key=value` argument")
+            problems.append(f"`{pair[:60]}` is not a `key=value` argument")
         elif key in given:
-            malformed.append(f"`{key[:60]}` is given twice")
+            problems.append(f"`{key[:60]}` is given twice")
         else:
             given[key] = value
-    problems: list[str] = []
     values: dict[str, str] = {}
     try:
         values = runbook.validate_args(given)
     except ValueError as exc:
-        problems.append(str(exc))
-    # Every problem at once, the values first: `service=web;rm -rf /` is wrong in more than one way.
-    if problems or malformed:
+        problems.insert(0, str(exc))  # the values first: `service=web;rm -rf /` is wrong in more than one way
+    if problems:
         usage = f"`run {name} {runbook.usage_args()}`" if runbook.args else f"`run {name}` (no arguments)"
-        raise RouteError(f"Runbook `{name}`: {'; '.join(problems + malformed)}. Usage: {usage}. Nothing was run.")
+        raise RouteError(f"Runbook `{name}`: {'; '.join(problems)}. Usage: {usage}. Nothing was run.")
     canonical = " ".join(f"{key}={values[key]}" for key in sorted(values))
     return Route(
         RUNBOOK_GRAPH,
