@@ -418,7 +418,7 @@ class Orchestrator:
             await self.digests.set_chat_schedule(location, cron, timezone, event.user, event.correlation_id)
             upcoming = schedules.next_fire(cron, timezone, utcnow())
             text = (f"Digest scheduled {schedules.describe(cron, timezone)} in this channel; the next one is at "
-                    f"{replies.when(upcoming) if upcoming else 'never'}.")
+                    f"{replies.when_in(upcoming, timezone)}.")
             return await self._finish_event(event, "digest scheduled", Message.text(text, tone="success"))
         except schedules.ScheduleError as exc:
             return await self._finish_event(event, "rejected input", Message.text(f"{exc} Nothing was changed.", tone="warning"))
@@ -433,7 +433,7 @@ class Orchestrator:
             upcoming = schedules.next_fire(schedule.cron, schedule.timezone, now)
             source = "from baton.yaml" if schedule.source == "config" else f"set by {schedule.created_by}"
             lines.append(f"• {schedules.describe(schedule.cron, schedule.timezone)} ({source}); "
-                         f"next: {replies.when(upcoming) if upcoming else 'never'}")
+                         f"next: {replies.when_in(upcoming, schedule.timezone)}")
         return Message(title="Digests in this channel", parts=[Text(text="\n".join(lines))])
 
     async def _recent_twin(self, session: Transaction, record: ThreadRecord, fingerprint: str) -> ThreadRecord | None:

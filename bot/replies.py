@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+from bot import schedules
 from bot.models import ModelRequired
 from bot.kit import duration
 from bot.messages import ButtonOption, Buttons, Code, Message, Note, Text, ThreadLink
@@ -13,7 +14,20 @@ from storage.models import Approval
 
 
 def when(at: datetime) -> str:
+    """``at`` in UTC; a naive time is taken as UTC already (as the database stores times)."""
+    if at.tzinfo is not None:
+        at = at.astimezone(UTC)
     return at.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def when_in(at: datetime | None, timezone: str) -> str:
+    """A schedule's firing: in UTC, and on the clock of the schedule's own zone when that is another."""
+    if at is None:
+        return "never"
+    if timezone == "UTC":
+        return when(at)
+    local = at.astimezone(schedules.zone(timezone))
+    return f"{when(at)} ({local:%a %H:%M} in {timezone})"
 
 
 def age(since: datetime, now: datetime) -> str:

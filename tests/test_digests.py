@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
+from bot import replies, schedules
 from bot.config import BatonConfig, ConfigError, Digest, load_config
 from bot.digest_stats import collect
 from bot.digests import Digests
@@ -269,3 +270,14 @@ async def test_scheduler_registers_cron_jobs_in_their_time_zone(sqlite_url):
             assert "chat:playground::general" not in scheduler.next_runs()
         finally:
             await scheduler.stop()
+
+
+def test_a_schedules_next_firing_is_shown_in_utc_and_on_its_own_clock():
+    now = datetime(2026, 12, 3, 8, 48, tzinfo=UTC)
+    cron, timezone = schedules.parse_when(["weekly", "fri", "17:00", "Europe/Berlin"])
+    upcoming = schedules.next_fire(cron, timezone, now)
+    assert replies.when_in(upcoming, timezone) == "2026-12-04 16:00:00 UTC (Fri 17:00 in Europe/Berlin)"
+    summer = schedules.next_fire(cron, timezone, datetime(2026, 7, 1, tzinfo=UTC))
+    assert replies.when_in(summer, timezone) == "2026-07-03 15:00:00 UTC (Fri 17:00 in Europe/Berlin)"
+    assert replies.when_in(schedules.next_fire("0 9 * * *", "UTC", now), "UTC") == "2026-12-03 09:00:00 UTC"
+    assert replies.when(datetime(2026, 12, 3, 9, 30)) == "2026-12-03 09:30:00 UTC"  # naive: stored as UTC
