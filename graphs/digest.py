@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypedDict
 from xml.sax.saxutils import escape
 
@@ -102,6 +102,7 @@ def chart(per_day: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _span(start: datetime, end: datetime) -> str:
+    start, end = (at.astimezone(UTC) if at.tzinfo else at for at in (start, end))  # naive: UTC already
     return f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC"
 
 
