@@ -106,7 +106,7 @@ def threads(limit: int = typer.Option(20, help="How many, newest first.")) -> No
             return
         _table(["updated (UTC)", "thread", "status", "graph", "request"],
                [[f"{row.updated_at:%Y-%m-%d %H:%M}", f"{row.platform}/{row.channel}/{row.thread}", row.status,
-                 row.graph or "-", (row.title or "").splitlines()[0][:80] if row.title else ""] for row in rows])
+                 row.graph or "-", row.title.splitlines()[0][:80] if row.title else ""] for row in rows])
 
     settings = _settings()
     _ready(settings)
