@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -143,11 +146,117 @@ class ScriptedFailures:
         return failure
 
 
+class ForkServer:
+    """The session's ``tests.forkserver`` process: ``bot.cli`` children without Python's start-up each time.
+
+    ``BATON_TEST_FORKSERVER=0`` turns it off (every process is then started with ``python -m bot.cli``).
+    """
+
+    _shared: ForkServer | None = None
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self._process = subprocess.Popen([sys.executable, "-m", "tests.forkserver"], cwd=ROOT,
+                                         env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        ready = self._process.stdout.readline().strip()  # type: ignore[union-attr]
+        if ready != "forkserver ready":
+            self._process.kill()
+            raise RuntimeError(f"the fork server did not start (it said {ready!r})")
+        self._talk = threading.Lock()
+
+    @classmethod
+    def shared(cls) -> ForkServer | None:
+        """The fork server, started on first use; ``None`` when turned off."""
+        if os.environ.get("BATON_TEST_FORKSERVER", "1") == "0":
+            return None
+        with cls._lock:
+            if cls._shared is None or cls._shared._process.poll() is not None:
+                cls._shared = cls()
+                atexit.register(cls.stop_shared)
+            return cls._shared
+
+    def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        with self._talk:
+            self._process.stdin.write(json.dumps(request) + "\n")  # type: ignore[union-attr]
+            self._process.stdin.flush()  # type: ignore[union-attr]
+            return dict(json.loads(self._process.stdout.readline()))  # type: ignore[union-attr]
+
+    def spawn(self, args: list[str], *, cwd: Path, env: dict[str, str], stdout: Path,
+              stderr: Path | None = None) -> ForkedProcess:
+        """``python -m bot.cli <args>``, forked; ``stderr`` ``None``: into ``stdout``'s file."""
+        pid = int(self._ask({"spawn": {"args": args, "cwd": str(cwd), "env": env, "stdout": str(stdout),
+                                       "stderr": None if stderr is None else str(stderr)}})["pid"])
+        return ForkedProcess(self, pid)
+
+    def returncode_of(self, pid: int) -> int:
+        return int(self._ask({"wait": pid})["returncode"])
+
+    @classmethod
+    def stop_shared(cls) -> None:
+        if cls._shared is not None:
+            cls._shared._process.stdin.close()  # type: ignore[union-attr]
+            cls._shared._process.wait(10)
+            cls._shared = None
+
+
+class ForkedProcess:
+    """A fork server's child, with the part of ``subprocess.Popen`` the tests use."""
+
+    def __init__(self, server: ForkServer, pid: int) -> None:
+        self._server = server
+        self.pid = pid
+        self._ended = os.pidfd_open(pid)  # readable once the child has ended, though it is not our child
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        return self.wait(0) if self.returncode is None else self.returncode
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        if self.returncode is not None:
+            return self.returncode
+        readable, _, _ = select.select([self._ended], [], [], timeout)
+        if not readable:
+            if timeout:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout)
+            return None
+        self.returncode = self._server.returncode_of(self.pid)
+        os.close(self._ended)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def run_cli(*args: str, cwd: Path, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python -m bot.cli <args>`` to its end (through the fork server when it is on); its output as text."""
+    server = ForkServer.shared()
+    if server is None:
+        return subprocess.run([sys.executable, "-m", "bot.cli", *args], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+    with tempfile.TemporaryDirectory(prefix="baton-cli-") as directory:
+        stdout, stderr = Path(directory) / "stdout", Path(directory) / "stderr"
+        process = server.spawn(list(args), cwd=cwd, env=env, stdout=stdout, stderr=stderr)
+        try:
+            returncode = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+        return subprocess.CompletedProcess(["baton", *args], int(returncode or 0), stdout.read_text(),
+                                           stderr.read_text())
+
+
 class BatonProcess:
     """``baton run`` in its own process, as a user would start it."""
 
     def __init__(self, database_url: str, config: Path, workdir: Path, name: str = "baton",
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, *, exec_: bool = False) -> None:
+        """``exec_``: start it with ``python -m bot.cli run`` even when the fork server is on."""
         self.extra_env = env or {}
         self.database_url = database_url
         self.config = config
@@ -156,16 +265,21 @@ class BatonProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / f"{name}-{self.port}.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: subprocess.Popen[bytes] | ForkedProcess | None = None
+        self.exec_ = exec_
 
     def start(self) -> BatonProcess:
         env = {**os.environ, "BATON_DATABASE_URL": self.database_url, "BATON_CONFIG": str(self.config),
                "BATON_PORT": str(self.port), "BATON_HOST": "127.0.0.1", "BATON_INSTANCE_NAME": f"{self.name}-{self.port}",
                "PYTHONPATH": str(ROOT),  # so BATON_MODEL=python:tests.fake_models:... can be imported
                **self.extra_env}
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], cwd=self.workdir, env=env,
-                                            stdout=log, stderr=subprocess.STDOUT)
+        server = None if self.exec_ else ForkServer.shared()
+        if server is not None:
+            self.process = server.spawn(["run"], cwd=self.workdir, env=env, stdout=self.log)
+        else:
+            with open(self.log, "ab") as log:
+                self.process = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], cwd=self.workdir, env=env,
+                                                stdout=log, stderr=subprocess.STDOUT)
         wait_for(self._healthy, 30, f"{self.name} to answer /healthz (log: {self.log})")
         return self
 

@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 
 from bot.config import ConfigError, load_config
-from tests.support import ROOT, BatonProcess, wait_for
+from tests.support import ROOT, BatonProcess, run_cli, wait_for
 
 
 def baton_cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bot.cli", *args], cwd=cwd, env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=60)
+    return run_cli(*args, cwd=cwd, env={**os.environ, **env})
 
 
 def test_shipped_example_config_is_valid():
@@ -43,8 +42,10 @@ def test_invalid_config_names_the_line(tmp_path, text, expected):
 def test_baton_run_refuses_an_invalid_config(tmp_path):
     path = tmp_path / "baton.yaml"
     path.write_text("approvers: [alice]\nrunbooks:\n  up:\n    description: x\n    command: []\n")
-    result = baton_cli("run", cwd=tmp_path, env={"BATON_CONFIG": str(path),
-                                                 "BATON_DATABASE_URL": f"sqlite:///{tmp_path / 'b.db'}"})
+    # The installed console script itself, started as a user would.
+    result = subprocess.run([str(Path(sys.executable).parent / "baton"), "run"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "BATON_CONFIG": str(path),
+                                                        "BATON_DATABASE_URL": f"sqlite:///{tmp_path / 'b.db'}"})
     assert result.returncode == 2
     assert "line 5: runbooks.up.command" in result.stderr
     assert not (tmp_path / "b.db").exists()
@@ -84,7 +85,7 @@ def test_cli_lists_graphs_threads_and_approvals(tmp_path, config_path):
     assert "Nothing is waiting" in baton_cli("approvals", cwd=tmp_path, env=env).stdout
     assert "No threads yet" in baton_cli("threads", cwd=tmp_path, env=env).stdout
 
-    server = BatonProcess(env["BATON_DATABASE_URL"], config_path, tmp_path).start()
+    server = BatonProcess(env["BATON_DATABASE_URL"], config_path, tmp_path, exec_=True).start()  # `python -m bot.cli run`
     try:
         pg = server.client()
         thread = pg.ask("@baton run restart service=web")

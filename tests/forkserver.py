@@ -1,0 +1,101 @@
+"""A fork server for the tests: ``python -m bot.cli ...`` processes without paying for Python's start each time.
+
+Starting ``baton run`` costs about 3.5 s here, nearly all of it importing LangGraph, SQLAlchemy,
+FastAPI and the adapters' libraries; the suite starts over a hundred. This process imports those
+once, then forks a child per request that runs ``bot.cli`` exactly as ``python -m bot.cli`` would:
+its own process (its own pid, killed by a real signal), the environment, working directory and
+output files it was given, nothing run yet before the fork. It is the idea of multiprocessing's
+``forkserver``, kept here because the children are the CLI, not Python functions.
+
+Protocol (JSON lines on stdin, answers on stdout): ``{"spawn": {...}}`` -> ``{"pid": n}``;
+``{"wait": pid}`` -> ``{"returncode": n}`` once that child has ended (the caller waits on the
+child's pidfd first, so this returns at once). Ends when stdin closes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import sys
+import threading
+from typing import Any, NoReturn
+
+# What ``baton run`` and the CLI import (lazily imported ones included), loaded before any fork.
+import adapters.contract  # noqa: F401
+import adapters.discord_adapter  # noqa: F401
+import adapters.playground  # noqa: F401
+import adapters.slack  # noqa: F401
+import bot.app  # noqa: F401
+import bot.cli
+import bot.server  # noqa: F401
+import uvicorn  # noqa: F401
+
+READY = "forkserver ready"
+
+
+def _child(request: dict[str, Any]) -> NoReturn:
+    """In the forked child: become ``python -m bot.cli <args>`` and never return into the server's loop."""
+    code: Any = 1
+    try:
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        stdin = os.open(os.devnull, os.O_RDONLY)
+        stdout = os.open(request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        stderr = stdout if request.get("stderr") is None else \
+            os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        for source, target in ((stdin, 0), (stdout, 1), (stderr, 2)):
+            os.dup2(source, target)
+        for opened in {stdin, stdout, stderr}:
+            os.close(opened)
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+        sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+        sys.argv = ["baton", *request["args"]]
+        try:
+            bot.cli.app(request["args"], prog_name="baton")
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+            if not isinstance(exit_.code, int) and exit_.code is not None:
+                print(exit_.code, file=sys.stderr)
+    except BaseException:  # noqa: BLE001 - reported in the child's own output, as Python would
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        try:
+            atexit._run_exitfuncs()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code if isinstance(code, int) else 1)
+
+
+def _returncode(status: int) -> int:
+    """As ``subprocess.Popen.returncode``: the exit code, or minus the signal that ended the child."""
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+def main() -> None:
+    if threading.active_count() != 1:  # a fork would copy no other thread but whatever locks they held
+        raise SystemExit(f"forkserver: the imports started threads ({threading.enumerate()}); not forking")
+    answers = sys.stdout
+    print(READY, file=answers, flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        if "spawn" in request:
+            answers.flush()
+            pid = os.fork()
+            if pid == 0:
+                _child(request["spawn"])
+            answer: dict[str, Any] = {"pid": pid}
+        else:
+            _, status = os.waitpid(int(request["wait"]), 0)
+            answer = {"returncode": _returncode(status)}
+        print(json.dumps(answer), file=answers, flush=True)
+
+
+if __name__ == "__main__":
+    main()
