@@ -107,14 +107,14 @@ def create_sqlite_writer(url: str) -> SQLiteWriter:
 
     def connect() -> sqlite3.Connection:
         connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        _sqlite_pragmas(connection, synchronous="FULL", busy_ms=0)  # each transaction sets its own (SQLiteWriter)
+        _sqlite_pragmas(connection, synchronous="NORMAL", busy_ms=0)  # durable writes sync the WAL (SQLiteWriter)
         return connection
 
     def make_engine(creator: Callable[[], Any]) -> Engine:
         # StaticPool: the one connection, never reset on return (that would roll back our transaction).
         return create_sync_engine(sync_url(url), creator=creator, poolclass=StaticPool, pool_reset_on_return=None)
 
-    return SQLiteWriter(connect, make_engine)
+    return SQLiteWriter(connect, make_engine, f"{path}-wal")
 
 
 def _sqlite_pragmas(connection: Any, synchronous: str, busy_ms: int) -> None:
@@ -210,8 +210,8 @@ class Database:
     is for the write a platform waits for (see ``WriterQueue``).
 
     ``durable=False`` is for a write that nothing outside this process sees before a later durable
-    write (the output-commit rule): its commit does not wait for the disk (SQLite
-    ``synchronous=NORMAL`` in WAL mode, PostgreSQL ``synchronous_commit=off``). A process crash
+    write (the output-commit rule): its commit does not wait for the disk (on SQLite no sync of the
+    WAL follows it, see ``SQLiteWriter``; PostgreSQL ``synchronous_commit=off``). A process crash
     loses none of it; a power loss or OS crash can lose it only together with everything written
     after it, since the next durable commit flushes the whole log up to itself. So every write
     that is followed by something the world sees (an acknowledgement, a side effect, a message
@@ -248,8 +248,10 @@ class Database:
             async with self._writes[0 if durable else 1]() as session, session.begin():
                 yield session
             return
-        async with self._writers.turn(urgent), write_session(self.sqlite_writer, SQLITE_BUSY_SECONDS, durable) as inline:
+        async with self._writers.turn(urgent), write_session(self.sqlite_writer, SQLITE_BUSY_SECONDS) as inline:
             yield inline
+        if durable:  # after the turn is passed on: the next writer commits while this one waits for the disk
+            await self.sqlite_writer.synced()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

@@ -24,6 +24,7 @@ small statement (bench/results/request_path.md).
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -70,36 +71,80 @@ async def _until_free(step: Callable[[], T], timeout: float) -> T:
 
 
 class SQLiteWriter:
-    """This process's SQLite write connection, used by one writer at a time.
+    """This process's SQLite write connection, used by one writer at a time, and its syncs of the WAL.
 
     The process's writers take turns (``storage.db.WriterQueue``), so one connection serves them
-    all, durable or not: each transaction sets ``synchronous`` before its ``BEGIN`` when it differs
-    from the last one's (SQLite refuses to change it inside a transaction). One connection, not
-    one per durability level: a connection's page cache is dropped whenever another connection
-    has written to the file, and with two writers taking turns every transaction started cold,
-    which made its statements about three times slower. Prepared statements
-    (``storage.sqlite_prepared``) run on the ``sqlite3`` connection itself; anything else (the
-    ORM's ``add``, ``get``, ``flush``, ad-hoc statements) goes through a SQLModel ``Session`` over
-    the same connection, made only when a transaction needs one.
+    all: one connection, because a connection's page cache is dropped whenever another connection
+    has written to the file, and with two writers taking turns every transaction started cold.
+    Prepared statements (``storage.sqlite_prepared``) run on the ``sqlite3`` connection itself;
+    anything else (the ORM's ``add``, ``get``, ``flush``, ad-hoc statements) goes through a SQLModel
+    ``Session`` over the same connection, made only when a transaction needs one.
+
+    Every commit is ``synchronous=NORMAL``: in WAL mode it writes its frames to the WAL without
+    waiting for the disk. A durable write then awaits ``synced``: one ``fdatasync`` of the WAL,
+    made on the loop's next turn, for every transaction committed before it. That is what
+    ``synchronous=FULL`` does at each commit (in WAL mode FULL is NORMAL plus a sync of the WAL
+    after the commit; a WAL's header and checkpoints are synced by SQLite in both), except that
+    the durable writes of requests in flight together share one sync and the writers' turn is not
+    held while the disk works. The sync runs on the loop's thread, as the commit did: a worker
+    thread's sync cost more than it saved here (README, "Tried and left out").
     """
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection], make_engine: Callable[[Callable[[], Any]], Engine]) -> None:
+    def __init__(self, connect: Callable[[], sqlite3.Connection], make_engine: Callable[[Callable[[], Any]], Engine],
+                 wal_path: str) -> None:
         self.connection = connect()
-        self._durable = self.connection.execute("PRAGMA synchronous").fetchone()[0] >= 2  # FULL (2) or EXTRA (3)
+        self.connection.execute("PRAGMA synchronous=NORMAL")
         self.engine = make_engine(lambda: self.connection)
         with self.engine.connect():  # SQLAlchemy's first-connect set-up ends with a ROLLBACK: not inside a transaction
             pass
         self.sessions = sessionmaker(self.engine, class_=Session, expire_on_commit=False)
+        self._wal_path = wal_path
+        self._wal: int | None = None  # a descriptor of the WAL file, for fdatasync
+        self._waiting: list[asyncio.Future[None]] = []  # durable writes committed, their sync not made yet
+        self.syncs = 0  # WAL syncs made (the bench counts them)
 
-    def set_durable(self, durable: bool) -> None:
-        """Whether the next transaction's commit waits for the disk (FULL) or not (NORMAL); outside a transaction."""
-        if durable != self._durable:
-            self.connection.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-            self._durable = durable
+    async def synced(self) -> None:
+        """Return once everything committed so far is on disk (one sync, shared with whoever asks meanwhile)."""
+        loop = asyncio.get_running_loop()
+        if not self._waiting:
+            loop.call_soon(self._sync_waiting)
+        waiter = loop.create_future()
+        self._waiting.append(waiter)
+        await waiter
+
+    def _sync_waiting(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        try:
+            self.sync_wal()
+        except OSError as exc:
+            for waiter in waiting:
+                if not waiter.done():
+                    waiter.set_exception(OSError(exc.errno, f"syncing the SQLite WAL failed: {exc.strerror}"))
+            return
+        for waiter in waiting:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def sync_wal(self) -> None:
+        """``fdatasync`` the WAL: every transaction committed before this is durable."""
+        try:
+            current = os.stat(self._wal_path)
+        except FileNotFoundError:
+            return  # no WAL: every commit is in the database file, which SQLite synced when it checkpointed
+        if self._wal is not None and os.fstat(self._wal).st_ino != current.st_ino:
+            os.close(self._wal)  # the WAL was made anew (the database's last connection elsewhere closed it)
+            self._wal = None
+        if self._wal is None:
+            self._wal = os.open(self._wal_path, os.O_RDONLY)
+        os.fdatasync(self._wal)
+        self.syncs += 1
 
     def close(self) -> None:
         self.engine.dispose()
         self.connection.close()
+        if self._wal is not None:
+            os.close(self._wal)
+            self._wal = None
 
 
 class InlineSession:
@@ -157,15 +202,15 @@ class InlineSession:
 
 
 @asynccontextmanager
-async def write_session(writer: SQLiteWriter, timeout: float, durable: bool = True) -> AsyncIterator[InlineSession]:
+async def write_session(writer: SQLiteWriter, timeout: float) -> AsyncIterator[InlineSession]:
     """A write transaction on the event loop thread: commits on success, rolls back on error.
 
     Only taking the write lock (``BEGIN IMMEDIATE``) is awaited: another connection may hold it.
     Once it is held, the statements and the commit cannot be kept waiting by another connection.
-    ``durable``: the commit waits for the disk (see ``storage.db.Database``).
+    The commit does not wait for the disk: a durable write awaits ``writer.synced()`` after it
+    (``storage.db.Database.session``, once the next writer may go).
     """
     connection = writer.connection
-    writer.set_durable(durable)
     await _until_free(lambda: connection.execute("BEGIN IMMEDIATE"), timeout)
     session = InlineSession(writer)
     try:

@@ -2,31 +2,73 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import subprocess
 import sys
 import textwrap
+import uuid
 
 from sqlalchemy import text
 from sqlmodel import select
 
 from storage.db import Database
+from storage.migrate import upgrade
 from storage.models import ThreadRecord
 
 
 async def _commit_level(database: Database, durable: bool) -> str:
+    """PostgreSQL: the session's ``synchronous_commit``."""
     async with database.session(durable=durable) as session:
-        if database.is_sqlite:
-            level = (await session.exec(text("PRAGMA synchronous"))).one()[0]  # type: ignore[call-overload]
-            return {1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(level, str(level))
         return str((await session.exec(text("SHOW synchronous_commit"))).one()[0])  # type: ignore[call-overload]
+
+
+async def _wal_syncs(database: Database, *durables: bool) -> int:
+    """SQLite: how many syncs of the WAL the writes (made at once) took."""
+    before = database.sqlite_writer.syncs
+
+    async def write(durable: bool) -> None:
+        async with database.session(durable=durable) as session:
+            session.add(ThreadRecord(platform="p", channel="c", thread=uuid.uuid4().hex, status="idle"))
+
+    await asyncio.gather(*(write(durable) for durable in durables))
+    return database.sqlite_writer.syncs - before
 
 
 async def test_writes_wait_for_the_disk_unless_they_say_nothing_is_seen_before_a_later_durable_write(
         database: Database) -> None:
-    full, lazy = ("FULL", "NORMAL") if database.is_sqlite else ("on", "off")
-    assert await _commit_level(database, durable=True) == full
-    assert await _commit_level(database, durable=False) == lazy
-    assert await _commit_level(database, durable=True) == full  # the lazy setting does not leak into durable writes
+    if not database.is_sqlite:
+        assert await _commit_level(database, durable=True) == "on"
+        assert await _commit_level(database, durable=False) == "off"
+        assert await _commit_level(database, durable=True) == "on"  # the lazy setting does not leak into durable writes
+        return
+    assert await _wal_syncs(database, True) == 1
+    assert await _wal_syncs(database, False) == 0
+    # Durable writes committed together share one sync, and it covers a lazy one committed among them.
+    assert await _wal_syncs(database, True, False, True, True) == 1
+    assert await _wal_syncs(database, True) == 1
+
+
+async def test_a_durable_write_returns_only_after_its_sync(sqlite_url: str, monkeypatch) -> None:
+    """SQLite: nothing may follow a durable write (an acknowledgement, a command) before the disk has it.
+    (PostgreSQL's own commit waits for its WAL flush: synchronous_commit=on, tested above.)"""
+    upgrade(sqlite_url)
+    database = Database(sqlite_url)
+    order: list[str] = []
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        order.append("sync")
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    try:
+        async with database.session() as session:
+            session.add(ThreadRecord(platform="p", channel="c", thread="durable", status="idle"))
+        order.append("returned")
+    finally:
+        await database.dispose()
+    assert order == ["sync", "returned"]
 
 
 async def test_a_write_that_need_not_wait_for_the_disk_survives_the_process_being_killed(database: Database) -> None:
