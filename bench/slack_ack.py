@@ -310,7 +310,7 @@ def measure_baton(args: argparse.Namespace, workdir: Path) -> Side:
     database = workdir / "baton.db"
     env = {"SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET, "SLACK_API_URL": fake.api_url,
            "BATON_ADAPTERS": "slack", "BATON_LOG_LEVEL": "WARNING"}
-    baton = BatonProcess(f"sqlite:///{database}", write_config(workdir), workdir, "baton-bench", env).start()
+    baton = BatonProcess(f"sqlite:///{database}", write_config(workdir), workdir, "baton-bench", env, exec_=True).start()
     assert baton.process is not None
     normal_priority(baton.process.pid)
     try:
