@@ -19,7 +19,7 @@ from bot.registry import GraphRegistry
 from bot.settings import Settings
 from storage.db import Database, check_url
 from storage.migrate import autogenerate, upgrade
-from storage.models import Approval, ThreadRecord
+from storage.models import Approval, InboundEvent, ThreadRecord
 
 app = typer.Typer(help="Baton: chat-ops orchestrator.", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
@@ -99,14 +99,35 @@ def threads(limit: int = typer.Option(20, help="How many, newest first.")) -> No
         try:
             async with database.read() as session:
                 rows = (await session.exec(select(ThreadRecord).order_by(ThreadRecord.updated_at.desc()).limit(limit))).all()  # type: ignore[attr-defined]
+                # A thread that never started a run (its requests were refused or answered at once) is
+                # shown by its latest message and what became of it, not as a blank "idle".
+                unstarted = [row.id for row in rows if not row.graph]
+                latest = (await session.exec(
+                    select(InboundEvent).where(InboundEvent.thread_record_id.in_(unstarted),  # type: ignore[union-attr]
+                                               InboundEvent.kind == "message")
+                    .order_by(InboundEvent.id.desc()))).all() if unstarted else []  # type: ignore[union-attr]
         finally:
             await database.dispose()
         if not rows:
             typer.echo("No threads yet.")
             return
-        _table(["updated (UTC)", "thread", "status", "graph", "request"],
-               [[f"{row.updated_at:%Y-%m-%d %H:%M}", f"{row.platform}/{row.channel}/{row.thread}", row.status,
-                 row.graph or "-", row.title.splitlines()[0][:80] if row.title else ""] for row in rows])
+        last_message: dict[int, InboundEvent] = {}
+        for event in latest:
+            last_message.setdefault(event.thread_record_id, event)  # type: ignore[arg-type]
+
+        def status_and_request(row: ThreadRecord) -> tuple[str, str]:
+            event = last_message.get(row.id) if not row.graph else None  # type: ignore[arg-type]
+            if event is None:
+                return row.status, row.title or ""
+            status = f"answered ({event.outcome})" if event.status == "done" else "queued"
+            return status, event.text.strip()
+
+        table = []
+        for row in rows:
+            status, request = status_and_request(row)
+            table.append([f"{row.updated_at:%Y-%m-%d %H:%M}", f"{row.platform}/{row.channel}/{row.thread}", status,
+                          row.graph or "-", request.splitlines()[0][:80] if request else ""])
+        _table(["updated (UTC)", "thread", "status", "graph", "request"], table)
 
     settings = _settings()
     _ready(settings)

@@ -103,6 +103,13 @@ def test_cli_lists_graphs_threads_and_approvals(tmp_path, config_path):
         pg.wait_reply(thread, "did restart web")
         wait_for(lambda: "approved by bob" in baton_cli("approvals", "--all", cwd=tmp_path, env=env).stdout,
                  what="the decided approval in `baton approvals --all`")
+        # A thread whose only request was refused says so, with the request, instead of a blank "idle".
+        refused = pg.ask("@baton run restart service=web;rm")
+        pg.wait_reply(refused, "Nothing was run")
+        rows = baton_cli("threads", cwd=tmp_path, env=env).stdout.splitlines()[1:]
+        row = next(row for row in rows if f"playground/general/{refused}" in row)
+        assert "answered (rejected input)" in row and "run restart service=web;rm" in row, row
+        assert any(f"playground/general/{thread}" in row and " done " in row for row in rows), rows
     finally:
         server.stop()
 
