@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +154,7 @@ class ForkServer:
     """
 
     _shared: ForkServer | None = None
+    _unavailable = False
     _lock = threading.Lock()
 
     def __init__(self) -> None:
@@ -162,6 +164,7 @@ class ForkServer:
         ready = self._process.stdout.readline().strip()  # type: ignore[union-attr]
         if ready != "forkserver ready":
             self._process.kill()
+            self._process.wait()
             raise RuntimeError(f"the fork server did not start (it said {ready!r})")
         self._talk = threading.Lock()
 
@@ -171,8 +174,15 @@ class ForkServer:
         if os.environ.get("BATON_TEST_FORKSERVER", "1") == "0":
             return None
         with cls._lock:
+            if cls._unavailable:
+                return None
             if cls._shared is None or cls._shared._process.poll() is not None:
-                cls._shared = cls()
+                try:
+                    cls._shared = cls()
+                except RuntimeError as exc:  # e.g. an import started a thread: start processes the plain way
+                    warnings.warn(f"{exc}; every process is started with python -m bot.cli", stacklevel=2)
+                    cls._unavailable = True
+                    return None
                 atexit.register(cls.stop_shared)
             return cls._shared
 
