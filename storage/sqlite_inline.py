@@ -101,12 +101,16 @@ class SQLiteWriter:
         self._wal_path = wal_path
         self._wal: int | None = None  # a descriptor of the WAL file, for fdatasync
         self._waiting: list[asyncio.Future[None]] = []  # durable writes committed, their sync not made yet
+        self._sync_loop: asyncio.AbstractEventLoop | None = None  # where the sync for ``_waiting`` is scheduled
         self.syncs = 0  # WAL syncs made (the bench counts them)
 
     async def synced(self) -> None:
         """Return once everything committed so far is on disk (one sync, shared with whoever asks meanwhile)."""
         loop = asyncio.get_running_loop()
+        if self._waiting and self._sync_loop is not loop:
+            self._waiting = []  # a stopped loop's: their sync will not run, nor will they go on
         if not self._waiting:
+            self._sync_loop = loop
             loop.call_soon(self._sync_waiting)
         waiter = loop.create_future()
         self._waiting.append(waiter)

@@ -90,3 +90,37 @@ async def test_a_write_that_need_not_wait_for_the_disk_survives_the_process_bein
     assert finished.returncode == -9, finished.stderr.decode()
     async with database.read() as session:
         assert (await session.exec(select(ThreadRecord.thread))).all() == ["killed"]
+
+
+def test_a_sync_cut_off_by_a_stopped_loop_does_not_stall_the_next_durable_write(sqlite_url: str) -> None:
+    """A loop that stops between a durable commit and its sync (it never runs the sync) leaves a waiter
+    behind; the next durable write, on another loop, schedules a sync of its own instead of waiting for it."""
+    upgrade(sqlite_url)
+    database = Database(sqlite_url)
+    writer = database.sqlite_writer
+
+    async def write(thread: str) -> None:
+        async with database.session() as session:
+            session.add(ThreadRecord(platform="p", channel="c", thread=thread, status="idle"))
+
+    async def until_waiting() -> None:
+        while not writer._waiting:  # committed; its sync would come next
+            await asyncio.sleep(0)
+
+    stopped = asyncio.new_event_loop()
+    real_call_soon = stopped.call_soon
+
+    def call_soon(callback, *args, **kwargs):  # the loop stops before the sync it was given
+        return None if callback == writer._sync_waiting else real_call_soon(callback, *args, **kwargs)
+
+    stopped.call_soon = call_soon  # type: ignore[method-assign]
+    try:
+        cut_off = stopped.create_task(write("cut off"))
+        stopped.run_until_complete(until_waiting())
+        cut_off.cancel()
+        stopped.run_until_complete(asyncio.gather(cut_off, return_exceptions=True))
+    finally:
+        stopped.close()
+    assert writer._waiting  # left behind: nothing will resolve it
+    asyncio.run(asyncio.wait_for(write("next"), 10))
+    asyncio.run(database.dispose())
