@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 import typer
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
-from sqlmodel import select
+from sqlmodel import func, select
 
 from bot.config import ConfigError, load_config
 from bot.registry import GraphRegistry
@@ -102,18 +102,17 @@ def threads(limit: int = typer.Option(20, help="How many, newest first.")) -> No
                 # A thread that never started a run (its requests were refused or answered at once) is
                 # shown by its latest message and what became of it, not as a blank "idle".
                 unstarted = [row.id for row in rows if not row.graph]
-                latest = (await session.exec(
-                    select(InboundEvent).where(InboundEvent.thread_record_id.in_(unstarted),  # type: ignore[union-attr]
-                                               InboundEvent.kind == "message")
-                    .order_by(InboundEvent.id.desc()))).all() if unstarted else []  # type: ignore[union-attr]
+                newest = select(func.max(InboundEvent.id)).where(
+                    InboundEvent.thread_record_id.in_(unstarted), InboundEvent.kind == "message",  # type: ignore[union-attr]
+                ).group_by(InboundEvent.thread_record_id)
+                latest = (await session.exec(select(InboundEvent).where(
+                    InboundEvent.id.in_(newest)))).all() if unstarted else []  # type: ignore[union-attr]
         finally:
             await database.dispose()
         if not rows:
             typer.echo("No threads yet.")
             return
-        last_message: dict[int, InboundEvent] = {}
-        for event in latest:
-            last_message.setdefault(event.thread_record_id, event)  # type: ignore[arg-type]
+        last_message = {event.thread_record_id: event for event in latest}
 
         def status_and_request(row: ThreadRecord) -> tuple[str, str]:
             event = last_message.get(row.id) if not row.graph else None  # type: ignore[arg-type]
