@@ -115,7 +115,7 @@ def threads(limit: int = typer.Option(20, help="How many, newest first.")) -> No
         last_message = {event.thread_record_id: event for event in latest}
 
         def status_and_request(row: ThreadRecord) -> tuple[str, str]:
-            event = last_message.get(row.id) if not row.graph else None  # type: ignore[arg-type]
+            event = last_message.get(row.id)  # type: ignore[arg-type]  # only threads without a run are in it
             if event is None:
                 return row.status, row.title or ""
             status = f"answered ({event.outcome})" if event.status == "done" else "queued"

@@ -102,7 +102,7 @@ class SQLiteWriter:
         self._wal: int | None = None  # a descriptor of the WAL file, for fdatasync
         self._waiting: list[asyncio.Future[None]] = []  # durable writes committed, their sync not made yet
         self._sync_loop: asyncio.AbstractEventLoop | None = None  # where the sync for ``_waiting`` is scheduled
-        self.syncs = 0  # WAL syncs made (the bench counts them)
+        self.syncs = 0  # WAL syncs made so far (the tests read it)
 
     async def synced(self) -> None:
         """Return once everything committed so far is on disk (one sync, shared with whoever asks meanwhile)."""

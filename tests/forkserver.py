@@ -36,7 +36,7 @@ READY = "forkserver ready"
 
 def _child(request: dict[str, Any]) -> NoReturn:
     """In the forked child: become ``python -m bot.cli <args>`` and never return into the server's loop."""
-    code: Any = 1
+    code = 1
     try:
         os.chdir(request["cwd"])
         os.environ.clear()
@@ -56,9 +56,12 @@ def _child(request: dict[str, Any]) -> NoReturn:
             bot.cli.app(request["args"], prog_name="baton")
             code = 0
         except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-            if not isinstance(exit_.code, int) and exit_.code is not None:
-                print(exit_.code, file=sys.stderr)
+            code = exit_.code
+            if code is None:
+                code = 0
+            elif not isinstance(code, int):  # sys.exit("message"): printed, exit status 1, as Python does
+                print(code, file=sys.stderr)
+                code = 1
     except BaseException:  # noqa: BLE001 - reported in the child's own output, as Python would
         import traceback
 
@@ -70,7 +73,7 @@ def _child(request: dict[str, Any]) -> NoReturn:
             sys.stdout.flush()
             sys.stderr.flush()
         finally:
-            os._exit(code if isinstance(code, int) else 1)
+            os._exit(code)
 
 
 def _returncode(status: int) -> int:
