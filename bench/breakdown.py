@@ -273,9 +273,9 @@ def _probe_sqlite_writer(db: Any, probe: Probe) -> Callable[[], None]:
     probe.installed.add("writer")
     synced, sync_wal = getattr(writer, "synced", None), getattr(writer, "sync_wal", None)
     if synced is not None and sync_wal is not None:
-        async def counted_synced() -> None:  # a durable write waits for the WAL's sync
+        async def counted_synced(within: float = 0.0) -> None:  # a durable write waits for the WAL's sync
             probe.add("durable_txns", 1)
-            await synced()
+            await synced(within)
 
         def counted_sync_wal() -> None:
             probe.add("wal_syncs", 1)

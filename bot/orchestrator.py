@@ -29,7 +29,7 @@ from bot.models import MODEL_ERRORS, ModelFailed, cost_of, usage_of
 from bot.routing import DIGEST_COMMAND, RouteError, route, route_to
 from bot.runtime import GraphRuntime, ProgressSink, RunServices, Services
 from bot.settings import Settings
-from storage.db import Transaction, insert_new_id, insert_row, prepared
+from storage.db import Transaction, insert_new_id, insert_row, prepared, when_committed
 from storage.models import Approval, InboundEvent, Run, ThreadRecord, loaded, utcnow
 
 log = logging.getLogger("baton.orchestrator")
@@ -37,6 +37,10 @@ SWEEP_AFTER_SECONDS = 2.0
 SWEEP_BATCH = 200
 PROGRESS_LINES = 20  # the latest progress lines a run's progress message shows
 CHOOSER = "choose"  # the pseudo-graph of a run that waits for the requester to pick a graph
+# How long the acknowledgement of a message or click may wait for the sync that makes the event durable: long
+# enough for its drain's first durable write (an effect's ledger entry, a card, the reply) to
+# make the one sync for both, short next to a platform's patience (Slack's 3 s).
+ACCEPT_SYNC_WITHIN = 0.010
 
 
 # Statements of every request, built once with bound parameters (building them cost more CPU than running them).
@@ -93,7 +97,7 @@ class Orchestrator:
         """Store the event (unique per platform event id) and queue it on its thread."""
         location = Location(**message.model_dump(include={"platform", "workspace", "channel", "thread"}))
         correlation = uuid.uuid4().hex
-        async with self.db.session(urgent=True) as session:  # the platform waits for this write
+        async with self.db.session(urgent=True, sync_within=ACCEPT_SYNC_WITHIN) as session:  # the platform waits
             record = await threads.find(session, location)
             if record is None and not message.addressed:
                 return Accepted(status="ignored", reason="not addressed to the bot and not in a Baton thread")
@@ -114,16 +118,19 @@ class Orchestrator:
                     correlation_id=correlation)
             await audit.record(session, "request.received", correlation, platform=message.platform,
                                channel=message.channel, thread=message.thread, user=message.user, chars=len(message.text))
+            # The drain starts while the event's commit goes to the disk: everything it shows outside
+            # follows a durable write of its own, which takes the event with it. A new thread's lease
+            # is already ours, and this event is its whole queue: the drain starts with it.
+            when_committed(session, lambda: self._schedule(
+                record.id, first=(event, record) if new_thread else None))  # type: ignore[arg-type]
         if queued:
             self.outbox.wake(message.platform)
-        # A new thread's lease is already ours, and this event is its whole queue: the drain starts with it.
-        self._schedule(record.id, first=(event, record) if new_thread else None)  # type: ignore[arg-type]
         return Accepted(status="accepted", correlation_id=correlation)
 
     async def accept_click(self, click: InboundClick) -> Accepted:
         location = Location(**click.model_dump(include={"platform", "workspace", "channel", "thread"}))
         correlation = uuid.uuid4().hex
-        async with self.db.session(urgent=True) as session:  # the platform waits for this write
+        async with self.db.session(urgent=True, sync_within=ACCEPT_SYNC_WITHIN) as session:  # the platform waits
             approval = await session.get(Approval, click.approval_id)
             record_id = approval.thread_record_id if approval else None
             stored = await self._claim(session, click.platform, click.event_id, "click", location, click.user,
@@ -139,9 +146,9 @@ class Orchestrator:
                     kind="ephemeral", target_user=click.user, correlation_id=correlation)
                 await session.exec(_CLOSE_EVENT, params={  # type: ignore[call-overload]
                     "closed_id": stored.id, "closed_as": "unknown approval", "now": utcnow()})
+            elif record_id is not None:
+                when_committed(session, lambda: self._schedule(record_id))  # as in accept_message
         self.outbox.wake(click.platform)
-        if record_id is not None:
-            self._schedule(record_id)
         return Accepted(status="accepted", correlation_id=correlation)
 
     @staticmethod

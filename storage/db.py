@@ -243,15 +243,20 @@ class Database:
         return is_sqlite(self.url)
 
     @asynccontextmanager
-    async def session(self, *, urgent: bool = False, durable: bool = True) -> AsyncIterator[Transaction]:
+    async def session(self, *, urgent: bool = False, durable: bool = True,
+                      sync_within: float = 0.0) -> AsyncIterator[Transaction]:
+        """A write transaction. ``sync_within`` (SQLite, durable): the caller may wait that many seconds
+        for the sync of the WAL, to share it with the next durable write (see ``when_committed``)."""
         if self._writers is None:
             async with self._writes[0 if durable else 1]() as session, session.begin():
                 yield session
+            _run_committed(session)
             return
         async with self._writers.turn(urgent), write_session(self.sqlite_writer, SQLITE_BUSY_SECONDS) as inline:
             yield inline
+        _run_committed(inline)
         if durable:  # after the turn is passed on: the next writer commits while this one waits for the disk
-            await self.sqlite_writer.synced()
+            await self.sqlite_writer.synced(sync_within)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -269,6 +274,26 @@ class Database:
             await engine.dispose()
         if self._writers is not None:  # SQLite's write connection
             self.sqlite_writer.close()
+
+
+_COMMITTED = "baton_when_committed"
+
+
+def when_committed(session: Transaction, callback: Callable[[], None]) -> None:
+    """Call ``callback`` once ``session`` has committed, before its commit is waited on to reach the disk
+    (never, if it rolls back).
+
+    For work that the committed rows start and that shows nothing outside this process before a
+    durable write of its own, which takes this commit to the disk too (a WAL is written in order):
+    such work need not wait for this commit's sync, and with ``session(sync_within=...)`` that
+    sync can be the one of the work's own first durable write.
+    """
+    session.info.setdefault(_COMMITTED, []).append(callback)
+
+
+def _run_committed(session: Transaction) -> None:
+    for callback in session.info.pop(_COMMITTED, ()):
+        callback()
 
 
 async def insert_ignore(session: Transaction, table: type[Any], values: dict[str, Any], conflict: list[str]) -> bool:

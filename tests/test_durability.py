@@ -8,10 +8,15 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from pathlib import Path
 
 from sqlalchemy import text
 from sqlmodel import select
 
+from bot import orchestrator
+from bot.app import Baton
+from bot.messages import InboundMessage
+from bot.settings import Settings
 from storage.db import Database
 from storage.migrate import upgrade
 from storage.models import ThreadRecord
@@ -124,3 +129,72 @@ def test_a_sync_cut_off_by_a_stopped_loop_does_not_stall_the_next_durable_write(
     assert writer._waiting  # left behind: nothing will resolve it
     asyncio.run(asyncio.wait_for(write("next"), 10))
     asyncio.run(database.dispose())
+
+
+async def test_a_write_may_wait_a_while_to_share_its_sync_with_the_next_durable_write(sqlite_url: str) -> None:
+    """``session(sync_within=...)``: one sync serves it and the next durable write; alone, it is synced in time."""
+    upgrade(sqlite_url)
+    database = Database(sqlite_url)
+    writer = database.sqlite_writer
+
+    async def write(thread: str, sync_within: float = 0.0) -> None:
+        async with database.session(sync_within=sync_within) as session:
+            session.add(ThreadRecord(platform="p", channel="c", thread=thread, status="idle"))
+
+    try:
+        before = writer.syncs
+        patient = asyncio.create_task(write("patient", sync_within=3600))  # would wait an hour alone
+        while not writer._waiting:  # committed, waiting for a sync
+            await asyncio.sleep(0)
+        assert writer.syncs == before and not patient.done()
+        await write("next")
+        await asyncio.wait_for(patient, 10)
+        assert writer.syncs == before + 1
+
+        await asyncio.wait_for(write("alone", sync_within=0.01), 10)  # nobody to share with: synced when due
+        assert writer.syncs == before + 2
+    finally:
+        await database.dispose()
+
+
+async def test_a_request_starts_before_its_event_reaches_the_disk_and_is_acknowledged_only_after(
+        tmp_path: Path, config_path: Path, counter: Path, monkeypatch) -> None:
+    """The drain starts at the event's commit; the acknowledgement waits for a sync made after it; the
+    event's sync is the one the run's first durable write (its effect's ledger entry) makes."""
+    monkeypatch.setattr(orchestrator, "ACCEPT_SYNC_WITHIN", 3600.0)  # no sync of its own: only a shared one
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'd.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground")
+    async with Baton(settings) as baton:
+        writer = baton.db.sqlite_writer
+        order: list[str] = []
+        real_sync_wal, real_drain = writer.sync_wal, baton.orchestrator._drain_now
+
+        def sync_wal() -> None:
+            order.append("sync")
+            real_sync_wal()
+
+        async def drain_now(record_id: int) -> None:
+            order.append("drain")
+            await real_drain(record_id)
+
+        monkeypatch.setattr(writer, "sync_wal", sync_wal)
+        monkeypatch.setattr(baton.orchestrator, "_drain_now", drain_now)
+        accepted = await asyncio.wait_for(baton.accept_message(InboundMessage(
+            platform="playground", channel="general", thread="1", event_id="e1", user="alice", text="run uptime")), 20)
+        order.append("ack")
+        assert accepted.status == "accepted"
+        assert order[:3] == ["drain", "sync", "ack"]  # the ledger's sync before the command: the event's too
+
+        async def replied() -> None:
+            while not await _thread_done(baton, "1"):
+                await baton.outbox.wait("durability-test-never-woken", 0.05)
+
+        await asyncio.wait_for(replied(), 20)
+        assert order.count("sync") == 2  # the request's syncs: the event's with the ledger's, then the reply's
+        assert counter.read_text().splitlines() == ["uptime"]
+
+
+async def _thread_done(baton: Baton, thread: str) -> bool:
+    async with baton.db.read() as session:
+        record = (await session.exec(select(ThreadRecord).where(ThreadRecord.thread == thread))).first()
+    return record is not None and record.status == "done"
