@@ -56,8 +56,9 @@ from storage.models import ThreadRecord
 # transaction when nothing else is queued; the final reply is claimed there and handed straight
 # to the adapter (no outbox claim).
 STEPS = [
-    ("accept_message: thread record (lease held), inbound event, audit (1 write txn)", "start", "accepted"),
-    ("drain task starts (scheduled; no lease to take for a new thread)", "accepted", "handling"),
+    ("accept_message up to its commit: thread record (lease held), inbound event, audit (1 write txn)",
+     "start", "committed"),
+    ("drain task starts (scheduled at that commit; no lease to take for a new thread)", "committed", "handling"),
     ("before the graph: route; duplicate check, Run insert, thread update, audit (1 write txn, not durable)",
      "handling", "graph_start"),
     ("graph run: GraphRuntime.run (LangGraph, checkpointer, effects ledger, command)", "graph_start", "graph_end"),
@@ -273,9 +274,9 @@ def _probe_sqlite_writer(db: Any, probe: Probe) -> Callable[[], None]:
     probe.installed.add("writer")
     synced, sync_wal = getattr(writer, "synced", None), getattr(writer, "sync_wal", None)
     if synced is not None and sync_wal is not None:
-        async def counted_synced(within: float = 0.0) -> None:  # a durable write waits for the WAL's sync
+        async def counted_synced() -> None:  # a durable write waits for the WAL's sync
             probe.add("durable_txns", 1)
-            await synced(within)
+            await synced()
 
         def counted_sync_wal() -> None:
             probe.add("wal_syncs", 1)
@@ -324,6 +325,13 @@ async def baton_breakdown(directory: Path, runs: int, warmup: int) -> tuple[list
             _wrap(baton.runtime, "run", before=lambda: probe.mark("graph_start"),
                   after=lambda _: probe.mark("graph_end"))
             _wrap(orchestrator, "_finish_run", after=lambda _: probe.mark("stored"))
+            schedule = orchestrator._schedule
+
+            def marked_schedule(*args: Any, **kwargs: Any) -> None:  # called at accept_message's commit
+                probe.mark("committed")
+                schedule(*args, **kwargs)
+
+            orchestrator._schedule = marked_schedule  # type: ignore[method-assign]
             watch = ReplyWatch(playground)
 
             async def one_request(number: int) -> int:
@@ -352,7 +360,7 @@ async def baton_breakdown(directory: Path, runs: int, warmup: int) -> tuple[list
 # -- the same steps run back to back, with nothing else running ------------------------------------
 
 ISOLATED = [  # (label, key); keys are measured calls, "before_graph" is derived
-    ("accept_message", "accept"),
+    ("accept_message up to its commit (its acknowledgement then waits for the sync of the WAL)", "accept"),
     ("drain: Leases.take (only when the new thread's lease was not fresh any more)", "take"),
     ("drain: _handle_message before the graph (route; duplicate check, Run insert, thread, audit)",
      "before_graph"),
@@ -458,8 +466,12 @@ async def isolated_breakdown(directory: Path, runs: int, warmup: int) -> Isolate
             await playground.stop()  # no delivery loop: the bench takes the handed-over reply and delivers it
             baton.outbox.attach(playground.name, playground.channel_pace_seconds)
             scheduled: list[int] = []
+            committed = asyncio.Event()
+            accept_started: dict[str, float] = {}  # the meter's snapshot as the request's accept_message starts
 
             def record_schedule(record_id: int, first: Any = None) -> None:
+                meter.add("accept", accept_started, meter.snapshot())  # called at accept_message's commit
+                committed.set()
                 scheduled.append(record_id)  # the bench runs the drain itself
                 if first is not None:  # what _schedule keeps of a new thread's first event
                     orchestrator._first_work[record_id] = first  # type: ignore[union-attr]
@@ -473,13 +485,21 @@ async def isolated_breakdown(directory: Path, runs: int, warmup: int) -> Isolate
                 meter.wrap(obj, attr, key)
             for number in range(warmup + runs):
                 probe.reset()
-                start = meter.snapshot()
-                await meter.measure("accept", baton.accept_message(InboundMessage(
+                committed.clear()
+                start = accept_started = meter.snapshot()
+                # The drain runs as soon as the event is committed (as it does live), the acknowledgement
+                # (after the sync of the WAL) is awaited after it.
+                acknowledged = asyncio.ensure_future(baton.accept_message(InboundMessage(
                     platform="playground", channel=CHANNEL, thread=f"isolated-{number}", user=USER,
                     text=f"run {RUNBOOK} n={number}", addressed=True, event_id=f"isolated-{number}")))
+                commit_seen = asyncio.ensure_future(committed.wait())
+                await asyncio.wait([acknowledged, commit_seen], return_when=asyncio.FIRST_COMPLETED)
+                commit_seen.cancel()
                 if len(scheduled) != 1:
                     raise RuntimeError(f"isolated request {number}: expected one drain to be scheduled, got {scheduled}")
                 await orchestrator.drain(scheduled.pop())  # type: ignore[union-attr]
+                if (await acknowledged).status != "accepted":
+                    raise RuntimeError(f"isolated request {number} was not accepted")
                 deliveries = baton.outbox.handed_over(playground.name)
                 if len(deliveries) != 1 or "finished" not in deliveries[0].message.plain_text():
                     raise RuntimeError(f"isolated request {number}: unexpected outbox rows {deliveries}")
@@ -597,6 +617,9 @@ def render(baton: tuple[list[dict[str, Any]], set[str]], bare: tuple[list[dict[s
     for label, key, needs in SUMS:
         lines.append(_row(label, _summed(samples, key, needs, installed)))
     lines.append(_row("**total: accept -> final reply delivered**", [s["delivered"] - s["start"] for s in samples]))
+    lines.append(_row("(beside the steps) the acknowledgement: accept_message returns once a sync has the event "
+                      "on disk (made as soon as the drain first waits)",
+                      [s["accepted"] - s["start"] for s in samples if "accepted" in s]))
     for label, key, needs in WAITS:
         lines.append(_row(label, _summed(samples, key, needs, installed)))
     for label, key, needs in COUNTS:

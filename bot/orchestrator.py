@@ -37,10 +37,6 @@ SWEEP_AFTER_SECONDS = 2.0
 SWEEP_BATCH = 200
 PROGRESS_LINES = 20  # the latest progress lines a run's progress message shows
 CHOOSER = "choose"  # the pseudo-graph of a run that waits for the requester to pick a graph
-# How long the acknowledgement of a message or click may wait for the sync that makes the event durable: long
-# enough for its drain's first durable write (an effect's ledger entry, a card, the reply) to
-# make the one sync for both, short next to a platform's patience (Slack's 3 s).
-ACCEPT_SYNC_WITHIN = 0.010
 
 
 # Statements of every request, built once with bound parameters (building them cost more CPU than running them).
@@ -97,7 +93,7 @@ class Orchestrator:
         """Store the event (unique per platform event id) and queue it on its thread."""
         location = Location(**message.model_dump(include={"platform", "workspace", "channel", "thread"}))
         correlation = uuid.uuid4().hex
-        async with self.db.session(urgent=True, sync_within=ACCEPT_SYNC_WITHIN) as session:  # the platform waits
+        async with self.db.session(urgent=True) as session:  # the platform waits for this write
             record = await threads.find(session, location)
             if record is None and not message.addressed:
                 return Accepted(status="ignored", reason="not addressed to the bot and not in a Baton thread")
@@ -118,9 +114,9 @@ class Orchestrator:
                     correlation_id=correlation)
             await audit.record(session, "request.received", correlation, platform=message.platform,
                                channel=message.channel, thread=message.thread, user=message.user, chars=len(message.text))
-            # The drain starts while the event's commit goes to the disk: everything it shows outside
-            # follows a durable write of its own, which takes the event with it. A new thread's lease
-            # is already ours, and this event is its whole queue: the drain starts with it.
+            # The drain starts at the commit, the acknowledgement waits for the disk: everything the
+            # drain shows outside follows a durable write of its own, which takes the event with it.
+            # A new thread's lease is already ours, and this event is its whole queue: the drain starts with it.
             when_committed(session, lambda: self._schedule(
                 record.id, first=(event, record) if new_thread else None))  # type: ignore[arg-type]
         if queued:
@@ -130,7 +126,7 @@ class Orchestrator:
     async def accept_click(self, click: InboundClick) -> Accepted:
         location = Location(**click.model_dump(include={"platform", "workspace", "channel", "thread"}))
         correlation = uuid.uuid4().hex
-        async with self.db.session(urgent=True, sync_within=ACCEPT_SYNC_WITHIN) as session:  # the platform waits
+        async with self.db.session(urgent=True) as session:  # the platform waits for this write
             approval = await session.get(Approval, click.approval_id)
             record_id = approval.thread_record_id if approval else None
             stored = await self._claim(session, click.platform, click.event_id, "click", location, click.user,

@@ -243,10 +243,8 @@ class Database:
         return is_sqlite(self.url)
 
     @asynccontextmanager
-    async def session(self, *, urgent: bool = False, durable: bool = True,
-                      sync_within: float = 0.0) -> AsyncIterator[Transaction]:
-        """A write transaction. ``sync_within`` (SQLite, durable): the caller may wait that many seconds
-        for the sync of the WAL, to share it with the next durable write (see ``when_committed``)."""
+    async def session(self, *, urgent: bool = False, durable: bool = True) -> AsyncIterator[Transaction]:
+        """A write transaction; what ``when_committed`` was given runs right after its commit."""
         if self._writers is None:
             async with self._writes[0 if durable else 1]() as session, session.begin():
                 yield session
@@ -256,7 +254,7 @@ class Database:
             yield inline
         _run_committed(inline)
         if durable:  # after the turn is passed on: the next writer commits while this one waits for the disk
-            await self.sqlite_writer.synced(sync_within)
+            await self.sqlite_writer.synced()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -285,8 +283,8 @@ def when_committed(session: Transaction, callback: Callable[[], None]) -> None:
 
     For work that the committed rows start and that shows nothing outside this process before a
     durable write of its own, which takes this commit to the disk too (a WAL is written in order):
-    such work need not wait for this commit's sync, and with ``session(sync_within=...)`` that
-    sync can be the one of the work's own first durable write.
+    such work need not wait for this commit's sync. On SQLite it starts before the sync, which the
+    event loop makes once that work first waits (e.g. for the checkpointer's thread).
     """
     session.info.setdefault(_COMMITTED, []).append(callback)
 

@@ -102,42 +102,22 @@ class SQLiteWriter:
         self._wal: int | None = None  # a descriptor of the WAL file, for fdatasync
         self._waiting: list[asyncio.Future[None]] = []  # durable writes committed, their sync not made yet
         self._sync_loop: asyncio.AbstractEventLoop | None = None  # where the sync for ``_waiting`` is scheduled
-        self._sync_soon = False  # a sync is scheduled for the loop's next turn
-        self._sync_later: asyncio.TimerHandle | None = None  # a sync put off (``synced(within=...)``)
         self.syncs = 0  # WAL syncs made so far (the tests read it)
 
-    async def synced(self, within: float = 0.0) -> None:
-        """Return once everything committed so far is on disk (one sync, shared with whoever asks meanwhile).
-
-        ``within``: the caller may wait up to that many seconds for the sync. If another durable
-        write asks for one meanwhile, that sync serves both; otherwise it is made when the time is up.
-        """
+    async def synced(self) -> None:
+        """Return once everything committed so far is on disk (one sync, shared with whoever asks meanwhile)."""
         loop = asyncio.get_running_loop()
         if self._waiting and self._sync_loop is not loop:
-            self._forget_waiting()  # a stopped loop's: their sync will not run, nor will they go on
-        self._sync_loop = loop
-        if within <= 0:
-            if not self._sync_soon:
-                self._sync_soon = True
-                loop.call_soon(self._sync_waiting)
-        elif not self._sync_soon and self._sync_later is None:
-            self._sync_later = loop.call_later(within, self._sync_waiting)
+            self._waiting = []  # a stopped loop's: their sync will not run, nor will they go on
+        if not self._waiting:
+            self._sync_loop = loop
+            loop.call_soon(self._sync_waiting)
         waiter = loop.create_future()
         self._waiting.append(waiter)
         await waiter
 
-    def _forget_waiting(self) -> None:
-        self._waiting = []
-        self._sync_soon = False
-        if self._sync_later is not None:
-            self._sync_later.cancel()
-            self._sync_later = None
-
     def _sync_waiting(self) -> None:
-        waiting = self._waiting
-        self._forget_waiting()
-        if not waiting:
-            return  # an earlier sync served them
+        waiting, self._waiting = self._waiting, []
         try:
             self.sync_wal()
         except OSError as exc:

@@ -10,14 +10,14 @@ import textwrap
 import uuid
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 from sqlmodel import select
 
-from bot import orchestrator
 from bot.app import Baton
 from bot.messages import InboundMessage
 from bot.settings import Settings
-from storage.db import Database
+from storage.db import Database, when_committed
 from storage.migrate import upgrade
 from storage.models import ThreadRecord
 
@@ -131,37 +131,41 @@ def test_a_sync_cut_off_by_a_stopped_loop_does_not_stall_the_next_durable_write(
     asyncio.run(database.dispose())
 
 
-async def test_a_write_may_wait_a_while_to_share_its_sync_with_the_next_durable_write(sqlite_url: str) -> None:
-    """``session(sync_within=...)``: one sync serves it and the next durable write; alone, it is synced in time."""
-    upgrade(sqlite_url)
-    database = Database(sqlite_url)
-    writer = database.sqlite_writer
+async def test_work_started_by_a_commit_runs_before_its_sync_and_never_after_a_rollback(database: Database,
+                                                                                         monkeypatch) -> None:
+    """``when_committed``: right after the commit, before the durable write waits for the disk (SQLite's
+    sync of the WAL; PostgreSQL's commit waits for its own flush); a transaction rolled back runs none."""
+    order: list[str] = []
+    if database.is_sqlite:
+        real_sync_wal = database.sqlite_writer.sync_wal
 
-    async def write(thread: str, sync_within: float = 0.0) -> None:
-        async with database.session(sync_within=sync_within) as session:
-            session.add(ThreadRecord(platform="p", channel="c", thread=thread, status="idle"))
+        def sync_wal() -> None:
+            order.append("sync")
+            real_sync_wal()
 
-    try:
-        before = writer.syncs
-        patient = asyncio.create_task(write("patient", sync_within=3600))  # would wait an hour alone
-        while not writer._waiting:  # committed, waiting for a sync
-            await asyncio.sleep(0)
-        assert writer.syncs == before and not patient.done()
-        await write("next")
-        await asyncio.wait_for(patient, 10)
-        assert writer.syncs == before + 1
+        monkeypatch.setattr(database.sqlite_writer, "sync_wal", sync_wal)
+    async with database.session() as session:
+        session.add(ThreadRecord(platform="p", channel="c", thread="committed", status="idle"))
+        when_committed(session, lambda: order.append("started"))
+        order.append("written")
+    order.append("returned")
+    assert order == ["written", "started", "sync", "returned"] if database.is_sqlite else \
+        ["written", "started", "returned"]
 
-        await asyncio.wait_for(write("alone", sync_within=0.01), 10)  # nobody to share with: synced when due
-        assert writer.syncs == before + 2
-    finally:
-        await database.dispose()
+    with pytest.raises(RuntimeError):
+        async with database.session() as session:
+            session.add(ThreadRecord(platform="p", channel="c", thread="rolled back", status="idle"))
+            when_committed(session, lambda: order.append("never"))
+            raise RuntimeError("rolled back")
+    assert "never" not in order
+    async with database.read() as session:
+        threads = (await session.exec(select(ThreadRecord.thread))).all()
+    assert list(threads) == ["committed"]
 
 
 async def test_a_request_starts_before_its_event_reaches_the_disk_and_is_acknowledged_only_after(
         tmp_path: Path, config_path: Path, counter: Path, monkeypatch) -> None:
-    """The drain starts at the event's commit; the acknowledgement waits for a sync made after it; the
-    event's sync is the one the run's first durable write (its effect's ledger entry) makes."""
-    monkeypatch.setattr(orchestrator, "ACCEPT_SYNC_WITHIN", 3600.0)  # no sync of its own: only a shared one
+    """The drain starts at the event's commit, and the acknowledgement waits for a sync made after it."""
     settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'd.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
                         BATON_ADAPTERS="playground")
     async with Baton(settings) as baton:
@@ -183,14 +187,13 @@ async def test_a_request_starts_before_its_event_reaches_the_disk_and_is_acknowl
             platform="playground", channel="general", thread="1", event_id="e1", user="alice", text="run uptime")), 20)
         order.append("ack")
         assert accepted.status == "accepted"
-        assert order[:3] == ["drain", "sync", "ack"]  # the ledger's sync before the command: the event's too
+        assert order[:3] == ["drain", "sync", "ack"]
 
         async def replied() -> None:
             while not await _thread_done(baton, "1"):
                 await baton.outbox.wait("durability-test-never-woken", 0.05)
 
         await asyncio.wait_for(replied(), 20)
-        assert order.count("sync") == 2  # the request's syncs: the event's with the ledger's, then the reply's
         assert counter.read_text().splitlines() == ["uptime"]
 
 
