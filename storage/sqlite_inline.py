@@ -92,8 +92,7 @@ class SQLiteWriter:
 
     def __init__(self, connect: Callable[[], sqlite3.Connection], make_engine: Callable[[Callable[[], Any]], Engine],
                  wal_path: str) -> None:
-        self.connection = connect()
-        self.connection.execute("PRAGMA synchronous=NORMAL")
+        self.connection = connect()  # synchronous=NORMAL: durable writes await ``synced`` instead
         self.engine = make_engine(lambda: self.connection)
         with self.engine.connect():  # SQLAlchemy's first-connect set-up ends with a ROLLBACK: not inside a transaction
             pass

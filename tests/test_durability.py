@@ -20,6 +20,7 @@ from bot.settings import Settings
 from storage.db import Database, when_committed
 from storage.migrate import upgrade
 from storage.models import ThreadRecord
+from storage.sqlite_inline import SQLiteWriter
 
 
 async def _commit_level(database: Database, durable: bool) -> str:
@@ -137,13 +138,7 @@ async def test_work_started_by_a_commit_runs_before_its_sync_and_never_after_a_r
     sync of the WAL; PostgreSQL's commit waits for its own flush); a transaction rolled back runs none."""
     order: list[str] = []
     if database.is_sqlite:
-        real_sync_wal = database.sqlite_writer.sync_wal
-
-        def sync_wal() -> None:
-            order.append("sync")
-            real_sync_wal()
-
-        monkeypatch.setattr(database.sqlite_writer, "sync_wal", sync_wal)
+        _record_syncs(monkeypatch, database.sqlite_writer, order)
     async with database.session() as session:
         session.add(ThreadRecord(platform="p", channel="c", thread="committed", status="idle"))
         when_committed(session, lambda: order.append("started"))
@@ -169,19 +164,14 @@ async def test_a_request_starts_before_its_event_reaches_the_disk_and_is_acknowl
     settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'd.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
                         BATON_ADAPTERS="playground")
     async with Baton(settings) as baton:
-        writer = baton.db.sqlite_writer
         order: list[str] = []
-        real_sync_wal, real_drain = writer.sync_wal, baton.orchestrator._drain_now
-
-        def sync_wal() -> None:
-            order.append("sync")
-            real_sync_wal()
+        real_drain = baton.orchestrator._drain_now
 
         async def drain_now(record_id: int) -> None:
             order.append("drain")
             await real_drain(record_id)
 
-        monkeypatch.setattr(writer, "sync_wal", sync_wal)
+        _record_syncs(monkeypatch, baton.db.sqlite_writer, order)
         monkeypatch.setattr(baton.orchestrator, "_drain_now", drain_now)
         accepted = await asyncio.wait_for(baton.accept_message(InboundMessage(
             platform="playground", channel="general", thread="1", event_id="e1", user="alice", text="run uptime")), 20)
@@ -195,6 +185,17 @@ async def test_a_request_starts_before_its_event_reaches_the_disk_and_is_acknowl
 
         await asyncio.wait_for(replied(), 20)
         assert counter.read_text().splitlines() == ["uptime"]
+
+
+def _record_syncs(monkeypatch: pytest.MonkeyPatch, writer: SQLiteWriter, order: list[str]) -> None:
+    """Append "sync" to ``order`` at each sync of ``writer``'s WAL."""
+    real_sync_wal = writer.sync_wal
+
+    def sync_wal() -> None:
+        order.append("sync")
+        real_sync_wal()
+
+    monkeypatch.setattr(writer, "sync_wal", sync_wal)
 
 
 async def _thread_done(baton: Baton, thread: str) -> bool:
