@@ -83,7 +83,7 @@ COUNTS = [
     ("write transactions (BEGIN IMMEDIATE) per request", "write_txns", "writer"),
     ("  of which durable (waits for a sync of the WAL after its commit)", "durable_txns", "wal_sync"),
     ("syncs of Baton's WAL per request (durable writes committed together share one)", "wal_syncs", "wal_sync"),
-    ("read transactions (plain BEGIN, Database.read) per request, incl. idle outbox polls and the sweeper",
+    ("read transactions (plain BEGIN, Database.read) per request (the idle outbox poll and the sweeper read with Database.fetch: none)",
      "read_txns", "read_engine"),
     ("SQL statements in write transactions per request (without BEGIN)", "write_statements", "writer"),
     ("SQL statements in read transactions per request (without BEGIN)", "read_statements", "read_engine"),
@@ -369,7 +369,7 @@ ISOLATED = [  # (label, key); keys are measured calls, "before_graph" is derived
     ("drain: _finish_run (effect's outcome, reply claimed for hand-over, lease check and release)", "finish"),
     ("adapter _deliver of the handed-over reply: the message and its delivered mark, one transaction", "deliver"),
     ("**total**", "total"),
-    ("(not in the total) Outbox.claim with nothing due: the idle loop's poll, every 0.5 s", "claim_idle"),
+    ("(not in the total) Outbox.claim with nothing due: the idle loop's poll, every 0.5 s (one Database.fetch)", "claim_idle"),
 ]
 METRICS = ("wall", "cpu", "write_txns", "read_txns", "statements", "hops")
 

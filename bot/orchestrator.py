@@ -35,6 +35,13 @@ from storage.models import Approval, InboundEvent, Run, ThreadRecord, loaded, ut
 log = logging.getLogger("baton.orchestrator")
 SWEEP_AFTER_SECONDS = 2.0
 SWEEP_BATCH = 200
+# Threads with events pending since before ``received_before`` and no live lease: nobody is draining them.
+_ORPHANED_THREADS = prepared(select(InboundEvent.thread_record_id).join(ThreadRecord).where(
+    InboundEvent.status == "pending",
+    InboundEvent.received_at < bindparam("received_before", type_=DateTime()),
+    or_(ThreadRecord.lease_owner.is_(None), ThreadRecord.lease_until < bindparam("now", type_=DateTime())),  # type: ignore[union-attr]
+    or_(InboundEvent.kind == "click", ThreadRecord.status != "waiting"),
+).distinct().limit(SWEEP_BATCH))  # a backlog is taken a batch per sweep, never in one long query
 PROGRESS_LINES = 20  # the latest progress lines a run's progress message shows
 CHOOSER = "choose"  # the pseudo-graph of a run that waits for the requester to pick a graph
 
@@ -249,15 +256,8 @@ class Orchestrator:
     async def sweep(self) -> int:
         """Schedule every thread that has old pending events and no live lease (crash recovery)."""
         now = utcnow()
-        async with self.db.read() as session:
-            ids = (await session.exec(
-                select(InboundEvent.thread_record_id).join(ThreadRecord).where(
-                    InboundEvent.status == "pending",
-                    InboundEvent.received_at < now - timedelta(seconds=SWEEP_AFTER_SECONDS),
-                    or_(ThreadRecord.lease_owner.is_(None), ThreadRecord.lease_until < now),  # type: ignore[union-attr]
-                    or_(InboundEvent.kind == "click", ThreadRecord.status != "waiting"),
-                ).distinct().limit(SWEEP_BATCH)  # a backlog is taken a batch per sweep, never in one long query
-            )).all()
+        ids = (await self.db.fetch(_ORPHANED_THREADS, {
+            "now": now, "received_before": now - timedelta(seconds=SWEEP_AFTER_SECONDS)})).all()
         for record_id in ids:
             self._schedule(record_id)  # type: ignore[arg-type]
         return len(ids)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import DateTime, and_, bindparam, exists, or_, update
+from sqlalchemy import DateTime, and_, bindparam, exists, literal, or_, update
 from sqlalchemy.orm import aliased
 from sqlmodel import select
 
@@ -62,6 +62,10 @@ _UNDELIVERED_IN_THREAD = prepared(select(OutboxMessage.id).where(
     or_(OutboxMessage.status == "pending", OutboxMessage.status == "sending")).limit(1))  # no IN list: prepared
 
 
+# An IN list of literals, not of values: a prepared statement takes no expanding IN parameter.
+_UNSENT = [literal("pending"), literal("sending")]
+
+
 @functools.cache
 def _due_statement(limit: int) -> Any:
     """The first claimable row of each thread (a row waits for every earlier row of its thread)."""
@@ -71,14 +75,14 @@ def _due_statement(limit: int) -> Any:
         earlier.channel == OutboxMessage.channel,
         earlier.thread == OutboxMessage.thread,
         earlier.id < OutboxMessage.id,
-        earlier.status.in_(("pending", "sending")),  # type: ignore[attr-defined]
+        earlier.status.in_(_UNSENT),  # type: ignore[attr-defined]
     )
     # The status IN first: with only the OR of ``_CLAIMABLE``, SQLite walked every row the platform ever
     # sent (through ix_outbox_thread), so an idle poll cost grew with the outbox's whole history.
-    unsent = OutboxMessage.status.in_(("pending", "sending"))  # type: ignore[attr-defined]
-    return (select(OutboxMessage).where(OutboxMessage.platform == bindparam("platform"), unsent, _CLAIMABLE,
-                                        ~blocked_by_earlier)
-            .order_by(OutboxMessage.id).limit(limit))  # type: ignore[arg-type]
+    unsent = OutboxMessage.status.in_(_UNSENT)  # type: ignore[attr-defined]
+    return prepared(select(OutboxMessage).where(OutboxMessage.platform == bindparam("platform"), unsent, _CLAIMABLE,
+                                                ~blocked_by_earlier)
+                    .order_by(OutboxMessage.id).limit(limit))  # type: ignore[arg-type]
 
 
 def _row(location: Location, message: Message, *, kind: str = "post", target_user: str | None = None,
@@ -214,9 +218,8 @@ class Outbox:
     async def claim(self, platform: str, worker: str, *, limit: int = 20, pace_seconds: float = 0.0) -> list[Delivery]:
         now = utcnow()
         due, due_params = _due_statement(limit), {"platform": platform, "now": now}
-        async with self._db.read() as session:  # idle polling never takes the write lock
-            if (await session.exec(due, params=due_params)).first() is None:
-                return []
+        if (await self._db.fetch(due, due_params)).first() is None:  # idle polling never takes the write lock
+            return []
         deliveries: list[Delivery] = []
         async with self._db.session() as session:
             rows = (await session.exec(due, params=due_params)).all()

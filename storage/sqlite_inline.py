@@ -36,7 +36,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 from sqlmodel import Session
 
-from storage.sqlite_prepared import PREPARED, plan_for
+from storage.sqlite_prepared import PREPARED, PreparedResult, plan_for
 
 SQLITE_BUSY, SQLITE_LOCKED = 5, 6
 FIRST_PAUSE, LONGEST_PAUSE = 0.0005, 0.005
@@ -68,6 +68,14 @@ async def _until_free(step: Callable[[], T], timeout: float) -> T:
             if not _is_busy(error) or time.monotonic() >= deadline:
                 raise
         pause = min(pause * 2, LONGEST_PAUSE)
+
+
+async def read_prepared(connection: sqlite3.Connection, statement: Any, params: dict[str, Any] | None,
+                        timeout: float) -> PreparedResult:
+    """One prepared SELECT on ``connection`` (autocommit: the statement is its own snapshot), waiting
+    without blocking the loop while the database is busy (a reader rarely is, under WAL)."""
+    plan = plan_for(statement, params)
+    return await _until_free(lambda: plan.run(connection, params), timeout)
 
 
 class SQLiteWriter:
