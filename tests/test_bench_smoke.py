@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support import ROOT
 
 
@@ -34,6 +36,23 @@ def test_the_request_path_benchmark_runs_both_sides_on_the_loop_baton_serves_on(
             assert any(line.startswith(f"| {mode} | {side} | 4 |") for line in report.splitlines()), report
     assert "- Event loop: asyncio, the one `baton run` serves on" in report
     assert "**total: accept -> final reply delivered**" in report  # the breakdown's live table
+    overhead = next(line for line in report.splitlines() if line.startswith("| sequential | ") and " .. " in line)
+    low, high = overhead.split("|")[3].strip().split(" .. ")  # the p50 overhead's interval over the rounds
+    assert float(low.rstrip("%")) <= float(high.rstrip("%"))
+
+
+def test_the_overhead_interval_resamples_whole_rounds() -> None:
+    """Rounds that disagree widen the interval; rounds that agree give the ratio itself."""
+    from bench.__main__ import p50_interval
+    from bench.request_path import Result
+
+    def rounds(side: str, *medians_ms: float) -> list[Result]:
+        return [Result(side, "sequential", 1, [int(median * 1e6)] * 5, 1) for median in medians_ms]
+
+    assert p50_interval(rounds("bare", 10, 10, 10, 10), rounds("Baton", 12, 12, 12, 12)) == \
+        (pytest.approx(0.2), pytest.approx(0.2))
+    low, high = p50_interval(rounds("bare", 10, 10, 10, 10), rounds("Baton", 11, 11, 14, 14))
+    assert low == pytest.approx(0.1) and high == pytest.approx(0.4)
 
 
 def test_the_slack_benchmark_acks_runs_and_answers_every_event_once(tmp_path: Path) -> None:
