@@ -68,7 +68,10 @@ class PlaygroundAdapter(Adapter):
 
     def __init__(self, baton: Any) -> None:
         super().__init__(baton)
-        self._changed = asyncio.Condition()
+        # Set, then replaced, at each change: a live stream waits on the one it took before it read.
+        # Not an asyncio.Condition: on Python 3.11 a stream cancelled inside ``wait_for(condition.wait())``
+        # (its client went away) could leave the condition's lock broken, and every later notify hung.
+        self._changed = asyncio.Event()
 
     def mount(self, app: FastAPI) -> None:
         router = APIRouter(prefix="/api", tags=["playground"])
@@ -123,7 +126,7 @@ class PlaygroundAdapter(Adapter):
                 "text": body.text, "content": {"parts": [{"kind": "text", "text": body.text}]}, "is_bot": False,
                 "created_at": now, "updated_at": now, "revision": 1}, ["event_id"])
             stored = (await session.exec(select(PlaygroundMessage).where(PlaygroundMessage.event_id == event_id))).one()
-        await self._notify()
+        self._notify()
         thread = stored.thread_id or str(stored.id)
         addressed = bool(MENTION.search(stored.text)) or CHANNEL_KINDS[stored.channel] == "dm"
         accepted = await self.baton.accept_message(InboundMessage(
@@ -158,6 +161,7 @@ class PlaygroundAdapter(Adapter):
         cursor = utcnow()
         yield ": connected\n\n"
         while not await request.is_disconnected():
+            changed = self._changed  # taken before reading: a change made while we read is not missed
             async with self.baton.db.read() as session:
                 rows = (await session.exec(self._visible(viewer).where(
                     PlaygroundMessage.updated_at >= cursor - timedelta(seconds=5)).order_by(PlaygroundMessage.updated_at))).all()  # type: ignore[arg-type]
@@ -166,11 +170,10 @@ class PlaygroundAdapter(Adapter):
                     seen[row.id] = row.revision  # type: ignore[index]
                     yield f"data: {json.dumps({'type': 'message', 'message': self._json(row)})}\n\n"
                 cursor = max(cursor, row.updated_at)
-            async with self._changed:
-                try:
-                    await asyncio.wait_for(self._changed.wait(), 0.5)
-                except TimeoutError:
-                    yield ": keep-alive\n\n"
+            try:
+                await asyncio.wait_for(changed.wait(), 0.5)
+            except TimeoutError:
+                yield ": keep-alive\n\n"
 
     async def history(self, location: Location, limit: int) -> list[dict[str, Any]] | None:
         """A thread's messages, or the channel's top-level ones, as everyone sees them."""
@@ -213,14 +216,15 @@ class PlaygroundAdapter(Adapter):
                     "created_at": now, "updated_at": now, "revision": 1})
             if self.send_records_delivery:
                 await self.baton.outbox.record_delivery(session, delivery.id, str(message_id))
-        await self._notify()
+        self._notify()
         return str(message_id)
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+    def _notify(self) -> None:
+        """Wake every live stream (other replicas' streams find the change at their next poll)."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     @staticmethod
     def _known_channel(channel: str) -> None:
