@@ -21,12 +21,12 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import func, or_
 from sqlmodel import select
 
 from adapters.contract import Adapter
-from bot.messages import InboundClick, InboundMessage, Location, Message
+from bot.messages import InboundClick, InboundMessage, Location, Message, storable
 from bot.outbox import Delivery
 from storage.db import insert_ignore, insert_returning_id
 from storage.models import PlaygroundMessage, utcnow
@@ -41,12 +41,23 @@ CHANNELS = [
 ]
 CHANNEL_KINDS = {channel["id"]: channel["kind"] for channel in CHANNELS}
 USERS = ["alice", "bob", "carol", "dave"]
-MENTION = re.compile(rf"@{BOT_NAME}\b[:,]?", re.IGNORECASE)
+# "@baton" as a word of its own: not inside an address (ops@baton.io) or a longer name (@baton-dev).
+MENTION = re.compile(rf"(?<![\w.@-])@{BOT_NAME}(?![\w@-]|\.\w)[:,]?", re.IGNORECASE)
 MAX_HTTP_TEXT = 100_000
 USER_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+VIEWER = Query(None, pattern=USER_NAME, description="whose private (ephemeral) messages to include")
 
 
-class PostMessage(BaseModel):
+class _Body(BaseModel):
+    @field_validator("*")
+    @classmethod
+    def _storable(cls, value: object) -> object:
+        if isinstance(value, str) and storable(value) != value:
+            raise ValueError("must not contain NUL characters or unpaired surrogates")
+        return value
+
+
+class PostMessage(_Body):
     channel: str
     user: str = Field(pattern=USER_NAME)
     text: str = Field(max_length=MAX_HTTP_TEXT)
@@ -54,7 +65,7 @@ class PostMessage(BaseModel):
     event_id: str | None = Field(None, max_length=200, description="Set it to simulate a platform redelivery.")
 
 
-class PostClick(BaseModel):
+class PostClick(_Body):
     message_id: int = Field(ge=1, le=10**15)
     approval_id: str = Field(max_length=200)
     action: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_-]+$")
@@ -90,7 +101,7 @@ class PlaygroundAdapter(Adapter):
     async def channels(self) -> dict[str, Any]:
         return {"channels": CHANNELS, "users": USERS, "bot": BOT_NAME}
 
-    async def channel_messages(self, channel: str, viewer: str | None = None) -> dict[str, Any]:
+    async def channel_messages(self, channel: str, viewer: str | None = VIEWER) -> dict[str, Any]:
         self._known_channel(channel)
         async with self.baton.db.read() as session:
             rows = (await session.exec(self._visible(viewer).where(
@@ -103,10 +114,10 @@ class PlaygroundAdapter(Adapter):
                 .group_by(PlaygroundMessage.thread_id))).all())
         return {"messages": [self._json(row, counts.get(str(row.id), 0)) for row in rows]}
 
-    async def thread_messages(self, thread_id: str, viewer: str | None = None) -> dict[str, Any]:
+    async def thread_messages(self, thread_id: str, viewer: str | None = VIEWER) -> dict[str, Any]:
         async with self.baton.db.read() as session:
             root = await self._root(session, thread_id)
-            replies = (await session.exec(self._visible(viewer).where(PlaygroundMessage.thread_id == thread_id)
+            replies = (await session.exec(self._visible(viewer).where(PlaygroundMessage.thread_id == str(root.id))
                                           .order_by(PlaygroundMessage.id))).all()  # type: ignore[arg-type]
         return {"root": self._json(root, len(replies)), "replies": [self._json(row) for row in replies]}
 
@@ -115,14 +126,16 @@ class PlaygroundAdapter(Adapter):
         if not body.text.strip():
             raise HTTPException(400, "text must not be empty")
         event_id = body.event_id or f"msg-{uuid.uuid4().hex}"
+        thread_id = None
         async with self.baton.db.session() as session:
             if body.thread_id is not None:
                 root = await self._root(session, body.thread_id)
                 if root.channel != body.channel:
                     raise HTTPException(400, f"thread {body.thread_id} is in #{root.channel}, not #{body.channel}")
+                thread_id = str(root.id)  # "0538" is thread 538: one thread, one queue
             now = utcnow()
             await insert_ignore(session, PlaygroundMessage, {
-                "event_id": event_id, "channel": body.channel, "thread_id": body.thread_id, "user": body.user,
+                "event_id": event_id, "channel": body.channel, "thread_id": thread_id, "user": body.user,
                 "text": body.text, "content": {"parts": [{"kind": "text", "text": body.text}]}, "is_bot": False,
                 "created_at": now, "updated_at": now, "revision": 1}, ["event_id"])
             stored = (await session.exec(select(PlaygroundMessage).where(PlaygroundMessage.event_id == event_id))).one()
@@ -150,7 +163,7 @@ class PlaygroundAdapter(Adapter):
             approval_id=body.approval_id, action=body.action, event_id=body.event_id or f"click-{uuid.uuid4().hex}"))
         return {"delivery": accepted.status}
 
-    async def events(self, request: Request, viewer: str | None = Query(None)) -> StreamingResponse:
+    async def events(self, request: Request, viewer: str | None = VIEWER) -> StreamingResponse:
         return StreamingResponse(self._stream(request, viewer), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -235,7 +248,8 @@ class PlaygroundAdapter(Adapter):
     async def _root(session: Any, thread_id: str) -> PlaygroundMessage:
         root = await session.get(PlaygroundMessage, int(thread_id)) if re.fullmatch(r"[0-9]{1,15}", thread_id) else None
         if root is None or root.thread_id is not None:
-            raise HTTPException(404, f"there is no thread {thread_id}")
+            raise HTTPException(404, f"there is no thread '{thread_id}'" if thread_id else
+                                "thread_id is empty: leave it out to start a new thread")
         return root
 
     @staticmethod

@@ -6,9 +6,20 @@ Adapters translate platform events into ``InboundMessage``/``InboundClick`` and 
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL, and surrogates (in a str only ever unpaired)
+
+
+def storable(value: str) -> str:
+    """``value`` as every database takes it: each NUL (PostgreSQL's text refuses it) and each unpaired
+    surrogate (it has no UTF-8) replaced by U+FFFD."""
+    if value.isascii() and "\x00" not in value:
+        return value
+    return _UNSTORABLE.sub("\ufffd", value)
 
 
 class Location(BaseModel):
@@ -21,7 +32,17 @@ class Location(BaseModel):
     thread: str
 
 
-class InboundMessage(Location):
+class _Inbound(Location):
+    """What a platform sent, made storable: a stray NUL or broken character in an event must not make
+    storing it fail, or the platform's retries would fail the same way for ever."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _storable(cls, value: object) -> object:
+        return storable(value) if isinstance(value, str) else value
+
+
+class InboundMessage(_Inbound):
     """A chat message. ``addressed`` is true for a mention, a DM or a slash command."""
 
     event_id: str
@@ -30,7 +51,7 @@ class InboundMessage(Location):
     addressed: bool = True
 
 
-class InboundClick(Location):
+class InboundClick(_Inbound):
     """A button click: the button carried only ``approval_id``; ``action`` is the button's value
     (``approve``/``reject`` on approval cards, a graph name on a "which one did you mean?" card)."""
 

@@ -7,11 +7,18 @@ import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
 from bot.app import Baton
 from bot.config import BatonConfig
+from bot.messages import storable
 from bot.settings import Settings
+
+# The largest request body any route takes: a playground message of 100,000 characters, each
+# escaped in JSON as \uXXXX, is 600 kB; Slack's and Discord's events are far smaller.
+MAX_BODY_BYTES = 1_000_000
 
 
 # asyncio's own loop, not uvloop (which uvicorn picks when it is installed, as uvicorn[standard]
@@ -43,8 +50,9 @@ def create_app(settings: Settings, config: BatonConfig | None = None) -> FastAPI
             settle_garbage_collector()
             yield
 
-    app = FastAPI(title="Baton", lifespan=lifespan)
+    app = FastAPI(title="Baton", lifespan=lifespan, max_body_size=MAX_BODY_BYTES)  # larger: 413
     app.state.baton = baton
+    app.add_exception_handler(RequestValidationError, invalid_request)  # type: ignore[arg-type]
     for adapter in baton.adapters:
         adapter.mount(app)
 
@@ -54,3 +62,12 @@ def create_app(settings: Settings, config: BatonConfig | None = None) -> FastAPI
                 "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0]}
 
     return app
+
+
+async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming each field that is wrong and why, without echoing the input back as FastAPI does:
+    it may be 100 kB long, or hold a character JSON cannot encode (which made this a 500)."""
+    return JSONResponse(status_code=422, content={"detail": [
+        {"loc": [storable(str(part)) for part in error.get("loc", ())], "msg": storable(str(error.get("msg", ""))),
+         "type": error.get("type", "")}
+        for error in exc.errors()]})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import pytest
@@ -34,3 +35,67 @@ async def test_live_update_clients_going_away_never_stall_the_playground(baton: 
             "channel": "general", "user": "alice", "text": "@baton run uptime"}), 10)
     assert asked.status_code == 201 and asked.json()["delivery"] == "accepted"
     baton.client().wait_reply(asked.json()["thread_id"], "did uptime")
+
+
+def test_a_thread_id_written_with_leading_zeros_is_the_same_thread(baton: BatonProcess, counter) -> None:
+    """"0538" once made a second thread beside 538, with a queue of its own: a request there ran while
+    538's run was still going."""
+    chat = baton.client()
+    thread = chat.ask("@baton run slow seconds=2")
+    queued = chat.say("@baton run uptime", thread=f"00{thread}")
+    assert queued.status_code == 201 and queued.json()["thread_id"] == thread
+    assert "Queued" in chat.wait_reply(thread, "Queued")["text"]
+    chat.wait_reply(thread, "did uptime")
+    assert [m["text"] for m in chat.replies(f"0{thread}")] == [m["text"] for m in chat.replies(thread)]
+
+
+def test_an_address_with_the_bots_name_is_not_a_mention(baton: BatonProcess) -> None:
+    chat = baton.client()
+    response = chat.say("send it to ops@baton.io please")
+    assert response.status_code == 201 and response.json()["delivery"] == "ignored"
+    assert chat.say("(@baton) help").json()["delivery"] == "accepted"
+
+
+@pytest.mark.parametrize("field", ["text", "event_id", "channel"])
+@pytest.mark.parametrize("bad", ["\x00", "\ud800"], ids=["NUL", "unpaired surrogate"])
+def test_characters_no_database_stores_get_a_422_naming_the_field(baton: BatonProcess, field: str, bad: str) -> None:
+    """PostgreSQL refuses NUL in text (it was a 500 with a traceback); an unpaired surrogate has no
+    UTF-8 (FastAPI's own 422 failed to encode it: a 500 on every database)."""
+    body = {"channel": "general", "user": "alice", "text": "@baton help", field: f"x{bad}y"}
+    response = baton.client().http.post("/api/messages", content=json.dumps(body), headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert [error["loc"] for error in response.json()["detail"]] == [["body", field]]
+    in_url = "%00" if bad == "\x00" else "%ED%A0%80"  # the surrogate's bytes, as a client could send them
+    viewer = baton.client().http.get(f"/api/channels/general/messages?viewer=a{in_url}b")
+    assert viewer.status_code == 422 and viewer.json()["detail"][0]["loc"] == ["query", "viewer"]
+
+
+def test_a_refused_body_is_not_echoed_back_and_an_oversized_one_is_a_413(baton: BatonProcess) -> None:
+    http = baton.client().http
+    too_long = http.post("/api/messages", json={"channel": "general", "user": "alice", "text": "x" * 100_001})
+    assert too_long.status_code == 422 and len(too_long.content) < 1000, too_long.text[:300]
+    assert "100000 characters" in too_long.json()["detail"][0]["msg"]
+    huge = http.post("/api/messages", content=b'{"text": "' + b"x" * 2_000_000 + b'"}',
+                     headers={"content-type": "application/json"})
+    assert huge.status_code == 413
+
+
+@pytest.mark.asyncio
+async def test_an_event_from_a_platform_with_a_nul_is_stored_and_answered(database_url: str, config_path) -> None:
+    """A platform's event cannot be refused like an HTTP body: its NUL becomes U+FFFD, or storing it
+    would fail on PostgreSQL at every retry the platform made."""
+    from bot.app import Baton
+    from bot.messages import InboundMessage
+    from bot.settings import Settings
+    from storage.models import InboundEvent
+    from sqlmodel import select
+
+    async with Baton(Settings(BATON_DATABASE_URL=database_url, BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                              BATON_ADAPTERS="playground")) as baton:
+        accepted = await baton.accept_message(InboundMessage(
+            platform="playground", channel="general", thread="t\x00", user="alice", text="run restart service=web\x00",
+            event_id="e\x00"))
+        assert accepted.status == "accepted"
+        async with baton.db.read() as session:
+            stored = (await session.exec(select(InboundEvent))).one()
+        assert (stored.event_id, stored.thread, stored.text) == ("e\ufffd", "t\ufffd", "run restart service=web\ufffd")
