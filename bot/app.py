@@ -60,7 +60,7 @@ class Baton:
 
     def __init__(self, settings: Settings, config: BatonConfig | None = None) -> None:
         self.settings = settings
-        self.config = config if config is not None else load_config(settings.config_path)
+        self.config = config if config is not None else load_config(settings.config_path, required=settings.config_named)
         self.instance = settings.instance_name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.db = Database(settings.database_url)
         self.registry = GraphRegistry.discover()

@@ -43,7 +43,7 @@ def _settings() -> Settings:
 def _settings_and_config() -> tuple[Settings, Any]:
     settings = _settings()
     try:
-        return settings, load_config(settings.config_path)
+        return settings, load_config(settings.config_path, required=settings.config_named)
     except ConfigError as exc:
         _fail(f"Baton cannot start: {settings.config_path} is not valid:\n{exc}")
 

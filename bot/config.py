@@ -155,11 +155,20 @@ class BatonConfig(BaseModel):
         return policy.approvers if policy.approvers is not None else self.approvers
 
 
-def load_config(path: Path) -> BatonConfig:
-    """Load and validate ``baton.yaml``. A missing file means an empty configuration."""
+def load_config(path: Path, *, required: bool = False) -> BatonConfig:
+    """Load and validate ``baton.yaml``. A missing file means an empty configuration, unless ``required``
+    (its path was set explicitly: a typo there must not start a Baton with no runbooks and no approvers)."""
     if not path.exists():
+        if required:
+            raise ConfigError(f"{path}: no such file (BATON_CONFIG names it; unset it to start without runbooks)")
         return BatonConfig()
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}") from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -167,6 +176,7 @@ def load_config(path: Path) -> BatonConfig:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "unknown line"
         raise ConfigError(f"{path}: {where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    _refuse_duplicate_keys(path, root)
     if data is None:
         return BatonConfig()
     if not isinstance(data, dict):
@@ -181,6 +191,22 @@ def load_config(path: Path) -> BatonConfig:
             line = _nearest_line(lines, loc)
             problems.append(f"{path}: line {line}: {'.'.join(loc) or '(top)'}: {error['msg']}")
         raise ConfigError("\n".join(problems)) from exc
+
+
+def _refuse_duplicate_keys(path: Path, node: yaml.Node | None, prefix: tuple[str, ...] = ()) -> None:
+    """YAML keeps the last of two equal keys: a second ``uptime:`` runbook would silently replace the first."""
+    if isinstance(node, yaml.MappingNode):
+        first_lines: dict[str, int] = {}
+        for key, value in node.value:
+            name = str(key.value)
+            if name in first_lines:
+                raise ConfigError(f"{path}: line {key.start_mark.line + 1}: {'.'.join((*prefix, name))} is given "
+                                  f"twice (first on line {first_lines[name]})")
+            first_lines[name] = key.start_mark.line + 1
+            _refuse_duplicate_keys(path, value, (*prefix, name))
+    elif isinstance(node, yaml.SequenceNode):
+        for position, item in enumerate(node.value):
+            _refuse_duplicate_keys(path, item, (*prefix, str(position)))
 
 
 def _line_index(node: yaml.Node | None, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:

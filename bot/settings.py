@@ -53,6 +53,11 @@ class Settings(BaseSettings):
         return url
 
     @property
+    def config_named(self) -> bool:
+        """Whether ``BATON_CONFIG`` was set (then its file must exist), rather than the default ``baton.yaml``."""
+        return "config_path" in self.model_fields_set
+
+    @property
     def base_url(self) -> str:
         """Where people reach this Baton (used for links in the playground)."""
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")

@@ -30,6 +30,8 @@ def test_shipped_example_config_is_valid():
     ("approvers: [alice\n", "line 2: not valid YAML"),
     ("runbooks:\n  Bad Name:\n    description: x\n    command: [a]\n", "runbook name 'Bad Name'"),
     ("runbook:\n  up: {}\n", "line 1: runbook: Extra inputs are not permitted"),
+    ("runbooks:\n  up:\n    description: x\n    command: [a]\n  up:\n    description: y\n    command: [b]\n",
+     "line 5: runbooks.up is given twice (first on line 2)"),  # YAML would keep the second silently
 ])
 def test_invalid_config_names_the_line(tmp_path, text, expected):
     path = tmp_path / "baton.yaml"
@@ -37,6 +39,18 @@ def test_invalid_config_names_the_line(tmp_path, text, expected):
     with pytest.raises(ConfigError) as error:
         load_config(path)
     assert expected in str(error.value)
+
+
+def test_a_config_that_cannot_be_read_is_named_with_the_reason(tmp_path):
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"approvers: [alice]\n\x00\x01\xff\n")
+    with pytest.raises(ConfigError, match=r"binary.yaml: line 2: not UTF-8 text \(byte 0xff\)"):
+        load_config(binary)
+    with pytest.raises(ConfigError, match="cannot be read: Is a directory"):
+        load_config(tmp_path)
+    assert load_config(tmp_path / "missing.yaml").runbooks == {}  # the default path: no runbooks yet
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "missing.yaml", required=True)  # BATON_CONFIG named it: a typo must not pass
 
 
 def test_baton_run_refuses_an_invalid_config(tmp_path):
@@ -49,6 +63,9 @@ def test_baton_run_refuses_an_invalid_config(tmp_path):
     assert result.returncode == 2
     assert "line 5: runbooks.up.command" in result.stderr
     assert not (tmp_path / "b.db").exists()
+    named = subprocess.run([str(Path(sys.executable).parent / "baton"), "graphs"], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=60, env={**os.environ, "BATON_CONFIG": str(tmp_path / "bato.yaml")})
+    assert named.returncode == 2 and "bato.yaml: no such file" in named.stderr
 
 
 @pytest.mark.parametrize(("command", "env", "expected"), [
