@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -66,6 +67,8 @@ def run() -> None:
     from bot.server import EVENT_LOOP, create_app
 
     settings, config = _settings_and_config()
+    listening = _listening_socket(settings.host, settings.port)
+    settings = settings.model_copy(update={"port": listening.getsockname()[1]})  # BATON_PORT=0: the port it got
     _ready(settings)  # the migrations, before the server: a database that cannot be used is one clear line
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -77,7 +80,27 @@ def run() -> None:
     typer.echo(f"Baton is starting with: {names}")
     if "playground" in names:
         typer.echo(f"Playground: {settings.base_url}/")
-    uvicorn.run(web, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), loop=EVENT_LOOP)
+    server = uvicorn.Server(uvicorn.Config(web, log_level=settings.log_level.lower(), loop=EVENT_LOOP))
+    try:
+        server.run(sockets=[listening])
+    except KeyboardInterrupt:
+        pass
+    if not server.started:
+        raise typer.Exit(3)
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before anything starts. uvicorn binds only after the app's start-up:
+    with the port taken, Baton started its adapters and loops on the database, then stopped."""
+    listening = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((host, port))
+    except OSError as exc:
+        listening.close()
+        _fail(f"Baton cannot listen on {host}:{port} (BATON_HOST, BATON_PORT): {exc.strerror or exc}")
+    listening.set_inheritable(True)
+    return listening
 
 
 @app.command()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -51,6 +53,21 @@ def test_a_config_that_cannot_be_read_is_named_with_the_reason(tmp_path):
     assert load_config(tmp_path / "missing.yaml").runbooks == {}  # the default path: no runbooks yet
     with pytest.raises(ConfigError, match="no such file"):
         load_config(tmp_path / "missing.yaml", required=True)  # BATON_CONFIG named it: a typo must not pass
+
+
+def test_baton_run_with_its_port_taken_stops_before_starting_anything(tmp_path):
+    """uvicorn binds after the app's start-up: Baton used to migrate, start its adapters and loops on the
+    database, and only then stop."""
+    with closing(socket.socket()) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([str(Path(sys.executable).parent / "baton"), "run"], cwd=tmp_path, capture_output=True,
+                                text=True, timeout=60, env={**os.environ, "BATON_PORT": str(port),
+                                                            "BATON_DATABASE_URL": f"sqlite:///{tmp_path / 'b.db'}"})
+    assert result.returncode == 2
+    assert f"Baton cannot listen on 127.0.0.1:{port} (BATON_HOST, BATON_PORT): Address already in use" in result.stderr
+    assert not (tmp_path / "b.db").exists()
 
 
 def test_baton_run_refuses_an_invalid_config(tmp_path):
