@@ -66,7 +66,7 @@ class PostMessage(_Body):
 
 
 class PostClick(_Body):
-    message_id: int = Field(ge=1, le=10**15)
+    message_id: int = Field(ge=1, le=10**15, strict=True)  # `true` is not message 1
     approval_id: str = Field(max_length=200)
     action: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_-]+$")
     user: str = Field(pattern=USER_NAME)

@@ -15,15 +15,26 @@ def is_approver(approvers: list[str], platform: str, user: str) -> bool:
     return user in approvers or f"{platform}:{user}" in approvers
 
 
-def refusal(approval: Approval, platform: str, user: str) -> str | None:
-    """Why ``user`` may not decide ``approval``, or ``None`` when they may."""
-    if approval.risk == "high" and user == approval.requested_by:
-        return "You asked for this high-risk action, so someone else has to approve or reject it."
+def refusal(approval: Approval, platform: str, user: str, action: str = "approve") -> str | None:
+    """Why ``user`` may not ``action`` (approve or reject) ``approval``, or ``None`` when they may.
+
+    Whoever asked may always reject: that withdraws their own request, and stops nothing but it.
+    """
+    if user == approval.requested_by:
+        if action == "reject":
+            return None
+        if approval.risk == "high":
+            return "You asked for this high-risk action, so someone else has to approve it (Reject withdraws it)."
     if not approval.approvers:
         return "Nobody is configured to approve this (add `approvers` in baton.yaml)."
     if not is_approver(approval.approvers, platform, user):
-        return f"Only {', '.join(approval.approvers)} can decide this."
+        return f"Only {one_of(approval.approvers)} can decide this."
     return None
+
+
+def one_of(names: list[str]) -> str:
+    """``a``, ``a or b``, ``a, b or c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 async def decide(session: Transaction, approval_id: str, approved: bool, user: str, at: datetime, event_id: int) -> bool:

@@ -464,7 +464,7 @@ class Orchestrator:
         if event.payload["action"] not in ("approve", "reject"):
             return await self._finish_event(event, "unknown action", Message.text(
                 "That button is not Approve or Reject; nothing was changed.", tone="warning"), ephemeral=True)
-        reason = approvals.refusal(approval, event.platform, event.user)
+        reason = approvals.refusal(approval, event.platform, event.user, event.payload["action"])
         if reason is not None:
             async with self.db.session() as session:
                 await audit.record(session, "approval.refused", event.correlation_id, platform=event.platform,

@@ -84,7 +84,7 @@ def _runbook_route(tokens: list[str], config: BatonConfig, force: bool) -> Route
     known = ", ".join(f"`{name}`" for name in config.runbooks) or "none are configured"
     if not tokens:
         raise RouteError(f"Which runbook? Use `run <runbook> key=value ...`. Runbooks: {known}.")
-    name, pairs = tokens[0], tokens[1:]
+    name, pairs = tokens[0].lower(), tokens[1:]  # runbook names are lower case, as `RUN` is `run`
     runbook = config.runbooks.get(name)
     if runbook is None:
         raise RouteError(f"I don't know a runbook called `{name[:60]}`. Runbooks: {known}.")

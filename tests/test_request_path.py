@@ -48,18 +48,28 @@ def test_unauthorised_and_self_approval_are_refused(baton, counter):
     thread = pg.ask("@baton run restart service=web", user="alice")
     card = pg.wait_card(thread)
     pg.click(card, "carol")
-    refusal = pg.wait_reply(thread, "Only alice, bob can decide this", viewer="carol")
+    refusal = pg.wait_reply(thread, "Only alice or bob can decide this", viewer="carol")
     assert refusal["ephemeral"]
     pg.click(card, "alice")
     own = pg.wait_reply(thread, "You asked for this high-risk action", viewer="alice")
     assert own["ephemeral"]
     # Refusals are shown only to the person who clicked, and change nothing.
-    assert not any("Only alice, bob" in m["text"] for m in pg.bot_replies(thread, viewer="bob"))
+    assert not any("Only alice or bob" in m["text"] for m in pg.bot_replies(thread, viewer="bob"))
     current = next(m for m in pg.bot_replies(thread) if m["id"] == card["id"])
     assert current["revision"] == 1 and runs_in(counter) == []
     pg.click(card, "bob")
     pg.wait_reply(thread, "did restart web")
     assert runs_in(counter) == ["restart web"]
+
+
+def test_the_requester_may_withdraw_a_high_risk_request_by_rejecting_it(baton, counter):
+    pg = baton.client()
+    thread = pg.ask("@baton run restart service=worker", user="carol")  # carol is no approver
+    card = pg.wait_card(thread)
+    assert pg.click(card, "carol", action="reject").status_code == 202
+    pg.wait_reply(thread, "Rejected by carol: nothing was run")
+    edited = next(m for m in pg.bot_replies(thread) if m["id"] == card["id"])
+    assert "Rejected by carol at" in edited["text"] and runs_in(counter) == []
 
 
 def test_same_click_twice_and_ten_clicks_at_once_resume_once(baton, counter):

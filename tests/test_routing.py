@@ -22,6 +22,8 @@ def test_run_command_validates_arguments_and_fingerprints_them():
     assert first.fingerprint == second.fingerprint and not first.force
     other = route(REQUEST, "run restart service=api force", REGISTRY, CONFIG)
     assert other.fingerprint != first.fingerprint and other.force
+    shouted = route(REQUEST, "RUN Restart service=web", REGISTRY, CONFIG)  # names are lower case; values are not
+    assert shouted.input == first.input and shouted.fingerprint == first.fingerprint
 
 
 @pytest.mark.parametrize(("text", "message"), [
