@@ -188,7 +188,7 @@ def load_config(path: Path, *, required: bool = False) -> BatonConfig:
         problems = []
         for error in exc.errors():
             loc = tuple(str(part) for part in error["loc"])
-            line = _nearest_line(lines, loc)
+            line = _mentioned_line(_node_at(root, loc), error["msg"]) or _nearest_line(lines, loc)
             problems.append(f"{path}: line {line}: {'.'.join(loc) or '(top)'}: {error['msg']}")
         raise ConfigError("\n".join(problems)) from exc
 
@@ -224,6 +224,40 @@ def _line_index(node: yaml.Node | None, prefix: tuple[str, ...] = ()) -> dict[tu
         for position, item in enumerate(node.value):
             index.update(_line_index(item, (*prefix, str(position))))
     return index
+
+
+_QUOTED = re.compile(r"'([^']+)'|`([^`]+)`|(\{[^}]+\})")
+
+
+def _node_at(node: yaml.Node | None, loc: tuple[str, ...]) -> yaml.Node | None:
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((value for key, value in node.value if str(key.value) == part), None)
+        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+            node = node.value[int(part)]
+        else:
+            return None
+    return node
+
+
+def _mentioned_line(node: yaml.Node | None, message: str) -> int | None:
+    """The line, inside ``node``, of the key or value the message quotes: a whole-object check (a
+    runbook's command, a digest's schedule) is reported on its object, but the wrong part is deeper."""
+    quoted = [next(group for group in match.groups() if group) for match in _QUOTED.finditer(message)]
+    if node is None or not quoted:
+        return None
+    pending = [node]
+    while pending:
+        current = pending.pop(0)
+        if isinstance(current, yaml.ScalarNode):
+            text = str(current.value)
+            if any(token == text or (token.startswith("{") and token in text) for token in quoted):
+                return int(current.start_mark.line) + 1
+        elif isinstance(current, yaml.MappingNode):
+            pending[:0] = [part for pair in current.value for part in pair]
+        elif isinstance(current, yaml.SequenceNode):
+            pending[:0] = list(current.value)
+    return None
 
 
 def _nearest_line(lines: dict[tuple[str, ...], int], loc: tuple[str, ...]) -> int:
