@@ -272,7 +272,7 @@ class Database:
 
         For the reads made every second or so whether anything happens or not (the outbox's idle
         poll, the sweeper): on SQLite the statement runs on a read connection of its own, without
-        the ORM's ``AsyncSession``, whose set-up cost about 20 times such a statement and kept an
+        the ORM's ``AsyncSession``, whose set-up cost 15 to 30 times such a statement and kept an
         idle Baton at ~1% of a core. PostgreSQL runs it in a ``read()`` session.
         """
         if self._writers is None:

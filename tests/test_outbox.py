@@ -55,7 +55,7 @@ ELSEWHERE = Location(platform="playground", workspace="", channel="random", thre
 async def test_the_idle_poll_reads_outside_any_session_what_a_session_reads(database: Database) -> None:
     """``Database.fetch``, the read the idle poll and the sweeper make every second or so: the same rows
     as a read session, each read seeing what was committed before it, and on SQLite no ORM session
-    (whose set-up cost ~20 times the statement and kept an idle Baton at ~1% of a core)."""
+    (whose set-up cost 15 to 30 times the statement and kept an idle Baton at ~1% of a core)."""
     outbox = Outbox(database)
     async with database.session() as session:
         await outbox.enqueue(session, HERE, Message.text("first"))
