@@ -94,7 +94,7 @@ class PlaygroundAdapter(Adapter):
         router.add_api_route("/events", self.events, methods=["GET"])
         app.include_router(router)
         app.mount("/static", StaticFiles(directory=PAGE), name="playground-static")
-        app.add_api_route("/", lambda: FileResponse(PAGE / "index.html"), methods=["GET"], include_in_schema=False)
+        app.add_api_route("/", lambda: FileResponse(PAGE / "index.html"), methods=["GET", "HEAD"], include_in_schema=False)
 
     # -- the HTTP API ----------------------------------------------------------------------------
 

@@ -34,13 +34,24 @@ def age(since: datetime, now: datetime) -> str:
     return duration(int((now - since).total_seconds()))
 
 
+def _approvers_shown(approval: Approval) -> str:
+    """The approvers; on a high-risk card without the requester, who may not approve it (only withdraw it)."""
+    if not approval.approvers:
+        return "none configured"
+    asked = approval.requested_by
+    others = [name for name in approval.approvers if name != asked and not name.endswith(f":{asked}")]
+    if approval.risk != "high" or len(others) == len(approval.approvers):
+        return ", ".join(approval.approvers)
+    return f"{', '.join(others) or 'nobody else'} (not {asked}, who asked)"
+
+
 def approval_card(approval: Approval) -> Message:
     """The card while waiting (with buttons) and after a decision (buttons gone, who and when)."""
     parts: list[Any] = [Text(text=approval.summary)]
     if approval.details:
         parts.append(Code(text="\n".join(f"{key}: {_shown(value)}" for key, value in approval.details.items())))
     parts.append(Note(text=f"Requested by {approval.requested_by} · risk {approval.risk} · "
-                           f"approvers: {', '.join(approval.approvers) or 'none configured'}"))
+                           f"approvers: {_approvers_shown(approval)}"))
     if approval.status == "pending":
         parts.append(Buttons(approval_id=approval.id))
         return Message(title="Approval needed", tone="approval", parts=parts)

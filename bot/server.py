@@ -56,7 +56,7 @@ def create_app(settings: Settings, config: BatonConfig | None = None) -> FastAPI
     for adapter in baton.adapters:
         adapter.mount(app)
 
-    @app.get("/healthz", tags=["ops"])
+    @app.api_route("/healthz", methods=["GET", "HEAD"], tags=["ops"])  # HEAD: what many uptime checks send
     async def healthz() -> dict[str, object]:
         return {"ok": True, "instance": baton.instance, "adapters": [adapter.name for adapter in baton.adapters],
                 "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0]}

@@ -180,7 +180,7 @@ def test_refusals_are_shown_only_to_the_person_who_clicked(chat, counter):
     assert (reject["custom_id"], reject["style"], reject["label"]) == (f"baton:reject:{approval_id}", 4, "Reject")
     (embed,) = card.embeds
     assert embed["title"] == "Approval needed"
-    assert f"Requested by <@{ALICE}>" in embed["description"] and f"approvers: <@{BOB}>, <@{ALICE}>" in embed["description"]
+    assert f"Requested by <@{ALICE}>" in embed["description"] and f"approvers: <@{BOB}> (not <@{ALICE}>, who asked)" in embed["description"]
 
     # The same request in the same channel, from another thread: a link to the first one, no second card.
     again = fake.say("run restart service=web", user=CAROL)["id"]

@@ -99,3 +99,10 @@ async def test_an_event_from_a_platform_with_a_nul_is_stored_and_answered(databa
         async with baton.db.read() as session:
             stored = (await session.exec(select(InboundEvent))).one()
         assert (stored.event_id, stored.thread, stored.text) == ("e\ufffd", "t\ufffd", "run restart service=web\ufffd")
+
+
+def test_uptime_checks_may_use_head(baton: BatonProcess) -> None:
+    http = baton.client().http
+    for path in ("/healthz", "/"):
+        response = http.head(path)
+        assert response.status_code == 200 and response.content == b"", path

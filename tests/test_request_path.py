@@ -23,6 +23,7 @@ def test_high_risk_runbook_approved(baton, counter):
     pg.wait_reply(thread, "Plan: run")
     card = pg.wait_card(thread)
     assert "restart web" in card["text"] and runs_in(counter) == []
+    assert "approvers: bob (not alice, who asked)" in card["text"]  # alice may only withdraw it
     assert pg.click(card, "bob").status_code == 202
     pg.wait_reply(thread, "did restart web")
     edited = wait_for(lambda: next(m for m in pg.bot_replies(thread) if m["id"] == card["id"] and m["revision"] > 1),

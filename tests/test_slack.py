@@ -119,7 +119,7 @@ def test_high_risk_card_refusals_approval_and_edit(slack, counter):
     (approval_id,) = slack.rows("SELECT id FROM approvals")[0]
     assert (approve["action_id"], approve["style"], approve["value"]) == ("baton:approve", "primary", approval_id)
     assert (reject["action_id"], reject["style"], reject["value"]) == ("baton:reject", "danger", approval_id)
-    assert f"approvers: <@{BOB}>, <@{ALICE}>" in shown_text(card) and f"Requested by <@{ALICE}>" in shown_text(card)
+    assert f"approvers: <@{BOB}> (not <@{ALICE}>, who asked)" in shown_text(card) and f"Requested by <@{ALICE}>" in shown_text(card)
 
     again = slack.mention("run restart service=web", user=CAROL)  # the same request: a link, not a second card
     link = slack.reply("The same request is waiting for approval", again["ts"])
