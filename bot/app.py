@@ -65,6 +65,7 @@ class Baton:
         self.db = Database(settings.database_url)
         self.registry = GraphRegistry.discover()
         self.outbox = Outbox(self.db, self.instance)
+        self._check_digest_platforms()
         self.adapters: list[Any] = [adapter_class(self) for adapter_class in self._selected_adapters()]
         self.services = Services(
             self.db, self.config, self.registry,
@@ -106,6 +107,14 @@ class Baton:
         await self.outbox.give_back_handed()
         await self._stack.aclose()
         await self.db.dispose()
+
+    def _check_digest_platforms(self) -> None:
+        """A digest for a platform no adapter serves would never be posted: most likely a typo."""
+        known = {point.name for point in entry_points(group="baton.adapters")}
+        unknown = sorted({digest.platform for digest in self.config.digests} - known)
+        if unknown:
+            raise ValueError(f"baton.yaml: digests name platforms no adapter serves: {', '.join(unknown)} "
+                             f"(adapters: {', '.join(sorted(known))})")
 
     def _selected_adapters(self) -> list[type[Any]]:
         wanted = self.settings.enabled_adapters()

@@ -199,6 +199,17 @@ def test_invalid_digest_in_config_names_the_line(tmp_path: Path):
     assert "line 8: digests.1: Value error, I don't know the time zone `Mars/Base`" in str(error.value)
 
 
+def test_a_digest_for_a_platform_no_adapter_serves_stops_baton(tmp_path: Path):
+    """It would never be posted: a typo (`slak`) must not pass unnoticed."""
+    from bot.app import Baton
+    from bot.settings import Settings
+
+    config = BatonConfig(digests=[Digest(platform="slak", channel="ops", cron="0 9 * * *")])
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'b.db'}")  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match=r"digests name platforms no adapter serves: slak \(adapters: .*slack"):
+        Baton(settings, config)
+
+
 def test_chat_commands_create_list_run_and_remove_schedules(start_baton, sqlite_url):
     baton = start_baton(sqlite_url)
     pg = baton.client()
