@@ -30,11 +30,13 @@ from typing import Any
 
 import aiohttp
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
+from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.contract import Adapter, DeliveryRejected, RetryLater, Step
@@ -108,8 +110,20 @@ class SlackAdapter(Adapter):
         if self._signing_secret is None:
             return  # Socket Mode only: without the signing secret nothing could be verified
         handler = AsyncSlackRequestHandler(self.bolt)
+        verifier = SignatureVerifier(self._signing_secret)
 
         async def slack_events(request: Request) -> Response:
+            # Checked before Bolt sees the request: Bolt parses the body and the timestamp first, so
+            # an unsigned body that is not JSON, or a timestamp that is not a number, was a 500 with a
+            # traceback, and a bad signature logged the whole body (any size, any line breaks).
+            body = await request.body()  # kept by the request: Bolt reads the same bytes
+            try:
+                signed = verifier.is_valid(body, request.headers.get("x-slack-request-timestamp"),
+                                           request.headers.get("x-slack-signature"))
+            except ValueError:  # a timestamp that is not a number
+                signed = False
+            if not signed:
+                return JSONResponse({"error": "invalid or missing request signature"}, status_code=401)
             return await handler.handle(request)
 
         app.add_api_route(EVENTS_PATH, slack_events, methods=["POST"], include_in_schema=False)
@@ -184,7 +198,15 @@ class SlackAdapter(Adapter):
 
     async def _on_command(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any]) -> None:
         """A slash command has no message to reply to: post one (in the channel) and use it as the thread."""
-        channel, user, text = body["channel_id"], body["user_id"], unescape(body.get("text") or "").strip()
+        channel, user, trigger = body.get("channel_id"), body.get("user_id"), body.get("trigger_id")
+        if not (channel and user and trigger):
+            await ack()  # not a command Slack sends: nothing to answer, nowhere to answer it
+            return
+        event_id = f"command:{trigger}"
+        if await self.baton.event_received(PLATFORM, event_id):  # a redelivery: its thread was made already
+            await ack()
+            return
+        text = unescape(body.get("text") or "").strip()
         shown = f"{body.get('command', '/baton')} {text}".strip()
         try:
             anchor = await self.client.chat_postMessage(
@@ -194,7 +216,7 @@ class SlackAdapter(Adapter):
             return
         await self.baton.accept_message(InboundMessage(
             platform=PLATFORM, workspace=body.get("team_id") or "", channel=channel, thread=anchor["ts"], user=user,
-            text=text, addressed=True, event_id=f"command:{body['trigger_id']}"))
+            text=text, addressed=True, event_id=event_id))
         await ack()
 
     # -- outbound --------------------------------------------------------------------------------

@@ -12,12 +12,12 @@ from datetime import timedelta
 from importlib.metadata import entry_points
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlmodel import select
 
 from bot.config import BatonConfig, load_config
 from bot.digests import Digests
-from bot.messages import Accepted, InboundClick, InboundMessage
+from bot.messages import Accepted, InboundClick, InboundMessage, storable
 from bot.orchestrator import Orchestrator
 from bot.outbox import Outbox
 from bot.registry import GraphRegistry
@@ -26,13 +26,15 @@ from bot.runtime import GraphRuntime, Services
 from bot.scheduler import DigestScheduler
 from bot.settings import Settings
 from storage.checkpointer import open_checkpointer
-from storage.db import Database
+from storage.db import Database, prepared
 from storage.migrate import upgrade
-from storage.models import ThreadRecord, utcnow
+from storage.models import InboundEvent, ThreadRecord, utcnow
 
 log = logging.getLogger("baton")
 SWEEP_INTERVAL = 1.0
 RETENTION_INTERVAL = 600.0
+_EVENT_RECEIVED = prepared(select(InboundEvent.id).where(
+    InboundEvent.platform == bindparam("platform"), InboundEvent.event_id == bindparam("event_id")).limit(1))
 
 
 def discover_adapters(names: set[str] | None = None) -> dict[str, type[Any]]:
@@ -132,6 +134,12 @@ class Baton:
     async def accept_message(self, message: InboundMessage) -> Accepted:
         assert self.orchestrator is not None, "Baton is not started"
         return await self.orchestrator.accept_message(message)
+
+    async def event_received(self, platform: str, event_id: str) -> bool:
+        """Whether this platform event is stored already: for an adapter that must act before handing an
+        event over (a slash command's thread is a message Baton posts first), so a redelivery acts once."""
+        return (await self.db.fetch(_EVENT_RECEIVED, {"platform": platform, "event_id": storable(event_id)})).first() \
+            is not None
 
     async def accept_click(self, click: InboundClick) -> Accepted:
         assert self.orchestrator is not None, "Baton is not started"

@@ -437,12 +437,13 @@ class SlackSender:
         }
         return self.post(urlencode({"payload": json.dumps(payload)}), "application/x-www-form-urlencoded")
 
-    def command(self, text: str, *, user: str, channel: str = "C0GENERAL1", command: str = "/baton") -> httpx.Response:
+    def command(self, text: str, *, user: str, channel: str = "C0GENERAL1", command: str = "/baton",
+                trigger_id: str | None = None) -> httpx.Response:
         body = urlencode({
             "token": "legacy-verification-token", "team_id": TEAM_ID, "team_domain": "baton-test",
             "channel_id": channel, "channel_name": "general", "user_id": user, "user_name": user.lower(),
             "command": command, "text": text, "api_app_id": "A0BATON000", "is_enterprise_install": "false",
             "response_url": "https://hooks.slack.invalid/commands/x",
-            "trigger_id": f"{uuid.uuid4().int % 10**12}.{uuid.uuid4().hex[:12]}",
+            "trigger_id": trigger_id or f"{uuid.uuid4().int % 10**12}.{uuid.uuid4().hex[:12]}",
         })
         return self.post(body, "application/x-www-form-urlencoded")

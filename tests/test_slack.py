@@ -175,6 +175,14 @@ def test_forged_and_stale_signatures_get_401_and_store_nothing(slack, counter):
     unsigned = httpx.post(slack.sender.url, content=slack.sender.event_body(stale),
                           headers={"Content-Type": "application/json"})
     assert unsigned.status_code == 401
+    # Checked before Bolt parses anything: these were 500s with a traceback, and a forged body was logged whole.
+    not_json = httpx.post(slack.sender.url, content=b"hello\n2099-01-01 ERROR forged log line",
+                          headers={"Content-Type": "application/json", "X-Slack-Signature": "v0=00",
+                                   "X-Slack-Request-Timestamp": str(int(time.time()))})
+    assert not_json.status_code == 401
+    bad_clock = dict(wrong, **{"X-Slack-Request-Timestamp": "abc"})
+    assert httpx.post(slack.sender.url, content=body, headers=bad_clock).status_code == 401
+    assert "forged log line" not in slack.baton.log.read_text() and "Traceback" not in slack.baton.log.read_text()
     # A good request afterwards is handled: by the time its reply is out, the bad ones would be too.
     good = slack.mention("run uptime", channel=OPS)
     slack.reply("did uptime", good["ts"], channel=OPS)
@@ -214,6 +222,18 @@ def test_slash_command_posts_its_own_thread(slack, counter):
     assert refused.status_code == 200
     assert refused.json()["response_type"] == "ephemeral" and "Invite me to the channel" in refused.json()["text"]
     assert len(slack.stored_events()) == 1
+
+
+def test_a_redelivered_slash_command_makes_no_second_thread(slack, counter):
+    """Its thread is a message Baton posts before storing the command: a redelivery posted a second
+    "asked:" message, which never got a reply."""
+    for _ in range(2):
+        assert slack.sender.command("run uptime", user=ALICE, channel=OPS, trigger_id="123.abc").status_code == 200
+    anchor = slack.fake.find(f"<@{ALICE}> asked: `/baton run uptime`", channel=OPS)
+    assert anchor is not None
+    slack.reply("did uptime", anchor.ts, channel=OPS)
+    asked = [call for call in slack.fake.calls("chat.postMessage") if "asked:" in str(call.args.get("text"))]
+    assert len(asked) == 1 and slack.stored_events() == ["command:123.abc"] and runs_in(counter) == ["uptime"]
 
 
 def test_direct_message_needs_no_mention(slack, counter):
