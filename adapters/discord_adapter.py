@@ -70,6 +70,7 @@ from bot.settings import Settings
 log = logging.getLogger("baton.discord")
 PLATFORM = "discord"
 RATE_LIMIT_WAIT_SECONDS = 30.0  # discord.py waits out a 429 up to this (its minimum); longer -> RetryLater
+RECONNECT_FIRST_PAUSE, RECONNECT_LONGEST_PAUSE = 1.0, 60.0  # after an error discord.py does not handle
 CONNECT_TIMEOUT_SECONDS = 30.0
 FOLLOW_UP_MARGIN = timedelta(seconds=60)  # do not start a follow-up this close to the token's expiry
 DEFER_WAIT_SECONDS = 5.0  # a refusal waits at most this long for its click's defer to finish
@@ -234,7 +235,7 @@ class DiscordAdapter(Adapter):
         self.client.add_dynamic_items(ChoiceButton)
         await self._sync_commands()
         await self._choose_gateway()
-        self._gateway = asyncio.create_task(self.client.connect(), name="discord-gateway")
+        self._gateway = asyncio.create_task(self._run_gateway(), name="discord-gateway")
         self._gateway.add_done_callback(_gateway_ended)
         await self._wait_connected()
         log.info("Discord: signed in as %s", self.client.user)
@@ -264,6 +265,34 @@ class DiscordAdapter(Adapter):
             log.info("Discord: gateway %s (%s of %s session starts left today)", url,
                      limits.get("remaining"), limits.get("total"))
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
+
+    async def _run_gateway(self) -> None:
+        """``client.connect()``, connected again after an error discord.py does not handle itself.
+
+        discord.py reconnects after network errors; any other exception (a gateway event its parser
+        cannot read, say) ended ``connect()`` and with it every Discord event, while the process went
+        on looking healthy. The new session identifies afresh rather than resuming, so the event that
+        broke the old one is not replayed to it.
+        """
+        pause = RECONNECT_FIRST_PAUSE
+        while True:
+            started = asyncio.get_running_loop().time()
+            try:
+                await self.client.connect()
+                return
+            except (discord.ConnectionClosed, discord.PrivilegedIntentsRequired, discord.LoginFailure):
+                raise  # Discord refused us: connecting again would not change that
+            except Exception as exc:
+                if self.client.is_closed():
+                    raise
+                if asyncio.get_running_loop().time() - started > RECONNECT_LONGEST_PAUSE:
+                    pause = RECONNECT_FIRST_PAUSE  # it had been working: not a failure in a row
+                log.error("Discord: the gateway connection failed (%r); connecting again in %.0fs", exc, pause)
+                old = self.client.ws
+                if old is not None and old.open:  # nobody reads that socket any more
+                    await old.close(code=4000)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, RECONNECT_LONGEST_PAUSE)
 
     async def _wait_connected(self) -> None:
         """Until Discord accepted the identify (READY); a gateway that refuses us stops the start."""

@@ -24,6 +24,7 @@ from tests.fake_discord import (
     BOT_ID,
     CAROL,
     EPHEMERAL,
+    GENERAL,
     GUILD_ID,
     MESSAGE_CONTENT_INTENT,
     OPS,
@@ -32,6 +33,7 @@ from tests.fake_discord import (
     FakeMessage,
     buttons,
     shown_text,
+    snowflake,
 )
 from tests.support import LONG_LINES, long_line, BatonProcess, runs_in, wait_for, write_config
 
@@ -156,6 +158,21 @@ def test_mention_opens_a_thread_and_the_thread_is_the_conversation(chat, counter
     # As on Slack: the channel, and the thread in it (a DM is one conversation).
     assert chat.rows("SELECT workspace, channel, thread FROM thread_records ORDER BY id") == [
         (GUILD_ID, OPS, thread), ("", direct, direct)]
+
+
+def test_a_gateway_event_discord_py_cannot_read_does_not_end_the_connection_for_good(chat, counter):
+    """A MESSAGE_CREATE without an author made discord.py's ``connect()`` raise: every later event was
+    lost while /healthz said all was well. Baton connects again (a new session: the bad event is not
+    replayed) and answers the next mention."""
+    fake = chat.fake
+    broken = fake.say("run uptime", channel=OPS)
+    chat.reply("did uptime", broken["id"])
+    fake.dispatch("MESSAGE_CREATE", {key: value for key, value in broken.items() if key != "author"} | {"id": snowflake()})
+    wait_for(lambda: len(fake.identifies) == 2 and fake.sessions == 1, what="a new gateway session")
+    later = fake.say("run uptime", channel=GENERAL)
+    chat.reply("did uptime", later["id"])
+    assert runs_in(counter) == ["uptime", "uptime"]
+    assert "the gateway connection failed (AttributeError" in chat.baton.log.read_text()
 
 
 def test_summarize_reads_the_thread_from_discord(chat, counter):
