@@ -124,7 +124,12 @@ class SlackAdapter(Adapter):
                 signed = False
             if not signed:
                 return JSONResponse({"error": "invalid or missing request signature"}, status_code=401)
-            return await handler.handle(request)
+            try:
+                return await handler.handle(request)
+            except Exception as exc:  # Bolt's parsing: JSON it cannot read, or a shape it does not expect
+                # (a listener's own errors Bolt answers itself, with a 500 and its log line)
+                log.warning("Slack: a signed request that could not be read was refused (%s)", type(exc).__name__)
+                return JSONResponse({"error": "the request body could not be read"}, status_code=400)
 
         app.add_api_route(EVENTS_PATH, slack_events, methods=["POST"], include_in_schema=False)
 
@@ -170,13 +175,12 @@ class SlackAdapter(Adapter):
         await self._accept_message(body, event, mentioned=False)
 
     async def _accept_message(self, body: dict[str, Any], event: dict[str, Any], *, mentioned: bool) -> None:
-        user = event.get("user")
-        if (not user or user == self.bot_user_id or event.get("bot_id")
+        user, channel, ts = event.get("user"), event.get("channel"), event.get("ts")
+        if (not _all_text(user, channel, ts) or user == self.bot_user_id or event.get("bot_id")
                 or event.get("subtype") not in PERSON_SUBTYPES):
-            return
-        raw = event.get("text") or ""
+            return  # not a person's message (or not one Slack would send: nothing to answer, nowhere)
+        raw = event.get("text") if isinstance(event.get("text"), str) else ""
         mentioned = mentioned or bool(self._mention.search(raw))
-        channel, ts = event["channel"], event["ts"]
         accepted = await self.baton.accept_message(InboundMessage(
             platform=PLATFORM, workspace=body.get("team_id") or "", channel=channel,
             thread=event.get("thread_ts") or ts, user=user, text=unescape(self._mention.sub("", raw)).strip(),
@@ -189,10 +193,14 @@ class SlackAdapter(Adapter):
         channel = (body.get("channel") or {}).get("id") or container.get("channel_id") or ""
         thread = (message.get("thread_ts") or container.get("thread_ts") or message.get("ts")
                   or container.get("message_ts") or "")
+        user = (body.get("user") or {}).get("id")
+        choice = str(action.get("action_id") or "").removeprefix(BUTTON_ACTION_PREFIX)
+        if not (_all_text(user, channel, thread) and 0 < len(choice) <= 64):
+            log.warning("Slack: a click without a user, channel or button was ignored")
+            return await ack()
         await self.baton.accept_click(InboundClick(
             platform=PLATFORM, workspace=(body.get("team") or {}).get("id") or "", channel=channel, thread=thread,
-            user=body["user"]["id"], approval_id=action.get("value") or "",
-            action=action["action_id"].removeprefix(BUTTON_ACTION_PREFIX),
+            user=user, approval_id=str(action.get("value") or ""), action=choice,
             event_id=f"click:{body.get('trigger_id') or action.get('action_ts')}"))
         await ack()
 
@@ -289,6 +297,10 @@ class SlackAdapter(Adapter):
             return str(response[result_key]) if result_key else None
 
         return call
+
+
+def _all_text(*values: object) -> bool:
+    return all(isinstance(value, str) and value for value in values)
 
 
 def _error_code(exc: SlackApiError) -> str:

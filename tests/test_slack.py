@@ -183,6 +183,9 @@ def test_forged_and_stale_signatures_get_401_and_store_nothing(slack, counter):
     bad_clock = dict(wrong, **{"X-Slack-Request-Timestamp": "abc"})
     assert httpx.post(slack.sender.url, content=body, headers=bad_clock).status_code == 401
     assert "forged log line" not in slack.baton.log.read_text() and "Traceback" not in slack.baton.log.read_text()
+    for unreadable in ("hello", "[1]"):  # signed, but not what Slack sends
+        assert slack.sender.post(unreadable, "application/json").status_code == 400
+    assert "Traceback" not in slack.baton.log.read_text()
     # A good request afterwards is handled: by the time its reply is out, the bad ones would be too.
     good = slack.mention("run uptime", channel=OPS)
     slack.reply("did uptime", good["ts"], channel=OPS)
