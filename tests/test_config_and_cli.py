@@ -103,7 +103,7 @@ def test_invalid_settings_are_named_without_their_values(tmp_path, config_path, 
 def test_a_database_that_cannot_be_reached_is_one_line_without_its_password(tmp_path, config_path):
     unreachable = "postgresql://baton:hunter2@127.0.0.1:1/baton"  # port 1: nothing listens there
     for command in (["run"], ["approvals"]):
-        result = baton_cli(*command, cwd=tmp_path, env={"BATON_CONFIG": str(config_path),
+        result = baton_cli(*command, cwd=tmp_path, env={"BATON_CONFIG": str(config_path), "BATON_PORT": "0",
                                                          "BATON_DATABASE_URL": unreachable})
         assert result.returncode == 2, result.stderr
         assert "Baton cannot use the database postgresql://baton:***@127.0.0.1:1/baton: " in result.stderr
