@@ -104,6 +104,12 @@ class Adapter(ABC):
             self._pump.cancel()
             await asyncio.gather(self._pump, return_exceptions=True)
 
+    def problem(self) -> str | None:
+        """What keeps this adapter from working now, for ``/healthz`` (``None``: nothing)."""
+        if self._pump is not None and self._pump.done():
+            return "its outbox delivery loop has stopped"
+        return None
+
     async def history(self, location: Location, limit: int) -> list[dict[str, Any]] | None:
         """Recent messages of a thread (``location.thread``) or of the channel (``thread == ""``),
         oldest first, as ``{"user", "text", "is_bot"}``; ``None`` when the platform offers none

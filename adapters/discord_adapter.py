@@ -266,6 +266,11 @@ class DiscordAdapter(Adapter):
                      limits.get("remaining"), limits.get("total"))
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
 
+    def problem(self) -> str | None:
+        if self._gateway is not None and self._gateway.done():
+            return "the gateway connection ended (see the log); Discord events are not received"
+        return super().problem()
+
     async def _run_gateway(self) -> None:
         """``client.connect()``, connected again after an error discord.py does not handle itself.
 

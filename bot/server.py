@@ -57,9 +57,12 @@ def create_app(settings: Settings, config: BatonConfig | None = None) -> FastAPI
         adapter.mount(app)
 
     @app.api_route("/healthz", methods=["GET", "HEAD"], tags=["ops"])  # HEAD: what many uptime checks send
-    async def healthz() -> dict[str, object]:
-        return {"ok": True, "instance": baton.instance, "adapters": [adapter.name for adapter in baton.adapters],
-                "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0]}
+    async def healthz() -> JSONResponse:
+        """200 while every adapter works; 503 naming what does not (a supervisor restarts the replica)."""
+        problems = {adapter.name: problem for adapter in baton.adapters if (problem := adapter.problem())}
+        return JSONResponse(status_code=503 if problems else 200, content={
+            "ok": not problems, "instance": baton.instance, "adapters": [adapter.name for adapter in baton.adapters],
+            "problems": problems, "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0]})
 
     return app
 

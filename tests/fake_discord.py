@@ -252,6 +252,14 @@ class FakeDiscord(BackgroundServer):
 
     # -- people's side: events through the gateway -----------------------------------------------
 
+    def close_sessions(self, code: int, reason: bytes = b"") -> None:
+        """Close every gateway connection with ``code`` (4004: the token is no longer valid, say)."""
+        async def close() -> None:
+            for connection in list(self._connections):
+                await connection.socket.close(code=code, message=reason)
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
+
     def dispatch(self, event: str, data: dict[str, Any]) -> None:
         async def push() -> None:
             for connection in list(self._connections):

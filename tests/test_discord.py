@@ -175,6 +175,16 @@ def test_a_gateway_event_discord_py_cannot_read_does_not_end_the_connection_for_
     assert "the gateway connection failed (AttributeError" in chat.baton.log.read_text()
 
 
+def test_a_gateway_that_ends_for_good_makes_healthz_fail(chat):
+    """Discord refusing the session (4004: the token was reset) is not retried; the replica must not
+    go on saying it is healthy while it receives nothing."""
+    assert httpx.get(f"{chat.baton.url}/healthz").json()["problems"] == {}
+    chat.fake.close_sessions(4004, b"Authentication failed.")
+    health = wait_for(lambda: (r := httpx.get(f"{chat.baton.url}/healthz")).status_code == 503 and r, 20,
+                      "/healthz to report the ended gateway")
+    assert not health.json()["ok"] and "gateway connection ended" in health.json()["problems"]["discord"]
+
+
 def test_summarize_reads_the_thread_from_discord(chat, counter):
     fake = chat.fake
     thread = fake.say("run uptime", channel=OPS)["id"]
