@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bot.schedules import check_schedule
+from bot.messages import quoted
 
 Risk = Literal["low", "high"]
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,40}$"
@@ -69,7 +70,7 @@ class Runbook(BaseModel):
                 problems.append(f"missing argument `{name}` ({spec.description or spec.pattern})")
             elif not re.fullmatch(spec.pattern, value):
                 allowed = f" ({spec.description})" if spec.description else ""
-                problems.append(f"`{name}={value[:60]}` does not match the allowed pattern `{spec.pattern}`{allowed}")
+                problems.append(f"`{name}={quoted(value)}` does not match the allowed pattern `{spec.pattern}`{allowed}")
             else:
                 values[name] = value
         if problems:

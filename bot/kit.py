@@ -29,6 +29,7 @@ from langgraph.types import interrupt
 from pydantic import BaseModel
 
 from bot.config import BatonConfig
+from bot.messages import quoted  # for graph authors: quoting what someone wrote in a reply
 from bot.models import ModelFailed, ModelRequired
 
 T = TypeVar("T")

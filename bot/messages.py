@@ -14,6 +14,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL, and surrogates (in a str only ever unpaired)
 
 
+_BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
+def quoted(text: str, limit: int = 60) -> str:
+    """Part of what someone wrote, to quote back in a reply: at most ``limit`` characters, its invisible
+    bidi controls shown as U+FFFD. They make a quote read as something else (U+202E shows
+    `upt\u202eime` as "uptemi"), which in a bot's reply could pass off one command as another."""
+    return _BIDI_CONTROLS.sub("\ufffd", text)[:limit]
+
+
 def storable(value: str) -> str:
     """``value`` as every database takes it: each NUL (PostgreSQL's text refuses it) and each unpaired
     surrogate (it has no UTF-8) replaced by U+FFFD."""

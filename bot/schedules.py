@@ -11,6 +11,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
 
+from bot.messages import quoted
+
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MAX_STEPS = 200_000
 
@@ -23,17 +25,17 @@ def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ScheduleError(f"I don't know the time zone `{name[:60]}`. Use an IANA name like `Europe/Paris` or `UTC`.") from None
+        raise ScheduleError(f"I don't know the time zone `{quoted(name)}`. Use an IANA name like `Europe/Paris` or `UTC`.") from None
 
 
 def trigger(cron: str, timezone: str) -> CronTrigger:
     tz = zone(timezone)
     if len(cron.split()) != 5:
-        raise ScheduleError(f"`{cron[:80]}` is not a cron expression: it needs five fields (minute hour day month weekday).")
+        raise ScheduleError(f"`{quoted(cron, 80)}` is not a cron expression: it needs five fields (minute hour day month weekday).")
     try:
         return CronTrigger.from_crontab(cron, timezone=tz)
     except ValueError as exc:
-        raise ScheduleError(f"`{cron[:80]}` is not a valid cron expression: {exc}.") from None
+        raise ScheduleError(f"`{quoted(cron, 80)}` is not a valid cron expression: {exc}.") from None
 
 
 def check_schedule(cron: str, timezone: str) -> None:
@@ -77,7 +79,7 @@ def parse_when(words: list[str]) -> tuple[str, str]:
         raise ScheduleError("I understand `digest daily HH:MM [zone]`, `digest weekly <day> HH:MM [zone]`, "
                             "`digest cron \"<expression>\" [zone]`, `digest now`, `digest list` and `digest off`.")
     if len(rest) > 1:
-        raise ScheduleError(f"Unexpected words after the time zone: `{' '.join(rest[1:])[:60]}`.")
+        raise ScheduleError(f"Unexpected words after the time zone: `{quoted(' '.join(rest[1:]))}`.")
     timezone = rest[0] if rest else "UTC"
     check_schedule(cron, timezone)
     return cron, timezone

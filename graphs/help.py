@@ -6,7 +6,7 @@ from typing import Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 
-from bot.kit import Request, current
+from bot.kit import Request, current, quoted
 
 DESCRIPTION = "What I can do, with an example of each."
 EXAMPLE = "help"
@@ -31,7 +31,7 @@ def answer(state: HelpState) -> HelpState:
     intro = "Here is what I can do. Mention me with one of these:"
     unknown = state.get("text", "").strip()
     if unknown:
-        intro = f"I don't know how to handle “{unknown[:200]}” yet. " + intro
+        intro = f"I don't know how to handle “{quoted(unknown, 200)}” yet. " + intro
     parts = [
         {"kind": "text", "text": intro},
         {"kind": "text", "text": "\n".join(lines)},
