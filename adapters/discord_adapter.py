@@ -72,6 +72,7 @@ PLATFORM = "discord"
 RATE_LIMIT_WAIT_SECONDS = 30.0  # discord.py waits out a 429 up to this (its minimum); longer -> RetryLater
 RECONNECT_FIRST_PAUSE, RECONNECT_LONGEST_PAUSE = 1.0, 60.0  # after an error discord.py does not handle
 CONNECT_TIMEOUT_SECONDS = 30.0
+TOKEN_LOGGERS = ("discord.http", "discord.webhook.async_", "discord.gateway")  # INFO or above, whatever the level
 FOLLOW_UP_MARGIN = timedelta(seconds=60)  # do not start a follow-up this close to the token's expiry
 DEFER_WAIT_SECONDS = 5.0  # a refusal waits at most this long for its click's defer to finish
 THREAD_NAME_CHARS = 100
@@ -215,6 +216,9 @@ class DiscordAdapter(Adapter):
             discord.http.Route.BASE = settings.discord_api_url.rstrip("/")
         self.client = BatonClient(self)
         self.clicks = ClickReplies()
+        for name in TOKEN_LOGGERS:  # at DEBUG they log URLs and gateway events, which hold interactions' tokens
+            logger = logging.getLogger(name)
+            logger.setLevel(max(logging.INFO, logger.getEffectiveLevel()))
         self.reads_content = False  # whether Discord sends the text of messages that do not mention Baton
         self._gateway: asyncio.Task[None] | None = None
 

@@ -185,6 +185,18 @@ def test_a_gateway_that_ends_for_good_makes_healthz_fail(chat):
     assert not health.json()["ok"] and "gateway connection ended" in health.json()["problems"]["discord"]
 
 
+def test_at_debug_level_no_interaction_token_is_logged(fake_discord, start_baton, sqlite_url):
+    """discord.py logs its request URLs at DEBUG, and a click's follow-up URL holds the click's token."""
+    baton = start_baton(sqlite_url, env=fake_discord.env() | {"BATON_LOG_LEVEL": "DEBUG"})
+    wait_for(lambda: fake_discord.sessions == 1, what="Baton's gateway session")
+    chat = Discord(baton, fake_discord, sqlite_url)
+    thread = fake_discord.say("run restart service=web", user=ALICE, channel=OPS)["id"]
+    click = fake_discord.click(chat.card(thread), user=CAROL)
+    chat.reply(f"Only <@{BOB}> or <@{ALICE}> can decide this", thread)
+    log = chat.baton.log.read_text()
+    assert " DEBUG " in log and click["token"] not in log
+
+
 def test_summarize_reads_the_thread_from_discord(chat, counter):
     fake = chat.fake
     thread = fake.say("run uptime", channel=OPS)["id"]
