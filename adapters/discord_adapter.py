@@ -331,7 +331,12 @@ class DiscordAdapter(Adapter):
             return
         channel: Any = message.channel
         if isinstance(channel, discord.PartialMessageable):  # not in the cache (yet): is it a thread?
-            channel = await self.client.fetch_channel(channel.id)
+            try:
+                channel = await self.client.fetch_channel(channel.id)
+            except (discord.NotFound, discord.Forbidden) as exc:  # gone, or not visible to Baton: nowhere to answer
+                log.warning("Discord: message %s in channel %s ignored: the channel cannot be read (%s)",
+                            message.id, channel.id, exc.status)
+                return
         direct = isinstance(channel, discord.DMChannel)
         addressed = direct or me.id in message.raw_mentions
         text = re.sub(rf"<@!?{me.id}>[:,]?", "", message.content).strip()

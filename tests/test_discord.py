@@ -197,6 +197,17 @@ def test_at_debug_level_no_interaction_token_is_logged(fake_discord, start_baton
     assert " DEBUG " in log and click["token"] not in log
 
 
+def test_a_message_in_a_channel_baton_cannot_read_is_ignored_without_a_traceback(chat, counter):
+    fake = chat.fake
+    asked = fake.say("run uptime", channel=OPS)
+    chat.reply("did uptime", asked["id"])
+    fake.dispatch("MESSAGE_CREATE", asked | {"id": snowflake(), "channel_id": "1100000000000009999"})  # no such channel
+    wait_for(lambda: "cannot be read (404)" in chat.baton.log.read_text(), what="the message to be ignored")
+    later = fake.say("run uptime", channel=GENERAL)
+    chat.reply("did uptime", later["id"])
+    assert runs_in(counter) == ["uptime", "uptime"] and "Traceback" not in chat.baton.log.read_text()
+
+
 def test_summarize_reads_the_thread_from_discord(chat, counter):
     fake = chat.fake
     thread = fake.say("run uptime", channel=OPS)["id"]
