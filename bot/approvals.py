@@ -15,6 +15,13 @@ def is_approver(approvers: list[str], platform: str, user: str) -> bool:
     return user in approvers or f"{platform}:{user}" in approvers
 
 
+def approvers_besides_requester(approval: Approval) -> list[str]:
+    """Who may approve a high-risk ``approval``: its approvers without the requester (under any
+    platform's prefix: the card that shows them does not know the platform)."""
+    asked = approval.requested_by
+    return [name for name in approval.approvers if name != asked and not name.endswith(f":{asked}")]
+
+
 def refusal(approval: Approval, platform: str, user: str, action: str = "approve") -> str | None:
     """Why ``user`` may not ``action`` (approve or reject) ``approval``, or ``None`` when they may.
 

@@ -177,7 +177,7 @@ def load_config(path: Path, *, required: bool = False) -> BatonConfig:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "unknown line"
         raise ConfigError(f"{path}: {where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
-    _refuse_duplicate_keys(path, root)
+    lines = _line_index(path, root)  # and a key given twice is refused here
     if data is None:
         return BatonConfig()
     if not isinstance(data, dict):
@@ -185,7 +185,6 @@ def load_config(path: Path, *, required: bool = False) -> BatonConfig:
     try:
         return BatonConfig.model_validate(data)
     except ValidationError as exc:
-        lines = _line_index(root)
         problems = []
         for error in exc.errors():
             loc = tuple(str(part) for part in error["loc"])
@@ -194,36 +193,27 @@ def load_config(path: Path, *, required: bool = False) -> BatonConfig:
         raise ConfigError("\n".join(problems)) from exc
 
 
-def _refuse_duplicate_keys(path: Path, node: yaml.Node | None, prefix: tuple[str, ...] = ()) -> None:
-    """YAML keeps the last of two equal keys: a second ``uptime:`` runbook would silently replace the first."""
-    if isinstance(node, yaml.MappingNode):
-        first_lines: dict[str, int] = {}
-        for key, value in node.value:
-            name = str(key.value)
-            if name in first_lines:
-                raise ConfigError(f"{path}: line {key.start_mark.line + 1}: {'.'.join((*prefix, name))} is given "
-                                  f"twice (first on line {first_lines[name]})")
-            first_lines[name] = key.start_mark.line + 1
-            _refuse_duplicate_keys(path, value, (*prefix, name))
-    elif isinstance(node, yaml.SequenceNode):
-        for position, item in enumerate(node.value):
-            _refuse_duplicate_keys(path, item, (*prefix, str(position)))
+def _line_index(config: Path, node: yaml.Node | None, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
+    """Map each key path of the YAML document to its 1-based line number.
 
-
-def _line_index(node: yaml.Node | None, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
-    """Map each key path of the YAML document to its 1-based line number."""
+    A key given twice in one mapping is refused: YAML keeps the last, so a second ``uptime:``
+    runbook would silently replace the first.
+    """
     index: dict[tuple[str, ...], int] = {}
     if node is None:
         return index
     index[prefix] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
-            path = (*prefix, str(key.value))
-            index.update(_line_index(value, path))
-            index[path] = key.start_mark.line + 1
+            key_path = (*prefix, str(key.value))
+            if key_path in index:
+                raise ConfigError(f"{config}: line {key.start_mark.line + 1}: {'.'.join(key_path)} is given "
+                                  f"twice (first on line {index[key_path]})")
+            index.update(_line_index(config, value, key_path))
+            index[key_path] = key.start_mark.line + 1
     elif isinstance(node, yaml.SequenceNode):
         for position, item in enumerate(node.value):
-            index.update(_line_index(item, (*prefix, str(position))))
+            index.update(_line_index(config, item, (*prefix, str(position))))
     return index
 
 
@@ -244,15 +234,15 @@ def _node_at(node: yaml.Node | None, loc: tuple[str, ...]) -> yaml.Node | None:
 def _mentioned_line(node: yaml.Node | None, message: str) -> int | None:
     """The line, inside ``node``, of the key or value the message quotes: a whole-object check (a
     runbook's command, a digest's schedule) is reported on its object, but the wrong part is deeper."""
-    quoted = [next(group for group in match.groups() if group) for match in _QUOTED.finditer(message)]
-    if node is None or not quoted:
+    tokens = [next(group for group in match.groups() if group) for match in _QUOTED.finditer(message)]
+    if node is None or not tokens:
         return None
     pending = [node]
     while pending:
         current = pending.pop(0)
         if isinstance(current, yaml.ScalarNode):
             text = str(current.value)
-            if any(token == text or (token.startswith("{") and token in text) for token in quoted):
+            if any(token == text or (token.startswith("{") and token in text) for token in tokens):
                 return int(current.start_mark.line) + 1
         elif isinstance(current, yaml.MappingNode):
             pending[:0] = [part for pair in current.value for part in pair]

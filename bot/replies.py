@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from bot import schedules
+from bot import approvals, schedules
 from bot.models import ModelRequired
 from bot.kit import duration
 from bot.messages import ButtonOption, Buttons, Code, Message, Note, Text, ThreadLink
@@ -38,11 +38,10 @@ def _approvers_shown(approval: Approval) -> str:
     """The approvers; on a high-risk card without the requester, who may not approve it (only withdraw it)."""
     if not approval.approvers:
         return "none configured"
-    asked = approval.requested_by
-    others = [name for name in approval.approvers if name != asked and not name.endswith(f":{asked}")]
+    others = approvals.approvers_besides_requester(approval)
     if approval.risk != "high" or len(others) == len(approval.approvers):
         return ", ".join(approval.approvers)
-    return f"{', '.join(others) or 'nobody else'} (not {asked}, who asked)"
+    return f"{', '.join(others) or 'nobody else'} (not {approval.requested_by}, who asked)"
 
 
 def approval_card(approval: Approval) -> Message:
