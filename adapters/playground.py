@@ -155,6 +155,10 @@ class PlaygroundAdapter(Adapter):
         buttons = next((part for part in card.content.get("parts", [])
                         if part.get("kind") == "buttons" and part.get("approval_id") == body.approval_id), None)
         if buttons is None:
+            # The card loses its buttons once decided: a redelivered click (same event id) is a duplicate
+            # whenever it arrives, as on Slack and Discord, not an error that depends on the edit's timing.
+            if body.event_id is not None and await self.baton.event_received(self.name, body.event_id):
+                return {"delivery": "duplicate"}
             raise HTTPException(400, "that message has no buttons for this approval (it may have been decided)")
         if body.action not in {option["value"] for option in buttons.get("options", [])}:
             raise HTTPException(400, f"'{body.action}' is not one of this message's buttons")

@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from tests.support import BatonProcess
+from tests.support import BatonProcess, runs_in, wait_for
 
 
 async def _listen_until_a_change(http: httpx.AsyncClient) -> None:
@@ -106,3 +106,21 @@ def test_uptime_checks_may_use_head(baton: BatonProcess) -> None:
     for path in ("/healthz", "/"):
         response = http.head(path)
         assert response.status_code == 200 and response.content == b"", path
+
+
+def test_a_click_redelivered_after_its_card_was_decided_is_a_duplicate(baton: BatonProcess, counter) -> None:
+    """The card loses its buttons once decided; the same click arriving after that edit was a 400
+    (so the answer to a redelivery depended on how fast the run went), now it is a duplicate."""
+    pg = baton.client()
+    thread = pg.ask("@baton run restart service=web")
+    card = pg.wait_card(thread)
+    assert pg.click(card, "bob", event_id="click-once").json()["delivery"] == "accepted"
+    pg.wait_reply(thread, "did restart web")
+    wait_for(lambda: any(m["id"] == card["id"] and "Approved by bob" in m["text"] for m in pg.bot_replies(thread)),
+             20, "the card edited to its decision")
+
+    again = pg.click(card, "bob", event_id="click-once")
+    assert (again.status_code, again.json()) == (202, {"delivery": "duplicate"})
+    late = pg.click(card, "carol")  # a new click on the decided card
+    assert late.status_code == 400 and "may have been decided" in late.json()["detail"]
+    assert runs_in(counter) == ["restart web"]
