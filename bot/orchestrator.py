@@ -701,9 +701,13 @@ class Orchestrator:
             "closed_id": event.id, "closed_as": outcome[:200], "now": now})
         if not closed.rowcount:
             raise LeaseLost(f"event {event.id} was already handled elsewhere")
-        more = status is not None and await threads.next_event_of(session, event.thread_record_id, status) is not None  # type: ignore[arg-type]
-        held = await (self.leases.keep if more else self.leases.give_back)(session, event.thread_record_id)  # type: ignore[arg-type]
+        record_id: int = event.thread_record_id  # type: ignore[assignment]
+        if status is not None and await self.leases.give_back_when_idle(session, record_id, status):
+            self._released.add(record_id)  # nothing else queued: the usual case, one statement
+            return
+        more = status is not None and await threads.next_event_of(session, record_id, status) is not None
+        held = await (self.leases.keep if more else self.leases.give_back)(session, record_id)
         if not held:
-            raise LeaseLost(f"thread {event.thread_record_id} is no longer ours; event {event.id} is left to its holder")
+            raise LeaseLost(f"thread {record_id} is no longer ours; event {event.id} is left to its holder")
         if not more:
-            self._released.add(event.thread_record_id)  # type: ignore[arg-type]
+            self._released.add(record_id)

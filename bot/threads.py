@@ -8,8 +8,9 @@ and replicas, and a crashed holder's lease simply expires.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import DateTime, bindparam, case, or_, update
+from sqlalchemy import DateTime, Select, bindparam, case, or_, update
 from sqlmodel import select
 
 from bot.messages import Location
@@ -38,7 +39,16 @@ _TAKE = prepared(update(_THREADS).where(
 _LEASE_HELD = (_THREADS.c.id == bindparam("record_id"), _THREADS.c.lease_owner == bindparam("owner"))
 _RENEW = prepared(update(_THREADS).where(*_LEASE_HELD).values(lease_until=bindparam("until", type_=DateTime())))
 _RELEASE = prepared(update(_THREADS).where(*_LEASE_HELD).values(lease_owner=None, lease_until=None))
+
+
+def _release_when_idle(next_event: Select[Any]) -> Any:
+    """Release our lease unless ``next_event`` finds an event (one statement for the usual case)."""
+    return prepared(update(_THREADS).where(*_LEASE_HELD, ~next_event.exists()).values(lease_owner=None, lease_until=None))
 _LOCK_STATUS = prepared(select(_THREADS.c.status).where(_THREADS.c.id == bindparam("record_id")).with_for_update())
+_PENDING_IDS = select(InboundEvent.id).where(InboundEvent.thread_record_id == bindparam("record_id"),
+                                             InboundEvent.status == "pending")
+_RELEASE_WHEN_NO_CLICK = _release_when_idle(_PENDING_IDS.where(InboundEvent.kind == "click"))
+_RELEASE_WHEN_NOTHING_QUEUED = _release_when_idle(_PENDING_IDS)
 _EARLIER = prepared(select(InboundEvent.id).where(
     InboundEvent.thread_record_id == bindparam("record_id"), InboundEvent.status == "pending",
     InboundEvent.id < _MINE.scalar_subquery()).limit(1))  # type: ignore[operator]
@@ -138,6 +148,13 @@ class Leases:
         kept = await session.exec(_RENEW, params={  # type: ignore[call-overload]
             "record_id": record_id, "owner": self.owner, "until": utcnow() + timedelta(seconds=self.seconds)})
         return bool(kept.rowcount)
+
+    async def give_back_when_idle(self, session: Transaction, record_id: int, status: str) -> bool:
+        """Release our lease, in the caller's transaction, if nothing ``next_event_of`` would take is queued
+        on the thread (whose status is ``status``); false when something is, or the lease is not ours."""
+        statement = _RELEASE_WHEN_NO_CLICK if status == "waiting" else _RELEASE_WHEN_NOTHING_QUEUED
+        released = await session.exec(statement, params={"record_id": record_id, "owner": self.owner})  # type: ignore[call-overload]
+        return bool(released.rowcount)
 
     async def give_back(self, session: Transaction, record_id: int) -> bool:
         """Release our lease, in the caller's transaction; false when it was not ours."""
