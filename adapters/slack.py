@@ -3,7 +3,8 @@
 Inbound, the Bolt app runs with ``process_before_response=True`` and every listener only hands
 the event to ``Baton.accept_*`` before returning: Slack's acknowledgement goes out after the
 event is stored (a crash never loses an acknowledged request) and is only as slow as that insert.
-Bolt verifies signatures (a bad or stale one gets a 401 before any listener runs); Bolt has no
+Signatures are verified before Bolt reads the body (a bad or stale one gets a 401); a signed body
+of a shape Slack never sends gets a 400, Baton's own failure a 500 (Slack retries). Bolt has no
 dedupe, so Slack's retries (``X-Slack-Retry-Num``) and Socket Mode redeliveries are stopped by
 the core's unique event id.
 
@@ -23,6 +24,8 @@ loop), a 5xx or a connection error is retried with backoff, and any other Slack 
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -31,10 +34,11 @@ from typing import Any
 import aiohttp
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
@@ -95,10 +99,11 @@ class SlackAdapter(Adapter):
         # and warns at every start that the token "will be unused".
         self.client: AsyncWebClient = self.bolt.client
         self.client.base_url = settings.slack_api_url.rstrip("/") + "/"
-        self.bolt.event("app_mention")(self._on_mention)
-        self.bolt.event("message")(self._on_message)
-        self.bolt.action(re.compile(rf"^{re.escape(BUTTON_ACTION_PREFIX)}"))(self._on_click)
-        self.bolt.command(re.compile(r"^/"))(self._on_command)  # /baton, or whatever the app calls it
+        self.bolt.event("app_mention")(_retried_on_failure(self._on_mention))
+        self.bolt.event("message")(_retried_on_failure(self._on_message))
+        self.bolt.action(re.compile(rf"^{re.escape(BUTTON_ACTION_PREFIX)}"))(_retried_on_failure(self._on_click))
+        self.bolt.command(re.compile(r"^/"))(_retried_on_failure(self._on_command))  # /baton, or what the app calls it
+        self.bolt.error(self._on_bolt_error)
         self._socket: AsyncSocketModeHandler | None = None
         self.bot_user_id = ""
         self.team_url = ""
@@ -126,8 +131,8 @@ class SlackAdapter(Adapter):
                 return JSONResponse({"error": "invalid or missing request signature"}, status_code=401)
             try:
                 return await handler.handle(request)
-            except Exception as exc:  # Bolt's parsing: JSON it cannot read, or a shape it does not expect
-                # (a listener's own errors Bolt answers itself, with a 500 and its log line)
+            except Exception as exc:  # Bolt's parsing: JSON it cannot read, or a body that is not an object
+                # (what Bolt's matchers and the listeners raise goes to ``_on_bolt_error``)
                 log.warning("Slack: a signed request that could not be read was refused (%s)", type(exc).__name__)
                 return JSONResponse({"error": "the request body could not be read"}, status_code=400)
 
@@ -167,6 +172,22 @@ class SlackAdapter(Adapter):
             await self.client.session.close()
 
     # -- inbound: listeners only hand the event to the core ------------------------------------
+
+    @staticmethod
+    async def _on_bolt_error(error: Exception, response: BoltResponse | None) -> BoltResponse | None:
+        """Every error Bolt catches. Reading a signed request of a shape Slack does not send (``"event":
+        null``, a click without actions, ...) fails in Bolt's matchers or in ``bot.messages``: a 400
+        with a reason, and no traceback. Anything else (Baton's own work, Bolt's call to Slack) stays a
+        500, and Slack delivers the event again later."""
+        if isinstance(error, HandlingFailed) or not isinstance(error, UNREADABLE):
+            log.error("Slack: handling a request failed; Slack will retry it",
+                      exc_info=error.__cause__ if isinstance(error, HandlingFailed) else error)
+            return None
+        log.warning("Slack: a signed request that could not be read was refused (%s)", type(error).__name__)
+        if response is None:  # already acknowledged
+            return None
+        return BoltResponse(status=400, body=json.dumps({"error": "the request body could not be read"}),
+                            headers={"content-type": "application/json"})
 
     async def _on_mention(self, body: dict[str, Any], event: dict[str, Any]) -> None:
         await self._accept_message(body, event, mentioned=True)
@@ -297,6 +318,34 @@ class SlackAdapter(Adapter):
             return str(response[result_key]) if result_key else None
 
         return call
+
+
+# What reading a body of an unexpected shape raises (pydantic's ValidationError is a ValueError).
+UNREADABLE = (AttributeError, TypeError, KeyError, IndexError, ValueError)
+
+
+class HandlingFailed(RuntimeError):
+    """A listener's own work failed (the database, say), not the request's shape: Slack should retry."""
+
+
+Listener = Callable[..., Awaitable[None]]
+
+
+def _retried_on_failure(listener: Listener) -> Listener:
+    """``listener``, its failures told apart from requests it cannot read (``SlackAdapter._on_bolt_error``).
+
+    A field of a shape Slack never sends fails validation in ``bot.messages``: that is the request's fault.
+    """
+    @functools.wraps(listener)  # Bolt reads the wrapped listener's parameters to know what to pass
+    async def guarded(*args: Any, **kwargs: Any) -> None:
+        try:
+            await listener(*args, **kwargs)
+        except ValidationError:  # the request's fault: a 400
+            raise
+        except Exception as exc:
+            raise HandlingFailed(str(exc)) from exc
+
+    return guarded
 
 
 def _all_text(*values: object) -> bool:

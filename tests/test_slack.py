@@ -12,16 +12,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from urllib.parse import urlencode
+
 import httpx
 import pytest
 import yaml
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_sdk.signature import SignatureVerifier
 
 from adapters import slack_blocks
-from adapters.slack import EVENTS_PATH
+from adapters.slack import EVENTS_PATH, SlackAdapter
+from bot.settings import Settings
 from bot.messages import ButtonOption, Buttons, Code, Message, Note, Text, ThreadLink
 from tests.fake_slack import (
     BOT_ID,
+    BOT_TOKEN,
     BOT_USER_ID,
+    SIGNING_SECRET,
     FakeMessage,
     FakeSlack,
     SlackSender,
@@ -192,6 +199,48 @@ def test_forged_and_stale_signatures_get_401_and_store_nothing(slack, counter):
     assert slack.stored_events() == [f"{OPS}:{good['ts']}"]
     assert slack.rows("SELECT channel, thread FROM thread_records") == [(OPS, good["ts"])]
     assert runs_in(counter) == ["uptime"] and slack.fake.messages(GENERAL) == []
+
+
+def test_signed_requests_of_shapes_slack_never_sends_get_400_not_a_traceback(slack, counter):
+    """Bolt's matchers read such bodies without checking them; they were 500s with a traceback."""
+    sender = slack.sender
+    events = [{"type": "event_callback", "team_id": "T1", "event": event} for event in (None, "x", [1])]
+    events.append(json.loads(sender.event_body(dict(sender.mention("run uptime", user=ALICE), user=5))))
+    for body in events:
+        answer = sender.post(json.dumps(body), "application/json")
+        assert (answer.status_code, answer.json()) == (400, {"error": "the request body could not be read"})
+    for actions in ([], None, "x", [{}], [{"action_id": 5}]):
+        payload = json.dumps({"type": "block_actions", "actions": actions})
+        assert sender.post(urlencode({"payload": payload}), "application/x-www-form-urlencoded").status_code == 400
+    log = slack.baton.log.read_text()
+    assert "Traceback" not in log and "could not be read was refused (AttributeError)" in log
+    good = slack.mention("run uptime")
+    slack.reply("did uptime", good["ts"])
+    assert runs_in(counter) == ["uptime"]
+
+
+@pytest.mark.asyncio
+async def test_a_listener_whose_own_work_fails_answers_500_so_that_slack_retries(fake_slack: FakeSlack,
+                                                                                tmp_path: Path) -> None:
+    """Only a request's shape earns a 400: when storing the event fails (the database, say), the answer
+    stays a 500, and Slack delivers the event again later."""
+    accepted: list[Any] = []
+
+    class FailingBaton:
+        settings = Settings(SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_SIGNING_SECRET=SIGNING_SECRET,  # type: ignore[call-arg]
+                            SLACK_API_URL=fake_slack.api_url, BATON_CONFIG=str(tmp_path / "absent.yaml"))
+
+        async def accept_message(self, message: Any) -> Any:
+            accepted.append(message)
+            raise OSError("disk I/O error")
+
+    adapter = SlackAdapter(FailingBaton())
+    body = SlackSender.event_body(SlackSender("http://unused").mention("run uptime", user=ALICE))
+    stamp = str(int(time.time()))
+    signature = SignatureVerifier(SIGNING_SECRET).generate_signature(timestamp=stamp, body=body)
+    response = await adapter.bolt.async_dispatch(AsyncBoltRequest(body=body, headers={
+        "content-type": "application/json", "x-slack-request-timestamp": stamp, "x-slack-signature": signature}))
+    assert response.status == 500 and len(accepted) == 1
 
 
 def test_rate_limited_and_failing_posts_are_retried_and_delivered_once(slack, counter):
