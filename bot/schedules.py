@@ -6,7 +6,7 @@ this module only asks it questions, so the scheduler and the tests agree on ever
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
@@ -15,6 +15,8 @@ from bot.messages import quoted
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MAX_STEPS = 200_000
+MIN_DIGEST_GAP = timedelta(minutes=15)  # more often than this, a digest is noise in its channel
+CHECKED_FIRINGS = 100  # the gaps between this many coming firings are checked (a cron repeats within days)
 
 
 class ScheduleError(ValueError):
@@ -38,8 +40,23 @@ def trigger(cron: str, timezone: str) -> CronTrigger:
         raise ScheduleError(f"`{quoted(cron, 80)}` is not a valid cron expression: {exc}.") from None
 
 
-def check_schedule(cron: str, timezone: str) -> None:
-    trigger(cron, timezone)
+def check_schedule(cron: str, timezone: str, now: datetime | None = None) -> None:
+    """Refuse a schedule that never fires (``0 0 31 2 *``) or would flood its channel (``* * * * *``)."""
+    cron_trigger = trigger(cron, timezone)
+    fire = cron_trigger.get_next_fire_time(None, now or datetime.now(UTC))
+    if fire is None:
+        raise ScheduleError(f"`{quoted(cron, 80)}` never fires: no date matches it.")
+    for _ in range(CHECKED_FIRINGS):
+        following = cron_trigger.get_next_fire_time(fire, fire + timedelta(microseconds=1))
+        if following is None:
+            return
+        if following - fire < MIN_DIGEST_GAP:
+            minutes = max(1, int((following - fire).total_seconds() // 60))
+            raise ScheduleError(
+                f"`{quoted(cron, 80)}` would post a digest {minutes} minute{'s' if minutes > 1 else ''} after another; "
+                f"a channel gets one at most every {int(MIN_DIGEST_GAP.total_seconds() // 60)} minutes "
+                "(hourly is `0 * * * *`).")
+        fire = following
 
 
 def latest_due(cron: str, timezone: str, since: datetime, now: datetime) -> datetime | None:

@@ -245,6 +245,7 @@ def test_chat_commands_create_list_run_and_remove_schedules(start_baton, sqlite_
     ("digest daily 09:00 Mars/Base", "I don't know the time zone `Mars/Base`"),
     ('digest cron "0 9 * *"', "it needs five fields"),
     ('digest cron "0 99 * * *" UTC', "is not a valid cron expression"),
+    ('digest cron "* * * * *"', "would post a digest 1 minute after another"),
     ("digest weekly funday 09:00", "`funday` is not a weekday"),
     ("digest sometimes", "I understand `digest daily HH:MM [zone]`"),
 ])
@@ -255,6 +256,20 @@ def test_invalid_digest_commands_change_nothing(start_baton, sqlite_url, command
     assert "Nothing was changed" in reply["text"]
     listed = pg.ask("@baton digest list", channel="ops")
     pg.wait_reply(listed, "No digests are scheduled")
+
+
+@pytest.mark.parametrize(("cron", "answer"), [
+    ("0 0 31 2 *", "never fires"),
+    ("*/5 9 * * 1-5", "would post a digest 5 minutes after another"),
+    ("0,10 9 * * *", "10 minutes after another"),
+])
+def test_schedules_that_never_fire_or_would_flood_the_channel_are_refused(cron, answer):
+    with pytest.raises(schedules.ScheduleError, match=answer):
+        schedules.check_schedule(cron, "UTC")
+    with pytest.raises(ValueError, match=answer):  # in baton.yaml too
+        Digest(platform="playground", channel="ops", cron=cron)
+    for fine in ("0 * * * *", "*/15 * * * *", "0 9 29 2 *", "30 2 * * *"):  # 02:30 on a day it does not exist
+        schedules.check_schedule(fine, "Europe/Paris")
 
 
 async def test_scheduler_registers_cron_jobs_in_their_time_zone(sqlite_url):
