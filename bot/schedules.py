@@ -14,6 +14,8 @@ from apscheduler.triggers.cron import CronTrigger
 from bot.messages import quoted
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+CRONTAB_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # crontab's numbering: 0 (and 7) is Sunday
 MAX_STEPS = 200_000
 MIN_DIGEST_GAP = timedelta(minutes=15)  # more often than this, a digest is noise in its channel
 CHECKED_FIRINGS = 100  # the gaps between this many coming firings are checked (a cron repeats within days)
@@ -32,12 +34,56 @@ def zone(name: str) -> ZoneInfo:
 
 def trigger(cron: str, timezone: str) -> CronTrigger:
     tz = zone(timezone)
-    if len(cron.split()) != 5:
+    fields = cron.split()
+    if len(fields) != 5:
         raise ScheduleError(f"`{quoted(cron, 80)}` is not a cron expression: it needs five fields (minute hour day month weekday).")
+    minute, hour, day, month, weekday = fields
+    if day != "*" and weekday != "*":
+        # crontab fires when either matches, APScheduler only when both do: refused rather than guessed
+        raise ScheduleError(f"`{quoted(cron, 80)}` sets both a day of the month and a weekday; set one of them and "
+                            "leave the other `*`.")
     try:
-        return CronTrigger.from_crontab(cron, timezone=tz)
+        weekdays = _weekday_names(weekday)
+    except ScheduleError as exc:
+        raise ScheduleError(f"`{quoted(cron, 80)}` is not a valid cron expression: {exc}") from None
+    try:
+        return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=weekdays, timezone=tz)
     except ValueError as exc:
         raise ScheduleError(f"`{quoted(cron, 80)}` is not a valid cron expression: {exc}.") from None
+
+
+def _weekday_names(field: str) -> str:
+    """A crontab weekday field (0 and 7 are Sunday; names too) as APScheduler reads it: day names.
+
+    APScheduler numbers the weekdays from Monday = 0, so handed over as it is, ``1-5`` (Monday to
+    Friday in crontab) would fire Tuesday to Saturday.
+    """
+    if field == "*":
+        return field
+    days: set[int] = set()
+    for part in field.lower().split(","):
+        span, slash, step_text = part.partition("/")
+        if slash and not (step_text.isdigit() and int(step_text) > 0):
+            raise ScheduleError(f"in the weekday field `{quoted(field, 40)}`, `/` needs a positive step.")
+        first_text, dash, last_text = span.partition("-")
+        if span == "*":
+            first, last = 0, 6
+        else:
+            first = _crontab_day(first_text, field)
+            last = _crontab_day(last_text, field) if dash else (6 if slash else first)
+        if last < first:
+            raise ScheduleError(f"in the weekday field `{quoted(field, 40)}`, a range goes from the earlier day.")
+        days.update(day % 7 for day in range(first, last + 1, int(step_text) if slash else 1))
+    return ",".join(CRONTAB_DAYS[day] for day in sorted(days, key=lambda day: (day - 1) % 7))  # Monday first
+
+
+def _crontab_day(text: str, field: str) -> int:
+    if text.isdigit() and int(text) <= 7:
+        return int(text)
+    if text in CRONTAB_DAYS:
+        return CRONTAB_DAYS.index(text)
+    raise ScheduleError(f"the weekday field `{quoted(field, 40)}` takes 0-7 (0 and 7 are Sunday) or "
+                        f"{', '.join(DAYS)}.")
 
 
 def check_schedule(cron: str, timezone: str, now: datetime | None = None) -> None:
@@ -85,9 +131,11 @@ def parse_when(words: list[str]) -> tuple[str, str]:
         hour, minute = _clock(rest[0])
         cron, rest = f"{minute} {hour} * * *", rest[1:]
     elif kind == "weekly" and len(rest) >= 2:
-        day = rest[0].lower()[:3]
+        day = rest[0].lower()
+        day = day[:3] if day in DAY_NAMES else day
         if day not in DAYS:
-            raise ScheduleError(f"`{rest[0][:20]}` is not a weekday; use one of {', '.join(DAYS)}.")
+            raise ScheduleError(f"`{quoted(rest[0], 20)}` is not a weekday; use one of {', '.join(DAYS)} "
+                                "(for several days, `digest cron \"30 8 * * mon,thu\"`).")
         hour, minute = _clock(rest[1])
         cron, rest = f"{minute} {hour} * * {day}", rest[2:]
     elif kind == "cron" and rest:

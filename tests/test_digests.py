@@ -258,6 +258,28 @@ def test_invalid_digest_commands_change_nothing(start_baton, sqlite_url, command
     pg.wait_reply(listed, "No digests are scheduled")
 
 
+def test_cron_weekdays_are_counted_as_crontab_counts_them():
+    """APScheduler counts weekdays from Monday = 0: ``1-5`` handed to it as it is fired Tuesday to Saturday."""
+    friday = datetime(2026, 12, 4, 10, tzinfo=UTC)
+    next_days = {cron: schedules.next_fire(f"0 9 * * {cron}", "UTC", friday).strftime("%a")  # type: ignore[union-attr]
+                 for cron in ("1-5", "0", "7", "6", "5-7", "*/2", "1,3", "mon-fri", "SUN")}
+    assert next_days == {"1-5": "Mon", "0": "Sun", "7": "Sun", "6": "Sat", "5-7": "Sat", "*/2": "Sat", "1,3": "Mon",
+                         "mon-fri": "Mon", "SUN": "Sun"}
+    saturday = datetime(2026, 12, 5, 10, tzinfo=UTC)
+    fires = [saturday]
+    for _ in range(4):
+        fires.append(schedules.next_fire("0 9 * * */2", "UTC", fires[-1] + timedelta(seconds=1)))  # type: ignore[arg-type]
+    assert [fire.strftime("%a") for fire in fires[1:]] == ["Sun", "Tue", "Thu", "Sat"]  # 0,2,4,6
+    for cron, answer in (("0 9 * * 8", "takes 0-7"), ("0 9 * * 5-1", "from the earlier day"),
+                         ("0 9 1 * mon", "both a day of the month and a weekday")):
+        with pytest.raises(schedules.ScheduleError, match=answer):
+            schedules.check_schedule(cron, "UTC")
+    for loose in ("sunshine", "sun,sat"):
+        with pytest.raises(schedules.ScheduleError, match="is not a weekday"):
+            schedules.parse_when(["weekly", loose, "10:00"])
+    assert schedules.parse_when(["weekly", "Sunday", "10:00"]) == ("0 10 * * sun", "UTC")
+
+
 @pytest.mark.parametrize(("cron", "answer"), [
     ("0 0 31 2 *", "never fires"),
     ("*/5 9 * * 1-5", "would post a digest 5 minutes after another"),
