@@ -433,10 +433,12 @@ class Orchestrator:
         now = utcnow()
         lines = []
         for schedule in found:
-            upcoming = schedules.next_fire(schedule.cron, schedule.timezone, now)
             source = "from baton.yaml" if schedule.source == "config" else f"set by {schedule.created_by}"
-            lines.append(f"• {schedules.describe(schedule.cron, schedule.timezone)} ({source}); "
-                         f"next: {replies.when_in(upcoming, schedule.timezone)}")
+            try:
+                upcoming = replies.when_in(schedules.next_fire(schedule.cron, schedule.timezone, now), schedule.timezone)
+            except schedules.ScheduleError as exc:  # stored before a rule it breaks: the scheduler skips it
+                upcoming = f"never, it cannot be used any more ({exc}); set a new one"
+            lines.append(f"• {schedules.describe(schedule.cron, schedule.timezone)} ({source}); next: {upcoming}")
         return Message(title="Digests in this channel", parts=[Text(text="\n".join(lines))])
 
     async def _recent_twin(self, session: Transaction, record: ThreadRecord, fingerprint: str) -> ThreadRecord | None:

@@ -42,7 +42,11 @@ class DigestScheduler:
             if job.id != "reconcile" and job.id not in wanted:
                 job.remove()
         for key, schedule in wanted.items():
-            trigger = schedules.trigger(schedule.cron, schedule.timezone)
+            try:
+                trigger = schedules.trigger(schedule.cron, schedule.timezone)
+            except schedules.ScheduleError as exc:  # stored before a rule it breaks (``digest list`` says so too)
+                log.warning("digest schedule %s is skipped: %s", key, exc)
+                continue
             job = self.scheduler.get_job(key)
             if job is None or str(job.trigger) != str(trigger):
                 self.scheduler.add_job(self.digests.run_due, trigger, id=key, replace_existing=True)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlmodel import select
+from sqlmodel import select, update
 
 from bot import replies, schedules
 from bot.config import BatonConfig, ConfigError, Digest, load_config
@@ -24,7 +24,7 @@ from graphs.digest import compose
 from storage.checkpointer import open_checkpointer
 from storage.db import Database
 from storage.migrate import upgrade
-from storage.models import Approval, DigestRun, OutboxMessage, Run, ThreadRecord
+from storage.models import Approval, DigestRun, DigestSchedule, OutboxMessage, Run, ThreadRecord
 
 PARIS_DAILY = Digest(platform="playground", channel="ops", cron="0 9 * * *", timezone="Europe/Paris")
 
@@ -316,6 +316,15 @@ async def test_scheduler_registers_cron_jobs_in_their_time_zone(sqlite_url):
             await digests.disable_chat_schedule(location, "alice", "c2")
             await scheduler.reconcile()
             assert "chat:playground::general" not in scheduler.next_runs()
+
+            # A schedule stored before a rule it breaks (both a day of the month and a weekday) is skipped,
+            # and the others still run.
+            await digests.set_chat_schedule(location, "0 18 * * *", "UTC", "alice", "c3")
+            async with digests.db.session() as session:
+                await session.exec(update(DigestSchedule).where(DigestSchedule.key == "chat:playground::general")
+                                   .values(cron="0 9 1 * mon"))
+            await scheduler.reconcile()
+            assert list(scheduler.next_runs()) == ["config:playground::ops:30 8 * * mon:America/New_York"]
         finally:
             await scheduler.stop()
 
