@@ -33,43 +33,68 @@ class Route:
 
 
 def route(request: Request, text: str, registry: GraphRegistry, config: BatonConfig) -> Route:
-    """``text`` is the request without the bot mention. Raises ``RouteError`` for bad requests."""
-    try:
-        tokens = shlex.split(text)
-    except ValueError as exc:
-        if text.split()[:1] in (["run"], [RUNBOOK_GRAPH], [DIGEST_COMMAND]):
+    """``text`` is the request without the bot mention. Raises ``RouteError`` for bad requests.
+
+    Only ``run`` and ``digest`` read their words shell-style (quotes group, ``force`` anywhere in a
+    run); every other graph gets the rest of the request as it was written, quotes, backslashes and
+    all, and ``force`` counts only as its first or last word, and only for a graph that answers
+    repeated requests with a link (the word means nothing to the others).
+    """
+    force, text = _leading_force(text)
+    head, rest = _first_word(text)
+    if not head:
+        return Route(HELP_GRAPH, _input_for(registry, HELP_GRAPH, request, ""), title="help", force=force)
+    command = head.lower()
+    if command in ("run", RUNBOOK_GRAPH, DIGEST_COMMAND):
+        try:
+            words = shlex.split(rest)
+        except ValueError as exc:
             raise RouteError(f"I could not read that request ({exc}). Check the quotes.") from None
-        tokens = text.split()  # plain words ("what's up?") need no shell-style quoting
-    force = FORCE_WORD in tokens
-    tokens = [token for token in tokens if token != FORCE_WORD]
-    if not tokens:
-        return Route(HELP_GRAPH, _input_for(registry, HELP_GRAPH, request, ""), title="help")
-    head, rest = tokens[0].lower(), tokens[1:]
-    if head in ("run", RUNBOOK_GRAPH):
-        return _runbook_route(rest, config, force)
-    if head == DIGEST_COMMAND:
-        return Route(DIGEST_COMMAND, {"words": rest}, title="digest")
-    spec = registry.get(head)
-    if spec is not None and head != RUNBOOK_GRAPH:
-        args = " ".join(rest)
+        if command == DIGEST_COMMAND:
+            return Route(DIGEST_COMMAND, {"words": words}, title="digest")
+        return _runbook_route([word for word in words if word != FORCE_WORD], config, force or FORCE_WORD in words)
+    spec = registry.get(command)
+    if spec is not None:
+        if spec.dedupe:
+            force, rest = _trailing_force(rest, force)
         return Route(
-            head,
-            spec.make_input(request, args),
-            fingerprint=_fingerprint(head, args) if spec.dedupe else None,
+            command,
+            spec.make_input(request, rest),
+            fingerprint=_fingerprint(command, rest) if spec.dedupe else None,
             force=force,
-            title=" ".join([head, *rest])[:120],
+            title=f"{command} {rest}".strip()[:120],
         )
-    plain = " ".join(tokens)
     for spec in registry:
-        if any(pattern.search(plain) for pattern in spec.patterns):
+        if any(pattern.search(text) for pattern in spec.patterns):
+            asked = text
+            if spec.dedupe:
+                force, asked = _trailing_force(text, force)
             return Route(
                 spec.name,
-                spec.make_input(request, plain),
-                fingerprint=_fingerprint(spec.name, plain) if spec.dedupe else None,
+                spec.make_input(request, asked),
+                fingerprint=_fingerprint(spec.name, asked) if spec.dedupe else None,
                 force=force,
-                title=plain[:120],
+                title=asked[:120],
             )
-    return Route(HELP_GRAPH, _input_for(registry, HELP_GRAPH, request, plain), title="help", unmatched=True)
+    return Route(HELP_GRAPH, _input_for(registry, HELP_GRAPH, request, text), title="help", unmatched=True)
+
+
+def _first_word(text: str) -> tuple[str, str]:
+    """The first word and the rest as written (inner spacing and line breaks kept)."""
+    parts = text.strip().split(maxsplit=1)
+    return (parts[0], parts[1] if len(parts) > 1 else "") if parts else ("", "")
+
+
+def _leading_force(text: str) -> tuple[bool, str]:
+    head, rest = _first_word(text)
+    return (True, rest) if head.lower() == FORCE_WORD else (False, text.strip())
+
+
+def _trailing_force(text: str, force: bool) -> tuple[bool, str]:
+    words = text.rsplit(maxsplit=1)
+    if words and words[-1].lower() == FORCE_WORD:
+        return True, words[0] if len(words) > 1 else ""
+    return force, text
 
 
 def route_to(registry: GraphRegistry, graph: str, request: Request, text: str) -> Route:

@@ -57,3 +57,23 @@ def test_plain_words_with_apostrophes_are_not_a_quoting_error():
     assert fallback.graph == "help" and fallback.unmatched
     with pytest.raises(RouteError, match="Check the quotes"):
         route(REQUEST, "run restart service='web", REGISTRY, CONFIG)
+
+
+def test_free_text_reaches_its_graph_as_written_and_force_is_only_a_first_or_last_word():
+    """Words were read shell-style and every `force` dropped: "do not force the door" lost a word,
+    quotes and backslashes vanished from announcements."""
+    for text in ('Please do not force the door open', 'The "new" build is out', r'Backslash C:\temp and a\b',
+                 "line one\n  line two", "it's done"):
+        announce = route(REQUEST, f"announce {text}", REGISTRY, CONFIG)
+        assert announce.input == {"text": text} and not announce.force
+    again = route(REQUEST, "announce Lunch is served force", REGISTRY, CONFIG)
+    assert again.input == {"text": "Lunch is served"} and again.force
+    assert again.fingerprint == route(REQUEST, "announce Lunch is served", REGISTRY, CONFIG).fingerprint
+    first = route(REQUEST, "force announce Lunch is served", REGISTRY, CONFIG)
+    assert first.input == {"text": "Lunch is served"} and first.force
+    run = route(REQUEST, "force run restart service=web", REGISTRY, CONFIG)
+    assert run.force and run.input == {"runbook": "restart", "args": {"service": "web"}}
+    assert route(REQUEST, "run restart force service=web", REGISTRY, CONFIG).force
+    # Graphs that never answer with a link take the word as text.
+    summary = route(REQUEST, "summarize what we said about force", REGISTRY, CONFIG)
+    assert summary.graph == "summarize" and not summary.force and summary.title.endswith("about force")
