@@ -115,7 +115,7 @@ def duplicate(link_channel: str, link_thread: str, status: str) -> Message:
         parts=[
             Text(text=f"The same request {doing} in another thread, so I did not start it again:"),
             ThreadLink(label="open that thread", channel=link_channel, thread=link_thread),
-            Note(text="Add `force` to your request to run it anyway."),
+            Note(text="Add `force` at the end of your request to run it anyway."),
         ],
     )
 

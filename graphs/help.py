@@ -35,7 +35,7 @@ def answer(state: HelpState) -> HelpState:
     parts = [
         {"kind": "text", "text": intro},
         {"kind": "text", "text": "\n".join(lines)},
-        {"kind": "note", "text": "Add `force` to run a request again even if the same one ran recently."},
+        {"kind": "note", "text": "Add `force` at the end of a request to run it again even if the same one ran recently."},
     ]
     return {"reply": {"title": "Baton help", "tone": "info", "parts": parts}}
 
