@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from langgraph.types import Command, Interrupt
-from sqlalchemy import DateTime, bindparam, or_, update
+from sqlalchemy import DateTime, String, bindparam, func, or_, update
 from sqlmodel import select
 
 from bot import approvals, audit, model_routing, replies, schedules, threads
@@ -59,8 +59,11 @@ _RECENT_TWIN = prepared(select(ThreadRecord).where(
 _EVENTS, _THREADS, _RUNS = InboundEvent.__table__, ThreadRecord.__table__, Run.__table__  # type: ignore[attr-defined]
 _CLOSE_EVENT = prepared(update(_EVENTS).where(_EVENTS.c.id == bindparam("closed_id"), _EVENTS.c.status == "pending")
                         .values(status="done", outcome=bindparam("closed_as"), handled_at=bindparam("now", type_=DateTime())))
+# A run that answers repeats with no link (help, status, a "thanks!" in the thread) keeps the thread's
+# fingerprint: the request the thread was made for is still found by the duplicate check.
 _START_THREAD = prepared(update(_THREADS).where(_THREADS.c.id == bindparam("record_id")).values(
-    status=bindparam("status"), graph=bindparam("graph"), fingerprint=bindparam("fingerprint"),
+    status=bindparam("status"), graph=bindparam("graph"),
+    fingerprint=func.coalesce(bindparam("fingerprint", type_=String()), _THREADS.c.fingerprint),
     title=bindparam("title"), requested_by=bindparam("user"), updated_at=bindparam("now", type_=DateTime()),
     pruned_at=None))
 _FINISH_THREAD = prepared(update(_THREADS).where(_THREADS.c.id == bindparam("record_id")).values(
@@ -489,8 +492,10 @@ class Orchestrator:
                 waited = (now - approval.created_at).total_seconds()
                 await session.exec(update(Run).where(Run.id == run.id).values(  # type: ignore[arg-type]
                     status="running", waited_seconds=Run.waited_seconds + waited))
+                # A rejected request may be asked again: the duplicate check no longer finds this thread.
+                forget = {} if approve else {"fingerprint": None}
                 await session.exec(update(ThreadRecord).where(ThreadRecord.id == record.id)  # type: ignore[arg-type]
-                                   .values(status="running", updated_at=now))
+                                   .values(status="running", updated_at=now, **forget))
                 await audit.record(session, f"approval.{approval.status}", event.correlation_id, platform=event.platform,
                                    channel=event.channel, thread=event.thread, user=event.user, run_id=run.id,
                                    approval_id=approval.id, waited_seconds=round(waited, 3))

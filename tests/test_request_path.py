@@ -135,6 +135,26 @@ def test_same_request_again_gets_a_link_unless_forced(baton, counter):
     assert len([m for m in pg.bot_replies(again)]) == 1
 
 
+def test_a_rejected_request_may_be_asked_again_and_chatter_keeps_a_thread_a_duplicate(baton, counter):
+    """A rejected request counted as "finished recently" (asking again was refused), and any reply in a
+    finished thread (a "thanks!") made the thread forget its request (the next ask ran it again)."""
+    pg = baton.client()
+    rejected = pg.ask("@baton run restart service=api")
+    pg.click(pg.wait_card(rejected), "bob", action="reject")
+    pg.wait_reply(rejected, "Rejected by bob")
+    again = pg.ask("@baton run restart service=api", user="carol")
+    pg.wait_card(again)  # a new approval round, not a link to the rejected one
+
+    done = pg.ask("@baton run uptime")
+    pg.wait_reply(done, "did uptime")
+    pg.say("thanks!", user="dave", thread=done)
+    wait_for(lambda: len(pg.bot_replies(done)) >= 2, 20, "the answer to the thanks")
+    repeat = pg.ask("@baton run uptime", user="carol")
+    link = pg.wait_reply(repeat, "The same request finished recently")
+    assert next(p for p in link["content"]["parts"] if p["kind"] == "link")["thread"] == done
+    assert runs_in(counter) == ["uptime"]
+
+
 def test_duplicate_inbound_event_is_ignored(baton, counter):
     pg = baton.client()
     first = pg.say("@baton run uptime", event_id="evt-42")
