@@ -18,8 +18,17 @@ def is_approver(approvers: list[str], platform: str, user: str) -> bool:
 def approvers_besides_requester(approval: Approval) -> list[str]:
     """Who may approve a high-risk ``approval``: its approvers without the requester (under any
     platform's prefix: the card that shows them does not know the platform)."""
-    asked = approval.requested_by
-    return [name for name in approval.approvers if name != asked and not name.endswith(f":{asked}")]
+    return _besides(approval.approvers, approval.requested_by)
+
+
+def who_may_approve(approvers: list[str], requested_by: str, risk: str) -> list[str]:
+    """Who may approve a pending approval (as status and digests list them): on a high-risk one,
+    everyone but the requester."""
+    return _besides(approvers, requested_by) if risk == "high" else list(approvers)
+
+
+def _besides(approvers: list[str], asked: str) -> list[str]:
+    return [name for name in approvers if name != asked and not name.endswith(f":{asked}")]
 
 
 def refusal(approval: Approval, platform: str, user: str, action: str = "approve") -> str | None:

@@ -10,6 +10,7 @@ from sqlalchemy import and_, func
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from bot.approvals import who_may_approve
 from storage.models import Approval, Run, ThreadRecord
 
 MAX_LISTED = 10
@@ -63,10 +64,11 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
     if graphs:
         waiting_filter.append(Approval.graph.in_(graphs))  # type: ignore[attr-defined]
     waiting = [
-        {"summary": summary.splitlines()[0][:120], "approvers": approvers, "age_seconds": (now - created).total_seconds(),
-         "channel": c, "thread": t}
-        for summary, approvers, created, c, t in (await session.exec(
-            select(Approval.summary, Approval.approvers, Approval.created_at, ThreadRecord.channel, ThreadRecord.thread)
+        {"summary": summary.splitlines()[0][:120], "approvers": who_may_approve(approvers, requested_by, risk),
+         "age_seconds": (now - created).total_seconds(), "channel": c, "thread": t}
+        for summary, approvers, requested_by, risk, created, c, t in (await session.exec(
+            select(Approval.summary, Approval.approvers, Approval.requested_by, Approval.risk, Approval.created_at,
+                   ThreadRecord.channel, ThreadRecord.thread)
             .join(Run, Run.id == Approval.run_id).join(ThreadRecord, ThreadRecord.id == Approval.thread_record_id)
             .where(*waiting_filter).order_by(Approval.created_at))).all()
     ]

@@ -20,8 +20,9 @@ from sqlalchemy import DateTime, bindparam, func, update
 from sqlmodel import select
 
 from bot import kit
+from bot.approvals import who_may_approve
 from bot.config import BatonConfig
-from bot.messages import Location, Message
+from bot.messages import Location, Message, quoted
 from bot.models import cost_of, usage_of
 from bot.registry import GraphRegistry, GraphSpec
 from bot.replies import age
@@ -210,13 +211,15 @@ class RunServices:
             activity.append({
                 "channel": record.channel,
                 "thread": record.thread,
-                "title": record.title or record.graph or "request",
+                "title": quoted(record.title or record.graph or "request", 120),
                 "status": record.status,
                 "status_text": "waiting for approval" if record.status == "waiting" else "running",
                 "requested_by": record.requested_by or "someone",
                 "age": age(record.updated_at, now),
                 "approvals": [
-                    {"summary": a.summary, "approvers": ", ".join(a.approvers), "age": age(a.created_at, now)}
+                    {"summary": quoted(a.summary.splitlines()[0] if a.summary else "", 200),
+                     "approvers": ", ".join(who_may_approve(
+                        a.approvers, a.requested_by, a.risk)) or "nobody", "age": age(a.created_at, now)}
                     for a in approvals if a.thread_record_id == record.id
                 ],
             })

@@ -146,8 +146,8 @@ async def seed(db: Database, start: datetime) -> None:
                              summary="Deploy api", requested_by="alice", approvers=["bob"], status="rejected",
                              decided_by="carol", decided_at=start + timedelta(minutes=31)))
         session.add(Approval(run_id=runs[7].id, thread_record_id=threads[7].id, interrupt_id="i3", graph="deploy",
-                             summary="Deploy worker\nmore", requested_by="alice", approvers=["bob", "dave"],
-                             status="pending", created_at=start + timedelta(minutes=80)))
+                             summary="Deploy worker\nmore", requested_by="alice", approvers=["alice", "bob", "dave"],
+                             risk="high", status="pending", created_at=start + timedelta(minutes=80)))
 
 
 async def test_digest_content_is_exact(sqlite_url):
@@ -166,6 +166,7 @@ async def test_digest_content_is_exact(sqlite_url):
     assert stats["waited_seconds"] == 15
     assert stats["failures"] == [{"graph": "deploy", "error": "exit code 2", "channel": "ops", "thread": "103"}]
     assert [(d["status"], d["by"], d["thread"]) for d in stats["decided"]] == [("approved", "bob", "101"), ("rejected", "carol", "102")]
+    # alice asked for this high-risk one: she is not among who it waits for (as on its card)
     assert stats["waiting"] == [{"summary": "Deploy worker", "approvers": ["bob", "dave"], "age_seconds": 2400.0,
                                  "channel": "ops", "thread": "107"}]
     assert stats["tokens"] is None and stats["cost"] is None

@@ -237,6 +237,8 @@ def test_help_and_status(baton, counter):
     answer = pg.wait_reply(status, "Status: 1 active thread")
     link = next(p for p in answer["content"]["parts"] if p["kind"] == "link")
     assert link["thread"] == waiting and "waiting for approval" in link["label"]
+    note = next(p["text"] for p in answer["content"]["parts"] if p["kind"] == "note")
+    assert note.endswith("for bob: Run `restart`: Restart a service.")  # not alice, who asked: as on the card
     quiet = pg.ask("@baton status", channel="random")
     pg.wait_reply(quiet, "Nothing is running")
 
