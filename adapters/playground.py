@@ -26,7 +26,7 @@ from sqlalchemy import func, or_
 from sqlmodel import select
 
 from adapters.contract import Adapter
-from bot.messages import InboundClick, InboundMessage, Location, Message, storable
+from bot.messages import InboundClick, InboundMessage, Location, Message, quoted, storable
 from bot.outbox import Delivery
 from storage.db import insert_ignore, insert_returning_id
 from storage.models import PlaygroundMessage, utcnow
@@ -58,11 +58,16 @@ class _Body(BaseModel):
 
 
 class PostMessage(_Body):
-    channel: str
+    channel: str = Field(max_length=80)
     user: str = Field(pattern=USER_NAME)
     text: str = Field(max_length=MAX_HTTP_TEXT)
-    thread_id: str | None = None
+    thread_id: str | None = Field(None, max_length=40, description="the thread's root message id")
     event_id: str | None = Field(None, max_length=200, description="Set it to simulate a platform redelivery.")
+
+    @field_validator("thread_id", mode="before")
+    @classmethod
+    def _id_given_as_number(cls, value: object) -> object:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 class PostClick(_Body):
@@ -246,13 +251,13 @@ class PlaygroundAdapter(Adapter):
     @staticmethod
     def _known_channel(channel: str) -> None:
         if channel not in CHANNEL_KINDS:
-            raise HTTPException(404, f"there is no channel '{channel}'; channels: {', '.join(CHANNEL_KINDS)}")
+            raise HTTPException(404, f"there is no channel '{quoted(channel, 40)}'; channels: {', '.join(CHANNEL_KINDS)}")
 
     @staticmethod
     async def _root(session: Any, thread_id: str) -> PlaygroundMessage:
         root = await session.get(PlaygroundMessage, int(thread_id)) if re.fullmatch(r"[0-9]{1,15}", thread_id) else None
         if root is None or root.thread_id is not None:
-            raise HTTPException(404, f"there is no thread '{thread_id}'" if thread_id else
+            raise HTTPException(404, f"there is no thread '{quoted(thread_id, 40)}'" if thread_id else
                                 "thread_id is empty: leave it out to start a new thread")
         return root
 

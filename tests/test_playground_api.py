@@ -124,3 +124,24 @@ def test_a_click_redelivered_after_its_card_was_decided_is_a_duplicate(baton: Ba
     late = pg.click(card, "carol")  # a new click on the decided card
     assert late.status_code == 400 and "may have been decided" in late.json()["detail"]
     assert runs_in(counter) == ["restart web"]
+
+
+def test_ids_are_bounded_and_not_echoed_back_and_a_thread_id_may_be_a_number(baton: BatonProcess) -> None:
+    pg = baton.client()
+    long_channel = pg.http.post("/api/messages", json={"channel": "x" * 900_000, "user": "alice", "text": "hi"})
+    assert long_channel.status_code == 422 and len(long_channel.text) < 1000
+    long_thread = pg.say("hi", thread="3" * 900_000)
+    assert long_thread.status_code == 422 and len(long_thread.text) < 1000
+    unknown = pg.say("hi", thread="\u202e3")
+    assert unknown.status_code == 404 and "\u202e" not in unknown.json()["detail"]
+    thread = pg.ask("@baton run uptime")
+    pg.wait_reply(thread, "did uptime")
+    numeric = pg.http.post("/api/messages", json={"channel": "general", "user": "bob", "text": "ok", "thread_id": int(thread)})
+    assert numeric.status_code == 201 and numeric.json()["thread_id"] == thread
+
+
+def test_the_api_schema_names_each_operation_once(baton: BatonProcess) -> None:
+    schema = baton.client().http.get("/openapi.json")
+    assert schema.status_code == 200 and "healthz" in str(schema.json()["paths"])
+    assert "Duplicate Operation ID" not in baton.log.read_text()
+    assert baton.client().http.head("/healthz").status_code == 200
