@@ -35,6 +35,8 @@ def _fail(message: str) -> NoReturn:
 def _settings() -> Settings:
     try:
         return Settings()
+    except UnicodeDecodeError as exc:  # only .env is read as a file
+        _fail(f"Baton's settings: .env is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}).")
     except ValidationError as exc:  # the messages name the setting, never its value (it may be a secret)
         problems = "\n".join(f"  {'.'.join(str(part) for part in error['loc'])}: {error['msg'].removeprefix('Value error, ')}"
                              for error in exc.errors())

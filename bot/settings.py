@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage.db import check_url
 
+DAY = 24 * 60 * 60  # seconds
 
 class Settings(BaseSettings):
     """Everything Baton reads from its environment. """
@@ -16,24 +18,25 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     database_url: str = Field("sqlite:///baton.db", alias="BATON_DATABASE_URL")
-    host: str = Field("127.0.0.1", alias="BATON_HOST")
+    host: str = Field("127.0.0.1", min_length=1, alias="BATON_HOST")  # empty would listen on every interface
     port: int = Field(8000, ge=0, le=65535, alias="BATON_PORT")
     config_path: Path = Field(Path("baton.yaml"), alias="BATON_CONFIG")
     public_url: str | None = Field(None, alias="BATON_PUBLIC_URL")
-    dedupe_window_seconds: int = Field(600, ge=0, alias="BATON_DEDUPE_WINDOW_SECONDS")
+    dedupe_window_seconds: int = Field(600, ge=0, le=30 * DAY, alias="BATON_DEDUPE_WINDOW_SECONDS")
     max_message_chars: int = Field(4000, ge=1, alias="BATON_MAX_MESSAGE_CHARS")
-    checkpoint_retention_hours: float = Field(72.0, gt=0, alias="BATON_CHECKPOINT_RETENTION_HOURS")
-    lease_seconds: float = Field(30.0, gt=0, alias="BATON_LEASE_SECONDS")
-    max_draining_threads: int = Field(16, ge=1, alias="BATON_MAX_DRAINING_THREADS")
+    checkpoint_retention_hours: float = Field(72.0, gt=0, le=10 * 365 * 24, allow_inf_nan=False,
+                                              alias="BATON_CHECKPOINT_RETENTION_HOURS")
+    lease_seconds: float = Field(30.0, gt=0, le=DAY, allow_inf_nan=False, alias="BATON_LEASE_SECONDS")
+    max_draining_threads: int = Field(16, ge=1, le=10_000, alias="BATON_MAX_DRAINING_THREADS")
     instance_name: str | None = Field(None, alias="BATON_INSTANCE_NAME")
     adapters: str | None = Field(None, alias="BATON_ADAPTERS")
-    log_level: str = Field("INFO", alias="BATON_LOG_LEVEL")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field("INFO", alias="BATON_LOG_LEVEL")
     # A chat model, "provider:model" as LangChain's init_chat_model reads it (openai:gpt-4.1-mini),
     # or "python:package.module:factory" for a model class of your own. The provider's own key
     # variable (OPENAI_API_KEY, ANTHROPIC_API_KEY, ...) is read by its LangChain package.
     model: str | None = Field(None, alias="BATON_MODEL")
-    model_timeout_seconds: float = Field(60.0, gt=0, alias="BATON_MODEL_TIMEOUT_SECONDS")
-    model_retries: int = Field(2, ge=0, alias="BATON_MODEL_RETRIES")
+    model_timeout_seconds: float = Field(60.0, gt=0, le=DAY, allow_inf_nan=False, alias="BATON_MODEL_TIMEOUT_SECONDS")
+    model_retries: int = Field(2, ge=0, le=100, alias="BATON_MODEL_RETRIES")
     # Slack (adapters/slack.py). Secrets are SecretStr: they print as '**********'.
     slack_bot_token: SecretStr | None = Field(None, alias="SLACK_BOT_TOKEN")
     slack_signing_secret: SecretStr | None = Field(None, alias="SLACK_SIGNING_SECRET")
@@ -45,6 +48,11 @@ class Settings(BaseSettings):
     discord_api_url: str | None = Field(None, alias="DISCORD_API_URL")
     discord_gateway_url: str | None = Field(None, alias="DISCORD_GATEWAY_URL")
     discord_guild_id: int | None = Field(None, alias="DISCORD_GUILD_ID")  # /baton in this server only, at once
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_capitals(cls, level: object) -> object:
+        return level.strip().upper() if isinstance(level, str) else level
 
     @field_validator("database_url")
     @classmethod

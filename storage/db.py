@@ -32,8 +32,10 @@ def _parsed(url: str) -> URL:
     may hold a password) for anything Baton cannot use."""
     try:
         parsed = make_url(url.replace("postgres://", "postgresql://", 1))
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number, quoted in the message
         raise ValueError("not a database URL: use sqlite:///path/to/baton.db or postgresql://user:password@host/db") from None
+    if "@" in (parsed.host or ""):  # "user:p@ss@host": the password ends at the first @, the rest reads as the host
+        raise ValueError("the database URL's user name or password holds an '@': write it as %40")
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise ValueError(f"unsupported database '{parsed.drivername}': use sqlite:///path/to/baton.db or "
                          "postgresql://user:password@host/db")

@@ -91,6 +91,15 @@ def test_baton_run_refuses_an_invalid_config(tmp_path):
     ("threads", {"BATON_LEASE_SECONDS": "0"}, "BATON_LEASE_SECONDS: Input should be greater than 0"),
     ("run", {"BATON_DATABASE_URL": "mysql://root:hunter2@db/baton"}, "BATON_DATABASE_URL: unsupported database 'mysql'"),
     ("db", {"BATON_DATABASE_URL": "sqlite://"}, "BATON_DATABASE_URL: Baton needs a SQLite file"),
+    # "hunter2@x" was read as the password "hunter2" and the host "x@127.0.0.1", shown in the error
+    ("run", {"BATON_DATABASE_URL": "postgresql://baton:hunter2@x@127.0.0.1/baton"}, "holds an '@': write it as %40"),
+    ("run", {"BATON_DATABASE_URL": "postgresql://baton:pw@h:hunter2/baton"}, "BATON_DATABASE_URL: not a database URL"),
+    # accepted once, then every request failed on a date out of range
+    ("run", {"BATON_LEASE_SECONDS": "inf"}, "BATON_LEASE_SECONDS: Input should be a finite number"),
+    ("run", {"BATON_DEDUPE_WINDOW_SECONDS": "99999999999999"}, "BATON_DEDUPE_WINDOW_SECONDS: Input should be less"),
+    ("run", {"BATON_CHECKPOINT_RETENTION_HOURS": "1e300"}, "BATON_CHECKPOINT_RETENTION_HOURS: Input should be less"),
+    ("run", {"BATON_LOG_LEVEL": "loud"}, "BATON_LOG_LEVEL: Input should be 'DEBUG', 'INFO'"),  # was a traceback
+    ("run", {"BATON_HOST": ""}, "BATON_HOST: String should have at least 1 character"),  # was every interface
 ])
 def test_invalid_settings_are_named_without_their_values(tmp_path, config_path, command, env, expected):
     args = ["db", "upgrade"] if command == "db" else [command]
@@ -98,6 +107,13 @@ def test_invalid_settings_are_named_without_their_values(tmp_path, config_path, 
     assert result.returncode == 2 and expected in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and "hunter2" not in result.stderr
     assert not list(tmp_path.glob("*.db"))  # no database was made
+
+
+def test_a_dotenv_that_is_not_utf8_is_named(tmp_path, config_path):
+    (tmp_path / ".env").write_bytes(b"BATON_PORT=81\xe920\n")
+    result = baton_cli("graphs", cwd=tmp_path, env={"BATON_CONFIG": str(config_path)})
+    assert result.returncode == 2 and ".env is not UTF-8 text (byte 0xe9 at offset 13)" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_a_database_that_cannot_be_reached_is_one_line_without_its_password(tmp_path, config_path):
