@@ -40,6 +40,13 @@ class Argument(BaseModel):
             raise ValueError(f"invalid regular expression: {exc}") from exc
         return value
 
+    @model_validator(mode="after")
+    def _default_fits(self) -> Argument:
+        if self.default is not None and not re.fullmatch(self.pattern, self.default):
+            raise ValueError(f"the default '{self.default[:80]}' does not match the pattern (the runbook could "
+                             "never run without this argument)")
+        return self
+
 
 class Runbook(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -54,10 +61,20 @@ class Runbook(BaseModel):
 
     @model_validator(mode="after")
     def _placeholders_are_declared(self) -> Runbook:
+        hint = "(a brace of its own is written {{ or }})"
         for part in self.command:
-            for _, field, _, _ in string.Formatter().parse(part):
-                if field is not None and field not in self.args:
-                    raise ValueError(f"command uses {{{field}}} but no argument '{field}' is declared")
+            try:
+                fields = list(string.Formatter().parse(part))
+            except ValueError as exc:
+                raise ValueError(f"command part '{part[:80]}': {exc} {hint}") from None
+            for _, field, spec, conversion in fields:
+                if field is None:
+                    continue
+                if field not in self.args:
+                    raise ValueError(f"command uses {{{field}}} but no argument '{field}' is declared {hint}")
+                if spec or conversion:  # "{a!r}" quotes the value, "{a:{b}}" reads an undeclared b, "{a:d}" fails
+                    raise ValueError(f"command part '{part[:80]}': a placeholder is just {{{field}}}, without a "
+                                     f"format or conversion {hint}")
         return self
 
     def validate_args(self, given: dict[str, str]) -> dict[str, str]:

@@ -35,6 +35,13 @@ def test_shipped_example_config_is_valid():
     ("runbook:\n  up: {}\n", "line 1: runbook: Extra inputs are not permitted"),
     ("runbooks:\n  up:\n    description: x\n    command: [a]\n  up:\n    description: y\n    command: [b]\n",
      "line 5: runbooks.up is given twice (first on line 2)"),  # YAML would keep the second silently
+    # a format or conversion passed validation, then failed in chat ({n:{m}}, {n:d}) or changed the command ({n!r})
+    *((f"runbooks:\n  up:\n    description: x\n    command: [echo, '{part}']\n    args:\n      n: {{pattern: '^[0-9]+$'}}\n",
+       f"line 4: runbooks.up: Value error, command part '{part}': a placeholder is just {{n}}")
+      for part in ("{n:{m}}", "{n:d}", "{n!r}")),
+    ("runbooks:\n  up:\n    description: x\n    command: [awk, '{print $1}']\n", "a brace of its own is written {{ or }}"),
+    ("runbooks:\n  up:\n    description: x\n    command: [echo, '{n}']\n    args:\n      n: {pattern: '^[0-9]+$', default: x}\n",
+     "line 6: runbooks.up.args.n: Value error, the default 'x' does not match the pattern"),
 ])
 def test_invalid_config_names_the_line(tmp_path, text, expected):
     path = tmp_path / "baton.yaml"
