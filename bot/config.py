@@ -189,11 +189,14 @@ def load_config(path: Path, *, required: bool = False) -> BatonConfig:
         raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}") from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+        _check_size(path, root)  # before anything walks or loads the values the aliases stand for
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "unknown line"
         raise ConfigError(f"{path}: {where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to read") from None
     lines = _line_index(path, root)  # and a key given twice is refused here
     if data is None:
         return BatonConfig()
@@ -210,15 +213,48 @@ def load_config(path: Path, *, required: bool = False) -> BatonConfig:
         raise ConfigError("\n".join(problems)) from exc
 
 
-def _line_index(config: Path, node: yaml.Node | None, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
-    """Map each key path of the YAML document to its 1-based line number.
+MAX_VALUES = 100_000  # what baton.yaml may expand to through aliases (a few hundred in practice)
+
+
+def _check_size(config: Path, root: yaml.Node | None) -> None:
+    """Refuse an alias that contains itself, and aliases that expand to more than ``MAX_VALUES`` values
+    (nested aliases double at each level: a few lines can stand for billions of values)."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_nodes:
+            raise ConfigError(f"{config}: line {node.start_mark.line + 1}: an alias refers to the value it is in")
+        open_nodes.add(id(node))
+        children = [part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode) else \
+            node.value if isinstance(node, yaml.SequenceNode) else []
+        total = 1 + sum(size(child) for child in children)
+        open_nodes.discard(id(node))
+        if total > MAX_VALUES:
+            raise ConfigError(f"{config}: line {node.start_mark.line + 1}: expands to more than {MAX_VALUES:,} "
+                              "values through aliases")
+        sizes[id(node)] = total
+        return total
+
+    if root is not None:
+        size(root)
+
+
+def _line_index(config: Path, node: yaml.Node | None, prefix: tuple[str, ...] = (),
+                seen: set[int] | None = None) -> dict[tuple[str, ...], int]:
+    """Map each key path of the YAML document to its 1-based line number (a value that aliases repeat
+    under its first path only).
 
     A key given twice in one mapping is refused: YAML keeps the last, so a second ``uptime:``
     runbook would silently replace the first.
     """
     index: dict[tuple[str, ...], int] = {}
-    if node is None:
+    seen = set() if seen is None else seen
+    if node is None or id(node) in seen:
         return index
+    seen.add(id(node))
     index[prefix] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
@@ -226,11 +262,11 @@ def _line_index(config: Path, node: yaml.Node | None, prefix: tuple[str, ...] = 
             if key_path in index:
                 raise ConfigError(f"{config}: line {key.start_mark.line + 1}: {'.'.join(key_path)} is given "
                                   f"twice (first on line {index[key_path]})")
-            index.update(_line_index(config, value, key_path))
+            index.update(_line_index(config, value, key_path, seen))
             index[key_path] = key.start_mark.line + 1
     elif isinstance(node, yaml.SequenceNode):
         for position, item in enumerate(node.value):
-            index.update(_line_index(config, item, (*prefix, str(position))))
+            index.update(_line_index(config, item, (*prefix, str(position)), seen))
     return index
 
 
@@ -254,9 +290,12 @@ def _mentioned_line(node: yaml.Node | None, message: str) -> int | None:
     tokens = [next(group for group in match.groups() if group) for match in _QUOTED.finditer(message)]
     if node is None or not tokens:
         return None
-    pending = [node]
+    pending, seen = [node], set()
     while pending:
         current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
         if isinstance(current, yaml.ScalarNode):
             text = str(current.value)
             if any(token == text or (token.startswith("{") and token in text) for token in tokens):

@@ -51,6 +51,23 @@ def test_invalid_config_names_the_line(tmp_path, text, expected):
     assert expected in str(error.value)
 
 
+def test_aliases_work_but_cannot_loop_or_explode_and_deep_nesting_is_named(tmp_path):
+    """An alias inside itself and very deep nesting were tracebacks; nested aliases ("billion laughs")
+    kept Baton at 100% CPU, since every path through them was walked."""
+    path = tmp_path / "baton.yaml"
+    path.write_text("approvers: &ops [alice, bob]\nrunbooks:\n  up:\n    description: x\n    command: [uptime]\n"
+                    "    approvers: *ops\n")
+    assert load_config(path).runbooks["up"].approvers == ["alice", "bob"]
+    laughs = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    laughs += [f"{name}: &{name} [{', '.join([f'*{chr(ord(name) - 1)}'] * 9)}]" for name in "bcdefghi"]
+    for text, expected in (("approvers: &a [*a]\n", "line 1: an alias refers to the value it is in"),
+                           ("approvers: " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply to read"),
+                           ("\n".join([*laughs, "approvers: *i"]) + "\n", "expands to more than 100,000 values")):
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=expected):
+            load_config(path)
+
+
 def test_a_config_that_cannot_be_read_is_named_with_the_reason(tmp_path):
     binary = tmp_path / "binary.yaml"
     binary.write_bytes(b"approvers: [alice]\n\x00\x01\xff\n")
