@@ -69,6 +69,9 @@ class Baton:
         self.outbox = Outbox(self.db, self.instance)
         self._check_digest_platforms()
         self.adapters: list[Any] = [adapter_class(self) for adapter_class in self._selected_adapters()]
+        for platform in sorted({digest.platform for digest in self.config.digests} - {a.name for a in self.adapters}):
+            log.warning("baton.yaml has digests for %s, which this Baton does not serve: a replica serving %s "
+                        "posts them, or nobody does", platform, platform)
         self.services = Services(
             self.db, self.config, self.registry,
             model=create_model(settings.model, timeout=settings.model_timeout_seconds, retries=settings.model_retries),
@@ -111,7 +114,7 @@ class Baton:
         await self.db.dispose()
 
     def _check_digest_platforms(self) -> None:
-        """A digest for a platform no adapter serves would never be posted: most likely a typo."""
+        """A digest for a platform no installed adapter knows would never be posted: most likely a typo."""
         known = {point.name for point in entry_points(group="baton.adapters")}
         unknown = sorted({digest.platform for digest in self.config.digests} - known)
         if unknown:

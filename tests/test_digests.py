@@ -211,6 +211,17 @@ def test_a_digest_for_a_platform_no_adapter_serves_stops_baton(tmp_path: Path):
         Baton(settings, config)
 
 
+def test_a_digest_for_a_platform_this_baton_does_not_serve_is_named_at_start(tmp_path: Path, caplog):
+    """Another replica serving Slack posts it (outbox rows go to whoever serves their platform)."""
+    from bot.app import Baton
+    from bot.settings import Settings
+
+    config = BatonConfig(digests=[Digest(platform="slack", channel="ops", cron="0 9 * * *")])
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'b.db'}", BATON_ADAPTERS="playground")  # type: ignore[call-arg]
+    Baton(settings, config)
+    assert "digests for slack, which this Baton does not serve" in caplog.text
+
+
 def test_chat_commands_create_list_run_and_remove_schedules(start_baton, sqlite_url):
     baton = start_baton(sqlite_url)
     pg = baton.client()
