@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sqlite3
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from sqlmodel import func, select
 from bot.config import ConfigError, load_config
 from bot.registry import GraphRegistry
 from bot.settings import Settings
+from storage.checkpointer import check_sqlite_checkpoints, sqlite_checkpoint_path
 from storage.db import Database, check_url
 from storage.migrate import autogenerate, upgrade
 from storage.models import Approval, InboundEvent, ThreadRecord
@@ -216,6 +218,10 @@ def db_revision(message: str = typer.Argument(..., help="What the migration chan
 def _ready(settings: Settings) -> None:
     with _database(settings.database_url):
         upgrade(settings.database_url)
+    try:
+        check_sqlite_checkpoints(settings.database_url)
+    except sqlite3.Error as exc:
+        _fail(f"Baton cannot use its checkpoint database {sqlite_checkpoint_path(settings.database_url)}: {exc}")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,17 @@ def sqlite_checkpoint_path(url: str) -> Path:
     return separate
 
 
+def check_sqlite_checkpoints(url: str) -> None:
+    """Raise ``sqlite3.Error`` when the SQLite file of the checkpoints cannot be opened and written
+    (a directory, not a database, read-only), so that it is one line at start, not a traceback."""
+    if not is_sqlite(url):
+        return  # PostgreSQL: the checkpoints live in Baton's own database, checked already
+    with closing(sqlite3.connect(sqlite_checkpoint_path(url), timeout=30)) as connection:
+        connection.execute("BEGIN IMMEDIATE")  # the file is read (a header) and may be written
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        connection.rollback()
+
+
 def _holds_checkpoints(database: Path) -> bool:
     with closing(sqlite3.connect(database)) as connection:
         found = connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'checkpoints'").fetchone()

@@ -133,6 +133,15 @@ def test_invalid_settings_are_named_without_their_values(tmp_path, config_path, 
     assert not list(tmp_path.glob("*.db"))  # no database was made
 
 
+def test_an_unusable_checkpoint_file_is_one_line(tmp_path, config_path):
+    (tmp_path / "b.checkpoints.db").write_bytes(b"not a database, " * 400)
+    result = baton_cli("run", cwd=tmp_path, env={"BATON_CONFIG": str(config_path), "BATON_PORT": "0",
+                                                 "BATON_DATABASE_URL": f"sqlite:///{tmp_path / 'b.db'}"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"Baton cannot use its checkpoint database {tmp_path / 'b.checkpoints.db'}: file is not a database" \
+        in result.stderr
+
+
 def test_a_dotenv_that_is_not_utf8_is_named(tmp_path, config_path):
     (tmp_path / ".env").write_bytes(b"BATON_PORT=81\xe920\n")
     result = baton_cli("graphs", cwd=tmp_path, env={"BATON_CONFIG": str(config_path)})
