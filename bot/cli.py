@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any, NoReturn
 
 import typer
+from alembic.util.exc import CommandError
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import func, select
@@ -118,7 +119,7 @@ def graphs() -> None:
 
 
 @app.command()
-def threads(limit: int = typer.Option(20, help="How many, newest first.")) -> None:
+def threads(limit: int = typer.Option(20, min=1, max=10_000, help="How many, newest first.")) -> None:
     """Show recent thread records: where, which graph, status."""
 
     async def show() -> None:
@@ -198,12 +199,15 @@ def _table(headers: list[str], rows: list[list[Any]]) -> None:
 
 
 @db_app.command("upgrade")
-def db_upgrade(revision: str = typer.Argument("head")) -> None:
+def db_upgrade(revision: str = typer.Argument("head", help="A revision id to upgrade to; default: the latest.")) -> None:
     """Apply the database migrations (also done automatically by `baton run`)."""
     settings = _settings()
-    with _database(settings.database_url):
-        upgrade(settings.database_url, revision)
-    typer.echo("Database is up to date.")
+    try:
+        with _database(settings.database_url):
+            upgrade(settings.database_url, revision)
+    except CommandError as exc:  # an unknown revision, or a relative one ("+1") Baton does not take
+        _fail(f"Baton cannot upgrade to '{revision[:40]}': {exc}")
+    typer.echo("Database is up to date." if revision == "head" else f"Database migrated to '{revision}'.")
 
 
 @db_app.command("revision")

@@ -142,6 +142,17 @@ def test_an_unusable_checkpoint_file_is_one_line(tmp_path, config_path):
         in result.stderr
 
 
+def test_odd_cli_arguments_are_one_line(tmp_path, config_path):
+    env = {"BATON_CONFIG": str(config_path), "BATON_DATABASE_URL": f"sqlite:///{tmp_path / 'b.db'}"}
+    unknown = baton_cli("db", "upgrade", "nosuchrev", cwd=tmp_path, env=env)
+    assert unknown.returncode == 2 and "Baton cannot upgrade to 'nosuchrev': Can't locate revision" in unknown.stderr
+    for limit in ("-1", "99999999999999999999"):
+        refused = baton_cli("threads", "--limit", limit, cwd=tmp_path, env=env)
+        assert refused.returncode == 2 and "Invalid value for '--limit'" in refused.stderr
+    for result in (unknown, refused):
+        assert "Traceback" not in result.stderr
+
+
 def test_a_dotenv_that_is_not_utf8_is_named(tmp_path, config_path):
     (tmp_path / ".env").write_bytes(b"BATON_PORT=81\xe920\n")
     result = baton_cli("graphs", cwd=tmp_path, env={"BATON_CONFIG": str(config_path)})
