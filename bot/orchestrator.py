@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import unicodedata
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -42,6 +43,7 @@ _ORPHANED_THREADS = prepared(select(InboundEvent.thread_record_id).join(ThreadRe
     or_(ThreadRecord.lease_owner.is_(None), ThreadRecord.lease_until < bindparam("now", type_=DateTime())),  # type: ignore[union-attr]
     or_(InboundEvent.kind == "click", ThreadRecord.status != "waiting"),
 ).distinct().limit(SWEEP_BATCH))  # a backlog is taken a batch per sweep, never in one long query
+INVISIBLE = {"Cf", "Cc", "Zs", "Zl", "Zp"}  # format characters (U+200B), controls and spaces: no request
 PROGRESS_LINES = 20  # the latest progress lines a run's progress message shows
 CHOOSER = "choose"  # the pseudo-graph of a run that waits for the requester to pick a graph
 
@@ -111,7 +113,7 @@ class Orchestrator:
             if record is None:
                 record, new_thread = await threads.create(session, location, self.leases.lease_for_new_thread())
             event = await self._claim(session, message.platform, message.event_id, "message", location, message.user,
-                                      message.text, {}, record.id, correlation)
+                                      message.text, {"addressed": message.addressed}, record.id, correlation)
             if event is None:
                 return Accepted(status="duplicate", reason="this event was already received")
             # A thread made just now has nothing queued before this event.
@@ -288,8 +290,11 @@ class Orchestrator:
 
     async def _handle_message(self, event: InboundEvent, record: ThreadRecord, fresh: bool = False) -> None:
         text = event.text.strip()
-        if not text:
-            return await self._finish_event(event, "empty", Message.text(
+        # Written in a Baton thread without mentioning the bot: a request if a command matches, else
+        # conversation ("thanks!", "any update?"), which gets no answer (it got the whole help text).
+        conversation = event.payload.get("addressed") is False
+        if not text or all(unicodedata.category(char) in INVISIBLE for char in text):
+            return await self._finish_event(event, "empty", None if conversation else Message.text(
                 "You mentioned me without a request. Try `help` to see what I can do.", tone="warning"))
         if len(text) > self.settings.max_message_chars:
             return await self._finish_event(event, "too long", Message.text(
@@ -308,6 +313,8 @@ class Orchestrator:
             return await self._finish_event(event, "rejected input", Message.text(str(exc), tone="warning"))
         if chosen.graph == DIGEST_COMMAND:
             return await self._digest_command(event, chosen.input["words"])
+        if chosen.unmatched and conversation and self.services.model is None:
+            return await self._finish_event(event, "conversation")
         usage: Any = None
         if chosen.unmatched and self.services.model is not None:
             try:

@@ -147,8 +147,11 @@ def test_a_rejected_request_may_be_asked_again_and_chatter_keeps_a_thread_a_dupl
 
     done = pg.ask("@baton run uptime")
     pg.wait_reply(done, "did uptime")
-    pg.say("thanks!", user="dave", thread=done)
-    wait_for(lambda: len(pg.bot_replies(done)) >= 2, 20, "the answer to the thanks")
+    pg.say("thanks!", user="dave", thread=done)  # conversation: no answer (it was the whole help text)
+    pg.say("\u200b", user="dave", thread=done)
+    pg.say("@baton status", user="dave", thread=done)  # handled after them, in order
+    pg.wait_reply(done, "Status:")
+    assert len(pg.bot_replies(done)) == 2
     repeat = pg.ask("@baton run uptime", user="carol")
     link = pg.wait_reply(repeat, "The same request finished recently")
     assert next(p for p in link["content"]["parts"] if p["kind"] == "link")["thread"] == done
@@ -189,6 +192,8 @@ def test_empty_long_and_unknown_messages_get_polite_answers(baton, counter):
     assert empty.status_code == 400 and "must not be empty" in empty.json()["detail"]
     bare = pg.ask("@baton")
     pg.wait_reply(bare, "You mentioned me without a request")
+    invisible = pg.ask("@baton \u200b\u2060")  # zero-width characters only: quoted back as a request before
+    pg.wait_reply(invisible, "You mentioned me without a request")
     huge = pg.ask("@baton run uptime " + "x" * 40_000)
     pg.wait_reply(huge, "I take requests of up to 4,000 characters")
     unknown = pg.ask("@baton please make coffee")
