@@ -19,6 +19,7 @@ from bot.messages import quoted
 
 Risk = Literal["low", "high"]
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,40}$"
+ARG_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,40}$"
 
 
 class ConfigError(Exception):
@@ -59,8 +60,25 @@ class Runbook(BaseModel):
     timeout: float = Field(60.0, gt=0, le=24 * 3600)
     example: str | None = None
 
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _seconds_not_yes(cls, value: object) -> object:
+        if isinstance(value, bool):  # YAML's `true` would be 1 second
+            raise ValueError("timeout is a number of seconds")
+        return value
+
+    @field_validator("args")
+    @classmethod
+    def _names_can_be_typed(cls, args: dict[str, Argument]) -> dict[str, Argument]:
+        for name in args:
+            if not re.fullmatch(ARG_NAME_PATTERN, name):
+                raise ValueError(f"argument name '{name[:40]}' must match {ARG_NAME_PATTERN} (it is typed as name=value)")
+        return args
+
     @model_validator(mode="after")
     def _placeholders_are_declared(self) -> Runbook:
+        if not self.command[0].strip():
+            raise ValueError("the command's first part, the program to run, is empty")
         hint = "(a brace of its own is written {{ or }})"
         for part in self.command:
             try:
@@ -129,8 +147,8 @@ class Price(BaseModel):
     """US dollars per million tokens."""
 
     model_config = ConfigDict(extra="forbid")
-    input: float = Field(ge=0)
-    output: float = Field(ge=0)
+    input: float = Field(ge=0, allow_inf_nan=False)
+    output: float = Field(ge=0, allow_inf_nan=False)
 
 
 class Models(BaseModel):
@@ -160,6 +178,14 @@ class BatonConfig(BaseModel):
             if not re.fullmatch(NAME_PATTERN, name):
                 raise ValueError(f"runbook name '{name}' must match {NAME_PATTERN}")
         return value
+
+    @model_validator(mode="after")
+    def _high_risk_has_approvers(self) -> BatonConfig:
+        for name, runbook in self.runbooks.items():
+            if runbook.risk == "high" and not self.approvers_for_runbook(name):
+                raise ValueError(f"runbook '{name}' is high risk but has no approvers, here or at the top: nobody "
+                                 "could ever approve it")
+        return self
 
     def approvers_for_runbook(self, name: str) -> list[str]:
         runbook = self.runbooks[name]

@@ -42,6 +42,15 @@ def test_shipped_example_config_is_valid():
     ("runbooks:\n  up:\n    description: x\n    command: [awk, '{print $1}']\n", "a brace of its own is written {{ or }}"),
     ("runbooks:\n  up:\n    description: x\n    command: [echo, '{n}']\n    args:\n      n: {pattern: '^[0-9]+$', default: x}\n",
      "line 6: runbooks.up.args.n: Value error, the default 'x' does not match the pattern"),
+    # each was accepted, then could not work: "could not start : Permission denied", a 1-second timeout,
+    # an argument nobody can type in chat, a card only Reject could answer, a cost of infinity
+    ("runbooks:\n  up:\n    description: x\n    command: ['']\n", "the program to run, is empty"),
+    ("runbooks:\n  up:\n    description: x\n    command: [a]\n    timeout: true\n", "line 5: runbooks.up.timeout"),
+    ("runbooks:\n  up:\n    description: x\n    command: [a]\n    args:\n      a b: {pattern: x}\n",
+     "argument name 'a b' must match"),
+    ("runbooks:\n  up:\n    description: x\n    command: [a]\n    risk: high\n",
+     "line 2: (top): Value error, runbook 'up' is high risk but has no approvers"),
+    ("models:\n  prices:\n    m: {input: .inf, output: 1}\n", "line 3: models.prices.m.input: Input should be a finite"),
 ])
 def test_invalid_config_names_the_line(tmp_path, text, expected):
     path = tmp_path / "baton.yaml"
