@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from fastapi import FastAPI
 
+from bot.app import StartFailed as StartFailed  # what ``start`` raises when the platform will not have Baton
 from bot.messages import Location
 from bot.outbox import Delivery
 from bot.settings import Settings

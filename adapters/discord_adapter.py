@@ -49,11 +49,12 @@ from datetime import timedelta
 from functools import partial
 from typing import Any, cast
 
+import aiohttp
 import discord
 import yarl
 from discord import app_commands
 
-from adapters.contract import Adapter, DeliveryRejected, RetryLater, Step
+from adapters.contract import Adapter, DeliveryRejected, RetryLater, StartFailed, Step
 from adapters.discord_render import (
     BUTTON_LABEL_CHARS,
     BUTTON_STYLE,
@@ -229,7 +230,11 @@ class DiscordAdapter(Adapter):
             await self.client.login(self._token)
         except discord.LoginFailure as exc:
             await self.client.close()
-            raise RuntimeError("Discord refused DISCORD_TOKEN (GET /users/@me: 401 Unauthorized)") from exc
+            raise StartFailed("Discord refused DISCORD_TOKEN (GET /users/@me: 401 Unauthorized)") from exc
+        except (aiohttp.ClientError, OSError, TimeoutError, discord.HTTPException) as exc:
+            await self.client.close()
+            raise StartFailed(f"Discord's API cannot be reached or failed ({type(exc).__name__}: {str(exc)[:200]})") \
+                from exc
         flags = self.client.application_flags
         self.reads_content = flags.gateway_message_content or flags.gateway_message_content_limited
         self.client.allow_message_content(self.reads_content)
@@ -257,7 +262,7 @@ class DiscordAdapter(Adapter):
         try:
             await tree.sync(guild=guild)
         except discord.Forbidden as exc:
-            raise RuntimeError(f"Discord did not let Baton register /baton in DISCORD_GUILD_ID={self._guild_id} "
+            raise StartFailed(f"Discord did not let Baton register /baton in DISCORD_GUILD_ID={self._guild_id} "
                                f"({exc.text}): is the bot in that server, invited with the applications.commands "
                                "scope?") from exc
 

@@ -43,7 +43,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.contract import Adapter, DeliveryRejected, RetryLater, Step
+from adapters.contract import Adapter, DeliveryRejected, RetryLater, StartFailed, Step
 from adapters.slack_blocks import (
     BUTTON_ACTION_PREFIX,
     escape,
@@ -143,7 +143,13 @@ class SlackAdapter(Adapter):
         try:
             auth = await self.client.auth_test()
         except SlackApiError as exc:
-            raise RuntimeError(f"Slack refused SLACK_BOT_TOKEN (auth.test: {_error_code(exc)})") from exc
+            if exc.response.status_code >= 500:
+                raise StartFailed(f"Slack's API failed at auth.test (HTTP {exc.response.status_code}); try again "
+                                  "in a moment") from exc
+            raise StartFailed(f"Slack refused SLACK_BOT_TOKEN (auth.test: {_error_code(exc)})") from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise StartFailed(f"Slack's API at {self.client.base_url} cannot be reached ({type(exc).__name__}: "
+                              f"{str(exc)[:200]})") from exc
         self.bot_user_id = auth["user_id"]
         self.team_url = str(auth.get("url") or "https://slack.com/")
         if not self.team_url.endswith("/"):
@@ -159,7 +165,7 @@ class SlackAdapter(Adapter):
         try:  # ask once ourselves, so that a wrong app token stops the start with a clear message
             opened = await self.client.apps_connections_open(app_token=app_token)
         except SlackApiError as exc:
-            raise RuntimeError(f"Slack refused SLACK_APP_TOKEN (apps.connections.open: {_error_code(exc)})") from exc
+            raise StartFailed(f"Slack refused SLACK_APP_TOKEN (apps.connections.open: {_error_code(exc)})") from exc
         self._socket.client.wss_uri = opened["url"]
         await self._socket.connect_async()
         log.info("Slack: Socket Mode connected")

@@ -31,6 +31,11 @@ from storage.migrate import upgrade
 from storage.models import InboundEvent, ThreadRecord, utcnow
 
 log = logging.getLogger("baton")
+
+
+class StartFailed(RuntimeError):
+    """Baton cannot start as configured (a platform refused its token, or cannot be reached): the
+    message says why in one line, shown as such instead of a traceback."""
 SWEEP_INTERVAL = 1.0
 RETENTION_INTERVAL = 600.0
 _EVENT_RECEIVED = prepared(select(InboundEvent.id).where(

@@ -10,8 +10,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bot.app import Baton
+from bot.app import Baton, StartFailed
 from bot.config import BatonConfig
 from bot.messages import storable
 from bot.settings import Settings
@@ -51,6 +52,7 @@ def create_app(settings: Settings, config: BatonConfig | None = None) -> FastAPI
             yield
 
     app = FastAPI(title="Baton", lifespan=lifespan, max_body_size=MAX_BODY_BYTES)  # larger: 413
+    app.add_middleware(StartFailureInOneLine)
     app.state.baton = baton
     app.add_exception_handler(RequestValidationError, invalid_request)  # type: ignore[arg-type]
     for adapter in baton.adapters:
@@ -67,6 +69,28 @@ def create_app(settings: Settings, config: BatonConfig | None = None) -> FastAPI
     # HEAD is what many uptime checks send; a route of its own, or the schema names two operations alike
     app.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
     return app
+
+
+class StartFailureInOneLine:
+    """A start that fails for a reason Baton can name (``StartFailed``: a platform refused its token)
+    is reported in one line. Starlette hands uvicorn the whole traceback of any start failure, and
+    uvicorn logs it: a page of frames around the one line that matters."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            return await self.app(scope, receive, send)
+
+        async def send_in_one_line(message: Message) -> None:
+            last = str(message.get("message") or "").rstrip().splitlines()[-1:]
+            marker = f"{StartFailed.__module__}.{StartFailed.__qualname__}: "
+            if message["type"] == "lifespan.startup.failed" and last and last[0].startswith(marker):
+                message = {**message, "message": f"Baton cannot start: {last[0].removeprefix(marker)}"}
+            await send(message)
+
+        await self.app(scope, receive, send_in_one_line)
 
 
 async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -455,3 +455,9 @@ async def test_discord_answers_become_retry_decisions():
 
     with pytest.raises(DeliveryRejected, match="403 Missing Permissions"):
         await _step(forbidden)()
+
+
+def test_a_refused_token_stops_the_start_in_one_line(fake_discord, start_baton, sqlite_url):
+    with pytest.raises(AssertionError, match=r"Baton cannot start: Discord refused DISCORD_TOKEN") as refused:
+        start_baton(sqlite_url, name="wrong-token", env=fake_discord.env() | {"DISCORD_TOKEN": "revoked"})
+    assert "Traceback" not in str(refused.value) and "revoked" not in str(refused.value)

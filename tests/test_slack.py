@@ -362,8 +362,14 @@ def test_summarize_reads_the_thread_from_slack(slack, counter):
 
 def test_wrong_or_missing_slack_settings_stop_the_start(fake_slack, start_baton, sqlite_url):
     wrong = {**fake_slack.env(), "SLACK_BOT_TOKEN": "xoxb-revoked"}
-    with pytest.raises(AssertionError, match=r"Slack refused SLACK_BOT_TOKEN \(auth.test: invalid_auth\)"):
+    with pytest.raises(AssertionError, match=r"Baton cannot start: Slack refused SLACK_BOT_TOKEN \(auth.test: invalid_auth\)") \
+            as refused:
         start_baton(sqlite_url, name="wrong-token", env=wrong)
+    assert "Traceback" not in str(refused.value)  # one line, not uvicorn's page of frames
+    unreachable = {**fake_slack.env(), "SLACK_API_URL": "http://127.0.0.1:1/api/"}
+    with pytest.raises(AssertionError, match=r"Baton cannot start: Slack's API at http://127.0.0.1:1/api/ cannot be "
+                                             r"reached \(ClientConnectorError"):
+        start_baton(sqlite_url, name="no-slack", env=unreachable)
     incomplete = {key: value for key, value in fake_slack.env().items() if key != "SLACK_SIGNING_SECRET"}
     with pytest.raises(AssertionError, match="neither SLACK_SIGNING_SECRET .* nor SLACK_APP_TOKEN"):
         start_baton(sqlite_url, name="no-secret", env=incomplete)
