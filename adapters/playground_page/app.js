@@ -336,7 +336,8 @@
   // ---------- actions ----------
   async function send(box, errEl, threadId) {
     const text = box.value;
-    if (!text.trim() || box.dataset.busy) return;
+    if (!text.trim()) return;
+    if (box.dataset.busy) { box.dataset.again = '1'; return; } // sent once the one in flight is stored
     const root = threadId && S.msgs.get(threadId);
     const body = { channel: (root && root.channel) || S.channel, user: S.user, text };
     if (threadId) body.thread_id = threadId;
@@ -353,6 +354,7 @@
     } finally {
       delete box.dataset.busy;
       box.focus();
+      if (box.dataset.again) { delete box.dataset.again; send(box, errEl, threadId); }
     }
   }
 
