@@ -2,7 +2,8 @@
 
 A graph module may also define ``DESCRIPTION``, ``EXAMPLE``, ``PATTERNS`` (regular expressions that
 route plain chat to it), ``DEDUPE`` (default true: the same request in a channel links to the
-running thread instead of running twice) and ``make_input(request, args)`` (default
+running thread instead of running twice), ``ASKS_APPROVAL`` (default false: whether it stops for
+a human's decision; help marks it) and ``make_input(request, args)`` (default
 ``{"text": args}``). ``graph`` may be a ``StateGraph`` builder or a compiled graph; Baton
 compiles or copies it with its own checkpointer.
 """
@@ -38,6 +39,7 @@ class GraphSpec:
     example: str = ""
     patterns: list[re.Pattern[str]] = field(default_factory=list)
     dedupe: bool = True
+    asks_approval: bool = False
     make_input: InputMaker = _text_input
 
     def compile(self, checkpointer: BaseCheckpointSaver) -> Pregel:
@@ -86,6 +88,7 @@ def _spec_from_module(name: str, module: ModuleType) -> GraphSpec:
         example=getattr(module, "EXAMPLE", name),
         patterns=[re.compile(p, re.IGNORECASE) for p in getattr(module, "PATTERNS", [])],
         dedupe=getattr(module, "DEDUPE", True),
+        asks_approval=getattr(module, "ASKS_APPROVAL", False),
         make_input=getattr(module, "make_input", _text_input),
     )
 

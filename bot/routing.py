@@ -54,6 +54,8 @@ def route(request: Request, text: str, registry: GraphRegistry, config: BatonCon
             return Route(DIGEST_COMMAND, {"words": words}, title="digest")
         return _runbook_route([word for word in words if word != FORCE_WORD], config, force or FORCE_WORD in words)
     spec = registry.get(command)
+    if command == HELP_GRAPH:  # "help me", "help runbooks": the whole help, not "I don't know how to handle"
+        rest = ""
     if spec is not None:
         if spec.dedupe:
             force, rest = _trailing_force(rest, force)

@@ -179,7 +179,8 @@ class RunServices:
     def catalog(self) -> list[dict[str, Any]]:
         entries = [
             {"name": spec.name, "kind": "graph", "description": spec.description, "example": spec.example,
-             "risk": self.config.policy_for_graph(spec.name).risk if spec.name in self.config.graphs else "low"}
+             "risk": self.config.policy_for_graph(spec.name).risk
+             if spec.asks_approval or spec.name in self.config.graphs else "low"}
             for spec in self._registry if spec.name != "runbook"
         ]
         for name, runbook in self.config.runbooks.items():

@@ -14,6 +14,7 @@ from langgraph.types import interrupt
 
 DESCRIPTION = "Draft an announcement for the channel; it is posted after approval."
 EXAMPLE = "announce Maintenance tonight at 22:00 UTC"
+ASKS_APPROVAL = True
 
 
 class AnnounceState(TypedDict, total=False):

@@ -232,10 +232,12 @@ def _gone(pid: int) -> bool:
 
 def test_help_and_status(baton, counter):
     pg = baton.client()
-    help_thread = pg.ask("@baton help")
+    help_thread = pg.ask("@baton help me")  # the whole help, not "I don't know how to handle “me”"
     reply = pg.wait_reply(help_thread, "Here is what I can do")
     for example in ("run uptime", "status", "announce"):
         assert example in reply["text"]
+    assert "don't know" not in reply["text"]
+    assert "posted after approval. (needs approval)" in reply["text"]  # announce stops for a decision
     waiting = pg.ask("@baton run restart service=web", channel="ops")
     pg.wait_card(waiting)
     status = pg.ask("@baton status", channel="ops")
