@@ -22,7 +22,7 @@ class RunbookState(TypedDict, total=False):
     args: dict[str, str]
     approved: bool
     decided_by: str
-    reply: str
+    reply: str | dict[str, Any]  # text, or a message dict (a rejection is not a success)
     error: str
 
 
@@ -51,7 +51,8 @@ def ask(state: RunbookState) -> RunbookState:
 
 async def execute(state: RunbookState) -> RunbookState:
     if not state.get("approved"):
-        return {"reply": f"Rejected by {state.get('decided_by') or 'an approver'}: nothing was run."}
+        return {"reply": {"tone": "info", "parts": [
+            {"kind": "text", "text": f"Rejected by {state.get('decided_by') or 'an approver'}: nothing was run."}]}}
     runbook = current().config.runbooks[state["runbook"]]
     argv = runbook.argv(state["args"])
     result = await effect("command", lambda: run_command(argv, runbook.timeout))

@@ -38,7 +38,8 @@ def test_high_risk_runbook_rejected(baton, counter):
     thread = pg.ask("@baton run restart service=api")
     card = pg.wait_card(thread)
     pg.click(card, "bob", action="reject")
-    pg.wait_reply(thread, "Rejected by bob: nothing was run")
+    rejected = pg.wait_reply(thread, "Rejected by bob: nothing was run")
+    assert rejected["content"]["tone"] == "info"  # not "success"
     edited = next(m for m in pg.bot_replies(thread) if m["id"] == card["id"])
     assert "Rejected by bob at" in edited["text"]
     assert runs_in(counter) == []
