@@ -90,10 +90,15 @@ _current: contextvars.ContextVar[RunContext] = contextvars.ContextVar("baton_run
 
 
 def duration(seconds: float) -> str:
-    """A span of time for people: 4.2s, 12m, 3h 5m, 2d 4h."""
+    """A span of time for people: 40ms, 4.2s, 13s, 12m, 3h 5m, 2d 4h."""
     seconds = max(0.0, float(seconds))
-    if seconds < 60:
-        return f"{seconds:.1f}s"
+    if round(seconds * 1000) < 1000:
+        return f"{round(seconds * 1000)}ms"
+    if round(seconds, 1) < 10:
+        return f"{round(seconds, 1):.1f}s"
+    if round(seconds) < 60:
+        return f"{round(seconds)}s"
+    seconds = max(seconds, 60.0)  # 59.6 s is "1m", not "0m"
     if seconds < 3600:
         return f"{seconds // 60:.0f}m"
     if seconds < 86400:

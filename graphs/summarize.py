@@ -25,18 +25,31 @@ def make_input(_request: Request, text: str) -> dict[str, Any]:
     return {"text": text, "reply": {}}
 
 
+MAX_MESSAGES = 200
+QUOTED_CHARS = 200
+
+
+def _shortened(text: str) -> str:
+    return text if len(text) <= QUOTED_CHARS else text[:QUOTED_CHARS - 1].rstrip() + "…"
+
+
 async def summarize(state: SummarizeState) -> SummarizeState:
     words = state.get("text", "").split()
     scope = "channel" if words[:1] == ["channel"] else "thread"
-    limit = int(words[1]) if scope == "channel" and len(words) > 1 and words[1].isdigit() else 50
-    limit = max(1, min(limit, 200))
+    limit = 50
+    if scope == "channel" and len(words) > 1:
+        if not (words[1].isdecimal() and 1 <= int(words[1]) <= MAX_MESSAGES):
+            return {"reply": {"tone": "warning", "parts": [{"kind": "text", "text": (
+                f"How many messages? `summarize channel <1 to {MAX_MESSAGES}>`, e.g. `summarize channel 50`.")}]}}
+        limit = int(words[1])
     messages = [m for m in await history(scope, limit + 1) if not _is_this_request(m)][-limit:]
-    where = f"the channel's last {len(messages)} messages" if scope == "channel" else "this thread"
+    count = len(messages)
+    where = f"the channel's last {count} message{'s' if count != 1 else ''}" if scope == "channel" else "this thread"
     if not messages:
         return {"reply": {"tone": "info", "parts": [{"kind": "text", "text": f"There is nothing to summarise in {where} yet."}]}}
     if current().model is None:
         key = extract(messages)
-        lines = "\n".join(f"• {m['user']}: {m['text'][:200]}" for m in key)
+        lines = "\n".join(f"• {m['user']}: {_shortened(m['text'])}" for m in key)
         return {"reply": {"title": f"Extractive summary of {where}", "tone": "info", "parts": [
             {"kind": "note", "text": "No model is configured, so these are the key messages, not a written summary."},
             {"kind": "text", "text": lines}]}}

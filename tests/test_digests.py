@@ -173,7 +173,7 @@ async def test_digest_content_is_exact(sqlite_url):
     message = Message.model_validate(compose({"stats": stats})["reply"])
     text = message.plain_text()
     assert "*8* requests" in text and "`deploy`: 3 done, 1 failed, 1 still running" in text
-    assert "p50 10.0s, p95 40.0s over 6 finished" in text and "Approvals*: 1 granted, 1 rejected" in text
+    assert "p50 10s, p95 40s over 6 finished" in text and "Approvals*: 1 granted, 1 rejected" in text
     assert "Deploy worker — waiting 40m for bob, dave" in text and "`deploy`: exit code 2" in text
     assert any(part.kind == "image" for part in message.parts)
     links = [part for part in message.parts if part.kind == "link"]
@@ -350,3 +350,11 @@ def test_a_schedules_next_firing_is_shown_in_utc_and_on_its_own_clock():
     assert replies.when_in(summer, timezone) == "2026-07-03 15:00:00 UTC (Fri 17:00 in Europe/Berlin)"
     assert replies.when_in(schedules.next_fire("0 9 * * *", "UTC", now), "UTC") == "2026-12-03 09:00:00 UTC"
     assert replies.when(datetime(2026, 12, 3, 9, 30)) == "2026-12-03 09:30:00 UTC"  # naive: stored as UTC
+
+
+def test_durations_read_as_people_say_them():
+    """Whole seconds showed as "13.0s" and a 40 ms turnaround as "0.0s"."""
+    from bot.kit import duration
+
+    assert [duration(seconds) for seconds in (0.04, 0.9996, 4.25, 13, 59.6, 3700, 90000)] == \
+        ["40ms", "1.0s", "4.2s", "13s", "1m", "1h 1m", "1d 1h"]

@@ -147,6 +147,10 @@ def test_summarize_with_and_without_a_model(start_baton, sqlite_url, tmp_path, m
     extractive = pg.wait_reply(thread, "Extractive summary of this thread")
     assert "these are the key messages, not a written summary" in extractive["text"]
     assert "bob: the web deploy failed again" in extractive["text"] and "carol: I decided" in extractive["text"]
+    one = pg.wait_reply(pg.ask("@baton summarize channel 1", user="dave"), "Extractive summary of the channel's last")
+    assert one["text"].startswith("*Extractive summary of the channel's last 1 message*")
+    for count in ("abc", "0", "-3", "500"):  # fell back to 50 without a word
+        pg.wait_reply(pg.ask(f"@baton summarize channel {count}", user="dave"), "How many messages?")
 
     pg = start_baton(sqlite_url, name="model", env=model_script(final("• bob saw 502s\n• carol: roll back tomorrow"))).client()
     pg.say("@baton summarize", thread=thread, user="alice")
