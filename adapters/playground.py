@@ -162,14 +162,16 @@ class PlaygroundAdapter(Adapter):
         if buttons is None:
             # The card loses its buttons once decided: a redelivered click (same event id) is a duplicate
             # whenever it arrives, as on Slack and Discord, not an error that depends on the edit's timing.
-            if body.event_id is not None and await self.baton.event_received(self.name, body.event_id):
+            if body.event_id is not None and await self.baton.event_received(self.name, f"click:{body.event_id}"):
                 return {"delivery": "duplicate"}
             raise HTTPException(400, "that message has no buttons for this approval (it may have been decided)")
         if body.action not in {option["value"] for option in buttons.get("options", [])}:
             raise HTTPException(400, f"'{body.action}' is not one of this message's buttons")
         accepted = await self.baton.accept_click(InboundClick(
             platform=self.name, channel=card.channel, thread=card.thread_id or str(card.id), user=body.user,
-            approval_id=body.approval_id, action=body.action, event_id=body.event_id or f"click-{uuid.uuid4().hex}"))
+            approval_id=body.approval_id, action=body.action,
+            # clicks have ids of their own: a message's event id must not make a click a duplicate
+            event_id=f"click:{body.event_id or uuid.uuid4().hex}"))
         return {"delivery": accepted.status}
 
     async def events(self, request: Request, viewer: str | None = VIEWER) -> StreamingResponse:
