@@ -74,6 +74,8 @@ class Baton:
         self.outbox = Outbox(self.db, self.instance)
         self._check_digest_platforms()
         self.adapters: list[Any] = [adapter_class(self) for adapter_class in self._selected_adapters()]
+        for graph in sorted(set(self.config.graphs) - set(self.registry.names())):
+            log.warning("baton.yaml sets a policy for the graph %s, which is not installed (graphs/): a typo?", graph)
         for platform in sorted({digest.platform for digest in self.config.digests} - {a.name for a in self.adapters}):
             log.warning("baton.yaml has digests for %s, which this Baton does not serve: a replica serving %s "
                         "posts them, or nobody does", platform, platform)

@@ -12,7 +12,7 @@ import pytest
 from sqlmodel import select, update
 
 from bot import replies, schedules
-from bot.config import BatonConfig, ConfigError, Digest, load_config
+from bot.config import BatonConfig, ConfigError, Digest, GraphPolicy, load_config
 from bot.digest_stats import collect
 from bot.digests import Digests
 from bot.messages import Location, Message
@@ -216,10 +216,12 @@ def test_a_digest_for_a_platform_this_baton_does_not_serve_is_named_at_start(tmp
     from bot.app import Baton
     from bot.settings import Settings
 
-    config = BatonConfig(digests=[Digest(platform="slack", channel="ops", cron="0 9 * * *")])
+    config = BatonConfig(digests=[Digest(platform="slack", channel="ops", cron="0 9 * * *")],
+                         graphs={"anounce": GraphPolicy(risk="high")})
     settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'b.db'}", BATON_ADAPTERS="playground")  # type: ignore[call-arg]
     Baton(settings, config)
     assert "digests for slack, which this Baton does not serve" in caplog.text
+    assert "a policy for the graph anounce, which is not installed" in caplog.text  # a typo of announce
 
 
 def test_chat_commands_create_list_run_and_remove_schedules(start_baton, sqlite_url):
