@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import string
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -70,10 +70,7 @@ class Runbook(BaseModel):
     @field_validator("args")
     @classmethod
     def _names_can_be_typed(cls, args: dict[str, Argument]) -> dict[str, Argument]:
-        for name in args:
-            if not re.fullmatch(ARG_NAME_PATTERN, name):
-                raise ValueError(f"argument name '{name[:40]}' must match {ARG_NAME_PATTERN} (it is typed as name=value)")
-        return args
+        return _named_as(args, ARG_NAME_PATTERN, "argument name", " (it is typed as name=value)")
 
     @model_validator(mode="after")
     def _placeholders_are_declared(self) -> Runbook:
@@ -156,6 +153,17 @@ class Models(BaseModel):
     prices: dict[str, Price] = Field(default_factory=dict, description="keyed by the BATON_MODEL value")
 
 
+Named = TypeVar("Named")
+
+
+def _named_as(items: dict[str, Named], pattern: str, what: str, why: str = "") -> dict[str, Named]:
+    """``items``, once every key matches ``pattern``."""
+    for name in items:
+        if not re.fullmatch(pattern, name):
+            raise ValueError(f"{what} '{name[:40]}' must match {pattern}{why}")
+    return items
+
+
 def _ids_as_text(value: object) -> object:
     """YAML reads a bare Discord id (123456789012345678) as a number; ids are text."""
     return [str(item) if isinstance(item, int) and not isinstance(item, bool) else item for item in value] \
@@ -174,10 +182,7 @@ class BatonConfig(BaseModel):
     @field_validator("runbooks")
     @classmethod
     def _runbook_names(cls, value: dict[str, Runbook]) -> dict[str, Runbook]:
-        for name in value:
-            if not re.fullmatch(NAME_PATTERN, name):
-                raise ValueError(f"runbook name '{name}' must match {NAME_PATTERN}")
-        return value
+        return _named_as(value, NAME_PATTERN, "runbook name")
 
     @model_validator(mode="after")
     def _high_risk_has_approvers(self) -> BatonConfig:
