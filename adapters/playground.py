@@ -184,7 +184,7 @@ class PlaygroundAdapter(Adapter):
         seen: dict[int, int] = {}
         cursor = utcnow()
         yield ": connected\n\n"
-        while not await request.is_disconnected():
+        while not self.baton.stopping and not await request.is_disconnected():
             changed = self._changed  # taken before reading: a change made while we read is not missed
             async with self.baton.db.read() as session:
                 rows = (await session.exec(self._visible(viewer).where(

@@ -89,6 +89,7 @@ class Baton:
         self._loops: list[asyncio.Task[None]] = []
         self.orchestrator: Orchestrator | None = None
         self.scheduler: DigestScheduler | None = None
+        self.stopping = False  # set when the server is asked to stop: long-lived responses end
 
     async def __aenter__(self) -> Baton:
         await asyncio.to_thread(upgrade, self.settings.database_url)

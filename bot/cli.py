@@ -85,13 +85,31 @@ def run() -> None:
     typer.echo(f"Baton is starting with: {names}")
     if "playground" in names:
         typer.echo(f"Playground: {settings.base_url}/")
-    server = uvicorn.Server(uvicorn.Config(web, log_level=settings.log_level.lower(), loop=EVENT_LOOP))
+    server = _server(uvicorn.Config(web, log_level=settings.log_level.lower(), loop=EVENT_LOOP,
+                                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS))
     try:
         server.run(sockets=[listening])
     except KeyboardInterrupt:
         pass
     if not server.started:
         raise typer.Exit(3)
+
+
+GRACEFUL_SHUTDOWN_SECONDS = 10  # then requests still open are cancelled
+
+
+def _server(config: Any) -> Any:
+    """uvicorn's server, which also tells Baton when it is asked to stop. uvicorn waits for open
+    connections to close before it stops, and a playground page's live stream never closes by itself:
+    one open tab kept ``baton run`` from stopping."""
+    import uvicorn
+
+    class StoppingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            config.app.state.baton.stopping = True  # the live streams end at their next look (0.5 s)
+            super().handle_exit(sig, frame)
+
+    return StoppingServer(config)
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:

@@ -149,3 +149,32 @@ def test_the_api_schema_names_each_operation_once(baton: BatonProcess) -> None:
     assert schema.status_code == 200 and "healthz" in str(schema.json()["paths"])
     assert "Duplicate Operation ID" not in baton.log.read_text()
     assert baton.client().http.head("/healthz").status_code == 200
+
+
+def test_baton_stops_promptly_with_a_page_open(sqlite_url: str, config_path, tmp_path) -> None:
+    """uvicorn waits for open connections to close before it stops, and a page's live stream never
+    closed by itself: with a playground tab open, SIGTERM left `baton run` waiting for ever."""
+    import signal
+    import threading
+
+    baton = BatonProcess(sqlite_url, config_path, tmp_path, exec_=True).start()  # `python -m bot.cli run` itself
+
+    streaming = threading.Event()
+
+    def listen() -> None:
+        try:
+            with httpx.stream("GET", f"{baton.url}/api/events", timeout=60) as response:
+                for _ in response.iter_lines():
+                    streaming.set()
+        except httpx.HTTPError:
+            pass
+
+    threading.Thread(target=listen, daemon=True).start()
+    assert streaming.wait(20)
+    assert baton.process is not None
+    baton.process.send_signal(signal.SIGTERM)
+    try:
+        baton.process.wait(20)  # the stream ends within its half-second look, well before the grace period
+    finally:
+        baton.stop()
+    assert "Application shutdown complete" in baton.log.read_text()  # stopped in order, not killed
