@@ -196,3 +196,24 @@ def test_a_message_sent_while_the_previous_one_is_in_flight_is_not_dropped(start
     for text in ["one in flight", "right behind it"]:
         expect(page.locator("#messages .message[data-message-id]", has_text=text)).to_be_visible()
     expect(composer).to_have_value("")
+
+
+def test_fenced_code_thread_links_with_zeros_and_live_reply_counts(start_baton, sqlite_url: str,
+                                                                    page: sync_api.Page) -> None:
+    """Fenced code typed in a message showed as empty inline boxes; `#/c/general/t/01` stayed at
+    "Loading…"; a thread's reply count in the channel list stayed as first fetched."""
+    baton = start_baton(sqlite_url)
+    pg = baton.client()
+    open_playground(page, baton.url, "alice")
+    thread = pg.ask("```python\ndef f(x):\n    return x * 2\n```", user="bob")
+    pg.say("first reply", thread=thread, user="bob")
+    page.reload()  # the channel as fetched: the root with its count, the thread not loaded
+    expect(page.locator("#conn-status.online")).to_be_attached()
+    root = page.locator(f'#messages .message[data-message-id="{thread}"]')
+    expect(root.locator("pre.part-code")).to_have_text("def f(x):\n    return x * 2")
+    expect(root.locator(".replies-link")).to_have_text("1 reply")
+    pg.say("second reply", thread=thread, user="carol")  # arrives live; the thread was never opened here
+    expect(root.locator(".replies-link")).to_have_text("2 replies")
+    page.goto(f"{baton.url}/#/c/general/t/0{thread}")
+    expect(page.locator("#thread-messages")).to_contain_text("second reply")
+    assert page.url.endswith(f"#/c/general/t/{thread}")

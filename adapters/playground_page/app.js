@@ -126,8 +126,14 @@
         const data = /^[A-Za-z0-9+\/=]*$/.test(p.data || '') ? p.data : '';
         return '<div class="part part-image"><img alt="' + esc(p.alt || 'image') + '" src="data:' + mime + ';base64,' + data + '"></div>';
       }
-      default:
-        return '<div class="part part-text">' + inline(p.text) + '</div>';
+      default: // ```fenced``` blocks, as people type them, shown as code; dir="auto": right-to-left text reads right
+        return String(p.text == null ? '' : p.text).split('```').map((chunk, i, all) => {
+          if (i % 2 === 1 && i < all.length - 1) {
+            return '<pre class="part part-code"><code>' + esc(chunk.replace(/^[^\n]*\n/, (line) => /^\w*\n$/.test(line) ? '' : line).replace(/\n$/, '')) + '</code></pre>';
+          }
+          const text = (i % 2 === 1 ? '```' : '') + chunk.replace(/^\n+|\n+$/g, '');
+          return text ? '<div class="part part-text" dir="auto">' + inline(text) + '</div>' : '';
+        }).join('');
     }
   }
 
@@ -274,7 +280,8 @@
       if (S.channels.length) { history.replaceState(null, '', '#/c/' + enc(S.channels[0].id)); route(); }
       return;
     }
-    const ch = dec(m[1]), tid = m[2] ? dec(m[2]) : null;
+    const ch = dec(m[1]), tid = m[2] ? dec(m[2]).replace(/^0+(?=\d)/, '') : null; // "03" is thread 3
+    if (m[2] && tid !== dec(m[2])) { history.replaceState(null, '', '#/c/' + enc(ch) + '/t/' + enc(tid)); }
     if (ch !== S.channel) { S.channel = ch; loadChannel(); if (!tid) $('composer').focus(); }
     $('thread-close').href = '#/c/' + enc(ch);
     if (tid !== S.thread) {
@@ -301,6 +308,8 @@
       }
     } else {
       const tid = key(m.thread_id);
+      const root = isNew && S.msgs.get(tid);
+      if (root) root.reply_count = (Number(root.reply_count) || 0) + 1; // the channel shows it live
       if (S.thread === tid && $('thread-count')) upsert($('thread-messages'), m, true);
       refreshReplies(tid);
     }
