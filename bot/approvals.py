@@ -44,6 +44,9 @@ def refusal(approval: Approval, platform: str, user: str, action: str = "approve
     if not approval.approvers:
         return "Nobody is configured to approve this (add `approvers` in baton.yaml)."
     if not is_approver(approval.approvers, platform, user):
+        if action == "approve":  # as the card lists them: on a high-risk request, not who asked
+            may = who_may_approve(approval.approvers, approval.requested_by, approval.risk)
+            return f"Only {one_of(may)} can approve this."
         return f"Only {one_of(approval.approvers)} can decide this."
     return None
 

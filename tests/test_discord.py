@@ -192,7 +192,7 @@ def test_at_debug_level_no_interaction_token_is_logged(fake_discord, start_baton
     chat = Discord(baton, fake_discord, sqlite_url)
     thread = fake_discord.say("run restart service=web", user=ALICE, channel=OPS)["id"]
     click = fake_discord.click(chat.card(thread), user=CAROL)
-    chat.reply(f"Only <@{BOB}> or <@{ALICE}> can decide this", thread)
+    chat.reply(f"Only <@{BOB}> can approve this", thread)
     log = chat.baton.log.read_text()
     assert " DEBUG " in log and click["token"] not in log
 
@@ -239,7 +239,7 @@ def test_refusals_are_shown_only_to_the_person_who_clicked(chat, counter):
     assert len(chat.rows("SELECT id FROM approvals")) == 1
 
     carol = fake.click(card, user=CAROL)
-    refusal = chat.reply(f"Only <@{BOB}> or <@{ALICE}> can decide this", thread)
+    refusal = chat.reply(f"Only <@{BOB}> can approve this", thread)
     assert refusal.ephemeral_to == CAROL and refusal.flags & EPHEMERAL and refusal.interaction_id == carol["id"]
     (deferred,) = [c for c in fake.callbacks if c["interaction_id"] == carol["id"]]
     assert deferred["type"] == 6  # "deferred update": the card stays, nothing is shown to others
@@ -251,7 +251,7 @@ def test_refusals_are_shown_only_to_the_person_who_clicked(chat, counter):
     # The token of a click is good for 15 minutes; older, the refusal comes as a direct message ...
     fake.click(card, user=CAROL, age=timedelta(minutes=16))
     direct = fake.direct_channel(CAROL)
-    dm = chat.reply(f"Only <@{BOB}> or <@{ALICE}> can decide this", direct)
+    dm = chat.reply(f"Only <@{BOB}> can approve this", direct)
     assert dm.content.startswith(f"⚠️ <@{CAROL}>, about your click in https://discord.com/channels/{GUILD_ID}/{thread}:")
     # ... and to someone who takes no direct messages, in the thread, mentioning them.
     fake.refuses_direct_messages.add(CAROL)

@@ -133,7 +133,7 @@ def test_high_risk_card_refusals_approval_and_edit(slack, counter):
     assert f"<{slack.fake.team_url}archives/{GENERAL}/p{thread.replace('.', '')}|open that thread>" in shown_text(link)
 
     assert slack.sender.click(card, user=CAROL).status_code == 200
-    refusal = slack.reply(f"Only <@{BOB}> or <@{ALICE}> can decide this", thread)
+    refusal = slack.reply(f"Only <@{BOB}> can approve this", thread)
     assert refusal.ephemeral_to == CAROL
     assert slack.sender.click(card, user=ALICE).status_code == 200
     assert slack.reply("You asked for this high-risk action", thread).ephemeral_to == ALICE
