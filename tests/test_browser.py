@@ -217,3 +217,27 @@ def test_fenced_code_thread_links_with_zeros_and_live_reply_counts(start_baton, 
     page.goto(f"{baton.url}/#/c/general/t/0{thread}")
     expect(page.locator("#thread-messages")).to_contain_text("second reply")
     assert page.url.endswith(f"#/c/general/t/{thread}")
+
+
+def test_on_a_phone_the_chat_takes_the_width(start_baton, sqlite_url: str, browser: sync_api.Browser) -> None:
+    """At 375 px the sidebar kept 190 px and messages wrapped every word or two."""
+    baton = start_baton(sqlite_url)
+    phone = browser.new_context(viewport={"width": 375, "height": 740})
+    try:
+        page = phone.new_page()
+        page.set_default_timeout(WAIT_MS)
+        open_playground(page, baton.url, "alice")
+        composer = page.locator("#composer")
+        composer.fill("@baton run restart service=web")
+        composer.press("Enter")
+        card = page.locator("#messages .message", has_text="Approval needed")
+        page.locator("#messages .replies-link").first.click()
+        expect(page.locator("#thread-messages .part-buttons button.approve")).to_be_visible()
+        assert page.locator("#thread-pane").bounding_box()["width"] >= 360  # type: ignore[index]
+        page.locator("#thread-close").click()
+        expect(page.locator("#messages")).to_be_visible()
+        assert page.locator("#messages").bounding_box()["width"] >= 360  # type: ignore[index]
+        expect(page.locator("#channel-list .channel-link", has_text="ops")).to_be_visible()  # every channel in reach
+        assert card.count() == 0  # the card is in the thread, not the channel
+    finally:
+        phone.close()
