@@ -241,3 +241,21 @@ def test_on_a_phone_the_chat_takes_the_width(start_baton, sqlite_url: str, brows
         assert card.count() == 0  # the card is in the thread, not the channel
     finally:
         phone.close()
+
+
+def test_keyboard_focus_survives_a_decision_and_closing_the_thread(start_baton, sqlite_url: str,
+                                                                   page: sync_api.Page) -> None:
+    """The card's buttons go once decided, and focus fell back to the page; so it did on Escape."""
+    baton = start_baton(sqlite_url)
+    open_playground(page, baton.url, "bob")
+    thread = baton.client().ask("@baton run restart service=web", user="alice")
+    page.goto(f"{baton.url}/#/c/general/t/{thread}")
+    approve = page.locator("#thread-messages .part-buttons button.approve")
+    approve.focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#thread-messages")).to_contain_text("Approved by bob")
+    assert page.evaluate("document.activeElement.classList.contains('message')")  # the decided card
+    page.locator("#thread-composer").focus()
+    page.keyboard.press("Escape")
+    expect(page.locator("#thread-pane")).to_be_hidden()
+    assert page.evaluate("document.activeElement.id") == "composer"

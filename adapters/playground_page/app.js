@@ -169,7 +169,12 @@
   function upsert(list, m, inThread) {
     const el = messageEl(m, inThread);
     const old = list.querySelector('.message[data-message-id="' + CSS.escape(key(m.id)) + '"]');
-    if (old) { old.replaceWith(el); return; }
+    if (old) {
+      const focused = old.contains(document.activeElement); // a decided card loses the button that had focus
+      old.replaceWith(el);
+      if (focused) { el.tabIndex = -1; el.focus({ preventScroll: true }); }
+      return;
+    }
     const stick = nearBottom(list);
     const empty = list.querySelector(':scope > .empty'); // the list's placeholder, if any
     if (empty) empty.remove();
@@ -263,10 +268,12 @@
 
   function closeThread() {
     ++threadSeq;
+    const closing = !$('thread-pane').hidden && $('thread-pane').contains(document.activeElement);
     $('thread-pane').hidden = true;
     document.body.classList.remove('thread-open');
     showErr($('thread-composer-error'), '');
     markSelected();
+    if (closing) $('composer').focus(); // focus is not left on nothing (the page) when the pane goes
   }
 
   function markSelected() {
@@ -382,6 +389,12 @@
       showErr(err, e.message);
     } finally {
       btns.forEach((b) => { b.disabled = false; });
+      // A disabled button loses focus: give it back (or to the card, if the decision replaced it already)
+      if (!document.activeElement || document.activeElement === document.body) {
+        const card = btn.isConnected ? btn : document.querySelector(
+          '.message[data-message-id="' + CSS.escape(msgEl.dataset.messageId) + '"]');
+        if (card) { if (card !== btn) card.tabIndex = -1; card.focus({ preventScroll: true }); }
+      }
     }
   }
 
