@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, closing
 from pathlib import Path
 
 import aiosqlite
+import psycopg
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
@@ -16,6 +18,8 @@ from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.engine import make_url
 
 from storage.db import is_sqlite, sqlite_path
+
+_PG_SETUP_LOCK = 0x62617431  # "bat1": one replica sets LangGraph's checkpoint tables up, the others wait
 
 
 def sqlite_checkpoint_path(url: str) -> Path:
@@ -64,9 +68,10 @@ async def open_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
         finally:
             await connection.close()
         return
-    conninfo = make_url(url.replace("postgres://", "postgresql://", 1)).set(drivername="postgresql")
+    conninfo = make_url(url.replace("postgres://", "postgresql://", 1)).set(drivername="postgresql") \
+        .render_as_string(hide_password=False)
     pool = AsyncConnectionPool(
-        conninfo.render_as_string(hide_password=False),
+        conninfo,
         min_size=1,
         max_size=10,
         open=False,
@@ -77,7 +82,18 @@ async def open_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
     await pool.open()
     try:
         saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
-        await saver.setup()
+        # LangGraph's setup creates its tables unguarded: replicas starting together on a new database
+        # collided on them (a unique violation, and one replica did not start). One at a time. The
+        # others poll rather than wait in pg_advisory_lock: a waiting statement holds a snapshot, and
+        # the setup's CREATE INDEX CONCURRENTLY waits for every snapshot, so all of them hung.
+        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as lock:
+            while not (await (await lock.execute("SELECT pg_try_advisory_lock(%s)", (_PG_SETUP_LOCK,))).fetchone()
+                       or (False,))[0]:
+                await asyncio.sleep(0.2)
+            try:
+                await saver.setup()
+            finally:
+                await lock.execute("SELECT pg_advisory_unlock(%s)", (_PG_SETUP_LOCK,))
         yield saver
     finally:
         await pool.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -33,3 +35,15 @@ def test_a_database_that_already_holds_checkpoints_keeps_them(tmp_path: Path) ->
     with closing(sqlite3.connect(empty)) as connection, connection:
         connection.execute("CREATE TABLE checkpoints (thread_id TEXT)")
     assert sqlite_checkpoint_path(f"sqlite:///{empty}") == tmp_path / "fresh.checkpoints.db"
+
+
+async def test_replicas_starting_together_on_a_new_postgresql_database_all_get_a_checkpointer(postgres_url: str) -> None:
+    """LangGraph's setup creates its tables unguarded: two replicas starting together collided on them
+    (a unique violation: one replica did not start)."""
+
+    async def start() -> str:
+        async with open_checkpointer(postgres_url) as saver:
+            return type(saver).__name__
+
+    started = await asyncio.wait_for(asyncio.gather(*(start() for _ in range(4)), return_exceptions=True), 60)
+    assert started == ["AsyncPostgresSaver"] * 4
