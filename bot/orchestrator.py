@@ -30,7 +30,7 @@ from bot.models import MODEL_ERRORS, ModelFailed, cost_of, usage_of
 from bot.routing import DIGEST_COMMAND, RouteError, route, route_to
 from bot.runtime import GraphRuntime, ProgressSink, RunServices, Services
 from bot.settings import Settings
-from storage.db import Transaction, insert_new_id, insert_row, prepared, when_committed
+from storage.db import Transaction, insert_new_id, insert_row, lock_for_transaction, prepared, when_committed
 from storage.models import Approval, InboundEvent, Run, ThreadRecord, loaded, utcnow
 
 log = logging.getLogger("baton.orchestrator")
@@ -339,6 +339,9 @@ class Orchestrator:
         async with self.db.session(durable=False) as session:
             twin = None
             if chosen.fingerprint and not chosen.force:
+                # The same request sent twice at once (to one replica or two): one finds the other's run.
+                await lock_for_transaction(session, f"request:{record.platform}:{record.workspace}:{record.channel}:"
+                                                    f"{chosen.fingerprint}")
                 twin = await self._recent_twin(session, record, chosen.fingerprint)
             if twin is None:
                 run = await self._insert_run(session, event, record, spec.name, text, chosen.fingerprint, chosen.title,

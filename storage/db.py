@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import sqlite3
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, text
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -298,6 +299,16 @@ class Database:
             if self._reader is not None:
                 self._reader.close()
                 self._reader = None
+
+
+async def lock_for_transaction(session: Transaction, name: str) -> None:
+    """Hold the lock called ``name`` until ``session``'s transaction ends, so that a check and the write it
+    decides are one step across processes. SQLite's write transactions take turns already; PostgreSQL
+    (READ COMMITTED) takes a transaction-scoped advisory lock on a 64-bit hash of ``name``."""
+    if isinstance(session, InlineSession):
+        return
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 _COMMITTED = "baton_when_committed"

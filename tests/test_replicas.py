@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.support import runs_in, wait_for
+from tests.support import _has_buttons, runs_in, wait_for
 
 pytestmark = pytest.mark.postgres
 
@@ -52,3 +52,33 @@ def test_many_requests_spread_over_two_replicas_each_run_once(start_baton, postg
         replicas[0].wait_reply(thread, "did uptime")
         assert len(replicas[0].bot_replies(thread)) == 1
     assert len(runs_in(counter)) == 12
+
+
+def test_the_same_request_asked_twice_at_once_runs_once(start_baton, postgres_url, counter):
+    """The duplicate check and the run it lets start were two steps: under READ COMMITTED, two identical
+    requests at the same moment (to one replica or two) both found no twin, and both ran."""
+    one = start_baton(postgres_url, name="replica-a").client()
+    two = start_baton(postgres_url, name="replica-b").client()
+
+    def outcome(thread: str) -> str | None:
+        replies = one.bot_replies(thread)
+        if any("The same request is " in m["text"] for m in replies):  # running, or waiting for approval
+            return "link"
+        return "card" if any(_has_buttons(m) for m in replies) else None
+
+    for channel in ("general", "ops", "random"):
+        for service in ("web", "api", "worker"):
+            for replicas in ((one, two), (one, one)):
+                with ThreadPoolExecutor(2) as pool:
+                    answers = list(pool.map(lambda pg: pg.say(f"@baton run restart service={service}", channel=channel,
+                                                                user="carol"), replicas))
+                threads = [answer.json()["thread_id"] for answer in answers]
+                wait_for(lambda: sorted(map(outcome, threads), key=str) == ["card", "link"], 20,  # noqa: B023
+                         f"one approval card and one link for restart {service} in #{channel}")
+                if replicas == (one, two):
+                    for thread in threads:  # withdrawn, so that the next round asks anew
+                        card = next((m for m in one.bot_replies(thread) if _has_buttons(m)), None)
+                        if card is not None:
+                            one.click(card, "carol", action="reject")
+                            one.wait_reply(thread, "Rejected by carol")
+    assert runs_in(counter) == []
