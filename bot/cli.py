@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import func, select
 
+from bot.approvals import who_may_approve
 from bot.config import ConfigError, load_config
 from bot.registry import GraphRegistry
 from bot.settings import Settings
@@ -197,10 +198,11 @@ def approvals(all_: bool = typer.Option(False, "--all", help="Include decided ap
         if not rows:
             typer.echo("No approvals." if all_ else "Nothing is waiting for approval.")
             return
-        _table(["asked (UTC)", "id", "status", "risk", "asked by", "approvers", "what"],
+        _table(["asked (UTC)", "id", "status", "risk", "asked by", "may approve", "what"],
                [[f"{row.created_at:%Y-%m-%d %H:%M}", row.id,
                  f"{row.status} by {row.decided_by}" if row.decided_by else row.status, row.risk, row.requested_by,
-                 ", ".join(row.approvers), row.summary.splitlines()[0][:80]] for row in rows])
+                 ", ".join(who_may_approve(row.approvers, row.requested_by, row.risk)) or "nobody",
+                 row.summary.splitlines()[0][:80]] for row in rows])
 
     settings = _settings()
     _ready(settings)

@@ -196,8 +196,9 @@ def test_cli_lists_graphs_threads_and_approvals(tmp_path, config_path):
         card = pg.wait_card(thread)
         approvals = baton_cli("approvals", cwd=tmp_path, env=env).stdout
         header, row = approvals.splitlines()
-        assert header.split() == ["asked", "(UTC)", "id", "status", "risk", "asked", "by", "approvers", "what"]
+        assert header.split() == ["asked", "(UTC)", "id", "status", "risk", "asked", "by", "may", "approve", "what"]
         assert "pending" in row and "Run `restart`" in row and "alice" in row
+        assert row.split()[5:8] == ["alice", "bob", "Run"]  # asked by alice; may approve: bob only, as on the card
         header, *rows = baton_cli("threads", cwd=tmp_path, env=env).stdout.splitlines()
         assert header.startswith("updated (UTC)") and len(rows) == 1
         assert f"playground/general/{thread}" in rows[0] and "waiting" in rows[0]
