@@ -259,3 +259,23 @@ def test_keyboard_focus_survives_a_decision_and_closing_the_thread(start_baton, 
     page.keyboard.press("Escape")
     expect(page.locator("#thread-pane")).to_be_hidden()
     assert page.evaluate("document.activeElement.id") == "composer"
+
+
+def test_a_draft_stays_where_it_was_typed(start_baton, sqlite_url: str, page: sync_api.Page) -> None:
+    """Text typed in one thread's reply box was still there in the next thread (Enter posted it there)."""
+    baton = start_baton(sqlite_url)
+    open_playground(page, baton.url, "alice")
+    pg = baton.client()
+    first, second = pg.ask("first topic", user="bob"), pg.ask("second topic", user="bob")
+    page.goto(f"{baton.url}/#/c/general/t/{first}")
+    page.locator("#thread-composer").fill("about the first topic")
+    page.goto(f"{baton.url}/#/c/general/t/{second}")
+    expect(page.locator("#thread-composer")).to_have_value("")
+    page.goto(f"{baton.url}/#/c/general/t/{first}")
+    expect(page.locator("#thread-composer")).to_have_value("about the first topic")
+    page.goto(f"{baton.url}/#/c/general")
+    page.locator("#composer").fill("for #general")
+    page.goto(f"{baton.url}/#/c/ops")
+    expect(page.locator("#composer")).to_have_value("")
+    page.goto(f"{baton.url}/#/c/general")
+    expect(page.locator("#composer")).to_have_value("for #general")

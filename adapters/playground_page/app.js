@@ -10,6 +10,7 @@
     channel: null, thread: null,          // what is open (ids as strings)
     msgs: new Map(),                      // String(id) -> newest Message we know
     es: null, down: false, unread: new Set(),
+    drafts: new Map(),                    // 'c:<channel>' or 't:<thread>' -> unsent text typed there
   };
   let chanSeq = 0, threadSeq = 0;
 
@@ -289,12 +290,22 @@
     }
     const ch = dec(m[1]), tid = m[2] ? dec(m[2]).replace(/^0+(?=\d)/, '') : null; // "03" is thread 3
     if (m[2] && tid !== dec(m[2])) { history.replaceState(null, '', '#/c/' + enc(ch) + '/t/' + enc(tid)); }
-    if (ch !== S.channel) { S.channel = ch; loadChannel(); if (!tid) $('composer').focus(); }
+    if (ch !== S.channel) {
+      swapDraft($('composer'), S.channel && 'c:' + S.channel, 'c:' + ch); // a draft stays where it was typed
+      S.channel = ch; loadChannel(); if (!tid) $('composer').focus();
+    }
     $('thread-close').href = '#/c/' + enc(ch);
     if (tid !== S.thread) {
+      swapDraft($('thread-composer'), S.thread && 't:' + S.thread, tid && 't:' + tid);
       S.thread = tid;
       if (tid) { loadThread(); $('thread-composer').focus(); } else closeThread();
     }
+  }
+
+  function swapDraft(box, from, to) {
+    if (from) { if (box.value) S.drafts.set(from, box.value); else S.drafts.delete(from); }
+    box.value = (to && S.drafts.get(to)) || '';
+    autosize(box);
   }
 
   function reloadAll(quiet) {
