@@ -48,6 +48,11 @@ def check_sqlite_checkpoints(url: str) -> None:
         connection.rollback()
 
 
+async def _took_setup_lock(connection: psycopg.AsyncConnection) -> bool:
+    row = await (await connection.execute("SELECT pg_try_advisory_lock(%s)", (_PG_SETUP_LOCK,))).fetchone()
+    return bool(row and row[0])
+
+
 def _holds_checkpoints(database: Path) -> bool:
     with closing(sqlite3.connect(database)) as connection:
         found = connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'checkpoints'").fetchone()
@@ -87,8 +92,7 @@ async def open_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
         # others poll rather than wait in pg_advisory_lock: a waiting statement holds a snapshot, and
         # the setup's CREATE INDEX CONCURRENTLY waits for every snapshot, so all of them hung.
         async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as lock:
-            while not (await (await lock.execute("SELECT pg_try_advisory_lock(%s)", (_PG_SETUP_LOCK,))).fetchone()
-                       or (False,))[0]:
+            while not await _took_setup_lock(lock):
                 await asyncio.sleep(0.2)
             try:
                 await saver.setup()
