@@ -76,7 +76,7 @@ def run() -> None:
     listening = _listening_socket(settings.host, settings.port)
     settings = settings.model_copy(update={"port": listening.getsockname()[1]})  # BATON_PORT=0: the port it got
     _ready(settings)  # the migrations, before the server: a database that cannot be used is one clear line
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         web = create_app(settings, config)
     except ValueError as exc:

@@ -356,7 +356,7 @@ class Playground:
                         timeout, f"a reply containing {contains!r} in thread {thread}")
 
     def wait_card(self, thread: str, timeout: float = 20) -> dict[str, Any]:
-        return wait_for(lambda: next((m for m in self.bot_replies(thread) if _has_buttons(m)), None),
+        return wait_for(lambda: next((m for m in self.bot_replies(thread) if has_buttons(m)), None),
                         timeout, f"an approval card in thread {thread}")
 
 
@@ -364,7 +364,7 @@ def approval_id(card: dict[str, Any]) -> str:
     return next(p["approval_id"] for p in card["content"]["parts"] if p["kind"] == "buttons")
 
 
-def _has_buttons(message: dict[str, Any]) -> bool:
+def has_buttons(message: dict[str, Any]) -> bool:
     return any(p["kind"] == "buttons" for p in message["content"]["parts"])
 
 

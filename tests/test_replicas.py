@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.support import _has_buttons, runs_in, wait_for
+from tests.support import has_buttons, runs_in, wait_for
 
 pytestmark = pytest.mark.postgres
 
@@ -64,7 +64,7 @@ def test_the_same_request_asked_twice_at_once_runs_once(start_baton, postgres_ur
         replies = one.bot_replies(thread)
         if any("The same request is " in m["text"] for m in replies):  # running, or waiting for approval
             return "link"
-        return "card" if any(_has_buttons(m) for m in replies) else None
+        return "card" if any(has_buttons(m) for m in replies) else None
 
     for channel in ("general", "ops", "random"):
         for service in ("web", "api", "worker"):
@@ -77,7 +77,7 @@ def test_the_same_request_asked_twice_at_once_runs_once(start_baton, postgres_ur
                          f"one approval card and one link for restart {service} in #{channel}")
                 if replicas == (one, two):
                     for thread in threads:  # withdrawn, so that the next round asks anew
-                        card = next((m for m in one.bot_replies(thread) if _has_buttons(m)), None)
+                        card = next((m for m in one.bot_replies(thread) if has_buttons(m)), None)
                         if card is not None:
                             one.click(card, "carol", action="reject")
                             one.wait_reply(thread, "Rejected by carol")
