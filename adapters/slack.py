@@ -38,6 +38,7 @@ from pydantic import SecretStr, ValidationError
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.error import BoltUnhandledRequestError
 from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
@@ -93,7 +94,7 @@ class SlackAdapter(Adapter):
             raise ValueError("SLACK_BOT_TOKEN is set, but neither SLACK_SIGNING_SECRET (HTTP events) "
                              "nor SLACK_APP_TOKEN (Socket Mode, xapp-...) is")
         self.bolt = AsyncApp(name="baton", token=token, signing_secret=self._signing_secret or "",
-                             process_before_response=True, logger=log)
+                             process_before_response=True, raise_error_for_unhandled_request=True, logger=log)
         # Bolt's own client (its user agent, the token), pointed at SLACK_API_URL. Handing Bolt a
         # client instead works too, but then Bolt also finds SLACK_BOT_TOKEN in the environment
         # and warns at every start that the token "will be unused".
@@ -184,7 +185,11 @@ class SlackAdapter(Adapter):
         """Every error Bolt catches. Reading a signed request of a shape Slack does not send (``"event":
         null``, a click without actions, ...) fails in Bolt's matchers or in ``bot.messages``: a 400
         with a reason, and no traceback. Anything else (Baton's own work, Bolt's call to Slack) stays a
-        500, and Slack delivers the event again later."""
+        500, and Slack delivers the event again later. A request no listener takes (an event the app
+        was subscribed to by hand, ``app_rate_limited``) is acknowledged: Bolt's 404 made Slack retry
+        it, count it as a failed delivery, and log a page of suggested code each time."""
+        if isinstance(error, BoltUnhandledRequestError):
+            return _acknowledge_unhandled(error.body)
         if isinstance(error, HandlingFailed) or not isinstance(error, UNREADABLE):
             log.error("Slack: handling a request failed; Slack will retry it",
                       exc_info=error.__cause__ if isinstance(error, HandlingFailed) else error)
@@ -327,6 +332,17 @@ class SlackAdapter(Adapter):
 
 
 # What reading a body of an unexpected shape raises (pydantic's ValidationError is a ValueError).
+def _acknowledge_unhandled(body: Any) -> BoltResponse:
+    kind = body.get("type") if isinstance(body, dict) else None
+    if kind == "app_rate_limited":
+        log.warning("Slack is rate-limiting this app's events: those of this minute are not delivered")
+    else:
+        inner = body.get("event") if isinstance(body, dict) else None
+        what = inner.get("type") if isinstance(inner, dict) else kind
+        log.info("Slack: acknowledged a request Baton does not handle (%s)", str(what)[:80])
+    return BoltResponse(status=200, body="")
+
+
 UNREADABLE = (AttributeError, TypeError, KeyError, IndexError, ValueError)
 
 

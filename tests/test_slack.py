@@ -219,6 +219,30 @@ def test_signed_requests_of_shapes_slack_never_sends_get_400_not_a_traceback(sla
     assert runs_in(counter) == ["uptime"]
 
 
+def test_requests_baton_does_not_handle_are_acknowledged_in_one_line(slack, counter):
+    """An event subscribed to by hand, ``app_rate_limited`` (sent whatever the subscriptions) and a
+    shortcut got Bolt's 404: Slack retried them, counted failed deliveries, and Bolt logged a page of
+    suggested code each time."""
+    sender = slack.sender
+    reaction = {"type": "reaction_added", "user": ALICE, "reaction": "eyes", "event_ts": "1.2",
+                "item": {"type": "message", "channel": GENERAL, "ts": "1.1"}}
+    assert sender.send_event(reaction).status_code == 200
+    rate_limited = {"token": "legacy-verification-token", "type": "app_rate_limited", "team_id": "T1",
+                    "minute_rate_limited": 1518467820, "api_app_id": "A0BATON000"}
+    assert sender.post(json.dumps(rate_limited), "application/json").status_code == 200
+    shortcut = {"type": "shortcut", "callback_id": "something_else", "trigger_id": "1.2.3", "team": {"id": "T1"},
+                "user": {"id": ALICE}}
+    answer = sender.post(urlencode({"payload": json.dumps(shortcut)}), "application/x-www-form-urlencoded")
+    assert answer.status_code == 200
+    log = slack.baton.log.read_text()
+    assert "Unhandled request" not in log and "Traceback" not in log
+    assert "does not handle (reaction_added)" in log and "rate-limiting this app's events" in log
+    assert slack.stored_events() == [] and slack.fake.messages(GENERAL) == []
+    good = slack.mention("run uptime")
+    slack.reply("did uptime", good["ts"])
+    assert runs_in(counter) == ["uptime"]
+
+
 @pytest.mark.asyncio
 async def test_a_listener_whose_own_work_fails_answers_500_so_that_slack_retries(fake_slack: FakeSlack,
                                                                                 tmp_path: Path) -> None:
