@@ -73,6 +73,18 @@ _FINISH_THREAD = prepared(update(_THREADS).where(_THREADS.c.id == bindparam("rec
 _FINISH_RUN = prepared(update(_RUNS).where(_RUNS.c.id == bindparam("run_id")).values(
     status=bindparam("status"), finished_at=bindparam("now", type_=DateTime()), error=bindparam("error"),
     turnaround_ms=bindparam("turnaround_ms")))
+_KEEP_PROGRESS = prepared(update(_RUNS).where(_RUNS.c.id == bindparam("run_id")).values(
+    progress_outbox_id=bindparam("progress_row")))
+
+
+def continued_progress(shown: list[str], posted: list[str]) -> list[str]:
+    """The lines a continued run's progress message shows: those ``shown`` when the run stopped, then
+    those the continued run ``posted``. A node that the crash cut short runs again from its start and
+    posts its first lines again: where ``posted`` repeats the end of ``shown``, the repeat is shown once."""
+    start = next(at for at in range(len(shown) + 1)
+                 if shown[at:at + len(posted)] == posted[:len(shown) - at])  # at == len(shown) always matches
+    rest = shown[start:]
+    return shown[:start] + (posted if len(posted) > len(rest) else rest)
 
 
 class LeaseLost(RuntimeError):
@@ -578,17 +590,24 @@ class Orchestrator:
             text=run.input_text), run.id, record.workspace)
 
         progress_lines: list[str] = []
-        progress_row: int | None = None  # the outbox row of this stretch's progress message
+        # The outbox row of this stretch's progress message: a run continued after a crash has one already.
+        progress_row = run.progress_outbox_id
+        shown = await self._progress_shown(location, progress_row) if progress_row is not None else []
 
         async def post_progress(text: str) -> None:
             """The first update of a run is posted; later ones edit that message (the thread is not flooded)."""
             nonlocal progress_row
             progress_lines.append(text)
-            message = Message.text("\n".join(progress_lines[-PROGRESS_LINES:]), tone="progress")
+            lines = continued_progress(shown, progress_lines) if shown else progress_lines
+            if shown and lines == shown:
+                return  # a node cut short by the crash, running again, repeats what the message shows
+            message = Message.text("\n".join(lines[-PROGRESS_LINES:]), tone="progress")
             async with services.session() as session:
                 if progress_row is None:
                     progress_row = await self.outbox.enqueue(session, location, message,
                                                              correlation_id=run.correlation_id)
+                    await session.exec(_KEEP_PROGRESS, params={  # type: ignore[call-overload]
+                        "run_id": run.id, "progress_row": progress_row})
                 else:
                     await self.outbox.enqueue(session, location, message, kind="update", ref_outbox_id=progress_row,
                                               correlation_id=run.correlation_id)
@@ -601,6 +620,12 @@ class Orchestrator:
                 await services.flush_effects()
             except Exception:
                 log.exception("recording the outcomes of run %s's effects failed", run.id)
+
+    async def _progress_shown(self, location: Location, progress_row: int) -> list[str]:
+        """The lines a continued run's progress message shows, as its last stored edit left them."""
+        async with self.db.read() as session:
+            message = await self.outbox.latest_version(session, location, progress_row)
+        return message.plain_text().split("\n") if message is not None else []
 
     async def _run_and_report(self, run: Run, record: ThreadRecord, spec: GraphSpec, payload: Any, event: InboundEvent,
                               services: RunServices, post_progress: ProgressSink) -> None:
@@ -635,7 +660,9 @@ class Orchestrator:
                 await audit.record(session, "approval.requested", run.correlation_id, platform=record.platform,
                                    channel=record.channel, thread=record.thread, user=run.requested_by, run_id=run.id,
                                    approval_id=approval.id, approvers=approval.approvers, risk=approval.risk)
-            await session.exec(update(Run).where(Run.id == run.id).values(status="waiting"))  # type: ignore[arg-type]
+            # After the card, the run goes on in a new progress message (progress_outbox_id: see ``Run``).
+            await session.exec(update(Run).where(Run.id == run.id).values(  # type: ignore[arg-type]
+                status="waiting", progress_outbox_id=None))
             await session.exec(update(ThreadRecord).where(ThreadRecord.id == record.id)  # type: ignore[arg-type]
                                .values(status="waiting", updated_at=utcnow()))
             await self._mark_done(session, event, "waiting for approval")

@@ -62,6 +62,15 @@ _UNDELIVERED_IN_THREAD = prepared(select(OutboxMessage.id).where(
     or_(OutboxMessage.status == "pending", OutboxMessage.status == "sending")).limit(1))  # no IN list: prepared
 
 
+# A post's latest version: its latest edit, else the post (an edit is stored in the post's thread, after it).
+_LATEST_VERSION = select(OutboxMessage.payload).where(
+    OutboxMessage.platform == bindparam("platform"), OutboxMessage.channel == bindparam("channel"),
+    OutboxMessage.thread == bindparam("thread"), OutboxMessage.id >= bindparam("post_id"),
+    or_(OutboxMessage.id == bindparam("post_id"),
+        and_(OutboxMessage.kind == "update", OutboxMessage.ref_outbox_id == bindparam("post_id"))),
+).order_by(OutboxMessage.id.desc()).limit(1)  # type: ignore[union-attr]
+
+
 # An IN list of literals, not of values: a prepared statement takes no expanding IN parameter.
 _UNSENT = [literal("pending"), literal("sending")]
 
@@ -124,6 +133,14 @@ class Outbox:
 
     def detach(self, platform: str) -> None:
         self._senders.pop(platform, None)
+
+    @staticmethod
+    async def latest_version(session: Transaction, location: Location, post_id: int) -> Message | None:
+        """The message that post ``post_id`` (in ``location``) shows once its stored edits are delivered."""
+        payload = (await session.exec(_LATEST_VERSION, params={  # type: ignore[call-overload]
+            "platform": location.platform, "channel": location.channel, "thread": location.thread,
+            "post_id": post_id})).first()
+        return None if payload is None else Message.model_validate(payload)
 
     @staticmethod
     async def enqueue(

@@ -131,6 +131,10 @@ class Run(SQLModel, table=True):
     error: str | None = Field(default=None, sa_column=Column(Text))
     tokens: int | None = None
     cost: float | None = None
+    # The outbox row of the progress message the run is posting now (its edits refer to it), kept so
+    # that a run continued after a crash edits that message instead of posting it again. Cleared when
+    # the run stops for an approval: after the card, the run goes on in a progress message of its own.
+    progress_outbox_id: int | None = None
 
 
 class Approval(SQLModel, table=True):

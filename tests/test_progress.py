@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import TypedDict
 
+import pytest
 from langgraph.graph import END, START, StateGraph
 from sqlmodel import select
 
 from bot.app import Baton
 from bot.kit import progress
 from bot.messages import InboundMessage
+from bot.orchestrator import continued_progress
 from bot.registry import GraphSpec
 from bot.settings import Settings
 from storage.models import PlaygroundMessage
@@ -61,3 +63,15 @@ async def test_a_long_step_edits_one_progress_message_in_place(tmp_path, config_
             "Step: copying files", "Step: restarting web", "Step: checking health"]
         assert progress_message.revision == 3  # posted once, edited twice
         assert "All three steps done." in final.text
+
+
+@pytest.mark.parametrize(("shown", "posted", "expected"), [
+    (["plan"], ["plan"], ["plan"]),  # the cut-short node posted its first line again
+    (["a", "b1"], ["b1", "b2"], ["a", "b1", "b2"]),  # "a"'s node had finished: only "b"'s node ran again
+    (["a", "b"], ["c"], ["a", "b", "c"]),  # the stop came between two nodes: nothing repeated
+    (["a", "b", "c"], ["b"], ["a", "b", "c"]),  # the repeat has not got past what the message shows yet
+    (["a", "a"], ["a", "b"], ["a", "a", "b"]),
+])
+def test_a_continued_run_shows_the_lines_its_cut_short_node_posts_again_once(
+        shown: list[str], posted: list[str], expected: list[str]) -> None:
+    assert continued_progress(shown, posted) == expected

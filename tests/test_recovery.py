@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import TypedDict
 
 import pytest
+from langgraph.graph import END, START, StateGraph
 from sqlalchemy import update
 from sqlmodel import select
 
 from bot.app import Baton
+from bot.kit import approve, progress
 from bot.messages import InboundClick, InboundMessage
+from bot.registry import GraphSpec
 from bot.settings import Settings
 from storage.db import Database
 from storage.models import Approval, Effect, InboundEvent, PlaygroundMessage, Run, ThreadRecord, utcnow
@@ -29,8 +34,6 @@ async def _effects(database_url: str) -> list[Effect]:
 
 
 def effects(database_url: str) -> list[Effect]:
-    import asyncio
-
     return asyncio.run(_effects(database_url))
 
 
@@ -108,8 +111,6 @@ def test_a_replica_that_lost_its_lease_mid_run_does_not_answer_too(start_baton, 
     """The holder's lease runs out while its command still runs; another replica takes the thread over
     and answers (the command's outcome is in doubt, so it is not run again). The first replica's
     result, when its command ends, must not be posted as well: its final write is fenced by the lease."""
-    import asyncio
-
     slow_renewal = {"BATON_LEASE_SECONDS": "60"}  # renewed every 20 s: the expiry below is not undone
     stalled = start_baton(database_url, name="stalled", env=slow_renewal)
     start_baton(database_url, name="taker", env=slow_renewal)  # sweeps the thread once its lease has run out
@@ -226,3 +227,97 @@ async def test_stopped_between_a_choice_and_the_chosen_runs_first_checkpoint_the
         assert "Nothing is running or waiting" in replies[-1], replies
         async with baton.db.read() as session:
             assert (await session.exec(select(Run.status).where(Run.graph == "status"))).all() == ["done"]
+
+
+
+class _PlanState(TypedDict, total=False):
+    reply: str
+
+
+def _plan_then_ask_graph(going_on: asyncio.Event) -> StateGraph:
+    """Posts its plan, works on it (until ``going_on``), asks for an approval, then posts progress again."""
+
+    async def plan(_state: _PlanState) -> _PlanState:
+        progress("Plan: restart web")
+        await going_on.wait()
+        progress("Checked: web is up")
+        return {}
+
+    def ask(_state: _PlanState) -> _PlanState:
+        approve("Restart web?", risk="high")
+        return {}
+
+    def restart(_state: _PlanState) -> _PlanState:
+        progress("Restarting web")
+        return {"reply": "Restarted web."}
+
+    graph = StateGraph(_PlanState)
+    graph.add_node("plan", plan)
+    graph.add_node("ask", ask)
+    graph.add_node("restart", restart)
+    graph.add_edge(START, "plan")
+    graph.add_edge("plan", "ask")
+    graph.add_edge("ask", "restart")
+    graph.add_edge("restart", END)
+    return graph
+
+
+async def _bot_messages(baton: Baton, thread: str) -> list[PlaygroundMessage]:
+    async with baton.db.read() as session:
+        return list((await session.exec(select(PlaygroundMessage).where(
+            PlaygroundMessage.is_bot, PlaygroundMessage.thread_id == thread).order_by(PlaygroundMessage.id))).all())
+
+
+async def _until_messages(baton: Baton, thread: str, settled: Callable[[list[PlaygroundMessage]], bool]
+                          ) -> list[PlaygroundMessage]:
+    for _ in range(400):
+        messages = await _bot_messages(baton, thread)
+        if settled(messages) and not baton.orchestrator._tasks:
+            return messages
+        await baton.outbox.wait("never", 0.05)
+    raise AssertionError(f"thread {thread} stopped at {[(m.text, m.revision) for m in messages]}")
+
+
+async def test_a_run_taken_over_after_a_stop_edits_its_progress_message_instead_of_posting_it_again(
+        tmp_path, config_path) -> None:
+    """Baton stops while a node works on, after it posted the plan (the run's progress message); the run
+    is taken over and the node runs again from its start, posting the plan again. The plan was in the
+    thread twice: the progress message's outbox row was known only to the drain that died."""
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'r.db'}", BATON_CONFIG=config_path)
+    async with Baton(settings) as baton:
+        going_on = asyncio.Event()
+        baton.registry.add(GraphSpec(name="planned", graph=_plan_then_ask_graph(going_on), description="A plan."))
+        graph_run = baton.runtime.run
+
+        async def stop_after_the_first_progress(spec, lg_thread_id, payload, context, on_progress, run_id=None):
+            async def post_then_stop(text: str) -> None:
+                await on_progress(text)
+                raise _Stopped()
+
+            return await graph_run(spec, lg_thread_id, payload, context, post_then_stop, run_id)
+
+        baton.runtime.run = stop_after_the_first_progress  # type: ignore[method-assign]
+        await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
+                                                  event_id="e1", user="alice", text="planned"))
+        [plan] = await _until_messages(baton, "1", bool)
+        assert plan.text == "Plan: restart web"
+        baton.runtime.run = graph_run  # type: ignore[method-assign]
+        going_on.set()
+        async with baton.db.session() as session:  # as if it had waited past the sweeper's delay
+            await session.exec(update(InboundEvent).where(InboundEvent.event_id == "e1")  # type: ignore[call-overload]
+                               .values(received_at=utcnow() - timedelta(minutes=1)))
+        assert await baton.orchestrator.sweep() == 1
+
+        messages = await _until_messages(baton, "1", lambda found: len(found) >= 2 and found[0].revision >= 2)
+        assert [(m.id, m.text) for m in messages] == [
+            (plan.id, "Plan: restart web\nChecked: web is up"), (messages[1].id, messages[1].text)]
+        assert "Restart web?" in messages[1].text and messages[0].revision == 2  # the plan's message, edited once
+
+        async with baton.db.read() as session:
+            card = (await session.exec(select(Approval))).one()
+        await baton.accept_click(InboundClick(platform="playground", channel="general", thread="1", event_id="c1",
+                                              user="bob", approval_id=card.id, action="approve"))
+        messages = await _until_messages(baton, "1", lambda found: any("Restarted web." in m.text for m in found))
+        # After the card the run goes on in a progress message of its own, as a run that never stopped does.
+        assert [m.text for m in messages][::2] == ["Plan: restart web\nChecked: web is up", "Restarting web"]
+        assert messages[0].revision == 2 and len(messages) == 4, [m.text for m in messages]
