@@ -71,7 +71,7 @@ class Baton:
         self.instance = settings.instance_name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.db = Database(settings.database_url)
         self.registry = GraphRegistry.discover()
-        self.outbox = Outbox(self.db, self.instance)
+        self.outbox = Outbox(self.db, self.instance, claim_seconds=settings.lease_seconds)
         self._check_digest_platforms()
         self.adapters: list[Any] = [adapter_class(self) for adapter_class in self._selected_adapters()]
         for graph in sorted(set(self.config.graphs) - set(self.registry.names())):
@@ -103,7 +103,8 @@ class Baton:
         self.scheduler = DigestScheduler(self.digests)
         await self.scheduler.start()
         self._loops = [asyncio.create_task(self._every(SWEEP_INTERVAL, self.orchestrator.sweep)),
-                       asyncio.create_task(self._every(RETENTION_INTERVAL, self.prune_checkpoints))]
+                       asyncio.create_task(self._every(RETENTION_INTERVAL, self.prune_checkpoints)),
+                       asyncio.create_task(self._every(self.outbox.claim_seconds / 3, self.outbox.keep_claims))]
         log.info("Baton %s started with adapters: %s", self.instance, ", ".join(a.name for a in self.adapters) or "none")
         return self
 

@@ -9,6 +9,12 @@ platform's adapter and nothing earlier in the thread is still undelivered, the r
 already claimed (in the transaction that records the outcome) and handed straight to the adapter
 after the commit (``enqueue_claimed`` / ``hand_over``). If the process dies before sending it,
 the claim expires and any replica sends it, as for any other claimed row.
+
+A claim lasts as long as a replica's lease on a thread (``BATON_LEASE_SECONDS``): a dead replica's
+messages go to the others as soon as its threads do. A live replica keeps the claims of the
+deliveries its delivery loop holds (``keep_claims``, every third of a claim), however long the
+platform takes to answer: a message in flight is not taken over, and sent twice, because its send
+outlasted the claim.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from bot.messages import Location, Message
 from storage.db import Database, Transaction, insert_ignore, insert_returning_id, prepared
 from storage.models import ChannelPace, OutboxMessage, utcnow
 
-CLAIM_SECONDS = 30.0  # a sender that died mid-send leaves its rows to others after this
+CLAIM_SECONDS = 30.0  # BATON_LEASE_SECONDS's default; Baton claims for as long as its lease setting says
 
 # The claim's statements are built once, with bound parameters: building them (and their cache
 # keys) on every poll cost more CPU than running them.
@@ -51,6 +57,10 @@ _GIVE_BACK = update(_ROWS).where(
     _ROWS.c.id.in_(bindparam("row_ids", expanding=True)), _ROWS.c.status == "sending",
     _ROWS.c.claimed_by == bindparam("worker"),
 ).values(status="pending", claimed_by=None, claimed_until=None, attempts=_ROWS.c.attempts - 1)
+_KEEP = update(_ROWS).where(
+    _ROWS.c.id.in_(bindparam("row_ids", expanding=True)), _ROWS.c.status == "sending",
+    _ROWS.c.claimed_by == bindparam("worker"),
+).values(claimed_until=bindparam("until", type_=DateTime()))
 _DELIVERED = prepared(update(_ROWS).where(_ROWS.c.id == bindparam("row_id")).values(
     status="sent", platform_message_id=bindparam("platform_id"), sent_at=bindparam("now", type_=DateTime()),
     claimed_until=None, error=None))
@@ -118,13 +128,23 @@ class Delivery:
 
 
 class Outbox:
-    def __init__(self, db: Database, worker: str = "local") -> None:
+    """Stores messages, and hands them to this process's delivery loops (one a platform).
+
+    A delivery loop takes deliveries with ``handed_over`` and ``claim_if_wanted``, and settles each
+    (``delivered``, ``retry``, ``failed``) or gives up on it before it takes more: until then its
+    claims are kept (``keep_claims``), as long as the loop that took them is running.
+    """
+
+    def __init__(self, db: Database, worker: str = "local", claim_seconds: float = CLAIM_SECONDS) -> None:
         self._db = db
         self.worker = worker  # this process, as named in the claims it makes
+        self.claim_seconds = claim_seconds
         self._wake: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._senders: dict[str, float] = {}  # platform -> channel pace, for the adapters running here
         self._handed: defaultdict[str, deque[Delivery]] = defaultdict(deque)
         self._claim_wanted: set[str] = set()  # platforms whose stored rows may be due
+        self._taken: dict[str, list[int]] = {}  # platform -> the rows its delivery loop took last
+        self._loops: dict[str, asyncio.Task[Any] | None] = {}  # platform -> the task that takes them
 
     def attach(self, platform: str, pace_seconds: float) -> None:
         """This process delivers ``platform``'s messages from now on (its adapter has started)."""
@@ -175,7 +195,7 @@ class Outbox:
             return None
         row = _row(location, message, correlation_id=correlation_id)
         row.update(status="sending", attempts=1, claimed_by=self.worker,
-                   claimed_until=row["created_at"] + timedelta(seconds=CLAIM_SECONDS))
+                   claimed_until=row["created_at"] + timedelta(seconds=self.claim_seconds))
         row_id = await insert_returning_id(session, OutboxMessage, row)
         return Delivery(id=row_id, kind="post", location=location, message=message, target_user=None,
                         target_message_id=None, attempts=1)
@@ -194,12 +214,36 @@ class Outbox:
 
     def handed_over(self, platform: str) -> list[Delivery]:
         """The deliveries handed to this process's adapter since it last asked."""
-        waiting = self._handed.get(platform)
-        if not waiting:
-            return []
+        waiting = self._handed[platform]
         deliveries = list(waiting)
         waiting.clear()
+        self._took(platform, deliveries)
         return deliveries
+
+    def _took(self, platform: str, deliveries: list[Delivery]) -> None:
+        """``platform``'s delivery loop took ``deliveries``: the ones it took before are settled or given up."""
+        self._taken[platform] = [delivery.id for delivery in deliveries]
+        self._loops[platform] = asyncio.current_task()
+
+    async def keep_claims(self) -> int:
+        """Extend the claims of the rows this process's delivery loops hold (taken, or handed over and
+        waiting to be taken), so that a slow send is not taken over while in flight. Not those of a
+        loop that has ended (an adapter stopped, a crash): they run out, and another replica sends
+        them. Returns how many were extended."""
+        row_ids = [row_id for platform in self._senders if not self._loop_ended(platform)
+                   for row_id in [*self._taken.get(platform, ()), *(d.id for d in self._handed.get(platform, ()))]]
+        if not row_ids:
+            return 0
+        until = utcnow() + timedelta(seconds=self.claim_seconds)
+        # Not durable: after a power cut the claims are this dead process's, to run out anyway.
+        async with self._db.session(durable=False) as session:
+            kept = await session.exec(_KEEP, params={  # type: ignore[call-overload]
+                "row_ids": row_ids, "worker": self.worker, "until": until})
+        return int(kept.rowcount)
+
+    def _loop_ended(self, platform: str) -> bool:
+        loop = self._loops.get(platform)
+        return loop is not None and loop.done()
 
     async def give_back_handed(self) -> int:
         """At shutdown: the handed-over deliveries not sent yet go back to the stored queue, for any replica
@@ -213,10 +257,12 @@ class Outbox:
 
     async def claim_if_wanted(self, platform: str, *, pace_seconds: float = 0.0) -> list[Delivery]:
         """``claim`` when rows may be due (woken, polled, or the last claim found some)."""
+        self._took(platform, [])
         if platform not in self._claim_wanted:
             return []
         self._claim_wanted.discard(platform)
         deliveries = await self.claim(platform, self.worker, pace_seconds=pace_seconds)
+        self._took(platform, deliveries)
         if deliveries or self._handed.get(platform):
             # Sending these, or the deliveries handed over meanwhile, may unblock the next rows of their threads.
             self._claim_wanted.add(platform)
@@ -248,7 +294,8 @@ class Outbox:
                         continue
                     paced.add(row.channel)
                 taken = await session.exec(_TAKE, params={  # type: ignore[call-overload]
-                    "row_id": row.id, "now": now, "worker": worker, "until": now + timedelta(seconds=CLAIM_SECONDS)})
+                    "row_id": row.id, "now": now, "worker": worker,
+                    "until": now + timedelta(seconds=self.claim_seconds)})
                 if not taken.rowcount:
                     continue
                 target = None

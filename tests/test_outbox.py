@@ -268,3 +268,95 @@ def test_an_idle_poll_looks_up_unsent_rows_by_index_not_every_row_ever_sent(sqli
         outer = [detail for _id, parent, _unused, detail in connection.execute(f"EXPLAIN QUERY PLAN {sql}")
                  if parent == 0]
     assert outer[0].startswith("SEARCH outbox USING INDEX ix_outbox_due (platform=? AND status=?)"), outer
+
+
+async def test_a_claim_lasts_a_lease_and_a_live_replica_keeps_the_claim_of_a_slow_delivery(
+        database_url: str, config_path: Path) -> None:
+    """Claims lasted 30 s whatever ``BATON_LEASE_SECONDS`` said: with a 1 s lease, a dead replica's messages
+    waited 29 s longer than its threads. A claim now lasts a lease, and a live replica keeps extending the
+    claim of a delivery it is still making, however long the platform takes to answer, so that no other
+    replica takes that message over and sends it a second time."""
+    settings = Settings(BATON_DATABASE_URL=database_url, BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground", BATON_LEASE_SECONDS=1)
+    other = Database(database_url)
+    survivor = Outbox(other, worker="survivor")
+    try:
+        async with Baton(settings) as baton:
+            playground = next(adapter for adapter in baton.adapters if adapter.name == "playground")
+            sending, answered = asyncio.Event(), asyncio.Event()
+
+            async def slow_platform(_delivery: Any) -> str:
+                sending.set()
+                await answered.wait()  # never: the platform is slow until the replica stops
+                return "never"
+
+            playground.send = slow_platform  # type: ignore[method-assign]
+            await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
+                                                      event_id="e1", user="alice", text="help", addressed=True))
+            await asyncio.wait_for(sending.wait(), 20)
+            async with other.read() as session:
+                row = (await session.exec(select(OutboxMessage))).one()
+            assert row.status == "sending" and row.claimed_by == baton.instance
+            assert row.claimed_until is not None and row.claimed_until - row.created_at <= timedelta(seconds=1.5)
+            first_until = row.claimed_until
+
+            async def claim_run_out_twice_over() -> None:
+                while utcnow() < first_until + timedelta(seconds=1):
+                    assert await survivor.claim("playground", "survivor") == [], "a delivery in flight was taken over"
+                    await survivor.wait("test-never-woken", 0.05)
+
+            await asyncio.wait_for(claim_run_out_twice_over(), 20)
+            async with other.read() as session:
+                row = await session.get(OutboxMessage, row.id)
+            assert row is not None and row.claimed_by == baton.instance and row.claimed_until > utcnow()
+        # The replica has stopped mid-send: nobody keeps the claim any more, and it runs out with the lease.
+
+        async def taken_over() -> list[Any]:
+            while not (taken := await survivor.claim("playground", "survivor")):
+                await survivor.wait("test-never-woken", 0.05)
+            return taken
+
+        [delivery] = await asyncio.wait_for(taken_over(), 10)
+        assert (delivery.id, delivery.attempts) == (row.id, 2)
+    finally:
+        await other.dispose()
+
+
+@pytest.mark.asyncio
+async def test_only_the_rows_a_running_delivery_loop_holds_keep_their_claims(database: Database) -> None:
+    """Kept: the rows the loop took last and the replies handed over to it. Not kept: what it took before
+    it took more (sent, or given up when recording the delivery failed), nor anything once it has ended."""
+    outbox = Outbox(database, worker="me", claim_seconds=1.0)
+    outbox.attach("playground", 0.0)
+    async with database.session() as session:
+        await outbox.enqueue(session, HERE, Message.text("slow to send"))
+        handed = await outbox.enqueue_claimed(session, THERE, Message.text("handed over meanwhile"))
+    assert handed is not None
+    outbox.hand_over("playground", handed)
+    sending, sent = [asyncio.Event(), asyncio.Event()], [asyncio.Event(), asyncio.Event()]
+
+    async def delivery_loop() -> None:
+        assert [d.message.plain_text() for d in await outbox.claim_if_wanted("playground")] == ["slow to send"]
+        sending[0].set()
+        await sent[0].wait()
+        assert outbox.handed_over("playground") == [handed]
+        sending[1].set()
+        await sent[1].wait()
+
+    async def claims() -> dict[str, Any]:
+        async with database.read() as session:
+            rows = (await session.exec(select(OutboxMessage).order_by(OutboxMessage.id))).all()
+        return {Message.model_validate(row.payload).plain_text(): row.claimed_until for row in rows}
+
+    loop = asyncio.create_task(delivery_loop())
+    await asyncio.wait_for(sending[0].wait(), 10)
+    before = await claims()
+    assert await outbox.keep_claims() == 2
+    after = await claims()
+    assert all(after[text] > before[text] for text in before)
+    sent[0].set()
+    await asyncio.wait_for(sending[1].wait(), 10)
+    assert await outbox.keep_claims() == 1  # "slow to send" is settled (or given up): its claim is not kept
+    sent[1].set()
+    await loop
+    assert await outbox.keep_claims() == 0  # the loop has ended: its claims run out, for another replica to take
