@@ -5,33 +5,43 @@ It is what ``baton run`` serves with no tokens. The page and the tests use its J
 ``GET /api/threads/{id}/messages`` and the server-sent events stream ``GET /api/events``.
 The playground trusts the user name it is given: it is for trying Baton locally, never for
 deciding real approvals.
+
+A posted message is stored, then handed to the bot (``accept_message``), in two transactions: a
+process that dies between the two leaves a message the bot never got. Every replica looks for such
+messages now and then (``hand_over_stranded``) and hands them over with their own event id, so a
+message handed over twice is a duplicate the bot drops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, field_validator
-from sqlalchemy import func, or_
+from sqlalchemy import DateTime, bindparam, exists, func, or_
+from sqlalchemy.orm import aliased
 from sqlmodel import select
 
 from adapters.contract import Adapter
 from bot.messages import InboundClick, InboundMessage, Location, Message, quoted, storable
 from bot.outbox import Delivery
-from storage.db import insert_ignore, insert_returning_id
-from storage.models import PlaygroundMessage, utcnow
+from storage.db import insert_ignore, insert_returning_id, prepared
+from storage.models import InboundEvent, PlaygroundMessage, ThreadRecord, utcnow
+
+log = logging.getLogger("baton.adapters.playground")
 
 PAGE = Path(__file__).parent / "playground_page"
+PLATFORM = "playground"
 BOT_NAME = "baton"
 CHANNELS = [
     {"id": "general", "name": "#general", "kind": "channel"},
@@ -46,6 +56,25 @@ MENTION = re.compile(rf"(?<![\w.@-])@{BOT_NAME}(?![\w@-]|\.\w)[:,]?", re.IGNOREC
 MAX_HTTP_TEXT = 100_000
 USER_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
 VIEWER = Query(None, pattern=USER_NAME, description="whose private (ephemeral) messages to include")
+
+_EARLIER = aliased(PlaygroundMessage, name="earlier")
+# A reply in a thread the bot had taken an earlier message of: the bot takes it without a mention.
+# (Message ids, not clocks: a reply posted before the thread became Baton's was ignored then, and must
+# not become a request now.) Every step is an index lookup.
+_FOLLOW_UP = exists().where(
+    ThreadRecord.platform == PLATFORM, ThreadRecord.workspace == "", ThreadRecord.channel == PlaygroundMessage.channel,
+    ThreadRecord.thread == PlaygroundMessage.thread_id, InboundEvent.thread_record_id == ThreadRecord.id,
+    InboundEvent.kind == "message", _EARLIER.event_id == InboundEvent.event_id, _EARLIER.id < PlaygroundMessage.id)
+_STRANDED = prepared(select(
+    PlaygroundMessage.id, PlaygroundMessage.event_id, PlaygroundMessage.channel, PlaygroundMessage.thread_id,
+    PlaygroundMessage.user, PlaygroundMessage.text, _FOLLOW_UP.label("follow_up"),
+).where(
+    PlaygroundMessage.is_bot.is_(False), PlaygroundMessage.event_id.is_not(None),  # type: ignore[attr-defined,union-attr]
+    PlaygroundMessage.created_at < bindparam("stored_before", type_=DateTime()),
+    ~exists().where(InboundEvent.platform == PLATFORM, InboundEvent.event_id == PlaygroundMessage.event_id),
+    or_(_FOLLOW_UP, func.lower(PlaygroundMessage.text).contains(f"@{BOT_NAME}"),
+        *(PlaygroundMessage.channel == channel for channel, kind in CHANNEL_KINDS.items() if kind == "dm")),
+).order_by(PlaygroundMessage.id))  # type: ignore[arg-type]
 
 
 class _Body(BaseModel):
@@ -79,8 +108,12 @@ class PostClick(_Body):
 
 
 class PlaygroundAdapter(Adapter):
-    name = "playground"
+    name = PLATFORM
     send_records_delivery = True  # its messages are rows in Baton's database
+    stranded_poll_seconds: ClassVar[float] = 10.0  # how often ``hand_over_stranded`` looks
+    # A message younger than this may still be on its way to the bot from the request that stored it
+    # (here or on another replica); handing it over first would answer that request "duplicate".
+    stranded_after_seconds: ClassVar[float] = 5.0
 
     def __init__(self, baton: Any) -> None:
         super().__init__(baton)
@@ -88,6 +121,7 @@ class PlaygroundAdapter(Adapter):
         # Not an asyncio.Condition: on Python 3.11 a stream cancelled inside ``wait_for(condition.wait())``
         # (its client went away) could leave the condition's lock broken, and every later notify hung.
         self._changed = asyncio.Event()
+        self._stranded_loop: asyncio.Task[None] | None = None
 
     def mount(self, app: FastAPI) -> None:
         router = APIRouter(prefix="/api", tags=["playground"])
@@ -100,6 +134,16 @@ class PlaygroundAdapter(Adapter):
         app.include_router(router)
         app.mount("/static", StaticFiles(directory=PAGE), name="playground-static")
         app.add_api_route("/", lambda: FileResponse(PAGE / "index.html"), methods=["GET", "HEAD"], include_in_schema=False)
+
+    async def start(self) -> None:
+        await super().start()
+        self._stranded_loop = asyncio.create_task(self._hand_over_stranded_forever(), name="playground-stranded")
+
+    async def stop(self) -> None:
+        if self._stranded_loop is not None:
+            self._stranded_loop.cancel()
+            await asyncio.gather(self._stranded_loop, return_exceptions=True)
+        await super().stop()
 
     # -- the HTTP API ----------------------------------------------------------------------------
 
@@ -145,12 +189,10 @@ class PlaygroundAdapter(Adapter):
                 "created_at": now, "updated_at": now, "revision": 1}, ["event_id"])
             stored = (await session.exec(select(PlaygroundMessage).where(PlaygroundMessage.event_id == event_id))).one()
         self._notify()
-        thread = stored.thread_id or str(stored.id)
-        addressed = bool(MENTION.search(stored.text)) or CHANNEL_KINDS[stored.channel] == "dm"
-        accepted = await self.baton.accept_message(InboundMessage(
-            platform=self.name, channel=stored.channel, thread=thread, user=stored.user,
-            text=MENTION.sub("", stored.text).strip(), addressed=addressed, event_id=event_id))
-        return {"message": self._json(stored), "thread_id": thread, "delivery": accepted.status}
+        # Stored: from here on, a crash before the bot has it leaves it to ``hand_over_stranded``.
+        delivery = await self._hand_over(stored.id, event_id, stored.channel, stored.thread_id,  # type: ignore[arg-type]
+                                         stored.user, stored.text)
+        return {"message": self._json(stored), "thread_id": stored.thread_id or str(stored.id), "delivery": delivery}
 
     async def post_click(self, body: PostClick) -> dict[str, Any]:
         async with self.baton.db.read() as session:
@@ -242,6 +284,40 @@ class PlaygroundAdapter(Adapter):
                 await self.baton.outbox.record_delivery(session, delivery.id, str(message_id))
         self._notify()
         return str(message_id)
+
+    # -- users' messages to the bot -------------------------------------------------------------
+
+    async def _hand_over(self, message_id: int, event_id: str, channel: str, thread_id: str | None, user: str,
+                         text: str) -> str:
+        """Give the bot a stored user message; its delivery: accepted, duplicate or ignored."""
+        accepted = await self.baton.accept_message(InboundMessage(
+            platform=self.name, channel=channel, thread=thread_id or str(message_id), user=user,
+            text=MENTION.sub("", text).strip(), addressed=self._addressed(channel, text), event_id=event_id))
+        return accepted.status
+
+    @staticmethod
+    def _addressed(channel: str, text: str) -> bool:
+        return bool(MENTION.search(text)) or CHANNEL_KINDS.get(channel) == "dm"
+
+    async def hand_over_stranded(self) -> None:
+        """Hand the bot the users' messages that were stored but never handed over (the process
+        storing one died before it had, or handing it over failed)."""
+        stored_before = utcnow() - timedelta(seconds=self.stranded_after_seconds)
+        rows = (await self.baton.db.fetch(_STRANDED, {"stored_before": stored_before})).all()
+        for message_id, event_id, channel, thread_id, user, text, follow_up in rows:
+            if not (follow_up or self._addressed(channel, text)):
+                continue  # "ops@baton.io": no mention after all
+            if await self._hand_over(message_id, event_id, channel, thread_id, user, text) == "accepted":
+                log.warning("playground message %s was stored but never handed to the bot: handed over now",
+                            message_id)
+
+    async def _hand_over_stranded_forever(self) -> None:
+        while True:
+            try:
+                await self.hand_over_stranded()
+            except Exception:
+                log.exception("handing stranded playground messages to the bot failed; trying again")
+            await asyncio.sleep(self.stranded_poll_seconds)
 
     # -- helpers ---------------------------------------------------------------------------------
 
