@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import DateTime, bindparam, exists, func, or_
@@ -56,6 +56,7 @@ MENTION = re.compile(rf"(?<![\w.@-])@{BOT_NAME}(?![\w@-]|\.\w)[:,]?", re.IGNOREC
 MAX_HTTP_TEXT = 100_000
 USER_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
 VIEWER = Query(None, pattern=USER_NAME, description="whose private (ephemeral) messages to include")
+EVENT_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 _EARLIER = aliased(PlaygroundMessage, name="earlier")
 # A reply in a thread the bot had taken an earlier message of: the bot takes it without a mention.
@@ -125,12 +126,14 @@ class PlaygroundAdapter(Adapter):
 
     def mount(self, app: FastAPI) -> None:
         router = APIRouter(prefix="/api", tags=["playground"])
-        router.add_api_route("/channels", self.channels, methods=["GET"])
-        router.add_api_route("/channels/{channel}/messages", self.channel_messages, methods=["GET"])
-        router.add_api_route("/threads/{thread_id}/messages", self.thread_messages, methods=["GET"])
+        for path, endpoint in [("/channels", self.channels), ("/channels/{channel}/messages", self.channel_messages),
+                               ("/threads/{thread_id}/messages", self.thread_messages), ("/events", self.events)]:
+            router.add_api_route(path, endpoint, methods=["GET"])
+            # HEAD answers as GET does, without the body (uptime checks, link checkers, curl -I). A route of
+            # its own, left out of the schema: one route for both, and the schema names two operations alike.
+            router.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
         router.add_api_route("/messages", self.post_message, methods=["POST"], status_code=201)
         router.add_api_route("/clicks", self.post_click, methods=["POST"], status_code=202)
-        router.add_api_route("/events", self.events, methods=["GET"])
         app.include_router(router)
         app.mount("/static", StaticFiles(directory=PAGE), name="playground-static")
         app.add_api_route("/", lambda: FileResponse(PAGE / "index.html"), methods=["GET", "HEAD"], include_in_schema=False)
@@ -216,9 +219,11 @@ class PlaygroundAdapter(Adapter):
             event_id=f"click:{body.event_id or uuid.uuid4().hex}"))
         return {"delivery": accepted.status}
 
-    async def events(self, request: Request, viewer: str | None = VIEWER) -> StreamingResponse:
+    async def events(self, request: Request, viewer: str | None = VIEWER) -> Response:
+        if request.method == "HEAD":  # the stream's headers, without a stream that would never end
+            return Response(media_type="text/event-stream", headers=EVENT_STREAM_HEADERS)
         return StreamingResponse(self._stream(request, viewer), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                                 headers=EVENT_STREAM_HEADERS)
 
     async def _stream(self, request: Request, viewer: str | None) -> AsyncIterator[str]:
         """Send each new or edited message once per revision. Other replicas write to the same

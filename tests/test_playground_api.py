@@ -281,3 +281,19 @@ async def test_a_message_the_bot_could_not_take_is_handed_over_again_by_the_runn
             events = (await session.exec(select(InboundEvent.event_id).where(InboundEvent.kind == "message"))).all()
         assert list(events) == ["posted-while-away"]
 
+
+def test_the_get_routes_answer_head_as_get_without_a_body(baton: BatonProcess) -> None:
+    """HEAD (uptime checks, link checkers, curl -I) was a 405 on every API route."""
+    pg = baton.client()
+    thread = pg.ask("@baton help")
+    for path in ["/api/channels", "/api/channels/general/messages?viewer=bob", f"/api/threads/{thread}/messages",
+                 "/api/channels/nowhere/messages", "/api/threads/999999/messages", "/api/events"]:
+        head = pg.http.head(path)
+        assert head.content == b"", path
+        if path == "/api/events":  # a stream: its headers, at once, without a stream that never ends
+            assert head.status_code == 200 and head.headers["content-type"].startswith("text/event-stream")
+            continue
+        get = pg.http.get(path)
+        assert (head.status_code, head.headers["content-type"]) == (get.status_code, get.headers["content-type"]), path
+    paths = pg.http.get("/openapi.json").json()["paths"]
+    assert not [path for path, operations in paths.items() if "head" in operations]  # one operation each
