@@ -279,3 +279,32 @@ def test_a_draft_stays_where_it_was_typed(start_baton, sqlite_url: str, page: sy
     expect(page.locator("#composer")).to_have_value("")
     page.goto(f"{baton.url}/#/c/general")
     expect(page.locator("#composer")).to_have_value("for #general")
+
+
+def test_screen_readers_get_labelled_message_boxes_and_hear_replies_arrive_in_the_thread(
+        start_baton, sqlite_url: str, page: sync_api.Page) -> None:
+    """The message boxes had placeholders and no labels; the thread pane was no live region, so a screen
+    reader said nothing of the bot's replies arriving there (the channel's list was one already)."""
+    baton = start_baton(sqlite_url)
+    open_playground(page, baton.url, "alice")
+    page.get_by_role("link", name="#ops", exact=True).click()
+    expect(page.get_by_label("Message #ops", exact=True)).to_be_focused()  # the label follows the channel
+    page.get_by_role("link", name="#general", exact=True).click()
+    box = page.get_by_label("Message #general", exact=True)
+    expect(box).to_be_focused()
+    box.fill("@baton help")
+    box.press("Enter")
+
+    channel = page.get_by_role("log", name="#general", exact=True)
+    expect(channel).to_have_attribute("aria-live", "polite")
+    request = channel.locator(".message[data-message-id]", has_text="@baton help")
+    expect(request.get_by_role("link", name=re.compile(r"^\d+ repl(y|ies)$"))).to_be_visible()
+    request.get_by_role("link", name=re.compile(r"^\d+ repl(y|ies)$")).click()
+
+    thread = page.get_by_role("log", name="Thread", exact=True)
+    expect(thread).to_have_attribute("aria-live", "polite")
+    reply = page.get_by_label("Reply in thread", exact=True)
+    expect(reply).to_be_focused()
+    reply.fill("run uptime")  # a Baton thread: no mention needed
+    reply.press("Enter")
+    expect(thread.get_by_text("did uptime")).to_be_visible()  # arrived in the live region while it was open

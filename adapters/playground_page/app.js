@@ -236,7 +236,7 @@
     const seq = ++chanSeq, ch = S.channel, list = $('messages');
     const name = chanName(ch);
     $('channel-title').textContent = name;
-    $('composer').placeholder = 'Message ' + name;
+    $('composer').placeholder = $('composer-label').textContent = 'Message ' + name;
     document.title = name + " · Baton's playground";
     S.unread.delete(ch);
     renderSidebar();
