@@ -14,7 +14,7 @@ from typing import Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bot.schedules import check_schedule
+from bot.schedules import ScheduleError, check_schedule, zone
 from bot.messages import quoted
 
 Risk = Literal["low", "high"]
@@ -24,6 +24,15 @@ ARG_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,40}$"
 
 class ConfigError(Exception):
     """``baton.yaml`` is wrong; the message names the file, line and what is wrong."""
+
+
+class PartError(ValueError):
+    """A check of a whole object that found one part of it wrong: ``where`` is that part's key path below
+    the object (``"command", "2"``), so that the message names the part's line, not the object's."""
+
+    def __init__(self, message: str, *where: str) -> None:
+        super().__init__(message)
+        self.where = where
 
 
 class Argument(BaseModel):
@@ -44,8 +53,8 @@ class Argument(BaseModel):
     @model_validator(mode="after")
     def _default_fits(self) -> Argument:
         if self.default is not None and not re.fullmatch(self.pattern, self.default):
-            raise ValueError(f"the default '{self.default[:80]}' does not match the pattern (the runbook could "
-                             "never run without this argument)")
+            raise PartError(f"the default '{self.default[:80]}' does not match the pattern (the runbook could "
+                            "never run without this argument)", "default")
         return self
 
 
@@ -75,21 +84,22 @@ class Runbook(BaseModel):
     @model_validator(mode="after")
     def _placeholders_are_declared(self) -> Runbook:
         if not self.command[0].strip():
-            raise ValueError("the command's first part, the program to run, is empty")
+            raise PartError("the command's first part, the program to run, is empty", "command", "0")
         hint = "(a brace of its own is written {{ or }})"
-        for part in self.command:
+        for position, part in enumerate(self.command):
+            where = ("command", str(position))
             try:
                 fields = list(string.Formatter().parse(part))
             except ValueError as exc:
-                raise ValueError(f"command part '{part[:80]}': {exc} {hint}") from None
+                raise PartError(f"command part '{part[:80]}': {exc} {hint}", *where) from None
             for _, field, spec, conversion in fields:
                 if field is None:
                     continue
                 if field not in self.args:
-                    raise ValueError(f"command uses {{{field}}} but no argument '{field}' is declared {hint}")
+                    raise PartError(f"command uses {{{field}}} but no argument '{field}' is declared {hint}", *where)
                 if spec or conversion:  # "{a!r}" quotes the value, "{a:{b}}" reads an undeclared b, "{a:d}" fails
-                    raise ValueError(f"command part '{part[:80]}': a placeholder is just {{{field}}}, without a "
-                                     f"format or conversion {hint}")
+                    raise PartError(f"command part '{part[:80]}': a placeholder is just {{{field}}}, without a "
+                                    f"format or conversion {hint}", *where)
         return self
 
     def validate_args(self, given: dict[str, str]) -> dict[str, str]:
@@ -136,7 +146,14 @@ class Digest(BaseModel):
 
     @model_validator(mode="after")
     def _valid_schedule(self) -> Digest:
-        check_schedule(self.cron, self.timezone)
+        try:
+            zone(self.timezone)
+        except ScheduleError as exc:
+            raise PartError(str(exc), "timezone") from None
+        try:
+            check_schedule(self.cron, self.timezone)
+        except ScheduleError as exc:
+            raise PartError(str(exc), "cron") from None
         return self
 
 
@@ -160,7 +177,7 @@ def _named_as(items: dict[str, Named], pattern: str, what: str, why: str = "") -
     """``items``, once every key matches ``pattern``."""
     for name in items:
         if not re.fullmatch(pattern, name):
-            raise ValueError(f"{what} '{name[:40]}' must match {pattern}{why}")
+            raise PartError(f"{what} '{name[:40]}' must match {pattern}{why}", name)
     return items
 
 
@@ -188,8 +205,8 @@ class BatonConfig(BaseModel):
     def _high_risk_has_approvers(self) -> BatonConfig:
         for name, runbook in self.runbooks.items():
             if runbook.risk == "high" and not self.approvers_for_runbook(name):
-                raise ValueError(f"runbook '{name}' is high risk but has no approvers, here or at the top: nobody "
-                                 "could ever approve it")
+                raise PartError(f"runbook '{name}' is high risk but has no approvers, here or at the top: nobody "
+                                "could ever approve it", "runbooks", name)
         return self
 
     def approvers_for_runbook(self, name: str) -> list[str]:
@@ -220,28 +237,54 @@ def load_config(path: Path, *, required: bool = False) -> BatonConfig:
         raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}") from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is None:
+            return BatonConfig()
         _check_size(path, root)  # before anything walks or loads the values the aliases stand for
-        data = yaml.safe_load(text)
+        _refuse_repeated_keys(path, root)
+        data = yaml.SafeLoader("").construct_document(root)  # which also puts the keys of each merge (<<) in `root`
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "unknown line"
-        raise ConfigError(f"{path}: {where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+        raise ConfigError(f"{path}: {_yaml_problem(text, exc)}") from exc
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply to read") from None
-    lines = _line_index(path, root)  # and a key given twice is refused here
-    if data is None:
-        return BatonConfig()
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: line 1: the top level must be a mapping (approvers, runbooks, graphs)")
+        raise ConfigError(f"{path}: line {root.start_mark.line + 1}: the top level must be a mapping (approvers, "
+                          "runbooks, graphs)")
     try:
         return BatonConfig.model_validate(data)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
             loc = tuple(str(part) for part in error["loc"])
-            line = _mentioned_line(_node_at(root, loc), error["msg"]) or _nearest_line(lines, loc)
+            where = getattr(error.get("ctx", {}).get("error"), "where", ())  # a PartError's part
+            line = _line_of(root, loc + where, key=error["type"] == "extra_forbidden")
             problems.append(f"{path}: line {line}: {'.'.join(loc) or '(top)'}: {error['msg']}")
         raise ConfigError("\n".join(problems)) from exc
+
+
+def _yaml_problem(text: str, exc: yaml.YAMLError) -> str:
+    """Where and what PyYAML found wrong. It notices an unclosed quote or bracket, or a key without its ':'
+    (``description x`` above ``command: [a]`` reads as one text), only on a later line: the line named is
+    then the one where that began."""
+    problem, mark = getattr(exc, "problem", None) or exc, getattr(exc, "problem_mark", None)
+    context, begin = getattr(exc, "context", None) or "", getattr(exc, "context_mark", None)
+    if mark is None:
+        return f"unknown line: not valid YAML: {problem}"
+    if problem == "mapping values are not allowed here":
+        context, begin = "while scanning a plain scalar", _last_scalar_start(text)
+    if begin and begin.line < mark.line and context.startswith(("while scanning", "while parsing a flow")):
+        return f"line {begin.line + 1}: not valid YAML: {context} that begins here, {problem} on line {mark.line + 1}"
+    return f"line {mark.line + 1}: not valid YAML: {problem}"
+
+
+def _last_scalar_start(text: str) -> yaml.Mark | None:
+    """Where the text read just before a YAML error begins."""
+    token = None
+    try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            pass
+    except yaml.YAMLError:
+        pass
+    return token.start_mark if isinstance(token, yaml.ScalarToken) else None
 
 
 MAX_VALUES = 100_000  # what baton.yaml may expand to through aliases (a few hundred in practice)
@@ -273,75 +316,54 @@ def _check_size(config: Path, root: yaml.Node | None) -> None:
         size(root)
 
 
-def _line_index(config: Path, node: yaml.Node | None, prefix: tuple[str, ...] = (),
-                seen: set[int] | None = None) -> dict[tuple[str, ...], int]:
-    """Map each key path of the YAML document to its 1-based line number (a value that aliases repeat
-    under its first path only).
+def _key(node: yaml.Node) -> str:
+    """A mapping key as loading reads it (``0x10`` is 16, ``on`` is True), written as validation errors
+    write it (True as 1)."""
+    if node.tag in ("tag:yaml.org,2002:str", "tag:yaml.org,2002:merge") or not isinstance(node, yaml.ScalarNode):
+        return str(node.value)
+    value = yaml.SafeLoader("").construct_object(node)
+    return str(int(value) if isinstance(value, bool) else value)
 
-    A key given twice in one mapping is refused: YAML keeps the last, so a second ``uptime:``
-    runbook would silently replace the first.
-    """
-    index: dict[tuple[str, ...], int] = {}
+
+def _refuse_repeated_keys(config: Path, node: yaml.Node, path: tuple[str, ...] = (),
+                          seen: set[int] | None = None) -> None:
+    """Refuse a key given twice in one mapping: YAML keeps the last, so a second ``uptime:`` runbook would
+    silently replace the first (a value that aliases repeat is looked at once)."""
     seen = set() if seen is None else seen
-    if node is None or id(node) in seen:
-        return index
+    if id(node) in seen:
+        return
     seen.add(id(node))
-    index[prefix] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
         for key, value in node.value:
-            key_path = (*prefix, str(key.value))
-            if key_path in index:
-                raise ConfigError(f"{config}: line {key.start_mark.line + 1}: {'.'.join(key_path)} is given "
-                                  f"twice (first on line {index[key_path]})")
-            index.update(_line_index(config, value, key_path, seen))
-            index[key_path] = key.start_mark.line + 1
+            name, line = _key(key), key.start_mark.line + 1
+            if name in first:
+                raise ConfigError(f"{config}: line {line}: {'.'.join((*path, str(key.value)))} is given twice (first "
+                                  f"on line {first[name]})")
+            first[name] = line
+            _refuse_repeated_keys(config, value, (*path, name), seen)
     elif isinstance(node, yaml.SequenceNode):
         for position, item in enumerate(node.value):
-            index.update(_line_index(config, item, (*prefix, str(position)), seen))
-    return index
+            _refuse_repeated_keys(config, item, (*path, str(position)), seen)
 
 
-_QUOTED = re.compile(r"'([^']+)'|`([^`]+)`|(\{[^}]+\})")
-
-
-def _node_at(node: yaml.Node | None, loc: tuple[str, ...]) -> yaml.Node | None:
+def _line_of(root: yaml.Node, loc: tuple[str, ...], *, key: bool = False) -> int:
+    """The line of the value at ``loc`` (a validation error's path), or of as much of the path as the file
+    has: a missing key is named on its mapping's line, a key of the wrong form on its own line. A mapping
+    is named on its key's line, any other value where it begins (``command:`` with ``uptime`` on the
+    line below: the line below); with ``key``, the key's line. A value an alias or a merge (``<<``)
+    brings is named where it is written."""
+    node, line = root, root.start_mark.line + 1
     for part in loc:
         if isinstance(node, yaml.MappingNode):
-            node = next((value for key, value in node.value if str(key.value) == part), None)
+            pairs = [pair for pair in node.value if _key(pair[0]) == part]
+            if not pairs:
+                return line
+            key_node, node = pairs[-1]  # the last one counts (a key both merged in and given)
+            line = key_node.start_mark.line + 1
         elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
             node = node.value[int(part)]
+            line = node.start_mark.line + 1
         else:
-            return None
-    return node
-
-
-def _mentioned_line(node: yaml.Node | None, message: str) -> int | None:
-    """The line, inside ``node``, of the key or value the message quotes: a whole-object check (a
-    runbook's command, a digest's schedule) is reported on its object, but the wrong part is deeper."""
-    tokens = [next(group for group in match.groups() if group) for match in _QUOTED.finditer(message)]
-    if node is None or not tokens:
-        return None
-    pending, seen = [node], set()
-    while pending:
-        current = pending.pop(0)
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, yaml.ScalarNode):
-            text = str(current.value)
-            if any(token == text or (token.startswith("{") and token in text) for token in tokens):
-                return int(current.start_mark.line) + 1
-        elif isinstance(current, yaml.MappingNode):
-            pending[:0] = [part for pair in current.value for part in pair]
-        elif isinstance(current, yaml.SequenceNode):
-            pending[:0] = list(current.value)
-    return None
-
-
-def _nearest_line(lines: dict[tuple[str, ...], int], loc: tuple[str, ...]) -> int:
-    for end in range(len(loc), -1, -1):
-        if loc[:end] in lines:
-            return lines[loc[:end]]
-    return 1
-
-
+            return line
+    return line if key or isinstance(node, yaml.MappingNode) else node.start_mark.line + 1

@@ -29,7 +29,7 @@ def test_shipped_example_config_is_valid():
     ("runbooks:\n  up:\n    description: x\n    command: [uptime]\n    risk: medium\n", "line 5: runbooks.up.risk"),
     ("runbooks:\n  up:\n    command: [echo, '{who}']\n    description: x\n", "line 3: runbooks.up: Value error, command uses {who}"),  # the command's line, not the runbook's
     ("runbooks:\n  up:\n    description: x\n    command: [a]\n    args:\n      n:\n        pattern: '(['\n", "line 7: runbooks.up.args.n.pattern"),
-    ("approvers: [alice\n", "line 2: not valid YAML"),
+    ("approvers: [alice\n", "line 1: not valid YAML"),  # where the bracket is left open (the file has no line 2)
     ("runbooks:\n  ok:\n    description: x\n    command: [a]\n  Bad Name:\n    description: x\n    command: [a]\n",
      "line 5: runbooks: Value error, runbook name 'Bad Name'"),
     ("runbook:\n  up: {}\n", "line 1: runbook: Extra inputs are not permitted"),
