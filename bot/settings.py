@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from dotenv.parser import parse_stream
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings.sources import DotenvType
 
 from storage.db import check_url
 
@@ -49,6 +54,12 @@ class Settings(BaseSettings):
     discord_gateway_url: str | None = Field(None, alias="DISCORD_GATEWAY_URL")
     discord_guild_id: int | None = Field(None, alias="DISCORD_GUILD_ID")  # /baton in this server only, at once
 
+    def __init__(self, **values: Any) -> None:
+        # before pydantic-settings reads the file (python-dotenv would warn about the line, then skip it)
+        _refuse_unreadable_lines(values.get("_env_file", self.model_config.get("env_file")),
+                                 values.get("_env_file_encoding") or self.model_config.get("env_file_encoding"))
+        super().__init__(**values)
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _level_in_capitals(cls, level: object) -> object:
@@ -75,3 +86,20 @@ class Settings(BaseSettings):
         if not self.adapters:
             return None
         return {name.strip() for name in self.adapters.split(",") if name.strip()}
+
+
+def _refuse_unreadable_lines(files: DotenvType | None, encoding: str | None) -> None:
+    """Refuse a ``.env`` line python-dotenv cannot parse (``SLACK_BOT_TOKEN: xoxb-...``, an unclosed quote):
+    it skips such a line with a warning, and the setting silently kept its default. The file and the
+    line's number are named, never its text: it may hold a secret."""
+    for name in [files] if isinstance(files, (str, os.PathLike)) else files or ():
+        path = Path(name).expanduser()
+        if not path.is_file():  # none, or a pipe: read once, by pydantic-settings
+            continue
+        text = path.read_text(encoding=encoding or "utf-8")
+        unread = [str(binding.original.line) for binding in parse_stream(io.StringIO(text)) if binding.error]
+        if unread:
+            raise ValidationError.from_exception_data("Settings", [{
+                "type": PydanticCustomError("env_file_line", "line{s} {lines} cannot be read as NAME=value",
+                                            {"s": "s" if len(unread) > 1 else "", "lines": ", ".join(unread)}),
+                "loc": (str(name),), "input": str(name)}])

@@ -169,6 +169,23 @@ def test_a_dotenv_that_is_not_utf8_is_named(tmp_path, config_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(("dotenv", "lines"), [
+    ("BATON_PORT=8001\nSLACK_BOT_TOKEN: xoxb-hunter2\n", "line 2"),  # YAML's colon instead of =
+    ("SLACK_BOT_TOKEN='xoxb-hunter2\nBATON_PORT=8001\n# a comment\nDISCORD_TOKEN hunter2\n", "lines 1, 4"),  # unclosed quote
+])
+def test_a_dotenv_line_that_cannot_be_read_stops_baton_without_showing_it(tmp_path, config_path, dotenv, lines):
+    """python-dotenv skipped the line with a warning, and Baton started with that setting at its default (a
+    token mistyped in .env: the playground instead of Slack)."""
+    (tmp_path / ".env").write_text(dotenv)
+    result = baton_cli("run", cwd=tmp_path, env={"BATON_CONFIG": str(config_path),
+                                                 "BATON_DATABASE_URL": f"sqlite:///{tmp_path / 'b.db'}"})
+    assert result.returncode == 2, result.stderr
+    assert f"  .env: {lines} cannot be read as NAME=value\n" in result.stderr
+    assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
+    assert "python-dotenv could not parse" not in result.stderr  # Baton's line only, before python-dotenv reads it
+    assert not (tmp_path / "b.db").exists()
+
+
 def test_a_database_that_cannot_be_reached_is_one_line_without_its_password(tmp_path, config_path):
     unreachable = "postgresql://baton:hunter2@127.0.0.1:1/baton"  # port 1: nothing listens there
     for command in (["run"], ["approvals"]):
