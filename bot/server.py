@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bot.app import Baton, StartFailed
@@ -51,8 +52,11 @@ def create_app(settings: Settings, config: BatonConfig | None = None) -> FastAPI
             settle_garbage_collector()
             yield
 
-    app = FastAPI(title="Baton", lifespan=lifespan, max_body_size=MAX_BODY_BYTES)  # larger: 413
+    app = FastAPI(title="Baton", lifespan=lifespan)
     app.add_middleware(StartFailureInOneLine)
+    # Not FastAPI(max_body_size=...): its 413 is plain text, sent from outside every middleware of ours.
+    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=MAX_BODY_BYTES)
+    app.add_middleware(TooLargeInJSON)  # added last: around the limit, to rewrite its answer
     app.state.baton = baton
     app.add_exception_handler(RequestValidationError, invalid_request)  # type: ignore[arg-type]
     for adapter in baton.adapters:
@@ -69,6 +73,32 @@ def create_app(settings: Settings, config: BatonConfig | None = None) -> FastAPI
     # HEAD is what many uptime checks send; a route of its own, or the schema names two operations alike
     app.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
     return app
+
+
+class TooLargeInJSON:
+    """A body over ``MAX_BODY_BYTES`` gets a 413 in JSON naming the limit, as every other error is JSON
+    with a reason. Starlette's limit answers in plain text ("Content Too Large") when the request says
+    its length, in FastAPI's JSON without the limit when it does not; this replaces either."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = False
+
+        async def send_in_json(message: Message) -> None:
+            nonlocal too_large
+            if message["type"] == "http.response.start" and message["status"] == 413:
+                too_large = True
+                response = JSONResponse(status_code=413, content={
+                    "detail": f"the request body is larger than {MAX_BODY_BYTES:,} bytes, the most Baton takes"})
+                await response(scope, receive, send)
+            elif not too_large:  # the original 413's body is dropped: the JSON one is sent
+                await send(message)
+
+        await self.app(scope, receive, send_in_json)
 
 
 class StartFailureInOneLine:

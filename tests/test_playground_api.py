@@ -83,9 +83,14 @@ def test_a_refused_body_is_not_echoed_back_and_an_oversized_one_is_a_413(baton: 
     too_long = http.post("/api/messages", json={"channel": "general", "user": "alice", "text": "x" * 100_001})
     assert too_long.status_code == 422 and len(too_long.content) < 1000, too_long.text[:300]
     assert "100000 characters" in too_long.json()["detail"][0]["msg"]
-    huge = http.post("/api/messages", content=b'{"text": "' + b"x" * 2_000_000 + b'"}',
-                     headers={"content-type": "application/json"})
-    assert huge.status_code == 413
+    # JSON naming the limit, as every other error: it was a plain-text "Content Too Large".
+    huge = b'{"text": "' + b"x" * 2_000_000 + b'"}'
+    sized = http.post("/api/messages", content=huge, headers={"content-type": "application/json"})
+    streamed = http.post("/api/messages", content=iter([huge[:1000], huge[1000:]]),  # no Content-Length
+                         headers={"content-type": "application/json"})
+    for response in (sized, streamed):
+        assert response.status_code == 413 and response.headers["content-type"] == "application/json"
+        assert "1,000,000 bytes" in response.json()["detail"]
 
 
 @pytest.mark.asyncio
