@@ -308,7 +308,7 @@ async def lock_for_transaction(session: Transaction, name: str) -> None:
     if isinstance(session, InlineSession):
         return
     key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-    await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    await session.exec(text("SELECT pg_advisory_xact_lock(:key)"), params={"key": key})  # type: ignore[call-overload]
 
 
 _COMMITTED = "baton_when_committed"
