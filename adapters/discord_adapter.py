@@ -19,8 +19,9 @@ Inbound
 * Event ids are the message or interaction ids (snowflakes are unique across Discord).
 
 Outbound, ``send`` renders core messages with ``adapters.discord_render`` over REST (no gateway
-cache needed). discord.py waits out 429s itself (up to ``RATE_LIMIT_WAIT_SECONDS``; a longer wait
-becomes ``RetryLater``) and retries 5xx; 403/404/400 are final (``DeliveryRejected``).
+cache needed). discord.py waits out 429s itself (up to ``RATE_LIMIT_WAIT_SECONDS``; a longer wait,
+a fifth 429 in a row, after which discord.py gives up, and Cloudflare's 429, which it does not wait
+out, become ``RetryLater``) and retries 5xx; 403/404/400 are final (``DeliveryRejected``).
 
 A refusal of a click is shown only to the person who clicked: it goes through that click's
 interaction follow-up webhook, which Discord accepts for 15 minutes. Interactions are kept in this
@@ -71,6 +72,7 @@ from bot.settings import Settings
 log = logging.getLogger("baton.discord")
 PLATFORM = "discord"
 RATE_LIMIT_WAIT_SECONDS = 30.0  # discord.py waits out a 429 up to this (its minimum); longer -> RetryLater
+RATE_LIMIT_UNSAID_SECONDS = 5.0  # a 429 discord.py gave up on that says nothing about how long to wait
 RECONNECT_FIRST_PAUSE, RECONNECT_LONGEST_PAUSE = 1.0, 60.0  # after an error discord.py does not handle
 CONNECT_TIMEOUT_SECONDS = 30.0
 TOKEN_LOGGERS = ("discord.http", "discord.webhook.async_", "discord.gateway")  # INFO or above, whatever the level
@@ -80,6 +82,7 @@ THREAD_NAME_CHARS = 100
 ECHO_CHARS = 1800  # "@you asked: `/baton ...`" stays one message
 THREAD_ARCHIVE_MINUTES = 10080  # the longest: a card may wait days for its approver
 THREAD_ALREADY_CREATED = 160004  # Discord's error code: this message already has a thread
+UNKNOWN_MESSAGE = 10008  # Discord's error code: no such message (any more)
 PERSON_MESSAGE_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 
 
@@ -369,6 +372,10 @@ class DiscordAdapter(Adapter):
         except discord.HTTPException as exc:
             if exc.code == THREAD_ALREADY_CREATED:  # a redelivered message: its thread has its id
                 return str(message.id)
+            if exc.code == UNKNOWN_MESSAGE:  # deleted before Baton got to it (a replay, say): no request any more
+                log.info("Discord: message %s in %s was deleted before a thread could be opened on it; ignored",
+                         message.id, message.channel.id)
+                return None
             log.warning("Discord: cannot open a thread on message %s in %s: %s", message.id, message.channel.id, exc)
             try:
                 await message.channel.send(
@@ -528,11 +535,23 @@ def _step(call: Callable[[], Awaitable[Any]]) -> Step:
             raise RetryLater(exc.retry_after, "Discord rate limit, longer than discord.py waits") from exc
         except discord.DiscordServerError:
             raise  # 5xx after discord.py's own retries: the outbox retries with backoff
-        except discord.HTTPException as exc:  # 400 (invalid form), 403 (no permission), 404 (unknown channel)
+        except discord.HTTPException as exc:
+            if exc.status == 429:  # discord.py gave up: five 429s in a row, or Cloudflare's (no Via header)
+                raise RetryLater(_retry_after(exc), f"Discord: 429 {exc.text}") from exc
+            # 400 (invalid form), 403 (no permission), 404 (unknown channel)
             raise DeliveryRejected(f"Discord: {exc.status} {exc.text}") from exc
         return str(sent.id) if sent is not None else None
 
     return step
+
+
+def _retry_after(exc: discord.HTTPException) -> float:
+    """The seconds a 429 asks for (its Retry-After header), at least one; a few when it names none."""
+    headers = getattr(exc.response, "headers", None) or {}
+    try:
+        return max(float(headers.get("Retry-After", RATE_LIMIT_UNSAID_SECONDS)), 1.0)
+    except ValueError:
+        return RATE_LIMIT_UNSAID_SECONDS
 
 
 def _view(outgoing: Outgoing) -> discord.ui.View | None:

@@ -219,10 +219,14 @@ class FakeDiscord(BackgroundServer):
 
     # -- what the test asks ----------------------------------------------------------------------
 
-    def fail(self, route: str, status: int = 429, *, times: int = 1, retry_after: float = 1.0) -> None:
-        """Answer the next ``times`` calls of ``route`` ("POST /channels/{channel_id}/messages") with ``status``."""
+    def fail(self, route: str, status: int = 429, *, times: int = 1, retry_after: float = 1.0,
+             cloudflare: bool = False) -> None:
+        """Answer the next ``times`` calls of ``route`` ("POST /channels/{channel_id}/messages") with ``status``.
+
+        ``cloudflare``: a 429 from Cloudflare in front of Discord (a ban of the address), without
+        the ``Via`` header of Discord's own 429s."""
         with self._lock:
-            self._failures.add(route, Failure(status, times, retry_after))
+            self._failures.add(route, Failure(status, times, retry_after, "cloudflare" if cloudflare else "internal_error"))
 
     def calls(self, route: str | None = None) -> list[Call]:
         with self._lock:
@@ -649,6 +653,10 @@ def _error(status: int, code: int, message: str) -> web.Response:
 
 
 def _rate_limited(failure: Failure) -> web.Response:
+    if failure.error == "cloudflare":
+        return _json({"message": "You are being blocked from accessing our API temporarily due to exceeding our "
+                                 "rate limits frequently.", "code": 0},
+                     status=429, headers={"Retry-After": f"{failure.retry_after:g}"})
     return _json(
         {"message": "You are being rate limited.", "retry_after": failure.retry_after, "global": False, "code": 0},
         status=429, headers={"Retry-After": f"{failure.retry_after:g}", "Via": "1.1 google",

@@ -208,6 +208,24 @@ def test_a_message_in_a_channel_baton_cannot_read_is_ignored_without_a_traceback
     assert runs_in(counter) == ["uptime", "uptime"] and "Traceback" not in chat.baton.log.read_text()
 
 
+def test_a_mention_deleted_before_baton_got_to_it_is_ignored_without_a_word_in_the_channel(chat, counter):
+    """A mention replayed after its author deleted it (a RESUME after an outage replays MESSAGE_CREATE
+    before MESSAGE_DELETE): opening its thread is a 404. Baton told the whole channel it lacked the
+    thread permissions ("I can't open a thread here (Unknown Message). I need ...")."""
+    fake = chat.fake
+    asked = fake.say("run uptime", channel=OPS)
+    chat.reply("did uptime", asked["id"])
+    deleted = asked | {"id": snowflake()}  # Discord no longer has it
+    fake.dispatch("MESSAGE_CREATE", deleted)
+    wait_for(lambda: "was deleted before a thread could be opened" in chat.baton.log.read_text()
+             or fake.messages(OPS), what="the deleted mention to be handled")
+    assert [m.content for m in fake.messages(OPS)] == []
+    later = fake.say("run uptime", channel=GENERAL)
+    chat.reply("did uptime", later["id"])
+    assert fake.messages(OPS) == [] and runs_in(counter) == ["uptime", "uptime"]
+    assert chat.stored_events() == [asked["id"], later["id"]]
+
+
 def test_summarize_reads_the_thread_from_discord(chat, counter):
     fake = chat.fake
     thread = fake.say("run uptime", channel=OPS)["id"]
@@ -324,6 +342,20 @@ def test_a_rate_limited_post_is_waited_out_by_discord_py_and_posted_once(chat, c
     wait_for(lambda: chat.rows("SELECT status, attempts FROM outbox") == [("sent", 1)],  # discord.py waited,
              what="the outbox row to be sent at its first attempt")                  # not the outbox
     assert "We are being rate limited" in chat.baton.log.read_text()
+
+
+def test_a_rate_limit_discord_py_gives_up_on_goes_back_to_the_outbox_not_lost(chat, counter):
+    """discord.py gives up after five 429s in a row, and does not wait out Cloudflare's 429 (no Via
+    header) at all: both raised an HTTPException, which made the reply a final failure, never posted."""
+    fake = chat.fake
+    fake.fail(MESSAGES, 429, times=5, retry_after=0.2)
+    fake.fail(MESSAGES, 429, retry_after=1, cloudflare=True)
+    thread = fake.say("run uptime")["id"]
+    chat.reply("did uptime", thread)
+    assert [call.status for call in fake.calls(MESSAGES)] == [429] * 6 + [200]
+    assert len(fake.messages(thread)) == 1
+    wait_for(lambda: chat.rows("SELECT status, attempts FROM outbox") == [("sent", 3)],
+             what="the outbox row to be sent at its third attempt")
 
 
 def test_long_output_is_previewed_and_attached_in_full(chat, counter):
