@@ -9,6 +9,7 @@ import sqlite3
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
@@ -19,11 +20,11 @@ from sqlmodel import func, select
 
 from bot.approvals import who_may_approve
 from bot.config import ConfigError, load_config
-from bot.registry import GraphRegistry
+from bot.registry import GraphError, GraphRegistry
 from bot.settings import Settings
 from storage.checkpointer import check_sqlite_checkpoints, sqlite_checkpoint_path
-from storage.db import Database, check_url
-from storage.migrate import autogenerate, upgrade
+from storage.db import Database, check_url, is_sqlite, sqlite_path, sync_url
+from storage.migrate import alembic_config, autogenerate, upgrade
 from storage.models import Approval, InboundEvent, ThreadRecord
 
 app = typer.Typer(help="Baton: chat-ops orchestrator.", no_args_is_help=True, add_completion=False)
@@ -55,6 +56,13 @@ def _settings_and_config() -> tuple[Settings, Any]:
         _fail(f"Baton cannot start: {settings.config_path} is not valid:\n{exc}")
 
 
+def _graphs() -> GraphRegistry:
+    try:
+        return GraphRegistry.discover()
+    except GraphError as exc:
+        _fail(f"Baton cannot load its graphs: {exc}")
+
+
 @contextmanager
 def _database(url: str) -> Iterator[None]:
     """A database that cannot be reached or opened is one line naming it (without its password)."""
@@ -73,6 +81,7 @@ def run() -> None:
     from bot.server import EVENT_LOOP, create_app
 
     settings, config = _settings_and_config()
+    _graphs()  # a graph module that cannot be used stops Baton before it makes or migrates a database
     listening = _listening_socket(settings.host, settings.port)
     settings = settings.model_copy(update={"port": listening.getsockname()[1]})  # BATON_PORT=0: the port it got
     _ready(settings)  # the migrations, before the server: a database that cannot be used is one clear line
@@ -131,7 +140,7 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 def graphs() -> None:
     """List the graphs Baton found in graphs/ and the runbooks of baton.yaml."""
     _, config = _settings_and_config()
-    for spec in GraphRegistry.discover():
+    for spec in _graphs():
         typer.echo(f"{spec.name:<12} {spec.description}  (e.g. `{spec.example}`)")
     for name, runbook in config.runbooks.items():
         typer.echo(f"run {name:<8} {runbook.description}  [risk {runbook.risk}]")
@@ -176,7 +185,7 @@ def threads(limit: int = typer.Option(20, min=1, max=10_000, help="How many, new
         _table(["updated (UTC)", "thread", "status", "graph", "request"], table)
 
     settings = _settings()
-    _ready(settings)
+    _existing(settings)
     with _database(settings.database_url):
         asyncio.run(show())
 
@@ -205,7 +214,7 @@ def approvals(all_: bool = typer.Option(False, "--all", help="Include decided ap
                  row.summary.splitlines()[0][:80]] for row in rows])
 
     settings = _settings()
-    _ready(settings)
+    _existing(settings)
     with _database(settings.database_url):
         asyncio.run(show())
 
@@ -237,6 +246,34 @@ def db_revision(message: str = typer.Argument(..., help="What the migration chan
     _ready(settings)
     with _database(settings.database_url):
         autogenerate(settings.database_url, message)
+
+
+def _existing(settings: Settings) -> None:
+    """For the commands that only read: a Baton database must be there already. They made one: a SQLite
+    file where there was none (``baton threads`` in the wrong directory said "No threads yet."), or
+    Baton's tables in whatever PostgreSQL database the URL named (``postgres`` itself)."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import create_engine
+
+    url = settings.database_url
+    shown = check_url(url)
+    if is_sqlite(url) and not Path(sqlite_path(url)).exists():
+        _fail(f"Baton cannot use the database {shown}: there is no such file (`baton run` or "
+              "`baton db upgrade` makes it; BATON_DATABASE_URL names another)")
+    engine = create_engine(sync_url(url))
+    try:
+        with _database(url), engine.connect() as connection:
+            revision = MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+    if revision is None:
+        _fail(f"Baton cannot use the database {shown}: it holds no Baton tables (`baton run` or "
+              "`baton db upgrade` makes them)")
+    script = ScriptDirectory.from_config(alembic_config())
+    if revision != script.get_current_head() and revision in {rev.revision for rev in script.walk_revisions()}:
+        _fail(f"Baton cannot use the database {shown}: its tables are of an older Baton (revision {revision}); "
+              "`baton db upgrade` brings them up to date")
 
 
 def _ready(settings: Settings) -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -188,12 +190,31 @@ async def history(scope: Literal["thread", "channel"] = "thread", limit: int = 5
     return await current().history(scope, limit)
 
 
-async def effect(name: str, fn: Callable[[], Awaitable[T]]) -> T:
+async def effect(name: str, fn: Callable[[], Awaitable[T] | T]) -> T:
     """Run a side effect at most once for this node execution, even if the node re-runs.
 
     The key is (thread, LangGraph task id, ``name``): the task id is the same when a node is
     replayed after a resume or a crash, so the second time returns the recorded result.
+
+    ``fn`` may be async, or a plain function (run in a worker thread, so that a slow one does not
+    hold the event loop, and with it every other run and this replica's leases). Its result is kept
+    in the ledger as JSON, so it must be JSON (text, numbers, booleans, ``None``, lists, dicts).
     """
     configurable = get_config()["configurable"]
     key = f"{configurable['thread_id']}|{configurable.get('checkpoint_ns', '')}|{name}"
-    return await current().run_effect_once(key, name, fn)
+
+    async def once() -> T:
+        if inspect.iscoroutinefunction(fn):
+            result = await fn()
+        else:
+            result = await asyncio.to_thread(fn)
+            if inspect.isawaitable(result):  # a lambda around an async function
+                result = await result
+        try:
+            json.dumps(result, allow_nan=False)  # PostgreSQL's JSON takes no NaN
+        except (TypeError, ValueError) as exc:  # the ledger's write failed later, and the thread with it
+            raise TypeError(f"side effect '{name}' ran, but its result cannot be recorded ({exc}): "
+                            "return JSON (text, numbers, booleans, None, lists, dicts)") from None
+        return result  # type: ignore[return-value]
+
+    return await current().run_effect_once(key, name, once)

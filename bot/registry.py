@@ -11,8 +11,10 @@ compiles or copies it with its own checkpointer.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 import re
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -29,6 +31,10 @@ InputMaker = Callable[[Request, str], dict[str, Any]]
 
 def _text_input(_request: Request, args: str) -> dict[str, Any]:
     return {"text": args}
+
+
+class GraphError(ValueError):
+    """A module in ``graphs/`` that cannot be offered as a graph; the message names its file and line."""
 
 
 @dataclass
@@ -61,7 +67,7 @@ class GraphRegistry:
         for info in pkgutil.iter_modules(root.__path__):
             if info.name.startswith("_"):
                 continue
-            module = importlib.import_module(f"{package}.{info.name}")
+            module = _import(f"{package}.{info.name}")
             if hasattr(module, "graph"):
                 specs.append(_spec_from_module(info.name, module))
         return cls(specs)
@@ -80,13 +86,47 @@ class GraphRegistry:
         return sorted(self._specs)
 
 
+def _import(name: str) -> ModuleType:
+    """Import a graph module; one that fails is a ``GraphError`` naming the line where it failed in that
+    module (a traceback through Baton's start-up named neither the module nor the way to the fix)."""
+    try:
+        return importlib.import_module(name)
+    except Exception as exc:
+        origin = getattr(importlib.util.find_spec(name), "origin", None) or name
+        where = origin
+        if isinstance(exc, SyntaxError) and exc.filename == origin:
+            where = f"{origin}, line {exc.lineno}"
+        else:
+            lines = [frame.lineno for frame in traceback.extract_tb(exc.__traceback__) if frame.filename == origin]
+            where = f"{origin}, line {lines[-1]}" if lines else origin
+        raise GraphError(f"the graph module {name} cannot be imported ({where}): "
+                         f"{type(exc).__name__}: {exc}") from exc
+
+
 def _spec_from_module(name: str, module: ModuleType) -> GraphSpec:
+    """The module's graph and settings, checked now: a wrong one failed only when someone asked for it."""
+    where = f"the graph module {module.__name__} ({module.__file__})"
+    if not isinstance(module.graph, (StateGraph, Pregel)):
+        raise GraphError(f"{where}: `graph` must be a StateGraph builder or a compiled graph, "
+                         f"not {type(module.graph).__name__}")
+    if name != name.lower():
+        raise GraphError(f"{where}: chat asks for graphs in lower case (`@baton {name}` looks for "
+                         f"`{name.lower()}`): name the module {name.lower()}.py")
+    patterns = getattr(module, "PATTERNS", [])
+    if isinstance(patterns, str):
+        raise GraphError(f"{where}: PATTERNS must be a list of regular expressions, not one string")
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern, re.IGNORECASE))
+        except (re.error, TypeError) as exc:
+            raise GraphError(f"{where}: PATTERNS: {pattern!r} is not a regular expression: {exc}") from None
     return GraphSpec(
         name=name,
         graph=module.graph,
         description=getattr(module, "DESCRIPTION", _first_line(module.__doc__)),
         example=getattr(module, "EXAMPLE", name),
-        patterns=[re.compile(p, re.IGNORECASE) for p in getattr(module, "PATTERNS", [])],
+        patterns=compiled,
         dedupe=getattr(module, "DEDUPE", True),
         asks_approval=getattr(module, "ASKS_APPROVAL", False),
         make_input=getattr(module, "make_input", _text_input),

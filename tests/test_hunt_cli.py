@@ -1,0 +1,75 @@
+"""The command line as the README shows it, on odd ground: no database, an empty one, a broken graph."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PG_SKIP_REASON
+from tests.support import create_postgres_database, run_cli
+
+
+def baton_cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return run_cli(*args, cwd=cwd, env={**os.environ, **env})
+
+
+@pytest.mark.parametrize("command", [["threads"], ["approvals"], ["approvals", "--all"]])
+def test_reading_commands_make_no_database_where_there_is_none(tmp_path, config_path, command) -> None:
+    """`baton threads` in the wrong directory made baton.db and baton.checkpoints.db there and said
+    "No threads yet."."""
+    result = baton_cli(*command, cwd=tmp_path, env={"BATON_CONFIG": str(config_path), "BATON_DATABASE_URL": "sqlite:///baton.db"})
+    assert result.returncode == 2, result.stdout
+    assert "Baton cannot use the database sqlite:///baton.db: there is no such file" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("*.db"))
+
+
+def test_reading_commands_name_a_database_of_an_older_baton(tmp_path, config_path) -> None:
+    env = {"BATON_CONFIG": str(config_path), "BATON_DATABASE_URL": f"sqlite:///{tmp_path / 'old.db'}"}
+    assert baton_cli("db", "upgrade", "0003", cwd=tmp_path, env=env).returncode == 0
+    result = baton_cli("threads", cwd=tmp_path, env=env)
+    assert result.returncode == 2 and "of an older Baton (revision 0003); `baton db upgrade`" in result.stderr
+    assert baton_cli("db", "upgrade", cwd=tmp_path, env=env).returncode == 0
+    assert "No threads yet." in baton_cli("threads", cwd=tmp_path, env=env).stdout
+
+
+@pytest.mark.postgres
+def test_reading_commands_leave_a_database_without_baton_tables_alone(tmp_path, config_path) -> None:
+    """`baton threads` pointed at the wrong PostgreSQL database (``postgres`` itself) made Baton's tables there."""
+    if PG_SKIP_REASON:
+        pytest.skip(PG_SKIP_REASON)
+    import psycopg
+
+    url, drop = create_postgres_database()
+    try:
+        for command in (["threads"], ["approvals"]):
+            result = baton_cli(*command, cwd=tmp_path, env={"BATON_CONFIG": str(config_path), "BATON_DATABASE_URL": url})
+            assert result.returncode == 2 and "it holds no Baton tables" in result.stderr, result.stderr
+        with psycopg.connect(url) as connection:
+            tables = connection.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()
+        assert tables == (0,)
+    finally:
+        drop()
+
+
+def test_a_graph_module_that_fails_to_import_is_one_line_and_nothing_starts(tmp_path, config_path) -> None:
+    """A graph module with a broken import was a 50-line traceback, after `baton run` had made its database."""
+    graphs = tmp_path / "graphs"  # `python -m bot.cli` in this directory finds this package first
+    graphs.mkdir()
+    (graphs / "__init__.py").write_text("")
+    (graphs / "deploy.py").write_text("import os\nimport no_such_library_hunt\n")
+    env = {**os.environ, "BATON_CONFIG": str(config_path), "BATON_PORT": "0",
+           "BATON_DATABASE_URL": f"sqlite:///{tmp_path / 'b.db'}"}
+    env.pop("PYTHONPATH", None)
+    for command in ("graphs", "run"):
+        result = subprocess.run([sys.executable, "-m", "bot.cli", command], cwd=tmp_path, env=env, capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip() == (
+            f"Baton cannot load its graphs: the graph module graphs.deploy cannot be imported ({graphs / 'deploy.py'}, "
+            "line 2): ModuleNotFoundError: No module named 'no_such_library_hunt'")
+    assert not list(tmp_path.glob("*.db"))
