@@ -459,7 +459,7 @@ class DiscordAdapter(Adapter):
             steps = await self._private_steps(delivery)
         elif delivery.kind == "update" and delivery.target_message_id:
             message = channel.get_partial_message(int(delivery.target_message_id))
-            first, *rest = _render(delivery.message, location.workspace)
+            first, *rest = _render(delivery.message, location.workspace, one_message=True)  # rest: files only
             steps = [_step(lambda: message.edit(content=first.content, embed=first.embed, view=_view(first),
                                                 attachments=_files(first)))]
             steps += [_post(channel.send, outgoing) for outgoing in rest]
@@ -503,9 +503,9 @@ def _as_history(message: discord.Message, me: int | None) -> dict[str, Any]:
     return {"user": str(message.author.id), "is_bot": is_bot, "text": text.strip()}
 
 
-def _render(message: Message, guild: str) -> list[Outgoing]:
+def _render(message: Message, guild: str, *, one_message: bool = False) -> list[Outgoing]:
     try:
-        return render(message, guild)
+        return render(message, guild, one_message=one_message)
     except ValueError as exc:
         raise DeliveryRejected(f"cannot show this message on Discord: {exc}") from exc
 

@@ -88,8 +88,12 @@ def with_mentions(text: str) -> str:
                    for index, piece in enumerate(pieces))
 
 
-def render(message: Message, guild: str) -> list[Outgoing]:
-    """The Discord messages for one core message, in order. ``guild`` is the location's workspace."""
+def render(message: Message, guild: str, *, one_message: bool = False) -> list[Outgoing]:
+    """The Discord messages for one core message, in order. ``guild`` is the location's workspace.
+
+    ``one_message``: the text stays in one Discord message, as an edit must (an edit replaces one
+    message; the rest of a longer text would be posted anew at every edit): when it does not fit,
+    the message shows the beginning and says so, and the whole text is attached."""
     blocks: list[str] = []
     files: list[Attachment] = []
     buttons: Buttons | None = None
@@ -114,7 +118,7 @@ def render(message: Message, guild: str) -> list[Outgoing]:
             raise ValueError(f"the Discord adapter cannot show a '{part.kind}' part")
     if message.title or buttons is not None:
         return _embed_message(message, blocks, files, buttons)
-    return _content_messages(message, blocks, files)
+    return _content_messages(message, blocks, files, one_message)
 
 
 def _pieces(markdown: str) -> list[str]:
@@ -164,25 +168,35 @@ def _embed_message(message: Message, blocks: list[str], files: list[Attachment],
         blocks, title = [f"**{title}**", *blocks], None
     description = "\n".join(blocks)
     if len(description) > EMBED_DESCRIPTION_CHARS:
-        filename = _unique("message.txt", files)
-        notice = _note(f"This message is longer than Discord shows in one card: all of it is attached as `{filename}`.")
-        shown: list[str] = []
-        room = EMBED_DESCRIPTION_CHARS - len(notice) - 1
-        for block in blocks:
-            if len(block) + 1 > room:
-                break
-            shown.append(block)
-            room -= len(block) + 1
-        description = "\n".join([*shown, notice])
-        files = [*files, Attachment(filename, message.plain_text().encode("utf-8"))]
+        description, files = _beginning(message, blocks, files, "card", EMBED_DESCRIPTION_CHARS)
     embed = discord.Embed(title=title, description=description or None, colour=TONE_COLOUR.get(message.tone))
     first, *rest = _file_groups(files)
     return [Outgoing(embed=embed, files=first, approval=buttons), *(Outgoing(files=group) for group in rest)]
 
 
-def _content_messages(message: Message, blocks: list[str], files: list[Attachment]) -> list[Outgoing]:
+def _beginning(message: Message, blocks: list[str], files: list[Attachment], shape: str,
+               limit: int) -> tuple[str, list[Attachment]]:
+    """The blocks that fit in ``limit`` and a line saying so; the files with the whole text added."""
+    filename = _unique("message.txt", files)
+    notice = _note(f"This message is longer than Discord shows in one {shape}: all of it is attached as `{filename}`.")
+    shown: list[str] = []
+    room = limit - len(notice) - 1
+    for block in blocks:
+        if len(block) + 1 > room:
+            break
+        shown.append(block)
+        room -= len(block) + 1
+    return "\n".join([*shown, notice]), [*files, Attachment(filename, message.plain_text().encode("utf-8"))]
+
+
+def _content_messages(message: Message, blocks: list[str], files: list[Attachment],
+                      one_message: bool) -> list[Outgoing]:
     emoji = TONE_EMOJI.get(message.tone)
     prefix = f"{emoji} " if emoji else ""
+    if one_message and len(prefix) + len("\n".join(blocks)) > CONTENT_CHARS:
+        content, files = _beginning(message, blocks, files, "message", CONTENT_CHARS - len(prefix))
+        first, *rest = _file_groups(files)
+        return [Outgoing(content=prefix + content, files=first), *(Outgoing(files=group) for group in rest)]
     contents: list[str] = []
     for block in blocks:
         if contents and len(prefix) + len(contents[-1]) + 1 + len(block) <= CONTENT_CHARS:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import discord
@@ -16,8 +17,10 @@ import pytest
 
 from adapters import discord_render
 from adapters.contract import DeliveryRejected, RetryLater, split_text
-from adapters.discord_adapter import _step, card_view
-from bot.messages import ButtonOption, Buttons, Code, Message, Note, Text, ThreadLink
+from adapters.discord_adapter import DiscordAdapter, _step, card_view
+from bot.messages import ButtonOption, Buttons, Code, Location, Message, Note, Text, ThreadLink
+from bot.outbox import Delivery
+from bot.settings import Settings
 from tests.fake_discord import (
     ALICE,
     BOB,
@@ -29,6 +32,7 @@ from tests.fake_discord import (
     MESSAGE_CONTENT_INTENT,
     OPS,
     OTHER_BOT,
+    TOKEN,
     FakeDiscord,
     FakeMessage,
     buttons,
@@ -365,6 +369,30 @@ def test_long_output_is_previewed_and_attached_in_full(chat, counter):
     assert reply.files["output.txt"].decode() == expected
     assert f"of {LONG_LINES:,} lines" in reply.content and len(reply.content) <= 2000
     assert all(len(m.content) <= 2000 for m in chat.fake.messages(thread))
+
+
+async def test_an_edited_message_stays_one_message_however_long_it_grows(fake_discord, monkeypatch):
+    """A run's progress message is edited at every step. Once its text took more than one Discord
+    message, each edit changed the first and posted the rest again as new messages (three edits
+    left five stray copies in the thread). An edit stays one message: the beginning, and the whole
+    text attached. (In process: no graph of ``graphs/`` writes that much progress.)"""
+    fake = fake_discord
+    monkeypatch.setattr(discord.http.Route, "BASE", discord.http.Route.BASE)  # the adapter sets it process-wide
+    settings = Settings(DISCORD_TOKEN=TOKEN, DISCORD_API_URL=fake.api_url, BATON_ADAPTERS="discord")  # type: ignore[call-arg]
+    adapter = DiscordAdapter(SimpleNamespace(settings=settings))  # type: ignore[arg-type]
+    await adapter.client.login(TOKEN)
+    try:
+        thread = Location(platform="discord", workspace=GUILD_ID, channel=GENERAL, thread=GENERAL)
+        posted = await adapter.send(Delivery(1, "post", thread, Message.text("step 0", tone="progress"), None, None, 1))
+        for steps in (16, 24, 32):
+            lines = "\n".join(f"step {n}: " + "x" * 150 for n in range(steps))
+            await adapter.send(Delivery(steps, "update", thread, Message.text(lines, tone="progress"), None, posted, 1))
+        (message,) = fake.messages(GENERAL)
+        assert message.id == posted and message.edits == 3 and len(message.content) <= 2000
+        assert message.content.startswith("⏳ step 0: ") and message.content.endswith("attached as `message.txt`.")
+        assert message.files["message.txt"].decode() == lines
+    finally:
+        await adapter.client.close()
 
 
 def test_without_the_message_content_intent_follow_ups_need_a_mention(
