@@ -109,6 +109,11 @@ def _spec_from_module(name: str, module: ModuleType) -> GraphSpec:
     if not isinstance(module.graph, (StateGraph, Pregel)):
         raise GraphError(f"{where}: `graph` must be a StateGraph builder or a compiled graph, "
                          f"not {type(module.graph).__name__}")
+    if isinstance(module.graph, Pregel) and (module.graph.interrupt_before_nodes or module.graph.interrupt_after_nodes):
+        # A static breakpoint ends the stream like the end of the graph: the run was reported done, and
+        # the nodes after the breakpoint never ran.
+        raise GraphError(f"{where}: compiled with interrupt_before/interrupt_after, which Baton cannot resume; "
+                         "call interrupt() (or bot.kit.approve()) in the node instead")
     if name != name.lower():
         raise GraphError(f"{where}: chat asks for graphs in lower case (`@baton {name}` looks for "
                          f"`{name.lower()}`): name the module {name.lower()}.py")

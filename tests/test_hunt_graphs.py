@@ -173,3 +173,11 @@ async def test_an_effect_whose_result_is_not_json_fails_the_run_with_the_reason(
         assert ran == [1]
         ledger = await _ledger(baton)
         assert [(name, status) for name, status, _ in ledger] == [("stamp", "failed")]
+
+
+def test_a_compiled_graph_with_a_static_breakpoint_is_refused(package) -> None:
+    """``compile(interrupt_before=["act"])``: the run stopped at the breakpoint and Baton answered "Done."
+    without running ``act``, and the thread was marked done."""
+    name = package({"staged": GOOD_GRAPH + "graph = graph.compile(interrupt_before=['x'])\n"})
+    with pytest.raises(GraphError, match="interrupt_before/interrupt_after, which Baton cannot resume"):
+        GraphRegistry.discover(name)
