@@ -346,7 +346,8 @@ class DiscordAdapter(Adapter):
                             message.id, channel.id, exc.status)
                 return
         direct = isinstance(channel, discord.DMChannel)
-        addressed = direct or me.id in message.raw_mentions
+        # A reply pinging Baton mentions it (Discord sends its text without the intent) with no <@id> in it.
+        addressed = direct or me.id in message.raw_mentions or any(user.id == me.id for user in message.mentions)
         text = re.sub(rf"<@!?{me.id}>[:,]?", "", message.content).strip()
         if not addressed and (not self.reads_content or not text):
             return  # without the intent Discord sends no text; an empty message (a picture) is no request

@@ -273,8 +273,11 @@ class FakeDiscord(BackgroundServer):
         asyncio.run_coroutine_threadsafe(push(), self._loop).result(10)
 
     def say(self, text: str, *, user: str = ALICE, channel: str = GENERAL, mention: bool = True,
-            message_id: str | None = None) -> dict[str, Any]:
-        """A person writes in a channel or thread (by default ``@baton <text>``); returns MESSAGE_CREATE's data."""
+            message_id: str | None = None, reply_to: FakeMessage | None = None) -> dict[str, Any]:
+        """A person writes in a channel or thread (by default ``@baton <text>``); returns MESSAGE_CREATE's data.
+
+        ``reply_to``: Discord's reply to that message, pinging its author (the default in Discord's
+        client): its author is in ``mentions`` although the text does not name them."""
         content = f"<@{BOT_ID}> {text}" if mention else text
         message = FakeMessage(id=message_id or snowflake(), channel_id=channel, author_id=user, content=content)
         with self._lock:
@@ -282,9 +285,13 @@ class FakeDiscord(BackgroundServer):
             direct = self.channels.get(channel, {}).get("type") == 1
             reads_content = bool(self.identifies and self.identifies[-1].get("intents", 0) & MESSAGE_CONTENT_INTENT)
         payload = message.json()
-        if not (mention or direct or reads_content):
+        pinged = mention or (reply_to is not None and reply_to.author_id == BOT_ID)
+        if not (pinged or direct or reads_content):
             payload["content"] = ""  # what Discord sends a bot without the message content intent
-        payload["mentions"] = [{**user_json(BOT_ID), "member": member_json(BOT_ID)}] if mention else []
+        payload["mentions"] = [{**user_json(BOT_ID), "member": member_json(BOT_ID)}] if pinged else []
+        if reply_to is not None:
+            payload |= {"type": 19, "referenced_message": reply_to.json(),
+                        "message_reference": {"message_id": reply_to.id, "channel_id": reply_to.channel_id}}
         if direct:
             del payload["guild_id"]
         else:

@@ -406,6 +406,12 @@ def test_without_the_message_content_intent_follow_ups_need_a_mention(
     mentioned = fake.say("help", channel=thread)
     chat.reply("Here is what I can do", thread)
     assert chat.stored_events() == [thread, mentioned["id"]]
+    # A reply to Baton's message pings it: Discord sends the text, with Baton in mentions but not in
+    # the text. It was dropped as a follow-up without a mention.
+    replied = fake.say("help", channel=thread, mention=False, reply_to=fake.find("did uptime", thread))
+    wait_for(lambda: [m for m in fake.messages(thread) if "Here is what I can do" in shown_text(m)][1:],
+             what="the answer to the reply")
+    assert chat.stored_events() == [thread, mentioned["id"], replied["id"]]
     assert "no Message Content Intent" in chat.baton.log.read_text()
 
 
