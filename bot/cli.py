@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
+from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
@@ -236,7 +237,17 @@ def db_upgrade(revision: str = typer.Argument("head", help="A revision id to upg
             upgrade(settings.database_url, revision)
     except CommandError as exc:  # an unknown revision, or a relative one ("+1") Baton does not take
         _fail(f"Baton cannot upgrade to '{revision[:40]}': {exc}")
-    typer.echo("Database is up to date." if revision == "head" else f"Database migrated to '{revision}'.")
+    with _database(settings.database_url):
+        current = _revision(settings.database_url)
+    if current == _head_revision():
+        typer.echo("Database is up to date." if revision in ("head", "heads", current)
+                   else f"Database is up to date (revision {current}); '{revision[:40]}' is not ahead of it, "
+                        "so nothing changed (Baton does not downgrade).")
+    elif current == revision:
+        typer.echo(f"Database is at revision {current}.")
+    else:  # "base", or an older revision than the database's: upgrade does nothing, and said "migrated"
+        typer.echo(f"Database is at revision {current}; '{revision[:40]}' is not ahead of it, so nothing changed "
+                   "(Baton does not downgrade).")
 
 
 @db_app.command("revision")
@@ -252,28 +263,37 @@ def _existing(settings: Settings) -> None:
     """For the commands that only read: a Baton database must be there already. They made one: a SQLite
     file where there was none (``baton threads`` in the wrong directory said "No threads yet."), or
     Baton's tables in whatever PostgreSQL database the URL named (``postgres`` itself)."""
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
-    from sqlalchemy import create_engine
-
     url = settings.database_url
     shown = check_url(url)
     if is_sqlite(url) and not Path(sqlite_path(url)).exists():
         _fail(f"Baton cannot use the database {shown}: there is no such file (`baton run` or "
               "`baton db upgrade` makes it; BATON_DATABASE_URL names another)")
-    engine = create_engine(sync_url(url))
-    try:
-        with _database(url), engine.connect() as connection:
-            revision = MigrationContext.configure(connection).get_current_revision()
-    finally:
-        engine.dispose()
+    with _database(url):
+        revision = _revision(url)
     if revision is None:
         _fail(f"Baton cannot use the database {shown}: it holds no Baton tables (`baton run` or "
               "`baton db upgrade` makes them)")
-    script = ScriptDirectory.from_config(alembic_config())
-    if revision != script.get_current_head() and revision in {rev.revision for rev in script.walk_revisions()}:
+    known = {script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+    if revision != _head_revision() and revision in known:  # a newer Baton's database is read as it is
         _fail(f"Baton cannot use the database {shown}: its tables are of an older Baton (revision {revision}); "
               "`baton db upgrade` brings them up to date")
+
+
+def _revision(url: str) -> str | None:
+    """The migration the database is at (``None``: no Baton tables)."""
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import create_engine
+
+    engine = create_engine(sync_url(url))
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+def _head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 def _ready(settings: Settings) -> None:

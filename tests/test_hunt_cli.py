@@ -73,3 +73,14 @@ def test_a_graph_module_that_fails_to_import_is_one_line_and_nothing_starts(tmp_
             f"Baton cannot load its graphs: the graph module graphs.deploy cannot be imported ({graphs / 'deploy.py'}, "
             "line 2): ModuleNotFoundError: No module named 'no_such_library_hunt'")
     assert not list(tmp_path.glob("*.db"))
+
+
+def test_db_upgrade_says_what_the_database_is_at(tmp_path, config_path) -> None:
+    """`baton db upgrade base` (or an older revision) changes nothing, and said "Database migrated to 'base'."."""
+    env = {"BATON_CONFIG": str(config_path), "BATON_DATABASE_URL": f"sqlite:///{tmp_path / 'up.db'}"}
+    assert baton_cli("db", "upgrade", "0002", cwd=tmp_path, env=env).stdout.strip() == "Database is at revision 0002."
+    assert baton_cli("db", "upgrade", "0001", cwd=tmp_path, env=env).stdout.strip() == (
+        "Database is at revision 0002; '0001' is not ahead of it, so nothing changed (Baton does not downgrade).")
+    assert baton_cli("db", "upgrade", cwd=tmp_path, env=env).stdout.strip() == "Database is up to date."
+    said = baton_cli("db", "upgrade", "base", cwd=tmp_path, env=env).stdout.strip()
+    assert said.startswith("Database is up to date (revision ") and "'base' is not ahead of it" in said
