@@ -216,7 +216,8 @@ class SlackAdapter(Adapter):
         accepted = await self.baton.accept_message(InboundMessage(
             platform=PLATFORM, workspace=body.get("team_id") or "", channel=channel,
             thread=event.get("thread_ts") or ts, user=user, text=unescape(self._mention.sub("", raw)).strip(),
-            addressed=mentioned or event.get("channel_type") == "im", event_id=f"{channel}:{ts}"))
+            addressed=mentioned or event.get("channel_type") == "im", private=event.get("channel_type") == "im",
+            event_id=f"{channel}:{ts}"))
         log.debug("Slack %s %s:%s -> %s", event.get("type"), channel, ts, accepted.status)
 
     async def _on_click(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any], action: dict[str, Any]) -> None:
@@ -256,7 +257,7 @@ class SlackAdapter(Adapter):
             return
         await self.baton.accept_message(InboundMessage(
             platform=PLATFORM, workspace=body.get("team_id") or "", channel=channel, thread=anchor["ts"], user=user,
-            text=text, addressed=True, event_id=event_id))
+            text=text, addressed=True, private=body.get("channel_name") == "directmessage", event_id=event_id))
         await ack()
 
     # -- outbound --------------------------------------------------------------------------------

@@ -53,12 +53,14 @@ class _Inbound(Location):
 
 
 class InboundMessage(_Inbound):
-    """A chat message. ``addressed`` is true for a mention, a DM or a slash command."""
+    """A chat message. ``addressed`` is true for a mention, a DM or a slash command. ``private``: only
+    the sender and Baton see the conversation (a direct message), so nobody else can click a card there."""
 
     event_id: str
     user: str
     text: str
     addressed: bool = True
+    private: bool = False
 
 
 class InboundClick(_Inbound):

@@ -87,6 +87,10 @@ def continued_progress(shown: list[str], posted: list[str]) -> list[str]:
     return shown[:start] + (posted if len(posted) > len(rest) else rest)
 
 
+def _private(message: InboundMessage) -> dict[str, bool]:
+    return {"private": True} if message.private else {}  # the usual event's payload stays as it was
+
+
 class LeaseLost(RuntimeError):
     """This process no longer holds the thread it was draining: its results are not written."""
 
@@ -125,7 +129,8 @@ class Orchestrator:
             if record is None:
                 record, new_thread = await threads.create(session, location, self.leases.lease_for_new_thread())
             event = await self._claim(session, message.platform, message.event_id, "message", location, message.user,
-                                      message.text, {"addressed": message.addressed}, record.id, correlation)
+                                      message.text, {"addressed": message.addressed, **_private(message)}, record.id,
+                                      correlation)
             if event is None:
                 return Accepted(status="duplicate", reason="this event was already received")
             # A thread made just now has nothing queued before this event.
@@ -648,25 +653,42 @@ class Orchestrator:
         location = threads.location_of(record)
         async with services.session() as session:
             known = set((await session.exec(select(Approval.interrupt_id).where(Approval.run_id == run.id))).all())
-            for interrupt in interrupts:
-                if interrupt.id in known:
-                    continue
-                approval = self._approval_for(interrupt, run, record, spec)
-                session.add(approval)
-                await session.flush()
-                card_id = await self.outbox.enqueue(session, location, replies.approval_card(approval),
-                                                    correlation_id=run.correlation_id)
-                approval.card_outbox_id = card_id
-                await audit.record(session, "approval.requested", run.correlation_id, platform=record.platform,
-                                   channel=record.channel, thread=record.thread, user=run.requested_by, run_id=run.id,
-                                   approval_id=approval.id, approvers=approval.approvers, risk=approval.risk)
-            # After the card, the run goes on in a new progress message (progress_outbox_id: see ``Run``).
-            await session.exec(update(Run).where(Run.id == run.id).values(  # type: ignore[arg-type]
-                status="waiting", progress_outbox_id=None))
-            await session.exec(update(ThreadRecord).where(ThreadRecord.id == record.id)  # type: ignore[arg-type]
-                               .values(status="waiting", updated_at=utcnow()))
-            await self._mark_done(session, event, "waiting for approval")
-        self.outbox.wake(record.platform)
+            asked = [self._approval_for(interrupt, run, record, spec) for interrupt in interrupts
+                     if interrupt.id not in known]
+            # Asked in a direct message, of someone else: nobody who may decide would ever see the card.
+            unseen = next((approval for approval in asked
+                           if approvals.refusal(approval, record.platform, run.requested_by) is not None), None)
+            if unseen is None or not await self._started_in_private(session, run, event):
+                await self._post_cards(session, asked, run, record, location)
+                await self._mark_done(session, event, "waiting for approval")
+                unseen = None
+        if unseen is None:
+            self.outbox.wake(record.platform)
+            return
+        await self._finish_run(run, record, event, "failed", replies.approval_out_of_sight(unseen),
+                               "needs an approval nobody else can see in a direct message", services)
+
+    async def _post_cards(self, session: Transaction, asked: list[Approval], run: Run, record: ThreadRecord,
+                          location: Location) -> None:
+        for approval in asked:
+            session.add(approval)
+            await session.flush()
+            card_id = await self.outbox.enqueue(session, location, replies.approval_card(approval),
+                                                correlation_id=run.correlation_id)
+            approval.card_outbox_id = card_id
+            await audit.record(session, "approval.requested", run.correlation_id, platform=record.platform,
+                               channel=record.channel, thread=record.thread, user=run.requested_by, run_id=run.id,
+                               approval_id=approval.id, approvers=approval.approvers, risk=approval.risk)
+        # After the card, the run goes on in a new progress message (progress_outbox_id: see ``Run``).
+        await session.exec(update(Run).where(Run.id == run.id).values(  # type: ignore[arg-type]
+            status="waiting", progress_outbox_id=None))
+        await session.exec(update(ThreadRecord).where(ThreadRecord.id == record.id)  # type: ignore[arg-type]
+                           .values(status="waiting", updated_at=utcnow()))
+
+    async def _started_in_private(self, session: Transaction, run: Run, event: InboundEvent) -> bool:
+        """Whether ``run`` was asked for in a direct message (``InboundMessage.private``)."""
+        started = event if event.id == run.inbound_id else await session.get(InboundEvent, run.inbound_id)
+        return bool(started is not None and started.payload.get("private"))
 
     def _approval_for(self, interrupt: Interrupt, run: Run, record: ThreadRecord, spec: GraphSpec) -> Approval:
         value = interrupt.value

@@ -61,6 +61,15 @@ def approval_card(approval: Approval) -> Message:
     return Message(title=f"{verdict}", tone=tone, parts=parts)
 
 
+def approval_out_of_sight(approval: Approval) -> Message:
+    """A request made where only the requester sees the card (a direct message), which they may not approve."""
+    others = approvals.who_may_approve(approval.approvers, approval.requested_by, approval.risk)
+    asked = f"{', '.join(others)} to approve it" if others else "an approver"
+    return Message.text(
+        f"{approval.summary}\n\nThis needs {asked}, and only you can see this direct message, so I stopped "
+        "before it: nothing was run. Ask me in a channel where an approver can see the card.", tone="warning")
+
+
 def already_decided(approval: Approval) -> Message:
     if approval.status == "stale":
         return Message.text("This approval is no longer current; nothing was changed.", tone="warning")

@@ -319,6 +319,26 @@ def test_direct_message_needs_no_mention(slack, counter):
     assert reply.thread_ts == event["ts"] and runs_in(counter) == ["uptime"]
 
 
+def test_a_high_risk_request_in_a_direct_message_says_it_needs_a_channel_instead_of_a_card_nobody_sees(slack, counter):
+    """Only the requester sees their DM with the bot, and they may not approve their own high-risk
+    request: the card waited there for ever, and the request with it."""
+    event = slack.sender.message("run restart service=web", user=ALICE, channel=DM, channel_type="im")
+    assert slack.sender.send_event(event).status_code == 200
+    answer = slack.reply("only you can see this direct message", event["ts"], channel=DM)
+    assert f"This needs <@{BOB}> to approve it" in shown_text(answer) and "nothing was run" in shown_text(answer)
+    assert not any(buttons(message) for message in slack.fake.messages(DM))
+    assert slack.rows("SELECT count(*) FROM approvals") == [(0,)]
+    assert slack.rows("SELECT status FROM thread_records") == [("failed",)]
+    assert slack.rows("SELECT status, outcome FROM inbound_events") == [("done", "failed")]
+    # In a channel the same request gets its card, and asking again in the DM is not a "duplicate".
+    in_channel = slack.mention("run restart service=web")
+    slack.card(in_channel["ts"])
+    again = slack.sender.message("run restart service=web", user=ALICE, channel=DM, channel_type="im")
+    assert slack.sender.send_event(again).status_code == 200
+    slack.reply("only you can see this direct message", again["ts"], channel=DM)
+    assert runs_in(counter) == []
+
+
 def test_follow_up_in_a_baton_thread_needs_no_mention_and_other_chatter_is_ignored(slack, counter):
     event = slack.mention("run uptime")
     slack.reply("did uptime", event["ts"])
