@@ -20,6 +20,7 @@ from bot.digests import Digests
 from bot.messages import Accepted, InboundClick, InboundMessage, storable
 from bot.orchestrator import Orchestrator
 from bot.outbox import Outbox
+from bot.redaction import Redactor
 from bot.registry import GraphRegistry
 from bot.models import create_model
 from bot.runtime import GraphRuntime, Services
@@ -71,7 +72,8 @@ class Baton:
         self.instance = settings.instance_name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.db = Database(settings.database_url)
         self.registry = GraphRegistry.discover()
-        self.outbox = Outbox(self.db, self.instance, claim_seconds=settings.lease_seconds)
+        self.outbox = Outbox(self.db, self.instance, claim_seconds=settings.lease_seconds,
+                             redactor=Redactor.for_settings(settings))
         self._check_digest_platforms()
         self.adapters: list[Any] = [adapter_class(self) for adapter_class in self._selected_adapters()]
         for graph in sorted(set(self.config.graphs) - set(self.registry.names())):

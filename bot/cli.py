@@ -21,6 +21,7 @@ from sqlmodel import func, select
 
 from bot.approvals import who_may_approve
 from bot.config import ConfigError, load_config
+from bot.redaction import Redactor
 from bot.registry import GraphError, GraphRegistry
 from bot.settings import Settings
 from storage.checkpointer import check_sqlite_checkpoints, sqlite_checkpoint_path
@@ -87,6 +88,8 @@ def run() -> None:
     settings = settings.model_copy(update={"port": listening.getsockname()[1]})  # BATON_PORT=0: the port it got
     _ready(settings)  # the migrations, before the server: a database that cannot be used is one clear line
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redactor = Redactor.for_settings(settings)
+    redactor.install_in_logging()
     try:
         web = create_app(settings, config)
     except ValueError as exc:
@@ -98,6 +101,7 @@ def run() -> None:
         typer.echo(f"Playground: {settings.base_url}/")
     server = _server(uvicorn.Config(web, log_level=settings.log_level.lower(), loop=EVENT_LOOP,
                                     timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS))
+    redactor.install_in_logging()  # uvicorn's own handlers, made just now
     try:
         server.run(sockets=[listening])
     except KeyboardInterrupt:

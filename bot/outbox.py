@@ -31,6 +31,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import select
 
 from bot.messages import Location, Message
+from bot.redaction import Redactor
 from storage.db import Database, Transaction, insert_ignore, insert_returning_id, prepared
 from storage.models import ChannelPace, OutboxMessage, utcnow
 
@@ -135,8 +136,10 @@ class Outbox:
     claims are kept (``keep_claims``), as long as the loop that took them is running.
     """
 
-    def __init__(self, db: Database, worker: str = "local", claim_seconds: float = CLAIM_SECONDS) -> None:
+    def __init__(self, db: Database, worker: str = "local", claim_seconds: float = CLAIM_SECONDS,
+                 redactor: Redactor | None = None) -> None:
         self._db = db
+        self._redactor = redactor or Redactor(())  # every message passes it: no secret is ever posted
         self.worker = worker  # this process, as named in the claims it makes
         self.claim_seconds = claim_seconds
         self._wake: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
@@ -162,8 +165,8 @@ class Outbox:
             "post_id": post_id})).first()
         return None if payload is None else Message.model_validate(payload)
 
-    @staticmethod
     async def enqueue(
+        self,
         session: Transaction,
         location: Location,
         message: Message,
@@ -175,7 +178,7 @@ class Outbox:
     ) -> int:
         """Store a message in the caller's transaction and return its row id; call ``wake`` after it commits."""
         return int(await insert_returning_id(session, OutboxMessage, _row(
-            location, message, kind=kind, target_user=target_user, ref_outbox_id=ref_outbox_id,
+            location, self._redactor.message(message), kind=kind, target_user=target_user, ref_outbox_id=ref_outbox_id,
             correlation_id=correlation_id)))
 
     async def enqueue_claimed(self, session: Transaction, location: Location, message: Message, *,
@@ -187,6 +190,7 @@ class Outbox:
         thread still undelivered, or the channel's pace not yet allowing another message): then
         ``wake`` after the commit, as for ``enqueue``.
         """
+        message = self._redactor.message(message)
         pace = self._senders.get(location.platform)
         thread = {"platform": location.platform, "channel": location.channel, "thread": location.thread}
         if pace is None or (await session.exec(_UNDELIVERED_IN_THREAD, params=thread)).first() is not None \

@@ -1,0 +1,101 @@
+"""Secrets never reach a chat message or a log line: their values are replaced wherever they turn up.
+
+Baton never writes a secret on purpose, but text it does not control may hold one: a runbook's
+output (``printenv``), a graph's exception, a library's error message. Every message Baton posts
+passes ``Redactor.message`` (``bot.outbox``), and every log line ``Redactor.install_in_logging``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping
+
+from pydantic import SecretStr
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from bot.messages import Message
+from bot.settings import Settings
+
+REDACTED = "[redacted]"
+MIN_SECRET_CHARS = 8  # shorter values ("1", "true") would blot out ordinary words
+# Variables whose values are secrets by their name (OPENAI_API_KEY, GITHUB_TOKEN, PGPASSWORD, ...).
+SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$", re.IGNORECASE)
+
+
+class Redactor:
+    """Replaces each of ``secrets`` (longest first, so that no part of a longer one is left) with ``[redacted]``."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        kept = {secret.strip() for secret in secrets if len(secret.strip()) >= MIN_SECRET_CHARS}
+        self._secrets = sorted(kept, key=len, reverse=True)
+
+    @classmethod
+    def for_settings(cls, settings: Settings, environ: Mapping[str, str] | None = None) -> Redactor:
+        """Baton's own secrets (the platforms' tokens, the database password) and the environment's
+        variables named as secrets (a model provider's key)."""
+        environ = os.environ if environ is None else environ
+        values = [field.get_secret_value() for field in settings.__dict__.values() if isinstance(field, SecretStr)]
+        values += [value for name, value in environ.items() if SECRET_NAME.search(name)]
+        try:
+            password = make_url(settings.database_url).password
+        except ArgumentError:
+            password = None
+        if password:
+            values.append(str(password))
+        return cls(values)
+
+    def text(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+    def message(self, message: Message) -> Message:
+        """``message`` with every secret in its texts replaced (the same object when it holds none)."""
+        if not self._secrets:
+            return message
+        dumped = message.model_dump()
+        redacted = _redacted(dumped, self)
+        return message if redacted == dumped else Message.model_validate(redacted)
+
+    def install_in_logging(self) -> None:
+        """Redact every record reaching a handler configured so far (the root's, uvicorn's)."""
+        if not self._secrets:
+            return
+        loggers = [logging.getLogger()] + [logger for logger in logging.Logger.manager.loggerDict.values()
+                                           if isinstance(logger, logging.Logger)]
+        for handler in {handler for logger in loggers for handler in logger.handlers}:
+            if not any(isinstance(existing, _RedactingFilter) for existing in handler.filters):
+                handler.addFilter(_RedactingFilter(self))
+
+
+def _redacted(value: object, redactor: Redactor) -> object:
+    if isinstance(value, str):
+        return redactor.text(value)
+    if isinstance(value, list):
+        return [_redacted(item, redactor) for item in value]
+    if isinstance(value, dict):
+        return {key: _redacted(item, redactor) for key, item in value.items()}
+    return value
+
+
+class _RedactingFilter(logging.Filter):
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self._redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = self._redactor.text(message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)  # formatters use it as it is
+        if record.exc_text:
+            record.exc_text = self._redactor.text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self._redactor.text(record.stack_info)
+        return True

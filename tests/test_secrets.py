@@ -1,0 +1,73 @@
+"""Secrets never reach a chat message or a log line, whatever text carries them (``bot.redaction``)."""
+
+from __future__ import annotations
+
+import io
+import logging
+import sqlite3
+from pathlib import Path
+
+import yaml
+from pydantic import SecretStr
+
+from bot.messages import Code, Message, Text
+from bot.redaction import REDACTED, Redactor
+from bot.settings import Settings
+from tests.support import BatonProcess
+
+API_KEY = "sk-live-0123456789abcdef"  # a model provider's key, as LangChain reads it from the environment
+TOKEN = "xoxb-1111-2222-secretvalue"
+
+
+def test_secrets_are_found_in_the_settings_the_environment_and_the_database_url() -> None:
+    settings = Settings(SLACK_BOT_TOKEN=TOKEN, BATON_DATABASE_URL="postgresql://baton:pa%40ss-w0rd-1@db/baton",
+                        _env_file=None)  # type: ignore[call-arg]
+    redactor = Redactor.for_settings(settings, environ={"OPENAI_API_KEY": API_KEY, "HOME": "/home/someone-long",
+                                                        "SHORT_TOKEN": "1"})
+    message = Message(title=f"about {TOKEN}", tone="error", parts=[
+        Text(text=f"the key {API_KEY} and the password pa@ss-w0rd-1"), Code(text=f"{TOKEN}\n/home/someone-long")])
+    shown = redactor.message(message)
+    assert shown.title == f"about {REDACTED}"
+    assert shown.plain_text().count(REDACTED) == 4 and "/home/someone-long" in shown.plain_text()
+    assert isinstance(settings.slack_bot_token, SecretStr)
+    plain = Message.text("nothing secret in here")
+    assert redactor.message(plain) is plain  # unchanged messages are not rebuilt
+
+
+def test_log_lines_and_tracebacks_are_redacted() -> None:
+    logger = logging.getLogger("baton.test_secrets")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger.addHandler(handler)
+    try:
+        Redactor([API_KEY]).install_in_logging()
+        logger.warning("calling the model with %s failed", API_KEY)
+        try:
+            raise RuntimeError(f"401: bad key {API_KEY}")
+        except RuntimeError:
+            logger.exception("the model said no")
+    finally:
+        logger.removeHandler(handler)
+    logged = stream.getvalue()
+    assert API_KEY not in logged
+    assert f"calling the model with {REDACTED} failed" in logged and f"RuntimeError: 401: bad key {REDACTED}" in logged
+
+
+def test_a_runbook_printing_a_secret_posts_it_redacted_and_logs_it_nowhere(tmp_path: Path, sqlite_url: str) -> None:
+    config = tmp_path / "secrets.yaml"
+    config.write_text(yaml.safe_dump({"approvers": ["bob"], "runbooks": {"env": {
+        "description": "Print the deploy key (a careless runbook).", "command": ["printenv", "DEPLOY_API_KEY"],
+        "risk": "low", "timeout": 10}}}))
+    baton = BatonProcess(sqlite_url, config, tmp_path, env={"DEPLOY_API_KEY": API_KEY}).start()
+    try:
+        pg = baton.client()
+        thread = pg.ask("@baton run env")
+        reply = pg.wait_reply(thread, "finished")
+        assert REDACTED in reply["text"] and API_KEY not in str(reply)
+    finally:
+        baton.stop()
+    with sqlite3.connect(tmp_path / "baton.db") as connection:
+        rows = [str(row) for table in ("outbox", "playground_messages")  # what was posted
+                for row in connection.execute(f"SELECT * FROM {table}")]
+    assert rows and not any(API_KEY in row for row in rows)
+    assert API_KEY not in baton.log.read_text()
