@@ -33,6 +33,11 @@ def _text_input(_request: Request, args: str) -> dict[str, Any]:
     return {"text": args}
 
 
+# Words chat reads as Baton's own commands before it looks for a graph of that name (bot.routing).
+# (``digest`` is one too: the built-in graph of that name is what the scheduler runs, never chat.)
+COMMAND_WORDS = {"run": "`run <runbook> key=value`"}
+
+
 class GraphError(ValueError):
     """A module in ``graphs/`` that cannot be offered as a graph; the message names its file and line."""
 
@@ -114,6 +119,9 @@ def _spec_from_module(name: str, module: ModuleType) -> GraphSpec:
         # the nodes after the breakpoint never ran.
         raise GraphError(f"{where}: compiled with interrupt_before/interrupt_after, which Baton cannot resume; "
                          "call interrupt() (or bot.kit.approve()) in the node instead")
+    if name in COMMAND_WORDS:
+        raise GraphError(f"{where}: `{name}` is a command of Baton's own ({COMMAND_WORDS[name]}), read before any "
+                         f"graph: `@baton {name}` would never reach this one; name the module otherwise")
     if name != name.lower():
         raise GraphError(f"{where}: chat asks for graphs in lower case (`@baton {name}` looks for "
                          f"`{name.lower()}`): name the module {name.lower()}.py")

@@ -181,3 +181,11 @@ def test_a_compiled_graph_with_a_static_breakpoint_is_refused(package) -> None:
     name = package({"staged": GOOD_GRAPH + "graph = graph.compile(interrupt_before=['x'])\n"})
     with pytest.raises(GraphError, match="interrupt_before/interrupt_after, which Baton cannot resume"):
         GraphRegistry.discover(name)
+
+
+def test_a_graph_named_as_batons_run_command_is_refused(package) -> None:
+    """``@baton run`` is Baton's own command, read before any graph: a module ``run.py`` was listed by
+    ``baton graphs`` and never reached."""
+    name = package({"run": GOOD_GRAPH})
+    with pytest.raises(GraphError, match="`run` is a command of Baton's own .* name the module otherwise"):
+        GraphRegistry.discover(name)
