@@ -303,7 +303,8 @@ class Orchestrator:
         except Exception as exc:
             log.exception("event %s failed", event.id)
             await self._finish_event(event, f"error: {type(exc).__name__}",
-                                     Message.text("Something went wrong while handling this; it was logged.", tone="error"))
+                                     Message.text("Something went wrong while handling this; it was logged.", tone="error"),
+                                     failed=f"{type(exc).__name__}: {exc}"[:1000])
 
     async def _handle_message(self, event: InboundEvent, record: ThreadRecord, fresh: bool = False) -> None:
         text = event.text.strip()
@@ -724,9 +725,18 @@ class Orchestrator:
         self.outbox.hand_over(record.platform, reply)
 
     async def _finish_event(self, event: InboundEvent, outcome: str, reply: Message | None = None,
-                            *, ephemeral: bool = False) -> None:
-        """Mark the event handled, and post ``reply`` in the same transaction."""
+                            *, ephemeral: bool = False, failed: str | None = None) -> None:
+        """Mark the event handled, and post ``reply`` in the same transaction. ``failed``: handling it broke
+        off (the reason): the thread's run, if it was running, failed (or the thread showed it running for good)."""
         async with self.db.session() as session:
+            if failed is not None:
+                now = utcnow()
+                await session.exec(update(Run).where(  # type: ignore[arg-type]
+                    Run.thread_record_id == event.thread_record_id, Run.status == "running",
+                ).values(status="failed", error=failed, finished_at=now))
+                await session.exec(update(ThreadRecord).where(  # type: ignore[arg-type]
+                    ThreadRecord.id == event.thread_record_id, ThreadRecord.status == "running",
+                ).values(status="failed", updated_at=now))
             delivery = await self._answer(session, event, outcome, reply, ephemeral=ephemeral)
         self.outbox.hand_over(event.platform, delivery)
 

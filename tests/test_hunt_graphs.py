@@ -19,7 +19,7 @@ from bot.kit import effect
 from bot.messages import InboundMessage
 from bot.registry import GraphError, GraphRegistry, GraphSpec
 from bot.settings import Settings
-from storage.models import Effect, PlaygroundMessage
+from storage.models import Effect, PlaygroundMessage, Run, ThreadRecord
 
 GOOD_GRAPH = """
 from typing import TypedDict
@@ -189,3 +189,25 @@ def test_a_graph_named_as_batons_run_command_is_refused(package) -> None:
     name = package({"run": GOOD_GRAPH})
     with pytest.raises(GraphError, match="`run` is a command of Baton's own .* name the module otherwise"):
         GraphRegistry.discover(name)
+
+
+async def test_a_run_whose_handling_breaks_off_is_failed_not_left_running(tmp_path, config_path) -> None:
+    """A graph's reply that is no message (``{"parts": [{"kind": "bogus"}]}``) broke the handling after
+    the run: the requester got "Something went wrong", but the run and the thread stayed "running" for
+    good (``status`` listed them as running, the duplicate check answered "is running")."""
+
+    async def act(_state: State) -> State:
+        return {"reply": {"parts": [{"kind": "bogus", "text": "?"}]}}
+
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'e.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground")
+    async with Baton(settings) as baton:
+        baton.registry.add(GraphSpec(name="bogus", graph=_one_node(act), description="A broken reply."))
+        await baton.accept_message(InboundMessage(
+            platform="playground", channel="general", thread="1", event_id="e1", user="alice", text="bogus"))
+        assert await _reply(baton, "1") == "Something went wrong while handling this; it was logged."
+        async with baton.db.read() as session:
+            run = (await session.exec(select(Run))).one()
+            record = (await session.exec(select(ThreadRecord))).one()
+        assert (run.status, record.status) == ("failed", "failed")
+        assert run.error is not None and "ValidationError" in run.error
