@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import discord
 
 from adapters.contract import split_text
-from bot.messages import Buttons, Code, Image, Message, Note, Text, ThreadLink
+from bot.messages import Buttons, Code, Image, Message, Note, Text, ThreadLink, fence_safe
 
 CONTENT_CHARS = 2000
 PIECE_CHARS = 1900  # one block of a message: leaves room for the tone emoji and the joining newlines
@@ -137,9 +137,9 @@ def _fenced(code: str) -> str:
 
 
 def _code(text: str, files: list[Attachment]) -> list[str]:
-    """Code as fenced blocks (a ``` inside is broken with a zero-width space, so it cannot close the
-    block); long output as a preview plus the whole text, untouched, as a file."""
-    pieces = split_text(text.replace("```", "`\u200b``"), PIECE_CHARS - FENCE_CHARS)
+    """Code as fenced blocks (``fence_safe``: a ``` inside cannot close the block); long output as a
+    preview plus the whole text, untouched, as a file."""
+    pieces = split_text(fence_safe(text), PIECE_CHARS - FENCE_CHARS)
     if len(text) <= CODE_INLINE_CHARS:
         return [_fenced(piece) for piece in pieces]
     filename = _unique("output.txt", files)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, assert_never
 
 from adapters.contract import split_text
-from bot.messages import Buttons, Code, Image, Message, Note, Text, ThreadLink
+from bot.messages import Buttons, Code, Image, Message, Note, Text, ThreadLink, fence_safe
 
 BUTTON_ACTION_PREFIX = "baton:"  # a button's action_id is this and the option's value; its value is the approval id
 SECTION_CHARS = 2900  # of a section's 3,000, leaving room for code fences and <@U...> mentions
@@ -112,12 +112,15 @@ def _context(mrkdwn: str) -> dict[str, Any]:
 
 
 def _fenced(code: str) -> dict[str, Any]:
-    body = escape(code.removesuffix("\n")).replace("```", "`\u200b``") or " "
+    """A fenced block of ``code`` that is ``fence_safe`` already (see ``_code``)."""
+    body = escape(code.removesuffix("\n")) or " "
     return _section(f"```\n{body}\n```")
 
 
 def _code(text: str, rendered: Rendered, files: bool) -> list[dict[str, Any]]:
-    pieces = chunks(text, SECTION_CHARS)
+    """Code in fenced sections (split after ``fence_safe``, whose zero-width spaces count too); long
+    output as a preview plus the whole text, untouched, as a file."""
+    pieces = chunks(fence_safe(text), SECTION_CHARS)
     if not files or len(escape(text)) <= CODE_INLINE_CHARS:
         return [_fenced(piece) for piece in pieces]
     number = len(rendered.uploads) + 1

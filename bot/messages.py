@@ -79,8 +79,20 @@ class Text(BaseModel):
 
 
 class Code(BaseModel):
+    """Text shown verbatim, in a monospaced block, whatever it contains (command output, a command)."""
+
     kind: Literal["code"] = "code"
     text: str
+
+
+_BACKTICK_RUN = re.compile("`{3,}")
+
+
+def fence_safe(code: str) -> str:
+    """``code`` as it can sit between ``` fences in Slack's and Discord's markdown, which have no escape
+    inside a fenced block: its first ``` closes the block, whatever follows. Every run of three or
+    more backticks gets a zero-width space between its backticks (it looks the same; it is no fence)."""
+    return _BACKTICK_RUN.sub(lambda run: "\u200b".join(run.group()), code)
 
 
 class Note(BaseModel):

@@ -22,7 +22,7 @@ class RunbookState(TypedDict, total=False):
     args: dict[str, str]
     approved: bool
     decided_by: str
-    reply: str | dict[str, Any]  # text, or a message dict (a rejection is not a success)
+    reply: str | dict[str, Any]  # a message dict (a rejection is not a success; output is a code part)
     error: str
 
 
@@ -33,7 +33,9 @@ def make_input(_request: Request, _args: str) -> dict[str, Any]:
 def plan(state: RunbookState) -> RunbookState:
     runbook = current().config.runbooks[state["runbook"]]
     if runbook.risk == "high":
-        progress(f"Plan: run `{_shown(runbook.argv(state['args']))}` (timeout {runbook.timeout:g}s). This needs approval.")
+        inline = _inline(_shown(runbook.argv(state["args"])))
+        command = inline or "the command shown on the card below"  # the card shows it as code, verbatim
+        progress(f"Plan: run {command} (timeout {runbook.timeout:g}s). This needs approval.")
     return {"approved": runbook.risk == "low", "decided_by": "", "reply": "", "error": ""}
 
 
@@ -56,14 +58,24 @@ async def execute(state: RunbookState) -> RunbookState:
     runbook = current().config.runbooks[state["runbook"]]
     argv = runbook.argv(state["args"])
     result = await effect("command", lambda: run_command(argv, runbook.timeout))
-    shown = _shown(argv)
     if result["timed_out"]:
-        return {"reply": f"`{shown}` timed out after {runbook.timeout:g}s and was stopped.\n```\n{result['output']}\n```",
+        return {"reply": _outcome(argv, f"timed out after {runbook.timeout:g}s and was stopped", result["output"], "error"),
                 "error": f"timed out after {runbook.timeout:g}s"}
     if result["exit_code"] != 0:
-        return {"reply": f"`{shown}` failed with exit code {result['exit_code']}.\n```\n{result['output']}\n```",
+        return {"reply": _outcome(argv, f"failed with exit code {result['exit_code']}", result["output"], "error"),
                 "error": f"exit code {result['exit_code']}"}
-    return {"reply": f"`{shown}` finished.\n```\n{result['output'] or '(no output)'}\n```"}
+    return {"reply": _outcome(argv, "finished", result["output"], "success")}
+
+
+def _outcome(argv: list[str], what: str, output: str, tone: str) -> dict[str, Any]:
+    """The reply as a message dict: the output is a code part of its own, shown verbatim whatever it
+    prints (a ``` or a user id included), never markup inside the reply's text."""
+    inline = _inline(_shown(argv))
+    parts: list[dict[str, str]] = ([{"kind": "text", "text": f"{inline} {what}."}] if inline else
+                                   [{"kind": "text", "text": f"This command {what}:"},
+                                    {"kind": "code", "text": _shown(argv)}])
+    parts.append({"kind": "code", "text": output} if output else {"kind": "note", "text": "(no output)"})
+    return {"tone": tone, "parts": parts}
 
 
 def route_after_plan(state: RunbookState) -> str:
@@ -93,6 +105,12 @@ async def run_command(argv: list[str], timeout: float) -> dict[str, Any]:
 
 def _shown(argv: list[str]) -> str:
     return shlex.join(argv)
+
+
+def _inline(command: str) -> str | None:
+    """``command`` as inline code, or None when inline code cannot hold it verbatim (a backtick ends
+    inline code on every platform, and inline code is one line): then it is shown as a code part."""
+    return None if any(char in command for char in "`\r\n") else f"`{command}`"
 
 
 builder = StateGraph(RunbookState)
