@@ -12,7 +12,15 @@ Inbound
   threads; chatter in channels (not in a thread, no mention) can never be for Baton and is dropped
   here. Messages from bots, Baton's own included, and system messages are ignored.
 * ``/baton <request>`` is deferred at once ("Baton is thinking..."), then the deferred reply
-  becomes "@you asked: ..." and a thread is opened on it, like a mention.
+  becomes "@you asked: ..." and a thread is opened on it, like a mention; the request is handed in
+  once its thread exists. Whatever goes wrong after the defer, "thinking" ends: in the answer, or in
+  a short note of what happened and what to do (no thread, nothing run: ask again). A failed echo
+  does not stop the request: the thread is opened on the deferred reply (its id came with the defer),
+  and the echo is tried again afterwards, while the interaction's token lives.
+* Discord's passing troubles (a 5xx, a 429 discord.py gave up on, the network) met while taking a
+  request in (reading an unknown channel, opening a thread, the echo) are retried a few times
+  (``TRANSIENT_PAUSES``); discord.py itself retries only 500, 502, 504 and 524, not a 503. A request
+  that cannot be taken in all the same is said so to its author where possible, and logged in one line.
 * Buttons are ``DynamicItem``s: a click is matched by its custom_id (``baton:<value>:<approval>``)
   alone, so a card posted before a restart, or by another replica, still works. A click is stored,
   then deferred; a redelivered interaction is a duplicate and is not answered twice.
@@ -46,9 +54,9 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import aiohttp
 import discord
@@ -84,6 +92,12 @@ THREAD_ARCHIVE_MINUTES = 10080  # the longest: a card may wait days for its appr
 THREAD_ALREADY_CREATED = 160004  # Discord's error code: this message already has a thread
 UNKNOWN_MESSAGE = 10008  # Discord's error code: no such message (any more)
 PERSON_MESSAGE_TYPES = (discord.MessageType.default, discord.MessageType.reply)
+TRANSIENT_PAUSES = (1.0, 2.0, 4.0, 8.0)  # between tries of a call that meets a passing trouble of Discord's
+ANSWER_MARGIN = timedelta(seconds=30)  # do not retry an interaction's reply this close to its token's expiry
+NO_PERMISSION_TO_THREAD = ("I need the *Create Public Threads* and *Send Messages in Threads* permissions in "
+                           "this channel.")
+
+T = TypeVar("T")
 
 
 def _secret(settings: Settings) -> str | None:
@@ -340,14 +354,21 @@ class DiscordAdapter(Adapter):
         channel: Any = message.channel
         if isinstance(channel, discord.PartialMessageable):  # not in the cache (yet): is it a thread?
             try:
-                channel = await self.client.fetch_channel(channel.id)
+                channel = await _retrying(partial(self.client.fetch_channel, channel.id), f"reading channel {channel.id}")
             except (discord.NotFound, discord.Forbidden) as exc:  # gone, or not visible to Baton: nowhere to answer
                 log.warning("Discord: message %s in channel %s ignored: the channel cannot be read (%s)",
                             message.id, channel.id, exc.status)
                 return
+            except Exception as exc:
+                if not _transient(exc):
+                    raise
+                log.warning("Discord: message %s in channel %s not taken: Discord did not say what the channel is "
+                            "(%s, %d tries)", message.id, channel.id, _describe(exc), len(TRANSIENT_PAUSES) + 1)
+                if _mentions(message, me.id):
+                    await _say_best_effort(message.channel, _trouble(exc))
+                return
         direct = isinstance(channel, discord.DMChannel)
-        # A reply pinging Baton mentions it (Discord sends its text without the intent) with no <@id> in it.
-        addressed = direct or me.id in message.raw_mentions or any(user.id == me.id for user in message.mentions)
+        addressed = direct or _mentions(message, me.id)
         text = re.sub(rf"<@!?{me.id}>[:,]?", "", message.content).strip()
         if not addressed and (not self.reads_content or not text):
             return  # without the intent Discord sends no text; an empty message (a picture) is no request
@@ -366,31 +387,34 @@ class DiscordAdapter(Adapter):
         log.debug("Discord message %s in %s/%s -> %s", message.id, where, thread, accepted.status)
 
     async def _open_thread(self, message: discord.Message, text: str) -> str | None:
-        """The thread for a mention in a channel, started on the message; ``None`` if that is not possible."""
-        name = " ".join(text.split())[:THREAD_NAME_CHARS] or "Baton"
+        """The thread for a mention in a channel, started on the message; ``None`` if that is not possible
+        (said in the channel when it is a lack of permissions or Discord's trouble)."""
         try:
-            thread = await message.create_thread(name=name, auto_archive_duration=THREAD_ARCHIVE_MINUTES)
+            return await _start_thread(self.client.http, message.channel.id, message.id, text)
         except discord.HTTPException as exc:
-            if exc.code == THREAD_ALREADY_CREATED:  # a redelivered message: its thread has its id
-                return str(message.id)
             if exc.code == UNKNOWN_MESSAGE:  # deleted before Baton got to it (a replay, say): no request any more
                 log.info("Discord: message %s in %s was deleted before a thread could be opened on it; ignored",
                          message.id, message.channel.id)
                 return None
-            log.warning("Discord: cannot open a thread on message %s in %s: %s", message.id, message.channel.id, exc)
-            try:
-                await message.channel.send(
-                    f"I can't open a thread here ({exc.text or exc.status}). I need the *Create Public Threads* "
-                    "and *Send Messages in Threads* permissions in this channel.")
-            except discord.HTTPException:
-                log.warning("Discord: cannot tell them either")
-            return None
-        return str(thread.id)
+            failure = exc
+        except Exception as exc:
+            if not _transient(exc):
+                raise
+            failure = exc
+        log.warning("Discord: message %s in %s not taken: no thread could be opened on it (%s)",
+                    message.id, message.channel.id, _describe(failure))
+        await _say_best_effort(message.channel, _no_thread(failure))
+        return None
 
     async def on_command(self, interaction: discord.Interaction, request: str) -> None:
-        """``/baton``: defer, turn the deferred reply into the thread's first message, hand the request in."""
+        """``/baton``: defer, turn the deferred reply into the thread's first message, hand the request in.
+
+        After the defer, "thinking" always ends: with the echo (then the answer comes in the thread),
+        or with what went wrong. The request is handed in exactly once, when it has its thread; what
+        fails after that (the echo, say) is only told, never a reason to drop or repeat it.
+        """
         try:
-            await interaction.response.defer(thinking=True)
+            deferred = await interaction.response.defer(thinking=True)
         except discord.HTTPException as exc:
             log.info("Discord: /baton interaction %s was not deferred (answered already, or too late): %s",
                      interaction.id, exc)
@@ -398,18 +422,63 @@ class DiscordAdapter(Adapter):
         shown = " ".join(f"/baton {request}".split()).replace("`", "ˋ")
         if len(shown) > ECHO_CHARS:  # only the echo is shortened: the request is handed in whole
             shown = shown[:ECHO_CHARS - 1] + "…"
-        anchor = await interaction.edit_original_response(content=f"{interaction.user.mention} asked: `{shown}`")
-        channel = interaction.channel
-        if isinstance(channel, discord.Thread | discord.DMChannel) or interaction.guild_id is None:
-            where, thread = conversation(channel or anchor.channel)
-        else:
-            opened = await self._open_thread(anchor, request)
-            if opened is None:
-                return
-            where, thread = str(interaction.channel_id), opened
-        await self.baton.accept_message(InboundMessage(
-            platform=PLATFORM, workspace=str(interaction.guild_id or ""), channel=where, thread=thread,
-            user=str(interaction.user.id), text=request.strip(), addressed=True, event_id=str(interaction.id)))
+        asked = f"{interaction.user.mention} asked: `{shown}`"
+        handed_in = False
+        try:
+            echoed = await self._echo(interaction, asked)
+            channel = interaction.channel
+            if isinstance(channel, discord.Thread | discord.DMChannel) or interaction.guild_id is None:
+                where, thread = conversation(channel or discord.Object(interaction.channel_id or 0))
+            else:
+                anchor_id = echoed.id if echoed is not None else deferred.message_id if deferred is not None else None
+                if anchor_id is None:
+                    anchor_id = (await _retrying(interaction.original_response, "finding the deferred reply")).id
+                try:
+                    thread = await _start_thread(self.client.http, interaction.channel_id or 0, anchor_id, request)
+                except Exception as exc:
+                    if not isinstance(exc, discord.HTTPException) and not _transient(exc):
+                        raise
+                    log.warning("Discord: /baton interaction %s not taken: no thread could be opened on its reply "
+                                "(%s)", interaction.id, _describe(exc))
+                    await self._answer(interaction, f"{asked}\n⚠️ {_no_thread(exc)}")
+                    return
+                where = str(interaction.channel_id)
+            await self.baton.accept_message(InboundMessage(
+                platform=PLATFORM, workspace=str(interaction.guild_id or ""), channel=where, thread=thread,
+                user=str(interaction.user.id), text=request.strip(), addressed=True, event_id=str(interaction.id)))
+            handed_in = True
+        except Exception:  # not an expected failure: its traceback, and the person is not left "thinking"
+            log.exception("Discord: /baton interaction %s failed %s being handed in", interaction.id,
+                          "after" if handed_in else "before")
+            if not handed_in:
+                await self._answer(interaction, f"{asked}\n⚠️ Something went wrong on my side and your request was "
+                                                "not taken; nothing was run. Please try again.")
+            return
+        if echoed is None:
+            await self._answer(interaction, asked)
+
+    async def _echo(self, interaction: discord.Interaction, asked: str) -> discord.InteractionMessage | None:
+        """The deferred reply becomes "@you asked: ..." (one try: discord.py retries a 5xx there itself)."""
+        try:
+            return await interaction.edit_original_response(content=asked)
+        except Exception as exc:
+            if not isinstance(exc, discord.HTTPException) and not _transient(exc):
+                raise
+            log.warning("Discord: /baton interaction %s: its reply could not be edited yet (%s); going on",
+                        interaction.id, _describe(exc))
+            return None
+
+    async def _answer(self, interaction: discord.Interaction, content: str) -> None:
+        """End "thinking" with ``content``, through Discord's passing troubles while the token lives."""
+        try:
+            await _retrying(partial(interaction.edit_original_response, content=content),
+                            f"the reply to /baton interaction {interaction.id}",
+                            until=interaction.expires_at - ANSWER_MARGIN)
+        except Exception as exc:
+            if not isinstance(exc, discord.HTTPException) and not _transient(exc):
+                raise
+            log.warning("Discord: the reply to /baton interaction %s could not be edited (%s); Discord shows it "
+                        "as still thinking until its token expires", interaction.id, _describe(exc))
 
     async def on_click(self, interaction: discord.Interaction, action: str, approval_id: str) -> None:
         """Store the click, then defer it (a redelivery is a duplicate: the first one was answered)."""
@@ -494,6 +563,83 @@ class DiscordAdapter(Adapter):
         channel = self.client.get_partial_messageable(int(location.thread or location.channel))
         return await channel.send(**_payload(outgoing), allowed_mentions=discord.AllowedMentions(
             users=[discord.Object(user)]))
+
+
+async def _start_thread(http: discord.http.HTTPClient, channel_id: int, message_id: int, text: str) -> str:
+    """Open the thread on a message (retried through passing troubles); its id. A message that has its
+    thread already (a redelivery) has it under its own id. Straight through REST: neither the message
+    nor its server need to be known to discord.py (a ``/baton`` reply may be known by its id only)."""
+    name = " ".join(text.split())[:THREAD_NAME_CHARS] or "Baton"
+    try:
+        thread = await _retrying(partial(http.start_thread_with_message, channel_id, message_id, name=name,
+                                         auto_archive_duration=THREAD_ARCHIVE_MINUTES),
+                                 f"opening a thread on message {message_id}")
+    except discord.HTTPException as exc:
+        if exc.code == THREAD_ALREADY_CREATED:
+            return str(message_id)
+        raise
+    return str(thread["id"])
+
+
+def _mentions(message: discord.Message, me: int) -> bool:
+    """A reply pinging Baton mentions it (Discord sends its text without the intent) with no <@id> in it."""
+    return me in message.raw_mentions or any(user.id == me for user in message.mentions)
+
+
+def _transient(exc: BaseException) -> bool:
+    """Discord's or the network's passing trouble: worth another try (a 4xx is not)."""
+    if isinstance(exc, discord.DiscordServerError | discord.RateLimited):
+        return True
+    if isinstance(exc, discord.HTTPException):
+        return exc.status == 429  # five in a row, or Cloudflare's: discord.py gave up
+    return isinstance(exc, aiohttp.ClientError | OSError | TimeoutError)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, discord.HTTPException):
+        return f"{exc.status} {exc.text}".strip()
+    return f"{type(exc).__name__}: {str(exc)[:200]}".rstrip(": ")
+
+
+async def _retrying(call: Callable[[], Awaitable[T]], what: str, *, until: datetime | None = None) -> T:
+    """``call()``, tried again after ``TRANSIENT_PAUSES`` while it meets a passing trouble (and, with
+    ``until``, while that time is not reached); the last error is raised."""
+    pauses = iter(TRANSIENT_PAUSES)
+    while True:
+        try:
+            return await call()
+        except Exception as exc:
+            pause = next(pauses, None)
+            if pause is None or not _transient(exc) or (until is not None and discord.utils.utcnow() >= until):
+                raise
+            if isinstance(exc, discord.RateLimited):
+                pause = max(pause, exc.retry_after)
+            log.info("Discord: %s failed (%s); trying again in %gs", what, _describe(exc), pause)
+            await asyncio.sleep(pause)
+
+
+def _trouble(exc: BaseException) -> str:
+    return (f"Discord is having trouble right now ({_describe(exc)}), so I could not take your request and nothing "
+            "was run. Please ask again in a few minutes.")
+
+
+def _no_thread(exc: BaseException) -> str:
+    """Why there is no thread, for the person who asked."""
+    if _transient(exc):
+        return (f"Discord is having trouble right now ({_describe(exc)}): I could not open a thread for your request, "
+                "so nothing was run. Please ask again in a few minutes.")
+    if isinstance(exc, discord.HTTPException):
+        return f"I can't open a thread here ({exc.text or exc.status}). {NO_PERMISSION_TO_THREAD}"
+    return f"I could not open a thread for your request ({_describe(exc)}), so nothing was run."
+
+
+async def _say_best_effort(channel: Any, text: str) -> None:
+    try:
+        await channel.send(text)
+    except Exception as exc:
+        if not isinstance(exc, discord.HTTPException) and not _transient(exc):
+            raise
+        log.warning("Discord: could not tell them in %s either (%s)", getattr(channel, "id", "?"), _describe(exc))
 
 
 def _as_history(message: discord.Message, me: int | None) -> dict[str, Any]:

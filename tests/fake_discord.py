@@ -309,6 +309,20 @@ class FakeDiscord(BackgroundServer):
                                                   "recipients": [user_json(user)]})
         return channel_id
 
+    def unannounced_thread(self, parent: str = GENERAL, name: str = "a person's thread") -> str:
+        """A thread people opened that the gateway never told Baton about (no THREAD_CREATE: opened
+        while Baton was away, say); discord.py then knows its messages' channel only by id."""
+        thread_id = snowflake()
+        with self._lock:
+            self.channels[thread_id] = {
+                "id": thread_id, "type": 11, "guild_id": GUILD_ID, "parent_id": parent, "owner_id": ALICE, "name": name,
+                "last_message_id": None, "message_count": 0, "member_count": 1, "rate_limit_per_user": 0, "flags": 0,
+                "total_message_sent": 0, "thread_metadata": {"archived": False, "locked": False,
+                                                             "archive_timestamp": now_iso(),
+                                                             "auto_archive_duration": 4320,
+                                                             "create_timestamp": now_iso()}}
+        return thread_id
+
     def click(self, message: FakeMessage, *, user: str, value: str = "approve", age: timedelta = timedelta(0)) -> dict[str, Any]:
         """A person presses the button with ``value`` on a message; returns INTERACTION_CREATE's data.
 

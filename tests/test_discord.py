@@ -43,6 +43,9 @@ from tests.support import LONG_LINES, long_line, BatonProcess, runs_in, wait_for
 
 MESSAGES = "POST /channels/{channel_id}/messages"
 CALLBACK = "POST /interactions/{interaction_id}/{token}/callback"
+THREADS = "POST /channels/{channel_id}/messages/{message_id}/threads"
+EDIT_REPLY = "PATCH /webhooks/{application_id}/{token}/messages/@original"
+LOADING = 128  # the deferred reply's "Baton is thinking..."
 
 
 @pytest.fixture
@@ -332,6 +335,93 @@ def test_slash_command_defers_then_answers_in_a_thread_on_its_reply(chat, counte
     inside = fake.slash("help", user=BOB, channel=original.id)  # in a thread: answered in that thread
     chat.reply("Here is what I can do", original.id)
     assert len(fake.threads()) == 1 and chat.stored_events() == [command["id"], inside["id"]]
+
+
+def slash_reply(fake: FakeDiscord, command: dict[str, Any]) -> FakeMessage:
+    """The deferred reply of a ``/baton`` (its thread, if any, has its id)."""
+    return wait_for(lambda: next((m for m in fake.messages() if m.interaction_id == command["id"]), None),
+                    what="the deferred reply")
+
+
+def assert_no_traceback(chat: Discord) -> None:
+    log = chat.baton.log.read_text()
+    assert "Traceback" not in log and "Ignoring exception" not in log
+
+
+def test_a_slash_command_whose_thread_discord_fails_to_open_at_first_is_answered_once(chat, counter):
+    """A 503 when opening the thread on the deferred reply (discord.py does not retry a 503) dropped
+    the request and told the channel that Baton lacked permissions. It is tried again."""
+    fake = chat.fake
+    fake.fail(THREADS, 503, times=2)
+    command = fake.slash("run uptime", channel=OPS)
+    original = slash_reply(fake, command)
+    chat.reply("did uptime", original.id)
+    assert [call.status for call in fake.calls(THREADS)] == [503, 503, 201]
+    assert fake.message(original.id).content == f"<@{ALICE}> asked: `/baton run uptime`"
+    assert not fake.message(original.id).flags & LOADING
+    assert fake.messages(OPS) == [fake.message(original.id)]  # no word about permissions in the channel
+    assert chat.stored_events() == [command["id"]] and runs_in(counter) == ["uptime"]
+    assert_no_traceback(chat)
+
+
+def test_a_slash_command_whose_reply_cannot_be_edited_is_still_taken_and_thinking_ends(chat, counter):
+    """Discord failing the edit of the deferred reply (503s until discord.py gives up) dropped the
+    request with a traceback, and "Baton is thinking..." stayed for good. The thread is opened on the
+    deferred reply all the same, the request is handed in once, and the echo is tried again."""
+    fake = chat.fake
+    fake.fail(EDIT_REPLY, 503, times=5)  # discord.py tries a webhook five times, over 25 seconds
+    command = fake.slash("run uptime", channel=OPS)
+    original = slash_reply(fake, command)
+    chat.reply("did uptime", original.id, timeout=60)
+    echoed = wait_for(lambda: (m := fake.message(original.id)) and not m.flags & LOADING and m, 30,
+                      "the deferred reply to be filled in")
+    assert echoed.content == f"<@{ALICE}> asked: `/baton run uptime`"
+    assert [call.status for call in fake.calls(EDIT_REPLY)] == [503] * 5 + [200]
+    assert chat.stored_events() == [command["id"]] and runs_in(counter) == ["uptime"]
+    assert "its reply could not be edited yet (503" in chat.baton.log.read_text()
+    assert_no_traceback(chat)
+
+
+def test_a_slash_command_without_a_thread_says_why_in_its_reply(chat, counter):
+    """No thread can be opened (no permission; Discord failing every try): "thinking" ends with what
+    happened and what to do, in the reply itself, and nothing is taken or run."""
+    fake = chat.fake
+    fake.fail(THREADS, 403)
+    refused = fake.slash("run uptime", channel=OPS)
+    reply = wait_for(lambda: (m := slash_reply(fake, refused)) and "⚠️" in m.content and m, what="the explanation")
+    assert reply.content == (f"<@{ALICE}> asked: `/baton run uptime`\n⚠️ I can't open a thread here (Server error). "
+                             "I need the *Create Public Threads* and *Send Messages in Threads* permissions in this "
+                             "channel.")
+
+    fake.fail(THREADS, 503, times=5)  # longer than Baton keeps trying
+    failing = fake.slash("run uptime", channel=OPS)
+    reply = wait_for(lambda: (m := slash_reply(fake, failing)) and "⚠️" in m.content and m, 40, "the explanation")
+    assert "⚠️ Discord is having trouble right now (503 Server error): I could not open a thread for your " \
+           "request, so nothing was run. Please ask again in a few minutes." in reply.content
+    assert not reply.flags & LOADING and fake.threads() == []
+    assert fake.messages(OPS) == [fake.message(refused_reply.id) for refused_reply in
+                                  (slash_reply(fake, refused), reply)]
+    assert chat.stored_events() == [] and runs_in(counter) == []
+    assert_no_traceback(chat)
+
+
+def test_a_message_in_a_thread_baton_does_not_know_survives_discord_failing_to_describe_it(chat, counter):
+    """discord.py knows such a thread's messages only by channel id, and asks Discord what it is: a
+    503 there (not retried by discord.py) dropped the message with a traceback."""
+    fake = chat.fake
+    thread = fake.unannounced_thread(OPS)
+    fake.fail("GET /channels/{channel_id}", 503, times=2)
+    asked = fake.say("run uptime", channel=thread)
+    chat.reply("did uptime", thread)
+    assert chat.stored_events() == [asked["id"]] and runs_in(counter) == ["uptime"]
+
+    fake.fail("GET /channels/{channel_id}", 503, times=5)  # longer than Baton keeps trying: the person is told
+    fake.say("run uptime", channel=thread)
+    chat.reply("Discord is having trouble right now (503 Server error), so I could not take your request", thread,
+               timeout=40)
+    assert "not taken: Discord did not say what the channel is (503 Server error, 5 tries)" in chat.baton.log.read_text()
+    assert chat.stored_events() == [asked["id"]] and runs_in(counter) == ["uptime"]
+    assert_no_traceback(chat)
 
 
 def test_a_rate_limited_post_is_waited_out_by_discord_py_and_posted_once(chat, counter):
