@@ -383,7 +383,7 @@ class DiscordAdapter(Adapter):
             where, thread = str(channel.id), opened
         accepted = await self.baton.accept_message(InboundMessage(
             platform=PLATFORM, workspace=str(message.guild.id) if message.guild else "", channel=where, thread=thread,
-            user=str(message.author.id), text=text, addressed=addressed, event_id=str(message.id)))
+            user=str(message.author.id), text=text, addressed=addressed, private=direct, event_id=str(message.id)))
         log.debug("Discord message %s in %s/%s -> %s", message.id, where, thread, accepted.status)
 
     async def _open_thread(self, message: discord.Message, text: str) -> str | None:
@@ -445,7 +445,8 @@ class DiscordAdapter(Adapter):
                 where = str(interaction.channel_id)
             await self.baton.accept_message(InboundMessage(
                 platform=PLATFORM, workspace=str(interaction.guild_id or ""), channel=where, thread=thread,
-                user=str(interaction.user.id), text=request.strip(), addressed=True, event_id=str(interaction.id)))
+                user=str(interaction.user.id), text=request.strip(), addressed=True,
+                private=isinstance(interaction.channel, discord.DMChannel), event_id=str(interaction.id)))
             handed_in = True
         except Exception:  # not an expected failure: its traceback, and the person is not left "thinking"
             log.exception("Discord: /baton interaction %s failed %s being handed in", interaction.id,

@@ -167,6 +167,20 @@ def test_mention_opens_a_thread_and_the_thread_is_the_conversation(chat, counter
         (GUILD_ID, OPS, thread), ("", direct, direct)]
 
 
+def test_a_high_risk_request_in_a_direct_message_says_it_needs_a_channel(chat, counter):
+    """Only the requester sees their DM with the bot, and they may not approve their own high-risk
+    request: the card waited there for ever."""
+    fake = chat.fake
+    direct = fake.direct_channel(ALICE)
+    fake.say("run restart service=web", channel=direct, mention=False)
+    answer = chat.reply("only you can see this direct message", direct)
+    assert "nothing was run" in shown_text(answer)
+    assert not any(buttons(message) for message in fake.messages(direct))
+    assert chat.rows("SELECT count(*) FROM approvals") == [(0,)] and runs_in(counter) == []
+    fake.say("run uptime", channel=direct, mention=False)  # a low-risk one runs there as before
+    chat.reply("did uptime", direct)
+
+
 def test_a_gateway_event_discord_py_cannot_read_does_not_end_the_connection_for_good(chat, counter):
     """A MESSAGE_CREATE without an author made discord.py's ``connect()`` raise: every later event was
     lost while /healthz said all was well. Baton connects again (a new session: the bad event is not
