@@ -45,7 +45,14 @@ async def guess(model: BaseChatModel, text: str, registry: GraphRegistry) -> Gue
     parsed: GraphGuess | None = result.get("parsed")
     if parsed is None:
         return Guess(None, [], result.get("raw"))
-    ranked = [name for name in dict.fromkeys([parsed.graph, *parsed.alternatives]) if name in names]
-    if parsed.graph in names and parsed.confidence >= SURE:
-        return Guess(parsed.graph, [], result["raw"])
+    known = {name.lower(): name for name in names}
+    graph = known.get(_bare(parsed.graph))
+    ranked = list(dict.fromkeys(known[bare] for bare in map(_bare, [parsed.graph, *parsed.alternatives]) if bare in known))
+    if graph is not None and parsed.confidence >= SURE:
+        return Guess(graph, [], result["raw"])
     return Guess(None, ranked[:4], result["raw"])
+
+
+def _bare(answer: str) -> str:
+    """A graph name as a model may write it (``Status``, `` `status` ``, ``"status"``), as the registry spells it."""
+    return answer.strip().strip("`'\"").strip().lower()

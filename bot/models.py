@@ -73,6 +73,18 @@ def usage_of(message: Any) -> tuple[int, int]:
 
 
 def cost_of(price: Price | None, input_tokens: int, output_tokens: int) -> float | None:
-    if price is None:
+    """Dollars for these tokens; ``None`` without a price, and without tokens (no model call, or a reply
+    that reported no usage): a run that used no model, or whose usage is unknown, has no cost, not $0."""
+    if price is None or not (input_tokens or output_tokens):
         return None
     return (input_tokens * price.input + output_tokens * price.output) / 1_000_000
+
+
+def clipped(text: str, limit: int) -> str:
+    """``text`` in at most about ``limit`` characters for a model's prompt: its start and its end (where a
+    command's output says how it ended), with how much was cut between them. A runbook's output or a
+    long reply in a thread would otherwise fill the model's context, and the provider refuses the call."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n[… {len(text) - 2 * half:,} characters cut …]\n{text[-half:]}"

@@ -18,6 +18,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langgraph.graph import END, START, StateGraph
 
 from bot.kit import Request, approve, chat, current, effect, history
+from bot.models import clipped
 from graphs.runbook import run_command
 
 DESCRIPTION = "Ask in plain words; I can use the runbooks (risky ones after approval). Needs a model."
@@ -25,6 +26,8 @@ EXAMPLE = "assistant why is the web service slow?"
 PATTERNS: list[str] = []
 DEDUPE = False
 MAX_TURNS = 6
+MESSAGE_CHARS = 2_000  # of each earlier message of the thread the model reads (a runbook's output can be 150k)
+TOOL_OUTPUT_CHARS = 8_000  # of a tool's output the model reads: its start and its end
 SYSTEM = ("You are Baton, an operations assistant in a team chat. Use the tools (runbooks) when they help; "
           "answer briefly. If a tool was rejected by an approver, do not try it again: answer without it.")
 
@@ -59,7 +62,8 @@ async def think(state: AssistantState) -> AssistantState:
     messages = list(state.get("messages") or [])
     if not messages:
         earlier = await history("thread", 30)
-        past = [AIMessage(content=m["text"]) if m["is_bot"] else HumanMessage(content=f"{m['user']}: {m['text']}")
+        past = [AIMessage(content=clipped(m["text"], MESSAGE_CHARS)) if m["is_bot"]
+                else HumanMessage(content=f"{m['user']}: {clipped(m['text'], MESSAGE_CHARS)}")
                 for m in earlier[:-1]]  # the last one is this request
         messages = [SystemMessage(content=SYSTEM), *past, HumanMessage(content=state["text"])]
     reply = await chat(messages, tools=tools(), what="The assistant")
@@ -108,13 +112,14 @@ async def act(state: AssistantState) -> AssistantState:
             continue
         argv = runbook.argv(values)
         outcome = await effect(f"tool:{call['id']}", lambda argv=argv, timeout=runbook.timeout: run_command(argv, timeout))
-        results.append(ToolMessage(content=f"exit code {outcome['exit_code']}\n{outcome['output']}", tool_call_id=call["id"]))
+        results.append(ToolMessage(content=f"exit code {outcome['exit_code']}\n{clipped(outcome['output'], TOOL_OUTPUT_CHARS)}",
+                                   tool_call_id=call["id"]))
     return {"messages": [*state["messages"], *results]}
 
 
 def answer(state: AssistantState) -> AssistantState:
     last = state["messages"][-1]
-    text = last.content if isinstance(last.content, str) else json.dumps(last.content)
+    text = last.text  # the text blocks only: providers may answer in blocks (Anthropic), not a string
     if state.get("turns", 0) >= MAX_TURNS and _calls(state):
         text = "I stopped after several rounds of tool calls without an answer. " + text
     return {"reply": text or "(the model gave no answer)"}

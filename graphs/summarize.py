@@ -9,6 +9,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.graph import END, START, StateGraph
 
 from bot.kit import Request, chat, current, history
+from bot.models import clipped
 
 DESCRIPTION = "Summarise this thread, or `summarize channel 50` for the channel's last 50 messages."
 EXAMPLE = "summarize"
@@ -27,6 +28,8 @@ def make_input(_request: Request, text: str) -> dict[str, Any]:
 
 MAX_MESSAGES = 200
 QUOTED_CHARS = 200
+MESSAGE_CHARS = 2_000  # of one message, in the transcript the model reads (a runbook's output can be 150k)
+TRANSCRIPT_CHARS = 60_000  # of the whole transcript: the newest messages that fit
 
 
 def _shortened(text: str) -> str:
@@ -53,12 +56,26 @@ async def summarize(state: SummarizeState) -> SummarizeState:
         return {"reply": {"title": f"Extractive summary of {where}", "tone": "info", "parts": [
             {"kind": "note", "text": "No model is configured, so these are the key messages, not a written summary."},
             {"kind": "text", "text": lines}]}}
-    transcript = "\n".join(f"{m['user']}: {m['text']}" for m in messages)
+    transcript = _transcript(messages)
     reply = await chat([SystemMessage(content="Summarise this chat for someone who missed it: decisions, open "
                                                "questions, who does what. Five bullet points at most."),
                         HumanMessage(content=transcript)], what="Summarising")
     return {"reply": {"title": f"Summary of {where}", "tone": "info",
-                      "parts": [{"kind": "text", "text": str(reply.content)}]}}
+                      "parts": [{"kind": "text", "text": reply.text or "(the model gave no summary)"}]}}
+
+
+def _transcript(messages: list[dict[str, Any]]) -> str:
+    """The messages as ``user: text`` lines, each clipped, the newest that fit in ``TRANSCRIPT_CHARS``."""
+    lines: list[str] = []
+    size = 0
+    for message in reversed(messages):
+        line = f"{message['user']}: {clipped(message['text'], MESSAGE_CHARS)}"
+        if lines and size + len(line) > TRANSCRIPT_CHARS:
+            lines.append(f"[{len(messages) - len(lines)} earlier messages left out]")
+            break
+        lines.append(line)
+        size += len(line) + 1
+    return "\n".join(reversed(lines))
 
 
 def extract(messages: list[dict[str, Any]], most: int = 5) -> list[dict[str, Any]]:

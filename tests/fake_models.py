@@ -4,7 +4,8 @@
 is a JSON list in the file named by ``BATON_TEST_MODEL_SCRIPT``: each entry is the reply to one
 call (``content``, optional ``tool_calls``, optional ``usage`` {input_tokens, output_tokens}) or
 ``{"error": "..."}`` to raise, or ``{"hang": seconds}`` to answer nothing for that long. The position in the script and every call's last message are kept
-in ``<script>.calls``, so the script continues across a restart and tests can count the calls.
+in ``<script>.calls`` (with
+the number of messages and their characters), so the script continues across a restart and tests can count the calls.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class ScriptedModel(ToolCallingFakeModel):
             raise AssertionError(f"the model was called {len(done) + 1} times; the script has {len(script)} replies")
         entry = script[len(done)]
         with calls.open("a") as log:
-            log.write(json.dumps({"last": str(messages[-1].content)[:4000], "count": len(messages)}) + "\n")
+            log.write(json.dumps({"last": str(messages[-1].content)[:4000], "count": len(messages),
+                                  "chars": sum(len(str(m.content)) for m in messages)}) + "\n")
         if "error" in entry:
             raise RuntimeError(entry["error"])
         if "hang" in entry:  # a provider that never answers

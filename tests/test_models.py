@@ -174,3 +174,65 @@ def test_a_model_that_hangs_is_given_up_on(start_baton, sqlite_url, model_script
     pg = start_baton(sqlite_url, env=env).client()
     reply = pg.wait_reply(pg.ask("@baton assistant hello"), "The language model did not answer")
     assert "no answer within 1s" in reply["text"]
+
+
+def test_cost_is_recorded_only_for_tokens_a_model_reported(start_baton, sqlite_url, model_script):
+    """A run that used no model, or whose model reported no usage, has no cost (it was $0 when priced)."""
+    no_usage = guess("status", 0.95)
+    del no_usage["usage"]
+    pg = start_baton(sqlite_url, env=model_script(no_usage)).client()
+    pg.wait_reply(pg.ask("@baton run uptime"), "did uptime")
+    pg.wait_reply(pg.ask("@baton what is going on?"), "Nothing is running or waiting")
+    assert run_usage(sqlite_url, "runbook") == [(None, None)]
+    assert run_usage(sqlite_url, "status") == [(None, None)]
+
+
+def test_answers_in_content_blocks_are_shown_as_text(start_baton, sqlite_url, model_script):
+    """Providers such as Anthropic answer in a list of blocks: the text is shown, not the list."""
+    blocks = [{"type": "text", "text": "The host is fine."}, {"type": "text", "text": " Nothing to do."}]
+    pg = start_baton(sqlite_url, env=model_script(
+        {"content": blocks}, {"content": [{"type": "text", "text": "• alice asked about the host"}]},
+        {"content": ""})).client()
+    thread = pg.ask("@baton assistant is the host ok?")
+    reply = pg.wait_reply(thread, "The host is fine. Nothing to do.")
+    assert "type" not in reply["text"]
+    pg.say("@baton summarize", thread=thread)
+    summary = pg.wait_reply(thread, "Summary of this thread")
+    assert summary["text"].endswith("• alice asked about the host")
+    pg.say("@baton summarize", thread=thread, user="bob")
+    pg.wait_reply(thread, "(the model gave no summary)")
+
+
+def test_a_long_thread_reaches_the_model_clipped(start_baton, sqlite_url, model_script):
+    """A runbook's 150k characters of output in the thread would fill the model's context at every call."""
+    env = model_script(final("It printed lines."), tool_call("long"), final("Done."), final("A summary."))
+    first = start_baton(sqlite_url, name="model", env=env)
+    pg = first.client()
+    thread = pg.ask("@baton run long")
+    pg.wait_reply(thread, "line 02999")
+    pg.say("@baton assistant what did it print?", thread=thread)
+    pg.wait_reply(thread, "It printed lines.")
+    pg.say("@baton assistant run it again", thread=thread)
+    pg.wait_reply(thread, "Done.")
+    first.stop()
+    second = start_baton(sqlite_url, name="no-model")  # without a model, chatter in the thread is only stored
+    pg = second.client()
+    for number in range(30):
+        pg.say(f"{number} " + "x" * 3000, thread=thread, user="bob")
+    pg.say("@baton summarize", thread=thread)
+    pg.wait_reply(thread, "Extractive summary of this thread")
+    second.stop()
+    pg = start_baton(sqlite_url, name="model-again", env=env).client()
+    pg.say("@baton summarize", thread=thread)
+    pg.wait_reply(thread, "A summary.")
+    made = calls(model_script.path)
+    assert [call["chars"] < 40_000 for call in made[:3]] == [True, True, True], [call["chars"] for call in made]
+    assert made[3]["chars"] < 70_000 and "earlier messages left out" in made[3]["last"]
+
+
+def test_routing_takes_a_graph_name_as_a_model_writes_it(start_baton, sqlite_url, model_script):
+    pg = start_baton(sqlite_url, env=model_script(guess("Status", 0.95), guess("none", 0.3, "`Help`", "STATUS"))).client()
+    pg.wait_reply(pg.ask("@baton what is going on?"), "Nothing is running or waiting")
+    card = pg.wait_card(pg.ask("@baton hmm?"))
+    buttons = next(p for p in card["content"]["parts"] if p["kind"] == "buttons")
+    assert [o["value"] for o in buttons["options"]] == ["help", "status"]
