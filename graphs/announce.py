@@ -25,7 +25,7 @@ class AnnounceState(TypedDict, total=False):
 
 
 def draft(state: AnnounceState) -> AnnounceState:
-    text = " ".join(state.get("text", "").split())
+    text = _tidied(state.get("text", ""))
     return {"draft": f"📣 {text}" if text else "", "reply": ""}
 
 
@@ -42,6 +42,13 @@ def publish(state: AnnounceState) -> AnnounceState:
     if not decision.get("approved"):
         return {"reply": f"Announcement dropped ({decision.get('by')} rejected it)."}
     return {"reply": f"{state['draft']}\n(approved by {decision['by']})"}
+
+
+def _tidied(text: str) -> str:
+    """Spaces tidied in each line; the author's line breaks kept (a list of points stays a list), at most
+    one blank line in a row."""
+    lines = [" ".join(line.split()) for line in text.strip().splitlines()]
+    return "\n".join(line for index, line in enumerate(lines) if line or lines[index - 1])
 
 
 builder = StateGraph(AnnounceState)

@@ -236,3 +236,13 @@ def test_routing_takes_a_graph_name_as_a_model_writes_it(start_baton, sqlite_url
     card = pg.wait_card(pg.ask("@baton hmm?"))
     buttons = next(p for p in card["content"]["parts"] if p["kind"] == "buttons")
     assert [o["value"] for o in buttons["options"]] == ["help", "status"]
+
+
+def test_an_announcement_keeps_its_line_breaks(baton):
+    pg = baton.client()
+    thread = pg.ask("@baton announce Maintenance tonight at 22:00 UTC\n- web:  down 10 min\n\n\n- api: unaffected")
+    card = pg.wait_card(thread)
+    assert "📣 Maintenance tonight at 22:00 UTC\n- web: down 10 min\n\n- api: unaffected" in card["text"]
+    pg.click(card, "bob")
+    posted = pg.wait_reply(thread, "(approved by bob)")
+    assert posted["text"].startswith("📣 Maintenance tonight at 22:00 UTC\n- web: down 10 min\n\n- api: unaffected\n")
