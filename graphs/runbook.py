@@ -10,7 +10,7 @@ from typing import Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 
-from bot.kit import Request, approve, current, effect, progress
+from bot.kit import Request, approve, command_environment, current, effect, progress
 
 DESCRIPTION = "Run a runbook from baton.yaml."
 EXAMPLE = "run <runbook> key=value"
@@ -86,7 +86,8 @@ async def run_command(argv: list[str], timeout: float) -> dict[str, Any]:
     """Run ``argv`` without a shell; capture stdout and stderr together."""
     try:
         process = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+            env=command_environment(),
         )
     except OSError as exc:
         return {"exit_code": 127, "output": f"could not start {argv[0]}: {exc.strerror}", "timed_out": False}

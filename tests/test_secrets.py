@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 from pydantic import SecretStr
 
+from bot.kit import command_environment
 from bot.messages import Code, Message, Text
 from bot.redaction import REDACTED, Redactor
 from bot.settings import Settings
@@ -71,3 +72,29 @@ def test_a_runbook_printing_a_secret_posts_it_redacted_and_logs_it_nowhere(tmp_p
                 for row in connection.execute(f"SELECT * FROM {table}")]
     assert rows and not any(API_KEY in row for row in rows)
     assert API_KEY not in baton.log.read_text()
+
+
+def test_commands_run_without_batons_own_secrets(monkeypatch) -> None:
+    for name, value in {"SLACK_BOT_TOKEN": TOKEN, "discord_token": "a-discord-token-value", "HOME": "/root",
+                        "BATON_DATABASE_URL": "postgresql://baton:pw@db/baton", "DEPLOY_API_KEY": API_KEY}.items():
+        monkeypatch.setenv(name, value)
+    environment = command_environment()
+    assert {"SLACK_BOT_TOKEN", "discord_token", "BATON_DATABASE_URL"}.isdisjoint(environment)
+    assert environment["HOME"] == "/root" and environment["DEPLOY_API_KEY"] == API_KEY  # the runbook's own
+
+
+def test_a_runbook_does_not_see_the_database_url(tmp_path: Path, sqlite_url: str) -> None:
+    """The command inherited Baton's whole environment: ``printenv BATON_DATABASE_URL`` posted the
+    database's address (and its password, on PostgreSQL)."""
+    config = tmp_path / "secrets.yaml"
+    config.write_text(yaml.safe_dump({"approvers": ["bob"], "runbooks": {"where": {
+        "description": "Print Baton's database URL.", "command": ["printenv", "BATON_DATABASE_URL"],
+        "risk": "low", "timeout": 10}}}))
+    baton = BatonProcess(sqlite_url, config, tmp_path).start()
+    try:
+        pg = baton.client()
+        thread = pg.ask("@baton run where")
+        reply = pg.wait_reply(thread, "exit code 1")  # printenv: no such variable
+        assert "baton.db" not in str(reply)
+    finally:
+        baton.stop()
