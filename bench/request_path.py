@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 from sqlmodel import func, select
 
-from bot import kit
+from bot import kit, replies
 from bot.app import Baton
 from bot.config import BatonConfig, load_config
 from bot.messages import InboundMessage
@@ -186,7 +186,7 @@ async def run_bare(directory: Path, mode: str, runs: int, warmup: int, concurren
                 kit.unbind(token)
             reply = (await graph.aget_state(lg_config)).values.get("reply", "")
             finished = time.perf_counter_ns()
-            if "finished" not in reply:
+            if "finished" not in replies.result(reply, failed=False).plain_text():  # text, or a message dict
                 raise RuntimeError(f"bare run {number} did not finish: {reply!r}")
             return finished
 
