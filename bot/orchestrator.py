@@ -339,12 +339,17 @@ class Orchestrator:
                 guess = await asyncio.wait_for(model_routing.guess(self.services.model, text, self.registry),
                                                self.services.model_deadline)
             except TimeoutError:
-                return await self._finish_event(event, "model error", replies.model_error(
+                return await self._finish_event(event, "model error", None if conversation else replies.model_error(
                     ModelFailed(f"no answer within {self.services.model_deadline:g}s")))
             except Exception as exc:
                 log.warning("model routing failed: %s", exc)
-                return await self._finish_event(event, "model error", replies.model_error(exc))
+                return await self._finish_event(event, "model error",
+                                                None if conversation else replies.model_error(exc))
             usage = guess.raw
+            if conversation and guess.graph is None:
+                # Chatter in a Baton thread ("thanks!"): answered only when the model names a graph for it,
+                # never with the help text, a choice card or a model's error.
+                return await self._finish_event(event, "conversation")
             if guess.graph is None and guess.options:
                 return await self._offer_choices(event, record, text, guess.options, usage)
             if guess.graph is not None:

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from tests.fake_models import calls, script
-from tests.support import runs_in
+from tests.support import has_buttons, runs_in, wait_for
 
 MODEL = "python:tests.fake_models:scripted"
 
@@ -246,3 +246,26 @@ def test_an_announcement_keeps_its_line_breaks(baton):
     pg.click(card, "bob")
     posted = pg.wait_reply(thread, "(approved by bob)")
     assert posted["text"].startswith("📣 Maintenance tonight at 22:00 UTC\n- web: down 10 min\n\n- api: unaffected\n")
+
+
+def test_chatter_in_a_baton_thread_is_answered_only_when_the_model_names_a_graph(start_baton, sqlite_url,
+                                                                                  model_script):
+    """Without a model "thanks!" in a Baton thread gets no answer; with one it was sent to the model, and an
+    unsure guess posted a choice card (no guess: the whole help text)."""
+    pg = start_baton(sqlite_url, env=model_script(guess("status", 0.4, "help"), guess("status", 0.95))).client()
+    thread = pg.ask("@baton run uptime")
+    pg.wait_reply(thread, "did uptime")
+    thanks = "chatter-1"
+    assert pg.say("thanks!", thread=thread, user="bob", event_id=thanks).status_code == 201
+
+    def outcome(event_id: str) -> str | None:
+        with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as db:
+            row = db.execute("SELECT outcome FROM inbound_events WHERE event_id = ?", (event_id,)).fetchone()
+        return row[0] if row else None
+
+    assert wait_for(lambda: outcome(thanks), what="the chatter to be handled") == "conversation"
+    pg.say("what is going on?", thread=thread, user="bob")
+    pg.wait_reply(thread, "Nothing is running or waiting")
+    assert len(calls(model_script.path)) == 2
+    assert not any(has_buttons(message) or "Here is what I can do" in message["text"]
+                   for message in pg.bot_replies(thread))
