@@ -78,6 +78,10 @@ class Baton:
         self.adapters: list[Any] = [adapter_class(self) for adapter_class in self._selected_adapters()]
         for graph in sorted(set(self.config.graphs) - set(self.registry.names())):
             log.warning("baton.yaml sets a policy for the graph %s, which is not installed (graphs/): a typo?", graph)
+        prices = self.config.models.prices
+        if prices and settings.model and settings.model not in prices:
+            log.warning("baton.yaml has model prices for %s but BATON_MODEL is %s: its runs record tokens and no "
+                        "cost (a price is found by the exact BATON_MODEL value)", ", ".join(sorted(prices)), settings.model)
         for platform in sorted({digest.platform for digest in self.config.digests} - {a.name for a in self.adapters}):
             log.warning("baton.yaml has digests for %s, which this Baton does not serve: a replica serving %s "
                         "posts them, or nobody does", platform, platform)

@@ -269,3 +269,19 @@ def test_chatter_in_a_baton_thread_is_answered_only_when_the_model_names_a_graph
     assert len(calls(model_script.path)) == 2
     assert not any(has_buttons(message) or "Here is what I can do" in message["text"]
                    for message in pg.bot_replies(thread))
+
+
+def test_a_price_for_another_model_is_named_at_start(tmp_path, caplog, monkeypatch, model_script):
+    """A price under ``openai:gpt-4.1-mini`` while running ``openai:gpt-4o``: tokens and never a cost,
+    with no sign of why."""
+    from bot.app import Baton
+    from bot.config import BatonConfig
+    from bot.settings import Settings
+
+    for name, value in model_script(final("unused")).items():
+        monkeypatch.setenv(name, value)
+    config = BatonConfig.model_validate({"models": {"prices": {"openai:gpt-4.1-mini": {"input": 0.4, "output": 1.6}}}})
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'b.db'}", BATON_ADAPTERS="playground",  # type: ignore[call-arg]
+                        BATON_MODEL=MODEL, _env_file=None)
+    Baton(settings, config)
+    assert f"model prices for openai:gpt-4.1-mini but BATON_MODEL is {MODEL}" in caplog.text
