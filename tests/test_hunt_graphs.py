@@ -7,6 +7,8 @@ import datetime
 import sys
 import threading
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -119,6 +121,18 @@ async def _reply(baton: Baton, thread: str, timeout: float = 20) -> str:
     return await asyncio.wait_for(bot_text(), timeout)
 
 
+@asynccontextmanager
+async def _asked(tmp_path: Path, config_path: Path, spec: GraphSpec, text: str) -> AsyncIterator[Baton]:
+    """A playground Baton with ``spec`` installed, asked ``text`` in thread "1" of #general by alice."""
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'e.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground")
+    async with Baton(settings) as baton:
+        baton.registry.add(spec)
+        await baton.accept_message(InboundMessage(
+            platform="playground", channel="general", thread="1", event_id="e1", user="alice", text=text))
+        yield baton
+
+
 async def _ledger(baton: Baton) -> list[tuple[str, str, Any]]:
     async with baton.db.read() as session:
         return [(row.name, row.status, row.result) for row in (await session.exec(select(Effect))).all()]
@@ -138,12 +152,8 @@ async def test_effect_takes_a_plain_function_off_the_event_loop(tmp_path, config
         result = await effect("rollback", lambda: do_rollback(state["text"]))
         return {"reply": f"Rolled back: {result}"}
 
-    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'e.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
-                        BATON_ADAPTERS="playground")
-    async with Baton(settings) as baton:
-        baton.registry.add(GraphSpec(name="rollback", graph=_one_node(act), description="Roll back."))
-        await baton.accept_message(InboundMessage(
-            platform="playground", channel="general", thread="1", event_id="e1", user="alice", text="rollback web"))
+    async with _asked(tmp_path, config_path, GraphSpec(name="rollback", graph=_one_node(act), description="Roll back."),
+                      "rollback web") as baton:
         assert await _reply(baton, "1") == "Rolled back: web is back at release 41"
         assert len(calls) == 1 and calls[0] != threading.main_thread().name  # not on the event loop's thread
         assert await _ledger(baton) == [("rollback", "done", "web is back at release 41")]
@@ -161,12 +171,8 @@ async def test_an_effect_whose_result_is_not_json_fails_the_run_with_the_reason(
     async def act(_state: State) -> State:
         return {"reply": f"stamped {await effect('stamp', stamp)}"}
 
-    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'e.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
-                        BATON_ADAPTERS="playground")
-    async with Baton(settings) as baton:
-        baton.registry.add(GraphSpec(name="stamp", graph=_one_node(act), description="Stamp."))
-        await baton.accept_message(InboundMessage(
-            platform="playground", channel="general", thread="1", event_id="e1", user="alice", text="stamp"))
+    async with _asked(tmp_path, config_path, GraphSpec(name="stamp", graph=_one_node(act), description="Stamp."),
+                      "stamp") as baton:
         reply = await _reply(baton, "1")
         assert "side effect 'stamp' ran, but its result cannot be recorded" in reply, reply
         assert "datetime is not JSON serializable" in reply
@@ -199,12 +205,8 @@ async def test_a_run_whose_handling_breaks_off_is_failed_not_left_running(tmp_pa
     async def act(_state: State) -> State:
         return {"reply": {"parts": [{"kind": "bogus", "text": "?"}]}}
 
-    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'e.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
-                        BATON_ADAPTERS="playground")
-    async with Baton(settings) as baton:
-        baton.registry.add(GraphSpec(name="bogus", graph=_one_node(act), description="A broken reply."))
-        await baton.accept_message(InboundMessage(
-            platform="playground", channel="general", thread="1", event_id="e1", user="alice", text="bogus"))
+    async with _asked(tmp_path, config_path, GraphSpec(name="bogus", graph=_one_node(act), description="A broken reply."),
+                      "bogus") as baton:
         assert await _reply(baton, "1") == "Something went wrong while handling this; it was logged."
         async with baton.db.read() as session:
             run = (await session.exec(select(Run))).one()
