@@ -273,6 +273,11 @@ def test_a_draft_stays_where_it_was_typed(start_baton, sqlite_url: str, page: sy
     expect(page.locator("#thread-composer")).to_have_value("")
     page.goto(f"{baton.url}/#/c/general/t/{first}")
     expect(page.locator("#thread-composer")).to_have_value("about the first topic")
+    # Opened from the channel, the pane's reply box is full height (it was sized while hidden: 10 px).
+    page.goto(f"{baton.url}/#/c/general")
+    page.locator("#messages .message", has_text="second topic").get_by_role("link", name="Reply in thread").click()
+    expect(page.locator("#thread-composer")).to_be_visible()
+    assert page.locator("#thread-composer").bounding_box()["height"] >= 30  # type: ignore[index]
     page.goto(f"{baton.url}/#/c/general")
     page.locator("#composer").fill("for #general")
     page.goto(f"{baton.url}/#/c/ops")

@@ -254,6 +254,7 @@
     const seq = ++threadSeq, tid = S.thread;
     $('thread-pane').hidden = false;
     document.body.classList.add('thread-open');
+    autosize($('thread-composer'));  // its draft, if any, was put in while the pane was hidden
     markSelected();
     if (S.msgs.has(tid)) renderThread();
     else $('thread-messages').innerHTML = '<div class="empty">Loading…</div>';
@@ -411,6 +412,9 @@
 
   function autosize(box) {
     box.style.height = 'auto';
+    // A box not shown yet (the thread pane before it opens) has no height to measure: 0 squeezed it
+    // to a sliver. It keeps the stylesheet's height until it is shown and sized again.
+    if (!box.getClientRects().length) return;
     box.style.height = Math.min(box.scrollHeight, 200) + 'px';
   }
 
