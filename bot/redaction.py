@@ -88,7 +88,10 @@ class _RedactingFilter(logging.Filter):
         self._redactor = redactor
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # arguments that do not fit the message: the handler reports that, as without us
+            return True
         redacted = self._redactor.text(message)
         if redacted != message:
             record.msg, record.args = redacted, ()

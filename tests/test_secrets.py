@@ -43,6 +43,7 @@ def test_log_lines_and_tracebacks_are_redacted() -> None:
     try:
         Redactor([API_KEY]).install_in_logging()
         logger.warning("calling the model with %s failed", API_KEY)
+        logger.warning("a call whose arguments do not fit %d", "x")  # reported by logging, not raised here
         try:
             raise RuntimeError(f"401: bad key {API_KEY}")
         except RuntimeError:
