@@ -68,8 +68,8 @@ class Redactor:
         loggers = [logging.getLogger()] + [logger for logger in logging.Logger.manager.loggerDict.values()
                                            if isinstance(logger, logging.Logger)]
         for handler in {handler for logger in loggers for handler in logger.handlers}:
-            if not any(isinstance(existing, _RedactingFilter) for existing in handler.filters):
-                handler.addFilter(_RedactingFilter(self))
+            if not any(isinstance(existing, RedactingFilter) for existing in handler.filters):
+                handler.addFilter(RedactingFilter(self))
 
 
 def _redacted(value: object, redactor: Redactor) -> object:
@@ -82,7 +82,7 @@ def _redacted(value: object, redactor: Redactor) -> object:
     return value
 
 
-class _RedactingFilter(logging.Filter):
+class RedactingFilter(logging.Filter):
     def __init__(self, redactor: Redactor) -> None:
         super().__init__()
         self._redactor = redactor

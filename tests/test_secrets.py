@@ -12,7 +12,7 @@ from pydantic import SecretStr
 
 from bot.kit import command_environment
 from bot.messages import Code, Message, Text
-from bot.redaction import REDACTED, Redactor
+from bot.redaction import REDACTED, RedactingFilter, Redactor
 from bot.settings import Settings
 from tests.support import BatonProcess
 
@@ -43,7 +43,6 @@ def test_log_lines_and_tracebacks_are_redacted() -> None:
     try:
         Redactor([API_KEY]).install_in_logging()
         logger.warning("calling the model with %s failed", API_KEY)
-        logger.warning("a call whose arguments do not fit %d", "x")  # reported by logging, not raised here
         try:
             raise RuntimeError(f"401: bad key {API_KEY}")
         except RuntimeError:
@@ -99,3 +98,11 @@ def test_a_runbook_does_not_see_the_database_url(tmp_path: Path, sqlite_url: str
         assert "baton.db" not in str(reply)
     finally:
         baton.stop()
+
+
+def test_a_log_call_whose_arguments_do_not_fit_is_left_to_logging() -> None:
+    """The redacting filter formats each record: one that cannot be formatted passes as it is (the handler
+    reports it as logging does), instead of raising into the code that logged."""
+    record = logging.LogRecord("baton", logging.WARNING, __file__, 1, "needs a number: %d", ("x",), None)
+    assert RedactingFilter(Redactor([API_KEY])).filter(record)
+    assert (record.msg, record.args) == ("needs a number: %d", ("x",))
