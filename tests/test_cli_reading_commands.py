@@ -61,7 +61,7 @@ def test_a_graph_module_that_fails_to_import_is_one_line_and_nothing_starts(tmp_
     graphs = tmp_path / "graphs"  # `python -m bot.cli` in this directory finds this package first
     graphs.mkdir()
     (graphs / "__init__.py").write_text("")
-    (graphs / "deploy.py").write_text("import os\nimport no_such_library_hunt\n")
+    (graphs / "deploy.py").write_text("import os\nimport no_such_library_here\n")
     env = {**os.environ, "BATON_CONFIG": str(config_path), "BATON_PORT": "0",
            "BATON_DATABASE_URL": f"sqlite:///{tmp_path / 'b.db'}"}
     env.pop("PYTHONPATH", None)
@@ -71,7 +71,7 @@ def test_a_graph_module_that_fails_to_import_is_one_line_and_nothing_starts(tmp_
         assert result.returncode == 2, result.stderr
         assert result.stderr.strip() == (
             f"Baton cannot load its graphs: the graph module graphs.deploy cannot be imported ({graphs / 'deploy.py'}, "
-            "line 2): ModuleNotFoundError: No module named 'no_such_library_hunt'")
+            "line 2): ModuleNotFoundError: No module named 'no_such_library_here'")
     assert not list(tmp_path.glob("*.db"))
 
 

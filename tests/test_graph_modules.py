@@ -38,7 +38,7 @@ graph.add_edge("x", END)
 
 def _package(tmp_path: Path, modules: dict[str, str]) -> str:
     """A graphs package of its own (unique name) holding ``modules``; its name."""
-    name = f"hunt_graphs_{uuid.uuid4().hex[:8]}"
+    name = f"graphs_under_test_{uuid.uuid4().hex[:8]}"
     root = tmp_path / name
     root.mkdir()
     (root / "__init__.py").write_text("")
@@ -65,7 +65,7 @@ def package(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize(("text", "expected"), [
     # each was a traceback through Baton's start-up (or `baton graphs`), naming neither the module nor the line
-    ("import os\nimport no_such_library_hunt\n", "broken.py, line 2): ModuleNotFoundError: No module named 'no_such_library_hunt'"),
+    ("import os\nimport no_such_library_here\n", "broken.py, line 2): ModuleNotFoundError: No module named 'no_such_library_here'"),
     ("x = 1\n\ndef f(:\n", "broken.py, line 3): SyntaxError"),
     ("def f():\n    raise KeyError('k')\nf()\n", "broken.py, line 2): KeyError: 'k'"),
     # each started, and failed only when someone asked for the graph in chat (or never said why)
@@ -116,7 +116,7 @@ async def _reply(baton: Baton, thread: str, timeout: float = 20) -> str:
                     PlaygroundMessage.thread_id == thread, PlaygroundMessage.is_bot))).all()
             if found:
                 return found[-1].text
-            await baton.outbox.wait("hunt-never-woken", 0.05)
+            await baton.outbox.wait("never-woken", 0.05)
 
     return await asyncio.wait_for(bot_text(), timeout)
 
