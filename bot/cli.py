@@ -146,7 +146,7 @@ def graphs() -> None:
     """List the graphs Baton found in graphs/ and the runbooks of baton.yaml."""
     _, config = _settings_and_config()
     for spec in _graphs():
-        typer.echo(f"{spec.name:<12} {spec.description}  (e.g. `{spec.example}`)")
+        typer.echo(f"{spec.name:<12} {spec.description or '(no description)'}  (e.g. `{spec.example}`)")
     for name, runbook in config.runbooks.items():
         typer.echo(f"run {name:<8} {runbook.description}  [risk {runbook.risk}]")
 

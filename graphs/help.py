@@ -27,7 +27,8 @@ def answer(state: HelpState) -> HelpState:
     lines = []
     for entry in catalog:
         risk = " (needs approval)" if entry.get("risk") == "high" else ""
-        lines.append(f"• `{entry['example']}` — {entry['description']}{risk}")
+        described = f" — {entry['description']}" if entry["description"] else ""  # a graph may have none
+        lines.append(f"• `{entry['example']}`{described}{risk}")
     intro = "Here is what I can do. Mention me with one of these:"
     unknown = state.get("text", "").strip()
     if unknown:

@@ -213,3 +213,13 @@ async def test_a_run_whose_handling_breaks_off_is_failed_not_left_running(tmp_pa
             record = (await session.exec(select(ThreadRecord))).one()
         assert (run.status, record.status) == ("failed", "failed")
         assert run.error is not None and "ValidationError" in run.error
+
+
+async def test_help_lists_a_graph_without_a_description_without_a_dangling_dash(tmp_path, config_path) -> None:
+    async def act(_state: State) -> State:
+        return {"reply": "done"}
+
+    async with _asked(tmp_path, config_path, GraphSpec(name="plain", graph=_one_node(act), example="plain"),
+                      "help") as baton:
+        lines = (await _reply(baton, "1")).splitlines()
+    assert "• `plain`" in lines and not any(line.startswith("• `plain` —") for line in lines)
