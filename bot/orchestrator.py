@@ -46,6 +46,7 @@ _ORPHANED_THREADS = prepared(select(InboundEvent.thread_record_id).join(ThreadRe
 INVISIBLE = {"Cf", "Cc", "Zs", "Zl", "Zp"}  # format characters (U+200B), controls and spaces: no request
 PROGRESS_LINES = 20  # the latest progress lines a run's progress message shows
 CHOOSER = "choose"  # the pseudo-graph of a run that waits for the requester to pick a graph
+ROUTER = "route"  # the pseudo-graph of a model's routing that started nothing (chatter): what it cost
 
 
 # Statements of every request, built once with bound parameters (building them cost more CPU than running them).
@@ -348,8 +349,8 @@ class Orchestrator:
             usage = guess.raw
             if conversation and guess.graph is None:
                 # Chatter in a Baton thread ("thanks!"): answered only when the model names a graph for it,
-                # never with the help text, a choice card or a model's error.
-                return await self._finish_event(event, "conversation")
+                # never with the help text, a choice card or a model's error. What asking cost is kept.
+                return await self._finish_event(event, "conversation", spent=usage)
             if guess.graph is None and guess.options:
                 return await self._offer_choices(event, record, text, guess.options, usage)
             if guess.graph is not None:
@@ -403,20 +404,25 @@ class Orchestrator:
                           fingerprint: str | None, title: str, usage: Any = None, status: str = "running",
                           user: str | None = None) -> Run:
         user = user or event.user
-        input_tokens, output_tokens = usage_of(usage)
-        price = self.config.models.prices.get(self.services.model_name or "")
-        run = await insert_row(session, Run, {
-            "thread_record_id": record.id, "inbound_id": event.id, "platform": event.platform, "channel": event.channel,
-            "graph": graph, "status": status, "requested_by": user, "input_text": text,
-            "correlation_id": event.correlation_id, "started_at": utcnow(), "finished_at": None, "waited_seconds": 0.0,
-            "turnaround_ms": None, "error": None, "tokens": (input_tokens + output_tokens) or None,
-            "cost": cost_of(price, input_tokens, output_tokens)})
+        run = await insert_row(session, Run, self._run_row(event, record.id, graph, status, user, text, usage))
         await session.exec(_START_THREAD, params={  # type: ignore[call-overload]
             "record_id": record.id, "status": status, "graph": graph, "fingerprint": fingerprint,
             "title": title or graph, "user": user, "now": utcnow()})
         await audit.record(session, "run.started", event.correlation_id, platform=event.platform, channel=event.channel,
                            thread=event.thread, user=user, run_id=run.id, graph=graph, title=title)
         return run
+
+    def _run_row(self, event: InboundEvent, record_id: int | None, graph: str, status: str, user: str, text: str,
+                 usage: Any) -> dict[str, Any]:
+        input_tokens, output_tokens = usage_of(usage)
+        price = self.config.models.prices.get(self.services.model_name or "")
+        now = utcnow()
+        return {
+            "thread_record_id": record_id, "inbound_id": event.id, "platform": event.platform,
+            "channel": event.channel, "graph": graph, "status": status, "requested_by": user, "input_text": text,
+            "correlation_id": event.correlation_id, "started_at": now, "finished_at": now if status == "done" else None,
+            "waited_seconds": 0.0, "turnaround_ms": 0 if status == "done" else None, "error": None,
+            "tokens": (input_tokens + output_tokens) or None, "cost": cost_of(price, input_tokens, output_tokens)}
 
     async def _offer_choices(self, event: InboundEvent, record: ThreadRecord, text: str, options: list[str],
                              usage: Any) -> None:
@@ -730,10 +736,15 @@ class Orchestrator:
         self.outbox.hand_over(record.platform, reply)
 
     async def _finish_event(self, event: InboundEvent, outcome: str, reply: Message | None = None,
-                            *, ephemeral: bool = False, failed: str | None = None) -> None:
+                            *, ephemeral: bool = False, failed: str | None = None, spent: Any = None) -> None:
         """Mark the event handled, and post ``reply`` in the same transaction. ``failed``: handling it broke
-        off (the reason): the thread's run, if it was running, failed (or the thread showed it running for good)."""
+        off (the reason): the thread's run, if it was running, failed (or the thread showed it running for good).
+        ``spent``: a model's usage in answering nothing (routing chatter), kept as a finished run of ``ROUTER``
+        so that digests count what it cost; the thread is left as it was."""
         async with self.db.session() as session:
+            if spent is not None and any(usage_of(spent)):
+                await insert_row(session, Run, self._run_row(event, event.thread_record_id, ROUTER, "done", event.user,
+                                                             event.text, spent))
             if failed is not None:
                 now = utcnow()
                 await session.exec(update(Run).where(  # type: ignore[arg-type]

@@ -264,6 +264,11 @@ def test_chatter_in_a_baton_thread_is_answered_only_when_the_model_names_a_graph
         return row[0] if row else None
 
     assert wait_for(lambda: outcome(thanks), what="the chatter to be handled") == "conversation"
+    # What asking about it cost is kept (a finished "route" run); the thread's record is not touched.
+    assert run_usage(sqlite_url, "route") == [(110, pytest.approx(120 / 1_000_000))]
+    with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as db:
+        assert db.execute("SELECT graph, requested_by, status FROM thread_records").fetchall() == [
+            ("runbook", "alice", "done")]
     pg.say("what is going on?", thread=thread, user="bob")
     pg.wait_reply(thread, "Nothing is running or waiting")
     assert len(calls(model_script.path)) == 2
