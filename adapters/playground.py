@@ -28,7 +28,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, field_validator
-from sqlalchemy import DateTime, bindparam, exists, func, or_
+from sqlalchemy import bindparam, exists, func, or_
 from sqlalchemy.orm import aliased
 from sqlmodel import select
 
@@ -71,11 +71,12 @@ _STRANDED = prepared(select(
     PlaygroundMessage.user, PlaygroundMessage.text, _FOLLOW_UP.label("follow_up"),
 ).where(
     PlaygroundMessage.is_bot.is_(False), PlaygroundMessage.event_id.is_not(None),  # type: ignore[attr-defined,union-attr]
-    PlaygroundMessage.created_at < bindparam("stored_before", type_=DateTime()),
+    PlaygroundMessage.id > bindparam("after"), PlaygroundMessage.id <= bindparam("up_to"),
     ~exists().where(InboundEvent.platform == PLATFORM, InboundEvent.event_id == PlaygroundMessage.event_id),
     or_(_FOLLOW_UP, func.lower(PlaygroundMessage.text).contains(f"@{BOT_NAME}"),
         *(PlaygroundMessage.channel == channel for channel, kind in CHANNEL_KINDS.items() if kind == "dm")),
 ).order_by(PlaygroundMessage.id))  # type: ignore[arg-type]
+_NEWEST = prepared(select(func.max(PlaygroundMessage.id)))
 
 
 class _Body(BaseModel):
@@ -112,9 +113,6 @@ class PlaygroundAdapter(Adapter):
     name = PLATFORM
     send_records_delivery = True  # its messages are rows in Baton's database
     stranded_poll_seconds: ClassVar[float] = 10.0  # how often ``hand_over_stranded`` looks
-    # A message younger than this may still be on its way to the bot from the request that stored it
-    # (here or on another replica); handing it over first would answer that request "duplicate".
-    stranded_after_seconds: ClassVar[float] = 5.0
 
     def __init__(self, baton: Any) -> None:
         super().__init__(baton)
@@ -123,6 +121,8 @@ class PlaygroundAdapter(Adapter):
         # (its client went away) could leave the condition's lock broken, and every later notify hung.
         self._changed = asyncio.Event()
         self._stranded_loop: asyncio.Task[None] | None = None
+        self._looked_through = 0  # the messages up to this id were looked at by a look that ended
+        self._newest_at_last_look: int | None = None
 
     def mount(self, app: FastAPI) -> None:
         router = APIRouter(prefix="/api", tags=["playground"])
@@ -306,15 +306,26 @@ class PlaygroundAdapter(Adapter):
 
     async def hand_over_stranded(self) -> None:
         """Hand the bot the users' messages that were stored but never handed over (the process
-        storing one died before it had, or handing it over failed)."""
-        stored_before = utcnow() - timedelta(seconds=self.stranded_after_seconds)
-        rows = (await self.baton.db.fetch(_STRANDED, {"stored_before": stored_before})).all()
+        storing one died before it had, or handing it over failed).
+
+        Only messages there at the previous look: a younger one may still be on its way to the bot
+        from the request that stored it (here or on another replica), which handing it over first would
+        answer "duplicate". (Ids, not clocks: replicas' clocks differ.) And only those no look has been
+        through yet: a message looked at stays as it was found, handed over or chat the bot ignored, so
+        a look reads the last few seconds' messages, not the whole history (the first, at start, reads it all).
+        """
+        newest = (await self.baton.db.fetch(_NEWEST)).first() or 0
+        up_to, self._newest_at_last_look = self._newest_at_last_look, newest
+        if up_to is None or up_to <= self._looked_through:
+            return
+        rows = (await self.baton.db.fetch(_STRANDED, {"after": self._looked_through, "up_to": up_to})).all()
         for message_id, event_id, channel, thread_id, user, text, follow_up in rows:
             if not (follow_up or self._addressed(channel, text)):
                 continue  # "ops@baton.io": no mention after all
             if await self._hand_over(message_id, event_id, channel, thread_id, user, text) == "accepted":
                 log.warning("playground message %s was stored but never handed to the bot: handed over now",
                             message_id)
+        self._looked_through = up_to  # not if a hand-over failed: the next look tries them again
 
     async def _hand_over_stranded_forever(self) -> None:
         while True:

@@ -252,8 +252,7 @@ async def test_a_message_the_bot_could_not_take_is_handed_over_again_by_the_runn
         database_url: str, config_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Handing the message over failed (the database went away for a moment): the API answered 500, and
     the message stayed unanswered until a restart, though the same replica went on running."""
-    # raising=False: on a playground without these settings the test fails where it waits for the answer
-    monkeypatch.setattr(PlaygroundAdapter, "stranded_after_seconds", 0.0, raising=False)
+    # raising=False: on a playground without this setting the test fails where it waits for the answer
     monkeypatch.setattr(PlaygroundAdapter, "stranded_poll_seconds", 0.05, raising=False)
     async with Baton(Settings(BATON_DATABASE_URL=database_url, BATON_CONFIG=config_path,  # type: ignore[call-arg]
                               BATON_ADAPTERS="playground")) as baton:
