@@ -24,10 +24,10 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
         in_window.append(Run.graph.in_(graphs))  # type: ignore[attr-defined]
     # One index-only scan for the counts and sums (ix_runs_digest covers every column used).
     per_graph: dict[str, dict[str, int]] = {}
-    finished_count, waited, tokens, cost, cost_known = 0, 0.0, None, None, 0
-    for graph, status, count, finished, waited_sum, tokens_sum, cost_sum, costs in (await session.exec(
+    finished_count, waited, tokens, cost, cost_known, with_tokens = 0, 0.0, None, None, 0, 0
+    for graph, status, count, finished, waited_sum, tokens_sum, cost_sum, costs, tokened in (await session.exec(
             select(Run.graph, Run.status, func.count(), func.count(Run.turnaround_ms), func.sum(Run.waited_seconds),
-                   func.sum(Run.tokens), func.sum(Run.cost), func.count(Run.cost))
+                   func.sum(Run.tokens), func.sum(Run.cost), func.count(Run.cost), func.count(Run.tokens))
             .where(*in_window).group_by(Run.graph, Run.status))).all():
         bucket = "running" if status in ("running", "waiting") else status
         per_graph.setdefault(graph, {"done": 0, "failed": 0, "running": 0})
@@ -37,6 +37,7 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
         tokens = (tokens or 0) + tokens_sum if tokens_sum is not None else tokens
         cost = (cost or 0.0) + cost_sum if cost_sum is not None else cost
         cost_known += costs
+        with_tokens += tokened
 
     finished = [*in_window, Run.turnaround_ms.is_not(None)]  # type: ignore[union-attr]
     turnaround = {"p50_ms": await _percentile(session, finished, finished_count, 0.50),
@@ -86,6 +87,7 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
         "waited_seconds": float(waited or 0.0),
         "tokens": int(tokens) if tokens is not None else None,
         "cost": float(cost) if cost_known else None,
+        "unpriced_runs": with_tokens - cost_known,  # tokens and no price (none for the model then): not in "cost"
         "failures": failures,
         "failure_count": sum(counts.get("failed", 0) for counts in per_graph.values()),
         "decided": decided,

@@ -52,6 +52,9 @@ def compose(state: DigestState) -> DigestState:
     lines.append(f"Time spent waiting for humans: {duration(stats['waited_seconds'])}")
     if stats.get("tokens") is not None:
         cost = f", cost ${stats['cost']:.4f}" if stats.get("cost") is not None else ""
+        unpriced = stats.get("unpriced_runs") or 0
+        if unpriced and stats.get("cost") is not None:  # the cost shown is only part of it
+            cost += f" (and {unpriced} run{'s' if unpriced > 1 else ''} with no price in baton.yaml)"
         lines.append(f"Model tokens: {stats['tokens']:,}{cost}")
     parts.append({"kind": "text", "text": "\n".join(lines)})
     if stats["decided"]:

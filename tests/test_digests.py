@@ -169,7 +169,7 @@ async def test_digest_content_is_exact(sqlite_url):
     # alice asked for this high-risk one: she is not among who it waits for (as on its card)
     assert stats["waiting"] == [{"summary": "Deploy worker", "approvers": ["bob", "dave"], "age_seconds": 2400.0,
                                  "channel": "ops", "thread": "107"}]
-    assert stats["tokens"] is None and stats["cost"] is None
+    assert stats["tokens"] is None and stats["cost"] is None and stats["unpriced_runs"] == 0
     message = Message.model_validate(compose({"stats": stats})["reply"])
     text = message.plain_text()
     assert "*8* requests" in text and "`deploy`: 3 done, 1 failed, 1 still running" in text
@@ -360,3 +360,22 @@ def test_durations_read_as_people_say_them():
 
     assert [duration(seconds) for seconds in (0.04, 0.9996, 4.25, 13, 59.6, 3700, 90000)] == \
         ["40ms", "1.0s", "4.2s", "13s", "1m", "1h 1m", "1d 1h"]
+
+
+def test_a_cost_that_covers_only_some_runs_says_so():
+    """A price added partway through the day: the cost shown was that of the priced runs only, as if whole."""
+    partial = {"tokens": 3000, "cost": 0.0012, "unpriced_runs": 2}
+    whole = {"tokens": 3000, "cost": 0.0012, "unpriced_runs": 0}
+    unpriced_only = {"tokens": 3000, "cost": None, "unpriced_runs": 2}
+    assert "Model tokens: 3,000, cost $0.0012 (and 2 runs with no price in baton.yaml)" in _model_line(partial)
+    assert _model_line(whole).endswith("Model tokens: 3,000, cost $0.0012")
+    assert _model_line(unpriced_only).endswith("Model tokens: 3,000")
+
+
+def _model_line(money: dict) -> str:
+    stats = {"window": {"start": "2026-06-01T08:00:00+00:00", "end": "2026-06-01T10:00:00+00:00"},
+             "platform": "playground", "channel": "ops", "per_graph": {"assistant": {"done": 3}}, "requests": 3,
+             "turnaround": {"count": 0}, "waited_seconds": 0.0, "failures": [], "failure_count": 0,
+             "decided": [], "waiting": [], "per_day": [], **money}
+    text = Message.model_validate(compose({"stats": stats})["reply"]).plain_text()
+    return next(line for line in text.splitlines() if line.startswith("Model tokens"))
