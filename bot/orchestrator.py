@@ -46,6 +46,7 @@ _ORPHANED_THREADS = prepared(select(InboundEvent.thread_record_id).join(ThreadRe
 INVISIBLE = {"Cf", "Cc", "Zs", "Zl", "Zp"}  # format characters (U+200B), controls and spaces: no request
 PROGRESS_LINES = 20  # the latest progress lines a run's progress message shows
 CHOOSER = "choose"  # the pseudo-graph of a run that waits for the requester to pick a graph
+STOP_GRACE_SECONDS = 8.0  # what a stopping Baton waits for events being handled (uvicorn's own grace is 10 s)
 ROUTER = "route"  # the pseudo-graph of a model's routing that started nothing (chatter): what it cost
 
 
@@ -115,6 +116,7 @@ class Orchestrator:
         self._drain_again: set[int] = set()
         self._released: set[int] = set()  # threads whose last handled event also released the lease
         self._first_work: dict[int, threads.Work] = {}  # new threads' first events, their lease already ours
+        self._stopping = False  # set by ``stop``: no further event is started
 
     # -- 1-2. accept and claim -------------------------------------------------------------------
 
@@ -219,6 +221,8 @@ class Orchestrator:
     async def drain(self, record_id: int) -> None:
         async with self._drain_slots:
             self._waiting_for_slot.discard(record_id)
+            if self._stopping:
+                return await self._give_back_unstarted(record_id)
             if record_id in self._draining:
                 self._drain_again.add(record_id)
                 return
@@ -227,7 +231,7 @@ class Orchestrator:
                 await self._drain_now(record_id)
             finally:
                 self._draining.discard(record_id)
-        if record_id in self._drain_again:
+        if record_id in self._drain_again and not self._stopping:
             self._drain_again.discard(record_id)
             self._schedule(record_id)
 
@@ -252,9 +256,16 @@ class Orchestrator:
                 if record_id in self._released:  # nothing was queued: the last transaction gave the lease back
                     self._released.discard(record_id)
                     break
+                if self._stopping:  # the rest of the thread's queue is for whoever takes it next
+                    await self.leases.release(record_id)
+                    break
                 work = await self.leases.next_or_release(record_id)
         except LeaseLost as exc:
             log.warning("stopped draining: %s", exc)
+        except asyncio.CancelledError:  # Baton stopping, past its grace: not an error
+            log.info("draining thread %s was stopped; the sweeper will retry", record_id)
+            await asyncio.shield(self.leases.release(record_id))
+            raise
         except BaseException:
             log.exception("draining thread %s stopped; the sweeper will retry", record_id)
             await asyncio.shield(self.leases.release(record_id))
@@ -285,10 +296,27 @@ class Orchestrator:
             self._schedule(record_id)  # type: ignore[arg-type]
         return len(ids)
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Stop draining, gracefully: the events being handled get ``grace`` seconds to finish (a command
+        cut off half-run is an effect in doubt, and its run fails), no further event is started, and a
+        thread that waited for a slot gives its lease back at once, so that another replica, or this one
+        restarted, takes it without waiting for the lease to run out."""
+        self._stopping = True
+        for record_id in list(self._waiting_for_slot):
+            await self._give_back_unstarted(record_id)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _give_back_unstarted(self, record_id: int) -> None:
+        """A new thread's lease, taken when its first event was stored, for a drain that will not start."""
+        if self._first_work.pop(record_id, None) is not None:
+            try:
+                await self.leases.release(record_id)
+            except Exception:
+                log.exception("giving back thread %s failed; its lease runs out instead", record_id)
 
     # -- 4-6. handle one event -------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ channel activity, the effects ledger).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -243,6 +244,8 @@ class RunServices:
                                 "it was not run again")
         try:
             result = await fn()
+        except asyncio.CancelledError:
+            raise  # cut off (Baton stopping): how far it got is unknown, so it stays "started", in doubt
         except BaseException as exc:
             self._settle(key, "failed", {"error": f"{type(exc).__name__}: {exc}"})
             raise
