@@ -39,6 +39,8 @@ class StartFailed(RuntimeError):
     message says why in one line, shown as such instead of a traceback."""
 SWEEP_INTERVAL = 1.0
 RETENTION_INTERVAL = 600.0
+FIRST_PRUNE_AFTER = 60.0  # a replica restarted more often than the interval prunes too
+PRUNE_BATCH = 500  # threads per transaction of the pruning; a pass goes on until none is due
 _EVENT_RECEIVED = prepared(select(InboundEvent.id).where(
     InboundEvent.platform == bindparam("platform"), InboundEvent.event_id == bindparam("event_id")).limit(1))
 
@@ -109,7 +111,8 @@ class Baton:
         self.scheduler = DigestScheduler(self.digests)
         await self.scheduler.start()
         self._loops = [asyncio.create_task(self._every(SWEEP_INTERVAL, self.orchestrator.sweep)),
-                       asyncio.create_task(self._every(RETENTION_INTERVAL, self.prune_checkpoints)),
+                       asyncio.create_task(self._every(RETENTION_INTERVAL, self.prune_due_checkpoints,
+                                                       first=FIRST_PRUNE_AFTER)),
                        asyncio.create_task(self._every(self.outbox.claim_seconds / 3, self.outbox.keep_claims))]
         log.info("Baton %s started with adapters: %s", self.instance, ", ".join(a.name for a in self.adapters) or "none")
         return self
@@ -163,14 +166,24 @@ class Baton:
         assert self.orchestrator is not None, "Baton is not started"
         return await self.orchestrator.accept_click(click)
 
-    async def prune_checkpoints(self) -> int:
-        """Delete the checkpoints of threads finished longer ago than the retention setting."""
+    async def prune_due_checkpoints(self, batch: int = PRUNE_BATCH) -> int:
+        """``prune_checkpoints`` in batches until none is due: one batch per interval fell behind a busy
+        team (500 threads every 10 minutes, and the checkpoint file grew for good). Returns how many."""
+        total = 0
+        while pruned := await self.prune_checkpoints(batch):
+            total += pruned
+            if pruned < batch:
+                break
+        return total
+
+    async def prune_checkpoints(self, limit: int = PRUNE_BATCH) -> int:
+        """Delete the checkpoints of up to ``limit`` threads finished longer ago than the retention setting."""
         cutoff = utcnow() - timedelta(hours=self.settings.checkpoint_retention_hours)
         async with self.db.session() as session:
             records = (await session.exec(select(ThreadRecord).where(
                 ThreadRecord.status.in_(("done", "failed", "idle")),  # type: ignore[attr-defined]
                 ThreadRecord.updated_at < cutoff, ThreadRecord.pruned_at.is_(None),  # type: ignore[union-attr]
-            ).limit(500))).all()
+            ).limit(limit))).all()
         for record in records:
             await self.runtime.forget(record.lg_thread_id)
             async with self.db.session() as session:
@@ -179,9 +192,11 @@ class Baton:
         return len(records)
 
     @staticmethod
-    async def _every(seconds: float, job: Any) -> None:
+    async def _every(seconds: float, job: Any, first: float | None = None) -> None:
+        pause = seconds if first is None else first
         while True:
-            await asyncio.sleep(seconds)
+            await asyncio.sleep(pause)
+            pause = seconds
             try:
                 await job()
             except Exception:

@@ -95,6 +95,30 @@ async def test_finished_threads_lose_their_checkpoints_after_retention(tmp_path,
         assert await baton.prune_checkpoints() == 0
 
 
+async def test_a_pruning_pass_goes_on_until_no_finished_thread_is_due(tmp_path, config_path):
+    """One batch of 500 per 10 minutes fell behind a busy team: the checkpoint file grew for good."""
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'r.db'}", BATON_CONFIG=config_path,
+                        BATON_CHECKPOINT_RETENTION_HOURS=1)
+    async with Baton(settings) as baton:
+        for channel in ("general", "ops", "random"):  # not one channel: the same request would be a duplicate
+            await baton.accept_message(InboundMessage(platform="playground", channel=channel, thread="1",
+                                                      event_id=f"e-{channel}", user="alice", text="run uptime"))
+
+        async def finished() -> int:
+            async with baton.db.session() as session:
+                return len((await session.exec(select(ThreadRecord).where(ThreadRecord.status == "done"))).all())
+
+        for _ in range(400):
+            if await finished() == 3:
+                break
+            await baton.outbox.wait("never", 0.05)
+        assert await finished() == 3, "the runs did not finish"
+        async with baton.db.session() as session:
+            await session.exec(update(ThreadRecord).values(updated_at=utcnow() - timedelta(hours=2)))
+        assert await baton.prune_due_checkpoints(batch=2) == 3  # two batches in one pass
+        assert await baton.prune_due_checkpoints(batch=2) == 0
+
+
 async def _expire_leases(database_url: str) -> int:
     """What another replica sees when the holder stalls past its lease (a long GC pause, a frozen VM)."""
     database = Database(database_url)
