@@ -29,19 +29,15 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langgraph.config import get_config, get_stream_writer
 from langgraph.types import interrupt
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel
 
 from bot.config import BatonConfig
 from bot.messages import quoted  # for graph authors: quoting what someone wrote in a reply
 from bot.models import ModelFailed, ModelRequired
-from bot.settings import Settings
+from bot.settings import SECRET_VARIABLES
 
 T = TypeVar("T")
 S = TypeVar("S", bound=BaseModel)
-# Baton's own secrets, by the variables that hold them: the platforms' tokens, the database URL.
-BATON_SECRETS = frozenset({"BATON_DATABASE_URL"} | {
-    str(field.alias) for field in Settings.model_fields.values()
-    if field.annotation is SecretStr or SecretStr in getattr(field.annotation, "__args__", ())})
 APPROVAL_MARK = "baton.approval"
 PROGRESS_MARK = "baton.progress"
 
@@ -227,6 +223,6 @@ async def effect(name: str, fn: Callable[[], Awaitable[T] | T]) -> T:
 
 
 def command_environment() -> dict[str, str]:
-    """The environment for a command a graph runs: Baton's own, without Baton's secrets (``BATON_SECRETS``,
+    """The environment for a command a graph runs: Baton's own, without Baton's secrets (``SECRET_VARIABLES``,
     in any case, as the settings read them). A command has no use for them, and its output is posted."""
-    return {name: value for name, value in os.environ.items() if name.upper() not in BATON_SECRETS}
+    return {name: value for name, value in os.environ.items() if name.upper() not in SECRET_VARIABLES}

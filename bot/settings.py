@@ -88,6 +88,13 @@ class Settings(BaseSettings):
         return {name.strip() for name in self.adapters.split(",") if name.strip()}
 
 
+# The variables that hold Baton's own secrets (the platforms' tokens, the database URL): never handed
+# to a command Baton runs (``bot.kit.command_environment``). Derived from the fields, not a setting.
+SECRET_VARIABLES = frozenset({"BATON_DATABASE_URL"} | {
+    str(field.alias) for field in Settings.model_fields.values()
+    if field.annotation is SecretStr or SecretStr in getattr(field.annotation, "__args__", ())})
+
+
 def _refuse_unreadable_lines(files: DotenvType | None, encoding: str | None) -> None:
     """Refuse a ``.env`` line python-dotenv cannot parse (``SLACK_BOT_TOKEN: xoxb-...``, an unclosed quote):
     it skips such a line with a warning, and the setting silently kept its default. The file and the
