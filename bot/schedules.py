@@ -89,11 +89,11 @@ def _crontab_day(text: str, field: str) -> int:
 def check_schedule(cron: str, timezone: str, now: datetime | None = None) -> None:
     """Refuse a schedule that never fires (``0 0 31 2 *``) or would flood its channel (``* * * * *``)."""
     cron_trigger = trigger(cron, timezone)
-    fire = cron_trigger.get_next_fire_time(None, now or datetime.now(UTC))
+    fire = _following(cron_trigger, (now or datetime.now(UTC)) - timedelta(microseconds=1))
     if fire is None:
         raise ScheduleError(f"`{quoted(cron, 80)}` never fires: no date matches it.")
     for _ in range(CHECKED_FIRINGS):
-        following = cron_trigger.get_next_fire_time(fire, fire + timedelta(microseconds=1))
+        following = _following(cron_trigger, fire)
         if following is None:
             return
         if following - fire < MIN_DIGEST_GAP:
@@ -109,17 +109,33 @@ def latest_due(cron: str, timezone: str, since: datetime, now: datetime) -> date
     """The last fire time in ``(since, now]``, or ``None``. Missed firings coalesce into this one."""
     cron_trigger = trigger(cron, timezone)
     latest = None
-    fire = cron_trigger.get_next_fire_time(None, since + timedelta(microseconds=1))
+    fire = _following(cron_trigger, since)
     steps = 0
     while fire is not None and fire <= now and steps < MAX_STEPS:
         latest = fire
-        fire = cron_trigger.get_next_fire_time(fire, fire + timedelta(microseconds=1))
+        fire = _following(cron_trigger, fire)
         steps += 1
     return latest
 
 
 def next_fire(cron: str, timezone: str, now: datetime) -> datetime | None:
-    return trigger(cron, timezone).get_next_fire_time(None, now)
+    """The first firing at or after ``now`` (in UTC)."""
+    return _following(trigger(cron, timezone), now - timedelta(microseconds=1))
+
+
+def _following(cron_trigger: CronTrigger, moment: datetime) -> datetime | None:
+    """The first firing after ``moment``, in UTC; a wall-clock time that comes twice fires once, as in crontab.
+
+    When the clocks go back, 02:30 happens twice: APScheduler fires both (a nightly digest twice that
+    night). The arithmetic is done in UTC: one microsecond added to the second 02:30 as a local time
+    lands on the first (Python's ``fold`` is lost), and the next firing found was the same one again.
+    """
+    local = cron_trigger.timezone
+    wall_clock = moment.astimezone(local).replace(tzinfo=None)
+    fire = cron_trigger.get_next_fire_time(None, moment.astimezone(UTC) + timedelta(microseconds=1))
+    while fire is not None and fire.astimezone(local).replace(tzinfo=None) <= wall_clock:  # the repeated hour
+        fire = cron_trigger.get_next_fire_time(None, fire.astimezone(UTC) + timedelta(microseconds=1))
+    return fire.astimezone(UTC) if fire is not None else None
 
 
 def parse_when(words: list[str]) -> tuple[str, str]:

@@ -1,0 +1,48 @@
+"""Digests as a demanding user meets them: clocks going back, slow builds, shared channels, busy days."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from bot import schedules
+from bot.config import BatonConfig, Digest
+from tests.test_digests import Clock, digest_service, firings
+
+PARIS_NIGHTLY = Digest(platform="playground", channel="ops", cron="30 2 * * *", timezone="Europe/Paris")
+
+
+@pytest.mark.parametrize("cron", ["30 2 * * *", "0 * * * *"])
+def test_a_schedule_near_the_autumn_clock_change_is_accepted(cron):
+    """02:30 in Paris happens twice on 25 October: the schedule was refused ("1 minute after another")
+    from August on, and a baton.yaml holding it stopped `baton run`."""
+    for now in (datetime(2026, 8, 1, tzinfo=UTC), datetime(2026, 10, 22, tzinfo=UTC)):
+        schedules.check_schedule(cron, "Europe/Paris", now)
+
+
+def test_firings_across_the_autumn_clock_change_are_once_per_wall_clock_time():
+    since = datetime(2026, 10, 23, 12, tzinfo=UTC)
+    daily = []
+    for _ in range(4):
+        since = schedules.next_fire("30 2 * * *", "Europe/Paris", since + timedelta(microseconds=1))  # type: ignore[assignment]
+        daily.append(since.astimezone(UTC))
+    # 02:30 CEST is 00:30 UTC; on the 25th the clocks go back at 03:00 and 02:30 comes again (01:30 UTC): once, as in crontab
+    assert daily == [datetime(2026, 10, 24, 0, 30, tzinfo=UTC), datetime(2026, 10, 25, 0, 30, tzinfo=UTC),
+                     datetime(2026, 10, 26, 1, 30, tzinfo=UTC), datetime(2026, 10, 27, 1, 30, tzinfo=UTC)]
+    hourly = schedules.latest_due("0 * * * *", "Europe/Paris", datetime(2026, 10, 25, 0, tzinfo=UTC),
+                                  datetime(2026, 10, 25, 1, 30, tzinfo=UTC))
+    assert hourly is None  # 02:00 CET (01:00 UTC) repeats 02:00 CEST (00:00 UTC): not due again
+
+
+async def test_a_nightly_digest_is_posted_once_on_the_night_the_clocks_go_back(sqlite_url):
+    clock = Clock(datetime(2026, 10, 24, 0, 0, tzinfo=UTC))
+    async with digest_service(sqlite_url, clock, BatonConfig(digests=[PARIS_NIGHTLY])) as digests:
+        while clock.now < datetime(2026, 10, 27, 0, 0, tzinfo=UTC):
+            await digests.run_due(clock.now)
+            clock.now += timedelta(minutes=15)
+        runs = await firings(digests)
+    assert [run.fire_time for run in runs] == [datetime(2026, 10, 24, 0, 30, tzinfo=UTC),
+                                               datetime(2026, 10, 25, 0, 30, tzinfo=UTC),
+                                               datetime(2026, 10, 26, 1, 30, tzinfo=UTC)]
+    assert [run.window_end for run in runs[:-1]] == [run.window_start for run in runs[1:]]
