@@ -27,6 +27,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
+from langgraph._internal._constants import CONFIG_KEY_SCRATCHPAD
 from langgraph.config import get_config, get_stream_writer
 from langgraph.types import interrupt
 from pydantic import BaseModel
@@ -196,14 +197,15 @@ async def effect(name: str, fn: Callable[[], Awaitable[T] | T]) -> T:
     """Run a side effect at most once for this node execution, even if the node re-runs.
 
     The key is (thread, LangGraph task id, ``name``): the task id is the same when a node is
-    replayed after a resume or a crash, so the second time returns the recorded result.
+    replayed after a resume or a crash, so the second time returns the recorded result. A node that
+    calls ``effect`` with one name several times (in a loop) runs each call once, in the order it makes them.
 
     ``fn`` may be async, or a plain function (run in a worker thread, so that a slow one does not
     hold the event loop, and with it every other run and this replica's leases). Its result is kept
     in the ledger as JSON, so it must be JSON (text, numbers, booleans, ``None``, lists, dicts).
     """
     configurable = get_config()["configurable"]
-    key = f"{configurable['thread_id']}|{configurable.get('checkpoint_ns', '')}|{name}"
+    key = f"{configurable['thread_id']}|{configurable.get('checkpoint_ns', '')}|{name}{_repeat_suffix(configurable, name)}"
 
     async def once() -> T:
         if inspect.iscoroutinefunction(fn):
@@ -220,6 +222,27 @@ async def effect(name: str, fn: Callable[[], Awaitable[T] | T]) -> T:
         return result  # type: ignore[return-value]
 
     return await current().run_effect_once(key, name, once)
+
+
+# The effect names a node's current attempt has used, and how often: (the attempt's scratchpad, counts).
+_effects_of_attempt: contextvars.ContextVar[tuple[object, dict[str, int]]] = contextvars.ContextVar("baton_effects")
+
+
+def _repeat_suffix(configurable: dict[str, Any], name: str) -> str:
+    """``""`` for a node's first effect called ``name``, ``#2``, ``#3``... for the next ones (an effect in a
+    loop over hosts): each is an effect of its own, found again in that order when the node runs again.
+
+    LangGraph gives each attempt of a node (a first run, a resume, a retry) a scratchpad of its own and
+    counts the node's ``interrupt()`` calls on it; effects are counted per attempt the same way.
+    """
+    attempt = configurable.get(CONFIG_KEY_SCRATCHPAD)
+    known = _effects_of_attempt.get(None)
+    if known is None or known[0] is not attempt:
+        known = (attempt, {})
+        _effects_of_attempt.set(known)
+    counts = known[1]
+    counts[name] = counts.get(name, 0) + 1
+    return "" if counts[name] == 1 else f"#{counts[name]}"
 
 
 def command_environment() -> dict[str, str]:

@@ -1,0 +1,149 @@
+"""Writing a graph of one's own as the README says, and running it in Baton: what went wrong for an author."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypedDict
+
+import pytest
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import RetryPolicy
+from sqlmodel import select
+
+from bot.app import Baton
+from bot.kit import effect
+from bot.messages import InboundMessage
+from bot.registry import GraphError, GraphRegistry, GraphSpec
+from bot.settings import Settings
+from storage.models import Effect, PlaygroundMessage
+
+GOOD_GRAPH = """
+from typing import TypedDict
+from langgraph.graph import END, START, StateGraph
+class S(TypedDict, total=False):
+    text: str
+    reply: str
+graph = StateGraph(S)
+graph.add_node("x", lambda s: {"reply": "ok"})
+graph.add_edge(START, "x")
+graph.add_edge("x", END)
+"""
+
+
+@pytest.fixture
+def package(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A graphs package of its own (unique name) holding the modules given; its name."""
+    made: list[str] = []
+
+    def make(modules: dict[str, str]) -> str:
+        name = f"graphs_authored_{uuid.uuid4().hex[:8]}"
+        root = tmp_path / name
+        root.mkdir()
+        (root / "__init__.py").write_text("")
+        for module, text in modules.items():
+            (root / f"{module}.py").write_text(text)
+        made.append(name)
+        return name
+
+    sys.path.insert(0, str(tmp_path))
+    yield make
+    sys.path.remove(str(tmp_path))
+    for name in made:
+        for module in [m for m in sys.modules if m == name or m.startswith(f"{name}.")]:
+            del sys.modules[module]
+
+
+class State(TypedDict, total=False):
+    text: str
+    reply: str
+
+
+def _one_node(node: Any, retry: RetryPolicy | None = None) -> StateGraph:
+    graph = StateGraph(State)
+    graph.add_node("act", node, retry_policy=retry)
+    graph.add_edge(START, "act")
+    graph.add_edge("act", END)
+    return graph
+
+
+@asynccontextmanager
+async def _asked(tmp_path: Path, config_path: Path, spec: GraphSpec, text: str) -> AsyncIterator[Baton]:
+    """A playground Baton with ``spec`` installed, asked ``text`` in thread "1" of #general by alice."""
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'e.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground")
+    async with Baton(settings) as baton:
+        baton.registry.add(spec)
+        await baton.accept_message(InboundMessage(
+            platform="playground", channel="general", thread="1", event_id="e1", user="alice", text=text))
+        yield baton
+
+
+async def _reply(baton: Baton, thread: str, timeout: float = 20) -> str:
+    async def bot_text() -> str:
+        while True:
+            async with baton.db.read() as session:
+                found = (await session.exec(select(PlaygroundMessage).where(
+                    PlaygroundMessage.thread_id == thread, PlaygroundMessage.is_bot))).all()
+            if found:
+                return found[-1].text
+            await baton.outbox.wait("never-woken", 0.05)
+
+    return await asyncio.wait_for(bot_text(), timeout)
+
+
+async def _ledger(baton: Baton) -> list[tuple[str, str, Any]]:
+    async with baton.db.read() as session:
+        return [(row.name, row.status, row.result) for row in (await session.exec(select(Effect))).all()]
+
+
+async def test_effects_of_one_name_called_in_a_loop_each_run(tmp_path, config_path) -> None:
+    """``for host in hosts: await effect("restart", ...)``: only the first host was restarted, and the
+    others got its recorded result back ("restarted web; restarted web; restarted web")."""
+    ran: list[str] = []
+
+    async def act(state: State) -> State:
+        done = []
+        for host in state["text"].split():
+            def restart(host: str = host) -> str:
+                ran.append(host)
+                return f"restarted {host}"
+            done.append(await effect("restart", restart))
+        return {"reply": "; ".join(done)}
+
+    async with _asked(tmp_path, config_path, GraphSpec(name="multi", graph=_one_node(act)), "multi web api worker") as baton:
+        assert await _reply(baton, "1") == "restarted web; restarted api; restarted worker"
+        assert ran == ["web", "api", "worker"]
+        assert [(name, status) for name, status, _ in await _ledger(baton)] == [("restart", "done")] * 3
+
+
+async def test_a_retried_node_gets_its_effects_recorded_results_back(tmp_path, config_path) -> None:
+    """A node retried by its RetryPolicy runs from its first line: its effects count from the first
+    again, so each is the same effect as before and none runs twice."""
+    ran: list[str] = []
+    attempts: list[int] = []
+
+    async def act(state: State) -> State:
+        attempts.append(1)
+        first = await effect("restart", lambda: ran.append("web") or "web")
+        second = await effect("restart", lambda: ran.append("api") or "api")
+        if len(attempts) == 1:
+            raise ConnectionError("flaky")
+        return {"reply": f"{first} {second}"}
+
+    retry = RetryPolicy(max_attempts=2, initial_interval=0.01, jitter=False, retry_on=ConnectionError)
+    async with _asked(tmp_path, config_path, GraphSpec(name="flaky", graph=_one_node(act, retry)), "flaky") as baton:
+        assert await _reply(baton, "1") == "web api"
+        assert ran == ["web", "api"] and len(attempts) == 2
+
+
+def test_a_graph_named_force_is_refused(package) -> None:
+    """``force`` as a request's first word is read as "run it anyway": a module ``force.py`` was listed by
+    help and ``baton graphs``, and ``@baton force web`` answered "I don't know how to handle “web”"."""
+    name = package({"force": GOOD_GRAPH})
+    with pytest.raises(GraphError, match="`force` .* name the module otherwise"):
+        GraphRegistry.discover(name)
