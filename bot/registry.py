@@ -35,7 +35,8 @@ def _text_input(_request: Request, args: str) -> dict[str, Any]:
 
 # Words chat reads as Baton's own commands before it looks for a graph of that name (bot.routing).
 # (``digest`` is one too: the built-in graph of that name is what the scheduler runs, never chat.)
-COMMAND_WORDS = {"run": "`run <runbook> key=value`"}
+COMMAND_WORDS = {"run": "`run <runbook> key=value`",
+                 "force": "`<request> force`: run it again even if it ran recently"}
 
 
 class GraphError(ValueError):
