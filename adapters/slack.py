@@ -16,6 +16,8 @@ two different ``event_id`` values, and both must become one request. Clicks use 
 Whether a message is for Baton is the core's decision: a mention or a DM is ``addressed``; any
 other message is handed in too, and the core keeps it only inside a Baton thread (follow-ups).
 Messages from bots, including Baton's own, and edits or joins (message subtypes) are ignored here.
+The text is handed in as the person typed it: Slack's markup undone (``slack_blocks.typed_text``), so
+that an address Slack made a link reaches a runbook's argument as typed.
 
 Outbound, ``send`` renders core messages as Block Kit (``adapters.slack_blocks``) and always
 posts in the thread. A 429 becomes ``RetryLater`` (Retry-After honoured by the shared outbox
@@ -50,7 +52,7 @@ from adapters.slack_blocks import (
     escape,
     render,
     shown_text,
-    unescape,
+    typed_text,
 )
 from bot.messages import InboundClick, InboundMessage, Location
 from bot.outbox import Delivery
@@ -215,7 +217,7 @@ class SlackAdapter(Adapter):
         mentioned = mentioned or bool(self._mention.search(raw))
         accepted = await self.baton.accept_message(InboundMessage(
             platform=PLATFORM, workspace=body.get("team_id") or "", channel=channel,
-            thread=event.get("thread_ts") or ts, user=user, text=unescape(self._mention.sub("", raw)).strip(),
+            thread=event.get("thread_ts") or ts, user=user, text=typed_text(self._mention.sub("", raw)).strip(),
             addressed=mentioned or event.get("channel_type") == "im", private=event.get("channel_type") == "im",
             event_id=f"{channel}:{ts}"))
         log.debug("Slack %s %s:%s -> %s", event.get("type"), channel, ts, accepted.status)
@@ -247,7 +249,7 @@ class SlackAdapter(Adapter):
         if await self.baton.event_received(PLATFORM, event_id):  # a redelivery: its thread was made already
             await ack()
             return
-        text = unescape(body.get("text") or "").strip()
+        text = typed_text(body.get("text") or "").strip()
         shown = f"{body.get('command', '/baton')} {text}".strip()
         try:
             anchor = await self.client.chat_postMessage(
@@ -317,7 +319,7 @@ class SlackAdapter(Adapter):
         is_bot = bool(message.get("bot_id")) or message.get("user") == self.bot_user_id
         text = shown_text(message) if is_bot else message.get("text") or ""
         return {"user": message.get("user") or message.get("bot_id") or "", "is_bot": is_bot,
-                "text": unescape(self._mention.sub("@baton", text)).strip()}
+                "text": typed_text(self._mention.sub("@baton", text)).strip()}
 
     @staticmethod
     def _caller(method: str, function: Callable[..., Awaitable[Any]], result_key: str | None,

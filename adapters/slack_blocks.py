@@ -28,8 +28,14 @@ TONE_EMOJI = {"success": ":white_check_mark:", "error": ":x:", "warning": ":warn
               "approval": ":raised_hand:", "progress": ":hourglass_flowing_sand:"}
 # A Slack user id as the core shows it ("U0123ABCD", or "slack:U0123ABCD" from baton.yaml),
 # outside `code`: rendered as a mention. It must contain a digit, so plain words never match.
-USER_ID = re.compile(r"(?<![\w@<|/])(?:slack:)?((?=[UW][A-Z0-9]*[0-9])[UW][A-Z0-9]{8,11})(?![\w])")
+# "@U0123ABCD" (how ``typed_text`` gives a person's mention to the core) is one too.
+USER_ID = re.compile(r"(?<![\w@<|/])(?:slack:|@)?((?=[UW][A-Z0-9]*[0-9])[UW][A-Z0-9]{8,11})(?![\w])")
+MENTION_GROWTH = 3  # "U0123ABCD" -> "<@U0123ABCD>"
 INLINE_CODE = re.compile(r"(`[^`\n]*`)")
+# Slack's markup in what people write: <@U0123|name>, <#C0123|name>, <!here>, <!subteam^S0123|@team>,
+# <https://x.io|label>. A "<" a person typed arrives as "&lt;", so every "<...>" is markup.
+MARKUP = re.compile(r"<([^<>\n]*)>")
+SPECIAL_MENTIONS = {"here", "channel", "everyone"}
 
 Permalink = Callable[[str, str], str]  # (channel, thread ts) -> URL
 
@@ -60,6 +66,28 @@ def unescape(text: str) -> str:
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
+def typed_text(mrkdwn: str) -> str:
+    """What a person typed, from the text Slack sends: an address as typed (Slack makes ``db1.example.com``
+    a link), a mention as ``@U0123ABCD`` (shown as a mention again in Baton's replies), ``#channel``."""
+    return unescape(MARKUP.sub(_as_typed, mrkdwn))
+
+
+def _as_typed(markup: re.Match[str]) -> str:
+    target, _, label = markup.group(1).partition("|")
+    if target.startswith("@"):
+        return target
+    if target.startswith("#"):
+        return f"#{label}" if label else target
+    if target.startswith("!"):  # @here, a user group (its label is its @handle), a date (its label)
+        name, _, detail = target[1:].partition("^")
+        if name in SPECIAL_MENTIONS:
+            return f"@{name}"
+        return label or f"@{detail.split('^', 1)[0] or name}"
+    if not label or label == re.sub(r"^(?:https?://|mailto:)", "", target):
+        return label or target
+    return f"{label} ({target})"
+
+
 def with_mentions(escaped: str) -> str:
     """Raw Slack user ids (outside inline code) become mentions: ``U0123ABCD`` -> ``<@U0123ABCD>``."""
     pieces = INLINE_CODE.split(escaped)
@@ -68,7 +96,15 @@ def with_mentions(escaped: str) -> str:
 
 def chunks(text: str, limit: int) -> list[str]:
     """Split ``text`` into pieces whose escaped length is at most ``limit``, at line ends when possible."""
-    return split_text(text, limit, lambda piece: len(escape(piece)))
+    return split_text(text, limit, _shown_length)
+
+
+def _shown_length(text: str) -> int:
+    """An upper bound on the length of ``text`` as shown (``with_mentions(escape(text))``), by pieces.
+
+    Counted on any piece, even one character of a line split by characters: every ``U`` or ``W``
+    may start a user id that becomes a mention."""
+    return len(escape(text)) + MENTION_GROWTH * (text.count("U") + text.count("W"))
 
 
 def render(message: Message, permalink: Permalink, *, files: bool = True) -> Rendered:

@@ -325,7 +325,7 @@ def check_message(args: dict[str, Any]) -> str:
     for block in blocks:
         texts = [block["text"]["text"]] if block["type"] == "section" else \
             [element["text"] for element in block.get("elements", []) if "text" in element and block["type"] == "context"]
-        if block["type"] == "section" and len(texts[0]) > 3000:
+        if any(len(text) > 3000 for text in texts):  # a section's text, and each of a context's elements
             return "invalid_blocks"
         if block["type"] == "actions":
             if len(block["elements"]) > 25:
