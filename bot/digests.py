@@ -147,8 +147,7 @@ class Digests:
                 return False
             run = (await session.exec(select(DigestRun).where(DigestRun.schedule_key == key,
                                                               DigestRun.fire_time == fire_time))).one()
-        await self._build_and_post(run)
-        return True
+        return await self._build_and_post(run, run.claimed_at)
 
     async def _retake_lost(self, now: datetime) -> int:
         async with self.db.read() as session:
@@ -156,16 +155,25 @@ class Digests:
                 DigestRun.status == "claimed", DigestRun.claimed_at < now - RETAKE_AFTER))).all()
         posted = 0
         for run in lost:
+            claimed_at = self.clock()
             async with self.db.session() as session:
                 taken = await session.exec(update(DigestRun).where(  # type: ignore[arg-type]
                     DigestRun.id == run.id, DigestRun.status == "claimed", DigestRun.claimed_at == run.claimed_at)
-                    .values(claimed_by=self.instance, claimed_at=self.clock()))
-            if taken.rowcount:
-                await self._build_and_post(run)
-                posted += 1
+                    .values(claimed_by=self.instance, claimed_at=claimed_at))
+            if not taken.rowcount:
+                continue
+            try:
+                posted += int(await self._build_and_post(run, claimed_at))
+            except Exception:
+                log.exception("digest for %s/%s failed", run.platform, run.channel)
         return posted
 
-    async def _build_and_post(self, run: DigestRun) -> None:
+    async def _build_and_post(self, run: DigestRun, claimed_at: datetime) -> bool:
+        """Build the card and post it, if the claim made at ``claimed_at`` is still this replica's.
+
+        A build slower than ``RETAKE_AFTER`` (a slow model) is taken over by another replica, which
+        posts it; the slow one drops its card.
+        """
         graphs = list(run.summary.get("graphs") or [])
         async with self.db.scan() as session:
             stats = await collect(session, run.platform, run.channel, run.window_start, run.window_end, graphs,
@@ -175,14 +183,20 @@ class Digests:
                             thread=run.summary.get("thread") or "")
         message = await self._render(run, stats, location)
         async with self.db.session() as session:
+            still_ours = await session.exec(update(DigestRun).where(  # type: ignore[arg-type]
+                DigestRun.id == run.id, DigestRun.status == "claimed", DigestRun.claimed_by == self.instance,
+                DigestRun.claimed_at == claimed_at).values(status="posted", posted_at=self.clock()))
+            if not still_ours.rowcount:
+                log.info("digest %s for %s/%s was posted by another replica meanwhile", run.id, run.platform, run.channel)
+                return False
             card_id = await self.outbox.enqueue(session, location, message, correlation_id=f"digest-{run.id}")
             await session.exec(update(DigestRun).where(DigestRun.id == run.id).values(  # type: ignore[arg-type]
-                status="posted", posted_at=self.clock(),
                 summary={**run.summary, "requests": stats["requests"], "outbox_id": card_id}))
             await audit.record(session, "digest.posted", f"digest-{run.id}", platform=run.platform, channel=run.channel,
                                window_start=run.window_start.isoformat(), window_end=run.window_end.isoformat(),
                                requests=stats["requests"])
         self.outbox.wake(run.platform)
+        return True
 
     async def _render(self, run: DigestRun, stats: dict[str, Any], location: Location) -> Message:
         spec = self.registry.get(DIGEST_GRAPH)

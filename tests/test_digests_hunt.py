@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from bot import schedules
 from bot.config import BatonConfig, Digest
-from tests.test_digests import Clock, digest_service, firings
+from bot.digests import RETAKE_AFTER
+from tests.test_digests import PARIS_DAILY, Clock, digest_service, firings, posted_messages
 
 PARIS_NIGHTLY = Digest(platform="playground", channel="ops", cron="30 2 * * *", timezone="Europe/Paris")
 
@@ -46,3 +48,38 @@ async def test_a_nightly_digest_is_posted_once_on_the_night_the_clocks_go_back(s
                                                datetime(2026, 10, 25, 0, 30, tzinfo=UTC),
                                                datetime(2026, 10, 26, 1, 30, tzinfo=UTC)]
     assert [run.window_end for run in runs[:-1]] == [run.window_start for run in runs[1:]]
+
+
+async def test_a_digest_still_being_built_when_another_replica_takes_it_over_is_posted_once(database_url):
+    """A build slower than the two minutes after which a claim counts as lost (a slow model summary):
+    the other replica posted it, and so did the slow one when it finished."""
+    clock = Clock(datetime(2026, 6, 1, 6, 0, tzinfo=UTC))
+    config = BatonConfig(digests=[PARIS_DAILY])
+    async with digest_service(database_url, clock, config, "a") as slow, digest_service(database_url, clock, config, "b") as other:
+        clock.now = datetime(2026, 6, 1, 7, 0, tzinfo=UTC)  # 09:00 in Paris
+        built = asyncio.Event()
+        render = slow._render
+
+        async def slow_render(*args):
+            await built.wait()
+            return await render(*args)
+
+        slow._render = slow_render  # type: ignore[method-assign]
+        building = asyncio.create_task(slow.run_due(clock.now))
+        await wait_until(lambda: firings(other), lambda runs: len(runs) == 1)
+        clock.now += RETAKE_AFTER + timedelta(seconds=1)
+        assert await other.run_due(clock.now) == 1
+        built.set()
+        await building
+        messages = await posted_messages(other)
+        runs = await firings(other)
+    assert len(messages) == 1
+    assert [(run.status, run.claimed_by) for run in runs] == [("posted", "b")]
+
+
+async def wait_until(read, ready, timeout: float = 10.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not ready(value := await read()):
+        assert asyncio.get_running_loop().time() < deadline, f"still {value!r}"
+        await asyncio.sleep(0.02)
+    return value
