@@ -2,8 +2,9 @@
 
 A firing is claimed by inserting (schedule key, fire time) with a unique key before anything is
 built or posted, so several replicas, or a replica restarted mid-way, post each digest once. The
-window of a digest starts where the channel's previous digest ended; missed firings (Baton was
-down) coalesce into one catch-up digest for the latest due time, covering the whole gap.
+window of a digest starts where its schedule's previous digest ended (``digest now``: the
+channel's); missed firings (Baton was down) coalesce into one catch-up digest for the latest due
+time, covering the whole gap.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from bot.messages import Location, Message
 from bot.outbox import Outbox
 from bot.replies import when
 from bot.runtime import GraphRuntime, RunServices, Services
-from storage.db import insert_ignore
+from storage.db import Transaction, insert_ignore
 from storage.models import DigestRun, DigestSchedule, utcnow
 
 log = logging.getLogger("baton.digests")
@@ -123,7 +124,7 @@ class Digests:
         location = Location(platform=schedule.platform, workspace=schedule.workspace, channel=schedule.channel, thread="")
         period = self._period(schedule, due)
         return int(await self._fire(schedule.key, location, schedule.graphs, due, period, schedules.describe(
-            schedule.cron, schedule.timezone)))
+            schedule.cron, schedule.timezone), scheduled=True))
 
     async def run_now(self, location: Location, event_id: str, user: str) -> bool:
         """``digest now``: a digest in the request's thread, covering the time since the channel's last one."""
@@ -132,12 +133,9 @@ class Digests:
                                 f"asked for by {user}")
 
     async def _fire(self, key: str, location: Location, graphs: list[str], fire_time: datetime, default_window: timedelta,
-                    reason: str) -> bool:
+                    reason: str, scheduled: bool = False) -> bool:
         async with self.db.session() as session:
-            previous_end = (await session.exec(select(func.max(DigestRun.window_end)).where(
-                DigestRun.platform == location.platform, DigestRun.workspace == location.workspace,
-                DigestRun.channel == location.channel, DigestRun.window_end <= fire_time))).one()
-            start = previous_end or fire_time - default_window
+            start = await self._window_start(session, key, location, fire_time, default_window, scheduled)
             claimed = await insert_ignore(session, DigestRun, {
                 "schedule_key": key, "fire_time": fire_time, "platform": location.platform,
                 "workspace": location.workspace, "channel": location.channel, "window_start": start,
@@ -148,6 +146,25 @@ class Digests:
             run = (await session.exec(select(DigestRun).where(DigestRun.schedule_key == key,
                                                               DigestRun.fire_time == fire_time))).one()
         return await self._build_and_post(run, run.claimed_at)
+
+    @staticmethod
+    async def _window_start(session: Transaction, key: str, location: Location, fire_time: datetime, default_window: timedelta,
+                            scheduled: bool) -> datetime:
+        """Where this schedule's previous digest ended (a channel may have several schedules: a weekly one
+        beside a daily one covers its week). A schedule's first digest covers one period, or goes back to
+        the channel's previous digest when that is older (an edited schedule leaves no gap); ``digest
+        now`` covers the time since the channel's previous digest."""
+        own = (await session.exec(select(func.max(DigestRun.window_end)).where(
+            DigestRun.schedule_key == key, DigestRun.window_end <= fire_time))).one()
+        if own is not None:
+            return own
+        channel = (await session.exec(select(func.max(DigestRun.window_end)).where(
+            DigestRun.platform == location.platform, DigestRun.workspace == location.workspace,
+            DigestRun.channel == location.channel, DigestRun.window_end <= fire_time))).one()
+        one_period = fire_time - default_window
+        if channel is None:
+            return one_period
+        return min(channel, one_period) if scheduled else channel
 
     async def _retake_lost(self, now: datetime) -> int:
         async with self.db.read() as session:

@@ -10,6 +10,7 @@ import pytest
 from bot import schedules
 from bot.config import BatonConfig, Digest
 from bot.digests import RETAKE_AFTER
+from bot.messages import Location
 from tests.test_digests import PARIS_DAILY, Clock, digest_service, firings, posted_messages
 
 PARIS_NIGHTLY = Digest(platform="playground", channel="ops", cron="30 2 * * *", timezone="Europe/Paris")
@@ -83,3 +84,36 @@ async def wait_until(read, ready, timeout: float = 10.0):
         assert asyncio.get_running_loop().time() < deadline, f"still {value!r}"
         await asyncio.sleep(0.02)
     return value
+
+
+async def test_a_weekly_digest_beside_a_daily_one_in_the_same_channel_covers_its_week(sqlite_url):
+    """The window started where the channel's previous digest ended, whichever schedule posted it: the
+    Monday 09:30 weekly digest covered the 30 minutes since the 09:00 daily one."""
+    daily = Digest(platform="playground", channel="ops", cron="0 9 * * *", timezone="UTC", graphs=["deploy"])
+    weekly = Digest(platform="playground", channel="ops", cron="30 9 * * mon", timezone="UTC")
+    clock = Clock(datetime(2026, 6, 1, 0, 0, tzinfo=UTC))  # a Monday
+    async with digest_service(sqlite_url, clock, BatonConfig(digests=[daily, weekly])) as digests:
+        while clock.now < datetime(2026, 6, 16, 0, 0, tzinfo=UTC):
+            await digests.run_due(clock.now)
+            clock.now += timedelta(minutes=30)
+        runs = await firings(digests)
+    weeklies = [(run.window_start, run.window_end) for run in runs if run.schedule_key.endswith("mon:UTC")]
+    assert weeklies[1:] == [(datetime(2026, 6, 1, 9, 30, tzinfo=UTC), datetime(2026, 6, 8, 9, 30, tzinfo=UTC)),
+                            (datetime(2026, 6, 8, 9, 30, tzinfo=UTC), datetime(2026, 6, 15, 9, 30, tzinfo=UTC))]
+    dailies = [run for run in runs if run.schedule_key.endswith("0 9 * * *:UTC")]
+    assert all(run.window_end - run.window_start == timedelta(days=1) for run in dailies[1:])
+
+
+async def test_two_schedules_at_the_same_time_in_one_channel_each_cover_the_day(sqlite_url):
+    """One in baton.yaml, one made in chat, both at 09:00: the second to be built was always 'Quiet'."""
+    clock = Clock(datetime(2026, 6, 1, 0, 0, tzinfo=UTC))
+    config = BatonConfig(digests=[Digest(platform="playground", channel="ops", cron="0 9 * * *", timezone="UTC")])
+    async with digest_service(sqlite_url, clock, config) as digests:
+        await digests.set_chat_schedule(Location(platform="playground", channel="ops", thread="1"), "0 9 * * *", "UTC",
+                                        "alice", "c1")
+        while clock.now < datetime(2026, 6, 4, 0, 0, tzinfo=UTC):
+            await digests.run_due(clock.now)
+            clock.now += timedelta(hours=1)
+        runs = await firings(digests)
+    assert len(runs) == 6
+    assert all(run.window_end - run.window_start == timedelta(days=1) for run in runs[2:])
