@@ -141,13 +141,27 @@ def approve(
 ) -> Decision:
     """Stop until a human approves or rejects; returns their ``Decision``.
 
-    ``approvers`` defaults to the graph's approvers from ``baton.yaml``. A requester may never
-    decide their own ``high``-risk request.
+    ``approvers`` defaults to the graph's approvers from ``baton.yaml`` (one approver may be given as
+    text). A requester may never decide their own ``high``-risk request. ``details`` are shown on the
+    card as text: values that are not JSON (a datetime, say) are shown as ``str()`` makes them.
     """
-    value = interrupt(
-        {"baton": APPROVAL_MARK, "summary": summary, "details": details or {}, "risk": risk, "approvers": approvers}
-    )
+    if risk not in ("low", "high"):
+        raise ValueError(f"approve(): risk must be 'low' or 'high', not {risk!r}")
+    if isinstance(approvers, str):
+        approvers = [approvers]
+    if approvers is not None and not all(isinstance(name, str) for name in approvers):
+        raise TypeError(f"approve(): approvers must be user ids (text), not {approvers!r}")
+    value = interrupt({"baton": APPROVAL_MARK, "summary": summary, "details": _shown_details(details or {}),
+                       "risk": risk, "approvers": approvers})
     return Decision.from_resume(value)
+
+
+def _shown_details(details: dict[str, Any]) -> dict[str, Any]:
+    """``details`` as the approval stores them: JSON (the database's JSON takes no NaN or infinity)."""
+    try:
+        return json.loads(json.dumps(details, default=str, allow_nan=False))  # type: ignore[no-any-return]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"approve(): details must be JSON (text, numbers, booleans, None, lists, dicts): {exc}") from None
 
 
 async def chat(messages: Sequence[BaseMessage], *, tools: Sequence[dict[str, Any]] | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -16,11 +17,11 @@ from langgraph.types import RetryPolicy
 from sqlmodel import select
 
 from bot.app import Baton
-from bot.kit import effect
+from bot.kit import approve, effect
 from bot.messages import InboundMessage
 from bot.registry import GraphError, GraphRegistry, GraphSpec
 from bot.settings import Settings
-from storage.models import Effect, PlaygroundMessage
+from storage.models import Approval, Effect, PlaygroundMessage
 
 GOOD_GRAPH = """
 from typing import TypedDict
@@ -147,3 +148,55 @@ def test_a_graph_named_force_is_refused(package) -> None:
     name = package({"force": GOOD_GRAPH})
     with pytest.raises(GraphError, match="`force` .* name the module otherwise"):
         GraphRegistry.discover(name)
+
+
+def _asking(**kwargs: Any) -> StateGraph:
+    def ask(_state: State) -> State:
+        decision = approve("Restart web?", **kwargs)
+        return {"reply": f"approved: {decision.approved}"}
+    return _one_node(ask)
+
+
+async def _card(baton: Baton, thread: str, timeout: float = 20) -> Approval:
+    async def approval() -> Approval:
+        while True:
+            async with baton.db.read() as session:
+                found = (await session.exec(select(Approval))).first()
+            if found is not None and found.card_outbox_id is not None:
+                return found
+            await baton.outbox.wait("never-woken", 0.05)
+
+    return await asyncio.wait_for(approval(), timeout)
+
+
+async def test_approve_shows_details_that_are_not_json_as_text(tmp_path, config_path) -> None:
+    """``approve(..., details={"since": datetime})``: the approval could not be stored, and the requester
+    read "Something went wrong while handling this; it was logged." (the card never came)."""
+    since = datetime.datetime(2026, 12, 1, 9, 30)
+    async with _asked(tmp_path, config_path, GraphSpec(name="restart", graph=_asking(details={"since": since})),
+                      "restart") as baton:
+        card = await _card(baton, "1")
+        assert card.details == {"since": "2026-12-01 09:30:00"}
+        assert "since: 2026-12-01 09:30:00" in await _reply(baton, "1")
+
+
+async def test_approve_takes_one_approver_written_as_text(tmp_path, config_path) -> None:
+    """``approve(..., approvers="carol")``: each letter was an approver ("approvers: c, a, r, o, l"), and
+    carol was told "Only c, a, r, o or l can approve this." """
+    async with _asked(tmp_path, config_path, GraphSpec(name="restart", graph=_asking(approvers="carol")),
+                      "restart") as baton:
+        assert (await _card(baton, "1")).approvers == ["carol"]
+
+
+@pytest.mark.parametrize(("kwargs", "expected"), [
+    # "medium" was stored and shown ("risk medium"), and treated as low: the requester could approve it
+    ({"risk": "medium"}, "approve(): risk must be 'low' or 'high', not 'medium'"),
+    ({"approvers": [1, None]}, "approve(): approvers must be user ids (text)"),
+    ({"details": {"ratio": float("nan")}}, "approve(): details must be JSON"),
+])
+async def test_approve_called_wrongly_fails_the_run_with_the_reason(tmp_path, config_path, kwargs, expected) -> None:
+    async with _asked(tmp_path, config_path, GraphSpec(name="restart", graph=_asking(**kwargs)), "restart") as baton:
+        reply = await _reply(baton, "1")
+        assert expected in reply, reply
+        async with baton.db.read() as session:
+            assert (await session.exec(select(Approval))).first() is None
