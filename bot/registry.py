@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import StateGraph
@@ -27,6 +27,7 @@ from langgraph.pregel import Pregel
 from bot.kit import Request
 
 InputMaker = Callable[[Request, str], dict[str, Any]]
+T = TypeVar("T")
 
 
 def _text_input(_request: Request, args: str) -> dict[str, Any]:
@@ -135,16 +136,45 @@ def _spec_from_module(name: str, module: ModuleType) -> GraphSpec:
             compiled.append(re.compile(pattern, re.IGNORECASE))
         except (re.error, TypeError) as exc:
             raise GraphError(f"{where}: PATTERNS: {pattern!r} is not a regular expression: {exc}") from None
+    make_input = getattr(module, "make_input", None)
+    if make_input is not None and not callable(make_input):
+        raise GraphError(f"{where}: make_input must be a function (request, text) -> dict, "
+                         f"not {type(make_input).__name__}")
     return GraphSpec(
         name=name,
         graph=module.graph,
-        description=getattr(module, "DESCRIPTION", _first_line(module.__doc__)),
-        example=getattr(module, "EXAMPLE", name),
+        description=_setting(module, "DESCRIPTION", str, _first_line(module.__doc__), where),
+        example=_setting(module, "EXAMPLE", str, name, where),
         patterns=compiled,
-        dedupe=getattr(module, "DEDUPE", True),
-        asks_approval=getattr(module, "ASKS_APPROVAL", False),
-        make_input=getattr(module, "make_input", _text_input),
+        dedupe=_setting(module, "DEDUPE", bool, True, where),
+        asks_approval=_setting(module, "ASKS_APPROVAL", bool, False, where),
+        make_input=_input_told(name, make_input) if make_input is not None else _text_input,
     )
+
+
+def _setting(module: ModuleType, name: str, kind: type[T], default: T, where: str) -> T:
+    """A module setting of the type it must have (``DEDUPE = "false"`` read as true, silently)."""
+    value = getattr(module, name, default)
+    if not isinstance(value, kind):
+        wanted = "True or False" if kind is bool else "text"
+        raise GraphError(f"{where}: {name} must be {wanted}, not {type(value).__name__}")
+    return value
+
+
+def _input_told(name: str, make_input: InputMaker) -> InputMaker:
+    """The module's ``make_input``, whose refusal of a request (an exception) is told to the requester, as a
+    node's exception is, instead of "Something went wrong"."""
+
+    def make(request: Request, args: str) -> dict[str, Any]:
+        try:
+            return make_input(request, args)
+        except Exception as exc:
+            from bot.routing import RouteError  # bot.routing imports this module
+
+            reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            raise RouteError(f"`{name}` could not read this request: {reason}. Nothing was run.") from exc
+
+    return make
 
 
 def _first_line(doc: str | None) -> str:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import re
 import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypedDict
 
 import pytest
@@ -19,7 +21,7 @@ from sqlmodel import select
 from bot.app import Baton
 from bot.kit import approve, effect
 from bot.messages import InboundMessage
-from bot.registry import GraphError, GraphRegistry, GraphSpec
+from bot.registry import GraphError, GraphRegistry, GraphSpec, _spec_from_module
 from bot.settings import Settings
 from storage.models import Approval, Effect, PlaygroundMessage
 
@@ -200,3 +202,42 @@ async def test_approve_called_wrongly_fails_the_run_with_the_reason(tmp_path, co
         assert expected in reply, reply
         async with baton.db.read() as session:
             assert (await session.exec(select(Approval))).first() is None
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    # each was taken as true (or listed as "`None`"), silently
+    ("DEDUPE = 'false'\n", "DEDUPE must be True or False, not str"),
+    ("ASKS_APPROVAL = 'yes'\n", "ASKS_APPROVAL must be True or False, not str"),
+    ("EXAMPLE = None\n", "EXAMPLE must be text, not NoneType"),
+    ("DESCRIPTION = ['Deploy']\n", "DESCRIPTION must be text, not list"),
+    ("make_input = {'text': ''}\n", "make_input must be a function (request, text) -> dict, not dict"),
+])
+def test_a_graph_setting_of_the_wrong_type_is_named(package, line, expected) -> None:
+    name = package({"deploy": GOOD_GRAPH + line})
+    with pytest.raises(GraphError, match=re.escape(expected)):
+        GraphRegistry.discover(name)
+
+
+async def test_a_request_make_input_refuses_is_answered_with_its_reason(tmp_path, config_path) -> None:
+    """``make_input`` raising ``ValueError("...")`` for arguments it cannot read: the requester read
+    "Something went wrong while handling this; it was logged." and never learnt what to write."""
+    def make_input(_request: Any, text: str) -> dict[str, Any]:
+        if not text.isdigit():
+            raise ValueError("give the number of replicas, e.g. `scale 3`")
+        return {"text": text}
+
+    async def act(state: State) -> State:
+        return {"reply": f"scaled to {state['text']}"}
+
+    spec = _spec_from_module("scale", _module(graph=_one_node(act), make_input=make_input))
+    async with _asked(tmp_path, config_path, spec, "scale lots") as baton:
+        reply = await _reply(baton, "1")
+    assert "`scale` could not read this request: give the number of replicas, e.g. `scale 3`" in reply, reply
+    assert "Nothing was run" in reply
+
+
+def _module(**attributes: Any) -> ModuleType:
+    module = ModuleType("graphs_authored_inline")
+    module.__file__ = "graphs_authored_inline.py"
+    module.__dict__.update(attributes)
+    return module
