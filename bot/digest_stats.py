@@ -50,20 +50,25 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
             .join(ThreadRecord, ThreadRecord.id == Run.thread_record_id)
             .where(*in_window, Run.status == "failed").order_by(Run.started_at).limit(MAX_LISTED))).all()
     ]
-    decided_filter = [Run.platform == platform, Run.channel == channel, Approval.decided_at >= start,
-                      Approval.decided_at < end, Approval.status.in_(("approved", "rejected"))]  # type: ignore[attr-defined]
+    # Approvals only: a choice card ("which graph did you mean?") picked is no approval granted.
+    approvals_here = [Run.platform == platform, Run.channel == channel, Approval.kind == "approval"]
     if graphs:
-        decided_filter.append(Approval.graph.in_(graphs))  # type: ignore[attr-defined]
+        approvals_here.append(Approval.graph.in_(graphs))  # type: ignore[attr-defined]
+    decided_filter = [*approvals_here, Approval.decided_at >= start, Approval.decided_at < end,
+                      Approval.status.in_(("approved", "rejected"))]  # type: ignore[attr-defined]
+    decided_counts = {"approved": 0, "rejected": 0, **dict((await session.exec(
+        select(Approval.status, func.count()).join(Run, Run.id == Approval.run_id)
+        .where(*decided_filter).group_by(Approval.status))).all())}
     decided = [
         {"status": status, "by": by, "summary": summary.splitlines()[0][:120], "channel": c, "thread": t}
         for status, by, summary, c, t in (await session.exec(
             select(Approval.status, Approval.decided_by, Approval.summary, ThreadRecord.channel, ThreadRecord.thread)
             .join(Run, Run.id == Approval.run_id).join(ThreadRecord, ThreadRecord.id == Approval.thread_record_id)
-            .where(*decided_filter).order_by(Approval.decided_at))).all()
+            .where(*decided_filter).order_by(Approval.decided_at).limit(MAX_LISTED))).all()
     ]
-    waiting_filter = [Run.platform == platform, Run.channel == channel, Approval.status == "pending"]
-    if graphs:
-        waiting_filter.append(Approval.graph.in_(graphs))  # type: ignore[attr-defined]
+    waiting_filter = [*approvals_here, Approval.status == "pending"]
+    waiting_count = (await session.exec(select(func.count()).select_from(Approval).join(Run, Run.id == Approval.run_id)
+                                        .where(*waiting_filter))).one()
     waiting = [
         {"summary": summary.splitlines()[0][:120], "approvers": who_may_approve(approvers, requested_by, risk),
          "age_seconds": (now - created).total_seconds(), "channel": c, "thread": t}
@@ -71,7 +76,7 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
             select(Approval.summary, Approval.approvers, Approval.requested_by, Approval.risk, Approval.created_at,
                    ThreadRecord.channel, ThreadRecord.thread)
             .join(Run, Run.id == Approval.run_id).join(ThreadRecord, ThreadRecord.id == Approval.thread_record_id)
-            .where(*waiting_filter).order_by(Approval.created_at))).all()
+            .where(*waiting_filter).order_by(Approval.created_at).limit(MAX_LISTED))).all()
     ]
     day = func.date(Run.started_at)
     per_day = [{"day": str(d), "requests": n, "avg_turnaround_ms": float(avg) if avg is not None else None}
@@ -90,8 +95,11 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
         "unpriced_runs": with_tokens - cost_known,  # tokens and no price (none for the model then): not in "cost"
         "failures": failures,
         "failure_count": sum(counts.get("failed", 0) for counts in per_graph.values()),
-        "decided": decided,
-        "waiting": waiting,
+        "decided": decided,  # the first MAX_LISTED; the counts are of all
+        "approved_count": decided_counts["approved"],
+        "rejected_count": decided_counts["rejected"],
+        "waiting": waiting,  # the oldest MAX_LISTED
+        "waiting_count": waiting_count,
         "per_day": per_day,
     }
 

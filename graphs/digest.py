@@ -58,21 +58,23 @@ def compose(state: DigestState) -> DigestState:
         lines.append(f"Model tokens: {stats['tokens']:,}{cost}")
     parts.append({"kind": "text", "text": "\n".join(lines)})
     if stats["decided"]:
-        granted = sum(1 for d in stats["decided"] if d["status"] == "approved")
-        parts.append({"kind": "text", "text": f"*Approvals*: {granted} granted, {len(stats['decided']) - granted} rejected"})
+        granted, rejected = stats["approved_count"], stats["rejected_count"]
+        parts.append({"kind": "text", "text": f"*Approvals*: {granted} granted, {rejected} rejected"
+                                              + _not_listed(granted + rejected, stats["decided"])})
         for decided in stats["decided"]:
             verb = "approved" if decided["status"] == "approved" else "rejected"
             parts.append({"kind": "link", "label": f"{decided['summary']} — {verb} by {decided['by']}",
                           "channel": decided["channel"], "thread": decided["thread"]})
     if stats["waiting"]:
-        parts.append({"kind": "text", "text": f"*Waiting for approval*: {len(stats['waiting'])}"})
+        parts.append({"kind": "text", "text": f"*Waiting for approval*: {stats['waiting_count']}"
+                                              + _not_listed(stats["waiting_count"], stats["waiting"])})
         for waiting in stats["waiting"]:
             parts.append({"kind": "link", "label": f"{waiting['summary']} — waiting {duration(waiting['age_seconds'])} "
                                                    f"for {', '.join(waiting['approvers']) or 'nobody'}",
                           "channel": waiting["channel"], "thread": waiting["thread"]})
     if stats["failures"]:
-        more = stats["failure_count"] - len(stats["failures"])
-        parts.append({"kind": "text", "text": f"*Failures*: {stats['failure_count']}" + (f" ({more} more not listed)" if more > 0 else "")})
+        parts.append({"kind": "text", "text": f"*Failures*: {stats['failure_count']}"
+                                              + _not_listed(stats["failure_count"], stats["failures"])})
         for failure in stats["failures"]:
             parts.append({"kind": "link", "label": f"`{failure['graph']}`: {failure['error']}",
                           "channel": failure["channel"], "thread": failure["thread"]})
@@ -82,6 +84,12 @@ def compose(state: DigestState) -> DigestState:
         parts.append({"kind": "note", "text": f"Digest {stats['reason']}."})
     tone = "warning" if stats["failures"] or stats["waiting"] else "success"
     return {"reply": {"title": title, "tone": tone, "parts": parts}}
+
+
+def _not_listed(count: int, listed: list[Any]) -> str:
+    """Only the first few of a long list are links (a card of hundreds would be many messages)."""
+    more = count - len(listed)
+    return f" ({more} more not listed)" if more > 0 else ""
 
 
 def chart(per_day: list[dict[str, Any]]) -> dict[str, Any]:

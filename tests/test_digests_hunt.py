@@ -10,7 +10,10 @@ import pytest
 from bot import schedules
 from bot.config import BatonConfig, Digest
 from bot.digests import RETAKE_AFTER
-from bot.messages import Location
+from bot.digest_stats import collect
+from bot.messages import Location, Message
+from graphs.digest import compose
+from storage.models import Approval, Run, ThreadRecord
 from tests.test_digests import PARIS_DAILY, Clock, digest_service, firings, posted_messages
 
 PARIS_NIGHTLY = Digest(platform="playground", channel="ops", cron="30 2 * * *", timezone="Europe/Paris")
@@ -117,3 +120,45 @@ async def test_two_schedules_at_the_same_time_in_one_channel_each_cover_the_day(
         runs = await firings(digests)
     assert len(runs) == 6
     assert all(run.window_end - run.window_start == timedelta(days=1) for run in runs[2:])
+
+
+async def seed_busy_day(db, start: datetime, decided: int, waiting: int) -> None:
+    """``decided`` approvals decided (every third rejected), ``waiting`` still pending, and a choice
+    card ("which graph did you mean?") picked and another not yet picked."""
+    async with db.session() as session:
+        for n in range(decided + waiting + 2):
+            record = ThreadRecord(platform="playground", channel="ops", thread=str(1000 + n), status="done")
+            session.add(record)
+            await session.flush()
+            chooser = n >= decided + waiting
+            run = Run(thread_record_id=record.id, platform="playground", channel="ops", graph="choose" if chooser else "deploy",
+                      status="done", requested_by="alice", correlation_id=f"c{n}", started_at=start + timedelta(seconds=n),
+                      finished_at=start + timedelta(seconds=n + 1), turnaround_ms=1000)
+            session.add(run)
+            await session.flush()
+            pending = n >= decided and (not chooser or n == decided + waiting + 1)
+            session.add(Approval(
+                run_id=run.id, thread_record_id=record.id, interrupt_id=f"i{n}", graph=run.graph,
+                kind="choice" if chooser else "approval", summary=f"Which did you mean {n}?" if chooser else f"Deploy {n}",
+                requested_by="alice", approvers=["bob"], risk="high", created_at=start + timedelta(seconds=n),
+                status="pending" if pending else ("rejected" if n % 3 == 2 else "approved"),
+                decided_by=None if pending else "bob", decided_at=None if pending else start + timedelta(seconds=n + 1)))
+
+
+async def test_a_busy_days_digest_fits_one_slack_message_and_counts_every_approval(sqlite_url):
+    """Every decided and waiting approval was a line of its own: 300 made the card seven Slack
+    messages (50 blocks each). A choice card's pick was counted as an approval granted."""
+    from adapters.slack_blocks import render
+
+    start = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)
+    end = start + timedelta(days=1)
+    async with digest_service(sqlite_url, Clock(end), BatonConfig()) as digests:
+        await seed_busy_day(digests.db, start, decided=300, waiting=40)
+        async with digests.db.read() as session:
+            stats = await collect(session, "playground", "ops", start, end, [], end)
+    message = Message.model_validate(compose({"stats": stats})["reply"])
+    text = message.plain_text()
+    assert "*Approvals*: 200 granted, 100 rejected (290 more not listed)" in text
+    assert "*Waiting for approval*: 40 (30 more not listed)" in text
+    assert "Which did you mean" not in text
+    assert len(render(message, lambda channel, thread: f"https://x/{channel}/{thread}").messages) == 1
