@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from datetime import timedelta
@@ -35,6 +36,7 @@ from bot.redaction import Redactor
 from storage.db import Database, Transaction, insert_ignore, insert_returning_id, prepared
 from storage.models import ChannelPace, OutboxMessage, utcnow
 
+log = logging.getLogger("baton.outbox")
 CLAIM_SECONDS = 30.0  # BATON_LEASE_SECONDS's default; Baton claims for as long as its lease setting says
 
 # The claim's statements are built once, with bound parameters: building them (and their cache
@@ -62,9 +64,21 @@ _KEEP = update(_ROWS).where(
     _ROWS.c.id.in_(bindparam("row_ids", expanding=True)), _ROWS.c.status == "sending",
     _ROWS.c.claimed_by == bindparam("worker"),
 ).values(claimed_until=bindparam("until", type_=DateTime()))
-_DELIVERED = prepared(update(_ROWS).where(_ROWS.c.id == bindparam("row_id")).values(
+# A delivery is settled only by the worker whose claim it is: one that stalled past its claim, while
+# another replica took the row over and sent it, must not send it again (retry), mark it failed or
+# overwrite its platform id. A claim that ran out and that nobody took is still its worker's.
+_CLAIM_HELD = (_ROWS.c.id == bindparam("row_id"), _ROWS.c.status == "sending",
+               _ROWS.c.claimed_by == bindparam("worker"))
+_DELIVERED = prepared(update(_ROWS).where(*_CLAIM_HELD).values(
     status="sent", platform_message_id=bindparam("platform_id"), sent_at=bindparam("now", type_=DateTime()),
     claimed_until=None, error=None))
+_RETRY = prepared(update(_ROWS).where(*_CLAIM_HELD).values(
+    status="pending", next_attempt_at=bindparam("at", type_=DateTime()), claimed_until=None, error=bindparam("error")))
+_FAILED = prepared(update(_ROWS).where(*_CLAIM_HELD).values(status="failed", claimed_until=None, error=bindparam("error")))
+
+
+class ClaimLost(RuntimeError):
+    """Another replica took this outbox row over (this one stalled past its claim): it is theirs to send."""
 
 
 _UNDELIVERED_IN_THREAD = prepared(select(OutboxMessage.id).where(
@@ -148,6 +162,7 @@ class Outbox:
         self._claim_wanted: set[str] = set()  # platforms whose stored rows may be due
         self._taken: dict[str, list[int]] = {}  # platform -> the rows its delivery loop took last
         self._loops: dict[str, asyncio.Task[Any] | None] = {}  # platform -> the task that takes them
+        self._claimed_as: dict[int, str] = {}  # row -> the worker ``claim`` took it as, until it is settled
 
     def attach(self, platform: str, pace_seconds: float) -> None:
         """This process delivers ``platform``'s messages from now on (its adapter has started)."""
@@ -302,6 +317,8 @@ class Outbox:
                     "until": now + timedelta(seconds=self.claim_seconds)})
                 if not taken.rowcount:
                     continue
+                if worker != self.worker:
+                    self._claimed_as[row.id] = worker  # type: ignore[index]
                 target = None
                 if row.ref_outbox_id is not None:
                     ref = await session.get(OutboxMessage, row.ref_outbox_id)
@@ -336,28 +353,28 @@ class Outbox:
         # Durable, though nothing outside follows it: a mark lost to a power cut would have the message
         # sent twice, and the next durable write may be a long way off on a quiet Baton.
         async with self._db.session() as session:
-            await self.record_delivery(session, delivery_id, platform_message_id)
+            if not await self._settle(session, _DELIVERED, delivery_id, platform_id=platform_message_id, now=utcnow()):
+                log.warning("outbox message %s was sent after another replica had taken it over", delivery_id)
 
-    @staticmethod
-    async def record_delivery(session: Transaction, delivery_id: int, platform_message_id: str | None) -> None:
+    async def record_delivery(self, session: Transaction, delivery_id: int, platform_message_id: str | None) -> None:
         """Mark a row sent in the caller's transaction: for a platform that stores its messages in
-        Baton's database, in the transaction that stores the message (delivered exactly once)."""
-        await session.exec(_DELIVERED, params={  # type: ignore[call-overload]
-            "row_id": delivery_id, "platform_id": platform_message_id, "now": utcnow()})
+        Baton's database, in the transaction that stores the message (delivered exactly once).
+        ``ClaimLost`` when another replica took the row over: the caller's transaction must not commit."""
+        if not await self._settle(session, _DELIVERED, delivery_id, platform_id=platform_message_id, now=utcnow()):
+            raise ClaimLost(f"outbox message {delivery_id} was taken over by another replica")
 
     async def retry(self, delivery_id: int, after_seconds: float, error: str) -> None:
         async with self._db.session() as session:
-            await session.exec(
-                update(OutboxMessage)
-                .where(OutboxMessage.id == delivery_id)  # type: ignore[arg-type]
-                .values(status="pending", next_attempt_at=utcnow() + timedelta(seconds=after_seconds), claimed_until=None,
-                        error=error[:500])
-            )
+            await self._settle(session, _RETRY, delivery_id, at=utcnow() + timedelta(seconds=after_seconds),
+                               error=error[:500])
 
     async def failed(self, delivery_id: int, error: str) -> None:
         async with self._db.session() as session:
-            await session.exec(
-                update(OutboxMessage)
-                .where(OutboxMessage.id == delivery_id)  # type: ignore[arg-type]
-                .values(status="failed", claimed_until=None, error=error[:500])
-            )
+            await self._settle(session, _FAILED, delivery_id, error=error[:500])
+
+    async def _settle(self, session: Transaction, statement: Any, delivery_id: int, **values: Any) -> bool:
+        """Run ``statement`` on the row while this process's claim on it holds; false when it does not."""
+        worker = self._claimed_as.pop(delivery_id, self.worker)
+        settled = await session.exec(statement, params={  # type: ignore[call-overload]
+            "row_id": delivery_id, "worker": worker, **values})
+        return bool(settled.rowcount)

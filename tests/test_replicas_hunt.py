@@ -1,0 +1,111 @@
+"""Replicas that stall or crash while they hold work: what another replica took over is not done twice."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+from sqlmodel import select
+
+from bot.app import Baton
+from bot.messages import InboundMessage, Location, Message
+from bot.outbox import Delivery, Outbox
+from bot.settings import Settings
+from storage.db import Database
+from storage.models import OutboxMessage, PlaygroundMessage, utcnow
+
+HERE = Location(platform="slack", workspace="T1", channel="C1", thread="1.0")
+
+
+async def _claim_runs_out(db: Database, row_id: int) -> None:
+    """As if the replica holding the claim stalled past it (a paused VM, a network partition)."""
+    async with db.session() as session:
+        await session.exec(update(OutboxMessage).where(OutboxMessage.id == row_id)  # type: ignore[call-overload]
+                           .values(claimed_until=utcnow() - timedelta(seconds=1)))
+
+
+async def _row(db: Database, row_id: int) -> OutboxMessage:
+    async with db.read() as session:
+        row = await session.get(OutboxMessage, row_id)
+    assert row is not None
+    return row
+
+
+@pytest.mark.asyncio
+async def test_a_stalled_replica_that_settles_a_message_another_replica_sent_does_not_have_it_sent_again(
+        database: Database) -> None:
+    """The replica whose claim ran out answered late: its retry (the platform timed out) put the row the
+    other replica had sent back in the queue, and the message was posted a second time; its "failed"
+    marked a sent message failed."""
+    stalled, survivor = Outbox(database, worker="stalled"), Outbox(database, worker="survivor")
+    async with database.session() as session:
+        await stalled.enqueue(session, HERE, Message.text("restarting web"))
+    [delivery] = await stalled.claim("slack", "stalled")
+    await _claim_runs_out(database, delivery.id)
+    [taken] = await survivor.claim("slack", "survivor")
+    assert taken.id == delivery.id
+    await survivor.delivered(taken.id, "ts-by-survivor")
+
+    await stalled.retry(delivery.id, 0, "the platform timed out")
+    assert await survivor.claim("slack", "survivor") == []  # not sent again
+    await stalled.failed(delivery.id, "gave up")
+    await stalled.delivered(delivery.id, "ts-by-stalled")
+    row = await _row(database, delivery.id)
+    assert (row.status, row.platform_message_id, row.claimed_by) == ("sent", "ts-by-survivor", "survivor")
+
+
+@pytest.mark.asyncio
+async def test_a_claim_nobody_took_over_is_still_settled_by_its_replica_after_it_ran_out(database: Database) -> None:
+    outbox = Outbox(database, worker="slow")
+    async with database.session() as session:
+        await outbox.enqueue(session, HERE, Message.text("first"))
+        await outbox.enqueue(session, HERE, Message.text("second"))
+    [first] = await outbox.claim("slack", "slow")
+    await _claim_runs_out(database, first.id)
+    await outbox.delivered(first.id, "ts-1")
+    assert (await _row(database, first.id)).status == "sent"
+    [second] = await outbox.claim("slack", "slow")
+    await _claim_runs_out(database, second.id)
+    await outbox.retry(second.id, 0, "a 503")
+    assert (await _row(database, second.id)).status == "pending"
+
+
+async def test_a_playground_replica_that_stalled_past_its_claim_does_not_post_what_another_replica_posted(
+        database_url: str, config_path: Path) -> None:
+    """The playground promises each message once: its send stores the message and marks the row in one
+    transaction. The mark did not check the claim was still the replica's, so a replica that stalled
+    between claiming a reply and storing it stored it a second time beside the one another replica had."""
+    settings = Settings(BATON_DATABASE_URL=database_url, BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground")
+    async with Baton(settings) as baton:
+        playground = next(adapter for adapter in baton.adapters if adapter.name == "playground")
+        survivor = Outbox(baton.db, worker="survivor")
+        posted_elsewhere: list[int] = []
+        send, deliver, settled = playground.send, playground._deliver, asyncio.Event()
+
+        async def stalled_send(delivery: Delivery) -> str | None:
+            await _claim_runs_out(baton.db, delivery.id)
+            [taken] = await survivor.claim("playground", "survivor")  # ... and posts it:
+            await survivor.delivered(taken.id, "posted-by-survivor")
+            posted_elsewhere.append(taken.id)
+            return await send(delivery)  # the stalled replica goes on
+
+        async def deliver_once(delivery: Delivery) -> None:
+            try:
+                await deliver(delivery)
+            finally:
+                settled.set()
+
+        playground.send = stalled_send  # type: ignore[method-assign]
+        playground._deliver = deliver_once  # type: ignore[method-assign]
+        await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
+                                                  event_id="e1", user="alice", text="help", addressed=True))
+        await asyncio.wait_for(settled.wait(), 20)
+        async with baton.db.read() as session:
+            stored = (await session.exec(select(PlaygroundMessage).where(PlaygroundMessage.is_bot))).all()
+        row = await _row(baton.db, posted_elsewhere[0])
+    assert stored == []  # the survivor's copy is the one
+    assert (row.status, row.platform_message_id) == ("sent", "posted-by-survivor")
