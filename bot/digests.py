@@ -57,8 +57,12 @@ class Digests:
                     "key": key, "source": "config", "platform": digest.platform, "workspace": digest.workspace,
                     "channel": digest.channel, "cron": digest.cron, "timezone": digest.timezone, "graphs": digest.graphs,
                     "enabled": True, "created_at": now, "updated_at": now}, ["key"])
+                # put back after being taken out: it starts afresh, with no catch-up for the time it was off
+                await session.exec(update(DigestSchedule).where(  # type: ignore[arg-type]
+                    DigestSchedule.key == key, DigestSchedule.enabled == False)  # noqa: E712
+                    .values(enabled=True, created_at=now, updated_at=now))
                 await session.exec(update(DigestSchedule).where(DigestSchedule.key == key)  # type: ignore[arg-type]
-                                   .values(graphs=digest.graphs, enabled=True))
+                                   .values(graphs=digest.graphs))
             await session.exec(update(DigestSchedule).where(  # type: ignore[arg-type]
                 DigestSchedule.source == "config", DigestSchedule.key.not_in(list(wanted) or [""]))  # type: ignore[attr-defined]
                 .values(enabled=False, updated_at=now))

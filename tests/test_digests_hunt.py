@@ -162,3 +162,20 @@ async def test_a_busy_days_digest_fits_one_slack_message_and_counts_every_approv
     assert "*Waiting for approval*: 40 (30 more not listed)" in text
     assert "Which did you mean" not in text
     assert len(render(message, lambda channel, thread: f"https://x/{channel}/{thread}").messages) == 1
+
+
+async def test_a_digest_put_back_in_baton_yaml_waits_for_its_next_time(sqlite_url):
+    """Taken out of baton.yaml and put back ten days later: at the restart it posted at once, a catch-up
+    for the days it was off (a schedule made again in chat waits for its next time)."""
+    clock = Clock(datetime(2026, 6, 1, 6, 0, tzinfo=UTC))
+    async with digest_service(sqlite_url, clock, BatonConfig(digests=[PARIS_DAILY])) as digests:
+        clock.now = datetime(2026, 6, 1, 7, 5, tzinfo=UTC)
+        assert await digests.run_due(clock.now) == 1
+    clock.now = datetime(2026, 6, 2, 12, 0, tzinfo=UTC)
+    async with digest_service(sqlite_url, clock, BatonConfig()) as digests:
+        assert await digests.run_due(clock.now) == 0
+    clock.now = datetime(2026, 6, 12, 12, 0, tzinfo=UTC)
+    async with digest_service(sqlite_url, clock, BatonConfig(digests=[PARIS_DAILY])) as digests:
+        assert await digests.run_due(clock.now) == 0
+        clock.now = datetime(2026, 6, 13, 7, 0, tzinfo=UTC)
+        assert await digests.run_due(clock.now) == 1
