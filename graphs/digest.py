@@ -16,7 +16,7 @@ from xml.sax.saxutils import escape
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.graph import END, START, StateGraph
 
-from bot.kit import Request, chat, current, duration
+from bot.kit import ModelFailed, Request, chat, current, duration
 
 DESCRIPTION = "Digests of this channel: `digest daily 09:00 Europe/Paris`, `digest now`, `digest list`, `digest off`."
 EXAMPLE = "digest now"
@@ -123,9 +123,14 @@ async def summarize(state: DigestState) -> DigestState:
     if current().model is None or not state["stats"]["requests"]:
         return {}
     stats = {key: value for key, value in state["stats"].items() if key != "per_day"}
-    answer = await chat([SystemMessage(content="Write two sentences for a team channel summarising what their bots "
-                                               "and people got done, from these digest numbers. Plain words, no lists."),
-                         HumanMessage(content=json.dumps(stats, default=str))], what="The digest summary")
+    try:
+        answer = await chat([SystemMessage(content="Write two sentences for a team channel summarising what their "
+                                                   "bots and people got done, from these digest numbers. Plain words, "
+                                                   "no lists."),
+                             HumanMessage(content=json.dumps(stats, default=str))], what="The digest summary")
+    except ModelFailed as exc:  # the numbers matter more than the prose: post them anyway
+        note = {"kind": "note", "text": f"No written summary: the model failed ({str(exc)[:200]})."}
+        return {"reply": {**reply, "parts": [*reply["parts"], note]}}
     summary = {"kind": "text", "text": str(answer.content).strip()}
     return {"reply": {**reply, "parts": [summary, *reply["parts"]]}}
 

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from bot import schedules
 from bot.config import BatonConfig, Digest
-from bot.digests import RETAKE_AFTER
+from bot.digests import RETAKE_AFTER, Digests
 from bot.digest_stats import collect
 from bot.messages import Location, Message
+from bot.outbox import Outbox
+from bot.registry import GraphRegistry
+from bot.runtime import GraphRuntime, Services
 from graphs.digest import compose
+from storage.checkpointer import open_checkpointer
+from storage.db import Database
+from storage.migrate import upgrade
 from storage.models import Approval, Run, ThreadRecord
+from tests.fake_models import ScriptedModel, calls, script
 from tests.test_digests import PARIS_DAILY, Clock, digest_service, firings, posted_messages
 
 PARIS_NIGHTLY = Digest(platform="playground", channel="ops", cron="30 2 * * *", timezone="Europe/Paris")
@@ -179,3 +188,37 @@ async def test_a_digest_put_back_in_baton_yaml_waits_for_its_next_time(sqlite_ur
         assert await digests.run_due(clock.now) == 0
         clock.now = datetime(2026, 6, 13, 7, 0, tzinfo=UTC)
         assert await digests.run_due(clock.now) == 1
+
+
+@asynccontextmanager
+async def digest_service_with_model(database_url: str, clock: Clock, config: BatonConfig, model) -> AsyncIterator[Digests]:
+    await asyncio.to_thread(upgrade, database_url)
+    db = Database(database_url)
+    try:
+        async with open_checkpointer(database_url) as checkpointer:
+            registry = GraphRegistry.discover()
+            services = Services(db, config, registry, model=model, model_name="fake:model", model_deadline=5)
+            digests = Digests(services, GraphRuntime(registry, checkpointer), Outbox(db), "a", clock)
+            await digests.sync_config()
+            yield digests
+    finally:
+        await db.dispose()
+
+
+async def test_a_model_that_fails_does_not_stop_the_digest(sqlite_url, tmp_path):
+    """The written summary failed, so the whole digest did: never posted, built again every two minutes
+    (asking the failing model each time). The numbers are posted, saying the summary is missing."""
+    clock = Clock(datetime(2026, 6, 1, 6, 0, tzinfo=UTC))
+    script_path = tmp_path / "script.json"
+    script(script_path, [{"error": "quota exceeded"}])
+    model = ScriptedModel(messages=iter(()), script_path=str(script_path))
+    async with digest_service_with_model(sqlite_url, clock, BatonConfig(digests=[PARIS_DAILY]), model) as digests:
+        await seed_busy_day(digests.db, datetime(2026, 6, 1, 6, 10, tzinfo=UTC), decided=2, waiting=0)
+        clock.now = datetime(2026, 6, 1, 7, 0, tzinfo=UTC)
+        assert await digests.run_due(clock.now) == 1
+        [message] = await posted_messages(digests)
+        runs = await firings(digests)
+    text = Message.model_validate(message.payload).plain_text()
+    assert "*4* requests" in text and "No written summary: the model failed (quota exceeded)." in text
+    assert [run.status for run in runs] == ["posted"]
+    assert len(calls(script_path)) == 1
