@@ -268,25 +268,45 @@ class SlackAdapter(Adapter):
         return f"{self.team_url}archives/{channel}/p{ts.replace('.', '')}"
 
     async def send(self, delivery: Delivery) -> str | None:
+        """Post (or edit) one core message; returns the ts of each Slack message it became, space-separated.
+
+        A message too long for one Slack message is several, and an edit replaces each of them (the last
+        of a card held its buttons). Files were attached when the message was posted: an edit keeps them.
+        """
         ephemeral = delivery.kind == "ephemeral"
+        editing = (delivery.target_message_id or "").split() if delivery.kind == "update" else []
         rendered = render(delivery.message, self.permalink, files=not ephemeral)
         channel, thread = delivery.location.channel, delivery.location.thread or None
         steps: list[Step] = []
         for index, content in enumerate(rendered.messages):
-            if index == 0 and delivery.kind == "update" and delivery.target_message_id:
+            if index < len(editing):
                 steps.append(self._caller("chat.update", self.client.chat_update, "ts", channel=channel,
-                                          ts=delivery.target_message_id, **content))
+                                          ts=editing[index], **content))
             elif ephemeral:
                 steps.append(self._caller("chat.postEphemeral", self.client.chat_postEphemeral, "message_ts",
                                           channel=channel, user=delivery.target_user, thread_ts=thread, **content))
-            else:  # a post, or an update whose original never made it to Slack: post it anew
+            else:  # a post, the rest of a longer edit, or an edit whose original never made it to Slack
                 steps.append(self._caller("chat.postMessage", self.client.chat_postMessage, "ts", channel=channel,
                                           thread_ts=thread, unfurl_links=False, unfurl_media=False, **content))
-        for upload in rendered.uploads:
+        for ts in editing[len(rendered.messages):]:  # the edit is shorter than what it replaces
+            steps.append(self._remover(channel, ts))
+        for upload in [] if editing else rendered.uploads:
             steps.append(self._caller("files.upload", self.client.files_upload_v2, None, channel=channel,
                                       thread_ts=thread, content=upload.content, filename=upload.filename,
                                       title=upload.title))
-        return (await self.send_steps(delivery, steps))[0]
+        done = await self.send_steps(delivery, steps)
+        return " ".join(str(ts) for ts in done[:len(rendered.messages)])
+
+    def _remover(self, channel: str, ts: str) -> Step:
+        async def call() -> None:
+            try:
+                await self.client.chat_delete(channel=channel, ts=ts)
+            except SlackApiError as exc:
+                if _error_code(exc) != "message_not_found":  # gone already: what the step is for
+                    raise _delivery_error("chat.delete", exc) from exc
+            return None
+
+        return call
 
     async def history(self, location: Location, limit: int) -> list[dict[str, Any]] | None:
         """The thread (``conversations.replies``) or the channel's top level (``conversations.history``),

@@ -230,6 +230,15 @@ class FakeSlack(BackgroundServer):
             target.edits += 1
         return {"ok": True, "channel": target.channel, "ts": target.ts, "text": target.text}
 
+    def _chat_delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            target = next((m for m in self._messages if m.channel == args.get("channel") and m.ts == args.get("ts")
+                           and m.ephemeral_to is None), None)
+            if target is None:
+                return {"ok": False, "error": "message_not_found"}
+            self._messages.remove(target)
+        return {"ok": True, "channel": target.channel, "ts": target.ts}
+
     def _conversations_replies(self, args: dict[str, Any]) -> dict[str, Any]:
         """One page (``limit``, ``cursor`` = offset) of a thread, oldest first, the parent included."""
         with self._lock:

@@ -4,13 +4,21 @@ limits on what Baton posts (``tests/fake_slack.py`` checks them the way Slack do
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
 from adapters import slack_blocks
-from bot.messages import Message, Note, Text
-from tests.fake_slack import check_message
+from adapters.slack import SlackAdapter
+from bot.messages import Location, Message, Note, Text
+from bot.outbox import Delivery
+from bot.replies import approval_card
+from bot.settings import Settings
+from storage.models import Approval
+from tests.fake_slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack, buttons, check_message
 from tests.support import runs_in, write_config
 from tests.test_slack import ALICE, BOB, GENERAL, OPS, Slack, config_path, fake_slack, slack  # noqa: F401 (fixtures)
 from tests.fake_slack import shown_text
@@ -99,3 +107,74 @@ def test_text_full_of_user_ids_stays_within_slack_section_limits(part: type[Text
         rendered = slack_blocks.render(Message(parts=[part(text=text)]), lambda channel, ts: "")
         assert [check_message({"channel": GENERAL, **message}) for message in rendered.messages] == [""] * len(
             rendered.messages)
+
+
+def _approval(**decided: Any) -> Approval:
+    return Approval(id="ap1", run_id=1, thread_record_id=1, interrupt_id="i1", graph="terraform",
+                    summary=decided.pop("summary", "Apply this plan?"), details=decided.pop("details", {}),
+                    approvers=[BOB], requested_by=ALICE, **decided)
+
+
+def _decided(approval: Approval) -> Approval:
+    return approval.model_copy(update={"status": "approved", "decided_by": BOB,
+                                       "decided_at": datetime(2026, 12, 5, 1, 0, tzinfo=UTC)})
+
+
+class _Baton:
+    def __init__(self, fake: FakeSlack, tmp_path: Path) -> None:
+        self.settings = Settings(SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_SIGNING_SECRET=SIGNING_SECRET,  # type: ignore[call-arg]
+                                 SLACK_API_URL=fake.api_url, BATON_CONFIG=str(tmp_path / "absent.yaml"))
+
+
+async def _post_then_decide(fake: FakeSlack, tmp_path: Path, card: Approval) -> str:
+    """The card posted, then edited to its decision, as the outbox hands them to the adapter."""
+    adapter = SlackAdapter(_Baton(fake, tmp_path))
+    adapter.client.session = aiohttp.ClientSession()
+    where = Location(platform="slack", workspace="T1", channel=GENERAL, thread="1.000001")
+    try:
+        posted = await adapter.send(Delivery(id=1, kind="post", location=where, message=approval_card(card),
+                                             target_user=None, target_message_id=None, attempts=1))
+        assert posted is not None
+        await adapter.send(Delivery(id=2, kind="update", location=where, message=approval_card(_decided(card)),
+                                    target_user=None, target_message_id=posted, attempts=1))
+    finally:
+        await adapter.client.session.close()
+    return posted
+
+
+@pytest.mark.asyncio
+async def test_deciding_a_card_with_long_details_attaches_them_once(fake_slack: FakeSlack, tmp_path: Path) -> None:
+    """Details too long for the card (a plan to review) are attached as a file when the card is posted;
+    the edit after the decision attached the same file to the thread a second time."""
+    plan = "\n".join(f"  ~ resource {n}: {'x' * 60}" for n in range(300))
+    await _post_then_decide(fake_slack, tmp_path, _approval(details={"plan": plan}))
+    assert len(fake_slack.files) == 1
+    (card,) = fake_slack.messages(GENERAL)
+    assert card.edits == 1 and "Approved by" in shown_text(card) and "attached below as `output.txt`" in shown_text(card)
+
+
+@pytest.mark.asyncio
+async def test_deciding_a_card_too_long_for_one_message_edits_every_part(fake_slack: FakeSlack,
+                                                                         tmp_path: Path) -> None:
+    """A card over one Slack message is posted as several; the edit replaced only the first, so the
+    Approve/Reject buttons stayed live on the second, and the rest of the decided card was posted anew."""
+    summary = "\n".join(f"step {n}: {'y' * 90}" for n in range(150))  # ~15,000 characters
+    await _post_then_decide(fake_slack, tmp_path, _approval(summary=summary))
+    messages = fake_slack.messages(GENERAL)
+    assert len(messages) == 2 and all(message.edits == 1 for message in messages)
+    assert not any(buttons(message) for message in messages)
+    assert "Approved by" in shown_text(messages[-1])
+
+
+@pytest.mark.asyncio
+async def test_a_decided_card_shorter_than_the_card_leaves_no_buttons_behind(fake_slack: FakeSlack,
+                                                                            tmp_path: Path) -> None:
+    """The buttons alone spilled over into a second Slack message; the decided card fits in one."""
+    def messages(card: Approval) -> int:
+        return len(slack_blocks.render(approval_card(card), lambda channel, ts: "").messages)
+
+    card = next(card for size in range(11_600, 12_000, 10)
+                if messages(card := _approval(summary="z" * size)) == 2 and messages(_decided(card)) == 1)
+    await _post_then_decide(fake_slack, tmp_path, card)
+    (decided,) = fake_slack.messages(GENERAL)
+    assert decided.edits == 1 and not buttons(decided) and "Approved by" in shown_text(decided)
