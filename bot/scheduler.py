@@ -48,7 +48,7 @@ class DigestScheduler:
                 log.warning("digest schedule %s is skipped: %s", key, exc)
                 continue
             job = self.scheduler.get_job(key)
-            if job is None or str(job.trigger) != str(trigger):
+            if job is None or repr(job.trigger) != repr(trigger):  # str() leaves out the time zone
                 self.scheduler.add_job(self.digests.run_due, trigger, id=key, replace_existing=True)
         await self.digests.run_due()
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlmodel import select
 
 from bot import schedules
 from bot.config import BatonConfig, Digest
@@ -17,12 +19,14 @@ from bot.messages import Location, Message
 from bot.outbox import Outbox
 from bot.registry import GraphRegistry
 from bot.runtime import GraphRuntime, Services
+from bot.scheduler import DigestScheduler
 from graphs.digest import compose
 from storage.checkpointer import open_checkpointer
 from storage.db import Database
 from storage.migrate import upgrade
-from storage.models import Approval, Run, ThreadRecord
+from storage.models import Approval, DigestRun, DigestSchedule, Run, ThreadRecord
 from tests.fake_models import ScriptedModel, calls, script
+from tests.support import wait_for
 from tests.test_digests import PARIS_DAILY, Clock, digest_service, firings, posted_messages
 
 PARIS_NIGHTLY = Digest(platform="playground", channel="ops", cron="30 2 * * *", timezone="Europe/Paris")
@@ -222,3 +226,62 @@ async def test_a_model_that_fails_does_not_stop_the_digest(sqlite_url, tmp_path)
     assert "*4* requests" in text and "No written summary: the model failed (quota exceeded)." in text
     assert [run.status for run in runs] == ["posted"]
     assert len(calls(script_path)) == 1
+
+
+def test_two_replicas_starting_together_post_a_missed_digest_once_and_a_restart_posts_nothing(start_baton, postgres_url):
+    """Real `baton run` processes on one PostgreSQL: the 09:00-style daily digest fell due while both were down."""
+    upgrade(postgres_url)
+    due = datetime.now(UTC) - timedelta(minutes=10)
+    cron = f"{due.minute} {due.hour} * * *"
+    asyncio.run(_store_schedule(postgres_url, cron, datetime.now(UTC) - timedelta(days=2)))
+    with ThreadPoolExecutor(2) as pool:
+        one, two = pool.map(lambda name: start_baton(postgres_url, name=name), ["one", "two"])
+    pg = one.client()
+
+    def digests_in_ops() -> list[dict]:
+        messages = pg.http.get("/api/channels/ops/messages").json()["messages"]
+        return [m for m in messages if m["is_bot"] and m["text"].startswith("*Digest for #ops")]
+
+    wait_for(lambda: digests_in_ops() or None, 20, "the catch-up digest in #ops")
+    two.stop()
+    start_baton(postgres_url, name="two-again")
+    assert asyncio.run(_firing_count(postgres_url)) == 1
+    assert len(digests_in_ops()) == 1
+
+
+async def _store_schedule(url: str, cron: str, created_at: datetime) -> None:
+    db = Database(url)
+    try:
+        async with db.session() as session:
+            session.add(DigestSchedule(key="chat:playground::ops", source="chat", platform="playground", channel="ops",
+                                       cron=cron, timezone="UTC", created_by="alice", created_at=created_at))
+    finally:
+        await db.dispose()
+
+
+async def _firing_count(url: str) -> int:
+    db = Database(url)
+    try:
+        async with db.read() as session:
+            return len((await session.exec(select(DigestRun))).all())
+    finally:
+        await db.dispose()
+
+
+async def test_a_chat_schedule_moved_to_another_time_zone_gets_a_job_in_that_zone(sqlite_url):
+    """Only the cron fields were compared: the job kept firing on the old zone's clock (the digest came
+    up to a minute late, from the next reconciling)."""
+    clock = Clock(datetime.now(UTC))
+    async with digest_service(sqlite_url, clock, BatonConfig()) as digests:
+        scheduler = DigestScheduler(digests)
+        await scheduler.start()
+        try:
+            location = Location(platform="playground", channel="ops", thread="1")
+            await digests.set_chat_schedule(location, "0 9 * * *", "UTC", "alice", "c1")
+            await scheduler.reconcile()
+            await digests.set_chat_schedule(location, "0 9 * * *", "Asia/Tokyo", "alice", "c2")
+            await scheduler.reconcile()
+            upcoming = scheduler.next_runs()["chat:playground::ops"]
+        finally:
+            await scheduler.stop()
+    assert str(upcoming.tzinfo) == "Asia/Tokyo" and upcoming.hour == 9  # type: ignore[attr-defined]
