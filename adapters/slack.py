@@ -26,6 +26,7 @@ loop), a 5xx or a connection error is retried with backoff, and any other Slack 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -62,6 +63,7 @@ log = logging.getLogger("baton.slack")
 EVENTS_PATH = "/slack/events"
 PLATFORM = "slack"
 HTTP_TIMEOUT_SECONDS = 30
+START_RATE_LIMIT_SECONDS = 120  # how long a start waits out Slack's 429s before giving up
 # Message subtypes that are a person writing; every other subtype (edits, deletions, joins,
 # bot_message, ...) is not a request.
 PERSON_SUBTYPES = {None, "thread_broadcast", "file_share"}
@@ -144,12 +146,9 @@ class SlackAdapter(Adapter):
     async def start(self) -> None:
         self.client.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_SECONDS))
         try:
-            auth = await self.client.auth_test()
+            auth = await _waiting_out_rate_limits("auth.test", self.client.auth_test)
         except SlackApiError as exc:
-            if exc.response.status_code >= 500:
-                raise StartFailed(f"Slack's API failed at auth.test (HTTP {exc.response.status_code}); try again "
-                                  "in a moment") from exc
-            raise StartFailed(f"Slack refused SLACK_BOT_TOKEN (auth.test: {_error_code(exc)})") from exc
+            raise _start_refused("auth.test", "SLACK_BOT_TOKEN", exc) from exc
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise StartFailed(f"Slack's API at {self.client.base_url} cannot be reached ({type(exc).__name__}: "
                               f"{str(exc)[:200]})") from exc
@@ -166,9 +165,10 @@ class SlackAdapter(Adapter):
     async def _connect_socket_mode(self, app_token: str) -> None:
         self._socket = AsyncSocketModeHandler(self.bolt, app_token=app_token, web_client=self.client)
         try:  # ask once ourselves, so that a wrong app token stops the start with a clear message
-            opened = await self.client.apps_connections_open(app_token=app_token)
+            opened = await _waiting_out_rate_limits(
+                "apps.connections.open", functools.partial(self.client.apps_connections_open, app_token=app_token))
         except SlackApiError as exc:
-            raise StartFailed(f"Slack refused SLACK_APP_TOKEN (apps.connections.open: {_error_code(exc)})") from exc
+            raise _start_refused("apps.connections.open", "SLACK_APP_TOKEN", exc) from exc
         self._socket.client.wss_uri = opened["url"]
         await self._socket.connect_async()
         log.info("Slack: Socket Mode connected")
@@ -393,6 +393,40 @@ def _retried_on_failure(listener: Listener) -> Listener:
     return guarded
 
 
+async def _waiting_out_rate_limits(method: str, call: Callable[[], Awaitable[Any]]) -> Any:
+    """``call()``, again after each 429 as long as Retry-After says, for up to ``START_RATE_LIMIT_SECONDS``.
+
+    At start-up a 429 is not a refused token: ``apps.connections.open`` allows about one call a minute,
+    so a Socket Mode Baton restarted twice in a minute meets one."""
+    waited = 0.0
+    while True:
+        try:
+            return await call()
+        except SlackApiError as exc:
+            if exc.response.status_code != 429 and _error_code(exc) != "ratelimited":
+                raise
+            seconds = _retry_after(exc)
+            if waited + seconds > START_RATE_LIMIT_SECONDS:
+                raise StartFailed(f"Slack kept rate-limiting {method} for {waited:.0f} s; try again in a "
+                                  "minute or two") from exc
+            log.warning("Slack is rate-limiting %s; trying again in %g s", method, seconds)
+            await asyncio.sleep(seconds)
+            waited += seconds
+
+
+def _start_refused(method: str, token: str, exc: SlackApiError) -> StartFailed:
+    if exc.response.status_code >= 500:
+        return StartFailed(f"Slack's API failed at {method} (HTTP {exc.response.status_code}); try again in a moment")
+    return StartFailed(f"Slack refused {token} ({method}: {_error_code(exc)})")
+
+
+def _retry_after(exc: SlackApiError) -> float:
+    try:
+        return max(float(exc.response.headers.get("Retry-After", "1")), 0.0)
+    except ValueError:
+        return 1.0
+
+
 def _all_text(*values: object) -> bool:
     return all(isinstance(value, str) and value for value in values)
 
@@ -406,12 +440,7 @@ def _delivery_error(method: str, exc: SlackApiError) -> Exception:
     """429 -> wait as told; 5xx and transient errors -> retried with backoff; anything else -> final."""
     status, error = exc.response.status_code, _error_code(exc)
     if status == 429 or error == "ratelimited":
-        retry_after = exc.response.headers.get("Retry-After", "1")
-        try:
-            seconds = max(float(retry_after), 0.0)
-        except ValueError:
-            seconds = 1.0
-        return RetryLater(seconds, f"Slack rate limit on {method}")
+        return RetryLater(_retry_after(exc), f"Slack rate limit on {method}")
     if status >= 500 or error in TRANSIENT_ERRORS:
         return exc
     return DeliveryRejected(f"{method}: {error}")

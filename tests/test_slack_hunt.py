@@ -3,6 +3,7 @@ limits on what Baton posts (``tests/fake_slack.py`` checks them the way Slack do
 
 from __future__ import annotations
 
+import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,8 +19,8 @@ from bot.outbox import Delivery
 from bot.replies import approval_card
 from bot.settings import Settings
 from storage.models import Approval
-from tests.fake_slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack, buttons, check_message
-from tests.support import runs_in, write_config
+from tests.fake_slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack, SlackSender, buttons, check_message
+from tests.support import runs_in, wait_for, write_config
 from tests.test_slack import ALICE, BOB, GENERAL, OPS, Slack, config_path, fake_slack, slack  # noqa: F401 (fixtures)
 from tests.fake_slack import shown_text
 
@@ -178,3 +179,23 @@ async def test_a_decided_card_shorter_than_the_card_leaves_no_buttons_behind(fak
     await _post_then_decide(fake_slack, tmp_path, card)
     (decided,) = fake_slack.messages(GENERAL)
     assert decided.edits == 1 and not buttons(decided) and "Approved by" in shown_text(decided)
+
+
+def test_a_rate_limited_start_waits_as_slack_says_instead_of_blaming_the_token(fake_slack: FakeSlack, start_baton,
+                                                                                sqlite_url: str, counter: Path) -> None:
+    """``apps.connections.open`` allows about one call a minute: a Socket Mode Baton restarted twice in a
+    minute stopped with "Slack refused SLACK_APP_TOKEN (apps.connections.open: ratelimited)", and a 429 at
+    ``auth.test`` with "Slack refused SLACK_BOT_TOKEN": the tokens were fine, Slack only asked to wait."""
+    fake_slack.fail("auth.test", 429, retry_after=1)
+    fake_slack.fail("apps.connections.open", 429, retry_after=1)
+    baton = start_baton(sqlite_url, env=fake_slack.env(socket_mode=True))
+    wait_for(lambda: fake_slack.socket_connections == 1, what="Baton's Socket Mode connection")
+    opened = fake_slack.calls("apps.connections.open")
+    assert [call.status for call in opened] == [429, 200] and opened[1].at - opened[0].at >= 0.9
+    assert [call.status for call in fake_slack.calls("auth.test")] == [429, 200]
+    log = baton.log.read_text()
+    assert "Slack is rate-limiting auth.test; trying again in 1 s" in log and "refused" not in log
+    sender = SlackSender(baton.url)
+    event = sender.mention("run uptime", user=ALICE)
+    fake_slack.send_envelope(json.loads(sender.event_body(event)))
+    wait_for(lambda: fake_slack.find("did uptime", thread=event["ts"]), what="the reply")
