@@ -31,6 +31,7 @@ log = logging.getLogger("baton.digests")
 DIGEST_GRAPH = "digest"
 RETAKE_AFTER = timedelta(minutes=2)  # a claimed firing not posted by then was lost with its replica
 MANUAL_WINDOW = timedelta(hours=24)  # `digest now` in a channel that never had a digest
+MAX_ATTEMPTS = 5  # a digest that fails to build this often (a bug in its graph) is given up, not retried forever
 
 
 class Digests:
@@ -149,7 +150,7 @@ class Digests:
                 return False
             run = (await session.exec(select(DigestRun).where(DigestRun.schedule_key == key,
                                                               DigestRun.fire_time == fire_time))).one()
-        return await self._build_and_post(run, run.claimed_at)
+        return await self._post(run, run.claimed_at)
 
     @staticmethod
     async def _window_start(session: Transaction, key: str, location: Location, fire_time: datetime, default_window: timedelta,
@@ -181,13 +182,29 @@ class Digests:
                 taken = await session.exec(update(DigestRun).where(  # type: ignore[arg-type]
                     DigestRun.id == run.id, DigestRun.status == "claimed", DigestRun.claimed_at == run.claimed_at)
                     .values(claimed_by=self.instance, claimed_at=claimed_at))
-            if not taken.rowcount:
-                continue
-            try:
-                posted += int(await self._build_and_post(run, claimed_at))
-            except Exception:
-                log.exception("digest for %s/%s failed", run.platform, run.channel)
+            if taken.rowcount:
+                posted += int(await self._post(run, claimed_at))
         return posted
+
+    async def _post(self, run: DigestRun, claimed_at: datetime) -> bool:
+        try:
+            return await self._build_and_post(run, claimed_at)
+        except Exception as exc:
+            await self._attempt_failed(run, claimed_at, exc)
+            return False
+
+    async def _attempt_failed(self, run: DigestRun, claimed_at: datetime, exc: Exception) -> None:
+        """Count the failed build on the claim; after ``MAX_ATTEMPTS`` the digest is ``failed`` and left."""
+        attempts = int(run.summary.get("attempts", 0)) + 1
+        given_up = attempts >= MAX_ATTEMPTS
+        log.error("digest %s for %s/%s failed (attempt %d of %d%s)", run.id, run.platform, run.channel, attempts,
+                  MAX_ATTEMPTS, ", given up" if given_up else ", tried again in a few minutes", exc_info=exc)
+        async with self.db.session() as session:
+            await session.exec(update(DigestRun).where(  # type: ignore[arg-type]
+                DigestRun.id == run.id, DigestRun.status == "claimed", DigestRun.claimed_by == self.instance,
+                DigestRun.claimed_at == claimed_at).values(
+                status="failed" if given_up else "claimed",
+                summary={**run.summary, "attempts": attempts, "error": f"{type(exc).__name__}: {exc}"[:500]}))
 
     async def _build_and_post(self, run: DigestRun, claimed_at: datetime) -> bool:
         """Build the card and post it, if the claim made at ``claimed_at`` is still this replica's.

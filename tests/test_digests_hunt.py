@@ -13,7 +13,7 @@ from sqlmodel import select
 
 from bot import schedules
 from bot.config import BatonConfig, Digest
-from bot.digests import RETAKE_AFTER, Digests
+from bot.digests import MAX_ATTEMPTS, RETAKE_AFTER, Digests
 from bot.digest_stats import collect
 from bot.messages import Location, Message
 from bot.outbox import Outbox
@@ -285,3 +285,24 @@ async def test_a_chat_schedule_moved_to_another_time_zone_gets_a_job_in_that_zon
         finally:
             await scheduler.stop()
     assert str(upcoming.tzinfo) == "Asia/Tokyo" and upcoming.hour == 9  # type: ignore[attr-defined]
+
+
+async def test_a_digest_that_cannot_be_built_is_given_up_after_a_few_attempts(sqlite_url):
+    """A digest graph that raises (a custom one with a bug) was built again every two minutes forever,
+    each firing adding one more, with a traceback every minute."""
+    clock = Clock(datetime(2026, 6, 1, 6, 0, tzinfo=UTC))
+    async with digest_service(sqlite_url, clock, BatonConfig(digests=[PARIS_DAILY])) as digests:
+        attempts = []
+
+        async def broken_render(*_args):
+            attempts.append(clock.now)
+            raise KeyError("per_graph")
+
+        digests._render = broken_render  # type: ignore[method-assign]
+        clock.now = datetime(2026, 6, 1, 7, 0, tzinfo=UTC)
+        for _ in range(30):
+            await digests.run_due(clock.now)
+            clock.now += timedelta(minutes=1)
+        [run] = await firings(digests)
+    assert len(attempts) == MAX_ATTEMPTS
+    assert run.status == "failed" and "KeyError" in run.summary["error"]
