@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 
-from storage.db import sync_url
+from storage.db import SQLITE_BUSY_SECONDS, is_sqlite, sync_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _PG_MIGRATION_LOCK = 0x62617430  # "bat0": one replica migrates, the others wait for it
@@ -22,7 +23,7 @@ def alembic_config() -> Config:
 
 def upgrade(url: str, revision: str = "head") -> None:
     """Bring the database to ``revision``; safe when several replicas start at once."""
-    engine = create_engine(sync_url(url))
+    engine = _migration_engine(url)
     try:
         with engine.begin() as connection:
             if connection.dialect.name == "postgresql":
@@ -36,7 +37,7 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 def autogenerate(url: str, message: str) -> None:
     """Developer helper: write a new revision from the difference between models and ``url``."""
-    engine = create_engine(sync_url(url))
+    engine = _migration_engine(url)
     try:
         with engine.begin() as connection:
             config = alembic_config()
@@ -44,3 +45,27 @@ def autogenerate(url: str, message: str) -> None:
             command.revision(config, message=message, autogenerate=True)
     finally:
         engine.dispose()
+
+
+def _migration_engine(url: str) -> Engine:
+    """An engine whose transactions hold the whole migration: PostgreSQL's DDL is transactional as it is.
+
+    SQLite's driver begins a transaction only before INSERT, UPDATE or DELETE, so each CREATE or ALTER
+    committed on its own: processes started together on a new file all created the tables, and all but
+    one stopped at 'table ... already exists' (a migration cut short was left half made, too). Here a
+    transaction begins with ``BEGIN IMMEDIATE``: it holds the write lock from the start, the others
+    wait for it and then find the database migrated.
+    """
+    if not is_sqlite(url):
+        return create_engine(sync_url(url))
+    engine = create_engine(sync_url(url), connect_args={"timeout": SQLITE_BUSY_SECONDS})
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # the driver's own BEGINs off: ours below
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import sqlite3
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,7 +17,8 @@ from bot.app import Baton
 from bot.messages import InboundMessage, Location, Message
 from bot.outbox import Delivery, Outbox
 from bot.settings import Settings
-from storage.db import Database
+from storage.db import Database, sqlite_path
+from storage.migrate import upgrade
 from storage.models import OutboxMessage, PlaygroundMessage, utcnow
 
 HERE = Location(platform="slack", workspace="T1", channel="C1", thread="1.0")
@@ -109,3 +113,29 @@ async def test_a_playground_replica_that_stalled_past_its_claim_does_not_post_wh
         row = await _row(baton.db, posted_elsewhere[0])
     assert stored == []  # the survivor's copy is the one
     assert (row.status, row.platform_message_id) == ("sent", "posted-by-survivor")
+
+
+def _upgrade_together(url: str, start: multiprocessing.synchronize.Barrier, outcomes: multiprocessing.Queue) -> None:
+    start.wait()
+    try:
+        upgrade(url)
+        outcomes.put("migrated")
+    except Exception as exc:  # noqa: BLE001 - the outcome is what the test checks
+        outcomes.put(f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+
+
+def test_processes_started_together_on_a_new_sqlite_file_all_migrate_it(sqlite_url: str) -> None:
+    """Only PostgreSQL's migrations took a lock: processes started at the same moment on a new SQLite
+    file each created the tables, statement by statement, and all but one stopped at start with
+    'table audit_log already exists'. The migrations now run in one transaction that holds SQLite's
+    write lock, so the others wait and find the database migrated."""
+    context = multiprocessing.get_context("spawn")
+    start, outcomes = context.Barrier(3), context.Queue()
+    processes = [context.Process(target=_upgrade_together, args=(sqlite_url, start, outcomes)) for _ in range(3)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(120)
+    assert sorted(outcomes.get(timeout=5) for _ in processes) == ["migrated"] * 3
+    with closing(sqlite3.connect(sqlite_path(sqlite_url))) as connection:
+        assert connection.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)
