@@ -194,17 +194,29 @@ class Digests:
             return False
 
     async def _attempt_failed(self, run: DigestRun, claimed_at: datetime, exc: Exception) -> None:
-        """Count the failed build on the claim; after ``MAX_ATTEMPTS`` the digest is ``failed`` and left."""
+        """Count the failed build on the claim; after ``MAX_ATTEMPTS`` the digest is ``failed`` and left.
+
+        ``digest now`` is not tried again: its thread is told at once, and the asker may ask again.
+        """
         attempts = int(run.summary.get("attempts", 0)) + 1
-        given_up = attempts >= MAX_ATTEMPTS
-        log.error("digest %s for %s/%s failed (attempt %d of %d%s)", run.id, run.platform, run.channel, attempts,
-                  MAX_ATTEMPTS, ", given up" if given_up else ", tried again in a few minutes", exc_info=exc)
+        asked = run.schedule_key.startswith("now:")
+        given_up = asked or attempts >= MAX_ATTEMPTS
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        log.error("digest %s for %s/%s failed (attempt %d%s)", run.id, run.platform, run.channel, attempts,
+                  ", given up" if given_up else ", tried again in a few minutes", exc_info=exc)
         async with self.db.session() as session:
-            await session.exec(update(DigestRun).where(  # type: ignore[arg-type]
+            ours = await session.exec(update(DigestRun).where(  # type: ignore[arg-type]
                 DigestRun.id == run.id, DigestRun.status == "claimed", DigestRun.claimed_by == self.instance,
                 DigestRun.claimed_at == claimed_at).values(
-                status="failed" if given_up else "claimed",
-                summary={**run.summary, "attempts": attempts, "error": f"{type(exc).__name__}: {exc}"[:500]}))
+                status="failed" if given_up else "claimed", summary={**run.summary, "attempts": attempts, "error": error}))
+            if asked and ours.rowcount:
+                location = Location(platform=run.platform, workspace=run.workspace, channel=run.channel,
+                                    thread=run.summary.get("thread") or "")
+                await self.outbox.enqueue(session, location, Message.text(
+                    f"I could not build the digest ({error}). Nothing was posted; the error is in Baton's log.",
+                    tone="error"), correlation_id=f"digest-{run.id}")
+        if asked:
+            self.outbox.wake(run.platform)
 
     async def _build_and_post(self, run: DigestRun, claimed_at: datetime) -> bool:
         """Build the card and post it, if the claim made at ``claimed_at`` is still this replica's.

@@ -306,3 +306,20 @@ async def test_a_digest_that_cannot_be_built_is_given_up_after_a_few_attempts(sq
         [run] = await firings(digests)
     assert len(attempts) == MAX_ATTEMPTS
     assert run.status == "failed" and "KeyError" in run.summary["error"]
+
+
+async def test_digest_now_that_cannot_be_built_says_so_in_its_thread(sqlite_url):
+    clock = Clock(datetime(2026, 6, 1, 6, 0, tzinfo=UTC))
+    async with digest_service(sqlite_url, clock, BatonConfig()) as digests:
+        async def broken_render(*_args):
+            raise KeyError("per_graph")
+
+        digests._render = broken_render  # type: ignore[method-assign]
+        location = Location(platform="playground", channel="ops", thread="42")
+        assert not await digests.run_now(location, "e1", "alice")
+        clock.now += RETAKE_AFTER * 3
+        await digests.run_due(clock.now)  # not tried again: the asker knows, and may ask again
+        [message] = await posted_messages(digests)
+        [run] = await firings(digests)
+    assert message.thread == "42" and "could not build the digest" in Message.model_validate(message.payload).plain_text()
+    assert run.status == "failed"
