@@ -10,6 +10,7 @@ compiles or copies it with its own checkpointer.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import pkgutil
@@ -57,10 +58,63 @@ class GraphSpec:
 
     def compile(self, checkpointer: BaseCheckpointSaver) -> Pregel:
         if isinstance(self.graph, StateGraph):
-            return self.graph.compile(checkpointer=checkpointer)
+            return _exits_contained(self.graph.compile(checkpointer=checkpointer))
         if isinstance(self.graph, Pregel):
-            return self.graph.copy(update={"checkpointer": checkpointer})
+            return _exits_contained(self.graph.copy(update={"checkpointer": checkpointer}))
         raise TypeError(f"graphs.{self.name}.graph must be a StateGraph or a compiled graph")
+
+
+class NodeExited(RuntimeError):
+    """A node called ``sys.exit()`` (argparse does, on arguments it cannot read) or raised ``KeyboardInterrupt``."""
+
+
+def _exits_contained(graph: Pregel) -> Pregel:
+    """``graph`` whose nodes' ``SystemExit`` and ``KeyboardInterrupt`` fail the run, not Baton.
+
+    LangGraph runs each node in an asyncio task of its own, and asyncio re-raises those two out of the
+    event loop whoever awaits the task: one node's ``sys.exit()`` stopped ``baton run``, and, its request
+    being handled again at the next start, stopped it again at every start. So they are caught in the
+    node's own functions (subgraphs' included), before they reach a task.
+    """
+    for node in graph.nodes.values():
+        runnable = node.bound
+        if isinstance(runnable, Pregel):
+            _exits_contained(runnable)
+            continue
+        for attribute, contain in (("func", _contained), ("afunc", _contained_async)):
+            function = getattr(runnable, attribute, None)
+            if callable(function) and not getattr(function, "baton_contained", False):
+                setattr(runnable, attribute, contain(function))
+    return graph
+
+
+def _contained(function: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(function)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            raise _exited(exc) from None
+
+    run.baton_contained = True  # type: ignore[attr-defined]
+    return run
+
+
+def _contained_async(function: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(function)
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await function(*args, **kwargs)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            raise _exited(exc) from None
+
+    run.baton_contained = True  # type: ignore[attr-defined]
+    return run
+
+
+def _exited(exc: BaseException) -> NodeExited:
+    said = f": {exc}" if str(exc) else ""
+    return NodeExited(f"a node raised {type(exc).__name__}{said} (a graph's node may fail its run, never stop Baton)")
 
 
 class GraphRegistry:

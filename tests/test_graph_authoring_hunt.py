@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import re
+import shutil
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from bot.messages import InboundMessage
 from bot.registry import GraphError, GraphRegistry, GraphSpec, _spec_from_module
 from bot.settings import Settings
 from storage.models import Approval, Effect, PlaygroundMessage
+from tests.support import ROOT, BatonProcess
 
 GOOD_GRAPH = """
 from typing import TypedDict
@@ -241,3 +243,50 @@ def _module(**attributes: Any) -> ModuleType:
     module.__file__ = "graphs_authored_inline.py"
     module.__dict__.update(attributes)
     return module
+
+
+EXITING_GRAPH = """
+import sys
+from typing import TypedDict
+from langgraph.graph import END, START, StateGraph
+from bot.kit import progress
+class S(TypedDict, total=False):
+    text: str
+    reply: str
+def parse(state):
+    if state["text"] == "interrupt":
+        raise KeyboardInterrupt
+    sys.exit("usage: exiter <service>")      # what argparse does with arguments it cannot read
+async def leave(state):
+    sys.exit(3)
+graph = StateGraph(S)
+graph.add_node("parse", parse)
+graph.add_node("leave", leave)
+graph.add_conditional_edges(START, lambda s: "leave" if s["text"] == "async" else "parse", ["parse", "leave"])
+graph.add_edge("parse", END)
+graph.add_edge("leave", END)
+"""
+
+
+@pytest.fixture
+def own_graphs(tmp_path: Path) -> Path:
+    """A working directory whose ``graphs/`` (Baton's own and the author's) ``python -m bot.cli run`` finds first."""
+    shutil.copytree(ROOT / "graphs", tmp_path / "graphs", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "graphs" / "exiter.py").write_text(EXITING_GRAPH)
+    return tmp_path
+
+
+def test_a_node_that_calls_sys_exit_fails_its_run_not_baton(own_graphs, config_path, sqlite_url) -> None:
+    """``sys.exit("usage: ...")`` in a node (argparse does it) stopped the whole ``baton run``; started again, it
+    ran the request again and stopped again, for good."""
+    baton = BatonProcess(sqlite_url, config_path, own_graphs, exec_=True).start()
+    try:
+        chat = baton.client()
+        for text, reason in (("web", "usage: exiter <service>"), ("async", "3"), ("interrupt", "KeyboardInterrupt")):
+            thread = chat.ask(f"@baton exiter {text}")
+            reply = chat.wait_reply(thread, "`exiter` failed")
+            assert reason in reply["text"], reply["text"]
+        assert baton.process is not None and baton.process.poll() is None
+        assert "help" in chat.wait_reply(chat.ask("@baton help"), "exiter")["text"]
+    finally:
+        baton.stop()
