@@ -112,8 +112,8 @@ def render(message: Message, permalink: Permalink, *, files: bool = True) -> Ren
     rendered = Rendered()
     blocks: list[dict[str, Any]] = []
     emoji = TONE_EMOJI.get(message.tone)
-    if message.title:
-        blocks.append(_section(f"*{escape(message.title)}*", emoji))
+    for piece in chunks(message.title or "", SECTION_CHARS) if message.title else []:
+        blocks.append(_section(f"*{escape(piece)}*", emoji))
         emoji = None
     for part in message.parts:
         if isinstance(part, Text):
@@ -126,8 +126,7 @@ def render(message: Message, permalink: Permalink, *, files: bool = True) -> Ren
             for piece in chunks(part.text, SECTION_CHARS):
                 blocks.append(_context(with_mentions(escape(piece.removesuffix("\n")))))
         elif isinstance(part, ThreadLink):
-            url = permalink(part.channel, part.thread)
-            blocks.append(_section(f"<{url}|{escape(part.label).replace('|', '¦')}>"))
+            blocks += _link(permalink(part.channel, part.thread), part.label)
         elif isinstance(part, Buttons):
             blocks.append(_buttons(part))
         elif isinstance(part, Image):
@@ -176,6 +175,12 @@ def _image(part: Image, rendered: Rendered, files: bool) -> list[dict[str, Any]]
         return [_context(escape(f"[{part.alt}] (an image; it cannot be attached to this message)"))]
     rendered.uploads.append(Upload(filename=part.filename, content=base64.b64decode(part.data), title=part.alt))
     return [_context(f"{escape(part.alt)}: attached below as `{escape(part.filename)}`.")]
+
+
+def _link(url: str, label: str) -> list[dict[str, Any]]:
+    """The label's first section is the link; a label too long for one section goes on after it."""
+    first, *rest = chunks(label.replace("|", "¦"), SECTION_CHARS - len(url))
+    return [_section(f"<{url}|{escape(first)}>"), *(_section(escape(piece)) for piece in rest)]
 
 
 def _buttons(part: Buttons) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import pytest
 
 from adapters import slack_blocks
 from adapters.slack import SlackAdapter
-from bot.messages import Location, Message, Note, Text
+from bot.messages import Location, Message, Note, Text, ThreadLink
 from bot.outbox import Delivery
 from bot.replies import approval_card
 from bot.settings import Settings
@@ -199,3 +199,16 @@ def test_a_rate_limited_start_waits_as_slack_says_instead_of_blaming_the_token(f
     event = sender.mention("run uptime", user=ALICE)
     fake_slack.send_envelope(json.loads(sender.event_body(event)))
     wait_for(lambda: fake_slack.find("did uptime", thread=event["ts"]), what="the reply")
+
+
+def test_a_graph_s_long_title_or_link_label_is_split_not_refused() -> None:
+    """A title or a link's label over 3,000 characters made Slack refuse the whole reply (``invalid_blocks``)."""
+    url = "https://baton-test.slack.com/archives/C1/p12"
+    title, label = "Deploy " + "t" * 3500, "l" * 3500
+    message = Message(title=title, parts=[Text(text="hi"), ThreadLink(label=label, channel="C1", thread="1.2")])
+    rendered = slack_blocks.render(message, lambda channel, ts: url)
+    assert [check_message({"channel": GENERAL, **content}) for content in rendered.messages] == [""]
+    texts = [block["text"]["text"] for block in rendered.messages[0]["blocks"]]
+    assert "".join(text.strip("*") for text in texts[:2]) == title and texts[2] == "hi"
+    assert texts[3].startswith(f"<{url}|l") and texts[3].endswith("l>")
+    assert texts[3].removeprefix(f"<{url}|").removesuffix(">") + "".join(texts[4:]) == label
