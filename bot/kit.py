@@ -147,6 +147,8 @@ def approve(
     """
     if risk not in ("low", "high"):
         raise ValueError(f"approve(): risk must be 'low' or 'high', not {risk!r}")
+    if details is not None and not isinstance(details, dict):
+        raise TypeError(f"approve(): details must be a dict (a name for each value), not {type(details).__name__}")
     if isinstance(approvers, str):
         approvers = [approvers]
     if approvers is not None and not all(isinstance(name, str) for name in approvers):

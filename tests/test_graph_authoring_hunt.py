@@ -197,6 +197,8 @@ async def test_approve_takes_one_approver_written_as_text(tmp_path, config_path)
     ({"risk": "medium"}, "approve(): risk must be 'low' or 'high', not 'medium'"),
     ({"approvers": [1, None]}, "approve(): approvers must be user ids (text)"),
     ({"details": {"ratio": float("nan")}}, "approve(): details must be JSON"),
+    # a list of pairs was read as a dict of them; anything else broke the handling ("Something went wrong")
+    ({"details": ["web", "api"]}, "approve(): details must be a dict (a name for each value), not list"),
 ])
 async def test_approve_called_wrongly_fails_the_run_with_the_reason(tmp_path, config_path, kwargs, expected) -> None:
     async with _asked(tmp_path, config_path, GraphSpec(name="restart", graph=_asking(**kwargs)), "restart") as baton:
