@@ -9,8 +9,10 @@ time, covering the whole gap.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,7 +33,16 @@ log = logging.getLogger("baton.digests")
 DIGEST_GRAPH = "digest"
 RETAKE_AFTER = timedelta(minutes=2)  # a claimed firing not posted by then was lost with its replica
 MANUAL_WINDOW = timedelta(hours=24)  # `digest now` in a channel that never had a digest
+RENEW_SECONDS = RETAKE_AFTER.total_seconds() / 4  # a replica building a digest says so this often
 MAX_ATTEMPTS = 5  # a digest that fails to build this often (a bug in its graph) is given up, not retried forever
+
+
+@dataclass
+class Claim:
+    """This replica's claim on a firing: ``at`` moves on each time it is renewed."""
+
+    run_id: int
+    at: datetime
 
 
 class Digests:
@@ -45,6 +56,7 @@ class Digests:
         self.outbox = outbox
         self.instance = instance
         self.clock = clock
+        self.renew_seconds = RENEW_SECONDS
 
     # -- schedules -------------------------------------------------------------------------------
 
@@ -187,13 +199,14 @@ class Digests:
         return posted
 
     async def _post(self, run: DigestRun, claimed_at: datetime) -> bool:
+        claim = Claim(run.id, claimed_at)  # type: ignore[arg-type]
         try:
-            return await self._build_and_post(run, claimed_at)
+            return await self._build_and_post(run, claim)
         except Exception as exc:
-            await self._attempt_failed(run, claimed_at, exc)
+            await self._attempt_failed(run, claim, exc)
             return False
 
-    async def _attempt_failed(self, run: DigestRun, claimed_at: datetime, exc: Exception) -> None:
+    async def _attempt_failed(self, run: DigestRun, claim: Claim, exc: Exception) -> None:
         """Count the failed build on the claim; after ``MAX_ATTEMPTS`` the digest is ``failed`` and left.
 
         ``digest now`` is not tried again: its thread is told at once, and the asker may ask again.
@@ -207,7 +220,7 @@ class Digests:
         async with self.db.session() as session:
             ours = await session.exec(update(DigestRun).where(  # type: ignore[arg-type]
                 DigestRun.id == run.id, DigestRun.status == "claimed", DigestRun.claimed_by == self.instance,
-                DigestRun.claimed_at == claimed_at).values(
+                DigestRun.claimed_at == claim.at).values(
                 status="failed" if given_up else "claimed", summary={**run.summary, "attempts": attempts, "error": error}))
             if asked and ours.rowcount:
                 location = Location(platform=run.platform, workspace=run.workspace, channel=run.channel,
@@ -218,24 +231,31 @@ class Digests:
         if asked:
             self.outbox.wake(run.platform)
 
-    async def _build_and_post(self, run: DigestRun, claimed_at: datetime) -> bool:
-        """Build the card and post it, if the claim made at ``claimed_at`` is still this replica's.
+    async def _build_and_post(self, run: DigestRun, claim: Claim) -> bool:
+        """Build the card and post it, if ``claim`` is still this replica's.
 
-        A build slower than ``RETAKE_AFTER`` (a slow model) is taken over by another replica, which
-        posts it; the slow one drops its card.
+        The claim is renewed while the card is built (a slow model may take minutes), so only a
+        replica that died loses it; one that stalled past ``RETAKE_AFTER`` anyway finds it taken
+        over and drops its card.
         """
-        graphs = list(run.summary.get("graphs") or [])
-        async with self.db.scan() as session:
-            stats = await collect(session, run.platform, run.channel, run.window_start, run.window_end, graphs,
-                                  self.clock())
-        stats["reason"] = run.summary.get("reason", "")
-        location = Location(platform=run.platform, workspace=run.workspace, channel=run.channel,
-                            thread=run.summary.get("thread") or "")
-        message = await self._render(run, stats, location)
+        stop = asyncio.Event()
+        keeping = asyncio.create_task(self._keep_claim(claim, stop))
+        try:
+            graphs = list(run.summary.get("graphs") or [])
+            async with self.db.scan() as session:
+                stats = await collect(session, run.platform, run.channel, run.window_start, run.window_end, graphs,
+                                      self.clock())
+            stats["reason"] = run.summary.get("reason", "")
+            location = Location(platform=run.platform, workspace=run.workspace, channel=run.channel,
+                                thread=run.summary.get("thread") or "")
+            message = await self._render(run, stats, location)
+        finally:
+            stop.set()
+            await keeping  # a renewal under way finishes first: ``claim.at`` is then the stored one
         async with self.db.session() as session:
             still_ours = await session.exec(update(DigestRun).where(  # type: ignore[arg-type]
                 DigestRun.id == run.id, DigestRun.status == "claimed", DigestRun.claimed_by == self.instance,
-                DigestRun.claimed_at == claimed_at).values(status="posted", posted_at=self.clock()))
+                DigestRun.claimed_at == claim.at).values(status="posted", posted_at=self.clock()))
             if not still_ours.rowcount:
                 log.info("digest %s for %s/%s was posted by another replica meanwhile", run.id, run.platform, run.channel)
                 return False
@@ -247,6 +267,27 @@ class Digests:
                                requests=stats["requests"])
         self.outbox.wake(run.platform)
         return True
+
+    async def _keep_claim(self, claim: Claim, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), self.renew_seconds)
+                return
+            except TimeoutError:
+                pass
+            renewed_at = self.clock()
+            try:
+                async with self.db.session() as session:
+                    renewed = await session.exec(update(DigestRun).where(  # type: ignore[arg-type]
+                        DigestRun.id == claim.run_id, DigestRun.status == "claimed",
+                        DigestRun.claimed_by == self.instance, DigestRun.claimed_at == claim.at)
+                        .values(claimed_at=renewed_at))
+            except Exception:
+                log.warning("digest %s: its claim could not be renewed; trying again", claim.run_id, exc_info=True)
+                continue
+            if not renewed.rowcount:
+                return  # taken over: the final check drops this card
+            claim.at = renewed_at
 
     async def _render(self, run: DigestRun, stats: dict[str, Any], location: Location) -> Message:
         spec = self.registry.get(DIGEST_GRAPH)

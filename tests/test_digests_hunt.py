@@ -323,3 +323,28 @@ async def test_digest_now_that_cannot_be_built_says_so_in_its_thread(sqlite_url)
         [run] = await firings(digests)
     assert message.thread == "42" and "could not build the digest" in Message.model_validate(message.payload).plain_text()
     assert run.status == "failed"
+
+
+async def test_a_replica_still_building_a_digest_keeps_its_claim(database_url):
+    """A build longer than two minutes (a model answering slowly, its deadline is three) was taken
+    over although its replica was alive, and the takeover's build too: none was ever posted."""
+    clock = Clock(datetime(2026, 6, 1, 6, 0, tzinfo=UTC))
+    config = BatonConfig(digests=[PARIS_DAILY])
+    async with digest_service(database_url, clock, config, "a") as slow, digest_service(database_url, clock, config, "b") as other:
+        slow.renew_seconds = 0.01
+        clock.now = datetime(2026, 6, 1, 7, 0, tzinfo=UTC)
+        render = slow._render
+        taken_over = []
+
+        async def slow_render(*args):
+            clock.now += RETAKE_AFTER + timedelta(seconds=1)
+            await wait_until(lambda: firings(other), lambda runs: runs[0].claimed_at == clock.now)  # renewed
+            taken_over.append(await other.run_due(clock.now))
+            return await render(*args)
+
+        slow._render = slow_render  # type: ignore[method-assign]
+        assert await slow.run_due(clock.now) == 1
+        runs = await firings(other)
+        messages = await posted_messages(other)
+    assert taken_over == [0]
+    assert [(run.status, run.claimed_by) for run in runs] == [("posted", "a")] and len(messages) == 1
