@@ -209,8 +209,9 @@ async def history(scope: Literal["thread", "channel"] = "thread", limit: int = 5
     return await current().history(scope, limit)
 
 
-async def effect(name: str, fn: Callable[[], Awaitable[T] | T]) -> T:
-    """Run a side effect at most once for this node execution, even if the node re-runs.
+def effect(name: str, fn: Callable[[], Awaitable[T] | T]) -> Awaitable[T]:
+    """Run a side effect at most once for this node execution, even if the node re-runs (``await`` it, in an
+    async node).
 
     The key is (thread, LangGraph task id, ``name``): the task id is the same when a node is
     replayed after a resume or a crash, so the second time returns the recorded result. A node that
@@ -220,6 +221,11 @@ async def effect(name: str, fn: Callable[[], Awaitable[T] | T]) -> T:
     hold the event loop, and with it every other run and this replica's leases). Its result is kept
     in the ledger as JSON, so it must be JSON (text, numbers, booleans, ``None``, lists, dicts).
     """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # a plain node, run in a worker thread: the effect would never be awaited, so never run
+        raise RuntimeError(f"side effect '{name}': effect() runs in an async node (`async def node(state): ... "
+                           "await effect(...)`); this node is a plain function") from None
     configurable = get_config()["configurable"]
     key = f"{configurable['thread_id']}|{configurable.get('checkpoint_ns', '')}|{name}{_repeat_suffix(configurable, name)}"
 
@@ -237,7 +243,7 @@ async def effect(name: str, fn: Callable[[], Awaitable[T] | T]) -> T:
                             "return JSON (text, numbers, booleans, None, lists, dicts)") from None
         return result  # type: ignore[return-value]
 
-    return await current().run_effect_once(key, name, once)
+    return current().run_effect_once(key, name, once)
 
 
 # The effect names a node's current attempt has used, and how often: (the attempt's scratchpad, counts).

@@ -292,3 +292,18 @@ def test_a_node_that_calls_sys_exit_fails_its_run_not_baton(own_graphs, config_p
         assert "help" in chat.wait_reply(chat.ask("@baton help"), "exiter")["text"]
     finally:
         baton.stop()
+
+
+async def test_effect_called_from_a_plain_node_says_it_needs_an_async_one(tmp_path, config_path) -> None:
+    """``def act(state): effect("rollback", ...)`` in a plain (sync) node, where ``await`` cannot be written: the
+    rollback never ran, and the reply said "Rolled back: <coroutine object effect at 0x...>"."""
+    ran: list[int] = []
+
+    def act(_state: State) -> State:
+        result = effect("rollback", lambda: ran.append(1) or "done")
+        return {"reply": f"Rolled back: {result}"}
+
+    async with _asked(tmp_path, config_path, GraphSpec(name="rollback", graph=_one_node(act)), "rollback") as baton:
+        reply = await _reply(baton, "1")
+    assert "effect() runs in an async node" in reply, reply
+    assert ran == []
