@@ -20,6 +20,7 @@ from sqlalchemy import func, update
 from sqlmodel import select
 
 from bot import audit, schedules
+from bot.config import Digest
 from bot.digest_stats import collect
 from bot.kit import Request
 from bot.messages import Location, Message
@@ -62,7 +63,7 @@ class Digests:
 
     async def sync_config(self) -> None:
         """Make the ``config`` schedules in the database match ``baton.yaml``."""
-        wanted = {f"config:{d.platform}:{d.workspace}:{d.channel}:{d.cron}:{d.timezone}": d for d in self.config.digests}
+        wanted = {_config_key(digest): digest for digest in self.config.digests}
         now = self.clock()
         async with self.db.session() as session:
             for key, digest in wanted.items():
@@ -74,8 +75,6 @@ class Digests:
                 await session.exec(update(DigestSchedule).where(  # type: ignore[arg-type]
                     DigestSchedule.key == key, DigestSchedule.enabled == False)  # noqa: E712
                     .values(enabled=True, created_at=now, updated_at=now))
-                await session.exec(update(DigestSchedule).where(DigestSchedule.key == key)  # type: ignore[arg-type]
-                                   .values(graphs=digest.graphs))
             await session.exec(update(DigestSchedule).where(  # type: ignore[arg-type]
                 DigestSchedule.source == "config", DigestSchedule.key.not_in(list(wanted) or [""]))  # type: ignore[attr-defined]
                 .values(enabled=False, updated_at=now))
@@ -311,3 +310,10 @@ class Digests:
     def _period(schedule: DigestSchedule, fire_time: datetime) -> timedelta:
         following = schedules.next_fire(schedule.cron, schedule.timezone, fire_time + timedelta(microseconds=1))
         return (following - fire_time) if following else timedelta(days=1)
+
+
+def _config_key(digest: Digest) -> str:
+    """A ``baton.yaml`` schedule's key; its graph filter is part of it only when it has one (the keys
+    made before it was, for schedules without a filter, stay the same)."""
+    key = f"config:{digest.platform}:{digest.workspace}:{digest.channel}:{digest.cron}:{digest.timezone}"
+    return f"{key}:{','.join(sorted(set(digest.graphs)))}" if digest.graphs else key

@@ -348,3 +348,15 @@ async def test_a_replica_still_building_a_digest_keeps_its_claim(database_url):
         messages = await posted_messages(other)
     assert taken_over == [0]
     assert [(run.status, run.claimed_by) for run in runs] == [("posted", "a")] and len(messages) == 1
+
+
+async def test_two_digests_in_one_channel_at_one_time_for_different_graphs_are_both_posted(sqlite_url):
+    """baton.yaml's schedules were keyed without their graph filter: the second replaced the first, silently."""
+    deploys = Digest(platform="playground", channel="ops", cron="0 9 * * *", graphs=["deploy"])
+    uptime = Digest(platform="playground", channel="ops", cron="0 9 * * *", graphs=["uptime"])
+    clock = Clock(datetime(2026, 6, 1, 6, 0, tzinfo=UTC))
+    async with digest_service(sqlite_url, clock, BatonConfig(digests=[deploys, uptime])) as digests:
+        clock.now = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+        assert await digests.run_due(clock.now) == 2
+        runs = await firings(digests)
+    assert sorted(run.summary["graphs"] for run in runs) == [["deploy"], ["uptime"]]
