@@ -7,6 +7,9 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, event, text
 
 from storage.db import SQLITE_BUSY_SECONDS, is_sqlite, sync_url
@@ -30,9 +33,20 @@ def upgrade(url: str, revision: str = "head") -> None:
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
             config = alembic_config()
             config.attributes["connection"] = connection
+            _check_not_newer(connection, config)
             command.upgrade(config, revision)
     finally:
         engine.dispose()
+
+
+def _check_not_newer(connection: Any, config: Config) -> None:
+    """``CommandError`` naming the case when a newer Baton migrated the database (a rolling upgrade rolled
+    back): Alembic only says it cannot locate the revision."""
+    current = MigrationContext.configure(connection).get_current_revision()
+    known = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
+    if current is not None and current not in known:
+        raise CommandError(f"the database is at revision {current[:40]}, which this Baton does not have: a newer "
+                           "Baton migrated it. Run that Baton (or a newer one); Baton does not downgrade.")
 
 
 def autogenerate(url: str, message: str) -> None:

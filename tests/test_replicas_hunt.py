@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import sqlite3
 from contextlib import closing
 from datetime import timedelta
@@ -20,6 +21,7 @@ from bot.settings import Settings
 from storage.db import Database, sqlite_path
 from storage.migrate import upgrade
 from storage.models import OutboxMessage, PlaygroundMessage, utcnow
+from tests.support import run_cli
 
 HERE = Location(platform="slack", workspace="T1", channel="C1", thread="1.0")
 
@@ -139,3 +141,17 @@ def test_processes_started_together_on_a_new_sqlite_file_all_migrate_it(sqlite_u
     assert sorted(outcomes.get(timeout=5) for _ in processes) == ["migrated"] * 3
     with closing(sqlite3.connect(sqlite_path(sqlite_url))) as connection:
         assert connection.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)
+
+
+def test_a_database_a_newer_baton_migrated_is_named_as_such(tmp_path: Path, config_path: Path, sqlite_url: str) -> None:
+    """A rolling upgrade rolled back: the database is at a revision this Baton does not have. `baton db upgrade`
+    said only "Can't locate revision identified by '0099'" (and `baton run` showed it under a traceback)."""
+    upgrade(sqlite_url)
+    with closing(sqlite3.connect(sqlite_path(sqlite_url))) as connection, connection:
+        connection.execute("UPDATE alembic_version SET version_num = '0099'")
+    env = {**os.environ, "BATON_CONFIG": str(config_path), "BATON_DATABASE_URL": sqlite_url}
+    result = run_cli("db", "upgrade", cwd=tmp_path, env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "Baton cannot upgrade to 'head': the database is at revision 0099, which this Baton does not have: a newer "
+        "Baton migrated it. Run that Baton (or a newer one); Baton does not downgrade.")
