@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import inspect
 import pkgutil
 import re
 import traceback
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, TypeVar
 
+from langgraph._internal._runnable import RunnableCallable
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import StateGraph
 from langgraph.pregel import Pregel
@@ -80,11 +82,12 @@ def _exits_contained(graph: Pregel) -> Pregel:
         runnable = node.bound
         if isinstance(runnable, Pregel):
             _exits_contained(runnable)
-            continue
-        for attribute, contain in (("func", _contained), ("afunc", _contained_async)):
-            function = getattr(runnable, attribute, None)
-            if callable(function) and not getattr(function, "baton_contained", False):
-                setattr(runnable, attribute, contain(function))
+        elif isinstance(runnable, RunnableCallable):  # a node function, as StateGraph and @entrypoint wrap it
+            for attribute in ("func", "afunc"):
+                function = getattr(runnable, attribute)
+                if function is not None and not getattr(function, "baton_contained", False):
+                    setattr(runnable, attribute, _contained_async(function) if inspect.iscoroutinefunction(function)
+                            else _contained(function))
     return graph
 
 
