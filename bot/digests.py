@@ -125,6 +125,8 @@ class Digests:
         for schedule in await self.enabled():
             try:
                 posted += await self._run_schedule(schedule, now)
+            except schedules.ScheduleError:
+                pass  # stored before a rule it breaks: the scheduler names it, once
             except Exception:
                 log.exception("digest for %s/%s failed", schedule.platform, schedule.channel)
         return posted + await self._retake_lost(now)

@@ -23,6 +23,7 @@ RECONCILE_SECONDS = 60
 class DigestScheduler:
     def __init__(self, digests: Digests) -> None:
         self.digests = digests
+        self._skipped: set[tuple[str, str, str]] = set()  # (key, cron, zone) of schedules named as broken once
         self.scheduler = AsyncIOScheduler(timezone="UTC", job_defaults={"coalesce": True, "misfire_grace_time": None,
                                                                         "max_instances": 1})
 
@@ -45,7 +46,9 @@ class DigestScheduler:
             try:
                 trigger = schedules.trigger(schedule.cron, schedule.timezone)
             except schedules.ScheduleError as exc:  # stored before a rule it breaks (``digest list`` says so too)
-                log.warning("digest schedule %s is skipped: %s", key, exc)
+                if (key, schedule.cron, schedule.timezone) not in self._skipped:
+                    self._skipped.add((key, schedule.cron, schedule.timezone))
+                    log.warning("digest schedule %s is skipped: %s", key, exc)
                 continue
             job = self.scheduler.get_job(key)
             if job is None or repr(job.trigger) != repr(trigger):  # str() leaves out the time zone

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlmodel import select
+from sqlmodel import select, update
 
 from bot import schedules
 from bot.config import BatonConfig, Digest
@@ -360,3 +360,23 @@ async def test_two_digests_in_one_channel_at_one_time_for_different_graphs_are_b
         assert await digests.run_due(clock.now) == 2
         runs = await firings(digests)
     assert sorted(run.summary["graphs"] for run in runs) == [["deploy"], ["uptime"]]
+
+
+async def test_a_stored_schedule_that_breaks_a_rule_is_named_once_not_every_minute(sqlite_url, caplog):
+    """Each minute's reconciling logged a warning for it and a traceback ('digest ... failed')."""
+    clock = Clock(datetime.now(UTC))
+    async with digest_service(sqlite_url, clock, BatonConfig()) as digests:
+        scheduler = DigestScheduler(digests)
+        await scheduler.start()
+        try:
+            await digests.set_chat_schedule(Location(platform="playground", channel="ops", thread="1"), "0 18 * * *",
+                                            "UTC", "alice", "c1")
+            async with digests.db.session() as session:
+                await session.exec(update(DigestSchedule).values(cron="0 9 1 * mon"))
+            for _ in range(3):
+                await scheduler.reconcile()
+        finally:
+            await scheduler.stop()
+    skipped = [r for r in caplog.records if "is skipped" in r.getMessage()]
+    assert len(skipped) == 1 and "both a day of the month and a weekday" in skipped[0].getMessage()
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
