@@ -50,12 +50,13 @@ from slack_sdk.web.async_client import AsyncWebClient
 from adapters.contract import Adapter, DeliveryRejected, RetryLater, StartFailed, Step
 from adapters.slack_blocks import (
     BUTTON_ACTION_PREFIX,
+    Upload,
     escape,
     render,
     shown_text,
     typed_text,
 )
-from bot.messages import InboundClick, InboundMessage, Location
+from bot.messages import InboundClick, InboundMessage, Location, Message
 from bot.outbox import Delivery
 from bot.settings import Settings
 
@@ -291,11 +292,31 @@ class SlackAdapter(Adapter):
         for ts in editing[len(rendered.messages):]:  # the edit is shorter than what it replaces
             steps.append(self._remover(channel, ts))
         for upload in [] if editing else rendered.uploads:
-            steps.append(self._caller("files.upload", self.client.files_upload_v2, None, channel=channel,
-                                      thread_ts=thread, content=upload.content, filename=upload.filename,
-                                      title=upload.title))
+            steps.append(self._uploader(channel, thread, upload))
         done = await self.send_steps(delivery, steps)
         return " ".join(str(ts) for ts in done[:len(rendered.messages)])
+
+    def _uploader(self, channel: str, thread: str | None, upload: Upload) -> Step:
+        """Attach ``upload``; where Slack takes no file from Baton, say so in the thread instead (the
+        message above promised it)."""
+        attach = self._caller("files.upload", self.client.files_upload_v2, None, channel=channel, thread_ts=thread,
+                              content=upload.content, filename=upload.filename, title=upload.title)
+
+        async def call() -> str | None:
+            try:
+                return await attach()
+            except DeliveryRejected as exc:
+                error = str(exc).removeprefix("files.upload: ")
+                log.warning("Slack did not take the file %s: %s", upload.filename, error)
+                hint = " The app needs the `files:write` scope: reinstall it from `slack/manifest.yaml`." \
+                    if error == "missing_scope" else ""
+                note = Message.text(f"I could not attach `{upload.filename}` here (Slack said `{error}`).{hint}",
+                                    tone="warning")
+                (content,) = render(note, self.permalink).messages
+                return await self._caller("chat.postMessage", self.client.chat_postMessage, None, channel=channel,
+                                          thread_ts=thread, **content)()
+
+        return call
 
     def _remover(self, channel: str, ts: str) -> Step:
         async def call() -> None:

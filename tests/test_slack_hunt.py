@@ -212,3 +212,15 @@ def test_a_graph_s_long_title_or_link_label_is_split_not_refused() -> None:
     assert "".join(text.strip("*") for text in texts[:2]) == title and texts[2] == "hi"
     assert texts[3].startswith(f"<{url}|l") and texts[3].endswith("l>")
     assert texts[3].removeprefix(f"<{url}|").removesuffix(">") + "".join(texts[4:]) == label
+
+
+def test_output_slack_will_not_take_as_a_file_is_said_not_promised(slack: Slack, counter: Path) -> None:
+    """A workspace that does not let the app upload files (an install from before ``files:write``, or
+    uploads turned off by an admin): the reply said "the whole output is attached below" and no file
+    came, the delivery was recorded as failed, and only the log said why."""
+    slack.fake.fail("files.getUploadURLExternal", 200, error="missing_scope")
+    event = slack.mention("run long")
+    slack.reply("the whole output is attached below as `output.txt`", event["ts"], timeout=30)
+    note = slack.reply("I could not attach `output.txt`", event["ts"], timeout=30)
+    assert "missing_scope" in shown_text(note) and "files:write" in shown_text(note)
+    assert slack.rows("SELECT status FROM outbox") == [("sent",)]
