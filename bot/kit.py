@@ -40,6 +40,7 @@ from bot.settings import SECRET_VARIABLES
 T = TypeVar("T")
 S = TypeVar("S", bound=BaseModel)
 APPROVAL_MARK = "baton.approval"
+APPROVAL_TEXT_LIMIT = 3000  # what an approval card shows of its question (bot.orchestrator cuts the rest)
 PROGRESS_MARK = "baton.progress"
 
 
@@ -145,6 +146,9 @@ def approve(
     text). A requester may never decide their own ``high``-risk request. ``details`` are shown on the
     card as text: values that are not JSON (a datetime, say) are shown as ``str()`` makes them.
     """
+    if len(str(summary)) > APPROVAL_TEXT_LIMIT:  # the approver would decide on text they cannot see
+        raise ValueError(f"approve(): the question is {len(str(summary)):,} characters; an approval card shows "
+                         f"{APPROVAL_TEXT_LIMIT:,}: shorten it, or put the rest in details")
     if risk not in ("low", "high"):
         raise ValueError(f"approve(): risk must be 'low' or 'high', not {risk!r}")
     if details is not None and not isinstance(details, dict):

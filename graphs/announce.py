@@ -1,4 +1,5 @@
-"""Draft an announcement and post it once a human approves: a plain LangGraph graph, no kit.
+"""Draft an announcement and post it once a human approves: a plain LangGraph graph (``interrupt()``,
+not ``bot.kit.approve()``).
 
 It shows that any compiled graph that calls ``interrupt()`` works in Baton: the interrupt's
 value is shown on the approval card, and the decision comes back as
@@ -11,6 +12,8 @@ from typing import Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
+
+from bot.kit import APPROVAL_TEXT_LIMIT
 
 DESCRIPTION = "Draft an announcement for the channel; it is posted after approval."
 EXAMPLE = "announce Maintenance tonight at 22:00 UTC"
@@ -30,18 +33,26 @@ def draft(state: AnnounceState) -> AnnounceState:
 
 
 def confirm(state: AnnounceState) -> AnnounceState:
-    if not state["draft"]:
+    if not state["draft"] or len(_question(state["draft"])) > APPROVAL_TEXT_LIMIT:
         return {"decision": {"approved": False, "by": "nobody"}}
-    return {"decision": interrupt(f"Post this announcement?\n\n{state['draft']}")}
+    return {"decision": interrupt(_question(state["draft"]))}
 
 
 def publish(state: AnnounceState) -> AnnounceState:
     if not state["draft"]:
         return {"reply": "What should I announce? Try `announce Maintenance tonight at 22:00 UTC`."}
+    if len(_question(state["draft"])) > APPROVAL_TEXT_LIMIT:  # its approvers would not see all they approve
+        return {"reply": f"That announcement is {len(state['draft']):,} characters, too long for an approval card "
+                         f"(up to {APPROVAL_TEXT_LIMIT - len(_question('')):,}): shorten it or split it. "
+                         "Nothing was posted."}
     decision = state["decision"]
     if not decision.get("approved"):
         return {"reply": f"Announcement dropped ({decision.get('by')} rejected it)."}
     return {"reply": f"{state['draft']}\n(approved by {decision['by']})"}
+
+
+def _question(draft: str) -> str:
+    return f"Post this announcement?\n\n{draft}"
 
 
 def _tidied(text: str) -> str:

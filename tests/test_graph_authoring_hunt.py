@@ -307,3 +307,29 @@ async def test_effect_called_from_a_plain_node_says_it_needs_an_async_one(tmp_pa
         reply = await _reply(baton, "1")
     assert "effect() runs in an async node" in reply, reply
     assert ran == []
+
+
+async def test_an_announcement_longer_than_its_card_is_not_put_to_approval(tmp_path, config_path) -> None:
+    """The card showed the first 3,000 characters of a 3,200-character announcement; approved, the whole of
+    it was posted, its end never seen by the approver."""
+    text = "Maintenance tonight. " * 150 + "Also: the prod database is deleted at 23:00."
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'e.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground")
+    async with Baton(settings) as baton:
+        await baton.accept_message(InboundMessage(
+            platform="playground", channel="general", thread="1", event_id="e1", user="alice", text=f"announce {text}"))
+        reply = await _reply(baton, "1")
+        async with baton.db.read() as session:
+            assert (await session.exec(select(Approval))).first() is None
+    assert "too long for an approval card" in reply, reply
+
+
+async def test_approve_with_a_question_longer_than_its_card_fails_the_run(tmp_path, config_path) -> None:
+    def ask(_state: State) -> State:
+        return {"reply": str(approve("Run this?\n" + "x" * 3100).approved)}
+
+    async with _asked(tmp_path, config_path, GraphSpec(name="long", graph=_one_node(ask)), "long") as baton:
+        reply = await _reply(baton, "1")
+        async with baton.db.read() as session:
+            assert (await session.exec(select(Approval))).first() is None
+    assert "approve(): the question is 3,110 characters; an approval card shows 3,000" in reply, reply
