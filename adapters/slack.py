@@ -42,10 +42,12 @@ from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.error import BoltUnhandledRequestError
+from slack_bolt.middleware.authorization.async_single_team_authorization import AsyncSingleTeamAuthorization
 from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from adapters.contract import Adapter, DeliveryRejected, RetryLater, StartFailed, Step
 from adapters.slack_blocks import (
@@ -153,6 +155,7 @@ class SlackAdapter(Adapter):
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise StartFailed(f"Slack's API at {self.client.base_url} cannot be reached ({type(exc).__name__}: "
                               f"{str(exc)[:200]})") from exc
+        self._share_sign_in(auth)
         self.bot_user_id = auth["user_id"]
         self.team_url = str(auth.get("url") or "https://slack.com/")
         if not self.team_url.endswith("/"):
@@ -162,6 +165,14 @@ class SlackAdapter(Adapter):
         await super().start()
         if self._app_token is not None:
             await self._connect_socket_mode(self._app_token)
+
+    def _share_sign_in(self, auth: AsyncSlackResponse) -> None:
+        """Hand Bolt the ``auth.test`` answer of the start. Bolt otherwise asks again at the first request,
+        and when Slack fails that call, it acknowledges an event without handling it and tells a slash
+        command's user to reinstall the app."""
+        for middleware in self.bolt._async_middleware_list:  # no public way to give it to Bolt
+            if isinstance(middleware, AsyncSingleTeamAuthorization):
+                middleware.auth_test_result = auth
 
     async def _connect_socket_mode(self, app_token: str) -> None:
         self._socket = AsyncSocketModeHandler(self.bolt, app_token=app_token, web_client=self.client)

@@ -224,3 +224,18 @@ def test_output_slack_will_not_take_as_a_file_is_said_not_promised(slack: Slack,
     note = slack.reply("I could not attach `output.txt`", event["ts"], timeout=30)
     assert "missing_scope" in shown_text(note) and "files:write" in shown_text(note)
     assert slack.rows("SELECT status FROM outbox") == [("sent",)]
+
+
+def test_the_first_request_after_a_start_does_not_hang_on_a_second_sign_in(slack: Slack, counter: Path) -> None:
+    """Bolt signed in again (``auth.test``) at the first request after each start: when Slack failed that
+    call, the event was acknowledged and dropped, and a slash command was told "your installation with
+    this app is no longer available. Please reinstall this app"."""
+    slack.fake.fail("auth.test", 500, times=2)
+    answer = slack.sender.command("run uptime", user=ALICE, channel=OPS)
+    assert (answer.status_code, answer.text) == (200, "")
+    event = slack.mention("run uptime")
+    slack.reply("did uptime", event["ts"])
+    anchor = slack.fake.find(f"<@{ALICE}> asked: `/baton run uptime`", channel=OPS)
+    assert anchor is not None
+    slack.reply("did uptime", anchor.ts, channel=OPS)
+    assert [call.status for call in slack.fake.calls("auth.test")] == [200]  # the start's own
