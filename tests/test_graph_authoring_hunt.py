@@ -6,16 +6,12 @@ import asyncio
 import datetime
 import re
 import shutil
-import sys
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from types import ModuleType
-from typing import Any, TypedDict
+from typing import Any
 
 import pytest
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import StateGraph
 from langgraph.types import RetryPolicy
 from sqlmodel import select
 
@@ -24,86 +20,9 @@ from bot.kit import approve, effect
 from bot.messages import InboundMessage
 from bot.registry import GraphError, GraphRegistry, GraphSpec, _spec_from_module
 from bot.settings import Settings
-from storage.models import Approval, Effect, PlaygroundMessage
+from storage.models import Approval
 from tests.support import ROOT, BatonProcess
-
-GOOD_GRAPH = """
-from typing import TypedDict
-from langgraph.graph import END, START, StateGraph
-class S(TypedDict, total=False):
-    text: str
-    reply: str
-graph = StateGraph(S)
-graph.add_node("x", lambda s: {"reply": "ok"})
-graph.add_edge(START, "x")
-graph.add_edge("x", END)
-"""
-
-
-@pytest.fixture
-def package(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A graphs package of its own (unique name) holding the modules given; its name."""
-    made: list[str] = []
-
-    def make(modules: dict[str, str]) -> str:
-        name = f"graphs_authored_{uuid.uuid4().hex[:8]}"
-        root = tmp_path / name
-        root.mkdir()
-        (root / "__init__.py").write_text("")
-        for module, text in modules.items():
-            (root / f"{module}.py").write_text(text)
-        made.append(name)
-        return name
-
-    sys.path.insert(0, str(tmp_path))
-    yield make
-    sys.path.remove(str(tmp_path))
-    for name in made:
-        for module in [m for m in sys.modules if m == name or m.startswith(f"{name}.")]:
-            del sys.modules[module]
-
-
-class State(TypedDict, total=False):
-    text: str
-    reply: str
-
-
-def _one_node(node: Any, retry: RetryPolicy | None = None) -> StateGraph:
-    graph = StateGraph(State)
-    graph.add_node("act", node, retry_policy=retry)
-    graph.add_edge(START, "act")
-    graph.add_edge("act", END)
-    return graph
-
-
-@asynccontextmanager
-async def _asked(tmp_path: Path, config_path: Path, spec: GraphSpec, text: str) -> AsyncIterator[Baton]:
-    """A playground Baton with ``spec`` installed, asked ``text`` in thread "1" of #general by alice."""
-    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'e.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
-                        BATON_ADAPTERS="playground")
-    async with Baton(settings) as baton:
-        baton.registry.add(spec)
-        await baton.accept_message(InboundMessage(
-            platform="playground", channel="general", thread="1", event_id="e1", user="alice", text=text))
-        yield baton
-
-
-async def _reply(baton: Baton, thread: str, timeout: float = 20) -> str:
-    async def bot_text() -> str:
-        while True:
-            async with baton.db.read() as session:
-                found = (await session.exec(select(PlaygroundMessage).where(
-                    PlaygroundMessage.thread_id == thread, PlaygroundMessage.is_bot))).all()
-            if found:
-                return found[-1].text
-            await baton.outbox.wait("never-woken", 0.05)
-
-    return await asyncio.wait_for(bot_text(), timeout)
-
-
-async def _ledger(baton: Baton) -> list[tuple[str, str, Any]]:
-    async with baton.db.read() as session:
-        return [(row.name, row.status, row.result) for row in (await session.exec(select(Effect))).all()]
+from tests.test_graph_modules import GOOD_GRAPH, State, _asked, _ledger, _one_node, _reply, package  # noqa: F401
 
 
 async def test_effects_of_one_name_called_in_a_loop_each_run(tmp_path, config_path) -> None:

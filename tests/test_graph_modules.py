@@ -14,6 +14,7 @@ from typing import Any, TypedDict
 
 import pytest
 from langgraph.graph import END, START, StateGraph
+from langgraph.types import RetryPolicy
 from sqlmodel import select
 
 from bot.app import Baton
@@ -100,9 +101,9 @@ class State(TypedDict, total=False):
     reply: str
 
 
-def _one_node(node: Any) -> StateGraph:
+def _one_node(node: Any, retry: RetryPolicy | None = None) -> StateGraph:
     graph = StateGraph(State)
-    graph.add_node("act", node)
+    graph.add_node("act", node, retry_policy=retry)
     graph.add_edge(START, "act")
     graph.add_edge("act", END)
     return graph
