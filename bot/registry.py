@@ -185,13 +185,20 @@ def _spec_from_module(name: str, module: ModuleType) -> GraphSpec:
         raise GraphError(f"{where}: chat asks for graphs in lower case (`@baton {name}` looks for "
                          f"`{name.lower()}`): name the module {name.lower()}.py")
     patterns = getattr(module, "PATTERNS", [])
-    if isinstance(patterns, str):
-        raise GraphError(f"{where}: PATTERNS must be a list of regular expressions, not one string")
+    if not isinstance(patterns, (list, tuple)):
+        given = "one string" if isinstance(patterns, str) else type(patterns).__name__
+        raise GraphError(f"{where}: PATTERNS must be a list of regular expressions, not {given}")
     compiled = []
     for pattern in patterns:
+        if isinstance(pattern, re.Pattern) and isinstance(pattern.pattern, str):  # compiled: its own flags too
+            pattern, flags = pattern.pattern, pattern.flags | re.IGNORECASE
+        else:
+            flags = re.IGNORECASE
+        if not isinstance(pattern, str):  # bytes matched no chat text: routing broke for every request
+            raise GraphError(f"{where}: PATTERNS: {pattern!r} is not a regular expression: write it as text")
         try:
-            compiled.append(re.compile(pattern, re.IGNORECASE))
-        except (re.error, TypeError) as exc:
+            compiled.append(re.compile(pattern, flags))
+        except re.error as exc:
             raise GraphError(f"{where}: PATTERNS: {pattern!r} is not a regular expression: {exc}") from None
     make_input = getattr(module, "make_input", None)
     if make_input is not None and not callable(make_input):

@@ -252,3 +252,22 @@ async def test_approve_with_a_question_longer_than_its_card_fails_the_run(tmp_pa
         async with baton.db.read() as session:
             assert (await session.exec(select(Approval))).first() is None
     assert "approve(): the question is 3,110 characters; an approval card shows 3,000" in reply, reply
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    # a bytes pattern broke routing for every request no graph name matched: "Something went wrong" for all chat
+    ("PATTERNS = [b'deploy']\n", "PATTERNS: b'deploy' is not a regular expression: write it as text"),
+    ("PATTERNS = None\n", "PATTERNS must be a list of regular expressions, not NoneType"),
+])
+def test_a_pattern_that_is_not_text_is_named(package, line, expected) -> None:
+    name = package({"deploy": GOOD_GRAPH + line})
+    with pytest.raises(GraphError, match=re.escape(expected)):
+        GraphRegistry.discover(name)
+
+
+def test_a_compiled_pattern_is_taken_with_its_flags(package) -> None:
+    """``PATTERNS = [re.compile(...)]`` stopped start-up with a traceback ("cannot process flags argument with a
+    compiled pattern") naming neither the module nor the pattern."""
+    name = package({"deploy": GOOD_GRAPH + "import re\nPATTERNS = [re.compile(r'^ship (\\w+) now$', re.MULTILINE)]\n"})
+    (pattern,) = GraphRegistry.discover(name).get("deploy").patterns  # type: ignore[union-attr]
+    assert pattern.search("please\nShip web NOW") and pattern.flags & re.MULTILINE
