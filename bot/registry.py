@@ -200,6 +200,9 @@ def _spec_from_module(name: str, module: ModuleType) -> GraphSpec:
             compiled.append(re.compile(pattern, flags))
         except re.error as exc:
             raise GraphError(f"{where}: PATTERNS: {pattern!r} is not a regular expression: {exc}") from None
+        if compiled[-1].search(""):
+            raise GraphError(f"{where}: PATTERNS: {pattern!r} matches any text (even an empty one): every request "
+                             "and every remark in a Baton thread would run this graph")
     make_input = getattr(module, "make_input", None)
     if make_input is not None and not callable(make_input):
         raise GraphError(f"{where}: make_input must be a function (request, text) -> dict, "

@@ -258,6 +258,10 @@ async def test_approve_with_a_question_longer_than_its_card_fails_the_run(tmp_pa
     # a bytes pattern broke routing for every request no graph name matched: "Something went wrong" for all chat
     ("PATTERNS = [b'deploy']\n", "PATTERNS: b'deploy' is not a regular expression: write it as text"),
     ("PATTERNS = None\n", "PATTERNS must be a list of regular expressions, not NoneType"),
+    # matched every text: each unknown request ran this graph instead of help, and so did "thanks!" in any
+    # Baton thread
+    ("PATTERNS = ['deploy|']\n", "PATTERNS: 'deploy|' matches any text (even an empty one)"),
+    ("PATTERNS = ['(deploy)?']\n", "PATTERNS: '(deploy)?' matches any text (even an empty one)"),
 ])
 def test_a_pattern_that_is_not_text_is_named(package, line, expected) -> None:
     name = package({"deploy": GOOD_GRAPH + line})
