@@ -78,7 +78,7 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
             .join(Run, Run.id == Approval.run_id).join(ThreadRecord, ThreadRecord.id == Approval.thread_record_id)
             .where(*waiting_filter).order_by(Approval.created_at).limit(MAX_LISTED))).all()
     ]
-    day = func.date(Run.started_at)
+    day = _utc_date(session, Run.started_at)
     per_day = [{"day": str(d), "requests": n, "avg_turnaround_ms": float(avg) if avg is not None else None}
                for d, n, avg in (await session.exec(
                    select(day, func.count(), func.avg(Run.turnaround_ms)).where(*in_window).group_by(day).order_by(day))).all()]
@@ -102,6 +102,14 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
         "waiting_count": waiting_count,
         "per_day": per_day,
     }
+
+
+def _utc_date(session: AsyncSession, column: Any) -> Any:
+    """The UTC date of ``column``: PostgreSQL's ``date()`` of a timestamptz is the server's own date
+    (its TimeZone setting); SQLite stores the UTC time as text already."""
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        return func.date(func.timezone("UTC", column))
+    return func.date(column)
 
 
 async def _percentile(session: AsyncSession, where: list[Any], count: int, q: float) -> int | None:

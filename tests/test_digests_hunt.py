@@ -380,3 +380,22 @@ async def test_a_stored_schedule_that_breaks_a_rule_is_named_once_not_every_minu
     skipped = [r for r in caplog.records if "is skipped" in r.getMessage()]
     assert len(skipped) == 1 and "both a day of the month and a weekday" in skipped[0].getMessage()
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_requests_per_day_are_counted_by_utc_day_whatever_the_servers_time_zone(postgres_url):
+    """The chart grouped by the PostgreSQL server's own date (its TimeZone setting): on a server in
+    Auckland a request at 20:00 UTC counted for the next day, under a title that says UTC."""
+    from sqlalchemy import create_engine, make_url, text
+
+    name = make_url(postgres_url).database
+    engine = create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text(f'ALTER DATABASE "{name}" SET timezone TO \'Pacific/Auckland\''))
+    engine.dispose()
+    start = datetime(2026, 6, 1, 0, 0, tzinfo=UTC)
+    end = start + timedelta(days=1)
+    async with digest_service(postgres_url, Clock(end), BatonConfig()) as digests:
+        await seed_busy_day(digests.db, start + timedelta(hours=20), decided=1, waiting=0)
+        async with digests.db.read() as session:
+            stats = await collect(session, "playground", "ops", start, end, [], end)
+    assert [day["day"] for day in stats["per_day"]] == ["2026-06-01"]
