@@ -94,9 +94,19 @@ def create_engine(url: str, *, inline: bool = True, durable: bool = True) -> Asy
         _configure_sqlite(engine.sync_engine, inline=inline)
         return engine
     if not durable:
-        return create_async_engine(async_url(url), pool_size=5, max_overflow=5, pool_pre_ping=True,
-                                   connect_args={"options": "-c synchronous_commit=off"})
+        return create_async_engine(_without_waiting_for_the_disk(async_url(url)), pool_size=5, max_overflow=5,
+                                   pool_pre_ping=True)
     return create_async_engine(async_url(url), pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def _without_waiting_for_the_disk(url: str) -> str:
+    """``url`` with ``synchronous_commit=off`` added to the server options it names, if any (a schema in
+    ``-csearch_path=...``, say): an ``options`` connect argument replaced them, and those connections
+    looked for Baton's tables in the wrong schema."""
+    parsed = make_url(url)
+    given = parsed.query.get("options", ())
+    options = [*([given] if isinstance(given, str) else given), "-c synchronous_commit=off"]
+    return parsed.update_query_dict({"options": " ".join(options)}).render_as_string(hide_password=False)
 
 
 def create_sqlite_writer(url: str) -> SQLiteWriter:

@@ -155,3 +155,23 @@ def test_a_database_a_newer_baton_migrated_is_named_as_such(tmp_path: Path, conf
     assert result.stderr.strip() == (
         "Baton cannot upgrade to 'head': the database is at revision 0099, which this Baton does not have: a newer "
         "Baton migrated it. Run that Baton (or a newer one); Baton does not downgrade.")
+
+
+@pytest.mark.postgres
+def test_a_postgresql_url_naming_a_schema_in_its_options_is_used_by_every_connection(start_baton, postgres_url: str):
+    """Baton's own schema, named in the URL (``?options=-csearch_path%3Dbaton``), as teams sharing a database do:
+    the migrations made the tables there, but the connections for the writes that need not wait for the disk
+    replaced the URL's options with their own (``synchronous_commit=off``), found no tables, and every
+    request failed ('relation "thread_records" does not exist')."""
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute("CREATE SCHEMA baton")
+    in_schema = postgres_url + "?options=-csearch_path%3Dbaton"
+    pg = start_baton(in_schema).client()
+    thread = pg.ask("@baton run uptime")
+    pg.wait_reply(thread, "did uptime")
+    with psycopg.connect(postgres_url) as connection:
+        schemas = connection.execute("SELECT DISTINCT table_schema FROM information_schema.tables "
+                                     "WHERE table_name = 'thread_records'").fetchall()
+    assert schemas == [("baton",)]
