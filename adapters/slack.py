@@ -31,6 +31,7 @@ import functools
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -67,6 +68,8 @@ EVENTS_PATH = "/slack/events"
 PLATFORM = "slack"
 HTTP_TIMEOUT_SECONDS = 30
 START_RATE_LIMIT_SECONDS = 120  # how long a start waits out Slack's 429s before giving up
+SIGNATURE_WINDOW_SECONDS = 300  # Slack's: a request signed longer ago (or ahead) is refused
+REFUSAL_LOG_SECONDS = 60
 # Message subtypes that are a person writing; every other subtype (edits, deletions, joins,
 # bot_message, ...) is not a request.
 PERSON_SUBTYPES = {None, "thread_broadcast", "file_share"}
@@ -124,18 +127,17 @@ class SlackAdapter(Adapter):
             return  # Socket Mode only: without the signing secret nothing could be verified
         handler = AsyncSlackRequestHandler(self.bolt)
         verifier = SignatureVerifier(self._signing_secret)
+        refusals = _Refusals()
 
         async def slack_events(request: Request) -> Response:
             # Checked before Bolt sees the request: Bolt parses the body and the timestamp first, so
             # an unsigned body that is not JSON, or a timestamp that is not a number, was a 500 with a
             # traceback, and a bad signature logged the whole body (any size, any line breaks).
             body = await request.body()  # kept by the request: Bolt reads the same bytes
-            try:
-                signed = verifier.is_valid(body, request.headers.get("x-slack-request-timestamp"),
-                                           request.headers.get("x-slack-signature"))
-            except ValueError:  # a timestamp that is not a number
-                signed = False
-            if not signed:
+            problem = _signature_problem(verifier, body, request.headers.get("x-slack-request-timestamp"),
+                                         request.headers.get("x-slack-signature"))
+            if problem is not None:
+                refusals.tell(problem)
                 return JSONResponse({"error": "invalid or missing request signature"}, status_code=401)
             try:
                 return await handler.handle(request)
@@ -384,6 +386,38 @@ class SlackAdapter(Adapter):
             return str(response[result_key]) if result_key else None
 
         return call
+
+
+def _signature_problem(verifier: SignatureVerifier, body: bytes, timestamp: str | None,
+                       signature: str | None) -> str | None:
+    """Why a request is not Slack's, for the log (``None``: it is): a wrong signing secret or a clock off
+    by more than Slack's 5 minutes refuses every request, and the operator has to be told which."""
+    if not timestamp or not signature:
+        return "it is not signed (no X-Slack-Signature or X-Slack-Request-Timestamp)"
+    try:
+        skew = time.time() - int(timestamp)
+        if verifier.is_valid(body, timestamp, signature):
+            return None
+    except ValueError:  # a timestamp that is not a number, a body that is not UTF-8
+        return "its signature or timestamp cannot be read"
+    if abs(skew) > SIGNATURE_WINDOW_SECONDS:
+        side = "before" if skew > 0 else "after"
+        return f"it was signed {int(abs(skew))} s {side} this machine's clock (over 5 minutes: check the clock)"
+    return "its signature does not match SLACK_SIGNING_SECRET"
+
+
+class _Refusals:
+    """One log line per kind of refusal a minute: a flood of forged requests is not a flood of lines."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+
+    def tell(self, problem: str) -> None:
+        kind = problem.split(" s ", 1)[-1]  # the clock's lines differ only by their number of seconds
+        now = time.monotonic()
+        if now - self._last.get(kind, -REFUSAL_LOG_SECONDS) >= REFUSAL_LOG_SECONDS:
+            self._last[kind] = now
+            log.warning("Slack: a request was refused (401): %s", problem)
 
 
 # What reading a body of an unexpected shape raises (pydantic's ValidationError is a ValueError).

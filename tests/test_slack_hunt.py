@@ -4,7 +4,9 @@ limits on what Baton posts (``tests/fake_slack.py`` checks them the way Slack do
 from __future__ import annotations
 
 import json
+import re
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -239,3 +241,18 @@ def test_the_first_request_after_a_start_does_not_hang_on_a_second_sign_in(slack
     assert anchor is not None
     slack.reply("did uptime", anchor.ts, channel=OPS)
     assert [call.status for call in slack.fake.calls("auth.test")] == [200]  # the start's own
+
+
+def test_refused_signatures_say_why_in_the_log_without_the_body(slack: Slack) -> None:
+    """A wrong SLACK_SIGNING_SECRET, or this machine's clock off by more than 5 minutes, made every Slack
+    request a 401 and Baton's log said nothing: Slack only showed failed deliveries."""
+    wrong = SlackSender(slack.baton.url, signing_secret="not-the-secret")
+    body = wrong.event_body(wrong.mention("secret body text", user=ALICE))
+    assert wrong.post(body, "application/json").status_code == 401
+    assert wrong.post(body, "application/json").status_code == 401  # a flood is one line, not one each
+    late = slack.sender.mention("run uptime", user=ALICE)
+    assert slack.sender.send_event(late, timestamp=int(time.time()) - 3600).status_code == 401
+    log = wait_for(lambda: (text := slack.baton.log.read_text()).count("check the clock") and text,
+                   what="the clock's line")
+    assert log.count("signature does not match SLACK_SIGNING_SECRET") == 1
+    assert re.search(r"signed 360\d s before this machine's clock", log) and "secret body text" not in log
