@@ -171,18 +171,24 @@ class Digests:
         """Where this schedule's previous digest ended (a channel may have several schedules: a weekly one
         beside a daily one covers its week). A schedule's first digest covers one period, or goes back to
         the channel's previous digest when that is older (an edited schedule leaves no gap); ``digest
-        now`` covers the time since the channel's previous digest."""
+        now`` covers the time since the channel's previous digest. A digest given up (``failed``) is
+        no previous one: the next covers its window too."""
+        before = [DigestRun.window_end <= fire_time, DigestRun.status != "failed"]
         own = (await session.exec(select(func.max(DigestRun.window_end)).where(
-            DigestRun.schedule_key == key, DigestRun.window_end <= fire_time))).one()
+            DigestRun.schedule_key == key, *before))).one()
         if own is not None:
             return own
         channel = (await session.exec(select(func.max(DigestRun.window_end)).where(
             DigestRun.platform == location.platform, DigestRun.workspace == location.workspace,
-            DigestRun.channel == location.channel, DigestRun.window_end <= fire_time))).one()
+            DigestRun.channel == location.channel, *before))).one()
         one_period = fire_time - default_window
         if channel is None:
-            return one_period
-        return min(channel, one_period) if scheduled else channel
+            start = one_period
+        else:
+            start = min(channel, one_period) if scheduled else channel
+        given_up = (await session.exec(select(func.min(DigestRun.window_start)).where(
+            DigestRun.schedule_key == key, DigestRun.status == "failed"))).one()
+        return min(start, given_up) if given_up is not None else start
 
     async def _retake_lost(self, now: datetime) -> int:
         async with self.db.read() as session:

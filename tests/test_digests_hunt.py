@@ -399,3 +399,24 @@ async def test_requests_per_day_are_counted_by_utc_day_whatever_the_servers_time
         async with digests.db.read() as session:
             stats = await collect(session, "playground", "ops", start, end, [], end)
     assert [day["day"] for day in stats["per_day"]] == ["2026-06-01"]
+
+
+async def test_the_digest_after_one_given_up_covers_its_window_too(sqlite_url):
+    clock = Clock(datetime(2026, 6, 1, 6, 0, tzinfo=UTC))
+    async with digest_service(sqlite_url, clock, BatonConfig(digests=[PARIS_DAILY])) as digests:
+        render = digests._render
+
+        async def broken_render(*_args):
+            raise KeyError("per_graph")
+
+        digests._render = broken_render  # type: ignore[method-assign]
+        clock.now = datetime(2026, 6, 1, 7, 0, tzinfo=UTC)
+        for _ in range(MAX_ATTEMPTS * 3):
+            await digests.run_due(clock.now)
+            clock.now += RETAKE_AFTER
+        digests._render = render  # type: ignore[method-assign]
+        clock.now = datetime(2026, 6, 2, 7, 0, tzinfo=UTC)
+        assert await digests.run_due(clock.now) == 1
+        failed, posted = await firings(digests)
+    assert failed.status == "failed" and posted.status == "posted"
+    assert (posted.window_start, posted.window_end) == (failed.window_start, posted.fire_time)
