@@ -269,7 +269,7 @@ class SlackAdapter(Adapter):
             anchor = await self.client.chat_postMessage(
                 channel=channel, text=f"<@{user}> asked: `{escape(shown)}`", unfurl_links=False, unfurl_media=False)
         except SlackApiError as exc:
-            await ack(text=_command_refusal(_error_code(exc)), response_type="ephemeral")
+            await ack(text=_command_refusal(exc), response_type="ephemeral")
             return
         await self.baton.accept_message(InboundMessage(
             platform=PLATFORM, workspace=body.get("team_id") or "", channel=channel, thread=anchor["ts"], user=user,
@@ -512,9 +512,11 @@ def _delivery_error(method: str, exc: SlackApiError) -> Exception:
     return DeliveryRejected(f"{method}: {error}")
 
 
-def _command_refusal(error: str) -> str:
+def _command_refusal(exc: SlackApiError) -> str:
+    error = _error_code(exc)
     if error in ("not_in_channel", "channel_not_found"):
         return ("I can't post in this conversation. Invite me to the channel (`/invite @baton`), "
                 "or send me a direct message.")
-    return f"Slack did not let me post here ({error}); please try again in a moment."
-
+    if isinstance(_delivery_error("chat.postMessage", exc), (RetryLater, SlackApiError)):  # busy, or failing
+        return f"Slack did not let me post here (`{error}`); please try again in a moment."
+    return f"Slack does not let me post in this conversation (`{error}`), so I can't answer this here."

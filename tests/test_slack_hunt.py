@@ -256,3 +256,14 @@ def test_refused_signatures_say_why_in_the_log_without_the_body(slack: Slack) ->
                    what="the clock's line")
     assert log.count("signature does not match SLACK_SIGNING_SECRET") == 1
     assert re.search(r"signed 360\d s before this machine's clock", log) and "secret body text" not in log
+
+
+def test_a_command_where_baton_may_never_post_is_not_told_to_try_again(slack: Slack) -> None:
+    """``/baton`` in a read-only (announcement) channel: "please try again in a moment", which never helps."""
+    slack.fake.fail("chat.postMessage", 200, error="restricted_action_read_only_channel")
+    refused = slack.sender.command("run uptime", user=ALICE, channel=OPS).json()
+    assert refused["response_type"] == "ephemeral" and "try again" not in refused["text"]
+    assert "Slack does not let me post in this conversation (`restricted_action_read_only_channel`)" in refused["text"]
+    slack.fake.fail("chat.postMessage", 429, retry_after=1)
+    busy = slack.sender.command("run uptime", user=ALICE, channel=OPS).json()
+    assert "please try again in a moment" in busy["text"]
