@@ -1,4 +1,5 @@
-"""Replicas that stall or crash while they hold work: what another replica took over is not done twice."""
+"""Several Batons on one database: a replica that stalls past its claim, processes that start together,
+a database a newer Baton migrated, a PostgreSQL URL that names a schema."""
 
 from __future__ import annotations
 
