@@ -264,7 +264,7 @@ class Digests:
                 DigestRun.id == run.id, DigestRun.status == "claimed", DigestRun.claimed_by == self.instance,
                 DigestRun.claimed_at == claim.at).values(status="posted", posted_at=self.clock()))
             if not still_ours.rowcount:
-                log.info("digest %s for %s/%s was posted by another replica meanwhile", run.id, run.platform, run.channel)
+                log.info("digest %s for %s/%s was taken over by another replica meanwhile", run.id, run.platform, run.channel)
                 return False
             card_id = await self.outbox.enqueue(session, location, message, correlation_id=f"digest-{run.id}")
             await session.exec(update(DigestRun).where(DigestRun.id == run.id).values(  # type: ignore[arg-type]
