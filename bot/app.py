@@ -102,7 +102,7 @@ class Baton:
     async def __aenter__(self) -> Baton:
         await asyncio.to_thread(upgrade, self.settings.database_url)
         checkpointer = await self._stack.enter_async_context(open_checkpointer(self.settings.database_url))
-        self.runtime = GraphRuntime(self.registry, checkpointer)
+        self.runtime = GraphRuntime(self.registry, checkpointer, self.settings.run_timeout_seconds)
         self.digests = Digests(self.services, self.runtime, self.outbox, self.instance)
         self.orchestrator = Orchestrator(self.settings, self.services, self.runtime, self.outbox, self.instance,
                                          self.digests)

@@ -28,7 +28,7 @@ from bot.outbox import Delivery, Outbox
 from bot.registry import GraphSpec
 from bot.models import MODEL_ERRORS, ModelFailed, cost_of, usage_of
 from bot.routing import DIGEST_COMMAND, RouteError, route, route_to
-from bot.runtime import GraphRuntime, ProgressSink, RunServices, Services
+from bot.runtime import GraphRuntime, ProgressSink, RunServices, RunTimedOut, Services, duration
 from bot.settings import Settings
 from storage.db import Transaction, insert_new_id, insert_row, lock_for_transaction, prepared, when_committed
 from storage.models import Approval, InboundEvent, Run, ThreadRecord, loaded, utcnow
@@ -678,7 +678,12 @@ class Orchestrator:
             outcome = await self.runtime.run(spec, record.lg_thread_id, payload, services, post_progress, run.id)
         except Exception as exc:
             log.warning("run %s (%s) failed: %s", run.id, spec.name, exc)
-            message = replies.model_error(exc) if isinstance(exc, MODEL_ERRORS) else replies.failure(spec.name, exc)
+            if isinstance(exc, RunTimedOut):
+                message = replies.timed_out(spec.name, duration(exc.limit))
+            elif isinstance(exc, MODEL_ERRORS):
+                message = replies.model_error(exc)
+            else:
+                message = replies.failure(spec.name, exc)
             await self._finish_run(run, record, event, "failed", message, str(exc)[:1000], services)
             return
         if outcome.waiting:

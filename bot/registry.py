@@ -3,8 +3,9 @@
 A graph module may also define ``DESCRIPTION``, ``EXAMPLE``, ``PATTERNS`` (regular expressions that
 route plain chat to it), ``DEDUPE`` (default true: the same request in a channel links to the
 running thread instead of running twice), ``ASKS_APPROVAL`` (default false: whether it stops for
-a human's decision; help marks it) and ``make_input(request, args)`` (default
-``{"text": args}``). ``graph`` may be a ``StateGraph`` builder or a compiled graph; Baton
+a human's decision; help marks it), ``TIMEOUT`` (seconds a run may go on between its start or a
+resume and its end or next question; ``None``: no limit; unset: ``BATON_RUN_TIMEOUT_SECONDS``) and
+``make_input(request, args)`` (default ``{"text": args}``). ``graph`` may be a ``StateGraph`` builder or a compiled graph; Baton
 compiles or copies it with its own checkpointer.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
 import importlib.util
 import inspect
 import pkgutil
@@ -20,7 +22,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from langgraph._internal._runnable import RunnableCallable
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -31,6 +33,7 @@ from bot.kit import Request
 
 InputMaker = Callable[[Request, str], dict[str, Any]]
 T = TypeVar("T")
+MAX_TIMEOUT = 7 * 24 * 3600
 
 
 def _text_input(_request: Request, args: str) -> dict[str, Any]:
@@ -57,6 +60,7 @@ class GraphSpec:
     dedupe: bool = True
     asks_approval: bool = False
     make_input: InputMaker = _text_input
+    timeout: float | None | Literal["default"] = "default"  # "default": Baton's BATON_RUN_TIMEOUT_SECONDS
 
     def compile(self, checkpointer: BaseCheckpointSaver) -> Pregel:
         if isinstance(self.graph, StateGraph):
@@ -216,7 +220,21 @@ def _spec_from_module(name: str, module: ModuleType) -> GraphSpec:
         dedupe=_setting(module, "DEDUPE", bool, True, where),
         asks_approval=_setting(module, "ASKS_APPROVAL", bool, False, where),
         make_input=_input_told(name, make_input) if make_input is not None else _text_input,
+        timeout=_timeout(module, where),
     )
+
+
+def _timeout(module: ModuleType, where: str) -> float | None | Literal["default"]:
+    if not hasattr(module, "TIMEOUT"):
+        return "default"
+    value = module.TIMEOUT
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_TIMEOUT \
+            or math.isnan(value):
+        raise GraphError(f"{where}: TIMEOUT must be a number of seconds above 0 and at most {MAX_TIMEOUT:,} "
+                         f"(a week), or None for no limit; not {value!r}")
+    return float(value)
 
 
 def _setting(module: ModuleType, name: str, kind: type[T], default: T, where: str) -> T:

@@ -117,6 +117,14 @@ def failure(graph: str, error: BaseException) -> Message:
     return Message.text(f"`{graph}` failed: {line}", tone="error", title="Run failed")
 
 
+def timed_out(graph: str, limit: str) -> Message:
+    return Message(tone="error", title="Run stopped", parts=[
+        Text(text=f"`{graph}` ran longer than its limit of {limit}, so I stopped it. Nothing more of it will run; "
+                  "a step it was in the middle of may have been cut off partway."),
+        Note(text="A graph sets its own limit with TIMEOUT; the default is BATON_RUN_TIMEOUT_SECONDS."),
+    ])
+
+
 def duplicate(link_channel: str, link_thread: str, status: str) -> Message:
     doing = {"running": "is running", "waiting": "is waiting for approval"}.get(status, "finished recently")
     return Message(

@@ -55,10 +55,30 @@ class GraphOutcome:
         return bool(self.interrupts)
 
 
+class RunTimedOut(RuntimeError):
+    """A run went on longer than its graph's limit (``TIMEOUT``, else ``BATON_RUN_TIMEOUT_SECONDS``) and was stopped."""
+
+    def __init__(self, graph: str, limit: float) -> None:
+        super().__init__(f"ran longer than its limit of {duration(limit)} and was stopped (TIMEOUT in the graph's "
+                         "module, else BATON_RUN_TIMEOUT_SECONDS)")
+        self.graph = graph
+        self.limit = limit
+
+
+def duration(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
+
+
 class GraphRuntime:
-    def __init__(self, registry: GraphRegistry, checkpointer: BaseCheckpointSaver) -> None:
+    def __init__(self, registry: GraphRegistry, checkpointer: BaseCheckpointSaver,
+                 run_timeout: float | None = None) -> None:
         self.registry = registry
         self.checkpointer = checkpointer
+        self.run_timeout = run_timeout  # a graph's own TIMEOUT wins; None: no limit
         self._compiled: dict[str, Pregel] = {}
 
     def compiled(self, spec: GraphSpec) -> Pregel:
@@ -83,11 +103,20 @@ class GraphRuntime:
         config = self.config_for(lg_thread_id, spec.name)
         if run_id is not None:
             config["metadata"] = {RUN_METADATA: run_id}
+        limit = self.run_timeout if spec.timeout == "default" else spec.timeout
         token = kit.bind(context)
+        deadline = asyncio.timeout(limit)
         try:
-            async for chunk in graph.astream(payload, config, stream_mode="custom", durability="sync"):
-                if isinstance(chunk, dict) and chunk.get("baton") == kit.PROGRESS_MARK:
-                    await on_progress(str(chunk.get("text", "")))
+            async with deadline:
+                # subgraphs=True: progress() in a subgraph's node reaches the thread too
+                async for _namespace, chunk in graph.astream(payload, config, stream_mode="custom", subgraphs=True,
+                                                             durability="sync"):
+                    if isinstance(chunk, dict) and chunk.get("baton") == kit.PROGRESS_MARK:
+                        await on_progress(str(chunk.get("text", "")))
+        except TimeoutError:
+            if limit is not None and deadline.expired():
+                raise RunTimedOut(spec.name, limit) from None
+            raise  # the graph's own (a node's deadline)
         finally:
             kit.unbind(token)
         return await self.state(spec, lg_thread_id)

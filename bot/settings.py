@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(4000, ge=1, alias="BATON_MAX_MESSAGE_CHARS")
     checkpoint_retention_hours: float = Field(72.0, gt=0, le=10 * 365 * 24, allow_inf_nan=False,
                                               alias="BATON_CHECKPOINT_RETENTION_HOURS")
+    run_timeout_seconds: float = Field(1800.0, gt=0, le=7 * DAY, allow_inf_nan=False,
+                                       alias="BATON_RUN_TIMEOUT_SECONDS")
     lease_seconds: float = Field(30.0, gt=0, le=DAY, allow_inf_nan=False, alias="BATON_LEASE_SECONDS")
     max_draining_threads: int = Field(16, ge=1, le=10_000, alias="BATON_MAX_DRAINING_THREADS")
     instance_name: str | None = Field(None, alias="BATON_INSTANCE_NAME")

@@ -26,6 +26,9 @@ EXAMPLE = "assistant why is the web service slow?"
 PATTERNS: list[str] = []
 DEDUPE = False
 MAX_TURNS = 6
+# Each command has its runbook's timeout (baton.yaml, up to 24 h), each model call BATON_MODEL_TIMEOUT_SECONDS,
+# and there are at most MAX_TURNS of them.
+TIMEOUT = None
 MESSAGE_CHARS = 2_000  # of each earlier message of the thread the model reads (a runbook's output can be 150k)
 TOOL_OUTPUT_CHARS = 8_000  # of a tool's output the model reads: its start and its end
 SYSTEM = ("You are Baton, an operations assistant in a team chat. Use the tools (runbooks) when they help; "

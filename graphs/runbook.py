@@ -14,6 +14,7 @@ from bot.kit import Request, approve, command_environment, current, effect, prog
 
 DESCRIPTION = "Run a runbook from baton.yaml."
 EXAMPLE = "run <runbook> key=value"
+TIMEOUT = None  # each command has its runbook's own timeout (baton.yaml, up to 24 h)
 MAX_OUTPUT_BYTES = 256 * 1024
 
 
