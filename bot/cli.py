@@ -301,8 +301,11 @@ def _head_revision() -> str | None:
 
 
 def _ready(settings: Settings) -> None:
-    with _database(settings.database_url):
-        upgrade(settings.database_url)
+    try:
+        with _database(settings.database_url):
+            upgrade(settings.database_url)
+    except CommandError as exc:  # a newer Baton migrated the database: one line, not a traceback
+        _fail(f"Baton cannot use the database {check_url(settings.database_url)}: {exc}")
     try:
         check_sqlite_checkpoints(settings.database_url)
     except sqlite3.Error as exc:

@@ -84,3 +84,21 @@ def test_db_upgrade_says_what_the_database_is_at(tmp_path, config_path) -> None:
     assert baton_cli("db", "upgrade", cwd=tmp_path, env=env).stdout.strip() == "Database is up to date."
     said = baton_cli("db", "upgrade", "base", cwd=tmp_path, env=env).stdout.strip()
     assert said.startswith("Database is up to date (revision ") and "'base' is not ahead of it" in said
+
+
+def test_run_on_a_database_a_newer_baton_migrated_is_one_line(tmp_path, config_path) -> None:
+    """A rolling upgrade rolled back: `baton run` on a database at a revision this Baton does not have printed a
+    53-line traceback; `baton db upgrade` already said what it was."""
+    import sqlite3
+    from contextlib import closing
+
+    database = tmp_path / "newer.db"
+    env = {"BATON_CONFIG": str(config_path), "BATON_DATABASE_URL": f"sqlite:///{database}", "BATON_PORT": "0"}
+    assert baton_cli("db", "upgrade", cwd=tmp_path, env=env).returncode == 0
+    with closing(sqlite3.connect(database)) as connection, connection:
+        connection.execute("UPDATE alembic_version SET version_num = '0099'")
+    result = baton_cli("run", cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        f"Baton cannot use the database sqlite:///{database}: the database is at revision 0099, which this Baton does "
+        "not have: a newer Baton migrated it. Run that Baton (or a newer one); Baton does not downgrade.")
