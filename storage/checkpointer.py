@@ -80,6 +80,9 @@ async def open_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
         min_size=1,
         max_size=10,
         open=False,
+        # A connection is checked as it is handed out: after a PostgreSQL restart or failover every pooled one
+        # is dead, and each failed one run ("AdminShutdown") when it was next used, minutes later for some.
+        check=AsyncConnectionPool.check_connection,
         # PostgresSaver's own requirements: it commits itself, reads dict rows, and cannot use
         # prepared statements behind poolers.
         kwargs={"autocommit": True, "row_factory": dict_row, "prepare_threshold": 0},
