@@ -94,16 +94,20 @@ def with_mentions(escaped: str) -> str:
     return "".join(piece if index % 2 else USER_ID.sub(r"<@\1>", piece) for index, piece in enumerate(pieces))
 
 
-def chunks(text: str, limit: int) -> list[str]:
-    """Split ``text`` into pieces whose escaped length is at most ``limit``, at line ends when possible."""
-    return split_text(text, limit, _shown_length)
+def chunks(text: str, limit: int, *, mentions: bool = False) -> list[str]:
+    """Split ``text`` into pieces whose escaped length is at most ``limit``, at line ends when possible.
+
+    ``mentions``: the pieces are shown ``with_mentions``, so each may grow by the ids it holds."""
+    return split_text(text, limit, _with_mentions_length if mentions else _escaped_length)
 
 
-def _shown_length(text: str) -> int:
-    """An upper bound on the length of ``text`` as shown (``with_mentions(escape(text))``), by pieces.
+def _escaped_length(text: str) -> int:
+    return len(escape(text))
 
-    Counted on any piece, even one character of a line split by characters: every ``U`` or ``W``
-    may start a user id that becomes a mention."""
+
+def _with_mentions_length(text: str) -> int:
+    """An upper bound on ``len(with_mentions(escape(text)))``, counted on any piece, even one character of
+    a line split by characters: every ``U`` or ``W`` may start a user id that becomes a mention."""
     return len(escape(text)) + MENTION_GROWTH * (text.count("U") + text.count("W"))
 
 
@@ -117,13 +121,13 @@ def render(message: Message, permalink: Permalink, *, files: bool = True) -> Ren
         emoji = None
     for part in message.parts:
         if isinstance(part, Text):
-            for piece in chunks(part.text, SECTION_CHARS):
+            for piece in chunks(part.text, SECTION_CHARS, mentions=True):
                 blocks.append(_section(with_mentions(escape(piece.removesuffix("\n"))), emoji))
                 emoji = None
         elif isinstance(part, Code):
             blocks += _code(part.text, rendered, files)
         elif isinstance(part, Note):
-            for piece in chunks(part.text, SECTION_CHARS):
+            for piece in chunks(part.text, SECTION_CHARS, mentions=True):
                 blocks.append(_context(with_mentions(escape(piece.removesuffix("\n")))))
         elif isinstance(part, ThreadLink):
             blocks += _link(permalink(part.channel, part.thread), part.label)
