@@ -8,11 +8,11 @@ import os
 import secrets
 import socket
 from contextlib import AsyncExitStack
-from datetime import timedelta
+from datetime import datetime, timedelta
 from importlib.metadata import entry_points
 from typing import Any
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, exists, or_, update
 from sqlmodel import select
 
 from bot.config import BatonConfig, load_config
@@ -43,6 +43,13 @@ FIRST_PRUNE_AFTER = 60.0  # a replica restarted more often than the interval pru
 PRUNE_BATCH = 500  # threads per transaction of the pruning; a pass goes on until none is due
 _EVENT_RECEIVED = prepared(select(InboundEvent.id).where(
     InboundEvent.platform == bindparam("platform"), InboundEvent.event_id == bindparam("event_id")).limit(1))
+
+
+def _prunable(now: datetime) -> tuple[Any, ...]:
+    """A thread whose checkpoints may go: finished, not pruned yet, nothing queued on it, nobody holding it."""
+    return (ThreadRecord.status.in_(("done", "failed", "idle")), ThreadRecord.pruned_at.is_(None),  # type: ignore[attr-defined,union-attr]
+            or_(ThreadRecord.lease_owner.is_(None), ThreadRecord.lease_until < now),  # type: ignore[union-attr,operator]
+            ~exists().where(InboundEvent.thread_record_id == ThreadRecord.id, InboundEvent.status == "pending"))
 
 
 def discover_adapters(names: set[str] | None = None) -> dict[str, type[Any]]:
@@ -177,19 +184,38 @@ class Baton:
         return total
 
     async def prune_checkpoints(self, limit: int = PRUNE_BATCH) -> int:
-        """Delete the checkpoints of up to ``limit`` threads finished longer ago than the retention setting."""
-        cutoff = utcnow() - timedelta(hours=self.settings.checkpoint_retention_hours)
+        """Delete the checkpoints of up to ``limit`` threads finished longer ago than the retention setting;
+        how many were pruned (a thread taken up again meanwhile is left as it is)."""
+        now = utcnow()
+        cutoff = now - timedelta(hours=self.settings.checkpoint_retention_hours)
         async with self.db.session() as session:
             records = (await session.exec(select(ThreadRecord).where(
-                ThreadRecord.status.in_(("done", "failed", "idle")),  # type: ignore[attr-defined]
-                ThreadRecord.updated_at < cutoff, ThreadRecord.pruned_at.is_(None),  # type: ignore[union-attr]
-            ).limit(limit))).all()
-        for record in records:
+                ThreadRecord.updated_at < cutoff, *_prunable(now)).limit(limit))).all()  # type: ignore[arg-type]
+        return sum([await self._prune_thread(record) for record in records])
+
+    async def _prune_thread(self, record: ThreadRecord) -> bool:
+        """Delete one finished thread's checkpoints while holding its lease, so that no run starts on it
+        meanwhile: a follow-up's run started between picking the thread and deleting lost its checkpoints
+        (its approval turned stale). False, and nothing deleted, when the thread is no longer finished and
+        free. A follow-up stored meanwhile waits for the lease; the sweeper drains it once it is given back."""
+        pruner = f"{self.instance} (pruning)"  # not the drains' name: they count their own name's lease as free
+        now = utcnow()
+        async with self.db.session() as session:
+            taken = await session.exec(update(ThreadRecord).where(  # type: ignore[call-overload]
+                ThreadRecord.id == record.id, ThreadRecord.updated_at == record.updated_at, *_prunable(now),
+            ).values(lease_owner=pruner, lease_until=now + timedelta(seconds=self.settings.lease_seconds)))
+            if not taken.rowcount:
+                return False
+        pruned: dict[str, Any] = {}
+        try:
             await self.runtime.forget(record.lg_thread_id)
+            pruned = {"pruned_at": utcnow()}
+        finally:
             async with self.db.session() as session:
-                await session.exec(update(ThreadRecord).where(ThreadRecord.id == record.id,  # type: ignore[arg-type]
-                                   ThreadRecord.updated_at == record.updated_at).values(pruned_at=utcnow()))
-        return len(records)
+                await session.exec(update(ThreadRecord).where(  # type: ignore[call-overload]
+                    ThreadRecord.id == record.id, ThreadRecord.lease_owner == pruner,
+                ).values(lease_owner=None, lease_until=None, **pruned))
+        return True
 
     @staticmethod
     async def _every(seconds: float, job: Any, first: float | None = None) -> None:

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-
 import sqlite3
+import time
+from collections.abc import Awaitable, Callable
 from contextlib import closing
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
+from sqlmodel import select
 
+from bot.app import Baton
+from bot.messages import InboundClick, InboundMessage
+from bot.settings import Settings
 from storage.checkpointer import open_checkpointer, sqlite_checkpoint_path
+from storage.models import Approval, ThreadRecord, utcnow
+from tests.support import runs_in
 
 
 @pytest.mark.asyncio
@@ -47,3 +56,63 @@ async def test_replicas_starting_together_on_a_new_postgresql_database_all_get_a
 
     started = await asyncio.wait_for(asyncio.gather(*(start() for _ in range(4)), return_exceptions=True), 60)
     assert started == ["AsyncPostgresSaver"] * 4
+
+
+async def until(condition: Callable[[], Awaitable[object]], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_pruning_a_finished_thread_never_deletes_the_checkpoints_of_a_follow_up_run(
+        database_url: str, config_path: Path, counter: Path) -> None:
+    """The pruning picked finished threads, then deleted their checkpoints without holding the thread: a
+    follow-up that started a run in between lost that run's checkpoints, and its approval turned stale."""
+    settings = Settings(BATON_DATABASE_URL=database_url, BATON_CONFIG=config_path, BATON_CHECKPOINT_RETENTION_HOURS=1)
+    where = {"platform": "playground", "channel": "general", "thread": "1"}
+    async with Baton(settings) as baton:
+        async def thread() -> ThreadRecord:
+            async with baton.db.read() as session:
+                return (await session.exec(select(ThreadRecord).execution_options(populate_existing=True))).one()
+
+        async def pending_approval() -> Approval | None:
+            async with baton.db.read() as session:
+                return (await session.exec(select(Approval).where(Approval.status == "pending"))).first()
+
+        await baton.accept_message(InboundMessage(**where, event_id="e1", user="alice", text="run uptime"))
+        await until(lambda: _is(thread(), lambda record: record.status == "done"), "the first run to finish")
+        async with baton.db.session() as session:
+            await session.exec(update(ThreadRecord).values(updated_at=utcnow() - timedelta(hours=2)))
+
+        forget = baton.runtime.forget
+        drain_owner = baton.orchestrator.leases.owner  # type: ignore[union-attr]
+
+        async def forget_after_a_follow_up(lg_thread_id: str) -> None:
+            """The pruning has picked the thread; before it deletes anything, a follow-up comes."""
+            baton.runtime.forget = forget  # type: ignore[method-assign]
+            await baton.accept_message(InboundMessage(**where, event_id="e2", user="alice", text="run restart service=web",
+                                                      addressed=True))
+            # Its run gets as far as its approval (and checkpoints it), unless the thread is held against it.
+            await until(lambda: _is(thread(), lambda record: record.status == "waiting"
+                                    or record.lease_owner not in (None, drain_owner)), "the follow-up to start or wait")
+            await forget(lg_thread_id)
+
+        baton.runtime.forget = forget_after_a_follow_up  # type: ignore[method-assign]
+        await baton.prune_checkpoints()
+
+        await until(pending_approval, "the follow-up's approval card")
+        record = await thread()
+        config = {"configurable": {"thread_id": f"{record.lg_thread_id}:runbook", "checkpoint_ns": ""}}
+        assert await baton.runtime.checkpointer.aget_tuple(config) is not None, "the follow-up's checkpoints were deleted"
+        approval = await pending_approval()
+        assert approval is not None
+        await baton.accept_click(InboundClick(**where, event_id="c1", user="bob", approval_id=approval.id,
+                                              action="approve"))
+        await until(lambda: _is(thread(), lambda record: record.status == "done"), "the approved run to finish")
+        assert runs_in(counter) == ["uptime", "restart web"]
+        assert (await thread()).lease_owner is None
+
+
+async def _is(value: Awaitable[ThreadRecord], test: Callable[[ThreadRecord], bool]) -> bool:
+    return test(await value)
