@@ -157,6 +157,9 @@ class SlackAdapter(Adapter):
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise StartFailed(f"Slack's API at {self.client.base_url} cannot be reached ({type(exc).__name__}: "
                               f"{str(exc)[:200]})") from exc
+        if not auth.get("bot_id"):
+            raise StartFailed(f"SLACK_BOT_TOKEN is not a bot token (it signs in as the person {auth.get('user')}): "
+                              "use the Bot User OAuth Token (xoxb-...) from the app's OAuth & Permissions page")
         self._share_sign_in(auth)
         self.bot_user_id = auth["user_id"]
         self.team_url = str(auth.get("url") or "https://slack.com/")

@@ -28,6 +28,7 @@ from tests.support import BackgroundServer, Failure, ScriptedFailures
 
 BOT_TOKEN = "xoxb-baton-test-token"
 APP_TOKEN = "xapp-baton-test-token"
+USER_TOKEN = "xoxp-baton-test-user-token"  # the User OAuth Token, shown beside the bot's on Slack's page
 SIGNING_SECRET = "baton-test-signing-secret"
 TEAM_ID = "T0TEAM0001"
 BOT_USER_ID = "U0BATON000"
@@ -180,6 +181,9 @@ class FakeSlack(BackgroundServer):
             headers = {"Retry-After": f"{failure.retry_after:g}"} if failure.retry_after is not None else {}
             error = "ratelimited" if failure.status == 429 else failure.error
             return web.json_response({"ok": False, "error": error}, status=failure.status, headers=headers)
+        if method == "auth.test" and token == USER_TOKEN:  # a person's token: valid, but no bot's
+            return web.json_response({"ok": True, "url": self.team_url, "team": "Baton Test", "user": "alice",
+                                      "team_id": TEAM_ID, "user_id": "U0ALICE001", "is_enterprise_install": False})
         wanted = APP_TOKEN if method == "apps.connections.open" else BOT_TOKEN
         if token != wanted:
             return web.json_response({"ok": False, "error": "invalid_auth"})

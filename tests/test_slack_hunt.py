@@ -21,7 +21,7 @@ from bot.outbox import Delivery
 from bot.replies import approval_card
 from bot.settings import Settings
 from storage.models import Approval
-from tests.fake_slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack, SlackSender, buttons, check_message
+from tests.fake_slack import BOT_TOKEN, SIGNING_SECRET, USER_TOKEN, FakeSlack, SlackSender, buttons, check_message
 from tests.support import runs_in, wait_for, write_config
 from tests.test_slack import ALICE, BOB, GENERAL, OPS, Slack, config_path, fake_slack, slack  # noqa: F401 (fixtures)
 from tests.fake_slack import shown_text
@@ -267,3 +267,11 @@ def test_a_command_where_baton_may_never_post_is_not_told_to_try_again(slack: Sl
     slack.fake.fail("chat.postMessage", 429, retry_after=1)
     busy = slack.sender.command("run uptime", user=ALICE, channel=OPS).json()
     assert "please try again in a moment" in busy["text"]
+
+
+def test_a_person_s_token_in_place_of_the_bot_s_stops_the_start(fake_slack: FakeSlack, start_baton,
+                                                                 sqlite_url: str) -> None:
+    """Slack's "OAuth & Permissions" page shows the User OAuth Token (xoxp-) above the bot's: with it Baton
+    started, posted as that person, and ignored everything that person wrote (their own id was "the bot's")."""
+    with pytest.raises(AssertionError, match=r"Baton cannot start: SLACK_BOT_TOKEN is not a bot token .*xoxb-"):
+        start_baton(sqlite_url, name="user-token", env={**fake_slack.env(), "SLACK_BOT_TOKEN": USER_TOKEN})
