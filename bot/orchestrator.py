@@ -13,6 +13,7 @@ import json
 import logging
 import unicodedata
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -46,6 +47,9 @@ _ORPHANED_THREADS = prepared(select(InboundEvent.thread_record_id).join(ThreadRe
 INVISIBLE = {"Cf", "Cc", "Zs", "Zl", "Zp"}  # format characters (U+200B), controls and spaces: no request
 PROGRESS_LINES = 20  # the latest progress lines a run's progress message shows
 CHOOSER = "choose"  # the pseudo-graph of a run that waits for the requester to pick a graph
+# A run taken up again after Baton stopped while it ran more often than this is failed instead: the run
+# itself may be what stops Baton (os._exit in a node, the memory it takes), at every start of every replica.
+MAX_TAKEOVERS = 3
 STOP_GRACE_SECONDS = 8.0  # what a stopping Baton waits for events being handled (uvicorn's own grace is 10 s)
 ROUTER = "route"  # the pseudo-graph of a model's routing that started nothing (chatter): what it cost
 
@@ -351,9 +355,14 @@ class Orchestrator:
         earlier = None if fresh else await self._run_started_by(event)
         if earlier is not None:  # we crashed while handling this event: continue, never start twice
             earlier_spec = self.registry.get(earlier.graph)
-            if earlier.status == "running" and earlier_spec is not None:
-                return await self._continue(earlier, record, earlier_spec, event, request)
-            return await self._finish_event(event, "recovered")
+            if earlier.status != "running":
+                return await self._finish_event(event, "recovered")
+            if earlier_spec is None:
+                return await self._finish_run(earlier, record, event, "failed", replies.graph_gone(earlier.graph),
+                                              f"the {earlier.graph} graph is not installed any more")
+            if await self._taken_up_again(earlier, record, event):
+                await self._continue(earlier, record, earlier_spec, event, request)
+            return None
         try:
             chosen = route(request, text, self.registry, self.config)
         except RouteError as exc:
@@ -450,7 +459,8 @@ class Orchestrator:
             "channel": event.channel, "graph": graph, "status": status, "requested_by": user, "input_text": text,
             "correlation_id": event.correlation_id, "started_at": now, "finished_at": now if status == "done" else None,
             "waited_seconds": 0.0, "turnaround_ms": 0 if status == "done" else None, "error": None,
-            "tokens": (input_tokens + output_tokens) or None, "cost": cost_of(price, input_tokens, output_tokens)}
+            "tokens": (input_tokens + output_tokens) or None, "cost": cost_of(price, input_tokens, output_tokens),
+            "takeovers": 0}
 
     async def _offer_choices(self, event: InboundEvent, record: ThreadRecord, text: str, options: list[str],
                              usage: Any) -> None:
@@ -526,12 +536,16 @@ class Orchestrator:
         if approval is not None and run is not None and approval.kind == "choice":
             return await self._handle_choice(event, record, approval, run)
         spec = self.registry.get(approval.graph) if approval else None
+        if approval is not None and run is not None and spec is None and run.status in threads.BUSY:
+            return await self._graph_gone(approval, run, record, event)
         if approval is None or run is None or spec is None:
             return await self._finish_event(event, "unknown approval", Message.text(
                 "I can't find the run behind this approval any more.", tone="warning"), ephemeral=True)
         if approval.status != "pending":
             if approval.decided_event_id == event.id and run.status in threads.BUSY:  # crashed mid-resume
-                return await self._resume(approval, run, record, spec, event)
+                if await self._taken_up_again(run, record, event):
+                    await self._resume(approval, run, record, spec, event)
+                return None
             return await self._finish_event(event, "already decided", replies.already_decided(approval), ephemeral=True)
         if event.payload["action"] not in ("approve", "reject"):
             return await self._finish_event(event, "unknown action", Message.text(
@@ -618,6 +632,35 @@ class Orchestrator:
     async def _edit_card(self, session: Transaction, record: ThreadRecord, approval: Approval, correlation: str) -> None:
         await self.outbox.enqueue(session, threads.location_of(record), replies.approval_card(approval), kind="update",
                                   ref_outbox_id=approval.card_outbox_id, correlation_id=correlation)
+
+    async def _taken_up_again(self, run: Run, record: ThreadRecord, event: InboundEvent) -> bool:
+        """Count that ``run``, under way when Baton stopped, is taken up again; false once that happened more
+        than ``MAX_TAKEOVERS`` times, and the run is failed instead (its thread told)."""
+        takeovers = run.takeovers + 1
+        async with self.db.session() as session:  # durable: should this stop Baton again, it has been counted
+            await session.exec(update(Run).where(Run.id == run.id).values(takeovers=takeovers))  # type: ignore[arg-type]
+        run.takeovers = takeovers
+        if takeovers <= MAX_TAKEOVERS:
+            return True
+        log.warning("run %s (%s) was under way each of the last %d times Baton stopped: it is failed, not taken up "
+                    "again", run.id, run.graph, takeovers)
+        await self._finish_run(run, record, event, "failed", replies.stopped_too_often(run.graph, takeovers),
+                               f"Baton stopped {takeovers} times while this run was under way; not taken up again")
+        return False
+
+    async def _graph_gone(self, approval: Approval, run: Run, record: ThreadRecord, event: InboundEvent) -> None:
+        """A click on the card of a run whose graph is not installed any more: the run cannot go on, so it
+        fails (the card says it expired) rather than wait, and show in ``status``, for good."""
+        async def expire_card(session: Transaction) -> None:
+            expired = await session.exec(update(Approval).where(  # type: ignore[call-overload]
+                Approval.id == approval.id, Approval.status == "pending",  # type: ignore[arg-type]
+            ).values(status="stale", decided_by="Baton", decided_at=utcnow()))
+            if expired.rowcount:
+                card = await session.get(Approval, approval.id, populate_existing=True)
+                await self._edit_card(session, record, card, event.correlation_id)  # type: ignore[arg-type]
+
+        await self._finish_run(run, record, event, "failed", replies.graph_gone(run.graph),
+                               f"the {run.graph} graph is not installed any more", also=expire_card)
 
     async def _resume(self, approval: Approval, run: Run, record: ThreadRecord, spec: GraphSpec,
                       event: InboundEvent) -> None:
@@ -751,10 +794,14 @@ class Orchestrator:
                         requested_by=run.requested_by)
 
     async def _finish_run(self, run: Run, record: ThreadRecord, event: InboundEvent, status: str, message: Message,
-                          error: str | None, services: RunServices | None = None) -> None:
-        """Store the run's outcome and reply; with ``services``, its effects' outcomes too (``RunServices.session``)."""
+                          error: str | None, services: RunServices | None = None,
+                          also: Callable[[Transaction], Awaitable[None]] | None = None) -> None:
+        """Store the run's outcome and reply; with ``services``, its effects' outcomes too (``RunServices.session``);
+        ``also``: more to write in the same transaction."""
         now = utcnow()
         async with (services.session() if services is not None else self.db.session()) as session:
+            if also is not None:
+                await also(session)
             await session.exec(_FINISH_RUN, params={  # type: ignore[call-overload]
                 "run_id": run.id, "status": status, "now": now, "error": error,
                 "turnaround_ms": int((now - run.started_at).total_seconds() * 1000)})

@@ -125,6 +125,19 @@ def timed_out(graph: str, limit: str) -> Message:
     ])
 
 
+def graph_gone(graph: str) -> Message:
+    return Message.text(f"This run cannot go on: the `{graph}` graph is not installed on this Baton any more. "
+                        "Nothing more of it runs.", tone="error", title="Run failed")
+
+
+def stopped_too_often(graph: str, times: int) -> Message:
+    return Message(tone="error", title="Run failed", parts=[
+        Text(text=f"Baton stopped {times} times while this `{graph}` run was under way, so I am not taking it up "
+                  "again: it may be what stops Baton. A step it was in the middle of may have been cut off partway."),
+        Note(text="Ask again once the cause is found (Baton's log says when it stopped)."),
+    ])
+
+
 def duplicate(link_channel: str, link_thread: str, status: str) -> Message:
     doing = {"running": "is running", "waiting": "is waiting for approval"}.get(status, "finished recently")
     return Message(

@@ -135,6 +135,9 @@ class Run(SQLModel, table=True):
     # that a run continued after a crash edits that message instead of posting it again. Cleared when
     # the run stops for an approval: after the card, the run goes on in a progress message of its own.
     progress_outbox_id: int | None = None
+    # How often the run was taken up again after Baton stopped while it was running (a crash, a stop):
+    # a run that itself stops Baton (os._exit, the memory it takes) must not stop every start for ever.
+    takeovers: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class Approval(SQLModel, table=True):
