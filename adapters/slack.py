@@ -474,7 +474,7 @@ async def _waiting_out_rate_limits(method: str, call: Callable[[], Awaitable[Any
         except SlackApiError as exc:
             if exc.response.status_code != 429 and _error_code(exc) != "ratelimited":
                 raise
-            seconds = _retry_after(exc)
+            seconds = max(_retry_after(exc), 1.0)  # "Retry-After: 0" again and again must not spin
             if waited + seconds > START_RATE_LIMIT_SECONDS:
                 raise StartFailed(f"Slack kept rate-limiting {method} for {waited:.0f} s; try again in a "
                                   "minute or two") from exc
