@@ -401,7 +401,7 @@ def _signature_problem(verifier: SignatureVerifier, body: bytes, timestamp: str 
         skew = time.time() - int(timestamp)
         if verifier.is_valid(body, timestamp, signature):
             return None
-    except ValueError:  # a timestamp that is not a number, a body that is not UTF-8
+    except (ValueError, OverflowError):  # a timestamp that is not a number (or not a time), a body not UTF-8
         return "its signature or timestamp cannot be read"
     if abs(skew) > SIGNATURE_WINDOW_SECONDS:
         side = "before" if skew > 0 else "after"

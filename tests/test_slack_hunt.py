@@ -275,3 +275,10 @@ def test_a_person_s_token_in_place_of_the_bot_s_stops_the_start(fake_slack: Fake
     started, posted as that person, and ignored everything that person wrote (their own id was "the bot's")."""
     with pytest.raises(AssertionError, match=r"Baton cannot start: SLACK_BOT_TOKEN is not a bot token .*xoxb-"):
         start_baton(sqlite_url, name="user-token", env={**fake_slack.env(), "SLACK_BOT_TOKEN": USER_TOKEN})
+
+
+def test_a_timestamp_too_large_for_a_clock_is_refused_politely(slack: Slack) -> None:
+    """``X-Slack-Request-Timestamp: 999...9`` (400 digits) overflowed the clock's arithmetic: a 500 with a traceback."""
+    body = slack.sender.event_body(slack.sender.mention("run uptime", user=ALICE))
+    answer = slack.sender.post(body, "application/json", timestamp=int("9" * 400))
+    assert answer.status_code == 401 and "Traceback" not in slack.baton.log.read_text()
