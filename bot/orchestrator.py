@@ -29,7 +29,7 @@ from bot.outbox import Delivery, Outbox
 from bot.registry import GraphSpec
 from bot.models import MODEL_ERRORS, ModelFailed, cost_of, usage_of
 from bot.routing import DIGEST_COMMAND, RouteError, route, route_to
-from bot.runtime import GraphRuntime, ProgressSink, RunServices, RunTimedOut, Services, duration
+from bot.runtime import GraphRuntime, ProgressSink, RunServices, RunTimedOut, Services
 from bot.settings import Settings
 from storage.db import Transaction, insert_new_id, insert_row, lock_for_transaction, prepared, when_committed
 from storage.models import Approval, InboundEvent, Run, ThreadRecord, loaded, utcnow
@@ -722,7 +722,7 @@ class Orchestrator:
         except Exception as exc:
             log.warning("run %s (%s) failed: %s", run.id, spec.name, exc)
             if isinstance(exc, RunTimedOut):
-                message = replies.timed_out(spec.name, duration(exc.limit))
+                message = replies.timed_out(spec.name, exc.limit)
             elif isinstance(exc, MODEL_ERRORS):
                 message = replies.model_error(exc)
             else:
@@ -733,7 +733,7 @@ class Orchestrator:
             await self._wait_for_approval(run, record, spec, outcome.interrupts, event, services)
             return
         error = outcome.values.get("error") or None
-        message = replies.result(outcome.values.get("reply"), failed=bool(error))
+        message = replies.result(outcome.values.get("reply"), failed=bool(error), error=error)
         await self._finish_run(run, record, event, "failed" if error else "done", message, error, services)
 
     async def _wait_for_approval(self, run: Run, record: ThreadRecord, spec: GraphSpec, interrupts: list[Interrupt],

@@ -78,12 +78,23 @@ def already_decided(approval: Approval) -> Message:
     return Message.text(f"Already {verdict} by {approval.decided_by} at {at}; nothing was changed.", tone="info")
 
 
-def result(reply: Any, *, failed: bool) -> Message:
-    """A graph's final ``reply`` (text or a message dict) as a message."""
+def result(reply: Any, *, failed: bool, error: Any = None) -> Message:
+    """A graph's final ``reply`` (text or a message dict; other values are shown as they are) as a message;
+    without one, the graph's ``error`` when it failed."""
     if isinstance(reply, dict) and reply.get("parts"):
         return Message.model_validate(reply)
-    text = reply if isinstance(reply, str) and reply else ("The run failed." if failed else "Done.")
-    return _text_with_code(text, tone="error" if failed else "success")
+    tone = "error" if failed else "success"
+    if isinstance(reply, list | tuple | dict) and reply:  # data: shown as it is, not "Done."
+        return Message(tone=tone, parts=[Code(text=json.dumps(reply, indent=2, ensure_ascii=False, default=str))])
+    if isinstance(reply, str) and reply:
+        text = reply
+    elif isinstance(reply, int | float):  # a count, a flag
+        text = str(reply)
+    elif failed:
+        text = f"The run failed: {str(error)[:1000]}" if error not in (None, True) else "The run failed."
+    else:
+        text = "Done."
+    return _text_with_code(text, tone=tone)
 
 
 def choice_card(approval: Approval) -> Message:
@@ -117,9 +128,9 @@ def failure(graph: str, error: BaseException) -> Message:
     return Message.text(f"`{graph}` failed: {line}", tone="error", title="Run failed")
 
 
-def timed_out(graph: str, limit: str) -> Message:
+def timed_out(graph: str, limit: float) -> Message:
     return Message(tone="error", title="Run stopped", parts=[
-        Text(text=f"`{graph}` ran longer than its limit of {limit}, so I stopped it. Nothing more of it will run; "
+        Text(text=f"`{graph}` ran longer than its limit of {duration(limit)}, so I stopped it. Nothing more of it will run; "
                   "a step it was in the middle of may have been cut off partway."),
         Note(text="A graph sets its own limit with TIMEOUT; the default is BATON_RUN_TIMEOUT_SECONDS."),
     ])

@@ -59,18 +59,10 @@ class RunTimedOut(RuntimeError):
     """A run went on longer than its graph's limit (``TIMEOUT``, else ``BATON_RUN_TIMEOUT_SECONDS``) and was stopped."""
 
     def __init__(self, graph: str, limit: float) -> None:
-        super().__init__(f"ran longer than its limit of {duration(limit)} and was stopped (TIMEOUT in the graph's "
+        super().__init__(f"ran longer than its limit of {kit.duration(limit)} and was stopped (TIMEOUT in the graph's "
                          "module, else BATON_RUN_TIMEOUT_SECONDS)")
         self.graph = graph
         self.limit = limit
-
-
-def duration(seconds: float) -> str:
-    if seconds >= 3600 and seconds % 3600 == 0:
-        return f"{seconds / 3600:g} h"
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{seconds / 60:g} min"
-    return f"{seconds:g} s"
 
 
 class GraphRuntime:

@@ -1,0 +1,39 @@
+"""What the thread is shown of a graph's final state: its reply as it is, its error when it gave no reply."""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+import pytest
+
+from bot import replies
+from bot.registry import GraphSpec
+from tests.test_graph_modules import _asked, _one_node, _reply
+
+
+class State(TypedDict, total=False):
+    text: str
+    reply: str
+    error: str
+
+
+@pytest.mark.parametrize(("reply", "failed", "error", "shown"), [
+    ("Deployed web.", False, None, "Deployed web."),
+    (3, False, None, "3"),
+    (["web", "api"], False, None, '```\n[\n  "web",\n  "api"\n]\n```'),  # was "Done."
+    ({"restarted": "web"}, False, None, '```\n{\n  "restarted": "web"\n}\n```'),  # no message dict: was "Done."
+    (None, False, None, "Done."),
+    ([], False, None, "Done."),
+    (None, True, "the deploy API said 503", "The run failed: the deploy API said 503"),  # was "The run failed."
+    ("", True, True, "The run failed."),
+])
+def test_a_graphs_reply_is_shown_as_it_is(reply: Any, failed: bool, error: Any, shown: str) -> None:
+    assert replies.result(reply, failed=failed, error=error).plain_text() == shown
+
+
+async def test_a_graph_that_fails_with_an_error_and_no_reply_shows_the_error(tmp_path, config_path) -> None:
+    def act(_state: State) -> dict[str, Any]:
+        return {"error": "the deploy API said 503"}
+
+    async with _asked(tmp_path, config_path, GraphSpec(name="deploy", graph=_one_node(act)), "deploy") as baton:
+        assert await _reply(baton, "1") == "The run failed: the deploy API said 503"
