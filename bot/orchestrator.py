@@ -22,7 +22,7 @@ from sqlalchemy import DateTime, String, bindparam, func, or_, update
 from sqlmodel import select
 
 from bot import approvals, audit, model_routing, replies, schedules, threads
-from bot.kit import APPROVAL_MARK, Request
+from bot.kit import APPROVAL_MARK, APPROVAL_TEXT_LIMIT, Request
 from bot.digests import Digests
 from bot.messages import Accepted, InboundClick, InboundMessage, Location, Message, Text
 from bot.outbox import Delivery, Outbox
@@ -787,10 +787,13 @@ class Orchestrator:
         else:  # a plain graph's interrupt(value): show the value, apply the graph's policy
             summary = value if isinstance(value, str) else json.dumps(value, indent=2, default=str)
             details, risk, approvers = {}, policy.risk, None
+            if len(summary) > APPROVAL_TEXT_LIMIT:  # the approver must see what they decide: the whole, in details
+                details = {"the whole question": summary}
+                summary = summary[:APPROVAL_TEXT_LIMIT - 60].rstrip() + "\n… (cut here: the whole of it is below)"
         if approvers is None:
             approvers = self.config.approvers_for_graph(spec.name)
         return Approval(run_id=run.id, thread_record_id=record.id, interrupt_id=interrupt.id, graph=spec.name,  # type: ignore[arg-type]
-                        summary=summary[:3000], details=details, risk=risk, approvers=list(approvers),
+                        summary=summary[:APPROVAL_TEXT_LIMIT], details=details, risk=risk, approvers=list(approvers),
                         requested_by=run.requested_by)
 
     async def _finish_run(self, run: Run, record: ThreadRecord, event: InboundEvent, status: str, message: Message,

@@ -1,13 +1,16 @@
-"""What the thread is shown of a graph's final state: its reply as it is, its error when it gave no reply."""
+"""What the thread is shown of a graph: its reply as it is, its error when it gave no reply, its whole question."""
 
 from __future__ import annotations
 
 from typing import Any, TypedDict
 
 import pytest
+from langgraph.types import interrupt
+from sqlmodel import select
 
 from bot import replies
 from bot.registry import GraphSpec
+from storage.models import Approval
 from tests.test_graph_modules import _asked, _one_node, _reply
 
 
@@ -37,3 +40,20 @@ async def test_a_graph_that_fails_with_an_error_and_no_reply_shows_the_error(tmp
 
     async with _asked(tmp_path, config_path, GraphSpec(name="deploy", graph=_one_node(act)), "deploy") as baton:
         assert await _reply(baton, "1") == "The run failed: the deploy API said 503"
+
+
+async def test_a_plain_interrupt_longer_than_a_card_shows_its_whole_value(tmp_path, config_path) -> None:
+    """interrupt(value) of more than a card's 3,000 characters was cut silently: the approver decided on a
+    question whose end they never saw."""
+    question = "Apply this plan?\n" + "step\n" * 1000 + "and finally: drop the old database"
+
+    def ask(_state: State) -> State:
+        return {"reply": str(interrupt(question))}
+
+    async with _asked(tmp_path, config_path, GraphSpec(name="plan", graph=_one_node(ask)), "plan") as baton:
+        card = await _reply(baton, "1")
+        async with baton.db.read() as session:
+            approval = (await session.exec(select(Approval))).one()
+    assert approval.details == {"the whole question": question}
+    assert len(approval.summary) <= 3000 and approval.summary.endswith("(cut here: the whole of it is below)")
+    assert "and finally: drop the old database" in card, card[-300:]
