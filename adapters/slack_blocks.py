@@ -205,14 +205,32 @@ def _label(label: str) -> str:
 
 
 def shown_text(message: dict[str, Any]) -> str:
-    """What a Slack message shows (its sections and notes; else its fallback text), as mrkdwn."""
-    lines = []
-    for block in message.get("blocks") or []:
-        if block.get("type") == "section" and "text" in block:
-            lines.append(block["text"].get("text", ""))
-        elif block.get("type") == "context":
-            lines += [element.get("text", "") for element in block.get("elements", []) if "text" in element]
-    return "\n".join(lines) if lines else message.get("text") or ""
+    """What a Slack message shows, as mrkdwn: its blocks' text (sections and their fields, headers, notes),
+    else its text; then its attachments, where alerting bots (deploys, monitors) put what they say."""
+    lines = [text for block in message.get("blocks") or [] for text in _block_texts(block)]
+    if not lines:
+        lines.append(_text_of(message))
+    for attachment in message.get("attachments") or []:
+        if isinstance(attachment, dict):
+            said = [_text_of(attachment, key) for key in ("pretext", "title", "text")]
+            lines += [text for text in said if text] or [_text_of(attachment, "fallback")]
+    return "\n".join(line for line in lines if line)
+
+
+def _block_texts(block: Any) -> list[str]:
+    if not isinstance(block, dict):
+        return []
+    if block.get("type") in ("section", "header"):
+        fields = block.get("fields") if isinstance(block.get("fields"), list) else []
+        return [_text_of(item) for item in [block.get("text"), *fields] if isinstance(item, dict)]
+    if block.get("type") == "context" and isinstance(block.get("elements"), list):
+        return [_text_of(element) for element in block["elements"] if isinstance(element, dict)]
+    return []
+
+
+def _text_of(item: dict[str, Any], key: str = "text") -> str:
+    value = item.get(key)
+    return value if isinstance(value, str) else ""
 
 
 def _block_chars(block: dict[str, Any]) -> int:

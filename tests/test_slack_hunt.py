@@ -282,3 +282,17 @@ def test_a_timestamp_too_large_for_a_clock_is_refused_politely(slack: Slack) -> 
     body = slack.sender.event_body(slack.sender.mention("run uptime", user=ALICE))
     answer = slack.sender.post(body, "application/json", timestamp=int("9" * 400))
     assert answer.status_code == 401 and "Traceback" not in slack.baton.log.read_text()
+
+
+def test_what_alerting_bots_post_is_read_for_a_summary() -> None:
+    """Monitors and deploy bots post attachments, or a header and fields: their messages read as empty
+    (``• B0PD: ``) in a thread's summary and in what the model was given."""
+    attachments = {"bot_id": "B0PD", "text": "", "attachments": [
+        {"color": "danger", "title": "Deploy 42 failed", "text": "web-2: exit 1", "fallback": "Deploy 42 failed"},
+        {"fallback": "Runbook: https://x.io/rb"}]}
+    assert slack_blocks.shown_text(attachments) == "Deploy 42 failed\nweb-2: exit 1\nRunbook: https://x.io/rb"
+    header = {"bot_id": "B0PD", "text": "Incident", "blocks": [
+        {"type": "header", "text": {"type": "plain_text", "text": "Incident #7"}},
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": "*Service:* web"}, {"type": "mrkdwn", "text": "*Sev:* 2"}]},
+        {"type": "image", "image_url": "https://x.io/graph.png", "alt_text": "graph"}, {"type": "section", "text": None}]}
+    assert slack_blocks.shown_text(header) == "Incident #7\n*Service:* web\n*Sev:* 2"
