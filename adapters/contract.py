@@ -177,13 +177,16 @@ class Adapter(ABC):
             await outbox.retry(delivery.id, exc.seconds, str(exc))
             return
         except DeliveryRejected as exc:
-            log.error("%s rejected message %s: %s", self.name, delivery.id, exc)
+            log.error("%s rejected message %s (%s in channel %s%s): %s", self.name, delivery.id, delivery.kind,
+                      delivery.location.channel, f", thread {delivery.location.thread}" if delivery.location.thread else "",
+                      exc)
             await outbox.failed(delivery.id, str(exc))
         except Exception as exc:
             if delivery.attempts < self.max_attempts:
                 await outbox.retry(delivery.id, min(2.0 ** delivery.attempts, 120.0), f"{type(exc).__name__}: {exc}")
                 return
-            log.error("giving up on %s message %s after %d attempts: %s", self.name, delivery.id, delivery.attempts, exc)
+            log.error("giving up on %s message %s (%s in channel %s) after %d attempts: %s", self.name, delivery.id,
+                      delivery.kind, delivery.location.channel, delivery.attempts, exc)
             await outbox.failed(delivery.id, f"{type(exc).__name__}: {exc}")
         else:
             if not self.send_records_delivery:

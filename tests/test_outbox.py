@@ -14,6 +14,7 @@ from sqlalchemy import event, update
 from sqlalchemy.dialects import sqlite
 from sqlmodel import select
 
+from adapters.contract import DeliveryRejected
 from bot.app import Baton
 from bot.messages import InboundMessage, Location, Message
 from bot.outbox import Outbox, _due_statement
@@ -360,3 +361,30 @@ async def test_only_the_rows_a_running_delivery_loop_holds_keep_their_claims(dat
     sent[1].set()
     await loop
     assert await outbox.keep_claims() == 0  # the loop has ended: its claims run out, for another replica to take
+
+
+async def test_a_message_the_platform_refuses_is_logged_with_where_it_was_going(
+        tmp_path: Path, config_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A digest to a deleted channel was logged as "rejected message 12: ...", naming no channel."""
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'd.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground")
+    async with Baton(settings) as baton:
+        playground = next(adapter for adapter in baton.adapters if adapter.name == "playground")
+
+        async def refuse(_delivery: Any) -> None:
+            raise DeliveryRejected("channel_not_found")
+
+        playground.send = refuse  # type: ignore[method-assign]
+        await baton.accept_message(InboundMessage(platform="playground", channel="ops-old", thread="7",
+                                                  event_id="e1", user="alice", text="help", addressed=True))
+
+        async def failed_row() -> OutboxMessage:
+            while True:
+                async with baton.db.read() as session:
+                    row = (await session.exec(select(OutboxMessage).where(OutboxMessage.status == "failed"))).first()
+                if row is not None:
+                    return row
+                await baton.outbox.wait("test-never-woken", 0.05)
+
+        row = await asyncio.wait_for(failed_row(), 20)
+    assert f"playground rejected message {row.id} (post in channel ops-old, thread 7): channel_not_found" in caplog.text
