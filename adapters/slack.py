@@ -375,7 +375,7 @@ class SlackAdapter(Adapter):
     def _as_history(self, message: dict[str, Any]) -> dict[str, Any]:
         is_bot = bool(message.get("bot_id")) or message.get("user") == self.bot_user_id
         text = shown_text(message) if is_bot else message.get("text") or ""
-        return {"user": message.get("user") or message.get("bot_id") or "", "is_bot": is_bot,
+        return {"user": message.get("user") or _bot_name(message), "is_bot": is_bot,
                 "text": typed_text(self._mention.sub("@baton", text)).strip()}
 
     @staticmethod
@@ -494,6 +494,13 @@ def _retry_after(exc: SlackApiError) -> float:
         return max(float(exc.response.headers.get("Retry-After", "1")), 0.0)
     except ValueError:
         return 1.0
+
+
+def _bot_name(message: dict[str, Any]) -> str:
+    """Who posted a message without a user (an incoming webhook, a legacy bot): its name, else its id."""
+    profile = message.get("bot_profile") if isinstance(message.get("bot_profile"), dict) else {}
+    names = (profile.get("name"), message.get("username"), message.get("bot_id"))
+    return next((name for name in names if isinstance(name, str) and name), "")
 
 
 def _all_text(*values: object) -> bool:

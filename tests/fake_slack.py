@@ -65,6 +65,7 @@ class FakeMessage:
     ephemeral_to: str | None = None
     edits: int = 0
     history: list[list[dict[str, Any]]] = field(default_factory=list)
+    username: str | None = None  # an incoming webhook's or a legacy bot's name
 
 
 class FakeSlack(BackgroundServer):
@@ -142,7 +143,7 @@ class FakeSlack(BackgroundServer):
         """Keep a person's message (an event sent to Baton) the way Slack keeps it, for conversations.*."""
         message = FakeMessage(channel=event["channel"], ts=event["ts"], thread_ts=event.get("thread_ts"),
                               text=event.get("text", ""), blocks=[], user=event.get("user", ""),
-                              bot_id=event.get("bot_id"))
+                              bot_id=event.get("bot_id"), username=event.get("username"))
         with self._lock:
             self._messages.append(message)
 
@@ -271,6 +272,8 @@ class FakeSlack(BackgroundServer):
             shown["user"] = message.user
         if message.bot_id:
             shown.update(bot_id=message.bot_id, blocks=message.blocks)
+        if message.username:
+            shown["username"] = message.username
         if message.thread_ts:
             shown["thread_ts"] = message.thread_ts
         return shown

@@ -296,3 +296,18 @@ def test_what_alerting_bots_post_is_read_for_a_summary() -> None:
         {"type": "section", "fields": [{"type": "mrkdwn", "text": "*Service:* web"}, {"type": "mrkdwn", "text": "*Sev:* 2"}]},
         {"type": "image", "image_url": "https://x.io/graph.png", "alt_text": "graph"}, {"type": "section", "text": None}]}
     assert slack_blocks.shown_text(header) == "Incident #7\n*Service:* web\n*Sev:* 2"
+
+
+def test_a_webhook_s_messages_are_summarised_under_its_name(slack: Slack, counter: Path) -> None:
+    """An incoming webhook's message has no user, only a bot id: the summary said ``B0DATADOG: ...``."""
+    event = slack.mention("run uptime")
+    slack.fake.said(event)
+    slack.reply("did uptime", event["ts"])
+    alert = slack.sender.message("CPU above 90% on web-2", user=None, thread_ts=event["ts"], bot_id="B0DATADOG",
+                                 subtype="bot_message", username="Datadog")
+    slack.fake.said(alert)
+    ask = slack.sender.mention("summarize", user=BOB, thread_ts=event["ts"])
+    slack.fake.said(ask)
+    assert slack.sender.send_event(ask).status_code == 200
+    summary = shown_text(slack.reply("Extractive summary of this thread", event["ts"]))
+    assert "• Datadog: CPU above 90% on web-2" in summary
