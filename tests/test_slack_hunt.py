@@ -1,5 +1,6 @@
-"""The Slack adapter against what real Slack sends and refuses: its markup in people's text, its
-limits on what Baton posts (``tests/fake_slack.py`` checks them the way Slack does)."""
+"""The Slack adapter against what real Slack sends and refuses: its markup in people's text, its limits
+on what Baton posts (``tests/fake_slack.py`` checks them the way Slack does), edits of cards too long
+for one message, files it will not take, rate limits and failures at start-up, refused signatures."""
 
 from __future__ import annotations
 
@@ -21,10 +22,18 @@ from bot.outbox import Delivery
 from bot.replies import approval_card
 from bot.settings import Settings
 from storage.models import Approval
-from tests.fake_slack import BOT_TOKEN, SIGNING_SECRET, USER_TOKEN, FakeSlack, SlackSender, buttons, check_message
+from tests.fake_slack import (
+    BOT_TOKEN,
+    SIGNING_SECRET,
+    USER_TOKEN,
+    FakeSlack,
+    SlackSender,
+    buttons,
+    check_message,
+    shown_text,
+)
 from tests.support import runs_in, wait_for, write_config
 from tests.test_slack import ALICE, BOB, GENERAL, OPS, Slack, config_path, fake_slack, slack  # noqa: F401 (fixtures)
-from tests.fake_slack import shown_text
 
 RECORD = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n'); print('did', sys.argv[2])"
 
