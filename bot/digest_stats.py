@@ -43,13 +43,20 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
     turnaround = {"p50_ms": await _percentile(session, finished, finished_count, 0.50),
                   "p95_ms": await _percentile(session, finished, finished_count, 0.95), "count": finished_count}
 
+    # The runs that failed in the window, whenever they started (one asked yesterday, approved and failed
+    # today is today's failure; by its start it was in neither digest's list).
+    failed_here = [Run.platform == platform, Run.channel == channel, Run.status == "failed",
+                   Run.finished_at >= start, Run.finished_at < end]  # type: ignore[operator]
+    if graphs:
+        failed_here.append(Run.graph.in_(graphs))  # type: ignore[attr-defined]
+    failure_count = (await session.exec(select(func.count()).select_from(Run).where(*failed_here))).one()
     failures = [
         {"graph": graph, "error": (error or "failed").splitlines()[0][:200], "channel": c, "thread": t}
         for graph, error, c, t in (await session.exec(
             select(Run.graph, Run.error, ThreadRecord.channel, ThreadRecord.thread)
             .join(ThreadRecord, ThreadRecord.id == Run.thread_record_id)
-            .where(*in_window, Run.status == "failed").order_by(Run.started_at).limit(MAX_LISTED))).all()
-    ]
+            .where(*failed_here).order_by(Run.finished_at).limit(MAX_LISTED))).all()
+    ] if failure_count else []
     # Approvals only: a choice card ("which graph did you mean?") picked is no approval granted.
     approvals_here = [Run.platform == platform, Run.channel == channel, Approval.kind == "approval"]
     if graphs:
@@ -94,7 +101,7 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
         "cost": float(cost) if cost_known else None,
         "unpriced_runs": with_tokens - cost_known,  # tokens and no price (none for the model then): not in "cost"
         "failures": failures,
-        "failure_count": sum(counts.get("failed", 0) for counts in per_graph.values()),
+        "failure_count": failure_count,  # of the window (by when they failed); per_graph is by request
         "decided": decided,  # the first MAX_LISTED; the counts are of all
         "approved_count": decided_counts["approved"],
         "rejected_count": decided_counts["rejected"],

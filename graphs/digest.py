@@ -36,7 +36,7 @@ def compose(state: DigestState) -> DigestState:
     stats = state["stats"]
     start, end = (datetime.fromisoformat(stats["window"][key]) for key in ("start", "end"))
     title = f"Digest for #{stats['channel']}: {_span(start, end)}"
-    quiet = not stats["requests"] and not stats["decided"] and not stats["waiting"]
+    quiet = not stats["requests"] and not stats["decided"] and not stats["waiting"] and not stats["failures"]
     if quiet:
         text = f"Quiet: no requests, approvals or failures from {_span(start, end)}."
         return {"reply": {"title": title, "tone": "info", "parts": [{"kind": "text", "text": text}]}}

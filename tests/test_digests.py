@@ -379,3 +379,34 @@ def _model_line(money: dict) -> str:
              "decided": [], "waiting": [], "per_day": [], **money}
     text = Message.model_validate(compose({"stats": stats})["reply"]).plain_text()
     return next(line for line in text.splitlines() if line.startswith("Model tokens"))
+
+
+async def test_a_digests_failures_are_the_runs_that_failed_in_its_window_whenever_they_started(sqlite_url):
+    """A run asked for yesterday, approved and failed today was listed in neither digest: failures were
+    selected by when the run started."""
+    start = datetime(2026, 6, 2, 8, 0, tzinfo=UTC)
+    end = start + timedelta(days=1)
+    async with digest_service(sqlite_url, Clock(end), BatonConfig()) as digests:
+        async with digests.db.session() as session:
+            records = [ThreadRecord(platform="playground", channel="ops", thread=str(n), status="failed") for n in range(3)]
+            for record in records:
+                session.add(record)
+            await session.flush()
+            for record, started, failed in ((records[0], start - timedelta(hours=20), start + timedelta(hours=1)),
+                                            (records[1], start + timedelta(hours=2), start + timedelta(hours=3)),
+                                            (records[2], end - timedelta(hours=1), end + timedelta(hours=1))):
+                session.add(Run(thread_record_id=record.id, platform="playground", channel="ops", graph="deploy",
+                                status="failed", requested_by="alice", correlation_id=f"c{record.thread}",
+                                started_at=started, finished_at=failed, error=f"failed in thread {record.thread}"))
+        async with digests.db.read() as session:
+            stats = await collect(session, "playground", "ops", start, end, [], end)
+            earlier = await collect(session, "playground", "ops", start - timedelta(days=1), start, [], end)
+            first_hours = await collect(session, "playground", "ops", start, start + timedelta(hours=2), [], end)
+    assert [failure["thread"] for failure in stats["failures"]] == ["0", "1"]
+    assert stats["failure_count"] == 2
+    assert earlier["failures"] == [] and earlier["failure_count"] == 0
+    assert earlier["per_graph"] == {"deploy": {"done": 0, "failed": 1, "running": 0}}  # asked that day
+    # no request in the first two hours, but a failure: not "Quiet"
+    assert first_hours["requests"] == 0 and first_hours["failure_count"] == 1
+    shown = compose({"stats": first_hours})["reply"]  # type: ignore[typeddict-item]
+    assert "failed in thread 0" in str(shown["parts"]), shown
