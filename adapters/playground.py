@@ -15,6 +15,7 @@ message handed over twice is a duplicate the bot drops.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import re
@@ -23,8 +24,9 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
-from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, field_validator
@@ -125,7 +127,7 @@ class PlaygroundAdapter(Adapter):
         self._newest_at_last_look: int | None = None
 
     def mount(self, app: FastAPI) -> None:
-        router = APIRouter(prefix="/api", tags=["playground"])
+        router = APIRouter(prefix="/api", tags=["playground"], dependencies=[Depends(self._from_this_site)])
         for path, endpoint in [("/channels", self.channels), ("/channels/{channel}/messages", self.channel_messages),
                                ("/threads/{thread_id}/messages", self.thread_messages), ("/events", self.events)]:
             router.add_api_route(path, endpoint, methods=["GET"])
@@ -140,6 +142,10 @@ class PlaygroundAdapter(Adapter):
 
     async def start(self) -> None:
         await super().start()
+        if not self._loopback_only:
+            log.warning("the playground listens on %s (BATON_HOST): anyone who can reach this port can post as any "
+                        "user and approve as any approver, running the runbooks of baton.yaml; it is meant for "
+                        "127.0.0.1 (BATON_ADAPTERS without playground keeps it off)", self.baton.settings.host)
         self._stranded_loop = asyncio.create_task(self._hand_over_stranded_forever(), name="playground-stranded")
 
     async def stop(self) -> None:
@@ -149,6 +155,26 @@ class PlaygroundAdapter(Adapter):
         await super().stop()
 
     # -- the HTTP API ----------------------------------------------------------------------------
+
+    @property
+    def _loopback_only(self) -> bool:
+        return _is_loopback(self.baton.settings.host)
+
+    def _from_this_site(self, request: Request) -> None:
+        """Refuse what another web site's page sends. The API trusts the user name it is given, so a page
+        that reaches it can act as anyone: a page of another origin (its ``Origin`` header), or one whose
+        name its DNS pointed at this machine after it loaded (DNS rebinding: the browser then counts the
+        playground as that page's own origin, and only the ``Host`` header tells them apart)."""
+        host = request.headers.get("host")
+        public = urlsplit(self.baton.settings.public_url or "")
+        if host and self._loopback_only and not _answers_as(urlsplit(f"//{host}").hostname or "", public.hostname):
+            raise HTTPException(403, f"the playground answers only as localhost or an IP address, not as "
+                                     f"'{quoted(host, 80)}'; set BATON_PUBLIC_URL to the address you use")
+        origin = request.headers.get("origin")
+        if origin is not None and request.method not in ("GET", "HEAD") and \
+                urlsplit(origin).netloc not in (host, public.netloc or None):
+            raise HTTPException(403, f"a request from another site ('{quoted(origin, 80)}') is refused: the "
+                                     f"playground takes posts and clicks only from its own page (BATON_PUBLIC_URL)")
 
     async def channels(self) -> dict[str, Any]:
         return {"channels": CHANNELS, "users": USERS, "bot": BOT_NAME}
@@ -370,3 +396,24 @@ class PlaygroundAdapter(Adapter):
                 "content": content, "is_bot": row.is_bot, "ephemeral": row.visible_to is not None,
                 "created_at": row.created_at.isoformat(), "updated_at": row.updated_at.isoformat(),
                 "revision": row.revision, "reply_count": reply_count}
+
+
+def _answers_as(name: str, public_name: str | None) -> bool:
+    """A name no other site's DNS can point here: localhost, an IP address, or BATON_PUBLIC_URL's."""
+    if name == "localhost" or name.endswith(".localhost") or name == public_name:
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_loopback(host: str) -> bool:
+    """True for an address only this machine reaches (``127.0.0.1``, ``::1``, ``localhost``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
