@@ -391,7 +391,11 @@ class Orchestrator:
             if guess.graph is None and guess.options:
                 return await self._offer_choices(event, record, text, guess.options, usage)
             if guess.graph is not None:
-                chosen = route_to(self.registry, guess.graph, request, text)
+                try:
+                    chosen = route_to(self.registry, guess.graph, request, text)
+                except RouteError as exc:  # the graph's make_input refused the request
+                    return await self._finish_event(event, "rejected input", Message.text(str(exc), tone="warning"),
+                                                    spent=usage)
         spec = self.registry.get(chosen.graph)
         if spec is None:
             return await self._finish_event(event, "no graph", Message.text(f"The `{chosen.graph}` graph is not installed.", tone="error"))
@@ -608,7 +612,11 @@ class Orchestrator:
         text = str(approval.details["text"])
         request = Request(platform=record.platform, channel=record.channel, thread=record.thread,
                           user=approval.requested_by, text=text)
-        chosen = route_to(self.registry, choice, request, text)
+        try:
+            chosen = route_to(self.registry, choice, request, text)
+        except RouteError as exc:  # the chosen graph's make_input refused the request: another choice may do
+            return await self._finish_event(event, "rejected input", Message.text(str(exc), tone="warning"),
+                                            ephemeral=True)
         now = utcnow()
         async with self.db.session() as session:
             chosen_first = await approvals.choose(session, approval.id, choice, event.user, now, event.id)  # type: ignore[arg-type]

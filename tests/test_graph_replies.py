@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, TypedDict
 
 import pytest
@@ -9,8 +10,12 @@ from langgraph.types import interrupt
 from sqlmodel import select
 
 from bot import replies
-from bot.registry import GraphSpec
-from storage.models import Approval
+from bot.app import Baton
+from bot.messages import InboundClick, InboundMessage
+from bot.registry import GraphSpec, _input_told
+from bot.settings import Settings
+from storage.models import Approval, PlaygroundMessage
+from tests.fake_models import script
 from tests.test_graph_modules import _asked, _one_node, _reply
 
 
@@ -57,3 +62,50 @@ async def test_a_plain_interrupt_longer_than_a_card_shows_its_whole_value(tmp_pa
     assert approval.details == {"the whole question": question}
     assert len(approval.summary) <= 3000 and approval.summary.endswith("(cut here: the whole of it is below)")
     assert "and finally: drop the old database" in card, card[-300:]
+
+
+def _picky(_request: Any, _text: str) -> dict[str, Any]:
+    raise ValueError("say which service: web, api or worker")
+
+
+async def test_a_request_the_models_graph_cannot_read_is_answered_with_the_reason(
+        tmp_path, config_path, monkeypatch) -> None:
+    """Routed by the model (or picked on a choice card) to a graph whose make_input refused the request, the
+    requester read 'Something went wrong while handling this; it was logged.'"""
+    script_path = tmp_path / "script.json"
+    monkeypatch.setenv("BATON_TEST_MODEL_SCRIPT", str(script_path))
+    script(script_path, [
+        {"tool_calls": [{"name": "GraphGuess", "id": "g1", "args": {"graph": "scale", "confidence": 0.9}}]},
+        {"tool_calls": [{"name": "GraphGuess", "id": "g2", "args": {
+            "graph": "scale", "confidence": 0.4, "alternatives": ["help"]}}]},
+    ])
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'm.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground", BATON_MODEL="python:tests.fake_models:scripted")
+    async with Baton(settings) as baton:
+        baton.registry.add(GraphSpec(name="scale", graph=_one_node(lambda _state: {"reply": "scaled"}),
+                                     make_input=_input_told("scale", _picky)))
+        await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
+                                                  event_id="e1", user="alice", text="make it bigger", addressed=True))
+        assert "`scale` could not read this request: say which service" in await _reply(baton, "1")
+
+        await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="2",
+                                                  event_id="e2", user="alice", text="hmm, the thing?", addressed=True))
+        await _reply(baton, "2")  # the "which one?" card
+        async with baton.db.read() as session:
+            card = (await session.exec(select(Approval).where(Approval.kind == "choice"))).one()
+        await baton.accept_click(InboundClick(platform="playground", channel="general", thread="2", event_id="c1",
+                                              user="alice", approval_id=card.id, action="scale"))
+        told = await asyncio.wait_for(_said_to(baton, "alice", "could not read"), 20)  # to the chooser only
+        assert "`scale` could not read this request: say which service" in told
+        async with baton.db.read() as session:
+            assert (await session.get(Approval, card.id)).status == "pending"  # type: ignore[union-attr]
+
+
+async def _said_to(baton: Baton, user: str, contains: str) -> str:
+    while True:
+        async with baton.db.read() as session:
+            found = [row.text for row in (await session.exec(select(PlaygroundMessage).where(
+                PlaygroundMessage.is_bot, PlaygroundMessage.visible_to == user))).all() if contains in row.text]
+        if found:
+            return found[-1]
+        await baton.outbox.wait("never-woken", 0.05)
