@@ -11,6 +11,7 @@ from bot.kit import Request, current
 DESCRIPTION = "What is running or waiting for approval in this channel."
 EXAMPLE = "status"
 DEDUPE = False
+MAX_SHOWN = 20  # threads listed; a busy channel's status is still one message, not pages of them
 
 
 class StatusState(TypedDict, total=False):
@@ -27,11 +28,14 @@ async def report(_state: StatusState) -> StatusState:
     if not threads:
         return {"reply": {"title": "Status", "tone": "info", "parts": [{"kind": "text", "text": "Nothing is running or waiting for approval in this channel."}]}}
     parts: list[dict[str, Any]] = []
-    for thread in threads:
+    for thread in threads[:MAX_SHOWN]:  # the longest-waiting first
         label = f"{thread['title']} — {thread['status_text']} (asked by {thread['requested_by']}, {thread['age']})"
         parts.append({"kind": "link", "label": label, "channel": thread["channel"], "thread": thread["thread"]})
         for approval in thread["approvals"]:
             parts.append({"kind": "note", "text": f"waiting {approval['age']} for {approval['approvers']}: {approval['summary']}"})
+    if len(threads) > MAX_SHOWN:
+        parts.append({"kind": "note", "text": f"…and {len(threads) - MAX_SHOWN} more (the {MAX_SHOWN} that have "
+                                              "waited longest are listed)."})
     title = f"Status: {len(threads)} active thread{'s' if len(threads) != 1 else ''}"
     return {"reply": {"title": title, "tone": "info", "parts": parts}}
 
