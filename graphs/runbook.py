@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shlex
 import signal
 from typing import Any, TypedDict
@@ -63,9 +64,21 @@ async def execute(state: RunbookState) -> RunbookState:
         return {"reply": _outcome(argv, f"timed out after {runbook.timeout:g}s and was stopped", result["output"], "error"),
                 "error": f"timed out after {runbook.timeout:g}s"}
     if result["exit_code"] != 0:
-        return {"reply": _outcome(argv, f"failed with exit code {result['exit_code']}", result["output"], "error"),
-                "error": f"exit code {result['exit_code']}"}
+        failure = _failure(result["exit_code"])
+        return {"reply": _outcome(argv, failure, result["output"], "error"),
+                "error": failure.removeprefix("failed with ").removeprefix("was ")}
     return {"reply": _outcome(argv, "finished", result["output"], "success")}
+
+
+def _failure(exit_code: int) -> str:
+    """How a command ended that did not succeed; a negative code is the signal that killed it."""
+    if exit_code >= 0:
+        return f"failed with exit code {exit_code}"
+    try:
+        name = signal.Signals(-exit_code).name
+    except ValueError:
+        name = f"number {-exit_code}"
+    return f"was killed by signal {name}"
 
 
 def _outcome(argv: list[str], what: str, output: str, tone: str) -> dict[str, Any]:
@@ -84,25 +97,108 @@ def route_after_plan(state: RunbookState) -> str:
 
 
 async def run_command(argv: list[str], timeout: float) -> dict[str, Any]:
-    """Run ``argv`` without a shell; capture stdout and stderr together."""
+    """Run ``argv`` without a shell, stdin empty; capture stdout and stderr together.
+
+    The command runs in a session of its own. When it outlasts ``timeout``, or the run is stopped
+    (Baton stopping), its whole process group is killed, children included. Only the first
+    ``MAX_OUTPUT_BYTES`` are kept: the rest is read and counted, so a command printing without end
+    neither fills Baton's memory nor blocks on a full pipe.
+    """
+    read_end, write_end = os.pipe()
     try:
         process = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=write_end, stderr=write_end, start_new_session=True,
             env=command_environment(),
         )
-    except OSError as exc:
-        return {"exit_code": 127, "output": f"could not start {argv[0]}: {exc.strerror}", "timed_out": False}
+    except (OSError, ValueError) as exc:  # ValueError: a NUL or an unencodable character in an argument
+        os.close(read_end)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return {"exit_code": 127, "output": f"could not start {argv[0]}: {reason}", "timed_out": False}
+    finally:
+        os.close(write_end)
+    output = _Output()
+    reader = asyncio.StreamReader()
+    transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_end, "rb", buffering=0))
+    timed_out = False
     try:
-        output, _ = await asyncio.wait_for(process.communicate(), timeout)
-        timed_out = False
-    except TimeoutError:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = await process.communicate()
-        timed_out = True
-    text = output[:MAX_OUTPUT_BYTES].decode("utf-8", errors="replace").rstrip()
-    if len(output) > MAX_OUTPUT_BYTES:
-        text += f"\n[output truncated: {len(output):,} bytes, first {MAX_OUTPUT_BYTES:,} shown]"
-    return {"exit_code": process.returncode, "output": text, "timed_out": timed_out}
+        try:
+            await asyncio.wait_for(_read_then_wait(reader, output, process), timeout)
+        except TimeoutError:
+            timed_out = True
+            _kill_group(process.pid)
+            try:  # what it wrote before the kill; a descendant that left the group may hold the pipe open
+                await asyncio.wait_for(_read_all(reader, output), KILL_GRACE_SECONDS)
+            except TimeoutError:
+                pass
+            await process.wait()
+    except BaseException:  # the run stopped (Baton stopping): the command must not outlive it
+        _kill_group(process.pid)
+        raise
+    finally:
+        transport.close()
+    return {"exit_code": process.returncode, "output": output.text(), "timed_out": timed_out}
+
+
+KILL_GRACE_SECONDS = 2.0
+_CHUNK_BYTES = 64 * 1024
+
+
+class _Output:
+    """The first ``MAX_OUTPUT_BYTES`` of a command's output, and how many bytes it wrote in all."""
+
+    def __init__(self) -> None:
+        self.kept = bytearray()
+        self.total = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        self.kept += chunk[:max(0, MAX_OUTPUT_BYTES - len(self.kept))]
+
+    def text(self) -> str:
+        text = readable(self.kept.decode("utf-8", errors="replace")).rstrip()
+        if self.total > MAX_OUTPUT_BYTES:
+            text += f"\n[output truncated: {self.total:,} bytes, first {MAX_OUTPUT_BYTES:,} shown]"
+        return text
+
+
+async def _read_all(reader: asyncio.StreamReader, output: _Output) -> None:
+    while chunk := await reader.read(_CHUNK_BYTES):
+        output.add(chunk)
+
+
+async def _read_then_wait(reader: asyncio.StreamReader, output: _Output, process: asyncio.subprocess.Process) -> None:
+    await _read_all(reader, output)
+    await process.wait()  # a command may close its output early and go on running
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):  # the group has ended already
+        pass
+
+
+_TERMINAL_CODES = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])")
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def readable(text: str) -> str:
+    """Output as a terminal would show it: colour and cursor codes dropped, a line rewritten after a
+    carriage return (a progress bar) shown as it was last written, other control characters as U+FFFD."""
+    text = _TERMINAL_CODES.sub("", text).replace("\r\n", "\n")
+    text = "\n".join(_last_written(line) for line in text.split("\n"))
+    return _CONTROLS.sub("\ufffd", text)
+
+
+def _last_written(line: str) -> str:
+    """A line a carriage return rewrote, as a terminal shows it: the last text written over the rest."""
+    if "\r" not in line:
+        return line
+    shown = ""
+    for written in line.split("\r"):
+        shown = written + shown[len(written):]
+    return shown
 
 
 def _shown(argv: list[str]) -> str:

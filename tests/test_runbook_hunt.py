@@ -1,0 +1,140 @@
+"""Runbook commands as an operator runs them: output without end, a command reading stdin, children
+that outlive a timeout, Baton stopping mid-command, terminal output (colours, progress bars), signals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from graphs.runbook import MAX_OUTPUT_BYTES, readable, run_command
+from tests.support import wait_for
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_output_without_end_does_not_fill_memory():
+    """`yes` for 3 seconds: Baton kept everything it printed (1.7 GB) and cut it only afterwards."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = asyncio.run(run_command(["yes"], 3))
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert result["timed_out"] and grown_mb < 200, grown_mb
+    assert result["output"].startswith("y\ny\n") and "[output truncated:" in result["output"]
+    assert len(result["output"]) < MAX_OUTPUT_BYTES + 200
+
+
+def test_output_past_the_limit_is_counted_and_the_command_finishes():
+    script = f"import sys; sys.stdout.write('x' * {MAX_OUTPUT_BYTES * 4})"
+    result = asyncio.run(run_command([sys.executable, "-c", script], 20))
+    assert result["exit_code"] == 0 and not result["timed_out"]
+    assert result["output"].endswith(f"[output truncated: {MAX_OUTPUT_BYTES * 4:,} bytes, first {MAX_OUTPUT_BYTES:,} shown]")
+
+
+def test_a_command_reading_stdin_gets_nothing(tmp_path: Path):
+    """A command reading stdin read Baton's own (a terminal: it waited there for the operator's keys)."""
+    read, write = os.pipe()
+    saved = os.dup(0)
+    os.dup2(read, 0)  # Baton's stdin: a pipe nobody writes to, as a terminal nobody types in
+    try:
+        result = asyncio.run(run_command(["cat"], 3))
+    finally:
+        os.dup2(saved, 0)
+        for fd in (read, write, saved):
+            os.close(fd)
+    assert not result["timed_out"] and result["exit_code"] == 0 and result["output"] == ""
+
+
+def test_a_timeout_ends_on_time_though_a_descendant_holds_the_output(tmp_path: Path):
+    """A descendant in a session of its own (setsid) escapes the group kill and keeps the output open:
+    the run waited for it for ever after its timeout."""
+    pidfile = tmp_path / "escaped"
+    script = f"setsid sh -c 'echo $$ > {pidfile}; exec sleep 30' & echo started; sleep 100"
+    started = time.monotonic()
+    try:
+        result = asyncio.run(asyncio.wait_for(run_command(["sh", "-c", script], 1), 15))
+        assert result["timed_out"] and "started" in result["output"]
+        assert time.monotonic() - started < 10
+    finally:
+        if pidfile.exists():
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+def test_a_stopped_run_kills_its_command_and_children(tmp_path: Path):
+    """Baton stopping cancels the run: the command and its children were left running."""
+    pidfile = tmp_path / "pids"
+    script = f"sleep 100 & echo $$ $! > {pidfile}; wait"
+
+    async def stop_mid_command() -> None:
+        task = asyncio.create_task(run_command(["sh", "-c", script], 60))
+        while not pidfile.exists() or len(pidfile.read_text().split()) < 2:
+            await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(stop_mid_command())
+    pids = [int(pid) for pid in pidfile.read_text().split()]
+    try:
+        wait_for(lambda: not any(alive(pid) for pid in pids), 10, "the command and its child to end")
+    finally:
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_command_closing_its_output_early_is_still_timed():
+    result = asyncio.run(run_command(["sh", "-c", "echo bye; exec >&- 2>&-; sleep 100"], 1))
+    assert result["timed_out"] and result["output"] == "bye"
+
+
+def test_an_argument_that_cannot_be_passed_is_a_failure_to_start():
+    result = asyncio.run(run_command(["echo", "a\x00b"], 5))
+    assert result["exit_code"] == 127 and result["output"].startswith("could not start echo:")
+
+
+def test_terminal_output_reads_as_a_terminal_shows_it():
+    assert readable("\x1b[1;31mred\x1b[0m plain \x1b]0;title\x07done") == "red plain done"
+    assert readable("  0%\r 50%\r100%\nnext\r\n") == "100%\nnext\n"
+    assert readable("abcdef\rXY") == "XYcdef"
+    assert readable("nul\x00bell\x07") == "nul\ufffdbell\ufffd"
+    assert readable("tab\tkept\nline") == "tab\tkept\nline"
+
+
+# -- through chat ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, counter: Path) -> Path:
+    from tests.support import write_config
+    path = write_config(tmp_path, counter)
+    config = yaml.safe_load(path.read_text())
+    progress = "import sys; sys.stdout.write('\\x1b[32mok\\x1b[0m\\n  0%\\r 50%\\r100%\\n'); sys.stdout.flush()"
+    config["runbooks"]["progress"] = {"description": "A progress bar.", "command": [sys.executable, "-c", progress],
+                                      "risk": "low", "timeout": 10}
+    config["runbooks"]["segfault"] = {"description": "Killed by a signal.",
+                                      "command": [sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"],
+                                      "risk": "low", "timeout": 10}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_terminal_output_and_a_signal_read_clearly_in_chat(baton):
+    pg = baton.client()
+    reply = pg.wait_reply(pg.ask("@baton run progress"), "finished")
+    code = next(part["text"] for part in reply["content"]["parts"] if part["kind"] == "code")
+    assert code == "ok\n100%"
+    killed = pg.wait_reply(pg.ask("@baton run segfault"), "killed by signal SIGKILL")
+    assert "exit code -9" not in killed["text"]
