@@ -59,6 +59,14 @@ MAX_HTTP_TEXT = 100_000
 USER_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
 VIEWER = Query(None, pattern=USER_NAME, description="whose private (ephemeral) messages to include")
 EVENT_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# The page may not be framed by another site (a hidden frame over a button of its own would turn a click
+# into Approve), and runs only its own script.
+PAGE_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; img-src 'self' data:; "
+                               "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; "
+                               "form-action 'none'; object-src 'none'",
+}
 
 _EARLIER = aliased(PlaygroundMessage, name="earlier")
 # A reply in a thread the bot had taken an earlier message of: the bot takes it without a mention.
@@ -138,7 +146,8 @@ class PlaygroundAdapter(Adapter):
         router.add_api_route("/clicks", self.post_click, methods=["POST"], status_code=202)
         app.include_router(router)
         app.mount("/static", StaticFiles(directory=PAGE), name="playground-static")
-        app.add_api_route("/", lambda: FileResponse(PAGE / "index.html"), methods=["GET", "HEAD"], include_in_schema=False)
+        app.add_api_route("/", lambda: FileResponse(PAGE / "index.html", headers=PAGE_HEADERS), methods=["GET", "HEAD"],
+                          include_in_schema=False)
 
     async def start(self) -> None:
         await super().start()

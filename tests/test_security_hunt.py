@@ -49,3 +49,14 @@ def test_a_playground_listening_beyond_this_machine_says_anyone_there_can_act_as
     warning = wait_for(lambda: next((line for line in exposed.log.read_text().splitlines()
                                      if "0.0.0.0" in line and "WARNING" in line), None), 10, "the warning")
     assert "any user" in warning and "approve" in warning
+
+
+def test_another_site_cannot_frame_the_playground_to_steal_a_click(baton: BatonProcess) -> None:
+    """Any page could show the playground in an invisible frame over a button of its own (clickjacking):
+    the person's click landed on Approve, as the user their page had picked. The page may not be framed."""
+    with httpx.Client(base_url=baton.url, timeout=15) as http:
+        page = http.get("/")
+    assert page.status_code == 200
+    assert page.headers["x-frame-options"] == "DENY"
+    policy = page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in policy and "script-src 'self'" in policy
