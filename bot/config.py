@@ -7,9 +7,12 @@ and every placeholder must be a declared argument with a validation pattern.
 from __future__ import annotations
 
 import re
+import re._constants as re_constants  # what re parses a pattern into: no public API has it
+import re._parser as re_parser
 import string
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -35,6 +38,101 @@ class PartError(ValueError):
         self.where = where
 
 
+_REPEATS = (re_constants.MAX_REPEAT, re_constants.MIN_REPEAT)
+_CATEGORIES = {re_constants.CATEGORY_DIGIT: r"\d", re_constants.CATEGORY_NOT_DIGIT: r"\D",
+               re_constants.CATEGORY_SPACE: r"\s", re_constants.CATEGORY_NOT_SPACE: r"\S",
+               re_constants.CATEGORY_WORD: r"\w", re_constants.CATEGORY_NOT_WORD: r"\W"}
+_SAMPLE = [chr(code) for code in range(0x3000)]  # where two character classes are compared
+
+
+def _repeats_a_repetition(items: Sequence[tuple[Any, Any]], after: list[tuple[Any, Any]], *, inside: bool,
+                          ignore_case: bool) -> bool:
+    """Whether a parsed pattern repeats a repetition that can split one text in several ways: Python's
+    ``re`` then tries every split of a value that almost matches, 2^n of them for n characters (ReDoS).
+
+    ``after`` is what follows ``items`` (within a repetition: its own start again, the next turn);
+    ``inside``: ``items`` are inside a repetition. An inner repetition is safe when what must follow it is a
+    character it cannot match (``([a-z]+-)*``, ``(-[a-z]+)*``); a possessive one or an atomic group gives
+    nothing back, so it is safe too (what is inside it is still looked at).
+    """
+    for index, (op, value) in enumerate(items):
+        rest = [*items[index + 1:], *after]
+        if op in _REPEATS and value[1] > 1:
+            if inside and not _stops_before(value[2], rest, ignore_case):
+                return True
+            if _repeats_a_repetition(value[2], list(value[2]), inside=True, ignore_case=ignore_case):
+                return True
+        elif op in _REPEATS:
+            if _repeats_a_repetition(value[2], rest, inside=inside, ignore_case=ignore_case):
+                return True
+        elif op == re_constants.SUBPATTERN:
+            if _repeats_a_repetition(value[3], rest, inside=inside, ignore_case=ignore_case):
+                return True
+        elif op == re_constants.BRANCH:
+            if any(_repeats_a_repetition(branch, rest, inside=inside, ignore_case=ignore_case) for branch in value[1]):
+                return True
+        elif op in (re_constants.POSSESSIVE_REPEAT, re_constants.ATOMIC_GROUP, re_constants.ASSERT,
+                    re_constants.ASSERT_NOT, re_constants.GROUPREF_EXISTS):
+            parts = value[2] if op == re_constants.POSSESSIVE_REPEAT else value if op == re_constants.ATOMIC_GROUP \
+                else value[1] if op != re_constants.GROUPREF_EXISTS else [*(value[1] or []), *(value[2] or [])]
+            if _repeats_a_repetition(parts, [], inside=False, ignore_case=ignore_case):
+                return True
+    return False
+
+
+def _stops_before(body: Sequence[tuple[Any, Any]], rest: list[tuple[Any, Any]], ignore_case: bool) -> bool:
+    """Whether a repetition of the one character class ``body`` must be followed by a character it cannot match."""
+    repeated = _character_test(body[0], ignore_case) if len(body) == 1 else None
+    following = _character_test(_first_item(rest), ignore_case)
+    return repeated is not None and following is not None and not any(
+        repeated(char) and following(char) for char in _SAMPLE)
+
+
+def _first_item(items: list[tuple[Any, Any]]) -> tuple[Any, Any] | None:
+    """The item a text matching ``items`` must begin with, looking into groups; None when it may be skipped."""
+    while items:
+        op, value = items[0]
+        if op != re_constants.SUBPATTERN:
+            return items[0]
+        items = list(value[3]) + items[1:]
+    return None
+
+
+def _character_test(item: tuple[Any, Any] | None, ignore_case: bool) -> Callable[[str], bool] | None:
+    """Whether a character matches ``item``, when it is one character (a literal, a class, ``.``)."""
+    if item is None:
+        return None
+    op, value = item
+    if op == re_constants.LITERAL:
+        test = re.compile(re.escape(chr(value)), re.IGNORECASE if ignore_case else 0)
+    elif op == re_constants.NOT_LITERAL:
+        test = re.compile(f"[^{re.escape(chr(value))}]", re.IGNORECASE if ignore_case else 0)
+    elif op == re_constants.ANY:
+        return lambda char: True
+    elif op == re_constants.IN:
+        return _class_test(value, ignore_case)
+    else:
+        return None
+    return lambda char: test.fullmatch(char) is not None
+
+
+def _class_test(members: list[tuple[Any, Any]], ignore_case: bool) -> Callable[[str], bool]:
+    parts = []
+    for op, value in members:
+        if op == re_constants.NEGATE:
+            parts.append("^")
+        elif op == re_constants.LITERAL:
+            parts.append(re.escape(chr(value)))
+        elif op == re_constants.RANGE:
+            parts.append(f"{re.escape(chr(value[0]))}-{re.escape(chr(value[1]))}")
+        elif op == re_constants.CATEGORY and value in _CATEGORIES:
+            parts.append(_CATEGORIES[value])
+        else:  # something this check does not know: assume it matches every character
+            return lambda char: True
+    test = re.compile(f"[{''.join(parts)}]", re.IGNORECASE if ignore_case else 0)
+    return lambda char: test.fullmatch(char) is not None
+
+
 class Argument(BaseModel):
     model_config = ConfigDict(extra="forbid")
     pattern: str = Field(description="Regular expression the whole value must match.")
@@ -45,9 +143,16 @@ class Argument(BaseModel):
     @classmethod
     def _compiles(cls, value: str) -> str:
         try:
+            parsed = re_parser.parse(value)
             re.compile(value)
         except re.error as exc:
             raise ValueError(f"invalid regular expression: {exc}") from exc
+        if _repeats_a_repetition(parsed, [], inside=False, ignore_case=bool(parsed.state.flags & re.IGNORECASE)):
+            raise ValueError("the pattern repeats a repetition that can split a value in many ways (like (a+)+ or "
+                             "(\\w+\\s?)*): on a long value that almost matches, checking it takes minutes, and Baton "
+                             "answers nobody meanwhile. Write it without the nesting, separate the repetitions by a "
+                             "character the inner one cannot match (([a-z]+-)*), or make the inner one possessive "
+                             "(a++) or atomic ((?>a+))")
         return value
 
     @model_validator(mode="after")

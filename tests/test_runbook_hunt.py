@@ -138,3 +138,30 @@ def test_terminal_output_and_a_signal_read_clearly_in_chat(baton):
     assert code == "ok\n100%"
     killed = pg.wait_reply(pg.ask("@baton run segfault"), "killed by signal SIGKILL")
     assert "exit code -9" not in killed["text"]
+
+
+# -- patterns that take forever ---------------------------------------------------------------------
+
+SLOW_PATTERNS = [r"^(a+)+$", r"^(\w+\s?)*$", r"^(.*,)*$", r"^(?:[a-z]*)*$", r"(?i)^([a-z]+A)+$"]
+SAFE_PATTERNS = [r"^([a-z]+-)*[a-z]+$", r"^([a-z0-9]+(-[a-z0-9]+)*)$", r"^(\d+\.)+\d+$", r"^([^,]+,)*[^,]+$",
+                 r"^(\d{1,3}\.){3}\d{1,3}$", r"^(?>[a-z]+)+$", r"^([a-z]++)+$", r"^(web|api|worker)$", r"^[0-9]+$"]
+
+
+@pytest.mark.parametrize("pattern", SLOW_PATTERNS)
+def test_a_pattern_repeating_a_repetition_is_refused_with_its_line(tmp_path: Path, pattern: str):
+    """`^(a+)+$` was accepted, and `run x v=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa!` in chat froze Baton: checking
+    the value tries 2^n splits, in the event loop, so no channel got an answer and its leases lapsed."""
+    from bot.config import ConfigError, load_config
+    path = tmp_path / "baton.yaml"
+    path.write_text(yaml.safe_dump({"runbooks": {"x": {"description": "x", "command": ["echo", "{v}"],
+                                                       "args": {"v": {"pattern": pattern}}}}}))
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    message = str(refused.value)
+    assert "line 5: runbooks.x.args.v.pattern" in message and "repeats a repetition" in message, message
+
+
+@pytest.mark.parametrize("pattern", SAFE_PATTERNS)
+def test_patterns_that_cannot_take_forever_are_kept(pattern: str):
+    from bot.config import Argument
+    assert Argument(pattern=pattern).pattern == pattern
