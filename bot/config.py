@@ -6,9 +6,11 @@ and every placeholder must be a declared argument with a validation pattern.
 
 from __future__ import annotations
 
+import json
 import re
 import re._constants as re_constants  # what re parses a pattern into: no public API has it
 import re._parser as re_parser
+import shlex
 import string
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -133,11 +135,32 @@ def _class_test(members: list[tuple[Any, Any]], ignore_case: bool) -> Callable[[
     return lambda char: test.fullmatch(char) is not None
 
 
+def _read_as(value: object) -> str:
+    """Why a value YAML did not read as text is refused (``5``, ``0755``, ``yes``, an empty item)."""
+    kind = "nothing (null)" if value is None else f"true or false ({value})" if isinstance(value, bool) \
+        else f"a number ({value})"
+    return f"YAML reads this as {kind}, not as text: put it in quotes, as you mean it ('5', '0755', 'yes')"
+
+
+def _as_list(command: str) -> str:
+    try:
+        return json.dumps(shlex.split(command), ensure_ascii=False)
+    except ValueError:  # an unclosed quote
+        return '["program", "argument", ...]'
+
+
 class Argument(BaseModel):
     model_config = ConfigDict(extra="forbid")
     pattern: str = Field(description="Regular expression the whole value must match.")
     description: str = ""
     default: str | None = None
+
+    @field_validator("default", mode="before")
+    @classmethod
+    def _default_is_text(cls, value: object) -> object:
+        if value is not None and not isinstance(value, (str, list, dict)):
+            raise ValueError(_read_as(value))
+        return value
 
     @field_validator("pattern")
     @classmethod
@@ -173,6 +196,18 @@ class Runbook(BaseModel):
     approvers: list[str] | None = None
     timeout: float = Field(60.0, gt=0, le=24 * 3600)
     example: str | None = None
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _list_of_texts(cls, value: object) -> object:
+        if isinstance(value, str):
+            raise ValueError(f"the command is a list of its arguments, never run through a shell: write it as "
+                             f"{_as_list(value)}")
+        if isinstance(value, list):
+            for position, part in enumerate(value):
+                if not isinstance(part, (str, list, dict)):
+                    raise PartError(f"part {position}: {_read_as(part)}", str(position))
+        return value
 
     @field_validator("timeout", mode="before")
     @classmethod

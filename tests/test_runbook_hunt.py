@@ -165,3 +165,28 @@ def test_a_pattern_repeating_a_repetition_is_refused_with_its_line(tmp_path: Pat
 def test_patterns_that_cannot_take_forever_are_kept(pattern: str):
     from bot.config import Argument
     assert Argument(pattern=pattern).pattern == pattern
+
+
+# -- odd shapes of a runbook ------------------------------------------------------------------------
+
+ODD_SHAPES = {
+    # the most usual slip: said only "Input should be a valid list"
+    'command: "systemctl restart web"': ('line 4: runbooks.x.command', 'write it as ["systemctl", "restart", "web"]'),
+    # YAML reads these as a number (0755 as 493), a boolean, nothing: said only "Input should be a valid string"
+    "command:\n      - chmod\n      - 0755": ("line 6: runbooks.x.command", "a number (493), not as text: put it in quotes"),
+    "command: [systemctl, yes]": ("line 4: runbooks.x.command", "part 1: YAML reads this as true or false"),
+    "command: [echo, ~]": ("line 4: runbooks.x.command", "part 1: YAML reads this as nothing"),
+    'command: [head, -n, "{n}"]\n    args: {n: {pattern: "^[0-9]+$", default: 10}}':
+        ("line 5: runbooks.x.args.n.default", "a number (10), not as text: put it in quotes"),
+}
+
+
+@pytest.mark.parametrize("shape", ODD_SHAPES)
+def test_a_command_or_default_of_the_wrong_shape_says_how_to_write_it(tmp_path: Path, shape: str):
+    from bot.config import ConfigError, load_config
+    path = tmp_path / "baton.yaml"
+    path.write_text(f"runbooks:\n  x:\n    description: d\n    {shape}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    where, what = ODD_SHAPES[shape]
+    assert where in str(refused.value) and what in str(refused.value), str(refused.value)
