@@ -51,7 +51,19 @@ class Redactor:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
+        if self._secrets and len(text) >= MIN_SECRET_CHARS:
+            text = "\n".join(self._cut_secrets(line) for line in text.split("\n"))
         return text
+
+    def _cut_secrets(self, line: str) -> str:
+        """``line`` without what a cut left of a secret. Output kept up to a limit, or an error shown up to
+        a length, is cut wherever the limit falls, at times inside a secret: its first (or last)
+        ``MIN_SECRET_CHARS`` characters or more, ending (or starting) the line, are no less secret."""
+        for secret in self._secrets:
+            if len(line) < MIN_SECRET_CHARS:
+                break
+            line = _without_suffix_cut_from(secret, _without_prefix_cut_from(secret, line))
+        return line
 
     def message(self, message: Message) -> Message:
         """``message`` with every secret in its texts replaced (the same object when it holds none)."""
@@ -70,6 +82,27 @@ class Redactor:
         for handler in {handler for logger in loggers for handler in logger.handlers}:
             if not any(isinstance(existing, RedactingFilter) for existing in handler.filters):
                 handler.addFilter(RedactingFilter(self))
+
+
+def _without_prefix_cut_from(secret: str, line: str) -> str:
+    """``line`` with a start of ``secret`` that ends it replaced."""
+    at = line.find(secret[:MIN_SECRET_CHARS], max(0, len(line) - len(secret) + 1))
+    while at != -1:
+        if secret.startswith(line[at:]):
+            return line[:at] + REDACTED
+        at = line.find(secret[:MIN_SECRET_CHARS], at + 1)
+    return line
+
+
+def _without_suffix_cut_from(secret: str, line: str) -> str:
+    """``line`` with an end of ``secret`` that starts it replaced."""
+    piece = secret[-MIN_SECRET_CHARS:]
+    at = line.find(piece, 0, len(secret) - 1)
+    while at != -1:
+        if secret.endswith(line[:at + MIN_SECRET_CHARS]):
+            return REDACTED + line[at + MIN_SECRET_CHARS:]
+        at = line.find(piece, at + 1, len(secret) - 1)
+    return line
 
 
 def _redacted(value: object, redactor: Redactor) -> object:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import sqlite3
+import sys
 from pathlib import Path
 
 import yaml
@@ -12,7 +13,7 @@ from pydantic import SecretStr
 
 from bot.kit import command_environment
 from bot.messages import Code, Message, Text
-from bot.redaction import REDACTED, RedactingFilter, Redactor
+from bot.redaction import MIN_SECRET_CHARS, REDACTED, RedactingFilter, Redactor
 from bot.settings import Settings
 from tests.support import BatonProcess
 
@@ -106,3 +107,34 @@ def test_a_log_call_whose_arguments_do_not_fit_is_left_to_logging() -> None:
     record = logging.LogRecord("baton", logging.WARNING, __file__, 1, "needs a number: %d", ("x",), None)
     assert RedactingFilter(Redactor([API_KEY])).filter(record)
     assert (record.msg, record.args) == ("needs a number: %d", ("x",))
+
+
+def test_a_secret_cut_by_the_output_limit_is_not_shown_in_part(tmp_path: Path, sqlite_url: str) -> None:
+    """Output over the runbook's limit (256 kB) is cut, then posted: a secret the cut fell in was no
+    longer the whole secret, so it was not found, and its first part was posted as it was."""
+    from graphs.runbook import MAX_OUTPUT_BYTES
+
+    cut_at = 20  # characters of the key before the limit
+    script = f"import os, sys; sys.stdout.write('x' * {MAX_OUTPUT_BYTES - cut_at} + os.environ['DEPLOY_API_KEY'] * 2)"
+    config = tmp_path / "secrets.yaml"
+    config.write_text(yaml.safe_dump({"approvers": ["bob"], "runbooks": {"dump": {
+        "description": "Dump the configuration (a careless runbook).", "command": [sys.executable, "-c", script],
+        "risk": "low", "timeout": 10}}}))
+    baton = BatonProcess(sqlite_url, config, tmp_path, env={"DEPLOY_API_KEY": API_KEY}).start()
+    try:
+        pg = baton.client()
+        reply = pg.wait_reply(pg.ask("@baton run dump"), "finished")
+    finally:
+        baton.stop()
+    shown = str(reply)
+    assert "output truncated" in shown and API_KEY[:cut_at] not in shown
+    assert API_KEY[:MIN_SECRET_CHARS] not in shown
+
+
+def test_what_a_cut_leaves_of_a_secret_at_either_end_of_a_line_is_redacted() -> None:
+    redactor = Redactor([API_KEY])
+    error = f"Error: bad key {API_KEY}"[:30]  # an error shown up to a length
+    tail = f"log: {API_KEY}\nnext line"[12:]  # the last characters of a log
+    assert redactor.text(error) == f"Error: bad key {REDACTED}"
+    assert redactor.text(tail) == f"{REDACTED}\nnext line"
+    assert redactor.text("sk-live- is how the keys start") == "sk-live- is how the keys start"  # too short to tell
