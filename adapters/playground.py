@@ -175,13 +175,13 @@ class PlaygroundAdapter(Adapter):
         name its DNS pointed at this machine after it loaded (DNS rebinding: the browser then counts the
         playground as that page's own origin, and only the ``Host`` header tells them apart)."""
         host = request.headers.get("host")
-        public = urlsplit(self.baton.settings.public_url or "")
-        if host and self._loopback_only and not _answers_as(urlsplit(f"//{host}").hostname or "", public.hostname):
+        public = _netloc(self.baton.settings.public_url or "")
+        if host and self._loopback_only and not _answers_as(host, public):
             raise HTTPException(403, f"the playground answers only as localhost or an IP address, not as "
                                      f"'{quoted(host, 80)}'; set BATON_PUBLIC_URL to the address you use")
         origin = request.headers.get("origin")
         if origin is not None and request.method not in ("GET", "HEAD") and \
-                urlsplit(origin).netloc not in (host, public.netloc or None):
+                origin.partition("://")[2] not in (host, public or None):
             raise HTTPException(403, f"a request from another site ('{quoted(origin, 80)}') is refused: the "
                                      f"playground takes posts and clicks only from its own page (BATON_PUBLIC_URL)")
 
@@ -407,8 +407,21 @@ class PlaygroundAdapter(Adapter):
                 "revision": row.revision, "reply_count": reply_count}
 
 
-def _answers_as(name: str, public_name: str | None) -> bool:
-    """A name no other site's DNS can point here: localhost, an IP address, or BATON_PUBLIC_URL's."""
+def _netloc(url: str) -> str:
+    """``host:port`` of ``url`` ("" for none, or for what is no URL)."""
+    try:
+        return urlsplit(url).netloc
+    except ValueError:  # "http://[attacker"
+        return ""
+
+
+def _answers_as(host: str, public: str) -> bool:
+    """True when ``host`` (a Host header) names this machine as no other site's DNS can: localhost, an IP
+    address, or BATON_PUBLIC_URL's name (``public``, its ``host:port``)."""
+    try:
+        name, public_name = urlsplit(f"//{host}").hostname or "", urlsplit(f"//{public}").hostname
+    except ValueError:  # "[attacker": no address at all
+        return False
     if name == "localhost" or name.endswith(".localhost") or name == public_name:
         return True
     try:

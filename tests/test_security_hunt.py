@@ -20,6 +20,8 @@ def test_another_site_cannot_drive_the_playground_through_dns_rebinding(baton: B
         assert http.get("/api/channels/general/messages", headers=rebound).status_code == 403
         posted = http.post("/api/messages", json=REQUEST, headers={**rebound, "Origin": f"http://{rebound['Host']}"})
         assert posted.status_code == 403 and "BATON_PUBLIC_URL" in posted.json()["detail"]
+        assert http.get("/api/channels", headers={"Host": "[attacker"}).status_code == 403  # not a 500
+        assert http.post("/api/messages", json=REQUEST, headers={"Origin": "http://[attacker"}).status_code == 403
         # as the page itself reaches it
         for host in (f"127.0.0.1:{baton.port}", f"localhost:{baton.port}", "localhost"):
             assert http.get("/api/channels", headers={"Host": host}).status_code == 200, host
@@ -60,3 +62,13 @@ def test_another_site_cannot_frame_the_playground_to_steal_a_click(baton: BatonP
     assert page.headers["x-frame-options"] == "DENY"
     policy = page.headers["content-security-policy"]
     assert "frame-ancestors 'none'" in policy and "script-src 'self'" in policy
+
+
+def test_the_playground_behind_a_proxy_answers_as_its_public_address(start_baton, database_url: str) -> None:
+    proxied = start_baton(database_url, env={"BATON_PUBLIC_URL": "https://baton.example.com"})
+    public = {"Host": "baton.example.com", "Origin": "https://baton.example.com"}
+    with httpx.Client(base_url=proxied.url, timeout=15) as http:
+        assert http.get("/api/channels", headers=public).status_code == 200
+        assert http.post("/api/messages", json=REQUEST, headers=public).status_code == 201
+        # a proxy that passes its own Host (127.0.0.1:8000) and the page's Origin
+        assert http.post("/api/messages", json=REQUEST, headers={"Origin": public["Origin"]}).status_code == 201
