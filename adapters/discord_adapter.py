@@ -91,6 +91,7 @@ ECHO_CHARS = 1800  # "@you asked: `/baton ...`" stays one message
 THREAD_ARCHIVE_MINUTES = 10080  # the longest: a card may wait days for its approver
 THREAD_ALREADY_CREATED = 160004  # Discord's error code: this message already has a thread
 UNKNOWN_MESSAGE = 10008  # Discord's error code: no such message (any more)
+THREAD_ARCHIVED = 50083  # Discord's error code: an edit in an archived thread
 PERSON_MESSAGE_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 TRANSIENT_PAUSES = (1.0, 2.0, 4.0, 8.0)  # between tries of a call that meets a passing trouble of Discord's
 ANSWER_MARGIN = timedelta(seconds=30)  # do not retry an interaction's reply this close to its token's expiry
@@ -531,12 +532,25 @@ class DiscordAdapter(Adapter):
         elif delivery.kind == "update" and delivery.target_message_id:
             message = channel.get_partial_message(int(delivery.target_message_id))
             first, *rest = _render(delivery.message, location.workspace, one_message=True)  # rest: files only
-            steps = [_step(lambda: message.edit(content=first.content, embed=first.embed, view=_view(first),
-                                                attachments=_files(first)))]
+            steps = [_step(partial(self._edit, message, first))]
             steps += [_post(channel.send, outgoing) for outgoing in rest]
         else:
-            steps = [_post(channel.send, outgoing) for outgoing in _render(delivery.message, location.workspace)]
+            rendered = _render(delivery.message, location.workspace, one_message=_edited_later(delivery.message))
+            steps = [_post(channel.send, outgoing) for outgoing in rendered]
         return (await self.send_steps(delivery, steps))[0]
+
+    async def _edit(self, message: discord.PartialMessage, outgoing: Outgoing) -> discord.Message:
+        """Edit a message (a card after its decision, a run's progress). Discord refuses an edit in an
+        archived thread (a new message there opens it again): the thread is opened again, then edited."""
+        try:
+            return await _edit_to(message, outgoing)
+        except discord.HTTPException as exc:
+            if exc.code != THREAD_ARCHIVED:
+                raise
+        log.info("Discord: thread %s is archived; opening it again to edit message %s", message.channel.id,
+                 message.id)
+        await self.client.http.edit_channel(message.channel.id, archived=False)
+        return await _edit_to(message, outgoing)
 
     async def _private_steps(self, delivery: Delivery) -> list[Step]:
         """Only for the person who clicked: the click's follow-up; else a DM; else the thread, with a mention."""
@@ -651,6 +665,12 @@ def _as_history(message: discord.Message, me: int | None) -> dict[str, Any]:
     return {"user": str(message.author.id), "is_bot": is_bot, "text": text.strip()}
 
 
+def _edited_later(message: Message) -> bool:
+    """A run's progress message is edited at every step, and an edit changes one Discord message: it
+    is posted as one from the start (a first step of 3,000 characters left its second half behind)."""
+    return message.tone == "progress"
+
+
 def _render(message: Message, guild: str, *, one_message: bool = False) -> list[Outgoing]:
     try:
         return render(message, guild, one_message=one_message)
@@ -667,6 +687,12 @@ def _payload(outgoing: Outgoing) -> dict[str, Any]:
     if view is not None:
         payload["view"] = view
     return payload
+
+
+async def _edit_to(message: discord.PartialMessage, outgoing: Outgoing) -> discord.Message:
+    """``outgoing`` in place of the message (its buttons and files too: none means none any more)."""
+    return await message.edit(content=outgoing.content, embed=outgoing.embed, view=_view(outgoing),
+                              attachments=_files(outgoing))
 
 
 def _post(send: Callable[..., Awaitable[Any]], outgoing: Outgoing, **options: Any) -> Step:

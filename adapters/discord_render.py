@@ -9,6 +9,9 @@ embed's title 256 characters, its description 4,096, all of its text 6,000. Noth
 * Any other message is markdown content, split at line ends over as many messages as needed.
 * Command output longer than about two messages is shown as a preview and attached in full as a
   file (a 3,000-line log is one file, not 80 messages); images (charts) are attached as files.
+* A message's files stay within what Discord takes in any server (``UPLOAD_BYTES``; it refuses
+  more with a 413, and the message would be lost): a longer text is attached up to the last line
+  that fits, saying so, and a picture too big is named instead of attached.
 
 User ids as the core shows them (``123456789012345678``, or ``discord:123...`` from baton.yaml)
 become mentions outside code. Baton never pings anyone with them: the adapter sends every message
@@ -32,6 +35,7 @@ FENCE_CHARS = len("```\n\n```")
 EMBED_TITLE_CHARS = 256
 EMBED_DESCRIPTION_CHARS = 4096
 FILES_PER_MESSAGE = 10
+UPLOAD_BYTES = 8 * 1024 * 1024  # the files of one message, in any server (boosted ones take more)
 CODE_INLINE_CHARS = 3800  # longer output: a preview and the whole text as a file
 CUSTOM_ID_CHARS = 100
 BUTTON_LABEL_CHARS = 80
@@ -112,8 +116,7 @@ def render(message: Message, guild: str, *, one_message: bool = False) -> list[O
                 custom_id(option.value, part.approval_id)
             buttons = part
         elif isinstance(part, Image):
-            files.append(Attachment(_unique(part.filename, files), base64.b64decode(part.data)))
-            blocks.append(_note(f"{part.alt}: attached as `{files[-1].filename}`."))
+            blocks.append(_note(_image(part, files)))
         else:
             raise ValueError(f"the Discord adapter cannot show a '{part.kind}' part")
     if message.title or buttons is not None:
@@ -143,11 +146,43 @@ def _code(text: str, files: list[Attachment]) -> list[str]:
     if len(text) <= CODE_INLINE_CHARS:
         return [_fenced(piece) for piece in pieces]
     filename = _unique("output.txt", files)
-    files.append(Attachment(filename, text.encode("utf-8")))
+    attached = _uploadable(text)
+    files.append(Attachment(filename, attached.encode("utf-8")))
     lines = text.count("\n") + (0 if text.endswith("\n") else 1)
     shown = pieces[0].count("\n") + (0 if pieces[0].endswith("\n") else 1)
+    kept = attached.count("\n")
+    where = (f"the whole output is attached as `{filename}`" if attached == text else
+             f"the first {kept:,} lines of it are attached as `{filename}` ({_cut_reason(text)})")
     return [_fenced(pieces[0]), _note(f"Showing the first {shown:,} of {lines:,} lines ({len(text):,} characters): "
-                                      f"the whole output is attached as `{filename}`.")]
+                                      f"{where}.")]
+
+
+def _uploadable(text: str) -> str:
+    """``text``, or as many of its first lines as fit in the files Discord takes with one message."""
+    data = text.encode("utf-8")
+    if len(data) <= UPLOAD_BYTES:
+        return text
+    head = data[:UPLOAD_BYTES].decode("utf-8", errors="ignore")
+    cut = head.rfind("\n")
+    return head[:cut + 1] if cut > 0 else head
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MB"
+
+
+def _cut_reason(text: str) -> str:
+    return f"it has {_megabytes(len(text.encode('utf-8')))}; Discord takes {_megabytes(UPLOAD_BYTES)} in one message"
+
+
+def _image(image: Image, files: list[Attachment]) -> str:
+    """Attach a picture; what the message says about it (one too big for Discord is named, not sent)."""
+    data = base64.b64decode(image.data)
+    if len(data) > UPLOAD_BYTES:
+        return (f"{image.alt}: not attached: it has {_megabytes(len(data))}, and Discord takes "
+                f"{_megabytes(UPLOAD_BYTES)} in one message.")
+    files.append(Attachment(_unique(image.filename, files), data))
+    return f"{image.alt}: attached as `{files[-1].filename}`."
 
 
 def _unique(filename: str, files: list[Attachment]) -> str:
@@ -178,15 +213,34 @@ def _beginning(message: Message, blocks: list[str], files: list[Attachment], sha
                limit: int) -> tuple[str, list[Attachment]]:
     """The blocks that fit in ``limit`` and a line saying so; the files with the whole text added."""
     filename = _unique("message.txt", files)
-    notice = _note(f"This message is longer than Discord shows in one {shape}: all of it is attached as `{filename}`.")
+    whole = message.plain_text()
+    attached = _uploadable(whole)
+    kept = attached.count("\n")
+    what = ("all of it is attached" if attached == whole else
+            f"its first {kept:,} lines are attached ({_cut_reason(whole)})")
+    notice = _note(f"This message is longer than Discord shows in one {shape}: {what} as `{filename}`.")
     shown: list[str] = []
     room = limit - len(notice) - 1
     for block in blocks:
         if len(block) + 1 > room:
+            if not shown:  # one long line: its beginning, rather than nothing but the notice
+                shown.append(_block_start(block, room - 1))
             break
         shown.append(block)
         room -= len(block) + 1
-    return "\n".join([*shown, notice]), [*files, Attachment(filename, message.plain_text().encode("utf-8"))]
+    return "\n".join([*shown, notice]), [*files, Attachment(filename, attached.encode("utf-8"))]
+
+
+def _block_start(block: str, room: int) -> str:
+    """The beginning of a block in ``room`` characters, cut at a line end when there is one; a code
+    block stays closed (else the rest of the message would show as code)."""
+    fenced = block.startswith("```\n") and block.endswith("\n```")
+    text = block[4:-4] if fenced else block
+    limit = max(room - FENCE_CHARS, 0) if fenced else room
+    cut = text[:limit]
+    if len(text) > limit and "\n" in cut:
+        cut = cut[:cut.rfind("\n")]
+    return _fenced(cut) if fenced else cut
 
 
 def _content_messages(message: Message, blocks: list[str], files: list[Attachment],
@@ -215,4 +269,13 @@ def _content_messages(message: Message, blocks: list[str], files: list[Attachmen
 
 
 def _file_groups(files: list[Attachment]) -> list[list[Attachment]]:
-    return [files[start:start + FILES_PER_MESSAGE] for start in range(0, len(files), FILES_PER_MESSAGE)] or [[]]
+    """The files by message: at most ``FILES_PER_MESSAGE``, and ``UPLOAD_BYTES`` together, in each."""
+    groups: list[list[Attachment]] = [[]]
+    size = 0
+    for attachment in files:
+        if groups[-1] and (len(groups[-1]) == FILES_PER_MESSAGE or size + len(attachment.content) > UPLOAD_BYTES):
+            groups.append([])
+            size = 0
+        groups[-1].append(attachment)
+        size += len(attachment.content)
+    return groups

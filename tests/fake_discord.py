@@ -7,8 +7,10 @@
   response). Every call is recorded. It answers like Discord where it matters here: a thread can
   be started on a message once (160004), an interaction is acknowledged once (40060), an expired
   interaction is unknown (10062), a follow-up before the acknowledgement has no webhook (10015), a
-  person may refuse direct messages (50007), and the next calls of a route can be answered with a
-  429 (with ``retry_after`` and the ``Via`` header discord.py looks for, as Discord's edge sends it).
+  person may refuse direct messages (50007), a message sent to an archived thread opens it again
+  but an edit there is refused (50083), a locked thread takes no messages (50013), files over a
+  server's upload limit are refused (413), and the next calls of a route can be answered with a 429
+  (with ``retry_after`` and the ``Via`` header discord.py looks for, as Discord's edge sends it).
 * The gateway WebSocket: HELLO, IDENTIFY -> READY and GUILD_CREATE, heartbeat ACKs, and events
   dispatched on demand (``MESSAGE_CREATE``, ``INTERACTION_CREATE``, ``THREAD_CREATE``), compressed
   the way the client asks (``zstd-stream`` or ``zlib-stream``), like Discord.
@@ -52,6 +54,7 @@ EPHEMERAL = 64
 LOADING = 128
 CONTENT_CHARS = 2000
 EMBED_DESCRIPTION_CHARS = 4096
+UPLOAD_LIMIT = 10 * 1024 * 1024  # a server's files per message without boosts (Discord answers 413 above)
 
 
 _SEQUENCE = itertools.count(1)
@@ -186,6 +189,7 @@ class FakeDiscord(BackgroundServer):
             ("PUT", "/applications/{application_id}/commands", self._overwrite_commands),
             ("PUT", "/applications/{application_id}/guilds/{guild_id}/commands", self._overwrite_commands),
             ("GET", "/channels/{channel_id}", self._get_channel),
+            ("PATCH", "/channels/{channel_id}", self._edit_channel),
             ("GET", "/channels/{channel_id}/messages", self._channel_history),
             ("POST", "/channels/{channel_id}/messages", self._post_message),
             ("PATCH", "/channels/{channel_id}/messages/{message_id}", self._edit_message),
@@ -323,6 +327,15 @@ class FakeDiscord(BackgroundServer):
                                                              "create_timestamp": now_iso()}}
         return thread_id
 
+    def archive(self, thread: str, *, locked: bool = False) -> None:
+        """A thread goes quiet for its auto-archive duration, or a moderator closes (and locks) it."""
+        with self._lock:
+            self.channels[thread]["thread_metadata"] |= {"archived": True, "locked": locked}
+
+    def archived(self, thread: str) -> bool:
+        with self._lock:
+            return bool(self.channels[thread]["thread_metadata"]["archived"])
+
     def click(self, message: FakeMessage, *, user: str, value: str = "approve", age: timedelta = timedelta(0)) -> dict[str, Any]:
         """A person presses the button with ``value`` on a message; returns INTERACTION_CREATE's data.
 
@@ -412,6 +425,35 @@ class FakeDiscord(BackgroundServer):
             channel = self.channels.get(request.match_info["channel_id"])
         return _json(channel) if channel else _error(404, 10003, "Unknown Channel")
 
+    async def _edit_channel(self, request: web.Request, body: dict[str, Any]) -> web.Response:
+        """Only what Baton does with a channel: open an archived thread again (not a locked one)."""
+        channel_id = request.match_info["channel_id"]
+        with self._lock:
+            channel = self.channels.get(channel_id)
+        if channel is None:
+            return _error(404, 10003, "Unknown Channel")
+        if set(body) != {"archived"} or channel["type"] != 11:
+            return _error(400, 50035, f"Invalid Form Body: this fake only unarchives threads ({sorted(body)})")
+        if self._is_locked(channel_id):
+            return _error(403, 50013, "Missing Permissions")
+        with self._lock:
+            channel["thread_metadata"]["archived"] = bool(body["archived"])
+        return _json(channel)
+
+    def _is_archived(self, channel_id: str) -> bool:
+        with self._lock:
+            return bool(self.channels.get(channel_id, {}).get("thread_metadata", {}).get("archived"))
+
+    def _is_locked(self, channel_id: str) -> bool:
+        with self._lock:
+            return bool(self.channels.get(channel_id, {}).get("thread_metadata", {}).get("locked"))
+
+    def _reopen(self, channel_id: str) -> None:
+        with self._lock:
+            metadata = self.channels.get(channel_id, {}).get("thread_metadata")
+            if metadata is not None:
+                metadata["archived"] = False
+
     async def _channel_history(self, request: web.Request, body: dict[str, Any]) -> web.Response:
         """Newest first, at most ``limit`` (1..100), older than ``before`` if given, as Discord pages."""
         channel_id = request.match_info["channel_id"]
@@ -434,9 +476,14 @@ class FakeDiscord(BackgroundServer):
             return _error(404, 10003, "Unknown Channel")
         if channel["type"] == 1 and channel["recipients"][0]["id"] in self.refuses_direct_messages:
             return _error(403, 50007, "Cannot send messages to this user")
+        if self._is_locked(channel_id):  # only people with Manage Threads may write there
+            return _error(403, 50013, "Missing Permissions")
         problem = _check_message(body)
         if problem:
             return _error(400, 50035, f"Invalid Form Body: {problem}")
+        if (refusal := _too_large(body)) is not None:
+            return refusal
+        self._reopen(channel_id)  # a message sent to an archived thread opens it again, as Discord does
         message = self._store(channel_id, body)
         return _json(message.json())
 
@@ -447,9 +494,13 @@ class FakeDiscord(BackgroundServer):
             return _error(404, 10008, "Unknown Message")
         if message.author_id != BOT_ID:
             return _error(403, 50005, "Cannot edit a message authored by another user")
+        if self._is_archived(message.channel_id):  # an edit does not open an archived thread
+            return _error(400, 50083, "Thread is archived")
         problem = _check_message(body, edit=True)
         if problem:
             return _error(400, 50035, f"Invalid Form Body: {problem}")
+        if (refusal := _too_large(body)) is not None:
+            return refusal
         self._apply_edit(message, body)
         return _json(message.json())
 
@@ -517,6 +568,8 @@ class FakeDiscord(BackgroundServer):
         problem = _check_message(body)
         if problem:
             return _error(400, 50035, f"Invalid Form Body: {problem}")
+        if (refusal := _too_large(body)) is not None:
+            return refusal
         message = self._store(known["payload"]["channel_id"], body)
         message.interaction_id = known["payload"]["id"]
         if message.flags & EPHEMERAL:
@@ -634,6 +687,13 @@ async def _body(request: web.Request) -> dict[str, Any]:
         return body
     data = await request.json()
     return data if isinstance(data, dict) else {"_list": data}
+
+
+def _too_large(body: dict[str, Any]) -> web.Response | None:
+    """Discord's 413 for files over what the server takes in one message."""
+    if sum(len(data) for data in body.get("_files", {}).values()) > UPLOAD_LIMIT:
+        return _error(413, 40005, "Request entity too large")
+    return None
 
 
 def _check_message(body: dict[str, Any], *, edit: bool = False) -> str:

@@ -1,0 +1,86 @@
+"""The Discord adapter, second hunt: what a Discord team meets beyond the first pass (a long first
+progress message, files over Discord's upload limit, cards in archived threads)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+
+import discord
+import pytest
+
+from adapters.discord_adapter import DiscordAdapter
+from adapters.discord_render import UPLOAD_BYTES
+from bot.messages import Code, Image, Location, Message, Text
+from bot.outbox import Delivery
+from bot.settings import Settings
+from tests.fake_discord import BOB, GENERAL, GUILD_ID, TOKEN, FakeDiscord
+from tests.support import runs_in, wait_for
+from tests.test_discord import chat, config_path, fake_discord  # noqa: F401 (fixtures)
+
+HERE = Location(platform="discord", workspace=GUILD_ID, channel=GENERAL, thread=GENERAL)
+
+
+@pytest.fixture
+async def adapter(fake_discord: FakeDiscord, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[DiscordAdapter]:
+    """The adapter signed in to the fake over REST (no gateway: ``send`` needs none)."""
+    monkeypatch.setattr(discord.http.Route, "BASE", discord.http.Route.BASE)  # the adapter sets it process-wide
+    settings = Settings(DISCORD_TOKEN=TOKEN, DISCORD_API_URL=fake_discord.api_url,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="discord")
+    adapter = DiscordAdapter(SimpleNamespace(settings=settings))  # type: ignore[arg-type]
+    await adapter.client.login(TOKEN)
+    yield adapter
+    await adapter.client.close()
+
+
+def delivery(number: int, message: Message, kind: str = "post", target: str | None = None) -> Delivery:
+    return Delivery(number, kind, HERE, message, None, target, 1)
+
+
+async def test_a_first_progress_message_too_long_for_one_message_is_edited_whole(fake_discord, adapter):
+    """A run's first progress line took more than 2,000 characters: it was posted as two messages,
+    and the next step's edit changed only the first, so the second went on showing the old text."""
+    first = "step 1: " + "collecting " * 300  # ~3,300 characters
+    posted = await adapter.send(delivery(1, Message.text(first, tone="progress")))
+    await adapter.send(delivery(2, Message.text(f"{first}\nstep 2: done", tone="progress"), "update", posted))
+    (message,) = fake_discord.messages(GENERAL)
+    assert message.id == posted and message.edits == 1 and message.content.startswith("⏳ step 1: collecting")
+    assert message.files["message.txt"].decode() == f"{first}\nstep 2: done"
+
+
+async def test_files_over_discords_upload_limit_are_cut_not_refused(fake_discord, adapter):
+    """A graph's reply with 12 MB of output (or a 9 MB chart) made Discord answer 413: the reply
+    was refused for good and the thread never heard of the result. The attachment now holds the
+    first lines that fit in Discord's limit, and says so; a picture too big is named, not sent."""
+    lines = [f"line {n}: " + "x" * 90 for n in range(120_000)]  # ~12 MB
+    output = "\n".join(lines)
+    chart = Image(alt="Latency chart", data=base64.b64encode(b"<svg>" + b" " * (9 * 1024 * 1024)).decode())
+    await adapter.send(delivery(1, Message(tone="success", parts=[Text(text="done"), Code(text=output), chart])))
+    sent = fake_discord.messages(GENERAL)
+    assert all(sum(len(data) for data in m.files.values()) <= UPLOAD_BYTES for m in sent)
+    attached = next(m.files["output.txt"] for m in sent if "output.txt" in m.files).decode()
+    assert output.startswith(attached) and attached.endswith("\n") and len(attached) > UPLOAD_BYTES - 200
+    kept = attached.count("\n")
+    text = "\n".join(m.content for m in sent)
+    assert f"the first {kept:,} lines of it are attached as `output.txt`" in text
+    assert "Latency chart: not attached" in text and "chart.svg" not in [f for m in sent for f in m.files]
+
+
+def test_a_card_in_a_thread_that_archived_meanwhile_is_still_updated_after_the_decision(chat, counter):
+    """A card waited longer than its thread stays open (a person's thread archives after an hour of
+    quiet; a moderator may close a forum post): Discord refuses edits in an archived thread (50083),
+    so the decision left the card showing "Approval needed" and its buttons for good, while the
+    result came below it (a new message opens the thread again, an edit does not)."""
+    fake = chat.fake
+    thread = fake.say("run restart service=web")["id"]
+    card = chat.card(thread)
+    fake.archive(thread)
+    fake.click(card, user=BOB)
+    chat.reply("did restart web", thread)
+    edited = wait_for(lambda: (m := fake.message(card.id)) and m.edits and m, what="the card edit")
+    assert edited.components == [] and edited.embeds[0]["title"] == "Approved"
+    assert runs_in(counter) == ["restart web"] and not fake.archived(thread)
+    wait_for(lambda: chat.rows("SELECT count(*) FROM outbox WHERE status != 'sent'") == [(0,)],
+             what="every message to be sent")
+
