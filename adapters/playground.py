@@ -169,7 +169,7 @@ class PlaygroundAdapter(Adapter):
     def _loopback_only(self) -> bool:
         return _is_loopback(self.baton.settings.host)
 
-    def _from_this_site(self, request: Request) -> None:
+    async def _from_this_site(self, request: Request) -> None:  # async: FastAPI runs a plain def in a thread
         """Refuse what another web site's page sends. The API trusts the user name it is given, so a page
         that reaches it can act as anyone: a page of another origin (its ``Origin`` header), or one whose
         name its DNS pointed at this machine after it loaded (DNS rebinding: the browser then counts the
