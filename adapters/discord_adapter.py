@@ -73,7 +73,7 @@ from adapters.discord_render import (
     jump_url,
     render,
 )
-from bot.messages import Buttons, InboundClick, InboundMessage, Location, Message, Text
+from bot.messages import Buttons, InboundClick, InboundMessage, Location, Message, Text, quoted
 from bot.outbox import Delivery
 from bot.settings import Settings
 
@@ -420,7 +420,7 @@ class DiscordAdapter(Adapter):
             log.info("Discord: /baton interaction %s was not deferred (answered already, or too late): %s",
                      interaction.id, exc)
             return
-        shown = " ".join(f"/baton {request}".split()).replace("`", "ˋ")
+        shown = _shown(f"/baton {request}").replace("`", "ˋ")
         if len(shown) > ECHO_CHARS:  # only the echo is shortened: the request is handed in whole
             shown = shown[:ECHO_CHARS - 1] + "…"
         asked = f"{interaction.user.mention} asked: `{shown}`"
@@ -584,7 +584,7 @@ async def _start_thread(http: discord.http.HTTPClient, channel_id: int, message_
     """Open the thread on a message (retried through passing troubles); its id. A message that has its
     thread already (a redelivery) has it under its own id. Straight through REST: neither the message
     nor its server need to be known to discord.py (a ``/baton`` reply may be known by its id only)."""
-    name = " ".join(text.split())[:THREAD_NAME_CHARS] or "Baton"
+    name = _shown(text)[:THREAD_NAME_CHARS] or "Baton"
     try:
         thread = await _retrying(partial(http.start_thread_with_message, channel_id, message_id, name=name,
                                          auto_archive_duration=THREAD_ARCHIVE_MINUTES),
@@ -594,6 +594,13 @@ async def _start_thread(http: discord.http.HTTPClient, channel_id: int, message_
             return str(message_id)
         raise
     return str(thread["id"])
+
+
+def _shown(request: str) -> str:
+    """A request as the channel sees it quoted (the echo, the thread's name): on one line, its bidi
+    controls as U+FFFD (``quoted``), so that it cannot be made to read as another request."""
+    text = " ".join(request.split())
+    return quoted(text, len(text))
 
 
 def _mentions(message: discord.Message, me: int) -> bool:

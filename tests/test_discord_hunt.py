@@ -15,7 +15,7 @@ from adapters.discord_render import UPLOAD_BYTES
 from bot.messages import Code, Image, Location, Message, Text
 from bot.outbox import Delivery
 from bot.settings import Settings
-from tests.fake_discord import BOB, GENERAL, GUILD_ID, TOKEN, FakeDiscord
+from tests.fake_discord import BOB, GENERAL, GUILD_ID, OPS, TOKEN, FakeDiscord
 from tests.support import runs_in, wait_for
 from tests.test_discord import chat, config_path, fake_discord  # noqa: F401 (fixtures)
 
@@ -84,3 +84,18 @@ def test_a_card_in_a_thread_that_archived_meanwhile_is_still_updated_after_the_d
     wait_for(lambda: chat.rows("SELECT count(*) FROM outbox WHERE status != 'sent'") == [(0,)],
              what="every message to be sent")
 
+
+
+def test_bidi_controls_in_a_slash_request_do_not_disguise_its_echo_or_thread(chat, counter):
+    """The echo "@you asked: `/baton ...`" and the thread's name showed a request's bidi controls as
+    they are, so `upt\u202eime` read as "uptemi" there: what the channel saw was not what was asked
+    (Baton's own replies quote with ``quoted``, which shows them as U+FFFD). The request itself is
+    handed in as it was written."""
+    fake = chat.fake
+    command = fake.slash("run upt\u202eime\u2066 now", channel=OPS)
+    echo = wait_for(lambda: next((m for m in fake.messages(OPS) if m.interaction_id == command["id"]
+                                  and m.content), None), what="the echo")
+    assert echo.content.endswith("asked: `/baton run upt\ufffdime\ufffd now`")
+    (thread,) = fake.threads()
+    assert thread["name"] == "run upt\ufffdime\ufffd now"
+    chat.reply("I don't know a runbook called", echo.id)
