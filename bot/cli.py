@@ -7,6 +7,7 @@ import logging
 import socket
 import sqlite3
 import sys
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -225,11 +226,17 @@ def approvals(all_: bool = typer.Option(False, "--all", help="Include decided ap
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> None:
-    """Print aligned columns under a header (the last column is not padded)."""
-    cells = [headers] + [[str(cell) for cell in row] for row in rows]
+    """Print aligned columns under a header (the last column is not padded). What people wrote is shown with
+    its control characters as U+FFFD: an escape sequence in a request would act on the reader's terminal
+    (write its clipboard, retitle it, hide the lines after it)."""
+    cells = [headers] + [[_printable(str(cell)) for cell in row] for row in rows]
     widths = [max(len(row[column]) for row in cells) for column in range(len(headers) - 1)]
     for row in cells:
         typer.echo("  ".join([cell.ljust(width) for cell, width in zip(row, widths)] + [row[-1]]).rstrip())
+
+
+def _printable(text: str) -> str:
+    return "".join("\ufffd" if unicodedata.category(char) == "Cc" else char for char in text)
 
 
 @db_app.command("upgrade")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -102,3 +104,20 @@ def test_run_on_a_database_a_newer_baton_migrated_is_one_line(tmp_path, config_p
     assert result.stderr.strip() == (
         f"Baton cannot use the database sqlite:///{database}: the database is at revision 0099, which this Baton does "
         "not have: a newer Baton migrated it. Run that Baton (or a newer one); Baton does not downgrade.")
+
+
+def test_threads_shows_what_people_wrote_without_its_terminal_control_codes(tmp_path, config_path) -> None:
+    """A request holding an escape sequence (OSC 52 writes the reader's clipboard in some terminals) reached
+    the terminal of whoever ran `baton threads` as it was."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    env = {"BATON_CONFIG": str(config_path), "BATON_DATABASE_URL": url}
+    assert baton_cli("db", "upgrade", cwd=tmp_path, env=env).returncode == 0
+    with closing(sqlite3.connect(tmp_path / "c.db")) as connection, connection:
+        connection.execute(
+            "INSERT INTO thread_records (platform, workspace, channel, thread, lg_thread_id, status, title, "
+            "requested_by, created_at, updated_at) VALUES ('playground', '', 'general', '1', 'lg', 'failed', ?, "
+            "'mallory', '2026-12-05 00:00:00', '2026-12-05 00:00:00')", ("run nosuch \x1b]52;c;ZWNobyBoaQ==\x07",))
+    result = baton_cli("threads", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    assert "run nosuch \ufffd]52;c;ZWNobyBoaQ==\ufffd" in result.stdout
