@@ -7,11 +7,14 @@ import os
 import re
 import shlex
 import signal
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 
 from bot.kit import Request, approve, command_environment, current, effect, progress
+
+if TYPE_CHECKING:
+    from bot.config import Runbook
 
 DESCRIPTION = "Run a runbook from baton.yaml."
 EXAMPLE = "run <runbook> key=value"
@@ -24,6 +27,7 @@ class RunbookState(TypedDict, total=False):
     args: dict[str, str]
     approved: bool
     decided_by: str
+    command: list[str]  # as planned, and shown on the approval card: nothing else is run
     reply: str | dict[str, Any]  # a message dict (a rejection is not a success; output is a code part)
     error: str
 
@@ -34,21 +38,23 @@ def make_input(_request: Request, _args: str) -> dict[str, Any]:
 
 def plan(state: RunbookState) -> RunbookState:
     runbook = current().config.runbooks[state["runbook"]]
+    argv = runbook.argv(state["args"])
     if runbook.risk == "high":
-        inline = _inline(_shown(runbook.argv(state["args"])))
+        inline = _inline(_shown(argv))
         command = inline or "the command shown on the card below"  # the card shows it as code, verbatim
         progress(f"Plan: run {command} (timeout {runbook.timeout:g}s). This needs approval.")
-    return {"approved": runbook.risk == "low", "decided_by": "", "reply": "", "error": ""}
+    return {"approved": runbook.risk == "low", "decided_by": "", "command": argv, "reply": "", "error": ""}
 
 
 def ask(state: RunbookState) -> RunbookState:
     config = current().config
-    runbook = config.runbooks[state["runbook"]]
+    runbook = config.runbooks.get(state["runbook"])  # on a resume, baton.yaml may have changed: see execute
+    argv = state.get("command") or (runbook.argv(state["args"]) if runbook else [])
     decision = approve(
-        f"Run `{state['runbook']}`: {runbook.description}",
-        details={"command": _shown(runbook.argv(state["args"])), "timeout": f"{runbook.timeout:g}s"},
+        f"Run `{state['runbook']}`: {runbook.description if runbook else '(no longer in baton.yaml)'}",
+        details={"command": _shown(argv), "timeout": f"{runbook.timeout:g}s" if runbook else "?"},
         risk="high",
-        approvers=config.approvers_for_runbook(state["runbook"]),
+        approvers=config.approvers_for_runbook(state["runbook"]) if runbook else [],
     )
     return {"approved": decision.approved, "decided_by": decision.by}
 
@@ -57,7 +63,11 @@ async def execute(state: RunbookState) -> RunbookState:
     if not state.get("approved"):
         return {"reply": {"tone": "info", "parts": [
             {"kind": "text", "text": f"Rejected by {state.get('decided_by') or 'an approver'}: nothing was run."}]}}
-    runbook = current().config.runbooks[state["runbook"]]
+    runbook = current().config.runbooks.get(state["runbook"])
+    changed = _changed_since_planned(state, runbook)
+    if runbook is None or changed:
+        return {"reply": {"tone": "error", "parts": [{"kind": "text", "text": changed}]},
+                "error": "baton.yaml changed since it was asked for; nothing was run"}
     argv = runbook.argv(state["args"])
     result = await effect("command", lambda: run_command(argv, runbook.timeout))
     if result["timed_out"]:
@@ -68,6 +78,24 @@ async def execute(state: RunbookState) -> RunbookState:
         return {"reply": _outcome(argv, failure, result["output"], "error"),
                 "error": failure.removeprefix("failed with ").removeprefix("was ")}
     return {"reply": _outcome(argv, "finished", result["output"], "success")}
+
+
+def _changed_since_planned(state: RunbookState, runbook: Runbook | None) -> str:
+    """Why the command cannot run as planned (and approved) since Baton restarted with another baton.yaml,
+    or ``""``: an approval covers the command shown on its card, not whatever the runbook says now."""
+    name = state["runbook"]
+    if runbook is None:
+        return f"The runbook `{name}` is no longer in baton.yaml, so nothing was run."
+    try:
+        argv = runbook.argv(runbook.validate_args(state["args"]))
+    except ValueError as exc:
+        return f"The runbook `{name}` changed in baton.yaml since it was asked for ({exc}), so nothing was run."
+    planned = state.get("command")
+    if planned is not None and argv != planned:
+        now, then = _inline(_shown(argv)) or "another command", _inline(_shown(planned)) or "the command planned"
+        return (f"The runbook `{name}` changed in baton.yaml since it was asked for: it would now run {now}, not "
+                f"{then}, so nothing was run. Ask again to run the new command.")
+    return ""
 
 
 def _failure(exit_code: int) -> str:

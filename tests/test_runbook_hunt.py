@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from graphs.runbook import MAX_OUTPUT_BYTES, readable, run_command
-from tests.support import wait_for
+from tests.support import runs_in, wait_for
 
 
 def alive(pid: int) -> bool:
@@ -190,3 +190,35 @@ def test_a_command_or_default_of_the_wrong_shape_says_how_to_write_it(tmp_path: 
         load_config(path)
     where, what = ODD_SHAPES[shape]
     assert where in str(refused.value) and what in str(refused.value), str(refused.value)
+
+
+# -- baton.yaml changed while a runbook waited for its approval ------------------------------------
+
+CHANGES = {
+    # the approver approved `... restart web` on the card; Baton ran the new command instead
+    "command": (lambda config: config["runbooks"]["restart"]["command"].append("--hard"), "it would now run"),
+    # failed with "KeyError: 'restart'"
+    "removed": (lambda config: config["runbooks"].pop("restart"), "is no longer in baton.yaml"),
+    # `web`, no longer allowed, was run anyway
+    "narrowed": (lambda config: config["runbooks"]["restart"]["args"]["service"].update(pattern="^api$"),
+                 "does not match the allowed pattern `^api$`"),
+}
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_an_approval_runs_nothing_when_baton_yaml_changed_meanwhile(start_baton, sqlite_url, config_path, counter,
+                                                                    change):
+    first = start_baton(sqlite_url)
+    pg = first.client()
+    thread = pg.ask("@baton run restart service=web")
+    card = pg.wait_card(thread)
+    first.stop()
+    config = yaml.safe_load(config_path.read_text())
+    edit, said = CHANGES[change]
+    edit(config)
+    config_path.write_text(yaml.safe_dump(config))
+    pg = start_baton(sqlite_url, name="after").client()
+    assert pg.click(card, "bob").status_code == 202
+    reply = pg.wait_reply(thread, "nothing was run")
+    assert said in reply["text"] and "baton.yaml" in reply["text"], reply["text"]
+    assert runs_in(counter) == []
