@@ -184,10 +184,21 @@ class _Output:
         self.kept += chunk[:max(0, MAX_OUTPUT_BYTES - len(self.kept))]
 
     def text(self) -> str:
-        text = readable(self.kept.decode("utf-8", errors="replace")).rstrip()
+        decoded = self.kept.decode("utf-8", errors="replace")
+        if _binary(decoded):  # a wall of U+FFFD helps nobody, and would take many messages
+            return f"[binary output: {self.total:,} bytes, not shown]"
+        text = readable(decoded).rstrip()
         if self.total > MAX_OUTPUT_BYTES:
             text += f"\n[output truncated: {self.total:,} bytes, first {MAX_OUTPUT_BYTES:,} shown]"
         return text
+
+
+def _binary(decoded: str) -> bool:
+    """Whether output is not text: a NUL, or more than a tenth of it not characters or control codes."""
+    if "\x00" in decoded:
+        return True
+    unreadable = sum(1 for char in decoded if char == "\ufffd" or (char < " " and char not in "\n\r\t\x1b"))
+    return unreadable * 10 > len(decoded)
 
 
 async def _read_all(reader: asyncio.StreamReader, output: _Output) -> None:

@@ -222,3 +222,12 @@ def test_an_approval_runs_nothing_when_baton_yaml_changed_meanwhile(start_baton,
     reply = pg.wait_reply(thread, "nothing was run")
     assert said in reply["text"] and "baton.yaml" in reply["text"], reply["text"]
     assert runs_in(counter) == []
+
+
+def test_binary_output_is_not_posted_as_replacement_characters():
+    """`cat` of a binary file posted up to 256 KiB of U+FFFD and control characters."""
+    script = "import os, sys; sys.stdout.buffer.write(bytes(range(256)) * 64)"
+    result = asyncio.run(run_command([sys.executable, "-c", script], 20))
+    assert result["output"] == "[binary output: 16,384 bytes, not shown]"
+    text = asyncio.run(run_command(["printf", "caf\\xc3\\xa9 ok \\xff\\n"], 20))
+    assert text["output"] == "café ok \ufffd"
