@@ -231,3 +231,16 @@ def test_binary_output_is_not_posted_as_replacement_characters():
     assert result["output"] == "[binary output: 16,384 bytes, not shown]"
     text = asyncio.run(run_command(["printf", "caf\\xc3\\xa9 ok \\xff\\n"], 20))
     assert text["output"] == "café ok \ufffd"
+
+
+def test_a_value_too_long_to_check_quickly_is_refused_before_its_pattern(tmp_path: Path):
+    """`^.+@.+\\..+$` is a fair pattern, but on a 4,000-character value that almost matches it took 13 s,
+    in the event loop: every channel waited."""
+    from bot.config import MAX_VALUE_CHARS, Runbook
+    runbook = Runbook(description="d", command=["notify", "{to}"], args={"to": {"pattern": r"^.+@.+\..+$"}})
+    started = time.monotonic()
+    with pytest.raises(ValueError) as refused:
+        runbook.validate_args({"to": "@." * 1999 + "\n"})
+    assert time.monotonic() - started < 1
+    assert str(refused.value) == f"`to` is 3,999 characters long; an argument may have {MAX_VALUE_CHARS:,}"
+    assert runbook.validate_args({"to": "ops@example.com"}) == {"to": "ops@example.com"}
