@@ -92,6 +92,7 @@ THREAD_ARCHIVE_MINUTES = 10080  # the longest: a card may wait days for its appr
 THREAD_ALREADY_CREATED = 160004  # Discord's error code: this message already has a thread
 UNKNOWN_MESSAGE = 10008  # Discord's error code: no such message (any more)
 THREAD_ARCHIVED = 50083  # Discord's error code: an edit in an archived thread
+NO_THREADS_HERE = 50024  # Discord's error code: not in this kind of channel (a thread on a voice channel's chat)
 PERSON_MESSAGE_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 TRANSIENT_PAUSES = (1.0, 2.0, 4.0, 8.0)  # between tries of a call that meets a passing trouble of Discord's
 ANSWER_MARGIN = timedelta(seconds=30)  # do not retry an interaction's reply this close to its token's expiry
@@ -370,7 +371,7 @@ class DiscordAdapter(Adapter):
                 return
         direct = isinstance(channel, discord.DMChannel)
         addressed = direct or _mentions(message, me.id)
-        text = re.sub(rf"<@!?{me.id}>[:,]?", "", message.content).strip()
+        text = _without_mentions_of(message, me.id)
         if not addressed and (not self.reads_content or not text):
             return  # without the intent Discord sends no text; an empty message (a picture) is no request
         if direct or isinstance(channel, discord.Thread):
@@ -604,8 +605,23 @@ def _shown(request: str) -> str:
 
 
 def _mentions(message: discord.Message, me: int) -> bool:
-    """A reply pinging Baton mentions it (Discord sends its text without the intent) with no <@id> in it."""
-    return me in message.raw_mentions or any(user.id == me for user in message.mentions)
+    """Whether the message is addressed to Baton: a reply pinging Baton mentions it (Discord sends its
+    text without the intent) with no <@id> in it; and typing @Baton, Discord offers Baton's role (the
+    one it gives a bot in every server) beside Baton, so a mention of that role is one of Baton."""
+    role = _own_role(message)
+    return (me in message.raw_mentions or any(user.id == me for user in message.mentions)
+            or (role is not None and (role.id in message.raw_role_mentions or role in message.role_mentions)))
+
+
+def _own_role(message: discord.Message) -> discord.Role | None:
+    return message.guild.self_role if message.guild is not None else None
+
+
+def _without_mentions_of(message: discord.Message, me: int) -> str:
+    """The message's text without its mentions of Baton (of its user or of its role)."""
+    role = _own_role(message)
+    addressing = rf"<@!?{me}>" if role is None else rf"(?:<@!?{me}>|<@&{role.id}>)"
+    return re.sub(rf"{addressing}[:,]?", "", message.content).strip()
 
 
 def _transient(exc: BaseException) -> bool:
@@ -650,6 +666,9 @@ def _no_thread(exc: BaseException) -> str:
     if _transient(exc):
         return (f"Discord is having trouble right now ({_describe(exc)}): I could not open a thread for your request, "
                 "so nothing was run. Please ask again in a few minutes.")
+    if isinstance(exc, discord.HTTPException) and exc.code == NO_THREADS_HERE:
+        return ("Discord has no threads in this kind of channel (a voice channel's chat, say), and I answer in "
+                "threads: please ask me in a text channel, or in a thread. Nothing was run.")
     if isinstance(exc, discord.HTTPException):
         return f"I can't open a thread here ({exc.text or exc.status}). {NO_PERMISSION_TO_THREAD}"
     return f"I could not open a thread for your request ({_describe(exc)}), so nothing was run."

@@ -44,7 +44,9 @@ GUILD_ID = "1100000000000000001"
 APP_ID = "1100000000000000002"
 BOT_ID = APP_ID  # Discord gives a bot user the id of its application
 OWNER_ID = "1100000000000000003"
+BATON_ROLE = "1100000000000000004"  # the role Discord gives a bot in a server it joins (managed, named like it)
 GENERAL, OPS = "1100000000000000010", "1100000000000000011"
+VOICE = "1100000000000000012"  # a voice channel: people write in its chat, and it has no threads
 ALICE, BOB, CAROL = "1100000000000000101", "1100000000000000102", "1100000000000000103"
 OTHER_BOT = "1100000000000000199"
 NAMES = {BOT_ID: "baton", ALICE: "alice", BOB: "bob", CAROL: "carol", OTHER_BOT: "otherbot", OWNER_ID: "owner"}
@@ -166,7 +168,9 @@ class FakeDiscord(BackgroundServer):
         self._failures = ScriptedFailures()
         self._messages: dict[str, FakeMessage] = {}
         self.channels: dict[str, dict[str, Any]] = {
-            GENERAL: self._text_channel(GENERAL, "general", 0), OPS: self._text_channel(OPS, "ops", 1)}
+            GENERAL: self._text_channel(GENERAL, "general", 0), OPS: self._text_channel(OPS, "ops", 1),
+            VOICE: self._text_channel(VOICE, "standup", 2) | {"type": 2, "bitrate": 64000, "user_limit": 0,
+                                                             "rtc_region": None}}
         self.interactions: dict[str, dict[str, Any]] = {}  # id -> {"payload", "token", "acknowledged", "expired"}
         self.callbacks: list[dict[str, Any]] = []  # interaction callbacks Discord accepted, in order
         self.identifies: list[dict[str, Any]] = []
@@ -277,11 +281,17 @@ class FakeDiscord(BackgroundServer):
         asyncio.run_coroutine_threadsafe(push(), self._loop).result(10)
 
     def say(self, text: str, *, user: str = ALICE, channel: str = GENERAL, mention: bool = True,
-            message_id: str | None = None, reply_to: FakeMessage | None = None) -> dict[str, Any]:
+            message_id: str | None = None, reply_to: FakeMessage | None = None,
+            role_mention: bool = False) -> dict[str, Any]:
         """A person writes in a channel or thread (by default ``@baton <text>``); returns MESSAGE_CREATE's data.
 
         ``reply_to``: Discord's reply to that message, pinging its author (the default in Discord's
-        client): its author is in ``mentions`` although the text does not name them."""
+        client): its author is in ``mentions`` although the text does not name them.
+        ``role_mention``: ``@Baton`` picked as Baton's role (Discord's autocomplete offers both the
+        bot and its role, by the same name): the role is in ``mention_roles``, the bot in no ``mentions``."""
+        if role_mention:
+            mention = False
+            text = f"<@&{BATON_ROLE}> {text}"
         content = f"<@{BOT_ID}> {text}" if mention else text
         message = FakeMessage(id=message_id or snowflake(), channel_id=channel, author_id=user, content=content)
         with self._lock:
@@ -293,6 +303,7 @@ class FakeDiscord(BackgroundServer):
         if not (pinged or direct or reads_content):
             payload["content"] = ""  # what Discord sends a bot without the message content intent
         payload["mentions"] = [{**user_json(BOT_ID), "member": member_json(BOT_ID)}] if pinged else []
+        payload["mention_roles"] = [BATON_ROLE] if role_mention else []
         if reply_to is not None:
             payload |= {"type": 19, "referenced_message": reply_to.json(),
                         "message_reference": {"message_id": reply_to.id, "channel_id": reply_to.channel_id}}
@@ -652,7 +663,7 @@ class FakeDiscord(BackgroundServer):
             return
         with self._lock:
             self.identifies.append(data)
-            guild_channels = [c for c in self.channels.values() if c["type"] == 0]
+            guild_channels = [c for c in self.channels.values() if c["type"] in (0, 2)]
             threads = [c for c in self.channels.values() if c["type"] == 11]
         connection.identified = True
         await connection.send(0, {
@@ -667,7 +678,10 @@ class FakeDiscord(BackgroundServer):
             "default_message_notifications": 0, "explicit_content_filter": 0, "mfa_level": 0, "nsfw_level": 0,
             "premium_tier": 0, "preferred_locale": "en-US", "system_channel_id": None, "joined_at": now_iso(),
             "roles": [{"id": GUILD_ID, "name": "@everyone", "permissions": "2248473465835073", "position": 0,
-                       "color": 0, "hoist": False, "managed": False, "mentionable": False, "flags": 0}],
+                       "color": 0, "hoist": False, "managed": False, "mentionable": False, "flags": 0},
+                      {"id": BATON_ROLE, "name": "Baton", "permissions": "309237763072", "position": 1, "color": 0,
+                       "hoist": False, "managed": True, "mentionable": True, "flags": 0,
+                       "tags": {"bot_id": BOT_ID}}],
             "members": [member_json(BOT_ID)], "channels": guild_channels, "threads": threads, "presences": [],
             "voice_states": [], "stage_instances": [], "guild_scheduled_events": []}, "GUILD_CREATE")
 

@@ -15,7 +15,7 @@ from adapters.discord_render import UPLOAD_BYTES
 from bot.messages import Code, Image, Location, Message, Text
 from bot.outbox import Delivery
 from bot.settings import Settings
-from tests.fake_discord import BOB, GENERAL, GUILD_ID, OPS, TOKEN, FakeDiscord
+from tests.fake_discord import BOB, GENERAL, GUILD_ID, OPS, TOKEN, VOICE, FakeDiscord
 from tests.support import runs_in, wait_for
 from tests.test_discord import chat, config_path, fake_discord  # noqa: F401 (fixtures)
 
@@ -99,3 +99,32 @@ def test_bidi_controls_in_a_slash_request_do_not_disguise_its_echo_or_thread(cha
     (thread,) = fake.threads()
     assert thread["name"] == "run upt\ufffdime\ufffd now"
     chat.reply("I don't know a runbook called", echo.id)
+
+
+def test_a_mention_of_batons_role_is_a_mention_of_baton(chat, counter):
+    """Typing @Baton, Discord offers Baton and its role (named alike, the role Discord gives a bot in
+    every server it joins); picking the role sent ``<@&role>``, which Baton took for chatter in the
+    channel: no thread, no answer, nothing in the log."""
+    fake = chat.fake
+    asked = fake.say("run uptime", channel=OPS, role_mention=True)
+    reply = chat.reply("did uptime", asked["id"])
+    (thread,) = fake.threads()
+    assert thread["name"] == "run uptime" and reply.channel_id == asked["id"] and runs_in(counter) == ["uptime"]
+    inside = fake.say("help", channel=asked["id"], role_mention=True)  # in the thread: addressed, not chatter
+    chat.reply("Here is what I can do", asked["id"])
+    assert chat.stored_events() == [asked["id"], inside["id"]]
+    assert chat.rows("SELECT text FROM inbound_events ORDER BY id") == [("run uptime",), ("help",)]
+
+
+def test_a_mention_in_a_voice_channels_chat_says_where_to_ask_not_which_permissions_to_grant(chat, counter):
+    """Discord has no threads in a voice channel's chat (400, 50024): Baton answered that it lacked
+    the thread permissions, so an admin granted them and nothing changed."""
+    fake = chat.fake
+    fake.say("run uptime", channel=VOICE)
+    answer = chat.reply("no threads in this kind of channel", VOICE)
+    assert "please ask me in a text channel, or in a thread" in answer.content and "permissions" not in answer.content
+    command = fake.slash("run uptime", channel=VOICE)
+    reply = wait_for(lambda: next((m for m in fake.messages(VOICE) if m.interaction_id == command["id"]
+                                   and "⚠️" in m.content), None), what="the /baton explanation")
+    assert "no threads in this kind of channel" in reply.content and "permissions" not in reply.content
+    assert runs_in(counter) == [] and chat.stored_events() == []
