@@ -70,6 +70,8 @@ async def execute(state: RunbookState) -> RunbookState:
                 "error": "baton.yaml changed since it was asked for; nothing was run"}
     argv = runbook.argv(state["args"])
     result = await effect("command", lambda: run_command(argv, runbook.timeout))
+    if not result.get("started", True):
+        return {"reply": _outcome(argv, "could not be started", result["output"], "error"), "error": result["output"]}
     if result["timed_out"]:
         return {"reply": _outcome(argv, f"timed out after {runbook.timeout:g}s and was stopped", result["output"], "error"),
                 "error": f"timed out after {runbook.timeout:g}s"}
@@ -140,8 +142,8 @@ async def run_command(argv: list[str], timeout: float) -> dict[str, Any]:
         )
     except (OSError, ValueError) as exc:  # ValueError: a NUL or an unencodable character in an argument
         os.close(read_end)
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return {"exit_code": 127, "output": f"could not start {argv[0]}: {reason}", "timed_out": False}
+        return {"exit_code": 127, "output": f"could not start {argv[0]}: {_why_not_started(argv[0], exc)}",
+                "timed_out": False, "started": False}
     finally:
         os.close(write_end)
     output = _Output()
@@ -166,6 +168,13 @@ async def run_command(argv: list[str], timeout: float) -> dict[str, Any]:
     finally:
         transport.close()
     return {"exit_code": process.returncode, "output": output.text(), "timed_out": timed_out}
+
+
+def _why_not_started(program: str, exc: Exception) -> str:
+    if isinstance(exc, PermissionError):
+        return "it is a directory, not a program" if os.path.isdir(program) else \
+            f"{exc.strerror} (is it executable, and may Baton's user run it?)"
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
 KILL_GRACE_SECONDS = 2.0

@@ -244,3 +244,24 @@ def test_a_value_too_long_to_check_quickly_is_refused_before_its_pattern(tmp_pat
     assert time.monotonic() - started < 1
     assert str(refused.value) == f"`to` is 3,999 characters long; an argument may have {MAX_VALUE_CHARS:,}"
     assert runbook.validate_args({"to": "ops@example.com"}) == {"to": "ops@example.com"}
+
+
+@pytest.mark.parametrize(("program", "said"), [
+    ("/tmp", "could not start /tmp: it is a directory, not a program"),  # said "Permission denied"
+    ("{tmp}/script.sh", "could not start {tmp}/script.sh: Permission denied (is it executable"),
+    ("/nonexistent/tool", "could not start /nonexistent/tool: No such file or directory"),
+])
+def test_a_program_that_cannot_start_says_why(tmp_path: Path, program: str, said: str):
+    script = tmp_path / "script.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    program, said = program.format(tmp=tmp_path), said.format(tmp=tmp_path)
+    result = asyncio.run(run_command([program], 5))
+    assert result["output"].startswith(said) and result["started"] is False and result["exit_code"] == 127
+
+
+def test_a_command_that_could_not_start_is_not_said_to_have_failed_with_an_exit_code(tmp_path: Path, baton):
+    """The reply read "`/nonexistent/baton-test-tool --version` failed with exit code 127", a code it never had."""
+    pg = baton.client()
+    reply = pg.wait_reply(pg.ask("@baton run missing"), "could not be started")
+    assert "exit code" not in reply["text"] and "No such file or directory" in reply["text"]
