@@ -194,19 +194,20 @@ class PlaygroundAdapter(Adapter):
             rows = (await session.exec(self._visible(viewer).where(
                 PlaygroundMessage.channel == channel, PlaygroundMessage.thread_id.is_(None))  # type: ignore[union-attr]
                 .order_by(PlaygroundMessage.id))).all()  # type: ignore[arg-type]
-            counts = dict((await session.exec(
-                select(PlaygroundMessage.thread_id, func.count()).where(
+            counts = {thread: (count, last) for thread, count, last in (await session.exec(
+                select(PlaygroundMessage.thread_id, func.count(), func.max(PlaygroundMessage.id)).where(
                     PlaygroundMessage.channel == channel, PlaygroundMessage.thread_id.is_not(None),  # type: ignore[union-attr]
                     or_(PlaygroundMessage.visible_to.is_(None), PlaygroundMessage.visible_to == viewer))  # type: ignore[union-attr]
-                .group_by(PlaygroundMessage.thread_id))).all())
-        return {"messages": [self._json(row, counts.get(str(row.id), 0)) for row in rows]}
+                .group_by(PlaygroundMessage.thread_id))).all()}
+        return {"messages": [self._json(row, *counts.get(str(row.id), (0, None))) for row in rows]}
 
     async def thread_messages(self, thread_id: str, viewer: str | None = VIEWER) -> dict[str, Any]:
         async with self.baton.db.read() as session:
             root = await self._root(session, thread_id)
             replies = (await session.exec(self._visible(viewer).where(PlaygroundMessage.thread_id == str(root.id))
                                           .order_by(PlaygroundMessage.id))).all()  # type: ignore[arg-type]
-        return {"root": self._json(root, len(replies)), "replies": [self._json(row) for row in replies]}
+        return {"root": self._json(root, len(replies), replies[-1].id if replies else None),
+                "replies": [self._json(row) for row in replies]}
 
     async def post_message(self, body: PostMessage) -> dict[str, Any]:
         self._known_channel(body.channel)
@@ -396,7 +397,9 @@ class PlaygroundAdapter(Adapter):
             or_(PlaygroundMessage.visible_to.is_(None), PlaygroundMessage.visible_to == viewer))  # type: ignore[union-attr]
 
     @staticmethod
-    def _json(row: PlaygroundMessage, reply_count: int = 0) -> dict[str, Any]:
+    def _json(row: PlaygroundMessage, reply_count: int = 0, last_reply_id: int | None = None) -> dict[str, Any]:
+        """A message as the API shows it; a thread's root with how many replies it has and the newest one's id
+        (the page counts a live reply only when it is newer: one it counted already may arrive again)."""
         content = Message.model_validate(row.content).model_dump()
         for part in content["parts"]:
             if part["kind"] == "link":
@@ -404,7 +407,7 @@ class PlaygroundAdapter(Adapter):
         return {"id": row.id, "channel": row.channel, "thread_id": row.thread_id, "user": row.user, "text": row.text,
                 "content": content, "is_bot": row.is_bot, "ephemeral": row.visible_to is not None,
                 "created_at": row.created_at.isoformat(), "updated_at": row.updated_at.isoformat(),
-                "revision": row.revision, "reply_count": reply_count}
+                "revision": row.revision, "reply_count": reply_count, "last_reply_id": last_reply_id}
 
 
 def _netloc(url: str) -> str:

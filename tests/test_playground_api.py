@@ -301,3 +301,18 @@ def test_the_get_routes_answer_head_as_get_without_a_body(baton: BatonProcess) -
         assert (head.status_code, head.headers["content-type"]) == (get.status_code, get.headers["content-type"]), path
     paths = pg.http.get("/openapi.json").json()["paths"]
     assert not [path for path, operations in paths.items() if "head" in operations]  # one operation each
+
+
+def test_a_threads_root_names_its_newest_reply(baton: BatonProcess) -> None:
+    """The page counted a reply twice ("2 replies" for one) when the reply, already in the fetched count,
+    then arrived as a live event: the root now says which reply is its newest, so the page can tell."""
+    pg = baton.client()
+    thread = pg.ask("a question", user="bob")
+    first = pg.say("first reply", thread=thread, user="bob").json()["message"]["id"]
+    second = pg.say("second reply", thread=thread, user="carol").json()["message"]["id"]
+    other = pg.ask("another question, no replies", user="bob")
+    roots = {str(m["id"]): m for m in pg.http.get("/api/channels/general/messages").json()["messages"]}
+    assert (roots[thread]["reply_count"], roots[thread]["last_reply_id"]) == (2, second) and first < second
+    assert (roots[other]["reply_count"], roots[other]["last_reply_id"]) == (0, None)
+    root = pg.http.get(f"/api/threads/{thread}/messages").json()["root"]
+    assert (root["reply_count"], root["last_reply_id"]) == (2, second)

@@ -328,7 +328,12 @@
     } else {
       const tid = key(m.thread_id);
       const root = isNew && S.msgs.get(tid);
-      if (root) root.reply_count = (Number(root.reply_count) || 0) + 1; // the channel shows it live
+      // The channel shows it live; a reply the fetched count has already (it was stored while the page
+      // loaded, and arrives again as an event) is not counted twice.
+      if (root && Number(m.id) > (Number(root.last_reply_id) || 0)) {
+        root.reply_count = (Number(root.reply_count) || 0) + 1;
+        root.last_reply_id = m.id;
+      }
       if (S.thread === tid && $('thread-count')) upsert($('thread-messages'), m, true);
       refreshReplies(tid);
     }
