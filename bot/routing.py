@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shlex
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,7 +139,7 @@ def _runbook_route(tokens: list[str], config: BatonConfig, force: bool) -> Route
     return Route(
         RUNBOOK_GRAPH,
         {"runbook": name, "args": values},
-        fingerprint=_fingerprint(f"runbook:{name}", canonical),
+        fingerprint=_exact_fingerprint(f"runbook:{name}", values),
         force=force,
         title=f"run {name} {canonical}".strip(),
     )
@@ -147,6 +148,13 @@ def _runbook_route(tokens: list[str], config: BatonConfig, force: bool) -> Route
 def _input_for(registry: GraphRegistry, graph: str, request: Request, args: str) -> dict[str, Any]:
     spec = registry.get(graph)
     return spec.make_input(request, args) if spec else {"text": args}
+
+
+def _exact_fingerprint(graph: str, values: dict[str, str]) -> str:
+    """A runbook's arguments are exact values (``word=Main`` is not ``word=main``, ``a="x b=y"`` not
+    ``a=x b=y``): the fingerprint is of the values as they are, not of text written out of them."""
+    exact = json.dumps(values, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(f"{graph}\x00{exact}".encode()).hexdigest()[:32]
 
 
 def _fingerprint(graph: str, args: str) -> str:

@@ -77,3 +77,20 @@ def test_free_text_reaches_its_graph_as_written_and_force_is_only_a_first_or_las
     # Graphs that never answer with a link take the word as text.
     summary = route(REQUEST, "summarize what we said about force", REGISTRY, CONFIG)
     assert summary.graph == "summarize" and not summary.force and summary.title.endswith("about force")
+
+
+def test_runbook_values_are_fingerprinted_exactly(tmp_path) -> None:
+    """``run echo word=Main`` after ``run echo word=main`` answered "the same request finished recently" and did
+    not run: values were lower-cased and their spacing joined, and ``a="x b=y"`` read as ``a=x b=y``."""
+    path = tmp_path / "baton.yaml"
+    path.write_text('runbooks:\n  echo:\n    description: Echo.\n    command: ["echo", "{a}", "{b}"]\n'
+                    '    args:\n      a: {pattern: "^[^;]*$"}\n      b: {pattern: "^[^;]*$", default: "-"}\n')
+    config = load_config(path)
+
+    def key(text: str) -> str | None:
+        return route(REQUEST, text, REGISTRY, config).fingerprint
+
+    assert key("run echo a=Main") != key("run echo a=main")
+    assert key('run echo a="x  y"') != key('run echo a="x y"')
+    assert key('run echo a="x b=y"') != key("run echo a=x b=y")
+    assert key("run echo a=x b=y") == key("run   echo b=y   a=x")  # the same values, written otherwise
