@@ -20,8 +20,10 @@ _BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
 def quoted(text: str, limit: int = 60) -> str:
     """Part of what someone wrote, to quote back in a reply: at most ``limit`` characters, its invisible
     bidi controls shown as U+FFFD. They make a quote read as something else (U+202E shows
-    `upt\u202eime` as "uptemi"), which in a bot's reply could pass off one command as another."""
-    return _BIDI_CONTROLS.sub("\ufffd", text)[:limit]
+    `upt\u202eime` as "uptemi"), which in a bot's reply could pass off one command as another. A
+    backtick is shown as U+02CB (ˋ): a quote is mostly put in `code`, which its own backtick would end,
+    and what followed (**bold**, [a link](https://...)) would read as Baton's own words."""
+    return _BIDI_CONTROLS.sub("\ufffd", text).replace("`", "\u02cb")[:limit]
 
 
 def storable(value: str) -> str:

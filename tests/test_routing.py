@@ -94,3 +94,14 @@ def test_runbook_values_are_fingerprinted_exactly(tmp_path) -> None:
     assert key('run echo a="x  y"') != key('run echo a="x y"')
     assert key('run echo a="x b=y"') != key("run echo a=x b=y")
     assert key("run echo a=x b=y") == key("run   echo b=y   a=x")  # the same values, written otherwise
+
+
+@pytest.mark.parametrize("text", ["run restart service=web`**[x](https://evil.example)**`",
+                                  "run `**[x](https://evil.example)**`"])
+def test_a_quoted_request_cannot_end_its_code_span(text: str) -> None:
+    """A backtick in the request closed the `code` its quote was put in, and what followed showed as
+    Baton's own words: a bold link to anywhere."""
+    with pytest.raises(RouteError) as refused:
+        route(REQUEST, text, REGISTRY, CONFIG)
+    assert "ˋ**[x](https://evil.example)**ˋ`" in str(refused.value)
+    assert str(refused.value).count("`") % 2 == 0
