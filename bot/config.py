@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bot.schedules import ScheduleError, check_schedule, zone
-from bot.messages import quoted
+from bot.messages import quoted_code
 
 Risk = Literal["low", "high"]
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,40}$"
@@ -256,7 +256,7 @@ class Runbook(BaseModel):
                 problems.append(f"`{name}` is {len(value):,} characters long; an argument may have {MAX_VALUE_CHARS:,}")
             elif not re.fullmatch(spec.pattern, value):
                 allowed = f" ({spec.description})" if spec.description else ""
-                problems.append(f"`{name}={quoted(value)}` does not match the allowed pattern `{spec.pattern}`{allowed}")
+                problems.append(f"`{name}={quoted_code(value)}` does not match the allowed pattern `{spec.pattern}`{allowed}")
             else:
                 values[name] = value
         if problems:

@@ -20,10 +20,14 @@ _BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
 def quoted(text: str, limit: int = 60) -> str:
     """Part of what someone wrote, to quote back in a reply: at most ``limit`` characters, its invisible
     bidi controls shown as U+FFFD. They make a quote read as something else (U+202E shows
-    `upt\u202eime` as "uptemi"), which in a bot's reply could pass off one command as another. A
-    backtick is shown as U+02CB (ˋ): a quote is mostly put in `code`, which its own backtick would end,
-    and what followed (**bold**, [a link](https://...)) would read as Baton's own words."""
-    return _BIDI_CONTROLS.sub("\ufffd", text).replace("`", "\u02cb")[:limit]
+    `upt\u202eime` as "uptemi"), which in a bot's reply could pass off one command as another."""
+    return _BIDI_CONTROLS.sub("\ufffd", text)[:limit]
+
+
+def quoted_code(text: str, limit: int = 60) -> str:
+    """``quoted``, for a quote put in `code`: a backtick of its own, which would end the code span and show
+    what follows (**bold**, [a link](https://...)) as Baton's own words, is shown as U+02CB (ˋ)."""
+    return quoted(text, limit).replace("`", "\u02cb")
 
 
 def storable(value: str) -> str:

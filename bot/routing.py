@@ -10,7 +10,7 @@ from typing import Any
 
 from bot.config import BatonConfig
 from bot.kit import Request
-from bot.messages import quoted
+from bot.messages import quoted_code
 from bot.registry import GraphRegistry
 
 FORCE_WORD = "force"
@@ -116,15 +116,15 @@ def _runbook_route(tokens: list[str], config: BatonConfig, force: bool) -> Route
     name, pairs = tokens[0].lower(), tokens[1:]  # runbook names are lower case, as `RUN` is `run`
     runbook = config.runbooks.get(name)
     if runbook is None:
-        raise RouteError(f"I don't know a runbook called `{quoted(name)}`. Runbooks: {known}.")
+        raise RouteError(f"I don't know a runbook called `{quoted_code(name)}`. Runbooks: {known}.")
     given: dict[str, str] = {}
     problems: list[str] = []
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            problems.append(f"`{quoted(pair)}` is not a `key=value` argument")
+            problems.append(f"`{quoted_code(pair)}` is not a `key=value` argument")
         elif key in given:
-            problems.append(f"`{quoted(key)}` is given twice")
+            problems.append(f"`{quoted_code(key)}` is given twice")
         else:
             given[key] = value
     values: dict[str, str] = {}

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
 
-from bot.messages import quoted
+from bot.messages import quoted_code
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
@@ -29,27 +29,27 @@ def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ScheduleError(f"I don't know the time zone `{quoted(name)}`. Use an IANA name like `Europe/Paris` or `UTC`.") from None
+        raise ScheduleError(f"I don't know the time zone `{quoted_code(name)}`. Use an IANA name like `Europe/Paris` or `UTC`.") from None
 
 
 def trigger(cron: str, timezone: str) -> CronTrigger:
     tz = zone(timezone)
     fields = cron.split()
     if len(fields) != 5:
-        raise ScheduleError(f"`{quoted(cron, 80)}` is not a cron expression: it needs five fields (minute hour day month weekday).")
+        raise ScheduleError(f"`{quoted_code(cron, 80)}` is not a cron expression: it needs five fields (minute hour day month weekday).")
     minute, hour, day, month, weekday = fields
     if day != "*" and weekday != "*":
         # crontab fires when either matches, APScheduler only when both do: refused rather than guessed
-        raise ScheduleError(f"`{quoted(cron, 80)}` sets both a day of the month and a weekday; set one of them and "
+        raise ScheduleError(f"`{quoted_code(cron, 80)}` sets both a day of the month and a weekday; set one of them and "
                             "leave the other `*`.")
     try:
         weekdays = _weekday_names(weekday)
     except ScheduleError as exc:
-        raise ScheduleError(f"`{quoted(cron, 80)}` is not a valid cron expression: {exc}") from None
+        raise ScheduleError(f"`{quoted_code(cron, 80)}` is not a valid cron expression: {exc}") from None
     try:
         return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=weekdays, timezone=tz)
     except ValueError as exc:
-        raise ScheduleError(f"`{quoted(cron, 80)}` is not a valid cron expression: {exc}.") from None
+        raise ScheduleError(f"`{quoted_code(cron, 80)}` is not a valid cron expression: {exc}.") from None
 
 
 def _weekday_names(field: str) -> str:
@@ -64,7 +64,7 @@ def _weekday_names(field: str) -> str:
     for part in field.lower().split(","):
         span, slash, step_text = part.partition("/")
         if slash and not (step_text.isdigit() and int(step_text) > 0):
-            raise ScheduleError(f"in the weekday field `{quoted(field, 40)}`, `/` needs a positive step.")
+            raise ScheduleError(f"in the weekday field `{quoted_code(field, 40)}`, `/` needs a positive step.")
         first_text, dash, last_text = span.partition("-")
         if span == "*":
             first, last = 0, 6
@@ -72,7 +72,7 @@ def _weekday_names(field: str) -> str:
             first = _crontab_day(first_text, field)
             last = _crontab_day(last_text, field) if dash else (6 if slash else first)
         if last < first:
-            raise ScheduleError(f"in the weekday field `{quoted(field, 40)}`, a range goes from the earlier day.")
+            raise ScheduleError(f"in the weekday field `{quoted_code(field, 40)}`, a range goes from the earlier day.")
         days.update(day % 7 for day in range(first, last + 1, int(step_text) if slash else 1))
     return ",".join(CRONTAB_DAYS[day] for day in sorted(days, key=lambda day: (day - 1) % 7))  # Monday first
 
@@ -82,7 +82,7 @@ def _crontab_day(text: str, field: str) -> int:
         return int(text)
     if text in CRONTAB_DAYS:
         return CRONTAB_DAYS.index(text)
-    raise ScheduleError(f"the weekday field `{quoted(field, 40)}` takes 0-7 (0 and 7 are Sunday) or "
+    raise ScheduleError(f"the weekday field `{quoted_code(field, 40)}` takes 0-7 (0 and 7 are Sunday) or "
                         f"{', '.join(DAYS)}.")
 
 
@@ -91,7 +91,7 @@ def check_schedule(cron: str, timezone: str, now: datetime | None = None) -> Non
     cron_trigger = trigger(cron, timezone)
     fire = _following(cron_trigger, (now or datetime.now(UTC)) - timedelta(microseconds=1))
     if fire is None:
-        raise ScheduleError(f"`{quoted(cron, 80)}` never fires: no date matches it.")
+        raise ScheduleError(f"`{quoted_code(cron, 80)}` never fires: no date matches it.")
     for _ in range(CHECKED_FIRINGS):
         following = _following(cron_trigger, fire)
         if following is None:
@@ -99,7 +99,7 @@ def check_schedule(cron: str, timezone: str, now: datetime | None = None) -> Non
         if following - fire < MIN_DIGEST_GAP:
             minutes = max(1, int((following - fire).total_seconds() // 60))
             raise ScheduleError(
-                f"`{quoted(cron, 80)}` would post a digest {minutes} minute{'s' if minutes > 1 else ''} after another; "
+                f"`{quoted_code(cron, 80)}` would post a digest {minutes} minute{'s' if minutes > 1 else ''} after another; "
                 f"a channel gets one at most every {int(MIN_DIGEST_GAP.total_seconds() // 60)} minutes "
                 "(hourly is `0 * * * *`).")
         fire = following
@@ -150,7 +150,7 @@ def parse_when(words: list[str]) -> tuple[str, str]:
         day = rest[0].lower()
         day = day[:3] if day in DAY_NAMES else day
         if day not in DAYS:
-            raise ScheduleError(f"`{quoted(rest[0], 20)}` is not a weekday; use one of {', '.join(DAYS)} "
+            raise ScheduleError(f"`{quoted_code(rest[0], 20)}` is not a weekday; use one of {', '.join(DAYS)} "
                                 "(for several days, `digest cron \"30 8 * * mon,thu\"`).")
         hour, minute = _clock(rest[1])
         cron, rest = f"{minute} {hour} * * {day}", rest[2:]
@@ -160,7 +160,7 @@ def parse_when(words: list[str]) -> tuple[str, str]:
         raise ScheduleError("I understand `digest daily HH:MM [zone]`, `digest weekly <day> HH:MM [zone]`, "
                             "`digest cron \"<expression>\" [zone]`, `digest now`, `digest list` and `digest off`.")
     if len(rest) > 1:
-        raise ScheduleError(f"Unexpected words after the time zone: `{quoted(' '.join(rest[1:]))}`.")
+        raise ScheduleError(f"Unexpected words after the time zone: `{quoted_code(' '.join(rest[1:]))}`.")
     timezone = rest[0] if rest else "UTC"
     check_schedule(cron, timezone)
     return cron, timezone
