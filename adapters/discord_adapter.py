@@ -232,6 +232,7 @@ class DiscordAdapter(Adapter):
         self._token = token
         self._gateway_url = settings.discord_gateway_url
         self._guild_id = settings.discord_guild_id
+        self._ignored_guilds: set[int] = set()  # servers other than DISCORD_GUILD_ID's whose events were ignored
         if settings.discord_api_url:
             discord.http.Route.BASE = settings.discord_api_url.rstrip("/")
         self.client = BatonClient(self)
@@ -348,10 +349,25 @@ class DiscordAdapter(Adapter):
 
     # -- inbound ---------------------------------------------------------------------------------
 
+    def _elsewhere(self, guild_id: int | None, what: str) -> bool:
+        """Whether an event comes from a server other than DISCORD_GUILD_ID's, and is ignored: a public bot can
+        be invited to any server, whose members would run this team's runbooks (logged once a server)."""
+        if self._guild_id is None or guild_id is None or guild_id == self._guild_id:
+            return False
+        if guild_id not in self._ignored_guilds:
+            self._ignored_guilds.add(guild_id)
+            log.warning("Discord: %s from server %s ignored: Baton serves DISCORD_GUILD_ID=%s only (turn off "
+                        "'Public Bot' in the Developer Portal, and remove Baton from that server)", what, guild_id,
+                        self._guild_id)
+        return True
+
     async def on_message(self, message: discord.Message) -> None:
         me = self.client.user
         if (me is None or message.author.bot or message.webhook_id is not None
                 or message.type not in PERSON_MESSAGE_TYPES):
+            return
+        guild = message.guild.id if message.guild is not None else getattr(message.channel, "guild_id", None)
+        if self._elsewhere(guild, "a message"):
             return
         channel: Any = message.channel
         if isinstance(channel, discord.PartialMessageable):  # not in the cache (yet): is it a thread?
@@ -415,6 +431,9 @@ class DiscordAdapter(Adapter):
         or with what went wrong. The request is handed in exactly once, when it has its thread; what
         fails after that (the echo, say) is only told, never a reason to drop or repeat it.
         """
+        if self._elsewhere(interaction.guild_id, "/baton"):
+            await _say_privately(interaction, "This Baton serves another Discord server only; nothing was run.")
+            return
         try:
             deferred = await interaction.response.defer(thinking=True)
         except discord.HTTPException as exc:
@@ -485,6 +504,9 @@ class DiscordAdapter(Adapter):
 
     async def on_click(self, interaction: discord.Interaction, action: str, approval_id: str) -> None:
         """Store the click, then defer it (a redelivery is a duplicate: the first one was answered)."""
+        if self._elsewhere(interaction.guild_id, "a click"):
+            await _say_privately(interaction, "This Baton serves another Discord server only; nothing was changed.")
+            return
         where, thread = conversation(interaction.channel or discord.Object(interaction.channel_id or 0))
         user = str(interaction.user.id)
         accepted = await self.baton.accept_click(InboundClick(
@@ -622,6 +644,13 @@ def _without_mentions_of(message: discord.Message, me: int) -> str:
     role = _own_role(message)
     addressing = rf"<@!?{me}>" if role is None else rf"(?:<@!?{me}>|<@&{role.id}>)"
     return re.sub(rf"{addressing}[:,]?", "", message.content).strip()
+
+
+async def _say_privately(interaction: discord.Interaction, text: str) -> None:
+    try:
+        await interaction.response.send_message(text, ephemeral=True)
+    except discord.HTTPException as exc:
+        log.info("Discord: interaction %s could not be answered: %s", interaction.id, _describe(exc))
 
 
 def _transient(exc: BaseException) -> bool:

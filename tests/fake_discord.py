@@ -47,6 +47,8 @@ OWNER_ID = "1100000000000000003"
 BATON_ROLE = "1100000000000000004"  # the role Discord gives a bot in a server it joins (managed, named like it)
 GENERAL, OPS = "1100000000000000010", "1100000000000000011"
 VOICE = "1100000000000000012"  # a voice channel: people write in its chat, and it has no threads
+# A server someone else invited Baton to (``join_other_server``), with one text channel.
+OTHER_GUILD, OTHER_CHANNEL = "1200000000000000001", "1200000000000000010"
 ALICE, BOB, CAROL = "1100000000000000101", "1100000000000000102", "1100000000000000103"
 OTHER_BOT = "1100000000000000199"
 NAMES = {BOT_ID: "baton", ALICE: "alice", BOB: "bob", CAROL: "carol", OTHER_BOT: "otherbot", OWNER_ID: "owner"}
@@ -280,6 +282,21 @@ class FakeDiscord(BackgroundServer):
 
         asyncio.run_coroutine_threadsafe(push(), self._loop).result(10)
 
+    def join_other_server(self) -> None:
+        """Someone invites Baton to a server of their own (a public bot can be invited by anyone)."""
+        channel = self._text_channel(OTHER_CHANNEL, "elsewhere", 0) | {"guild_id": OTHER_GUILD}
+        with self._lock:
+            self.channels[OTHER_CHANNEL] = channel
+        self.dispatch("GUILD_CREATE", {
+            "id": OTHER_GUILD, "name": "Someone Else's", "icon": None, "owner_id": BOB, "unavailable": False,
+            "features": [], "emojis": [], "stickers": [], "large": False, "member_count": 2, "verification_level": 0,
+            "default_message_notifications": 0, "explicit_content_filter": 0, "mfa_level": 0, "nsfw_level": 0,
+            "premium_tier": 0, "preferred_locale": "en-US", "system_channel_id": None, "joined_at": now_iso(),
+            "roles": [{"id": OTHER_GUILD, "name": "@everyone", "permissions": "2248473465835073", "position": 0,
+                       "color": 0, "hoist": False, "managed": False, "mentionable": False, "flags": 0}],
+            "members": [member_json(BOT_ID)], "channels": [channel], "threads": [], "presences": [],
+            "voice_states": [], "stage_instances": [], "guild_scheduled_events": []})
+
     def say(self, text: str, *, user: str = ALICE, channel: str = GENERAL, mention: bool = True,
             message_id: str | None = None, reply_to: FakeMessage | None = None,
             role_mention: bool = False) -> dict[str, Any]:
@@ -309,6 +326,9 @@ class FakeDiscord(BackgroundServer):
                         "message_reference": {"message_id": reply_to.id, "channel_id": reply_to.channel_id}}
         if direct:
             del payload["guild_id"]
+        elif channel == OTHER_CHANNEL:
+            payload["guild_id"] = OTHER_GUILD
+            payload["member"] = {k: v for k, v in member_json(user).items() if k != "user"}
         else:
             payload["member"] = {k: v for k, v in member_json(user).items() if k != "user"}
         if user in (BOT_ID, OTHER_BOT):

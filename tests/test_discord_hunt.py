@@ -15,7 +15,7 @@ from adapters.discord_render import UPLOAD_BYTES
 from bot.messages import Code, Image, Location, Message, Text
 from bot.outbox import Delivery
 from bot.settings import Settings
-from tests.fake_discord import BOB, GENERAL, GUILD_ID, OPS, TOKEN, VOICE, FakeDiscord
+from tests.fake_discord import BOB, GENERAL, GUILD_ID, OPS, OTHER_CHANNEL, TOKEN, VOICE, FakeDiscord
 from tests.support import runs_in, wait_for
 from tests.test_discord import chat, config_path, fake_discord  # noqa: F401 (fixtures)
 
@@ -128,3 +128,16 @@ def test_a_mention_in_a_voice_channels_chat_says_where_to_ask_not_which_permissi
                                    and "⚠️" in m.content), None), what="the /baton explanation")
     assert "no threads in this kind of channel" in reply.content and "permissions" not in reply.content
     assert runs_in(counter) == [] and chat.stored_events() == []
+
+
+def test_a_server_other_than_discord_guild_id_is_not_served(chat, counter):
+    """A public bot (the Developer Portal's default) can be invited to anyone's server: its members then
+    ran this team's low-risk runbooks, DISCORD_GUILD_ID or not."""
+    fake = chat.fake
+    fake.join_other_server()
+    stranger = fake.say("run uptime", channel=OTHER_CHANNEL)
+    asked = fake.say("run uptime", channel=GENERAL)  # the team's own server, after it
+    chat.reply("did uptime", asked["id"])
+    assert runs_in(counter) == ["uptime"] and chat.stored_events() == [asked["id"]]
+    assert not fake.messages(OTHER_CHANNEL) and [t["parent_id"] for t in fake.threads()] == [GENERAL]
+    assert stranger["id"] not in chat.stored_events()
