@@ -297,8 +297,7 @@ class SlackAdapter(Adapter):
         steps: list[Step] = []
         for index, content in enumerate(rendered.messages):
             if index < len(editing):
-                steps.append(self._caller("chat.update", self.client.chat_update, "ts", channel=channel,
-                                          ts=editing[index], **content))
+                steps.append(self._editor(channel, thread, editing[index], content))
             elif ephemeral:
                 steps.append(self._caller("chat.postEphemeral", self.client.chat_postEphemeral, "message_ts",
                                           channel=channel, user=delivery.target_user, thread_ts=thread, **content))
@@ -331,6 +330,23 @@ class SlackAdapter(Adapter):
                 (content,) = render(note, self.permalink).messages
                 return await self._caller("chat.postMessage", self.client.chat_postMessage, None, channel=channel,
                                           thread_ts=thread, **content)()
+
+        return call
+
+    def _editor(self, channel: str, thread: str | None, ts: str, content: dict[str, Any]) -> Step:
+        """Edit the message ``ts``; one that is gone (deleted by someone) is posted anew in the thread, so that a
+        decision or a run's progress is still shown, not lost with a 'message_not_found' in the log."""
+        edit = self._caller("chat.update", self.client.chat_update, "ts", channel=channel, ts=ts, **content)
+
+        async def call() -> str | None:
+            try:
+                return await edit()
+            except DeliveryRejected as exc:
+                if str(exc) != "chat.update: message_not_found":
+                    raise
+            log.info("Slack: message %s in %s is gone (deleted?); its new version is posted in the thread", ts, channel)
+            return await self._caller("chat.postMessage", self.client.chat_postMessage, "ts", channel=channel,
+                                      thread_ts=thread, unfurl_links=False, unfurl_media=False, **content)()
 
         return call
 

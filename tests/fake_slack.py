@@ -221,6 +221,11 @@ class FakeSlack(BackgroundServer):
             self._messages.append(message)
         return {"ok": True, "message_ts": message.ts}
 
+    def delete(self, channel: str, ts: str) -> None:
+        """Someone (a workspace admin) deletes a message."""
+        with self._lock:
+            self._messages = [m for m in self._messages if not (m.channel == channel and m.ts == ts)]
+
     def _chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
         problem = check_message(args)
         if problem:

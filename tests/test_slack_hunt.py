@@ -320,3 +320,16 @@ def test_a_webhook_s_messages_are_summarised_under_its_name(slack: Slack, counte
     assert slack.sender.send_event(ask).status_code == 200
     summary = shown_text(slack.reply("Extractive summary of this thread", event["ts"]))
     assert "• Datadog: CPU above 90% on web-2" in summary
+
+
+def test_a_card_deleted_before_the_decision_is_posted_again_decided(slack, counter):
+    """An admin deleted the card while it waited: the decision's edit got 'message_not_found' and was
+    dropped as a failed delivery, so the thread never showed who approved, only the result."""
+    event = slack.mention("run restart service=web")
+    thread = event["ts"]
+    card = slack.card(thread)
+    slack.fake.delete(GENERAL, card.ts)
+    assert slack.sender.click(card, user=BOB).status_code == 200
+    slack.reply("did restart web", thread)
+    decided = slack.reply(f"Approved by <@{BOB}> at", thread)
+    assert decided.ts != card.ts and decided.thread_ts == thread and runs_in(counter) == ["restart web"]
