@@ -88,6 +88,8 @@ FOLLOW_UP_MARGIN = timedelta(seconds=60)  # do not start a follow-up this close 
 DEFER_WAIT_SECONDS = 5.0  # a refusal waits at most this long for its click's defer to finish
 THREAD_NAME_CHARS = 100
 ECHO_CHARS = 1800  # "@you asked: `/baton ...`" stays one message
+MEMBER_CHECK_SECONDS = 600.0  # how long a DISCORD_GUILD_ID membership answer is taken as it is
+STRANGER_ANSWER = "I work for the members of one Discord server only, so I can't take requests from you here."
 THREAD_ARCHIVE_MINUTES = 10080  # the longest: a card may wait days for its approver
 THREAD_ALREADY_CREATED = 160004  # Discord's error code: this message already has a thread
 UNKNOWN_MESSAGE = 10008  # Discord's error code: no such message (any more)
@@ -233,6 +235,8 @@ class DiscordAdapter(Adapter):
         self._gateway_url = settings.discord_gateway_url
         self._guild_id = settings.discord_guild_id
         self._ignored_guilds: set[int] = set()  # servers other than DISCORD_GUILD_ID's whose events were ignored
+        self._members: dict[int, tuple[bool, float]] = {}  # user -> (member of DISCORD_GUILD_ID?, when asked)
+        self._told_strangers: set[int] = set()  # non-members answered once in their DM
         if settings.discord_api_url:
             discord.http.Route.BASE = settings.discord_api_url.rstrip("/")
         self.client = BatonClient(self)
@@ -361,6 +365,34 @@ class DiscordAdapter(Adapter):
                         self._guild_id)
         return True
 
+    async def _serves(self, user_id: int, what: str) -> bool:
+        """Whether Baton takes a direct message or click of ``user_id``: with DISCORD_GUILD_ID, only its
+        members' (Discord lets anyone who shares any server with Baton write to it). Asked over REST (no
+        members intent), remembered ``MEMBER_CHECK_SECONDS``; when Discord cannot say, refused for now."""
+        if self._guild_id is None:
+            return True
+        now = asyncio.get_running_loop().time()
+        known = self._members.get(user_id)
+        if known is not None and now - known[1] < MEMBER_CHECK_SECONDS:
+            return known[0]
+        try:
+            await _retrying(partial(self.client.http.get_member, self._guild_id, user_id),
+                            f"checking that {user_id} is a member of {self._guild_id}")
+            member = True
+        except discord.NotFound:
+            member = False
+        except Exception as exc:
+            if not _transient(exc) and not isinstance(exc, discord.HTTPException):
+                raise
+            log.warning("Discord: %s from %s not taken: Discord could not say whether they are a member of "
+                        "DISCORD_GUILD_ID=%s (%s)", what, user_id, self._guild_id, _describe(exc))
+            return False
+        self._members[user_id] = (member, now)
+        if not member:
+            log.warning("Discord: %s from %s ignored: not a member of DISCORD_GUILD_ID=%s", what, user_id,
+                        self._guild_id)
+        return member
+
     async def on_message(self, message: discord.Message) -> None:
         me = self.client.user
         if (me is None or message.author.bot or message.webhook_id is not None
@@ -386,6 +418,11 @@ class DiscordAdapter(Adapter):
                     await _say_best_effort(message.channel, _trouble(exc))
                 return
         direct = isinstance(channel, discord.DMChannel)
+        if direct and not await self._serves(message.author.id, "a direct message"):
+            if message.author.id not in self._told_strangers:
+                self._told_strangers.add(message.author.id)
+                await _say_best_effort(channel, STRANGER_ANSWER)
+            return
         addressed = direct or _mentions(message, me.id)
         text = _without_mentions_of(message, me.id)
         if not addressed and (not self.reads_content or not text):
@@ -433,6 +470,9 @@ class DiscordAdapter(Adapter):
         """
         if self._elsewhere(interaction.guild_id, "/baton"):
             await _say_privately(interaction, "This Baton serves another Discord server only; nothing was run.")
+            return
+        if interaction.guild_id is None and not await self._serves(interaction.user.id, "/baton"):
+            await _say_privately(interaction, STRANGER_ANSWER)
             return
         try:
             deferred = await interaction.response.defer(thinking=True)

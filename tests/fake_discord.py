@@ -50,6 +50,7 @@ VOICE = "1100000000000000012"  # a voice channel: people write in its chat, and 
 # A server someone else invited Baton to (``join_other_server``), with one text channel.
 OTHER_GUILD, OTHER_CHANNEL = "1200000000000000001", "1200000000000000010"
 ALICE, BOB, CAROL = "1100000000000000101", "1100000000000000102", "1100000000000000103"
+STRANGER = "1200000000000000101"  # a member of the other server only (``join_other_server``), not of GUILD_ID
 OTHER_BOT = "1100000000000000199"
 NAMES = {BOT_ID: "baton", ALICE: "alice", BOB: "bob", CAROL: "carol", OTHER_BOT: "otherbot", OWNER_ID: "owner"}
 MESSAGE_CONTENT_INTENT = 1 << 15
@@ -194,6 +195,7 @@ class FakeDiscord(BackgroundServer):
             ("GET", "/oauth2/applications/@me", self._application),
             ("PUT", "/applications/{application_id}/commands", self._overwrite_commands),
             ("PUT", "/applications/{application_id}/guilds/{guild_id}/commands", self._overwrite_commands),
+            ("GET", "/guilds/{guild_id}/members/{user_id}", self._get_member),
             ("GET", "/channels/{channel_id}", self._get_channel),
             ("PATCH", "/channels/{channel_id}", self._edit_channel),
             ("GET", "/channels/{channel_id}/messages", self._channel_history),
@@ -450,6 +452,13 @@ class FakeDiscord(BackgroundServer):
         with self._lock:
             self.commands[scope] = commands
         return _json(commands)
+
+    async def _get_member(self, request: web.Request, body: dict[str, Any]) -> web.Response:
+        """Everyone but ``STRANGER`` is a member of GUILD_ID (no intent needed: it is REST)."""
+        user, guild = request.match_info["user_id"], request.match_info["guild_id"]
+        if guild != GUILD_ID or user == STRANGER:
+            return _error(404, 10007, "Unknown Member")
+        return _json(member_json(user))
 
     async def _get_channel(self, request: web.Request, body: dict[str, Any]) -> web.Response:
         with self._lock:

@@ -15,7 +15,7 @@ from adapters.discord_render import UPLOAD_BYTES
 from bot.messages import Code, Image, Location, Message, Text
 from bot.outbox import Delivery
 from bot.settings import Settings
-from tests.fake_discord import BOB, GENERAL, GUILD_ID, OPS, OTHER_CHANNEL, TOKEN, VOICE, FakeDiscord
+from tests.fake_discord import ALICE, BOB, GENERAL, GUILD_ID, OPS, OTHER_CHANNEL, STRANGER, TOKEN, VOICE, FakeDiscord
 from tests.support import runs_in, wait_for
 from tests.test_discord import chat, config_path, fake_discord  # noqa: F401 (fixtures)
 
@@ -141,3 +141,18 @@ def test_a_server_other_than_discord_guild_id_is_not_served(chat, counter):
     assert runs_in(counter) == ["uptime"] and chat.stored_events() == [asked["id"]]
     assert not fake.messages(OTHER_CHANNEL) and [t["parent_id"] for t in fake.threads()] == [GENERAL]
     assert stranger["id"] not in chat.stored_events()
+
+
+def test_with_discord_guild_id_a_direct_message_is_taken_from_its_members_only(chat, counter):
+    """Discord lets anyone who shares any server with Baton write to it: a stranger's DM ran this team's
+    low-risk runbooks, DISCORD_GUILD_ID or not."""
+    fake = chat.fake
+    stranger = fake.direct_channel(STRANGER)
+    fake.say("run uptime", channel=stranger, user=STRANGER, mention=False)
+    chat.reply("I work for the members of one Discord server only", stranger)
+    fake.say("run uptime again", channel=stranger, user=STRANGER, mention=False)  # told once, not at each message
+    member = fake.direct_channel(ALICE)
+    fake.say("run uptime", channel=member, user=ALICE, mention=False)
+    chat.reply("did uptime", member)
+    assert runs_in(counter) == ["uptime"] and len(fake.messages(stranger)) == 1
+    assert chat.rows("SELECT channel FROM inbound_events") == [(member,)]
