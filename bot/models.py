@@ -42,11 +42,7 @@ def create_model(spec: str | None, *, timeout: float, retries: int) -> BaseChatM
     if not spec:
         return None
     if spec.startswith("python:"):
-        module_name, _, factory = spec.removeprefix("python:").rpartition(":")
-        try:
-            return importlib.import_module(module_name).__dict__[factory]()  # type: ignore[no-any-return]
-        except (ImportError, KeyError) as exc:
-            raise ModelSetupError(f"BATON_MODEL={spec}: cannot load {module_name}:{factory} ({exc})") from None
+        return _python_model(spec)
     provider, sep, name = spec.partition(":")
     if not sep or not provider or not name:
         raise ModelSetupError(f"BATON_MODEL={spec} must look like provider:model, e.g. openai:gpt-4.1-mini")
@@ -62,6 +58,25 @@ def create_model(spec: str | None, *, timeout: float, retries: int) -> BaseChatM
         raise ModelSetupError(f"BATON_MODEL={spec} needs the {provider} package: pip install -e '.[{provider}]' ({exc})") from None
     except ValueError as exc:
         raise ModelSetupError(f"BATON_MODEL={spec}: {exc}") from None
+
+
+def _python_model(spec: str) -> BaseChatModel:
+    """``python:package.module:factory``: the chat model the factory returns, or a clear start error."""
+    module_name, _, factory = spec.removeprefix("python:").rpartition(":")
+    if not module_name or not factory:
+        raise ModelSetupError(f"BATON_MODEL={spec} must look like python:package.module:factory")
+    try:
+        build = importlib.import_module(module_name).__dict__[factory]
+    except (ImportError, KeyError) as exc:
+        raise ModelSetupError(f"BATON_MODEL={spec}: cannot load {module_name}:{factory} ({exc})") from None
+    try:
+        model = build()
+    except Exception as exc:  # the factory is the user's code: whatever it raises, Baton refuses to start
+        raise ModelSetupError(f"BATON_MODEL={spec}: {module_name}:{factory} failed ({type(exc).__name__}: {exc})") from None
+    if not isinstance(model, BaseChatModel):
+        raise ModelSetupError(f"BATON_MODEL={spec}: {module_name}:{factory} returned a {type(model).__name__}, "
+                              "which is not a chat model (a LangChain BaseChatModel)")
+    return model
 
 
 def usage_of(message: Any) -> tuple[int, int]:

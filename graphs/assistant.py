@@ -38,7 +38,7 @@ SYSTEM = ("You are Baton, an operations assistant in a team chat. Use the tools 
 class AssistantState(TypedDict, total=False):
     text: str
     messages: list[BaseMessage]
-    decisions: dict[str, dict[str, Any]]  # tool call id -> {"approved": bool, "by": str}
+    decisions: dict[str, dict[str, Any]]  # "<turn>:<position>" of a tool call -> {"approved": bool, "by": str}
     turns: int
     reply: str
 
@@ -77,9 +77,9 @@ def review(state: AssistantState) -> AssistantState:
     """Ask a human for every high-risk call (one card per call); nothing else happens here."""
     config = current().config
     decisions = dict(state.get("decisions") or {})
-    for call in _calls(state):
+    for key, call in _keyed_calls(state):
         runbook = config.runbooks.get(call["name"])
-        if runbook is None or runbook.risk != "high" or call["id"] in decisions:
+        if runbook is None or runbook.risk != "high" or key in decisions:
             continue
         try:
             argv = runbook.argv(runbook.validate_args(_string_args(call["args"])))
@@ -89,7 +89,7 @@ def review(state: AssistantState) -> AssistantState:
                            details={"tool": call["name"], "arguments": json.dumps(call["args"], sort_keys=True),
                                     "command": " ".join(argv)},
                            risk="high", approvers=config.approvers_for_runbook(call["name"]))
-        decisions[call["id"]] = {"approved": decision.approved, "by": decision.by}
+        decisions[key] = {"approved": decision.approved, "by": decision.by}
     return {"decisions": decisions}
 
 
@@ -98,7 +98,7 @@ async def act(state: AssistantState) -> AssistantState:
     config = current().config
     decisions = state.get("decisions") or {}
     results: list[BaseMessage] = []
-    for call in _calls(state):
+    for key, call in _keyed_calls(state):
         runbook = config.runbooks.get(call["name"])
         if runbook is None:
             results.append(ToolMessage(content=f"There is no runbook `{call['name']}`.", tool_call_id=call["id"]))
@@ -108,13 +108,13 @@ async def act(state: AssistantState) -> AssistantState:
         except ValueError as exc:
             results.append(ToolMessage(content=f"Not run: {exc}.", tool_call_id=call["id"]))
             continue
-        decision = decisions.get(call["id"])
+        decision = decisions.get(key)
         if runbook.risk == "high" and not (decision and decision["approved"]):
             by = decision["by"] if decision else "nobody"
             results.append(ToolMessage(content=f"Not run: {by} rejected running `{call['name']}`.", tool_call_id=call["id"]))
             continue
         argv = runbook.argv(values)
-        outcome = await effect(f"tool:{call['id']}", lambda argv=argv, timeout=runbook.timeout: run_command(argv, timeout))
+        outcome = await effect(f"tool:{key}", lambda argv=argv, timeout=runbook.timeout: run_command(argv, timeout))
         results.append(ToolMessage(content=f"exit code {outcome['exit_code']}\n{clipped(outcome['output'], TOOL_OUTPUT_CHARS)}",
                                    tool_call_id=call["id"]))
     return {"messages": [*state["messages"], *results]}
@@ -137,6 +137,13 @@ def after_think(state: AssistantState) -> str:
 def _calls(state: AssistantState) -> list[dict[str, Any]]:
     last = (state.get("messages") or [None])[-1]
     return list(last.tool_calls) if isinstance(last, AIMessage) else []
+
+
+def _keyed_calls(state: AssistantState) -> list[tuple[str, dict[str, Any]]]:
+    """The last reply's tool calls, each keyed by its turn and position: a model's own call ids may repeat
+    (`call_0` in every reply, or twice in one), and an approval must never pass to another call."""
+    turn = state.get("turns", 0)
+    return [(f"{turn}:{position}", call) for position, call in enumerate(_calls(state))]
 
 
 def _string_args(args: dict[str, Any]) -> dict[str, str]:
