@@ -11,6 +11,9 @@
     msgs: new Map(),                      // String(id) -> newest Message we know
     es: null, down: false, unread: new Set(),
     drafts: new Map(),                    // 'c:<channel>' or 't:<thread>' -> unsent text typed there
+    liveReplies: new Map(),               // thread id -> Set of reply ids that arrived live
+    newest: new Map(),                    // channel -> highest top-level message id seen there (unread marks)
+    pending: new Set(),                   // card ids clicked (accepted): buttons stay off until the bot answers
   };
   let chanSeq = 0, threadSeq = 0;
 
@@ -78,18 +81,29 @@
   function merge(m) { // from a fetch: keep the newer (or equal, to refresh reply_count)
     const cur = S.msgs.get(key(m.id));
     if (!cur || rev(cur) <= rev(m)) S.msgs.set(key(m.id), m);
+    if (isTop(m)) seenTop(m);
   }
   function fresh(m) { // from an event/POST: only strictly newer revisions count
     const cur = S.msgs.get(key(m.id));
     if (cur && rev(cur) >= rev(m)) return false;
+    // An event carries no reply count: an edited root keeps the one it had (it fell to "Reply in thread").
+    if (cur && isTop(m)) m = Object.assign({}, m, { reply_count: cur.reply_count, last_reply_id: cur.last_reply_id });
     S.msgs.set(key(m.id), m);
     return true;
   }
+  function seenTop(m) {
+    const id = Number(m.id) || 0;
+    if (id > (S.newest.get(m.channel) || 0)) S.newest.set(m.channel, id);
+  }
+  // A fetched root counts its replies up to last_reply_id; the live ones after it are added. (Counting in
+  // the root itself lost a live reply when a channel read before it arrived after it, and counted twice one
+  // stored while the page loaded.)
   function replyCount(root) {
-    const id = key(root.id);
-    let n = 0;
+    const id = key(root.id), last = Number(root.last_reply_id) || 0;
+    let n = 0, live = 0;
     for (const r of S.msgs.values()) if (!isTop(r) && key(r.thread_id) === id) n++;
-    return Math.max(Number(root.reply_count) || 0, n);
+    for (const r of S.liveReplies.get(id) || []) if (r > last) live++;
+    return Math.max((Number(root.reply_count) || 0) + live, n);
   }
   const repliesText = (n) => n + (n === 1 ? ' reply' : ' replies');
 
@@ -100,7 +114,7 @@
     return '#';
   }
 
-  function renderPart(p) {
+  function renderPart(p, pending) {
     p = p || {};
     switch (p.kind) {
       case 'code':
@@ -118,7 +132,8 @@
           [{value: 'approve', label: 'Approve', style: 'primary'}, {value: 'reject', label: 'Reject', style: 'danger'}];
         const buttons = options.map((o) => {
           const cls = o.value === 'approve' || o.value === 'reject' ? o.value : 'choice' + (o.style === 'primary' ? ' primary' : '');
-          return '<button type="button" class="' + cls + '" data-approval-id="' + a + '" data-action="' + esc(o.value) + '">' + esc(o.label) + '</button>';
+          return '<button type="button" class="' + cls + '" data-approval-id="' + a + '" data-action="' + esc(o.value) + '"' +
+            (pending ? ' disabled' : '') + '>' + esc(o.label) + '</button>';
         }).join('');
         return '<div class="part part-buttons">' + buttons + '<div class="error buttons-error" role="alert" hidden></div></div>';
       }
@@ -161,7 +176,7 @@
         '<time datetime="' + esc(m.created_at) + '" title="' + esc(isNaN(when) ? '' : when.toLocaleString()) + '">' + esc(fmtTime(m.created_at)) + '</time>' +
         (m.ephemeral ? '<span class="ephemeral-label">Only visible to you</span>' : '') + '</div>' +
         (c.title ? '<div class="title">' + inline(c.title) + '</div>' : '') +
-        parts.map(renderPart).join('') +
+        parts.map((p) => renderPart(p, S.pending.has(key(m.id)))).join('') +
         (!inThread && isTop(m) && !m.ephemeral ? replyLinkHtml(m) : '') +
       '</div>';
     return el;
@@ -243,8 +258,10 @@
     if (!quiet) list.innerHTML = '<div class="empty">Loading…</div>';
     try {
       const d = await api('/api/channels/' + enc(ch) + '/messages?viewer=' + enc(S.user));
+      // An answer overtaken by a newer load is dropped: it may be another user's (their private messages).
+      if (seq !== chanSeq) return;
       (d.messages || []).forEach(merge);
-      if (seq === chanSeq) renderChannel();
+      renderChannel();
     } catch (e) {
       if (seq === chanSeq) list.innerHTML = '<div class="empty load-error">' + esc(e.message) + '</div>';
     }
@@ -260,9 +277,10 @@
     else $('thread-messages').innerHTML = '<div class="empty">Loading…</div>';
     try {
       const d = await api('/api/threads/' + enc(tid) + '/messages?viewer=' + enc(S.user));
+      if (seq !== threadSeq) return;
       if (d.root) merge(d.root);
       (d.replies || []).forEach(merge);
-      if (seq === threadSeq) { renderThread(); refreshReplies(tid); }
+      renderThread(); refreshReplies(tid);
     } catch (e) {
       if (seq === threadSeq) $('thread-messages').innerHTML = '<div class="empty load-error">' + esc(e.message) + '</div>';
     }
@@ -316,27 +334,69 @@
 
   // ---------- live updates ----------
   function ingest(m, own) {
-    const isNew = !S.msgs.has(key(m.id));
     if (!fresh(m)) return;
+    m = S.msgs.get(key(m.id));
+    settleClicks(m);
     if (isTop(m)) {
+      const unseen = Number(m.id) > (S.newest.get(m.channel) || 0);
+      seenTop(m);
       if (m.channel === S.channel) upsert($('messages'), m, false);
-      else if (isNew && !own && S.channels.some((c) => c.id === m.channel)) { S.unread.add(m.channel); renderSidebar(); }
+      else if (unseen && !own && m.user !== S.user) markUnread(m.channel);
       if (S.thread === key(m.id)) {
         const list = $('thread-messages'), old = list.querySelector('.thread-root');
         if (old) { const el = messageEl(m, true); el.classList.add('thread-root'); old.replaceWith(el); }
       }
     } else {
       const tid = key(m.thread_id);
-      const root = isNew && S.msgs.get(tid);
-      // The channel shows it live; a reply the fetched count has already (it was stored while the page
-      // loaded, and arrives again as an event) is not counted twice.
-      if (root && Number(m.id) > (Number(root.last_reply_id) || 0)) {
-        root.reply_count = (Number(root.reply_count) || 0) + 1;
-        root.last_reply_id = m.id;
-      }
+      if (!S.liveReplies.has(tid)) S.liveReplies.set(tid, new Set());
+      S.liveReplies.get(tid).add(Number(m.id));
       if (S.thread === tid && $('thread-count')) upsert($('thread-messages'), m, true);
       refreshReplies(tid);
     }
+  }
+
+  function markUnread(channel) {
+    if (!S.channels.some((c) => c.id === channel)) return;
+    S.unread.add(channel);
+    renderSidebar();
+  }
+
+  // A card's edit, or the bot's answer in its thread (a refused or late click changes no card), ends
+  // the wait that keeps a clicked card's buttons off.
+  function settleClicks(m) {
+    if (!S.pending.size) return;
+    if (S.pending.delete(key(m.id))) return;
+    if (!m.is_bot) return;
+    const thread = key(isTop(m) ? m.id : m.thread_id);
+    for (const id of [...S.pending]) {
+      const card = S.msgs.get(id);
+      if (card && key(isTop(card) ? card.id : card.thread_id) === thread) releaseCard(id);
+    }
+  }
+
+  function releaseCard(id) {
+    if (!S.pending.delete(id)) return;
+    const card = S.msgs.get(id);
+    if (!card) return;
+    if (document.querySelector('#messages .message[data-message-id="' + CSS.escape(id) + '"]')) upsert($('messages'), card, false);
+    if (document.querySelector('#thread-messages .message[data-message-id="' + CSS.escape(id) + '"]')) {
+      if (key(card.id) === S.thread) renderThread(); else upsert($('thread-messages'), card, true);
+    }
+  }
+
+  // Back online: the open channel is reloaded; the others are looked at for messages posted meanwhile
+  // (older than the live stream's look back, they never arrive as events).
+  async function catchUp(mark) {
+    const user = S.user;
+    await Promise.all(S.channels.filter((c) => c.id !== S.channel).map(async (c) => {
+      let d;
+      try { d = await api('/api/channels/' + enc(c.id) + '/messages?viewer=' + enc(user)); } catch (_) { return; }
+      if (user !== S.user) return;
+      const before = S.newest.get(c.id) || 0;
+      const tops = (d.messages || []).filter(isTop);
+      tops.forEach(seenTop);
+      if (mark && tops.some((m) => Number(m.id) > before && m.user !== S.user)) markUnread(c.id);
+    }));
   }
 
   function setStatus(ok) {
@@ -351,7 +411,7 @@
     S.es = es;
     es.onopen = () => {
       setStatus(true);
-      if (S.down) { S.down = false; reloadAll(true); } // catch up on anything missed
+      if (S.down) { S.down = false; reloadAll(true); catchUp(true); } // catch up on anything missed
     };
     es.onerror = () => {
       setStatus(false);
@@ -394,22 +454,29 @@
   async function click(btn) {
     const part = btn.closest('.part-buttons'), msgEl = btn.closest('.message');
     const err = part.querySelector('.buttons-error'), btns = part.querySelectorAll('button');
-    const msg = S.msgs.get(msgEl.dataset.messageId);
+    const id = msgEl.dataset.messageId, msg = S.msgs.get(id);
     btns.forEach((b) => { b.disabled = true; });
     showErr(err, '');
+    S.pending.add(id); // a card re-drawn meanwhile keeps its buttons off too
     try {
       await api('/api/clicks', {
         method: 'POST',
-        body: { message_id: msg ? msg.id : Number(msgEl.dataset.messageId), approval_id: btn.dataset.approvalId, action: btn.dataset.action, user: S.user },
+        body: { message_id: msg ? msg.id : Number(id), approval_id: btn.dataset.approvalId, action: btn.dataset.action, user: S.user },
       });
+      // Accepted: the buttons stay off until the card's edit (or the bot's answer) arrives; a second fast
+      // click (Reject right after Approve) got "already chose approve". Not forever, should none come.
+      if (S.pending.has(id)) setTimeout(() => releaseCard(id), 15000);
     } catch (e) {
-      showErr(err, e.message);
+      S.pending.delete(id);
+      document.querySelectorAll('.message[data-message-id="' + CSS.escape(id) + '"] .part-buttons button')
+        .forEach((b) => { b.disabled = false; });
+      const shown = document.querySelector('.message[data-message-id="' + CSS.escape(id) + '"] .buttons-error');
+      showErr(shown || err, e.message);
     } finally {
-      btns.forEach((b) => { b.disabled = false; });
-      // A disabled button loses focus: give it back (or to the card, if the decision replaced it already)
+      // A disabled button loses focus: give it back (or to the card, while its buttons are off or gone)
       if (!document.activeElement || document.activeElement === document.body) {
-        const card = btn.isConnected ? btn : document.querySelector(
-          '.message[data-message-id="' + CSS.escape(msgEl.dataset.messageId) + '"]');
+        const card = btn.isConnected && !btn.disabled ? btn : document.querySelector(
+          '.message[data-message-id="' + CSS.escape(id) + '"]');
         if (card) { if (card !== btn) card.tabIndex = -1; card.focus({ preventScroll: true }); }
       }
     }
@@ -455,6 +522,7 @@
       esc(S.bot) + ' help</code>';
     if (!S.channels.length) $('messages').innerHTML = '<div class="empty">No channels yet.</div>';
     renderSidebar();
+    await catchUp(false); // what is there now is not unread; what comes after is
     connect();
     window.addEventListener('hashchange', route);
     route();
@@ -467,6 +535,8 @@
     S.user = e.target.value;
     try { localStorage.setItem(USER_KEY, S.user); } catch (_) { /* ignore */ }
     S.msgs.clear();
+    S.liveReplies.clear();
+    S.pending.clear();
     S.unread.clear();
     connect();
     reloadAll(false);
