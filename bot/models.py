@@ -58,6 +58,9 @@ def create_model(spec: str | None, *, timeout: float, retries: int) -> BaseChatM
         raise ModelSetupError(f"BATON_MODEL={spec} needs the {provider} package: pip install -e '.[{provider}]' ({exc})") from None
     except ValueError as exc:
         raise ModelSetupError(f"BATON_MODEL={spec}: {exc}") from None
+    except Exception as exc:  # the provider's client refused (openai.OpenAIError without OPENAI_API_KEY, ...)
+        raise ModelSetupError(f"BATON_MODEL={spec}: the {provider} model could not be set up "
+                              f"({type(exc).__name__}: {exc})") from None
 
 
 def _python_model(spec: str) -> BaseChatModel:

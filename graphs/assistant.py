@@ -12,6 +12,7 @@ runbook is a high-risk tool.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, TypedDict
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
@@ -19,6 +20,7 @@ from langgraph.graph import END, START, StateGraph
 
 from bot.kit import Request, approve, chat, current, effect, history
 from bot.models import clipped
+from bot.redaction import SECRET_NAME, Redactor
 from graphs.runbook import run_command
 
 DESCRIPTION = "Ask in plain words; I can use the runbooks (risky ones after approval). Needs a model."
@@ -101,22 +103,23 @@ async def act(state: AssistantState) -> AssistantState:
     for key, call in _keyed_calls(state):
         runbook = config.runbooks.get(call["name"])
         if runbook is None:
-            results.append(ToolMessage(content=f"There is no runbook `{call['name']}`.", tool_call_id=call["id"]))
+            results.append(ToolMessage(content=f"There is no runbook `{call['name']}`.", tool_call_id=call["id"] or key))
             continue
         try:
             values = runbook.validate_args(_string_args(call["args"]))
         except ValueError as exc:
-            results.append(ToolMessage(content=f"Not run: {exc}.", tool_call_id=call["id"]))
+            results.append(ToolMessage(content=f"Not run: {exc}.", tool_call_id=call["id"] or key))
             continue
         decision = decisions.get(key)
         if runbook.risk == "high" and not (decision and decision["approved"]):
             by = decision["by"] if decision else "nobody"
-            results.append(ToolMessage(content=f"Not run: {by} rejected running `{call['name']}`.", tool_call_id=call["id"]))
+            results.append(ToolMessage(content=f"Not run: {by} rejected running `{call['name']}`.",
+                                       tool_call_id=call["id"] or key))
             continue
         argv = runbook.argv(values)
         outcome = await effect(f"tool:{key}", lambda argv=argv, timeout=runbook.timeout: run_command(argv, timeout))
-        results.append(ToolMessage(content=f"exit code {outcome['exit_code']}\n{clipped(outcome['output'], TOOL_OUTPUT_CHARS)}",
-                                   tool_call_id=call["id"]))
+        output = _without_secrets(clipped(outcome["output"], TOOL_OUTPUT_CHARS))
+        results.append(ToolMessage(content=f"exit code {outcome['exit_code']}\n{output}", tool_call_id=call["id"] or key))
     return {"messages": [*state["messages"], *results]}
 
 
@@ -137,6 +140,12 @@ def after_think(state: AssistantState) -> str:
 def _calls(state: AssistantState) -> list[dict[str, Any]]:
     last = (state.get("messages") or [None])[-1]
     return list(last.tool_calls) if isinstance(last, AIMessage) else []
+
+
+def _without_secrets(output: str) -> str:
+    """A command's output as the model may read it: the values of the environment's secrets (a command gets
+    them, and may print them) replaced, as in chat. The output goes to the model's provider, a third party."""
+    return Redactor(value for name, value in os.environ.items() if SECRET_NAME.search(name)).text(output)
 
 
 def _keyed_calls(state: AssistantState) -> list[tuple[str, dict[str, Any]]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from bot.models import ModelSetupError, create_model
@@ -58,3 +60,46 @@ def test_a_python_model_that_cannot_be_built_is_a_clear_start_error(spec, said):
     with pytest.raises(ModelSetupError) as error:
         create_model(spec, timeout=1, retries=0)
     assert said in str(error.value) and spec in str(error.value)
+
+
+def test_a_secret_in_a_tools_output_does_not_reach_the_model(start_baton, sqlite_url, config_path, model_script):
+    """The chat showed `tok=[redacted]`, but the model's provider was sent the token itself."""
+    config_path.write_text(config_path.read_text().replace("runbooks:\n", f"""runbooks:
+  envdump:
+    description: Prints a token.
+    command: [{sys.executable!r}, "-c", "import os; print('tok=' + os.environ['GITHUB_TOKEN'])"]
+    risk: low
+    timeout: 10
+""", 1))
+    env = {**model_script(tool_call("envdump"), final("I saw a token.")), "GITHUB_TOKEN": "ghp_verysecretvalue12345"}
+    pg = start_baton(sqlite_url, env=env).client()
+    pg.wait_reply(pg.ask("@baton assistant what does envdump print?"), "I saw a token.")
+    told = calls(model_script.path)[1]["last"]
+    assert "ghp_verysecretvalue12345" not in told and "tok=[redacted]" in told
+
+
+def test_a_tool_call_without_an_id_is_answered(start_baton, sqlite_url, counter, model_script):
+    """A model that gives its tool calls no id (some local servers): the run failed on a ValidationError."""
+    no_id = {"content": "", "tool_calls": [{"name": "uptime", "id": None, "args": {}},
+                                           {"name": "nope", "id": None, "args": {}}]}
+    pg = start_baton(sqlite_url, env=model_script(no_id, final("Up and fine."))).client()
+    pg.wait_reply(pg.ask("@baton assistant uptime?"), "Up and fine.")
+    assert runs_in(counter) == ["uptime"]
+
+
+def test_a_provider_that_refuses_to_build_is_a_clear_start_error(monkeypatch):
+    """`openai:gpt-4.1-mini` without OPENAI_API_KEY: the provider's client raises its own error (openai.OpenAIError,
+    not a ValueError) and `baton run` ended in a traceback."""
+    import langchain.chat_models
+
+    class OpenAIError(Exception):
+        pass
+
+    def refuse(*_args, **_kwargs):
+        raise OpenAIError("The api_key client option must be set either by passing api_key to the client or by "
+                          "setting the OPENAI_API_KEY environment variable")
+
+    monkeypatch.setattr(langchain.chat_models, "init_chat_model", refuse)
+    with pytest.raises(ModelSetupError) as error:
+        create_model("openai:gpt-4.1-mini", timeout=1, retries=0)
+    assert "BATON_MODEL=openai:gpt-4.1-mini" in str(error.value) and "OPENAI_API_KEY" in str(error.value)
