@@ -13,7 +13,7 @@
     drafts: new Map(),                    // 'c:<channel>' or 't:<thread>' -> unsent text typed there
     liveReplies: new Map(),               // thread id -> Set of reply ids that arrived live
     newest: new Map(),                    // channel -> highest top-level message id seen there (unread marks)
-    pending: new Set(),                   // card ids clicked (accepted): buttons stay off until the bot answers
+    pending: new Map(),                   // card ids clicked (accepted): buttons stay off until the bot answers
   };
   let chanSeq = 0, threadSeq = 0;
 
@@ -368,7 +368,7 @@
     if (S.pending.delete(key(m.id))) return;
     if (!m.is_bot) return;
     const thread = key(isTop(m) ? m.id : m.thread_id);
-    for (const id of [...S.pending]) {
+    for (const id of [...S.pending.keys()]) {
       const card = S.msgs.get(id);
       if (card && key(isTop(card) ? card.id : card.thread_id) === thread) releaseCard(id);
     }
@@ -457,7 +457,8 @@
     const id = msgEl.dataset.messageId, msg = S.msgs.get(id);
     btns.forEach((b) => { b.disabled = true; });
     showErr(err, '');
-    S.pending.add(id); // a card re-drawn meanwhile keeps its buttons off too
+    const click = {};
+    S.pending.set(id, click); // a card re-drawn meanwhile keeps its buttons off too
     try {
       await api('/api/clicks', {
         method: 'POST',
@@ -465,9 +466,9 @@
       });
       // Accepted: the buttons stay off until the card's edit (or the bot's answer) arrives; a second fast
       // click (Reject right after Approve) got "already chose approve". Not forever, should none come.
-      if (S.pending.has(id)) setTimeout(() => releaseCard(id), 15000);
+      if (S.pending.get(id) === click) setTimeout(() => { if (S.pending.get(id) === click) releaseCard(id); }, 15000);
     } catch (e) {
-      S.pending.delete(id);
+      if (S.pending.get(id) === click) S.pending.delete(id);
       document.querySelectorAll('.message[data-message-id="' + CSS.escape(id) + '"] .part-buttons button')
         .forEach((b) => { b.disabled = false; });
       const shown = document.querySelector('.message[data-message-id="' + CSS.escape(id) + '"] .buttons-error');
