@@ -200,3 +200,32 @@ def age_message(sqlite_url: str, message_id: int, seconds: int) -> None:
     with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as db:
         db.execute("UPDATE playground_messages SET created_at = datetime(created_at, ?), updated_at = "
                    "datetime(updated_at, ?) WHERE id = ?", (f"-{seconds} seconds", f"-{seconds} seconds", message_id))
+
+
+def test_a_message_sent_again_after_its_answer_was_lost_is_stored_once(
+        start_baton, sqlite_url: str, browser: sync_api.Browser) -> None:  # noqa: F811
+    """Baton stored the message, then the answer never came back (it went down answering): the page said
+    "Could not reach the server", the text stayed in the box, and Enter pressed again posted it twice."""
+    baton = start_baton(sqlite_url)
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()  # not the page fixture: the lost answer is logged as a failed load
+    page.set_default_timeout(WAIT_MS)
+    uncaught: list[str] = []
+    page.on("pageerror", lambda error: uncaught.append(str(error)))
+    open_playground(page, baton.url, "alice")
+    posts = re.compile(r"/api/messages$")
+    page.route(posts, lambda route: (route.fetch(), route.abort("connectionreset")))  # stored, answer lost
+    composer = page.locator("#composer")
+    composer.fill("@baton run restart service=web")
+    composer.press("Enter")
+    expect(page.locator("#composer-error")).to_have_text("Could not reach the server. Is it running?")
+    expect(composer).to_have_value("@baton run restart service=web")  # the draft is kept
+    page.unroute(posts)
+    composer.press("Enter")  # sent again, as the error invites
+    expect(composer).to_have_value("")
+    expect(page.locator("#composer-error")).to_be_hidden()
+    expect(page.locator("#messages .message[data-message-id]", has_text="restart service=web")).to_have_count(1)
+    stored = baton.client().http.get("/api/channels/general/messages").json()["messages"]
+    assert [m["text"] for m in stored] == ["@baton run restart service=web"]
+    assert not uncaught
+    context.close()

@@ -434,9 +434,11 @@
     const root = threadId && S.msgs.get(threadId);
     const body = { channel: (root && root.channel) || S.channel, user: S.user, text };
     if (threadId) body.thread_id = threadId;
+    body.event_id = attemptId(box, body, text);
     box.dataset.busy = '1';
     try {
       const d = await api('/api/messages', { method: 'POST', body });
+      delete box.dataset.attempt;
       showErr(errEl, '');
       if (box.value === text) { box.value = ''; autosize(box); }
       if (d.message) ingest(d.message, true);
@@ -449,6 +451,17 @@
       box.focus();
       if (box.dataset.again) { delete box.dataset.again; send(box, errEl, threadId); }
     }
+  }
+
+  // The same text sent again to the same place after a failure goes with the same event id: when the
+  // first try was stored and only its answer was lost (Baton went down answering), it is not stored twice.
+  function attemptId(box, body, text) {
+    const what = JSON.stringify([body.channel, body.thread_id || null, body.user, text]);
+    if (box.dataset.attempt && box.dataset.attemptFor === what) return box.dataset.attempt;
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    box.dataset.attempt = 'page-' + [...bytes].map((b) => b.toString(16).padStart(2, '0')).join('');
+    box.dataset.attemptFor = what;
+    return box.dataset.attempt;
   }
 
   async function click(btn) {
