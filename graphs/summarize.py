@@ -45,9 +45,9 @@ async def summarize(state: SummarizeState) -> SummarizeState:
             return {"reply": {"tone": "warning", "parts": [{"kind": "text", "text": (
                 f"How many messages? `summarize channel <1 to {MAX_MESSAGES}>`, e.g. `summarize channel 50`.")}]}}
         limit = int(words[1])
-    messages = [m for m in await history(scope, limit + 1) if not _is_this_request(m)][-limit:]
-    count = len(messages)
-    where = f"the channel's last {count} message{'s' if count != 1 else ''}" if scope == "channel" else "this thread"
+    found = [m for m in await history(scope, limit + 2) if not _is_this_request(m)]  # one more: is there more?
+    messages = found[-limit:]
+    where = _where(scope, len(messages), cut=len(found) > limit)
     if not messages:
         return {"reply": {"tone": "info", "parts": [{"kind": "text", "text": f"There is nothing to summarise in {where} yet."}]}}
     if current().model is None:
@@ -62,6 +62,14 @@ async def summarize(state: SummarizeState) -> SummarizeState:
                         HumanMessage(content=transcript)], what="Summarising")
     return {"reply": {"title": f"Summary of {where}", "tone": "info",
                       "parts": [{"kind": "text", "text": reply.text or "(the model gave no summary)"}]}}
+
+
+def _where(scope: str, count: int, *, cut: bool) -> str:
+    """What the summary covers: a thread longer than what was read is not "this thread", only its last messages."""
+    messages = f"{count} message{'s' if count != 1 else ''}"
+    if scope == "channel":
+        return f"the channel's last {messages}"
+    return f"this thread's last {messages}" if cut else "this thread"
 
 
 def _transcript(messages: list[dict[str, Any]]) -> str:

@@ -103,3 +103,17 @@ def test_a_provider_that_refuses_to_build_is_a_clear_start_error(monkeypatch):
     with pytest.raises(ModelSetupError) as error:
         create_model("openai:gpt-4.1-mini", timeout=1, retries=0)
     assert "BATON_MODEL=openai:gpt-4.1-mini" in str(error.value) and "OPENAI_API_KEY" in str(error.value)
+
+
+def test_a_summary_of_a_long_thread_says_it_covers_only_its_last_messages(baton):
+    """A thread of 60 messages was summarised from its last 50 under the title "summary of this thread"."""
+    pg = baton.client()
+    thread = pg.ask("@baton run uptime")
+    pg.wait_reply(thread, "did uptime")
+    for number in range(60):
+        pg.say(f"note {number}", thread=thread, user="bob")
+    pg.say("@baton summarize", thread=thread)
+    summary = pg.wait_reply(thread, "Extractive summary of")
+    assert summary["text"].startswith("*Extractive summary of this thread's last 50 messages*"), summary["text"][:80]
+    short = pg.ask("@baton summarize channel 1", user="carol")
+    pg.wait_reply(short, "Extractive summary of the channel's last 1 message*")
