@@ -156,7 +156,17 @@ def _keyed_calls(state: AssistantState) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _string_args(args: dict[str, Any]) -> dict[str, str]:
-    return {str(key): str(value) for key, value in (args or {}).items()}
+    """A tool call's arguments as a runbook takes them (text): ``null`` is a value not given (its default
+    applies), a number or a boolean its JSON spelling; a list or an object is refused, never run as its repr."""
+    given: dict[str, str] = {}
+    for name, value in (args or {}).items():
+        if value is None:
+            continue
+        if isinstance(value, (dict, list, tuple)):
+            kind = "an object" if isinstance(value, dict) else "a list"
+            raise ValueError(f"`{name}` must be text, not {kind}")
+        given[str(name)] = value if isinstance(value, str) else json.dumps(value)
+    return given
 
 
 builder = StateGraph(AssistantState)

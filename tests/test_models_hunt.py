@@ -117,3 +117,27 @@ def test_a_summary_of_a_long_thread_says_it_covers_only_its_last_messages(baton)
     assert summary["text"].startswith("*Extractive summary of this thread's last 50 messages*"), summary["text"][:80]
     short = pg.ask("@baton summarize channel 1", user="carol")
     pg.wait_reply(short, "Extractive summary of the channel's last 1 message*")
+
+
+def test_tool_arguments_that_are_not_text_are_not_turned_into_text(start_baton, sqlite_url, config_path, counter,
+                                                                   model_script):
+    """A model sent `null` for an argument with a default: the runbook ran with the word `None`
+    (`greet None`); a list was run as its Python spelling. Null now means the default; a list or a dict is refused."""
+    script = "import sys; open(sys.argv[1], 'a').write('greet ' + sys.argv[2] + '\\n')"
+    config_path.write_text(config_path.read_text().replace("runbooks:\n", f"""runbooks:
+  greet:
+    description: Greets someone.
+    command: [{sys.executable!r}, "-c", {script!r}, {str(counter)!r}, "{{name}}"]
+    args:
+      name:
+        pattern: "^[A-Za-z\\\\[\\\\]' ]+$"
+        default: world
+    risk: low
+    timeout: 10
+""", 1))
+    odd = {"content": "", "tool_calls": [{"name": "greet", "id": "a", "args": {"name": None}},
+                                         {"name": "greet", "id": "b", "args": {"name": ["ann"]}}]}
+    pg = start_baton(sqlite_url, env=model_script(odd, final("Greeted."))).client()
+    pg.wait_reply(pg.ask("@baton assistant greet"), "Greeted.")
+    assert runs_in(counter) == ["greet world"]
+    assert calls(model_script.path)[1]["last"] == "Not run: `name` must be text, not a list."
