@@ -21,7 +21,7 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -59,6 +59,7 @@ MAX_HTTP_TEXT = 100_000
 USER_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
 VIEWER = Query(None, pattern=USER_NAME, description="whose private (ephemeral) messages to include")
 EVENT_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+RESUME_WINDOW = timedelta(hours=1)  # how far back a live stream resumes for a client that lost it (Last-Event-ID)
 # The page may not be framed by another site (a hidden frame over a button of its own would turn a click
 # into Approve), and runs only its own script.
 PAGE_HEADERS = {
@@ -265,7 +266,7 @@ class PlaygroundAdapter(Adapter):
         """Send each new or edited message once per revision. Other replicas write to the same
         table, so this polls; the overlap window catches rows committed slightly out of order."""
         seen: dict[int, int] = {}
-        cursor = utcnow()
+        cursor = _resume_from(request.headers.get("last-event-id"), utcnow())
         yield ": connected\n\n"
         while not self.baton.stopping and not await request.is_disconnected():
             changed = self._changed  # taken before reading: a change made while we read is not missed
@@ -275,7 +276,9 @@ class PlaygroundAdapter(Adapter):
             for row in rows:
                 if seen.get(row.id, 0) < row.revision:  # type: ignore[arg-type]
                     seen[row.id] = row.revision  # type: ignore[index]
-                    yield f"data: {json.dumps({'type': 'message', 'message': self._json(row)})}\n\n"
+                    # The id is where a client that lost the stream resumes (EventSource sends it back).
+                    yield (f"id: {row.updated_at.isoformat()}\n"
+                           f"data: {json.dumps({'type': 'message', 'message': self._json(row)})}\n\n")
                 cursor = max(cursor, row.updated_at)
             try:
                 await asyncio.wait_for(changed.wait(), 0.5)
@@ -408,6 +411,20 @@ class PlaygroundAdapter(Adapter):
                 "content": content, "is_bot": row.is_bot, "ephemeral": row.visible_to is not None,
                 "created_at": row.created_at.isoformat(), "updated_at": row.updated_at.isoformat(),
                 "revision": row.revision, "reply_count": reply_count, "last_reply_id": last_reply_id}
+
+
+def _resume_from(last_event_id: str | None, now: datetime) -> datetime:
+    """Where a live stream starts: now, or where a client that lost its stream left off (``Last-Event-ID``,
+    the time of the last change it got), at most ``RESUME_WINDOW`` back; a gap longer than the 5 s
+    overlap was lost."""
+    if last_event_id:
+        try:
+            resumed = datetime.fromisoformat(last_event_id)
+        except ValueError:
+            return now
+        if resumed.tzinfo is not None:
+            return min(now, max(resumed, now - RESUME_WINDOW))
+    return now
 
 
 def _netloc(url: str) -> str:

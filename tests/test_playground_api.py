@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -316,3 +318,33 @@ def test_a_threads_root_names_its_newest_reply(baton: BatonProcess) -> None:
     assert (roots[other]["reply_count"], roots[other]["last_reply_id"]) == (0, None)
     root = pg.http.get(f"/api/threads/{thread}/messages").json()["root"]
     assert (root["reply_count"], root["last_reply_id"]) == (2, second)
+
+
+def _first_poll(baton: BatonProcess, headers: dict[str, str]) -> list[dict[str, Any]]:
+    """The messages the live stream sends before its first keep-alive (its first look at the table)."""
+    sent = []
+    with httpx.Client(base_url=baton.url, timeout=15) as client, \
+            client.stream("GET", "/api/events", headers=headers) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data: "):
+                sent.append(json.loads(line.removeprefix("data: "))["message"])
+            elif line == ": keep-alive":
+                return sent
+    return sent
+
+
+def test_a_live_stream_resumes_where_its_client_left_off(start_baton, sqlite_url: str) -> None:
+    """The stream began at 'now' at every connection: what changed while a client was away longer than
+    its 5 s overlap never reached it (its reply counts and unread marks stayed wrong)."""
+    baton = start_baton(sqlite_url)
+    pg = baton.client()
+    thread = pg.ask("posted while you were away", user="bob")
+    away = utcnow() - timedelta(minutes=2)
+    with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as connection:  # as if posted two minutes ago
+        connection.execute("UPDATE playground_messages SET created_at = ?, updated_at = ? WHERE id = ?",
+                           (away.replace(tzinfo=None).isoformat(" "), away.replace(tzinfo=None).isoformat(" "),
+                            int(thread)))
+    assert _first_poll(baton, {}) == []
+    resumed = _first_poll(baton, {"Last-Event-ID": (away - timedelta(minutes=1)).isoformat()})
+    assert [str(message["id"]) for message in resumed] == [thread]
+    assert _first_poll(baton, {"Last-Event-ID": "not a time"}) == []  # read as "now", not an error
