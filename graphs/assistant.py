@@ -55,7 +55,8 @@ def tools() -> list[dict[str, Any]]:
     return [{"type": "function", "function": {
         "name": name,
         "description": f"{runbook.description} (risk: {runbook.risk})",
-        "parameters": {"type": "object", "additionalProperties": False, "required": list(runbook.args),
+        "parameters": {"type": "object", "additionalProperties": False,
+                       "required": [arg for arg, spec in runbook.args.items() if spec.default is None],  # others have a default
                        "properties": {arg: {"type": "string", "pattern": spec.pattern,
                                             "description": spec.description or arg}
                                       for arg, spec in runbook.args.items()}},

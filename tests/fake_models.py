@@ -5,7 +5,7 @@ is a JSON list in the file named by ``BATON_TEST_MODEL_SCRIPT``: each entry is t
 call (``content``, optional ``tool_calls``, optional ``usage`` {input_tokens, output_tokens}) or
 ``{"error": "..."}`` to raise, or ``{"hang": seconds}`` to answer nothing for that long. The position in the script and every call's last message are kept
 in ``<script>.calls`` (with
-the number of messages and their characters), so the script continues across a restart and tests can count the calls.
+the number of messages and their characters, and the tools bound to the call), so the script continues across a restart and tests can count the calls.
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 class ToolCallingFakeModel(GenericFakeChatModel):
     """``GenericFakeChatModel`` that accepts ``bind_tools`` (and so ``with_structured_output``)."""
 
+    tools: list[Any] = []
+
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> ToolCallingFakeModel:
-        return self
+        return self.model_copy(update={"tools": list(tools)})
 
 
 class ScriptedModel(ToolCallingFakeModel):
@@ -42,7 +44,9 @@ class ScriptedModel(ToolCallingFakeModel):
         entry = script[len(done)]
         with calls.open("a") as log:
             log.write(json.dumps({"last": str(messages[-1].content)[:4000], "count": len(messages),
-                                  "chars": sum(len(str(m.content)) for m in messages)}) + "\n")
+                                  "chars": sum(len(str(m.content)) for m in messages),
+                                  "tools": [tool.get("function", tool) for tool in self.tools if isinstance(tool, dict)]},
+                                 default=str) + "\n")
         if "error" in entry:
             raise RuntimeError(entry["error"])
         if "hang" in entry:  # a provider that never answers

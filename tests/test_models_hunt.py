@@ -141,3 +141,5 @@ def test_tool_arguments_that_are_not_text_are_not_turned_into_text(start_baton, 
     pg.wait_reply(pg.ask("@baton assistant greet"), "Greeted.")
     assert runs_in(counter) == ["greet world"]
     assert calls(model_script.path)[1]["last"] == "Not run: `name` must be text, not a list."
+    greet = next(tool for tool in calls(model_script.path)[0]["tools"] if tool["name"] == "greet")
+    assert greet["parameters"]["required"] == []  # it has a default: the model was told to make one up
