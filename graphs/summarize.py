@@ -38,7 +38,7 @@ def _shortened(text: str) -> str:
 
 async def summarize(state: SummarizeState) -> SummarizeState:
     words = state.get("text", "").split()
-    scope = "channel" if words[:1] == ["channel"] else "thread"
+    scope = "channel" if [word.lower() for word in words[:1]] == ["channel"] else "thread"
     limit = 50
     if scope == "channel" and len(words) > 1:
         if not (words[1].isdecimal() and 1 <= int(words[1]) <= MAX_MESSAGES):

@@ -115,7 +115,7 @@ def test_a_summary_of_a_long_thread_says_it_covers_only_its_last_messages(baton)
     pg.say("@baton summarize", thread=thread)
     summary = pg.wait_reply(thread, "Extractive summary of")
     assert summary["text"].startswith("*Extractive summary of this thread's last 50 messages*"), summary["text"][:80]
-    short = pg.ask("@baton summarize channel 1", user="carol")
+    short = pg.ask("@baton summarize Channel 1", user="carol")  # was this (new) thread, without a word
     pg.wait_reply(short, "Extractive summary of the channel's last 1 message*")
 
 
