@@ -81,8 +81,8 @@ class Baton:
         self.instance = settings.instance_name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.db = Database(settings.database_url)
         self.registry = GraphRegistry.discover()
-        self.outbox = Outbox(self.db, self.instance, claim_seconds=settings.lease_seconds,
-                             redactor=Redactor.for_settings(settings))
+        redactor = Redactor.for_settings(settings)
+        self.outbox = Outbox(self.db, self.instance, claim_seconds=settings.lease_seconds, redactor=redactor)
         self._check_digest_platforms()
         self.adapters: list[Any] = [adapter_class(self) for adapter_class in self._selected_adapters()]
         for graph in sorted(set(self.config.graphs) - set(self.registry.names())):
@@ -99,7 +99,7 @@ class Baton:
             model=create_model(settings.model, timeout=settings.model_timeout_seconds, retries=settings.model_retries),
             model_name=settings.model,
             model_deadline=settings.model_timeout_seconds * (settings.model_retries + 1),
-            histories={adapter.name: adapter.history for adapter in self.adapters})
+            histories={adapter.name: adapter.history for adapter in self.adapters}, redactor=redactor)
         self._stack = AsyncExitStack()
         self._loops: list[asyncio.Task[None]] = []
         self.orchestrator: Orchestrator | None = None

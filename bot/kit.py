@@ -181,7 +181,7 @@ async def chat(messages: Sequence[BaseMessage], *, tools: Sequence[dict[str, Any
         raise ModelRequired(what)
     model = context.model.bind_tools(list(tools)) if tools else context.model
     try:
-        reply = await asyncio.wait_for(model.ainvoke(list(messages)), context.model_deadline)
+        reply = await asyncio.wait_for(model.ainvoke(_without_secrets(context, messages)), context.model_deadline)
     except TimeoutError as exc:
         raise ModelFailed(f"no answer within {context.model_deadline:g}s") from exc
     except Exception as exc:
@@ -197,7 +197,7 @@ async def structured(messages: Sequence[BaseMessage], schema: type[S], *, what: 
         raise ModelRequired(what)
     try:
         result = await asyncio.wait_for(context.model.with_structured_output(schema, include_raw=True)
-                                        .ainvoke(list(messages)), context.model_deadline)
+                                        .ainvoke(_without_secrets(context, messages)), context.model_deadline)
     except TimeoutError as exc:
         raise ModelFailed(f"no answer within {context.model_deadline:g}s") from exc
     except Exception as exc:
@@ -206,6 +206,25 @@ async def structured(messages: Sequence[BaseMessage], schema: type[S], *, what: 
     if result.get("parsed") is None:
         raise ValueError(f"the model's answer did not fit {schema.__name__}: {result.get('parsing_error')}")
     return result["parsed"]  # type: ignore[no-any-return]
+
+
+def _without_secrets(context: RunContext, messages: Sequence[BaseMessage]) -> list[BaseMessage]:
+    """``messages`` with Baton's secrets redacted, as in chat: whatever a graph puts in them (a command's
+    output, an error) goes to the model's provider, outside."""
+    redact = getattr(context, "redact", None)
+    if redact is None:
+        return list(messages)
+    return [message.model_copy(update={"content": _redacted_content(message.content, redact)})
+            for message in messages]
+
+
+def _redacted_content(content: Any, redact: Callable[[str], str]) -> Any:
+    if isinstance(content, str):
+        return redact(content)
+    if isinstance(content, list):  # content blocks: the text ones
+        return [{**block, "text": redact(block["text"])} if isinstance(block, dict) and isinstance(block.get("text"), str)
+                else redact(block) if isinstance(block, str) else block for block in content]
+    return content
 
 
 async def history(scope: Literal["thread", "channel"] = "thread", limit: int = 50) -> list[dict[str, Any]]:

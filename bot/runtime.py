@@ -25,6 +25,7 @@ from bot.approvals import who_may_approve
 from bot.config import BatonConfig
 from bot.messages import Location, Message, quoted
 from bot.models import cost_of, usage_of
+from bot.redaction import Redactor
 from bot.registry import GraphRegistry, GraphSpec
 from bot.replies import age
 from storage.db import Database, Transaction, insert_ignore, prepared
@@ -141,6 +142,7 @@ class Services:
     model_name: str | None = None
     model_deadline: float = 180.0
     histories: dict[str, HistoryProvider] = field(default_factory=dict)
+    redactor: Redactor | None = None  # Baton's secrets, kept from what graphs send to the model too
 
 
 class RunServices:
@@ -156,6 +158,7 @@ class RunServices:
         self.model = services.model
         self.model_deadline = services.model_deadline
         self.request = request
+        self.redact: Callable[[str], str] | None = services.redactor.text if services.redactor else None
         self._settled: list[dict[str, Any]] = []  # outcomes of effects not written yet (see session)
 
     async def record_usage(self, reply: Any) -> None:

@@ -9,13 +9,19 @@ import sys
 from pathlib import Path
 
 import yaml
+from langchain_core.messages import HumanMessage
+from langgraph.graph import END, START, StateGraph
 from pydantic import SecretStr
 
-from bot.kit import command_environment
-from bot.messages import Code, Message, Text
+from bot.app import Baton
+from bot.kit import chat, command_environment
+from bot.messages import Code, InboundMessage, Message, Text
 from bot.redaction import MIN_SECRET_CHARS, REDACTED, RedactingFilter, Redactor
+from bot.registry import GraphSpec
 from bot.settings import Settings
+from tests.fake_models import calls, script
 from tests.support import BatonProcess
+from tests.test_graph_modules import State, _reply
 
 API_KEY = "sk-live-0123456789abcdef"  # a model provider's key, as LangChain reads it from the environment
 TOKEN = "xoxb-1111-2222-secretvalue"
@@ -138,3 +144,31 @@ def test_what_a_cut_leaves_of_a_secret_at_either_end_of_a_line_is_redacted() -> 
     assert redactor.text(error) == f"Error: bad key {REDACTED}"
     assert redactor.text(tail) == f"{REDACTED}\nnext line"
     assert redactor.text("sk-live- is how the keys start") == "sk-live- is how the keys start"  # too short to tell
+
+
+async def test_what_a_graph_sends_to_the_model_has_batons_secrets_redacted(tmp_path, config_path, monkeypatch) -> None:
+    """Chat got '[redacted]', but a graph passing a command's output (or an error) to kit.chat sent the secret
+    itself to the model's provider, outside."""
+    secret = "ghp_0123456789abcdefDEPLOY"
+    monkeypatch.setenv("DEPLOY_TOKEN", secret)
+    script_path = tmp_path / "script.json"
+    monkeypatch.setenv("BATON_TEST_MODEL_SCRIPT", str(script_path))
+    script(script_path, [{"content": "It printed a token, which I will not repeat."}])
+
+    async def explain(_state: State) -> State:
+        answer = await chat([HumanMessage(content=f"Explain this output:\nDEPLOY_TOKEN={secret}\nok")])
+        return {"reply": str(answer.content)}
+
+    graph = StateGraph(State)
+    graph.add_node("explain", explain)
+    graph.add_edge(START, "explain")
+    graph.add_edge("explain", END)
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'm.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground", BATON_MODEL="python:tests.fake_models:scripted")
+    async with Baton(settings) as baton:
+        baton.registry.add(GraphSpec(name="explain", graph=graph))
+        await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
+                                                  event_id="e1", user="alice", text="explain", addressed=True))
+        assert "will not repeat" in await _reply(baton, "1")
+    (sent,) = calls(script_path)
+    assert secret not in sent["last"] and "DEPLOY_TOKEN=[redacted]" in sent["last"], sent
