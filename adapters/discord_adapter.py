@@ -73,7 +73,7 @@ from adapters.discord_render import (
     jump_url,
     render,
 )
-from bot.messages import Buttons, InboundClick, InboundMessage, Location, Message, Text, quoted
+from bot.messages import Buttons, InboundClick, InboundMessage, Location, Message, Text, quoted, quoted_code
 from bot.outbox import Delivery
 from bot.settings import Settings
 
@@ -471,16 +471,17 @@ class DiscordAdapter(Adapter):
         if self._elsewhere(interaction.guild_id, "/baton"):
             await _say_privately(interaction, "This Baton serves another Discord server only; nothing was run.")
             return
-        if interaction.guild_id is None and not await self._serves(interaction.user.id, "/baton"):
-            await _say_privately(interaction, STRANGER_ANSWER)
-            return
         try:
             deferred = await interaction.response.defer(thinking=True)
         except discord.HTTPException as exc:
             log.info("Discord: /baton interaction %s was not deferred (answered already, or too late): %s",
                      interaction.id, exc)
             return
-        shown = _shown(f"/baton {request}").replace("`", "ˋ")
+        # After the defer: asking Discord whether they are a member may take longer than its 3 seconds.
+        if interaction.guild_id is None and not await self._serves(interaction.user.id, "/baton"):
+            await self._answer(interaction, STRANGER_ANSWER)  # a direct message: only they see it
+            return
+        shown = quoted_code(" ".join(f"/baton {request}".split()), ECHO_CHARS + 1)
         if len(shown) > ECHO_CHARS:  # only the echo is shortened: the request is handed in whole
             shown = shown[:ECHO_CHARS - 1] + "…"
         asked = f"{interaction.user.mention} asked: `{shown}`"

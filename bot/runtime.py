@@ -59,10 +59,9 @@ class GraphOutcome:
 class RunTimedOut(RuntimeError):
     """A run went on longer than its graph's limit (``TIMEOUT``, else ``BATON_RUN_TIMEOUT_SECONDS``) and was stopped."""
 
-    def __init__(self, graph: str, limit: float) -> None:
+    def __init__(self, limit: float) -> None:
         super().__init__(f"ran longer than its limit of {kit.duration(limit)} and was stopped (TIMEOUT in the graph's "
                          "module, else BATON_RUN_TIMEOUT_SECONDS)")
-        self.graph = graph
         self.limit = limit
 
 
@@ -108,7 +107,7 @@ class GraphRuntime:
                         await on_progress(str(chunk.get("text", "")))
         except TimeoutError:
             if limit is not None and deadline.expired():
-                raise RunTimedOut(spec.name, limit) from None
+                raise RunTimedOut(limit) from None
             raise  # the graph's own (a node's deadline)
         finally:
             kit.unbind(token)

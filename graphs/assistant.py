@@ -12,7 +12,6 @@ runbook is a high-risk tool.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, TypedDict
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
@@ -20,7 +19,6 @@ from langgraph.graph import END, START, StateGraph
 
 from bot.kit import Request, approve, chat, current, effect, history
 from bot.models import clipped
-from bot.redaction import SECRET_NAME, Redactor
 from graphs.runbook import run_command
 
 DESCRIPTION = "Ask in plain words; I can use the runbooks (risky ones after approval). Needs a model."
@@ -119,7 +117,8 @@ async def act(state: AssistantState) -> AssistantState:
             continue
         argv = runbook.argv(values)
         outcome = await effect(f"tool:{key}", lambda argv=argv, timeout=runbook.timeout: run_command(argv, timeout))
-        output = _without_secrets(clipped(outcome["output"], TOOL_OUTPUT_CHARS))
+        # bot.kit.chat redacts Baton's secrets from what goes to the model's provider, this output included
+        output = clipped(outcome["output"], TOOL_OUTPUT_CHARS)
         results.append(ToolMessage(content=f"exit code {outcome['exit_code']}\n{output}", tool_call_id=call["id"] or key))
     return {"messages": [*state["messages"], *results]}
 
@@ -141,12 +140,6 @@ def after_think(state: AssistantState) -> str:
 def _calls(state: AssistantState) -> list[dict[str, Any]]:
     last = (state.get("messages") or [None])[-1]
     return list(last.tool_calls) if isinstance(last, AIMessage) else []
-
-
-def _without_secrets(output: str) -> str:
-    """A command's output as the model may read it: the values of the environment's secrets (a command gets
-    them, and may print them) replaced, as in chat. The output goes to the model's provider, a third party."""
-    return Redactor(value for name, value in os.environ.items() if SECRET_NAME.search(name)).text(output)
 
 
 def _keyed_calls(state: AssistantState) -> list[tuple[str, dict[str, Any]]]:
