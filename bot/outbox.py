@@ -24,7 +24,7 @@ import functools
 import logging
 from collections import defaultdict, deque
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import DateTime, and_, bindparam, exists, literal, or_, update
@@ -111,11 +111,15 @@ def _due_statement(limit: int) -> Any:
         earlier.id < OutboxMessage.id,
         earlier.status.in_(_UNSENT),  # type: ignore[attr-defined]
     )
+    # A channel whose pace allows no message yet: its rows would fill the LIMIT, and a backlog in one
+    # channel starved every other channel (the claim took one row a channel of the first ``limit``).
+    paced_out = exists().where(ChannelPace.platform == OutboxMessage.platform,
+                               ChannelPace.channel == OutboxMessage.channel, ChannelPace.next_at > _NOW)
     # The status IN first: with only the OR of ``_CLAIMABLE``, SQLite walked every row the platform ever
     # sent (through ix_outbox_thread), so an idle poll cost grew with the outbox's whole history.
     unsent = OutboxMessage.status.in_(_UNSENT)  # type: ignore[attr-defined]
     return prepared(select(OutboxMessage).where(OutboxMessage.platform == bindparam("platform"), unsent, _CLAIMABLE,
-                                                ~blocked_by_earlier)
+                                                ~blocked_by_earlier, ~paced_out)
                     .order_by(OutboxMessage.id).limit(limit))  # type: ignore[arg-type]
 
 
@@ -304,37 +308,53 @@ class Outbox:
             return []
         deliveries: list[Delivery] = []
         async with self._db.session() as session:
-            rows = (await session.exec(due, params=due_params)).all()
             paced: set[str] = set()
-            for row in rows:
-                if pace_seconds > 0:
-                    if row.channel in paced or not await self._channel_slot(session, row.platform, row.channel, pace_seconds):
+            seen: set[int] = set()
+            for _page in range(limit):
+                page = (await session.exec(due, params=due_params)).all()
+                rows = [row for row in page if row.id not in seen]
+                skipped = False
+                for row in rows:
+                    if len(deliveries) >= limit:
+                        break
+                    seen.add(row.id)  # type: ignore[arg-type]
+                    if pace_seconds > 0:
+                        if row.channel in paced or not await self._channel_slot(session, row.platform, row.channel,
+                                                                                pace_seconds):
+                            paced.add(row.channel)
+                            skipped = True
+                            continue
                         paced.add(row.channel)
-                        continue
-                    paced.add(row.channel)
-                taken = await session.exec(_TAKE, params={  # type: ignore[call-overload]
-                    "row_id": row.id, "now": now, "worker": worker,
-                    "until": now + timedelta(seconds=self.claim_seconds)})
-                if not taken.rowcount:
-                    continue
-                if worker != self.worker:
-                    self._claimed_as[row.id] = worker  # type: ignore[index]
-                target = None
-                if row.ref_outbox_id is not None:
-                    ref = await session.get(OutboxMessage, row.ref_outbox_id)
-                    target = ref.platform_message_id if ref else None
-                deliveries.append(
-                    Delivery(
-                        id=row.id,  # type: ignore[arg-type]
-                        kind=row.kind,
-                        location=Location(platform=row.platform, workspace=row.workspace, channel=row.channel, thread=row.thread or ""),
-                        message=Message.model_validate(row.payload),
-                        target_user=row.target_user,
-                        target_message_id=target,
-                        attempts=row.attempts + 1,
-                    )
-                )
+                    delivery = await self._take(session, row, worker, now)
+                    if delivery is not None:
+                        deliveries.append(delivery)
+                # A page that held rows of channels just paced: read again, now without those channels,
+                # so that one channel's backlog leaves room for the others' rows.
+                if not skipped or len(page) < limit or len(deliveries) >= limit:
+                    break
         return deliveries
+
+    async def _take(self, session: Transaction, row: OutboxMessage, worker: str, now: datetime) -> Delivery | None:
+        """Claim a due row for ``worker``; ``None`` when another replica took it first."""
+        taken = await session.exec(_TAKE, params={  # type: ignore[call-overload]
+            "row_id": row.id, "now": now, "worker": worker, "until": now + timedelta(seconds=self.claim_seconds)})
+        if not taken.rowcount:
+            return None
+        if worker != self.worker:
+            self._claimed_as[row.id] = worker  # type: ignore[index]
+        target = None
+        if row.ref_outbox_id is not None:
+            ref = await session.get(OutboxMessage, row.ref_outbox_id)
+            target = ref.platform_message_id if ref else None
+        return Delivery(
+            id=row.id,  # type: ignore[arg-type]
+            kind=row.kind,
+            location=Location(platform=row.platform, workspace=row.workspace, channel=row.channel, thread=row.thread or ""),
+            message=Message.model_validate(row.payload),
+            target_user=row.target_user,
+            target_message_id=target,
+            attempts=row.attempts + 1,
+        )
 
     @staticmethod
     async def _channel_slot(session: Transaction, platform: str, channel: str, pace_seconds: float) -> bool:
