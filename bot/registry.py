@@ -73,6 +73,11 @@ class GraphSpec:
 class NodeExited(RuntimeError):
     """A node called ``sys.exit()`` (argparse does, on arguments it cannot read) or raised ``KeyboardInterrupt``."""
 
+    @classmethod
+    def of(cls, exc: BaseException) -> NodeExited:
+        said = f": {exc}" if str(exc) else ""
+        return cls(f"a node raised {type(exc).__name__}{said} (a graph's node may fail its run, never stop Baton)")
+
 
 def _exits_contained(graph: Pregel) -> Pregel:
     """``graph`` whose nodes' ``SystemExit`` and ``KeyboardInterrupt`` fail the run, not Baton.
@@ -101,7 +106,7 @@ def _contained(function: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return function(*args, **kwargs)
         except (SystemExit, KeyboardInterrupt) as exc:
-            raise _exited(exc) from None
+            raise NodeExited.of(exc) from None
 
     run.baton_contained = True  # type: ignore[attr-defined]
     return run
@@ -113,15 +118,10 @@ def _contained_async(function: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return await function(*args, **kwargs)
         except (SystemExit, KeyboardInterrupt) as exc:
-            raise _exited(exc) from None
+            raise NodeExited.of(exc) from None
 
     run.baton_contained = True  # type: ignore[attr-defined]
     return run
-
-
-def _exited(exc: BaseException) -> NodeExited:
-    said = f": {exc}" if str(exc) else ""
-    return NodeExited(f"a node raised {type(exc).__name__}{said} (a graph's node may fail its run, never stop Baton)")
 
 
 class GraphRegistry:

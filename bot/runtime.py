@@ -7,7 +7,8 @@ channel activity, the effects ledger).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import contextvars
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -26,7 +27,7 @@ from bot.config import BatonConfig
 from bot.messages import Location, Message, quoted
 from bot.models import cost_of, usage_of
 from bot.redaction import Redactor
-from bot.registry import GraphRegistry, GraphSpec
+from bot.registry import GraphRegistry, GraphSpec, NodeExited
 from bot.replies import age
 from storage.db import Database, Transaction, insert_ignore, prepared
 from storage.models import Approval, Effect, InboundEvent, OutboxMessage, Run, ThreadRecord, utcnow
@@ -65,6 +66,46 @@ class RunTimedOut(RuntimeError):
         self.limit = limit
 
 
+# Set while a graph runs: the asyncio tasks LangGraph (or the graph itself) starts then are the graph's.
+_in_graph: contextvars.ContextVar[bool] = contextvars.ContextVar("baton_in_graph", default=False)
+
+
+def _contain_exits_of_graph_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Make every task started on ``loop`` while a graph runs fail with ``NodeExited`` where it would raise
+    ``SystemExit`` or ``KeyboardInterrupt``.
+
+    asyncio re-raises those two out of the event loop from whichever task raised them, whoever awaits
+    it: a ``@task`` of the functional API, a conditional edge's function, a node that is a Runnable
+    rather than a function, a subgraph a node invokes itself, a task a node starts, each calling
+    ``sys.exit()``, stopped ``baton run``. The registry's wrapping of node functions reaches none of
+    these; the tasks they run in are where they can all be caught. A task started outside a graph
+    (Baton's own) is left as it is, so a real stop still stops Baton.
+    """
+    previous = loop.get_task_factory()
+    if getattr(previous, "baton_contains_exits", False):
+        return
+
+    def create(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], *,
+               context: contextvars.Context | None = None) -> asyncio.Future[Any]:
+        inside = context.get(_in_graph, False) if context is not None else _in_graph.get()
+        started = _exits_failed(coro) if inside else coro
+        extra = {} if context is None else {"context": context}
+        task = previous(loop, started, **extra) if previous is not None else asyncio.Task(started, loop=loop, **extra)
+        if inside:  # a task cancelled before its first step never awaited ``coro``: no "never awaited" warning
+            task.add_done_callback(lambda _task: coro.close())
+        return task
+
+    create.baton_contains_exits = True  # type: ignore[attr-defined]
+    loop.set_task_factory(create)  # type: ignore[arg-type]
+
+
+async def _exits_failed(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return await coro
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise NodeExited.of(exc) from None
+
+
 class GraphRuntime:
     def __init__(self, registry: GraphRegistry, checkpointer: BaseCheckpointSaver,
                  run_timeout: float | None = None) -> None:
@@ -96,7 +137,8 @@ class GraphRuntime:
         if run_id is not None:
             config["metadata"] = {RUN_METADATA: run_id}
         limit = self.run_timeout if spec.timeout == "default" else spec.timeout
-        token = kit.bind(context)
+        _contain_exits_of_graph_tasks(asyncio.get_running_loop())
+        token, inside = kit.bind(context), _in_graph.set(True)
         deadline = asyncio.timeout(limit)
         try:
             async with deadline:
@@ -109,7 +151,10 @@ class GraphRuntime:
             if limit is not None and deadline.expired():
                 raise RunTimedOut(limit) from None
             raise  # the graph's own (a node's deadline)
+        except (SystemExit, KeyboardInterrupt) as exc:  # raised in this task: LangGraph ran the step inline
+            raise NodeExited.of(exc) from None
         finally:
+            _in_graph.reset(inside)
             kit.unbind(token)
         return await self.state(spec, lg_thread_id)
 

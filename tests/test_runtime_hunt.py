@@ -1,0 +1,112 @@
+"""A graph author stressing Baton's LangGraph runtime: what a graph does wrong fails its run, never Baton."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from tests.support import ROOT, BatonProcess, wait_for
+
+TASK_EXIT_GRAPH = """
+import sys
+from langgraph.func import entrypoint, task
+
+@task
+def parse(text):
+    sys.exit("usage: taskexit <service>")  # argparse, in a @task of the functional API
+
+@task
+async def interrupted(text):
+    raise KeyboardInterrupt
+
+@entrypoint()
+async def graph(inputs):
+    if inputs["text"] == "async":
+        return {"reply": await interrupted(inputs["text"])}
+    return {"reply": await parse(inputs["text"])}
+"""
+
+EDGE_EXIT_GRAPH = """
+import asyncio
+import sys
+from typing import TypedDict
+from langchain_core.runnables import RunnableLambda
+from langgraph.graph import END, START, StateGraph
+
+class S(TypedDict, total=False):
+    text: str
+    reply: str
+
+def route(state):
+    if state["text"] == "route":
+        raise KeyboardInterrupt  # in a conditional edge's function
+    return state["text"]
+
+async def spawn(state):
+    async def later():
+        sys.exit(4)
+    await asyncio.create_task(later())  # a task the node starts itself
+    return {"reply": "never"}
+
+def runnable(state):
+    sys.exit("a Runnable node")
+
+async def generator(state):
+    raise GeneratorExit
+
+graph = StateGraph(S)
+graph.add_node("spawn", spawn)
+graph.add_node("runnable", RunnableLambda(runnable))
+graph.add_node("generator", generator)
+graph.add_conditional_edges(START, route, ["spawn", "runnable", "generator"])
+for name in ("spawn", "runnable", "generator"):
+    graph.add_edge(name, END)
+"""
+
+
+@pytest.fixture
+def exiting_graphs(tmp_path: Path) -> Path:
+    """A working directory whose ``graphs/`` holds Baton's own graphs and two that exit where no node function
+    of theirs is (``python -m bot.cli run`` finds it first)."""
+    shutil.copytree(ROOT / "graphs", tmp_path / "graphs", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "graphs" / "taskexit.py").write_text(TASK_EXIT_GRAPH)
+    (tmp_path / "graphs" / "edgeexit.py").write_text(EDGE_EXIT_GRAPH)
+    return tmp_path
+
+
+def _run_statuses(database: Path) -> list[tuple[str, str]]:
+    with closing(sqlite3.connect(database)) as connection:
+        return connection.execute("SELECT graph, status FROM runs ORDER BY id").fetchall()
+
+
+def test_an_exit_outside_a_node_function_fails_its_run_not_baton(exiting_graphs, config_path, sqlite_url) -> None:
+    """``sys.exit()`` or ``KeyboardInterrupt`` in a ``@task``, a conditional edge, a Runnable node or a task a node
+    started stopped the whole ``baton run`` (asyncio re-raises them out of the event loop from any task); a
+    request handled again at the next start stopped it again. A real SIGINT still stops Baton in order."""
+    baton = BatonProcess(sqlite_url, config_path, exiting_graphs, exec_=True).start()
+    try:
+        chat = baton.client()
+        asked = [("taskexit web", "usage: taskexit <service>"), ("taskexit async", "KeyboardInterrupt"),
+                 ("edgeexit route", "KeyboardInterrupt"), ("edgeexit spawn", "SystemExit: 4"),
+                 ("edgeexit runnable", "a Runnable node"), ("edgeexit generator", "failed")]
+        for text, reason in asked:
+            thread = chat.ask(f"@baton {text}")
+            reply = chat.wait_reply(thread, f"`{text.split()[0]}` failed")
+            assert reason in reply["text"], (text, reply["text"])
+            assert baton.process is not None and baton.process.poll() is None, text
+        assert "help" in chat.wait_reply(chat.ask("@baton help"), "taskexit")["text"]
+        database = Path(sqlite_url.removeprefix("sqlite:///"))
+        statuses = wait_for(lambda: [s for s in _run_statuses(database) if s[0] != "help"] if all(
+            status != "running" for _, status in _run_statuses(database)) else None, what="every run finished")
+        assert statuses == [(text.split()[0], "failed") for text, _ in asked]
+        assert baton.process is not None
+        baton.process.send_signal(signal.SIGINT)
+        baton.process.wait(20)
+    finally:
+        baton.stop()
+    assert "Application shutdown complete" in baton.log.read_text()  # stopped in order, not killed
