@@ -253,13 +253,20 @@ def _input_told(name: str, make_input: InputMaker) -> InputMaker:
     def make(request: Request, args: str) -> dict[str, Any]:
         try:
             return make_input(request, args)
-        except Exception as exc:
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # argparse's sys.exit() too: Baton's own task
             from bot.routing import RouteError  # bot.routing imports this module
 
-            reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-            raise RouteError(f"`{name}` could not read this request: {reason}. Nothing was run.") from exc
+            raise RouteError(f"`{name}` could not read this request: {_refusal(exc)}. Nothing was run.") from exc
 
     return make
+
+
+def _refusal(exc: BaseException) -> str:
+    """Why ``make_input`` refused: its exception's message; ``sys.exit(2)``'s is no sentence, so it is named."""
+    said = str(exc).splitlines()[0][:300] if str(exc) else ""
+    if isinstance(exc, Exception) or (exc.args and isinstance(exc.args[0], str)):
+        return said or type(exc).__name__
+    return f"{type(exc).__name__}: {said}" if said else type(exc).__name__
 
 
 def _first_line(doc: str | None) -> str:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import shutil
 import signal
 import sqlite3
+import sys
 from contextlib import closing
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 
+from bot.registry import _spec_from_module
 from tests.support import ROOT, BatonProcess, wait_for
+from tests.test_graph_modules import State, _asked, _one_node, _reply
 
 TASK_EXIT_GRAPH = """
 import sys
@@ -110,3 +115,22 @@ def test_an_exit_outside_a_node_function_fails_its_run_not_baton(exiting_graphs,
     finally:
         baton.stop()
     assert "Application shutdown complete" in baton.log.read_text()  # stopped in order, not killed
+
+
+async def test_make_input_that_calls_sys_exit_refuses_the_request_not_baton(tmp_path, config_path) -> None:
+    """``make_input`` reading its arguments with argparse, which calls ``sys.exit()`` on ones it cannot read: it
+    runs in Baton's own handling of the message, outside any graph, and stopped ``baton run``."""
+    def make_input(_request: Any, text: str) -> dict[str, Any]:
+        if not text.isdigit():
+            sys.exit("usage: scale <replicas>")
+        return {"text": text}
+
+    async def act(state: State) -> State:
+        return {"reply": f"scaled to {state['text']}"}
+
+    module = ModuleType("graphs_runtime_hunt")
+    module.__file__ = "graphs_runtime_hunt.py"
+    module.__dict__.update(graph=_one_node(act), make_input=make_input)
+    async with _asked(tmp_path, config_path, _spec_from_module("scale", module), "scale lots") as baton:
+        reply = await _reply(baton, "1")
+    assert "`scale` could not read this request: usage: scale <replicas>. Nothing was run." in reply, reply
