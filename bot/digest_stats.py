@@ -11,9 +11,10 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.approvals import who_may_approve
-from storage.models import Approval, Run, ThreadRecord
+from storage.models import Approval, DigestRun, Run, ThreadRecord
 
 MAX_LISTED = 10
+DIGEST_GRAPH = "digest"
 
 
 async def collect(session: AsyncSession, platform: str, channel: str, start: datetime, end: datetime,
@@ -34,6 +35,18 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
         per_graph[graph][bucket] = per_graph[graph].get(bucket, 0) + count
         finished_count += finished
         waited += waited_sum or 0.0
+        tokens = (tokens or 0) + tokens_sum if tokens_sum is not None else tokens
+        cost = (cost or 0.0) + cost_sum if cost_sum is not None else cost
+        cost_known += costs
+        with_tokens += tokened
+    if not graphs or DIGEST_GRAPH in graphs:
+        # The channel's earlier digests' own model summaries: no run holds them (each counted by the
+        # digest whose window its firing falls in, the one after it).
+        tokens_sum, cost_sum, costs, tokened = (await session.exec(
+            select(func.sum(DigestRun.tokens), func.sum(DigestRun.cost), func.count(DigestRun.cost),
+                   func.count(DigestRun.tokens))
+            .where(DigestRun.platform == platform, DigestRun.channel == channel, DigestRun.fire_time >= start,
+                   DigestRun.fire_time < end))).one()
         tokens = (tokens or 0) + tokens_sum if tokens_sum is not None else tokens
         cost = (cost or 0.0) + cost_sum if cost_sum is not None else cost
         cost_known += costs

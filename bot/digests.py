@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,9 +21,10 @@ from sqlmodel import select
 
 from bot import audit, schedules
 from bot.config import Digest
-from bot.digest_stats import collect
+from bot.digest_stats import DIGEST_GRAPH, collect
 from bot.kit import Request
 from bot.messages import Location, Message
+from bot.models import cost_of, usage_of
 from bot.outbox import Outbox
 from bot.replies import when
 from bot.runtime import GraphRuntime, RunServices, Services
@@ -31,11 +32,25 @@ from storage.db import Transaction, insert_ignore
 from storage.models import DigestRun, DigestSchedule, utcnow
 
 log = logging.getLogger("baton.digests")
-DIGEST_GRAPH = "digest"
 RETAKE_AFTER = timedelta(minutes=2)  # a claimed firing not posted by then was lost with its replica
 MANUAL_WINDOW = timedelta(hours=24)  # `digest now` in a channel that never had a digest
 RENEW_SECONDS = RETAKE_AFTER.total_seconds() / 4  # a replica building a digest says so this often
 MAX_ATTEMPTS = 5  # a digest that fails to build this often (a bug in its graph) is given up, not retried forever
+
+
+@dataclass
+class Spend:
+    """What building a digest cost in model tokens (and dollars, when baton.yaml prices the model)."""
+
+    tokens: int = 0
+    cost: float | None = None
+
+    def values(self) -> dict[str, Any]:
+        """The update adding this to a firing's own spend (earlier attempts' included)."""
+        values: dict[str, Any] = {"tokens": func.coalesce(DigestRun.tokens, 0) + self.tokens}
+        if self.cost is not None:
+            values["cost"] = func.coalesce(DigestRun.cost, 0.0) + self.cost
+        return values
 
 
 @dataclass
@@ -44,6 +59,25 @@ class Claim:
 
     run_id: int
     at: datetime
+    spent: Spend = field(default_factory=Spend)
+
+
+class DigestContext(RunServices):
+    """The digest graph's run context: no run row holds its model's usage, so it is added up here."""
+
+    def __init__(self, services: Services, request: Request, workspace: str, spent: Spend) -> None:
+        super().__init__(services, request, None, workspace)
+        self._price = services.config.models.prices.get(services.model_name or "")
+        self._spent = spent
+
+    async def record_usage(self, reply: Any) -> None:
+        input_tokens, output_tokens = usage_of(reply)
+        if not (input_tokens or output_tokens):
+            return
+        self._spent.tokens += input_tokens + output_tokens
+        cost = cost_of(self._price, input_tokens, output_tokens)
+        if cost is not None:
+            self._spent.cost = (self._spent.cost or 0.0) + cost
 
 
 class Digests:
@@ -229,6 +263,7 @@ class Digests:
                 DigestRun.id == run.id, DigestRun.status == "claimed", DigestRun.claimed_by == self.instance,
                 DigestRun.claimed_at == claim.at).values(
                 status="failed" if given_up else "claimed", summary={**run.summary, "attempts": attempts, "error": error}))
+            await _add_spend(session, run.id, claim.spent)  # type: ignore[arg-type]
             if asked and ours.rowcount:
                 location = Location(platform=run.platform, workspace=run.workspace, channel=run.channel,
                                     thread=run.summary.get("thread") or "")
@@ -255,7 +290,7 @@ class Digests:
             stats["reason"] = run.summary.get("reason", "")
             location = Location(platform=run.platform, workspace=run.workspace, channel=run.channel,
                                 thread=run.summary.get("thread") or "")
-            message = await self._render(run, stats, location)
+            message = await self._render(run, stats, location, claim.spent)
         finally:
             stop.set()
             await keeping  # a renewal under way finishes first: ``claim.at`` is then the stored one
@@ -263,6 +298,7 @@ class Digests:
             still_ours = await session.exec(update(DigestRun).where(  # type: ignore[arg-type]
                 DigestRun.id == run.id, DigestRun.status == "claimed", DigestRun.claimed_by == self.instance,
                 DigestRun.claimed_at == claim.at).values(status="posted", posted_at=self.clock()))
+            await _add_spend(session, run.id, claim.spent)  # type: ignore[arg-type]  # spent even if taken over
             if not still_ours.rowcount:
                 log.info("digest %s for %s/%s was taken over by another replica meanwhile", run.id, run.platform, run.channel)
                 return False
@@ -272,6 +308,7 @@ class Digests:
             await audit.record(session, "digest.posted", f"digest-{run.id}", platform=run.platform, channel=run.channel,
                                window_start=run.window_start.isoformat(), window_end=run.window_end.isoformat(),
                                requests=stats["requests"])
+        claim.spent = Spend()  # committed: not to be added again should anything below fail
         self.outbox.wake(run.platform)
         return True
 
@@ -296,14 +333,14 @@ class Digests:
                 return  # taken over: the final check drops this card
             claim.at = renewed_at
 
-    async def _render(self, run: DigestRun, stats: dict[str, Any], location: Location) -> Message:
+    async def _render(self, run: DigestRun, stats: dict[str, Any], location: Location, spent: Spend) -> Message:
         spec = self.registry.get(DIGEST_GRAPH)
         if spec is None:
             return Message.text(f"Digest {when(run.window_start)} to {when(run.window_end)}: "
                                 f"{stats['requests']} requests (the `digest` graph is not installed).")
-        services = RunServices(self.services, Request(
-            platform=run.platform, channel=run.channel, thread=location.thread, user="baton", text="digest"), None,
-            run.workspace)
+        services = DigestContext(self.services, Request(
+            platform=run.platform, channel=run.channel, thread=location.thread, user="baton", text="digest"),
+            run.workspace, spent)
         lg_thread = f"digest-{run.id}"
 
         async def no_progress(_text: str) -> None:
@@ -318,6 +355,11 @@ class Digests:
     def _period(schedule: DigestSchedule, fire_time: datetime) -> timedelta:
         following = schedules.next_fire(schedule.cron, schedule.timezone, fire_time + timedelta(microseconds=1))
         return (following - fire_time) if following else timedelta(days=1)
+
+
+async def _add_spend(session: Transaction, run_id: int, spent: Spend) -> None:
+    if spent.tokens:
+        await session.exec(update(DigestRun).where(DigestRun.id == run_id).values(**spent.values()))  # type: ignore[arg-type]
 
 
 def _config_key(digest: Digest) -> str:

@@ -39,6 +39,8 @@ def compose(state: DigestState) -> DigestState:
     quiet = not stats["requests"] and not stats["decided"] and not stats["waiting"] and not stats["failures"]
     if quiet:
         text = f"Quiet: no requests, approvals or failures from {_span(start, end)}."
+        if stats.get("tokens") is not None:  # what the digest before this one spent on its summary
+            text += f" {_spending(stats)}."
         return {"reply": {"title": title, "tone": "info", "parts": [{"kind": "text", "text": text}]}}
     parts: list[dict[str, Any]] = []
     lines = [f"*{stats['requests']}* requests"]
@@ -51,11 +53,7 @@ def compose(state: DigestState) -> DigestState:
                      f"p95 {duration(turnaround['p95_ms'] / 1000)} over {turnaround['count']} finished")
     lines.append(f"Time spent waiting for humans: {duration(stats['waited_seconds'])}")
     if stats.get("tokens") is not None:
-        cost = f", cost ${stats['cost']:.4f}" if stats.get("cost") is not None else ""
-        unpriced = stats.get("unpriced_runs") or 0
-        if unpriced and stats.get("cost") is not None:  # the cost shown is only part of it
-            cost += f" (and {unpriced} run{'s' if unpriced > 1 else ''} with no price in baton.yaml)"
-        lines.append(f"Model tokens: {stats['tokens']:,}{cost}")
+        lines.append(_spending(stats))
     parts.append({"kind": "text", "text": "\n".join(lines)})
     if stats["decided"]:
         granted, rejected = stats["approved_count"], stats["rejected_count"]
@@ -84,6 +82,14 @@ def compose(state: DigestState) -> DigestState:
         parts.append({"kind": "note", "text": f"Digest {stats['reason']}."})
     tone = "warning" if stats["failures"] or stats["waiting"] else "success"
     return {"reply": {"title": title, "tone": tone, "parts": parts}}
+
+
+def _spending(stats: dict[str, Any]) -> str:
+    cost = f", cost ${stats['cost']:.4f}" if stats.get("cost") is not None else ""
+    unpriced = stats.get("unpriced_runs") or 0
+    if unpriced and stats.get("cost") is not None:  # the cost shown is only part of it
+        cost += f" (and {unpriced} run{'s' if unpriced > 1 else ''} with no price in baton.yaml)"
+    return f"Model tokens: {stats['tokens']:,}{cost}"
 
 
 def _not_listed(count: int, listed: list[Any]) -> str:

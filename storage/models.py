@@ -308,3 +308,6 @@ class DigestRun(SQLModel, table=True):
     claimed_at: datetime = Field(default_factory=utcnow)
     posted_at: datetime | None = None
     summary: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # What building it cost (its model summary): there is no run to hold it, and it is spent in the channel.
+    tokens: int | None = None
+    cost: float | None = None

@@ -169,6 +169,21 @@ def test_digest_gets_a_written_summary_with_a_model(start_baton, sqlite_url, mod
     assert '"requests": 1' in calls(model_script.path)[0]["last"]
 
 
+def test_what_a_digests_summary_cost_is_counted_by_the_next_digest(start_baton, sqlite_url, model_script):
+    """No run holds a digest's own model call: its firing keeps the spend, and the channel's next digest
+    counts it with the runs'."""
+    pg = start_baton(sqlite_url, env=model_script(final("One uptime check."), final("Another one."))).client()
+    pg.wait_reply(pg.ask("@baton run uptime", channel="ops"), "did uptime")
+    first = pg.wait_reply(pg.ask("@baton digest now", channel="ops"), "Digest for #ops")
+    assert "Model tokens" not in first["text"]  # uptime used no model, and the summary was being written
+    with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as db:
+        spent = db.execute("SELECT tokens, cost FROM digest_runs WHERE status = 'posted'").fetchall()
+    assert spent == [(250, pytest.approx(300 / 1_000_000))]
+    pg.wait_reply(pg.ask("@baton run uptime force", channel="ops"), "did uptime")
+    second = pg.wait_reply(pg.ask("@baton digest now", channel="ops"), "Digest for #ops")
+    assert "Model tokens: 250, cost $0.0003" in second["text"]
+
+
 def test_a_model_that_hangs_is_given_up_on(start_baton, sqlite_url, model_script):
     env = {**model_script({"hang": 30}), "BATON_MODEL_TIMEOUT_SECONDS": "0.5", "BATON_MODEL_RETRIES": "1"}
     pg = start_baton(sqlite_url, env=env).client()
