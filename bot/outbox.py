@@ -96,6 +96,19 @@ _LATEST_VERSION = select(OutboxMessage.payload).where(
 ).order_by(OutboxMessage.id.desc()).limit(1)  # type: ignore[union-attr]
 
 
+# Where an edit goes: the platform id of the post's latest delivered version. An edit of a post that
+# never made it (refused, given up on) or that someone deleted is posted anew, and that new message is
+# what the next edit must change: the post's own id made every later edit post one more copy.
+_SHOWN_AS = prepared(select(OutboxMessage.platform_message_id).where(
+    OutboxMessage.platform == bindparam("platform"), OutboxMessage.channel == bindparam("channel"),
+    OutboxMessage.thread == bindparam("thread"), OutboxMessage.id >= bindparam("post_id"),
+    OutboxMessage.id < bindparam("edit_id"), OutboxMessage.status == "sent",
+    OutboxMessage.platform_message_id.is_not(None),  # type: ignore[union-attr]
+    or_(OutboxMessage.id == bindparam("post_id"),
+        and_(OutboxMessage.kind == "update", OutboxMessage.ref_outbox_id == bindparam("post_id"))),
+).order_by(OutboxMessage.id.desc()).limit(1))  # type: ignore[union-attr]
+
+
 # An IN list of literals, not of values: a prepared statement takes no expanding IN parameter.
 _UNSENT = [literal("pending"), literal("sending")]
 
@@ -344,8 +357,12 @@ class Outbox:
             self._claimed_as[row.id] = worker  # type: ignore[index]
         target = None
         if row.ref_outbox_id is not None:
-            ref = await session.get(OutboxMessage, row.ref_outbox_id)
-            target = ref.platform_message_id if ref else None
+            target = (await session.exec(_SHOWN_AS, params={  # type: ignore[call-overload]
+                "platform": row.platform, "channel": row.channel, "thread": row.thread, "post_id": row.ref_outbox_id,
+                "edit_id": row.id})).first()
+            if target is None:  # not stored in its post's thread: the post's own id, if it has one
+                ref = await session.get(OutboxMessage, row.ref_outbox_id)
+                target = ref.platform_message_id if ref else None
         return Delivery(
             id=row.id,  # type: ignore[arg-type]
             kind=row.kind,

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
+import aiohttp
 import pytest
-from sqlalchemy import update
 
+from adapters.slack import SlackAdapter
 from bot.messages import Location, Message
 from bot.outbox import Outbox
+from bot.settings import Settings
 from storage.db import Database
-from storage.models import OutboxMessage, utcnow
+from tests.fake_slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack, shown_text
 
 
 def _at(channel: str, thread: str, platform: str = "slack") -> Location:
@@ -31,3 +34,85 @@ async def test_a_paced_channels_backlog_does_not_starve_the_other_channels(datab
     claimed = await outbox.claim("slack", "me", pace_seconds=60.0)
     assert sorted(d.message.plain_text() for d in claimed) == ["busy 0", "quiet"]  # one per channel, each its first
     assert await outbox.claim("slack", "me", pace_seconds=60.0) == []  # both channels wait for their next slot
+
+
+@pytest.fixture
+def fake_slack() -> Iterator[FakeSlack]:
+    fake = FakeSlack().start()
+    yield fake
+    fake.stop()
+
+
+class _Baton:
+    """What the Slack adapter's delivery reads of Baton: its settings and its outbox."""
+
+    def __init__(self, fake: FakeSlack, tmp_path: Path, outbox: Outbox) -> None:
+        self.settings = Settings(SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_SIGNING_SECRET=SIGNING_SECRET,  # type: ignore[call-arg]
+                                 SLACK_API_URL=fake.api_url, BATON_CONFIG=str(tmp_path / "absent.yaml"))
+        self.outbox = outbox
+
+
+@pytest.fixture
+async def slack_outbox(fake_slack: FakeSlack, tmp_path: Path, database: Database) -> AsyncIterator[tuple[Outbox, SlackAdapter]]:
+    outbox = Outbox(database, worker="me")
+    adapter = SlackAdapter(_Baton(fake_slack, tmp_path, outbox))  # type: ignore[arg-type]
+    adapter.client.session = aiohttp.ClientSession()
+    try:
+        yield outbox, adapter
+    finally:
+        await adapter.client.session.close()
+
+
+async def _deliver_due(outbox: Outbox, adapter: SlackAdapter) -> list[str]:
+    """What the delivery loop does with the rows due now: claim, send, settle. The texts it claimed."""
+    claimed = await outbox.claim("slack", "me")
+    for delivery in claimed:
+        await adapter._deliver(delivery)
+    return [delivery.message.plain_text() for delivery in claimed]
+
+
+PROGRESS = Location(platform="slack", workspace="T1", channel="C0GENERAL1", thread="1.000001")
+
+
+async def _edit(outbox: Outbox, database: Database, post_id: int, text: str) -> None:
+    async with database.session() as session:
+        await outbox.enqueue(session, PROGRESS, Message.text(text, tone="progress"), kind="update", ref_outbox_id=post_id)
+
+
+@pytest.mark.asyncio
+async def test_every_edit_of_a_deleted_post_does_not_post_a_new_copy(
+        fake_slack: FakeSlack, database: Database, slack_outbox: tuple[Outbox, SlackAdapter]) -> None:
+    """A run's progress message is edited at each step. Someone deleted it: the first edit posted its new
+    version in the thread (Slack said message_not_found), and so did every later edit, as each edited the
+    deleted original again: one new message a step. Each edit now edits the message that shows the post."""
+    outbox, adapter = slack_outbox
+    async with database.session() as session:
+        post = await outbox.enqueue(session, PROGRESS, Message.text("step 1 of 4", tone="progress"))
+    assert await _deliver_due(outbox, adapter) == ["step 1 of 4"]
+    [original] = fake_slack.messages(thread=PROGRESS.thread)
+    fake_slack.delete(PROGRESS.channel, original.ts)
+
+    for step in (2, 3, 4):
+        await _edit(outbox, database, post, f"step {step} of 4")
+        assert await _deliver_due(outbox, adapter) == [f"step {step} of 4"]
+    shown = [shown_text(message) for message in fake_slack.messages(thread=PROGRESS.thread)]
+    assert len(shown) == 1 and "step 4 of 4" in shown[0], shown
+
+
+@pytest.mark.asyncio
+async def test_every_edit_of_a_post_that_failed_does_not_post_a_new_copy(
+        fake_slack: FakeSlack, database: Database, slack_outbox: tuple[Outbox, SlackAdapter]) -> None:
+    """A post Slack refused for good (or gave up on after its retries) has no Slack id: its first edit is
+    posted in its place, and every later edit was posted again beside it."""
+    outbox, adapter = slack_outbox
+    fake_slack.fail("chat.postMessage", 400, error="invalid_blocks")
+    async with database.session() as session:
+        post = await outbox.enqueue(session, PROGRESS, Message.text("step 1 of 3", tone="progress"))
+    assert await _deliver_due(outbox, adapter) == ["step 1 of 3"]
+    assert fake_slack.messages(thread=PROGRESS.thread) == []
+
+    for step in (2, 3):
+        await _edit(outbox, database, post, f"step {step} of 3")
+        assert await _deliver_due(outbox, adapter) == [f"step {step} of 3"]
+    shown = [shown_text(message) for message in fake_slack.messages(thread=PROGRESS.thread)]
+    assert len(shown) == 1 and "step 3 of 3" in shown[0], shown
