@@ -289,6 +289,21 @@ class DiscordAdapter(Adapter):
             raise StartFailed(f"Discord did not let Baton register /baton in DISCORD_GUILD_ID={self._guild_id} "
                                f"({exc.text}): is the bot in that server, invited with the applications.commands "
                                "scope?") from exc
+        await self._remove_global_command()
+
+    async def _remove_global_command(self) -> None:
+        """A ``/baton`` registered globally before ``DISCORD_GUILD_ID`` was set would be offered beside the
+        server's own: that one alone is deleted (another global command of the application is not Baton's)."""
+        try:
+            stale = [command for command in await self.client.tree.fetch_commands() if command.name == "baton"]
+            for command in stale:
+                await command.delete()
+        except discord.HTTPException as exc:
+            log.warning("Discord: the global /baton from before DISCORD_GUILD_ID was set could not be removed (%s); "
+                        "the server may show /baton twice until it is", exc.text or exc.status)
+            return
+        if stale:
+            log.info("Discord: removed the global /baton registered before DISCORD_GUILD_ID was set")
 
     async def _choose_gateway(self) -> None:
         if self._gateway_url:

@@ -194,6 +194,8 @@ class FakeDiscord(BackgroundServer):
             ("GET", "/users/@me", self._me),
             ("GET", "/oauth2/applications/@me", self._application),
             ("PUT", "/applications/{application_id}/commands", self._overwrite_commands),
+            ("GET", "/applications/{application_id}/commands", self._list_commands),
+            ("DELETE", "/applications/{application_id}/commands/{command_id}", self._delete_command),
             ("PUT", "/applications/{application_id}/guilds/{guild_id}/commands", self._overwrite_commands),
             ("GET", "/guilds/{guild_id}/members/{user_id}", self._get_member),
             ("GET", "/channels/{channel_id}", self._get_channel),
@@ -452,6 +454,18 @@ class FakeDiscord(BackgroundServer):
         with self._lock:
             self.commands[scope] = commands
         return _json(commands)
+
+    async def _list_commands(self, request: web.Request, body: Any) -> web.Response:
+        with self._lock:
+            return _json(self.commands.get("global", []))
+
+    async def _delete_command(self, request: web.Request, body: Any) -> web.Response:
+        with self._lock:
+            kept = [c for c in self.commands.get("global", []) if c["id"] != request.match_info["command_id"]]
+            if len(kept) == len(self.commands.get("global", [])):
+                return _error(404, 10063, "Unknown application command")
+            self.commands["global"] = kept
+        return web.Response(status=204)
 
     async def _get_member(self, request: web.Request, body: dict[str, Any]) -> web.Response:
         """Everyone but ``STRANGER`` is a member of GUILD_ID (no intent needed: it is REST)."""

@@ -167,6 +167,20 @@ def test_mention_opens_a_thread_and_the_thread_is_the_conversation(chat, counter
         (GUILD_ID, OPS, thread), ("", direct, direct)]
 
 
+def test_a_global_baton_from_before_discord_guild_id_was_set_is_removed(fake_discord, start_baton, sqlite_url):
+    """Else the server offers /baton twice (its own and the global one); other global commands stay."""
+    everywhere = {key: value for key, value in fake_discord.env().items() if key != "DISCORD_GUILD_ID"}
+    start_baton(sqlite_url, name="global", env=everywhere).stop()
+    (registered,) = fake_discord.commands["global"]
+    assert registered["name"] == "baton" and GUILD_ID not in fake_discord.commands
+    fake_discord.commands["global"].append({**registered, "id": snowflake(), "name": "someone-elses"})
+
+    baton = start_baton(sqlite_url, name="one-server", env=fake_discord.env())
+    assert [c["name"] for c in fake_discord.commands[GUILD_ID]] == ["baton"]
+    assert [c["name"] for c in fake_discord.commands["global"]] == ["someone-elses"]
+    assert "removed the global /baton registered before DISCORD_GUILD_ID was set" in baton.log.read_text()
+
+
 def test_a_high_risk_request_in_a_direct_message_says_it_needs_a_channel(chat, counter):
     """Only the requester sees their DM with the bot, and they may not approve their own high-risk
     request: the card waited there for ever."""
