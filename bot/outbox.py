@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import DateTime, and_, bindparam, exists, literal, or_, update
+from sqlalchemy import DateTime, and_, bindparam, exists, func, literal, or_, update
 from sqlalchemy.orm import aliased
 from sqlmodel import select
 
@@ -113,6 +113,11 @@ _SHOWN_AS = prepared(select(OutboxMessage.platform_message_id).where(
 _UNSENT = [literal("pending"), literal("sending")]
 
 
+# Every platform's unsent rows: how many, and since when (read at start, not polled).
+_BACKLOG = select(OutboxMessage.platform, func.count(), func.min(OutboxMessage.created_at)).where(
+    OutboxMessage.status.in_(_UNSENT)).group_by(OutboxMessage.platform)  # type: ignore[attr-defined]
+
+
 @functools.cache
 def _due_statement(limit: int) -> Any:
     """The first claimable row of each thread (a row waits for every earlier row of its thread)."""
@@ -188,6 +193,21 @@ class Outbox:
 
     def detach(self, platform: str) -> None:
         self._senders.pop(platform, None)
+
+    async def report_unserved(self) -> dict[str, int]:
+        """Once the adapters have started: warn of the stored messages for platforms this process does not
+        deliver (Discord's tokens removed from .env after messages for it were stored). They are kept, for
+        a replica that serves the platform, or for this one once it serves it again. Returns how many, a platform."""
+        async with self._db.read() as session:
+            backlog = (await session.exec(_BACKLOG)).all()  # type: ignore[call-overload]
+        unserved = {platform: int(count) for platform, count, _oldest in backlog if platform not in self._senders}
+        for platform, count, oldest in backlog:
+            if platform in unserved:
+                log.warning("%d outbox message(s) for %s are waiting, the oldest since %s UTC, and this Baton does not "
+                            "deliver %s (no adapter for it here: its settings, or BATON_ADAPTERS): a replica serving %s "
+                            "sends them; if none does, they wait, and go out late once %s is served again",
+                            count, platform, f"{oldest:%Y-%m-%d %H:%M}", platform, platform, platform)
+        return unserved
 
     @staticmethod
     async def latest_version(session: Transaction, location: Location, post_id: int) -> Message | None:

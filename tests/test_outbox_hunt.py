@@ -116,3 +116,22 @@ async def test_every_edit_of_a_post_that_failed_does_not_post_a_new_copy(
         assert await _deliver_due(outbox, adapter) == [f"step {step} of 3"]
     shown = [shown_text(message) for message in fake_slack.messages(thread=PROGRESS.thread)]
     assert len(shown) == 1 and "step 3 of 3" in shown[0], shown
+
+
+@pytest.mark.asyncio
+async def test_messages_stored_for_a_platform_nobody_here_serves_are_explained_to_the_operator(
+        database: Database, caplog: pytest.LogCaptureFixture) -> None:
+    """Discord's tokens were removed from .env while replies to Discord threads were still queued: Baton
+    started with Slack only, and those rows waited for ever without a word. They are still kept (a replica
+    serving Discord, or this one once it does again, sends them), and the operator is told at start."""
+    outbox = Outbox(database, worker="me")
+    async with database.session() as session:
+        await outbox.enqueue(session, _at("D1", "D1", platform="discord"), Message.text("queued before the restart"))
+        await outbox.enqueue(session, _at("D2", "D2", platform="discord"), Message.text("this too"))
+        await outbox.enqueue(session, _at("C1", "1.0"), Message.text("slack's own"))
+    outbox.attach("slack", 1.0)
+
+    assert await outbox.report_unserved() == {"discord": 2}
+    assert "2 outbox message(s) for discord are waiting" in caplog.text
+    assert "this Baton does not deliver discord" in caplog.text and "slack" not in caplog.text
+    assert await outbox.claim("discord", "replica-with-discord") != []  # kept, for whoever serves Discord
