@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import DateTime, and_, bindparam, exists, func, literal, or_, update
 from sqlalchemy.orm import aliased
 from sqlmodel import select
@@ -185,6 +186,7 @@ class Outbox:
         self._taken: dict[str, list[int]] = {}  # platform -> the rows its delivery loop took last
         self._loops: dict[str, asyncio.Task[Any] | None] = {}  # platform -> the task that takes them
         self._claimed_as: dict[int, str] = {}  # row -> the worker ``claim`` took it as, until it is settled
+        self._unreadable: set[int] = set()  # rows whose message this version cannot read, said once each
 
     def attach(self, platform: str, pace_seconds: float) -> None:
         """This process delivers ``platform``'s messages from now on (its adapter has started)."""
@@ -351,6 +353,9 @@ class Outbox:
                     if len(deliveries) >= limit:
                         break
                     seen.add(row.id)  # type: ignore[arg-type]
+                    message = self._readable(row)
+                    if message is None:
+                        continue
                     if pace_seconds > 0:
                         if row.channel in paced or not await self._channel_slot(session, row.platform, row.channel,
                                                                                 pace_seconds):
@@ -358,7 +363,7 @@ class Outbox:
                             skipped = True
                             continue
                         paced.add(row.channel)
-                    delivery = await self._take(session, row, worker, now)
+                    delivery = await self._take(session, row, message, worker, now)
                     if delivery is not None:
                         deliveries.append(delivery)
                 # A page that held rows of channels just paced: read again, now without those channels,
@@ -367,7 +372,23 @@ class Outbox:
                     break
         return deliveries
 
-    async def _take(self, session: Transaction, row: OutboxMessage, worker: str, now: datetime) -> Delivery | None:
+    def _readable(self, row: OutboxMessage) -> Message | None:
+        """The row's message; ``None`` when this version cannot read it (stored by another Baton version in a
+        rolling deploy, or before a rollback). Raising here failed the whole claim, and with it every delivery
+        of the platform; the row is left as it is, for a replica that reads it."""
+        try:
+            return Message.model_validate(row.payload)
+        except ValidationError as exc:
+            if row.id not in self._unreadable:
+                self._unreadable.add(row.id)  # type: ignore[arg-type]
+                log.error("outbox message %s (%s in channel %s, thread %s) was stored by a Baton version this one "
+                          "cannot read (%s); it is left for a replica that can, and its thread's later messages wait "
+                          "behind it", row.id, row.kind, row.channel, row.thread or "-",
+                          "; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors()))
+            return None
+
+    async def _take(self, session: Transaction, row: OutboxMessage, message: Message, worker: str,
+                    now: datetime) -> Delivery | None:
         """Claim a due row for ``worker``; ``None`` when another replica took it first."""
         taken = await session.exec(_TAKE, params={  # type: ignore[call-overload]
             "row_id": row.id, "now": now, "worker": worker, "until": now + timedelta(seconds=self.claim_seconds)})
@@ -387,7 +408,7 @@ class Outbox:
             id=row.id,  # type: ignore[arg-type]
             kind=row.kind,
             location=Location(platform=row.platform, workspace=row.workspace, channel=row.channel, thread=row.thread or ""),
-            message=Message.model_validate(row.payload),
+            message=message,
             target_user=row.target_user,
             target_message_id=target,
             attempts=row.attempts + 1,

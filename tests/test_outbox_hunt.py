@@ -7,12 +7,14 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from sqlalchemy import update
 
 from adapters.slack import SlackAdapter
 from bot.messages import Location, Message
 from bot.outbox import Outbox
 from bot.settings import Settings
 from storage.db import Database
+from storage.models import OutboxMessage
 from tests.fake_slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack, shown_text
 
 
@@ -135,3 +137,28 @@ async def test_messages_stored_for_a_platform_nobody_here_serves_are_explained_t
     assert "2 outbox message(s) for discord are waiting" in caplog.text
     assert "this Baton does not deliver discord" in caplog.text and "slack" not in caplog.text
     assert await outbox.claim("discord", "replica-with-discord") != []  # kept, for whoever serves Discord
+
+
+@pytest.mark.asyncio
+async def test_a_stored_message_this_version_cannot_read_does_not_stop_the_platform_s_deliveries(
+        database: Database, caplog: pytest.LogCaptureFixture) -> None:
+    """A row stored by another Baton version (a replica already upgraded in a rolling deploy, or before a
+    rollback) with a part this version does not know made every claim of its platform fail: nothing more
+    was delivered there, and the log said "claiming ... failed" twice a second. It is left for a replica
+    that reads it (its thread's later messages wait behind it, in order), and said once."""
+    outbox = Outbox(database, worker="me")
+    async with database.session() as session:
+        newer = await outbox.enqueue(session, _at("C1", "1.0"), Message.text("from a newer Baton"))
+        await outbox.enqueue(session, _at("C1", "1.0"), Message.text("after it, in its thread"))
+        await outbox.enqueue(session, _at("C2", "2.0"), Message.text("another thread"))
+        await session.exec(update(OutboxMessage).where(OutboxMessage.id == newer).values(  # type: ignore[call-overload]
+            payload={"parts": [{"kind": "table", "rows": [["a", "b"]]}], "tone": "info"}))
+
+    claimed = await outbox.claim("slack", "me")
+    assert [d.message.plain_text() for d in claimed] == ["another thread"]
+    assert await outbox.claim("slack", "me") == []  # the unreadable row is still not taken, nor what waits behind it
+    assert caplog.text.count(f"outbox message {newer} ") == 1, caplog.text
+    assert "cannot read" in caplog.text
+    async with database.read() as session:
+        row = await session.get(OutboxMessage, newer)
+    assert row is not None and (row.status, row.attempts) == ("pending", 0)  # kept as it was, for a replica that reads it
