@@ -177,6 +177,9 @@ def _spec_from_module(name: str, module: ModuleType) -> GraphSpec:
     if not isinstance(module.graph, (StateGraph, Pregel)):
         raise GraphError(f"{where}: `graph` must be a StateGraph builder or a compiled graph, "
                          f"not {type(module.graph).__name__}")
+    unusable = _cannot_run(module.graph)
+    if unusable:
+        raise GraphError(f"{where}: {unusable}")
     if isinstance(module.graph, Pregel) and (module.graph.interrupt_before_nodes or module.graph.interrupt_after_nodes):
         # A static breakpoint ends the stream like the end of the graph: the run was reported done, and
         # the nodes after the breakpoint never ran.
@@ -222,6 +225,32 @@ def _spec_from_module(name: str, module: ModuleType) -> GraphSpec:
         make_input=_input_told(name, make_input) if make_input is not None else _text_input,
         timeout=_timeout(module, where),
     )
+
+
+def _cannot_run(graph: StateGraph | Pregel) -> str | None:
+    """Why ``graph`` would fail every run, found now rather than at the first request."""
+    if isinstance(graph, StateGraph):
+        try:
+            graph = graph.compile()
+        except Exception as exc:  # a builder with no entry, an edge to no node...
+            return f"`graph` does not compile: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    return _subgraph_without_checkpoints(graph)
+
+
+def _subgraph_without_checkpoints(graph: Pregel, path: str = "") -> str | None:
+    """A subgraph node compiled with ``checkpointer=False``: LangGraph fails it under ``durability="sync"``, which
+    Baton runs every graph with ("'AsyncPregelLoop' object has no attribute '_put_checkpoint_fut'")."""
+    for name, node in graph.nodes.items():
+        if not isinstance(node.bound, Pregel):
+            continue
+        if node.bound.checkpointer is False:
+            return (f"its subgraph `{path}{name}` is compiled with checkpointer=False, which LangGraph cannot run "
+                    "with the durable checkpoints Baton keeps (durability='sync'): compile it without a checkpointer "
+                    "(it then keeps its state in Baton's)")
+        found = _subgraph_without_checkpoints(node.bound, f"{path}{name}/")
+        if found:
+            return found
+    return None
 
 
 def _timeout(module: ModuleType, where: str) -> float | None | Literal["default"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import sqlite3
@@ -13,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from bot.registry import _spec_from_module
+from bot.registry import GraphError, GraphRegistry, _spec_from_module
 from tests.support import ROOT, BatonProcess, wait_for
-from tests.test_graph_modules import State, _asked, _one_node, _reply
+from tests.test_graph_modules import GOOD_GRAPH, State, _asked, _one_node, _reply, package  # noqa: F401
 
 TASK_EXIT_GRAPH = """
 import sys
@@ -134,3 +135,35 @@ async def test_make_input_that_calls_sys_exit_refuses_the_request_not_baton(tmp_
     async with _asked(tmp_path, config_path, _spec_from_module("scale", module), "scale lots") as baton:
         reply = await _reply(baton, "1")
     assert "`scale` could not read this request: usage: scale <replicas>. Nothing was run." in reply, reply
+
+
+UNCOMPILABLE = GOOD_GRAPH.replace('graph.add_edge(START, "x")\n', "")
+SUBGRAPH_WITHOUT_CHECKPOINTS = GOOD_GRAPH + """
+outer = StateGraph(S)
+outer.add_node("inner", graph.compile(checkpointer=False))
+outer.add_edge(START, "inner")
+outer.add_edge("inner", END)
+graph = outer
+"""
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    # listed by `baton graphs` and help, and failed at every request ("ValueError: Graph must have an entrypoint")
+    (UNCOMPILABLE, "`graph` does not compile: Graph must have an entrypoint"),
+    (GOOD_GRAPH.replace('graph.add_edge("x", END)', 'graph.add_edge("x", "y")'),
+     "`graph` does not compile: Found edge ending at unknown node `y`"),
+    # every run failed with "AttributeError: 'AsyncPregelLoop' object has no attribute '_put_checkpoint_fut'"
+    (SUBGRAPH_WITHOUT_CHECKPOINTS, "its subgraph `inner` is compiled with checkpointer=False"),
+    (SUBGRAPH_WITHOUT_CHECKPOINTS + "graph = graph.compile()\n", "its subgraph `inner` is compiled with checkpointer=False"),
+])
+def test_a_graph_that_cannot_run_is_refused_at_start(package, text, expected) -> None:
+    name = package({"deploy": text})
+    with pytest.raises(GraphError, match=re.escape(expected)):
+        GraphRegistry.discover(name)
+
+
+async def test_a_subgraph_compiled_without_a_checkpointer_runs(tmp_path, config_path, package) -> None:
+    """What the refusal above tells the author to do works: the subgraph shares Baton's checkpointer."""
+    name = package({"deploy": SUBGRAPH_WITHOUT_CHECKPOINTS.replace("checkpointer=False", "")})
+    async with _asked(tmp_path, config_path, GraphRegistry.discover(name).get("deploy"), "deploy") as baton:
+        assert await _reply(baton, "1") == "ok"
