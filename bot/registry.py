@@ -20,6 +20,7 @@ import pkgutil
 import re
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Literal, TypeVar
@@ -135,6 +136,7 @@ class GraphRegistry:
         for info in pkgutil.iter_modules(root.__path__):
             if info.name.startswith("_"):
                 continue
+            _check_not_hidden(package, info)
             module = _import(f"{package}.{info.name}")
             if hasattr(module, "graph"):
                 specs.append(_spec_from_module(info.name, module))
@@ -152,6 +154,16 @@ class GraphRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._specs)
+
+
+def _check_not_hidden(package: str, info: pkgutil.ModuleInfo) -> None:
+    """A module beside a package of the same name is never imported (Python takes the package): one graph
+    silently stood in for the other."""
+    folder = Path(getattr(info.module_finder, "path", ""))
+    if info.ispkg and (folder / f"{info.name}.py").is_file():
+        shown = f"{package.replace('.', '/')}/{info.name}"
+        raise GraphError(f"{shown}.py is hidden by the package {shown}/ of the same name (Python imports the "
+                         f"package, so {shown}.py would never be used): rename or remove one of them")
 
 
 def _import(name: str) -> ModuleType:

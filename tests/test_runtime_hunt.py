@@ -167,3 +167,13 @@ async def test_a_subgraph_compiled_without_a_checkpointer_runs(tmp_path, config_
     name = package({"deploy": SUBGRAPH_WITHOUT_CHECKPOINTS.replace("checkpointer=False", "")})
     async with _asked(tmp_path, config_path, GraphRegistry.discover(name).get("deploy"), "deploy") as baton:
         assert await _reply(baton, "1") == "ok"
+
+
+def test_a_graph_module_hidden_by_a_package_of_the_same_name_is_named(package, tmp_path) -> None:
+    """``graphs/deploy.py`` beside a ``graphs/deploy/`` package: Python imports the package, and the module the
+    author was editing was silently never used (help showed the package's description, chat ran its graph)."""
+    name = package({"deploy": GOOD_GRAPH})
+    (tmp_path / name / "deploy").mkdir()
+    (tmp_path / name / "deploy" / "__init__.py").write_text(GOOD_GRAPH)
+    with pytest.raises(GraphError, match=re.escape(f"{name}/deploy.py is hidden by the package {name}/deploy/")):
+        GraphRegistry.discover(name)
