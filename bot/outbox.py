@@ -186,6 +186,7 @@ class Outbox:
         self._taken: dict[str, list[int]] = {}  # platform -> the rows its delivery loop took last
         self._loops: dict[str, asyncio.Task[Any] | None] = {}  # platform -> the task that takes them
         self._claimed_as: dict[int, str] = {}  # row -> the worker ``claim`` took it as, until it is settled
+        self._settled: set[int] = set()  # taken rows whose outcome the loop has recorded (or tried to)
         self._unreadable: set[int] = set()  # rows whose message this version cannot read, said once each
 
     def attach(self, platform: str, pace_seconds: float) -> None:
@@ -280,6 +281,7 @@ class Outbox:
 
     def _took(self, platform: str, deliveries: list[Delivery]) -> None:
         """``platform``'s delivery loop took ``deliveries``: the ones it took before are settled or given up."""
+        self._settled.difference_update(self._taken.get(platform, ()))
         self._taken[platform] = [delivery.id for delivery in deliveries]
         self._loops[platform] = asyncio.current_task()
 
@@ -304,14 +306,25 @@ class Outbox:
         return loop is not None and loop.done()
 
     async def give_back_handed(self) -> int:
-        """At shutdown: the handed-over deliveries not sent yet go back to the stored queue, for any replica
-        to send at once rather than after their claim expires. Returns how many."""
+        """At shutdown, once the delivery loops have stopped: the deliveries they held and did not settle
+        (handed over, or claimed and not sent yet) go back to the stored queue, for any replica to send at
+        once rather than after their claim expires. Returns how many."""
         ids = [delivery.id for waiting in self._handed.values() for delivery in waiting]
+        ids += [row_id for taken in self._taken.values() for row_id in self._not_started(taken)]
         self._handed.clear()
-        if ids:
-            async with self._db.session() as session:
-                await session.exec(_GIVE_BACK, params={"row_ids": ids, "worker": self.worker})  # type: ignore[call-overload]
-        return len(ids)
+        self._taken.clear()
+        if not ids:
+            return 0
+        async with self._db.session() as session:
+            given = await session.exec(_GIVE_BACK, params={"row_ids": ids, "worker": self.worker})  # type: ignore[call-overload]
+        return int(given.rowcount)
+
+    def _not_started(self, taken: list[int]) -> list[int]:
+        """Of the rows a stopped loop took, those it never began to send: after the ones it settled (or tried
+        to), the first is the one it was sending when it stopped. That one may have reached the platform:
+        it keeps its claim, which runs out, as a crashed sender's does."""
+        unsettled = [index for index, row_id in enumerate(taken) if row_id not in self._settled]
+        return taken[unsettled[0] + 1:] if unsettled else []
 
     async def claim_if_wanted(self, platform: str, *, pace_seconds: float = 0.0) -> list[Delivery]:
         """``claim`` when rows may be due (woken, polled, or the last claim found some)."""
@@ -453,6 +466,8 @@ class Outbox:
     async def _settle(self, session: Transaction, statement: Any, delivery_id: int, **values: Any) -> bool:
         """Run ``statement`` on the row while this process's claim on it holds; false when it does not."""
         worker = self._claimed_as.pop(delivery_id, self.worker)
+        if any(delivery_id in taken for taken in self._taken.values()):
+            self._settled.add(delivery_id)
         settled = await session.exec(statement, params={  # type: ignore[call-overload]
             "row_id": delivery_id, "worker": worker, **values})
         return bool(settled.rowcount)

@@ -162,3 +162,27 @@ async def test_a_stored_message_this_version_cannot_read_does_not_stop_the_platf
     async with database.read() as session:
         row = await session.get(OutboxMessage, newer)
     assert row is not None and (row.status, row.attempts) == ("pending", 0)  # kept as it was, for a replica that reads it
+
+
+@pytest.mark.asyncio
+async def test_rows_claimed_but_not_sent_when_the_process_stops_go_back_to_the_queue(database: Database) -> None:
+    """A delivery loop claims up to 20 rows and sends them one by one. Stopped while sending the second (a
+    deploy), the ones after it stayed claimed by a process that was gone: every replica, the restarted one
+    included (it has a new name), waited out the claim (``BATON_LEASE_SECONDS``, up to a day) to send them.
+    The one in flight keeps its claim (it may have reached the platform), as before."""
+    stopping, survivor = Outbox(database, worker="stopping"), Outbox(database, worker="survivor")
+    stopping.attach("slack", 0.0)
+    async with database.session() as session:
+        for thread in ("1.0", "2.0", "3.0", "4.0"):
+            await stopping.enqueue(session, _at("C1", thread), Message.text(f"reply in {thread}"))
+    first, in_flight, *not_started = await stopping.claim_if_wanted("slack")
+    await stopping.delivered(first.id, "ts-1")
+    stopping.detach("slack")  # ... and its loop is cancelled while it sends the second
+
+    assert await stopping.give_back_handed() == 2
+    taken = await survivor.claim("slack", "survivor")  # at once: no claim to wait out
+    assert [(d.id, d.attempts) for d in taken] == [(d.id, 1) for d in not_started]
+    async with database.read() as session:
+        sent, sending = await session.get(OutboxMessage, first.id), await session.get(OutboxMessage, in_flight.id)
+    assert sent is not None and (sent.status, sent.platform_message_id) == ("sent", "ts-1")  # settled: left alone
+    assert sending is not None and (sending.status, sending.claimed_by) == ("sending", "stopping")
