@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import functools
 import importlib
-import math
 import importlib.util
 import inspect
+import logging
+import math
 import pkgutil
 import re
+import threading
 import traceback
 from collections.abc import Callable
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal, TypeVar
 
@@ -35,6 +37,8 @@ from bot.kit import Request
 InputMaker = Callable[[Request, str], dict[str, Any]]
 T = TypeVar("T")
 MAX_TIMEOUT = 7 * 24 * 3600
+SLOW_IMPORT_SECONDS = 10.0  # then a graph module still importing is named (it may be waiting for good)
+log = logging.getLogger(__name__)
 
 
 def _text_input(_request: Request, args: str) -> dict[str, Any]:
@@ -168,7 +172,11 @@ def _check_not_hidden(package: str, info: pkgutil.ModuleInfo) -> None:
 
 def _import(name: str) -> ModuleType:
     """Import a graph module; one that fails is a ``GraphError`` naming the line where it failed in that
-    module (a traceback through Baton's start-up named neither the module nor the way to the fix)."""
+    module (a traceback through Baton's start-up named neither the module nor the way to the fix). One that
+    takes long is named while it does: ``baton run`` waited for it without a word."""
+    slow = threading.Timer(SLOW_IMPORT_SECONDS, _still_importing, (name,))
+    slow.daemon = True
+    slow.start()
     try:
         return importlib.import_module(name)
     except Exception as exc:
@@ -181,6 +189,15 @@ def _import(name: str) -> ModuleType:
             where = f"{origin}, line {lines[-1]}" if lines else origin
         raise GraphError(f"the graph module {name} cannot be imported ({where}): "
                          f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        slow.cancel()
+
+
+def _still_importing(name: str) -> None:
+    origin = getattr(importlib.util.find_spec(name), "origin", None) or name
+    log.warning("importing the graph module %s (%s) has taken %s so far; Baton starts once it is done. A graph "
+                "module should do no waiting work at import (a network call, a download, a lock): do it in a node",
+                name, origin, f"{SLOW_IMPORT_SECONDS:g}s")
 
 
 def _spec_from_module(name: str, module: ModuleType) -> GraphSpec:

@@ -177,3 +177,15 @@ def test_a_graph_module_hidden_by_a_package_of_the_same_name_is_named(package, t
     (tmp_path / name / "deploy" / "__init__.py").write_text(GOOD_GRAPH)
     with pytest.raises(GraphError, match=re.escape(f"{name}/deploy.py is hidden by the package {name}/deploy/")):
         GraphRegistry.discover(name)
+
+
+def test_a_graph_module_slow_to_import_is_named_while_it_imports(package, monkeypatch, caplog) -> None:
+    """A module waiting at import (a network call that never answers, a lock): ``baton run`` waited for it
+    without a word, /healthz never answered, and nothing said which module or why."""
+    monkeypatch.setattr("bot.registry.SLOW_IMPORT_SECONDS", 0.2)
+    name = package({"deploy": "import time\ntime.sleep(1.5)\n" + GOOD_GRAPH, "quick": GOOD_GRAPH})
+    with caplog.at_level("WARNING", logger="bot.registry"):
+        assert GraphRegistry.discover(name).names() == ["deploy", "quick"]
+    said = [record.getMessage() for record in caplog.records]
+    assert len(said) == 1, said  # the quick one is not named
+    assert f"importing the graph module {name}.deploy" in said[0] and "deploy.py" in said[0], said
