@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -167,8 +167,13 @@ class GraphRuntime:
         snapshot = await self.compiled(spec).aget_state(self.config_for(lg_thread_id, spec.name))
         return GraphOutcome(interrupts=list(snapshot.interrupts), values=dict(snapshot.values or {}))
 
-    async def forget(self, lg_thread_id: str) -> None:
-        for name in self.registry.names():
+    async def forget(self, lg_thread_id: str, graphs: Iterable[str] | None = None) -> None:
+        """Delete the checkpoints ``graphs`` wrote in the chat thread (default: every installed graph's).
+
+        Each graph has a LangGraph thread of its own there (``config_for``): a graph uninstalled since it ran
+        is no installed one, so its checkpoints stay unless it is named.
+        """
+        for name in sorted(set(self.registry.names() if graphs is None else graphs)):
             await self.checkpointer.adelete_thread(f"{lg_thread_id}:{name}")
 
 

@@ -14,7 +14,10 @@ from typing import Any
 
 import pytest
 
-from bot.registry import GraphError, GraphRegistry, _spec_from_module
+from bot import kit
+from bot.registry import GraphError, GraphRegistry, GraphSpec, _spec_from_module
+from bot.runtime import GraphRuntime, RunServices, Services
+from storage.checkpointer import open_checkpointer
 from tests.support import ROOT, BatonProcess, wait_for
 from tests.test_graph_modules import GOOD_GRAPH, State, _asked, _one_node, _reply, package  # noqa: F401
 
@@ -189,3 +192,27 @@ def test_a_graph_module_slow_to_import_is_named_while_it_imports(package, monkey
     said = [record.getMessage() for record in caplog.records]
     assert len(said) == 1, said  # the quick one is not named
     assert f"importing the graph module {name}.deploy" in said[0] and "deploy.py" in said[0], said
+
+
+async def test_forget_deletes_the_checkpoints_of_a_graph_uninstalled_since_it_ran(tmp_path) -> None:
+    """``forget`` deleted the checkpoints of the installed graphs only: a thread whose graph was uninstalled (or
+    renamed) since it ran kept its checkpoints for good, though the pruning marked it pruned."""
+    async def act(_state: State) -> State:
+        return {"reply": "ok"}
+
+    gone = GraphSpec(name="gone", graph=_one_node(act))
+    async with open_checkpointer(f"sqlite:///{tmp_path / 'f.db'}") as checkpointer:
+        before = GraphRuntime(GraphRegistry([gone]), checkpointer)
+        context = RunServices(Services(db=None, config=None, registry=before.registry), kit.Request(  # type: ignore[arg-type]
+            platform="playground", channel="general", thread="1", user="alice", text="gone"), None)
+
+        async def no_progress(_text: str) -> None:
+            return None
+
+        assert (await before.run(gone, "t1", {"text": ""}, context, no_progress)).values["reply"] == "ok"
+        after = GraphRuntime(GraphRegistry([]), checkpointer)  # the next start, without the graph
+        config = after.config_for("t1", "gone")
+        await after.forget("t1")
+        assert await checkpointer.aget_tuple(config) is not None  # not installed: not a graph forget knows of
+        await after.forget("t1", ["gone", "help"])
+        assert await checkpointer.aget_tuple(config) is None
