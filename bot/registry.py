@@ -30,6 +30,7 @@ from typing import Any, Literal, TypeVar
 from langgraph._internal._runnable import RunnableCallable
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import StateGraph
+from langgraph.pregel._write import ChannelWrite
 from langgraph.pregel import Pregel
 
 from bot.kit import Request
@@ -85,24 +86,31 @@ class NodeExited(RuntimeError):
 
 
 def _exits_contained(graph: Pregel) -> Pregel:
-    """``graph`` whose nodes' ``SystemExit`` and ``KeyboardInterrupt`` fail the run, not Baton.
+    """``graph`` whose nodes' and conditional edges' ``SystemExit`` and ``KeyboardInterrupt`` fail the run, not Baton.
 
     LangGraph runs each node in an asyncio task of its own, and asyncio re-raises those two out of the
     event loop whoever awaits the task: one node's ``sys.exit()`` stopped ``baton run``, and, its request
     being handled again at the next start, stopped it again at every start. So they are caught in the
-    node's own functions (subgraphs' included), before they reach a task.
+    node's own functions (subgraphs' included), before they reach a task. (``bot.runtime`` catches them in
+    every task a run starts, too; this is for the tasks Python 3.12's LangGraph starts eagerly, which
+    asyncio's task factory never sees.)
     """
     for node in graph.nodes.values():
-        runnable = node.bound
-        if isinstance(runnable, Pregel):
-            _exits_contained(runnable)
-        elif isinstance(runnable, RunnableCallable):  # a node function, as StateGraph and @entrypoint wrap it
-            for attribute in ("func", "afunc"):
-                function = getattr(runnable, attribute)
-                if function is not None and not getattr(function, "baton_contained", False):
-                    setattr(runnable, attribute, _contained_async(function) if inspect.iscoroutinefunction(function)
-                            else _contained(function))
+        if isinstance(node.bound, Pregel):
+            _exits_contained(node.bound)
+        # a node function, as StateGraph and @entrypoint wrap it, and a conditional edge's (a writer)
+        for runnable in (node.bound, *node.writers):
+            if isinstance(runnable, RunnableCallable) and not isinstance(runnable, ChannelWrite):
+                _contain_functions(runnable)
     return graph
+
+
+def _contain_functions(runnable: RunnableCallable) -> None:
+    for attribute in ("func", "afunc"):
+        function = getattr(runnable, attribute)
+        if function is not None and not getattr(function, "baton_contained", False):
+            setattr(runnable, attribute, _contained_async(function) if inspect.iscoroutinefunction(function)
+                    else _contained(function))
 
 
 def _contained(function: Callable[..., Any]) -> Callable[..., Any]:

@@ -13,9 +13,11 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, StateGraph
 
 from bot import kit
-from bot.registry import GraphError, GraphRegistry, GraphSpec, _spec_from_module
+from bot.registry import GraphError, GraphRegistry, GraphSpec, NodeExited, _spec_from_module
 from bot.runtime import GraphRuntime, RunServices, Services
 from storage.checkpointer import open_checkpointer
 from tests.support import ROOT, BatonProcess, wait_for
@@ -216,3 +218,18 @@ async def test_forget_deletes_the_checkpoints_of_a_graph_uninstalled_since_it_ra
         assert await checkpointer.aget_tuple(config) is not None  # not installed: not a graph forget knows of
         await after.forget("t1", ["gone", "help"])
         assert await checkpointer.aget_tuple(config) is None
+
+
+def test_a_conditional_edge_that_calls_sys_exit_fails_in_its_own_function() -> None:
+    """Where Python starts LangGraph's tasks eagerly (3.12 and later), no task factory sees them: the registry's
+    wrapping must catch a conditional edge's ``sys.exit()`` itself, as it does a node's."""
+    def route(_state: State) -> str:
+        sys.exit("no such service")
+
+    graph = StateGraph(State)
+    graph.add_node("act", lambda _state: {"reply": "never"})
+    graph.add_conditional_edges(START, route, ["act"])
+    graph.add_edge("act", END)
+    compiled = GraphSpec(name="route", graph=graph).compile(InMemorySaver())
+    with pytest.raises(NodeExited, match="SystemExit: no such service"):
+        compiled.invoke({"text": "web"}, {"configurable": {"thread_id": "1"}})  # no event loop: no task factory
