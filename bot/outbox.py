@@ -32,6 +32,7 @@ from sqlalchemy import DateTime, and_, bindparam, exists, func, literal, or_, up
 from sqlalchemy.orm import aliased
 from sqlmodel import select
 
+from bot import audit
 from bot.messages import Location, Message
 from bot.redaction import Redactor
 from storage.db import Database, Transaction, insert_ignore, insert_returning_id, prepared
@@ -457,11 +458,24 @@ class Outbox:
     async def retry(self, delivery_id: int, after_seconds: float, error: str) -> None:
         async with self._db.session() as session:
             await self._settle(session, _RETRY, delivery_id, at=utcnow() + timedelta(seconds=after_seconds),
-                               error=error[:500])
+                               error=self._stored_error(error))
 
     async def failed(self, delivery_id: int, error: str) -> None:
+        """The platform will never show this message: marked failed, and audited under its correlation id
+        (the request's or digest's trail said nothing of a reply that never reached the thread)."""
+        error = self._stored_error(error)
         async with self._db.session() as session:
-            await self._settle(session, _FAILED, delivery_id, error=error[:500])
+            if not await self._settle(session, _FAILED, delivery_id, error=error):
+                return
+            row = await session.get(OutboxMessage, delivery_id)
+            if row is not None:
+                await audit.record(session, "message.failed", row.correlation_id or f"outbox-{delivery_id}",
+                                   platform=row.platform, channel=row.channel, thread=row.thread or None,
+                                   outbox_id=delivery_id, message_kind=row.kind, error=error)
+
+    def _stored_error(self, error: str) -> str:
+        """What the platform said, as stored and audited: without Baton's secrets, and short."""
+        return self._redactor.text(error)[:500]
 
     async def _settle(self, session: Transaction, statement: Any, delivery_id: int, **values: Any) -> bool:
         """Run ``statement`` on the row while this process's claim on it holds; false when it does not."""

@@ -8,13 +8,15 @@ from pathlib import Path
 import aiohttp
 import pytest
 from sqlalchemy import update
+from sqlmodel import select
 
 from adapters.slack import SlackAdapter
 from bot.messages import Location, Message
 from bot.outbox import Outbox
+from bot.redaction import Redactor
 from bot.settings import Settings
 from storage.db import Database
-from storage.models import OutboxMessage
+from storage.models import AuditEntry, OutboxMessage
 from tests.fake_slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack, shown_text
 
 
@@ -186,3 +188,25 @@ async def test_rows_claimed_but_not_sent_when_the_process_stops_go_back_to_the_q
         sent, sending = await session.get(OutboxMessage, first.id), await session.get(OutboxMessage, in_flight.id)
     assert sent is not None and (sent.status, sent.platform_message_id) == ("sent", "ts-1")  # settled: left alone
     assert sending is not None and (sending.status, sending.claimed_by) == ("sending", "stopping")
+
+
+@pytest.mark.asyncio
+async def test_a_message_the_platform_refuses_for_good_is_in_the_audit_log_under_its_correlation(
+        database: Database) -> None:
+    """A digest to an archived channel was audited "digest.posted" when it was stored, and its refusal
+    was only a log line: the audit trail of the request (or digest) said nothing of the message never
+    shown. The refusal is audited under the message's correlation id, its error without Baton's secrets."""
+    secret = "xoxb-1111-2222-abcdefsecret"
+    outbox = Outbox(database, worker="me", redactor=Redactor([secret]))
+    async with database.session() as session:
+        await outbox.enqueue(session, _at("C0OLD", ""), Message.text("the daily digest"), correlation_id="digest-7")
+    [delivery] = await outbox.claim("slack", "me")
+    await outbox.failed(delivery.id, f"chat.postMessage: is_archived (sent with {secret})")
+
+    async with database.read() as session:
+        [entry] = (await session.exec(select(AuditEntry).where(AuditEntry.correlation_id == "digest-7"))).all()
+        row = await session.get(OutboxMessage, delivery.id)
+    assert (entry.kind, entry.platform, entry.channel) == ("message.failed", "slack", "C0OLD")
+    assert entry.detail == {"outbox_id": delivery.id, "message_kind": "post",
+                            "error": "chat.postMessage: is_archived (sent with [redacted])"}
+    assert row is not None and row.status == "failed" and secret not in (row.error or "")
