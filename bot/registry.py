@@ -77,7 +77,8 @@ class GraphSpec:
 
 
 class NodeExited(RuntimeError):
-    """A node called ``sys.exit()`` (argparse does, on arguments it cannot read) or raised ``KeyboardInterrupt``."""
+    """A node called ``sys.exit()`` (argparse does, on arguments it cannot read) or raised ``KeyboardInterrupt``,
+    or another exception that is no ``Exception`` (a test framework's, a library's ``BaseException``)."""
 
     @classmethod
     def of(cls, exc: BaseException) -> NodeExited:

@@ -151,8 +151,10 @@ class GraphRuntime:
             if limit is not None and deadline.expired():
                 raise RunTimedOut(limit) from None
             raise  # the graph's own (a node's deadline)
-        except (SystemExit, KeyboardInterrupt) as exc:  # raised in this task: LangGraph ran the step inline
-            raise NodeExited.of(exc) from None
+        except (Exception, asyncio.CancelledError, GeneratorExit):
+            raise  # the graph's failure; Baton stopping; this coroutine closed
+        except BaseException as exc:  # sys.exit() in a step LangGraph ran in this task; a library's BaseException:
+            raise NodeExited.of(exc) from None  # taken for Baton stopping, the run ran 4 times and was failed as such
         finally:
             _in_graph.reset(inside)
             kit.unbind(token)

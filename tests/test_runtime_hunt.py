@@ -15,11 +15,13 @@ from typing import Any
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
+from sqlmodel import select
 
 from bot import kit
 from bot.registry import GraphError, GraphRegistry, GraphSpec, NodeExited, _spec_from_module
 from bot.runtime import GraphRuntime, RunServices, Services
 from storage.checkpointer import open_checkpointer
+from storage.models import Run
 from tests.support import ROOT, BatonProcess, wait_for
 from tests.test_graph_modules import GOOD_GRAPH, State, _asked, _one_node, _reply, package  # noqa: F401
 
@@ -233,3 +235,25 @@ def test_a_conditional_edge_that_calls_sys_exit_fails_in_its_own_function() -> N
     compiled = GraphSpec(name="route", graph=graph).compile(InMemorySaver())
     with pytest.raises(NodeExited, match="SystemExit: no such service"):
         compiled.invoke({"text": "web"}, {"configurable": {"thread_id": "1"}})  # no event loop: no task factory
+
+
+class _Abort(BaseException):
+    """A library's exception that is no ``Exception`` (pytest's ``Failed``, gevent's ``GreenletExit``...)."""
+
+
+async def test_a_node_raising_a_base_exception_fails_its_run_once(tmp_path, config_path) -> None:
+    """Not an ``Exception``, it went past the run's handling to the thread's drain, which took it for Baton
+    stopping: the sweeper ran the node again and again, and the fourth time the thread read "Baton stopped 4
+    times while this `abort` run was under way", though Baton never stopped."""
+    ran: list[int] = []
+
+    async def act(_state: State) -> State:
+        ran.append(1)
+        raise _Abort("the check gave up")
+
+    async with _asked(tmp_path, config_path, GraphSpec(name="abort", graph=_one_node(act)), "abort") as baton:
+        reply = await _reply(baton, "1")
+        async with baton.db.read() as session:
+            run = (await session.exec(select(Run))).one()
+    assert "`abort` failed: NodeExited: a node raised _Abort: the check gave up" in reply, reply
+    assert (run.status, run.takeovers, ran) == ("failed", 0, [1])
