@@ -210,3 +210,19 @@ async def test_a_message_the_platform_refuses_for_good_is_in_the_audit_log_under
     assert entry.detail == {"outbox_id": delivery.id, "message_kind": "post",
                             "error": "chat.postMessage: is_archived (sent with [redacted])"}
     assert row is not None and row.status == "failed" and secret not in (row.error or "")
+
+
+@pytest.mark.asyncio
+async def test_a_refused_message_and_a_rate_limited_one_keep_the_thread_going_in_order(
+        fake_slack: FakeSlack, database: Database, slack_outbox: tuple[Outbox, SlackAdapter]) -> None:
+    """(Checked, not a bug.) A message Slack refuses for good is failed and the thread goes on; one it
+    rate-limits (Retry-After: 0) is retried, and the message after it waits for it rather than overtaking."""
+    outbox, adapter = slack_outbox
+    fake_slack.fail("chat.postMessage", 400, error="msg_too_long")
+    fake_slack.fail("chat.postMessage", 429, retry_after=0)
+    async with database.session() as session:
+        for text in ("refused", "rate-limited once", "after it"):
+            await outbox.enqueue(session, PROGRESS, Message.text(text))
+    rounds = [await _deliver_due(outbox, adapter) for _ in range(4)]
+    assert rounds == [["refused"], ["rate-limited once"], ["rate-limited once"], ["after it"]]
+    assert [shown_text(m) for m in fake_slack.messages(thread=PROGRESS.thread)] == ["rate-limited once", "after it"]
