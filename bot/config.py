@@ -227,6 +227,15 @@ class Runbook(BaseModel):
     def _placeholders_are_declared(self) -> Runbook:
         if not self.command[0].strip():
             raise PartError("the command's first part, the program to run, is empty", "command", "0")
+        program = self.command[0]
+        if program != program.strip() or (" " in program and "/" not in program.split()[0] and "{" not in program):
+            # ["df -h /"] or [" uptime"]: no program has that name; a path may hold a space ("/opt/My Tools/x")
+            try:
+                whole = json.dumps(shlex.split(program) + self.command[1:], ensure_ascii=False)
+            except ValueError:  # an unclosed quote
+                whole = '["program", "argument", ...]'
+            raise PartError(f"the program to run is '{program[:80]}', spaces and all: each argument is a part of "
+                            f"its own, without spaces around it ({whole})", "command", "0")
         hint = "(a brace of its own is written {{ or }})"
         for position, part in enumerate(self.command):
             where = ("command", str(position))
@@ -390,6 +399,8 @@ def load_config(path: Path, *, required: bool = False) -> BatonConfig:
         raise ConfigError(f"{path}: {_yaml_problem(text, exc)}") from exc
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply to read") from None
+    if data is None:  # an empty document that says so ("---" and comments) is an empty file
+        return BatonConfig()
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: line {root.start_mark.line + 1}: the top level must be a mapping (approvers, "
                           "runbooks, graphs)")
@@ -409,6 +420,10 @@ def _yaml_problem(text: str, exc: yaml.YAMLError) -> str:
     """Where and what PyYAML found wrong. It notices an unclosed quote or bracket, or a key without its ':'
     (``description x`` above ``command: [a]`` reads as one text), only on a later line: the line named is
     then the one where that began."""
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML refuses: it has a position, not a mark
+        line = len((text[:exc.position] + "x").splitlines())
+        return (f"line {line}: not valid YAML: the character U+{exc.character:04X} is not allowed (YAML refuses "
+                "control characters)")
     problem, mark = getattr(exc, "problem", None) or exc, getattr(exc, "problem_mark", None)
     context, begin = getattr(exc, "context", None) or "", getattr(exc, "context_mark", None)
     if mark is None:
@@ -417,6 +432,8 @@ def _yaml_problem(text: str, exc: yaml.YAMLError) -> str:
         context, begin = "while scanning a plain scalar", _last_scalar_start(text)
     if begin and begin.line < mark.line and context.startswith(("while scanning", "while parsing a flow")):
         return f"line {begin.line + 1}: not valid YAML: {context} that begins here, {problem} on line {mark.line + 1}"
+    if begin and context and not context.startswith("while"):  # a second document, an anchor defined twice
+        return f"line {mark.line + 1}: not valid YAML: {context} on line {begin.line + 1}, {problem} here"
     return f"line {mark.line + 1}: not valid YAML: {problem}"
 
 
