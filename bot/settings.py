@@ -6,6 +6,7 @@ import io
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from dotenv.parser import parse_stream
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -73,6 +74,27 @@ class Settings(BaseSettings):
         check_url(url)
         return url
 
+    @field_validator("config_path", mode="before")
+    @classmethod
+    def _names_a_file(cls, path: object) -> object:
+        if isinstance(path, str) and not path.strip():  # Path("") is ".", the directory: "cannot be read"
+            raise ValueError("is empty: name the file, or unset it to use baton.yaml")
+        return path
+
+    @field_validator("public_url")
+    @classmethod
+    def _web_address(cls, url: str | None) -> str | None:
+        """Without its scheme (baton.example.com) it matched no Host header: the playground refused every
+        request, saying to set BATON_PUBLIC_URL, and its links led nowhere."""
+        try:
+            parts = urlsplit(url or "")
+            usable = not url or (parts.scheme in ("http", "https") and bool(parts.hostname))
+        except ValueError:  # "http://[x"
+            usable = False
+        if not usable:
+            raise ValueError("must be an http:// or https:// address, like https://baton.example.com")
+        return url
+
     @property
     def config_named(self) -> bool:
         """Whether ``BATON_CONFIG`` was set (then its file must exist), rather than the default ``baton.yaml``."""
@@ -85,9 +107,8 @@ class Settings(BaseSettings):
 
     def enabled_adapters(self) -> set[str] | None:
         """Adapter names to start, or ``None`` for "every adapter that is configured"."""
-        if not self.adapters:
-            return None
-        return {name.strip() for name in self.adapters.split(",") if name.strip()}
+        names = {name.strip() for name in (self.adapters or "").split(",") if name.strip()}
+        return names or None  # " " or ",": no name, as unset (it started Baton with no adapter at all)
 
 
 # The variables that hold Baton's own secrets (the platforms' tokens, the database URL): never handed

@@ -57,3 +57,30 @@ def test_a_config_that_only_begins_its_document_is_empty(tmp_path: Path) -> None
     path = tmp_path / "baton.yaml"
     path.write_text("---\n# runbooks come later\n")
     assert load_config(path).runbooks == {}
+
+
+@pytest.mark.parametrize("adapters", [",", " ", " , "])
+def test_an_adapter_list_without_names_is_as_unset(adapters: str) -> None:
+    """It started Baton with no adapter at all ("Baton is starting with: "), serving nobody."""
+    assert Settings(_env_file=None, BATON_ADAPTERS=adapters).enabled_adapters() is None  # type: ignore[call-arg]
+    assert Settings(_env_file=None, BATON_ADAPTERS=" playground, ").enabled_adapters() == {"playground"}  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    # Path("") is ".": "Baton cannot start: . is not valid: .: cannot be read: Is a directory".
+    ({"BATON_CONFIG": ""}, "BATON_CONFIG: is empty: name the file, or unset it"),
+    # Without its scheme the playground refused every request, saying to set BATON_PUBLIC_URL.
+    ({"BATON_PUBLIC_URL": "baton.example.com"}, "BATON_PUBLIC_URL: must be an http:// or https:// address"),
+    ({"BATON_PUBLIC_URL": "http://[baton"}, "BATON_PUBLIC_URL: must be an http:// or https:// address"),
+])
+def test_an_unusable_setting_is_named(tmp_path: Path, env: dict[str, str], expected: str) -> None:
+    result = baton_cli("graphs", cwd=tmp_path, env=env)
+    assert result.returncode == 2 and expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_public_url_with_its_scheme_is_taken() -> None:
+    settings = Settings(_env_file=None, BATON_PUBLIC_URL="https://baton.example.com:8443/")  # type: ignore[call-arg]
+    assert settings.base_url == "https://baton.example.com:8443"
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None, BATON_PUBLIC_URL="localhost:8000")  # type: ignore[call-arg]
