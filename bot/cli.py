@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import sqlite3
 import sys
@@ -73,7 +74,16 @@ def _database(url: str) -> Iterator[None]:
         yield
     except DBAPIError as exc:
         reason = (str(exc.orig).strip().splitlines() or ["no reason given"])[0]
-        _fail(f"Baton cannot use the database {check_url(url)}: {reason}")
+        _fail(f"Baton cannot use the database {_shown(url)}: {reason}")
+
+
+_QUERY_PASSWORD = re.compile(r"([?&][^=&]*password=)[^&]*", re.IGNORECASE)
+
+
+def _shown(url: str) -> str:
+    """The database URL as it may be printed: ``check_url`` hides the password written before the host,
+    not one given as ``?password=`` (libpq takes it there too)."""
+    return _QUERY_PASSWORD.sub(r"\1***", check_url(url))
 
 
 @app.command()
@@ -217,7 +227,7 @@ def approvals(all_: bool = typer.Option(False, "--all", help="Include decided ap
                [[f"{row.created_at:%Y-%m-%d %H:%M}", row.id,
                  f"{row.status} by {row.decided_by}" if row.decided_by else row.status, row.risk, row.requested_by,
                  ", ".join(who_may_approve(row.approvers, row.requested_by, row.risk)) or "nobody",
-                 row.summary.splitlines()[0][:80]] for row in rows])
+                 _first_line(row.summary)] for row in rows])
 
     settings = _settings()
     _existing(settings)
@@ -235,6 +245,11 @@ def _table(headers: list[str], rows: list[list[Any]]) -> None:
         typer.echo("  ".join([cell.ljust(width) for cell, width in zip(row, widths)] + [row[-1]]).rstrip())
 
 
+def _first_line(text: str) -> str:
+    """The first line of ``text`` with words, cut at 80 characters ("" for none: a graph may ask ``interrupt("")``)."""
+    return next((line for line in text.splitlines() if line.strip()), "")[:80]
+
+
 def _printable(text: str) -> str:
     return "".join("\ufffd" if unicodedata.category(char) == "Cc" else char for char in text)
 
@@ -243,10 +258,16 @@ def _printable(text: str) -> str:
 def db_upgrade(revision: str = typer.Argument("head", help="A revision id to upgrade to; default: the latest.")) -> None:
     """Apply the database migrations (also done automatically by `baton run`)."""
     settings = _settings()
+    # Checked before the database is opened (an unknown one made an empty SQLite file). Alembic failed on an
+    # assertion for "" or "head+1", and took "+1" or "0003@head" as steps: "nothing changed", it then said.
+    revisions = sorted(script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions())
+    if revision not in (*revisions, "head", "heads", "base"):
+        _fail(f"Baton cannot upgrade to '{_printable(revision[:40])}': Can't locate revision: name one of "
+              f"{', '.join(revisions)}, or head (relative ones like +1 or head-1 are not taken)")
     try:
         with _database(settings.database_url):
             upgrade(settings.database_url, revision)
-    except CommandError as exc:  # an unknown revision, or a relative one ("+1") Baton does not take
+    except CommandError as exc:  # a newer Baton migrated the database
         _fail(f"Baton cannot upgrade to '{revision[:40]}': {exc}")
     with _database(settings.database_url):
         current = _revision(settings.database_url)
@@ -256,6 +277,9 @@ def db_upgrade(revision: str = typer.Argument("head", help="A revision id to upg
                         "so nothing changed (Baton does not downgrade).")
     elif current == revision:
         typer.echo(f"Database is at revision {current}.")
+    elif current is None:  # "base" on a new database
+        typer.echo(f"Database has no Baton tables yet; '{revision}' is not ahead of that, so nothing changed "
+                   "(`baton db upgrade` makes them).")
     else:  # "base", or an older revision than the database's: upgrade does nothing, and said "migrated"
         typer.echo(f"Database is at revision {current}; '{revision[:40]}' is not ahead of it, so nothing changed "
                    "(Baton does not downgrade).")
@@ -275,7 +299,7 @@ def _existing(settings: Settings) -> None:
     file where there was none (``baton threads`` in the wrong directory said "No threads yet."), or
     Baton's tables in whatever PostgreSQL database the URL named (``postgres`` itself)."""
     url = settings.database_url
-    shown = check_url(url)
+    shown = _shown(url)
     if is_sqlite(url) and not Path(sqlite_path(url)).exists():
         _fail(f"Baton cannot use the database {shown}: there is no such file (`baton run` or "
               "`baton db upgrade` makes it; BATON_DATABASE_URL names another)")
@@ -312,7 +336,7 @@ def _ready(settings: Settings) -> None:
         with _database(settings.database_url):
             upgrade(settings.database_url)
     except CommandError as exc:  # a newer Baton migrated the database: one line, not a traceback
-        _fail(f"Baton cannot use the database {check_url(settings.database_url)}: {exc}")
+        _fail(f"Baton cannot use the database {_shown(settings.database_url)}: {exc}")
     try:
         check_sqlite_checkpoints(settings.database_url)
     except sqlite3.Error as exc:

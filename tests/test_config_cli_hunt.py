@@ -84,3 +84,54 @@ def test_a_public_url_with_its_scheme_is_taken() -> None:
     assert settings.base_url == "https://baton.example.com:8443"
     with pytest.raises(ValidationError):
         Settings(_env_file=None, BATON_PUBLIC_URL="localhost:8000")  # type: ignore[call-arg]
+
+
+def test_approvals_lists_one_whose_question_is_empty(tmp_path: Path, config_path: Path) -> None:
+    """A graph's ``interrupt("")`` is stored with an empty summary: `baton approvals` stopped on an IndexError."""
+    env = {"BATON_CONFIG": str(config_path), "BATON_DATABASE_URL": f"sqlite:///{tmp_path / 'a.db'}"}
+    assert baton_cli("db", "upgrade", cwd=tmp_path, env=env).returncode == 0
+    with closing(sqlite3.connect(tmp_path / "a.db")) as connection, connection:
+        for token, summary in (("quiet", ""), ("spaced", "\n\nDeploy web?")):
+            connection.execute(
+                "INSERT INTO approvals (id, run_id, thread_record_id, interrupt_id, graph, summary, details, risk, "
+                "approvers, requested_by, kind, status, created_at) VALUES (?, 1, 1, ?, 'deploy', ?, '{}', 'high', "
+                "'[\"bob\"]', 'alice', 'approval', 'pending', '2026-12-05 00:00:00')", (token, token, summary))
+    result = baton_cli("approvals", cwd=tmp_path, env=env)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    rows = result.stdout.splitlines()[1:]
+    assert any(" quiet " in row and row.rstrip().endswith("bob") for row in rows), rows
+    assert any(" spaced " in row and row.endswith("Deploy web?") for row in rows), rows
+
+
+@pytest.mark.parametrize("revision", ["", "+1", "head+1", "0003@head", "nosuchrev", "x\x1b]0;owned\x07"])
+def test_db_upgrade_refuses_a_revision_it_cannot_take_before_opening_the_database(
+        tmp_path: Path, config_path: Path, revision: str) -> None:
+    """"" and "head+1" were tracebacks (an AssertionError in Alembic); "+1" and "0003@head" migrated, then said
+    "'+1' is not ahead of it, so nothing changed"; an unknown one left an empty database file behind."""
+    env = {"BATON_CONFIG": str(config_path), "BATON_DATABASE_URL": f"sqlite:///{tmp_path / 'up.db'}"}
+    result = baton_cli("db", "upgrade", "--", revision, cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stdout
+    assert "Can't locate revision: name one of 0001, 0002" in result.stderr and "Traceback" not in result.stderr
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr
+    assert not (tmp_path / "up.db").exists()
+
+
+def test_db_upgrade_base_on_a_new_database_says_so(tmp_path: Path, config_path: Path) -> None:
+    """It said "Database is at revision None"."""
+    env = {"BATON_CONFIG": str(config_path), "BATON_DATABASE_URL": f"sqlite:///{tmp_path / 'up.db'}"}
+    result = baton_cli("db", "upgrade", "base", cwd=tmp_path, env=env)
+    assert result.returncode == 0 and result.stdout.startswith("Database has no Baton tables yet"), result.stdout
+    assert "None" not in result.stdout
+
+
+@pytest.mark.parametrize("command", [["run"], ["threads"], ["db", "upgrade"]])
+def test_a_password_given_in_the_url_query_is_not_shown(tmp_path: Path, config_path: Path, command: list[str]) -> None:
+    """libpq takes the password as ``?password=`` too: the URL was shown with it when the database could not
+    be reached (only the one before the host was hidden)."""
+    env = {"BATON_CONFIG": str(config_path), "BATON_PORT": "0",
+           "BATON_DATABASE_URL": "postgresql://baton@127.0.0.1:1/baton?sslmode=disable&password=hunter2"}  # port 1: closed
+    result = baton_cli(*command, cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stderr
+    assert "Baton cannot use the database postgresql://baton@127.0.0.1:1/baton?password=***&sslmode=disable: " \
+        in result.stderr
+    assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
