@@ -106,6 +106,14 @@ async def _exits_failed(coro: Coroutine[Any, Any, T]) -> T:
         raise NodeExited.of(exc) from None
 
 
+def _values(values: Any) -> dict[str, Any]:
+    """A graph's state; what a functional API ``@entrypoint`` returned that is no dict is its reply (``return
+    "Restarted web."`` failed the run, its work done, on "dictionary update sequence element #0 has length 1")."""
+    if isinstance(values, dict):
+        return dict(values)
+    return {} if values is None else {"reply": values}
+
+
 class GraphRuntime:
     def __init__(self, registry: GraphRegistry, checkpointer: BaseCheckpointSaver,
                  run_timeout: float | None = None) -> None:
@@ -167,7 +175,7 @@ class GraphRuntime:
 
     async def state(self, spec: GraphSpec, lg_thread_id: str) -> GraphOutcome:
         snapshot = await self.compiled(spec).aget_state(self.config_for(lg_thread_id, spec.name))
-        return GraphOutcome(interrupts=list(snapshot.interrupts), values=dict(snapshot.values or {}))
+        return GraphOutcome(interrupts=list(snapshot.interrupts), values=_values(snapshot.values))
 
     async def forget(self, lg_thread_id: str, graphs: Iterable[str] | None = None) -> None:
         """Delete the checkpoints ``graphs`` wrote in the chat thread (default: every installed graph's).

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.func import entrypoint
 from langgraph.graph import END, START, StateGraph
 from sqlmodel import select
 
@@ -257,3 +258,20 @@ async def test_a_node_raising_a_base_exception_fails_its_run_once(tmp_path, conf
             run = (await session.exec(select(Run))).one()
     assert "`abort` failed: NodeExited: a node raised _Abort: the check gave up" in reply, reply
     assert (run.status, run.takeovers, ran) == ("failed", 0, [1])
+
+
+@pytest.mark.parametrize(("returned", "expected"), [("Restarted web.", "Restarted web."), (3, "3"),
+                                                    (["web", "api"], '"web"')])
+async def test_an_entrypoint_returning_no_dict_replies_with_what_it_returned(tmp_path, config_path, returned,
+                                                                             expected) -> None:
+    """``@entrypoint`` returning text (the functional API's natural way to end): the run did its work, then was
+    failed with "ValueError: dictionary update sequence element #0 has length 1; 2 is required"."""
+    @entrypoint()
+    async def restart(_inputs: dict[str, Any]) -> Any:
+        return returned
+
+    async with _asked(tmp_path, config_path, GraphSpec(name="restart", graph=restart), "restart web") as baton:
+        reply = await _reply(baton, "1")
+        async with baton.db.read() as session:
+            run = (await session.exec(select(Run))).one()
+    assert expected in reply and run.status == "done", (reply, run.status)
