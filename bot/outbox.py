@@ -138,8 +138,9 @@ def _due_statement(limit: int) -> Any:
     # The status IN first: with only the OR of ``_CLAIMABLE``, SQLite walked every row the platform ever
     # sent (through ix_outbox_thread), so an idle poll cost grew with the outbox's whole history.
     unsent = OutboxMessage.status.in_(_UNSENT)  # type: ignore[attr-defined]
+    after = OutboxMessage.id > bindparam("after", 0)  # type: ignore[operator]  # the claim reads on past rows it passed over
     return prepared(select(OutboxMessage).where(OutboxMessage.platform == bindparam("platform"), unsent, _CLAIMABLE,
-                                                ~blocked_by_earlier, ~paced_out)
+                                                ~blocked_by_earlier, ~paced_out, after)
                     .order_by(OutboxMessage.id).limit(limit))  # type: ignore[arg-type]
 
 
@@ -358,33 +359,33 @@ class Outbox:
         deliveries: list[Delivery] = []
         async with self._db.session() as session:
             paced: set[str] = set()
-            seen: set[int] = set()
             for _page in range(limit):
                 page = (await session.exec(due, params=due_params)).all()
-                rows = [row for row in page if row.id not in seen]
-                skipped = False
-                for row in rows:
+                passed_over = False
+                for row in page:
                     if len(deliveries) >= limit:
                         break
-                    seen.add(row.id)  # type: ignore[arg-type]
                     message = self._readable(row)
-                    if message is None:
+                    if message is None or (pace_seconds > 0 and not await self._slot_for(session, row, pace_seconds,
+                                                                                         paced)):
+                        passed_over = True
                         continue
-                    if pace_seconds > 0:
-                        if row.channel in paced or not await self._channel_slot(session, row.platform, row.channel,
-                                                                                pace_seconds):
-                            paced.add(row.channel)
-                            skipped = True
-                            continue
-                        paced.add(row.channel)
                     delivery = await self._take(session, row, message, worker, now)
                     if delivery is not None:
                         deliveries.append(delivery)
-                # A page that held rows of channels just paced: read again, now without those channels,
-                # so that one channel's backlog leaves room for the others' rows.
-                if not skipped or len(page) < limit or len(deliveries) >= limit:
+                # Rows passed over (a channel just paced, a message this version cannot read) filled the LIMIT:
+                # read on after them, or a backlog in one channel starved the rows of every other.
+                if not passed_over or len(page) < limit or len(deliveries) >= limit:
                     break
+                due_params = {**due_params, "after": page[-1].id}
         return deliveries
+
+    async def _slot_for(self, session: Transaction, row: OutboxMessage, pace_seconds: float, paced: set[str]) -> bool:
+        """Whether ``row`` may go now: the first row of its channel in this claim, and the channel's pace allows it."""
+        if row.channel in paced:
+            return False
+        paced.add(row.channel)
+        return await self._channel_slot(session, row.platform, row.channel, pace_seconds)
 
     def _readable(self, row: OutboxMessage) -> Message | None:
         """The row's message; ``None`` when this version cannot read it (stored by another Baton version in a

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from sqlalchemy import update
+from sqlalchemy import or_, update
 from sqlmodel import select
 
 from adapters.slack import SlackAdapter
@@ -149,16 +149,19 @@ async def test_a_stored_message_this_version_cannot_read_does_not_stop_the_platf
     was delivered there, and the log said "claiming ... failed" twice a second. It is left for a replica
     that reads it (its thread's later messages wait behind it, in order), and said once."""
     outbox = Outbox(database, worker="me")
+    table = {"parts": [{"kind": "table", "rows": [["a", "b"]]}], "tone": "info"}
     async with database.session() as session:
         newer = await outbox.enqueue(session, _at("C1", "1.0"), Message.text("from a newer Baton"))
         await outbox.enqueue(session, _at("C1", "1.0"), Message.text("after it, in its thread"))
+        for thread in range(20):  # as many as a claim reads: they must not hide the rows after them
+            await outbox.enqueue(session, _at("C3", f"3.{thread}"), Message.text("newer too"))
         await outbox.enqueue(session, _at("C2", "2.0"), Message.text("another thread"))
-        await session.exec(update(OutboxMessage).where(OutboxMessage.id == newer).values(  # type: ignore[call-overload]
-            payload={"parts": [{"kind": "table", "rows": [["a", "b"]]}], "tone": "info"}))
+        await session.exec(update(OutboxMessage).where(  # type: ignore[call-overload]
+            or_(OutboxMessage.id == newer, OutboxMessage.channel == "C3")).values(payload=table))
 
     claimed = await outbox.claim("slack", "me")
     assert [d.message.plain_text() for d in claimed] == ["another thread"]
-    assert await outbox.claim("slack", "me") == []  # the unreadable row is still not taken, nor what waits behind it
+    assert await outbox.claim("slack", "me") == []  # the unreadable rows are still not taken, nor what waits behind them
     assert caplog.text.count(f"outbox message {newer} ") == 1, caplog.text
     assert "cannot read" in caplog.text
     async with database.read() as session:
