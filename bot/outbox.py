@@ -15,6 +15,12 @@ messages go to the others as soon as its threads do. A live replica keeps the cl
 deliveries its delivery loop holds (``keep_claims``, every third of a claim), however long the
 platform takes to answer: a message in flight is not taken over, and sent twice, because its send
 outlasted the claim.
+
+What this cannot promise for a platform outside Baton's database (Slack, Discord) is exactly once:
+a call that times out after the platform posted is retried, and a process that dies (or is stopped
+mid-send) between the platform's answer and the stored mark has the message sent again once its
+claim runs out. Only an idempotency key on the platform's side closes that gap. The playground marks
+its messages in the transaction that stores them: exactly once.
 """
 
 from __future__ import annotations
