@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     def _level_in_capitals(cls, level: object) -> object:
         return level.strip().upper() if isinstance(level, str) else level
 
+    @field_validator("host")
+    @classmethod
+    def _address_without_brackets(cls, host: str) -> str:
+        """``[::1]`` as a URL writes it: binding to it failed ("Name or service not known")."""
+        return host[1:-1] if host.startswith("[") and host.endswith("]") and len(host) > 2 else host
+
     @field_validator("database_url")
     @classmethod
     def _usable_database(cls, url: str) -> str:
@@ -103,7 +109,8 @@ class Settings(BaseSettings):
     @property
     def base_url(self) -> str:
         """Where people reach this Baton (used for links in the playground)."""
-        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address: http://[::1]:8000
+        return (self.public_url or f"http://{host}:{self.port}").rstrip("/")
 
     def enabled_adapters(self) -> set[str] | None:
         """Adapter names to start, or ``None`` for "every adapter that is configured"."""

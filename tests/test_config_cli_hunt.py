@@ -4,6 +4,7 @@ mistake is one clear message naming the line or the setting, never a traceback, 
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import subprocess
 from contextlib import closing
@@ -135,3 +136,34 @@ def test_a_password_given_in_the_url_query_is_not_shown(tmp_path: Path, config_p
     assert "Baton cannot use the database postgresql://baton@127.0.0.1:1/baton?password=***&sslmode=disable: " \
         in result.stderr
     assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_ipv6_host_is_taken_with_or_without_brackets() -> None:
+    """``BATON_HOST=[::1]`` (as URLs write it) could not be bound ("Name or service not known"), and with
+    ``::1`` the playground's address was printed as http://::1:8000/, which no browser opens."""
+    from bot.cli import _listening_socket
+
+    for host in ("::1", "[::1]"):
+        settings = Settings(_env_file=None, BATON_HOST=host)  # type: ignore[call-arg]
+        assert settings.host == "::1" and settings.base_url == "http://[::1]:8000"
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    listening = _listening_socket(Settings(_env_file=None, BATON_HOST="[::1]").host, 0)  # type: ignore[call-arg]
+    try:
+        assert listening.getsockname()[0] == "::1"
+    finally:
+        listening.close()
+
+
+def test_what_baton_yaml_holds_reaches_the_terminal_without_its_control_codes(tmp_path: Path) -> None:
+    """`baton graphs` printed a runbook's description as it was, and a config error the name it quotes: an
+    escape sequence there acted on the operator's terminal (retitled it, cleared it)."""
+    path = tmp_path / "baton.yaml"
+    path.write_text('runbooks:\n  up:\n    description: "up\\e]0;owned\\a"\n    command: [uptime]\n')
+    listed = baton_cli("graphs", cwd=tmp_path, env={"BATON_CONFIG": str(path)})
+    assert listed.returncode == 0, listed.stderr
+    assert "run up       up\ufffd]0;owned\ufffd  [risk low]" in listed.stdout and "\x1b" not in listed.stdout
+    path.write_text('runbooks:\n  "\\e[2Jup":\n    description: x\n    command: [uptime]\n')
+    refused = baton_cli("graphs", cwd=tmp_path, env={"BATON_CONFIG": str(path)})
+    assert refused.returncode == 2 and "runbook name '\ufffd[2Jup' must match" in refused.stderr, refused.stderr
+    assert "\x1b" not in refused.stderr and refused.stderr.count("\n") == 2  # the lines themselves are kept
