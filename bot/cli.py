@@ -57,7 +57,8 @@ def _settings_and_config() -> tuple[Settings, Any]:
     try:
         return settings, load_config(settings.config_path, required=settings.config_named)
     except ConfigError as exc:
-        _fail(f"Baton cannot start: {settings.config_path} is not valid:\n{exc}")
+        problems = "\n".join(_printable(line) for line in str(exc).split("\n"))  # it quotes what the file holds
+        _fail(f"Baton cannot start: {settings.config_path} is not valid:\n{problems}")
 
 
 def _graphs() -> GraphRegistry:
@@ -156,10 +157,10 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 def graphs() -> None:
     """List the graphs Baton found in graphs/ and the runbooks of baton.yaml."""
     _, config = _settings_and_config()
-    for spec in _graphs():
-        typer.echo(f"{spec.name:<12} {spec.description or '(no description)'}  (e.g. `{spec.example}`)")
+    for spec in _graphs():  # a description's control characters (YAML's "\e") are shown as U+FFFD, as in _table
+        typer.echo(_printable(f"{spec.name:<12} {spec.description or '(no description)'}  (e.g. `{spec.example}`)"))
     for name, runbook in config.runbooks.items():
-        typer.echo(f"run {name:<8} {runbook.description}  [risk {runbook.risk}]")
+        typer.echo(_printable(f"run {name:<8} {runbook.description}  [risk {runbook.risk}]"))
 
 
 @app.command()
