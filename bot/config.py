@@ -374,6 +374,9 @@ class BatonConfig(BaseModel):
         return policy.approvers if policy.approvers is not None else self.approvers
 
 
+MAX_PROBLEMS = 12  # named at once: the message fits a screen
+
+
 def load_config(path: Path, *, required: bool = False) -> BatonConfig:
     """Load and validate ``baton.yaml``. A missing file means an empty configuration, unless ``required``
     (its path was set explicitly: a typo there must not start a Baton with no runbooks and no approvers)."""
@@ -413,6 +416,8 @@ def load_config(path: Path, *, required: bool = False) -> BatonConfig:
             where = getattr(error.get("ctx", {}).get("error"), "where", ())  # a PartError's part
             line = _line_of(root, loc + where, key=error["type"] == "extra_forbidden")
             problems.append(f"{path}: line {line}: {'.'.join(loc) or '(top)'}: {error['msg']}")
+        if len(problems) > MAX_PROBLEMS:  # one mistake made in every runbook (desc: for description:) was 80 lines
+            problems[MAX_PROBLEMS:] = [f"{path}: and {len(problems) - MAX_PROBLEMS} more problems"]
         raise ConfigError("\n".join(problems)) from exc
 
 

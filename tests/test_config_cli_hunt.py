@@ -167,3 +167,15 @@ def test_what_baton_yaml_holds_reaches_the_terminal_without_its_control_codes(tm
     refused = baton_cli("graphs", cwd=tmp_path, env={"BATON_CONFIG": str(path)})
     assert refused.returncode == 2 and "runbook name '\ufffd[2Jup' must match" in refused.stderr, refused.stderr
     assert "\x1b" not in refused.stderr and refused.stderr.count("\n") == 2  # the lines themselves are kept
+
+
+def test_one_mistake_made_in_every_runbook_is_named_in_a_screen(tmp_path: Path) -> None:
+    """``desc:`` for ``description:`` in 40 runbooks was 80 lines, the first ones scrolled away."""
+    path = tmp_path / "baton.yaml"
+    path.write_text("runbooks:\n" + "".join(f"  rb{i}:\n    desc: x\n    command: [a]\n" for i in range(40)))
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    lines = str(error.value).split("\n")
+    assert len(lines) == 13
+    assert lines[0] == f"{path}: line 2: runbooks.rb0.description: Field required"
+    assert lines[-1] == f"{path}: and 68 more problems"
