@@ -120,12 +120,14 @@ class GraphRuntime:
         self.registry = registry
         self.checkpointer = checkpointer
         self.run_timeout = run_timeout  # a graph's own TIMEOUT wins; None: no limit
-        self._compiled: dict[str, Pregel] = {}
+        self._compiled: dict[str, tuple[GraphSpec, Pregel]] = {}
 
     def compiled(self, spec: GraphSpec) -> Pregel:
-        if spec.name not in self._compiled:
-            self._compiled[spec.name] = spec.compile(self.checkpointer)
-        return self._compiled[spec.name]
+        # Keyed by the spec too: a graph added again under its name (``GraphRegistry.add``) ran as it was first.
+        cached = self._compiled.get(spec.name)
+        if cached is None or cached[0] is not spec:
+            cached = self._compiled[spec.name] = (spec, spec.compile(self.checkpointer))
+        return cached[1]
 
     @staticmethod
     def config_for(lg_thread_id: str, graph: str) -> dict[str, Any]:

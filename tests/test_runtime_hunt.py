@@ -19,6 +19,7 @@ from langgraph.graph import END, START, StateGraph
 from sqlmodel import select
 
 from bot import kit
+from bot.messages import InboundMessage
 from bot.registry import GraphError, GraphRegistry, GraphSpec, NodeExited, _spec_from_module
 from bot.runtime import GraphRuntime, RunServices, Services
 from storage.checkpointer import open_checkpointer
@@ -275,3 +276,19 @@ async def test_an_entrypoint_returning_no_dict_replies_with_what_it_returned(tmp
         async with baton.db.read() as session:
             run = (await session.exec(select(Run))).one()
     assert expected in reply and run.status == "done", (reply, run.status)
+
+
+async def test_a_graph_added_again_under_its_name_runs_as_added(tmp_path, config_path) -> None:
+    """``GraphRegistry.add`` of a new version of a graph that had run once: every run after it still ran the first
+    version (the runtime kept what it had compiled under the name)."""
+    def answering(word: str) -> StateGraph:
+        async def act(_state: State) -> State:
+            return {"reply": word}
+        return _one_node(act)
+
+    async with _asked(tmp_path, config_path, GraphSpec(name="version", graph=answering("first")), "version") as baton:
+        assert await _reply(baton, "1") == "first"
+        baton.registry.add(GraphSpec(name="version", graph=answering("second")))
+        await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="2", event_id="e2",
+                                                  user="alice", text="version force"))
+        assert await _reply(baton, "2") == "second"
