@@ -13,7 +13,6 @@ import json
 import logging
 import unicodedata
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -541,7 +540,7 @@ class Orchestrator:
             return await self._handle_choice(event, record, approval, run)
         spec = self.registry.get(approval.graph) if approval else None
         if approval is not None and run is not None and spec is None and run.status in threads.BUSY:
-            return await self._graph_gone(approval, run, record, event)
+            return await self._graph_gone(run, record, event)
         if approval is None or run is None or spec is None:
             return await self._finish_event(event, "unknown approval", Message.text(
                 "I can't find the run behind this approval any more.", tone="warning"), ephemeral=True)
@@ -551,6 +550,13 @@ class Orchestrator:
                     await self._resume(approval, run, record, spec, event)
                 return None
             return await self._finish_event(event, "already decided", replies.already_decided(approval), ephemeral=True)
+        if run.status not in threads.BUSY:  # its run ended (failed) while this card waited: nothing to go on with
+            async with self.db.session() as session:
+                await self._expire_card(session, record, approval.id, event.correlation_id)
+                approval = await session.get(Approval, approval.id, populate_existing=True)
+                delivery = await self._answer(session, event, "already decided", replies.already_decided(approval),  # type: ignore[arg-type]
+                                              ephemeral=True)
+            return self.outbox.hand_over(event.platform, delivery)
         if event.payload["action"] not in ("approve", "reject"):
             return await self._finish_event(event, "unknown action", Message.text(
                 "That button is not Approve or Reject; nothing was changed.", tone="warning"), ephemeral=True)
@@ -637,6 +643,22 @@ class Orchestrator:
             return self.outbox.wake(event.platform)
         await self._drive(new_run, record, spec, chosen.input, event)
 
+    async def _expire_cards(self, session: Transaction, record: ThreadRecord, run_id: int, correlation: str) -> None:
+        """The cards of ``run`` (which ended) still waiting for a decision expire: their buttons go, and a
+        click on them revives nothing."""
+        waiting = (await session.exec(select(Approval.id).where(  # type: ignore[call-overload]
+            Approval.run_id == run_id, Approval.status == "pending"))).all()
+        for approval_id in waiting:
+            await self._expire_card(session, record, approval_id, correlation)
+
+    async def _expire_card(self, session: Transaction, record: ThreadRecord, approval_id: str, correlation: str) -> None:
+        expired = await session.exec(update(Approval).where(  # type: ignore[call-overload]
+            Approval.id == approval_id, Approval.status == "pending",  # type: ignore[arg-type]
+        ).values(status="stale", decided_by="Baton", decided_at=utcnow()))
+        if expired.rowcount:
+            card = await session.get(Approval, approval_id, populate_existing=True)
+            await self._edit_card(session, record, card, correlation)  # type: ignore[arg-type]
+
     async def _edit_card(self, session: Transaction, record: ThreadRecord, approval: Approval, correlation: str) -> None:
         await self.outbox.enqueue(session, threads.location_of(record), replies.approval_card(approval), kind="update",
                                   ref_outbox_id=approval.card_outbox_id, correlation_id=correlation)
@@ -656,19 +678,11 @@ class Orchestrator:
                                f"Baton stopped {takeovers} times while this run was under way; not taken up again")
         return False
 
-    async def _graph_gone(self, approval: Approval, run: Run, record: ThreadRecord, event: InboundEvent) -> None:
+    async def _graph_gone(self, run: Run, record: ThreadRecord, event: InboundEvent) -> None:
         """A click on the card of a run whose graph is not installed any more: the run cannot go on, so it
         fails (the card says it expired) rather than wait, and show in ``status``, for good."""
-        async def expire_card(session: Transaction) -> None:
-            expired = await session.exec(update(Approval).where(  # type: ignore[call-overload]
-                Approval.id == approval.id, Approval.status == "pending",  # type: ignore[arg-type]
-            ).values(status="stale", decided_by="Baton", decided_at=utcnow()))
-            if expired.rowcount:
-                card = await session.get(Approval, approval.id, populate_existing=True)
-                await self._edit_card(session, record, card, event.correlation_id)  # type: ignore[arg-type]
-
         await self._finish_run(run, record, event, "failed", replies.graph_gone(run.graph),
-                               f"the {run.graph} graph is not installed any more", also=expire_card)
+                               f"the {run.graph} graph is not installed any more")
 
     async def _resume(self, approval: Approval, run: Run, record: ThreadRecord, spec: GraphSpec,
                       event: InboundEvent) -> None:
@@ -805,14 +819,13 @@ class Orchestrator:
                         requested_by=run.requested_by)
 
     async def _finish_run(self, run: Run, record: ThreadRecord, event: InboundEvent, status: str, message: Message,
-                          error: str | None, services: RunServices | None = None,
-                          also: Callable[[Transaction], Awaitable[None]] | None = None) -> None:
-        """Store the run's outcome and reply; with ``services``, its effects' outcomes too (``RunServices.session``);
-        ``also``: more to write in the same transaction."""
+                          error: str | None, services: RunServices | None = None) -> None:
+        """Store the run's outcome and reply; with ``services``, its effects' outcomes too (``RunServices.session``).
+        A failed run's cards still waiting expire with it."""
         now = utcnow()
         async with (services.session() if services is not None else self.db.session()) as session:
-            if also is not None:
-                await also(session)
+            if status == "failed":  # a card it left waiting (another branch's question) would revive it
+                await self._expire_cards(session, record, run.id, run.correlation_id)  # type: ignore[arg-type]
             await session.exec(_FINISH_RUN, params={  # type: ignore[call-overload]
                 "run_id": run.id, "status": status, "now": now, "error": error,
                 "turnaround_ms": int((now - run.started_at).total_seconds() * 1000)})
@@ -838,9 +851,14 @@ class Orchestrator:
                                                              event.text, spent))
             if failed is not None:
                 now = utcnow()
+                broken = (await session.exec(select(Run).where(
+                    Run.thread_record_id == event.thread_record_id, Run.status == "running"))).all()
                 await session.exec(update(Run).where(  # type: ignore[arg-type]
                     Run.thread_record_id == event.thread_record_id, Run.status == "running",
                 ).values(status="failed", error=failed, finished_at=now))
+                record = await session.get(ThreadRecord, event.thread_record_id) if broken else None
+                for run in broken if record is not None else []:
+                    await self._expire_cards(session, record, run.id, event.correlation_id)  # type: ignore[arg-type]
                 await session.exec(update(ThreadRecord).where(  # type: ignore[arg-type]
                     ThreadRecord.id == event.thread_record_id, ThreadRecord.status == "running",
                 ).values(status="failed", updated_at=now))

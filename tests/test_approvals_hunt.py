@@ -1,0 +1,161 @@
+"""Approvals and the request path as a team hits them (hunt)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+from sqlalchemy import update
+from sqlmodel import select
+
+from bot.app import Baton
+from bot.kit import approve
+from bot.messages import InboundClick, InboundMessage
+from bot.registry import GraphSpec
+from bot.settings import Settings
+from storage.models import Approval, PlaygroundMessage, Run, ThreadRecord
+from tests.support import runs_in, wait_for
+
+
+class Two(TypedDict, total=False):
+    text: str
+    a: str
+    b: str
+    reply: str
+
+
+def _two_questions(after_a: Any = None) -> StateGraph:
+    async def ask_a(_s: Two) -> Two:
+        decision = approve("Question A", risk="low", approvers=["bob"])
+        if after_a is not None:
+            await after_a()
+        return {"a": "yes" if decision.approved else "no"}
+
+    def ask_b(_s: Two) -> Two:
+        return {"b": "yes" if approve("Question B", risk="low", approvers=["bob"]).approved else "no"}
+
+    def end(s: Two) -> Two:
+        return {"reply": f"A={s.get('a')} B={s.get('b')}"}
+
+    graph = StateGraph(Two)
+    graph.add_node("ask_a", ask_a)
+    graph.add_node("ask_b", ask_b)
+    graph.add_node("end", end)
+    graph.add_edge(START, "ask_a")
+    graph.add_edge(START, "ask_b")
+    graph.add_edge(["ask_a", "ask_b"], "end")
+    graph.add_edge("end", END)
+    return graph
+
+
+@asynccontextmanager
+async def _baton(tmp_path: Path, config_path: Path, *specs: GraphSpec) -> AsyncIterator[Baton]:
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'h.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground")
+    async with Baton(settings) as baton:
+        for spec in specs:
+            baton.registry.add(spec)
+        yield baton
+
+
+async def _until(check: Any, timeout: float = 20) -> Any:
+    async def poll() -> Any:
+        while True:
+            found = await check()
+            if found:
+                return found
+            await asyncio.sleep(0.05)
+    return await asyncio.wait_for(poll(), timeout)
+
+
+async def _texts(baton: Baton, thread: str, viewer: str | None = None) -> list[str]:
+    async with baton.db.read() as session:
+        rows = (await session.exec(select(PlaygroundMessage).where(
+            PlaygroundMessage.thread_id == thread, PlaygroundMessage.is_bot).order_by(PlaygroundMessage.id))).all()
+    return [row.text for row in rows if not row.visible_to or row.visible_to == viewer]
+
+
+async def _approvals(baton: Baton) -> list[Approval]:
+    async with baton.db.read() as session:
+        return list((await session.exec(select(Approval).order_by(Approval.created_at))).all())
+
+
+async def _click(baton: Baton, approval: Approval, user: str, event_id: str, action: str = "approve") -> None:
+    """A click as Slack or Discord delivers it: the card as the user saw it, whatever Baton did to it since."""
+    await baton.accept_click(InboundClick(platform="playground", channel="general", thread="1", event_id=event_id,
+                                          user=user, approval_id=approval.id, action=action))
+
+
+async def test_a_failed_run_leaves_no_card_to_click_that_would_revive_it(tmp_path, config_path) -> None:
+    """A run asked two questions at once (two branches); approved, one branch failed, and the run failed
+    with it. The other card kept its buttons, and a click on it resumed the failed run: the failing step
+    ran again and the thread was told "Run failed" twice."""
+    after_approval: list[int] = []
+
+    async def fails() -> None:
+        after_approval.append(1)
+        raise RuntimeError("disk full")
+
+    spec = GraphSpec(name="two", graph=_two_questions(fails), description="Two questions.")
+    async with _baton(tmp_path, config_path, spec) as baton:
+        await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
+                                                  event_id="e1", user="alice", text="two"))
+        by_question = {card.summary: card for card in await _until(lambda: _two_cards(baton))}
+        await _click(baton, by_question["Question A"], "bob", "c1")
+        texts = await _until(lambda: _texts_with(baton, "disk full"))
+        other = next(text for text in texts if "Question B" in text)
+        assert other.startswith("*Expired*") and "[Approve]" not in other, texts
+        await _click(baton, by_question["Question B"], "bob", "c2")  # its edit had not reached bob yet
+        refused = await _until(lambda: _texts_with(baton, "no longer current", viewer="bob"))
+        assert after_approval == [1]
+        assert len([text for text in refused if "disk full" in text]) == 1
+        async with baton.db.read() as session:
+            run = (await session.exec(select(Run))).one()
+        assert (run.status, run.error) == ("failed", "disk full")
+        assert {card.summary: card.status for card in await _approvals(baton)} == {
+            "Question A": "approved", "Question B": "stale"}
+
+
+async def test_a_card_a_failed_run_left_waiting_expires_at_its_click(tmp_path, config_path) -> None:
+    """A card left waiting by a run that failed before Baton expired such cards (a database of an older
+    Baton): its click resumed the failed run; it is refused and the card loses its buttons."""
+    after_approval: list[int] = []
+
+    async def fails() -> None:
+        after_approval.append(1)
+        raise RuntimeError("disk full")
+
+    spec = GraphSpec(name="two", graph=_two_questions(fails), description="Two questions.")
+    async with _baton(tmp_path, config_path, spec) as baton:
+        await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
+                                                  event_id="e1", user="alice", text="two"))
+        by_question = {card.summary: card for card in await _until(lambda: _two_cards(baton))}
+        await _click(baton, by_question["Question A"], "bob", "c1")
+        await _until(lambda: _texts_with(baton, "disk full"))
+        async with baton.db.session() as session:  # as an older Baton left it
+            await session.exec(update(Approval).where(Approval.summary == "Question B").values(  # type: ignore[arg-type]
+                status="pending", decided_by=None, decided_at=None))
+        await _click(baton, by_question["Question B"], "bob", "c2")
+        await _until(lambda: _texts_with(baton, "no longer current", viewer="bob"))
+        assert after_approval == [1]
+        assert {card.summary: card.status for card in await _approvals(baton)}["Question B"] == "stale"
+
+
+async def _two_cards(baton: Baton) -> list[Approval] | None:
+    found = await _approvals(baton)
+    return found if len(found) == 2 else None
+
+
+async def _decided(baton: Baton, n: int) -> bool:
+    return len([a for a in await _approvals(baton) if a.status != "pending"]) >= n
+
+
+
+async def _texts_with(baton: Baton, needle: str, viewer: str | None = None) -> list[str] | None:
+    texts = await _texts(baton, "1", viewer)
+    return texts if any(needle in text for text in texts) else None
+
