@@ -27,8 +27,8 @@ from bot.messages import Accepted, InboundClick, InboundMessage, Location, Messa
 from bot.outbox import Delivery, Outbox
 from bot.registry import GraphSpec
 from bot.models import MODEL_ERRORS, ModelFailed, cost_of, usage_of
-from bot.routing import DIGEST_COMMAND, RouteError, route, route_to
-from bot.runtime import GraphRuntime, ProgressSink, RunServices, RunTimedOut, Services
+from bot.routing import DIGEST_COMMAND, RUNBOOK_GRAPH, RouteError, route, route_to
+from bot.runtime import GraphOutcome, GraphRuntime, ProgressSink, RunServices, RunTimedOut, Services
 from bot.settings import Settings
 from storage.db import Transaction, insert_new_id, insert_row, lock_for_transaction, prepared, when_committed
 from storage.models import Approval, InboundEvent, Run, ThreadRecord, loaded, utcnow
@@ -560,13 +560,15 @@ class Orchestrator:
         if event.payload["action"] not in ("approve", "reject"):
             return await self._finish_event(event, "unknown action", Message.text(
                 "That button is not Approve or Reject; nothing was changed.", tone="warning"), ephemeral=True)
+        state = await self.runtime.state(spec, record.lg_thread_id)
+        approval = await self._with_approvers_now(approval, record, spec, state, event.correlation_id)
         reason = approvals.refusal(approval, event.platform, event.user, event.payload["action"])
         if reason is not None:
             async with self.db.session() as session:
                 await audit.record(session, "approval.refused", event.correlation_id, platform=event.platform,
                                    user=event.user, run_id=run.id, approval_id=approval.id, reason=reason)
             return await self._finish_event(event, "refused", Message.text(reason, tone="warning"), ephemeral=True)
-        pending = {interrupt.id for interrupt in (await self.runtime.state(spec, record.lg_thread_id)).interrupts}
+        pending = {interrupt.id for interrupt in state.interrupts}
         now = utcnow()
         async with self.db.session() as session:
             if approval.interrupt_id not in pending:
@@ -593,6 +595,36 @@ class Orchestrator:
         if not won:
             return await self._finish_event(event, "already decided", replies.already_decided(approval), ephemeral=True)
         await self._resume(approval, run, record, spec, event)
+
+    async def _with_approvers_now(self, approval: Approval, record: ThreadRecord, spec: GraphSpec, state: GraphOutcome,
+                                  correlation: str) -> Approval:
+        """``approval`` deciding by baton.yaml as it is now: Baton restarted with other approvers since its card
+        was posted (someone left the team, say), so the card and the check follow the new list."""
+        now = self._approvers_now(approval, spec, state)
+        if now is None or now == approval.approvers:
+            return approval
+        async with self.db.session() as session:
+            await session.exec(update(Approval).where(  # type: ignore[call-overload]
+                Approval.id == approval.id, Approval.status == "pending").values(approvers=now))  # type: ignore[arg-type]
+            current = await session.get(Approval, approval.id, populate_existing=True)
+            assert current is not None
+            if current.status == "pending":
+                await self._edit_card(session, record, current, correlation)
+        log.info("approval %s: approvers changed in baton.yaml since it was asked (%s -> %s)", approval.id,
+                 approval.approvers, now)
+        return current
+
+    def _approvers_now(self, approval: Approval, spec: GraphSpec, state: GraphOutcome) -> list[str] | None:
+        """Who baton.yaml now says may decide ``approval``; ``None`` when the graph named its approvers itself
+        (or the runbook is gone: it will not run anyway)."""
+        if spec.name == RUNBOOK_GRAPH:
+            runbook = state.values.get("runbook")
+            return self.config.approvers_for_runbook(runbook) if runbook in self.config.runbooks else None
+        asked = next((interrupt.value for interrupt in state.interrupts if interrupt.id == approval.interrupt_id), None)
+        if asked is None or (isinstance(asked, dict) and asked.get("baton") == APPROVAL_MARK
+                             and asked.get("approvers") is not None):
+            return None
+        return list(self.config.approvers_for_graph(spec.name))
 
     async def _handle_choice(self, event: InboundEvent, record: ThreadRecord, approval: Approval, run: Run) -> None:
         """The requester picked a graph on a choice card: close the card, then run that graph."""

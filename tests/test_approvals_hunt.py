@@ -18,7 +18,7 @@ from bot.messages import InboundClick, InboundMessage
 from bot.registry import GraphSpec
 from bot.settings import Settings
 from storage.models import Approval, PlaygroundMessage, Run, ThreadRecord
-from tests.support import runs_in, wait_for
+from tests.support import has_buttons, runs_in, wait_for, write_config
 
 
 class Two(TypedDict, total=False):
@@ -159,3 +159,29 @@ async def _texts_with(baton: Baton, needle: str, viewer: str | None = None) -> l
     texts = await _texts(baton, "1", viewer)
     return texts if any(needle in text for text in texts) else None
 
+
+def test_approvers_removed_from_baton_yaml_may_no_longer_decide_a_waiting_card(
+        start_baton, sqlite_url, tmp_path, counter) -> None:
+    """Baton restarted with bob no longer among the approvers (he left the team) and carol in: bob's click
+    on a card posted before still ran the command, carol's was refused ("Only bob can approve this"), and
+    the card went on naming bob. The card and the check follow baton.yaml as it is now."""
+    first = start_baton(sqlite_url, name="before")
+    pg = first.client()
+    restart = pg.ask("@baton run restart service=web")
+    announce = pg.ask("@baton announce maintenance at ten")  # its approvers: the graph's policy (the top list)
+    cards = {thread: pg.wait_card(thread) for thread in (restart, announce)}
+    assert "approvers: bob (not alice, who asked)" in cards[restart]["text"]
+    first.stop()
+    write_config(tmp_path, counter, ["alice", "carol"])
+
+    pg = start_baton(sqlite_url, name="after").client()
+    for thread, card in cards.items():
+        assert pg.click(card, "bob").status_code == 202
+        pg.wait_reply(thread, "Only carol can approve this.", viewer="bob")
+        edited = wait_for(lambda: next((m for m in pg.bot_replies(thread) if m["id"] == card["id"]  # noqa: B023
+                                        and m["revision"] > 1), None), what="the card to name the approvers now")
+        assert "approvers: carol (not alice, who asked)" in edited["text"] and has_buttons(edited)
+    assert runs_in(counter) == []
+    assert pg.click(cards[restart], "carol").status_code == 202
+    pg.wait_reply(restart, "did restart web")
+    assert runs_in(counter) == ["restart web"]
