@@ -265,6 +265,7 @@ def db_upgrade(revision: str = typer.Argument("head", help="A revision id to upg
     if revision not in (*revisions, "head", "heads", "base"):
         _fail(f"Baton cannot upgrade to '{_printable(revision[:40])}': Can't locate revision: name one of "
               f"{', '.join(revisions)}, or head (relative ones like +1 or head-1 are not taken)")
+    _sqlite_place(settings.database_url)
     try:
         with _database(settings.database_url):
             upgrade(settings.database_url, revision)
@@ -304,6 +305,7 @@ def _existing(settings: Settings) -> None:
     if is_sqlite(url) and not Path(sqlite_path(url)).exists():
         _fail(f"Baton cannot use the database {shown}: there is no such file (`baton run` or "
               "`baton db upgrade` makes it; BATON_DATABASE_URL names another)")
+    _sqlite_place(url)
     with _database(url):
         revision = _revision(url)
     if revision is None:
@@ -333,6 +335,7 @@ def _head_revision() -> str | None:
 
 
 def _ready(settings: Settings) -> None:
+    _sqlite_place(settings.database_url)
     try:
         with _database(settings.database_url):
             upgrade(settings.database_url)
@@ -342,6 +345,18 @@ def _ready(settings: Settings) -> None:
         check_sqlite_checkpoints(settings.database_url)
     except sqlite3.Error as exc:
         _fail(f"Baton cannot use its checkpoint database {sqlite_checkpoint_path(settings.database_url)}: {exc}")
+
+
+def _sqlite_place(url: str) -> None:
+    """A SQLite file Baton makes needs its directory: SQLite says only "unable to open database file" (for
+    ``sqlite:///~/baton.db`` too: ``~`` is not the home directory there)."""
+    if not is_sqlite(url):
+        return
+    path = Path(sqlite_path(url))
+    if path.is_dir():
+        _fail(f"Baton cannot use the database {_shown(url)}: {path} is a directory; name a file in it")
+    if not path.parent.is_dir():
+        _fail(f"Baton cannot use the database {_shown(url)}: there is no directory {path.parent} for it")
 
 
 if __name__ == "__main__":

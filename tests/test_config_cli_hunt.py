@@ -179,3 +179,19 @@ def test_one_mistake_made_in_every_runbook_is_named_in_a_screen(tmp_path: Path) 
     assert len(lines) == 13
     assert lines[0] == f"{path}: line 2: runbooks.rb0.description: Field required"
     assert lines[-1] == f"{path}: and 68 more problems"
+
+
+@pytest.mark.parametrize("command", [["run"], ["db", "upgrade"], ["threads"]])
+def test_a_sqlite_file_whose_place_is_wrong_is_named(tmp_path: Path, config_path: Path, command: list[str]) -> None:
+    """SQLite says only "unable to open database file" for a directory, or a file in a directory that is not
+    there (``sqlite:///~/baton.db``: no ``~`` is expanded)."""
+    (tmp_path / "data").mkdir()
+    env = {"BATON_CONFIG": str(config_path), "BATON_PORT": "0"}
+    cases = [(f"sqlite:///{tmp_path / 'data'}", f"{tmp_path / 'data'} is a directory; name a file in it")]
+    if command != ["threads"]:  # which says there is no such file
+        cases.append(("sqlite:///~/baton.db", "there is no directory ~ for it"))
+    for url, expected in cases:
+        result = baton_cli(*command, cwd=tmp_path, env={**env, "BATON_DATABASE_URL": url})
+        assert result.returncode == 2, result.stderr
+        assert result.stderr == f"Baton cannot use the database {url}: {expected}\n"
+    assert not (tmp_path / "~").exists()
