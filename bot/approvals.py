@@ -46,6 +46,9 @@ def refusal(approval: Approval, platform: str, user: str, action: str = "approve
     if not is_approver(approval.approvers, platform, user):
         if action == "approve":  # as the card lists them: on a high-risk request, not who asked
             may = who_may_approve(approval.approvers, approval.requested_by, approval.risk)
+            if not may:  # the requester is its only approver
+                return (f"Nobody can approve this: its only approver is {approval.requested_by}, who asked for it "
+                        "(add approvers in baton.yaml).")
             return f"Only {one_of(may)} can approve this."
         return f"Only {one_of(approval.approvers)} can decide this."
     return None

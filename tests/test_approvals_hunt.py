@@ -185,3 +185,22 @@ def test_approvers_removed_from_baton_yaml_may_no_longer_decide_a_waiting_card(
     assert pg.click(cards[restart], "carol").status_code == 202
     pg.wait_reply(restart, "did restart web")
     assert runs_in(counter) == ["restart web"]
+
+
+def test_a_click_on_a_card_only_its_requester_could_approve_is_refused_politely(
+        start_baton, sqlite_url, tmp_path, counter) -> None:
+    """alice, the runbook's only approver, asked for it herself; carol's click on Approve broke the handling
+    (``one_of([])``: an IndexError) and the thread, everyone's, was told "Something went wrong"."""
+    write_config(tmp_path, counter, ["alice"])
+    pg = start_baton(sqlite_url).client()
+    thread = pg.ask("@baton run restart service=web")
+    card = pg.wait_card(thread)
+    assert "approvers: nobody else (not alice, who asked)" in card["text"]
+    assert pg.click(card, "carol").status_code == 202
+    refusal = pg.wait_reply(thread, "Nobody can approve this: its only approver is alice, who asked for it",
+                            viewer="carol")
+    assert refusal["ephemeral"]
+    assert not any("went wrong" in m["text"] for m in pg.bot_replies(thread, viewer="carol"))
+    assert pg.click(card, "alice", action="reject").status_code == 202  # she may still withdraw it
+    pg.wait_reply(thread, "Rejected by alice: nothing was run")
+    assert runs_in(counter) == []
