@@ -46,6 +46,8 @@ def _settings() -> Settings:
         return Settings()
     except UnicodeDecodeError as exc:  # only .env is read as a file
         _fail(f"Baton's settings: .env is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}).")
+    except OSError as exc:  # .env there but unreadable (its permissions)
+        _fail(f"Baton's settings: .env cannot be read: {exc.strerror or exc}")
     except ValidationError as exc:  # the messages name the setting, never its value (it may be a secret)
         problems = "\n".join(f"  {'.'.join(str(part) for part in error['loc'])}: {error['msg'].removeprefix('Value error, ')}"
                              for error in exc.errors())

@@ -195,3 +195,11 @@ def test_a_sqlite_file_whose_place_is_wrong_is_named(tmp_path: Path, config_path
         assert result.returncode == 2, result.stderr
         assert result.stderr == f"Baton cannot use the database {url}: {expected}\n"
     assert not (tmp_path / "~").exists()
+
+
+def test_a_dotenv_that_cannot_be_read_is_one_line(tmp_path: Path, config_path: Path) -> None:
+    """A .env Baton may not read (its permissions; here a file whose reading fails) was a traceback."""
+    (tmp_path / ".env").symlink_to("/proc/self/mem")  # a file, whose read() fails with EIO
+    result = baton_cli("graphs", cwd=tmp_path, env={"BATON_CONFIG": str(config_path)})
+    assert result.returncode == 2 and result.stderr == "Baton's settings: .env cannot be read: Input/output error\n", \
+        result.stderr
