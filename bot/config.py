@@ -336,6 +336,9 @@ def _named_as(items: dict[str, Named], pattern: str, what: str, why: str = "") -
 
 def _ids_as_text(value: object) -> object:
     """YAML reads a bare Discord id (123456789012345678) as a number; ids are text."""
+    if isinstance(value, str):  # "approvers: alice, bob": pydantic said only "Input should be a valid list"
+        names = [name for name in re.split(r"[\s,]+", value) if name]
+        raise ValueError(f"approvers are a list of user ids: write it as [{', '.join(names)}]")
     return [str(item) if isinstance(item, int) and not isinstance(item, bool) else item for item in value] \
         if isinstance(value, list) else value
 
