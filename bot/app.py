@@ -29,7 +29,7 @@ from bot.settings import Settings
 from storage.checkpointer import open_checkpointer
 from storage.db import Database, prepared
 from storage.migrate import upgrade
-from storage.models import InboundEvent, ThreadRecord, utcnow
+from storage.models import InboundEvent, Run, ThreadRecord, utcnow
 
 log = logging.getLogger("baton")
 
@@ -115,6 +115,7 @@ class Baton:
                                          self.digests)
         for adapter in self.adapters:
             await adapter.start()
+        await self.outbox.report_unserved()
         self.scheduler = DigestScheduler(self.digests)
         await self.scheduler.start()
         self._loops = [asyncio.create_task(self._every(SWEEP_INTERVAL, self.orchestrator.sweep)),
@@ -208,7 +209,9 @@ class Baton:
                 return False
         pruned: dict[str, Any] = {}
         try:
-            await self.runtime.forget(record.lg_thread_id)
+            async with self.db.read() as session:  # one uninstalled since it ran is no installed graph
+                ran = (await session.exec(select(Run.graph).where(Run.thread_record_id == record.id).distinct())).all()
+            await self.runtime.forget(record.lg_thread_id, {*self.registry.names(), *ran})
             pruned = {"pruned_at": utcnow()}
         finally:
             async with self.db.session() as session:

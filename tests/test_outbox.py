@@ -388,3 +388,18 @@ async def test_a_message_the_platform_refuses_is_logged_with_where_it_was_going(
 
         row = await asyncio.wait_for(failed_row(), 20)
     assert f"playground rejected message {row.id} (post in channel ops-old, thread 7): channel_not_found" in caplog.text
+
+
+async def test_the_start_says_when_messages_wait_for_a_platform_this_baton_does_not_serve(
+        tmp_path: Path, config_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Discord's tokens removed from .env after replies for it were stored: they waited for ever without a word."""
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'u.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground")
+    async with Baton(settings) as baton:
+        async with baton.db.session() as session:
+            await baton.outbox.enqueue(session, Location(platform="discord", channel="1", thread="1"),
+                                       Message.text("stored while Discord was served"))
+    with caplog.at_level("WARNING", logger="baton.outbox"):
+        async with Baton(settings):
+            pass
+    assert "1 outbox message(s) for discord are waiting" in caplog.text

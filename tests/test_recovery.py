@@ -95,6 +95,35 @@ async def test_finished_threads_lose_their_checkpoints_after_retention(tmp_path,
         assert await baton.prune_checkpoints() == 0
 
 
+async def test_a_thread_whose_graph_was_uninstalled_since_it_ran_loses_its_checkpoints_too(tmp_path, config_path):
+    """Pruning deleted the installed graphs' checkpoints only: a graph removed from graphs/ (or renamed) after
+    it ran left its checkpoints for good, in a thread marked pruned."""
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'r.db'}", BATON_CONFIG=config_path,
+                        BATON_CHECKPOINT_RETENTION_HOURS=1)
+    graph = StateGraph(_PlanState)
+    graph.add_node("answer", lambda _state: {"reply": "Answered."})
+    graph.add_edge(START, "answer")
+    graph.add_edge("answer", END)
+    async with Baton(settings) as baton:
+        baton.registry.add(GraphSpec(name="oneoff", graph=graph))
+        await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
+                                                  event_id="e1", user="alice", text="oneoff"))
+        for _ in range(400):
+            async with baton.db.session() as session:
+                if record := (await session.exec(select(ThreadRecord).where(ThreadRecord.status == "done"))).first():
+                    break
+            await baton.outbox.wait("never", 0.05)
+        assert record is not None, "the run did not finish"
+    async with Baton(settings) as baton:  # the next start, without the graph
+        assert baton.registry.get("oneoff") is None
+        config = {"configurable": {"thread_id": f"{record.lg_thread_id}:oneoff"}}
+        assert await baton.runtime.checkpointer.aget_tuple(config) is not None
+        async with baton.db.session() as session:
+            await session.exec(update(ThreadRecord).values(updated_at=utcnow() - timedelta(hours=2)))
+        assert await baton.prune_checkpoints() == 1
+        assert await baton.runtime.checkpointer.aget_tuple(config) is None
+
+
 async def test_a_pruning_pass_goes_on_until_no_finished_thread_is_due(tmp_path, config_path):
     """One batch of 500 per 10 minutes fell behind a busy team: the checkpoint file grew for good."""
     settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'r.db'}", BATON_CONFIG=config_path,
