@@ -6,6 +6,7 @@ and every placeholder must be a declared argument with a validation pattern.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import re._constants as re_constants  # what re parses a pattern into: no public API has it
@@ -418,10 +419,20 @@ def load_config(path: Path, *, required: bool = False) -> BatonConfig:
             loc = tuple(str(part) for part in error["loc"])
             where = getattr(error.get("ctx", {}).get("error"), "where", ())  # a PartError's part
             line = _line_of(root, loc + where, key=error["type"] == "extra_forbidden")
-            problems.append(f"{path}: line {line}: {'.'.join(loc) or '(top)'}: {error['msg']}")
+            problems.append(f"{path}: line {line}: {'.'.join(loc) or '(top)'}: {error['msg']}{_meant(error, loc)}")
         if len(problems) > MAX_PROBLEMS:  # one mistake made in every runbook (desc: for description:) was 80 lines
             problems[MAX_PROBLEMS:] = [f"{path}: and {len(problems) - MAX_PROBLEMS} more problems"]
         raise ConfigError("\n".join(problems)) from exc
+
+
+def _meant(error: Any, loc: tuple[str, ...]) -> str:
+    """For a key baton.yaml does not know, the one it likely is (``aprovers``: approvers)."""
+    if error["type"] != "extra_forbidden" or not loc:
+        return ""
+    known = {name for model in (BatonConfig, Runbook, Argument, GraphPolicy, Digest, Models, Price)
+             for name in model.model_fields}
+    close = difflib.get_close_matches(loc[-1], sorted(known), n=1, cutoff=0.75)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _yaml_problem(text: str, exc: yaml.YAMLError) -> str:

@@ -36,6 +36,10 @@ def baton_cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Complete
      "line 4: runbooks.disk: Value error, the program to run is 'df -h /', spaces and all: each argument is a part "
      "of its own, without spaces around it ([\"df\", \"-h\", \"/\"])"),
     ("runbooks:\n  up:\n    description: x\n    command: [' uptime']\n", "the program to run is ' uptime', spaces"),
+    # a typo said only "Extra inputs are not permitted"
+    ("aprovers: [alice]\n", "line 1: aprovers: Extra inputs are not permitted (did you mean 'approvers'?)"),
+    ("runbooks:\n  up:\n    description: x\n    command: [a]\n    timout: 5\n",
+     "line 5: runbooks.up.timout: Extra inputs are not permitted (did you mean 'timeout'?)"),
     # "Input should be a valid list", which says nothing of how to write one
     ("approvers: alice, bob\n", "line 1: approvers: Value error, approvers are a list of user ids: write it as [alice, bob]"),
     ("approvers: [bob]\nrunbooks:\n  up:\n    description: x\n    command: [a]\n    approvers: alice\n",
