@@ -142,6 +142,8 @@ class Orchestrator:
             # A thread made just now has nothing queued before this event.
             queued = not new_thread and (
                 record.status == "waiting" or await threads.queued_before(session, record, message.event_id))
+            if queued and not message.addressed and not self._is_request(message):
+                queued = False  # people talking in the thread ("can you approve?"): it gets no answer, nor this
             if queued:
                 after = "the approval is decided and " if record.status == "waiting" else ""
                 await self.outbox.enqueue(session, location, Message.text(
@@ -181,6 +183,19 @@ class Orchestrator:
                 when_committed(session, lambda: self._schedule(record_id))  # as in accept_message
         self.outbox.wake(click.platform)
         return Accepted(status="accepted", correlation_id=correlation)
+
+    def _is_request(self, message: InboundMessage) -> bool:
+        """Whether ``message``, written in a Baton thread without mentioning the bot, is a request (a command
+        or a graph's pattern, which gets an answer) rather than people talking there (which gets none)."""
+        text = message.text.strip()
+        if not text or all(unicodedata.category(char) in INVISIBLE for char in text):
+            return False
+        request = Request(platform=message.platform, channel=message.channel, thread=message.thread,
+                          user=message.user, text=text)
+        try:
+            return not route(request, text, self.registry, self.config).unmatched
+        except Exception:  # a command it cannot read (RouteError) is answered with the reason
+            return True
 
     @staticmethod
     async def _claim(session: Transaction, platform: str, event_id: str, kind: str, location: Location, user: str,

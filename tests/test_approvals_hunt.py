@@ -204,3 +204,21 @@ def test_a_click_on_a_card_only_its_requester_could_approve_is_refused_politely(
     assert pg.click(card, "alice", action="reject").status_code == 202  # she may still withdraw it
     pg.wait_reply(thread, "Rejected by alice: nothing was run")
     assert runs_in(counter) == []
+
+
+def test_people_talking_in_a_thread_that_waits_are_not_told_their_words_are_queued(baton, counter) -> None:
+    """While a card waited, each line people wrote to each other in its thread ("bob, can you look?"),
+    without mentioning Baton, got "Queued: I'll handle this after the approval is decided...", and then no
+    answer (conversation gets none). A request written there without a mention is still told."""
+    pg = baton.client()
+    thread = pg.ask("@baton run restart service=web")
+    card = pg.wait_card(thread)
+    pg.say("bob, can you have a look?", thread=thread, user="alice")
+    pg.say("looking now", thread=thread, user="bob")
+    pg.say("run uptime", thread=thread, user="carol")  # a command: a request, without the mention too
+    pg.wait_reply(thread, "Queued: I'll handle this after the approval is decided")
+    pg.click(card, "bob")
+    pg.wait_reply(thread, "did uptime")
+    texts = [m["text"] for m in pg.bot_replies(thread)]
+    assert len([text for text in texts if text.startswith("Queued:")]) == 1, texts
+    assert runs_in(counter) == ["restart web", "uptime"]
