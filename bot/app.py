@@ -142,10 +142,11 @@ class Baton:
     def _check_digest_platforms(self) -> None:
         """A digest for a platform no installed adapter knows would never be posted: most likely a typo."""
         known = {point.name for point in entry_points(group="baton.adapters")}
-        unknown = sorted({digest.platform for digest in self.config.digests} - known)
-        if unknown:
-            raise ValueError(f"baton.yaml: digests name platforms no adapter serves: {', '.join(unknown)} "
-                             f"(adapters: {', '.join(sorted(known))})")
+        unknown = [f"digests.{index}: {digest.platform}" for index, digest in enumerate(self.config.digests)
+                   if digest.platform not in known]
+        if unknown:  # the file BATON_CONFIG names, which need not be baton.yaml
+            raise ValueError(f"{self.settings.config_path}: digests name platforms no adapter serves: "
+                             f"{', '.join(unknown)} (adapters: {', '.join(sorted(known))})")
 
     def _selected_adapters(self) -> list[type[Any]]:
         wanted = self.settings.enabled_adapters()

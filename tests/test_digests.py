@@ -205,10 +205,14 @@ def test_a_digest_for_a_platform_no_adapter_serves_stops_baton(tmp_path: Path):
     from bot.app import Baton
     from bot.settings import Settings
 
-    config = BatonConfig(digests=[Digest(platform="slak", channel="ops", cron="0 9 * * *")])
-    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'b.db'}")  # type: ignore[call-arg]
-    with pytest.raises(ValueError, match=r"digests name platforms no adapter serves: slak \(adapters: .*slack"):
+    config = BatonConfig(digests=[Digest(platform="slack", channel="ops", cron="0 9 * * *"),
+                                  Digest(platform="slak", channel="ops", cron="0 9 * * *")])
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'b.db'}",  # type: ignore[call-arg]
+                        BATON_CONFIG=str(tmp_path / "team.yaml"))
+    with pytest.raises(ValueError) as refused:
         Baton(settings, config)
+    assert str(refused.value).startswith(f"{tmp_path / 'team.yaml'}: digests name platforms no adapter serves: "
+                                         "digests.1: slak (adapters: ")  # the file BATON_CONFIG names, not baton.yaml
 
 
 def test_a_digest_for_a_platform_this_baton_does_not_serve_is_named_at_start(tmp_path: Path, caplog):
