@@ -361,8 +361,8 @@ class Orchestrator:
         if not text or all(unicodedata.category(char) in INVISIBLE for char in text):
             return await self._finish_event(event, "empty", None if conversation else Message.text(
                 "You mentioned me without a request. Try `help` to see what I can do.", tone="warning"))
-        if len(text) > self.settings.max_message_chars:
-            return await self._finish_event(event, "too long", Message.text(
+        if len(text) > self.settings.max_message_chars:  # in conversation, a log pasted for people: no answer
+            return await self._finish_event(event, "too long", None if conversation else Message.text(
                 f"That request is {len(text):,} characters long; I take requests of up to "
                 f"{self.settings.max_message_chars:,} characters. Nothing was run.", tone="warning"))
         request = Request(platform=event.platform, channel=event.channel, thread=event.thread, user=event.user, text=text)

@@ -222,3 +222,18 @@ def test_people_talking_in_a_thread_that_waits_are_not_told_their_words_are_queu
     texts = [m["text"] for m in pg.bot_replies(thread)]
     assert len([text for text in texts if text.startswith("Queued:")]) == 1, texts
     assert runs_in(counter) == ["restart web", "uptime"]
+
+
+def test_a_long_text_pasted_in_a_baton_thread_for_people_gets_no_answer(baton, counter) -> None:
+    """A log pasted into a Baton thread, for the people there, without mentioning Baton, was answered
+    "That request is 5,017 characters long; I take requests of up to 4,000 characters" (conversation gets
+    no answer). Addressed to Baton, it still is."""
+    pg = baton.client()
+    thread = pg.ask("@baton run uptime")
+    pg.wait_reply(thread, "did uptime")
+    pg.say("here is the log:\n" + "x" * 5000, thread=thread, user="bob")
+    pg.say("@baton run uptime " + "x" * 5000, thread=thread, user="bob")
+    pg.wait_reply(thread, "characters long")
+    texts = [m["text"] for m in pg.bot_replies(thread)]
+    assert [text for text in texts if "characters long" in text] == [
+        "That request is 5,011 characters long; I take requests of up to 4,000 characters. Nothing was run."], texts
