@@ -97,6 +97,9 @@ def run() -> None:
     from bot.server import EVENT_LOOP, create_app
 
     settings, config = _settings_and_config()
+    if not settings.config_named and not settings.config_path.exists():  # started in another directory?
+        typer.echo(f"No {settings.config_path} in {Path.cwd()}: Baton starts without runbooks or approvers "
+                   "(BATON_CONFIG names the file).")
     _graphs()  # a graph module that cannot be used stops Baton before it makes or migrates a database
     listening = _listening_socket(settings.host, settings.port)
     settings = settings.model_copy(update={"port": listening.getsockname()[1]})  # BATON_PORT=0: the port it got

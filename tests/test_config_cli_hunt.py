@@ -211,3 +211,23 @@ def test_a_dotenv_that_cannot_be_read_is_one_line(tmp_path: Path, config_path: P
     result = baton_cli("graphs", cwd=tmp_path, env={"BATON_CONFIG": str(config_path)})
     assert result.returncode == 2 and result.stderr == "Baton's settings: .env cannot be read: Input/output error\n", \
         result.stderr
+
+
+def test_baton_run_says_when_it_starts_without_a_baton_yaml(tmp_path: Path) -> None:
+    """Started in another directory, Baton ran with no runbooks and no approvers, without a word: the first
+    sign was "unknown runbook" in chat."""
+    with closing(socket.socket()) as taken:  # so that it stops right after, where it would listen
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {"BATON_PORT": str(taken.getsockname()[1]), "BATON_DATABASE_URL": f"sqlite:///{tmp_path / 'b.db'}"}
+        env = {name: value for name, value in {**os.environ, **env}.items() if name != "BATON_CONFIG"}
+        result = run_cli("run", cwd=tmp_path, env=env)
+    assert result.returncode == 2 and "cannot listen" in result.stderr, result.stderr
+    assert result.stdout == f"No baton.yaml in {tmp_path}: Baton starts without runbooks or approvers (BATON_CONFIG " \
+        "names the file).\n"
+    (tmp_path / "baton.yaml").write_text("approvers: [alice]\n")
+    with closing(socket.socket()) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = run_cli("run", cwd=tmp_path, env={**env, "BATON_PORT": str(taken.getsockname()[1])})
+    assert result.returncode == 2 and result.stdout == ""
