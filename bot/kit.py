@@ -16,10 +16,14 @@ node), because a node re-runs from its start when it resumes.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
+import functools
 import inspect
 import json
 import os
+import queue
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -256,7 +260,7 @@ def effect(name: str, fn: Callable[[], Awaitable[T] | T]) -> Awaitable[T]:
         if inspect.iscoroutinefunction(fn):
             result = await fn()
         else:
-            result = await asyncio.to_thread(fn)
+            result = await in_graph_thread(fn)
             if inspect.isawaitable(result):  # a lambda around an async function
                 result = await result
         try:
@@ -288,6 +292,64 @@ def _repeat_suffix(configurable: dict[str, Any], name: str) -> str:
     counts = known[1]
     counts[name] = counts.get(name, 0) + 1
     return "" if counts[name] == 1 else f"#{counts[name]}"
+
+
+GRAPH_THREADS = 64  # threads for graphs' blocking code; one that never returns keeps its thread
+
+
+class _GraphThreads(concurrent.futures.Executor):
+    """The threads a graph's blocking code runs in (a plain node, a plain effect): not the event loop's default
+    executor, and daemon threads.
+
+    In the default executor (6 threads on 2 cores), a few plain nodes waiting on calls that never answer (their
+    runs stopped by their time limit, their threads not) held every thread: each later plain node waited for
+    good, and so did Baton's own work there (its HTTP clients' DNS lookups, so Slack heard nothing more); and
+    ``baton run`` stopped with Ctrl-C never exited, waiting for those threads.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._work: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], Callable[[], Any]]] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._started = 0
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._work.put((future, functools.partial(fn, *args, **kwargs)))
+        if not self._idle.acquire(blocking=False):  # no thread waiting for work: one more, up to the size
+            with self._lock:
+                if self._started < self._size:
+                    self._started += 1
+                    threading.Thread(target=self._serve, name=f"baton-graph-{self._started}", daemon=True).start()
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            future, call = self._work.get()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(call())
+                except BaseException as exc:  # the awaiting node gets it (SystemExit too: bot.registry fails the run)
+                    future.set_exception(exc)
+            del future, call
+            self._idle.release()
+
+
+_graph_threads = _GraphThreads(GRAPH_THREADS)
+
+
+async def in_graph_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` in a graph thread (``_GraphThreads``), in the caller's context (the run's config)."""
+    context = contextvars.copy_context()
+
+    def call() -> T:
+        try:
+            return context.run(fn, *args, **kwargs)
+        except StopIteration as exc:  # an asyncio future cannot take it: the node would wait for good
+            raise RuntimeError(f"StopIteration: {exc}") from exc
+
+    return await asyncio.get_running_loop().run_in_executor(_graph_threads, call)
 
 
 def command_environment() -> dict[str, str]:

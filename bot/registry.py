@@ -27,13 +27,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal, TypeVar
 
+from langchain_core.runnables.config import run_in_executor
 from langgraph._internal._runnable import RunnableCallable
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import StateGraph
 from langgraph.pregel._write import ChannelWrite
 from langgraph.pregel import Pregel
 
-from bot.kit import Request
+from bot.kit import Request, in_graph_thread
 
 InputMaker = Callable[[Request, str], dict[str, Any]]
 T = TypeVar("T")
@@ -109,9 +110,30 @@ def _exits_contained(graph: Pregel) -> Pregel:
 def _contain_functions(runnable: RunnableCallable) -> None:
     for attribute in ("func", "afunc"):
         function = getattr(runnable, attribute)
-        if function is not None and not getattr(function, "baton_contained", False):
+        if function is None or getattr(function, "baton_contained", False):
+            continue
+        if _in_default_executor(function):  # a plain function's async side: in a graph thread instead
+            setattr(runnable, attribute, _contained_in_graph_thread(function.args[1]))
+        else:
             setattr(runnable, attribute, _contained_async(function) if inspect.iscoroutinefunction(function)
                     else _contained(function))
+
+
+def _in_default_executor(function: Callable[..., Any]) -> bool:
+    """LangGraph's async side of a plain function: ``partial(run_in_executor, None, function)``."""
+    return (isinstance(function, functools.partial) and function.func is run_in_executor
+            and len(function.args) == 2 and function.args[0] is None and not function.keywords)
+
+
+def _contained_in_graph_thread(function: Callable[..., Any]) -> Callable[..., Any]:
+    contained = _contained(function)
+
+    @functools.wraps(function)
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        return await in_graph_thread(contained, *args, **kwargs)
+
+    run.baton_contained = True  # type: ignore[attr-defined]
+    return run
 
 
 def _contained(function: Callable[..., Any]) -> Callable[..., Any]:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 import shutil
 import signal
 import sqlite3
 import sys
+import threading
 from contextlib import closing
 from pathlib import Path
 from types import ModuleType
@@ -292,3 +295,68 @@ async def test_a_graph_added_again_under_its_name_runs_as_added(tmp_path, config
         await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="2", event_id="e2",
                                                   user="alice", text="version force"))
         assert await _reply(baton, "2") == "second"
+
+
+def _waiting_for(release: threading.Event) -> StateGraph:
+    def wait(_state: State) -> State:  # a plain node whose call never answers (requests.get without a timeout)
+        release.wait(60)
+        return {"reply": "late"}
+    return _one_node(wait)
+
+
+async def test_plain_nodes_that_never_return_hold_no_thread_baton_needs(tmp_path, config_path) -> None:
+    """Plain nodes ran in the event loop's default executor (6 threads on 2 cores): a few waiting on calls that
+    never answer, their runs stopped by their time limit, held every thread; each later plain node waited for good,
+    and so did Baton's own use of it (its HTTP clients' DNS lookups: Slack heard nothing more)."""
+    release = threading.Event()
+    executor_size = min(32, (os.cpu_count() or 1) + 4)  # asyncio's default executor
+    try:
+        async with _asked(tmp_path, config_path, GraphSpec(name="quick", graph=_one_node(lambda _s: {"reply": "quick"})),
+                          "help") as baton:
+            baton.registry.add(GraphSpec(name="stuck", graph=_waiting_for(release), timeout=0.2))
+            for number in range(executor_size):
+                await baton.accept_message(InboundMessage(platform="playground", channel="general", thread=f"s{number}",
+                                                          event_id=f"s{number}", user="alice", text=f"stuck {number}"))
+            for number in range(executor_size):
+                assert "ran longer than its limit" in await _reply(baton, f"s{number}")
+            await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo("localhost", 80), 5)
+            await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="q",
+                                                      event_id="q", user="alice", text="quick"))
+            assert await _reply(baton, "q", timeout=10) == "quick"
+    finally:
+        release.set()
+
+
+def test_ctrl_c_stops_baton_while_a_plain_node_never_returns(tmp_path, config_path, sqlite_url) -> None:
+    """SIGINT (Ctrl-C) with a plain node waiting for good: uvicorn shut down, then the process waited for that
+    node's thread at its exit, for ever."""
+    shutil.copytree(ROOT / "graphs", tmp_path / "graphs", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "graphs" / "stuck.py").write_text(STUCK_GRAPH)
+    baton = BatonProcess(sqlite_url, config_path, tmp_path, exec_=True).start()
+    try:
+        chat = baton.client()
+        chat.wait_reply(chat.ask("@baton stuck"), "ran longer than its limit")
+        assert baton.process is not None
+        baton.process.send_signal(signal.SIGINT)
+        assert baton.process.wait(20) == 0
+    finally:
+        baton.stop()
+    assert "Application shutdown complete" in baton.log.read_text()
+
+
+STUCK_GRAPH = """
+import threading
+from typing import TypedDict
+from langgraph.graph import END, START, StateGraph
+TIMEOUT = 0.5
+class S(TypedDict, total=False):
+    text: str
+    reply: str
+def wait(state):
+    threading.Event().wait()  # a call that never answers, in a plain node
+    return {"reply": "never"}
+graph = StateGraph(S)
+graph.add_node("wait", wait)
+graph.add_edge(START, "wait")
+graph.add_edge("wait", END)
+"""
