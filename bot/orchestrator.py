@@ -607,6 +607,9 @@ class Orchestrator:
                 await audit.record(session, f"approval.{approval.status}", event.correlation_id, platform=event.platform,
                                    channel=event.channel, thread=event.thread, user=event.user, run_id=run.id,
                                    approval_id=approval.id, waited_seconds=round(waited, 3))
+        if not won and not pending:  # the graph holds no question any more (its code changed): the run cannot go on
+            return await self._finish_run(run, record, event, "failed", replies.question_gone(spec.name),
+                                          "the graph's saved state holds no question any more")
         if not won:
             return await self._finish_event(event, "already decided", replies.already_decided(approval), ephemeral=True)
         await self._resume(approval, run, record, spec, event)

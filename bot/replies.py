@@ -141,6 +141,13 @@ def graph_gone(graph: str) -> Message:
                         "Nothing more of it runs.", tone="error", title="Run failed")
 
 
+def question_gone(graph: str) -> Message:
+    """A card clicked after its graph changed (a node renamed in a new version): its saved state asks nothing."""
+    return Message.text(f"This run cannot go on: the `{graph}` graph's saved state no longer holds the question on "
+                        "its card (the graph changed since it asked, or its checkpoints are gone). Nothing more of it "
+                        "runs; please ask again.", tone="error", title="Run failed")
+
+
 def stopped_too_often(graph: str, times: int) -> Message:
     return Message(tone="error", title="Run failed", parts=[
         Text(text=f"Baton stopped {times} times while this `{graph}` run was under way, so I am not taking it up "

@@ -237,3 +237,37 @@ def test_a_long_text_pasted_in_a_baton_thread_for_people_gets_no_answer(baton, c
     texts = [m["text"] for m in pg.bot_replies(thread)]
     assert [text for text in texts if "characters long" in text] == [
         "That request is 5,011 characters long; I take requests of up to 4,000 characters. Nothing was run."], texts
+
+
+def _one_question(node: str) -> StateGraph:
+    def ask(_s: Two) -> Two:
+        return {"reply": "deployed" if approve("Deploy?", risk="low", approvers=["bob"]).approved else "not deployed"}
+
+    graph = StateGraph(Two)
+    graph.add_node(node, ask)
+    graph.add_edge(START, node)
+    graph.add_edge(node, END)
+    return graph
+
+
+async def test_a_card_whose_graph_changed_since_fails_its_run_instead_of_leaving_the_thread_waiting(
+        tmp_path, config_path) -> None:
+    """The graph's author shipped a new version (a node renamed) while a card waited. The click found no
+    question in the graph's saved state: the card expired, but the run and the thread stayed "waiting"
+    for good: `status` listed it, the same request got a link to it, and a follow-up was "Queued" and never
+    handled. The run fails now, saying why, and the thread goes on."""
+    async with _baton(tmp_path, config_path, GraphSpec(name="deploy", graph=_one_question("confirm"))) as baton:
+        await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
+                                                  event_id="e1", user="alice", text="deploy"))
+        card = (await _until(lambda: _approvals(baton)))[0]
+    async with _baton(tmp_path, config_path, GraphSpec(name="deploy", graph=_one_question("ask"))) as baton:
+        await _click(baton, card, "bob", "c1")
+        await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
+                                                  event_id="e2", user="alice", text="run uptime", addressed=False))
+        texts = await _until(lambda: _texts_with(baton, "did uptime"))
+        assert any("This run cannot go on: the `deploy` graph's saved state no longer holds the question" in text
+                   for text in texts), texts
+        async with baton.db.read() as session:
+            runs = [(run.graph, run.status) for run in (await session.exec(select(Run).order_by(Run.id))).all()]
+        assert runs == [("deploy", "failed"), ("runbook", "done")]
+        assert [approval.status for approval in await _approvals(baton)] == ["stale"]
