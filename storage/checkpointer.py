@@ -13,6 +13,7 @@ import psycopg
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.engine import make_url
@@ -48,6 +49,15 @@ def check_sqlite_checkpoints(url: str) -> None:
         connection.rollback()
 
 
+def postgres_conninfo(url: str) -> str:
+    """psycopg's connection string for a PostgreSQL ``url``, from its parts: a URL written out again from them
+    (SQLAlchemy's) keeps a password's space bare, which psycopg refuses, though Baton's own engine took it."""
+    parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+    params = {"host": parsed.host, "port": parsed.port, "user": parsed.username, "password": parsed.password,
+              "dbname": parsed.database, **parsed.query}
+    return make_conninfo("", **{name: value for name, value in params.items() if value is not None})
+
+
 async def _took_setup_lock(connection: psycopg.AsyncConnection) -> bool:
     row = await (await connection.execute("SELECT pg_try_advisory_lock(%s)", (_PG_SETUP_LOCK,))).fetchone()
     return bool(row and row[0])
@@ -73,8 +83,7 @@ async def open_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
         finally:
             await connection.close()
         return
-    conninfo = make_url(url.replace("postgres://", "postgresql://", 1)).set(drivername="postgresql") \
-        .render_as_string(hide_password=False)
+    conninfo = postgres_conninfo(url)
     pool = AsyncConnectionPool(
         conninfo,
         min_size=1,

@@ -14,18 +14,20 @@ from contextlib import closing
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.func import entrypoint
 from langgraph.graph import END, START, StateGraph
+from psycopg.conninfo import conninfo_to_dict
 from sqlmodel import select
 
 from bot import kit
 from bot.messages import InboundMessage
 from bot.registry import GraphError, GraphRegistry, GraphSpec, NodeExited, _spec_from_module
 from bot.runtime import GraphRuntime, RunServices, Services
-from storage.checkpointer import open_checkpointer
+from storage.checkpointer import open_checkpointer, postgres_conninfo
 from storage.models import Run
 from tests.support import ROOT, BatonProcess, wait_for
 from tests.test_graph_modules import GOOD_GRAPH, State, _asked, _one_node, _reply, package  # noqa: F401
@@ -360,3 +362,14 @@ graph.add_node("wait", wait)
 graph.add_edge(START, "wait")
 graph.add_edge("wait", END)
 """
+
+
+@pytest.mark.parametrize("password", ["my secret", "p@ss/w%rd:#?", "é €"])
+def test_a_postgresql_url_reaches_the_checkpointer_as_written(password: str) -> None:
+    """``postgresql://baton:my%20secret@db/baton``, rightly encoded, worked for Baton's own tables and stopped its
+    start at the checkpointer: the URL was decoded and written out again with a bare space, which psycopg refuses
+    ("unexpected spaces found")."""
+    url = f"postgres://bat%20on:{quote(password, safe='')}@db.example:5433/baton?sslmode=require"
+    assert conninfo_to_dict(postgres_conninfo(url)) == {
+        "user": "bat on", "password": password, "host": "db.example", "port": "5433", "dbname": "baton",
+        "sslmode": "require"}
