@@ -58,11 +58,18 @@ def _fitting_prefix(line: str, limit: int, size: Callable[[str], int]) -> int:
 
 
 class RetryLater(Exception):
-    """The platform asked us to wait (HTTP 429 with Retry-After) or is briefly unavailable."""
+    """The platform asked us to wait (HTTP 429 with Retry-After) or is briefly unavailable.
 
-    def __init__(self, seconds: float, reason: str) -> None:
+    ``warn``: the operator must act (the platform refuses Baton's token): logged as a warning, not in passing.
+    """
+
+    def __init__(self, seconds: float, reason: str, *, warn: bool = False) -> None:
         super().__init__(reason)
         self.seconds = seconds
+        self.warn = warn
+
+
+AUTH_RETRY_SECONDS = 300.0  # a refused token: its messages wait, tried again this often, until it works again
 
 
 class DeliveryRejected(Exception):
@@ -173,7 +180,8 @@ class Adapter(ABC):
         try:
             platform_id = await self.send(delivery)
         except RetryLater as exc:
-            log.info("%s asked to retry message %s in %.1fs: %s", self.name, delivery.id, exc.seconds, exc)
+            log.log(logging.WARNING if exc.warn else logging.INFO, "%s asked to retry message %s in %.1fs: %s",
+                    self.name, delivery.id, exc.seconds, exc)
             await outbox.retry(delivery.id, exc.seconds, str(exc))
             return
         except DeliveryRejected as exc:

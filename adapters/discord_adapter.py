@@ -63,7 +63,7 @@ import discord
 import yarl
 from discord import app_commands
 
-from adapters.contract import Adapter, DeliveryRejected, RetryLater, StartFailed, Step
+from adapters.contract import AUTH_RETRY_SECONDS, Adapter, DeliveryRejected, RetryLater, StartFailed, Step
 from adapters.discord_render import (
     BUTTON_LABEL_CHARS,
     BUTTON_STYLE,
@@ -823,6 +823,9 @@ def _step(call: Callable[[], Awaitable[Any]]) -> Step:
         except discord.HTTPException as exc:
             if exc.status == 429:  # discord.py gave up: five 429s in a row, or Cloudflare's (no Via header)
                 raise RetryLater(_retry_after(exc), f"Discord: 429 {exc.text}") from exc
+            if exc.status == 401:  # the token itself (reset in the portal): no message is at fault
+                raise RetryLater(AUTH_RETRY_SECONDS, f"Discord refused Baton's token (401 {exc.text}): the message "
+                                                     "waits until DISCORD_TOKEN works again", warn=True) from exc
             # 400 (invalid form), 403 (no permission), 404 (unknown channel)
             raise DeliveryRejected(f"Discord: {exc.status} {exc.text}") from exc
         return str(sent.id) if sent is not None else None

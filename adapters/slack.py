@@ -50,7 +50,7 @@ from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
-from adapters.contract import Adapter, DeliveryRejected, RetryLater, StartFailed, Step
+from adapters.contract import AUTH_RETRY_SECONDS, Adapter, DeliveryRejected, RetryLater, StartFailed, Step
 from adapters.slack_blocks import (
     BUTTON_ACTION_PREFIX,
     Upload,
@@ -75,6 +75,9 @@ REFUSAL_LOG_SECONDS = 60
 PERSON_SUBTYPES = {None, "thread_broadcast", "file_share"}
 HISTORY_PAGES = 10  # at 200 messages a page
 TRANSIENT_ERRORS = {"internal_error", "fatal_error", "service_unavailable", "request_timeout", "ratelimited"}
+# Slack refuses the token itself (revoked, rotated, the app uninstalled): no message is at fault, so none is
+# given up; each waits until a working SLACK_BOT_TOKEN is there.
+AUTH_ERRORS = {"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired"}
 
 
 def _secret(value: SecretStr | None) -> str | None:
@@ -535,6 +538,9 @@ def _delivery_error(method: str, exc: SlackApiError) -> Exception:
         return RetryLater(_retry_after(exc), f"Slack rate limit on {method}")
     if status >= 500 or error in TRANSIENT_ERRORS:
         return exc
+    if error in AUTH_ERRORS:
+        return RetryLater(AUTH_RETRY_SECONDS, f"Slack refused Baton's token on {method} ({error}): the message "
+                                              "waits until SLACK_BOT_TOKEN works again", warn=True)
     return DeliveryRejected(f"{method}: {error}")
 
 

@@ -466,6 +466,24 @@ def test_a_rate_limited_post_is_waited_out_by_discord_py_and_posted_once(chat, c
     assert "We are being rate limited" in chat.baton.log.read_text()
 
 
+def test_a_refused_token_keeps_the_replies_waiting_instead_of_failing_them(chat, counter):
+    """A token reset in the portal (401) marked every reply failed for good."""
+    fake = chat.fake
+    fake.fail(MESSAGES, 401)
+    thread = fake.say("run uptime")["id"]
+    waiting = wait_for(lambda: (row := chat.rows("SELECT status, error FROM outbox"))
+                       and row[0][1] and "refused Baton's token" in row[0][1] and row,
+                       what="the refused reply to be put off")
+    assert waiting[0][0] == "pending"
+    assert "WARNING" in next(line for line in chat.baton.log.read_text().splitlines()
+                             if "Discord refused Baton's token (401" in line)
+    with sqlite3.connect(chat.database_url.removeprefix("sqlite:///")) as connection:  # the token put right
+        connection.execute("UPDATE outbox SET next_attempt_at = '2000-01-01 00:00:00'")
+    chat.reply("did uptime", thread)
+    assert [call.status for call in fake.calls(MESSAGES)] == [401, 200]
+    assert chat.rows("SELECT status FROM outbox") == [("sent",)]
+
+
 def test_a_rate_limit_discord_py_gives_up_on_goes_back_to_the_outbox_not_lost(chat, counter):
     """discord.py gives up after five 429s in a row, and does not wait out Cloudflare's 429 (no Via
     header) at all: both raised an HTTPException, which made the reply a final failure, never posted."""

@@ -285,6 +285,23 @@ def test_rate_limited_and_failing_posts_are_retried_and_delivered_once(slack, co
     assert slack.rows("SELECT status, attempts FROM outbox ORDER BY id") == [("sent", 2), ("sent", 2)]
 
 
+def test_a_refused_token_keeps_the_replies_waiting_instead_of_failing_them(slack, counter):
+    """A revoked or rotated token marked every reply failed for good: none was ever posted once it worked again."""
+    slack.fake.fail("chat.postMessage", 200, error="token_revoked")
+    first = slack.mention("run uptime")
+    waiting = wait_for(lambda: (row := slack.rows("SELECT status, error FROM outbox"))
+                       and row[0][1] and "refused Baton's token" in row[0][1] and row,
+                       what="the refused reply to be put off")
+    assert waiting[0][0] == "pending"
+    assert "WARNING" in next(line for line in slack.baton.log.read_text().splitlines()
+                             if "refused Baton's token on chat.postMessage (token_revoked)" in line)
+    with sqlite3.connect(slack.database) as connection:  # five minutes later, the token put right meanwhile
+        connection.execute("UPDATE outbox SET next_attempt_at = '2000-01-01 00:00:00'")
+    slack.reply("did uptime", first["ts"])
+    assert [call.status for call in slack.fake.calls("chat.postMessage")] == [200, 200]
+    assert slack.rows("SELECT status FROM outbox") == [("sent",)]
+
+
 def test_slash_command_posts_its_own_thread(slack, counter):
     answer = slack.sender.command("run uptime", user=ALICE, channel=OPS)
     assert answer.status_code == 200 and answer.text == ""
