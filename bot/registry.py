@@ -210,7 +210,7 @@ def _import(name: str) -> ModuleType:
     slow.start()
     try:
         return importlib.import_module(name)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit("set DEPLOY_TOKEN") at import; Ctrl-C still stops the start
         origin = getattr(importlib.util.find_spec(name), "origin", None) or name
         where = origin
         if isinstance(exc, SyntaxError) and exc.filename == origin:

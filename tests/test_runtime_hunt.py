@@ -373,3 +373,11 @@ def test_a_postgresql_url_reaches_the_checkpointer_as_written(password: str) -> 
     assert conninfo_to_dict(postgres_conninfo(url)) == {
         "user": "bat on", "password": password, "host": "db.example", "port": "5433", "dbname": "baton",
         "sslmode": "require"}
+
+
+def test_a_graph_module_that_exits_at_import_is_named(package) -> None:
+    """``sys.exit("set DEPLOY_TOKEN first")`` at a module's top: ``baton run`` and ``baton graphs`` ended with that
+    line alone, naming neither the module nor that it was a graph module's doing."""
+    name = package({"deploy": "import os, sys\nif 'DEPLOY_TOKEN' not in os.environ:\n    sys.exit('set DEPLOY_TOKEN first')\n"})
+    with pytest.raises(GraphError, match=re.escape("deploy.py, line 3): SystemExit: set DEPLOY_TOKEN first")):
+        GraphRegistry.discover(name)
