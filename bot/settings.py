@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     def _names_a_file(cls, path: object) -> object:
         if isinstance(path, str) and not path.strip():  # Path("") is ".", the directory: "cannot be read"
             raise ValueError("is empty: name the file, or unset it to use baton.yaml")
-        return path
+        return os.path.expanduser(path) if isinstance(path, str) else path  # no shell expands a .env's ~
 
     @field_validator("public_url")
     @classmethod

@@ -231,3 +231,15 @@ def test_baton_run_says_when_it_starts_without_a_baton_yaml(tmp_path: Path) -> N
         taken.listen()
         result = run_cli("run", cwd=tmp_path, env={**env, "BATON_PORT": str(taken.getsockname()[1])})
     assert result.returncode == 2 and result.stdout == ""
+
+
+def test_a_config_path_in_the_home_directory_is_found_from_dotenv(tmp_path: Path) -> None:
+    """No shell expands a .env line: ``BATON_CONFIG=~/baton.yaml`` was looked for in a directory named ``~``."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "ops.yaml").write_text("runbooks:\n  up:\n    description: Host uptime.\n    command: [uptime]\n")
+    (tmp_path / ".env").write_text("BATON_CONFIG=~/ops.yaml\n")
+    env = {name: value for name, value in os.environ.items() if name != "BATON_CONFIG"}
+    result = run_cli("graphs", cwd=tmp_path, env={**env, "HOME": str(home)})
+    assert result.returncode == 0, result.stderr
+    assert "run up       Host uptime.  [risk low]" in result.stdout
