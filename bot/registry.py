@@ -274,6 +274,9 @@ def _spec_from_module(name: str, module: ModuleType) -> GraphSpec:
     if make_input is not None and not callable(make_input):
         raise GraphError(f"{where}: make_input must be a function (request, text) -> dict, "
                          f"not {type(make_input).__name__}")
+    if make_input is not None and not _takes_two(make_input):  # each request was told it "could not be read"
+        raise GraphError(f"{where}: make_input must take two arguments, (request, text): "
+                         f"make_input{inspect.signature(make_input)}")
     return GraphSpec(
         name=name,
         graph=module.graph,
@@ -311,6 +314,16 @@ def _subgraph_without_checkpoints(graph: Pregel, path: str = "") -> str | None:
         if found:
             return found
     return None
+
+
+def _takes_two(function: Callable[..., Any]) -> bool:
+    try:
+        inspect.signature(function).bind(None, "")
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read (some builtins): it is tried at the first request
+        return True
+    return True
 
 
 def _timeout(module: ModuleType, where: str) -> float | None | Literal["default"]:

@@ -381,3 +381,14 @@ def test_a_graph_module_that_exits_at_import_is_named(package) -> None:
     name = package({"deploy": "import os, sys\nif 'DEPLOY_TOKEN' not in os.environ:\n    sys.exit('set DEPLOY_TOKEN first')\n"})
     with pytest.raises(GraphError, match=re.escape("deploy.py, line 3): SystemExit: set DEPLOY_TOKEN first")):
         GraphRegistry.discover(name)
+
+
+def test_a_make_input_that_cannot_take_a_request_is_named_at_start(package) -> None:
+    """``def make_input(text)``: Baton started, and every request was answered "`deploy` could not read this
+    request: make_input() takes 1 positional argument but 2 were given. Nothing was run." (the author's mistake
+    told to each requester as theirs)."""
+    name = package({"deploy": GOOD_GRAPH + "def make_input(text):\n    return {'text': text}\n"})
+    with pytest.raises(GraphError, match=re.escape("make_input must take two arguments, (request, text): make_input(text)")):
+        GraphRegistry.discover(name)
+    fine = package({"deploy": GOOD_GRAPH + "def make_input(request, text, *, strict=False):\n    return {'text': text}\n"})
+    assert GraphRegistry.discover(fine).names() == ["deploy"]
