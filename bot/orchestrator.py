@@ -73,6 +73,9 @@ _START_THREAD = prepared(update(_THREADS).where(_THREADS.c.id == bindparam("reco
     fingerprint=func.coalesce(bindparam("fingerprint", type_=String()), _THREADS.c.fingerprint),
     title=bindparam("title"), requested_by=bindparam("user"), updated_at=bindparam("now", type_=DateTime()),
     pruned_at=None))
+# A failed request may be asked again: once the thread answers something else (status, help), it is
+# "done" again, and the request it kept would be "finished recently".
+_FORGET_REQUEST = prepared(update(_THREADS).where(_THREADS.c.id == bindparam("record_id")).values(fingerprint=None))
 _FINISH_THREAD = prepared(update(_THREADS).where(_THREADS.c.id == bindparam("record_id")).values(
     status=bindparam("status"), updated_at=bindparam("now", type_=DateTime()), last_result=bindparam("result")))
 _FINISH_RUN = prepared(update(_RUNS).where(_RUNS.c.id == bindparam("run_id")).values(
@@ -876,6 +879,7 @@ class Orchestrator:
         async with (services.session() if services is not None else self.db.session()) as session:
             if status == "failed":  # a card it left waiting (another branch's question) would revive it
                 await self._expire_cards(session, record, run.id, run.correlation_id)  # type: ignore[arg-type]
+                await session.exec(_FORGET_REQUEST, params={"record_id": record.id})  # type: ignore[call-overload]
             await session.exec(_FINISH_RUN, params={  # type: ignore[call-overload]
                 "run_id": run.id, "status": status, "now": now, "error": error,
                 "turnaround_ms": int((now - run.started_at).total_seconds() * 1000)})
@@ -911,7 +915,7 @@ class Orchestrator:
                     await self._expire_cards(session, record, run.id, event.correlation_id)  # type: ignore[arg-type]
                 await session.exec(update(ThreadRecord).where(  # type: ignore[arg-type]
                     ThreadRecord.id == event.thread_record_id, ThreadRecord.status == "running",
-                ).values(status="failed", updated_at=now))
+                ).values(status="failed", updated_at=now, fingerprint=None))
             delivery = await self._answer(session, event, outcome, reply, ephemeral=ephemeral)
         self.outbox.hand_over(event.platform, delivery)
 

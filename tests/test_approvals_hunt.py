@@ -271,3 +271,17 @@ async def test_a_card_whose_graph_changed_since_fails_its_run_instead_of_leaving
             runs = [(run.graph, run.status) for run in (await session.exec(select(Run).order_by(Run.id))).all()]
         assert runs == [("deploy", "failed"), ("runbook", "done")]
         assert [approval.status for approval in await _approvals(baton)] == ["stale"]
+
+
+def test_a_failed_request_may_be_asked_again_after_its_thread_answered_something_else(baton, counter) -> None:
+    """A request failed; someone asked `status` in its thread, which made the thread "done" again, and the
+    same request asked anew within 10 minutes got "The same request finished recently in another thread"
+    (a link to the failure) instead of a second try."""
+    pg = baton.client()
+    failed = pg.ask("@baton run fails")
+    pg.wait_reply(failed, "exit code 3")
+    pg.say("@baton status", thread=failed)
+    pg.wait_reply(failed, "Status")
+    again = pg.ask("@baton run fails", user="bob")
+    pg.wait_reply(again, "exit code 3")
+    assert not any("same request" in m["text"] for m in pg.bot_replies(again))
