@@ -298,6 +298,12 @@ class Digest(BaseModel):
     timezone: str = "UTC"
     graphs: list[str] = Field(default_factory=list)
 
+    @field_validator("channel", "workspace", mode="before")
+    @classmethod
+    def _id_as_text(cls, value: object) -> object:
+        """A Discord channel or server id written bare is a number to YAML, as an approver's is."""
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
     @model_validator(mode="after")
     def _valid_schedule(self) -> Digest:
         try:

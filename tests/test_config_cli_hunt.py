@@ -243,3 +243,13 @@ def test_a_config_path_in_the_home_directory_is_found_from_dotenv(tmp_path: Path
     result = run_cli("graphs", cwd=tmp_path, env={**env, "HOME": str(home)})
     assert result.returncode == 0, result.stderr
     assert "run up       Host uptime.  [risk low]" in result.stdout
+
+
+def test_a_digest_for_a_discord_channel_takes_its_ids_bare(tmp_path: Path) -> None:
+    """Approvers' bare Discord ids are read as text; a digest's were refused ("Input should be a valid string"),
+    saying nothing of the quotes they needed."""
+    path = tmp_path / "baton.yaml"
+    path.write_text("digests:\n  - platform: discord\n    channel: 123456789012345678\n"
+                    "    workspace: 987654321098765432\n    cron: '0 9 * * 1-5'\n")
+    digest = load_config(path).digests[0]
+    assert (digest.channel, digest.workspace) == ("123456789012345678", "987654321098765432")
