@@ -49,6 +49,7 @@ a REST proxy can bring its gateway along.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import logging
 import re
@@ -612,10 +613,10 @@ class DiscordAdapter(Adapter):
             message = channel.get_partial_message(int(delivery.target_message_id))
             first, *rest = _render(delivery.message, location.workspace, one_message=True)  # rest: files only
             steps = [_step(partial(self._edit, message, first))]
-            steps += [_post(channel.send, outgoing) for outgoing in rest]
+            steps += [_post(channel.send, outgoing, nonce=_nonce(delivery, step)) for step, outgoing in enumerate(rest, 1)]
         else:
             rendered = _render(delivery.message, location.workspace, one_message=_edited_later(delivery.message))
-            steps = [_post(channel.send, outgoing) for outgoing in rendered]
+            steps = [_post(channel.send, outgoing, nonce=_nonce(delivery, step)) for step, outgoing in enumerate(rendered)]
         return (await self.send_steps(delivery, steps))[0]
 
     async def _edit(self, message: discord.PartialMessage, outgoing: Outgoing) -> discord.Message:
@@ -808,6 +809,15 @@ async def _edit_to(message: discord.PartialMessage, outgoing: Outgoing) -> disco
 
 def _post(send: Callable[..., Awaitable[Any]], outgoing: Outgoing, **options: Any) -> Step:
     return _step(lambda: send(**_payload(outgoing), **options))
+
+
+def _nonce(delivery: Delivery, step: int) -> str:
+    """The same for every try of this step of this delivery, by any replica: discord.py sends it with
+    ``enforce_nonce``, so Discord answers a try made after one whose answer was lost (a timeout, Baton
+    stopped mid-send) with the message it posted then, not a second one (for a few minutes). The
+    channel is in it for two Batons (two databases) sharing one bot: their ids alone would meet."""
+    key = f"{delivery.location.channel}:{delivery.location.thread}:{delivery.id}:{step}"
+    return hashlib.blake2b(key.encode(), digest_size=12).hexdigest()  # 24 characters; Discord allows 25
 
 
 def _step(call: Callable[[], Awaitable[Any]]) -> Step:

@@ -170,6 +170,7 @@ class FakeDiscord(BackgroundServer):
         self._calls: list[Call] = []
         self._failures = ScriptedFailures()
         self._messages: dict[str, FakeMessage] = {}
+        self._nonced: dict[str, FakeMessage] = {}  # enforce_nonce: a nonce posted again answers its message
         self.channels: dict[str, dict[str, Any]] = {
             GENERAL: self._text_channel(GENERAL, "general", 0), OPS: self._text_channel(OPS, "ops", 1),
             VOICE: self._text_channel(VOICE, "standup", 2) | {"type": 2, "bitrate": 64000, "user_limit": 0,
@@ -234,13 +235,14 @@ class FakeDiscord(BackgroundServer):
     # -- what the test asks ----------------------------------------------------------------------
 
     def fail(self, route: str, status: int = 429, *, times: int = 1, retry_after: float = 1.0,
-             cloudflare: bool = False) -> None:
+             cloudflare: bool = False, after: bool = False) -> None:
         """Answer the next ``times`` calls of ``route`` ("POST /channels/{channel_id}/messages") with ``status``.
 
         ``cloudflare``: a 429 from Cloudflare in front of Discord (a ban of the address), without
-        the ``Via`` header of Discord's own 429s."""
+        the ``Via`` header of Discord's own 429s. ``after``: the call is carried out all the same."""
         with self._lock:
-            self._failures.add(route, Failure(status, times, retry_after, "cloudflare" if cloudflare else "internal_error"))
+            self._failures.add(route, Failure(status, times, retry_after, "cloudflare" if cloudflare else "internal_error",
+                                              after))
 
     def calls(self, route: str | None = None) -> list[Call]:
         with self._lock:
@@ -419,6 +421,8 @@ class FakeDiscord(BackgroundServer):
                 call = Call(route, request.path, body, time.time(), failure.status if failure else 200)
                 self._calls.append(call)
             if failure is not None:
+                if failure.after:
+                    await handler(request, body)
                 return _rate_limited(failure) if failure.status == 429 else _error(failure.status, 0, "Server error")
             if not route.startswith(("POST /interactions", "POST /webhooks", "PATCH /webhooks")) \
                     and request.headers.get("Authorization") != f"Bot {TOKEN}":
@@ -537,8 +541,16 @@ class FakeDiscord(BackgroundServer):
             return _error(400, 50035, f"Invalid Form Body: {problem}")
         if (refusal := _too_large(body)) is not None:
             return refusal
+        nonce = str(body["nonce"]) if body.get("enforce_nonce") and body.get("nonce") is not None else None
+        with self._lock:
+            posted = self._nonced.get(nonce) if nonce is not None else None
+        if posted is not None:  # Discord: the bot's message with that nonce, not a second one
+            return _json(posted.json())
         self._reopen(channel_id)  # a message sent to an archived thread opens it again, as Discord does
         message = self._store(channel_id, body)
+        if nonce is not None:
+            with self._lock:
+                self._nonced[nonce] = message
         return _json(message.json())
 
     async def _edit_message(self, request: web.Request, body: dict[str, Any]) -> web.Response:

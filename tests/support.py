@@ -121,6 +121,7 @@ class Failure:
     times: int
     retry_after: float | None = None
     error: str = "internal_error"
+    after: bool = False  # the call is carried out, then answered with the error (its answer lost on the way)
 
 
 class ScriptedFailures:

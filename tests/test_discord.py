@@ -466,6 +466,18 @@ def test_a_rate_limited_post_is_waited_out_by_discord_py_and_posted_once(chat, c
     assert "We are being rate limited" in chat.baton.log.read_text()
 
 
+def test_a_post_whose_answer_was_lost_is_not_posted_again_when_retried(chat, counter):
+    """Discord posted the reply but Baton never heard (a 503 on the way back, not retried by discord.py):
+    the outbox's retry posted it a second time. Each try of a step carries the same nonce, which Discord
+    enforces."""
+    fake = chat.fake
+    fake.fail(MESSAGES, 503, after=True)
+    thread = fake.say("run uptime")["id"]
+    wait_for(lambda: chat.rows("SELECT status, attempts FROM outbox") == [("sent", 2)], what="the retried reply")
+    assert [call.status for call in fake.calls(MESSAGES)] == [503, 200]
+    assert len([m for m in fake.messages(thread) if "did uptime" in m.content]) == 1
+
+
 def test_a_refused_token_keeps_the_replies_waiting_instead_of_failing_them(chat, counter):
     """A token reset in the portal (401) marked every reply failed for good."""
     fake = chat.fake
