@@ -163,9 +163,15 @@ def graphs() -> None:
     """List the graphs Baton found in graphs/ and the runbooks of baton.yaml."""
     _, config = _settings_and_config()
     for spec in _graphs():  # a description's control characters (YAML's "\e") are shown as U+FFFD, as in _table
-        typer.echo(_printable(f"{spec.name:<12} {spec.description or '(no description)'}  (e.g. `{spec.example}`)"))
+        typer.echo(_printable(f"{spec.name:<12} {_one_line(spec.description) or '(no description)'}  "
+                              f"(e.g. `{spec.example}`)"))
     for name, runbook in config.runbooks.items():
-        typer.echo(_printable(f"run {name:<8} {runbook.description}  [risk {runbook.risk}]"))
+        typer.echo(_printable(f"run {name:<8} {_one_line(runbook.description)}  [risk {runbook.risk}]"))
+
+
+def _one_line(text: str) -> str:
+    """A description written over several lines (YAML's ``|``), on one line of the listing."""
+    return " ".join(text.split())
 
 
 @app.command()

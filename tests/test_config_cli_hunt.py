@@ -253,3 +253,11 @@ def test_a_digest_for_a_discord_channel_takes_its_ids_bare(tmp_path: Path) -> No
                     "    workspace: 987654321098765432\n    cron: '0 9 * * 1-5'\n")
     digest = load_config(path).digests[0]
     assert (digest.channel, digest.workspace) == ("123456789012345678", "987654321098765432")
+
+
+def test_a_description_over_several_lines_is_listed_on_one(tmp_path: Path) -> None:
+    path = tmp_path / "baton.yaml"
+    path.write_text("runbooks:\n  up:\n    description: |\n      Host uptime,\n      and its load.\n    command: [uptime]\n")
+    listed = baton_cli("graphs", cwd=tmp_path, env={"BATON_CONFIG": str(path)})
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[-1] == "run up       Host uptime, and its load.  [risk low]"
