@@ -164,7 +164,7 @@ class GraphRuntime:
         except (Exception, asyncio.CancelledError, GeneratorExit):
             raise  # the graph's failure; Baton stopping; this coroutine closed
         except BaseException as exc:  # sys.exit() in a step LangGraph ran in this task; a library's BaseException:
-            raise NodeExited.of(exc) from None  # taken for Baton stopping, the run ran 4 times and was failed as such
+            raise NodeExited.of(exc) from None  # past here Baton's drain takes it for Baton stopping, and runs it again
         finally:
             _in_graph.reset(inside)
             kit.unbind(token)
