@@ -69,6 +69,7 @@ class RetryLater(Exception):
         self.warn = warn
 
 
+STOP_GRACE_SECONDS = 5.0  # at a stop, how long a send in flight may take to finish before it is cut off
 AUTH_RETRY_SECONDS = 300.0  # a refused token: its messages wait, tried again this often, until it works again
 
 
@@ -92,6 +93,7 @@ class Adapter(ABC):
     def __init__(self, baton: Baton) -> None:
         self.baton = baton
         self._pump: asyncio.Task[None] | None = None
+        self._stopping = False
         self._steps_done: dict[int, list[str | None]] = {}  # delivery id -> results of the steps already made
 
     @classmethod
@@ -107,8 +109,16 @@ class Adapter(ABC):
         self._pump = asyncio.create_task(self._deliver_forever(), name=f"outbox-{self.name}")
 
     async def stop(self) -> None:
+        """Stop delivering. A send in flight is let finish (up to ``STOP_GRACE_SECONDS``): cut off, it may
+        have reached the platform unrecorded, and be posted again by whoever sends the row next."""
+        self._stopping = True
         self.baton.outbox.detach(self.name)
+        self.baton.outbox.wake(self.name)
         if self._pump is not None:
+            _finished, running = await asyncio.wait({self._pump}, timeout=STOP_GRACE_SECONDS)
+            if running:
+                log.warning("%s: a message was still being sent %gs into the stop; it is cut off (it may be "
+                            "posted twice)", self.name, STOP_GRACE_SECONDS)
             self._pump.cancel()
             await asyncio.gather(self._pump, return_exceptions=True)
 
@@ -148,19 +158,28 @@ class Adapter(ABC):
         Handed-over deliveries go first: a stored row of the same thread may be waiting behind one.
         """
         outbox = self.baton.outbox
-        while True:
+        while not self._stopping:
             handed = outbox.handed_over(self.name)
-            for delivery in handed:
-                await self._deliver_and_carry_on(delivery)
+            if not await self._deliver_until_stopped(handed):
+                break
             try:
                 claimed = await outbox.claim_if_wanted(self.name, pace_seconds=self.channel_pace_seconds)
             except Exception:
                 log.exception("claiming %s outbox rows failed", self.name)
                 claimed = []
-            for delivery in claimed:
-                await self._deliver_and_carry_on(delivery)
+            if not await self._deliver_until_stopped(claimed):
+                break
             if not handed and not claimed:
                 await outbox.wait(self.name, self.idle_poll_seconds)
+        outbox.stopped_between_deliveries(self.name)
+
+    async def _deliver_until_stopped(self, deliveries: list[Delivery]) -> bool:
+        """Deliver one after another while no stop is asked for; false when one was."""
+        for delivery in deliveries:
+            if self._stopping:
+                return False
+            await self._deliver_and_carry_on(delivery)
+        return not self._stopping
 
     async def _deliver_and_carry_on(self, delivery: Delivery) -> None:
         """``_deliver``; if recording its outcome fails (the database briefly unreachable), the loop goes on.

@@ -195,6 +195,7 @@ class Outbox:
         self._loops: dict[str, asyncio.Task[Any] | None] = {}  # platform -> the task that takes them
         self._claimed_as: dict[int, str] = {}  # row -> the worker ``claim`` took it as, until it is settled
         self._settled: set[int] = set()  # taken rows whose outcome the loop has recorded (or tried to)
+        self._stopped_between: set[str] = set()  # platforms whose loop stopped between two deliveries
         self._unreadable: set[int] = set()  # rows whose message this version cannot read, said once each
 
     def attach(self, platform: str, pace_seconds: float) -> None:
@@ -318,21 +319,31 @@ class Outbox:
         (handed over, or claimed and not sent yet) go back to the stored queue, for any replica to send at
         once rather than after their claim expires. Returns how many."""
         ids = [delivery.id for waiting in self._handed.values() for delivery in waiting]
-        ids += [row_id for taken in self._taken.values() for row_id in self._not_started(taken)]
+        ids += [row_id for platform, taken in self._taken.items()
+                for row_id in self._not_started(taken, in_flight=platform not in self._stopped_between)]
         self._handed.clear()
         self._taken.clear()
+        self._stopped_between.clear()
         if not ids:
             return 0
         async with self._db.session() as session:
             given = await session.exec(_GIVE_BACK, params={"row_ids": ids, "worker": self.worker})  # type: ignore[call-overload]
         return int(given.rowcount)
 
-    def _not_started(self, taken: list[int]) -> list[int]:
+    def stopped_between_deliveries(self, platform: str) -> None:
+        """``platform``'s loop was asked to stop and did, after settling what it was sending: none of the
+        rows it took and did not settle was begun."""
+        self._stopped_between.add(platform)
+
+    def _not_started(self, taken: list[int], *, in_flight: bool = True) -> list[int]:
         """Of the rows a stopped loop took, those it never began to send: after the ones it settled (or tried
-        to), the first is the one it was sending when it stopped. That one may have reached the platform:
-        it keeps its claim, which runs out, as a crashed sender's does."""
+        to), the first is the one it was sending when it stopped (``in_flight``: it was cut off, not let
+        finish). That one may have reached the platform: it keeps its claim, which runs out, as a crashed
+        sender's does."""
         unsettled = [index for index, row_id in enumerate(taken) if row_id not in self._settled]
-        return taken[unsettled[0] + 1:] if unsettled else []
+        if not unsettled:
+            return []
+        return taken[unsettled[0] + 1:] if in_flight else [taken[index] for index in unsettled]
 
     async def claim_if_wanted(self, platform: str, *, pace_seconds: float = 0.0) -> list[Delivery]:
         """``claim`` when rows may be due (woken, polled, or the last claim found some)."""

@@ -403,3 +403,36 @@ async def test_the_start_says_when_messages_wait_for_a_platform_this_baton_does_
         async with Baton(settings):
             pass
     assert "1 outbox message(s) for discord are waiting" in caplog.text
+
+
+async def test_a_send_in_flight_at_a_stop_is_let_finish_not_cut_off(tmp_path: Path, config_path: Path) -> None:
+    """A stop cancelled the delivery loop mid-send: a message that had reached the platform stayed unrecorded,
+    and whoever sent the row next posted it a second time."""
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 's.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground")
+    baton = Baton(settings)
+    await baton.__aenter__()
+    playground = next(adapter for adapter in baton.adapters if adapter.name == "playground")
+    began, release, send, stop = asyncio.Event(), asyncio.Event(), playground.send, playground.stop
+    stop_begun = asyncio.Event()
+
+    async def slow_send(delivery: Any) -> str | None:
+        began.set()
+        await release.wait()  # the platform is slow to answer
+        return await send(delivery)
+
+    async def observed_stop() -> None:
+        stop_begun.set()
+        await stop()
+
+    playground.send = slow_send  # type: ignore[method-assign]
+    playground.stop = observed_stop  # type: ignore[method-assign]
+    await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1", event_id="e1",
+                                              user="alice", text="help", addressed=True))
+    await asyncio.wait_for(began.wait(), 20)
+    stopping = asyncio.create_task(baton.__aexit__(None, None, None))
+    await asyncio.wait_for(stop_begun.wait(), 20)
+    release.set()
+    await asyncio.wait_for(stopping, 20)
+    with closing(sqlite3.connect(tmp_path / "s.db")) as connection:
+        assert connection.execute("SELECT status FROM outbox").fetchall() == [("sent",)]
