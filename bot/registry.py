@@ -31,6 +31,7 @@ from langchain_core.runnables.config import run_in_executor
 from langgraph._internal._runnable import RunnableCallable
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import StateGraph
+from langgraph.graph._branch import BranchSpec
 from langgraph.pregel._write import ChannelWrite
 from langgraph.pregel import Pregel
 
@@ -103,6 +104,9 @@ def _exits_contained(graph: Pregel) -> Pregel:
         # a node function, as StateGraph and @entrypoint wrap it, and a conditional edge's (a writer)
         for runnable in (node.bound, *node.writers):
             if isinstance(runnable, RunnableCallable) and not isinstance(runnable, ChannelWrite):
+                branch = getattr(inspect.unwrap(runnable.func), "__self__", None) if runnable.func else None
+                if isinstance(branch, BranchSpec) and isinstance(branch.path, RunnableCallable):
+                    _contain_functions(branch.path)  # its own function: a plain one runs in a graph thread
                 _contain_functions(runnable)
     return graph
 

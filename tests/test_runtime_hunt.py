@@ -392,3 +392,24 @@ def test_a_make_input_that_cannot_take_a_request_is_named_at_start(package) -> N
         GraphRegistry.discover(name)
     fine = package({"deploy": GOOD_GRAPH + "def make_input(request, text, *, strict=False):\n    return {'text': text}\n"})
     assert GraphRegistry.discover(fine).names() == ["deploy"]
+
+
+async def test_a_plain_conditional_edge_runs_in_a_graph_thread(tmp_path, config_path) -> None:
+    """A plain function routing a conditional edge ran in the event loop's default executor, which Baton's own work
+    needs: one that waits on a call that never answers held a thread of it for good (see the plain nodes above)."""
+    threads: list[str] = []
+
+    def route(_state: State) -> str:
+        threads.append(threading.current_thread().name)
+        return "act"
+
+    async def act(_state: State) -> State:
+        return {"reply": "routed"}
+
+    graph = StateGraph(State)
+    graph.add_node("act", act)
+    graph.add_conditional_edges(START, route, ["act"])
+    graph.add_edge("act", END)
+    async with _asked(tmp_path, config_path, GraphSpec(name="route", graph=graph), "route") as baton:
+        assert await _reply(baton, "1") == "routed"
+    assert len(threads) == 1 and threads[0].startswith("baton-graph-"), threads
