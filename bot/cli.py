@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import socket
 import sqlite3
 import sys
@@ -77,16 +76,7 @@ def _database(url: str) -> Iterator[None]:
         yield
     except DBAPIError as exc:
         reason = (str(exc.orig).strip().splitlines() or ["no reason given"])[0]
-        _fail(f"Baton cannot use the database {_shown(url)}: {reason}")
-
-
-_QUERY_PASSWORD = re.compile(r"([?&][^=&]*password=)[^&]*", re.IGNORECASE)
-
-
-def _shown(url: str) -> str:
-    """The database URL as it may be printed: ``check_url`` hides the password written before the host,
-    not one given as ``?password=`` (libpq takes it there too)."""
-    return _QUERY_PASSWORD.sub(r"\1***", check_url(url))
+        _fail(f"Baton cannot use the database {check_url(url)}: {reason}")
 
 
 @app.command()
@@ -312,7 +302,7 @@ def _existing(settings: Settings) -> None:
     file where there was none (``baton threads`` in the wrong directory said "No threads yet."), or
     Baton's tables in whatever PostgreSQL database the URL named (``postgres`` itself)."""
     url = settings.database_url
-    shown = _shown(url)
+    shown = check_url(url)
     if is_sqlite(url) and not Path(sqlite_path(url)).exists():
         _fail(f"Baton cannot use the database {shown}: there is no such file (`baton run` or "
               "`baton db upgrade` makes it; BATON_DATABASE_URL names another)")
@@ -351,7 +341,7 @@ def _ready(settings: Settings) -> None:
         with _database(settings.database_url):
             upgrade(settings.database_url)
     except CommandError as exc:  # a newer Baton migrated the database: one line, not a traceback
-        _fail(f"Baton cannot use the database {_shown(settings.database_url)}: {exc}")
+        _fail(f"Baton cannot use the database {check_url(settings.database_url)}: {exc}")
     try:
         check_sqlite_checkpoints(settings.database_url)
     except sqlite3.Error as exc:
@@ -365,9 +355,9 @@ def _sqlite_place(url: str) -> None:
         return
     path = Path(sqlite_path(url))
     if path.is_dir():
-        _fail(f"Baton cannot use the database {_shown(url)}: {path} is a directory; name a file in it")
+        _fail(f"Baton cannot use the database {check_url(url)}: {path} is a directory; name a file in it")
     if not path.parent.is_dir():
-        _fail(f"Baton cannot use the database {_shown(url)}: there is no directory {path.parent} for it")
+        _fail(f"Baton cannot use the database {check_url(url)}: there is no directory {path.parent} for it")
 
 
 if __name__ == "__main__":

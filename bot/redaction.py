@@ -40,11 +40,13 @@ class Redactor:
         values = [field.get_secret_value() for field in settings.__dict__.values() if isinstance(field, SecretStr)]
         values += [value for name, value in environ.items() if SECRET_NAME.search(name)]
         try:
-            password = make_url(settings.database_url).password
+            url = make_url(settings.database_url)
         except ArgumentError:
-            password = None
-        if password:
-            values.append(str(password))
+            url = None
+        if url is not None:  # before the host, or as ?password= (libpq takes it there too)
+            given = url.query.get("password") or ()
+            values += [str(password) for password in (url.password, *([given] if isinstance(given, str) else given))
+                       if password]
         return cls(values)
 
     def text(self, text: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import re
 import sqlite3
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -45,9 +46,13 @@ def _parsed(url: str) -> URL:
     return parsed
 
 
+_QUERY_PASSWORD = re.compile(r"([?&][^=&]*password=)[^&]*", re.IGNORECASE)
+
+
 def check_url(url: str) -> str:
-    """Raise ``ValueError`` for a database URL Baton cannot use; return it as it may be shown (no password)."""
-    return _parsed(url).render_as_string(hide_password=True)
+    """Raise ``ValueError`` for a database URL Baton cannot use; return it as it may be shown: without the
+    password, the one before the host or one given as ``?password=`` (libpq takes it there too)."""
+    return _QUERY_PASSWORD.sub(r"\1***", _parsed(url).render_as_string(hide_password=True))
 
 
 def async_url(url: str) -> str:

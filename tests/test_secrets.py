@@ -19,6 +19,7 @@ from bot.messages import Code, InboundMessage, Message, Text
 from bot.redaction import MIN_SECRET_CHARS, REDACTED, RedactingFilter, Redactor
 from bot.registry import GraphSpec
 from bot.settings import Settings
+from storage.db import check_url
 from tests.fake_models import calls, script
 from tests.support import BatonProcess
 from tests.test_graph_modules import State, _reply
@@ -40,6 +41,14 @@ def test_secrets_are_found_in_the_settings_the_environment_and_the_database_url(
     assert isinstance(settings.slack_bot_token, SecretStr)
     plain = Message.text("nothing secret in here")
     assert redactor.message(plain) is plain  # unchanged messages are not rebuilt
+
+
+def test_a_database_password_given_as_a_query_parameter_is_a_secret_too() -> None:
+    """libpq takes ``?password=``: only the one before the host was kept from logs and chat."""
+    settings = Settings(BATON_DATABASE_URL="postgresql://baton@db/baton?sslmode=require&password=hunter2-long",
+                        _env_file=None)  # type: ignore[call-arg]
+    assert Redactor.for_settings(settings, environ={}).text("auth failed for hunter2-long") == f"auth failed for {REDACTED}"
+    assert check_url(settings.database_url) == "postgresql://baton@db/baton?password=***&sslmode=require"
 
 
 def test_log_lines_and_tracebacks_are_redacted() -> None:
