@@ -87,6 +87,11 @@ class Baton:
         self.adapters: list[Any] = [adapter_class(self) for adapter_class in self._selected_adapters()]
         for graph in sorted(set(self.config.graphs) - set(self.registry.names())):
             log.warning("baton.yaml sets a policy for the graph %s, which is not installed (graphs/): a typo?", graph)
+        for index, digest in enumerate(self.config.digests):
+            unknown = sorted(set(digest.graphs) - set(self.registry.names()))
+            if unknown:  # counts nothing unless that graph ran here once: most likely a typo
+                log.warning("baton.yaml: digests.%d (%s #%s) counts the graphs %s, which are not installed "
+                            "(graphs/): a typo?", index, digest.platform, digest.channel, ", ".join(unknown))
         prices = self.config.models.prices
         if prices and settings.model and settings.model not in prices:
             log.warning("baton.yaml has model prices for %s but BATON_MODEL is %s: its runs record tokens and no "

@@ -220,12 +220,15 @@ def test_a_digest_for_a_platform_this_baton_does_not_serve_is_named_at_start(tmp
     from bot.app import Baton
     from bot.settings import Settings
 
-    config = BatonConfig(digests=[Digest(platform="slack", channel="ops", cron="0 9 * * *")],
+    config = BatonConfig(digests=[Digest(platform="slack", channel="ops", cron="0 9 * * *"),
+                                  Digest(platform="playground", channel="ops", cron="0 9 * * *",
+                                         graphs=["runbook", "deploi"])],
                          graphs={"anounce": GraphPolicy(risk="high")})
     settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'b.db'}", BATON_ADAPTERS="playground")  # type: ignore[call-arg]
     Baton(settings, config)
     assert "digests for slack, which this Baton does not serve" in caplog.text
     assert "a policy for the graph anounce, which is not installed" in caplog.text  # a typo of announce
+    assert "digests.1 (playground #ops) counts the graphs deploi, which are not installed" in caplog.text
 
 
 def test_chat_commands_create_list_run_and_remove_schedules(start_baton, sqlite_url):
