@@ -346,8 +346,15 @@ def _ids_as_text(value: object) -> object:
     if isinstance(value, str):  # "approvers: alice, bob": pydantic said only "Input should be a valid list"
         names = [name for name in re.split(r"[\s,]+", value) if name]
         raise ValueError(f"approvers are a list of user ids: write it as [{', '.join(names)}]")
-    return [str(item) if isinstance(item, int) and not isinstance(item, bool) else item for item in value] \
-        if isinstance(value, list) else value
+    if not isinstance(value, list):
+        return value
+    ids = [str(item) if isinstance(item, int) and not isinstance(item, bool) else item for item in value]
+    for given in ids:  # nobody's id: such an approver could never approve, and a high-risk runbook none at all
+        if isinstance(given, str) and not given.strip():
+            raise ValueError("an approver is empty: remove it, or write the user id")
+        if isinstance(given, str) and given != given.strip():
+            raise ValueError(f"the approver '{given}' has spaces around it: write '{given.strip()}'")
+    return ids
 
 
 class BatonConfig(BaseModel):

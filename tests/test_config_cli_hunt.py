@@ -44,6 +44,11 @@ def baton_cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Complete
     ("approvers: alice, bob\n", "line 1: approvers: Value error, approvers are a list of user ids: write it as [alice, bob]"),
     ("approvers: [bob]\nrunbooks:\n  up:\n    description: x\n    command: [a]\n    approvers: alice\n",
      "line 6: runbooks.up.approvers: Value error, approvers are a list of user ids: write it as [alice]"),
+    # nobody's id: taken, and the high-risk runbook it was the only approver of could never be approved
+    ("runbooks:\n  up:\n    description: x\n    command: [a]\n    risk: high\n    approvers: [\"\"]\n",
+     "line 6: runbooks.up.approvers: Value error, an approver is empty: remove it, or write the user id"),
+    ("approvers: [\" alice\"]\n", "line 1: approvers: Value error, the approver ' alice' has spaces around it: "
+                                  "write 'alice'"),
 ])
 def test_a_config_mistake_is_named_with_its_line(tmp_path: Path, text: str, expected: str) -> None:
     path = tmp_path / "baton.yaml"
