@@ -910,9 +910,10 @@ class Orchestrator:
                 await session.exec(update(Run).where(  # type: ignore[arg-type]
                     Run.thread_record_id == event.thread_record_id, Run.status == "running",
                 ).values(status="failed", error=failed, finished_at=now))
-                record = await session.get(ThreadRecord, event.thread_record_id) if broken else None
-                for run in broken if record is not None else []:
-                    await self._expire_cards(session, record, run.id, event.correlation_id)  # type: ignore[arg-type]
+                if broken:  # its cards still waiting would revive it
+                    record = await session.get(ThreadRecord, event.thread_record_id)
+                    for run in broken:
+                        await self._expire_cards(session, record, run.id, event.correlation_id)  # type: ignore[arg-type]
                 await session.exec(update(ThreadRecord).where(  # type: ignore[arg-type]
                     ThreadRecord.id == event.thread_record_id, ThreadRecord.status == "running",
                 ).values(status="failed", updated_at=now, fingerprint=None))

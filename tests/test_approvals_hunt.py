@@ -17,7 +17,7 @@ from bot.kit import approve
 from bot.messages import InboundClick, InboundMessage
 from bot.registry import GraphSpec
 from bot.settings import Settings
-from storage.models import Approval, PlaygroundMessage, Run, ThreadRecord
+from storage.models import Approval, InboundEvent, PlaygroundMessage, Run, ThreadRecord
 from tests.support import has_buttons, runs_in, wait_for, write_config
 
 
@@ -285,3 +285,27 @@ def test_a_failed_request_may_be_asked_again_after_its_thread_answered_something
     again = pg.ask("@baton run fails", user="bob")
     pg.wait_reply(again, "exit code 3")
     assert not any("same request" in m["text"] for m in pg.bot_replies(again))
+
+
+async def test_a_request_whose_handling_broke_off_may_be_asked_again(tmp_path, config_path) -> None:
+    """As a failed run's: a run whose handling broke off (a reply that is no message) is failed, and once its
+    thread answered something else, the same request got a link to it instead of a second try."""
+    def broken(_state: Two) -> Two:
+        return {"reply": {"parts": [{"kind": "bogus", "text": "?"}]}}
+
+    graph = StateGraph(Two)
+    graph.add_node("act", broken)
+    graph.add_edge(START, "act")
+    graph.add_edge("act", END)
+    async with _baton(tmp_path, config_path, GraphSpec(name="bogus", graph=graph, description="Broken.")) as baton:
+        for event_id, thread, text in [("e1", "1", "bogus"), ("e2", "1", "status"), ("e3", "2", "bogus")]:
+            await baton.accept_message(InboundMessage(platform="playground", channel="general", thread=thread,
+                                                      event_id=event_id, user="alice", text=text))
+            await _until(lambda: _handled(baton, event_id))  # noqa: B023
+        assert await _texts(baton, "2") == ["Something went wrong while handling this; it was logged."]
+
+
+async def _handled(baton: Baton, event_id: str) -> bool:
+    async with baton.db.read() as session:
+        event = (await session.exec(select(InboundEvent).where(InboundEvent.event_id == event_id))).one()
+    return event.status == "done"
