@@ -346,9 +346,11 @@ class Digests:
         async def no_progress(_text: str) -> None:
             return None
 
-        outcome = await self.runtime.run(spec, lg_thread, {"stats": stats, "reply": {}}, services, no_progress)
-        await services.flush_effects()
-        await self.runtime.forget(lg_thread)
+        try:
+            outcome = await self.runtime.run(spec, lg_thread, {"stats": stats, "reply": {}}, services, no_progress)
+            await services.flush_effects()
+        finally:  # no thread record holds this LangGraph thread: the pruning never finds it
+            await self.runtime.forget(lg_thread, [DIGEST_GRAPH])
         return Message.model_validate(outcome.values["reply"])
 
     @staticmethod

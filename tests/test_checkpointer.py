@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
@@ -88,7 +88,7 @@ async def test_pruning_a_finished_thread_never_deletes_the_checkpoints_of_a_foll
         forget = baton.runtime.forget
         drain_owner = baton.orchestrator.leases.owner  # type: ignore[union-attr]
 
-        async def forget_after_a_follow_up(lg_thread_id: str) -> None:
+        async def forget_after_a_follow_up(lg_thread_id: str, graphs: Iterable[str] | None = None) -> None:
             """The pruning has picked the thread; before it deletes anything, a follow-up comes."""
             baton.runtime.forget = forget  # type: ignore[method-assign]
             await baton.accept_message(InboundMessage(**where, event_id="e2", user="alice", text="run restart service=web",
@@ -96,7 +96,7 @@ async def test_pruning_a_finished_thread_never_deletes_the_checkpoints_of_a_foll
             # Its run gets as far as its approval (and checkpoints it), unless the thread is held against it.
             await until(lambda: _is(thread(), lambda record: record.status == "waiting"
                                     or record.lease_owner not in (None, drain_owner)), "the follow-up to start or wait")
-            await forget(lg_thread_id)
+            await forget(lg_thread_id, graphs)
 
         baton.runtime.forget = forget_after_a_follow_up  # type: ignore[method-assign]
         await baton.prune_checkpoints()

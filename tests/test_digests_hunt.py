@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from langgraph.graph import END, START, StateGraph
 from sqlmodel import select, update
 
 from bot import schedules
@@ -17,7 +18,7 @@ from bot.digests import MAX_ATTEMPTS, RETAKE_AFTER, Digests
 from bot.digest_stats import collect
 from bot.messages import Location, Message
 from bot.outbox import Outbox
-from bot.registry import GraphRegistry
+from bot.registry import GraphRegistry, GraphSpec
 from bot.runtime import GraphRuntime, Services
 from bot.scheduler import DigestScheduler
 from graphs.digest import compose
@@ -305,6 +306,26 @@ async def test_a_digest_that_cannot_be_built_is_given_up_after_a_few_attempts(sq
             clock.now += timedelta(minutes=1)
         [run] = await firings(digests)
     assert len(attempts) == MAX_ATTEMPTS
+    assert run.status == "failed" and "KeyError" in run.summary["error"]
+
+
+async def test_a_digest_graph_that_fails_leaves_no_checkpoints_behind(sqlite_url):
+    """Its LangGraph thread belongs to no thread record, which the pruning goes by: deleted only after a
+    build that succeeded, a failed one's checkpoints stayed for good."""
+    def broken(_state: dict) -> dict:
+        raise KeyError("per_graph")
+
+    graph = StateGraph(dict)
+    graph.add_node("compose", broken)
+    graph.add_edge(START, "compose")
+    graph.add_edge("compose", END)
+    clock = Clock(datetime(2026, 6, 1, 6, 0, tzinfo=UTC))
+    async with digest_service(sqlite_url, clock, BatonConfig()) as digests:
+        digests.registry.add(GraphSpec(name="digest", graph=graph))
+        assert not await digests.run_now(Location(platform="playground", channel="ops", thread="42"), "e1", "alice")
+        [run] = await firings(digests)
+        config = digests.runtime.config_for(f"digest-{run.id}", "digest")
+        assert await digests.runtime.checkpointer.aget_tuple(config) is None
     assert run.status == "failed" and "KeyError" in run.summary["error"]
 
 
