@@ -17,7 +17,7 @@ from bot.kit import approve
 from bot.messages import InboundClick, InboundMessage
 from bot.registry import GraphSpec
 from bot.settings import Settings
-from storage.models import Approval, InboundEvent, PlaygroundMessage, Run, ThreadRecord
+from storage.models import Approval, InboundEvent, PlaygroundMessage, Run
 from tests.support import has_buttons, runs_in, wait_for, write_config
 
 
