@@ -317,6 +317,23 @@ class Orchestrator:
             self._schedule(record_id)  # type: ignore[arg-type]
         return len(ids)
 
+    async def refresh_approvers(self) -> int:
+        """At start: the cards waiting for a decision name (and ``status`` and digests list) the approvers
+        baton.yaml gives now, not those of when they were posted; how many changed."""
+        async with self.db.read() as session:
+            waiting = (await session.exec(
+                select(Approval, ThreadRecord, Run.correlation_id)
+                .join(ThreadRecord, Approval.thread_record_id == ThreadRecord.id)  # type: ignore[arg-type]
+                .join(Run, Approval.run_id == Run.id)  # type: ignore[arg-type]
+                .where(Approval.status == "pending", Approval.kind == "approval"))).all()
+        changed = 0
+        for approval, record, correlation in waiting:
+            spec = self.registry.get(approval.graph)
+            if spec is not None:
+                state = await self.runtime.state(spec, record.lg_thread_id)
+                changed += await self._with_approvers_now(approval, record, spec, state, correlation) is not approval
+        return changed
+
     async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """Stop draining, gracefully: the events being handled get ``grace`` seconds to finish (a command
         cut off half-run is an effect in doubt, and its run fails), no further event is started, and a

@@ -309,3 +309,20 @@ async def _handled(baton: Baton, event_id: str) -> bool:
     async with baton.db.read() as session:
         event = (await session.exec(select(InboundEvent).where(InboundEvent.event_id == event_id))).one()
     return event.status == "done"
+
+
+async def test_at_start_waiting_cards_name_the_approvers_baton_yaml_gives_now(tmp_path, counter) -> None:
+    """Restarted with carol as an approver instead of bob, Baton went on showing "approvers: bob" on the
+    waiting card (and listing bob in status) until somebody clicked: carol did not know she was asked."""
+    write_config(tmp_path, counter, ["alice", "bob"])
+    async with _baton(tmp_path, tmp_path / "baton.yaml") as baton:
+        await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
+                                                  event_id="e1", user="alice", text="run restart service=web"))
+        await _until(lambda: _approvals(baton))
+    write_config(tmp_path, counter, ["alice", "carol"])
+    async with _baton(tmp_path, tmp_path / "baton.yaml") as baton:
+        assert await baton.orchestrator.refresh_approvers() == 1  # type: ignore[union-attr]
+        texts = await _until(lambda: _texts_with(baton, "approvers: carol (not alice, who asked)"))
+        assert [approval.approvers for approval in await _approvals(baton)] == [["alice", "carol"]]
+        assert any("[Approve]" in text for text in texts)
+        assert await baton.orchestrator.refresh_approvers() == 0  # type: ignore[union-attr]
