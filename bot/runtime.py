@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -99,6 +99,24 @@ def _contain_exits_of_graph_tasks(loop: asyncio.AbstractEventLoop) -> None:
     loop.set_task_factory(create)  # type: ignore[arg-type]
 
 
+_END = object()
+
+
+async def _next_chunk(stream: AsyncIterator[tuple[Any, Any]]) -> Any:
+    """The graph's next custom chunk, or ``_END``. A ``BaseException`` that is none of Python's own ways of
+    stopping (``sys.exit()`` in a step LangGraph ran in this task, a library's own) fails the run: past
+    here Baton's drain would take it for Baton stopping, and run the graph again."""
+    try:
+        _namespace, chunk = await anext(stream)
+    except StopAsyncIteration:
+        return _END
+    except (Exception, asyncio.CancelledError, GeneratorExit):
+        raise  # the graph's failure; Baton stopping; this coroutine closed
+    except BaseException as exc:
+        raise NodeExited.of(exc) from None
+    return chunk
+
+
 async def _exits_failed(coro: Coroutine[Any, Any, T]) -> T:
     try:
         return await coro
@@ -151,20 +169,16 @@ class GraphRuntime:
         token, inside = kit.bind(context), _in_graph.set(True)
         deadline = asyncio.timeout(limit)
         try:
-            async with deadline:
-                # subgraphs=True: progress() in a subgraph's node reaches the thread too
-                async for _namespace, chunk in graph.astream(payload, config, stream_mode="custom", subgraphs=True,
-                                                             durability="sync"):
+            # subgraphs=True: progress() in a subgraph's node reaches the thread too
+            async with deadline, aclosing(graph.astream(payload, config, stream_mode="custom", subgraphs=True,
+                                                        durability="sync")) as stream:
+                while (chunk := await _next_chunk(stream)) is not _END:
                     if isinstance(chunk, dict) and chunk.get("baton") == kit.PROGRESS_MARK:
-                        await on_progress(str(chunk.get("text", "")))
+                        await on_progress(str(chunk.get("text", "")))  # Baton's own: what it raises passes as it is
         except TimeoutError:
             if limit is not None and deadline.expired():
                 raise RunTimedOut(limit) from None
             raise  # the graph's own (a node's deadline)
-        except (Exception, asyncio.CancelledError, GeneratorExit):
-            raise  # the graph's failure; Baton stopping; this coroutine closed
-        except BaseException as exc:  # sys.exit() in a step LangGraph ran in this task; a library's BaseException:
-            raise NodeExited.of(exc) from None  # past here Baton's drain takes it for Baton stopping, and runs it again
         finally:
             _in_graph.reset(inside)
             kit.unbind(token)
