@@ -121,6 +121,10 @@ class Baton:
         for adapter in self.adapters:
             await adapter.start()
         await self.outbox.report_unserved()
+        try:  # cards posted before a change of baton.yaml's approvers name those it gives now
+            await self.orchestrator.refresh_approvers()
+        except Exception:
+            log.exception("bringing waiting cards' approvers up to date failed; each is, at its next click")
         self.scheduler = DigestScheduler(self.digests)
         await self.scheduler.start()
         self._loops = [asyncio.create_task(self._every(SWEEP_INTERVAL, self.orchestrator.sweep)),

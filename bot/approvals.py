@@ -27,6 +27,16 @@ def who_may_approve(approvers: list[str], requested_by: str, risk: str) -> list[
     return _besides(approvers, requested_by) if risk == "high" else list(approvers)
 
 
+def waiting_for(approvers: list[str], requested_by: str, risk: str) -> str:
+    """Who a waiting card waits for, in words: "waiting 3m for nobody" told no one what to do."""
+    allowed = who_may_approve(approvers, requested_by, risk)
+    if allowed:
+        return ", ".join(allowed)
+    if approvers:
+        return f"an approver other than {requested_by}, who asked (baton.yaml names no other)"
+    return "an approver (baton.yaml names none)"
+
+
 def _besides(approvers: list[str], asked: str) -> list[str]:
     return [name for name in approvers if name != asked and not name.endswith(f":{asked}")]
 

@@ -22,7 +22,7 @@ from sqlalchemy import DateTime, bindparam, func, update
 from sqlmodel import select
 
 from bot import kit
-from bot.approvals import who_may_approve
+from bot.approvals import waiting_for
 from bot.config import BatonConfig
 from bot.messages import Location, Message, quoted
 from bot.models import cost_of, usage_of
@@ -319,8 +319,7 @@ class RunServices:
                 "age": age(record.updated_at, now),
                 "approvals": [
                     {"summary": quoted(a.summary.splitlines()[0] if a.summary else "", 200),
-                     "approvers": ", ".join(who_may_approve(
-                        a.approvers, a.requested_by, a.risk)) or "nobody", "age": age(a.created_at, now)}
+                     "approvers": waiting_for(a.approvers, a.requested_by, a.risk), "age": age(a.created_at, now)}
                     for a in approvals if a.thread_record_id == record.id
                 ],
             })

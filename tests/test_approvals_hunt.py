@@ -201,6 +201,8 @@ def test_a_click_on_a_card_only_its_requester_could_approve_is_refused_politely(
                             viewer="carol")
     assert refusal["ephemeral"]
     assert not any("went wrong" in m["text"] for m in pg.bot_replies(thread, viewer="carol"))
+    status = pg.wait_reply(pg.ask("@baton status", user="carol"), "waiting")  # not "waiting 3s for nobody"
+    assert "for an approver other than alice, who asked (baton.yaml names no other)" in status["text"]
     assert pg.click(card, "alice", action="reject").status_code == 202  # she may still withdraw it
     pg.wait_reply(thread, "Rejected by alice: nothing was run")
     assert runs_in(counter) == []
@@ -321,8 +323,7 @@ async def test_at_start_waiting_cards_name_the_approvers_baton_yaml_gives_now(tm
         await _until(lambda: _approvals(baton))
     write_config(tmp_path, counter, ["alice", "carol"])
     async with _baton(tmp_path, tmp_path / "baton.yaml") as baton:
-        assert await baton.orchestrator.refresh_approvers() == 1  # type: ignore[union-attr]
-        texts = await _until(lambda: _texts_with(baton, "approvers: carol (not alice, who asked)"))
+        texts = await _until(lambda: _texts_with(baton, "approvers: carol (not alice, who asked)"))  # at its start
         assert [approval.approvers for approval in await _approvals(baton)] == [["alice", "carol"]]
         assert any("[Approve]" in text for text in texts)
         assert await baton.orchestrator.refresh_approvers() == 0  # type: ignore[union-attr]
