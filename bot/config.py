@@ -13,6 +13,7 @@ import re._constants as re_constants  # what re parses a pattern into: no public
 import re._parser as re_parser
 import shlex
 import string
+import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -354,6 +355,12 @@ def _ids_as_text(value: object) -> object:
             raise ValueError("an approver is empty: remove it, or write the user id")
         if isinstance(given, str) and given != given.strip():
             raise ValueError(f"the approver '{given}' has spaces around it: write '{given.strip()}'")
+        hidden = next((c for c in given if unicodedata.category(c) in ("Cf", "Cc")), None) \
+            if isinstance(given, str) else None
+        if hidden is not None:  # pasted from a document: it looks like the id, and never matches it
+            shown = "".join(c for c in given if unicodedata.category(c) not in ("Cf", "Cc"))
+            raise ValueError(f"the approver '{shown}' holds an invisible character (U+{ord(hidden):04X}): "
+                             "write the id again by hand")
     return ids
 
 

@@ -49,6 +49,8 @@ def baton_cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Complete
      "line 6: runbooks.up.approvers: Value error, an approver is empty: remove it, or write the user id"),
     ("approvers: [\" alice\"]\n", "line 1: approvers: Value error, the approver ' alice' has spaces around it: "
                                   "write 'alice'"),
+    ("approvers: [\"bo\\u200bb\"]\n", "line 1: approvers: Value error, the approver 'bob' holds an invisible "
+                                   "character (U+200B): write the id again by hand"),
 ])
 def test_a_config_mistake_is_named_with_its_line(tmp_path: Path, text: str, expected: str) -> None:
     path = tmp_path / "baton.yaml"
