@@ -12,6 +12,10 @@ from bot.kit import duration
 from bot.messages import ButtonOption, Buttons, Code, Message, Note, Text, ThreadLink
 from storage.models import Approval
 
+# A longer text in a graph's reply goes as long command output does, a preview and the whole as a file:
+# as text it was split over as many messages as it took (a 1 MB reply, 80 on Slack and 500 on Discord).
+LONG_TEXT_CHARS = 12_000
+
 
 def when(at: datetime) -> str:
     """``at`` in UTC; a naive time is taken as UTC already (as the database stores times)."""
@@ -169,13 +173,13 @@ def duplicate(link_channel: str, link_thread: str, status: str) -> Message:
 
 
 def _text_with_code(text: str, tone: Any) -> Message:
-    """Split ```fenced``` blocks out of plain text into code parts."""
+    """Split ```fenced``` blocks out of plain text into code parts (and text too long for a few messages)."""
     parts: list[Any] = []
     for index, chunk in enumerate(text.split("```")):
         chunk = chunk.strip("\n")
         if not chunk:
             continue
-        parts.append(Code(text=chunk) if index % 2 else Text(text=chunk))
+        parts.append(Code(text=chunk) if index % 2 or len(chunk) > LONG_TEXT_CHARS else Text(text=chunk))
     return Message(tone=tone, parts=parts or [Text(text=text)])
 
 

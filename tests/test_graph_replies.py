@@ -9,6 +9,7 @@ import pytest
 from langgraph.types import interrupt
 from sqlmodel import select
 
+from adapters import discord_render, slack_blocks
 from bot import replies
 from bot.app import Baton
 from bot.messages import InboundClick, InboundMessage
@@ -37,6 +38,17 @@ class State(TypedDict, total=False):
 ])
 def test_a_graphs_reply_is_shown_as_it_is(reply: Any, failed: bool, error: Any, shown: str) -> None:
     assert replies.result(reply, failed=failed, error=error).plain_text() == shown
+
+
+def test_a_reply_too_long_for_a_few_messages_is_a_file_with_a_preview() -> None:
+    """A 1 MB text reply was split over every message it took: 80 on Slack (at one a second), 500 on Discord."""
+    text = "\n".join(f"host {n}: ok " + "x" * 60 for n in range(15_000))
+    message = replies.result(text, failed=False)
+    slack = slack_blocks.render(message, lambda channel, thread: "")
+    assert len(slack.messages) == 1 and [upload.content.decode() for upload in slack.uploads] == [text]
+    discord = discord_render.render(message, "1")
+    assert len(discord) <= 2 and [f.content.decode() for out in discord for f in out.files] == [text]
+    assert [type(part).__name__ for part in replies.result("host 1: ok", failed=False).parts] == ["Text"]
 
 
 async def test_a_graph_that_fails_with_an_error_and_no_reply_shows_the_error(tmp_path, config_path) -> None:
