@@ -20,8 +20,9 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import func, select
 
-from bot.approvals import who_may_approve
+from bot.approvals import waiting_for
 from bot.config import ConfigError, load_config
+from bot.messages import first_line
 from bot.redaction import Redactor
 from bot.registry import GraphError, GraphRegistry
 from bot.settings import Settings
@@ -228,8 +229,8 @@ def approvals(all_: bool = typer.Option(False, "--all", help="Include decided ap
         _table(["asked (UTC)", "id", "status", "risk", "asked by", "may approve", "what"],
                [[f"{row.created_at:%Y-%m-%d %H:%M}", row.id,
                  f"{row.status} by {row.decided_by}" if row.decided_by else row.status, row.risk, row.requested_by,
-                 ", ".join(who_may_approve(row.approvers, row.requested_by, row.risk)) or "nobody",
-                 _first_line(row.summary)] for row in rows])
+                 waiting_for(row.approvers, row.requested_by, row.risk),
+                 first_line(row.summary)] for row in rows])
 
     settings = _settings()
     _existing(settings)
@@ -245,11 +246,6 @@ def _table(headers: list[str], rows: list[list[Any]]) -> None:
     widths = [max(len(row[column]) for row in cells) for column in range(len(headers) - 1)]
     for row in cells:
         typer.echo("  ".join([cell.ljust(width) for cell, width in zip(row, widths)] + [row[-1]]).rstrip())
-
-
-def _first_line(text: str) -> str:
-    """The first line of ``text`` with words, cut at 80 characters ("" for none: a graph may ask ``interrupt("")``)."""
-    return next((line for line in text.splitlines() if line.strip()), "")[:80]
 
 
 def _printable(text: str) -> str:

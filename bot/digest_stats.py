@@ -10,7 +10,8 @@ from sqlalchemy import and_, func
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.approvals import who_may_approve
+from bot.approvals import waiting_for, who_may_approve
+from bot.messages import first_line
 from storage.models import Approval, DigestRun, Run, ThreadRecord
 
 MAX_LISTED = 10
@@ -80,7 +81,7 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
         select(Approval.status, func.count()).join(Run, Run.id == Approval.run_id)
         .where(*decided_filter).group_by(Approval.status))).all())}
     decided = [
-        {"status": status, "by": by, "summary": summary.splitlines()[0][:120], "channel": c, "thread": t}
+        {"status": status, "by": by, "summary": first_line(summary, 120), "channel": c, "thread": t}
         for status, by, summary, c, t in (await session.exec(
             select(Approval.status, Approval.decided_by, Approval.summary, ThreadRecord.channel, ThreadRecord.thread)
             .join(Run, Run.id == Approval.run_id).join(ThreadRecord, ThreadRecord.id == Approval.thread_record_id)
@@ -90,7 +91,8 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
     waiting_count = (await session.exec(select(func.count()).select_from(Approval).join(Run, Run.id == Approval.run_id)
                                         .where(*waiting_filter))).one()
     waiting = [
-        {"summary": summary.splitlines()[0][:120], "approvers": who_may_approve(approvers, requested_by, risk),
+        {"summary": first_line(summary, 120), "approvers": who_may_approve(approvers, requested_by, risk),
+         "waiting_for": waiting_for(approvers, requested_by, risk),
          "age_seconds": (now - created).total_seconds(), "channel": c, "thread": t}
         for summary, approvers, requested_by, risk, created, c, t in (await session.exec(
             select(Approval.summary, Approval.approvers, Approval.requested_by, Approval.risk, Approval.created_at,

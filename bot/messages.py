@@ -24,6 +24,11 @@ def quoted(text: str, limit: int = 60) -> str:
     return _BIDI_CONTROLS.sub("\ufffd", text)[:limit]
 
 
+def first_line(text: str, limit: int = 80) -> str:
+    """The first line of ``text`` with words, cut at ``limit`` ("" for none: a graph may ask ``interrupt("")``)."""
+    return next((line for line in text.splitlines() if line.strip()), "")[:limit]
+
+
 def quoted_code(text: str, limit: int = 60) -> str:
     """``quoted``, for a quote put in `code`: a backtick of its own, which would end the code span and show
     what follows (**bold**, [a link](https://...)) as Baton's own words, is shown as U+02CB (ˋ)."""

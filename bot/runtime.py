@@ -24,7 +24,7 @@ from sqlmodel import select
 from bot import kit
 from bot.approvals import waiting_for
 from bot.config import BatonConfig
-from bot.messages import Location, Message, quoted
+from bot.messages import Location, Message, first_line, quoted
 from bot.models import cost_of, usage_of
 from bot.redaction import Redactor
 from bot.registry import GraphRegistry, GraphSpec, NodeExited
@@ -85,12 +85,12 @@ def _contain_exits_of_graph_tasks(loop: asyncio.AbstractEventLoop) -> None:
     if getattr(previous, "baton_contains_exits", False):
         return
 
-    def create(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], *,
-               context: contextvars.Context | None = None) -> asyncio.Future[Any]:
+    def create(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **options: Any) -> asyncio.Future[Any]:
+        # ``options``: ``context`` (3.11), and from 3.13 whatever ``create_task`` was given (``name``, ...)
+        context: contextvars.Context | None = options.get("context")
         inside = context.get(_in_graph, False) if context is not None else _in_graph.get()
         started = _exits_failed(coro) if inside else coro
-        extra = {} if context is None else {"context": context}
-        task = previous(loop, started, **extra) if previous is not None else asyncio.Task(started, loop=loop, **extra)
+        task = previous(loop, started, **options) if previous is not None else asyncio.Task(started, loop=loop, **options)
         if inside:  # a task cancelled before its first step never awaited ``coro``: no "never awaited" warning
             task.add_done_callback(lambda _task: coro.close())
         return task
@@ -103,9 +103,9 @@ _END = object()
 
 
 async def _next_chunk(stream: AsyncIterator[tuple[Any, Any]]) -> Any:
-    """The graph's next custom chunk, or ``_END``. A ``BaseException`` that is none of Python's own ways of
-    stopping (``sys.exit()`` in a step LangGraph ran in this task, a library's own) fails the run: past
-    here Baton's drain would take it for Baton stopping, and run the graph again."""
+    """The graph's next custom chunk, or ``_END``. A ``BaseException`` other than cancellation and
+    ``GeneratorExit`` (``sys.exit()`` in a step LangGraph ran in this task, a library's own) fails the run:
+    past here Baton's drain would take it for Baton stopping, and run the graph again."""
     try:
         _namespace, chunk = await anext(stream)
     except StopAsyncIteration:
@@ -318,7 +318,7 @@ class RunServices:
                 "requested_by": record.requested_by or "someone",
                 "age": age(record.updated_at, now),
                 "approvals": [
-                    {"summary": quoted(a.summary.splitlines()[0] if a.summary else "", 200),
+                    {"summary": quoted(first_line(a.summary, 200), 200),
                      "approvers": waiting_for(a.approvers, a.requested_by, a.risk), "age": age(a.created_at, now)}
                     for a in approvals if a.thread_record_id == record.id
                 ],

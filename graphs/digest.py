@@ -68,7 +68,7 @@ def compose(state: DigestState) -> DigestState:
                                               + _not_listed(stats["waiting_count"], stats["waiting"])})
         for waiting in stats["waiting"]:
             parts.append({"kind": "link", "label": f"{waiting['summary']} — waiting {duration(waiting['age_seconds'])} "
-                                                   f"for {', '.join(waiting['approvers']) or 'an approver baton.yaml does not name'}",
+                                                   f"for {waiting.get('waiting_for') or ', '.join(waiting['approvers'])}",
                           "channel": waiting["channel"], "thread": waiting["thread"]})
     if stats["failures"]:
         parts.append({"kind": "text", "text": f"*Failures*: {stats['failure_count']}"

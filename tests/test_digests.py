@@ -167,7 +167,7 @@ async def test_digest_content_is_exact(sqlite_url):
     assert stats["failures"] == [{"graph": "deploy", "error": "exit code 2", "channel": "ops", "thread": "103"}]
     assert [(d["status"], d["by"], d["thread"]) for d in stats["decided"]] == [("approved", "bob", "101"), ("rejected", "carol", "102")]
     # alice asked for this high-risk one: she is not among who it waits for (as on its card)
-    assert stats["waiting"] == [{"summary": "Deploy worker", "approvers": ["bob", "dave"], "age_seconds": 2400.0,
+    assert stats["waiting"] == [{"summary": "Deploy worker", "approvers": ["bob", "dave"], "waiting_for": "bob, dave", "age_seconds": 2400.0,
                                  "channel": "ops", "thread": "107"}]
     assert stats["tokens"] is None and stats["cost"] is None and stats["unpriced_runs"] == 0
     message = Message.model_validate(compose({"stats": stats})["reply"])

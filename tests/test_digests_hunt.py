@@ -329,6 +329,31 @@ async def test_a_digest_graph_that_fails_leaves_no_checkpoints_behind(sqlite_url
     assert run.status == "failed" and "KeyError" in run.summary["error"]
 
 
+async def test_an_approval_with_an_empty_question_does_not_break_the_digest(sqlite_url):
+    """A graph's ``interrupt("")`` stores an empty summary: the digest's ``splitlines()[0]`` raised
+    IndexError, and every digest of the channel failed, was given up, and the next one failed again."""
+    clock = Clock(datetime(2026, 6, 1, 9, 0, tzinfo=UTC))
+    async with digest_service(sqlite_url, clock, BatonConfig()) as digests:
+        async with digests.db.session() as session:
+            record = ThreadRecord(platform="playground", channel="ops", thread="1", lg_thread_id="t1", status="waiting")
+            session.add(record)
+            await session.flush()
+            run = Run(thread_record_id=record.id, platform="playground", channel="ops", graph="announce",
+                      status="waiting", requested_by="alice", input_text="announce", correlation_id="c1",
+                      started_at=clock.now - timedelta(hours=1))
+            session.add(run)
+            await session.flush()
+            session.add(Approval(run_id=run.id, thread_record_id=record.id, interrupt_id="i1", graph="announce",
+                                 summary="", details={}, risk="high", approvers=[], requested_by="alice",
+                                 created_at=clock.now - timedelta(minutes=30)))
+        async with digests.db.read() as session:
+            stats = await collect(session, "playground", "ops", clock.now - timedelta(days=1), clock.now, [], clock.now)
+    [waiting] = stats["waiting"]
+    assert waiting["summary"] == "" and waiting["waiting_for"] == "an approver (baton.yaml names none)"
+    text = Message.model_validate(compose({"stats": stats})["reply"]).plain_text()
+    assert "for an approver (baton.yaml names none)" in text
+
+
 async def test_digest_now_that_cannot_be_built_says_so_in_its_thread(sqlite_url):
     clock = Clock(datetime(2026, 6, 1, 6, 0, tzinfo=UTC))
     async with digest_service(sqlite_url, clock, BatonConfig()) as digests:

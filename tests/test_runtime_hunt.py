@@ -413,3 +413,24 @@ async def test_a_plain_conditional_edge_runs_in_a_graph_thread(tmp_path, config_
     async with _asked(tmp_path, config_path, GraphSpec(name="route", graph=graph), "route") as baton:
         assert await _reply(baton, "1") == "routed"
     assert len(threads) == 1 and threads[0].startswith("baton-graph-"), threads
+
+
+async def test_the_graph_task_factory_passes_on_what_create_task_gives_it() -> None:
+    """From Python 3.13, ``create_task(coro, name=...)`` hands ``name`` to the loop's task factory, which took
+    only ``context``: every task, Baton's drains and LangGraph's own, would have failed with a TypeError."""
+    from bot.runtime import _contain_exits_of_graph_tasks
+
+    loop = asyncio.get_running_loop()
+    previous = loop.get_task_factory()
+    try:
+        _contain_exits_of_graph_tasks(loop)
+        factory = loop.get_task_factory()
+        assert factory is not None
+
+        async def work() -> int:
+            return 1
+
+        task = factory(loop, work(), name="drain-1")  # type: ignore[call-arg]
+        assert await task == 1 and task.get_name() == "drain-1"
+    finally:
+        loop.set_task_factory(previous)
