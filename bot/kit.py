@@ -143,12 +143,15 @@ def approve(
     details: dict[str, Any] | None = None,
     risk: Literal["low", "high"] = "high",
     approvers: list[str] | None = None,
+    runbook: str | None = None,
 ) -> Decision:
     """Stop until a human approves or rejects; returns their ``Decision``.
 
     ``approvers`` defaults to the graph's approvers from ``baton.yaml`` (one approver may be given as
-    text). A requester may never decide their own ``high``-risk request. ``details`` are shown on the
-    card as text: values that are not JSON (a datetime, say) are shown as ``str()`` makes them.
+    text); ``runbook``: those of that runbook of ``baton.yaml`` instead, as it is when the click comes
+    (a change of baton.yaml reaches a card that waits). A requester may never decide their own
+    ``high``-risk request. ``details`` are shown on the card as text: values that are not JSON (a
+    datetime, say) are shown as ``str()`` makes them.
     """
     if len(str(summary)) > APPROVAL_TEXT_LIMIT:  # the approver would decide on text they cannot see
         raise ValueError(f"approve(): the question is {len(str(summary)):,} characters; an approval card shows "
@@ -161,8 +164,14 @@ def approve(
         approvers = [approvers]
     if approvers is not None and not all(isinstance(name, str) for name in approvers):
         raise TypeError(f"approve(): approvers must be user ids (text), not {approvers!r}")
+    if runbook is not None:
+        if approvers is not None:
+            raise ValueError("approve(): give approvers or a runbook whose approvers decide, not both")
+        if runbook not in current().config.runbooks:
+            raise ValueError(f"approve(): baton.yaml has no runbook {runbook!r}")
+        approvers = current().config.approvers_for_runbook(runbook)
     value = interrupt({"baton": APPROVAL_MARK, "summary": summary, "details": _shown_details(details or {}),
-                       "risk": risk, "approvers": approvers})
+                       "risk": risk, "approvers": approvers, "runbook": runbook})
     return Decision.from_resume(value)
 
 

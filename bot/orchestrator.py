@@ -659,6 +659,9 @@ class Orchestrator:
             runbook = state.values.get("runbook")
             return self.config.approvers_for_runbook(runbook) if runbook in self.config.runbooks else None
         asked = next((interrupt.value for interrupt in state.interrupts if interrupt.id == approval.interrupt_id), None)
+        if isinstance(asked, dict) and asked.get("baton") == APPROVAL_MARK and asked.get("runbook") is not None:
+            runbook = asked["runbook"]  # approve(..., runbook=...): that runbook's approvers (the assistant's tools)
+            return self.config.approvers_for_runbook(runbook) if runbook in self.config.runbooks else None
         if asked is None or (isinstance(asked, dict) and asked.get("baton") == APPROVAL_MARK
                              and asked.get("approvers") is not None):
             return None

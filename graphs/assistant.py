@@ -89,7 +89,7 @@ def review(state: AssistantState) -> AssistantState:
         decision = approve(f"The assistant wants to run `{call['name']}`: {runbook.description}",
                            details={"tool": call["name"], "arguments": json.dumps(call["args"], sort_keys=True),
                                     "command": " ".join(argv)},
-                           risk="high", approvers=config.approvers_for_runbook(call["name"]))
+                           risk="high", runbook=call["name"])
         decisions[key] = {"approved": decision.approved, "by": decision.by}
     return {"decisions": decisions}
 

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from tests.fake_models import calls, script
-from tests.support import has_buttons, runs_in, wait_for
+from tests.support import has_buttons, runs_in, wait_for, write_config
 
 MODEL = "python:tests.fake_models:scripted"
 
@@ -98,6 +98,26 @@ def test_assistant_high_risk_tool_needs_approval_and_survives_a_restart(start_ba
     pg.wait_reply(thread, "Restarted web for you.")
     assert runs_in(counter) == ["restart web"]
     assert len(calls(model_script.path)) == 2  # the first model step was not repeated after the restart
+
+
+def test_an_assistant_card_follows_the_runbooks_approvers_as_baton_yaml_gives_them_now(
+        start_baton, sqlite_url, tmp_path, counter, model_script):
+    """The assistant put the runbook's approvers of when it asked on its card: after a restart with bob
+    removed and carol in, bob's click still ran the high-risk command and carol's was refused."""
+    env = model_script(tool_call("restart", service="web"), final("Restarted web for you."))
+    first = start_baton(sqlite_url, name="before", env=env)
+    card = first.client().wait_card(thread := first.client().ask("@baton assistant please restart web", user="alice"))
+    assert "approvers: bob (not alice, who asked)" in card["text"]
+    first.stop()
+    write_config(tmp_path, counter, ["alice", "carol"])
+
+    pg = start_baton(sqlite_url, name="after", env=env).client()
+    pg.click(card, "bob")
+    pg.wait_reply(thread, "Only carol can approve this.", viewer="bob")
+    assert runs_in(counter) == []
+    pg.click(card, "carol")
+    pg.wait_reply(thread, "Restarted web for you.")
+    assert runs_in(counter) == ["restart web"]
 
 
 def test_assistant_told_about_a_rejection_answers_without_the_tool(start_baton, sqlite_url, counter, model_script):
