@@ -95,6 +95,11 @@ def continued_progress(shown: list[str], posted: list[str]) -> list[str]:
     return shown[:start] + (posted if len(posted) > len(rest) else rest)
 
 
+def _says_nothing(text: str) -> bool:
+    """A message with nothing to read: empty, or only invisible characters."""
+    return not text or all(unicodedata.category(char) in INVISIBLE for char in text)
+
+
 def _private(message: InboundMessage) -> dict[str, bool]:
     return {"private": True} if message.private else {}  # the usual event's payload stays as it was
 
@@ -191,7 +196,7 @@ class Orchestrator:
         """Whether ``message``, written in a Baton thread without mentioning the bot, is a request (a command
         or a graph's pattern, which gets an answer) rather than people talking there (which gets none)."""
         text = message.text.strip()
-        if not text or all(unicodedata.category(char) in INVISIBLE for char in text):
+        if _says_nothing(text) or len(text) > self.settings.max_message_chars:  # these get no answer either
             return False
         request = Request(platform=message.platform, channel=message.channel, thread=message.thread,
                           user=message.user, text=text)
@@ -378,7 +383,7 @@ class Orchestrator:
         # Written in a Baton thread without mentioning the bot: a request if a command matches, else
         # conversation ("thanks!", "any update?"), which gets no answer (it got the whole help text).
         conversation = event.payload.get("addressed") is False
-        if not text or all(unicodedata.category(char) in INVISIBLE for char in text):
+        if _says_nothing(text):
             return await self._finish_event(event, "empty", None if conversation else Message.text(
                 "You mentioned me without a request. Try `help` to see what I can do.", tone="warning"))
         if len(text) > self.settings.max_message_chars:  # in conversation, a log pasted for people: no answer

@@ -217,6 +217,7 @@ def test_people_talking_in_a_thread_that_waits_are_not_told_their_words_are_queu
     card = pg.wait_card(thread)
     pg.say("bob, can you have a look?", thread=thread, user="alice")
     pg.say("looking now", thread=thread, user="bob")
+    pg.say("status of web-2 below:\n" + "x" * 5000, thread=thread, user="dave")  # too long: no answer, so no note
     pg.say("run uptime", thread=thread, user="carol")  # a command: a request, without the mention too
     pg.wait_reply(thread, "Queued: I'll handle this after the approval is decided")
     pg.click(card, "bob")
