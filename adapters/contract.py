@@ -171,7 +171,6 @@ class Adapter(ABC):
                 break
             if not handed and not claimed:
                 await outbox.wait(self.name, self.idle_poll_seconds)
-        outbox.stopped_between_deliveries(self.name)
 
     async def _deliver_until_stopped(self, deliveries: list[Delivery]) -> bool:
         """Deliver one after another while no stop is asked for; false when one was."""
@@ -196,6 +195,7 @@ class Adapter(ABC):
 
     async def _deliver(self, delivery: Delivery) -> None:
         outbox = self.baton.outbox
+        outbox.begin(delivery.id)
         try:
             platform_id = await self.send(delivery)
         except RetryLater as exc:

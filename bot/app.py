@@ -144,7 +144,7 @@ class Baton:
             await adapter.stop()
         if self.orchestrator:
             await self.orchestrator.stop()
-        await self.outbox.give_back_handed()
+        await self.outbox.give_back_unsent()
         await self._stack.aclose()
         await self.db.dispose()
 

@@ -194,8 +194,7 @@ class Outbox:
         self._taken: dict[str, list[int]] = {}  # platform -> the rows its delivery loop took last
         self._loops: dict[str, asyncio.Task[Any] | None] = {}  # platform -> the task that takes them
         self._claimed_as: dict[int, str] = {}  # row -> the worker ``claim`` took it as, until it is settled
-        self._settled: set[int] = set()  # taken rows whose outcome the loop has recorded (or tried to)
-        self._stopped_between: set[str] = set()  # platforms whose loop stopped between two deliveries
+        self._begun: set[int] = set()  # taken rows whose sending has begun (they may have reached the platform)
         self._unreadable: set[int] = set()  # rows whose message this version cannot read, said once each
 
     def attach(self, platform: str, pace_seconds: float) -> None:
@@ -290,7 +289,7 @@ class Outbox:
 
     def _took(self, platform: str, deliveries: list[Delivery]) -> None:
         """``platform``'s delivery loop took ``deliveries``: the ones it took before are settled or given up."""
-        self._settled.difference_update(self._taken.get(platform, ()))
+        self._begun.difference_update(self._taken.get(platform, ()))
         self._taken[platform] = [delivery.id for delivery in deliveries]
         self._loops[platform] = asyncio.current_task()
 
@@ -314,36 +313,25 @@ class Outbox:
         loop = self._loops.get(platform)
         return loop is not None and loop.done()
 
-    async def give_back_handed(self) -> int:
-        """At shutdown, once the delivery loops have stopped: the deliveries they held and did not settle
-        (handed over, or claimed and not sent yet) go back to the stored queue, for any replica to send at
-        once rather than after their claim expires. Returns how many."""
+    def begin(self, delivery_id: int) -> None:
+        """The delivery loop begins to send this row: from now on it may reach the platform."""
+        self._begun.add(delivery_id)
+
+    async def give_back_unsent(self) -> int:
+        """At shutdown, once the delivery loops have stopped: the deliveries they held and never began to
+        send (handed over, or claimed) go back to the stored queue, for any replica to send at once rather
+        than after their claim expires. One whose sending began keeps its claim, which runs out, as a
+        crashed sender's does: it may have reached the platform. Returns how many."""
         ids = [delivery.id for waiting in self._handed.values() for delivery in waiting]
-        ids += [row_id for platform, taken in self._taken.items()
-                for row_id in self._not_started(taken, in_flight=platform not in self._stopped_between)]
+        ids += [row_id for taken in self._taken.values() for row_id in taken if row_id not in self._begun]
         self._handed.clear()
         self._taken.clear()
-        self._stopped_between.clear()
+        self._begun.clear()
         if not ids:
             return 0
         async with self._db.session() as session:
             given = await session.exec(_GIVE_BACK, params={"row_ids": ids, "worker": self.worker})  # type: ignore[call-overload]
         return int(given.rowcount)
-
-    def stopped_between_deliveries(self, platform: str) -> None:
-        """``platform``'s loop was asked to stop and did, after settling what it was sending: none of the
-        rows it took and did not settle was begun."""
-        self._stopped_between.add(platform)
-
-    def _not_started(self, taken: list[int], *, in_flight: bool = True) -> list[int]:
-        """Of the rows a stopped loop took, those it never began to send: after the ones it settled (or tried
-        to), the first is the one it was sending when it stopped (``in_flight``: it was cut off, not let
-        finish). That one may have reached the platform: it keeps its claim, which runs out, as a crashed
-        sender's does."""
-        unsettled = [index for index, row_id in enumerate(taken) if row_id not in self._settled]
-        if not unsettled:
-            return []
-        return taken[unsettled[0] + 1:] if in_flight else [taken[index] for index in unsettled]
 
     async def claim_if_wanted(self, platform: str, *, pace_seconds: float = 0.0) -> list[Delivery]:
         """``claim`` when rows may be due (woken, polled, or the last claim found some)."""
@@ -498,8 +486,6 @@ class Outbox:
     async def _settle(self, session: Transaction, statement: Any, delivery_id: int, **values: Any) -> bool:
         """Run ``statement`` on the row while this process's claim on it holds; false when it does not."""
         worker = self._claimed_as.pop(delivery_id, self.worker)
-        if any(delivery_id in taken for taken in self._taken.values()):
-            self._settled.add(delivery_id)
         settled = await session.exec(statement, params={  # type: ignore[call-overload]
             "row_id": delivery_id, "worker": worker, **values})
         return bool(settled.rowcount)

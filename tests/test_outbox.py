@@ -152,7 +152,7 @@ async def test_replies_handed_over_but_not_sent_at_shutdown_go_back_to_the_queue
     async with database.session() as session:
         handed = await stopping.enqueue_claimed(session, THERE, Message.text("not sent before the stop"))
     stopping.hand_over("playground", handed)
-    assert await stopping.give_back_handed() == 1
+    assert await stopping.give_back_unsent() == 1
     assert stopping.handed_over("playground") == []
     taken = await survivor.claim("playground", "survivor")  # at once: no claim to wait out
     assert [(d.message.plain_text(), d.attempts) for d in taken] == [("not sent before the stop", 1)]

@@ -181,16 +181,39 @@ async def test_rows_claimed_but_not_sent_when_the_process_stops_go_back_to_the_q
         for thread in ("1.0", "2.0", "3.0", "4.0"):
             await stopping.enqueue(session, _at("C1", thread), Message.text(f"reply in {thread}"))
     first, in_flight, *not_started = await stopping.claim_if_wanted("slack")
+    stopping.begin(first.id)
     await stopping.delivered(first.id, "ts-1")
+    stopping.begin(in_flight.id)
     stopping.detach("slack")  # ... and its loop is cancelled while it sends the second
 
-    assert await stopping.give_back_handed() == 2
+    assert await stopping.give_back_unsent() == 2
     taken = await survivor.claim("slack", "survivor")  # at once: no claim to wait out
     assert [(d.id, d.attempts) for d in taken] == [(d.id, 1) for d in not_started]
     async with database.read() as session:
         sent, sending = await session.get(OutboxMessage, first.id), await session.get(OutboxMessage, in_flight.id)
     assert sent is not None and (sent.status, sent.platform_message_id) == ("sent", "ts-1")  # settled: left alone
     assert sending is not None and (sending.status, sending.claimed_by) == ("sending", "stopping")
+
+
+@pytest.mark.asyncio
+async def test_a_row_cut_off_mid_send_keeps_its_claim_even_after_a_delivery_whose_outcome_was_not_recorded(
+        database: Database) -> None:
+    """The row in flight was guessed as "the first one not settled": when recording the first delivery failed
+    (the database away for a moment), the second, cut off mid-send by the stop, went back to the queue at
+    once, and another replica posted it again. Rows are now known to have begun."""
+    stopping = Outbox(database, worker="stopping")
+    stopping.attach("slack", 0.0)
+    async with database.session() as session:
+        for thread in ("1.0", "2.0", "3.0"):
+            await stopping.enqueue(session, _at("C1", thread), Message.text(f"reply in {thread}"))
+    unrecorded, in_flight, not_started = await stopping.claim_if_wanted("slack")
+    stopping.begin(unrecorded.id)  # sent; recording it failed, so it was never settled
+    stopping.begin(in_flight.id)  # ... and the stop cut this one off mid-send
+    stopping.detach("slack")
+    assert await stopping.give_back_unsent() == 1
+    async with database.read() as session:
+        rows = {row.id: row for row in (await session.exec(select(OutboxMessage))).all()}
+    assert [rows[d.id].claimed_by for d in (unrecorded, in_flight, not_started)] == ["stopping", "stopping", None]
 
 
 @pytest.mark.asyncio
