@@ -57,6 +57,10 @@ def _fitting_prefix(line: str, limit: int, size: Callable[[str], int]) -> int:
     return len(line)
 
 
+STOP_GRACE_SECONDS = 5.0  # at a stop, how long a send in flight may take to finish before it is cut off
+AUTH_RETRY_SECONDS = 300.0  # a refused token: its messages wait, tried again this often, until it works again
+
+
 class RetryLater(Exception):
     """The platform asked us to wait (HTTP 429 with Retry-After) or is briefly unavailable.
 
@@ -68,9 +72,11 @@ class RetryLater(Exception):
         self.seconds = seconds
         self.warn = warn
 
-
-STOP_GRACE_SECONDS = 5.0  # at a stop, how long a send in flight may take to finish before it is cut off
-AUTH_RETRY_SECONDS = 300.0  # a refused token: its messages wait, tried again this often, until it works again
+    @classmethod
+    def token_refused(cls, refusal: str, setting: str) -> RetryLater:
+        """The platform refuses Baton's token itself (revoked, reset, the app uninstalled): no message is at
+        fault, so none is given up; each waits, tried again every ``AUTH_RETRY_SECONDS``, with a warning."""
+        return cls(AUTH_RETRY_SECONDS, f"{refusal}: the message waits until {setting} works again", warn=True)
 
 
 class DeliveryRejected(Exception):

@@ -64,7 +64,7 @@ import discord
 import yarl
 from discord import app_commands
 
-from adapters.contract import AUTH_RETRY_SECONDS, Adapter, DeliveryRejected, RetryLater, StartFailed, Step
+from adapters.contract import Adapter, DeliveryRejected, RetryLater, StartFailed, Step
 from adapters.discord_render import (
     BUTTON_LABEL_CHARS,
     BUTTON_STYLE,
@@ -95,6 +95,7 @@ THREAD_ARCHIVE_MINUTES = 10080  # the longest: a card may wait days for its appr
 THREAD_ALREADY_CREATED = 160004  # Discord's error code: this message already has a thread
 UNKNOWN_MESSAGE = 10008  # Discord's error code: no such message (any more)
 THREAD_ARCHIVED = 50083  # Discord's error code: an edit in an archived thread
+INVALID_WEBHOOK_TOKEN = 50027  # Discord's error code: an interaction's follow-up token, not the bot's
 NO_THREADS_HERE = 50024  # Discord's error code: not in this kind of channel (a thread on a voice channel's chat)
 PERSON_MESSAGE_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 TRANSIENT_PAUSES = (1.0, 2.0, 4.0, 8.0)  # between tries of a call that meets a passing trouble of Discord's
@@ -833,9 +834,8 @@ def _step(call: Callable[[], Awaitable[Any]]) -> Step:
         except discord.HTTPException as exc:
             if exc.status == 429:  # discord.py gave up: five 429s in a row, or Cloudflare's (no Via header)
                 raise RetryLater(_retry_after(exc), f"Discord: 429 {exc.text}") from exc
-            if exc.status == 401:  # the token itself (reset in the portal): no message is at fault
-                raise RetryLater(AUTH_RETRY_SECONDS, f"Discord refused Baton's token (401 {exc.text}): the message "
-                                                     "waits until DISCORD_TOKEN works again", warn=True) from exc
+            if exc.status == 401 and exc.code != INVALID_WEBHOOK_TOKEN:  # the bot's token (reset in the portal)
+                raise RetryLater.token_refused(f"Discord refused Baton's token (401 {exc.text})", "DISCORD_TOKEN") from exc
             # 400 (invalid form), 403 (no permission), 404 (unknown channel)
             raise DeliveryRejected(f"Discord: {exc.status} {exc.text}") from exc
         return str(sent.id) if sent is not None else None

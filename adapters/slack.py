@@ -50,7 +50,7 @@ from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
-from adapters.contract import AUTH_RETRY_SECONDS, Adapter, DeliveryRejected, RetryLater, StartFailed, Step
+from adapters.contract import Adapter, DeliveryRejected, RetryLater, StartFailed, Step
 from adapters.slack_blocks import (
     BUTTON_ACTION_PREFIX,
     Upload,
@@ -75,8 +75,7 @@ REFUSAL_LOG_SECONDS = 60
 PERSON_SUBTYPES = {None, "thread_broadcast", "file_share"}
 HISTORY_PAGES = 10  # at 200 messages a page
 TRANSIENT_ERRORS = {"internal_error", "fatal_error", "service_unavailable", "request_timeout", "ratelimited"}
-# Slack refuses the token itself (revoked, rotated, the app uninstalled): no message is at fault, so none is
-# given up; each waits until a working SLACK_BOT_TOKEN is there.
+# Slack refuses the token itself (revoked, rotated, the app uninstalled): RetryLater.token_refused
 AUTH_ERRORS = {"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired"}
 
 
@@ -539,8 +538,7 @@ def _delivery_error(method: str, exc: SlackApiError) -> Exception:
     if status >= 500 or error in TRANSIENT_ERRORS:
         return exc
     if error in AUTH_ERRORS:
-        return RetryLater(AUTH_RETRY_SECONDS, f"Slack refused Baton's token on {method} ({error}): the message "
-                                              "waits until SLACK_BOT_TOKEN works again", warn=True)
+        return RetryLater.token_refused(f"Slack refused Baton's token on {method} ({error})", "SLACK_BOT_TOKEN")
     return DeliveryRejected(f"{method}: {error}")
 
 

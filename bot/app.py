@@ -120,11 +120,13 @@ class Baton:
                                          self.digests)
         for adapter in self.adapters:
             await adapter.start()
-        await self.outbox.report_unserved()
-        try:  # cards posted before a change of baton.yaml's approvers name those it gives now
-            await self.orchestrator.refresh_approvers()
-        except Exception:
-            log.exception("bringing waiting cards' approvers up to date failed; each is, at its next click")
+        # Diagnostics and tidying (messages no adapter here sends; cards posted before baton.yaml's approvers
+        # changed): neither may keep Baton from starting.
+        for check in (self.outbox.report_unserved, self.orchestrator.refresh_approvers):
+            try:
+                await check()
+            except Exception:
+                log.exception("start-up step %s failed; Baton starts anyway", check.__name__)
         self.scheduler = DigestScheduler(self.digests)
         await self.scheduler.start()
         self._loops = [asyncio.create_task(self._every(SWEEP_INTERVAL, self.orchestrator.sweep)),

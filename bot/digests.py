@@ -263,7 +263,8 @@ class Digests:
                 DigestRun.id == run.id, DigestRun.status == "claimed", DigestRun.claimed_by == self.instance,
                 DigestRun.claimed_at == claim.at).values(
                 status="failed" if given_up else "claimed", summary={**run.summary, "attempts": attempts, "error": error}))
-            await _add_spend(session, run.id, claim.spent)  # type: ignore[arg-type]
+            if ours.rowcount:  # not when it was posted after all (a commit whose end failed: counted then)
+                await _add_spend(session, run.id, claim.spent)  # type: ignore[arg-type]
             if asked and ours.rowcount:
                 location = Location(platform=run.platform, workspace=run.workspace, channel=run.channel,
                                     thread=run.summary.get("thread") or "")

@@ -334,9 +334,15 @@ class Orchestrator:
         changed = 0
         for approval, record, correlation in waiting:
             spec = self.registry.get(approval.graph)
-            if spec is not None:
+            if spec is None:
+                continue
+            try:
                 state = await self.runtime.state(spec, record.lg_thread_id)
-                changed += await self._with_approvers_now(approval, record, spec, state, correlation) is not approval
+                now = await self._with_approvers_now(approval, record, spec, state, correlation)
+            except Exception:  # this card is brought up to date at its next click; the others go on
+                log.exception("approval %s: its approvers could not be brought up to date", approval.id)
+                continue
+            changed += now is not approval and now.status == "pending"
         return changed
 
     async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
@@ -651,8 +657,9 @@ class Orchestrator:
                 Approval.id == approval.id, Approval.status == "pending").values(approvers=now))  # type: ignore[arg-type]
             current = await session.get(Approval, approval.id, populate_existing=True)
             assert current is not None
-            if current.status == "pending":
-                await self._edit_card(session, record, current, correlation)
+            if current.status != "pending":  # decided meanwhile: nothing changed
+                return current
+            await self._edit_card(session, record, current, correlation)
         log.info("approval %s: approvers changed in baton.yaml since it was asked (%s -> %s)", approval.id,
                  approval.approvers, now)
         return current

@@ -29,6 +29,7 @@ import asyncio
 import functools
 import logging
 from collections import defaultdict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -359,7 +360,8 @@ class Outbox:
     async def claim(self, platform: str, worker: str, *, limit: int = 20, pace_seconds: float = 0.0) -> list[Delivery]:
         now = utcnow()
         due, due_params = _due_statement(limit), {"platform": platform, "now": now}
-        if (await self._db.fetch(due, due_params)).first() is None:  # idle polling never takes the write lock
+        # Idle polling never takes the write lock, nor does a row this version cannot read (it would, every poll).
+        if not self._worth_claiming((await self._db.fetch(due, due_params)).all(), limit):
             return []
         deliveries: list[Delivery] = []
         async with self._db.session() as session:
@@ -370,6 +372,9 @@ class Outbox:
                 for row in page:
                     if len(deliveries) >= limit:
                         break
+                    if pace_seconds > 0 and row.channel in paced:  # before reading the message: a backlog's rows
+                        passed_over = True
+                        continue
                     message = self._readable(row)
                     if message is None or (pace_seconds > 0 and not await self._slot_for(session, row, pace_seconds,
                                                                                          paced)):
@@ -384,6 +389,11 @@ class Outbox:
                     break
                 due_params = {**due_params, "after": page[-1].id}
         return deliveries
+
+    def _worth_claiming(self, due: Sequence[Any], limit: int) -> bool:
+        """Whether the due rows (a first page of them) hold one to send: not when each is a row this version
+        cannot read, unless a full page of those may hide others behind it."""
+        return len(due) >= limit or any(row.id not in self._unreadable for row in due)
 
     async def _slot_for(self, session: Transaction, row: OutboxMessage, pace_seconds: float, paced: set[str]) -> bool:
         """Whether ``row`` may go now: the first row of its channel in this claim, and the channel's pace allows it."""

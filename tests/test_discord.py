@@ -670,6 +670,21 @@ async def test_discord_answers_become_retry_decisions():
     with pytest.raises(DeliveryRejected, match="403 Missing Permissions"):
         await _step(forbidden)()
 
+    class Unauthorized:
+        status, reason = 401, "Unauthorized"
+
+    async def bot_token_reset() -> None:
+        raise discord.HTTPException(Unauthorized(), {"message": "401: Unauthorized", "code": 0})  # type: ignore[arg-type]
+
+    async def follow_up_token_expired() -> None:  # an interaction's webhook token, not the bot's
+        raise discord.HTTPException(Unauthorized(), {"message": "Invalid Webhook Token", "code": 50027})  # type: ignore[arg-type]
+
+    with pytest.raises(RetryLater, match="refused Baton's token") as kept:
+        await _step(bot_token_reset)()
+    assert kept.value.warn and kept.value.seconds == 300
+    with pytest.raises(DeliveryRejected, match="401 Invalid Webhook Token"):  # not blamed on DISCORD_TOKEN
+        await _step(follow_up_token_expired)()
+
 
 def test_a_refused_token_stops_the_start_in_one_line(fake_discord, start_baton, sqlite_url):
     with pytest.raises(AssertionError, match=r"Baton cannot start: Discord refused DISCORD_TOKEN") as refused:

@@ -170,6 +170,27 @@ async def test_a_stored_message_this_version_cannot_read_does_not_stop_the_platf
 
 
 @pytest.mark.asyncio
+async def test_a_stored_message_this_version_cannot_read_does_not_make_idle_polls_write(database: Database) -> None:
+    """The idle poll's first look found the unreadable row due, so every poll (twice a second, for as long as
+    the row stays: after a rollback, for good) opened a write transaction, with a sync of the disk on SQLite."""
+    outbox = Outbox(database, worker="me")
+    table = {"parts": [{"kind": "table", "rows": [["a", "b"]]}], "tone": "info"}
+    async with database.session() as session:
+        newer = await outbox.enqueue(session, _at("C1", "1.0"), Message.text("from a newer Baton"))
+        await session.exec(update(OutboxMessage).where(OutboxMessage.id == newer).values(payload=table))  # type: ignore[call-overload]
+    assert await outbox.claim("slack", "me") == []  # reads it, and learns it cannot
+    writes = []
+    session = database.session
+    database.session = lambda *args, **kwargs: writes.append(1) or session(*args, **kwargs)  # type: ignore[method-assign]
+    try:
+        for _ in range(3):
+            assert await outbox.claim("slack", "me") == []
+    finally:
+        database.session = session  # type: ignore[method-assign]
+    assert writes == []
+
+
+@pytest.mark.asyncio
 async def test_rows_claimed_but_not_sent_when_the_process_stops_go_back_to_the_queue(database: Database) -> None:
     """A delivery loop claims up to 20 rows and sends them one by one. Stopped while sending the second (a
     deploy), the ones after it stayed claimed by a process that was gone: every replica, the restarted one
