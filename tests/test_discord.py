@@ -493,7 +493,7 @@ def test_a_refused_token_keeps_the_replies_waiting_instead_of_failing_them(chat,
         connection.execute("UPDATE outbox SET next_attempt_at = '2000-01-01 00:00:00'")
     chat.reply("did uptime", thread)
     assert [call.status for call in fake.calls(MESSAGES)] == [401, 200]
-    assert chat.rows("SELECT status FROM outbox") == [("sent",)]
+    wait_for(lambda: chat.rows("SELECT status FROM outbox") == [("sent",)], what="the row recorded sent")
 
 
 def test_a_rate_limit_discord_py_gives_up_on_goes_back_to_the_outbox_not_lost(chat, counter):

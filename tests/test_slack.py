@@ -282,7 +282,8 @@ def test_rate_limited_and_failing_posts_are_retried_and_delivered_once(slack, co
     slack.reply("I don't know a runbook called `disk-is-not-a-runbook`", second["ts"], channel=OPS, timeout=30)
     assert [call.status for call in slack.fake.calls("chat.postMessage")] == [429, 200, 500, 200]
     assert len(slack.fake.messages(OPS, second["ts"])) == 1
-    assert slack.rows("SELECT status, attempts FROM outbox ORDER BY id") == [("sent", 2), ("sent", 2)]
+    wait_for(lambda: slack.rows("SELECT status, attempts FROM outbox ORDER BY id") == [("sent", 2), ("sent", 2)],
+             what="both rows recorded sent (Slack shows a post before Baton has recorded it)")
 
 
 def test_a_refused_token_keeps_the_replies_waiting_instead_of_failing_them(slack, counter):
@@ -299,7 +300,7 @@ def test_a_refused_token_keeps_the_replies_waiting_instead_of_failing_them(slack
         connection.execute("UPDATE outbox SET next_attempt_at = '2000-01-01 00:00:00'")
     slack.reply("did uptime", first["ts"])
     assert [call.status for call in slack.fake.calls("chat.postMessage")] == [200, 200]
-    assert slack.rows("SELECT status FROM outbox") == [("sent",)]
+    wait_for(lambda: slack.rows("SELECT status FROM outbox") == [("sent",)], what="the row recorded sent")
 
 
 def test_slash_command_posts_its_own_thread(slack, counter):

@@ -234,7 +234,7 @@ def test_output_slack_will_not_take_as_a_file_is_said_not_promised(slack: Slack,
     slack.reply("the whole output is attached below as `output.txt`", event["ts"], timeout=30)
     note = slack.reply("I could not attach `output.txt`", event["ts"], timeout=30)
     assert "missing_scope" in shown_text(note) and "files:write" in shown_text(note)
-    assert slack.rows("SELECT status FROM outbox") == [("sent",)]
+    wait_for(lambda: slack.rows("SELECT status FROM outbox") == [("sent",)], what="the row recorded sent")
 
 
 def test_the_first_request_after_a_start_does_not_hang_on_a_second_sign_in(slack: Slack, counter: Path) -> None:
