@@ -27,7 +27,7 @@ from bot.messages import Accepted, InboundClick, InboundMessage, Location, Messa
 from bot.outbox import Delivery, Outbox
 from bot.registry import GraphSpec
 from bot.models import MODEL_ERRORS, ModelFailed, cost_of, usage_of
-from bot.routing import DIGEST_COMMAND, RUNBOOK_GRAPH, RouteError, route, route_to
+from bot.routing import DIGEST_COMMAND, RUNBOOK_GRAPH, RouteError, is_request, route, route_to
 from bot.runtime import GraphOutcome, GraphRuntime, ProgressSink, RunServices, RunTimedOut, Services
 from bot.settings import Settings
 from storage.db import Transaction, insert_new_id, insert_row, lock_for_transaction, prepared, when_committed
@@ -198,12 +198,7 @@ class Orchestrator:
         text = message.text.strip()
         if _says_nothing(text) or len(text) > self.settings.max_message_chars:  # these get no answer either
             return False
-        request = Request(platform=message.platform, channel=message.channel, thread=message.thread,
-                          user=message.user, text=text)
-        try:
-            return not route(request, text, self.registry, self.config).unmatched
-        except Exception:  # a command it cannot read (RouteError) is answered with the reason
-            return True
+        return is_request(text, self.registry)  # in the write transaction: no graph author's code runs
 
     @staticmethod
     async def _claim(session: Transaction, platform: str, event_id: str, kind: str, location: Location, user: str,

@@ -17,6 +17,7 @@ FORCE_WORD = "force"
 RUNBOOK_GRAPH = "runbook"
 HELP_GRAPH = "help"
 DIGEST_COMMAND = "digest"  # schedules and "digest now": handled by the core (bot.digests), not a graph run
+COMMAND_WORDS = ("run", RUNBOOK_GRAPH, DIGEST_COMMAND)  # read shell-style, whatever graphs are installed
 
 
 class RouteError(ValueError):
@@ -46,7 +47,7 @@ def route(request: Request, text: str, registry: GraphRegistry, config: BatonCon
     if not head:
         return Route(HELP_GRAPH, _input_for(registry, HELP_GRAPH, request, ""), title="help", force=force)
     command = head.lower()
-    if command in ("run", RUNBOOK_GRAPH, DIGEST_COMMAND):
+    if command in COMMAND_WORDS:
         try:
             words = shlex.split(rest)
         except ValueError as exc:
@@ -80,6 +81,17 @@ def route(request: Request, text: str, registry: GraphRegistry, config: BatonCon
                 title=asked[:120],
             )
     return Route(HELP_GRAPH, _input_for(registry, HELP_GRAPH, request, text), title="help", unmatched=True)
+
+
+def is_request(text: str, registry: GraphRegistry) -> bool:
+    """Whether ``route`` would take ``text`` for a request (a command, a graph's name or pattern) rather than
+    leave it unmatched, without building its input: no graph author's code runs (``make_input``)."""
+    _force, text = _leading_force(text)
+    head, _rest = _first_word(text)
+    command = head.lower()
+    if not command or command in COMMAND_WORDS or registry.get(command) is not None:
+        return True
+    return any(pattern.search(text) for spec in registry for pattern in spec.patterns)
 
 
 def _first_word(text: str) -> tuple[str, str]:

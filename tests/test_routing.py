@@ -7,7 +7,7 @@ import pytest
 from bot.config import BatonConfig, load_config
 from bot.kit import Request
 from bot.registry import GraphRegistry
-from bot.routing import RouteError, route
+from bot.routing import RouteError, is_request, route
 from tests.support import ROOT
 
 CONFIG: BatonConfig = load_config(ROOT / "baton.yaml")
@@ -105,3 +105,20 @@ def test_a_quoted_request_cannot_end_its_code_span(text: str) -> None:
         route(REQUEST, text, REGISTRY, CONFIG)
     assert "ˋ**[x](https://evil.example)**ˋ`" in str(refused.value)
     assert str(refused.value).count("`") % 2 == 0
+
+
+@pytest.mark.parametrize("text", ["run uptime", "force run uptime", "STATUS", "help me", "digest now",
+                                  "run", "thanks!", "bob, can you look?", "announce maintenance at ten"])
+def test_is_request_reads_a_text_as_route_does_without_building_its_input(text: str) -> None:
+    """The check made for people talking in a busy thread, inside the acknowledging transaction: no graph's
+    make_input runs there (an author's code holding the write lock)."""
+    registry, built = GraphRegistry.discover(), []
+    for spec in registry:
+        spec.make_input = lambda request, args, make=spec.make_input: built.append(args) or make(request, args)
+    request = Request(platform="playground", channel="general", thread="1", user="alice", text=text)
+    try:
+        routed = not route(request, text, registry, CONFIG).unmatched
+    except RouteError:
+        routed = True  # a command it cannot read: answered with the reason
+    built.clear()
+    assert is_request(text, registry) == routed and built == []
