@@ -57,7 +57,6 @@ ROUTER = "route"  # the pseudo-graph of a model's routing that started nothing (
 _RECENT_TWIN = prepared(select(ThreadRecord).where(
     ThreadRecord.platform == bindparam("platform"), ThreadRecord.workspace == bindparam("workspace"),
     ThreadRecord.channel == bindparam("channel"), ThreadRecord.fingerprint == bindparam("fingerprint"),
-    ThreadRecord.id != bindparam("record_id"),
     or_(*(ThreadRecord.status == busy for busy in threads.BUSY),  # no IN list: prepared statements take none
         (ThreadRecord.status == "done") & (ThreadRecord.updated_at >= bindparam("since", type_=DateTime()))),
 ).order_by(ThreadRecord.updated_at.desc()).limit(1))  # type: ignore[attr-defined]
@@ -453,7 +452,8 @@ class Orchestrator:
                                              usage)
         if twin is not None:
             return await self._finish_event(event, "duplicate request",
-                                            replies.duplicate(twin.channel, twin.thread, twin.status))
+                                            replies.duplicate(twin.channel, twin.thread, twin.status,
+                                                              here=twin.id == record.id))
         await self._drive(run, record, spec, chosen.input, event)
 
     async def _run_started_by(self, event: InboundEvent) -> Run | None:
@@ -569,7 +569,7 @@ class Orchestrator:
         since = utcnow() - timedelta(seconds=self.settings.dedupe_window_seconds)
         return (await session.exec(_RECENT_TWIN, params={  # type: ignore[call-overload]
             "platform": record.platform, "workspace": record.workspace, "channel": record.channel,
-            "fingerprint": fingerprint, "record_id": record.id, "since": since})).first()
+            "fingerprint": fingerprint, "since": since})).first()
 
     async def _handle_click(self, event: InboundEvent, record: ThreadRecord) -> None:
         approval_id = event.payload["approval_id"]

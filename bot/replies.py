@@ -160,14 +160,21 @@ def stopped_too_often(graph: str, times: int) -> Message:
     ])
 
 
-def duplicate(link_channel: str, link_thread: str, status: str) -> Message:
+def duplicate(link_channel: str, link_thread: str, status: str, *, here: bool = False) -> Message:
+    """The answer to a request made again while its twin runs or shortly after; ``here``: the twin is in the
+    thread the request was made in (typed again while it ran, it was queued behind itself)."""
+    force = Note(text="Add `force` at the end of your request to run it anyway.")
+    if here:
+        doing = "is still going" if status in ("running", "waiting") else "finished just above"
+        return Message(tone="info", parts=[
+            Text(text=f"The same request {doing} in this thread, so I did not run it again."), force])
     doing = {"running": "is running", "waiting": "is waiting for approval"}.get(status, "finished recently")
     return Message(
         tone="info",
         parts=[
             Text(text=f"The same request {doing} in another thread, so I did not start it again:"),
             ThreadLink(label="open that thread", channel=link_channel, thread=link_thread),
-            Note(text="Add `force` at the end of your request to run it anyway."),
+            force,
         ],
     )
 

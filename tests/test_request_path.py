@@ -136,6 +136,21 @@ def test_same_request_again_gets_a_link_unless_forced(baton, counter):
     assert len([m for m in pg.bot_replies(again)]) == 1
 
 
+def test_the_same_request_again_in_its_own_thread_is_not_run_twice_unless_forced(baton, counter):
+    """Typed again in its own thread while it ran, a request was queued behind itself and then ran a second
+    time (the duplicate check looked only at other threads)."""
+    pg = baton.client()
+    thread = pg.ask("@baton run slow seconds=1.5")
+    pg.say("run slow seconds=1.5", thread=thread)  # impatient: queued behind the run it repeats
+    answer = pg.wait_reply(thread, "The same request finished just above in this thread")
+    assert "force" in answer["text"] and not [p for p in answer["content"]["parts"] if p["kind"] == "link"]
+    pg.say("run slow seconds=1.5 force", thread=thread)
+    wait_for(lambda: len([m for m in pg.bot_replies(thread) if "slept" in m["text"]]) == 2, 20, "the forced run's output")
+    pg.say("run uptime", thread=thread)  # another request in the thread is not a repeat
+    pg.wait_reply(thread, "did uptime")
+    assert len([m for m in pg.bot_replies(thread) if "slept" in m["text"]]) == 2 and runs_in(counter) == ["uptime"]
+
+
 def test_a_rejected_request_may_be_asked_again_and_chatter_keeps_a_thread_a_duplicate(baton, counter):
     """A rejected request counted as "finished recently" (asking again was refused), and any reply in a
     finished thread (a "thanks!") made the thread forget its request (the next ask ran it again)."""
