@@ -332,11 +332,11 @@ class Orchestrator:
                 continue
             try:
                 state = await self.runtime.state(spec, record.lg_thread_id)
-                now = await self._with_approvers_now(approval, record, spec, state, correlation)
+                _current, edited = await self._with_approvers_now(approval, record, spec, state, correlation)
             except Exception:  # this card is brought up to date at its next click; the others go on
                 log.exception("approval %s: its approvers could not be brought up to date", approval.id)
                 continue
-            changed += now is not approval and now.status == "pending"
+            changed += edited
         return changed
 
     async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
@@ -602,7 +602,7 @@ class Orchestrator:
             return await self._finish_event(event, "unknown action", Message.text(
                 "That button is not Approve or Reject; nothing was changed.", tone="warning"), ephemeral=True)
         state = await self.runtime.state(spec, record.lg_thread_id)
-        approval = await self._with_approvers_now(approval, record, spec, state, event.correlation_id)
+        approval, _edited = await self._with_approvers_now(approval, record, spec, state, event.correlation_id)
         reason = approvals.refusal(approval, event.platform, event.user, event.payload["action"])
         if reason is not None:
             async with self.db.session() as session:
@@ -641,23 +641,25 @@ class Orchestrator:
         await self._resume(approval, run, record, spec, event)
 
     async def _with_approvers_now(self, approval: Approval, record: ThreadRecord, spec: GraphSpec, state: GraphOutcome,
-                                  correlation: str) -> Approval:
+                                  correlation: str) -> tuple[Approval, bool]:
         """``approval`` deciding by baton.yaml as it is now: Baton restarted with other approvers since its card
-        was posted (someone left the team, say), so the card and the check follow the new list."""
+        was posted (someone left the team, say), so the card and the check follow the new list. True when this
+        call changed it (and edited its card)."""
         now = self._approvers_now(approval, spec, state)
         if now is None or now == approval.approvers:
-            return approval
+            return approval, False
         async with self.db.session() as session:
-            await session.exec(update(Approval).where(  # type: ignore[call-overload]
-                Approval.id == approval.id, Approval.status == "pending").values(approvers=now))  # type: ignore[arg-type]
-            current = await session.get(Approval, approval.id, populate_existing=True)
+            # Locked (PostgreSQL) and read again: two replicas starting together both found the old list, and
+            # both edited the card; the one that comes second finds the new list and leaves the card alone.
+            current = await session.get(Approval, approval.id, populate_existing=True, with_for_update=True)
             assert current is not None
-            if current.status != "pending":  # decided meanwhile: nothing changed
-                return current
+            if current.status != "pending" or current.approvers == now:  # decided, or brought up to date, meanwhile
+                return current, False
+            current.approvers = now
             await self._edit_card(session, record, current, correlation)
         log.info("approval %s: approvers changed in baton.yaml since it was asked (%s -> %s)", approval.id,
                  approval.approvers, now)
-        return current
+        return current, True
 
     def _approvers_now(self, approval: Approval, spec: GraphSpec, state: GraphOutcome) -> list[str] | None:
         """Who baton.yaml now says may decide ``approval``; ``None`` when the graph named its approvers itself

@@ -13,11 +13,12 @@ from sqlalchemy import update
 from sqlmodel import select
 
 from bot.app import Baton
+from bot.config import load_config
 from bot.kit import approve
 from bot.messages import InboundClick, InboundMessage
 from bot.registry import GraphSpec
 from bot.settings import Settings
-from storage.models import Approval, InboundEvent, PlaygroundMessage, Run
+from storage.models import Approval, InboundEvent, OutboxMessage, PlaygroundMessage, Run
 from tests.support import has_buttons, runs_in, wait_for, write_config
 
 
@@ -53,8 +54,8 @@ def _two_questions(after_a: Any = None) -> StateGraph:
 
 
 @asynccontextmanager
-async def _baton(tmp_path: Path, config_path: Path, *specs: GraphSpec) -> AsyncIterator[Baton]:
-    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'h.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
+async def _baton(tmp_path: Path, config_path: Path, *specs: GraphSpec, url: str | None = None) -> AsyncIterator[Baton]:
+    settings = Settings(BATON_DATABASE_URL=url or f"sqlite:///{tmp_path / 'h.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
                         BATON_ADAPTERS="playground")
     async with Baton(settings) as baton:
         for spec in specs:
@@ -328,3 +329,23 @@ async def test_at_start_waiting_cards_name_the_approvers_baton_yaml_gives_now(tm
         assert [approval.approvers for approval in await _approvals(baton)] == [["alice", "carol"]]
         assert any("[Approve]" in text for text in texts)
         assert await baton.orchestrator.refresh_approvers() == 0  # type: ignore[union-attr]
+
+
+async def test_two_replicas_bringing_a_card_up_to_date_together_edit_it_once(tmp_path, counter, database_url) -> None:
+    """Two replicas starting together with a changed approvers list both found the card's old list, and both
+    changed it and edited the card: every platform got the same edit twice."""
+    write_config(tmp_path, counter, ["alice", "bob"])
+    config = tmp_path / "baton.yaml"
+    async with _baton(tmp_path, config, url=database_url) as one, _baton(tmp_path, config, url=database_url) as two:
+        await one.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
+                                                event_id="e1", user="alice", text="run restart service=web"))
+        await _until(lambda: _approvals(one))
+        write_config(tmp_path, counter, ["alice", "carol"])
+        for baton in (one, two):  # what each reads at its start
+            baton.orchestrator.config = load_config(tmp_path / "baton.yaml")  # type: ignore[union-attr]
+        changed = await asyncio.gather(*(baton.orchestrator.refresh_approvers() for baton in (one, two)))  # type: ignore[union-attr]
+        assert sorted(changed) == [0, 1]
+        await _until(lambda: _texts_with(one, "approvers: carol (not alice, who asked)"))
+        async with one.db.read() as session:
+            edits = (await session.exec(select(OutboxMessage).where(OutboxMessage.kind == "update"))).all()
+        assert len(edits) == 1
