@@ -38,6 +38,7 @@ class StartFailed(RuntimeError):
     """Baton cannot start as configured (a platform refused its token, or cannot be reached): the
     message says why in one line, shown as such instead of a traceback."""
 SWEEP_INTERVAL = 1.0
+EXPIRY_CHECK_SECONDS = 30.0
 RETENTION_INTERVAL = 600.0
 FIRST_PRUNE_AFTER = 60.0  # a replica restarted more often than the interval prunes too
 PRUNE_BATCH = 500  # threads per transaction of the pruning; a pass goes on until none is due
@@ -133,6 +134,9 @@ class Baton:
                        asyncio.create_task(self._every(RETENTION_INTERVAL, self.prune_due_checkpoints,
                                                        first=FIRST_PRUNE_AFTER)),
                        asyncio.create_task(self._every(self.outbox.claim_seconds / 3, self.outbox.keep_claims))]
+        if self.settings.approval_expiry_seconds:  # looked for a tenth as often as its time, at most every 30 s
+            every = min(EXPIRY_CHECK_SECONDS, max(SWEEP_INTERVAL, self.settings.approval_expiry_seconds / 10))
+            self._loops.append(asyncio.create_task(self._every(every, self.orchestrator.expire_approvals)))
         log.info("Baton %s started with adapters: %s", self.instance, ", ".join(a.name for a in self.adapters) or "none")
         return self
 

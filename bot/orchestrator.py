@@ -21,7 +21,7 @@ from sqlalchemy import DateTime, String, bindparam, func, or_, update
 from sqlmodel import select
 
 from bot import approvals, audit, model_routing, replies, schedules, threads
-from bot.kit import APPROVAL_MARK, APPROVAL_TEXT_LIMIT, Request
+from bot.kit import APPROVAL_MARK, APPROVAL_TEXT_LIMIT, Request, duration
 from bot.digests import Digests
 from bot.messages import Accepted, InboundClick, InboundMessage, Location, Message, Text
 from bot.outbox import Delivery, Outbox
@@ -43,6 +43,13 @@ _ORPHANED_THREADS = prepared(select(InboundEvent.thread_record_id).join(ThreadRe
     or_(ThreadRecord.lease_owner.is_(None), ThreadRecord.lease_until < bindparam("now", type_=DateTime())),  # type: ignore[union-attr]
     or_(InboundEvent.kind == "click", ThreadRecord.status != "waiting"),
 ).distinct().limit(SWEEP_BATCH))  # a backlog is taken a batch per sweep, never in one long query
+# Cards nobody decided on since before ``asked_before``: they expire (``Orchestrator.expire_approvals``).
+_OVERDUE_APPROVALS = prepared(select(Approval.id, ThreadRecord.platform, ThreadRecord.workspace, ThreadRecord.channel,
+                                     ThreadRecord.thread, ThreadRecord.id).join(
+    ThreadRecord, Approval.thread_record_id == ThreadRecord.id).where(  # type: ignore[arg-type]
+    Approval.status == "pending", Approval.created_at < bindparam("asked_before", type_=DateTime()),
+).order_by(Approval.created_at).limit(SWEEP_BATCH))
+EXPIRY = "expiry"  # the payload key of the event Baton stores when a card's time is up (no platform click has it)
 INVISIBLE = {"Cf", "Cc", "Zs", "Zl", "Zp"}  # format characters (U+200B), controls and spaces: no request
 PROGRESS_LINES = 20  # the latest progress lines a run's progress message shows
 CHOOSER = "choose"  # the pseudo-graph of a run that waits for the requester to pick a graph
@@ -316,6 +323,29 @@ class Orchestrator:
             self._schedule(record_id)  # type: ignore[arg-type]
         return len(ids)
 
+    async def expire_approvals(self) -> int:
+        """Cards waiting longer than ``BATON_APPROVAL_EXPIRY_SECONDS`` expire: nothing runs, the run ends and its
+        thread is told. A request approved days later acted on a situation long gone, and one nobody decides
+        on kept its thread (and ``status``) waiting for good. The expiry is stored as an event of the card's
+        thread, handled in its turn by whoever holds the thread, like a click (one per card, whichever
+        replica stores it first)."""
+        expiry = self.settings.approval_expiry_seconds
+        if not expiry:
+            return 0
+        overdue = (await self.db.fetch(_OVERDUE_APPROVALS, {
+            "asked_before": utcnow() - timedelta(seconds=expiry)})).all()
+        stored = 0
+        for approval_id, platform, workspace, channel, thread, record_id in overdue:
+            location = Location(platform=platform, workspace=workspace, channel=channel, thread=thread)
+            async with self.db.session(durable=False) as session:  # the expiry's own outcome is durable
+                event = await self._claim(session, platform, f"baton-expiry:{approval_id}", "click", location,
+                                          "Baton", "expire", {"approval_id": approval_id, "action": "expire",
+                                                              EXPIRY: expiry}, record_id, uuid.uuid4().hex)
+                if event is not None:
+                    when_committed(session, lambda: self._schedule(record_id))  # noqa: B023 (called at once)
+            stored += event is not None
+        return stored
+
     async def refresh_approvers(self) -> int:
         """At start: the cards waiting for a decision name (and ``status`` and digests list) the approvers
         baton.yaml gives now, not those of when they were posted; how many changed."""
@@ -577,6 +607,8 @@ class Orchestrator:
         async with self.db.read() as session:
             approval = await session.get(Approval, approval_id)
             run = await session.get(Run, approval.run_id) if approval else None
+        if EXPIRY in event.payload:
+            return await self._expire_request(event, record, approval, run)
         if approval is not None and run is not None and approval.kind == "choice":
             return await self._handle_choice(event, record, approval, run)
         spec = self.registry.get(approval.graph) if approval else None
@@ -639,6 +671,16 @@ class Orchestrator:
         if not won:
             return await self._finish_event(event, "already decided", replies.already_decided(approval), ephemeral=True)
         await self._resume(approval, run, record, spec, event)
+
+    async def _expire_request(self, event: InboundEvent, record: ThreadRecord, approval: Approval | None,
+                              run: Run | None) -> None:
+        """A card's time is up (``expire_approvals``): its run ends as failed, which expires the card, and the
+        thread is told; a card decided meanwhile, or whose run ended, is left as it is."""
+        if approval is None or run is None or approval.status != "pending" or run.status not in threads.BUSY:
+            return await self._finish_event(event, "expired already")
+        waited = duration(float(event.payload[EXPIRY]))
+        await self._finish_run(run, record, event, "failed", replies.approval_expired(approval, waited),
+                               f"nobody decided on the approval within {waited}")
 
     async def _with_approvers_now(self, approval: Approval, record: ThreadRecord, spec: GraphSpec, state: GraphOutcome,
                                   correlation: str) -> tuple[Approval, bool]:

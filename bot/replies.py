@@ -9,7 +9,7 @@ from typing import Any
 from bot import approvals, schedules
 from bot.models import ModelRequired
 from bot.kit import duration
-from bot.messages import ButtonOption, Buttons, Code, Message, Note, Text, ThreadLink
+from bot.messages import ButtonOption, Buttons, Code, Message, Note, Text, ThreadLink, first_line, quoted
 from storage.models import Approval
 
 # A longer text in a graph's reply goes as long command output does, a preview and the whole as a file:
@@ -150,6 +150,14 @@ def question_gone(graph: str) -> Message:
     return Message.text(f"This run cannot go on: the `{graph}` graph's saved state no longer holds the question on "
                         "its card (the graph changed since it asked, or its checkpoints are gone). Nothing more of it "
                         "runs; please ask again.", tone="error", title="Run failed")
+
+
+def approval_expired(approval: Approval, waited: str) -> Message:
+    """A card nobody decided on in time (``BATON_APPROVAL_EXPIRY_SECONDS``): the run ended without doing it."""
+    line = first_line(approval.summary)
+    what = f'"{quoted(line)}"' if line else "this"
+    return Message.text(f"Nobody decided on {what} within {waited}, so it expired and nothing more of this run "
+                        "was done. Ask again if it is still needed.", tone="warning", title="Approval expired")
 
 
 def stopped_too_often(graph: str, times: int) -> Message:

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     run_timeout_seconds: float = Field(1800.0, gt=0, le=7 * DAY, allow_inf_nan=False,
                                        alias="BATON_RUN_TIMEOUT_SECONDS")
     lease_seconds: float = Field(30.0, gt=0, le=DAY, allow_inf_nan=False, alias="BATON_LEASE_SECONDS")
+    # A card nobody decided on for this long expires (nothing runs, the thread is told); 0: never.
+    approval_expiry_seconds: float = Field(DAY, ge=0, le=365 * DAY, allow_inf_nan=False,
+                                           alias="BATON_APPROVAL_EXPIRY_SECONDS")
     max_draining_threads: int = Field(16, ge=1, le=10_000, alias="BATON_MAX_DRAINING_THREADS")
     instance_name: str | None = Field(None, alias="BATON_INSTANCE_NAME")
     adapters: str | None = Field(None, alias="BATON_ADAPTERS")

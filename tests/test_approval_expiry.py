@@ -1,0 +1,79 @@
+"""Cards nobody decides on expire (BATON_APPROVAL_EXPIRY_SECONDS): nothing runs, the thread is told."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from sqlmodel import select
+
+from bot.app import Baton
+from bot.messages import InboundMessage
+from bot.settings import Settings
+from storage.models import Approval, InboundEvent, Run
+from tests.support import has_buttons, runs_in, wait_for
+
+
+def test_a_card_nobody_decides_on_expires_and_nothing_runs(start_baton, database_url, counter) -> None:
+    baton = start_baton(database_url, env={"BATON_APPROVAL_EXPIRY_SECONDS": "2"})
+    pg = baton.client()
+    thread = pg.ask("@baton run restart service=web")
+    card = pg.wait_card(thread)
+    reply = pg.wait_reply(thread, "so it expired and nothing more of this run was done")
+    assert reply["content"]["tone"] == "warning" and "within 2.0s" in reply["text"]
+    edited = wait_for(lambda: next((m for m in pg.bot_replies(thread) if m["id"] == card["id"] and not has_buttons(m)),
+                                   None), 20, "the card without its buttons")
+    assert "Expired by Baton" in edited["text"]
+
+    assert pg.click(card, "bob").status_code == 400  # its buttons are gone
+    pg.wait_reply(pg.ask("@baton status", user="carol"), "Nothing is running or waiting for approval")
+
+    again = pg.ask("@baton run restart service=web", user="carol")  # asked again: a new card, not a link
+    pg.click(pg.wait_card(again), "bob")
+    pg.wait_reply(again, "did restart web")
+    assert runs_in(counter) == ["restart web"]
+
+
+def test_a_card_decided_in_time_does_not_expire(start_baton, database_url, counter) -> None:
+    baton = start_baton(database_url, env={"BATON_APPROVAL_EXPIRY_SECONDS": "3"})
+    pg = baton.client()
+    thread = pg.ask("@baton run restart service=api")
+    pg.click(pg.wait_card(thread), "bob")
+    pg.wait_reply(thread, "did restart api")
+    expired_elsewhere = pg.ask("@baton run restart service=worker")  # expires meanwhile: the sweep has run
+    pg.wait_reply(expired_elsewhere, "so it expired")
+    assert not any("expired" in m["text"] for m in pg.bot_replies(thread))
+    assert runs_in(counter) == ["restart api"]
+
+
+async def test_two_replicas_store_one_expiry_per_card(tmp_path: Path, database_url: str, config_path: Path) -> None:
+    settings = Settings(BATON_DATABASE_URL=database_url, BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground", BATON_APPROVAL_EXPIRY_SECONDS=3600)
+    async with Baton(settings) as one, Baton(settings) as two:
+        await one.accept_message(InboundMessage(platform="playground", channel="general", thread="1", event_id="e1",
+                                                user="alice", text="run restart service=web"))
+
+        async def asked() -> bool:
+            async with one.db.read() as session:
+                return (await session.exec(select(Approval))).first() is not None
+        await wait_until(asked)
+        for baton in (one, two):  # an hour later, as both replicas see it
+            baton.orchestrator.settings = settings.model_copy(update={"approval_expiry_seconds": 0.001})  # type: ignore[union-attr]
+        stored = await asyncio.gather(*(baton.orchestrator.expire_approvals() for baton in (one, two)))  # type: ignore[union-attr]
+        assert sorted(stored) == [0, 1]
+
+        async def ended() -> bool:
+            async with one.db.read() as session:
+                return (await session.exec(select(Run.status))).all() == ["failed"]
+        await wait_until(ended)
+        async with one.db.read() as session:
+            expiries = (await session.exec(select(InboundEvent).where(InboundEvent.user == "Baton"))).all()
+            approval = (await session.exec(select(Approval))).one()
+        assert [event.status for event in expiries] == ["done"] and approval.status == "stale"
+
+
+async def wait_until(check, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
+    async def poll() -> None:
+        while not await check():
+            await asyncio.sleep(0.05)
+    await asyncio.wait_for(poll(), timeout)
