@@ -105,7 +105,8 @@ class Baton:
             model=create_model(settings.model, timeout=settings.model_timeout_seconds, retries=settings.model_retries),
             model_name=settings.model,
             model_deadline=settings.model_timeout_seconds * (settings.model_retries + 1),
-            histories={adapter.name: adapter.history for adapter in self.adapters}, redactor=redactor)
+            histories={adapter.name: adapter.history for adapter in self.adapters}, redactor=redactor,
+            approval_expiry=settings.approval_expiry_seconds)
         self._stack = AsyncExitStack()
         self._loops: list[asyncio.Task[None]] = []
         self.orchestrator: Orchestrator | None = None

@@ -90,7 +90,8 @@ class RunContext(Protocol):
         """The graphs and runbooks this Baton knows: name, kind, description, example, risk."""
 
     async def channel_activity(self) -> list[dict[str, Any]]:
-        """Threads of this channel that are running or waiting, with their waiting approvals."""
+        """Threads of this channel that are running or waiting, with their waiting approvals (``summary``,
+        ``approvers``, ``age``, and ``expires_in``: when the card expires, ``None`` when it never does)."""
 
     async def run_effect_once(self, key: str, name: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Run ``fn`` unless the ledger already has ``key``; return its recorded result."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from datetime import datetime, timedelta
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
@@ -218,6 +219,7 @@ class Services:
     model_deadline: float = 180.0
     histories: dict[str, HistoryProvider] = field(default_factory=dict)
     redactor: Redactor | None = None  # Baton's secrets, kept from what graphs send to the model too
+    approval_expiry: float = 0.0  # BATON_APPROVAL_EXPIRY_SECONDS (0: cards wait for good), shown by ``status``
 
 
 class RunServices:
@@ -319,11 +321,18 @@ class RunServices:
                 "age": age(record.updated_at, now),
                 "approvals": [
                     {"summary": quoted(first_line(a.summary, 200), 200),
-                     "approvers": waiting_for(a.approvers, a.requested_by, a.risk), "age": age(a.created_at, now)}
+                     "approvers": waiting_for(a.approvers, a.requested_by, a.risk), "age": age(a.created_at, now),
+                     "expires_in": self._expires_in(a, now)}
                     for a in approvals if a.thread_record_id == record.id
                 ],
             })
         return activity
+
+    def _expires_in(self, approval: Approval, now: datetime) -> str | None:
+        expiry = self._services.approval_expiry
+        if not expiry:
+            return None
+        return age(now, approval.created_at + timedelta(seconds=expiry))  # the sweep may be a few seconds late: "0ms"
 
     async def run_effect_once(self, key: str, name: str, fn: Callable[[], Awaitable[T]]) -> T:
         # Durable: the effect must not run before this is on disk. The earlier effects' outcomes are

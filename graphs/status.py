@@ -32,7 +32,9 @@ async def report(_state: StatusState) -> StatusState:
         label = f"{thread['title']} — {thread['status_text']} (asked by {thread['requested_by']}, {thread['age']})"
         parts.append({"kind": "link", "label": label, "channel": thread["channel"], "thread": thread["thread"]})
         for approval in thread["approvals"]:
-            parts.append({"kind": "note", "text": f"waiting {approval['age']} for {approval['approvers']}: {approval['summary']}"})
+            expires = f", expires in {approval['expires_in']}" if approval.get("expires_in") else ""
+            parts.append({"kind": "note", "text": f"waiting {approval['age']} for {approval['approvers']}{expires}: "
+                                                  f"{approval['summary']}"})
     if len(threads) > MAX_SHOWN:
         parts.append({"kind": "note", "text": f"…and {len(threads) - MAX_SHOWN} more (the {MAX_SHOWN} that have "
                                               "waited longest are listed)."})

@@ -261,7 +261,7 @@ def test_help_and_status(baton, counter):
     link = next(p for p in answer["content"]["parts"] if p["kind"] == "link")
     assert link["thread"] == waiting and "waiting for approval" in link["label"]
     note = next(p["text"] for p in answer["content"]["parts"] if p["kind"] == "note")
-    assert note.endswith("for bob: Run `restart`: Restart a service.")  # not alice, who asked: as on the card
+    assert note.endswith("for bob, expires in 23h 59m: Run `restart`: Restart a service.")  # not alice, who asked
     quiet = pg.ask("@baton status", channel="random")
     pg.wait_reply(quiet, "Nothing is running")
 
