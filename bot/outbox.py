@@ -1,8 +1,8 @@
 """The outbox: every bot message is stored first, then delivered by its platform's adapter.
 
-Delivery keeps order per thread (a row waits until every earlier row of its thread is sent),
-paces per channel when the platform asks for it, and survives crashes: a claim is a lease that
-another replica takes over when it expires.
+Delivery keeps order per thread (a row waits until every earlier row of its thread is sent, and a thread's
+rows are stored one transaction at a time: ``_lock_thread``), paces per channel when the platform asks for
+it, and survives crashes: a claim is a lease that another replica takes over when it expires.
 
 A run's final reply usually needs no trip through the claim: when this process has the
 platform's adapter and nothing earlier in the thread is still undelivered, the row is stored
@@ -42,7 +42,7 @@ from sqlmodel import select
 from bot import audit
 from bot.messages import Location, Message
 from bot.redaction import Redactor
-from storage.db import Database, Transaction, insert_ignore, insert_returning_id, prepared
+from storage.db import Database, Transaction, insert_ignore, insert_returning_id, lock_for_transaction, prepared
 from storage.models import ChannelPace, OutboxMessage, utcnow
 
 log = logging.getLogger("baton.outbox")
@@ -84,6 +84,9 @@ _DELIVERED = prepared(update(_ROWS).where(*_CLAIM_HELD).values(
 _RETRY = prepared(update(_ROWS).where(*_CLAIM_HELD).values(
     status="pending", next_attempt_at=bindparam("at", type_=DateTime()), claimed_until=None, error=bindparam("error")))
 _FAILED = prepared(update(_ROWS).where(*_CLAIM_HELD).values(status="failed", claimed_until=None, error=bindparam("error")))
+
+
+_THREADS_LOCKED = "baton_outbox_threads_locked"  # a transaction's ``info``: the threads ``_lock_thread`` locked
 
 
 class ClaimLost(RuntimeError):
@@ -197,6 +200,7 @@ class Outbox:
         self._claimed_as: dict[int, str] = {}  # row -> the worker ``claim`` took it as, until it is settled
         self._begun: set[int] = set()  # taken rows whose sending has begun (they may have reached the platform)
         self._unreadable: set[int] = set()  # rows whose message this version cannot read, said once each
+        self._lock_threads = not db.is_sqlite  # see ``_lock_thread``
 
     def attach(self, platform: str, pace_seconds: float) -> None:
         """This process delivers ``platform``'s messages from now on (its adapter has started)."""
@@ -241,9 +245,26 @@ class Outbox:
         correlation_id: str | None = None,
     ) -> int:
         """Store a message in the caller's transaction and return its row id; call ``wake`` after it commits."""
+        if self._lock_threads:
+            await self._lock_thread(session, location)
         return int(await insert_returning_id(session, OutboxMessage, _row(
             location, self._redactor.message(message), kind=kind, target_user=target_user, ref_outbox_id=ref_outbox_id,
             correlation_id=correlation_id)))
+
+    async def _lock_thread(self, session: Transaction, location: Location) -> None:
+        """Store rows in ``location``'s thread one transaction at a time, from this row to the commit.
+
+        Order per thread is the order of the rows' ids, and a row is claimed (or handed over) when no row
+        of its thread with a smaller id is unsent. On PostgreSQL (READ COMMITTED) two transactions storing
+        in one thread at once (a replica's "Queued" note, another's run result) saw nothing of each other,
+        and the id is taken at the insert, not the commit: the row committed first went out, and the one
+        numbered before it followed. Under this lock a thread's ids follow its commits. SQLite's writers
+        take turns already: there it is not taken (``_lock_threads``)."""
+        name = f"outbox:{location.platform}:{location.channel}:{location.thread}"
+        held = session.info.setdefault(_THREADS_LOCKED, set())
+        if name not in held:  # once a transaction: its later rows there (a card's edit, then the reply) need no trip
+            await lock_for_transaction(session, name)
+            held.add(name)
 
     async def enqueue_claimed(self, session: Transaction, location: Location, message: Message, *,
                               correlation_id: str | None = None) -> Delivery | None:
@@ -257,9 +278,11 @@ class Outbox:
         message = self._redactor.message(message)
         pace = self._senders.get(location.platform)
         thread = {"platform": location.platform, "channel": location.channel, "thread": location.thread}
+        if self._lock_threads:  # before the check: it then sees an earlier row whose transaction was still open
+            await self._lock_thread(session, location)
         if pace is None or (await session.exec(_UNDELIVERED_IN_THREAD, params=thread)).first() is not None \
                 or (pace > 0 and not await self._channel_slot(session, location.platform, location.channel, pace)):
-            await self.enqueue(session, location, message, correlation_id=correlation_id)
+            await insert_returning_id(session, OutboxMessage, _row(location, message, correlation_id=correlation_id))
             return None
         row = _row(location, message, correlation_id=correlation_id)
         row.update(status="sending", attempts=1, claimed_by=self.worker,
