@@ -29,7 +29,7 @@ from bot.settings import Settings
 from storage.checkpointer import check_sqlite_checkpoints, sqlite_checkpoint_path
 from storage.db import Database, check_url, is_sqlite, sqlite_path, sync_url
 from storage.migrate import alembic_config, autogenerate, upgrade
-from storage.models import Approval, InboundEvent, ThreadRecord
+from storage.models import Approval, AuditEntry, InboundEvent, ThreadRecord
 
 app = typer.Typer(help="Baton: chat-ops orchestrator.", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
@@ -236,6 +236,50 @@ def approvals(all_: bool = typer.Option(False, "--all", help="Include decided ap
     _existing(settings)
     with _database(settings.database_url):
         asyncio.run(show())
+
+
+@app.command()
+def audit(
+    thread_or_correlation: str | None = typer.Argument(
+        None, metavar="[THREAD|CORRELATION]", help="A thread (as `baton threads` shows its last part, or the whole "
+        "platform/channel/thread) or a request's correlation id; none: the latest entries."),
+    limit: int = typer.Option(50, min=1, max=10_000, help="How many entries, the latest ones, shown oldest first."),
+) -> None:
+    """Show the audit log: what happened, in order, from the chat event to the run, the approval and the effect."""
+
+    async def show() -> None:
+        query = select(AuditEntry)
+        if wanted:
+            *place, thread = wanted.split("/") if wanted.count("/") == 2 else ("", "", wanted)
+            where = AuditEntry.thread == thread
+            if all(place):
+                where = where & (AuditEntry.platform == place[0]) & (AuditEntry.channel == place[1])
+            query = query.where(where | (AuditEntry.correlation_id == wanted))
+        database = Database(settings.database_url)
+        try:
+            async with database.read() as session:
+                rows = (await session.exec(query.order_by(AuditEntry.id.desc()).limit(limit))).all()  # type: ignore[union-attr]
+        finally:
+            await database.dispose()
+        if not rows:
+            typer.echo(f"Nothing in the audit log for {_printable(wanted)}." if wanted else "The audit log is empty.")
+            return
+        _table(["at (UTC)", "request", "what", "who", "run", "details"],
+               [[f"{row.at:%Y-%m-%d %H:%M:%S}", row.correlation_id[:8], row.kind, row.user or "-",
+                 row.run_id or "-", _details(row)] for row in reversed(rows)])
+
+    wanted = (thread_or_correlation or "").strip()
+    settings = _settings()
+    _existing(settings)
+    with _database(settings.database_url):
+        asyncio.run(show())
+
+
+def _details(row: AuditEntry) -> str:
+    """An entry's details on one line: the approval, then what the entry recorded (graph, outcome, error...)."""
+    shown = [f"approval={row.approval_id}"] if row.approval_id else []
+    shown += [f"{key}={value}" for key, value in row.detail.items() if value not in (None, "", [], {})]
+    return " ".join(_one_line(part) for part in shown)[:200]
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> None:

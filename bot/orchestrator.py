@@ -638,8 +638,10 @@ class Orchestrator:
         reason = approvals.refusal(approval, event.platform, event.user, event.payload["action"])
         if reason is not None:
             async with self.db.session() as session:
-                await audit.record(session, "approval.refused", event.correlation_id, platform=event.platform,
-                                   user=event.user, run_id=run.id, approval_id=approval.id, reason=reason)
+                # Under the run's request, as the approval's other entries: the click's own is in ``click``.
+                await audit.record(session, "approval.refused", run.correlation_id, platform=event.platform,
+                                   channel=event.channel, thread=event.thread, user=event.user, run_id=run.id,
+                                   approval_id=approval.id, reason=reason, click=event.correlation_id)
             return await self._finish_event(event, "refused", Message.text(reason, tone="warning"), ephemeral=True)
         pending = {interrupt.id for interrupt in state.interrupts}
         now = utcnow()
@@ -662,9 +664,9 @@ class Orchestrator:
                 forget = {} if approve else {"fingerprint": None}
                 await session.exec(update(ThreadRecord).where(ThreadRecord.id == record.id)  # type: ignore[arg-type]
                                    .values(status="running", updated_at=now, **forget))
-                await audit.record(session, f"approval.{approval.status}", event.correlation_id, platform=event.platform,
+                await audit.record(session, f"approval.{approval.status}", run.correlation_id, platform=event.platform,
                                    channel=event.channel, thread=event.thread, user=event.user, run_id=run.id,
-                                   approval_id=approval.id, waited_seconds=round(waited, 3))
+                                   approval_id=approval.id, waited_seconds=round(waited, 3), click=event.correlation_id)
         if not won and not pending:  # the graph holds no question any more (its code changed): the run cannot go on
             return await self._finish_run(run, record, event, "failed", replies.question_gone(spec.name),
                                           "the graph's saved state holds no question any more")
@@ -821,7 +823,7 @@ class Orchestrator:
         location = threads.location_of(record)
         services = RunServices(self.services, Request(
             platform=record.platform, channel=record.channel, thread=record.thread, user=run.requested_by,
-            text=run.input_text), run.id, record.workspace)
+            text=run.input_text), run.id, record.workspace, run.correlation_id)
 
         progress_lines: list[str] = []
         # The outbox row of this stretch's progress message: a run continued after a crash has one already.

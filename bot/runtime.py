@@ -22,7 +22,7 @@ from langgraph.types import Command, Interrupt
 from sqlalchemy import DateTime, bindparam, func, update
 from sqlmodel import select
 
-from bot import kit
+from bot import audit, kit
 from bot.approvals import waiting_for
 from bot.config import BatonConfig
 from bot.messages import Location, Message, first_line, quoted
@@ -225,8 +225,10 @@ class Services:
 class RunServices:
     """The ``kit.RunContext`` of one run."""
 
-    def __init__(self, services: Services, request: kit.Request, run_id: int | None, workspace: str = "") -> None:
+    def __init__(self, services: Services, request: kit.Request, run_id: int | None, workspace: str = "",
+                 correlation_id: str = "") -> None:
         self._services = services
+        self._correlation = correlation_id  # the run's request's: its effects are audited under it
         self._db = services.db
         self._registry = services.registry
         self._run_id = run_id
@@ -236,7 +238,7 @@ class RunServices:
         self.model_deadline = services.model_deadline
         self.request = request
         self.redact: Callable[[str], str] | None = services.redactor.text if services.redactor else None
-        self._settled: list[dict[str, Any]] = []  # outcomes of effects not written yet (see session)
+        self._settled: list[tuple[str, dict[str, Any]]] = []  # effects' names and outcomes not written yet (session)
 
     async def record_usage(self, reply: Any) -> None:
         input_tokens, output_tokens = usage_of(reply)
@@ -342,6 +344,8 @@ class RunServices:
                                                           "status": "started", "started_at": utcnow()}, ["key"])
             if not fresh:
                 existing = (await session.exec(select(Effect).where(Effect.key == key))).one()
+            if fresh or existing.status == "started":  # run now, or not run again: its outcome is unknown
+                await self._audit(session, "effect.started" if fresh else "effect.in_doubt", name)
         if not fresh:
             if existing.status == "done":
                 return existing.result  # type: ignore[no-any-return]
@@ -354,13 +358,18 @@ class RunServices:
         except asyncio.CancelledError:
             raise  # cut off (Baton stopping): how far it got is unknown, so it stays "started", in doubt
         except BaseException as exc:
-            self._settle(key, "failed", {"error": f"{type(exc).__name__}: {exc}"})
+            self._settle(key, name, "failed", {"error": f"{type(exc).__name__}: {exc}"})
             raise
-        self._settle(key, "done", result)
+        self._settle(key, name, "done", result)
         return result
 
-    def _settle(self, key: str, status: str, result: Any) -> None:
-        self._settled.append({"effect_key": key, "status": status, "result": result, "now": utcnow()})
+    def _settle(self, key: str, name: str, status: str, result: Any) -> None:
+        self._settled.append((name, {"effect_key": key, "status": status, "result": result, "now": utcnow()}))
+
+    async def _audit(self, session: Transaction, kind: str, effect: str, **detail: Any) -> None:
+        request = self.request
+        await audit.record(session, kind, self._correlation, platform=request.platform, channel=request.channel,
+                           thread=request.thread, user=request.user, run_id=self._run_id, effect=effect, **detail)
 
     @asynccontextmanager
     async def session(self, *, durable: bool = True) -> AsyncIterator[Transaction]:
@@ -376,8 +385,10 @@ class RunServices:
         """
         settled = list(self._settled)
         async with self._db.session(durable=durable) as session:
-            for params in settled:
+            for name, params in settled:
                 await session.exec(_FINISH_EFFECT, params=params)  # type: ignore[call-overload]
+                failed = params["result"]["error"][:500] if params["status"] == "failed" else None
+                await self._audit(session, f"effect.{params['status']}", name, error=failed)
             yield session
         del self._settled[:len(settled)]
 

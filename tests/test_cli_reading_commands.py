@@ -19,7 +19,7 @@ def baton_cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Complete
     return run_cli(*args, cwd=cwd, env={**os.environ, **env})
 
 
-@pytest.mark.parametrize("command", [["threads"], ["approvals"], ["approvals", "--all"]])
+@pytest.mark.parametrize("command", [["threads"], ["approvals"], ["approvals", "--all"], ["audit"]])
 def test_reading_commands_make_no_database_where_there_is_none(tmp_path, config_path, command) -> None:
     """`baton threads` in the wrong directory made baton.db and baton.checkpoints.db there and said
     "No threads yet."."""
@@ -121,3 +121,31 @@ def test_threads_shows_what_people_wrote_without_its_terminal_control_codes(tmp_
     assert result.returncode == 0, result.stderr
     assert "\x1b" not in result.stdout and "\x07" not in result.stdout
     assert "run nosuch \ufffd]52;c;ZWNobyBoaQ==\ufffd" in result.stdout
+
+
+def test_audit_shows_a_request_from_its_event_to_its_effect(baton, tmp_path, config_path, database_url) -> None:
+    pg = baton.client()
+    thread = pg.ask("@baton run restart service=web")
+    pg.click(pg.wait_card(thread), "alice")  # refused: she asked for it
+    pg.click(pg.wait_card(thread), "bob")
+    pg.wait_reply(thread, "did restart web")
+    pg.wait_reply(pg.ask("@baton run uptime"), "did uptime")
+    env = {"BATON_CONFIG": str(config_path), "BATON_DATABASE_URL": database_url}
+    result = baton_cli("audit", thread, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    lines = [line.split() for line in result.stdout.splitlines()[1:]]
+    request = lines[0][2]  # the first 8 characters of its correlation id; each click is an event of its own
+    story = [line[3] for line in lines if line[2] == request]
+    assert story == ["request.received", "run.started", "approval.requested", "approval.refused", "approval.approved",
+                     "effect.started", "effect.done", "run.done"], result.stdout
+    approved = next(line for line in lines if line[3] == "approval.approved")
+    click = next(line for line in lines if line[3] == "click.received" and line[4] == "bob")
+    assert approved[4] == "bob" and f"click={click[2]}" in " ".join(approved)  # the click that decided it
+    assert "effect=command" in result.stdout and "uptime" not in result.stdout  # only this thread's entries
+
+    whole = baton_cli("audit", f"playground/general/{thread}", cwd=tmp_path, env=env).stdout
+    assert whole == result.stdout
+    latest = baton_cli("audit", "--limit", "3", cwd=tmp_path, env=env).stdout.splitlines()
+    assert len(latest) == 4 and latest[-1].split()[3] == "run.done"  # a header and the last three, oldest first
+    nothing = baton_cli("audit", "no-such-thread", cwd=tmp_path, env=env)
+    assert nothing.returncode == 0 and "Nothing in the audit log for no-such-thread." in nothing.stdout

@@ -13,7 +13,7 @@ from bot.kit import Request
 from bot.registry import GraphRegistry
 from bot.runtime import EffectInDoubt, RunServices, Services
 from storage.db import Database
-from storage.models import Effect
+from storage.models import AuditEntry, Effect
 
 
 @pytest.fixture
@@ -87,3 +87,31 @@ async def test_an_effect_started_before_a_crash_is_not_run_again(database: Datab
     with pytest.raises(EffectInDoubt):
         await RunServices(shared, request, None).run_effect_once("t|wipe:1|rm", "rm", wipe)
     assert ran == ["wipe"]
+
+
+async def test_effects_are_in_the_audit_log_under_their_runs_request(database: Database, config_path: Path) -> None:
+    """The audit log went from the chat event to the run and the approval, but had nothing of the side effects
+    themselves: what ran, what failed, what was not run again for want of a known outcome."""
+    shared = Services(db=database, config=load_config(config_path), registry=GraphRegistry.discover())
+    request = Request(platform="playground", channel="general", thread="1", user="alice", text="")
+
+    async def fails() -> str:
+        raise OSError("disk full")
+
+    async def works() -> str:
+        return "ok"
+
+    run = RunServices(shared, request, None, correlation_id="req-1")
+    await run.run_effect_once("t|a:1|ok", "ok", works)
+    with pytest.raises(OSError):
+        await run.run_effect_once("t|a:1|bad", "bad", fails)
+    await run.flush_effects()
+    await run.run_effect_once("t|a:1|lost", "lost", works)  # ... and the process dies before its next write
+    with pytest.raises(EffectInDoubt):
+        await RunServices(shared, request, None, correlation_id="req-2").run_effect_once("t|a:1|lost", "lost", works)
+    async with database.read() as session:
+        entries = (await session.exec(select(AuditEntry).order_by(AuditEntry.id))).all()
+    assert [(e.correlation_id, e.kind, e.detail["effect"]) for e in entries] == [
+        ("req-1", "effect.started", "ok"), ("req-1", "effect.done", "ok"),  # with the next write: the next effect's
+        ("req-1", "effect.started", "bad"), ("req-1", "effect.failed", "bad"), ("req-1", "effect.started", "lost"), ("req-2", "effect.in_doubt", "lost")]
+    assert entries[3].detail["error"] == "OSError: disk full"
