@@ -4,24 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.metadata import entry_points
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client.exposition import choose_encoder
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bot.app import Baton, StartFailed
 from bot.config import BatonConfig
 from bot.messages import storable
+from bot.metrics import Metrics
 from bot.settings import Settings
 
 # The largest request body any route takes: a playground message of 100,000 characters, each
 # escaped in JSON as \uXXXX, is 600 kB; Slack's and Discord's events are far smaller.
 MAX_BODY_BYTES = 1_000_000
 
+
+ASK_FOR_TOKEN = {"WWW-Authenticate": 'Bearer realm="baton metrics"'}
 
 # asyncio's own loop, not uvloop (which uvicorn picks when it is installed, as uvicorn[standard]
 # installs it). uvloop starts a subprocess with libuv's fork(), which holds the GIL, and so the
@@ -72,7 +78,46 @@ def create_app(settings: Settings, config: BatonConfig | None = None) -> FastAPI
 
     # HEAD is what many uptime checks send; a route of its own, or the schema names two operations alike
     app.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
+    if settings.metrics:
+        mount_metrics(app, baton, settings)
     return app
+
+
+def mount_metrics(app: FastAPI, baton: Baton, settings: Settings) -> None:
+    """``GET /metrics`` (``bot.metrics``). Off with ``BATON_METRICS=false``: then a 404, as any unknown path.
+
+    Open by default, like ``/healthz``: it holds aggregate counts by graph, status and platform, Baton's
+    version and the replica's name, never a channel, a user or a message. It is served on the port
+    Slack's events reach, so where that port faces the internet set ``BATON_METRICS_TOKEN`` (or let the
+    proxy pass only ``/slack/events``)."""
+    metrics = Metrics(baton.db, baton.instance, baton.adapters,
+                      {point.name for point in entry_points(group="baton.adapters")})
+    token = settings.metrics_token.get_secret_value().encode() if settings.metrics_token else None
+
+    def refused(request: Request) -> JSONResponse | None:
+        if token is None:
+            return None
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token):
+            return None
+        return JSONResponse(status_code=401, headers=ASK_FOR_TOKEN, content={
+            "detail": "/metrics asks for the token BATON_METRICS_TOKEN names, as 'Authorization: Bearer <token>'"})
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    async def metrics_endpoint(request: Request) -> Response:
+        """Prometheus' text format (OpenMetrics when the scraper's Accept asks for it)."""
+        if (refusal := refused(request)) is not None:
+            return refusal
+        body, content_type = await metrics.exposition(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
+
+    async def metrics_head(request: Request) -> Response:
+        """What GET answers, without its body, and without reading the database for it."""
+        if (refusal := refused(request)) is not None:
+            return Response(status_code=401, headers=ASK_FOR_TOKEN)
+        return Response(media_type=choose_encoder(request.headers.get("accept") or "")[1])
+
+    app.add_api_route("/metrics", metrics_head, methods=["HEAD"], include_in_schema=False)
 
 
 class TooLargeInJSON:

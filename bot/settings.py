@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     instance_name: str | None = Field(None, alias="BATON_INSTANCE_NAME")
     adapters: str | None = Field(None, alias="BATON_ADAPTERS")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field("INFO", alias="BATON_LOG_LEVEL")
+    # GET /metrics (bot/metrics.py): aggregate counts only, on the same port as everything else; a token,
+    # when set, is asked for as "Authorization: Bearer <token>" (for a port the internet reaches).
+    metrics: bool = Field(True, alias="BATON_METRICS")
+    metrics_token: SecretStr | None = Field(None, alias="BATON_METRICS_TOKEN")
     # A chat model, "provider:model" as LangChain's init_chat_model reads it (openai:gpt-4.1-mini),
     # or "python:package.module:factory" for a model class of your own. The provider's own key
     # variable (OPENAI_API_KEY, ANTHROPIC_API_KEY, ...) is read by its LangChain package.
@@ -89,6 +93,17 @@ class Settings(BaseSettings):
         if isinstance(path, str) and not path.strip():  # Path("") is ".", the directory: "cannot be read"
             raise ValueError("is empty: name the file, or unset it to use baton.yaml")
         return os.path.expanduser(path) if isinstance(path, str) else path  # no shell expands a .env's ~
+
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, token: object) -> object:
+        """``BATON_METRICS_TOKEN=`` (a .env line left empty) leaves /metrics open, as unset does; a token of
+        spaces only is refused: it would be sent and compared as typed, and is surely a mistake."""
+        if isinstance(token, str) and not token:
+            return None
+        if isinstance(token, str) and not token.strip():
+            raise ValueError("is only spaces: set a token, or leave it empty for none")
+        return token
 
     @field_validator("public_url")
     @classmethod
