@@ -772,8 +772,10 @@ class Orchestrator:
     async def _expire_cards(self, session: Transaction, record: ThreadRecord, run_id: int, correlation: str) -> None:
         """The cards of ``run`` (which ended) still waiting for a decision expire: their buttons go, and a
         click on them revives nothing."""
+        # All locked first (PostgreSQL): a card locked, then the thread's outbox lock taken to edit it, then the
+        # next card locked made a cycle with a replica's refresh_approvers (a card, then the same thread).
         waiting = (await session.exec(select(Approval.id).where(  # type: ignore[call-overload]
-            Approval.run_id == run_id, Approval.status == "pending"))).all()
+            Approval.run_id == run_id, Approval.status == "pending").with_for_update())).all()
         for approval_id in waiting:
             await self._expire_card(session, record, approval_id, correlation)
 
