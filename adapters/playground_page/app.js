@@ -5,6 +5,7 @@
   const enc = encodeURIComponent;
   const USER_KEY = 'batonPlayground.user';
   const TONES = ['info', 'progress', 'success', 'warning', 'error', 'approval'];
+  const UNREACHABLE = 'Could not reach the server. Is it running?';
   const S = {
     channels: [], users: [], bot: 'baton', user: '',
     channel: null, thread: null,          // what is open (ids as strings)
@@ -54,9 +55,17 @@
   function detailText(data, res) {
     const d = data && data.detail;
     if (typeof d === 'string' && d) return d;
-    if (Array.isArray(d)) return d.map((x) => (x && x.msg) || JSON.stringify(x)).join('; ');
+    if (Array.isArray(d)) return d.map(fieldError).join('; ');
     if (d) return JSON.stringify(d);
     return 'Request failed (' + res.status + (res.statusText ? ' ' + res.statusText : '') + ')';
+  }
+
+  // A 422's item names its field in loc (["body", "text"]): "text: String should have at most 100000
+  // characters", not the bare message, which does not say what it is about.
+  function fieldError(x) {
+    if (!x || !x.msg) return JSON.stringify(x);
+    const field = (Array.isArray(x.loc) ? x.loc : []).filter((p) => typeof p === 'string' && p !== 'body' && p !== 'query').pop();
+    return field ? field + ': ' + x.msg : x.msg;
   }
 
   async function api(path, opts = {}) {
@@ -66,14 +75,19 @@
       init.body = JSON.stringify(opts.body);
     }
     let res;
-    try { res = await fetch(path, init); } catch (_) { throw new Error('Could not reach the server. Is it running?'); }
+    try { res = await fetch(path, init); } catch (_) {
+      throw Object.assign(new Error(UNREACHABLE), { unreachable: true });
+    }
     let data = null;
     try { data = await res.json(); } catch (_) { /* empty or non-JSON body */ }
     if (!res.ok) throw new Error(detailText(data, res));
     return data || {};
   }
 
-  function showErr(el, msg) { el.textContent = msg; el.hidden = !msg; }
+  function showErr(el, msg, unreachable) {
+    el.textContent = msg; el.hidden = !msg;
+    el.dataset.unreachable = unreachable ? '1' : '';
+  }
   const nearBottom = (el) => el.scrollHeight - el.scrollTop - el.clientHeight < 80;
   const chanName = (id) => { const c = S.channels.find((x) => x.id === id); return c ? c.name : '#' + id; };
 
@@ -226,7 +240,7 @@
     const ms = [...S.msgs.values()].filter((m) => m.channel === S.channel && isTop(m)).sort(byId);
     list.replaceChildren(...ms.map((m) => messageEl(m, false)));
     if (!ms.length) {
-      list.innerHTML = '<div class="empty">No messages yet. Say hi, or try <code>@' + esc(S.bot) + ' help</code>.</div>';
+      list.innerHTML = '<div class="empty">No messages yet. Say hi, or try <code>' + esc(example(S.channel)) + '</code>.</div>';
     }
     list.scrollTop = list.scrollHeight;
   }
@@ -247,10 +261,22 @@
   }
 
   // ---------- loading & routing ----------
+  const isDm = (id) => S.channels.some((c) => c.id === id && c.kind === 'dm');
+  const example = (id) => (isDm(id) ? '' : '@' + S.bot + ' ') + 'help';
+
+  // In the DM every message reaches the bot (the README says so): "mention @baton" was wrong there.
+  function renderHint(ch) {
+    const code = '<button type="button" class="example" title="Put it in the message box"><code>' +
+      esc(example(ch)) + '</code></button>';
+    $('hint').innerHTML = isDm(ch) ? 'every message here reaches the bot, e.g. ' + code :
+      'mention <code>@' + esc(S.bot) + '</code> to talk to the bot, e.g. ' + code;
+  }
+
   async function loadChannel(quiet) {
     const seq = ++chanSeq, ch = S.channel, list = $('messages');
     const name = chanName(ch);
     $('channel-title').textContent = name;
+    renderHint(ch);
     $('composer').placeholder = $('composer-label').textContent = 'Message ' + name;
     document.title = name + " · Baton's playground";
     S.unread.delete(ch);
@@ -321,8 +347,11 @@
     }
   }
 
+  // ``from`` is null at the first route: what is in the box then was typed while the page was loading,
+  // and belongs where it opens (it was wiped).
   function swapDraft(box, from, to) {
     if (from) { if (box.value) S.drafts.set(from, box.value); else S.drafts.delete(from); }
+    else if (box.value) return;
     box.value = (to && S.drafts.get(to)) || '';
     autosize(box);
   }
@@ -399,10 +428,26 @@
     }));
   }
 
+  // The dot alone said nothing to a screen reader and little to anyone: while Baton is away the page
+  // says so in words (a status line), since what is sent or clicked meanwhile fails.
   function setStatus(ok) {
     const s = $('conn-status');
     s.className = 'conn-status ' + (ok ? 'online' : 'offline');
     s.title = ok ? 'Live' : 'Reconnecting…';
+    // a live region kept in the page (one shown only when needed is not always read out); empty: not shown
+    $('conn-banner').textContent = ok ? '' : 'Baton is not reachable: reconnecting… ' +
+      'What you send or click until it is back does not reach it.';
+    if (ok) backAgain();
+  }
+
+  // A composer's "Could not reach the server" is not true any more once Baton is back: its text, still in
+  // the box, was not sent, and the error says how to send it (or goes, if the box was emptied meanwhile).
+  function backAgain() {
+    for (const [boxId, errId] of [['composer', 'composer-error'], ['thread-composer', 'thread-composer-error']]) {
+      const err = $(errId);
+      if (!err.dataset.unreachable) continue;
+      showErr(err, $(boxId).value.trim() ? 'Baton is back: this message was not sent yet. Press Enter to send it.' : '');
+    }
   }
 
   function connect() {
@@ -445,7 +490,7 @@
       const list = threadId ? $('thread-messages') : $('messages');
       list.scrollTop = list.scrollHeight;
     } catch (e) {
-      showErr(errEl, e.message);
+      showErr(errEl, e.message, e.unreachable);
     } finally {
       delete box.dataset.busy;
       box.focus();
@@ -532,8 +577,6 @@
     $('user-picker').innerHTML = S.users.map((u) =>
       '<option value="' + esc(u) + '"' + (u === S.user ? ' selected' : '') + '>' + esc(u) + '</option>').join('');
     $('bot-name').textContent = '@' + S.bot;
-    $('hint').innerHTML = 'mention <code>@' + esc(S.bot) + '</code> to talk to the bot, e.g. <code class="example">@' +
-      esc(S.bot) + ' help</code>';
     if (!S.channels.length) $('messages').innerHTML = '<div class="empty">No channels yet.</div>';
     renderSidebar();
     await catchUp(false); // what is there now is not unread; what comes after is
@@ -559,9 +602,11 @@
   document.addEventListener('click', (e) => {
     const btn = e.target.closest('.part-buttons button[data-action]');
     if (btn) { click(btn); return; }
-    if (e.target.closest('#hint code.example')) {
+    const example = e.target.closest('#hint .example');
+    if (example) {  // a button: a keyboard reaches it too (it was a bare <code>)
       const box = $('composer');
-      box.value = e.target.textContent;
+      box.value = example.textContent;
+      autosize(box);
       box.focus();
     }
   });

@@ -1,0 +1,206 @@
+"""The playground as a person meets it, README in hand, in a real Chromium against a real ``baton run``.
+
+What a first visit goes through that test_browser and test_browser_hunt do not: Baton stopped and
+started again under an open page, text typed while the page still loads, the API's refusals as the page
+shows them, the DM, and the README's command table followed link by link. Waits are Playwright's
+conditions (expect), never sleeps.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import runs_in
+from tests.test_browser import WAIT_MS, browser, open_playground, page, sync_api  # noqa: F401 (fixtures)
+from tests.test_browser_hunt import hold_responses, wait_until_held
+
+expect = sync_api.expect
+UNREACHABLE = "Could not reach the server. Is it running?"
+
+
+@pytest.fixture
+def lenient_page(browser: sync_api.Browser) -> Iterator[sync_api.Page]:  # noqa: F811
+    """A page whose failed loads (Baton stopped, a 422) are expected: only uncaught errors fail the test."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    uncaught: list[str] = []
+    page.on("pageerror", lambda error: uncaught.append(str(error)))
+    try:
+        yield page
+    finally:
+        context.close()
+    assert not uncaught, f"uncaught errors in the page: {uncaught}"
+
+
+def test_while_baton_is_away_the_page_says_so_in_words(start_baton, sqlite_url: str,
+                                                       lenient_page: sync_api.Page) -> None:
+    """Baton stopped under an open page: the only sign was a 9 px dot turning orange, which a screen
+    reader does not say and few eyes notice, so a person clicked and typed on into errors."""
+    page = lenient_page
+    baton = start_baton(sqlite_url)
+    open_playground(page, baton.url, "alice")
+    expect(page.get_by_role("status")).to_have_count(0)  # nothing to say while Baton is there
+    baton.stop()
+    expect(page.get_by_role("status")).to_contain_text("Baton is not reachable", timeout=WAIT_MS)
+    baton.start()
+    expect(page.locator("#conn-status.online")).to_be_attached(timeout=WAIT_MS)
+    expect(page.get_by_role("status")).to_have_count(0)
+
+
+def test_once_baton_is_back_the_unsent_message_is_not_left_under_could_not_reach_the_server(
+        start_baton, sqlite_url: str, lenient_page: sync_api.Page) -> None:
+    """Started again, the composer still said "Could not reach the server. Is it running?" beside the
+    unsent text, though it was running: it now says the text was not sent and how to send it."""
+    page = lenient_page
+    baton = start_baton(sqlite_url)
+    open_playground(page, baton.url, "alice")
+    composer = page.locator("#composer")
+    baton.stop()
+    expect(page.locator("#conn-status.offline")).to_be_attached(timeout=WAIT_MS)
+    composer.fill("@baton run uptime")
+    composer.press("Enter")
+    expect(page.locator("#composer-error")).to_have_text(UNREACHABLE)
+
+    baton.start()
+    expect(page.locator("#conn-status.online")).to_be_attached(timeout=WAIT_MS)
+    expect(page.locator("#composer-error")).to_have_text(re.compile(r"^Baton is back: .*Press Enter to send it"))
+    expect(composer).to_have_value("@baton run uptime")
+    composer.press("Enter")
+    expect(composer).to_have_value("")
+    expect(page.locator("#composer-error")).to_be_hidden()
+    request = page.locator("#messages .message[data-message-id]", has_text="@baton run uptime")
+    expect(request.locator(".replies-link")).to_have_text("1 reply", timeout=WAIT_MS)
+
+    # an error whose text was taken out of the box meanwhile just goes
+    baton.stop()
+    expect(page.locator("#conn-status.offline")).to_be_attached(timeout=WAIT_MS)
+    composer.fill("never mind")
+    composer.press("Enter")
+    expect(page.locator("#composer-error")).to_have_text(UNREACHABLE)
+    composer.fill("")
+    baton.start()
+    expect(page.locator("#conn-status.online")).to_be_attached(timeout=WAIT_MS)
+    expect(page.locator("#composer-error")).to_be_hidden()
+
+
+def test_text_typed_while_the_page_is_still_loading_is_kept(start_baton, sqlite_url: str,
+                                                           page: sync_api.Page) -> None:  # noqa: F811
+    """The message box is there before the page has its channels: what was typed into it then was wiped
+    when the first channel opened (a slow start, or a fast typist)."""
+    baton = start_baton(sqlite_url)
+    channels = re.compile(r"/api/channels$")
+    held = hold_responses(page, channels)
+    page.goto(baton.url + "/")
+    wait_until_held(page)
+    page.locator("#composer").fill("@baton help")
+    held[0][0].fulfill(response=held[0][1])
+    page.unroute(channels)
+    expect(page.locator("#messages .empty")).to_contain_text("No messages yet")
+    expect(page.locator("#conn-status.online")).to_be_attached()
+    expect(page.locator("#composer")).to_have_value("@baton help")
+    page.locator("#composer").press("Enter")
+    request = page.locator("#messages .message[data-message-id]", has_text="@baton help")
+    expect(request.locator(".replies-link")).to_have_text("1 reply")
+
+
+def test_a_refused_field_is_named_on_the_page(start_baton, sqlite_url: str, lenient_page: sync_api.Page) -> None:
+    """The API's 422 names the field (README); the page showed only "String should have at most 100000
+    characters", leaving the person to guess what string."""
+    page = lenient_page
+    baton = start_baton(sqlite_url)
+    open_playground(page, baton.url, "alice")
+    composer = page.locator("#composer")
+    composer.fill("@baton " + "y" * 100_000)
+    with page.expect_response(re.compile(r"/api/messages$")) as posted:
+        composer.press("Enter")
+    assert posted.value.status == 422
+    expect(page.locator("#composer-error")).to_have_text("text: String should have at most 100000 characters")
+    expect(page.locator("#messages .message")).to_have_count(0)
+
+
+def test_the_dm_hint_needs_no_mention_and_its_example_is_a_button(start_baton, sqlite_url: str,
+                                                                    page: sync_api.Page) -> None:  # noqa: F811
+    """In the DM every message reaches the bot (README), but the hint said "mention @baton" there and
+    offered "@baton help"; the example was a bare <code>, which no keyboard reaches."""
+    baton = start_baton(sqlite_url)
+    open_playground(page, baton.url, "alice")
+    hint = page.locator("#hint")
+    expect(hint).to_contain_text("mention @baton")
+    expect(hint.get_by_role("button", name="@baton help")).to_be_visible()
+
+    page.get_by_role("link", name="baton", exact=True).click()
+    expect(page.locator("#channel-title")).to_have_text("baton")
+    expect(hint).not_to_contain_text("mention")
+    expect(page.locator("#messages .empty")).to_have_text("No messages yet. Say hi, or try help.")
+    example = hint.get_by_role("button", name="help", exact=True)
+    example.focus()
+    page.keyboard.press("Enter")
+    composer = page.locator("#composer")
+    expect(composer).to_be_focused()
+    expect(composer).to_have_value("help")
+    composer.press("Enter")
+    request = page.locator("#messages .message[data-message-id]", has_text="help")
+    expect(request.locator(".replies-link")).to_have_text("1 reply")
+
+
+def test_the_readme_table_followed_link_by_link(start_baton, sqlite_url: str, counter: Path,
+                                                page: sync_api.Page) -> None:  # noqa: F811
+    """README's rows in one visit: a request waiting for approval, the same request again answered with a
+    link that opens the first thread, status's links that open it too, a follow-up queued in the busy
+    thread, `force`, a wrong user's click refused (said only to them), the right one's approval."""
+    baton = start_baton(sqlite_url)
+    open_playground(page, baton.url, "alice")
+    composer = page.locator("#composer")
+
+    def ask(text: str) -> str:
+        with page.expect_response(re.compile(r"/api/messages$")) as posted:
+            composer.fill(text)
+            composer.press("Enter")
+        return str(posted.value.json()["thread_id"])
+
+    def open_thread(thread: str) -> sync_api.Locator:
+        page.locator(f'#messages .message[data-message-id="{thread}"] .replies-link').click()
+        expect(page.locator(f'#thread-messages .thread-root[data-message-id="{thread}"]')).to_be_visible()
+        return page.locator("#thread-messages")
+
+    first = ask("@baton run restart service=web")
+    thread = open_thread(first)
+    expect(thread.locator("button.approve")).to_be_visible()
+    page.locator("#thread-composer").fill("run uptime")  # a Baton thread: no mention needed
+    page.locator("#thread-composer").press("Enter")
+    expect(thread).to_contain_text("Queued: I'll handle this after the approval is decided")
+
+    again = ask("@baton run restart service=web")
+    thread = open_thread(again)
+    thread.get_by_role("link", name="open that thread").click()
+    expect(page).to_have_url(re.compile(rf"#/c/general/t/{first}$"))
+    expect(page.locator(f'#thread-messages .thread-root[data-message-id="{first}"]')).to_be_visible()
+
+    status = ask("@baton status")
+    thread = open_thread(status)
+    link = thread.get_by_role("link", name=re.compile(r"^run restart service=web — waiting for approval"))
+    expect(link).to_have_count(1)
+    link.click()
+    expect(page).to_have_url(re.compile(rf"#/c/general/t/{first}$"))
+    card = page.locator("#thread-messages .message", has=page.locator("button.approve"))
+    expect(card).to_contain_text("Requested by alice")
+
+    page.locator("#user-picker").select_option("carol")  # not an approver
+    card.locator("button.approve").click()
+    expect(page.locator("#thread-messages .message.ephemeral")).to_contain_text("Only bob can approve this.")
+    page.locator("#user-picker").select_option("bob")
+    expect(page.locator("#thread-messages .message.ephemeral")).to_have_count(0)  # carol's, not bob's
+    card.locator("button.approve").click()
+    expect(page.locator("#thread-messages")).to_contain_text("Approved by bob")
+    expect(page.locator("#thread-messages pre.part-code", has_text="did restart web")).to_be_visible()
+    expect(page.locator("#thread-messages pre.part-code", has_text="did uptime")).to_be_visible()  # the queued one
+
+    forced = ask("@baton run restart service=web force")  # ran a moment ago: force asks again
+    thread = open_thread(forced)
+    expect(thread.locator("button.approve")).to_be_visible()
+    assert runs_in(counter) == ["restart web", "uptime"]
