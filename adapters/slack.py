@@ -22,6 +22,16 @@ that an address Slack made a link reaches a runbook's argument as typed.
 Outbound, ``send`` renders core messages as Block Kit (``adapters.slack_blocks``) and always
 posts in the thread. A 429 becomes ``RetryLater`` (Retry-After honoured by the shared outbox
 loop), a 5xx or a connection error is retried with backoff, and any other Slack error is final.
+
+Slack has no idempotency key for ``chat.postMessage``, so each post carries message metadata naming
+its outbox row and step (``slack_blocks.delivery_metadata``). A try that follows one whose post may
+have reached Slack unheard (a 5xx, a broken connection, a timeout; or an earlier try this process
+did not make: a takeover after a crash or a stop) first looks for the delivery's messages in the
+thread (``conversations.replies``, or ``conversations.history`` at the top of a channel, with
+``include_all_metadata``) and takes what it finds as posted. A first try never looks. slack_sdk's own
+retry of a broken connection is off for these posts: it posted again without looking.
+Ephemeral messages are not found that way (Slack keeps them nowhere to read back), and edits
+(``chat.update``, ``chat.delete``) are the same however often they are made: both are sent as before.
 """
 
 from __future__ import annotations
@@ -33,6 +43,8 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -46,6 +58,10 @@ from slack_bolt.error import BoltUnhandledRequestError
 from slack_bolt.middleware.authorization.async_single_team_authorization import AsyncSingleTeamAuthorization
 from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetryHandler
+from slack_sdk.http_retry.request import HttpRequest
+from slack_sdk.http_retry.response import HttpResponse
+from slack_sdk.http_retry.state import RetryState
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
@@ -54,6 +70,8 @@ from adapters.contract import Adapter, DeliveryRejected, RetryLater, StartFailed
 from adapters.slack_blocks import (
     BUTTON_ACTION_PREFIX,
     Upload,
+    delivery_metadata,
+    delivery_step,
     escape,
     render,
     shown_text,
@@ -74,6 +92,10 @@ REFUSAL_LOG_SECONDS = 60
 # bot_message, ...) is not a request.
 PERSON_SUBTYPES = {None, "thread_broadcast", "file_share"}
 HISTORY_PAGES = 10  # at 200 messages a page
+# Where a later try looks for a post an earlier one may have made: the thread's (or the channel's) messages
+# of the last week, at most this many pages of 200. A post retried later than that is posted again.
+LOOKUP_PAGES = 5
+LOOKUP_WINDOW_SECONDS = 7 * 24 * 3600
 TRANSIENT_ERRORS = {"internal_error", "fatal_error", "service_unavailable", "request_timeout", "ratelimited"}
 # Slack refuses the token itself (revoked, rotated, the app uninstalled): RetryLater.token_refused
 AUTH_ERRORS = {"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired"}
@@ -117,6 +139,12 @@ class SlackAdapter(Adapter):
         self.bolt.action(re.compile(rf"^{re.escape(BUTTON_ACTION_PREFIX)}"))(_retried_on_failure(self._on_click))
         self.bolt.command(re.compile(r"^/"))(_retried_on_failure(self._on_command))  # /baton, or what the app calls it
         self.bolt.error(self._on_bolt_error)
+        # slack_sdk retries a call whose connection broke once, at once: for an outbox post, which may have
+        # been posted, that is left to the outbox, whose next try looks for it first.
+        self.client.retry_handlers = [_RetryBrokenConnections()]
+        # delivery id -> the try that failed leaving nothing unknown in Slack (its posts answered, or refused)
+        self._clean_failures: dict[int, int] = {}
+        self._lookup_problems_told: set[str] = set()
         self._socket: AsyncSocketModeHandler | None = None
         self.bot_user_id = ""
         self.team_url = ""
@@ -296,24 +324,125 @@ class SlackAdapter(Adapter):
         editing = (delivery.target_message_id or "").split() if delivery.kind == "update" else []
         rendered = render(delivery.message, self.permalink, files=not ephemeral)
         channel, thread = delivery.location.channel, delivery.location.thread or None
+        attempt = self._attempt(delivery)
         steps: list[Step] = []
         for index, content in enumerate(rendered.messages):
             if index < len(editing):
-                steps.append(self._editor(channel, thread, editing[index], content))
+                steps.append(self._editor(attempt, len(steps), channel, thread, editing[index], content))
             elif ephemeral:
                 steps.append(self._caller("chat.postEphemeral", self.client.chat_postEphemeral, "message_ts",
                                           channel=channel, user=delivery.target_user, thread_ts=thread, **content))
             else:  # a post, the rest of a longer edit, or an edit whose original never made it to Slack
-                steps.append(self._caller("chat.postMessage", self.client.chat_postMessage, "ts", channel=channel,
-                                          thread_ts=thread, unfurl_links=False, unfurl_media=False, **content))
+                steps.append(self._poster(attempt, len(steps), "ts", channel=channel, thread_ts=thread,
+                                          unfurl_links=False, unfurl_media=False, **content))
         for ts in editing[len(rendered.messages):]:  # the edit is shorter than what it replaces
             steps.append(self._remover(channel, ts))
         for upload in [] if editing else rendered.uploads:
-            steps.append(self._uploader(channel, thread, upload))
-        done = await self.send_steps(delivery, steps)
+            steps.append(self._uploader(attempt, len(steps), channel, thread, upload))
+        try:
+            done = await self.send_steps(delivery, steps)
+        except BaseException:
+            self._attempt_failed(attempt)
+            raise
         return " ".join(str(ts) for ts in done[:len(rendered.messages)])
 
-    def _uploader(self, channel: str, thread: str | None, upload: Upload) -> Step:
+    # -- a post whose answer was lost is not posted again ----------------------------------------
+
+    def _attempt(self, delivery: Delivery) -> _Attempt:
+        """This try of ``delivery``: whether a post of an earlier try may be in Slack unrecorded.
+
+        Not on a first try (the hot path looks for nothing), nor after a try of this process that failed
+        with every post answered (a 429, a refusal: Slack said it posted nothing). After any other, or a
+        try this process did not make (a takeover, a restart), the earlier posts are looked for first."""
+        clean = self._clean_failures.pop(delivery.id, None) == delivery.attempts - 1
+        return _Attempt(delivery, unsure=delivery.attempts > 1 and not clean)
+
+    def _attempt_failed(self, attempt: _Attempt) -> None:
+        if not attempt.unanswered and (not attempt.unsure or attempt.found is not None):
+            self._clean_failures[attempt.delivery.id] = attempt.delivery.attempts
+
+    def _poster(self, attempt: _Attempt, step: int, result_key: str | None, **kwargs: Any) -> Step:
+        async def call() -> str | None:
+            return await self._post(attempt, step, result_key, **kwargs)
+
+        return call
+
+    async def _post(self, attempt: _Attempt, step: int, result_key: str | None, **kwargs: Any) -> str | None:
+        """``chat.postMessage`` as step ``step`` of the delivery, unless an earlier try's post of it is found."""
+        if attempt.unsure and not attempt.blind:
+            if attempt.found is None:
+                attempt.found = await self._earlier_posts(attempt.delivery)
+                attempt.blind = attempt.found is None
+            if attempt.found is not None and step in attempt.found:
+                log.info("Slack: message %s (step %d) was posted by an earlier try (ts %s); not posted again",
+                         attempt.delivery.id, step, attempt.found[step])
+                return attempt.found[step] if result_key else None
+        posting = _POSTING_DELIVERY.set(True)
+        try:
+            response = await self.client.chat_postMessage(metadata=delivery_metadata(attempt.delivery.id, step),
+                                                          **kwargs)
+        except SlackApiError as exc:
+            error = _delivery_error("chat.postMessage", exc)
+            if not isinstance(error, RetryLater | DeliveryRejected):  # a 5xx: Slack may have posted it
+                attempt.unanswered = True
+            raise error from exc
+        except BaseException:  # no answer at all (a broken connection, a timeout, a stop): it may be posted
+            attempt.unanswered = True
+            raise
+        finally:
+            _POSTING_DELIVERY.reset(posting)
+        return str(response[result_key]) if result_key else None
+
+    async def _earlier_posts(self, delivery: Delivery) -> dict[int, str] | None:
+        """The steps of ``delivery`` Slack shows already (step -> ts); ``None`` when they cannot be looked for.
+
+        A lookup Slack rate-limits waits as Retry-After says (``RetryLater``, nothing posted meanwhile), one
+        that fails for a while (a 5xx, no connection) is made again at the delivery's next try, and its last
+        try posts without looking; one Slack refuses (a missing scope, say) is said in the log, and the post
+        is made without looking: a message that may show twice is better than one never shown."""
+        method = "conversations.replies" if delivery.location.thread else "conversations.history"
+        try:
+            return await self._find_posts(delivery)
+        except SlackApiError as exc:
+            error = _delivery_error(method, exc)
+            if isinstance(error, RetryLater) or (error is exc and delivery.attempts < self.max_attempts):
+                raise error from exc
+            problem = _error_code(exc)
+            needed = exc.response.data.get("needed") if isinstance(exc.response.data, dict) else None
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            if delivery.attempts < self.max_attempts:
+                raise
+            problem, needed = type(exc).__name__, None
+        hint = (f" (the app needs the `{needed}` scope: reinstall it from slack/manifest.yaml)"
+                if problem == "missing_scope" and isinstance(needed, str) else "")
+        level = logging.INFO if problem in self._lookup_problems_told else logging.WARNING
+        self._lookup_problems_told.add(problem)
+        log.log(level, "Slack: message %s may have been posted by an earlier try, and looking for it in %s failed "
+                "(%s: %s)%s; it is posted without looking, and may show twice", delivery.id,
+                delivery.location.channel, method, problem, hint)
+        return None
+
+    async def _find_posts(self, delivery: Delivery) -> dict[int, str]:
+        channel, thread = delivery.location.channel, delivery.location.thread
+        window = {"include_all_metadata": True, "limit": 200, "oldest": f"{time.time() - LOOKUP_WINDOW_SECONDS:.6f}"}
+        found: dict[int, str] = {}
+        cursor = None
+        for _ in range(LOOKUP_PAGES):
+            if thread:
+                response = await self.client.conversations_replies(channel=channel, ts=thread, cursor=cursor, **window)
+            else:  # newest first
+                response = await self.client.conversations_history(channel=channel, cursor=cursor, **window)
+            for message in response.get("messages") or []:
+                step = delivery_step(message, delivery.id)
+                if step is not None and message.get("ts") and (
+                        not self.bot_user_id or message.get("user") == self.bot_user_id):
+                    found.setdefault(step, str(message["ts"]))
+            cursor = (response.get("response_metadata") or {}).get("next_cursor")
+            if not response.get("has_more") or not cursor:
+                break
+        return found
+
+    def _uploader(self, attempt: _Attempt, step: int, channel: str, thread: str | None, upload: Upload) -> Step:
         """Attach ``upload``; where Slack takes no file from Baton, say so in the thread instead (the
         message above promised it)."""
         attach = self._caller("files.upload", self.client.files_upload_v2, None, channel=channel, thread_ts=thread,
@@ -330,12 +459,12 @@ class SlackAdapter(Adapter):
                 note = Message.text(f"I could not attach `{upload.filename}` here (Slack said `{error}`).{hint}",
                                     tone="warning")
                 (content,) = render(note, self.permalink).messages
-                return await self._caller("chat.postMessage", self.client.chat_postMessage, None, channel=channel,
-                                          thread_ts=thread, **content)()
+                return await self._post(attempt, step, None, channel=channel, thread_ts=thread, **content)
 
         return call
 
-    def _editor(self, channel: str, thread: str | None, ts: str, content: dict[str, Any]) -> Step:
+    def _editor(self, attempt: _Attempt, step: int, channel: str, thread: str | None, ts: str,
+                content: dict[str, Any]) -> Step:
         """Edit the message ``ts``; one that is gone (deleted by someone) is posted anew in the thread, so that a
         decision or a run's progress is still shown, not lost with a 'message_not_found' in the log."""
         edit = self._caller("chat.update", self.client.chat_update, "ts", channel=channel, ts=ts, **content)
@@ -347,8 +476,8 @@ class SlackAdapter(Adapter):
                 if str(exc) != "chat.update: message_not_found":
                     raise
             log.info("Slack: message %s in %s is gone (deleted?); its new version is posted in the thread", ts, channel)
-            return await self._caller("chat.postMessage", self.client.chat_postMessage, "ts", channel=channel,
-                                      thread_ts=thread, unfurl_links=False, unfurl_media=False, **content)()
+            return await self._post(attempt, step, "ts", channel=channel, thread_ts=thread, unfurl_links=False,
+                                    unfurl_media=False, **content)
 
         return call
 
@@ -407,6 +536,32 @@ class SlackAdapter(Adapter):
             return str(response[result_key]) if result_key else None
 
         return call
+
+
+@dataclass
+class _Attempt:
+    """One try of a delivery, as far as its posts go."""
+
+    delivery: Delivery
+    unsure: bool  # a post of an earlier try may be in Slack, not among the steps done: look before posting
+    found: dict[int, str] | None = None  # the steps Slack shows already (step -> ts), once looked for
+    blind: bool = False  # looking failed: this try posts without looking (the next one looks again)
+    unanswered: bool = False  # a post of this try got no answer, or a 5xx: Slack may show it
+
+
+# Set while an outbox post is in flight: slack_sdk then does not retry it on its own (see ``_RetryBrokenConnections``).
+_POSTING_DELIVERY: ContextVar[bool] = ContextVar("baton_slack_posting_delivery", default=False)
+
+
+class _RetryBrokenConnections(AsyncConnectionErrorRetryHandler):
+    """slack_sdk's default: a call whose connection broke is made once more. Not an outbox post: Slack may
+    have posted it before the connection broke, and the outbox's next try looks for it before posting."""
+
+    async def _can_retry_async(self, *, state: RetryState, request: HttpRequest, response: HttpResponse | None = None,
+                               error: Exception | None = None) -> bool:
+        if _POSTING_DELIVERY.get():
+            return False
+        return await super()._can_retry_async(state=state, request=request, response=response, error=error)
 
 
 def _signature_problem(verifier: SignatureVerifier, body: bytes, timestamp: str | None,

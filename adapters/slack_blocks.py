@@ -38,6 +38,10 @@ MARKUP = re.compile(r"<([^<>\n]*)>")
 SPECIAL_MENTIONS = {"here", "channel", "everyone"}
 
 Permalink = Callable[[str, str], str]  # (channel, thread ts) -> URL
+# Every chat.postMessage of an outbox delivery carries this message metadata, naming the outbox row and
+# the step (a long message is several Slack messages): a later try of a post whose answer was lost
+# finds it in the thread (``include_all_metadata``) instead of posting it again.
+DELIVERY_EVENT_TYPE = "baton_delivery"
 
 
 @dataclass(frozen=True)
@@ -202,6 +206,26 @@ def _buttons(part: Buttons) -> dict[str, Any]:
 def _label(label: str) -> str:
     """Slack refuses a button label over 75 characters: the full label is in the message above it."""
     return label if len(label) <= BUTTON_LABEL_CHARS else label[:BUTTON_LABEL_CHARS - 1] + "…"
+
+
+def delivery_metadata(delivery_id: int, step: int) -> dict[str, Any]:
+    """The metadata that names step ``step`` of outbox row ``delivery_id`` on the Slack message it became."""
+    return {"event_type": DELIVERY_EVENT_TYPE, "event_payload": {"delivery_id": delivery_id, "step": step}}
+
+
+def delivery_step(message: dict[str, Any], delivery_id: int) -> int | None:
+    """Which step of outbox row ``delivery_id`` a Slack message (as ``conversations.*`` return it with
+    ``include_all_metadata``) is; ``None`` when it is none of that row's."""
+    metadata = message.get("metadata")
+    if not isinstance(metadata, dict) or metadata.get("event_type") != DELIVERY_EVENT_TYPE:
+        return None
+    payload = metadata.get("event_payload")
+    if not isinstance(payload, dict) or str(payload.get("delivery_id")) != str(delivery_id):
+        return None
+    try:
+        return int(payload.get("step"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
 
 
 def shown_text(message: dict[str, Any]) -> str:

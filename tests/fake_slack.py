@@ -1,9 +1,12 @@
 """A local fake of Slack for end-to-end tests and the ack benchmark.
 
 ``FakeSlack`` is the Web API (``/api/<method>``), the file upload URLs and the Socket Mode
-WebSocket, served by aiohttp in a thread. It records every call, keeps the messages it was sent,
-checks Slack's Block Kit limits the way Slack does, and can be told to answer the next calls of a
-method with a 429 (and Retry-After) or a 500.
+WebSocket, served by aiohttp in a thread. It records every call, keeps the messages it was sent
+(with their message metadata, returned by ``conversations.*`` when ``include_all_metadata`` asks for it,
+as Slack does), checks Slack's Block Kit limits the way Slack does, and can be told to answer the next
+calls of a method with a 429 (and Retry-After), a 500 or another error, to carry a call out and then
+fail its answer or drop the connection without one ("Slack posted, Baton did not hear"), or to hold
+its answer back until released (Baton stopped while Slack answers).
 
 ``SlackSender`` is Slack calling Baton: Events API, interactivity and slash-command requests,
 signed with the signing secret like Slack signs them (``slack_sdk.signature``).
@@ -66,6 +69,7 @@ class FakeMessage:
     edits: int = 0
     history: list[list[dict[str, Any]]] = field(default_factory=list)
     username: str | None = None  # an incoming webhook's or a legacy bot's name
+    metadata: dict[str, Any] | None = None  # chat.postMessage's ``metadata`` (event_type, event_payload)
 
 
 class FakeSlack(BackgroundServer):
@@ -80,6 +84,9 @@ class FakeSlack(BackgroundServer):
         self.files: dict[str, dict[str, Any]] = {}
         self._sockets: list[web.WebSocketResponse] = []
         self.socket_acks: list[dict[str, Any]] = []
+        self._holds: dict[str, int] = {}
+        self._released: asyncio.Event | None = None  # made in the server's loop
+        self.holding = 0  # calls carried out whose answer is held back now
 
     # -- life ------------------------------------------------------------------------------------
 
@@ -91,6 +98,8 @@ class FakeSlack(BackgroundServer):
         return app
 
     async def close_connections(self) -> None:
+        if self._released is not None:
+            self._released.set()
         for socket in list(self._sockets):
             await socket.close()
 
@@ -118,10 +127,32 @@ class FakeSlack(BackgroundServer):
     # -- what the test asks ----------------------------------------------------------------------
 
     def fail(self, method: str, status: int, *, times: int = 1, retry_after: float | None = None,
-             error: str = "internal_error") -> None:
-        """Answer the next ``times`` calls of ``method`` with ``status`` (429: with Retry-After)."""
+             error: str = "internal_error", after: bool = False) -> None:
+        """Answer the next ``times`` calls of ``method`` with ``status`` (429: with Retry-After) and ``error``
+        (``fail("conversations.replies", 200, error="missing_scope")`` is Slack's refusal of a scope).
+        ``after``: the call is carried out (the message posted), then answered with the error."""
         with self._lock:
-            self._failures.add(method, Failure(status, times, retry_after, error))
+            self._failures.add(method, Failure(status, times, retry_after, error, after))
+
+    def drop(self, method: str, *, times: int = 1, after: bool = True) -> None:
+        """Close the connection of the next ``times`` calls of ``method`` without an answer (recorded with
+        status 0); ``after``: once the call is carried out (the message posted)."""
+        with self._lock:
+            self._failures.add(method, Failure(DROPPED, times, after=after))
+
+    def hold(self, method: str, *, times: int = 1) -> None:
+        """Carry out the next ``times`` calls of ``method``, and hold their answers back until ``release``."""
+        with self._lock:
+            self._holds[method] = self._holds.get(method, 0) + times
+
+    def release(self) -> None:
+        """Send the answers held back (and every later one of a ``hold`` at once)."""
+        self._loop.call_soon_threadsafe(self._release_now)
+
+    def _release_now(self) -> None:
+        if self._released is None:
+            self._released = asyncio.Event()
+        self._released.set()
 
     def calls(self, method: str | None = None) -> list[Call]:
         with self._lock:
@@ -178,20 +209,43 @@ class FakeSlack(BackgroundServer):
         with self._lock:
             failure = self._failures.next(method)
             self._calls.append(Call(method, args, time.time(), failure.status if failure else 200))
+            held = self._holds.get(method, 0) > 0 and failure is None
+            if held:
+                self._holds[method] -= 1
         if failure is not None:
+            if failure.after:
+                self._answer(method, args, token)
+            if failure.status == DROPPED:
+                request.transport.close()  # type: ignore[union-attr]  # the client sees ServerDisconnectedError
+                return web.Response()
             headers = {"Retry-After": f"{failure.retry_after:g}"} if failure.retry_after is not None else {}
             error = "ratelimited" if failure.status == 429 else failure.error
             return web.json_response({"ok": False, "error": error}, status=failure.status, headers=headers)
+        answer, status = self._answer(method, args, token)
+        if held:
+            if self._released is None:
+                self._released = asyncio.Event()
+            with self._lock:
+                self.holding += 1
+            try:
+                await self._released.wait()
+            finally:
+                with self._lock:
+                    self.holding -= 1
+        return web.json_response(answer, status=status)
+
+    def _answer(self, method: str, args: dict[str, Any], token: str) -> tuple[dict[str, Any], int]:
+        """Carry the call out: Slack's answer, and its HTTP status."""
         if method == "auth.test" and token == USER_TOKEN:  # a person's token: valid, but no bot's
-            return web.json_response({"ok": True, "url": self.team_url, "team": "Baton Test", "user": "alice",
-                                      "team_id": TEAM_ID, "user_id": "U0ALICE001", "is_enterprise_install": False})
+            return {"ok": True, "url": self.team_url, "team": "Baton Test", "user": "alice",
+                    "team_id": TEAM_ID, "user_id": "U0ALICE001", "is_enterprise_install": False}, 200
         wanted = APP_TOKEN if method == "apps.connections.open" else BOT_TOKEN
         if token != wanted:
-            return web.json_response({"ok": False, "error": "invalid_auth"})
+            return {"ok": False, "error": "invalid_auth"}, 200
         handler = getattr(self, "_" + method.replace(".", "_"), None)
         if handler is None:
-            return web.json_response({"ok": False, "error": "unknown_method"}, status=404)
-        return web.json_response(handler(args))
+            return {"ok": False, "error": "unknown_method"}, 404
+        return handler(args), 200
 
     def _auth_test(self, _args: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "url": self.team_url, "team": "Baton Test", "user": "baton", "team_id": TEAM_ID,
@@ -204,8 +258,14 @@ class FakeSlack(BackgroundServer):
         problem = check_message(args)
         if problem:
             return {"ok": False, "error": problem}
+        metadata = args.get("metadata")
+        if isinstance(metadata, str):  # form-encoded: JSON in a field
+            metadata = json.loads(metadata)
+        if metadata is not None and not (isinstance(metadata, dict) and isinstance(metadata.get("event_type"), str)
+                                         and isinstance(metadata.get("event_payload"), dict)):
+            return {"ok": False, "error": "invalid_metadata_format"}
         message = FakeMessage(channel=args["channel"], ts=new_ts(), thread_ts=args.get("thread_ts") or None,
-                              text=args.get("text", ""), blocks=_blocks(args))
+                              text=args.get("text", ""), blocks=_blocks(args), metadata=metadata)
         with self._lock:
             self._messages.append(message)
         return {"ok": True, "channel": message.channel, "ts": message.ts,
@@ -250,29 +310,36 @@ class FakeSlack(BackgroundServer):
         return {"ok": True, "channel": target.channel, "ts": target.ts}
 
     def _conversations_replies(self, args: dict[str, Any]) -> dict[str, Any]:
-        """One page (``limit``, ``cursor`` = offset) of a thread, oldest first, the parent included."""
+        """One page (``limit``, ``cursor`` = offset) of a thread, oldest first, the parent included; the
+        replies between ``oldest`` and ``latest`` when given."""
         with self._lock:
             thread = sorted((m for m in self._messages if m.channel == args.get("channel") and m.ephemeral_to is None
                              and (m.ts == args.get("ts") or m.thread_ts == args.get("ts"))), key=lambda m: m.ts)
         if not thread:
             return {"ok": False, "error": "thread_not_found"}
+        thread = [m for m in thread if m.ts == args.get("ts") or _within(m, args)]
         start, limit = int(args.get("cursor") or 0), int(args.get("limit") or 1000)
         page = thread[start:start + limit]
         more = start + limit < len(thread)
-        return {"ok": True, "messages": [self._as_slack(m) for m in page], "has_more": more,
+        return {"ok": True, "messages": [self._as_slack(m, _wanted(args)) for m in page], "has_more": more,
                 "response_metadata": {"next_cursor": str(start + limit) if more else ""}}
 
     def _conversations_history(self, args: dict[str, Any]) -> dict[str, Any]:
-        """The channel's top-level messages, newest first."""
+        """One page (``limit``, ``cursor`` = offset) of the channel's top-level messages between ``oldest`` and
+        ``latest``, newest first."""
         with self._lock:
             top = sorted((m for m in self._messages if m.channel == args.get("channel") and m.ephemeral_to is None
-                          and m.thread_ts in (None, m.ts)), key=lambda m: m.ts, reverse=True)
-        return {"ok": True, "messages": [self._as_slack(m) for m in top[:int(args.get("limit") or 100)]],
-                "has_more": False}
+                          and m.thread_ts in (None, m.ts) and _within(m, args)), key=lambda m: m.ts, reverse=True)
+        start, limit = int(args.get("cursor") or 0), int(args.get("limit") or 100)
+        more = start + limit < len(top)
+        return {"ok": True, "messages": [self._as_slack(m, _wanted(args)) for m in top[start:start + limit]],
+                "has_more": more, "response_metadata": {"next_cursor": str(start + limit) if more else ""}}
 
     @staticmethod
-    def _as_slack(message: FakeMessage) -> dict[str, Any]:
+    def _as_slack(message: FakeMessage, metadata: bool = False) -> dict[str, Any]:
         shown: dict[str, Any] = {"type": "message", "ts": message.ts, "text": message.text}
+        if metadata and message.metadata is not None:
+            shown["metadata"] = message.metadata
         if message.user:
             shown["user"] = message.user
         if message.bot_id:
@@ -326,6 +393,20 @@ class FakeSlack(BackgroundServer):
         finally:
             self._sockets.remove(socket)
         return socket
+
+
+DROPPED = 0  # a failure's status: the connection is closed without an answer
+
+
+def _wanted(args: dict[str, Any]) -> bool:
+    """Whether ``include_all_metadata`` asks for the messages' metadata (``1`` or ``true``, as sent)."""
+    return str(args.get("include_all_metadata", "")).lower() in ("1", "true")
+
+
+def _within(message: FakeMessage, args: dict[str, Any]) -> bool:
+    """Whether ``message`` is between ``oldest`` and ``latest`` (exclusive, as Slack's default)."""
+    ts = float(message.ts)
+    return float(args.get("oldest") or 0) < ts and (not args.get("latest") or ts < float(args["latest"]))
 
 
 def _blocks(args: dict[str, Any]) -> list[dict[str, Any]]:
