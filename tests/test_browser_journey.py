@@ -204,3 +204,27 @@ def test_the_readme_table_followed_link_by_link(start_baton, sqlite_url: str, co
     thread = open_thread(forced)
     expect(thread.locator("button.approve")).to_be_visible()
     assert runs_in(counter) == ["restart web", "uptime"]
+
+
+def test_baton_back_on_a_new_database_shows_its_messages_not_the_old_ones(
+        start_baton, sqlite_url: str, tmp_path: Path, lenient_page: sync_api.Page) -> None:
+    """baton.db removed to start over while the page was open: back online, the page merged the new
+    database's messages into the old ones by id. The old ones stayed on screen, and a new message whose id
+    the page had seen (ids begin again at 1) was dropped as already known."""
+    page = lenient_page
+    baton = start_baton(sqlite_url)
+    open_playground(page, baton.url, "alice")
+    pg = baton.client()
+    pg.ask("old one", user="bob")
+    pg.ask("old two", user="bob")
+    expect(page.locator("#messages .message[data-message-id]")).to_have_count(2)
+
+    baton.stop()
+    expect(page.locator("#conn-status.offline")).to_be_attached(timeout=WAIT_MS)
+    baton.database_url = f"sqlite:///{tmp_path / 'started-over.db'}"
+    baton.start()
+    expect(page.locator("#conn-status.online")).to_be_attached(timeout=WAIT_MS)
+    expect(page.locator("#messages .message[data-message-id]")).to_have_count(0)
+    assert pg.ask("new one", user="bob") == "1"  # the id "old one" had
+    expect(page.locator("#messages .message[data-message-id]", has_text="new one")).to_be_visible()
+    expect(page.locator("#messages .message[data-message-id]")).to_have_count(1)

@@ -293,14 +293,14 @@
     }
   }
 
-  async function loadThread() {
+  async function loadThread(quiet) {
     const seq = ++threadSeq, tid = S.thread;
     $('thread-pane').hidden = false;
     document.body.classList.add('thread-open');
     autosize($('thread-composer'));  // its draft, if any, was put in while the pane was hidden
     markSelected();
     if (S.msgs.has(tid)) renderThread();
-    else $('thread-messages').innerHTML = '<div class="empty">Loading…</div>';
+    else if (!quiet) $('thread-messages').innerHTML = '<div class="empty">Loading…</div>';
     try {
       const d = await api('/api/threads/' + enc(tid) + '/messages?viewer=' + enc(S.user));
       if (seq !== threadSeq) return;
@@ -358,7 +358,7 @@
 
   function reloadAll(quiet) {
     if (S.channel) loadChannel(quiet);
-    if (S.thread) loadThread();
+    if (S.thread) loadThread(quiet);
   }
 
   // ---------- live updates ----------
@@ -430,6 +430,16 @@
 
   // The dot alone said nothing to a screen reader and little to anyone: while Baton is away the page
   // says so in words (a status line), since what is sent or clicked meanwhile fails.
+  // Back online, what the page shows is read afresh, not merged into what it knew: Baton may have come
+  // back on another database (baton.db removed to start over), whose ids begin again at 1. Merged, the
+  // old messages stayed on screen, and a new one whose id the page had seen was dropped as known.
+  // (Until the answers come, the lists stay as they are: no "Loading…" flash on a short break.)
+  function forget() {
+    S.msgs.clear();
+    S.liveReplies.clear();
+    S.pending.clear();
+  }
+
   function setStatus(ok) {
     const s = $('conn-status');
     s.className = 'conn-status ' + (ok ? 'online' : 'offline');
@@ -456,7 +466,7 @@
     S.es = es;
     es.onopen = () => {
       setStatus(true);
-      if (S.down) { S.down = false; reloadAll(true); catchUp(true); } // catch up on anything missed
+      if (S.down) { S.down = false; forget(); reloadAll(true); catchUp(true); } // catch up on anything missed
     };
     es.onerror = () => {
       setStatus(false);
