@@ -228,3 +228,21 @@ def test_baton_back_on_a_new_database_shows_its_messages_not_the_old_ones(
     assert pg.ask("new one", user="bob") == "1"  # the id "old one" had
     expect(page.locator("#messages .message[data-message-id]", has_text="new one")).to_be_visible()
     expect(page.locator("#messages .message[data-message-id]")).to_have_count(1)
+
+
+def test_a_long_output_scrolls_in_its_box_and_the_next_message_stays_in_reach(
+        start_baton, sqlite_url: str, page: sync_api.Page) -> None:  # noqa: F811
+    """The playground posts a runbook's whole output (3,000 lines here) in one code block: shown in full it
+    was some 57,000 px tall, and whatever the thread said next sat below it."""
+    baton = start_baton(sqlite_url)
+    open_playground(page, baton.url, "alice")
+    thread = baton.client().ask("@baton run long", user="alice")
+    page.goto(f"{baton.url}/#/c/general/t/{thread}")
+    output = page.locator("#thread-messages pre.part-code", has_text="line 02999")
+    expect(output).to_be_attached(timeout=WAIT_MS)
+    box = output.bounding_box()
+    assert box is not None and box["height"] <= 450, box
+    assert output.evaluate("pre => pre.scrollHeight > pre.clientHeight")  # all of it is there, scrolled
+    page.locator("#thread-composer").fill("run uptime")  # what comes next shows below, in view
+    page.locator("#thread-composer").press("Enter")
+    expect(page.locator("#thread-messages pre.part-code", has_text="did uptime")).to_be_in_viewport(timeout=WAIT_MS)
