@@ -57,7 +57,8 @@ USERS = ["alice", "bob", "carol", "dave"]
 MENTION = re.compile(rf"(?<![\w.@-])@{BOT_NAME}(?![\w@-]|\.\w)[:,]?", re.IGNORECASE)
 MAX_HTTP_TEXT = 100_000
 USER_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
-VIEWER = Query(None, pattern=USER_NAME, description="whose private (ephemeral) messages to include")
+# Empty (``?viewer=``, as the README writes the routes) is no viewer, as on any web form: it was a 422.
+VIEWER = Query(None, pattern=r"^[A-Za-z0-9_.-]{0,64}$", description="whose private (ephemeral) messages to include")
 EVENT_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 RESUME_WINDOW = timedelta(hours=1)  # how far back a live stream resumes for a client that lost it (Last-Event-ID)
 # The page may not be framed by another site (a hidden frame over a button of its own would turn a click

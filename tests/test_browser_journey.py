@@ -246,3 +246,22 @@ def test_a_long_output_scrolls_in_its_box_and_the_next_message_stays_in_reach(
     page.locator("#thread-composer").fill("run uptime")  # what comes next shows below, in view
     page.locator("#thread-composer").press("Enter")
     expect(page.locator("#thread-messages pre.part-code", has_text="did uptime")).to_be_in_viewport(timeout=WAIT_MS)
+
+
+def test_an_empty_viewer_is_no_viewer(start_baton, sqlite_url: str) -> None:
+    """README writes the routes as `?viewer=`; typed so, with nobody after it, each answered 422."""
+    baton = start_baton(sqlite_url)
+    pg = baton.client()
+    thread = pg.ask("@baton run restart service=web", user="alice")
+    pg.click(pg.wait_card(thread), "alice")  # her own request: refused, told only to her
+    assert any(m["ephemeral"] for m in pg.replies(thread, viewer="alice"))
+    channel = pg.http.get("/api/channels/general/messages?viewer=")
+    assert channel.status_code == 200, channel.text
+    assert [m["id"] for m in channel.json()["messages"]] == [int(thread)]
+    replies = pg.http.get(f"/api/threads/{thread}/messages?viewer=")
+    assert replies.status_code == 200, replies.text
+    assert replies.json()["replies"] == pg.replies(thread)  # what anyone sees: no one's private messages
+    with pg.http.stream("GET", "/api/events?viewer=") as events:
+        assert events.status_code == 200
+        assert next(events.iter_lines()) == ": connected"
+    assert pg.http.get("/api/events?viewer=no%20spaces").status_code == 422
