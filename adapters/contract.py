@@ -123,8 +123,8 @@ class Adapter(ABC):
         if self._pump is not None:
             _finished, running = await asyncio.wait({self._pump}, timeout=STOP_GRACE_SECONDS)
             if running:
-                log.warning("%s: a message was still being sent %gs into the stop; it is cut off (it may be "
-                            "posted twice)", self.name, STOP_GRACE_SECONDS)
+                log.warning("%s: a message was still being sent %gs into the stop; it is cut off (where the "
+                            "platform gives no way to look for it, it may be posted twice)", self.name, STOP_GRACE_SECONDS)
             self._pump.cancel()
             await asyncio.gather(self._pump, return_exceptions=True)
 
@@ -151,7 +151,8 @@ class Adapter(ABC):
 
         The results of the calls already made are kept until the delivery is settled, so when the
         third call hits a rate limit, the retry makes only the third call: nothing is posted twice.
-        (Kept in this process: a retry taken over by another replica starts again from the first.)
+        (Kept in this process: a retry taken over by another replica starts again from the first, unless
+        its adapter looks for what the platform already shows, as Slack's does.)
         """
         done = self._steps_done.setdefault(delivery.id, [])
         for step in steps[len(done):]:

@@ -16,11 +16,14 @@ deliveries its delivery loop holds (``keep_claims``, every third of a claim), ho
 platform takes to answer: a message in flight is not taken over, and sent twice, because its send
 outlasted the claim.
 
-What this cannot promise for a platform outside Baton's database (Slack, Discord) is exactly once:
+A platform outside Baton's database (Slack, Discord) cannot be marked in the transaction that sends:
 a call that times out after the platform posted is retried, and a process that dies (or is stopped
-mid-send) between the platform's answer and the stored mark has the message sent again once its
-claim runs out. Only an idempotency key on the platform's side closes that gap. The playground marks
-its messages in the transaction that stores them: exactly once.
+mid-send) between the platform's answer and the stored mark has the row sent again once its claim
+runs out. The adapter closes that gap with what its platform offers: Discord's nonce (a try within a
+few minutes of the first gets the message posted then), Slack's message metadata (each post names its
+row and step; a try after one whose post may have reached Slack, or a row taken over, looks for it in
+the thread first). ``Delivery.attempts`` is how an adapter tells a first try (1: nothing to look for)
+from a later one. The playground marks its messages in the transaction that stores them: exactly once.
 """
 
 from __future__ import annotations
