@@ -503,7 +503,10 @@
       showErr(errEl, e.message, e.unreachable);
     } finally {
       delete box.dataset.busy;
-      box.focus();
+      // Back to the box from its Send button, not from wherever the person went while the post was on its
+      // way (a thread opened meanwhile: its reply box lost the focus, and typing went to the channel).
+      const at = document.activeElement;
+      if (!at || at === document.body || box.form.contains(at)) box.focus();
       if (box.dataset.again) { delete box.dataset.again; send(box, errEl, threadId); }
     }
   }
