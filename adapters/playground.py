@@ -64,6 +64,7 @@ RESUME_WINDOW = timedelta(hours=1)  # how far back a live stream resumes for a c
 # The page may not be framed by another site (a hidden frame over a button of its own would turn a click
 # into Approve), and runs only its own script.
 PAGE_HEADERS = {
+    "Cache-Control": "no-cache",  # see _Revalidated
     "X-Frame-Options": "DENY",
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; img-src 'self' data:; "
                                "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; "
@@ -89,6 +90,17 @@ _STRANDED = prepared(select(
         *(PlaygroundMessage.channel == channel for channel, kind in CHANNEL_KINDS.items() if kind == "dm")),
 ).order_by(PlaygroundMessage.id))  # type: ignore[arg-type]
 _NEWEST = prepared(select(func.max(PlaygroundMessage.id)))
+
+
+class _Revalidated(StaticFiles):
+    """The page's script and style, asked again (a 304 when unchanged) at every load. Served with only a
+    Last-Modified, a browser kept them fresh for a tenth of their age by itself: a page reloaded after
+    Baton was upgraded (or app.js edited) ran the old script against the new server."""
+
+    async def get_response(self, path: str, scope: Any) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
 
 
 class _Body(BaseModel):
@@ -147,7 +159,7 @@ class PlaygroundAdapter(Adapter):
         router.add_api_route("/messages", self.post_message, methods=["POST"], status_code=201)
         router.add_api_route("/clicks", self.post_click, methods=["POST"], status_code=202)
         app.include_router(router)
-        app.mount("/static", StaticFiles(directory=PAGE), name="playground-static")
+        app.mount("/static", _Revalidated(directory=PAGE), name="playground-static")
         app.add_api_route("/", lambda: FileResponse(PAGE / "index.html", headers=PAGE_HEADERS), methods=["GET", "HEAD"],
                           include_in_schema=False)
 

@@ -292,3 +292,19 @@ def test_a_thread_opened_while_a_message_is_on_its_way_keeps_the_focus(start_bat
     expect(thread_box).to_be_focused()
     page.keyboard.type("for the thread")
     expect(thread_box).to_have_value("for the thread")
+
+
+def test_a_reloaded_page_asks_for_its_script_again(start_baton, sqlite_url: str, page: sync_api.Page) -> None:  # noqa: F811
+    """app.js and style.css came with a Last-Modified only, so the browser counted them fresh for a tenth
+    of their age and a reload took them from its cache unasked: after an upgrade of Baton (or an edit of
+    app.js) the reloaded page ran the old script against the new server."""
+    baton = start_baton(sqlite_url)
+    open_playground(page, baton.url, "alice")
+    with page.expect_response(re.compile(r"/static/app\.js$")) as script:
+        page.reload()
+    assert script.value.status in (200, 304)
+    expect(page.locator("#conn-status.online")).to_be_attached()
+    # a cache hit has no transfer; a request answered 304 has its headers'
+    sizes = page.evaluate("""() => performance.getEntriesByType('resource')
+        .filter((e) => /\\/static\\/(app\\.js|style\\.css)$/.test(e.name)).map((e) => e.transferSize)""")
+    assert len(sizes) == 2 and all(size > 0 for size in sizes), sizes
