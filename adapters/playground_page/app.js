@@ -428,8 +428,6 @@
     }));
   }
 
-  // The dot alone said nothing to a screen reader and little to anyone: while Baton is away the page
-  // says so in words (a status line), since what is sent or clicked meanwhile fails.
   // Back online, what the page shows is read afresh, not merged into what it knew: Baton may have come
   // back on another database (baton.db removed to start over), whose ids begin again at 1. Merged, the
   // old messages stayed on screen, and a new one whose id the page had seen was dropped as known.
@@ -440,6 +438,8 @@
     S.pending.clear();
   }
 
+  // The dot alone said nothing to a screen reader and little to anyone: while Baton is away the page
+  // says so in words (a status line), since what is sent or clicked meanwhile fails.
   function setStatus(ok) {
     const s = $('conn-status');
     s.className = 'conn-status ' + (ok ? 'online' : 'offline');
@@ -615,10 +615,10 @@
   document.addEventListener('click', (e) => {
     const btn = e.target.closest('.part-buttons button[data-action]');
     if (btn) { click(btn); return; }
-    const example = e.target.closest('#hint .example');
-    if (example) {  // a button: a keyboard reaches it too (it was a bare <code>)
+    const sample = e.target.closest('#hint .example');
+    if (sample) {  // a button: a keyboard reaches it too (it was a bare <code>)
       const box = $('composer');
-      box.value = example.textContent;
+      box.value = sample.textContent;
       autosize(box);
       box.focus();
     }
