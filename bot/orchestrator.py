@@ -17,7 +17,8 @@ from datetime import timedelta
 from typing import Any
 
 from langgraph.types import Command, Interrupt
-from sqlalchemy import DateTime, String, bindparam, func, or_, update
+from sqlalchemy import DateTime, String, bindparam, exists, func, literal, or_, update
+from sqlalchemy.orm import aliased
 from sqlmodel import select
 
 from bot import approvals, audit, model_routing, replies, schedules, threads
@@ -44,12 +45,18 @@ _ORPHANED_THREADS = prepared(select(InboundEvent.thread_record_id).join(ThreadRe
     or_(InboundEvent.kind == "click", ThreadRecord.status != "waiting"),
 ).distinct().limit(SWEEP_BATCH))  # a backlog is taken a batch per sweep, never in one long query
 # Cards nobody decided on since before ``asked_before``: they expire (``Orchestrator.expire_approvals``).
+EXPIRY = "expiry"  # the payload key of the event Baton stores when a card's time is up (no platform click has it)
+EXPIRY_EVENT = "baton-expiry:"  # + the approval's id: the event id of that event (one per card)
+_EXPIRY_STORED = aliased(InboundEvent)
+# Overdue cards whose expiry is not stored yet: one whose expiry was handled and still shows pending (its
+# handling broke off) is not picked again and again, taking the batch's room from the cards behind it.
 _OVERDUE_APPROVALS = prepared(select(Approval.id, ThreadRecord.platform, ThreadRecord.workspace, ThreadRecord.channel,
                                      ThreadRecord.thread, ThreadRecord.id).join(
     ThreadRecord, Approval.thread_record_id == ThreadRecord.id).where(  # type: ignore[arg-type]
     Approval.status == "pending", Approval.created_at < bindparam("asked_before", type_=DateTime()),
+    ~exists().where(_EXPIRY_STORED.platform == ThreadRecord.platform,
+                    _EXPIRY_STORED.event_id == literal(EXPIRY_EVENT) + Approval.id),
 ).order_by(Approval.created_at).limit(SWEEP_BATCH))
-EXPIRY = "expiry"  # the payload key of the event Baton stores when a card's time is up (no platform click has it)
 INVISIBLE = {"Cf", "Cc", "Zs", "Zl", "Zp"}  # format characters (U+200B), controls and spaces: no request
 PROGRESS_LINES = 20  # the latest progress lines a run's progress message shows
 CHOOSER = "choose"  # the pseudo-graph of a run that waits for the requester to pick a graph
@@ -338,7 +345,7 @@ class Orchestrator:
         for approval_id, platform, workspace, channel, thread, record_id in overdue:
             location = Location(platform=platform, workspace=workspace, channel=channel, thread=thread)
             async with self.db.session(durable=False) as session:  # the expiry's own outcome is durable
-                event = await self._claim(session, platform, f"baton-expiry:{approval_id}", "click", location,
+                event = await self._claim(session, platform, f"{EXPIRY_EVENT}{approval_id}", "click", location,
                                           "Baton", "expire", {"approval_id": approval_id, "action": "expire",
                                                               EXPIRY: expiry}, record_id, uuid.uuid4().hex)
                 if event is not None:
@@ -678,7 +685,12 @@ class Orchestrator:
                               run: Run | None) -> None:
         """A card's time is up (``expire_approvals``): its run ends as failed, which expires the card, and the
         thread is told; a card decided meanwhile, or whose run ended, is left as it is."""
-        if approval is None or run is None or approval.status != "pending" or run.status not in threads.BUSY:
+        if approval is not None and approval.status == "pending" and (run is None or run.status not in threads.BUSY):
+            async with self.db.session() as session:  # its run ended without it: it only leaves the waiting cards
+                await self._expire_card(session, record, approval.id, event.correlation_id)  # type: ignore[arg-type]
+                await self._mark_done(session, event, "expired")
+            return None
+        if approval is None or run is None or approval.status != "pending":
             return await self._finish_event(event, "expired already")
         waited = duration(float(event.payload[EXPIRY]))
         await self._finish_run(run, record, event, "failed", replies.approval_expired(approval, waited),

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from sqlmodel import select
+from sqlmodel import select, update
 
 from bot.app import Baton
 from bot.messages import InboundMessage
+from bot.orchestrator import _OVERDUE_APPROVALS
 from bot.settings import Settings
-from storage.models import Approval, InboundEvent, Run
+from storage.models import Approval, InboundEvent, Run, utcnow
 from tests.support import has_buttons, runs_in, wait_for
 
 
@@ -77,3 +78,34 @@ async def wait_until(check, timeout: float = 20) -> None:  # type: ignore[no-unt
         while not await check():
             await asyncio.sleep(0.05)
     await asyncio.wait_for(poll(), timeout)
+
+
+async def test_a_card_whose_run_ended_without_it_leaves_the_waiting_cards_when_it_expires(
+        tmp_path: Path, database_url: str, config_path: Path) -> None:
+    """Its expiry event was handled ("expired already") and the card stayed pending: every later pass picked it
+    again (its expiry stored already: nothing to do), and enough of them took the whole batch's room, so the
+    cards behind them never expired."""
+    settings = Settings(BATON_DATABASE_URL=database_url, BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground", BATON_APPROVAL_EXPIRY_SECONDS=3600)
+    async with Baton(settings) as baton:
+        await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1", event_id="e1",
+                                                  user="alice", text="run restart service=web"))
+
+        async def asked() -> bool:
+            async with baton.db.read() as session:
+                return (await session.exec(select(Approval))).first() is not None
+        await wait_until(asked)
+        async with baton.db.session() as session:  # the run ended some other way, its card left waiting
+            await session.exec(update(Run).values(status="done"))  # type: ignore[call-overload]
+        baton.orchestrator.settings = settings.model_copy(update={"approval_expiry_seconds": 0.001})  # type: ignore[union-attr]
+        assert await baton.orchestrator.expire_approvals() == 1  # type: ignore[union-attr]
+
+        async def expired() -> bool:
+            async with baton.db.read() as session:
+                return (await session.exec(select(Approval.status))).all() == ["stale"]
+        await wait_until(expired)
+        overdue = await baton.db.fetch(_OVERDUE_APPROVALS, {"asked_before": utcnow()})
+        assert overdue.all() == [] and await baton.orchestrator.expire_approvals() == 0  # type: ignore[union-attr]
+        async with baton.db.read() as session:
+            assert (await session.exec(select(InboundEvent.outcome).where(InboundEvent.user == "Baton"))).all() == [
+                "expired"]
