@@ -1,9 +1,10 @@
 """The playground as a person meets it, README in hand, in a real Chromium against a real ``baton run``.
 
-What a first visit goes through that test_browser and test_browser_hunt do not: Baton stopped and
-started again under an open page, text typed while the page still loads, the API's refusals as the page
-shows them, the DM, and the README's command table followed link by link. Waits are Playwright's
-conditions (expect), never sleeps.
+What a visit goes through that test_browser and test_browser_hunt do not: Baton stopped and started
+again under an open page (on the same database, or a new one), text typed while the page still loads, the
+API's refusals as the page shows them, the DM, a long output, the focus while a post is on its way, a
+reload after an upgrade, `?viewer=` as README writes it, and README's command table followed link by link.
+Waits are Playwright's conditions (expect), never sleeps.
 """
 
 from __future__ import annotations
