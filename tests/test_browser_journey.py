@@ -17,7 +17,7 @@ import pytest
 
 from tests.support import runs_in
 from tests.test_browser import WAIT_MS, browser, open_playground, page, sync_api  # noqa: F401 (fixtures)
-from tests.test_browser_hunt import hold_responses, wait_until_held
+from tests.test_browser_hunt import hold_responses, message_id, wait_until_held
 
 expect = sync_api.expect
 UNREACHABLE = "Could not reach the server. Is it running?"
@@ -309,3 +309,27 @@ def test_a_reloaded_page_asks_for_its_script_again(start_baton, sqlite_url: str,
     sizes = page.evaluate("""() => performance.getEntriesByType('resource')
         .filter((e) => /\\/static\\/(app\\.js|style\\.css)$/.test(e.name)).map((e) => e.transferSize)""")
     assert len(sizes) == 2 and all(size > 0 for size in sizes), sizes
+
+
+def test_baton_back_on_a_new_database_marks_new_messages_in_other_channels_unread(
+        start_baton, sqlite_url: str, tmp_path: Path, lenient_page: sync_api.Page) -> None:
+    """The page notes each channel's newest message id, and marks a channel unread for a newer one. Back on
+    a new database, ids begin again at 1: below what it had noted, bob's messages in #ops marked nothing
+    until their ids passed the old database's."""
+    page = lenient_page
+    baton = start_baton(sqlite_url)
+    pg = baton.client()
+    for n in range(3):
+        pg.say(f"old news {n}", channel="ops", user="bob")
+    open_playground(page, baton.url, "alice")
+
+    baton.stop()
+    expect(page.locator("#conn-status.offline")).to_be_attached(timeout=WAIT_MS)
+    baton.database_url = f"sqlite:///{tmp_path / 'started-over.db'}"
+    baton.start()
+    pg.say("there while the page was away", channel="random", user="bob")  # id 1
+    expect(page.locator("#conn-status.online")).to_be_attached(timeout=WAIT_MS)
+    expect(page.locator("#channel-list .channel-link.unread", has_text="random")).to_be_visible()
+    assert message_id(pg.say("new in #ops", channel="ops", user="bob")) == 2  # below the old #ops' 3
+    expect(page.locator("#channel-list .channel-link.unread", has_text="ops")).to_be_visible()
+    expect(page.locator("#channel-list .channel-link.unread")).to_have_count(2)

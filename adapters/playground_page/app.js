@@ -105,6 +105,19 @@
     S.msgs.set(key(m.id), m);
     return true;
   }
+  // Ids never go down on one database (messages are never deleted): a channel whose newest message, as
+  // fetched (plus any that arrived live), is older than the newest the page noted is on a new database
+  // (Baton started over on a new baton.db). Its note starts again there, or nothing newer than the old
+  // database's ids would count as unread. True when so: all of that channel is new to the reader.
+  function renoteNewest(channel, fetched) {
+    let have = 0;
+    for (const m of [...fetched, ...S.msgs.values()]) {
+      if (m.channel === channel && isTop(m)) have = Math.max(have, Number(m.id) || 0);
+    }
+    if (have >= (S.newest.get(channel) || 0)) return false;
+    S.newest.set(channel, have);
+    return true;
+  }
   function seenTop(m) {
     const id = Number(m.id) || 0;
     if (id > (S.newest.get(m.channel) || 0)) S.newest.set(m.channel, id);
@@ -287,6 +300,7 @@
       // An answer overtaken by a newer load is dropped: it may be another user's (their private messages).
       if (seq !== chanSeq) return;
       (d.messages || []).forEach(merge);
+      renoteNewest(ch, []);
       renderChannel();
     } catch (e) {
       if (seq === chanSeq) list.innerHTML = '<div class="empty load-error">' + esc(e.message) + '</div>';
@@ -421,7 +435,7 @@
       let d;
       try { d = await api('/api/channels/' + enc(c.id) + '/messages?viewer=' + enc(user)); } catch (_) { return; }
       if (user !== S.user) return;
-      const before = S.newest.get(c.id) || 0;
+      const before = renoteNewest(c.id, d.messages || []) ? 0 : S.newest.get(c.id) || 0;
       const tops = (d.messages || []).filter(isTop);
       tops.forEach(seenTop);
       if (mark && tops.some((m) => Number(m.id) > before && m.user !== S.user)) markUnread(c.id);
