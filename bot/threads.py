@@ -44,7 +44,11 @@ _RELEASE = prepared(update(_THREADS).where(*_LEASE_HELD).values(lease_owner=None
 def _release_when_idle(next_event: Select[Any]) -> Any:
     """Release our lease unless ``next_event`` finds an event (one statement for the usual case)."""
     return prepared(update(_THREADS).where(*_LEASE_HELD, ~next_event.exists()).values(lease_owner=None, lease_until=None))
-_LOCK_STATUS = prepared(select(_THREADS.c.status).where(_THREADS.c.id == bindparam("record_id")).with_for_update())
+# NO KEY UPDATE (PostgreSQL): it still waits for a take, a renewal or another drain, but not for the KEY SHARE
+# lock a new event's foreign key holds on the row; that accept waits for the thread's outbox lock (its
+# "Queued" note), which the drain answering the thread holds by then: FOR UPDATE made a deadlock.
+_LOCK_STATUS = prepared(select(_THREADS.c.status).where(_THREADS.c.id == bindparam("record_id"))
+                        .with_for_update(key_share=True))
 _PENDING_IDS = select(InboundEvent.id).where(InboundEvent.thread_record_id == bindparam("record_id"),
                                              InboundEvent.status == "pending")
 _RELEASE_WHEN_NO_CLICK = _release_when_idle(_PENDING_IDS.where(InboundEvent.kind == "click"))

@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from bot import threads
 from bot.messages import Location, Message
+from bot.orchestrator import Orchestrator
 from bot.outbox import Delivery, Outbox
 from storage.db import Database, Transaction
 from storage.migrate import upgrade
@@ -197,3 +199,45 @@ async def test_an_edit_waits_for_its_post_and_a_post_failed_for_good_holds_nothi
     async with database.session() as session:
         reply = await outbox.enqueue_claimed(session, THREAD, Message.text(RESULT))
     assert reply is not None  # nothing in the thread is still to be sent: the reply goes at once
+
+
+@pytest.mark.postgres
+async def test_a_message_arriving_while_its_thread_is_answered_does_not_deadlock(
+        replicas: tuple[Replica, Replica]) -> None:
+    """A new event's row holds a KEY SHARE lock on its thread's record (its foreign key) while its accept waits
+    for the thread's outbox lock to store the "Queued" note; the drain answering the thread held that lock and
+    then locked the record FOR UPDATE to close its event: PostgreSQL killed one of them as a deadlock (the
+    accept answered the platform 500, or the request failed with "Something went wrong")."""
+    one, two = replicas
+    async with one.db.session() as session:
+        record, _ = await threads.create(session, THREAD)
+    inserted, answer_locked = asyncio.Event(), asyncio.Event()
+
+    async def accept() -> None:  # accept_message's order: the event (its foreign key), then the note
+        async with one.db.session(urgent=True) as session:
+            await Orchestrator._claim(session, "playground", "e-1", "message", THREAD, "bob", "run uptime",
+                                      {"addressed": True}, record.id, "c-1")
+            inserted.set()
+            await answer_locked.wait()
+            await one.outbox.enqueue(session, THREAD, Message.text(QUEUED, tone="progress"))
+
+    async def answer() -> None:  # _answer's order: the reply (the thread's outbox lock), then _mark_done
+        await inserted.wait()
+        async with two.db.session() as session:
+            await two.outbox.enqueue_claimed(session, THREAD, Message.text(RESULT))
+            answer_locked.set()
+            await _until(_waiting_for_a_lock(two.db), "the accept waiting for the thread's outbox lock")
+            await threads.lock_status(session, record.id)  # type: ignore[arg-type]
+
+    accepting = asyncio.create_task(accept())
+    await answer()
+    await accepting
+
+
+def _waiting_for_a_lock(db: Database) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        async with db.read() as session:
+            return bool((await session.exec(text(  # type: ignore[call-overload]
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'"))).one()[0])
+    return check
