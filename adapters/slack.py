@@ -96,6 +96,7 @@ HISTORY_PAGES = 10  # at 200 messages a page
 # of the last week, at most this many pages of 200. A post retried later than that is posted again.
 LOOKUP_PAGES = 5
 LOOKUP_WINDOW_SECONDS = 7 * 24 * 3600
+LOOKUP_SLACK_SECONDS = 600  # looked for from this long before the row was stored: Slack's clock and ours differ
 TRANSIENT_ERRORS = {"internal_error", "fatal_error", "service_unavailable", "request_timeout", "ratelimited"}
 # Slack refuses the token itself (revoked, rotated, the app uninstalled): RetryLater.token_refused
 AUTH_ERRORS = {"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired"}
@@ -379,8 +380,8 @@ class SlackAdapter(Adapter):
                 return attempt.found[step] if result_key else None
         posting = _POSTING_DELIVERY.set(True)
         try:
-            response = await self.client.chat_postMessage(metadata=delivery_metadata(attempt.delivery.id, step),
-                                                          **kwargs)
+            response = await self.client.chat_postMessage(
+                metadata=delivery_metadata(attempt.delivery.id, step, attempt.delivery.created_at), **kwargs)
         except SlackApiError as exc:
             error = _delivery_error("chat.postMessage", exc)
             if not isinstance(error, RetryLater | DeliveryRejected):  # a 5xx: Slack may have posted it
@@ -424,7 +425,11 @@ class SlackAdapter(Adapter):
 
     async def _find_posts(self, delivery: Delivery) -> dict[int, str]:
         channel, thread = delivery.location.channel, delivery.location.thread
-        window = {"include_all_metadata": True, "limit": 200, "oldest": f"{time.time() - LOOKUP_WINDOW_SECONDS:.6f}"}
+        # From a little before the row was stored (clocks differ): a long thread is read from there, not from
+        # its start; without the time, the last week's.
+        stored = delivery.created_at
+        since = stored.timestamp() - LOOKUP_SLACK_SECONDS if stored else time.time() - LOOKUP_WINDOW_SECONDS
+        window = {"include_all_metadata": True, "limit": 200, "oldest": f"{since:.6f}"}
         found: dict[int, str] = {}
         cursor = None
         for _ in range(LOOKUP_PAGES):
@@ -433,7 +438,7 @@ class SlackAdapter(Adapter):
             else:  # newest first
                 response = await self.client.conversations_history(channel=channel, cursor=cursor, **window)
             for message in response.get("messages") or []:
-                step = delivery_step(message, delivery.id)
+                step = delivery_step(message, delivery.id, stored)
                 if step is not None and message.get("ts") and (
                         not self.bot_user_id or message.get("user") == self.bot_user_id):
                     found.setdefault(step, str(message["ts"]))

@@ -12,6 +12,7 @@ import base64
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, assert_never
 
 from adapters.contract import split_text
@@ -208,24 +209,37 @@ def _label(label: str) -> str:
     return label if len(label) <= BUTTON_LABEL_CHARS else label[:BUTTON_LABEL_CHARS - 1] + "…"
 
 
-def delivery_metadata(delivery_id: int, step: int) -> dict[str, Any]:
-    """The metadata that names step ``step`` of outbox row ``delivery_id`` on the Slack message it became."""
-    return {"event_type": DELIVERY_EVENT_TYPE, "event_payload": {"delivery_id": delivery_id, "step": step}}
+def delivery_metadata(delivery_id: int, step: int, stored: datetime | None = None) -> dict[str, Any]:
+    """The metadata that names step ``step`` of outbox row ``delivery_id`` (stored at ``stored``) on the Slack
+    message it became."""
+    payload: dict[str, Any] = {"delivery_id": delivery_id, "step": step}
+    if stored is not None:
+        payload["stored"] = _stamp(stored)
+    return {"event_type": DELIVERY_EVENT_TYPE, "event_payload": payload}
 
 
-def delivery_step(message: dict[str, Any], delivery_id: int) -> int | None:
-    """Which step of outbox row ``delivery_id`` a Slack message (as ``conversations.*`` return it with
-    ``include_all_metadata``) is; ``None`` when it is none of that row's."""
+def delivery_step(message: dict[str, Any], delivery_id: int, stored: datetime | None = None) -> int | None:
+    """Which step of outbox row ``delivery_id`` (stored at ``stored``) a Slack message (as ``conversations.*``
+    return it with ``include_all_metadata``) is; ``None`` when it is none of that row's. The time tells the
+    row from another database's with the same id (baton.db made anew, a backup restored): the id alone took
+    that row's message for this one's, which was then never posted."""
     metadata = message.get("metadata")
     if not isinstance(metadata, dict) or metadata.get("event_type") != DELIVERY_EVENT_TYPE:
         return None
     payload = metadata.get("event_payload")
     if not isinstance(payload, dict) or str(payload.get("delivery_id")) != str(delivery_id):
         return None
+    if stored is not None and payload.get("stored") != _stamp(stored):
+        return None
     try:
         return int(payload.get("step"))  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
+
+
+def _stamp(stored: datetime) -> str:
+    """``stored`` to the microsecond, as the same text whichever way the row was read (naive is UTC)."""
+    return f"{(stored if stored.tzinfo else stored.replace(tzinfo=UTC)).timestamp():.6f}"
 
 
 def shown_text(message: dict[str, Any]) -> str:

@@ -178,6 +178,9 @@ class Delivery:
     target_user: str | None
     target_message_id: str | None  # for ``update``: the platform id of the message to edit
     attempts: int
+    # When the row was stored: where an adapter that looks for an earlier try's post (Slack) starts looking,
+    # and what tells its row from another database's of the same id (baton.db made anew, a restore).
+    created_at: datetime | None = None
 
 
 class Outbox:
@@ -292,7 +295,7 @@ class Outbox:
                    claimed_until=row["created_at"] + timedelta(seconds=self.claim_seconds))
         row_id = await insert_returning_id(session, OutboxMessage, row)
         return Delivery(id=row_id, kind="post", location=location, message=message, target_user=None,
-                        target_message_id=None, attempts=1)
+                        target_message_id=None, attempts=1, created_at=row["created_at"])
 
     def hand_over(self, platform: str, delivery: Delivery | None) -> None:
         """After the commit: give the adapter the delivery ``enqueue_claimed`` made, or else ``wake`` it."""
@@ -468,6 +471,7 @@ class Outbox:
             target_user=row.target_user,
             target_message_id=target,
             attempts=row.attempts + 1,
+            created_at=row.created_at,
         )
 
     @staticmethod

@@ -10,6 +10,7 @@ reached Slack looks for it in the thread first (``adapters/slack.py``, ``_Attemp
 from __future__ import annotations
 
 import signal
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 from slack_sdk.errors import SlackApiError
 
 from adapters import slack_blocks
+from adapters.slack_blocks import delivery_metadata
 from adapters.contract import RetryLater
 from adapters.slack import SlackAdapter
 from bot.messages import Location, Message, Text
@@ -121,14 +123,22 @@ def test_a_first_try_looks_for_nothing_and_every_post_names_its_row_and_step(sla
     wait_for(lambda: [status for (status,) in slack.rows("SELECT status FROM outbox")] == ["sent", "sent"],
              what="both replies recorded sent")
     assert _lookups(slack.fake) == []
-    rows = slack.rows("SELECT id, platform_message_id FROM outbox ORDER BY id")
+    rows = slack.rows("SELECT id, platform_message_id, created_at FROM outbox ORDER BY id")
+    stored = {row_id: delivery_metadata(row_id, 0, _utc(created))["event_payload"]["stored"]
+              for row_id, _ts, created in rows}
     posts = slack.fake.calls("chat.postMessage")
     assert [call.status for call in posts] == [200, 429, 200]
-    assert [call.args["metadata"] for call in posts] == [
-        {"event_type": DELIVERY_EVENT_TYPE, "event_payload": {"delivery_id": row_id, "step": 0}}
+    assert [call.args["metadata"] for call in posts] == [  # the row, its step, and when it was stored
+        {"event_type": DELIVERY_EVENT_TYPE, "event_payload": {"delivery_id": row_id, "step": 0, "stored": stored[row_id]}}
         for row_id in (rows[0][0], rows[1][0], rows[1][0])]
-    for row_id, ts in rows:  # kept with the message, as Slack keeps it
-        assert slack.fake.message(GENERAL, ts).metadata["event_payload"] == {"delivery_id": row_id, "step": 0}
+    for row_id, ts, _created in rows:  # kept with the message, as Slack keeps it
+        assert slack.fake.message(GENERAL, ts).metadata["event_payload"] == {
+            "delivery_id": row_id, "step": 0, "stored": stored[row_id]}
+
+
+def _utc(stored: str) -> datetime:
+    """A ``created_at`` as SQLite keeps it (text, UTC)."""
+    return datetime.fromisoformat(stored).replace(tzinfo=UTC)
 
 
 # -- a message of several Slack messages: each step is looked for -----------------------------------------
@@ -237,3 +247,33 @@ async def test_a_lookup_slack_rate_limits_or_fails_posts_nothing_until_it_can_lo
     (posted,) = fake_slack.messages(GENERAL)
     assert sent == posted.ts and len(fake_slack.calls("chat.postMessage")) == 1
     assert [call.status for call in fake_slack.calls("conversations.replies")] == [429, 503, 200]
+
+
+@pytest.mark.asyncio
+async def test_another_databases_row_of_the_same_id_is_not_taken_for_this_ones_post(fake_slack: FakeSlack,  # noqa: F811
+                                                                                    tmp_path: Path) -> None:
+    """The metadata named the row by its id only: Baton started again on a new database (baton.db removed: ids
+    from 1 again, or a backup restored) found the old database's message of that id in the channel after a
+    503, took it for its own post, and the new message was never posted."""
+    top = Location(platform="slack", workspace="T1", channel=GENERAL, thread="")
+
+    def row_1(text: str, attempts: int, stored: datetime) -> Delivery:
+        return Delivery(id=1, kind="post", location=top, message=Message(parts=[Text(text=text)]), target_user=None,
+                        target_message_id=None, attempts=attempts, created_at=stored)
+
+    old = await _adapter(fake_slack, tmp_path)
+    try:
+        await old.send(row_1("yesterday's digest", 1, datetime(2026, 12, 4, 9, 0, tzinfo=UTC)))
+    finally:
+        await old.client.session.close()
+    new = await _adapter(fake_slack, tmp_path)
+    today = datetime.now(UTC)
+    fake_slack.fail("chat.postMessage", 503, error="service_unavailable")  # the first try: nothing posted
+    try:
+        with pytest.raises(Exception):
+            await new.send(row_1("today's digest", 1, today))
+        ts = await new.send(row_1("today's digest", 2, today))
+    finally:
+        await new.client.session.close()
+    assert "today's digest" in shown_text(fake_slack.message(GENERAL, ts))
+    assert len(fake_slack.messages(GENERAL)) == 2
