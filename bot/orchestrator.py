@@ -798,9 +798,13 @@ class Orchestrator:
         if expired.rowcount:
             card = await session.get(Approval, approval_id, populate_existing=True)
             await self._edit_card(session, record, card, correlation)  # type: ignore[arg-type]
+            await audit.record(session, "approval.expired", correlation, platform=record.platform,
+                               channel=record.channel, thread=record.thread, user="Baton", run_id=card.run_id,  # type: ignore[union-attr]
+                               approval_id=approval_id)
 
     async def _edit_card(self, session: Transaction, record: ThreadRecord, approval: Approval, correlation: str) -> None:
-        await self.outbox.enqueue(session, threads.location_of(record), replies.approval_card(approval), kind="update",
+        card = replies.choice_card(approval) if approval.kind == "choice" else replies.approval_card(approval)
+        await self.outbox.enqueue(session, threads.location_of(record), card, kind="update",
                                   ref_outbox_id=approval.card_outbox_id, correlation_id=correlation)
 
     async def _taken_up_again(self, run: Run, record: ThreadRecord, event: InboundEvent) -> bool:

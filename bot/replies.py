@@ -112,6 +112,9 @@ def choice_card(approval: Approval) -> Message:
                 ButtonOption(value=name, label=name, style="primary" if index == 0 else "default")
                 for index, name in enumerate(options)])])
     assert approval.decided_at is not None
+    if approval.status == "stale":  # nobody picked in time, or its run ended
+        return Message(title="Expired", tone="warning", parts=[
+            Text(text=approval.summary), Note(text=f"Expired by {approval.decided_by} at {when(approval.decided_at)}")])
     return Message(title="Chosen", tone="success", parts=[
         Text(text=approval.summary), Note(text=f"{approval.decided_by} chose `{approval.choice}` at {when(approval.decided_at)}")])
 

@@ -11,7 +11,8 @@ from bot.app import Baton
 from bot.messages import InboundMessage
 from bot.orchestrator import _OVERDUE_APPROVALS
 from bot.settings import Settings
-from storage.models import Approval, InboundEvent, Run, utcnow
+from storage.models import Approval, AuditEntry, InboundEvent, PlaygroundMessage, Run, utcnow
+from tests.fake_models import script
 from tests.support import has_buttons, runs_in, wait_for
 
 
@@ -70,7 +71,9 @@ async def test_two_replicas_store_one_expiry_per_card(tmp_path: Path, database_u
         async with one.db.read() as session:
             expiries = (await session.exec(select(InboundEvent).where(InboundEvent.user == "Baton"))).all()
             approval = (await session.exec(select(Approval))).one()
+            audited = (await session.exec(select(AuditEntry.kind).where(AuditEntry.approval_id == approval.id))).all()
         assert [event.status for event in expiries] == ["done"] and approval.status == "stale"
+        assert audited[-1] == "approval.expired"
 
 
 async def wait_until(check, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
@@ -109,3 +112,32 @@ async def test_a_card_whose_run_ended_without_it_leaves_the_waiting_cards_when_i
         async with baton.db.read() as session:
             assert (await session.exec(select(InboundEvent.outcome).where(InboundEvent.user == "Baton"))).all() == [
                 "expired"]
+
+
+async def test_a_which_one_card_nobody_picks_from_expires_as_what_it_was(
+        tmp_path: Path, config_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """An expired "Which one?" card was redrawn as an approval card: "Expired", Baton's internals in a code
+    block (options: [...]) and "Requested by alice · risk low · approvers: alice"."""
+    script_path = tmp_path / "script.json"
+    monkeypatch.setenv("BATON_TEST_MODEL_SCRIPT", str(script_path))
+    script(script_path, [{"tool_calls": [{"name": "GraphGuess", "id": "g1", "args": {
+        "graph": "status", "confidence": 0.4, "alternatives": ["help"]}}]}])
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'c.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground", BATON_MODEL="python:tests.fake_models:scripted",
+                        BATON_APPROVAL_EXPIRY_SECONDS=1)
+    async with Baton(settings) as baton:
+        await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
+                                                  event_id="e1", user="alice", text="hmm, the thing?", addressed=True))
+
+        async def texts() -> list[str]:
+            async with baton.db.read() as session:
+                return list((await session.exec(select(PlaygroundMessage.text).where(
+                    PlaygroundMessage.thread_id == "1", PlaygroundMessage.is_bot).order_by(PlaygroundMessage.id))).all())
+
+        async def expired() -> bool:
+            shown = await texts()
+            return any("so it expired" in text for text in shown) and any("Expired by Baton" in t for t in shown)
+        await wait_until(expired)
+        card = next(text for text in await texts() if "Expired by Baton" in text)
+        assert "Which" in card or "which" in card
+        assert "options" not in card and "Requested by" not in card and "chose" not in card
