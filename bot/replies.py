@@ -174,7 +174,7 @@ def stopped_too_often(graph: str, times: int) -> Message:
 def duplicate(link_channel: str, link_thread: str, status: str, *, here: bool = False) -> Message:
     """The answer to a request made again while its twin runs or shortly after; ``here``: the twin is in the
     thread the request was made in (typed again while it ran, it was queued behind itself)."""
-    force = Note(text="Add `force` at the end of your request to run it anyway.")
+    force = Note(text="Add `force` as the first or last word of your request to run it anyway.")
     if here:
         doing = "is still going" if status in ("running", "waiting") else "finished just above"
         return Message(tone="info", parts=[

@@ -43,7 +43,7 @@ def compose(state: DigestState) -> DigestState:
             text += f" {_spending(stats)}."
         return {"reply": {"title": title, "tone": "info", "parts": [{"kind": "text", "text": text}]}}
     parts: list[dict[str, Any]] = []
-    lines = [f"*{stats['requests']}* requests"]
+    lines = [f"*{stats['requests']}* request{'' if stats['requests'] == 1 else 's'}"]
     for graph, counts in sorted(stats["per_graph"].items()):
         lines.append(f"• `{graph}`: {counts.get('done', 0)} done, {counts.get('failed', 0)} failed, "
                      f"{counts.get('running', 0)} still running or waiting")

@@ -29,14 +29,14 @@ def answer(state: HelpState) -> HelpState:
         risk = " (needs approval)" if entry.get("risk") == "high" else ""
         described = f" — {entry['description']}" if entry["description"] else ""  # a graph may have none
         lines.append(f"• `{entry['example']}`{described}{risk}")
-    intro = "Here is what I can do. Mention me with one of these:"
+    intro = "Here is what I can do (in a channel, mention me first):"
     unknown = state.get("text", "").strip()
     if unknown:
         intro = f"I don't know how to handle “{quoted(unknown, 200)}” yet. " + intro
     parts = [
         {"kind": "text", "text": intro},
         {"kind": "text", "text": "\n".join(lines)},
-        {"kind": "note", "text": "Add `force` at the end of a request to run it again even if the same one ran recently."},
+        {"kind": "note", "text": "Add `force` as the first or last word of a request to run it again even if the same one ran recently."},
     ]
     return {"reply": {"title": "Baton help", "tone": "info", "parts": parts}}
 

@@ -244,7 +244,7 @@ def test_chat_commands_create_list_run_and_remove_schedules(start_baton, sqlite_
 
     now = pg.ask("@baton digest now", channel="ops", user="bob")
     digest = pg.wait_reply(now, "Digest for #ops")
-    assert "*1* requests" in digest["text"] and "`runbook`: 1 done, 0 failed" in digest["text"]
+    assert "*1* request\n" in digest["text"] and "`runbook`: 1 done, 0 failed" in digest["text"]
     assert "asked for by bob" in digest["text"]
     assert any(part["kind"] == "image" for part in digest["content"]["parts"])
     again = pg.ask("@baton digest now", channel="ops")

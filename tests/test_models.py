@@ -185,7 +185,7 @@ def test_digest_gets_a_written_summary_with_a_model(start_baton, sqlite_url, mod
     pg.wait_reply(pg.ask("@baton run uptime", channel="ops"), "did uptime")
     digest = pg.wait_reply(pg.ask("@baton digest now", channel="ops"), "Digest for #ops")
     assert digest["content"]["parts"][0]["text"] == "A quiet, healthy day: one uptime check, all fine."
-    assert "*1* requests" in digest["text"]
+    assert "*1* request\n" in digest["text"]
     assert '"requests": 1' in calls(model_script.path)[0]["last"]
 
 
