@@ -15,7 +15,7 @@ from langgraph.types import interrupt
 
 from bot.kit import APPROVAL_TEXT_LIMIT
 
-DESCRIPTION = "Draft an announcement for the channel; it is posted after approval."
+DESCRIPTION = "Draft an announcement; once approved, it is posted in its thread."
 EXAMPLE = "announce Maintenance tonight at 22:00 UTC"
 ASKS_APPROVAL = True
 

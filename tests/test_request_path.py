@@ -254,7 +254,7 @@ def test_help_and_status(baton, counter):
     for example in ("run uptime", "status", "announce"):
         assert example in reply["text"]
     assert "don't know" not in reply["text"]
-    assert "posted after approval. (needs approval)" in reply["text"]  # announce stops for a decision
+    assert "posted in its thread. (needs approval)" in reply["text"]  # announce stops for a decision
     waiting = pg.ask("@baton run restart service=web", channel="ops")
     pg.wait_card(waiting)
     status = pg.ask("@baton status", channel="ops")
