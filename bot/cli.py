@@ -265,7 +265,7 @@ def audit(
             typer.echo(f"Nothing in the audit log for {_printable(wanted)}." if wanted else "The audit log is empty.")
             return
         _table(["at (UTC)", "request", "what", "who", "run", "details"],
-               [[f"{row.at:%Y-%m-%d %H:%M:%S}", row.correlation_id[:8], row.kind, row.user or "-",
+               [[f"{row.at:%Y-%m-%d %H:%M:%S}", row.correlation_id, row.kind, row.user or "-",
                  row.run_id or "-", _details(row)] for row in reversed(rows)])
 
     wanted = (thread_or_correlation or "").strip()

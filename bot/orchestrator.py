@@ -44,12 +44,11 @@ _ORPHANED_THREADS = prepared(select(InboundEvent.thread_record_id).join(ThreadRe
     or_(ThreadRecord.lease_owner.is_(None), ThreadRecord.lease_until < bindparam("now", type_=DateTime())),  # type: ignore[union-attr]
     or_(InboundEvent.kind == "click", ThreadRecord.status != "waiting"),
 ).distinct().limit(SWEEP_BATCH))  # a backlog is taken a batch per sweep, never in one long query
-# Cards nobody decided on since before ``asked_before``: they expire (``Orchestrator.expire_approvals``).
 EXPIRY = "expiry"  # the payload key of the event Baton stores when a card's time is up (no platform click has it)
 EXPIRY_EVENT = "baton-expiry:"  # + the approval's id: the event id of that event (one per card)
 _EXPIRY_STORED = aliased(InboundEvent)
-# Overdue cards whose expiry is not stored yet: one whose expiry was handled and still shows pending (its
-# handling broke off) is not picked again and again, taking the batch's room from the cards behind it.
+# Cards nobody decided on since before ``asked_before`` (``Orchestrator.expire_approvals``) whose expiry is not
+# stored yet: one whose expiry was handled and still shows pending (its handling broke off) is not picked again and again, taking the batch's room from the cards behind it.
 _OVERDUE_APPROVALS = prepared(select(Approval.id, ThreadRecord.platform, ThreadRecord.workspace, ThreadRecord.channel,
                                      ThreadRecord.thread, ThreadRecord.id).join(
     ThreadRecord, Approval.thread_record_id == ThreadRecord.id).where(  # type: ignore[arg-type]
@@ -684,7 +683,7 @@ class Orchestrator:
     async def _expire_request(self, event: InboundEvent, record: ThreadRecord, approval: Approval | None,
                               run: Run | None) -> None:
         """A card's time is up (``expire_approvals``): its run ends as failed, which expires the card, and the
-        thread is told; a card decided meanwhile, or whose run ended, is left as it is."""
+        thread is told. A card whose run ended without it just expires; one decided meanwhile is left as it is."""
         if approval is not None and approval.status == "pending" and (run is None or run.status not in threads.BUSY):
             async with self.db.session() as session:  # its run ended without it: it only leaves the waiting cards
                 await self._expire_card(session, record, approval.id, event.correlation_id)  # type: ignore[arg-type]

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from datetime import datetime, timedelta
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
 
 from langchain_core.language_models import BaseChatModel

@@ -134,7 +134,7 @@ def test_audit_shows_a_request_from_its_event_to_its_effect(baton, tmp_path, con
     result = baton_cli("audit", thread, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     lines = [line.split() for line in result.stdout.splitlines()[1:]]
-    request = lines[0][2]  # the first 8 characters of its correlation id; each click is an event of its own
+    request = lines[0][2]  # its correlation id; each click is an event of its own
     story = [line[3] for line in lines if line[2] == request]
     assert story == ["request.received", "run.started", "approval.requested", "approval.refused", "approval.approved",
                      "effect.started", "effect.done", "run.done"], result.stdout
@@ -145,6 +145,8 @@ def test_audit_shows_a_request_from_its_event_to_its_effect(baton, tmp_path, con
 
     whole = baton_cli("audit", f"playground/general/{thread}", cwd=tmp_path, env=env).stdout
     assert whole == result.stdout
+    by_request = baton_cli("audit", request, cwd=tmp_path, env=env).stdout.splitlines()[1:]
+    assert [line.split()[3] for line in by_request] == story  # the request's own entries, by its correlation id
     latest = baton_cli("audit", "--limit", "3", cwd=tmp_path, env=env).stdout.splitlines()
     assert len(latest) == 4 and latest[-1].split()[3] == "run.done"  # a header and the last three, oldest first
     nothing = baton_cli("audit", "no-such-thread", cwd=tmp_path, env=env)
