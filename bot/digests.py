@@ -65,8 +65,8 @@ class Claim:
 class DigestContext(RunServices):
     """The digest graph's run context: no run row holds its model's usage, so it is added up here."""
 
-    def __init__(self, services: Services, request: Request, workspace: str, spent: Spend) -> None:
-        super().__init__(services, request, None, workspace)
+    def __init__(self, services: Services, request: Request, workspace: str, spent: Spend, correlation_id: str) -> None:
+        super().__init__(services, request, None, workspace, correlation_id)
         self._price = services.config.models.prices.get(services.model_name or "")
         self._spent = spent
 
@@ -338,10 +338,10 @@ class Digests:
         spec = self.registry.get(DIGEST_GRAPH)
         if spec is None:
             return Message.text(f"Digest {when(run.window_start)} to {when(run.window_end)}: "
-                                f"{stats['requests']} requests (the `digest` graph is not installed).")
+                                f"{stats['requests']} request{'' if stats['requests'] == 1 else 's'} (the `digest` graph is not installed).")
         services = DigestContext(self.services, Request(
             platform=run.platform, channel=run.channel, thread=location.thread, user="baton", text="digest"),
-            run.workspace, spent)
+            run.workspace, spent, f"digest-{run.id}")  # its effects audited as its card and posting are
         lg_thread = f"digest-{run.id}"
 
         async def no_progress(_text: str) -> None:
