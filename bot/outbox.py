@@ -96,12 +96,6 @@ class ClaimLost(RuntimeError):
     """Another replica took this outbox row over (this one stalled past its claim): it is theirs to send."""
 
 
-_UNDELIVERED_IN_THREAD = prepared(select(OutboxMessage.id).where(
-    OutboxMessage.platform == bindparam("platform"), OutboxMessage.channel == bindparam("channel"),
-    OutboxMessage.thread == bindparam("thread"),
-    or_(OutboxMessage.status == "pending", OutboxMessage.status == "sending")).limit(1))  # no IN list: prepared
-
-
 # A post's latest version: its latest edit, else the post (an edit is stored in the post's thread, after it).
 _LATEST_VERSION = select(OutboxMessage.payload).where(
     OutboxMessage.platform == bindparam("platform"), OutboxMessage.channel == bindparam("channel"),
@@ -126,6 +120,11 @@ _SHOWN_AS = prepared(select(OutboxMessage.platform_message_id).where(
 
 # An IN list of literals, not of values: a prepared statement takes no expanding IN parameter.
 _UNSENT = [literal("pending"), literal("sending")]
+# Through ix_outbox_thread_status: the thread's unsent rows only (through ix_outbox_thread it read every row
+# the thread ever sent: 6 ms at 50,000, with SQLite's write lock held).
+_UNDELIVERED_IN_THREAD = prepared(select(OutboxMessage.id).where(
+    OutboxMessage.platform == bindparam("platform"), OutboxMessage.channel == bindparam("channel"),
+    OutboxMessage.thread == bindparam("thread"), OutboxMessage.status.in_(_UNSENT)).limit(1))  # type: ignore[attr-defined]
 
 
 # Every platform's unsent rows: how many, and since when (read at start, not polled).

@@ -212,6 +212,8 @@ class OutboxMessage(SQLModel, table=True):
     __table_args__ = (
         Index("ix_outbox_due", "platform", "status", "next_attempt_at"),
         Index("ix_outbox_thread", "platform", "channel", "thread", "id"),
+        # "Anything of this thread still unsent?" (each reply, each claim) without reading what it sent.
+        Index("ix_outbox_thread_status", "platform", "channel", "thread", "status", "id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

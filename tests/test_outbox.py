@@ -17,7 +17,7 @@ from sqlmodel import select
 from adapters.contract import DeliveryRejected
 from bot.app import Baton
 from bot.messages import InboundMessage, Location, Message
-from bot.outbox import Outbox, _due_statement
+from bot.outbox import Outbox, _UNDELIVERED_IN_THREAD, _due_statement
 from bot.settings import Settings
 from storage.db import Database, sqlite_path
 from storage.migrate import upgrade
@@ -269,6 +269,22 @@ def test_an_idle_poll_looks_up_unsent_rows_by_index_not_every_row_ever_sent(sqli
         outer = [detail for _id, parent, _unused, detail in connection.execute(f"EXPLAIN QUERY PLAN {sql}")
                  if parent == 0]
     assert outer[0].startswith("SEARCH outbox USING INDEX ix_outbox_due (platform=? AND status=?)"), outer
+
+
+def test_whether_a_thread_has_unsent_rows_is_looked_up_by_index_not_every_row_it_ever_sent(sqlite_url: str) -> None:
+    """Asked at every reply (in the write transaction that stores it) and for every row a claim looks at: it
+    read every row the thread had ever sent, 0.9 ms at 10,000 and 6 ms at 50,000 with SQLite's write lock held."""
+    upgrade(sqlite_url)
+    thread = _UNDELIVERED_IN_THREAD.params(platform="playground", channel="general", thread="1")
+    due = _due_statement(20).params(platform="playground", now=utcnow())
+    plans = []
+    with closing(sqlite3.connect(sqlite_path(sqlite_url))) as connection:
+        for statement in (thread, due):
+            sql = str(statement.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
+            plans.append([detail for _id, _parent, _unused, detail in connection.execute(f"EXPLAIN QUERY PLAN {sql}")])
+    expected = "ix_outbox_thread_status (platform=? AND channel=? AND thread=? AND status=?"
+    assert expected in plans[0][0], plans[0]
+    assert any(expected + " AND id<?)" in detail for detail in plans[1]), plans[1]  # the earlier rows' check
 
 
 async def test_a_claim_lasts_a_lease_and_a_live_replica_keeps_the_claim_of_a_slow_delivery(
