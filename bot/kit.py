@@ -101,7 +101,7 @@ _current: contextvars.ContextVar[RunContext] = contextvars.ContextVar("baton_run
 
 
 def duration(seconds: float) -> str:
-    """A span of time for people: 40ms, 4.2s, 13s, 12m, 3h 5m, 2d 4h."""
+    """A span of time for people: 40ms, 4.2s, 13s, 12m, 3h 5m, 1h, 2d 4h, 1d."""
     seconds = max(0.0, float(seconds))
     if round(seconds * 1000) < 1000:
         return f"{round(seconds * 1000)}ms"
@@ -113,8 +113,10 @@ def duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60:.0f}m"
     if seconds < 86400:
-        return f"{seconds // 3600:.0f}h {seconds % 3600 // 60:.0f}m"
-    return f"{seconds // 86400:.0f}d {seconds % 86400 // 3600:.0f}h"
+        hours, minutes = seconds // 3600, seconds % 3600 // 60
+        return f"{hours:.0f}h {minutes:.0f}m" if minutes else f"{hours:.0f}h"  # "1h", not "1h 0m"
+    days, hours = seconds // 86400, seconds % 86400 // 3600
+    return f"{days:.0f}d {hours:.0f}h" if hours else f"{days:.0f}d"
 
 
 def current() -> RunContext:

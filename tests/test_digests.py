@@ -367,6 +367,7 @@ def test_durations_read_as_people_say_them():
 
     assert [duration(seconds) for seconds in (0.04, 0.9996, 4.25, 13, 59.6, 3700, 90000)] == \
         ["40ms", "1.0s", "4.2s", "13s", "1m", "1h 1m", "1d 1h"]
+    assert [duration(seconds) for seconds in (3600, 86400, 7 * 86400)] == ["1h", "1d", "7d"]  # not "1d 0h"
 
 
 def test_a_cost_that_covers_only_some_runs_says_so():
