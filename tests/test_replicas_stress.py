@@ -7,6 +7,7 @@ thread's messages arrive in the order Baton stored them."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import random
 import uuid
@@ -171,11 +172,23 @@ async def _settled(baton: Baton) -> bool:
     return pending is None and unsent is None and waiting is None and busy is None
 
 
+def _from_another_test(record: logging.LogRecord) -> bool:
+    """asyncio's "Task exception was never retrieved" for a task an earlier test in this process left behind
+    (it is logged whenever the task is collected): its traceback runs through that test's module."""
+    where = logging.Formatter().formatException(record.exc_info) if record.exc_info else ""
+    text = f"{record.getMessage()} {where}"
+    return record.name == "asyncio" and "never retrieved" in text and "tests/test_replicas_stress.py" not in text \
+        and "/tests/test_" in text
+
+
 async def test_two_replicas_under_mixed_load_handle_everything_once_in_order(
         tmp_path: Path, postgres_url: str, config_path: Path, counter: Path) -> None:
     base = Settings(BATON_DATABASE_URL=postgres_url, BATON_CONFIG=config_path,  # type: ignore[call-arg]
                     BATON_ADAPTERS="playground")
     expiring = base.model_copy(update={"approval_expiry_seconds": EXPIRY_SECONDS})
+    # An earlier test's task that ended in an exception nobody retrieved (test_recovery's stopped drains) is
+    # logged by asyncio when it is collected, which happened during this test now and then: collected first.
+    gc.collect()
     logs = _Records()
     logging.getLogger().addHandler(logs)
     try:
@@ -195,7 +208,7 @@ async def test_two_replicas_under_mixed_load_handle_everything_once_in_order(
         logging.getLogger().removeHandler(logs)
 
     troubles = [f"{r.name} {r.levelname}: {r.getMessage()} {r.exc_text or ''}" for r in logs.records
-                if r.levelno >= logging.ERROR or "deadlock" in r.getMessage().lower()
+                if (r.levelno >= logging.ERROR and not _from_another_test(r)) or "deadlock" in r.getMessage().lower()
                 or "OperationalError" in (r.exc_text or r.getMessage())]
     assert troubles == []
     assert not [m.text for m in shown if "Something went wrong" in m.text]
