@@ -157,6 +157,9 @@ def question_gone(graph: str) -> Message:
 
 def approval_expired(approval: Approval, waited: str) -> Message:
     """A card nobody decided on in time (``BATON_APPROVAL_EXPIRY_SECONDS``): the run ended without doing it."""
+    if approval.kind == "choice":  # "Which one did you mean?": nothing was asked to be approved
+        return Message.text(f"Nobody picked one of the choices within {waited}, so I did not run any of them. "
+                            "Ask again if it is still needed.", tone="warning", title="Choice expired")
     line = first_line(approval.summary)
     what = f'"{quoted(line)}"' if line else "this"
     return Message.text(f"Nobody decided on {what} within {waited}, so it expired and nothing more of this run "

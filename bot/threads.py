@@ -129,7 +129,9 @@ class Leases:
 
     async def _next_or_release(self, session: Transaction, record_id: int) -> Work | None:
         record = (await session.exec(
-            select(ThreadRecord).where(ThreadRecord.id == record_id).with_for_update()  # type: ignore[arg-type]
+            # NO KEY UPDATE, as _LOCK_STATUS: after take's UPDATE, FOR UPDATE waited for a new event's foreign
+            # key (KEY SHARE), whose accept waited for the outbox lock of a stalled drain waiting for this row.
+            select(ThreadRecord).where(ThreadRecord.id == record_id).with_for_update(key_share=True)  # type: ignore[arg-type]
             .execution_options(populate_existing=True))).one()
         if record.lease_owner != self.owner:  # lost it while handling (see Orchestrator._mark_done)
             return None

@@ -277,3 +277,14 @@ async def test_another_databases_row_of_the_same_id_is_not_taken_for_this_ones_p
         await new.client.session.close()
     assert "today's digest" in shown_text(fake_slack.message(GENERAL, ts))
     assert len(fake_slack.messages(GENERAL)) == 2
+
+
+def test_a_post_made_before_posts_named_their_rows_time_is_still_recognised() -> None:
+    """A row tried once by a Baton from before the stamp, then again after an upgrade (or by a new replica in a
+    rolling deploy): its post carried no "stored", was not recognised, and was posted a second time."""
+    stored = datetime(2026, 12, 5, 22, 0, tzinfo=UTC)
+    before_the_stamp = {"metadata": {"event_type": DELIVERY_EVENT_TYPE, "event_payload": {"delivery_id": 5, "step": 0}}}
+    assert slack_blocks.delivery_step(before_the_stamp, 5, stored) == 0
+    other_database = {"metadata": slack_blocks.delivery_metadata(5, 0, datetime(2026, 12, 4, tzinfo=UTC))}
+    assert slack_blocks.delivery_step(other_database, 5, stored) is None
+    assert slack_blocks.delivery_step({"metadata": slack_blocks.delivery_metadata(5, 1, stored)}, 5, stored) == 1
