@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from bot.orchestrator import Orchestrator
 from bot.outbox import Delivery, Outbox
 from storage.db import Database, Transaction
 from storage.migrate import upgrade
+from storage.models import utcnow
 
 THREAD = Location(platform="playground", workspace="", channel="ops", thread="42")
 QUEUED = "Queued: I'll handle this after the current run finishes."
@@ -241,3 +243,50 @@ def _waiting_for_a_lock(db: Database) -> Callable[[], Awaitable[bool]]:
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                 "AND wait_event_type = 'Lock'"))).one()[0])
     return check
+
+
+@pytest.mark.postgres
+async def test_a_take_an_accept_and_a_stalled_drain_do_not_deadlock(
+        replicas: tuple[Replica, Replica], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replica's ``take`` of a thread whose lease ran out updates its record, then reads it locked; a new
+    event's foreign key holds KEY SHARE on the record while its accept waits for the thread's outbox lock; the
+    drain that stalled past its lease holds that lock and waits for the record. With FOR UPDATE, the take's
+    read waited for the accept: a cycle of three, and PostgreSQL killed one (a 500 to the platform, say)."""
+    one, two = replicas
+    async with one.db.session() as session:
+        record, _ = await threads.create(session, THREAD, ("stalled", utcnow() - timedelta(minutes=1)))
+    updated, inserted = asyncio.Event(), asyncio.Event()
+    reading = threads.Leases._next_or_release
+
+    async def read_after_the_accept(self: threads.Leases, session: Transaction, record_id: int) -> Any:
+        updated.set()
+        await inserted.wait()
+        await _until(_waiting_for_a_lock(one.db), "the accept waiting for the thread's outbox lock")
+        return await reading(self, session, record_id)
+
+    monkeypatch.setattr(threads.Leases, "_next_or_release", read_after_the_accept)
+    drain_stored, drain_may_close = asyncio.Event(), asyncio.Event()
+
+    async def stalled_drain() -> None:  # its reply stored (the outbox lock), then it closes its event
+        async with one.db.session() as session:
+            await one.outbox.enqueue_claimed(session, THREAD, Message.text(RESULT))
+            drain_stored.set()
+            await drain_may_close.wait()
+            await threads.lock_status(session, record.id)  # type: ignore[arg-type]
+
+    async def accept() -> None:
+        await updated.wait()
+        async with one.db.session(urgent=True) as session:
+            await Orchestrator._claim(session, "playground", "e-1", "message", THREAD, "bob", "run uptime",
+                                      {"addressed": True}, record.id, "c-1")
+            inserted.set()
+            await one.outbox.enqueue(session, THREAD, Message.text(QUEUED, tone="progress"))
+
+    drain = asyncio.create_task(stalled_drain())
+    await drain_stored.wait()
+    taking = asyncio.create_task(threads.Leases(two.db, "replica-2", 30).take(record.id))  # type: ignore[arg-type]
+    accepting = asyncio.create_task(accept())
+    await updated.wait()
+    await inserted.wait()
+    drain_may_close.set()
+    await asyncio.gather(drain, taking, accepting)
