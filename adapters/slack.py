@@ -93,10 +93,11 @@ REFUSAL_LOG_SECONDS = 60
 PERSON_SUBTYPES = {None, "thread_broadcast", "file_share"}
 HISTORY_PAGES = 10  # at 200 messages a page
 # Where a later try looks for a post an earlier one may have made: the thread's (or the channel's) messages
-# of the last week, at most this many pages of 200. A post retried later than that is posted again.
+# from shortly before its row was stored (a delivery that does not say when: the last week's), at most this
+# many pages of 200.
 LOOKUP_PAGES = 5
 LOOKUP_WINDOW_SECONDS = 7 * 24 * 3600
-LOOKUP_SLACK_SECONDS = 600  # looked for from this long before the row was stored: Slack's clock and ours differ
+LOOKUP_MARGIN_SECONDS = 600  # looked for from this long before the row was stored: Slack's clock and ours differ
 TRANSIENT_ERRORS = {"internal_error", "fatal_error", "service_unavailable", "request_timeout", "ratelimited"}
 # Slack refuses the token itself (revoked, rotated, the app uninstalled): RetryLater.token_refused
 AUTH_ERRORS = {"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired"}
@@ -428,7 +429,7 @@ class SlackAdapter(Adapter):
         # From a little before the row was stored (clocks differ): a long thread is read from there, not from
         # its start; without the time, the last week's.
         stored = delivery.created_at
-        since = stored.timestamp() - LOOKUP_SLACK_SECONDS if stored else time.time() - LOOKUP_WINDOW_SECONDS
+        since = stored.timestamp() - LOOKUP_MARGIN_SECONDS if stored else time.time() - LOOKUP_WINDOW_SECONDS
         window = {"include_all_metadata": True, "limit": 200, "oldest": f"{since:.6f}"}
         found: dict[int, str] = {}
         cursor = None

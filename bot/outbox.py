@@ -205,7 +205,6 @@ class Outbox:
         self._claimed_as: dict[int, str] = {}  # row -> the worker ``claim`` took it as, until it is settled
         self._begun: set[int] = set()  # taken rows whose sending has begun (they may have reached the platform)
         self._unreadable: set[int] = set()  # rows whose message this version cannot read, said once each
-        self._lock_threads = not db.is_sqlite  # see ``_lock_thread``
 
     def attach(self, platform: str, pace_seconds: float) -> None:
         """This process delivers ``platform``'s messages from now on (its adapter has started)."""
@@ -250,8 +249,7 @@ class Outbox:
         correlation_id: str | None = None,
     ) -> int:
         """Store a message in the caller's transaction and return its row id; call ``wake`` after it commits."""
-        if self._lock_threads:
-            await self._lock_thread(session, location)
+        await self._lock_thread(session, location)
         return int(await insert_returning_id(session, OutboxMessage, _row(
             location, self._redactor.message(message), kind=kind, target_user=target_user, ref_outbox_id=ref_outbox_id,
             correlation_id=correlation_id)))
@@ -264,7 +262,7 @@ class Outbox:
         in one thread at once (a replica's "Queued" note, another's run result) saw nothing of each other,
         and the id is taken at the insert, not the commit: the row committed first went out, and the one
         numbered before it followed. Under this lock a thread's ids follow its commits. SQLite's writers
-        take turns already: there it is not taken (``_lock_threads``)."""
+        take turns already: there ``lock_for_transaction`` takes nothing."""
         name = f"outbox:{location.platform}:{location.channel}:{location.thread}"
         held = session.info.setdefault(_THREADS_LOCKED, set())
         if name not in held:  # once a transaction: its later rows there (a card's edit, then the reply) need no trip
@@ -283,8 +281,7 @@ class Outbox:
         message = self._redactor.message(message)
         pace = self._senders.get(location.platform)
         thread = {"platform": location.platform, "channel": location.channel, "thread": location.thread}
-        if self._lock_threads:  # before the check: it then sees an earlier row whose transaction was still open
-            await self._lock_thread(session, location)
+        await self._lock_thread(session, location)  # before the check: it then sees an earlier row still to commit
         if pace is None or (await session.exec(_UNDELIVERED_IN_THREAD, params=thread)).first() is not None \
                 or (pace > 0 and not await self._channel_slot(session, location.platform, location.channel, pace)):
             await insert_returning_id(session, OutboxMessage, _row(location, message, correlation_id=correlation_id))
