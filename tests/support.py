@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -38,6 +38,19 @@ def wait_for(condition: Callable[[], T], timeout: float = 20.0, what: str = "con
         if last:
             return last
         time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last value: {last!r})")
+
+
+async def until(condition: Callable[[], Awaitable[T]], what: str = "condition", timeout: float = 20.0) -> T:
+    """``wait_for`` for a test on the event loop: await ``condition`` until it returns something truthy."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last: Any = None
+    while loop.time() < deadline:
+        last = await condition()
+        if last:
+            return last
+        await asyncio.sleep(0.02)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last value: {last!r})")
 
 

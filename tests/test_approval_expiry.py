@@ -13,7 +13,7 @@ from bot.orchestrator import _OVERDUE_APPROVALS
 from bot.settings import Settings
 from storage.models import Approval, AuditEntry, InboundEvent, PlaygroundMessage, Run, utcnow
 from tests.fake_models import script
-from tests.support import has_buttons, runs_in, wait_for
+from tests.support import has_buttons, runs_in, until, wait_for
 
 
 def test_a_card_nobody_decides_on_expires_and_nothing_runs(start_baton, database_url, counter) -> None:
@@ -55,10 +55,7 @@ async def test_two_replicas_store_one_expiry_per_card(tmp_path: Path, database_u
         await one.accept_message(InboundMessage(platform="playground", channel="general", thread="1", event_id="e1",
                                                 user="alice", text="run restart service=web"))
 
-        async def asked() -> bool:
-            async with one.db.read() as session:
-                return (await session.exec(select(Approval))).first() is not None
-        await wait_until(asked)
+        await until(lambda: _asked_for_approval(one), "the approval card")
         for baton in (one, two):  # an hour later, as both replicas see it
             baton.orchestrator.settings = settings.model_copy(update={"approval_expiry_seconds": 0.001})  # type: ignore[union-attr]
         stored = await asyncio.gather(*(baton.orchestrator.expire_approvals() for baton in (one, two)))  # type: ignore[union-attr]
@@ -67,7 +64,7 @@ async def test_two_replicas_store_one_expiry_per_card(tmp_path: Path, database_u
         async def ended() -> bool:
             async with one.db.read() as session:
                 return (await session.exec(select(Run.status))).all() == ["failed"]
-        await wait_until(ended)
+        await until(ended, "the run failed")
         async with one.db.read() as session:
             expiries = (await session.exec(select(InboundEvent).where(InboundEvent.user == "Baton"))).all()
             approval = (await session.exec(select(Approval))).one()
@@ -76,11 +73,9 @@ async def test_two_replicas_store_one_expiry_per_card(tmp_path: Path, database_u
         assert audited[-1] == "approval.expired"
 
 
-async def wait_until(check, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
-    async def poll() -> None:
-        while not await check():
-            await asyncio.sleep(0.05)
-    await asyncio.wait_for(poll(), timeout)
+async def _asked_for_approval(baton: Baton) -> bool:
+    async with baton.db.read() as session:
+        return (await session.exec(select(Approval))).first() is not None
 
 
 async def test_a_card_whose_run_ended_without_it_leaves_the_waiting_cards_when_it_expires(
@@ -94,10 +89,7 @@ async def test_a_card_whose_run_ended_without_it_leaves_the_waiting_cards_when_i
         await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1", event_id="e1",
                                                   user="alice", text="run restart service=web"))
 
-        async def asked() -> bool:
-            async with baton.db.read() as session:
-                return (await session.exec(select(Approval))).first() is not None
-        await wait_until(asked)
+        await until(lambda: _asked_for_approval(baton), "the approval card")
         async with baton.db.session() as session:  # the run ended some other way, its card left waiting
             await session.exec(update(Run).values(status="done"))  # type: ignore[call-overload]
         baton.orchestrator.settings = settings.model_copy(update={"approval_expiry_seconds": 0.001})  # type: ignore[union-attr]
@@ -106,7 +98,7 @@ async def test_a_card_whose_run_ended_without_it_leaves_the_waiting_cards_when_i
         async def expired() -> bool:
             async with baton.db.read() as session:
                 return (await session.exec(select(Approval.status))).all() == ["stale"]
-        await wait_until(expired)
+        await until(expired, "the card expired")
         overdue = await baton.db.fetch(_OVERDUE_APPROVALS, {"asked_before": utcnow()})
         assert overdue.all() == [] and await baton.orchestrator.expire_approvals() == 0  # type: ignore[union-attr]
         async with baton.db.read() as session:
@@ -138,7 +130,7 @@ async def test_a_which_one_card_nobody_picks_from_expires_as_what_it_was(
             shown = await texts()
             return any("Nobody picked one of the choices" in text for text in shown) and any(
                 "Expired by Baton" in text for text in shown)
-        await wait_until(expired)
+        await until(expired, "the card expired")
         card = next(text for text in await texts() if "Expired by Baton" in text)
         assert "Which" in card or "which" in card
         assert "options" not in card and "Requested by" not in card and "chose" not in card

@@ -26,6 +26,7 @@ from bot.outbox import Delivery, Outbox
 from storage.db import Database, Transaction
 from storage.migrate import upgrade
 from storage.models import utcnow
+from tests.support import until
 
 THREAD = Location(platform="playground", workspace="", channel="ops", thread="42")
 QUEUED = "Queued: I'll handle this after the current run finishes."
@@ -53,15 +54,6 @@ async def replicas(request: pytest.FixtureRequest, postgres_url: str) -> AsyncIt
     await one_db.dispose()
 
 
-async def _until(condition: Callable[[], Awaitable[bool]], what: str, timeout: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def _held_open(db: Database, store: Callable[[Transaction], Awaitable[Any]], stored: asyncio.Event,
                      commit: asyncio.Event) -> Any:
     """Store in a transaction that commits only once ``commit`` is set (a slow accept, a commit waiting for the disk)."""
@@ -79,14 +71,10 @@ async def _stored(db: Database, store: Callable[[Transaction], Awaitable[Any]]) 
 
 def _done_or_waiting(db: Database, task: asyncio.Task[Any]) -> Callable[[], Awaitable[bool]]:
     """The second writer has committed, or is waiting for a lock (for the first writer's commit)."""
+    waiting = _waiting_for_a_lock(db)
+
     async def check() -> bool:
-        if task.done():
-            return True
-        async with db.read() as session:
-            waiting = (await session.exec(text(  # type: ignore[call-overload]
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock'"))).one()[0]
-        return bool(waiting)
+        return task.done() or await waiting()
     return check
 
 
@@ -122,7 +110,7 @@ async def test_a_row_committed_first_does_not_overtake_a_row_of_its_thread_store
     await stored.wait()
     result = asyncio.create_task(_stored(two.db, lambda session: two.outbox.enqueue(
         session, THREAD, Message.text(RESULT))))
-    await _until(_done_or_waiting(two.db, result), "the result stored, or waiting for the note's commit")
+    await until(_done_or_waiting(two.db, result), "the result stored, or waiting for the note's commit")
 
     sent: list[tuple[int, str]] = []
     await _send_due(two.outbox, sent)  # a delivery loop polls while the note's transaction is still open
@@ -148,7 +136,7 @@ async def test_a_final_reply_is_not_handed_over_while_an_earlier_row_of_its_thre
     await stored.wait()
     reply = asyncio.create_task(_stored(two.db, lambda session: two.outbox.enqueue_claimed(
         session, THREAD, Message.text(RESULT))))
-    await _until(_done_or_waiting(two.db, reply), "the reply stored, or waiting for the note's commit")
+    await until(_done_or_waiting(two.db, reply), "the reply stored, or waiting for the note's commit")
 
     sent: list[tuple[int, str]] = []
     if reply.done() and (handed := reply.result()) is not None:
@@ -228,7 +216,7 @@ async def test_a_message_arriving_while_its_thread_is_answered_does_not_deadlock
         async with two.db.session() as session:
             await two.outbox.enqueue_claimed(session, THREAD, Message.text(RESULT))
             answer_locked.set()
-            await _until(_waiting_for_a_lock(two.db), "the accept waiting for the thread's outbox lock")
+            await until(_waiting_for_a_lock(two.db), "the accept waiting for the thread's outbox lock")
             await threads.lock_status(session, record.id)  # type: ignore[arg-type]
 
     accepting = asyncio.create_task(accept())
@@ -261,7 +249,7 @@ async def test_a_take_an_accept_and_a_stalled_drain_do_not_deadlock(
     async def read_after_the_accept(self: threads.Leases, session: Transaction, record_id: int) -> Any:
         updated.set()
         await inserted.wait()
-        await _until(_waiting_for_a_lock(one.db), "the accept waiting for the thread's outbox lock")
+        await until(_waiting_for_a_lock(one.db), "the accept waiting for the thread's outbox lock")
         return await reading(self, session, record_id)
 
     monkeypatch.setattr(threads.Leases, "_next_or_release", read_after_the_accept)

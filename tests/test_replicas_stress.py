@@ -23,7 +23,7 @@ from bot.app import Baton
 from bot.messages import InboundClick, InboundMessage
 from bot.settings import Settings
 from storage.models import Approval, InboundEvent, OutboxMessage, PlaygroundMessage, Run, ThreadRecord
-from tests.support import runs_in
+from tests.support import runs_in, until
 
 pytestmark = pytest.mark.postgres
 T = TypeVar("T")
@@ -46,17 +46,6 @@ class _Records(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
-
-
-async def _until(check: Callable[[], Awaitable[T]], what: str, timeout: float = 40) -> T:
-    async def poll() -> T:
-        while not (found := await check()):
-            await asyncio.sleep(0.05)
-        return found
-    try:
-        return await asyncio.wait_for(poll(), timeout)
-    except TimeoutError:
-        raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {await check()!r})") from None
 
 
 def _message(thread: int, text: str, user: str = "carol", addressed: bool = True,
@@ -110,7 +99,7 @@ async def _stress(one: Baton, two: Baton, seed: int) -> dict[str, Any]:
                 linked = (await session.exec(select(InboundEvent.id).where(
                     InboundEvent.thread == f"t{thread}", InboundEvent.outcome == "duplicate request"))).first()
             return found or ("linked" if linked else None)
-        found = await _until(asked, f"the approval card of t{thread}")
+        found = await until(asked, f"the approval card of t{thread}", 40)
         return found if isinstance(found, Approval) else None
 
     async def decide(thread: int, plan: str) -> None:
@@ -196,7 +185,7 @@ async def test_two_replicas_under_mixed_load_handle_everything_once_in_order(
             seed = random.randrange(10**6)
             print(f"replicas chosen with random.Random({seed})")  # shown when the test fails
             asked = await _stress(one, two, seed)
-            await _until(lambda: _settled(one), "every event handled, every message sent, every card decided", 60)
+            await until(lambda: _settled(one), "every event handled, every message sent, every card decided", 60)
             async with one.db.read() as session:
                 events = (await session.exec(select(InboundEvent))).all()
                 outbox = (await session.exec(select(OutboxMessage).order_by(OutboxMessage.id))).all()
