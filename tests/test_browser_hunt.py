@@ -19,14 +19,18 @@ from tests.test_browser import WAIT_MS, browser, open_playground, page, sync_api
 
 expect = sync_api.expect
 
-# Live events are queued while window.__held is an array, and delivered by window.__release().
+# Live events are queued while window.__held is an array, and delivered by window.__release();
+# body[data-delivered] counts those handed to the page.
 HOLD_EVENTS = """
 (() => {
   const Real = window.EventSource;
   window.__held = null;
   window.__release = () => { const q = window.__held || []; window.__held = null; q.forEach((f) => f()); };
   window.EventSource = class extends Real {
-    set onmessage(fn) { super.onmessage = (ev) => (window.__held ? window.__held.push(() => fn(ev)) : fn(ev)); }
+    set onmessage(fn) {
+      const deliver = (ev) => { fn(ev); document.body.dataset.delivered = String(Number(document.body.dataset.delivered || 0) + 1); };
+      super.onmessage = (ev) => (window.__held ? window.__held.push(() => deliver(ev)) : deliver(ev));
+    }
     get onmessage() { return super.onmessage; }
   };
 })();
@@ -188,6 +192,29 @@ def test_a_message_posted_just_before_the_page_opened_is_not_unread(
     expect(page.locator("#messages .empty")).to_contain_text("No messages yet")
     baton.client().say("new in #general", channel="general", user="bob")
     expect(page.locator("#channel-list .channel-link.unread", has_text="general")).to_be_visible()
+    expect(page.locator("#channel-list .channel-link.unread")).to_have_count(1)
+
+
+def test_a_message_the_stream_repeats_before_its_channel_is_first_read_is_not_unread(
+        start_baton, sqlite_url: str, held_page: sync_api.Page) -> None:
+    """Picking a user opened the live stream while the page's first read of #ops was still on its way; the
+    stream began with bob's message posted there a moment before, and #ops was marked unread though the
+    message was there before the reader (CI saw it once in many runs of the test above)."""
+    page = held_page
+    baton = start_baton(sqlite_url)
+    baton.client().say("old news in #ops", channel="ops", user="bob")
+    ops = re.compile(r"/api/channels/ops/messages")
+    held = hold_responses(page, ops)
+    page.goto(baton.url + "/")
+    wait_until_held(page)
+    page.locator("#user-picker").select_option("alice")  # opens the stream, #ops not read yet
+    expect(page.locator("body[data-delivered]")).to_be_attached()  # bob's message, from the stream
+    held[0][0].fulfill(response=held[0][1])
+    page.unroute(ops)
+    expect(page.locator("#channel-title")).to_have_text("#general")
+    expect(page.locator("#conn-status.online")).to_be_attached()
+    baton.client().say("new in #random", channel="random", user="bob")
+    expect(page.locator("#channel-list .channel-link.unread", has_text="random")).to_be_visible()
     expect(page.locator("#channel-list .channel-link.unread")).to_have_count(1)
 
 

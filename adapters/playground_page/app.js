@@ -108,13 +108,14 @@
   // Ids never go down on one database (messages are never deleted): a channel whose newest message, as
   // fetched (plus any that arrived live), is older than the newest the page noted is on a new database
   // (Baton started over on a new baton.db). Its note starts again there, or nothing newer than the old
-  // database's ids would count as unread. True when so: all of that channel is new to the reader.
+  // database's ids would count as unread. True when so, or when the channel is read for the first time:
+  // all of that channel is new to the reader.
   function renoteNewest(channel, fetched) {
     let have = 0;
     for (const m of [...fetched, ...S.msgs.values()]) {
       if (m.channel === channel && isTop(m)) have = Math.max(have, Number(m.id) || 0);
     }
-    if (have >= (S.newest.get(channel) || 0)) return false;
+    if (S.newest.has(channel) && have >= S.newest.get(channel)) return false;
     S.newest.set(channel, have);
     return true;
   }
@@ -381,8 +382,12 @@
     m = S.msgs.get(key(m.id));
     settleClicks(m);
     if (isTop(m)) {
-      const unseen = Number(m.id) > (S.newest.get(m.channel) || 0);
-      seenTop(m);
+      // A channel the page has not read yet (its first read still on the way) cannot tell a message from
+      // before the page opened, which the stream repeats (it begins with the last few seconds), from a new
+      // one: that read notes what is there, this message included.
+      const noted = S.newest.has(m.channel);
+      const unseen = noted && Number(m.id) > S.newest.get(m.channel);
+      if (noted) seenTop(m);
       if (m.channel === S.channel) upsert($('messages'), m, false);
       else if (unseen && !own && m.user !== S.user) markUnread(m.channel);
       if (S.thread === key(m.id)) {
@@ -433,12 +438,16 @@
     const user = S.user;
     await Promise.all(S.channels.filter((c) => c.id !== S.channel).map(async (c) => {
       let d;
-      try { d = await api('/api/channels/' + enc(c.id) + '/messages?viewer=' + enc(user)); } catch (_) { return; }
-      if (user !== S.user) return;
+      try {
+        d = await api('/api/channels/' + enc(c.id) + '/messages?viewer=' + enc(user));
+      } catch (_) {
+        if (!S.newest.has(c.id)) S.newest.set(c.id, 0); // unread: rather too often than never
+        return;
+      }
       const before = renoteNewest(c.id, d.messages || []) ? 0 : S.newest.get(c.id) || 0;
       const tops = (d.messages || []).filter(isTop);
       tops.forEach(seenTop);
-      if (mark && tops.some((m) => Number(m.id) > before && m.user !== S.user)) markUnread(c.id);
+      if (mark && user === S.user && tops.some((m) => Number(m.id) > before && m.user !== S.user)) markUnread(c.id);
     }));
   }
 
