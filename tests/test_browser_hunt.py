@@ -218,6 +218,42 @@ def test_a_message_the_stream_repeats_before_its_channel_is_first_read_is_not_un
     expect(page.locator("#channel-list .channel-link.unread")).to_have_count(1)
 
 
+def test_a_reply_arriving_while_its_thread_link_is_clicked_does_not_lose_the_click(
+        start_baton, sqlite_url: str, page: sync_api.Page) -> None:  # noqa: F811
+    """The link under a message was drawn again when a reply arrived; pressed before and released after,
+    the click was lost and the thread did not open (CI saw it on a phone-sized page as a card arrived)."""
+    baton = start_baton(sqlite_url)
+    pg = baton.client()
+    thread = pg.ask("a topic", user="bob")
+    open_playground_with_messages(page, baton.url, "alice")
+    link = page.locator(f'#messages .message[data-message-id="{thread}"] .replies-link')
+    expect(link).to_have_text("Reply in thread")
+    press(page, link)
+    pg.say("a reply", thread=thread, user="carol")
+    expect(link).to_have_text("1 reply")
+    page.mouse.up()
+    expect(page.locator("#thread-messages")).to_contain_text("a reply")
+
+
+def test_an_unread_mark_arriving_while_a_channel_is_clicked_does_not_lose_the_click(
+        start_baton, sqlite_url: str, page: sync_api.Page) -> None:  # noqa: F811
+    """The sidebar was drawn again for each unread mark: a channel pressed before one arrived and released
+    after it did not open."""
+    baton = start_baton(sqlite_url)
+    open_playground(page, baton.url, "alice")
+    press(page, page.get_by_role("link", name="#ops", exact=True))
+    baton.client().say("news in #random", channel="random", user="bob")
+    expect(page.locator("#channel-list .channel-link.unread", has_text="random")).to_be_visible()
+    page.mouse.up()
+    expect(page.locator("#channel-title")).to_have_text("#ops")
+
+
+def press(page: sync_api.Page, target: sync_api.Locator) -> None:
+    """The first half of a click: the mouse button held down on ``target``."""
+    target.hover(position={"x": 4, "y": 4})  # at its start: "Reply in thread" becomes the shorter "1 reply"
+    page.mouse.down()
+
+
 def message_id(posted: httpx.Response) -> int:
     return posted.json()["message"]["id"]
 

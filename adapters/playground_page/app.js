@@ -184,8 +184,9 @@
   function replyLinkHtml(m) {
     const n = replyCount(m);
     return '<a class="replies-link' + (n ? '' : ' no-replies') + '" data-reply-count="' + n + '" href="#/c/' +
-      esc(enc(m.channel)) + '/t/' + esc(enc(key(m.id))) + '">' + (n ? repliesText(n) : 'Reply in thread') + '</a>';
+      esc(enc(m.channel)) + '/t/' + esc(enc(key(m.id))) + '">' + replyLinkText(n) + '</a>';
   }
+  const replyLinkText = (n) => (n ? repliesText(n) : 'Reply in thread');
 
   function messageEl(m, inThread) {
     const c = m.content || {};
@@ -233,19 +234,35 @@
   function refreshReplies(tid) {
     const root = S.msgs.get(tid);
     if (!root) return;
+    // Changed in place, not drawn again: a link replaced between the press and the release of a click
+    // loses the click (the thread did not open when a reply arrived as it was clicked).
+    const n = replyCount(root);
     document.querySelectorAll('#messages .message[data-message-id="' + CSS.escape(tid) + '"] .replies-link')
-      .forEach((a) => { a.outerHTML = replyLinkHtml(root); });
+      .forEach((a) => {
+        a.classList.toggle('no-replies', !n);
+        a.dataset.replyCount = String(n);
+        a.textContent = replyLinkText(n);
+      });
     const div = $('thread-count');
     if (div && S.thread === tid) div.textContent = repliesText(replyCount(root));
   }
 
   function renderSidebar() {
     for (const [listId, dm] of [['channel-list', false], ['dm-list', true]]) {
-      const items = S.channels.filter((c) => (c.kind === 'dm') === dm);
-      $(listId).innerHTML = items.map((c) =>
-        '<li><a class="channel-link' + (c.id === S.channel ? ' active' : '') + (S.unread.has(c.id) ? ' unread' : '') +
-        '" data-channel="' + esc(c.id) + '" href="#/c/' + esc(enc(c.id)) + '">' + esc(c.name) + '</a></li>').join('');
-      if (dm) $(listId).parentElement.hidden = !items.length;
+      const items = S.channels.filter((c) => (c.kind === 'dm') === dm), list = $(listId);
+      // The links are drawn once and then only marked: one drawn again between the press and the release
+      // of a click loses the click (an unread mark arriving as a channel was clicked).
+      const drawn = JSON.stringify(items.map((c) => [c.id, c.name]));
+      if (list.dataset.drawn !== drawn) {
+        list.innerHTML = items.map((c) => '<li><a class="channel-link" data-channel="' + esc(c.id) + '" href="#/c/' +
+          esc(enc(c.id)) + '">' + esc(c.name) + '</a></li>').join('');
+        list.dataset.drawn = drawn;
+      }
+      list.querySelectorAll('.channel-link').forEach((a) => {
+        a.classList.toggle('active', a.dataset.channel === S.channel);
+        a.classList.toggle('unread', S.unread.has(a.dataset.channel));
+      });
+      if (dm) list.parentElement.hidden = !items.length;
     }
   }
 
