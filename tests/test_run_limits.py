@@ -15,6 +15,7 @@ from bot.messages import InboundMessage
 from bot.registry import GraphError, GraphRegistry, GraphSpec, _spec_from_module
 from bot.settings import Settings
 from storage.models import PlaygroundMessage, Run, ThreadRecord
+from tests.support import until
 from tests.test_graph_modules import State, _asked, _one_node, _reply
 
 
@@ -100,8 +101,13 @@ async def test_progress_in_a_subgraph_reaches_the_thread(tmp_path, config_path) 
     outer.add_edge(START, "sub")
     outer.add_edge("sub", END)
     async with _asked(tmp_path, config_path, GraphSpec(name="nested", graph=outer), "nested") as baton:
-        assert await _reply(baton, "1") == "all done"
-        async with baton.db.read() as session:
-            said = [row.text for row in (await session.exec(select(PlaygroundMessage).where(
-                PlaygroundMessage.thread_id == "1", PlaygroundMessage.is_bot))).all()]
+        async def said_all_done() -> list[str] | None:
+            async with baton.db.read() as session:
+                said = [row.text for row in (await session.exec(select(PlaygroundMessage).where(
+                    PlaygroundMessage.thread_id == "1", PlaygroundMessage.is_bot))).all()]
+            return said if "all done" in said else None
+
+        # The progress message is posted before the reply: waiting for the first bot message (``_reply``)
+        # found the progress alone whenever the reply was still in the outbox (a busy machine).
+        said = await until(said_all_done, "the reply 'all done' in thread 1")
     assert any("checked the inner step" in text for text in said), said
