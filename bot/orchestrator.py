@@ -161,7 +161,7 @@ class Orchestrator:
                 return Accepted(status="duplicate", reason="this event was already received")
             # A thread made just now has nothing queued before this event.
             queued = not new_thread and (
-                record.status == "waiting" or await threads.queued_before(session, record, message.event_id))
+                record.status == "waiting" or await self._waits_for_work(session, record, message.event_id))
             if queued and not message.addressed and not self._is_request(message):
                 queued = False  # people talking in the thread ("can you approve?"): it gets no answer, nor this
             if queued:
@@ -207,10 +207,22 @@ class Orchestrator:
     def _is_request(self, message: InboundMessage) -> bool:
         """Whether ``message``, written in a Baton thread without mentioning the bot, is a request (a command
         or a graph's pattern, which gets an answer) rather than people talking there (which gets none)."""
-        text = message.text.strip()
+        return self._is_request_text(message.text)
+
+    def _is_request_text(self, text: str) -> bool:
+        text = text.strip()
         if _says_nothing(text) or len(text) > self.settings.max_message_chars:  # these get no answer either
             return False
         return is_request(text, self.registry)  # in the write transaction: no graph author's code runs
+
+    async def _waits_for_work(self, session: Transaction, record: ThreadRecord, event_id: str) -> bool:
+        """Whether an earlier event of the thread still to be handled is work (a request or a click), so that
+        ``event_id`` waits for it. People's talk there ("thanks!") is passed over without an answer: a request
+        behind it alone was told "Queued: ... after the current run finishes" with no run going on."""
+        earlier = await threads.pending_before(session, record, event_id)
+        return len(earlier) == threads.EARLIER_LOOKED_AT or any(
+            kind == "click" or payload.get("addressed") or self._is_request_text(text)
+            for kind, text, payload in earlier)
 
     @staticmethod
     async def _claim(session: Transaction, platform: str, event_id: str, kind: str, location: Location, user: str,

@@ -53,9 +53,10 @@ _PENDING_IDS = select(InboundEvent.id).where(InboundEvent.thread_record_id == bi
                                              InboundEvent.status == "pending")
 _RELEASE_WHEN_NO_CLICK = _release_when_idle(_PENDING_IDS.where(InboundEvent.kind == "click"))
 _RELEASE_WHEN_NOTHING_QUEUED = _release_when_idle(_PENDING_IDS)
-_EARLIER = prepared(select(InboundEvent.id).where(
+EARLIER_LOOKED_AT = 20
+_EARLIER = prepared(select(InboundEvent.kind, InboundEvent.text, InboundEvent.payload).where(
     InboundEvent.thread_record_id == bindparam("record_id"), InboundEvent.status == "pending",
-    InboundEvent.id < _MINE.scalar_subquery()).limit(1))  # type: ignore[operator]
+    InboundEvent.id < _MINE.scalar_subquery()).order_by(InboundEvent.id).limit(EARLIER_LOOKED_AT))  # type: ignore[operator, arg-type]
 
 
 async def find(session: Transaction, location: Location) -> ThreadRecord | None:
@@ -187,7 +188,8 @@ async def lock_status(session: Transaction, record_id: int) -> str | None:
     return (await session.exec(_LOCK_STATUS, params={"record_id": record_id})).first()  # type: ignore[call-overload]
 
 
-async def queued_before(session: Transaction, record: ThreadRecord, event_id: str) -> bool:
-    """Whether an earlier event of this thread is still being handled (so ``event_id`` waits)."""
+async def pending_before(session: Transaction, record: ThreadRecord, event_id: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """The thread's events before ``event_id`` not handled yet, oldest first, as (kind, text, payload);
+    the first ``EARLIER_LOOKED_AT`` of them."""
     params = {"record_id": record.id, "platform": record.platform, "event_id": event_id}
-    return (await session.exec(_EARLIER, params=params)).first() is not None
+    return [tuple(row) for row in (await session.exec(_EARLIER, params=params)).all()]  # type: ignore[misc]
