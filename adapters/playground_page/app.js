@@ -244,7 +244,7 @@
         a.textContent = replyLinkText(n);
       });
     const div = $('thread-count');
-    if (div && S.thread === tid) div.textContent = repliesText(replyCount(root));
+    if (div && S.thread === tid) div.textContent = repliesText(n);
   }
 
   function renderSidebar() {
