@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import runs_in
+from tests.support import runs_in, wait_for
 from tests.test_browser import WAIT_MS, browser, open_playground, page, sync_api  # noqa: F401 (fixtures)
 from tests.test_browser_hunt import hold_responses, message_id, wait_until_held
 
@@ -254,8 +254,10 @@ def test_an_empty_viewer_is_no_viewer(start_baton, sqlite_url: str) -> None:
     baton = start_baton(sqlite_url)
     pg = baton.client()
     thread = pg.ask("@baton run restart service=web", user="alice")
-    pg.click(pg.wait_card(thread), "alice")  # her own request: refused, told only to her
-    assert any(m["ephemeral"] for m in pg.replies(thread, viewer="alice"))
+    clicked = pg.click(pg.wait_card(thread), "alice")  # her own request: refused, told only to her
+    assert clicked.status_code == 202, clicked.text
+    # the click is only accepted here: the refusal comes through the queue and the outbox, a moment later
+    wait_for(lambda: any(m["ephemeral"] for m in pg.replies(thread, viewer="alice")), what="the refusal, told to alice")
     channel = pg.http.get("/api/channels/general/messages?viewer=")
     assert channel.status_code == 200, channel.text
     assert [m["id"] for m in channel.json()["messages"]] == [int(thread)]
