@@ -220,8 +220,9 @@ def test_a_message_the_stream_repeats_before_its_channel_is_first_read_is_not_un
 
 def test_a_reply_arriving_while_its_thread_link_is_clicked_does_not_lose_the_click(
         start_baton, sqlite_url: str, page: sync_api.Page) -> None:  # noqa: F811
-    """The link under a message was drawn again when a reply arrived; pressed before and released after,
-    the click was lost and the thread did not open (CI saw it on a phone-sized page as a card arrived)."""
+    """The link under a message was drawn again when a reply arrived, and "Reply in thread" became the
+    shorter "1 reply", away from the pointer: pressed before and released after, the click was lost and the
+    thread did not open (CI saw it on a phone-sized page as a card arrived)."""
     baton = start_baton(sqlite_url)
     pg = baton.client()
     thread = pg.ask("a topic", user="bob")
@@ -250,7 +251,7 @@ def test_an_unread_mark_arriving_while_a_channel_is_clicked_does_not_lose_the_cl
 
 def press(page: sync_api.Page, target: sync_api.Locator) -> None:
     """The first half of a click: the mouse button held down on ``target``."""
-    target.hover(position={"x": 4, "y": 4})  # at its start: "Reply in thread" becomes the shorter "1 reply"
+    target.hover()  # waits until it can be clicked, and moves the mouse to its middle
     page.mouse.down()
 
 
