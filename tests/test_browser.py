@@ -24,6 +24,9 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 WAIT_MS = 20_000  # generous: the run goes through the real queue, graph and outbox
+# Every expect waits as long: what the page shows comes through Baton's queue and outbox, and Playwright's
+# default of 5 s was close on a busy machine. A passing expect returns at once; only a failure waits longer.
+expect.set_options(timeout=WAIT_MS)
 
 
 @pytest.fixture(scope="module")
