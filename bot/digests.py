@@ -80,6 +80,11 @@ class DigestContext(RunServices):
             self._spent.cost = (self._spent.cost or 0.0) + cost
 
 
+def _correlation(run: DigestRun) -> str:
+    """A digest run's correlation id (its card, its posting and its effects in the audit log)."""
+    return f"digest-{run.id}"
+
+
 class Digests:
     def __init__(self, services: Services, runtime: GraphRuntime, outbox: Outbox, instance: str,
                  clock: Callable[[], datetime] = utcnow) -> None:
@@ -270,7 +275,7 @@ class Digests:
                                     thread=run.summary.get("thread") or "")
                 await self.outbox.enqueue(session, location, Message.text(
                     f"I could not build the digest ({error}). Nothing was posted; the error is in Baton's log.",
-                    tone="error"), correlation_id=f"digest-{run.id}")
+                    tone="error"), correlation_id=_correlation(run))
         if asked:
             self.outbox.wake(run.platform)
 
@@ -303,10 +308,10 @@ class Digests:
             if not still_ours.rowcount:
                 log.info("digest %s for %s/%s was taken over by another replica meanwhile", run.id, run.platform, run.channel)
                 return False
-            card_id = await self.outbox.enqueue(session, location, message, correlation_id=f"digest-{run.id}")
+            card_id = await self.outbox.enqueue(session, location, message, correlation_id=_correlation(run))
             await session.exec(update(DigestRun).where(DigestRun.id == run.id).values(  # type: ignore[arg-type]
                 summary={**run.summary, "requests": stats["requests"], "outbox_id": card_id}))
-            await audit.record(session, "digest.posted", f"digest-{run.id}", platform=run.platform, channel=run.channel,
+            await audit.record(session, "digest.posted", _correlation(run), platform=run.platform, channel=run.channel,
                                window_start=run.window_start.isoformat(), window_end=run.window_end.isoformat(),
                                requests=stats["requests"])
         claim.spent = Spend()  # committed: not to be added again should anything below fail
@@ -341,7 +346,7 @@ class Digests:
                                 f"{stats['requests']} request{'' if stats['requests'] == 1 else 's'} (the `digest` graph is not installed).")
         services = DigestContext(self.services, Request(
             platform=run.platform, channel=run.channel, thread=location.thread, user="baton", text="digest"),
-            run.workspace, spent, f"digest-{run.id}")  # its effects audited as its card and posting are
+            run.workspace, spent, _correlation(run))  # its effects audited as its card and posting are
         lg_thread = f"digest-{run.id}"
 
         async def no_progress(_text: str) -> None:

@@ -48,7 +48,8 @@ EXPIRY = "expiry"  # the payload key of the event Baton stores when a card's tim
 EXPIRY_EVENT = "baton-expiry:"  # + the approval's id: the event id of that event (one per card)
 _EXPIRY_STORED = aliased(InboundEvent)
 # Cards nobody decided on since before ``asked_before`` (``Orchestrator.expire_approvals``) whose expiry is not
-# stored yet: one whose expiry was handled and still shows pending (its handling broke off) is not picked again and again, taking the batch's room from the cards behind it.
+# stored yet: one whose expiry was handled and still shows pending (its handling broke off) is not picked
+# again and again, taking the batch's room from the cards behind it.
 _OVERDUE_APPROVALS = prepared(select(Approval.id, ThreadRecord.platform, ThreadRecord.workspace, ThreadRecord.channel,
                                      ThreadRecord.thread, ThreadRecord.id).join(
     ThreadRecord, Approval.thread_record_id == ThreadRecord.id).where(  # type: ignore[arg-type]
