@@ -137,12 +137,14 @@ def test_a_channel_fetched_while_a_reply_arrives_keeps_the_reply_counted(
     expect(link).to_have_text("2 replies")
 
 
-def hold_responses(page: sync_api.Page, url: re.Pattern[str]) -> list[tuple[sync_api.Route, sync_api.APIResponse]]:
-    """Answer requests to ``url`` only when the test says so (``route.fulfill``), as read when they were made."""
-    held: list[tuple[sync_api.Route, sync_api.APIResponse]] = []
+def hold_responses(page: sync_api.Page, url: re.Pattern[str],
+                   read_now: bool = True) -> list[tuple[sync_api.Route, sync_api.APIResponse | None]]:
+    """Answer requests to ``url`` only when the test says so (``route.fulfill``), as read when they were made
+    (``read_now``), else with no answer read yet: the test reads it when it releases it (``route.fetch()``)."""
+    held: list[tuple[sync_api.Route, sync_api.APIResponse | None]] = []
 
     def hold(route: sync_api.Route) -> None:
-        held.append((route, route.fetch()))
+        held.append((route, route.fetch() if read_now else None))
         page.evaluate("document.body.dataset.held = String(Number(document.body.dataset.held || 0) + 1)")
 
     page.route(url, hold)
@@ -204,19 +206,13 @@ def test_a_message_the_stream_repeats_before_its_channel_is_first_read_is_not_un
     page = held_page
     baton = start_baton(sqlite_url)
     ops = re.compile(r"/api/channels/ops/messages")
-    held: list[sync_api.Route] = []
-
-    def hold(route: sync_api.Route) -> None:
-        held.append(route)
-        page.evaluate("document.body.dataset.held = '1'")
-
-    page.route(ops, hold)
+    held = hold_responses(page, ops, read_now=False)
     page.goto(baton.url + "/")
     wait_until_held(page)  # the page's first read of #ops is on its way
     baton.client().say("old news in #ops", channel="ops", user="bob")
     page.locator("#user-picker").select_option("alice")  # opens the stream (it repeats the last few seconds)
     expect(page.locator("body[data-delivered]")).to_be_attached(timeout=WAIT_MS)  # bob's message, from it
-    held[0].fulfill(response=held[0].fetch())  # the read answers now, bob's message in it
+    held[0][0].fulfill(response=held[0][0].fetch())  # the read answers now, bob's message in it
     page.unroute(ops)
     expect(page.locator("#channel-title")).to_have_text("#general")
     expect(page.locator("#conn-status.online")).to_be_attached()
