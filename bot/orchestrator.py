@@ -398,9 +398,12 @@ class Orchestrator:
             await self._give_back_unstarted(record_id)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace)
-        for task in list(self._tasks):
+        cut_off = list(self._tasks)
+        for task in cut_off:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if cut_off:
+            await self.runtime.refuse_waiting_checkpoints()
+        await asyncio.gather(*cut_off, return_exceptions=True)
 
     async def _give_back_unstarted(self, record_id: int) -> None:
         """A new thread's lease, taken when its first event was stored, for a drain that will not start."""

@@ -30,6 +30,7 @@ from bot.models import cost_of, usage_of
 from bot.redaction import Redactor
 from bot.registry import GraphRegistry, GraphSpec, NodeExited
 from bot.replies import age
+from storage.checkpointer import fail_waiting_calls
 from storage.db import Database, Transaction, insert_ignore, prepared
 from storage.models import Approval, Effect, InboundEvent, OutboxMessage, Run, ThreadRecord, utcnow
 
@@ -184,6 +185,11 @@ class GraphRuntime:
             _in_graph.reset(inside)
             kit.unbind(token)
         return await self.state(spec, lg_thread_id)
+
+    async def refuse_waiting_checkpoints(self) -> None:
+        """Runs cancelled past Baton's stop grace: their checkpoint writes still waiting for a connection
+        fail at once instead of holding the stop (``storage.checkpointer.fail_waiting_calls``)."""
+        await fail_waiting_calls(self.checkpointer)
 
     async def started(self, spec: GraphSpec, lg_thread_id: str, run_id: int) -> bool:
         """Whether run ``run_id`` has written a checkpoint yet (its graph's thread may hold earlier runs')."""

@@ -69,6 +69,16 @@ def _holds_checkpoints(database: Path) -> bool:
         return bool(found and connection.execute("SELECT 1 FROM checkpoints LIMIT 1").fetchone())
 
 
+async def fail_waiting_calls(checkpointer: BaseCheckpointSaver) -> None:
+    """Make every call of ``checkpointer`` still waiting for a PostgreSQL connection fail now, and any
+    new one: for a Baton stopping past its grace. LangGraph lets a cancelled run's checkpoint writes
+    finish, and with the database gone each waited out the pool's 30 s for a connection. Calls that
+    hold a connection finish as they would. (SQLite's checkpointer has no pool to wait for.)"""
+    pool = getattr(checkpointer, "conn", None)
+    if isinstance(pool, AsyncConnectionPool):
+        await pool.close(timeout=1)  # its workers may be trying to connect: not waited for long
+
+
 @asynccontextmanager
 async def open_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
     """Yield a ready checkpointer (tables created) and close it on exit."""

@@ -101,3 +101,47 @@ async def test_an_effect_cut_off_by_the_end_of_the_grace_is_in_doubt_not_failed(
         async with baton.db.read() as session:
             effects = [(row.status, row.result) for row in (await session.exec(select(Effect))).all()]
     assert effects == [("started", None)]
+
+
+async def test_a_baton_stopping_while_its_postgresql_database_is_gone_stops_at_the_end_of_its_grace(
+        tmp_path: Path, config_path: Path, postgres_url: str) -> None:
+    """The database gone (a PostgreSQL outage) in the middle of a run, SIGTERM took 38 s instead of the
+    8 s grace: LangGraph lets a cancelled run's checkpoint writes finish, and each waited out the
+    checkpointer pool's 30-second wait for a connection that could not be made. Past the grace those
+    waits now fail at once."""
+    import psycopg
+
+    from tests.support import PG_ADMIN_URL
+
+    started, finish = asyncio.Event(), asyncio.Event()
+
+    async def slow(_state: State) -> State:
+        started.set()
+        await finish.wait()
+        return {"reply": "done"}
+
+    graph = StateGraph(State)
+    graph.add_node("slow", slow)
+    graph.add_edge(START, "slow")
+    graph.add_edge("slow", END)
+    settings = Settings(BATON_DATABASE_URL=postgres_url, BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground")
+    baton = await Baton(settings).__aenter__()
+    try:
+        baton.registry.add(GraphSpec(name="slow", graph=graph, description="Slow."))
+        await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
+                                                  event_id="e1", user="alice", text="slow"))
+        await asyncio.wait_for(started.wait(), 20)
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{postgres_url.rsplit("/", 1)[1]}" WITH (FORCE)')
+        finish.set()  # the step's checkpoint now waits for a connection
+        pool = baton.runtime.checkpointer.conn  # type: ignore[attr-defined]
+
+        async def checkpoint_waiting() -> bool:
+            return bool(pool.get_stats()["requests_waiting"])
+
+        await _until(checkpoint_waiting, baton)
+        # 20 s: well past the 0.05 s grace, and short of the pool's 30 s (what the stop waited before)
+        await asyncio.wait_for(baton.orchestrator.stop(grace=0.05), 20)
+    finally:
+        await baton.__aexit__(None, None, None)
