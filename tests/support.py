@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 import httpx
 from aiohttp import web
@@ -79,10 +79,14 @@ def create_postgres_database() -> tuple[str, Callable[[], None]]:
         conn.execute(f'CREATE DATABASE "{name}"')
 
     def drop() -> None:
+        # pytest tears fixtures down in the reverse order of the test's arguments: `baton(start_baton,
+        # database_url)` dropped the database under a running Baton, whose stop then waited on it.
+        BatonProcess.stop_all_on(url)
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}", drop
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    return url, drop
 
 
 class BackgroundServer:
@@ -278,6 +282,13 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str], timeout: float = 60) -> 
 class BatonProcess:
     """``baton run`` in its own process, as a user would start it."""
 
+    running: ClassVar[set[BatonProcess]] = set()
+
+    @classmethod
+    def stop_all_on(cls, database_url: str) -> None:
+        for process in [process for process in cls.running if process.database_url == database_url]:
+            process.stop()
+
     def __init__(self, database_url: str, config: Path, workdir: Path, name: str = "baton",
                  env: dict[str, str] | None = None, *, exec_: bool = False) -> None:
         """``exec_``: start it with ``python -m bot.cli run`` even when the fork server is on."""
@@ -304,6 +315,7 @@ class BatonProcess:
             with open(self.log, "ab") as log:
                 self.process = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], cwd=self.workdir, env=env,
                                                 stdout=log, stderr=subprocess.STDOUT)
+        BatonProcess.running.add(self)
         wait_for(self._healthy, 30, f"{self.name} to answer /healthz (log: {self.log})")
         return self
 
@@ -316,6 +328,7 @@ class BatonProcess:
             return False
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
+        BatonProcess.running.discard(self)
         if self.process is None or self.process.poll() is not None:
             return
         self.process.send_signal(sig)
