@@ -18,7 +18,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.engine import make_url
 
-from storage.db import is_sqlite, sqlite_path
+from storage.db import is_sqlite, pg_connect_params, sqlite_path
 
 _PG_SETUP_LOCK = 0x62617431  # "bat1": one replica sets LangGraph's checkpoint tables up, the others wait
 
@@ -54,7 +54,7 @@ def postgres_conninfo(url: str) -> str:
     (SQLAlchemy's) keeps a password's space bare, which psycopg refuses, though Baton's own engine took it."""
     parsed = make_url(url.replace("postgres://", "postgresql://", 1))
     params = {"host": parsed.host, "port": parsed.port, "user": parsed.username, "password": parsed.password,
-              "dbname": parsed.database, **parsed.query}
+              "dbname": parsed.database, **pg_connect_params(parsed)}
     return make_conninfo("", **{name: value for name, value in params.items() if value is not None})
 
 

@@ -55,18 +55,32 @@ def check_url(url: str) -> str:
     return _QUERY_PASSWORD.sub(r"\1***", _parsed(url).render_as_string(hide_password=True))
 
 
+PG_CONNECT_TIMEOUT_SECONDS = 10
+
+
+def pg_connect_params(parsed: URL) -> dict[str, str]:
+    """The query of a PostgreSQL URL with ``connect_timeout`` unless it names one: without it libpq waits
+    for ever for a server that takes the connection and never answers (a hung server, a wrong port), and
+    ``baton run`` hung silently at start."""
+    return {"connect_timeout": str(PG_CONNECT_TIMEOUT_SECONDS), **parsed.query}  # type: ignore[dict-item]
+
+
 def async_url(url: str) -> str:
     """``sqlite:///x`` -> aiosqlite, ``postgresql://`` -> psycopg (async)."""
     parsed = _parsed(url)
-    driver = "sqlite+aiosqlite" if parsed.get_backend_name() == "sqlite" else "postgresql+psycopg"
-    return parsed.set(drivername=driver).render_as_string(hide_password=False)
+    if parsed.get_backend_name() == "sqlite":
+        return parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
+    return parsed.set(drivername="postgresql+psycopg", query=pg_connect_params(parsed)).render_as_string(
+        hide_password=False)
 
 
 def sync_url(url: str) -> str:
     """The same database through a synchronous driver (Alembic)."""
     parsed = _parsed(url)
-    driver = "sqlite" if parsed.get_backend_name() == "sqlite" else "postgresql+psycopg"
-    return parsed.set(drivername=driver).render_as_string(hide_password=False)
+    if parsed.get_backend_name() == "sqlite":
+        return parsed.set(drivername="sqlite").render_as_string(hide_password=False)
+    return parsed.set(drivername="postgresql+psycopg", query=pg_connect_params(parsed)).render_as_string(
+        hide_password=False)
 
 
 def sqlite_path(url: str) -> str:

@@ -268,3 +268,43 @@ def test_a_description_over_several_lines_is_listed_on_one(tmp_path: Path) -> No
     listed = baton_cli("graphs", cwd=tmp_path, env={"BATON_CONFIG": str(path)})
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.splitlines()[-1] == "run up       Host uptime, and its load.  [risk low]"
+
+
+def test_a_database_server_that_never_answers_is_one_line_not_a_silent_hang(tmp_path: Path, config_path: Path) -> None:
+    """A server that takes the connection and never answers (hung, or a wrong port whose program waits for
+    the client to speak): libpq waits for ever without ``connect_timeout``, and `baton run` hung at start
+    without a word. Baton gives every PostgreSQL connection 10 s unless the URL names its own."""
+    import threading
+
+    from storage.checkpointer import postgres_conninfo
+    from storage.db import async_url, sync_url
+
+    url = "postgresql://baton@db.example/baton"
+    assert async_url(url).endswith("/baton?connect_timeout=10") and sync_url(url).endswith("/baton?connect_timeout=10")
+    assert "connect_timeout=10" in postgres_conninfo(url)
+    assert "connect_timeout=3" in postgres_conninfo(f"{url}?connect_timeout=3")
+    assert async_url(f"{url}?connect_timeout=3").endswith("/baton?connect_timeout=3")
+
+    silent = socket.create_server(("127.0.0.1", 0))
+    taken: list[socket.socket] = []
+
+    def take() -> None:
+        try:
+            while True:
+                taken.append(silent.accept()[0])
+        except OSError:  # closed at the end of the test
+            pass
+
+    threading.Thread(target=take, daemon=True).start()
+    try:
+        env = {"BATON_CONFIG": str(config_path), "BATON_PORT": "0",
+               "BATON_DATABASE_URL": f"postgresql://baton@127.0.0.1:{silent.getsockname()[1]}/baton"}
+        result = baton_cli("run", cwd=tmp_path, env=env)  # the old code: TimeoutExpired after 60 s
+    finally:
+        silent.shutdown(socket.SHUT_RDWR)  # wakes the accept()
+        silent.close()
+        for connection in taken:
+            connection.close()
+    assert result.returncode == 2, result.stderr
+    assert f"Baton cannot use the database {env['BATON_DATABASE_URL']}: connection timeout expired" in result.stderr
+    assert "Traceback" not in result.stderr
