@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 # Upper bounds of the turnaround histogram, in seconds: a runbook's few seconds up to a request
 # that waited a day for its approval.
 TURNAROUND_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0)
-FINAL_RUN = ("done", "failed", "rejected")
+FINAL_RUN = ("done", "failed")  # a request rejected on its card ends "done": its graph answers it
 ACTIVE_RUN = ("running", "waiting")
 UNDELIVERED = ("pending", "sending")
 DIGEST_GRAPH = "digest"  # what a digest's own model summary cost is counted under (as the digest card does)
@@ -262,7 +262,7 @@ def _age(now: datetime, then: datetime | None) -> float:
 def _run_families(finished: dict[tuple[Any, ...], list[float]], active: dict[tuple[Any, ...], list[float]],
                   digest_spend: tuple[float, float]) -> list[Metric]:
     started = CounterMetricFamily("baton_runs_started", "Requests run through each graph.", labels=["graph"])
-    ended = CounterMetricFamily("baton_runs_finished", "Runs ended, by graph and outcome (done, failed, rejected).",
+    ended = CounterMetricFamily("baton_runs_finished", "Runs ended, by graph and outcome (done, failed).",
                                 labels=["graph", "status"])
     now_active = GaugeMetricFamily("baton_runs_active", "Runs under way now (running) or waiting for a human's decision.",
                                    labels=["graph", "status"])

@@ -122,7 +122,7 @@ class Run(SQLModel, table=True):
     platform: str
     channel: str
     graph: str
-    status: str = "running"  # running | waiting | done | failed | rejected
+    status: str = "running"  # running | waiting | done | failed (a rejected request: done)
     requested_by: str
     input_text: str = Field(default="", sa_column=Column(Text, nullable=False))
     correlation_id: str

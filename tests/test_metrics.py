@@ -194,7 +194,7 @@ async def test_totals_kept_between_scrapes_match_the_table(database: Database, d
     engine = create_engine(sync_url(database_url))
     with engine.begin() as connection:
         connection.execute(update(Run).where(Run.id == running).values(status="done", turnaround_ms=3000))
-        connection.execute(update(Run).where(Run.id == waiting).values(status="rejected", waited_seconds=60.0))
+        connection.execute(update(Run).where(Run.id == waiting).values(status="failed", waited_seconds=60.0))  # expired
     engine.dispose()
     insert(database_url, Run(thread_record_id=record, platform="slack", channel="C1", graph="runbook", status="running",
                              requested_by="U1", correlation_id="c"))
@@ -204,7 +204,9 @@ async def test_totals_kept_between_scrapes_match_the_table(database: Database, d
         later = await shared()
         assert value(later, "baton_runs_started_total", graph="runbook") == 4
         assert value(later, "baton_runs_finished_total", graph="runbook", status="done") == 2
-        assert value(later, "baton_runs_finished_total", graph="runbook", status="rejected") == 1
+        assert value(later, "baton_runs_finished_total", graph="runbook", status="failed") == 1
+        # no run ends "rejected" (a rejected request's graph answers it: "done"); a series always 0 misled dashboards
+        assert value(later, "baton_runs_finished_total", graph="runbook", status="rejected") is None
         assert value(later, "baton_runs_active", graph="runbook", status="running") == 1  # the new one
         assert value(later, "baton_runs_active", graph="runbook", status="waiting") == 0
         assert value(later, "baton_run_turnaround_seconds_count", graph="runbook") == 2
