@@ -95,11 +95,12 @@ class Baton:
                             "(graphs/): a typo?", index, digest.platform, digest.channel, ", ".join(unknown))
         prices = self.config.models.prices
         if prices and settings.model and settings.model not in prices:
-            log.warning("baton.yaml has model prices for %s but BATON_MODEL is %s: its runs record tokens and no "
-                        "cost (a price is found by the exact BATON_MODEL value)", ", ".join(sorted(prices)), settings.model)
+            log.warning("%s has model prices for %s but BATON_MODEL is %s: its runs record tokens and no "
+                        "cost (a price is found by the exact BATON_MODEL value)", settings.config_path,
+                        ", ".join(sorted(prices)), settings.model)
         for platform in sorted({digest.platform for digest in self.config.digests} - {a.name for a in self.adapters}):
-            log.warning("baton.yaml has digests for %s, which this Baton does not serve: a replica serving %s "
-                        "posts them, or nobody does", platform, platform)
+            log.warning("%s has digests for %s, which this Baton does not serve: a replica serving %s "
+                        "posts them, or nobody does", settings.config_path, platform, platform)
         self.services = Services(
             self.db, self.config, self.registry,
             model=create_model(settings.model, timeout=settings.model_timeout_seconds, retries=settings.model_retries),

@@ -224,9 +224,11 @@ def test_a_digest_for_a_platform_this_baton_does_not_serve_is_named_at_start(tmp
                                   Digest(platform="playground", channel="ops", cron="0 9 * * *",
                                          graphs=["runbook", "deploi"])],
                          graphs={"anounce": GraphPolicy(risk="high")})
-    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'b.db'}", BATON_ADAPTERS="playground")  # type: ignore[call-arg]
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'b.db'}", BATON_ADAPTERS="playground",  # type: ignore[call-arg]
+                        BATON_CONFIG=str(tmp_path / "team.yaml"))
     Baton(settings, config)
-    assert "digests for slack, which this Baton does not serve" in caplog.text
+    # the file BATON_CONFIG names (it said baton.yaml whatever the file was)
+    assert f"{tmp_path / 'team.yaml'} has digests for slack, which this Baton does not serve" in caplog.text
     assert "a policy for the graph anounce, which is not installed" in caplog.text  # a typo of announce
     assert "digests.1 (playground #ops) counts the graphs deploi, which are not installed" in caplog.text
 
