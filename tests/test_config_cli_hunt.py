@@ -222,7 +222,11 @@ def test_a_dotenv_that_cannot_be_read_is_one_line(tmp_path: Path, config_path: P
 
 def test_baton_run_says_when_it_starts_without_a_baton_yaml(tmp_path: Path) -> None:
     """Started in another directory, Baton ran with no runbooks and no approvers, without a word: the first
-    sign was "unknown runbook" in chat."""
+    sign was "unknown runbook" in chat. The same with a `.env` copied from .env.example, whose live
+    BATON_CONFIG=baton.yaml line made the missing file a refusal to start."""
+    from tests.support import ROOT
+
+    (tmp_path / ".env").write_text((ROOT / ".env.example").read_text())
     with closing(socket.socket()) as taken:  # so that it stops right after, where it would listen
         taken.bind(("127.0.0.1", 0))
         taken.listen()
