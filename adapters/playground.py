@@ -37,7 +37,7 @@ from sqlmodel import select
 from adapters.contract import Adapter
 from bot.messages import InboundClick, InboundMessage, Location, Message, quoted, storable
 from bot.outbox import Delivery
-from storage.db import insert_ignore, insert_returning_id, prepared
+from storage.db import database_unreachable, insert_ignore, insert_returning_id, prepared
 from storage.models import InboundEvent, PlaygroundMessage, ThreadRecord, utcnow
 
 log = logging.getLogger("baton.adapters.playground")
@@ -60,6 +60,7 @@ USER_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
 # Empty (``?viewer=``, as the README writes the routes) is no viewer, as on any web form: it was a 422.
 VIEWER = Query(None, pattern=r"^[A-Za-z0-9_.-]{0,64}$", description="whose private (ephemeral) messages to include")
 EVENT_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+STREAM_RETRY_SECONDS = 1.0  # how often a live stream looks again while the database cannot be reached
 RESUME_WINDOW = timedelta(hours=1)  # how far back a live stream resumes for a client that lost it (Last-Event-ID)
 # The page may not be framed by another site (a hidden frame over a button of its own would turn a click
 # into Approve), and runs only its own script.
@@ -243,8 +244,15 @@ class PlaygroundAdapter(Adapter):
             stored = (await session.exec(select(PlaygroundMessage).where(PlaygroundMessage.event_id == event_id))).one()
         self._notify()
         # Stored: from here on, a crash before the bot has it leaves it to ``hand_over_stranded``.
-        delivery = await self._hand_over(stored.id, event_id, stored.channel, stored.thread_id,  # type: ignore[arg-type]
-                                         stored.user, stored.text)
+        try:
+            delivery = await self._hand_over(stored.id, event_id, stored.channel, stored.thread_id,  # type: ignore[arg-type]
+                                             stored.user, stored.text)
+        except Exception as exc:
+            if database_unreachable(exc) is None:
+                raise
+            raise HTTPException(503, f"message {stored.id} is stored, but Baton's database could not be reached to "
+                                     "hand it to the bot: that is done once the database is back (posting it again "
+                                     "with the same event_id is safe)", headers={"Retry-After": "5"}) from None
         return {"message": self._json(stored), "thread_id": stored.thread_id or str(stored.id), "delivery": delivery}
 
     async def post_click(self, body: PostClick) -> dict[str, Any]:
@@ -283,9 +291,18 @@ class PlaygroundAdapter(Adapter):
         yield ": connected\n\n"
         while not self.baton.stopping and not await request.is_disconnected():
             changed = self._changed  # taken before reading: a change made while we read is not missed
-            async with self.baton.db.read() as session:
-                rows = (await session.exec(self._visible(viewer).where(
-                    PlaygroundMessage.updated_at >= cursor - timedelta(seconds=5)).order_by(PlaygroundMessage.updated_at))).all()  # type: ignore[arg-type]
+            try:
+                async with self.baton.db.read() as session:
+                    rows = (await session.exec(self._visible(viewer).where(
+                        PlaygroundMessage.updated_at >= cursor - timedelta(seconds=5)).order_by(PlaygroundMessage.updated_at))).all()  # type: ignore[arg-type]
+            except Exception as exc:
+                # The database is away: the stream stays open and goes on from its cursor once it is back (it
+                # ended with a traceback, and every page's EventSource came back every 3 s for another one).
+                if database_unreachable(exc) is None:
+                    raise
+                yield ": the database cannot be reached; waiting for it\n\n"
+                await asyncio.sleep(STREAM_RETRY_SECONDS)
+                continue
             for row in rows:
                 if seen.get(row.id, 0) < row.revision:  # type: ignore[arg-type]
                     seen[row.id] = row.revision  # type: ignore[index]
@@ -383,8 +400,9 @@ class PlaygroundAdapter(Adapter):
         while True:
             try:
                 await self.hand_over_stranded()
-            except Exception:
-                log.exception("handing stranded playground messages to the bot failed; trying again")
+            except Exception as exc:
+                if not self.baton.db.health.explains(exc):  # else the outage is logged once, by ``storage.db``
+                    log.exception("handing stranded playground messages to the bot failed; trying again")
             await asyncio.sleep(self.stranded_poll_seconds)
 
     # -- helpers ---------------------------------------------------------------------------------

@@ -13,6 +13,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client.exposition import choose_encoder
+from psycopg import Error as PsycopgError
+from psycopg_pool import PoolTimeout
+from sqlalchemy.exc import DBAPIError
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,6 +31,9 @@ MAX_BODY_BYTES = 1_000_000
 
 
 ASK_FOR_TOKEN = {"WWW-Authenticate": 'Bearer realm="baton metrics"'}
+RETRY_AFTER_SECONDS = 5  # what a 503 for a database that cannot be reached tells the client to wait
+DATABASE_AWAY = ("Baton's database cannot be reached just now, so this request was not carried out; "
+                 "try again shortly")
 
 # asyncio's own loop, not uvloop (which uvicorn picks when it is installed, as uvicorn[standard]
 # installs it). uvloop starts a subprocess with libuv's fork(), which holds the GIL, and so the
@@ -65,13 +71,18 @@ def create_app(settings: Settings, config: BatonConfig | None = None) -> FastAPI
     app.add_middleware(TooLargeInJSON)  # added last: around the limit, to rewrite its answer
     app.state.baton = baton
     app.add_exception_handler(RequestValidationError, invalid_request)  # type: ignore[arg-type]
+    for error in (DBAPIError, PsycopgError, PoolTimeout):
+        app.add_exception_handler(error, database_away)
     for adapter in baton.adapters:
         adapter.mount(app)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> JSONResponse:
-        """200 while every adapter works; 503 naming what does not (a supervisor restarts the replica)."""
+        """200 while every adapter works and the database answers; 503 naming what does not (a supervisor
+        restarts the replica, a load balancer sends its traffic elsewhere)."""
         problems = {adapter.name: problem for adapter in baton.adapters if (problem := adapter.problem())}
+        if database := await baton.db.ping():
+            problems["database"] = database
         return JSONResponse(status_code=503 if problems else 200, content={
             "ok": not problems, "instance": baton.instance, "adapters": [adapter.name for adapter in baton.adapters],
             "problems": problems, "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0]})
@@ -166,6 +177,16 @@ class StartFailureInOneLine:
             await send(message)
 
         await self.app(scope, receive, send_in_one_line)
+
+
+async def database_away(request: Request, exc: Exception) -> JSONResponse:
+    """A request the database could not serve because it cannot be reached: a 503 that says so, and when to
+    try again, not a 500 with a traceback in the log (the outage itself is logged once, by ``storage.db``).
+    Any other database error is still a 500: that one is Baton's bug, with its traceback."""
+    if not request.app.state.baton.db.health.explains(exc):  # noted: met outside Baton's sessions, say
+        raise exc
+    return JSONResponse(status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                        content={"detail": DATABASE_AWAY})
 
 
 async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:

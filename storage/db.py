@@ -5,17 +5,22 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import logging
 import re
 import sqlite3
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime, timezone
 from typing import Any
 
+import psycopg
+from psycopg_pool import PoolTimeout
 from sqlalchemy import Engine, event, text
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import StaticPool
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -23,6 +28,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from storage.sqlite_inline import InlineSession, SQLiteWriter, inline_connector, read_prepared, write_session
 from storage.models import M, loaded
 from storage.sqlite_prepared import PREPARED, PreparedResult
+
+
+log = logging.getLogger("baton.database")
 
 
 def is_sqlite(url: str) -> bool:
@@ -91,6 +99,89 @@ def sqlite_path(url: str) -> str:
 
 
 SQLITE_BUSY_SECONDS = 30.0
+PING_TIMEOUT_SECONDS = 5.0  # how long ``Database.ping`` (``/healthz``) waits for the database's answer
+# SQLSTATEs of a PostgreSQL server that cannot serve anyone now: shutting down or starting up (57P01-57P03),
+# out of connection slots (53300); class 08 is every connection exception.
+_UNREACHABLE_STATES = ("57P01", "57P02", "57P03", "53300")
+
+
+def database_unreachable(exc: BaseException | None) -> str | None:
+    """Why the database cannot be reached, when ``exc`` (or what it wraps) says so: a connection refused,
+    broken or timed out, a server shutting down or out of connections, no pooled connection in time;
+    ``None`` for any other error (a constraint, a deadlock, a bug: those are not the database being away).
+    PostgreSQL only: SQLite's errors ("database is locked") are of another kind."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, PoolTimeout):
+            return _first_line(exc)
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            state = exc.sqlstate
+            if state is None or state.startswith("08") or state in _UNREACHABLE_STATES:
+                return _first_line(exc)
+            return None
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated and not isinstance(exc.orig, sqlite3.Error):
+            return _first_line(exc.orig or exc)
+        exc = exc.orig if isinstance(exc, DBAPIError) else exc.__cause__
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _shown(url: str) -> str:
+    try:
+        return check_url(url)
+    except ValueError:
+        return "(a database URL Baton cannot use)"
+
+
+class DatabaseHealth:
+    """Whether this process reaches its database, from what its sessions and pings last met.
+
+    The start of an outage and its end are logged once each (the requests and background jobs that
+    fail meanwhile need not each say why); ``problem`` is what ``/healthz`` reports."""
+
+    def __init__(self, shown_url: str) -> None:
+        self.shown_url = shown_url
+        self.problem: str | None = None
+        self.since: datetime | None = None
+        self._down_at = 0.0
+
+    def failed(self, exc: BaseException | None = None, *, reason: str | None = None) -> None:
+        """Note ``exc`` (or a ``reason`` of the caller's): an outage begins if it says the database is away."""
+        reason = reason or database_unreachable(exc)
+        if reason is None:
+            return
+        if self.problem is None:
+            self.since, self._down_at = datetime.now(timezone.utc), time.monotonic()
+            log.warning("Baton cannot reach its database %s: %s; requests get a 503 and background work is "
+                        "retried until it is back", self.shown_url, reason)
+        self.problem = reason
+
+    def explains(self, exc: BaseException) -> bool:
+        """True when ``exc`` is the database being away: noted (the outage logged once), so the caller
+        need not log it again, let alone with a traceback every time a background job meets it."""
+        reason = database_unreachable(exc)
+        if reason is not None:
+            self.failed(reason=reason)
+        return reason is not None
+
+    def reached(self) -> None:
+        if self.problem is not None:
+            self.problem = self.since = None
+            log.warning("Baton reaches its database %s again, after %.1f s", self.shown_url,
+                        time.monotonic() - self._down_at)
+
+    def summary(self) -> str | None:
+        """The problem for ``/healthz``: since when and why in short (the log line has the server's address)."""
+        if self.problem is None or self.since is None:
+            return None
+        return (f"the database cannot be reached since {self.since.isoformat(timespec='seconds')}: "
+                f"{self.problem.rsplit(': ', 1)[-1]}")
+
+
 # A write transaction: an AsyncSession on PostgreSQL, its synchronous stand-in on SQLite (same methods).
 Transaction = AsyncSession | InlineSession
 
@@ -257,6 +348,7 @@ class Database:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self.health = DatabaseHealth(_shown(url))
         self._writers: WriterQueue | None = None
         if is_sqlite(url):
             # Writes: synchronous sessions on the event loop on one connection (``sqlite_inline``), durable
@@ -284,8 +376,13 @@ class Database:
     async def session(self, *, urgent: bool = False, durable: bool = True) -> AsyncIterator[Transaction]:
         """A write transaction; what ``when_committed`` was given runs right after its commit."""
         if self._writers is None:
-            async with self._writes[0 if durable else 1]() as session, session.begin():
-                yield session
+            try:
+                async with self._writes[0 if durable else 1]() as session, session.begin():
+                    yield session
+            except Exception as exc:
+                self.health.failed(exc)
+                raise
+            self.health.reached()
             _run_committed(session)
             return
         async with self._writers.turn(urgent), write_session(self.sqlite_writer, SQLITE_BUSY_SECONDS) as inline:
@@ -296,8 +393,27 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
-        async with self._reads() as session, session.begin():
-            yield session
+        try:
+            async with self._reads() as session, session.begin():
+                yield session
+        except Exception as exc:
+            self.health.failed(exc)
+            raise
+        self.health.reached()
+
+    async def ping(self, timeout: float = PING_TIMEOUT_SECONDS) -> str | None:
+        """``None`` when the database answers a ``SELECT 1`` within ``timeout``; else why not, as
+        ``health.summary()`` says it (``/healthz``). Any other error is raised. A ping that times out is
+        not taken for an outage (every pooled connection may be busy under a burst): only reported."""
+        try:
+            async with asyncio.timeout(timeout), self.read() as session:
+                await session.exec(text("SELECT 1"))  # type: ignore[call-overload]
+        except TimeoutError:
+            return self.health.summary() or f"the database did not answer within {timeout:g} s"
+        except Exception as exc:
+            if database_unreachable(exc) is None:
+                raise
+        return self.health.summary()
 
     async def fetch(self, statement: Any, params: dict[str, Any] | None = None) -> PreparedResult:
         """Run one ``prepared`` SELECT on its own, outside any transaction; its rows (``first``, ``one``, ``all``).
@@ -317,8 +433,13 @@ class Database:
     @asynccontextmanager
     async def scan(self) -> AsyncIterator[AsyncSession]:
         """A read that may take long (aggregates over many rows): on SQLite it runs off the event loop."""
-        async with self._scans() as session, session.begin():
-            yield session
+        try:
+            async with self._scans() as session, session.begin():
+                yield session
+        except Exception as exc:
+            self.health.failed(exc)
+            raise
+        self.health.reached()
 
     async def dispose(self) -> None:
         for engine in self._async_engines:
