@@ -171,8 +171,9 @@ class Adapter(ABC):
                 break
             try:
                 claimed = await outbox.claim_if_wanted(self.name, pace_seconds=self.channel_pace_seconds)
-            except Exception:
-                log.exception("claiming %s outbox rows failed", self.name)
+            except Exception as exc:
+                if not self.baton.db.health.explains(exc):  # the database away: logged once, by storage.db
+                    log.exception("claiming %s outbox rows failed", self.name)
                 claimed = []
             if not await self._deliver_until_stopped(claimed):
                 break
@@ -196,9 +197,13 @@ class Adapter(ABC):
         """
         try:
             await self._deliver(delivery)
-        except Exception:
-            log.exception("recording %s message %s failed; it is sent again when its claim expires",
-                          self.name, delivery.id)
+        except Exception as exc:
+            if self.baton.db.health.explains(exc):
+                log.warning("recording %s message %s failed, the database being away; it is sent again when its "
+                            "claim expires", self.name, delivery.id)
+            else:
+                log.exception("recording %s message %s failed; it is sent again when its claim expires",
+                              self.name, delivery.id)
 
     async def _deliver(self, delivery: Delivery) -> None:
         outbox = self.baton.outbox

@@ -238,13 +238,13 @@ class Baton:
                 ).values(lease_owner=None, lease_until=None, **pruned))
         return True
 
-    @staticmethod
-    async def _every(seconds: float, job: Any, first: float | None = None) -> None:
+    async def _every(self, seconds: float, job: Any, first: float | None = None) -> None:
         pause = seconds if first is None else first
         while True:
             await asyncio.sleep(pause)
             pause = seconds
             try:
                 await job()
-            except Exception:
-                log.exception("background job %s failed", getattr(job, "__name__", job))
+            except Exception as exc:
+                if not self.db.health.explains(exc):  # the database away: logged once, by storage.db
+                    log.exception("background job %s failed", getattr(job, "__name__", job))

@@ -288,8 +288,9 @@ class Orchestrator:
             fresh = work is not None and self.leases.still_fresh(work[1])  # a new thread's first event, as stored
             if not fresh:
                 work = await self.leases.take(record_id)
-        except Exception:
-            log.exception("taking thread %s failed; the sweeper will retry", record_id)
+        except Exception as exc:
+            if not self.db.health.explains(exc):
+                log.exception("taking thread %s failed; the sweeper will retry", record_id)
             return
         if work is None:
             return
@@ -326,8 +327,9 @@ class Orchestrator:
             await asyncio.sleep(self.leases.seconds / 3)
             try:
                 renewed = await self.leases.renew(record_id)
-            except Exception:
-                log.exception("renewing the lease on thread %s failed; trying again", record_id)
+            except Exception as exc:
+                if not self.db.health.explains(exc):
+                    log.exception("renewing the lease on thread %s failed; trying again", record_id)
                 continue
             if not renewed:
                 log.warning("lost the lease on thread %s", record_id)

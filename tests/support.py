@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Self, TypeVar
 
 import httpx
 from aiohttp import web
+from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -286,7 +287,9 @@ class BatonProcess:
 
     @classmethod
     def stop_all_on(cls, database_url: str) -> None:
-        for process in [process for process in cls.running if process.database_url == database_url]:
+        """Stop the running processes on that database (by its name: the URL may go through a proxy)."""
+        name = make_url(database_url).database
+        for process in [process for process in cls.running if make_url(process.database_url).database == name]:
             process.stop()
 
     def __init__(self, database_url: str, config: Path, workdir: Path, name: str = "baton",

@@ -34,6 +34,8 @@ BACK_LINE = "reaches its database"
 def proxy() -> Iterator[DatabaseProxy]:
     started = DatabaseProxy().start()
     yield started
+    for process in [process for process in BatonProcess.running if f":{started.port}/" in process.database_url]:
+        process.stop()  # before the proxy: a Baton stopping without its database waits out its grace
     started.stop()
 
 
@@ -185,3 +187,21 @@ def test_what_counts_as_the_database_being_away() -> None:
     assert database_unreachable(IntegrityError("INSERT", {}, psycopg.errors.UniqueViolation("dup"))) is None
     assert database_unreachable(OperationalError("BEGIN", {}, sqlite3.OperationalError("database is locked"))) is None
     assert database_unreachable(ValueError("no")) is None
+
+
+@pytest.mark.postgres
+def test_an_outage_is_logged_once_not_as_a_traceback_every_half_second(
+        start_baton: Any, postgres_url: str, proxy: DatabaseProxy) -> None:
+    """124 tracebacks of ~80 lines in a 20 s outage: the outbox's poll (every 0.5 s), the sweeper (every
+    1 s), the lease's renewal and the stranded-message loop each logged the same outage every time."""
+    baton = start_baton(proxy.url(postgres_url))
+    pg = baton.client()
+    thread = pg.ask("@baton hello")
+    wait_for(lambda: pg.bot_replies(thread), 20, "an answer")
+    proxy.cut(count=True)
+    # the outbox's poll and the sweeper each met the outage several times
+    wait_for(lambda: proxy.refused >= 20, 30, "Baton to try the database 20 times")
+    restore_and_wait(proxy, baton)
+    log = log_of(baton)
+    assert "Traceback" not in log, log[-4000:]
+    assert log.count(OUTAGE_LINE) == 1 and log.count(BACK_LINE) == 1, log[-4000:]
