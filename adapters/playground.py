@@ -37,7 +37,7 @@ from sqlmodel import select
 from adapters.contract import Adapter
 from bot.messages import InboundClick, InboundMessage, Location, Message, quoted, storable
 from bot.outbox import Delivery
-from storage.db import database_unreachable, insert_ignore, insert_returning_id, prepared
+from storage.db import database_unusable, insert_ignore, insert_returning_id, prepared
 from storage.models import InboundEvent, PlaygroundMessage, ThreadRecord, utcnow
 
 log = logging.getLogger("baton.adapters.playground")
@@ -248,9 +248,9 @@ class PlaygroundAdapter(Adapter):
             delivery = await self._hand_over(stored.id, event_id, stored.channel, stored.thread_id,  # type: ignore[arg-type]
                                              stored.user, stored.text)
         except Exception as exc:
-            if database_unreachable(exc) is None:
+            if database_unusable(exc) is None:
                 raise
-            raise HTTPException(503, f"message {stored.id} is stored, but Baton's database could not be reached to "
+            raise HTTPException(503, f"message {stored.id} is stored, but Baton's database could not be used to "
                                      "hand it to the bot: that is done once the database is back (posting it again "
                                      "with the same event_id is safe)", headers={"Retry-After": "5"}) from None
         return {"message": self._json(stored), "thread_id": stored.thread_id or str(stored.id), "delivery": delivery}
@@ -298,7 +298,7 @@ class PlaygroundAdapter(Adapter):
             except Exception as exc:
                 # The database is away: the stream stays open and goes on from its cursor once it is back (it
                 # ended with a traceback, and every page's EventSource came back every 3 s for another one).
-                if database_unreachable(exc) is None:
+                if database_unusable(exc) is None:
                     raise
                 yield ": the database cannot be reached; waiting for it\n\n"
                 await asyncio.sleep(STREAM_RETRY_SECONDS)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import hmac
+import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import entry_points
@@ -24,6 +26,9 @@ from bot.config import BatonConfig
 from bot.messages import storable
 from bot.metrics import Metrics
 from bot.settings import Settings
+from storage.db import database_unusable
+
+log = logging.getLogger("baton.server")
 
 # The largest request body any route takes: a playground message of 100,000 characters, each
 # escaped in JSON as \uXXXX, is 600 kB; Slack's and Discord's events are far smaller.
@@ -34,6 +39,8 @@ ASK_FOR_TOKEN = {"WWW-Authenticate": 'Bearer realm="baton metrics"'}
 RETRY_AFTER_SECONDS = 5  # what a 503 for a database that cannot be reached tells the client to wait
 DATABASE_AWAY = ("Baton's database cannot be reached just now, so this request was not carried out; "
                  "try again shortly")
+DATABASE_UNWRITABLE = ("Baton's database cannot be written just now ({reason}), so this request was not carried "
+                       "out; try again shortly")
 
 # asyncio's own loop, not uvloop (which uvicorn picks when it is installed, as uvicorn[standard]
 # installs it). uvloop starts a subprocess with libuv's fork(), which holds the GIL, and so the
@@ -71,24 +78,34 @@ def create_app(settings: Settings, config: BatonConfig | None = None) -> FastAPI
     app.add_middleware(TooLargeInJSON)  # added last: around the limit, to rewrite its answer
     app.state.baton = baton
     app.add_exception_handler(RequestValidationError, invalid_request)  # type: ignore[arg-type]
-    for error in (DBAPIError, PsycopgError, PoolTimeout):
+    for error in (DBAPIError, PsycopgError, PoolTimeout, sqlite3.Error):
         app.add_exception_handler(error, database_away)
     for adapter in baton.adapters:
         adapter.mount(app)
 
-    @app.get("/healthz", tags=["ops"])
-    async def healthz() -> JSONResponse:
-        """200 while every adapter works and the database answers; 503 naming what does not (a supervisor
-        restarts the replica, a load balancer sends its traffic elsewhere)."""
+    async def health(*, database: bool) -> JSONResponse:
         problems = {adapter.name: problem for adapter in baton.adapters if (problem := adapter.problem())}
-        if database := await baton.db.ping():
-            problems["database"] = database
+        if database and (away := await baton.db.ping()):
+            problems["database"] = away
         return JSONResponse(status_code=503 if problems else 200, content={
             "ok": not problems, "instance": baton.instance, "adapters": [adapter.name for adapter in baton.adapters],
             "problems": problems, "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0]})
 
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> JSONResponse:
+        """Liveness: 200 while every adapter works; 503 naming what does not, which a restart of the replica
+        mends (a supervisor restarts it). The database is not asked: a replica restarted while its database
+        is away cannot even start, and would come back only after the supervisor's back-off."""
+        return await health(database=False)
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz() -> JSONResponse:
+        """Readiness: as ``/healthz``, and the database answers (a load balancer sends traffic elsewhere)."""
+        return await health(database=True)
+
     # HEAD is what many uptime checks send; a route of its own, or the schema names two operations alike
     app.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
+    app.add_api_route("/readyz", readyz, methods=["HEAD"], include_in_schema=False)
     if settings.metrics:
         mount_metrics(app, baton, settings)
     return app
@@ -180,13 +197,20 @@ class StartFailureInOneLine:
 
 
 async def database_away(request: Request, exc: Exception) -> JSONResponse:
-    """A request the database could not serve because it cannot be reached: a 503 that says so, and when to
-    try again, not a 500 with a traceback in the log (the outage itself is logged once, by ``storage.db``).
-    Any other database error is still a 500: that one is Baton's bug, with its traceback."""
+    """A request the database could not serve because it cannot be reached (or, on SQLite, written: the
+    disk full, say): a 503 that says so, and when to try again, not a 500 with a traceback in the log (a
+    PostgreSQL outage itself is logged once, by ``storage.db``). Any other database error is still a 500:
+    that one is Baton's bug, with its traceback."""
+    detail = DATABASE_AWAY
     if not request.app.state.baton.db.health.explains(exc):  # noted: met outside Baton's sessions, say
-        raise exc
+        reason = database_unusable(exc)
+        if reason is None:
+            raise exc
+        log.warning("%s %s was refused with a 503: Baton's database cannot be written (%s)", request.method,
+                    request.url.path, reason)
+        detail = DATABASE_UNWRITABLE.format(reason=reason)
     return JSONResponse(status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-                        content={"detail": DATABASE_AWAY})
+                        content={"detail": detail})
 
 
 async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:

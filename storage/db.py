@@ -126,6 +126,27 @@ def database_unreachable(exc: BaseException | None) -> str | None:
     return None
 
 
+# SQLite errors of the disk or of another process, not of the request: the disk full, an I/O error, the file
+# made read-only or unopenable, the write lock held elsewhere past the busy timeout.
+_SQLITE_UNUSABLE = (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN,
+                    sqlite3.SQLITE_BUSY)
+
+
+def database_unusable(exc: BaseException | None) -> str | None:
+    """Why the database cannot serve a request now, when ``exc`` says so: ``database_unreachable`` for
+    PostgreSQL, and on SQLite a full disk, an I/O error, a read-only file or a lock held too long."""
+    if (reason := database_unreachable(exc)) is not None:
+        return reason
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, sqlite3.Error):
+            code = getattr(exc, "sqlite_errorcode", None)
+            return _first_line(exc) if code is not None and code & 0xFF in _SQLITE_UNUSABLE else None
+        exc = exc.orig if isinstance(exc, DBAPIError) else exc.__cause__
+    return None
+
+
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 

@@ -3,13 +3,14 @@
 A ``DatabaseProxy`` (tests/db_proxy.py) stands between a real ``baton run`` and the shared server: cut, it
 closes every connection and refuses new ones, as a server that went down; restored, it listens again.
 During the outage the playground's API answers a 503 with the reason (it was a 500 and a traceback, and
-the next request on the same connection was reset), ``/healthz`` names the database (it said all was
+the next request on the same connection was reset), ``/readyz`` names the database (``/healthz`` said all was
 well), the log says once that the database is away and once that it is back, and a live event stream
 stays open. Once it is back Baton goes on by itself: nothing half stored, nothing run twice.
 """
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import sqlite3
 import threading
@@ -39,8 +40,8 @@ def proxy() -> Iterator[DatabaseProxy]:
     started.stop()
 
 
-def healthz(baton: BatonProcess) -> httpx.Response:
-    return httpx.get(f"{baton.url}/healthz", timeout=15)
+def readyz(baton: BatonProcess) -> httpx.Response:
+    return httpx.get(f"{baton.url}/readyz", timeout=15)
 
 
 def log_of(baton: BatonProcess) -> str:
@@ -49,12 +50,12 @@ def log_of(baton: BatonProcess) -> str:
 
 def cut_and_wait(proxy: DatabaseProxy, baton: BatonProcess) -> None:
     proxy.cut()
-    wait_for(lambda: OUTAGE_LINE in log_of(baton) or healthz(baton).status_code == 503, 20, "Baton to see the outage")
+    wait_for(lambda: OUTAGE_LINE in log_of(baton) or readyz(baton).status_code == 503, 20, "Baton to see the outage")
 
 
 def restore_and_wait(proxy: DatabaseProxy, baton: BatonProcess) -> None:
     proxy.restore()
-    wait_for(lambda: healthz(baton).status_code == 200, 30, "/healthz to say all is well again")
+    wait_for(lambda: readyz(baton).status_code == 200, 30, "/readyz to say all is well again")
 
 
 @pytest.mark.postgres
@@ -68,9 +69,12 @@ def test_requests_in_an_outage_get_a_503_with_the_reason_and_nothing_is_half_sto
     card = pg.wait_card(asked)
 
     cut_and_wait(proxy, baton)
-    health = healthz(baton)
-    assert health.status_code == 503, health.text
-    assert "cannot be reached" in health.json()["problems"]["database"], health.text
+    ready = readyz(baton)
+    assert ready.status_code == 503, ready.text
+    assert "cannot be reached" in ready.json()["problems"]["database"], ready.text
+    # liveness stays: a replica restarted now could not start, and would come back late (the back-off)
+    assert httpx.get(f"{baton.url}/healthz", timeout=15).status_code == 200
+    assert httpx.head(f"{baton.url}/readyz", timeout=15).status_code == 503
     answers = {
         "message": pg.say("@baton run uptime force", event_id="in-the-outage"),
         "click": pg.click(card, "bob", event_id="click-in-the-outage"),
@@ -205,3 +209,45 @@ def test_an_outage_is_logged_once_not_as_a_traceback_every_half_second(
     log = log_of(baton)
     assert "Traceback" not in log, log[-4000:]
     assert log.count(OUTAGE_LINE) == 1 and log.count(BACK_LINE) == 1, log[-4000:]
+
+
+async def test_a_full_disk_gets_a_503_with_the_reason_and_baton_goes_on_once_there_is_room(
+        tmp_path: Path, config_path: Path) -> None:
+    """SQLite on a full disk: each message was a 500 "Internal Server Error" with a traceback in the log.
+    (The disk is "full" here by SQLite's own ``max_page_count`` on Baton's writing connection.)"""
+    from bot.server import create_app
+    from bot.settings import Settings
+
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'baton.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground")
+    app = create_app(settings)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as http:
+        writer = app.state.baton.db.sqlite_writer.connection
+        writer.execute(f"PRAGMA max_page_count={writer.execute('PRAGMA page_count').fetchone()[0]}")
+        answers = []
+        for number in range(500):  # until the pages SQLite has free are used up
+            answers.append(await http.post("/api/messages", json={
+                "channel": "general", "user": "alice", "text": f"note {number}: the deploy went fine"}))
+            if answers[-1].status_code != 201:
+                break
+        refused = answers[-1]
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "5", refused.text
+        assert "cannot be written just now (database or disk is full)" in refused.json()["detail"]
+        stored = (await http.get("/api/channels/general/messages")).json()["messages"]
+        assert len(stored) == len(answers) - 1  # the refused one was not half stored
+
+        writer.execute("PRAGMA max_page_count=1073741823")  # room again
+        asked = await http.post("/api/messages", json={"channel": "general", "user": "alice",
+                                                       "text": "@baton run uptime"})
+        assert asked.status_code == 201, asked.text
+        thread = asked.json()["thread_id"]
+
+        async def replies() -> list[str]:
+            while True:
+                found = (await http.get(f"/api/threads/{thread}/messages")).json()["replies"]
+                if found:
+                    return [reply["text"] for reply in found]
+                await asyncio.sleep(0.05)
+
+        assert "did uptime" in (await asyncio.wait_for(replies(), 20))[0]
