@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, closing
@@ -20,6 +21,8 @@ from sqlalchemy.engine import make_url
 
 from storage.db import is_sqlite, pg_connect_params, sqlite_path
 
+RECONNECT_GIVE_UP_SECONDS = 4.0
+RECONNECT_LOOK_SECONDS = 1.0
 _PG_SETUP_LOCK = 0x62617431  # "bat1": one replica sets LangGraph's checkpoint tables up, the others wait
 
 
@@ -99,6 +102,9 @@ async def open_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
         min_size=1,
         max_size=10,
         open=False,
+        # psycopg_pool waits twice as long before each attempt to reconnect (1, 2, 4 ... s) until this gives
+        # up (its default: 5 minutes); ``_reconnect_while_waited_for`` then starts a new one (see there).
+        reconnect_timeout=RECONNECT_GIVE_UP_SECONDS,
         # A connection is checked as it is handed out: after a PostgreSQL restart or failover every pooled one
         # is dead, and each failed one run ("AdminShutdown") when it was next used, minutes later for some.
         check=AsyncConnectionPool.check_connection,
@@ -120,6 +126,43 @@ async def open_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
                 await saver.setup()
             finally:
                 await lock.execute("SELECT pg_advisory_unlock(%s)", (_PG_SETUP_LOCK,))
-        yield saver
+        reconnecting = asyncio.create_task(_reconnect_while_waited_for(pool), name="checkpointer-reconnect")
+        try:
+            yield saver
+        finally:
+            reconnecting.cancel()
     finally:
         await pool.close()
+
+
+class _OncePerMinute(logging.Filter):
+    """psycopg_pool's lines for failed attempts to reconnect, one a minute: with attempts every second or
+    two while the database is away they were most of the log (``storage.db`` logs the outage and its end)."""
+
+    PREFIXES = ("error connecting in", "reconnection attempt in pool")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last = -60.0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.PREFIXES):
+            return True
+        if record.created - self._last < 60:
+            return False
+        self._last = record.created
+        return True
+
+
+logging.getLogger("psycopg.pool").addFilter(_OncePerMinute())
+
+
+async def _reconnect_while_waited_for(pool: AsyncConnectionPool) -> None:
+    """While a run waits for a connection the pool has not got (the database away, or just back), start an
+    attempt to connect every ``RECONNECT_LOOK_SECONDS``. The pool's own attempts back off: after a 40 s
+    outage it tried again only 23 s after the database was back, and the runs waiting meanwhile failed at
+    its 30 s (``PoolTimeout``)."""
+    while True:
+        await asyncio.sleep(RECONNECT_LOOK_SECONDS)
+        if pool.get_stats().get("requests_waiting"):
+            await pool.check()  # grows the pool unless an attempt is under way
