@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 
 from storage.db import is_sqlite, pg_connect_params, sqlite_path
 
+log = logging.getLogger(__name__)
 RECONNECT_GIVE_UP_SECONDS = 4.0
 RECONNECT_LOOK_SECONDS = 1.0
 _PG_SETUP_LOCK = 0x62617431  # "bat1": one replica sets LangGraph's checkpoint tables up, the others wait
@@ -131,6 +132,7 @@ async def open_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
             yield saver
         finally:
             reconnecting.cancel()
+            await asyncio.gather(reconnecting, return_exceptions=True)
     finally:
         await pool.close()
 
@@ -162,7 +164,10 @@ async def _reconnect_while_waited_for(pool: AsyncConnectionPool) -> None:
     attempt to connect every ``RECONNECT_LOOK_SECONDS``. The pool's own attempts back off: after a 40 s
     outage it tried again only 23 s after the database was back, and the runs waiting meanwhile failed at
     its 30 s (``PoolTimeout``)."""
-    while True:
+    while not pool.closed:  # closed early by ``fail_waiting_calls``
         await asyncio.sleep(RECONNECT_LOOK_SECONDS)
-        if pool.get_stats().get("requests_waiting"):
-            await pool.check()  # grows the pool unless an attempt is under way
+        if pool.get_stats().get("requests_waiting") and not pool.closed:
+            try:
+                await pool.check()  # grows the pool unless an attempt is under way
+            except Exception as exc:  # an attempt that fails is the pool's to log
+                log.debug("checking the checkpointer's pool failed: %s", exc)

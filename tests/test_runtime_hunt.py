@@ -372,7 +372,7 @@ def test_a_postgresql_url_reaches_the_checkpointer_as_written(password: str) -> 
     url = f"postgres://bat%20on:{quote(password, safe='')}@db.example:5433/baton?sslmode=require"
     assert conninfo_to_dict(postgres_conninfo(url)) == {
         "user": "bat on", "password": password, "host": "db.example", "port": "5433", "dbname": "baton",
-        "sslmode": "require"}
+        "sslmode": "require", "connect_timeout": "10"}  # Baton's default (storage.db.pg_connect_params)
 
 
 def test_a_graph_module_that_exits_at_import_is_named(package) -> None:
