@@ -16,8 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client.exposition import choose_encoder
 from psycopg import Error as PsycopgError
-from psycopg_pool import PoolTimeout
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyPoolTimeout
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -78,7 +78,7 @@ def create_app(settings: Settings, config: BatonConfig | None = None) -> FastAPI
     app.add_middleware(TooLargeInJSON)  # added last: around the limit, to rewrite its answer
     app.state.baton = baton
     app.add_exception_handler(RequestValidationError, invalid_request)  # type: ignore[arg-type]
-    for error in (DBAPIError, PsycopgError, PoolTimeout, sqlite3.Error):
+    for error in (DBAPIError, PsycopgError, SQLAlchemyPoolTimeout, sqlite3.Error):  # psycopg_pool's are PsycopgError
         app.add_exception_handler(error, database_away)
     for adapter in baton.adapters:
         adapter.mount(app)

@@ -16,11 +16,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 import psycopg
-from psycopg_pool import PoolTimeout
+from psycopg_pool import PoolClosed, PoolTimeout, TooManyRequests
 from sqlalchemy import Engine, event, text
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyPoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import StaticPool
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -103,6 +104,9 @@ PING_TIMEOUT_SECONDS = 5.0  # how long ``Database.ping`` (``/healthz``) waits fo
 # SQLSTATEs of a PostgreSQL server that cannot serve anyone now: shutting down or starting up (57P01-57P03),
 # out of connection slots (53300); class 08 is every connection exception.
 _UNREACHABLE_STATES = ("57P01", "57P02", "57P03", "53300")
+# How psycopg words a connection that could not be made or was lost, when the server gave no SQLSTATE.
+_CONNECTION_LOST = ("connection failed", "connection timeout expired", "consuming input failed",
+                    "the connection is closed", "the connection is lost", "server closed the connection")
 
 
 def database_unreachable(exc: BaseException | None) -> str | None:
@@ -113,13 +117,18 @@ def database_unreachable(exc: BaseException | None) -> str | None:
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, PoolTimeout):
+        if isinstance(exc, PoolTimeout | SQLAlchemyPoolTimeout):  # no connection in time (one hangs, say)
             return _first_line(exc)
+        if isinstance(exc, PoolClosed | TooManyRequests):  # Baton's own doing (a stop), or its own load
+            return None
         if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
             state = exc.sqlstate
-            if state is None or state.startswith("08") or state in _UNREACHABLE_STATES:
-                return _first_line(exc)
-            return None
+            if state is not None:
+                return _first_line(exc) if state.startswith("08") or state in _UNREACHABLE_STATES else None
+            # No SQLSTATE: the server said nothing. The connection lost, or a client-side refusal (a query
+            # with more than 65,535 parameters), which is Baton's bug, not an outage.
+            broken = exc.pgconn is not None and exc.pgconn.status == psycopg.pq.ConnStatus.BAD
+            return _first_line(exc) if broken or str(exc).startswith(_CONNECTION_LOST) else None
         if isinstance(exc, DBAPIError) and exc.connection_invalidated and not isinstance(exc.orig, sqlite3.Error):
             return _first_line(exc.orig or exc)
         exc = exc.orig if isinstance(exc, DBAPIError) else exc.__cause__
@@ -199,8 +208,10 @@ class DatabaseHealth:
         """The problem for ``/healthz``: since when and why in short (the log line has the server's address)."""
         if self.problem is None or self.since is None:
             return None
-        return (f"the database cannot be reached since {self.since.isoformat(timespec='seconds')}: "
-                f"{self.problem.rsplit(': ', 1)[-1]}")
+        # The last part of the reason, without what it quotes: "...failed: Connection refused", but a pg_hba
+        # refusal quotes the host, the user and the database, and /readyz is open to anyone.
+        reason = re.sub(r'"[^"]*"', '"…"', self.problem.rsplit(": ", 1)[-1])
+        return f"the database cannot be reached since {self.since.isoformat(timespec='seconds')}: {reason}"
 
 
 # A write transaction: an AsyncSession on PostgreSQL, its synchronous stand-in on SQLite (same methods).
@@ -397,13 +408,8 @@ class Database:
     async def session(self, *, urgent: bool = False, durable: bool = True) -> AsyncIterator[Transaction]:
         """A write transaction; what ``when_committed`` was given runs right after its commit."""
         if self._writers is None:
-            try:
-                async with self._writes[0 if durable else 1]() as session, session.begin():
-                    yield session
-            except Exception as exc:
-                self.health.failed(exc)
-                raise
-            self.health.reached()
+            async with self._watched(self._writes[0 if durable else 1]) as session:
+                yield session
             _run_committed(session)
             return
         async with self._writers.turn(urgent), write_session(self.sqlite_writer, SQLITE_BUSY_SECONDS) as inline:
@@ -413,14 +419,20 @@ class Database:
             await self.sqlite_writer.synced()
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncSession]:
+    async def _watched(self, sessions: Callable[[], AsyncSession]) -> AsyncIterator[AsyncSession]:
+        """A transaction of ``sessions``, its failure or success noted in ``health`` (an outage's start and end)."""
         try:
-            async with self._reads() as session, session.begin():
+            async with sessions() as session, session.begin():
                 yield session
         except Exception as exc:
             self.health.failed(exc)
             raise
         self.health.reached()
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        async with self._watched(self._reads) as session:
+            yield session
 
     async def ping(self, timeout: float = PING_TIMEOUT_SECONDS) -> str | None:
         """``None`` when the database answers a ``SELECT 1`` within ``timeout``; else why not, as
@@ -454,13 +466,8 @@ class Database:
     @asynccontextmanager
     async def scan(self) -> AsyncIterator[AsyncSession]:
         """A read that may take long (aggregates over many rows): on SQLite it runs off the event loop."""
-        try:
-            async with self._scans() as session, session.begin():
-                yield session
-        except Exception as exc:
-            self.health.failed(exc)
-            raise
-        self.health.reached()
+        async with self._watched(self._scans) as session:
+            yield session
 
     async def dispose(self) -> None:
         for engine in self._async_engines:

@@ -23,6 +23,7 @@ class DatabaseProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._resetting = False
+        self._cuts = 0
         self.port = 0
         self.connections = 0  # connections carried since the start
         self.refused = 0  # connections reset while cut with count=True
@@ -62,6 +63,7 @@ class DatabaseProxy:
             self._server = await asyncio.start_server(self._carry, "127.0.0.1", self.port, reuse_address=True)
 
     async def _cut(self, keep_listening: bool = False) -> None:
+        self._cuts += 1  # a connection being made across the cut is dropped when it is made (``_carry``)
         self._resetting = keep_listening
         if self._server is not None and not keep_listening:
             self._server.close()
@@ -77,10 +79,15 @@ class DatabaseProxy:
             client_writer.transport.abort()
             return
         self.connections += 1
+        cuts = self._cuts
         try:
             server_reader, server_writer = await asyncio.open_connection(*self.target)
         except OSError:
             client_writer.transport.abort()
+            return
+        if cuts != self._cuts:  # cut meanwhile: this connection would carry traffic through the outage
+            client_writer.transport.abort()
+            server_writer.transport.abort()
             return
         self._writers.update((client_writer, server_writer))
 
