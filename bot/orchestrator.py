@@ -63,6 +63,7 @@ CHOOSER = "choose"  # the pseudo-graph of a run that waits for the requester to 
 # A run taken up again after Baton stopped while it ran more often than this is failed instead: the run
 # itself may be what stops Baton (os._exit in a node, the memory it takes), at every start of every replica.
 MAX_TAKEOVERS = 3
+CUT_OFF_SECONDS = 1.0  # past the grace, what the runs' last checkpoint writes get before they are refused
 STOP_GRACE_SECONDS = 8.0  # what a stopping Baton waits for events being handled (uvicorn's own grace is 10 s)
 ROUTER = "route"  # the pseudo-graph of a model's routing that started nothing (chatter): what it cost
 
@@ -403,8 +404,10 @@ class Orchestrator:
         cut_off = list(self._tasks)
         for task in cut_off:
             task.cancel()
-        if cut_off:
-            await self.runtime.refuse_waiting_checkpoints()
+        if cut_off:  # LangGraph lets their checkpoint writes finish: a second for those, not the pool's 30 s
+            _done, waiting = await asyncio.wait(cut_off, timeout=CUT_OFF_SECONDS)
+            if waiting:
+                await self.runtime.refuse_waiting_checkpoints()
         await asyncio.gather(*cut_off, return_exceptions=True)
 
     async def _give_back_unstarted(self, record_id: int) -> None:

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import TypedDict
 
+import pytest
 from langgraph.graph import END, START, StateGraph
 from sqlmodel import select
 
@@ -103,6 +104,7 @@ async def test_an_effect_cut_off_by_the_end_of_the_grace_is_in_doubt_not_failed(
     assert effects == [("started", None)]
 
 
+@pytest.mark.postgres
 async def test_a_baton_stopping_while_its_postgresql_database_is_gone_stops_at_the_end_of_its_grace(
         tmp_path: Path, config_path: Path, postgres_url: str) -> None:
     """The database gone (a PostgreSQL outage) in the middle of a run, SIGTERM took 38 s instead of the
