@@ -248,11 +248,13 @@ class PlaygroundAdapter(Adapter):
             delivery = await self._hand_over(stored.id, event_id, stored.channel, stored.thread_id,  # type: ignore[arg-type]
                                              stored.user, stored.text)
         except Exception as exc:
-            if database_unusable(exc) is None:
+            # Posted, as a platform would have it, and left to ``hand_over_stranded``: a 503 asked the client
+            # to post it again, which stored it twice when it gave no event_id of its own.
+            if (reason := database_unusable(exc)) is None:
                 raise
-            raise HTTPException(503, f"message {stored.id} is stored, but Baton's database could not be used to "
-                                     "hand it to the bot: that is done once the database is back (posting it again "
-                                     "with the same event_id is safe)", headers={"Retry-After": "5"}) from None
+            log.warning("message %s is stored, and handed to the bot once its database answers (%s)", stored.id,
+                        reason)
+            delivery = "pending"
         return {"message": self._json(stored), "thread_id": stored.thread_id or str(stored.id), "delivery": delivery}
 
     async def post_click(self, body: PostClick) -> dict[str, Any]:
