@@ -77,6 +77,7 @@ from adapters.discord_render import (
 from bot.messages import Buttons, InboundClick, InboundMessage, Location, Message, Text, quoted, quoted_code
 from bot.outbox import Delivery
 from bot.settings import Settings
+from storage.db import database_unusable
 
 log = logging.getLogger("baton.discord")
 PLATFORM = "discord"
@@ -91,6 +92,8 @@ THREAD_NAME_CHARS = 100
 ECHO_CHARS = 1800  # "@you asked: `/baton ...`" stays one message
 MEMBER_CHECK_SECONDS = 600.0  # how long a DISCORD_GUILD_ID membership answer is taken as it is
 STRANGER_ANSWER = "I work for the members of one Discord server only, so I can't take requests from you here."
+DATABASE_AWAY_ANSWER = ("⚠️ I could not take this just now: my database cannot be reached, so nothing was run. "
+                        "Please ask again in a few minutes.")
 THREAD_ARCHIVE_MINUTES = 10080  # the longest: a card may wait days for its approver
 THREAD_ALREADY_CREATED = 160004  # Discord's error code: this message already has a thread
 UNKNOWN_MESSAGE = 10008  # Discord's error code: no such message (any more)
@@ -444,6 +447,7 @@ class DiscordAdapter(Adapter):
         text = _without_mentions_of(message, me.id)
         if not addressed and (not self.reads_content or not text):
             return  # without the intent Discord sends no text; an empty message (a picture) is no request
+        answer_in: Any = channel
         if direct or isinstance(channel, discord.Thread):
             where, thread = conversation(channel)
         elif not addressed:
@@ -453,9 +457,23 @@ class DiscordAdapter(Adapter):
             if opened is None:
                 return
             where, thread = str(channel.id), opened
-        accepted = await self.baton.accept_message(InboundMessage(
-            platform=PLATFORM, workspace=str(message.guild.id) if message.guild else "", channel=where, thread=thread,
-            user=str(message.author.id), text=text, addressed=addressed, private=direct, event_id=str(message.id)))
+            answer_in = self.client.get_partial_messageable(int(opened))
+        try:
+            accepted = await self.baton.accept_message(InboundMessage(
+                platform=PLATFORM, workspace=str(message.guild.id) if message.guild else "", channel=where,
+                thread=thread, user=str(message.author.id), text=text, addressed=addressed, private=direct,
+                event_id=str(message.id)))
+        except Exception as exc:
+            # Discord does not send a gateway event again: without a word the request would be lost unseen
+            # (and a traceback logged for each), so the person is told to ask again.
+            if (reason := database_unusable(exc)) is None:
+                raise
+            self.baton.db.health.explains(exc)
+            log.warning("Discord: message %s not taken, Baton's database cannot be used (%s); they are told",
+                        message.id, reason)
+            if addressed:
+                await _say_best_effort(answer_in, DATABASE_AWAY_ANSWER)
+            return
         log.debug("Discord message %s in %s/%s -> %s", message.id, where, thread, accepted.status)
 
     async def _open_thread(self, message: discord.Message, text: str) -> str | None:
@@ -527,7 +545,13 @@ class DiscordAdapter(Adapter):
                 user=str(interaction.user.id), text=request.strip(), addressed=True,
                 private=isinstance(interaction.channel, discord.DMChannel), event_id=str(interaction.id)))
             handed_in = True
-        except Exception:  # not an expected failure: its traceback, and the person is not left "thinking"
+        except Exception as exc:  # not an expected failure: its traceback, and the person is not left "thinking"
+            if not handed_in and (reason := database_unusable(exc)) is not None:
+                self.baton.db.health.explains(exc)
+                log.warning("Discord: /baton interaction %s not taken, Baton's database cannot be used (%s)",
+                            interaction.id, reason)
+                await self._answer(interaction, f"{asked}\n{DATABASE_AWAY_ANSWER}")
+                return
             log.exception("Discord: /baton interaction %s failed %s being handed in", interaction.id,
                           "after" if handed_in else "before")
             if not handed_in:

@@ -231,8 +231,7 @@ class SlackAdapter(Adapter):
 
     # -- inbound: listeners only hand the event to the core ------------------------------------
 
-    @staticmethod
-    async def _on_bolt_error(error: Exception, response: BoltResponse | None) -> BoltResponse | None:
+    async def _on_bolt_error(self, error: Exception, response: BoltResponse | None) -> BoltResponse | None:
         """Every error Bolt catches. Reading a signed request of a shape Slack does not send (``"event":
         null``, a click without actions, ...) fails in Bolt's matchers or in ``bot.messages``: a 400
         with a reason, and no traceback. Anything else (Baton's own work, Bolt's call to Slack) stays a
@@ -242,8 +241,11 @@ class SlackAdapter(Adapter):
         if isinstance(error, BoltUnhandledRequestError):
             return _acknowledge_unhandled(error.body)
         if isinstance(error, HandlingFailed) or not isinstance(error, UNREADABLE):
-            log.error("Slack: handling a request failed; Slack will retry it",
-                      exc_info=error.__cause__ if isinstance(error, HandlingFailed) else error)
+            cause = error.__cause__ if isinstance(error, HandlingFailed) else error
+            if cause is not None and self.baton.db.health.explains(cause):  # the outage is logged once
+                log.warning("Slack: an event was not taken, Baton's database being away; Slack will retry it")
+            else:
+                log.error("Slack: handling a request failed; Slack will retry it", exc_info=cause)
             return None
         log.warning("Slack: a signed request that could not be read was refused (%s)", type(error).__name__)
         if response is None:  # already acknowledged

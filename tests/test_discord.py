@@ -40,6 +40,7 @@ from tests.fake_discord import (
     snowflake,
 )
 from tests.support import LONG_LINES, long_line, BatonProcess, runs_in, wait_for, write_config
+from tests.test_database_outage import proxy  # noqa: F401 (a fixture: the database behind a TCP proxy)
 
 MESSAGES = "POST /channels/{channel_id}/messages"
 CALLBACK = "POST /interactions/{interaction_id}/{token}/callback"
@@ -690,3 +691,30 @@ def test_a_refused_token_stops_the_start_in_one_line(fake_discord, start_baton, 
     with pytest.raises(AssertionError, match=r"Baton cannot start: Discord refused DISCORD_TOKEN") as refused:
         start_baton(sqlite_url, name="wrong-token", env=fake_discord.env() | {"DISCORD_TOKEN": "revoked"})
     assert "Traceback" not in str(refused.value) and "revoked" not in str(refused.value)
+
+
+@pytest.mark.postgres
+def test_a_request_made_while_the_database_is_away_is_answered_with_why_not_lost(
+        fake_discord: FakeDiscord, proxy: Any, start_baton: Any, postgres_url: str, counter: Path) -> None:
+    """Discord sends a gateway event once: a mention or a /baton while Baton's database was away was lost
+    without a word to the person (a traceback in the log for each, "something went wrong" for the command)."""
+    chat = start_discord(start_baton, fake_discord, proxy.url(postgres_url))
+    fake = chat.fake
+    proxy.cut()
+    asked = fake.say("run uptime", channel=OPS)  # in a channel: a thread is opened on it, and the answer goes there
+    chat.reply("my database cannot be reached, so nothing was run", asked["id"])
+    command = fake.slash("run uptime", channel=OPS)
+    wait_for(lambda: (m := slash_reply(fake, command)) and "my database cannot be reached" in m.content,
+             20, "the command's answer")
+    fake.say("thanks", channel=asked["id"], mention=False)  # talk in the thread: no answer, as ever
+
+    proxy.restore()
+    wait_for(lambda: httpx.get(f"{chat.baton.url}/readyz", timeout=15).status_code == 200, 30, "the database back")
+    fake.say("run uptime", channel=asked["id"])  # asked again, as told
+    chat.reply("did uptime", asked["id"])
+    assert runs_in(counter) == ["uptime"]
+    assert [m.content for m in fake.messages(asked["id"])].count(
+        "⚠️ I could not take this just now: my database cannot be reached, so nothing was run. Please ask again "
+        "in a few minutes.") == 1  # not for "thanks"
+    log = chat.baton.log.read_text()
+    assert "Traceback" not in log and "not taken, Baton's database cannot be used" in log

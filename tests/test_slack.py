@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from slack_sdk.signature import SignatureVerifier
 from adapters import slack_blocks
 from adapters.slack import EVENTS_PATH, SlackAdapter
 from bot.settings import Settings
+from storage.db import DatabaseHealth
 from bot.messages import ButtonOption, Buttons, Code, Message, Note, Text, ThreadLink
 from tests.fake_slack import (
     BOT_ID,
@@ -36,6 +38,7 @@ from tests.fake_slack import (
     check_message,
     shown_text,
 )
+from tests.test_database_outage import proxy  # noqa: F401 (a fixture: the database behind a TCP proxy)
 from tests.support import (
     LONG_LINES,
     ROOT,
@@ -253,6 +256,8 @@ async def test_a_listener_whose_own_work_fails_answers_500_so_that_slack_retries
     class FailingBaton:
         settings = Settings(SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_SIGNING_SECRET=SIGNING_SECRET,  # type: ignore[call-arg]
                             SLACK_API_URL=fake_slack.api_url, BATON_CONFIG=str(tmp_path / "absent.yaml"))
+
+        db = SimpleNamespace(health=DatabaseHealth("sqlite:///absent.db"))  # what the adapter asks of an error
 
         async def accept_message(self, message: Any) -> Any:
             accepted.append(message)
@@ -534,3 +539,22 @@ def test_choice_buttons_carry_the_option_in_the_action_id():
     assert [(b["action_id"], b["value"], b.get("style")) for b in elements] == [
         ("baton:deploy", "c1", None), ("baton:status", "c1", None), ("baton:none", "c1", "danger")]
     assert elements[2]["text"]["text"] == "x" * 74 + "…"
+
+
+@pytest.mark.postgres
+def test_an_event_sent_while_the_database_is_away_is_left_to_slack_to_send_again(
+        fake_slack: FakeSlack, proxy: Any, start_baton: Any, postgres_url: str, counter: Path) -> None:
+    """Slack retries an event Baton did not acknowledge: that is the way back for one sent while the database
+    was away. Each was logged with a whole traceback; the outage is now logged once."""
+    baton = start_baton(proxy.url(postgres_url), env=fake_slack.env())
+    sender = SlackSender(baton.url)
+    event = sender.mention("run uptime", user=ALICE, channel=OPS)
+    proxy.cut()
+    assert sender.send_event(event, event_id="Ev0OUTAGE01").status_code == 500  # Slack will send it again
+    proxy.restore()
+    wait_for(lambda: httpx.get(f"{baton.url}/readyz", timeout=15).status_code == 200, 30, "the database back")
+    assert sender.send_event(event, event_id="Ev0OUTAGE01").status_code == 200  # Slack's retry
+    wait_for(lambda: fake_slack.find("did uptime", channel=OPS, thread=event["ts"]), 20, "the answer")
+    assert runs_in(counter) == ["uptime"]
+    log = baton.log.read_text()
+    assert "Traceback" not in log and "an event was not taken, Baton's database being away" in log
