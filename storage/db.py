@@ -444,8 +444,9 @@ class Database:
         except TimeoutError:
             return self.health.summary() or f"the database did not answer within {timeout:g} s"
         except Exception as exc:
-            if database_unreachable(exc) is None:
+            if (reason := database_unusable(exc)) is None:
                 raise
+            return self.health.summary() or f"the database cannot be used: {reason}"  # SQLite's (no outage kept)
         return self.health.summary()
 
     async def fetch(self, statement: Any, params: dict[str, Any] | None = None) -> PreparedResult:
