@@ -399,6 +399,11 @@ class Database:
             self._writes = tuple(async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
                                  for engine in self._async_engines)
             self._reads = self._scans = self._writes[0]
+            for engine in self._async_engines:  # a connection handed out has answered its pre-ping: it is back
+                event.listen(engine.sync_engine.pool, "checkout", self._answered)
+
+    def _answered(self, *_checkout: Any) -> None:
+        self.health.reached()
 
     @property
     def is_sqlite(self) -> bool:
@@ -420,14 +425,14 @@ class Database:
 
     @asynccontextmanager
     async def _watched(self, sessions: Callable[[], AsyncSession]) -> AsyncIterator[AsyncSession]:
-        """A transaction of ``sessions``, its failure or success noted in ``health`` (an outage's start and end)."""
+        """A transaction of ``sessions``, its failure noted in ``health`` (an outage's start; its end is the
+        next connection handed out, ``_answered``: a session that never asked for one proves nothing)."""
         try:
             async with sessions() as session, session.begin():
                 yield session
         except Exception as exc:
             self.health.failed(exc)
             raise
-        self.health.reached()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

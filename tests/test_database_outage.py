@@ -176,6 +176,24 @@ def drain(lines: queue.Queue[str | None]) -> str:
         said.append(line)
 
 
+async def test_an_outage_ends_when_a_connection_answers_not_when_a_session_asked_for_none() -> None:
+    from sqlalchemy import text
+
+    from storage.db import Database
+
+    database = Database("postgresql://baton@127.0.0.1:1/baton")  # port 1: nothing listens
+    try:
+        with pytest.raises(OperationalError):
+            async with database.read() as session:
+                await session.exec(text("SELECT 1"))  # type: ignore[call-overload]
+        assert database.health.problem is not None
+        async with database.read():
+            pass  # no statement, no connection: it says nothing of the database (it ended the outage)
+        assert database.health.problem is not None
+    finally:
+        await database.dispose()
+
+
 def test_what_counts_as_the_database_being_away() -> None:
     refused = psycopg.OperationalError('connection failed: connection to server at "db", port 5432 failed: '
                                        "Connection refused\n\tIs the server running?")
