@@ -80,6 +80,7 @@ from adapters.slack_blocks import (
 from bot.messages import InboundClick, InboundMessage, Location, Message
 from bot.outbox import Delivery
 from bot.settings import Settings
+from storage.db import database_unusable
 
 log = logging.getLogger("baton.slack")
 EVENTS_PATH = "/slack/events"
@@ -242,8 +243,10 @@ class SlackAdapter(Adapter):
             return _acknowledge_unhandled(error.body)
         if isinstance(error, HandlingFailed) or not isinstance(error, UNREADABLE):
             cause = error.__cause__ if isinstance(error, HandlingFailed) else error
-            if cause is not None and self.baton.db.health.explains(cause):  # the outage is logged once
-                log.warning("Slack: an event was not taken, Baton's database being away; Slack will retry it")
+            if (reason := database_unusable(cause)) is not None:  # a PostgreSQL outage is logged once, by storage
+                self.baton.db.health.explains(cause)  # type: ignore[arg-type]
+                log.warning("Slack: an event was not taken, Baton's database being away (%s); Slack will retry it",
+                            reason)
             else:
                 log.error("Slack: handling a request failed; Slack will retry it", exc_info=cause)
             return None
