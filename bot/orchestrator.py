@@ -9,6 +9,7 @@ of any replica picks the work up again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import unicodedata
@@ -314,7 +315,14 @@ class Orchestrator:
             log.info("draining thread %s was stopped; the sweeper will retry", record_id)
             await asyncio.shield(self.leases.release(record_id))
             raise
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, Exception) and self.db.health.explains(exc):
+                # The outage is logged once (storage.db); raised, it also ended the task with "Task exception
+                # was never retrieved" and its traceback.
+                log.warning("draining thread %s stopped, the database being away; the sweeper will retry", record_id)
+                with contextlib.suppress(Exception):  # away still: the lease runs out instead
+                    await asyncio.shield(self.leases.release(record_id))
+                return
             log.exception("draining thread %s stopped; the sweeper will retry", record_id)
             await asyncio.shield(self.leases.release(record_id))
             raise
