@@ -77,7 +77,6 @@ from adapters.discord_render import (
 from bot.messages import Buttons, InboundClick, InboundMessage, Location, Message, Text, quoted, quoted_code
 from bot.outbox import Delivery
 from bot.settings import Settings
-from storage.db import database_unusable
 
 log = logging.getLogger("baton.discord")
 PLATFORM = "discord"
@@ -466,9 +465,8 @@ class DiscordAdapter(Adapter):
         except Exception as exc:
             # Discord does not send a gateway event again: without a word the request would be lost unseen
             # (and a traceback logged for each), so the person is told to ask again.
-            if (reason := database_unusable(exc)) is None:
+            if (reason := self.baton.db.health.unusable(exc)) is None:
                 raise
-            self.baton.db.health.explains(exc)
             log.warning("Discord: message %s not taken, Baton's database cannot be used (%s); they are told",
                         message.id, reason)
             if addressed:
@@ -546,8 +544,7 @@ class DiscordAdapter(Adapter):
                 private=isinstance(interaction.channel, discord.DMChannel), event_id=str(interaction.id)))
             handed_in = True
         except Exception as exc:  # not an expected failure: its traceback, and the person is not left "thinking"
-            if not handed_in and (reason := database_unusable(exc)) is not None:
-                self.baton.db.health.explains(exc)
+            if not handed_in and (reason := self.baton.db.health.unusable(exc)) is not None:
                 log.warning("Discord: /baton interaction %s not taken, Baton's database cannot be used (%s)",
                             interaction.id, reason)
                 await self._answer(interaction, f"{asked}\n{DATABASE_AWAY_ANSWER}")

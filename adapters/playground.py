@@ -37,7 +37,7 @@ from sqlmodel import select
 from adapters.contract import Adapter
 from bot.messages import InboundClick, InboundMessage, Location, Message, quoted, storable
 from bot.outbox import Delivery
-from storage.db import database_unusable, insert_ignore, insert_returning_id, prepared
+from storage.db import insert_ignore, insert_returning_id, prepared
 from storage.models import InboundEvent, PlaygroundMessage, ThreadRecord, utcnow
 
 log = logging.getLogger("baton.adapters.playground")
@@ -250,7 +250,7 @@ class PlaygroundAdapter(Adapter):
         except Exception as exc:
             # Posted, as a platform would have it, and left to ``hand_over_stranded``: a 503 asked the client
             # to post it again, which stored it twice when it gave no event_id of its own.
-            if (reason := database_unusable(exc)) is None:
+            if (reason := self.baton.db.health.unusable(exc)) is None:
                 raise
             log.warning("message %s is stored, and handed to the bot once its database answers (%s)", stored.id,
                         reason)
@@ -300,7 +300,7 @@ class PlaygroundAdapter(Adapter):
             except Exception as exc:
                 # The database is away: the stream stays open and goes on from its cursor once it is back (it
                 # ended with a traceback, and every page's EventSource came back every 3 s for another one).
-                if database_unusable(exc) is None:
+                if self.baton.db.health.unusable(exc) is None:
                     raise
                 yield ": the database cannot be reached; waiting for it\n\n"
                 await asyncio.sleep(STREAM_RETRY_SECONDS)

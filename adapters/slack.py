@@ -80,7 +80,6 @@ from adapters.slack_blocks import (
 from bot.messages import InboundClick, InboundMessage, Location, Message
 from bot.outbox import Delivery
 from bot.settings import Settings
-from storage.db import database_unusable
 
 log = logging.getLogger("baton.slack")
 EVENTS_PATH = "/slack/events"
@@ -243,8 +242,7 @@ class SlackAdapter(Adapter):
             return _acknowledge_unhandled(error.body)
         if isinstance(error, HandlingFailed) or not isinstance(error, UNREADABLE):
             cause = error.__cause__ if isinstance(error, HandlingFailed) else error
-            if (reason := database_unusable(cause)) is not None:  # a PostgreSQL outage is logged once, by storage
-                self.baton.db.health.explains(cause)  # type: ignore[arg-type]
+            if (reason := self.baton.db.health.unusable(cause)) is not None:  # a PostgreSQL outage: logged once
                 log.warning("Slack: an event was not taken, Baton's database being away (%s); Slack will retry it",
                             reason)
             else:

@@ -26,7 +26,6 @@ from bot.config import BatonConfig
 from bot.messages import storable
 from bot.metrics import Metrics
 from bot.settings import Settings
-from storage.db import database_unusable
 
 log = logging.getLogger("baton.server")
 
@@ -201,11 +200,11 @@ async def database_away(request: Request, exc: Exception) -> JSONResponse:
     disk full, say): a 503 that says so, and when to try again, not a 500 with a traceback in the log (a
     PostgreSQL outage itself is logged once, by ``storage.db``). Any other database error is still a 500:
     that one is Baton's bug, with its traceback."""
+    health = request.app.state.baton.db.health
+    if (reason := health.unusable(exc)) is None:
+        raise exc
     detail = DATABASE_AWAY
-    if not request.app.state.baton.db.health.explains(exc):  # noted: met outside Baton's sessions, say
-        reason = database_unusable(exc)
-        if reason is None:
-            raise exc
+    if health.problem is None:  # SQLite's (no outage is kept for it): said here, for each request
         log.warning("%s %s was refused with a 503: Baton's database cannot be written (%s)", request.method,
                     request.url.path, reason)
         detail = DATABASE_UNWRITABLE.format(reason=reason)

@@ -83,6 +83,28 @@ async def fail_waiting_calls(checkpointer: BaseCheckpointSaver) -> None:
         await pool.close(timeout=1)  # its workers may be trying to connect: not waited for long
 
 
+class _OncePerMinute(logging.Filter):
+    """psycopg_pool's lines for failed attempts to reconnect, one a minute: with attempts every second or
+    two while the database is away they were most of the log (``storage.db`` logs the outage and its end)."""
+
+    PREFIXES = ("error connecting in", "reconnection attempt in pool")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last = -60.0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.PREFIXES):
+            return True
+        if record.created - self._last < 60:
+            return False
+        self._last = record.created
+        return True
+
+
+_QUIET_RECONNECTS = _OncePerMinute()
+
+
 @asynccontextmanager
 async def open_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
     """Yield a ready checkpointer (tables created) and close it on exit."""
@@ -98,6 +120,7 @@ async def open_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
             await connection.close()
         return
     conninfo = postgres_conninfo(url)
+    logging.getLogger("psycopg.pool").addFilter(_QUIET_RECONNECTS)  # once: a logger keeps a filter once
     pool = AsyncConnectionPool(
         conninfo,
         min_size=1,
@@ -135,28 +158,6 @@ async def open_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
             await asyncio.gather(reconnecting, return_exceptions=True)
     finally:
         await pool.close()
-
-
-class _OncePerMinute(logging.Filter):
-    """psycopg_pool's lines for failed attempts to reconnect, one a minute: with attempts every second or
-    two while the database is away they were most of the log (``storage.db`` logs the outage and its end)."""
-
-    PREFIXES = ("error connecting in", "reconnection attempt in pool")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._last = -60.0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith(self.PREFIXES):
-            return True
-        if record.created - self._last < 60:
-            return False
-        self._last = record.created
-        return True
-
-
-logging.getLogger("psycopg.pool").addFilter(_OncePerMinute())
 
 
 async def _reconnect_while_waited_for(pool: AsyncConnectionPool) -> None:

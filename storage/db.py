@@ -76,18 +76,18 @@ def pg_connect_params(parsed: URL) -> dict[str, str]:
 
 def async_url(url: str) -> str:
     """``sqlite:///x`` -> aiosqlite, ``postgresql://`` -> psycopg (async)."""
-    parsed = _parsed(url)
-    if parsed.get_backend_name() == "sqlite":
-        return parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
-    return parsed.set(drivername="postgresql+psycopg", query=pg_connect_params(parsed)).render_as_string(
-        hide_password=False)
+    return _with_driver(url, "sqlite+aiosqlite")
 
 
 def sync_url(url: str) -> str:
     """The same database through a synchronous driver (Alembic)."""
+    return _with_driver(url, "sqlite")
+
+
+def _with_driver(url: str, sqlite_driver: str) -> str:
     parsed = _parsed(url)
     if parsed.get_backend_name() == "sqlite":
-        return parsed.set(drivername="sqlite").render_as_string(hide_password=False)
+        return parsed.set(drivername=sqlite_driver).render_as_string(hide_password=False)
     return parsed.set(drivername="postgresql+psycopg", query=pg_connect_params(parsed)).render_as_string(
         hide_password=False)
 
@@ -197,6 +197,13 @@ class DatabaseHealth:
         if reason is not None:
             self.failed(reason=reason)
         return reason is not None
+
+    def unusable(self, exc: BaseException | None) -> str | None:
+        """Why the database cannot serve a request now (``database_unusable``: PostgreSQL away, SQLite unable
+        to write), ``None`` for any other error; a PostgreSQL outage is noted as ``explains`` does."""
+        if exc is not None and self.explains(exc):
+            return self.problem
+        return database_unusable(exc)
 
     def reached(self) -> None:
         if self.problem is not None:
