@@ -104,6 +104,9 @@ def test_switching_user_mid_load_shows_none_of_the_previous_users_private_messag
         held[0][0].fulfill(response=held[0][1])
     page.unroute(alices)
     page.goto(f"{baton.url}/#/c/general")
+    # The pane must be seen closed: the page reads the hash when its hashchange event runs, so two quick
+    # hash changes could both be read as the second, and the thread, still open, would not be fetched again.
+    expect(page.locator("#thread-pane")).to_be_hidden()
     with page.expect_response(re.compile(rf"/api/threads/{thread}/messages\?viewer=bob$")):
         page.goto(f"{baton.url}/#/c/general/t/{thread}")
     expect(page.locator("#thread-messages .thread-root")).to_be_visible()
