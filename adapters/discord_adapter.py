@@ -89,6 +89,7 @@ FOLLOW_UP_MARGIN = timedelta(seconds=60)  # do not start a follow-up this close 
 DEFER_WAIT_SECONDS = 5.0  # a refusal waits at most this long for its click's defer to finish
 THREAD_NAME_CHARS = 100
 ECHO_CHARS = 1800  # "@you asked: `/baton ...`" stays one message
+SAID_CHARS = 200  # what Discord said about an error, as Baton repeats it (to people and in the log)
 MEMBER_CHECK_SECONDS = 600.0  # how long a DISCORD_GUILD_ID membership answer is taken as it is
 STRANGER_ANSWER = "I work for the members of one Discord server only, so I can't take requests from you here."
 DATABASE_AWAY_ANSWER = ("⚠️ I could not take this just now: my database cannot be reached, so nothing was run. "
@@ -291,7 +292,7 @@ class DiscordAdapter(Adapter):
             await tree.sync(guild=guild)
         except discord.Forbidden as exc:
             raise StartFailed(f"Discord did not let Baton register /baton in DISCORD_GUILD_ID={self._guild_id} "
-                               f"({exc.text}): is the bot in that server, invited with the applications.commands "
+                               f"({_said(exc)}): is the bot in that server, invited with the applications.commands "
                                "scope?") from exc
         await self._remove_global_command()
 
@@ -304,7 +305,7 @@ class DiscordAdapter(Adapter):
                 await command.delete()
         except discord.HTTPException as exc:
             log.warning("Discord: the global /baton from before DISCORD_GUILD_ID was set could not be removed (%s); "
-                        "the server may show /baton twice until it is", exc.text or exc.status)
+                        "the server may show /baton twice until it is", _describe(exc))
             return
         if stale:
             log.info("Discord: removed the global /baton registered before DISCORD_GUILD_ID was set")
@@ -619,7 +620,7 @@ class DiscordAdapter(Adapter):
         try:
             messages = [message async for message in channel.history(limit=limit)]
         except discord.HTTPException as exc:
-            log.warning("Discord history of %s is not available (%s %s)", channel.id, exc.status, exc.text)
+            log.warning("Discord history of %s is not available (%s)", channel.id, _describe(exc))
             return None
         me = self.client.user.id if self.client.user else None
         return [_as_history(message, me) for message in reversed(messages)]
@@ -676,7 +677,7 @@ class DiscordAdapter(Adapter):
             channel: Any = await self.client.create_dm(discord.Object(user))
             return await channel.send(**_payload(outgoing))
         except discord.Forbidden as exc:  # 50007: they do not accept direct messages from this server's members
-            log.info("Discord: %s takes no direct messages (%s); answering in the thread", user, exc.text)
+            log.info("Discord: %s takes no direct messages (%s); answering in the thread", user, _said(exc))
         channel = self.client.get_partial_messageable(int(location.thread or location.channel))
         return await channel.send(**_payload(outgoing), allowed_mentions=discord.AllowedMentions(
             users=[discord.Object(user)]))
@@ -741,9 +742,20 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, aiohttp.ClientError | OSError | TimeoutError)
 
 
+def _said(exc: discord.HTTPException) -> str:
+    """What Discord said about an error, on one short line. An answer that is not Discord's JSON (an
+    HTML page of several kilobytes from Cloudflare in front of it, when Discord's servers are away) is
+    named by its status's reason: repeated whole, it made what Baton tells people longer than Discord
+    takes, so they were told nothing."""
+    text = " ".join(exc.text.split())
+    if text.startswith("<"):
+        return str(getattr(exc.response, "reason", None) or "")
+    return text if len(text) <= SAID_CHARS else text[:SAID_CHARS - 1] + "…"
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, discord.HTTPException):
-        return f"{exc.status} {exc.text}".strip()
+        return f"{exc.status} {_said(exc)}".strip()
     return f"{type(exc).__name__}: {str(exc)[:200]}".rstrip(": ")
 
 
@@ -778,7 +790,7 @@ def _no_thread(exc: BaseException) -> str:
         return ("Discord has no threads in this kind of channel (a voice channel's chat, say), and I answer in "
                 "threads: please ask me in a text channel, or in a thread. Nothing was run.")
     if isinstance(exc, discord.HTTPException):
-        return f"I can't open a thread here ({exc.text or exc.status}). {NO_PERMISSION_TO_THREAD}"
+        return f"I can't open a thread here ({_said(exc) or exc.status}). {NO_PERMISSION_TO_THREAD}"
     return f"I could not open a thread for your request ({_describe(exc)}), so nothing was run."
 
 
@@ -854,11 +866,11 @@ def _step(call: Callable[[], Awaitable[Any]]) -> Step:
             raise  # 5xx after discord.py's own retries: the outbox retries with backoff
         except discord.HTTPException as exc:
             if exc.status == 429:  # discord.py gave up: five 429s in a row, or Cloudflare's (no Via header)
-                raise RetryLater(_retry_after(exc), f"Discord: 429 {exc.text}") from exc
+                raise RetryLater(_retry_after(exc), f"Discord: {_describe(exc)}") from exc
             if exc.status == 401 and exc.code != INVALID_WEBHOOK_TOKEN:  # the bot's token (reset in the portal)
-                raise RetryLater.token_refused(f"Discord refused Baton's token (401 {exc.text})", "DISCORD_TOKEN") from exc
+                raise RetryLater.token_refused(f"Discord refused Baton's token ({_describe(exc)})", "DISCORD_TOKEN") from exc
             # 400 (invalid form), 403 (no permission), 404 (unknown channel)
-            raise DeliveryRejected(f"Discord: {exc.status} {exc.text}") from exc
+            raise DeliveryRejected(f"Discord: {_describe(exc)}") from exc
         return str(sent.id) if sent is not None else None
 
     return step

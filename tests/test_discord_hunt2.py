@@ -1,0 +1,90 @@
+"""The Discord adapter, third hunt: what Discord really answers (an error page from Cloudflare in front
+of it) met with what Baton tells people."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
+
+import discord
+import pytest
+from aiohttp import web
+
+import tests.fake_discord as fake_module
+from adapters import discord_adapter
+from adapters.discord_adapter import DiscordAdapter
+from bot.settings import Settings
+from tests.fake_discord import OPS, TOKEN, FakeDiscord
+from tests.test_discord import fake_discord  # noqa: F401 (a fixture)
+
+THREADS = "POST /channels/{channel_id}/messages/{message_id}/threads"
+
+# What Cloudflare, in front of Discord's API, answers when Discord's servers are away: an HTML page of
+# several kilobytes (discord.py keeps a body that is not JSON as the error's text).
+CLOUDFLARE_PAGE = """<!DOCTYPE html>
+<!--[if lt IE 7]> <html class="no-js ie6 oldie" lang="en-US"> <![endif]-->
+<!--[if gt IE 8]><!--> <html class="no-js" lang="en-US"> <!--<![endif]-->
+<head>
+<title>discord.com | 503: Service unavailable</title>
+<meta charset="UTF-8" />
+<meta http-equiv="Content-Type" content="text/html; charset=UTF-8" />
+<meta name="robots" content="noindex, nofollow" />
+<link rel="stylesheet" id="cf_styles-css" href="/cdn-cgi/styles/main.css" />
+</head>
+<body>
+<div id="cf-wrapper"><div id="cf-error-details" class="p-0">
+<header class="mx-auto pt-10 lg:pt-6 lg:px-8 w-240 lg:w-full mb-8">
+<h1 class="inline-block sm:block sm:mb-2 font-light text-60 lg:text-4xl text-black-dark leading-tight mr-2">
+<span class="inline-block">Service unavailable</span><span class="code-label">Error code 503</span></h1>
+</header>
+""" + "".join(f'<div class="cf-section cf-row-{n}"><p>Visit cloudflare.com for more information.</p></div>\n'
+              for n in range(40)) + "</div></div></body></html>\n"
+
+
+@pytest.fixture
+def cloudflare_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake's 5xx come as Cloudflare's HTML page, as Discord's do when its servers are away."""
+    json_error = fake_module._error
+
+    def error(status: int, code: int, message: str) -> web.Response:
+        if status < 500:
+            return json_error(status, code, message)
+        return web.Response(body=CLOUDFLARE_PAGE.encode(), status=status, content_type="text/html")
+
+    monkeypatch.setattr(fake_module, "_error", error)
+
+
+@pytest.fixture
+async def adapter(fake_discord: FakeDiscord, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[DiscordAdapter]:
+    """The adapter signed in to the fake over REST (no gateway: events are handed to it here), with
+    Discord's passing troubles tried again at once (not over 15 seconds)."""
+    monkeypatch.setattr(discord.http.Route, "BASE", discord.http.Route.BASE)  # the adapter sets it process-wide
+    monkeypatch.setattr(discord_adapter, "TRANSIENT_PAUSES", (0.0, 0.0, 0.0, 0.0))
+    settings = Settings(DISCORD_TOKEN=TOKEN, DISCORD_API_URL=fake_discord.api_url,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="discord")
+    adapter = DiscordAdapter(SimpleNamespace(settings=settings))  # type: ignore[arg-type]
+    await adapter.client.login(TOKEN)
+    yield adapter
+    await adapter.client.close()
+
+
+def received(adapter: DiscordAdapter, payload: dict[str, Any]) -> discord.Message:
+    """A MESSAGE_CREATE as discord.py hands it to Baton when the channel is not in its cache."""
+    channel = adapter.client.get_partial_messageable(int(payload["channel_id"]), guild_id=int(payload["guild_id"]))
+    return discord.Message(state=adapter.client._connection, channel=channel, data=payload)  # type: ignore[arg-type]
+
+
+async def test_discords_error_page_is_not_pasted_into_what_baton_tells_the_channel(
+        fake_discord, cloudflare_pages, adapter):
+    """Discord failing to open a thread, its error an HTML page from Cloudflare (a 503 discord.py does
+    not retry): Baton put the whole page in its "Discord is having trouble right now (...)" message,
+    over Discord's 2,000 characters, so Discord refused it and the person was told nothing at all
+    (and a shorter page would have been shown to the channel as HTML)."""
+    fake_discord.fail(THREADS, 503, times=5)  # every try Baton makes
+    asked = fake_discord.say("run uptime", channel=OPS)
+    await adapter.on_message(received(adapter, asked))
+    assert [call.status for call in fake_discord.calls(THREADS)] == [503] * 5
+    (told,) = fake_discord.messages(OPS)
+    assert told.content == ("Discord is having trouble right now (503 Service Unavailable): I could not open a thread "
+                            "for your request, so nothing was run. Please ask again in a few minutes.")
