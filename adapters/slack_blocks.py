@@ -180,10 +180,13 @@ def _lines(text: str) -> int:
 
 
 def _image(part: Image, rendered: Rendered, files: bool) -> list[dict[str, Any]]:
-    if not files:
-        return [_context(escape(f"[{part.alt}] (an image; it cannot be attached to this message)"))]
-    rendered.uploads.append(Upload(filename=part.filename, content=base64.b64decode(part.data), title=part.alt))
-    return [_context(f"{escape(part.alt)}: attached below as `{escape(part.filename)}`.")]
+    """A note saying where the image is; a description too long for one note goes on in the next ones."""
+    if files:
+        rendered.uploads.append(Upload(filename=part.filename, content=base64.b64decode(part.data), title=part.alt))
+        said = f"{part.alt}: attached below as `{part.filename}`."
+    else:
+        said = f"[{part.alt}] (an image; it cannot be attached to this message)"
+    return [_context(escape(piece)) for piece in chunks(said, SECTION_CHARS)]
 
 
 def _link(url: str, label: str) -> list[dict[str, Any]]:
