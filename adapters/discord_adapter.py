@@ -68,6 +68,7 @@ from adapters.contract import Adapter, DeliveryRejected, RetryLater, StartFailed
 from adapters.discord_render import (
     BUTTON_LABEL_CHARS,
     BUTTON_STYLE,
+    CONTENT_CHARS,
     CUSTOM_ID_TEMPLATE,
     Outgoing,
     custom_id,
@@ -515,13 +516,10 @@ class DiscordAdapter(Adapter):
         if interaction.guild_id is None and not await self._serves(interaction.user.id, "/baton"):
             await self._answer(interaction, STRANGER_ANSWER)  # a direct message: only they see it
             return
-        shown = quoted_code(" ".join(f"/baton {request}".split()), ECHO_CHARS + 1)
-        if len(shown) > ECHO_CHARS:  # only the echo is shortened: the request is handed in whole
-            shown = shown[:ECHO_CHARS - 1] + "…"
-        asked = f"{interaction.user.mention} asked: `{shown}`"
+        asked = partial(_asked, interaction.user, request)
         handed_in = False
         try:
-            echoed = await self._echo(interaction, asked)
+            echoed = await self._echo(interaction, asked())
             channel = interaction.channel
             if isinstance(channel, discord.Thread | discord.DMChannel) or interaction.guild_id is None:
                 where, thread = conversation(channel or discord.Object(interaction.channel_id or 0))
@@ -536,7 +534,7 @@ class DiscordAdapter(Adapter):
                         raise
                     log.warning("Discord: /baton interaction %s not taken: no thread could be opened on its reply "
                                 "(%s)", interaction.id, _describe(exc))
-                    await self._answer(interaction, f"{asked}\n⚠️ {_no_thread(exc)}")
+                    await self._answer(interaction, asked(f"⚠️ {_no_thread(exc)}"))
                     return
                 where = str(interaction.channel_id)
             await self.baton.accept_message(InboundMessage(
@@ -548,16 +546,16 @@ class DiscordAdapter(Adapter):
             if not handed_in and (reason := self.baton.db.health.unusable(exc)) is not None:
                 log.warning("Discord: /baton interaction %s not taken, Baton's database cannot be used (%s)",
                             interaction.id, reason)
-                await self._answer(interaction, f"{asked}\n{DATABASE_AWAY_ANSWER}")
+                await self._answer(interaction, asked(DATABASE_AWAY_ANSWER))
                 return
             log.exception("Discord: /baton interaction %s failed %s being handed in", interaction.id,
                           "after" if handed_in else "before")
             if not handed_in:
-                await self._answer(interaction, f"{asked}\n⚠️ Something went wrong on my side and your request was "
-                                                "not taken; nothing was run. Please try again.")
+                await self._answer(interaction, asked("⚠️ Something went wrong on my side and your request was not "
+                                                      "taken; nothing was run. Please try again."))
             return
         if echoed is None:
-            await self._answer(interaction, asked)
+            await self._answer(interaction, asked())
 
     async def _echo(self, interaction: discord.Interaction, asked: str) -> discord.InteractionMessage | None:
         """The deferred reply becomes "@you asked: ..." (one try: discord.py retries a 5xx there itself)."""
@@ -697,6 +695,18 @@ async def _start_thread(http: discord.http.HTTPClient, channel_id: int, message_
             return str(message_id)
         raise
     return str(thread["id"])
+
+
+def _asked(user: discord.abc.User, request: str, note: str = "") -> str:
+    """"@you asked: `/baton ...`", with a note under it (what went wrong), in one message: Discord refuses
+    a reply over 2,000 characters, and a request may have 6,000. Only the quoted request is shortened
+    (the request is handed in whole)."""
+    head, tail = f"{user.mention} asked: `", "`" + (f"\n{note}" if note else "")
+    room = min(ECHO_CHARS, CONTENT_CHARS - len(head) - len(tail))
+    shown = quoted_code(" ".join(f"/baton {request}".split()), room + 1)
+    if len(shown) > room:
+        shown = shown[:room - 1] + "…"
+    return head + shown + tail
 
 
 def _shown(request: str) -> str:

@@ -1,9 +1,9 @@
 """The Discord adapter, third hunt: what Discord really answers (an error page from Cloudflare in front
-of it) met with what Baton tells people."""
+of it, its 2,000 characters in a reply to an interaction too) met with what Baton tells people."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,8 +15,9 @@ import tests.fake_discord as fake_module
 from adapters import discord_adapter
 from adapters.discord_adapter import DiscordAdapter
 from bot.settings import Settings
-from tests.fake_discord import OPS, TOKEN, FakeDiscord
-from tests.test_discord import fake_discord  # noqa: F401 (a fixture)
+from tests.fake_discord import ALICE, OPS, TOKEN, VOICE, FakeDiscord
+from tests.support import runs_in, wait_for
+from tests.test_discord import LOADING, chat, config_path, slash_reply  # noqa: F401 (fixtures)
 
 THREADS = "POST /channels/{channel_id}/messages/{message_id}/threads"
 
@@ -40,6 +41,23 @@ CLOUDFLARE_PAGE = """<!DOCTYPE html>
 </header>
 """ + "".join(f'<div class="cf-section cf-row-{n}"><p>Visit cloudflare.com for more information.</p></div>\n'
               for n in range(40)) + "</div></div></body></html>\n"
+
+
+class StricterDiscord(FakeDiscord):
+    """The fake, with Discord's limits on the reply to an interaction too (2,000 characters of content)."""
+
+    async def _edit_original(self, request: web.Request, body: dict[str, Any]) -> web.Response:
+        problem = fake_module._check_message(body, edit=True)
+        if problem:
+            return fake_module._error(400, 50035, f"Invalid Form Body: {problem}")
+        return await super()._edit_original(request, body)
+
+
+@pytest.fixture
+def fake_discord() -> Iterator[FakeDiscord]:
+    fake = StricterDiscord().start()
+    yield fake
+    fake.stop()
 
 
 @pytest.fixture
@@ -88,3 +106,19 @@ async def test_discords_error_page_is_not_pasted_into_what_baton_tells_the_chann
     (told,) = fake_discord.messages(OPS)
     assert told.content == ("Discord is having trouble right now (503 Service Unavailable): I could not open a thread "
                             "for your request, so nothing was run. Please ask again in a few minutes.")
+
+
+def test_a_long_slash_request_without_a_thread_still_says_why(chat, counter):
+    """A /baton of 1,800 characters (Discord takes 6,000 in an option) in a voice channel's chat: the
+    explanation under the echo took the reply past Discord's 2,000 characters, Discord refused the
+    edit, and the person saw their echo and nothing else: no thread, no answer, no reason."""
+    fake = chat.fake
+    request = "run uptime " + " ".join(f"host{n:04}" for n in range(200))  # ~1,800 characters
+    command = fake.slash(request, channel=VOICE)
+    wait_for(lambda: "⚠️" in slash_reply(fake, command).content or "could not be edited" in chat.baton.log.read_text(),
+             what="the explanation, or Discord refusing it")
+    reply = slash_reply(fake, command)
+    assert reply.content.startswith(f"<@{ALICE}> asked: `/baton run uptime host0000 host0001")
+    assert reply.content.endswith("please ask me in a text channel, or in a thread. Nothing was run.")
+    assert len(reply.content) <= 2000 and "…`\n⚠️ Discord has no threads" in reply.content
+    assert not reply.flags & LOADING and runs_in(counter) == [] and chat.stored_events() == []
