@@ -96,11 +96,14 @@ _NEWEST = prepared(select(func.max(PlaygroundMessage.id)))
 class _Revalidated(StaticFiles):
     """The page's script and style, asked again (a 304 when unchanged) at every load. Served with only a
     Last-Modified, a browser kept them fresh for a tenth of their age by itself: a page reloaded after
-    Baton was upgraded (or app.js edited) ran the old script against the new server."""
+    Baton was upgraded (or app.js edited) ran the old script against the new server.
+
+    Each with the page's headers: the page itself is one of these files (``/static/index.html``, a whole
+    working playground), which another site could frame without them."""
 
     async def get_response(self, path: str, scope: Any) -> Response:
         response = await super().get_response(path, scope)
-        response.headers["Cache-Control"] = "no-cache"
+        response.headers.update(PAGE_HEADERS)
         return response
 
 
