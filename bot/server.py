@@ -135,16 +135,28 @@ def mount_metrics(app: FastAPI, baton: Baton, settings: Settings) -> None:
         """Prometheus' text format (OpenMetrics when the scraper's Accept asks for it)."""
         if (refusal := refused(request)) is not None:
             return refusal
-        body, content_type = await metrics.exposition(request.headers.get("accept"))
+        body, content_type = await metrics.exposition(readable_accept(request))
         return Response(body, media_type=content_type)
 
     async def metrics_head(request: Request) -> Response:
         """What GET answers, without its body, and without reading the database for it."""
         if (refusal := refused(request)) is not None:
             return Response(status_code=401, headers=ASK_FOR_TOKEN)
-        return Response(media_type=choose_encoder(request.headers.get("accept") or "")[1])
+        return Response(media_type=choose_encoder(readable_accept(request) or "")[1])
 
     app.add_api_route("/metrics", metrics_head, methods=["HEAD"], include_in_schema=False)
+
+
+def readable_accept(request: Request) -> str | None:
+    """The scraper's ``Accept``, or ``None`` (the text format) when it asks for a format version that is no
+    number (``version=abc``): prometheus_client's choose_encoder raises on one, which was a 500 with a
+    traceback. A version it cannot read is a format it does not know, and those get the text format."""
+    accept = request.headers.get("accept")
+    try:
+        choose_encoder(accept or "")
+    except (TypeError, ValueError):
+        return None
+    return accept
 
 
 class TooLargeInJSON:

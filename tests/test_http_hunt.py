@@ -20,3 +20,21 @@ def test_the_page_cannot_be_framed_at_any_address_it_is_served_from(baton: Baton
                 assert "frame-ancestors 'none'" in page.headers.get("content-security-policy", ""), (method, path)
         script = http.get("/static/app.js")  # the page's own files still load, asked again at every load
         assert script.status_code == 200 and script.headers["cache-control"] == "no-cache"
+
+
+def test_metrics_asked_for_a_version_it_cannot_read_answer_in_the_text_format(start_baton, sqlite_url: str) -> None:
+    """An Accept header whose format version is no number (``version=abc``) was a 500 with a traceback, for
+    GET and HEAD: it is now read as a format Baton does not know, which gets the classic text format."""
+    baton = start_baton(sqlite_url)
+    with httpx.Client(base_url=baton.url, timeout=15) as http:
+        for accept in ("application/openmetrics-text; version=abc", "text/plain; version=1.x",
+                       "application/openmetrics-text; version=" + "9" * 5000):
+            for method in ("GET", "HEAD"):
+                answer = http.request(method, "/metrics", headers={"Accept": accept})
+                assert answer.status_code == 200, (accept[:60], method, answer.text[:200])
+                assert answer.headers["content-type"].startswith("text/plain; version=0.0.4"), (accept[:60], method)
+            assert "baton_up 1.0" in http.get("/metrics", headers={"Accept": accept}).text
+        # what Prometheus sends is answered as before
+        scraped = http.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        assert scraped.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert "Traceback" not in baton.log.read_text()
