@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import bindparam, exists, func, or_
 from sqlalchemy.orm import aliased
 from sqlmodel import select
@@ -108,6 +108,10 @@ class _Revalidated(StaticFiles):
 
 
 class _Body(BaseModel):
+    # A field the API does not take is refused, not dropped: "eventId" lost the redelivery guard without a
+    # word (a retry ran again), "thread" posted a reply as a new request at the top of the channel.
+    model_config = ConfigDict(extra="forbid")
+
     @field_validator("*")
     @classmethod
     def _storable(cls, value: object) -> object:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
-from tests.support import BatonProcess
+from tests.support import BatonProcess, runs_in
+
+REQUEST = {"channel": "general", "user": "alice", "text": "@baton run uptime"}
 
 
 def test_the_page_cannot_be_framed_at_any_address_it_is_served_from(baton: BatonProcess) -> None:
@@ -38,3 +41,27 @@ def test_metrics_asked_for_a_version_it_cannot_read_answer_in_the_text_format(st
         scraped = http.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
         assert scraped.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
     assert "Traceback" not in baton.log.read_text()
+
+
+@pytest.mark.parametrize(("route", "body", "unknown"), [
+    ("/api/messages", {**REQUEST, "eventId": "retry-1"}, "eventId"),  # the redelivery guard, misspelled
+    ("/api/messages", {**REQUEST, "thread": "1"}, "thread"),  # a reply meant for a thread
+    ("/api/clicks", {"message_id": 1, "approval_id": "a", "action": "approve", "user": "bob", "event": "x"}, "event"),
+])
+def test_a_field_the_api_does_not_know_is_refused_naming_it(baton: BatonProcess, counter, route: str,
+                                                             body: dict[str, object], unknown: str) -> None:
+    """A field the API does not take was dropped without a word: a client that wrote ``eventId`` for
+    ``event_id`` lost the redelivery guard (its retry ran the runbook again), and one that wrote ``thread``
+    for ``thread_id`` posted its reply as a new request at the top of the channel."""
+    with httpx.Client(base_url=baton.url, timeout=15) as http:
+        for _ in range(2):  # a client retrying a post it thinks was lost
+            refused = http.post(route, json=body)
+            assert refused.status_code == 422, refused.text[:300]
+            assert [error["loc"] for error in refused.json()["detail"]] == [["body", unknown]]
+            assert "retry-1" not in refused.text  # the input is not echoed back
+        assert http.get("/api/channels/general/messages").json()["messages"] == []  # nothing was stored
+        # the fields the API names are taken as before
+        asked = http.post("/api/messages", json={**REQUEST, "event_id": "retry-1"})
+        assert asked.status_code == 201 and asked.json()["delivery"] == "accepted"
+    baton.client().wait_reply(asked.json()["thread_id"], "did uptime")
+    assert runs_in(counter) == ["uptime"]  # the refused posts ran nothing
