@@ -23,7 +23,8 @@ Inbound
   that cannot be taken in all the same is said so to its author where possible, and logged in one line.
 * Buttons are ``DynamicItem``s: a click is matched by its custom_id (``baton:<value>:<approval>``)
   alone, so a card posted before a restart, or by another replica, still works. A click is stored,
-  then deferred; a redelivered interaction is a duplicate and is not answered twice.
+  then deferred; a redelivered interaction is a duplicate and is not answered twice. A click that
+  cannot be stored (the database away) is answered, to that person only, that nothing was changed.
 * Event ids are the message or interaction ids (snowflakes are unique across Discord).
 
 Outbound, ``send`` renders core messages with ``adapters.discord_render`` over REST (no gateway
@@ -95,6 +96,8 @@ MEMBER_CHECK_SECONDS = 600.0  # how long a DISCORD_GUILD_ID membership answer is
 STRANGER_ANSWER = "I work for the members of one Discord server only, so I can't take requests from you here."
 DATABASE_AWAY_ANSWER = ("⚠️ I could not take this just now: my database cannot be reached, so nothing was run. "
                         "Please ask again in a few minutes.")
+DATABASE_AWAY_CLICK = ("⚠️ I could not take your click just now: my database cannot be reached, so nothing was "
+                       "changed. Please click again in a few minutes.")
 THREAD_ARCHIVE_MINUTES = 10080  # the longest: a card may wait days for its approver
 THREAD_ALREADY_CREATED = 160004  # Discord's error code: this message already has a thread
 UNKNOWN_MESSAGE = 10008  # Discord's error code: no such message (any more)
@@ -587,9 +590,17 @@ class DiscordAdapter(Adapter):
             return
         where, thread = conversation(interaction.channel or discord.Object(interaction.channel_id or 0))
         user = str(interaction.user.id)
-        accepted = await self.baton.accept_click(InboundClick(
-            platform=PLATFORM, workspace=str(interaction.guild_id or ""), channel=where, thread=thread, user=user,
-            approval_id=approval_id, action=action, event_id=str(interaction.id)))
+        try:
+            accepted = await self.baton.accept_click(InboundClick(
+                platform=PLATFORM, workspace=str(interaction.guild_id or ""), channel=where, thread=thread, user=user,
+                approval_id=approval_id, action=action, event_id=str(interaction.id)))
+        except Exception as exc:  # as for a message: told, not a traceback and "This interaction failed"
+            if (reason := self.baton.db.health.unusable(exc)) is None:
+                raise
+            log.warning("Discord: click %s not taken, Baton's database cannot be used (%s); they are told",
+                        interaction.id, reason)
+            await _say_privately(interaction, DATABASE_AWAY_CLICK)
+            return
         if accepted.status != "accepted":
             log.info("Discord: click %s was %s", interaction.id, accepted.status)
             return

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import discord
+import httpx
 import pytest
 from aiohttp import web
 
@@ -15,10 +16,13 @@ import tests.fake_discord as fake_module
 from adapters import discord_adapter
 from adapters.discord_adapter import DiscordAdapter
 from bot.settings import Settings
-from tests.fake_discord import ALICE, OPS, TOKEN, VOICE, FakeDiscord
+from tests.fake_discord import ALICE, BOB, EPHEMERAL, OPS, TOKEN, VOICE, FakeDiscord
 from tests.support import runs_in, wait_for
-from tests.test_discord import LOADING, chat, config_path, slash_reply  # noqa: F401 (fixtures)
+from tests.test_database_outage import proxy  # noqa: F401 (a fixture: the database behind a TCP proxy)
+from tests.test_discord import LOADING, chat, config_path, slash_reply, start_discord  # noqa: F401 (fixtures)
 
+DATABASE_AWAY_CLICK = ("⚠️ I could not take your click just now: my database cannot be reached, so nothing was "
+                       "changed. Please click again in a few minutes.")
 THREADS = "POST /channels/{channel_id}/messages/{message_id}/threads"
 
 # What Cloudflare, in front of Discord's API, answers when Discord's servers are away: an HTML page of
@@ -122,3 +126,33 @@ def test_a_long_slash_request_without_a_thread_still_says_why(chat, counter):
     assert reply.content.endswith("please ask me in a text channel, or in a thread. Nothing was run.")
     assert len(reply.content) <= 2000 and "…`\n⚠️ Discord has no threads" in reply.content
     assert not reply.flags & LOADING and runs_in(counter) == [] and chat.stored_events() == []
+
+
+@pytest.mark.postgres
+def test_a_click_while_the_database_is_away_is_answered_with_why(
+        fake_discord: FakeDiscord, proxy: Any, start_baton: Any, postgres_url: str, counter: Any) -> None:
+    """A click on Approve while Baton's database was away could not be stored: it raised out of the
+    button's callback (discord.py's "Ignoring exception in dynamic item callback" and a traceback, at
+    each click), and Discord showed "This interaction failed" with no word of why or what to do, where
+    a mention or a /baton is told. The person is now told, only them, that nothing was changed."""
+    chat = start_discord(start_baton, fake_discord, proxy.url(postgres_url))
+    fake = chat.fake
+    thread = fake.say("run restart service=web")["id"]
+    card = chat.card(thread)
+    wait_for(lambda: chat.rows("SELECT count(*) FROM outbox WHERE status != 'sent'") == [(0,)],
+             what="the card to be recorded as sent")
+    proxy.cut()
+    click = fake.click(card, user=BOB)
+    wait_for(lambda: any(c["interaction_id"] == click["id"] for c in fake.callbacks)
+             or "Ignoring exception" in chat.baton.log.read_text(), 30, "the click to be answered, or to fail")
+    (answer,) = [c for c in fake.callbacks if c["interaction_id"] == click["id"]]
+    assert answer["type"] == 4 and answer["data"]["flags"] & EPHEMERAL  # a message only the person sees
+    assert answer["data"]["content"] == DATABASE_AWAY_CLICK
+
+    proxy.restore()
+    wait_for(lambda: httpx.get(f"{chat.baton.url}/readyz", timeout=15).status_code == 200, 30, "the database back")
+    fake.click(card, user=BOB)  # clicked again, as told
+    chat.reply("did restart web", thread)
+    assert runs_in(counter) == ["restart web"]
+    log = chat.baton.log.read_text()
+    assert "Traceback" not in log and f"click {click['id']} not taken, Baton's database cannot be used" in log
