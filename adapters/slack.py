@@ -46,6 +46,7 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from fastapi import FastAPI, Request, Response
@@ -82,12 +83,14 @@ from bot.outbox import Delivery
 from bot.settings import Settings
 
 log = logging.getLogger("baton.slack")
+socket_log = logging.getLogger("baton.slack.socket")  # slack_sdk's Socket Mode client's
 EVENTS_PATH = "/slack/events"
 PLATFORM = "slack"
 HTTP_TIMEOUT_SECONDS = 30
 START_RATE_LIMIT_SECONDS = 120  # how long a start waits out Slack's 429s before giving up
 SIGNATURE_WINDOW_SECONDS = 300  # Slack's: a request signed longer ago (or ahead) is refused
 REFUSAL_LOG_SECONDS = 60
+SOCKET_CONNECT_SECONDS = 15.0  # how long a start tries to open the Socket Mode WebSocket (slack_sdk: every 10 s)
 # Message subtypes that are a person writing; every other subtype (edits, deletions, joins,
 # bot_message, ...) is not a request.
 PERSON_SUBTYPES = {None, "thread_broadcast", "file_share"}
@@ -212,14 +215,28 @@ class SlackAdapter(Adapter):
                 middleware.auth_test_result = auth
 
     async def _connect_socket_mode(self, app_token: str) -> None:
-        self._socket = AsyncSocketModeHandler(self.bolt, app_token=app_token, web_client=self.client)
+        self._socket = AsyncSocketModeHandler(self.bolt, app_token=app_token, web_client=self.client, logger=socket_log)
         try:  # ask once ourselves, so that a wrong app token stops the start with a clear message
             opened = await _waiting_out_rate_limits(
                 "apps.connections.open", functools.partial(self.client.apps_connections_open, app_token=app_token))
         except SlackApiError as exc:
             raise _start_refused("apps.connections.open", "SLACK_APP_TOKEN", exc) from exc
         self._socket.client.wss_uri = opened["url"]
-        await self._socket.connect_async()
+        # slack_sdk tries a WebSocket it cannot open again every 10 s for ever (with the same URL): the start
+        # never ended. A start that cannot open it within SOCKET_CONNECT_SECONDS stops, saying so.
+        failures = _LastFailure()
+        socket_log.addFilter(failures)
+        try:
+            await asyncio.wait_for(self._socket.connect_async(), SOCKET_CONNECT_SECONDS)
+        except TimeoutError as exc:
+            await self._socket.close_async()
+            self._socket = None
+            address = urlsplit(str(opened["url"]))._replace(query="", fragment="").geturl()  # not its ticket
+            why = f" ({type(failures.error).__name__}: {str(failures.error)[:200]})" if failures.error else ""
+            raise StartFailed(f"Slack's Socket Mode WebSocket at {address} cannot be opened{why}; check that this "
+                              "machine may open WebSockets to it (a proxy or a firewall may refuse them)") from exc
+        finally:
+            socket_log.removeFilter(failures)
         log.info("Slack: Socket Mode connected")
 
     async def stop(self) -> None:
@@ -589,6 +606,19 @@ def _signature_problem(verifier: SignatureVerifier, body: bytes, timestamp: str 
         side = "before" if skew > 0 else "after"
         return f"it was signed {int(abs(skew))} s {side} this machine's clock (over 5 minutes: check the clock)"
     return "its signature does not match SLACK_SIGNING_SECRET"
+
+
+class _LastFailure(logging.Filter):
+    """Keeps the error of the last record logged with one (slack_sdk's "Failed to connect"), to name it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.error: BaseException | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            self.error = record.exc_info[1]
+        return True
 
 
 class _Refusals:
