@@ -104,6 +104,7 @@ UNKNOWN_MESSAGE = 10008  # Discord's error code: no such message (any more)
 THREAD_ARCHIVED = 50083  # Discord's error code: an edit in an archived thread
 INVALID_WEBHOOK_TOKEN = 50027  # Discord's error code: an interaction's follow-up token, not the bot's
 NO_THREADS_HERE = 50024  # Discord's error code: not in this kind of channel (a thread on a voice channel's chat)
+THREADS_FULL = (160006, 160007)  # Discord's error codes: the server has as many active (announcement) threads as allowed
 PERSON_MESSAGE_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 TRANSIENT_PAUSES = (1.0, 2.0, 4.0, 8.0)  # between tries of a call that meets a passing trouble of Discord's
 ANSWER_MARGIN = timedelta(seconds=30)  # do not retry an interaction's reply this close to its token's expiry
@@ -810,6 +811,10 @@ def _no_thread(exc: BaseException) -> str:
     if isinstance(exc, discord.HTTPException) and exc.code == NO_THREADS_HERE:
         return ("Discord has no threads in this kind of channel (a voice channel's chat, say), and I answer in "
                 "threads: please ask me in a text channel, or in a thread. Nothing was run.")
+    if isinstance(exc, discord.HTTPException) and exc.code in THREADS_FULL:
+        return ("This server has as many active threads as Discord allows, so I could not open one for your request "
+                "and nothing was run: ask me inside a thread (one of mine that is done, say), or have a moderator "
+                "archive threads that are finished.")
     if isinstance(exc, discord.HTTPException):
         return f"I can't open a thread here ({_said(exc) or exc.status}). {NO_PERMISSION_TO_THREAD}"
     return f"I could not open a thread for your request ({_describe(exc)}), so nothing was run."

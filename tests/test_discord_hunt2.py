@@ -48,7 +48,15 @@ CLOUDFLARE_PAGE = """<!DOCTYPE html>
 
 
 class StricterDiscord(FakeDiscord):
-    """The fake, with Discord's limits on the reply to an interaction too (2,000 characters of content)."""
+    """The fake, with Discord's limits on the reply to an interaction too (2,000 characters of content),
+    and on a server's active threads (``threads_full``: as many as Discord allows, 160006)."""
+
+    threads_full = False
+
+    async def _start_thread(self, request: web.Request, body: dict[str, Any]) -> web.Response:
+        if self.threads_full:
+            return fake_module._error(400, 160006, "Maximum number of active threads reached")
+        return await super()._start_thread(request, body)
 
     async def _edit_original(self, request: web.Request, body: dict[str, Any]) -> web.Response:
         problem = fake_module._check_message(body, edit=True)
@@ -126,6 +134,22 @@ def test_a_long_slash_request_without_a_thread_still_says_why(chat, counter):
     assert reply.content.endswith("please ask me in a text channel, or in a thread. Nothing was run.")
     assert len(reply.content) <= 2000 and "…`\n⚠️ Discord has no threads" in reply.content
     assert not reply.flags & LOADING and runs_in(counter) == [] and chat.stored_events() == []
+
+
+def test_a_server_with_as_many_threads_as_discord_allows_is_not_told_to_grant_permissions(chat, counter):
+    """A server has at most 1,000 active threads, and Baton's stay active for a week: once there were
+    that many, every mention and /baton in a channel was answered that Baton lacked the thread
+    permissions (Discord's 400, 160006), so an admin granted them and nothing changed."""
+    fake = chat.fake
+    fake.threads_full = True
+    fake.say("run uptime", channel=OPS)
+    answer = chat.reply("active threads", OPS)
+    command = fake.slash("run uptime", channel=OPS)
+    reply = wait_for(lambda: (m := slash_reply(fake, command)) and "⚠️" in m.content and m, what="the explanation")
+    for told in (answer.content, reply.content):
+        assert "as many active threads as Discord allows" in told and "permissions" not in told
+        assert "ask me inside a thread" in told
+    assert fake.threads() == [] and runs_in(counter) == [] and chat.stored_events() == []
 
 
 @pytest.mark.postgres
