@@ -56,6 +56,7 @@ USERS = ["alice", "bob", "carol", "dave"]
 # "@baton" as a word of its own: not inside an address (ops@baton.io) or a longer name (@baton-dev).
 MENTION = re.compile(rf"(?<![\w.@-])@{BOT_NAME}(?![\w@-]|\.\w)[:,]?", re.IGNORECASE)
 MAX_HTTP_TEXT = 100_000
+CLICK_EVENT_PREFIX = "click:"  # a click's event id, beside the messages' (clicks have ids of their own)
 USER_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
 # Empty (``?viewer=``, as the README writes the routes) is no viewer, as on any web form: it was a 422.
 VIEWER = Query(None, pattern=r"^[A-Za-z0-9_.-]{0,64}$", description="whose private (ephemeral) messages to include")
@@ -131,6 +132,15 @@ class PostMessage(_Body):
     @classmethod
     def _id_given_as_number(cls, value: object) -> object:
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("event_id")
+    @classmethod
+    def _not_a_clicks(cls, value: str | None) -> str | None:
+        # A click's event id is stored as "click:<its id>" beside the messages' own: a message given one was
+        # answered "duplicate" after that click and never reached the bot.
+        if value is not None and value.startswith(CLICK_EVENT_PREFIX):
+            raise ValueError(f"must not start with '{CLICK_EVENT_PREFIX}', which names clicks")
+        return value
 
 
 class PostClick(_Body):
@@ -274,7 +284,8 @@ class PlaygroundAdapter(Adapter):
         if buttons is None:
             # The card loses its buttons once decided: a redelivered click (same event id) is a duplicate
             # whenever it arrives, as on Slack and Discord, not an error that depends on the edit's timing.
-            if body.event_id is not None and await self.baton.event_received(self.name, f"click:{body.event_id}"):
+            if body.event_id is not None and \
+                    await self.baton.event_received(self.name, f"{CLICK_EVENT_PREFIX}{body.event_id}"):
                 return {"delivery": "duplicate"}
             raise HTTPException(400, "that message has no buttons for this approval (it may have been decided)")
         if body.action not in {option["value"] for option in buttons.get("options", [])}:
@@ -283,7 +294,7 @@ class PlaygroundAdapter(Adapter):
             platform=self.name, channel=card.channel, thread=card.thread_id or str(card.id), user=body.user,
             approval_id=body.approval_id, action=body.action,
             # clicks have ids of their own: a message's event id must not make a click a duplicate
-            event_id=f"click:{body.event_id or uuid.uuid4().hex}"))
+            event_id=f"{CLICK_EVENT_PREFIX}{body.event_id or uuid.uuid4().hex}"))
         return {"delivery": accepted.status}
 
     async def events(self, request: Request, viewer: str | None = VIEWER) -> Response:

@@ -65,3 +65,20 @@ def test_a_field_the_api_does_not_know_is_refused_naming_it(baton: BatonProcess,
         assert asked.status_code == 201 and asked.json()["delivery"] == "accepted"
     baton.client().wait_reply(asked.json()["thread_id"], "did uptime")
     assert runs_in(counter) == ["uptime"]  # the refused posts ran nothing
+
+
+def test_a_message_cannot_take_an_event_id_that_names_a_click(baton: BatonProcess, counter) -> None:
+    """A click's event id is stored as 'click:<id>' beside the messages' own: a message posted with
+    event_id 'click:<that id>', never seen as a message, was answered 'duplicate' and never reached the bot."""
+    pg = baton.client()
+    thread = pg.ask("@baton run restart service=web")
+    assert pg.click(pg.wait_card(thread), "bob", event_id="k1").json()["delivery"] == "accepted"
+    pg.wait_reply(thread, "did restart web")
+    refused = pg.say("@baton run uptime", event_id="click:k1")
+    assert refused.status_code == 422, refused.text
+    assert [error["loc"] for error in refused.json()["detail"]] == [["body", "event_id"]]
+    assert "names clicks" in refused.json()["detail"][0]["msg"]
+    asked = pg.say("@baton run uptime", event_id="k1")  # the click's own id, as a message's: a message of its own
+    assert asked.status_code == 201 and asked.json()["delivery"] == "accepted"
+    pg.wait_reply(asked.json()["thread_id"], "did uptime")
+    assert runs_in(counter) == ["restart web", "uptime"]
