@@ -94,6 +94,8 @@ ECHO_CHARS = 1800  # "@you asked: `/baton ...`" stays one message
 SAID_CHARS = 200  # what Discord said about an error, as Baton repeats it (to people and in the log)
 MEMBER_CHECK_SECONDS = 600.0  # how long a DISCORD_GUILD_ID membership answer is taken as it is
 STRANGER_ANSWER = "I work for the members of one Discord server only, so I can't take requests from you here."
+MEMBERSHIP_UNKNOWN = ("⚠️ Discord is having trouble right now, so I could not check that you are a member of the server "
+                      "I work for, and nothing was run. Please ask again in a few minutes.")
 DATABASE_AWAY_ANSWER = ("⚠️ I could not take this just now: my database cannot be reached, so nothing was run. "
                         "Please ask again in a few minutes.")
 DATABASE_AWAY_CLICK = ("⚠️ I could not take your click just now: my database cannot be reached, so nothing was "
@@ -390,10 +392,11 @@ class DiscordAdapter(Adapter):
                         self._guild_id)
         return True
 
-    async def _serves(self, user_id: int, what: str) -> bool:
+    async def _serves(self, user_id: int, what: str) -> bool | None:
         """Whether Baton takes a direct message or click of ``user_id``: with DISCORD_GUILD_ID, only its
         members' (Discord lets anyone who shares any server with Baton write to it). Asked over REST (no
-        members intent), remembered ``MEMBER_CHECK_SECONDS``; when Discord cannot say, refused for now."""
+        members intent), remembered ``MEMBER_CHECK_SECONDS``. ``None`` when Discord cannot say (its passing
+        trouble): refused for now, and not for a stranger."""
         if self._guild_id is None:
             return True
         now = asyncio.get_running_loop().time()
@@ -411,7 +414,7 @@ class DiscordAdapter(Adapter):
                 raise
             log.warning("Discord: %s from %s not taken: Discord could not say whether they are a member of "
                         "DISCORD_GUILD_ID=%s (%s)", what, user_id, self._guild_id, _describe(exc))
-            return False
+            return None if _transient(exc) else False
         self._members[user_id] = (member, now)
         if not member:
             log.warning("Discord: %s from %s ignored: not a member of DISCORD_GUILD_ID=%s", what, user_id,
@@ -443,7 +446,11 @@ class DiscordAdapter(Adapter):
                     await _say_best_effort(message.channel, _trouble(exc))
                 return
         direct = isinstance(channel, discord.DMChannel)
-        if direct and not await self._serves(message.author.id, "a direct message"):
+        served = await self._serves(message.author.id, "a direct message") if direct else True
+        if served is None:  # Discord's passing trouble: they are not told they are a stranger
+            await _say_best_effort(channel, MEMBERSHIP_UNKNOWN)
+            return
+        if not served:
             if message.author.id not in self._told_strangers:
                 self._told_strangers.add(message.author.id)
                 await _say_best_effort(channel, STRANGER_ANSWER)
@@ -517,8 +524,9 @@ class DiscordAdapter(Adapter):
                      interaction.id, exc)
             return
         # After the defer: asking Discord whether they are a member may take longer than its 3 seconds.
-        if interaction.guild_id is None and not await self._serves(interaction.user.id, "/baton"):
-            await self._answer(interaction, STRANGER_ANSWER)  # a direct message: only they see it
+        served = await self._serves(interaction.user.id, "/baton") if interaction.guild_id is None else True
+        if not served:  # a direct message: only they see it
+            await self._answer(interaction, STRANGER_ANSWER if served is False else MEMBERSHIP_UNKNOWN)
             return
         asked = partial(_asked, interaction.user, request)
         handed_in = False

@@ -16,7 +16,7 @@ import tests.fake_discord as fake_module
 from adapters import discord_adapter
 from adapters.discord_adapter import DiscordAdapter
 from bot.settings import Settings
-from tests.fake_discord import ALICE, BOB, EPHEMERAL, OPS, TOKEN, VOICE, FakeDiscord
+from tests.fake_discord import ALICE, BOB, EPHEMERAL, GUILD_ID, OPS, TOKEN, VOICE, FakeDiscord
 from tests.support import runs_in, wait_for
 from tests.test_database_outage import proxy  # noqa: F401 (a fixture: the database behind a TCP proxy)
 from tests.test_discord import LOADING, chat, config_path, slash_reply, start_discord  # noqa: F401 (fixtures)
@@ -92,7 +92,7 @@ async def adapter(fake_discord: FakeDiscord, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(discord.http.Route, "BASE", discord.http.Route.BASE)  # the adapter sets it process-wide
     monkeypatch.setattr(discord_adapter, "TRANSIENT_PAUSES", (0.0, 0.0, 0.0, 0.0))
     settings = Settings(DISCORD_TOKEN=TOKEN, DISCORD_API_URL=fake_discord.api_url,  # type: ignore[call-arg]
-                        BATON_ADAPTERS="discord")
+                        DISCORD_GUILD_ID=GUILD_ID, BATON_ADAPTERS="discord")
     adapter = DiscordAdapter(SimpleNamespace(settings=settings))  # type: ignore[arg-type]
     await adapter.client.login(TOKEN)
     yield adapter
@@ -101,7 +101,8 @@ async def adapter(fake_discord: FakeDiscord, monkeypatch: pytest.MonkeyPatch) ->
 
 def received(adapter: DiscordAdapter, payload: dict[str, Any]) -> discord.Message:
     """A MESSAGE_CREATE as discord.py hands it to Baton when the channel is not in its cache."""
-    channel = adapter.client.get_partial_messageable(int(payload["channel_id"]), guild_id=int(payload["guild_id"]))
+    guild = int(payload["guild_id"]) if "guild_id" in payload else None  # none in a direct message
+    channel = adapter.client.get_partial_messageable(int(payload["channel_id"]), guild_id=guild)
     return discord.Message(state=adapter.client._connection, channel=channel, data=payload)  # type: ignore[arg-type]
 
 
@@ -118,6 +119,19 @@ async def test_discords_error_page_is_not_pasted_into_what_baton_tells_the_chann
     (told,) = fake_discord.messages(OPS)
     assert told.content == ("Discord is having trouble right now (503 Service Unavailable): I could not open a thread "
                             "for your request, so nothing was run. Please ask again in a few minutes.")
+
+
+async def test_a_member_is_not_told_they_are_a_stranger_when_discord_cannot_say(fake_discord, adapter):
+    """With DISCORD_GUILD_ID, a direct message is taken from the server's members only, asked of Discord.
+    When Discord failed to answer (a 503 at every try), a member was told "I work for the members of one
+    Discord server only, so I can't take requests from you here", as a stranger is (and only once)."""
+    fake_discord.fail("GET /guilds/{guild_id}/members/{user_id}", 503, times=5)  # every try Baton makes
+    direct = fake_discord.direct_channel(ALICE)
+    asked = fake_discord.say("run uptime", channel=direct, mention=False)
+    await adapter.on_message(received(adapter, asked))
+    (told,) = fake_discord.messages(direct)
+    assert told.content.startswith("⚠️ Discord is having trouble right now, so I could not check that you are a member")
+    assert "Please ask again in a few minutes." in told.content and "can't take requests from you" not in told.content
 
 
 def test_a_long_slash_request_without_a_thread_still_says_why(chat, counter):
