@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import bindparam, exists, or_, update
 from sqlmodel import select
 
-from bot.config import BatonConfig, load_config
+from bot.config import BatonConfig, ConfigError, load_config
 from bot.digests import Digests
 from bot.messages import Accepted, InboundClick, InboundMessage, storable
 from bot.orchestrator import Orchestrator
@@ -84,23 +84,9 @@ class Baton:
         self.registry = GraphRegistry.discover()
         redactor = Redactor.for_settings(settings)
         self.outbox = Outbox(self.db, self.instance, claim_seconds=settings.lease_seconds, redactor=redactor)
-        self._check_digest_platforms()
+        self._check_digest_platforms(self.config)
         self.adapters: list[Any] = [adapter_class(self) for adapter_class in self._selected_adapters()]
-        for graph in sorted(set(self.config.graphs) - set(self.registry.names())):
-            log.warning("baton.yaml sets a policy for the graph %s, which is not installed (graphs/): a typo?", graph)
-        for index, digest in enumerate(self.config.digests):
-            unknown = sorted(set(digest.graphs) - set(self.registry.names()))
-            if unknown:  # counts nothing unless that graph ran here once: most likely a typo
-                log.warning("baton.yaml: digests.%d (%s #%s) counts the graphs %s, which are not installed "
-                            "(graphs/): a typo?", index, digest.platform, digest.channel, ", ".join(unknown))
-        prices = self.config.models.prices
-        if prices and settings.model and settings.model not in prices:
-            log.warning("%s has model prices for %s but BATON_MODEL is %s: its runs record tokens and no "
-                        "cost (a price is found by the exact BATON_MODEL value)", settings.config_path,
-                        ", ".join(sorted(prices)), settings.model)
-        for platform in sorted({digest.platform for digest in self.config.digests} - {a.name for a in self.adapters}):
-            log.warning("%s has digests for %s, which this Baton does not serve: a replica serving %s "
-                        "posts them, or nobody does", settings.config_path, platform, platform)
+        self._warn_about(self.config)
         self.services = Services(
             self.db, self.config, self.registry,
             model=create_model(settings.model, timeout=settings.model_timeout_seconds, retries=settings.model_retries),
@@ -113,6 +99,7 @@ class Baton:
         self.orchestrator: Orchestrator | None = None
         self.scheduler: DigestScheduler | None = None
         self.stopping = False  # set when the server is asked to stop: long-lived responses end
+        self._reloading = asyncio.Lock()
 
     async def __aenter__(self) -> Baton:
         await asyncio.to_thread(upgrade, self.settings.database_url)
@@ -160,10 +147,57 @@ class Baton:
         await self._stack.aclose()
         await self.db.dispose()
 
-    def _check_digest_platforms(self) -> None:
+    async def reload_config(self) -> bool:
+        """Read ``baton.yaml`` again (``baton run`` does on SIGHUP): what comes next follows its runbooks,
+        approvers, policies, digests and prices; waiting cards are edited to name the approvers it gives.
+        A file that is not valid, or not there, is refused with its reason in the log, and the configuration
+        in use stays. Whether the new one was taken."""
+        path = self.settings.config_path
+        if self.orchestrator is None or self.scheduler is None or self.stopping:
+            log.warning("%s was not read again: Baton is starting or stopping", path)
+            return False
+        async with self._reloading:  # signals in a row are read one after the other, the last one last
+            try:
+                config = await asyncio.to_thread(load_config, path, required=True)
+                self._check_digest_platforms(config)
+            except (ConfigError, ValueError) as exc:
+                log.error("%s was not read again, Baton goes on with the configuration it has: %s", path, exc)
+                return False
+            self.config = self.services.config = config
+            self._warn_about(config)
+            log.info("%s read again: %d runbooks, %d approvers, %d digests", path, len(config.runbooks),
+                     len(config.approvers), len(config.digests))
+            for step in (self.digests.sync_config, self.scheduler.reconcile, self.orchestrator.refresh_approvers):
+                try:
+                    await step()
+                except Exception as exc:  # the configuration is taken; the next minute's reconcile catches up
+                    if not self.db.health.explains(exc):
+                        log.exception("after reading %s again, %s failed", path, step.__name__)
+            return True
+
+    def _warn_about(self, config: BatonConfig) -> None:
+        """What in ``config`` is most likely a mistake, though Baton can run with it."""
+        path = self.settings.config_path
+        for graph in sorted(set(config.graphs) - set(self.registry.names())):
+            log.warning("%s sets a policy for the graph %s, which is not installed (graphs/): a typo?", path, graph)
+        for index, digest in enumerate(config.digests):
+            unknown = sorted(set(digest.graphs) - set(self.registry.names()))
+            if unknown:  # counts nothing unless that graph ran here once: most likely a typo
+                log.warning("%s: digests.%d (%s #%s) counts the graphs %s, which are not installed "
+                            "(graphs/): a typo?", path, index, digest.platform, digest.channel, ", ".join(unknown))
+        prices = config.models.prices
+        if prices and self.settings.model and self.settings.model not in prices:
+            log.warning("%s has model prices for %s but BATON_MODEL is %s: its runs record tokens and no "
+                        "cost (a price is found by the exact BATON_MODEL value)", path,
+                        ", ".join(sorted(prices)), self.settings.model)
+        for platform in sorted({digest.platform for digest in config.digests} - {a.name for a in self.adapters}):
+            log.warning("%s has digests for %s, which this Baton does not serve: a replica serving %s "
+                        "posts them, or nobody does", path, platform, platform)
+
+    def _check_digest_platforms(self, config: BatonConfig) -> None:
         """A digest for a platform no installed adapter knows would never be posted: most likely a typo."""
         known = {point.name for point in entry_points(group="baton.adapters")}
-        unknown = [f"digests.{index}: {digest.platform}" for index, digest in enumerate(self.config.digests)
+        unknown = [f"digests.{index}: {digest.platform}" for index, digest in enumerate(config.digests)
                    if digest.platform not in known]
         if unknown:  # the file BATON_CONFIG names, which need not be baton.yaml
             raise ValueError(f"{self.settings.config_path}: digests name platforms no adapter serves: "

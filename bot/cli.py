@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
+import signal
 import socket
 import sqlite3
 import sys
+import threading
 import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -124,15 +128,46 @@ GRACEFUL_SHUTDOWN_SECONDS = 10  # then requests still open are cancelled
 def _server(config: Any) -> Any:
     """uvicorn's server, which also tells Baton when it is asked to stop. uvicorn waits for open
     connections to close before it stops, and a playground page's live stream never closes by itself:
-    one open tab kept ``baton run`` from stopping."""
+    one open tab kept ``baton run`` from stopping. SIGHUP reads ``baton.yaml`` again, unless it is the
+    terminal Baton runs in that hung up: then Baton stops, as it did before SIGHUP meant anything else."""
     import uvicorn
 
     class StoppingServer(uvicorn.Server):
+        reloads: set[asyncio.Task[bool]] = set()
+
         def handle_exit(self, sig: int, frame: Any) -> None:
             config.app.state.baton.stopping = True  # the live streams end at their next look (0.5 s)
             super().handle_exit(sig, frame)
 
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and threading.current_thread() is threading.main_thread():
+                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.hung_up)
+
+        def hung_up(self) -> None:
+            if terminal_hung_up():
+                self.handle_exit(signal.SIGHUP, None)
+                return
+            reload = asyncio.create_task(config.app.state.baton.reload_config())
+            self.reloads.add(reload)  # kept until done: the loop holds tasks only weakly
+            reload.add_done_callback(self.reloads.discard)
+
     return StoppingServer(config)
+
+
+def terminal_hung_up() -> bool:
+    """Whether the terminal Baton writes to (``make run`` in a shell) was closed: a SIGHUP then is the hang-up
+    it was named for, not a request to read ``baton.yaml`` again (``kill -HUP``, a supervisor's reload).
+    A hung-up terminal answers every question with EIO (``isatty`` too says no then); a file or a pipe, ENOTTY."""
+    for stream in (sys.stdin, sys.stdout, sys.stderr):
+        try:
+            os.tcgetpgrp(stream.fileno())
+        except OSError as exc:
+            if exc.errno == errno.EIO:
+                return True
+        except (AttributeError, ValueError):  # no descriptor (closed, replaced): nothing to ask
+            pass
+    return False
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:

@@ -20,7 +20,7 @@ from sqlalchemy import func, update
 from sqlmodel import select
 
 from bot import audit, schedules
-from bot.config import Digest
+from bot.config import BatonConfig, Digest
 from bot.digest_stats import DIGEST_GRAPH, collect
 from bot.kit import Request
 from bot.messages import Location, Message
@@ -90,13 +90,17 @@ class Digests:
                  clock: Callable[[], datetime] = utcnow) -> None:
         self.services = services
         self.db = services.db
-        self.config = services.config
         self.registry = services.registry
         self.runtime = runtime
         self.outbox = outbox
         self.instance = instance
         self.clock = clock
         self.renew_seconds = RENEW_SECONDS
+
+    @property
+    def config(self) -> BatonConfig:
+        """``baton.yaml`` as read last: it may be read again while Baton runs (``Baton.reload_config``)."""
+        return self.services.config
 
     # -- schedules -------------------------------------------------------------------------------
 

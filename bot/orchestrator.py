@@ -23,6 +23,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import select
 
 from bot import approvals, audit, model_routing, replies, schedules, threads
+from bot.config import BatonConfig
 from bot.kit import APPROVAL_MARK, APPROVAL_TEXT_LIMIT, Request, duration
 from bot.digests import Digests
 from bot.messages import Accepted, InboundClick, InboundMessage, Location, Message, Text
@@ -128,7 +129,6 @@ class Orchestrator:
                  digests: Digests) -> None:
         self.settings = settings
         self.services = services
-        self.config = services.config
         self.db = services.db
         self.registry = services.registry
         self.runtime = runtime
@@ -143,6 +143,11 @@ class Orchestrator:
         self._released: set[int] = set()  # threads whose last handled event also released the lease
         self._first_work: dict[int, threads.Work] = {}  # new threads' first events, their lease already ours
         self._stopping = False  # set by ``stop``: no further event is started
+
+    @property
+    def config(self) -> BatonConfig:
+        """``baton.yaml`` as read last: it may be read again while Baton runs (``Baton.reload_config``)."""
+        return self.services.config
 
     # -- 1-2. accept and claim -------------------------------------------------------------------
 

@@ -342,7 +342,7 @@ async def test_two_replicas_bringing_a_card_up_to_date_together_edit_it_once(tmp
         await _until(lambda: _approvals(one))
         write_config(tmp_path, counter, ["alice", "carol"])
         for baton in (one, two):  # what each reads at its start
-            baton.orchestrator.config = load_config(tmp_path / "baton.yaml")  # type: ignore[union-attr]
+            baton.services.config = load_config(tmp_path / "baton.yaml")
         changed = await asyncio.gather(*(baton.orchestrator.refresh_approvers() for baton in (one, two)))  # type: ignore[union-attr]
         assert sorted(changed) == [0, 1]
         await _until(lambda: _texts_with(one, "approvers: carol (not alice, who asked)"))
