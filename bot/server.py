@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bot.app import Baton, StartFailed
 from bot.config import BatonConfig
-from bot.messages import storable
+from bot.messages import quoted, storable
 from bot.metrics import Metrics
 from bot.settings import Settings
 
@@ -32,6 +32,8 @@ log = logging.getLogger("baton.server")
 # The largest request body any route takes: a playground message of 100,000 characters, each
 # escaped in JSON as \uXXXX, is 600 kB; Slack's and Discord's events are far smaller.
 MAX_BODY_BYTES = 1_000_000
+MAX_ERRORS_SHOWN = 10  # a 422 names the first ten errors of a request, and says how many more there are
+MAX_NAME_SHOWN = 80  # and each field's name up to so many characters
 
 
 ASK_FOR_TOKEN = {"WWW-Authenticate": 'Bearer realm="baton metrics"'}
@@ -226,8 +228,14 @@ async def database_away(request: Request, exc: Exception) -> JSONResponse:
 
 async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 naming each field that is wrong and why, without echoing the input back as FastAPI does:
-    it may be 100 kB long, or hold a character JSON cannot encode (which made this a 500)."""
-    return JSONResponse(status_code=422, content={"detail": [
-        {"loc": [storable(str(part)) for part in error.get("loc", ())], "msg": storable(str(error.get("msg", ""))),
-         "type": error.get("type", "")}
-        for error in exc.errors()]})
+    it may be 100 kB long, or hold a character JSON cannot encode (which made this a 500). The first
+    ``MAX_ERRORS_SHOWN``, and how many more: a body of 100,000 unknown fields, each an error of its own,
+    got an answer ten times its size; a field's name is cut as long as a quote (it may be the 900 kB)."""
+    errors = exc.errors()
+    detail = [{"loc": [storable(quoted(str(part), MAX_NAME_SHOWN)) for part in error.get("loc", ())],
+               "msg": storable(str(error.get("msg", ""))), "type": error.get("type", "")}
+              for error in errors[:MAX_ERRORS_SHOWN]]
+    if len(errors) > MAX_ERRORS_SHOWN:
+        detail.append({"loc": ["body"], "msg": f"and {len(errors) - MAX_ERRORS_SHOWN:,} more errors",
+                       "type": "too_many_errors"})
+    return JSONResponse(status_code=422, content={"detail": detail})
