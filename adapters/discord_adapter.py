@@ -653,25 +653,25 @@ class DiscordAdapter(Adapter):
         elif delivery.kind == "update" and delivery.target_message_id:
             message = channel.get_partial_message(int(delivery.target_message_id))
             first, *rest = _render(delivery.message, location.workspace, one_message=True)  # rest: files only
-            steps = [_step(partial(self._edit, message, first))]
+            steps = [_step(partial(self._edit, message, first, _nonce(delivery, 0)))]
             steps += [_post(channel.send, outgoing, nonce=_nonce(delivery, step)) for step, outgoing in enumerate(rest, 1)]
         else:
             rendered = _render(delivery.message, location.workspace, one_message=_edited_later(delivery.message))
             steps = [_post(channel.send, outgoing, nonce=_nonce(delivery, step)) for step, outgoing in enumerate(rendered)]
         return (await self.send_steps(delivery, steps))[0]
 
-    async def _edit(self, message: discord.PartialMessage, outgoing: Outgoing) -> discord.Message:
+    async def _edit(self, message: discord.PartialMessage, outgoing: Outgoing, nonce: str) -> discord.Message:
         """Edit a message (a card after its decision, a run's progress). Discord refuses an edit in an
         archived thread (a new message there opens it again): the thread is opened again, then edited."""
         try:
-            return await _edit_to(message, outgoing)
+            return await _edit_or_post(message, outgoing, nonce)
         except discord.HTTPException as exc:
             if exc.code != THREAD_ARCHIVED:
                 raise
         log.info("Discord: thread %s is archived; opening it again to edit message %s", message.channel.id,
                  message.id)
         await self.client.http.edit_channel(message.channel.id, archived=False)
-        return await _edit_to(message, outgoing)
+        return await _edit_or_post(message, outgoing, nonce)
 
     async def _private_steps(self, delivery: Delivery) -> list[Step]:
         """Only for the person who clicked: the click's follow-up; else a DM; else the thread, with a mention."""
@@ -867,6 +867,20 @@ def _payload(outgoing: Outgoing) -> dict[str, Any]:
     if view is not None:
         payload["view"] = view
     return payload
+
+
+async def _edit_or_post(message: discord.PartialMessage, outgoing: Outgoing, nonce: str) -> discord.Message:
+    """The edit; a message that is gone (a moderator deleted it) is posted anew where it was, as its new
+    version, so that a run's progress or a decision is still shown (the core edits that one next), not lost
+    with a 404 in the log, as on Slack."""
+    try:
+        return await _edit_to(message, outgoing)
+    except discord.NotFound as exc:
+        if exc.code != UNKNOWN_MESSAGE:
+            raise
+    log.info("Discord: message %s in %s is gone (deleted?); its new version is posted there", message.id,
+             message.channel.id)
+    return await message.channel.send(**_payload(outgoing), nonce=nonce)
 
 
 async def _edit_to(message: discord.PartialMessage, outgoing: Outgoing) -> discord.Message:

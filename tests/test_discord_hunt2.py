@@ -15,8 +15,10 @@ from aiohttp import web
 import tests.fake_discord as fake_module
 from adapters import discord_adapter
 from adapters.discord_adapter import DiscordAdapter
+from bot.messages import Location, Message
+from bot.outbox import Delivery
 from bot.settings import Settings
-from tests.fake_discord import ALICE, BOB, EPHEMERAL, GUILD_ID, OPS, TOKEN, VOICE, FakeDiscord
+from tests.fake_discord import ALICE, BOB, EPHEMERAL, GENERAL, GUILD_ID, OPS, TOKEN, VOICE, FakeDiscord
 from tests.support import runs_in, wait_for
 from tests.test_database_outage import proxy  # noqa: F401 (a fixture: the database behind a TCP proxy)
 from tests.test_discord import LOADING, chat, config_path, slash_reply, start_discord  # noqa: F401 (fixtures)
@@ -52,6 +54,11 @@ class StricterDiscord(FakeDiscord):
     and on a server's active threads (``threads_full``: as many as Discord allows, 160006)."""
 
     threads_full = False
+
+    def delete(self, message_id: str) -> None:
+        """A moderator deletes a message (Baton's too, with Manage Messages)."""
+        with self._lock:
+            del self._messages[message_id]
 
     async def _start_thread(self, request: web.Request, body: dict[str, Any]) -> web.Response:
         if self.threads_full:
@@ -132,6 +139,24 @@ async def test_a_member_is_not_told_they_are_a_stranger_when_discord_cannot_say(
     (told,) = fake_discord.messages(direct)
     assert told.content.startswith("⚠️ Discord is having trouble right now, so I could not check that you are a member")
     assert "Please ask again in a few minutes." in told.content and "can't take requests from you" not in told.content
+
+
+async def test_an_edit_of_a_message_someone_deleted_posts_its_new_version(fake_discord, adapter):
+    """A moderator deleted Baton's progress message during a run: Discord answered the next edit with
+    404 Unknown Message, which refused it for good, and every later step too (each an edit of that
+    message): the run's progress was no longer shown anywhere. On Slack, and as the core expects, an
+    edit of a message that is gone is posted anew, and the next edit changes that one."""
+    here = Location(platform="discord", workspace=GUILD_ID, channel=GENERAL, thread=GENERAL)
+    posted = await adapter.send(Delivery(1, "post", here, Message.text("step 1", tone="progress"), None, None, 1))
+    fake_discord.delete(posted)
+    again = await adapter.send(Delivery(2, "update", here, Message.text("step 1\nstep 2", tone="progress"), None,
+                                        posted, 1))
+    (shown,) = fake_discord.messages(GENERAL)
+    assert shown.id == again != posted and shown.content == "⏳ step 1\nstep 2"
+    await adapter.send(Delivery(3, "update", here, Message.text("step 1\nstep 2\nstep 3", tone="progress"), None,
+                                again, 1))
+    (shown,) = fake_discord.messages(GENERAL)
+    assert shown.id == again and shown.edits == 1 and shown.content.endswith("step 3")
 
 
 def test_a_long_slash_request_without_a_thread_still_says_why(chat, counter):
