@@ -7,17 +7,20 @@ import gc
 import hmac
 import logging
 import sqlite3
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import entry_points
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client.exposition import choose_encoder
 from psycopg import Error as PsycopgError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyPoolTimeout
+from starlette.exceptions import HTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -79,6 +82,7 @@ def create_app(settings: Settings, config: BatonConfig | None = None) -> FastAPI
     app.add_middleware(TooLargeInJSON)  # added last: around the limit, to rewrite its answer
     app.state.baton = baton
     app.add_exception_handler(RequestValidationError, invalid_request)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, unreadable_body)  # type: ignore[arg-type]
     for error in (DBAPIError, PsycopgError, SQLAlchemyPoolTimeout, sqlite3.Error):  # psycopg_pool's are PsycopgError
         app.add_exception_handler(error, database_away)
     for adapter in baton.adapters:
@@ -224,6 +228,21 @@ async def database_away(request: Request, exc: Exception) -> JSONResponse:
         detail = DATABASE_UNWRITABLE.format(reason=reason)
     return JSONResponse(status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
                         content={"detail": detail})
+
+
+async def unreadable_body(request: Request, exc: HTTPException) -> Response:
+    """A body JSON's decoder could not take for a reason other than its syntax got FastAPI's bare "There was
+    an error parsing the body" (a 400): this says which. Every other HTTP error is answered as FastAPI does."""
+    cause, reason = exc.__cause__, None
+    if exc.status_code == 400 and isinstance(cause, UnicodeDecodeError):
+        reason = f"byte {cause.start + 1:,} is not UTF-8 (JSON is UTF-8 text)"
+    elif exc.status_code == 400 and isinstance(cause, RecursionError):
+        reason = "its JSON is nested too deeply"
+    elif exc.status_code == 400 and isinstance(cause, ValueError) and "integer string conversion" in str(cause):
+        reason = f"a number in it has more than {sys.get_int_max_str_digits():,} digits"
+    if reason is None:
+        return await http_exception_handler(request, exc)
+    return JSONResponse(status_code=400, content={"detail": f"the request body cannot be read: {reason}"})
 
 
 async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:

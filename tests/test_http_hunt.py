@@ -98,3 +98,21 @@ def test_a_body_of_many_unknown_fields_gets_a_short_answer_that_does_not_echo_th
         detail = http.post("/api/messages", content=many, headers={"content-type": "application/json"}).json()["detail"]
         assert "99,990 more" in detail[-1]["msg"]  # the first ten are named, and how many more there are
         assert http.get("/api/channels/general/messages").json()["messages"] == []
+
+
+def test_a_body_that_cannot_be_read_as_json_is_refused_saying_why(baton: BatonProcess) -> None:
+    """JSON's syntax is answered with where it breaks; a body that is not UTF-8 (text in Latin-1), nested
+    too deeply or holding a number too long for Python got a bare 'There was an error parsing the body'."""
+    start = b'{"channel": "general", "user": "alice", '
+    with httpx.Client(base_url=baton.url, timeout=15) as http:
+        for body, reason in [(start + b'"text": "caf\xe9 @baton help"}', "not UTF-8"),
+                             (start + b'"text": "hi", "thread_id": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested"),
+                             (start + b'"text": "hi", "thread_id": ' + b"7" * 5_000 + b"}", "digits")]:
+            refused = http.post("/api/messages", content=body, headers={"content-type": "application/json"})
+            assert refused.status_code == 400 and reason in refused.json()["detail"], refused.text[:300]
+        # every other refusal keeps its own answer
+        assert http.get("/nowhere").json() == {"detail": "Not Found"}
+        assert http.delete("/api/messages").status_code == 405
+        assert http.get("/api/threads/999/messages").json() == {"detail": "there is no thread '999'"}
+        assert http.get("/api/channels/general/messages").json()["messages"] == []
+    assert "Traceback" not in baton.log.read_text()
