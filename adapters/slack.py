@@ -91,6 +91,9 @@ START_RATE_LIMIT_SECONDS = 120  # how long a start waits out Slack's 429s before
 SIGNATURE_WINDOW_SECONDS = 300  # Slack's: a request signed longer ago (or ahead) is refused
 REFUSAL_LOG_SECONDS = 60
 SOCKET_CONNECT_SECONDS = 15.0  # how long a start tries to open the Socket Mode WebSocket (slack_sdk: every 10 s)
+# Socket Mode down this long is named by /healthz: slack_sdk notices a closed connection within 10 s and opens a new
+# one in a second or two, but one Slack refuses (a revoked app-level token) it tries again every 10 s for ever.
+SOCKET_DOWN_SECONDS = 60.0
 # Message subtypes that are a person writing; every other subtype (edits, deletions, joins,
 # bot_message, ...) is not a request.
 PERSON_SUBTYPES = {None, "thread_broadcast", "file_share"}
@@ -151,6 +154,7 @@ class SlackAdapter(Adapter):
         self._clean_failures: dict[int, int] = {}
         self._lookup_problems_told: set[str] = set()
         self._socket: AsyncSocketModeHandler | None = None
+        self._socket_down_since: float | None = None  # when /healthz first found the Socket Mode connection down
         self.bot_user_id = ""
         self.team_url = ""
         self._mention = re.compile(r"(?!)")
@@ -238,6 +242,22 @@ class SlackAdapter(Adapter):
         finally:
             socket_log.removeFilter(failures)
         log.info("Slack: Socket Mode connected")
+
+    def problem(self) -> str | None:
+        """Socket Mode's connection down for ``SOCKET_DOWN_SECONDS`` (as ``/healthz`` found it): no event arrives,
+        and slack_sdk, which tries again for ever, says so only in the log; a restart starts afresh, or says why not."""
+        if self._socket is not None:
+            client = self._socket.client
+            session = client.current_session
+            now = time.monotonic()
+            if session is not None and not session.closed and not client.stale:
+                self._socket_down_since = None
+            elif self._socket_down_since is None:
+                self._socket_down_since = now
+            elif now - self._socket_down_since >= SOCKET_DOWN_SECONDS:
+                return (f"the Socket Mode connection has been down for {now - self._socket_down_since:.0f} s (see the "
+                        "log); Slack events are not received")
+        return super().problem()
 
     async def stop(self) -> None:
         if self._socket is not None:

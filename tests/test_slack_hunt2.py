@@ -1,18 +1,27 @@
 """The Slack adapter against more of what real Slack and slack_sdk do: Block Kit's limit on a context's
-text for an image's description, and a Socket Mode WebSocket that cannot be opened at start-up."""
+text for an image's description; a Socket Mode WebSocket that cannot be opened at start-up, or again after
+Slack closed it (slack_sdk tries again for ever, saying so only in the log)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, TypeVar
 
+import aiohttp
 import pytest
 
-from adapters import slack_blocks
+from adapters import slack, slack_blocks
+from adapters.slack import SlackAdapter
 from bot.messages import Image, Message, Text
-from tests.fake_slack import FakeMessage, FakeSlack, check_message, shown_text
-from tests.support import free_port
+from bot.settings import Settings
+from tests.fake_slack import APP_TOKEN, BOT_TOKEN, FakeMessage, FakeSlack, check_message, shown_text
+from tests.support import free_port, until
+
+T = TypeVar("T")
 
 
 def link(channel: str, thread: str) -> str:
@@ -61,3 +70,51 @@ def test_a_socket_mode_websocket_that_cannot_be_opened_stops_the_start_saying_so
     with pytest.raises(AssertionError, match=said) as refused:
         start_baton(sqlite_url, name="no-socket", env=unreachable_socket.env(socket_mode=True))
     assert "T1CKET5ECRET" not in str(refused.value)  # a URL to connect with, not to log
+
+
+class _RevocableAppToken(FakeSlack):
+    """Slack, whose ``apps.connections.open`` refuses the app-level token once ``revoked``."""
+
+    revoked = False
+
+    def _apps_connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": False, "error": "invalid_auth"} if self.revoked else super()._apps_connections_open(args)
+
+
+@pytest.mark.asyncio
+async def test_a_socket_mode_connection_down_for_good_is_named_by_healthz(monkeypatch: pytest.MonkeyPatch,
+                                                                          tmp_path: Path) -> None:
+    """Slack closed the WebSocket and refuses a new one (the app-level token revoked, Socket Mode turned off
+    in the app's settings): slack_sdk tries again every 10 s for ever, logging an error each time, and
+    ``/healthz`` said 200, so no supervisor restarted a replica that received nothing (the gateway of
+    Discord that ends is named there)."""
+    fake = _RevocableAppToken().start()
+    settings = Settings(SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_APP_TOKEN=APP_TOKEN,  # type: ignore[call-arg]
+                        SLACK_API_URL=fake.api_url, BATON_CONFIG=str(tmp_path / "absent.yaml"))
+    adapter = SlackAdapter(SimpleNamespace(settings=settings))
+    adapter.client.session = aiohttp.ClientSession()
+    # A minute in Baton: slack_sdk's reconnections take seconds. (raising=False: the old adapter had none.)
+    monkeypatch.setattr(slack, "SOCKET_DOWN_SECONDS", 0.5, raising=False)
+    try:
+        await adapter._connect_socket_mode(APP_TOKEN)
+        await until(_async(lambda: fake.socket_connections == 1), "the Socket Mode connection")
+        assert adapter.problem() is None
+        fake.revoked = True
+        asyncio.run_coroutine_threadsafe(fake.close_connections(), fake._loop).result(10)
+        problem = await until(_async(adapter.problem), "/healthz to name the connection that is down")
+        assert "Socket Mode connection has been down" in problem and "Slack events are not received" in problem
+        fake.revoked = False  # a new token, say; slack_sdk's next try (here made at once) connects
+        await adapter._socket.client.connect_to_new_endpoint(force=True)
+        await until(_async(lambda: adapter.problem() is None), "/healthz to be content again")
+    finally:
+        if adapter._socket is not None:
+            await adapter._socket.close_async()
+        await adapter.client.session.close()
+        fake.stop()
+
+
+def _async(condition: Callable[[], T]) -> Callable[[], Awaitable[T]]:
+    async def check() -> T:
+        return condition()
+
+    return check
