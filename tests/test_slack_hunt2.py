@@ -48,6 +48,8 @@ class _SocketUnreachable(FakeSlack):
     """Slack whose Web API answers, but whose Socket Mode WebSocket cannot be opened (a proxy or a firewall
     that lets HTTPS through and not the WebSocket's host, say): ``apps.connections.open`` names a closed port."""
 
+    closed_port = 0
+
     def _apps_connections_open(self, _args: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "url": f"ws://127.0.0.1:{self.closed_port}/socket?ticket=T1CKET5ECRET&app_id=A0BATON000"}
 
