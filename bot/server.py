@@ -131,7 +131,9 @@ def mount_metrics(app: FastAPI, baton: Baton, settings: Settings) -> None:
         if token is None:
             return None
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token):
+        # Starlette reads a header's bytes as Latin-1: encoded back, they are what the scraper sent (a token
+        # beyond ASCII in UTF-8); only spaces and tabs are trimmed (str.strip() ate a byte 0x85 or 0xA0)
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip(" \t").encode("latin-1"), token):
             return None
         return JSONResponse(status_code=401, headers=ASK_FOR_TOKEN, content={
             "detail": "/metrics asks for the token BATON_METRICS_TOKEN names, as 'Authorization: Bearer <token>'"})

@@ -116,3 +116,18 @@ def test_a_body_that_cannot_be_read_as_json_is_refused_saying_why(baton: BatonPr
         assert http.get("/api/threads/999/messages").json() == {"detail": "there is no thread '999'"}
         assert http.get("/api/channels/general/messages").json()["messages"] == []
     assert "Traceback" not in baton.log.read_text()
+
+
+def test_a_metrics_token_beyond_ascii_is_taken_as_the_scraper_sends_it(start_baton, sqlite_url: str) -> None:
+    """A BATON_METRICS_TOKEN beyond ASCII was refused with a 401 when sent right: the header's bytes (UTF-8,
+    as curl and Prometheus send them) were read as Latin-1 and encoded again as UTF-8 before the comparison."""
+    token = "sécret-à"  # its last byte, 0xA0, read as Latin-1 is a no-break space, which str.strip() drops
+    baton = start_baton(sqlite_url, env={"BATON_METRICS_TOKEN": token})
+    with httpx.Client(base_url=baton.url, timeout=15) as http:
+        for method in ("GET", "HEAD"):
+            sent = http.request(method, "/metrics", headers=[(b"authorization", b"Bearer " + token.encode())])
+            assert sent.status_code == 200, method
+            for wrong in (b"Bearer " + token.encode("latin-1"), b"Bearer s\xc3\xa9cret-", b"Bearer", b""):
+                refused = http.request(method, "/metrics", headers=[(b"authorization", wrong)])
+                assert refused.status_code == 401, (method, wrong)
+        assert "baton_up 1.0" in http.get("/metrics", headers=[(b"authorization", b"bearer  " + token.encode())]).text
