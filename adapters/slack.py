@@ -6,7 +6,9 @@ event is stored (a crash never loses an acknowledged request) and is only as slo
 Signatures are verified before Bolt reads the body (a bad or stale one gets a 401); a signed body
 of a shape Slack never sends gets a 400, Baton's own failure a 500 (Slack retries). Bolt has no
 dedupe, so Slack's retries (``X-Slack-Retry-Num``) and Socket Mode redeliveries are stopped by
-the core's unique event id.
+the core's unique event id. slack_sdk opens Socket Mode's WebSocket again and again for as long as it
+fails: a start that cannot open it stops, saying so, and a connection down for a minute is named by
+``/healthz`` (``problem``), so that a replica receiving nothing is restarted.
 
 The event id of a message is ``<channel>:<ts>``, the message's own identity, not the Slack
 ``event_id``: a mention in a channel arrives twice, as ``app_mention`` and as ``message``, with
