@@ -94,8 +94,8 @@ ECHO_CHARS = 1800  # "@you asked: `/baton ...`" stays one message
 SAID_CHARS = 200  # what Discord said about an error, as Baton repeats it (to people and in the log)
 MEMBER_CHECK_SECONDS = 600.0  # how long a DISCORD_GUILD_ID membership answer is taken as it is
 STRANGER_ANSWER = "I work for the members of one Discord server only, so I can't take requests from you here."
-MEMBERSHIP_UNKNOWN = ("⚠️ Discord is having trouble right now, so I could not check that you are a member of the server "
-                      "I work for, and nothing was run. Please ask again in a few minutes.")
+MEMBERSHIP_UNKNOWN = ("⚠️ Discord is having trouble right now, so I could not check that you are a member of the "
+                      "server I work for, and nothing was run. Please ask again in a few minutes.")
 DATABASE_AWAY_ANSWER = ("⚠️ I could not take this just now: my database cannot be reached, so nothing was run. "
                         "Please ask again in a few minutes.")
 DATABASE_AWAY_CLICK = ("⚠️ I could not take your click just now: my database cannot be reached, so nothing was "
@@ -106,7 +106,7 @@ UNKNOWN_MESSAGE = 10008  # Discord's error code: no such message (any more)
 THREAD_ARCHIVED = 50083  # Discord's error code: an edit in an archived thread
 INVALID_WEBHOOK_TOKEN = 50027  # Discord's error code: an interaction's follow-up token, not the bot's
 NO_THREADS_HERE = 50024  # Discord's error code: not in this kind of channel (a thread on a voice channel's chat)
-THREADS_FULL = (160006, 160007)  # Discord's error codes: the server has as many active (announcement) threads as allowed
+THREADS_FULL = (160006, 160007)  # Discord's error codes: as many active (announcement) threads as a server may have
 PERSON_MESSAGE_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 TRANSIENT_PAUSES = (1.0, 2.0, 4.0, 8.0)  # between tries of a call that meets a passing trouble of Discord's
 ANSWER_MARGIN = timedelta(seconds=30)  # do not retry an interaction's reply this close to its token's expiry
@@ -687,17 +687,20 @@ class DiscordAdapter(Adapter):
                  user, where)
         intro = Text(text=f"<@{user}>, about your click in {jump_url(location.workspace, where)}:")
         message = delivery.message.model_copy(update={"parts": [intro, *delivery.message.parts]})
-        return [_step(partial(self._direct_or_mention, int(user), location, outgoing))
-                for outgoing in _render(message, location.workspace)]
+        return [_step(partial(self._direct_or_mention, int(user), location, outgoing, _nonce(delivery, step)))
+                for step, outgoing in enumerate(_render(message, location.workspace))]
 
-    async def _direct_or_mention(self, user: int, location: Location, outgoing: Outgoing) -> discord.Message:
+    async def _direct_or_mention(self, user: int, location: Location, outgoing: Outgoing,
+                                 nonce: str) -> discord.Message:
+        """A direct message, else the thread; with the step's nonce either way, so that a try after one whose
+        answer was lost gets the message posted then (``_nonce``), not a second one."""
         try:
             channel: Any = await self.client.create_dm(discord.Object(user))
-            return await channel.send(**_payload(outgoing))
+            return await channel.send(**_payload(outgoing), nonce=nonce)
         except discord.Forbidden as exc:  # 50007: they do not accept direct messages from this server's members
             log.info("Discord: %s takes no direct messages (%s); answering in the thread", user, _said(exc))
         channel = self.client.get_partial_messageable(int(location.thread or location.channel))
-        return await channel.send(**_payload(outgoing), allowed_mentions=discord.AllowedMentions(
+        return await channel.send(**_payload(outgoing), nonce=nonce, allowed_mentions=discord.AllowedMentions(
             users=[discord.Object(user)]))
 
 

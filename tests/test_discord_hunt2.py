@@ -4,6 +4,7 @@ of it, its 2,000 characters in a reply to an interaction too) met with what Bato
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,13 +19,14 @@ from adapters.discord_adapter import DiscordAdapter
 from bot.messages import Location, Message
 from bot.outbox import Delivery
 from bot.settings import Settings
-from tests.fake_discord import ALICE, BOB, EPHEMERAL, GENERAL, GUILD_ID, OPS, TOKEN, VOICE, FakeDiscord
+from tests.fake_discord import ALICE, BOB, CAROL, EPHEMERAL, GENERAL, GUILD_ID, OPS, TOKEN, VOICE, FakeDiscord
 from tests.support import runs_in, wait_for
 from tests.test_database_outage import proxy  # noqa: F401 (a fixture: the database behind a TCP proxy)
 from tests.test_discord import LOADING, chat, config_path, slash_reply, start_discord  # noqa: F401 (fixtures)
 
 DATABASE_AWAY_CLICK = ("⚠️ I could not take your click just now: my database cannot be reached, so nothing was "
                        "changed. Please click again in a few minutes.")
+MESSAGES = "POST /channels/{channel_id}/messages"
 THREADS = "POST /channels/{channel_id}/messages/{message_id}/threads"
 
 # What Cloudflare, in front of Discord's API, answers when Discord's servers are away: an HTML page of
@@ -157,6 +159,32 @@ async def test_an_edit_of_a_message_someone_deleted_posts_its_new_version(fake_d
                                 again, 1))
     (shown,) = fake_discord.messages(GENERAL)
     assert shown.id == again and shown.edits == 1 and shown.content.endswith("step 3")
+
+
+@pytest.mark.parametrize("takes_direct_messages", [True, False])
+def test_a_private_reply_whose_answer_was_lost_is_not_posted_twice(chat, counter, takes_direct_messages):
+    """A refusal of a click past its interaction's 15 minutes goes as a direct message (or, to someone
+    who takes none, into the thread with a mention). Posted, but its answer lost on the way (a 503, a
+    timeout), it was posted again by the outbox's retry: the person got it twice. Those posts now carry
+    the delivery's nonce, as Baton's other posts do, so Discord answers the retry with the first."""
+    fake = chat.fake
+    thread = fake.say("run restart service=web")["id"]
+    card = chat.card(thread)
+    wait_for(lambda: chat.rows("SELECT count(*) FROM outbox WHERE status != 'sent'") == [(0,)],
+             what="the card to be recorded as sent")
+    where = fake.direct_channel(CAROL) if takes_direct_messages else thread
+    if not takes_direct_messages:
+        fake.refuses_direct_messages.add(CAROL)
+        fake.fail(MESSAGES, 403)  # the direct message, refused (as Discord does: the fake's own 403 comes after)
+    fake.fail(MESSAGES, 503, after=True)  # the post is made, and Discord's answer lost
+    fake.click(card, user=CAROL, age=timedelta(minutes=16))
+    wait_for(lambda: chat.rows("SELECT status FROM outbox WHERE kind = 'ephemeral'") == [("sent",)], 30,
+             "the refusal to be recorded as sent")
+    refusals = [m for m in fake.messages(where) if f"Only <@{BOB}> can approve this" in m.content]
+    assert len(refusals) == 1 and refusals[0].content.startswith(f"⚠️ <@{CAROL}>, about your click in")
+    statuses = [c.status for c in fake.calls(MESSAGES)]
+    assert statuses[-2:] == [503, 200] if takes_direct_messages else statuses[-4:] == [403, 503, 403, 200]
+    assert runs_in(counter) == []
 
 
 def test_a_long_slash_request_without_a_thread_still_says_why(chat, counter):
