@@ -30,11 +30,12 @@ from bot.messages import Accepted, InboundClick, InboundMessage, Location, Messa
 from bot.outbox import Delivery, Outbox
 from bot.registry import GraphSpec
 from bot.models import MODEL_ERRORS, ModelFailed, cost_of, usage_of
-from bot.routing import DIGEST_COMMAND, RUNBOOK_GRAPH, RouteError, is_request, route, route_to
+from bot.routing import (CANCEL_COMMAND, DIGEST_COMMAND, RUNBOOK_GRAPH, RouteError, is_cancel, is_request, route,
+                          route_to, runbook_named)
 from bot.runtime import GraphOutcome, GraphRuntime, ProgressSink, RunServices, RunTimedOut, Services
 from bot.settings import Settings
 from storage.db import Transaction, insert_new_id, insert_row, lock_for_transaction, prepared, when_committed
-from storage.models import Approval, InboundEvent, Run, ThreadRecord, loaded, utcnow
+from storage.models import Approval, Effect, InboundEvent, Run, ThreadRecord, loaded, utcnow
 
 log = logging.getLogger("baton.orchestrator")
 SWEEP_AFTER_SECONDS = 2.0
@@ -143,6 +144,10 @@ class Orchestrator:
         self._released: set[int] = set()  # threads whose last handled event also released the lease
         self._first_work: dict[int, threads.Work] = {}  # new threads' first events, their lease already ours
         self._stopping = False  # set by ``stop``: no further event is started
+        # The runs this process is running now, by thread (the drain's task and the run), for ``cancel``; and
+        # the cancel events that stopped one, kept until its run ends.
+        self._running: dict[int, tuple[asyncio.Task[Any], Run]] = {}
+        self._cancels: dict[int, InboundEvent] = {}
 
     @property
     def config(self) -> BatonConfig:
@@ -162,13 +167,15 @@ class Orchestrator:
             new_thread = False
             if record is None:
                 record, new_thread = await threads.create(session, location, self.leases.lease_for_new_thread())
-            event = await self._claim(session, message.platform, message.event_id, "message", location, message.user,
-                                      message.text, {"addressed": message.addressed, **_private(message)}, record.id,
-                                      correlation)
+            kind, text, payload = "message", message.text, {"addressed": message.addressed, **_private(message)}
+            if not new_thread and record.status in threads.BUSY and is_cancel(message.text):
+                kind, text, payload = await self._cancel_kind(session, record, message.text, payload)
+            event = await self._claim(session, message.platform, message.event_id, kind, location, message.user,
+                                      text, payload, record.id, correlation)
             if event is None:
                 return Accepted(status="duplicate", reason="this event was already received")
             # A thread made just now has nothing queued before this event.
-            queued = not new_thread and (
+            queued = kind == "message" and not new_thread and (
                 record.status == "waiting" or await self._waits_for_work(session, record, message.event_id))
             if queued and not message.addressed and not self._is_request(message):
                 queued = False  # people talking in the thread ("can you approve?"): it gets no answer, nor this
@@ -184,6 +191,8 @@ class Orchestrator:
             # A new thread's lease is already ours, and this event is its whole queue: the drain starts with it.
             when_committed(session, lambda: self._schedule(
                 record.id, first=(event, record) if new_thread else None))  # type: ignore[arg-type]
+            if kind == CANCEL_COMMAND and record.id in self._running:  # else the run's replica sees it (``sweep``)
+                when_committed(session, lambda: self._spawn(self.apply_cancels()))
         if queued:
             self.outbox.wake(message.platform)
         return Accepted(status="accepted", correlation_id=correlation)
@@ -211,6 +220,70 @@ class Orchestrator:
                 when_committed(session, lambda: self._schedule(record_id))  # as in accept_message
         self.outbox.wake(click.platform)
         return Accepted(status="accepted", correlation_id=correlation)
+
+    async def _cancel_kind(self, session: Transaction, record: ThreadRecord, text: str,
+                           payload: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+        """How a ``cancel`` in a busy thread is stored. Behind a running run it would wait for the run's end, so
+        it is an event of its own kind, which the replica running the run looks for (``apply_cancels``); at a
+        card it is a click on Reject (its requester withdraws it, an approver rejects it, anyone else is told
+        who may). At a card that offers a choice of graphs it is a message, as before."""
+        if record.status == "running":
+            return CANCEL_COMMAND, text, payload
+        card = (await session.exec(select(Approval.id).where(
+            Approval.thread_record_id == record.id, Approval.status == "pending", Approval.kind == "approval",
+        ).order_by(Approval.created_at.desc()).limit(1))).first()  # type: ignore[attr-defined]
+        if card is None:
+            return "message", text, payload
+        return "click", "reject", {"approval_id": card, "action": "reject", "cancel": True}
+
+    async def apply_cancels(self) -> int:
+        """Stop the runs of this process that a ``cancel`` is waiting for, if whoever sent it may stop them
+        (who asked for the run, or an approver of its graph or runbook); tell anyone else who may. How many
+        runs were stopped. Called when a cancel is stored here, and by every sweep for those stored elsewhere."""
+        running = list(self._running)
+        if not running:
+            return 0
+        async with self.db.read() as session:
+            asked = (await session.exec(select(InboundEvent).where(
+                InboundEvent.thread_record_id.in_(running), InboundEvent.status == "pending",  # type: ignore[union-attr]
+                InboundEvent.kind == CANCEL_COMMAND).order_by(InboundEvent.id))).all()
+        stopped = 0
+        for event in asked:
+            record_id: int = event.thread_record_id  # type: ignore[assignment]
+            if record_id not in self._running or record_id in self._cancels:
+                continue
+            task, run = self._running[record_id]
+            others = self._approvers_of(run)
+            if event.user == run.requested_by or approvals.is_approver(others, event.platform, event.user):
+                self._cancels[record_id] = event
+                task.cancel()
+                stopped += 1
+                continue
+            async with self.db.session() as session:
+                refused = await session.exec(_CLOSE_EVENT, params={  # type: ignore[call-overload]
+                    "closed_id": event.id, "closed_as": "cancel refused", "now": utcnow()})
+                if refused.rowcount:  # once, whichever sweep or replica saw it first
+                    await self.outbox.enqueue(session, Location(platform=event.platform, workspace=event.workspace,
+                                                                channel=event.channel, thread=event.thread),
+                                              replies.cancel_refused(run.requested_by, others), kind="ephemeral",
+                                              target_user=event.user, correlation_id=event.correlation_id)
+                    await audit.record(session, "run.cancel_refused", event.correlation_id, platform=event.platform,
+                                       channel=event.channel, thread=event.thread, user=event.user, run_id=run.id)
+            self.outbox.wake(event.platform)
+        return stopped
+
+    def _approvers_of(self, run: Run) -> list[str]:
+        """Who baton.yaml lets decide on ``run``'s graph (a runbook: its own approvers), besides its requester."""
+        if run.graph == RUNBOOK_GRAPH:
+            runbook = runbook_named(run.input_text)
+            if runbook in self.config.runbooks:
+                return approvals.who_may_approve(self.config.approvers_for_runbook(runbook), run.requested_by, "high")
+        return approvals.who_may_approve(self.config.approvers_for_graph(run.graph), run.requested_by, "high")
+
+    def _spawn(self, job: Any) -> None:
+        task = asyncio.create_task(job)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _is_request(self, message: InboundMessage) -> bool:
         """Whether ``message``, written in a Baton thread without mentioning the bot, is a request (a command
@@ -356,6 +429,8 @@ class Orchestrator:
             "now": now, "received_before": now - timedelta(seconds=SWEEP_AFTER_SECONDS)})).all()
         for record_id in ids:
             self._schedule(record_id)  # type: ignore[arg-type]
+        if self._running:  # a cancel stored by another replica for a run of this one
+            await self.apply_cancels()
         return len(ids)
 
     async def expire_approvals(self) -> int:
@@ -438,6 +513,9 @@ class Orchestrator:
         try:
             if event.kind == "click":
                 await self._handle_click(event, record)
+            elif event.kind == CANCEL_COMMAND:  # its run ended before the cancel reached it
+                await self._finish_event(event, "nothing to cancel", Message.text(
+                    "The run was over before your `cancel` reached it: nothing was stopped.", tone="warning"))
             else:
                 await self._handle_message(event, record, fresh)
         except LeaseLost:
@@ -478,6 +556,9 @@ class Orchestrator:
             return await self._finish_event(event, "rejected input", Message.text(str(exc), tone="warning"))
         if chosen.graph == DIGEST_COMMAND:
             return await self._digest_command(event, chosen.input["words"])
+        if chosen.graph == CANCEL_COMMAND:  # a thread with a run going on stored it as a cancel (``_cancel_kind``)
+            return await self._finish_event(event, "nothing to cancel", replies.nothing_to_cancel(
+                in_thread=record.graph is not None))  # a thread that ran nothing is the one this message began
         if chosen.unmatched and conversation and self.services.model is None:
             return await self._finish_event(event, "conversation")
         usage: Any = None
@@ -916,9 +997,26 @@ class Orchestrator:
 
     async def _run_and_report(self, run: Run, record: ThreadRecord, spec: GraphSpec, payload: Any, event: InboundEvent,
                               services: RunServices, post_progress: ProgressSink) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._running[record.id] = (task, run)  # type: ignore[index]
         try:
-            outcome = await self.runtime.run(spec, record.lg_thread_id, payload, services, post_progress, run.id)
+            try:
+                outcome = await self.runtime.run(spec, record.lg_thread_id, payload, services, post_progress, run.id)
+            finally:  # from here on a cancel finds no run: it is answered as come too late
+                self._running.pop(record.id, None)  # type: ignore[arg-type]
+                cancel = self._cancels.pop(record.id, None)  # type: ignore[arg-type]
+        except asyncio.CancelledError:
+            if cancel is None or task.uncancel() > 0:  # Baton stopping (too): not a cancel of this run alone
+                raise
+            log.info("run %s (%s) was cancelled by %s", run.id, spec.name, cancel.user)
+            seconds = (utcnow() - run.started_at).total_seconds()
+            await self._finish_run(run, record, event, "failed", replies.cancelled(spec.name, cancel.user, seconds),
+                                   f"cancelled by {cancel.user}", services, cancel=cancel)
+            return
         except Exception as exc:
+            if cancel is not None:  # the graph caught the cancellation and failed otherwise: its own outcome stands
+                task.uncancel()
             log.warning("run %s (%s) failed: %s", run.id, spec.name, exc)
             if isinstance(exc, RunTimedOut):
                 message = replies.timed_out(spec.name, exc.limit)
@@ -928,6 +1026,8 @@ class Orchestrator:
                 message = replies.failure(spec.name, exc)
             await self._finish_run(run, record, event, "failed", message, str(exc)[:1000], services)
             return
+        if cancel is not None:  # caught inside the graph, which went on to its end: that end stands
+            task.uncancel()
         if outcome.waiting:
             await self._wait_for_approval(run, record, spec, outcome.interrupts, event, services)
             return
@@ -996,11 +1096,21 @@ class Orchestrator:
                         requested_by=run.requested_by)
 
     async def _finish_run(self, run: Run, record: ThreadRecord, event: InboundEvent, status: str, message: Message,
-                          error: str | None, services: RunServices | None = None) -> None:
+                          error: str | None, services: RunServices | None = None, *,
+                          cancel: InboundEvent | None = None) -> None:
         """Store the run's outcome and reply; with ``services``, its effects' outcomes too (``RunServices.session``).
-        A failed run's cards still waiting expire with it."""
+        A failed run's cards still waiting expire with it. ``cancel``: the event that stopped the run, closed with
+        it; an effect the run had started was cut off by that, not left in doubt."""
         now = utcnow()
         async with (services.session() if services is not None else self.db.session()) as session:
+            if cancel is not None:
+                await session.exec(_CLOSE_EVENT, params={  # type: ignore[call-overload]
+                    "closed_id": cancel.id, "closed_as": f"cancelled run {run.id}", "now": now})
+                await session.exec(update(Effect).where(  # type: ignore[arg-type]
+                    Effect.run_id == run.id, Effect.status == "started",
+                ).values(status="failed", finished_at=now, result={"error": f"cancelled by {cancel.user} while it ran"}))
+                await audit.record(session, "run.cancelled", run.correlation_id, platform=record.platform,
+                                   channel=record.channel, thread=record.thread, user=cancel.user, run_id=run.id)
             if status == "failed":  # a card it left waiting (another branch's question) would revive it
                 await self._expire_cards(session, record, run.id, run.correlation_id)  # type: ignore[arg-type]
                 await session.exec(_FORGET_REQUEST, params={"record_id": record.id})  # type: ignore[call-overload]

@@ -143,6 +143,24 @@ def timed_out(graph: str, limit: float) -> Message:
     ])
 
 
+def cancelled(graph: str, user: str, seconds: float) -> Message:
+    return Message(tone="warning", title="Run cancelled", parts=[
+        Text(text=f"{user} cancelled `{graph}` after {duration(seconds)}, so I stopped it: nothing more of it will "
+                  "run, and a command it was running was killed. What it did before is not undone."),
+    ])
+
+
+def cancel_refused(requested_by: str, others: list[str]) -> Message:
+    who = f"{requested_by}, who asked for it" + (f", or {approvals.one_of(others)}" if others else "")
+    return Message.text(f"Only {who} can cancel this run. It goes on.", tone="warning")
+
+
+def nothing_to_cancel(in_thread: bool) -> Message:
+    if not in_thread:
+        return Message.text("`cancel` stops a run that is going on: write it in that run's thread.", tone="warning")
+    return Message.text("Nothing is running in this thread, so there is nothing to cancel.", tone="warning")
+
+
 def graph_gone(graph: str) -> Message:
     return Message.text(f"This run cannot go on: the `{graph}` graph is not installed on this Baton any more. "
                         "Nothing more of it runs.", tone="error", title="Run failed")

@@ -17,6 +17,7 @@ FORCE_WORD = "force"
 RUNBOOK_GRAPH = "runbook"
 HELP_GRAPH = "help"
 DIGEST_COMMAND = "digest"  # schedules and "digest now": handled by the core (bot.digests), not a graph run
+CANCEL_COMMAND = "cancel"  # stops the thread's run: handled by the core, which holds the run, not a graph
 COMMAND_WORDS = ("run", RUNBOOK_GRAPH, DIGEST_COMMAND)  # read shell-style, whatever graphs are installed
 
 
@@ -47,6 +48,8 @@ def route(request: Request, text: str, registry: GraphRegistry, config: BatonCon
     if not head:
         return Route(HELP_GRAPH, _input_for(registry, HELP_GRAPH, request, ""), title="help", force=force)
     command = head.lower()
+    if command == CANCEL_COMMAND:
+        return Route(CANCEL_COMMAND, title=CANCEL_COMMAND)
     if command in COMMAND_WORDS:
         try:
             words = shlex.split(rest)
@@ -89,9 +92,23 @@ def is_request(text: str, registry: GraphRegistry) -> bool:
     _force, text = _leading_force(text)
     head, _rest = _first_word(text)
     command = head.lower()
-    if not command or command in COMMAND_WORDS or registry.get(command) is not None:
+    if not command or command in COMMAND_WORDS or command == CANCEL_COMMAND or registry.get(command) is not None:
         return True
     return any(pattern.search(text) for spec in registry for pattern in spec.patterns)
+
+
+def is_cancel(text: str) -> bool:
+    """Whether ``text`` (without the bot mention) asks to stop the thread's run: ``cancel``, whatever follows."""
+    return _first_word(text)[0].lower() == CANCEL_COMMAND
+
+
+def runbook_named(text: str) -> str | None:
+    """The runbook a ``run <runbook> ...`` request names, as ``route`` reads it; ``None`` for any other text."""
+    try:
+        words = [word for word in shlex.split(_leading_force(text)[1]) if word != FORCE_WORD]
+    except ValueError:
+        return None
+    return words[1].lower() if len(words) > 1 and words[0].lower() in ("run", RUNBOOK_GRAPH) else None
 
 
 def _first_word(text: str) -> tuple[str, str]:
