@@ -479,11 +479,20 @@ def _resume_from(last_event_id: str | None, now: datetime) -> datetime:
 
 
 def _netloc(url: str) -> str:
-    """``host:port`` of ``url`` ("" for none, or for what is no URL)."""
+    """``host:port`` of ``url`` ("" for none, or for what is no URL), its name as browsers send it in Host and
+    Origin: an international name in its ASCII form (``bäton.example`` is ``xn--bton-loa.example``)."""
     try:
-        return urlsplit(url).netloc
-    except ValueError:  # "http://[attacker"
+        parts = urlsplit(url)
+        name, port = parts.hostname or "", parts.port
+    except ValueError:  # "http://[attacker", a port that is no number
         return ""
+    if name.isascii():
+        return parts.netloc
+    try:
+        name = name.encode("idna").decode("ascii")
+    except UnicodeError:  # no name a browser could send either
+        return parts.netloc
+    return f"{name}:{port}" if port is not None else name
 
 
 def _answers_as(host: str, public: str) -> bool:

@@ -8,6 +8,7 @@ import pytest
 from tests.support import BatonProcess, runs_in
 
 REQUEST = {"channel": "general", "user": "alice", "text": "@baton run uptime"}
+CHAT = {"channel": "general", "user": "alice", "text": "deploy went fine"}
 
 
 def test_the_page_cannot_be_framed_at_any_address_it_is_served_from(baton: BatonProcess) -> None:
@@ -131,3 +132,18 @@ def test_a_metrics_token_beyond_ascii_is_taken_as_the_scraper_sends_it(start_bat
                 refused = http.request(method, "/metrics", headers=[(b"authorization", wrong)])
                 assert refused.status_code == 401, (method, wrong)
         assert "baton_up 1.0" in http.get("/metrics", headers=[(b"authorization", b"bearer  " + token.encode())]).text
+
+
+def test_a_public_address_with_an_international_name_is_answered(start_baton, sqlite_url: str) -> None:
+    """BATON_PUBLIC_URL=https://bäton.example: browsers send such a name as its ASCII form (Host and Origin
+    xn--bton-loa.example), which was never its match: every request was a 403 saying to set BATON_PUBLIC_URL."""
+    baton = start_baton(sqlite_url, env={"BATON_PUBLIC_URL": "https://bäton.example"})
+    public = {"Host": "xn--bton-loa.example", "Origin": "https://xn--bton-loa.example"}
+    with httpx.Client(base_url=baton.url, timeout=15) as http:
+        assert http.get("/api/channels", headers=public).status_code == 200
+        assert http.post("/api/messages", json=CHAT, headers=public).status_code == 201
+        # a proxy that passes its own Host (127.0.0.1:<port>) and the page's Origin
+        assert http.post("/api/messages", json=CHAT, headers={"Origin": public["Origin"]}).status_code == 201
+        # another name is still refused
+        assert http.get("/api/channels", headers={"Host": "xn--bton-0qa.example"}).status_code == 403
+        assert http.post("/api/messages", json=CHAT, headers={"Origin": "https://xn--bton-0qa.example"}).status_code == 403
