@@ -464,6 +464,9 @@ class PlaygroundAdapter(Adapter):
                 "revision": row.revision, "reply_count": reply_count, "last_reply_id": last_reply_id}
 
 
+_SCHEME_PORTS = {"http": 80, "https": 443}
+
+
 def _resume_from(last_event_id: str | None, now: datetime) -> datetime:
     """Where a live stream starts: now, or where a client that lost its stream left off (``Last-Event-ID``,
     the time of the last change it got), at most ``RESUME_WINDOW`` back; a gap longer than the 5 s
@@ -479,20 +482,22 @@ def _resume_from(last_event_id: str | None, now: datetime) -> datetime:
 
 
 def _netloc(url: str) -> str:
-    """``host:port`` of ``url`` ("" for none, or for what is no URL), its name as browsers send it in Host and
-    Origin: an international name in its ASCII form (``bäton.example`` is ``xn--bton-loa.example``)."""
+    """``host:port`` of ``url`` ("" for none, or for what is no URL) as browsers write it in Host and Origin:
+    the name in lower case, an international one in its ASCII form (``bäton.example`` is ``xn--bton-loa.example``),
+    and no port that is the scheme's own (``https://Baton.Example.com:443`` is ``baton.example.com``)."""
     try:
         parts = urlsplit(url)
         name, port = parts.hostname or "", parts.port
     except ValueError:  # "http://[attacker", a port that is no number
         return ""
-    if name.isascii():
-        return parts.netloc
-    try:
-        name = name.encode("idna").decode("ascii")
-    except UnicodeError:  # no name a browser could send either
-        return parts.netloc
-    return f"{name}:{port}" if port is not None else name
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:  # no name a browser could send either
+            return parts.netloc
+    if ":" in name:  # an IPv6 address
+        name = f"[{name}]"
+    return name if port is None or port == _SCHEME_PORTS.get(parts.scheme) else f"{name}:{port}"
 
 
 def _answers_as(host: str, public: str) -> bool:

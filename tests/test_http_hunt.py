@@ -147,3 +147,15 @@ def test_a_public_address_with_an_international_name_is_answered(start_baton, sq
         # another name is still refused
         assert http.get("/api/channels", headers={"Host": "xn--bton-0qa.example"}).status_code == 403
         assert http.post("/api/messages", json=CHAT, headers={"Origin": "https://xn--bton-0qa.example"}).status_code == 403
+
+
+def test_a_public_address_with_capitals_or_its_schemes_port_takes_the_pages_posts(start_baton, sqlite_url: str) -> None:
+    """BATON_PUBLIC_URL=https://Baton.Example.com:443/: a browser writes its Origin in lower case and without
+    the scheme's own port (https://baton.example.com), which was compared with the address as written: behind
+    a proxy passing its own Host, every post and click of the page was a 403 'from another site'."""
+    baton = start_baton(sqlite_url, env={"BATON_PUBLIC_URL": "https://Baton.Example.com:443/"})
+    with httpx.Client(base_url=baton.url, timeout=15) as http:
+        assert http.post("/api/messages", json=CHAT, headers={"Origin": "https://baton.example.com"}).status_code == 201
+        assert http.get("/api/channels", headers={"Host": "baton.example.com"}).status_code == 200
+        for other in ("https://baton.example.com:8443", "https://baton.example.org"):
+            assert http.post("/api/messages", json=CHAT, headers={"Origin": other}).status_code == 403, other
