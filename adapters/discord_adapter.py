@@ -628,6 +628,10 @@ class DiscordAdapter(Adapter):
     async def history(self, location: Location, limit: int) -> list[dict[str, Any]] | None:
         """The thread's messages (a Discord thread is a channel) or the channel's, oldest first.
 
+        A thread started on a message (a mention, a /baton's reply) begins with that message, as a
+        Slack thread begins with its parent: it stays in the channel, and Discord's history of the thread
+        does not hold it, so it is read from the channel (its id is the thread's).
+
         ``None`` (the core then uses what Baton saw) without the message content intent, since
         Discord then blanks other people's messages, or when Discord refuses (no Read Message
         History permission there).
@@ -636,12 +640,28 @@ class DiscordAdapter(Adapter):
             return None
         channel = self.client.get_partial_messageable(int(location.thread or location.channel))
         try:
-            messages = [message async for message in channel.history(limit=limit)]
+            messages = [message async for message in channel.history(limit=limit)
+                        if message.type != discord.MessageType.thread_starter_message]  # it only points to it
         except discord.HTTPException as exc:
             log.warning("Discord history of %s is not available (%s)", channel.id, _describe(exc))
             return None
+        messages.reverse()
+        started_on = int(location.thread) if location.thread and location.thread != location.channel else None
+        if started_on is not None and len(messages) < limit and all(message.id != started_on for message in messages):
+            starter = await self._message(int(location.channel), started_on)
+            messages = [starter, *messages] if starter is not None else messages
         me = self.client.user.id if self.client.user else None
-        return [_as_history(message, me) for message in reversed(messages)]
+        return [_as_history(message, me) for message in messages]
+
+    async def _message(self, channel_id: int, message_id: int) -> discord.Message | None:
+        """A message of a channel; ``None`` when there is none (a thread not started on a message: a private
+        thread; deleted since) or Discord does not show it."""
+        try:
+            return await self.client.get_partial_messageable(channel_id).fetch_message(message_id)
+        except discord.HTTPException as exc:
+            if exc.code != UNKNOWN_MESSAGE:
+                log.info("Discord: message %s of %s could not be read (%s)", message_id, channel_id, _describe(exc))
+            return None
 
     # -- outbound --------------------------------------------------------------------------------
 

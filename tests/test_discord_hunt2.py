@@ -3,6 +3,7 @@ of it, its 2,000 characters in a reply to an interaction too) met with what Bato
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from types import SimpleNamespace
@@ -19,7 +20,20 @@ from adapters.discord_adapter import DiscordAdapter
 from bot.messages import Location, Message
 from bot.outbox import Delivery
 from bot.settings import Settings
-from tests.fake_discord import ALICE, BOB, CAROL, EPHEMERAL, GENERAL, GUILD_ID, OPS, TOKEN, VOICE, FakeDiscord
+from tests.fake_discord import (
+    ALICE,
+    BOB,
+    BOT_ID,
+    CAROL,
+    EPHEMERAL,
+    GENERAL,
+    GUILD_ID,
+    OPS,
+    TOKEN,
+    VOICE,
+    FakeDiscord,
+    shown_text,
+)
 from tests.support import runs_in, wait_for
 from tests.test_database_outage import proxy  # noqa: F401 (a fixture: the database behind a TCP proxy)
 from tests.test_discord import LOADING, chat, config_path, slash_reply, start_discord  # noqa: F401 (fixtures)
@@ -56,6 +70,16 @@ class StricterDiscord(FakeDiscord):
     and on a server's active threads (``threads_full``: as many as Discord allows, 160006)."""
 
     threads_full = False
+
+    async def _unknown(self, request: web.Request, body: dict[str, Any]) -> web.Response:
+        """Also one message of a channel, by id (GET /channels/{channel_id}/messages/{message_id})."""
+        found = re.fullmatch(r"/api/v10/channels/(\d+)/messages/(\d+)", request.path)
+        if request.method != "GET" or found is None:
+            return await super()._unknown(request, body)
+        message = self.message(found[2])
+        if message is None or message.channel_id != found[1]:
+            return fake_module._error(404, 10008, "Unknown Message")
+        return fake_module._json({**message.json(), "author": fake_module.user_json(message.author_id)})
 
     def delete(self, message_id: str) -> None:
         """A moderator deletes a message (Baton's too, with Manage Messages)."""
@@ -185,6 +209,21 @@ def test_a_private_reply_whose_answer_was_lost_is_not_posted_twice(chat, counter
     statuses = [c.status for c in fake.calls(MESSAGES)]
     assert statuses[-2:] == [503, 200] if takes_direct_messages else statuses[-4:] == [403, 503, 403, 200]
     assert runs_in(counter) == []
+
+
+def test_a_threads_history_begins_with_the_request_it_was_started_on(chat, counter):
+    """A thread Baton opens on a mention is started on that message, which stays in the channel:
+    Discord's history of the thread does not hold it. Summaries (and the assistant's view of the
+    thread) began after the question: "summarize" showed Baton's answer as the thread's first message.
+    (On Slack a thread's history begins with its parent.)"""
+    fake = chat.fake
+    thread = fake.say("run uptime", channel=OPS)["id"]
+    chat.reply("did uptime", thread)
+    fake.say("summarize", user=CAROL, channel=thread)
+    summary = shown_text(chat.reply("Extractive summary of this thread", thread))
+    lines = [line for line in summary.split("\n") if line.startswith("• ")]
+    assert lines[0] == f"• <@{ALICE}>: @baton run uptime" and lines[-1].startswith(f"• <@{BOT_ID}>: ✅ `")
+    assert len(lines) == 2  # the request, and Baton's answer (the "summarize" itself is left out)
 
 
 def test_a_long_slash_request_without_a_thread_still_says_why(chat, counter):
