@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import email.message
 import gc
 import hmac
 import logging
@@ -10,6 +11,7 @@ import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 from importlib.metadata import entry_points
 
 from fastapi import FastAPI, Request
@@ -247,16 +249,34 @@ async def unreadable_body(request: Request, exc: HTTPException) -> Response:
     return JSONResponse(status_code=400, content={"detail": f"the request body cannot be read: {reason}"})
 
 
-async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 naming each field that is wrong and why, without echoing the input back as FastAPI does:
     it may be 100 kB long, or hold a character JSON cannot encode (which made this a 500). The first
     ``MAX_ERRORS_SHOWN``, and how many more: a body of 100,000 unknown fields, each an error of its own,
     got an answer ten times its size; a field's name is cut as long as a quote (it may be the 900 kB)."""
     errors = exc.errors()
     detail = [{"loc": [storable(quoted(str(part), MAX_NAME_SHOWN)) for part in error.get("loc", ())],
-               "msg": storable(str(error.get("msg", ""))), "type": error.get("type", "")}
+               "msg": storable(not_an_object(request, error) or str(error.get("msg", ""))),
+               "type": error.get("type", "")}
               for error in errors[:MAX_ERRORS_SHOWN]]
     if len(errors) > MAX_ERRORS_SHOWN:
         detail.append({"loc": ["body"], "msg": f"and {len(errors) - MAX_ERRORS_SHOWN:,} more errors",
                        "type": "too_many_errors"})
     return JSONResponse(status_code=422, content={"detail": detail})
+
+
+def not_an_object(request: Request, error: Any) -> str | None:
+    """What to say of a body that is no JSON object (else ``None``). FastAPI reads a body as JSON only when its
+    Content-Type says so: ``curl -d`` without the header (a form), or ``fetch`` without it (text/plain),
+    was told only "Input should be a valid dictionary or object to extract fields from"."""
+    if tuple(error.get("loc", ())) != ("body",) or error.get("type") != "model_attributes_type":
+        return None
+    content_type = request.headers.get("content-type")
+    header = email.message.Message()
+    header["content-type"] = content_type or ""
+    subtype = header.get_content_subtype()
+    read_as_json = header.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
+    if content_type and read_as_json:
+        return "the body must be a JSON object"
+    sent_as = f"'{quoted(content_type, 60)}'" if content_type else "no Content-Type"
+    return f"the body must be a JSON object sent with Content-Type: application/json (it came with {sent_as})"

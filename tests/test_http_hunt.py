@@ -159,3 +159,22 @@ def test_a_public_address_with_capitals_or_its_schemes_port_takes_the_pages_post
         assert http.get("/api/channels", headers={"Host": "baton.example.com"}).status_code == 200
         for other in ("https://baton.example.com:8443", "https://baton.example.org"):
             assert http.post("/api/messages", json=CHAT, headers={"Origin": other}).status_code == 403, other
+
+
+def test_a_body_sent_without_the_json_content_type_is_refused_saying_so(baton: BatonProcess) -> None:
+    """``curl -d '{...}'`` without ``-H 'content-type: application/json'`` (sent as a form), or a page's
+    ``fetch`` without the header (text/plain): the JSON object was not read, and the 422 said only 'Input
+    should be a valid dictionary or object to extract fields from'."""
+    body = b'{"channel": "general", "user": "alice", "text": "hi"}'
+    with httpx.Client(base_url=baton.url, timeout=15) as http:
+        for content_type in ("application/x-www-form-urlencoded", "text/plain;charset=UTF-8", "text/json", None):
+            headers = {"content-type": content_type} if content_type else {}
+            refused = http.post("/api/messages", content=body, headers=headers)
+            assert refused.status_code == 422, refused.text
+            assert "Content-Type: application/json" in refused.json()["detail"][0]["msg"], content_type
+            assert refused.json()["detail"][0]["loc"] == ["body"]
+        for not_an_object in (b"[]", b"null", b'"hi"'):
+            refused = http.post("/api/clicks", content=not_an_object, headers={"content-type": "application/json"})
+            assert refused.status_code == 422 and "a JSON object" in refused.json()["detail"][0]["msg"], refused.text
+        assert http.get("/api/channels/general/messages").json()["messages"] == []
+        assert http.post("/api/messages", content=body, headers={"content-type": "application/json"}).status_code == 201
