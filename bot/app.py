@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import bindparam, exists, or_, update
 from sqlmodel import select
 
-from bot.config import BatonConfig, ConfigError, load_config
+from bot.config import BatonConfig, ConfigError, check_digest_platforms, load_config
 from bot.digests import Digests
 from bot.messages import Accepted, InboundClick, InboundMessage, storable
 from bot.orchestrator import Orchestrator
@@ -84,7 +84,7 @@ class Baton:
         self.registry = GraphRegistry.discover()
         redactor = Redactor.for_settings(settings)
         self.outbox = Outbox(self.db, self.instance, claim_seconds=settings.lease_seconds, redactor=redactor)
-        self._check_digest_platforms(self.config)
+        check_digest_platforms(self.config, settings.config_path)
         self.adapters: list[Any] = [adapter_class(self) for adapter_class in self._selected_adapters()]
         self._warn_about(self.config)
         self.services = Services(
@@ -159,8 +159,8 @@ class Baton:
         async with self._reloading:  # signals in a row are read one after the other, the last one last
             try:
                 config = await asyncio.to_thread(load_config, path, required=True)
-                self._check_digest_platforms(config)
-            except (ConfigError, ValueError) as exc:
+                check_digest_platforms(config, path)
+            except ConfigError as exc:
                 log.error("%s was not read again, Baton goes on with the configuration it has: %s", path, exc)
                 return False
             self.config = self.services.config = config
@@ -193,15 +193,6 @@ class Baton:
         for platform in sorted({digest.platform for digest in config.digests} - {a.name for a in self.adapters}):
             log.warning("%s has digests for %s, which this Baton does not serve: a replica serving %s "
                         "posts them, or nobody does", path, platform, platform)
-
-    def _check_digest_platforms(self, config: BatonConfig) -> None:
-        """A digest for a platform no installed adapter knows would never be posted: most likely a typo."""
-        known = {point.name for point in entry_points(group="baton.adapters")}
-        unknown = [f"digests.{index}: {digest.platform}" for index, digest in enumerate(config.digests)
-                   if digest.platform not in known]
-        if unknown:  # the file BATON_CONFIG names, which need not be baton.yaml
-            raise ValueError(f"{self.settings.config_path}: digests name platforms no adapter serves: "
-                             f"{', '.join(unknown)} (adapters: {', '.join(sorted(known))})")
 
     def _selected_adapters(self) -> list[type[Any]]:
         wanted = self.settings.enabled_adapters()

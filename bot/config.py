@@ -15,6 +15,7 @@ import shlex
 import string
 import unicodedata
 from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -399,6 +400,17 @@ class BatonConfig(BaseModel):
 
 
 MAX_PROBLEMS = 12  # named at once: the message fits a screen
+
+
+def check_digest_platforms(config: BatonConfig, path: Path) -> None:
+    """``ConfigError`` for a digest on a platform no installed adapter knows: it would never be posted, and
+    is most likely a typo. Apart from ``load_config``: it asks what is installed, not what the file says."""
+    known = {point.name for point in entry_points(group="baton.adapters")}
+    unknown = [f"digests.{index}: {digest.platform}" for index, digest in enumerate(config.digests)
+               if digest.platform not in known]
+    if unknown:  # the file BATON_CONFIG names, which need not be baton.yaml
+        raise ConfigError(f"{path}: digests name platforms no adapter serves: "
+                          f"{', '.join(unknown)} (adapters: {', '.join(sorted(known))})")
 
 
 def load_config(path: Path, *, required: bool = False) -> BatonConfig:

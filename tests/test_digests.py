@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,7 @@ from storage.checkpointer import open_checkpointer
 from storage.db import Database
 from storage.migrate import upgrade
 from storage.models import Approval, DigestRun, DigestSchedule, OutboxMessage, Run, ThreadRecord
+from tests.support import run_cli
 
 PARIS_DAILY = Digest(platform="playground", channel="ops", cron="0 9 * * *", timezone="Europe/Paris")
 
@@ -209,10 +211,19 @@ def test_a_digest_for_a_platform_no_adapter_serves_stops_baton(tmp_path: Path):
                                   Digest(platform="slak", channel="ops", cron="0 9 * * *")])
     settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'b.db'}",  # type: ignore[call-arg]
                         BATON_CONFIG=str(tmp_path / "team.yaml"))
-    with pytest.raises(ValueError) as refused:
+    with pytest.raises(ConfigError) as refused:
         Baton(settings, config)
     assert str(refused.value).startswith(f"{tmp_path / 'team.yaml'}: digests name platforms no adapter serves: "
                                          "digests.1: slak (adapters: ")  # the file BATON_CONFIG names, not baton.yaml
+
+
+def test_baton_graphs_checks_a_digests_platform_as_baton_run_does(tmp_path: Path) -> None:
+    """``baton graphs`` (the README's way to check a change to baton.yaml) passed a digest for ``slak``, which
+    ``baton run`` and a SIGHUP refuse."""
+    (tmp_path / "baton.yaml").write_text('digests:\n  - {platform: slak, channel: ops, cron: "0 9 * * *"}\n')
+    done = run_cli("graphs", cwd=tmp_path, env={**os.environ, "BATON_DATABASE_URL": f"sqlite:///{tmp_path / 'b.db'}"})
+    assert done.returncode == 2
+    assert "baton.yaml: digests name platforms no adapter serves: digests.0: slak" in done.stderr
 
 
 def test_a_digest_for_a_platform_this_baton_does_not_serve_is_named_at_start(tmp_path: Path, caplog):
