@@ -1032,7 +1032,13 @@ class Orchestrator:
             await self._wait_for_approval(run, record, spec, outcome.interrupts, event, services)
             return
         error = outcome.values.get("error") or None
-        message = replies.result(outcome.values.get("reply"), failed=bool(error), error=error)
+        try:
+            message = replies.result(outcome.values.get("reply"), failed=bool(error), error=error)
+        except replies.ReplyNotShown as exc:  # the graph's author is told what is wrong with it, and the run ends
+            log.warning("run %s (%s) failed: %s", run.id, spec.name, exc)
+            await self._finish_run(run, record, event, "failed", replies.failure(spec.name, exc), str(exc)[:1000],
+                                   services)
+            return
         await self._finish_run(run, record, event, "failed" if error else "done", message, error, services)
 
     async def _wait_for_approval(self, run: Run, record: ThreadRecord, spec: GraphSpec, interrupts: list[Interrupt],

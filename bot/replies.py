@@ -6,6 +6,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from bot import approvals, schedules
 from bot.models import ModelRequired
 from bot.kit import duration
@@ -82,11 +84,20 @@ def already_decided(approval: Approval) -> Message:
     return Message.text(f"Already {verdict} by {approval.decided_by} at {at}; nothing was changed.", tone="info")
 
 
+class ReplyNotShown(ValueError):
+    """A graph's ``reply`` looks like a message (it has ``parts``) but is not one: its run fails, saying why."""
+
+
 def result(reply: Any, *, failed: bool, error: Any = None) -> Message:
     """A graph's final ``reply`` (text or a message dict; other values are shown as they are) as a message;
-    without one, the graph's ``error`` when it failed."""
+    without one, the graph's ``error`` when it failed. ``ReplyNotShown`` for a message dict that is not valid."""
     if isinstance(reply, dict) and reply.get("parts"):
-        return Message.model_validate(reply)
+        try:
+            return Message.model_validate(reply)
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            where = ".".join(str(part) for part in problem["loc"])
+            raise ReplyNotShown(f"its reply is not a message: {where}: {problem['msg']}") from None
     tone = "error" if failed else "success"
     if isinstance(reply, list | tuple | dict) and reply:  # data: shown as it is, not "Done."
         return Message(tone=tone, parts=[Code(text=json.dumps(reply, indent=2, ensure_ascii=False, default=str))])

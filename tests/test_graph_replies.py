@@ -15,7 +15,7 @@ from bot.app import Baton
 from bot.messages import InboundClick, InboundMessage
 from bot.registry import GraphSpec, _input_told
 from bot.settings import Settings
-from storage.models import Approval, PlaygroundMessage
+from storage.models import Approval, AuditEntry, PlaygroundMessage, Run
 from tests.fake_models import script
 from tests.test_graph_modules import _asked, _one_node, _reply
 
@@ -49,6 +49,24 @@ def test_a_reply_too_long_for_a_few_messages_is_a_file_with_a_preview() -> None:
     discord = discord_render.render(message, "1")
     assert len(discord) <= 2 and [f.content.decode() for out in discord for f in out.files] == [text]
     assert [type(part).__name__ for part in replies.result("host 1: ok", failed=False).parts] == ["Text"]
+
+
+async def test_a_reply_that_is_no_valid_message_fails_the_run_saying_why(tmp_path, config_path) -> None:
+    """A message dict with a part of a kind Baton does not know broke the handling after the graph had finished:
+    a traceback, "Something went wrong" in the thread, and a run left without its end (no turnaround, no
+    run.failed in the audit log)."""
+    def act(_state: State) -> dict[str, Any]:
+        return {"reply": {"parts": [{"kind": "nope", "text": "x"}]}}  # type: ignore[typeddict-item]
+
+    async with _asked(tmp_path, config_path, GraphSpec(name="odd", graph=_one_node(act)), "odd") as baton:
+        shown = await _reply(baton, "1")
+        assert shown.startswith("*Run failed*\n`odd` failed: ReplyNotShown: its reply is not a message: parts.0:"), shown
+        assert "nope" in shown
+        async with baton.db.read() as session:
+            run = (await session.exec(select(Run))).one()
+            audited = (await session.exec(select(AuditEntry.kind).where(AuditEntry.kind.like("run.%")))).all()  # type: ignore[attr-defined]
+        assert run.status == "failed" and run.turnaround_ms is not None
+        assert "run.failed" in audited
 
 
 async def test_a_graph_that_fails_with_an_error_and_no_reply_shows_the_error(tmp_path, config_path) -> None:
