@@ -25,11 +25,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import func, select
 
 from bot.approvals import waiting_for
-from bot.config import ConfigError, load_config
+from bot.config import ConfigError, check_digest_platforms, load_config
 from bot.messages import first_line
 from bot.redaction import Redactor
 from bot.registry import GraphError, GraphRegistry
-from bot.settings import Settings
+from bot.settings import Settings, export_env_file
 from storage.checkpointer import check_sqlite_checkpoints, sqlite_checkpoint_path
 from storage.db import Database, check_url, is_sqlite, sqlite_path, sync_url
 from storage.migrate import alembic_config, autogenerate, upgrade
@@ -47,7 +47,9 @@ def _fail(message: str) -> NoReturn:
 
 def _settings() -> Settings:
     try:
-        return Settings()
+        settings = Settings()
+        export_env_file(settings)
+        return settings
     except UnicodeDecodeError as exc:  # only .env is read as a file
         _fail(f"Baton's settings: .env is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}).")
     except OSError as exc:  # .env there but unreadable (its permissions)
@@ -61,7 +63,9 @@ def _settings() -> Settings:
 def _settings_and_config() -> tuple[Settings, Any]:
     settings = _settings()
     try:
-        return settings, load_config(settings.config_path, required=settings.config_named)
+        config = load_config(settings.config_path, required=settings.config_named)
+        check_digest_platforms(config, settings.config_path)
+        return settings, config
     except ConfigError as exc:
         problems = "\n".join(_printable(line) for line in str(exc).split("\n"))  # it quotes what the file holds
         _fail(f"Baton cannot start: {settings.config_path} is not valid:\n{problems}")
@@ -369,7 +373,9 @@ def db_revision(message: str = typer.Argument(..., help="What the migration chan
     settings = _settings()
     _ready(settings)
     with _database(settings.database_url):
-        autogenerate(settings.database_url, message)
+        written = autogenerate(settings.database_url, message)
+    if written is None:
+        typer.echo("The models and the database do not differ: no migration was written.")
 
 
 def _existing(settings: Settings) -> None:

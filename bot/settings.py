@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
@@ -141,6 +142,24 @@ class Settings(BaseSettings):
 SECRET_VARIABLES = frozenset({"BATON_DATABASE_URL"} | {
     str(field.alias) for field in Settings.model_fields.values()
     if field.annotation is SecretStr or SecretStr in getattr(field.annotation, "__args__", ())})
+
+
+def export_env_file(settings: Settings) -> list[str]:
+    """Put the ``.env`` lines that are not Baton's own settings into the environment (a model provider's key:
+    LangChain's provider packages read only the environment, so ``OPENAI_API_KEY`` in ``.env`` stopped the
+    start). What the environment sets already wins, as it does for Baton's settings. The names exported."""
+    files = settings.model_config.get("env_file")
+    own = {str(field.alias) for field in Settings.model_fields.values()}
+    exported = []
+    for name in [files] if isinstance(files, (str, os.PathLike)) else files or ():
+        path = Path(name).expanduser()
+        if not path.is_file():
+            continue
+        for variable, value in dotenv_values(path, encoding=settings.model_config.get("env_file_encoding")).items():
+            if variable not in own and value is not None and variable not in os.environ:
+                os.environ[variable] = value
+                exported.append(variable)
+    return exported
 
 
 def _refuse_unreadable_lines(files: DotenvType | None, encoding: str | None) -> None:

@@ -325,3 +325,17 @@ def test_a_price_for_another_model_is_named_at_start(tmp_path, caplog, monkeypat
                         BATON_MODEL=MODEL, _env_file=None)
     Baton(settings, config)
     assert f"model prices for openai:gpt-4.1-mini but BATON_MODEL is {MODEL}" in caplog.text
+
+
+def test_a_providers_key_in_env_file_reaches_the_model_and_is_kept_out_of_replies(start_baton, sqlite_url,
+                                                                                     model_script, tmp_path):
+    """``.env.example`` offers ``OPENAI_API_KEY=...`` in ``.env``, but ``.env`` only filled Baton's own settings:
+    the provider's library, which reads the environment, found no key and ``baton run`` stopped. A secret set
+    only there was not on the redaction list either, which is built from the environment."""
+    model = model_script(final("the key is sk-dotenv-1234567890, keep it safe"))
+    (tmp_path / ".env").write_text("".join(f"{name}={value}\n" for name, value in model.items())
+                                   + "FAKE_PROVIDER_API_KEY=sk-dotenv-1234567890\n")
+    pg = start_baton(sqlite_url).client()  # the model's settings only in .env, where Baton starts
+    thread = pg.ask("@baton assistant what is the key?")
+    reply = pg.wait_reply(thread, "keep it safe")
+    assert "sk-dotenv-1234567890" not in reply["text"] and "[redacted]" in reply["text"]
