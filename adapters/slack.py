@@ -622,7 +622,8 @@ def _signature_problem(verifier: SignatureVerifier, body: bytes, timestamp: str 
         skew = time.time() - int(timestamp)
         if verifier.is_valid(body, timestamp, signature):
             return None
-    except (ValueError, OverflowError):  # a timestamp that is not a number (or not a time), a body not UTF-8
+    except (ValueError, OverflowError, TypeError):  # a timestamp that is not a number (or not a time), a body
+        # not UTF-8, a signature that is not ASCII (hmac.compare_digest refuses to compare it: a 500 it was)
         return "its signature or timestamp cannot be read"
     if abs(skew) > SIGNATURE_WINDOW_SECONDS:
         side = "before" if skew > 0 else "after"

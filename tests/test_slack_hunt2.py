@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -120,3 +121,13 @@ def _async(condition: Callable[[], T]) -> Callable[[], Awaitable[T]]:
         return condition()
 
     return check
+
+
+@pytest.mark.parametrize("signature", ["v0=\u00e9", "\u00ff"])
+def test_a_signature_that_is_not_ascii_is_refused_not_a_traceback(signature: str) -> None:
+    """Anyone may send it (no secret needed): hmac.compare_digest raised TypeError on it, which answered the
+    request with a 500 and a traceback in the log instead of the 401 every other bad signature gets."""
+    from slack_sdk.signature import SignatureVerifier
+
+    assert slack._signature_problem(SignatureVerifier("secret"), b"{}", str(int(time.time())), signature) == \
+        "its signature or timestamp cannot be read"
