@@ -439,7 +439,8 @@ class PlaygroundAdapter(Adapter):
 
     @staticmethod
     async def _root(session: Any, thread_id: str) -> PlaygroundMessage:
-        root = await session.get(PlaygroundMessage, int(thread_id)) if re.fullmatch(r"[0-9]{1,15}", thread_id) else None
+        number = re.fullmatch(r"0*([0-9]{1,15})", thread_id)  # "0538" is 538, with any number of zeros
+        root = await session.get(PlaygroundMessage, int(number[1])) if number else None
         if root is None or root.thread_id is not None:
             raise HTTPException(404, f"there is no thread '{quoted(thread_id, 40)}'" if thread_id else
                                 "thread_id is empty: leave it out to start a new thread")

@@ -178,3 +178,17 @@ def test_a_body_sent_without_the_json_content_type_is_refused_saying_so(baton: B
             assert refused.status_code == 422 and "a JSON object" in refused.json()["detail"][0]["msg"], refused.text
         assert http.get("/api/channels/general/messages").json()["messages"] == []
         assert http.post("/api/messages", content=body, headers={"content-type": "application/json"}).status_code == 201
+
+
+def test_a_thread_id_with_many_leading_zeros_is_still_its_thread(baton: BatonProcess) -> None:
+    """'0538' is thread 538, but past 15 characters the zeros made it no thread at all (a 404 for
+    '00000000000000000001'). Only the number counts: more than 15 digits of it is still no thread."""
+    pg = baton.client()
+    thread = pg.ask("a question", user="bob")
+    padded = thread.zfill(30)
+    assert pg.http.get(f"/api/threads/{padded}/messages").json()["root"]["id"] == int(thread)
+    reply = pg.say("an answer", thread=padded, user="carol")
+    assert reply.status_code == 201 and reply.json()["thread_id"] == thread
+    for unknown in ("1" + "0" * 15, "0" * 16, "0", "-1", "1e3", " 1", "+1", "0x1", "\u0661"):
+        assert pg.http.get(f"/api/threads/{unknown}/messages").status_code == 404, unknown
+        assert pg.say("hi", thread=unknown).status_code == 404, unknown
