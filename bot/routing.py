@@ -92,14 +92,18 @@ def is_request(text: str, registry: GraphRegistry) -> bool:
     _force, text = _leading_force(text)
     head, _rest = _first_word(text)
     command = head.lower()
-    if not command or command in COMMAND_WORDS or command == CANCEL_COMMAND or registry.get(command) is not None:
+    if command == CANCEL_COMMAND:
+        return is_cancel(text, addressed=False)
+    if not command or command in COMMAND_WORDS or registry.get(command) is not None:
         return True
     return any(pattern.search(text) for spec in registry for pattern in spec.patterns)
 
 
-def is_cancel(text: str) -> bool:
-    """Whether ``text`` (without the bot mention) asks to stop the thread's run: ``cancel``, whatever follows."""
-    return _first_word(text)[0].lower() == CANCEL_COMMAND
+def is_cancel(text: str, addressed: bool) -> bool:
+    """Whether ``text`` (without the bot mention) asks to stop the thread's run: ``cancel``, and whatever
+    follows when the bot was mentioned; unmentioned, the word alone ("cancel the meeting" is people talking)."""
+    head, rest = _first_word(_leading_force(text)[1])
+    return head.lower() == CANCEL_COMMAND and (addressed or not rest.strip())
 
 
 def runbook_named(text: str) -> str | None:

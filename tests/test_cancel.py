@@ -87,9 +87,14 @@ def test_an_approver_may_cancel_and_a_cancel_with_nothing_running_says_so(start_
     pg = start_baton(sqlite_url).client()
     thread = pg.ask("@baton run sleepy", user="carol")
     pid = started_sleeping(tmp_path)
-    pg.say("cancel", thread=thread, user="bob")
+    pg.say("cancel the standup, I'm on this", thread=thread, user="carol")  # people talking: no cancel
+    pg.say("@baton force cancel", thread=thread, user="bob")
     pg.wait_reply(thread, "bob cancelled `runbook`")
     wait_for(lambda: not alive(pid), what="the command to be killed")
+    wait_for(lambda: rows(sqlite_url, "SELECT count(*) FROM inbound_events WHERE status = 'pending'") == [(0,)],
+             what="the talk behind the run to be handled")
+    assert rows(sqlite_url, "SELECT outcome FROM inbound_events WHERE text LIKE 'cancel the standup%'") == \
+        [("conversation",)]  # handled after the run, without an answer
 
     pg.say("cancel", thread=thread, user="carol")
     pg.wait_reply(thread, "Nothing is running in this thread, so there is nothing to cancel.")
