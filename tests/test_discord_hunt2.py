@@ -1,5 +1,8 @@
-"""The Discord adapter, third hunt: what Discord really answers (an error page from Cloudflare in front
-of it, its 2,000 characters in a reply to an interaction too) met with what Baton tells people."""
+"""The Discord adapter, third hunt: what Discord really does, met with what Baton does and tells people.
+Covered here: an HTML error page from Cloudflare in front of Discord, the 2,000 characters of an
+interaction's reply, a server with as many active threads as it may have, a message a moderator
+deleted, a thread whose starter message stays in its channel, a post whose answer was lost, and
+Baton's database away when someone clicks."""
 
 from __future__ import annotations
 
