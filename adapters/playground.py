@@ -56,6 +56,7 @@ USERS = ["alice", "bob", "carol", "dave"]
 # "@baton" as a word of its own: not inside an address (ops@baton.io) or a longer name (@baton-dev).
 MENTION = re.compile(rf"(?<![\w.@-])@{BOT_NAME}(?![\w@-]|\.\w)[:,]?", re.IGNORECASE)
 MAX_HTTP_TEXT = 100_000
+MAX_ID = 2**31 - 1  # the largest message id: an integer column on PostgreSQL (a larger one was a 500 there)
 CLICK_EVENT_PREFIX = "click:"  # a click's event id, beside the messages' (clicks have ids of their own)
 USER_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
 # Empty (``?viewer=``, as the README writes the routes) is no viewer, as on any web form: it was a 422.
@@ -144,7 +145,7 @@ class PostMessage(_Body):
 
 
 class PostClick(_Body):
-    message_id: int = Field(ge=1, le=10**15, strict=True)  # `true` is not message 1
+    message_id: int = Field(ge=1, le=MAX_ID, strict=True)  # `true` is not message 1
     approval_id: str = Field(max_length=200)
     action: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_-]+$")
     user: str = Field(pattern=USER_NAME)
@@ -440,7 +441,7 @@ class PlaygroundAdapter(Adapter):
     @staticmethod
     async def _root(session: Any, thread_id: str) -> PlaygroundMessage:
         number = re.fullmatch(r"0*([0-9]{1,15})", thread_id)  # "0538" is 538, with any number of zeros
-        root = await session.get(PlaygroundMessage, int(number[1])) if number else None
+        root = await session.get(PlaygroundMessage, int(number[1])) if number and int(number[1]) <= MAX_ID else None
         if root is None or root.thread_id is not None:
             raise HTTPException(404, f"there is no thread '{quoted(thread_id, 40)}'" if thread_id else
                                 "thread_id is empty: leave it out to start a new thread")

@@ -192,3 +192,18 @@ def test_a_thread_id_with_many_leading_zeros_is_still_its_thread(baton: BatonPro
     for unknown in ("1" + "0" * 15, "0" * 16, "0", "-1", "1e3", " 1", "+1", "0x1", "\u0661"):
         assert pg.http.get(f"/api/threads/{unknown}/messages").status_code == 404, unknown
         assert pg.say("hi", thread=unknown).status_code == 404, unknown
+
+
+def test_ids_beyond_what_the_database_holds_are_no_thread_or_message(baton: BatonProcess) -> None:
+    """Message ids are PostgreSQL integers (at most 2,147,483,647): a thread id or a click's message_id past
+    that (2147483648, up to the 15 digits taken) was a 500 with a traceback there ('integer out of range')."""
+    pg = baton.client()
+    for thread in ("2147483647", "2147483648", "999999999999999", "0002147483648"):
+        assert pg.http.get(f"/api/threads/{thread}/messages").status_code == 404, thread
+        assert pg.say("hi", thread=thread).status_code == 404, thread
+    click = {"approval_id": "a", "action": "approve", "user": "bob"}
+    assert pg.http.post("/api/clicks", json={**click, "message_id": 2_147_483_647}).status_code == 404
+    for message_id in (2_147_483_648, 10**15):
+        refused = pg.http.post("/api/clicks", json={**click, "message_id": message_id, "event_id": "x"})
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "message_id"]
+    assert "Traceback" not in baton.log.read_text()
