@@ -646,6 +646,9 @@ class FakeDiscord(BackgroundServer):
         known = self._token_owner(request.match_info["token"])
         if known is None or known["expired"]:
             return _error(401, 50027, "Invalid Webhook Token")
+        problem = _check_message(body, edit=True)  # Discord's limits hold for an interaction's answer too
+        if problem:
+            return _error(400, 50035, f"Invalid Form Body: {problem}")
         original = next((m for m in self.messages(known["payload"]["channel_id"])
                          if m.interaction_id == known["payload"]["id"]), None)
         if original is None:
