@@ -64,6 +64,7 @@ VIEWER = Query(None, pattern=r"^[A-Za-z0-9_.-]{0,64}$", description="whose priva
 EVENT_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 STREAM_RETRY_SECONDS = 1.0  # how often a live stream looks again while the database cannot be reached
 RESUME_WINDOW = timedelta(hours=1)  # how far back a live stream resumes for a client that lost it (Last-Event-ID)
+_SCHEME_PORTS = {"http": 80, "https": 443}  # the ports browsers leave out of Host and Origin
 # The page may not be framed by another site (a hidden frame over a button of its own would turn a click
 # into Approve), and runs only its own script.
 PAGE_HEADERS = {
@@ -441,7 +442,8 @@ class PlaygroundAdapter(Adapter):
     @staticmethod
     async def _root(session: Any, thread_id: str) -> PlaygroundMessage:
         number = re.fullmatch(r"0*([0-9]{1,15})", thread_id)  # "0538" is 538, with any number of zeros
-        root = await session.get(PlaygroundMessage, int(number[1])) if number and int(number[1]) <= MAX_ID else None
+        message_id = int(number[1]) if number else 0
+        root = await session.get(PlaygroundMessage, message_id) if 1 <= message_id <= MAX_ID else None
         if root is None or root.thread_id is not None:
             raise HTTPException(404, f"there is no thread '{quoted(thread_id, 40)}'" if thread_id else
                                 "thread_id is empty: leave it out to start a new thread")
@@ -464,9 +466,6 @@ class PlaygroundAdapter(Adapter):
                 "content": content, "is_bot": row.is_bot, "ephemeral": row.visible_to is not None,
                 "created_at": row.created_at.isoformat(), "updated_at": row.updated_at.isoformat(),
                 "revision": row.revision, "reply_count": reply_count, "last_reply_id": last_reply_id}
-
-
-_SCHEME_PORTS = {"http": 80, "https": 443}
 
 
 def _resume_from(last_event_id: str | None, now: datetime) -> datetime:

@@ -11,8 +11,8 @@ import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 from importlib.metadata import entry_points
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
@@ -237,12 +237,12 @@ async def database_away(request: Request, exc: Exception) -> JSONResponse:
 async def unreadable_body(request: Request, exc: HTTPException) -> Response:
     """A body JSON's decoder could not take for a reason other than its syntax got FastAPI's bare "There was
     an error parsing the body" (a 400): this says which. Every other HTTP error is answered as FastAPI does."""
-    cause, reason = exc.__cause__, None
-    if exc.status_code == 400 and isinstance(cause, UnicodeDecodeError):
+    cause, reason = exc.__cause__ if exc.status_code == 400 else None, None
+    if isinstance(cause, UnicodeDecodeError):
         reason = f"byte {cause.start + 1:,} is not UTF-8 (JSON is UTF-8 text)"
-    elif exc.status_code == 400 and isinstance(cause, RecursionError):
+    elif isinstance(cause, RecursionError):
         reason = "its JSON is nested too deeply"
-    elif exc.status_code == 400 and isinstance(cause, ValueError) and "integer string conversion" in str(cause):
+    elif isinstance(cause, ValueError) and "integer string conversion" in str(cause):
         reason = f"a number in it has more than {sys.get_int_max_str_digits():,} digits"
     if reason is None:
         return await http_exception_handler(request, exc)
