@@ -34,9 +34,10 @@ from bot.settings import Settings
 
 log = logging.getLogger("baton.server")
 
-# The largest request body any route takes: a playground message of 100,000 characters, each
-# escaped in JSON as \uXXXX, is 600 kB; Slack's and Discord's events are far smaller.
-MAX_BODY_BYTES = 1_000_000
+# The largest request body any route takes: a playground message of 100,000 characters, each escaped in
+# JSON (a character beyond the BMP as a surrogate pair, \ud83d\ude00: 12 bytes), is 1.2 MB; Slack's and
+# Discord's events are far smaller.
+MAX_BODY_BYTES = 1_300_000
 MAX_ERRORS_SHOWN = 10  # a 422 names the first ten errors of a request, and says how many more there are
 MAX_NAME_SHOWN = 80  # and each field's name up to so many characters
 

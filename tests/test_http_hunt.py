@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -207,3 +209,12 @@ def test_ids_beyond_what_the_database_holds_are_no_thread_or_message(baton: Bato
         refused = pg.http.post("/api/clicks", json={**click, "message_id": message_id, "event_id": "x"})
         assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "message_id"]
     assert "Traceback" not in baton.log.read_text()
+
+
+def test_a_message_within_its_limit_is_taken_however_its_json_is_escaped(start_baton, sqlite_url) -> None:
+    """Python's json (and requests) escape a character beyond the BMP as a surrogate pair, 12 bytes: 90,000
+    emoji, within the 100,000-character limit, were a 1.08 MB body and a 413 ("larger than 1,000,000 bytes")."""
+    baton = start_baton(sqlite_url)
+    body = json.dumps({"channel": "general", "user": "alice", "text": "\U0001F600" * 100_000})
+    answer = baton.client().http.post("/api/messages", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 201, answer.text[:200]
