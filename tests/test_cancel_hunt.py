@@ -189,8 +189,9 @@ def hunt_baton(tmp_path: Path, config_path: Path):  # type: ignore[no-untyped-de
         (tmp_path / "graphs" / f"{name}.py").write_text(text)
     started: list[BatonProcess] = []
 
-    def start(database_url: str, name: str = "baton") -> BatonProcess:
-        process = BatonProcess(database_url, config_path, tmp_path, name, {"HUNT_DIR": str(tmp_path)}, exec_=True)
+    def start(database_url: str, name: str = "baton", env: dict[str, str] | None = None) -> BatonProcess:
+        process = BatonProcess(database_url, config_path, tmp_path, name, {"HUNT_DIR": str(tmp_path), **(env or {})},
+                               exec_=True)
         started.append(process)
         return process.start()
 
@@ -448,3 +449,21 @@ def test_a_run_cancelled_while_its_replica_was_down_is_not_taken_up_again(hunt_b
     two.client().wait_reply(thread, "alice cancelled `napper`", timeout=60)
     settled(postgres_url)
     assert not (tmp_path / "napping").exists()  # the cancelled run's step did not run again
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a request waiting for a drain slot (Baton busy: BATON_MAX_DRAINING_THREADS) cannot be cancelled: the thread is "
+    "not 'running', so 'cancel' is a message queued behind the request ('Queued: I'll handle this after the "
+    "current run finishes'), the request then runs in full and the cancel is answered 'Nothing is running': see "
+    "/tmp/exp/proposal-cancel.md, bug 6"))
+def test_a_request_cancelled_before_it_started_does_not_run(hunt_baton, sqlite_url, tmp_path, counter) -> None:
+    pg = hunt_baton(sqlite_url, env={"BATON_MAX_DRAINING_THREADS": "1"}).client()
+    busy = pg.ask("@baton run sleepy", user="alice")  # takes the only drain slot
+    started_sleeping(tmp_path)
+    waiting = pg.ask("@baton run uptime", user="carol")
+    assert pg.say("cancel", thread=waiting, user="carol").status_code == 201
+    wait_for(lambda: rows(sqlite_url, "SELECT count(*) FROM inbound_events") == [(3,)], what="the cancel stored")
+    pg.say("cancel", thread=busy, user="alice")  # the slot is free again
+    pg.wait_reply(busy, "alice cancelled `runbook`")
+    settled(sqlite_url)
+    assert runs_in(counter) == [], texts(pg, waiting)  # carol cancelled it before it started
