@@ -467,3 +467,27 @@ def test_a_request_cancelled_before_it_started_does_not_run(hunt_baton, sqlite_u
     pg.wait_reply(busy, "alice cancelled `runbook`")
     settled(sqlite_url)
     assert runs_in(counter) == [], texts(pg, waiting)  # carol cancelled it before it started
+
+
+@pytest.mark.postgres
+@pytest.mark.xfail(strict=True, reason=(
+    "a cancel sent to another replica while the run's replica stops (SIGTERM: a rolling deploy) is never looked for "
+    "there (its sweep loop is stopped before the runs' grace): the command runs out the grace, is cut off in doubt, "
+    "the replica taking over fails the run as EffectInDoubt and tells alice 'nothing was stopped': see "
+    "/tmp/exp/proposal-cancel.md, bug 7"))
+def test_a_cancel_reaches_a_run_whose_replica_is_stopping(hunt_baton, postgres_url, tmp_path) -> None:
+    one, two = hunt_baton(postgres_url, name="one"), hunt_baton(postgres_url, name="two")
+    thread = one.client().ask("@baton run sleepy", user="alice")
+    pid = started_sleeping(tmp_path)
+    assert one.process is not None
+    one.process.send_signal(signal.SIGTERM)  # its runs get their grace (8 s) to finish
+    wait_for(lambda: "Scheduler has been shut down" in one.log.read_text(), what="one to begin stopping")
+    assert two.client().say("cancel", thread=thread, user="alice").status_code == 201
+    wait_for(lambda: not alive(pid), timeout=30, what="the command to end")
+    one.process.wait(30)
+    wait_for(lambda: rows(postgres_url, "SELECT count(*) FROM runs WHERE status = 'failed'") == [(1,)], timeout=60,
+             what="the run's end")
+    settled(postgres_url)
+    said = texts(two.client(), thread)
+    assert rows(postgres_url, "SELECT error FROM runs") == [("cancelled by alice",)], said
+    assert not any("nothing was stopped" in text for text in said), said
