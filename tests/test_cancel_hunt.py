@@ -24,6 +24,14 @@ SLEEPY_HIGH = """
     risk: high
     timeout: 300
 """
+GUARDED = """
+  guarded:
+    description: Writes its pid, then sleeps; dave approves it, not the others.
+    command: [{python!r}, "-c", "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)", {pidfile!r}]
+    risk: low
+    approvers: [dave]
+    timeout: 300
+"""
 
 # A graph with no command: its second node sleeps (a model call, an HTTP call that takes long) when asked "long".
 NAPPER = '''
@@ -177,7 +185,7 @@ def config_path(tmp_path: Path, counter: Path) -> Path:
     config = write_config(tmp_path, counter)
     pidfile = str(tmp_path / "sleepy.pid")
     config.write_text(config.read_text().replace("runbooks:\n", "runbooks:" + SLEEPY.format(
-        python=sys.executable, pidfile=pidfile) + SLEEPY_HIGH.format(python=sys.executable, pidfile=pidfile), 1))
+        python=sys.executable, pidfile=pidfile) + SLEEPY_HIGH.format(python=sys.executable, pidfile=pidfile) + GUARDED.format(python=sys.executable, pidfile=pidfile), 1))
     return config
 
 
@@ -491,3 +499,24 @@ def test_a_cancel_reaches_a_run_whose_replica_is_stopping(hunt_baton, postgres_u
     said = texts(two.client(), thread)
     assert rows(postgres_url, "SELECT error FROM runs") == [("cancelled by alice",)], said
     assert not any("nothing was stopped" in text for text in said), said
+
+
+def test_a_runbook_with_approvers_of_its_own_is_cancelled_by_them_and_may_be_asked_again_at_once(
+        hunt_baton, sqlite_url, tmp_path) -> None:
+    pg = hunt_baton(sqlite_url).client()
+    thread = pg.ask("@baton run guarded", user="alice")
+    pid = started_sleeping(tmp_path)
+    pg.say("cancel", thread=thread, user="bob")  # an approver of Baton, not of this runbook
+    pg.wait_reply(thread, "Only alice, who asked for it, or dave can cancel this run.", viewer="bob")
+    assert alive(pid)
+    pg.say("cancel", thread=thread, user="dave")
+    pg.wait_reply(thread, "dave cancelled `runbook`")
+    wait_for(lambda: not alive(pid), what="the command to be killed")
+    settled(sqlite_url)
+    (tmp_path / "sleepy.pid").unlink()
+    again = pg.ask("@baton run guarded", user="alice")  # a cancelled request is no recent twin: it runs again
+    assert again != thread
+    pid = started_sleeping(tmp_path)
+    pg.say("cancel", thread=again, user="alice")
+    pg.wait_reply(again, "alice cancelled `runbook`")
+    settled(sqlite_url)
