@@ -12,6 +12,7 @@ from langgraph.graph import END, START, StateGraph
 from sqlalchemy import update
 from sqlmodel import select
 
+from bot import replies
 from bot.app import Baton
 from bot.config import load_config
 from bot.kit import approve
@@ -291,11 +292,20 @@ def test_a_failed_request_may_be_asked_again_after_its_thread_answered_something
     assert not any("same request" in m["text"] for m in pg.bot_replies(again))
 
 
-async def test_a_request_whose_handling_broke_off_may_be_asked_again(tmp_path, config_path) -> None:
-    """As a failed run's: a run whose handling broke off (a reply that is no message) is failed, and once its
+async def test_a_request_whose_handling_broke_off_may_be_asked_again(tmp_path, config_path, monkeypatch) -> None:
+    """As a failed run's: a run whose handling broke off (its reply could not be made) is failed, and once its
     thread answered something else, the same request got a link to it instead of a second try."""
     def broken(_state: Two) -> Two:
-        return {"reply": {"parts": [{"kind": "bogus", "text": "?"}]}}
+        return {"reply": "fine"}
+
+    real = replies.result
+
+    def unforeseen(reply: object, **kwargs: object) -> object:
+        if reply == "fine":
+            raise RuntimeError("the reply could not be made")
+        return real(reply, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(replies, "result", unforeseen)
 
     graph = StateGraph(Two)
     graph.add_node("act", broken)

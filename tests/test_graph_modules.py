@@ -17,6 +17,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import RetryPolicy
 from sqlmodel import select
 
+from bot import replies
 from bot.app import Baton
 from bot.kit import effect
 from bot.messages import InboundMessage
@@ -198,13 +199,19 @@ def test_a_graph_named_as_batons_run_command_is_refused(package) -> None:
         GraphRegistry.discover(name)
 
 
-async def test_a_run_whose_handling_breaks_off_is_failed_not_left_running(tmp_path, config_path) -> None:
-    """A graph's reply that is no message (``{"parts": [{"kind": "bogus"}]}``) broke the handling after
-    the run: the requester got "Something went wrong", but the run and the thread stayed "running" for
-    good (``status`` listed them as running, the duplicate check answered "is running")."""
+async def test_a_run_whose_handling_breaks_off_is_failed_not_left_running(tmp_path, config_path, monkeypatch) -> None:
+    """The handling broke off after the run (it was a graph's reply that is no message, which now fails the run
+    by itself; here the reply cannot be made at all): the requester got "Something went wrong", but the run and
+    the thread stayed "running" for good (``status`` listed them as running, the duplicate check answered "is
+    running")."""
 
     async def act(_state: State) -> State:
-        return {"reply": {"parts": [{"kind": "bogus", "text": "?"}]}}
+        return {"reply": "fine"}
+
+    def unforeseen(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("the reply could not be made")
+
+    monkeypatch.setattr(replies, "result", unforeseen)
 
     async with _asked(tmp_path, config_path, GraphSpec(name="bogus", graph=_one_node(act), description="A broken reply."),
                       "bogus") as baton:
@@ -213,7 +220,7 @@ async def test_a_run_whose_handling_breaks_off_is_failed_not_left_running(tmp_pa
             run = (await session.exec(select(Run))).one()
             record = (await session.exec(select(ThreadRecord))).one()
         assert (run.status, record.status) == ("failed", "failed")
-        assert run.error is not None and "ValidationError" in run.error
+        assert run.error is not None and "RuntimeError" in run.error
 
 
 async def test_help_lists_a_graph_without_a_description_without_a_dangling_dash(tmp_path, config_path) -> None:
