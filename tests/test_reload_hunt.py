@@ -184,6 +184,7 @@ def test_a_sighup_while_baton_starts_does_not_kill_it(own, postgres_url: str, co
         baton.process.send_signal(signal.SIGHUP)
         proxy.gate.set()
         baton.wait_healthy()  # the bug: "baton exited with -1" (killed by SIGHUP)
+        wait_for(lambda: "read again" in baton.log.read_text(), what="the SIGHUP answered in the log")
         assert baton.process.poll() is None
     finally:
         proxy.close()
@@ -287,7 +288,7 @@ def test_a_burst_of_sighups_while_the_file_changes_ends_with_the_last_file_in_us
              in baton.log.read_text().rstrip().splitlines()[-1], what="the last reload to read the last file")
     pg.wait_reply(pg.ask("@baton run hello"), "hello from the new runbook")
     log = baton.log.read_text()
-    assert "Traceback" not in log and "was not read again" not in log
+    assert "Traceback" not in log  # a read between a write's truncation and its text may be refused, not more
     assert baton.process.poll() is None
 
 
@@ -365,7 +366,7 @@ def test_an_empty_file_read_again_is_refused_as_a_file_that_is_gone(
         start_baton, sqlite_url: str, config_path: Path, counter: Path) -> None:
     baton = start_baton(sqlite_url)
     config_path.write_text("")
-    log = reload(baton, "yaml read again")  # "was not read again" or "read again: 0 runbooks"
+    log = reload(baton, "read again")  # "was not read again" or "read again: 0 runbooks"
     assert "read again: 0 runbooks" not in log, "the empty file was taken"
     pg = baton.client()
     pg.wait_reply(pg.ask("@baton run uptime"), "did uptime")
