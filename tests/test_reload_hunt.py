@@ -474,3 +474,19 @@ def test_a_digest_changed_and_removed_on_one_replica_reaches_the_other_through_t
     reload(signalled, "read again: 7 runbooks, 2 approvers, 0 digests")
     listing_on_the_other("No digests are scheduled in this channel.")
     assert "Traceback" not in signalled.log.read_text() + other.log.read_text()
+
+
+def test_the_refusal_in_the_log_names_the_line_and_not_a_secret_the_file_holds(
+        start_baton, sqlite_url: str, config_path: Path) -> None:
+    """A provider's key pasted into baton.yaml by mistake (here as a default its pattern refuses): the refusal
+    quotes the value, and the log keeps Baton's secrets out of it as everywhere else."""
+    key = "sk-reload-hunt-0123456789abcdef"
+    baton = start_baton(sqlite_url, env={"OPENAI_API_KEY": key})
+    changed = config_path.read_text().replace(
+        'pattern: "^(web|api|worker)$"', f'pattern: "^(web|api|worker)$"\n        default: "{key}"', 1)
+    config_path.write_text(changed)
+    line = changed.splitlines().index(f'        default: "{key}"') + 1
+    log = reload(baton, "was not read again")
+    refusal = next(text for text in log.splitlines() if "was not read again" in text)
+    assert f"line {line}:" in refusal and "does not match the pattern" in refusal, refusal
+    assert key not in log and "Traceback" not in log
