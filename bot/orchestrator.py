@@ -45,7 +45,7 @@ _ORPHANED_THREADS = prepared(select(InboundEvent.thread_record_id).join(ThreadRe
     InboundEvent.status == "pending",
     InboundEvent.received_at < bindparam("received_before", type_=DateTime()),
     or_(ThreadRecord.lease_owner.is_(None), ThreadRecord.lease_until < bindparam("now", type_=DateTime())),  # type: ignore[union-attr]
-    or_(InboundEvent.kind == "click", ThreadRecord.status != "waiting"),
+    or_(threads.URGENT, ThreadRecord.status != "waiting"),
 ).distinct().limit(SWEEP_BATCH))  # a backlog is taken a batch per sweep, never in one long query
 EXPIRY = "expiry"  # the payload key of the event Baton stores when a card's time is up (no platform click has it)
 EXPIRY_EVENT = "baton-expiry:"  # + the approval's id: the event id of that event (one per card)
@@ -67,6 +67,7 @@ CHOOSER = "choose"  # the pseudo-graph of a run that waits for the requester to 
 # itself may be what stops Baton (os._exit in a node, the memory it takes), at every start of every replica.
 MAX_TAKEOVERS = 3
 CUT_OFF_SECONDS = 1.0  # past the grace, what the runs' last checkpoint writes get before they are refused
+CANCEL_LOOK_SECONDS = 0.5  # how often a stopping Baton looks for cancels of the runs in their grace
 STOP_GRACE_SECONDS = 8.0  # what a stopping Baton waits for events being handled (uvicorn's own grace is 10 s)
 ROUTER = "route"  # the pseudo-graph of a model's routing that started nothing (chatter): what it cost
 
@@ -168,7 +169,8 @@ class Orchestrator:
             if record is None:
                 record, new_thread = await threads.create(session, location, self.leases.lease_for_new_thread())
             kind, text, payload = "message", message.text, {"addressed": message.addressed, **_private(message)}
-            if not new_thread and record.status in threads.BUSY and is_cancel(message.text, message.addressed):
+            if not new_thread and is_cancel(message.text, message.addressed) and (
+                    record.status in threads.BUSY or await threads.has_pending(session, record.id)):  # type: ignore[arg-type]
                 kind, text, payload = await self._cancel_kind(session, record, message.text, payload)
             event = await self._claim(session, message.platform, message.event_id, kind, location, message.user,
                                       text, payload, record.id, correlation)
@@ -226,15 +228,26 @@ class Orchestrator:
         """How a ``cancel`` in a busy thread is stored. Behind a running run it would wait for the run's end, so
         it is an event of its own kind, which the replica running the run looks for (``apply_cancels``); at a
         card it is a click on Reject (its requester withdraws it, an approver rejects it, anyone else is told
-        who may). At a card that offers a choice of graphs it is a message, as before."""
+        who may). At a card that offers a choice of graphs it is a message, as before. A cancel names the run it
+        is for: one that ends before the cancel reaches it leaves the cancel for the drain to answer, never to
+        stop the next run."""
+        if record.status not in threads.BUSY:  # a request waiting to start (Baton busy): the cancel withdraws it
+            return CANCEL_COMMAND, text, {**payload, "run_id": None}
         if record.status == "running":
-            return CANCEL_COMMAND, text, payload
-        card = (await session.exec(select(Approval.id).where(
-            Approval.thread_record_id == record.id, Approval.status == "pending", Approval.kind == "approval",
-        ).order_by(Approval.created_at.desc()).limit(1))).first()  # type: ignore[attr-defined]
+            running = (await session.exec(select(Run.id).where(
+                Run.thread_record_id == record.id, Run.status == "running").order_by(Run.id.desc()).limit(1))).first()  # type: ignore[union-attr]
+            return CANCEL_COMMAND, text, {**payload, "run_id": running}
+        card = await self._waiting_card(session, record.id)  # type: ignore[arg-type]
         if card is None:
             return "message", text, payload
         return "click", "reject", {"approval_id": card, "action": "reject", "cancel": True}
+
+    @staticmethod
+    async def _waiting_card(session: Transaction, record_id: int) -> str | None:
+        """The thread's newest approval card waiting for a decision (not a choice of graphs), if any."""
+        return (await session.exec(select(Approval.id).where(
+            Approval.thread_record_id == record_id, Approval.status == "pending", Approval.kind == "approval",
+        ).order_by(Approval.created_at.desc()).limit(1))).first()  # type: ignore[attr-defined]
 
     async def apply_cancels(self) -> int:
         """Stop the runs of this process that a ``cancel`` is waiting for, if whoever sent it may stop them
@@ -253,8 +266,10 @@ class Orchestrator:
             if record_id not in self._running or record_id in self._cancels:
                 continue
             task, run = self._running[record_id]
+            if event.payload.get("run_id") != run.id:  # for a run that ended: the drain answers it
+                continue
             others = self._approvers_of(run)
-            if event.user == run.requested_by or approvals.is_approver(others, event.platform, event.user):
+            if self._may_cancel(run, event):
                 self._cancels[record_id] = event
                 task.cancel()
                 stopped += 1
@@ -271,6 +286,59 @@ class Orchestrator:
                                        channel=event.channel, thread=event.thread, user=event.user, run_id=run.id)
             self.outbox.wake(event.platform)
         return stopped
+
+    def _may_cancel(self, run: Run, event: InboundEvent) -> bool:
+        return event.user == run.requested_by or approvals.is_approver(self._approvers_of(run), event.platform,
+                                                                        event.user)
+
+    async def _handle_cancel(self, event: InboundEvent, record: ThreadRecord) -> None:
+        """A cancel the drain takes (before the requests queued in the thread): the run it was for is not
+        running in this process. It reached its card since: the cancel rejects the card (or withdraws it, for
+        its requester). It is marked running, but its replica stopped: it ends here as cancelled, instead of
+        being taken up again first. It ended: the reply says so, and who cancelled it if someone did."""
+        run_id = event.payload.get("run_id")
+        async with self.db.read() as session:
+            run = await session.get(Run, run_id) if run_id is not None else None
+            card = await self._waiting_card(session, record.id) if record.status == "waiting" else None  # type: ignore[arg-type]
+        if card is not None and run is not None and run.status == "waiting":
+            event.payload = {**event.payload, "approval_id": card, "action": "reject", "cancel": True}
+            return await self._handle_click(event, record)
+        if run is not None and run.status == "running" and record.status == "running":
+            if not self._may_cancel(run, event):
+                return await self._finish_event(event, "cancel refused", replies.cancel_refused(
+                    run.requested_by, self._approvers_of(run)), ephemeral=True)
+            log.info("run %s (%s), whose replica stopped while it ran, was cancelled by %s", run.id, run.graph,
+                     event.user)
+            seconds = (utcnow() - run.started_at).total_seconds()
+            # Its own event stays pending; taken next, it finds its run ended ("recovered").
+            return await self._finish_run(run, record, event, "failed", replies.cancelled(run.graph, event.user, seconds),
+                                          f"cancelled by {event.user}", cancel=event)
+        if run_id is None:
+            return await self._withdraw_queued(event)
+        if run is not None and (run.error or "").startswith("cancelled by "):
+            return await self._finish_event(event, "cancelled already", Message.text(
+                f"{run.error.removeprefix('cancelled by ')} cancelled this run already.", tone="info"))  # type: ignore[union-attr]
+        await self._finish_event(event, "nothing to cancel", Message.text(
+            "The run was over before your `cancel` reached it: nothing was stopped.", tone="warning"))
+
+    async def _withdraw_queued(self, event: InboundEvent) -> None:
+        """A cancel sent while the thread's request waited to start: its sender's requests queued before it go
+        unrun (a request of someone else's is theirs to cancel)."""
+        now = utcnow()
+        async with self.db.session() as session:
+            withdrawn = (await session.exec(update(InboundEvent).where(  # type: ignore[call-overload]
+                InboundEvent.thread_record_id == event.thread_record_id, InboundEvent.kind == "message",
+                InboundEvent.status == "pending", InboundEvent.id < event.id, InboundEvent.user == event.user,  # type: ignore[operator]
+            ).values(status="done", outcome="cancelled before it started", handled_at=now))).rowcount
+            if withdrawn:
+                await audit.record(session, "request.cancelled", event.correlation_id, platform=event.platform,
+                                   channel=event.channel, thread=event.thread, user=event.user, requests=withdrawn)
+            reply = Message.text(f"{event.user} cancelled {'this request' if withdrawn == 1 else f'{withdrawn} requests'}"
+                                 " before it started: nothing of it ran.", tone="warning") if withdrawn else \
+                replies.nothing_to_cancel(in_thread=True)
+            delivery = await self._answer(session, event, "cancelled before it started" if withdrawn else
+                                          "nothing to cancel", reply)
+        self.outbox.hand_over(event.platform, delivery)
 
     def _approvers_of(self, run: Run) -> list[str]:
         """Who baton.yaml lets decide on ``run``'s graph (a runbook: its own approvers), besides its requester."""
@@ -345,6 +413,7 @@ class Orchestrator:
         task.add_done_callback(self._tasks.discard)
 
     async def drain(self, record_id: int) -> None:
+        waited = self._drain_slots.locked()
         async with self._drain_slots:
             self._waiting_for_slot.discard(record_id)
             if self._stopping:
@@ -353,6 +422,8 @@ class Orchestrator:
                 self._drain_again.add(record_id)
                 return
             self._draining.add(record_id)
+            if waited:  # a cancel may have come meanwhile: the thread's queue is read, clicks and cancels first
+                self._first_work.pop(record_id, None)
             try:
                 await self._drain_now(record_id)
             finally:
@@ -487,8 +558,16 @@ class Orchestrator:
         self._stopping = True
         for record_id in list(self._waiting_for_slot):
             await self._give_back_unstarted(record_id)
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=grace)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self._tasks and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(list(self._tasks), timeout=min(left, CANCEL_LOOK_SECONDS))
+            if self._running:  # the sweep is over: a cancel stored elsewhere still reaches a run in its grace
+                try:
+                    await self.apply_cancels()
+                except Exception as exc:  # the grace runs out as it would have
+                    if not self.db.health.explains(exc):
+                        log.exception("looking for cancels while stopping failed")
         cut_off = list(self._tasks)
         for task in cut_off:
             task.cancel()
@@ -513,9 +592,8 @@ class Orchestrator:
         try:
             if event.kind == "click":
                 await self._handle_click(event, record)
-            elif event.kind == CANCEL_COMMAND:  # its run ended before the cancel reached it
-                await self._finish_event(event, "nothing to cancel", Message.text(
-                    "The run was over before your `cancel` reached it: nothing was stopped.", tone="warning"))
+            elif event.kind == CANCEL_COMMAND:
+                await self._handle_cancel(event, record)
             else:
                 await self._handle_message(event, record, fresh)
         except LeaseLost:
@@ -1108,17 +1186,21 @@ class Orchestrator:
                           cancel: InboundEvent | None = None) -> None:
         """Store the run's outcome and reply; with ``services``, its effects' outcomes too (``RunServices.session``).
         A failed run's cards still waiting expire with it. ``cancel``: the event that stopped the run, closed with
-        it; an effect the run had started was cut off by that, not left in doubt."""
+        it; an effect the run had started was cut off by that, not left in doubt. ``cancel`` may be ``event``:
+        a run whose replica stopped, ended by a cancel (its effects are left as they were, in doubt)."""
         now = utcnow()
         async with (services.session() if services is not None else self.db.session()) as session:
             if cancel is not None:
-                await session.exec(_CLOSE_EVENT, params={  # type: ignore[call-overload]
-                    "closed_id": cancel.id, "closed_as": f"cancelled run {run.id}", "now": now})
-                await session.exec(update(Effect).where(  # type: ignore[arg-type]
-                    Effect.run_id == run.id, Effect.status == "started",
-                ).values(status="failed", finished_at=now, result={"error": f"cancelled by {cancel.user} while it ran"}))
+                if cancel.id != event.id:  # stopped here while it ran (else its replica had stopped: in doubt)
+                    await session.exec(_CLOSE_EVENT, params={  # type: ignore[call-overload]
+                        "closed_id": cancel.id, "closed_as": f"cancelled run {run.id}", "now": now})
+                    await session.exec(update(Effect).where(  # type: ignore[arg-type]
+                        Effect.run_id == run.id, Effect.status == "started",
+                    ).values(status="failed", finished_at=now,
+                             result={"error": f"cancelled by {cancel.user} while it ran"}))
                 await audit.record(session, "run.cancelled", run.correlation_id, platform=record.platform,
-                                   channel=record.channel, thread=record.thread, user=cancel.user, run_id=run.id)
+                                   channel=record.channel, thread=record.thread, user=cancel.user, run_id=run.id,
+                                   cancel=cancel.correlation_id)
             if status == "failed":  # a card it left waiting (another branch's question) would revive it
                 await self._expire_cards(session, record, run.id, run.correlation_id)  # type: ignore[arg-type]
                 await session.exec(_FORGET_REQUEST, params={"record_id": record.id})  # type: ignore[call-overload]

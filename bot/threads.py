@@ -26,8 +26,11 @@ _FIND = prepared(select(ThreadRecord).where(
     ThreadRecord.channel == bindparam("channel"), ThreadRecord.thread == bindparam("thread")))
 _PENDING = select(InboundEvent).where(InboundEvent.thread_record_id == bindparam("record_id"),
                                       InboundEvent.status == "pending")
-_NEXT_CLICK = prepared(_PENDING.where(InboundEvent.kind == "click").order_by(InboundEvent.id).limit(1))  # type: ignore[arg-type]
-_NEXT_CLICKS_FIRST = prepared(_PENDING.order_by(case((InboundEvent.kind == "click", 0), else_=1), InboundEvent.id).limit(1))  # type: ignore[arg-type]
+# Clicks and cancels do not wait their turn behind requests, and are taken while the thread waits at a card (a
+# cancel left behind a run that reached its card, or that ended, hit what ran next). No IN list: prepared.
+URGENT = or_(InboundEvent.kind == "click", InboundEvent.kind == "cancel")
+_NEXT_CLICK = prepared(_PENDING.where(URGENT).order_by(InboundEvent.id).limit(1))  # type: ignore[arg-type]
+_NEXT_CLICKS_FIRST = prepared(_PENDING.order_by(case((URGENT, 0), else_=1), InboundEvent.id).limit(1))  # type: ignore[arg-type]
 _MINE = select(InboundEvent.id).where(InboundEvent.platform == bindparam("platform"),
                                       InboundEvent.event_id == bindparam("event_id"))
 _THREADS = ThreadRecord.__table__  # type: ignore[attr-defined]
@@ -51,7 +54,7 @@ _LOCK_STATUS = prepared(select(_THREADS.c.status).where(_THREADS.c.id == bindpar
                         .with_for_update(key_share=True))
 _PENDING_IDS = select(InboundEvent.id).where(InboundEvent.thread_record_id == bindparam("record_id"),
                                              InboundEvent.status == "pending")
-_RELEASE_WHEN_NO_CLICK = _release_when_idle(_PENDING_IDS.where(InboundEvent.kind == "click"))
+_RELEASE_WHEN_NO_CLICK = _release_when_idle(_PENDING_IDS.where(URGENT))
 _RELEASE_WHEN_NOTHING_QUEUED = _release_when_idle(_PENDING_IDS)
 EARLIER_LOOKED_AT = 20
 _EARLIER = prepared(select(InboundEvent.kind, InboundEvent.text, InboundEvent.payload).where(
@@ -175,6 +178,12 @@ async def next_event(session: Transaction, record: ThreadRecord) -> InboundEvent
     Messages wait while the thread waits for approval: they are handled after the run.
     """
     return await next_event_of(session, record.id, record.status)  # type: ignore[arg-type]
+
+
+async def has_pending(session: Transaction, record_id: int) -> bool:
+    """Whether the thread has events still to be handled (a request waiting for a drain slot, say)."""
+    return (await session.exec(select(InboundEvent.id).where(  # type: ignore[call-overload]
+        InboundEvent.thread_record_id == record_id, InboundEvent.status == "pending").limit(1))).first() is not None
 
 
 async def next_event_of(session: Transaction, record_id: int, status: str) -> InboundEvent | None:

@@ -246,11 +246,6 @@ RACE_TRIES = 3  # each try shows the bug unless a sweep of the run's replica fal
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(strict=True, reason=(
-    "a cancel stored (on another replica) while the run ran, which the run's replica had not seen yet when the run "
-    "reached its approval card, stays pending while the card waits (the waiting thread takes clicks only); "
-    "Approve resumes the run and the sweep then cancels the approved step with it: see "
-    "/tmp/exp/proposal-cancel.md, bug 1"))
 def test_a_cancel_that_came_as_the_run_reached_its_card_does_not_cancel_what_is_approved_later(
         hunt_baton, postgres_url, tmp_path) -> None:
     one, two = hunt_baton(postgres_url, name="one"), hunt_baton(postgres_url, name="two")
@@ -281,10 +276,6 @@ def test_a_cancel_that_came_as_the_run_reached_its_card_does_not_cancel_what_is_
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(strict=True, reason=(
-    "a cancel stored as the run ended by itself is taken by the request queued behind that run (queued before the "
-    "cancel), which the sweep then cancels: README says requests queued behind the run still run; see "
-    "/tmp/exp/proposal-cancel.md, bug 2"))
 def test_a_cancel_that_came_as_the_run_ended_does_not_cancel_the_request_queued_behind_it(
         hunt_baton, postgres_url, tmp_path, counter) -> None:
     one, two = hunt_baton(postgres_url, name="one"), hunt_baton(postgres_url, name="two")
@@ -292,7 +283,7 @@ def test_a_cancel_that_came_as_the_run_ended_does_not_cancel_the_request_queued_
         (tmp_path / "watching").unlink(missing_ok=True)
         thread = one.client().ask(f"@baton racer first {attempt}", user="alice")
         wait_for(lambda: (tmp_path / "watching").exists(), what="the run's first step")
-        one.client().say("@baton run slow seconds=3", thread=thread, user="alice")  # queued behind the run
+        one.client().say("@baton run slow seconds=3 force", thread=thread, user="alice")  # queued behind the run
         wait_for(lambda: any("Queued" in text for text in texts(one.client(), thread)),  # noqa: B023
                  what="the request to be queued")
         assert two.client().say("cancel", thread=thread, user="alice").status_code == 201
@@ -406,10 +397,6 @@ def test_a_run_taken_over_after_a_crash_can_be_cancelled_on_the_replica_that_too
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(strict=True, reason=(
-    "two cancels of one run: the first stops it, the second is answered 'The run was over before your cancel "
-    "reached it: nothing was stopped' though the run was stopped (by the first): see /tmp/exp/proposal-cancel.md, "
-    "bug 3"))
 def test_the_second_of_two_cancels_is_not_told_nothing_was_stopped(hunt_baton, postgres_url, tmp_path) -> None:
     one, two = hunt_baton(postgres_url, name="one"), hunt_baton(postgres_url, name="two")
     thread = one.client().ask("@baton run sleepy", user="alice")
@@ -425,10 +412,6 @@ def test_the_second_of_two_cancels_is_not_told_nothing_was_stopped(hunt_baton, p
     assert not any("nothing was stopped" in text for text in said), said
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the cancel's own request has only 'request.received' in the audit log: nothing under its correlation id, nor "
-    "in run.cancelled (which a click's approval.approved names with click=...), leads from it to the run it "
-    "stopped: see /tmp/exp/proposal-cancel.md, bug 4"))
 def test_the_audit_log_leads_from_the_cancel_to_the_run_it_stopped(hunt_baton, sqlite_url, tmp_path) -> None:
     pg = hunt_baton(sqlite_url).client()
     thread = pg.ask("@baton run sleepy", user="alice")
@@ -443,10 +426,6 @@ def test_the_audit_log_leads_from_the_cancel_to_the_run_it_stopped(hunt_baton, s
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(strict=True, reason=(
-    "a cancel written while the run's replica was down is known when the other replica takes the run over, yet the "
-    "run is taken up again and its step runs again from its start before the sweep cancels it: see "
-    "/tmp/exp/proposal-cancel.md, bug 5"))
 def test_a_run_cancelled_while_its_replica_was_down_is_not_taken_up_again(hunt_baton, postgres_url,
                                                                           tmp_path) -> None:
     one, two = hunt_baton(postgres_url, name="one"), hunt_baton(postgres_url, name="two")
@@ -462,11 +441,6 @@ def test_a_run_cancelled_while_its_replica_was_down_is_not_taken_up_again(hunt_b
     assert not (tmp_path / "napping").exists()  # the cancelled run's step did not run again
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a request waiting for a drain slot (Baton busy: BATON_MAX_DRAINING_THREADS) cannot be cancelled: the thread is "
-    "not 'running', so 'cancel' is a message queued behind the request ('Queued: I'll handle this after the "
-    "current run finishes'), the request then runs in full and the cancel is answered 'Nothing is running': see "
-    "/tmp/exp/proposal-cancel.md, bug 6"))
 def test_a_request_cancelled_before_it_started_does_not_run(hunt_baton, sqlite_url, tmp_path, counter) -> None:
     pg = hunt_baton(sqlite_url, env={"BATON_MAX_DRAINING_THREADS": "1"}).client()
     busy = pg.ask("@baton run sleepy", user="alice")  # takes the only drain slot
@@ -478,14 +452,10 @@ def test_a_request_cancelled_before_it_started_does_not_run(hunt_baton, sqlite_u
     pg.wait_reply(busy, "alice cancelled `runbook`")
     settled(sqlite_url)
     assert runs_in(counter) == [], texts(pg, waiting)  # carol cancelled it before it started
+    pg.wait_reply(waiting, "carol cancelled this request before it started: nothing of it ran.")
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(strict=True, reason=(
-    "a cancel sent to another replica while the run's replica stops (SIGTERM: a rolling deploy) is never looked for "
-    "there (its sweep loop is stopped before the runs' grace): the command runs out the grace, is cut off in doubt, "
-    "the replica taking over fails the run as EffectInDoubt and tells alice 'nothing was stopped': see "
-    "/tmp/exp/proposal-cancel.md, bug 7"))
 def test_a_cancel_reaches_a_run_whose_replica_is_stopping(hunt_baton, postgres_url, tmp_path) -> None:
     one, two = hunt_baton(postgres_url, name="one"), hunt_baton(postgres_url, name="two")
     thread = one.client().ask("@baton run sleepy", user="alice")
