@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import bindparam, exists, or_, update
 from sqlmodel import select
 
-from bot.config import BatonConfig, ConfigError, check_digest_platforms, load_config
+from bot.config import BatonConfig, ConfigError, check_digest_platforms, load_config, load_config_again, printable
 from bot.digests import Digests
 from bot.messages import Accepted, InboundClick, InboundMessage, storable
 from bot.orchestrator import Orchestrator
@@ -158,10 +158,11 @@ class Baton:
             return False
         async with self._reloading:  # signals in a row are read one after the other, the last one last
             try:
-                config = await asyncio.to_thread(load_config, path, required=True)
+                config = await asyncio.to_thread(load_config_again, path)
                 check_digest_platforms(config, path)
             except ConfigError as exc:
-                log.error("%s was not read again, Baton goes on with the configuration it has: %s", path, exc)
+                log.error("%s was not read again, Baton goes on with the configuration it has: %s", path,
+                          printable(str(exc), lines=True))
                 return False
             self.config = self.services.config = config
             self._warn_about(config)

@@ -11,7 +11,6 @@ import socket
 import sqlite3
 import sys
 import threading
-import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import func, select
 
 from bot.approvals import waiting_for
-from bot.config import ConfigError, check_digest_platforms, load_config
+from bot.config import ConfigError, check_digest_platforms, load_config, printable
 from bot.messages import first_line
 from bot.redaction import Redactor
 from bot.registry import GraphError, GraphRegistry
@@ -67,7 +66,7 @@ def _settings_and_config() -> tuple[Settings, Any]:
         check_digest_platforms(config, settings.config_path)
         return settings, config
     except ConfigError as exc:
-        problems = "\n".join(_printable(line) for line in str(exc).split("\n"))  # it quotes what the file holds
+        problems = "\n".join(printable(line) for line in str(exc).split("\n"))  # it quotes what the file holds
         _fail(f"Baton cannot start: {settings.config_path} is not valid:\n{problems}")
 
 
@@ -95,6 +94,9 @@ def run() -> None:
 
     from bot.server import EVENT_LOOP, create_app
 
+    if threading.current_thread() is threading.main_thread():  # until the server is up: see _sighup_while_starting
+        _terminal.started_in_foreground = _in_terminal_foreground()
+        signal.signal(signal.SIGHUP, _sighup_while_starting)
     settings, config = _settings_and_config()
     if not settings.config_named and not settings.config_path.exists():  # started in another directory?
         typer.echo(f"No {settings.config_path} in {Path.cwd()}: Baton starts without runbooks or approvers "
@@ -147,6 +149,9 @@ def _server(config: Any) -> Any:
             await super().startup(sockets=sockets)
             if self.started and threading.current_thread() is threading.main_thread():
                 asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.hung_up)
+                if _terminal.reload_asked:  # a SIGHUP while Baton started: the file may have changed since
+                    _terminal.reload_asked = False
+                    self.hung_up()
 
         def hung_up(self) -> None:
             if terminal_hung_up():
@@ -159,15 +164,43 @@ def _server(config: Any) -> Any:
     return StoppingServer(config)
 
 
+class _terminal:  # noqa: N801 - what run() learnt at its start
+    started_in_foreground = False
+    reload_asked = False
+
+
+def _in_terminal_foreground() -> bool:
+    """Whether Baton runs as the foreground job of its controlling terminal (``make run`` in a shell)."""
+    for stream in (sys.stdin, sys.stdout, sys.stderr):
+        try:
+            if os.tcgetpgrp(stream.fileno()) == os.getpgrp():
+                return True
+        except (OSError, AttributeError, ValueError):
+            pass
+    return False
+
+
+def _sighup_while_starting(_signum: int, _frame: Any) -> None:
+    """A SIGHUP before the server is up: a closed terminal's stops Baton as before; another one (a supervisor's
+    reload) reads baton.yaml again once Baton has started, instead of killing it half-started."""
+    if terminal_hung_up():
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGHUP)
+        return
+    _terminal.reload_asked = True
+
+
 def terminal_hung_up() -> bool:
-    """Whether the terminal Baton writes to (``make run`` in a shell) was closed: a SIGHUP then is the hang-up
+    """Whether the terminal Baton runs in (``make run`` in a shell) was closed: a SIGHUP then is the hang-up
     it was named for, not a request to read ``baton.yaml`` again (``kill -HUP``, a supervisor's reload).
-    A hung-up terminal answers every question with EIO (``isatty`` too says no then); a file or a pipe, ENOTTY."""
+    A hung-up terminal answers every question with EIO (``isatty`` too says no then); a file or a pipe, ENOTTY.
+    A terminal stays hung up for good: stdin alone answering EIO is a hang-up only for a Baton started in the
+    terminal's foreground; one left running in the background (``& disown``, its output in a file) reloads."""
     for stream in (sys.stdin, sys.stdout, sys.stderr):
         try:
             os.tcgetpgrp(stream.fileno())
         except OSError as exc:
-            if exc.errno == errno.EIO:
+            if exc.errno == errno.EIO and (stream is not sys.stdin or _terminal.started_in_foreground):
                 return True
         except (AttributeError, ValueError):  # no descriptor (closed, replaced): nothing to ask
             pass
@@ -193,10 +226,10 @@ def graphs() -> None:
     """List the graphs Baton found in graphs/ and the runbooks of baton.yaml."""
     _, config = _settings_and_config()
     for spec in _graphs():  # a description's control characters (YAML's "\e") are shown as U+FFFD, as in _table
-        typer.echo(_printable(f"{spec.name:<12} {_one_line(spec.description) or '(no description)'}  "
+        typer.echo(printable(f"{spec.name:<12} {_one_line(spec.description) or '(no description)'}  "
                               f"(e.g. `{spec.example}`)"))
     for name, runbook in config.runbooks.items():
-        typer.echo(_printable(f"run {name:<8} {_one_line(runbook.description)}  [risk {runbook.risk}]"))
+        typer.echo(printable(f"run {name:<8} {_one_line(runbook.description)}  [risk {runbook.risk}]"))
 
 
 def _one_line(text: str) -> str:
@@ -301,7 +334,7 @@ def audit(
         finally:
             await database.dispose()
         if not rows:
-            typer.echo(f"Nothing in the audit log for {_printable(wanted)}." if wanted else "The audit log is empty.")
+            typer.echo(f"Nothing in the audit log for {printable(wanted)}." if wanted else "The audit log is empty.")
             return
         _table(["at (UTC)", "request", "what", "who", "run", "details"],
                [[f"{row.at:%Y-%m-%d %H:%M:%S}", row.correlation_id, row.kind, row.user or "-",
@@ -325,14 +358,10 @@ def _table(headers: list[str], rows: list[list[Any]]) -> None:
     """Print aligned columns under a header (the last column is not padded). What people wrote is shown with
     its control characters as U+FFFD: an escape sequence in a request would act on the reader's terminal
     (write its clipboard, retitle it, hide the lines after it)."""
-    cells = [headers] + [[_printable(str(cell)) for cell in row] for row in rows]
+    cells = [headers] + [[printable(str(cell)) for cell in row] for row in rows]
     widths = [max(len(row[column]) for row in cells) for column in range(len(headers) - 1)]
     for row in cells:
         typer.echo("  ".join([cell.ljust(width) for cell, width in zip(row, widths)] + [row[-1]]).rstrip())
-
-
-def _printable(text: str) -> str:
-    return "".join("\ufffd" if unicodedata.category(char) == "Cc" else char for char in text)
 
 
 @db_app.command("upgrade")
@@ -343,7 +372,7 @@ def db_upgrade(revision: str = typer.Argument("head", help="A revision id to upg
     # assertion for "" or "head+1", and took "+1" or "0003@head" as steps: "nothing changed", it then said.
     revisions = sorted(script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions())
     if revision not in (*revisions, "head", "heads", "base"):
-        _fail(f"Baton cannot upgrade to '{_printable(revision[:40])}': Can't locate revision: name one of "
+        _fail(f"Baton cannot upgrade to '{printable(revision[:40])}': Can't locate revision: name one of "
               f"{', '.join(revisions)}, or head (relative ones like +1 or head-1 are not taken)")
     _sqlite_place(settings.database_url)
     try:

@@ -12,6 +12,7 @@ import re
 import re._constants as re_constants  # what re parses a pattern into: no public API has it
 import re._parser as re_parser
 import shlex
+import stat
 import string
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -402,6 +403,13 @@ class BatonConfig(BaseModel):
 MAX_PROBLEMS = 12  # named at once: the message fits a screen
 
 
+def _empty(path: Path, allowed: bool) -> BatonConfig:
+    if not allowed:
+        raise ConfigError(f"{path}: holds no configuration (it is empty, or only comments): write {{}} "
+                          "to mean no runbooks, approvers or digests")
+    return BatonConfig()
+
+
 def check_digest_platforms(config: BatonConfig, path: Path) -> None:
     """``ConfigError`` for a digest on a platform no installed adapter knows: it would never be posted, and
     is most likely a typo. Apart from ``load_config``: it asks what is installed, not what the file says."""
@@ -413,7 +421,31 @@ def check_digest_platforms(config: BatonConfig, path: Path) -> None:
                           f"{', '.join(unknown)} (adapters: {', '.join(sorted(known))})")
 
 
-def load_config(path: Path, *, required: bool = False) -> BatonConfig:
+def printable(text: str, *, lines: bool = False) -> str:
+    """``text`` with its control characters as U+FFFD (line breaks too, unless ``lines``): a message that quotes
+    the file (an escape sequence in a YAML double-quoted value) must not act on the terminal or journal showing it."""
+    return "".join("\ufffd" if unicodedata.category(char) == "Cc" and not (lines and char == "\n") else char
+                   for char in text)
+
+
+def load_config_again(path: Path) -> BatonConfig:
+    """``load_config`` for a Baton that runs with a configuration already (SIGHUP). Refused besides what
+    ``load_config`` refuses: what is not a regular file (a pipe, as ``BATON_CONFIG=<(...)`` gives, was read at
+    start and is empty now; a named pipe would keep the reading waiting for good), and a file that holds no
+    configuration (empty: one written in place, read between its truncation and its writing), which would
+    take every runbook, approver and digest away, as a file that is gone would."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):  # a directory: load_config says so
+        raise ConfigError(f"{path}: not a regular file (a pipe or a device): it is read once, when Baton starts")
+    return load_config(path, required=True, empty=False)
+
+
+def load_config(path: Path, *, required: bool = False, empty: bool = True) -> BatonConfig:
     """Load and validate ``baton.yaml``. A missing file means an empty configuration, unless ``required``
     (its path was set explicitly: a typo there must not start a Baton with no runbooks and no approvers)."""
     if not path.exists():
@@ -430,7 +462,7 @@ def load_config(path: Path, *, required: bool = False) -> BatonConfig:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         if root is None:
-            return BatonConfig()
+            return _empty(path, empty)
         _check_size(path, root)  # before anything walks or loads the values the aliases stand for
         _refuse_repeated_keys(path, root)
         data = yaml.SafeLoader("").construct_document(root)  # which also puts the keys of each merge (<<) in `root`
@@ -439,7 +471,7 @@ def load_config(path: Path, *, required: bool = False) -> BatonConfig:
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply to read") from None
     if data is None:  # an empty document that says so ("---" and comments) is an empty file
-        return BatonConfig()
+        return _empty(path, empty)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: line {root.start_mark.line + 1}: the top level must be a mapping (approvers, "
                           "runbooks, graphs)")

@@ -173,9 +173,6 @@ class GatedProxy:
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(strict=True, reason="SIGHUP's handler is only installed once uvicorn has started: a SIGHUP "
-                   "while Baton starts (a systemd reload, a config tool's kill -HUP) kills it with the default "
-                   "action, exit 129, without a line in the log")
 def test_a_sighup_while_baton_starts_does_not_kill_it(own, postgres_url: str, config_path: Path) -> None:
     proxy = GatedProxy()
     try:
@@ -192,9 +189,6 @@ def test_a_sighup_while_baton_starts_does_not_kill_it(own, postgres_url: str, co
 
 # -- a terminal that hung up long ago, and a SIGHUP meant as a reload -----------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="terminal_hung_up answers EIO for any terminal that ever hung up: Baton "
-                   "started in a shell with its output in a file and left running (disown, setsid) after the shell "
-                   "closed, stops at a later kill -HUP meant as a reload")
 def test_a_terminal_that_hung_up_long_ago_does_not_turn_a_later_reload_into_a_stop(
         own, sqlite_url: str, config_path: Path) -> None:
     """``baton run >baton.log 2>&1 & disown`` in an ssh session, the session closed: Baton gets no SIGHUP (it is
@@ -357,11 +351,6 @@ def test_a_file_replaced_atomically_is_read_again(start_baton, sqlite_url: str, 
     pg.wait_reply(pg.ask("@baton run hello"), "hello from the new runbook")
 
 
-@pytest.mark.xfail(strict=True, reason="a reload takes an empty file as a configuration with no runbooks, no "
-                   "approvers and no digests (a file written in place, caught between its truncation and its "
-                   "writing; BATON_CONFIG=<(sops -d ...), a pipe read once already): every runbook goes, waiting "
-                   "cards are edited to name nobody, digest schedules are switched off, though a file that is gone "
-                   "is refused for that very reason")
 def test_an_empty_file_read_again_is_refused_as_a_file_that_is_gone(
         start_baton, sqlite_url: str, config_path: Path, counter: Path) -> None:
     baton = start_baton(sqlite_url)
@@ -383,9 +372,6 @@ def waits_on_a_pipe(pid: int) -> bool:
     return False
 
 
-@pytest.mark.xfail(strict=True, reason="a named pipe (or any file whose reading blocks) as BATON_CONFIG: the "
-                   "reload's read waits for good under the reload lock, says nothing, and every later SIGHUP "
-                   "waits behind it: baton.yaml is never read again until a restart")
 def test_a_file_that_blocks_its_reader_does_not_stop_every_later_reload(
         start_baton, sqlite_url: str, config_path: Path) -> None:
     baton = start_baton(sqlite_url)
@@ -401,9 +387,6 @@ def test_a_file_that_blocks_its_reader_does_not_stop_every_later_reload(
     reload(baton, "read again: 8 runbooks")
 
 
-@pytest.mark.xfail(strict=True, reason="the reload's refusal quotes the file raw in the log: control characters "
-                   "a YAML double-quoted value holds (\\e, \\a) reach the terminal or journal that shows the log; "
-                   "baton run's start prints the same message with them as U+FFFD (cli._printable)")
 def test_the_refusal_in_the_log_shows_no_control_character_from_the_file(
         start_baton, sqlite_url: str, config_path: Path) -> None:
     baton = start_baton(sqlite_url)
