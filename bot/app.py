@@ -166,14 +166,15 @@ class Baton:
                 return False
             self.config = self.services.config = config
             self._warn_about(config)
-            log.info("%s read again: %d runbooks, %d approvers, %d digests", path, len(config.runbooks),
-                     len(config.approvers), len(config.digests))
             for step in (self.digests.sync_config, self.scheduler.reconcile, self.orchestrator.refresh_approvers):
                 try:
                     await step()
                 except Exception as exc:  # the configuration is taken; the next minute's reconcile catches up
                     if not self.db.health.explains(exc):
                         log.exception("after reading %s again, %s failed", path, step.__name__)
+            # Last: who waits for this line finds the schedules and the cards as the file has them.
+            log.info("%s read again: %d runbooks, %d approvers, %d digests", path, len(config.runbooks),
+                     len(config.approvers), len(config.digests))
             return True
 
     def _warn_about(self, config: BatonConfig) -> None:
