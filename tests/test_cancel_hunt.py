@@ -382,7 +382,8 @@ def test_a_cancel_while_baton_stops_still_stops_the_run(hunt_baton, sqlite_url, 
 @pytest.mark.postgres
 def test_a_run_taken_over_after_a_crash_can_be_cancelled_on_the_replica_that_took_it(hunt_baton, postgres_url,
                                                                                      tmp_path) -> None:
-    one, two = hunt_baton(postgres_url, name="one"), hunt_baton(postgres_url, name="two")
+    short = {"BATON_LEASE_SECONDS": "4"}  # a dead replica's lease runs out in 4 s, not 30
+    one, two = hunt_baton(postgres_url, name="one", env=short), hunt_baton(postgres_url, name="two", env=short)
     thread = one.client().ask("@baton napper long", user="alice")
     wait_for(lambda: (tmp_path / "napping").exists(), what="the node to nap")
     (tmp_path / "napping").unlink()
@@ -428,7 +429,8 @@ def test_the_audit_log_leads_from_the_cancel_to_the_run_it_stopped(hunt_baton, s
 @pytest.mark.postgres
 def test_a_run_cancelled_while_its_replica_was_down_is_not_taken_up_again(hunt_baton, postgres_url,
                                                                           tmp_path) -> None:
-    one, two = hunt_baton(postgres_url, name="one"), hunt_baton(postgres_url, name="two")
+    short = {"BATON_LEASE_SECONDS": "4"}  # a dead replica's lease runs out in 4 s, not 30
+    one, two = hunt_baton(postgres_url, name="one", env=short), hunt_baton(postgres_url, name="two", env=short)
     thread = one.client().ask("@baton napper long", user="alice")
     wait_for(lambda: (tmp_path / "napping").exists(), what="the node to nap")
     (tmp_path / "napping").unlink()
