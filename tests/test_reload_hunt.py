@@ -17,14 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.support import ROOT, BatonProcess, Playground, free_port, runs_in, wait_for
+from tests.test_config_reload import HELLO
 
-HELLO = f"""
-  hello:
-    description: Says hello.
-    command: [{sys.executable!r}, "-c", "print('hello from the new runbook')"]
-    risk: low
-    timeout: 10
-"""
 
 
 def reload(baton: BatonProcess, expected: str) -> str:
