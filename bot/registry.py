@@ -32,6 +32,7 @@ from langgraph._internal._runnable import RunnableCallable
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import StateGraph
 from langgraph.graph._branch import BranchSpec
+from langgraph.graph.state import CompiledStateGraph
 from langgraph.pregel._write import ChannelWrite
 from langgraph.pregel import Pregel
 
@@ -289,7 +290,8 @@ def _spec_from_module(name: str, module: ModuleType) -> GraphSpec:
         patterns=compiled,
         dedupe=_setting(module, "DEDUPE", bool, True, where),
         asks_approval=_setting(module, "ASKS_APPROVAL", bool, False, where),
-        make_input=_input_told(name, make_input) if make_input is not None else _text_input,
+        make_input=_input_told(name, make_input, isinstance(module.graph, (StateGraph, CompiledStateGraph)))
+        if make_input is not None else _text_input,
         timeout=_timeout(module, where),
     )
 
@@ -352,19 +354,38 @@ def _setting(module: ModuleType, name: str, kind: type[T], default: T, where: st
     return value
 
 
-def _input_told(name: str, make_input: InputMaker) -> InputMaker:
+def _input_told(name: str, make_input: InputMaker, state_graph: bool = False) -> InputMaker:
     """The module's ``make_input``, whose refusal of a request (an exception) is told to the requester, as a
-    node's exception is, instead of "Something went wrong"."""
+    node's exception is, instead of "Something went wrong". What it returns that no run can start from is
+    refused the same way (``state_graph``: the graph's input is its state, so text or a list is none)."""
 
     def make(request: Request, args: str) -> dict[str, Any]:
-        try:
-            return make_input(request, args)
-        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # argparse's sys.exit() too: Baton's own task
-            from bot.routing import RouteError  # bot.routing imports this module
+        from bot.routing import RouteError  # bot.routing imports this module
 
+        try:
+            made = make_input(request, args)
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # argparse's sys.exit() too: Baton's own task
             raise RouteError(f"`{name}` could not read this request: {_refusal(exc)}. Nothing was run.") from exc
+        wrong = _not_an_input(made, state_graph)
+        if wrong is not None:
+            log.warning("graph %s: make_input returned %s", name, wrong)
+            raise RouteError(f"`{name}` could not read this request: its make_input returned {wrong}. Nothing was run.")
+        return made
 
     return make
+
+
+def _not_an_input(made: Any, state_graph: bool) -> str | None:
+    """Why what ``make_input`` returned starts no run, or ``None``.
+
+    ``None`` is LangGraph's "go on from where the thread stopped": in a thread the graph had run in, the
+    request was answered with the earlier run's reply, as done, and nothing ran. A ``StateGraph`` takes its
+    state (a dict) and failed on anything else after the run had started ("Expected dict, got ...")."""
+    if made is None:
+        return "None, not the graph's input (a dict of its state)"
+    if state_graph and isinstance(made, (str, bytes, int, float, list, tuple, set)):
+        return f"{type(made).__name__}, not the graph's input (a dict of its state)"
+    return None
 
 
 def _refusal(exc: BaseException) -> str:

@@ -1,0 +1,68 @@
+"""Writing graphs of one's own as the README says (a second round): what a graph author met that was wrong."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, TypedDict
+
+from sqlmodel import select
+
+from bot.app import Baton
+from bot.messages import InboundMessage
+from bot.registry import GraphSpec, _spec_from_module
+from storage.models import PlaygroundMessage, Run
+from tests.test_graph_authoring_hunt import _module
+from tests.test_graph_modules import State, _asked, _one_node, _reply
+
+
+async def _bot_texts(baton: Baton, thread: str, count: int, timeout: float = 20) -> list[str]:
+    """The bot's messages in ``thread`` once there are ``count`` of them."""
+    async def texts() -> list[str]:
+        while True:
+            async with baton.db.read() as session:
+                found = (await session.exec(select(PlaygroundMessage).where(
+                    PlaygroundMessage.thread_id == thread, PlaygroundMessage.is_bot))).all()
+            if len(found) >= count:
+                return [message.text for message in found]
+            await baton.outbox.wait("never-woken", 0.05)
+
+    return await asyncio.wait_for(texts(), timeout)
+
+
+async def _runs(baton: Baton) -> list[tuple[str, str, str | None]]:
+    async with baton.db.read() as session:
+        return [(run.graph, run.status, run.error) for run in (await session.exec(select(Run).order_by(Run.id))).all()]
+
+
+def _echo_spec() -> GraphSpec:
+    """``make_input`` returning what the request's text names: a dict, ``None`` or text."""
+    def make_input(_request: Any, text: str) -> Any:
+        return {"none": None, "text": "hello"}.get(text.split()[-1], {"text": text})
+
+    def act(state: State) -> State:
+        return {"reply": f"ran with {state['text']}"}
+
+    return _spec_from_module("echo", _module(graph=_one_node(act), make_input=make_input))
+
+
+async def test_make_input_returning_none_runs_nothing_instead_of_replaying_the_last_reply(tmp_path, config_path) -> None:
+    """``None`` is LangGraph's "go on from where the thread stopped": asked again in a thread where the graph
+    had run, the request was answered with the earlier run's reply ("ran with first"), its run recorded
+    as done, and nothing ran."""
+    async with _asked(tmp_path, config_path, _echo_spec(), "echo first") as baton:
+        assert await _reply(baton, "1") == "ran with first"
+        await baton.accept_message(InboundMessage(
+            platform="playground", channel="general", thread="1", event_id="e2", user="alice", text="echo none"))
+        texts = await _bot_texts(baton, "1", 2)
+        assert "`echo` could not read this request: its make_input returned None" in texts[1], texts
+        assert "Nothing was run" in texts[1]
+        assert await _runs(baton) == [("echo", "done", None)]
+
+
+async def test_make_input_returning_text_for_a_state_graph_is_refused_before_a_run(tmp_path, config_path) -> None:
+    """A ``StateGraph`` takes a dict of its state: text from ``make_input`` started a run that failed with
+    LangGraph's "InvalidUpdateError: Expected dict, got hello", naming neither make_input nor the fix."""
+    async with _asked(tmp_path, config_path, _echo_spec(), "echo text") as baton:
+        reply = await _reply(baton, "1")
+        assert "`echo` could not read this request: its make_input returned str, not the graph's input" in reply, reply
+        assert await _runs(baton) == []
