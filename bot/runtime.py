@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
@@ -130,8 +131,19 @@ def _values(values: Any) -> dict[str, Any]:
     """A graph's state; what a functional API ``@entrypoint`` returned that is no dict is its reply (``return
     "Restarted web."`` failed the run, its work done, on "dictionary update sequence element #0 has length 1")."""
     if isinstance(values, dict):
-        return dict(values)
+        return _error_as_text(dict(values))
     return {} if values is None else {"reply": values}
+
+
+def _error_as_text(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` whose ``error``, when set to something other than text (``{"code": 3, "why": ...}``), is text:
+    the run's record keeps its error as text, and storing a dict there failed, so the thread read "Something
+    went wrong while handling this" instead of the graph's error. ``True`` stays: "the run failed", no more."""
+    error = values.get("error")
+    if error and not isinstance(error, (str, bool)):
+        values["error"] = (json.dumps(error, ensure_ascii=False, default=str) if isinstance(error, (dict, list, tuple))
+                           else str(error))
+    return values
 
 
 class GraphRuntime:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, TypedDict
 
+from langgraph.graph import END, START, StateGraph
 from sqlmodel import select
 
 from bot.app import Baton
@@ -66,3 +67,26 @@ async def test_make_input_returning_text_for_a_state_graph_is_refused_before_a_r
         reply = await _reply(baton, "1")
         assert "`echo` could not read this request: its make_input returned str, not the graph's input" in reply, reply
         assert await _runs(baton) == []
+
+
+class Failing(TypedDict, total=False):
+    text: str
+    reply: str
+    error: Any
+
+
+async def test_an_error_that_is_not_text_fails_the_run_showing_it(tmp_path, config_path) -> None:
+    """``return {"error": {"code": 3, ...}}``: storing the run's outcome failed ("Error binding parameter:
+    type 'dict' is not supported"), and the thread read "Something went wrong while handling this; it was
+    logged." instead of the graph's error."""
+    def act(_state: Failing) -> Failing:
+        return {"error": {"code": 3, "why": "disk full"}}
+
+    graph = StateGraph(Failing)
+    graph.add_node("act", act)
+    graph.add_edge(START, "act")
+    graph.add_edge("act", END)
+    async with _asked(tmp_path, config_path, GraphSpec(name="failing", graph=graph), "failing") as baton:
+        reply = await _reply(baton, "1")
+        assert reply == 'The run failed: {"code": 3, "why": "disk full"}', reply
+        assert await _runs(baton) == [("failing", "failed", '{"code": 3, "why": "disk full"}')]
