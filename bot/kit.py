@@ -258,7 +258,8 @@ def effect(name: str, fn: Callable[[], Awaitable[T] | T]) -> Awaitable[T]:
 
     ``fn`` may be async, or a plain function (run in a worker thread, so that a slow one does not
     hold the event loop, and with it every other run and this replica's leases). Its result is kept
-    in the ledger as JSON, so it must be JSON (text, numbers, booleans, ``None``, lists, dicts).
+    in the ledger as JSON, so it must be JSON (text, numbers, booleans, ``None``, lists, dicts); the node gets it
+    as the ledger gives it back when the node runs again (a tuple as a list, a key ``1`` as ``"1"``).
     """
     try:
         asyncio.get_running_loop()
@@ -276,11 +277,12 @@ def effect(name: str, fn: Callable[[], Awaitable[T] | T]) -> Awaitable[T]:
             if inspect.isawaitable(result):  # a lambda around an async function
                 result = await result
         try:
-            json.dumps(result, allow_nan=False)  # PostgreSQL's JSON takes no NaN
+            recorded = json.dumps(result, allow_nan=False)  # PostgreSQL's JSON takes no NaN
         except (TypeError, ValueError) as exc:  # the ledger's write failed later, and the thread with it
             raise TypeError(f"side effect '{name}' ran, but its result cannot be recorded ({exc}): "
                             "return JSON (text, numbers, booleans, None, lists, dicts)") from None
-        return result  # type: ignore[return-value]
+        # As the ledger gives it back to the node run again: a tuple was a list then, a dict's key 1 was "1".
+        return json.loads(recorded)  # type: ignore[no-any-return]
 
     return current().run_effect_once(key, name, once)
 

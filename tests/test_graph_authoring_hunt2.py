@@ -6,9 +6,11 @@ import asyncio
 from typing import Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
+from langgraph.types import RetryPolicy
 from sqlmodel import select
 
 from bot.app import Baton
+from bot.kit import effect
 from bot.messages import InboundMessage
 from bot.registry import GraphSpec, _spec_from_module
 from storage.models import PlaygroundMessage, Run
@@ -90,3 +92,23 @@ async def test_an_error_that_is_not_text_fails_the_run_showing_it(tmp_path, conf
         reply = await _reply(baton, "1")
         assert reply == 'The run failed: {"code": 3, "why": "disk full"}', reply
         assert await _runs(baton) == [("failing", "failed", '{"code": 3, "why": "disk full"}')]
+
+
+async def test_an_effects_result_is_the_same_when_the_node_runs_again(tmp_path, config_path) -> None:
+    """The node that made the effect got its result as ``fn`` returned it (a tuple, a dict keyed by 1); the
+    node run again (a retry, a resume) got it from the ledger's JSON (a list, the key "1"): code that
+    worked on the first run broke on the second."""
+    seen: list[str] = []
+
+    async def act(_state: State) -> State:
+        pair = await effect("pair", lambda: (1, 2))
+        by_id = await effect("by_id", lambda: {1: "web"})
+        seen.append(f"{pair!r} {by_id!r}")
+        if len(seen) == 1:
+            raise ConnectionError("flaky")  # retried: the effects' recorded results come back
+        return {"reply": seen[-1]}
+
+    retry = RetryPolicy(max_attempts=2, initial_interval=0.01, jitter=False, retry_on=ConnectionError)
+    async with _asked(tmp_path, config_path, GraphSpec(name="pairs", graph=_one_node(act, retry)), "pairs") as baton:
+        assert await _reply(baton, "1") == "[1, 2] {'1': 'web'}"
+    assert seen == ["[1, 2] {'1': 'web'}"] * 2, seen
