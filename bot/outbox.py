@@ -118,6 +118,19 @@ _SHOWN_AS = prepared(select(OutboxMessage.platform_message_id).where(
 ).order_by(OutboxMessage.id.desc()).limit(1))  # type: ignore[union-attr]
 
 
+# The rows stored after an edit in its thread, first the nearest: the edits of the same message that follow it
+# straight away supersede it (``_latest_edit``).
+_NEXT_IN_THREAD = prepared(select(OutboxMessage).where(
+    OutboxMessage.platform == bindparam("platform"), OutboxMessage.channel == bindparam("channel"),
+    OutboxMessage.thread == bindparam("thread"), OutboxMessage.id > bindparam("after"),
+).order_by(OutboxMessage.id).limit(50))  # type: ignore[arg-type]
+_SUPERSEDE_DUE = prepared(update(_ROWS).where(_ROWS.c.id == bindparam("row_id"), _claimable(_ROWS.c)).values(
+    status="sent", claimed_by=None, claimed_until=None, error=bindparam("error")))
+_SUPERSEDE_PENDING = update(_ROWS).where(_ROWS.c.id.in_(bindparam("row_ids", expanding=True)),
+                                         _ROWS.c.status == "pending").values(
+    status="sent", claimed_by=None, claimed_until=None, error=bindparam("error"))
+
+
 # An IN list of literals, not of values: a prepared statement takes no expanding IN parameter.
 _UNSENT = [literal("pending"), literal("sending")]
 # Through ix_outbox_thread_status: the thread's unsent rows only (through ix_outbox_thread it read every row
@@ -405,6 +418,8 @@ class Outbox:
                                                                                          paced)):
                         passed_over = True
                         continue
+                    if row.kind == "update" and pace_seconds > 0:  # a burst of edits of one message: its last
+                        row, message = await self._latest_edit(session, row, message, now)
                     delivery = await self._take(session, row, message, worker, now)
                     if delivery is not None:
                         deliveries.append(delivery)
@@ -441,6 +456,40 @@ class Outbox:
                           "behind it", row.id, row.kind, row.channel, row.thread or "-",
                           "; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors()))
             return None
+
+    @staticmethod
+    async def _latest_edit(session: Transaction, row: OutboxMessage, message: Message,
+                           now: datetime) -> tuple[OutboxMessage, Message]:
+        """The edit to send for the due edit ``row``: the last of the edits of the same message that follow it
+        straight away in its thread, the others marked sent, superseded (nothing else is stored between them:
+        each would have shown a state the next replaced at once). On a paced channel (Slack: one message a
+        second) a run's burst of ``progress()`` lines took a slot each, and its reply waited behind them all."""
+        later = (await session.exec(_NEXT_IN_THREAD, params={  # type: ignore[call-overload]
+            "platform": row.platform, "channel": row.channel, "thread": row.thread, "after": row.id})).all()
+        latest: tuple[OutboxMessage, Message] | None = None
+        skipped: list[int] = []
+        for candidate in later:
+            if (candidate.kind != "update" or candidate.ref_outbox_id != row.ref_outbox_id
+                    or candidate.target_user != row.target_user or candidate.status != "pending"):
+                break
+            try:
+                newer = Message.model_validate(candidate.payload)
+            except ValidationError:
+                break  # for a replica that reads it, as any row this version cannot read
+            if latest is not None:
+                skipped.append(latest[0].id)  # type: ignore[arg-type]
+            latest = (candidate, newer)
+        if latest is None:
+            return row, message
+        error = f"superseded by a later edit of the same message (outbox row {latest[0].id})"
+        # The due row first, under the claim's own condition: when another replica took it meanwhile, nothing here
+        # is superseded (its edits wait behind it, and are claimed after it).
+        if not (await session.exec(_SUPERSEDE_DUE, params={  # type: ignore[call-overload]
+                "row_id": row.id, "now": now, "error": error})).rowcount:
+            return row, message
+        if skipped:
+            await session.exec(_SUPERSEDE_PENDING, params={"row_ids": skipped, "error": error})  # type: ignore[call-overload]
+        return latest
 
     async def _take(self, session: Transaction, row: OutboxMessage, message: Message, worker: str,
                     now: datetime) -> Delivery | None:

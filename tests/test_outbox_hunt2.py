@@ -1,0 +1,87 @@
+"""The outbox under failure, a second hunt: a backlog of edits of one message, a Retry-After nobody can wait."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import update
+from sqlmodel import select
+
+from bot.messages import Location, Message
+from bot.outbox import Outbox
+from storage.db import Database
+from storage.models import ChannelPace, OutboxMessage, utcnow
+
+THREAD = Location(platform="slack", workspace="T1", channel="C1", thread="t1")
+
+
+def update_pace() -> Any:
+    """The channel's pace allows the next message now (as if its slot had come)."""
+    return update(ChannelPace).values(next_at=utcnow() - timedelta(seconds=1))
+
+
+async def _rows(database: Database) -> dict[int, OutboxMessage]:
+    async with database.read() as session:
+        return {row.id: row for row in (await session.exec(select(OutboxMessage))).all()}  # type: ignore[misc]
+
+
+async def test_a_backlog_of_edits_of_one_message_goes_out_as_its_last_edit(database: Database) -> None:
+    """A run's progress is one message, edited at each ``progress()``: each edit is a row. Sent one by one,
+    a burst of 30 progress lines cost 30 platform calls (30 pace slots on Slack, one a second) before the
+    run's reply behind them, each edit showing a state the next one replaced at once. The edits that a later
+    edit of the same message follows straight away are superseded on a paced channel: only the last is sent
+    (an unpaced platform, the playground, sends each: there an edit costs no wait)."""
+    outbox = Outbox(database, worker="me")
+    async with database.session() as session:
+        progress = await outbox.enqueue(session, THREAD, Message.text("line 1", tone="progress"))
+        for line in range(2, 31):
+            await outbox.enqueue(session, THREAD, Message.text(f"line {line}", tone="progress"), kind="update",
+                                 ref_outbox_id=progress)
+        await outbox.enqueue(session, THREAD, Message.text("done: deployed"))
+    [post] = await outbox.claim("slack", "me", pace_seconds=60.0)
+    assert post.id == progress
+    await outbox.delivered(post.id, "ts-1")
+    assert await outbox.claim("slack", "me", pace_seconds=60.0) == []  # the channel's pace: one a slot
+
+    async with database.session() as session:  # the channel's next slot comes
+        await session.exec(update_pace())
+    [edit] = await outbox.claim("slack", "me", pace_seconds=60.0)
+    assert (edit.kind, edit.target_message_id, edit.message.plain_text()) == ("update", "ts-1", "line 30")
+    assert edit.attempts == 1
+    await outbox.delivered(edit.id, "ts-1")
+    async with database.session() as session:
+        await session.exec(update_pace())
+    [reply] = await outbox.claim("slack", "me", pace_seconds=60.0)
+    assert reply.message.plain_text() == "done: deployed"  # next, not 29 slots later
+    await outbox.delivered(reply.id, "ts-2")
+
+    rows = await _rows(database)
+    assert all(row.status == "sent" for row in rows.values())  # nothing left, nothing failed
+    superseded = [row for row in rows.values() if row.kind == "update" and row.id != edit.id]
+    assert len(superseded) == 28  # lines 2 to 29
+    assert all(row.platform_message_id is None and "superseded" in (row.error or "") for row in superseded)
+
+
+async def test_an_edit_followed_by_another_message_is_sent_before_it_and_not_superseded(database: Database) -> None:
+    """Only edits that follow one another are folded: an edit, a note, an edit go out as three calls (a post
+    that failed for good is posted anew by its first edit, before the note, as it was stored)."""
+    outbox = Outbox(database, worker="me")
+    async with database.session() as session:
+        refused = await outbox.enqueue(session, THREAD, Message.text("step 1"))
+        await outbox.enqueue(session, THREAD, Message.text("step 2"), kind="update", ref_outbox_id=refused)
+        await outbox.enqueue(session, THREAD, Message.text("a note"))
+        await outbox.enqueue(session, THREAD, Message.text("step 3"), kind="update", ref_outbox_id=refused)
+    [post] = await outbox.claim("slack", "me", pace_seconds=60.0)
+    await outbox.failed(post.id, "msg_too_long")
+    sent = []
+    for shown_as in ("new-1", "note-1", "new-1"):
+        async with database.session() as session:
+            await session.exec(update_pace())
+        [delivery] = await outbox.claim("slack", "me", pace_seconds=60.0)
+        sent.append((delivery.kind, delivery.target_message_id, delivery.message.plain_text()))
+        await outbox.delivered(delivery.id, shown_as)
+    assert sent == [("update", None, "step 2"), ("post", None, "a note"), ("update", "new-1", "step 3")]
+    async with database.session() as session:
+        await session.exec(update_pace())
+    assert await outbox.claim("slack", "me", pace_seconds=60.0) == []
