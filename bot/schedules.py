@@ -78,7 +78,7 @@ def _weekday_names(field: str) -> str:
 
 
 def _crontab_day(text: str, field: str) -> int:
-    if text.isdigit() and int(text) <= 7:
+    if text.isdecimal() and int(text) <= 7:  # not isdigit(): "¹" is a digit int() cannot read
         return int(text)
     if text in CRONTAB_DAYS:
         return CRONTAB_DAYS.index(text)
@@ -168,14 +168,14 @@ def parse_when(words: list[str]) -> tuple[str, str]:
 
 def _clock(text: str) -> tuple[int, int]:
     hour, sep, minute = text.partition(":")
-    if not (sep and hour.isdigit() and minute.isdigit() and int(hour) < 24 and int(minute) < 60 and len(minute) == 2):
+    if not (sep and hour.isdecimal() and minute.isdecimal() and int(hour) < 24 and int(minute) < 60 and len(minute) == 2):
         raise ScheduleError(f"`{text[:20]}` is not a time of day; use HH:MM, e.g. 09:00.")
     return int(hour), int(minute)
 
 
 def describe(cron: str, timezone: str) -> str:
     fields = cron.split()
-    if fields[2:4] == ["*", "*"] and fields[0].isdigit() and fields[1].isdigit():
+    if fields[2:4] == ["*", "*"] and fields[0].isdecimal() and fields[1].isdecimal():
         at = f"{int(fields[1]):02d}:{int(fields[0]):02d} {timezone}"
         if fields[4] == "*":
             return f"daily at {at}"
