@@ -16,6 +16,9 @@ from storage.models import Approval, DigestRun, Run, ThreadRecord
 
 MAX_LISTED = 10
 DIGEST_GRAPH = "digest"
+# The orchestrator's pseudo-graph of chatter a model routed nowhere (``bot.orchestrator.ROUTER``): its runs
+# hold what asking the model cost, counted with the tokens, and are no requests (nor 0 ms turnarounds).
+ROUTING_GRAPH = "route"
 
 
 async def collect(session: AsyncSession, platform: str, channel: str, start: datetime, end: datetime,
@@ -31,10 +34,11 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
             select(Run.graph, Run.status, func.count(), func.count(Run.turnaround_ms), func.sum(Run.waited_seconds),
                    func.sum(Run.tokens), func.sum(Run.cost), func.count(Run.cost), func.count(Run.tokens))
             .where(*in_window).group_by(Run.graph, Run.status))).all():
-        bucket = "running" if status in ("running", "waiting") else status
-        per_graph.setdefault(graph, {"done": 0, "failed": 0, "running": 0})
-        per_graph[graph][bucket] = per_graph[graph].get(bucket, 0) + count
-        finished_count += finished
+        if graph != ROUTING_GRAPH:
+            bucket = "running" if status in ("running", "waiting") else status
+            per_graph.setdefault(graph, {"done": 0, "failed": 0, "running": 0})
+            per_graph[graph][bucket] = per_graph[graph].get(bucket, 0) + count
+            finished_count += finished
         waited += waited_sum or 0.0
         tokens = (tokens or 0) + tokens_sum if tokens_sum is not None else tokens
         cost = (cost or 0.0) + cost_sum if cost_sum is not None else cost
@@ -53,7 +57,8 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
         cost_known += costs
         with_tokens += tokened
 
-    finished = [*in_window, Run.turnaround_ms.is_not(None)]  # type: ignore[union-attr]
+    requests = [*in_window, Run.graph != ROUTING_GRAPH]
+    finished = [*requests, Run.turnaround_ms.is_not(None)]  # type: ignore[union-attr]
     turnaround = {"p50_ms": await _percentile(session, finished, finished_count, 0.50),
                   "p95_ms": await _percentile(session, finished, finished_count, 0.95), "count": finished_count}
 
@@ -103,7 +108,7 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
     day = _utc_date(session, Run.started_at)
     per_day = [{"day": str(d), "requests": n, "avg_turnaround_ms": float(avg) if avg is not None else None}
                for d, n, avg in (await session.exec(
-                   select(day, func.count(), func.avg(Run.turnaround_ms)).where(*in_window).group_by(day).order_by(day))).all()]
+                   select(day, func.count(), func.avg(Run.turnaround_ms)).where(*requests).group_by(day).order_by(day))).all()]
     return {
         "window": {"start": start.isoformat(), "end": end.isoformat()},
         "platform": platform,

@@ -1,0 +1,74 @@
+"""Digests, a second hunt: what a digest counts as a request, and chat input a person may type."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from bot import digest_stats, orchestrator, schedules
+from tests.fake_models import script
+from tests.support import wait_for
+
+MODEL = "python:tests.fake_models:scripted"
+SUMMARY = {"content": "All fine.", "usage": {"input_tokens": 1, "output_tokens": 1}}  # the digest's written summary
+
+
+def guess(graph: str, confidence: float, *alternatives: str) -> dict:
+    return {"tool_calls": [{"name": "GraphGuess", "id": "g1", "args": {
+        "graph": graph, "confidence": confidence, "alternatives": list(alternatives)}}],
+        "usage": {"input_tokens": 100, "output_tokens": 10}}
+
+
+@pytest.fixture
+def model_env(tmp_path, config_path):
+    """A scripted model (priced in baton.yaml) answering with ``replies``: the environment of ``baton run``."""
+    config_path.write_text(config_path.read_text() + f'\nmodels:\n  prices:\n    "{MODEL}": {{input: 1.0, output: 2.0}}\n')
+    return lambda *replies: script(tmp_path / "script.json", list(replies))
+
+
+def runs(database_url: str) -> list[tuple[str, str]]:
+    with sqlite3.connect(database_url.removeprefix("sqlite:///")) as db:
+        return db.execute("SELECT graph, status FROM runs ORDER BY id").fetchall()
+
+
+def test_chatter_a_model_routed_nowhere_is_no_request(start_baton, sqlite_url, model_env):
+    """With a model, "thanks!" in a Baton thread is kept as a finished run of the pseudo-graph `route` (what
+    asking the model cost). The digest counted each as a request: one request was "*3* requests" with a
+    `route` line, and the chatter's 0 ms turnarounds pulled p50 down. What it cost is still counted."""
+    pg = start_baton(sqlite_url, env=model_env(guess("none", 0.1), guess("none", 0.1), SUMMARY)).client()
+    thread = pg.ask("@baton run uptime", channel="ops")
+    pg.wait_reply(thread, "did uptime")
+    for n in range(2):
+        assert pg.say("thanks!", thread=thread, user="bob", channel="ops", event_id=f"chatter-{n}").status_code == 201
+    wait_for(lambda: runs(sqlite_url).count(("route", "done")) == 2 or None, what="the chatter's cost to be kept")
+
+    digest = pg.wait_reply(pg.ask("@baton digest now", channel="ops"), "Digest for #ops")["text"]
+    assert "*1* request\n" in digest and "`runbook`: 1 done" in digest and "`route`" not in digest
+    assert "over 1 finished" in digest
+    assert "Model tokens: 220" in digest  # the two routing calls
+    assert digest_stats.ROUTING_GRAPH == orchestrator.ROUTER  # the digest knows the pseudo-graph by its name
+
+
+@pytest.mark.xfail(strict=True, reason="a picked choice's `choose` run is counted beside the run of the graph picked; "
+                                       "fixing it changes test_digests_hunt.py (see /tmp/exp/proposal-digests.md)")
+def test_a_request_sent_to_the_graph_its_requester_picked_is_one_request(start_baton, sqlite_url, model_env):
+    """An unsure model offers a choice card; the pick ends the `choose` run (done) and starts a run of the
+    graph picked. The digest counted one request twice: "*2* requests" with a `choose` line."""
+    pg = start_baton(sqlite_url, env=model_env(guess("none", 0.3, "status", "help"), SUMMARY)).client()
+    asked = pg.ask("@baton hmm?", channel="ops")
+    assert pg.click(pg.wait_card(asked), "alice", action="status").status_code == 202
+    pg.wait_reply(asked, "Nothing is running")
+    assert sorted(runs(sqlite_url)) == [("choose", "done"), ("status", "done")]
+
+    digest = pg.wait_reply(pg.ask("@baton digest now", channel="ops"), "Digest for #ops")["text"]
+    assert "*1* request\n" in digest and "`status`: 1 done" in digest and "`choose`" not in digest
+
+
+@pytest.mark.parametrize("words", [["daily", "²:00"], ["daily", "09:²⁰"], ["weekly", "mon", "¹:30"], ["cron", "0 9 * * ¹"],
+                                   ["cron", "0 9 * * 1-⁵"]])
+def test_a_superscript_digit_is_refused_as_bad_input(words):
+    """``"²".isdigit()`` is true and ``int("²")`` fails: `digest daily ²:00` answered "Something went wrong
+    while handling this" (a ValueError the chat command does not expect) instead of saying what is wrong."""
+    with pytest.raises(schedules.ScheduleError):
+        schedules.parse_when(words)
