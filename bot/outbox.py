@@ -565,8 +565,11 @@ class Outbox:
                                    outbox_id=delivery_id, message_kind=row.kind, error=error)
 
     def _stored_error(self, error: str) -> str:
-        """What the platform said, as stored and audited: without Baton's secrets, and short."""
-        return self._redactor.text(error)[:500]
+        """What the platform said, as stored and audited: without Baton's secrets, short, and storable. A lone
+        surrogate (a reason phrase not in UTF-8, as aiohttp reads it) or a NUL (PostgreSQL) failed the write that
+        settles the row: it was sent again at each claim's end, never given up on, and its thread waited."""
+        text = self._redactor.text(error)[:500]
+        return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
     async def _settle(self, session: Transaction, statement: Any, delivery_id: int, **values: Any) -> bool:
         """Run ``statement`` on the row while this process's claim on it holds; false when it does not."""

@@ -85,3 +85,25 @@ async def test_an_edit_followed_by_another_message_is_sent_before_it_and_not_sup
     async with database.session() as session:
         await session.exec(update_pace())
     assert await outbox.claim("slack", "me", pace_seconds=60.0) == []
+
+
+async def test_an_error_the_database_cannot_store_still_settles_its_delivery(database: Database) -> None:
+    """What a platform answered is stored with the row: a proxy's reason phrase in Latin-1 reaches the error
+    text as lone surrogates (aiohttp reads a status line with ``surrogateescape``; discord.py's errors quote
+    it), which neither SQLite nor PostgreSQL store, nor PostgreSQL a NUL. The retry, or the mark "failed",
+    then raised: the row kept its claim and was sent again each time the claim ran out, past its last
+    attempt, a message refused for good never marked failed, and its thread's later messages behind it."""
+    outbox = Outbox(database, worker="me")
+    async with database.session() as session:
+        refused = await outbox.enqueue(session, THREAD, Message.text("refused"))
+        await outbox.enqueue(session, THREAD, Message.text("behind it"))
+    [first] = await outbox.claim("slack", "me")
+    await outbox.retry(first.id, 0.0, "DiscordServerError: 502 Passerelle d\udce9faillante \x00")
+    [again] = await outbox.claim("slack", "me")
+    assert again.id == refused and again.attempts == 2
+    await outbox.failed(again.id, "DeliveryRejected: 400 Requ\udce9te invalide\x00")
+    [behind] = await outbox.claim("slack", "me")
+    assert behind.message.plain_text() == "behind it"
+    row = (await _rows(database))[refused]
+    assert row.status == "failed"
+    assert row.error is not None and "Requ" in row.error and "invalide" in row.error
