@@ -24,6 +24,7 @@ import json
 import os
 import queue
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +34,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langgraph._internal._constants import CONFIG_KEY_SCRATCHPAD
 from langgraph.config import get_config, get_stream_writer
+from langgraph.errors import GraphInterrupt
 from langgraph.types import interrupt
 from pydantic import BaseModel
 
@@ -165,6 +167,9 @@ def approve(
         raise TypeError(f"approve(): details must be a dict (a name for each value), not {type(details).__name__}")
     if isinstance(approvers, str):
         approvers = [approvers]
+    if approvers is not None and not approvers:  # the card waited for good: "nobody is configured to approve"
+        raise ValueError("approve(): approvers is empty, so nobody could approve: name them, or leave approvers out "
+                         "for the graph's approvers from baton.yaml")
     if approvers is not None and not all(isinstance(name, str) for name in approvers):
         raise TypeError(f"approve(): approvers must be user ids (text), not {approvers!r}")
     if runbook is not None:
@@ -173,9 +178,24 @@ def approve(
         if runbook not in current().config.runbooks:
             raise ValueError(f"approve(): baton.yaml has no runbook {runbook!r}")
         approvers = current().config.approvers_for_runbook(runbook)
-    value = interrupt({"baton": APPROVAL_MARK, "summary": summary, "details": _shown_details(details or {}),
-                       "risk": risk, "approvers": approvers, "runbook": runbook})
+    try:
+        value = interrupt({"baton": APPROVAL_MARK, "summary": summary, "details": _shown_details(details or {}),
+                           "risk": risk, "approvers": approvers, "runbook": runbook})
+    except GraphInterrupt:  # how the run stops here; a node's `except Exception` may catch it (``asked``)
+        context = _current.get(None)
+        if context is not None:
+            asked(context).append(str(summary))
+        raise
     return Decision.from_resume(value)
+
+
+_asked: weakref.WeakKeyDictionary[RunContext, list[str]] = weakref.WeakKeyDictionary()
+
+
+def asked(context: RunContext) -> list[str]:
+    """The questions ``approve()`` stopped the run for since the list was last cleared (``bot.runtime``): a run
+    that ends with none of them waiting caught LangGraph's ``GraphInterrupt`` on its way out."""
+    return _asked.setdefault(context, [])
 
 
 def _shown_details(details: dict[str, Any]) -> dict[str, Any]:

@@ -60,6 +60,14 @@ class GraphOutcome:
         return bool(self.interrupts)
 
 
+class QuestionCaught(RuntimeError):
+    """``approve()`` stopped the run for a question, and the graph caught that stop: nobody was asked."""
+
+    def __init__(self, question: str) -> None:
+        super().__init__(f"approve({quoted(first_line(question, 60), 60)!r}) was asked of nobody: the graph caught the "
+                         "GraphInterrupt that stops the run until someone decides (`except Exception`?): re-raise it")
+
+
 class RunTimedOut(RuntimeError):
     """A run went on longer than its graph's limit (``TIMEOUT``, else ``BATON_RUN_TIMEOUT_SECONDS``) and was stopped."""
 
@@ -182,6 +190,8 @@ class GraphRuntime:
         _contain_exits_of_graph_tasks(asyncio.get_running_loop())
         token, inside = kit.bind(context), _in_graph.set(True)
         deadline = asyncio.timeout(limit)
+        questions = kit.asked(context)
+        questions.clear()
         try:
             # subgraphs=True: progress() in a subgraph's node reaches the thread too
             async with deadline, aclosing(graph.astream(payload, config, stream_mode="custom", subgraphs=True,
@@ -196,7 +206,10 @@ class GraphRuntime:
         finally:
             _in_graph.reset(inside)
             kit.unbind(token)
-        return await self.state(spec, lg_thread_id)
+        outcome = await self.state(spec, lg_thread_id)
+        if questions and not outcome.waiting:  # it ran on (and ended) as if someone had decided
+            raise QuestionCaught(questions[0])
+        return outcome
 
     async def refuse_waiting_checkpoints(self) -> None:
         """Runs cancelled past Baton's stop grace: their checkpoint writes still waiting for a connection

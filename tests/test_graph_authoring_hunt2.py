@@ -10,10 +10,10 @@ from langgraph.types import RetryPolicy
 from sqlmodel import select
 
 from bot.app import Baton
-from bot.kit import effect
-from bot.messages import InboundMessage
+from bot.kit import approve, effect
+from bot.messages import InboundClick, InboundMessage
 from bot.registry import GraphSpec, _spec_from_module
-from storage.models import PlaygroundMessage, Run
+from storage.models import Approval, PlaygroundMessage, Run
 from tests.test_graph_authoring_hunt import _module
 from tests.test_graph_modules import State, _asked, _one_node, _reply
 
@@ -112,3 +112,70 @@ async def test_an_effects_result_is_the_same_when_the_node_runs_again(tmp_path, 
     async with _asked(tmp_path, config_path, GraphSpec(name="pairs", graph=_one_node(act, retry)), "pairs") as baton:
         assert await _reply(baton, "1") == "[1, 2] {'1': 'web'}"
     assert seen == ["[1, 2] {'1': 'web'}"] * 2, seen
+
+
+def _asking(ask: Any) -> StateGraph:
+    def node(state: State) -> State:
+        return {"reply": ask(state)}
+    return _one_node(node)
+
+
+async def test_approve_with_no_approvers_fails_the_run_saying_so(tmp_path, config_path) -> None:
+    """``approve(..., approvers=[])``: the card waited for good ("approvers: none configured"), and a click on
+    it was told "Nobody is configured to approve this (add `approvers` in baton.yaml)", which names approvers."""
+    def ask(_state: State) -> str:
+        return str(approve("Restart web?", approvers=[], risk="low").approved)
+
+    async with _asked(tmp_path, config_path, GraphSpec(name="nobody", graph=_asking(ask)), "nobody") as baton:
+        reply = await _reply(baton, "1")
+        assert "approve(): approvers is empty, so nobody could approve" in reply, reply
+        async with baton.db.read() as session:
+            assert (await session.exec(select(Approval))).all() == []
+        assert await _runs(baton) == [("nobody", "failed", "approve(): approvers is empty, so nobody could approve: "
+                                       "name them, or leave approvers out for the graph's approvers from baton.yaml")]
+
+
+async def test_approve_whose_stop_the_graph_catches_fails_the_run(tmp_path, config_path) -> None:
+    """``try: approve(...) except Exception:`` catches the GraphInterrupt that stops the run for the question:
+    nobody was asked, and the run went on and ended "done" as if someone had decided."""
+    def ask(_state: State) -> str:
+        try:
+            return str(approve("Restart web?\nit is slow", risk="low").approved)
+        except Exception as exc:  # what a careful-looking node does around a call it expects may fail
+            return f"could not ask: {type(exc).__name__}"
+
+    async with _asked(tmp_path, config_path, GraphSpec(name="careful", graph=_asking(ask)), "careful") as baton:
+        reply = await _reply(baton, "1")
+        assert "approve('Restart web?') was asked of nobody: the graph caught the GraphInterrupt" in reply, reply
+        [(graph, status, _error)] = await _runs(baton)
+        assert (graph, status) == ("careful", "failed")
+
+
+async def test_approve_answered_then_asked_again_in_a_loop_runs_to_its_end(tmp_path, config_path) -> None:
+    """The check above must not mistake a node that asks several times (a loop over hosts) for one that
+    caught its stop: each question waits for its card, and the run ends with every answer."""
+    def ask(state: State) -> str:
+        return ", ".join(f"{host}={approve(f'Touch {host}?', risk='low').approved}" for host in state["text"].split())
+
+    async with _asked(tmp_path, config_path, GraphSpec(name="hosts", graph=_asking(ask)), "hosts web api") as baton:
+        for number in (1, 2):
+            approval = await _waiting_card(baton, number)
+            await baton.accept_click(InboundClick(platform="playground", channel="general", thread="1",
+                                                  event_id=f"c{number}", user="bob", approval_id=approval.id,
+                                                  action="approve"))
+        texts = await _bot_texts(baton, "1", 3)  # two cards (edited once decided), then the result
+        assert "web=True, api=True" in texts, texts
+        assert await _runs(baton) == [("hosts", "done", None)]
+
+
+async def _waiting_card(baton: Baton, count: int, timeout: float = 20) -> Approval:
+    """The ``count``-th approval of the run, once it is asked."""
+    async def card() -> Approval:
+        while True:
+            async with baton.db.read() as session:
+                found = (await session.exec(select(Approval).order_by(Approval.created_at))).all()
+            if len(found) >= count:
+                return found[count - 1]
+            await baton.outbox.wait("never-woken", 0.05)
+
+    return await asyncio.wait_for(card(), timeout)
