@@ -7,7 +7,8 @@ this module only asks it questions, so the scheduler and the tests agree on ever
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from functools import cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from apscheduler.triggers.cron import CronTrigger
 
@@ -26,10 +27,26 @@ class ScheduleError(ValueError):
 
 
 def zone(name: str) -> ZoneInfo:
+    return ZoneInfo(zone_name(name))
+
+
+def zone_name(name: str) -> str:
+    """The IANA name of the time zone ``name``, which may be written in any case (``utc``, ``europe/paris``):
+    the zone files are found by name on a case-sensitive disk, and a person typing a zone seldom minds case."""
     try:
-        return ZoneInfo(name)
+        ZoneInfo(name)
+        return name
     except (ZoneInfoNotFoundError, ValueError):
-        raise ScheduleError(f"I don't know the time zone `{quoted_code(name)}`. Use an IANA name like `Europe/Paris` or `UTC`.") from None
+        pass
+    known = _zone_names().get(name.lower())
+    if known is None:
+        raise ScheduleError(f"I don't know the time zone `{quoted_code(name)}`. Use an IANA name like `Europe/Paris` or `UTC`.")
+    return known
+
+
+@cache
+def _zone_names() -> dict[str, str]:
+    return {known.lower(): known for known in sorted(available_timezones())}
 
 
 def trigger(cron: str, timezone: str) -> CronTrigger:
@@ -161,7 +178,7 @@ def parse_when(words: list[str]) -> tuple[str, str]:
                             "`digest cron \"<expression>\" [zone]`, `digest now`, `digest list` and `digest off`.")
     if len(rest) > 1:
         raise ScheduleError(f"Unexpected words after the time zone: `{quoted_code(' '.join(rest[1:]))}`.")
-    timezone = rest[0] if rest else "UTC"
+    timezone = zone_name(rest[0]) if rest else "UTC"
     check_schedule(cron, timezone)
     return cron, timezone
 

@@ -72,3 +72,16 @@ def test_a_superscript_digit_is_refused_as_bad_input(words):
     while handling this" (a ValueError the chat command does not expect) instead of saying what is wrong."""
     with pytest.raises(schedules.ScheduleError):
         schedules.parse_when(words)
+
+
+@pytest.mark.parametrize(("words", "wanted"), [
+    (["daily", "09:00", "europe/paris"], ("0 9 * * *", "Europe/Paris")),
+    (["weekly", "mon", "08:30", "utc"], ("30 8 * * mon", "UTC")),
+    (["cron", "0 9 * * 1-5", "AMERICA/NEW_YORK"], ("0 9 * * 1-5", "America/New_York")),
+])
+def test_a_time_zone_written_in_another_case_is_taken_by_its_iana_name(words, wanted):
+    """`digest daily 09:00 utc` was "I don't know the time zone `utc`" (the zone files are found by name, on a
+    case-sensitive disk); it is taken, and stored and shown as `UTC`."""
+    assert schedules.parse_when(words) == wanted
+    assert schedules.describe(*wanted) in ("daily at 09:00 Europe/Paris", "every mon at 08:30 UTC",
+                                           "cron `0 9 * * 1-5` (America/New_York)")
