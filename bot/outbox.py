@@ -124,7 +124,8 @@ _NEXT_IN_THREAD = prepared(select(OutboxMessage).where(
     OutboxMessage.platform == bindparam("platform"), OutboxMessage.channel == bindparam("channel"),
     OutboxMessage.thread == bindparam("thread"), OutboxMessage.id > bindparam("after"),
 ).order_by(OutboxMessage.id).limit(50))  # type: ignore[arg-type]
-_SUPERSEDE_DUE = prepared(update(_ROWS).where(_ROWS.c.id == bindparam("row_id"), _claimable(_ROWS.c)).values(
+_SUPERSEDE_DUE = prepared(update(_ROWS).where(_ROWS.c.id == bindparam("row_id"), _ROWS.c.status == "pending",
+                                               _ROWS.c.attempts == 0, _ROWS.c.next_attempt_at <= _NOW).values(
     status="sent", claimed_by=None, claimed_until=None, error=bindparam("error")))
 _SUPERSEDE_PENDING = update(_ROWS).where(_ROWS.c.id.in_(bindparam("row_ids", expanding=True)),
                                          _ROWS.c.status == "pending").values(
@@ -464,6 +465,8 @@ class Outbox:
         straight away in its thread, the others marked sent, superseded (nothing else is stored between them:
         each would have shown a state the next replaced at once). On a paced channel (Slack: one message a
         second) a run's burst of ``progress()`` lines took a slot each, and its reply waited behind them all."""
+        if row.attempts:  # tried before, it may have reached the platform (an edit posted anew): it goes as it is,
+            return row, message  # and its adapter looks for that try's post (``Delivery.attempts``)
         later = (await session.exec(_NEXT_IN_THREAD, params={  # type: ignore[call-overload]
             "platform": row.platform, "channel": row.channel, "thread": row.thread, "after": row.id})).all()
         latest: tuple[OutboxMessage, Message] | None = None
@@ -482,8 +485,8 @@ class Outbox:
         if latest is None:
             return row, message
         error = f"superseded by a later edit of the same message (outbox row {latest[0].id})"
-        # The due row first, under the claim's own condition: when another replica took it meanwhile, nothing here
-        # is superseded (its edits wait behind it, and are claimed after it).
+        # The due row first, still never tried: when another replica took it meanwhile, nothing here is superseded
+        # (its edits wait behind it, and are claimed after it).
         if not (await session.exec(_SUPERSEDE_DUE, params={  # type: ignore[call-overload]
                 "row_id": row.id, "now": now, "error": error})).rowcount:
             return row, message

@@ -107,3 +107,26 @@ async def test_an_error_the_database_cannot_store_still_settles_its_delivery(dat
     row = (await _rows(database))[refused]
     assert row.status == "failed"
     assert row.error is not None and "Requ" in row.error and "invalide" in row.error
+
+
+async def test_an_edit_tried_before_is_not_superseded(database: Database) -> None:
+    """An edit of a post that failed for good is posted anew; a try that timed out may have posted it. That
+    edit is sent again as it is, as a later try (its adapter looks for the earlier try's post), not replaced by
+    the next edit as a first try, which would post a second copy."""
+    outbox = Outbox(database, worker="me")
+    async with database.session() as session:
+        refused = await outbox.enqueue(session, THREAD, Message.text("step 1"))
+        first_edit = await outbox.enqueue(session, THREAD, Message.text("step 2"), kind="update",
+                                          ref_outbox_id=refused)
+    [post] = await outbox.claim("slack", "me", pace_seconds=60.0)
+    await outbox.failed(post.id, "msg_too_long")
+    async with database.session() as session:
+        await session.exec(update_pace())
+    [edit] = await outbox.claim("slack", "me", pace_seconds=60.0)
+    assert (edit.id, edit.target_message_id) == (first_edit, None)
+    await outbox.retry(edit.id, 0.0, "TimeoutError: Slack did not answer")  # it may have been posted
+    async with database.session() as session:
+        await outbox.enqueue(session, THREAD, Message.text("step 3"), kind="update", ref_outbox_id=refused)
+        await session.exec(update_pace())
+    [again] = await outbox.claim("slack", "me", pace_seconds=60.0)
+    assert (again.id, again.attempts, again.message.plain_text()) == (first_edit, 2, "step 2")
