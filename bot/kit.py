@@ -158,6 +158,8 @@ def approve(
     ``high``-risk request. ``details`` are shown on the card as text: values that are not JSON (a
     datetime, say) are shown as ``str()`` makes them.
     """
+    if not str(summary).strip():  # a card with no question on it, which its approvers could still approve
+        raise ValueError("approve(): the question is empty: say what is to be decided (details are shown below it)")
     if len(str(summary)) > APPROVAL_TEXT_LIMIT:  # the approver would decide on text they cannot see
         raise ValueError(f"approve(): the question is {len(str(summary)):,} characters; an approval card shows "
                          f"{APPROVAL_TEXT_LIMIT:,}: shorten it, or put the rest in details")

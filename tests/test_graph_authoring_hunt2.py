@@ -179,3 +179,16 @@ async def _waiting_card(baton: Baton, count: int, timeout: float = 20) -> Approv
             await baton.outbox.wait("never-woken", 0.05)
 
     return await asyncio.wait_for(card(), timeout)
+
+
+async def test_approve_with_an_empty_question_fails_the_run_saying_so(tmp_path, config_path) -> None:
+    """``approve(f"{action}")`` with ``action`` empty: a card with no question on it ("*Approval needed*" and
+    the requester's name) was posted, and an approver could approve it."""
+    def ask(state: State) -> str:
+        return str(approve(" ", details={"service": state["text"]}, risk="low").approved)
+
+    async with _asked(tmp_path, config_path, GraphSpec(name="blank", graph=_asking(ask)), "blank web") as baton:
+        reply = await _reply(baton, "1")
+        assert "approve(): the question is empty" in reply, reply
+        async with baton.db.read() as session:
+            assert (await session.exec(select(Approval))).all() == []
