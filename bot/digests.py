@@ -189,9 +189,12 @@ class Digests:
 
     async def run_now(self, location: Location, event_id: str, user: str) -> bool:
         """``digest now``: a digest in the request's thread, covering the time since the channel's last one."""
-        now = self.clock()
-        return await self._fire(f"now:{location.platform}:{event_id}", location, [], now, MANUAL_WINDOW,
-                                f"asked for by {user}")
+        key = f"now:{location.platform}:{event_id}"
+        async with self.db.read() as session:
+            fired = (await session.exec(select(DigestRun.id).where(DigestRun.schedule_key == key))).first()
+        if fired is not None:  # handled again (its replica stopped mid-way): that firing is posted, or taken over
+            return False
+        return await self._fire(key, location, [], self.clock(), MANUAL_WINDOW, f"asked for by {user}")
 
     async def _fire(self, key: str, location: Location, graphs: list[str], fire_time: datetime, default_window: timedelta,
                     reason: str, scheduled: bool = False) -> bool:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from bot import digest_stats, orchestrator, schedules
+from bot.config import BatonConfig
+from bot.digests import RETAKE_AFTER
+from bot.messages import Location
 from tests.fake_models import script
 from tests.support import wait_for
+from tests.test_digests import Clock, digest_service, firings, posted_messages
 
 MODEL = "python:tests.fake_models:scripted"
 SUMMARY = {"content": "All fine.", "usage": {"input_tokens": 1, "output_tokens": 1}}  # the digest's written summary
@@ -85,3 +91,34 @@ def test_a_time_zone_written_in_another_case_is_taken_by_its_iana_name(words, wa
     assert schedules.parse_when(words) == wanted
     assert schedules.describe(*wanted) in ("daily at 09:00 Europe/Paris", "every mon at 08:30 UTC",
                                            "cron `0 9 * * 1-5` (America/New_York)")
+
+
+async def test_digest_now_handled_again_after_its_replica_stopped_is_posted_once(sqlite_url):
+    """`digest now` is answered while its event is handled: a replica stopped mid-way (the 8 s grace is
+    shorter than a model's summary) leaves the event to be handled again, by another replica or after the
+    restart. Each handling fired a digest of its own (keyed by the event, and by the time it was handled),
+    and the claim the stopped one left was taken over too: two digest cards in the thread."""
+    clock = Clock(datetime(2026, 6, 1, 6, 0, tzinfo=UTC))
+    location = Location(platform="playground", channel="ops", thread="42")
+    async with digest_service(sqlite_url, clock, BatonConfig(), "a") as stopped, \
+            digest_service(sqlite_url, clock, BatonConfig(), "b") as other:
+        cut_off = asyncio.Event()
+
+        async def endless_render(*_args):
+            cut_off.set()
+            await asyncio.Event().wait()
+
+        stopped._render = endless_render  # type: ignore[method-assign]
+        handling = asyncio.create_task(stopped.run_now(location, "e1", "alice"))
+        await cut_off.wait()
+        handling.cancel()  # the grace is over
+        with pytest.raises(asyncio.CancelledError):
+            await handling
+        clock.now += timedelta(seconds=30)
+        await other.run_now(location, "e1", "alice")  # the event, handled again
+        clock.now += RETAKE_AFTER * 2
+        await other.run_due(clock.now)
+        messages = await posted_messages(other)
+        runs = await firings(other)
+    assert [message.thread for message in messages] == ["42"]
+    assert [run.status for run in runs] == ["posted"]
