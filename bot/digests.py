@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import func, true, update
 from sqlmodel import select
 
 from bot import audit, schedules
@@ -130,7 +130,7 @@ class Digests:
         async with self.db.read() as session:
             return list((await session.exec(select(DigestSchedule).where(
                 DigestSchedule.enabled == True, DigestSchedule.platform == location.platform,  # noqa: E712
-                DigestSchedule.workspace == location.workspace, DigestSchedule.channel == location.channel))).all())
+                _in_workspace(DigestSchedule.workspace, location.workspace), DigestSchedule.channel == location.channel))).all())
 
     async def set_chat_schedule(self, location: Location, cron: str, timezone: str, user: str, correlation: str) -> None:
         """The channel's chat-made schedule (one per channel; a new one replaces the old)."""
@@ -225,7 +225,7 @@ class Digests:
         if own is not None:
             return own
         channel = (await session.exec(select(func.max(DigestRun.window_end)).where(
-            DigestRun.platform == location.platform, DigestRun.workspace == location.workspace,
+            DigestRun.platform == location.platform, _in_workspace(DigestRun.workspace, location.workspace),
             DigestRun.channel == location.channel, *before))).one()
         one_period = fire_time - default_window
         if channel is None:
@@ -375,6 +375,13 @@ class Digests:
 async def _add_spend(session: Transaction, run_id: int, spent: Spend) -> None:
     if spent.tokens:
         await session.exec(update(DigestRun).where(DigestRun.id == run_id).values(**spent.values()))  # type: ignore[arg-type]
+
+
+def _in_workspace(column: Any, workspace: str) -> Any:
+    """A channel's rows in ``workspace``. A ``baton.yaml`` digest may name no workspace (nothing asks a Slack
+    one to; the channel's id is enough), while its platform's events carry one (a Slack team id): such a
+    digest is the channel's in any workspace, and its channel's rows in any workspace are its own."""
+    return column.in_((workspace, "")) if workspace else true()
 
 
 def _config_key(digest: Digest) -> str:

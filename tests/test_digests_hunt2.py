@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bot import digest_stats, orchestrator, schedules
-from bot.config import BatonConfig
+from bot.config import BatonConfig, Digest
 from bot.digests import RETAKE_AFTER
 from bot.messages import Location
 from tests.fake_models import script
@@ -122,3 +122,21 @@ async def test_digest_now_handled_again_after_its_replica_stopped_is_posted_once
         runs = await firings(other)
     assert [message.thread for message in messages] == ["42"]
     assert [run.status for run in runs] == ["posted"]
+
+
+async def test_a_baton_yaml_digest_naming_no_workspace_is_the_channels_in_its_workspace(sqlite_url):
+    """A Slack digest in baton.yaml names its channel (`{platform: slack, channel: C0123ABCD, cron: ...}`, nothing
+    says to name the workspace), while a Slack event carries its team id as the workspace: `digest list` in that
+    channel said "No digests are scheduled in this channel", and `digest now` there covered the day before
+    instead of the time since the scheduled digest an hour earlier."""
+    daily = Digest(platform="slack", channel="C0123ABCD", cron="0 9 * * *", timezone="UTC")
+    clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
+    in_slack = Location(platform="slack", workspace="T0123ABCD", channel="C0123ABCD", thread="1780000000.000100")
+    async with digest_service(sqlite_url, clock, BatonConfig(digests=[daily])) as digests:
+        assert [schedule.cron for schedule in await digests.in_channel(in_slack)] == ["0 9 * * *"]
+        clock.now = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+        assert await digests.run_due(clock.now) == 1
+        clock.now = datetime(2026, 6, 1, 10, 0, tzinfo=UTC)
+        assert await digests.run_now(in_slack, "Ev1", "U0123ABCD")
+        runs = await firings(digests)
+    assert [(run.window_start, run.window_end) for run in runs][-1] == (datetime(2026, 6, 1, 9, 0, tzinfo=UTC), clock.now)
