@@ -158,8 +158,6 @@ def approve(
     ``high``-risk request. ``details`` are shown on the card as text: values that are not JSON (a
     datetime, say) are shown as ``str()`` makes them.
     """
-    if not str(summary).strip():  # a card with no question on it, which its approvers could still approve
-        raise ValueError("approve(): the question is empty: say what is to be decided (details are shown below it)")
     if len(str(summary)) > APPROVAL_TEXT_LIMIT:  # the approver would decide on text they cannot see
         raise ValueError(f"approve(): the question is {len(str(summary)):,} characters; an approval card shows "
                          f"{APPROVAL_TEXT_LIMIT:,}: shorten it, or put the rest in details")
@@ -169,11 +167,9 @@ def approve(
         raise TypeError(f"approve(): details must be a dict (a name for each value), not {type(details).__name__}")
     if isinstance(approvers, str):
         approvers = [approvers]
-    if approvers is not None and not approvers:  # the card waited for good: "nobody is configured to approve"
-        raise ValueError("approve(): approvers is empty, so nobody could approve: name them, or leave approvers out "
-                         "for the graph's approvers from baton.yaml")
     if approvers is not None and not all(isinstance(name, str) for name in approvers):
         raise TypeError(f"approve(): approvers must be user ids (text), not {approvers!r}")
+    nobody = approvers is not None and not approvers  # the graph's own empty list (a runbook's comes from baton.yaml)
     if runbook is not None:
         if approvers is not None:
             raise ValueError("approve(): give approvers or a runbook whose approvers decide, not both")
@@ -184,6 +180,14 @@ def approve(
         value = interrupt({"baton": APPROVAL_MARK, "summary": summary, "details": _shown_details(details or {}),
                            "risk": risk, "approvers": approvers, "runbook": runbook})
     except GraphInterrupt:  # how the run stops here; a node's `except Exception` may catch it (``asked``)
+        # Checked only when the question is asked: a node resumed with its decision gets it whatever it says now
+        # (the runbook graph asks of nobody when its runbook left baton.yaml since; the decision still counts).
+        if not str(summary).strip():  # a card with no question on it, which its approvers could still approve
+            raise ValueError("approve(): the question is empty: say what is to be decided (details are shown below "
+                             "it)") from None
+        if nobody:  # the card waited for good, and a click was told "add `approvers` in baton.yaml"
+            raise ValueError("approve(): approvers is empty, so nobody could approve: name them, or leave approvers "
+                             "out for the graph's approvers from baton.yaml") from None
         context = _current.get(None)
         if context is not None:
             asked(context).append(str(summary))
