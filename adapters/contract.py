@@ -65,18 +65,22 @@ class RetryLater(Exception):
     """The platform asked us to wait (HTTP 429 with Retry-After) or is briefly unavailable.
 
     ``warn``: the operator must act (the platform refuses Baton's token): logged as a warning, not in passing.
+    ``hold_channel``: no other message goes to the channel before then either (a 429 asks for quiet there:
+    the next message of another thread went out into the same 429).
     """
 
-    def __init__(self, seconds: float, reason: str, *, warn: bool = False) -> None:
+    def __init__(self, seconds: float, reason: str, *, warn: bool = False, hold_channel: bool = True) -> None:
         super().__init__(reason)
         self.seconds = seconds
         self.warn = warn
+        self.hold_channel = hold_channel
 
     @classmethod
     def token_refused(cls, refusal: str, setting: str) -> RetryLater:
         """The platform refuses Baton's token itself (revoked, reset, the app uninstalled): no message is at
         fault, so none is given up; each waits, tried again every ``AUTH_RETRY_SECONDS``, with a warning."""
-        return cls(AUTH_RETRY_SECONDS, f"{refusal}: the message waits until {setting} works again", warn=True)
+        return cls(AUTH_RETRY_SECONDS, f"{refusal}: the message waits until {setting} works again", warn=True,
+                   hold_channel=False)  # nothing of the channel's: each message finds out when the token works
 
 
 class DeliveryRejected(Exception):
@@ -213,7 +217,7 @@ class Adapter(ABC):
         except RetryLater as exc:
             log.log(logging.WARNING if exc.warn else logging.INFO, "%s asked to retry message %s in %.1fs: %s",
                     self.name, delivery.id, exc.seconds, exc)
-            await outbox.retry(delivery.id, exc.seconds, str(exc))
+            await outbox.retry(delivery.id, exc.seconds, str(exc), hold_channel=exc.hold_channel)
             return
         except DeliveryRejected as exc:
             log.error("%s rejected message %s (%s in channel %s%s): %s", self.name, delivery.id, delivery.kind,

@@ -549,10 +549,20 @@ class Outbox:
         if not await self._settle(session, _DELIVERED, delivery_id, platform_id=platform_message_id, now=utcnow()):
             raise ClaimLost(f"outbox message {delivery_id} was taken over by another replica")
 
-    async def retry(self, delivery_id: int, after_seconds: float, error: str) -> None:
+    async def retry(self, delivery_id: int, after_seconds: float, error: str, *, hold_channel: bool = False) -> None:
+        """Try the row again in ``after_seconds``. ``hold_channel``: the platform asked to wait (a 429's
+        Retry-After), for its channel, not only this message: no other message goes there before then."""
+        at = utcnow() + timedelta(seconds=after_seconds)
         async with self._db.session() as session:
-            await self._settle(session, _RETRY, delivery_id, at=utcnow() + timedelta(seconds=after_seconds),
-                               error=self._stored_error(error))
+            if await self._settle(session, _RETRY, delivery_id, at=at, error=self._stored_error(error)) \
+                    and hold_channel:
+                row = await session.get(OutboxMessage, delivery_id)
+                if row is not None:
+                    await insert_ignore(session, ChannelPace, {"platform": row.platform, "channel": row.channel,
+                                                               "next_at": at}, ["platform", "channel"])
+                    await session.exec(update(ChannelPace).where(  # type: ignore[call-overload]
+                        ChannelPace.platform == row.platform, ChannelPace.channel == row.channel,  # type: ignore[arg-type]
+                        ChannelPace.next_at < at).values(next_at=at))  # type: ignore[arg-type]
 
     async def failed(self, delivery_id: int, error: str) -> None:
         """The platform will never show this message: marked failed, and audited under its correlation id

@@ -8,8 +8,9 @@ from typing import Any
 from sqlalchemy import update
 from sqlmodel import select
 
+from adapters.contract import Adapter, RetryLater
 from bot.messages import Location, Message
-from bot.outbox import Outbox
+from bot.outbox import Delivery, Outbox
 from storage.db import Database
 from storage.models import ChannelPace, OutboxMessage, utcnow
 
@@ -130,3 +131,45 @@ async def test_an_edit_tried_before_is_not_superseded(database: Database) -> Non
         await session.exec(update_pace())
     [again] = await outbox.claim("slack", "me", pace_seconds=60.0)
     assert (again.id, again.attempts, again.message.plain_text()) == (first_edit, 2, "step 2")
+
+
+class _RateLimited(Adapter):
+    """A platform that answers every message with a 429 asking for half a minute."""
+
+    name = "slack"
+
+    async def send(self, delivery: Delivery) -> str | None:
+        raise RetryLater(30.0, "Slack rate limit on chat.postMessage")
+
+
+class _Baton:
+    def __init__(self, database: Database, outbox: Outbox) -> None:
+        self.db, self.outbox = database, outbox
+
+
+async def test_a_rate_limit_s_retry_after_holds_its_channel_not_only_its_message(database: Database) -> None:
+    """Slack's 429 on chat.postMessage says to wait before posting in that channel again. The outbox put
+    only the refused message off: the next message for the channel, in another thread, went out at the
+    channel's next slot, into the same 429 (one more refused call each, while Slack asked for quiet)."""
+    outbox = Outbox(database, worker="me")
+    async with database.session() as session:
+        await outbox.enqueue(session, _at("C1", "t1"), Message.text("first"))
+        await outbox.enqueue(session, _at("C2", "t3"), Message.text("another channel"))
+    first, other = await outbox.claim("slack", "me")
+    assert (first.message.plain_text(), other.message.plain_text()) == ("first", "another channel")
+    await outbox.delivered(other.id, "ts-other")
+    await _RateLimited(_Baton(database, outbox))._deliver(first)  # type: ignore[arg-type]
+
+    async with database.session() as session:
+        await outbox.enqueue(session, _at("C1", "t2"), Message.text("second, same channel"))
+        await outbox.enqueue(session, _at("C2", "t3"), Message.text("another channel, again"))
+    [again] = await outbox.claim("slack", "me")  # C1 waits as Slack asked, in each of its threads
+    assert again.message.plain_text() == "another channel, again"  # the other channels go on
+    async with database.session() as session:
+        await session.exec(update_pace())  # Slack's half minute has passed
+        await session.exec(update(OutboxMessage).values(next_attempt_at=utcnow() - timedelta(seconds=1)))
+    assert [d.message.plain_text() for d in await outbox.claim("slack", "me")] == ["first", "second, same channel"]
+
+
+def _at(channel: str, thread: str) -> Location:
+    return Location(platform="slack", workspace="T1", channel=channel, thread=thread)
