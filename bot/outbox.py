@@ -43,7 +43,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import select
 
 from bot import audit
-from bot.messages import Location, Message
+from bot.messages import Location, Message, storable
 from bot.redaction import Redactor
 from storage.db import Database, Transaction, insert_ignore, insert_returning_id, lock_for_transaction, prepared
 from storage.models import ChannelPace, OutboxMessage, utcnow
@@ -581,8 +581,7 @@ class Outbox:
         """What the platform said, as stored and audited: without Baton's secrets, short, and storable. A lone
         surrogate (a reason phrase not in UTF-8, as aiohttp reads it) or a NUL (PostgreSQL) failed the write that
         settles the row: it was sent again at each claim's end, never given up on, and its thread waited."""
-        text = self._redactor.text(error)[:500]
-        return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+        return storable(self._redactor.text(error)[:500])
 
     async def _settle(self, session: Transaction, statement: Any, delivery_id: int, **values: Any) -> bool:
         """Run ``statement`` on the row while this process's claim on it holds; false when it does not."""
