@@ -6,19 +6,26 @@ import math
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func
+from sqlalchemy import and_, func, or_
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.approvals import waiting_for, who_may_approve
 from bot.messages import first_line
+from bot.routing import CHOOSER, ROUTER
 from storage.models import Approval, DigestRun, Run, ThreadRecord
 
 MAX_LISTED = 10
 DIGEST_GRAPH = "digest"
-# The orchestrator's pseudo-graph of chatter a model routed nowhere (``bot.orchestrator.ROUTER``): its runs
-# hold what asking the model cost, counted with the tokens, and are no requests (nor 0 ms turnarounds).
-ROUTING_GRAPH = "route"
+# The orchestrator's pseudo-graph of chatter a model routed nowhere: its runs hold what asking the model cost,
+# counted with the tokens, and are no requests (nor 0 ms turnarounds).
+ROUTING_GRAPH = ROUTER
+
+
+def _no_request(graph: str, status: str) -> bool:
+    """A run that is no request of its own: chatter routed nowhere, or a choice card the requester picked from
+    (the graph picked is the request's run; a card still waiting, or expired, is the request's only run)."""
+    return graph == ROUTING_GRAPH or (graph == CHOOSER and status == "done")
 
 
 async def collect(session: AsyncSession, platform: str, channel: str, start: datetime, end: datetime,
@@ -34,7 +41,7 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
             select(Run.graph, Run.status, func.count(), func.count(Run.turnaround_ms), func.sum(Run.waited_seconds),
                    func.sum(Run.tokens), func.sum(Run.cost), func.count(Run.cost), func.count(Run.tokens))
             .where(*in_window).group_by(Run.graph, Run.status))).all():
-        if graph != ROUTING_GRAPH:
+        if not _no_request(graph, status):
             bucket = "running" if status in ("running", "waiting") else status
             per_graph.setdefault(graph, {"done": 0, "failed": 0, "running": 0})
             per_graph[graph][bucket] = per_graph[graph].get(bucket, 0) + count
@@ -57,7 +64,7 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
         cost_known += costs
         with_tokens += tokened
 
-    requests = [*in_window, Run.graph != ROUTING_GRAPH]
+    requests = [*in_window, Run.graph != ROUTING_GRAPH, or_(Run.graph != CHOOSER, Run.status != "done")]
     finished = [*requests, Run.turnaround_ms.is_not(None)]  # type: ignore[union-attr]
     turnaround = {"p50_ms": await _percentile(session, finished, finished_count, 0.50),
                   "p95_ms": await _percentile(session, finished, finished_count, 0.95), "count": finished_count}

@@ -30,8 +30,8 @@ from bot.messages import Accepted, InboundClick, InboundMessage, Location, Messa
 from bot.outbox import Delivery, Outbox
 from bot.registry import GraphSpec
 from bot.models import MODEL_ERRORS, ModelFailed, cost_of, usage_of
-from bot.routing import (CANCEL_COMMAND, DIGEST_COMMAND, RUNBOOK_GRAPH, RouteError, is_cancel, is_request, route,
-                          route_to, runbook_named)
+from bot.routing import (CANCEL_COMMAND, CHOOSER, DIGEST_COMMAND, ROUTER, RUNBOOK_GRAPH, RouteError, is_cancel,
+                          is_request, route, route_to, runbook_named)
 from bot.runtime import GraphOutcome, GraphRuntime, ProgressSink, RunServices, RunTimedOut, Services
 from bot.settings import Settings
 from storage.db import Transaction, insert_new_id, insert_row, lock_for_transaction, prepared, when_committed
@@ -62,14 +62,12 @@ _OVERDUE_APPROVALS = prepared(select(Approval.id, ThreadRecord.platform, ThreadR
 ).order_by(Approval.created_at).limit(SWEEP_BATCH))
 INVISIBLE = {"Cf", "Cc", "Zs", "Zl", "Zp"}  # format characters (U+200B), controls and spaces: no request
 PROGRESS_LINES = 20  # the latest progress lines a run's progress message shows
-CHOOSER = "choose"  # the pseudo-graph of a run that waits for the requester to pick a graph
 # A run taken up again after Baton stopped while it ran more often than this is failed instead: the run
 # itself may be what stops Baton (os._exit in a node, the memory it takes), at every start of every replica.
 MAX_TAKEOVERS = 3
 CUT_OFF_SECONDS = 1.0  # past the grace, what the runs' last checkpoint writes get before they are refused
 CANCEL_LOOK_SECONDS = 0.5  # how often a stopping Baton looks for cancels of the runs in their grace
 STOP_GRACE_SECONDS = 8.0  # what a stopping Baton waits for events being handled (uvicorn's own grace is 10 s)
-ROUTER = "route"  # the pseudo-graph of a model's routing that started nothing (chatter): what it cost
 
 
 # Statements of every request, built once with bound parameters (building them cost more CPU than running them).

@@ -18,6 +18,10 @@ RUNBOOK_GRAPH = "runbook"
 HELP_GRAPH = "help"
 DIGEST_COMMAND = "digest"  # schedules and "digest now": handled by the core (bot.digests), not a graph run
 CANCEL_COMMAND = "cancel"  # stops the thread's run: handled by the core, which holds the run, not a graph
+# Pseudo-graphs of the core's own runs, no request's: a model's routing that started nothing (chatter; its run
+# keeps what it cost), and a choice card waiting for the requester to pick a graph (the pick is a run of its own).
+ROUTER = "route"
+CHOOSER = "choose"
 COMMAND_WORDS = ("run", RUNBOOK_GRAPH, DIGEST_COMMAND)  # read shell-style, whatever graphs are installed
 
 

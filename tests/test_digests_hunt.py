@@ -224,7 +224,7 @@ async def test_a_model_that_fails_does_not_stop_the_digest(sqlite_url, tmp_path)
         [message] = await posted_messages(digests)
         runs = await firings(digests)
     text = Message.model_validate(message.payload).plain_text()
-    assert "*4* requests" in text and "No written summary: the model failed (quota exceeded)." in text
+    assert "*2* requests" in text and "No written summary: the model failed (quota exceeded)." in text
     assert [run.status for run in runs] == ["posted"]
     assert len(calls(script_path)) == 1
 

@@ -56,8 +56,6 @@ def test_chatter_a_model_routed_nowhere_is_no_request(start_baton, sqlite_url, m
     assert digest_stats.ROUTING_GRAPH == orchestrator.ROUTER  # the digest knows the pseudo-graph by its name
 
 
-@pytest.mark.xfail(strict=True, reason="a picked choice's `choose` run is counted beside the run of the graph picked; "
-                                       "fixing it changes test_digests_hunt.py (see /tmp/exp/proposal-digests.md)")
 def test_a_request_sent_to_the_graph_its_requester_picked_is_one_request(start_baton, sqlite_url, model_env):
     """An unsure model offers a choice card; the pick ends the `choose` run (done) and starts a run of the
     graph picked. The digest counted one request twice: "*2* requests" with a `choose` line."""
