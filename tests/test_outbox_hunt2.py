@@ -1,4 +1,5 @@
-"""The outbox under failure, a second hunt: a backlog of edits of one message, a Retry-After nobody can wait."""
+"""The outbox under failure, a second hunt: a backlog of edits of one message, an error the database cannot
+store, a 429 that asks the whole channel to wait."""
 
 from __future__ import annotations
 
