@@ -235,17 +235,20 @@ class Orchestrator:
             running = (await session.exec(select(Run.id).where(
                 Run.thread_record_id == record.id, Run.status == "running").order_by(Run.id.desc()).limit(1))).first()  # type: ignore[union-attr]
             return CANCEL_COMMAND, text, {**payload, "run_id": running}
-        card = await self._waiting_card(session, record.id)  # type: ignore[arg-type]
-        if card is None:
+        cards = await self._waiting_cards(session, record.id)  # type: ignore[arg-type]
+        if not cards:
             return "message", text, payload
-        return "click", "reject", {"approval_id": card, "action": "reject", "cancel": True}
+        if len(cards) > 1:  # a Reject of one card would leave the run waiting on the others: the run is cancelled
+            return CANCEL_COMMAND, text, {**payload, "run_id": cards[0][1]}
+        return "click", "reject", {"approval_id": cards[0][0], "action": "reject", "cancel": True}
 
     @staticmethod
-    async def _waiting_card(session: Transaction, record_id: int) -> str | None:
-        """The thread's newest approval card waiting for a decision (not a choice of graphs), if any."""
-        return (await session.exec(select(Approval.id).where(
+    async def _waiting_cards(session: Transaction, record_id: int) -> list[tuple[str, int]]:
+        """The approval cards (not choices of graphs) of the thread's newest waiting run: (id, run id), newest first."""
+        cards = (await session.exec(select(Approval.id, Approval.run_id).where(
             Approval.thread_record_id == record_id, Approval.status == "pending", Approval.kind == "approval",
-        ).order_by(Approval.created_at.desc()).limit(1))).first()  # type: ignore[attr-defined]
+        ).order_by(Approval.created_at.desc()))).all()  # type: ignore[attr-defined]
+        return [(card, run) for card, run in cards if run == cards[0][1]] if cards else []
 
     async def apply_cancels(self) -> int:
         """Stop the runs of this process that a ``cancel`` is waiting for, if whoever sent it may stop them
@@ -292,25 +295,27 @@ class Orchestrator:
     async def _handle_cancel(self, event: InboundEvent, record: ThreadRecord) -> None:
         """A cancel the drain takes (before the requests queued in the thread): the run it was for is not
         running in this process. It reached its card since: the cancel rejects the card (or withdraws it, for
-        its requester). It is marked running, but its replica stopped: it ends here as cancelled, instead of
-        being taken up again first. It ended: the reply says so, and who cancelled it if someone did."""
+        its requester); it waits at several cards, or it is marked running but its replica stopped: it ends here
+        as cancelled (its cards expire with it), instead of waiting on or being taken up again first. It ended:
+        the reply says so, and who cancelled it if someone did."""
         run_id = event.payload.get("run_id")
         async with self.db.read() as session:
             run = await session.get(Run, run_id) if run_id is not None else None
-            card = await self._waiting_card(session, record.id) if record.status == "waiting" else None  # type: ignore[arg-type]
-        if card is not None and run is not None and run.status == "waiting":
-            event.payload = {**event.payload, "approval_id": card, "action": "reject", "cancel": True}
+            cards = await self._waiting_cards(session, record.id) if record.status == "waiting" else []  # type: ignore[arg-type]
+        waiting = run is not None and run.status == "waiting" and [card for card, of in cards if of == run.id]
+        if waiting and len(waiting) == 1:  # its one card: a Reject (its requester withdraws it)
+            event.payload = {**event.payload, "approval_id": waiting[0], "action": "reject", "cancel": True}
             return await self._handle_click(event, record)
-        if run is not None and run.status == "running" and record.status == "running":
+        if run is not None and (waiting or (run.status == "running" and record.status == "running")):
             if not self._may_cancel(run, event):
                 return await self._finish_event(event, "cancel refused", replies.cancel_refused(
                     run.requested_by, self._approvers_of(run)), ephemeral=True)
-            log.info("run %s (%s), whose replica stopped while it ran, was cancelled by %s", run.id, run.graph,
-                     event.user)
+            log.info("run %s (%s), %s, was cancelled by %s", run.id, run.graph,
+                     "waiting at its cards" if waiting else "whose replica stopped while it ran", event.user)
             seconds = (utcnow() - run.started_at).total_seconds()
             # Its own event stays pending; taken next, it finds its run ended ("recovered").
-            return await self._finish_run(run, record, event, "failed", replies.cancelled(run.graph, event.user, seconds),
-                                          f"cancelled by {event.user}", cancel=event)
+            return await self._finish_run(run, record, event, "failed", replies.cancelled(
+                run.graph, event.user, seconds, at_cards=bool(waiting)), f"cancelled by {event.user}", cancel=event)
         if run_id is None:
             return await self._withdraw_queued(event)
         if run is not None and (run.error or "").startswith("cancelled by "):

@@ -154,10 +154,11 @@ def timed_out(graph: str, limit: float) -> Message:
     ])
 
 
-def cancelled(graph: str, user: str, seconds: float) -> Message:
+def cancelled(graph: str, user: str, seconds: float, *, at_cards: bool = False) -> Message:
+    how = ("it was waiting for approvals, which are closed now: nothing more of it will run" if at_cards else
+           "I stopped it: nothing more of it will run, and a command it was running was killed")
     return Message(tone="warning", title="Run cancelled", parts=[
-        Text(text=f"{user} cancelled `{graph}` after {duration(seconds)}, so I stopped it: nothing more of it will "
-                  "run, and a command it was running was killed. What it did before is not undone."),
+        Text(text=f"{user} cancelled `{graph}` after {duration(seconds)}, so {how}. What it did before is not undone."),
     ])
 
 

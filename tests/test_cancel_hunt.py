@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import ROOT, BatonProcess, runs_in, wait_for, write_config
+from tests.support import ROOT, BatonProcess, has_buttons, runs_in, wait_for, write_config
 from tests.test_cancel import SLEEPY, alive, rows, started_sleeping
 
 SLEEPY_HIGH = """
@@ -111,6 +111,33 @@ graph.add_edge("work", END)
 '''
 
 # A graph that writes progress without end: a cancel lands in one of its progress writes (the drain's own).
+# Two questions at once (two branches of one step): two cards of one run.
+TWO_CARDS = '''
+from typing import Annotated, TypedDict
+import operator
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import interrupt
+DESCRIPTION = "Asks two questions at once."
+class S(TypedDict, total=False):
+    text: str
+    reply: str
+    answers: Annotated[list, operator.add]
+def left(state):
+    return {"answers": [interrupt("Restart the left one?")]}
+def right(state):
+    return {"answers": [interrupt("Restart the right one?")]}
+def done(state):
+    return {"reply": f"answers: {state.get('answers')}"}
+graph = StateGraph(S)
+graph.add_node("left", left)
+graph.add_node("right", right)
+graph.add_node("done", done)
+graph.add_edge(START, "left")
+graph.add_edge(START, "right")
+graph.add_edge(["left", "right"], "done")
+graph.add_edge("done", END)
+'''
+
 CHATTY = '''
 import asyncio, os
 from pathlib import Path
@@ -192,7 +219,8 @@ def config_path(tmp_path: Path, counter: Path) -> Path:
 def hunt_baton(tmp_path: Path, config_path: Path):  # type: ignore[no-untyped-def]
     """``baton run`` (``python -m bot.cli run`` in a directory whose ``graphs`` holds Baton's and ours)."""
     shutil.copytree(ROOT / "graphs", tmp_path / "graphs", ignore=shutil.ignore_patterns("__pycache__"))
-    for name, text in {"napper": NAPPER, "stubborn": STUBBORN, "twoeffects": TWO_EFFECTS, "racer": RACER, "chatty": CHATTY}.items():
+    for name, text in {"napper": NAPPER, "stubborn": STUBBORN, "twoeffects": TWO_EFFECTS, "racer": RACER, "chatty": CHATTY,
+                       "twocards": TWO_CARDS}.items():
         (tmp_path / "graphs" / f"{name}.py").write_text(text)
     started: list[BatonProcess] = []
 
@@ -495,3 +523,19 @@ def test_a_runbook_with_approvers_of_its_own_is_cancelled_by_them_and_may_be_ask
     pg.say("cancel", thread=again, user="alice")
     pg.wait_reply(again, "alice cancelled `runbook`")
     settled(sqlite_url)
+
+
+def test_a_cancel_at_a_run_waiting_on_two_cards_ends_the_run(hunt_baton, sqlite_url) -> None:
+    """It rejected the newest card only: the run went on waiting on the other, status listed it as waiting, and
+    whoever cancelled heard nothing of the rest."""
+    pg = hunt_baton(sqlite_url).client()
+    thread = pg.ask("@baton twocards", user="alice")
+    wait_for(lambda: len([m for m in pg.bot_replies(thread) if has_buttons(m)]) == 2, what="two cards")
+    pg.say("cancel", thread=thread, user="carol")  # neither who asked nor an approver
+    pg.wait_reply(thread, "Only alice, who asked for it, or bob can cancel this run. It goes on.", viewer="carol")
+    pg.say("cancel", thread=thread, user="alice")
+    pg.wait_reply(thread, "alice cancelled `twocards` after")
+    wait_for(lambda: not any(has_buttons(m) for m in pg.bot_replies(thread)), what="both cards closed")
+    settled(sqlite_url)
+    assert rows(sqlite_url, "SELECT status, error FROM runs") == [("failed", "cancelled by alice")]
+    assert rows(sqlite_url, "SELECT count(*) FROM approvals WHERE status = 'pending'") == [(0,)]
