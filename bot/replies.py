@@ -99,12 +99,18 @@ def result(reply: Any, *, failed: bool, error: Any = None) -> Message:
             where = ".".join(str(part) for part in problem["loc"])
             raise ReplyNotShown(f"its reply is not a message: {where}: {problem['msg']}") from None
     tone = "error" if failed else "success"
+    if isinstance(reply, set | frozenset):  # no JSON of its own: its items, in a stable order
+        reply = sorted(reply, key=str)
     if isinstance(reply, list | tuple | dict) and reply:  # data: shown as it is, not "Done."
         return Message(tone=tone, parts=[Code(text=json.dumps(reply, indent=2, ensure_ascii=False, default=str))])
     if isinstance(reply, str) and reply:
         text = reply
     elif isinstance(reply, int | float):  # a count, a flag
         text = str(reply)
+    elif isinstance(reply, bytes | bytearray) and reply:
+        text = reply.decode("utf-8", errors="replace")
+    elif reply is not None and not isinstance(reply, str | list | tuple | dict | set | frozenset | bytes | bytearray):
+        text = str(reply)  # a datetime, a dataclass: as Python shows it (it was "Done.", the reply lost)
     elif failed:
         text = f"The run failed: {str(error)[:1000]}" if error not in (None, True) else "The run failed."
     else:
@@ -142,7 +148,7 @@ def model_error(error: BaseException) -> Message:
 
 
 def failure(graph: str, error: BaseException) -> Message:
-    line = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+    line = (f"{type(error).__name__}: {error}" if str(error) else type(error).__name__).splitlines()[0][:300]
     return Message.text(f"`{graph}` failed: {line}", tone="error", title="Run failed")
 
 

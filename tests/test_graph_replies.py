@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, TypedDict
 
 import pytest
@@ -35,9 +37,18 @@ class State(TypedDict, total=False):
     ([], False, None, "Done."),
     (None, True, "the deploy API said 503", "The run failed: the deploy API said 503"),  # was "The run failed."
     ("", True, True, "The run failed."),
+    # Not JSON, shown as Python shows it: they were "Done.", the reply lost (graph-authoring hunt 2)
+    (datetime(2026, 12, 6, 7, 0, tzinfo=UTC), False, None, "2026-12-06 07:00:00+00:00"),
+    (b"restarted web", False, None, "restarted web"),
+    ({"web", "api"}, False, None, '```\n[\n  "api",\n  "web"\n]\n```'),
+    (Decimal("1.50"), False, None, "1.50"),
 ])
 def test_a_graphs_reply_is_shown_as_it_is(reply: Any, failed: bool, error: Any, shown: str) -> None:
     assert replies.result(reply, failed=failed, error=error).plain_text() == shown
+
+
+def test_an_exception_without_a_message_is_named_without_a_dangling_colon() -> None:
+    assert replies.failure("probe", RuntimeError()).plain_text().endswith("`probe` failed: RuntimeError")
 
 
 def test_a_reply_too_long_for_a_few_messages_is_a_file_with_a_preview() -> None:
