@@ -55,6 +55,17 @@ async def until(condition: Callable[[], Awaitable[T]], what: str = "condition", 
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last value: {last!r})")
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, killed and waiting to be reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+        # The process may be reaped between the open and the read of its /proc entry: ESRCH then (CI met it).
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+    return state not in ("Z", "X")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -6,7 +6,6 @@ on whichever replica runs it. Who asked for the run, or an approver of it, may c
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.support import runs_in, wait_for, write_config
+from tests.support import alive, runs_in, wait_for, write_config
 
 SLEEPY = """
   sleepy:
@@ -31,14 +30,6 @@ def config_path(tmp_path: Path, counter: Path) -> Path:
     config.write_text(config.read_text().replace("runbooks:\n", "runbooks:" + SLEEPY.format(
         python=sys.executable, pidfile=str(tmp_path / "sleepy.pid")), 1))
     return config
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def started_sleeping(tmp_path: Path) -> int:

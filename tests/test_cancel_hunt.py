@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import ROOT, BatonProcess, has_buttons, runs_in, wait_for, write_config
-from tests.test_cancel import SLEEPY, alive, rows, started_sleeping
+from tests.support import ROOT, BatonProcess, alive, has_buttons, runs_in, wait_for, write_config
+from tests.test_cancel import SLEEPY, rows, started_sleeping
 
 SLEEPY_HIGH = """
   sleepyhigh:

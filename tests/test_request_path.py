@@ -242,7 +242,7 @@ def test_failing_hanging_and_missing_commands_are_reported_as_failures(baton, tm
 def _gone(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or reaped between the open and the read
         return True
     return state in ("Z", "X")  # killed, waiting to be reaped by whoever inherited it
 

@@ -15,15 +15,7 @@ import pytest
 import yaml
 
 from graphs.runbook import MAX_OUTPUT_BYTES, readable, run_command
-from tests.support import runs_in, wait_for
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+from tests.support import alive, runs_in, wait_for
 
 
 def test_output_without_end_does_not_fill_memory():
