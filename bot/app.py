@@ -78,17 +78,17 @@ class Baton:
 
     def __init__(self, settings: Settings, config: BatonConfig | None = None) -> None:
         self.settings = settings
-        self.config = config if config is not None else load_config(settings.config_path, required=settings.config_named)
+        config = config if config is not None else load_config(settings.config_path, required=settings.config_named)
         self.instance = settings.instance_name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.db = Database(settings.database_url)
         self.registry = GraphRegistry.discover()
         redactor = Redactor.for_settings(settings)
         self.outbox = Outbox(self.db, self.instance, claim_seconds=settings.lease_seconds, redactor=redactor)
-        check_digest_platforms(self.config, settings.config_path)
+        check_digest_platforms(config, settings.config_path)
         self.adapters: list[Any] = [adapter_class(self) for adapter_class in self._selected_adapters()]
-        self._warn_about(self.config)
+        self._warn_about(config)
         self.services = Services(
-            self.db, self.config, self.registry,
+            self.db, config, self.registry,
             model=create_model(settings.model, timeout=settings.model_timeout_seconds, retries=settings.model_retries),
             model_name=settings.model,
             model_deadline=settings.model_timeout_seconds * (settings.model_retries + 1),
@@ -147,6 +147,11 @@ class Baton:
         await self._stack.aclose()
         await self.db.dispose()
 
+    @property
+    def config(self) -> BatonConfig:
+        """``baton.yaml`` as read last (``reload_config``): the one copy, which every part reads from ``Services``."""
+        return self.services.config
+
     async def reload_config(self) -> bool:
         """Read ``baton.yaml`` again (``baton run`` does on SIGHUP): what comes next follows its runbooks,
         approvers, policies, digests and prices; waiting cards are edited to name the approvers it gives.
@@ -164,7 +169,7 @@ class Baton:
                 log.error("%s was not read again, Baton goes on with the configuration it has: %s", path,
                           printable(str(exc), lines=True))
                 return False
-            self.config = self.services.config = config
+            self.services.config = config
             self._warn_about(config)
             for step in (self.digests.sync_config, self.scheduler.reconcile, self.orchestrator.refresh_approvers):
                 try:

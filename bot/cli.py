@@ -66,7 +66,7 @@ def _settings_and_config() -> tuple[Settings, Any]:
         check_digest_platforms(config, settings.config_path)
         return settings, config
     except ConfigError as exc:
-        problems = "\n".join(printable(line) for line in str(exc).split("\n"))  # it quotes what the file holds
+        problems = printable(str(exc), lines=True)  # it quotes what the file holds
         _fail(f"Baton cannot start: {settings.config_path} is not valid:\n{problems}")
 
 
@@ -227,7 +227,7 @@ def graphs() -> None:
     _, config = _settings_and_config()
     for spec in _graphs():  # a description's control characters (YAML's "\e") are shown as U+FFFD, as in _table
         typer.echo(printable(f"{spec.name:<12} {_one_line(spec.description) or '(no description)'}  "
-                              f"(e.g. `{spec.example}`)"))
+                             f"(e.g. `{spec.example}`)"))
     for name, runbook in config.runbooks.items():
         typer.echo(printable(f"run {name:<8} {_one_line(runbook.description)}  [risk {runbook.risk}]"))
 

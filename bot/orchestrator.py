@@ -66,6 +66,7 @@ PROGRESS_LINES = 20  # the latest progress lines a run's progress message shows
 # itself may be what stops Baton (os._exit in a node, the memory it takes), at every start of every replica.
 MAX_TAKEOVERS = 3
 CUT_OFF_SECONDS = 1.0  # past the grace, what the runs' last checkpoint writes get before they are refused
+CANCELLED_BY = "cancelled by "  # + who: a cancelled run's error, which a later cancel of it reads
 CANCEL_LOOK_SECONDS = 0.5  # how often a stopping Baton looks for cancels of the runs in their grace
 STOP_GRACE_SECONDS = 8.0  # what a stopping Baton waits for events being handled (uvicorn's own grace is 10 s)
 
@@ -191,7 +192,7 @@ class Orchestrator:
             # A new thread's lease is already ours, and this event is its whole queue: the drain starts with it.
             when_committed(session, lambda: self._schedule(
                 record.id, first=(event, record) if new_thread else None))  # type: ignore[arg-type]
-            if kind == CANCEL_COMMAND and record.id in self._running:  # else the run's replica sees it (``sweep``)
+            if kind == threads.CANCEL_KIND and record.id in self._running:  # else the run's replica sees it (``sweep``)
                 when_committed(session, lambda: self._spawn(self.apply_cancels()))
         if queued:
             self.outbox.wake(message.platform)
@@ -230,16 +231,16 @@ class Orchestrator:
         is for: one that ends before the cancel reaches it leaves the cancel for the drain to answer, never to
         stop the next run."""
         if record.status not in threads.BUSY:  # a request waiting to start (Baton busy): the cancel withdraws it
-            return CANCEL_COMMAND, text, {**payload, "run_id": None}
+            return threads.CANCEL_KIND, text, {**payload, "run_id": None}
         if record.status == "running":
             running = (await session.exec(select(Run.id).where(
                 Run.thread_record_id == record.id, Run.status == "running").order_by(Run.id.desc()).limit(1))).first()  # type: ignore[union-attr]
-            return CANCEL_COMMAND, text, {**payload, "run_id": running}
+            return threads.CANCEL_KIND, text, {**payload, "run_id": running}
         cards = await self._waiting_cards(session, record.id)  # type: ignore[arg-type]
         if not cards:
             return "message", text, payload
         if len(cards) > 1:  # a Reject of one card would leave the run waiting on the others: the run is cancelled
-            return CANCEL_COMMAND, text, {**payload, "run_id": cards[0][1]}
+            return threads.CANCEL_KIND, text, {**payload, "run_id": cards[0][1]}
         return "click", "reject", {"approval_id": cards[0][0], "action": "reject", "cancel": True}
 
     @staticmethod
@@ -260,7 +261,7 @@ class Orchestrator:
         async with self.db.read() as session:
             asked = (await session.exec(select(InboundEvent).where(
                 InboundEvent.thread_record_id.in_(running), InboundEvent.status == "pending",  # type: ignore[union-attr]
-                InboundEvent.kind == CANCEL_COMMAND).order_by(InboundEvent.id))).all()
+                InboundEvent.kind == threads.CANCEL_KIND).order_by(InboundEvent.id))).all()
         stopped = 0
         for event in asked:
             record_id: int = event.thread_record_id  # type: ignore[assignment]
@@ -270,7 +271,7 @@ class Orchestrator:
             if event.payload.get("run_id") != run.id:  # for a run that ended: the drain answers it
                 continue
             others = self._approvers_of(run)
-            if self._may_cancel(run, event):
+            if self._may_cancel(run, event, others):
                 self._cancels[record_id] = event
                 task.cancel()
                 stopped += 1
@@ -288,9 +289,19 @@ class Orchestrator:
             self.outbox.wake(event.platform)
         return stopped
 
-    def _may_cancel(self, run: Run, event: InboundEvent) -> bool:
-        return event.user == run.requested_by or approvals.is_approver(self._approvers_of(run), event.platform,
-                                                                        event.user)
+    @staticmethod
+    def _may_cancel(run: Run, event: InboundEvent, others: list[str]) -> bool:
+        """Whether ``event``'s sender may cancel ``run``: who asked for it, or one of ``others`` (``_approvers_of``)."""
+        return event.user == run.requested_by or approvals.is_approver(others, event.platform, event.user)
+
+    async def _end_cancelled(self, run: Run, record: ThreadRecord, event: InboundEvent, cancel: InboundEvent,
+                             services: RunServices | None = None, *, at_cards: bool = False) -> None:
+        """End ``run`` as cancelled by ``cancel``'s sender, the cancel closed with it (``_finish_run``)."""
+        log.info("run %s (%s) was cancelled by %s", run.id, run.graph, cancel.user)
+        seconds = (utcnow() - run.started_at).total_seconds()
+        await self._finish_run(run, record, event, "failed", replies.cancelled(run.graph, cancel.user, seconds,
+                                                                               at_cards=at_cards),
+                               CANCELLED_BY + cancel.user, services, cancel=cancel)
 
     async def _handle_cancel(self, event: InboundEvent, record: ThreadRecord) -> None:
         """A cancel the drain takes (before the requests queued in the thread): the run it was for is not
@@ -307,22 +318,19 @@ class Orchestrator:
             event.payload = {**event.payload, "approval_id": waiting[0], "action": "reject", "cancel": True}
             return await self._handle_click(event, record)
         if run is not None and (waiting or (run.status == "running" and record.status == "running")):
-            if not self._may_cancel(run, event):
+            others = self._approvers_of(run)
+            if not self._may_cancel(run, event, others):
                 return await self._finish_event(event, "cancel refused", replies.cancel_refused(
-                    run.requested_by, self._approvers_of(run)), ephemeral=True)
-            log.info("run %s (%s), %s, was cancelled by %s", run.id, run.graph,
-                     "waiting at its cards" if waiting else "whose replica stopped while it ran", event.user)
-            seconds = (utcnow() - run.started_at).total_seconds()
-            # Its own event stays pending; taken next, it finds its run ended ("recovered").
-            return await self._finish_run(run, record, event, "failed", replies.cancelled(
-                run.graph, event.user, seconds, at_cards=bool(waiting)), f"cancelled by {event.user}", cancel=event)
+                    run.requested_by, others), ephemeral=True)
+            # Waiting at its cards, or its replica stopped while it ran. Its own event stays pending (a run taken
+            # over); taken next, it finds its run ended ("recovered").
+            return await self._end_cancelled(run, record, event, event, at_cards=bool(waiting))
         if run_id is None:
             return await self._withdraw_queued(event)
-        if run is not None and (run.error or "").startswith("cancelled by "):
-            return await self._finish_event(event, "cancelled already", Message.text(
-                f"{run.error.removeprefix('cancelled by ')} cancelled this run already.", tone="info"))  # type: ignore[union-attr]
-        await self._finish_event(event, "nothing to cancel", Message.text(
-            "The run was over before your `cancel` reached it: nothing was stopped.", tone="warning"))
+        if run is not None and (run.error or "").startswith(CANCELLED_BY):
+            return await self._finish_event(event, "cancelled already", replies.cancelled_already(
+                run.error.removeprefix(CANCELLED_BY)))  # type: ignore[union-attr]
+        await self._finish_event(event, "nothing to cancel", replies.cancel_too_late())
 
     async def _withdraw_queued(self, event: InboundEvent) -> None:
         """A cancel sent while the thread's request waited to start: its sender's requests queued before it go
@@ -336,9 +344,7 @@ class Orchestrator:
             if withdrawn:
                 await audit.record(session, "request.cancelled", event.correlation_id, platform=event.platform,
                                    channel=event.channel, thread=event.thread, user=event.user, requests=withdrawn)
-            reply = Message.text(f"{event.user} cancelled {'this request' if withdrawn == 1 else f'{withdrawn} requests'}"
-                                 " before it started: nothing of it ran.", tone="warning") if withdrawn else \
-                replies.nothing_to_cancel(in_thread=True)
+            reply = replies.withdrawn(event.user, withdrawn) if withdrawn else replies.nothing_to_cancel(in_thread=True)
             delivery = await self._answer(session, event, "cancelled before it started" if withdrawn else
                                           "nothing to cancel", reply)
         self.outbox.hand_over(event.platform, delivery)
@@ -595,7 +601,7 @@ class Orchestrator:
         try:
             if event.kind == "click":
                 await self._handle_click(event, record)
-            elif event.kind == CANCEL_COMMAND:
+            elif event.kind == threads.CANCEL_KIND:
                 await self._handle_cancel(event, record)
             else:
                 await self._handle_message(event, record, fresh)
@@ -1088,18 +1094,14 @@ class Orchestrator:
                 outcome = await self.runtime.run(spec, record.lg_thread_id, payload, services, post_progress, run.id)
             finally:  # from here on a cancel finds no run: it is answered as come too late
                 self._running.pop(record.id, None)  # type: ignore[arg-type]
-                cancel = self._cancels.pop(record.id, None)  # type: ignore[arg-type]
+                if (cancel := self._cancels.pop(record.id, None)) is not None:  # type: ignore[arg-type]
+                    task.uncancel()  # ours; if the graph caught it and ended otherwise, that end stands
         except asyncio.CancelledError:
-            if cancel is None or task.uncancel() > 0:  # Baton stopping (too): not a cancel of this run alone
+            if cancel is None or task.cancelling():  # Baton stopping (too): not a cancel of this run alone
                 raise
-            log.info("run %s (%s) was cancelled by %s", run.id, spec.name, cancel.user)
-            seconds = (utcnow() - run.started_at).total_seconds()
-            await self._finish_run(run, record, event, "failed", replies.cancelled(spec.name, cancel.user, seconds),
-                                   f"cancelled by {cancel.user}", services, cancel=cancel)
+            await self._end_cancelled(run, record, event, cancel, services)
             return
         except Exception as exc:
-            if cancel is not None:  # the graph caught the cancellation and failed otherwise: its own outcome stands
-                task.uncancel()
             log.warning("run %s (%s) failed: %s", run.id, spec.name, exc)
             if isinstance(exc, RunTimedOut):
                 message = replies.timed_out(spec.name, exc.limit)
@@ -1109,8 +1111,6 @@ class Orchestrator:
                 message = replies.failure(spec.name, exc)
             await self._finish_run(run, record, event, "failed", message, str(exc)[:1000], services)
             return
-        if cancel is not None:  # caught inside the graph, which went on to its end: that end stands
-            task.uncancel()
         if outcome.waiting:
             await self._wait_for_approval(run, record, spec, outcome.interrupts, event, services)
             return
@@ -1200,7 +1200,7 @@ class Orchestrator:
                     await session.exec(update(Effect).where(  # type: ignore[arg-type]
                         Effect.run_id == run.id, Effect.status == "started",
                     ).values(status="failed", finished_at=now,
-                             result={"error": f"cancelled by {cancel.user} while it ran"}))
+                             result={"error": f"{CANCELLED_BY}{cancel.user} while it ran"}))
                 await audit.record(session, "run.cancelled", run.correlation_id, platform=record.platform,
                                    channel=record.channel, thread=record.thread, user=cancel.user, run_id=run.id,
                                    cancel=cancel.correlation_id)

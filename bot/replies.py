@@ -109,7 +109,7 @@ def result(reply: Any, *, failed: bool, error: Any = None) -> Message:
         text = str(reply)
     elif isinstance(reply, bytes | bytearray) and reply:
         text = reply.decode("utf-8", errors="replace")
-    elif reply is not None and not isinstance(reply, str | list | tuple | dict | set | frozenset | bytes | bytearray):
+    elif reply is not None and not isinstance(reply, str | bytes | bytearray | list | tuple | dict):  # (sets: lists)
         text = str(reply)  # a datetime, a dataclass: as Python shows it (it was "Done.", the reply lost)
     elif failed:
         text = f"The run failed: {str(error)[:1000]}" if error not in (None, True) else "The run failed."
@@ -171,6 +171,19 @@ def cancelled(graph: str, user: str, seconds: float, *, at_cards: bool = False) 
 def cancel_refused(requested_by: str, others: list[str]) -> Message:
     who = f"{requested_by}, who asked for it" + (f", or {approvals.one_of(others)}" if others else "")
     return Message.text(f"Only {who} can cancel this run. It goes on.", tone="warning")
+
+
+def cancelled_already(by: str) -> Message:
+    return Message.text(f"{by} cancelled this run already.", tone="info")
+
+
+def cancel_too_late() -> Message:
+    return Message.text("The run was over before your `cancel` reached it: nothing was stopped.", tone="warning")
+
+
+def withdrawn(user: str, requests: int) -> Message:
+    what = "this request" if requests == 1 else f"{requests} requests"
+    return Message.text(f"{user} cancelled {what} before it started: nothing of it ran.", tone="warning")
 
 
 def nothing_to_cancel(in_thread: bool) -> Message:

@@ -144,36 +144,32 @@ SECRET_VARIABLES = frozenset({"BATON_DATABASE_URL"} | {
     if field.annotation is SecretStr or SecretStr in getattr(field.annotation, "__args__", ())})
 
 
-def export_env_file(settings: Settings) -> list[str]:
+def export_env_file(settings: Settings) -> None:
     """Put the ``.env`` lines that are not Baton's own settings into the environment (a model provider's key:
     LangChain's provider packages read only the environment, so ``OPENAI_API_KEY`` in ``.env`` stopped the
-    start). What the environment sets already wins, as it does for Baton's settings. The names exported."""
-    files = settings.model_config.get("env_file")
+    start). What the environment sets already wins, as it does for Baton's settings."""
     own = {str(field.alias) for field in Settings.model_fields.values()}
-    exported = []
-    for name in [files] if isinstance(files, (str, os.PathLike)) else files or ():
-        path = Path(name).expanduser()
-        if not path.is_file():
-            continue
+    for path in _env_files(settings.model_config.get("env_file")):
         for variable, value in dotenv_values(path, encoding=settings.model_config.get("env_file_encoding")).items():
-            if variable not in own and value is not None and variable not in os.environ:
-                os.environ[variable] = value
-                exported.append(variable)
-    return exported
+            if variable not in own and value is not None:
+                os.environ.setdefault(variable, value)
+
+
+def _env_files(files: DotenvType | None) -> list[Path]:
+    """The ``.env`` files that are there to read (none, or a pipe, is read once, by pydantic-settings)."""
+    named = [files] if isinstance(files, (str, os.PathLike)) else files or ()
+    return [path for path in (Path(name).expanduser() for name in named) if path.is_file()]
 
 
 def _refuse_unreadable_lines(files: DotenvType | None, encoding: str | None) -> None:
     """Refuse a ``.env`` line python-dotenv cannot parse (``SLACK_BOT_TOKEN: xoxb-...``, an unclosed quote):
     it skips such a line with a warning, and the setting silently kept its default. The file and the
     line's number are named, never its text: it may hold a secret."""
-    for name in [files] if isinstance(files, (str, os.PathLike)) else files or ():
-        path = Path(name).expanduser()
-        if not path.is_file():  # none, or a pipe: read once, by pydantic-settings
-            continue
+    for path in _env_files(files):
         text = path.read_text(encoding=encoding or "utf-8")
         unread = [str(binding.original.line) for binding in parse_stream(io.StringIO(text)) if binding.error]
         if unread:
             raise ValidationError.from_exception_data("Settings", [{
                 "type": PydanticCustomError("env_file_line", "line{s} {lines} cannot be read as NAME=value",
                                             {"s": "s" if len(unread) > 1 else "", "lines": ", ".join(unread)}),
-                "loc": (str(name),), "input": str(name)}])
+                "loc": (str(path),), "input": str(path)}])

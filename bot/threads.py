@@ -26,9 +26,10 @@ _FIND = prepared(select(ThreadRecord).where(
     ThreadRecord.channel == bindparam("channel"), ThreadRecord.thread == bindparam("thread")))
 _PENDING = select(InboundEvent).where(InboundEvent.thread_record_id == bindparam("record_id"),
                                       InboundEvent.status == "pending")
+CANCEL_KIND = "cancel"  # an inbound event that asks to stop the run it names (``Orchestrator._cancel_kind``)
 # Clicks and cancels do not wait their turn behind requests, and are taken while the thread waits at a card (a
 # cancel left behind a run that reached its card, or that ended, hit what ran next). No IN list: prepared.
-URGENT = or_(InboundEvent.kind == "click", InboundEvent.kind == "cancel")
+URGENT = or_(InboundEvent.kind == "click", InboundEvent.kind == CANCEL_KIND)
 _NEXT_CLICK = prepared(_PENDING.where(URGENT).order_by(InboundEvent.id).limit(1))  # type: ignore[arg-type]
 _NEXT_CLICKS_FIRST = prepared(_PENDING.order_by(case((URGENT, 0), else_=1), InboundEvent.id).limit(1))  # type: ignore[arg-type]
 _MINE = select(InboundEvent.id).where(InboundEvent.platform == bindparam("platform"),
@@ -182,8 +183,7 @@ async def next_event(session: Transaction, record: ThreadRecord) -> InboundEvent
 
 async def has_pending(session: Transaction, record_id: int) -> bool:
     """Whether the thread has events still to be handled (a request waiting for a drain slot, say)."""
-    return (await session.exec(select(InboundEvent.id).where(  # type: ignore[call-overload]
-        InboundEvent.thread_record_id == record_id, InboundEvent.status == "pending").limit(1))).first() is not None
+    return (await session.exec(_PENDING_IDS.limit(1), params={"record_id": record_id})).first() is not None  # type: ignore[call-overload]
 
 
 async def next_event_of(session: Transaction, record_id: int, status: str) -> InboundEvent | None:
