@@ -39,6 +39,10 @@ DIGEST_GRAPH = "digest"  # what a digest's own model summary cost is counted und
 # Scrapes closer together than this share one reading of the database: the endpoint needs no
 # password, and a client asking in a loop must not turn it into a load on the database.
 REUSE_SECONDS = 1.0
+# How long a scrape waits for the database's numbers (Prometheus gives up on a scrape after 10 s by default):
+# a database that holds the reading (a lock taken by a migration, a server that stopped answering) gets
+# baton_database_up 0 within this, and the reading goes on meanwhile, for the next scrape to find.
+COLLECT_TIMEOUT_SECONDS = 5.0
 # Rows inserted within this long are aggregated afresh at every scrape, not added to the kept totals:
 # on PostgreSQL ids come from a sequence, so a transaction still open may commit a lower id than one
 # already seen. Baton's write transactions last well under a second (clocks of replicas may differ a bit).
@@ -165,8 +169,10 @@ class Metrics:
         self.platforms = sorted({*platforms, *self.served})  # every platform whose rows the outbox may hold
         self.runs = runs_rollup()
         self.inbound = inbound_rollup()
-        self._lock = asyncio.Lock()
         self._last: tuple[float, list[Metric]] | None = None
+        self._reading: asyncio.Task[None] | None = None  # the one reading of the database under way
+        self._began = 0.0  # when it began (time.perf_counter())
+        self._late: asyncio.Task[None] | None = None  # the reading already logged as late
 
     async def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """The body and its content type: the text format, or OpenMetrics when the scraper asks for it."""
@@ -174,15 +180,42 @@ class Metrics:
         return encode(_Families(await self.families())), content_type
 
     async def families(self) -> list[Metric]:
-        async with self._lock:  # one reading at a time; the rollups are not to be updated by two at once
-            if self._last is None or time.monotonic() - self._last[0] >= REUSE_SECONDS:
-                began = time.perf_counter()
-                shared = await self._shared()
-                took = GaugeMetricFamily("baton_metrics_collect_seconds",
-                                         "How long this replica took to read the shared numbers at its last scrape.",
-                                         value=time.perf_counter() - began)
-                self._last = (time.monotonic(), [*shared, took])
-            return [*self._own(), *self._last[1]]
+        """This replica's own families, and the shared ones of a reading at most ``REUSE_SECONDS`` old. A reading
+        that takes longer than ``COLLECT_TIMEOUT_SECONDS`` is not waited for: the scrape says the database is not
+        answering (it hung for as long as the database did, and Prometheus saw the replica down, ``up`` 0)."""
+        if self._reading is None and (self._last is None or time.monotonic() - self._last[0] >= REUSE_SECONDS):
+            # one reading at a time, shared by the scrapes that come meanwhile: the rollups are updated by one
+            self._began = time.perf_counter()
+            self._reading = asyncio.create_task(self._collect(), name="metrics-reading")
+        reading = self._reading
+        if reading is not None:
+            try:  # shielded: a scrape that stops waiting leaves the reading to go on
+                await asyncio.wait_for(asyncio.shield(reading), COLLECT_TIMEOUT_SECONDS)
+            except TimeoutError:
+                return [*self._own(), *self._unanswered(reading)]
+        assert self._last is not None
+        return [*self._own(), *self._last[1]]
+
+    async def _collect(self) -> None:
+        try:
+            shared = await self._shared()
+            took = GaugeMetricFamily("baton_metrics_collect_seconds",
+                                     "How long this replica took to read the shared numbers at its last scrape.",
+                                     value=time.perf_counter() - self._began)
+            self._last = (time.monotonic(), [*shared, took])
+        finally:
+            self._reading = None
+
+    def _unanswered(self, reading: asyncio.Task[None]) -> list[Metric]:
+        """What a scrape says while the database has not answered its reading: down, and for how long it waited."""
+        if self._late is not reading:
+            self._late = reading
+            log.warning("metrics: the database did not answer within %g s; scrapes say baton_database_up 0 until it "
+                        "does", COLLECT_TIMEOUT_SECONDS)
+        return [GaugeMetricFamily("baton_database_up", "1 when this scrape could read Baton's database.", value=0),
+                GaugeMetricFamily("baton_metrics_collect_seconds",
+                                  "How long this replica took to read the shared numbers at its last scrape.",
+                                  value=time.perf_counter() - self._began)]
 
     def _own(self) -> list[Metric]:
         up = GaugeMetricFamily("baton_up", "1 while this replica serves.", value=1)

@@ -1,0 +1,52 @@
+"""``GET /metrics``, ``status`` and ``help`` as a demanding operator meets them (a bug hunt's tests).
+
+Each test here failed on the code before its fix: a scrape that hung while the database did not answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import psycopg
+import pytest
+
+import bot.metrics
+from bot.metrics import Metrics
+from storage.db import Database
+from storage.migrate import upgrade
+from tests.test_metrics import Samples, value
+
+
+def samples_of(families: list[Any]) -> Samples:
+    return {(s.name, frozenset(s.labels.items())): s.value for family in families for s in family.samples}
+
+
+@pytest.mark.asyncio
+async def test_a_scrape_answers_while_the_database_holds_its_reading(postgres_url: str, monkeypatch, caplog) -> None:
+    """A database that takes the reading and never answers (here a migration's lock on ``runs``; a server that
+    stopped answering is the same): the scrape hung for as long, so Prometheus marked the replica down (``up``
+    0, no ``baton_up``) and every later scrape queued behind it. Now it says ``baton_database_up 0`` within
+    ``COLLECT_TIMEOUT_SECONDS``, once in the log, and the reading goes on to be found by a later scrape."""
+    monkeypatch.setattr(bot.metrics, "COLLECT_TIMEOUT_SECONDS", 0.3, raising=False)
+    monkeypatch.setattr(bot.metrics, "REUSE_SECONDS", 0.0)
+    upgrade(postgres_url)
+    database = Database(postgres_url)
+    metrics = Metrics(database, "test", [], ["slack"])
+    try:
+        assert value(samples_of(await metrics.families()), "baton_database_up") == 1
+        with psycopg.connect(postgres_url) as holder:
+            holder.execute("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE")
+            for _ in range(3):  # each answers in time, the stuck reading shared (not one more each)
+                async with asyncio.timeout(3):
+                    stuck = samples_of(await metrics.families())
+                assert value(stuck, "baton_database_up") == 0 and value(stuck, "baton_up") == 1
+                assert value(stuck, "baton_runs_started_total", graph="runbook") is None
+            late = [r for r in caplog.records if "did not answer" in r.getMessage()]
+            assert len(late) == 1, late
+            holder.rollback()
+        async with asyncio.timeout(3):
+            while value(samples_of(await metrics.families()), "baton_database_up") != 1:
+                await asyncio.sleep(0.02)
+    finally:
+        await database.dispose()
