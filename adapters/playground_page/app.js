@@ -88,7 +88,26 @@
     el.textContent = msg; el.hidden = !msg;
     el.dataset.unreachable = unreachable ? '1' : '';
   }
-  const nearBottom = (el) => el.scrollHeight - el.scrollTop - el.clientHeight < 80;
+  // A list that is not shown (the channel behind an open thread on a phone: display: none) has no size:
+  // scrolling it did nothing, and a channel drawn or sent a message meanwhile came back at its top (a thread
+  // opened from a link) or short of its newest message. It notes whether it was at its end when it went
+  // (data-at-end), ends there when drawn or added to meanwhile, and goes there once it is shown again.
+  const nearBottom = (el) => (el.clientHeight ? el.scrollHeight - el.scrollTop - el.clientHeight < 80 :
+    el.dataset.atEnd !== '0');
+  function toEnd(list) {
+    list.scrollTop = list.scrollHeight;
+    if (!list.clientHeight) list.dataset.atEnd = '1';
+  }
+  function noteEnd(list) { // before it may be hidden
+    if (list.clientHeight) list.dataset.atEnd = nearBottom(list) ? '1' : '0';
+  }
+  const shown = new ResizeObserver((entries) => {
+    for (const { target } of entries) {
+      if (!target.clientHeight) continue;
+      if (target.dataset.atEnd === '1') target.scrollTop = target.scrollHeight;
+      delete target.dataset.atEnd;
+    }
+  });
   const chanName = (id) => { const c = S.channels.find((x) => x.id === id); return c ? c.name : '#' + id; };
 
   // ---------- message store ----------
@@ -228,7 +247,7 @@
       return o && byId(o, m) > 0;
     });
     list.insertBefore(el, next || null);
-    if (stick) list.scrollTop = list.scrollHeight;
+    if (stick) toEnd(list);
   }
 
   function refreshReplies(tid) {
@@ -273,7 +292,7 @@
     if (!ms.length) {
       list.innerHTML = '<div class="empty">No messages yet. Say hi, or try <code>' + esc(example(S.channel)) + '</code>.</div>';
     }
-    list.scrollTop = list.scrollHeight;
+    toEnd(list);
   }
 
   function renderThread() {
@@ -288,7 +307,7 @@
     rootEl.classList.add('thread-root');
     $('thread-messages').replaceChildren(rootEl, div, ...replies.map((m) => messageEl(m, true)));
     $('thread-channel').textContent = chanName(root.channel);
-    $('thread-messages').scrollTop = $('thread-messages').scrollHeight;
+    toEnd($('thread-messages'));
   }
 
   // ---------- loading & routing ----------
@@ -327,6 +346,7 @@
 
   async function loadThread(quiet) {
     const seq = ++threadSeq, tid = S.thread;
+    noteEnd($('messages'));
     $('thread-pane').hidden = false;
     document.body.classList.add('thread-open');
     autosize($('thread-composer'));  // its draft, if any, was put in while the pane was hidden
@@ -537,8 +557,7 @@
       showErr(errEl, '');
       if (box.value === text) { box.value = ''; autosize(box); }
       if (d.message) ingest(d.message, true);
-      const list = threadId ? $('thread-messages') : $('messages');
-      list.scrollTop = list.scrollHeight;
+      toEnd(threadId ? $('thread-messages') : $('messages'));
     } catch (e) {
       showErr(errEl, e.message, e.unreachable);
     } finally {
@@ -638,6 +657,8 @@
     route();
   }
 
+  shown.observe($('messages'));
+  shown.observe($('thread-messages'));
   wireComposer('composer-form', 'composer', 'composer-error', () => null);
   wireComposer('thread-composer-form', 'thread-composer', 'thread-composer-error', () => S.thread);
 
