@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import shlex
@@ -148,12 +149,14 @@ def route_to(registry: GraphRegistry, graph: str, request: Request, text: str) -
 
 def _runbook_route(tokens: list[str], config: BatonConfig, force: bool) -> Route:
     known = ", ".join(f"`{name}`" for name in config.runbooks) or "none are configured"
-    if not tokens:
-        raise RouteError(f"Which runbook? Use `run <runbook> key=value ...`. Runbooks: {known}.")
+    if not tokens or (tokens[0].lower() in HELP_WORDS and tokens[0].lower() not in config.runbooks):
+        raise RouteError(_runbook_usages(config))  # "run", "run help": which runbooks, and how each is asked
     name, pairs = tokens[0].lower(), tokens[1:]  # runbook names are lower case, as `RUN` is `run`
     runbook = config.runbooks.get(name)
     if runbook is None:
-        raise RouteError(f"I don't know a runbook called `{quoted_code(name)}`. Runbooks: {known}.")
+        guess = _closest(name, list(config.runbooks))
+        hint = f" Did you mean `{guess}`?" if guess else ""
+        raise RouteError(f"I don't know a runbook called `{quoted_code(name)}`.{hint} Runbooks: {known}.")
     given: dict[str, str] = {}
     problems: list[str] = []
     for pair in pairs:
@@ -169,9 +172,13 @@ def _runbook_route(tokens: list[str], config: BatonConfig, force: bool) -> Route
         values = runbook.validate_args(given)
     except ValueError as exc:
         problems.insert(0, str(exc))  # the values first: `service=web;rm -rf /` is wrong in more than one way
+    guesses = {key: _closest(key, [arg for arg in runbook.args if arg not in given]) for key in given
+               if key not in runbook.args}  # `Service=web`, `sevice=web`: said only "unknown argument"
+    hint = " ".join(f"Did you mean `{guess}=` for `{quoted_code(key)}=`?" for key, guess in guesses.items() if guess)
     if problems:
         usage = f"`run {name} {runbook.usage_args()}`" if runbook.args else f"`run {name}` (no arguments)"
-        raise RouteError(f"Runbook `{name}`: {'; '.join(problems)}. Usage: {usage}. Nothing was run.")
+        raise RouteError(f"Runbook `{name}`: {'; '.join(problems)}.{' ' + hint if hint else ''} Usage: {usage}. "
+                         "Nothing was run.")
     canonical = " ".join(f"{key}={values[key]}" for key in sorted(values))
     return Route(
         RUNBOOK_GRAPH,
@@ -180,6 +187,35 @@ def _runbook_route(tokens: list[str], config: BatonConfig, force: bool) -> Route
         force=force,
         title=f"run {name} {canonical}".strip(),
     )
+
+
+HELP_WORDS = ("help", "?", "list")  # after `run`: the runbooks, unless one has that name
+USAGES_SHOWN = 30  # runbooks listed with their usage in one reply; the rest by name
+
+
+def _runbook_usages(config: BatonConfig) -> str:
+    """The runbooks, each with how it is asked for: what `run` alone (or `run help`) answers."""
+    if not config.runbooks:
+        return "There are no runbooks: none are configured in baton.yaml."
+    lines = []
+    for name, runbook in list(config.runbooks.items())[:USAGES_SHOWN]:
+        usage = f"run {name} {runbook.usage_args()}".strip()
+        risk = " (needs approval)" if runbook.risk == "high" else ""
+        described = " ".join(runbook.description.split())
+        lines.append(f"• `{usage}`" + (f" — {described}" if described else "") + risk)
+    rest = list(config.runbooks)[USAGES_SHOWN:]
+    if rest:
+        lines.append(f"…and {len(rest)} more: " + ", ".join(f"`{name}`" for name in rest))
+    return "Which runbook? Use `run <runbook> key=value ...`:\n" + "\n".join(lines)
+
+
+def _closest(word: str, names: list[str]) -> str | None:
+    """The name ``word`` was most likely meant to be (a typo, another case), if one is close enough."""
+    same = [name for name in names if name.lower() == word.lower()]
+    if same:
+        return same[0]
+    close = difflib.get_close_matches(word.lower(), names, n=1, cutoff=0.75)
+    return close[0] if close else None
 
 
 def _input_for(registry: GraphRegistry, graph: str, request: Request, args: str) -> dict[str, Any]:
