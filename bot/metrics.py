@@ -172,7 +172,7 @@ class Metrics:
         self._last: tuple[float, list[Metric]] | None = None
         self._reading: asyncio.Task[None] | None = None  # the one reading of the database under way
         self._began = 0.0  # when it began (time.perf_counter())
-        self._late: asyncio.Task[None] | None = None  # the reading already logged as late
+        self._trouble: str | None = None  # why the database could not be read, as logged (once while it lasts)
 
     async def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """The body and its content type: the text format, or OpenMetrics when the scraper asks for it."""
@@ -192,7 +192,7 @@ class Metrics:
             try:  # shielded: a scrape that stops waiting leaves the reading to go on
                 await asyncio.wait_for(asyncio.shield(reading), COLLECT_TIMEOUT_SECONDS)
             except TimeoutError:
-                return [*self._own(), *self._unanswered(reading)]
+                return [*self._own(), *self._unanswered()]
         assert self._last is not None
         return [*self._own(), *self._last[1]]
 
@@ -206,12 +206,9 @@ class Metrics:
         finally:
             self._reading = None
 
-    def _unanswered(self, reading: asyncio.Task[None]) -> list[Metric]:
+    def _unanswered(self) -> list[Metric]:
         """What a scrape says while the database has not answered its reading: down, and for how long it waited."""
-        if self._late is not reading:
-            self._late = reading
-            log.warning("metrics: the database did not answer within %g s; scrapes say baton_database_up 0 until it "
-                        "does", COLLECT_TIMEOUT_SECONDS)
+        self._troubled(f"it did not answer within {COLLECT_TIMEOUT_SECONDS:g} s")
         return [GaugeMetricFamily("baton_database_up", "1 when this scrape could read Baton's database.", value=0),
                 GaugeMetricFamily("baton_metrics_collect_seconds",
                                   "How long this replica took to read the shared numbers at its last scrape.",
@@ -233,10 +230,21 @@ class Metrics:
             async with self.db.scan() as session:  # SQLite: off the event loop (aiosqlite's thread)
                 families = await self._read(session, utcnow())
         except Exception as exc:  # noqa: BLE001 - the scrape still answers: baton_database_up says what is wrong
-            log.warning("metrics: the database could not be read: %s: %s", type(exc).__name__, exc)
+            self._troubled(f"{type(exc).__name__}: {_first_line(exc)}")
             families = []
+        else:
+            if self._trouble is not None:
+                log.info("metrics: the database is read again")
+                self._trouble = None
         return [GaugeMetricFamily("baton_database_up", "1 when this scrape could read Baton's database.",
                                   value=1 if families else 0), *families]
+
+    def _troubled(self, reason: str) -> None:
+        """Log why the database could not be read, once while the reason lasts: a scrape every 15 s logged the
+        same lines (a traceback's worth) four times a minute, for each replica, all through an outage."""
+        if reason != self._trouble:
+            log.warning("metrics: the database could not be read (baton_database_up 0 until it can): %s", reason)
+            self._trouble = reason
 
     async def _read(self, session: AsyncSession, now: datetime) -> list[Metric]:
         finished, active = await self.runs.read(session, now)
@@ -286,6 +294,11 @@ class Metrics:
         for platform, count in sorted({**dict.fromkeys(self.served, 0), **pending}.items()):
             queued.add_metric([platform], count)
         return [total, queued]
+
+
+def _first_line(exc: BaseException) -> str:
+    """An error's first line (SQLAlchemy's add its statement, its parameters and a link on the next ones)."""
+    return next(iter(str(exc).splitlines()), "").strip() or type(exc).__name__
 
 
 def _age(now: datetime, then: datetime | None) -> float:

@@ -1,11 +1,13 @@
 """``GET /metrics``, ``status`` and ``help`` as a demanding operator meets them (a bug hunt's tests).
 
-Each test here failed on the code before its fix: a scrape that hung while the database did not answer.
+Each test here failed on the code before its fix: a scrape that hung while the database did not answer; an
+outage logged at every scrape.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import psycopg
@@ -15,6 +17,7 @@ import bot.metrics
 from bot.metrics import Metrics
 from storage.db import Database
 from storage.migrate import upgrade
+from tests.db_proxy import DatabaseProxy
 from tests.test_metrics import Samples, value
 
 
@@ -50,3 +53,29 @@ async def test_a_scrape_answers_while_the_database_holds_its_reading(postgres_ur
                 await asyncio.sleep(0.02)
     finally:
         await database.dispose()
+
+
+@pytest.mark.asyncio
+async def test_an_outage_is_logged_once_and_its_end_too(postgres_url: str, monkeypatch, caplog) -> None:
+    """The database away (its server down): every scrape logged the same warning, three lines with SQLAlchemy's
+    link, four times a minute per replica all through the outage, and nothing said when it was read again."""
+    monkeypatch.setattr(bot.metrics, "REUSE_SECONDS", 0.0)
+    upgrade(postgres_url)
+    proxy = DatabaseProxy().start()
+    database = Database(proxy.url(postgres_url))
+    metrics = Metrics(database, "test", [], ["slack"])
+    caplog.set_level(logging.INFO, logger="bot.metrics")
+    try:
+        assert value(samples_of(await metrics.families()), "baton_database_up") == 1
+        proxy.cut()
+        for _ in range(3):
+            assert value(samples_of(await metrics.families()), "baton_database_up") == 0
+        proxy.restore()
+        assert value(samples_of(await metrics.families()), "baton_database_up") == 1
+    finally:
+        await database.dispose()
+        proxy.stop()
+    said = [record for record in caplog.records if record.name == "bot.metrics"]
+    assert [record.levelname for record in said] == ["WARNING", "INFO"], [r.getMessage() for r in said]
+    assert "\n" not in said[0].getMessage() and "Connection refused" in said[0].getMessage()
+    assert "read again" in said[1].getMessage()
