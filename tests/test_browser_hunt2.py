@@ -1,7 +1,7 @@
 """The playground page in a real Chromium, as a demanding team lead uses it (second hunt).
 
-One ``baton run`` serves the whole module (each test keeps to messages of its own); the browser is
-test_browser's. Waits are Playwright's conditions, never sleeps.
+One ``baton run`` serves the whole module (each test keeps to messages of its own, none in #general, which
+open_playground expects empty); the browser is test_browser's. Waits are Playwright's conditions, never sleeps.
 """
 
 from __future__ import annotations
@@ -75,3 +75,17 @@ def test_on_a_phone_the_channel_behind_a_thread_comes_back_at_its_newest_message
 def message_id(pg: Playground, response: object) -> str:
     assert response.status_code == 201, response.text  # type: ignore[attr-defined]
     return str(response.json()["message"]["id"])  # type: ignore[attr-defined]
+
+
+def test_two_tabs_as_two_users_stay_who_they_are_after_a_reload(baton: BatonProcess, page: sync_api.Page) -> None:  # noqa: F811
+    """The user picked was kept in localStorage only, which every tab shares: with alice in one tab and bob in
+    another (one asks, the other approves), reloading alice's tab made it bob's, the last pick in any tab."""
+    open_playground(page, baton.url, "alice")
+    other = page.context.new_page()
+    open_playground(other, baton.url, "bob")
+    page.reload()
+    expect(page.locator("#conn-status.online")).to_be_attached()
+    expect(page.locator("#user-picker")).to_have_value("alice")
+    third = page.context.new_page()  # a new tab starts as the last pick
+    third.goto(baton.url + "/")
+    expect(third.locator("#user-picker")).to_have_value("bob")

@@ -631,6 +631,21 @@
   }
 
   // ---------- boot ----------
+  // Who this tab is, kept per tab (sessionStorage, which a reload keeps) and as the pick a new tab starts with
+  // (localStorage). With localStorage alone, two tabs as two users (alice asks, bob approves) shared it: a
+  // reloaded alice tab came back as bob, the last pick in any tab.
+  function savedUser() {
+    for (const store of ['sessionStorage', 'localStorage']) {
+      try { const user = window[store].getItem(USER_KEY); if (user) return user; } catch (_) { /* unavailable */ }
+    }
+    return null;
+  }
+  function saveUser(user) {
+    for (const store of ['sessionStorage', 'localStorage']) {
+      try { window[store].setItem(USER_KEY, user); } catch (_) { /* unavailable */ }
+    }
+  }
+
   async function boot() {
     let d;
     try {
@@ -643,8 +658,7 @@
     S.channels = d.channels || [];
     S.users = d.users || [];
     S.bot = d.bot || 'baton';
-    let saved = null;
-    try { saved = localStorage.getItem(USER_KEY); } catch (_) { /* storage unavailable */ }
+    const saved = savedUser();
     S.user = S.users.includes(saved) ? saved : (S.users[0] || '');
     $('user-picker').innerHTML = S.users.map((u) =>
       '<option value="' + esc(u) + '"' + (u === S.user ? ' selected' : '') + '>' + esc(u) + '</option>').join('');
@@ -664,7 +678,7 @@
 
   $('user-picker').addEventListener('change', (e) => {
     S.user = e.target.value;
-    try { localStorage.setItem(USER_KEY, S.user); } catch (_) { /* ignore */ }
+    saveUser(S.user);
     S.msgs.clear();
     S.liveReplies.clear();
     S.pending.clear();
