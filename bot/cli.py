@@ -32,7 +32,7 @@ from bot.settings import Settings, export_env_file
 from storage.checkpointer import check_sqlite_checkpoints, sqlite_checkpoint_path
 from storage.db import Database, check_url, is_sqlite, sqlite_path, sync_url
 from storage.migrate import alembic_config, autogenerate, upgrade
-from storage.models import Approval, AuditEntry, InboundEvent, ThreadRecord
+from storage.models import Approval, AuditEntry, InboundEvent, Run, ThreadRecord
 
 app = typer.Typer(help="Baton: chat-ops orchestrator.", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
@@ -289,7 +289,12 @@ def approvals(all_: bool = typer.Option(False, "--all", help="Include decided ap
         database = Database(settings.database_url)
         try:
             async with database.read() as session:
-                query = select(Approval).order_by(Approval.created_at.desc())  # type: ignore[attr-defined]
+                # With the request and its thread: two cards of one runbook ("Run `restart`: Restart a service.")
+                # could not be told apart, nor found in the chat.
+                query = (select(Approval, Run.input_text, ThreadRecord)
+                         .outerjoin(Run, Run.id == Approval.run_id)  # type: ignore[arg-type]
+                         .outerjoin(ThreadRecord, ThreadRecord.id == Approval.thread_record_id)  # type: ignore[arg-type]
+                         .order_by(Approval.created_at.desc()))  # type: ignore[attr-defined]
                 if not all_:
                     query = query.where(Approval.status == "pending")
                 rows = (await session.exec(query.limit(100))).all()
@@ -302,12 +307,22 @@ def approvals(all_: bool = typer.Option(False, "--all", help="Include decided ap
                [[f"{row.created_at:%Y-%m-%d %H:%M}", row.id,
                  f"{row.status} by {row.decided_by}" if row.decided_by else row.status, row.risk, row.requested_by,
                  waiting_for(row.approvers, row.requested_by, row.risk),
-                 first_line(row.summary)] for row in rows])
+                 _what_is_approved(row, request, thread)] for row, request, thread in rows])
 
     settings = _settings()
     _existing(settings)
     with _database(settings.database_url):
         asyncio.run(show())
+
+
+def _what_is_approved(approval: Approval, request: str | None, thread: ThreadRecord | None) -> str:
+    """The card's question, then the request it came from and where its thread is, as `baton threads` shows it."""
+    asked = first_line(request or "")
+    shown = first_line(approval.summary)
+    where = [f"asked: {asked}"] if asked and asked.lower() not in shown.lower() else []
+    if thread is not None:
+        where.append(f"in {thread.platform}/{thread.channel}/{thread.thread}")
+    return f"{shown} ({'; '.join(where)})".strip() if where else shown
 
 
 @app.command()

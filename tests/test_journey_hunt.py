@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,9 @@ from bot.config import BatonConfig, load_config
 from bot.kit import Request
 from bot.registry import GraphRegistry
 from bot.routing import RouteError, route
-from tests.support import ROOT
+from storage.db import Database
+from storage.models import Approval, AuditEntry, Run, ThreadRecord
+from tests.support import ROOT, run_cli
 
 CONFIG: BatonConfig = load_config(ROOT / "baton.yaml")
 REGISTRY = GraphRegistry.discover()
@@ -49,3 +53,33 @@ def test_run_alone_or_run_help_says_how_each_runbook_is_asked_for(text: str) -> 
     assert said.startswith("Which runbook?"), said
     assert "• `run restart service=<one of web, api, worker>` — Restart a service. (needs approval)" in said
     assert "• `run uptime` — How long the host has been up, and its load." in said
+
+
+def baton_cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return run_cli(*args, cwd=cwd, env={**os.environ, **env})
+
+
+@pytest.mark.asyncio
+async def test_approvals_say_which_request_each_is_for_and_where(database: Database, database_url: str,
+                                                                 tmp_path: Path, config_path: Path) -> None:
+    """Two cards of one runbook were two identical lines ("Run `restart`: Restart a service."): which one was for
+    `service=api`, and in which thread to click it, `baton approvals` did not say."""
+    async with database.session() as session:
+        for number, (service, user) in enumerate([("web", "alice"), ("api", "bob")], start=1):
+            record = ThreadRecord(platform="playground", channel="ops", thread=str(10 * number), graph="runbook",
+                                  status="waiting")
+            session.add(record)
+            await session.flush()
+            run = Run(thread_record_id=record.id, platform="playground", channel="ops", graph="runbook",  # type: ignore[arg-type]
+                      status="waiting", requested_by=user, input_text=f"run restart service={service}",
+                      correlation_id=f"c{number}")
+            session.add(run)
+            await session.flush()
+            session.add(Approval(id=f"card{number}", run_id=run.id, thread_record_id=record.id,  # type: ignore[arg-type]
+                                 interrupt_id=f"i{number}", graph="runbook", summary="Run `restart`: Restart a service.",
+                                 approvers=["alice", "bob"], requested_by=user))
+    result = baton_cli("approvals", cwd=tmp_path, env={"BATON_CONFIG": str(config_path), "BATON_DATABASE_URL": database_url})
+    assert result.returncode == 0, result.stderr
+    rows = {row.split()[2]: row for row in result.stdout.splitlines()[1:]}
+    assert rows["card1"].endswith("Run `restart`: Restart a service. (asked: run restart service=web; in playground/ops/10)")
+    assert rows["card2"].endswith("Run `restart`: Restart a service. (asked: run restart service=api; in playground/ops/20)")
