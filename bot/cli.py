@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import logging
 import os
 import signal
@@ -365,8 +366,20 @@ def audit(
 def _details(row: AuditEntry) -> str:
     """An entry's details on one line: the approval, then what the entry recorded (graph, outcome, error...)."""
     shown = [f"approval={row.approval_id}"] if row.approval_id else []
-    shown += [f"{key}={value}" for key, value in row.detail.items() if value not in (None, "", [], {})]
+    shown += [f"{key}={_value(value)}" for key, value in row.detail.items() if value not in (None, "", [], {})]
     return " ".join(_one_line(part) for part in shown)[:200]
+
+
+def _value(value: Any) -> str:
+    """A detail's value as people write it: a list as ``alice,bob`` (it was Python's ``['alice', 'bob']``), a flag
+    as ``yes``/``no``, anything else nested as JSON."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return ",".join(_value(item) for item in value)
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    return str(value)
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> None:

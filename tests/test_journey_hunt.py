@@ -83,3 +83,16 @@ async def test_approvals_say_which_request_each_is_for_and_where(database: Datab
     rows = {row.split()[2]: row for row in result.stdout.splitlines()[1:]}
     assert rows["card1"].endswith("Run `restart`: Restart a service. (asked: run restart service=web; in playground/ops/10)")
     assert rows["card2"].endswith("Run `restart`: Restart a service. (asked: run restart service=api; in playground/ops/20)")
+
+
+@pytest.mark.asyncio
+async def test_audit_details_show_lists_as_people_write_them(database: Database, database_url: str,
+                                                            tmp_path: Path, config_path: Path) -> None:
+    """An approval's approvers were shown as Python writes a list: `approvers=['alice', 'bob']`."""
+    async with database.session() as session:
+        session.add(AuditEntry(correlation_id="c1", kind="approval.requested", thread="7", user="alice", run_id=3,
+                               approval_id="card1", detail={"approvers": ["alice", "bob"], "risk": "high",
+                                                            "ephemeral": True}))
+    result = baton_cli("audit", "7", cwd=tmp_path, env={"BATON_CONFIG": str(config_path), "BATON_DATABASE_URL": database_url})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1].endswith("approval=card1 approvers=alice,bob risk=high ephemeral=yes"), result.stdout
