@@ -329,7 +329,7 @@ def _what_is_approved(approval: Approval, request: str | None, thread: ThreadRec
 @app.command()
 def audit(
     thread_or_correlation: str | None = typer.Argument(
-        None, metavar="[THREAD|CORRELATION]", help="A thread (as `baton threads` shows its last part, or the whole "
+        None, metavar="THREAD|CORRELATION", help="A thread (as `baton threads` shows its last part, or the whole "
         "platform/channel/thread) or a request's correlation id; none: the latest entries."),
     limit: int = typer.Option(50, min=1, max=10_000, help="How many entries, the latest ones, shown oldest first."),
 ) -> None:

@@ -96,3 +96,10 @@ async def test_audit_details_show_lists_as_people_write_them(database: Database,
     result = baton_cli("audit", "7", cwd=tmp_path, env={"BATON_CONFIG": str(config_path), "BATON_DATABASE_URL": database_url})
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[1].endswith("approval=card1 approvers=alice,bob risk=high ephemeral=yes"), result.stdout
+
+
+def test_audit_usage_shows_its_optional_argument_in_one_pair_of_brackets(tmp_path: Path) -> None:
+    """The metavar's own brackets doubled Typer's: `Usage: baton audit [OPTIONS] [[THREAD|CORRELATION]]`."""
+    result = baton_cli("audit", "--help", cwd=tmp_path, env={"COLUMNS": "120"})
+    assert result.returncode == 0, result.stderr
+    assert "[OPTIONS] [THREAD|CORRELATION]" in result.stdout and "[[" not in result.stdout, result.stdout
