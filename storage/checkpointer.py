@@ -47,10 +47,15 @@ def check_sqlite_checkpoints(url: str) -> None:
     (a directory, not a database, read-only), so that it is one line at start, not a traceback."""
     if not is_sqlite(url):
         return  # PostgreSQL: the checkpoints live in Baton's own database, checked already
-    with closing(sqlite3.connect(sqlite_checkpoint_path(url), timeout=30)) as connection:
-        connection.execute("BEGIN IMMEDIATE")  # the file is read (a header) and may be written
-        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        connection.rollback()
+    with closing(sqlite3.connect(sqlite_checkpoint_path(url), timeout=30, isolation_level=None)) as connection:
+        connection.execute("BEGIN IMMEDIATE")  # the file is read (a header)...
+        try:
+            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            # ...and written: BEGIN IMMEDIATE succeeds on a read-only file (which failed Baton's start later,
+            # with a traceback). Rolled back: nothing stays.
+            connection.execute("CREATE TABLE baton_write_check (x)")
+        finally:
+            connection.execute("ROLLBACK")
 
 
 def postgres_conninfo(url: str) -> str:

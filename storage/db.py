@@ -391,8 +391,7 @@ class Database:
         self._writers: WriterQueue | None = None
         if is_sqlite(url):
             # Writes: synchronous sessions on the event loop on one connection (``sqlite_inline``), durable
-            # or not; reads: the inline async driver; scans: aiosqlite's worker thread.
-            self.sqlite_writer = create_sqlite_writer(url)
+            # or not (``sqlite_writer``); reads: the inline async driver; scans: aiosqlite's worker thread.
             self.read_engine = create_engine(url)
             self._async_engines = (self.read_engine, create_engine(url, inline=False))
             self._reads = async_sessionmaker(self.read_engine, class_=AsyncSession, expire_on_commit=False)
@@ -408,6 +407,12 @@ class Database:
             self._reads = self._scans = self._writes[0]
             for engine in self._async_engines:  # a connection handed out has answered its pre-ping: it is back
                 event.listen(engine.sync_engine.pool, "checkout", self._answered)
+
+    @functools.cached_property
+    def sqlite_writer(self) -> SQLiteWriter:
+        """The SQLite write connection, opened at the first write: the commands that only read (``baton
+        threads``) opened it too, and on a read-only file they stopped on a traceback instead of reading."""
+        return create_sqlite_writer(self.url)
 
     def _answered(self, *_checkout: Any) -> None:
         self.health.reached()
@@ -485,8 +490,9 @@ class Database:
     async def dispose(self) -> None:
         for engine in self._async_engines:
             await engine.dispose()
-        if self._writers is not None:  # SQLite's write connection, and the one ``fetch`` reads on
-            self.sqlite_writer.close()
+        if self._writers is not None:  # SQLite's write connection, if opened, and the one ``fetch`` reads on
+            if (writer := self.__dict__.pop("sqlite_writer", None)) is not None:
+                writer.close()
             if self._reader is not None:
                 self._reader.close()
                 self._reader = None

@@ -31,12 +31,27 @@ def upgrade(url: str, revision: str = "head") -> None:
         with engine.begin() as connection:
             if connection.dialect.name == "postgresql":
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+            else:
+                check_sqlite_writable(connection)
             config = alembic_config()
             config.attributes["connection"] = connection
             _check_not_newer(connection, config)
             command.upgrade(config, revision)
     finally:
         engine.dispose()
+
+
+def check_sqlite_writable(connection: Any) -> None:
+    """Raise SQLite's own error ("attempt to write a readonly database", "unable to open database file") when
+    the file cannot be written, inside the caller's transaction and leaving nothing behind. ``BEGIN IMMEDIATE``
+    succeeds on a read-only file and an up-to-date database needs no write to migrate, so a read-only file
+    passed the start and ``baton run`` stopped on a traceback (or at its first write)."""
+    connection.exec_driver_sql("SAVEPOINT baton_write_check")
+    try:
+        connection.exec_driver_sql("CREATE TABLE baton_write_check (x)")
+    finally:
+        connection.exec_driver_sql("ROLLBACK TO baton_write_check")
+        connection.exec_driver_sql("RELEASE baton_write_check")
 
 
 def _check_not_newer(connection: Any, config: Config) -> None:

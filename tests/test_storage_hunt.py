@@ -1,0 +1,101 @@
+"""Storage as an operator meets it: database files Baton cannot write, the checkpointer's file, and what a
+failed transaction leaves behind."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+import pytest
+
+from storage.migrate import upgrade
+from tests.support import run_cli
+
+
+def baton_cli(*args: str, cwd: Path, url: str, config: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "BATON_DATABASE_URL": url, "BATON_CONFIG": str(config), "BATON_PORT": "0"}
+    return run_cli(*args, cwd=cwd, env=env)
+
+
+@contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """``path`` (a file or a directory) cannot be written while inside, even by root (immutable)."""
+    if os.geteuid() == 0:
+        made = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+        if made.returncode != 0:
+            pytest.skip(f"cannot make {path} read-only for root: chattr +i failed: {made.stderr.strip()}")
+        undo = ["chattr", "-i", str(path)]
+    else:
+        mode = path.stat().st_mode
+        path.chmod(0o555 if path.is_dir() else 0o444)
+        undo = None
+    try:
+        yield
+    finally:
+        if undo is not None:
+            subprocess.run(undo, check=True)
+        else:
+            path.chmod(mode)
+
+
+def _wal(path: Path) -> None:
+    with closing(sqlite3.connect(path)) as connection:
+        assert connection.execute("PRAGMA journal_mode=WAL").fetchone() == ("wal",)
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_a_read_only_database_file_stops_baton_with_one_line(tmp_path: Path, config_path: Path, journal: str) -> None:
+    """A read-only SQLite file that was up to date passed the start's checks (``BEGIN IMMEDIATE`` succeeds on
+    it, and migrating it wrote nothing): ``baton run`` stopped on a traceback ("attempt to write a readonly
+    database", at the write connection's ``PRAGMA journal_mode=WAL`` or the first write), and ``baton threads``,
+    which only reads, stopped on one too since it opened the write connection as well."""
+    database = tmp_path / "baton.db"
+    url = f"sqlite:///{database}"
+    upgrade(url)
+    if journal == "wal":
+        _wal(database)
+    with read_only(database):
+        started = baton_cli("run", cwd=tmp_path, url=url, config=config_path)
+        assert started.returncode == 2, started.stdout + started.stderr
+        assert started.stderr.strip() == f"Baton cannot use the database {url}: attempt to write a readonly database"
+        upgraded = baton_cli("db", "upgrade", cwd=tmp_path, url=url, config=config_path)
+        assert upgraded.returncode == 2 and "attempt to write a readonly database" in upgraded.stderr
+        listed = baton_cli("threads", cwd=tmp_path, url=url, config=config_path)
+    assert "Traceback" not in listed.stderr, listed.stderr
+    if journal == "wal":  # nothing to write for a reader: it reads
+        assert listed.returncode == 0 and "No threads yet." in listed.stdout, listed.stderr
+    else:  # making it WAL is a write: one line
+        assert listed.stderr.strip() == f"Baton cannot use the database {url}: attempt to write a readonly database"
+    with closing(sqlite3.connect(database)) as connection:  # the write check left nothing behind
+        assert not connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'baton_write_check'").fetchall()
+
+
+def test_a_database_in_a_read_only_directory_stops_baton_with_one_line(tmp_path: Path, config_path: Path) -> None:
+    place = tmp_path / "data"
+    place.mkdir()
+    url = f"sqlite:///{place / 'baton.db'}"
+    upgrade(url)
+    with read_only(place):
+        for command in (["run"], ["threads"]):
+            result = baton_cli(*command, cwd=tmp_path, url=url, config=config_path)
+            assert result.returncode == 2, result.stdout
+            assert result.stderr.strip() == f"Baton cannot use the database {url}: unable to open database file"
+
+
+def test_a_read_only_checkpoint_file_stops_baton_with_one_line(tmp_path: Path, config_path: Path) -> None:
+    """The start's check of the checkpoints' file took ``BEGIN IMMEDIATE`` for a write: a read-only
+    ``baton.checkpoints.db`` passed it, and Baton's start failed later with aiosqlite's traceback."""
+    url = f"sqlite:///{tmp_path / 'baton.db'}"
+    checkpoints = tmp_path / "baton.checkpoints.db"
+    checkpoints.touch()
+    with read_only(checkpoints):
+        result = baton_cli("run", cwd=tmp_path, url=url, config=config_path)
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.strip() == (f"Baton cannot use its checkpoint database {checkpoints}: "
+                                     "attempt to write a readonly database")
+    with closing(sqlite3.connect(checkpoints)) as connection:
+        assert not connection.execute("SELECT 1 FROM sqlite_master").fetchall()
