@@ -24,6 +24,7 @@ from sqlalchemy import case, func, literal_column, null
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from bot.routing import CHOOSER, ROUTER
 from storage.db import Database
 from storage.models import Approval, DigestRun, InboundEvent, OutboxMessage, Run, utcnow
 
@@ -324,10 +325,12 @@ def _run_families(finished: dict[tuple[Any, ...], list[float]], active: dict[tup
     for rows, is_final in ((finished, True), (active, False)):
         for (graph, status, bucket), (count, turnaround_ms, waited_s, tokens_n, cost_d) in rows.items():
             one = graphs.setdefault(graph, _blank_graph())
-            one["started"] += count
             one["waited"] += waited_s
             one["tokens"] += tokens_n
             one["cost"] += cost_d
+            if not is_request(graph, status):
+                continue
+            one["started"] += count
             side = one["ended" if is_final else "active"]
             side[status] = side.get(status, 0.0) + count
             if bucket is not None:
@@ -353,6 +356,14 @@ def _run_families(finished: dict[tuple[Any, ...], list[float]], active: dict[tup
         tokens.add_metric([graph], one["tokens"])
         cost.add_metric([graph], one["cost"])
     return [started, ended, now_active, turnaround, waited, tokens, cost]
+
+
+def is_request(graph: str, status: str) -> bool:
+    """Whether a run is a request's (as a digest counts them, ``bot.digest_stats``): not chatter a model routed
+    nowhere (kept as a run for what asking cost), nor a choice card the requester picked from (the graph picked
+    runs the request; a card still waiting, or expired, is its request's only run). What those cost and waited
+    is counted all the same."""
+    return graph != ROUTER and not (graph == CHOOSER and status == "done")
 
 
 def _blank_graph() -> dict[str, Any]:
