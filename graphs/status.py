@@ -6,7 +6,7 @@ from typing import Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 
-from bot.kit import Request, current
+from bot.kit import Request, current, quoted
 
 DESCRIPTION = "What is running or waiting for approval in this channel."
 EXAMPLE = "status"
@@ -23,11 +23,16 @@ def make_input(_request: Request, args: str) -> dict[str, Any]:
     return {"text": args, "reply": {}}
 
 
-async def report(_state: StatusState) -> StatusState:
+async def report(state: StatusState) -> StatusState:
     threads = await current().channel_activity()
+    # "status ops" asked in #general: it was answered with #general's status as if nothing had been said
+    asked = state.get("text", "").strip()
+    unused = [{"kind": "note", "text": f"`status` shows this channel only; “{quoted(asked, 100)}” was not used."}] \
+        if asked else []
     if not threads:
-        return {"reply": {"title": "Status", "tone": "info", "parts": [{"kind": "text", "text": "Nothing is running or waiting for approval in this channel."}]}}
-    parts: list[dict[str, Any]] = []
+        return {"reply": {"title": "Status", "tone": "info", "parts": [
+            {"kind": "text", "text": "Nothing is running or waiting for approval in this channel."}, *unused]}}
+    parts: list[dict[str, Any]] = [*unused]
     for thread in threads[:MAX_SHOWN]:  # the longest-waiting first
         label = f"{thread['title']} — {thread['status_text']} (asked by {thread['requested_by']}, {thread['age']})"
         parts.append({"kind": "link", "label": label, "channel": thread["channel"], "thread": thread["thread"]})

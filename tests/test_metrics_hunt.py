@@ -15,11 +15,15 @@ import psycopg
 import pytest
 
 import bot.metrics
+from bot.app import Baton
+from bot.messages import InboundMessage
 from bot.metrics import SETTLED, Metrics
+from bot.settings import Settings
 from storage.db import Database
 from storage.migrate import upgrade
 from storage.models import Run, ThreadRecord, utcnow
 from tests.db_proxy import DatabaseProxy
+from tests.test_graph_modules import _reply
 from tests.test_metrics import Samples, insert, value
 
 
@@ -125,3 +129,24 @@ async def test_chatter_and_a_picked_choice_card_are_no_requests(database: Databa
         assert value(scraped, "baton_run_turnaround_seconds_sum", graph="choose") == 86_400 * n
         assert value(scraped, "baton_run_waited_seconds_total", graph="choose") == 86_420 * n
         assert value(scraped, "baton_model_tokens_total", graph="choose") == 80 * n
+
+
+async def test_status_with_words_after_it_says_they_were_not_used(tmp_path, config_path) -> None:
+    """``status ops`` asked in #general was answered with #general's status as if nothing had been said after
+    it: "Nothing is running..." read as the answer about ops."""
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 's.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground")
+    async with Baton(settings) as baton:
+        async with baton.db.session() as session:
+            session.add(ThreadRecord(platform="playground", channel="general", thread="busy", status="waiting",
+                                     title="run restart service=web", requested_by="bob"))
+        replies = []
+        for thread, channel, text in (("1", "random", "status ops"), ("2", "general", "status  of\u202edeploy "),
+                                      ("3", "general", "status")):
+            await baton.accept_message(InboundMessage(platform="playground", channel=channel, thread=thread,
+                                                      event_id=f"e{thread}", user="alice", text=text, addressed=True))
+            replies.append(await _reply(baton, thread))
+        quiet, busy, plain = replies
+    assert quiet.startswith("*Status*\nNothing is running") and "“ops” was not used" in quiet, quiet
+    assert busy.startswith("*Status: 1 active thread*") and "“of\ufffddeploy” was not used" in busy, busy
+    assert "not used" not in plain and "run restart service=web" in plain, plain
