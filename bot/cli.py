@@ -40,6 +40,25 @@ db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
 
+def _version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"Baton {version('baton')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            typer.echo("Baton (version unknown: not installed; `pip install -e .` installs it)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(_version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                           help="Show Baton's version and exit.")) -> None:
+    # Which Baton is this? Replicas upgraded one by one, and a database "a newer Baton migrated", ask it;
+    # `baton --version` was "No such option".
+    pass
+
+
 def _fail(message: str) -> NoReturn:
     typer.secho(message, fg="red", err=True)
     raise typer.Exit(2)

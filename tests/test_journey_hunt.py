@@ -103,3 +103,13 @@ def test_audit_usage_shows_its_optional_argument_in_one_pair_of_brackets(tmp_pat
     result = baton_cli("audit", "--help", cwd=tmp_path, env={"COLUMNS": "120"})
     assert result.returncode == 0, result.stderr
     assert "[OPTIONS] [THREAD|CORRELATION]" in result.stdout and "[[" not in result.stdout, result.stdout
+
+
+def test_baton_says_its_version(tmp_path: Path) -> None:
+    """Which Baton is this (replicas upgraded one by one, a database a newer Baton migrated)? `baton --version`
+    was "No such option: --version", exit 2."""
+    from importlib.metadata import version
+
+    result = baton_cli("--version", cwd=tmp_path, env={})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"Baton {version('baton')}"
