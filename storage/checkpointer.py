@@ -17,6 +17,7 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
+from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlalchemy.engine import make_url
 
 from storage.db import is_sqlite, pg_connect_params, sqlite_path
@@ -62,8 +63,10 @@ def postgres_conninfo(url: str) -> str:
     """psycopg's connection string for a PostgreSQL ``url``, from its parts: a URL written out again from them
     (SQLAlchemy's) keeps a password's space bare, which psycopg refuses, though Baton's own engine took it."""
     parsed = make_url(url.replace("postgres://", "postgresql://", 1))
-    params = {"host": parsed.host, "port": parsed.port, "user": parsed.username, "password": parsed.password,
-              "dbname": parsed.database, **pg_connect_params(parsed)}
+    # The parameters Baton's own engine connects with (SQLAlchemy's psycopg dialect): several hosts for a
+    # failover (``?host=a:5432&host=b:5432``, or ``host=a,b&port=...``) are libpq's lists. Copied by hand, the
+    # query's tuples came out as Python's ``('a', 'b')``, and such a URL stopped the start at the checkpointer.
+    _, params = postgresql_psycopg.dialect().create_connect_args(parsed.set(query=pg_connect_params(parsed)))
     return make_conninfo("", **{name: value for name, value in params.items() if value is not None})
 
 

@@ -11,7 +11,9 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
+from storage.checkpointer import open_checkpointer
 from storage.migrate import upgrade
 from tests.support import run_cli
 
@@ -99,3 +101,17 @@ def test_a_read_only_checkpoint_file_stops_baton_with_one_line(tmp_path: Path, c
                                      "attempt to write a readonly database")
     with closing(sqlite3.connect(checkpoints)) as connection:
         assert not connection.execute("SELECT 1 FROM sqlite_master").fetchall()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("hosts", ["host=127.0.0.1:{port}&host=localhost:{port}", "host=127.0.0.1,localhost&port={port},{port}"])
+async def test_a_postgresql_url_with_several_hosts_reaches_the_checkpointer(postgres_url: str, hosts: str) -> None:
+    """libpq's failover form (SQLAlchemy's ``?host=a:5432&host=b:5432``) worked for Baton's own tables and
+    stopped ``baton run`` at the checkpointer with a traceback: the hosts reached libpq as a Python tuple,
+    ``host='(\\'a\\', \\'b\\')'`` ("failed to resolve host")."""
+    parsed = make_url(postgres_url)
+    url = f"postgresql://{parsed.username}@/{parsed.database}?" + hosts.format(port=parsed.port or 5432)
+    upgrade(url)
+    async with open_checkpointer(url) as saver:
+        config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+        assert await saver.aget_tuple(config) is None
