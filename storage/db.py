@@ -19,6 +19,7 @@ import psycopg
 from psycopg_pool import PoolClosed, PoolTimeout, TooManyRequests
 from sqlalchemy import Engine, event, text
 from sqlalchemy import create_engine as create_sync_engine
+from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyPoolTimeout
@@ -52,6 +53,12 @@ def _parsed(url: str) -> URL:
                          "postgresql://user:password@host/db")
     if parsed.get_backend_name() == "sqlite":
         sqlite_path(url)
+    else:  # the hosts and ports as the engine reads them: what it refuses was a traceback at the first connection
+        try:
+            postgresql_psycopg.dialect().create_connect_args(parsed)
+        except ArgumentError:
+            raise ValueError("the database URL's hosts and ports do not go together: write several hosts as "
+                             "?host=h1:5432&host=h2:5432 or ?host=h1,h2&port=5432,5432") from None
     return parsed
 
 

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from storage.checkpointer import open_checkpointer
+from storage.db import check_url
 from storage.migrate import upgrade
 from tests.support import run_cli
 
@@ -115,3 +116,12 @@ async def test_a_postgresql_url_with_several_hosts_reaches_the_checkpointer(post
     async with open_checkpointer(url) as saver:
         config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
         assert await saver.aget_tuple(config) is None
+
+
+@pytest.mark.parametrize("query", ["host=a&host=b&port=5432&port=5433", "host=a,b&port=1,2,3", "host=a:1&host=b:x"])
+def test_several_hosts_and_ports_that_do_not_go_together_are_a_settings_error(query: str) -> None:
+    """The engine refuses them (SQLAlchemy's ``ArgumentError``) at its first connection: `baton run` and
+    `baton db upgrade` stopped on a traceback, not on the settings' one line."""
+    with pytest.raises(ValueError, match="hosts and ports do not go together") as refused:
+        check_url(f"postgresql://baton:s3cret-pass@/baton?{query}")
+    assert "s3cret-pass" not in str(refused.value)
