@@ -6,6 +6,7 @@ open_playground expects empty); the browser is test_browser's. Waits are Playwri
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import pytest
 
 from tests.support import BatonProcess, Playground, write_config
 from tests.test_browser import WAIT_MS, browser, open_playground, page, sync_api  # noqa: F401 (fixtures)
+from tests.test_browser_hunt import wait_until_held
+from tests.test_browser_journey import lenient_page  # noqa: F401 (fixture)
 
 expect = sync_api.expect
 
@@ -89,3 +92,67 @@ def test_two_tabs_as_two_users_stay_who_they_are_after_a_reload(baton: BatonProc
     third = page.context.new_page()  # a new tab starts as the last pick
     third.goto(baton.url + "/")
     expect(third.locator("#user-picker")).to_have_value("bob")
+
+
+def hold_first(page: sync_api.Page, url: re.Pattern[str]) -> list[sync_api.Route]:
+    """Hold the next request to ``url`` (the test answers it); those after it go through."""
+    held: list[sync_api.Route] = []
+    page.evaluate("delete document.body.dataset.held")
+
+    def hold(route: sync_api.Route) -> None:
+        if held:
+            route.fallback()
+            return
+        held.append(route)
+        page.evaluate("document.body.dataset.held = '1'")
+
+    page.route(url, hold)
+    return held
+
+
+def test_the_box_empties_as_a_message_is_sent_and_gets_it_back_if_it_fails(baton: BatonProcess,
+                                                                          lenient_page: sync_api.Page) -> None:
+    """The text sent stayed in the box until Baton had stored it: typing on meanwhile (and Enter) sent it a
+    second time with the new text after it, and a channel left meanwhile kept it as its draft, sent already."""
+    page = lenient_page  # the refused post is logged as a failed load
+    open_playground(page, baton.url, "alice")
+    page.goto(f"{baton.url}/#/c/ops")
+    expect(page.locator("#channel-title")).to_have_text("#ops")
+    composer, posts = page.locator("#composer"), re.compile(r"/api/messages$")
+
+    held = hold_first(page, posts)
+    composer.press_sequentially("first thought")
+    composer.press("Enter")
+    wait_until_held(page)
+    expect(composer).to_have_value("")
+    composer.press_sequentially("second thought")
+    composer.press("Enter")  # sent once the first one's answer is in
+    held[0].fulfill(response=held[0].fetch())
+    expect(page.locator("#messages .message", has_text="second thought")).to_be_visible()
+    expect(composer).to_have_value("")
+    stored = [m["text"] for m in baton.client().http.get("/api/channels/ops/messages").json()["messages"]]
+    assert stored[-2:] == ["first thought", "second thought"]
+    page.unroute(posts)
+
+    held = hold_first(page, posts)
+    composer.fill("sent as I left")
+    composer.press("Enter")
+    wait_until_held(page)
+    page.get_by_role("link", name="#random", exact=True).click()
+    expect(page.locator("#channel-title")).to_have_text("#random")
+    held[0].fulfill(response=held[0].fetch())
+    page.get_by_role("link", name="#ops", exact=True).click()
+    expect(page.locator("#messages .message", has_text="sent as I left")).to_be_visible()
+    expect(composer).to_have_value("")  # not its draft: it was sent
+    page.unroute(posts)
+
+    held = hold_first(page, posts)
+    composer.fill("this one fails")
+    composer.press("Enter")
+    wait_until_held(page)
+    page.get_by_role("link", name="#random", exact=True).click()
+    expect(page.locator("#channel-title")).to_have_text("#random")
+    held[0].fulfill(status=400, json={"detail": "refused for the test"})
+    expect(page.locator("#composer-error")).to_have_text("refused for the test")
+    page.get_by_role("link", name="#ops", exact=True).click()
+    expect(composer).to_have_value("this one fails")  # back where it was typed, unsent

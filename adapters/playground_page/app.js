@@ -551,14 +551,20 @@
     if (threadId) body.thread_id = threadId;
     body.event_id = attemptId(box, body, text);
     box.dataset.busy = '1';
+    // The box is emptied at once, as a chat's is. Emptied once the post was stored, the text stayed in it
+    // meanwhile: what was typed after it was sent with it a second time, and a channel left meanwhile kept it
+    // as its draft, sent already. A post that fails puts it back where it was typed.
+    const where = placeOf(box);
+    box.value = ''; autosize(box);
     try {
       const d = await api('/api/messages', { method: 'POST', body });
       delete box.dataset.attempt;
       showErr(errEl, '');
-      if (box.value === text) { box.value = ''; autosize(box); }
       if (d.message) ingest(d.message, true);
       toEnd(threadId ? $('thread-messages') : $('messages'));
     } catch (e) {
+      putBack(box, where, text);
+      delete box.dataset.again; // what was typed after it stays too, after it, with the error
       showErr(errEl, e.message, e.unreachable);
     } finally {
       delete box.dataset.busy;
@@ -567,6 +573,19 @@
       const at = document.activeElement;
       if (!at || at === document.body || box.form.contains(at)) box.focus();
       if (box.dataset.again) { delete box.dataset.again; send(box, errEl, threadId); }
+    }
+  }
+
+  // The draft a composer holds: the open channel's, or the open thread's (see swapDraft).
+  const placeOf = (box) => (box === $('composer') ? 'c:' + S.channel : 't:' + S.thread);
+
+  function putBack(box, where, text) {
+    if (placeOf(box) === where) {
+      box.value = text + (box.value.trim() ? '\n' + box.value : '');
+      autosize(box);
+    } else {
+      const draft = S.drafts.get(where);
+      S.drafts.set(where, text + (draft ? '\n' + draft : ''));
     }
   }
 
