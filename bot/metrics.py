@@ -24,7 +24,7 @@ from sqlalchemy import case, func, literal_column, null
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.routing import CHOOSER, ROUTER
+from bot.routing import ROUTER
 from storage.db import Database
 from storage.models import Approval, DigestRun, InboundEvent, OutboxMessage, Run, utcnow
 
@@ -328,7 +328,7 @@ def _run_families(finished: dict[tuple[Any, ...], list[float]], active: dict[tup
             one["waited"] += waited_s
             one["tokens"] += tokens_n
             one["cost"] += cost_d
-            if not is_request(graph, status):
+            if not is_request(graph):
                 continue
             one["started"] += count
             side = one["ended" if is_final else "active"]
@@ -358,12 +358,12 @@ def _run_families(finished: dict[tuple[Any, ...], list[float]], active: dict[tup
     return [started, ended, now_active, turnaround, waited, tokens, cost]
 
 
-def is_request(graph: str, status: str) -> bool:
-    """Whether a run is a request's (as a digest counts them, ``bot.digest_stats``): not chatter a model routed
-    nowhere (kept as a run for what asking cost), nor a choice card the requester picked from (the graph picked
-    runs the request; a card still waiting, or expired, is its request's only run). What those cost and waited
-    is counted all the same."""
-    return graph != ROUTER and not (graph == CHOOSER and status == "done")
+def is_request(graph: str) -> bool:
+    """Whether a run is a request's: not chatter a model routed nowhere (kept as a finished run for what asking
+    cost, which is counted all the same), as a digest counts them (``bot.digest_stats``). Unlike a digest, a
+    choice card's run counts whether it was picked from or not: it is counted while it waits, and a counter
+    never goes down (Prometheus reads a drop as a reset, and ``rate()`` as a burst of requests)."""
+    return graph != ROUTER
 
 
 def _blank_graph() -> dict[str, Any]:
