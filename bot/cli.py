@@ -274,6 +274,13 @@ def threads(limit: int = typer.Option(20, min=1, max=10_000, help="How many, new
                 ).group_by(InboundEvent.thread_record_id)
                 latest = (await session.exec(select(InboundEvent).where(
                     InboundEvent.id.in_(newest)))).all() if unstarted else []  # type: ignore[union-attr]
+                # A failed thread says why (its last run's error: "exit code 3", "cancelled by alice"); it said
+                # only "failed", and what went wrong was one `baton audit` away for each.
+                failed = [row.id for row in rows if row.status == "failed"]
+                last_run = select(func.max(Run.id)).where(
+                    Run.thread_record_id.in_(failed)).group_by(Run.thread_record_id)  # type: ignore[attr-defined]
+                errors = dict((await session.exec(select(Run.thread_record_id, Run.error).where(
+                    Run.id.in_(last_run)))).all()) if failed else {}  # type: ignore[union-attr]
         finally:
             await database.dispose()
         if not rows:
@@ -284,7 +291,10 @@ def threads(limit: int = typer.Option(20, min=1, max=10_000, help="How many, new
         def status_and_request(row: ThreadRecord) -> tuple[str, str]:
             event = last_message.get(row.id)  # type: ignore[arg-type]  # only threads without a run are in it
             if event is None:
-                return row.status, row.title or ""
+                reason = first_line(errors.get(row.id) or "", FAILURE_CHARS + 1)
+                if len(reason) > FAILURE_CHARS:
+                    reason = reason[:FAILURE_CHARS - 1].rstrip() + "…"
+                return (f"{row.status} ({reason})" if reason else row.status), row.title or ""
             status = f"answered ({event.outcome})" if event.status == "done" else "queued"
             return status, event.text.strip()
 
@@ -299,6 +309,9 @@ def threads(limit: int = typer.Option(20, min=1, max=10_000, help="How many, new
     _existing(settings)
     with _database(settings.database_url):
         asyncio.run(show())
+
+
+FAILURE_CHARS = 40  # of a failed thread's reason in `baton threads`: the audit log has the whole of it
 
 
 @app.command()

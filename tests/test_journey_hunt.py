@@ -113,3 +113,27 @@ def test_baton_says_its_version(tmp_path: Path) -> None:
     result = baton_cli("--version", cwd=tmp_path, env={})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"Baton {version('baton')}"
+
+
+@pytest.mark.asyncio
+async def test_threads_say_why_a_thread_failed(database: Database, database_url: str, tmp_path: Path,
+                                               config_path: Path) -> None:
+    """`baton threads` said only "failed": whether a command exited 3, timed out or someone cancelled it took a
+    `baton audit` per thread."""
+    long_error = "The assistant needs a language model, and none is configured: set BATON_MODEL"
+    async with database.session() as session:
+        for thread, errors in (("1", ["exit code 1", "cancelled by alice"]), ("2", [long_error]), ("3", [None])):
+            record = ThreadRecord(platform="playground", channel="ops", thread=thread, graph="runbook",
+                                  status="failed" if errors[-1] else "done", title=f"run thing{thread}")
+            session.add(record)
+            await session.flush()
+            for number, error in enumerate(errors):  # the thread's last run is the one that counts
+                session.add(Run(thread_record_id=record.id, platform="playground", channel="ops", graph="runbook",  # type: ignore[arg-type]
+                                status="failed" if error else "done", requested_by="alice", error=error,
+                                correlation_id=f"c{thread}{number}"))
+    result = baton_cli("threads", cwd=tmp_path, env={"BATON_CONFIG": str(config_path), "BATON_DATABASE_URL": database_url})
+    assert result.returncode == 0, result.stderr
+    rows = {row.split()[2]: " ".join(row.split()[3:]) for row in result.stdout.splitlines()[1:]}
+    assert rows["playground/ops/1"] == "failed (cancelled by alice) runbook run thing1"
+    assert rows["playground/ops/2"] == "failed (The assistant needs a language model, a…) runbook run thing2"
+    assert rows["playground/ops/3"] == "done runbook run thing3"
