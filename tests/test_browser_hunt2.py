@@ -156,3 +156,20 @@ def test_the_box_empties_as_a_message_is_sent_and_gets_it_back_if_it_fails(baton
     expect(page.locator("#composer-error")).to_have_text("refused for the test")
     page.get_by_role("link", name="#ops", exact=True).click()
     expect(composer).to_have_value("this one fails")  # back where it was typed, unsent
+
+
+def test_a_server_error_is_told_politely_and_the_message_kept(baton: BatonProcess, lenient_page: sync_api.Page) -> None:
+    """A 500 with no reason of its own (or a proxy's 502) was shown as "Request failed (500 Internal Server
+    Error)": what happened, and what to do, went unsaid."""
+    page = lenient_page
+    open_playground(page, baton.url, "alice")
+    page.goto(f"{baton.url}/#/c/random")
+    expect(page.locator("#channel-title")).to_have_text("#random")
+    page.route(re.compile(r"/api/messages$"), lambda route: route.fulfill(status=500, body="Internal Server Error",
+                                                                          content_type="text/plain"))
+    composer = page.locator("#composer")
+    composer.fill("@baton run uptime")
+    composer.press("Enter")
+    expect(page.locator("#composer-error")).to_have_text(
+        "Something went wrong in Baton (500 Internal Server Error). Try again; if it keeps failing, Baton's log says why.")
+    expect(composer).to_have_value("@baton run uptime")

@@ -57,7 +57,10 @@
     if (typeof d === 'string' && d) return d;
     if (Array.isArray(d)) return d.map(fieldError).join('; ');
     if (d) return JSON.stringify(d);
-    return 'Request failed (' + res.status + (res.statusText ? ' ' + res.statusText : '') + ')';
+    const status = res.status + (res.statusText ? ' ' + res.statusText : '');
+    // A server error with no reason of its own (a 500, a proxy's 502) said only "Request failed (500 ...)".
+    if (res.status >= 500) return 'Something went wrong in Baton (' + status + '). Try again; if it keeps failing, Baton\'s log says why.';
+    return 'Request failed (' + status + ')';
   }
 
   // A 422's item names its field in loc (["body", "text"]): "text: String should have at most 100000
