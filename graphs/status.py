@@ -19,8 +19,10 @@ class StatusState(TypedDict, total=False):
     reply: dict[str, Any]
 
 
-def make_input(_request: Request, args: str) -> dict[str, Any]:
-    return {"text": args, "reply": {}}
+def make_input(request: Request, args: str) -> dict[str, Any]:
+    """``text``: what was written after ``status``. A model's routing (or a choice card) hands over the whole
+    request ("what is going on in here?"), which is no words after it."""
+    return {"text": "" if args.strip() == request.text.strip() else args, "reply": {}}
 
 
 async def report(state: StatusState) -> StatusState:

@@ -24,6 +24,7 @@ from storage.db import Database, sync_url
 from storage.migrate import upgrade
 from storage.models import Run, ThreadRecord, utcnow
 from tests.db_proxy import DatabaseProxy
+from tests.fake_models import script
 from tests.test_graph_modules import _reply
 from tests.test_metrics import Samples, insert, value
 
@@ -148,3 +149,20 @@ async def test_status_with_words_after_it_says_they_were_not_used(tmp_path, conf
     assert quiet.startswith("*Status*\nNothing is running") and "“ops” was not used" in quiet, quiet
     assert busy.startswith("*Status: 1 active thread*") and "“of\ufffddeploy” was not used" in busy, busy
     assert "not used" not in plain and "run restart service=web" in plain, plain
+
+
+async def test_status_a_model_routed_to_says_nothing_of_words_unused(tmp_path, config_path, monkeypatch) -> None:
+    """A model routing "what is going on in here?" to ``status`` hands it the whole request: status said that
+    those words were not used, as if they had been written after ``status``."""
+    env = script(tmp_path / "script.json", [{"tool_calls": [{"name": "GraphGuess", "id": "g1", "args": {
+        "graph": "status", "confidence": 0.93, "alternatives": []}}]}])
+    for name, setting in env.items():
+        monkeypatch.setenv(name, setting)
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 's.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground")
+    async with Baton(settings) as baton:
+        await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
+                                                  event_id="e1", user="alice", text="what is going on in here?",
+                                                  addressed=True))
+        reply = await _reply(baton, "1")
+    assert reply.startswith("*Status*\nNothing is running") and "not used" not in reply, reply
