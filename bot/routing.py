@@ -56,13 +56,9 @@ def route(request: Request, text: str, registry: GraphRegistry, config: BatonCon
     if command == CANCEL_COMMAND:
         return Route(CANCEL_COMMAND, title=CANCEL_COMMAND)
     if command in COMMAND_WORDS:
-        try:
-            words = shlex.split(rest)
-        except ValueError as exc:
-            raise RouteError(f"I could not read that request ({exc}). Check the quotes.") from None
         if command == DIGEST_COMMAND:
-            return Route(DIGEST_COMMAND, {"words": words}, title="digest")
-        return _runbook_route([word for word in words if word != FORCE_WORD], config, force or FORCE_WORD in words)
+            return Route(DIGEST_COMMAND, {"words": _shell_words(rest)}, title="digest")
+        return _run_route(rest, config, force)
     spec = registry.get(command)
     if command == HELP_GRAPH:  # "help me", "help runbooks": the whole help, not "I don't know how to handle"
         rest = ""
@@ -147,6 +143,18 @@ def route_to(registry: GraphRegistry, graph: str, request: Request, text: str) -
                  title=text[:120])
 
 
+def _shell_words(text: str) -> list[str]:
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise RouteError(f"I could not read that request ({exc}). Check the quotes.") from None
+
+
+def _run_route(text: str, config: BatonConfig, force: bool) -> Route:
+    words = _shell_words(text)
+    return _runbook_route([word for word in words if word != FORCE_WORD], config, force or FORCE_WORD in words)
+
+
 def _runbook_route(tokens: list[str], config: BatonConfig, force: bool) -> Route:
     known = ", ".join(f"`{name}`" for name in config.runbooks) or "none are configured"
     if not tokens or (tokens[0].lower() in HELP_WORDS and tokens[0].lower() not in config.runbooks):
@@ -175,6 +183,9 @@ def _runbook_route(tokens: list[str], config: BatonConfig, force: bool) -> Route
     guesses = {key: _closest(key, [arg for arg in runbook.args if arg not in given]) for key in given
                if key not in runbook.args}  # `Service=web`, `sevice=web`: said only "unknown argument"
     hint = " ".join(f"Did you mean `{guess}=` for `{quoted_code(key)}=`?" for key, guess in guesses.items() if guess)
+    mended = _mended(pairs, runbook) if problems else None
+    if mended is not None:  # `service = web`, `--service web`, `service:web`: the request as it was meant
+        hint = f"Did you mean `{quoted_code(shlex.join(['run', name, *mended]), 300)}`?"
     if problems:
         usage = f"`run {name} {runbook.usage_args()}`" if runbook.args else f"`run {name}` (no arguments)"
         raise RouteError(f"Runbook `{name}`: {'; '.join(problems)}.{' ' + hint if hint else ''} Usage: {usage}. "
@@ -207,6 +218,46 @@ def _runbook_usages(config: BatonConfig) -> str:
     if rest:
         lines.append(f"…and {len(rest)} more: " + ", ".join(f"`{name}`" for name in rest))
     return "Which runbook? Use `run <runbook> key=value ...`:\n" + "\n".join(lines)
+
+
+def _mended(words: list[str], runbook: Any) -> list[str] | None:
+    """``words`` as the ``key=value`` arguments they were meant as (``service = web``, ``service= web``,
+    ``--service web``, ``--service=web``, ``service:web``), if reading them so makes a valid request; else ``None``."""
+    mended: list[str] = []
+    at = 0
+    while at < len(words):
+        word, after = words[at], words[at + 1:]
+        key = word.lstrip("-")
+        if word.startswith("-") and "=" in key:  # --service=web
+            mended.append(key)
+        elif after and after[0] == "=" and len(after) > 1:  # service = web
+            mended.append(f"{word}={after[1]}")
+            at += 2
+        elif after and after[0].startswith("=") and "=" not in word:  # service =web
+            mended.append(word + after[0])
+            at += 1
+        elif word.endswith("=") and word.count("=") == 1 and after and "=" not in after[0]:  # service= web
+            mended.append(word + after[0])
+            at += 1
+        elif word.startswith("-") and key in runbook.args and after and "=" not in after[0]:  # --service web
+            mended.append(f"{key}={after[0]}")
+            at += 1
+        elif word in runbook.args and after and "=" not in after[0] and after[0] not in runbook.args:  # service web
+            mended.append(f"{word}={after[0]}")
+            at += 1
+        elif "=" not in word and word.partition(":")[0] in runbook.args:  # service:web
+            mended.append(word.replace(":", "=", 1))
+        else:
+            mended.append(word)
+        at += 1
+    given = dict(word.partition("=")[::2] for word in mended)
+    if mended == words or len(given) != len(mended) or not all("=" in word for word in mended):
+        return None
+    try:
+        runbook.validate_args(given)
+    except ValueError:
+        return None
+    return mended
 
 
 def _closest(word: str, names: list[str]) -> str | None:

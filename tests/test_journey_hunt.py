@@ -55,6 +55,17 @@ def test_run_alone_or_run_help_says_how_each_runbook_is_asked_for(text: str) -> 
     assert "• `run uptime` — How long the host has been up, and its load." in said
 
 
+@pytest.mark.parametrize("text", ["run restart service = web", "run restart service= web", "run restart service =web",
+                                  "run restart --service web", "run restart --service=web", "run restart service:web",
+                                  "run restart service web"])
+def test_an_argument_written_another_way_gets_the_request_as_it_was_meant(text: str) -> None:
+    """`service = web`, `--service web`, `service:web` got "`service` is not a `key=value` argument; `=` is not a
+    `key=value` argument; `web` is not ..." and the usage, never the request to write instead. Nothing runs on a guess."""
+    said = refusal(text)
+    assert "Did you mean `run restart service=web`?" in said and said.endswith("Nothing was run."), said
+    assert "Did you mean" not in refusal("run restart service = db")  # read so, it is still no valid request
+
+
 def baton_cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return run_cli(*args, cwd=cwd, env={**os.environ, **env})
 
