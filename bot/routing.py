@@ -58,7 +58,16 @@ def route(request: Request, text: str, registry: GraphRegistry, config: BatonCon
     if command in COMMAND_WORDS:
         if command == DIGEST_COMMAND:
             return Route(DIGEST_COMMAND, {"words": _shell_words(rest)}, title="digest")
-        return _run_route(rest, config, force)
+        try:
+            return _run_route(rest, config, force)
+        except RouteError as error:
+            plain = rest.translate(TYPOGRAPHIC_QUOTES)
+            if plain == rest:
+                raise
+            try:  # a phone's keyboard types `msg="hello world"` as `msg=“hello world”`: read as it was meant
+                return _run_route(plain, config, force)
+            except RouteError:
+                raise error from None
     spec = registry.get(command)
     if command == HELP_GRAPH:  # "help me", "help runbooks": the whole help, not "I don't know how to handle"
         rest = ""
@@ -109,10 +118,14 @@ def is_cancel(text: str, addressed: bool) -> bool:
 
 def runbook_named(text: str) -> str | None:
     """The runbook a ``run <runbook> ...`` request names, as ``route`` reads it; ``None`` for any other text."""
+    text = _leading_force(text)[1]
     try:
-        words = [word for word in shlex.split(_leading_force(text)[1]) if word != FORCE_WORD]
+        words = [word for word in shlex.split(text) if word != FORCE_WORD]
     except ValueError:
-        return None
+        try:  # `run echo msg=“it's here”`: route read it with its typographic quotes as quotes
+            words = [word for word in shlex.split(text.translate(TYPOGRAPHIC_QUOTES)) if word != FORCE_WORD]
+        except ValueError:
+            return None
     return words[1].lower() if len(words) > 1 and words[0].lower() in ("run", RUNBOOK_GRAPH) else None
 
 
@@ -141,6 +154,11 @@ def route_to(registry: GraphRegistry, graph: str, request: Request, text: str) -
         raise RouteError(f"The `{graph}` graph is not installed.")
     return Route(graph, spec.make_input(request, text), fingerprint=_fingerprint(graph, text) if spec.dedupe else None,
                  title=text[:120])
+
+
+# Quotes as phones and word processors type them (iOS's Smart Punctuation, macOS's smart quotes): read as the
+# shell's when a `run` request typed with them cannot be read otherwise.
+TYPOGRAPHIC_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2018": "'", "\u2019": "'"})
 
 
 def _shell_words(text: str) -> list[str]:

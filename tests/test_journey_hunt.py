@@ -11,7 +11,7 @@ import pytest
 from bot.config import BatonConfig, load_config
 from bot.kit import Request
 from bot.registry import GraphRegistry
-from bot.routing import RouteError, route
+from bot.routing import RouteError, route, runbook_named
 from storage.db import Database
 from storage.models import Approval, AuditEntry, Run, ThreadRecord
 from tests.support import ROOT, run_cli
@@ -64,6 +64,32 @@ def test_an_argument_written_another_way_gets_the_request_as_it_was_meant(text: 
     said = refusal(text)
     assert "Did you mean `run restart service=web`?" in said and said.endswith("Nothing was run."), said
     assert "Did you mean" not in refusal("run restart service = db")  # read so, it is still no valid request
+
+
+def echo_config(tmp_path: Path) -> BatonConfig:
+    path = tmp_path / "baton.yaml"
+    path.write_text('runbooks:\n  echo:\n    description: Echo.\n    command: ["echo", "{msg}"]\n'
+                    '    args:\n      msg: {pattern: "^[A-Za-z\' ]{1,80}$"}\n      to: {pattern: "^[a-z]+$", default: "all"}\n')
+    return load_config(path)
+
+
+@pytest.mark.parametrize(("text", "msg"), [("run echo msg=\u201chello world\u201d", "hello world"),
+                                           ("run echo msg=\u2018hello world\u2019 to=ops", "hello world"),
+                                           ("run echo msg=\u201cit\u2019s here\u201d", "it's here"),
+                                           ("run echo msg=\u201cit's here\u201d", "it's here"),  # ' in “”
+                                           ("run echo msg=it\u2019s", None)])
+def test_quotes_a_phone_typed_group_an_argument_as_plain_quotes_do(tmp_path: Path, text: str, msg: str | None) -> None:
+    """iOS (Smart Punctuation) and macOS type `msg="hello world"` as `msg=“hello world”`: the request was refused
+    ("`msg=“hello` does not match the allowed pattern; `world”` is not a `key=value` argument"), and typing it
+    again on the phone typed the same quotes."""
+    config = echo_config(tmp_path)
+    if msg is None:  # an apostrophe that is no quote: the value as it was typed, which the pattern refuses
+        with pytest.raises(RouteError, match="does not match the allowed pattern"):
+            route(REQUEST, text, REGISTRY, config)
+        return
+    routed = route(REQUEST, text, REGISTRY, config)
+    assert routed.input["args"]["msg"] == msg
+    assert runbook_named(text) == "echo"
 
 
 def baton_cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
