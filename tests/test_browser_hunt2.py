@@ -173,3 +173,27 @@ def test_a_server_error_is_told_politely_and_the_message_kept(baton: BatonProces
     expect(page.locator("#composer-error")).to_have_text(
         "Something went wrong in Baton (500 Internal Server Error). Try again; if it keeps failing, Baton's log says why.")
     expect(composer).to_have_value("@baton run uptime")
+
+
+def test_a_reply_sent_while_another_is_on_its_way_goes_to_its_own_thread(baton: BatonProcess, page: sync_api.Page) -> None:  # noqa: F811
+    """A reply sent in thread B while one sent in thread A was still on its way went out after it with A's
+    thread: "cancel" typed in one run's thread could stop another."""
+    pg = baton.client()
+    first, second = pg.ask("thread A", channel="random"), pg.ask("thread B", channel="random")
+    open_playground(page, baton.url, "alice")
+    page.goto(f"{baton.url}/#/c/random/t/{first}")
+    expect(page.locator("#thread-messages .thread-root")).to_contain_text("thread A")
+    box, posts = page.locator("#thread-composer"), re.compile(r"/api/messages$")
+    held = hold_first(page, posts)
+    box.fill("a reply in A")
+    box.press("Enter")
+    wait_until_held(page)
+    page.locator(f'#messages .message[data-message-id="{second}"] .replies-link').click()
+    expect(page.locator("#thread-messages .thread-root")).to_contain_text("thread B")
+    box.fill("a reply in B")
+    box.press("Enter")  # waits for the first
+    held[0].fulfill(response=held[0].fetch())
+    expect(page.locator("#thread-messages .message", has_text="a reply in B")).to_be_visible()
+    expect(box).to_have_value("")
+    assert [m["text"] for m in pg.replies(first)] == ["a reply in A"]
+    assert [m["text"] for m in pg.replies(second)] == ["a reply in B"]

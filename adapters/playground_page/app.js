@@ -548,7 +548,10 @@
   async function send(box, errEl, threadId) {
     const text = box.value;
     if (!text.trim()) return;
-    if (box.dataset.busy) { box.dataset.again = '1'; return; } // sent once the one in flight is stored
+    // Sent once the one in flight is stored, where it was typed: sent with the first one's thread, a reply typed
+    // in another thread opened meanwhile went to the first ("cancel" to another run). Left for another place
+    // since, it stays there as its draft, unsent.
+    if (box.dataset.busy) { box.dataset.again = placeOf(box); return; }
     const root = threadId && S.msgs.get(threadId);
     const body = { channel: (root && root.channel) || S.channel, user: S.user, text };
     if (threadId) body.thread_id = threadId;
@@ -575,7 +578,9 @@
       // way (a thread opened meanwhile: its reply box lost the focus, and typing went to the channel).
       const at = document.activeElement;
       if (!at || at === document.body || box.form.contains(at)) box.focus();
-      if (box.dataset.again) { delete box.dataset.again; send(box, errEl, threadId); }
+      const again = box.dataset.again;
+      delete box.dataset.again;
+      if (again && again === placeOf(box)) send(box, errEl, box === $('composer') ? null : S.thread);
     }
   }
 
