@@ -1,7 +1,9 @@
 """``GET /metrics``, ``status`` and ``help`` as a demanding operator meets them (a bug hunt's tests).
 
-Each test here failed on the code before its fix: a scrape that hung while the database did not answer; an
-outage logged at every scrape.
+Each test here failed on the code before its fix: a scrape that hung while the database held its reading; an
+outage logged at every scrape; chatter a model routed nowhere counted as requests of a graph "route" (and a
+counter that went down when a choice card was picked); ``status ops`` answered as if nothing followed ``status``
+(and, once that was said, a model's routing taken for words after it).
 """
 
 from __future__ import annotations
