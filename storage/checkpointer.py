@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, closing
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import aiosqlite
 import psycopg
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.postgres import PostgresSaver
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from psycopg.conninfo import make_conninfo
@@ -70,9 +72,33 @@ def postgres_conninfo(url: str) -> str:
     return make_conninfo("", **{name: value for name, value in params.items() if value is not None})
 
 
-async def _took_setup_lock(connection: psycopg.AsyncConnection) -> bool:
-    row = await (await connection.execute("SELECT pg_try_advisory_lock(%s)", (_PG_SETUP_LOCK,))).fetchone()
-    return bool(row and row[0])
+def setup_postgres_checkpoints(url: str) -> None:
+    """Make or migrate LangGraph's checkpoint tables in Baton's PostgreSQL database, unless they are up to date.
+
+    LangGraph's setup begins with a ``CREATE TABLE IF NOT EXISTS``, which PostgreSQL refuses a role that may not
+    create tables even when the table is there: replicas running as a role granted only the use of the tables
+    (made by the owner's first start) stopped at every start (a traceback). Replicas starting together on a new
+    database collided in LangGraph's unguarded setup (a unique violation): one sets up at a time. The others
+    poll rather than wait in pg_advisory_lock: a waiting statement holds a snapshot, and the setup's CREATE
+    INDEX CONCURRENTLY waits for every snapshot, so all of them hung."""
+    with psycopg.connect(postgres_conninfo(url), autocommit=True, prepare_threshold=0) as connection:
+        if _checkpoints_ready(connection):
+            return
+        while not connection.execute("SELECT pg_try_advisory_lock(%s)", (_PG_SETUP_LOCK,)).fetchone()[0]:  # type: ignore[index]
+            time.sleep(0.2)
+        try:
+            if not _checkpoints_ready(connection):
+                PostgresSaver(connection).setup()  # type: ignore[arg-type]
+        finally:
+            connection.execute("SELECT pg_advisory_unlock(%s)", (_PG_SETUP_LOCK,))
+
+
+def _checkpoints_ready(connection: psycopg.Connection) -> bool:
+    """LangGraph's checkpoint tables are there, with every migration this LangGraph knows applied."""
+    if not connection.execute("SELECT to_regclass('checkpoint_migrations') IS NOT NULL").fetchone()[0]:  # type: ignore[index]
+        return False
+    applied = connection.execute("SELECT max(v) FROM checkpoint_migrations").fetchone()[0]  # type: ignore[index]
+    return applied is not None and applied >= len(PostgresSaver.MIGRATIONS) - 1
 
 
 def _holds_checkpoints(database: Path) -> bool:
@@ -147,17 +173,7 @@ async def open_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
     await pool.open()
     try:
         saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
-        # LangGraph's setup creates its tables unguarded: replicas starting together on a new database
-        # collided on them (a unique violation, and one replica did not start). One at a time. The
-        # others poll rather than wait in pg_advisory_lock: a waiting statement holds a snapshot, and
-        # the setup's CREATE INDEX CONCURRENTLY waits for every snapshot, so all of them hung.
-        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as lock:
-            while not await _took_setup_lock(lock):
-                await asyncio.sleep(0.2)
-            try:
-                await saver.setup()
-            finally:
-                await lock.execute("SELECT pg_advisory_unlock(%s)", (_PG_SETUP_LOCK,))
+        await asyncio.to_thread(setup_postgres_checkpoints, url)
         reconnecting = asyncio.create_task(_reconnect_while_waited_for(pool), name="checkpointer-reconnect")
         try:
             yield saver

@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
+import uuid
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
+import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
@@ -125,3 +127,33 @@ def test_several_hosts_and_ports_that_do_not_go_together_are_a_settings_error(qu
     with pytest.raises(ValueError, match="hosts and ports do not go together") as refused:
         check_url(f"postgresql://baton:s3cret-pass@/baton?{query}")
     assert "s3cret-pass" not in str(refused.value)
+
+
+@pytest.mark.postgres
+async def test_replicas_may_run_as_a_role_that_may_use_the_tables_but_not_create_any(postgres_url: str) -> None:
+    """`baton db upgrade` run by the database's owner, replicas by a role granted the use of the tables only
+    (PostgreSQL 15 lets no other role create tables in ``public``): every start stopped at LangGraph's setup with
+    a traceback ("permission denied for schema public"), whose ``CREATE TABLE IF NOT EXISTS`` PostgreSQL refuses
+    such a role even when the table is there. A start that finds them up to date leaves them be."""
+    upgrade(postgres_url)
+    async with open_checkpointer(postgres_url):  # the owner's first start makes them
+        pass
+    role = f"baton_hunt_{uuid.uuid4().hex[:12]}"
+    parsed = make_url(postgres_url)
+    role_url = parsed.set(username=role, password=None).render_as_string(hide_password=False)
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
+        admin.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+        admin.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+    try:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), psycopg.connect(role_url) as connection:
+            connection.execute("CREATE TABLE IF NOT EXISTS checkpoint_migrations (v INTEGER PRIMARY KEY)")
+        upgrade(role_url)  # at its start: up to date
+        async with open_checkpointer(role_url) as saver:
+            config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+            assert await saver.aget_tuple(config) is None
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(f"DROP OWNED BY {role}")
+            admin.execute(f"DROP ROLE {role}")
