@@ -197,3 +197,26 @@ def test_a_reply_sent_while_another_is_on_its_way_goes_to_its_own_thread(baton: 
     expect(box).to_have_value("")
     assert [m["text"] for m in pg.replies(first)] == ["a reply in A"]
     assert [m["text"] for m in pg.replies(second)] == ["a reply in B"]
+
+
+XSS = ['<img src=x onerror="window.__xss=1">', '"><svg onload="window.__xss=1">', "<script>window.__xss=1</script>",
+       '<iframe src="javascript:window.__xss=1">']
+
+
+def test_markup_in_messages_and_runbook_arguments_stays_text(baton: BatonProcess, page: sync_api.Page) -> None:  # noqa: F811
+    """Markup sent as text, in `code`, in a ```fence```, in *bold*, after a mention, and as a runbook's argument
+    (which the bot's answer quotes) is shown as typed, never made into elements."""
+    pg = baton.client()
+    threads = [pg.ask(f"{x} `{x}` *{x}* @bob{x}\n```\n{x}\n```", channel="random") for x in XSS]
+    asked = pg.ask("@baton run restart service=<img/src=x/onerror=window.__xss=1> '<svg onload=alert(1)>'", channel="random")
+    pg.wait_reply(asked, "does not match")
+    open_playground(page, baton.url, "alice")
+    for thread in [*threads, asked]:
+        page.goto(f"{baton.url}/#/c/random/t/{thread}")
+        expect(page.locator("#thread-messages .thread-root")).to_contain_text("<")
+    expect(page.locator("#thread-messages .message").last).to_contain_text("service=<img/src=x/onerror")
+    for x in XSS:
+        expect(page.locator("#messages .message", has_text=x).first).to_be_visible()
+    injected = "#app img, #app svg, #app script, #app iframe"
+    assert page.locator(injected).count() == 0
+    assert page.evaluate("window.__xss") is None
