@@ -315,7 +315,8 @@ FAILURE_CHARS = 40  # of a failed thread's reason in `baton threads`: the audit 
 
 
 @app.command()
-def approvals(all_: bool = typer.Option(False, "--all", help="Include decided approvals.")) -> None:
+def approvals(all_: bool = typer.Option(False, "--all", help="Include decided approvals."),
+              limit: int = typer.Option(100, min=1, max=10_000, help="How many, newest first.")) -> None:
     """Show approvals waiting for a human (or all of them)."""
 
     async def show() -> None:
@@ -328,9 +329,13 @@ def approvals(all_: bool = typer.Option(False, "--all", help="Include decided ap
                          .outerjoin(Run, Run.id == Approval.run_id)  # type: ignore[arg-type]
                          .outerjoin(ThreadRecord, ThreadRecord.id == Approval.thread_record_id)  # type: ignore[arg-type]
                          .order_by(Approval.created_at.desc()))  # type: ignore[attr-defined]
+                counted = select(func.count()).select_from(Approval)
                 if not all_:
                     query = query.where(Approval.status == "pending")
-                rows = (await session.exec(query.limit(100))).all()
+                    counted = counted.where(Approval.status == "pending")
+                rows = (await session.exec(query.limit(limit))).all()
+                # The newest 100 were shown as if they were all: the 101st card waiting was nowhere.
+                total = (await session.exec(counted)).one() if len(rows) == limit else len(rows)
         finally:
             await database.dispose()
         if not rows:
@@ -341,6 +346,8 @@ def approvals(all_: bool = typer.Option(False, "--all", help="Include decided ap
                  f"{row.status} by {row.decided_by}" if row.decided_by else row.status, row.risk, row.requested_by,
                  waiting_for(row.approvers, row.requested_by, row.risk),
                  _what_is_approved(row, request, thread)] for row, request, thread in rows])
+        if total > len(rows):
+            typer.echo(f"... and {total - len(rows)} older ({total} in all; --limit {min(total, 10_000)} shows them).")
 
     settings = _settings()
     _existing(settings)

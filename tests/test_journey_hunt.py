@@ -174,3 +174,29 @@ async def test_threads_say_why_a_thread_failed(database: Database, database_url:
     assert rows["playground/ops/1"] == "failed (cancelled by alice) runbook run thing1"
     assert rows["playground/ops/2"] == "failed (The assistant needs a language model, a…) runbook run thing2"
     assert rows["playground/ops/3"] == "done runbook run thing3"
+
+
+@pytest.mark.asyncio
+async def test_approvals_say_when_there_are_more_than_shown(database: Database, database_url: str, tmp_path: Path,
+                                                           config_path: Path) -> None:
+    """`baton approvals` showed the newest 100 as if they were all: the 101st card waiting was nowhere, and
+    nothing said so (nor could more be asked for)."""
+    async with database.session() as session:
+        record = ThreadRecord(platform="playground", channel="ops", thread="1", graph="deploy", status="waiting")
+        session.add(record)
+        await session.flush()
+        run = Run(thread_record_id=record.id, platform="playground", channel="ops", graph="deploy",  # type: ignore[arg-type]
+                  status="waiting", requested_by="alice", input_text="deploy", correlation_id="c")
+        session.add(run)
+        await session.flush()
+        for number in range(101):
+            session.add(Approval(id=f"card{number:03d}", run_id=run.id, thread_record_id=record.id,  # type: ignore[arg-type]
+                                 interrupt_id=f"i{number}", graph="deploy", summary=f"Step {number}?",
+                                 approvers=["bob"], requested_by="alice"))
+    env = {"BATON_CONFIG": str(config_path), "BATON_DATABASE_URL": database_url}
+    shown = baton_cli("approvals", cwd=tmp_path, env=env)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert len(lines) == 102 and lines[-1] == "... and 1 older (101 in all; --limit 101 shows them).", lines[-3:]
+    every = baton_cli("approvals", "--limit", "101", cwd=tmp_path, env=env).stdout.splitlines()
+    assert len(every) == 102 and every[-1].startswith("20"), every[-1]
