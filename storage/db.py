@@ -6,6 +6,7 @@ import asyncio
 import functools
 import hashlib
 import logging
+import os
 import re
 import sqlite3
 import time
@@ -281,7 +282,9 @@ def create_sqlite_writer(url: str) -> SQLiteWriter:
         # StaticPool: the one connection, never reset on return (that would roll back our transaction).
         return create_sync_engine(sync_url(url), creator=creator, poolclass=StaticPool, pool_reset_on_return=None)
 
-    return SQLiteWriter(connect, make_engine, f"{path}-wal")
+    # SQLite keeps the WAL beside the file a symlink points to, named after it: beside a symlinked baton.db no
+    # "baton.db-wal" is found, and durable writes were never synced.
+    return SQLiteWriter(connect, make_engine, f"{os.path.realpath(path)}-wal")
 
 
 def _sqlite_connection(path: str) -> sqlite3.Connection:

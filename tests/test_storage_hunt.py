@@ -16,8 +16,9 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from storage.checkpointer import open_checkpointer
-from storage.db import check_url
+from storage.db import Database, check_url
 from storage.migrate import upgrade
+from storage.models import ThreadRecord
 from tests.support import run_cli
 
 
@@ -157,3 +158,29 @@ async def test_replicas_may_run_as_a_role_that_may_use_the_tables_but_not_create
         with psycopg.connect(postgres_url, autocommit=True) as admin:
             admin.execute(f"DROP OWNED BY {role}")
             admin.execute(f"DROP ROLE {role}")
+
+
+async def test_durable_writes_sync_the_wal_of_a_symlinked_database(tmp_path: Path, monkeypatch) -> None:
+    """``baton.db`` a symlink to a data volume: SQLite keeps the WAL beside the file the link points to (named
+    after it), Baton looked for ``baton.db-wal``, found none, and took that for "nothing to sync": no durable
+    write was ever synced (an acknowledged request could be lost to a power cut)."""
+    (tmp_path / "volume").mkdir()
+    link = tmp_path / "baton.db"
+    link.symlink_to(tmp_path / "volume" / "data.db")
+    url = f"sqlite:///{link}"
+    upgrade(url)
+    synced: list[str] = []
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fdatasync(fd)
+
+    monkeypatch.setattr("storage.sqlite_inline.os.fdatasync", fdatasync)
+    database = Database(url)
+    try:
+        async with database.session() as session:
+            session.add(ThreadRecord(platform="p", channel="c", thread="t", status="idle"))
+    finally:
+        await database.dispose()
+    assert synced == [str(tmp_path / "volume" / "data.db-wal")]
