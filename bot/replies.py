@@ -169,7 +169,10 @@ def cancelled(graph: str, user: str, seconds: float, *, at_cards: bool = False) 
 
 
 def cancel_refused(requested_by: str, others: list[str]) -> Message:
-    who = f"{requested_by}, who asked for it" + (f", or {approvals.one_of(others)}" if others else "")
+    # "carol, who asked for it, or alice or bob" read as a list gone wrong: several others are the approvers.
+    besides = (f", or {others[0]}" if len(others) == 1 else
+               f", or an approver ({approvals.one_of(others)})" if others else ",")
+    who = f"{requested_by}, who asked for it{besides}"
     return Message.text(f"Only {who} can cancel this run. It goes on.", tone="warning")
 
 

@@ -200,3 +200,16 @@ async def test_approvals_say_when_there_are_more_than_shown(database: Database, 
     assert len(lines) == 102 and lines[-1] == "... and 1 older (101 in all; --limit 101 shows them).", lines[-3:]
     every = baton_cli("approvals", "--limit", "101", cwd=tmp_path, env=env).stdout.splitlines()
     assert len(every) == 102 and every[-1].startswith("20"), every[-1]
+
+
+@pytest.mark.parametrize(("others", "said"), [
+    (["bob"], "Only alice, who asked for it, or bob can cancel this run. It goes on."),
+    (["bob", "dave"], "Only alice, who asked for it, or an approver (bob or dave) can cancel this run. It goes on."),
+    ([], "Only alice, who asked for it, can cancel this run. It goes on."),
+])
+def test_who_may_cancel_reads_as_a_sentence(others: list[str], said: str) -> None:
+    """With two approvers it read "Only carol, who asked for it, or alice or bob can cancel this run.", with none
+    "Only carol, who asked for it can cancel this run."."""
+    from bot import replies
+
+    assert replies.cancel_refused("alice", others).parts[0].text == said  # type: ignore[union-attr]
