@@ -57,7 +57,9 @@ def route(request: Request, text: str, registry: GraphRegistry, config: BatonCon
         return Route(CANCEL_COMMAND, title=CANCEL_COMMAND)
     if command in COMMAND_WORDS:
         if command == DIGEST_COMMAND:
-            return Route(DIGEST_COMMAND, {"words": _shell_words(rest)}, title="digest")
+            # No digest word holds a typographic quote: `cron “0 9 * * 1-5” UTC` (typed on a phone) is the cron
+            # line in quotes, not five words with quote marks in two of them.
+            return Route(DIGEST_COMMAND, {"words": _shell_words(rest.translate(TYPOGRAPHIC_QUOTES))}, title="digest")
         try:
             return _run_route(rest, config, force)
         except RouteError as error:

@@ -213,3 +213,9 @@ def test_who_may_cancel_reads_as_a_sentence(others: list[str], said: str) -> Non
     from bot import replies
 
     assert replies.cancel_refused("alice", others).parts[0].text == said  # type: ignore[union-attr]
+
+
+def test_a_digest_cron_line_in_typographic_quotes_is_one_word() -> None:
+    """`digest cron “0 9 * * 1-5” UTC` (typed on a phone) was "Unexpected words after the time zone: `* * 1-5” UTC`"."""
+    routed = route(REQUEST, "digest cron \u201c0 9 * * 1-5\u201d UTC", REGISTRY, CONFIG)
+    assert routed.input == {"words": ["cron", "0 9 * * 1-5", "UTC"]}
