@@ -299,7 +299,7 @@ class Orchestrator:
         """End ``run`` as cancelled by ``cancel``'s sender, the cancel closed with it (``_finish_run``)."""
         log.info("run %s (%s) was cancelled by %s", run.id, run.graph, cancel.user)
         seconds = (utcnow() - run.started_at).total_seconds()
-        await self._finish_run(run, record, event, "failed", replies.cancelled(run.graph, cancel.user, seconds,
+        await self._finish_run(run, record, event, "failed", replies.cancelled(self._asked_for(run), cancel.user, seconds,
                                                                                at_cards=at_cards),
                                CANCELLED_BY + cancel.user, services, cancel=cancel)
 
@@ -356,6 +356,12 @@ class Orchestrator:
             if runbook in self.config.runbooks:
                 return approvals.who_may_approve(self.config.approvers_for_runbook(runbook), run.requested_by, "high")
         return approvals.who_may_approve(self.config.approvers_for_graph(run.graph), run.requested_by, "high")
+
+    @staticmethod
+    def _asked_for(run: Run) -> str:
+        """What the user asked for, as chat shows it: ``run restart`` rather than the graph running every runbook."""
+        runbook = runbook_named(run.input_text) if run.graph == RUNBOOK_GRAPH else None
+        return f"run {runbook}" if runbook else run.graph
 
     def _spawn(self, job: Any) -> None:
         task = asyncio.create_task(job)
@@ -852,7 +858,9 @@ class Orchestrator:
                 await audit.record(session, "approval.refused", run.correlation_id, platform=event.platform,
                                    channel=event.channel, thread=event.thread, user=event.user, run_id=run.id,
                                    approval_id=approval.id, reason=reason, click=event.correlation_id)
-            return await self._finish_event(event, "refused", Message.text(reason, tone="warning"), ephemeral=True)
+            refused = (replies.cancel_refused(approval.requested_by, approvals.approvers_besides_requester(approval))
+                       if event.payload.get("cancel") else Message.text(reason, tone="warning"))  # asked to cancel, not to decide
+            return await self._finish_event(event, "refused", refused, ephemeral=True)
         pending = {interrupt.id for interrupt in state.interrupts}
         now = utcnow()
         async with self.db.session() as session:
@@ -1021,7 +1029,7 @@ class Orchestrator:
             return True
         log.warning("run %s (%s) was under way each of the last %d times Baton stopped: it is failed, not taken up "
                     "again", run.id, run.graph, takeovers)
-        await self._finish_run(run, record, event, "failed", replies.stopped_too_often(run.graph, takeovers),
+        await self._finish_run(run, record, event, "failed", replies.stopped_too_often(self._asked_for(run), takeovers),
                                f"Baton stopped {takeovers} times while this run was under way; not taken up again")
         return False
 

@@ -60,7 +60,7 @@ def test_the_requester_cancels_a_running_command_and_anyone_else_is_told_who_may
     assert alive(pid)
 
     pg.say("@baton cancel", thread=thread, user="alice")
-    pg.wait_reply(thread, "alice cancelled `runbook` after")
+    pg.wait_reply(thread, "alice cancelled `run sleepy` after")
     wait_for(lambda: not alive(pid), what="the command to be killed")
     assert not any("woke up" in m["text"] or "Queued" in m["text"] for m in pg.bot_replies(thread))
     assert rows(database_url, "SELECT status, error FROM runs") == [("failed", "cancelled by alice")]
@@ -80,7 +80,7 @@ def test_an_approver_may_cancel_and_a_cancel_with_nothing_running_says_so(start_
     pid = started_sleeping(tmp_path)
     pg.say("cancel the standup, I'm on this", thread=thread, user="carol")  # people talking: no cancel
     pg.say("@baton force cancel", thread=thread, user="bob")
-    pg.wait_reply(thread, "bob cancelled `runbook`")
+    pg.wait_reply(thread, "bob cancelled `run sleepy`")
     wait_for(lambda: not alive(pid), what="the command to be killed")
     wait_for(lambda: rows(sqlite_url, "SELECT count(*) FROM inbound_events WHERE status = 'pending'") == [(0,)],
              what="the talk behind the run to be handled")
@@ -98,7 +98,7 @@ def test_a_cancel_at_an_approval_card_withdraws_it(start_baton, sqlite_url, coun
     thread = pg.ask("@baton run restart service=web", user="alice")
     card = pg.wait_card(thread)
     pg.say("cancel", thread=thread, user="carol")  # not hers to decide
-    pg.wait_reply(thread, "Only alice or bob can decide this.", viewer="carol")
+    pg.wait_reply(thread, "Only alice, who asked for it, or bob can cancel this run.", viewer="carol")  # asked to cancel, not to decide
     pg.say("cancel", thread=thread, user="alice")
     pg.wait_reply(thread, "alice")
     edited = wait_for(lambda: next((m for m in pg.bot_replies(thread) if m["id"] == card["id"]
@@ -114,6 +114,6 @@ def test_a_cancel_sent_to_another_replica_reaches_the_run(start_baton, postgres_
     thread = one.client().ask("@baton run sleepy", user="alice")  # a new thread is drained where it was made
     pid = started_sleeping(tmp_path)
     assert two.client().say("cancel", thread=thread, user="alice").status_code == 201
-    two.client().wait_reply(thread, "alice cancelled `runbook`")
+    two.client().wait_reply(thread, "alice cancelled `run sleepy`")
     wait_for(lambda: not alive(pid), what="the command to be killed")
     assert "was cancelled by alice" in one.log.read_text()

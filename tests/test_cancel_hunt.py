@@ -320,7 +320,7 @@ def test_a_cancel_that_came_as_the_run_ended_does_not_cancel_the_request_queued_
         if any("Run cancelled" in text and "`racer`" in text for text in texts(one.client(), thread)):
             continue  # the sweep came in time: the first run was cancelled, as asked
         reply = wait_for(lambda: next((text for text in texts(one.client(), thread)  # noqa: B023
-                                       if "slept" in text or "cancelled `runbook`" in text), None),
+                                       if "slept" in text or "cancelled `run slow`" in text), None),
                          what="the queued request's end")
         assert "slept" in reply, reply  # the request queued before the cancel runs to its end
     settled(postgres_url)
@@ -375,7 +375,7 @@ def test_the_command_running_after_approve_is_cancelled_and_requests_queued_behi
     pg.say("@baton run restart service=api", thread=thread, user="carol")
     wait_for(lambda: sum("Queued" in text for text in texts(pg, thread)) == 2, what="both requests queued")
     pg.say("cancel", thread=thread, user="alice")
-    pg.wait_reply(thread, "alice cancelled `runbook`")
+    pg.wait_reply(thread, "alice cancelled `run sleepyhigh`")
     wait_for(lambda: not alive(pid), what="the command to be killed")
     pg.wait_reply(thread, "did uptime")
     pg.click(pg.wait_card(thread), "alice")
@@ -432,7 +432,7 @@ def test_the_second_of_two_cancels_is_not_told_nothing_was_stopped(hunt_baton, p
     pid = started_sleeping(tmp_path)
     for user in ("alice", "bob"):  # both stored on the replica that does not run it: both while it runs
         assert two.client().say("cancel", thread=thread, user=user).status_code == 201
-    one.client().wait_reply(thread, "alice cancelled `runbook`")
+    one.client().wait_reply(thread, "alice cancelled `run sleepy`")
     wait_for(lambda: not alive(pid), what="the command to be killed")
     settled(postgres_url)
     assert rows(postgres_url, "SELECT kind, \"user\" FROM inbound_events WHERE kind = 'cancel' ORDER BY id") == [
@@ -446,7 +446,7 @@ def test_the_audit_log_leads_from_the_cancel_to_the_run_it_stopped(hunt_baton, s
     thread = pg.ask("@baton run sleepy", user="alice")
     started_sleeping(tmp_path)
     pg.say("cancel", thread=thread, user="alice")
-    pg.wait_reply(thread, "alice cancelled `runbook`")
+    pg.wait_reply(thread, "alice cancelled `run sleepy`")
     settled(sqlite_url)
     [(correlation,)] = rows(sqlite_url, "SELECT correlation_id FROM inbound_events WHERE kind = 'cancel'")
     own = rows(sqlite_url, f"SELECT kind FROM audit_log WHERE correlation_id = '{correlation}' ORDER BY id")
@@ -479,7 +479,7 @@ def test_a_request_cancelled_before_it_started_does_not_run(hunt_baton, sqlite_u
     assert pg.say("cancel", thread=waiting, user="carol").status_code == 201
     wait_for(lambda: rows(sqlite_url, "SELECT count(*) FROM inbound_events") == [(3,)], what="the cancel stored")
     pg.say("cancel", thread=busy, user="alice")  # the slot is free again
-    pg.wait_reply(busy, "alice cancelled `runbook`")
+    pg.wait_reply(busy, "alice cancelled `run sleepy`")
     settled(sqlite_url)
     assert runs_in(counter) == [], texts(pg, waiting)  # carol cancelled it before it started
     pg.wait_reply(waiting, "carol cancelled this request before it started: nothing of it ran.")
@@ -513,7 +513,7 @@ def test_a_runbook_with_approvers_of_its_own_is_cancelled_by_them_and_may_be_ask
     pg.wait_reply(thread, "Only alice, who asked for it, or dave can cancel this run.", viewer="bob")
     assert alive(pid)
     pg.say("cancel", thread=thread, user="dave")
-    pg.wait_reply(thread, "dave cancelled `runbook`")
+    pg.wait_reply(thread, "dave cancelled `run guarded`")
     wait_for(lambda: not alive(pid), what="the command to be killed")
     settled(sqlite_url)
     (tmp_path / "sleepy.pid").unlink()
@@ -521,7 +521,7 @@ def test_a_runbook_with_approvers_of_its_own_is_cancelled_by_them_and_may_be_ask
     assert again != thread
     pid = started_sleeping(tmp_path)
     pg.say("cancel", thread=again, user="alice")
-    pg.wait_reply(again, "alice cancelled `runbook`")
+    pg.wait_reply(again, "alice cancelled `run guarded`")
     settled(sqlite_url)
 
 

@@ -77,7 +77,7 @@ async def test_a_run_that_stops_baton_each_time_is_failed_not_taken_up_for_ever(
         await _taken_up_again(baton, "e1")
         reply = (await _until_replies(baton, "1", 1))[-1]
         assert await _outcome(baton) == ([("failed", MAX_TAKEOVERS + 1)], ["failed"])
-    assert f"Baton stopped {MAX_TAKEOVERS + 1} times while this `runbook` run was under way" in reply, reply
+    assert f"Baton stopped {MAX_TAKEOVERS + 1} times while this `run slow` run was under way" in reply, reply
 
 
 async def test_a_run_taken_up_again_a_few_times_still_finishes(tmp_path, config_path) -> None:
