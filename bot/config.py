@@ -280,7 +280,9 @@ class Runbook(BaseModel):
         return [part.format(**values) for part in self.command]
 
     def usage_args(self) -> str:
-        return " ".join(f"{name}=<{spec.description or name}>" for name, spec in self.args.items())
+        """``key=<what>`` per argument; one with a default in brackets, since it may be left out."""
+        return " ".join(f"[{name}=<{spec.description or name}>]" if spec.default is not None
+                        else f"{name}=<{spec.description or name}>" for name, spec in self.args.items())
 
 
 class GraphPolicy(BaseModel):

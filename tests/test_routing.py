@@ -122,3 +122,15 @@ def test_is_request_reads_a_text_as_route_does_without_building_its_input(text: 
         routed = True  # a command it cannot read: answered with the reason
     built.clear()
     assert is_request(text, registry) == routed and built == []
+
+
+def test_usage_shows_an_argument_with_a_default_as_one_that_may_be_left_out(tmp_path) -> None:
+    """``run echo`` answered "Usage: `run echo msg=<the message> loud=<shout it>`", so a reader gave ``loud=``
+    though it has a default; it is in brackets now."""
+    path = tmp_path / "baton.yaml"
+    path.write_text('runbooks:\n  echo:\n    description: Echo.\n    command: ["echo", "{msg}", "{loud}"]\n'
+                    '    args:\n      msg: {pattern: "^[a-z ]*$", description: the message}\n'
+                    '      loud: {pattern: "^(yes|no)$", default: "no", description: shout it}\n')
+    with pytest.raises(RouteError) as refused:
+        route(REQUEST, "run echo", REGISTRY, load_config(path))
+    assert "`run echo msg=<the message> [loud=<shout it>]`" in str(refused.value), str(refused.value)
