@@ -104,7 +104,14 @@ class Settings(BaseSettings):
             return None
         if isinstance(token, str) and not token.strip():
             raise ValueError("is only spaces: set a token, or leave it empty for none")
-        return token
+        return cls._trimmed(token)
+
+    @field_validator("slack_bot_token", "slack_signing_secret", "slack_app_token", "discord_token", mode="before")
+    @classmethod
+    def _trimmed(cls, secret: object) -> object:
+        """A secret read from a file or a Kubernetes secret ends in a line break, which no platform's token or
+        signing secret holds: kept, every Slack signature and every scrape's token was refused for good."""
+        return secret.strip() if isinstance(secret, str) else secret
 
     @field_validator("public_url")
     @classmethod
