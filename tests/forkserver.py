@@ -10,11 +10,17 @@ output files it was given, nothing run yet before the fork. It is the idea of mu
 Protocol (JSON lines on stdin, answers on stdout): ``{"spawn": {...}}`` -> ``{"pid": n}``;
 ``{"wait": pid}`` -> ``{"returncode": n}`` once that child has ended (the caller waits on the
 child's pidfd first, so this returns at once). Ends when stdin closes.
+
+A child whose environment has ``BATON_TEST_OVERRIDES`` (``tests.support.overrides``) has those module
+constants set before ``bot.cli`` runs: a test's ``monkeypatch`` of Baton's own pauses (Discord's pauses
+between tries, how long a start waits for Socket Mode), in the process it starts. ``python -m
+tests.forkserver --cli <args>`` does the same without a fork server (``BATON_TEST_FORKSERVER=0``).
 """
 
 from __future__ import annotations
 
 import atexit
+import importlib
 import json
 import os
 import sys
@@ -32,6 +38,23 @@ import bot.server  # noqa: F401
 import uvicorn  # noqa: F401
 
 READY = "forkserver ready"
+OVERRIDES = "BATON_TEST_OVERRIDES"
+
+
+def apply_overrides() -> None:
+    """Set the module constants ``BATON_TEST_OVERRIDES`` names (JSON: ``{"module.NAME": value}``).
+
+    A name that is not there stops the child: an override of a constant renamed since would quietly do nothing.
+    A list stands for a tuple where the constant is one (JSON has no tuples).
+    """
+    for target, value in json.loads(os.environ.get(OVERRIDES) or "{}").items():
+        module_name, name = target.rsplit(".", 1)
+        module = importlib.import_module(module_name)
+        if not hasattr(module, name):
+            raise SystemExit(f"{OVERRIDES}: {module_name} has no {name}")
+        if isinstance(getattr(module, name), tuple) and isinstance(value, list):
+            value = tuple(value)
+        setattr(module, name, value)
 
 
 def _child(request: dict[str, Any]) -> NoReturn:
@@ -53,6 +76,7 @@ def _child(request: dict[str, Any]) -> NoReturn:
         sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
         sys.argv = ["baton", *request["args"]]
         try:
+            apply_overrides()
             bot.cli.app(request["args"], prog_name="baton")
             code = 0
         except SystemExit as exit_:
@@ -101,4 +125,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--cli"]:  # one ``bot.cli`` process with the overrides, no fork server
+        apply_overrides()
+        bot.cli.app(sys.argv[2:], prog_name="baton")
+    else:
+        main()

@@ -272,11 +272,27 @@ class ForkedProcess:
         self.send_signal(signal.SIGKILL)
 
 
+OVERRIDES = "BATON_TEST_OVERRIDES"  # read by tests.forkserver.apply_overrides, in the child
+
+
+def overrides(constants: dict[str, Any]) -> dict[str, str]:
+    """The environment that sets these module constants (``{"adapters.slack.SOCKET_CONNECT_SECONDS": 3.0}``) in a
+    ``bot.cli`` process started with it: a ``monkeypatch`` of Baton's own pauses for a test's ``baton run``."""
+    return {OVERRIDES: json.dumps(constants)}
+
+
+def _cli_command(env: dict[str, str]) -> list[str]:
+    """``python -m bot.cli``, or, with overrides, ``tests.forkserver``'s way of applying them first."""
+    if env.get(OVERRIDES):
+        return [sys.executable, "-m", "tests.forkserver", "--cli"]
+    return [sys.executable, "-m", "bot.cli"]
+
+
 def run_cli(*args: str, cwd: Path, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """``python -m bot.cli <args>`` to its end (through the fork server when it is on); its output as text."""
     server = ForkServer.shared()
     if server is None:
-        return subprocess.run([sys.executable, "-m", "bot.cli", *args], cwd=cwd, env=env, capture_output=True,
+        return subprocess.run([*_cli_command(env), *args], cwd=cwd, env=env, capture_output=True,
                               text=True, timeout=timeout)
     with tempfile.TemporaryDirectory(prefix="baton-cli-") as directory:
         stdout, stderr = Path(directory) / "stdout", Path(directory) / "stderr"
@@ -327,7 +343,7 @@ class BatonProcess:
             self.process = server.spawn(["run"], cwd=self.workdir, env=env, stdout=self.log)
         else:
             with open(self.log, "ab") as log:
-                self.process = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], cwd=self.workdir, env=env,
+                self.process = subprocess.Popen([*_cli_command(env), "run"], cwd=self.workdir, env=env,
                                                 stdout=log, stderr=subprocess.STDOUT)
         BatonProcess.running.add(self)
         wait_for(self._healthy, 30, f"{self.name} to answer /healthz (log: {self.log})")

@@ -20,7 +20,7 @@ from adapters.slack import SlackAdapter
 from bot.messages import Image, Message, Text
 from bot.settings import Settings
 from tests.fake_slack import APP_TOKEN, BOT_TOKEN, FakeMessage, FakeSlack, check_message, shown_text
-from tests.support import free_port, until
+from tests.support import free_port, overrides, until
 
 T = TypeVar("T")
 
@@ -70,8 +70,11 @@ def test_a_socket_mode_websocket_that_cannot_be_opened_stops_the_start_saying_so
     Slack), and the log had a traceback every 10 s and no word of Socket Mode's address."""
     said = (r"Baton cannot start: Slack's Socket Mode WebSocket at ws://127\.0\.0\.1:\d+/socket cannot be opened "
             r"\(ClientConnectorError")
+    # The start gives up after SOCKET_CONNECT_SECONDS (15 s); here 3 s, time enough for the refused connection (at
+    # once, on this machine), which slack_sdk logs and the start names, and for nothing more.
+    quick = overrides({"adapters.slack.SOCKET_CONNECT_SECONDS": 3.0})
     with pytest.raises(AssertionError, match=said) as refused:
-        start_baton(sqlite_url, name="no-socket", env=unreachable_socket.env(socket_mode=True))
+        start_baton(sqlite_url, name="no-socket", env={**unreachable_socket.env(socket_mode=True), **quick})
     assert "T1CKET5ECRET" not in str(refused.value)  # a URL to connect with, not to log
 
 
