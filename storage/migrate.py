@@ -111,6 +111,11 @@ def _migration_engine(url: str) -> Engine:
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # the driver's own BEGINs off: ours below
+        # WAL from the start, while waiting for the lock is allowed (the busy timeout): a new file was made in
+        # rollback mode and switched by Baton's own connections, whose PRAGMA needs the lock and may not wait
+        # (busy_timeout=0 on the event loop): with another process migrating or writing it ("database is
+        # locked"), replicas started together on a new file failed their first reads with a traceback.
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:

@@ -14,9 +14,10 @@ from pathlib import Path
 import psycopg
 import pytest
 from sqlalchemy.engine import make_url
+from sqlmodel import select
 
 from storage.checkpointer import open_checkpointer
-from storage.db import Database, check_url
+from storage.db import Database, check_url, prepared
 from storage.migrate import upgrade
 from storage.models import ThreadRecord
 from tests.support import run_cli
@@ -48,9 +49,9 @@ def read_only(path: Path) -> Iterator[None]:
             path.chmod(mode)
 
 
-def _wal(path: Path) -> None:
+def _journal(path: Path, mode: str) -> None:
     with closing(sqlite3.connect(path)) as connection:
-        assert connection.execute("PRAGMA journal_mode=WAL").fetchone() == ("wal",)
+        assert connection.execute(f"PRAGMA journal_mode={mode}").fetchone() == (mode,)
 
 
 @pytest.mark.parametrize("journal", ["delete", "wal"])
@@ -62,8 +63,7 @@ def test_a_read_only_database_file_stops_baton_with_one_line(tmp_path: Path, con
     database = tmp_path / "baton.db"
     url = f"sqlite:///{database}"
     upgrade(url)
-    if journal == "wal":
-        _wal(database)
+    _journal(database, journal)  # "delete": a file an older Baton migrated (this one makes it WAL)
     with read_only(database):
         started = baton_cli("run", cwd=tmp_path, url=url, config=config_path)
         assert started.returncode == 2, started.stdout + started.stderr
@@ -184,3 +184,25 @@ async def test_durable_writes_sync_the_wal_of_a_symlinked_database(tmp_path: Pat
     finally:
         await database.dispose()
     assert synced == [str(tmp_path / "volume" / "data.db-wal")]
+
+
+async def test_a_new_database_is_read_while_another_process_holds_its_write_lock(tmp_path: Path) -> None:
+    """Replicas started together on a new SQLite file: the migration made it in rollback-journal mode, and each
+    connection Baton opened then switched it to WAL, which needs the lock, with no busy timeout (the event loop
+    may not wait): while another process migrated or wrote, the outbox's and the sweeper's first reads failed
+    with "database is locked" and a traceback. (In WAL mode a reader needs no lock.)"""
+    url = f"sqlite:///{tmp_path / 'baton.db'}"
+    upgrade(url)
+    database = Database(url)
+    try:
+        with closing(sqlite3.connect(tmp_path / "baton.db", isolation_level=None)) as other:
+            other.execute("BEGIN IMMEDIATE")  # another replica's write (or its migration)
+            other.execute("INSERT INTO channel_pace (platform, channel, next_at) VALUES ('p', 'c', '2026-01-01')")
+            assert (await database.fetch(prepared(select(ThreadRecord.id)))).all() == []
+            async with database.read() as session:
+                assert (await session.exec(select(ThreadRecord))).all() == []
+            other.execute("COMMIT")
+        async with database.session() as session:
+            session.add(ThreadRecord(platform="p", channel="c", thread="t", status="idle"))
+    finally:
+        await database.dispose()
