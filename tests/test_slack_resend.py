@@ -26,7 +26,7 @@ from bot.messages import Location, Message, Text
 from bot.outbox import Delivery
 from bot.settings import Settings
 from tests.fake_slack import BOT_TOKEN, SIGNING_SECRET, FakeMessage, FakeSlack, SlackSender, shown_text
-from tests.support import runs_in, wait_for
+from tests.support import overrides, runs_in, wait_for
 from tests.test_slack import ALICE, GENERAL, Slack, config_path, fake_slack, slack  # noqa: F401 (fixtures)
 
 LOOKUPS = ("conversations.replies", "conversations.history")
@@ -79,7 +79,8 @@ def test_baton_gone_between_slack_posting_and_the_delivered_mark_the_next_one_po
     """Slack posted the reply; its answer never reached a Baton that was killed (or stopped: cut off after its
     grace) before recording the delivery. The Baton started after it took the row over when its claim ran
     out, and posted the reply a second time."""
-    env = {**fake_slack.env(), "BATON_LEASE_SECONDS": "2"}
+    # A stop lets the send in flight finish for STOP_GRACE_SECONDS (5 s) before it cuts it off: 1 s here.
+    env = {**fake_slack.env(), "BATON_LEASE_SECONDS": "2", **overrides({"adapters.contract.STOP_GRACE_SECONDS": 1.0})}
     first = start_baton(sqlite_url, name="first", env=env)
     slack = Slack(first, fake_slack, SlackSender(first.url), tmp_path / "baton.db")
     fake_slack.hold("chat.postMessage")
