@@ -14,11 +14,11 @@ import json
 import logging
 import unicodedata
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from langgraph.types import Command, Interrupt
-from sqlalchemy import DateTime, String, bindparam, exists, func, literal, or_, update
+from sqlalchemy import DateTime, Float, String, bindparam, exists, func, literal, or_, update
 from sqlalchemy.orm import aliased
 from sqlmodel import select
 
@@ -97,7 +97,7 @@ _FINISH_THREAD = prepared(update(_THREADS).where(_THREADS.c.id == bindparam("rec
     status=bindparam("status"), updated_at=bindparam("now", type_=DateTime()), last_result=bindparam("result")))
 _FINISH_RUN = prepared(update(_RUNS).where(_RUNS.c.id == bindparam("run_id")).values(
     status=bindparam("status"), finished_at=bindparam("now", type_=DateTime()), error=bindparam("error"),
-    turnaround_ms=bindparam("turnaround_ms")))
+    turnaround_ms=bindparam("turnaround_ms"), waited_seconds=_RUNS.c.waited_seconds + bindparam("waited", type_=Float())))
 _KEEP_PROGRESS = prepared(update(_RUNS).where(_RUNS.c.id == bindparam("run_id")).values(
     progress_outbox_id=bindparam("progress_row")))
 
@@ -992,15 +992,17 @@ class Orchestrator:
             return self.outbox.wake(event.platform)
         await self._drive(new_run, record, spec, chosen.input, event)
 
-    async def _expire_cards(self, session: Transaction, record: ThreadRecord, run_id: int, correlation: str) -> None:
+    async def _expire_cards(self, session: Transaction, record: ThreadRecord, run_id: int,
+                            correlation: str) -> datetime | None:
         """The cards of ``run`` (which ended) still waiting for a decision expire: their buttons go, and a
-        click on them revives nothing."""
+        click on them revives nothing. Returns when the oldest of them was posted (the run waited since)."""
         # All locked first (PostgreSQL): a card locked, then the thread's outbox lock taken to edit it, then the
         # next card locked made a cycle with a replica's refresh_approvers (a card, then the same thread).
-        waiting = (await session.exec(select(Approval.id).where(  # type: ignore[call-overload]
+        waiting = (await session.exec(select(Approval.id, Approval.created_at).where(  # type: ignore[call-overload]
             Approval.run_id == run_id, Approval.status == "pending").with_for_update())).all()
-        for approval_id in waiting:
+        for approval_id, _posted in waiting:
             await self._expire_card(session, record, approval_id, correlation)
+        return min((posted for _id, posted in waiting), default=None)
 
     async def _expire_card(self, session: Transaction, record: ThreadRecord, approval_id: str, correlation: str) -> None:
         expired = await session.exec(update(Approval).where(  # type: ignore[call-overload]
@@ -1212,12 +1214,14 @@ class Orchestrator:
                 await audit.record(session, "run.cancelled", run.correlation_id, platform=record.platform,
                                    channel=record.channel, thread=record.thread, user=cancel.user, run_id=run.id,
                                    cancel=cancel.correlation_id)
+            waited = 0.0  # a run ending at its cards (expired, cancelled) waited for a decision until now
             if status == "failed":  # a card it left waiting (another branch's question) would revive it
-                await self._expire_cards(session, record, run.id, run.correlation_id)  # type: ignore[arg-type]
+                since = await self._expire_cards(session, record, run.id, run.correlation_id)  # type: ignore[arg-type]
+                waited = (now - since).total_seconds() if since is not None else 0.0
                 await session.exec(_FORGET_REQUEST, params={"record_id": record.id})  # type: ignore[call-overload]
             await session.exec(_FINISH_RUN, params={  # type: ignore[call-overload]
-                "run_id": run.id, "status": status, "now": now, "error": error,
-                "turnaround_ms": int((now - run.started_at).total_seconds() * 1000)})
+                "run_id": run.id, "status": status, "now": now, "error": error, "waited": waited,
+                "turnaround_ms": int((now - await self._asked_at(run, event)).total_seconds() * 1000)})
             await session.exec(_FINISH_THREAD, params={  # type: ignore[call-overload]
                 "record_id": record.id, "status": status, "now": now, "result": message.plain_text()[:2000]})
             reply = await self.outbox.enqueue_claimed(session, threads.location_of(record), message,
@@ -1227,6 +1231,16 @@ class Orchestrator:
                                seconds=round((now - run.started_at).total_seconds(), 3))
             await self._mark_done(session, event, status, thread_status=status)
         self.outbox.hand_over(record.platform, reply)
+
+    async def _asked_at(self, run: Run, event: InboundEvent) -> datetime:
+        """When ``run``'s request came: its turnaround counts the time it was queued behind another run."""
+        asked = event if event.id == run.inbound_id else None
+        if asked is None and run.inbound_id is not None:  # ended by a click, a cancel, a takeover: read once
+            async with self.db.read() as session:
+                asked = await session.get(InboundEvent, run.inbound_id)
+        if asked is None or asked.kind != "message":  # a run a choice card's click started began with it
+            return run.started_at
+        return min(asked.received_at, run.started_at)
 
     async def _finish_event(self, event: InboundEvent, outcome: str, reply: Message | None = None,
                             *, ephemeral: bool = False, failed: str | None = None, spent: Any = None) -> None:
@@ -1242,9 +1256,11 @@ class Orchestrator:
                 now = utcnow()
                 broken = (await session.exec(select(Run).where(
                     Run.thread_record_id == event.thread_record_id, Run.status == "running"))).all()
-                await session.exec(update(Run).where(  # type: ignore[arg-type]
-                    Run.thread_record_id == event.thread_record_id, Run.status == "running",
-                ).values(status="failed", error=failed, finished_at=now))
+                for run in broken:  # with its turnaround, or the histogram leaves out what the counters count
+                    asked = min(event.received_at, run.started_at) if event.id == run.inbound_id else run.started_at
+                    await session.exec(update(Run).where(Run.id == run.id, Run.status == "running").values(  # type: ignore[arg-type]
+                        status="failed", error=failed, finished_at=now,
+                        turnaround_ms=int((now - asked).total_seconds() * 1000)))
                 if broken:  # its cards still waiting would revive it
                     record = await session.get(ThreadRecord, event.thread_record_id)
                     for run in broken:

@@ -317,6 +317,9 @@ async def test_a_request_whose_handling_broke_off_may_be_asked_again(tmp_path, c
                                                       event_id=event_id, user="alice", text=text))
             await _until(lambda: _handled(baton, event_id))  # noqa: B023
         assert await _texts(baton, "2") == ["Something went wrong while handling this; it was logged."]
+        async with baton.db.read() as session:  # with a turnaround: the histogram counts what the counters count
+            broke = (await session.exec(select(Run.status, Run.turnaround_ms).where(Run.graph == "bogus"))).all()
+        assert [status for status, _ in broke] == ["failed", "failed"] and all(ms is not None for _, ms in broke)
 
 
 async def _handled(baton: Baton, event_id: str) -> bool:
