@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, closing
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 import psycopg
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.checkpoint.postgres import PostgresSaver
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from psycopg.conninfo import make_conninfo
@@ -72,7 +71,7 @@ def postgres_conninfo(url: str) -> str:
     return make_conninfo("", **{name: value for name, value in params.items() if value is not None})
 
 
-def setup_postgres_checkpoints(url: str) -> None:
+async def setup_postgres_checkpoints(url: str) -> None:
     """Make or migrate LangGraph's checkpoint tables in Baton's PostgreSQL database, unless they are up to date.
 
     LangGraph's setup begins with a ``CREATE TABLE IF NOT EXISTS``, which PostgreSQL refuses a role that may not
@@ -81,24 +80,30 @@ def setup_postgres_checkpoints(url: str) -> None:
     database collided in LangGraph's unguarded setup (a unique violation): one sets up at a time. The others
     poll rather than wait in pg_advisory_lock: a waiting statement holds a snapshot, and the setup's CREATE
     INDEX CONCURRENTLY waits for every snapshot, so all of them hung."""
-    with psycopg.connect(postgres_conninfo(url), autocommit=True, prepare_threshold=0) as connection:
-        if _checkpoints_ready(connection):
+    async with await psycopg.AsyncConnection.connect(postgres_conninfo(url), autocommit=True,
+                                                     prepare_threshold=0) as connection:
+        if await _checkpoints_ready(connection):
             return
-        while not connection.execute("SELECT pg_try_advisory_lock(%s)", (_PG_SETUP_LOCK,)).fetchone()[0]:  # type: ignore[index]
-            time.sleep(0.2)
+        while not await _one_value(connection, "SELECT pg_try_advisory_lock(%s)", _PG_SETUP_LOCK):
+            await asyncio.sleep(0.2)
         try:
-            if not _checkpoints_ready(connection):
-                PostgresSaver(connection).setup()  # type: ignore[arg-type]
+            if not await _checkpoints_ready(connection):
+                await AsyncPostgresSaver(connection).setup()  # type: ignore[arg-type]
         finally:
-            connection.execute("SELECT pg_advisory_unlock(%s)", (_PG_SETUP_LOCK,))
+            await connection.execute("SELECT pg_advisory_unlock(%s)", (_PG_SETUP_LOCK,))
 
 
-def _checkpoints_ready(connection: psycopg.Connection) -> bool:
+async def _checkpoints_ready(connection: psycopg.AsyncConnection) -> bool:
     """LangGraph's checkpoint tables are there, with every migration this LangGraph knows applied."""
-    if not connection.execute("SELECT to_regclass('checkpoint_migrations') IS NOT NULL").fetchone()[0]:  # type: ignore[index]
+    if not await _one_value(connection, "SELECT to_regclass('checkpoint_migrations') IS NOT NULL"):
         return False
-    applied = connection.execute("SELECT max(v) FROM checkpoint_migrations").fetchone()[0]  # type: ignore[index]
-    return applied is not None and applied >= len(PostgresSaver.MIGRATIONS) - 1
+    applied = await _one_value(connection, "SELECT max(v) FROM checkpoint_migrations")
+    return applied is not None and applied >= len(AsyncPostgresSaver.MIGRATIONS) - 1
+
+
+async def _one_value(connection: psycopg.AsyncConnection, query: str, *params: object) -> Any:
+    row = await (await connection.execute(query, params or None)).fetchone()  # type: ignore[arg-type]
+    return row[0] if row else None
 
 
 def _holds_checkpoints(database: Path) -> bool:
@@ -173,7 +178,7 @@ async def open_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
     await pool.open()
     try:
         saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
-        await asyncio.to_thread(setup_postgres_checkpoints, url)
+        await setup_postgres_checkpoints(url)
         reconnecting = asyncio.create_task(_reconnect_while_waited_for(pool), name="checkpointer-reconnect")
         try:
             yield saver
