@@ -114,8 +114,8 @@ def test_baton_run_refuses_an_invalid_config(tmp_path):
     assert result.returncode == 2
     assert "line 5: runbooks.up.command" in result.stderr
     assert not (tmp_path / "b.db").exists()
-    named = subprocess.run([str(Path(sys.executable).parent / "baton"), "graphs"], cwd=tmp_path, capture_output=True,
-                           text=True, timeout=60, env={**os.environ, "BATON_CONFIG": str(tmp_path / "bato.yaml")})
+    # The console script is started as such above (and in the port test); the fork server's bot.cli will do here.
+    named = baton_cli("graphs", cwd=tmp_path, env={"BATON_CONFIG": str(tmp_path / "bato.yaml")})
     assert named.returncode == 2 and "bato.yaml: no such file" in named.stderr
 
 
@@ -206,7 +206,8 @@ def test_cli_lists_graphs_threads_and_approvals(tmp_path, config_path):
     assert "Nothing is waiting" in baton_cli("approvals", cwd=tmp_path, env=env).stdout
     assert "No threads yet" in baton_cli("threads", cwd=tmp_path, env=env).stdout
 
-    server = BatonProcess(env["BATON_DATABASE_URL"], config_path, tmp_path, exec_=True).start()  # `python -m bot.cli run`
+    # From the fork server: `python -m bot.cli run` itself is started by test_playground_api's stop test.
+    server = BatonProcess(env["BATON_DATABASE_URL"], config_path, tmp_path).start()
     try:
         pg = server.client()
         thread = pg.ask("@baton run restart service=web")
