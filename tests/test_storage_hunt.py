@@ -206,3 +206,19 @@ async def test_a_new_database_is_read_while_another_process_holds_its_write_lock
             session.add(ThreadRecord(platform="p", channel="c", thread="t", status="idle"))
     finally:
         await database.dispose()
+
+
+@pytest.mark.postgres
+def test_a_postgresql_server_that_takes_no_writes_stops_the_start_with_one_line(postgres_url: str, tmp_path: Path,
+                                                                                config_path: Path) -> None:
+    """BATON_DATABASE_URL naming a read replica (a hot standby, ``default_transaction_read_only``): an up-to-date
+    database passed the start's migration, and Baton started on it to fail every write (or stopped at LangGraph's
+    setup with a traceback, "cannot execute CREATE TABLE in a read-only transaction")."""
+    upgrade(postgres_url)
+    name = make_url(postgres_url).database
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = on")
+    result = baton_cli("run", cwd=tmp_path, url=postgres_url, config=config_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip() == (f"Baton cannot use the database {postgres_url}: "
+                                     "cannot execute UPDATE in a read-only transaction")
