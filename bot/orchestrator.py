@@ -1207,10 +1207,16 @@ class Orchestrator:
                 if cancel.id != event.id:  # stopped here while it ran (else its replica had stopped: in doubt)
                     await session.exec(_CLOSE_EVENT, params={  # type: ignore[call-overload]
                         "closed_id": cancel.id, "closed_as": f"cancelled run {run.id}", "now": now})
+                    cut_off = f"{CANCELLED_BY}{cancel.user} while it ran"
+                    started = (await session.exec(select(Effect.name).where(  # type: ignore[call-overload]
+                        Effect.run_id == run.id, Effect.status == "started"))).all()
                     await session.exec(update(Effect).where(  # type: ignore[arg-type]
                         Effect.run_id == run.id, Effect.status == "started",
-                    ).values(status="failed", finished_at=now,
-                             result={"error": f"{CANCELLED_BY}{cancel.user} while it ran"}))
+                    ).values(status="failed", finished_at=now, result={"error": cut_off}))
+                    for name in started:  # as an effect that failed by itself: its "started" entry is answered
+                        await audit.record(session, "effect.failed", run.correlation_id, platform=record.platform,
+                                           channel=record.channel, thread=record.thread, user=run.requested_by,
+                                           run_id=run.id, effect=name, error=cut_off)
                 await audit.record(session, "run.cancelled", run.correlation_id, platform=record.platform,
                                    channel=record.channel, thread=record.thread, user=cancel.user, run_id=run.id,
                                    cancel=cancel.correlation_id)

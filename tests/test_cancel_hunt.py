@@ -452,6 +452,10 @@ def test_the_audit_log_leads_from_the_cancel_to_the_run_it_stopped(hunt_baton, s
     own = rows(sqlite_url, f"SELECT kind FROM audit_log WHERE correlation_id = '{correlation}' ORDER BY id")
     [(detail,)] = rows(sqlite_url, "SELECT detail FROM audit_log WHERE kind = 'run.cancelled'")
     assert own != [("request.received",)] or correlation in str(detail), (own, detail)
+    # the command's "started" entry is answered, as any effect's: the audit did not say how it ended
+    effects = rows(sqlite_url, "SELECT kind, detail FROM audit_log WHERE kind LIKE 'effect.%' ORDER BY id")
+    assert [kind for kind, _ in effects] == ["effect.started", "effect.failed"], effects
+    assert "cancelled by alice while it ran" in str(effects[1][1])
 
 
 @pytest.mark.postgres
