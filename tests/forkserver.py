@@ -4,7 +4,9 @@ Starting ``baton run`` costs about 3.5 s here, nearly all of it importing LangGr
 FastAPI and the adapters' libraries; the suite starts over a hundred. This process imports those
 once, then forks a child per request that runs ``bot.cli`` exactly as ``python -m bot.cli`` would:
 its own process (its own pid, killed by a real signal), the environment, working directory and
-output files it was given, nothing run yet before the fork. It is the idea of multiprocessing's
+output files it was given, nothing run yet before the fork; its working directory first on ``sys.path``, as
+``python -m`` puts it, so a ``graphs`` package there is the one Baton loads. (One difference is left: at its end
+the child does not wait for threads that are not daemons, as Python does: tests of that start Python itself.) It is the idea of multiprocessing's
 ``forkserver``, kept here because the children are the CLI, not Python functions.
 
 Protocol (JSON lines on stdin, answers on stdout): ``{"spawn": {...}}`` -> ``{"pid": n}``;
@@ -62,6 +64,7 @@ def _child(request: dict[str, Any]) -> NoReturn:
     code = 1
     try:
         os.chdir(request["cwd"])
+        sys.path[0] = os.getcwd()  # as ``python -m`` there: a ``graphs`` package in that directory comes first
         os.environ.clear()
         os.environ.update(request["env"])
         stdin = os.open(os.devnull, os.O_RDONLY)

@@ -200,7 +200,7 @@ def own_graphs(tmp_path: Path) -> Path:
 def test_a_node_that_calls_sys_exit_fails_its_run_not_baton(own_graphs, config_path, sqlite_url) -> None:
     """``sys.exit("usage: ...")`` in a node (argparse does it) stopped the whole ``baton run``; started again, it
     ran the request again and stopped again, for good."""
-    baton = BatonProcess(sqlite_url, config_path, own_graphs, exec_=True).start()
+    baton = BatonProcess(sqlite_url, config_path, own_graphs).start()  # the fork server finds own_graphs/graphs too
     try:
         chat = baton.client()
         for text, reason in (("web", "usage: exiter <service>"), ("async", "3"), ("interrupt", "KeyboardInterrupt")):
