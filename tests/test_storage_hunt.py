@@ -7,18 +7,23 @@ import os
 import sqlite3
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 import pytest
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import MetaData, create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlmodel import select
 
 from storage.checkpointer import open_checkpointer
-from storage.db import Database, check_url, prepared
-from storage.migrate import upgrade
+from storage.db import Database, check_url, prepared, sync_url
+from storage.migrate import _migration_engine, alembic_config, upgrade
 from storage.models import ThreadRecord
 from tests.support import run_cli
 
@@ -222,3 +227,96 @@ def test_a_postgresql_server_that_takes_no_writes_stops_the_start_with_one_line(
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.strip() == (f"Baton cannot use the database {postgres_url}: "
                                      "cannot execute UPDATE in a read-only transaction")
+
+
+def _migrate(url: str, step: Callable[[Config, str], None], revision: str) -> None:
+    engine = _migration_engine(url)
+    try:
+        with engine.begin() as connection:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            step(config, revision)
+    finally:
+        engine.dispose()
+
+
+def _add_a_row_to_every_table(url: str) -> None:
+    """One more row in each of Baton's tables as they are at this revision, every column given a value."""
+    engine = create_engine(sync_url(url))
+    tables = MetaData()
+    tables.reflect(engine)
+    try:
+        with engine.begin() as connection:
+            for table in tables.sorted_tables:
+                if table.name == "alembic_version":
+                    continue
+                rows = connection.execute(text(f"SELECT count(*) FROM {table.name}")).scalar_one()
+                values: dict[str, object] = {}
+                for column in table.columns:
+                    kind = str(column.type).upper()
+                    if column.name == "id":
+                        values[column.name] = rows + 1
+                    elif column.foreign_keys:
+                        values[column.name] = 1 if column.name != "inbound_id" else None
+                    elif "INT" in kind:
+                        values[column.name] = 7
+                    elif any(word in kind for word in ("FLOAT", "REAL", "DOUBLE", "NUMERIC")):
+                        values[column.name] = 1.5
+                    elif "BOOL" in kind:
+                        values[column.name] = True
+                    elif "DATE" in kind or "TIME" in kind:
+                        values[column.name] = datetime(2026, 1, 1, tzinfo=UTC)
+                    elif "JSON" in kind:
+                        values[column.name] = {"row": rows}
+                    else:
+                        values[column.name] = f"{column.name}-{rows}"
+                connection.execute(table.insert().values(**values))
+    finally:
+        engine.dispose()
+
+
+def _rows(url: str) -> dict[str, list[dict[str, str]]]:
+    """Each table's rows (every column, as text), and its indexes' names."""
+    engine = create_engine(sync_url(url))
+    tables = MetaData()
+    tables.reflect(engine)
+    try:
+        with engine.connect() as connection:
+            found = {table.name: [{key: str(value) for key, value in row._mapping.items()}
+                                  for row in connection.execute(table.select().order_by(*table.primary_key.columns))]
+                     for table in tables.sorted_tables if table.name != "alembic_version"}
+            indexes = inspect(connection)
+            found |= {f"{name} indexes": [{index["name"]: "" for index in indexes.get_indexes(name)}]
+                      for name in tables.tables}
+            return found
+    finally:
+        engine.dispose()
+
+
+def _as_at(rows: dict[str, list[dict[str, str]]], older: dict[str, list[dict[str, str]]]) -> dict[str, object]:
+    """``rows`` with only the tables and columns ``older`` has (a downgrade drops the columns added after it)."""
+    return {name: [{key: row[key] for key in (older[name][0] if older[name] else {})} for row in rows[name]]
+            for name in older if not name.endswith(" indexes")}
+
+
+def test_every_migration_keeps_the_rows_of_an_older_database_and_downgrading_and_upgrading_changes_nothing(
+        database_url: str) -> None:
+    """A database made by each older revision, with rows in every table: the upgrade keeps them (SQLite's batch
+    migrations copy whole tables), and from head, down to each revision and up again, every row, column and
+    index is as it was (but the digest tables that 0002 makes, which a downgrade below it drops)."""
+    revisions = [script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()][::-1]
+    for revision in revisions:
+        _migrate(database_url, command.upgrade, revision)
+        _add_a_row_to_every_table(database_url)
+    at_head = _rows(database_url)
+    assert at_head["runs"] and len(at_head["runs"]) == len(revisions)
+    for revision in revisions[:-1]:
+        _migrate(database_url, command.downgrade, revision)
+        down = _rows(database_url)
+        assert _as_at(down, down) == _as_at(at_head, down), f"down to {revision}"
+        _migrate(database_url, command.upgrade, "head")
+        up = _rows(database_url)
+        assert _as_at(up, down) == _as_at(at_head, down), f"down to {revision} and up again"
+        assert {name: value for name, value in up.items() if name.endswith(" indexes")} == \
+            {name: value for name, value in at_head.items() if name.endswith(" indexes")}
+        at_head = up  # the columns the downgrade dropped are back with their defaults
