@@ -421,7 +421,10 @@ class Database:
     @functools.cached_property
     def sqlite_writer(self) -> SQLiteWriter:
         """The SQLite write connection, opened at the first write: the commands that only read (``baton
-        threads``) opened it too, and on a read-only file they stopped on a traceback instead of reading."""
+        threads``) opened it too, and on a read-only file they stopped on a traceback instead of reading.
+        PostgreSQL has none (``getattr(database, "sqlite_writer", None)`` is ``None``)."""
+        if self._writers is None:
+            raise AttributeError("a PostgreSQL database has no SQLite writer")
         return create_sqlite_writer(self.url)
 
     def _answered(self, *_checkout: Any) -> None:

@@ -320,3 +320,17 @@ def test_every_migration_keeps_the_rows_of_an_older_database_and_downgrading_and
         assert {name: value for name, value in up.items() if name.endswith(" indexes")} == \
             {name: value for name, value in at_head.items() if name.endswith(" indexes")}
         at_head = up  # the columns the downgrade dropped are back with their defaults
+
+
+@pytest.mark.postgres
+async def test_a_postgresql_database_has_no_sqlite_writer(postgres_url: str, tmp_path: Path, monkeypatch) -> None:
+    """The SQLite writer is opened at the first write (see the read-only tests above); asked of a PostgreSQL
+    database (``bench/breakdown.py`` asks ``getattr(db, "sqlite_writer", None)``) it must not make a SQLite file
+    named after the PostgreSQL database."""
+    monkeypatch.chdir(tmp_path)
+    database = Database(postgres_url)
+    try:
+        assert getattr(database, "sqlite_writer", None) is None
+    finally:
+        await database.dispose()
+    assert not list(tmp_path.iterdir())
