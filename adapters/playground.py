@@ -55,6 +55,9 @@ CHANNEL_KINDS = {channel["id"]: channel["kind"] for channel in CHANNELS}
 USERS = ["alice", "bob", "carol", "dave"]
 # "@baton" as a word of its own: not inside an address (ops@baton.io) or a longer name (@baton-dev).
 MENTION = re.compile(rf"(?<![\w.@-])@{BOT_NAME}(?![\w@-]|\.\w)[:,]?", re.IGNORECASE)
+# The mention with the spaces around it, taken out of what the bot is given: "hey @baton run uptime" is
+# "hey run uptime" (it was "hey  run uptime", quoted so by the help answer).
+_SPACED_MENTION = re.compile(rf"(?P<before>[ \t]*){MENTION.pattern}(?P<after>[ \t]*)", re.IGNORECASE)
 MAX_HTTP_TEXT = 100_000
 MAX_ID = 2**31 - 1  # the largest message id: an integer column on PostgreSQL (a larger one was a 500 there)
 CLICK_EVENT_PREFIX = "click:"  # a click's event id, beside the messages' (clicks have ids of their own)
@@ -388,7 +391,7 @@ class PlaygroundAdapter(Adapter):
         """Give the bot a stored user message; its delivery: accepted, duplicate or ignored."""
         accepted = await self.baton.accept_message(InboundMessage(
             platform=self.name, channel=channel, thread=thread_id or str(message_id), user=user,
-            text=MENTION.sub("", text).strip(), addressed=self._addressed(channel, text), event_id=event_id))
+            text=_without_mention(text), addressed=self._addressed(channel, text), event_id=event_id))
         return accepted.status
 
     @staticmethod
@@ -466,6 +469,11 @@ class PlaygroundAdapter(Adapter):
                 "content": content, "is_bot": row.is_bot, "ephemeral": row.visible_to is not None,
                 "created_at": row.created_at.isoformat(), "updated_at": row.updated_at.isoformat(),
                 "revision": row.revision, "reply_count": reply_count, "last_reply_id": last_reply_id}
+
+
+def _without_mention(text: str) -> str:
+    """``text`` without its ``@baton`` mentions: one space where a mention stood between two words."""
+    return _SPACED_MENTION.sub(lambda m: " " if m["before"] and m["after"] else "", text).strip()
 
 
 def _resume_from(last_event_id: str | None, now: datetime) -> datetime:
