@@ -43,6 +43,8 @@ def is_sqlite(url: str) -> bool:
 def _parsed(url: str) -> URL:
     """``url`` parsed, ``postgres://`` read as ``postgresql://``; ``ValueError`` (without the URL, which
     may hold a password) for anything Baton cannot use."""
+    if url != url.strip():  # a secret written with its line break: "database "baton\n" does not exist", cut there
+        raise ValueError("the database URL begins or ends with a space or a line break: remove it")
     try:
         parsed = make_url(url.replace("postgres://", "postgresql://", 1))
     except (ArgumentError, ValueError):  # ValueError: a port that is not a number, quoted in the message

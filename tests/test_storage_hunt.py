@@ -334,3 +334,13 @@ async def test_a_postgresql_database_has_no_sqlite_writer(postgres_url: str, tmp
     finally:
         await database.dispose()
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("url", ["postgresql://baton:s3cret-pass@db/baton\n", "sqlite:///baton.db ", " sqlite:///baton.db"])
+def test_a_database_url_with_a_line_break_or_space_around_it_is_a_settings_error(url: str) -> None:
+    """A secret written with its line break (``echo ... | kubectl create secret``, a .env value quoted with one):
+    PostgreSQL said 'database "baton' and the rest of its message was cut at the line break; SQLite made a file
+    named ``baton.db `` beside ``baton.db``."""
+    with pytest.raises(ValueError, match="begins or ends with a space or a line break") as refused:
+        check_url(url)
+    assert "s3cret-pass" not in str(refused.value)
