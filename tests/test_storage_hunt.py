@@ -1,5 +1,7 @@
-"""Storage as an operator meets it: database files Baton cannot write, the checkpointer's file, and what a
-failed transaction leaves behind."""
+"""Storage as an operator meets it: SQLite files Baton cannot write (the database, its directory, the
+checkpoints' file), a symlinked database's WAL, replicas opening a new file together, PostgreSQL URLs with
+several hosts or a line break, a role that may not create tables, a server that takes no writes, and every
+migration's upgrade and downgrade with rows in every table."""
 
 from __future__ import annotations
 
