@@ -12,7 +12,7 @@ from typing import Any
 from bot.config import BatonConfig
 from bot.kit import Request
 from bot.messages import quoted_code
-from bot.registry import GraphRegistry
+from bot.registry import GraphRegistry, GraphSpec
 
 FORCE_WORD = "force"
 RUNBOOK_GRAPH = "runbook"
@@ -40,8 +40,13 @@ class Route:
     unmatched: bool = False  # nothing matched: the help answer, unless a model can route it
 
 
-def route(request: Request, text: str, registry: GraphRegistry, config: BatonConfig) -> Route:
+def route(request: Request, text: str, registry: GraphRegistry, config: BatonConfig, *, addressed: bool = True) -> Route:
     """``text`` is the request without the bot mention. Raises ``RouteError`` for bad requests.
+
+    ``addressed=False``: written in a Baton thread without mentioning the bot. A graph's name then is a request
+    only as the whole message (``status``), as ``cancel`` is: "status of web-2 is fine now" and "help me check
+    the logs, carol?" are people talking to each other (unmatched, as any other talk). ``run ...`` and
+    ``digest ...`` are requests either way.
 
     Only ``run`` and ``digest`` read their words shell-style (quotes group, ``force`` anywhere in a
     run); every other graph gets the rest of the request as it was written, quotes, backslashes and
@@ -71,6 +76,8 @@ def route(request: Request, text: str, registry: GraphRegistry, config: BatonCon
             except RouteError:
                 raise error from None
     spec = registry.get(command)
+    if spec is not None and not addressed and not _names_only(spec, rest):
+        spec = None  # "status of web-2 is fine now": people talking, unless a graph's pattern says otherwise
     if command == HELP_GRAPH:  # "help me", "help runbooks": the whole help, not "I don't know how to handle"
         rest = ""
     if spec is not None:
@@ -98,17 +105,27 @@ def route(request: Request, text: str, registry: GraphRegistry, config: BatonCon
     return Route(HELP_GRAPH, _input_for(registry, HELP_GRAPH, request, text), title="help", unmatched=True)
 
 
-def is_request(text: str, registry: GraphRegistry) -> bool:
+def is_request(text: str, registry: GraphRegistry, *, addressed: bool = True) -> bool:
     """Whether ``route`` would take ``text`` for a request (a command, a graph's name or pattern) rather than
-    leave it unmatched, without building its input: no graph author's code runs (``make_input``)."""
+    leave it unmatched, without building its input: no graph author's code runs (``make_input``).
+    ``addressed``: as ``route`` reads it (``False`` for a message in a Baton thread that does not mention the bot)."""
     _force, text = _leading_force(text)
-    head, _rest = _first_word(text)
+    head, rest = _first_word(text)
     command = head.lower()
     if command == CANCEL_COMMAND:
         return is_cancel(text, addressed=False)
-    if not command or command in COMMAND_WORDS or registry.get(command) is not None:
+    if not command or command in COMMAND_WORDS:
+        return True
+    spec = registry.get(command)
+    if spec is not None and (addressed or _names_only(spec, rest)):
         return True
     return any(pattern.search(text) for spec in registry for pattern in spec.patterns)
+
+
+def _names_only(spec: GraphSpec, rest: str) -> bool:
+    """Whether the words after a graph's name add nothing to it (none, or a repeated request's ``force``)."""
+    rest = rest.strip()
+    return not rest or (spec.dedupe and rest.lower() == FORCE_WORD)
 
 
 def is_cancel(text: str, addressed: bool) -> bool:

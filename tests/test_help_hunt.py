@@ -1,0 +1,66 @@
+"""Help and status as a demanding user reads them: people talking in a Baton thread, what help points at,
+what a copied usage line gets, how old a request is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from bot.app import Baton
+from bot.config import load_config
+from bot.kit import Request
+from bot.messages import InboundMessage
+from bot.registry import GraphRegistry
+from bot.routing import is_request, route
+from bot.settings import Settings
+from storage.models import PlaygroundMessage
+from tests.support import until
+
+REGISTRY = GraphRegistry.discover()
+REQUEST = Request(platform="playground", channel="general", thread="1", user="alice", text="")
+
+
+@pytest.mark.parametrize("text", ["status of web-2 is fine now", "help me check the logs, carol?",
+                                  "Status all green, bob", "summarize it for bob later"])
+def test_a_graphs_name_leading_peoples_talk_in_a_thread_is_no_request(text: str, config_path: Path) -> None:
+    """In a Baton thread, without mentioning Baton, "status of web-2 is fine now" (people talking) was a request
+    for `status`: the channel's status was posted into their conversation (and "Queued: ..." while a run went
+    on). Unaddressed, a graph's name is a request only as the whole message, as `cancel` is."""
+    config = load_config(config_path)
+    assert route(REQUEST, text, REGISTRY, config, addressed=False).unmatched
+    assert not is_request(text, REGISTRY, addressed=False)
+    assert not route(REQUEST, text, REGISTRY, config).unmatched  # mentioned: a request, as before
+    assert is_request(text, REGISTRY)
+
+
+@pytest.mark.parametrize("text", ["status", "STATUS", "help", "force status", "summarize", "run uptime",
+                                  "run restart service=web", "digest list", "cancel"])
+def test_a_whole_message_naming_a_graph_or_a_command_is_still_a_request_unaddressed(text: str,
+                                                                                     config_path: Path) -> None:
+    config = load_config(config_path)
+    assert not route(REQUEST, text, REGISTRY, config, addressed=False).unmatched
+    assert is_request(text, REGISTRY, addressed=False)
+
+
+def _baton(tmp_path: Path, config_path: Path, **settings: str) -> Baton:
+    return Baton(Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'h.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                          BATON_ADAPTERS="playground", **settings))
+
+
+async def _answer(tmp_path: Path, config_path: Path, text: str, **settings: str) -> str:
+    async with _baton(tmp_path, config_path, **settings) as baton:
+        return await _ask(baton, text)
+
+
+async def _ask(baton: Baton, text: str, thread: str = "1") -> str:
+    await baton.accept_message(InboundMessage(platform="playground", channel="general", thread=thread,
+                                              event_id=f"ask-{thread}", user="alice", text=text, addressed=True))
+
+    async def answered() -> str | None:
+        async with baton.db.read() as session:
+            found = (await session.exec(select(PlaygroundMessage.text).where(
+                PlaygroundMessage.thread_id == thread, PlaygroundMessage.is_bot))).all()
+        return found[-1] if found else None
+    return await until(answered, f"Baton's answer to {text!r}")
