@@ -171,6 +171,8 @@ def route_to(registry: GraphRegistry, graph: str, request: Request, text: str) -
     spec = registry.get(graph)
     if spec is None:
         raise RouteError(f"The `{graph}` graph is not installed.")
+    if graph == HELP_GRAPH:  # help was chosen for it ("what can you do?"): the whole help, not "I don't know how"
+        return Route(graph, spec.make_input(request, ""), title="help")
     return Route(graph, spec.make_input(request, text), fingerprint=_fingerprint(graph, text) if spec.dedupe else None,
                  title=text[:120])
 

@@ -3,6 +3,7 @@ what a copied usage line gets, how old a request is."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,10 @@ from bot.config import load_config
 from bot.kit import Request
 from bot.messages import InboundMessage
 from bot.registry import GraphRegistry
-from bot.routing import is_request, route
+from bot.routing import is_request, route, route_to
 from bot.settings import Settings
 from storage.models import PlaygroundMessage
+from tests.fake_models import script
 from tests.support import until
 
 REGISTRY = GraphRegistry.discover()
@@ -42,6 +44,25 @@ def test_a_whole_message_naming_a_graph_or_a_command_is_still_a_request_unaddres
     config = load_config(config_path)
     assert not route(REQUEST, text, REGISTRY, config, addressed=False).unmatched
     assert is_request(text, REGISTRY, addressed=False)
+
+
+def test_help_chosen_for_a_request_shows_the_help_without_calling_it_unknown() -> None:
+    """A request a model confidently routed to help (or a choice card's pick of help) was answered "I don't know
+    how to handle “what can you do?” yet": help got the whole request as words it did not know."""
+    request = Request(platform="playground", channel="general", thread="1", user="alice", text="what can you do?")
+    chosen = route_to(REGISTRY, "help", request, "what can you do?")
+    assert chosen.graph == "help" and chosen.input["text"] == ""
+
+
+async def test_a_model_sending_a_request_to_help_gets_the_help(tmp_path: Path, config_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    script_path = tmp_path / "script.json"
+    monkeypatch.setenv("BATON_TEST_MODEL_SCRIPT", str(script_path))
+    script(script_path, [{"tool_calls": [{"name": "GraphGuess", "id": "g1", "args": {
+        "graph": "help", "confidence": 0.95, "alternatives": []}}]}])
+    reply = await _answer(tmp_path, config_path, "what can you do?", BATON_MODEL="python:tests.fake_models:scripted")
+    assert "Here is what I can do" in reply and "I don't know how to handle" not in reply, reply
+    assert "BATON_MODEL" not in reply  # a model is configured: nothing to say about plain words
 
 
 def _baton(tmp_path: Path, config_path: Path, **settings: str) -> Baton:
