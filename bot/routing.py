@@ -191,7 +191,32 @@ def _shell_words(text: str) -> list[str]:
 
 def _run_route(text: str, config: BatonConfig, force: bool) -> Route:
     words = _shell_words(text)
-    return _runbook_route([word for word in words if word != FORCE_WORD], config, force or FORCE_WORD in words)
+    tokens = [word for word in words if word != FORCE_WORD]
+    try:
+        return _runbook_route(tokens, config, force or FORCE_WORD in words)
+    except RouteError:
+        pasted = _placeholders_pasted(text, tokens, config)
+        if pasted is None:
+            raise
+        raise RouteError(pasted) from None
+
+
+def _placeholders_pasted(text: str, words: list[str], config: BatonConfig) -> str | None:
+    """What to say to a usage line pasted back as it was shown (``run restart service=<one of web, api, worker>``,
+    ``run echo msg=<the message> [loud=<shout it>]``), which was refused word by word ("`of` is not a `key=value`
+    argument", "unknown argument `[loud`", ...)."""
+    runbook = config.runbooks.get(words[0].lower()) if words else None
+    if runbook is None:
+        return None
+    shown = [f"{name}=<{spec.description or name}>" for name, spec in runbook.args.items()]
+    left = [placeholder for placeholder in shown if placeholder in text]
+    if not left:
+        return None
+    optional = " Leave out an argument in [brackets], or give it without them." if "[" in text else ""
+    name = words[0].lower()
+    return (f"Runbook `{name}`: `{quoted_code(left[0].partition('=')[2], 120)}` stands for a value: write the value "
+            f"itself in its place, without the angle brackets.{optional} Usage: `run {name} {runbook.usage_args()}`. "
+            "Nothing was run.")
 
 
 def _runbook_route(tokens: list[str], config: BatonConfig, force: bool) -> Route:

@@ -14,7 +14,7 @@ from bot.config import load_config
 from bot.kit import Request
 from bot.messages import InboundMessage
 from bot.registry import GraphRegistry
-from bot.routing import is_request, route, route_to
+from bot.routing import RouteError, is_request, route, route_to
 from bot.settings import Settings
 from storage.models import PlaygroundMessage
 from tests.fake_models import script
@@ -63,6 +63,37 @@ async def test_a_model_sending_a_request_to_help_gets_the_help(tmp_path: Path, c
     reply = await _answer(tmp_path, config_path, "what can you do?", BATON_MODEL="python:tests.fake_models:scripted")
     assert "Here is what I can do" in reply and "I don't know how to handle" not in reply, reply
     assert "BATON_MODEL" not in reply  # a model is configured: nothing to say about plain words
+
+
+@pytest.mark.parametrize(("text", "placeholder"), [
+    ("run restart service=<one of web, api, worker>", "`<one of web, api, worker>`"),
+    ("run restart force service=<one of web, api, worker>", "`<one of web, api, worker>`"),
+    ("run slow seconds=<seconds>", "`<seconds>`"),
+])
+def test_a_usage_line_pasted_back_says_to_fill_in_its_placeholder(text: str, placeholder: str,
+                                                                  config_path: Path) -> None:
+    """Help shows `run restart service=<one of web, api, worker>`; pasted back as shown, it was refused word by
+    word: "`service=<one` does not match ...; `of` is not a `key=value` argument; `web,` is not ..." (five)."""
+    with pytest.raises(RouteError) as refused:
+        route(REQUEST, text, REGISTRY, load_config(config_path))
+    message = str(refused.value)
+    assert f"{placeholder} stands for a value: write the value itself in its place" in message, message
+    assert "is not a `key=value` argument" not in message and message.endswith("Nothing was run.")
+
+
+def test_a_usage_line_with_an_optional_argument_pasted_back_says_what_the_brackets_mean(tmp_path: Path) -> None:
+    path = tmp_path / "baton.yaml"
+    path.write_text(json.dumps({"runbooks": {"echo": {"description": "Echo.", "command": ["echo", "{msg}", "{loud}"], "args": {
+        "msg": {"pattern": "^.*$", "description": "the message"},
+        "loud": {"pattern": "^(yes|no)$", "description": "shout it", "default": "no"}}}}}))
+    with pytest.raises(RouteError) as refused:
+        route(REQUEST, "run echo msg=<the message> [loud=<shout it>]", REGISTRY, load_config(path))
+    assert str(refused.value) == (
+        "Runbook `echo`: `<the message>` stands for a value: write the value itself in its place, without the angle "
+        "brackets. Leave out an argument in [brackets], or give it without them. Usage: "
+        "`run echo msg=<the message> [loud=<shout it>]`. Nothing was run.")
+    # a value that only looks like one is the value
+    assert route(REQUEST, "run echo msg=<b>hi</b>", REGISTRY, load_config(path)).input["args"]["msg"] == "<b>hi</b>"
 
 
 def _baton(tmp_path: Path, config_path: Path, **settings: str) -> Baton:
