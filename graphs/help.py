@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
@@ -23,7 +24,8 @@ def make_input(_request: Request, args: str) -> dict[str, Any]:
 
 
 def answer(state: HelpState) -> HelpState:
-    catalog = current().catalog()
+    context = current()
+    catalog = context.catalog()
     lines = []
     for entry in catalog:
         risk = " (needs approval)" if entry.get("risk") == "high" else ""
@@ -31,15 +33,32 @@ def answer(state: HelpState) -> HelpState:
         lines.append(f"• `{entry['example']}`{described}{risk}")
     intro = "Here is what I can do (in a channel, mention me first):"
     unknown = state.get("text", "").strip()
+    parts: list[dict[str, Any]] = []
     if unknown:
-        intro = f"I don't know how to handle “{quoted(unknown, 200)}” yet. " + intro
-    parts = [
+        named = _named_in(unknown, catalog)
+        shown = [f"`{example}`" for example in named]
+        meant = f" Did you mean {' or '.join([', '.join(shown[:-1]), shown[-1]] if len(shown) > 1 else shown)}?" \
+            if named else ""
+        parts.append({"kind": "text", "text": f"I don't know how to handle “{quoted(unknown, 200)}” yet.{meant}"})
+        if context.model is None:  # plain words are the model's to read: without one, only the commands below work
+            parts.append({"kind": "note", "text": "Requests in plain language need a language model, and none is "
+                                                  "configured (`BATON_MODEL`); the commands below work without one."})
+    parts += [
         {"kind": "text", "text": intro},
         {"kind": "text", "text": "\n".join(lines)},
         {"kind": "note", "text": "Add `force` as the first or last word of a request to run it again even if the same one ran recently."},
         {"kind": "note", "text": "Write `cancel` in a run's thread to stop it (whoever asked for it, or an approver)."},
     ]
     return {"reply": {"title": "Baton help", "tone": "info", "parts": parts}}
+
+
+def _named_in(text: str, catalog: list[dict[str, Any]], most: int = 3) -> list[str]:
+    """The examples of the runbooks and graphs ``text`` names by a word of its own ("restart the web service
+    please": `run restart service=<...>`), in the order it names them; help itself is no pointer."""
+    words = re.findall(r"[a-z0-9_-]+", text.lower())
+    named = sorted((entry for entry in catalog if entry["name"] in words and entry["name"] != "help"),
+                   key=lambda entry: words.index(entry["name"]))
+    return [entry["example"] for entry in named[:most]]
 
 
 builder = StateGraph(HelpState)

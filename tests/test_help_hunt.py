@@ -65,6 +65,18 @@ async def test_a_model_sending_a_request_to_help_gets_the_help(tmp_path: Path, c
     assert "BATON_MODEL" not in reply  # a model is configured: nothing to say about plain words
 
 
+async def test_plain_words_naming_a_runbook_without_a_model_point_at_its_command(tmp_path: Path,
+                                                                                 config_path: Path) -> None:
+    """Without a model, "@baton restart the web service please" got the whole catalogue: no word that plain
+    words need a model, nor a pointer to `run restart service=<...>` though "restart" names a runbook."""
+    reply = await _answer(tmp_path, config_path, "restart the web service please")
+    first = reply.splitlines()[1]
+    assert first == ("I don't know how to handle “restart the web service please” yet. "
+                     "Did you mean `run restart service=<one of web, api, worker>`?"), reply
+    assert "Requests in plain language need a language model, and none is configured (`BATON_MODEL`); " \
+           "the commands below work without one." in reply
+
+
 @pytest.mark.parametrize(("text", "placeholder"), [
     ("run restart service=<one of web, api, worker>", "`<one of web, api, worker>`"),
     ("run restart force service=<one of web, api, worker>", "`<one of web, api, worker>`"),
