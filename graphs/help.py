@@ -12,6 +12,7 @@ from bot.kit import Request, current, quoted
 DESCRIPTION = "What I can do, with an example of each."
 EXAMPLE = "help"
 DEDUPE = False
+DESCRIPTION_SHOWN = 200  # characters of a description in the list: a paragraph each made help pages long
 
 
 class HelpState(TypedDict, total=False):
@@ -29,7 +30,8 @@ def answer(state: HelpState) -> HelpState:
     lines = []
     for entry in catalog:
         risk = " (needs approval)" if entry.get("risk") == "high" else ""
-        described = f" — {entry['description']}" if entry["description"] else ""  # a graph may have none
+        described = _shown(entry["description"] or "")  # a graph may have none
+        described = f" — {described}" if described else ""
         lines.append(f"• `{entry['example']}`{described}{risk}")
     intro = "Here is what I can do (in a channel, mention me first):"
     unknown = state.get("text", "").strip()
@@ -50,6 +52,16 @@ def answer(state: HelpState) -> HelpState:
         {"kind": "note", "text": "Write `cancel` in a run's thread to stop it (whoever asked for it, or an approver)."},
     ]
     return {"reply": {"title": "Baton help", "tone": "info", "parts": parts}}
+
+
+def _shown(description: str) -> str:
+    """A description on its bullet's line (a YAML block's lines joined), cut after about ``DESCRIPTION_SHOWN``
+    characters at a word, saying so, and with its `code` closed."""
+    text = quoted(" ".join(description.split()), len(description))
+    if len(text) <= DESCRIPTION_SHOWN:
+        return text
+    cut = text[:DESCRIPTION_SHOWN].rsplit(" ", 1)[0].rstrip(" ,;:.")
+    return cut + ("`" if cut.count("`") % 2 else "") + "…"
 
 
 def _named_in(text: str, catalog: list[dict[str, Any]], most: int = 3) -> list[str]:

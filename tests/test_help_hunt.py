@@ -77,6 +77,32 @@ async def test_plain_words_naming_a_runbook_without_a_model_point_at_its_command
            "the commands below work without one." in reply
 
 
+async def test_help_shows_a_long_or_many_lined_description_on_its_own_line(tmp_path: Path, config_path: Path) -> None:
+    """A runbook described in a YAML block (several lines) broke the list: its second line stood outside its
+    bullet, as if it were help's own words; a description of a page filled the help with it."""
+    config_path.write_text(config_path.read_text() + """
+  notes:
+    description: |
+      Prints the release notes.
+      Use `notes` after each deploy.
+    command: ["echo", "notes"]
+  essay:
+    description: "Says a lot. """ + "word " * 100 + """"
+    command: ["echo", "essay"]
+  bare:
+    description: ""
+    command: ["echo", "bare"]
+""")
+    reply = await _answer(tmp_path, config_path, "help")
+    lines = reply.splitlines()
+    assert "• `run notes` — Prints the release notes. Use `notes` after each deploy." in lines, reply
+    essay = next(line for line in lines if line.startswith("• `run essay`"))
+    assert len(essay) < 250 and essay.endswith("word…"), essay
+    assert "• `run bare`" in lines
+    assert all(line.startswith("• ") for line in lines[lines.index("Here is what I can do (in a channel, mention me "
+                                                                   "first):") + 1:-2]), reply
+
+
 @pytest.mark.parametrize(("text", "placeholder"), [
     ("run restart service=<one of web, api, worker>", "`<one of web, api, worker>`"),
     ("run restart force service=<one of web, api, worker>", "`<one of web, api, worker>`"),
