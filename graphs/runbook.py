@@ -250,7 +250,24 @@ def _last_written(line: str) -> str:
 
 
 def _shown(argv: list[str]) -> str:
-    return shlex.join(argv)
+    """``argv`` as a shell would take it, one line, every character visible: an argument holding a character
+    that shows as nothing or as something else (a line break, a zero-width space, a bidi override that turns
+    the rest of the line around, a no-break space) is written in bash's ``$'...'`` with that character as an
+    escape, so the plan and the approval card show the command that runs, not one that only looks like it."""
+    return " ".join(shlex.quote(arg) if arg.isprintable() else _ansi_c_quoted(arg) for arg in argv)
+
+
+def _ansi_c_quoted(arg: str) -> str:
+    return "$'" + "".join(_ANSI_C_ESCAPES.get(char) or (char if char.isprintable() else _code_point(char))
+                          for char in arg) + "'"
+
+
+_ANSI_C_ESCAPES = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _code_point(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def _inline(command: str) -> str | None:

@@ -1,0 +1,50 @@
+"""Baton attacked a second time, as a careless or malicious team member or an outsider who reaches its port
+(after ``tests/test_security_hunt.py`` and ``tests/test_secrets.py``): what an approver is shown, secrets
+that reach chat by another road, and what an unauthenticated client can make Baton hold."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.support import BatonProcess, runs_in, wait_for
+
+RLO, ZWSP = "\u202e", "\u200b"  # right-to-left override; zero-width space
+
+
+def _deploy_config(tmp_path: Path, counter: Path) -> Path:
+    """A high-risk runbook whose argument takes any word (``^\\S+$``, a common pattern for a version or a host)."""
+    script = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n'); print('deployed', ascii(sys.argv[2]))"
+    config = tmp_path / "baton.yaml"
+    config.write_text(yaml.safe_dump({"approvers": ["alice", "bob"], "runbooks": {"deploy": {
+        "description": "Deploy a version.", "command": [sys.executable, "-c", script, str(counter), "{version}"],
+        "args": {"version": {"pattern": r"^\S+$"}}, "risk": "high", "timeout": 10}}}))
+    return config
+
+
+def test_the_approval_card_shows_the_invisible_characters_of_an_argument(tmp_path: Path, sqlite_url: str,
+                                                                         counter: Path) -> None:
+    """A value with a zero-width space or a bidi override (``^\\S+$`` takes both) was shown raw on the plan and
+    on the card: the approver read ``1.2.3`` (or text the override turned around, the rest of the line with
+    it) and approved a command that is not the one they read. The card shows such characters as escapes
+    (``$'1.2.3\\u200b'``, as bash writes them), so what is approved is what runs."""
+    baton = BatonProcess(sqlite_url, _deploy_config(tmp_path, counter), tmp_path).start()
+    try:
+        pg = baton.client()
+        thread = pg.ask(f"@baton run deploy version=1.2.3{ZWSP}", user="carol")
+        card = pg.wait_card(thread)
+        shown = [message["text"] for message in pg.bot_replies(thread)]
+        assert not any(ZWSP in text for text in shown), shown
+        assert "$'1.2.3\\u200b'" in card["text"], card["text"]
+        reversed_ = pg.ask(f"@baton run deploy version=v1{RLO}3.2.1", user="carol")
+        card = pg.wait_card(reversed_)
+        assert not any(RLO in message["text"] for message in pg.bot_replies(reversed_))
+        assert "$'v1\\u202e3.2.1'" in card["text"], card["text"]
+        assert pg.click(card, "bob").status_code == 202
+        pg.wait_reply(reversed_, "deployed")
+    finally:
+        baton.stop()
+    assert runs_in(counter) == [f"v1{RLO}3.2.1"]
+
