@@ -11,6 +11,7 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
+from urllib.parse import unquote
 
 from pydantic import SecretStr
 from sqlalchemy.engine import make_url
@@ -23,6 +24,8 @@ REDACTED = "[redacted]"
 MIN_SECRET_CHARS = 8  # shorter values ("1", "true") would blot out ordinary words
 # Variables whose values are secrets by their name (OPENAI_API_KEY, GITHUB_TOKEN, PGPASSWORD, ...).
 SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$", re.IGNORECASE)
+# The password of a URL's user (``scheme://user:password@host``), as written in it (percent-encoded).
+URL_PASSWORD = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:]*:([^\s/?#@]+)@")
 
 
 class Redactor:
@@ -39,6 +42,9 @@ class Redactor:
         environ = os.environ if environ is None else environ
         values = [field.get_secret_value() for field in settings.__dict__.values() if isinstance(field, SecretStr)]
         values += [value for name, value in environ.items() if SECRET_NAME.search(name)]
+        # Whatever a variable is named: the password in an application's DATABASE_URL, a REDIS_URL, a proxy's
+        # HTTPS_PROXY (a runbook's environment has them; printenv posted them), and Baton's own as its URL writes it.
+        values += url_passwords(settings.database_url, *environ.values())
         try:
             url = make_url(settings.database_url)
         except ArgumentError:
@@ -84,6 +90,12 @@ class Redactor:
         for handler in {handler for logger in loggers for handler in logger.handlers}:
             if not any(isinstance(existing, RedactingFilter) for existing in handler.filters):
                 handler.addFilter(RedactingFilter(self))
+
+
+def url_passwords(*texts: str) -> list[str]:
+    """The passwords of the URLs in ``texts``, each as written and as it reads (``pa%40ss`` and ``pa@ss``)."""
+    found = [match.group(1) for text in texts for match in URL_PASSWORD.finditer(text)]
+    return found + [unquote(password) for password in found]
 
 
 def _without_prefix_cut_from(secret: str, line: str) -> str:

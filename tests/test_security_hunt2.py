@@ -48,3 +48,37 @@ def test_the_approval_card_shows_the_invisible_characters_of_an_argument(tmp_pat
         baton.stop()
     assert runs_in(counter) == [f"v1{RLO}3.2.1"]
 
+
+def test_a_password_in_a_url_a_runbook_prints_is_not_posted(tmp_path: Path, sqlite_url: str) -> None:
+    """Only variables named like secrets (``*_KEY``, ``*_TOKEN``, ``*_PASSWORD``...) were kept from chat: the
+    password inside an application's ``DATABASE_URL``, a ``REDIS_URL`` or a proxy's ``HTTPS_PROXY`` (the
+    runbook's environment has them all) was posted by ``printenv``, and so was Baton's own database password
+    where a message shows it as written in its URL (``%40`` for ``@``)."""
+    config = tmp_path / "baton.yaml"
+    config.write_text(yaml.safe_dump({"approvers": ["bob"], "runbooks": {"env": {
+        "description": "Print where the app's services are (a careless runbook).",
+        "command": ["printenv", "DATABASE_URL", "HTTPS_PROXY"], "risk": "low", "timeout": 10}}}))
+    env = {"DATABASE_URL": "postgres://app:app-db-pass-1@db.internal:5432/app",
+           "HTTPS_PROXY": "http://me:proxy%3Apass-2@proxy.internal:3128"}
+    baton = BatonProcess(sqlite_url, config, tmp_path, env=env).start()
+    try:
+        pg = baton.client()
+        reply = pg.wait_reply(pg.ask("@baton run env"), "finished")
+    finally:
+        baton.stop()
+    shown = str(reply)
+    assert "postgres://app:[redacted]@db.internal:5432/app" in shown, shown
+    assert "http://me:[redacted]@proxy.internal:3128" in shown, shown
+    assert "app-db-pass-1" not in shown and "pass-2" not in shown
+
+
+def test_the_database_password_is_redacted_as_its_url_writes_it() -> None:
+    from bot.redaction import REDACTED, Redactor
+    from bot.settings import Settings
+
+    settings = Settings(BATON_DATABASE_URL="postgresql://baton:pa%40ss-w0rd-1@db/baton",  # type: ignore[call-arg]
+                        _env_file=None)
+    redactor = Redactor.for_settings(settings, environ={})
+    assert redactor.text("could not use postgresql://baton:pa%40ss-w0rd-1@db/baton") == \
+        f"could not use postgresql://baton:{REDACTED}@db/baton"
+    assert redactor.text("pa@ss-w0rd-1") == REDACTED
