@@ -2,7 +2,8 @@
 
 It is what ``baton run`` serves with no tokens. The page and the tests use its JSON API:
 ``POST /api/messages``, ``POST /api/clicks``, ``GET /api/channels/{id}/messages``,
-``GET /api/threads/{id}/messages`` and the server-sent events stream ``GET /api/events``.
+``GET /api/threads/{id}/messages`` (each the newest messages, and older ones page by page with ``before``)
+and the server-sent events stream ``GET /api/events``.
 The playground trusts the user name it is given: it is for trying Baton locally, never for
 deciding real approvals.
 
@@ -64,6 +65,11 @@ CLICK_EVENT_PREFIX = "click:"  # a click's event id, beside the messages' (click
 USER_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
 # Empty (``?viewer=``, as the README writes the routes) is no viewer, as on any web form: it was a 422.
 VIEWER = Query(None, pattern=r"^[A-Za-z0-9_.-]{0,64}$", description="whose private (ephemeral) messages to include")
+PAGE_SIZE = 100  # how many of a channel's (or a thread's) newest messages a read returns, unless told
+MAX_PAGE_SIZE = 500
+LIMIT = Query(PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE, description="how many of the newest messages to return")
+BEFORE = Query(None, ge=1, le=MAX_ID, description="only messages older than this message id: the page before "
+                                                   "the first message shown")
 EVENT_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 STREAM_RETRY_SECONDS = 1.0  # how often a live stream looks again while the database cannot be reached
 RESUME_WINDOW = timedelta(hours=1)  # how far back a live stream resumes for a client that lost it (Last-Event-ID)
@@ -225,26 +231,49 @@ class PlaygroundAdapter(Adapter):
     async def channels(self) -> dict[str, Any]:
         return {"channels": CHANNELS, "users": USERS, "bot": BOT_NAME}
 
-    async def channel_messages(self, channel: str, viewer: str | None = VIEWER) -> dict[str, Any]:
+    async def channel_messages(self, channel: str, viewer: str | None = VIEWER, limit: int = LIMIT,
+                               before: int | None = BEFORE) -> dict[str, Any]:
         self._known_channel(channel)
         async with self.baton.db.read() as session:
-            rows = (await session.exec(self._visible(viewer).where(
-                PlaygroundMessage.channel == channel, PlaygroundMessage.thread_id.is_(None))  # type: ignore[union-attr]
-                .order_by(PlaygroundMessage.id))).all()  # type: ignore[arg-type]
-            counts = {thread: (count, last) for thread, count, last in (await session.exec(
-                select(PlaygroundMessage.thread_id, func.count(), func.max(PlaygroundMessage.id)).where(
-                    PlaygroundMessage.channel == channel, PlaygroundMessage.thread_id.is_not(None),  # type: ignore[union-attr]
-                    or_(PlaygroundMessage.visible_to.is_(None), PlaygroundMessage.visible_to == viewer))  # type: ignore[union-attr]
-                .group_by(PlaygroundMessage.thread_id))).all()}
-        return {"messages": [self._json(row, *counts.get(str(row.id), (0, None))) for row in rows]}
+            query = self._visible(viewer).where(PlaygroundMessage.channel == channel,
+                                                PlaygroundMessage.thread_id.is_(None))  # type: ignore[union-attr]
+            rows, more = await self._newest(session, query, limit, before)
+            counts = await self._reply_counts(session, channel, [row.id for row in rows], viewer)  # type: ignore[misc]
+        return {"messages": [self._json(row, *counts.get(str(row.id), (0, None))) for row in rows], "has_more": more}
 
-    async def thread_messages(self, thread_id: str, viewer: str | None = VIEWER) -> dict[str, Any]:
+    async def thread_messages(self, thread_id: str, viewer: str | None = VIEWER, limit: int = LIMIT,
+                              before: int | None = BEFORE) -> dict[str, Any]:
         async with self.baton.db.read() as session:
             root = await self._root(session, thread_id)
-            replies = (await session.exec(self._visible(viewer).where(PlaygroundMessage.thread_id == str(root.id))
-                                          .order_by(PlaygroundMessage.id))).all()  # type: ignore[arg-type]
-        return {"root": self._json(root, len(replies), replies[-1].id if replies else None),
-                "replies": [self._json(row) for row in replies]}
+            # A reply is in its root's channel, after it: the channel's index finds them, from the newest.
+            replies, more = await self._newest(session, self._visible(viewer).where(
+                PlaygroundMessage.channel == root.channel, PlaygroundMessage.thread_id == str(root.id),
+                PlaygroundMessage.id > root.id), limit, before)  # type: ignore[operator]
+            count, last = (await self._reply_counts(session, root.channel, [root.id], viewer)).get(  # type: ignore[list-item]
+                str(root.id), (0, None))
+        return {"root": self._json(root, count, last), "replies": [self._json(row) for row in replies],
+                "has_more": more}
+
+    @staticmethod
+    async def _newest(session: Any, query: Any, limit: int, before: int | None) -> tuple[list[PlaygroundMessage], bool]:
+        """The newest ``limit`` messages of ``query`` older than message ``before`` (oldest first), and whether
+        older ones remain. (The whole history, every time, made a long-lived channel slower to open each week.)"""
+        if before is not None:
+            query = query.where(PlaygroundMessage.id < before)
+        rows = (await session.exec(query.order_by(PlaygroundMessage.id.desc()).limit(limit + 1))).all()  # type: ignore[union-attr]
+        return rows[:limit][::-1], len(rows) > limit
+
+    @staticmethod
+    async def _reply_counts(session: Any, channel: str, roots: list[int], viewer: str | None) -> dict[str, tuple[int, int]]:
+        """How many replies each of these roots has, and its newest reply's id (by the root's id as a string)."""
+        if not roots:
+            return {}
+        return {thread: (count, last) for thread, count, last in (await session.exec(
+            select(PlaygroundMessage.thread_id, func.count(), func.max(PlaygroundMessage.id)).where(
+                PlaygroundMessage.channel == channel, PlaygroundMessage.id > min(roots),  # type: ignore[operator]
+                PlaygroundMessage.thread_id.in_([str(root) for root in roots]),  # type: ignore[union-attr]
+                or_(PlaygroundMessage.visible_to.is_(None), PlaygroundMessage.visible_to == viewer))  # type: ignore[union-attr]
+            .group_by(PlaygroundMessage.thread_id))).all()}
 
     async def post_message(self, body: PostMessage) -> dict[str, Any]:
         self._known_channel(body.channel)

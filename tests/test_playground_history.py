@@ -72,3 +72,47 @@ def test_a_mention_between_words_leaves_one_space(baton: BatonProcess) -> None:
     thread = pg.ask("hey @baton run uptime", channel="dm-baton")
     assert "“hey run uptime”" in pg.wait_reply(thread, "I don't know how to handle")["text"]
 
+
+def test_a_channel_is_read_newest_first_a_page_at_a_time(baton: BatonProcess) -> None:
+    pg = baton.client()
+    ids = write_history(baton, "ops", [f"ops {n}" for n in range(250)])
+    replies = write_history(baton, "ops", ["a", "b", "c"], thread=ids[0])
+    write_history(baton, "ops", ["only bob sees this"], visible_to="bob")
+
+    first = pg.http.get("/api/channels/ops/messages").json()
+    assert [m["id"] for m in first["messages"]] == ids[-100:] and first["has_more"] is True
+    pages, before = [first["messages"]], first["messages"][0]["id"]
+    while True:
+        older = pg.http.get("/api/channels/ops/messages", params={"before": before, "limit": 120}).json()
+        pages.insert(0, older["messages"])
+        before = older["messages"][0]["id"]
+        if not older["has_more"]:
+            break
+    assert [len(p) for p in pages] == [30, 120, 100]
+    assert [m["id"] for p in pages for m in p] == ids  # every message once, oldest first
+    assert (pages[0][0]["reply_count"], pages[0][0]["last_reply_id"]) == (3, replies[-1])  # counted on any page
+
+    bobs = pg.http.get("/api/channels/ops/messages", params={"viewer": "bob", "limit": 2}).json()
+    assert [m["text"] for m in bobs["messages"]] == ["ops 249", "only bob sees this"]
+    assert pg.http.get("/api/channels/ops/messages", params={"before": ids[0]}).json() == \
+        {"messages": [], "has_more": False}
+    for bad in [{"limit": 0}, {"limit": -5}, {"limit": "ten"}, {"limit": 501}, {"before": 0}, {"before": "x"},
+                {"before": 2**31}]:
+        response = pg.http.get("/api/channels/ops/messages", params=bad)
+        assert response.status_code == 422, (bad, response.text)
+        assert next(iter(bad)) in json.dumps(response.json()["detail"]), response.text  # names the parameter
+
+
+def test_a_long_thread_is_read_newest_first_a_page_at_a_time(baton: BatonProcess) -> None:
+    pg = baton.client()
+    root = pg.ask("a long incident", channel="ops", user="dave")
+    replies = write_history(baton, "ops", [f"update {n}" for n in range(150)], thread=int(root))
+
+    first = pg.http.get(f"/api/threads/{root}/messages").json()
+    assert [m["id"] for m in first["replies"]] == replies[-100:] and first["has_more"] is True
+    assert (first["root"]["reply_count"], first["root"]["last_reply_id"]) == (150, replies[-1])
+    older = pg.http.get(f"/api/threads/{root}/messages", params={"before": replies[-100], "limit": 500}).json()
+    assert [m["id"] for m in older["replies"]] == replies[:50] and older["has_more"] is False
+    assert older["root"]["id"] == int(root)
+    assert pg.http.get(f"/api/threads/{root}/messages", params={"limit": 1000}).status_code == 422
+
