@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
+import psycopg
 import typer
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
@@ -30,7 +31,7 @@ from bot.messages import first_line
 from bot.redaction import Redactor
 from bot.registry import GraphError, GraphRegistry
 from bot.settings import Settings, export_env_file
-from storage.checkpointer import check_sqlite_checkpoints, sqlite_checkpoint_path
+from storage.checkpointer import check_sqlite_checkpoints, setup_postgres_checkpoints, sqlite_checkpoint_path
 from storage.db import Database, check_url, is_sqlite, sqlite_path, sync_url
 from storage.migrate import alembic_config, autogenerate, upgrade
 from storage.models import Approval, AuditEntry, InboundEvent, Run, ThreadRecord
@@ -447,6 +448,8 @@ def db_upgrade(revision: str = typer.Argument("head", help="A revision id to upg
             upgrade(settings.database_url, revision)
     except CommandError as exc:  # a newer Baton migrated the database
         _fail(f"Baton cannot upgrade to '{revision[:40]}': {exc}")
+    if revision in ("head", "heads"):
+        _checkpoint_tables(settings.database_url)
     with _database(settings.database_url):
         current = _revision(settings.database_url)
     if current == _head_revision():
@@ -523,6 +526,19 @@ def _ready(settings: Settings) -> None:
         check_sqlite_checkpoints(settings.database_url)
     except sqlite3.Error as exc:
         _fail(f"Baton cannot use its checkpoint database {sqlite_checkpoint_path(settings.database_url)}: {exc}")
+    _checkpoint_tables(settings.database_url)
+
+
+def _checkpoint_tables(url: str) -> None:
+    """On PostgreSQL, LangGraph's checkpoint tables made or migrated beside Baton's: by `baton db upgrade` too, so
+    that the owner who migrates makes them for replicas running as a role that may not create tables (whose
+    first start stopped with a traceback). One line if it fails."""
+    if is_sqlite(url):
+        return
+    try:
+        asyncio.run(setup_postgres_checkpoints(url))
+    except psycopg.Error as exc:
+        _fail(f"Baton cannot use the database {check_url(url)}: LangGraph's checkpoint tables: {first_line(str(exc), 300)}")
 
 
 def _sqlite_place(url: str) -> None:

@@ -5,6 +5,7 @@ migration's upgrade and downgrade with rows in every table."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import subprocess
@@ -27,7 +28,7 @@ from storage.checkpointer import open_checkpointer
 from storage.db import Database, check_url, prepared, sync_url
 from storage.migrate import _migration_engine, alembic_config, upgrade
 from storage.models import ThreadRecord
-from tests.support import run_cli
+from tests.support import ROOT, run_cli
 
 
 def baton_cli(*args: str, cwd: Path, url: str, config: Path) -> subprocess.CompletedProcess[str]:
@@ -346,3 +347,38 @@ def test_a_database_url_with_a_line_break_or_space_around_it_is_a_settings_error
     with pytest.raises(ValueError, match="begins or ends with a space or a line break") as refused:
         check_url(url)
     assert "s3cret-pass" not in str(refused.value)
+
+
+def test_db_upgrade_makes_langgraphs_tables_for_replicas_that_may_not_create_any(postgres_url: str,
+                                                                                  tmp_path: Path) -> None:
+    """The owner migrates with `baton db upgrade`, replicas run as a role granted the use of the tables only: the
+    upgrade made Baton's tables alone, so a replica's first start stopped with a traceback at LangGraph's setup
+    ("permission denied for schema public"). The upgrade makes them too; a start that still cannot says so in
+    one line."""
+    role = f"baton_hunt_{uuid.uuid4().hex[:12]}"
+    role_url = make_url(postgres_url).set(username=role, password=None).render_as_string(hide_password=False)
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        upgrade(postgres_url)  # Baton's tables only, as an older `baton db upgrade` left them
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
+            admin.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+            admin.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+        started = baton_cli("run", cwd=tmp_path, url=role_url, config=ROOT / "baton.yaml")
+        assert started.returncode != 0 and "Traceback" not in started.stderr, started.stderr
+        assert "LangGraph's checkpoint tables: permission denied" in started.stderr, started.stderr
+
+        upgraded = baton_cli("db", "upgrade", cwd=tmp_path, url=postgres_url, config=ROOT / "baton.yaml")
+        assert upgraded.returncode == 0, upgraded.stderr  # the owner
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            assert admin.execute("SELECT to_regclass('checkpoint_migrations') IS NOT NULL").fetchone() == (True,)
+            admin.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+        async def first_checkpoint() -> None:
+            async with open_checkpointer(role_url) as saver:  # the replica's start finds them up to date
+                assert await saver.aget_tuple({"configurable": {"thread_id": "t", "checkpoint_ns": ""}}) is None
+        asyncio.run(first_checkpoint())
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(f"DROP OWNED BY {role}")
+            admin.execute(f"DROP ROLE {role}")
