@@ -22,6 +22,7 @@ from langgraph.pregel import Pregel
 from langgraph.types import Command, Interrupt
 from sqlalchemy import DateTime, bindparam, func, update
 from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot import audit, kit
 from bot.approvals import waiting_for
@@ -340,8 +341,10 @@ class RunServices:
                     Approval.status == "pending",
                 )
             )).all() if records else []
+            asked = await self._asked_at(session, [r.id for r in records]) if records else {}  # type: ignore[misc]
         activity = []
-        for record in records:
+        # The longest-waiting first: by when each was asked (the thread's last change is a click, a progress line)
+        for record in sorted(records, key=lambda r: asked.get(r.id, r.updated_at)):  # type: ignore[arg-type]
             if record.thread == self.request.thread:
                 continue
             activity.append({
@@ -351,7 +354,7 @@ class RunServices:
                 "status": record.status,
                 "status_text": "waiting for approval" if record.status == "waiting" else "running",
                 "requested_by": record.requested_by or "someone",
-                "age": age(record.updated_at, now),
+                "age": age(asked.get(record.id, record.updated_at), now),  # type: ignore[arg-type]
                 "approvals": [
                     {"summary": quoted(first_line(a.summary, 200), 200),
                      "approvers": waiting_for(a.approvers, a.requested_by, a.risk), "age": age(a.created_at, now),
@@ -360,6 +363,22 @@ class RunServices:
                 ],
             })
         return activity
+
+    @staticmethod
+    async def _asked_at(session: AsyncSession, record_ids: list[int]) -> dict[int, datetime]:
+        """When the request each thread is busy with was asked, by thread record: its run's request message
+        (a request queued behind another run waited there too), else the run's start (a choice card's pick)."""
+        rows = (await session.exec(
+            select(Run.thread_record_id, Run.started_at, InboundEvent.received_at, InboundEvent.kind)
+            .outerjoin(InboundEvent, InboundEvent.id == Run.inbound_id)  # type: ignore[arg-type]
+            .where(Run.thread_record_id.in_(record_ids),  # type: ignore[attr-defined]
+                   Run.status.in_(("running", "waiting")))  # type: ignore[attr-defined]
+        )).all()
+        asked: dict[int, datetime] = {}
+        for record_id, started, received, kind in rows:
+            when = min(received, started) if kind == "message" and received is not None else started
+            asked[record_id] = min(when, asked.get(record_id, when))
+        return asked
 
     def _expires_in(self, approval: Approval, now: datetime) -> str | None:
         expiry = self._services.approval_expiry

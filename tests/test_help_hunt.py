@@ -4,6 +4,7 @@ what a copied usage line gets, how old a request is."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from bot.messages import InboundMessage
 from bot.registry import GraphRegistry
 from bot.routing import RouteError, is_request, route, route_to
 from bot.settings import Settings
-from storage.models import PlaygroundMessage
+from storage.models import InboundEvent, PlaygroundMessage, Run, ThreadRecord, utcnow
 from tests.fake_models import script
 from tests.support import until
 
@@ -134,9 +135,39 @@ def test_a_usage_line_with_an_optional_argument_pasted_back_says_what_the_bracke
     assert route(REQUEST, "run echo msg=<b>hi</b>", REGISTRY, load_config(path)).input["args"]["msg"] == "<b>hi</b>"
 
 
+async def test_status_tells_how_long_ago_a_request_was_asked_not_when_its_thread_last_changed(
+        tmp_path: Path, config_path: Path, database_url: str) -> None:
+    """Asked three hours ago, approved five seconds ago: status read "(asked by bob, 5.0s)", the age of the
+    thread's last change. A request queued behind another run was asked when it came, not when it started."""
+    now = utcnow()
+    async with _baton(tmp_path, config_path, BATON_DATABASE_URL=database_url) as baton:
+        async with baton.db.session() as session:
+            for thread, asked, started in (("old", None, timedelta(hours=3)),
+                                           ("queued", timedelta(minutes=40), timedelta(minutes=1))):
+                record = ThreadRecord(platform="playground", channel="general", thread=thread, status="running",
+                                      graph="runbook", title=f"run {thread}", requested_by="bob",
+                                      updated_at=now - timedelta(seconds=5))
+                session.add(record)
+                await session.flush()
+                event = None
+                if asked is not None:
+                    event = InboundEvent(platform="playground", event_id=f"ev-{thread}", kind="message",
+                                         channel="general", thread=thread, user="bob", text=f"run {thread}",
+                                         status="done", thread_record_id=record.id, received_at=now - asked)
+                    session.add(event)
+                    await session.flush()
+                session.add(Run(thread_record_id=record.id, inbound_id=event.id if event else None,  # type: ignore[arg-type]
+                                platform="playground", channel="general", graph="runbook", requested_by="bob",
+                                correlation_id=f"c-{thread}", started_at=now - started))
+        reply = await _ask(baton, "status")
+    lines = [line for line in reply.splitlines() if "asked by bob" in line]
+    assert len(lines) == 2 and "run old" in lines[0] and "(asked by bob, 3h)" in lines[0], reply
+    assert "run queued" in lines[1] and "(asked by bob, 40m)" in lines[1], reply
+
+
 def _baton(tmp_path: Path, config_path: Path, **settings: str) -> Baton:
-    return Baton(Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'h.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
-                          BATON_ADAPTERS="playground", **settings))
+    settings = {"BATON_DATABASE_URL": f"sqlite:///{tmp_path / 'h.db'}", **settings}
+    return Baton(Settings(BATON_CONFIG=config_path, BATON_ADAPTERS="playground", **settings))  # type: ignore[call-arg,arg-type]
 
 
 async def _answer(tmp_path: Path, config_path: Path, text: str, **settings: str) -> str:
