@@ -80,7 +80,7 @@ from adapters.slack_blocks import (
     shown_text,
     typed_text,
 )
-from bot.messages import InboundClick, InboundMessage, Location, Message
+from bot.messages import InboundClick, InboundMessage, Location, Message, quoted_code
 from bot.outbox import Delivery
 from bot.settings import Settings
 
@@ -92,6 +92,7 @@ HTTP_TIMEOUT_SECONDS = 30
 START_RATE_LIMIT_SECONDS = 120  # how long a start waits out Slack's 429s before giving up
 SIGNATURE_WINDOW_SECONDS = 300  # Slack's: a request signed longer ago (or ahead) is refused
 REFUSAL_LOG_SECONDS = 60
+ECHO_CHARS = 4000  # of a slash command's request, as "@you asked: `...`" shows it (the request is handed in whole)
 SOCKET_CONNECT_SECONDS = 15.0  # how long a start tries to open the Socket Mode WebSocket (slack_sdk: every 10 s)
 # Socket Mode down this long is named by /healthz: slack_sdk notices a closed connection within 10 s and opens a new
 # one in a second or two, but one Slack refuses (a revoked app-level token) it tries again every 10 s for ever.
@@ -341,7 +342,9 @@ class SlackAdapter(Adapter):
             await ack()
             return
         text = typed_text(body.get("text") or "").strip()
-        shown = f"{body.get('command', '/baton')} {text}".strip()
+        # In Baton's name, in the channel: one line, in one code span (a backtick or a line break of the request's
+        # own began text of Baton's: "done\n:white_check_mark: *Approved by bob*"), bidi controls shown
+        shown = quoted_code(" ".join(f"{body.get('command', '/baton')} {text}".split()), ECHO_CHARS)
         try:
             anchor = await self.client.chat_postMessage(
                 channel=channel, text=f"<@{user}> asked: `{escape(shown)}`", unfurl_links=False, unfurl_media=False)

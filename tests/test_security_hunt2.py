@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from tests.support import BatonProcess, runs_in, wait_for
+from tests.test_slack import ALICE, OPS, Slack, config_path, fake_slack, slack  # noqa: F401 (fixtures)
 
 RLO, ZWSP = "\u202e", "\u200b"  # right-to-left override; zero-width space
 
@@ -82,3 +83,16 @@ def test_the_database_password_is_redacted_as_its_url_writes_it() -> None:
     assert redactor.text("could not use postgresql://baton:pa%40ss-w0rd-1@db/baton") == \
         f"could not use postgresql://baton:{REDACTED}@db/baton"
     assert redactor.text("pa@ss-w0rd-1") == REDACTED
+
+
+def test_a_slash_command_cannot_make_batons_echo_say_something_else(slack: Slack, counter: Path) -> None:
+    """``/baton`` is echoed as "@you asked: `/baton ...`", in Baton's name, in the channel. The request was put
+    in the code span as typed: a backtick of its own ended the span, and a line break began a line of Baton's
+    own, so ``/baton run uptime` done\n:white_check_mark: *Approved by bob*`` had Baton post what reads as an
+    approval. The echo is one line, a backtick in it shown as U+02CB and a bidi control as U+FFFD (as Discord's)."""
+    typed = f"run uptime` done\n:white_check_mark: *Approved by bob at 10:02* {RLO}x"
+    assert slack.sender.command(typed, user=ALICE, channel=OPS).status_code == 200
+    anchor = wait_for(lambda: slack.fake.find("asked:", channel=OPS), 20, "the echo")
+    assert "\n" not in anchor.text and anchor.text.count("`") == 2 and RLO not in anchor.text, anchor.text
+    assert anchor.text == (f"<@{ALICE}> asked: `/baton run uptime\u02cb done :white_check_mark: "
+                           f"*Approved by bob at 10:02* \ufffdx`")
