@@ -22,6 +22,7 @@ from bot.settings import Settings
 from storage.db import Database, sqlite_path
 from storage.migrate import upgrade
 from storage.models import OutboxMessage, PlaygroundMessage, utcnow
+from tests.migrate_together import upgrade_together
 from tests.support import run_cli
 
 HERE = Location(platform="slack", workspace="T1", channel="C1", thread="1.0")
@@ -118,15 +119,6 @@ async def test_a_playground_replica_that_stalled_past_its_claim_does_not_post_wh
     assert (row.status, row.platform_message_id) == ("sent", "posted-by-survivor")
 
 
-def _upgrade_together(url: str, start: multiprocessing.synchronize.Barrier, outcomes: multiprocessing.Queue) -> None:
-    start.wait()
-    try:
-        upgrade(url)
-        outcomes.put("migrated")
-    except Exception as exc:  # noqa: BLE001 - the outcome is what the test checks
-        outcomes.put(f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
-
-
 def test_processes_started_together_on_a_new_sqlite_file_all_migrate_it(sqlite_url: str) -> None:
     """Only PostgreSQL's migrations took a lock: processes started at the same moment on a new SQLite
     file each created the tables, statement by statement, and all but one stopped at start with
@@ -134,7 +126,7 @@ def test_processes_started_together_on_a_new_sqlite_file_all_migrate_it(sqlite_u
     write lock, so the others wait and find the database migrated."""
     context = multiprocessing.get_context("spawn")
     start, outcomes = context.Barrier(3), context.Queue()
-    processes = [context.Process(target=_upgrade_together, args=(sqlite_url, start, outcomes)) for _ in range(3)]
+    processes = [context.Process(target=upgrade_together, args=(sqlite_url, start, outcomes)) for _ in range(3)]
     for process in processes:
         process.start()
     for process in processes:
