@@ -12,6 +12,7 @@ from bot.kit import Request, current, quoted
 DESCRIPTION = "What I can do, with an example of each."
 EXAMPLE = "help"
 DEDUPE = False
+RUNBOOKS_SHOWN = 30  # with their example, as `run` lists them; the rest by name (300 made help a dozen messages)
 DESCRIPTION_SHOWN = 200  # characters of a description in the list: a paragraph each made help pages long
 
 
@@ -28,11 +29,15 @@ def answer(state: HelpState) -> HelpState:
     context = current()
     catalog = context.catalog()
     lines = []
-    for entry in catalog:
+    runbooks = [entry for entry in catalog if entry["kind"] == "runbook"]
+    for entry in [entry for entry in catalog if entry["kind"] != "runbook"] + runbooks[:RUNBOOKS_SHOWN]:
         risk = " (needs approval)" if entry.get("risk") == "high" else ""
         described = _shown(entry["description"] or "")  # a graph may have none
         described = f" — {described}" if described else ""
         lines.append(f"• `{entry['example']}`{described}{risk}")
+    if len(runbooks) > RUNBOOKS_SHOWN:
+        lines.append(f"…and {len(runbooks) - RUNBOOKS_SHOWN} more runbooks: "
+                     + ", ".join(f"`{entry['name']}`" for entry in runbooks[RUNBOOKS_SHOWN:]))
     intro = "Here is what I can do (in a channel, mention me first):"
     unknown = state.get("text", "").strip()
     parts: list[dict[str, Any]] = []

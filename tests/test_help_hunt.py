@@ -104,6 +104,28 @@ async def test_help_shows_a_long_or_many_lined_description_on_its_own_line(tmp_p
                                                                    "first):") + 1:-2]), reply
 
 
+async def test_help_lists_many_runbooks_by_name_past_the_first_thirty(tmp_path: Path, config_path: Path) -> None:
+    """With 300 runbooks, help listed each with its example and description: on Discord (2,000 characters a
+    message) a dozen messages for one `help`. As `run` does, the first 30 are listed, the rest by name."""
+    config_path.write_text(config_path.read_text() + "".join(
+        f"""
+  job{n:03}:
+    description: Runs nightly job number {n}, which takes a while and says so at length.
+    command: ["echo", "{n}"]
+    args:
+      day:
+        pattern: "^[a-z]+$"
+        description: the day to run it for
+""" for n in range(300)))
+    reply = await _answer(tmp_path, config_path, "help")
+    shown = 30 - 7  # baton.yaml's own 7 runbooks first
+    assert f"• `run job{shown - 1:03} day=<the day to run it for>` — Runs nightly job number {shown - 1}" in reply
+    assert f"job{shown:03} day=" not in reply and "`run job299" not in reply
+    assert f"…and {300 - shown} more runbooks: `job{shown:03}`, `job{shown + 1:03}`," in reply
+    assert reply.count("`job299`") == 1
+    assert len(reply) < 8000, len(reply)
+
+
 @pytest.mark.parametrize(("text", "placeholder"), [
     ("run restart service=<one of web, api, worker>", "`<one of web, api, worker>`"),
     ("run restart force service=<one of web, api, worker>", "`<one of web, api, worker>`"),
