@@ -32,6 +32,7 @@ from bot.models import cost_of, usage_of
 from bot.redaction import Redactor
 from bot.registry import GraphRegistry, GraphSpec, NodeExited
 from bot.replies import age
+from bot.routing import CHOOSER
 from storage.checkpointer import fail_waiting_calls
 from storage.db import Database, Transaction, insert_ignore, prepared
 from storage.models import Approval, Effect, InboundEvent, OutboxMessage, Run, ThreadRecord, utcnow
@@ -352,7 +353,8 @@ class RunServices:
                 "thread": record.thread,
                 "title": quoted(record.title or record.graph or "request", 120),
                 "status": record.status,
-                "status_text": "waiting for approval" if record.status == "waiting" else "running",
+                "status_text": "running" if record.status != "waiting" else  # a "Which one?" card is no approval
+                "waiting for a choice" if record.graph == CHOOSER else "waiting for approval",
                 "requested_by": record.requested_by or "someone",
                 "age": age(asked.get(record.id, record.updated_at), now),  # type: ignore[arg-type]
                 "approvals": [

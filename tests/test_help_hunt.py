@@ -187,6 +187,20 @@ async def test_status_tells_how_long_ago_a_request_was_asked_not_when_its_thread
     assert "run queued" in lines[1] and "(asked by bob, 40m)" in lines[1], reply
 
 
+async def test_status_says_a_which_one_card_waits_for_a_choice_not_an_approval(
+        tmp_path: Path, config_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A "Which one?" card (a model unsure of the graph) was listed as "waiting for approval", sending approvers
+    to look for a card they could not decide: it waits for the requester's pick."""
+    script_path = tmp_path / "script.json"
+    monkeypatch.setenv("BATON_TEST_MODEL_SCRIPT", str(script_path))
+    script(script_path, [{"tool_calls": [{"name": "GraphGuess", "id": "g1", "args": {
+        "graph": "status", "confidence": 0.4, "alternatives": ["help"]}}]}])
+    async with _baton(tmp_path, config_path, BATON_MODEL="python:tests.fake_models:scripted") as baton:
+        assert "Which one?" in await _ask(baton, "hmm, the thing?", thread="asked")
+        reply = await _ask(baton, "status")
+    assert "hmm, the thing? — waiting for a choice (asked by alice," in reply, reply
+
+
 def _baton(tmp_path: Path, config_path: Path, **settings: str) -> Baton:
     settings = {"BATON_DATABASE_URL": f"sqlite:///{tmp_path / 'h.db'}", **settings}
     return Baton(Settings(BATON_CONFIG=config_path, BATON_ADAPTERS="playground", **settings))  # type: ignore[call-arg,arg-type]
