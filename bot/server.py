@@ -6,6 +6,7 @@ import asyncio
 import email.message
 import gc
 import hmac
+import json
 import logging
 import sqlite3
 import sys
@@ -25,6 +26,7 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyPoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from bot.app import Baton, StartFailed
 from bot.config import BatonConfig
@@ -41,6 +43,11 @@ MAX_BODY_BYTES = 1_300_000
 MAX_ERRORS_SHOWN = 10  # a 422 names the first ten errors of a request, and says how many more there are
 MAX_NAME_SHOWN = 80  # and each field's name up to so many characters
 
+
+# What uvicorn's HTTP/1.1 protocol does not limit (``GuardedHttpProtocol``): the head of a request (its request
+# line and headers: Slack's are about 1 kB, a browser's a few) and how long reading a request may take.
+MAX_HEAD_BYTES = 64 * 1024
+REQUEST_READ_SECONDS = 30.0
 
 ASK_FOR_TOKEN = {"WWW-Authenticate": 'Bearer realm="baton metrics"'}
 RETRY_AFTER_SECONDS = 5  # what a 503 for a database that cannot be reached tells the client to wait
@@ -168,6 +175,70 @@ def readable_accept(request: Request) -> str | None:
     except (TypeError, ValueError):
         return None
     return accept
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol (httptools), with the two limits it lacks, for the port Slack's events reach
+    from the internet: a request's head over ``MAX_HEAD_BYTES`` gets a 431 (uvicorn kept every header it was
+    sent: one request of 200 MB of headers took 200 MB of Baton's memory, and more for as long as it was sent),
+    and a request not read whole within ``REQUEST_READ_SECONDS`` of its first byte (or of the connection) is cut
+    off (a connection that never sent a byte, or sent one a minute, was held for ever: a few thousand of them
+    take every file descriptor Baton has, its database's and its runbooks' pipes too). Between requests,
+    uvicorn's keep-alive timeout applies as before."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_bytes = 0
+        self._reading_head, self._head_ended = True, False
+        self._read_deadline: asyncio.TimerHandle | None = self.loop.call_later(REQUEST_READ_SECONDS, self._read_too_slow)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_deadline()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        in_head, self._head_ended = self._reading_head, False
+        super().data_received(data)
+        # Counted while a head is read: not a read that ended one or began one (it may hold a body)
+        if in_head and self._reading_head and not self._head_ended and not self.transport.is_closing():
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(b"431 Request Header Fields Too Large",
+                             f"the request's headers are larger than {MAX_HEAD_BYTES:,} bytes")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._read_deadline is None:
+            self._read_deadline = self.loop.call_later(REQUEST_READ_SECONDS, self._read_too_slow)
+
+    def on_headers_complete(self) -> None:
+        self._reading_head, self._head_ended = False, True
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._stop_deadline()
+        self._reading_head, self._head_bytes = True, 0  # what comes next is the next request's head
+        super().on_message_complete()
+
+    def _stop_deadline(self) -> None:
+        if self._read_deadline is not None:
+            self._read_deadline.cancel()
+            self._read_deadline = None
+
+    def _read_too_slow(self) -> None:
+        self._read_deadline = None
+        if self._reading_head:
+            self._refuse(b"408 Request Timeout", f"the request was not sent within {REQUEST_READ_SECONDS:g} s")
+        else:  # its body: the route reading it sees the client gone
+            self.transport.close()
+
+    def _refuse(self, status: bytes, reason: str) -> None:
+        """Answer (unless the previous request's answer is still being sent) and close the connection."""
+        if self.cycle is None or self.cycle.response_complete:
+            body = json.dumps({"detail": reason}).encode()
+            self.transport.write(b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\ncontent-length: "
+                                 + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+        self.transport.close()
 
 
 class TooLargeInJSON:

@@ -4,9 +4,14 @@ that reach chat by another road, and what an unauthenticated client can make Bat
 
 from __future__ import annotations
 
+import socket
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
 
 from tests.support import BatonProcess, runs_in, wait_for
@@ -96,3 +101,91 @@ def test_a_slash_command_cannot_make_batons_echo_say_something_else(slack: Slack
     assert "\n" not in anchor.text and anchor.text.count("`") == 2 and RLO not in anchor.text, anchor.text
     assert anchor.text == (f"<@{ALICE}> asked: `/baton run uptime\u02cb done :white_check_mark: "
                            f"*Approved by bob at 10:02* \ufffdx`")
+
+
+@pytest.fixture
+def guarded_server() -> Iterator[int]:
+    """uvicorn serving a small app through ``bot.server.GuardedHttpProtocol``; its port."""
+    import asyncio
+    import threading
+
+    import uvicorn
+
+    from bot.server import GuardedHttpProtocol
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        size, more = 0, True
+        while more:
+            message = await receive()
+            size += len(message.get("body", b""))
+            more = message.get("more_body", False)
+        answer = str(size).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(answer)).encode())]})
+        await send({"type": "http.response.body", "body": answer})
+
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, http=GuardedHttpProtocol, log_level="warning", loop="asyncio",
+                                           lifespan="off"))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[listening])), daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, 10, "the server")
+    yield listening.getsockname()[1]
+    server.should_exit = True
+    thread.join(10)
+
+
+def _answer(connection: socket.socket) -> bytes:
+    """What the server sends until it closes the connection."""
+    connection.settimeout(10)
+    received = b""
+    while chunk := connection.recv(65536):
+        received += chunk
+    return received
+
+
+def test_a_request_whose_headers_never_end_is_refused(guarded_server: int) -> None:
+    """uvicorn kept every header line it was sent: one unauthenticated request of 200 MB of headers (to
+    /slack/events, which faces the internet) grew Baton by 200 MB, and it grew for as long as they came."""
+    head = b"POST /slack/events HTTP/1.1\r\nHost: baton\r\n" + b"X-Filler: " + b"a" * 70_000 + b"\r\n"
+    with socket.create_connection(("127.0.0.1", guarded_server)) as connection:
+        connection.sendall(head)
+        answer = _answer(connection)
+    assert answer.startswith(b"HTTP/1.1 431 ") and b"65,536 bytes" in answer, answer[:200]
+    with socket.create_connection(("127.0.0.1", guarded_server)) as connection:  # what comes on is not read
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):
+            connection.sendall(b"GET / HTTP/1.1\r\nHost: baton\r\n")
+            for _ in range(10_000):  # 80 MB
+                connection.sendall(b"X-Filler: " + b"a" * 8000 + b"\r\n")
+    with socket.create_connection(("127.0.0.1", guarded_server)) as connection:  # and the server answers on
+        body = b"x" * 1_000_000  # a large body in few reads is no large head
+        connection.sendall(b"POST / HTTP/1.1\r\nHost: baton\r\nConnection: close\r\nContent-Length: 1000000\r\n\r\n"
+                           + body)
+        assert _answer(connection).endswith(b"\r\n\r\n1000000")
+
+
+def test_a_connection_that_sends_slowly_or_nothing_is_closed(guarded_server: int, monkeypatch) -> None:
+    """A connection that never sent a byte, or sent its request a byte at a time (slowloris), was held for ever,
+    each a file descriptor of Baton's: a few thousand took them all (the database's and runbooks' pipes too)."""
+    monkeypatch.setattr("bot.server.REQUEST_READ_SECONDS", 0.5)
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", guarded_server)) as silent, \
+            socket.create_connection(("127.0.0.1", guarded_server)) as slow_head, \
+            socket.create_connection(("127.0.0.1", guarded_server)) as slow_body:
+        slow_head.sendall(b"GET /healthz HTTP/1.1\r\nHost: baton\r\n")
+        slow_body.sendall(b"POST / HTTP/1.1\r\nHost: baton\r\nContent-Length: 100\r\n\r\npart of it")
+        assert _answer(silent).startswith(b"HTTP/1.1 408 ")
+        assert _answer(slow_head).startswith(b"HTTP/1.1 408 ")
+        assert _answer(slow_body) == b""  # cut off: its route saw the client gone
+    assert time.monotonic() - started < 5
+    with socket.create_connection(("127.0.0.1", guarded_server)) as kept:  # requests that come whole are answered
+        for _ in range(2):
+            kept.sendall(b"POST / HTTP/1.1\r\nHost: baton\r\nContent-Length: 3\r\n\r\nabc")
+            kept.settimeout(5)
+            answer = b""
+            while not answer.endswith(b"\r\n\r\n3"):
+                answer += kept.recv(65536) or pytest.fail(f"closed after {answer!r}")
+            time.sleep(0.3)  # kept alive past the deadline of the first request: it was met
