@@ -377,7 +377,8 @@ class Orchestrator:
         text = text.strip()
         if _says_nothing(text) or len(text) > self.settings.max_message_chars:  # these get no answer either
             return False
-        return is_request(text, self.registry)  # in the write transaction: no graph author's code runs
+        # Asked only of unaddressed messages; in the write transaction: no graph author's code runs.
+        return is_request(text, self.registry, addressed=False)
 
     async def _waits_for_work(self, session: Transaction, record: ThreadRecord, event_id: str) -> bool:
         """Whether an earlier event of the thread still to be handled is work (a request or a click), so that
@@ -644,7 +645,7 @@ class Orchestrator:
                 await self._continue(earlier, record, earlier_spec, event, request)
             return None
         try:
-            chosen = route(request, text, self.registry, self.config)
+            chosen = route(request, text, self.registry, self.config, addressed=not conversation)
         except RouteError as exc:
             return await self._finish_event(event, "rejected input", Message.text(str(exc), tone="warning"))
         if chosen.graph == DIGEST_COMMAND:

@@ -221,3 +221,23 @@ async def _ask(baton: Baton, text: str, thread: str = "1") -> str:
                 PlaygroundMessage.thread_id == thread, PlaygroundMessage.is_bot))).all()
         return found[-1] if found else None
     return await until(answered, f"Baton's answer to {text!r}")
+
+
+async def test_people_talking_in_a_baton_thread_get_no_status_or_help(tmp_path: Path, config_path: Path) -> None:
+    """In a Baton thread, without mentioning Baton, "status of web-2 is fine now" and "help me check the logs,
+    carol?" (people talking) were answered with the channel's status and the whole help text. The whole message
+    `status` still is a request there."""
+    async with _baton(tmp_path, config_path) as baton:
+        await _ask(baton, "run uptime", thread="t")
+        for n, text in enumerate(["status of web-2 is fine now", "help me check the logs, carol?", "status"]):
+            await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="t",
+                                                      event_id=f"talk-{n}", user="bob", text=text, addressed=False))
+        texts = await until(lambda: _bot_texts(baton, "t", "*Status*"), "the status asked by its name alone")
+    assert len(texts) == 2 and "Baton help" not in texts[0] and "did uptime" in texts[0], texts
+
+
+async def _bot_texts(baton: Baton, thread: str, needle: str) -> list[str] | None:
+    async with baton.db.read() as session:
+        texts = list((await session.exec(select(PlaygroundMessage.text).where(
+            PlaygroundMessage.thread_id == thread, PlaygroundMessage.is_bot).order_by(PlaygroundMessage.id))).all())
+    return texts if any(needle in text for text in texts) else None
