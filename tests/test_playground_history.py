@@ -105,8 +105,8 @@ def test_a_channel_is_read_newest_first_a_page_at_a_time(baton: BatonProcess) ->
 
 def test_a_long_thread_is_read_newest_first_a_page_at_a_time(baton: BatonProcess) -> None:
     pg = baton.client()
-    root = pg.ask("a long incident", channel="ops", user="dave")
-    replies = write_history(baton, "ops", [f"update {n}" for n in range(150)], thread=int(root))
+    root = pg.ask("a long incident", channel="general", user="dave")
+    replies = write_history(baton, "general", [f"update {n}" for n in range(150)], thread=int(root))
 
     first = pg.http.get(f"/api/threads/{root}/messages").json()
     assert [m["id"] for m in first["replies"]] == replies[-100:] and first["has_more"] is True
@@ -116,3 +116,87 @@ def test_a_long_thread_is_read_newest_first_a_page_at_a_time(baton: BatonProcess
     assert older["root"]["id"] == int(root)
     assert pg.http.get(f"/api/threads/{root}/messages", params={"limit": 1000}).status_code == 422
 
+
+
+def ids_shown(page: sync_api.Page, list_id: str) -> list[int]:
+    return [int(i) for i in page.eval_on_selector_all(f"#{list_id} .message", "els => els.map(e => e.dataset.messageId)")]
+
+
+def scroll_to_top_and_hold(page: sync_api.Page, list_id: str, anchor: int) -> float:
+    """Scroll the list to its top; where the message ``anchor`` is then (px from the list's top)."""
+    return float(page.evaluate("""([listId, anchor]) => {
+        const list = document.getElementById(listId);
+        list.scrollTop = 0;
+        const el = list.querySelector(`.message[data-message-id="${anchor}"]`);
+        return el.getBoundingClientRect().top - list.getBoundingClientRect().top;
+    }""", [list_id, anchor]))
+
+
+def place_of(page: sync_api.Page, list_id: str, message: int) -> float:
+    return float(page.evaluate("""([listId, id]) => {
+        const list = document.getElementById(listId);
+        return list.querySelector(`.message[data-message-id="${id}"]`).getBoundingClientRect().top -
+               list.getBoundingClientRect().top;
+    }""", [list_id, message]))
+
+
+def test_the_page_shows_a_channels_newest_messages_and_older_ones_as_the_reader_scrolls_up(
+        baton: BatonProcess, page: sync_api.Page) -> None:
+    """A thread link to a message older than the first page opens; the older pages come in above what the reader
+    sees, which stays put; live messages and a restart of Baton (the page reads the channel afresh) still work."""
+    pg = baton.client()
+    ids = write_history(baton, "random", [f"random {n}" for n in range(250)])
+    write_history(baton, "random", ["first reply", "second reply"], thread=ids[0])
+    messages = page.locator("#messages .message")
+
+    page.goto(f"{baton.url}/#/c/random/t/{ids[0]}")  # the thread of the oldest message, from a link
+    expect(page.locator("#thread-messages .thread-root")).to_contain_text("random 0")
+    expect(page.locator("#thread-count")).to_have_text("2 replies")
+    expect(page.locator("#thread-messages .message")).to_have_count(3)
+    expect(messages).to_have_count(100)
+    assert ids_shown(page, "messages") == ids[-100:]  # not the thread's root, out of place at the top
+    expect(page.locator("#messages .history-marker")).to_have_attribute("data-state", "more")
+    expect(page.locator(f'#messages .message[data-message-id="{ids[-1]}"]')).to_be_in_viewport()
+
+    at = scroll_to_top_and_hold(page, "messages", ids[150])
+    expect(messages).to_have_count(200)
+    assert abs(place_of(page, "messages", ids[150]) - at) < 2  # the reader's place did not move
+    scroll_to_top_and_hold(page, "messages", ids[50])
+    expect(page.locator("#messages .history-marker")).to_have_text("This is the beginning of #random.")
+    assert ids_shown(page, "messages") == ids
+    expect(page.locator(f'#messages .message[data-message-id="{ids[0]}"] .replies-link')).to_have_text("2 replies")
+
+    live = int(pg.say("said just now", channel="random", user="bob").json()["message"]["id"])
+    expect(page.locator(f'#messages .message[data-message-id="{live}"]')).to_be_attached()
+
+    baton.stop()
+    expect(page.locator("#conn-status.offline")).to_be_attached()
+    baton.start()
+    expect(page.locator("#conn-status.online")).to_be_attached()
+    expect(messages).to_have_count(100)  # read afresh: its newest page again
+    assert ids_shown(page, "messages") == [*ids[-99:], live]
+    expect(page.locator("#thread-messages .thread-root")).to_contain_text("random 0")
+
+
+def test_a_long_thread_shows_its_newest_replies_and_older_ones_as_the_reader_scrolls_up(
+        baton: BatonProcess, page: sync_api.Page) -> None:
+    pg = baton.client()
+    root = pg.ask("another long incident", channel="general", user="dave")
+    replies = write_history(baton, "general", [f"step {n}" for n in range(130)], thread=int(root))
+    thread = page.locator("#thread-messages .message")
+
+    page.goto(f"{baton.url}/#/c/general/t/{root}")
+    expect(page.locator("#thread-count")).to_have_text("130 replies")
+    expect(thread).to_have_count(101)  # the root and the newest 100
+    expect(page.locator(f'#thread-messages .message[data-message-id="{replies[-1]}"]')).to_be_in_viewport()
+    expect(page.locator("#thread-messages .history-marker")).to_have_attribute("data-state", "more")
+
+    at = scroll_to_top_and_hold(page, "thread-messages", replies[30])
+    expect(thread).to_have_count(131)
+    expect(page.locator("#thread-messages .history-marker")).to_have_count(0)  # all there: the root begins it
+    assert abs(place_of(page, "thread-messages", replies[30]) - at) < 2
+    assert ids_shown(page, "thread-messages") == [int(root), *replies]
+
+    live = int(pg.say("one more step", channel="general", thread=root, user="bob").json()["message"]["id"])
+    expect(page.locator(f'#thread-messages .message[data-message-id="{live}"]')).to_be_attached()
+    expect(page.locator("#thread-count")).to_have_text("131 replies")

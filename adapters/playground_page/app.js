@@ -15,6 +15,10 @@
     liveReplies: new Map(),               // thread id -> Set of reply ids that arrived live
     newest: new Map(),                    // channel -> highest top-level message id seen there (unread marks)
     pending: new Map(),                   // card ids clicked (accepted): buttons stay off until the bot answers
+    // 'c:<channel>' or 't:<thread>' -> what of it is shown: from message id `from` on (0: from its beginning),
+    // whether older messages are left to load (`more`), one `loading` now, or the `error` the last one had.
+    // A channel reads its newest page; older pages come as the reader scrolls up.
+    windows: new Map(),
   };
   let chanSeq = 0, threadSeq = 0;
 
@@ -289,19 +293,106 @@
   }
 
   function renderChannel() {
-    const list = $('messages');
-    const ms = [...S.msgs.values()].filter((m) => m.channel === S.channel && isTop(m)).sort(byId);
+    const list = $('messages'), place = 'c:' + S.channel;
+    const ms = [...S.msgs.values()].filter((m) => m.channel === S.channel && isTop(m) && inWindow(place, m)).sort(byId);
     list.replaceChildren(...ms.map((m) => messageEl(m, false)));
     if (!ms.length) {
       list.innerHTML = '<div class="empty">No messages yet. Say hi, or try <code>' + esc(example(S.channel)) + '</code>.</div>';
-    }
+    } else drawMarker(list, place);
     toEnd(list);
+  }
+
+  // ---------- older messages, a page at a time ----------
+  // The oldest message a place shows: the first of the newest page read, then of each older page loaded.
+  // Messages the page holds from before it (a thread's root opened from a link, pages loaded before the
+  // channel was left) are not drawn: the list stays one piece, without a hole.
+  const inWindow = (place, m) => Number(m.id) >= ((S.windows.get(place) || {}).from || 0);
+  function setWindow(place, ms, more) {
+    const w = { from: more && ms.length ? Number(ms[0].id) : 0, more: !!(more && ms.length), loading: false, error: '' };
+    S.windows.set(place, w);
+    return w;
+  }
+  const placeOfList = (list) => (list === $('messages') ? 'c:' + S.channel : 't:' + S.thread);
+
+  // At the top of a channel: "Loading older messages…", a button to load them (the list loads them by itself
+  // when scrolled near it), or where the channel begins. In a thread, under its root, until all are there.
+  function drawMarker(list, place) {
+    const w = S.windows.get(place) || { more: false };
+    const thread = list !== $('messages');
+    let marker = list.querySelector(':scope > .history-marker');
+    if (thread && !w.more) { if (marker) marker.remove(); return; }
+    if (!marker) {
+      marker = document.createElement('div');
+      marker.className = 'history-marker';
+      const at = thread ? $('thread-count') : null;
+      list.insertBefore(marker, at ? at.nextSibling : list.firstChild);
+    }
+    const what = thread ? 'replies' : 'messages';
+    marker.dataset.state = w.loading ? 'loading' : w.error ? 'error' : w.more ? 'more' : 'start';
+    marker.innerHTML = w.loading ? '<span role="status">Loading older ' + what + '…</span>' :
+      w.error ? '<span class="load-error">' + esc(w.error) + '</span> <button type="button" class="load-older">Try again</button>' :
+      w.more ? '<button type="button" class="load-older">Show older ' + what + '</button>' :
+      'This is the beginning of ' + esc(chanName(S.channel)) + '.';
+  }
+
+  // The reader is near the top of what is loaded (or the list does not fill its pane): load the page before.
+  function nearStart(list) {
+    const marker = list.querySelector(':scope > .history-marker[data-state="more"]');
+    return !!(marker && list.clientHeight) &&
+      marker.getBoundingClientRect().bottom > list.getBoundingClientRect().top - 600;
+  }
+
+  async function loadOlder(list) {
+    const place = placeOfList(list), w = S.windows.get(place);
+    if (!w || !w.more || w.loading || !w.from) return;
+    const thread = list !== $('messages'), seq = thread ? threadSeq : chanSeq;
+    w.loading = true; w.error = '';
+    keepInPlace(list, () => drawMarker(list, place));
+    let d;
+    try {
+      d = await api((thread ? '/api/threads/' + enc(S.thread) : '/api/channels/' + enc(S.channel)) +
+        '/messages?viewer=' + enc(S.user) + '&before=' + w.from);
+    } catch (e) {
+      w.error = e.message;
+    }
+    w.loading = false;
+    // Another place (or user, or the same place read afresh) since: this answer is not for what is shown.
+    if (S.windows.get(place) !== w || seq !== (thread ? threadSeq : chanSeq) || place !== placeOfList(list)) return;
+    if (d) {
+      const ms = (thread ? d.replies : d.messages) || [];
+      if (d.root) merge(d.root);
+      ms.forEach(merge);
+      const before = w.from;
+      w.more = !!(d.has_more && ms.length);
+      w.from = w.more ? Number(ms[0].id) : 0;
+      const older = [...S.msgs.values()].filter((m) => (thread ? !isTop(m) && key(m.thread_id) === S.thread :
+        isTop(m) && m.channel === S.channel) && inWindow(place, m) && Number(m.id) < before).sort(byId);
+      keepInPlace(list, () => {
+        const first = firstShown(list);
+        for (const el of older.map((m) => messageEl(m, thread))) list.insertBefore(el, first);
+        drawMarker(list, place);
+      });
+      if (thread) refreshReplies(S.thread);
+    } else keepInPlace(list, () => drawMarker(list, place));
+    if (nearStart(list)) loadOlder(list); // a short page, or a tall pane: more until it is filled
+  }
+
+  // The oldest message drawn (a thread's first reply drawn), null for none.
+  const firstShown = (list) => list.querySelector(list === $('messages') ? ':scope > .message' :
+    ':scope > #thread-count ~ .message');
+
+  // Older messages go above the ones shown, and the marker changes: what the reader sees stays where it is.
+  function keepInPlace(list, change) {
+    const anchor = firstShown(list), top = anchor ? anchor.getBoundingClientRect().top : 0;
+    change();
+    if (anchor && anchor.isConnected) list.scrollTop += anchor.getBoundingClientRect().top - top;
   }
 
   function renderThread() {
     const tid = S.thread, root = S.msgs.get(tid);
     if (!root) return;
-    const replies = [...S.msgs.values()].filter((m) => !isTop(m) && key(m.thread_id) === tid).sort(byId);
+    const replies = [...S.msgs.values()].filter((m) => !isTop(m) && key(m.thread_id) === tid &&
+      inWindow('t:' + tid, m)).sort(byId);
     const div = document.createElement('div');
     div.className = 'thread-divider';
     div.id = 'thread-count';
@@ -309,6 +400,7 @@
     const rootEl = messageEl(root, true);
     rootEl.classList.add('thread-root');
     $('thread-messages').replaceChildren(rootEl, div, ...replies.map((m) => messageEl(m, true)));
+    drawMarker($('thread-messages'), 't:' + tid);
     $('thread-channel').textContent = chanName(root.channel);
     toEnd($('thread-messages'));
   }
@@ -340,8 +432,10 @@
       // An answer overtaken by a newer load is dropped: it may be another user's (their private messages).
       if (seq !== chanSeq) return;
       (d.messages || []).forEach(merge);
+      setWindow('c:' + ch, d.messages || [], d.has_more);
       renoteNewest(ch, []);
       renderChannel();
+      if (nearStart(list)) loadOlder(list);
     } catch (e) {
       if (seq === chanSeq) list.innerHTML = '<div class="empty load-error">' + esc(e.message) + '</div>';
     }
@@ -361,7 +455,9 @@
       if (seq !== threadSeq) return;
       if (d.root) merge(d.root);
       (d.replies || []).forEach(merge);
+      setWindow('t:' + tid, d.replies || [], d.has_more);
       renderThread(); refreshReplies(tid);
+      if (nearStart($('thread-messages'))) loadOlder($('thread-messages'));
     } catch (e) {
       if (seq === threadSeq) $('thread-messages').innerHTML = '<div class="empty load-error">' + esc(e.message) + '</div>';
     }
@@ -428,7 +524,7 @@
       const noted = S.newest.has(m.channel);
       const unseen = noted && Number(m.id) > S.newest.get(m.channel);
       if (noted) seenTop(m);
-      if (m.channel === S.channel) upsert($('messages'), m, false);
+      if (m.channel === S.channel) { if (inWindow('c:' + m.channel, m)) upsert($('messages'), m, false); }
       else if (unseen && !own && m.user !== S.user) markUnread(m.channel);
       if (S.thread === key(m.id)) {
         const list = $('thread-messages'), old = list.querySelector('.thread-root');
@@ -438,7 +534,7 @@
       const tid = key(m.thread_id);
       if (!S.liveReplies.has(tid)) S.liveReplies.set(tid, new Set());
       S.liveReplies.get(tid).add(Number(m.id));
-      if (S.thread === tid && $('thread-count')) upsert($('thread-messages'), m, true);
+      if (S.thread === tid && $('thread-count') && inWindow('t:' + tid, m)) upsert($('thread-messages'), m, true);
       refreshReplies(tid);
     }
   }
@@ -479,7 +575,7 @@
     await Promise.all(S.channels.filter((c) => c.id !== S.channel).map(async (c) => {
       let d;
       try {
-        d = await api('/api/channels/' + enc(c.id) + '/messages?viewer=' + enc(user));
+        d = await api('/api/channels/' + enc(c.id) + '/messages?viewer=' + enc(user)); // its newest page
       } catch (_) {
         if (!S.newest.has(c.id)) S.newest.set(c.id, 0); // unread: rather too often than never
         return;
@@ -497,6 +593,7 @@
   // (Until the answers come, the lists stay as they are: no "Loading…" flash on a short break.)
   function forget() {
     S.msgs.clear();
+    S.windows.clear();
     S.liveReplies.clear();
     S.pending.clear();
   }
@@ -700,6 +797,9 @@
 
   shown.observe($('messages'));
   shown.observe($('thread-messages'));
+  for (const list of [$('messages'), $('thread-messages')]) {
+    list.addEventListener('scroll', () => { if (nearStart(list)) loadOlder(list); }, { passive: true });
+  }
   wireComposer('composer-form', 'composer', 'composer-error', () => null);
   wireComposer('thread-composer-form', 'thread-composer', 'thread-composer-error', () => S.thread);
 
@@ -707,6 +807,7 @@
     S.user = e.target.value;
     saveUser(S.user);
     S.msgs.clear();
+    S.windows.clear();
     S.liveReplies.clear();
     S.pending.clear();
     S.unread.clear();
@@ -717,6 +818,8 @@
   document.addEventListener('click', (e) => {
     const btn = e.target.closest('.part-buttons button[data-action]');
     if (btn) { click(btn); return; }
+    const older = e.target.closest('.history-marker .load-older');
+    if (older) { loadOlder(older.closest('.message-list')); return; }
     const sample = e.target.closest('#hint .example');
     if (sample) {  // a button: a keyboard reaches it too (it was a bare <code>)
       const box = $('composer');
