@@ -59,6 +59,7 @@ class Request:
     thread: str
     user: str
     text: str
+    private: bool = False  # a direct message: nobody but its sender sees it, so no approver sees a card there
 
 
 @dataclass(frozen=True)

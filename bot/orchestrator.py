@@ -632,7 +632,8 @@ class Orchestrator:
             return await self._finish_event(event, "too long", None if conversation else Message.text(
                 f"That request is {len(text):,} characters long; I take requests of up to "
                 f"{self.settings.max_message_chars:,} characters. Nothing was run.", tone="warning"))
-        request = Request(platform=event.platform, channel=event.channel, thread=event.thread, user=event.user, text=text)
+        request = Request(platform=event.platform, channel=event.channel, thread=event.thread, user=event.user, text=text,
+                          private=bool(event.payload.get("private")))
         earlier = None if fresh else await self._run_started_by(event)
         if earlier is not None:  # we crashed while handling this event: continue, never start twice
             earlier_spec = self.registry.get(earlier.graph)
@@ -1055,7 +1056,8 @@ class Orchestrator:
         location = threads.location_of(record)
         services = RunServices(self.services, Request(
             platform=record.platform, channel=record.channel, thread=record.thread, user=run.requested_by,
-            text=run.input_text), run.id, record.workspace, run.correlation_id)
+            text=run.input_text, private=bool(event.payload.get("private"))),  # a click's payload says nothing of it
+            run.id, record.workspace, run.correlation_id)
 
         progress_lines: list[str] = []
         # The outbox row of this stretch's progress message: a run continued after a crash has one already.

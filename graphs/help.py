@@ -29,16 +29,20 @@ def answer(state: HelpState) -> HelpState:
     context = current()
     catalog = context.catalog()
     lines = []
+    private = context.request.private  # a direct message: no mention needed, and no approver sees a card there
+    needs_approval = " (needs approval: ask in a channel, where an approver sees the card)" if private \
+        else " (needs approval)"
     runbooks = [entry for entry in catalog if entry["kind"] == "runbook"]
     for entry in [entry for entry in catalog if entry["kind"] != "runbook"] + runbooks[:RUNBOOKS_SHOWN]:
-        risk = " (needs approval)" if entry.get("risk") == "high" else ""
+        risk = needs_approval if entry.get("risk") == "high" else ""
         described = _shown(entry["description"] or "")  # a graph may have none
         described = f" — {described}" if described else ""
         lines.append(f"• `{entry['example']}`{described}{risk}")
     if len(runbooks) > RUNBOOKS_SHOWN:
         lines.append(f"…and {len(runbooks) - RUNBOOKS_SHOWN} more runbooks: "
                      + ", ".join(f"`{entry['name']}`" for entry in runbooks[RUNBOOKS_SHOWN:]))
-    intro = "Here is what I can do (in a channel, mention me first):"
+    intro = ("Here is what I can do (no mention needed here):" if private
+             else "Here is what I can do (in a channel, mention me first):")
     unknown = state.get("text", "").strip()
     parts: list[dict[str, Any]] = []
     if unknown:

@@ -241,3 +241,18 @@ async def _bot_texts(baton: Baton, thread: str, needle: str) -> list[str] | None
         texts = list((await session.exec(select(PlaygroundMessage.text).where(
             PlaygroundMessage.thread_id == thread, PlaygroundMessage.is_bot).order_by(PlaygroundMessage.id))).all())
     return texts if any(needle in text for text in texts) else None
+
+
+async def test_help_in_a_direct_message_says_no_mention_is_needed_and_where_approvals_happen(
+        tmp_path: Path, config_path: Path) -> None:
+    """In a DM, help said "in a channel, mention me first" and listed high-risk runbooks as "(needs approval)",
+    though a request needing approval is never run in a DM (nobody else sees its card)."""
+    async with _baton(tmp_path, config_path) as baton:
+        await baton.accept_message(InboundMessage(platform="playground", channel="dm-alice", thread="d",
+                                                  event_id="dm-help", user="alice", text="help", addressed=True,
+                                                  private=True))
+        [direct] = await until(lambda: _bot_texts(baton, "d", "Baton help"), "help in the DM")
+        in_channel = await _ask(baton, "help")
+    assert "no mention needed here" in direct and "mention me first" not in direct, direct
+    assert "`run restart service=" in direct and "(needs approval: ask in a channel" in direct, direct
+    assert "mention me first" in in_channel and "(needs approval)" in in_channel, in_channel
