@@ -161,6 +161,9 @@ class SlackAdapter(Adapter):
         self.bot_user_id = ""
         self.team_url = ""
         self._mention = re.compile(r"(?!)")
+        # At DEBUG, slack_sdk's Socket Mode client logs each envelope whole: people's messages and DMs, and the
+        # response_url of a command or click (which posts in the channel, and replaces Baton's card, for 30 min)
+        socket_log.setLevel(max(logging.INFO, socket_log.getEffectiveLevel()))
 
     # -- lifecycle -------------------------------------------------------------------------------
 

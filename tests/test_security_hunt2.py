@@ -4,6 +4,7 @@ that reach chat by another road, and what an unauthenticated client can make Bat
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 import time
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -189,3 +191,56 @@ def test_a_connection_that_sends_slowly_or_nothing_is_closed(guarded_server: int
             while not answer.endswith(b"\r\n\r\n3"):
                 answer += kept.recv(65536) or pytest.fail(f"closed after {answer!r}")
             time.sleep(0.3)  # kept alive past the deadline of the first request: it was met
+
+
+def test_with_slack_configured_the_playground_api_is_not_there(slack: Slack) -> None:
+    """The playground trusts the user name it is given: served beside Slack, anyone reaching the port could post
+    as anyone and approve Slack's runs' cards by their approval ids. With a Slack token it is not served (a guard:
+    no bug found)."""
+    with httpx.Client(base_url=slack.baton.url, timeout=15) as http:
+        click = {"message_id": 1, "approval_id": "x", "action": "approve", "user": "U0BOB00002"}
+        assert http.post("/api/clicks", json=click).status_code == 404
+        assert http.post("/api/messages", json={"channel": "general", "user": "U0BOB00002", "text": "hi"}).status_code == 404
+        assert http.get("/api/channels").status_code == 404 and http.get("/").status_code == 404
+        assert http.post("/slack/events", json={"type": "url_verification", "challenge": "x"}).status_code == 401
+
+
+RESPONSE_URL = "https://hooks.slack.com/commands/T0BATON/1234567890/c4pab1l1tyS3cr3tUrl"
+
+
+def test_at_debug_level_slacks_envelopes_are_not_logged(fake_slack, start_baton, sqlite_url: str) -> None:
+    """BATON_LOG_LEVEL=DEBUG with Socket Mode logged every envelope slack_sdk received, whole: each person's
+    message and DM, and a command's or click's response_url, with which anyone reading the log could post in the
+    channel and replace Baton's card (buttons and all) for half an hour. As discord.py's loggers, slack_sdk's
+    Socket Mode client's stays at INFO."""
+    from tests.fake_slack import SlackSender
+
+    baton = start_baton(sqlite_url, env={**fake_slack.env(socket_mode=True), "BATON_LOG_LEVEL": "DEBUG"})
+    wait_for(lambda: fake_slack.socket_connections == 1, what="Baton's Socket Mode connection")
+    sender = SlackSender(baton.url)
+    command = {"token": "legacy-verification-token", "team_id": "T0BATON", "channel_id": OPS, "channel_name": "ops",
+               "user_id": ALICE, "command": "/baton", "text": "run uptime", "response_url": RESPONSE_URL,
+               "trigger_id": "42.abc"}
+    fake_slack.send_envelope(command, kind="slash_commands")
+    mention = sender.mention("run uptime private words", user=ALICE)
+    fake_slack.send_envelope(json.loads(sender.event_body(mention)))
+    wait_for(lambda: len(fake_slack.socket_acks) == 2, what="both envelopes acknowledged")
+    log = baton.log.read_text()
+    assert "DEBUG" in log  # the level is on
+    assert RESPONSE_URL not in log and "private words" not in log
+
+
+def test_at_debug_level_slacks_requests_are_not_logged(fake_slack, start_baton, sqlite_url: str) -> None:
+    """The same over HTTP (Bolt's and slack_sdk's loggers at DEBUG): a guard, no bug found."""
+    from tests.fake_slack import SlackSender
+
+    baton = start_baton(sqlite_url, env={**fake_slack.env(), "BATON_LOG_LEVEL": "DEBUG"})
+    sender = SlackSender(baton.url)
+    body = "&".join(f"{key}={value}" for key, value in {
+        "token": "legacy", "team_id": "T0BATON", "channel_id": OPS, "channel_name": "ops", "user_id": ALICE,
+        "command": "/baton", "text": "run uptime", "response_url": RESPONSE_URL, "trigger_id": "43.abc"}.items())
+    assert sender.post(body, "application/x-www-form-urlencoded").status_code == 200
+    assert sender.send_event(sender.mention("run uptime private words", user=ALICE)).status_code == 200
+    wait_for(lambda: fake_slack.find("did uptime"), what="a reply")
+    log = baton.log.read_text()
+    assert "DEBUG" in log and RESPONSE_URL not in log and "private words" not in log
