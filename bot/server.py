@@ -220,6 +220,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._reading_head, self._head_bytes = True, 0  # what comes next is the next request's head
         super().on_message_complete()
 
+    def handle_websocket_upgrade(self) -> None:
+        self._stop_deadline()  # the connection is the WebSocket protocol's from here on
+        super().handle_websocket_upgrade()
+
     def _stop_deadline(self) -> None:
         if self._read_deadline is not None:
             self._read_deadline.cancel()
