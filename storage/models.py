@@ -251,7 +251,9 @@ class PlaygroundMessage(SQLModel, table=True):
     """The playground's own chat history: it is the platform, so it keeps its messages here."""
 
     __tablename__ = "playground_messages"
-    __table_args__ = (Index("ix_playground_channel", "channel", "id"), Index("ix_playground_updated", "updated_at"))
+    # ix_playground_thread: a page of a channel's top level (thread_id IS NULL) or of a thread, and its reply counts
+    __table_args__ = (Index("ix_playground_channel", "channel", "id"), Index("ix_playground_updated", "updated_at"),
+                      Index("ix_playground_thread", "channel", "thread_id", "id"))
 
     id: int | None = Field(default=None, primary_key=True)
     event_id: str | None = Field(default=None, unique=True)
