@@ -109,7 +109,8 @@ def render(message: Message, guild: str, *, one_message: bool = False) -> list[O
         elif isinstance(part, Note):
             blocks += _pieces(_note(part.text))
         elif isinstance(part, ThreadLink):
-            label = part.label.replace("[", "(").replace("]", ")")
+            # on one line: a line break ended the link, and what followed was markdown of its own (a "# heading")
+            label = " ".join(part.label.split()).replace("[", "(").replace("]", ")")
             blocks.append(f"[{label}]({jump_url(guild, part.thread or part.channel)})")
         elif isinstance(part, Buttons):
             for option in part.options:  # fail here, not when Discord rejects the message

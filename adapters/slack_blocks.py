@@ -191,7 +191,7 @@ def _image(part: Image, rendered: Rendered, files: bool) -> list[dict[str, Any]]
 
 def _link(url: str, label: str) -> list[dict[str, Any]]:
     """The label's first section is the link; a label too long for one section goes on after it."""
-    first, *rest = chunks(label.replace("|", "¦"), SECTION_CHARS - len(url))
+    first, *rest = chunks(" ".join(label.split()).replace("|", "¦"), SECTION_CHARS - len(url))  # a link is one line
     return [_section(f"<{url}|{escape(first)}>"), *(_section(escape(piece)) for piece in rest)]
 
 

@@ -244,3 +244,17 @@ def test_at_debug_level_slacks_requests_are_not_logged(fake_slack, start_baton, 
     wait_for(lambda: fake_slack.find("did uptime"), what="a reply")
     log = baton.log.read_text()
     assert "DEBUG" in log and RESPONSE_URL not in log and "private words" not in log
+
+
+def test_a_thread_links_label_stays_on_its_line() -> None:
+    """A link's label is a request's title (``status``, digests): one with a line break (a request typed on two
+    lines) broke the link on Discord, and its second line was markdown of its own in Baton's message (a
+    ``# heading`` reading "Approved by bob", the link's address after it); Slack showed the raw ``<url|...``."""
+    from adapters import discord_render, slack_blocks
+    from bot.messages import Message, ThreadLink
+
+    message = Message(parts=[ThreadLink(label="deploy web\n# Approved by bob\r\n-# ok", channel="C1", thread="1.2")])
+    (discord,) = discord_render.render(message, "42")
+    assert discord.content == "[deploy web # Approved by bob -# ok](https://discord.com/channels/42/1.2)"
+    (slack,) = slack_blocks.render(message, lambda channel, thread: "https://x.slack.com/archives/C1/p12").messages
+    assert slack["blocks"][0]["text"]["text"] == "<https://x.slack.com/archives/C1/p12|deploy web # Approved by bob -# ok>"
