@@ -217,7 +217,8 @@ def config_path(tmp_path: Path, counter: Path) -> Path:
 
 @pytest.fixture
 def hunt_baton(tmp_path: Path, config_path: Path):  # type: ignore[no-untyped-def]
-    """``baton run`` (``python -m bot.cli run`` in a directory whose ``graphs`` holds Baton's and ours)."""
+    """``baton run`` in a directory whose ``graphs`` holds Baton's and ours (the fork server's child, like
+    ``python -m bot.cli run``, has its working directory first on ``sys.path``)."""
     shutil.copytree(ROOT / "graphs", tmp_path / "graphs", ignore=shutil.ignore_patterns("__pycache__"))
     for name, text in {"napper": NAPPER, "stubborn": STUBBORN, "twoeffects": TWO_EFFECTS, "racer": RACER, "chatty": CHATTY,
                        "twocards": TWO_CARDS}.items():
@@ -225,8 +226,7 @@ def hunt_baton(tmp_path: Path, config_path: Path):  # type: ignore[no-untyped-de
     started: list[BatonProcess] = []
 
     def start(database_url: str, name: str = "baton", env: dict[str, str] | None = None) -> BatonProcess:
-        process = BatonProcess(database_url, config_path, tmp_path, name, {"HUNT_DIR": str(tmp_path), **(env or {})},
-                               exec_=True)
+        process = BatonProcess(database_url, config_path, tmp_path, name, {"HUNT_DIR": str(tmp_path), **(env or {})})
         started.append(process)
         return process.start()
 
