@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.support import BatonProcess, runs_in, wait_for
+from tests.test_discord import fake_discord  # noqa: F401 (a fixture)
 from tests.test_slack import ALICE, OPS, Slack, config_path, fake_slack, slack  # noqa: F401 (fixtures)
 
 RLO, ZWSP = "\u202e", "\u200b"  # right-to-left override; zero-width space
@@ -258,3 +259,29 @@ def test_a_thread_links_label_stays_on_its_line() -> None:
     assert discord.content == "[deploy web # Approved by bob -# ok](https://discord.com/channels/42/1.2)"
     (slack,) = slack_blocks.render(message, lambda channel, thread: "https://x.slack.com/archives/C1/p12").messages
     assert slack["blocks"][0]["text"]["text"] == "<https://x.slack.com/archives/C1/p12|deploy web # Approved by bob -# ok>"
+
+
+def test_discord_posts_ping_nobody_whatever_the_text_says(fake_discord, tmp_path: Path, sqlite_url: str) -> None:
+    """A runbook printing ``@everyone`` or a role's mention, and a request quoting them back (help's "I don't
+    know how to handle ..."): every message, edit and reply Baton sends Discord allows no mention (a guard: no
+    bug found; the one exception, a refusal posted in the thread for someone who takes no DMs, pings only them)."""
+    from tests.fake_discord import GUILD_ID as DISCORD_GUILD
+    from tests.test_discord import QUICK_TRIES
+
+    config = tmp_path / "baton.yaml"
+    config.write_text(yaml.safe_dump({"approvers": ["alice"], "runbooks": {"shout": {
+        "description": "Print pings.", "command": ["echo", f"@everyone @here <@&{DISCORD_GUILD}> look"],
+        "risk": "low", "timeout": 10}}}))
+    baton = BatonProcess(sqlite_url, config, tmp_path, env={**fake_discord.env(), **QUICK_TRIES}).start()
+    try:
+        wait_for(lambda: fake_discord.sessions == 1, what="Baton's gateway session")
+        fake_discord.say("run shout")
+        fake_discord.say("@everyone look at this")
+        wait_for(lambda: fake_discord.find("finished"), 20, "the runbook's reply")
+        wait_for(lambda: fake_discord.find("know how to handle"), 20, "help's reply")
+    finally:
+        baton.stop()
+    sent = [call for call in fake_discord.calls() if isinstance(call.body, dict) and
+            ("content" in call.body or "embeds" in call.body)]  # what shows text: posts, edits, replies
+    assert sent and all(call.body.get("allowed_mentions", {}).get("parse") == [] for call in sent), \
+        [(call.route, call.body.get("allowed_mentions")) for call in sent]
