@@ -220,3 +220,24 @@ def test_markup_in_messages_and_runbook_arguments_stays_text(baton: BatonProcess
     injected = "#app img, #app svg, #app script, #app iframe"
     assert page.locator(injected).count() == 0
     assert page.evaluate("window.__xss") is None
+
+
+def test_the_key_that_ends_an_input_methods_composition_neither_sends_nor_closes(
+        baton: BatonProcess, page: sync_api.Page) -> None:  # noqa: F811
+    """Safari reports the Enter that confirms a Japanese or Chinese conversion with keyCode 229 and isComposing
+    false: the half-typed message was sent; the Escape that cancels one closed the open thread."""
+    open_playground(page, baton.url, "alice")
+    thread = baton.client().ask("ime check", channel="random", user="alice")
+    page.goto(f"{baton.url}/#/c/random/t/{thread}")
+    reply_box = page.locator("#thread-composer")
+    expect(page.locator("#thread-messages .thread-root")).to_be_visible()
+    reply_box.fill("にほんご")
+    for key in ("Enter", "Escape"):  # as Safari sends them while a conversion is under way
+        reply_box.evaluate("(box, key) => box.dispatchEvent(new KeyboardEvent('keydown', {key, keyCode: 229, "
+                           "bubbles: true, cancelable: true}))", key)
+    reply_box.press("End")
+    reply_box.press_sequentially("です")
+    reply_box.press("Enter")  # a real Enter sends it: once, whole
+    expect(page.locator("#thread-messages .message", has_text="にほんごです")).to_be_visible()
+    expect(page.locator("#thread-messages .message", has_text="にほんご")).to_have_count(1)
+    expect(page.locator("#thread-pane")).to_be_visible()

@@ -745,11 +745,15 @@
     box.style.height = Math.min(box.scrollHeight, 200) + 'px';
   }
 
+  // A key that ends an input method's composition (Japanese, Chinese) is no Enter to send nor Escape to close:
+  // Safari gives it isComposing false and keyCode 229, so both are read.
+  function composing(e) { return e.isComposing || e.keyCode === 229; }
+
   function wireComposer(formId, boxId, errId, threadOf) {
     const form = $(formId), box = $(boxId), err = $(errId);
     form.addEventListener('submit', (e) => { e.preventDefault(); send(box, err, threadOf()); });
     box.addEventListener('keydown', (e) => {
-      if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) { e.preventDefault(); send(box, err, threadOf()); }
+      if (e.key === 'Enter' && !e.shiftKey && !composing(e)) { e.preventDefault(); send(box, err, threadOf()); }
     });
     box.addEventListener('input', () => autosize(box));
   }
@@ -830,7 +834,7 @@
   });
 
   document.addEventListener('keydown', (e) => {
-    if (e.key === 'Escape' && S.thread && S.channel) location.hash = '#/c/' + enc(S.channel);
+    if (e.key === 'Escape' && !composing(e) && S.thread && S.channel) location.hash = '#/c/' + enc(S.channel);
   });
 
   boot();
