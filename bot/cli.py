@@ -113,7 +113,7 @@ def run() -> None:
     """Start Baton: the HTTP server, the adapters, and the background loops."""
     import uvicorn
 
-    from bot.server import EVENT_LOOP, create_app
+    from bot.server import EVENT_LOOP, GuardedHttpProtocol, create_app
 
     if threading.current_thread() is threading.main_thread():  # until the server is up: see _sighup_while_starting
         _terminal.started_in_foreground = _in_terminal_foreground()
@@ -138,7 +138,7 @@ def run() -> None:
     typer.echo(f"Baton is starting with: {names}")
     if "playground" in names:
         typer.echo(f"Playground: {settings.base_url}/")
-    server = _server(uvicorn.Config(web, log_level=settings.log_level.lower(), loop=EVENT_LOOP,
+    server = _server(uvicorn.Config(web, log_level=settings.log_level.lower(), loop=EVENT_LOOP, http=GuardedHttpProtocol,
                                     timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS))
     redactor.install_in_logging()  # uvicorn's own handlers, made just now
     try:

@@ -285,3 +285,15 @@ def test_discord_posts_ping_nobody_whatever_the_text_says(fake_discord, tmp_path
             ("content" in call.body or "embeds" in call.body)]  # what shows text: posts, edits, replies
     assert sent and all(call.body.get("allowed_mentions", {}).get("parse") == [] for call in sent), \
         [(call.route, call.body.get("allowed_mentions")) for call in sent]
+
+
+def test_baton_run_refuses_a_header_flood(start_baton, sqlite_url: str) -> None:
+    """``baton run`` serves with the guarded protocol: a request of endless headers is cut off (it took as much
+    of Baton's memory as was sent), and the next request is answered."""
+    baton = start_baton(sqlite_url)
+    with socket.create_connection(("127.0.0.1", baton.port)) as connection:
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):
+            connection.sendall(b"POST /slack/events HTTP/1.1\r\nHost: baton\r\n")
+            for _ in range(10_000):
+                connection.sendall(b"X-Filler: " + b"a" * 8000 + b"\r\n")
+    assert httpx.get(f"{baton.url}/healthz", timeout=10).status_code == 200
