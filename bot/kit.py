@@ -39,7 +39,7 @@ from langgraph.types import interrupt
 from pydantic import BaseModel
 
 from bot.config import BatonConfig
-from bot.messages import quoted  # for graph authors: quoting what someone wrote in a reply
+from bot.messages import quoted, quoted_code  # for graph authors: quoting what someone wrote in a reply
 from bot.models import ModelFailed, ModelRequired
 from bot.settings import SECRET_VARIABLES
 

@@ -26,7 +26,7 @@ from bot import approvals, audit, model_routing, replies, schedules, threads
 from bot.config import BatonConfig
 from bot.kit import APPROVAL_MARK, APPROVAL_TEXT_LIMIT, Request, duration
 from bot.digests import Digests
-from bot.messages import Accepted, InboundClick, InboundMessage, Location, Message, Text
+from bot.messages import Accepted, InboundClick, InboundMessage, Location, Message, Text, quoted_code
 from bot.outbox import Delivery, Outbox
 from bot.registry import GraphSpec
 from bot.models import MODEL_ERRORS, ModelFailed, cost_of, usage_of
@@ -761,7 +761,7 @@ class Orchestrator:
             run = await self._insert_run(session, event, record, CHOOSER, text, None, text[:120], usage, status="waiting")
             approval = Approval(kind="choice", run_id=run.id, thread_record_id=record.id,  # type: ignore[arg-type]
                                 interrupt_id=f"choice:{uuid.uuid4().hex}", graph=CHOOSER,
-                                summary=f"Which of these did you mean by “{text[:300]}”?",
+                                summary=f"Which of these did you mean by `{quoted_code(' '.join(text.split()), 300)}`?",
                                 details={"text": text, "options": options}, risk="low", approvers=[event.user],
                                 requested_by=event.user)
             session.add(approval)

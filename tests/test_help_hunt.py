@@ -72,7 +72,7 @@ async def test_plain_words_naming_a_runbook_without_a_model_point_at_its_command
     words need a model, nor a pointer to `run restart service=<...>` though "restart" names a runbook."""
     reply = await _answer(tmp_path, config_path, "restart the web service please")
     first = reply.splitlines()[1]
-    assert first == ("I don't know how to handle “restart the web service please” yet. "
+    assert first == ("I don't know how to handle `restart the web service please` yet. "
                      "Did you mean `run restart service=<one of web, api, worker>`?"), reply
     assert "Requests in plain language need a language model, and none is configured (`BATON_MODEL`); " \
            "the commands below work without one." in reply

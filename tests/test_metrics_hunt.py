@@ -148,8 +148,8 @@ async def test_status_with_words_after_it_says_they_were_not_used(tmp_path, conf
                                                       event_id=f"e{thread}", user="alice", text=text, addressed=True))
             replies.append(await _reply(baton, thread))
         quiet, busy, plain = replies
-    assert quiet.startswith("*Status*\nNothing is running") and "“ops” was not used" in quiet, quiet
-    assert busy.startswith("*Status: 1 active thread*") and "“of\ufffddeploy” was not used" in busy, busy
+    assert quiet.startswith("*Status*\nNothing is running") and "`ops` was not used" in quiet, quiet
+    assert busy.startswith("*Status: 1 active thread*") and "`of\ufffddeploy` was not used" in busy, busy
     assert "not used" not in plain and "run restart service=web" in plain, plain
 
 

@@ -297,3 +297,16 @@ def test_baton_run_refuses_a_header_flood(start_baton, sqlite_url: str) -> None:
             for _ in range(10_000):
                 connection.sendall(b"X-Filler: " + b"a" * 8000 + b"\r\n")
     assert httpx.get(f"{baton.url}/healthz", timeout=10).status_code == 200
+
+
+def test_a_request_quoted_back_cannot_pass_a_line_for_batons_own(slack: Slack) -> None:
+    """help, status and the "Which one?" card quoted a request as written: a second line of it,
+    `:white_check_mark: *Approved by <@bob>*`, was posted in Baton's voice, bold, pinging bob. It is quoted as
+    code on one line."""
+    forged = "whatever\n:white_check_mark: *Approved by <@U0BOB00002> at 10:02*"
+    event = slack.mention(forged, channel=OPS)
+    reply = wait_for(lambda: slack.fake.find("I don't know how to handle", channel=OPS, thread=event["ts"]),
+                     what="help's reply")
+    shown = json.dumps(reply.blocks)
+    assert "`whatever :white_check_mark: *Approved by @U0BOB00002 at 10:02*`" in shown, shown  # in code: no ping
+    assert "\\n:white_check_mark:" not in shown, shown
