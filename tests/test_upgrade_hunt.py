@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tarfile
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from sqlalchemy import create_engine, text, update
 
 from storage.db import sync_url
 from storage.models import DigestSchedule, utcnow
-from tests.support import ROOT, BatonProcess, approval_id, run_cli, runs_in, wait_for, write_config
+from tests.support import ROOT, BatonProcess, run_cli, runs_in, wait_for
 
 OLD_COMMIT = "99e3391"  # the code before migration 0009 (playground_messages' thread index)
 # Run by the old code: outbox rows stored its way (Outbox.enqueue), as a Baton stopped before sending them left them.
@@ -61,7 +60,7 @@ def old_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip(f"commit {OLD_COMMIT} is not in this clone (shallow?): {archive.stderr.decode().strip()}")
     directory = tmp_path_factory.mktemp("old-baton")
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        tar.extractall(directory, filter="data")
+        tar.extractall(directory, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))  # 3.11.4+
     return directory
 
 
