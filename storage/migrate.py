@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +11,18 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, inspect, text
 
 from storage.db import SQLITE_BUSY_SECONDS, is_sqlite, sync_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _PG_MIGRATION_LOCK = 0x62617430  # "bat0": one replica migrates, the others wait for it
+# One row: the oldest revision whose code may still run on this database, since the migrations after it only
+# added what older code does not read (each says so: ``older_code_compatible = True``). Without it, an older
+# replica that restarted during a rolling upgrade (or a rolled-back deploy) refused a database a newer Baton
+# had only added an index to. Alembic's kind of bookkeeping, beside ``alembic_version``, not a model.
+OLDEST_READER_TABLE = "baton_oldest_reader"
+log = logging.getLogger("baton.database")
 
 
 def alembic_config() -> Config:
@@ -35,8 +42,10 @@ def upgrade(url: str, revision: str = "head") -> None:
                 check_sqlite_writable(connection)
             config = alembic_config()
             config.attributes["connection"] = connection
-            _check_not_newer(connection, config)
+            if _runs_on_newer(connection, config):
+                return
             command.upgrade(config, revision)
+            _record_oldest_reader(connection, config)
             if connection.dialect.name == "postgresql":
                 # A write that changes nothing (no row, no catalog: a role allowed to use the tables only may run
                 # it): refused by a server that takes no writes (a hot standby, a read replica's address,
@@ -59,14 +68,41 @@ def check_sqlite_writable(connection: Any) -> None:
         connection.exec_driver_sql("RELEASE baton_write_check")
 
 
-def _check_not_newer(connection: Any, config: Config) -> None:
-    """``CommandError`` naming the case when a newer Baton migrated the database (a rolling upgrade rolled
-    back): Alembic only says it cannot locate the revision."""
+def _runs_on_newer(connection: Any, config: Config) -> bool:
+    """True when a newer Baton migrated the database with migrations that only added what this code does not
+    read: it runs on the database as it is. ``CommandError`` naming the case when they changed more (a rolling
+    upgrade rolled back): Alembic only says it cannot locate the revision."""
     current = MigrationContext.configure(connection).get_current_revision()
     known = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
-    if current is not None and current not in known:
-        raise CommandError(f"the database is at revision {current[:40]}, which this Baton does not have: a newer "
-                           "Baton migrated it. Run that Baton (or a newer one); Baton does not downgrade.")
+    if current is None or current in known:
+        return False
+    if oldest_reader(connection) in known:
+        log.warning("the database is at revision %s, which this Baton does not have: a newer Baton migrated it, "
+                    "adding only what this one does not read, so it runs on it as it is", current[:40])
+        return True
+    raise CommandError(f"the database is at revision {current[:40]}, which this Baton does not have: a newer "
+                       "Baton migrated it. Run that Baton (or a newer one); Baton does not downgrade.")
+
+
+def oldest_reader(connection: Any) -> str | None:
+    """The oldest revision whose code may run on the database (``OLDEST_READER_TABLE``), if one is recorded."""
+    if not inspect(connection).has_table(OLDEST_READER_TABLE):
+        return None
+    return connection.execute(text(f"SELECT revision FROM {OLDEST_READER_TABLE}")).scalar()  # type: ignore[no-any-return]
+
+
+def _record_oldest_reader(connection: Any, config: Config) -> None:
+    """From the database's revision down, past the migrations marked ``older_code_compatible``: the first one
+    not marked is the oldest revision whose code may run on it."""
+    scripts = ScriptDirectory.from_config(config)
+    oldest = MigrationContext.configure(connection).get_current_revision()
+    while oldest is not None and getattr(scripts.get_revision(oldest).module, "older_code_compatible", False):
+        oldest = scripts.get_revision(oldest).down_revision  # type: ignore[assignment]
+    if oldest_reader(connection) == oldest and oldest is not None:
+        return  # nothing to write: a role allowed to use the tables only may start on it
+    connection.execute(text(f"CREATE TABLE IF NOT EXISTS {OLDEST_READER_TABLE} (revision VARCHAR(32))"))
+    connection.execute(text(f"DELETE FROM {OLDEST_READER_TABLE}"))
+    connection.execute(text(f"INSERT INTO {OLDEST_READER_TABLE} (revision) VALUES (:revision)"), {"revision": oldest})
 
 
 def autogenerate(url: str, message: str) -> Path | None:
@@ -90,8 +126,10 @@ CHECKPOINTER_TABLES = "checkpoint"
 
 
 def baton_tables_only(name: str | None, type_: str, _parent_names: Any) -> bool:
-    """Alembic's ``include_name``: what the migrations compare, i.e. all but LangGraph's checkpoint tables."""
-    return not (type_ == "table" and name is not None and name.startswith(CHECKPOINTER_TABLES))
+    """Alembic's ``include_name``: what the migrations compare, i.e. all but LangGraph's checkpoint tables and
+    the record of the oldest revision that may read the database."""
+    return not (type_ == "table" and name is not None and
+                (name.startswith(CHECKPOINTER_TABLES) or name == OLDEST_READER_TABLE))
 
 
 def no_empty_revision(context: Any, _revision: Any, directives: list[Any]) -> None:

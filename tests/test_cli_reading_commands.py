@@ -97,6 +97,7 @@ def test_run_on_a_database_a_newer_baton_migrated_is_one_line(tmp_path, config_p
     assert baton_cli("db", "upgrade", cwd=tmp_path, env=env).returncode == 0
     with closing(sqlite3.connect(database)) as connection, connection:
         connection.execute("UPDATE alembic_version SET version_num = '0099'")
+        connection.execute("UPDATE baton_oldest_reader SET revision = '0099'")  # a change this Baton may not read
     result = baton_cli("run", cwd=tmp_path, env=env)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == (

@@ -10,6 +10,8 @@ revision = "0009"
 down_revision = "0008"
 branch_labels = None
 depends_on = None
+# Only an index: Baton of 0008 runs on this schema unchanged (storage.migrate.OLDEST_READER_TABLE).
+older_code_compatible = True
 
 
 def upgrade() -> None:
