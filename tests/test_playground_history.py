@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -70,7 +71,11 @@ def test_a_mention_between_words_leaves_one_space(baton: BatonProcess) -> None:
     """"hey @baton run uptime" reached the bot as "hey  run uptime", and the help answer quoted it so."""
     pg = baton.client()
     thread = pg.ask("hey @baton run uptime", channel="dm-baton")
-    assert "“hey run uptime”" in pg.wait_reply(thread, "I don't know how to handle")["text"]
+    pg.wait_reply(thread, "I don't know how to handle")
+    with closing(sqlite3.connect(baton.database_url.removeprefix("sqlite:///"))) as connection:
+        asked = connection.execute("SELECT text FROM inbound_events WHERE thread = ? AND kind = 'message'",
+                                   (str(thread),)).fetchall()
+    assert asked == [("hey run uptime",)], asked  # as the bot got it (help quotes it on one line anyway)
 
 
 def test_a_channel_is_read_newest_first_a_page_at_a_time(baton: BatonProcess) -> None:
