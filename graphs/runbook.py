@@ -92,6 +92,9 @@ def _changed_since_planned(state: RunbookState, runbook: Runbook | None) -> str:
         argv = runbook.argv(runbook.validate_args(state["args"]))
     except ValueError as exc:
         return f"The runbook `{name}` changed in baton.yaml since it was asked for ({exc}), so nothing was run."
+    if runbook.risk == "high" and not state.get("decided_by"):  # planned as low risk: nobody approved it
+        return (f"The runbook `{name}` needs approval since baton.yaml changed after it was asked for, so nothing "
+                "was run. Ask again to get an approval card.")
     planned = state.get("command")
     if planned is not None and argv != planned:
         now, then = _inline(_shown(argv)) or "another command", _inline(_shown(planned)) or "the command planned"

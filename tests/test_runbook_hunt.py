@@ -257,3 +257,20 @@ def test_a_command_that_could_not_start_is_not_said_to_have_failed_with_an_exit_
     pg = baton.client()
     reply = pg.wait_reply(pg.ask("@baton run missing"), "could not be started")
     assert "exit code" not in reply["text"] and "No such file or directory" in reply["text"]
+
+
+def test_a_runbook_made_high_risk_after_its_plan_does_not_run_unapproved(tmp_path: Path) -> None:
+    """``plan`` took the runbook as low risk (approved at once); baton.yaml read again (SIGHUP) or a takeover
+    after a restart with the runbook now high risk, and ``execute`` ran it without a card: it checked that the
+    command was the same, not that it still needed nobody's approval."""
+    from bot.config import load_config
+    from graphs.runbook import _changed_since_planned
+
+    path = tmp_path / "baton.yaml"
+    path.write_text('approvers: [bob]\nrunbooks:\n  purge:\n    description: Purge.\n    command: ["true"]\n'
+                    '    risk: high\n')
+    runbook = load_config(path).runbooks["purge"]
+    planned_low = {"runbook": "purge", "args": {}, "command": ["true"], "approved": True, "decided_by": ""}
+    assert "needs approval since baton.yaml changed" in _changed_since_planned(planned_low, runbook)  # type: ignore[arg-type]
+    approved = {**planned_low, "decided_by": "bob"}
+    assert _changed_since_planned(approved, runbook) == ""  # type: ignore[arg-type]
