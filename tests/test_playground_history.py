@@ -19,21 +19,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.support import BatonProcess, write_config
+from tests.support import BatonProcess
 from tests.test_browser import WAIT_MS, browser, sync_api  # noqa: F401 (fixture)
+from tests.test_browser_hunt2 import baton  # noqa: F401 (fixture: one baton run for the module)
 
 expect = sync_api.expect
-
-
-@pytest.fixture(scope="module")
-def baton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BatonProcess]:
-    directory = tmp_path_factory.mktemp("baton")
-    process = BatonProcess(f"sqlite:///{directory / 'baton.db'}", write_config(directory, directory / "runs.txt"),
-                           directory).start()
-    try:
-        yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture
