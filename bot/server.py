@@ -188,7 +188,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._head_bytes = 0
+        self._head_bytes = self._parsed_head_bytes = 0
+        self._head_refused = False
         self._reading_head, self._head_ended = True, False
         self._read_deadline: asyncio.TimerHandle | None = self.loop.call_later(REQUEST_READ_SECONDS, self._read_too_slow)
 
@@ -202,22 +203,41 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # Counted while a head is read: not a read that ended one or began one (it may hold a body)
         if in_head and self._reading_head and not self._head_ended and not self.transport.is_closing():
             self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD_BYTES:
-                self._refuse(b"431 Request Header Fields Too Large",
-                             f"the request's headers are larger than {MAX_HEAD_BYTES:,} bytes")
+        if (self._head_bytes > MAX_HEAD_BYTES or self._head_refused) and not self.transport.is_closing():
+            self._refuse(b"431 Request Header Fields Too Large",
+                         f"the request's headers are larger than {MAX_HEAD_BYTES:,} bytes")
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         if self._read_deadline is None:
             self._read_deadline = self.loop.call_later(REQUEST_READ_SECONDS, self._read_too_slow)
 
+    def on_url(self, url: bytes) -> None:
+        self._parsed_head_bytes += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # Counted as parsed too: a read that ends the head is not counted in data_received (it may hold a body),
+        # so a head of 64 KiB and one read more (up to 256 KiB on asyncio's loop) was let through
+        self._parsed_head_bytes += len(name) + len(value) + 4  # ": " and CRLF
+        super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
         self._reading_head, self._head_ended = False, True
+        if self._parsed_head_bytes > MAX_HEAD_BYTES:
+            self._head_refused = True  # not handed to the app; data_received answers once the read is parsed
+            return
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if not self._head_refused:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self._head_refused:
+            return
         self._stop_deadline()
-        self._reading_head, self._head_bytes = True, 0  # what comes next is the next request's head
+        self._reading_head, self._head_bytes, self._parsed_head_bytes = True, 0, 0  # the next request's head
         super().on_message_complete()
 
     def handle_websocket_upgrade(self) -> None:

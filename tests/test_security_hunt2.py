@@ -310,3 +310,23 @@ def test_a_request_quoted_back_cannot_pass_a_line_for_batons_own(slack: Slack) -
     shown = json.dumps(reply.blocks)
     assert "`whatever :white_check_mark: *Approved by @U0BOB00002 at 10:02*`" in shown, shown  # in code: no ping
     assert "\\n:white_check_mark:" not in shown, shown
+
+
+@pytest.mark.parametrize("filler", [66_000, 70_000, 120_000])
+def test_a_whole_head_over_64_kib_is_refused_however_it_is_read(guarded_server: int, filler: int) -> None:
+    """A head over the limit sent in one write was served: the read that ended it was not counted, so 64 KiB and
+    one read more (up to 256 KiB) went through, where the README says 431."""
+    head = (b"POST / HTTP/1.1\r\nHost: baton\r\nConnection: close\r\nContent-Length: 3\r\n"
+            + b"X-Filler: " + b"a" * filler + b"\r\n\r\nabc")
+    with socket.create_connection(("127.0.0.1", guarded_server)) as connection:
+        connection.sendall(head)
+        answer = _answer(connection)
+    assert answer.startswith(b"HTTP/1.1 431 ") and b"65,536 bytes" in answer, answer[:200]
+
+
+def test_a_head_just_under_64_kib_is_served(guarded_server: int) -> None:
+    head = (b"POST / HTTP/1.1\r\nHost: baton\r\nConnection: close\r\nContent-Length: 3\r\n"
+            + b"X-Filler: " + b"a" * 65_000 + b"\r\n\r\nabc")
+    with socket.create_connection(("127.0.0.1", guarded_server)) as connection:
+        connection.sendall(head)
+        assert _answer(connection).endswith(b"\r\n\r\n3")
