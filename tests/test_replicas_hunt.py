@@ -142,6 +142,7 @@ def test_a_database_a_newer_baton_migrated_is_named_as_such(tmp_path: Path, conf
     upgrade(sqlite_url)
     with closing(sqlite3.connect(sqlite_path(sqlite_url))) as connection, connection:
         connection.execute("UPDATE alembic_version SET version_num = '0099'")
+        connection.execute("UPDATE baton_oldest_reader SET revision = '0099'")  # a change this Baton may not read
     env = {**os.environ, "BATON_CONFIG": str(config_path), "BATON_DATABASE_URL": sqlite_url}
     result = run_cli("db", "upgrade", cwd=tmp_path, env=env)
     assert result.returncode == 2
