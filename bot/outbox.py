@@ -50,6 +50,9 @@ from storage.models import ChannelPace, OutboxMessage, utcnow
 
 log = logging.getLogger("baton.outbox")
 CLAIM_SECONDS = 30.0  # BATON_LEASE_SECONDS's default; Baton claims for as long as its lease setting says
+# The longest a retry waits, whatever the platform asked (a Retry-After of ``inf`` or of centuries: a broken
+# header, a proxy's): past it, no date could be stored, or the message and its channel waited for ever.
+MAX_RETRY_SECONDS = 3600.0
 
 # The claim's statements are built once, with bound parameters: building them (and their cache
 # keys) on every poll cost more CPU than running them.
@@ -551,7 +554,9 @@ class Outbox:
 
     async def retry(self, delivery_id: int, after_seconds: float, error: str, *, hold_channel: bool = False) -> None:
         """Try the row again in ``after_seconds``. ``hold_channel``: the platform asked to wait (a 429's
-        Retry-After), for its channel, not only this message: no other message goes there before then."""
+        Retry-After), for its channel, not only this message: no other message goes there before then.
+        The wait is at most ``MAX_RETRY_SECONDS`` (none for a NaN or a negative one)."""
+        after_seconds = min(after_seconds, MAX_RETRY_SECONDS) if after_seconds > 0 else 0.0
         at = utcnow() + timedelta(seconds=after_seconds)
         async with self._db.session() as session:
             if await self._settle(session, _RETRY, delivery_id, at=at, error=self._stored_error(error)) \
