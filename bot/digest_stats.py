@@ -6,7 +6,7 @@ import math
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_
+from sqlalchemy import and_, func, not_, or_
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -20,6 +20,13 @@ DIGEST_GRAPH = "digest"
 # The orchestrator's pseudo-graph of chatter a model routed nowhere: its runs hold what asking the model cost,
 # counted with the tokens, and are no requests (nor 0 ms turnarounds).
 ROUTING_GRAPH = ROUTER
+# A run ended by the `cancel` command is stored as failed with this error (``bot.orchestrator.CANCELLED_BY`` + who):
+# nothing broke, someone stopped it, so the digest counts it as cancelled, not among the failures.
+CANCELLED_BY = "cancelled by "
+
+
+def _cancelled() -> Any:
+    return and_(Run.status == "failed", Run.error.like(CANCELLED_BY + "%"))  # type: ignore[union-attr]
 
 
 def _no_request(graph: str, status: str) -> bool:
@@ -51,6 +58,12 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
         cost = (cost or 0.0) + cost_sum if cost_sum is not None else cost
         cost_known += costs
         with_tokens += tokened
+    # Of the failed runs, those someone cancelled (few rows: the failed ones only are read for their error).
+    for graph, count in (await session.exec(select(Run.graph, func.count()).where(*in_window, _cancelled())
+                                            .group_by(Run.graph))).all():
+        if graph in per_graph:
+            per_graph[graph]["failed"] -= count
+            per_graph[graph]["cancelled"] = count  # only where there are some
     if not graphs or DIGEST_GRAPH in graphs:
         # The channel's earlier digests' own model summaries: no run holds them (each counted by the
         # digest whose window its firing falls in, the one after it).
@@ -71,10 +84,12 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
 
     # The runs that failed in the window, whenever they started (one asked yesterday, approved and failed
     # today is today's failure; by its start it was in neither digest's list).
-    failed_here = [Run.platform == platform, Run.channel == channel, Run.status == "failed",
-                   Run.finished_at >= start, Run.finished_at < end]  # type: ignore[operator]
+    ended_here = [Run.platform == platform, Run.channel == channel, Run.status == "failed",
+                  Run.finished_at >= start, Run.finished_at < end]  # type: ignore[operator]
     if graphs:
-        failed_here.append(Run.graph.in_(graphs))  # type: ignore[attr-defined]
+        ended_here.append(Run.graph.in_(graphs))  # type: ignore[attr-defined]
+    cancelled_count = (await session.exec(select(func.count()).select_from(Run).where(*ended_here, _cancelled()))).one()
+    failed_here = [*ended_here, or_(Run.error.is_(None), not_(Run.error.like(CANCELLED_BY + "%")))]  # type: ignore[union-attr]
     failure_count = (await session.exec(select(func.count()).select_from(Run).where(*failed_here))).one()
     failures = [
         {"graph": graph, "error": (error or "failed").splitlines()[0][:200], "channel": c, "thread": t}
@@ -129,6 +144,7 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
         "unpriced_runs": with_tokens - cost_known,  # tokens and no price (none for the model then): not in "cost"
         "failures": failures,
         "failure_count": failure_count,  # of the window (by when they failed); per_graph is by request
+        "cancelled_count": cancelled_count,  # runs someone cancelled in the window: no failures
         "decided": decided,  # the first MAX_LISTED; the counts are of all
         "approved_count": decided_counts["approved"],
         "rejected_count": decided_counts["rejected"],

@@ -36,7 +36,8 @@ def compose(state: DigestState) -> DigestState:
     stats = state["stats"]
     start, end = (datetime.fromisoformat(stats["window"][key]) for key in ("start", "end"))
     title = f"Digest for #{stats['channel']}: {_span(start, end)}"
-    quiet = not stats["requests"] and not stats["decided"] and not stats["waiting"] and not stats["failures"]
+    quiet = (not stats["requests"] and not stats["decided"] and not stats["waiting"] and not stats["failures"]
+             and not stats.get("cancelled_count"))
     if quiet:
         text = f"Quiet: no requests, approvals or failures from {_span(start, end)}."
         if stats.get("tokens") is not None:  # what the digest before this one spent on its summary
@@ -45,13 +46,16 @@ def compose(state: DigestState) -> DigestState:
     parts: list[dict[str, Any]] = []
     lines = [f"*{stats['requests']}* request{'' if stats['requests'] == 1 else 's'}"]
     for graph, counts in sorted(stats["per_graph"].items()):
-        lines.append(f"• `{graph}`: {counts.get('done', 0)} done, {counts.get('failed', 0)} failed, "
+        cancelled = f"{counts['cancelled']} cancelled, " if counts.get("cancelled") else ""
+        lines.append(f"• `{graph}`: {counts.get('done', 0)} done, {counts.get('failed', 0)} failed, {cancelled}"
                      f"{counts.get('running', 0)} still running or waiting")
     turnaround = stats["turnaround"]
     if turnaround["count"]:
         lines.append(f"Turnaround (request to result): p50 {duration(turnaround['p50_ms'] / 1000)}, "
                      f"p95 {duration(turnaround['p95_ms'] / 1000)} over {turnaround['count']} finished")
     lines.append(f"Time spent waiting for humans: {duration(stats['waited_seconds'])}")
+    if stats.get("cancelled_count"):  # ended by someone's `cancel`: stopped, not broken (not among the failures)
+        lines.append(f"Runs cancelled: {stats['cancelled_count']}")
     if stats.get("tokens") is not None:
         lines.append(_spending(stats))
     parts.append({"kind": "text", "text": "\n".join(lines)})

@@ -1,0 +1,48 @@
+"""Digests, a third hunt: cancelled runs, `digest off` mid-way, clocks with 30 and 45 minute shifts, long gaps."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from bot.config import BatonConfig
+from bot.digest_stats import collect
+from bot.messages import Message
+from graphs.digest import compose
+from storage.models import Run, ThreadRecord
+from tests.test_digests import Clock, digest_service
+
+
+async def _runs(digests, start: datetime, *rows: tuple[str, str, str | None]) -> None:
+    """Runs of #ops started (and ended) in the hour after ``start``: (graph, status, error)."""
+    async with digests.db.session() as session:
+        for n, (graph, status, error) in enumerate(rows):
+            record = ThreadRecord(platform="playground", channel="ops", thread=str(n), status=status)
+            session.add(record)
+            await session.flush()
+            session.add(Run(thread_record_id=record.id, platform="playground", channel="ops", graph=graph, status=status,
+                            requested_by="alice", correlation_id=f"c{n}", started_at=start + timedelta(minutes=n),
+                            finished_at=start + timedelta(minutes=n + 1), turnaround_ms=60_000, error=error))
+
+
+async def test_a_cancelled_run_is_shown_as_cancelled_not_as_a_failure(sqlite_url):
+    """`cancel` ends a run as failed with "cancelled by bob": the digest listed it under *Failures*, in a
+    warning card, as if something broke."""
+    start = datetime(2026, 6, 1, 8, tzinfo=UTC)
+    end = start + timedelta(days=1)
+    async with digest_service(sqlite_url, Clock(end), BatonConfig()) as digests:
+        await _runs(digests, start, ("deploy", "done", None), ("deploy", "failed", "cancelled by bob"),
+                    ("deploy", "failed", "exit code 2"))
+        async with digests.db.read() as session:
+            stats = await collect(session, "playground", "ops", start, end, [], end)
+            only_cancelled = await collect(session, "playground", "ops", start + timedelta(seconds=30),
+                                           start + timedelta(minutes=2, seconds=30), [], end)
+    assert stats["per_graph"] == {"deploy": {"done": 1, "failed": 1, "cancelled": 1, "running": 0}}
+    assert stats["requests"] == 3
+    assert [failure["error"] for failure in stats["failures"]] == ["exit code 2"] and stats["failure_count"] == 1
+    assert stats["cancelled_count"] == 1
+    text = Message.model_validate(compose({"stats": stats})["reply"]).plain_text()
+    assert "`deploy`: 1 done, 1 failed, 1 cancelled, 0 still running or waiting" in text
+    assert "Runs cancelled: 1" in text and "cancelled by bob" not in text
+    reply = compose({"stats": only_cancelled})["reply"]
+    assert only_cancelled["failures"] == [] and only_cancelled["cancelled_count"] == 1
+    assert reply["tone"] == "success", reply  # nothing broke
