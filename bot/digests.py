@@ -308,6 +308,16 @@ class Digests:
             stop.set()
             await keeping  # a renewal under way finishes first: ``claim.at`` is then the stored one
         async with self.db.session() as session:
+            if not await self._still_scheduled(session, run):  # `digest off` (or out of baton.yaml) while it was built
+                dropped = await session.exec(update(DigestRun).where(  # type: ignore[arg-type]
+                    DigestRun.id == run.id, DigestRun.status == "claimed", DigestRun.claimed_by == self.instance,
+                    DigestRun.claimed_at == claim.at).values(  # as one given up: the next digest covers its window
+                    status="failed", summary={**run.summary, "error": "its schedule was turned off before it was posted"}))
+                await _add_spend(session, run.id, claim.spent)  # type: ignore[arg-type]
+                claim.spent = Spend()
+                if dropped.rowcount:
+                    log.info("digest %s for %s/%s not posted: its schedule was turned off", run.id, run.platform, run.channel)
+                return False
             still_ours = await session.exec(update(DigestRun).where(  # type: ignore[arg-type]
                 DigestRun.id == run.id, DigestRun.status == "claimed", DigestRun.claimed_by == self.instance,
                 DigestRun.claimed_at == claim.at).values(status="posted", posted_at=self.clock()))
@@ -324,6 +334,16 @@ class Digests:
         claim.spent = Spend()  # committed: not to be added again should anything below fail
         self.outbox.wake(run.platform)
         return True
+
+    @staticmethod
+    async def _still_scheduled(session: Transaction, run: DigestRun) -> bool:
+        """Whether a scheduled digest's schedule is still on (``digest now`` has none). The row is locked
+        (PostgreSQL): a ``digest off`` at the same moment comes before this digest is posted, or after."""
+        if run.schedule_key.startswith("now:"):
+            return True
+        enabled = (await session.exec(select(DigestSchedule.enabled).where(
+            DigestSchedule.key == run.schedule_key).with_for_update())).first()
+        return bool(enabled)
 
     async def _keep_claim(self, claim: Claim, stop: asyncio.Event) -> None:
         while not stop.is_set():

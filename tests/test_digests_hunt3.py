@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 from bot.config import BatonConfig
 from bot.digest_stats import collect
-from bot.messages import Message
+from bot.messages import Location, Message
 from graphs.digest import compose
 from storage.models import Run, ThreadRecord
-from tests.test_digests import Clock, digest_service
+from tests.test_digests import Clock, digest_service, firings, posted_messages
+from tests.test_digests_hunt import wait_until
+
+OPS = Location(platform="playground", workspace="", channel="ops", thread="")
 
 
 async def _runs(digests, start: datetime, *rows: tuple[str, str, str | None]) -> None:
@@ -46,3 +50,33 @@ async def test_a_cancelled_run_is_shown_as_cancelled_not_as_a_failure(sqlite_url
     reply = compose({"stats": only_cancelled})["reply"]
     assert only_cancelled["failures"] == [] and only_cancelled["cancelled_count"] == 1
     assert reply["tone"] == "success", reply  # nothing broke
+
+
+async def test_digest_off_while_a_digest_is_being_built_posts_nothing(sqlite_url):
+    """`digest off` answered while the day's digest was being built (a slow model summary): the digest was
+    posted anyway, after the channel was told its digests were off."""
+    clock = Clock(datetime(2026, 6, 1, 6, 0, tzinfo=UTC))
+    async with digest_service(sqlite_url, clock, BatonConfig()) as digests:
+        await digests.set_chat_schedule(OPS, "0 9 * * *", "Europe/Paris", "alice", "c1")
+        clock.now = datetime(2026, 6, 1, 7, 0, tzinfo=UTC)  # 09:00 in Paris
+        built = asyncio.Event()
+        render = digests._render
+
+        async def slow_render(*args):
+            await built.wait()
+            return await render(*args)
+
+        digests._render = slow_render  # type: ignore[method-assign]
+        building = asyncio.create_task(digests.run_due(clock.now))
+        await wait_until(lambda: firings(digests), lambda runs: len(runs) == 1)
+        assert await digests.disable_chat_schedule(OPS, "alice", "c2")
+        built.set()
+        assert await building == 0
+        assert await posted_messages(digests) == []
+        # turned on again, its first digest covers the window of the one dropped
+        digests._render = render  # type: ignore[method-assign]
+        await digests.set_chat_schedule(OPS, "0 9 * * *", "Europe/Paris", "alice", "c3")
+        clock.now = datetime(2026, 6, 2, 7, 0, tzinfo=UTC)
+        assert await digests.run_due(clock.now) == 1
+        runs = await firings(digests)
+    assert runs[1].window_start == runs[0].window_start  # the dropped one's day is in the next digest
