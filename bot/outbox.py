@@ -222,6 +222,9 @@ class Outbox:
         self._claimed_as: dict[int, str] = {}  # row -> the worker ``claim`` took it as, until it is settled
         self._begun: set[int] = set()  # taken rows whose sending has begun (they may have reached the platform)
         self._unreadable: set[int] = set()  # rows whose message this version cannot read, said once each
+        # (platform, channel) -> until when a 429 asked for quiet there, as this process saw it: the straight
+        # hand-over of a final reply on an unpaced platform reads no pace row, so it went into the 429.
+        self._holds: dict[tuple[str, str], datetime] = {}
 
     def attach(self, platform: str, pace_seconds: float) -> None:
         """This process delivers ``platform``'s messages from now on (its adapter has started)."""
@@ -299,7 +302,8 @@ class Outbox:
         pace = self._senders.get(location.platform)
         thread = {"platform": location.platform, "channel": location.channel, "thread": location.thread}
         await self._lock_thread(session, location)  # before the check: it then sees an earlier row still to commit
-        if pace is None or (await session.exec(_UNDELIVERED_IN_THREAD, params=thread)).first() is not None \
+        if pace is None or (self._holds and self._held(location.platform, location.channel)) \
+                or (await session.exec(_UNDELIVERED_IN_THREAD, params=thread)).first() is not None \
                 or (pace > 0 and not await self._channel_slot(session, location.platform, location.channel, pace)):
             await insert_returning_id(session, OutboxMessage, _row(location, message, correlation_id=correlation_id))
             return None
@@ -309,6 +313,13 @@ class Outbox:
         row_id = await insert_returning_id(session, OutboxMessage, row)
         return Delivery(id=row_id, kind="post", location=location, message=message, target_user=None,
                         target_message_id=None, attempts=1, created_at=row["created_at"])
+
+    def _held(self, platform: str, channel: str) -> bool:
+        """Whether a 429 this process saw still holds ``channel`` (the holds that ran out are forgotten)."""
+        now = utcnow()
+        for key in [key for key, until in self._holds.items() if until <= now]:
+            del self._holds[key]
+        return (platform, channel) in self._holds
 
     def hand_over(self, platform: str, delivery: Delivery | None) -> None:
         """After the commit: give the adapter the delivery ``enqueue_claimed`` made, or else ``wake`` it."""
@@ -563,6 +574,8 @@ class Outbox:
                     and hold_channel:
                 row = await session.get(OutboxMessage, delivery_id)
                 if row is not None:
+                    held = self._holds.get((row.platform, row.channel))
+                    self._holds[(row.platform, row.channel)] = max(at, held) if held else at
                     await insert_ignore(session, ChannelPace, {"platform": row.platform, "channel": row.channel,
                                                                "next_at": at}, ["platform", "channel"])
                     await session.exec(update(ChannelPace).where(  # type: ignore[call-overload]

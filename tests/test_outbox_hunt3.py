@@ -54,3 +54,25 @@ async def test_a_retry_after_beyond_any_clock_puts_the_message_off_for_a_bounded
     assert row.status == "pending" and row.claimed_until is None  # settled: not sent again at its claim's end
     latest = utcnow() + timedelta(seconds=getattr(outbox_module, "MAX_RETRY_SECONDS", 3600.0) + 5)
     assert row.next_attempt_at <= latest and pace.next_at <= latest
+
+
+async def test_a_final_reply_is_not_handed_over_into_a_channel_a_429_holds(database: Database) -> None:
+    """Discord is unpaced (pace 0). A 429 (Retry-After past discord.py's 30 s) holds its channel: the claim
+    respects that (ChannelPace), but ``enqueue_claimed`` checks the channel only on a paced platform, so the
+    next final reply in another thread of that channel was handed straight to the adapter, into the 429."""
+    outbox = Outbox(database, worker="me")
+    outbox.attach("discord", 0.0)
+    async with database.session() as session:
+        await outbox.enqueue(session, _on_discord("C1", "t1"), Message.text("first"))
+    [first] = await outbox.claim("discord", "me")
+    await outbox.retry(first.id, 60, "Discord rate limit", hold_channel=True)
+    async with database.session() as session:
+        held = await outbox.enqueue_claimed(session, _on_discord("C1", "t2"), Message.text("reply"))
+        elsewhere = await outbox.enqueue_claimed(session, _on_discord("C2", "t3"), Message.text("another channel"))
+    assert held is None  # stored for the delivery loop, which waits for the channel's hold
+    assert elsewhere is not None  # another channel is not held
+    assert await outbox.claim("discord", "me") == []
+
+
+def _on_discord(channel: str, thread: str) -> Location:
+    return Location(platform="discord", workspace="G1", channel=channel, thread=thread)
