@@ -52,6 +52,8 @@ TONE_COLOUR = {"info": 0x5865F2, "progress": 0x99AAB5, "success": 0x57F287, "war
 USER_ID = re.compile(r"(?<![\w/<@#:!&.])(?:discord:)?([0-9]{17,20})(?![\w>])")
 INLINE_CODE = re.compile(r"(`[^`\n]*`)")
 # ``*words*`` with no star or word character around it (so ``**bold**``, ``a*b*c`` and ``2 * 3`` stay).
+# A line that opens a fenced code block (``` and a language, or nothing, after it).
+FENCE_OPEN = re.compile(r" {0,3}```[^`]*$")
 SINGLE_STAR_BOLD = re.compile(r"(?<![*\w])\*(?=[^\s*])([^*\n]*?[^\s*])\*(?![*\w])")
 
 
@@ -103,7 +105,7 @@ def render(message: Message, guild: str, *, one_message: bool = False) -> list[O
     buttons: Buttons | None = None
     for part in message.parts:
         if isinstance(part, Text):
-            blocks += _pieces(with_mentions(part.text))
+            blocks += _text_blocks(part.text)
         elif isinstance(part, Code):
             blocks += _code(part.text, files)
         elif isinstance(part, Note):
@@ -123,6 +125,53 @@ def render(message: Message, guild: str, *, one_message: bool = False) -> list[O
     if message.title or buttons is not None:
         return _embed_message(message, blocks, files, buttons)
     return _content_messages(message, blocks, files, one_message)
+
+
+def _text_blocks(text: str) -> list[str]:
+    """A text's markdown in blocks that each fit a message. Its prose is rendered (mentions, bold) and
+    split at line ends; a fenced code block in it is code: shown as written (an id in a log is no
+    mention, ``*args*`` no bold), and split over blocks that each open and close the fence (split
+    anywhere, one message opened a block the next did not close: the rest showed as code, or not)."""
+    blocks: list[str] = []
+    for opening, body, closing in _segments(text):
+        if opening is None:
+            blocks += _pieces(with_mentions(body)) if body else []
+            continue
+        pieces = split_text(body, PIECE_CHARS - len(opening) - max(len(closing), FENCE_CHARS) - 2)
+        for index, piece in enumerate(pieces):
+            end = closing if index == len(pieces) - 1 else "```"
+            blocks.append(f"{opening}\n{piece.removesuffix(chr(10))}\n{end}" if piece else f"{opening}\n{end}")
+    return blocks
+
+
+def _segments(text: str) -> list[tuple[str | None, str, str]]:
+    """``text`` as prose ``(None, text, "")`` and fenced code ``(opening line, code, closing line)``,
+    in order; a fence never closed is prose (as Discord shows it)."""
+    segments: list[tuple[str | None, str, str]] = []
+    prose: list[str] = []
+    opening: str | None = None
+    code: list[str] = []
+    for line in text.splitlines(keepends=True):
+        bare = line.rstrip("\r\n")
+        if opening is None:
+            if FENCE_OPEN.match(bare) and bare.count("```") == 1:
+                opening, code = bare, []
+            else:
+                prose.append(line)
+            continue
+        if "```" in bare and bare.rstrip().endswith("```") and bare.count("```") == 1:
+            if prose:
+                segments.append((None, "".join(prose).removesuffix("\n"), ""))
+                prose = []
+            segments.append((opening, "".join(code).removesuffix("\n"), bare))
+            opening = None
+        else:
+            code.append(line)
+    if opening is not None:  # never closed
+        prose += [opening + "\n", *code]
+    if prose:
+        segments.append((None, "".join(prose).removesuffix("\n"), ""))
+    return segments
 
 
 def _pieces(markdown: str) -> list[str]:
@@ -235,13 +284,14 @@ def _beginning(message: Message, blocks: list[str], files: list[Attachment], sha
 def _block_start(block: str, room: int) -> str:
     """The beginning of a block in ``room`` characters, cut at a line end when there is one; a code
     block stays closed (else the rest of the message would show as code)."""
-    fenced = block.startswith("```\n") and block.endswith("\n```")
-    text = block[4:-4] if fenced else block
-    limit = max(room - FENCE_CHARS, 0) if fenced else room
+    opening, _, rest = block.partition("\n")
+    fenced = bool(FENCE_OPEN.match(opening)) and rest.endswith("\n```")
+    text = rest[:-4] if fenced else block
+    limit = max(room - len(opening) - len("\n\n```"), 0) if fenced else room
     cut = text[:limit]
     if len(text) > limit and "\n" in cut:
         cut = cut[:cut.rfind("\n")]
-    return _fenced(cut) if fenced else cut
+    return f"{opening}\n{cut}\n```" if fenced else cut
 
 
 def _content_messages(message: Message, blocks: list[str], files: list[Attachment],

@@ -1,0 +1,40 @@
+"""The Discord adapter, fourth hunt: what a Discord server team meets with long answers. Covered here:
+a reply whose markdown holds a code block longer than one message (a graph's answer, a runbook's
+explanation), and ids or stars inside such a block."""
+
+from __future__ import annotations
+
+import re
+
+from bot.messages import Message, Text
+from tests.fake_discord import GENERAL
+from tests.test_discord import fake_discord  # noqa: F401 (fixtures)
+from tests.test_discord_hunt import adapter, delivery  # noqa: F401 (fixtures)
+
+FENCE = re.compile(r"^```[^\n]*\n(.*?)\n```$", re.S | re.M)
+
+
+async def test_a_code_block_longer_than_a_message_is_split_into_closed_blocks_nothing_lost(fake_discord, adapter):
+    """A graph's answer with a 3,500-character code block was split at a line inside the block: the
+    first message opened it and never closed it, the second showed the code as markdown (ids as
+    mentions, stars as bold) and the third closed a block it had not opened, swallowing what followed.
+    Each message now closes the block it opens and the next opens it again, with its language."""
+    code = "\n".join(f"line {n}: *value* {n:018d}" + " x" * 20 for n in range(60))
+    await adapter.send(delivery(1, Message(tone="success", parts=[Text(text=f"Here:\n```python\n{code}\n```\nafter")])))
+    sent = [message.content for message in fake_discord.messages(GENERAL)]
+    assert len(sent) > 1 and all(len(content) <= 2000 for content in sent)
+    assert all(content.count("```") % 2 == 0 for content in sent), sent
+    assert all("```python\n" in content for content in sent)
+    assert sent[0].startswith("✅ Here:\n```python\n") and sent[-1].endswith("\n```\nafter")
+    shown = "\n".join(block for content in sent for block in FENCE.findall(content))
+    assert shown == code  # as written, in order, nothing lost: no <@...>, no **bold** inside code
+
+
+async def test_ids_and_stars_inside_a_code_block_of_a_reply_are_shown_as_written(fake_discord, adapter):
+    """Inside a fenced block of a reply, a user id became ``<@id>`` and ``f(*a*)`` became ``f(**a**)``
+    (Discord shows code literally, so the log read differently from what the command printed)."""
+    text = "Ran by 123456789012345678:\n```\nuser 123456789012345678 called f(*a*)\n```\n*done*"
+    await adapter.send(delivery(1, Message(tone="info", parts=[Text(text=text)])))
+    (message,) = fake_discord.messages(GENERAL)
+    assert message.content == ("Ran by <@123456789012345678>:\n```\nuser 123456789012345678 called f(*a*)\n```\n"
+                               "**done**")
