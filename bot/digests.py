@@ -29,12 +29,13 @@ from bot.outbox import Outbox
 from bot.replies import when
 from bot.runtime import GraphRuntime, RunServices, Services
 from storage.db import Transaction, insert_ignore
-from storage.models import DigestRun, DigestSchedule, utcnow
+from storage.models import DigestRun, DigestSchedule, OutboxMessage, utcnow
 
 log = logging.getLogger("baton.digests")
 RETAKE_AFTER = timedelta(minutes=2)  # a claimed firing not posted by then was lost with its replica
 MANUAL_WINDOW = timedelta(hours=24)  # `digest now` in a channel that never had a digest
 RENEW_SECONDS = RETAKE_AFTER.total_seconds() / 4  # a replica building a digest says so this often
+REFUSED_LOOKBACK = 60  # a schedule's digests whose cards were refused, in a row, read back to find the last one shown
 MAX_ATTEMPTS = 5  # a digest that fails to build this often (a bug in its graph) is given up, not retried forever
 
 
@@ -220,13 +221,12 @@ class Digests:
         now`` covers the time since the channel's previous digest. A digest given up (``failed``) is
         no previous one: the next covers its window too."""
         before = [DigestRun.window_end <= fire_time, DigestRun.status != "failed"]
-        own = (await session.exec(select(func.max(DigestRun.window_end)).where(
-            DigestRun.schedule_key == key, *before))).one()
+        own = await _shown_until(session, [DigestRun.schedule_key == key, *before])
         if own is not None:
             return own
-        channel = (await session.exec(select(func.max(DigestRun.window_end)).where(
+        channel = await _shown_until(session, [
             DigestRun.platform == location.platform, _in_workspace(DigestRun.workspace, location.workspace),
-            DigestRun.channel == location.channel, *before))).one()
+            DigestRun.channel == location.channel, *before])
         one_period = fire_time - default_window
         if channel is None:
             start = one_period
@@ -390,6 +390,21 @@ class Digests:
     def _period(schedule: DigestSchedule, fire_time: datetime) -> timedelta:
         following = schedules.next_fire(schedule.cron, schedule.timezone, fire_time + timedelta(microseconds=1))
         return (following - fire_time) if following else timedelta(days=1)
+
+
+async def _shown_until(session: Transaction, where: list[Any]) -> datetime | None:
+    """Where the newest of these digests whose card the platform did not refuse ended. A refused card (Baton
+    was removed from the channel, the channel archived) told the channel nothing: the digest after it covers
+    its window too, so a channel that invites Baton back is told what happened while it could not post."""
+    rows = (await session.exec(select(DigestRun.window_start, DigestRun.window_end, DigestRun.summary).where(*where)
+                               .order_by(DigestRun.window_end.desc()).limit(REFUSED_LOOKBACK))).all()  # type: ignore[attr-defined]
+    cards = [summary.get("outbox_id") for _start, _end, summary in rows if summary.get("outbox_id") is not None]
+    refused = set((await session.exec(select(OutboxMessage.id).where(
+        OutboxMessage.id.in_(cards), OutboxMessage.status == "failed"))).all()) if cards else set()  # type: ignore[union-attr]
+    for _start, end, summary in rows:
+        if summary.get("outbox_id") not in refused:  # None (no card yet) included
+            return end
+    return rows[-1][0] if rows else None
 
 
 async def _add_spend(session: Transaction, run_id: int, spent: Spend) -> None:

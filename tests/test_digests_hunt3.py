@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+from sqlmodel import update
+
 from bot.config import BatonConfig
 from bot.digest_stats import collect
 from bot.messages import Location, Message
 from graphs.digest import compose
-from storage.models import Run, ThreadRecord
+from storage.models import OutboxMessage, Run, ThreadRecord
 from tests.test_digests import Clock, digest_service, firings, posted_messages
 from tests.test_digests_hunt import wait_until
 
@@ -52,11 +54,11 @@ async def test_a_cancelled_run_is_shown_as_cancelled_not_as_a_failure(sqlite_url
     assert reply["tone"] == "success", reply  # nothing broke
 
 
-async def test_digest_off_while_a_digest_is_being_built_posts_nothing(sqlite_url):
+async def test_digest_off_while_a_digest_is_being_built_posts_nothing(database_url):
     """`digest off` answered while the day's digest was being built (a slow model summary): the digest was
     posted anyway, after the channel was told its digests were off."""
     clock = Clock(datetime(2026, 6, 1, 6, 0, tzinfo=UTC))
-    async with digest_service(sqlite_url, clock, BatonConfig()) as digests:
+    async with digest_service(database_url, clock, BatonConfig()) as digests:
         await digests.set_chat_schedule(OPS, "0 9 * * *", "Europe/Paris", "alice", "c1")
         clock.now = datetime(2026, 6, 1, 7, 0, tzinfo=UTC)  # 09:00 in Paris
         built = asyncio.Event()
@@ -80,3 +82,22 @@ async def test_digest_off_while_a_digest_is_being_built_posts_nothing(sqlite_url
         assert await digests.run_due(clock.now) == 1
         runs = await firings(digests)
     assert runs[1].window_start == runs[0].window_start  # the dropped one's day is in the next digest
+
+
+async def test_the_digest_after_one_the_channel_refused_covers_its_window_too(database_url):
+    """Baton removed from the channel: Slack refused the day's card (not_in_channel), yet the next digest
+    started where the refused one ended; invited back, the channel never heard of the days it missed."""
+    clock = Clock(datetime(2026, 6, 1, 6, 0, tzinfo=UTC))
+    async with digest_service(database_url, clock, BatonConfig()) as digests:
+        await digests.set_chat_schedule(OPS, "0 9 * * *", "Europe/Paris", "alice", "c1")
+        for day in (1, 2, 3):
+            clock.now = datetime(2026, 6, day, 7, 0, tzinfo=UTC)
+            assert await digests.run_due(clock.now) == 1
+            if day < 3:  # the platform refused the card (the adapter marks it failed)
+                card = (await posted_messages(digests))[-1]
+                async with digests.db.session() as session:
+                    await session.exec(update(OutboxMessage).where(OutboxMessage.id == card.id).values(
+                        status="failed", error="chat.postMessage: not_in_channel"))
+        runs = await firings(digests)
+    assert [run.status for run in runs] == ["posted"] * 3
+    assert runs[2].window_start == runs[0].window_start and runs[2].window_end == runs[2].fire_time
