@@ -863,6 +863,9 @@ async def _say_best_effort(channel: Any, text: str) -> None:
 def _as_history(message: discord.Message, me: int | None) -> dict[str, Any]:
     is_bot = message.author.bot or message.author.id == me
     text = message.content or "\n".join(embed.description or "" for embed in message.embeds)
+    if message.attachments:  # a file alone (a log, a screenshot) was an empty line in a summary or the assistant's past
+        files = ", ".join(attachment.filename for attachment in message.attachments)
+        text = f"{text}\n(attached: {files})" if text.strip() else f"(attached: {files})"
     if me is not None:
         text = text.replace(f"<@{me}>", "@baton").replace(f"<@!{me}>", "@baton")
     return {"user": str(message.author.id), "is_bot": is_bot, "text": text.strip()}

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import re
 
-from bot.messages import Message, Text
-from tests.fake_discord import GENERAL
+from bot.messages import Location, Message, Text
+from tests.fake_discord import ALICE, GENERAL, GUILD_ID, FakeMessage
 from tests.test_discord import fake_discord  # noqa: F401 (fixtures)
 from tests.test_discord_hunt import adapter, delivery  # noqa: F401 (fixtures)
 
@@ -38,3 +38,16 @@ async def test_ids_and_stars_inside_a_code_block_of_a_reply_are_shown_as_written
     (message,) = fake_discord.messages(GENERAL)
     assert message.content == ("Ran by <@123456789012345678>:\n```\nuser 123456789012345678 called f(*a*)\n```\n"
                                "**done**")
+
+
+async def test_a_message_with_only_a_file_is_not_an_empty_line_in_a_threads_history(fake_discord, adapter):
+    """Someone posted a log file with no text in the thread: ``summarize`` and the assistant read the
+    thread's history, where that message was an empty line (``alice: ``). It now names its files."""
+    for message_id, content, files in (("9001", "here is the log", {}), ("9002", "", {"deploy.log": b"boom"}),
+                                       ("9003", "and a screenshot", {"screen.png": b"png"})):
+        fake_discord._messages[message_id] = FakeMessage(id=message_id, channel_id=GENERAL, author_id=ALICE,
+                                                        content=content, files=files)
+    adapter.reads_content = True
+    seen = await adapter.history(Location(platform="discord", workspace=GUILD_ID, channel=GENERAL, thread=GENERAL), 10)
+    assert [entry["text"] for entry in seen or []] == [
+        "here is the log", "(attached: deploy.log)", "and a screenshot\n(attached: screen.png)"]
