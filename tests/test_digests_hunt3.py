@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlmodel import update
 
-from bot.config import BatonConfig
+from bot.config import BatonConfig, Digest
 from bot.digest_stats import collect
 from bot.messages import Location, Message
 from graphs.digest import compose
@@ -101,3 +102,39 @@ async def test_the_digest_after_one_the_channel_refused_covers_its_window_too(da
         runs = await firings(digests)
     assert [run.status for run in runs] == ["posted"] * 3
     assert runs[2].window_start == runs[0].window_start and runs[2].window_end == runs[2].fire_time
+
+
+LORD_HOWE, CHATHAM = "Australia/Lord_Howe", "Pacific/Chatham"  # clocks move 30 minutes; 45 minutes off the hour
+
+
+@pytest.mark.parametrize(("cron", "zone", "first", "last", "wanted"), [
+    # Lord Howe springs forward from 02:00 to 02:30 on 4 October (3 October, 15:30 UTC): 02:15 that day is
+    # posted at 02:45 (as cron does), once
+    ("15 2 * * *", LORD_HOWE, datetime(2026, 10, 3, 12, tzinfo=UTC), datetime(2026, 10, 6, 0, tzinfo=UTC),
+     [datetime(2026, 10, 3, 15, 45, tzinfo=UTC), datetime(2026, 10, 4, 15, 15, tzinfo=UTC),
+      datetime(2026, 10, 5, 15, 15, tzinfo=UTC)]),
+    ("15 2 * * sun", LORD_HOWE, datetime(2026, 9, 26, 12, tzinfo=UTC), datetime(2026, 10, 12, 0, tzinfo=UTC),
+     [datetime(2026, 9, 26, 15, 45, tzinfo=UTC), datetime(2026, 10, 3, 15, 45, tzinfo=UTC),
+      datetime(2026, 10, 10, 15, 15, tzinfo=UTC)]),
+    # and falls back from 02:00 to 01:30 on 5 April (4 April, 15:00 UTC): 01:45 happens twice, posted once
+    ("45 1 * * *", LORD_HOWE, datetime(2026, 4, 4, 12, tzinfo=UTC), datetime(2026, 4, 7, 0, tzinfo=UTC),
+     [datetime(2026, 4, 4, 14, 45, tzinfo=UTC), datetime(2026, 4, 5, 15, 15, tzinfo=UTC),
+      datetime(2026, 4, 6, 15, 15, tzinfo=UTC)]),
+    ("0,30 1-2 * * *", LORD_HOWE, datetime(2026, 4, 4, 12, tzinfo=UTC), datetime(2026, 4, 4, 18, tzinfo=UTC),
+     [datetime(2026, 4, 4, 14, tzinfo=UTC), datetime(2026, 4, 4, 14, 30, tzinfo=UTC),  # 01:00, 01:30 summer time
+      datetime(2026, 4, 4, 15, 30, tzinfo=UTC), datetime(2026, 4, 4, 16, tzinfo=UTC)]),  # 02:00, 02:30 winter time
+    # Chatham (+12:45, +13:45 in summer) springs forward from 02:45 to 03:45 on 27 September (26th, 14:00 UTC)
+    ("50 2 * * *", CHATHAM, datetime(2026, 9, 25, 12, tzinfo=UTC), datetime(2026, 9, 28, 0, tzinfo=UTC),
+     [datetime(2026, 9, 25, 14, 5, tzinfo=UTC), datetime(2026, 9, 26, 14, 5, tzinfo=UTC),
+      datetime(2026, 9, 27, 13, 5, tzinfo=UTC)]),
+])
+async def test_digests_across_half_hour_clock_changes_are_posted_once_per_firing(sqlite_url, cron, zone, first, last, wanted):
+    clock = Clock(first)
+    config = BatonConfig(digests=[Digest(platform="playground", channel="ops", cron=cron, timezone=zone)])
+    async with digest_service(sqlite_url, clock, config) as digests:
+        while clock.now <= last:
+            await digests.run_due(clock.now)
+            clock.now += timedelta(hours=3) if cron.endswith("sun") else timedelta(minutes=15)  # a firing is due at
+        runs = await firings(digests)  # the first tick at or after it: its fire time is the same
+    assert [run.fire_time for run in runs] == wanted
+    assert [run.window_end for run in runs[:-1]] == [run.window_start for run in runs[1:]]  # windows tile exactly
