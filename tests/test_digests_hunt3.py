@@ -138,3 +138,20 @@ async def test_digests_across_half_hour_clock_changes_are_posted_once_per_firing
         runs = await firings(digests)  # the first tick at or after it: its fire time is the same
     assert [run.fire_time for run in runs] == wanted
     assert [run.window_end for run in runs[:-1]] == [run.window_start for run in runs[1:]]  # windows tile exactly
+
+
+@pytest.mark.parametrize("cron", ["0 * * * *", "30 8 * * mon", "0 9 * * 1-5"])
+async def test_a_week_down_gives_one_catch_up_digest_from_two_replicas(database_url, cron):
+    config = BatonConfig(digests=[Digest(platform="playground", channel="ops", cron=cron, timezone="Asia/Kathmandu")])
+    clock = Clock(datetime(2026, 5, 25, 0, tzinfo=UTC))
+    async with digest_service(database_url, clock, config, "a") as one:
+        clock.now = datetime(2026, 5, 26, 12, tzinfo=UTC)
+        assert await one.run_due(clock.now) == 1
+        clock.now = datetime(2026, 6, 9, 12, tzinfo=UTC)  # Baton was down for two weeks
+        async with digest_service(database_url, clock, config, "b") as two:
+            posted = await asyncio.gather(one.run_due(clock.now), two.run_due(clock.now))
+            assert await two.run_due(clock.now) == 0
+            runs = await firings(one)
+    assert sum(posted) == 1 and len(runs) == 2
+    assert runs[1].window_start == runs[0].window_end and runs[1].window_end == runs[1].fire_time
+    assert runs[1].fire_time <= clock.now and runs[1].fire_time > clock.now - timedelta(days=7)
