@@ -52,8 +52,8 @@ TONE_COLOUR = {"info": 0x5865F2, "progress": 0x99AAB5, "success": 0x57F287, "war
 USER_ID = re.compile(r"(?<![\w/<@#:!&.])(?:discord:)?([0-9]{17,20})(?![\w>])")
 INLINE_CODE = re.compile(r"(`[^`\n]*`)")
 # ``*words*`` with no star or word character around it (so ``**bold**``, ``a*b*c`` and ``2 * 3`` stay).
-# A line that opens a fenced code block (``` and a language, or nothing, after it).
-FENCE_OPEN = re.compile(r" {0,3}```[^`]*$")
+# A line that opens a fenced code block: ``` and a language (one short word), or nothing, after it.
+FENCE_OPEN = re.compile(r" {0,3}```[\w+#.-]{0,32}[ \t]{0,8}$")
 SINGLE_STAR_BOLD = re.compile(r"(?<![*\w])\*(?=[^\s*])([^*\n]*?[^\s*])\*(?![*\w])")
 
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import re
 
 from bot.messages import Location, Message, Text
+from bot.outbox import Delivery
 from tests.fake_discord import ALICE, GENERAL, GUILD_ID, FakeMessage
 from tests.test_discord import fake_discord  # noqa: F401 (fixtures)
-from tests.test_discord_hunt import adapter, delivery  # noqa: F401 (fixtures)
+from tests.test_discord_hunt import HERE, adapter, delivery  # noqa: F401 (fixtures)
 
 FENCE = re.compile(r"^```[^\n]*\n(.*?)\n```$", re.S | re.M)
 
@@ -51,3 +52,32 @@ async def test_a_message_with_only_a_file_is_not_an_empty_line_in_a_threads_hist
     seen = await adapter.history(Location(platform="discord", workspace=GUILD_ID, channel=GENERAL, thread=GENERAL), 10)
     assert [entry["text"] for entry in seen or []] == [
         "here is the log", "(attached: deploy.log)", "and a screenshot\n(attached: screen.png)"]
+
+
+async def test_here_everyone_and_role_mentions_in_output_ping_no_one(fake_discord, adapter):
+    """A runbook's output (or a graph's answer) holding ``@here``, ``@everyone`` or a role mention must
+    not ping the server, whether posted, edited in (a run's progress), or in a private reply that falls
+    back to the thread with a mention of the person who clicked (who alone may be pinged)."""
+    loud = "deploy done @here @everyone <@&123456789012345678>"
+    posted = await adapter.send(delivery(1, Message(tone="progress", parts=[Text(text=loud)])))
+    await adapter.send(delivery(2, Message(tone="progress", parts=[Text(text=loud + " again")]), "update", posted))
+    private = Delivery(3, "ephemeral", HERE, Message(tone="info", parts=[Text(text=loud)]), ALICE, None, 1)
+    await adapter.send(private)
+    calls = [call for call in fake_discord.calls() if call.route.startswith(("POST /channels", "PATCH /channels"))
+             and "content" in call.body]
+    assert len(calls) >= 3
+    for call in calls:
+        mentions = call.body.get("allowed_mentions")
+        assert mentions is not None and mentions.get("parse") == [] and not mentions.get("roles"), call
+        assert set(mentions.get("users", [])) <= {int(ALICE), ALICE}, call
+
+
+def test_a_long_line_after_three_backticks_is_prose_and_every_message_fits():
+    """Three backticks followed by a long sentence (no language) open no block with a long "language":
+    the text is split as before, every message within Discord's 2,000 characters."""
+    from adapters.discord_render import render
+
+    text = "```" + "word " * 800 + "\nmore\n```\n```py" + " " * 3000 + "\nend"
+    sent = render(Message(tone="info", parts=[Text(text=text)]), GUILD_ID)
+    assert sent and all(len(outgoing.content or "") <= 2000 for outgoing in sent)
+    assert "".join(outgoing.content or "" for outgoing in sent).replace("\n", "") == text.replace("\n", "")
