@@ -29,6 +29,11 @@ def _cancelled() -> Any:
     return and_(Run.status == "failed", Run.error.like(CANCELLED_BY + "%"))  # type: ignore[union-attr]
 
 
+def _not_cancelled() -> Any:
+    """Not ``_cancelled()``, a NULL error included (SQL's NOT of an unknown LIKE is unknown, not true)."""
+    return or_(Run.status != "failed", Run.error.is_(None), not_(Run.error.like(CANCELLED_BY + "%")))  # type: ignore[union-attr]
+
+
 def _no_request(graph: str, status: str) -> bool:
     """A run that is no request of its own: chatter routed nowhere, or a choice card the requester picked from
     (the graph picked is the request's run; a card still waiting, or expired, is the request's only run)."""
@@ -43,17 +48,15 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
         in_window.append(Run.graph.in_(graphs))  # type: ignore[attr-defined]
     # One index-only scan for the counts and sums (ix_runs_digest covers every column used).
     per_graph: dict[str, dict[str, int]] = {}
-    finished_count, waited, tokens, cost, cost_known, with_tokens = 0, 0.0, None, None, 0, 0
-    for graph, status, count, finished, waited_sum, tokens_sum, cost_sum, costs, tokened in (await session.exec(
-            select(Run.graph, Run.status, func.count(), func.count(Run.turnaround_ms), func.sum(Run.waited_seconds),
-                   func.sum(Run.tokens), func.sum(Run.cost), func.count(Run.cost), func.count(Run.tokens))
+    tokens, cost, cost_known, with_tokens = None, None, 0, 0
+    for graph, status, count, tokens_sum, cost_sum, costs, tokened in (await session.exec(
+            select(Run.graph, Run.status, func.count(), func.sum(Run.tokens), func.sum(Run.cost), func.count(Run.cost),
+                   func.count(Run.tokens))
             .where(*in_window).group_by(Run.graph, Run.status))).all():
         if not _no_request(graph, status):
             bucket = "running" if status in ("running", "waiting") else status
             per_graph.setdefault(graph, {"done": 0, "failed": 0, "running": 0})
             per_graph[graph][bucket] = per_graph[graph].get(bucket, 0) + count
-            finished_count += finished
-        waited += waited_sum or 0.0
         tokens = (tokens or 0) + tokens_sum if tokens_sum is not None else tokens
         cost = (cost or 0.0) + cost_sum if cost_sum is not None else cost
         cost_known += costs
@@ -78,7 +81,18 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
         with_tokens += tokened
 
     requests = [*in_window, Run.graph != ROUTING_GRAPH, or_(Run.graph != CHOOSER, Run.status != "done")]
-    finished = [*requests, Run.turnaround_ms.is_not(None)]  # type: ignore[union-attr]
+    # Turnarounds and waits of the requests that ended in the window, whenever they were asked for: one asked
+    # last evening and approved this morning (the slowest, the longest wait) was in neither digest by its start.
+    # Read by ix_runs_failed (platform, channel, status, finished_at): the window's ended runs only.
+    ended = [Run.platform == platform, Run.channel == channel, Run.status.in_(("done", "failed")),  # type: ignore[attr-defined]
+             Run.finished_at >= start, Run.finished_at < end]  # type: ignore[operator]
+    if graphs:
+        ended.append(Run.graph.in_(graphs))  # type: ignore[attr-defined]
+    waited = (await session.exec(select(func.sum(Run.waited_seconds)).where(*ended))).one()
+    # a cancelled run has no result: no turnaround (its wait was still someone's wait)
+    finished = [*ended, Run.turnaround_ms.is_not(None), Run.graph != ROUTING_GRAPH,  # type: ignore[union-attr]
+                or_(Run.graph != CHOOSER, Run.status != "done"), _not_cancelled()]
+    finished_count = (await session.exec(select(func.count()).select_from(Run).where(*finished))).one()
     turnaround = {"p50_ms": await _percentile(session, finished, finished_count, 0.50),
                   "p95_ms": await _percentile(session, finished, finished_count, 0.95), "count": finished_count}
 
@@ -89,7 +103,7 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
     if graphs:
         ended_here.append(Run.graph.in_(graphs))  # type: ignore[attr-defined]
     cancelled_count = (await session.exec(select(func.count()).select_from(Run).where(*ended_here, _cancelled()))).one()
-    failed_here = [*ended_here, or_(Run.error.is_(None), not_(Run.error.like(CANCELLED_BY + "%")))]  # type: ignore[union-attr]
+    failed_here = [*ended_here, _not_cancelled()]
     failure_count = (await session.exec(select(func.count()).select_from(Run).where(*failed_here))).one()
     failures = [
         {"graph": graph, "error": (error or "failed").splitlines()[0][:200], "channel": c, "thread": t}

@@ -155,3 +155,28 @@ async def test_a_week_down_gives_one_catch_up_digest_from_two_replicas(database_
     assert sum(posted) == 1 and len(runs) == 2
     assert runs[1].window_start == runs[0].window_end and runs[1].window_end == runs[1].fire_time
     assert runs[1].fire_time <= clock.now and runs[1].fire_time > clock.now - timedelta(days=7)
+
+
+async def test_a_request_approved_the_day_after_it_was_asked_counts_in_that_days_turnaround_and_waiting(sqlite_url):
+    """Asked at 20:00, approved the next morning: the evening's digest saw it still waiting (no turnaround, no
+    wait yet) and the morning's left it out (asked before its window), so the slowest requests and the longest
+    waits for humans were in no digest at all."""
+    day = datetime(2026, 6, 2, 7, tzinfo=UTC)
+    async with digest_service(sqlite_url, Clock(day + timedelta(days=1)), BatonConfig()) as digests:
+        async with digests.db.session() as session:
+            records = [ThreadRecord(platform="playground", channel="ops", thread=str(n), status="done") for n in range(3)]
+            for record in records:
+                session.add(record)
+            await session.flush()
+            for n, (asked, took, waited, error) in enumerate((
+                    (day - timedelta(hours=11), timedelta(hours=12), 36_000.0, None),  # approved at 08:00
+                    (day + timedelta(hours=1), timedelta(seconds=30), 0.0, None),
+                    (day + timedelta(hours=2), timedelta(hours=1), 3_000.0, "cancelled by bob"))):  # no result
+                session.add(Run(thread_record_id=records[n].id, platform="playground", channel="ops", graph="deploy",
+                                status="failed" if error else "done", requested_by="alice", correlation_id=f"c{n}",
+                                started_at=asked, finished_at=asked + took, turnaround_ms=int(took.total_seconds() * 1000),
+                                waited_seconds=waited, error=error))
+        async with digests.db.read() as session:
+            stats = await collect(session, "playground", "ops", day, day + timedelta(days=1), [], day + timedelta(days=1))
+    assert stats["turnaround"] == {"p50_ms": 30_000, "p95_ms": 12 * 3_600_000, "count": 2}
+    assert stats["waited_seconds"] == 39_000.0
