@@ -491,7 +491,7 @@ class DiscordAdapter(Adapter):
         """The thread for a mention in a channel, started on the message; ``None`` if that is not possible
         (said in the channel when it is a lack of permissions or Discord's trouble)."""
         try:
-            return await _start_thread(self.client.http, message.channel.id, message.id, text)
+            return await _start_thread(self.client.http, message.channel.id, message.id, _readable(message, text))
         except discord.HTTPException as exc:
             if exc.code == UNKNOWN_MESSAGE:  # deleted before Baton got to it (a replay, say): no request any more
                 log.info("Discord: message %s in %s was deleted before a thread could be opened on it; ignored",
@@ -777,6 +777,18 @@ def _without_mentions_of(message: discord.Message, me: int) -> str:
     role = _own_role(message)
     addressing = rf"<@!?{me}>" if role is None else rf"(?:<@!?{me}>|<@&{role.id}>)"
     return re.sub(rf"{addressing}[:,]?", "", message.content).strip()
+
+
+def _readable(message: discord.Message, text: str) -> str:
+    """``text`` with its mentions as people read them (``@nickname``, ``@role``, ``#channel``): a thread's
+    name shows no markdown, and "<@123456789012345678> please approve" named the thread."""
+    for user in message.mentions:
+        text = re.sub(rf"<@!?{user.id}>", lambda _, name=user.display_name: f"@{name}", text)
+    for role in message.role_mentions:
+        text = text.replace(f"<@&{role.id}>", f"@{role.name}")
+    for channel in message.channel_mentions:
+        text = text.replace(f"<#{channel.id}>", f"#{channel.name}")
+    return text
 
 
 async def _say_privately(interaction: discord.Interaction, text: str) -> None:

@@ -8,8 +8,9 @@ import re
 
 from bot.messages import Location, Message, Text
 from bot.outbox import Delivery
-from tests.fake_discord import ALICE, GENERAL, GUILD_ID, FakeMessage
-from tests.test_discord import fake_discord  # noqa: F401 (fixtures)
+from tests.fake_discord import ALICE, BOB, BOT_ID, GENERAL, GUILD_ID, OPS, FakeMessage, member_json, snowflake, user_json
+from tests.support import wait_for
+from tests.test_discord import chat, config_path, fake_discord  # noqa: F401 (fixtures)
 from tests.test_discord_hunt import HERE, adapter, delivery  # noqa: F401 (fixtures)
 
 FENCE = re.compile(r"^```[^\n]*\n(.*?)\n```$", re.S | re.M)
@@ -81,3 +82,20 @@ def test_a_long_line_after_three_backticks_is_prose_and_every_message_fits():
     sent = render(Message(tone="info", parts=[Text(text=text)]), GUILD_ID)
     assert sent and all(len(outgoing.content or "") <= 2000 for outgoing in sent)
     assert "".join(outgoing.content or "" for outgoing in sent).replace("\n", "") == text.replace("\n", "")
+
+
+def test_a_threads_name_shows_people_by_their_nickname_not_as_a_raw_mention(chat, counter):
+    """``@Baton run uptime for @Bob`` opened a thread named "run uptime for <@2222...>": a thread's
+    name shows no markdown. It is named with Bob's nickname in the server, as Discord shows him."""
+    fake = chat.fake
+    message_id = snowflake()
+    content = f"<@{BOT_ID}> run uptime for <@{BOB}>"
+    fake._messages[message_id] = FakeMessage(id=message_id, channel_id=OPS, author_id=ALICE, content=content)
+    bob = {**user_json(BOB), "member": {**{k: v for k, v in member_json(BOB).items() if k != "user"}, "nick": "Bobby"}}
+    fake.dispatch("MESSAGE_CREATE", {
+        **fake._messages[message_id].json(), "mention_roles": [],
+        "mentions": [{**user_json(BOT_ID), "member": member_json(BOT_ID)}, bob],
+        "member": {k: v for k, v in member_json(ALICE).items() if k != "user"}})
+    wait_for(lambda: any(thread["id"] == message_id for thread in fake.threads()), what="the thread")
+    (named,) = [thread["name"] for thread in fake.threads() if thread["id"] == message_id]
+    assert named == "run uptime for @Bobby"
