@@ -161,7 +161,7 @@ def _segments(text: str) -> list[tuple[str | None, str, str]]:
             continue
         if "```" in bare and bare.rstrip().endswith("```") and bare.count("```") == 1:
             if prose:
-                segments.append((None, "".join(prose).removesuffix("\n"), ""))
+                segments.append((None, "".join(prose), ""))
                 prose = []
             segments.append((opening, "".join(code).removesuffix("\n"), bare))
             opening = None
@@ -170,14 +170,14 @@ def _segments(text: str) -> list[tuple[str | None, str, str]]:
     if opening is not None:  # never closed
         prose += [opening + "\n", *code]
     if prose:
-        segments.append((None, "".join(prose).removesuffix("\n"), ""))
+        segments.append((None, "".join(prose), ""))
     return segments
 
 
 def _pieces(markdown: str) -> list[str]:
     """Rendered markdown in blocks that each fit a message (split after rendering: mentions and
     subtext markers make a line longer, and lines are where it is split)."""
-    return [piece.rstrip("\n") for piece in split_text(markdown, PIECE_CHARS)]
+    return [piece.removesuffix("\n") for piece in split_text(markdown, PIECE_CHARS)]
 
 
 def _note(text: str) -> str:

@@ -1,6 +1,8 @@
-"""The Discord adapter, fourth hunt: what a Discord server team meets with long answers. Covered here:
-a reply whose markdown holds a code block longer than one message (a graph's answer, a runbook's
-explanation), and ids or stars inside such a block."""
+"""The Discord adapter, fourth hunt: what a Discord server team meets with long answers and busy
+servers. Covered here: a reply whose markdown holds a code block longer than one message, ids and
+stars inside a code block, three backticks before a long line, blank lines around a block, a message
+with only a file in a thread's history, @here/@everyone/role mentions in output (no ping), and
+mentions in a thread's name (a member's nickname, not a raw ``<@id>``)."""
 
 from __future__ import annotations
 
@@ -99,3 +101,11 @@ def test_a_threads_name_shows_people_by_their_nickname_not_as_a_raw_mention(chat
     wait_for(lambda: any(thread["id"] == message_id for thread in fake.threads()), what="the thread")
     (named,) = [thread["name"] for thread in fake.threads() if thread["id"] == message_id]
     assert named == "run uptime for @Bobby"
+
+
+def test_blank_lines_around_a_code_block_are_kept():
+    from adapters.discord_render import render
+
+    text = "Here:\n\n```sh\nuptime\n```\n\nafter\n\n\nend"
+    (sent,) = render(Message(tone="info", parts=[Text(text=text)]), GUILD_ID)
+    assert sent.content == text
