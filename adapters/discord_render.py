@@ -51,6 +51,9 @@ TONE_COLOUR = {"info": 0x5865F2, "progress": 0x99AAB5, "success": 0x57F287, "war
 # or a URL: rendered as a mention.
 USER_ID = re.compile(r"(?<![\w/<@#:!&.])(?:discord:)?([0-9]{17,20})(?![\w>])")
 INLINE_CODE = re.compile(r"(`[^`\n]*`)")
+# What is shown as written, never given mentions or bold: inline code, and a link's address (an id in
+# its query, ``?trace=1234567890123456789``, became ``<@...>`` and the link led nowhere).
+AS_WRITTEN = re.compile(r"(`[^`\n]*`|\bhttps?://[^\s<>)\]]+)")
 # ``*words*`` with no star or word character around it (so ``**bold**``, ``a*b*c`` and ``2 * 3`` stay).
 # A line that opens a fenced code block: ``` and a language (one short word), or nothing, after it.
 FENCE_OPEN = re.compile(r" {0,3}```[\w+#.-]{0,32}[ \t]{0,8}$")
@@ -87,9 +90,9 @@ def jump_url(guild: str, channel: str) -> str:
 
 
 def with_mentions(text: str) -> str:
-    """Outside inline code: raw user ids become mentions (``123...`` -> ``<@123...>``) and the core's
-    ``*bold*`` (Slack's markup, which Discord would show in italics) becomes ``**bold**``."""
-    pieces = INLINE_CODE.split(text)
+    """Outside inline code and links: raw user ids become mentions (``123...`` -> ``<@123...>``) and the
+    core's ``*bold*`` (Slack's markup, which Discord would show in italics) becomes ``**bold**``."""
+    pieces = AS_WRITTEN.split(text)
     return "".join(piece if index % 2 else SINGLE_STAR_BOLD.sub(r"**\1**", USER_ID.sub(r"<@\1>", piece))
                    for index, piece in enumerate(pieces))
 

@@ -1,8 +1,8 @@
 """The Discord adapter, fourth hunt: what a Discord server team meets with long answers and busy
 servers. Covered here: a reply whose markdown holds a code block longer than one message, ids and
-stars inside a code block, three backticks before a long line, blank lines around a block, a message
-with only a file in a thread's history, @here/@everyone/role mentions in output (no ping), and
-mentions in a thread's name (a member's nickname, not a raw ``<@id>``)."""
+stars inside a code block or a link's address, three backticks before a long line, blank lines
+around a block, a message with only a file in a thread's history, @here/@everyone/role mentions in
+output (no ping), and mentions in a thread's name (a member's nickname, not a raw ``<@id>``)."""
 
 from __future__ import annotations
 
@@ -109,3 +109,14 @@ def test_blank_lines_around_a_code_block_are_kept():
     text = "Here:\n\n```sh\nuptime\n```\n\nafter\n\n\nend"
     (sent,) = render(Message(tone="info", parts=[Text(text=text)]), GUILD_ID)
     assert sent.content == text
+
+
+async def test_an_id_in_a_links_address_is_not_made_a_mention(fake_discord, adapter):
+    """A graph's answer linking a trace (``...?trace=1234567890123456789&q=*errors*``) had the id in the
+    address turned into ``<@1234567890123456789>`` and the stars into bold: the link led nowhere. A link's
+    address is shown as written; an id in the prose around it is still a mention."""
+    link = "https://grafana.example.com/explore?trace=1234567890123456789&q=*errors*"
+    text = f"Slow request by 123456789012345678: {link} and [the same]({link})"
+    await adapter.send(delivery(1, Message(tone="info", parts=[Text(text=text)])))
+    (message,) = fake_discord.messages(GENERAL)
+    assert message.content == f"Slow request by <@123456789012345678>: {link} and [the same]({link})"
