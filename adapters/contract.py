@@ -27,6 +27,8 @@ def split_text(text: str, limit: int, size: Callable[[str], int] = len) -> list[
     ``"".join(split_text(text, limit)) == text``: nothing is lost or reordered. ``size`` is how
     the platform counts (Slack counts the escaped text: ``&`` is five characters there).
     """
+    if limit < 1:  # no piece could hold a character: the loop below would never end
+        raise ValueError(f"split_text needs a limit of at least 1, not {limit}")
     pieces: list[str] = []
     current, used = "", 0
     for line in text.splitlines(keepends=True):

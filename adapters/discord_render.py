@@ -166,7 +166,10 @@ def _segments(text: str) -> list[tuple[str | None, str, str]]:
             if prose:
                 segments.append((None, "".join(prose), ""))
                 prose = []
-            segments.append((opening, "".join(code).removesuffix("\n"), bare))
+            before = bare[:bare.rfind("```")]  # `last line```: the code's, not the fence's (a long one left no
+            if before.strip():                # room for the code in a message, and the split never ended)
+                code.append(before + "\n")
+            segments.append((opening, "".join(code).removesuffix("\n"), "```"))
             opening = None
         else:
             code.append(line)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from bot.messages import Location, Message, Text
 from bot.outbox import Delivery
 from tests.fake_discord import ALICE, BOB, BOT_ID, GENERAL, GUILD_ID, OPS, FakeMessage, member_json, snowflake, user_json
@@ -120,3 +122,26 @@ async def test_an_id_in_a_links_address_is_not_made_a_mention(fake_discord, adap
     await adapter.send(delivery(1, Message(tone="info", parts=[Text(text=text)])))
     (message,) = fake_discord.messages(GENERAL)
     assert message.content == f"Slow request by <@123456789012345678>: {link} and [the same]({link})"
+
+
+def test_a_code_block_whose_closing_line_is_long_is_split_and_nothing_is_lost() -> None:
+    """A block closed at the end of a long line (`...last line```, as a runbook's output or a pasted log may
+    end) took that whole line for the closing fence: no room was left for the code in a message, and the split
+    never ended, which would have held Baton's event loop for good."""
+    import threading
+
+    from adapters.contract import split_text
+    from adapters.discord_render import _text_blocks
+
+    text = "```\nfirst line\n" + "x" * 2500 + "```"
+    blocks: list[list[str]] = []
+    worker = threading.Thread(target=lambda: blocks.append(_text_blocks(text)), daemon=True)
+    worker.start()
+    worker.join(10)
+    assert blocks, "the split did not end"
+    [pieces] = blocks
+    assert all(len(piece) <= 2000 and piece.startswith("```") and piece.endswith("```") for piece in pieces), pieces
+    shown = "".join(piece.removeprefix("```\n").removesuffix("\n```") for piece in pieces)
+    assert shown.replace("\n", "") == "first line" + "x" * 2500  # every character, in its order
+    with pytest.raises(ValueError):
+        split_text("abc", 0)  # no piece could hold a character: refused, not an endless loop
