@@ -746,7 +746,7 @@ def _asked(user: discord.abc.User, request: str, note: str = "") -> str:
     (the request is handed in whole)."""
     head, tail = f"{user.mention} asked: `", "`" + (f"\n{note}" if note else "")
     room = min(ECHO_CHARS, CONTENT_CHARS - len(head) - len(tail))
-    shown = quoted_code(" ".join(f"/baton {request}".split()), room + 1)
+    shown = quoted_code(f"/baton {request}", room + 1)
     if len(shown) > room:
         shown = shown[:room - 1] + "…"
     return head + shown + tail

@@ -347,7 +347,7 @@ class SlackAdapter(Adapter):
         text = typed_text(body.get("text") or "").strip()
         # In Baton's name, in the channel: one line, in one code span (a backtick or a line break of the request's
         # own began text of Baton's: "done\n:white_check_mark: *Approved by bob*"), bidi controls shown
-        shown = quoted_code(" ".join(f"{body.get('command', '/baton')} {text}".split()), ECHO_CHARS)
+        shown = quoted_code(f"{body.get('command', '/baton')} {text}".strip(), ECHO_CHARS)
         try:
             anchor = await self.client.chat_postMessage(
                 channel=channel, text=f"<@{user}> asked: `{escape(shown)}`", unfurl_links=False, unfurl_media=False)

@@ -13,16 +13,13 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from bot.approvals import waiting_for, who_may_approve
 from bot.messages import first_line
 from bot.routing import CHOOSER, ROUTER
+from bot.threads import CANCELLED_BY
 from storage.models import Approval, DigestRun, Run, ThreadRecord
 
 MAX_LISTED = 10
 DIGEST_GRAPH = "digest"
-# The orchestrator's pseudo-graph of chatter a model routed nowhere: its runs hold what asking the model cost,
-# counted with the tokens, and are no requests (nor 0 ms turnarounds).
-ROUTING_GRAPH = ROUTER
-# A run ended by the `cancel` command is stored as failed with this error (``bot.orchestrator.CANCELLED_BY`` + who):
-# nothing broke, someone stopped it, so the digest counts it as cancelled, not among the failures.
-CANCELLED_BY = "cancelled by "
+# A run ended by the `cancel` command is stored as failed with ``CANCELLED_BY`` + who as its error: nothing broke,
+# someone stopped it, so the digest counts it as cancelled, not among the failures.
 
 
 def _cancelled() -> Any:
@@ -35,9 +32,15 @@ def _not_cancelled() -> Any:
 
 
 def _no_request(graph: str, status: str) -> bool:
-    """A run that is no request of its own: chatter routed nowhere, or a choice card the requester picked from
-    (the graph picked is the request's run; a card still waiting, or expired, is the request's only run)."""
-    return graph == ROUTING_GRAPH or (graph == CHOOSER and status == "done")
+    """A run that is no request of its own: chatter a model routed nowhere (``ROUTER``: its run holds what asking
+    the model cost, counted with the tokens), or a choice card the requester picked from (the graph picked is the
+    request's run; a card still waiting, or expired, is the request's only run). ``_requests()`` in SQL."""
+    return graph == ROUTER or (graph == CHOOSER and status == "done")
+
+
+def _requests() -> list[Any]:
+    """``not _no_request(Run.graph, Run.status)``, as a query's conditions."""
+    return [Run.graph != ROUTER, or_(Run.graph != CHOOSER, Run.status != "done")]
 
 
 async def collect(session: AsyncSession, platform: str, channel: str, start: datetime, end: datetime,
@@ -80,30 +83,27 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
         cost_known += costs
         with_tokens += tokened
 
-    requests = [*in_window, Run.graph != ROUTING_GRAPH, or_(Run.graph != CHOOSER, Run.status != "done")]
+    requests = [*in_window, *_requests()]
     # Turnarounds and waits of the requests that ended in the window, whenever they were asked for: one asked
     # last evening and approved this morning (the slowest, the longest wait) was in neither digest by its start.
     # Read by ix_runs_failed (platform, channel, status, finished_at): the window's ended runs only.
-    ended = [Run.platform == platform, Run.channel == channel, Run.status.in_(("done", "failed")),  # type: ignore[attr-defined]
-             Run.finished_at >= start, Run.finished_at < end]  # type: ignore[operator]
+    ended_in_window = [Run.platform == platform, Run.channel == channel,
+                       Run.finished_at >= start, Run.finished_at < end]  # type: ignore[operator]
     if graphs:
-        ended.append(Run.graph.in_(graphs))  # type: ignore[attr-defined]
+        ended_in_window.append(Run.graph.in_(graphs))  # type: ignore[attr-defined]
+    ended = [*ended_in_window, Run.status.in_(("done", "failed"))]  # type: ignore[attr-defined]
     waited = (await session.exec(select(func.sum(Run.waited_seconds)).where(*ended))).one()
     # a cancelled run has no result: no turnaround (its wait was still someone's wait)
-    finished = [*ended, Run.turnaround_ms.is_not(None), Run.graph != ROUTING_GRAPH,  # type: ignore[union-attr]
-                or_(Run.graph != CHOOSER, Run.status != "done"), _not_cancelled()]
+    finished = [*ended, Run.turnaround_ms.is_not(None), *_requests(), _not_cancelled()]  # type: ignore[union-attr]
     finished_count = (await session.exec(select(func.count()).select_from(Run).where(*finished))).one()
     turnaround = {"p50_ms": await _percentile(session, finished, finished_count, 0.50),
                   "p95_ms": await _percentile(session, finished, finished_count, 0.95), "count": finished_count}
 
     # The runs that failed in the window, whenever they started (one asked yesterday, approved and failed
     # today is today's failure; by its start it was in neither digest's list).
-    ended_here = [Run.platform == platform, Run.channel == channel, Run.status == "failed",
-                  Run.finished_at >= start, Run.finished_at < end]  # type: ignore[operator]
-    if graphs:
-        ended_here.append(Run.graph.in_(graphs))  # type: ignore[attr-defined]
-    cancelled_count = (await session.exec(select(func.count()).select_from(Run).where(*ended_here, _cancelled()))).one()
-    failed_here = [*ended_here, _not_cancelled()]
+    failed_in_window = [*ended_in_window, Run.status == "failed"]
+    cancelled_count = (await session.exec(select(func.count()).select_from(Run).where(*failed_in_window, _cancelled()))).one()
+    failed_here = [*failed_in_window, _not_cancelled()]
     failure_count = (await session.exec(select(func.count()).select_from(Run).where(*failed_here))).one()
     failures = [
         {"graph": graph, "error": (error or "failed").splitlines()[0][:200], "channel": c, "thread": t}

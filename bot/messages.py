@@ -15,6 +15,7 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL, and surrogates (in a str
 
 
 _BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
+_LINE_BREAKS = re.compile("[ \t]*[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+[ \t]*")  # what str.splitlines() splits at
 
 
 def quoted(text: str, limit: int = 60) -> str:
@@ -30,9 +31,10 @@ def first_line(text: str, limit: int = 80) -> str:
 
 
 def quoted_code(text: str, limit: int = 60) -> str:
-    """``quoted``, for a quote put in `code`: a backtick of its own, which would end the code span and show
-    what follows (**bold**, [a link](https://...)) as Baton's own words, is shown as U+02CB (ˋ)."""
-    return quoted(text, limit).replace("`", "\u02cb")
+    """``quoted``, for a quote put in `code`, on one line: a backtick of its own, which would end the code span
+    and show what follows (**bold**, [a link](https://...)) as Baton's own words, is shown as U+02CB (ˋ), and
+    its line breaks as spaces (a second line, ":white_check_mark: *Approved by bob*", read as Baton's own)."""
+    return quoted(_LINE_BREAKS.sub(" ", text), limit).replace("`", "\u02cb")
 
 
 def storable(value: str) -> str:

@@ -66,7 +66,6 @@ PROGRESS_LINES = 20  # the latest progress lines a run's progress message shows
 # itself may be what stops Baton (os._exit in a node, the memory it takes), at every start of every replica.
 MAX_TAKEOVERS = 3
 CUT_OFF_SECONDS = 1.0  # past the grace, what the runs' last checkpoint writes get before they are refused
-CANCELLED_BY = "cancelled by "  # + who: a cancelled run's error, which a later cancel of it reads
 CANCEL_LOOK_SECONDS = 0.5  # how often a stopping Baton looks for cancels of the runs in their grace
 STOP_GRACE_SECONDS = 8.0  # what a stopping Baton waits for events being handled (uvicorn's own grace is 10 s)
 
@@ -301,7 +300,7 @@ class Orchestrator:
         seconds = (utcnow() - run.started_at).total_seconds()
         await self._finish_run(run, record, event, "failed", replies.cancelled(self._asked_for(run), cancel.user, seconds,
                                                                                at_cards=at_cards),
-                               CANCELLED_BY + cancel.user, services, cancel=cancel)
+                               threads.CANCELLED_BY + cancel.user, services, cancel=cancel)
 
     async def _handle_cancel(self, event: InboundEvent, record: ThreadRecord) -> None:
         """A cancel the drain takes (before the requests queued in the thread): the run it was for is not
@@ -327,9 +326,9 @@ class Orchestrator:
             return await self._end_cancelled(run, record, event, event, at_cards=bool(waiting))
         if run_id is None:
             return await self._withdraw_queued(event)
-        if run is not None and (run.error or "").startswith(CANCELLED_BY):
+        if run is not None and (run.error or "").startswith(threads.CANCELLED_BY):
             return await self._finish_event(event, "cancelled already", replies.cancelled_already(
-                run.error.removeprefix(CANCELLED_BY)))  # type: ignore[union-attr]
+                run.error.removeprefix(threads.CANCELLED_BY)))  # type: ignore[union-attr]
         await self._finish_event(event, "nothing to cancel", replies.cancel_too_late())
 
     async def _withdraw_queued(self, event: InboundEvent) -> None:
@@ -761,7 +760,7 @@ class Orchestrator:
             run = await self._insert_run(session, event, record, CHOOSER, text, None, text[:120], usage, status="waiting")
             approval = Approval(kind="choice", run_id=run.id, thread_record_id=record.id,  # type: ignore[arg-type]
                                 interrupt_id=f"choice:{uuid.uuid4().hex}", graph=CHOOSER,
-                                summary=f"Which of these did you mean by `{quoted_code(' '.join(text.split()), 300)}`?",
+                                summary=f"Which of these did you mean by `{quoted_code(text, 300)}`?",
                                 details={"text": text, "options": options}, risk="low", approvers=[event.user],
                                 requested_by=event.user)
             session.add(approval)
@@ -1204,13 +1203,14 @@ class Orchestrator:
         A failed run's cards still waiting expire with it. ``cancel``: the event that stopped the run, closed with
         it; an effect the run had started was cut off by that, not left in doubt. ``cancel`` may be ``event``:
         a run whose replica stopped, ended by a cancel (its effects are left as they were, in doubt)."""
+        asked = await self._asked_at(run, event)  # before the write transaction: it may read the request's event
         now = utcnow()
         async with (services.session() if services is not None else self.db.session()) as session:
             if cancel is not None:
                 if cancel.id != event.id:  # stopped here while it ran (else its replica had stopped: in doubt)
                     await session.exec(_CLOSE_EVENT, params={  # type: ignore[call-overload]
                         "closed_id": cancel.id, "closed_as": f"cancelled run {run.id}", "now": now})
-                    cut_off = f"{CANCELLED_BY}{cancel.user} while it ran"
+                    cut_off = f"{threads.CANCELLED_BY}{cancel.user} while it ran"
                     started = (await session.exec(select(Effect.name).where(  # type: ignore[call-overload]
                         Effect.run_id == run.id, Effect.status == "started"))).all()
                     await session.exec(update(Effect).where(  # type: ignore[arg-type]
@@ -1230,7 +1230,7 @@ class Orchestrator:
                 await session.exec(_FORGET_REQUEST, params={"record_id": record.id})  # type: ignore[call-overload]
             await session.exec(_FINISH_RUN, params={  # type: ignore[call-overload]
                 "run_id": run.id, "status": status, "now": now, "error": error, "waited": waited,
-                "turnaround_ms": int((now - await self._asked_at(run, event)).total_seconds() * 1000)})
+                "turnaround_ms": int((now - asked).total_seconds() * 1000)})
             await session.exec(_FINISH_THREAD, params={  # type: ignore[call-overload]
                 "record_id": record.id, "status": status, "now": now, "result": message.plain_text()[:2000]})
             reply = await self.outbox.enqueue_claimed(session, threads.location_of(record), message,
@@ -1247,9 +1247,9 @@ class Orchestrator:
         if asked is None and run.inbound_id is not None:  # ended by a click, a cancel, a takeover: read once
             async with self.db.read() as session:
                 asked = await session.get(InboundEvent, run.inbound_id)
-        if asked is None or asked.kind != "message":  # a run a choice card's click started began with it
+        if asked is None:
             return run.started_at
-        return min(asked.received_at, run.started_at)
+        return threads.asked_at(run.started_at, asked.received_at, asked.kind)
 
     async def _finish_event(self, event: InboundEvent, outcome: str, reply: Message | None = None,
                             *, ephemeral: bool = False, failed: str | None = None, spent: Any = None) -> None:
@@ -1266,7 +1266,8 @@ class Orchestrator:
                 broken = (await session.exec(select(Run).where(
                     Run.thread_record_id == event.thread_record_id, Run.status == "running"))).all()
                 for run in broken:  # with its turnaround, or the histogram leaves out what the counters count
-                    asked = min(event.received_at, run.started_at) if event.id == run.inbound_id else run.started_at
+                    mine = event.id == run.inbound_id  # else the run's start: no read in this transaction
+                    asked = threads.asked_at(run.started_at, event.received_at if mine else None, event.kind)
                     await session.exec(update(Run).where(Run.id == run.id, Run.status == "running").values(  # type: ignore[arg-type]
                         status="failed", error=failed, finished_at=now,
                         turnaround_ms=int((now - asked).total_seconds() * 1000)))

@@ -24,7 +24,7 @@ from sqlalchemy import DateTime, bindparam, func, update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot import audit, kit
+from bot import audit, kit, threads
 from bot.approvals import waiting_for
 from bot.config import BatonConfig
 from bot.messages import Location, Message, first_line, quoted
@@ -378,7 +378,7 @@ class RunServices:
         )).all()
         asked: dict[int, datetime] = {}
         for record_id, started, received, kind in rows:
-            when = min(received, started) if kind == "message" and received is not None else started
+            when = threads.asked_at(started, received, kind)
             asked[record_id] = min(when, asked.get(record_id, when))
         return asked
 

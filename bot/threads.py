@@ -27,6 +27,7 @@ _FIND = prepared(select(ThreadRecord).where(
 _PENDING = select(InboundEvent).where(InboundEvent.thread_record_id == bindparam("record_id"),
                                       InboundEvent.status == "pending")
 CANCEL_KIND = "cancel"  # an inbound event that asks to stop the run it names (``Orchestrator._cancel_kind``)
+CANCELLED_BY = "cancelled by "  # + who: the error of a run a cancel ended (a later cancel and the digests read it)
 # Clicks and cancels do not wait their turn behind requests, and are taken while the thread waits at a card (a
 # cancel left behind a run that reached its card, or that ended, hit what ran next). No IN list: prepared.
 URGENT = or_(InboundEvent.kind == "click", InboundEvent.kind == CANCEL_KIND)
@@ -179,6 +180,12 @@ async def next_event(session: Transaction, record: ThreadRecord) -> InboundEvent
     Messages wait while the thread waits for approval: they are handled after the run.
     """
     return await next_event_of(session, record.id, record.status)  # type: ignore[arg-type]
+
+
+def asked_at(started: datetime, received: datetime | None, kind: str | None) -> datetime:
+    """When a run's request was asked, from the run's start and its inbound event's arrival and kind: the message's
+    arrival (time queued behind another run is part of its wait), else the run's start (a choice card's click)."""
+    return min(received, started) if kind == "message" and received is not None else started
 
 
 async def has_pending(session: Transaction, record_id: int) -> bool:

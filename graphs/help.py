@@ -50,9 +50,8 @@ def answer(state: HelpState) -> HelpState:
         shown = [f"`{example}`" for example in named]
         meant = f" Did you mean {' or '.join([', '.join(shown[:-1]), shown[-1]] if len(shown) > 1 else shown)}?" \
             if named else ""
-        # As code, on one line: quoted as written, a line of it could pass for Baton's own ("*Approved by bob*")
-        asked = quoted_code(" ".join(unknown.split()), 200)
-        parts.append({"kind": "text", "text": f"I don't know how to handle `{asked}` yet.{meant}"})
+        # as code, on one line: quoted as written, a line of it could pass for Baton's own ("*Approved by bob*")
+        parts.append({"kind": "text", "text": f"I don't know how to handle `{quoted_code(unknown, 200)}` yet.{meant}"})
         if context.model is None:  # plain words are the model's to read: without one, only the commands below work
             parts.append({"kind": "note", "text": "Requests in plain language need a language model, and none is "
                                                   "configured (`BATON_MODEL`); the commands below work without one."})

@@ -29,7 +29,7 @@ async def report(state: StatusState) -> StatusState:
     threads = await current().channel_activity()
     # "status ops" asked in #general: it was answered with #general's status as if nothing had been said
     asked = state.get("text", "").strip()
-    unused = [{"kind": "note", "text": f"`status` shows this channel only; `{quoted_code(' '.join(asked.split()), 100)}` was not used."}] \
+    unused = [{"kind": "note", "text": f"`status` shows this channel only; `{quoted_code(asked, 100)}` was not used."}] \
         if asked else []
     if not threads:
         return {"reply": {"title": "Status", "tone": "info", "parts": [
