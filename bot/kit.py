@@ -24,6 +24,7 @@ import json
 import os
 import queue
 import threading
+import unicodedata
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -171,6 +172,8 @@ def approve(
     if approvers is not None and not all(isinstance(name, str) for name in approvers):
         raise TypeError(f"approve(): approvers must be user ids (text), not {approvers!r}")
     nobody = approvers is not None and not approvers  # the graph's own empty list (a runbook's comes from baton.yaml)
+    # The graph's own approvers, as baton.yaml checks its own at start: a name no click matches waited a day.
+    misnamed = next(filter(None, map(_approver_problem, approvers or [])), None)
     if runbook is not None:
         if approvers is not None:
             raise ValueError("approve(): give approvers or a runbook whose approvers decide, not both")
@@ -189,11 +192,26 @@ def approve(
         if nobody:  # the card waited for good, and a click was told "add `approvers` in baton.yaml"
             raise ValueError("approve(): approvers is empty, so nobody could approve: name them, or leave approvers "
                              "out for the graph's approvers from baton.yaml") from None
+        if misnamed is not None:
+            raise ValueError(f"approve(): {misnamed}") from None
         context = _current.get(None)
         if context is not None:
             asked(context).append(str(summary))
         raise
     return Decision.from_resume(value)
+
+
+def _approver_problem(name: str) -> str | None:
+    """What is wrong with an approver a graph named (as baton.yaml says of its own), or ``None``."""
+    if not name.strip():
+        return "an approver is empty: remove it, or write the user id"
+    if name != name.strip():
+        return f"the approver '{name}' has spaces around it: write '{name.strip()}'"
+    hidden = next((c for c in name if unicodedata.category(c) in ("Cf", "Cc")), None)
+    if hidden is not None:  # pasted from a document: it looks like the id, and never matches it
+        shown = "".join(c for c in name if unicodedata.category(c) not in ("Cf", "Cc"))
+        return f"the approver '{shown}' holds an invisible character (U+{ord(hidden):04X}): write the id again by hand"
+    return None
 
 
 _asked: weakref.WeakKeyDictionary[RunContext, list[str]] = weakref.WeakKeyDictionary()
