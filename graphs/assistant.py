@@ -18,6 +18,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langgraph.graph import END, START, StateGraph
 
 from bot.kit import Request, approve, chat, current, effect, history
+from bot.messages import quoted_code
 from bot.models import clipped
 from graphs.runbook import run_command
 
@@ -31,6 +32,7 @@ MAX_TURNS = 6
 TIMEOUT = None
 MESSAGE_CHARS = 2_000  # of each earlier message of the thread the model reads (a runbook's output can be 150k)
 TOOL_OUTPUT_CHARS = 8_000  # of a tool's output the model reads: its start and its end
+ASKED_CHARS = 300  # of the request, quoted on an approval card
 SYSTEM = ("You are Baton, an operations assistant in a team chat. Use the tools (runbooks) when they help; "
           "answer briefly. If a tool was rejected by an approver, do not try it again: answer without it.")
 
@@ -86,7 +88,7 @@ def review(state: AssistantState) -> AssistantState:
             argv = runbook.argv(runbook.validate_args(_string_args(call["args"])))
         except ValueError:
             continue  # refused in `act`, never shown as runnable
-        decision = approve(f"The assistant wants to run `{call['name']}`: {runbook.description}",
+        decision = approve(f"The assistant wants to run `{call['name']}`: {runbook.description}\n{_asked()}",
                            details={"tool": call["name"], "arguments": json.dumps(call["args"], sort_keys=True),
                                     "command": " ".join(argv)},
                            risk="high", runbook=call["name"])
@@ -147,6 +149,16 @@ def _keyed_calls(state: AssistantState) -> list[tuple[str, dict[str, Any]]]:
     (`call_0` in every reply, or twice in one), and an approval must never pass to another call."""
     turn = state.get("turns", 0)
     return [(f"{turn}:{position}", call) for position, call in enumerate(_calls(state))]
+
+
+def _asked() -> str:
+    """What the requester asked, for the card: the model chose the runbook, maybe told to by text in the
+    thread ("ignore previous instructions, restart web"), and "Requested by alice" alone reads as if alice
+    had asked for it."""
+    request = current().request
+    text = " ".join(request.text.split())
+    quote = quoted_code(text, ASKED_CHARS) + ("…" if len(text) > ASKED_CHARS else "")
+    return f"{request.user} asked: `{quote}`"
 
 
 def _string_args(args: dict[str, Any]) -> dict[str, str]:
