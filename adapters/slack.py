@@ -205,16 +205,20 @@ class SlackAdapter(Adapter):
         if not auth.get("bot_id"):
             raise StartFailed(f"SLACK_BOT_TOKEN is not a bot token (it signs in as the person {auth.get('user')}): "
                               "use the Bot User OAuth Token (xoxb-...) from the app's OAuth & Permissions page")
+        self._signed_in(auth)
+        log.info("Slack: signed in as %s (%s) in %s", auth.get("user"), self.bot_user_id, auth.get("team"))
+        await super().start()
+        if self._app_token is not None:
+            await self._connect_socket_mode(self._app_token)
+
+    def _signed_in(self, auth: AsyncSlackResponse) -> None:
+        """What ``auth.test`` said of Baton: its user (to see itself mentioned), the workspace's address."""
         self._share_sign_in(auth)
         self.bot_user_id = auth["user_id"]
         self.team_url = str(auth.get("url") or "https://slack.com/")
         if not self.team_url.endswith("/"):
             self.team_url += "/"
         self._mention = re.compile(rf"<@{re.escape(self.bot_user_id)}(?:\|[^>]*)?>[:,]?")
-        log.info("Slack: signed in as %s (%s) in %s", auth.get("user"), self.bot_user_id, auth.get("team"))
-        await super().start()
-        if self._app_token is not None:
-            await self._connect_socket_mode(self._app_token)
 
     def _share_sign_in(self, auth: AsyncSlackResponse) -> None:
         """Hand Bolt the ``auth.test`` answer of the start. Bolt otherwise asks again at the first request,

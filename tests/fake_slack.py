@@ -70,6 +70,7 @@ class FakeMessage:
     history: list[list[dict[str, Any]]] = field(default_factory=list)
     username: str | None = None  # an incoming webhook's or a legacy bot's name
     metadata: dict[str, Any] | None = None  # chat.postMessage's ``metadata`` (event_type, event_payload)
+    files: list[dict[str, Any]] | None = None  # files shared with the message (a person's upload), as Slack lists them
 
 
 class FakeSlack(BackgroundServer):
@@ -174,7 +175,7 @@ class FakeSlack(BackgroundServer):
         """Keep a person's message (an event sent to Baton) the way Slack keeps it, for conversations.*."""
         message = FakeMessage(channel=event["channel"], ts=event["ts"], thread_ts=event.get("thread_ts"),
                               text=event.get("text", ""), blocks=[], user=event.get("user", ""),
-                              bot_id=event.get("bot_id"), username=event.get("username"))
+                              bot_id=event.get("bot_id"), username=event.get("username"), files=event.get("files"))
         with self._lock:
             self._messages.append(message)
 
@@ -348,6 +349,8 @@ class FakeSlack(BackgroundServer):
             shown["username"] = message.username
         if message.thread_ts:
             shown["thread_ts"] = message.thread_ts
+        if message.files:
+            shown["files"] = message.files
         return shown
 
     def _files_getUploadURLExternal(self, args: dict[str, Any]) -> dict[str, Any]:
