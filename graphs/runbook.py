@@ -135,7 +135,8 @@ async def run_command(argv: list[str], timeout: float) -> dict[str, Any]:
     The command runs in a session of its own. When it outlasts ``timeout``, or the run is stopped
     (Baton stopping), its whole process group is killed, children included. Only the first
     ``MAX_OUTPUT_BYTES`` are kept: the rest is read and counted, so a command printing without end
-    neither fills Baton's memory nor blocks on a full pipe.
+    neither fills Baton's memory nor blocks on a full pipe. The run ends when the command does: a process
+    it left running in the background (``worker &``) is left alone, and not waited for.
     """
     read_end, write_end = os.pipe()
     try:
@@ -153,22 +154,26 @@ async def run_command(argv: list[str], timeout: float) -> dict[str, Any]:
     reader = asyncio.StreamReader()
     transport, _ = await asyncio.get_running_loop().connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_end, "rb", buffering=0))
+    reading = asyncio.ensure_future(_read_all(reader, output))
     timed_out = False
     try:
         try:
-            await asyncio.wait_for(_read_then_wait(reader, output, process), timeout)
+            await asyncio.wait_for(process.wait(), timeout)  # a command may close its output early and go on
         except TimeoutError:
             timed_out = True
             _kill_group(process.pid)
-            try:  # what it wrote before the kill; a descendant that left the group may hold the pipe open
-                await asyncio.wait_for(_read_all(reader, output), KILL_GRACE_SECONDS)
-            except TimeoutError:
-                pass
             await process.wait()
+        # what is left in the pipe; a process the command left running (`worker &`, or one that escaped the
+        # group kill with setsid) may hold it open for good: the run does not wait for that one
+        await asyncio.wait({reading}, timeout=KILL_GRACE_SECONDS)
+        if not reading.done() and not timed_out:
+            output.note("[a process it left running in the background still holds the output open: "
+                        "what it writes is not shown]")
     except BaseException:  # the run stopped (Baton stopping): the command must not outlive it
         _kill_group(process.pid)
         raise
     finally:
+        reading.cancel()
         transport.close()
     return {"exit_code": process.returncode, "output": output.text(), "timed_out": timed_out}
 
@@ -190,6 +195,11 @@ class _Output:
     def __init__(self) -> None:
         self.kept = bytearray()
         self.total = 0
+        self.notes: list[str] = []
+
+    def note(self, line: str) -> None:
+        """A line said after the output, about it."""
+        self.notes.append(line)
 
     def add(self, chunk: bytes) -> None:
         self.total += len(chunk)
@@ -202,7 +212,7 @@ class _Output:
         text = readable(decoded).rstrip()
         if self.total > MAX_OUTPUT_BYTES:
             text += f"\n[output truncated: {self.total:,} bytes, first {MAX_OUTPUT_BYTES:,} shown]"
-        return text
+        return "\n".join([text, *self.notes]) if text else "\n".join(self.notes)
 
 
 def _binary(decoded: str) -> bool:
@@ -216,11 +226,6 @@ def _binary(decoded: str) -> bool:
 async def _read_all(reader: asyncio.StreamReader, output: _Output) -> None:
     while chunk := await reader.read(_CHUNK_BYTES):
         output.add(chunk)
-
-
-async def _read_then_wait(reader: asyncio.StreamReader, output: _Output, process: asyncio.subprocess.Process) -> None:
-    await _read_all(reader, output)
-    await process.wait()  # a command may close its output early and go on running
 
 
 def _kill_group(pid: int) -> None:

@@ -1,0 +1,35 @@
+"""Runbook commands as operators write them, second hunt: a command leaving a process in the background,
+terminal output from scripts (tput, spinners), and baton.yaml slips (an argument the command never uses,
+a timeout written as `5m`)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from graphs.runbook import run_command
+from tests.support import alive
+
+
+def _kill(pidfile: Path) -> None:
+    if pidfile.exists() and pidfile.read_text().strip() and alive(pid := int(pidfile.read_text())):
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_a_command_that_leaves_a_process_in_the_background_finishes_when_it_exits(tmp_path: Path) -> None:
+    """`start-worker` ran `worker &` and exited 0; the worker kept the output open, so the run waited for
+    it until the runbook's timeout, said "timed out ... and was stopped", and killed the worker it started."""
+    pidfile = tmp_path / "worker"
+    script = f"sleep 60 & echo $! > {pidfile}; echo worker started"
+    try:
+        result = asyncio.run(asyncio.wait_for(run_command(["sh", "-c", script], 30), 20))
+        assert not result["timed_out"] and result["exit_code"] == 0, result
+        assert result["output"].startswith("worker started\n[a process it left running"), result["output"]
+        assert alive(int(pidfile.read_text()))  # what it started in the background is its business
+    finally:
+        _kill(pidfile)
