@@ -510,13 +510,13 @@ class Orchestrator:
 
     async def sweep(self) -> int:
         """Schedule every thread that has old pending events and no live lease (crash recovery)."""
-        now = utcnow()
-        ids = (await self.db.fetch(_ORPHANED_THREADS, {
-            "now": now, "received_before": now - timedelta(seconds=SWEEP_AFTER_SECONDS)})).all()
+        ids = (await self.db.fetch(_ORPHANED_THREADS, {  # leases on the database's clock, events on ours (_claim)
+            "now": self.db.now(), "received_before": utcnow() - timedelta(seconds=SWEEP_AFTER_SECONDS)})).all()
         for record_id in ids:
             self._schedule(record_id)  # type: ignore[arg-type]
         if self._running:  # a cancel stored by another replica for a run of this one
             await self.apply_cancels()
+        await self.db.read_clock()  # once a minute: a clock set meanwhile (NTP) is not taken for a lease's end
         return len(ids)
 
     async def expire_approvals(self) -> int:

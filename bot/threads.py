@@ -2,7 +2,8 @@
 
 The lease is a row-level compare-and-set on ``thread_records`` (``lease_owner``/``lease_until``):
 atomic under PostgreSQL's row locks and SQLite's write lock alike, so it holds across processes
-and replicas, and a crashed holder's lease simply expires.
+and replicas, and a crashed holder's lease simply expires. Its times are the database's
+(``Database.now``): replicas whose clocks differ by minutes still agree on when a lease runs out.
 """
 
 from __future__ import annotations
@@ -103,12 +104,12 @@ class Leases:
         self.seconds = seconds
 
     def lease_for_new_thread(self) -> tuple[str, datetime]:
-        return self.owner, utcnow() + timedelta(seconds=self.seconds)
+        return self.owner, self._db.now() + timedelta(seconds=self.seconds)
 
     def still_fresh(self, record: ThreadRecord) -> bool:
         """Whether ``record``'s lease, taken by this process, has most of its time left (else ``take`` again)."""
         return (record.lease_owner == self.owner and record.lease_until is not None
-                and record.lease_until - utcnow() > timedelta(seconds=self.seconds / 2))
+                and record.lease_until - self._db.now() > timedelta(seconds=self.seconds / 2))
 
     async def take(self, record_id: int) -> Work | None:
         """The lease and the next event, or ``None`` if another writer holds it or nothing waits.
@@ -116,7 +117,8 @@ class Leases:
         A lease this process already holds counts as free: the orchestrator drains a thread once
         at a time in a process, and a thread made with its lease held (``create``) is taken so.
         """
-        now = utcnow()
+        await self._db.read_clock(unless_read=True)  # a process's first lease: no connection may have read it yet
+        now = self._db.now()
         async with self._db.session() as session:
             taken = await session.exec(_TAKE, params={  # type: ignore[call-overload]
                 "record_id": record_id, "now": now, "owner": self.owner, "until": now + timedelta(seconds=self.seconds)})
@@ -158,7 +160,7 @@ class Leases:
     async def keep(self, session: Transaction, record_id: int) -> bool:
         """Extend our lease, in the caller's transaction; false when it is no longer ours."""
         kept = await session.exec(_RENEW, params={  # type: ignore[call-overload]
-            "record_id": record_id, "owner": self.owner, "until": utcnow() + timedelta(seconds=self.seconds)})
+            "record_id": record_id, "owner": self.owner, "until": self._db.now() + timedelta(seconds=self.seconds)})
         return bool(kept.rowcount)
 
     async def give_back_when_idle(self, session: Transaction, record_id: int, status: str) -> bool:

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
@@ -29,7 +29,7 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from storage.sqlite_inline import InlineSession, SQLiteWriter, inline_connector, read_prepared, write_session
-from storage.models import M, loaded
+from storage.models import M, loaded, utcnow
 from storage.sqlite_prepared import PREPARED, PreparedResult
 
 
@@ -231,6 +231,37 @@ class DatabaseHealth:
         return f"the database cannot be reached since {self.since.isoformat(timespec='seconds')}: {reason}"
 
 
+CLOCK_READ_SECONDS = 60.0  # how often a PostgreSQL database's clock is read again (``Database.read_clock``)
+
+
+class DatabaseClock:
+    """The database server's time, as this process reckons it from its own clock and the offset it last read.
+
+    Replicas compare times each other wrote (a thread's lease, ``lease_until``): on each one's own clock, a
+    replica whose clock was minutes ahead took every lease another held, and one behind wrote leases every
+    other replica found long run out. The server's clock is the one clock they share. Its offset is read when
+    a connection is opened and once a minute after (no statement more per request); SQLite's processes share
+    their machine's clock, so its offset stays nought."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+        self.read_at: float | None = None  # ``time.monotonic()`` of the last reading
+
+    def now(self) -> datetime:
+        return utcnow() + self.offset
+
+    def due(self) -> bool:
+        return self.read_at is None or time.monotonic() - self.read_at >= CLOCK_READ_SECONDS
+
+    def learn(self, server_now: datetime, asked: datetime, answered: datetime) -> None:
+        """Take the server's ``server_now``, read between ``asked`` and ``answered`` on this process's clock."""
+        self.offset = server_now - (asked + (answered - asked) / 2)
+        self.read_at = time.monotonic()
+
+
+_SERVER_NOW = "SELECT statement_timestamp()"
+
+
 # A write transaction: an AsyncSession on PostgreSQL, its synchronous stand-in on SQLite (same methods).
 Transaction = AsyncSession | InlineSession
 
@@ -419,6 +450,8 @@ class Database:
             self._reads = self._scans = self._writes[0]
             for engine in self._async_engines:  # a connection handed out has answered its pre-ping: it is back
                 event.listen(engine.sync_engine.pool, "checkout", self._answered)
+            event.listen(durable.sync_engine.pool, "connect", self._read_clock_on)
+        self.clock = DatabaseClock()
 
     @functools.cached_property
     def sqlite_writer(self) -> SQLiteWriter:
@@ -431,6 +464,32 @@ class Database:
 
     def _answered(self, *_checkout: Any) -> None:
         self.health.reached()
+
+    def now(self) -> datetime:
+        """The database's time (``DatabaseClock``): what leases are written and compared with."""
+        return self.clock.now()
+
+    def _read_clock_on(self, connection: Any, _record: Any) -> None:
+        """Read the server's clock on a connection just opened: before this process takes its first lease."""
+        asked = utcnow()
+        cursor = connection.cursor()
+        try:
+            cursor.execute(_SERVER_NOW)
+            server_now = cursor.fetchone()[0]
+        finally:
+            cursor.close()
+        self.clock.learn(server_now, asked, utcnow())
+
+    async def read_clock(self, *, unless_read: bool = False) -> None:
+        """Read the database's clock again when the last reading is a minute old (a clock set meanwhile);
+        ``unless_read``: only if it was never read (no connection opened yet)."""
+        if self._writers is not None or not self.clock.due() or (unless_read and self.clock.read_at is not None):
+            return
+        async with self.read() as session:
+            await session.connection()  # checked out (and pinged) first: the reading brackets the statement alone
+            asked = utcnow()
+            server_now = (await session.exec(text(_SERVER_NOW))).one()[0]  # type: ignore[call-overload]
+            self.clock.learn(server_now, asked, utcnow())
 
     @property
     def is_sqlite(self) -> bool:
