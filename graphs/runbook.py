@@ -235,7 +235,9 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-_TERMINAL_CODES = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])")
+# CSI (colours, cursor), OSC (a title, a link), and the rest: ESC, intermediate bytes, one final byte (ESC ( B of
+# `tput sgr0`, ESC 7 and ESC 8 that save and restore the cursor, ESC = and ESC >)
+_TERMINAL_CODES = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[ -/]*[0-~])")
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 

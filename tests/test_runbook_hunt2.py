@@ -33,3 +33,12 @@ def test_a_command_that_leaves_a_process_in_the_background_finishes_when_it_exit
         assert alive(int(pidfile.read_text()))  # what it started in the background is its business
     finally:
         _kill(pidfile)
+
+
+def test_escape_sequences_scripts_print_with_tput_are_dropped() -> None:
+    """A script coloured with tput (RESET=$(tput sgr0) writes ESC ( B, a character set choice) or saving the
+    cursor (ESC 7, ESC 8, as apt's progress does) posted "\ufffd(B" and "\ufffd7" in its output."""
+    from graphs.runbook import readable
+    assert readable("\x1b[32mok\x1b(B\x1b[m done") == "ok done"
+    assert readable("\x1b7\x1b[0;24r\x1b8Progress: 40%\x1b=\x1b>") == "Progress: 40%"
+    assert readable("\x1b#8\x1b%G\x1b)0end") == "end"
