@@ -21,7 +21,8 @@ from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlalchemy.engine import make_url
 
-from storage.db import is_sqlite, pg_connect_params, sqlite_path
+from storage.db import SQLITE_BUSY_SECONDS, is_sqlite, pg_connect_params, sqlite_path
+from storage.wal import use_wal_async
 
 log = logging.getLogger(__name__)
 RECONNECT_GIVE_UP_SECONDS = 4.0
@@ -150,7 +151,7 @@ async def open_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
     if is_sqlite(url):
         connection = await aiosqlite.connect(sqlite_checkpoint_path(url), timeout=30)
         try:
-            await connection.execute("PRAGMA journal_mode=WAL")
+            await use_wal_async(connection.execute, SQLITE_BUSY_SECONDS)  # replicas started together on a new file
             await connection.execute("PRAGMA busy_timeout=30000")
             saver = AsyncSqliteSaver(connection)
             await saver.setup()

@@ -14,6 +14,7 @@ from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, event, inspect, text
 
 from storage.db import SQLITE_BUSY_SECONDS, is_sqlite, sync_url
+from storage.wal import use_wal
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _PG_MIGRATION_LOCK = 0x62617430  # "bat0": one replica migrates, the others wait for it
@@ -158,7 +159,7 @@ def _migration_engine(url: str) -> Engine:
         # rollback mode and switched by Baton's own connections, whose PRAGMA needs the lock and may not wait
         # (busy_timeout=0 on the event loop): with another process migrating or writing it ("database is
         # locked"), replicas started together on a new file failed their first reads with a traceback.
-        dbapi_connection.execute("PRAGMA journal_mode=WAL")
+        use_wal(dbapi_connection, SQLITE_BUSY_SECONDS)
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
