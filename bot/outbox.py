@@ -34,7 +34,7 @@ import logging
 from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -57,6 +57,17 @@ MAX_RETRY_SECONDS = 3600.0
 # The claim's statements are built once, with bound parameters: building them (and their cache
 # keys) on every poll cost more CPU than running them.
 _NOW = bindparam("now", type_=DateTime())
+# A wait Baton sets ends at most ``MAX_RETRY_SECONDS`` (a 429's hold, a retry) or a channel's pace ahead. A pace,
+# hold or retry time further ahead was set on a clock that was ahead: another replica's, or this machine's before
+# it was set back (NTP correcting a virtual machine after it resumed). It counts as come: waited for, it kept the
+# channel (every message of it, from every replica) silent until the clock caught up, hours or days later.
+# Its default (no such bound) is for callers that give none.
+_LATEST = bindparam("latest", datetime(9999, 1, 1, tzinfo=UTC), type_=DateTime())
+
+
+def latest_wait(now: datetime, pace_seconds: float = 0.0) -> datetime:
+    """The furthest ahead of ``now`` that a wait Baton set may end (``_LATEST``)."""
+    return now + timedelta(seconds=MAX_RETRY_SECONDS + max(pace_seconds, 0.0))
 
 
 def _claimable(rows: Any) -> Any:
@@ -163,7 +174,8 @@ def _due_statement(limit: int) -> Any:
     # A channel whose pace allows no message yet: its rows would fill the LIMIT, and a backlog in one
     # channel starved every other channel (the claim took one row a channel of the first ``limit``).
     paced_out = exists().where(ChannelPace.platform == OutboxMessage.platform,
-                               ChannelPace.channel == OutboxMessage.channel, ChannelPace.next_at > _NOW)
+                               ChannelPace.channel == OutboxMessage.channel, ChannelPace.next_at > _NOW,
+                               ChannelPace.next_at <= _LATEST)
     # The status IN first: with only the OR of ``_CLAIMABLE``, SQLite walked every row the platform ever
     # sent (through ix_outbox_thread), so an idle poll cost grew with the outbox's whole history.
     unsent = OutboxMessage.status.in_(_UNSENT)  # type: ignore[attr-defined]
@@ -412,7 +424,8 @@ class Outbox:
 
     async def claim(self, platform: str, worker: str, *, limit: int = 20, pace_seconds: float = 0.0) -> list[Delivery]:
         now = utcnow()
-        due, due_params = _due_statement(limit), {"platform": platform, "now": now}
+        due = _due_statement(limit)
+        due_params = {"platform": platform, "now": now, "latest": latest_wait(now, pace_seconds)}
         # Idle polling never takes the write lock, nor does a row this version cannot read (it would, every poll).
         if not self._worth_claiming((await self._db.fetch(due, due_params)).all(), limit):
             return []
@@ -544,7 +557,8 @@ class Outbox:
                             ["platform", "channel"])
         result = await session.exec(
             update(ChannelPace)
-            .where(ChannelPace.platform == platform, ChannelPace.channel == channel, ChannelPace.next_at <= now)  # type: ignore[arg-type]
+            .where(ChannelPace.platform == platform, ChannelPace.channel == channel,  # type: ignore[arg-type]
+                   or_(ChannelPace.next_at <= now, ChannelPace.next_at > latest_wait(now, pace_seconds)))  # type: ignore[arg-type]
             .values(next_at=now + timedelta(seconds=pace_seconds))
         )
         return bool(result.rowcount)
@@ -568,7 +582,8 @@ class Outbox:
         Retry-After), for its channel, not only this message: no other message goes there before then.
         The wait is at most ``MAX_RETRY_SECONDS`` (none for a NaN or a negative one)."""
         after_seconds = min(after_seconds, MAX_RETRY_SECONDS) if after_seconds > 0 else 0.0
-        at = utcnow() + timedelta(seconds=after_seconds)
+        now = utcnow()
+        at = now + timedelta(seconds=after_seconds)
         async with self._db.session() as session:
             if await self._settle(session, _RETRY, delivery_id, at=at, error=self._stored_error(error)) \
                     and hold_channel:
@@ -580,7 +595,8 @@ class Outbox:
                                                                "next_at": at}, ["platform", "channel"])
                     await session.exec(update(ChannelPace).where(  # type: ignore[call-overload]
                         ChannelPace.platform == row.platform, ChannelPace.channel == row.channel,  # type: ignore[arg-type]
-                        ChannelPace.next_at < at).values(next_at=at))  # type: ignore[arg-type]
+                        # over a slot set on a clock that was ahead too: it counts as come, and the hold was lost
+                        or_(ChannelPace.next_at < at, ChannelPace.next_at > latest_wait(now))).values(next_at=at))  # type: ignore[arg-type]
 
     async def failed(self, delivery_id: int, error: str) -> None:
         """The platform will never show this message: marked failed, and audited under its correlation id

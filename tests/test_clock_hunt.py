@@ -1,0 +1,85 @@
+"""Clocks that are off or jump: a replica whose clock is ahead of the others', a clock set back (NTP correcting
+a virtual machine after it resumed). No test changes the machine's clock: the outbox reads a clock the test sets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+import pytest
+
+from bot import outbox as outbox_module
+from bot.messages import Location, Message
+from bot.outbox import Outbox
+from storage.db import Database
+from storage.models import utcnow
+
+
+class SkewedClock:
+    """The outbox's clock: the machine's, ``ahead`` of it by as much as the test says."""
+
+    def __init__(self) -> None:
+        self.ahead = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return utcnow() + self.ahead
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[SkewedClock]:
+    skewed = SkewedClock()
+    monkeypatch.setattr(outbox_module, "utcnow", skewed)
+    yield skewed
+
+
+def _at(channel: str, thread: str, platform: str = "slack") -> Location:
+    return Location(platform=platform, workspace="T1", channel=channel, thread=thread)
+
+
+async def _store(database: Database, outbox: Outbox, location: Location, text: str) -> int:
+    async with database.session() as session:
+        return await outbox.enqueue(session, location, Message.text(text))
+
+
+async def test_a_channel_paced_by_a_replica_whose_clock_was_days_ahead_gets_its_next_message_now(
+        database: Database, clock: SkewedClock) -> None:
+    """Slack is paced (``channel_pace.next_at``: the channel's next slot). A replica whose clock was three days
+    ahead (or a clock set back three days after sending) took a slot ending three days ahead, and the channel got
+    no message from any replica until then. A slot further ahead than any wait Baton sets counts as come; the
+    pace then holds again, on the right clock."""
+    ahead, right = Outbox(database, worker="ahead"), Outbox(database, worker="right")
+    for thread in ("t1", "t2", "t3"):
+        await _store(database, ahead, _at("C1", thread), thread)
+    clock.ahead = timedelta(days=3)
+    [first] = await ahead.claim("slack", "ahead", pace_seconds=60.0)
+    await ahead.delivered(first.id, "ts-1")
+
+    clock.ahead = timedelta(0)
+    [second] = await right.claim("slack", "right", pace_seconds=60.0)
+    assert second.message.plain_text() == "t2"
+    await right.delivered(second.id, "ts-2")
+    assert await right.claim("slack", "right", pace_seconds=60.0) == []  # the channel's pace, on the right clock
+
+
+async def test_a_429_in_a_channel_held_on_a_clock_that_was_ahead_still_holds_the_channel(
+        database: Database, clock: SkewedClock) -> None:
+    """Discord is unpaced: its channel's pace row only holds a 429's hold. A hold written on a clock three days
+    ahead counts as over once the clock is right, but the next 429's hold was written only over an earlier end:
+    the one days ahead swallowed it, and every next message of the channel went into the 429."""
+    ahead, right = Outbox(database, worker="ahead"), Outbox(database, worker="right")
+    await _store(database, ahead, _at("C1", "t1", "discord"), "t1")
+    clock.ahead = timedelta(days=3)
+    [first] = await ahead.claim("discord", "ahead")
+    await ahead.retry(first.id, 60, "Discord rate limit", hold_channel=True)
+
+    clock.ahead = timedelta(0)
+    await _store(database, right, _at("C1", "t2", "discord"), "t2")
+    taken = await right.claim("discord", "right")
+    assert "t2" in [delivery.message.plain_text() for delivery in taken]
+    for delivery in taken:
+        await right.retry(delivery.id, 600, "Discord rate limit", hold_channel=True)
+    await _store(database, right, _at("C1", "t3", "discord"), "t3")
+    assert await right.claim("discord", "right") == []  # held: t3 (and the retries) wait for the 429's end
+    await _store(database, right, _at("C2", "t4", "discord"), "elsewhere")
+    [elsewhere] = await right.claim("discord", "right")
+    assert elsewhere.location.channel == "C2"
