@@ -580,8 +580,10 @@ class SlackAdapter(Adapter):
     def _as_history(self, message: dict[str, Any]) -> dict[str, Any]:
         is_bot = bool(message.get("bot_id")) or message.get("user") == self.bot_user_id
         text = shown_text(message) if is_bot else message.get("text") or ""
-        return {"user": message.get("user") or _bot_name(message), "is_bot": is_bot,
-                "text": typed_text(self._mention.sub("@baton", text)).strip()}
+        text = typed_text(self._mention.sub("@baton", text)).strip()
+        if files := _file_names(message):  # a file alone (a log, a screenshot) was an empty line
+            text = f"{text}\n(attached: {files})" if text else f"(attached: {files})"
+        return {"user": message.get("user") or _bot_name(message), "is_bot": is_bot, "text": text}
 
     @staticmethod
     def _caller(method: str, function: Callable[..., Awaitable[Any]], result_key: str | None,
@@ -746,6 +748,14 @@ def _bot_name(message: dict[str, Any]) -> str:
     profile = message.get("bot_profile") if isinstance(message.get("bot_profile"), dict) else {}
     names = (profile.get("name"), message.get("username"), message.get("bot_id"))
     return next((name for name in names if isinstance(name, str) and name), "")
+
+
+def _file_names(message: dict[str, Any]) -> str:
+    """The files a message shares, by name; one deleted since (Slack keeps a tombstone) or hidden has none."""
+    files = message.get("files") if isinstance(message.get("files"), list) else []
+    names = [next((name for name in (item.get("name"), item.get("title")) if isinstance(name, str) and name),
+                  "a file no longer shared") for item in files if isinstance(item, dict)]
+    return ", ".join(names)
 
 
 def _all_text(*values: object) -> bool:

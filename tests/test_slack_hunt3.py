@@ -1,0 +1,87 @@
+"""The Slack adapter against more of what Slack sends: files shared in a thread that summarize reads, and
+events of a channel shared with another organisation (Slack Connect)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import pytest
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_sdk.signature import SignatureVerifier
+
+from adapters.slack import SlackAdapter
+from bot.messages import Location
+from bot.settings import Settings
+from storage.db import DatabaseHealth
+from tests.fake_slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack, SlackSender
+from tests.test_slack import ALICE, BOB, GENERAL, fake_slack  # noqa: F401 (a fixture)
+
+
+class _Baton:
+    """What the adapter asks of Baton; the messages and clicks it hands in are kept."""
+
+    def __init__(self, fake: FakeSlack, tmp_path: Path) -> None:
+        self.settings = Settings(SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_SIGNING_SECRET=SIGNING_SECRET,  # type: ignore[call-arg]
+                                 SLACK_API_URL=fake.api_url, BATON_CONFIG=str(tmp_path / "absent.yaml"))
+        self.db = SimpleNamespace(health=DatabaseHealth("sqlite:///absent.db"))
+        self.accepted: list[Any] = []
+
+    async def accept_message(self, message: Any) -> Any:
+        self.accepted.append(message)
+        return SimpleNamespace(status="accepted")
+
+    async def accept_click(self, click: Any) -> Any:
+        self.accepted.append(click)
+        return SimpleNamespace(status="accepted")
+
+    async def event_received(self, platform: str, event_id: str) -> bool:
+        return False
+
+
+@pytest.fixture
+async def adapter(fake_slack: FakeSlack, tmp_path: Path) -> AsyncIterator[SlackAdapter]:  # noqa: F811
+    """A Slack adapter signed in to the fake, without a Baton process (its Baton keeps what it is handed)."""
+    adapter = SlackAdapter(_Baton(fake_slack, tmp_path))
+    adapter.client.session = aiohttp.ClientSession()
+    adapter._signed_in(await adapter.client.auth_test())
+    try:
+        yield adapter
+    finally:
+        await adapter.client.session.close()
+
+
+async def _deliver(adapter: SlackAdapter, body: str, content_type: str = "application/json") -> int:
+    """Slack's request, signed, through Bolt as the endpoint hands it over; the status of the answer."""
+    stamp = str(int(time.time()))
+    signature = SignatureVerifier(SIGNING_SECRET).generate_signature(timestamp=stamp, body=body)
+    response = await adapter.bolt.async_dispatch(AsyncBoltRequest(body=body, headers={
+        "content-type": content_type, "x-slack-request-timestamp": stamp, "x-slack-signature": signature}))
+    return response.status
+
+
+@pytest.mark.asyncio
+async def test_a_file_shared_in_a_thread_is_named_in_its_history(fake_slack: FakeSlack,  # noqa: F811
+                                                                adapter: SlackAdapter) -> None:
+    """A log or a screenshot dropped in a thread with no words was an empty line ('alice: ') in what summarize
+    and the assistant read of the thread: the file is named, after the words when there are some."""
+    sender = SlackSender("http://unused")
+    root = sender.mention("run deploy", user=ALICE)
+    fake_slack.said(root)
+    log = {"id": "F0LOG00001", "name": "deploy.log", "title": "deploy.log", "mimetype": "text/plain"}
+    shot = {"id": "F0SHOT0001", "name": "Screenshot 2026-12-06.png", "title": "the error page"}
+    gone = {"id": "F0GONE0001", "mode": "tombstone"}  # a file deleted since: Slack keeps its place, not its name
+    for text, files in (("", [log]), ("this is what I see", [shot]), ("", [gone])):
+        fake_slack.said(sender.message(text, user=BOB, thread_ts=root["ts"], subtype="file_share", files=files))
+    history = await adapter.history(Location(platform="slack", channel=GENERAL, thread=root["ts"]), 10)
+    assert [(entry["user"], entry["text"]) for entry in history] == [
+        (ALICE, "@baton run deploy"),
+        (BOB, "(attached: deploy.log)"),
+        (BOB, "this is what I see\n(attached: Screenshot 2026-12-06.png)"),
+        (BOB, "(attached: a file no longer shared)"),
+    ]
+
