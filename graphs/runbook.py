@@ -219,7 +219,7 @@ def _binary(decoded: str) -> bool:
     """Whether output is not text: a NUL, or more than a tenth of it not characters or control codes."""
     if "\x00" in decoded:
         return True
-    unreadable = sum(1 for char in decoded if char == "\ufffd" or (char < " " and char not in "\n\r\t\x1b"))
+    unreadable = sum(1 for char in decoded if char == "\ufffd" or (char < " " and char not in "\n\r\t\b\x1b"))
     return unreadable * 10 > len(decoded)
 
 
@@ -243,20 +243,28 @@ _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 def readable(text: str) -> str:
     """Output as a terminal would show it: colour and cursor codes dropped, a line rewritten after a
-    carriage return (a progress bar) shown as it was last written, other control characters as U+FFFD."""
+    carriage return (a progress bar) or a backspace (a spinner) shown as it was last written, other control
+    characters as U+FFFD."""
     text = _TERMINAL_CODES.sub("", text).replace("\r\n", "\n")
     text = "\n".join(_last_written(line) for line in text.split("\n"))
     return _CONTROLS.sub("\ufffd", text)
 
 
 def _last_written(line: str) -> str:
-    """A line a carriage return rewrote, as a terminal shows it: the last text written over the rest."""
-    if "\r" not in line:
+    """A line a carriage return or backspaces rewrote, as a terminal shows it: the last text written over the rest."""
+    if "\r" not in line and "\b" not in line:
         return line
-    shown = ""
-    for written in line.split("\r"):
-        shown = written + shown[len(written):]
-    return shown
+    shown: list[str] = []
+    cursor = 0
+    for char in line:
+        if char == "\r":
+            cursor = 0
+        elif char == "\b":
+            cursor = max(0, cursor - 1)
+        else:
+            shown[cursor:cursor + 1] = [char]
+            cursor += 1
+    return "".join(shown)
 
 
 def _shown(argv: list[str]) -> str:

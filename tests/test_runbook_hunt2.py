@@ -42,3 +42,11 @@ def test_escape_sequences_scripts_print_with_tput_are_dropped() -> None:
     assert readable("\x1b[32mok\x1b(B\x1b[m done") == "ok done"
     assert readable("\x1b7\x1b[0;24r\x1b8Progress: 40%\x1b=\x1b>") == "Progress: 40%"
     assert readable("\x1b#8\x1b%G\x1b)0end") == "end"
+
+
+def test_a_spinner_drawn_with_backspaces_reads_as_a_terminal_shows_it() -> None:
+    """A spinner (|, backspace, /, backspace, ...) made a fifth of the output backspaces: the whole output
+    was posted as "[binary output: N bytes, not shown]"; shorter, each backspace was a "\ufffd"."""
+    spinner = "".join(f"{char}\\b" for char in "|/-" * 6)
+    result = asyncio.run(run_command(["printf", f"backing up... {spinner}done\\nbold: b\\bbo\\bol\\bld\\b\\n"], 10))
+    assert result["output"] == "backing up... done\nbold: bold", result["output"]
