@@ -21,6 +21,7 @@ from bot.kit import Request, approve, chat, current, effect, history
 from bot.messages import quoted_code
 from bot.models import clipped
 from graphs.runbook import run_command
+from graphs.summarize import is_this_request
 
 DESCRIPTION = "Ask in plain words; I can use the runbooks (risky ones after approval). Needs a model."
 EXAMPLE = "assistant why is the web service slow?"
@@ -67,10 +68,9 @@ async def think(state: AssistantState) -> AssistantState:
     """The model call: the only node that talks to the model."""
     messages = list(state.get("messages") or [])
     if not messages:
-        earlier = await history("thread", 30)
         past = [AIMessage(content=clipped(m["text"], MESSAGE_CHARS)) if m["is_bot"]
                 else HumanMessage(content=f"{m['user']}: {clipped(m['text'], MESSAGE_CHARS)}")
-                for m in earlier[:-1]]  # the last one is this request
+                for m in _before_this_request(await history("thread", 30))]
         messages = [SystemMessage(content=SYSTEM), *past, HumanMessage(content=state["text"])]
     reply = await chat(messages, tools=tools(), what="The assistant")
     return {"messages": [*messages, reply], "turns": state.get("turns", 0) + 1}
@@ -149,6 +149,16 @@ def _keyed_calls(state: AssistantState) -> list[tuple[str, dict[str, Any]]]:
     (`call_0` in every reply, or twice in one), and an approval must never pass to another call."""
     turn = state.get("turns", 0)
     return [(f"{turn}:{position}", call) for position, call in enumerate(_calls(state))]
+
+
+def _before_this_request(earlier: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The thread's messages without this request, which the model is given last. It is not always the
+    thread's last message: asked while a run went on, it is followed by "Queued: ..." and that run's result
+    (what it may well be asking about), and the last message was left out instead."""
+    for index in range(len(earlier) - 1, -1, -1):
+        if is_this_request(earlier[index]):
+            return earlier[:index] + earlier[index + 1:]
+    return earlier
 
 
 def _asked() -> str:

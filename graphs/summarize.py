@@ -45,7 +45,7 @@ async def summarize(state: SummarizeState) -> SummarizeState:
             return {"reply": {"tone": "warning", "parts": [{"kind": "text", "text": (
                 f"How many messages? `summarize channel <1 to {MAX_MESSAGES}>`, e.g. `summarize channel 50`.")}]}}
         limit = int(words[1])
-    found = [m for m in await history(scope, limit + 2) if not _is_this_request(m)]  # one more: is there more?
+    found = [m for m in await history(scope, limit + 2) if not is_this_request(m)]  # one more: is there more?
     messages = found[-limit:]
     where = _where(scope, len(messages), cut=len(found) > limit)
     if not messages:
@@ -97,7 +97,9 @@ def extract(messages: list[dict[str, Any]], most: int = 5) -> list[dict[str, Any
     return [messages[index] for index in sorted(keep)]
 
 
-def _is_this_request(message: dict[str, Any]) -> bool:
+def is_this_request(message: dict[str, Any]) -> bool:
+    """``message`` of a thread's history is the request this run answers (as the platform shows it: with the
+    mention before it)."""
     request = current().request
     return not message["is_bot"] and message["user"] == request.user and request.text in message["text"] \
         and message["text"].strip().endswith(request.text)

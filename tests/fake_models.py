@@ -3,7 +3,7 @@
 ``BATON_MODEL=python:tests.fake_models:scripted`` makes a ``baton run`` process use it. The script
 is a JSON list in the file named by ``BATON_TEST_MODEL_SCRIPT``: each entry is the reply to one
 call (``content``, optional ``tool_calls``, optional ``usage`` {input_tokens, output_tokens}) or
-``{"error": "..."}`` to raise, or ``{"hang": seconds}`` to answer nothing for that long. The position in the script and every call's last message are kept
+``{"error": "..."}`` to raise, or ``{"hang": seconds}`` to answer nothing for that long. The position in the script and every call's last message (and the start of each of its messages, ``said``) are kept
 in ``<script>.calls`` (with
 the number of messages and their characters, and the tools bound to the call), so the script continues across a restart and tests can count the calls.
 """
@@ -45,6 +45,7 @@ class ScriptedModel(ToolCallingFakeModel):
         with calls.open("a") as log:
             log.write(json.dumps({"last": str(messages[-1].content)[:4000], "count": len(messages),
                                   "chars": sum(len(str(m.content)) for m in messages),
+                                  "said": [f"{m.type}: {str(m.content)[:300]}" for m in messages],
                                   "tools": [tool.get("function", tool) for tool in self.tools if isinstance(tool, dict)]},
                                  default=str) + "\n")
         if "error" in entry:
