@@ -160,6 +160,7 @@ class SlackAdapter(Adapter):
         self._socket_down_since: float | None = None  # when /healthz first found the Socket Mode connection down
         self.bot_user_id = ""
         self.team_url = ""
+        self.team_id = ""  # the one workspace Baton is installed in ("" for an install across an Enterprise Grid org)
         self._mention = re.compile(r"(?!)")
         # At DEBUG, slack_sdk's Socket Mode client logs each envelope whole: people's messages and DMs, and the
         # response_url of a command or click (which posts in the channel, and replaces Baton's card, for 30 min)
@@ -219,6 +220,15 @@ class SlackAdapter(Adapter):
         if not self.team_url.endswith("/"):
             self.team_url += "/"
         self._mention = re.compile(rf"<@{re.escape(self.bot_user_id)}(?:\|[^>]*)?>[:,]?")
+        installed_in = auth.get("team_id")
+        self.team_id = installed_in if isinstance(installed_in, str) and not auth.get("is_enterprise_install") else ""
+
+    def _workspace(self, sent: object) -> str:
+        """The workspace of a request: the one Baton is installed in. In a channel shared with another organisation
+        (Slack Connect) and made there, Slack's events carry that organisation's team_id and ``/baton`` Baton's own
+        (Bolt reads ``authorizations`` first for that reason), and one Slack thread was two of Baton's. An install
+        across an Enterprise Grid org serves several workspaces: there, the request's own (``sent``)."""
+        return self.team_id or (sent if isinstance(sent, str) else "")
 
     def _share_sign_in(self, auth: AsyncSlackResponse) -> None:
         """Hand Bolt the ``auth.test`` answer of the start. Bolt otherwise asks again at the first request,
@@ -315,7 +325,7 @@ class SlackAdapter(Adapter):
         raw = event.get("text") if isinstance(event.get("text"), str) else ""
         mentioned = mentioned or bool(self._mention.search(raw))
         accepted = await self.baton.accept_message(InboundMessage(
-            platform=PLATFORM, workspace=body.get("team_id") or "", channel=channel,
+            platform=PLATFORM, workspace=self._workspace(body.get("team_id")), channel=channel,
             thread=event.get("thread_ts") or ts, user=user, text=typed_text(self._mention.sub("", raw)).strip(),
             addressed=mentioned or event.get("channel_type") == "im", private=event.get("channel_type") == "im",
             event_id=f"{channel}:{ts}"))
@@ -333,7 +343,8 @@ class SlackAdapter(Adapter):
             log.warning("Slack: a click without a user, channel or button was ignored")
             return await ack()
         await self.baton.accept_click(InboundClick(
-            platform=PLATFORM, workspace=(body.get("team") or {}).get("id") or "", channel=channel, thread=thread,
+            platform=PLATFORM, workspace=self._workspace((body.get("team") or {}).get("id")), channel=channel,
+            thread=thread,
             user=user, approval_id=str(action.get("value") or ""), action=choice,
             event_id=f"click:{body.get('trigger_id') or action.get('action_ts')}"))
         await ack()
@@ -359,7 +370,8 @@ class SlackAdapter(Adapter):
             await ack(text=_command_refusal(exc), response_type="ephemeral")
             return
         await self.baton.accept_message(InboundMessage(
-            platform=PLATFORM, workspace=body.get("team_id") or "", channel=channel, thread=anchor["ts"], user=user,
+            platform=PLATFORM, workspace=self._workspace(body.get("team_id")), channel=channel, thread=anchor["ts"],
+            user=user,
             text=text, addressed=True, private=body.get("channel_name") == "directmessage", event_id=event_id))
         await ack()
 

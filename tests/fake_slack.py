@@ -544,11 +544,17 @@ class SlackSender:
 
     def command(self, text: str, *, user: str, channel: str = "C0GENERAL1", command: str = "/baton",
                 trigger_id: str | None = None) -> httpx.Response:
-        body = urlencode({
+        return self.post(self.command_body(text, user=user, channel=channel, command=command, trigger_id=trigger_id),
+                         "application/x-www-form-urlencoded")
+
+    @staticmethod
+    def command_body(text: str, *, user: str, channel: str = "C0GENERAL1", command: str = "/baton",
+                     trigger_id: str | None = None) -> str:
+        """A slash command's body, form-encoded, as Slack posts it."""
+        return urlencode({
             "token": "legacy-verification-token", "team_id": TEAM_ID, "team_domain": "baton-test",
             "channel_id": channel, "channel_name": "general", "user_id": user, "user_name": user.lower(),
             "command": command, "text": text, "api_app_id": "A0BATON000", "is_enterprise_install": "false",
             "response_url": "https://hooks.slack.invalid/commands/x",
             "trigger_id": trigger_id or f"{uuid.uuid4().int % 10**12}.{uuid.uuid4().hex[:12]}",
         })
-        return self.post(body, "application/x-www-form-urlencoded")

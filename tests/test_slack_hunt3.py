@@ -3,6 +3,7 @@ events of a channel shared with another organisation (Slack Connect)."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from adapters.slack import SlackAdapter
 from bot.messages import Location
 from bot.settings import Settings
 from storage.db import DatabaseHealth
-from tests.fake_slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack, SlackSender
+from tests.fake_slack import BOT_TOKEN, BOT_USER_ID, SIGNING_SECRET, TEAM_ID, FakeSlack, SlackSender, new_ts
 from tests.test_slack import ALICE, BOB, GENERAL, fake_slack  # noqa: F401 (a fixture)
 
 
@@ -84,4 +85,31 @@ async def test_a_file_shared_in_a_thread_is_named_in_its_history(fake_slack: Fak
         (BOB, "this is what I see\n(attached: Screenshot 2026-12-06.png)"),
         (BOB, "(attached: a file no longer shared)"),
     ]
+
+
+PARTNER = "T0PARTNER1"  # the other organisation's workspace, where the shared channel was made
+
+
+@pytest.mark.asyncio
+async def test_a_channel_shared_with_another_organisation_keeps_one_thread_per_slack_thread(
+        adapter: SlackAdapter) -> None:
+    """In a channel shared with another organisation (Slack Connect) and made there, Slack's events carry that
+    organisation's team_id (Bolt reads ``authorizations`` first for that reason), while ``/baton`` carries
+    Baton's: a follow-up in the thread ``/baton`` made, or a mention there, was taken for another workspace's
+    thread, so the follow-up was ignored as chatter and a mention started a second thread beside the first.
+    Every request reaching this Baton is for its one installation: all are its workspace's."""
+    sender = SlackSender("http://unused")
+    shared = "C0SHARED01"
+    command_body = sender.command_body("run uptime", user=ALICE, channel=shared)
+    assert await _deliver(adapter, command_body, "application/x-www-form-urlencoded") == 200
+    (command,) = adapter.baton.accepted
+    follow_up = sender.message("run disk", user=ALICE, channel=shared, thread_ts=command.thread)
+    mention = sender.mention("status", user=BOB, channel=shared, thread_ts=command.thread)
+    for event in (follow_up, mention):
+        event["team"] = event["user_team"] = PARTNER if event is mention else TEAM_ID
+        body = json.loads(sender.event_body(event))
+        body["team_id"] = PARTNER  # the channel's home; ``authorizations`` names Baton's installation
+        assert await _deliver(adapter, json.dumps(body)) == 200
+    assert [(message.workspace, message.channel, message.thread) for message in adapter.baton.accepted] == [
+        (TEAM_ID, shared, command.thread)] * 3
 
