@@ -15,12 +15,16 @@ child's pidfd first, so this returns at once). Ends when stdin closes.
 
 A child whose environment has ``BATON_TEST_OVERRIDES`` (``tests.support.overrides``) has those module
 constants set before ``bot.cli`` runs: a test's ``monkeypatch`` of Baton's own pauses (Discord's pauses
-between tries, how long a start waits for Socket Mode), in the process it starts. ``python -m
-tests.forkserver --cli <args>`` does the same without a fork server (``BATON_TEST_FORKSERVER=0``).
+between tries, how long a start waits for Socket Mode), in the process it starts. ``BATON_TEST_PAUSE_SCALES``
+(``tests.support.quicker_library_pauses``) does it for a library's pauses, which are no constants: every
+``asyncio.sleep`` of the modules it names is that many times as long (discord.py's webhooks wait 1, 3, 5, 7 and
+9 s between their tries of a 5xx). ``python -m tests.forkserver --cli <args>`` does the same without a fork
+server (``BATON_TEST_FORKSERVER=0``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import importlib
 import json
@@ -41,22 +45,61 @@ import uvicorn  # noqa: F401
 
 READY = "forkserver ready"
 OVERRIDES = "BATON_TEST_OVERRIDES"
+PAUSE_SCALES = "BATON_TEST_PAUSE_SCALES"
 
 
 def apply_overrides() -> None:
-    """Set the module constants ``BATON_TEST_OVERRIDES`` names (JSON: ``{"module.NAME": value}``).
+    """Set the module constants ``BATON_TEST_OVERRIDES`` names (JSON: ``{"module.NAME": value}``), or a class's
+    (``{"module.Class.NAME": value}``).
 
     A name that is not there stops the child: an override of a constant renamed since would quietly do nothing.
     A list stands for a tuple where the constant is one (JSON has no tuples).
     """
     for target, value in json.loads(os.environ.get(OVERRIDES) or "{}").items():
-        module_name, name = target.rsplit(".", 1)
+        owner_name, name = target.rsplit(".", 1)
+        owner = _owner(owner_name)
+        if not hasattr(owner, name):
+            raise SystemExit(f"{OVERRIDES}: {owner_name} has no {name}")
+        if isinstance(getattr(owner, name), tuple) and isinstance(value, list):
+            value = tuple(value)
+        setattr(owner, name, value)
+
+
+def _owner(dotted: str) -> Any:
+    """The module ``dotted`` names, or the class in a module (``adapters.playground.PlaygroundAdapter``)."""
+    try:
+        return importlib.import_module(dotted)
+    except ModuleNotFoundError:
+        module_name, name = dotted.rsplit(".", 1)
         module = importlib.import_module(module_name)
         if not hasattr(module, name):
-            raise SystemExit(f"{OVERRIDES}: {module_name} has no {name}")
-        if isinstance(getattr(module, name), tuple) and isinstance(value, list):
-            value = tuple(value)
-        setattr(module, name, value)
+            raise SystemExit(f"{OVERRIDES}: {module_name} has no {name}") from None
+        return getattr(module, name)
+
+
+class _ScaledPauses:
+    """The ``asyncio`` one library module sees: the same, but its ``sleep`` lasts ``scale`` times as long."""
+
+    def __init__(self, scale: float) -> None:
+        self._scale = scale
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    def sleep(self, delay: float, result: Any = None) -> Any:
+        return asyncio.sleep(delay * self._scale, result)
+
+
+def apply_pause_scales() -> None:
+    """Scale the pauses of the library modules ``BATON_TEST_PAUSE_SCALES`` names (JSON: ``{"module": scale}``).
+
+    A module that does not use ``asyncio`` by that name stops the child: the scale would quietly do nothing.
+    """
+    for module_name, scale in json.loads(os.environ.get(PAUSE_SCALES) or "{}").items():
+        module = importlib.import_module(module_name)
+        if getattr(module, "asyncio", None) is not asyncio:
+            raise SystemExit(f"{PAUSE_SCALES}: {module_name} does not pause with asyncio.sleep")
+        module.asyncio = _ScaledPauses(float(scale))  # type: ignore[attr-defined]
 
 
 def _child(request: dict[str, Any]) -> NoReturn:
@@ -80,6 +123,7 @@ def _child(request: dict[str, Any]) -> NoReturn:
         sys.argv = ["baton", *request["args"]]
         try:
             apply_overrides()
+            apply_pause_scales()
             bot.cli.app(request["args"], prog_name="baton")
             code = 0
         except SystemExit as exit_:
@@ -130,6 +174,7 @@ def main() -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--cli"]:  # one ``bot.cli`` process with the overrides, no fork server
         apply_overrides()
+        apply_pause_scales()
         bot.cli.app(sys.argv[2:], prog_name="baton")
     else:
         main()

@@ -273,6 +273,7 @@ class ForkedProcess:
 
 
 OVERRIDES = "BATON_TEST_OVERRIDES"  # read by tests.forkserver.apply_overrides, in the child
+PAUSE_SCALES = "BATON_TEST_PAUSE_SCALES"  # read by tests.forkserver.apply_pause_scales, in the child
 
 
 def overrides(constants: dict[str, Any]) -> dict[str, str]:
@@ -281,9 +282,16 @@ def overrides(constants: dict[str, Any]) -> dict[str, str]:
     return {OVERRIDES: json.dumps(constants)}
 
 
+def quicker_library_pauses(scales: dict[str, float]) -> dict[str, str]:
+    """The environment that makes every ``asyncio.sleep`` of these library modules that many times as long
+    (``{"discord.webhook.async_": 0.1}``) in a ``bot.cli`` process started with it: the library's tries and
+    their order stay the same, the test does not wait out its pauses."""
+    return {PAUSE_SCALES: json.dumps(scales)}
+
+
 def _cli_command(env: dict[str, str]) -> list[str]:
     """``python -m bot.cli``, or, with overrides, ``tests.forkserver``'s way of applying them first."""
-    if env.get(OVERRIDES):
+    if env.get(OVERRIDES) or env.get(PAUSE_SCALES):
         return [sys.executable, "-m", "tests.forkserver", "--cli"]
     return [sys.executable, "-m", "bot.cli"]
 
