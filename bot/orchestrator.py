@@ -124,6 +124,28 @@ class LeaseLost(RuntimeError):
     """This process no longer holds the thread it was draining: its results are not written."""
 
 
+class LeasedRunServices(RunServices):
+    """A run's services whose side effects start only while this process holds the run's thread.
+
+    A replica paused past its lease (SIGSTOP, a frozen VM) loses the thread to another replica, which
+    answers it; resumed, its run went on making the side effects after the one it was paused in. Each
+    effect now renews the lease first (a write that need not wait for the disk: the effect's own entry,
+    durable, follows at once), so it starts with a whole lease ahead of it, or not at all (``LeaseLost``).
+    """
+
+    def __init__(self, services: Services, request: Request, run_id: int | None, workspace: str,
+                 correlation_id: str, *, leases: threads.Leases, record_id: int) -> None:
+        super().__init__(services, request, run_id, workspace, correlation_id)
+        self._leases = leases
+        self._record_id = record_id
+
+    async def run_effect_once(self, key: str, name: str, fn: Any) -> Any:
+        if not await self._leases.renew(self._record_id, durable=False):
+            raise LeaseLost(f"thread {self._record_id} was taken over; side effect '{name}' of run {self._run_id} "
+                            "was not started")
+        return await super().run_effect_once(key, name, fn)
+
+
 class Orchestrator:
     def __init__(self, settings: Settings, services: Services, runtime: GraphRuntime, outbox: Outbox, instance: str,
                  digests: Digests) -> None:
@@ -1053,10 +1075,10 @@ class Orchestrator:
 
     async def _drive(self, run: Run, record: ThreadRecord, spec: GraphSpec, payload: Any, event: InboundEvent) -> None:
         location = threads.location_of(record)
-        services = RunServices(self.services, Request(
+        services = LeasedRunServices(self.services, Request(
             platform=record.platform, channel=record.channel, thread=record.thread, user=run.requested_by,
             text=run.input_text, private=bool(event.payload.get("private"))),  # a click's payload says nothing of it
-            run.id, record.workspace, run.correlation_id)
+            run.id, record.workspace, run.correlation_id, leases=self.leases, record_id=record.id)  # type: ignore[arg-type]
 
         progress_lines: list[str] = []
         # The outbox row of this stretch's progress message: a run continued after a crash has one already.
@@ -1113,6 +1135,8 @@ class Orchestrator:
                 raise
             await self._end_cancelled(run, record, event, cancel, services)
             return
+        except LeaseLost:  # an effect found the thread taken over: its new holder answers it
+            raise
         except Exception as exc:
             log.warning("run %s (%s) failed: %s", run.id, spec.name, exc)
             if isinstance(exc, RunTimedOut):

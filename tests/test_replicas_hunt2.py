@@ -3,19 +3,28 @@ past its lease."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import update
+from sqlmodel import select
 
 import bot.threads
 import storage.db
 from bot import threads
-from bot.messages import Location
+from bot.app import Baton
+from bot.kit import effect
+from bot.messages import InboundMessage, Location
+from bot.registry import GraphSpec
+from bot.settings import Settings
 from storage.db import Database, insert_new_id
 from storage.migrate import upgrade
-from storage.models import InboundEvent, ThreadRecord
+from storage.models import Effect, InboundEvent, PlaygroundMessage, ThreadRecord
+from tests.support import until
+from tests.test_graph_modules import State, _one_node
 
 HERE = Location(platform="slack", workspace="T1", channel="C1", thread="1.0")
 SKEW = timedelta(minutes=5)
@@ -90,3 +99,66 @@ async def test_a_replica_whose_clock_is_off_by_minutes_neither_takes_nor_loses_a
         await accurate.dispose()
         if skewed is not None:
             await skewed.dispose()
+
+
+async def _settled(baton: Baton) -> None:
+    """Until the drains this Baton started so far have ended."""
+    while tasks := list(baton.orchestrator._tasks):
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _started(made: list[str]) -> Callable[[], Awaitable[bool]]:
+    async def started() -> bool:
+        return bool(made)
+    return started
+
+
+async def _bot_replies(baton: Baton) -> list[str]:
+    async with baton.db.read() as session:
+        return list((await session.exec(select(PlaygroundMessage.text).where(PlaygroundMessage.is_bot))).all())
+
+
+async def test_a_replica_paused_past_its_lease_starts_no_side_effect_once_the_thread_is_taken_over(
+        tmp_path: Path, config_path: Path) -> None:
+    """A replica paused (SIGSTOP, a frozen VM) during a run's first side effect lost its thread to another
+    replica, which answered that the effect's outcome was unknown and the run failed. Resumed, the paused
+    replica's run went on to its next side effect and made it: the thread had been told the run ended. Only
+    its last write was fenced by the lease. A run's side effect now starts only while its replica holds the
+    thread (the lease is renewed first, so it starts with a whole lease ahead of it)."""
+    made: list[str] = []
+    resumed = asyncio.Event()
+
+    async def paused() -> str:
+        made.append("drain web-1")
+        await resumed.wait()
+        return "drained"
+
+    async def act(_state: State) -> State:
+        await effect("drain", paused)
+        await effect("delete", lambda: made.append("delete web-1"))
+        return {"reply": "deleted"}
+
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'b.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground")
+    async with Baton(settings) as paused_replica, Baton(settings) as taker:
+        for baton in (paused_replica, taker):
+            baton.registry.add(GraphSpec(name="decommission", graph=_one_node(act)))
+        await paused_replica.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
+                                                           event_id="e1", user="alice", text="decommission"))
+        await until(_started(made), "the first side effect to start")
+
+        async with taker.db.session() as session:  # paused past its lease: the taker's sweeper finds the thread
+            await session.exec(update(ThreadRecord).values(lease_until=datetime.now(UTC) - timedelta(seconds=1)))  # type: ignore[call-overload]
+            await session.exec(update(InboundEvent).values(received_at=datetime.now(UTC) - timedelta(minutes=1)))  # type: ignore[call-overload]
+        assert await taker.orchestrator.sweep() == 1
+        await _settled(taker)
+        told = await until(lambda: _bot_replies(taker), "the taker's answer")
+        assert len(told) == 1 and "not run again" in told[0], told
+
+        resumed.set()  # the paused replica goes on
+        await _settled(paused_replica)
+        async with taker.db.read() as session:
+            ledger = {row.name: row.status for row in (await session.exec(select(Effect))).all()}
+    assert made == ["drain web-1"], "a side effect was made after the thread was taken over and answered"
+    assert ledger == {"drain": "done"}  # what the paused replica made is still recorded
+    assert await _bot_replies(taker) == told
