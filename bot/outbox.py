@@ -71,8 +71,10 @@ def latest_wait(now: datetime, pace_seconds: float = 0.0) -> datetime:
 
 
 def _claimable(rows: Any) -> Any:
-    """Due now: ``rows`` is the model (in ORM queries) or its table's columns (in Core writes)."""
-    return or_(and_(rows.status == "pending", rows.next_attempt_at <= _NOW),
+    """Due now: ``rows`` is the model (in ORM queries) or its table's columns (in Core writes). A row never tried is
+    due whatever its ``next_attempt_at`` says: that is the storing replica's clock, which may be ahead of this one's."""
+    return or_(and_(rows.status == "pending", or_(rows.attempts == 0, rows.next_attempt_at <= _NOW,
+                                                   rows.next_attempt_at > _LATEST)),
                and_(rows.status == "sending", rows.claimed_until < _NOW))  # a crashed sender's claim
 
 
@@ -139,7 +141,7 @@ _NEXT_IN_THREAD = prepared(select(OutboxMessage).where(
     OutboxMessage.thread == bindparam("thread"), OutboxMessage.id > bindparam("after"),
 ).order_by(OutboxMessage.id).limit(50))  # type: ignore[arg-type]
 _SUPERSEDE_DUE = prepared(update(_ROWS).where(_ROWS.c.id == bindparam("row_id"), _ROWS.c.status == "pending",
-                                               _ROWS.c.attempts == 0, _ROWS.c.next_attempt_at <= _NOW).values(
+                                               _ROWS.c.attempts == 0).values(
     status="sent", claimed_by=None, claimed_until=None, error=bindparam("error")))
 _SUPERSEDE_PENDING = update(_ROWS).where(_ROWS.c.id.in_(bindparam("row_ids", expanding=True)),
                                          _ROWS.c.status == "pending").values(
@@ -447,7 +449,7 @@ class Outbox:
                         passed_over = True
                         continue
                     if row.kind == "update" and pace_seconds > 0:  # a burst of edits of one message: its last
-                        row, message = await self._latest_edit(session, row, message, now)
+                        row, message = await self._latest_edit(session, row, message)
                     delivery = await self._take(session, row, message, worker, now)
                     if delivery is not None:
                         deliveries.append(delivery)
@@ -486,8 +488,7 @@ class Outbox:
             return None
 
     @staticmethod
-    async def _latest_edit(session: Transaction, row: OutboxMessage, message: Message,
-                           now: datetime) -> tuple[OutboxMessage, Message]:
+    async def _latest_edit(session: Transaction, row: OutboxMessage, message: Message) -> tuple[OutboxMessage, Message]:
         """The edit to send for the due edit ``row``: the last of the edits of the same message that follow it
         straight away in its thread, the others marked sent, superseded (nothing else is stored between them:
         each would have shown a state the next replaced at once). On a paced channel (Slack: one message a
@@ -515,7 +516,7 @@ class Outbox:
         # The due row first, still never tried: when another replica took it meanwhile, nothing here is superseded
         # (its edits wait behind it, and are claimed after it).
         if not (await session.exec(_SUPERSEDE_DUE, params={  # type: ignore[call-overload]
-                "row_id": row.id, "now": now, "error": error})).rowcount:
+                "row_id": row.id, "error": error})).rowcount:
             return row, message
         if skipped:
             await session.exec(_SUPERSEDE_PENDING, params={"row_ids": skipped, "error": error})  # type: ignore[call-overload]
@@ -525,7 +526,8 @@ class Outbox:
                     now: datetime) -> Delivery | None:
         """Claim a due row for ``worker``; ``None`` when another replica took it first."""
         taken = await session.exec(_TAKE, params={  # type: ignore[call-overload]
-            "row_id": row.id, "now": now, "worker": worker, "until": now + timedelta(seconds=self.claim_seconds)})
+            "row_id": row.id, "now": now, "latest": latest_wait(now), "worker": worker,
+            "until": now + timedelta(seconds=self.claim_seconds)})
         if not taken.rowcount:
             return None
         if worker != self.worker:

@@ -83,3 +83,34 @@ async def test_a_429_in_a_channel_held_on_a_clock_that_was_ahead_still_holds_the
     await _store(database, right, _at("C2", "t4", "discord"), "elsewhere")
     [elsewhere] = await right.claim("discord", "right")
     assert elsewhere.location.channel == "C2"
+
+
+async def test_a_message_stored_by_a_replica_whose_clock_is_ahead_is_sent_at_once_by_the_others(
+        database: Database, clock: SkewedClock) -> None:
+    """A new row is due from its ``next_attempt_at``, the storing replica's clock: one ten minutes ahead stored
+    every reply ten minutes in the future for the replica that delivers (the one running Slack's adapter), and each
+    reached its thread ten minutes late. A message never tried is due at once, whoever's clock stored it."""
+    ahead, right = Outbox(database, worker="ahead"), Outbox(database, worker="right")
+    clock.ahead = timedelta(minutes=10)
+    await _store(database, ahead, _at("C1", "t1"), "the reply")
+    clock.ahead = timedelta(0)
+    [reply] = await right.claim("slack", "right", pace_seconds=1.0)
+    assert reply.message.plain_text() == "the reply"
+
+
+async def test_a_retry_set_on_a_clock_days_ahead_is_due_once_the_clock_is_right(
+        database: Database, clock: SkewedClock) -> None:
+    """A retry in 5 s set on a clock three days ahead waited three days (and the thread's later messages behind it):
+    a retry time further ahead than the longest retry Baton sets (``MAX_RETRY_SECONDS``) counts as come. A retry
+    on the right clock still waits."""
+    ahead, right = Outbox(database, worker="ahead"), Outbox(database, worker="right")
+    await _store(database, ahead, _at("C1", "t1", "discord"), "first")
+    clock.ahead = timedelta(days=3)
+    [first] = await ahead.claim("discord", "ahead")
+    await ahead.retry(first.id, 5, "Discord: 503 Service Unavailable")
+
+    clock.ahead = timedelta(0)
+    [again] = await right.claim("discord", "right")
+    assert (again.id, again.attempts) == (first.id, 2)
+    await right.retry(again.id, 600, "Discord: 503 Service Unavailable")
+    assert await right.claim("discord", "right") == []
