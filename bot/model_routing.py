@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from pydantic import BaseModel, Field
 
 from bot.registry import GraphRegistry
+
+log = logging.getLogger(__name__)
 
 SURE = 0.7
 NOT_ROUTABLE = {"runbook", "digest"}  # started by their own commands, never from plain words
@@ -43,14 +46,35 @@ async def guess(model: BaseChatModel, text: str, registry: GraphRegistry) -> Gue
         HumanMessage(content=text),
     ])
     parsed: GraphGuess | None = result.get("parsed")
-    if parsed is None:
-        return Guess(None, [], result.get("raw"))
     known = {name.lower(): name for name in names}
+    if parsed is None:
+        # Never run on an answer that does not fit (a confidence of 95, alternatives: null, the name as plain
+        # text): the graphs it names are offered to the requester instead of the whole help text.
+        log.warning("the model's routing answer did not fit GraphGuess, so its graphs are offered, not run: %s",
+                    str(result.get("parsing_error") or "no answer in the schema").splitlines()[0][:300])
+        return Guess(None, _ranked(known, _named_in(result.get("raw"))), result.get("raw"))
     graph = known.get(_bare(parsed.graph))
-    ranked = list(dict.fromkeys(known[bare] for bare in map(_bare, [parsed.graph, *parsed.alternatives]) if bare in known))
     if graph is not None and parsed.confidence >= SURE:
         return Guess(graph, [], result["raw"])
-    return Guess(None, ranked[:4], result["raw"])
+    return Guess(None, _ranked(known, [parsed.graph, *parsed.alternatives]), result["raw"])
+
+
+def _ranked(known: dict[str, str], answers: list[str]) -> list[str]:
+    """The routable graphs among a model's ``answers``, best first, each once, at most four."""
+    return list(dict.fromkeys(known[bare] for bare in map(_bare, answers) if bare in known))[:4]
+
+
+def _named_in(raw: Any) -> list[str]:
+    """What a reply that did not fit ``GraphGuess`` names: its call's ``graph`` and ``alternatives`` where they
+    are text, or its text when it answered in words."""
+    if not isinstance(raw, AIMessage):
+        return []
+    named: list[str] = []
+    for call in raw.tool_calls:
+        args = call.get("args") or {}
+        alternatives = args.get("alternatives")
+        named += [args.get("graph"), *(alternatives if isinstance(alternatives, list) else [])]
+    return [name for name in named if isinstance(name, str)] + [raw.text]
 
 
 def _bare(answer: str) -> str:

@@ -14,7 +14,7 @@ from sqlmodel import select
 from adapters.playground import PlaygroundAdapter, PostClick, PostMessage
 from bot.app import Baton
 from bot.settings import Settings
-from storage.models import Approval, PlaygroundMessage
+from storage.models import Approval, PlaygroundMessage, Run
 from tests.fake_models import calls, script
 from tests.support import runs_in
 from tests.test_models import final, guess, tool_call
@@ -110,3 +110,24 @@ async def test_the_assistant_reads_what_was_said_after_its_request(tmp_path, con
     said = model_calls(tmp_path)[0]["said"]
     assert "human: bob: it is the disk, I think" in said, said
     assert [text for text in said if "what does bob think?" in text] == ["human: what does bob think?"], said
+
+
+
+async def test_a_routing_answer_that_does_not_fit_offers_the_graphs_it_names(tmp_path, config_path, monkeypatch,
+                                                                              caplog) -> None:
+    """A model that wrote its confidence as a percentage, gave `alternatives: null` or answered the name in
+    words: every plain request got "I don't know how to handle" and the whole help, and nothing in the log
+    said why. The graphs it named are offered on a choice card (never run on an answer that did not fit)."""
+    percent = guess("status", 95)
+    null = {"tool_calls": [{"name": "GraphGuess", "id": "g1", "args": {
+        "graph": "Status", "confidence": 0.9, "alternatives": None}}]}
+    words = {"content": "`status`"}
+    async with baton_with_model(tmp_path, config_path, monkeypatch, percent, null, words) as baton:
+        for text in ("what is going on?", "how are things?", "anything running?"):
+            thread = await say(baton, f"@baton {text}")
+            card = await bot_said(baton, "Which one?", thread=thread)
+            assert f"Which of these did you mean by `{text}`?" in card and "[status]" in card, card
+        async with baton.db.read() as session:
+            graphs = (await session.exec(select(Run.graph))).all()
+    assert graphs == ["choose"] * 3
+    assert caplog.text.count("routing answer did not fit GraphGuess") == 3
