@@ -478,6 +478,7 @@ class Database:
             server_now = cursor.fetchone()[0]
         finally:
             cursor.close()
+            connection.rollback()  # the connection is handed out as it came: no transaction of ours left open
         self.clock.learn(server_now, asked, utcnow())
 
     async def read_clock(self, *, unless_read: bool = False) -> None:
