@@ -181,12 +181,24 @@ def _lines(text: str) -> int:
 
 def _image(part: Image, rendered: Rendered, files: bool) -> list[dict[str, Any]]:
     """A note saying where the image is; a description too long for one note goes on in the next ones."""
-    if files:
-        rendered.uploads.append(Upload(filename=part.filename, content=base64.b64decode(part.data), title=part.alt))
+    content = _picture(part.data) if files else None
+    if content is not None:
+        rendered.uploads.append(Upload(filename=part.filename, content=content, title=part.alt))
         said = f"{part.alt}: attached below as `{part.filename}`."
+    elif files:
+        said = f"{part.alt}: the picture's data could not be read, so it is not attached."
     else:
         said = f"[{part.alt}] (an image; it cannot be attached to this message)"
     return [_context(escape(piece)) for piece in chunks(said, SECTION_CHARS)]
+
+
+def _picture(data: str) -> bytes | None:
+    """An image's bytes; ``None`` for data that is not base64 (a data URL, or the SVG itself, which b64decode
+    read as bytes no viewer opens or refused, losing the whole reply). Line breaks (``encodebytes``) are fine."""
+    try:
+        return base64.b64decode("".join(data.split()), validate=True)
+    except ValueError:  # binascii.Error
+        return None
 
 
 def _link(url: str, label: str) -> list[dict[str, Any]]:

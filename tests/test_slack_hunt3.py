@@ -3,6 +3,7 @@ events of a channel shared with another organisation (Slack Connect)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import AsyncIterator
@@ -15,11 +16,12 @@ import pytest
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.signature import SignatureVerifier
 
+from adapters import slack_blocks
 from adapters.slack import SlackAdapter
-from bot.messages import Location
+from bot.messages import Image, Location, Message, Text
 from bot.settings import Settings
 from storage.db import DatabaseHealth
-from tests.fake_slack import BOT_TOKEN, BOT_USER_ID, SIGNING_SECRET, TEAM_ID, FakeSlack, SlackSender, new_ts
+from tests.fake_slack import BOT_TOKEN, SIGNING_SECRET, TEAM_ID, FakeMessage, FakeSlack, SlackSender, shown_text
 from tests.test_slack import ALICE, BOB, GENERAL, fake_slack  # noqa: F401 (a fixture)
 
 
@@ -113,3 +115,21 @@ async def test_a_channel_shared_with_another_organisation_keeps_one_thread_per_s
     assert [(message.workspace, message.channel, message.thread) for message in adapter.baton.accepted] == [
         (TEAM_ID, shared, command.thread)] * 3
 
+
+
+@pytest.mark.parametrize("data", ['<svg xmlns="http://www.w3.org/2000/svg"/>', "data:image/svg+xml;base64,PHN2Zy8+"],
+                         ids=["the-svg-itself", "a-data-url"])
+def test_a_picture_whose_data_is_not_base64_costs_the_reply_nothing_else(data: str) -> None:
+    """A graph that hands over its picture as the SVG itself, or as a data URL, lost its whole reply: the
+    data URL raised in rendering (the reply was tried again for twenty minutes and never shown, its words
+    too), and the SVG itself was attached as bytes no viewer opens. The words are shown, and the picture is
+    said to be unreadable; base64 as ``base64.encodebytes`` wraps it (lines of 76) is read as before."""
+    message = Message(parts=[Text(text="Errors per host this week."), Image(alt="Error rate", data=data)])
+    (content,) = (rendered := slack_blocks.render(message, lambda channel, ts: "")).messages
+    shown = shown_text(FakeMessage(channel=GENERAL, ts="1.1", thread_ts=None, text="", blocks=content["blocks"]))
+    assert "Errors per host this week." in shown
+    assert "Error rate: the picture's data could not be read, so it is not attached" in shown
+    assert rendered.uploads == []
+    wrapped = base64.encodebytes(b"<svg>" + b" " * 200 + b"</svg>").decode()
+    rendered = slack_blocks.render(Message(parts=[Image(alt="Wide", data=wrapped)]), lambda channel, ts: "")
+    assert [upload.content for upload in rendered.uploads] == [b"<svg>" + b" " * 200 + b"</svg>"]
