@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -65,15 +66,21 @@ def _ranked(known: dict[str, str], answers: list[str]) -> list[str]:
 
 
 def _named_in(raw: Any) -> list[str]:
-    """What a reply that did not fit ``GraphGuess`` names: its call's ``graph`` and ``alternatives`` where they
-    are text, or its text when it answered in words."""
+    """What a reply that did not fit ``GraphGuess`` names: the ``graph`` and ``alternatives`` of its call, or of
+    the JSON object it wrote (a provider's JSON-schema mode answers in text), where they are text; or its text
+    when it answered in words."""
     if not isinstance(raw, AIMessage):
         return []
-    named: list[str] = []
-    for call in raw.tool_calls:
-        args = call.get("args") or {}
-        alternatives = args.get("alternatives")
-        named += [args.get("graph"), *(alternatives if isinstance(alternatives, list) else [])]
+    answers = [call.get("args") or {} for call in raw.tool_calls]
+    try:
+        written = json.loads(raw.text)
+    except ValueError:
+        written = None
+    answers += [written] if isinstance(written, dict) else []
+    named: list[Any] = []
+    for answer in answers:
+        alternatives = answer.get("alternatives")
+        named += [answer.get("graph"), *(alternatives if isinstance(alternatives, list) else [])]
     return [name for name in named if isinstance(name, str)] + [raw.text]
 
 

@@ -122,12 +122,13 @@ async def test_a_routing_answer_that_does_not_fit_offers_the_graphs_it_names(tmp
     null = {"tool_calls": [{"name": "GraphGuess", "id": "g1", "args": {
         "graph": "Status", "confidence": 0.9, "alternatives": None}}]}
     words = {"content": "`status`"}
-    async with baton_with_model(tmp_path, config_path, monkeypatch, percent, null, words) as baton:
-        for text in ("what is going on?", "how are things?", "anything running?"):
+    written = {"content": '{"graph": "status", "confidence": 95, "alternatives": ["nope"]}'}  # JSON-schema mode
+    async with baton_with_model(tmp_path, config_path, monkeypatch, percent, null, words, written) as baton:
+        for text in ("what is going on?", "how are things?", "anything running?", "all good?"):
             thread = await say(baton, f"@baton {text}")
             card = await bot_said(baton, "Which one?", thread=thread)
             assert f"Which of these did you mean by `{text}`?" in card and "[status]" in card, card
         async with baton.db.read() as session:
             graphs = (await session.exec(select(Run.graph))).all()
-    assert graphs == ["choose"] * 3
-    assert caplog.text.count("routing answer did not fit GraphGuess") == 3
+    assert graphs == ["choose"] * 4
+    assert caplog.text.count("routing answer did not fit GraphGuess") == 4
