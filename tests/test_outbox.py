@@ -14,6 +14,7 @@ from sqlalchemy import event, update
 from sqlalchemy.dialects import sqlite
 from sqlmodel import select
 
+from adapters import contract
 from adapters.contract import DeliveryRejected
 from bot.app import Baton
 from bot.messages import InboundMessage, Location, Message
@@ -288,11 +289,13 @@ def test_whether_a_thread_has_unsent_rows_is_looked_up_by_index_not_every_row_it
 
 
 async def test_a_claim_lasts_a_lease_and_a_live_replica_keeps_the_claim_of_a_slow_delivery(
-        database_url: str, config_path: Path) -> None:
+        database_url: str, config_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Claims lasted 30 s whatever ``BATON_LEASE_SECONDS`` said: with a 1 s lease, a dead replica's messages
     waited 29 s longer than its threads. A claim now lasts a lease, and a live replica keeps extending the
     claim of a delivery it is still making, however long the platform takes to answer, so that no other
     replica takes that message over and sends it a second time."""
+    # The stop waits this long for the send that never ends (5 s) before it cuts it off: the same cut, sooner.
+    monkeypatch.setattr(contract, "STOP_GRACE_SECONDS", 0.5)
     settings = Settings(BATON_DATABASE_URL=database_url, BATON_CONFIG=config_path,  # type: ignore[call-arg]
                         BATON_ADAPTERS="playground", BATON_LEASE_SECONDS=1)
     other = Database(database_url)
