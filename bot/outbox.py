@@ -329,11 +329,16 @@ class Outbox:
                         target_message_id=None, attempts=1, created_at=row["created_at"])
 
     def _held(self, platform: str, channel: str) -> bool:
-        """Whether a 429 this process saw still holds ``channel`` (the holds that ran out are forgotten)."""
-        now = utcnow()
-        for key in [key for key, until in self._holds.items() if until <= now]:
-            del self._holds[key]
+        """Whether a 429 this process saw still holds ``channel``."""
+        self._forget_holds_over(utcnow())
         return (platform, channel) in self._holds
+
+    def _forget_holds_over(self, now: datetime) -> None:
+        """Forget the holds that ran out, and those ending further ahead than any hold lasts: seen before the
+        clock was set back, they would have held their channels for as long as it was set back."""
+        latest = latest_wait(now)
+        for key in [key for key, until in self._holds.items() if until <= now or until > latest]:
+            del self._holds[key]
 
     def hand_over(self, platform: str, delivery: Delivery | None) -> None:
         """After the commit: give the adapter the delivery ``enqueue_claimed`` made, or else ``wake`` it."""
@@ -591,6 +596,7 @@ class Outbox:
                     and hold_channel:
                 row = await session.get(OutboxMessage, delivery_id)
                 if row is not None:
+                    self._forget_holds_over(now)
                     held = self._holds.get((row.platform, row.channel))
                     self._holds[(row.platform, row.channel)] = max(at, held) if held else at
                     await insert_ignore(session, ChannelPace, {"platform": row.platform, "channel": row.channel,

@@ -114,3 +114,41 @@ async def test_a_retry_set_on_a_clock_days_ahead_is_due_once_the_clock_is_right(
     assert (again.id, again.attempts) == (first.id, 2)
     await right.retry(again.id, 600, "Discord: 503 Service Unavailable")
     assert await right.claim("discord", "right") == []
+
+
+async def test_a_429_hold_seen_before_the_clock_was_set_back_ends_when_the_platform_said(
+        database: Database, clock: SkewedClock) -> None:
+    """This process remembers the 429 holds it saw (Discord: a final reply is handed straight to the adapter unless
+    its channel is held). A hold seen before the clock was set back three days (NTP correcting a resumed virtual
+    machine) ended three days later on the corrected clock: until then every final reply of that channel went the
+    slow way, through the stored queue, and a later 429's hold was remembered as that one."""
+    outbox = Outbox(database, worker="me")
+    outbox.attach("discord", 0.0)
+    await _store(database, outbox, _at("C1", "t1", "discord"), "first")
+    clock.ahead = timedelta(days=3)
+    [first] = await outbox.claim("discord", "me")
+    await outbox.retry(first.id, 60, "Discord rate limit", hold_channel=True)
+
+    clock.ahead = timedelta(0)
+    async with database.session() as session:
+        reply = await outbox.enqueue_claimed(session, _at("C1", "t2", "discord"), Message.text("reply"))
+    assert reply is not None  # handed straight to the adapter: the hold is over
+
+
+async def test_a_429_after_the_clock_was_set_back_holds_its_channel(database: Database, clock: SkewedClock) -> None:
+    """A new hold was remembered as the later of it and the one already remembered: one seen before the clock was
+    set back days, which is forgotten as over, and the new hold with it: the next final reply went into the 429."""
+    outbox = Outbox(database, worker="me")
+    outbox.attach("discord", 0.0)
+    await _store(database, outbox, _at("C1", "t1", "discord"), "first")
+    clock.ahead = timedelta(days=3)
+    [first] = await outbox.claim("discord", "me")
+    await outbox.retry(first.id, 60, "Discord rate limit", hold_channel=True)
+
+    clock.ahead = timedelta(0)
+    await _store(database, outbox, _at("C1", "t2", "discord"), "second")
+    for delivery in await outbox.claim("discord", "me"):
+        await outbox.retry(delivery.id, 600, "Discord rate limit", hold_channel=True)
+    async with database.session() as session:
+        held = await outbox.enqueue_claimed(session, _at("C1", "t3", "discord"), Message.text("reply"))
+    assert held is None  # stored for the delivery loop, which waits for the 429's end
