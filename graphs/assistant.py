@@ -122,19 +122,23 @@ async def act(state: AssistantState) -> AssistantState:
         # bot.kit.chat redacts Baton's secrets from what goes to the model's provider, this output included
         output = clipped(outcome["output"], TOOL_OUTPUT_CHARS)
         results.append(ToolMessage(content=f"exit code {outcome['exit_code']}\n{output}", tool_call_id=call["id"] or key))
+    results += [ToolMessage(content=f"Not run: the arguments of `{call.get('name')}` are not valid JSON "
+                                    f"({call.get('error') or 'they could not be read'}).",
+                            tool_call_id=call.get("id") or f"{state.get('turns', 0)}:unreadable:{position}")
+                for position, call in enumerate(_unreadable_calls(state))]
     return {"messages": [*state["messages"], *results]}
 
 
 def answer(state: AssistantState) -> AssistantState:
     last = state["messages"][-1]
     text = last.text  # the text blocks only: providers may answer in blocks (Anthropic), not a string
-    if state.get("turns", 0) >= MAX_TURNS and _calls(state):
+    if state.get("turns", 0) >= MAX_TURNS and _asks_for_tools(state):
         text = "I stopped after several rounds of tool calls without an answer. " + text
     return {"reply": text or "(the model gave no answer)"}
 
 
 def after_think(state: AssistantState) -> str:
-    if not _calls(state) or state.get("turns", 0) >= MAX_TURNS:
+    if not _asks_for_tools(state) or state.get("turns", 0) >= MAX_TURNS:
         return "answer"
     return "review"
 
@@ -142,6 +146,17 @@ def after_think(state: AssistantState) -> str:
 def _calls(state: AssistantState) -> list[dict[str, Any]]:
     last = (state.get("messages") or [None])[-1]
     return list(last.tool_calls) if isinstance(last, AIMessage) else []
+
+
+def _unreadable_calls(state: AssistantState) -> list[dict[str, Any]]:
+    """The last reply's tool calls whose arguments are not JSON (local models write them at times): each is
+    told to the model, never run; the reply was taken for no answer at all."""
+    last = (state.get("messages") or [None])[-1]
+    return list(last.invalid_tool_calls) if isinstance(last, AIMessage) else []
+
+
+def _asks_for_tools(state: AssistantState) -> bool:
+    return bool(_calls(state) or _unreadable_calls(state))
 
 
 def _keyed_calls(state: AssistantState) -> list[tuple[str, dict[str, Any]]]:

@@ -2,7 +2,8 @@
 
 ``BATON_MODEL=python:tests.fake_models:scripted`` makes a ``baton run`` process use it. The script
 is a JSON list in the file named by ``BATON_TEST_MODEL_SCRIPT``: each entry is the reply to one
-call (``content``, optional ``tool_calls``, optional ``usage`` {input_tokens, output_tokens}) or
+call (``content``, optional ``tool_calls``, optional ``invalid_tool_calls`` (arguments that are not JSON, as
+text), optional ``usage`` {input_tokens, output_tokens}) or
 ``{"error": "..."}`` to raise, or ``{"hang": seconds}`` to answer nothing for that long. The position in the script and every call's last message (and the start of each of its messages, ``said``) are kept
 in ``<script>.calls`` (with
 the number of messages and their characters, and the tools bound to the call), so the script continues across a restart and tests can count the calls.
@@ -54,7 +55,10 @@ class ScriptedModel(ToolCallingFakeModel):
             threading.Event().wait(entry["hang"])
         message = AIMessage(content=entry.get("content", ""), tool_calls=[
             {"name": call["name"], "args": call["args"], "id": call["id"], "type": "tool_call"}
-            for call in entry.get("tool_calls", [])], usage_metadata=_usage(entry.get("usage")))
+            for call in entry.get("tool_calls", [])], invalid_tool_calls=[
+            {"name": call["name"], "args": call["args"], "id": call["id"], "error": call.get("error"),
+             "type": "invalid_tool_call"} for call in entry.get("invalid_tool_calls", [])],
+            usage_metadata=_usage(entry.get("usage")))
         return ChatResult(generations=[ChatGeneration(message=message)])
 
 

@@ -132,3 +132,19 @@ async def test_a_routing_answer_that_does_not_fit_offers_the_graphs_it_names(tmp
             graphs = (await session.exec(select(Run.graph))).all()
     assert graphs == ["choose"] * 4
     assert caplog.text.count("routing answer did not fit GraphGuess") == 4
+
+
+
+async def test_a_tool_call_whose_arguments_are_not_json_is_told_to_the_model(tmp_path, config_path, monkeypatch,
+                                                                              counter) -> None:
+    """A local model wrote `{"service": "web"` (no closing brace): LangChain keeps such a call apart from the
+    tool calls, and the requester read "(the model gave no answer)". The model is told, and may call again."""
+    broken = {"content": "", "invalid_tool_calls": [{"name": "uptime", "id": "c1", "args": '{"verbose": tru',
+                                                     "error": "Expecting value"}]}
+    async with baton_with_model(tmp_path, config_path, monkeypatch, broken, tool_call("uptime"),
+                                final("Up for 3 days.")) as baton:
+        thread = await say(baton, "@baton assistant how long has the host been up?")
+        await bot_said(baton, "Up for 3 days.", thread=thread)
+    told = model_calls(tmp_path)[1]["last"]
+    assert told == "Not run: the arguments of `uptime` are not valid JSON (Expecting value).", told
+    assert runs_in(counter) == ["uptime"]
