@@ -15,6 +15,7 @@ import logging
 import unicodedata
 import uuid
 from datetime import datetime, timedelta
+from collections.abc import AsyncIterator
 from typing import Any
 
 from langgraph.types import Command, Interrupt
@@ -128,9 +129,9 @@ class LeasedRunServices(RunServices):
     """A run's services whose side effects start only while this process holds the run's thread.
 
     A replica paused past its lease (SIGSTOP, a frozen VM) loses the thread to another replica, which
-    answers it; resumed, its run went on making the side effects after the one it was paused in. Each
-    effect now renews the lease first (a write that need not wait for the disk: the effect's own entry,
-    durable, follows at once), so it starts with a whole lease ahead of it, or not at all (``LeaseLost``).
+    answers it; resumed, its run went on making the side effects after the one it was paused in. The
+    transaction that stores an effect's "started" entry now renews the lease first (one statement more, no
+    transaction more), so the effect starts with a whole lease ahead of it, or not at all (``LeaseLost``).
     """
 
     def __init__(self, services: Services, request: Request, run_id: int | None, workspace: str,
@@ -138,12 +139,19 @@ class LeasedRunServices(RunServices):
         super().__init__(services, request, run_id, workspace, correlation_id)
         self._leases = leases
         self._record_id = record_id
+        self._effect_starting = False  # the next ``session`` stores an effect's start (``run_effect_once``)
 
     async def run_effect_once(self, key: str, name: str, fn: Any) -> Any:
-        if not await self._leases.renew(self._record_id, durable=False):
-            raise LeaseLost(f"thread {self._record_id} was taken over; side effect '{name}' of run {self._run_id} "
-                            "was not started")
+        self._effect_starting = True  # its first write is the "started" entry
         return await super().run_effect_once(key, name, fn)
+
+    @contextlib.asynccontextmanager
+    async def session(self, *, durable: bool = True) -> AsyncIterator[Transaction]:
+        fenced, self._effect_starting = self._effect_starting, False
+        async with super().session(durable=durable) as session:
+            if fenced and not await self._leases.keep(session, self._record_id):
+                raise LeaseLost(f"thread {self._record_id} was taken over; run {self._run_id} starts no side effect")
+            yield session
 
 
 class Orchestrator:

@@ -149,8 +149,8 @@ class Leases:
         await self.give_back(session, record_id)
         return None
 
-    async def renew(self, record_id: int, *, durable: bool = True) -> bool:
-        async with self._db.session(durable=durable) as session:
+    async def renew(self, record_id: int) -> bool:
+        async with self._db.session() as session:
             return await self.keep(session, record_id)
 
     async def release(self, record_id: int) -> None:
