@@ -12,11 +12,15 @@ runbook is a high-risk tool.
 from __future__ import annotations
 
 import json
+import re
+import re._constants as re_constants
+import re._parser as re_parser
 from typing import Any, TypedDict
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langgraph.graph import END, START, StateGraph
 
+from bot.config import Argument
 from bot.kit import Request, approve, chat, current, effect, history
 from bot.messages import quoted_code
 from bot.models import clipped
@@ -58,10 +62,47 @@ def tools() -> list[dict[str, Any]]:
         "description": f"{runbook.description} (risk: {runbook.risk})",
         "parameters": {"type": "object", "additionalProperties": False,
                        "required": [arg for arg, spec in runbook.args.items() if spec.default is None],  # others have a default
-                       "properties": {arg: {"type": "string", "pattern": spec.pattern,
-                                            "description": spec.description or arg}
-                                      for arg, spec in runbook.args.items()}},
+                       "properties": {arg: _argument_schema(arg, spec) for arg, spec in runbook.args.items()}},
     }} for name, runbook in config.runbooks.items()]
+
+
+def _argument_schema(name: str, spec: Argument) -> dict[str, Any]:
+    """An argument as JSON Schema. Its pattern only when every regex engine reads it: a provider that checks
+    the tools' schemas refuses the whole call for one it cannot compile (lookarounds break llama.cpp's
+    grammars; `a++` and `(?>a+)`, which baton.yaml's check suggests, are Python's own), and one runbook so
+    written stopped the assistant for every request. Baton checks the pattern itself before anything runs."""
+    if _portable(spec.pattern):
+        return {"type": "string", "pattern": spec.pattern, "description": spec.description or name}
+    return {"type": "string", "description": f"{spec.description or name} (must match the regular expression "
+                                             f"{spec.pattern})"}
+
+
+_PORTABLE_OPS = {re_constants.LITERAL, re_constants.NOT_LITERAL, re_constants.ANY, re_constants.IN,
+                 re_constants.MAX_REPEAT, re_constants.MIN_REPEAT, re_constants.SUBPATTERN, re_constants.BRANCH,
+                 re_constants.AT}
+_PORTABLE_ANCHORS = {re_constants.AT_BEGINNING, re_constants.AT_END}  # ^ and $; not \A, \Z, \b
+
+
+def _portable(pattern: str) -> bool:
+    """``pattern`` is in the part of regular expressions that JSON Schema (ECMA-262), Python and the providers'
+    grammars share: no flags, named groups, backreferences, lookarounds, possessive or atomic repetitions."""
+    if re.search(r"\\[NU]", pattern):  # \N{name} and \U0001F600 are Python's escapes
+        return False
+    parsed = re_parser.parse(pattern)
+    return parsed.state.flags == re.UNICODE and not parsed.state.groupdict and _portable_items(list(parsed))
+
+
+def _portable_items(items: list[tuple[Any, Any]]) -> bool:
+    for op, value in items:
+        if op not in _PORTABLE_OPS or (op == re_constants.AT and value not in _PORTABLE_ANCHORS):
+            return False
+        if op in (re_constants.MAX_REPEAT, re_constants.MIN_REPEAT) and not _portable_items(list(value[2])):
+            return False
+        if op == re_constants.SUBPATTERN and (value[1] or value[2] or not _portable_items(list(value[3]))):
+            return False  # value[1], value[2]: flags set or cleared for the group, (?i:...)
+        if op == re_constants.BRANCH and not all(_portable_items(list(branch)) for branch in value[1]):
+            return False
+    return True
 
 
 async def think(state: AssistantState) -> AssistantState:

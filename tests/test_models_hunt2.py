@@ -148,3 +148,38 @@ async def test_a_tool_call_whose_arguments_are_not_json_is_told_to_the_model(tmp
     told = model_calls(tmp_path)[1]["last"]
     assert told == "Not run: the arguments of `uptime` are not valid JSON (Expecting value).", told
     assert runs_in(counter) == ["uptime"]
+
+
+
+async def test_a_pattern_only_python_reads_is_not_put_in_the_tools_schema(tmp_path, config_path, monkeypatch,
+                                                                          counter) -> None:
+    """A runbook argument's pattern went to the model's provider as written. JSON Schema's patterns are
+    ECMA-262's; a provider that checks a tool's schema refuses the whole call for one it cannot compile
+    (lookarounds break llama.cpp's grammars, `(?>...)` and `a++`, which baton.yaml's own check suggests, are
+    Python's), so one such runbook stopped the assistant for every request. Such a pattern is told in words;
+    Baton still checks it before anything runs."""
+    config_path.write_text(config_path.read_text().replace("runbooks:\n", """runbooks:
+  tail:
+    description: Tails a service's log.
+    command: ["true", "{service}", "{lines}"]
+    args:
+      service:
+        pattern: "^(?>[a-z]+)$"
+      lines:
+        pattern: "^[0-9]{1,4}$"
+        default: "100"
+    risk: low
+    timeout: 10
+""", 1))
+    async with baton_with_model(tmp_path, config_path, monkeypatch, tool_call("tail", service="Web!"),
+                                final("It refused.")) as baton:
+        thread = await say(baton, "@baton assistant tail web")
+        await bot_said(baton, "It refused.", thread=thread)
+    first, second = model_calls(tmp_path)
+    tail = next(tool for tool in first["tools"] if tool["name"] == "tail")["parameters"]["properties"]
+    assert tail["service"] == {"type": "string",
+                               "description": "service (must match the regular expression ^(?>[a-z]+)$)"}
+    assert tail["lines"]["pattern"] == "^[0-9]{1,4}$"
+    restart = next(tool for tool in first["tools"] if tool["name"] == "restart")["parameters"]["properties"]
+    assert restart["service"]["pattern"] == "^(web|api|worker)$"
+    assert "`service=Web!` does not match the allowed pattern" in second["last"]
