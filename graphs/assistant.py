@@ -172,7 +172,9 @@ async def act(state: AssistantState) -> AssistantState:
 
 def answer(state: AssistantState) -> AssistantState:
     last = state["messages"][-1]
-    text = last.text  # the text blocks only: providers may answer in blocks (Anthropic), not a string
+    # The text blocks only (providers may answer in blocks, as Anthropic does), without the blank lines a model
+    # may write around them: an answer of only those was a blank message.
+    text = last.text.strip()
     if state.get("turns", 0) >= MAX_TURNS and _asks_for_tools(state):
         text = "I stopped after several rounds of tool calls without an answer. " + text
     return {"reply": text or "(the model gave no answer)"}

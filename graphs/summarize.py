@@ -61,7 +61,7 @@ async def summarize(state: SummarizeState) -> SummarizeState:
                                                "questions, who does what. Five bullet points at most."),
                         HumanMessage(content=transcript)], what="Summarising")
     return {"reply": {"title": f"Summary of {where}", "tone": "info",
-                      "parts": [{"kind": "text", "text": reply.text or "(the model gave no summary)"}]}}
+                      "parts": [{"kind": "text", "text": reply.text.strip() or "(the model gave no summary)"}]}}
 
 
 def _where(scope: str, count: int, *, cut: bool) -> str:

@@ -183,3 +183,17 @@ async def test_a_pattern_only_python_reads_is_not_put_in_the_tools_schema(tmp_pa
     restart = next(tool for tool in first["tools"] if tool["name"] == "restart")["parameters"]["properties"]
     assert restart["service"]["pattern"] == "^(web|api|worker)$"
     assert "`service=Web!` does not match the allowed pattern" in second["last"]
+
+
+
+async def test_an_answer_of_only_blank_lines_is_no_blank_message(tmp_path, config_path, monkeypatch) -> None:
+    """A model answered "\\n\\n": the assistant posted a blank message and summarize a title
+    over nothing; and an answer's leading blank lines were shown."""
+    async with baton_with_model(tmp_path, config_path, monkeypatch, final(" \n\n "), final("\n"),
+                                final("\n\nAll quiet.\n")) as baton:
+        thread = await say(baton, "@baton assistant hi")
+        await bot_said(baton, "(the model gave no answer)", thread=thread)
+        await say(baton, "@baton summarize", thread=thread)
+        await bot_said(baton, "(the model gave no summary)", thread=thread)
+        await say(baton, "@baton assistant anything new?", thread=thread)
+        assert await bot_said(baton, "All quiet.", thread=thread) == "All quiet."
