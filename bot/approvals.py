@@ -49,6 +49,9 @@ def refusal(approval: Approval, platform: str, user: str, action: str = "approve
     if user == approval.requested_by:
         if action == "reject":
             return None
+        if approval.risk == "high" and not approvers_besides_requester(approval):  # else told to wait for nobody
+            return ("You asked for this high-risk action, and nobody else may approve it: baton.yaml names no other "
+                    "approver (add one there, or Reject to withdraw it).")
         if approval.risk == "high":
             return "You asked for this high-risk action, so someone else has to approve it (Reject withdraws it)."
     if not approval.approvers:

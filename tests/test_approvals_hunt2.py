@@ -6,9 +6,12 @@ import pytest
 from sqlmodel import select
 
 from bot.kit import approve
+from bot.messages import InboundClick, InboundMessage
 from bot.registry import GraphSpec
-from storage.models import Approval
-from tests.test_graph_authoring_hunt2 import _asking
+from storage.models import Approval, PlaygroundMessage
+from tests.support import until, write_config
+from tests.test_approvals_hunt import _baton
+from tests.test_graph_authoring_hunt2 import _asking, _waiting_card
 from tests.test_graph_modules import State, _asked, _reply
 
 
@@ -36,3 +39,24 @@ async def test_approve_naming_an_approver_nobody_is_fails_the_run_saying_so(
         reply = await _reply(baton, "1")
         assert expected in reply, reply
         await _no_card(baton)
+
+
+async def test_the_requester_of_a_card_only_they_could_approve_is_not_told_to_wait_for_someone_else(
+        tmp_path, counter) -> None:
+    """alice, the only approver baton.yaml names, asked for a high-risk runbook and clicked Approve: she was told
+    "someone else has to approve it", and waited for nobody (the card names "nobody else")."""
+    async with _baton(tmp_path, write_config(tmp_path, counter, ["alice"])) as baton:
+        await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1", event_id="e1",
+                                                  user="alice", text="run restart service=web"))
+        card = await _waiting_card(baton, 1)
+        await baton.accept_click(InboundClick(platform="playground", channel="general", thread="1", event_id="c1",
+                                              user="alice", approval_id=card.id, action="approve"))
+
+        async def refusal() -> str | None:
+            async with baton.db.read() as session:
+                return (await session.exec(select(PlaygroundMessage.text).where(
+                    PlaygroundMessage.visible_to == "alice"))).first()
+
+        told = await until(refusal, "alice's refusal")
+        assert told == ("You asked for this high-risk action, and nobody else may approve it: baton.yaml names no "
+                        "other approver (add one there, or Reject to withdraw it)."), told
