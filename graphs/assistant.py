@@ -38,6 +38,7 @@ TIMEOUT = None
 MESSAGE_CHARS = 2_000  # of each earlier message of the thread the model reads (a runbook's output can be 150k)
 TOOL_OUTPUT_CHARS = 8_000  # of a tool's output the model reads: its start and its end
 ASKED_CHARS = 300  # of the request, quoted on an approval card
+DESCRIPTION_CHARS = 2_000  # of a runbook's description on it: the card's question may have 3,000 (bot.kit.approve)
 SYSTEM = ("You are Baton, an operations assistant in a team chat. Use the tools (runbooks) when they help; "
           "answer briefly. If a tool was rejected by an approver, do not try it again: answer without it.")
 
@@ -129,7 +130,7 @@ def review(state: AssistantState) -> AssistantState:
             argv = runbook.argv(runbook.validate_args(_string_args(call["args"])))
         except ValueError:
             continue  # refused in `act`, never shown as runnable
-        decision = approve(f"The assistant wants to run `{call['name']}`: {runbook.description}\n{_asked()}",
+        decision = approve(f"The assistant wants to run `{call['name']}`: {_described(runbook.description)}\n{_asked()}",
                            details={"tool": call["name"], "arguments": json.dumps(call["args"], sort_keys=True),
                                     "command": " ".join(argv)},
                            risk="high", runbook=call["name"])
@@ -217,6 +218,12 @@ def _before_this_request(earlier: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if is_this_request(earlier[index]):
             return earlier[:index] + earlier[index + 1:]
     return earlier
+
+
+def _described(description: str) -> str:
+    """A runbook's description for an approval card: a long one (baton.yaml sets no limit) made the card's
+    question longer than a card shows, and the run failed instead of asking."""
+    return description if len(description) <= DESCRIPTION_CHARS else description[:DESCRIPTION_CHARS - 1] + "…"
 
 
 def _asked() -> str:

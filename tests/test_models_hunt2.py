@@ -197,3 +197,22 @@ async def test_an_answer_of_only_blank_lines_is_no_blank_message(tmp_path, confi
         await bot_said(baton, "(the model gave no summary)", thread=thread)
         await say(baton, "@baton assistant anything new?", thread=thread)
         assert await bot_said(baton, "All quiet.", thread=thread) == "All quiet."
+
+
+async def test_a_runbook_with_a_long_description_still_gets_its_card(tmp_path, config_path, monkeypatch,
+                                                                     counter) -> None:
+    """baton.yaml sets no limit on a runbook's description; with 3,000 characters of it the assistant's card
+    question was longer than a card shows, and the run failed ("approve(): the question is 3,156 characters; an
+    approval card shows 3,000") instead of asking."""
+    text = "Purges the CDN cache. " * 140
+    config_path.write_text(config_path.read_text().replace("runbooks:\n", f"""runbooks:
+  purge:
+    description: {text.strip()}
+    command: ["true"]
+    risk: high
+    timeout: 10
+""", 1))
+    async with baton_with_model(tmp_path, config_path, monkeypatch, tool_call("purge")) as baton:
+        thread = await say(baton, "@baton assistant purge the cache")
+        card = await bot_said(baton, "The assistant wants to run `purge`", thread=thread)
+    assert "Purges the CDN cache. Purges" in card and "…\nalice asked: `assistant purge the cache`" in card, card
