@@ -241,8 +241,8 @@ class Baton:
     async def prune_checkpoints(self, limit: int = PRUNE_BATCH) -> int:
         """Delete the checkpoints of up to ``limit`` threads finished longer ago than the retention setting;
         how many were pruned (a thread taken up again meanwhile is left as it is)."""
-        now = utcnow()
-        cutoff = now - timedelta(hours=self.settings.checkpoint_retention_hours)
+        now = self.db.now()  # leases are compared on the database's clock (bot.threads)
+        cutoff = utcnow() - timedelta(hours=self.settings.checkpoint_retention_hours)
         async with self.db.session() as session:
             records = (await session.exec(select(ThreadRecord).where(
                 ThreadRecord.updated_at < cutoff, *_prunable(now)).limit(limit))).all()  # type: ignore[arg-type]
@@ -254,7 +254,7 @@ class Baton:
         (its approval turned stale). False, and nothing deleted, when the thread is no longer finished and
         free. A follow-up stored meanwhile waits for the lease; the sweeper drains it once it is given back."""
         pruner = f"{self.instance} (pruning)"  # not the drains' name: they count their own name's lease as free
-        now = utcnow()
+        now = self.db.now()  # the lease's end as every replica reads it: on the database's clock, not ours
         async with self.db.session() as session:
             taken = await session.exec(update(ThreadRecord).where(  # type: ignore[call-overload]
                 ThreadRecord.id == record.id, ThreadRecord.updated_at == record.updated_at, *_prunable(now),
