@@ -132,8 +132,9 @@ def route_after_plan(state: RunbookState) -> str:
 async def run_command(argv: list[str], timeout: float) -> dict[str, Any]:
     """Run ``argv`` without a shell, stdin empty; capture stdout and stderr together.
 
-    The command runs in a session of its own. When it outlasts ``timeout``, or the run is stopped
-    (Baton stopping), its whole process group is killed, children included. Only the first
+    The command runs in a session of its own. When it outlasts ``timeout``, its whole process group,
+    children included, gets SIGTERM, then SIGKILL ``KILL_GRACE_SECONDS`` later; when the run is stopped
+    (Baton stopping), SIGKILL at once. Only the first
     ``MAX_OUTPUT_BYTES`` are kept: the rest is read and counted, so a command printing without end
     neither fills Baton's memory nor blocks on a full pipe. The run ends when the command does: a process
     it left running in the background (``worker &``) is left alone, and not waited for.
@@ -161,8 +162,7 @@ async def run_command(argv: list[str], timeout: float) -> dict[str, Any]:
             await asyncio.wait_for(process.wait(), timeout)  # a command may close its output early and go on
         except TimeoutError:
             timed_out = True
-            _kill_group(process.pid)
-            await process.wait()
+            await _stop_group(process)
         # what is left in the pipe; a process the command left running (`worker &`, or one that escaped the
         # group kill with setsid) may hold it open for good: the run does not wait for that one
         await asyncio.wait({reading}, timeout=KILL_GRACE_SECONDS)
@@ -228,9 +228,25 @@ async def _read_all(reader: asyncio.StreamReader, output: _Output) -> None:
         output.add(chunk)
 
 
-def _kill_group(pid: int) -> None:
+async def _stop_group(process: asyncio.subprocess.Process) -> None:
+    """Stop a command past its timeout as timeout(1) and systemd do: SIGTERM to its group first, so that it
+    may clean up (a lock it holds, terraform's state lock), then SIGKILL to what is left of the group."""
+    _signal_group(process.pid, signal.SIGTERM)
     try:
-        os.killpg(pid, signal.SIGKILL)
+        await asyncio.wait_for(process.wait(), KILL_GRACE_SECONDS)
+    except TimeoutError:
+        pass
+    _kill_group(process.pid)
+    await process.wait()
+
+
+def _kill_group(pid: int) -> None:
+    _signal_group(pid, signal.SIGKILL)
+
+
+def _signal_group(pid: int, number: signal.Signals) -> None:
+    try:
+        os.killpg(pid, number)
     except (ProcessLookupError, PermissionError):  # the group has ended already
         pass
 

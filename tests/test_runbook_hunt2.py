@@ -50,3 +50,19 @@ def test_a_spinner_drawn_with_backspaces_reads_as_a_terminal_shows_it() -> None:
     spinner = "".join(f"{char}\\b" for char in "|/-" * 6)
     result = asyncio.run(run_command(["printf", f"backing up... {spinner}done\\nbold: b\\bbo\\bol\\bld\\b\\n"], 10))
     assert result["output"] == "backing up... done\nbold: bold", result["output"]
+
+
+
+def test_a_command_past_its_timeout_is_asked_to_stop_before_it_is_killed() -> None:
+    """At its timeout the command was killed outright (SIGKILL): a script's `trap ... TERM` never ran, so the
+    lock it held (a deploy lock, terraform's state lock) stayed, and the next run found it taken. It gets
+    SIGTERM first, as timeout(1) and systemd give, and is killed when it has not ended a moment later."""
+    script = "trap 'echo lock released; exit 143' TERM; echo working; sleep 30 & wait"
+    result = asyncio.run(asyncio.wait_for(run_command(["sh", "-c", script], 1), 20))
+    assert result["timed_out"] and result["output"] == "working\nlock released", result
+
+
+def test_a_command_ignoring_sigterm_is_still_killed_at_its_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("graphs.runbook.KILL_GRACE_SECONDS", 0.2)
+    result = asyncio.run(asyncio.wait_for(run_command(["sh", "-c", "trap '' TERM; echo stubborn; sleep 30"], 0.5), 20))
+    assert result["timed_out"] and result["exit_code"] == -signal.SIGKILL and result["output"] == "stubborn"
