@@ -32,6 +32,7 @@ EXAMPLE = "assistant why is the web service slow?"
 PATTERNS: list[str] = []
 DEDUPE = False
 MAX_TURNS = 6
+MAX_CALLS_PER_TURN = 5  # of one answer's tool calls, run or asked about; the model is told of the others
 # Each command has its runbook's timeout (baton.yaml, up to 24 h), each model call BATON_MODEL_TIMEOUT_SECONDS,
 # and there are at most MAX_TURNS of them.
 TIMEOUT = None
@@ -122,7 +123,7 @@ def review(state: AssistantState) -> AssistantState:
     """Ask a human for every high-risk call (one card per call); nothing else happens here."""
     config = current().config
     decisions = dict(state.get("decisions") or {})
-    for key, call in _keyed_calls(state):
+    for key, call in _keyed_calls(state)[:MAX_CALLS_PER_TURN]:
         runbook = config.runbooks.get(call["name"])
         if runbook is None or runbook.risk != "high" or key in decisions:
             continue
@@ -143,8 +144,12 @@ async def act(state: AssistantState) -> AssistantState:
     config = current().config
     decisions = state.get("decisions") or {}
     results: list[BaseMessage] = []
-    for key, call in _keyed_calls(state):
+    for index, (key, call) in enumerate(_keyed_calls(state)):
         runbook = config.runbooks.get(call["name"])
+        if index >= MAX_CALLS_PER_TURN:
+            results.append(ToolMessage(content=f"Not run: at most {MAX_CALLS_PER_TURN} tool calls of one answer are "
+                                                "run; call it again if you still need it.", tool_call_id=call["id"] or key))
+            continue
         if runbook is None:
             results.append(ToolMessage(content=f"There is no runbook `{call['name']}`.", tool_call_id=call["id"] or key))
             continue

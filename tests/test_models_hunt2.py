@@ -216,3 +216,19 @@ async def test_a_runbook_with_a_long_description_still_gets_its_card(tmp_path, c
         thread = await say(baton, "@baton assistant purge the cache")
         card = await bot_said(baton, "The assistant wants to run `purge`", thread=thread)
     assert "Purges the CDN cache. Purges" in card and "…\nalice asked: `assistant purge the cache`" in card, card
+
+
+async def test_one_answer_runs_a_few_tool_calls_not_all_it_asks_for(tmp_path, config_path, monkeypatch,
+                                                                     counter) -> None:
+    """A model that answered with a dozen tool calls had every one run (a slow runbook's timeout each, one
+    after another) or put on a card of its own: a model gone astray flooded the host or the thread."""
+    many = {"content": "", "tool_calls": [{"name": "uptime", "id": f"u{n}", "args": {}} for n in range(7)]
+            + [{"name": "restart", "id": f"r{n}", "args": {"service": "web"}} for n in range(5)]}
+    async with baton_with_model(tmp_path, config_path, monkeypatch, many, final("Up, 5 times.")) as baton:
+        thread = await say(baton, "@baton assistant is the host up?")
+        await bot_said(baton, "Up, 5 times.", thread=thread)
+        async with baton.db.read() as session:
+            assert (await session.exec(select(Approval))).all() == []
+    assert runs_in(counter) == ["uptime"] * 5
+    said = model_calls(tmp_path)[1]["said"]
+    assert sum("Not run: at most 5 tool calls of one answer are run" in text for text in said) == 7, said
