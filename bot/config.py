@@ -192,6 +192,25 @@ class Argument(BaseModel):
         return self
 
 
+_TIMEOUT_IS = "the timeout is a number of seconds"
+_UNITS = {"s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1, "m": 60, "min": 60, "mins": 60, "minute": 60,
+          "minutes": 60, "h": 3600, "hour": 3600, "hours": 3600}
+
+
+def _seconds(text: str) -> str:
+    """``text`` when it is a number ('60', as YAML reads a quoted one); else why not, with the number meant
+    for a duration written with its unit ('5m': 300)."""
+    try:
+        if float(text) == float(text):
+            return text
+    except ValueError:
+        pass
+    written = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-z]+)\s*", text.lower())
+    if written and written[2] in _UNITS:
+        raise ValueError(f"{_TIMEOUT_IS}: write {float(written[1]) * _UNITS[written[2]]:g}, not '{text[:40]}'")
+    raise ValueError(f"{_TIMEOUT_IS} (at most 86400, a day), not '{text[:40]}'")
+
+
 class Runbook(BaseModel):
     model_config = ConfigDict(extra="forbid")
     _approver_ids = field_validator("approvers", mode="before")(lambda cls, value: _ids_as_text(value))
@@ -220,6 +239,10 @@ class Runbook(BaseModel):
     def _seconds_not_yes(cls, value: object) -> object:
         if isinstance(value, bool):  # YAML's `true` would be 1 second
             raise ValueError("timeout is a number of seconds")
+        if isinstance(value, str):
+            return _seconds(value)
+        if isinstance(value, float) and value != value:  # .nan: pydantic said "less than or equal to 86400"
+            raise ValueError(f"{_TIMEOUT_IS} (at most 86400, a day), not nan")
         return value
 
     @field_validator("args")

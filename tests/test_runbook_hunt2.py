@@ -66,3 +66,19 @@ def test_a_command_ignoring_sigterm_is_still_killed_at_its_timeout(monkeypatch: 
     monkeypatch.setattr("graphs.runbook.KILL_GRACE_SECONDS", 0.2)
     result = asyncio.run(asyncio.wait_for(run_command(["sh", "-c", "trap '' TERM; echo stubborn; sleep 30"], 0.5), 20))
     assert result["timed_out"] and result["exit_code"] == -signal.SIGKILL and result["output"] == "stubborn"
+
+
+@pytest.mark.parametrize(("timeout", "said"), [
+    ("5m", "the timeout is a number of seconds: write 300, not '5m'"),  # said "unable to parse string as a number"
+    ("90s", "the timeout is a number of seconds: write 90, not '90s'"),
+    ("1 h", "the timeout is a number of seconds: write 3600, not '1 h'"),
+    ("soon", "the timeout is a number of seconds (at most 86400, a day), not 'soon'"),
+    (".nan", "the timeout is a number of seconds (at most 86400, a day), not nan"),  # said "less than or equal to"
+])
+def test_a_timeout_that_is_no_number_of_seconds_says_how_to_write_it(tmp_path: Path, timeout: str, said: str) -> None:
+    from bot.config import ConfigError, load_config
+    path = tmp_path / "baton.yaml"
+    path.write_text(f"runbooks:\n  backup:\n    description: Back up.\n    command: [backup]\n    timeout: {timeout}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert str(refused.value) == f"{path}: line 5: runbooks.backup.timeout: Value error, {said}", str(refused.value)
