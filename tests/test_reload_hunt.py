@@ -8,10 +8,12 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -284,8 +286,11 @@ def test_a_sighup_during_a_graceful_stop_is_refused_and_baton_still_stops(
         start_baton, sqlite_url: str, config_path: Path) -> None:
     baton = start_baton(sqlite_url)
     pg = baton.client()
-    thread = pg.ask("@baton run slow seconds=6")
-    wait_for(lambda: "slow" in baton.log.read_text() or pg.bot_replies(thread), what="the slow run to start")
+    pg.ask("@baton run slow seconds=3")
+    # The command under way (its ledger entry): the stop's grace waits for it, and the SIGHUP comes meanwhile.
+    # (The log says nothing of it at INFO, and the first reply is its end: the test waited for the run to end,
+    # 6 s, and stopped a Baton with nothing left to wait for.)
+    wait_for(lambda: _started_effects(sqlite_url), what="the slow run to start")
     assert baton.process is not None
     baton.process.send_signal(signal.SIGTERM)
     wait_for(lambda: "Shutting down" in baton.log.read_text(), what="the graceful stop to begin")
@@ -297,6 +302,11 @@ def test_a_sighup_during_a_graceful_stop_is_refused_and_baton_still_stops(
     assert "Traceback" not in log, log[-3000:]
     assert returncode in (0, -signal.SIGTERM), (returncode, log[-2000:])
     assert "baton.yaml read again:" not in log
+
+
+def _started_effects(sqlite_url: str) -> int:
+    with closing(sqlite3.connect(sqlite_url.removeprefix("sqlite:///"))) as db:
+        return int(db.execute("SELECT count(*) FROM effects WHERE status = 'started'").fetchone()[0])
 
 
 # -- files that cannot be read, or are replaced ----------------------------------------------------------------------
