@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,13 +39,16 @@ def candidates(registry: GraphRegistry) -> list[str]:
     return [spec.name for spec in registry if spec.name not in NOT_ROUTABLE]
 
 
-async def guess(model: BaseChatModel, text: str, registry: GraphRegistry) -> Guess:
+async def guess(model: BaseChatModel, text: str, registry: GraphRegistry,
+                redact: Callable[[str], str] | None = None) -> Guess:
+    """``redact``: Baton's secrets out of the request before it goes to the model's provider, as ``bot.kit.chat``
+    does for graphs (a token pasted into a plain-words request went out as written)."""
     names = candidates(registry)
     described = "\n".join(f"- {spec.name}: {spec.description}" for spec in registry if spec.name in names)
     result = await model.with_structured_output(GraphGuess, include_raw=True).ainvoke([
         SystemMessage(content="You route chat requests to one of these graphs. Answer with the graph's exact name.\n"
                               f"{described}"),
-        HumanMessage(content=text),
+        HumanMessage(content=redact(text) if redact else text),
     ])
     parsed: GraphGuess | None = result.get("parsed")
     known = {name.lower(): name for name in names}

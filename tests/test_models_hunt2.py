@@ -232,3 +232,21 @@ async def test_one_answer_runs_a_few_tool_calls_not_all_it_asks_for(tmp_path, co
     assert runs_in(counter) == ["uptime"] * 5
     said = model_calls(tmp_path)[1]["said"]
     assert sum("Not run: at most 5 tool calls of one answer are run" in text for text in said) == 7, said
+
+
+async def test_routing_can_keep_secrets_from_the_model(tmp_path, monkeypatch) -> None:
+    """Plain words are routed outside bot.kit.chat, which redacts Baton's secrets from what graphs send the
+    model: a token pasted into a request went to the provider as written (the orchestrator is to pass its
+    redactor; see /tmp/exp/proposal-models2.md)."""
+    from bot.model_routing import guess as route_guess
+    from bot.redaction import Redactor
+    from bot.registry import GraphRegistry
+    from tests.fake_models import scripted
+
+    script(tmp_path / "script.json", [guess("status", 0.9)])
+    monkeypatch.setenv("BATON_TEST_MODEL_SCRIPT", str(tmp_path / "script.json"))
+    registry = GraphRegistry.discover()
+    redact = Redactor(["ghp_verysecretvalue12345"]).text
+    chosen = await route_guess(scripted(), "why does login fail with ghp_verysecretvalue12345?", registry, redact)
+    assert model_calls(tmp_path)[0]["last"] == "why does login fail with [redacted]?"
+    assert chosen.graph == "status"
