@@ -167,8 +167,9 @@ async def run_command(argv: list[str], timeout: float) -> dict[str, Any]:
         # group kill with setsid) may hold it open for good: the run does not wait for that one
         await asyncio.wait({reading}, timeout=KILL_GRACE_SECONDS)
         if not reading.done() and not timed_out:
-            output.note("[a process it left running in the background still holds the output open: "
-                        "what it writes is not shown]")
+            output.note("[a process it left running in the background holds the output open: it is not waited "
+                        "for, and its next write there fails; give it an output of its own, as in "
+                        "`worker >worker.log 2>&1 &`]")
     except BaseException:  # the run stopped (Baton stopping): the command must not outlive it
         _kill_group(process.pid)
         raise
