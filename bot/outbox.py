@@ -24,6 +24,10 @@ few minutes of the first gets the message posted then), Slack's message metadata
 row and step; a try after one whose post may have reached Slack, or a row taken over, looks for it in
 the thread first). ``Delivery.attempts`` is how an adapter tells a first try (1: nothing to look for)
 from a later one. The playground marks its messages in the transaction that stores them: exactly once.
+
+Times another replica compares (claims, retries, a channel's pace and a 429's hold) are on the database's clock
+(``Database.now``), the one clock replicas share. One further ahead than any wait Baton sets was set on a clock
+that was off (or was before it was set back): it counts as come, rather than silencing its channel until then.
 """
 
 from __future__ import annotations
@@ -323,14 +327,14 @@ class Outbox:
             return None
         row = _row(location, message, correlation_id=correlation_id)
         row.update(status="sending", attempts=1, claimed_by=self.worker,
-                   claimed_until=row["created_at"] + timedelta(seconds=self.claim_seconds))
+                   claimed_until=self._db.now() + timedelta(seconds=self.claim_seconds))
         row_id = await insert_returning_id(session, OutboxMessage, row)
         return Delivery(id=row_id, kind="post", location=location, message=message, target_user=None,
                         target_message_id=None, attempts=1, created_at=row["created_at"])
 
     def _held(self, platform: str, channel: str) -> bool:
         """Whether a 429 this process saw still holds ``channel``."""
-        self._forget_holds_over(utcnow())
+        self._forget_holds_over(self._db.now())
         return (platform, channel) in self._holds
 
     def _forget_holds_over(self, now: datetime) -> None:
@@ -375,7 +379,7 @@ class Outbox:
                    for row_id in [*self._taken.get(platform, ()), *(d.id for d in self._handed.get(platform, ()))]]
         if not row_ids:
             return 0
-        until = utcnow() + timedelta(seconds=self.claim_seconds)
+        until = self._db.now() + timedelta(seconds=self.claim_seconds)
         # Not durable: after a power cut the claims are this dead process's, to run out anyway.
         async with self._db.session(durable=False) as session:
             kept = await session.exec(_KEEP, params={  # type: ignore[call-overload]
@@ -430,7 +434,8 @@ class Outbox:
         event.clear()
 
     async def claim(self, platform: str, worker: str, *, limit: int = 20, pace_seconds: float = 0.0) -> list[Delivery]:
-        now = utcnow()
+        await self._db.read_clock(unless_read=True)  # a process's first claim: no connection may have read it yet
+        now = self._db.now()
         due = _due_statement(limit)
         due_params = {"platform": platform, "now": now, "latest": latest_wait(now, pace_seconds)}
         # Idle polling never takes the write lock, nor does a row this version cannot read (it would, every poll).
@@ -556,10 +561,9 @@ class Outbox:
             created_at=row.created_at,
         )
 
-    @staticmethod
-    async def _channel_slot(session: Transaction, platform: str, channel: str, pace_seconds: float) -> bool:
+    async def _channel_slot(self, session: Transaction, platform: str, channel: str, pace_seconds: float) -> bool:
         """Take the channel's next sending slot if its pace allows a message now."""
-        now = utcnow()
+        now = self._db.now()
         await insert_ignore(session, ChannelPace, {"platform": platform, "channel": channel, "next_at": now},
                             ["platform", "channel"])
         result = await session.exec(
@@ -589,7 +593,7 @@ class Outbox:
         Retry-After), for its channel, not only this message: no other message goes there before then.
         The wait is at most ``MAX_RETRY_SECONDS`` (none for a NaN or a negative one)."""
         after_seconds = min(after_seconds, MAX_RETRY_SECONDS) if after_seconds > 0 else 0.0
-        now = utcnow()
+        now = self._db.now()
         at = now + timedelta(seconds=after_seconds)
         async with self._db.session() as session:
             if await self._settle(session, _RETRY, delivery_id, at=at, error=self._stored_error(error)) \

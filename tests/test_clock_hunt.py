@@ -10,13 +10,15 @@ import pytest
 
 from bot import outbox as outbox_module
 from bot.messages import Location, Message
+import storage.db
 from bot.outbox import Outbox
 from storage.db import Database
+from storage.migrate import upgrade
 from storage.models import utcnow
 
 
 class SkewedClock:
-    """The outbox's clock: the machine's, ``ahead`` of it by as much as the test says."""
+    """The time as this process reckons it, ``ahead`` of the real one by as much as the test says."""
 
     def __init__(self) -> None:
         self.ahead = timedelta(0)
@@ -26,9 +28,21 @@ class SkewedClock:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[SkewedClock]:
+def clock(monkeypatch: pytest.MonkeyPatch, database: Database) -> Iterator[SkewedClock]:
+    """The outbox's clock off: the machine's, and the database's as this process reckons it (on SQLite the machine's;
+    on PostgreSQL until the server's clock is read again, up to a minute after the machine's clock jumped)."""
     skewed = SkewedClock()
     monkeypatch.setattr(outbox_module, "utcnow", skewed)
+    monkeypatch.setattr(database, "now", skewed, raising=False)
+    yield skewed
+
+
+@pytest.fixture
+def machine_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[SkewedClock]:
+    """This machine's clock off (the database's server's is right): as a replica whose NTP is broken sees time."""
+    skewed = SkewedClock()
+    for module in (outbox_module, storage.db):
+        monkeypatch.setattr(module, "utcnow", skewed)
     yield skewed
 
 
@@ -152,3 +166,35 @@ async def test_a_429_after_the_clock_was_set_back_holds_its_channel(database: Da
     async with database.session() as session:
         held = await outbox.enqueue_claimed(session, _at("C1", "t3", "discord"), Message.text("reply"))
     assert held is None  # stored for the delivery loop, which waits for the 429's end
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("off", [timedelta(minutes=5), -timedelta(minutes=5)], ids=["ahead", "behind"])
+async def test_a_replica_whose_clock_is_off_by_minutes_does_not_send_a_message_another_replica_is_sending(
+        postgres_url: str, machine_clock: SkewedClock, off: timedelta) -> None:
+    """An outbox claim lasts ``claimed_until``, written and compared on each replica's own clock: a replica 5 minutes
+    ahead found the claim of a replica sending a message run out, took the row and sent it again (posted twice); one
+    5 minutes behind wrote claims every other replica found run out. Claims, retries, paces and holds are on the
+    database server's clock, which every replica reads."""
+    upgrade(postgres_url)
+    accurate, skewed = Database(postgres_url), None
+    try:
+        right = Outbox(accurate, worker="right")
+        await _store(accurate, right, _at("C1", "t1"), "the reply")
+        machine_clock.ahead = off  # the other replica's machine: its clock is off, and it starts so
+        skewed = Database(postgres_url)
+        other = Outbox(skewed, worker="other")
+        if off > timedelta(0):  # the accurate replica sends it; the one ahead must not take it over
+            machine_clock.ahead = timedelta(0)
+            [sending] = await right.claim("slack", "right", pace_seconds=1.0)
+            machine_clock.ahead = off
+            assert await other.claim("slack", "other", pace_seconds=1.0) == [], "a message being sent was taken over"
+        else:  # the replica behind sends it; the accurate one must not take it over
+            [sending] = await other.claim("slack", "other", pace_seconds=1.0)
+            machine_clock.ahead = timedelta(0)
+            assert await right.claim("slack", "right", pace_seconds=1.0) == [], "a message being sent was taken over"
+        assert sending.message.plain_text() == "the reply"
+    finally:
+        await accurate.dispose()
+        if skewed is not None:
+            await skewed.dispose()
