@@ -132,7 +132,7 @@ def review(state: AssistantState) -> AssistantState:
         except ValueError:
             continue  # refused in `act`, never shown as runnable
         decision = approve(f"The assistant wants to run `{call['name']}`: {_described(runbook.description)}\n{_asked()}",
-                           details={"tool": call["name"], "arguments": json.dumps(call["args"], sort_keys=True),
+                           details={"tool": call["name"], "arguments": json.dumps(call["args"], sort_keys=True, ensure_ascii=False),
                                     "command": " ".join(argv)},
                            risk="high", runbook=call["name"])
         decisions[key] = {"approved": decision.approved, "by": decision.by}

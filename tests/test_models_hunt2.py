@@ -250,3 +250,25 @@ async def test_routing_can_keep_secrets_from_the_model(tmp_path, monkeypatch) ->
     chosen = await route_guess(scripted(), "why does login fail with ghp_verysecretvalue12345?", registry, redact)
     assert model_calls(tmp_path)[0]["last"] == "why does login fail with [redacted]?"
     assert chosen.graph == "status"
+
+
+async def test_an_assistant_card_shows_arguments_in_any_language_as_written(tmp_path, config_path, monkeypatch,
+                                                                            counter) -> None:
+    """The card showed a tool call's arguments as JSON escapes: "d\\u00e9ploiement termin\\u00e9 \\ud83c\\udf89",
+    which no approver can read, for "déploiement terminé 🎉"."""
+    config_path.write_text(config_path.read_text().replace("runbooks:\n", """runbooks:
+  notify:
+    description: Posts a note to the status page.
+    command: ["true", "{message}"]
+    args:
+      message:
+        pattern: "^[^\\n]{1,200}$"
+    risk: high
+    timeout: 10
+""", 1))
+    async with baton_with_model(tmp_path, config_path, monkeypatch,
+                                tool_call("notify", message="déploiement terminé 🎉 — 完了")) as baton:
+        thread = await say(baton, "@baton assistant annonce la fin du déploiement")
+        card = await bot_said(baton, "The assistant wants to run `notify`", thread=thread)
+    assert 'arguments: {"message": "déploiement terminé 🎉 — 完了"}' in card, card
+    assert "alice asked: `assistant annonce la fin du déploiement`" in card
