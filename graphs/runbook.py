@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import shlex
+import shutil
 import signal
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -183,7 +184,30 @@ def _why_not_started(program: str, exc: Exception) -> str:
     if isinstance(exc, PermissionError):
         return "it is a directory, not a program" if os.path.isdir(program) else \
             f"{exc.strerror} (is it executable, and may Baton's user run it?)"
+    if isinstance(exc, FileNotFoundError):
+        return _why_not_found(program, exc)
     return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+
+
+def _why_not_found(program: str, exc: FileNotFoundError) -> str:
+    """Where a program that is not there was looked for; or, for a script that is there, that the interpreter
+    its ``#!`` line names is not (a script saved with Windows line ends asks for ``/bin/sh\\r``)."""
+    found = program if "/" in program else shutil.which(program)
+    if found and os.path.isfile(found):
+        try:
+            with open(found, "rb") as script:
+                first = script.readline(200).rstrip(b"\n")
+        except OSError:
+            first = b""
+        if first.startswith(b"#!"):
+            line = first.decode(errors="replace").replace("\r", "\\r")
+            windows = ": the file has Windows line ends (a \\r ends each line)" if first.endswith(b"\r") else ""
+            return f"the program its first line names ({line}) is not there{windows}"
+    if "/" not in program:
+        return "it is in no directory of Baton's PATH (install it, or write its full path)"
+    if not os.path.isabs(program):
+        return f"{exc.strerror} (a relative path is taken from Baton's working directory, {os.getcwd()})"
+    return exc.strerror or str(exc)
 
 
 KILL_GRACE_SECONDS = 2.0

@@ -82,3 +82,24 @@ def test_a_timeout_that_is_no_number_of_seconds_says_how_to_write_it(tmp_path: P
     with pytest.raises(ConfigError) as refused:
         load_config(path)
     assert str(refused.value) == f"{path}: line 5: runbooks.backup.timeout: Value error, {said}", str(refused.value)
+
+
+@pytest.mark.parametrize(("program", "said"), [
+    # each said only "No such file or directory"
+    ("baton-no-such-tool", "could not start baton-no-such-tool: it is in no directory of Baton's PATH (install it, "
+                           "or write its full path)"),
+    ("./no-such-script.sh", "could not start ./no-such-script.sh: No such file or directory (a relative path is taken "
+                            "from Baton's working directory, {cwd})"),
+    ("{tmp}/windows.sh", "could not start {tmp}/windows.sh: the program its first line names (#!/bin/sh\\r) is not "
+                         "there: the file has Windows line ends (a \\r ends each line)"),
+    ("{tmp}/gone.sh", "could not start {tmp}/gone.sh: the program its first line names (#!/nonexistent/sh) is not "
+                      "there"),
+])
+def test_a_program_not_found_says_where_it_was_looked_for(tmp_path: Path, program: str, said: str) -> None:
+    (tmp_path / "windows.sh").write_bytes(b"#!/bin/sh\r\necho hi\r\n")
+    (tmp_path / "gone.sh").write_text("#!/nonexistent/sh\necho hi\n")
+    for script in ("windows.sh", "gone.sh"):
+        (tmp_path / script).chmod(0o755)
+    program, said = program.format(tmp=tmp_path), said.format(tmp=tmp_path, cwd=os.getcwd())
+    result = asyncio.run(run_command([program], 5))
+    assert result["output"] == said and result["started"] is False
