@@ -57,7 +57,9 @@ def test_the_overhead_interval_resamples_whole_rounds() -> None:
 
 def test_the_slack_benchmark_acks_runs_and_answers_every_event_once(tmp_path: Path) -> None:
     output = tmp_path / "slack_ack.md"
-    _bench("bench.slack_ack", "--rate", "20", "--duration", "1", "--channels", "4", "--skip-naive",
+    # 10 channels, two events each: Baton paces replies at one a second per channel, as Slack asks (4 channels,
+    # five events each, had the bench wait ~4 s of pace for its replies)
+    _bench("bench.slack_ack", "--rate", "20", "--duration", "1", "--channels", "10", "--skip-naive",
            "--output", str(output))
     cells = _row(output.read_text(encoding="utf-8"), "Baton (store, ack, run after)")
     events, acked, _retries, _p50, _p99, _max, once, twice, never, one_reply, two_replies = cells[:11]
