@@ -15,6 +15,7 @@ import json
 import re
 import re._constants as re_constants
 import re._parser as re_parser
+import unicodedata
 from typing import Any, TypedDict
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
@@ -39,6 +40,7 @@ TIMEOUT = None
 MESSAGE_CHARS = 2_000  # of each earlier message of the thread the model reads (a runbook's output can be 150k)
 TOOL_OUTPUT_CHARS = 8_000  # of a tool's output the model reads: its start and its end
 ASKED_CHARS = 300  # of the request, quoted on an approval card
+INVISIBLE = {"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"}  # Unicode categories of characters a card would not show
 DESCRIPTION_CHARS = 2_000  # of a runbook's description on it: the card's question may have 3,000 (bot.kit.approve)
 SYSTEM = ("You are Baton, an operations assistant in a team chat. Use the tools (runbooks) when they help; "
           "answer briefly. If a tool was rejected by an approver, do not try it again: answer without it.")
@@ -132,8 +134,9 @@ def review(state: AssistantState) -> AssistantState:
         except ValueError:
             continue  # refused in `act`, never shown as runnable
         decision = approve(f"The assistant wants to run `{call['name']}`: {_described(runbook.description)}\n{_asked()}",
-                           details={"tool": call["name"], "arguments": json.dumps(call["args"], sort_keys=True, ensure_ascii=False),
-                                    "command": " ".join(argv)},
+                           details={"tool": call["name"],  # JSON escapes were shown: "d\\u00e9ploiement"
+                                    "arguments": _visible(json.dumps(call["args"], sort_keys=True, ensure_ascii=False)),
+                                    "command": _visible(" ".join(argv))},
                            risk="high", runbook=call["name"])
         decisions[key] = {"approved": decision.approved, "by": decision.by}
     return {"decisions": decisions}
@@ -223,6 +226,12 @@ def _before_this_request(earlier: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if is_this_request(earlier[index]):
             return earlier[:index] + earlier[index + 1:]
     return earlier
+
+
+def _visible(text: str) -> str:
+    """``text`` for an approval card: letters and emoji as written, and what a card would not show escaped
+    (``\\u202e``): a bidi control (U+202E shows `enod ton` after it as `not done`), a zero-width space."""
+    return "".join(f"\\u{ord(char):04x}" if unicodedata.category(char) in INVISIBLE else char for char in text)
 
 
 def _described(description: str) -> str:

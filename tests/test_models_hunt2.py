@@ -255,7 +255,7 @@ async def test_routing_can_keep_secrets_from_the_model(tmp_path, monkeypatch) ->
 async def test_an_assistant_card_shows_arguments_in_any_language_as_written(tmp_path, config_path, monkeypatch,
                                                                             counter) -> None:
     """The card showed a tool call's arguments as JSON escapes: "d\\u00e9ploiement termin\\u00e9 \\ud83c\\udf89",
-    which no approver can read, for "déploiement terminé 🎉"."""
+    which no approver can read, for "déploiement terminé 🎉". Only characters a card would not show are escaped."""
     config_path.write_text(config_path.read_text().replace("runbooks:\n", """runbooks:
   notify:
     description: Posts a note to the status page.
@@ -267,8 +267,14 @@ async def test_an_assistant_card_shows_arguments_in_any_language_as_written(tmp_
     timeout: 10
 """, 1))
     async with baton_with_model(tmp_path, config_path, monkeypatch,
-                                tool_call("notify", message="déploiement terminé 🎉 — 完了")) as baton:
+                                tool_call("notify", message="déploiement terminé 🎉 — 完了"),
+                                tool_call("notify", "t2", message="all fine \u202eenod ton\u200b")) as baton:
         thread = await say(baton, "@baton assistant annonce la fin du déploiement")
         card = await bot_said(baton, "The assistant wants to run `notify`", thread=thread)
-    assert 'arguments: {"message": "déploiement terminé 🎉 — 完了"}' in card, card
-    assert "alice asked: `assistant annonce la fin du déploiement`" in card
+        assert 'arguments: {"message": "déploiement terminé 🎉 — 完了"}' in card, card
+        assert "alice asked: `assistant annonce la fin du déploiement`" in card
+        await click(baton, card, "bob", "reject")
+        second = await bot_said(baton, "all fine", thread=thread)
+    # What a card cannot show is escaped: after U+202E, "enod ton" reads "not done"
+    assert 'arguments: {"message": "all fine \\u202eenod ton\\u200b"}' in second, second
+    assert "command: true all fine \\u202eenod ton\\u200b" in second, second
