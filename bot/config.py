@@ -299,6 +299,29 @@ class Runbook(BaseModel):
             raise ValueError("; ".join(problems))
         return values
 
+    def example_problem(self, name: str) -> str:
+        """Why ``example``, asked in chat as it is written, would be refused (as ``bot.routing`` reads a
+        ``run`` request), or ``""``."""
+        if self.example is None:
+            return ""
+        try:
+            words = [word for word in shlex.split(self.example) if word.lower() != "force"]
+        except ValueError as exc:
+            return f"it cannot be read ({exc})"
+        if len(words) < 2 or words[0].lower() not in ("run", "runbook") or words[1].lower() != name:
+            return f"it is not a request for this runbook: write it as `run {name} ...`"
+        given: dict[str, str] = {}
+        for word in words[2:]:
+            key, sep, value = word.partition("=")
+            if not sep or not key:
+                return f"'{word[:80]}' is not a key=value argument"
+            given[key] = value
+        try:
+            self.validate_args(given)
+        except ValueError as exc:
+            return str(exc)
+        return ""
+
     def argv(self, values: dict[str, str]) -> list[str]:
         return [part.format(**values) for part in self.command]
 
@@ -411,6 +434,15 @@ class BatonConfig(BaseModel):
             if runbook.risk == "high" and not self.approvers_for_runbook(name):
                 raise PartError(f"runbook '{name}' is high risk but has no approvers, here or at the top: nobody "
                                 "could ever approve it", "runbooks", name)
+        return self
+
+    @model_validator(mode="after")
+    def _examples_would_be_taken(self) -> BatonConfig:
+        for name, runbook in self.runbooks.items():
+            problem = runbook.example_problem(name)
+            if problem:  # help shows the example as how to ask, and "Did you mean" offers it
+                raise PartError(f"runbook '{name}': its example `{runbook.example}` would be refused if asked: "
+                                f"{problem}", "runbooks", name, "example")
         return self
 
     def approvers_for_runbook(self, name: str) -> list[str]:

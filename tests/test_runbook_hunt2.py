@@ -103,3 +103,34 @@ def test_a_program_not_found_says_where_it_was_looked_for(tmp_path: Path, progra
     program, said = program.format(tmp=tmp_path), said.format(tmp=tmp_path, cwd=os.getcwd())
     result = asyncio.run(run_command([program], 5))
     assert result["output"] == said and result["started"] is False
+
+
+@pytest.mark.parametrize(("example", "said"), [
+    # help listed each as "how to ask", and plain words naming the runbook got "Did you mean ...?" with it
+    ("run restart service=db", "`service=db` does not match the allowed pattern `^(web|api)$`"),
+    ("run restrat service=web", "it is not a request for this runbook: write it as `run restart ...`"),
+    ("restart the web service", "it is not a request for this runbook: write it as `run restart ...`"),
+    ("run restart web", "'web' is not a key=value argument"),
+    ("run restart service='web", "it cannot be read (No closing quotation)"),
+])
+def test_an_example_that_would_be_refused_is_named_with_its_line(tmp_path: Path, example: str, said: str) -> None:
+    from bot.config import ConfigError, load_config
+    path = tmp_path / "baton.yaml"
+    path.write_text('runbooks:\n  restart:\n    description: Restart a service.\n'
+                    '    command: ["systemctl", "restart", "{service}"]\n'
+                    f'    args:\n      service: {{pattern: "^(web|api)$"}}\n    example: "{example}"\n')
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert str(refused.value) == (f"{path}: line 7: (top): Value error, runbook 'restart': its example `{example}` "
+                                  f"would be refused if asked: {said}"), str(refused.value)
+
+
+def test_an_example_as_a_teammate_would_ask_it_is_taken(tmp_path: Path) -> None:
+    from bot.config import load_config
+    path = tmp_path / "baton.yaml"
+    path.write_text('runbooks:\n  restart:\n    description: Restart a service.\n'
+                    '    command: ["systemctl", "restart", "{service}"]\n'
+                    '    args:\n      service: {pattern: "^(web|api)$", default: web}\n'
+                    '    example: "RUN restart service=api force"\n')
+    assert load_config(path).runbooks["restart"].example == "RUN restart service=api force"
+    assert load_config(Path(__file__).parent.parent / "baton.yaml").runbooks["restart"].example
