@@ -6,6 +6,8 @@ Adapters translate platform events into ``InboundMessage``/``InboundClick`` and 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from typing import Annotated, Literal
 
@@ -154,6 +156,18 @@ class Image(BaseModel):
     mime: str = "image/svg+xml"
     data: str  # base64
     filename: str = "chart.svg"
+
+    @field_validator("data")
+    @classmethod
+    def _is_base64(cls, data: str) -> str:
+        """Checked when a graph's reply is read, so that its run fails saying why: a data URL or the SVG text
+        itself broke the reply where an adapter decoded it, and the outbox tried it again for twenty minutes."""
+        try:
+            base64.b64decode("".join(data.split()), validate=True)  # line breaks allowed: encodebytes wraps at 76
+        except binascii.Error:
+            raise ValueError("is not base64 (a data URL, or the picture itself?): give "
+                             "base64.b64encode(picture_bytes).decode()") from None
+        return data
 
 
 Part = Annotated[Text | Code | Note | ThreadLink | Buttons | Image, Field(discriminator="kind")]
