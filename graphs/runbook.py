@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import codecs
 import os
 import re
 import shlex
@@ -231,11 +232,12 @@ class _Output:
         self.kept += chunk[:max(0, MAX_OUTPUT_BYTES - len(self.kept))]
 
     def text(self) -> str:
-        decoded = self.kept.decode("utf-8", errors="replace")
+        truncated = self.total > MAX_OUTPUT_BYTES  # the cut may fall inside a character: its first bytes go
+        decoded = codecs.getincrementaldecoder("utf-8")("replace").decode(bytes(self.kept), final=not truncated)
         if _binary(decoded):  # a wall of U+FFFD helps nobody, and would take many messages
             return f"[binary output: {self.total:,} bytes, not shown]"
         text = readable(decoded).rstrip()
-        if self.total > MAX_OUTPUT_BYTES:
+        if truncated:
             text += f"\n[output truncated: {self.total:,} bytes, first {MAX_OUTPUT_BYTES:,} shown]"
         return "\n".join([text, *self.notes]) if text else "\n".join(self.notes)
 

@@ -134,3 +134,11 @@ def test_an_example_as_a_teammate_would_ask_it_is_taken(tmp_path: Path) -> None:
                     '    example: "RUN restart service=api force"\n')
     assert load_config(path).runbooks["restart"].example == "RUN restart service=api force"
     assert load_config(Path(__file__).parent.parent / "baton.yaml").runbooks["restart"].example
+
+
+def test_output_cut_at_the_limit_ends_on_a_whole_character() -> None:
+    """The cut at 256 KiB fell inside a character (€ is three bytes): the output shown ended in a "\ufffd"."""
+    from graphs.runbook import MAX_OUTPUT_BYTES
+    result = asyncio.run(run_command([sys.executable, "-c", f"print('€' * {MAX_OUTPUT_BYTES})"], 20))
+    shown, _, note = result["output"].rpartition("\n")
+    assert note.startswith("[output truncated:") and "\ufffd" not in shown and shown.endswith("€")
