@@ -55,6 +55,8 @@ class AssistantState(TypedDict, total=False):
 
 
 def make_input(_request: Request, text: str) -> dict[str, Any]:
+    if not text.strip():  # the model was asked nothing, which Anthropic's API refuses, and what was asked was paid
+        raise ValueError(f"ask me something, e.g. `{EXAMPLE}`")
     return {"text": text, "messages": [], "decisions": {}, "turns": 0, "reply": ""}
 
 

@@ -278,3 +278,13 @@ async def test_an_assistant_card_shows_arguments_in_any_language_as_written(tmp_
     # What a card cannot show is escaped: after U+202E, "enod ton" reads "not done"
     assert 'arguments: {"message": "all fine \\u202eenod ton\\u200b"}' in second, second
     assert "command: true all fine \\u202eenod ton\\u200b" in second, second
+
+
+async def test_the_assistant_asked_nothing_says_how_to_ask(tmp_path, config_path, monkeypatch) -> None:
+    """`@baton assistant` alone sent the model an empty question: a provider that refuses empty messages
+    (Anthropic's) made it "The language model did not answer", others answered at a cost whatever they made of it."""
+    async with baton_with_model(tmp_path, config_path, monkeypatch) as baton:
+        thread = await say(baton, "@baton assistant  ")
+        told = await bot_said(baton, "could not read this request", thread=thread)
+    assert "ask me something, e.g. `assistant why is the web service slow?`. Nothing was run." in told, told
+    assert model_calls(tmp_path) == []
