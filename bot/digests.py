@@ -29,7 +29,7 @@ from bot.outbox import Outbox
 from bot.replies import when
 from bot.runtime import GraphRuntime, RunServices, Services
 from storage.db import Transaction, insert_ignore
-from storage.models import DigestRun, DigestSchedule, OutboxMessage, utcnow
+from storage.models import DigestRun, DigestSchedule, OutboxMessage
 
 log = logging.getLogger("baton.digests")
 RETAKE_AFTER = timedelta(minutes=2)  # a claimed firing not posted by then was lost with its replica
@@ -88,14 +88,17 @@ def _correlation(run: DigestRun) -> str:
 
 class Digests:
     def __init__(self, services: Services, runtime: GraphRuntime, outbox: Outbox, instance: str,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime] | None = None) -> None:
         self.services = services
         self.db = services.db
         self.registry = services.registry
         self.runtime = runtime
         self.outbox = outbox
         self.instance = instance
-        self.clock = clock
+        # The database's clock, which every replica reads: on its own, a replica whose clock was hours ahead posted
+        # the digest due in an hour an hour early (its window ending in the future), and took over the claims of
+        # digests other replicas were building.
+        self.clock = clock or self.db.now
         self.renew_seconds = RENEW_SECONDS
 
     @property
@@ -108,6 +111,7 @@ class Digests:
     async def sync_config(self) -> None:
         """Make the ``config`` schedules in the database match ``baton.yaml``."""
         wanted = {_config_key(digest): digest for digest in self.config.digests}
+        await self.db.read_clock(unless_read=True)  # at start: no connection may have read the database's clock yet
         now = self.clock()
         async with self.db.session() as session:
             for key, digest in wanted.items():
@@ -164,6 +168,7 @@ class Digests:
 
     async def run_due(self, now: datetime | None = None) -> int:
         """Post every digest that is due at ``now`` and not posted yet; returns how many this replica posted."""
+        await self.db.read_clock(unless_read=True)
         now = now or self.clock()
         posted = 0
         for schedule in await self.enabled():

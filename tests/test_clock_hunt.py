@@ -3,18 +3,26 @@ a virtual machine after it resumed). No test changes the machine's clock: the ou
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
+from sqlmodel import select
 
 from bot import outbox as outbox_module
 from bot.messages import Location, Message
-import storage.db
+import storage.models
+from bot.config import BatonConfig, Digest
+from bot.digests import Digests
 from bot.outbox import Outbox
+from bot.registry import GraphRegistry
+from bot.runtime import GraphRuntime, Services
+from storage.checkpointer import open_checkpointer
 from storage.db import Database
 from storage.migrate import upgrade
-from storage.models import utcnow
+from storage.models import DigestRun, utcnow
 
 
 class SkewedClock:
@@ -37,13 +45,25 @@ def clock(monkeypatch: pytest.MonkeyPatch, database: Database) -> Iterator[Skewe
     yield skewed
 
 
+class MachineClock:
+    """This machine's clock, ``ahead`` of the real one (a replica whose NTP is broken); the database server's is right."""
+
+    def __init__(self) -> None:
+        self.ahead = timedelta(0)
+
+
 @pytest.fixture
-def machine_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[SkewedClock]:
-    """This machine's clock off (the database's server's is right): as a replica whose NTP is broken sees time."""
-    skewed = SkewedClock()
-    for module in (outbox_module, storage.db):
-        monkeypatch.setattr(module, "utcnow", skewed)
-    yield skewed
+def machine_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[MachineClock]:
+    """Every ``utcnow()`` of this process off: its own clock, and the one it reads the server's clock with."""
+    machine, real = MachineClock(), datetime
+
+    class _MachineTime(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> datetime:  # type: ignore[override]
+            return real.now(tz) + machine.ahead
+
+    monkeypatch.setattr(storage.models, "datetime", _MachineTime)
+    yield machine
 
 
 def _at(channel: str, thread: str, platform: str = "slack") -> Location:
@@ -171,7 +191,7 @@ async def test_a_429_after_the_clock_was_set_back_holds_its_channel(database: Da
 @pytest.mark.postgres
 @pytest.mark.parametrize("off", [timedelta(minutes=5), -timedelta(minutes=5)], ids=["ahead", "behind"])
 async def test_a_replica_whose_clock_is_off_by_minutes_does_not_send_a_message_another_replica_is_sending(
-        postgres_url: str, machine_clock: SkewedClock, off: timedelta) -> None:
+        postgres_url: str, machine_clock: MachineClock, off: timedelta) -> None:
     """An outbox claim lasts ``claimed_until``, written and compared on each replica's own clock: a replica 5 minutes
     ahead found the claim of a replica sending a message run out, took the row and sent it again (posted twice); one
     5 minutes behind wrote claims every other replica found run out. Claims, retries, paces and holds are on the
@@ -198,3 +218,34 @@ async def test_a_replica_whose_clock_is_off_by_minutes_does_not_send_a_message_a
         await accurate.dispose()
         if skewed is not None:
             await skewed.dispose()
+
+
+@asynccontextmanager
+async def _replica_digests(database_url: str, config: BatonConfig, instance: str) -> AsyncIterator[Digests]:
+    """One replica's digest machinery, on the clock it has (none injected)."""
+    db = Database(database_url)
+    try:
+        async with open_checkpointer(database_url) as checkpointer:
+            registry = GraphRegistry.discover()
+            yield Digests(Services(db, config, registry), GraphRuntime(registry, checkpointer), Outbox(db), instance)
+    finally:
+        await db.dispose()
+
+
+@pytest.mark.postgres
+async def test_a_replica_whose_clock_is_hours_ahead_does_not_post_a_digest_before_its_time(
+        postgres_url: str, machine_clock: MachineClock) -> None:
+    """Every replica looks for due digests each minute, on its own clock: one two hours ahead posted the digest due
+    in an hour, an hour early, its window ending in the future (what happened in that hour was in no digest). Digests
+    fire on the database server's clock."""
+    upgrade(postgres_url)
+    fires_at = (utcnow() + timedelta(hours=1)).replace(second=0, microsecond=0)
+    config = BatonConfig(digests=[Digest(platform="playground", channel="ops", cron=f"{fires_at.minute} {fires_at.hour} * * *",
+                                         timezone="UTC")])
+    async with _replica_digests(postgres_url, config, "accurate") as accurate:
+        await accurate.sync_config()  # the schedule, made on the right clock
+    machine_clock.ahead = timedelta(hours=2)
+    async with _replica_digests(postgres_url, config, "ahead") as ahead:
+        assert await ahead.run_due() == 0
+        async with ahead.db.read() as session:
+            assert (await session.exec(select(DigestRun))).first() is None
