@@ -148,6 +148,14 @@ def _read_as(value: object) -> str:
     return f"YAML reads this as {kind}, not as text: put it in quotes, as you mean it ('5', '0755', 'yes')"
 
 
+def _unquoted_placeholder(value: object) -> str | None:
+    """Why ``{service}`` written without quotes is refused: YAML reads it as a mapping (``{"service": None}``)."""
+    if isinstance(value, dict) and len(value) == 1 and None in value.values():
+        written = f"{{{next(iter(value))}}}"
+        return f'YAML reads {written} without quotes as a mapping, not as text: put it in quotes, "{written}"'
+    return None
+
+
 def _as_list(command: str) -> str:
     try:
         return json.dumps(shlex.split(command), ensure_ascii=False)
@@ -166,6 +174,8 @@ class Argument(BaseModel):
     def _default_is_text(cls, value: object) -> object:
         if value is not None and not isinstance(value, (str, list, dict)):
             raise ValueError(_read_as(value))
+        if unquoted := _unquoted_placeholder(value):
+            raise ValueError(unquoted)
         return value
 
     @field_validator("pattern")
@@ -232,6 +242,8 @@ class Runbook(BaseModel):
             for position, part in enumerate(value):
                 if not isinstance(part, (str, list, dict)):
                     raise PartError(f"part {position}: {_read_as(part)}", str(position))
+                if unquoted := _unquoted_placeholder(part):
+                    raise PartError(f"part {position}: {unquoted}", str(position))
         return value
 
     @field_validator("timeout", mode="before")

@@ -142,3 +142,22 @@ def test_output_cut_at_the_limit_ends_on_a_whole_character() -> None:
     result = asyncio.run(run_command([sys.executable, "-c", f"print('€' * {MAX_OUTPUT_BYTES})"], 20))
     shown, _, note = result["output"].rpartition("\n")
     assert note.startswith("[output truncated:") and "\ufffd" not in shown and shown.endswith("€")
+
+
+@pytest.mark.parametrize(("lines", "where"), [
+    # YAML reads {service} without quotes as a mapping: each said only "Input should be a valid string"
+    ("    command:\n      - systemctl\n      - {service}\n    args:\n      service: {pattern: ^web$}\n",
+     "line 6: runbooks.restart.command: Value error, part 1: "),
+    ("    command: [systemctl, {service}]\n    args:\n      service: {pattern: ^web$}\n",
+     "line 4: runbooks.restart.command: Value error, part 1: "),
+    ('    command: [systemctl, "{service}"]\n    args:\n      service: {pattern: ^web$, default: {service}}\n',
+     "line 6: runbooks.restart.args.service.default: Value error, "),
+])
+def test_a_placeholder_written_without_quotes_says_to_quote_it(tmp_path: Path, lines: str, where: str) -> None:
+    from bot.config import ConfigError, load_config
+    path = tmp_path / "baton.yaml"
+    path.write_text(f"runbooks:\n  restart:\n    description: Restart.\n{lines}")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert str(refused.value) == (f"{path}: {where}YAML reads {{service}} without quotes as a mapping, not as text: "
+                                  'put it in quotes, "{service}"'), str(refused.value)
