@@ -37,11 +37,13 @@ MAX_CALLS_PER_TURN = 5  # of one answer's tool calls, run or asked about; the mo
 # Each command has its runbook's timeout (baton.yaml, up to 24 h), each model call BATON_MODEL_TIMEOUT_SECONDS,
 # and there are at most MAX_TURNS of them.
 TIMEOUT = None
+HISTORY_MESSAGES = 30  # of the thread, the request's included, that the model reads
 MESSAGE_CHARS = 2_000  # of each earlier message of the thread the model reads (a runbook's output can be 150k)
 TOOL_OUTPUT_CHARS = 8_000  # of a tool's output the model reads: its start and its end
 ASKED_CHARS = 300  # of the request, quoted on an approval card
 INVISIBLE = {"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"}  # Unicode categories of characters a card would not show
 DESCRIPTION_CHARS = 2_000  # of a runbook's description on it: the card's question may have 3,000 (bot.kit.approve)
+EARLIER = "(earlier in this thread)"
 SYSTEM = ("You are Baton, an operations assistant in a team chat. Use the tools (runbooks) when they help; "
           "answer briefly. If a tool was rejected by an approver, do not try it again: answer without it.")
 
@@ -115,9 +117,14 @@ async def think(state: AssistantState) -> AssistantState:
     """The model call: the only node that talks to the model."""
     messages = list(state.get("messages") or [])
     if not messages:
-        past = [AIMessage(content=clipped(m["text"], MESSAGE_CHARS)) if m["is_bot"]
-                else HumanMessage(content=f"{m['user']}: {clipped(m['text'], MESSAGE_CHARS)}")
-                for m in _before_this_request(await history("thread", 30))]
+        past: list[BaseMessage] = [
+            AIMessage(content=clipped(m["text"], MESSAGE_CHARS)) if m["is_bot"]
+            else HumanMessage(content=f"{m['user']}: {clipped(m['text'], MESSAGE_CHARS)}")
+            for m in _before_this_request(await history("thread", HISTORY_MESSAGES))]
+        if past and isinstance(past[0], AIMessage):
+            # A thread Baton began (a digest's), or read from a Baton message on (its last ones): Anthropic's API
+            # refuses a conversation whose first message is the model's ("first message must use the user role").
+            past.insert(0, HumanMessage(content=EARLIER))
         messages = [SystemMessage(content=SYSTEM), *past, HumanMessage(content=state["text"])]
     reply = await chat(messages, tools=tools(), what="The assistant")
     return {"messages": [*messages, reply], "turns": state.get("turns", 0) + 1}

@@ -14,9 +14,9 @@ from sqlmodel import select
 from adapters.playground import PlaygroundAdapter, PostClick, PostMessage
 from bot.app import Baton
 from bot.settings import Settings
-from storage.models import Approval, PlaygroundMessage, Run
+from storage.models import Approval, InboundEvent, PlaygroundMessage, Run
 from tests.fake_models import calls, script
-from tests.support import runs_in
+from tests.support import runs_in, until
 from tests.test_models import final, guess, tool_call
 
 MODEL = "python:tests.fake_models:scripted"
@@ -288,3 +288,28 @@ async def test_the_assistant_asked_nothing_says_how_to_ask(tmp_path, config_path
         told = await bot_said(baton, "could not read this request", thread=thread)
     assert "ask me something, e.g. `assistant why is the web service slow?`. Nothing was run." in told, told
     assert model_calls(tmp_path) == []
+
+
+async def test_a_thread_read_from_a_baton_message_on_starts_with_a_person(tmp_path, config_path, monkeypatch) -> None:
+    """The assistant reads a thread's last 30 messages; when they began with one of Baton's (or the thread with a
+    digest), the model was given its own message first, which Anthropic's API refuses ("messages: first message
+    must use the user role"): the assistant failed in every long thread, at random."""
+    monkeypatch.setattr("graphs.assistant.HISTORY_MESSAGES", 4)  # the run's reply, two notes, this request
+    async with baton_with_model(tmp_path, config_path, monkeypatch, guess("none", 0.1), guess("none", 0.1),
+                                final("All quiet.")) as baton:
+        thread = await say(baton, "@baton run uptime")
+        await bot_said(baton, "did uptime", thread=thread)
+        for number in range(2):
+            await say(baton, f"note {number}", thread=thread, user="bob")
+
+        async def talked() -> bool:
+            async with baton.db.read() as session:
+                return len((await session.exec(select(InboundEvent).where(
+                    InboundEvent.outcome == "conversation"))).all()) == 2
+
+        await until(talked, "the notes to be passed over")
+        await say(baton, "@baton assistant anything new?", thread=thread)
+        await bot_said(baton, "All quiet.", thread=thread)
+    said = model_calls(tmp_path)[-1]["said"]
+    assert said[1] == "human: (earlier in this thread)" and said[2].startswith("ai: ") and "did uptime" in said[2], said
+    assert said[3:] == ["human: bob: note 0", "human: bob: note 1", "human: anything new?"], said
