@@ -181,9 +181,9 @@ class Digests:
         return posted + await self._retake_lost(now)
 
     async def _run_schedule(self, schedule: DigestSchedule, now: datetime) -> int:
-        async with self.db.read() as session:
-            last = (await session.exec(select(func.max(DigestRun.fire_time))
-                                       .where(DigestRun.schedule_key == schedule.key))).one()
+        async with self.db.read() as session:  # not a firing ahead of now: posted on a clock that was ahead, it
+            last = (await session.exec(select(func.max(DigestRun.fire_time)).where(  # stood for the firings before it
+                DigestRun.schedule_key == schedule.key, DigestRun.fire_time <= now))).one()
         since = max(last, schedule.created_at) if last else schedule.created_at
         due = schedules.latest_due(schedule.cron, schedule.timezone, since, now)
         if due is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -249,3 +249,70 @@ async def test_a_replica_whose_clock_is_hours_ahead_does_not_post_a_digest_befor
         assert await ahead.run_due() == 0
         async with ahead.db.read() as session:
             assert (await session.exec(select(DigestRun))).first() is None
+
+
+class SetClock:
+    """A digest replica's clock, which the test sets (jumps included)."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+DAILY_9 = BatonConfig(digests=[Digest(platform="playground", channel="ops", cron="0 9 * * *", timezone="UTC")])
+
+
+@asynccontextmanager
+async def _digests_on(database_url: str, clock: SetClock) -> AsyncIterator[Digests]:
+    upgrade(database_url)
+    db = Database(database_url)
+    try:
+        async with open_checkpointer(database_url) as checkpointer:
+            registry = GraphRegistry.discover()
+            digests = Digests(Services(db, DAILY_9, registry), GraphRuntime(registry, checkpointer), Outbox(db), "a", clock)
+            await digests.sync_config()
+            yield digests
+    finally:
+        await db.dispose()
+
+
+async def _fire_times(digests: Digests) -> list[datetime]:
+    async with digests.db.read() as session:
+        return list((await session.exec(select(DigestRun.fire_time).order_by(DigestRun.fire_time))).all())
+
+
+def _utc(day: int, hour: int, minute: int = 0) -> datetime:
+    return datetime(2026, 6, day, hour, minute, tzinfo=UTC)
+
+
+async def test_a_clock_set_back_after_a_digest_does_not_post_it_again(database_url: str) -> None:
+    """The clock set back an hour just after the 09:00 digest (NTP): 09:00 comes twice, its digest is posted once."""
+    clock = SetClock(_utc(1, 6))
+    async with _digests_on(database_url, clock) as digests:
+        clock.now = _utc(1, 9, 1)
+        assert await digests.run_due() == 1
+        clock.now = _utc(1, 8, 30)  # set back
+        assert await digests.run_due() == 0
+        clock.now = _utc(1, 9, 1)
+        assert await digests.run_due() == 0
+        clock.now = _utc(2, 9, 1)
+        assert await digests.run_due() == 1
+        assert await _fire_times(digests) == [_utc(1, 9), _utc(2, 9)]
+
+
+async def test_digests_resume_at_their_times_after_a_clock_days_ahead_is_set_back(database_url: str) -> None:
+    """A machine whose clock was three days ahead (a VM restored with a wrong clock) posted one catch-up digest for
+    the firing three days ahead; set right, its schedule posted nothing until that firing's time had come (three
+    days without a digest), as if the firings before it were done. A firing posted on a clock that was ahead no
+    longer stands for the ones before it; a jump forward posts one catch-up digest, not one a missed day."""
+    clock = SetClock(_utc(1, 6))
+    async with _digests_on(database_url, clock) as digests:
+        clock.now = _utc(4, 12)  # three days ahead
+        assert await digests.run_due() == 1
+        clock.now = _utc(1, 10)  # set right
+        assert await digests.run_due() == 1
+        clock.now = _utc(2, 9, 5)
+        assert await digests.run_due() == 1
+        assert await _fire_times(digests) == [_utc(1, 9), _utc(2, 9), _utc(4, 9)]
