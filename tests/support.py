@@ -83,12 +83,13 @@ def postgres_reachable() -> str | None:
         return f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}".strip()
 
 
-def create_postgres_database() -> tuple[str, Callable[[], None]]:
+def create_postgres_database(template: str | None = None) -> tuple[str, Callable[[], None]]:
+    """A new database (a copy of ``template``, a database nobody is connected to), and what drops it."""
     import psycopg
 
     name = f"baton_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
 
     def drop() -> None:
         # pytest tears fixtures down in the reverse order of the test's arguments: `baton(start_baton,
@@ -180,16 +181,18 @@ class ScriptedFailures:
 class ForkServer:
     """The session's ``tests.forkserver`` process: ``bot.cli`` children without Python's start-up each time.
 
-    ``BATON_TEST_FORKSERVER=0`` turns it off (every process is then started with ``python -m bot.cli``).
+    One per checkout: another one (an older Baton exported from git) is served by its own ``tests.forkserver``,
+    which imported that checkout's code. ``BATON_TEST_FORKSERVER=0`` turns them off (every process is then
+    started with ``python -m bot.cli``).
     """
 
-    _shared: ForkServer | None = None
-    _unavailable = False
+    _shared: ClassVar[dict[Path, ForkServer]] = {}
+    _unavailable: ClassVar[set[Path]] = set()
     _lock = threading.Lock()
 
-    def __init__(self) -> None:
-        self._process = subprocess.Popen([sys.executable, "-m", "tests.forkserver"], cwd=ROOT,
-                                         env={**os.environ, "PYTHONPATH": str(ROOT)},
+    def __init__(self, root: Path = ROOT) -> None:
+        self._process = subprocess.Popen([sys.executable, "-m", "tests.forkserver"], cwd=root,
+                                         env={**os.environ, "PYTHONPATH": str(root)},
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         ready = self._process.stdout.readline().strip()  # type: ignore[union-attr]
         if ready != "forkserver ready":
@@ -199,22 +202,24 @@ class ForkServer:
         self._talk = threading.Lock()
 
     @classmethod
-    def shared(cls) -> ForkServer | None:
-        """The fork server, started on first use; ``None`` when turned off."""
+    def shared(cls, root: Path = ROOT) -> ForkServer | None:
+        """The fork server of the checkout at ``root``, started on first use; ``None`` when turned off."""
         if os.environ.get("BATON_TEST_FORKSERVER", "1") == "0":
             return None
         with cls._lock:
-            if cls._unavailable:
+            if root in cls._unavailable:
                 return None
-            if cls._shared is None or cls._shared._process.poll() is not None:
+            server = cls._shared.get(root)
+            if server is None or server._process.poll() is not None:
                 try:
-                    cls._shared = cls()
+                    server = cls._shared[root] = cls(root)
                 except RuntimeError as exc:  # e.g. an import started a thread: start processes the plain way
-                    warnings.warn(f"{exc}; every process is started with python -m bot.cli", stacklevel=2)
-                    cls._unavailable = True
+                    warnings.warn(f"{exc}; every process of {root} is started with python -m bot.cli", stacklevel=2)
+                    cls._unavailable.add(root)
                     return None
-                atexit.register(cls.stop_shared)
-            return cls._shared
+                if len(cls._shared) == 1:
+                    atexit.register(cls.stop_shared)
+            return server
 
     def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
         with self._talk:
@@ -234,10 +239,10 @@ class ForkServer:
 
     @classmethod
     def stop_shared(cls) -> None:
-        if cls._shared is not None:
-            cls._shared._process.stdin.close()  # type: ignore[union-attr]
-            cls._shared._process.wait(10)
-            cls._shared = None
+        for root, server in list(cls._shared.items()):
+            server._process.stdin.close()  # type: ignore[union-attr]
+            server._process.wait(10)
+            del cls._shared[root]
 
 
 class ForkedProcess:
@@ -296,9 +301,12 @@ def _cli_command(env: dict[str, str]) -> list[str]:
     return [sys.executable, "-m", "bot.cli"]
 
 
-def run_cli(*args: str, cwd: Path, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """``python -m bot.cli <args>`` to its end (through the fork server when it is on); its output as text."""
-    server = ForkServer.shared()
+def run_cli(*args: str, cwd: Path, env: dict[str, str], timeout: float = 60,
+            code: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """``python -m bot.cli <args>`` to its end (through the fork server when it is on); its output as text.
+
+    ``code``: the checkout whose ``bot.cli`` runs (another one: with ``env``'s ``PYTHONPATH`` naming it)."""
+    server = ForkServer.shared(code)
     if server is None:
         return subprocess.run([*_cli_command(env), *args], cwd=cwd, env=env, capture_output=True,
                               text=True, timeout=timeout)
@@ -328,8 +336,10 @@ class BatonProcess:
             process.stop()
 
     def __init__(self, database_url: str, config: Path, workdir: Path, name: str = "baton",
-                 env: dict[str, str] | None = None, *, exec_: bool = False) -> None:
-        """``exec_``: start it with ``python -m bot.cli run`` even when the fork server is on."""
+                 env: dict[str, str] | None = None, *, exec_: bool = False, code: Path = ROOT) -> None:
+        """``exec_``: start it with ``python -m bot.cli run`` even when the fork server is on. ``code``: the
+        checkout whose ``baton run`` it is (another one: with ``env``'s ``PYTHONPATH`` naming it)."""
+        self.code = code
         self.extra_env = env or {}
         self.database_url = database_url
         self.config = config
@@ -346,7 +356,7 @@ class BatonProcess:
                "BATON_PORT": str(self.port), "BATON_HOST": "127.0.0.1", "BATON_INSTANCE_NAME": f"{self.name}-{self.port}",
                "PYTHONPATH": str(ROOT),  # so BATON_MODEL=python:tests.fake_models:... can be imported
                **self.extra_env}
-        server = None if self.exec_ else ForkServer.shared()
+        server = None if self.exec_ else ForkServer.shared(self.code)
         if server is not None:
             self.process = server.spawn(["run"], cwd=self.workdir, env=env, stdout=self.log)
         else:
