@@ -1,7 +1,8 @@
 """Upgrading Baton from the code of commit 99e3391 (migrations up to 0008) to this one (0009) keeps the work.
 
-Real processes: the old code is exported with ``git archive`` and started with ``python -m bot.cli run`` from
-its own directory; the new code is this tree. On SQLite and PostgreSQL: an old Baton leaves a run waiting at
+Real processes: the old code is exported with ``git archive`` and started from its own directory, by its own
+``tests.forkserver`` (which imported the old code: each start is a fork, not Python's start-up and the old code's
+imports again); the new code is this tree. On SQLite and PostgreSQL: an old Baton leaves a run waiting at
 its card, a request queued behind it, a chat-made digest schedule and outbox rows stored the old code's way;
 it is stopped (SIGTERM) and the new code started on the same database migrates it, resumes the run once at
 the old card's click, runs the queued request, fires the digest and delivers the rows once. On PostgreSQL,
@@ -65,8 +66,8 @@ def old_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def old_baton(old_tree: Path, url: str, config: Path, name: str = "old") -> BatonProcess:
-    """``baton run`` of the old code: its directory first on sys.path (never the fork server, which holds ours)."""
-    return BatonProcess(url, config, old_tree, name, env={"PYTHONPATH": str(old_tree)}, exec_=True)
+    """``baton run`` of the old code: its directory first on sys.path (its own fork server, not ours)."""
+    return BatonProcess(url, config, old_tree, name, env={"PYTHONPATH": str(old_tree)}, code=old_tree)
 
 
 def old_enqueue(old_tree: Path, url: str, channel: str, thread: str, *texts: str) -> None:
@@ -173,9 +174,9 @@ def test_a_rolling_deploy_serves_from_an_old_and_a_new_replica_on_one_migrated_d
     new_chat.wait_reply(first, "from the old code's outbox")
     assert old.process is not None and old.process.poll() is None, "the old replica stopped beside the migrated schema"
     # An old replica that restarts now (a crash, a drain, a rolled-back deploy) refuses the database: upgrade order.
-    restarted = subprocess.run([sys.executable, "-m", "bot.cli", "run"], cwd=old_tree, capture_output=True, text=True,
-                               env={**os.environ, "PYTHONPATH": str(old_tree), "BATON_DATABASE_URL": postgres_url,
-                                    "BATON_CONFIG": str(config_path), "BATON_PORT": "0"}, timeout=60)
+    restarted = run_cli("run", cwd=old_tree, code=old_tree,
+                        env={**os.environ, "PYTHONPATH": str(old_tree), "BATON_DATABASE_URL": postgres_url,
+                             "BATON_CONFIG": str(config_path), "BATON_PORT": "0"})
     assert restarted.returncode != 0 and "a newer Baton migrated it" in restarted.stdout + restarted.stderr
     assert sorted(runs_in(counter)) == ["restart api", "restart web", "uptime"]
     assert sum("from the old code's outbox" in m["text"] for m in new_chat.bot_replies(first)) == 1
