@@ -120,7 +120,8 @@ async def think(state: AssistantState) -> AssistantState:
         past: list[BaseMessage] = [
             AIMessage(content=clipped(m["text"], MESSAGE_CHARS)) if m["is_bot"]
             else HumanMessage(content=f"{m['user']}: {clipped(m['text'], MESSAGE_CHARS)}")
-            for m in _before_this_request(await history("thread", HISTORY_MESSAGES))]
+            for m in _before_this_request(await history("thread", HISTORY_MESSAGES))
+            if (m["text"] or "").strip()]  # another bot's message of attachments only: Anthropic refuses an empty one
         if past and isinstance(past[0], AIMessage):
             # A thread Baton began (a digest's), or read from a Baton message on (its last ones): Anthropic's API
             # refuses a conversation whose first message is the model's ("first message must use the user role").

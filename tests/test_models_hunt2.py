@@ -14,7 +14,7 @@ from sqlmodel import select
 from adapters.playground import PlaygroundAdapter, PostClick, PostMessage
 from bot.app import Baton
 from bot.settings import Settings
-from storage.models import Approval, InboundEvent, PlaygroundMessage, Run
+from storage.models import Approval, InboundEvent, PlaygroundMessage, Run, utcnow
 from tests.fake_models import calls, script
 from tests.support import runs_in, until
 from tests.test_models import final, guess, tool_call
@@ -313,3 +313,20 @@ async def test_a_thread_read_from_a_baton_message_on_starts_with_a_person(tmp_pa
     said = model_calls(tmp_path)[-1]["said"]
     assert said[1] == "human: (earlier in this thread)" and said[2].startswith("ai: ") and "did uptime" in said[2], said
     assert said[3:] == ["human: bob: note 0", "human: bob: note 1", "human: anything new?"], said
+
+
+async def test_a_message_without_text_in_the_thread_is_not_given_to_the_model(tmp_path, config_path,
+                                                                              monkeypatch) -> None:
+    """Another bot's message of attachments only (a monitoring bot's card) has no text: the model was given an
+    empty message of its own, which Anthropic's API refuses ("all messages must have non-empty content")."""
+    async with baton_with_model(tmp_path, config_path, monkeypatch, final("All quiet.")) as baton:
+        thread = await say(baton, "@baton run uptime")
+        await bot_said(baton, "did uptime", thread=thread)
+        async with baton.db.session() as session:
+            session.add(PlaygroundMessage(event_id="other-bot", channel="general", thread_id=thread, user="pagerbot",
+                                          text=" ", content={"parts": []}, is_bot=True, created_at=utcnow(),
+                                          updated_at=utcnow(), revision=1))
+        await say(baton, "@baton assistant anything new?", thread=thread)
+        await bot_said(baton, "All quiet.", thread=thread)
+    said = model_calls(tmp_path)[0]["said"]
+    assert len(said) == 4 and not any(text.strip() in ("ai:", "human:") for text in said), said
