@@ -169,6 +169,13 @@ class Argument(BaseModel):
     description: str = ""
     default: str | None = None
 
+    @field_validator("description")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        """Chat shows it inside inline code (`service=<one of web, api>`), which a line break ends: YAML's folded
+        text (``description: >``) ends in one."""
+        return " ".join(value.split())
+
     @field_validator("default", mode="before")
     @classmethod
     def _default_is_text(cls, value: object) -> object:

@@ -161,3 +161,19 @@ def test_a_placeholder_written_without_quotes_says_to_quote_it(tmp_path: Path, l
         load_config(path)
     assert str(refused.value) == (f"{path}: {where}YAML reads {{service}} without quotes as a mapping, not as text: "
                                   'put it in quotes, "{service}"'), str(refused.value)
+
+
+def test_an_argument_description_folded_over_lines_reads_on_one_line(tmp_path: Path) -> None:
+    """`description: >` (YAML's folded text) ends in a line break: the usage shown in chat as inline code,
+    `run restart service=<one of web or api⏎>`, broke over two lines (Slack then shows the backticks), and
+    the usage pasted back was not recognised as one."""
+    from bot.config import load_config
+    path = tmp_path / "baton.yaml"
+    path.write_text('runbooks:\n  restart:\n    description: Restart.\n    command: [systemctl, restart, "{service}"]\n'
+                    '    args:\n      service:\n        pattern: "^(web|api)$"\n        description: >\n'
+                    '          one of web\n          or api\n')
+    runbook = load_config(path).runbooks["restart"]
+    assert runbook.usage_args() == "service=<one of web or api>"
+    with pytest.raises(ValueError) as refused:
+        runbook.validate_args({})
+    assert str(refused.value) == "missing argument `service` (one of web or api)"
