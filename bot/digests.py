@@ -181,6 +181,9 @@ class Digests:
         return posted + await self._retake_lost(now)
 
     async def _run_schedule(self, schedule: DigestSchedule, now: datetime) -> int:
+        if schedule.created_at > now:  # made on a clock that was ahead: it counted its firings from then
+            await self._made_now(schedule.key, now)
+            return 0  # nothing is due since now
         async with self.db.read() as session:  # not a firing ahead of now: posted on a clock that was ahead, it
             last = (await session.exec(select(func.max(DigestRun.fire_time)).where(  # stood for the firings before it
                 DigestRun.schedule_key == schedule.key, DigestRun.fire_time <= now))).one()
@@ -192,6 +195,12 @@ class Digests:
         period = self._period(schedule, due)
         return int(await self._fire(schedule.key, location, schedule.graphs, due, period, schedules.describe(
             schedule.cron, schedule.timezone), scheduled=True))
+
+    async def _made_now(self, key: str, now: datetime) -> None:
+        """The schedule ``key``, made ahead of ``now``, counts as made now (a digest's first window is its period)."""
+        async with self.db.session() as session:
+            await session.exec(update(DigestSchedule).where(  # type: ignore[arg-type]
+                DigestSchedule.key == key, DigestSchedule.created_at > now).values(created_at=now))
 
     async def run_now(self, location: Location, event_id: str, user: str) -> bool:
         """``digest now``: a digest in the request's thread, covering the time since the channel's last one."""

@@ -316,3 +316,18 @@ async def test_digests_resume_at_their_times_after_a_clock_days_ahead_is_set_bac
         clock.now = _utc(2, 9, 5)
         assert await digests.run_due() == 1
         assert await _fire_times(digests) == [_utc(1, 9), _utc(2, 9), _utc(4, 9)]
+
+
+async def test_a_schedule_made_on_a_clock_days_ahead_posts_its_next_digest_once_the_clock_is_set_right(
+        database_url: str) -> None:
+    """A schedule counts its firings from when it was made: one made (baton.yaml read, `digest daily` said) while the
+    clock was three days ahead posted nothing, once the clock was set right, for those three days."""
+    clock = SetClock(_utc(4, 12))
+    async with _digests_on(database_url, clock) as digests:
+        clock.now = _utc(1, 8)  # set right
+        assert await digests.run_due() == 0
+        clock.now = _utc(1, 9, 1)
+        assert await digests.run_due() == 1
+        clock.now = _utc(2, 9, 1)
+        assert await digests.run_due() == 1
+        assert await _fire_times(digests) == [_utc(1, 9), _utc(2, 9)]
