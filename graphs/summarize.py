@@ -56,10 +56,12 @@ async def summarize(state: SummarizeState) -> SummarizeState:
         return {"reply": {"title": f"Extractive summary of {where}", "tone": "info", "parts": [
             {"kind": "note", "text": "No model is configured, so these are the key messages, not a written summary."},
             {"kind": "text", "text": lines}]}}
-    transcript = _transcript(messages)
+    read = _newest_that_fit(messages)
+    if len(read) < len(messages):  # the title says what the model read, not what was fetched
+        where = _where(scope, len(read), cut=True)
     reply = await chat([SystemMessage(content="Summarise this chat for someone who missed it: decisions, open "
                                                "questions, who does what. Five bullet points at most."),
-                        HumanMessage(content=transcript)], what="Summarising")
+                        HumanMessage(content=_transcript(read, len(messages) - len(read)))], what="Summarising")
     return {"reply": {"title": f"Summary of {where}", "tone": "info",
                       "parts": [{"kind": "text", "text": reply.text.strip() or "(the model gave no summary)"}]}}
 
@@ -72,18 +74,24 @@ def _where(scope: str, count: int, *, cut: bool) -> str:
     return f"this thread's last {messages}" if cut else "this thread"
 
 
-def _transcript(messages: list[dict[str, Any]]) -> str:
-    """The messages as ``user: text`` lines, each clipped, the newest that fit in ``TRANSCRIPT_CHARS``."""
-    lines: list[str] = []
+def _newest_that_fit(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The newest ``messages`` whose lines, each clipped, fit in ``TRANSCRIPT_CHARS`` (at least one)."""
     size = 0
-    for message in reversed(messages):
-        line = f"{message['user']}: {clipped(message['text'], MESSAGE_CHARS)}"
-        if lines and size + len(line) > TRANSCRIPT_CHARS:
-            lines.append(f"[{len(messages) - len(lines)} earlier messages left out]")
-            break
-        lines.append(line)
-        size += len(line) + 1
-    return "\n".join(reversed(lines))
+    for count, message in enumerate(reversed(messages)):
+        size += len(_line(message)) + 1
+        if count and size > TRANSCRIPT_CHARS:
+            return messages[len(messages) - count:]
+    return messages
+
+
+def _transcript(messages: list[dict[str, Any]], left_out: int) -> str:
+    """The messages as ``user: text`` lines, each clipped, after how many earlier ones were left out."""
+    lines = [_line(message) for message in messages]
+    return "\n".join([f"[{left_out} earlier messages left out]"] * bool(left_out) + lines)
+
+
+def _line(message: dict[str, Any]) -> str:
+    return f"{message['user']}: {clipped(message['text'], MESSAGE_CHARS)}"
 
 
 def extract(messages: list[dict[str, Any]], most: int = 5) -> list[dict[str, Any]]:

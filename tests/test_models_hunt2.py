@@ -72,6 +72,12 @@ async def click(baton: Baton, card: str, user: str, action: str = "approve") -> 
     await playground.post_click(PostClick(message_id=message.id, approval_id=approval.id, action=action, user=user))
 
 
+async def passed_over(baton: Baton, count: int) -> bool:
+    """Baton has handled ``count`` messages of people talking in a thread (a model was asked about each)."""
+    async with baton.db.read() as session:
+        return len((await session.exec(select(InboundEvent).where(InboundEvent.outcome == "conversation"))).all()) == count
+
+
 def model_calls(tmp_path: Path) -> list[dict[str, Any]]:
     return calls(tmp_path / "script.json")
 
@@ -301,13 +307,7 @@ async def test_a_thread_read_from_a_baton_message_on_starts_with_a_person(tmp_pa
         await bot_said(baton, "did uptime", thread=thread)
         for number in range(2):
             await say(baton, f"note {number}", thread=thread, user="bob")
-
-        async def talked() -> bool:
-            async with baton.db.read() as session:
-                return len((await session.exec(select(InboundEvent).where(
-                    InboundEvent.outcome == "conversation"))).all()) == 2
-
-        await until(talked, "the notes to be passed over")
+        await until(lambda: passed_over(baton, 2), "the notes to be passed over")
         await say(baton, "@baton assistant anything new?", thread=thread)
         await bot_said(baton, "All quiet.", thread=thread)
     said = model_calls(tmp_path)[-1]["said"]
@@ -330,3 +330,21 @@ async def test_a_message_without_text_in_the_thread_is_not_given_to_the_model(tm
         await bot_said(baton, "All quiet.", thread=thread)
     said = model_calls(tmp_path)[0]["said"]
     assert len(said) == 4 and not any(text.strip() in ("ai:", "human:") for text in said), said
+
+
+async def test_a_summary_of_more_than_the_model_reads_says_what_it_covers(tmp_path, config_path,
+                                                                          monkeypatch) -> None:
+    """A thread's messages are given to the model up to 60,000 characters, the newest first: a thread of long
+    outputs was summarised from its last few under the title "Summary of this thread"."""
+    monkeypatch.setattr("graphs.summarize.TRANSCRIPT_CHARS", 2_500)
+    async with baton_with_model(tmp_path, config_path, monkeypatch, guess("none", 0.1), guess("none", 0.1),
+                                final("Bob pasted two logs.")) as baton:
+        thread = await say(baton, "@baton run uptime")
+        await bot_said(baton, "did uptime", thread=thread)
+        for number in range(2):
+            await say(baton, f"log {number}: " + "x" * 1_500, thread=thread, user="bob")
+        await until(lambda: passed_over(baton, 2), "the logs to be passed over")  # else "Queued" is the newest
+        await say(baton, "@baton summarize", thread=thread)
+        summary = await bot_said(baton, "Bob pasted two logs.", thread=thread)
+    assert summary.startswith("*Summary of this thread's last 1 message*"), summary
+    assert model_calls(tmp_path)[-1]["last"].startswith("[3 earlier messages left out]\nbob: log 1: xxx")
