@@ -132,6 +132,8 @@ class LeasedRunServices(RunServices):
     answers it; resumed, its run went on making the side effects after the one it was paused in. The
     transaction that stores an effect's "started" entry now renews the lease first (one statement more, no
     transaction more), so the effect starts with a whole lease ahead of it, or not at all (``LeaseLost``).
+    An effect under way when the heartbeat finds the thread taken over ends as it would have, and the run
+    stops right after it (``stop_after_effect``).
     """
 
     def __init__(self, services: Services, request: Request, run_id: int | None, workspace: str,
@@ -140,10 +142,24 @@ class LeasedRunServices(RunServices):
         self._leases = leases
         self._record_id = record_id
         self._effect_starting = False  # the next ``session`` stores an effect's start (``run_effect_once``)
+        self._in_effect = False
+        self._taken_over = False
+
+    def stop_after_effect(self) -> bool:
+        """The thread was taken over: stop after the side effect under way, if one is (true), else not at all."""
+        self._taken_over = True
+        return self._in_effect
 
     async def run_effect_once(self, key: str, name: str, fn: Any) -> Any:
-        self._effect_starting = True  # its first write is the "started" entry
-        return await super().run_effect_once(key, name, fn)
+        self._effect_starting = self._in_effect = True  # its first write is the "started" entry
+        try:
+            result = await super().run_effect_once(key, name, fn)
+        finally:
+            self._in_effect = False
+        if self._taken_over:
+            raise LeaseLost(f"thread {self._record_id} was taken over while side effect '{name}' of run "
+                            f"{self._run_id} ran; the run stops after it")
+        return result
 
     @contextlib.asynccontextmanager
     async def session(self, *, durable: bool = True) -> AsyncIterator[Transaction]:
@@ -177,6 +193,8 @@ class Orchestrator:
         # the cancel events that stopped one, kept until its run ends.
         self._running: dict[int, tuple[asyncio.Task[Any], Run]] = {}
         self._cancels: dict[int, InboundEvent] = {}
+        self._run_services: dict[int, LeasedRunServices] = {}  # of the runs in ``_running``
+        self._taken: set[int] = set()  # threads another replica took while this one ran them: their drains cut off
 
     @property
     def config(self) -> BatonConfig:
@@ -506,6 +524,10 @@ class Orchestrator:
         except LeaseLost as exc:
             log.warning("stopped draining: %s", exc)
         except asyncio.CancelledError:  # Baton stopping, past its grace: not an error
+            if self._cut_off_as_taken(record_id):
+                log.warning("stopped draining thread %s: another replica took it over while this one stalled; "
+                            "the run stopped here, and goes on there", record_id)
+                return
             log.info("draining thread %s was stopped; the sweeper will retry", record_id)
             await asyncio.shield(self.leases.release(record_id))
             raise
@@ -522,6 +544,26 @@ class Orchestrator:
             raise
         finally:
             heartbeat.cancel()
+            self._taken.discard(record_id)
+
+    def _cut_off_as_taken(self, record_id: int) -> bool:
+        """Whether the drain of ``record_id`` was cancelled by ``_taken_over`` alone (not by Baton stopping too)."""
+        task = asyncio.current_task()
+        return record_id in self._taken and task is not None and task.uncancel() == 0
+
+    def _taken_over(self, record_id: int) -> None:
+        """Another replica took the thread while this one ran it (it stalled past its lease): the run stops
+        writing there. It is cut off at once: going on, its step's LangGraph checkpoint was written beside the
+        new holder's and became the thread's latest (the card the new holder posted then found its question
+        gone, and the thread waited for good). A side effect under way ends first (``stop_after_effect``)."""
+        running = self._running.get(record_id)
+        if running is None:  # between events or at its end: the next write is fenced (``_mark_done``)
+            return
+        services = self._run_services.get(record_id)
+        if services is not None and services.stop_after_effect():
+            return
+        self._taken.add(record_id)
+        running[0].cancel()
 
     async def _heartbeat(self, record_id: int) -> None:
         """Renew the lease every third of it; a renewal that fails (a database blip) is tried again
@@ -536,6 +578,7 @@ class Orchestrator:
                 continue
             if not renewed:
                 log.warning("lost the lease on thread %s", record_id)
+                self._taken_over(record_id)
                 return
 
     async def sweep(self) -> int:
@@ -1127,15 +1170,17 @@ class Orchestrator:
         return message.plain_text().split("\n") if message is not None else []
 
     async def _run_and_report(self, run: Run, record: ThreadRecord, spec: GraphSpec, payload: Any, event: InboundEvent,
-                              services: RunServices, post_progress: ProgressSink) -> None:
+                              services: LeasedRunServices, post_progress: ProgressSink) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._running[record.id] = (task, run)  # type: ignore[index]
+        self._run_services[record.id] = services  # type: ignore[index]
         try:
             try:
                 outcome = await self.runtime.run(spec, record.lg_thread_id, payload, services, post_progress, run.id)
             finally:  # from here on a cancel finds no run: it is answered as come too late
                 self._running.pop(record.id, None)  # type: ignore[arg-type]
+                self._run_services.pop(record.id, None)  # type: ignore[arg-type]
                 if (cancel := self._cancels.pop(record.id, None)) is not None:  # type: ignore[arg-type]
                     task.uncancel()  # ours; if the graph caught it and ended otherwise, that end stands
         except asyncio.CancelledError:

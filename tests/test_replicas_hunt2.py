@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from langgraph.graph import END, START, StateGraph
 from sqlalchemy import update
 from sqlmodel import select
 
@@ -16,13 +17,13 @@ import bot.threads
 import storage.db
 from bot import threads
 from bot.app import Baton
-from bot.kit import effect
-from bot.messages import InboundMessage, Location
+from bot.kit import approve, effect
+from bot.messages import InboundClick, InboundMessage, Location
 from bot.registry import GraphSpec
 from bot.settings import Settings
 from storage.db import Database, insert_new_id
 from storage.migrate import upgrade
-from storage.models import Effect, InboundEvent, PlaygroundMessage, ThreadRecord
+from storage.models import Approval, Effect, InboundEvent, PlaygroundMessage, ThreadRecord
 from tests.support import until
 from tests.test_graph_modules import State, _one_node
 
@@ -113,18 +114,24 @@ def _started(made: list[str]) -> Callable[[], Awaitable[bool]]:
     return started
 
 
+async def _replies_with(baton: Baton, words: str) -> list[str]:
+    return [text for text in await _bot_replies(baton) if words in text]
+
+
 async def _bot_replies(baton: Baton) -> list[str]:
     async with baton.db.read() as session:
         return list((await session.exec(select(PlaygroundMessage.text).where(PlaygroundMessage.is_bot))).all())
 
 
+@pytest.mark.parametrize("noticed", [False, True], ids=["resumed unaware", "its heartbeat noticed first"])
 async def test_a_replica_paused_past_its_lease_starts_no_side_effect_once_the_thread_is_taken_over(
-        tmp_path: Path, config_path: Path) -> None:
+        tmp_path: Path, config_path: Path, caplog: pytest.LogCaptureFixture, noticed: bool) -> None:
     """A replica paused (SIGSTOP, a frozen VM) during a run's first side effect lost its thread to another
     replica, which answered that the effect's outcome was unknown and the run failed. Resumed, the paused
     replica's run went on to its next side effect and made it: the thread had been told the run ended. Only
     its last write was fenced by the lease. A run's side effect now starts only while its replica holds the
-    thread (the lease is renewed first, so it starts with a whole lease ahead of it)."""
+    thread (the lease is renewed first, so it starts with a whole lease ahead of it). The effect under way when
+    the replica finds out is not cut off: it ends, and is recorded, as it would have."""
     made: list[str] = []
     resumed = asyncio.Event()
 
@@ -140,21 +147,20 @@ async def test_a_replica_paused_past_its_lease_starts_no_side_effect_once_the_th
 
     settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'b.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
                         BATON_ADAPTERS="playground")
-    async with Baton(settings) as paused_replica, Baton(settings) as taker:
+    heartbeat = settings.model_copy(update={"lease_seconds": 0.6}) if noticed else settings
+    async with Baton(heartbeat) as paused_replica, Baton(settings) as taker:
         for baton in (paused_replica, taker):
             baton.registry.add(GraphSpec(name="decommission", graph=_one_node(act)))
         await paused_replica.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
                                                            event_id="e1", user="alice", text="decommission"))
         await until(_started(made), "the first side effect to start")
 
-        async with taker.db.session() as session:  # paused past its lease: the taker's sweeper finds the thread
-            await session.exec(update(ThreadRecord).values(lease_until=datetime.now(UTC) - timedelta(seconds=1)))  # type: ignore[call-overload]
-            await session.exec(update(InboundEvent).values(received_at=datetime.now(UTC) - timedelta(minutes=1)))  # type: ignore[call-overload]
-        assert await taker.orchestrator.sweep() == 1
-        await _settled(taker)
+        await _taken_by(taker)  # paused past its lease
         told = await until(lambda: _bot_replies(taker), "the taker's answer")
         assert len(told) == 1 and "not run again" in told[0], told
 
+        if noticed:
+            await until(_logged(caplog, "lost the lease on thread"), "the paused replica to find its lease lost")
         resumed.set()  # the paused replica goes on
         await _settled(paused_replica)
         async with taker.db.read() as session:
@@ -162,3 +168,79 @@ async def test_a_replica_paused_past_its_lease_starts_no_side_effect_once_the_th
     assert made == ["drain web-1"], "a side effect was made after the thread was taken over and answered"
     assert ledger == {"drain": "done"}  # what the paused replica made is still recorded
     assert await _bot_replies(taker) == told
+
+
+async def _taken_by(taker: Baton) -> None:
+    """The thread's replica stalled past its lease, and ``taker`` took it over and handled its queue."""
+    async with taker.db.session() as session:
+        await session.exec(update(ThreadRecord).values(  # type: ignore[call-overload]
+            lease_owner=taker.instance, lease_until=datetime.now(UTC) + timedelta(seconds=30)))
+        record = (await session.exec(select(ThreadRecord))).one()
+    taker.orchestrator._schedule(record.id)  # type: ignore[arg-type]
+    await _settled(taker)
+
+
+def _think_then_ask(first_thought: asyncio.Event, thinking: list[str]) -> StateGraph:
+    """think (the first time, until ``first_thought`` is set: a slow model call) -> ask (a card) -> reply."""
+
+    async def think(_state: State) -> State:
+        if not thinking:
+            thinking.append("the first thought")
+            await first_thought.wait()
+        return {"text": "restart web-1"}
+
+    def ask(state: State) -> State:
+        return {"reply": f"{state['text']}: " + ("approved" if approve("Go?").approved else "rejected")}
+
+    graph = StateGraph(State)
+    graph.add_node("think", think)
+    graph.add_node("ask", ask)
+    graph.add_edge(START, "think")
+    graph.add_edge("think", "ask")
+    graph.add_edge("ask", END)
+    return graph
+
+
+async def test_a_replica_that_stalled_past_its_lease_mid_step_leaves_the_card_to_the_run_that_took_over(
+        tmp_path: Path, config_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A replica stalled in a step with no side effect (a slow model answer) lost its thread to another, whose
+    run posted the approval card. Its heartbeat found the lease lost, and said so, but its run went on: it
+    finished the step and wrote LangGraph checkpoints beside the other's, and its own question became the
+    thread's latest. Approve on the posted card then found its question gone: the card turned stale, the
+    approver was told 'no longer current', and the thread waited for good with no card to decide. A run whose
+    thread was taken over is now cut off when its replica finds out."""
+    first_thought = asyncio.Event()
+    database_url = f"sqlite:///{tmp_path / 'c.db'}"
+    settings = Settings(BATON_DATABASE_URL=database_url, BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground")
+    quick_heartbeat = settings.model_copy(update={"lease_seconds": 0.6})
+    async with Baton(quick_heartbeat) as stalled, Baton(settings) as taker:
+        thinking: list[str] = []
+        graph = _think_then_ask(first_thought, thinking)
+        for baton in (stalled, taker):
+            baton.registry.add(GraphSpec(name="change", graph=graph))
+        await stalled.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
+                                                    event_id="e1", user="alice", text="change"))
+        await until(_started(thinking), "the stalled replica's run to think")
+        await _taken_by(taker)  # stalled past its lease
+        async with taker.db.read() as session:
+            card = (await session.exec(select(Approval))).one()
+
+        await until(_logged(caplog, "lost the lease on thread"), "the stalled replica to find its lease lost")
+        first_thought.set()  # its step would end now
+        await _settled(stalled)
+        await taker.accept_click(InboundClick(platform="playground", channel="general", thread="1", event_id="c1",
+                                              user="bob", approval_id=card.id, action="approve"))
+        await _settled(taker)
+        told = await until(lambda: _replies_with(taker, "restart web-1: "), "the run's reply")
+        async with taker.db.read() as session:
+            decided = [approval.status for approval in (await session.exec(select(Approval))).all()]
+            record = (await session.exec(select(ThreadRecord))).one()
+    assert decided == ["approved"] and record.status == "done", (decided, record.status)
+    assert told == ["restart web-1: approved"]
+
+
+def _logged(caplog: pytest.LogCaptureFixture, words: str) -> Callable[[], Awaitable[bool]]:
+    async def logged() -> bool:
+        return words in caplog.text
+    return logged
