@@ -21,9 +21,11 @@ def _kill(pidfile: Path) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def test_a_command_that_leaves_a_process_in_the_background_finishes_when_it_exits(tmp_path: Path) -> None:
+def test_a_command_that_leaves_a_process_in_the_background_finishes_when_it_exits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`start-worker` ran `worker &` and exited 0; the worker kept the output open, so the run waited for
     it until the runbook's timeout, said "timed out ... and was stopped", and killed the worker it started."""
+    monkeypatch.setattr("graphs.runbook.KILL_GRACE_SECONDS", 0.3)
     pidfile = tmp_path / "worker"
     script = f"sleep 60 & echo $! > {pidfile}; echo worker started"
     try:
