@@ -15,6 +15,7 @@ import json
 import re
 import re._constants as re_constants
 import re._parser as re_parser
+import shlex
 import unicodedata
 from typing import Any, TypedDict
 
@@ -53,13 +54,14 @@ class AssistantState(TypedDict, total=False):
     messages: list[BaseMessage]
     decisions: dict[str, dict[str, Any]]  # "<turn>:<position>" of a tool call -> {"approved": bool, "by": str}
     turns: int
-    reply: str
+    ran: list[str]  # the runbooks run for this answer, as `run` commands, shown under it
+    reply: Any
 
 
 def make_input(_request: Request, text: str) -> dict[str, Any]:
     if not text.strip():  # the model was asked nothing, which Anthropic's API refuses, and what was asked was paid
         raise ValueError(f"ask me something, e.g. `{EXAMPLE}`")
-    return {"text": text, "messages": [], "decisions": {}, "turns": 0, "reply": ""}
+    return {"text": text, "messages": [], "decisions": {}, "turns": 0, "ran": [], "reply": ""}
 
 
 def tools() -> list[dict[str, Any]]:
@@ -157,6 +159,7 @@ async def act(state: AssistantState) -> AssistantState:
     config = current().config
     decisions = state.get("decisions") or {}
     results: list[BaseMessage] = []
+    ran = list(state.get("ran") or [])
     for index, (key, call) in enumerate(_keyed_calls(state)):
         runbook = config.runbooks.get(call["name"])
         if index >= MAX_CALLS_PER_TURN:
@@ -182,11 +185,12 @@ async def act(state: AssistantState) -> AssistantState:
         # bot.kit.chat redacts Baton's secrets from what goes to the model's provider, this output included
         output = clipped(outcome["output"], TOOL_OUTPUT_CHARS)
         results.append(ToolMessage(content=f"exit code {outcome['exit_code']}\n{output}", tool_call_id=call["id"] or key))
+        ran.append(f"`{quoted_code(_as_command(call['name'], values), ASKED_CHARS)}` (exit code {outcome['exit_code']})")
     results += [ToolMessage(content=f"Not run: the arguments of `{call.get('name')}` are not valid JSON "
                                     f"({call.get('error') or 'they could not be read'}).",
                             tool_call_id=call.get("id") or f"{state.get('turns', 0)}:unreadable:{position}")
                 for position, call in enumerate(_unreadable_calls(state))]
-    return {"messages": [*state["messages"], *results]}
+    return {"messages": [*state["messages"], *results], "ran": ran}
 
 
 def answer(state: AssistantState) -> AssistantState:
@@ -196,7 +200,16 @@ def answer(state: AssistantState) -> AssistantState:
     text = last.text.strip()
     if state.get("turns", 0) >= MAX_TURNS and _asks_for_tools(state):
         text = "I stopped after several rounds of tool calls without an answer. " + text
-    return {"reply": text or "(the model gave no answer)"}
+    text = text or "(the model gave no answer)"
+    # What ran is said by Baton, not by the model, which may tell of a command that did not run (one an approver
+    # rejected) or leave one out; low-risk runbooks left no trace in the thread at all.
+    if state.get("ran"):
+        note = "Run for this answer: " + ", ".join(state["ran"])
+    elif any(isinstance(message, ToolMessage) for message in state["messages"]):
+        note = "No runbook was run for this answer."
+    else:
+        return {"reply": text}
+    return {"reply": {"tone": "success", "parts": [{"kind": "text", "text": text}, {"kind": "note", "text": note}]}}
 
 
 def after_think(state: AssistantState) -> str:
@@ -236,6 +249,11 @@ def _before_this_request(earlier: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if is_this_request(earlier[index]):
             return earlier[:index] + earlier[index + 1:]
     return earlier
+
+
+def _as_command(name: str, values: dict[str, str]) -> str:
+    """A runbook run as the `run` command that runs it again: ``run restart service=web``."""
+    return " ".join(["run", name, *(f"{arg}={shlex.quote(value)}" for arg, value in values.items())])
 
 
 def _visible(text: str) -> str:

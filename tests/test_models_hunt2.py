@@ -348,3 +348,21 @@ async def test_a_summary_of_more_than_the_model_reads_says_what_it_covers(tmp_pa
         summary = await bot_said(baton, "Bob pasted two logs.", thread=thread)
     assert summary.startswith("*Summary of this thread's last 1 message*"), summary
     assert model_calls(tmp_path)[-1]["last"].startswith("[3 earlier messages left out]\nbob: log 1: xxx")
+
+
+async def test_the_answer_says_which_runbooks_ran_for_it(tmp_path, config_path, monkeypatch, counter) -> None:
+    """A low-risk runbook the assistant ran left no trace in the thread, and the answer was only the model's
+    words: after bob rejected `restart`, a model could still write "Restarted web for you." Baton now says under
+    the answer what ran (as the `run` command), or that nothing did."""
+    async with baton_with_model(tmp_path, config_path, monkeypatch, tool_call("slow", seconds="0.1"),
+                                final("It slept."), tool_call("restart", service="web"),
+                                final("Restarted web for you.")) as baton:
+        thread = await say(baton, "@baton assistant sleep a little")
+        slept = await bot_said(baton, "It slept.", thread=thread)
+        assert slept == "It slept.\nRun for this answer: `run slow seconds=0.1` (exit code 0)", slept
+        await say(baton, "@baton assistant restart web", thread=thread)
+        card = await bot_said(baton, "The assistant wants to run `restart`", thread=thread)
+        await click(baton, card, "bob", "reject")
+        claimed = await bot_said(baton, "Restarted web for you.", thread=thread)
+    assert claimed == "Restarted web for you.\nNo runbook was run for this answer.", claimed
+    assert runs_in(counter) == []
