@@ -11,7 +11,11 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
+import apscheduler.schedulers.base
+import apscheduler.triggers.interval
+
 from bot import outbox as outbox_module
+from bot import scheduler as scheduler_module
 from bot.messages import Location, Message
 import storage.models
 from bot.config import BatonConfig, Digest
@@ -19,10 +23,12 @@ from bot.digests import Digests
 from bot.outbox import Outbox
 from bot.registry import GraphRegistry
 from bot.runtime import GraphRuntime, Services
+from bot.scheduler import DigestScheduler
 from storage.checkpointer import open_checkpointer
 from storage.db import Database
 from storage.migrate import upgrade
 from storage.models import DigestRun, utcnow
+from tests.support import until
 
 
 class SkewedClock:
@@ -331,3 +337,54 @@ async def test_a_schedule_made_on_a_clock_days_ahead_posts_its_next_digest_once_
         clock.now = _utc(2, 9, 1)
         assert await digests.run_due() == 1
         assert await _fire_times(digests) == [_utc(1, 9), _utc(2, 9)]
+
+
+class _LookingDigests:
+    """Digests with no schedule: how often the scheduler looked for due ones."""
+
+    def __init__(self) -> None:
+        self.looks = 0
+
+    async def sync_config(self) -> None:
+        return None
+
+    async def enabled(self) -> list[Any]:
+        return []
+
+    async def run_due(self) -> int:
+        self.looks += 1
+        return 0
+
+
+async def test_the_schedulers_look_for_due_digests_goes_on_after_the_clock_is_set_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each minute the scheduler reconciles its jobs with the database and posts what is due (catch-up, another
+    replica's chat schedules). That minute was an APScheduler interval job, whose next run is a wall-clock time: with
+    the clock set back three hours (NTP), it did not run for three hours. It counts minutes on a clock that is never
+    set, the event loop's."""
+    wall = MachineClock()
+    real = datetime
+
+    class _WallTime(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> datetime:  # type: ignore[override]
+            return real.now(tz) + wall.ahead
+
+    for module in (apscheduler.schedulers.base, apscheduler.triggers.interval):
+        monkeypatch.setattr(module, "datetime", _WallTime)
+    monkeypatch.setattr(scheduler_module, "RECONCILE_SECONDS", 0.05)
+    digests = _LookingDigests()
+    scheduler = DigestScheduler(digests)  # type: ignore[arg-type]
+    wall.ahead = timedelta(hours=3)
+    await scheduler.start()
+    try:
+        wall.ahead = timedelta(0)  # set back
+        looked = digests.looks
+
+        async def looked_again() -> bool:
+            return digests.looks >= looked + 3
+
+        await until(looked_again, "the scheduler's look for due digests", timeout=5)
+    finally:
+        await scheduler.stop()
+
