@@ -16,6 +16,7 @@ import apscheduler.triggers.interval
 
 from bot import outbox as outbox_module
 from bot import scheduler as scheduler_module
+from bot import schedules
 from bot.messages import Location, Message
 import storage.models
 from bot.config import BatonConfig, Digest
@@ -388,3 +389,23 @@ async def test_the_schedulers_look_for_due_digests_goes_on_after_the_clock_is_se
     finally:
         await scheduler.stop()
 
+
+@pytest.mark.parametrize(("cron", "zone", "first", "wanted"), [
+    # Paris springs forward at 02:00 on 29 March 2026: 02:30 does not happen that day; it fires at 03:30, once
+    ("30 2 * * *", "Europe/Paris", datetime(2026, 3, 28, tzinfo=UTC),
+     ["2026-03-28 02:30+0100", "2026-03-29 03:30+0200", "2026-03-30 02:30+0200"]),
+    # New York falls back at 02:00 on 1 November 2026: 01:30 happens twice; it fires at the first, once
+    ("30 1 * * *", "America/New_York", datetime(2026, 10, 31, tzinfo=UTC),
+     ["2026-10-31 01:30-0400", "2026-11-01 01:30-0400", "2026-11-02 01:30-0500"]),
+])
+def test_a_daily_digest_in_a_skipped_or_repeated_hour_fires_once_that_day(
+        cron: str, zone: str, first: datetime, wanted: list[str]) -> None:
+    """The days the clocks change, a digest set in the hour that is skipped fires once, an hour later; one set in the
+    hour that comes twice fires once, the first time (as crontab does)."""
+    fired, moment = [], first
+    for _ in wanted:
+        fire = schedules.next_fire(cron, zone, moment)
+        assert fire is not None
+        fired.append(fire.astimezone(schedules.zone(zone)).strftime("%Y-%m-%d %H:%M%z"))
+        moment = fire + timedelta(microseconds=1)
+    assert fired == wanted
