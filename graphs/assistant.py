@@ -159,7 +159,7 @@ async def act(state: AssistantState) -> AssistantState:
     config = current().config
     decisions = state.get("decisions") or {}
     results: list[BaseMessage] = []
-    ran = list(state.get("ran") or [])
+    ran: list[str] = []
     for index, (key, call) in enumerate(_keyed_calls(state)):
         runbook = config.runbooks.get(call["name"])
         if index >= MAX_CALLS_PER_TURN:
@@ -190,7 +190,9 @@ async def act(state: AssistantState) -> AssistantState:
                                     f"({call.get('error') or 'they could not be read'}).",
                             tool_call_id=call.get("id") or f"{state.get('turns', 0)}:unreadable:{position}")
                 for position, call in enumerate(_unreadable_calls(state))]
-    return {"messages": [*state["messages"], *results], "ran": ran}
+    if state.get("ran") is None:  # a run begun before Baton kept what ran: what ran before is not known
+        return {"messages": [*state["messages"], *results]}
+    return {"messages": [*state["messages"], *results], "ran": [*state["ran"], *ran]}
 
 
 def answer(state: AssistantState) -> AssistantState:
@@ -205,7 +207,7 @@ def answer(state: AssistantState) -> AssistantState:
     # rejected) or leave one out; low-risk runbooks left no trace in the thread at all.
     if state.get("ran"):
         note = "Run for this answer: " + ", ".join(state["ran"])
-    elif any(isinstance(message, ToolMessage) for message in state["messages"]):
+    elif state.get("ran") is not None and any(isinstance(message, ToolMessage) for message in state["messages"]):
         note = "No runbook was run for this answer."
     else:
         return {"reply": text}
