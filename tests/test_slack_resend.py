@@ -25,7 +25,7 @@ from adapters.slack import SlackAdapter
 from bot.messages import Location, Message, Text
 from bot.outbox import Delivery
 from bot.settings import Settings
-from tests.fake_slack import BOT_TOKEN, SIGNING_SECRET, FakeMessage, FakeSlack, SlackSender, shown_text
+from tests.fake_slack import BOT_TOKEN, QUICK_PACE, SIGNING_SECRET, FakeMessage, FakeSlack, SlackSender, shown_text
 from tests.support import overrides, runs_in, wait_for
 from tests.test_slack import ALICE, GENERAL, Slack, config_path, fake_slack, slack  # noqa: F401 (fixtures)
 
@@ -80,7 +80,7 @@ def test_baton_gone_between_slack_posting_and_the_delivered_mark_the_next_one_po
     grace) before recording the delivery. The Baton started after it took the row over when its claim ran
     out, and posted the reply a second time."""
     # A stop lets the send in flight finish for STOP_GRACE_SECONDS (5 s) before it cuts it off: 1 s here.
-    env = {**fake_slack.env(), "BATON_LEASE_SECONDS": "2", **overrides({"adapters.contract.STOP_GRACE_SECONDS": 1.0})}
+    env = {**fake_slack.env(), "BATON_LEASE_SECONDS": "2", **overrides({"adapters.contract.STOP_GRACE_SECONDS": 1.0, **QUICK_PACE})}
     first = start_baton(sqlite_url, name="first", env=env)
     slack = Slack(first, fake_slack, SlackSender(first.url), tmp_path / "baton.db")
     fake_slack.hold("chat.postMessage")
