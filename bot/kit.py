@@ -172,7 +172,8 @@ def approve(
     if approvers is not None and not all(isinstance(name, str) for name in approvers):
         raise TypeError(f"approve(): approvers must be user ids (text), not {approvers!r}")
     nobody = approvers is not None and not approvers  # the graph's own empty list (a runbook's comes from baton.yaml)
-    # The graph's own approvers, as baton.yaml checks its own at start: a name no click matches waited a day.
+    own = approvers is not None  # the graph's own approvers (a runbook's come from baton.yaml, checked at start)
+    # Checked as baton.yaml checks its own: a name no click matches made a card that waited a day.
     misnamed = next(filter(None, map(_approver_problem, approvers or [])), None)
     if runbook is not None:
         if approvers is not None:
@@ -195,6 +196,9 @@ def approve(
         if misnamed is not None:
             raise ValueError(f"approve(): {misnamed}") from None
         context = _current.get(None)
+        unseen = _nobody_may_approve(approvers or [], risk, context.request) if own and context is not None else None
+        if unseen is not None:  # the card waited a day; clicks were told to "add approvers in baton.yaml"
+            raise ValueError(f"approve(): {unseen}") from None
         if context is not None:
             asked(context).append(str(summary))
         raise
@@ -211,6 +215,19 @@ def _approver_problem(name: str) -> str | None:
     if hidden is not None:  # pasted from a document: it looks like the id, and never matches it
         shown = "".join(c for c in name if unicodedata.category(c) not in ("Cf", "Cc"))
         return f"the approver '{shown}' holds an invisible character (U+{ord(hidden):04X}): write the id again by hand"
+    return None
+
+
+def _nobody_may_approve(approvers: Sequence[str], risk: str, request: Request) -> str | None:
+    """Why nobody could approve a card the graph named ``approvers`` for, or ``None``: each is another platform's
+    (``slack:U1`` on Discord, where no click is his), or, on a high-risk request, the one who asked."""
+    here = [name for name in approvers if ":" not in name or name.startswith(f"{request.platform}:")]
+    if not here:
+        return (f"none of its approvers ({', '.join(approvers)}) can click on {request.platform}, where its card is "
+                f"posted: name one who can")
+    if risk == "high" and all(name in (request.user, f"{request.platform}:{request.user}") for name in here):
+        return (f"its only approver is {request.user}, who asked for it: a high-risk request needs someone else to "
+                "approve it; name another approver, or ask with risk='low'")
     return None
 
 

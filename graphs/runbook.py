@@ -56,7 +56,8 @@ def ask(state: RunbookState) -> RunbookState:
         f"Run `{state['runbook']}`: {runbook.description if runbook else '(no longer in baton.yaml)'}",
         details={"command": _shown(argv), "timeout": f"{runbook.timeout:g}s" if runbook else "?"},
         risk="high",
-        approvers=config.approvers_for_runbook(state["runbook"]) if runbook else [],
+        # Its approvers as baton.yaml names them when the click comes; a runbook gone since has none.
+        **({"runbook": state["runbook"]} if runbook else {"approvers": []}),
     )
     return {"approved": decision.approved, "decided_by": decision.by}
 

@@ -60,3 +60,38 @@ async def test_the_requester_of_a_card_only_they_could_approve_is_not_told_to_wa
         told = await until(refusal, "alice's refusal")
         assert told == ("You asked for this high-risk action, and nobody else may approve it: baton.yaml names no "
                         "other approver (add one there, or Reject to withdraw it)."), told
+
+
+@pytest.mark.parametrize(("approvers", "risk", "expected"), [
+    # the card said "approvers: nobody else (not alice, who asked)", and bob was told to "add approvers in
+    # baton.yaml", which names them for nothing here
+    (["alice"], "high", "approve(): its only approver is alice, who asked for it: a high-risk request needs "
+                        "someone else to approve it"),
+    (["alice", "playground:alice"], "high", "its only approver is alice, who asked for it"),
+    # Slack's user, on a card in the playground (or on Discord): no click there is ever his
+    (["slack:U1"], "low", "approve(): none of its approvers (slack:U1) can click on playground, where its card "
+                          "is posted"),
+])
+async def test_approve_whose_card_nobody_could_approve_fails_the_run_saying_so(
+        tmp_path, config_path, approvers, risk, expected) -> None:
+    """The graph's own approvers left nobody who could approve its card: it waited a day, its one approver
+    told to withdraw it, everyone else that nobody can approve it."""
+    def ask(_state: State) -> str:
+        return str(approve("Drop the cache?", approvers=approvers, risk=risk).approved)
+
+    async with _asked(tmp_path, config_path, GraphSpec(name="cache", graph=_asking(ask)), "cache") as baton:
+        reply = await _reply(baton, "1")
+        assert expected in reply, reply
+        await _no_card(baton)
+
+
+@pytest.mark.parametrize(("approvers", "risk"), [(["alice"], "low"), (["playground:bob"], "high"),
+                                                 (["alice", "slack:U1", "bob"], "high")])
+async def test_approve_whose_card_someone_may_approve_posts_it(tmp_path, config_path, approvers, risk) -> None:
+    def ask(_state: State) -> str:
+        return str(approve("Drop the cache?", approvers=approvers, risk=risk).approved)
+
+    async with _asked(tmp_path, config_path, GraphSpec(name="cache", graph=_asking(ask)), "cache") as baton:
+        assert "Drop the cache?" in await _reply(baton, "1")
+        async with baton.db.read() as session:
+            assert (await session.exec(select(Approval))).one().approvers == approvers
