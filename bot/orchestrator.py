@@ -41,10 +41,13 @@ from storage.models import Approval, Effect, InboundEvent, Run, ThreadRecord, lo
 log = logging.getLogger("baton.orchestrator")
 SWEEP_AFTER_SECONDS = 2.0
 SWEEP_BATCH = 200
-# Threads with events pending since before ``received_before`` and no live lease: nobody is draining them.
+# Threads with events pending since before ``received_before`` and no live lease: nobody is draining them. An
+# event received after ``received_after`` was stamped by a replica whose clock is ahead of this one's: it counts
+# as old (waited for, a dead replica's requests were taken over only once this clock had caught up).
 _ORPHANED_THREADS = prepared(select(InboundEvent.thread_record_id).join(ThreadRecord).where(
     InboundEvent.status == "pending",
-    InboundEvent.received_at < bindparam("received_before", type_=DateTime()),
+    or_(InboundEvent.received_at < bindparam("received_before", type_=DateTime()),
+        InboundEvent.received_at > bindparam("received_after", type_=DateTime())),
     or_(ThreadRecord.lease_owner.is_(None), ThreadRecord.lease_until < bindparam("now", type_=DateTime())),  # type: ignore[union-attr]
     or_(threads.URGENT, ThreadRecord.status != "waiting"),
 ).distinct().limit(SWEEP_BATCH))  # a backlog is taken a batch per sweep, never in one long query
@@ -583,8 +586,9 @@ class Orchestrator:
 
     async def sweep(self) -> int:
         """Schedule every thread that has old pending events and no live lease (crash recovery)."""
-        ids = (await self.db.fetch(_ORPHANED_THREADS, {  # leases on the database's clock, events on ours (_claim)
-            "now": self.db.now(), "received_before": utcnow() - timedelta(seconds=SWEEP_AFTER_SECONDS)})).all()
+        now, after = utcnow(), timedelta(seconds=SWEEP_AFTER_SECONDS)
+        ids = (await self.db.fetch(_ORPHANED_THREADS, {  # leases on the database's clock, events on their replica's
+            "now": self.db.now(), "received_before": now - after, "received_after": now + after})).all()
         for record_id in ids:
             self._schedule(record_id)  # type: ignore[arg-type]
         if self._running:  # a cancel stored by another replica for a run of this one

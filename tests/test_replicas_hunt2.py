@@ -244,3 +244,24 @@ def _logged(caplog: pytest.LogCaptureFixture, words: str) -> Callable[[], Awaita
     async def logged() -> bool:
         return words in caplog.text
     return logged
+
+
+async def test_requests_a_replica_whose_clock_was_ahead_stored_before_it_died_are_taken_over_at_once(
+        tmp_path: Path, config_path: Path) -> None:
+    """The sweeper takes over events pending for more than 2 s, by their received_at: stamped by a replica whose
+    clock was 5 minutes ahead, which then died, they looked 5 minutes newer than they were, and the thread's
+    requests waited that long for another replica. An event stamped ahead of the sweeper's clock counts as old."""
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'd.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground")
+    async with Baton(settings) as survivor:
+        async with survivor.db.session() as session:
+            record, _new = await threads.create(session, Location(platform="playground", channel="general", thread="1"))
+        async with survivor.db.session() as session:
+            await insert_new_id(session, InboundEvent, {
+                "platform": "playground", "event_id": "e1", "kind": "message", "workspace": "", "channel": "general",
+                "thread": "1", "user": "alice", "text": "run uptime", "payload": {"addressed": True},
+                "status": "pending", "thread_record_id": record.id, "correlation_id": "c1",
+                "received_at": datetime.now(UTC) + SKEW}, ["platform", "event_id"])
+        assert await survivor.orchestrator.sweep() == 1
+        await _settled(survivor)
+        assert await until(lambda: _replies_with(survivor, "did uptime"), "the request's answer")
