@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, true, update
+from sqlalchemy import func, or_, true, update
 from sqlmodel import select
 
 from bot import audit, schedules
@@ -252,8 +252,10 @@ class Digests:
 
     async def _retake_lost(self, now: datetime) -> int:
         async with self.db.read() as session:
-            lost = (await session.exec(select(DigestRun).where(
-                DigestRun.status == "claimed", DigestRun.claimed_at < now - RETAKE_AFTER))).all()
+            lost = (await session.exec(select(DigestRun).where(DigestRun.status == "claimed", or_(
+                DigestRun.claimed_at < now - RETAKE_AFTER,
+                # claimed before the clock was set back: a live builder's renewals keep its claim nearer than this
+                DigestRun.claimed_at > now + RETAKE_AFTER)))).all()
         posted = 0
         for run in lost:
             claimed_at = self.clock()

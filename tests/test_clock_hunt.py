@@ -409,3 +409,21 @@ def test_a_daily_digest_in_a_skipped_or_repeated_hour_fires_once_that_day(
         fired.append(fire.astimezone(schedules.zone(zone)).strftime("%Y-%m-%d %H:%M%z"))
         moment = fire + timedelta(microseconds=1)
     assert fired == wanted
+
+
+async def test_a_digest_claimed_before_the_clock_was_set_back_by_a_replica_that_died_is_posted(database_url: str) -> None:
+    """A firing claimed by a replica that died is taken over once its claim is two minutes old. One claimed while
+    the clock was three days ahead (then set back) was 'fresh' for three days: the digest came three days late.
+    A claim further ahead than a builder's renewals keep it counts as lost."""
+    clock = SetClock(_utc(1, 6))
+    async with _digests_on(database_url, clock) as digests:
+        [schedule] = await digests.enabled()
+        async with digests.db.session() as session:
+            session.add(DigestRun(schedule_key=schedule.key, fire_time=_utc(1, 9), platform="playground", channel="ops",
+                                  window_start=_utc(1, 9) - timedelta(days=1), window_end=_utc(1, 9), status="claimed",
+                                  claimed_by="died", claimed_at=_utc(4, 9), summary={"reason": "daily", "graphs": []}))
+        clock.now = _utc(1, 9, 5)
+        assert await digests.run_due() == 1
+        async with digests.db.read() as session:
+            run = (await session.exec(select(DigestRun))).one()
+        assert (run.status, run.claimed_by) == ("posted", "a")
