@@ -198,6 +198,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        # Any byte begins the next request's time: the parser skips line breaks before a request line without a
+        # word (no on_message_begin), and uvicorn drops its keep-alive timeout at any byte, so a connection that
+        # sent "\r\n" after a request was held for ever
+        self._start_deadline()
         in_head, self._head_ended = self._reading_head, False
         super().data_received(data)
         # Counted while a head is read: not a read that ended one or began one (it may hold a body)
@@ -209,8 +213,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self._read_deadline is None:
-            self._read_deadline = self.loop.call_later(REQUEST_READ_SECONDS, self._read_too_slow)
+        self._start_deadline()  # a request that follows another in the same read
 
     def on_url(self, url: bytes) -> None:
         self._parsed_head_bytes += len(url)
@@ -243,6 +246,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def handle_websocket_upgrade(self) -> None:
         self._stop_deadline()  # the connection is the WebSocket protocol's from here on
         super().handle_websocket_upgrade()
+
+    def _start_deadline(self) -> None:
+        if self._read_deadline is None:
+            self._read_deadline = self.loop.call_later(REQUEST_READ_SECONDS, self._read_too_slow)
 
     def _stop_deadline(self) -> None:
         if self._read_deadline is not None:
