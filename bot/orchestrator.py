@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import pprint
 import unicodedata
 import uuid
 from datetime import datetime, timedelta
@@ -171,6 +172,19 @@ class LeasedRunServices(RunServices):
             if fenced and not await self._leases.keep(session, self._record_id):
                 raise LeaseLost(f"thread {self._record_id} was taken over; run {self._run_id} starts no side effect")
             yield session
+
+
+def _shown_question(value: Any, graph: str) -> str:
+    """A plain graph's ``interrupt(value)`` as its card's question: text as it is, anything else as JSON (with
+    accents and emoji as written, not \\u00e9), or as Python writes it when it is no JSON (a tuple as a key)."""
+    if value is None or (isinstance(value, str) and not value.strip()):  # else a card with no question, or "null"
+        return f"The `{graph}` graph asks to go on (its interrupt() gave no question to show)."
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, indent=2, default=str, ensure_ascii=False)
+    except (TypeError, ValueError):  # else handling the run broke off: "Something went wrong while handling this"
+        return pprint.pformat(value)
 
 
 class Orchestrator:
@@ -1266,7 +1280,7 @@ class Orchestrator:
             summary, details, risk = str(value["summary"]), dict(value.get("details") or {}), value.get("risk", "high")
             approvers = value.get("approvers")
         else:  # a plain graph's interrupt(value): show the value, apply the graph's policy
-            summary = value if isinstance(value, str) else json.dumps(value, indent=2, default=str)
+            summary = _shown_question(value, spec.name)
             details, risk, approvers = {}, policy.risk, None
             if len(summary) > APPROVAL_TEXT_LIMIT:  # the approver must see what they decide: the whole, in details
                 details = {"the whole question": summary}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from langgraph.types import interrupt
 from sqlmodel import select
 
 from bot.kit import approve
@@ -11,7 +12,7 @@ from bot.registry import GraphSpec
 from storage.models import Approval, PlaygroundMessage
 from tests.support import until, write_config
 from tests.test_approvals_hunt import _baton
-from tests.test_graph_authoring_hunt2 import _asking, _waiting_card
+from tests.test_graph_authoring_hunt2 import _asking, _bot_texts, _waiting_card
 from tests.test_graph_modules import State, _asked, _reply
 
 
@@ -95,3 +96,34 @@ async def test_approve_whose_card_someone_may_approve_posts_it(tmp_path, config_
         assert "Drop the cache?" in await _reply(baton, "1")
         async with baton.db.read() as session:
             assert (await session.exec(select(Approval))).one().approvers == approvers
+
+
+def _plain(value: object) -> GraphSpec:
+    """A plain LangGraph graph whose one node calls ``interrupt(value)``."""
+    def ask(_state: State) -> str:
+        return str(interrupt(value)["approved"])
+
+    return GraphSpec(name="plain", graph=_asking(ask))
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    # '{"msg": "Red\\u00e9marrer le caf\\u00e9 \\u2615"}': the approver read escapes, not the words
+    ({"msg": "Redémarrer le café ☕"}, '"msg": "Redémarrer le café ☕"'),
+    (["Grüße", {"région": "eu-west-3"}], '"région": "eu-west-3"'),
+    # the card had no question at all, or read "null", and could be approved as it was
+    ("", "The `plain` graph asks to go on (its interrupt() gave no question to show)."),
+    (" \n", "The `plain` graph asks to go on (its interrupt() gave no question to show)."),
+    (None, "The `plain` graph asks to go on (its interrupt() gave no question to show)."),
+    # a key that is no text: "Something went wrong while handling this; it was logged.", and the run failed
+    ({("web", "api"): "restart"}, "{('web', 'api'): 'restart'}"),
+])
+async def test_a_plain_interrupts_value_is_shown_on_its_card_as_written(tmp_path, config_path, value, shown) -> None:
+    """A plain graph's ``interrupt(value)`` on its card: JSON with accents and emoji as written, a question
+    even when the value is empty, and a value that is no JSON as Python writes it, not a broken run."""
+    async with _asked(tmp_path, config_path, _plain(value), "plain") as baton:
+        card = await _waiting_card(baton, 1)
+        assert shown in card.summary, card.summary
+        assert shown in await _reply(baton, "1")
+        await baton.accept_click(InboundClick(platform="playground", channel="general", thread="1", event_id="c1",
+                                              user="bob", approval_id=card.id, action="approve"))
+        assert (await _bot_texts(baton, "1", 2))[-1] == "True"
