@@ -33,7 +33,7 @@ from bot.registry import GraphError, GraphRegistry
 from bot.settings import Settings, export_env_file
 from storage.checkpointer import check_sqlite_checkpoints, setup_postgres_checkpoints, sqlite_checkpoint_path
 from storage.db import Database, check_url, is_sqlite, sqlite_path, sync_url
-from storage.migrate import alembic_config, autogenerate, upgrade
+from storage.migrate import alembic_config, autogenerate, oldest_reader, upgrade
 from storage.models import Approval, AuditEntry, InboundEvent, Run, ThreadRecord
 
 app = typer.Typer(help="Baton: chat-ops orchestrator.", no_args_is_help=True, add_completion=False)
@@ -488,25 +488,37 @@ def _existing(settings: Settings) -> None:
               "`baton db upgrade` makes it; BATON_DATABASE_URL names another)")
     _sqlite_place(url)
     with _database(url):
-        revision = _revision(url)
+        revision, readable_from = _revisions(url)
     if revision is None:
         _fail(f"Baton cannot use the database {shown}: it holds no Baton tables (`baton run` or "
               "`baton db upgrade` makes them)")
     known = {script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
-    if revision != _head_revision() and revision in known:  # a newer Baton's database is read as it is
+    if revision != _head_revision() and revision in known:
         _fail(f"Baton cannot use the database {shown}: its tables are of an older Baton (revision {revision}); "
               "`baton db upgrade` brings them up to date")
+    # A newer Baton's database is read as it is only when its migrations added what this one does not read, as
+    # `baton run` decides: one that changed more was read anyway ("no such column: thread_records.title").
+    if revision not in known and readable_from not in known:
+        _fail(f"Baton cannot use the database {shown}: the database is at revision {printable(revision[:40])}, "
+              "which this Baton does not have: a newer Baton migrated it. Run that Baton (or a newer one); "
+              "Baton does not downgrade.")
 
 
 def _revision(url: str) -> str | None:
     """The migration the database is at (``None``: no Baton tables)."""
+    return _revisions(url)[0]
+
+
+def _revisions(url: str) -> tuple[str | None, str | None]:
+    """The migration the database is at (``None``: no Baton tables), and the oldest revision whose code may read
+    it (``storage.migrate.oldest_reader``: a newer Baton's migrations that only added to it leave an older one)."""
     from alembic.runtime.migration import MigrationContext
     from sqlalchemy import create_engine
 
     engine = create_engine(sync_url(url))
     try:
         with engine.connect() as connection:
-            return MigrationContext.configure(connection).get_current_revision()
+            return MigrationContext.configure(connection).get_current_revision(), oldest_reader(connection)
     finally:
         engine.dispose()
 

@@ -1,0 +1,60 @@
+"""The command line as an operator on call uses it over SSH: a database a newer Baton changed, a terminal that is
+not UTF-8, tables of what people wrote."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from tests.support import run_cli
+
+
+def baton_cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return run_cli(*args, cwd=cwd, env={**os.environ, **env})
+
+
+@pytest.fixture
+def migrated(tmp_path: Path, config_path: Path, migrated_sqlite: Path) -> tuple[Path, dict[str, str]]:
+    """A SQLite database at the head (a copy of the one this worker migrated), and the environment naming it."""
+    database = tmp_path / "baton.db"
+    shutil.copyfile(migrated_sqlite, database)
+    return database, {"BATON_CONFIG": str(config_path), "BATON_DATABASE_URL": f"sqlite:///{database}"}
+
+
+@pytest.mark.parametrize("command", [["threads"], ["approvals"], ["audit"]])
+def test_reading_commands_refuse_a_database_a_newer_baton_changed_past_what_they_can_read(
+        tmp_path: Path, migrated: tuple[Path, dict[str, str]], command: list[str]) -> None:
+    """A rolling upgrade rolled back: `baton run` refuses a database whose newer migrations changed what this Baton
+    reads, but `baton threads` read it anyway and stopped on 'no such column: thread_records.title' (or showed
+    what it misread), not saying a newer Baton had migrated it."""
+    database, env = migrated
+    with closing(sqlite3.connect(database)) as connection, connection:
+        connection.execute("UPDATE alembic_version SET version_num = '0099'")
+        connection.execute("UPDATE baton_oldest_reader SET revision = '0099'")  # a change this Baton may not read
+        connection.execute("ALTER TABLE thread_records DROP COLUMN title")  # such as this
+        connection.execute("ALTER TABLE approvals DROP COLUMN summary")
+        connection.execute("ALTER TABLE audit_log DROP COLUMN kind")
+    result = baton_cli(*command, cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.strip() == (
+        f"Baton cannot use the database sqlite:///{database}: the database is at revision 0099, which this Baton does "
+        "not have: a newer Baton migrated it. Run that Baton (or a newer one); Baton does not downgrade.")
+
+
+def test_reading_commands_read_a_database_a_newer_baton_only_added_to(
+        tmp_path: Path, migrated: tuple[Path, dict[str, str]]) -> None:
+    """A newer Baton's migrations that only added what this one does not read (its oldest reader is known here):
+    read as it is, as `baton run` runs on it, without the migration log's warning on the terminal."""
+    database, env = migrated
+    with closing(sqlite3.connect(database)) as connection, connection:
+        connection.execute("UPDATE alembic_version SET version_num = '0099'")
+        connection.execute("ALTER TABLE thread_records ADD COLUMN added TEXT")
+    result = baton_cli("threads", cwd=tmp_path, env=env)
+    assert result.returncode == 0 and result.stdout == "No threads yet.\n", result.stderr
+    assert result.stderr == ""
