@@ -196,8 +196,9 @@ class PlaygroundAdapter(Adapter):
         await super().start()
         if not self._loopback_only:
             log.warning("the playground listens on %s (BATON_HOST): anyone who can reach this port can post as any "
-                        "user and approve as any approver, running the runbooks of baton.yaml; it is meant for "
-                        "127.0.0.1 (BATON_ADAPTERS without playground keeps it off)", self.baton.settings.host)
+                        "user and approve as any approver, running the runbooks of baton.yaml (it answers when reached "
+                        "by an IP address, localhost or BATON_PUBLIC_URL's name); it is meant for 127.0.0.1 "
+                        "(BATON_ADAPTERS without playground keeps it off)", self.baton.settings.host)
         self._stranded_loop = asyncio.create_task(self._hand_over_stranded_forever(), name="playground-stranded")
 
     async def stop(self) -> None:
@@ -216,10 +217,11 @@ class PlaygroundAdapter(Adapter):
         """Refuse what another web site's page sends. The API trusts the user name it is given, so a page
         that reaches it can act as anyone: a page of another origin (its ``Origin`` header), or one whose
         name its DNS pointed at this machine after it loaded (DNS rebinding: the browser then counts the
-        playground as that page's own origin, and only the ``Host`` header tells them apart)."""
+        playground as that page's own origin, and only the ``Host`` header tells them apart). Wherever it
+        listens: in a container it listens on 0.0.0.0, and its port published to 127.0.0.1 is as local."""
         host = request.headers.get("host")
         public = _netloc(self.baton.settings.public_url or "")
-        if host and self._loopback_only and not _answers_as(host, public):
+        if host and not _answers_as(host, public):
             raise HTTPException(403, f"the playground answers only as localhost or an IP address, not as "
                                      f"'{quoted(host, 80)}'; set BATON_PUBLIC_URL to the address you use")
         origin = request.headers.get("origin")

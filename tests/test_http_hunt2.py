@@ -4,10 +4,18 @@ site's page could do to them."""
 from __future__ import annotations
 
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
+import httpx
 import pytest
 
+from tests.support import runs_in
 from tests.test_security_hunt2 import _answer, guarded_server  # noqa: F401 (a fixture)
+
+REQUEST = {"channel": "general", "user": "alice", "text": "@baton run uptime"}
+CHAT = {"channel": "general", "user": "alice", "text": "deploy went fine"}
 
 
 def test_a_line_break_after_a_request_does_not_hold_the_connection_for_ever(guarded_server: int,  # noqa: F811
@@ -24,3 +32,38 @@ def test_a_line_break_after_a_request_does_not_hold_the_connection_for_ever(guar
             answer += connection.recv(65536) or pytest.fail(f"closed after {answer!r}")
         connection.sendall(b"\r\n")
         assert _answer(connection).startswith(b"HTTP/1.1 408 ")
+
+
+@asynccontextmanager
+async def _playground(tmp_path: Path, config_path: Path, **env: str) -> AsyncIterator[httpx.AsyncClient]:
+    """Baton's app with the playground, started in this process; a client of its HTTP API (at 127.0.0.1)."""
+    from bot.server import create_app
+    from bot.settings import Settings
+
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'baton.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground", **env)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1", timeout=15) as http:
+        yield http
+
+
+async def test_a_playground_listening_beyond_loopback_still_refuses_dns_rebinding(tmp_path: Path, config_path: Path,
+                                                                                   counter: Path) -> None:
+    """In a container Baton listens on 0.0.0.0 (BATON_HOST), its port published to 127.0.0.1 only: then any web
+    page its user visited could rebind its name to 127.0.0.1 and post and approve as anyone, running baton.yaml's
+    runbooks, since only a playground listening on loopback looked at the Host header. Wherever it listens, the
+    playground answers only as localhost, an IP address or BATON_PUBLIC_URL's host."""
+    rebound = {"Host": "attacker.example:8000", "Origin": "http://attacker.example:8000"}
+    async with _playground(tmp_path, config_path, BATON_HOST="0.0.0.0") as http:
+        refused = await http.post("/api/messages", json=REQUEST, headers=rebound)
+        assert refused.status_code == 403 and "BATON_PUBLIC_URL" in refused.json()["detail"], refused.text
+        assert (await http.get("/api/channels/general/messages", headers=rebound)).status_code == 403
+        for host in ("localhost:8000", "192.168.1.20:8000", "[::1]:8000"):  # as people reach it
+            answered = await http.post("/api/messages", json=CHAT, headers={"Host": host, "Origin": f"http://{host}"})
+            assert answered.status_code == 201, (host, answered.text)
+    async with _playground(tmp_path, config_path, BATON_HOST="0.0.0.0",
+                           BATON_PUBLIC_URL="http://baton.lan:8000") as http:  # a name of its own: when told
+        named = {"Host": "baton.lan:8000", "Origin": "http://baton.lan:8000"}
+        assert (await http.post("/api/messages", json=CHAT, headers=named)).status_code == 201
+    assert runs_in(counter) == []
