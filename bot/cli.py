@@ -57,7 +57,15 @@ def _options(_version: bool = typer.Option(False, "--version", is_eager=True, ca
                                            help="Show Baton's version and exit.")) -> None:
     # Which Baton is this? Replicas upgraded one by one, and a database "a newer Baton migrated", ask it;
     # `baton --version` was "No such option".
-    pass
+    _shown_on_any_terminal()
+
+
+def _shown_on_any_terminal() -> None:
+    """What a terminal's encoding cannot show (an emoji on a Latin-1 terminal, LANG=de_DE.ISO-8859-1 over SSH)
+    is written as '?': it stopped `baton threads` half-way with a UnicodeEncodeError traceback."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
 
 
 def _fail(message: str) -> NoReturn:

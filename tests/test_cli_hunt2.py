@@ -58,3 +58,33 @@ def test_reading_commands_read_a_database_a_newer_baton_only_added_to(
     result = baton_cli("threads", cwd=tmp_path, env=env)
     assert result.returncode == 0 and result.stdout == "No threads yet.\n", result.stderr
     assert result.stderr == ""
+
+
+def _add_thread(database: Path, title: str, requested_by: str = "alice", status: str = "running",
+                thread: str = "1", channel: str = "general") -> None:
+    with closing(sqlite3.connect(database)) as connection, connection:
+        connection.execute(
+            "INSERT INTO thread_records (platform, workspace, channel, thread, lg_thread_id, status, title, "
+            "requested_by, created_at, updated_at) VALUES ('playground', '', ?, ?, ?, ?, ?, ?, "
+            "'2026-12-05 00:00:00', '2026-12-05 00:00:00')", (channel, thread, f"lg-{thread}", status, title,
+                                                              requested_by))
+
+
+def test_a_terminal_that_is_not_utf8_gets_the_table_with_what_it_cannot_show_replaced(
+        tmp_path: Path, migrated: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over SSH from a terminal set to Latin-1 (LANG=de_DE.ISO-8859-1), a request with an emoji ('🔥 web is down')
+    stopped `baton threads` half-way with a 60-line UnicodeEncodeError traceback: the rows after it were never
+    shown. What the terminal cannot show is shown as '?'; the rest of the table as it is."""
+    from typer.testing import CliRunner
+
+    from bot.cli import app
+
+    database, env = migrated
+    _add_thread(database, "🔥 web is down, café closed", thread="1")
+    _add_thread(database, "run uptime", thread="2")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner(charset="latin-1").invoke(app, ["threads"], env=env)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3 and "run uptime" in result.stdout, result.stdout
+    assert "? web is down, café closed" in result.stdout
