@@ -92,8 +92,12 @@ async def choose(session: Transaction, approval_id: str, choice: str, user: str,
     return bool(result.rowcount)
 
 
-def resume_value(approval: Approval) -> dict[str, object]:
-    """What ``interrupt()`` returns to the graph (``bot.kit.Decision.from_resume`` reads it)."""
+def resume_value(approval: Approval, schema: object = None) -> object:
+    """What ``interrupt()`` returns to the graph (``bot.kit.Decision.from_resume`` reads it): ``True`` or ``False``
+    to a plain graph's ``interrupt(..., response_schema=bool)`` (``schema``, as LangGraph surfaces it: JSON Schema),
+    which refuses the dict."""
     assert approval.decided_at is not None
+    if isinstance(schema, dict) and schema.get("type") == "boolean":
+        return approval.status == "approved"
     return {"approved": approval.status == "approved", "by": approval.decided_by, "at": approval.decided_at.isoformat(),
             "approval_id": approval.id}

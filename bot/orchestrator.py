@@ -1135,9 +1135,10 @@ class Orchestrator:
 
     async def _resume(self, approval: Approval, run: Run, record: ThreadRecord, spec: GraphSpec,
                       event: InboundEvent) -> None:
-        pending = {interrupt.id for interrupt in (await self.runtime.state(spec, record.lg_thread_id)).interrupts}
-        payload = Command(resume={approval.interrupt_id: approvals.resume_value(approval)}) \
-            if approval.interrupt_id in pending else None
+        state = await self.runtime.state(spec, record.lg_thread_id)
+        asked = next((interrupt for interrupt in state.interrupts if interrupt.id == approval.interrupt_id), None)
+        payload = None if asked is None else Command(  # its response_schema says what it takes (a bool, say)
+            resume={approval.interrupt_id: approvals.resume_value(approval, asked.response_schema)})
         await self._drive(run, record, spec, payload, event)
 
     # -- 5, 7, 8. run the graph and report -------------------------------------------------------

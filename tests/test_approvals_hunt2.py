@@ -12,7 +12,7 @@ from bot.registry import GraphSpec
 from storage.models import Approval, PlaygroundMessage
 from tests.support import until, write_config
 from tests.test_approvals_hunt import _baton
-from tests.test_graph_authoring_hunt2 import _asking, _bot_texts, _waiting_card
+from tests.test_graph_authoring_hunt2 import _asking, _bot_texts, _runs, _waiting_card
 from tests.test_graph_modules import State, _asked, _reply
 
 
@@ -127,3 +127,20 @@ async def test_a_plain_interrupts_value_is_shown_on_its_card_as_written(tmp_path
         await baton.accept_click(InboundClick(platform="playground", channel="general", thread="1", event_id="c1",
                                               user="bob", approval_id=card.id, action="approve"))
         assert (await _bot_texts(baton, "1", 2))[-1] == "True"
+
+
+@pytest.mark.parametrize("action", ["approve", "reject"])
+async def test_a_plain_interrupt_that_asks_for_a_boolean_gets_the_decision_as_one(tmp_path, config_path, action) -> None:
+    """``interrupt("Deploy?", response_schema=bool)``, LangGraph's way to say what a resume must be: the card
+    was decided ("Approved by bob"), then the run failed with "ValidationError: 1 validation error for bool"
+    (Baton resumed it with its dict)."""
+    def ask(_state: State) -> str:
+        return "deployed" if interrupt("Deploy?", response_schema=bool) else "not deployed"
+
+    async with _asked(tmp_path, config_path, GraphSpec(name="plain", graph=_asking(ask)), "plain") as baton:
+        card = await _waiting_card(baton, 1)
+        await baton.accept_click(InboundClick(platform="playground", channel="general", thread="1", event_id="c1",
+                                              user="bob", approval_id=card.id, action=action))
+        texts = await _bot_texts(baton, "1", 2)
+        assert texts[-1] == ("deployed" if action == "approve" else "not deployed"), texts
+        assert await _runs(baton) == [("plain", "done", None)]
