@@ -339,7 +339,8 @@ async def database_away(request: Request, exc: Exception) -> JSONResponse:
 
 async def unreadable_body(request: Request, exc: HTTPException) -> Response:
     """A body JSON's decoder could not take for a reason other than its syntax got FastAPI's bare "There was
-    an error parsing the body" (a 400): this says which. Every other HTTP error is answered as FastAPI does."""
+    an error parsing the body" (a 400): this says which. Every other HTTP error is answered as FastAPI does (a
+    405's ``Allow`` naming HEAD too)."""
     cause, reason = exc.__cause__ if exc.status_code == 400 else None, None
     if isinstance(cause, UnicodeDecodeError):
         reason = f"byte {cause.start + 1:,} is not UTF-8 (JSON is UTF-8 text)"
@@ -348,8 +349,18 @@ async def unreadable_body(request: Request, exc: HTTPException) -> Response:
     elif isinstance(cause, ValueError) and "integer string conversion" in str(cause):
         reason = f"a number in it has more than {sys.get_int_max_str_digits():,} digits"
     if reason is None:
+        if exc.status_code == 405:
+            headers = exc.headers or {}
+            exc = HTTPException(405, exc.detail, headers={**headers, "Allow": allowed_methods(headers.get("Allow", ""))})
         return await http_exception_handler(request, exc)
     return JSONResponse(status_code=400, content={"detail": f"the request body cannot be read: {reason}"})
+
+
+def allowed_methods(allow: str) -> str:
+    """A 405's ``Allow`` with HEAD wherever GET is: every GET route of Baton's answers HEAD, from a route of its own
+    (kept out of the API's schema), and Starlette names only the first route of the path (``Allow: GET``)."""
+    methods = {method.strip() for method in allow.split(",") if method.strip()}
+    return ", ".join(sorted((methods | {"HEAD"}) if "GET" in methods else methods))
 
 
 async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

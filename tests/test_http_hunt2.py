@@ -67,3 +67,19 @@ async def test_a_playground_listening_beyond_loopback_still_refuses_dns_rebindin
         named = {"Host": "baton.lan:8000", "Origin": "http://baton.lan:8000"}
         assert (await http.post("/api/messages", json=CHAT, headers=named)).status_code == 201
     assert runs_in(counter) == []
+
+
+async def test_a_method_a_route_does_not_take_is_answered_with_every_method_it_does(tmp_path: Path,
+                                                                                    config_path: Path) -> None:
+    """A 405 names the methods the path takes (``Allow``), and HEAD has routes of its own (kept out of the API's
+    schema): Starlette named the first route's only, so every GET route that answers HEAD said ``Allow: GET``."""
+    async with _playground(tmp_path, config_path) as http:
+        for path in ("/api/channels", "/api/channels/general/messages", "/api/events", "/healthz", "/readyz",
+                     "/metrics", "/"):
+            refused = await http.request("PUT", path)
+            assert refused.status_code == 405, path
+            assert refused.headers["allow"] == "GET, HEAD", (path, refused.headers.get("allow"))
+            assert (await http.head(path)).status_code == 200, path  # as it says
+        refused = await http.get("/api/messages")
+        assert refused.status_code == 405 and refused.headers["allow"] == "POST"
+        assert refused.json() == {"detail": "Method Not Allowed"}
