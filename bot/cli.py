@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import func, select
 
-from bot.approvals import waiting_for
+from bot.approvals import waiting_for, who_may_approve
 from bot.config import ConfigError, check_digest_platforms, load_config, printable
 from bot.messages import first_line
 from bot.redaction import Redactor
@@ -353,7 +353,7 @@ def approvals(all_: bool = typer.Option(False, "--all", help="Include decided ap
         _table(["asked (UTC)", "id", "status", "risk", "asked by", "may approve", "what"],
                [[f"{row.created_at:%Y-%m-%d %H:%M}", row.id,
                  f"{row.status} by {row.decided_by}" if row.decided_by else row.status, row.risk, row.requested_by,
-                 waiting_for(row.approvers, row.requested_by, row.risk),
+                 _may_approve(row),
                  _what_is_approved(row, request, thread)] for row, request, thread in rows])
         if total > len(rows):
             typer.echo(f"... and {total - len(rows)} older ({total} in all; --limit {min(total, 10_000)} shows them).")
@@ -362,6 +362,23 @@ def approvals(all_: bool = typer.Option(False, "--all", help="Include decided ap
     _existing(settings)
     with _database(settings.database_url):
         asyncio.run(show())
+
+
+APPROVERS_CHARS = 40  # of `baton approvals`' "may approve": the names that fit, then how many more
+
+
+def _may_approve(approval: Approval) -> str:
+    """Who may approve, as the card says, in about ``APPROVERS_CHARS``: every row is padded to the widest, and twelve
+    approvers' Slack ids made each row of the table wrap over four lines of a terminal."""
+    allowed = who_may_approve(approval.approvers, approval.requested_by, approval.risk)
+    shown = allowed[:1]
+    for name in allowed[1:]:
+        if len(", ".join([*shown, name])) > APPROVERS_CHARS:
+            break
+        shown.append(name)
+    if len(shown) == len(allowed):
+        return waiting_for(approval.approvers, approval.requested_by, approval.risk)
+    return f"{', '.join(shown)} and {len(allowed) - len(shown)} more"
 
 
 def _what_is_approved(approval: Approval, request: str | None, thread: ThreadRecord | None) -> str:

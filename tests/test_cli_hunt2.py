@@ -3,12 +3,14 @@ not UTF-8, tables of what people wrote."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
 import subprocess
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,3 +90,37 @@ def test_a_terminal_that_is_not_utf8_gets_the_table_with_what_it_cannot_show_rep
     lines = result.stdout.splitlines()
     assert len(lines) == 3 and "run uptime" in result.stdout, result.stdout
     assert "? web is down, café closed" in result.stdout
+
+
+def _cli(env: dict[str, str], *args: str, charset: str = "utf-8") -> Any:
+    """``baton <args>`` in this process (a reading command needs no process of its own)."""
+    from typer.testing import CliRunner
+
+    from bot.cli import app
+
+    return CliRunner(charset=charset).invoke(app, list(args), env=env)
+
+
+def test_approvals_names_a_few_who_may_approve_and_counts_the_rest(
+        tmp_path: Path, migrated: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """With twelve approvers in baton.yaml (Slack ids), 'may approve' was 230 characters wide on every row, each
+    row padded to it: on an 80- or 120-column terminal every card wrapped over four lines, its question far
+    right. It names the first few (in about 40 characters) and counts the rest: the card names them all."""
+    database, env = migrated
+    approvers = [f"slack:U0{n:07d}X" for n in range(12)]
+    with closing(sqlite3.connect(database)) as connection, connection:
+        for token, names in (("many", approvers), ("one", ["bob"])):
+            connection.execute(
+                "INSERT INTO approvals (id, run_id, thread_record_id, interrupt_id, graph, summary, details, risk, "
+                "approvers, requested_by, kind, status, created_at) VALUES (?, 1, 1, ?, 'runbook', ?, '{}', 'high', "
+                "?, 'alice', 'approval', 'pending', '2026-12-05 00:00:00')",
+                (token, token, f"Run `restart` ({token})", json.dumps(names)))
+    monkeypatch.chdir(tmp_path)
+    result = _cli(env, "approvals")
+    assert result.exit_code == 0, result.output
+    header, *rows = result.stdout.splitlines()
+    assert len(rows) == 2 and all(len(row) < 120 for row in rows), result.stdout
+    many = next(row for row in rows if " many " in row)
+    assert "  slack:U00000000X, slack:U00000001X and 10 more  Run `restart` (many)" in many, many
+    one = next(row for row in rows if " one " in row)
+    assert one.split()[6:] == ["bob", "Run", "`restart`", "(one)"] and one.index("Run") == many.index("Run"), one
