@@ -157,7 +157,9 @@ class PostMessage(_Body):
 class PostClick(_Body):
     message_id: int = Field(ge=1, le=MAX_ID, strict=True)  # `true` is not message 1
     approval_id: str = Field(max_length=200)
-    action: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_-]+$")
+    # Any of the card's own buttons' values (checked against them): a "Which one?" card's are graph names, which
+    # may be any lower-case module name (graphs/déploiement.py), not only [a-z0-9_-]
+    action: str = Field(min_length=1, max_length=200)
     user: str = Field(pattern=USER_NAME)
     event_id: str | None = Field(None, max_length=200)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bot.app import Baton
 from tests.support import runs_in
 from tests.test_security_hunt2 import _answer, guarded_server  # noqa: F401 (a fixture)
 
@@ -35,17 +36,19 @@ def test_a_line_break_after_a_request_does_not_hold_the_connection_for_ever(guar
 
 
 @asynccontextmanager
-async def _playground(tmp_path: Path, config_path: Path, **env: str) -> AsyncIterator[httpx.AsyncClient]:
-    """Baton's app with the playground, started in this process; a client of its HTTP API (at 127.0.0.1)."""
+async def _playground(tmp_path: Path, config_path: Path,
+                      **env: str) -> AsyncIterator[tuple[httpx.AsyncClient, Baton]]:
+    """Baton's app with the playground, started in this process: a client of its HTTP API (at 127.0.0.1), and Baton."""
     from bot.server import create_app
     from bot.settings import Settings
 
-    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'baton.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
+    database = f"sqlite:///{tmp_path / 'baton.db'}"
+    settings = Settings(BATON_DATABASE_URL=database, BATON_CONFIG=config_path,  # type: ignore[call-arg]
                         BATON_ADAPTERS="playground", **env)
     app = create_app(settings)
     async with app.router.lifespan_context(app), httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1", timeout=15) as http:
-        yield http
+        yield http, app.state.baton
 
 
 async def test_a_playground_listening_beyond_loopback_still_refuses_dns_rebinding(tmp_path: Path, config_path: Path,
@@ -55,7 +58,7 @@ async def test_a_playground_listening_beyond_loopback_still_refuses_dns_rebindin
     runbooks, since only a playground listening on loopback looked at the Host header. Wherever it listens, the
     playground answers only as localhost, an IP address or BATON_PUBLIC_URL's host."""
     rebound = {"Host": "attacker.example:8000", "Origin": "http://attacker.example:8000"}
-    async with _playground(tmp_path, config_path, BATON_HOST="0.0.0.0") as http:
+    async with _playground(tmp_path, config_path, BATON_HOST="0.0.0.0") as (http, _):
         refused = await http.post("/api/messages", json=REQUEST, headers=rebound)
         assert refused.status_code == 403 and "BATON_PUBLIC_URL" in refused.json()["detail"], refused.text
         assert (await http.get("/api/channels/general/messages", headers=rebound)).status_code == 403
@@ -63,7 +66,7 @@ async def test_a_playground_listening_beyond_loopback_still_refuses_dns_rebindin
             answered = await http.post("/api/messages", json=CHAT, headers={"Host": host, "Origin": f"http://{host}"})
             assert answered.status_code == 201, (host, answered.text)
     async with _playground(tmp_path, config_path, BATON_HOST="0.0.0.0",
-                           BATON_PUBLIC_URL="http://baton.lan:8000") as http:  # a name of its own: when told
+                           BATON_PUBLIC_URL="http://baton.lan:8000") as (http, _):  # a name of its own: when told
         named = {"Host": "baton.lan:8000", "Origin": "http://baton.lan:8000"}
         assert (await http.post("/api/messages", json=CHAT, headers=named)).status_code == 201
     assert runs_in(counter) == []
@@ -73,7 +76,7 @@ async def test_a_method_a_route_does_not_take_is_answered_with_every_method_it_d
                                                                                     config_path: Path) -> None:
     """A 405 names the methods the path takes (``Allow``), and HEAD has routes of its own (kept out of the API's
     schema): Starlette named the first route's only, so every GET route that answers HEAD said ``Allow: GET``."""
-    async with _playground(tmp_path, config_path) as http:
+    async with _playground(tmp_path, config_path) as (http, _):
         for path in ("/api/channels", "/api/channels/general/messages", "/api/events", "/healthz", "/readyz",
                      "/metrics", "/"):
             refused = await http.request("PUT", path)
@@ -83,3 +86,25 @@ async def test_a_method_a_route_does_not_take_is_answered_with_every_method_it_d
         refused = await http.get("/api/messages")
         assert refused.status_code == 405 and refused.headers["allow"] == "POST"
         assert refused.json() == {"detail": "Method Not Allowed"}
+
+
+async def test_a_click_on_a_button_whose_value_is_beyond_ascii_is_taken(tmp_path: Path, config_path: Path) -> None:
+    """A "Which one?" card's buttons are graph names, and a graph may be any lower-case Python module name
+    (``graphs/déploiement.py``): a click on that button was a 422 ('String should match pattern'), so the
+    requester could pick every graph but that one. A click's action is any of the card's own buttons."""
+    from storage.db import insert_returning_id
+    from storage.models import PlaygroundMessage, utcnow
+
+    options = [{"value": "déploiement", "label": "déploiement"}, {"value": "rollback", "label": "rollback"}]
+    async with _playground(tmp_path, config_path) as (http, baton):
+        async with baton.db.session() as session:
+            card = await insert_returning_id(session, PlaygroundMessage, {
+                "event_id": None, "channel": "general", "thread_id": None, "user": "baton", "text": "Which one?",
+                "content": {"title": "Which one?", "parts": [
+                    {"kind": "buttons", "approval_id": "choice-1", "options": options}]},
+                "is_bot": True, "visible_to": None, "created_at": utcnow(), "updated_at": utcnow(), "revision": 1})
+        click = {"message_id": card, "approval_id": "choice-1", "user": "alice"}
+        picked = await http.post("/api/clicks", json={**click, "action": "déploiement"})
+        assert picked.status_code == 202, picked.text
+        other = await http.post("/api/clicks", json={**click, "action": "dé"})  # still only the card's own
+        assert other.status_code == 400 and "not one of this message's buttons" in other.json()["detail"]
