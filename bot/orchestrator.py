@@ -1005,20 +1005,30 @@ class Orchestrator:
         was posted (someone left the team, say), so the card and the check follow the new list. True when this
         call changed it (and edited its card)."""
         now = self._approvers_now(approval, spec, state)
-        if now is None or now == approval.approvers:
+        now = approval.approvers if now is None else now
+        risk = self._risk_now(approval, spec, state) or approval.risk
+        if now == approval.approvers and risk == approval.risk:
             return approval, False
         async with self.db.session() as session:
             # Locked (PostgreSQL) and read again: two replicas starting together both found the old list, and
             # both edited the card; the one that comes second finds the new list and leaves the card alone.
             current = await session.get(Approval, approval.id, populate_existing=True, with_for_update=True)
             assert current is not None
-            if current.status != "pending" or current.approvers == now:  # decided, or brought up to date, meanwhile
-                return current, False
-            current.approvers = now
+            if current.status != "pending" or (current.approvers, current.risk) == (now, risk):  # decided, or
+                return current, False  # brought up to date, meanwhile
+            current.approvers, current.risk = now, risk
             await self._edit_card(session, record, current, correlation)
-        log.info("approval %s: approvers changed in baton.yaml since it was asked (%s -> %s)", approval.id,
-                 approval.approvers, now)
+        log.info("approval %s: approvers or risk changed in baton.yaml since it was asked (%s, %s -> %s, %s)",
+                 approval.id, approval.approvers, approval.risk, now, risk)
         return current, True
+
+    def _risk_now(self, approval: Approval, spec: GraphSpec, state: GraphOutcome) -> str | None:
+        """The risk baton.yaml now gives a plain graph's ``interrupt()`` (``graphs.<name>.risk``); ``None`` for a
+        question whose graph said its risk itself (``approve()``, and the runbook graph through it)."""
+        asked = next((interrupt.value for interrupt in state.interrupts if interrupt.id == approval.interrupt_id), None)
+        if asked is None or (isinstance(asked, dict) and asked.get("baton") == APPROVAL_MARK):
+            return None
+        return self.config.policy_for_graph(spec.name).risk
 
     def _approvers_now(self, approval: Approval, spec: GraphSpec, state: GraphOutcome) -> list[str] | None:
         """Who baton.yaml now says may decide ``approval``; ``None`` when the graph named its approvers itself

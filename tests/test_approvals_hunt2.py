@@ -144,3 +144,34 @@ async def test_a_plain_interrupt_that_asks_for_a_boolean_gets_the_decision_as_on
         texts = await _bot_texts(baton, "1", 2)
         assert texts[-1] == ("deployed" if action == "approve" else "not deployed"), texts
         assert await _runs(baton) == [("plain", "done", None)]
+
+
+async def test_a_card_waiting_when_its_graph_is_made_high_risk_may_no_longer_be_approved_by_its_requester(
+        tmp_path, config_path) -> None:
+    """``graphs: {publish: {risk: high}}`` read again (SIGHUP) while alice's card waited: the card went on saying
+    "risk low", and alice approved her own request, which baton.yaml now says someone else must."""
+    config_path.write_text(config_path.read_text() + "graphs:\n  publish:\n    risk: low\n")
+
+    def ask(_state: State) -> str:
+        return "published" if interrupt("Publish the release notes?")["approved"] else "not published"
+
+    async with _baton(tmp_path, config_path, GraphSpec(name="publish", graph=_asking(ask))) as baton:
+        await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1", event_id="e1",
+                                                  user="alice", text="publish"))
+        card = await _waiting_card(baton, 1)
+        assert card.risk == "low"
+        config_path.write_text(config_path.read_text().replace("  publish:\n    risk: low\n",
+                                                               "  publish:\n    risk: high\n"))
+        assert await baton.reload_config()
+        async with baton.db.read() as session:  # the card says so, before anyone clicks
+            assert (await session.get(Approval, card.id)).risk == "high"
+        await baton.accept_click(InboundClick(platform="playground", channel="general", thread="1", event_id="c1",
+                                              user="alice", approval_id=card.id, action="approve"))
+
+        async def told() -> str | None:
+            async with baton.db.read() as session:
+                return (await session.exec(select(PlaygroundMessage.text).where(
+                    PlaygroundMessage.visible_to == "alice"))).first()
+
+        assert "You asked for this high-risk action" in await until(told, "alice told why not")
+        assert await _runs(baton) == [("publish", "waiting", None)]
