@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from importlib.metadata import entry_points
 from typing import Any
 
+import httptools
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -246,6 +247,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def handle_websocket_upgrade(self) -> None:
         self._stop_deadline()  # the connection is the WebSocket protocol's from here on
         super().handle_websocket_upgrade()
+
+    def send_400_response(self, msg: str) -> None:
+        """A request the parser cannot read, refused in JSON naming why (uvicorn's plain text named nothing). Called
+        while uvicorn handles the parser's error: that error is the reason."""
+        error = sys.exc_info()[1]
+        reason = str(error).strip() if isinstance(error, httptools.HttpParserError) and str(error).strip() else msg
+        self._refuse(b"400 Bad Request", f"the request is not HTTP that Baton can read: {reason}")
 
     def _start_deadline(self) -> None:
         if self._read_deadline is None:

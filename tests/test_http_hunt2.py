@@ -3,6 +3,7 @@ site's page could do to them."""
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -108,3 +109,20 @@ async def test_a_click_on_a_button_whose_value_is_beyond_ascii_is_taken(tmp_path
         assert picked.status_code == 202, picked.text
         other = await http.post("/api/clicks", json={**click, "action": "dé"})  # still only the card's own
         assert other.status_code == 400 and "not one of this message's buttons" in other.json()["detail"]
+
+
+@pytest.mark.parametrize("request_", [
+    b"GET /api/channels/general messages HTTP/1.1\r\nHost: baton\r\n\r\n",  # a space left in the path
+    b"GET / HTTP/1.1\r\nHost: baton\r\nBad Header: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: baton\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+], ids=["space in the path", "space in a header's name", "two lengths"])
+def test_a_request_http_cannot_read_gets_a_400_in_json_saying_why(guarded_server: int,  # noqa: F811
+                                                                   request_: bytes) -> None:
+    """Every other refusal is JSON with its reason in ``detail``; what uvicorn's parser could not read got a plain
+    text "Invalid HTTP request received." that named nothing."""
+    with socket.create_connection(("127.0.0.1", guarded_server)) as connection:
+        connection.sendall(request_)
+        head, _, body = _answer(connection).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in head, head
+    detail = json.loads(body)["detail"]
+    assert detail.startswith("the request is not HTTP that Baton can read: ") and detail[-1] != " ", detail
