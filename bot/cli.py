@@ -253,12 +253,18 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 @app.command()
 def graphs() -> None:
     """List the graphs Baton found in graphs/ and the runbooks of baton.yaml."""
-    _, config = _settings_and_config()
+    settings, config = _settings_and_config()
     for spec in _graphs():  # a description's control characters (YAML's "\e") are shown as U+FFFD, as in _table
         typer.echo(printable(f"{spec.name:<12} {_one_line(spec.description) or '(no description)'}  "
                              f"(e.g. `{spec.example}`)"))
     for name, runbook in config.runbooks.items():
         typer.echo(printable(f"run {name:<8} {_one_line(runbook.description)}  [risk {runbook.risk}]"))
+    # How a change is checked before a reload: run in the wrong directory, it listed no runbook and said nothing.
+    if not settings.config_named and not settings.config_path.exists():
+        typer.echo(printable(f"No {settings.config_path} in {Path.cwd()}: no runbooks or approvers "
+                             "(BATON_CONFIG names the file)."))
+    elif not config.runbooks:
+        typer.echo(printable(f"{settings.config_path} has no runbooks."))
 
 
 def _one_line(text: str) -> str:

@@ -124,3 +124,19 @@ def test_approvals_names_a_few_who_may_approve_and_counts_the_rest(
     assert "  slack:U00000000X, slack:U00000001X and 10 more  Run `restart` (many)" in many, many
     one = next(row for row in rows if " one " in row)
     assert one.split()[6:] == ["bob", "Run", "`restart`", "(one)"] and one.index("Run") == many.index("Run"), one
+
+
+def test_graphs_says_when_there_is_no_baton_yaml_or_no_runbook_in_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`baton graphs` is how a change to baton.yaml is checked before a reload; run from the wrong directory over
+    SSH (no baton.yaml there, BATON_CONFIG unset), it listed the graphs and not one runbook, with no word why,
+    where `baton run` says it starts without runbooks. A baton.yaml without runbooks now says so too."""
+    monkeypatch.chdir(tmp_path)
+    env: dict[str, str | None] = {"BATON_CONFIG": None}
+    result = _cli(env, "graphs")  # type: ignore[arg-type]
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == (
+        f"No baton.yaml in {tmp_path}: no runbooks or approvers (BATON_CONFIG names the file).")
+    (tmp_path / "baton.yaml").write_text("approvers: [bob]\n")
+    result = _cli(env, "graphs")  # type: ignore[arg-type]
+    assert result.exit_code == 0 and result.stdout.splitlines()[-1] == "baton.yaml has no runbooks.", result.output
