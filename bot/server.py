@@ -90,7 +90,8 @@ def create_app(settings: Settings, config: BatonConfig | None = None) -> FastAPI
     app.add_middleware(StartFailureInOneLine)
     # Not FastAPI(max_body_size=...): its 413 is plain text, sent from outside every middleware of ours.
     app.add_middleware(RequestBodyLimitMiddleware, max_body_size=MAX_BODY_BYTES)
-    app.add_middleware(TooLargeInJSON)  # added last: around the limit, to rewrite its answer
+    app.add_middleware(TooLargeInJSON)  # around the limit, to rewrite its answer
+    app.add_middleware(UncompressedBodiesOnly)
     app.state.baton = baton
     app.add_exception_handler(RequestValidationError, invalid_request)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, unreadable_body)  # type: ignore[arg-type]
@@ -306,6 +307,29 @@ class TooLargeInJSON:
         await self.app(scope, receive, send_in_json)
 
 
+class UncompressedBodiesOnly:
+    """A body sent compressed (``Content-Encoding: gzip``) gets a 415 saying to send it uncompressed: Baton does not
+    uncompress bodies, and such a JSON body was refused as 'byte 2 is not UTF-8' or a 'JSON decode error'."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        encoding = content_encoding(scope) if scope["type"] == "http" else ""
+        if encoding.lower() not in ("", "identity"):
+            response = JSONResponse(status_code=415, headers={"Accept-Encoding": "identity"}, content={
+                "detail": f"the request body is compressed (Content-Encoding: {quoted(encoding, 40)}), which Baton "
+                          f"does not take: send it uncompressed"})
+            return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def content_encoding(scope: Scope) -> str:
+    """The request's ``Content-Encoding`` ("" for none)."""
+    value = next((value for name, value in scope["headers"] if name == b"content-encoding"), b"")
+    return value.decode("latin-1").strip()
+
+
 class StartFailureInOneLine:
     """A start that fails for a reason Baton can name (``StartFailed``: a platform refused its token)
     is reported in one line. Starlette hands uvicorn the whole traceback of any start failure, and
@@ -359,7 +383,8 @@ async def unreadable_body(request: Request, exc: HTTPException) -> Response:
     if reason is None:
         if exc.status_code == 405:
             headers = exc.headers or {}
-            exc = HTTPException(405, exc.detail, headers={**headers, "Allow": allowed_methods(headers.get("Allow", ""))})
+            allow = allowed_methods(headers.get("Allow", ""))
+            exc = HTTPException(405, exc.detail, headers={**headers, "Allow": allow})
         return await http_exception_handler(request, exc)
     return JSONResponse(status_code=400, content={"detail": f"the request body cannot be read: {reason}"})
 

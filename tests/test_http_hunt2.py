@@ -3,6 +3,7 @@ site's page could do to them."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -126,3 +127,19 @@ def test_a_request_http_cannot_read_gets_a_400_in_json_saying_why(guarded_server
     assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in head, head
     detail = json.loads(body)["detail"]
     assert detail.startswith("the request is not HTTP that Baton can read: ") and detail[-1] != " ", detail
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "deflate"])
+async def test_a_compressed_body_is_refused_saying_to_send_it_uncompressed(tmp_path: Path, config_path: Path,
+                                                                           encoding: str) -> None:
+    """A client that compresses its request bodies (Content-Encoding: gzip) was told 'byte 2 is not UTF-8', or
+    'JSON decode error', of the JSON it had sent: Baton does not uncompress bodies. It is a 415 saying so."""
+    body = gzip.compress(json.dumps(CHAT).encode()) if encoding == "gzip" else b"\x0b\x08\x80{}\x03"
+    async with _playground(tmp_path, config_path) as (http, _):
+        refused = await http.post("/api/messages", content=body, headers={
+            "content-type": "application/json", "content-encoding": encoding})
+        assert refused.status_code == 415, refused.text
+        assert f"Content-Encoding: {encoding}" in refused.json()["detail"]
+        assert refused.headers["accept-encoding"] == "identity"
+        plain = await http.post("/api/messages", json=CHAT, headers={"content-encoding": "identity"})
+        assert plain.status_code == 201, plain.text
