@@ -12,7 +12,7 @@ import socket
 import sqlite3
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
@@ -302,23 +302,24 @@ def threads(limit: int = typer.Option(20, min=1, max=10_000, help="How many, new
             typer.echo("No threads yet.")
             return
         last_message = {event.thread_record_id: event for event in latest}
+        hide = Redactor.for_settings(settings).text
 
         def status_and_request(row: ThreadRecord) -> tuple[str, str]:
             event = last_message.get(row.id)  # type: ignore[arg-type]  # only threads without a run are in it
             if event is None:
-                reason = first_line(errors.get(row.id) or "", FAILURE_CHARS + 1)
+                reason = first_line(hide(errors.get(row.id) or ""), FAILURE_CHARS + 1)
                 if len(reason) > FAILURE_CHARS:
                     reason = reason[:FAILURE_CHARS - 1].rstrip() + "…"
-                return (f"{row.status} ({reason})" if reason else row.status), row.title or ""
+                return (f"{row.status} ({reason})" if reason else row.status), hide(row.title or "")
             status = f"answered ({event.outcome})" if event.status == "done" else "queued"
-            return status, event.text.strip()
+            return status, hide(event.text.strip())
 
         table = []
         for row in rows:
             status, request = status_and_request(row)
             table.append([f"{row.updated_at:%Y-%m-%d %H:%M}", f"{row.platform}/{row.channel}/{row.thread}", status,
                           row.graph or "-", request.splitlines()[0][:80] if request else ""])
-        _table(["updated (UTC)", "thread", "status", "graph", "request"], table)
+        _table(["updated (UTC)", "thread", "status", "graph", "request"], table, hide)
 
     settings = _settings()
     _existing(settings)
@@ -356,11 +357,12 @@ def approvals(all_: bool = typer.Option(False, "--all", help="Include decided ap
         if not rows:
             typer.echo("No approvals." if all_ else "Nothing is waiting for approval.")
             return
+        hide = Redactor.for_settings(settings).text  # before the request is cut to its first 80 characters
         _table(["asked (UTC)", "id", "status", "risk", "asked by", "may approve", "what"],
                [[f"{row.created_at:%Y-%m-%d %H:%M}", row.id,
                  f"{row.status} by {row.decided_by}" if row.decided_by else row.status, row.risk, row.requested_by,
                  _may_approve(row),
-                 _what_is_approved(row, request, thread)] for row, request, thread in rows])
+                 _what_is_approved(row, hide(request or ""), thread)] for row, request, thread in rows], hide)
         if total > len(rows):
             typer.echo(f"... and {total - len(rows)} older ({total} in all; --limit {min(total, 10_000)} shows them).")
 
@@ -423,9 +425,10 @@ def audit(
         if not rows:
             typer.echo(f"Nothing in the audit log for {printable(wanted)}." if wanted else "The audit log is empty.")
             return
+        hide = Redactor.for_settings(settings).text
         _table(["at (UTC)", "request", "what", "who", "run", "details"],
                [[f"{row.at:%Y-%m-%d %H:%M:%S}", row.correlation_id, row.kind, row.user or "-",
-                 row.run_id or "-", _details(row)] for row in reversed(rows)])
+                 row.run_id or "-", _details(row, hide)] for row in reversed(rows)], hide)
 
     wanted = (thread_or_correlation or "").strip()
     settings = _settings()
@@ -434,11 +437,12 @@ def audit(
         asyncio.run(show())
 
 
-def _details(row: AuditEntry) -> str:
-    """An entry's details on one line: the approval, then what the entry recorded (graph, outcome, error...)."""
+def _details(row: AuditEntry, hide: Callable[[str], str]) -> str:
+    """An entry's details on one line: the approval, then what the entry recorded (graph, outcome, error...), its
+    secrets hidden (``hide``) before it is cut: a cut secret is no longer found."""
     shown = [f"approval={row.approval_id}"] if row.approval_id else []
     shown += [f"{key}={_value(value)}" for key, value in row.detail.items() if value not in (None, "", [], {})]
-    return " ".join(_one_line(part) for part in shown)[:200]
+    return hide(" ".join(_one_line(part) for part in shown))[:200]
 
 
 def _value(value: Any) -> str:
@@ -453,11 +457,12 @@ def _value(value: Any) -> str:
     return str(value)
 
 
-def _table(headers: list[str], rows: list[list[Any]]) -> None:
+def _table(headers: list[str], rows: list[list[Any]], hide: Callable[[str], str]) -> None:
     """Print aligned columns under a header (the last column is not padded). What people wrote is shown with
     its control characters as U+FFFD: an escape sequence in a request would act on the reader's terminal
-    (write its clipboard, retitle it, hide the lines after it)."""
-    cells = [headers] + [[printable(str(cell)) for cell in row] for row in rows]
+    (write its clipboard, retitle it, hide the lines after it). Baton's secrets (``Redactor``) are hidden as in
+    every message and log line: a run's error or a request may hold one, and this output is pasted in chats."""
+    cells = [headers] + [[printable(hide(str(cell))) for cell in row] for row in rows]
     widths = [max(len(row[column]) for row in cells) for column in range(len(headers) - 1)]
     for row in cells:
         typer.echo("  ".join([cell.ljust(width) for cell, width in zip(row, widths)] + [row[-1]]).rstrip())

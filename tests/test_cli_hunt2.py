@@ -140,3 +140,32 @@ def test_graphs_says_when_there_is_no_baton_yaml_or_no_runbook_in_it(
     (tmp_path / "baton.yaml").write_text("approvers: [bob]\n")
     result = _cli(env, "graphs")  # type: ignore[arg-type]
     assert result.exit_code == 0 and result.stdout.splitlines()[-1] == "baton.yaml has no runbooks.", result.output
+
+
+def test_threads_and_audit_show_a_failed_runs_error_without_baton_s_secrets(
+        tmp_path: Path, migrated: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run's error is stored as the graph raised it, a secret of the environment in it at times ('curl -H
+    "Authorization: Bearer <DEPLOY_TOKEN>" ... exit code 22'). Every message and log line has it redacted, but
+    `baton threads` showed its first 40 characters and `baton audit` 200 of them: output an operator pastes into
+    the incident channel. Both show it as every log line does, '[redacted]'."""
+    database, env = migrated
+    token = "dpl-7f3a9c2e5b8d1f40"
+    error = f"Authorization: {token} was refused; exit code 22"
+    _add_thread(database, "run deploy", status="failed")
+    with closing(sqlite3.connect(database)) as connection, connection:
+        connection.execute(
+            "INSERT INTO runs (thread_record_id, platform, channel, graph, status, requested_by, input_text, "
+            "correlation_id, started_at, waited_seconds, error) VALUES (1, 'playground', 'general', 'runbook', "
+            "'failed', 'alice', 'run deploy', 'c1', '2026-12-05 00:00:00', 0, ?)", (error,))
+        connection.execute(
+            "INSERT INTO audit_log (at, correlation_id, kind, platform, channel, thread, user, run_id, detail) "
+            "VALUES ('2026-12-05 00:00:00', 'c1', 'run.failed', 'playground', 'general', '1', 'alice', 1, ?)",
+            (json.dumps({"graph": "runbook", "error": error}),))
+    monkeypatch.chdir(tmp_path)
+    env = {**env, "DEPLOY_TOKEN": token}
+    threads, audit = _cli(env, "threads"), _cli(env, "audit", "1")
+    assert threads.exit_code == 0 and audit.exit_code == 0, threads.output + audit.output
+    assert "failed (Authorization: [redacted] was refused;…)" in threads.stdout, threads.stdout
+    assert "error=Authorization: [redacted] was refused; exit code 22" in audit.stdout, audit.stdout
+    for shown in (threads.stdout, audit.stdout):
+        assert token[:8] not in shown
