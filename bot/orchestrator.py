@@ -751,7 +751,8 @@ class Orchestrator:
         usage: Any = None
         if chosen.unmatched and self.services.model is not None:
             try:
-                guess = await asyncio.wait_for(model_routing.guess(self.services.model, text, self.registry),
+                redact = self.services.redactor.text if self.services.redactor else None  # as bot.kit.chat does
+                guess = await asyncio.wait_for(model_routing.guess(self.services.model, text, self.registry, redact),
                                                self.services.model_deadline)
             except TimeoutError:
                 return await self._finish_event(event, "model error", None if conversation else replies.model_error(

@@ -258,6 +258,17 @@ async def test_routing_can_keep_secrets_from_the_model(tmp_path, monkeypatch) ->
     assert chosen.graph == "status"
 
 
+async def test_a_secret_pasted_into_plain_words_is_not_sent_to_the_model_to_route_them(
+        tmp_path, config_path, monkeypatch) -> None:
+    """Plain words are routed by asking the model outside bot.kit.chat, which keeps Baton's secrets from what
+    graphs send it: "why does login fail with <the metrics token, pasted>?" went to the provider as written."""
+    async with baton_with_model(tmp_path, config_path, monkeypatch, guess("status", 0.95),
+                                BATON_METRICS_TOKEN="mtok_verysecretvalue12345") as baton:
+        thread = await say(baton, "@baton why does login fail with mtok_verysecretvalue12345?")
+        await bot_said(baton, "Nothing is running or waiting", thread=thread)
+    assert model_calls(tmp_path)[0]["last"] == "why does login fail with [redacted]?"
+
+
 async def test_an_assistant_card_shows_arguments_in_any_language_as_written(tmp_path, config_path, monkeypatch,
                                                                             counter) -> None:
     """The card showed a tool call's arguments as JSON escapes: "d\\u00e9ploiement termin\\u00e9 \\ud83c\\udf89",
