@@ -36,7 +36,10 @@ from storage.db import Database, check_url, is_sqlite, sqlite_path, sync_url
 from storage.migrate import alembic_config, autogenerate, oldest_reader, upgrade
 from storage.models import Approval, AuditEntry, InboundEvent, Run, ThreadRecord
 
-app = typer.Typer(help="Baton: chat-ops orchestrator.", no_args_is_help=True, add_completion=False)
+# A traceback never shows local variables (the database URL with its password): older Typers, which
+# pyproject's typer>=0.12 allows, showed them by default.
+app = typer.Typer(help="Baton: chat-ops orchestrator.", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_show_locals=False)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 

@@ -169,3 +169,12 @@ def test_threads_and_audit_show_a_failed_runs_error_without_baton_s_secrets(
     assert "error=Authorization: [redacted] was refused; exit code 22" in audit.stdout, audit.stdout
     for shown in (threads.stdout, audit.stdout):
         assert token[:8] not in shown
+
+
+def test_a_traceback_of_the_command_line_never_shows_its_local_variables() -> None:
+    """Typer's tracebacks showed each frame's local variables by default in the versions pyproject allows
+    (typer>=0.12): an unexpected error printed `settings` and the database URL, its password in it. Set, not
+    left to the installed Typer's default (this one's is off, so this test passes on the old code here)."""
+    from bot.cli import app
+
+    assert app.pretty_exceptions_show_locals is False
