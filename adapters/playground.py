@@ -480,7 +480,10 @@ class PlaygroundAdapter(Adapter):
         number = re.fullmatch(r"0*([0-9]{1,15})", thread_id)  # "0538" is 538, with any number of zeros
         message_id = int(number[1]) if number else 0
         root = await session.get(PlaygroundMessage, message_id) if 1 <= message_id <= MAX_ID else None
-        if root is None or root.thread_id is not None:
+        if root is not None and root.thread_id is not None:  # a script took a reply's id for its thread's
+            raise HTTPException(404, f"message {root.id} is a reply in thread {root.thread_id}: "
+                                     f"use thread {root.thread_id}")
+        if root is None:
             raise HTTPException(404, f"there is no thread '{quoted(thread_id, 40)}'" if thread_id else
                                 "thread_id is empty: leave it out to start a new thread")
         return root

@@ -143,3 +143,17 @@ async def test_a_compressed_body_is_refused_saying_to_send_it_uncompressed(tmp_p
         assert refused.headers["accept-encoding"] == "identity"
         plain = await http.post("/api/messages", json=CHAT, headers={"content-encoding": "identity"})
         assert plain.status_code == 201, plain.text
+
+
+async def test_a_replys_id_given_as_a_thread_is_answered_naming_its_thread(tmp_path: Path, config_path: Path) -> None:
+    """A thread's id is its first message's id; a script that took a reply's id for it (the last message it saw)
+    was told 'there is no thread' of a message it had just read. The 404 now names the reply's thread."""
+    async with _playground(tmp_path, config_path) as (http, _):
+        root = (await http.post("/api/messages", json=CHAT)).json()["thread_id"]
+        reply = (await http.post("/api/messages", json={**CHAT, "thread_id": root})).json()["message"]["id"]
+        for asked in (http.get(f"/api/threads/{reply}/messages"),
+                      http.post("/api/messages", json={**CHAT, "thread_id": str(reply)})):
+            refused = await asked
+            assert refused.status_code == 404, refused.text
+            assert refused.json()["detail"] == f"message {reply} is a reply in thread {root}: use thread {root}"
+        assert (await http.get("/api/threads/999/messages")).json()["detail"] == "there is no thread '999'"
