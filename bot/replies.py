@@ -141,10 +141,10 @@ def model_error(error: BaseException) -> Message:
     if isinstance(error, ModelRequired):
         return Message.text(str(error), tone="warning", title="A model is needed")
     cause = error.__cause__
-    if cause is not None:  # what went wrong, not Baton's wrapper: a timeout with no message read "(ModelFailed)"
-        line = f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
-    else:
-        line = str(error) or type(error).__name__
+    if cause is not None and str(cause):
+        line = f"{type(cause).__name__}: {cause}"
+    else:  # Baton's own words ("no answer within 60s"); without them the cause's name, not Baton's wrapper's
+        line = str(error) or type(cause if cause is not None else error).__name__
     line = line.splitlines()[0][:300]
     return Message.text(f"The language model did not answer ({line}). The run stopped; try again later.",
                         tone="error", title="Model error")

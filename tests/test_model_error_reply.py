@@ -27,3 +27,10 @@ def test_a_model_error_with_a_message_shows_its_first_line() -> None:
     text = model_error(_failed(httpx.ConnectError("connection refused\nmore"))).plain_text()
     assert "did not answer (ConnectError: connection refused)." in text
     assert "did not answer (the model server said no)." in model_error(ModelFailed("the model server said no")).plain_text()
+
+
+def test_baton_s_own_words_about_a_model_error_are_kept_over_its_causes_name() -> None:
+    try:
+        raise ModelFailed("no answer within 60s") from TimeoutError()
+    except ModelFailed as error:
+        assert "did not answer (no answer within 60s)." in model_error(error).plain_text()
