@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import sys
 import threading
+import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -466,9 +467,17 @@ def _table(headers: list[str], rows: list[list[Any]], hide: Callable[[str], str]
     (write its clipboard, retitle it, hide the lines after it). Baton's secrets (``Redactor``) are hidden as in
     every message and log line: a run's error or a request may hold one, and this output is pasted in chats."""
     cells = [headers] + [[printable(hide(str(cell))) for cell in row] for row in rows]
-    widths = [max(len(row[column]) for row in cells) for column in range(len(headers) - 1)]
+    widths = [max(_columns(row[column]) for row in cells) for column in range(len(headers) - 1)]
     for row in cells:
-        typer.echo("  ".join([cell.ljust(width) for cell, width in zip(row, widths)] + [row[-1]]).rstrip())
+        padded = [cell + " " * (width - _columns(cell)) for cell, width in zip(row, widths)]
+        typer.echo("  ".join([*padded, row[-1]]).rstrip())
+
+
+def _columns(text: str) -> int:
+    """How many terminal columns ``text`` takes: East Asian wide characters and emoji take two, combining marks
+    and zero-width characters none. Padded by characters, a row holding '田中' stood two columns right."""
+    return sum(0 if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf")
+               else 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1 for char in text)
 
 
 @db_app.command("upgrade")

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import sqlite3
+import unicodedata
 import subprocess
 from contextlib import closing
 from pathlib import Path
@@ -178,3 +179,28 @@ def test_a_traceback_of_the_command_line_never_shows_its_local_variables() -> No
     from bot.cli import app
 
     assert app.pretty_exceptions_show_locals is False
+
+
+def _columns(text: str) -> int:
+    """How many terminal columns ``text`` takes: East Asian wide characters and emoji take two."""
+    return sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)
+
+
+def test_table_columns_line_up_under_names_written_in_wide_characters(
+        tmp_path: Path, migrated: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name in Japanese or with an emoji (the playground's '田中' or 'alice 🎉') takes two terminal columns a
+    character, but columns were padded by characters: every later column of that row stood one column right per
+    character, 'what' no longer under its header."""
+    database, env = migrated
+    with closing(sqlite3.connect(database)) as connection, connection:
+        for token, asker in (("t1", "田中"), ("t2", "alice 🎉"), ("t3", "bob")):
+            connection.execute(
+                "INSERT INTO approvals (id, run_id, thread_record_id, interrupt_id, graph, summary, details, risk, "
+                "approvers, requested_by, kind, status, created_at) VALUES (?, 1, 1, ?, 'deploy', 'Deploy web?', "
+                "'{}', 'low', '[\"carol\"]', ?, 'approval', 'pending', '2026-12-05 00:00:00')", (token, token, asker))
+    monkeypatch.chdir(tmp_path)
+    result = _cli(env, "approvals")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    starts = {_columns(line[:line.index(word)]) for line, word in zip(lines, ["may approve"] + ["carol"] * 3)}
+    assert len(starts) == 1, result.stdout
