@@ -249,7 +249,8 @@ def _listening_socket(host: str, port: int) -> socket.socket:
         listening.bind((host, port))
     except OSError as exc:
         listening.close()
-        _fail(f"Baton cannot listen on {host}:{port} (BATON_HOST, BATON_PORT): {exc.strerror or exc}")
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # ::1:8000 read as an address, no port
+        _fail(f"Baton cannot listen on {where} (BATON_HOST, BATON_PORT): {exc.strerror or exc}")
     listening.set_inheritable(True)
     return listening
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import sqlite3
 import unicodedata
 import subprocess
@@ -204,3 +205,19 @@ def test_table_columns_line_up_under_names_written_in_wide_characters(
     lines = result.stdout.splitlines()
     starts = {_columns(line[:line.index(word)]) for line, word in zip(lines, ["may approve"] + ["carol"] * 3)}
     assert len(starts) == 1, result.stdout
+
+
+def test_baton_run_names_an_ipv6_address_it_cannot_listen_on_in_brackets(tmp_path: Path, config_path: Path) -> None:
+    """With BATON_HOST=::1 and its port taken, `baton run` said 'cannot listen on ::1:8000', which reads as the
+    address ::1:8000 on no port: an address and its port are written [::1]:8000, as the playground's is."""
+    with socket.socket(socket.AF_INET6) as taken:
+        taken.bind(("::1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = baton_cli("run", cwd=tmp_path, env={"BATON_CONFIG": str(config_path), "BATON_HOST": "::1",
+                                                     "BATON_PORT": str(port),
+                                                     "BATON_DATABASE_URL": f"sqlite:///{tmp_path / 'r.db'}"})
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.strip() == (f"Baton cannot listen on [::1]:{port} (BATON_HOST, BATON_PORT): "
+                                     "Address already in use")
+    assert not (tmp_path / "r.db").exists()
