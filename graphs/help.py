@@ -38,6 +38,8 @@ def answer(state: HelpState) -> HelpState:
         described = _shown(entry["description"] or "")  # a graph may have none
         described = f" — {described}" if described else ""
         lines.append(f"• `{entry['example']}`{described}{risk}")
+    if not runbooks:  # else nobody could tell that none was set up from one they had missed
+        lines.append("No runbooks are set up yet (`run` has nothing to run): baton.yaml lists them.")
     if len(runbooks) > RUNBOOKS_SHOWN:
         lines.append(f"…and {len(runbooks) - RUNBOOKS_SHOWN} more runbooks: "
                      + ", ".join(f"`{entry['name']}`" for entry in runbooks[RUNBOOKS_SHOWN:]))

@@ -221,3 +221,14 @@ def test_baton_run_names_an_ipv6_address_it_cannot_listen_on_in_brackets(tmp_pat
     assert result.stderr.strip() == (f"Baton cannot listen on [::1]:{port} (BATON_HOST, BATON_PORT): "
                                      "Address already in use")
     assert not (tmp_path / "r.db").exists()
+
+
+async def test_help_without_runbooks_says_there_are_none(tmp_path: Path) -> None:
+    """With no runbook in baton.yaml (none there, or Baton started in another directory), help listed the graphs
+    and said nothing of `run`: whoever asked could not tell that no runbook was set up from one they had missed."""
+    from tests.test_help_hunt import _answer
+
+    config = tmp_path / "baton.yaml"
+    config.write_text("approvers: [bob]\n")
+    reply = await _answer(tmp_path, config, "help")
+    assert "No runbooks are set up yet (`run` has nothing to run): baton.yaml lists them." in reply, reply
