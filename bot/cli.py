@@ -501,7 +501,10 @@ def db_upgrade(revision: str = typer.Argument("head", help="A revision id to upg
         _checkpoint_tables(settings.database_url)
     with _database(settings.database_url):
         current = _revision(settings.database_url)
-    if current == _head_revision():
+    if current is not None and current not in revisions:  # else "'head' is not ahead of it", as if asked to downgrade
+        typer.echo(f"Database is at revision {printable(current[:40])}, a newer Baton's: its migrations only added "
+                   "what this Baton does not read, so this one runs on it as it is; nothing changed.")
+    elif current == _head_revision():
         typer.echo("Database is up to date." if revision in ("head", "heads", current)
                    else f"Database is up to date (revision {current}); '{revision[:40]}' is not ahead of it, "
                         "so nothing changed (Baton does not downgrade).")

@@ -232,3 +232,18 @@ async def test_help_without_runbooks_says_there_are_none(tmp_path: Path) -> None
     config.write_text("approvers: [bob]\n")
     reply = await _answer(tmp_path, config, "help")
     assert "No runbooks are set up yet (`run` has nothing to run): baton.yaml lists them." in reply, reply
+
+
+def test_db_upgrade_on_a_database_a_newer_baton_only_added_to_says_so(
+        tmp_path: Path, migrated: tuple[Path, dict[str, str]]) -> None:
+    """An older replica's `baton db upgrade` during a rolling upgrade said 'Database is at revision 0099; 'head' is
+    not ahead of it, so nothing changed (Baton does not downgrade)', as if it had been asked to downgrade, after
+    the migration log's line printed bare. It says the database is a newer Baton's that this one runs on."""
+    database, env = migrated
+    with closing(sqlite3.connect(database)) as connection, connection:
+        connection.execute("UPDATE alembic_version SET version_num = '0099'")
+    result = baton_cli("db", "upgrade", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        "Database is at revision 0099, a newer Baton's: its migrations only added what this Baton does not read, so "
+        "this one runs on it as it is; nothing changed."), result.stdout
