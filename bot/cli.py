@@ -332,6 +332,7 @@ def threads(limit: int = typer.Option(20, min=1, max=10_000, help="How many, new
         asyncio.run(show())
 
 
+MOST_LISTED = 10_000  # --limit's largest
 FAILURE_CHARS = 40  # of a failed thread's reason in `baton threads`: the audit log has the whole of it
 
 
@@ -369,7 +370,8 @@ def approvals(all_: bool = typer.Option(False, "--all", help="Include decided ap
                  _may_approve(row),
                  _what_is_approved(row, hide(request or ""), thread)] for row, request, thread in rows], hide)
         if total > len(rows):
-            typer.echo(f"... and {total - len(rows)} older ({total} in all; --limit {min(total, 10_000)} shows them).")
+            shows = "shows them" if total <= MOST_LISTED else f"shows the newest {MOST_LISTED}"
+            typer.echo(f"... and {total - len(rows)} older ({total} in all; --limit {min(total, MOST_LISTED)} {shows}).")
 
     settings = _settings()
     _existing(settings)

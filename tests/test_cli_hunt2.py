@@ -247,3 +247,23 @@ def test_db_upgrade_on_a_database_a_newer_baton_only_added_to_says_so(
     assert result.stdout.strip() == (
         "Database is at revision 0099, a newer Baton's: its migrations only added what this Baton does not read, so "
         "this one runs on it as it is; nothing changed."), result.stdout
+
+
+def test_approvals_past_the_largest_limit_does_not_promise_to_show_them_all(
+        tmp_path: Path, migrated: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """With more cards waiting than --limit takes (10,000), the hint read '--limit 10000 shows them', which shows
+    10,000 of them; it says so."""
+    database, _env = migrated
+    with closing(sqlite3.connect(database)) as connection, connection:
+        connection.executemany(
+            "INSERT INTO approvals (id, run_id, thread_record_id, interrupt_id, graph, summary, details, risk, "
+            "approvers, requested_by, kind, status, created_at) VALUES (?, 1, 1, ?, 'deploy', 'Deploy?', '{}', "
+            "'low', '[\"bob\"]', 'alice', 'approval', 'pending', '2026-12-05 00:00:00')",
+            ((f"a{n}", f"a{n}") for n in range(10_002)))
+    monkeypatch.chdir(tmp_path)
+    result = _cli(_env, "approvals", "--limit", "2")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == (
+        "... and 10000 older (10002 in all; --limit 10000 shows the newest 10000).")
+    few = _cli(_env, "approvals", "--limit", "10000")
+    assert few.stdout.splitlines()[-1] == "... and 2 older (10002 in all; --limit 10000 shows the newest 10000)."
