@@ -386,7 +386,8 @@ class RunServices:
         expiry = self._services.approval_expiry
         if not expiry:
             return None
-        return age(now, approval.created_at + timedelta(seconds=expiry))  # the sweep may be a few seconds late: "0ms"
+        ends = approval.created_at + timedelta(seconds=expiry)
+        return "now" if ends <= now else age(now, ends)  # past: its expiry check comes within ~30 s ("0ms" before)
 
     async def run_effect_once(self, key: str, name: str, fn: Callable[[], Awaitable[T]]) -> T:
         # Durable: the effect must not run before this is on disk. The earlier effects' outcomes are

@@ -39,7 +39,8 @@ async def report(state: StatusState) -> StatusState:
         label = f"{thread['title']} — {thread['status_text']} (asked by {thread['requested_by']}, {thread['age']})"
         parts.append({"kind": "link", "label": label, "channel": thread["channel"], "thread": thread["thread"]})
         for approval in thread["approvals"]:
-            expires = f", expires in {approval['expires_in']}" if approval.get("expires_in") else ""
+            when = approval.get("expires_in")
+            expires = "" if not when else ", expires now" if when == "now" else f", expires in {when}"
             parts.append({"kind": "note", "text": f"waiting {approval['age']} for {approval['approvers']}{expires}: "
                                                   f"{approval['summary']}"})
     if len(threads) > MAX_SHOWN:
