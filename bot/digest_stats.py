@@ -6,7 +6,7 @@ import math
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, not_, or_
+from sqlalchemy import and_, case, func, not_, or_
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -142,9 +142,11 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
             .where(*waiting_filter).order_by(Approval.created_at).limit(MAX_LISTED))).all()
     ]
     day = _utc_date(session, Run.started_at)
+    # as the p50/p95: a cancelled run's time (its wait for a card, say) is no turnaround
+    turnaround_ms = case((_cancelled(), None), else_=Run.turnaround_ms)
     per_day = [{"day": str(d), "requests": n, "avg_turnaround_ms": float(avg) if avg is not None else None}
                for d, n, avg in (await session.exec(
-                   select(day, func.count(), func.avg(Run.turnaround_ms)).where(*requests).group_by(day).order_by(day))).all()]
+                   select(day, func.count(), func.avg(turnaround_ms)).where(*requests).group_by(day).order_by(day))).all()]
     return {
         "window": {"start": start.isoformat(), "end": end.isoformat()},
         "platform": platform,
