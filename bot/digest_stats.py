@@ -106,7 +106,7 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
     failed_here = [*failed_in_window, _not_cancelled()]
     failure_count = (await session.exec(select(func.count()).select_from(Run).where(*failed_here))).one()
     failures = [
-        {"graph": graph, "error": (error or "failed").splitlines()[0][:200], "channel": c, "thread": t}
+        {"graph": graph, "error": first_line(error or "", 200) or "failed", "channel": c, "thread": t}
         for graph, error, c, t in (await session.exec(
             select(Run.graph, Run.error, ThreadRecord.channel, ThreadRecord.thread)
             .join(ThreadRecord, ThreadRecord.id == Run.thread_record_id)

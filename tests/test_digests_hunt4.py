@@ -44,3 +44,12 @@ async def test_the_charts_average_turnaround_leaves_out_cancelled_runs(database_
                          ("deploy", "failed", timedelta(days=2), "cancelled by bob"))
     assert stats["turnaround"]["count"] == 2 and stats["turnaround"]["p95_ms"] == 60_000
     assert stats["per_day"] == [{"day": "2026-06-01", "requests": 3, "avg_turnaround_ms": 60_000.0}]
+
+
+async def test_a_failure_whose_error_begins_with_a_blank_line_is_listed_with_its_first_words(database_url):
+    """An error whose first line is empty ("\\nTraceback ...", a tool's output starting with a newline) was listed
+    as '`deploy`: ' and nothing after it, and one of spaces only the same: the lead reading the digest saw a
+    failure with no reason. The first line with words is shown, 'failed' when there is none."""
+    stats = await _stats(database_url, ("deploy", "failed", timedelta(minutes=1), "\n  \nValueError: no such host\nmore"),
+                         ("deploy", "failed", timedelta(minutes=1), "   \n"))
+    assert [failure["error"] for failure in stats["failures"]] == ["ValueError: no such host", "failed"]
