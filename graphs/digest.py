@@ -89,11 +89,18 @@ def compose(state: DigestState) -> DigestState:
 
 
 def _spending(stats: dict[str, Any]) -> str:
-    cost = f", cost ${stats['cost']:.4f}" if stats.get("cost") is not None else ""
+    cost = f", cost {_dollars(stats['cost'])}" if stats.get("cost") is not None else ""
     unpriced = stats.get("unpriced_runs") or 0
     if unpriced and stats.get("cost") is not None:  # the cost shown is only part of it
         cost += f" (and {unpriced} run{'s' if unpriced > 1 else ''} with no price in baton.yaml)"
     return f"Model tokens: {stats['tokens']:,}{cost}"
+
+
+def _dollars(cost: float) -> str:
+    """$0.0012 for a model's cents' worth, "< $0.0001" rather than "$0.0000" for some spent, $1,234.57 for dollars."""
+    if 0 < cost < 0.00005:
+        return "< $0.0001"
+    return f"${cost:,.2f}" if cost >= 1 else f"${cost:.4f}"
 
 
 def _not_listed(count: int, listed: list[Any]) -> str:

@@ -53,3 +53,21 @@ async def test_a_failure_whose_error_begins_with_a_blank_line_is_listed_with_its
     stats = await _stats(database_url, ("deploy", "failed", timedelta(minutes=1), "\n  \nValueError: no such host\nmore"),
                          ("deploy", "failed", timedelta(minutes=1), "   \n"))
     assert [failure["error"] for failure in stats["failures"]] == ["ValueError: no such host", "failed"]
+
+
+def _spending_line(tokens: int, cost: float | None) -> str:
+    stats = {"window": {"start": START.isoformat(), "end": END.isoformat()}, "platform": "playground", "channel": "ops",
+             "per_graph": {"assistant": {"done": 1}}, "requests": 1, "turnaround": {"count": 0}, "waited_seconds": 0.0,
+             "failures": [], "failure_count": 0, "decided": [], "waiting": [], "per_day": [], "tokens": tokens,
+             "cost": cost, "unpriced_runs": 0}
+    text = Message.model_validate(compose({"stats": stats})["reply"]).plain_text()  # type: ignore[typeddict-item]
+    return next(line for line in text.splitlines() if line.startswith("Model tokens"))
+
+
+def test_a_cost_too_small_for_four_decimals_is_not_shown_as_nothing():
+    """A cheap model ($0.15 a million tokens) answering 120 tokens costs $0.000018: the digest said 'cost $0.0000',
+    as if nothing had been spent. It says '< $0.0001'; a cost of dollars reads with cents and thousands."""
+    assert _spending_line(120, 0.000018).endswith("cost < $0.0001")
+    assert _spending_line(3000, 0.0012).endswith("cost $0.0012")
+    assert _spending_line(3000, 0.0).endswith("cost $0.0000")  # priced at nothing (a local model): nothing spent
+    assert _spending_line(90_000_000, 1234.5678).endswith("cost $1,234.57")
