@@ -23,7 +23,8 @@ Inbound
   that cannot be taken in all the same is said so to its author where possible, and logged in one line.
 * Buttons are ``DynamicItem``s: a click is matched by its custom_id (``baton:<value>:<approval>``)
   alone, so a card posted before a restart, or by another replica, still works. A click is stored,
-  then deferred; a redelivered interaction is a duplicate and is not answered twice. A click that
+  then deferred; a redelivered interaction is a duplicate and is not answered twice. A click the
+  database is slow to store is deferred meanwhile (Discord takes an answer within 3 seconds). A click that
   cannot be stored (the database away) is answered, to that person only, that nothing was changed.
 * Event ids are the message or interaction ids (snowflakes are unique across Discord).
 
@@ -88,6 +89,7 @@ RECONNECT_FIRST_PAUSE, RECONNECT_LONGEST_PAUSE = 1.0, 60.0  # after an error dis
 CONNECT_TIMEOUT_SECONDS = 30.0
 TOKEN_LOGGERS = ("discord.http", "discord.webhook.async_", "discord.gateway")  # INFO or above, whatever the level
 FOLLOW_UP_MARGIN = timedelta(seconds=60)  # do not start a follow-up this close to the token's expiry
+STORE_BEFORE_DEFER_SECONDS = 1.5  # a click not stored by then is deferred meanwhile (Discord waits 3 s)
 DEFER_WAIT_SECONDS = 5.0  # a refusal waits at most this long for its click's defer to finish
 THREAD_NAME_CHARS = 100
 ECHO_CHARS = 1800  # "@you asked: `/baton ...`" stays one message
@@ -593,35 +595,45 @@ class DiscordAdapter(Adapter):
                         "as still thinking until its token expires", interaction.id, _describe(exc))
 
     async def on_click(self, interaction: discord.Interaction, action: str, approval_id: str) -> None:
-        """Store the click, then defer it (a redelivery is a duplicate: the first one was answered)."""
+        """Store the click, then defer it (a redelivery is a duplicate: the first one was answered).
+
+        Discord takes an answer within 3 seconds of the click: a database slower than that (a busy
+        SQLite writer, a PostgreSQL under load) made the defer come too late, and the person saw "This
+        interaction failed" for a click Baton took. A click not stored within
+        ``STORE_BEFORE_DEFER_SECONDS`` is deferred meanwhile, and stored all the same."""
         if self._elsewhere(interaction.guild_id, "a click"):
             await _say_privately(interaction, "This Baton serves another Discord server only; nothing was changed.")
             return
         where, thread = conversation(interaction.channel or discord.Object(interaction.channel_id or 0))
         user = str(interaction.user.id)
+        storing = asyncio.ensure_future(self.baton.accept_click(InboundClick(
+            platform=PLATFORM, workspace=str(interaction.guild_id or ""), channel=where, thread=thread, user=user,
+            approval_id=approval_id, action=action, event_id=str(interaction.id))))
+        deferring: asyncio.Task[bool] | None = None
+        done, _ = await asyncio.wait({storing}, timeout=STORE_BEFORE_DEFER_SECONDS)
+        if not done:  # the database is slow: answer Discord now, before its 3 seconds are over
+            log.info("Discord: click %s is taking long to store; answering Discord meanwhile", interaction.id)
+            deferring = asyncio.create_task(_defer(interaction))
         try:
-            accepted = await self.baton.accept_click(InboundClick(
-                platform=PLATFORM, workspace=str(interaction.guild_id or ""), channel=where, thread=thread, user=user,
-                approval_id=approval_id, action=action, event_id=str(interaction.id)))
+            accepted = await storing
         except Exception as exc:  # as for a message: told, not a traceback and "This interaction failed"
             if (reason := self.baton.db.health.unusable(exc)) is None:
                 raise
             log.warning("Discord: click %s not taken, Baton's database cannot be used (%s); they are told",
                         interaction.id, reason)
+            if deferring is not None:
+                await deferring
             await _say_privately(interaction, DATABASE_AWAY_CLICK)
             return
         if accepted.status != "accepted":
             log.info("Discord: click %s was %s", interaction.id, accepted.status)
             return
         deferred = self.clicks.expect(thread, user, interaction)  # before any await: a refusal may follow soon
-        done = False
+        done_deferring = False
         try:
-            await interaction.response.defer()
-            done = True
-        except discord.HTTPException as exc:  # e.g. 10062: older than Discord's 3 seconds, or its token expired
-            log.warning("Discord: click %s could not be deferred: %s", interaction.id, exc)
+            done_deferring = await (deferring if deferring is not None else _defer(interaction))
         finally:
-            deferred.set_result(done)
+            deferred.set_result(done_deferring)
 
     # -- history ---------------------------------------------------------------------------------
 
@@ -791,9 +803,23 @@ def _readable(message: discord.Message, text: str) -> str:
     return text
 
 
-async def _say_privately(interaction: discord.Interaction, text: str) -> None:
+async def _defer(interaction: discord.Interaction) -> bool:
+    """Answer a click for now (the card is edited later); whether Discord took it."""
     try:
-        await interaction.response.send_message(text, ephemeral=True)
+        await interaction.response.defer()
+        return True
+    except discord.HTTPException as exc:  # e.g. 10062: older than Discord's 3 seconds, or its token expired
+        log.warning("Discord: click %s could not be deferred: %s", interaction.id, exc)
+        return False
+
+
+async def _say_privately(interaction: discord.Interaction, text: str) -> None:
+    """A message only this person sees: the answer to their interaction, or its follow-up once it has one."""
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(text, ephemeral=True)
+        else:
+            await interaction.response.send_message(text, ephemeral=True)
     except discord.HTTPException as exc:
         log.info("Discord: interaction %s could not be answered: %s", interaction.id, _describe(exc))
 

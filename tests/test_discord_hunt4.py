@@ -1,0 +1,98 @@
+"""The Discord adapter, fifth hunt: what a Discord server admin meets with cards and clicks. Covered
+here: a click taken while Baton's database is slower than Discord's 3 seconds for an answer."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import discord
+import pytest
+
+from adapters import discord_adapter
+from adapters.discord_adapter import DiscordAdapter
+from bot.messages import Accepted, Buttons, InboundClick, Message, Text
+from tests.fake_discord import BOB, GENERAL, FakeDiscord
+from tests.test_discord import config_path  # noqa: F401 (a fixture)
+from tests.test_discord_hunt import adapter, delivery  # noqa: F401 (fixtures)
+
+
+class PatientDiscord(FakeDiscord):
+    """The fake, with Discord's 3 seconds to answer an interaction: ``too_late`` makes an interaction
+    not answered yet unknown (10062), as Discord does once its 3 seconds are over."""
+
+    def too_late(self, interaction_id: str) -> None:
+        with self._lock:
+            known = self.interactions[interaction_id]
+            if not known["acknowledged"]:
+                known["expired"] = True
+
+    def answered(self, interaction_id: str) -> bool:
+        with self._lock:
+            return any(callback["interaction_id"] == interaction_id for callback in self.callbacks)
+
+
+@pytest.fixture
+def fake_discord() -> Any:
+    fake = PatientDiscord().start()
+    yield fake
+    fake.stop()
+
+
+async def _card(fake: FakeDiscord, adapter: DiscordAdapter) -> Any:
+    card = Message(title="Approval needed", tone="approval", parts=[Text(text="restart web"), Buttons(approval_id="a1")])
+    await adapter.send(delivery(1, card))
+    (posted,) = fake.messages(GENERAL)
+    return posted
+
+
+def _interaction(adapter: DiscordAdapter, payload: dict[str, Any]) -> discord.Interaction:
+    """An INTERACTION_CREATE as discord.py hands it to the button's callback."""
+    return discord.Interaction(data=payload, state=adapter.client._connection)  # type: ignore[arg-type]
+
+
+async def test_a_click_is_answered_in_time_while_the_database_is_slow(fake_discord, adapter, monkeypatch):
+    """A click was stored before it was answered: with Baton's database slower than Discord's 3 seconds
+    (a busy SQLite writer, a PostgreSQL under load), the answer came too late (10062 Unknown interaction)
+    and Discord showed the person "This interaction failed" for a click Baton took and acted on. The
+    click is now answered (deferred) when storing it takes long, and stored all the same."""
+    monkeypatch.setattr(discord_adapter, "STORE_BEFORE_DEFER_SECONDS", 0.05)
+    card = await _card(fake_discord, adapter)
+    payload = fake_discord.click(card, user=BOB)
+    stored: list[InboundClick] = []
+
+    async def slow_database(click: InboundClick) -> Accepted:
+        for _ in range(100):  # storing takes longer than Discord waits for an answer
+            if fake_discord.answered(payload["id"]):
+                break
+            await asyncio.sleep(0.02)
+        fake_discord.too_late(payload["id"])
+        stored.append(click)
+        return Accepted(status="accepted")
+
+    adapter.baton.accept_click = slow_database
+    await adapter.on_click(_interaction(adapter, payload), "approve", "a1")
+    assert [click.action for click in stored] == ["approve"]
+    assert [c["type"] for c in fake_discord.callbacks if c["interaction_id"] == payload["id"]] == [6]
+
+
+async def test_a_click_the_slow_database_then_fails_is_told_after_its_answer(fake_discord, adapter, monkeypatch):
+    """The same slow click whose database then fails: Discord had its answer already (the defer), so
+    the person is told that nothing was changed in a follow-up only they see."""
+    monkeypatch.setattr(discord_adapter, "STORE_BEFORE_DEFER_SECONDS", 0.05)
+    card = await _card(fake_discord, adapter)
+    payload = fake_discord.click(card, user=BOB)
+
+    async def failing_database(click: InboundClick) -> Accepted:
+        for _ in range(100):
+            if fake_discord.answered(payload["id"]):
+                break
+            await asyncio.sleep(0.02)
+        raise ConnectionRefusedError("the database is away")
+
+    adapter.baton.accept_click = failing_database
+    adapter.baton.db = SimpleNamespace(health=SimpleNamespace(unusable=lambda exc: "connection refused"))
+    await adapter.on_click(_interaction(adapter, payload), "approve", "a1")
+    (told,) = [m for m in fake_discord.messages(GENERAL) if m.interaction_id == payload["id"]]
+    assert told.ephemeral_to == BOB and told.content.startswith("⚠️ I could not take your click just now")
