@@ -615,12 +615,13 @@ class Orchestrator:
         thread is told. A request approved days later acted on a situation long gone, and one nobody decides
         on kept its thread (and ``status``) waiting for good. The expiry is stored as an event of the card's
         thread, handled in its turn by whoever holds the thread, like a click (one per card, whichever
-        replica stores it first)."""
+        replica stores it first). Cards are stamped and compared on the database's clock: on each replica's own,
+        one 10 minutes behind stored cards that expired 10 minutes early everywhere."""
         expiry = self.settings.approval_expiry_seconds
         if not expiry:
             return 0
         overdue = (await self.db.fetch(_OVERDUE_APPROVALS, {
-            "asked_before": utcnow() - timedelta(seconds=expiry)})).all()
+            "asked_before": self.db.now() - timedelta(seconds=expiry)})).all()
         stored = 0
         for approval_id, platform, workspace, channel, thread, record_id in overdue:
             location = Location(platform=platform, workspace=workspace, channel=channel, thread=thread)
@@ -854,7 +855,7 @@ class Orchestrator:
                                 interrupt_id=f"choice:{uuid.uuid4().hex}", graph=CHOOSER,
                                 summary=f"Which of these did you mean by `{quoted_code(text, 300)}`?",
                                 details={"text": text, "options": options}, risk="low", approvers=[event.user],
-                                requested_by=event.user)
+                                requested_by=event.user, created_at=self.db.now())
             session.add(approval)
             await session.flush()
             card_id = await self.outbox.enqueue(session, threads.location_of(record), replies.choice_card(approval),
@@ -968,7 +969,7 @@ class Orchestrator:
             if approval.status == "stale" or won:
                 await self._edit_card(session, record, approval, event.correlation_id)
             if won:
-                waited = (now - approval.created_at).total_seconds()
+                waited = self._waited_since(approval.created_at)
                 await session.exec(update(Run).where(Run.id == run.id).values(  # type: ignore[arg-type]
                     status="running", waited_seconds=Run.waited_seconds + waited))
                 # A rejected request may be asked again: the duplicate check no longer finds this thread.
@@ -1088,12 +1089,16 @@ class Orchestrator:
                                           ref_outbox_id=approval.card_outbox_id, correlation_id=event.correlation_id)
                 await session.exec(update(Run).where(Run.id == run.id).values(  # type: ignore[arg-type]
                     status="done", finished_at=now, turnaround_ms=int((now - run.started_at).total_seconds() * 1000),
-                    waited_seconds=(now - approval.created_at).total_seconds()))
+                    waited_seconds=self._waited_since(approval.created_at)))
                 new_run = await self._insert_run(session, event, record, choice, text, chosen.fingerprint,
                                                  chosen.title, user=approval.requested_by)
         if not chosen_first:
             return self.outbox.wake(event.platform)
         await self._drive(new_run, record, spec, chosen.input, event)
+
+    def _waited_since(self, asked: datetime) -> float:
+        """Seconds since a card was posted (stamped on the database's clock; one stamped ahead: none)."""
+        return max(0.0, (self.db.now() - asked).total_seconds())
 
     async def _expire_cards(self, session: Transaction, record: ThreadRecord, run_id: int,
                             correlation: str) -> datetime | None:
@@ -1301,7 +1306,7 @@ class Orchestrator:
             approvers = self.config.approvers_for_graph(spec.name)
         return Approval(run_id=run.id, thread_record_id=record.id, interrupt_id=interrupt.id, graph=spec.name,  # type: ignore[arg-type]
                         summary=summary[:APPROVAL_TEXT_LIMIT], details=details, risk=risk, approvers=list(approvers),
-                        requested_by=run.requested_by)
+                        requested_by=run.requested_by, created_at=self.db.now())
 
     async def _finish_run(self, run: Run, record: ThreadRecord, event: InboundEvent, status: str, message: Message,
                           error: str | None, services: RunServices | None = None, *,
@@ -1333,7 +1338,7 @@ class Orchestrator:
             waited = 0.0  # a run ending at its cards (expired, cancelled) waited for a decision until now
             if status == "failed":  # a card it left waiting (another branch's question) would revive it
                 since = await self._expire_cards(session, record, run.id, run.correlation_id)  # type: ignore[arg-type]
-                waited = (now - since).total_seconds() if since is not None else 0.0
+                waited = self._waited_since(since) if since is not None else 0.0
                 await session.exec(_FORGET_REQUEST, params={"record_id": record.id})  # type: ignore[call-overload]
             await session.exec(_FINISH_RUN, params={  # type: ignore[call-overload]
                 "run_id": run.id, "status": status, "now": now, "error": error, "waited": waited,

@@ -328,6 +328,9 @@ class RunServices:
 
     async def channel_activity(self) -> list[dict[str, Any]]:
         now = utcnow()
+        # Cards are stamped on the database's clock (``Orchestrator.expire_approvals``); one stamped ahead of it
+        # (a clock set back since) counts as asked now: no negative age, no time left beyond the expiry.
+        db_now = self._db.now()
         async with self._db.read() as session:
             records = (await session.exec(
                 select(ThreadRecord).where(
@@ -359,8 +362,8 @@ class RunServices:
                 "age": age(asked.get(record.id, record.updated_at), now),  # type: ignore[arg-type]
                 "approvals": [
                     {"summary": quoted(first_line(a.summary, 200), 200),
-                     "approvers": waiting_for(a.approvers, a.requested_by, a.risk), "age": age(a.created_at, now),
-                     "expires_in": self._expires_in(a, now)}
+                     "approvers": waiting_for(a.approvers, a.requested_by, a.risk),
+                     "age": age(min(a.created_at, db_now), db_now), "expires_in": self._expires_in(a, db_now)}
                     for a in approvals if a.thread_record_id == record.id
                 ],
             })
@@ -386,7 +389,7 @@ class RunServices:
         expiry = self._services.approval_expiry
         if not expiry:
             return None
-        ends = approval.created_at + timedelta(seconds=expiry)
+        ends = min(approval.created_at, now) + timedelta(seconds=expiry)
         return "now" if ends <= now else age(now, ends)  # past: its expiry check comes within ~30 s ("0ms" before)
 
     async def run_effect_once(self, key: str, name: str, fn: Callable[[], Awaitable[T]]) -> T:
