@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 from xml.sax.saxutils import escape
 
@@ -81,7 +81,7 @@ def compose(state: DigestState) -> DigestState:
             parts.append({"kind": "link", "label": f"`{failure['graph']}`: {failure['error']}",
                           "channel": failure["channel"], "thread": failure["thread"]})
     if stats["per_day"]:
-        parts.append(chart(stats["per_day"]))
+        parts.append(chart(_every_day(stats["per_day"], start, end)))
     if stats.get("reason"):
         parts.append({"kind": "note", "text": f"Digest {stats['reason']}."})
     tone = "warning" if stats["failures"] or stats["waiting"] else "success"
@@ -107,6 +107,20 @@ def _not_listed(count: int, listed: list[Any]) -> str:
     """Only the first few of a long list are links (a card of hundreds would be many messages)."""
     more = count - len(listed)
     return f" ({more} more not listed)" if more > 0 else ""
+
+
+MOST_DAYS_DRAWN = 31  # a longer catch-up's chart shows its days with requests only
+
+
+def _every_day(per_day: list[dict[str, Any]], start: datetime, end: datetime) -> list[dict[str, Any]]:
+    """``per_day`` (UTC days with requests) with the window's other days as 0: a day without a single request
+    (an outage, a holiday) is a bar of its own, not left out as if the days before and after were adjacent."""
+    first, last = (at.astimezone(UTC) if at.tzinfo else at for at in (start, end - timedelta(microseconds=1)))
+    days = [first.date() + timedelta(days=n) for n in range((last.date() - first.date()).days + 1)]
+    if len(days) > MOST_DAYS_DRAWN:
+        return per_day
+    counted = {day["day"]: day for day in per_day}
+    return [counted.get(str(day), {"day": str(day), "requests": 0, "avg_turnaround_ms": None}) for day in days]
 
 
 def chart(per_day: list[dict[str, Any]]) -> dict[str, Any]:

@@ -71,3 +71,29 @@ def test_a_cost_too_small_for_four_decimals_is_not_shown_as_nothing():
     assert _spending_line(3000, 0.0012).endswith("cost $0.0012")
     assert _spending_line(3000, 0.0).endswith("cost $0.0000")  # priced at nothing (a local model): nothing spent
     assert _spending_line(90_000_000, 1234.5678).endswith("cost $1,234.57")
+
+
+def _chart_days(per_day: list[dict], start: datetime, end: datetime) -> list[str]:
+    """The day labels the digest's chart draws, in order."""
+    import base64
+    import re
+
+    stats = {"window": {"start": start.isoformat(), "end": end.isoformat()}, "platform": "playground", "channel": "ops",
+             "per_graph": {"deploy": {"done": sum(day["requests"] for day in per_day)}},
+             "requests": sum(day["requests"] for day in per_day), "turnaround": {"count": 0}, "waited_seconds": 0.0,
+             "failures": [], "failure_count": 0, "decided": [], "waiting": [], "per_day": per_day}
+    image = next(part for part in compose({"stats": stats})["reply"]["parts"] if part["kind"] == "image")  # type: ignore[typeddict-item]
+    return re.findall(r'text-anchor="middle">(\d\d-\d\d)</text>', base64.b64decode(image["data"]).decode())
+
+
+def test_a_day_without_requests_is_drawn_in_the_chart_not_left_out():
+    """A weekly digest's chart drew only the days with requests: Monday, Tuesday and Thursday side by side, so
+    Wednesday's outage (no request at all) read as no day at all. Every day of the window has its bar, 0 included."""
+    monday = datetime(2026, 6, 1, 7, tzinfo=UTC)
+    per_day = [{"day": "2026-06-01", "requests": 3, "avg_turnaround_ms": 1000.0},
+               {"day": "2026-06-02", "requests": 2, "avg_turnaround_ms": 1000.0},
+               {"day": "2026-06-04", "requests": 1, "avg_turnaround_ms": None}]
+    assert _chart_days(per_day, monday, monday + timedelta(days=7)) == \
+        ["06-01", "06-02", "06-03", "06-04", "06-05", "06-06", "06-07", "06-08"]
+    # a window ending at midnight UTC has no bar for the day it ends on
+    assert _chart_days(per_day[:1], datetime(2026, 6, 1, tzinfo=UTC), datetime(2026, 6, 2, tzinfo=UTC)) == ["06-01"]
