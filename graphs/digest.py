@@ -37,7 +37,9 @@ def compose(state: DigestState) -> DigestState:
     start, end = (datetime.fromisoformat(stats["window"][key]) for key in ("start", "end"))
     title = f"Digest for #{stats['channel']}: {_span(start, end)}"
     quiet = (not stats["requests"] and not stats["decided"] and not stats["waiting"] and not stats["failures"]
-             and not stats.get("cancelled_count"))
+             and not stats.get("cancelled_count")
+             # a request asked before the window and ended in it: its turnaround and wait are this digest's
+             and not stats["turnaround"]["count"] and not stats.get("waited_seconds"))
     if quiet:
         text = f"Quiet: no requests, approvals or failures from {_span(start, end)}."
         if stats.get("tokens") is not None:  # what the digest before this one spent on its summary

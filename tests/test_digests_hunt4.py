@@ -97,3 +97,22 @@ def test_a_day_without_requests_is_drawn_in_the_chart_not_left_out():
         ["06-01", "06-02", "06-03", "06-04", "06-05", "06-06", "06-07", "06-08"]
     # a window ending at midnight UTC has no bar for the day it ends on
     assert _chart_days(per_day[:1], datetime(2026, 6, 1, tzinfo=UTC), datetime(2026, 6, 2, tzinfo=UTC)) == ["06-01"]
+
+
+async def test_a_request_asked_before_the_window_and_finished_in_it_is_not_a_quiet_period(sqlite_url):
+    """An overnight job asked at 20:00 (yesterday's digest: 1 still running) and done at 02:00: this morning's digest
+    counts its turnaround (requests that ended in the window, whenever asked), yet said 'Quiet: no requests,
+    approvals or failures' and left it out; the 6-hour turnaround was in no digest."""
+    async with digest_service(sqlite_url, Clock(END), BatonConfig()) as digests:
+        async with digests.db.session() as session:
+            record = ThreadRecord(platform="playground", channel="ops", thread="1", status="done")
+            session.add(record)
+            await session.flush()
+            session.add(Run(thread_record_id=record.id, platform="playground", channel="ops", graph="backup",
+                            status="done", requested_by="alice", correlation_id="c1", started_at=START - timedelta(hours=12),
+                            finished_at=START - timedelta(hours=6), turnaround_ms=6 * 3_600_000))
+        async with digests.db.read() as session:
+            stats = await collect(session, "playground", "ops", START - timedelta(hours=8), END, [], END)
+    text = Message.model_validate(compose({"stats": stats})["reply"]).plain_text()  # type: ignore[typeddict-item]
+    assert stats["requests"] == 0 and stats["turnaround"]["count"] == 1
+    assert "Quiet" not in text and "p50 6h, p95 6h over 1 finished" in text, text
