@@ -75,6 +75,7 @@ from adapters.discord_render import (
     Outgoing,
     custom_id,
     jump_url,
+    option_value,
     render,
 )
 from bot.messages import Buttons, InboundClick, InboundMessage, Location, Message, Text, quoted, quoted_code
@@ -185,7 +186,7 @@ class ChoiceButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=CUST
     @classmethod
     async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
                              match: re.Match[str]) -> ChoiceButton:
-        return cls(match["action"], match["approval_id"])
+        return cls(option_value(match["action"]), match["approval_id"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
         await cast(BatonClient, interaction.client).adapter.on_click(interaction, self.action, self.approval_id)

@@ -40,8 +40,12 @@ CODE_INLINE_CHARS = 3800  # longer output: a preview and the whole text as a fil
 CUSTOM_ID_CHARS = 100
 BUTTON_LABEL_CHARS = 80
 # A button's custom_id carries the option's value (approve, reject, or a graph's name on a "which
-# one?" card) and the approval's opaque id (token_urlsafe): ``baton:<value>:<approval id>``.
-CUSTOM_ID_TEMPLATE = r"baton:(?P<action>[A-Za-z0-9_-]{1,64}):(?P<approval_id>[A-Za-z0-9_-]{1,86})"
+# one?" card) and the approval's opaque id (token_urlsafe): ``baton:<value>:<approval id>``. A value
+# that is not plain (a graph's module may be named in any letters: ``mise_à_jour``) is carried as
+# ``~`` and its UTF-8 in URL-safe base64.
+PLAIN_VALUE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+ENCODED_VALUE = "~"
+CUSTOM_ID_TEMPLATE = r"baton:(?P<action>[A-Za-z0-9_-]{1,64}|~[A-Za-z0-9_-]{1,90}):(?P<approval_id>[A-Za-z0-9_-]{1,86})"
 BUTTON_STYLE = {"primary": discord.ButtonStyle.primary, "danger": discord.ButtonStyle.danger,
                 "default": discord.ButtonStyle.secondary}
 TONE_EMOJI = {"success": "✅", "error": "❌", "warning": "⚠️", "approval": "✋", "progress": "⏳"}
@@ -77,11 +81,26 @@ class Outgoing:
 
 
 def custom_id(action: str, approval_id: str) -> str:
-    value = f"baton:{action}:{approval_id}"
+    """The custom_id of the button for the option ``action`` (its value, encoded when it is not plain)."""
+    value = f"baton:{_carried(action)}:{approval_id}"
     if len(value) > CUSTOM_ID_CHARS or not re.fullmatch(CUSTOM_ID_TEMPLATE, value):
         raise ValueError(f"button {action!r} of approval {approval_id!r} does not fit a Discord custom_id "
                          f"({CUSTOM_ID_CHARS} characters of letters, digits, '_' and '-')")
     return value
+
+
+def option_value(carried: str) -> str:
+    """The option's value from the action part of a custom_id (``_carried`` undone)."""
+    if not carried.startswith(ENCODED_VALUE):
+        return carried
+    encoded = carried.removeprefix(ENCODED_VALUE)
+    return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode("utf-8", errors="replace")
+
+
+def _carried(value: str) -> str:
+    if PLAIN_VALUE.fullmatch(value):
+        return value
+    return ENCODED_VALUE + base64.urlsafe_b64encode(value.encode("utf-8")).decode("ascii").rstrip("=")
 
 
 def jump_url(guild: str, channel: str) -> str:

@@ -1,9 +1,11 @@
 """The Discord adapter, fifth hunt: what a Discord server admin meets with cards and clicks. Covered
-here: a click taken while Baton's database is slower than Discord's 3 seconds for an answer."""
+here: a click taken while Baton's database is slower than Discord's 3 seconds for an answer, and a
+"which one?" card offering a graph whose name is not plain ASCII."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from types import SimpleNamespace
 from typing import Any
 
@@ -11,9 +13,10 @@ import discord
 import pytest
 
 from adapters import discord_adapter
-from adapters.discord_adapter import DiscordAdapter
-from bot.messages import Accepted, Buttons, InboundClick, Message, Text
-from tests.fake_discord import BOB, GENERAL, FakeDiscord
+from adapters.discord_adapter import ChoiceButton, DiscordAdapter
+from adapters.discord_render import CUSTOM_ID_TEMPLATE
+from bot.messages import Accepted, ButtonOption, Buttons, InboundClick, Message, Text
+from tests.fake_discord import BOB, GENERAL, FakeDiscord, buttons
 from tests.test_discord import config_path  # noqa: F401 (a fixture)
 from tests.test_discord_hunt import adapter, delivery  # noqa: F401 (fixtures)
 
@@ -96,3 +99,23 @@ async def test_a_click_the_slow_database_then_fails_is_told_after_its_answer(fak
     await adapter.on_click(_interaction(adapter, payload), "approve", "a1")
     (told,) = [m for m in fake_discord.messages(GENERAL) if m.interaction_id == payload["id"]]
     assert told.ephemeral_to == BOB and told.content.startswith("⚠️ I could not take your click just now")
+
+
+async def test_a_which_one_card_offers_a_graph_whose_name_is_not_plain_ascii(fake_discord, adapter):
+    """A graph is its module's name, and Python takes ``graphs/mise_à_jour.py``: a "which one?" card
+    offering it could not be shown on Discord (a button's custom_id takes ASCII letters, digits, '_'
+    and '-'), so the card was refused for good and the person who asked saw nothing to pick. Such a
+    value is carried encoded in its custom_id, and a click on it gives the graph's name back."""
+    options = [ButtonOption(value="mise_à_jour", label="mise_à_jour", style="primary"),
+               ButtonOption(value="status", label="status")]
+    card = Message(title="Which one?", tone="approval", parts=[Text(text="Which of these?"),
+                                                               Buttons(approval_id="a1", options=options)])
+    await adapter.send(delivery(1, card))
+    (posted,) = fake_discord.messages(GENERAL)
+    clicked = []
+    for button in buttons(posted):
+        match = re.fullmatch(CUSTOM_ID_TEMPLATE, button["custom_id"])
+        assert match is not None and len(button["custom_id"]) <= 100
+        clicked.append((await ChoiceButton.from_custom_id(None, None, match)).action)  # type: ignore[arg-type]
+    assert clicked == ["mise_à_jour", "status"]
+    assert [button["custom_id"] for button in buttons(posted)][1] == "baton:status:a1"  # plain ones as before
