@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, case, func, not_, or_
 from sqlmodel import select
@@ -44,8 +45,9 @@ def _requests() -> list[Any]:
 
 
 async def collect(session: AsyncSession, platform: str, channel: str, start: datetime, end: datetime,
-                  graphs: list[str], now: datetime) -> dict[str, Any]:
-    """Everything the digest of ``[start, end)`` shows, as plain JSON-able data."""
+                  graphs: list[str], now: datetime, timezone: str = "UTC") -> dict[str, Any]:
+    """Everything the digest of ``[start, end)`` shows, as plain JSON-able data; ``per_day``'s days are those of
+    ``timezone`` (the schedule's: a team's evening is on its own day, not on the next UTC one)."""
     in_window = [Run.platform == platform, Run.channel == channel, Run.started_at >= start, Run.started_at < end]
     if graphs:
         in_window.append(Run.graph.in_(graphs))  # type: ignore[attr-defined]
@@ -141,7 +143,7 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
             .join(Run, Run.id == Approval.run_id).join(ThreadRecord, ThreadRecord.id == Approval.thread_record_id)
             .where(*waiting_filter).order_by(Approval.created_at).limit(MAX_LISTED))).all()
     ]
-    day = _utc_date(session, Run.started_at)
+    day = _local_date(session, Run.started_at, timezone, start, end)
     # as the p50/p95: a cancelled run's time (its wait for a card, say) is no turnaround
     turnaround_ms = case((_cancelled(), None), else_=Run.turnaround_ms)
     per_day = [{"day": str(d), "requests": n, "avg_turnaround_ms": float(avg) if avg is not None else None}
@@ -149,6 +151,7 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
                    select(day, func.count(), func.avg(turnaround_ms)).where(*requests).group_by(day).order_by(day))).all()]
     return {
         "window": {"start": start.isoformat(), "end": end.isoformat()},
+        "timezone": timezone,  # of per_day's days
         "platform": platform,
         "channel": channel,
         "per_graph": per_graph,
@@ -168,6 +171,45 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
         "waiting_count": waiting_count,
         "per_day": per_day,
     }
+
+
+def _local_date(session: AsyncSession, column: Any, timezone: str, start: datetime, end: datetime) -> Any:
+    """The date in ``timezone`` of ``column`` (a time in ``[start, end)``). PostgreSQL knows the zones; SQLite adds
+    the zone's offset, one per stretch of the window between its clock changes."""
+    if timezone == "UTC":
+        return _utc_date(session, column)
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        return func.date(func.timezone(timezone, column))
+    stretches = _offsets(ZoneInfo(timezone), start, end)
+    shifted = [func.date(column, f"{minutes:+d} minutes") for _until, minutes in stretches]
+    if len(stretches) == 1:
+        return shifted[0]
+    return case(*((column < until, date) for (until, _minutes), date in zip(stretches[:-1], shifted, strict=False)),
+                else_=shifted[-1])
+
+
+def _offsets(zone: ZoneInfo, start: datetime, end: datetime) -> list[tuple[datetime, int]]:
+    """``zone``'s UTC offset in minutes over ``[start, end)``, as (until, minutes): each until a clock change."""
+    def minutes(at: datetime) -> int:
+        offset = at.astimezone(zone).utcoffset()
+        return int(offset.total_seconds() // 60) if offset is not None else 0
+
+    start, end = (at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC) for at in (start, end))
+    stretches: list[tuple[datetime, int]] = []
+    at, current = start, minutes(start)
+    while at < end:
+        step = min(at + timedelta(hours=1), end)
+        if minutes(step) != current and step < end:  # a clock change in (at, step]: find its second
+            low, high = at, step
+            while high - low > timedelta(seconds=1):
+                middle = low + (high - low) / 2
+                low, high = (middle, high) if minutes(middle) == current else (low, middle)
+            change = low.replace(microsecond=0) + timedelta(seconds=1)  # clocks change on a whole second
+            stretches.append((change, current))
+            at, current = change, minutes(change)
+            continue
+        at = step
+    return [*stretches, (end, current)]
 
 
 def _utc_date(session: AsyncSession, column: Any) -> Any:

@@ -11,6 +11,7 @@ import base64
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
+from zoneinfo import ZoneInfo
 from xml.sax.saxutils import escape
 
 from langchain_core.messages import HumanMessage, SystemMessage
@@ -83,7 +84,7 @@ def compose(state: DigestState) -> DigestState:
             parts.append({"kind": "link", "label": f"`{failure['graph']}`: {failure['error']}",
                           "channel": failure["channel"], "thread": failure["thread"]})
     if stats["per_day"]:
-        parts.append(chart(_every_day(stats["per_day"], start, end)))
+        parts.append(chart(_every_day(stats["per_day"], start, end, stats.get("timezone") or "UTC")))
     if stats.get("reason"):
         parts.append({"kind": "note", "text": f"Digest {stats['reason']}."})
     tone = "warning" if stats["failures"] or stats["waiting"] else "success"
@@ -114,10 +115,13 @@ def _not_listed(count: int, listed: list[Any]) -> str:
 MOST_DAYS_DRAWN = 31  # a longer catch-up's chart shows its days with requests only
 
 
-def _every_day(per_day: list[dict[str, Any]], start: datetime, end: datetime) -> list[dict[str, Any]]:
-    """``per_day`` (UTC days with requests) with the window's other days as 0: a day without a single request
-    (an outage, a holiday) is a bar of its own, not left out as if the days before and after were adjacent."""
-    first, last = (at.astimezone(UTC) if at.tzinfo else at for at in (start, end - timedelta(microseconds=1)))
+def _every_day(per_day: list[dict[str, Any]], start: datetime, end: datetime, timezone: str) -> list[dict[str, Any]]:
+    """``per_day`` (the days with requests, in ``timezone``) with the window's other days as 0: a day without a
+    single request (an outage, a holiday) is a bar of its own, not left out as if the days before and after were
+    adjacent."""
+    zone = ZoneInfo(timezone)
+    first, last = ((at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(zone)
+                   for at in (start, end - timedelta(microseconds=1)))
     days = [first.date() + timedelta(days=n) for n in range((last.date() - first.date()).days + 1)]
     if len(days) > MOST_DAYS_DRAWN:
         return per_day

@@ -73,7 +73,7 @@ def test_a_cost_too_small_for_four_decimals_is_not_shown_as_nothing():
     assert _spending_line(90_000_000, 1234.5678).endswith("cost $1,234.57")
 
 
-def _chart_days(per_day: list[dict], start: datetime, end: datetime) -> list[str]:
+def _chart_days(per_day: list[dict], start: datetime, end: datetime, timezone: str = "UTC") -> list[str]:
     """The day labels the digest's chart draws, in order."""
     import base64
     import re
@@ -81,7 +81,7 @@ def _chart_days(per_day: list[dict], start: datetime, end: datetime) -> list[str
     stats = {"window": {"start": start.isoformat(), "end": end.isoformat()}, "platform": "playground", "channel": "ops",
              "per_graph": {"deploy": {"done": sum(day["requests"] for day in per_day)}},
              "requests": sum(day["requests"] for day in per_day), "turnaround": {"count": 0}, "waited_seconds": 0.0,
-             "failures": [], "failure_count": 0, "decided": [], "waiting": [], "per_day": per_day}
+             "failures": [], "failure_count": 0, "decided": [], "waiting": [], "per_day": per_day, "timezone": timezone}
     image = next(part for part in compose({"stats": stats})["reply"]["parts"] if part["kind"] == "image")  # type: ignore[typeddict-item]
     return re.findall(r'text-anchor="middle">(\d\d-\d\d)</text>', base64.b64decode(image["data"]).decode())
 
@@ -116,3 +116,31 @@ async def test_a_request_asked_before_the_window_and_finished_in_it_is_not_a_qui
     text = Message.model_validate(compose({"stats": stats})["reply"]).plain_text()  # type: ignore[typeddict-item]
     assert stats["requests"] == 0 and stats["turnaround"]["count"] == 1
     assert "Quiet" not in text and "p50 6h, p95 6h over 1 finished" in text, text
+
+
+async def test_requests_per_day_are_the_days_of_the_schedules_time_zone(database_url):
+    """The chart counted UTC days: a Los Angeles team's afternoon (after 17:00, midnight UTC) was drawn on the next
+    day, and a Paris team's requests just after midnight on the day before. Days are the schedule's time zone's,
+    a clock change in the window included (Paris went from UTC+2 to UTC+1 at 01:00 UTC on 25 October)."""
+    async with digest_service(database_url, Clock(END), BatonConfig()) as digests:
+        async with digests.db.session() as session:
+            for n, at in enumerate((datetime(2026, 6, 1, 20, tzinfo=UTC),  # 13:00 in Los Angeles
+                                    datetime(2026, 6, 2, 1, tzinfo=UTC),  # 18:00 there, the same day
+                                    datetime(2026, 10, 24, 22, 30, tzinfo=UTC),  # 00:30 on the 25th in Paris (CEST)
+                                    datetime(2026, 10, 25, 22, 30, tzinfo=UTC),  # 23:30 on the 25th (CET)
+                                    datetime(2026, 10, 25, 23, 30, tzinfo=UTC))):  # 00:30 on the 26th
+                record = ThreadRecord(platform="playground", channel="ops", thread=str(n), status="done")
+                session.add(record)
+                await session.flush()
+                session.add(Run(thread_record_id=record.id, platform="playground", channel="ops", graph="deploy",
+                                status="done", requested_by="alice", correlation_id=f"c{n}", started_at=at,
+                                finished_at=at + timedelta(seconds=1), turnaround_ms=1000))
+        async with digests.db.read() as session:
+            june = await collect(session, "playground", "ops", datetime(2026, 6, 1, 16, tzinfo=UTC),
+                                 datetime(2026, 6, 2, 16, tzinfo=UTC), [], END, "America/Los_Angeles")
+            october = await collect(session, "playground", "ops", datetime(2026, 10, 24, 7, tzinfo=UTC),
+                                    datetime(2026, 10, 26, 8, tzinfo=UTC), [], END, "Europe/Paris")
+    assert [(day["day"], day["requests"]) for day in june["per_day"]] == [("2026-06-01", 2)]
+    assert [(day["day"], day["requests"]) for day in october["per_day"]] == [("2026-10-25", 2), ("2026-10-26", 1)]
+    assert _chart_days(october["per_day"], datetime(2026, 10, 24, 7, tzinfo=UTC), datetime(2026, 10, 26, 8, tzinfo=UTC),
+                       "Europe/Paris") == ["10-24", "10-25", "10-26"]
