@@ -108,6 +108,7 @@ THREAD_ALREADY_CREATED = 160004  # Discord's error code: this message already ha
 UNKNOWN_MESSAGE = 10008  # Discord's error code: no such message (any more)
 THREAD_ARCHIVED = 50083  # Discord's error code: an edit in an archived thread
 INVALID_WEBHOOK_TOKEN = 50027  # Discord's error code: an interaction's follow-up token, not the bot's
+MISSING_ACCESS = 50001  # Discord's error code: Baton cannot see the channel (a private one it was not added to)
 NO_THREADS_HERE = 50024  # Discord's error code: not in this kind of channel (a thread on a voice channel's chat)
 THREADS_FULL = (160006, 160007)  # Discord's error codes: as many active (announcement) threads as a server may have
 PERSON_MESSAGE_TYPES = (discord.MessageType.default, discord.MessageType.reply)
@@ -881,6 +882,10 @@ def _no_thread(exc: BaseException) -> str:
     if isinstance(exc, discord.HTTPException) and exc.code == NO_THREADS_HERE:
         return ("Discord has no threads in this kind of channel (a voice channel's chat, say), and I answer in "
                 "threads: please ask me in a text channel, or in a thread. Nothing was run.")
+    if isinstance(exc, discord.HTTPException) and exc.code == MISSING_ACCESS:  # /baton is offered where Baton is not
+        return ("I can't see this channel (a private one I was not added to, say), so I could not open a thread for "
+                "your request. Nothing was run. Ask an admin to add me to it (View Channel, Send Messages, Create "
+                "Public Threads, Send Messages in Threads, Read Message History), or ask me in a channel I can see.")
     if isinstance(exc, discord.HTTPException) and exc.code in THREADS_FULL:
         return ("This server has as many active threads as Discord allows, so I could not open one for your request "
                 "and nothing was run: ask me inside a thread (one of mine that is done, say), or have a moderator "

@@ -1,6 +1,7 @@
 """The Discord adapter, fifth hunt: what a Discord server admin meets with cards and clicks. Covered
-here: a click taken while Baton's database is slower than Discord's 3 seconds for an answer, and a
-"which one?" card offering a graph whose name is not plain ASCII."""
+here: a click taken while Baton's database is slower than Discord's 3 seconds for an answer, a
+"which one?" card offering a graph whose name is not plain ASCII, and /baton in a private channel
+Baton cannot see."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ from typing import Any
 
 import discord
 import pytest
+from aiohttp import web
 
+import tests.fake_discord as fake_module
 from adapters import discord_adapter
 from adapters.discord_adapter import ChoiceButton, DiscordAdapter
 from adapters.discord_render import CUSTOM_ID_TEMPLATE
 from bot.messages import Accepted, ButtonOption, Buttons, InboundClick, Message, Text
-from tests.fake_discord import BOB, GENERAL, FakeDiscord, buttons
+from tests.fake_discord import ALICE, BOB, GENERAL, OPS, FakeDiscord, buttons
 from tests.test_discord import config_path  # noqa: F401 (a fixture)
 from tests.test_discord_hunt import adapter, delivery  # noqa: F401 (fixtures)
 
@@ -30,6 +33,13 @@ class PatientDiscord(FakeDiscord):
             known = self.interactions[interaction_id]
             if not known["acknowledged"]:
                 known["expired"] = True
+
+    hidden: set[str] = set()  # channels Baton cannot see (private ones its role was not added to)
+
+    async def _start_thread(self, request: web.Request, body: dict[str, Any]) -> web.Response:
+        if request.match_info["channel_id"] in self.hidden:
+            return fake_module._error(403, 50001, "Missing Access")
+        return await super()._start_thread(request, body)
 
     def answered(self, interaction_id: str) -> bool:
         with self._lock:
@@ -119,3 +129,19 @@ async def test_a_which_one_card_offers_a_graph_whose_name_is_not_plain_ascii(fak
         clicked.append((await ChoiceButton.from_custom_id(None, None, match)).action)  # type: ignore[arg-type]
     assert clicked == ["mise_à_jour", "status"]
     assert [button["custom_id"] for button in buttons(posted)][1] == "baton:status:a1"  # plain ones as before
+
+
+async def test_a_slash_request_in_a_channel_baton_cannot_see_says_so(fake_discord, adapter):
+    """/baton is offered in every channel, private ones included, where Baton's role may not be added:
+    Discord takes the command (the interaction needs no access to the channel), then refuses the thread
+    (403, 50001 Missing Access). Baton answered that it needed the Create Public Threads and Send
+    Messages in Threads permissions, so an admin granted those and nothing changed: it cannot see the
+    channel. It now says so, and what to do."""
+    fake_discord.hidden.add(OPS)
+    data = {"id": "1", "name": "baton", "type": 1, "options": [{"name": "request", "type": 3, "value": "run uptime"}]}
+    payload = fake_discord._interaction(2, data, channel=OPS, user=ALICE)
+    await adapter.on_command(_interaction(adapter, payload), "run uptime")
+    (reply,) = [m for m in fake_discord.messages(OPS) if m.interaction_id == payload["id"]]
+    told = reply.content.split("\n", 1)[1]
+    assert told.startswith("⚠️ I can't see this channel") and "View Channel" in told and "Nothing was run" in told
+    assert "I need the *Create Public Threads*" not in told
