@@ -36,13 +36,14 @@ def make_input(_request: Request, _args: str) -> dict[str, Any]:
 def compose(state: DigestState) -> DigestState:
     stats = state["stats"]
     start, end = (datetime.fromisoformat(stats["window"][key]) for key in ("start", "end"))
-    title = f"Digest for #{stats['channel']}: {_span(start, end)}"
+    zone = stats.get("timezone") or "UTC"
+    title = f"Digest for #{stats['channel']}: {_span(start, end, zone)}"
     quiet = (not stats["requests"] and not stats["decided"] and not stats["waiting"] and not stats["failures"]
              and not stats.get("cancelled_count")
              # a request asked before the window and ended in it: its turnaround and wait are this digest's
              and not stats["turnaround"]["count"] and not stats.get("waited_seconds"))
     if quiet:
-        text = f"Quiet: no requests, approvals or failures from {_span(start, end)}."
+        text = f"Quiet: no requests, approvals or failures from {_span(start, end, zone)}."
         if stats.get("tokens") is not None:  # what the digest before this one spent on its summary
             text += f" {_spending(stats)}."
         return {"reply": {"title": title, "tone": "info", "parts": [{"kind": "text", "text": text}]}}
@@ -149,9 +150,11 @@ def chart(per_day: list[dict[str, Any]]) -> dict[str, Any]:
             "data": base64.b64encode(svg.encode()).decode(), "filename": "digest.svg"}
 
 
-def _span(start: datetime, end: datetime) -> str:
-    start, end = (at.astimezone(UTC) if at.tzinfo else at for at in (start, end))  # naive: UTC already
-    return f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC"
+def _span(start: datetime, end: datetime, timezone: str = "UTC") -> str:
+    """The window on the clock of ``timezone``, the one its chart's days are of."""
+    zone = ZoneInfo(timezone)
+    start, end = ((at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(zone) for at in (start, end))  # naive: UTC
+    return f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} {timezone}"
 
 
 async def summarize(state: DigestState) -> DigestState:

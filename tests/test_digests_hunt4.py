@@ -144,3 +144,14 @@ async def test_requests_per_day_are_the_days_of_the_schedules_time_zone(database
     assert [(day["day"], day["requests"]) for day in october["per_day"]] == [("2026-10-25", 2), ("2026-10-26", 1)]
     assert _chart_days(october["per_day"], datetime(2026, 10, 24, 7, tzinfo=UTC), datetime(2026, 10, 26, 8, tzinfo=UTC),
                        "Europe/Paris") == ["10-24", "10-25", "10-26"]
+
+
+def test_the_cards_period_is_written_on_the_clock_its_chart_days_are_of():
+    """A Paris team's 09:00 digest was titled '07:00 to 07:00 UTC' above a chart of Paris days: two clocks on one card."""
+    stats = {"window": {"start": "2026-06-01T07:00:00+00:00", "end": "2026-06-02T07:00:00+00:00"}, "platform": "playground",
+             "channel": "ops", "per_graph": {}, "requests": 0, "turnaround": {"count": 0}, "waited_seconds": 0.0,
+             "failures": [], "failure_count": 0, "decided": [], "waiting": [], "per_day": [], "timezone": "Europe/Paris"}
+    reply = compose({"stats": stats})["reply"]  # type: ignore[typeddict-item]
+    assert reply["title"] == "Digest for #ops: 2026-06-01 09:00 to 2026-06-02 09:00 Europe/Paris"
+    assert compose({"stats": {**stats, "timezone": "UTC"}})["reply"]["title"].endswith(  # type: ignore[typeddict-item]
+        "2026-06-01 07:00 to 2026-06-02 07:00 UTC")
