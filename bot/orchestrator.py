@@ -49,7 +49,7 @@ _ORPHANED_THREADS = prepared(select(InboundEvent.thread_record_id).join(ThreadRe
     InboundEvent.status == "pending",
     or_(InboundEvent.received_at < bindparam("received_before", type_=DateTime()),
         InboundEvent.received_at > bindparam("received_after", type_=DateTime())),
-    or_(ThreadRecord.lease_owner.is_(None), ThreadRecord.lease_until < bindparam("now", type_=DateTime())),  # type: ignore[union-attr]
+    threads.LEASE_RUN_OUT,
     or_(threads.URGENT, ThreadRecord.status != "waiting"),
 ).distinct().limit(SWEEP_BATCH))  # a backlog is taken a batch per sweep, never in one long query
 EXPIRY = "expiry"  # the payload key of the event Baton stores when a card's time is up (no platform click has it)
@@ -602,7 +602,7 @@ class Orchestrator:
         """Schedule every thread that has old pending events and no live lease (crash recovery)."""
         now, after = utcnow(), timedelta(seconds=SWEEP_AFTER_SECONDS)
         ids = (await self.db.fetch(_ORPHANED_THREADS, {  # leases on the database's clock, events on their replica's
-            "now": self.db.now(), "received_before": now - after, "received_after": now + after})).all()
+            **threads.run_out_params(self.db.now()), "received_before": now - after, "received_after": now + after})).all()
         for record_id in ids:
             self._schedule(record_id)  # type: ignore[arg-type]
         if self._running:  # a cancel stored by another replica for a run of this one

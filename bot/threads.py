@@ -15,6 +15,7 @@ from sqlalchemy import DateTime, Select, bindparam, case, or_, update
 from sqlmodel import select
 
 from bot.messages import Location
+from bot.settings import DAY
 from storage.db import Database, Transaction, insert_new_id, prepared
 from storage.models import InboundEvent, ThreadRecord, loaded, new_lg_thread_id, utcnow
 
@@ -37,10 +38,16 @@ _NEXT_CLICKS_FIRST = prepared(_PENDING.order_by(case((URGENT, 0), else_=1), Inbo
 _MINE = select(InboundEvent.id).where(InboundEvent.platform == bindparam("platform"),
                                       InboundEvent.event_id == bindparam("event_id"))
 _THREADS = ThreadRecord.__table__  # type: ignore[attr-defined]
+# A lease ending further ahead than any Baton writes was written before the clock was set back: it counts as run
+# out (a crashed holder's lease would stall its threads as long as the jump). The bound is not now + this
+# replica's lease: replicas may run with other BATON_LEASE_SECONDS (up to a day), and each one's Database.now() is
+# an estimate (on PostgreSQL a few ms off, read again once a minute), so a live lease must never lie beyond it. A
+# clock set back by less than that still stalls a dead holder's threads until the clock has caught up.
+LEASE_AT_MOST = timedelta(seconds=DAY, hours=1)
+LEASE_RUN_OUT = or_(_THREADS.c.lease_owner.is_(None), _THREADS.c.lease_until < bindparam("now", type_=DateTime()),
+                    _THREADS.c.lease_until > bindparam("latest", type_=DateTime()))  # params: ``run_out_params``
 _TAKE = prepared(update(_THREADS).where(
-    _THREADS.c.id == bindparam("record_id"),
-    or_(_THREADS.c.lease_owner.is_(None), _THREADS.c.lease_until < bindparam("now", type_=DateTime()),
-        _THREADS.c.lease_owner == bindparam("owner")),
+    _THREADS.c.id == bindparam("record_id"), or_(LEASE_RUN_OUT, _THREADS.c.lease_owner == bindparam("owner")),
 ).values(lease_owner=bindparam("owner"), lease_until=bindparam("until", type_=DateTime())))
 _LEASE_HELD = (_THREADS.c.id == bindparam("record_id"), _THREADS.c.lease_owner == bindparam("owner"))
 _RENEW = prepared(update(_THREADS).where(*_LEASE_HELD).values(lease_until=bindparam("until", type_=DateTime())))
@@ -63,6 +70,11 @@ EARLIER_LOOKED_AT = 20
 _EARLIER = prepared(select(InboundEvent.kind, InboundEvent.text, InboundEvent.payload).where(
     InboundEvent.thread_record_id == bindparam("record_id"), InboundEvent.status == "pending",
     InboundEvent.id < _MINE.scalar_subquery()).order_by(InboundEvent.id).limit(EARLIER_LOOKED_AT))  # type: ignore[operator, arg-type]
+
+
+def run_out_params(now: datetime) -> dict[str, datetime]:
+    """``LEASE_RUN_OUT``'s parameters at ``now`` (the database's time)."""
+    return {"now": now, "latest": now + LEASE_AT_MOST}
 
 
 async def find(session: Transaction, location: Location) -> ThreadRecord | None:
@@ -121,7 +133,8 @@ class Leases:
         now = self._db.now()
         async with self._db.session() as session:
             taken = await session.exec(_TAKE, params={  # type: ignore[call-overload]
-                "record_id": record_id, "now": now, "owner": self.owner, "until": now + timedelta(seconds=self.seconds)})
+                "record_id": record_id, "owner": self.owner, "until": now + timedelta(seconds=self.seconds),
+                **run_out_params(now)})
             if not taken.rowcount:
                 return None
             return await self._next_or_release(session, record_id)

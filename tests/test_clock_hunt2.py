@@ -12,12 +12,18 @@ from sqlalchemy import update
 from sqlmodel import select
 
 import storage.models
+from bot import threads
 from bot.app import Baton
-from bot.messages import InboundMessage
-from bot.settings import Settings
-from storage.models import Approval
+from bot.messages import InboundMessage, Location
+from bot.settings import DAY, Settings
+from storage.db import Database, insert_new_id
+from storage.migrate import upgrade
+from storage.models import Approval, InboundEvent
 from tests.support import until
 from tests.test_graph_modules import _reply
+from tests.test_replicas_hunt2 import _replies_with
+
+HERE = Location(platform="playground", channel="general", thread="1")
 
 
 class _Clock(datetime):
@@ -80,3 +86,51 @@ async def test_a_card_stamped_before_the_clock_was_set_back_shows_no_more_than_t
                                                   user="bob", text="status", addressed=True))
         reply = await _reply(baton, "2")
     assert ", expires in 1h: Run `restart`" in reply, reply
+
+
+async def _queue_old_request(db: Database, lease: tuple[str, datetime]) -> int:
+    """A thread whose lease ``lease`` holds, with a request waiting since a minute ago: its record's id."""
+    async with db.session() as session:
+        record, _new = await threads.create(session, HERE, lease)
+        await insert_new_id(session, InboundEvent, {
+            "platform": "playground", "event_id": "e1", "kind": "message", "workspace": "", "channel": "general",
+            "thread": "1", "user": "alice", "text": "run uptime", "payload": {"addressed": True}, "status": "pending",
+            "thread_record_id": record.id, "correlation_id": "c1",
+            "received_at": datetime.now(UTC) - timedelta(minutes=1)}, ["platform", "event_id"])
+    return record.id  # type: ignore[return-value]
+
+
+async def test_a_lease_taken_before_the_clock_was_set_back_is_free_to_another_process(
+        tmp_path: Path, clock: type[_Clock]) -> None:
+    """A lease taken while the clock was 2 days ahead, by a process that then died, lasted 2 days more once the
+    clock was set back: no other process could take the thread, its requests waited that long. A lease ending
+    further ahead than any Baton writes counts as run out."""
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    upgrade(url)
+    db = Database(url)
+    try:
+        clock.off = timedelta(days=2)
+        record_id = await _queue_old_request(db, threads.Leases(db, "dead", 30).lease_for_new_thread())
+        clock.off = timedelta(0)  # set back; the process holding the lease is gone
+        assert await threads.Leases(db, "other", 30).take(record_id) is not None, "the lease is still held"
+    finally:
+        await db.dispose()
+
+
+async def test_the_sweeper_takes_over_a_thread_leased_before_the_clock_was_set_back(
+        tmp_path: Path, config_path: Path, clock: type[_Clock]) -> None:
+    """The sweeper (crash recovery) found a thread leased while the clock was 2 days ahead held for 2 days more."""
+    async with Baton(_settings(f"sqlite:///{tmp_path / 's.db'}", config_path, 0)) as survivor:
+        clock.off = timedelta(days=2)
+        await _queue_old_request(survivor.db, ("dead", survivor.db.now() + timedelta(seconds=30)))
+        clock.off = timedelta(0)
+        await survivor.orchestrator.sweep()  # (its own every second may come first)
+        assert await until(lambda: _replies_with(survivor, "did uptime"), "the request's answer", timeout=10)
+
+
+async def test_a_live_lease_of_a_day_is_not_taken(tmp_path: Path, config_path: Path) -> None:
+    """Replicas may hold leases of up to a day (BATON_LEASE_SECONDS): the longest is live, not 'set back'."""
+    async with Baton(_settings(f"sqlite:///{tmp_path / 'd.db'}", config_path, 0)) as baton:
+        record_id = await _queue_old_request(baton.db, threads.Leases(baton.db, "long", DAY).lease_for_new_thread())
+        assert await threads.Leases(baton.db, "other", 30).take(record_id) is None, "a live lease was taken"
+        assert await baton.orchestrator.sweep() == 0
