@@ -25,6 +25,7 @@ from bot.registry import GraphRegistry
 from bot.models import create_model
 from bot.runtime import GraphRuntime, Services
 from bot.scheduler import DigestScheduler
+from bot.threads import LEASE_AT_MOST
 from bot.settings import Settings
 from storage.checkpointer import open_checkpointer
 from storage.db import Database, prepared
@@ -49,7 +50,8 @@ _EVENT_RECEIVED = prepared(select(InboundEvent.id).where(
 def _prunable(now: datetime) -> tuple[Any, ...]:
     """A thread whose checkpoints may go: finished, not pruned yet, nothing queued on it, nobody holding it."""
     return (ThreadRecord.status.in_(("done", "failed", "idle")), ThreadRecord.pruned_at.is_(None),  # type: ignore[attr-defined,union-attr]
-            or_(ThreadRecord.lease_owner.is_(None), ThreadRecord.lease_until < now),  # type: ignore[union-attr,operator]
+            or_(ThreadRecord.lease_owner.is_(None), ThreadRecord.lease_until < now,  # type: ignore[union-attr,operator]
+                ThreadRecord.lease_until > now + LEASE_AT_MOST),  # written before the clock was set back (bot.threads)
             ~exists().where(InboundEvent.thread_record_id == ThreadRecord.id, InboundEvent.status == "pending"))
 
 

@@ -75,3 +75,25 @@ async def test_a_pruner_whose_clock_is_behind_still_holds_the_thread_it_prunes(
 async def _finished(record: object) -> ThreadRecord | None:
     found = await record  # type: ignore[misc]
     return found if found.status == "done" and found.lease_owner is None else None
+
+
+async def test_a_thread_whose_lease_was_written_before_the_clock_was_set_back_is_pruned(tmp_path: Path,
+                                                                                         config_path: Path) -> None:
+    """A crashed process's lease written 2 days ahead (its clock was, until NTP set it back): the pruner took it for
+    live and kept the thread's checkpoints until the clock caught up; leases are taken over then (bot.threads)."""
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'baton.db'}", BATON_CONFIG=config_path,
+                        BATON_CHECKPOINT_RETENTION_HOURS=1)
+    async with Baton(settings) as baton:
+        await baton.accept_message(InboundMessage(**WHERE, event_id="e1", user="alice", text="run uptime"))
+
+        async def thread() -> ThreadRecord:
+            async with baton.db.read() as session:
+                return (await session.exec(select(ThreadRecord).execution_options(populate_existing=True))).one()
+
+        await until(lambda: _finished(thread()), "the run to finish")
+        async with baton.db.session() as session:
+            await session.exec(update(ThreadRecord).values(  # type: ignore[call-overload]
+                updated_at=datetime.now(UTC) - timedelta(hours=2), lease_owner="a crashed process",
+                lease_until=datetime.now(UTC) + timedelta(days=2)))
+        assert await baton.prune_checkpoints() == 1
+        assert (await thread()).pruned_at is not None
