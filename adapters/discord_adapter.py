@@ -99,6 +99,9 @@ MEMBER_CHECK_SECONDS = 600.0  # how long a DISCORD_GUILD_ID membership answer is
 STRANGER_ANSWER = "I work for the members of one Discord server only, so I can't take requests from you here."
 MEMBERSHIP_UNKNOWN = ("⚠️ Discord is having trouble right now, so I could not check that you are a member of the "
                       "server I work for, and nothing was run. Please ask again in a few minutes.")
+NOT_IN_SERVER = ("⚠️ I am not in the Discord server I work for any more (removed from it?), so I cannot check that you "
+                 "are one of its members, and nothing was run. Please tell whoever runs Baton.")
+UNKNOWN_MEMBER = 10007  # Discord's error code: not a member of that server
 DATABASE_AWAY_ANSWER = ("⚠️ I could not take this just now: my database cannot be reached, so nothing was run. "
                         "Please ask again in a few minutes.")
 DATABASE_AWAY_CLICK = ("⚠️ I could not take your click just now: my database cannot be reached, so nothing was "
@@ -396,11 +399,12 @@ class DiscordAdapter(Adapter):
                         self._guild_id)
         return True
 
-    async def _serves(self, user_id: int, what: str) -> bool | None:
+    async def _serves(self, user_id: int, what: str) -> bool | str:
         """Whether Baton takes a direct message or click of ``user_id``: with DISCORD_GUILD_ID, only its
         members' (Discord lets anyone who shares any server with Baton write to it). Asked over REST (no
-        members intent), remembered ``MEMBER_CHECK_SECONDS``. ``None`` when Discord cannot say (its passing
-        trouble): refused for now, and not for a stranger."""
+        members intent), remembered ``MEMBER_CHECK_SECONDS``. When Discord cannot say (its passing trouble,
+        or Baton is not in that server any more), what to tell them instead: refused for now, and not as a
+        stranger."""
         if self._guild_id is None:
             return True
         now = asyncio.get_running_loop().time()
@@ -411,19 +415,29 @@ class DiscordAdapter(Adapter):
             await _retrying(partial(self.client.http.get_member, self._guild_id, user_id),
                             f"checking that {user_id} is a member of {self._guild_id}")
             member = True
-        except discord.NotFound:
+        except discord.NotFound as exc:
+            if exc.code != UNKNOWN_MEMBER:  # Unknown Guild: Discord's answer about a server Baton is not in
+                return self._not_in_server(what, user_id, exc)
             member = False
         except Exception as exc:
             if not _transient(exc) and not isinstance(exc, discord.HTTPException):
                 raise
+            if isinstance(exc, discord.Forbidden) and exc.code == MISSING_ACCESS:  # as Discord said it before 2023
+                return self._not_in_server(what, user_id, exc)
             log.warning("Discord: %s from %s not taken: Discord could not say whether they are a member of "
                         "DISCORD_GUILD_ID=%s (%s)", what, user_id, self._guild_id, _describe(exc))
-            return None if _transient(exc) else False
+            return MEMBERSHIP_UNKNOWN if _transient(exc) else False
         self._members[user_id] = (member, now)
         if not member:
             log.warning("Discord: %s from %s ignored: not a member of DISCORD_GUILD_ID=%s", what, user_id,
                         self._guild_id)
         return member
+
+    def _not_in_server(self, what: str, user_id: int, exc: discord.HTTPException) -> str:
+        log.error("Discord: %s from %s not taken: Baton is not in the server DISCORD_GUILD_ID=%s (%s): invite it "
+                  "there again, or set DISCORD_GUILD_ID to the server it serves", what, user_id, self._guild_id,
+                  _describe(exc))
+        return NOT_IN_SERVER
 
     async def on_message(self, message: discord.Message) -> None:
         me = self.client.user
@@ -451,8 +465,8 @@ class DiscordAdapter(Adapter):
                 return
         direct = isinstance(channel, discord.DMChannel)
         served = await self._serves(message.author.id, "a direct message") if direct else True
-        if served is None:  # Discord's passing trouble: they are not told they are a stranger
-            await _say_best_effort(channel, MEMBERSHIP_UNKNOWN)
+        if isinstance(served, str):  # Discord could not say: they are not told they are a stranger
+            await _say_best_effort(channel, served)
             return
         if not served:
             if message.author.id not in self._told_strangers:
@@ -529,8 +543,8 @@ class DiscordAdapter(Adapter):
             return
         # After the defer: asking Discord whether they are a member may take longer than its 3 seconds.
         served = await self._serves(interaction.user.id, "/baton") if interaction.guild_id is None else True
-        if not served:  # a direct message: only they see it
-            await self._answer(interaction, STRANGER_ANSWER if served is False else MEMBERSHIP_UNKNOWN)
+        if served is not True:  # a direct message: only they see it
+            await self._answer(interaction, STRANGER_ANSWER if served is False else served)
             return
         asked = partial(_asked, interaction.user, request)
         handed_in = False

@@ -1,7 +1,7 @@
 """The Discord adapter, fifth hunt: what a Discord server admin meets with cards and clicks. Covered
 here: a click taken while Baton's database is slower than Discord's 3 seconds for an answer, a
 "which one?" card offering a graph whose name is not plain ASCII, and /baton in a private channel
-Baton cannot see."""
+Baton cannot see, and a direct message once Baton was removed from its server."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from adapters.discord_render import CUSTOM_ID_TEMPLATE
 from bot.messages import Accepted, ButtonOption, Buttons, InboundClick, Message, Text
 from tests.fake_discord import ALICE, BOB, GENERAL, OPS, FakeDiscord, buttons
 from tests.test_discord import config_path  # noqa: F401 (a fixture)
-from tests.test_discord_hunt import adapter, delivery  # noqa: F401 (fixtures)
+from tests.test_discord_hunt import delivery
+from tests.test_discord_hunt2 import adapter, received  # noqa: F401 (a fixture: with DISCORD_GUILD_ID)
 
 
 class PatientDiscord(FakeDiscord):
@@ -40,6 +41,13 @@ class PatientDiscord(FakeDiscord):
         if request.match_info["channel_id"] in self.hidden:
             return fake_module._error(403, 50001, "Missing Access")
         return await super()._start_thread(request, body)
+
+    removed = False  # Baton was removed from DISCORD_GUILD_ID's server (kicked, say)
+
+    async def _get_member(self, request: web.Request, body: dict[str, Any]) -> web.Response:
+        if self.removed:  # Discord's answer about a server its asker is not in (50001 Missing Access before 2023)
+            return fake_module._error(404, 10004, "Unknown Guild")
+        return await super()._get_member(request, body)
 
     def answered(self, interaction_id: str) -> bool:
         with self._lock:
@@ -145,3 +153,23 @@ async def test_a_slash_request_in_a_channel_baton_cannot_see_says_so(fake_discor
     told = reply.content.split("\n", 1)[1]
     assert told.startswith("⚠️ I can't see this channel") and "View Channel" in told and "Nothing was run" in told
     assert "I need the *Create Public Threads*" not in told
+
+
+@pytest.mark.parametrize("answer", [(404, 10004, "Unknown Guild"), (403, 50001, "Missing Access")])
+async def test_a_member_is_not_told_they_are_a_stranger_once_baton_was_removed_from_its_server(
+        fake_discord, adapter, monkeypatch, answer):
+    """With DISCORD_GUILD_ID, a direct message is taken from that server's members, asked of Discord. Once
+    Baton was removed from the server (kicked by a moderator), Discord answers that question with Unknown
+    Guild (or, as it did before 2023, Missing Access), and every member who wrote to Baton was told "I work
+    for the members of one Discord server only, so I can't take requests from you here", as a stranger is,
+    with nothing said to the operator but a line per person. They are told Baton is not in its server, and
+    the log says what to do."""
+    fake_discord.removed = True
+    monkeypatch.setattr(fake_module, "_error", lambda status, code, message, error=fake_module._error:
+                        error(*answer) if code == 10004 else error(status, code, message))
+    direct = fake_discord.direct_channel(ALICE)
+    asked = fake_discord.say("run uptime", channel=direct, mention=False)
+    await adapter.on_message(received(adapter, asked))
+    (told,) = fake_discord.messages(direct)
+    assert "can't take requests from you" not in told.content
+    assert told.content.startswith("⚠️ I am not in the Discord server I work for any more") and "nothing was run" in told.content
