@@ -643,6 +643,8 @@ class DiscordAdapter(Adapter):
             return
         if accepted.status != "accepted":
             log.info("Discord: click %s was %s", interaction.id, accepted.status)
+            if deferring is not None:  # its defer's failure (answered already) is logged, not left unread
+                await deferring
             return
         deferred = self.clicks.expect(thread, user, interaction)  # before any await: a refusal may follow soon
         done_deferring = False
