@@ -194,7 +194,7 @@ class Digests:
         location = Location(platform=schedule.platform, workspace=schedule.workspace, channel=schedule.channel, thread="")
         period = self._period(schedule, due)
         return int(await self._fire(schedule.key, location, schedule.graphs, due, period, schedules.describe(
-            schedule.cron, schedule.timezone), scheduled=True))
+            schedule.cron, schedule.timezone), scheduled=True, timezone=schedule.timezone))
 
     async def _made_now(self, key: str, now: datetime) -> None:
         """The schedule ``key``, made ahead of ``now``, counts as made now (a digest's first window is its period)."""
@@ -212,14 +212,15 @@ class Digests:
         return await self._fire(key, location, [], self.clock(), MANUAL_WINDOW, f"asked for by {user}")
 
     async def _fire(self, key: str, location: Location, graphs: list[str], fire_time: datetime, default_window: timedelta,
-                    reason: str, scheduled: bool = False) -> bool:
+                    reason: str, scheduled: bool = False, timezone: str = "UTC") -> bool:
         async with self.db.session() as session:
             start = await self._window_start(session, key, location, fire_time, default_window, scheduled)
             claimed = await insert_ignore(session, DigestRun, {
                 "schedule_key": key, "fire_time": fire_time, "platform": location.platform,
                 "workspace": location.workspace, "channel": location.channel, "window_start": start,
                 "window_end": fire_time, "status": "claimed", "claimed_by": self.instance, "claimed_at": self.clock(),
-                "summary": {"reason": reason, "thread": location.thread, "graphs": graphs}}, ["schedule_key", "fire_time"])
+                "summary": {"reason": reason, "thread": location.thread, "graphs": graphs, "timezone": timezone}},
+                ["schedule_key", "fire_time"])
             if not claimed:
                 return False
             run = (await session.exec(select(DigestRun).where(DigestRun.schedule_key == key,
@@ -315,7 +316,7 @@ class Digests:
             graphs = list(run.summary.get("graphs") or [])
             async with self.db.scan() as session:
                 stats = await collect(session, run.platform, run.channel, run.window_start, run.window_end, graphs,
-                                      self.clock())
+                                      self.clock(), run.summary.get("timezone") or "UTC")  # an older firing's: UTC
             stats["reason"] = run.summary.get("reason", "")
             location = Location(platform=run.platform, workspace=run.workspace, channel=run.channel,
                                 thread=run.summary.get("thread") or "")

@@ -155,3 +155,20 @@ def test_the_cards_period_is_written_on_the_clock_its_chart_days_are_of():
     assert reply["title"] == "Digest for #ops: 2026-06-01 09:00 to 2026-06-02 09:00 Europe/Paris"
     assert compose({"stats": {**stats, "timezone": "UTC"}})["reply"]["title"].endswith(  # type: ignore[typeddict-item]
         "2026-06-01 07:00 to 2026-06-02 07:00 UTC")
+
+
+async def test_a_scheduled_digest_is_counted_and_titled_on_its_schedules_clock(sqlite_url):
+    """The chart's days and the card's period were the schedule's zone's only in ``collect`` and ``compose``: the
+    scheduler never handed the zone over, so a Paris team's card still read '07:00 to 07:00 UTC'."""
+    from bot.config import Digest
+    from tests.test_digests import firings, posted_messages
+
+    paris = Digest(platform="playground", channel="ops", cron="0 9 * * *", timezone="Europe/Paris")
+    clock = Clock(datetime(2026, 6, 1, 7, 5, tzinfo=UTC))  # 09:05 in Paris (summer time: UTC+2)
+    async with digest_service(sqlite_url, clock, BatonConfig(digests=[paris])) as digests:
+        clock.now = datetime(2026, 6, 2, 7, 5, tzinfo=UTC)
+        assert await digests.run_due(clock.now) == 1
+        (firing,) = [run for run in await firings(digests) if run.fire_time == datetime(2026, 6, 2, 7, tzinfo=UTC)]
+        assert firing.summary["timezone"] == "Europe/Paris"
+        card = Message.model_validate((await posted_messages(digests))[-1].payload)
+    assert card.title is not None and card.title.endswith("09:00 Europe/Paris"), card.title
