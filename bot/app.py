@@ -25,8 +25,8 @@ from bot.registry import GraphRegistry
 from bot.models import create_model
 from bot.runtime import GraphRuntime, Services
 from bot.scheduler import DigestScheduler
-from bot.threads import LEASE_AT_MOST
 from bot.settings import Settings
+from bot.threads import LEASE_AT_MOST
 from storage.checkpointer import open_checkpointer
 from storage.db import Database, prepared
 from storage.migrate import upgrade
