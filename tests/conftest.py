@@ -108,3 +108,13 @@ def start_baton(tmp_path: Path, config_path: Path) -> Iterator:
 @pytest.fixture
 def baton(start_baton, database_url: str) -> BatonProcess:
     return start_baton(database_url)
+
+
+@pytest.fixture(autouse=True)
+def no_baton_left_running() -> Iterator[None]:
+    """Stop every ``baton run`` a test started and left running. A test that starts one itself and asserts its
+    way to the end (test_upgrade_hunt's new Baton on SQLite) left it running after the suite: a fork server's
+    child has no parent to end it, and one was found alive two hours later, still holding its test's files."""
+    yield
+    for process in list(BatonProcess.running):
+        process.stop()
