@@ -114,7 +114,9 @@ def baton(start_baton, database_url: str) -> BatonProcess:
 def no_baton_left_running() -> Iterator[None]:
     """Stop every ``baton run`` a test started and left running. A test that starts one itself and asserts its
     way to the end (test_upgrade_hunt's new Baton on SQLite) left it running after the suite: a fork server's
-    child has no parent to end it, and one was found alive two hours later, still holding its test's files."""
+    child has no parent to end it, and one was found alive two hours later, still holding its test's files.
+    One a module's fixture started (set up before this fixture, pytest sets wider scopes up first) stays."""
+    before = set(BatonProcess.running)
     yield
-    for process in list(BatonProcess.running):
+    for process in BatonProcess.running - before:
         process.stop()
