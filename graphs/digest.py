@@ -57,7 +57,8 @@ def compose(state: DigestState) -> DigestState:
     if turnaround["count"]:
         lines.append(f"Turnaround (request to result): p50 {duration(turnaround['p50_ms'] / 1000)}, "
                      f"p95 {duration(turnaround['p95_ms'] / 1000)} over {turnaround['count']} finished")
-    lines.append(f"Time spent waiting for humans: {duration(stats['waited_seconds'])}")
+    waited = stats["waited_seconds"]  # nobody waited: "none", not "0ms"
+    lines.append(f"Time spent waiting for humans: {duration(waited) if waited else 'none'}")
     if stats.get("cancelled_count"):  # ended by someone's `cancel`: stopped, not broken (not among the failures)
         lines.append(f"Runs cancelled: {stats['cancelled_count']}")
     if stats.get("tokens") is not None:

@@ -172,3 +172,15 @@ async def test_a_scheduled_digest_is_counted_and_titled_on_its_schedules_clock(s
         assert firing.summary["timezone"] == "Europe/Paris"
         card = Message.model_validate((await posted_messages(digests))[-1].payload)
     assert card.title is not None and card.title.endswith("09:00 Europe/Paris"), card.title
+
+
+def test_a_period_nobody_waited_in_says_none_not_0ms():
+    """'Time spent waiting for humans: 0ms' read as a measurement that rounded away, not as nobody having waited."""
+    stats = {"requests": 1, "per_graph": {"uptime": {"done": 1}}, "turnaround": {"count": 1, "p50_ms": 900,
+             "p95_ms": 900}, "waited_seconds": 0, "failures": [], "failure_count": 0, "decided": [], "waiting": [],
+             "per_day": [], "timezone": "UTC", "window": {"start": START.isoformat(), "end": END.isoformat()},
+             "platform": "playground", "channel": "ops"}
+    text = Message.model_validate(compose({"stats": stats})["reply"]).plain_text()
+    assert "Time spent waiting for humans: none" in text, text
+    stats["waited_seconds"] = 120
+    assert "Time spent waiting for humans: 2m" in Message.model_validate(compose({"stats": stats})["reply"]).plain_text()
