@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from importlib.metadata import entry_points
 from typing import Any
 
-from sqlalchemy import bindparam, exists, or_, update
+from sqlalchemy import bindparam, exists, update
 from sqlmodel import select
 
 from bot.config import BatonConfig, ConfigError, check_digest_platforms, load_config, load_config_again, printable
@@ -26,7 +26,7 @@ from bot.models import create_model
 from bot.runtime import GraphRuntime, Services
 from bot.scheduler import DigestScheduler
 from bot.settings import Settings
-from bot.threads import LEASE_AT_MOST
+from bot.threads import lease_run_out, run_out_params
 from storage.checkpointer import open_checkpointer
 from storage.db import Database, prepared
 from storage.migrate import upgrade
@@ -50,8 +50,7 @@ _EVENT_RECEIVED = prepared(select(InboundEvent.id).where(
 def _prunable(now: datetime) -> tuple[Any, ...]:
     """A thread whose checkpoints may go: finished, not pruned yet, nothing queued on it, nobody holding it."""
     return (ThreadRecord.status.in_(("done", "failed", "idle")), ThreadRecord.pruned_at.is_(None),  # type: ignore[attr-defined,union-attr]
-            or_(ThreadRecord.lease_owner.is_(None), ThreadRecord.lease_until < now,  # type: ignore[union-attr,operator]
-                ThreadRecord.lease_until > now + LEASE_AT_MOST),  # written before the clock was set back (bot.threads)
+            lease_run_out(**run_out_params(now)),
             ~exists().where(InboundEvent.thread_record_id == ThreadRecord.id, InboundEvent.status == "pending"))
 
 

@@ -15,8 +15,8 @@ import logging
 import pprint
 import unicodedata
 import uuid
-from datetime import datetime, timedelta
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from typing import Any
 
 from langgraph.types import Command, Interrupt
@@ -172,6 +172,11 @@ class LeasedRunServices(RunServices):
             if fenced and not await self._leases.keep(session, self._record_id):
                 raise LeaseLost(f"thread {self._record_id} was taken over; run {self._run_id} starts no side effect")
             yield session
+
+
+def _interrupt_of(approval: Approval, state: GraphOutcome) -> Interrupt | None:
+    """The graph's question ``approval`` is the card of, if the graph still waits on it."""
+    return next((interrupt for interrupt in state.interrupts if interrupt.id == approval.interrupt_id), None)
 
 
 def _shown_question(value: Any, graph: str) -> str:
@@ -1027,7 +1032,7 @@ class Orchestrator:
     def _risk_now(self, approval: Approval, spec: GraphSpec, state: GraphOutcome) -> str | None:
         """The risk baton.yaml now gives a plain graph's ``interrupt()`` (``graphs.<name>.risk``); ``None`` for a
         question whose graph said its risk itself (``approve()``, and the runbook graph through it)."""
-        asked = next((interrupt.value for interrupt in state.interrupts if interrupt.id == approval.interrupt_id), None)
+        asked = getattr(_interrupt_of(approval, state), "value", None)
         if asked is None or (isinstance(asked, dict) and asked.get("baton") == APPROVAL_MARK):
             return None
         return self.config.policy_for_graph(spec.name).risk
@@ -1038,7 +1043,7 @@ class Orchestrator:
         if spec.name == RUNBOOK_GRAPH:
             runbook = state.values.get("runbook")
             return self.config.approvers_for_runbook(runbook) if runbook in self.config.runbooks else None
-        asked = next((interrupt.value for interrupt in state.interrupts if interrupt.id == approval.interrupt_id), None)
+        asked = getattr(_interrupt_of(approval, state), "value", None)
         if isinstance(asked, dict) and asked.get("baton") == APPROVAL_MARK and asked.get("runbook") is not None:
             runbook = asked["runbook"]  # approve(..., runbook=...): that runbook's approvers (the assistant's tools)
             return self.config.approvers_for_runbook(runbook) if runbook in self.config.runbooks else None
@@ -1151,8 +1156,7 @@ class Orchestrator:
 
     async def _resume(self, approval: Approval, run: Run, record: ThreadRecord, spec: GraphSpec,
                       event: InboundEvent) -> None:
-        state = await self.runtime.state(spec, record.lg_thread_id)
-        asked = next((interrupt for interrupt in state.interrupts if interrupt.id == approval.interrupt_id), None)
+        asked = _interrupt_of(approval, await self.runtime.state(spec, record.lg_thread_id))
         payload = None if asked is None else Command(  # its response_schema says what it takes (a bool, say)
             resume={approval.interrupt_id: approvals.resume_value(approval, asked.response_schema)})
         await self._drive(run, record, spec, payload, event)

@@ -44,8 +44,15 @@ _THREADS = ThreadRecord.__table__  # type: ignore[attr-defined]
 # an estimate (on PostgreSQL a few ms off, read again once a minute), so a live lease must never lie beyond it. A
 # clock set back by less than that still stalls a dead holder's threads until the clock has caught up.
 LEASE_AT_MOST = timedelta(seconds=DAY, hours=1)
-LEASE_RUN_OUT = or_(_THREADS.c.lease_owner.is_(None), _THREADS.c.lease_until < bindparam("now", type_=DateTime()),
-                    _THREADS.c.lease_until > bindparam("latest", type_=DateTime()))  # params: ``run_out_params``
+
+
+def lease_run_out(now: Any, latest: Any) -> Any:
+    """Nobody holds the thread: no lease, or one that ended before ``now`` or ends after ``latest``."""
+    return or_(_THREADS.c.lease_owner.is_(None), _THREADS.c.lease_until < now, _THREADS.c.lease_until > latest)
+
+
+# For prepared statements; its parameters: ``run_out_params``.
+LEASE_RUN_OUT = lease_run_out(bindparam("now", type_=DateTime()), bindparam("latest", type_=DateTime()))
 _TAKE = prepared(update(_THREADS).where(
     _THREADS.c.id == bindparam("record_id"), or_(LEASE_RUN_OUT, _THREADS.c.lease_owner == bindparam("owner")),
 ).values(lease_owner=bindparam("owner"), lease_until=bindparam("until", type_=DateTime())))
