@@ -10,7 +10,9 @@ Inbound
   mention, and a DM channel is one conversation (its id is both the channel and the thread).
 * Other messages in threads are handed in unaddressed, and the core keeps the follow-ups in Baton
   threads; chatter in channels (not in a thread, no mention) can never be for Baton and is dropped
-  here. Messages from bots, Baton's own included, and system messages are ignored.
+  here. Messages from bots, Baton's own included, and system messages are ignored. Without the
+  Message Content Intent (a privileged intent, turned on in the Developer Portal) Discord sends those
+  follow-ups with no text: a Baton thread is told so once, and the log says which setting to turn on.
 * ``/baton <request>`` is deferred at once ("Baton is thinking..."), then the deferred reply
   becomes "@you asked: ..." and a thread is opened on it, like a mention; the request is handed in
   once its thread exists. Whatever goes wrong after the defer, "thinking" ends: in the answer, or in
@@ -31,7 +33,9 @@ Inbound
 Outbound, ``send`` renders core messages with ``adapters.discord_render`` over REST (no gateway
 cache needed). discord.py waits out 429s itself (up to ``RATE_LIMIT_WAIT_SECONDS``; a longer wait,
 a fifth 429 in a row, after which discord.py gives up, and Cloudflare's 429, which it does not wait
-out, become ``RetryLater``) and retries 5xx; 403/404/400 are final (``DeliveryRejected``).
+out, become ``RetryLater``) and retries 5xx; 403/404/400 are final (``DeliveryRejected``). A refusal
+in a thread says why in the log (a locked thread, or no Send Messages in Threads in its channel, which
+the channel is told once).
 
 A refusal of a click is shown only to the person who clicked: it goes through that click's
 interaction follow-up webhook, which Discord accepts for 15 minutes. Interactions are kept in this
@@ -110,8 +114,10 @@ THREAD_ARCHIVE_MINUTES = 10080  # the longest: a card may wait days for its appr
 THREAD_ALREADY_CREATED = 160004  # Discord's error code: this message already has a thread
 UNKNOWN_MESSAGE = 10008  # Discord's error code: no such message (any more)
 THREAD_ARCHIVED = 50083  # Discord's error code: an edit in an archived thread
+THREAD_LOCKED = 160005  # Discord's error code: a locked thread
 INVALID_WEBHOOK_TOKEN = 50027  # Discord's error code: an interaction's follow-up token, not the bot's
 MISSING_ACCESS = 50001  # Discord's error code: Baton cannot see the channel (a private one it was not added to)
+MISSING_PERMISSIONS = 50013  # Discord's error code: e.g. a post in a thread without Send Messages in Threads
 NO_THREADS_HERE = 50024  # Discord's error code: not in this kind of channel (a thread on a voice channel's chat)
 THREADS_FULL = (160006, 160007)  # Discord's error codes: as many active (announcement) threads as a server may have
 PERSON_MESSAGE_TYPES = (discord.MessageType.default, discord.MessageType.reply)
@@ -119,6 +125,14 @@ TRANSIENT_PAUSES = (1.0, 2.0, 4.0, 8.0)  # between tries of a call that meets a 
 ANSWER_MARGIN = timedelta(seconds=30)  # do not retry an interaction's reply this close to its token's expiry
 NO_PERMISSION_TO_THREAD = ("I need the *Create Public Threads* and *Send Messages in Threads* permissions in "
                            "this channel.")
+CONTENT_INTENT_OFF = ("I can't read messages that don't mention me: my *Message Content Intent* is off in Discord's "
+                      "Developer Portal. Please mention @Baton (or reply to one of my messages), or ask whoever runs "
+                      "Baton to turn that intent on.")
+CONTENT_INTENT_SETTING = ("Developer Portal -> your application -> Bot -> Privileged Gateway Intents -> Message "
+                          "Content Intent, then restart Baton")
+NO_THREAD_SENDS = ("⚠️ I can't post in the threads of this channel, so requests asked here run but their answers and "
+                   "approval cards are never shown: I need the *Send Messages in Threads* permission here. Please ask "
+                   "an admin to grant it to Baton.")
 
 T = TypeVar("T")
 
@@ -264,6 +278,10 @@ class DiscordAdapter(Adapter):
             logger = logging.getLogger(name)
             logger.setLevel(max(logging.INFO, logger.getEffectiveLevel()))
         self.reads_content = False  # whether Discord sends the text of messages that do not mention Baton
+        self._baton_threads: set[int] = set()  # threads (not Baton's own) where a request was taken, this process
+        self._told_unread: set[int] = set()  # threads told once that Baton cannot read them (no content intent)
+        self._told_no_thread_sends: set[str] = set()  # channels told once that Baton may not post in their threads
+        self._told_locked: set[str] = set()  # locked threads whose refusals were explained in the log
         self._gateway: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -278,12 +296,21 @@ class DiscordAdapter(Adapter):
             await self.client.close()
             raise StartFailed(f"Discord's API cannot be reached or failed ({type(exc).__name__}: {str(exc)[:200]})") \
                 from exc
+        # Whether Baton may read messages that do not mention it is decided here, once, from the application's
+        # flags (``application_info()``, read by ``login``): GATEWAY_MESSAGE_CONTENT_LIMITED is the portal's
+        # toggle for an application in under 100 servers, GATEWAY_MESSAGE_CONTENT a verified one's approval.
+        # The intent is requested only then, since Discord closes a gateway asking for it otherwise (4014,
+        # ``PrivilegedIntentsRequired``). So ``reads_content`` is exactly whether Discord sends those messages'
+        # text. Guessing from a message instead (empty content, no attachments nor embeds, no mention) would
+        # be wrong both ways: without the intent Discord blanks all of those at once, and with it a sticker, a
+        # poll or a forwarded message comes just as empty.
         flags = self.client.application_flags
         self.reads_content = flags.gateway_message_content or flags.gateway_message_content_limited
         self.client.allow_message_content(self.reads_content)
         if not self.reads_content:
-            log.warning("Discord: the application has no Message Content Intent, so follow-ups in a Baton thread "
-                        "need a mention (Developer Portal -> Bot -> Message Content Intent)")
+            log.warning("Discord: the application has no Message Content Intent, so Baton cannot read messages in its "
+                        "threads that do not mention it (each such thread is told once); to turn it on: %s",
+                        CONTENT_INTENT_SETTING)
         self.client.add_dynamic_items(ChoiceButton)
         await self._sync_commands()
         await self._choose_gateway()
@@ -345,6 +372,10 @@ class DiscordAdapter(Adapter):
         cannot read, say) ended ``connect()`` and with it every Discord event, while the process went
         on looking healthy. The new session identifies afresh rather than resuming, so the event that
         broke the old one is not replayed to it.
+
+        The Message Content Intent turned off in the Developer Portal while Baton runs: Discord refuses
+        the next session that asks for it (4014, ``PrivilegedIntentsRequired``), which ended every Discord
+        event until a restart. Baton connects again without it, as it would have started.
         """
         pause = RECONNECT_FIRST_PAUSE
         while True:
@@ -352,7 +383,17 @@ class DiscordAdapter(Adapter):
             try:
                 await self.client.connect()
                 return
-            except (discord.ConnectionClosed, discord.PrivilegedIntentsRequired, discord.LoginFailure):
+            except discord.PrivilegedIntentsRequired:
+                if not self.reads_content:
+                    raise
+                self.reads_content = False
+                self.client.allow_message_content(False)
+                log.warning("Discord: the application's Message Content Intent was turned off in the Developer Portal "
+                            "(Discord refused the gateway session asking for it); connecting again without it: Baton "
+                            "no longer reads messages in its threads that do not mention it. To turn it on again: %s",
+                            CONTENT_INTENT_SETTING)
+                continue
+            except (discord.ConnectionClosed, discord.LoginFailure):
                 raise  # Discord refused us: connecting again would not change that
             except Exception as exc:
                 if self.client.is_closed():
@@ -476,6 +517,8 @@ class DiscordAdapter(Adapter):
         addressed = direct or _mentions(message, me.id)
         text = _without_mentions_of(message, me.id)
         if not addressed and (not self.reads_content or not text):
+            if not self.reads_content and isinstance(channel, discord.Thread):
+                await self._cannot_read(channel, me.id)
             return  # without the intent Discord sends no text; an empty message (a picture) is no request
         answer_in: Any = channel
         if direct or isinstance(channel, discord.Thread):
@@ -503,7 +546,23 @@ class DiscordAdapter(Adapter):
             if addressed:
                 await _say_best_effort(answer_in, DATABASE_AWAY_ANSWER)
             return
+        if addressed and thread != where:
+            self._baton_threads.add(int(thread))
         log.debug("Discord message %s in %s/%s -> %s", message.id, where, thread, accepted.status)
+
+    async def _cannot_read(self, thread: discord.Thread, me: int) -> None:
+        """A message in a thread that does not mention Baton, without the Message Content Intent: Discord
+        sent it with no text, and it was dropped without a word, so the person who answered a question of
+        Baton's there saw nothing happen. A Baton thread (one Baton opened, or one where it took a request)
+        is told once why, and the log says what to turn on. Other threads are people's own: not a word."""
+        if thread.id in self._told_unread or (thread.owner_id != me and thread.id not in self._baton_threads):
+            return
+        if not self._told_unread:
+            log.warning("Discord: a message without a mention of Baton in its thread %s could not be read: the "
+                        "application has no Message Content Intent (%s); each Baton thread is told so once",
+                        thread.id, CONTENT_INTENT_SETTING)
+        self._told_unread.add(thread.id)
+        await _say_best_effort(thread, CONTENT_INTENT_OFF)
 
     async def _open_thread(self, message: discord.Message, text: str) -> str | None:
         """The thread for a mention in a channel, started on the message; ``None`` if that is not possible
@@ -553,6 +612,8 @@ class DiscordAdapter(Adapter):
             channel = interaction.channel
             if isinstance(channel, discord.Thread | discord.DMChannel) or interaction.guild_id is None:
                 where, thread = conversation(channel or discord.Object(interaction.channel_id or 0))
+                if thread != where:
+                    self._baton_threads.add(int(thread))
             else:
                 anchor_id = echoed.id if echoed is not None else deferred.message_id if deferred is not None else None
                 if anchor_id is None:
@@ -708,7 +769,55 @@ class DiscordAdapter(Adapter):
         else:
             rendered = _render(delivery.message, location.workspace, one_message=_edited_later(delivery.message))
             steps = [_post(channel.send, outgoing, nonce=_nonce(delivery, step)) for step, outgoing in enumerate(rendered)]
-        return (await self.send_steps(delivery, steps))[0]
+        try:
+            sent = await self.send_steps(delivery, steps)
+        except DeliveryRejected as exc:
+            why = await self._refused_in_thread(location, exc.__cause__)
+            if why is None:
+                raise
+            raise DeliveryRejected(f"{exc}: {why}") from exc.__cause__
+        if _in_thread(location):  # it works (again) there: a later refusal is told again
+            self._told_no_thread_sends.discard(location.channel)
+        return sent[0]
+
+    async def _refused_in_thread(self, location: Location, error: BaseException | None) -> str | None:
+        """Why Discord refuses Baton's messages in a thread, for the log; ``None`` when it is not a refusal
+        explained here.
+
+        A locked thread (a moderator closed it) takes messages only from those with Manage Threads: that
+        is the moderator's choice, so only the log says it. Discord has been seen to refuse there with
+        Missing Permissions, "Thread is archived" or "Thread is locked", so the thread itself is asked.
+        Otherwise a 403 Missing Permissions means Baton lacks Send Messages in Threads in the thread's
+        channel: a request asked there ran, and every reply of it was refused, each one logged as a bare
+        "403 Missing Permissions" while the person who asked saw nothing happen. The channel is told once
+        (until a message in one of its threads gets through again)."""
+        if not (isinstance(error, discord.HTTPException) and _in_thread(location)
+                and error.code in (MISSING_PERMISSIONS, THREAD_ARCHIVED, THREAD_LOCKED)):
+            return None
+        try:
+            thread: Any = await self.client.fetch_channel(int(location.thread))
+        except Exception as exc:
+            if not isinstance(exc, discord.HTTPException) and not _transient(exc):
+                raise
+            thread = None
+        if isinstance(thread, discord.Thread) and thread.locked:
+            if location.thread not in self._told_locked:
+                self._told_locked.add(location.thread)
+                log.warning("Discord: thread %s of channel %s is locked (a moderator closed it): only members with "
+                            "Manage Threads may write there, so Baton's messages for it are not shown (grant Baton "
+                            "Manage Threads there, or unlock the thread)", location.thread, location.channel)
+            return (f"thread {location.thread} is locked, and Baton lacks the Manage Threads permission that writing "
+                    "in a locked thread takes")
+        if not (isinstance(error, discord.Forbidden) and error.code == MISSING_PERMISSIONS):
+            return None
+        why = f"Baton lacks the Send Messages in Threads permission in channel {location.channel}"
+        if location.channel not in self._told_no_thread_sends:
+            self._told_no_thread_sends.add(location.channel)
+            log.warning("Discord: %s: requests asked there run, but none of their replies can be shown; the channel "
+                        "is told once. Grant Baton Send Messages in Threads there (Server Settings -> Roles, or the "
+                        "channel's Permissions)", why)
+            await _say_best_effort(self.client.get_partial_messageable(int(location.channel)), NO_THREAD_SENDS)
+        return why
 
     async def _edit(self, message: discord.PartialMessage, outgoing: Outgoing, nonce: str) -> discord.Message:
         """Edit a message (a card after its decision, a run's progress). Discord refuses an edit in an
@@ -787,6 +896,11 @@ def _shown(request: str) -> str:
     controls as U+FFFD (``quoted``), so that it cannot be made to read as another request."""
     text = " ".join(request.split())
     return quoted(text, len(text))
+
+
+def _in_thread(location: Location) -> bool:
+    """Whether a location is a thread of a channel (not a channel itself, nor a direct message)."""
+    return bool(location.thread) and location.thread != location.channel
 
 
 def _mentions(message: discord.Message, me: int) -> bool:
