@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
+import os
 import re
 import re._constants as re_constants  # what re parses a pattern into: no public API has it
 import re._parser as re_parser
@@ -21,16 +23,21 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from bot.schedules import ScheduleError, check_schedule, zone
 from bot.messages import quoted_code
+from bot.settings import SECRET_VARIABLES
 
 Risk = Literal["low", "high"]
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,40}$"
 ARG_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,40}$"
+VARIABLE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,100}$"  # an environment variable's name, as a shell takes it
 # A pattern is matched in the event loop: on 4,000 characters ^.+@.+\..+$ takes 13 s, on 1,000 0.2 s.
 MAX_VALUE_CHARS = 1000
+
+
+logger = logging.getLogger(__name__)
 
 
 class ConfigError(Exception):
@@ -238,6 +245,9 @@ class Runbook(BaseModel):
     approvers: list[str] | None = None
     timeout: float = Field(60.0, gt=0, le=24 * 3600)
     example: str | None = None
+    env: list[str] = Field(default_factory=list, description="Variables of Baton's environment the command gets "
+                           "although Baton keeps them from commands (those of .env, a model's key): names only.")
+    cwd: str | None = Field(None, description="The command's working directory (default: Baton's own).")
 
     @field_validator("command", mode="before")
     @classmethod
@@ -263,6 +273,63 @@ class Runbook(BaseModel):
         if isinstance(value, float) and value != value:  # .nan: pydantic said "less than or equal to 86400"
             raise ValueError(f"{_TIMEOUT_IS} (at most 86400, a day), not nan")
         return value
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _variable_names(cls, value: object) -> object:
+        """Names only, never a value: a value written here would sit in baton.yaml, and error messages never
+        quote one (it is most likely a secret)."""
+        names_only = "env lists variable names only: the values come from Baton's environment (.env or the shell)"
+        if value is None:
+            raise ValueError("env is empty: list the variables the command needs, as [NAME, ...], or remove it")
+        if isinstance(value, dict):
+            raise ValueError(f"{names_only}: write it as [{', '.join(str(name)[:40] for name in value)}]")
+        if isinstance(value, str):
+            names = [name for word in re.split(r"[\s,]+", value)
+                     if re.fullmatch(VARIABLE_NAME_PATTERN, name := word.partition("=")[0])]  # a value: not quoted
+            raise ValueError(f"env is a list of variable names: write it as [{', '.join(names) or 'NAME, ...'}]")
+        if not isinstance(value, list):
+            return value
+        seen: set[str] = set()
+        for position, name in enumerate(value):
+            where = str(position)
+            if isinstance(name, dict):  # "- OPENAI_API_KEY: sk-...", as docker-compose writes environment
+                raise PartError(f"{names_only}: write just {', '.join(str(key)[:40] for key in name)}", where)
+            if not isinstance(name, str):
+                raise PartError(f"entry {position} is not a variable name ({_read_as(name)})", where)
+            if "=" in name:  # the value is not quoted back: it is most likely a secret
+                raise PartError(f"{names_only}: write just {name.partition('=')[0].strip()[:40] or 'the name'}", where)
+            if not re.fullmatch(VARIABLE_NAME_PATTERN, name):  # not quoted either: a value pasted in place of a name
+                raise PartError(f"entry {position} is not a variable name: a name has only letters, digits and _, "
+                                "and does not begin with a digit", where)
+            if name.upper() in SECRET_VARIABLES:
+                raise PartError(f"{name} is Baton's own secret (a platform's token, its database's URL): Baton never "
+                                "hands it to a command", where)
+            if name in seen:
+                raise PartError(f"{name} is listed twice", where)
+            seen.add(name)
+        return value
+
+    @field_validator("cwd", mode="before")
+    @classmethod
+    def _existing_directory(cls, value: object) -> object:
+        """Checked when baton.yaml is read: a directory that is not there failed every run of the runbook, with
+        "No such file or directory" said of the program. A relative one is taken from Baton's working
+        directory, as a relative program is; ``~`` is the home directory (no shell expands it)."""
+        if value is not None and not isinstance(value, str):
+            raise ValueError(_read_as(value))
+        if value is None or not value.strip():
+            raise ValueError("cwd is empty: name the command's working directory, or remove cwd for Baton's own")
+        path = os.path.abspath(os.path.expanduser(value))
+        relative = "" if os.path.isabs(os.path.expanduser(value)) else \
+            f" (a relative path is taken from Baton's working directory, {os.getcwd()})"
+        if not os.path.exists(path):
+            raise ValueError(f"the directory {path} does not exist{relative}")
+        if not os.path.isdir(path):
+            raise ValueError(f"{path} is not a directory{relative}")
+        if not os.access(path, os.X_OK):
+            raise ValueError(f"Baton's user may not enter the directory {path} (its permissions)")
+        return path
 
     @field_validator("args")
     @classmethod
@@ -343,6 +410,11 @@ class Runbook(BaseModel):
 
     def argv(self, values: dict[str, str]) -> list[str]:
         return [part.format(**values) for part in self.command]
+
+    def unused_args(self) -> list[str]:
+        """The declared arguments no part of the command uses: a value given for one is checked, then dropped."""
+        used = {field for part in self.command for _, field, _, _ in string.Formatter().parse(part) if field}
+        return [name for name in self.args if name not in used]
 
     def usage_args(self) -> str:
         """``key=<what>`` per argument; one with a default in brackets, since it may be left out."""
@@ -441,6 +513,12 @@ class BatonConfig(BaseModel):
     graphs: dict[str, GraphPolicy] = Field(default_factory=dict)
     digests: list[Digest] = Field(default_factory=list)
     _approver_ids = field_validator("approvers", mode="before")(lambda cls, value: _ids_as_text(value))
+    # What is likely a mistake but does not stop Baton ("file: line n: what"), as load_config found it.
+    _warnings: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        return self._warnings
 
     @field_validator("runbooks")
     @classmethod
@@ -552,7 +630,7 @@ def load_config(path: Path, *, required: bool = False, empty: bool = True) -> Ba
         raise ConfigError(f"{path}: line {root.start_mark.line + 1}: the top level must be a mapping (approvers, "
                           "runbooks, graphs)")
     try:
-        return BatonConfig.model_validate(data)
+        config = BatonConfig.model_validate(data)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
@@ -563,12 +641,33 @@ def load_config(path: Path, *, required: bool = False, empty: bool = True) -> Ba
         if len(problems) > MAX_PROBLEMS:  # one mistake made in every runbook (desc: for description:) was 80 lines
             problems[MAX_PROBLEMS:] = [f"{path}: and {len(problems) - MAX_PROBLEMS} more problems"]
         raise ConfigError("\n".join(problems)) from exc
+    config._warnings = _warnings(config, path, root)
+    for warning in config.warnings:
+        logger.warning("%s", warning)
+    return config
+
+
+def _warnings(config: BatonConfig, path: Path, root: yaml.Node) -> list[str]:
+    """What is likely a mistake, yet not refused: an argument the command never uses is asked for, checked
+    against its pattern, then dropped (a command written as ["restart", "web"] with a ``service`` argument
+    restarted web whatever service was asked for)."""
+    return [f"{path}: line {_line_of(root, ('runbooks', name, 'args', arg), key=True)}: runbooks.{name}.args.{arg}: "
+            f"the command never uses {{{arg}}}: a value given for it is checked, then not used (write \"{{{arg}}}\" "
+            "in the command, or remove the argument; one kept only for the record, a ticket number, may stay)"
+            for name, runbook in config.runbooks.items() for arg in runbook.unused_args()]
+
+
+# A runbook's keys as other tools name them (docker-compose's environment and working_dir, systemd's WorkingDirectory).
+_OTHER_NAMES = {"environment": "env", "workdir": "cwd", "working_dir": "cwd", "working_directory": "cwd",
+                "workingdirectory": "cwd", "dir": "cwd", "directory": "cwd", "chdir": "cwd"}
 
 
 def _meant(error: Any, loc: tuple[str, ...]) -> str:
     """For a key baton.yaml does not know, the one it likely is (``aprovers``: approvers)."""
     if error["type"] != "extra_forbidden" or not loc:
         return ""
+    if loc[-1].lower() in _OTHER_NAMES and len(loc) == 3 and loc[0] == "runbooks":
+        return f" (did you mean '{_OTHER_NAMES[loc[-1].lower()]}'?)"
     known = {name for model in (BatonConfig, Runbook, Argument, GraphPolicy, Digest, Models, Price)
              for name in model.model_fields}
     close = difflib.get_close_matches(loc[-1], sorted(known), n=1, cutoff=0.75)

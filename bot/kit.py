@@ -26,7 +26,7 @@ import queue
 import threading
 import unicodedata
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol, TypeVar
@@ -42,7 +42,7 @@ from pydantic import BaseModel
 from bot.config import BatonConfig
 from bot.messages import quoted, quoted_code  # for graph authors: quoting what someone wrote in a reply
 from bot.models import ModelFailed, ModelRequired
-from bot.settings import SECRET_VARIABLES
+from bot.settings import MODEL_KEY_VARIABLES, SECRET_VARIABLES, exported_variables
 
 T = TypeVar("T")
 S = TypeVar("S", bound=BaseModel)
@@ -428,7 +428,29 @@ async def in_graph_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) ->
     return await asyncio.get_running_loop().run_in_executor(_graph_threads, call)
 
 
-def command_environment() -> dict[str, str]:
-    """The environment for a command a graph runs: Baton's own, without Baton's secrets (``SECRET_VARIABLES``,
-    in any case, as the settings read them). A command has no use for them, and its output is posted."""
-    return {name: value for name, value in os.environ.items() if name.upper() not in SECRET_VARIABLES}
+def command_environment(keep: Iterable[str] = ()) -> dict[str, str]:
+    """The environment for a command a graph runs: Baton's own as it is now (the shell's that started Baton), without
+    what is Baton's alone: its secrets (``SECRET_VARIABLES``, in any case, as the settings read them), the model
+    providers' keys (``MODEL_KEY_VARIABLES``), and what Baton itself put there from ``.env``. A command has no use
+    for them, and its output is posted. ``keep``: names of those a command needs after all (a runbook's ``env:``);
+    Baton's own secrets are never kept.
+
+    Built from ``os.environ`` at each call: a variable set or removed since (by Baton's code, a graph, a test) must
+    count, and a copy of ~100 variables costs microseconds beside the process it is for. Only the names to leave
+    out are cached, until ``.env`` is exported again."""
+    withheld = _withheld()
+    kept = {name.upper() for name in keep} - SECRET_VARIABLES if keep else set()
+    return {name: value for name, value in os.environ.items()
+            if (upper := name.upper()) not in withheld or upper in kept}
+
+
+_withheld_cache: tuple[frozenset[str] | None, frozenset[str]] = (None, frozenset())
+
+
+def _withheld() -> frozenset[str]:
+    """The names (in capitals) kept from commands unless a runbook names them, for the ``.env`` export as it is."""
+    global _withheld_cache
+    exported = exported_variables()
+    if _withheld_cache[0] is not exported:
+        _withheld_cache = (exported, SECRET_VARIABLES | MODEL_KEY_VARIABLES | {name.upper() for name in exported})
+    return _withheld_cache[1]

@@ -151,15 +151,40 @@ SECRET_VARIABLES = frozenset({"BATON_DATABASE_URL"} | {
     if field.annotation is SecretStr or SecretStr in getattr(field.annotation, "__args__", ())})
 
 
+# The model providers' keys, as LangChain's provider packages (and LangSmith's tracing) read them: Baton's to call
+# its model, wherever they were set, so never handed to a command unless its runbook names them (``env:``).
+MODEL_KEY_VARIABLES = frozenset({
+    "OPENAI_API_KEY", "AZURE_OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GOOGLE_API_KEY", "GEMINI_API_KEY",
+    "MISTRAL_API_KEY", "COHERE_API_KEY", "CO_API_KEY", "GROQ_API_KEY", "FIREWORKS_API_KEY", "TOGETHER_API_KEY",
+    "DEEPSEEK_API_KEY", "XAI_API_KEY", "PPLX_API_KEY", "PERPLEXITY_API_KEY", "NVIDIA_API_KEY", "UPSTAGE_API_KEY",
+    "OPENROUTER_API_KEY", "BASETEN_API_KEY", "LLAMA_API_KEY", "WATSONX_APIKEY", "AZURE_INFERENCE_CREDENTIAL",
+    "HUGGINGFACEHUB_API_TOKEN", "HF_TOKEN", "LANGSMITH_API_KEY", "LANGCHAIN_API_KEY", "LANGSMITH_GATEWAY_API_KEY",
+})
+
+_exported: frozenset[str] = frozenset()
+
+
+def exported_variables() -> frozenset[str]:
+    """The variables ``export_env_file`` put into the environment (they were not there before): Baton's, read
+    from ``.env``, so kept from the commands it runs (``bot.kit.command_environment``). A new set each time the
+    file is exported again: whoever caches what depends on it may compare it by identity."""
+    return _exported
+
+
 def export_env_file(settings: Settings) -> None:
     """Put the ``.env`` lines that are not Baton's own settings into the environment (a model provider's key:
     LangChain's provider packages read only the environment, so ``OPENAI_API_KEY`` in ``.env`` stopped the
-    start). What the environment sets already wins, as it does for Baton's settings."""
+    start). What the environment sets already wins, as it does for Baton's settings; what was put there is
+    remembered (``exported_variables``)."""
+    global _exported
     own = {str(field.alias) for field in Settings.model_fields.values()}
+    exported = set(_exported)
     for path in _env_files(settings.model_config.get("env_file")):
         for variable, value in dotenv_values(path, encoding=settings.model_config.get("env_file_encoding")).items():
-            if variable not in own and value is not None:
-                os.environ.setdefault(variable, value)
+            if variable not in own and value is not None and variable not in os.environ:
+                os.environ[variable] = value
+                exported.add(variable)
+    _exported = frozenset(exported)
 
 
 def _env_files(files: DotenvType | None) -> list[Path]:

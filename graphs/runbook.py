@@ -9,6 +9,7 @@ import re
 import shlex
 import shutil
 import signal
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
@@ -30,6 +31,8 @@ class RunbookState(TypedDict, total=False):
     approved: bool
     decided_by: str
     command: list[str]  # as planned, and shown on the approval card: nothing else is run
+    cwd: str | None  # the runbook's working directory and the variables it gets (env:), as planned: shown on the card
+    env: list[str]
     reply: str | dict[str, Any]  # a message dict (a rejection is not a success; output is a code part)
     error: str
 
@@ -45,7 +48,8 @@ def plan(state: RunbookState) -> RunbookState:
         inline = _inline(_shown(argv))
         command = inline or "the command shown on the card below"  # the card shows it as code, verbatim
         progress(f"Plan: run {command} (timeout {runbook.timeout:g}s). This needs approval.")
-    return {"approved": runbook.risk == "low", "decided_by": "", "command": argv, "reply": "", "error": ""}
+    return {"approved": runbook.risk == "low", "decided_by": "", "command": argv, "cwd": runbook.cwd,
+            "env": list(runbook.env), "reply": "", "error": ""}
 
 
 def ask(state: RunbookState) -> RunbookState:
@@ -54,7 +58,8 @@ def ask(state: RunbookState) -> RunbookState:
     argv = state.get("command") or (runbook.argv(state["args"]) if runbook else [])
     decision = approve(
         f"Run `{state['runbook']}`: {runbook.description if runbook else '(no longer in baton.yaml)'}",
-        details={"command": _shown(argv), "timeout": f"{runbook.timeout:g}s" if runbook else "?"},
+        details={"command": _shown(argv), "timeout": f"{runbook.timeout:g}s" if runbook else "?",
+                 **_setting(state, runbook)},
         risk="high",
         # Its approvers as baton.yaml names them when the click comes; a runbook gone since has none.
         **({"runbook": state["runbook"]} if runbook else {"approvers": []}),
@@ -72,7 +77,7 @@ async def execute(state: RunbookState) -> RunbookState:
         return {"reply": {"tone": "error", "parts": [{"kind": "text", "text": changed}]},
                 "error": "baton.yaml changed since it was asked for; nothing was run"}
     argv = runbook.argv(state["args"])
-    result = await effect("command", lambda: run_command(argv, runbook.timeout))
+    result = await effect("command", lambda: run_runbook(runbook, argv))
     if not result.get("started", True):
         return {"reply": _outcome(argv, "could not be started", result["output"], "error"), "error": result["output"]}
     if result["timed_out"]:
@@ -103,7 +108,19 @@ def _changed_since_planned(state: RunbookState, runbook: Runbook | None) -> str:
         now, then = _inline(_shown(argv)) or "another command", _inline(_shown(planned)) or "the command planned"
         return (f"The runbook `{name}` changed in baton.yaml since it was asked for: it would now run {now}, not "
                 f"{then}, so nothing was run. Ask again to run the new command.")
+    # A run planned before runbooks had a cwd and env (an older Baton's) was planned without them.
+    if planned is not None and _setting(state, None) != _setting({}, runbook):
+        return (f"The runbook `{name}` changed in baton.yaml since it was asked for: its working directory or the "
+                "variables it gets (cwd, env) are not those planned, so nothing was run. Ask again to run it as it "
+                "is now.")
     return ""
+
+
+def _setting(state: RunbookState, runbook: Runbook | None) -> dict[str, str]:
+    """Where the command runs and the variables of Baton's it gets besides the usual (names only), when the
+    runbook sets them: as planned (``state``), or as ``runbook`` says when given."""
+    cwd, env = (runbook.cwd, runbook.env) if runbook is not None else (state.get("cwd"), state.get("env") or [])
+    return {**({"directory": cwd} if cwd else {}), **({"environment": ", ".join(env)} if env else {})}
 
 
 def _failure(exit_code: int) -> str:
@@ -132,8 +149,18 @@ def route_after_plan(state: RunbookState) -> str:
     return "execute" if state.get("approved") else "ask"
 
 
-async def run_command(argv: list[str], timeout: float) -> dict[str, Any]:
+async def run_runbook(runbook: Runbook, argv: list[str]) -> dict[str, Any]:
+    """Run ``argv``, a command of ``runbook``, as the runbook says: its timeout, its working directory, the
+    variables of Baton's it names (``env:``)."""
+    return await run_command(argv, runbook.timeout, cwd=runbook.cwd, env=runbook.env)
+
+
+async def run_command(argv: list[str], timeout: float, *, cwd: str | None = None,
+                      env: Collection[str] = ()) -> dict[str, Any]:
     """Run ``argv`` without a shell, stdin empty; capture stdout and stderr together.
+
+    It runs in ``cwd`` (Baton's own working directory when ``None``), with Baton's environment less what is
+    Baton's alone (``bot.kit.command_environment``), but for the variables ``env`` names.
 
     The command runs in a session of its own. When it outlasts ``timeout``, its whole process group,
     children included, gets SIGTERM, then SIGKILL ``KILL_GRACE_SECONDS`` later; when the run is stopped
@@ -146,12 +173,12 @@ async def run_command(argv: list[str], timeout: float) -> dict[str, Any]:
     try:
         process = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=write_end, stderr=write_end, start_new_session=True,
-            env=command_environment(),
+            env=command_environment(env), cwd=cwd,
         )
     except (OSError, ValueError) as exc:  # ValueError: a NUL or an unencodable character in an argument
         os.close(read_end)
-        return {"exit_code": 127, "output": f"could not start {argv[0]}: {_why_not_started(argv[0], exc)}",
-                "timed_out": False, "started": False}
+        why = _unusable_directory(cwd) or _why_not_started(argv[0], exc, cwd)
+        return {"exit_code": 127, "output": f"could not start {argv[0]}: {why}", "timed_out": False, "started": False}
     finally:
         os.close(write_end)
     output = _Output()
@@ -182,19 +209,32 @@ async def run_command(argv: list[str], timeout: float) -> dict[str, Any]:
     return {"exit_code": process.returncode, "output": output.text(), "timed_out": timed_out}
 
 
-def _why_not_started(program: str, exc: Exception) -> str:
+def _unusable_directory(cwd: str | None) -> str:
+    """Why the working directory cannot be used, or ``""``: checked when baton.yaml was read, it may have gone
+    since, and the error said only "No such file or directory", as if of the program."""
+    if cwd is None:
+        return ""
+    if not os.path.isdir(cwd):
+        return f"its working directory {cwd} is not there (any more)"
+    if not os.access(cwd, os.X_OK):
+        return f"Baton's user may not enter its working directory {cwd}"
+    return ""
+
+
+def _why_not_started(program: str, exc: Exception, cwd: str | None = None) -> str:
+    """``cwd``: the directory the command was started in, which a relative path is taken from."""
     if isinstance(exc, PermissionError):
-        return "it is a directory, not a program" if os.path.isdir(program) else \
+        return "it is a directory, not a program" if os.path.isdir(os.path.join(cwd or "", program)) else \
             f"{exc.strerror} (is it executable, and may Baton's user run it?)"
     if isinstance(exc, FileNotFoundError):
-        return _why_not_found(program, exc)
+        return _why_not_found(program, exc, cwd)
     return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
-def _why_not_found(program: str, exc: FileNotFoundError) -> str:
+def _why_not_found(program: str, exc: FileNotFoundError, cwd: str | None) -> str:
     """Where a program that is not there was looked for; or, for a script that is there, that the interpreter
     its ``#!`` line names is not (a script saved with Windows line ends asks for ``/bin/sh\\r``)."""
-    found = program if "/" in program else shutil.which(program)
+    found = os.path.join(cwd or "", program) if "/" in program else shutil.which(program)
     if found and os.path.isfile(found):
         try:
             with open(found, "rb") as script:
@@ -208,7 +248,8 @@ def _why_not_found(program: str, exc: FileNotFoundError) -> str:
     if "/" not in program:
         return "it is in no directory of Baton's PATH (install it, or write its full path)"
     if not os.path.isabs(program):
-        return f"{exc.strerror} (a relative path is taken from Baton's working directory, {os.getcwd()})"
+        where = f"the runbook's working directory, {cwd}" if cwd else f"Baton's working directory, {os.getcwd()}"
+        return f"{exc.strerror} (a relative path is taken from {where})"
     return exc.strerror or str(exc)
 
 
