@@ -165,6 +165,17 @@ class LeasedRunServices(RunServices):
                             f"{self._run_id} ran; the run stops after it")
         return result
 
+    def surely_held(self) -> bool:
+        """The run's thread is surely still this process's, by its own clock (``storage.checkpointer``'s fence)."""
+        return not self._taken_over and self._leases.surely_held(self._record_id)
+
+    async def confirm(self) -> None:
+        """Before a checkpoint write after a stall: renew the lease, or stop the run with nothing written."""
+        if self._taken_over or not await self._leases.renew(self._record_id):
+            self._taken_over = True
+            raise LeaseLost(f"thread {self._record_id} was taken over while run {self._run_id} was stalled; its "
+                            "step's checkpoint is not written, and the run goes on where the thread is now")
+
     @contextlib.asynccontextmanager
     async def session(self, *, durable: bool = True) -> AsyncIterator[Transaction]:
         fenced, self._effect_starting = self._effect_starting, False
@@ -1216,7 +1227,8 @@ class Orchestrator:
         self._run_services[record.id] = services  # type: ignore[index]
         try:
             try:
-                outcome = await self.runtime.run(spec, record.lg_thread_id, payload, services, post_progress, run.id)
+                outcome = await self.runtime.run(spec, record.lg_thread_id, payload, services, post_progress, run.id,
+                                                  fence=services)
             finally:  # from here on a cancel finds no run: it is answered as come too late
                 self._running.pop(record.id, None)  # type: ignore[arg-type]
                 self._run_services.pop(record.id, None)  # type: ignore[arg-type]

@@ -33,7 +33,7 @@ from bot.redaction import Redactor
 from bot.registry import GraphRegistry, GraphSpec, NodeExited
 from bot.replies import age
 from bot.routing import CHOOSER
-from storage.checkpointer import fail_waiting_calls
+from storage.checkpointer import CheckpointFence, checkpoint_fence, fail_waiting_calls
 from storage.db import Database, Transaction, insert_ignore, prepared
 from storage.models import Approval, Effect, InboundEvent, OutboxMessage, Run, ThreadRecord, utcnow
 
@@ -179,10 +179,12 @@ class GraphRuntime:
     async def run(
         self, spec: GraphSpec, lg_thread_id: str, payload: dict[str, Any] | Command | None,
         context: kit.RunContext, on_progress: ProgressSink, run_id: int | None = None,
+        fence: CheckpointFence | None = None,
     ) -> GraphOutcome:
         """Run (``payload`` a dict), resume (a ``Command``) or continue (``None``) until done or interrupted.
 
         ``run_id`` (Baton's run) goes into the metadata of every checkpoint the run writes (``started``).
+        ``fence``: what each checkpoint write of the run confirms first (the run's thread still held).
         """
         graph = self.compiled(spec)
         config = self.config_for(lg_thread_id, spec.name)
@@ -190,7 +192,7 @@ class GraphRuntime:
             config["metadata"] = {RUN_METADATA: run_id}
         limit = self.run_timeout if spec.timeout == "default" else spec.timeout
         _contain_exits_of_graph_tasks(asyncio.get_running_loop())
-        token, inside = kit.bind(context), _in_graph.set(True)
+        token, inside, fenced = kit.bind(context), _in_graph.set(True), checkpoint_fence.set(fence)
         deadline = asyncio.timeout(limit)
         questions = kit.asked(context)
         questions.clear()
@@ -206,6 +208,7 @@ class GraphRuntime:
                 raise RunTimedOut(limit) from None
             raise  # the graph's own (a node's deadline)
         finally:
+            checkpoint_fence.reset(fenced)
             _in_graph.reset(inside)
             kit.unbind(token)
         outcome = await self.state(spec, lg_thread_id)

@@ -8,6 +8,7 @@ and replicas, and a crashed holder's lease simply expires. Its times are the dat
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,7 +17,7 @@ from sqlmodel import select
 
 from bot.messages import Location
 from bot.settings import DAY
-from storage.db import Database, Transaction, insert_new_id, prepared
+from storage.db import Database, Transaction, insert_new_id, prepared, when_committed
 from storage.models import InboundEvent, ThreadRecord, loaded, new_lg_thread_id, utcnow
 
 BUSY = ("running", "waiting")
@@ -114,6 +115,12 @@ def location_of(record: ThreadRecord) -> Location:
 Work = tuple[InboundEvent, ThreadRecord]
 
 
+def _elapsed_clock() -> float:
+    """Seconds on a clock that goes on while the process is stopped or the machine suspended (Linux's boot
+    time; elsewhere the monotonic clock) and is never set back."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic()
+
+
 class Leases:
     """Take a thread's lease together with its next event, and give it back when the queue is empty."""
 
@@ -121,14 +128,36 @@ class Leases:
         self._db = db
         self.owner = owner
         self.seconds = seconds
+        self.clock = _elapsed_clock  # this process's own: a stall (SIGSTOP, a frozen VM) shows on it
+        # By ``clock``: until when each lease this process took or renewed runs at the least, for ``surely_held``.
+        self._held_until: dict[int, float] = {}
 
     def lease_for_new_thread(self) -> tuple[str, datetime]:
         return self.owner, self._db.now() + timedelta(seconds=self.seconds)
 
     def still_fresh(self, record: ThreadRecord) -> bool:
         """Whether ``record``'s lease, taken by this process, has most of its time left (else ``take`` again)."""
-        return (record.lease_owner == self.owner and record.lease_until is not None
-                and record.lease_until - self._db.now() > timedelta(seconds=self.seconds / 2))
+        if record.lease_owner != self.owner or record.lease_until is None:
+            return False
+        left = (record.lease_until - self._db.now()).total_seconds()
+        if left <= self.seconds / 2:
+            return False
+        self._held_until[record.id] = self.clock() + left  # type: ignore[index]
+        return True
+
+    def surely_held(self, record_id: int) -> bool:
+        """Whether the lease on ``record_id`` is surely still ours with no statement: it was taken or renewed
+        here less than half a lease ago by this process's clock. The heartbeat renews it every third of a
+        lease, so only a process that stalled (or whose event loop was held) that long asks the database."""
+        return self.clock() < self._held_until.get(record_id, 0.0) - self.seconds / 2
+
+    def _held_from(self, session: Transaction, record_id: int, asked: float) -> None:
+        """Once ``session`` commits: the lease on ``record_id``, set before ``asked`` (by ``clock``), is ours."""
+        until = asked + self.seconds
+        when_committed(session, lambda: self._held_until.__setitem__(record_id, until))
+
+    def _let_go(self, record_id: int) -> None:
+        self._held_until.pop(record_id, None)
 
     async def take(self, record_id: int) -> Work | None:
         """The lease and the next event, or ``None`` if another writer holds it or nothing waits.
@@ -137,13 +166,14 @@ class Leases:
         at a time in a process, and a thread made with its lease held (``create``) is taken so.
         """
         await self._db.read_clock(unless_read=True)  # a process's first lease: no connection may have read it yet
-        now = self._db.now()
+        asked, now = self.clock(), self._db.now()
         async with self._db.session() as session:
             taken = await session.exec(_TAKE, params={  # type: ignore[call-overload]
                 "record_id": record_id, "owner": self.owner, "until": now + timedelta(seconds=self.seconds),
                 **run_out_params(now)})
             if not taken.rowcount:
                 return None
+            self._held_from(session, record_id, asked)
             return await self._next_or_release(session, record_id)
 
     async def next_or_release(self, record_id: int) -> Work | None:
@@ -179,19 +209,27 @@ class Leases:
 
     async def keep(self, session: Transaction, record_id: int) -> bool:
         """Extend our lease, in the caller's transaction; false when it is no longer ours."""
+        asked = self.clock()
         kept = await session.exec(_RENEW, params={  # type: ignore[call-overload]
             "record_id": record_id, "owner": self.owner, "until": self._db.now() + timedelta(seconds=self.seconds)})
-        return bool(kept.rowcount)
+        if not kept.rowcount:
+            self._let_go(record_id)
+            return False
+        self._held_from(session, record_id, asked)
+        return True
 
     async def give_back_when_idle(self, session: Transaction, record_id: int, status: str) -> bool:
         """Release our lease, in the caller's transaction, if nothing ``next_event_of`` would take is queued
         on the thread (whose status is ``status``); false when something is, or the lease is not ours."""
         statement = _RELEASE_WHEN_NO_CLICK if status == "waiting" else _RELEASE_WHEN_NOTHING_QUEUED
         released = await session.exec(statement, params={"record_id": record_id, "owner": self.owner})  # type: ignore[call-overload]
+        if released.rowcount:
+            self._let_go(record_id)
         return bool(released.rowcount)
 
     async def give_back(self, session: Transaction, record_id: int) -> bool:
         """Release our lease, in the caller's transaction; false when it was not ours."""
+        self._let_go(record_id)
         released = await session.exec(_RELEASE, params={"record_id": record_id, "owner": self.owner})  # type: ignore[call-overload]
         return bool(released.rowcount)
 

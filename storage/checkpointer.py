@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, closing
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiosqlite
 import psycopg
@@ -28,6 +29,53 @@ log = logging.getLogger(__name__)
 RECONNECT_GIVE_UP_SECONDS = 4.0
 RECONNECT_LOOK_SECONDS = 1.0
 _PG_SETUP_LOCK = 0x62617431  # "bat1": one replica sets LangGraph's checkpoint tables up, the others wait
+
+
+class CheckpointFence(Protocol):
+    """Whether the run writing a checkpoint still holds its chat thread (``bot.orchestrator`` gives one per run)."""
+
+    def surely_held(self) -> bool:
+        """True while the thread is surely still the run's by this process's own clock: no statement needed."""
+
+    async def confirm(self) -> None:
+        """Make sure the thread is still the run's (renew its hold), or raise: nothing of the run is written then."""
+
+
+# Set for the length of a run (``GraphRuntime.run``): LangGraph's tasks copy it, so its checkpoint writes see it.
+checkpoint_fence: contextvars.ContextVar[CheckpointFence | None] = contextvars.ContextVar(
+    "baton_checkpoint_fence", default=None)
+
+
+class _Fenced:
+    """A checkpointer whose writes are fenced by the running run's ``checkpoint_fence``.
+
+    A replica stalled past its thread's lease (SIGSTOP, a frozen VM) whose step ended before its heartbeat
+    noticed the thread taken over wrote that step's checkpoint beside the new holder's; it became the thread's
+    latest, and the card the new holder had posted turned stale. A write after such a stall confirms the hold
+    first. While the hold is surely fresh (the heartbeat renews it every third of the lease) a write costs no
+    statement more."""
+
+    async def aput(self, *args: Any, **kwargs: Any) -> Any:
+        await _confirm_fence()
+        return await super().aput(*args, **kwargs)  # type: ignore[misc]
+
+    async def aput_writes(self, *args: Any, **kwargs: Any) -> Any:
+        await _confirm_fence()
+        return await super().aput_writes(*args, **kwargs)  # type: ignore[misc]
+
+
+async def _confirm_fence() -> None:
+    fence = checkpoint_fence.get()
+    if fence is not None and not fence.surely_held():
+        await fence.confirm()
+
+
+class FencedSqliteSaver(_Fenced, AsyncSqliteSaver):
+    pass
+
+
+class FencedPostgresSaver(_Fenced, AsyncPostgresSaver):
+    pass
 
 
 def sqlite_checkpoint_path(url: str) -> Path:
@@ -153,7 +201,7 @@ async def open_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
         try:
             await use_wal_async(connection.execute, SQLITE_BUSY_SECONDS)  # replicas started together on a new file
             await connection.execute("PRAGMA busy_timeout=30000")
-            saver = AsyncSqliteSaver(connection)
+            saver = FencedSqliteSaver(connection)
             await saver.setup()
             yield saver
         finally:
@@ -178,7 +226,7 @@ async def open_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
     )
     await pool.open()
     try:
-        saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+        saver = FencedPostgresSaver(pool)  # type: ignore[arg-type]
         await setup_postgres_checkpoints(url)
         reconnecting = asyncio.create_task(_reconnect_while_waited_for(pool), name="checkpointer-reconnect")
         try:

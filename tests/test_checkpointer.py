@@ -55,7 +55,7 @@ async def test_replicas_starting_together_on_a_new_postgresql_database_all_get_a
             return type(saver).__name__
 
     started = await asyncio.wait_for(asyncio.gather(*(start() for _ in range(4)), return_exceptions=True), 60)
-    assert started == ["AsyncPostgresSaver"] * 4
+    assert started == ["FencedPostgresSaver"] * 4
 
 
 async def until(condition: Callable[[], Awaitable[object]], what: str, timeout: float = 30) -> None:

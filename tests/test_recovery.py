@@ -342,12 +342,13 @@ async def test_a_run_taken_over_after_a_stop_edits_its_progress_message_instead_
         baton.registry.add(GraphSpec(name="planned", graph=_plan_then_ask_graph(going_on), description="A plan."))
         graph_run = baton.runtime.run
 
-        async def stop_after_the_first_progress(spec, lg_thread_id, payload, context, on_progress, run_id=None):
+        async def stop_after_the_first_progress(spec, lg_thread_id, payload, context, on_progress, run_id=None,
+                                                **options):
             async def post_then_stop(text: str) -> None:
                 await on_progress(text)
                 raise _Stopped()
 
-            return await graph_run(spec, lg_thread_id, payload, context, post_then_stop, run_id)
+            return await graph_run(spec, lg_thread_id, payload, context, post_then_stop, run_id, **options)
 
         baton.runtime.run = stop_after_the_first_progress  # type: ignore[method-assign]
         await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
