@@ -26,7 +26,7 @@ from bot.config import Argument
 from bot.kit import Request, approve, chat, current, effect, history
 from bot.messages import quoted_code
 from bot.models import clipped
-from graphs.runbook import run_command
+from graphs.runbook import run_runbook
 from graphs.summarize import is_this_request
 
 DESCRIPTION = "Ask in plain words; I can use the runbooks (risky ones after approval). Needs a model."
@@ -181,7 +181,7 @@ async def act(state: AssistantState) -> AssistantState:
                                        tool_call_id=call["id"] or key))
             continue
         argv = runbook.argv(values)
-        outcome = await effect(f"tool:{key}", lambda argv=argv, timeout=runbook.timeout: run_command(argv, timeout))
+        outcome = await effect(f"tool:{key}", lambda argv=argv, runbook=runbook: run_runbook(runbook, argv))
         # bot.kit.chat redacts Baton's secrets from what goes to the model's provider, this output included
         output = clipped(outcome["output"], TOOL_OUTPUT_CHARS)
         results.append(ToolMessage(content=f"exit code {outcome['exit_code']}\n{output}", tool_call_id=call["id"] or key))

@@ -339,3 +339,23 @@ def test_a_providers_key_in_env_file_reaches_the_model_and_is_kept_out_of_replie
     thread = pg.ask("@baton assistant what is the key?")
     reply = pg.wait_reply(thread, "keep it safe")
     assert "sk-dotenv-1234567890" not in reply["text"] and "[redacted]" in reply["text"]
+
+
+def test_the_assistant_runs_a_runbook_in_its_directory(start_baton, sqlite_url, config_path, tmp_path, model_script):
+    """A runbook with ``cwd:`` (``./deploy.sh`` beside its files) ran, when the assistant called it, in Baton's
+    directory: "could not start ./where.sh". It runs as the runbook graph runs it."""
+    import yaml
+
+    ops = tmp_path / "ops"
+    ops.mkdir()
+    (ops / "where.sh").write_text("#!/bin/sh\necho \"ran in $(basename \"$(pwd)\")\"\n")
+    (ops / "where.sh").chmod(0o755)
+    config = yaml.safe_load(config_path.read_text())
+    config["runbooks"]["where"] = {"description": "Say where it runs.", "command": ["./where.sh"], "risk": "low",
+                                   "timeout": 10, "cwd": str(ops)}
+    config_path.write_text(yaml.safe_dump(config))
+    pg = start_baton(sqlite_url, env=model_script(tool_call("where"), final("It ran."))).client()
+    thread = pg.ask("@baton assistant where do you run things?")
+    pg.wait_reply(thread, "It ran.")
+    tool_output = calls(model_script.path)[1]["last"]
+    assert tool_output.startswith("exit code 0") and "ran in ops" in tool_output, tool_output
