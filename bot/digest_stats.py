@@ -146,9 +146,10 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
     day = _local_date(session, Run.started_at, timezone, start, end)
     # as the p50/p95: a cancelled run's time (its wait for a card, say) is no turnaround
     turnaround_ms = case((_cancelled(), None), else_=Run.turnaround_ms)
+    days = (await session.exec(select(day, func.count(), func.avg(turnaround_ms), func.count(turnaround_ms))
+                               .where(*requests).group_by(day).order_by(day))).all()
     per_day = [{"day": str(d), "requests": n, "avg_turnaround_ms": float(avg) if avg is not None else None}
-               for d, n, avg in (await session.exec(
-                   select(day, func.count(), func.avg(turnaround_ms)).where(*requests).group_by(day).order_by(day))).all()]
+               for d, n, avg, _finished in days]
     return {
         "window": {"start": start.isoformat(), "end": end.isoformat()},
         "timezone": timezone,  # of per_day's days
@@ -170,6 +171,8 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
         "waiting": waiting,  # the oldest MAX_LISTED
         "waiting_count": waiting_count,
         "per_day": per_day,
+        # of each day's requests, how many have a turnaround: what its average is of (a week's bar weighs its days so)
+        "per_day_finished": {str(d): finished for d, _n, _avg, finished in days},
     }
 
 

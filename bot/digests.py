@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, true, update
@@ -23,10 +23,10 @@ from bot import audit, schedules
 from bot.config import BatonConfig, Digest
 from bot.digest_stats import DIGEST_GRAPH, collect
 from bot.kit import Request
-from bot.messages import Location, Message
+from bot.messages import Location, Message, first_line, quoted_code
 from bot.models import cost_of, usage_of
 from bot.outbox import Outbox
-from bot.replies import when
+from bot.replies import when, when_in
 from bot.runtime import GraphRuntime, RunServices, Services
 from storage.db import Transaction, insert_ignore
 from storage.models import DigestRun, DigestSchedule, OutboxMessage
@@ -79,6 +79,24 @@ class DigestContext(RunServices):
         cost = cost_of(self._price, input_tokens, output_tokens)
         if cost is not None:
             self._spent.cost = (self._spent.cost or 0.0) + cost
+
+
+@dataclass
+class Refused:
+    """A schedule's latest digests whose cards the platform refused, one after the other (Baton removed from the
+    channel, the channel archived): what the channel missed, which its next digest covers."""
+
+    count: int
+    since: datetime  # where the oldest of them began: the next digest covers the time from there
+    error: str  # what the platform said of the newest card
+
+    def describe(self, timezone: str) -> str:
+        """For ``digest list``: what was not posted, why, and what the next digest covers."""
+        more = " or more" if self.count >= REFUSED_LOOKBACK else ""
+        what = "last digest was" if self.count == 1 else f"last {self.count}{more} digests were"
+        cards = "its card" if self.count == 1 else "their cards"
+        return (f"its {what} not posted: the platform refused {cards} (`{quoted_code(self.error, 120)}`); "
+                f"the next one covers the time since {when_in(self.since, timezone)}")
 
 
 def _correlation(run: DigestRun) -> str:
@@ -136,6 +154,28 @@ class Digests:
             return list((await session.exec(select(DigestSchedule).where(
                 DigestSchedule.enabled == True, DigestSchedule.platform == location.platform,  # noqa: E712
                 _in_workspace(DigestSchedule.workspace, location.workspace), DigestSchedule.channel == location.channel))).all())
+
+    async def refused_cards(self, found: list[DigestSchedule]) -> dict[str, Refused]:
+        """Of these schedules, those whose latest digests' cards the platform refused, by key: posted as far as
+        Baton knows, yet the channel saw nothing (``_shown_until`` starts the next digest before them)."""
+        refused: dict[str, Refused] = {}
+        async with self.db.read() as session:
+            for schedule in found:
+                rows = (await session.exec(select(DigestRun.window_start, DigestRun.summary).where(
+                    DigestRun.schedule_key == schedule.key, DigestRun.status == "posted")
+                    .order_by(DigestRun.window_end.desc()).limit(REFUSED_LOOKBACK))).all()  # type: ignore[attr-defined]
+                cards = [summary.get("outbox_id") for _start, summary in rows if summary.get("outbox_id") is not None]
+                errors = dict((await session.exec(select(OutboxMessage.id, OutboxMessage.error).where(
+                    OutboxMessage.id.in_(cards), OutboxMessage.status == "failed"))).all()) if cards else {}  # type: ignore[union-attr]
+                missed = []
+                for start, summary in rows:
+                    if summary.get("outbox_id") not in errors:
+                        break
+                    missed.append((start, errors[summary["outbox_id"]]))
+                if missed:
+                    since = missed[-1][0] if missed[-1][0].tzinfo else missed[-1][0].replace(tzinfo=UTC)  # SQLite's: UTC
+                    refused[schedule.key] = Refused(len(missed), since, first_line(missed[0][1] or "", 200) or "no reason given")
+        return refused
 
     async def set_chat_schedule(self, location: Location, cron: str, timezone: str, user: str, correlation: str) -> None:
         """The channel's chat-made schedule (one per channel; a new one replaces the old)."""
