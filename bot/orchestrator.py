@@ -910,6 +910,7 @@ class Orchestrator:
         found = await self.digests.in_channel(location)
         if not found:
             return Message.text("No digests are scheduled in this channel. Try `digest daily 09:00 Europe/Paris`.")
+        refused = await self.digests.refused_cards(found)  # a channel that invites Baton back hears what it missed
         now = utcnow()
         lines = []
         for schedule in found:
@@ -918,7 +919,10 @@ class Orchestrator:
                 upcoming = replies.when_in(schedules.next_fire(schedule.cron, schedule.timezone, now), schedule.timezone)
             except schedules.ScheduleError as exc:  # stored before a rule it breaks: the scheduler skips it
                 upcoming = f"never, it cannot be used any more ({exc}); set a new one"
-            lines.append(f"• {schedules.describe(schedule.cron, schedule.timezone)} ({source}); next: {upcoming}")
+            line = f"• {schedules.describe(schedule.cron, schedule.timezone)} ({source}); next: {upcoming}"
+            if schedule.key in refused:
+                line += f"; {refused[schedule.key].describe(schedule.timezone)}"
+            lines.append(line)
         return Message(title="Digests in this channel", parts=[Text(text="\n".join(lines))])
 
     async def _recent_twin(self, session: Transaction, record: ThreadRecord, fingerprint: str) -> ThreadRecord | None:
