@@ -22,6 +22,7 @@ from bot.orchestrator import Orchestrator
 from bot.outbox import Outbox
 from bot.redaction import Redactor
 from bot.registry import GraphRegistry
+from bot.retention import Retention
 from bot.models import create_model
 from bot.runtime import GraphRuntime, Services
 from bot.scheduler import DigestScheduler
@@ -85,6 +86,7 @@ class Baton:
         self.registry = GraphRegistry.discover()
         redactor = Redactor.for_settings(settings)
         self.outbox = Outbox(self.db, self.instance, claim_seconds=settings.lease_seconds, redactor=redactor)
+        self.retention = Retention(self.db, settings.retention_days, keep_threads_seconds=settings.dedupe_window_seconds)
         check_digest_platforms(config, settings.config_path)
         self.adapters: list[Any] = [adapter_class(self) for adapter_class in self._selected_adapters()]
         self._warn_about(config)
@@ -122,6 +124,8 @@ class Baton:
         await self.scheduler.start()
         self._loops = [asyncio.create_task(self._every(SWEEP_INTERVAL, self.orchestrator.sweep)),
                        asyncio.create_task(self._every(RETENTION_INTERVAL, self.prune_due_checkpoints,
+                                                       first=FIRST_PRUNE_AFTER)),
+                       asyncio.create_task(self._every(RETENTION_INTERVAL, self.retention.delete_expired,
                                                        first=FIRST_PRUNE_AFTER)),
                        asyncio.create_task(self._every(self.outbox.claim_seconds / 3, self.outbox.keep_claims))]
         if self.settings.approval_expiry_seconds:  # looked for a tenth as often as its time, at most every 30 s

@@ -9,6 +9,7 @@ replica's name on ``baton_build_info``): never a channel, a user, a message or a
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -20,13 +21,13 @@ from typing import Any
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
                                             InfoMetricFamily, Metric)
-from sqlalchemy import case, func, literal_column, null
+from sqlalchemy import case, func, insert, literal_column, null, update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.routing import ROUTER
-from storage.db import Database
-from storage.models import Approval, DigestRun, InboundEvent, OutboxMessage, Run, utcnow
+from storage.db import Database, Transaction
+from storage.models import Approval, DigestRun, ForgottenTotals, InboundEvent, OutboxMessage, Run, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,14 @@ class Rollup:
     open then (running, waiting) are read again by id at each scrape until they are final; rows newer
     than ``SETTLED`` are aggregated afresh each time. The first scrape of a process reads the table once.
     Every value is summed; each group's first value is its row count.
+
+    Data retention (``bot.retention``) deletes old final rows, adding what they counted to ``forgotten_totals``
+    in the same transaction. The totals kept here still count the rows deleted since they were read from
+    scratch, so they are added to that table's totals as they were then (``base``), not as they are now. When
+    rows this process never counted as final went (an open row deleted, or rows newer than ``through``:
+    it did not read for longer than the retention), the table is read from scratch, with the table's totals
+    as they are now. Either way a counter stays where it was across a deletion, on every replica, and a
+    replica started after it counts what the others do.
     """
 
     table: Any
@@ -80,11 +89,42 @@ class Rollup:
     through: int = 0
     totals: dict[tuple[Any, ...], list[float]] = field(default_factory=dict)
     open_ids: set[int] = field(default_factory=set)
+    name: str = ""  # its rows in forgotten_totals
+    base: dict[tuple[Any, ...], list[float]] = field(default_factory=dict)  # forgotten when read from scratch
+    seen: dict[tuple[Any, ...], tuple[list[float], int]] | None = None  # forgotten_totals at the last reading
 
     async def read(self, session: AsyncSession, now: datetime) -> tuple[dict[tuple[Any, ...], list[float]],
                                                                          dict[tuple[Any, ...], list[float]]]:
-        """(every final row's totals, the open rows' totals) as of now; kept state changes only when all
-        statements succeeded."""
+        """(every final row's totals, the deleted rows' included; the open rows' totals) as of now; kept state
+        changes only when all statements succeeded. ``session`` must read one snapshot (``Metrics._shared``):
+        a deletion committed between two of its statements would be counted twice, or not at all."""
+        forgotten = await forgotten_totals(session, self.name)
+        kept = (self.through, self.totals, self.open_ids, self.base)
+        if self.seen is None or (forgotten != self.seen and
+                                 max((last for _, last in forgotten.values()), default=0) > self.through):
+            self._start_over(forgotten)
+        try:
+            read = await self._read(session, now)
+            if read is None:  # an open row was deleted: what it ended as is in forgotten_totals only
+                self._start_over(forgotten)
+                read = await self._read(session, now)
+                assert read is not None
+        except BaseException:
+            self.through, self.totals, self.open_ids, self.base = kept
+            raise
+        self.seen = forgotten
+        finished, active = read
+        for key, values in self.base.items():
+            _add(finished, key, values)
+        return finished, active
+
+    def _start_over(self, forgotten: dict[tuple[Any, ...], tuple[list[float], int]]) -> None:
+        self.through, self.totals, self.open_ids = 0, {}, set()
+        self.base = {key: list(totals) for key, (totals, _) in forgotten.items()}
+
+    async def _read(self, session: AsyncSession, now: datetime) -> tuple[dict[tuple[Any, ...], list[float]],
+                                                                         dict[tuple[Any, ...], list[float]]] | None:
+        """``read`` from the kept state; ``None``, and nothing kept, when a row read as open is gone."""
         ident = self.table.id
         settled = (await session.exec(select(func.max(ident)).where(
             ident > self.through, self.born < now - SETTLED))).one() or self.through
@@ -99,20 +139,24 @@ class Rollup:
         active: dict[tuple[Any, ...], list[float]] = {}
         still_open: set[int] = set()
         ids = sorted(open_ids)
+        found = 0
         for start in range(0, len(ids), IN_CHUNK):
             for key, open_id, values in await self._grouped(session, ident.in_(ids[start:start + IN_CHUNK])):
+                found += int(values[0])  # an open row is a group of its own, of one
                 if open_id is None:  # final since it was last read
                     _add(totals, key, values)
                 else:
                     still_open.add(open_id)
                     _add(active, key, values)
+        if found < len(ids):
+            return None
         self.through, self.totals, self.open_ids = settled, totals, still_open
         finished = {key: list(values) for key, values in totals.items()}
         for key, open_id, values in await self._grouped(session, ident > settled):
             _add(finished if open_id is None else active, key, values)
         return finished, active
 
-    async def _grouped(self, session: AsyncSession, *where: Any) -> list[tuple[tuple[Any, ...], int | None, list[float]]]:
+    async def _grouped(self, session: AsyncSession | Transaction, *where: Any) -> list[tuple[tuple[Any, ...], int | None, list[float]]]:
         """Rows of ``where`` grouped by ``keys``: final rows together, each open row on its own (its id).
 
         One statement, so one snapshot: a row that becomes final meanwhile is seen as one or the other.
@@ -142,11 +186,48 @@ def _turnaround_bucket() -> Any:
 def runs_rollup() -> Rollup:
     return Rollup(Run, keys=(Run.graph, Run.status, _turnaround_bucket().label("bucket")),
                   values=(Run.turnaround_ms, Run.waited_seconds, Run.tokens, Run.cost),
-                  born=Run.started_at, status=Run.status, final=FINAL_RUN)
+                  born=Run.started_at, status=Run.status, final=FINAL_RUN, name="runs")
 
 
 def inbound_rollup() -> Rollup:
-    return Rollup(InboundEvent, keys=(InboundEvent.platform,), values=(), born=InboundEvent.received_at)
+    return Rollup(InboundEvent, keys=(InboundEvent.platform,), values=(), born=InboundEvent.received_at,
+                  name="inbound")
+
+
+async def forgotten_totals(session: AsyncSession | Transaction,
+                           name: str) -> dict[tuple[Any, ...], tuple[list[float], int]]:
+    """What the rows of the rollup ``name`` that retention deleted counted: each group's totals and the highest id."""
+    rows = (await session.exec(select(ForgottenTotals.key, ForgottenTotals.totals, ForgottenTotals.last_id)  # type: ignore[call-overload]
+                               .where(ForgottenTotals.metric == name))).all()
+    return {tuple(json.loads(key)): ([float(value) for value in totals], int(last_id)) for key, totals, last_id in rows}
+
+
+async def forget(session: Transaction, rollup: Rollup, ids: Sequence[int]) -> None:
+    """Add what the final rows ``ids`` of ``rollup``'s table count to ``forgotten_totals``, in the transaction
+    that deletes them (``bot.retention``), which holds the retention lock: nobody else updates those totals
+    meanwhile. Grouped by the rollup's own expressions, so they are counted exactly as a scrape counted them."""
+    if not ids:
+        return
+    groups: dict[tuple[Any, ...], list[float]] = {}
+    for start in range(0, len(ids), IN_CHUNK):
+        for key, open_id, values in await rollup._grouped(session, rollup.table.id.in_(ids[start:start + IN_CHUNK])):  # type: ignore[arg-type]
+            if open_id is not None:
+                raise ValueError(f"{rollup.name} row {open_id} is not final: it cannot be forgotten")
+            _add(groups, key, values)
+    last = max(ids)
+    known = await forgotten_totals(session, rollup.name)
+    now = utcnow()
+    for key, values in groups.items():
+        stored = json.dumps(list(key))
+        if key in known:
+            totals, last_id = known[key]
+            await session.exec(update(ForgottenTotals).where(  # type: ignore[call-overload]
+                ForgottenTotals.metric == rollup.name, ForgottenTotals.key == stored,
+            ).values(totals=[kept + value for kept, value in zip(totals, values, strict=True)],
+                     last_id=max(last_id, last), updated_at=now))
+        else:
+            await session.exec(insert(ForgottenTotals).values(  # type: ignore[call-overload]
+                metric=rollup.name, key=stored, totals=values, last_id=last, updated_at=now))
 
 
 class _Families:
@@ -229,6 +310,8 @@ class Metrics:
     async def _shared(self) -> list[Metric]:
         try:
             async with self.db.scan() as session:  # SQLite: off the event loop (aiosqlite's thread)
+                if not self.db.is_sqlite:  # one snapshot (SQLite's read transaction is one): see Rollup.read
+                    await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
                 families = await self._read(session, utcnow())
         except Exception as exc:  # noqa: BLE001 - the scrape still answers: baton_database_up says what is wrong
             self._troubled(f"{type(exc).__name__}: {_first_line(exc)}")

@@ -315,3 +315,17 @@ class DigestRun(SQLModel, table=True):
     # What building it cost (its model summary): there is no run to hold it, and it is spent in the channel.
     tokens: int | None = None
     cost: float | None = None
+
+
+class ForgottenTotals(SQLModel, table=True):
+    """What data retention (``bot.retention``) deleted, as ``GET /metrics`` counted it: added to the rows still
+    there, so that a counter never goes down when old rows go (Prometheus reads a drop as a reset). One row per
+    rollup and group, updated in the transaction that deletes the rows it counts."""
+
+    __tablename__ = "forgotten_totals"
+
+    metric: str = Field(primary_key=True)  # the rollup: runs | inbound
+    key: str = Field(primary_key=True)  # its group's labels, as JSON
+    totals: list[float] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # row count, then each sum
+    last_id: int = 0  # the highest id of the rows deleted in this group
+    updated_at: datetime = Field(default_factory=utcnow)
