@@ -96,7 +96,7 @@ class Baton:
             model_name=settings.model,
             model_deadline=settings.model_timeout_seconds * (settings.model_retries + 1),
             histories={adapter.name: adapter.history for adapter in self.adapters}, redactor=redactor,
-            approval_expiry=settings.approval_expiry_seconds)
+            approval_expiry=settings.approval_expiry_seconds, retention_days=settings.retention_days)
         self._stack = AsyncExitStack()
         self._loops: list[asyncio.Task[None]] = []
         self.orchestrator: Orchestrator | None = None

@@ -23,7 +23,7 @@ from bot import audit, schedules
 from bot.config import BatonConfig, Digest
 from bot.digest_stats import DIGEST_GRAPH, collect
 from bot.kit import Request
-from bot.messages import Location, Message, first_line, quoted_code
+from bot.messages import Location, Message, Note, first_line, quoted_code
 from bot.models import cost_of, usage_of
 from bot.outbox import Outbox
 from bot.replies import when, when_in
@@ -441,7 +441,20 @@ class Digests:
             await services.flush_effects()
         finally:  # no thread record holds this LangGraph thread: the pruning never finds it
             await self.runtime.forget(lg_thread, [DIGEST_GRAPH])
-        return Message.model_validate(outcome.values["reply"])
+        return self._with_retention_note(Message.model_validate(outcome.values["reply"]), run)
+
+    def _with_retention_note(self, message: Message, run: DigestRun) -> Message:
+        """A digest whose window begins before what Baton keeps (``BATON_RETENTION_DAYS``) counted less than its
+        period held, with nothing to tell it from a quiet one: it says from when it counts."""
+        days = self.services.retention_days
+        start = run.window_start if run.window_start.tzinfo else run.window_start.replace(tzinfo=UTC)  # SQLite's
+        kept_from = self.clock() - timedelta(days=days)
+        if not days or start >= kept_from:
+            return message
+        timezone = run.summary.get("timezone") or "UTC"
+        note = Note(text=f"Baton keeps {days} day{'' if days == 1 else 's'} of history (BATON_RETENTION_DAYS): this digest counts what "
+                         f"happened from {when_in(kept_from, timezone)} on.")
+        return message.model_copy(update={"parts": [*message.parts, note]})
 
     @staticmethod
     def _period(schedule: DigestSchedule, fire_time: datetime) -> timedelta:

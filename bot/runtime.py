@@ -256,6 +256,7 @@ class Services:
     histories: dict[str, HistoryProvider] = field(default_factory=dict)
     redactor: Redactor | None = None  # Baton's secrets, kept from what graphs send to the model too
     approval_expiry: float = 0.0  # BATON_APPROVAL_EXPIRY_SECONDS (0: cards wait for good), shown by ``status``
+    retention_days: int = 0  # BATON_RETENTION_DAYS (0: kept for good): a digest reaching further back says so
 
 
 class RunServices:

@@ -4,7 +4,7 @@ batches, what is unfinished or recent stays, and ``GET /metrics``' counters neve
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -329,10 +329,32 @@ def test_the_migration_adds_the_table_older_code_may_run_on(database_url: str) -
     try:
         with engine.connect() as connection:
             assert "forgotten_totals" not in inspect(connection).get_table_names()
-        upgrade(database_url)
+        upgrade(database_url, "0010")  # not the head: later migrations have their own tests
         with engine.connect() as connection:
             assert "forgotten_totals" in inspect(connection).get_table_names()
             assert MigrationContext.configure(connection).get_current_revision() == "0010"
             assert oldest_reader(connection) == "0008"  # only added: a replica of 0009 (or 0008) runs on it
     finally:
         engine.dispose()
+
+
+async def test_a_digest_reaching_past_the_retention_says_from_when_it_counts(database_url: str) -> None:
+    """Baton down for three days with a retention of one day: the catch-up digest covered the three days, yet
+    counted only the last (the rest was deleted), with nothing to tell it from quiet days. It says from when it
+    counts; a digest within the retention says nothing of it."""
+    from bot.config import BatonConfig
+    from bot.messages import Message
+    from tests.test_digests import PARIS_DAILY, Clock, digest_service, posted_messages
+
+    clock = Clock(datetime(2026, 6, 1, 6, 0, tzinfo=UTC))
+    async with digest_service(database_url, clock, BatonConfig(digests=[PARIS_DAILY])) as digests:
+        digests.services.retention_days = 1
+        clock.now = datetime(2026, 6, 1, 7, 0, tzinfo=UTC)
+        assert await digests.run_due(clock.now) == 1
+        clock.now = datetime(2026, 6, 4, 7, 0, tzinfo=UTC)  # back after three days: one catch-up digest
+        assert await digests.run_due(clock.now) == 1
+        first, catch_up = [Message.model_validate(message.payload).plain_text()
+                           for message in await posted_messages(digests)]
+    assert "BATON_RETENTION_DAYS" not in first
+    assert ("Baton keeps 1 day of history (BATON_RETENTION_DAYS): this digest counts what happened from "
+            "2026-06-03 07:00:00 UTC (Wed 09:00 in Europe/Paris) on.") in catch_up, catch_up
