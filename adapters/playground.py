@@ -16,6 +16,7 @@ message handed over twice is a duplicate the bot drops.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 import logging
@@ -31,15 +32,18 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import bindparam, exists, func, or_
+from sqlalchemy import BigInteger, bindparam, exists, func, or_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import aliased
+from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import select
 
 from adapters.contract import Adapter
 from bot.messages import InboundClick, InboundMessage, Location, Message, quoted, storable
 from bot.outbox import Delivery
-from storage.db import insert_ignore, insert_returning_id, prepared
-from storage.models import InboundEvent, PlaygroundMessage, ThreadRecord, utcnow
+from storage.db import prepared
+from storage.models import InboundEvent, PlaygroundMessage, ThreadRecord
 
 log = logging.getLogger("baton.adapters.playground")
 
@@ -73,6 +77,7 @@ BEFORE = Query(None, ge=1, le=MAX_ID, description="only messages older than this
 EVENT_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 STREAM_RETRY_SECONDS = 1.0  # how often a live stream looks again while the database cannot be reached
 RESUME_WINDOW = timedelta(hours=1)  # how far back a live stream resumes for a client that lost it (Last-Event-ID)
+LOOK_BACK = timedelta(seconds=5)  # what changed this long before a new live stream began is sent first
 _SCHEME_PORTS = {"http": 80, "https": 443}  # the ports browsers leave out of Host and Origin
 # The page may not be framed by another site (a hidden frame over a button of its own would turn a click
 # into Approve), and runs only its own script.
@@ -103,6 +108,66 @@ _STRANDED = prepared(select(
         *(PlaygroundMessage.channel == channel for channel, kind in CHANNEL_KINDS.items() if kind == "dm")),
 ).order_by(PlaygroundMessage.id))  # type: ignore[arg-type]
 _NEWEST = prepared(select(func.max(PlaygroundMessage.id)))
+
+
+class _next_change(FunctionElement[int]):  # noqa: N801 (used like a SQL function)
+    """The ``change`` a write gives the rows it stores: what live streams follow. Not a time: replicas' clocks
+    differ, and a stream that followed the times they stamped missed every message of a replica whose clock
+    was behind, and, once it had sent one of a replica ahead, every other replica's. On PostgreSQL the writing
+    transaction's id; on SQLite one more than the highest so far (its writers take turns, so they also commit
+    in that order)."""
+
+    type = BigInteger()
+    inherit_cache = True
+
+
+class _settled_below(FunctionElement[int]):  # noqa: N801
+    """Read in the statement that reads the rows: no change below it can still appear, in a later read, among
+    rows this one did not see. On PostgreSQL the oldest transaction still running when the statement began
+    (its snapshot's ``xmin``): a transaction that began before another commits after it, so a change number
+    read does not say that every lower one was read (the rows of a slow transaction, committed after a
+    stream had read a later one, were never sent). On SQLite one more than the highest change: nothing writes
+    while another write is in flight."""
+
+    type = BigInteger()
+    inherit_cache = True
+
+
+@compiles(_next_change, "postgresql")
+def _next_change_postgresql(_element: Any, _compiler: Any, **_kw: Any) -> str:
+    return "CAST(CAST(pg_current_xact_id() AS text) AS bigint)"
+
+
+@compiles(_next_change, "sqlite")
+def _next_change_sqlite(_element: Any, _compiler: Any, **_kw: Any) -> str:
+    return f"(SELECT coalesce(max(change), 0) + 1 FROM {PlaygroundMessage.__tablename__})"
+
+
+@compiles(_settled_below, "postgresql")
+def _settled_below_postgresql(_element: Any, _compiler: Any, **_kw: Any) -> str:
+    return "CAST(CAST(pg_snapshot_xmin(pg_current_snapshot()) AS text) AS bigint)"
+
+
+@compiles(_settled_below, "sqlite")
+def _settled_below_sqlite(element: Any, compiler: Any, **kw: Any) -> str:
+    return _next_change_sqlite(element, compiler, **kw)
+
+
+_MESSAGES = PlaygroundMessage.__table__  # type: ignore[attr-defined]
+# The bot's message, and an edit of one: one statement each (an edit read the row first, then wrote it).
+_STORE = prepared(_MESSAGES.insert().values(change=_next_change()).returning(_MESSAGES.c.id))
+_EDIT = prepared(update(_MESSAGES).where(_MESSAGES.c.id == bindparam("target")).values(
+    content=bindparam("new_content", type_=_MESSAGES.c.content.type),
+    text=bindparam("new_text", type_=_MESSAGES.c.text.type),
+    updated_at=bindparam("at", type_=_MESSAGES.c.updated_at.type),
+    revision=_MESSAGES.c.revision + 1, change=_next_change()).returning(_MESSAGES.c.id))
+
+
+@functools.cache
+def _post_once(dialect: str) -> Any:
+    """A user's message, stored unless its event id is (a redelivery)."""
+    insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+    return prepared(insert(_MESSAGES).values(change=_next_change()).on_conflict_do_nothing(index_elements=["event_id"]))
 
 
 class _Revalidated(StaticFiles):
@@ -291,11 +356,11 @@ class PlaygroundAdapter(Adapter):
                 if root.channel != body.channel:
                     raise HTTPException(400, f"thread {body.thread_id} is in #{root.channel}, not #{body.channel}")
                 thread_id = str(root.id)  # "0538" is thread 538: one thread, one queue
-            now = utcnow()
-            await insert_ignore(session, PlaygroundMessage, {
+            now = self.baton.db.now()  # the replicas' shared clock: a message's time is not its replica's
+            await session.exec(_post_once(session.bind.dialect.name), params={  # type: ignore[call-overload,union-attr]
                 "event_id": event_id, "channel": body.channel, "thread_id": thread_id, "user": body.user,
                 "text": body.text, "content": {"parts": [{"kind": "text", "text": body.text}]}, "is_bot": False,
-                "created_at": now, "updated_at": now, "revision": 1}, ["event_id"])
+                "visible_to": None, "created_at": now, "updated_at": now, "revision": 1})
             stored = (await session.exec(select(PlaygroundMessage).where(PlaygroundMessage.event_id == event_id))).one()
         self._notify()
         # Stored: from here on, a crash before the bot has it leaves it to ``hand_over_stranded``.
@@ -342,17 +407,25 @@ class PlaygroundAdapter(Adapter):
                                  headers=EVENT_STREAM_HEADERS)
 
     async def _stream(self, request: Request, viewer: str | None) -> AsyncIterator[str]:
-        """Send each new or edited message once per revision. Other replicas write to the same
-        table, so this polls; the overlap window catches rows committed slightly out of order."""
-        seen: dict[int, int] = {}
-        cursor = _resume_from(request.headers.get("last-event-id"), utcnow())
+        """Send each new or edited message once per revision, in the order they were stored.
+
+        Other replicas write to the same table, so this polls. It reads by ``change``, never by time (the
+        replicas' clocks differ): each look reads the rows from its cursor on, and moves the cursor up to
+        where nothing unseen can appear below it (``_settled_below``). The rows of a transaction still
+        running then are above it, so they come at a later look, and what one look sent again is skipped."""
+        seen: dict[int, int] = {}  # the revision sent of each row a look may read again
+        resumed, cursor = _resume_point(request.headers.get("last-event-id")), None
+        began = self.baton.db.now()
         yield ": connected\n\n"
         while not self.baton.stopping and not await request.is_disconnected():
             changed = self._changed  # taken before reading: a change made while we read is not missed
             try:
                 async with self.baton.db.read() as session:
-                    rows = (await session.exec(self._visible(viewer).where(
-                        PlaygroundMessage.updated_at >= cursor - timedelta(seconds=5)).order_by(PlaygroundMessage.updated_at))).all()  # type: ignore[arg-type]
+                    if cursor is None:
+                        cursor = await _start(session, resumed, began)
+                    rows = (await session.exec(select(PlaygroundMessage, _settled_below()).where(
+                        PlaygroundMessage.change >= cursor, *self._visible_to(viewer)).order_by(
+                        PlaygroundMessage.change, PlaygroundMessage.id))).all()  # type: ignore[arg-type]
             except Exception as exc:
                 # The database is away: the stream stays open and goes on from its cursor once it is back (it
                 # ended with a traceback, and every page's EventSource came back every 3 s for another one).
@@ -361,13 +434,16 @@ class PlaygroundAdapter(Adapter):
                 yield ": the database cannot be reached; waiting for it\n\n"
                 await asyncio.sleep(STREAM_RETRY_SECONDS)
                 continue
-            for row in rows:
+            for row, settled in rows:
                 if seen.get(row.id, 0) < row.revision:  # type: ignore[arg-type]
-                    seen[row.id] = row.revision  # type: ignore[index]
-                    # The id is where a client that lost the stream resumes (EventSource sends it back).
-                    yield (f"id: {row.updated_at.isoformat()}\n"
+                    # The id is where a client that lost the stream resumes (EventSource sends it back): the
+                    # rows after this one here, and the changes not visible yet, are all at or above it.
+                    yield (f"id: {min(row.change, settled)}\n"
                            f"data: {json.dumps({'type': 'message', 'message': self._json(row)})}\n\n")
-                cursor = max(cursor, row.updated_at)
+            if rows:
+                cursor = max(cursor, rows[0][1])
+            # A row the next look reads is one this look read, or a change since: so much is remembered.
+            seen = {row.id: max(row.revision, seen.get(row.id, 0)) for row, _settled in rows}  # type: ignore[misc]
             try:
                 await asyncio.wait_for(changed.wait(), 0.5)
             except TimeoutError:
@@ -396,22 +472,19 @@ class PlaygroundAdapter(Adapter):
         """
         content = delivery.message.model_dump()
         text = delivery.message.plain_text()
-        now = utcnow()
+        now = self.baton.db.now()
         async with self.baton.db.session(durable=False) as session:
-            target = await session.get(PlaygroundMessage, int(delivery.target_message_id)) \
-                if delivery.kind == "update" and delivery.target_message_id else None
-            if target is not None:
-                target.content, target.text = content, text
-                target.revision += 1
-                target.updated_at = now
-                session.add(target)
-                message_id = target.id
+            edited = (await session.exec(_EDIT, params={  # type: ignore[call-overload]
+                "target": int(delivery.target_message_id), "new_content": content, "new_text": text, "at": now,
+            })).first() if delivery.kind == "update" and delivery.target_message_id else None
+            if edited is not None:
+                message_id = edited[0]
             else:
-                message_id = await insert_returning_id(session, PlaygroundMessage, {
+                message_id = (await session.exec(_STORE, params={  # type: ignore[call-overload]
                     "event_id": None, "channel": delivery.location.channel,
                     "thread_id": delivery.location.thread or None, "user": BOT_NAME, "text": text, "content": content,
                     "is_bot": True, "visible_to": delivery.target_user if delivery.kind == "ephemeral" else None,
-                    "created_at": now, "updated_at": now, "revision": 1})
+                    "created_at": now, "updated_at": now, "revision": 1})).one()[0]
             if self.send_records_delivery:
                 await self.baton.outbox.record_delivery(session, delivery.id, str(message_id))
         self._notify()
@@ -490,8 +563,11 @@ class PlaygroundAdapter(Adapter):
 
     @staticmethod
     def _visible(viewer: str | None) -> Any:
-        return select(PlaygroundMessage).where(
-            or_(PlaygroundMessage.visible_to.is_(None), PlaygroundMessage.visible_to == viewer))  # type: ignore[union-attr]
+        return select(PlaygroundMessage).where(*PlaygroundAdapter._visible_to(viewer))
+
+    @staticmethod
+    def _visible_to(viewer: str | None) -> list[Any]:
+        return [or_(PlaygroundMessage.visible_to.is_(None), PlaygroundMessage.visible_to == viewer)]  # type: ignore[union-attr]
 
     @staticmethod
     def _json(row: PlaygroundMessage, reply_count: int = 0, last_reply_id: int | None = None) -> dict[str, Any]:
@@ -512,18 +588,35 @@ def _without_mention(text: str) -> str:
     return _SPACED_MENTION.sub(lambda m: " " if m["before"] and m["after"] else "", text).strip()
 
 
-def _resume_from(last_event_id: str | None, now: datetime) -> datetime:
-    """Where a live stream starts: now, or where a client that lost its stream left off (``Last-Event-ID``,
-    the time of the last change it got), at most ``RESUME_WINDOW`` back; a gap longer than the 5 s
-    overlap was lost."""
-    if last_event_id:
-        try:
-            resumed = datetime.fromisoformat(last_event_id)
-        except ValueError:
-            return now
-        if resumed.tzinfo is not None:
-            return min(now, max(resumed, now - RESUME_WINDOW))
-    return now
+def _resume_point(last_event_id: str | None) -> int | datetime | None:
+    """Where a client that lost its live stream left off (``Last-Event-ID``): a change, or the time of one
+    (the ids a Baton before 0011 sent); ``None`` for none, or what is neither."""
+    if not last_event_id:
+        return None
+    if last_event_id.isascii() and last_event_id.isdigit() and len(last_event_id) <= 18:
+        return int(last_event_id)
+    try:
+        resumed = datetime.fromisoformat(last_event_id)
+    except ValueError:
+        return None
+    return resumed if resumed.tzinfo is not None else None
+
+
+async def _start(session: Any, resumed: int | datetime | None, began: datetime) -> int:
+    """The change a live stream that began at ``began`` (the database's time) reads from: what changed in
+    the ``LOOK_BACK`` before it, or since ``resumed``, at most ``RESUME_WINDOW`` back."""
+    if resumed is None:
+        since = began - LOOK_BACK
+    elif isinstance(resumed, datetime):
+        since = min(began, max(resumed, began - RESUME_WINDOW))
+    else:
+        since = began - RESUME_WINDOW
+    settled, earliest = (await session.exec(select(_settled_below(), select(func.min(PlaygroundMessage.change)).where(
+        PlaygroundMessage.updated_at >= since, PlaygroundMessage.change > 0).scalar_subquery()))).one()  # type: ignore[arg-type,operator]
+    start = settled if earliest is None else min(settled, earliest)
+    if isinstance(resumed, int):  # a change no later than the stream's start, of the last hour
+        start = max(start, min(resumed, settled))
+    return int(start)
 
 
 def _netloc(url: str) -> str:

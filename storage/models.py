@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint, inspect
+from sqlalchemy import JSON, BigInteger, Column, Index, Text, UniqueConstraint, inspect
 from sqlalchemy.orm import configure_mappers
 from sqlmodel import Field, SQLModel
 
@@ -253,7 +253,7 @@ class PlaygroundMessage(SQLModel, table=True):
     __tablename__ = "playground_messages"
     # ix_playground_thread: a page of a channel's top level (thread_id IS NULL) or of a thread, and its reply counts
     __table_args__ = (Index("ix_playground_channel", "channel", "id"), Index("ix_playground_updated", "updated_at"),
-                      Index("ix_playground_thread", "channel", "thread_id", "id"))
+                      Index("ix_playground_thread", "channel", "thread_id", "id"), Index("ix_playground_change", "change"))
 
     id: int | None = Field(default=None, primary_key=True)
     event_id: str | None = Field(default=None, unique=True)
@@ -267,6 +267,9 @@ class PlaygroundMessage(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     revision: int = 1
+    # The write that stored the row as it is now, where the live streams resume (``adapters.playground``): the
+    # writing transaction's id on PostgreSQL, a counter on SQLite. 0: written before it was kept.
+    change: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
 
 
 class DigestSchedule(SQLModel, table=True):
