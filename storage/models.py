@@ -109,6 +109,7 @@ class Run(SQLModel, table=True):
     __tablename__ = "runs"
     __table_args__ = (
         Index("ix_runs_thread", "thread_record_id"),
+        Index("ix_runs_inbound", "inbound_id"),  # deleting an event (retention) looks for runs that name it
         # Covers every aggregate of a channel digest, so a window is read from the index alone.
         Index("ix_runs_digest", "platform", "channel", "started_at", "status", "graph", "turnaround_ms",
               "waited_seconds", "tokens", "cost"),
@@ -149,6 +150,7 @@ class Approval(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("run_id", "interrupt_id", name="uq_approval_interrupt"),
         Index("ix_approvals_status", "status", "created_at"),
+        Index("ix_approvals_thread", "thread_record_id"),  # deleting a thread record (retention) looks here
     )
 
     id: str = Field(default_factory=new_token, primary_key=True)
@@ -175,6 +177,7 @@ class Effect(SQLModel, table=True):
     """The effects ledger: a side effect keyed (thread, task, name) runs at most once."""
 
     __tablename__ = "effects"
+    __table_args__ = (Index("ix_effects_run", "run_id"),)  # a run's effects; deleting a run (retention) looks here
 
     id: int | None = Field(default=None, primary_key=True)
     key: str = Field(unique=True)
