@@ -12,12 +12,13 @@ import pytest
 from sqlmodel import select
 
 from bot.app import Baton
-from bot.messages import InboundClick, InboundMessage
+from bot.messages import InboundMessage
 from bot.registry import GraphSpec
 from bot.settings import Settings
 from storage.models import Approval, ThreadRecord
 from tests.support import until
-from tests.test_replicas_hunt2 import _logged, _replies_with, _settled, _started, _taken_by, _think_then_ask
+from tests.test_replicas_hunt2 import (_replies_with, _settled, _started, _taken_by, _think_then_ask,
+                                      approved_once_by_the_taker)
 
 
 def _stalled_for(baton: Baton, seconds: float) -> None:
@@ -55,15 +56,7 @@ async def test_a_step_ending_after_a_stall_writes_no_checkpoint_before_the_heart
         await _settled(stalled)
         assert "lost the lease" not in caplog.text, "the heartbeat noticed: this test would not show the fence"
         assert "was stalled; its step's checkpoint is not written" in caplog.text
-        await taker.accept_click(InboundClick(platform="playground", channel="general", thread="1", event_id="c1",
-                                              user="bob", approval_id=card.id, action="approve"))
-        await _settled(taker)
-        told = await until(lambda: _replies_with(taker, "restart web-1: "), "the run's reply")
-        async with taker.db.read() as session:
-            decided = [approval.status for approval in (await session.exec(select(Approval))).all()]
-            record = (await session.exec(select(ThreadRecord))).one()
-    assert decided == ["approved"] and record.status == "done", (decided, record.status)
-    assert told == ["restart web-1: approved"]
+        await approved_once_by_the_taker(taker, card)
 
 
 async def test_a_run_that_did_not_stall_asks_the_database_nothing_more_for_its_checkpoints(

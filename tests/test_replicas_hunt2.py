@@ -229,13 +229,18 @@ async def test_a_replica_that_stalled_past_its_lease_mid_step_leaves_the_card_to
         await until(_logged(caplog, "lost the lease on thread"), "the stalled replica to find its lease lost")
         first_thought.set()  # its step would end now
         await _settled(stalled)
-        await taker.accept_click(InboundClick(platform="playground", channel="general", thread="1", event_id="c1",
-                                              user="bob", approval_id=card.id, action="approve"))
-        await _settled(taker)
-        told = await until(lambda: _replies_with(taker, "restart web-1: "), "the run's reply")
-        async with taker.db.read() as session:
-            decided = [approval.status for approval in (await session.exec(select(Approval))).all()]
-            record = (await session.exec(select(ThreadRecord))).one()
+        await approved_once_by_the_taker(taker, card)
+
+
+async def approved_once_by_the_taker(taker: Baton, card: Approval) -> None:
+    """Approve on the card the taker posted goes on with its run to its one reply: the card is still current."""
+    await taker.accept_click(InboundClick(platform="playground", channel="general", thread="1", event_id="c1",
+                                          user="bob", approval_id=card.id, action="approve"))
+    await _settled(taker)
+    told = await until(lambda: _replies_with(taker, "restart web-1: "), "the run's reply")
+    async with taker.db.read() as session:
+        decided = [approval.status for approval in (await session.exec(select(Approval))).all()]
+        record = (await session.exec(select(ThreadRecord))).one()
     assert decided == ["approved"] and record.status == "done", (decided, record.status)
     assert told == ["restart web-1: approved"]
 
