@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     # Finished rows (runs, approvals, effects, handled events, delivered messages, audit, playground history)
     # older than this many days are deleted (bot/retention.py); 0 keeps everything. 90: a quarter's digests
     # and audits, well past the longest dedupe window (30 days) and approval expiry.
-    retention_days: int = Field(90, ge=0, le=100 * 365, alias="BATON_RETENTION_DAYS")
+    retention_days: int = Field(0, ge=0, le=100 * 365, alias="BATON_RETENTION_DAYS")
     max_draining_threads: int = Field(16, ge=1, le=10_000, alias="BATON_MAX_DRAINING_THREADS")
     instance_name: str | None = Field(None, alias="BATON_INSTANCE_NAME")
     adapters: str | None = Field(None, alias="BATON_ADAPTERS")

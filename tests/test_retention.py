@@ -317,8 +317,8 @@ async def test_a_request_after_its_thread_was_deleted_starts_a_new_one(tmp_path:
 
 def test_the_setting_is_read_and_checked(tmp_path: Path) -> None:
     env = tmp_path / "none.env"
-    assert Settings(_env_file=env).retention_days == 90
-    assert Settings(_env_file=env, BATON_RETENTION_DAYS="0").retention_days == 0
+    assert Settings(_env_file=env).retention_days == 0  # an upgrade deletes nothing unless asked to
+    assert Settings(_env_file=env, BATON_RETENTION_DAYS="90").retention_days == 90
     with pytest.raises(ValidationError, match="BATON_RETENTION_DAYS"):
         Settings(_env_file=env, BATON_RETENTION_DAYS="-1")
 
