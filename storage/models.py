@@ -113,8 +113,10 @@ class Run(SQLModel, table=True):
         # Covers every aggregate of a channel digest, so a window is read from the index alone.
         Index("ix_runs_digest", "platform", "channel", "started_at", "status", "graph", "turnaround_ms",
               "waited_seconds", "tokens", "cost"),
-        # A digest's failures are the runs that failed in its window, whenever they started.
-        Index("ix_runs_failed", "platform", "channel", "status", "finished_at"),
+        # A digest's turnarounds, waits and failures are of the runs that ended in its window, whenever they
+        # started: read from the index alone (but a failed run's error).
+        Index("ix_runs_ended", "platform", "channel", "finished_at", "status", "graph", "turnaround_ms",
+              "waited_seconds"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
