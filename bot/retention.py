@@ -32,7 +32,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import String, cast, delete, exists, func, or_
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 from sqlmodel import select
 
@@ -45,14 +44,11 @@ from storage.models import (Approval, AuditEntry, Effect, InboundEvent, OutboxMe
 log = logging.getLogger(__name__)
 
 BATCH = 200  # rows of a table per write transaction, at most
-# A batch that held the write lock longer makes the table's next one half as big: deleting a row looks for the
-# rows that refer to it, a whole read of their table where no index leads there (effects.run_id, runs.inbound_id).
+# A batch that held the write lock longer makes the table's next one half as big (deleting a row looks for the
+# rows that refer to it: each such foreign key has an index, migration 0012).
 LOCK_TARGET_SECONDS = 0.05
 LOCK = "baton:retention"
 PLAYGROUND = "playground"  # adapters.playground.PLATFORM (bot imports no adapter)
-# An effect's ledger entry may have been started this long after its run's end, as the replicas' clocks read
-# it: its run's effects are looked for up to there (the effects ledger has no index on its run).
-CLOCKS_DIFFER = timedelta(hours=1)
 FINISHED_THREAD = ("done", "failed", "idle")
 
 Step = Callable[[datetime], Awaitable[tuple[int, int]]]
@@ -74,10 +70,9 @@ def _run_expired(cutoff: datetime) -> tuple[Any, ...]:
 
 
 def _event_expired(cutoff: datetime) -> tuple[Any, ...]:
-    # ix_runs_thread finds a thread's runs: runs.inbound_id has no index of its own
     return (InboundEvent.status == "done", InboundEvent.received_at < cutoff, _below_newest(InboundEvent),
             func.coalesce(InboundEvent.handled_at, InboundEvent.received_at) < cutoff,
-            ~exists().where(Run.thread_record_id == InboundEvent.thread_record_id, Run.inbound_id == InboundEvent.id),
+            ~exists().where(Run.inbound_id == InboundEvent.id),  # ix_runs_inbound
             or_(InboundEvent.platform != PLAYGROUND, ~exists().where(PlaygroundMessage.event_id == InboundEvent.event_id)))
 
 
@@ -193,38 +188,22 @@ class Retention:
             gone = (await session.exec(delete(table).where(table.id.in_(ids), *still))).rowcount  # type: ignore[call-overload]
         return len(ids), gone
 
-    async def _runs(self, cutoff: datetime, everywhere: bool = False) -> tuple[int, int]:
-        """A batch of runs, with their approvals and effects. The effects ledger has no index on its run: a run's
-        entries are looked for among those started before the batch's last run ended, or ``everywhere`` (a whole
-        read of the ledger, off the write lock) when one was not found there and kept its run from going."""
-        try:
-            return await self._delete_runs(cutoff, everywhere)
-        except IntegrityError:
-            if everywhere:
-                raise
-            log.info("retention: a run's effects were started after it ended (clocks that differ): looking further")
-            return await self._delete_runs(cutoff, everywhere=True)
-
-    async def _delete_runs(self, cutoff: datetime, everywhere: bool) -> tuple[int, int]:
+    async def _runs(self, cutoff: datetime) -> tuple[int, int]:
+        """A batch of runs, with their approvals and effects (ix_effects_run: an effect stamped on another replica's
+        clock, after its run ended, goes with it)."""
         async with self.db.scan() as session:
             bound = await _first_id_since(session, Run, Run.started_at, cutoff)
-            picked = (await session.exec(select(Run.id, func.coalesce(Run.finished_at, Run.started_at)).where(
+            picked = (await session.exec(select(Run.id).where(
                 *_run_expired(cutoff), *(() if bound is None else (Run.id < bound,)))
                 .order_by(Run.id).limit(self._size()))).all()  # type: ignore[arg-type]
-            if not picked:
-                return 0, 0
-            ids = [run_id for run_id, _ in picked]
-            effects_bound = None if everywhere else await _first_id_since(
-                session, Effect, Effect.started_at, max(ended for _, ended in picked) + CLOCKS_DIFFER)
-            effects = (await session.exec(select(Effect.id).where(
-                Effect.run_id.in_(ids), *(() if effects_bound is None else (Effect.id < effects_bound,))))).all()  # type: ignore[union-attr]
+        if not picked:
+            return 0, 0
         async with self._writing() as session:
-            ids = list((await session.exec(select(Run.id).where(Run.id.in_(ids), *_run_expired(cutoff))  # type: ignore[union-attr]
+            ids = list((await session.exec(select(Run.id).where(Run.id.in_(picked), *_run_expired(cutoff))  # type: ignore[union-attr]
                                            .with_for_update(of=Run))).all())
             if ids:
                 await forget(session, runs_rollup(), ids)
-                if effects:
-                    await session.exec(delete(Effect).where(Effect.id.in_(effects), Effect.run_id.in_(ids)))  # type: ignore[call-overload,union-attr]
+                await session.exec(delete(Effect).where(Effect.run_id.in_(ids)))  # type: ignore[call-overload,union-attr]
                 await session.exec(delete(Approval).where(Approval.run_id.in_(ids)))  # type: ignore[call-overload,attr-defined]
                 await session.exec(delete(Run).where(Run.id.in_(ids)))  # type: ignore[call-overload,union-attr]
         return len(picked), len(ids)
@@ -268,7 +247,7 @@ class Retention:
             picked = list((await session.exec(select(ThreadRecord.id).where(
                 *_thread_expired(cutoff, now), *(() if bound is None else (ThreadRecord.id < bound,)))  # type: ignore[operator]
                 .order_by(ThreadRecord.id).limit(self._size()))).all())
-            # An approval's thread is its run's, so none should be left: looked for once a batch (no index).
+            # An approval's thread is its run's, so none should be left: looked for once a batch (ix_approvals_thread).
             held = set((await session.exec(select(Approval.thread_record_id).where(
                 Approval.thread_record_id.in_(picked)))).all()) if picked else set()  # type: ignore[attr-defined]
         _, gone = await self._delete(ThreadRecord, [record_id for record_id in picked if record_id not in held],

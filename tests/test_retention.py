@@ -216,8 +216,8 @@ async def test_counters_do_not_go_down_when_old_rows_are_deleted(database: Datab
 
 
 async def test_a_run_whose_effect_began_after_it_ended_still_goes(database: Database, database_url: str) -> None:
-    """The effects ledger has no index on its run: a run's entries are looked for among the older ones. One
-    stamped later (another replica's clock, hours ahead) made the run's deletion fail, at every pass."""
+    """A run's effects go with it, one stamped after the run ended too (another replica's clock, hours ahead):
+    looked for among the older entries only, it made the run's deletion fail at every pass."""
     [record] = insert(database_url, thread(1, status="idle", pruned_at=None))
     old_run, recent_run = insert(database_url, run(record), run(record, started=RECENT))
     insert(database_url, Effect(key="k0", run_id=recent_run, name="restart", started_at=RECENT),
