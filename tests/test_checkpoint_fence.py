@@ -18,7 +18,7 @@ from bot.settings import Settings
 from storage.models import Approval, ThreadRecord
 from tests.support import until
 from tests.test_replicas_hunt2 import (_replies_with, _settled, _started, _taken_by, _think_then_ask,
-                                      approved_once_by_the_taker)
+                                      approved_once_by_the_taker, thinking_on)
 
 
 def _stalled_for(baton: Baton, seconds: float) -> None:
@@ -40,13 +40,7 @@ async def test_a_step_ending_after_a_stall_writes_no_checkpoint_before_the_heart
     settings = Settings(BATON_DATABASE_URL=database_url, BATON_CONFIG=config_path,  # type: ignore[call-arg]
                         BATON_ADAPTERS="playground")
     async with Baton(settings) as stalled, Baton(settings) as taker:
-        thinking: list[str] = []
-        graph = _think_then_ask(first_thought, thinking)
-        for baton in (stalled, taker):
-            baton.registry.add(GraphSpec(name="change", graph=graph))
-        await stalled.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
-                                                    event_id="e1", user="alice", text="change"))
-        await until(_started(thinking), "the stalled replica's run to think")
+        await thinking_on(stalled, taker, first_thought)
         _stalled_for(stalled, settings.lease_seconds * 2)
         await _taken_by(taker)
         async with taker.db.read() as session:

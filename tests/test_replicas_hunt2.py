@@ -201,6 +201,18 @@ def _think_then_ask(first_thought: asyncio.Event, thinking: list[str]) -> StateG
     return graph
 
 
+async def thinking_on(stalled: Baton, taker: Baton, first_thought: asyncio.Event) -> None:
+    """Both replicas know the ``change`` graph; ``stalled`` starts a request of it, whose run thinks until
+    ``first_thought`` is set (a slow model call)."""
+    thinking: list[str] = []
+    graph = _think_then_ask(first_thought, thinking)
+    for baton in (stalled, taker):
+        baton.registry.add(GraphSpec(name="change", graph=graph))
+    await stalled.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
+                                                event_id="e1", user="alice", text="change"))
+    await until(_started(thinking), "the stalled replica's run to think")
+
+
 async def test_a_replica_that_stalled_past_its_lease_mid_step_leaves_the_card_to_the_run_that_took_over(
         tmp_path: Path, config_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A replica stalled in a step with no side effect (a slow model answer) lost its thread to another, whose
@@ -215,13 +227,7 @@ async def test_a_replica_that_stalled_past_its_lease_mid_step_leaves_the_card_to
                         BATON_ADAPTERS="playground")
     quick_heartbeat = settings.model_copy(update={"lease_seconds": 0.6})
     async with Baton(quick_heartbeat) as stalled, Baton(settings) as taker:
-        thinking: list[str] = []
-        graph = _think_then_ask(first_thought, thinking)
-        for baton in (stalled, taker):
-            baton.registry.add(GraphSpec(name="change", graph=graph))
-        await stalled.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
-                                                    event_id="e1", user="alice", text="change"))
-        await until(_started(thinking), "the stalled replica's run to think")
+        await thinking_on(stalled, taker, first_thought)
         await _taken_by(taker)  # stalled past its lease
         async with taker.db.read() as session:
             card = (await session.exec(select(Approval))).one()
