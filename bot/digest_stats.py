@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -15,7 +15,7 @@ from bot.approvals import waiting_for, who_may_approve
 from bot.messages import first_line
 from bot.routing import CHOOSER, ROUTER
 from bot.threads import CANCELLED_BY
-from storage.models import Approval, DigestRun, Run, ThreadRecord
+from storage.models import Approval, DigestRun, Run, ThreadRecord, as_utc
 
 MAX_LISTED = 10
 DIGEST_GRAPH = "digest"
@@ -206,7 +206,7 @@ def _offsets(zone: ZoneInfo, start: datetime, end: datetime) -> list[tuple[datet
         offset = at.astimezone(zone).utcoffset()
         return int(offset.total_seconds() // 60) if offset is not None else 0
 
-    start, end = (at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC) for at in (start, end))
+    start, end = as_utc(start), as_utc(end)
     stretches: list[tuple[datetime, int]] = []
     at, current = start, minutes(start)
     while at < end:

@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, true, update
@@ -29,7 +29,7 @@ from bot.outbox import Outbox
 from bot.replies import when, when_in
 from bot.runtime import GraphRuntime, RunServices, Services
 from storage.db import Transaction, insert_ignore
-from storage.models import DigestRun, DigestSchedule, OutboxMessage
+from storage.models import DigestRun, DigestSchedule, OutboxMessage, as_utc
 
 log = logging.getLogger("baton.digests")
 RETAKE_AFTER = timedelta(minutes=2)  # a claimed firing not posted by then was lost with its replica
@@ -173,8 +173,8 @@ class Digests:
                         break
                     missed.append((start, errors[summary["outbox_id"]]))
                 if missed:
-                    since = missed[-1][0] if missed[-1][0].tzinfo else missed[-1][0].replace(tzinfo=UTC)  # SQLite's: UTC
-                    refused[schedule.key] = Refused(len(missed), since, first_line(missed[0][1] or "", 200) or "no reason given")
+                    refused[schedule.key] = Refused(len(missed), as_utc(missed[-1][0]),  # SQLite's: naive, UTC
+                                                    first_line(missed[0][1] or "", 200) or "no reason given")
         return refused
 
     async def set_chat_schedule(self, location: Location, cron: str, timezone: str, user: str, correlation: str) -> None:
@@ -447,9 +447,8 @@ class Digests:
         """A digest whose window begins before what Baton keeps (``BATON_RETENTION_DAYS``) counted less than its
         period held, with nothing to tell it from a quiet one: it says from when it counts."""
         days = self.services.retention_days
-        start = run.window_start if run.window_start.tzinfo else run.window_start.replace(tzinfo=UTC)  # SQLite's
         kept_from = self.clock() - timedelta(days=days)
-        if not days or start >= kept_from:
+        if not days or as_utc(run.window_start) >= kept_from:
             return message
         timezone = run.summary.get("timezone") or "UTC"
         note = Note(text=f"Baton keeps {days} day{'' if days == 1 else 's'} of history (BATON_RETENTION_DAYS): this digest counts what "

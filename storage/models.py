@@ -19,6 +19,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(at: datetime) -> datetime:
+    """``at`` in UTC; a naive time (SQLite gives back what it was given, without its zone) is taken as UTC."""
+    return at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)
+
+
 def loaded(model: type[M], values: dict[str, Any]) -> M:
     """A ``model`` instance holding ``values`` as stored, made the way the ORM makes a row it loads:
     without ``__init__``, whose validation and per-attribute events cost ~60 µs a row. For rows just
