@@ -197,7 +197,7 @@ class Argument(BaseModel):
     def _compiles(cls, value: str) -> str:
         try:
             parsed = re_parser.parse(value)
-            re.compile(value)
+            argument_pattern(value)
         except re.error as exc:
             raise ValueError(f"invalid regular expression: {exc}") from exc
         if _repeats_a_repetition(parsed, [], inside=False, ignore_case=bool(parsed.state.flags & re.IGNORECASE)):
@@ -210,10 +210,27 @@ class Argument(BaseModel):
 
     @model_validator(mode="after")
     def _default_fits(self) -> Argument:
-        if self.default is not None and not re.fullmatch(self.pattern, self.default):
+        if self.default is not None and not self.matches(self.default):
             raise PartError(f"the default '{self.default[:80]}' does not match the pattern (the runbook could "
                             "never run without this argument)", "default")
         return self
+
+    def matches(self, value: str) -> bool:
+        """Whether the whole of ``value`` matches the pattern, as ``argument_pattern`` reads it."""
+        return argument_pattern(self.pattern).fullmatch(value) is not None
+
+
+def argument_pattern(pattern: str) -> re.Pattern[str]:
+    """A runbook argument's pattern, compiled as Baton matches it: ``\\w \\d \\s \\b`` in their ASCII meanings
+    (``re.ASCII``), as JSON Schema's (ECMA-262) ``\\w`` and ``\\d`` are. In Unicode's, ``^\\w+$`` took "wеb" with
+    a Cyrillic "е" and ``^\\d+$`` took "٨٠" (Arabic-Indic digits): the approver read "web", the command got
+    another word. Characters a pattern names itself (``[a-zé]``, ``\\u00e9``) are matched as written; ``(?i)``
+    ignores the case of ASCII letters only (write ``[éÉ]``). A pattern that asks for Unicode's meanings
+    (``(?u)``) has them."""
+    try:
+        return re.compile(pattern, re.ASCII)  # re caches compiled patterns: no cache of ours
+    except ValueError:  # "(?u)" at its start: the ASCII and UNICODE flags are incompatible
+        return re.compile(pattern)
 
 
 _TIMEOUT_IS = "the timeout is a number of seconds"
@@ -376,7 +393,7 @@ class Runbook(BaseModel):
                 problems.append(f"missing argument `{name}` ({spec.description or spec.pattern})")
             elif len(value) > MAX_VALUE_CHARS:  # checked first: on a long value even a fair pattern can take seconds
                 problems.append(f"`{name}` is {len(value):,} characters long; an argument may have {MAX_VALUE_CHARS:,}")
-            elif not re.fullmatch(spec.pattern, value):
+            elif not spec.matches(value):
                 allowed = f" ({spec.description})" if spec.description else ""
                 problems.append(f"`{name}={quoted_code(value)}` does not match the allowed pattern `{spec.pattern}`{allowed}")
             else:
