@@ -26,7 +26,7 @@ from bot.config import Argument
 from bot.kit import Request, approve, chat, current, effect, history
 from bot.messages import quoted_code
 from bot.models import clipped
-from graphs.runbook import run_runbook
+from graphs.runbook import run_runbook, shown_command
 from graphs.summarize import is_this_request
 
 DESCRIPTION = "Ask in plain words; I can use the runbooks (risky ones after approval). Needs a model."
@@ -90,6 +90,7 @@ def _argument_schema(name: str, spec: Argument) -> dict[str, Any]:
 _PORTABLE_OPS = {re_constants.LITERAL, re_constants.NOT_LITERAL, re_constants.ANY, re_constants.IN,
                  re_constants.MAX_REPEAT, re_constants.MIN_REPEAT, re_constants.SUBPATTERN, re_constants.BRANCH,
                  re_constants.AT}
+_WIDER_IN_ECMA = {re_constants.CATEGORY_SPACE, re_constants.CATEGORY_NOT_SPACE}  # \s and \S
 _PORTABLE_ANCHORS = {re_constants.AT_BEGINNING, re_constants.AT_END}  # ^ and $; not \A, \Z, \b
 
 
@@ -106,6 +107,9 @@ def _portable_items(items: list[tuple[Any, Any]]) -> bool:
     for op, value in items:
         if op not in _PORTABLE_OPS or (op == re_constants.AT and value not in _PORTABLE_ANCHORS):
             return False
+        if op == re_constants.IN and any(kind == re_constants.CATEGORY and member in _WIDER_IN_ECMA
+                                         for kind, member in value):
+            return False  # ECMA-262's \s takes U+00A0 and the other Unicode spaces; Baton's (re.ASCII) does not
         if op in (re_constants.MAX_REPEAT, re_constants.MIN_REPEAT) and not _portable_items(list(value[2])):
             return False
         if op == re_constants.SUBPATTERN and (value[1] or value[2] or not _portable_items(list(value[3]))):
@@ -148,7 +152,7 @@ def review(state: AssistantState) -> AssistantState:
         decision = approve(f"The assistant wants to run `{call['name']}`: {_described(runbook.description)}\n{_asked()}",
                            details={"tool": call["name"],  # JSON escapes were shown: "d\\u00e9ploiement"
                                     "arguments": _visible(json.dumps(call["args"], sort_keys=True, ensure_ascii=False)),
-                                    "command": _visible(" ".join(argv))},
+                                    "command": shown_command(argv)},
                            risk="high", runbook=call["name"])
         decisions[key] = {"approved": decision.approved, "by": decision.by}
     return {"decisions": decisions}

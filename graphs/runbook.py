@@ -46,7 +46,7 @@ def plan(state: RunbookState) -> RunbookState:
     runbook = current().config.runbooks[state["runbook"]]
     argv = runbook.argv(state["args"])
     if runbook.risk == "high":
-        inline = _inline(_shown(argv))
+        inline = _inline(shown_command(argv))
         command = inline or "the command shown on the card below"  # the card shows it as code, verbatim
         progress(f"Plan: run {command} (timeout {runbook.timeout:g}s). This needs approval.")
     return {"approved": runbook.risk == "low", "decided_by": "", "command": argv, "cwd": runbook.cwd,
@@ -59,7 +59,7 @@ def ask(state: RunbookState) -> RunbookState:
     argv = state.get("command") or (runbook.argv(state["args"]) if runbook else [])
     decision = approve(
         f"Run `{state['runbook']}`: {runbook.description if runbook else '(no longer in baton.yaml)'}",
-        details={"command": _shown(argv), "timeout": f"{runbook.timeout:g}s" if runbook else "?",
+        details={"command": shown_command(argv), "timeout": f"{runbook.timeout:g}s" if runbook else "?",
                  **_setting(state, runbook)},
         risk="high",
         # Its approvers as baton.yaml names them when the click comes; a runbook gone since has none.
@@ -106,7 +106,8 @@ def _changed_since_planned(state: RunbookState, runbook: Runbook | None) -> str:
                 "was run. Ask again to get an approval card.")
     planned = state.get("command")
     if planned is not None and argv != planned:
-        now, then = _inline(_shown(argv)) or "another command", _inline(_shown(planned)) or "the command planned"
+        now = _inline(shown_command(argv)) or "another command"
+        then = _inline(shown_command(planned)) or "the command planned"
         return (f"The runbook `{name}` changed in baton.yaml since it was asked for: it would now run {now}, not "
                 f"{then}, so nothing was run. Ask again to run the new command.")
     # A run planned before runbooks had a cwd and env (an older Baton's) was planned without them.
@@ -138,10 +139,10 @@ def _failure(exit_code: int) -> str:
 def _outcome(argv: list[str], what: str, output: str, tone: str) -> dict[str, Any]:
     """The reply as a message dict: the output is a code part of its own, shown verbatim whatever it
     prints (a ``` or a user id included), never markup inside the reply's text."""
-    inline = _inline(_shown(argv))
+    inline = _inline(shown_command(argv))
     parts: list[dict[str, str]] = ([{"kind": "text", "text": f"{inline} {what}."}] if inline else
                                    [{"kind": "text", "text": f"This command {what}:"},
-                                    {"kind": "code", "text": _shown(argv)}])
+                                    {"kind": "code", "text": shown_command(argv)}])
     parts.append({"kind": "code", "text": output} if output else {"kind": "note", "text": "(no output)"})
     return {"tone": tone, "parts": parts}
 
@@ -353,7 +354,7 @@ def _last_written(line: str) -> str:
     return "".join(shown)
 
 
-def _shown(argv: list[str]) -> str:
+def shown_command(argv: list[str]) -> str:
     """``argv`` as a shell would take it, one line, every character what it looks like: an argument that could
     be read as another is written in bash's ``$'...'``, each character outside printable ASCII an escape
     (``$'w\\u0435b'``), so the plan and the approval card show the command that runs, not one that only looks

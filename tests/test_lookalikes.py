@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from bot.config import Argument, ConfigError, load_config
-from graphs.runbook import _shown
+from graphs.runbook import shown_command
 from tests.support import BatonProcess, runs_in
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +93,7 @@ def test_the_shipped_baton_yaml_and_the_readmes_example_still_load(tmp_path: Pat
     ("a\nb", "$'a\\nb'"),
 ])
 def test_an_argument_is_shown_as_it_is_unless_it_reads_as_another(value: str, shown: str) -> None:
-    assert _shown(["deploy", value]) == f"deploy {shown}"
+    assert shown_command(["deploy", value]) == f"deploy {shown}"
 
 
 def _config(tmp_path: Path, counter: Path) -> Path:

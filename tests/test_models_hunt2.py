@@ -9,12 +9,15 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlmodel import select
 
 from adapters.playground import PlaygroundAdapter, PostClick, PostMessage
 from bot.app import Baton
+from bot.config import Argument
 from bot.settings import Settings
 from storage.models import Approval, InboundEvent, PlaygroundMessage, Run, utcnow
+from graphs import assistant
 from tests.fake_models import calls, script
 from tests.support import runs_in, until
 from tests.test_models import final, guess, tool_call
@@ -191,6 +194,15 @@ async def test_a_pattern_only_python_reads_is_not_put_in_the_tools_schema(tmp_pa
     assert "`service=Web!` does not match the allowed pattern" in second["last"]
 
 
+@pytest.mark.parametrize("pattern", [r"^\w+\s\w+$", r"^[^\s]+$", r"^\S+$"])
+def test_a_space_class_is_told_in_words_since_json_schema_s_takes_more_spaces(pattern: str) -> None:
+    """ECMA-262's \\s takes U+00A0 and the other Unicode spaces; Baton reads a runbook's pattern with ASCII
+    meanings (space, tab, line breaks). In the tools' schema the model was offered values Baton refuses."""
+    schema = assistant._argument_schema("x", Argument(pattern=pattern))
+    assert "pattern" not in schema and pattern in schema["description"]
+    assert assistant._argument_schema("x", Argument(pattern=r"^\w+-\d+$"))["pattern"] == r"^\w+-\d+$"
+
+
 
 async def test_an_answer_of_only_blank_lines_is_no_blank_message(tmp_path, config_path, monkeypatch) -> None:
     """A model answered "\\n\\n": the assistant posted a blank message and summarize a title
@@ -294,7 +306,8 @@ async def test_an_assistant_card_shows_arguments_in_any_language_as_written(tmp_
         second = await bot_said(baton, "all fine", thread=thread)
     # What a card cannot show is escaped: after U+202E, "enod ton" reads "not done"
     assert 'arguments: {"message": "all fine \\u202eenod ton\\u200b"}' in second, second
-    assert "command: true all fine \\u202eenod ton\\u200b" in second, second
+    # The command as the runbook's own card shows it: one argument, a space inside, in bash's $'...'
+    assert "command: true $'all fine \\u202eenod ton\\u200b'" in second, second
 
 
 async def test_the_assistant_asked_nothing_says_how_to_ask(tmp_path, config_path, monkeypatch) -> None:
