@@ -12,6 +12,7 @@ What goes once older than the retention (``Retention.delete_expired``, with the 
 - audit entries;
 - thread records with nothing left of them: finished, checkpoints pruned, nobody holding their lease, untouched
   for longer than both the retention and the dedupe window (the same request again still links to its thread).
+  A message for the thread stored meanwhile keeps it, or goes to a new record (``Retention._threads``).
 
 The newest row of each table always stays (``_below_newest``: SQLite would give its id out again).
 
@@ -250,6 +251,17 @@ class Retention:
             # An approval's thread is its run's, so none should be left: looked for once a batch (ix_approvals_thread).
             held = set((await session.exec(select(Approval.thread_record_id).where(
                 Approval.thread_record_id.in_(picked)))).all()) if picked else set()  # type: ignore[attr-defined]
-        _, gone = await self._delete(ThreadRecord, [record_id for record_id in picked if record_id not in held],
-                                     *_thread_expired(cutoff, self.db.now()))
+        ids = [record_id for record_id in picked if record_id not in held]
+        if not ids:
+            return len(picked), 0
+        async with self._writing() as session:
+            # Locked first, then deleted by a second statement: a request storing its event holds its record
+            # (threads.find, KEY SHARE) and is waited for, and the DELETE, with a snapshot taken after that
+            # event's commit, leaves the record. A single DELETE waiting for it would not look again and would
+            # fail the event's foreign key, and the pass with it. Once locked, no new event can name them.
+            still = _thread_expired(cutoff, self.db.now())
+            locked = list((await session.exec(select(ThreadRecord.id).where(
+                ThreadRecord.id.in_(ids), *still).with_for_update(of=ThreadRecord))).all())  # type: ignore[union-attr]
+            gone = (await session.exec(delete(ThreadRecord).where(  # type: ignore[call-overload]
+                ThreadRecord.id.in_(locked), *still))).rowcount if locked else 0  # type: ignore[union-attr]
         return len(picked), gone

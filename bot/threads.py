@@ -24,9 +24,15 @@ BUSY = ("running", "waiting")
 
 
 # Hot statements, built once with bound parameters (building them cost more CPU than running them).
+# KEY SHARE (PostgreSQL; SQLite renders no clause and has one writer): the record found stays until the transaction
+# ends, as the foreign key of the event stored next needs. Without it retention could delete it in between, and the
+# event's insert failed (its request got a 500). Retention's deletion waits for this lock, and a find waiting for
+# that deletion finds nothing once it commits (a new record is made). Updates of the thread (lease, status) do not
+# wait for it: they change no key.
 _FIND = prepared(select(ThreadRecord).where(
     ThreadRecord.platform == bindparam("platform"), ThreadRecord.workspace == bindparam("workspace"),
-    ThreadRecord.channel == bindparam("channel"), ThreadRecord.thread == bindparam("thread")))
+    ThreadRecord.channel == bindparam("channel"), ThreadRecord.thread == bindparam("thread"))
+    .with_for_update(read=True, key_share=True))  # FOR KEY SHARE (without read=True: FOR NO KEY UPDATE)
 _PENDING = select(InboundEvent).where(InboundEvent.thread_record_id == bindparam("record_id"),
                                       InboundEvent.status == "pending")
 CANCEL_KIND = "cancel"  # an inbound event that asks to stop the run it names (``Orchestrator._cancel_kind``)
@@ -86,6 +92,7 @@ def run_out_params(now: datetime) -> dict[str, datetime]:
 
 
 async def find(session: Transaction, location: Location) -> ThreadRecord | None:
+    """The thread's record, if any; it cannot be deleted before ``session`` ends (``_FIND``)."""
     return (await session.exec(_FIND, params=location.model_dump())).first()
 
 
