@@ -45,17 +45,17 @@ class Hold:
 
 
 class RetentionHeldBeforeCommit(Retention):
-    """Stops once its thread records' deletion has run, before that transaction commits."""
+    """Stops once its deletion from ``table`` has run, before that transaction commits."""
 
-    def __init__(self, db: Database, hold: Hold) -> None:
+    def __init__(self, db: Database, hold: Hold, table: str = "thread_records") -> None:
         super().__init__(db, DAYS)
-        self.hold = hold
+        self.hold, self.table = hold, table
 
     @asynccontextmanager
     async def _writing(self) -> AsyncIterator[Transaction]:
         async with super()._writing() as session:
             yield session
-            if self._table == "thread_records":
+            if self._table == self.table:
                 await self.hold()
 
 
