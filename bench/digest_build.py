@@ -32,8 +32,10 @@ GRAPHS = ["runbook", "deploy", "announce", "help"]
 
 
 def populate(path: Path, rows: int) -> None:
-    """Synthetic runs: most done, some failed or waiting, a few pending approvals, two channels."""
+    """Synthetic runs: most done, some failed (one in 25 of those cancelled) or waiting, two channels."""
     connection = sqlite3.connect(path)
+    # Marked as Baton marks them since migration 0014 (runs.cancelled); before it, told by their error alone.
+    marks = any(column[1] == "cancelled" for column in connection.execute("PRAGMA table_info(runs)"))
     rng = random.Random(7)
     connection.execute("INSERT INTO thread_records (id, platform, workspace, channel, thread, lg_thread_id, status, "
                        "created_at, updated_at) VALUES (1, 'playground', '', 'ops', '1', 'lg1', 'done', ?, ?)",
@@ -45,23 +47,26 @@ def populate(path: Path, rows: int) -> None:
         status = rng.choices(["done", "failed", "running", "waiting"], [90, 6, 2, 2])[0]
         turnaround = int(rng.lognormvariate(8, 1.2)) if status in ("done", "failed") else None
         finished = (started + timedelta(milliseconds=turnaround)).isoformat(" ") if turnaround is not None else None
+        cancelled = status == "failed" and n % 25 == 0
+        error = ("cancelled by bob" if cancelled else "exit code 1") if status == "failed" else None
         batch.append((1, "playground", "ops" if n % 10 else "general", rng.choice(GRAPHS), status, "alice", "",
                       f"c{n}", started.replace(tzinfo=None).isoformat(" "),
-                      finished[:26] if finished else None, rng.choice([0.0, 0.0, 12.5]), turnaround,
-                      "exit code 1" if status == "failed" else None))
+                      finished[:26] if finished else None, rng.choice([0.0, 0.0, 12.5]), turnaround, error,
+                      *((cancelled,) if marks else ())))
         if len(batch) == 50_000:
-            _insert(connection, batch)
+            _insert(connection, batch, marks)
             batch.clear()
-    _insert(connection, batch)
+    _insert(connection, batch, marks)
     connection.commit()
     connection.execute("ANALYZE")
     connection.close()
 
 
-def _insert(connection: sqlite3.Connection, batch: list[tuple[object, ...]]) -> None:
+def _insert(connection: sqlite3.Connection, batch: list[tuple[object, ...]], marks: bool) -> None:
     connection.executemany(
         "INSERT INTO runs (thread_record_id, platform, channel, graph, status, requested_by, input_text, correlation_id,"
-        " started_at, finished_at, waited_seconds, turnaround_ms, error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", batch)
+        " started_at, finished_at, waited_seconds, turnaround_ms, error" + (", cancelled" if marks else "") + ") "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?" + (",?" if marks else "") + ")", batch)
 
 
 async def measure(url: str, window: timedelta, repeats: int) -> dict[str, float]:
@@ -83,6 +88,7 @@ async def measure(url: str, window: timedelta, repeats: int) -> dict[str, float]
     finally:
         await database.dispose()
     assert rows == stats["requests"], (rows, stats["requests"])
+    assert stats["cancelled_count"] and stats["failure_count"], stats  # both kinds of failed runs are in the window
     return {"rows": rows, "digest_p50": statistics.median(digest_ms), "digest_max": max(digest_ms),
             "count_p50": statistics.median(count_ms), "count_max": max(count_ms)}
 
@@ -105,7 +111,7 @@ def main() -> None:
         "# Building a digest over 1,000,000 runs (SQLite)",
         "",
         f"`python -m bench.digest_build --rows {args.rows} --repeats {args.repeats}`, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC. "
-        f"{args.rows:,} runs over {DAYS} days (90% in the digest's channel). Baseline: `SELECT count(*)` over the "
+        f"{args.rows:,} runs over {DAYS} days (90% in the digest's channel; 6% failed, 1 in 25 of them cancelled). Baseline: `SELECT count(*)` over the "
         "window's rows in the same run. The digest: per-graph counts, exact p50/p95 turnaround, waiting time, "
         "failures, approvals, requests per day.",
         "",

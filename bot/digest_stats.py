@@ -14,22 +14,13 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from bot.approvals import waiting_for, who_may_approve
 from bot.messages import first_line
 from bot.routing import CHOOSER, ROUTER
-from bot.threads import CANCELLED_BY
 from storage.models import Approval, DigestRun, Run, ThreadRecord, as_utc
 
 MAX_LISTED = 10
 DIGEST_GRAPH = "digest"
-# A run ended by the `cancel` command is stored as failed with ``CANCELLED_BY`` + who as its error: nothing broke,
-# someone stopped it, so the digest counts it as cancelled, not among the failures.
-
-
-def _cancelled() -> Any:
-    return and_(Run.status == "failed", Run.error.like(CANCELLED_BY + "%"))  # type: ignore[union-attr]
-
-
-def _not_cancelled() -> Any:
-    """Not ``_cancelled()``, a NULL error included (SQL's NOT of an unknown LIKE is unknown, not true)."""
-    return or_(Run.status != "failed", Run.error.is_(None), not_(Run.error.like(CANCELLED_BY + "%")))  # type: ignore[union-attr]
+# A run ended by the `cancel` command is failed (its error ``bot.threads.CANCELLED_BY`` + who) and marked
+# ``Run.cancelled``: nothing broke, someone stopped it, so the digest counts it as cancelled, not among the
+# failures. Both indexes the digest reads hold the mark (the error, in neither, was read from the table).
 
 
 def _no_request(graph: str, status: str) -> bool:
@@ -51,27 +42,30 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
     in_window = [Run.platform == platform, Run.channel == channel, Run.started_at >= start, Run.started_at < end]
     if graphs:
         in_window.append(Run.graph.in_(graphs))  # type: ignore[attr-defined]
-    # One index-only scan for the counts and sums (ix_runs_digest covers every column used).
+    # One index-only scan (ix_runs_digest covers every column used) for the counts, the sums and the days.
+    day = _local_date(session, Run.started_at, timezone, start, end)
     per_graph: dict[str, dict[str, int]] = {}
+    days: dict[str, list[int]] = {}  # a day's requests, its turnarounds' total and how many
     tokens, cost, cost_known, with_tokens = None, None, 0, 0
-    for graph, status, count, tokens_sum, cost_sum, costs, tokened in (await session.exec(
-            select(Run.graph, Run.status, func.count(), func.sum(Run.tokens), func.sum(Run.cost), func.count(Run.cost),
-                   func.count(Run.tokens))
-            .where(*in_window).group_by(Run.graph, Run.status))).all():
+    for d, graph, status, cancelled, count, tokens_sum, cost_sum, costs, tokened, total, timed in (await session.exec(
+            select(day, Run.graph, Run.status, Run.cancelled, func.count(), func.sum(Run.tokens), func.sum(Run.cost),
+                   func.count(Run.cost), func.count(Run.tokens), func.sum(Run.turnaround_ms),
+                   func.count(Run.turnaround_ms))
+            .where(*in_window).group_by(day, Run.graph, Run.status, Run.cancelled))).all():
         if not _no_request(graph, status):
-            bucket = "running" if status in ("running", "waiting") else status
+            bucket = "cancelled" if cancelled else "running" if status in ("running", "waiting") else status
             per_graph.setdefault(graph, {"done": 0, "failed": 0, "running": 0})
-            per_graph[graph][bucket] = per_graph[graph].get(bucket, 0) + count
+            per_graph[graph][bucket] = per_graph[graph].get(bucket, 0) + count  # "cancelled" only where some are
+            one = days.setdefault(str(d), [0, 0, 0])
+            one[0] += count
+            if not cancelled:  # as the p50/p95, a cancelled run's time (its wait for a card, say) is no turnaround
+                one[1], one[2] = one[1] + int(total or 0), one[2] + timed
         tokens = (tokens or 0) + tokens_sum if tokens_sum is not None else tokens
         cost = (cost or 0.0) + cost_sum if cost_sum is not None else cost
         cost_known += costs
         with_tokens += tokened
-    # Of the failed runs, those someone cancelled (few rows: the failed ones only are read for their error).
-    for graph, count in (await session.exec(select(Run.graph, func.count()).where(*in_window, _cancelled())
-                                            .group_by(Run.graph))).all():
-        if graph in per_graph:
-            per_graph[graph]["failed"] -= count
-            per_graph[graph]["cancelled"] = count  # only where there are some
+    per_day = [{"day": d, "requests": n, "avg_turnaround_ms": total / timed if timed else None}
+               for d, (n, total, timed) in sorted(days.items())]
     if not graphs or DIGEST_GRAPH in graphs:
         # The channel's earlier digests' own model summaries: no run holds them (each counted by the
         # digest whose window its firing falls in, the one after it).
@@ -85,34 +79,30 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
         cost_known += costs
         with_tokens += tokened
 
-    requests = [*in_window, *_requests()]
     # Turnarounds and waits of the requests that ended in the window, whenever they were asked for: one asked
     # last evening and approved this morning (the slowest, the longest wait) was in neither digest by its start.
-    # Read by ix_runs_ended (platform, channel, finished_at, ...): the window's ended runs only, from the index.
+    # And the runs that failed in the window, whenever they started (one asked yesterday, approved and failed
+    # today is today's failure; by its start it was in neither digest's list). One index-only scan of the ended
+    # runs (ix_runs_ended: platform, channel, finished_at, ...) for the counts, one for both percentiles.
     ended_in_window = [Run.platform == platform, Run.channel == channel,
                        Run.finished_at >= start, Run.finished_at < end]  # type: ignore[operator]
     if graphs:
         ended_in_window.append(Run.graph.in_(graphs))  # type: ignore[attr-defined]
     ended = [*ended_in_window, Run.status.in_(("done", "failed"))]  # type: ignore[attr-defined]
-    waited = (await session.exec(select(func.sum(Run.waited_seconds)).where(*ended))).one()
     # a cancelled run has no result: no turnaround (its wait was still someone's wait)
-    finished = [*ended, Run.turnaround_ms.is_not(None), *_requests(), _not_cancelled()]  # type: ignore[union-attr]
-    finished_count = (await session.exec(select(func.count()).select_from(Run).where(*finished))).one()
-    turnaround = {"p50_ms": await _percentile(session, finished, finished_count, 0.50),
-                  "p95_ms": await _percentile(session, finished, finished_count, 0.95), "count": finished_count}
-
-    # The runs that failed in the window, whenever they started (one asked yesterday, approved and failed
-    # today is today's failure; by its start it was in neither digest's list).
-    failed_in_window = [*ended_in_window, Run.status == "failed"]
-    cancelled_count = (await session.exec(select(func.count()).select_from(Run).where(*failed_in_window, _cancelled()))).one()
-    failed_here = [*failed_in_window, _not_cancelled()]
-    failure_count = (await session.exec(select(func.count()).select_from(Run).where(*failed_here))).one()
+    finished = [Run.turnaround_ms.is_not(None), *_requests(), not_(Run.cancelled)]  # type: ignore[union-attr]
+    failed_here = [Run.status == "failed", not_(Run.cancelled)]
+    waited, finished_count, failure_count, cancelled_count = (await session.exec(select(
+        func.sum(Run.waited_seconds), _count_of(*finished), _count_of(*failed_here),
+        _count_of(Run.status == "failed", Run.cancelled)).where(*ended))).one()
+    p50, p95 = await _percentiles(session, [*ended, *finished], finished_count, (0.50, 0.95))
+    turnaround = {"p50_ms": p50, "p95_ms": p95, "count": finished_count}
     failures = [
         {"graph": graph, "error": first_line(error or "", 200) or "failed", "channel": c, "thread": t}
         for graph, error, c, t in (await session.exec(
             select(Run.graph, Run.error, ThreadRecord.channel, ThreadRecord.thread)
             .join(ThreadRecord, ThreadRecord.id == Run.thread_record_id)
-            .where(*failed_here).order_by(Run.finished_at).limit(MAX_LISTED))).all()
+            .where(*ended_in_window, *failed_here).order_by(Run.finished_at).limit(MAX_LISTED))).all()
     ] if failure_count else []
     # Approvals only: a choice card ("which graph did you mean?") picked is no approval granted.
     approvals_here = [Run.platform == platform, Run.channel == channel, Approval.kind == "approval"]
@@ -143,22 +133,6 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
             .join(Run, Run.id == Approval.run_id).join(ThreadRecord, ThreadRecord.id == Approval.thread_record_id)
             .where(*waiting_filter).order_by(Approval.created_at).limit(MAX_LISTED))).all()
     ]
-    day = _local_date(session, Run.started_at, timezone, start, end)
-    # As the p50/p95, a cancelled run's time (its wait for a card, say) is no turnaround: the cancelled runs'
-    # are taken off the day's. Read so, the days are one index-only scan (ix_runs_digest) and the error, which
-    # no index holds, is read for the failed runs alone (leaving them out in the one query read every row).
-    days = (await session.exec(select(day, func.count(), func.sum(Run.turnaround_ms), func.count(Run.turnaround_ms))
-                               .where(*requests).group_by(day).order_by(day))).all()
-    cancelled_days = {d: (total or 0, count) for d, total, count in (await session.exec(
-        select(day, func.sum(Run.turnaround_ms), func.count(Run.turnaround_ms))
-        .where(*requests, _cancelled()).group_by(day))).all()}
-    per_day, per_day_finished = [], {}
-    for d, n, total, count in days:
-        cancelled_total, cancelled_count = cancelled_days.get(d, (0, 0))
-        finished = count - cancelled_count
-        per_day.append({"day": str(d), "requests": n,
-                        "avg_turnaround_ms": (int(total) - int(cancelled_total)) / finished if finished else None})
-        per_day_finished[str(d)] = finished
     return {
         "window": {"start": start.isoformat(), "end": end.isoformat()},
         "timezone": timezone,  # of per_day's days
@@ -181,7 +155,7 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
         "waiting_count": waiting_count,
         "per_day": per_day,
         # of each day's requests, how many have a turnaround: what its average is of (a week's bar weighs its days so)
-        "per_day_finished": per_day_finished,
+        "per_day_finished": {d: timed for d, (_n, _total, timed) in sorted(days.items())},
     }
 
 
@@ -232,10 +206,19 @@ def _utc_date(session: AsyncSession, column: Any) -> Any:
     return func.date(column)
 
 
-async def _percentile(session: AsyncSession, where: list[Any], count: int, q: float) -> int | None:
-    """Nearest-rank percentile: the value at rank ceil(q * n), read with one ordered index scan."""
+def _count_of(*conditions: Any) -> Any:
+    """How many of the query's rows meet ``conditions``: several counts from one scan."""
+    return func.count(case((and_(*conditions), 1)))
+
+
+async def _percentiles(session: AsyncSession, where: list[Any], count: int, qs: tuple[float, ...]) -> list[int | None]:
+    """Nearest-rank percentiles of the ``count`` turnarounds ``where`` selects: the values at ranks ceil(q * n), all
+    read with one ordered scan (an ORDER BY ... OFFSET a percentile sorted the rows once for each)."""
     if count == 0:
-        return None
-    rank = max(1, math.ceil(round(q * count, 9)))
-    return (await session.exec(select(Run.turnaround_ms).where(and_(*where))
-                               .order_by(Run.turnaround_ms).offset(rank - 1).limit(1))).one()  # type: ignore[arg-type]
+        return [None for _q in qs]
+    ranks = [max(1, math.ceil(round(q * count, 9))) for q in qs]
+    ordered = select(Run.turnaround_ms, func.row_number().over(order_by=Run.turnaround_ms).label("rank")) \
+        .where(*where).subquery()
+    found = dict((await session.exec(select(ordered.c.rank, ordered.c.turnaround_ms)
+                                     .where(ordered.c.rank.in_(sorted(set(ranks)))))).all())
+    return [found.get(rank) for rank in ranks]  # none: rows went between the count and this (PostgreSQL)

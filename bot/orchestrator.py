@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from langgraph.types import Command, Interrupt
-from sqlalchemy import DateTime, Float, String, bindparam, exists, func, literal, or_, update
+from sqlalchemy import Boolean, DateTime, Float, String, bindparam, exists, func, literal, or_, update
 from sqlalchemy.orm import aliased
 from sqlmodel import select
 
@@ -101,9 +101,16 @@ _FINISH_THREAD = prepared(update(_THREADS).where(_THREADS.c.id == bindparam("rec
     status=bindparam("status"), updated_at=bindparam("now", type_=DateTime()), last_result=bindparam("result")))
 _FINISH_RUN = prepared(update(_RUNS).where(_RUNS.c.id == bindparam("run_id")).values(
     status=bindparam("status"), finished_at=bindparam("now", type_=DateTime()), error=bindparam("error"),
-    turnaround_ms=bindparam("turnaround_ms"), waited_seconds=_RUNS.c.waited_seconds + bindparam("waited", type_=Float())))
+    cancelled=bindparam("cancelled", type_=Boolean()), turnaround_ms=bindparam("turnaround_ms"),
+    waited_seconds=_RUNS.c.waited_seconds + bindparam("waited", type_=Float())))
 _KEEP_PROGRESS = prepared(update(_RUNS).where(_RUNS.c.id == bindparam("run_id")).values(
     progress_outbox_id=bindparam("progress_row")))
+
+
+def _ends_cancelled(status: str, error: str | None) -> bool:
+    """Whether a run ending so is marked ``Run.cancelled``: failed with ``CANCELLED_BY`` + who as its error, as
+    ``_end_cancelled`` ends it (what the digests and migration 0014 took for cancelled, read from the error)."""
+    return status == "failed" and error is not None and error.startswith(threads.CANCELLED_BY)
 
 
 def continued_progress(shown: list[str], posted: list[str]) -> list[str]:
@@ -860,7 +867,7 @@ class Orchestrator:
             "correlation_id": event.correlation_id, "started_at": now, "finished_at": now if status == "done" else None,
             "waited_seconds": 0.0, "turnaround_ms": 0 if status == "done" else None, "error": None,
             "tokens": (input_tokens + output_tokens) or None, "cost": cost_of(price, input_tokens, output_tokens),
-            "takeovers": 0}
+            "takeovers": 0, "cancelled": False}
 
     async def _offer_choices(self, event: InboundEvent, record: ThreadRecord, text: str, options: list[str],
                              usage: Any) -> None:
@@ -1362,7 +1369,7 @@ class Orchestrator:
                 await session.exec(_FORGET_REQUEST, params={"record_id": record.id})  # type: ignore[call-overload]
             await session.exec(_FINISH_RUN, params={  # type: ignore[call-overload]
                 "run_id": run.id, "status": status, "now": now, "error": error, "waited": waited,
-                "turnaround_ms": int((now - asked).total_seconds() * 1000)})
+                "cancelled": _ends_cancelled(status, error), "turnaround_ms": int((now - asked).total_seconds() * 1000)})
             await session.exec(_FINISH_THREAD, params={  # type: ignore[call-overload]
                 "record_id": record.id, "status": status, "now": now, "result": message.plain_text()[:2000]})
             reply = await self.outbox.enqueue_claimed(session, threads.location_of(record), message,

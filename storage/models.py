@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, BigInteger, Column, Index, Text, UniqueConstraint, inspect
+from sqlalchemy import JSON, BigInteger, Column, Index, Text, UniqueConstraint, false, inspect
 from sqlalchemy.orm import configure_mappers
 from sqlmodel import Field, SQLModel
 
@@ -117,11 +117,11 @@ class Run(SQLModel, table=True):
         Index("ix_runs_inbound", "inbound_id"),  # deleting an event (retention) looks for runs that name it
         # Covers every aggregate of a channel digest, so a window is read from the index alone.
         Index("ix_runs_digest", "platform", "channel", "started_at", "status", "graph", "turnaround_ms",
-              "waited_seconds", "tokens", "cost"),
+              "waited_seconds", "tokens", "cost", "cancelled"),
         # A digest's turnarounds, waits and failures are of the runs that ended in its window, whenever they
-        # started: read from the index alone (but a failed run's error).
+        # started: read from the index alone (but the failures it lists).
         Index("ix_runs_ended", "platform", "channel", "finished_at", "status", "graph", "turnaround_ms",
-              "waited_seconds"),
+              "waited_seconds", "cancelled"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -148,6 +148,9 @@ class Run(SQLModel, table=True):
     # How often the run was taken up again after Baton stopped while it was running (a crash, a stop):
     # a run that itself stops Baton (os._exit, the memory it takes) must not stop every start for ever.
     takeovers: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # Ended by a ``cancel``: failed, its error ``bot.threads.CANCELLED_BY`` + who. Nothing broke, so the digests
+    # count it apart from the failures; kept here, not read from the error, which no index can hold (migration 0014).
+    cancelled: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
 
 
 class Approval(SQLModel, table=True):

@@ -28,7 +28,8 @@ async def _runs(digests, start: datetime, *rows: tuple[str, str, str | None]) ->
             await session.flush()
             session.add(Run(thread_record_id=record.id, platform="playground", channel="ops", graph=graph, status=status,
                             requested_by="alice", correlation_id=f"c{n}", started_at=start + timedelta(minutes=n),
-                            finished_at=start + timedelta(minutes=n + 1), turnaround_ms=60_000, error=error))
+                            finished_at=start + timedelta(minutes=n + 1), turnaround_ms=60_000, error=error,
+                            cancelled=(error or "").startswith("cancelled by ")))  # as a `cancel` ends it
 
 
 async def test_a_cancelled_run_is_shown_as_cancelled_not_as_a_failure(sqlite_url):
@@ -175,7 +176,7 @@ async def test_a_request_approved_the_day_after_it_was_asked_counts_in_that_days
                 session.add(Run(thread_record_id=records[n].id, platform="playground", channel="ops", graph="deploy",
                                 status="failed" if error else "done", requested_by="alice", correlation_id=f"c{n}",
                                 started_at=asked, finished_at=asked + took, turnaround_ms=int(took.total_seconds() * 1000),
-                                waited_seconds=waited, error=error))
+                                waited_seconds=waited, error=error, cancelled=error is not None))
         async with digests.db.read() as session:
             stats = await collect(session, "playground", "ops", day, day + timedelta(days=1), [], day + timedelta(days=1))
     assert stats["turnaround"] == {"p50_ms": 30_000, "p95_ms": 12 * 3_600_000, "count": 2}

@@ -25,7 +25,8 @@ async def _add_runs(digests, *rows: tuple[str, str, timedelta, str | None]) -> N
             asked = START + timedelta(minutes=n)
             session.add(Run(thread_record_id=record.id, platform="playground", channel="ops", graph=graph, status=status,
                             requested_by="alice", correlation_id=f"c{n}", started_at=asked, finished_at=asked + took,
-                            turnaround_ms=int(took.total_seconds() * 1000), error=error))
+                            turnaround_ms=int(took.total_seconds() * 1000), error=error,
+                            cancelled=(error or "").startswith("cancelled by ")))  # as a `cancel` ends it
 
 
 async def _stats(database_url: str, *rows: tuple[str, str, timedelta, str | None]) -> dict:
