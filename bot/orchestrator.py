@@ -289,7 +289,10 @@ class Orchestrator:
         location = Location(**click.model_dump(include={"platform", "workspace", "channel", "thread"}))
         correlation = uuid.uuid4().hex
         async with self.db.session(urgent=True) as session:  # the platform waits for this write
-            approval = await session.get(Approval, click.approval_id)
+            # KEY SHARE (PostgreSQL; SQLite renders no clause): retention deletes a decided card with its finished
+            # run, then its thread record. Held, the card stays until this click's event names the thread; a click
+            # that waited for the card's deletion finds none (an unknown approval, below).
+            approval = await session.get(Approval, click.approval_id, with_for_update={"read": True, "key_share": True})
             record_id = approval.thread_record_id if approval else None
             stored = await self._claim(session, click.platform, click.event_id, "click", location, click.user,
                                        click.action, {"approval_id": click.approval_id, "action": click.action},

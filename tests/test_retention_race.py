@@ -21,13 +21,13 @@ from sqlmodel import select
 
 from bot import threads
 from bot.app import Baton
-from bot.messages import InboundMessage, Location
+from bot.messages import InboundClick, InboundMessage, Location
 from bot.retention import Retention
 from bot.settings import Settings
 from storage.db import Database, Transaction
-from storage.models import AuditEntry, InboundEvent, OutboxMessage, ThreadRecord
+from storage.models import Approval, AuditEntry, InboundEvent, OutboxMessage, ThreadRecord
 from tests.support import until
-from tests.test_retention import DAYS, RECENT, insert, thread
+from tests.test_retention import DAYS, OLD, RECENT, insert, run, thread
 
 CHAT = {"platform": "playground", "workspace": "", "channel": "general"}
 
@@ -166,3 +166,84 @@ async def test_a_message_does_not_wait_for_a_drain_holding_its_thread(baton: Bat
     assert (await accepting).status == "accepted"
     event, records = await answered(baton)
     assert records == [old] and event.thread_record_id == old
+
+
+# -- clicks: retention deletes an approval only with its finished run (never a pending one), and its thread after.
+
+
+def old_decided_card(database_url: str) -> tuple[int, str]:
+    """Chat thread t1's long-idle record with an old run and its card, decided long ago (a newer run is the
+    newest, which always stays): retention deletes the card, the run and the record in one pass."""
+    old, recent = insert(database_url, thread(1, **CHAT, thread="t1"), thread(2, **CHAT, thread="t2", updated_at=RECENT))
+    old_run, _ = insert(database_url, run(old, platform="playground", channel="general"),
+                        run(recent, platform="playground", channel="general", started=RECENT))
+    [card] = insert(database_url, Approval(run_id=old_run, thread_record_id=old, interrupt_id="i", graph="runbook",
+                                           summary="restart?", requested_by="dave", status="approved", created_at=OLD))
+    return int(old), str(card)
+
+
+def click(card: str) -> InboundClick:
+    return InboundClick(platform="playground", channel="general", thread="t1", event_id="c1", user="bob",
+                        approval_id=card, action="approve")
+
+
+async def click_answered(baton: Baton) -> tuple[InboundEvent, str]:
+    """The click's event once closed, and the text of its (ephemeral) answer."""
+    async def done() -> Any:
+        async with baton.db.read() as session:
+            event = (await session.exec(select(InboundEvent).where(InboundEvent.event_id == "c1"))).one()
+            notes = (await session.exec(select(OutboxMessage).where(
+                OutboxMessage.correlation_id == event.correlation_id))).all()
+        return (event, str(notes[0].payload)) if event.status == "done" and len(notes) == 1 else None
+
+    return await until(done, "the click answered")
+
+
+async def test_a_click_on_a_card_being_deleted_is_told_it_is_unknown(baton: Baton, database_url: str) -> None:
+    """Retention deleting the card's run, its transaction open: the click waits for it, then finds no card."""
+    record, card = old_decided_card(database_url)
+    hold = Hold()
+    deleting = asyncio.create_task(RetentionHeldBeforeCommit(baton.db, hold, table="runs").delete_expired())
+    await hold.reached.wait()
+    clicking = asyncio.create_task(baton.accept_click(click(card)))
+
+    async def clicked_or_waiting() -> bool:
+        return clicking.done() or await waiting_for_a_lock(baton.db)
+
+    await until(clicked_or_waiting, "the click waiting for the deletion (or accepted)")
+    hold.go.set()
+    assert (await clicking).status == "accepted"
+    assert await deleting == {"runs": 1, "thread_records": 1}
+    event, answer = await click_answered(baton)
+    assert event.thread_record_id is None and event.outcome == "unknown approval"
+    assert "don't know that approval" in answer, answer
+    async with baton.db.read() as session:
+        assert (await session.exec(select(ThreadRecord.id).where(ThreadRecord.id == record))).first() is None
+
+
+async def test_a_click_read_its_card_before_retention_deleted_it(baton: Baton, database_url: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The click has read its card, and not stored its event yet, when retention runs a whole pass (card, run,
+    the thread record): its event named a record gone by then, and the click got a 500."""
+    record, card = old_decided_card(database_url)
+    hold, claim = Hold(), baton.orchestrator._claim
+
+    async def hold_then_claim(*args: Any, **kwargs: Any) -> Any:
+        await hold()
+        return await claim(*args, **kwargs)
+
+    monkeypatch.setattr(baton.orchestrator, "_claim", hold_then_claim)
+    clicking = asyncio.create_task(baton.accept_click(click(card)))
+    await hold.reached.wait()
+    deleting = asyncio.create_task(Retention(baton.db, DAYS).delete_expired())
+
+    async def deletion_waits_or_is_done() -> bool:
+        return deleting.done() or await waiting_for_a_lock(baton.db)
+
+    await until(deletion_waits_or_is_done, "retention waiting for the click (or done)")
+    hold.go.set()
+    assert (await clicking).status == "accepted"
+    assert await deleting == {"runs": 1}  # the card and its run; the record got the click's event and stays
+    event, answer = await click_answered(baton)
+    # Its drain read the card before or after retention's commit: decided already, or gone.
+    assert event.thread_record_id == record and ("Already approved" in answer or "can't find the run" in answer), answer
