@@ -450,6 +450,11 @@ def long_line(number: int) -> str:
     return f"line {number:05d} " + "x" * 40
 
 
+def slow_release(counter: Path) -> Path:
+    """The file that ends a running ``slow`` command of the config written with ``counter`` at once."""
+    return counter.with_name("slow.release")
+
+
 def write_config(directory: Path, counter: Path, approvers: list[str] | None = None) -> Path:
     """A baton.yaml whose runbooks count their executions in ``counter`` (one line per run).
 
@@ -459,6 +464,11 @@ def write_config(directory: Path, counter: Path, approvers: list[str] | None = N
     python = sys.executable
     long_script = f"for i in range({LONG_LINES}): print('line %05d ' % i + 'x' * 40)"
     script = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n'); print('did', sys.argv[2])"
+    # Sleeps its seconds, or until a test creates ``slow_release(counter)``: a test that needs the command to
+    # outlast something (a takeover) without a guess at how long that takes gives it 9.9 s and then lets it go.
+    slow_script = ("import os, sys, time; end = time.monotonic() + float(sys.argv[1])\n"
+                   "while time.monotonic() < end and not os.path.exists(sys.argv[2]): time.sleep(0.02)\n"
+                   "print('slept')")
     hang_script = ("import subprocess, sys, time; child = subprocess.Popen(['sleep', '60']); "
                    "open(sys.argv[1], 'w').write(str(child.pid)); print('waiting', flush=True); time.sleep(60)")
     config = directory / "baton.yaml"
@@ -481,7 +491,7 @@ runbooks:
     timeout: 20
   slow:
     description: Takes a moment, to see queueing.
-    command: [{python!r}, "-c", "import time, sys; time.sleep(float(sys.argv[1])); print('slept')", "{{seconds}}"]
+    command: [{python!r}, "-c", {slow_script!r}, "{{seconds}}", {str(slow_release(counter))!r}]
     args:
       seconds:
         pattern: "^[0-9](\\\\.[0-9])?$"

@@ -21,7 +21,7 @@ from bot.settings import Settings
 from storage.db import Database
 from storage.models import Approval, Effect, InboundEvent, PlaygroundMessage, Run, ThreadRecord, utcnow
 from tests.fake_models import script
-from tests.support import runs_in, wait_for
+from tests.support import runs_in, slow_release, wait_for
 
 
 async def _effects(database_url: str) -> list[Effect]:
@@ -41,7 +41,7 @@ def test_killed_while_a_command_runs_it_is_not_run_again(start_baton, database_u
     fast_lease = {"BATON_LEASE_SECONDS": "2"}
     first = start_baton(database_url, name="crashing", env=fast_lease)
     pg = first.client()
-    thread = pg.ask("@baton run slow seconds=3")
+    thread = pg.ask("@baton run slow seconds=9.9")  # until released below: it outlasts the takeover
     wait_for(lambda: [e for e in effects(database_url) if e.status == "started"], what="the command to start")
     first.stop(signal.SIGKILL)
 
@@ -56,7 +56,7 @@ def test_request_queued_on_a_dead_replica_is_handled_by_another(start_baton, dat
     fast_lease = {"BATON_LEASE_SECONDS": "2"}
     first = start_baton(database_url, name="crashing", env=fast_lease)
     pg = first.client()
-    thread = pg.ask("@baton run slow seconds=3")
+    thread = pg.ask("@baton run slow seconds=9.9")  # until released below: it outlasts the takeover
     pg.say("run uptime", thread=thread)
     wait_for(lambda: [e for e in effects(database_url) if e.status == "started"], what="the command to start")
     first.stop(signal.SIGKILL)
@@ -168,11 +168,12 @@ def test_a_replica_that_lost_its_lease_mid_run_does_not_answer_too(start_baton, 
     stalled = start_baton(database_url, name="stalled", env=slow_renewal)
     start_baton(database_url, name="taker", env=slow_renewal)  # sweeps the thread once its lease has run out
     pg = stalled.client()
-    thread = pg.ask("@baton run slow seconds=3")
+    thread = pg.ask("@baton run slow seconds=9.9")  # until released below: it outlasts the takeover
     wait_for(lambda: [e for e in effects(database_url) if e.status == "started"], what="the command to start")
     assert asyncio.run(_expire_leases(database_url)) == 1
 
     pg.wait_reply(thread, "outcome is unknown", timeout=30)  # the taker's answer
+    slow_release(counter).touch()  # the command ends now, its outcome no longer in doubt
     wait_for(lambda: [e for e in effects(database_url) if e.status == "done"], timeout=30,
              what="the stalled replica's command to end")
     wait_for(lambda: "stopped draining" in stalled.log.read_text() or
