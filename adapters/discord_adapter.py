@@ -120,6 +120,7 @@ MISSING_ACCESS = 50001  # Discord's error code: Baton cannot see the channel (a 
 MISSING_PERMISSIONS = 50013  # Discord's error code: e.g. a post in a thread without Send Messages in Threads
 NO_THREADS_HERE = 50024  # Discord's error code: not in this kind of channel (a thread on a voice channel's chat)
 THREADS_FULL = (160006, 160007)  # Discord's error codes: as many active (announcement) threads as a server may have
+LINK_PREVIEWS = frozenset({"link", "article", "image", "video", "gifv"})  # embeds Discord makes of a link in the text
 PERSON_MESSAGE_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 TRANSIENT_PAUSES = (1.0, 2.0, 4.0, 8.0)  # between tries of a call that meets a passing trouble of Discord's
 ANSWER_MARGIN = timedelta(seconds=30)  # do not retry an interaction's reply this close to its token's expiry
@@ -1036,13 +1037,27 @@ async def _say_best_effort(channel: Any, text: str) -> None:
 
 def _as_history(message: discord.Message, me: int | None) -> dict[str, Any]:
     is_bot = message.author.bot or message.author.id == me
-    text = message.content or "\n".join(embed.description or "" for embed in message.embeds)
-    if message.attachments:  # a file alone (a log, a screenshot) was an empty line in a summary or the assistant's past
-        files = ", ".join(attachment.filename for attachment in message.attachments)
-        text = f"{text}\n(attached: {files})" if text.strip() else f"(attached: {files})"
+    text = "\n".join([_shown_in(message), *(f"(forwarded) {_shown_in(forwarded)}".rstrip()
+                                           for forwarded in message.message_snapshots)])
     if me is not None:
         text = text.replace(f"<@{me}>", "@baton").replace(f"<@!{me}>", "@baton")
     return {"user": str(message.author.id), "is_bot": is_bot, "text": text.strip()}
+
+
+def _shown_in(message: discord.Message | discord.MessageSnapshot) -> str:
+    """What a message shows, as text: its words, then what its embeds say (alerting bots and webhooks post an
+    alert as an embed, often as a title and fields with no description: it was an empty line in a summary, and
+    the assistant left it out), then the names of its files (a log alone was an empty line too). Discord's
+    previews of a link in the words are left out: they repeat the page, not what was said."""
+    lines = [message.content]
+    for embed in message.embeds:
+        if embed.type in LINK_PREVIEWS:
+            continue
+        lines += [embed.author.name or "", embed.title or "", embed.description or ""]
+        lines += [f"{field.name}: {field.value}" for field in embed.fields]
+    if message.attachments:
+        lines.append(f"(attached: {', '.join(attachment.filename for attachment in message.attachments)})")
+    return "\n".join(line for line in lines if line.strip())
 
 
 def _edited_later(message: Message) -> bool:
