@@ -722,7 +722,9 @@ class DiscordAdapter(Adapter):
 
         A thread started on a message (a mention, a /baton's reply) begins with that message, as a
         Slack thread begins with its parent: it stays in the channel, and Discord's history of the thread
-        does not hold it, so it is read from the channel (its id is the thread's).
+        does not hold it, so it is read from the channel (its id is the thread's). When that message is a
+        reply ("@Baton summarize" or "@Baton why is this firing?" answering an alert), the message it answers
+        comes first: it is what the request is about, as a Slack thread's alert is its parent.
 
         ``None`` (the core then uses what Baton saw) without the message content intent, since
         Discord then blanks other people's messages, or when Discord refuses (no Read Message
@@ -741,7 +743,9 @@ class DiscordAdapter(Adapter):
         started_on = int(location.thread) if location.thread and location.thread != location.channel else None
         if started_on is not None and len(messages) < limit and all(message.id != started_on for message in messages):
             starter = await self._message(int(location.channel), started_on)
-            messages = [starter, *messages] if starter is not None else messages
+            if starter is not None:
+                answered = _replied_to(starter)[:limit - len(messages) - 1]
+                messages = [*answered, starter, *messages]
         me = self.client.user.id if self.client.user else None
         return [_as_history(message, me) for message in messages]
 
@@ -1042,6 +1046,12 @@ def _as_history(message: discord.Message, me: int | None) -> dict[str, Any]:
     if me is not None:
         text = text.replace(f"<@{me}>", "@baton").replace(f"<@!{me}>", "@baton")
     return {"user": str(message.author.id), "is_bot": is_bot, "text": text.strip()}
+
+
+def _replied_to(message: discord.Message) -> list[discord.Message]:
+    """The message ``message`` replies to, which Discord sends along with a reply (none when it was deleted)."""
+    answered = message.reference.resolved if message.reference is not None else None
+    return [answered] if message.type == discord.MessageType.reply and isinstance(answered, discord.Message) else []
 
 
 def _shown_in(message: discord.Message | discord.MessageSnapshot) -> str:

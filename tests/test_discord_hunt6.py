@@ -5,18 +5,26 @@ alert."""
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from collections.abc import Iterator
+from typing import Any, cast
 
+import pytest
+from aiohttp import web
+
+import tests.fake_discord as fake_module
 from bot.messages import Location
-from tests.fake_discord import ALICE, BOB, GENERAL, GUILD_ID, OTHER_BOT, FakeMessage
-from tests.test_discord import fake_discord  # noqa: F401 (a fixture)
+from tests.fake_discord import ALICE, BOB, GENERAL, GUILD_ID, OPS, OTHER_BOT, FakeMessage, shown_text, snowflake
+from tests.test_discord import config_path, fake_discord, start_discord  # noqa: F401 (fixtures)
 from tests.test_discord_hunt import adapter  # noqa: F401 (a fixture)
+from tests.test_discord_hunt2 import StricterDiscord
 
 # What Uptime Kuma, Alertmanager's Discord receiver or Sentry post: a rich embed whose title and fields say it all.
 ALERT = {"type": "rich", "title": "[FIRING:1] HighLatency api (prod)", "color": 15548997,
          "fields": [{"name": "Service", "value": "api", "inline": True},
                     {"name": "p99", "value": "2.4 s (threshold 1 s)", "inline": True}],
          "footer": {"text": "Alertmanager"}}
+ALERT_TEXT = "[FIRING:1] HighLatency api (prod)\nService: api\np99: 2.4 s (threshold 1 s)"  # as Baton reads it
 # Discord's own preview of a link in someone's words: it repeats the page, not what they said.
 PREVIEW = {"type": "article", "title": "Postmortem template", "description": "How we write postmortems",
            "url": "https://wiki.example/postmortems"}
@@ -31,8 +39,9 @@ class Forwarded(FakeMessage):
         self.snapshot = snapshot
 
     def json(self) -> dict[str, Any]:
-        forwarded = {"type": 0, "content": "", "embeds": [], "attachments": [], "timestamp": "2026-12-06T10:00:00+00:00",
-                     "edited_timestamp": None, "flags": 0, "mentions": [], "mention_roles": [], "components": []}
+        forwarded = {"type": 0, "content": "", "embeds": [], "attachments": [], "edited_timestamp": None,
+                     "timestamp": "2026-12-06T10:00:00+00:00", "flags": 0, "mentions": [], "mention_roles": [],
+                     "components": []}
         return super().json() | {"message_reference": {"type": 1, "message_id": "8999", "channel_id": GENERAL},
                                  "message_snapshots": [{"message": forwarded | self.snapshot}]}
 
@@ -55,9 +64,54 @@ async def test_alerts_posted_as_embeds_are_read_in_a_threads_history(fake_discor
         fake_discord._messages[message.id] = message
     adapter.reads_content = True
     seen = await adapter.history(Location(platform="discord", workspace=GUILD_ID, channel=GENERAL, thread=GENERAL), 10)
-    alert = "[FIRING:1] HighLatency api (prod)\nService: api\np99: 2.4 s (threshold 1 s)"
     assert [entry["text"] for entry in seen or []] == [
-        alert,
+        ALERT_TEXT,
         "@here deploy finished\napi v1.4.2 is live on 3 hosts",
         "see https://wiki.example/postmortems",
-        f"(forwarded) db-1 disk at 95%\n{alert}"]
+        f"(forwarded) db-1 disk at 95%\n{ALERT_TEXT}"]
+
+
+class RepliesDiscord(StricterDiscord):
+    """The fake, reading one message by id as Discord does (``StricterDiscord``), with a reply's
+    ``referenced_message``: Discord sends the message a reply answers along with it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.replies: dict[str, str] = {}  # a reply's id -> the id of the message it answers
+
+    def reply(self, text: str, to: FakeMessage, **options: Any) -> dict[str, Any]:
+        payload = self.say(text, reply_to=to, **options)
+        self.replies[payload["id"]] = to.id
+        return payload
+
+    async def _unknown(self, request: web.Request, body: dict[str, Any]) -> web.Response:
+        response = await super()._unknown(request, body)
+        answered = self.replies.get(request.path.rsplit("/", 1)[-1])
+        if response.status != 200 or answered is None or (replied := self.message(answered)) is None:
+            return response
+        return fake_module._json(json.loads(cast(bytes, response.body)) | {
+            "type": 19, "referenced_message": replied.json(),
+            "message_reference": {"message_id": replied.id, "channel_id": replied.channel_id}})
+
+
+@pytest.fixture
+def replies_discord() -> Iterator[RepliesDiscord]:
+    fake = RepliesDiscord().start()
+    yield fake
+    fake.stop()
+
+
+def test_a_request_asked_as_a_reply_to_an_alert_reads_the_alert(replies_discord, start_baton, sqlite_url, counter):
+    """Asked as a reply to an alert in a channel ("@Baton summarize", "@Baton why is this firing?": Discord's
+    way of pointing at a message), Baton opened its thread on the reply, and what it read of the thread began
+    there: the alert the request was about was not in it, so "summarize" answered that there was nothing to
+    summarise, and the assistant answered without it. The message a thread's first message replies to is
+    read before it (on Slack, the thread begins with the alert itself)."""
+    fake = replies_discord
+    chat = start_discord(start_baton, fake, sqlite_url)
+    alert = FakeMessage(id=snowflake(), channel_id=OPS, author_id=OTHER_BOT, content="", embeds=[ALERT])
+    fake._messages[alert.id] = alert
+    thread = fake.reply("summarize", to=alert, channel=OPS)["id"]
+    summary = shown_text(chat.reply("summar", thread))  # a summary, or "nothing to summarise"
+    assert "Extractive summary of this thread" in summary, summary
+    assert summary.split("\n", 2)[2] == f"• <@{OTHER_BOT}>: {ALERT_TEXT}"
