@@ -33,6 +33,9 @@ TONE_EMOJI = {"success": ":white_check_mark:", "error": ":x:", "warning": ":warn
 USER_ID = re.compile(r"(?<![\w@<|/])(?:slack:|@)?((?=[UW][A-Z0-9]*[0-9])[UW][A-Z0-9]{8,11})(?![\w])")
 MENTION_GROWTH = 3  # "U0123ABCD" -> "<@U0123ABCD>"
 INLINE_CODE = re.compile(r"(`[^`\n]*`)")
+# A line that opens a fenced code block in a text (as a model writes one): ``` and a language, or nothing, after it.
+FENCE_OPEN = re.compile(r" {0,3}```[\w+#.-]{0,32}[ \t]{0,8}$")
+FENCE_CHARS = len("```\n\n```")
 # Slack's markup in what people write: <@U0123|name>, <#C0123|name>, <!here>, <!subteam^S0123|@team>,
 # <https://x.io|label>. A "<" a person typed arrives as "&lt;", so every "<...>" is markup.
 MARKUP = re.compile(r"<([^<>\n]*)>")
@@ -126,14 +129,13 @@ def render(message: Message, permalink: Permalink, *, files: bool = True) -> Ren
         emoji = None
     for part in message.parts:
         if isinstance(part, Text):
-            for piece in chunks(part.text, SECTION_CHARS, mentions=True):
-                blocks.append(_section(with_mentions(escape(piece.removesuffix("\n"))), emoji))
+            for piece in mrkdwn_pieces(part.text):
+                blocks.append(_section(piece, emoji))
                 emoji = None
         elif isinstance(part, Code):
             blocks += _code(part.text, rendered, files)
         elif isinstance(part, Note):
-            for piece in chunks(part.text, SECTION_CHARS, mentions=True):
-                blocks.append(_context(with_mentions(escape(piece.removesuffix("\n")))))
+            blocks += [_context(piece) for piece in mrkdwn_pieces(part.text)]
         elif isinstance(part, ThreadLink):
             blocks += _link(permalink(part.channel, part.thread), part.label)
         elif isinstance(part, Buttons):
@@ -157,8 +159,71 @@ def _context(mrkdwn: str) -> dict[str, Any]:
 
 def _fenced(code: str) -> dict[str, Any]:
     """A fenced block of ``code`` that is ``fence_safe`` already (see ``_code``)."""
+    return _section(_fence(code))
+
+
+def _fence(code: str) -> str:
     body = escape(code.removesuffix("\n")) or " "
-    return _section(f"```\n{body}\n```")
+    return f"```\n{body}\n```"
+
+
+def mrkdwn_pieces(text: str) -> list[str]:
+    """A text's mrkdwn in pieces of at most ``SECTION_CHARS`` (a section's, or a note's). Its prose is escaped,
+    user ids made mentions, and split at line ends; a fenced code block in it (a model quoting a command's
+    output) is code, as a ``Code`` part is: shown as written (an id in a log is no mention) and split over
+    pieces that each open and close the fence. Split anywhere, one section opened a block the next did not
+    close, so both showed their backticks and the log as prose, mentions and bold in it. Pieces are joined
+    again as far as they fit: a short text is one piece, as before."""
+    rendered: list[tuple[str, str]] = []  # each piece, and what joins it to the next: a line break, or none
+    for is_code, segment in _segments(text):
+        if is_code:
+            rendered += [(_fence(piece), "\n") for piece in chunks(fence_safe(segment), SECTION_CHARS - FENCE_CHARS)]
+        else:  # a line split by characters goes on without a break
+            rendered += [(with_mentions(escape(piece.removesuffix("\n"))), "\n" if piece.endswith("\n") else "")
+                         for piece in chunks(segment, SECTION_CHARS, mentions=True)]
+    joined: list[str] = []
+    between = ""
+    for piece, after in rendered:
+        if joined and len(joined[-1]) + len(between) + len(piece) <= SECTION_CHARS:
+            joined[-1] += between + piece
+        else:
+            joined.append(piece)
+        between = after
+    return joined or [""]
+
+
+def _segments(text: str) -> list[tuple[bool, str]]:
+    """``text`` as prose ``(False, text)`` and fenced code ``(True, code)``, in order. Slack shows no language
+    after the opening fence (it would be the code's first line), so it is left out; a fence never closed is
+    prose (Slack shows its backticks)."""
+    segments: list[tuple[bool, str]] = []
+    prose: list[str] = []
+    opening: str | None = None
+    code: list[str] = []
+    for line in text.splitlines(keepends=True):
+        bare = line.rstrip("\r\n")
+        if opening is None:
+            if FENCE_OPEN.match(bare):
+                opening, code = line, []
+            else:
+                prose.append(line)
+            continue
+        if bare.rstrip().endswith("```") and bare.count("```") == 1:
+            if prose:
+                segments.append((False, "".join(prose)))
+                prose = []
+            before = bare[:bare.rfind("```")]  # `last line```: the code's line, then the fence
+            if before.strip():
+                code.append(before + "\n")
+            segments.append((True, "".join(code)))
+            opening = None
+        else:
+            code.append(line)
+    if opening is not None:  # never closed
+        prose += [opening, *code]
+    if prose:
+        segments.append((False, "".join(prose)))
+    return segments
 
 
 def _code(text: str, rendered: Rendered, files: bool) -> list[dict[str, Any]]:
