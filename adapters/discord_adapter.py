@@ -126,6 +126,8 @@ TRANSIENT_PAUSES = (1.0, 2.0, 4.0, 8.0)  # between tries of a call that meets a 
 ANSWER_MARGIN = timedelta(seconds=30)  # do not retry an interaction's reply this close to its token's expiry
 NO_PERMISSION_TO_THREAD = ("I need the *Create Public Threads* and *Send Messages in Threads* permissions in "
                            "this channel.")
+NOT_IN_PRIVATE_THREAD = ("I am not in this private thread, so Discord would not show my answers here, and nothing was "
+                         "run. Mention @Baton in this thread to add me (or have someone add me), then ask again.")
 CONTENT_INTENT_OFF = ("I can't read messages that don't mention me: my *Message Content Intent* is off in Discord's "
                       "Developer Portal. Please mention @Baton (or reply to one of my messages), or ask whoever runs "
                       "Baton to turn that intent on.")
@@ -612,6 +614,9 @@ class DiscordAdapter(Adapter):
             echoed = await self._echo(interaction, asked())
             channel = interaction.channel
             if isinstance(channel, discord.Thread | discord.DMChannel) or interaction.guild_id is None:
+                if isinstance(channel, discord.Thread) and (outside := await self._not_joined(channel)) is not None:
+                    await self._answer(interaction, asked(f"⚠️ {outside}"))
+                    return
                 where, thread = conversation(channel or discord.Object(interaction.channel_id or 0))
                 if thread != where:
                     self._baton_threads.add(int(thread))
@@ -648,6 +653,29 @@ class DiscordAdapter(Adapter):
             return
         if echoed is None:
             await self._answer(interaction, asked())
+
+    async def _not_joined(self, thread: discord.Thread) -> str | None:
+        """Why Baton cannot answer in a thread a ``/baton`` came from (``None``: it can). ``/baton`` is offered in
+        a private thread Baton was never added to, where Discord refuses its messages (only members, and those
+        with Manage Threads, see a private thread): the request ran and every answer of it was refused, the
+        person seeing nothing after "@you asked". Baton joins it first (nothing changes for a member), as it
+        may with Manage Threads; otherwise a mention adds it, as Discord adds anyone mentioned there."""
+        if thread.type != discord.ChannelType.private_thread:
+            return None
+        try:
+            await _retrying(partial(self.client.http.join_thread, thread.id), f"joining private thread {thread.id}")
+        except (discord.Forbidden, discord.NotFound) as exc:
+            log.info("Discord: /baton in private thread %s not taken: Baton is not in it (%s)", thread.id,
+                     _describe(exc))
+            return NOT_IN_PRIVATE_THREAD
+        except Exception as exc:
+            if not _transient(exc):  # another refusal (an archived thread, say): the request goes on as before
+                if not isinstance(exc, discord.HTTPException):
+                    raise
+                log.info("Discord: private thread %s could not be joined (%s); going on", thread.id, _describe(exc))
+                return None
+            return _trouble(exc)
+        return None
 
     async def _echo(self, interaction: discord.Interaction, asked: str) -> discord.InteractionMessage | None:
         """The deferred reply becomes "@you asked: ..." (one try: discord.py retries a 5xx there itself)."""

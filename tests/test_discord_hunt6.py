@@ -6,6 +6,7 @@ alert."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -14,8 +15,20 @@ from aiohttp import web
 
 import tests.fake_discord as fake_module
 from bot.messages import Location
-from tests.fake_discord import ALICE, BOB, GENERAL, GUILD_ID, OPS, OTHER_BOT, FakeMessage, shown_text, snowflake
-from tests.test_discord import config_path, fake_discord, start_discord  # noqa: F401 (fixtures)
+from tests.fake_discord import (
+    ALICE,
+    BOB,
+    BOT_ID,
+    GENERAL,
+    GUILD_ID,
+    OPS,
+    OTHER_BOT,
+    FakeMessage,
+    shown_text,
+    snowflake,
+)
+from tests.support import runs_in, wait_for
+from tests.test_discord import config_path, fake_discord, slash_reply, start_discord  # noqa: F401 (fixtures)
 from tests.test_discord_hunt import adapter  # noqa: F401 (a fixture)
 from tests.test_discord_hunt2 import StricterDiscord
 
@@ -71,13 +84,40 @@ async def test_alerts_posted_as_embeds_are_read_in_a_threads_history(fake_discor
         f"(forwarded) db-1 disk at 95%\n{ALERT_TEXT}"]
 
 
-class RepliesDiscord(StricterDiscord):
+class HuntDiscord(StricterDiscord):
     """The fake, reading one message by id as Discord does (``StricterDiscord``), with a reply's
-    ``referenced_message``: Discord sends the message a reply answers along with it."""
+    ``referenced_message`` (Discord sends the message a reply answers along with it), and private threads:
+    only their members see them (``private_thread``), so a message from anyone else is refused (403, 50001
+    Missing Access) and so is their joining it (Baton has no Manage Threads); a message mentioning
+    someone adds them, as in Discord."""
 
     def __init__(self) -> None:
         super().__init__()
         self.replies: dict[str, str] = {}  # a reply's id -> the id of the message it answers
+        self.thread_members: dict[str, set[str]] = {}  # private threads -> their members
+
+    def private_thread(self, parent: str = GENERAL, owner: str = ALICE) -> str:
+        thread = self.unannounced_thread(parent, "a private thread")
+        with self._lock:
+            self.channels[thread] |= {"type": 12, "owner_id": owner}
+            self.thread_members[thread] = {owner}
+        return thread
+
+    def say(self, text: str, **options: Any) -> dict[str, Any]:
+        payload = super().say(text, **options)
+        with self._lock:
+            if payload["mentions"] and payload["channel_id"] in self.thread_members:
+                self.thread_members[payload["channel_id"]].add(BOT_ID)
+        return payload
+
+    def _outside(self, channel: str) -> bool:
+        with self._lock:
+            return BOT_ID not in self.thread_members.get(channel, {BOT_ID})
+
+    async def _post_message(self, request: web.Request, body: dict[str, Any]) -> web.Response:
+        if self._outside(request.match_info["channel_id"]):
+            return fake_module._error(403, 50001, "Missing Access")
+        return await super()._post_message(request, body)
 
     def reply(self, text: str, to: FakeMessage, **options: Any) -> dict[str, Any]:
         payload = self.say(text, reply_to=to, **options)
@@ -85,6 +125,11 @@ class RepliesDiscord(StricterDiscord):
         return payload
 
     async def _unknown(self, request: web.Request, body: dict[str, Any]) -> web.Response:
+        joining = re.fullmatch(r"/api/v10/channels/(\d+)/thread-members/@me", request.path)
+        if request.method == "PUT" and joining is not None:
+            if self._outside(joining[1]):
+                return fake_module._error(403, 50001, "Missing Access")
+            return web.Response(status=204)
         response = await super()._unknown(request, body)
         answered = self.replies.get(request.path.rsplit("/", 1)[-1])
         if response.status != 200 or answered is None or (replied := self.message(answered)) is None:
@@ -95,19 +140,19 @@ class RepliesDiscord(StricterDiscord):
 
 
 @pytest.fixture
-def replies_discord() -> Iterator[RepliesDiscord]:
-    fake = RepliesDiscord().start()
+def hunt_discord() -> Iterator[HuntDiscord]:
+    fake = HuntDiscord().start()
     yield fake
     fake.stop()
 
 
-def test_a_request_asked_as_a_reply_to_an_alert_reads_the_alert(replies_discord, start_baton, sqlite_url, counter):
+def test_a_request_asked_as_a_reply_to_an_alert_reads_the_alert(hunt_discord, start_baton, sqlite_url, counter):
     """Asked as a reply to an alert in a channel ("@Baton summarize", "@Baton why is this firing?": Discord's
     way of pointing at a message), Baton opened its thread on the reply, and what it read of the thread began
     there: the alert the request was about was not in it, so "summarize" answered that there was nothing to
     summarise, and the assistant answered without it. The message a thread's first message replies to is
     read before it (on Slack, the thread begins with the alert itself)."""
-    fake = replies_discord
+    fake = hunt_discord
     chat = start_discord(start_baton, fake, sqlite_url)
     alert = FakeMessage(id=snowflake(), channel_id=OPS, author_id=OTHER_BOT, content="", embeds=[ALERT])
     fake._messages[alert.id] = alert
@@ -115,3 +160,26 @@ def test_a_request_asked_as_a_reply_to_an_alert_reads_the_alert(replies_discord,
     summary = shown_text(chat.reply("summar", thread))  # a summary, or "nothing to summarise"
     assert "Extractive summary of this thread" in summary, summary
     assert summary.split("\n", 2)[2] == f"• <@{OTHER_BOT}>: {ALERT_TEXT}"
+
+
+def test_a_slash_request_in_a_private_thread_baton_is_not_in_says_how_to_add_it(
+        hunt_discord, start_baton, sqlite_url, counter):
+    """``/baton`` is offered in a private thread Baton was never added to, but Discord refuses Baton's messages
+    there (403 Missing Access; only a thread's members, or those with Manage Threads, see a private thread):
+    the request ran, and its answer, its approval cards and its errors were refused one after another, while
+    the person saw only "@you asked: ..." and then nothing. Baton joins the thread first; when it may not,
+    nothing is run and the reply says how to add it (a mention adds it, as Discord adds anyone mentioned)."""
+    fake = hunt_discord
+    chat = start_discord(start_baton, fake, sqlite_url)
+    thread = fake.private_thread()
+    command = fake.slash("run uptime", channel=thread)
+    reply = wait_for(lambda: "⚠️" in (message := slash_reply(fake, command)).content and message, 20, "why not")
+    assert reply.content.startswith(f"<@{ALICE}> asked: `/baton run uptime`\n⚠️ ")
+    assert "private thread" in reply.content and "Mention @Baton in this thread" in reply.content
+    assert runs_in(counter) == [] and chat.stored_events() == []
+
+    fake.say("run uptime", channel=thread)  # a mention adds Baton to the thread
+    chat.reply("did uptime", thread)
+    again = fake.slash("help", channel=thread, user=BOB)  # now a member: taken, and answered there
+    chat.reply("Here is what I can do", thread)
+    assert runs_in(counter) == ["uptime"] and chat.stored_events()[-1] == again["id"]
