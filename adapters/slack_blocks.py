@@ -32,7 +32,9 @@ TONE_EMOJI = {"success": ":white_check_mark:", "error": ":x:", "warning": ":warn
 # "@U0123ABCD" (how ``typed_text`` gives a person's mention to the core) is one too.
 USER_ID = re.compile(r"(?<![\w@<|/])(?:slack:|@)?((?=[UW][A-Z0-9]*[0-9])[UW][A-Z0-9]{8,11})(?![\w])")
 MENTION_GROWTH = 3  # "U0123ABCD" -> "<@U0123ABCD>"
-INLINE_CODE = re.compile(r"(`[^`\n]*`)")
+# What is shown as written, never given mentions: inline code, and a link's address (an id in its query,
+# ``?var-host=WEBPROD01``, became ``<@WEBPROD01>`` in the middle of the address: Slack's link ended there).
+AS_WRITTEN = re.compile(r"(`[^`\n]*`|\bhttps?://[^\s<>)\]]+)")
 # A line that opens a fenced code block in a text (as a model writes one): ``` and a language, or nothing, after it.
 FENCE_OPEN = re.compile(r" {0,3}```[\w+#.-]{0,32}[ \t]{0,8}$")
 FENCE_CHARS = len("```\n\n```")
@@ -97,8 +99,8 @@ def _as_typed(markup: re.Match[str]) -> str:
 
 
 def with_mentions(escaped: str) -> str:
-    """Raw Slack user ids (outside inline code) become mentions: ``U0123ABCD`` -> ``<@U0123ABCD>``."""
-    pieces = INLINE_CODE.split(escaped)
+    """Raw Slack user ids (outside inline code and links) become mentions: ``U0123ABCD`` -> ``<@U0123ABCD>``."""
+    pieces = AS_WRITTEN.split(escaped)
     return "".join(piece if index % 2 else USER_ID.sub(r"<@\1>", piece) for index, piece in enumerate(pieces))
 
 

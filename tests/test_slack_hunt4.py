@@ -74,3 +74,17 @@ def test_a_short_answer_with_a_fenced_block_is_one_section_with_the_code_as_writ
     assert [block["text"]["text"] for block in message["blocks"]] == [
         f"Restart it with\n{FENCE}\nssh WEBPROD01 'systemctl restart app' &amp;&amp; echo &lt;ok&gt;\n{FENCE}\n"
         f"then tell <@{ALICE}>."]
+
+
+@pytest.mark.asyncio
+async def test_an_address_holding_something_like_a_user_id_is_a_whole_link(fake_slack: FakeSlack,  # noqa: F811
+                                                                           tmp_path: Path) -> None:
+    """A dashboard's address whose query names a host like a Slack user id (``?var-host=WEBPROD01``), as a
+    graph's answer or a summary quoting someone's message gives it, got ``<@WEBPROD01>`` in the middle of the
+    address: Slack's link ended there and the rest showed as text. An address is shown as written, as inline
+    code is; an id in the words around it is still a mention."""
+    url = "https://grafana.example.com/d/web?var-host=WEBPROD01&from=now-1h"
+    (posted,) = await _post(fake_slack, tmp_path, Message(parts=[Text(text=f"Errors rose at 10:02 ({url}); ask {ALICE}."),
+                                                                Note(text=f"Source: {url}")]))
+    shown = url.replace("&", "&amp;")
+    assert _texts([posted]) == [f"Errors rose at 10:02 ({shown}); ask <@{ALICE}>.", f"Source: {shown}"]
