@@ -63,7 +63,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 import aiohttp
 import discord
@@ -100,6 +100,7 @@ THREAD_NAME_CHARS = 100
 ECHO_CHARS = 1800  # "@you asked: `/baton ...`" stays one message
 SAID_CHARS = 200  # what Discord said about an error, as Baton repeats it (to people and in the log)
 MEMBER_CHECK_SECONDS = 600.0  # how long a DISCORD_GUILD_ID membership answer is taken as it is
+REMEMBERED = 10_000  # threads, people or channels a "told once" memory holds; the oldest is forgotten (told again)
 STRANGER_ANSWER = "I work for the members of one Discord server only, so I can't take requests from you here."
 MEMBERSHIP_UNKNOWN = ("⚠️ Discord is having trouble right now, so I could not check that you are a member of the "
                       "server I work for, and nothing was run. Please ask again in a few minutes.")
@@ -138,6 +139,7 @@ NO_THREAD_SENDS = ("⚠️ I can't post in the threads of this channel, so reque
                    "an admin to grant it to Baton.")
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 
 def _secret(settings: Settings) -> str | None:
@@ -222,6 +224,30 @@ def card_view(buttons: Buttons) -> discord.ui.View:
     return view
 
 
+class Recent(Generic[K]):
+    """The latest ``REMEMBERED`` keys added: what this process remembers in order to say or log something once
+    (for a thread, a person, a channel). A set grew by one for every thread and stranger for as long as Baton ran;
+    forgetting the oldest only means saying it once more."""
+
+    def __init__(self) -> None:
+        self._keys: dict[K, None] = {}  # in the order added (a dict keeps it)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, key: K) -> None:
+        self._keys.pop(key, None)
+        self._keys[key] = None
+        if len(self._keys) > REMEMBERED:
+            del self._keys[next(iter(self._keys))]
+
+    def discard(self, key: K) -> None:
+        self._keys.pop(key, None)
+
+
 @dataclass
 class _Click:
     interaction: discord.Interaction
@@ -272,7 +298,7 @@ class DiscordAdapter(Adapter):
         self._guild_id = settings.discord_guild_id
         self._ignored_guilds: set[int] = set()  # servers other than DISCORD_GUILD_ID's whose events were ignored
         self._members: dict[int, tuple[bool, float]] = {}  # user -> (member of DISCORD_GUILD_ID?, when asked)
-        self._told_strangers: set[int] = set()  # non-members answered once in their DM
+        self._told_strangers: Recent[int] = Recent()  # non-members answered once in their DM
         if settings.discord_api_url:
             discord.http.Route.BASE = settings.discord_api_url.rstrip("/")
         self.client = BatonClient(self)
@@ -281,10 +307,10 @@ class DiscordAdapter(Adapter):
             logger = logging.getLogger(name)
             logger.setLevel(max(logging.INFO, logger.getEffectiveLevel()))
         self.reads_content = False  # whether Discord sends the text of messages that do not mention Baton
-        self._baton_threads: set[int] = set()  # threads (not Baton's own) where a request was taken, this process
-        self._told_unread: set[int] = set()  # threads told once that Baton cannot read them (no content intent)
-        self._told_no_thread_sends: set[str] = set()  # channels told once that Baton may not post in their threads
-        self._told_locked: set[str] = set()  # locked threads whose refusals were explained in the log
+        self._baton_threads: Recent[int] = Recent()  # threads where a request was taken, this process
+        self._told_unread: Recent[int] = Recent()  # threads told once that Baton cannot read them (no content intent)
+        self._told_no_thread_sends: Recent[str] = Recent()  # channels told once Baton may not post in their threads
+        self._told_locked: Recent[str] = Recent()  # locked threads whose refusals were explained in the log
         self._gateway: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -471,6 +497,7 @@ class DiscordAdapter(Adapter):
             log.warning("Discord: %s from %s not taken: Discord could not say whether they are a member of "
                         "DISCORD_GUILD_ID=%s (%s)", what, user_id, self._guild_id, _describe(exc))
             return MEMBERSHIP_UNKNOWN if _transient(exc) else False
+        self._members = {user: known for user, known in self._members.items() if now - known[1] < MEMBER_CHECK_SECONDS}
         self._members[user_id] = (member, now)
         if not member:
             log.warning("Discord: %s from %s ignored: not a member of DISCORD_GUILD_ID=%s", what, user_id,

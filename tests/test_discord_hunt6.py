@@ -29,8 +29,10 @@ from tests.fake_discord import (
 )
 from tests.support import runs_in, wait_for
 from tests.test_discord import config_path, fake_discord, slash_reply, start_discord  # noqa: F401 (fixtures)
+from adapters import discord_adapter
 from tests.test_discord_hunt import adapter  # noqa: F401 (a fixture)
 from tests.test_discord_hunt2 import StricterDiscord
+from tests.test_discord_hunt2 import adapter as guild_adapter  # noqa: F401 (a fixture: with DISCORD_GUILD_ID)
 
 # What Uptime Kuma, Alertmanager's Discord receiver or Sentry post: a rich embed whose title and fields say it all.
 ALERT = {"type": "rich", "title": "[FIRING:1] HighLatency api (prod)", "color": 15548997,
@@ -183,3 +185,25 @@ def test_a_slash_request_in_a_private_thread_baton_is_not_in_says_how_to_add_it(
     again = fake.slash("help", channel=thread, user=BOB)  # now a member: taken, and answered there
     chat.reply("Here is what I can do", thread)
     assert runs_in(counter) == ["uptime"] and chat.stored_events()[-1] == again["id"]
+
+
+async def test_what_the_adapter_remembers_for_saying_something_once_does_not_grow_for_good(
+        fake_discord, guild_adapter, monkeypatch):
+    """The threads and people Baton remembers in order to tell (or log) something once (a stranger's DM, a
+    thread it cannot read or post in, a Baton thread) were sets that grew by one each for as long as Baton
+    ran, and so were membership answers long out of date. They keep the latest ``REMEMBERED`` (the oldest
+    is told again, once), and a membership answer is dropped once it would be asked again anyway."""
+    remembered = ("_told_strangers", "_baton_threads", "_told_unread", "_told_no_thread_sends", "_told_locked")
+    for name in remembered:
+        memory = getattr(guild_adapter, name)
+        for key in range(discord_adapter.REMEMBERED + 5):
+            memory.add(key)
+        assert len(memory) == discord_adapter.REMEMBERED and 4 not in memory and 5 in memory, name
+        memory.add(5)  # told again: now the latest
+        memory.add(-1)
+        assert 5 in memory and 6 not in memory, name
+
+    monkeypatch.setattr(discord_adapter, "MEMBER_CHECK_SECONDS", 0.0)  # every answer out of date at once
+    for user in (ALICE, BOB):
+        assert await guild_adapter._serves(int(user), "a direct message") is True
+    assert list(guild_adapter._members) == [int(BOB)]
