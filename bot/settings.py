@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -18,6 +19,7 @@ from pydantic_settings.sources import DotenvType
 from storage.db import check_url
 
 DAY = 24 * 60 * 60  # seconds
+_SERVICE_LINK = re.compile(r"(tcp|udp|sctp)://\S+:[0-9]+")  # what Kubernetes writes in <SERVICE>_PORT
 
 class Settings(BaseSettings):
     """Everything Baton reads from its environment. """
@@ -70,9 +72,12 @@ class Settings(BaseSettings):
     discord_guild_id: int | None = Field(None, alias="DISCORD_GUILD_ID")  # /baton in this server only, at once
 
     def __init__(self, **values: Any) -> None:
+        files = values.get("_env_file", self.model_config.get("env_file"))
+        encoding = values.get("_env_file_encoding") or self.model_config.get("env_file_encoding")
         # before pydantic-settings reads the file (python-dotenv would warn about the line, then skip it)
-        _refuse_unreadable_lines(values.get("_env_file", self.model_config.get("env_file")),
-                                 values.get("_env_file_encoding") or self.model_config.get("env_file_encoding"))
+        _refuse_unreadable_lines(files, encoding)
+        if not {"port", "BATON_PORT"} & set(values) and _service_link_port():
+            values["BATON_PORT"] = _read(files, encoding, "BATON_PORT") or type(self).model_fields["port"].default
         super().__init__(**values)
 
     @field_validator("log_level", mode="before")
@@ -209,3 +214,22 @@ def _refuse_unreadable_lines(files: DotenvType | None, encoding: str | None) -> 
                 "type": PydanticCustomError("env_file_line", "line{s} {lines} cannot be read as NAME=value",
                                             {"s": "s" if len(unread) > 1 else "", "lines": ", ".join(unread)}),
                 "loc": (str(path),), "input": str(path)}])
+
+
+def _service_link_port() -> bool:
+    """Whether the environment's ``BATON_PORT`` is Kubernetes': ``tcp://10.96.0.12:8000`` in every pod of a
+    namespace that has a Service named baton (Docker's old link variables), the Service's address, not a port for
+    Baton (every command stopped on it). A ``BATON_PORT`` the pod's own ``env`` sets wins over Kubernetes' one, so
+    this one is nobody's setting: ``.env``'s is read instead, or the default."""
+    return any(name.upper() == "BATON_PORT" and _SERVICE_LINK.fullmatch(value.strip())
+               for name, value in os.environ.items())
+
+
+def _read(files: DotenvType | None, encoding: str | None, variable: str) -> str | None:
+    """``variable`` as the ``.env`` files set it (the last one that does: as pydantic-settings reads them)."""
+    found = None
+    for path in _env_files(files):
+        for name, value in dotenv_values(path, encoding=encoding or "utf-8").items():
+            if name.upper() == variable and value is not None:
+                found = value
+    return found
