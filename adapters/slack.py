@@ -367,7 +367,7 @@ class SlackAdapter(Adapter):
             anchor = await self.client.chat_postMessage(
                 channel=channel, text=f"<@{user}> asked: `{escape(shown)}`", unfurl_links=False, unfurl_media=False)
         except SlackApiError as exc:
-            await ack(text=_command_refusal(exc), response_type="ephemeral")
+            await ack(text=_command_refusal(exc, body.get("channel_name")), response_type="ephemeral")
             return
         await self.baton.accept_message(InboundMessage(
             platform=PLATFORM, workspace=self._workspace(body.get("team_id")), channel=channel, thread=anchor["ts"],
@@ -791,8 +791,12 @@ def _delivery_error(method: str, exc: SlackApiError) -> Exception:
     return DeliveryRejected(f"{method}: {error}")
 
 
-def _command_refusal(exc: SlackApiError) -> str:
+def _command_refusal(exc: SlackApiError, channel_name: object = None) -> str:
     error = _error_code(exc)
+    if error in ("not_in_channel", "channel_not_found") and channel_name == "directmessage":
+        # a direct message between two people, which no app can join: "/invite" is no help there
+        return ("I can't post in a direct message between other people. Send me a direct message "
+                "(no mention needed), or ask in a channel I'm in.")
     if error in ("not_in_channel", "channel_not_found"):
         return ("I can't post in this conversation. Invite me to the channel (`/invite @baton`), "
                 "or send me a direct message.")

@@ -3,19 +3,25 @@ output in a fenced block, posted through the adapter to the fake Slack."""
 
 from __future__ import annotations
 
+import json
 import re
+import time
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import aiohttp
 import pytest
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_sdk.signature import SignatureVerifier
 
 from adapters import slack_blocks
 from adapters.slack import SlackAdapter
 from bot.messages import Location, Message, Note, Text
 from bot.outbox import Delivery
-from tests.fake_slack import FakeMessage, FakeSlack, check_message
+from tests.fake_slack import SIGNING_SECRET, FakeMessage, FakeSlack, SlackSender, check_message
 from tests.test_slack import ALICE, GENERAL, fake_slack  # noqa: F401 (a fixture)
-from tests.test_slack_hunt3 import _Baton
+from tests.test_slack_hunt3 import _Baton, adapter  # noqa: F401 (a fixture)
 
 FENCE = "```"
 
@@ -88,3 +94,29 @@ async def test_an_address_holding_something_like_a_user_id_is_a_whole_link(fake_
                                                                 Note(text=f"Source: {url}")]))
     shown = url.replace("&", "&amp;")
     assert _texts([posted]) == [f"Errors rose at 10:02 ({shown}); ask <@{ALICE}>.", f"Source: {shown}"]
+
+
+@pytest.mark.asyncio
+async def test_a_command_in_two_other_people_s_direct_message_is_not_told_to_invite_baton(
+        fake_slack: FakeSlack, adapter: SlackAdapter) -> None:  # noqa: F811
+    """``/baton`` typed in a direct message between two people: Baton is in no such conversation and none can
+    invite it, yet the answer was "Invite me to the channel (`/invite @baton`)". It says what can be done."""
+    body = dict(parse_qsl(SlackSender.command_body("run uptime", user=ALICE, channel="D0ALICEBOB")))
+    fake_slack.fail("chat.postMessage", 200, error="channel_not_found")
+    answer = await _dispatch(adapter, urlencode({**body, "channel_name": "directmessage"}))
+    assert answer["response_type"] == "ephemeral" and "/invite" not in answer["text"]
+    assert "direct message between other people" in answer["text"] and adapter.baton.accepted == []
+    fake_slack.fail("chat.postMessage", 200, error="channel_not_found")  # a private channel Baton is not in
+    answer = await _dispatch(adapter, urlencode({**body, "channel_id": "C0PRIVATE1", "channel_name": "privategroup"}))
+    assert "Invite me to the channel (`/invite @baton`)" in answer["text"]
+
+
+async def _dispatch(adapter: SlackAdapter, body: str) -> dict[str, Any]:
+    """A slash command's request, signed, through Bolt; its answer (the acknowledgement's body)."""
+    stamp = str(int(time.time()))
+    signature = SignatureVerifier(SIGNING_SECRET).generate_signature(timestamp=stamp, body=body)
+    response = await adapter.bolt.async_dispatch(AsyncBoltRequest(body=body, headers={
+        "content-type": "application/x-www-form-urlencoded", "x-slack-request-timestamp": stamp,
+        "x-slack-signature": signature}))
+    assert response.status == 200
+    return json.loads(response.body)
