@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import io
 import os
 import re
@@ -76,6 +77,7 @@ class Settings(BaseSettings):
         encoding = values.get("_env_file_encoding") or self.model_config.get("env_file_encoding")
         # before pydantic-settings reads the file (python-dotenv would warn about the line, then skip it)
         _refuse_unreadable_lines(files, encoding)
+        _refuse_misspelt_names(files, encoding)
         if not {"port", "BATON_PORT"} & set(values) and _service_link_port():
             values["BATON_PORT"] = _read(files, encoding, "BATON_PORT") or type(self).model_fields["port"].default
         super().__init__(**values)
@@ -233,3 +235,36 @@ def _read(files: DotenvType | None, encoding: str | None, variable: str) -> str 
             if name.upper() == variable and value is not None:
                 found = value
     return found
+
+
+
+# How close a name under BATON_ must be to a setting's to be taken as that setting misspelt (difflib's ratio):
+# BATON_DATABSE_URL is 0.97, BATON_PORTS 0.95, BATON_SERVICE_PORT 0.71.
+MISSPELT_RATIO = 0.85
+# The other variables Kubernetes sets for a Service (baton-db: BATON_DB_SERVICE_HOST, BATON_DB_PORT_5432_TCP_ADDR...)
+_SERVICE_VARIABLE = re.compile(r".+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT_[0-9]+_(TCP|UDP|SCTP)(_ADDR|_PORT|_PROTO)?)")
+
+
+def _refuse_misspelt_names(files: DotenvType | None, encoding: str | None) -> None:
+    """Refuse a name under ``BATON_`` that is not a setting but nearly one (``BATON_DATABSE_URL``): it was not
+    read, and the setting it was meant for kept its default (Baton made baton.db and ran on it, beside the replicas
+    sharing PostgreSQL). Other names under ``BATON_`` are left alone: a runbook's, and those Kubernetes sets for a
+    Service (``BATON_DB_PORT=tcp://...`` for one named baton-db is nearly BATON_PORT). The name and where it is are
+    named, never its value."""
+    settings = sorted(str(field.alias) for field in Settings.model_fields.values())
+    places = [("environment", {name: value for name, value in os.environ.items() if name not in _exported})]
+    places += [(str(path), dotenv_values(path, encoding=encoding or "utf-8")) for path in _env_files(files)]
+    misspelt = []
+    for where, variables in places:
+        for name, value in variables.items():
+            upper = name.upper()
+            if (not upper.startswith("BATON_") or upper in settings or _SERVICE_VARIABLE.fullmatch(upper)
+                    or _SERVICE_LINK.fullmatch((value or "").strip())):
+                continue
+            close = difflib.get_close_matches(upper, settings, n=1, cutoff=MISSPELT_RATIO)
+            if close:
+                misspelt.append({"type": PydanticCustomError("misspelt_setting", "is not one of Baton's settings: "
+                                                             "did you mean {meant}?", {"meant": close[0]}),
+                                 "loc": (f"{name} ({where})",), "input": name})
+    if misspelt:
+        raise ValidationError.from_exception_data("Settings", misspelt)

@@ -1,4 +1,4 @@
-"""Baton's settings as a deployment meets them: a Kubernetes Service named ``baton``."""
+"""Baton's settings as a deployment meets them: a Kubernetes Service named ``baton``, a setting's name misspelt."""
 
 from __future__ import annotations
 
@@ -47,3 +47,37 @@ def test_kubernetes_baton_port_gives_way_to_the_one_baton_is_given(
     assert Settings(BATON_PORT=9002).port == 9002  # type: ignore[call-arg]
     monkeypatch.setenv("BATON_PORT", "9003")
     assert Settings().port == 9003
+
+
+@pytest.mark.parametrize(("where", "name", "meant"), [
+    ("environment", "BATON_DATABSE_URL", "BATON_DATABASE_URL"),
+    (".env", "BATON_DATABSE_URL", "BATON_DATABASE_URL"),
+    ("environment", "BATON_METRIC_TOKEN", "BATON_METRICS_TOKEN"),
+    (".env", "baton_loglevel", "BATON_LOG_LEVEL"),
+])
+def test_a_misspelt_setting_stops_baton_naming_the_one_meant(
+        tmp_path: Path, config_path: Path, where: str, name: str, meant: str) -> None:
+    """BATON_DATABSE_URL=postgresql://... was not read: Baton made baton.db and ran on it, a replica of its own
+    beside the ones sharing PostgreSQL (BATON_METRIC_TOKEN left /metrics open, saying nothing)."""
+    value = "postgresql://baton:hunter2@db.internal/baton"
+    env = {"BATON_CONFIG": str(config_path)}
+    if where == ".env":
+        (tmp_path / ".env").write_text(f"BATON_HOST=127.0.0.1\n{name}={value}\n")
+    else:
+        env[name] = value
+    result = baton_cli("db", "upgrade", cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stdout
+    assert f"  {name} ({where}): is not one of Baton's settings: did you mean {meant}?" in result.stderr
+    assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("*.db"))
+
+
+def test_variables_that_only_begin_like_a_setting_are_left_alone(tmp_path: Path, config_path: Path) -> None:
+    """Other names under BATON_ (a test's, a runbook's, Kubernetes' for a Service named baton or baton-db) are not
+    Baton's to refuse."""
+    env = {"BATON_CONFIG": str(config_path), "BATON_DEPLOY_REGION": "eu-west-1", "BATON_TEST_SOMETHING": "1",
+           **KUBERNETES_SERVICE_LINKS, **{name.replace("BATON_", "BATON_DB_"): value.replace("8000", "5432")
+                                          for name, value in KUBERNETES_SERVICE_LINKS.items()}}
+    assert env["BATON_DB_PORT"] == "tcp://10.96.0.12:5432"  # a Service named baton-db: nearly BATON_PORT
+    result = baton_cli("graphs", cwd=tmp_path, env=env)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
