@@ -121,6 +121,7 @@ MISSING_ACCESS = 50001  # Discord's error code: Baton cannot see the channel (a 
 MISSING_PERMISSIONS = 50013  # Discord's error code: e.g. a post in a thread without Send Messages in Threads
 NO_THREADS_HERE = 50024  # Discord's error code: not in this kind of channel (a thread on a voice channel's chat)
 THREADS_FULL = (160006, 160007)  # Discord's error codes: as many active (announcement) threads as a server may have
+NOTICES_SKIPPED = 100  # Discord's own notices a history reads past (one more page of Discord's)
 LINK_PREVIEWS = frozenset({"link", "article", "image", "video", "gifv"})  # embeds Discord makes of a link in the text
 PERSON_MESSAGE_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 TRANSIENT_PAUSES = (1.0, 2.0, 4.0, 8.0)  # between tries of a call that meets a passing trouble of Discord's
@@ -789,8 +790,7 @@ class DiscordAdapter(Adapter):
             return None
         channel = self.client.get_partial_messageable(int(location.thread or location.channel))
         try:
-            messages = [message async for message in channel.history(limit=limit)
-                        if message.type != discord.MessageType.thread_starter_message]  # it only points to it
+            messages = await _latest_said(channel, limit)
         except discord.HTTPException as exc:
             log.warning("Discord history of %s is not available (%s)", channel.id, _describe(exc))
             return None
@@ -1101,6 +1101,21 @@ def _as_history(message: discord.Message, me: int | None) -> dict[str, Any]:
     if me is not None:
         text = text.replace(f"<@{me}>", "@baton").replace(f"<@!{me}>", "@baton")
     return {"user": str(message.author.id), "is_bot": is_bot, "text": text.strip()}
+
+
+async def _latest_said(channel: discord.PartialMessageable, limit: int) -> list[discord.Message]:
+    """The latest ``limit`` messages people and bots wrote in a channel or thread, newest first. Discord's own
+    notices there (someone added to a thread or joined, a pin, a thread started or renamed, with its name as the
+    notice's text) are nobody's words: read as such, they were empty lines, or the new name said by whoever
+    renamed the thread, each in the place of a message that was said. Up to ``NOTICES_SKIPPED`` more messages
+    are read to make up for them. (A thread's starter notice only points to the message it was started on.)"""
+    said: list[discord.Message] = []
+    async for message in channel.history(limit=limit + NOTICES_SKIPPED):
+        if not message.is_system() and message.type != discord.MessageType.thread_starter_message:
+            said.append(message)
+            if len(said) == limit:
+                break
+    return said
 
 
 def _replied_to(message: discord.Message) -> list[discord.Message]:

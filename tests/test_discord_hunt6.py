@@ -207,3 +207,33 @@ async def test_what_the_adapter_remembers_for_saying_something_once_does_not_gro
     for user in (ALICE, BOB):
         assert await guild_adapter._serves(int(user), "a direct message") is True
     assert list(guild_adapter._members) == [int(BOB)]
+
+
+class Notice(FakeMessage):
+    """A message Discord itself writes in a channel or thread (``type``: 7 someone added to a thread or joined
+    the server, 4 a thread renamed, with the new name as its content, 6 a message pinned, 18 a thread
+    started, with its name as its content)."""
+
+    def __init__(self, *args: Any, kind: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.kind = kind
+
+    def json(self) -> dict[str, Any]:
+        return super().json() | {"type": self.kind}
+
+
+async def test_discords_own_notices_are_not_read_as_what_people_said(fake_discord, adapter):
+    """A thread's or channel's history held Discord's own notices, each as something a person said: "bob
+    added carol to the thread" or "alice pinned a message" as an empty line (an extractive summary began with
+    "• <@bob>: "), a thread renamed "✅ INC-42 resolved" as alice saying so, and each took the place of a
+    message that was said. (Slack's adapter reads people's and bots' messages only.) They are left out, and
+    as many messages as asked for are still read."""
+    said = [FakeMessage(id="9001", channel_id=GENERAL, author_id=ALICE, content="db-1 is down")]
+    said += [Notice(id=f"90{n:02d}", channel_id=GENERAL, author_id=BOB, content=content, kind=kind)
+             for n, (kind, content) in enumerate(((7, ""), (6, ""), (4, "✅ INC-42 resolved"), (18, "INC-42")), 2)]
+    said += [FakeMessage(id=f"91{n:02d}", channel_id=GENERAL, author_id=BOB, content=f"step {n}") for n in range(3)]
+    for message in said:
+        fake_discord._messages[message.id] = message
+    adapter.reads_content = True
+    seen = await adapter.history(Location(platform="discord", workspace=GUILD_ID, channel=GENERAL, thread=GENERAL), 4)
+    assert [entry["text"] for entry in seen or []] == ["db-1 is down", "step 0", "step 1", "step 2"]
