@@ -18,7 +18,9 @@ Inbound
   once its thread exists. Whatever goes wrong after the defer, "thinking" ends: in the answer, or in
   a short note of what happened and what to do (no thread, nothing run: ask again). A failed echo
   does not stop the request: the thread is opened on the deferred reply (its id came with the defer),
-  and the echo is tried again afterwards, while the interaction's token lives.
+  and the echo is tried again afterwards, while the interaction's token lives. In a private thread Baton
+  is not in (Discord offers ``/baton`` there, and refuses Baton's messages), Baton joins it first, or,
+  not allowed to, runs nothing and says how to add it.
 * Discord's passing troubles (a 5xx, a 429 discord.py gave up on, the network) met while taking a
   request in (reading an unknown channel, opening a thread, the echo) are retried a few times
   (``TRANSIENT_PAUSES``); discord.py itself retries only 500, 502, 504 and 524, not a 503. A request

@@ -1,7 +1,8 @@
-"""The Discord adapter, seventh hunt: what an on-call team meets when Baton reads a thread (``summarize``, the
-assistant). Covered here: alerts that monitoring bots and webhooks post as embeds (titles and fields, no
-description), a message with words and an embed, a forwarded message, and a request asked as a reply to an
-alert."""
+"""The Discord adapter, seventh hunt: what an on-call team meets when Baton reads a thread (``summarize``,
+the assistant) and when it is asked in a private thread. Covered here: alerts that monitoring bots and
+webhooks post as embeds (titles and fields, no description), a message with words and an embed, a forwarded
+message, a request asked as a reply to an alert, Discord's own notices in a history, ``/baton`` in a private
+thread Baton is not in, and what the adapter remembers in order to say something once."""
 
 from __future__ import annotations
 
