@@ -138,7 +138,9 @@ def run() -> None:
     listening = _listening_socket(settings.host, settings.port)
     settings = settings.model_copy(update={"port": listening.getsockname()[1]})  # BATON_PORT=0: the port it got
     _ready(settings)  # the migrations, before the server: a database that cannot be used is one clear line
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # force: a graph module's own logging.basicConfig (at its import, above) made this one do nothing, and
+    # BATON_LOG_LEVEL with it (Baton's start and its requests went unlogged)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     redactor = Redactor.for_settings(settings)
     redactor.install_in_logging()
     try:

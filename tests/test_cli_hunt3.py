@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bot.settings import Settings
-from tests.support import run_cli
+from tests.support import ROOT, BatonProcess, run_cli
 
 
 def baton_cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -81,3 +81,22 @@ def test_variables_that_only_begin_like_a_setting_are_left_alone(tmp_path: Path,
     assert env["BATON_DB_PORT"] == "tcp://10.96.0.12:5432"  # a Service named baton-db: nearly BATON_PORT
     result = baton_cli("graphs", cwd=tmp_path, env=env)
     assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_baton_run_logs_as_baton_log_level_says_though_a_graph_module_set_logging_up(
+        tmp_path: Path, config_path: Path) -> None:
+    """A graph module calling logging.basicConfig(level=logging.WARNING) at import (to see its own warnings) made
+    Baton's own basicConfig, later, do nothing: BATON_LOG_LEVEL=DEBUG or INFO was ignored, Baton's start and its
+    requests were not logged any more, and what still was came without a time."""
+    graphs = tmp_path / "graphs"  # `python -m bot.cli` in this directory finds this package first
+    graphs.mkdir()
+    (graphs / "__init__.py").write_text(f"__path__.append({str(ROOT / 'graphs')!r})  # Baton's own graphs too\n")
+    (graphs / "noisy.py").write_text("import logging\n\nlogging.basicConfig(level=logging.WARNING)\n")
+    baton = BatonProcess(f"sqlite:///{tmp_path / 'baton.db'}", config_path, tmp_path, env={"BATON_LOG_LEVEL": "INFO"},
+                         exec_=True).start()
+    try:
+        started = f" INFO baton: Baton {baton.name}-{baton.port} started with adapters: playground"
+        log = baton.log.read_text()
+        assert started in log, log
+    finally:
+        baton.stop()
