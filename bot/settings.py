@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings.sources import DotenvType
 
@@ -237,7 +237,6 @@ def _read(files: DotenvType | None, encoding: str | None, variable: str) -> str 
     return found
 
 
-
 # How close a name under BATON_ must be to a setting's to be taken as that setting misspelt (difflib's ratio):
 # BATON_DATABSE_URL is 0.97, BATON_PORTS 0.95, BATON_SERVICE_PORT 0.71.
 MISSPELT_RATIO = 0.85
@@ -252,9 +251,10 @@ def _refuse_misspelt_names(files: DotenvType | None, encoding: str | None) -> No
     Service (``BATON_DB_PORT=tcp://...`` for one named baton-db is nearly BATON_PORT). The name and where it is are
     named, never its value."""
     settings = sorted(str(field.alias) for field in Settings.model_fields.values())
-    places = [("environment", {name: value for name, value in os.environ.items() if name not in _exported})]
+    places: list[tuple[str, dict[str, str | None]]] = [
+        ("environment", {name: value for name, value in os.environ.items() if name not in _exported})]
     places += [(str(path), dotenv_values(path, encoding=encoding or "utf-8")) for path in _env_files(files)]
-    misspelt = []
+    misspelt: list[InitErrorDetails] = []
     for where, variables in places:
         for name, value in variables.items():
             upper = name.upper()
