@@ -99,14 +99,20 @@
   // scrolling it did nothing, and a channel drawn or sent a message meanwhile came back at its top (a thread
   // opened from a link) or short of its newest message. It notes whether it was at its end when it went
   // (data-at-end), ends there when drawn or added to meanwhile, and goes there once it is shown again.
-  const nearBottom = (el) => (el.clientHeight ? el.scrollHeight - el.scrollTop - el.clientHeight < 80 :
-    el.dataset.atEnd !== '0');
+  const below = (el) => el.scrollHeight - el.scrollTop - el.clientHeight; // what is under the visible part, px
+  const nearBottom = (el) => (el.clientHeight ? below(el) < 80 : el.dataset.atEnd !== '0');
   function toEnd(list) {
     list.scrollTop = list.scrollHeight;
     if (!list.clientHeight) list.dataset.atEnd = '1';
   }
   function noteEnd(list) { // before it may be hidden
     if (list.clientHeight) list.dataset.atEnd = nearBottom(list) ? '1' : '0';
+  }
+  // An image (a digest's chart) has its height only once it is decoded, after its list was taken to its end:
+  // the list grew by it, and the chart's lower part (and what follows it) stayed below the fold. A list
+  // that was near its end before the image grew goes there again; one scrolled up is left where it is.
+  function imageLoaded(list, img) {
+    if (list.clientHeight && below(list) - img.getBoundingClientRect().height < 80) toEnd(list);
   }
   const shown = new ResizeObserver((entries) => {
     for (const { target } of entries) {
@@ -803,6 +809,7 @@
   shown.observe($('thread-messages'));
   for (const list of [$('messages'), $('thread-messages')]) {
     list.addEventListener('scroll', () => { if (nearStart(list)) loadOlder(list); }, { passive: true });
+    list.addEventListener('load', (e) => { if (e.target.tagName === 'IMG') imageLoaded(list, e.target); }, true);
   }
   wireComposer('composer-form', 'composer', 'composer-error', () => null);
   wireComposer('thread-composer-form', 'thread-composer', 'thread-composer-error', () => S.thread);

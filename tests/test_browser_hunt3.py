@@ -1,0 +1,53 @@
+"""The playground page in a real Chromium, compared with what Slack or Discord show (third hunt).
+
+A digest's chart arriving in an open thread. One ``baton run`` serves the
+module; the browser is test_browser's. Waits are Playwright's conditions, never sleeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support import BatonProcess, write_config
+from tests.test_browser import browser, open_playground, page, sync_api  # noqa: F401 (fixtures)
+
+expect = sync_api.expect
+
+AT_THE_END = """() => {
+    const list = document.querySelector('#thread-messages'), img = list.querySelector('.part-image img');
+    return !!img && img.complete && img.naturalHeight > 0 && list.clientHeight > 0 &&
+        list.scrollHeight - list.scrollTop - list.clientHeight <= 1;
+}"""
+
+
+@pytest.fixture(scope="module")
+def baton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BatonProcess]:
+    directory = tmp_path_factory.mktemp("baton")
+    process = BatonProcess(f"sqlite:///{directory / 'baton.db'}", write_config(directory, directory / "runs.txt"),
+                           directory).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def test_a_digest_chart_arriving_in_an_open_thread_is_shown_whole(baton: BatonProcess, page: sync_api.Page) -> None:  # noqa: F811
+    """The chart has its height only once decoded, after the thread was taken to its end: the thread stayed
+    short of its end by the chart's height, its lower part below the fold. (Opened by a reload, it was whole.)"""
+    pg = baton.client()
+    thread = pg.ask("@baton run uptime", channel="ops", user="carol")
+    pg.wait_reply(thread, "finished")
+    for number in range(12):  # a thread taller than its pane
+        assert pg.say(f"looks fine {number}", channel="ops", thread=thread, user="carol").status_code == 201
+    open_playground(page, baton.url, "alice")
+    page.goto(f"{baton.url}/#/c/ops/t/{thread}")
+    expect(page.locator("#thread-messages .message", has_text="looks fine 11")).to_be_visible()
+    page.locator("#thread-composer").fill("digest now")
+    page.locator("#thread-composer").press("Enter")
+    expect(page.locator("#thread-messages .part-image img")).to_have_count(1)
+    page.wait_for_function(AT_THE_END)
+    page.reload()
+    expect(page.locator("#thread-messages .thread-root")).to_be_visible()
+    page.wait_for_function(AT_THE_END)
