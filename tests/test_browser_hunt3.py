@@ -1,6 +1,6 @@
 """The playground page in a real Chromium, compared with what Slack or Discord show (third hunt).
 
-A digest's chart arriving in an open thread. One ``baton run`` serves the
+A digest's chart arriving in an open thread, and web addresses in messages. One ``baton run`` serves the
 module; the browser is test_browser's. Waits are Playwright's conditions, never sleeps.
 """
 
@@ -51,3 +51,31 @@ def test_a_digest_chart_arriving_in_an_open_thread_is_shown_whole(baton: BatonPr
     page.reload()
     expect(page.locator("#thread-messages .thread-root")).to_be_visible()
     page.wait_for_function(AT_THE_END)
+
+
+def test_a_web_address_in_a_message_is_a_link(baton: BatonProcess, page: sync_api.Page) -> None:  # noqa: F811
+    """Slack and Discord make a web address in a message a link; the playground showed it as plain text (the
+    text of people's messages and of the bot's replies is drawn alike), so a dashboard's address could not be
+    opened from it."""
+    open_playground(page, baton.url, "bob")
+    page.goto(f"{baton.url}/#/c/random")
+    expect(page.locator("#channel-title")).to_have_text("#random")
+    page.locator("#composer").fill("*see* https://grafana.example.com/d/web?from=now-1h&to=now. (or https://example.org/a_(b)) @carol")
+    page.locator("#composer").press("Enter")
+    message = page.locator("#messages .message", has_text="see")
+    links = message.locator(".part-text a")
+    expect(links).to_have_count(2)
+    expect(links.first).to_have_attribute("href", "https://grafana.example.com/d/web?from=now-1h&to=now")
+    expect(links.first).to_have_text("https://grafana.example.com/d/web?from=now-1h&to=now")
+    expect(links.first).to_have_attribute("target", "_blank")
+    expect(links.first).to_have_attribute("rel", "noopener noreferrer")
+    expect(links.nth(1)).to_have_attribute("href", "https://example.org/a_(b)")
+    expect(message.locator(".part-text")).to_have_text(
+        "see https://grafana.example.com/d/web?from=now-1h&to=now. (or https://example.org/a_(b)) @carol")
+    expect(message.locator(".part-text strong")).to_have_text("see")
+    expect(message.locator(".part-text .mention")).to_have_text("@carol")
+    # Only http(s): anything else stays text.
+    page.locator("#composer").fill("javascript:alert(1) and ftp://example.org/file")
+    page.locator("#composer").press("Enter")
+    expect(page.locator("#messages .message", has_text="javascript:alert(1)")).to_be_visible()
+    expect(page.locator("#messages .message", has_text="javascript:alert(1)").locator("a:not(.replies-link)")).to_have_count(0)

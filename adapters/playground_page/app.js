@@ -31,15 +31,41 @@
   const rev = (m) => Number(m && m.revision) || 0;
   const byId = (a, b) => (Number(a.id) - Number(b.id)) || String(a.created_at).localeCompare(String(b.created_at));
 
-  // escaped text with `inline code` and highlighted @mentions (input is raw text)
+  // escaped text with `inline code`, highlighted @mentions and links (input is raw text)
   function inline(text) {
     const segs = String(text == null ? '' : text).split('`');
     return segs.map((seg, i) => {
       if (i % 2 === 1 && i < segs.length - 1) return '<code>' + esc(seg) + '</code>';
-      return (i % 2 === 1 ? '`' : '') +
-        esc(seg).replace(/(^|[^\w@])@([\w.-]*\w)/g, '$1<span class="mention">@$2</span>')
-          .replace(/(^|[\s(])\*([^*\n]+)\*(?=$|[\s.,:;!?)])/g, '$1<strong>$2</strong>');
+      return (i % 2 === 1 ? '`' : '') + prose(seg);
     }).join('');
+  }
+
+  // A web address in text is a link, as Slack and Discord make one (a graph's "dashboard: https://..." could
+  // not be clicked here). It is set aside while the text is escaped and marked up, so a mention or *bold*
+  // is not looked for inside it, and *bold* around it still is.
+  const URL_RE = /\bhttps?:\/\/[^\s<>"'`]+/gi;
+  function prose(seg) {
+    const urls = [];
+    const marked = seg.includes('\uE000') ? seg : seg.replace(URL_RE, (found) => {
+      const url = urlOf(found);
+      if (!/^https?:\/\/./i.test(url)) return found;
+      urls.push(url);
+      return '\uE000' + (urls.length - 1) + '\uE001' + found.slice(url.length);
+    });
+    return esc(marked).replace(/(^|[^\w@])@([\w.-]*\w)/g, '$1<span class="mention">@$2</span>')
+      .replace(/(^|[\s(])\*([^*\n]+)\*(?=$|[\s.,:;!?)])/g, '$1<strong>$2</strong>')
+      .replace(/\uE000(\d+)\uE001/g, (mark, n) => (n < urls.length ? '<a href="' + esc(urls[n]) +
+        '" target="_blank" rel="noopener noreferrer">' + esc(urls[n]) + '</a>' : mark));
+  }
+  // Without what ends the sentence around it: "(see https://x.org/a_(b))." links https://x.org/a_(b).
+  function urlOf(found) {
+    let url = found;
+    for (;;) {
+      const last = url.slice(-1);
+      const open = last === ')' && url.split('(').length >= url.split(')').length;
+      if (!/[.,;:!?*_~\]]/.test(last) && (last !== ')' || open)) return url;
+      url = url.slice(0, -1);
+    }
   }
 
   function fmtTime(iso) {
