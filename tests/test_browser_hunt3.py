@@ -79,3 +79,25 @@ def test_a_web_address_in_a_message_is_a_link(baton: BatonProcess, page: sync_ap
     page.locator("#composer").press("Enter")
     expect(page.locator("#messages .message", has_text="javascript:alert(1)")).to_be_visible()
     expect(page.locator("#messages .message", has_text="javascript:alert(1)").locator("a:not(.replies-link)")).to_have_count(0)
+
+
+def test_show_older_replies_pressed_from_the_keyboard_keeps_the_focus(baton: BatonProcess, page: sync_api.Page) -> None:  # noqa: F811
+    """The button was drawn again as it loaded ("Loading older replies…", then the button again): the focus fell
+    to the page, and a keyboard user's next Tab began again at its top, far from the thread."""
+    pg = baton.client()
+    thread = pg.ask("a busy incident", channel="ops", user="dave")
+    for number in range(230):
+        assert pg.say(f"update {number:03d}", channel="ops", thread=thread, user="dave").status_code == 201
+    open_playground(page, baton.url, "carol")
+    page.goto(f"{baton.url}/#/c/ops/t/{thread}")
+    expect(page.locator("#thread-messages .message", has_text="update 229")).to_be_visible()
+    older = page.locator("#thread-messages .history-marker button")
+    older.focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#thread-messages .message", has_text="update 030")).to_be_attached()
+    expect(older).to_be_focused()
+    page.keyboard.press("Enter")  # the last page: the button goes, the focus to the thread's first reply
+    first = page.locator("#thread-messages .message", has_text="update 000")
+    expect(first).to_be_attached()
+    expect(page.locator("#thread-messages .history-marker")).to_have_count(0)
+    expect(first).to_be_focused()

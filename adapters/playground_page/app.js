@@ -352,7 +352,15 @@
     const w = S.windows.get(place) || { more: false };
     const thread = list !== $('messages');
     let marker = list.querySelector(':scope > .history-marker');
-    if (thread && !w.more) { if (marker) marker.remove(); return; }
+    // "Show older messages" pressed from the keyboard is drawn again (loading, then the button or where the
+    // channel begins): the focus went to the page, and the next Tab started again from its top. It stays with
+    // the marker, and goes to its button when there is one again (or to the first reply, once a thread's goes).
+    const focused = !!marker && marker.contains(document.activeElement);
+    if (thread && !w.more) {
+      if (marker) marker.remove();
+      if (focused) focusOn(firstShown(list));
+      return;
+    }
     if (!marker) {
       marker = document.createElement('div');
       marker.className = 'history-marker';
@@ -365,6 +373,13 @@
       w.error ? '<span class="load-error">' + esc(w.error) + '</span> <button type="button" class="load-older">Try again</button>' :
       w.more ? '<button type="button" class="load-older">Show older ' + what + '</button>' :
       'This is the beginning of ' + esc(chanName(S.channel)) + '.';
+    if (focused) focusOn(marker.querySelector('button') || marker);
+  }
+
+  function focusOn(el) {
+    if (!el) return;
+    if (el.tagName !== 'BUTTON') el.tabIndex = -1;
+    el.focus({ preventScroll: true });
   }
 
   // The reader is near the top of what is loaded (or the list does not fill its pane): load the page before.
