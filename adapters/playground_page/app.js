@@ -136,9 +136,11 @@
   }
   // An image (a digest's chart) has its height only once it is decoded, after its list was taken to its end:
   // the list grew by it, and the chart's lower part (and what follows it) stayed below the fold. A list
-  // that was near its end before the image grew goes there again; one scrolled up is left where it is.
+  // that was near its end before the image grew goes there again; one scrolled up is left where it is. (One
+  // above what is shown is the browser's: it keeps what is shown in place.)
   function imageLoaded(list, img) {
-    if (list.clientHeight && below(list) - img.getBoundingClientRect().height < 80) toEnd(list);
+    const r = img.getBoundingClientRect();
+    if (list.clientHeight && r.top >= list.getBoundingClientRect().top && below(list) - r.height < 80) toEnd(list);
   }
   const shown = new ResizeObserver((entries) => {
     for (const { target } of entries) {
