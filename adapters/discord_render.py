@@ -13,15 +13,16 @@ embed's title 256 characters, its description 4,096, all of its text 6,000. Noth
   more with a 413, and the message would be lost): a longer text is attached up to the last line
   that fits, saying so, and a picture too big is named instead of attached.
 
-User ids as the core shows them (``123456789012345678``, or ``discord:123...`` from baton.yaml)
-become mentions outside code. Baton never pings anyone with them: the adapter sends every message
-with ``allowed_mentions`` off.
+The people a message names (``Message.people``: ``123456789012345678``, or ``discord:123...`` from
+baton.yaml) become mentions outside code; any other number, an order or a trace id, stays a number.
+Baton never pings anyone with them: the adapter sends every message with ``allowed_mentions`` off.
 """
 
 from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import discord
@@ -51,9 +52,12 @@ BUTTON_STYLE = {"primary": discord.ButtonStyle.primary, "danger": discord.Button
 TONE_EMOJI = {"success": "✅", "error": "❌", "warning": "⚠️", "approval": "✋", "progress": "⏳"}
 TONE_COLOUR = {"info": 0x5865F2, "progress": 0x99AAB5, "success": 0x57F287, "warning": 0xFEE75C,
                "error": 0xED4245, "approval": 0xEB459E}
-# A Discord user id (a snowflake) as the core shows it, outside `code` and not already in <@...>
-# or a URL: rendered as a mention.
-USER_ID = re.compile(r"(?<![\w/<@#:!&.])(?:discord:)?([0-9]{17,20})(?![\w>])")
+# A number shaped as a Discord user id (a snowflake), outside `code` and not already in <@...> or a URL. It is
+# rendered as a mention only when it is a person: one of the message's ``people`` (an order id in prose has the
+# same shape), or ``discord:123...`` (baton.yaml's form). A mention a person typed reaches the core as <@123...>
+# and stays one.
+USER_ID = re.compile(r"(?<![\w/<@#:!&.])(discord:)?([0-9]{17,20})(?![\w>])")
+PLATFORM_PREFIX = "discord:"
 INLINE_CODE = re.compile(r"(`[^`\n]*`)")
 # What is shown as written, never given mentions or bold: inline code, and a link's address (an id in
 # its query, ``?trace=1234567890123456789``, became ``<@...>`` and the link led nowhere).
@@ -108,11 +112,22 @@ def jump_url(guild: str, channel: str) -> str:
     return f"https://discord.com/channels/{guild or '@me'}/{channel}"
 
 
-def with_mentions(text: str) -> str:
-    """Outside inline code and links: raw user ids become mentions (``123...`` -> ``<@123...>``) and the
-    core's ``*bold*`` (Slack's markup, which Discord would show in italics) becomes ``**bold**``."""
+def people_of(message: Message) -> frozenset[str]:
+    """The Discord user ids ``message`` names as people (``discord:123...`` from baton.yaml as ``123...``)."""
+    return frozenset(person.removeprefix(PLATFORM_PREFIX) for person in message.people)
+
+
+def with_mentions(text: str, people: Collection[str] = frozenset()) -> str:
+    """Outside inline code and links: the user ids of ``people`` and ``discord:123...`` become mentions
+    (``123...`` -> ``<@123...>``; any other number stays as written) and the core's ``*bold*`` (Slack's
+    markup, which Discord would show in italics) becomes ``**bold**``."""
+
+    def mention(found: re.Match[str]) -> str:
+        prefix, user = found.groups()
+        return f"<@{user}>" if prefix or user in people else found.group()
+
     pieces = AS_WRITTEN.split(text)
-    return "".join(piece if index % 2 else SINGLE_STAR_BOLD.sub(r"**\1**", USER_ID.sub(r"<@\1>", piece))
+    return "".join(piece if index % 2 else SINGLE_STAR_BOLD.sub(r"**\1**", USER_ID.sub(mention, piece))
                    for index, piece in enumerate(pieces))
 
 
@@ -125,13 +140,14 @@ def render(message: Message, guild: str, *, one_message: bool = False) -> list[O
     blocks: list[str] = []
     files: list[Attachment] = []
     buttons: Buttons | None = None
+    people = people_of(message)
     for part in message.parts:
         if isinstance(part, Text):
-            blocks += _text_blocks(part.text)
+            blocks += _text_blocks(part.text, people)
         elif isinstance(part, Code):
             blocks += _code(part.text, files)
         elif isinstance(part, Note):
-            blocks += _pieces(_note(part.text))
+            blocks += _pieces(_note(part.text, people))
         elif isinstance(part, ThreadLink):
             # on one line: a line break ended the link, and what followed was markdown of its own (a "# heading")
             label = " ".join(part.label.split()).replace("[", "(").replace("]", ")")
@@ -149,7 +165,7 @@ def render(message: Message, guild: str, *, one_message: bool = False) -> list[O
     return _content_messages(message, blocks, files, one_message)
 
 
-def _text_blocks(text: str) -> list[str]:
+def _text_blocks(text: str, people: Collection[str] = frozenset()) -> list[str]:
     """A text's markdown in blocks that each fit a message. Its prose is rendered (mentions, bold) and
     split at line ends; a fenced code block in it is code: shown as written (an id in a log is no
     mention, ``*args*`` no bold), and split over blocks that each open and close the fence (split
@@ -157,7 +173,7 @@ def _text_blocks(text: str) -> list[str]:
     blocks: list[str] = []
     for opening, body, closing in _segments(text):
         if opening is None:
-            blocks += _pieces(with_mentions(body)) if body else []
+            blocks += _pieces(with_mentions(body, people)) if body else []
             continue
         pieces = split_text(body, PIECE_CHARS - len(opening) - max(len(closing), FENCE_CHARS) - 2)
         for index, piece in enumerate(pieces):
@@ -205,9 +221,9 @@ def _pieces(markdown: str) -> list[str]:
     return [piece.removesuffix("\n") for piece in split_text(markdown, PIECE_CHARS)]
 
 
-def _note(text: str) -> str:
+def _note(text: str, people: Collection[str] = frozenset()) -> str:
     """Discord's subtext (small grey lines)."""
-    return "\n".join(f"-# {line}" if line.strip() else line for line in with_mentions(text).split("\n"))
+    return "\n".join(f"-# {line}" if line.strip() else line for line in with_mentions(text, people).split("\n"))
 
 
 def _fenced(code: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, assert_never
@@ -27,10 +27,12 @@ FALLBACK_CHARS = 300  # the notification text; the blocks carry everything
 BUTTON_LABEL_CHARS = 75
 TONE_EMOJI = {"success": ":white_check_mark:", "error": ":x:", "warning": ":warning:",
               "approval": ":raised_hand:", "progress": ":hourglass_flowing_sand:"}
-# A Slack user id as the core shows it ("U0123ABCD", or "slack:U0123ABCD" from baton.yaml),
-# outside `code`: rendered as a mention. It must contain a digit, so plain words never match.
-# "@U0123ABCD" (how ``typed_text`` gives a person's mention to the core) is one too.
-USER_ID = re.compile(r"(?<![\w@<|/])(?:slack:|@)?((?=[UW][A-Z0-9]*[0-9])[UW][A-Z0-9]{8,11})(?![\w])")
+# A word shaped as a Slack user id ("U0123ABCD"; it must contain a digit, so plain words never match), outside
+# `code`. It is rendered as a mention only when it is a person: one of the message's ``people`` (the core marks
+# whom it names; a host "WEBPROD01" in prose has the same shape), "slack:U0123ABCD" (baton.yaml's form), or
+# "@U0123ABCD" (how ``typed_text`` gives the core a mention a person typed).
+USER_ID = re.compile(r"(?<![\w@<|/])(slack:|@)?((?=[UW][A-Z0-9]*[0-9])[UW][A-Z0-9]{8,11})(?![\w])")
+PLATFORM_PREFIX = "slack:"
 MENTION_GROWTH = 3  # "U0123ABCD" -> "<@U0123ABCD>"
 # What is shown as written, never given mentions: inline code, and a link's address (an id in its query,
 # ``?var-host=WEBPROD01``, became ``<@WEBPROD01>`` in the middle of the address: Slack's link ended there).
@@ -98,10 +100,21 @@ def _as_typed(markup: re.Match[str]) -> str:
     return f"{label} ({target})"
 
 
-def with_mentions(escaped: str) -> str:
-    """Raw Slack user ids (outside inline code and links) become mentions: ``U0123ABCD`` -> ``<@U0123ABCD>``."""
+def people_of(message: Message) -> frozenset[str]:
+    """The Slack user ids ``message`` names as people (``slack:U0123ABCD`` from baton.yaml as ``U0123ABCD``)."""
+    return frozenset(person.removeprefix(PLATFORM_PREFIX) for person in message.people)
+
+
+def with_mentions(escaped: str, people: Collection[str] = frozenset()) -> str:
+    """Outside inline code and links, the user ids of ``people`` become mentions (``U0123ABCD`` ->
+    ``<@U0123ABCD>``), as do ``slack:U0123ABCD`` and ``@U0123ABCD``; any other word of that shape stays as written."""
+
+    def mention(found: re.Match[str]) -> str:
+        prefix, user = found.groups()
+        return f"<@{user}>" if prefix or user in people else found.group()
+
     pieces = AS_WRITTEN.split(escaped)
-    return "".join(piece if index % 2 else USER_ID.sub(r"<@\1>", piece) for index, piece in enumerate(pieces))
+    return "".join(piece if index % 2 else USER_ID.sub(mention, piece) for index, piece in enumerate(pieces))
 
 
 def chunks(text: str, limit: int, *, mentions: bool = False) -> list[str]:
@@ -129,15 +142,16 @@ def render(message: Message, permalink: Permalink, *, files: bool = True) -> Ren
     for piece in chunks(message.title or "", SECTION_CHARS) if message.title else []:
         blocks.append(_section(f"*{escape(piece)}*", emoji))
         emoji = None
+    people = people_of(message)
     for part in message.parts:
         if isinstance(part, Text):
-            for piece in mrkdwn_pieces(part.text):
+            for piece in mrkdwn_pieces(part.text, people):
                 blocks.append(_section(piece, emoji))
                 emoji = None
         elif isinstance(part, Code):
             blocks += _code(part.text, rendered, files)
         elif isinstance(part, Note):
-            blocks += [_context(piece) for piece in mrkdwn_pieces(part.text)]
+            blocks += [_context(piece) for piece in mrkdwn_pieces(part.text, people)]
         elif isinstance(part, ThreadLink):
             blocks += _link(permalink(part.channel, part.thread), part.label)
         elif isinstance(part, Buttons):
@@ -169,19 +183,19 @@ def _fence(code: str) -> str:
     return f"```\n{body}\n```"
 
 
-def mrkdwn_pieces(text: str) -> list[str]:
+def mrkdwn_pieces(text: str, people: Collection[str] = frozenset()) -> list[str]:
     """A text's mrkdwn in pieces of at most ``SECTION_CHARS`` (a section's, or a note's). Its prose is escaped,
-    user ids made mentions, and split at line ends; a fenced code block in it (a model quoting a command's
-    output) is code, as a ``Code`` part is: shown as written (an id in a log is no mention) and split over
-    pieces that each open and close the fence. Split anywhere, one section opened a block the next did not
-    close, so both showed their backticks and the log as prose, mentions and bold in it. Pieces are joined
-    again as far as they fit: a short text is one piece, as before."""
+    the ids of ``people`` made mentions (``with_mentions``), and split at line ends; a fenced code block in it (a
+    model quoting a command's output) is code, as a ``Code`` part is: shown as written (an id in a log is no
+    mention) and split over pieces that each open and close the fence. Split anywhere, one section opened a
+    block the next did not close, so both showed their backticks and the log as prose, mentions and bold in
+    it. Pieces are joined again as far as they fit: a short text is one piece, as before."""
     rendered: list[tuple[str, str]] = []  # each piece, and what joins it to the next: a line break, or none
     for is_code, segment in _segments(text):
         if is_code:
             rendered += [(_fence(piece), "\n") for piece in chunks(fence_safe(segment), SECTION_CHARS - FENCE_CHARS)]
         else:  # a line split by characters goes on without a break
-            rendered += [(with_mentions(escape(piece.removesuffix("\n"))), "\n" if piece.endswith("\n") else "")
+            rendered += [(with_mentions(escape(piece.removesuffix("\n")), people), "\n" if piece.endswith("\n") else "")
                          for piece in chunks(segment, SECTION_CHARS, mentions=True)]
     joined: list[str] = []
     between = ""

@@ -249,17 +249,18 @@ class Digests:
             fired = (await session.exec(select(DigestRun.id).where(DigestRun.schedule_key == key))).first()
         if fired is not None:  # handled again (its replica stopped mid-way): that firing is posted, or taken over
             return False
-        return await self._fire(key, location, [], self.clock(), MANUAL_WINDOW, f"asked for by {user}")
+        return await self._fire(key, location, [], self.clock(), MANUAL_WINDOW, f"asked for by {user}", asked_by=user)
 
     async def _fire(self, key: str, location: Location, graphs: list[str], fire_time: datetime, default_window: timedelta,
-                    reason: str, scheduled: bool = False, timezone: str = "UTC") -> bool:
+                    reason: str, scheduled: bool = False, timezone: str = "UTC", asked_by: str = "") -> bool:
         async with self.db.session() as session:
             start = await self._window_start(session, key, location, fire_time, default_window, scheduled)
             claimed = await insert_ignore(session, DigestRun, {
                 "schedule_key": key, "fire_time": fire_time, "platform": location.platform,
                 "workspace": location.workspace, "channel": location.channel, "window_start": start,
                 "window_end": fire_time, "status": "claimed", "claimed_by": self.instance, "claimed_at": self.clock(),
-                "summary": {"reason": reason, "thread": location.thread, "graphs": graphs, "timezone": timezone}},
+                "summary": {"reason": reason, "thread": location.thread, "graphs": graphs, "timezone": timezone,
+                            **({"asked_by": asked_by} if asked_by else {})}},
                 ["schedule_key", "fire_time"])
             if not claimed:
                 return False
@@ -441,7 +442,8 @@ class Digests:
             await services.flush_effects()
         finally:  # no thread record holds this LangGraph thread: the pruning never finds it
             await self.runtime.forget(lg_thread, [DIGEST_GRAPH])
-        return self._with_retention_note(Message.model_validate(outcome.values["reply"]), run)
+        message = Message.model_validate(outcome.values["reply"]).naming(run.summary.get("asked_by"), *_people(stats))
+        return self._with_retention_note(message, run)
 
     def _with_retention_note(self, message: Message, run: DigestRun) -> Message:
         """A digest whose window begins before what Baton keeps (``BATON_RETENTION_DAYS``) counted less than its
@@ -459,6 +461,12 @@ class Digests:
     def _period(schedule: DigestSchedule, fire_time: datetime) -> timedelta:
         following = schedules.next_fire(schedule.cron, schedule.timezone, fire_time + timedelta(microseconds=1))
         return (following - fire_time) if following else timedelta(days=1)
+
+
+def _people(stats: dict[str, Any]) -> list[str]:
+    """Who the digest's figures name: who decided each approval listed, and the approvers each waiting one waits for."""
+    return [*(decided.get("by") or "" for decided in stats.get("decided") or []),
+            *(name for waiting in stats.get("waiting") or [] for name in waiting.get("approvers") or [])]
 
 
 async def _shown_until(session: Transaction, where: list[Any]) -> datetime | None:

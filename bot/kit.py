@@ -307,7 +307,19 @@ def _redacted_content(content: Any, redact: Callable[[str], str]) -> Any:
 
 async def history(scope: Literal["thread", "channel"] = "thread", limit: int = 50) -> list[dict[str, Any]]:
     """The thread's (or channel's) recent messages, oldest first."""
-    return await current().history(scope, limit)
+    context = current()
+    messages = await context.history(scope, limit)
+    people_read(context).update(str(message["user"]) for message in messages if message.get("user"))
+    return messages
+
+
+_people_read: weakref.WeakKeyDictionary[RunContext, set[str]] = weakref.WeakKeyDictionary()
+
+
+def people_read(context: RunContext) -> set[str]:
+    """Who wrote the messages the run's graph read with ``history()``: a reply naming them (a summary's
+    ``user: text`` lines) names people, whom the run's reply shows as mentions (``Message.people``)."""
+    return _people_read.setdefault(context, set())
 
 
 def effect(name: str, fn: Callable[[], Awaitable[T] | T]) -> Awaitable[T]:

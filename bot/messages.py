@@ -175,15 +175,28 @@ Tone = Literal["info", "progress", "success", "warning", "error", "approval"]
 
 
 class Message(BaseModel):
-    """A platform-neutral message. ``plain_text()`` is the fallback every platform can show."""
+    """A platform-neutral message. ``plain_text()`` is the fallback every platform can show.
+
+    ``people``: the user ids the core wrote in the text as people (who asked, who decided, the approvers), as
+    the core knows them (``U0123ABCD``, or ``slack:U0123ABCD`` from baton.yaml). Adapters show those as
+    mentions, and no other word that merely looks like an id (a host ``WEBPROD01``, an order number). Stored
+    with the message in the outbox, so a card rendered after a restart or by another replica still knows them."""
 
     title: str | None = None
     tone: Tone = "info"
     parts: list[Part] = Field(default_factory=list)
+    people: list[str] = Field(default_factory=list)
 
     @classmethod
     def text(cls, text: str, *, tone: Tone = "info", title: str | None = None) -> Message:
         return cls(title=title, tone=tone, parts=[Text(text=text)])
+
+    def naming(self, *people: str | None) -> Message:
+        """This message, with ``people`` (ids it names as people; empty ones skipped) added to ``people``."""
+        for person in people:
+            if person and person not in self.people:
+                self.people.append(person)
+        return self
 
     def plain_text(self) -> str:
         lines = [f"*{self.title}*"] if self.title else []

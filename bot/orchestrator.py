@@ -26,7 +26,7 @@ from sqlmodel import select
 
 from bot import approvals, audit, model_routing, replies, schedules, threads
 from bot.config import BatonConfig
-from bot.kit import APPROVAL_MARK, APPROVAL_TEXT_LIMIT, Request, duration
+from bot.kit import APPROVAL_MARK, APPROVAL_TEXT_LIMIT, Request, duration, people_read
 from bot.digests import Digests
 from bot.messages import Accepted, InboundClick, InboundMessage, Location, Message, Text, quoted_code
 from bot.outbox import Delivery, Outbox
@@ -933,7 +933,8 @@ class Orchestrator:
             if schedule.key in refused:
                 line += f"; {refused[schedule.key].describe(schedule.timezone)}"
             lines.append(line)
-        return Message(title="Digests in this channel", parts=[Text(text="\n".join(lines))])
+        return Message(title="Digests in this channel", parts=[Text(text="\n".join(lines))]).naming(
+            *(schedule.created_by for schedule in found if schedule.source != "config"))
 
     async def _recent_twin(self, session: Transaction, record: ThreadRecord, fingerprint: str) -> ThreadRecord | None:
         since = utcnow() - timedelta(seconds=self.settings.dedupe_window_seconds)
@@ -983,7 +984,8 @@ class Orchestrator:
                                    channel=event.channel, thread=event.thread, user=event.user, run_id=run.id,
                                    approval_id=approval.id, reason=reason, click=event.correlation_id)
             refused = (replies.cancel_refused(approval.requested_by, approvals.approvers_besides_requester(approval))
-                       if event.payload.get("cancel") else Message.text(reason, tone="warning"))  # asked to cancel, not to decide
+                       if event.payload.get("cancel")  # asked to cancel, not to decide
+                       else Message.text(reason, tone="warning").naming(approval.requested_by, *approval.approvers))
             return await self._finish_event(event, "refused", refused, ephemeral=True)
         pending = {interrupt.id for interrupt in state.interrupts}
         now = utcnow()
@@ -1089,11 +1091,13 @@ class Orchestrator:
                 return await self._continue(chosen_run, record, chosen_spec, event, request)
         if approval.status != "pending":
             return await self._finish_event(event, "already chosen", Message.text(
-                f"{approval.decided_by} already chose `{approval.choice}`; nothing was changed.", tone="info"), ephemeral=True)
+                f"{approval.decided_by} already chose `{approval.choice}`; nothing was changed.", tone="info"
+            ).naming(approval.decided_by), ephemeral=True)
         reason = approvals.refusal(approval, event.platform, event.user)
         if reason is not None:
             return await self._finish_event(event, "refused", Message.text(
-                f"Only {approval.requested_by}, who asked, can choose here.", tone="warning"), ephemeral=True)
+                f"Only {approval.requested_by}, who asked, can choose here.", tone="warning"
+            ).naming(approval.requested_by), ephemeral=True)
         spec = self.registry.get(choice)
         if choice not in approval.details.get("options", []) or spec is None:
             return await self._finish_event(event, "unknown choice", Message.text(
@@ -1270,7 +1274,9 @@ class Orchestrator:
             return
         error = outcome.values.get("error") or None
         try:
-            message = replies.result(outcome.values.get("reply"), failed=bool(error), error=error)
+            # Whoever asked, who may decide on it, and whose messages the graph read: a reply naming them names people.
+            message = replies.result(outcome.values.get("reply"), failed=bool(error), error=error).naming(
+                run.requested_by, *self._approvers_of(run), *sorted(people_read(services)))
         except replies.ReplyNotShown as exc:  # the graph's author is told what is wrong with it, and the run ends
             log.warning("run %s (%s) failed: %s", run.id, spec.name, exc)
             await self._finish_run(run, record, event, "failed", replies.failure(spec.name, exc), str(exc)[:1000],

@@ -59,12 +59,14 @@ def approval_card(approval: Approval) -> Message:
                            f"approvers: {_approvers_shown(approval)}"))
     if approval.status == "pending":
         parts.append(Buttons(approval_id=approval.id))
-        return Message(title="Approval needed", tone="approval", parts=parts)
+        return Message(title="Approval needed", tone="approval", parts=parts).naming(
+            approval.requested_by, *approval.approvers)
     assert approval.decided_at is not None
     verdict = {"approved": "Approved", "rejected": "Rejected", "stale": "Expired"}[approval.status]
     parts.append(Note(text=f"{verdict} by {approval.decided_by} at {when(approval.decided_at)}"))
     tone = "success" if approval.status == "approved" else "warning"
-    return Message(title=f"{verdict}", tone=tone, parts=parts)
+    return Message(title=f"{verdict}", tone=tone, parts=parts).naming(
+        approval.requested_by, *approval.approvers, approval.decided_by)
 
 
 def approval_out_of_sight(approval: Approval) -> Message:
@@ -73,7 +75,8 @@ def approval_out_of_sight(approval: Approval) -> Message:
     asked = f"{', '.join(others)} to approve it" if others else "an approver"
     return Message.text(
         f"{approval.summary}\n\nThis needs {asked}, and only you can see this direct message, so I stopped "
-        "before it: nothing was run. Ask me in a channel where an approver can see the card.", tone="warning")
+        "before it: nothing was run. Ask me in a channel where an approver can see the card.", tone="warning"
+    ).naming(*others)
 
 
 def already_decided(approval: Approval) -> Message:
@@ -81,7 +84,8 @@ def already_decided(approval: Approval) -> Message:
         return Message.text("This approval is no longer current; nothing was changed.", tone="warning")
     verdict = "approved" if approval.status == "approved" else "rejected"
     at = when(approval.decided_at) if approval.decided_at else "earlier"
-    return Message.text(f"Already {verdict} by {approval.decided_by} at {at}; nothing was changed.", tone="info")
+    return Message.text(f"Already {verdict} by {approval.decided_by} at {at}; nothing was changed.",
+                        tone="info").naming(approval.decided_by)
 
 
 class ReplyNotShown(ValueError):
@@ -131,9 +135,12 @@ def choice_card(approval: Approval) -> Message:
     assert approval.decided_at is not None
     if approval.status == "stale":  # nobody picked in time, or its run ended
         return Message(title="Expired", tone="warning", parts=[
-            Text(text=approval.summary), Note(text=f"Expired by {approval.decided_by} at {when(approval.decided_at)}")])
+            Text(text=approval.summary), Note(text=f"Expired by {approval.decided_by} at {when(approval.decided_at)}")
+        ]).naming(approval.decided_by)
     return Message(title="Chosen", tone="success", parts=[
-        Text(text=approval.summary), Note(text=f"{approval.decided_by} chose `{approval.choice}` at {when(approval.decided_at)}")])
+        Text(text=approval.summary),
+        Note(text=f"{approval.decided_by} chose `{approval.choice}` at {when(approval.decided_at)}"),
+    ]).naming(approval.decided_by)
 
 
 def model_error(error: BaseException) -> Message:
@@ -168,7 +175,7 @@ def cancelled(graph: str, user: str, seconds: float, *, at_cards: bool = False) 
            "I stopped it: nothing more of it will run, and a command it was running was killed")
     return Message(tone="warning", title="Run cancelled", parts=[
         Text(text=f"{user} cancelled `{graph}` after {duration(seconds)}, so {how}. What it did before is not undone."),
-    ])
+    ]).naming(user)
 
 
 def cancel_refused(requested_by: str, others: list[str]) -> Message:
@@ -176,11 +183,11 @@ def cancel_refused(requested_by: str, others: list[str]) -> Message:
     besides = (f", or {others[0]}" if len(others) == 1 else
                f", or an approver ({approvals.one_of(others)})" if others else ",")
     who = f"{requested_by}, who asked for it{besides}"
-    return Message.text(f"Only {who} can cancel this run. It goes on.", tone="warning")
+    return Message.text(f"Only {who} can cancel this run. It goes on.", tone="warning").naming(requested_by, *others)
 
 
 def cancelled_already(by: str) -> Message:
-    return Message.text(f"{by} cancelled this run already.", tone="info")
+    return Message.text(f"{by} cancelled this run already.", tone="info").naming(by)
 
 
 def cancel_too_late() -> Message:
@@ -189,7 +196,7 @@ def cancel_too_late() -> Message:
 
 def withdrawn(user: str, requests: int) -> Message:
     what = "this request" if requests == 1 else f"{requests} requests"
-    return Message.text(f"{user} cancelled {what} before it started: nothing of it ran.", tone="warning")
+    return Message.text(f"{user} cancelled {what} before it started: nothing of it ran.", tone="warning").naming(user)
 
 
 def nothing_to_cancel(in_thread: bool) -> Message:

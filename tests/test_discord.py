@@ -613,7 +613,7 @@ def test_card_renders_as_one_embed_with_buttons_carrying_only_the_approval_id():
         Text(text="Restart web for 1100000000000000101? See https://discord.com/channels/1/1100000000000000011"),
         Code(text="requested_by: 1100000000000000101"), Note(text="approvers: discord:1100000000000000102, bob"),
         ThreadLink(label="the [other] thread", channel="1", thread="1100000000000000555"),
-        Buttons(approval_id="abc_DEF-123")])
+        Buttons(approval_id="abc_DEF-123")], people=["1100000000000000101"])
     (outgoing,) = discord_render.render(message, GUILD_ID)
     assert outgoing.content is None and outgoing.approval is not None
     embed = outgoing.embed.to_dict()

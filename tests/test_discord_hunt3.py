@@ -40,7 +40,7 @@ async def test_ids_and_stars_inside_a_code_block_of_a_reply_are_shown_as_written
     """Inside a fenced block of a reply, a user id became ``<@id>`` and ``f(*a*)`` became ``f(**a**)``
     (Discord shows code literally, so the log read differently from what the command printed)."""
     text = "Ran by 123456789012345678:\n```\nuser 123456789012345678 called f(*a*)\n```\n*done*"
-    await adapter.send(delivery(1, Message(tone="info", parts=[Text(text=text)])))
+    await adapter.send(delivery(1, Message(tone="info", parts=[Text(text=text)], people=["123456789012345678"])))
     (message,) = fake_discord.messages(GENERAL)
     assert message.content == ("Ran by <@123456789012345678>:\n```\nuser 123456789012345678 called f(*a*)\n```\n"
                                "**done**")
@@ -119,7 +119,7 @@ async def test_an_id_in_a_links_address_is_not_made_a_mention(fake_discord, adap
     address is shown as written; an id in the prose around it is still a mention."""
     link = "https://grafana.example.com/explore?trace=1234567890123456789&q=*errors*"
     text = f"Slow request by 123456789012345678: {link} and [the same]({link})"
-    await adapter.send(delivery(1, Message(tone="info", parts=[Text(text=text)])))
+    await adapter.send(delivery(1, Message(tone="info", parts=[Text(text=text)], people=["123456789012345678"])))
     (message,) = fake_discord.messages(GENERAL)
     assert message.content == f"Slow request by <@123456789012345678>: {link} and [the same]({link})"
 

@@ -518,7 +518,7 @@ def test_card_parts_render_as_block_kit():
     message = Message(title="Approval needed", tone="approval", parts=[
         Text(text="Run `restart` for U0BOB00002 & <friends>"), Code(text="command: a <b>"),
         Note(text="approvers: slack:U0BOB00002, bob, UPTIME"), ThreadLink(label="open | it", channel="C1", thread="1.5"),
-        Buttons(approval_id="abc123")])
+        Buttons(approval_id="abc123")], people=["U0BOB00002"])
     (rendered,) = slack_blocks.render(message, link).messages
     texts = [block.get("text", {}).get("text") for block in rendered["blocks"]]
     assert texts[:2] == [":raised_hand: *Approval needed*", "Run `restart` for <@U0BOB00002> &amp; &lt;friends&gt;"]

@@ -58,7 +58,7 @@ async def test_a_fenced_block_in_a_long_answer_is_code_in_every_section(fake_sla
     log = "".join(f"2026-12-06 10:{n % 60:02d} WEBPROD01 *restart* ok & <done> {n}\n" for n in range(90))
     answer = f"Here is what `df` said:\n{FENCE}bash\n{log}{FENCE}\nThe disk on web-2 is full; ask {ALICE}."
     posted = await _post(fake_slack, tmp_path, Message(tone="success", parts=[
-        Text(text=answer), Note(text=f"Run for this answer:\n{FENCE}\ndf -h WEBPROD01\n{FENCE}")]))
+        Text(text=answer), Note(text=f"Run for this answer:\n{FENCE}\ndf -h WEBPROD01\n{FENCE}")], people=[ALICE]))
     assert all(check_message({"channel": GENERAL, "text": m.text, "blocks": m.blocks}) == "" for m in posted)
     texts = _texts(posted)
     assert len(texts) >= 3  # the log takes more than one section
@@ -75,8 +75,8 @@ def test_a_short_answer_with_a_fenced_block_is_one_section_with_the_code_as_writ
     """A host named like a user id in a fenced command was a mention of nobody (``<@WEBPROD01>``), and the
     block's language was shown as its first line."""
     (message,) = slack_blocks.render(Message(parts=[Text(text=(
-        f"Restart it with\n{FENCE}sh\nssh WEBPROD01 'systemctl restart app' && echo <ok>\n{FENCE}\nthen tell {ALICE}."))]),
-        lambda channel, ts: "").messages
+        f"Restart it with\n{FENCE}sh\nssh WEBPROD01 'systemctl restart app' && echo <ok>\n{FENCE}\nthen tell {ALICE}."))],
+        people=[ALICE]), lambda channel, ts: "").messages
     assert [block["text"]["text"] for block in message["blocks"]] == [
         f"Restart it with\n{FENCE}\nssh WEBPROD01 'systemctl restart app' &amp;&amp; echo &lt;ok&gt;\n{FENCE}\n"
         f"then tell <@{ALICE}>."]
@@ -91,7 +91,7 @@ async def test_an_address_holding_something_like_a_user_id_is_a_whole_link(fake_
     code is; an id in the words around it is still a mention."""
     url = "https://grafana.example.com/d/web?var-host=WEBPROD01&from=now-1h"
     (posted,) = await _post(fake_slack, tmp_path, Message(parts=[Text(text=f"Errors rose at 10:02 ({url}); ask {ALICE}."),
-                                                                Note(text=f"Source: {url}")]))
+                                                                Note(text=f"Source: {url}")], people=[ALICE]))
     shown = url.replace("&", "&amp;")
     assert _texts([posted]) == [f"Errors rose at 10:02 ({shown}); ask <@{ALICE}>.", f"Source: {shown}"]
 
