@@ -10,7 +10,7 @@ import shlex
 import shutil
 import signal
 import unicodedata
-from collections.abc import Collection
+from collections.abc import Awaitable, Collection
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
@@ -24,6 +24,7 @@ DESCRIPTION = "Run a runbook from baton.yaml."
 EXAMPLE = "run <runbook> key=value"
 TIMEOUT = None  # each command has its runbook's own timeout (baton.yaml, up to 24 h)
 MAX_OUTPUT_BYTES = 256 * 1024
+STILL_RUNNING_AFTER = 2.0  # seconds a command runs before the thread is told it is running
 
 
 class RunbookState(TypedDict, total=False):
@@ -78,7 +79,7 @@ async def execute(state: RunbookState) -> RunbookState:
         return {"reply": {"tone": "error", "parts": [{"kind": "text", "text": changed}]},
                 "error": "baton.yaml changed since it was asked for; nothing was run"}
     argv = runbook.argv(state["args"])
-    result = await effect("command", lambda: run_runbook(runbook, argv))
+    result = await effect("command", lambda: _told_if_long(run_runbook(runbook, argv), argv, runbook.timeout))
     if not result.get("started", True):
         return {"reply": _outcome(argv, "could not be started", result["output"], "error"), "error": result["output"]}
     if result["timed_out"]:
@@ -149,6 +150,22 @@ def _outcome(argv: list[str], what: str, output: str, tone: str) -> dict[str, An
 
 def route_after_plan(state: RunbookState) -> str:
     return "execute" if state.get("approved") else "ask"
+
+
+async def _told_if_long(command: Awaitable[dict[str, Any]], argv: list[str], timeout: float) -> dict[str, Any]:
+    """``command``'s result; one that has not ended after ``STILL_RUNNING_AFTER`` seconds is said to be running.
+    A low-risk runbook posts nothing before its result: a minute's command left the thread silent for a minute,
+    and a silent bot reads as a broken one (asked again, or given up on)."""
+    running = asyncio.ensure_future(command)
+    try:
+        if not (await asyncio.wait({running}, timeout=STILL_RUNNING_AFTER))[0]:
+            shown = _inline(shown_command(argv)) or "the command"
+            progress(f"Running {shown} (timeout {timeout:g}s). Write `cancel` in this thread to stop it.")
+        return await running
+    except BaseException:
+        running.cancel()  # the run was cancelled (``cancel``, Baton stopping): so is its command, stopped
+        await asyncio.gather(running, return_exceptions=True)  # before the run ends, as when awaited alone
+        raise
 
 
 async def run_runbook(runbook: Runbook, argv: list[str]) -> dict[str, Any]:

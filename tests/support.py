@@ -468,7 +468,7 @@ def write_config(directory: Path, counter: Path, approvers: list[str] | None = N
     # outlast something (a takeover) without a guess at how long that takes gives it 9.9 s and then lets it go.
     slow_script = ("import os, sys, time; end = time.monotonic() + float(sys.argv[1])\n"
                    "while time.monotonic() < end and not os.path.exists(sys.argv[2]): time.sleep(0.02)\n"
-                   "print('slept')")
+                   "print('sl' + 'ept')")  # "slept" is in its output, not in the command a progress line shows
     hang_script = ("import subprocess, sys, time; child = subprocess.Popen(['sleep', '60']); "
                    "open(sys.argv[1], 'w').write(str(child.pid)); print('waiting', flush=True); time.sleep(60)")
     config = directory / "baton.yaml"
