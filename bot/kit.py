@@ -317,8 +317,9 @@ _people_read: weakref.WeakKeyDictionary[RunContext, set[str]] = weakref.WeakKeyD
 
 
 def people_read(context: RunContext) -> set[str]:
-    """Who wrote the messages the run's graph read with ``history()``: a reply naming them (a summary's
-    ``user: text`` lines) names people, whom the run's reply shows as mentions (``Message.people``)."""
+    """The people the run's graph read of: who wrote the messages ``history()`` returned (a summary's ``user: text``
+    lines), whom ``channel_activity()`` named (who asked, whom a card waits for). A reply naming them names people,
+    whom the run's reply shows as mentions (``Message.people``)."""
     return _people_read.setdefault(context, set())
 
 

@@ -371,6 +371,11 @@ class RunServices:
                     for a in approvals if a.thread_record_id == record.id
                 ],
             })
+        # Whom the activity names: a reply built from it ("asked by X", "waiting for Y") shows them as mentions.
+        kit.people_read(self).update(
+            name for record in records if record.thread != self.request.thread
+            for name in [record.requested_by, *(who for a in approvals if a.thread_record_id == record.id
+                                                for who in [a.requested_by, *a.approvers])] if name)
         return activity
 
     @staticmethod

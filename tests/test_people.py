@@ -35,8 +35,17 @@ OLD_CARD = {"title": "Approval needed", "tone": "approval", "parts": [
 @pytest.fixture
 def config_path(tmp_path: Path, counter: Path) -> Path:
     """The usual runbooks; approvers named by their Slack and their Discord ids, prefixed and bare."""
-    return write_config(tmp_path, counter, approvers=[f"slack:{BOB}", ALICE,
+    path = write_config(tmp_path, counter, approvers=[f"slack:{BOB}", ALICE,
                                                       f"discord:{discord_side.BOB}", discord_side.ALICE])
+    path.write_text(path.read_text().replace("runbooks:\n", f"""runbooks:
+  deploy:
+    description: Deploys; only Carol approves it.
+    command: ["true"]
+    risk: high
+    approvers: ["{CAROL}"]
+    timeout: 10
+""", 1))
+    return path
 
 
 def test_on_slack_the_card_mentions_who_asked_and_decided_and_a_host_named_like_an_id_stays_plain(
@@ -67,6 +76,16 @@ def test_on_slack_the_card_mentions_who_asked_and_decided_and_a_host_named_like_
     assert f"(set by <@{CAROL}>)" in shown_text(slack.reply("daily at 09:00 Europe/Paris", listed))
     now = slack.mention("digest now", user=BOB)["ts"]
     assert f"Digest asked for by <@{BOB}>." in shown_text(slack.reply("asked for by", now))
+
+
+def test_on_slack_status_mentions_whom_another_thread_waits_for(slack: Slack) -> None:  # noqa: F811
+    """``status`` names the approvers other threads' cards wait for: people, though the graph read them from
+    Baton's own records (``channel_activity``), not from a message's author."""
+    waiting = slack.mention("run deploy", user=ALICE)["ts"]
+    slack.card(waiting)  # waits for CAROL, the runbook's own approver (no approver of status, nor who asks it)
+    asked = slack.mention("status", user=BOB)["ts"]
+    shown = shown_text(slack.reply("waiting for approval", asked))
+    assert f"for <@{CAROL}>" in shown, shown
 
 
 def test_on_discord_the_card_mentions_who_asked_and_decided_and_an_order_id_stays_a_number(
