@@ -156,16 +156,15 @@ async def _told_if_long(command: Awaitable[dict[str, Any]], argv: list[str], tim
     """``command``'s result; one that has not ended after ``STILL_RUNNING_AFTER`` seconds is said to be running.
     A low-risk runbook posts nothing before its result: a minute's command left the thread silent for a minute,
     and a silent bot reads as a broken one (asked again, or given up on)."""
-    running = asyncio.ensure_future(command)
+    # A timer, not a task: the callback runs in this node's context (LangGraph's stream writer), and a cancel of
+    # the run reaches the command as before.
+    told = asyncio.get_running_loop().call_later(STILL_RUNNING_AFTER, lambda: progress(
+        f"Running {_inline(shown_command(argv)) or 'the command'} (timeout {timeout:g}s). "
+        "Write `cancel` in this thread to stop it."))
     try:
-        if not (await asyncio.wait({running}, timeout=STILL_RUNNING_AFTER))[0]:
-            shown = _inline(shown_command(argv)) or "the command"
-            progress(f"Running {shown} (timeout {timeout:g}s). Write `cancel` in this thread to stop it.")
-        return await running
-    except BaseException:
-        running.cancel()  # the run was cancelled (``cancel``, Baton stopping): so is its command, stopped
-        await asyncio.gather(running, return_exceptions=True)  # before the run ends, as when awaited alone
-        raise
+        return await command
+    finally:
+        told.cancel()
 
 
 async def run_runbook(runbook: Runbook, argv: list[str]) -> dict[str, Any]:
