@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -19,6 +20,46 @@ if TYPE_CHECKING:
     from bot.app import Baton
 
 log = logging.getLogger("baton.adapters")
+
+
+# A line that opens a fenced code block in a text (as a model writes one): ``` and a language (one short word), or
+# nothing, after it.
+FENCE_OPEN = re.compile(r" {0,3}```[\w+#.-]{0,32}[ \t]{0,8}$")
+
+
+def fenced_segments(text: str) -> list[tuple[str | None, str]]:
+    """``text`` as prose ``(None, text)`` and fenced code ``(opening line, code)``, in order, for a renderer that
+    shows code as written (an id in a log is no mention, ``*args*`` no bold) and splits it over messages that each
+    open and close the fence. The code keeps its line ends; a last line that ends in the closing fence
+    (``last line```) is the code's. A fence never closed is prose, as platforms show it."""
+    segments: list[tuple[str | None, str]] = []
+    prose: list[str] = []
+    opening: str | None = None  # the fence's line as written, while inside a block
+    code: list[str] = []
+    for line in text.splitlines(keepends=True):
+        bare = line.rstrip("\r\n")
+        if opening is None:
+            if FENCE_OPEN.match(bare):
+                opening, code = line, []
+            else:
+                prose.append(line)
+            continue
+        if bare.rstrip().endswith("```") and bare.count("```") == 1:
+            if prose:
+                segments.append((None, "".join(prose)))
+                prose = []
+            before = bare[:bare.rfind("```")]
+            if before.strip():
+                code.append(before + "\n")
+            segments.append((opening.rstrip("\r\n"), "".join(code)))
+            opening = None
+        else:
+            code.append(line)
+    if opening is not None:  # never closed
+        prose += [opening, *code]
+    if prose:
+        segments.append((None, "".join(prose)))
+    return segments
 
 
 def split_text(text: str, limit: int, size: Callable[[str], int] = len) -> list[str]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import discord
 
-from adapters.contract import split_text
+from adapters.contract import FENCE_OPEN, fenced_segments, split_text
 from bot.messages import Buttons, Code, Image, Message, Note, Text, ThreadLink, fence_safe
 
 CONTENT_CHARS = 2000
@@ -63,8 +63,6 @@ INLINE_CODE = re.compile(r"(`[^`\n]*`)")
 # its query, ``?trace=1234567890123456789``, became ``<@...>`` and the link led nowhere).
 AS_WRITTEN = re.compile(r"(`[^`\n]*`|\bhttps?://[^\s<>)\]]+)")
 # ``*words*`` with no star or word character around it (so ``**bold**``, ``a*b*c`` and ``2 * 3`` stay).
-# A line that opens a fenced code block: ``` and a language (one short word), or nothing, after it.
-FENCE_OPEN = re.compile(r" {0,3}```[\w+#.-]{0,32}[ \t]{0,8}$")
 SINGLE_STAR_BOLD = re.compile(r"(?<![*\w])\*(?=[^\s*])([^*\n]*?[^\s*])\*(?![*\w])")
 
 
@@ -171,48 +169,16 @@ def _text_blocks(text: str, people: Collection[str] = frozenset()) -> list[str]:
     mention, ``*args*`` no bold), and split over blocks that each open and close the fence (split
     anywhere, one message opened a block the next did not close: the rest showed as code, or not)."""
     blocks: list[str] = []
-    for opening, body, closing in _segments(text):
+    for opening, body in fenced_segments(text):
         if opening is None:
             blocks += _pieces(with_mentions(body, people)) if body else []
             continue
+        body, closing = body.removesuffix("\n"), "```"
         pieces = split_text(body, PIECE_CHARS - len(opening) - max(len(closing), FENCE_CHARS) - 2)
         for index, piece in enumerate(pieces):
             end = closing if index == len(pieces) - 1 else "```"
             blocks.append(f"{opening}\n{piece.removesuffix(chr(10))}\n{end}" if piece else f"{opening}\n{end}")
     return blocks
-
-
-def _segments(text: str) -> list[tuple[str | None, str, str]]:
-    """``text`` as prose ``(None, text, "")`` and fenced code ``(opening line, code, closing line)``,
-    in order; a fence never closed is prose (as Discord shows it)."""
-    segments: list[tuple[str | None, str, str]] = []
-    prose: list[str] = []
-    opening: str | None = None
-    code: list[str] = []
-    for line in text.splitlines(keepends=True):
-        bare = line.rstrip("\r\n")
-        if opening is None:
-            if FENCE_OPEN.match(bare) and bare.count("```") == 1:
-                opening, code = bare, []
-            else:
-                prose.append(line)
-            continue
-        if "```" in bare and bare.rstrip().endswith("```") and bare.count("```") == 1:
-            if prose:
-                segments.append((None, "".join(prose), ""))
-                prose = []
-            before = bare[:bare.rfind("```")]  # `last line```: the code's, not the fence's (a long one left no
-            if before.strip():                # room for the code in a message, and the split never ended)
-                code.append(before + "\n")
-            segments.append((opening, "".join(code).removesuffix("\n"), "```"))
-            opening = None
-        else:
-            code.append(line)
-    if opening is not None:  # never closed
-        prose += [opening + "\n", *code]
-    if prose:
-        segments.append((None, "".join(prose), ""))
-    return segments
 
 
 def _pieces(markdown: str) -> list[str]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, assert_never
 
-from adapters.contract import split_text
+from adapters.contract import fenced_segments, split_text
 from bot.messages import Buttons, Code, Image, Message, Note, Text, ThreadLink, fence_safe
 
 BUTTON_ACTION_PREFIX = "baton:"  # a button's action_id is this and the option's value; its value is the approval id
@@ -37,8 +37,6 @@ MENTION_GROWTH = 3  # "U0123ABCD" -> "<@U0123ABCD>"
 # What is shown as written, never given mentions: inline code, and a link's address (an id in its query,
 # ``?var-host=WEBPROD01``, became ``<@WEBPROD01>`` in the middle of the address: Slack's link ended there).
 AS_WRITTEN = re.compile(r"(`[^`\n]*`|\bhttps?://[^\s<>)\]]+)")
-# A line that opens a fenced code block in a text (as a model writes one): ``` and a language, or nothing, after it.
-FENCE_OPEN = re.compile(r" {0,3}```[\w+#.-]{0,32}[ \t]{0,8}$")
 FENCE_CHARS = len("```\n\n```")
 # Slack's markup in what people write: <@U0123|name>, <#C0123|name>, <!here>, <!subteam^S0123|@team>,
 # <https://x.io|label>. A "<" a person typed arrives as "&lt;", so every "<...>" is markup.
@@ -191,8 +189,8 @@ def mrkdwn_pieces(text: str, people: Collection[str] = frozenset()) -> list[str]
     block the next did not close, so both showed their backticks and the log as prose, mentions and bold in
     it. Pieces are joined again as far as they fit: a short text is one piece, as before."""
     rendered: list[tuple[str, str]] = []  # each piece, and what joins it to the next: a line break, or none
-    for is_code, segment in _segments(text):
-        if is_code:
+    for opening, segment in fenced_segments(text):
+        if opening is not None:  # Slack shows no language after the fence: it would be the code's first line
             rendered += [(_fence(piece), "\n") for piece in chunks(fence_safe(segment), SECTION_CHARS - FENCE_CHARS)]
         else:  # a line split by characters goes on without a break
             rendered += [(with_mentions(escape(piece.removesuffix("\n")), people), "\n" if piece.endswith("\n") else "")
@@ -206,40 +204,6 @@ def mrkdwn_pieces(text: str, people: Collection[str] = frozenset()) -> list[str]
             joined.append(piece)
         between = after
     return joined or [""]
-
-
-def _segments(text: str) -> list[tuple[bool, str]]:
-    """``text`` as prose ``(False, text)`` and fenced code ``(True, code)``, in order. Slack shows no language
-    after the opening fence (it would be the code's first line), so it is left out; a fence never closed is
-    prose (Slack shows its backticks)."""
-    segments: list[tuple[bool, str]] = []
-    prose: list[str] = []
-    opening: str | None = None
-    code: list[str] = []
-    for line in text.splitlines(keepends=True):
-        bare = line.rstrip("\r\n")
-        if opening is None:
-            if FENCE_OPEN.match(bare):
-                opening, code = line, []
-            else:
-                prose.append(line)
-            continue
-        if bare.rstrip().endswith("```") and bare.count("```") == 1:
-            if prose:
-                segments.append((False, "".join(prose)))
-                prose = []
-            before = bare[:bare.rfind("```")]  # `last line```: the code's line, then the fence
-            if before.strip():
-                code.append(before + "\n")
-            segments.append((True, "".join(code)))
-            opening = None
-        else:
-            code.append(line)
-    if opening is not None:  # never closed
-        prose += [opening, *code]
-    if prose:
-        segments.append((False, "".join(prose)))
-    return segments
 
 
 def _code(text: str, rendered: Rendered, files: bool) -> list[dict[str, Any]]:
