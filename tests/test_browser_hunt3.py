@@ -6,12 +6,9 @@ module; the browser is test_browser's. Waits are Playwright's conditions, never 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
-from tests.support import BatonProcess, write_config
+from tests.support import BatonProcess
 from tests.test_browser import browser, open_playground, page, sync_api  # noqa: F401 (fixtures)
+from tests.test_browser_hunt2 import baton  # noqa: F401 (a fixture: one baton run for the module)
 
 expect = sync_api.expect
 
@@ -20,17 +17,6 @@ AT_THE_END = """() => {
     return !!img && img.complete && img.naturalHeight > 0 && list.clientHeight > 0 &&
         list.scrollHeight - list.scrollTop - list.clientHeight <= 1;
 }"""
-
-
-@pytest.fixture(scope="module")
-def baton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BatonProcess]:
-    directory = tmp_path_factory.mktemp("baton")
-    process = BatonProcess(f"sqlite:///{directory / 'baton.db'}", write_config(directory, directory / "runs.txt"),
-                           directory).start()
-    try:
-        yield process
-    finally:
-        process.stop()
 
 
 def test_a_digest_chart_arriving_in_an_open_thread_is_shown_whole(baton: BatonProcess, page: sync_api.Page) -> None:  # noqa: F811
