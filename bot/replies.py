@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -255,10 +256,18 @@ def duplicate(link_channel: str, link_thread: str, status: str, *, here: bool = 
     )
 
 
+# What may follow an opening ``` on its line: a language (```bash), shown by no platform as part of the code.
+FENCE_LANGUAGE = re.compile(r"[\w+#.-]{1,32}[ \t]*")
+
+
 def _text_with_code(text: str, tone: Any) -> Message:
-    """Split ```fenced``` blocks out of plain text into code parts (and text too long for a few messages)."""
+    """Split ```fenced``` blocks out of plain text into code parts (and text too long for a few messages). A
+    block's language (```bash) is no line of its code: it was shown as the output's first line."""
     parts: list[Any] = []
     for index, chunk in enumerate(text.split("```")):
+        language, newline, code = chunk.partition("\n")
+        if index % 2 and newline and FENCE_LANGUAGE.fullmatch(language):
+            chunk = code
         chunk = chunk.strip("\n")
         if not chunk:
             continue

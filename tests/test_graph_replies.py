@@ -150,3 +150,15 @@ async def _said_to(baton: Baton, user: str, contains: str) -> str:
         if found:
             return found[-1]
         await baton.outbox.wait("never-woken", 0.05)
+
+
+@pytest.mark.parametrize(("reply", "code"), [
+    ("Here:\n```bash\nls -la\n```", "ls -la"),      # a language after the fence is no line of the code
+    ("```\ndf\n/dev/vda 23G\n```", "df\n/dev/vda 23G"),  # nothing after the fence: its next line is code
+    ("run ```uptime``` now", "uptime"),             # inline, one line: the code itself
+])
+def test_a_fenced_blocks_language_is_not_shown_as_its_first_line(reply: str, code: str) -> None:
+    """A graph's text reply "```bash\\nls\\n```" became the code "bash\\nls": Slack and Discord showed `bash` as the
+    output's first line."""
+    message = replies.result(reply, failed=False)
+    assert [part.text for part in message.parts if part.kind == "code"] == [code]
