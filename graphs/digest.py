@@ -39,7 +39,9 @@ def compose(state: DigestState) -> DigestState:
     stats = state["stats"]
     start, end = (datetime.fromisoformat(stats["window"][key]) for key in ("start", "end"))
     zone = stats.get("timezone") or "UTC"
-    title = f"Digest for #{stats['channel']}: {_span(start, end, zone)}"
+    # No channel in it: a digest is posted in its channel, and Baton knows a channel by its id, which Slack and
+    # Discord showed as written in a title ("Digest for #C0123ABCD", "#1234567890123456789").
+    title = f"Digest: {_span(start, end, zone)}"
     quiet = (not stats["requests"] and not stats["decided"] and not stats["waiting"] and not stats["failures"]
              and not stats.get("cancelled_count")
              # a request asked before the window and ended in it: its turnaround and wait are this digest's

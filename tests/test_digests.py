@@ -256,12 +256,12 @@ def test_chat_commands_create_list_run_and_remove_schedules(start_baton, sqlite_
     pg.wait_reply(listed, "daily at 09:00 Europe/Paris (set by alice)")
 
     now = pg.ask("@baton digest now", channel="ops", user="bob")
-    digest = pg.wait_reply(now, "Digest for #ops")
+    digest = pg.wait_reply(now, "Digest: ")
     assert "*1* request\n" in digest["text"] and "`runbook`: 1 done, 0 failed" in digest["text"]
     assert "asked for by bob" in digest["text"]
     assert any(part["kind"] == "image" for part in digest["content"]["parts"])
     again = pg.ask("@baton digest now", channel="ops")
-    quiet = pg.wait_reply(again, "Digest for #ops")
+    quiet = pg.wait_reply(again, "Digest: ")
     assert "Quiet" in quiet["text"]  # the window starts where the previous digest ended
 
     baton.stop()

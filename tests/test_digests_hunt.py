@@ -241,7 +241,7 @@ def test_two_replicas_starting_together_post_a_missed_digest_once_and_a_restart_
 
     def digests_in_ops() -> list[dict]:
         messages = pg.http.get("/api/channels/ops/messages").json()["messages"]
-        return [m for m in messages if m["is_bot"] and m["text"].startswith("*Digest for #ops")]
+        return [m for m in messages if m["is_bot"] and m["text"].startswith("*Digest: ")]
 
     wait_for(lambda: digests_in_ops() or None, 20, "the catch-up digest in #ops")
     two.stop()

@@ -49,7 +49,7 @@ def test_chatter_a_model_routed_nowhere_is_no_request(start_baton, sqlite_url, m
         assert pg.say("thanks!", thread=thread, user="bob", channel="ops", event_id=f"chatter-{n}").status_code == 201
     wait_for(lambda: runs(sqlite_url).count(("route", "done")) == 2 or None, what="the chatter's cost to be kept")
 
-    digest = pg.wait_reply(pg.ask("@baton digest now", channel="ops"), "Digest for #ops")["text"]
+    digest = pg.wait_reply(pg.ask("@baton digest now", channel="ops"), "Digest: ")["text"]
     assert "*1* request\n" in digest and "`runbook`: 1 done" in digest and "`route`" not in digest
     assert "over 1 finished" in digest
     assert "Model tokens: 220" in digest  # the two routing calls
@@ -64,7 +64,7 @@ def test_a_request_sent_to_the_graph_its_requester_picked_is_one_request(start_b
     pg.wait_reply(asked, "Nothing is running")
     assert sorted(runs(sqlite_url)) == [("choose", "done"), ("status", "done")]
 
-    digest = pg.wait_reply(pg.ask("@baton digest now", channel="ops"), "Digest for #ops")["text"]
+    digest = pg.wait_reply(pg.ask("@baton digest now", channel="ops"), "Digest: ")["text"]
     assert "*1* request\n" in digest and "`status`: 1 done" in digest and "`choose`" not in digest
 
 

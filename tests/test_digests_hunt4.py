@@ -153,7 +153,7 @@ def test_the_cards_period_is_written_on_the_clock_its_chart_days_are_of():
              "channel": "ops", "per_graph": {}, "requests": 0, "turnaround": {"count": 0}, "waited_seconds": 0.0,
              "failures": [], "failure_count": 0, "decided": [], "waiting": [], "per_day": [], "timezone": "Europe/Paris"}
     reply = compose({"stats": stats})["reply"]  # type: ignore[typeddict-item]
-    assert reply["title"] == "Digest for #ops: 2026-06-01 09:00 to 2026-06-02 09:00 Europe/Paris"
+    assert reply["title"] == "Digest: 2026-06-01 09:00 to 2026-06-02 09:00 Europe/Paris"
     assert compose({"stats": {**stats, "timezone": "UTC"}})["reply"]["title"].endswith(  # type: ignore[typeddict-item]
         "2026-06-01 07:00 to 2026-06-02 07:00 UTC")
 

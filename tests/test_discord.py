@@ -170,8 +170,9 @@ def test_mention_opens_a_thread_and_the_thread_is_the_conversation(chat, counter
     assert runs_in(counter) == ["uptime"] and len(fake.threads()) == 1
 
     fake.say("digest now", channel=thread)  # the channel's digest (every thread of it), here
-    digest = chat.reply(f"Digest for #{OPS}", thread)
+    digest = chat.reply("Digest: ", thread)
     (embed,) = digest.embeds
+    assert str(OPS) not in embed["title"], embed["title"]  # the channel's id, which Discord showed as written
     assert "requests" in embed["description"] and "`runbook`: 1 done" in embed["description"]
     assert digest.files["digest.svg"].startswith(b"<svg") and "attached as `digest.svg`" in embed["description"]
 

@@ -183,7 +183,7 @@ def test_summarize_with_and_without_a_model(start_baton, sqlite_url, tmp_path, m
 def test_digest_gets_a_written_summary_with_a_model(start_baton, sqlite_url, model_script):
     pg = start_baton(sqlite_url, env=model_script(final("A quiet, healthy day: one uptime check, all fine."))).client()
     pg.wait_reply(pg.ask("@baton run uptime", channel="ops"), "did uptime")
-    digest = pg.wait_reply(pg.ask("@baton digest now", channel="ops"), "Digest for #ops")
+    digest = pg.wait_reply(pg.ask("@baton digest now", channel="ops"), "Digest: ")
     assert digest["content"]["parts"][0]["text"] == "A quiet, healthy day: one uptime check, all fine."
     assert "*1* request\n" in digest["text"]
     assert '"requests": 1' in calls(model_script.path)[0]["last"]
@@ -194,13 +194,13 @@ def test_what_a_digests_summary_cost_is_counted_by_the_next_digest(start_baton, 
     counts it with the runs'."""
     pg = start_baton(sqlite_url, env=model_script(final("One uptime check."), final("Another one."))).client()
     pg.wait_reply(pg.ask("@baton run uptime", channel="ops"), "did uptime")
-    first = pg.wait_reply(pg.ask("@baton digest now", channel="ops"), "Digest for #ops")
+    first = pg.wait_reply(pg.ask("@baton digest now", channel="ops"), "Digest: ")
     assert "Model tokens" not in first["text"]  # uptime used no model, and the summary was being written
     with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as db:
         spent = db.execute("SELECT tokens, cost FROM digest_runs WHERE status = 'posted'").fetchall()
     assert spent == [(250, pytest.approx(300 / 1_000_000))]
     pg.wait_reply(pg.ask("@baton run uptime force", channel="ops"), "did uptime")
-    second = pg.wait_reply(pg.ask("@baton digest now", channel="ops"), "Digest for #ops")
+    second = pg.wait_reply(pg.ask("@baton digest now", channel="ops"), "Digest: ")
     assert "Model tokens: 250, cost $0.0003" in second["text"]
 
 
