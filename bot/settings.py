@@ -237,18 +237,21 @@ def _read(files: DotenvType | None, encoding: str | None, variable: str) -> str 
     return found
 
 
-# How close a name under BATON_ must be to a setting's to be taken as that setting misspelt (difflib's ratio):
-# BATON_DATABSE_URL is 0.97, BATON_PORTS 0.95, BATON_SERVICE_PORT 0.71.
+# How close a name under BATON_ must be to a setting's to be taken as that setting misspelt (difflib's ratio): the
+# database URL's name with two letters swapped is 0.97, the port's with an S added 0.95, a Service's <NAME>_SERVICE_PORT
+# for a Service named baton 0.71. (Misspelt and Kubernetes' names are written here as patterns, not as names: a tool
+# that lists the settings the code reads would take them for settings.)
 MISSPELT_RATIO = 0.85
-# The other variables Kubernetes sets for a Service (baton-db: BATON_DB_SERVICE_HOST, BATON_DB_PORT_5432_TCP_ADDR...)
-_SERVICE_VARIABLE = re.compile(r".+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT_[0-9]+_(TCP|UDP|SCTP)(_ADDR|_PORT|_PROTO)?)")
+# The other variables Kubernetes sets for a Service (<NAME>_SERVICE_HOST, <NAME>_PORT_5432_TCP_ADDR...)
+_SERVICE_VARIABLE = re.compile(
+    r".+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT_[0-9]+_(TCP|UDP|SCTP)(_ADDR|_PORT|_PROTO)?)")
 
 
 def _refuse_misspelt_names(files: DotenvType | None, encoding: str | None) -> None:
     """Refuse a name under ``BATON_`` that is not a setting but nearly one (``BATON_DATABSE_URL``): it was not
     read, and the setting it was meant for kept its default (Baton made baton.db and ran on it, beside the replicas
     sharing PostgreSQL). Other names under ``BATON_`` are left alone: a runbook's, and those Kubernetes sets for a
-    Service (``BATON_DB_PORT=tcp://...`` for one named baton-db is nearly BATON_PORT). The name and where it is are
+    Service (``<NAME>_PORT=tcp://...``: for one named baton-db, nearly BATON_PORT). The name and where it is are
     named, never its value."""
     settings = sorted(str(field.alias) for field in Settings.model_fields.values())
     places: list[tuple[str, dict[str, str | None]]] = [
