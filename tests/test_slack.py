@@ -393,6 +393,28 @@ def test_messages_from_bots_and_edits_are_ignored(slack, counter):
     assert slack.stored_events() == [f"{GENERAL}:{thread}", f"{GENERAL}:{real['ts']}"]
 
 
+def test_an_edit_adding_a_forgotten_mention_is_a_request_and_later_edits_run_nothing(slack, counter):
+    """Slack sends a message edited to mention Baton as an ``app_mention`` carrying ``edited``. A person who forgot
+    the mention and adds it expects an answer: that message is a request. Edits of a request Baton took run
+    nothing again (the README said every edit was ignored)."""
+    plain = slack.sender.message("run uptime", user=ALICE)  # the mention forgotten: chatter, not stored
+    assert slack.sender.send_event(plain).status_code == 200
+    edited = slack.sender.mention("run uptime", user=ALICE, ts=plain["ts"])
+    edited["edited"] = {"user": ALICE, "ts": f"{float(plain['ts']) + 5:.6f}"}
+    assert slack.sender.send_event(edited).status_code == 200
+    slack.reply("did uptime", plain["ts"])
+    again = {**edited, "text": f"<@{BOT_USER_ID}> run uptime now", "edited": {"user": ALICE, "ts": edited["ts"]}}
+    changed = slack.sender.message("", user=None, subtype="message_changed",
+                                   message={"user": ALICE, "text": again["text"], "ts": plain["ts"]})
+    for event in (again, changed):
+        assert slack.sender.send_event(event).status_code == 200
+    real = slack.sender.message("run uptime force", user=ALICE, thread_ts=plain["ts"])  # handled after any other
+    assert slack.sender.send_event(real).status_code == 200
+    wait_for(lambda: len(runs_in(counter)) == 2, what="the follow-up to run")
+    assert runs_in(counter) == ["uptime", "uptime"]
+    assert slack.stored_events() == [f"{GENERAL}:{plain['ts']}", f"{GENERAL}:{real['ts']}"]
+
+
 def test_long_output_is_attached_in_full_not_cut(slack, counter):
     # The message and the file are two calls: a 429 on the upload retries the upload only.
     slack.fake.fail("files.getUploadURLExternal", 429, retry_after=1)
