@@ -49,14 +49,15 @@ CHANNEL = "bench"
 USER = "alice"
 REPLY_TIMEOUT = 60.0
 
-# ``n`` is unused by the command; it only makes each request's fingerprint unique, so Baton's
-# duplicate-request check runs (and finds nothing) instead of answering "already ran".
+# ``n`` only makes each request's fingerprint unique, so Baton's duplicate-request check runs (and finds
+# nothing) instead of answering "already ran". The command is given it (``/bin/true`` ignores it): an
+# argument no command uses is a warning of ``baton.yaml``'s, printed on every side of every round.
 CONFIG = {
     "approvers": ["bob"],
     "runbooks": {
         RUNBOOK: {
             "description": "Benchmark: a command that does nothing.",
-            "command": COMMAND,
+            "command": [*COMMAND, "{n}"],
             "args": {"n": {"pattern": "^[0-9]+$", "description": "request number"}},
             "risk": "low",
             "timeout": 10,

@@ -16,6 +16,7 @@ from tests.support import ROOT
 def _bench(module: str, *args: str, timeout: float = 300) -> None:
     finished = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, timeout=timeout)
     assert finished.returncode == 0, finished.stderr.decode()[-3000:]
+    assert "baton.yaml: line" not in finished.stderr.decode(), finished.stderr.decode()[-3000:]  # its config is sound
 
 
 def _row(report: str, first_cell: str) -> list[str]:
