@@ -58,7 +58,7 @@ def route(request: Request, text: str, registry: GraphRegistry, config: BatonCon
     if not head:
         return Route(HELP_GRAPH, _input_for(registry, HELP_GRAPH, request, ""), title="help", force=force)
     command = head.lower()
-    if command == CANCEL_COMMAND:
+    if _cancel_word(command):
         return Route(CANCEL_COMMAND, title=CANCEL_COMMAND)
     if command in COMMAND_WORDS:
         if command == DIGEST_COMMAND:
@@ -112,7 +112,7 @@ def is_request(text: str, registry: GraphRegistry, *, addressed: bool = True) ->
     _force, text = _leading_force(text)
     head, rest = _first_word(text)
     command = head.lower()
-    if command == CANCEL_COMMAND:
+    if _cancel_word(command):
         return is_cancel(text, addressed=False)
     if not command or command in COMMAND_WORDS:
         return True
@@ -132,7 +132,13 @@ def is_cancel(text: str, addressed: bool) -> bool:
     """Whether ``text`` (without the bot mention) asks to stop the thread's run: ``cancel``, and whatever
     follows when the bot was mentioned; unmentioned, the word alone ("cancel the meeting" is people talking)."""
     head, rest = _first_word(_leading_force(text)[1])
-    return head.lower() == CANCEL_COMMAND and (addressed or not rest.strip())
+    return _cancel_word(head) and (addressed or not rest.strip())
+
+
+def _cancel_word(word: str) -> bool:
+    """``cancel``, written in a hurry or not (``Cancel!``, ``cancel.``): "cancel!" was queued behind the run it
+    was meant to stop, and then answered "I don't know how to handle `cancel!`"."""
+    return word.lower().rstrip("!.") == CANCEL_COMMAND
 
 
 def runbook_named(text: str) -> str | None:

@@ -1,0 +1,43 @@
+"""Hunting defects in the core request flows: cancel, duplicates, argument errors, status, as people use them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.routing import CANCEL_COMMAND, is_cancel, is_request, route
+from tests.support import alive, wait_for, write_config
+from tests.test_cancel import SLEEPY, started_sleeping
+from tests.test_routing import CONFIG, REGISTRY, REQUEST
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, counter: Path) -> Path:
+    config = write_config(tmp_path, counter)
+    config.write_text(config.read_text().replace("runbooks:\n", "runbooks:" + SLEEPY.format(
+        python=sys.executable, pidfile=str(tmp_path / "sleepy.pid")), 1))
+    return config
+
+
+@pytest.mark.parametrize("text", ["cancel!", "Cancel.", "CANCEL!!", "force cancel!"])
+def test_cancel_written_in_a_hurry_is_a_cancel(text: str) -> None:
+    assert is_cancel(text, addressed=False) and is_cancel(text, addressed=True)
+    assert route(REQUEST, text, REGISTRY, CONFIG).graph == CANCEL_COMMAND
+    assert is_request(text, REGISTRY, addressed=False)
+    assert not is_cancel(f"{text} the standup", addressed=False)  # people talking, as "cancel the standup"
+    assert not is_cancel("cancelled!", addressed=True) and not is_cancel("cancel?!x", addressed=True)
+
+
+def test_cancel_with_an_exclamation_mark_stops_the_run_instead_of_waiting_behind_it(
+        start_baton, sqlite_url, tmp_path) -> None:
+    """"@baton cancel!" was queued behind the run it was meant to stop ("Queued: I'll handle this after the current
+    run finishes"), and once the run had ended on its own it was answered "I don't know how to handle `cancel!`"."""
+    pg = start_baton(sqlite_url).client()
+    thread = pg.ask("@baton run sleepy", user="alice")
+    pid = started_sleeping(tmp_path)
+    pg.say("@baton cancel!", thread=thread, user="alice")
+    pg.wait_reply(thread, "alice cancelled `run sleepy` after")
+    assert not any("Queued" in m["text"] for m in pg.bot_replies(thread))
+    wait_for(lambda: not alive(pid), what="the command to be killed")
