@@ -245,13 +245,22 @@ def _runbook_route(tokens: list[str], config: BatonConfig, force: bool) -> Route
             problems.append(f"`{quoted_code(key)}` is given twice")
         else:
             given[key] = value
+    # A log pasted after `run uptime` made one problem a word: a 4,000-character request was answered with 20,000.
+    problems = list(dict.fromkeys(problems))
+    unknown = [key for key in given if key not in runbook.args]  # the first ones written are named
+    untold = len(problems) - PROBLEMS_SHOWN
+    problems = problems[:PROBLEMS_SHOWN] + ([f"{untold:,} more words that are not `key=value` arguments (or are "
+                                             "given twice)"] if untold > 0 else [])
+    checked = {key: value for key, value in given.items() if key in runbook.args or key in unknown[:PROBLEMS_SHOWN]}
     values: dict[str, str] = {}
     try:
-        values = runbook.validate_args(given)
+        values = runbook.validate_args(checked)
     except ValueError as exc:
         problems.insert(0, str(exc))  # the values first: `service=web;rm -rf /` is wrong in more than one way
-    guesses = {key: _closest(key, [arg for arg in runbook.args if arg not in given]) for key in given
-               if key not in runbook.args}  # `Service=web`, `sevice=web`: said only "unknown argument"
+    if len(unknown) > PROBLEMS_SHOWN:
+        problems.insert(1, f"{len(unknown) - PROBLEMS_SHOWN:,} more unknown arguments")
+    guesses = {key: _closest(key, [arg for arg in runbook.args if arg not in given])
+               for key in unknown[:PROBLEMS_SHOWN]}  # `Service=web`, `sevice=web`: said only "unknown argument"
     hint = " ".join(f"Did you mean `{guess}=` for `{quoted_code(key)}=`?" for key, guess in guesses.items() if guess)
     mended = _mended(pairs, runbook) if problems else None
     if mended is not None:  # `service = web`, `--service web`, `service:web`: the request as it was meant
@@ -270,6 +279,7 @@ def _runbook_route(tokens: list[str], config: BatonConfig, force: bool) -> Route
     )
 
 
+PROBLEMS_SHOWN = 5  # of each kind (words that are no argument, unknown arguments) in one reply; the rest counted
 HELP_WORDS = ("help", "?", "list")  # after `run`: the runbooks, unless one has that name
 USAGES_SHOWN = 30  # runbooks listed with their usage in one reply; the rest by name
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.routing import CANCEL_COMMAND, is_cancel, is_request, route
+from bot.routing import CANCEL_COMMAND, RouteError, is_cancel, is_request, route
 from tests.support import alive, wait_for, write_config
 from tests.test_cancel import SLEEPY, started_sleeping
 from tests.test_routing import CONFIG, REGISTRY, REQUEST
@@ -41,3 +41,21 @@ def test_cancel_with_an_exclamation_mark_stops_the_run_instead_of_waiting_behind
     pg.wait_reply(thread, "alice cancelled `run sleepy` after")
     assert not any("Queued" in m["text"] for m in pg.bot_replies(thread))
     wait_for(lambda: not alive(pid), what="the command to be killed")
+
+
+@pytest.mark.parametrize("rest", [
+    " ".join(f"line{n}" for n in range(600)),  # a log pasted after the request
+    " ".join(f"key{n}=value" for n in range(300)),  # arguments the runbook does not take
+    " ".join(["oops"] * 700),
+])
+def test_a_runbook_request_with_hundreds_of_wrong_words_gets_a_short_answer(rest: str) -> None:
+    """Each wrong word was a problem of its own in the answer: 4,000 characters asked were answered with 20,000
+    (several messages on Slack) of "`line7` is not a `key=value` argument; ...". The first few are named."""
+    with pytest.raises(RouteError) as refused:
+        route(REQUEST, f"run uptime {rest}", REGISTRY, CONFIG)
+    said = str(refused.value)
+    assert len(said) < 1000, said
+    assert said.endswith("Usage: `run uptime` (no arguments). Nothing was run."), said
+    first = rest.split()[0].partition("=")[0]
+    assert f"`{first}`" in said and ("more" in said or rest.startswith("oops"))
+    assert said.count("`oops`") <= 1
