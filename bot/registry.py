@@ -52,7 +52,12 @@ def _text_input(_request: Request, args: str) -> dict[str, Any]:
 # Words chat reads as Baton's own commands before it looks for a graph of that name (bot.routing).
 # (``digest`` is one too: the built-in graph of that name is what the scheduler runs, never chat.)
 COMMAND_WORDS = {"run": "`run <runbook> key=value`",
-                 "force": "`<request> force`: run it again even if it ran recently"}
+                 "force": "`<request> force`: run it again even if it ran recently",
+                 "cancel": "`cancel` in a run's thread: stop that run"}
+# The graph names of Baton's own runs (bot.routing's ROUTER and CHOOSER): a graph's runs under them were taken for
+# Baton's (left out of digests and metrics as a model's routing of chatter, shown as a choice card in status).
+OWN_RUN_NAMES = {"route": "a model's routing of a remark to no graph, kept for what asking cost",
+                 "choose": "a \"Which one?\" card waiting for the requester's pick"}
 
 
 class GraphError(ValueError):
@@ -253,6 +258,9 @@ def _spec_from_module(name: str, module: ModuleType) -> GraphSpec:
     if name in COMMAND_WORDS:
         raise GraphError(f"{where}: `{name}` is a command of Baton's own ({COMMAND_WORDS[name]}), read before any "
                          f"graph: `@baton {name}` would never reach this one; name the module otherwise")
+    if name in OWN_RUN_NAMES:
+        raise GraphError(f"{where}: `{name}` is the name of Baton's own runs ({OWN_RUN_NAMES[name]}): this graph's "
+                         "runs would be taken for those in digests, metrics and status; name the module otherwise")
     if name != name.lower():
         raise GraphError(f"{where}: chat asks for graphs in lower case (`@baton {name}` looks for "
                          f"`{name.lower()}`): name the module {name.lower()}.py")
