@@ -101,6 +101,9 @@ def _settings_and_config() -> tuple[Settings, Any]:
     except ConfigError as exc:
         problems = printable(str(exc), lines=True)  # it quotes what the file holds
         _fail(f"Baton cannot start: {settings.config_path} is not valid:\n{problems}")
+    except OSError as exc:  # looking for the file failed: a directory Baton may not enter, a name too long
+        _fail(printable(f"Baton cannot start: {settings.config_path} cannot be read (BATON_CONFIG): "
+                        f"{exc.strerror or exc}"))
 
 
 def _graphs() -> GraphRegistry:
