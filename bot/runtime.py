@@ -27,7 +27,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from bot import audit, kit, threads
 from bot.approvals import waiting_for
 from bot.config import BatonConfig
-from bot.messages import Location, Message, first_line, quoted
+from bot.messages import Location, Message, first_line, quoted, storable
 from bot.models import cost_of, usage_of
 from bot.redaction import Redactor
 from bot.registry import GraphRegistry, GraphSpec, NodeExited
@@ -202,7 +202,10 @@ class GraphRuntime:
                                                         durability="sync")) as stream:
                 while (chunk := await _next_chunk(stream)) is not _END:
                     if isinstance(chunk, dict) and chunk.get("baton") == kit.PROGRESS_MARK:
-                        await on_progress(str(chunk.get("text", "")))  # Baton's own: what it raises passes as it is
+                        # Storable: a file name's lone surrogate (os.listdir), a NUL of a command's output stored by
+                        # no database, and the line's message, tried again for ever, held up the run's reply behind it.
+                        # Baton's own: what it raises passes as it is.
+                        await on_progress(storable(str(chunk.get("text", ""))))
         except TimeoutError:
             if limit is not None and deadline.expired():
                 raise RunTimedOut(limit) from None

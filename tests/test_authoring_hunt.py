@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
-from bot.registry import GraphError, GraphRegistry
-from tests.test_graph_modules import GOOD_GRAPH, package  # noqa: F401
+import pytest
+from sqlmodel import select
+
+from bot.app import Baton
+from bot.kit import progress
+from bot.messages import InboundMessage
+from bot.registry import GraphError, GraphRegistry, GraphSpec
+from bot.settings import Settings
+from storage.models import PlaygroundMessage
+from tests.test_graph_modules import GOOD_GRAPH, State, _one_node, package  # noqa: F401
 
 
 @pytest.mark.parametrize(("module", "expected"), [
@@ -21,3 +32,45 @@ def test_a_graph_named_as_batons_own_command_or_runs_is_refused(package, module,
     name = package({module: GOOD_GRAPH})
     with pytest.raises(GraphError, match=expected):
         GraphRegistry.discover(name)
+
+
+@asynccontextmanager
+async def _asked_on(database_url: str, config_path: Path, spec: GraphSpec, text: str) -> AsyncIterator[Baton]:
+    """``tests.test_graph_modules._asked`` on ``database_url`` (SQLite or PostgreSQL)."""
+    settings = Settings(BATON_DATABASE_URL=database_url, BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground")
+    async with Baton(settings) as baton:
+        baton.registry.add(spec)
+        await baton.accept_message(InboundMessage(
+            platform="playground", channel="general", thread="1", event_id="e1", user="alice", text=text))
+        yield baton
+
+
+async def _bot_texts(baton: Baton, thread: str, count: int, timeout: float = 10) -> list[str]:
+    """The bot's messages in ``thread``, in order, once there are ``count`` of them."""
+    async def texts() -> list[str]:
+        while True:
+            async with baton.db.read() as session:
+                found = (await session.exec(select(PlaygroundMessage).where(
+                    PlaygroundMessage.thread_id == thread, PlaygroundMessage.is_bot)
+                    .order_by(PlaygroundMessage.id))).all()  # type: ignore[arg-type]
+            if len(found) >= count:
+                return [message.text for message in found]
+            await baton.outbox.wait("never-woken", 0.05)
+
+    return await asyncio.wait_for(texts(), timeout)
+
+
+async def test_a_progress_line_no_database_stores_holds_up_nothing(database_url, config_path) -> None:
+    """``progress(path)`` of a file name read with ``os.listdir`` (a Latin-1 name: a lone surrogate), or of a
+    command's output holding a NUL (PostgreSQL's text takes none): the progress message could never be stored
+    by the playground (UnicodeEncodeError, DataError), was tried again for ever, and the run's reply, behind
+    it in the thread, never came."""
+    def act(_state: State) -> State:
+        progress(b"caf\xe9.txt".decode("utf-8", "surrogateescape"))
+        progress("read 3 bytes: a\x00b")
+        return {"reply": "listed"}
+
+    async with _asked_on(database_url, config_path, GraphSpec(name="lister", graph=_one_node(act)), "lister") as baton:
+        shown = await _bot_texts(baton, "1", 2)
+        assert shown == ["caf\ufffd.txt\nread 3 bytes: a\ufffdb", "listed"], shown
