@@ -145,6 +145,17 @@ def _values(values: Any) -> dict[str, Any]:
     return {} if values is None else {"reply": values}
 
 
+def _storable_value(value: Any) -> Any:
+    """``value`` whose texts (in dicts and lists too, keys included) are ``storable``."""
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, dict):
+        return {_storable_value(key): _storable_value(item) for key, item in value.items()}
+    if type(value) in (list, tuple):  # a tuple stays one: it may be a key
+        return type(value)(_storable_value(item) for item in value)
+    return value
+
+
 def _error_as_text(values: dict[str, Any]) -> dict[str, Any]:
     """``values`` whose ``error``, when set to something other than text (``{"code": 3, "why": ...}``), is text:
     the run's record keeps its error as text, and storing a dict there failed, so the thread read "Something
@@ -231,7 +242,12 @@ class GraphRuntime:
 
     async def state(self, spec: GraphSpec, lg_thread_id: str) -> GraphOutcome:
         snapshot = await self.compiled(spec).aget_state(self.config_for(lg_thread_id, spec.name))
-        return GraphOutcome(interrupts=list(snapshot.interrupts), values=_values(snapshot.values))
+        # What each question shows on its card, as a database stores it: an ``interrupt()`` or ``approve()`` whose
+        # text held a NUL (a command's output) failed storing its approval on PostgreSQL, and the thread read
+        # "Something went wrong while handling this".
+        interrupts = [Interrupt(_storable_value(asked.value), asked.id, response_schema=asked.response_schema)
+                      for asked in snapshot.interrupts]
+        return GraphOutcome(interrupts=interrupts, values=_values(snapshot.values))
 
     async def forget(self, lg_thread_id: str, graphs: Iterable[str] | None = None) -> None:
         """Delete the checkpoints ``graphs`` wrote in the chat thread (default: every installed graph's).

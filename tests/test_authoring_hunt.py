@@ -8,10 +8,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from langgraph.types import interrupt
 from sqlmodel import select
 
 from bot.app import Baton
-from bot.kit import progress
+from bot.kit import approve, progress
 from bot.messages import InboundMessage
 from bot.registry import GraphError, GraphRegistry, GraphSpec
 from bot.settings import Settings
@@ -35,14 +36,15 @@ def test_a_graph_named_as_batons_own_command_or_runs_is_refused(package, module,
 
 
 @asynccontextmanager
-async def _asked_on(database_url: str, config_path: Path, spec: GraphSpec, text: str) -> AsyncIterator[Baton]:
+async def _asked_on(database_url: str, config_path: Path, spec: GraphSpec, text: str,
+                    thread: str = "1") -> AsyncIterator[Baton]:
     """``tests.test_graph_modules._asked`` on ``database_url`` (SQLite or PostgreSQL)."""
     settings = Settings(BATON_DATABASE_URL=database_url, BATON_CONFIG=config_path,  # type: ignore[call-arg]
                         BATON_ADAPTERS="playground")
     async with Baton(settings) as baton:
         baton.registry.add(spec)
         await baton.accept_message(InboundMessage(
-            platform="playground", channel="general", thread="1", event_id="e1", user="alice", text=text))
+            platform="playground", channel="general", thread=thread, event_id=f"e{thread}", user="alice", text=text))
         yield baton
 
 
@@ -74,3 +76,20 @@ async def test_a_progress_line_no_database_stores_holds_up_nothing(database_url,
     async with _asked_on(database_url, config_path, GraphSpec(name="lister", graph=_one_node(act)), "lister") as baton:
         shown = await _bot_texts(baton, "1", 2)
         assert shown == ["caf\ufffd.txt\nread 3 bytes: a\ufffdb", "listed"], shown
+
+
+async def test_a_question_holding_a_nul_is_asked(database_url, config_path) -> None:
+    """``interrupt(f"Apply?\\n{output}")`` or ``approve(..., details={"output": output})`` of a command's output
+    holding a NUL: on PostgreSQL storing the approval failed (DataError), and the thread read "Something went
+    wrong while handling this; it was logged." instead of a card."""
+    def act(state: State) -> State:
+        if state["text"] == "plain":
+            return {"reply": str(interrupt("Apply a\x00b?")["approved"])}
+        return {"reply": str(approve("Apply c\x00d?", details={"output": "e\x00f"}, risk="low").approved)}
+
+    for thread, how in (("1", "plain"), ("2", "kit")):
+        spec = GraphSpec(name=f"asker{thread}", graph=_one_node(act))
+        async with _asked_on(database_url, config_path, spec, f"asker{thread} {how}", thread) as baton:
+            [card] = await _bot_texts(baton, thread, 1)
+            assert card.startswith("*Approval needed*\nApply a\ufffdb?" if how == "plain" else
+                                   "*Approval needed*\nApply c\ufffdd?\n```\noutput: e\ufffdf\n```"), card
