@@ -371,7 +371,7 @@ def approvals(all_: bool = typer.Option(False, "--all", help="Include decided ap
         hide = Redactor.for_settings(settings).text  # before the request is cut to its first 80 characters
         _table(["asked (UTC)", "id", "status", "risk", "asked by", "may approve", "what"],
                [[f"{row.created_at:%Y-%m-%d %H:%M}", row.id,
-                 f"{row.status} by {row.decided_by}" if row.decided_by else row.status, row.risk, row.requested_by,
+                 _decision(row), row.risk, row.requested_by,
                  _may_approve(row),
                  _what_is_approved(row, hide(request or ""), thread)] for row, request, thread in rows], hide)
         if total > len(rows):
@@ -382,6 +382,13 @@ def approvals(all_: bool = typer.Option(False, "--all", help="Include decided ap
     _existing(settings)
     with _database(settings.database_url):
         asyncio.run(show())
+
+
+def _decision(approval: Approval) -> str:
+    """An approval's status as its card words it: one nobody decided in time (or whose run ended) is "stale" in the
+    database, and was listed as "stale by Baton", where its card says "Expired by Baton"."""
+    status = "expired" if approval.status == "stale" else approval.status
+    return f"{status} by {approval.decided_by}" if approval.decided_by else status
 
 
 APPROVERS_CHARS = 40  # of `baton approvals`' "may approve": the names that fit, then how many more

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -27,3 +32,26 @@ def test_a_baton_yaml_that_cannot_be_looked_for_is_one_line_not_a_traceback(
     result = _cli({"BATON_CONFIG": name}, "graphs")
     assert result.exit_code == 2, result.output
     assert result.stderr.strip() == f"Baton cannot start: {name} cannot be read (BATON_CONFIG): File name too long"
+
+
+def test_approvals_lists_an_expired_card_as_expired_as_the_card_says(
+        tmp_path: Path, config_path: Path, migrated_sqlite: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A card nobody decided within BATON_APPROVAL_EXPIRY_SECONDS says "Expired by Baton at ..." in its thread;
+    `baton approvals --all` listed it as "stale by Baton", a word Baton shows nowhere else."""
+    database = tmp_path / "baton.db"
+    shutil.copyfile(migrated_sqlite, database)
+    with closing(sqlite3.connect(database)) as connection, connection:
+        for token, status, decided_by in (("gone", "stale", "Baton"), ("yes", "approved", "bob")):
+            connection.execute(
+                "INSERT INTO approvals (id, run_id, thread_record_id, interrupt_id, graph, summary, details, risk, "
+                "approvers, requested_by, kind, status, decided_by, decided_at, created_at) VALUES (?, 1, 1, ?, "
+                "'runbook', ?, '{}', 'high', ?, 'alice', 'approval', ?, ?, '2026-12-05 01:00:00', "
+                "'2026-12-05 00:00:00')", (token, token, f"Run `restart` ({token})", json.dumps(["bob"]), status,
+                                           decided_by))
+    monkeypatch.chdir(tmp_path)
+    result = _cli({"BATON_CONFIG": str(config_path), "BATON_DATABASE_URL": f"sqlite:///{database}"}, "approvals", "--all")
+    assert result.exit_code == 0, result.output
+    rows = [re.split(r"\s{2,}", row) for row in result.stdout.splitlines()]
+    assert rows[0][2] == "status", rows[0]
+    statuses = {row[-1].split()[-1].strip("()"): row[2] for row in rows[1:]}
+    assert statuses == {"gone": "expired by Baton", "yes": "approved by bob"}, result.stdout
