@@ -327,8 +327,13 @@ class Orchestrator:
                 Run.thread_record_id == record.id, Run.status == "running").order_by(Run.id.desc()).limit(1))).first()  # type: ignore[union-attr]
             return threads.CANCEL_KIND, text, {**payload, "run_id": running}
         cards = await self._waiting_cards(session, record.id)  # type: ignore[arg-type]
-        if not cards:
-            return "message", text, payload
+        if not cards:  # a "Which one?" card: the cancel withdraws it (as a message it waited behind the card a day)
+            choosing = (await session.exec(select(Approval.run_id).where(
+                Approval.thread_record_id == record.id, Approval.status == "pending", Approval.kind == "choice",
+            ).order_by(Approval.created_at.desc()).limit(1))).first()  # type: ignore[attr-defined]
+            if choosing is None:
+                return "message", text, payload
+            return threads.CANCEL_KIND, text, {**payload, "run_id": choosing}
         if len(cards) > 1:  # a Reject of one card would leave the run waiting on the others: the run is cancelled
             return threads.CANCEL_KIND, text, {**payload, "run_id": cards[0][1]}
         return "click", "reject", {"approval_id": cards[0][0], "action": "reject", "cancel": True}
@@ -385,12 +390,13 @@ class Orchestrator:
         return event.user == run.requested_by or approvals.is_approver(others, event.platform, event.user)
 
     async def _end_cancelled(self, run: Run, record: ThreadRecord, event: InboundEvent, cancel: InboundEvent,
-                             services: RunServices | None = None, *, at_cards: bool = False) -> None:
+                             services: RunServices | None = None, *, at_cards: bool = False,
+                             at_choice: bool = False) -> None:
         """End ``run`` as cancelled by ``cancel``'s sender, the cancel closed with it (``_finish_run``)."""
         log.info("run %s (%s) was cancelled by %s", run.id, run.graph, cancel.user)
         seconds = (utcnow() - run.started_at).total_seconds()
         await self._finish_run(run, record, event, "failed", replies.cancelled(self._asked_for(run), cancel.user, seconds,
-                                                                               at_cards=at_cards),
+                                                                               at_cards=at_cards, at_choice=at_choice),
                                threads.CANCELLED_BY + cancel.user, services, cancel=cancel)
 
     async def _handle_cancel(self, event: InboundEvent, record: ThreadRecord) -> None:
@@ -407,14 +413,15 @@ class Orchestrator:
         if waiting and len(waiting) == 1:  # its one card: a Reject (its requester withdraws it)
             event.payload = {**event.payload, "approval_id": waiting[0], "action": "reject", "cancel": True}
             return await self._handle_click(event, record)
-        if run is not None and (waiting or (run.status == "running" and record.status == "running")):
+        choosing = run is not None and run.status == "waiting" and run.graph == CHOOSER
+        if run is not None and (waiting or choosing or (run.status == "running" and record.status == "running")):
             others = self._approvers_of(run)
             if not self._may_cancel(run, event, others):
                 return await self._finish_event(event, "cancel refused", replies.cancel_refused(
                     run.requested_by, others), ephemeral=True)
             # Waiting at its cards, or its replica stopped while it ran. Its own event stays pending (a run taken
             # over); taken next, it finds its run ended ("recovered").
-            return await self._end_cancelled(run, record, event, event, at_cards=bool(waiting))
+            return await self._end_cancelled(run, record, event, event, at_cards=bool(waiting), at_choice=choosing)
         if run_id is None:
             return await self._withdraw_queued(event)
         if run is not None and (run.error or "").startswith(threads.CANCELLED_BY):
@@ -449,7 +456,10 @@ class Orchestrator:
 
     @staticmethod
     def _asked_for(run: Run) -> str:
-        """What the user asked for, as chat shows it: ``run restart`` rather than the graph running every runbook."""
+        """What the user asked for, as chat shows it: ``run restart`` rather than the graph running every runbook,
+        and the words a "Which one?" card asked about rather than its pseudo-graph."""
+        if run.graph == CHOOSER:
+            return quoted_code(run.input_text, 120)
         runbook = runbook_named(run.input_text) if run.graph == RUNBOOK_GRAPH else None
         return f"run {runbook}" if runbook else run.graph
 

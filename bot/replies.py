@@ -171,7 +171,12 @@ def timed_out(graph: str, limit: float) -> Message:
     ])
 
 
-def cancelled(graph: str, user: str, seconds: float, *, at_cards: bool = False) -> Message:
+def cancelled(graph: str, user: str, seconds: float, *, at_cards: bool = False, at_choice: bool = False) -> Message:
+    """``at_choice``: ``graph`` is the request a "Which one?" card asked about, which ran nothing yet."""
+    if at_choice:
+        return Message(tone="warning", title="Choice cancelled", parts=[
+            Text(text=f"{user} cancelled the choice for `{graph}` after {duration(seconds)}: none of its graphs "
+                      "was run.")]).naming(user)
     how = ("it was waiting for approvals, which are closed now: nothing more of it will run" if at_cards else
            "I stopped it: nothing more of it will run, and a command it was running was killed")
     return Message(tone="warning", title="Run cancelled", parts=[

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from bot.routing import CANCEL_COMMAND, RouteError, is_cancel, is_request, route
-from tests.support import alive, wait_for, write_config
+from tests.support import alive, has_buttons, wait_for, write_config
 from tests.test_cancel import SLEEPY, started_sleeping
+from tests.test_models import guess, model_script  # noqa: F401 (a fixture)
 from tests.test_routing import CONFIG, REGISTRY, REQUEST
 
 
@@ -59,3 +60,23 @@ def test_a_runbook_request_with_hundreds_of_wrong_words_gets_a_short_answer(rest
     first = rest.split()[0].partition("=")[0]
     assert f"`{first}`" in said and ("more" in said or rest.startswith("oops"))
     assert said.count("`oops`") <= 1
+
+
+def test_cancel_at_a_which_one_card_withdraws_it(start_baton, sqlite_url, model_script) -> None:  # noqa: F811
+    """``cancel`` at a "Which one?" card (the model unsure which graph was meant) was stored as a request, queued
+    behind the card for its day ("Queued: I'll handle this after the approval is decided ..."), and answered
+    "Nothing is running in this thread" once a graph had been picked and run: the card could not be withdrawn."""
+    pg = start_baton(sqlite_url, env=model_script(guess("status", 0.4, "help"))).client()
+    thread = pg.ask("@baton hmm, the thing?", user="alice")
+    card = pg.wait_card(thread)
+    pg.say("cancel", thread=thread, user="carol")  # neither who asked nor an approver
+    pg.wait_reply(thread, "Only alice, who asked for it, or bob can cancel this run.", viewer="carol")
+    pg.say("cancel", thread=thread, user="alice")
+    reply = pg.wait_reply(thread, "alice cancelled the choice for `hmm, the thing?` after")
+    assert "none of its graphs was run" in reply["text"]
+    wait_for(lambda: not has_buttons(next(m for m in pg.bot_replies(thread) if m["id"] == card["id"])),
+             what="the card without its buttons")
+    assert not any("Queued" in m["text"] for m in pg.bot_replies(thread))
+    assert pg.click(card, "alice", action="status").status_code == 400  # nothing left to pick
+    pg.say("run uptime", thread=thread, user="alice")  # the thread goes on as any other
+    pg.wait_reply(thread, "did uptime")
