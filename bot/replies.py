@@ -38,7 +38,9 @@ def when_in(at: datetime | None, timezone: str) -> str:
 
 
 def age(since: datetime, now: datetime) -> str:
-    return duration(int((now - since).total_seconds()))
+    """How long ago ``since`` was, as ``duration`` writes it (from the whole span: cut to whole seconds first,
+    ``status`` said a request asked 0.9 s ago was asked "0ms" ago, and one of 2.9 s "2.0s")."""
+    return duration((now - since).total_seconds())
 
 
 def _approvers_shown(approval: Approval) -> str:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from bot.replies import age
 from bot.routing import CANCEL_COMMAND, RouteError, is_cancel, is_request, route
 from tests.support import alive, has_buttons, wait_for, write_config
 from tests.test_cancel import SLEEPY, started_sleeping
@@ -80,3 +82,10 @@ def test_cancel_at_a_which_one_card_withdraws_it(start_baton, sqlite_url, model_
     assert pg.click(card, "alice", action="status").status_code == 400  # nothing left to pick
     pg.say("run uptime", thread=thread, user="alice")  # the thread goes on as any other
     pg.wait_reply(thread, "did uptime")
+
+
+@pytest.mark.parametrize(("seconds", "shown"), [(0.9, "900ms"), (2.94, "2.9s"), (59.7, "1m"), (3599.0, "59m")])
+def test_status_ages_are_not_cut_to_whole_seconds_before_they_are_written(seconds: float, shown: str) -> None:
+    """``status`` listed a run asked 0.9 s before as "asked by alice, 0ms", and one of 2.9 s as "2.0s"."""
+    asked = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)
+    assert age(asked, asked + timedelta(seconds=seconds)) == shown
