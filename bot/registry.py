@@ -185,6 +185,8 @@ class GraphRegistry:
             module = _import(f"{package}.{info.name}")
             if hasattr(module, "graph"):
                 specs.append(_spec_from_module(info.name, module))
+            else:
+                _check_no_graph_meant(module)
         return cls(specs)
 
     def add(self, spec: GraphSpec) -> None:
@@ -209,6 +211,25 @@ def _check_not_hidden(package: str, info: pkgutil.ModuleInfo) -> None:
         shown = f"{package.replace('.', '/')}/{info.name}"
         raise GraphError(f"{shown}.py is hidden by the package {shown}/ of the same name (Python imports the "
                          f"package, so {shown}.py would never be used): rename or remove one of them")
+
+
+# What only a graph's module sets: one that sets any of them and defines no ``graph`` meant to be a graph.
+GRAPH_SETTINGS = ("DESCRIPTION", "EXAMPLE", "PATTERNS", "DEDUPE", "ASKS_APPROVAL", "TIMEOUT", "make_input")
+
+
+def _check_no_graph_meant(module: ModuleType) -> None:
+    """A module without ``graph`` is no graph (code the graphs share, say); one that sets a graph's settings is
+    a graph under another name (``app = builder.compile()``, as LangGraph's tutorials name it): it was left out
+    without a word, ``baton graphs`` and help did not list it, and ``@baton <name>`` was answered with help."""
+    settings = [name for name in GRAPH_SETTINGS if hasattr(module, name)]
+    if not settings:
+        return
+    named = [name for name, value in vars(module).items() if isinstance(value, (StateGraph, Pregel))]
+    hint = f" (`{named[0]}` is one)" if len(named) == 1 else f" ({', '.join(f'`{n}`' for n in named)} are)" if named \
+        else ""
+    raise GraphError(f"the graph module {module.__name__} ({module.__file__}): it sets {', '.join(settings)} but "
+                     f"defines no `graph`, so chat would never reach it: name its StateGraph builder or compiled graph "
+                     f"`graph`{hint}")
 
 
 def _import(name: str) -> ModuleType:

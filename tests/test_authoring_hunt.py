@@ -93,3 +93,15 @@ async def test_a_question_holding_a_nul_is_asked(database_url, config_path) -> N
             [card] = await _bot_texts(baton, thread, 1)
             assert card.startswith("*Approval needed*\nApply a\ufffdb?" if how == "plain" else
                                    "*Approval needed*\nApply c\ufffdd?\n```\noutput: e\ufffdf\n```"), card
+
+
+def test_a_graph_module_that_names_its_graph_otherwise_is_named(package) -> None:
+    """``app = builder.compile()`` (LangGraph's tutorials' name) in a module with a DESCRIPTION and an EXAMPLE:
+    the module was left out without a word, ``baton graphs`` and help did not list it, and ``@baton rollback web``
+    was answered with help. A module with none of a graph's settings is still code the graphs share."""
+    named = GOOD_GRAPH.replace("graph = StateGraph(S)", "builder = StateGraph(S)").replace("graph.add", "builder.add")
+    name = package({"shared": named, "rollback": f"DESCRIPTION = 'Roll back.'\nEXAMPLE = 'rollback web'\n{named}"
+                                                 "app = builder.compile()\n"})
+    with pytest.raises(GraphError, match=r"graphs_under_test_\w+\.rollback .*rollback\.py\): it sets DESCRIPTION, "
+                                         r"EXAMPLE but defines no `graph`.*`graph` \(`builder`, `app` are\)"):
+        GraphRegistry.discover(name)
