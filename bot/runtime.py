@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
 
 from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.pregel import Pregel
@@ -141,8 +142,17 @@ def _values(values: Any) -> dict[str, Any]:
     """A graph's state; what a functional API ``@entrypoint`` returned that is no dict is its reply (``return
     "Restarted web."`` failed the run, its work done, on "dictionary update sequence element #0 has length 1")."""
     if isinstance(values, dict):
-        return _error_as_text(dict(values))
-    return {} if values is None else {"reply": values}
+        return _error_as_text(_message_as_text(dict(values)))
+    return {} if values is None else _message_as_text({"reply": values})
+
+
+def _message_as_text(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` whose ``reply``, when it is a chat model's message (``{"reply": await kit.chat(...)}``), is its
+    text: it was shown as Python shows the object ("content='Hi there' additional_kwargs={} response_metadata={}
+    tool_calls=[] ...")."""
+    if isinstance(values.get("reply"), BaseMessage):
+        values["reply"] = str(values["reply"].text)
+    return values
 
 
 def _storable_value(value: Any) -> Any:

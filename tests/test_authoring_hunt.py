@@ -6,8 +6,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+from langchain_core.messages import AIMessage
 from langgraph.types import interrupt
 from sqlmodel import select
 
@@ -105,3 +107,14 @@ def test_a_graph_module_that_names_its_graph_otherwise_is_named(package) -> None
     with pytest.raises(GraphError, match=r"graphs_under_test_\w+\.rollback .*rollback\.py\): it sets DESCRIPTION, "
                                          r"EXAMPLE but defines no `graph`.*`graph` \(`builder`, `app` are\)"):
         GraphRegistry.discover(name)
+
+
+@pytest.mark.parametrize("content", ["Hi there", [{"type": "text", "text": "Hi there"}]])
+async def test_a_reply_that_is_the_models_message_shows_its_text(sqlite_url, config_path, content) -> None:
+    """``return {"reply": await chat([...])}`` (``bot.kit.chat`` returns the model's ``AIMessage``): the thread
+    read "content='Hi there' additional_kwargs={} response_metadata={} tool_calls=[] invalid_tool_calls=[]"."""
+    def act(_state: State) -> dict[str, Any]:
+        return {"reply": AIMessage(content=content)}
+
+    async with _asked_on(sqlite_url, config_path, GraphSpec(name="chatty", graph=_one_node(act)), "chatty") as baton:
+        assert await _bot_texts(baton, "1", 1) == ["Hi there"]
