@@ -21,7 +21,7 @@ import pkgutil
 import re
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -177,6 +177,7 @@ class GraphRegistry:
     @classmethod
     def discover(cls, package: str = "graphs") -> GraphRegistry:
         root = importlib.import_module(package)
+        _check_importable_names(package, root.__path__)
         specs = []
         for info in pkgutil.iter_modules(root.__path__):
             if info.name.startswith("_"):
@@ -201,6 +202,16 @@ class GraphRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._specs)
+
+
+def _check_importable_names(package: str, folders: Iterable[str]) -> None:
+    """A ``.py`` file Python never imports, having a dot in its name (``roll.back.py``), was left out without a word."""
+    for folder in folders:
+        for path in sorted(Path(folder).glob("*.py")):
+            if "." in path.stem and not path.stem.startswith(("_", ".")):  # not an editor's .#rollback.py
+                shown = f"{package.replace('.', '/')}/{path.name}"
+                raise GraphError(f"{shown} is no module Python can import (a dot in its name), so it would never be a "
+                                 f"graph: name it {path.stem.replace('.', '_').lower()}.py")
 
 
 def _check_not_hidden(package: str, info: pkgutil.ModuleInfo) -> None:
@@ -282,6 +293,9 @@ def _spec_from_module(name: str, module: ModuleType) -> GraphSpec:
     if name in OWN_RUN_NAMES:
         raise GraphError(f"{where}: `{name}` is the name of Baton's own runs ({OWN_RUN_NAMES[name]}): this graph's "
                          "runs would be taken for those in digests, metrics and status; name the module otherwise")
+    if any(character.isspace() for character in name):
+        raise GraphError(f"{where}: chat reads a request's first word as the graph's name (`@baton {name}` looks for "
+                         f"`{name.split()[0].lower()}`): name the module {'_'.join(name.split()).lower()}.py")
     if name != name.lower():
         raise GraphError(f"{where}: chat asks for graphs in lower case (`@baton {name}` looks for "
                          f"`{name.lower()}`): name the module {name.lower()}.py")

@@ -118,3 +118,16 @@ async def test_a_reply_that_is_the_models_message_shows_its_text(sqlite_url, con
 
     async with _asked_on(sqlite_url, config_path, GraphSpec(name="chatty", graph=_one_node(act)), "chatty") as baton:
         assert await _bot_texts(baton, "1", 1) == ["Hi there"]
+
+
+@pytest.mark.parametrize(("file", "expected"), [
+    # listed by help and `baton graphs` as `roll back`, and never run: `@baton roll back web` looked for `roll`
+    ("roll back", r"graphs_under_test_\w+\.roll back .*`@baton roll back` looks for `roll`\): name the module "
+                  r"roll_back\.py"),
+    # left out without a word: Python imports no module with a dot in its name
+    ("roll.back", r"graphs_under_test_\w+/roll\.back\.py is no module Python can import .* name it roll_back\.py"),
+])
+def test_a_graph_module_whose_name_chat_or_python_cannot_use_is_named(package, file, expected) -> None:
+    name = package({file: GOOD_GRAPH})
+    with pytest.raises(GraphError, match=expected):
+        GraphRegistry.discover(name)
