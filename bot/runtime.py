@@ -71,6 +71,44 @@ class QuestionCaught(RuntimeError):
                          "GraphInterrupt that stops the run until someone decides (`except Exception`?): re-raise it")
 
 
+# What a card's decision resumes a plain graph's ``interrupt()`` with (``bot.approvals.resume_value``), by JSON type.
+DECISION_TYPES = {"approved": "boolean", "by": "string", "at": "string", "approval_id": "string"}
+JSON_TYPES = {"string": "text", "integer": "a whole number", "number": "a number", "array": "a list", "null": "None"}
+
+
+class QuestionUnanswerable(RuntimeError):
+    """``interrupt(..., response_schema=...)`` takes an answer no card gives: the approver's click failed the run."""
+
+    def __init__(self, question: Any, why: str) -> None:
+        shown = quoted(first_line(question if isinstance(question, str) else json.dumps(question, default=str), 60))
+        super().__init__(f"interrupt({shown!r}, response_schema=...) takes {why}: a card's Approve or Reject resumes it "
+                         "with a dict (approved, by, at, approval_id), or True or False with response_schema=bool. "
+                         "Nobody was asked")
+
+
+def _unanswerable(schema: Any) -> str | None:
+    """Why no card's decision fits ``schema`` (LangGraph gives an interrupt's ``response_schema`` as JSON Schema), or
+    ``None``. ``response_schema=str`` or ``Literal["approve", "reject"]`` was asked on a card, and the click that
+    approved it failed the run ("ValidationError: 1 validation error for str"): the approver's decision was lost."""
+    if not isinstance(schema, dict):
+        return None
+    kinds = schema.get("type")
+    kinds = set(kinds) if isinstance(kinds, list) else {kinds} if kinds is not None else set()
+    if "boolean" in kinds:
+        return None  # True or False (``bot.approvals.resume_value``)
+    if "enum" in schema or "const" in schema:
+        return f"one of {json.dumps(schema.get('enum', [schema.get('const')]), default=str)[:100]}"
+    if kinds and "object" not in kinds:
+        return " or ".join(sorted(JSON_TYPES.get(str(kind), str(kind)) for kind in kinds))
+    unknown = [key for key in schema.get("required", []) if key not in DECISION_TYPES]
+    if unknown:
+        return f"a dict with {', '.join(map(str, unknown))}"
+    properties = schema.get("properties") or {}
+    wrong = [key for key, kind in DECISION_TYPES.items()
+             if isinstance(properties.get(key), dict) and properties[key].get("type") not in (None, kind)]
+    return f"a dict whose {', '.join(wrong)} {'is' if len(wrong) == 1 else 'are'} of another type" if wrong else None
+
+
 class RunTimedOut(RuntimeError):
     """A run went on longer than its graph's limit (``TIMEOUT``, else ``BATON_RUN_TIMEOUT_SECONDS``) and was stopped."""
 
@@ -238,6 +276,10 @@ class GraphRuntime:
         outcome = await self.state(spec, lg_thread_id)
         if questions and not outcome.waiting:  # it ran on (and ended) as if someone had decided
             raise QuestionCaught(questions[0])
+        for asked in outcome.interrupts:
+            why = _unanswerable(asked.response_schema)
+            if why is not None:
+                raise QuestionUnanswerable(asked.value, why)
         return outcome
 
     async def refuse_waiting_checkpoints(self) -> None:

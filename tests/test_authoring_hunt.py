@@ -6,11 +6,12 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from langchain_core.messages import AIMessage
 from langgraph.types import interrupt
+from pydantic import BaseModel
 from sqlmodel import select
 
 from bot.app import Baton
@@ -18,7 +19,7 @@ from bot.kit import approve, progress
 from bot.messages import InboundMessage
 from bot.registry import GraphError, GraphRegistry, GraphSpec
 from bot.settings import Settings
-from storage.models import PlaygroundMessage
+from storage.models import Approval, PlaygroundMessage
 from tests.test_graph_modules import GOOD_GRAPH, State, _one_node, package  # noqa: F401
 
 
@@ -131,3 +132,31 @@ def test_a_graph_module_whose_name_chat_or_python_cannot_use_is_named(package, f
     name = package({file: GOOD_GRAPH})
     with pytest.raises(GraphError, match=expected):
         GraphRegistry.discover(name)
+
+
+class Verdict(BaseModel):
+    approved: bool
+    by: str
+
+
+@pytest.mark.parametrize(("schema", "refused"), [
+    (Literal["approve", "reject"], 'takes one of ["approve", "reject"]: a card\'s Approve or Reject resumes it'),
+    (str, "takes text: a card's Approve or Reject resumes it"),
+    (Verdict, None),  # a dict with approved and by: the decision fits it
+])
+async def test_an_interrupt_whose_answer_no_card_gives_is_asked_of_nobody(sqlite_url, config_path, schema,
+                                                                           refused) -> None:
+    """``interrupt("Deploy?", response_schema=Literal["approve", "reject"])``: the card was posted and approved,
+    and the approver's click failed the run ("ValidationError: 1 validation error for literal['approve','reject']"),
+    nothing done and the decision lost."""
+    def act(_state: State) -> State:
+        return {"reply": repr(interrupt("Deploy web?", response_schema=schema))}
+
+    async with _asked_on(sqlite_url, config_path, GraphSpec(name="typed", graph=_one_node(act)), "typed") as baton:
+        [shown] = await _bot_texts(baton, "1", 1)
+        if refused is None:
+            assert shown.startswith("*Approval needed*\nDeploy web?"), shown
+            return
+        assert f"`typed` failed: QuestionUnanswerable: interrupt('Deploy web?', response_schema=...) {refused}" in shown
+        async with baton.db.read() as session:
+            assert (await session.exec(select(Approval))).all() == []
