@@ -155,6 +155,11 @@ def run() -> None:
     typer.echo(f"Baton is starting with: {names}")
     if "playground" in names:
         typer.echo(f"Playground: {settings.base_url}/")
+    # BATON_PORT=0's port, where Slack's events are to be sent: only the playground's line named it (its
+    # BATON_PUBLIC_URL's, when set), and a Baton serving Slack said nowhere which port it had got.
+    listening_at = settings.model_copy(update={"public_url": None}).base_url
+    if "playground" not in names or settings.base_url != listening_at:
+        typer.echo(f"Listening on {listening_at}")
     server = _server(uvicorn.Config(web, log_level=settings.log_level.lower(), loop=EVENT_LOOP, http=GuardedHttpProtocol,
                                     timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS))
     redactor.install_in_logging()  # uvicorn's own handlers, made just now

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import sqlite3
+import subprocess
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+
+from tests.support import ROOT, _cli_command, wait_for
 
 
 def _cli(env: dict[str, str | None], *args: str) -> Any:
@@ -55,3 +61,36 @@ def test_approvals_lists_an_expired_card_as_expired_as_the_card_says(
     assert rows[0][2] == "status", rows[0]
     statuses = {row[-1].split()[-1].strip("()"): row[2] for row in rows[1:]}
     assert statuses == {"gone": "expired by Baton", "yes": "approved by bob"}, result.stdout
+
+
+def test_baton_run_on_port_0_says_which_port_it_got_when_it_serves_slack(
+        tmp_path: Path, config_path: Path, sqlite_url: str) -> None:
+    """README: BATON_PORT=0 is "a free port, printed". Only the playground's address line named it: a Baton serving
+    Slack on port 0 printed "Baton is starting with: slack" and no port, where Slack's events are to be sent."""
+    from tests.fake_slack import FakeSlack
+
+    slack = FakeSlack().start()
+    log = tmp_path / "run.log"
+    env = {**os.environ, **slack.env(), "BATON_CONFIG": str(config_path), "BATON_DATABASE_URL": sqlite_url,
+           "BATON_PORT": "0", "BATON_HOST": "127.0.0.1", "PYTHONPATH": str(ROOT)}
+    with open(log, "wb") as output:
+        process = subprocess.Popen([*_cli_command(env), "run"], cwd=tmp_path, env=env, stdout=output,
+                                   stderr=subprocess.STDOUT)
+    try:
+        said = wait_for(lambda: re.search(r"^Listening on http://127\.0\.0\.1:(\d+)$", log.read_text(), re.MULTILINE)
+                        or (process.poll() is not None and log.read_text()), 30, "the address line")
+        assert isinstance(said, re.Match), said
+        port = int(said.group(1))
+        assert port != 0
+        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), 30, "/healthz on the port it named")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(20)
+        slack.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:  # bound, not listening yet: uvicorn listens once the app has started
+        return False
