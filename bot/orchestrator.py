@@ -235,6 +235,7 @@ class Orchestrator:
         self._cancels: dict[int, InboundEvent] = {}
         self._run_services: dict[int, LeasedRunServices] = {}  # of the runs in ``_running``
         self._taken: set[int] = set()  # threads another replica took while this one ran them: their drains cut off
+        self._rejected: set[int] = set()  # runs going on to their end after a Reject: a cancel leaves them to it
 
     @property
     def config(self) -> BatonConfig:
@@ -363,7 +364,10 @@ class Orchestrator:
             if record_id not in self._running or record_id in self._cancels:
                 continue
             task, run = self._running[record_id]
-            if event.payload.get("run_id") != run.id:  # for a run that ended: the drain answers it
+            # For a run that ended, or one answering its Reject (a "cancel" sent twice, the first a Reject at the
+            # card; a cancel as someone rejects): the drain answers it. Stopped, the rejection's reply was lost
+            # for "cancelled ... a command it was running was killed", and the run ended cancelled.
+            if event.payload.get("run_id") != run.id or run.id in self._rejected:
                 continue
             others = self._approvers_of(run)
             if self._may_cancel(run, event, others):
@@ -427,7 +431,24 @@ class Orchestrator:
         if run is not None and (run.error or "").startswith(threads.CANCELLED_BY):
             return await self._finish_event(event, "cancelled already", replies.cancelled_already(
                 run.error.removeprefix(threads.CANCELLED_BY)))  # type: ignore[union-attr]
+        rejected = await self._rejection_of(run) if run is not None else None
+        if rejected is not None:
+            return await self._finish_event(event, "rejected already", rejected)
         await self._finish_event(event, "nothing to cancel", replies.cancel_too_late())
+
+    async def _rejection_of(self, run: Run) -> Message | None:
+        """What a cancel that came as ``run`` answered a Reject is told: who rejected it (who cancelled it, when
+        the Reject was their ``cancel`` at its card); ``None`` when no card of it was rejected."""
+        async with self.db.read() as session:
+            card = (await session.exec(select(Approval).where(
+                Approval.run_id == run.id, Approval.status == "rejected",
+            ).order_by(Approval.decided_at.desc()).limit(1))).first()  # type: ignore[union-attr]
+            decided = await session.get(InboundEvent, card.decided_event_id) if card and card.decided_event_id else None
+        if card is None:
+            return None
+        if decided is not None and decided.payload.get("cancel"):
+            return replies.cancelled_already(card.decided_by)  # type: ignore[arg-type]
+        return replies.rejected_already(card.decided_by)  # type: ignore[arg-type]
 
     async def _withdraw_queued(self, event: InboundEvent) -> None:
         """A cancel sent while the thread's request waited to start: its sender's requests queued before it go
@@ -1198,7 +1219,14 @@ class Orchestrator:
         asked = _interrupt_of(approval, await self.runtime.state(spec, record.lg_thread_id))
         payload = None if asked is None else Command(  # its response_schema says what it takes (a bool, say)
             resume={approval.interrupt_id: approvals.resume_value(approval, asked.response_schema)})
-        await self._drive(run, record, spec, payload, event)
+        rejected = approval.status == "rejected"
+        if rejected:
+            self._rejected.add(run.id)  # type: ignore[arg-type]
+        try:
+            await self._drive(run, record, spec, payload, event)
+        finally:
+            if rejected:
+                self._rejected.discard(run.id)  # type: ignore[arg-type]
 
     # -- 5, 7, 8. run the graph and report -------------------------------------------------------
 

@@ -198,6 +198,11 @@ def cancelled_already(by: str) -> Message:
     return Message.text(f"{by} cancelled this run already.", tone="info").naming(by)
 
 
+def rejected_already(by: str) -> Message:
+    return Message.text(f"{by} rejected this request already: nothing was left for your `cancel` to stop.",
+                        tone="info").naming(by)
+
+
 def cancel_too_late() -> Message:
     return Message.text("The run was over before your `cancel` reached it: nothing was stopped.", tone="warning")
 

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlmodel import select
 
+from bot.kit import approve
+from bot.messages import InboundClick, InboundMessage
+from bot.registry import GraphSpec
 from bot.replies import age
 from bot.routing import CANCEL_COMMAND, RouteError, is_cancel, is_request, route
-from tests.support import alive, has_buttons, wait_for, write_config
+from storage.models import InboundEvent
+from tests.support import alive, has_buttons, until, wait_for, write_config
+from tests.test_approvals_hunt import _baton
 from tests.test_cancel import SLEEPY, started_sleeping
+from tests.test_graph_authoring_hunt2 import _bot_texts, _one_node, _runs, _waiting_card
+from tests.test_graph_modules import State
 from tests.test_models import guess, model_script  # noqa: F401 (a fixture)
 from tests.test_routing import CONFIG, REGISTRY, REQUEST
 
@@ -89,3 +98,47 @@ def test_status_ages_are_not_cut_to_whole_seconds_before_they_are_written(second
     """``status`` listed a run asked 0.9 s before as "asked by alice, 0ms", and one of 2.9 s as "2.0s"."""
     asked = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)
     assert age(asked, asked + timedelta(seconds=seconds)) == shown
+
+
+@pytest.mark.parametrize(("first", "told"), [
+    ("reject", "bob rejected this request already: nothing was left for your `cancel` to stop."),
+    ("cancel", "alice cancelled this run already."),  # "cancel" typed twice: the first withdrew the card
+])
+async def test_a_cancel_as_a_run_answers_its_reject_leaves_the_rejection_its_reply(
+        tmp_path: Path, config_path: Path, first: str, told: str) -> None:
+    """A ``cancel`` stored while a run went on after a Reject (sent twice, the first a Reject at the card; or sent
+    as bob clicked Reject) stopped the rejection's end: its reply was lost for "alice cancelled `tidy` ..., so I
+    stopped it: ... a command it was running was killed" (none was), and the rejected run ended cancelled."""
+    ending, go = asyncio.Event(), asyncio.Event()
+
+    async def node(_state: State) -> State:
+        if approve("Tidy the cache?", risk="high").approved:
+            return {"reply": "tidied"}
+        ending.set()  # answering the rejection takes a moment (a graph tidying up, a model told of it)
+        await go.wait()
+        return {"reply": "not tidied: it was rejected"}
+
+    async with _baton(tmp_path, config_path, GraphSpec(name="tidy", graph=_one_node(node))) as baton:
+        async def say(event_id: str, text: str) -> None:
+            await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
+                                                      event_id=event_id, user="alice", text=text))
+
+        await say("e1", "tidy")
+        card = await _waiting_card(baton, 1)
+        if first == "reject":
+            await baton.accept_click(InboundClick(platform="playground", channel="general", thread="1",
+                                                  event_id="c1", user="bob", approval_id=card.id, action="reject"))
+        else:
+            await say("e2", "cancel")
+        await asyncio.wait_for(ending.wait(), 20)
+        await say("e3", "cancel")
+        await baton.orchestrator.apply_cancels()  # type: ignore[union-attr]  # the look a sweep makes, at least once
+        go.set()
+        async def handled() -> bool:  # the run ended, and the cancel was answered
+            async with baton.db.read() as session:
+                return not (await session.exec(select(InboundEvent).where(InboundEvent.status == "pending"))).all()
+
+        await until(handled, "the run and the cancel handled")
+        assert await _runs(baton) == [("tidy", "done", None)]
+        texts = await _bot_texts(baton, "1", 3)  # the card (edited in place), the rejection's reply, the cancel's
+        assert "not tidied: it was rejected" in texts and told in texts, texts
