@@ -145,10 +145,10 @@ def runbook_named(text: str) -> str | None:
     """The runbook a ``run <runbook> ...`` request names, as ``route`` reads it; ``None`` for any other text."""
     text = _leading_force(text)[1]
     try:
-        words = [word for word in shlex.split(text) if word != FORCE_WORD]
+        words = [word for word in _split_words(text) if word != FORCE_WORD]
     except ValueError:
         try:  # `run echo msg=“it's here”`: route read it with its typographic quotes as quotes
-            words = [word for word in shlex.split(text.translate(TYPOGRAPHIC_QUOTES)) if word != FORCE_WORD]
+            words = [word for word in _split_words(text.translate(TYPOGRAPHIC_QUOTES)) if word != FORCE_WORD]
         except ValueError:
             return None
     return words[1].lower() if len(words) > 1 and words[0].lower() in ("run", RUNBOOK_GRAPH) else None
@@ -188,9 +188,24 @@ def route_to(registry: GraphRegistry, graph: str, request: Request, text: str) -
 TYPOGRAPHIC_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2018": "'", "\u2019": "'"})
 
 
+# The spaces other than ASCII's (Unicode's Zs): a no-break space pasted from a wiki page, or one of two spaces
+# typed in Slack's editor, which sends them as "\u00a0 ". shlex splits on ASCII whitespace only, so
+# `run restart\u00a0service=web` asked for a runbook called "restart service=web" (shown so, with its space).
+OTHER_SPACES = "\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u202f\u205f\u3000"
+
+
+def _split_words(text: str) -> list[str]:
+    """``shlex.split``, with any space between words as one (inside quotes, as written). ``ValueError`` as it."""
+    lexer = shlex.shlex(text, posix=True)
+    lexer.whitespace += OTHER_SPACES
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    return list(lexer)
+
+
 def _shell_words(text: str) -> list[str]:
     try:
-        return shlex.split(text)
+        return _split_words(text)
     except ValueError as exc:
         raise RouteError(f"I could not read that request ({exc}). Check the quotes.") from None
 

@@ -14,7 +14,7 @@ from bot.kit import approve
 from bot.messages import InboundClick, InboundMessage
 from bot.registry import GraphSpec
 from bot.replies import age
-from bot.routing import CANCEL_COMMAND, RouteError, is_cancel, is_request, route
+from bot.routing import CANCEL_COMMAND, RouteError, is_cancel, is_request, route, runbook_named
 from storage.models import InboundEvent
 from tests.support import alive, has_buttons, until, wait_for, write_config
 from tests.test_approvals_hunt import _baton
@@ -142,3 +142,18 @@ async def test_a_cancel_as_a_run_answers_its_reject_leaves_the_rejection_its_rep
         assert await _runs(baton) == [("tidy", "done", None)]
         texts = await _bot_texts(baton, "1", 3)  # the card (edited in place), the rejection's reply, the cancel's
         assert "not tidied: it was rejected" in texts and told in texts, texts
+
+
+@pytest.mark.parametrize("text", [
+    "run restart\u00a0service=web",  # a no-break space pasted from a wiki page
+    "run restart\u00a0 service=web",  # two spaces typed in Slack's editor, which sends them as "\u00a0 "
+    "run restart\u3000service=web",  # an ideographic space (a Japanese keyboard's)
+])
+def test_a_run_request_with_another_space_between_its_words_is_read_as_written(text: str) -> None:
+    """It was refused with "I don't know a runbook called `restart service=web`", the space shown as any other."""
+    chosen = route(REQUEST, text, REGISTRY, CONFIG)
+    assert chosen.input == {"runbook": "restart", "args": {"service": "web"}}
+    assert chosen.fingerprint == route(REQUEST, "run restart service=web", REGISTRY, CONFIG).fingerprint
+    assert runbook_named(text) == "restart"
+    with pytest.raises(RouteError, match="does not match the allowed pattern"):  # quoted, a value keeps it
+        route(REQUEST, 'run restart service="web\u00a0"', REGISTRY, CONFIG)
