@@ -54,6 +54,8 @@ def _text_input(_request: Request, args: str) -> dict[str, Any]:
 COMMAND_WORDS = {"run": "`run <runbook> key=value`",
                  "force": "`<request> force`: run it again even if it ran recently",
                  "cancel": "`cancel` in a run's thread: stop that run"}
+# Other words chat reads as a graph's name (bot.routing): `run restart` is the runbook graph's.
+CHAT_NAMES = {"runbook": ("run",)}
 # The graph names of Baton's own runs (bot.routing's ROUTER and CHOOSER): a graph's runs under them were taken for
 # Baton's (left out of digests and metrics as a model's routing of chatter, shown as a choice card in status).
 OWN_RUN_NAMES = {"route": "a model's routing of a remark to no graph, kept for what asking cost",
@@ -329,7 +331,7 @@ def _spec_from_module(name: str, module: ModuleType) -> GraphSpec:
         name=name,
         graph=module.graph,
         description=_setting(module, "DESCRIPTION", str, _first_line(module.__doc__), where),
-        example=_setting(module, "EXAMPLE", str, name, where),
+        example=_example(module, name, compiled, where),
         patterns=compiled,
         dedupe=_setting(module, "DEDUPE", bool, True, where),
         asks_approval=_setting(module, "ASKS_APPROVAL", bool, False, where),
@@ -373,6 +375,19 @@ def _takes_two(function: Callable[..., Any]) -> bool:
     except ValueError:  # no signature to read (some builtins): it is tried at the first request
         return True
     return True
+
+
+def _example(module: ModuleType, name: str, patterns: list[re.Pattern[str]], where: str) -> str:
+    """The request help shows for the graph, which must reach it: ``EXAMPLE = "web"`` (the argument only) was shown
+    as "`web` — Roll a service back", and `@baton web` was answered "I don't know how to handle `web`"."""
+    example = _setting(module, "EXAMPLE", str, name, where)
+    words = example.split()
+    if not words:
+        raise GraphError(f"{where}: EXAMPLE is empty: write a whole request help can show, such as `{name}`")
+    if words[0].lower() not in (name, *CHAT_NAMES.get(name, ())) and not any(p.search(example) for p in patterns):
+        raise GraphError(f"{where}: EXAMPLE {example!r} would not reach this graph (`@baton {example}` looks for a "
+                         f"graph `{words[0].lower()}`): write the whole request help shows, such as `{name} {example}`")
+    return example
 
 
 def _timeout(module: ModuleType, where: str) -> float | None | Literal["default"]:

@@ -160,3 +160,23 @@ async def test_an_interrupt_whose_answer_no_card_gives_is_asked_of_nobody(sqlite
         assert f"`typed` failed: QuestionUnanswerable: interrupt('Deploy web?', response_schema=...) {refused}" in shown
         async with baton.db.read() as session:
             assert (await session.exec(select(Approval))).all() == []
+
+
+@pytest.mark.parametrize(("settings", "expected"), [
+    # help listed "• `web` — Roll back.", and `@baton web` was answered "I don't know how to handle `web`"
+    ("EXAMPLE = 'web'\n", r"EXAMPLE 'web' would not reach this graph \(`@baton web` looks for a graph `web`\): "
+                          r"write the whole request help shows, such as `rollback web`"),
+    ("EXAMPLE = ' '\n", "EXAMPLE is empty: write a whole request help can show, such as `rollback`"),
+])
+def test_an_example_that_does_not_reach_its_graph_is_named(package, settings, expected) -> None:
+    name = package({"rollback": "DESCRIPTION = 'Roll back.'\n" + settings + GOOD_GRAPH})
+    with pytest.raises(GraphError, match=expected):
+        GraphRegistry.discover(name)
+
+
+def test_an_example_that_reaches_its_graph_is_taken(package) -> None:
+    """By its name (in any case, after which anything goes), or by one of its patterns."""
+    name = package({"rollback": "EXAMPLE = 'Rollback web'\n" + GOOD_GRAPH,
+                    "deploy": "EXAMPLE = 'ship web to prod'\nPATTERNS = [r'^ship ']\n" + GOOD_GRAPH})
+    registry = GraphRegistry.discover(name)
+    assert [spec.example for spec in registry] == ["ship web to prod", "Rollback web"]
