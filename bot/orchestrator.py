@@ -269,10 +269,13 @@ class Orchestrator:
             if queued and not message.addressed and not self._is_request(message):
                 queued = False  # people talking in the thread ("can you approve?"): it gets no answer, nor this
             if queued:
-                after = "the approval is decided and " if record.status == "waiting" else ""
+                after = "the approval is decided and the current run finishes"
+                if record.status != "waiting":
+                    after = "the current run finishes"
+                elif record.graph == CHOOSER:  # a "Which one?" card: nothing asks for an approval
+                    after = "one of the choices above is picked and its run finishes"
                 await self.outbox.enqueue(session, location, Message.text(
-                    f"Queued: I'll handle this after {after}the current run finishes.", tone="progress"),
-                    correlation_id=correlation)
+                    f"Queued: I'll handle this after {after}.", tone="progress"), correlation_id=correlation)
             await audit.record(session, "request.received", correlation, platform=message.platform,
                                channel=message.channel, thread=message.thread, user=message.user, chars=len(message.text))
             # The drain starts at the commit, the acknowledgement waits for the disk: everything the
