@@ -140,17 +140,19 @@ def run() -> None:
     _graphs()  # a graph module that cannot be used stops Baton before it makes or migrates a database
     listening = _listening_socket(settings.host, settings.port)
     settings = settings.model_copy(update={"port": listening.getsockname()[1]})  # BATON_PORT=0: the port it got
+    # The adapters' settings (BATON_ADAPTERS, a Slack token without its secret) are checked before the database:
+    # such a typo made baton.db, or migrated the replicas' shared PostgreSQL database, then stopped Baton.
+    try:
+        web = create_app(settings, config)
+    except ValueError as exc:
+        typer.secho(f"Baton cannot start: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
     _ready(settings)  # the migrations, before the server: a database that cannot be used is one clear line
     # force: a graph module's own logging.basicConfig (at its import, above) made this one do nothing, and
     # BATON_LOG_LEVEL with it (Baton's start and its requests went unlogged)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     redactor = Redactor.for_settings(settings)
     redactor.install_in_logging()
-    try:
-        web = create_app(settings, config)
-    except ValueError as exc:
-        typer.secho(f"Baton cannot start: {exc}", fg="red", err=True)
-        raise typer.Exit(2) from None
     names = ", ".join(adapter.name for adapter in web.state.baton.adapters)
     typer.echo(f"Baton is starting with: {names}")
     if "playground" in names:

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import ROOT, _cli_command, wait_for
+from tests.support import ROOT, _cli_command, run_cli, wait_for
 
 
 def _cli(env: dict[str, str | None], *args: str) -> Any:
@@ -94,3 +94,36 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=1).status_code == 200
     except httpx.HTTPError:  # bound, not listening yet: uvicorn listens once the app has started
         return False
+
+
+ADAPTER_MISTAKES = {"BATON_ADAPTERS typo": ({"BATON_ADAPTERS": "slak"}, "BATON_ADAPTERS names unknown adapters: slak"),
+                    "Slack token alone": ({"SLACK_BOT_TOKEN": "xoxb-1-2-3"}, "neither SLACK_SIGNING_SECRET")}
+
+
+@pytest.mark.parametrize("mistake", ADAPTER_MISTAKES)
+def test_an_adapter_setting_that_stops_baton_run_makes_no_database(tmp_path: Path, config_path: Path, mistake: str) -> None:
+    """`baton run` with a typo in BATON_ADAPTERS (or a Slack token without its signing secret) made and migrated
+    baton.db and baton.checkpoints.db in the working directory, then said it cannot start."""
+    env, said = ADAPTER_MISTAKES[mistake]
+    result = run_cli("run", cwd=tmp_path, env={**os.environ, "BATON_CONFIG": str(config_path), "BATON_PORT": "0",
+                                               "BATON_DATABASE_URL": f"sqlite:///{tmp_path / 'baton.db'}", **env})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("Baton cannot start: ") and said in result.stderr, result.stderr
+    assert sorted(path.name for path in tmp_path.glob("*.db")) == []
+
+
+@pytest.mark.postgres
+def test_an_adapter_setting_that_stops_a_replica_leaves_the_shared_database_unmigrated(
+        tmp_path: Path, config_path: Path, postgres_url: str) -> None:
+    """A replica of a new release started with a typo in its adapters' settings migrated the replicas' shared
+    PostgreSQL database before it stopped: the old replicas, if restarted, could no longer start on it (README,
+    "Upgrading": migrate first and on purpose)."""
+    import psycopg
+
+    env, said = ADAPTER_MISTAKES["BATON_ADAPTERS typo"]
+    result = run_cli("run", cwd=tmp_path, env={**os.environ, "BATON_CONFIG": str(config_path), "BATON_PORT": "0",
+                                               "BATON_DATABASE_URL": postgres_url, **env})
+    assert result.returncode == 2 and said in result.stderr, result.stdout + result.stderr
+    with psycopg.connect(postgres_url) as connection:
+        tables = connection.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
+    assert tables == []
