@@ -212,7 +212,9 @@ class Baton:
         if wanted is not None:
             unknown = wanted - set(available)
             if unknown:
-                raise ValueError(f"BATON_ADAPTERS names unknown adapters: {', '.join(sorted(unknown))}")
+                known = sorted({point.name for point in entry_points(group="baton.adapters")})
+                raise ValueError(f"BATON_ADAPTERS names unknown adapters: {', '.join(sorted(unknown))} "
+                                 f"(Baton has {', '.join(known)})")
             return [available[name] for name in sorted(wanted)]
         configured = [cls for name, cls in available.items() if name != "playground" and cls.is_configured(self.settings)]
         # With no platform configured, the playground is the zero-config default. It trusts the

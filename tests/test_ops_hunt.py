@@ -127,3 +127,15 @@ def test_an_adapter_setting_that_stops_a_replica_leaves_the_shared_database_unmi
     with psycopg.connect(postgres_url) as connection:
         tables = connection.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
     assert tables == []
+
+
+def test_an_unknown_adapter_is_named_with_the_adapters_baton_has(tmp_path: Path, config_path: Path) -> None:
+    """"BATON_ADAPTERS names unknown adapters: slak" left the operator to guess what it takes (slack? Slack?)."""
+    from bot.app import Baton
+    from bot.settings import Settings
+
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'b.db'}", BATON_ADAPTERS="slak,playground",  # type: ignore[call-arg]
+                        BATON_CONFIG=str(config_path))
+    with pytest.raises(ValueError) as refused:
+        Baton(settings)
+    assert str(refused.value) == "BATON_ADAPTERS names unknown adapters: slak (Baton has discord, playground, slack)"
