@@ -348,7 +348,23 @@ def _cannot_run(graph: StateGraph | Pregel) -> str | None:
             graph = graph.compile()
         except Exception as exc:  # a builder with no entry, an edge to no node...
             return f"`graph` does not compile: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-    return _subgraph_without_checkpoints(graph)
+    return _subgraph_without_checkpoints(graph) or _subgraph_with_breakpoints(graph)
+
+
+def _subgraph_with_breakpoints(graph: Pregel, path: str = "") -> str | None:
+    """A subgraph node compiled with ``interrupt_before``/``interrupt_after``: its breakpoint ended the run as done
+    ("Done."), the subgraph's nodes from there and the parent's after it never run (the top graph's own are refused
+    in ``_spec_from_module``)."""
+    for name, node in graph.nodes.items():
+        if not isinstance(node.bound, Pregel):
+            continue
+        if node.bound.interrupt_before_nodes or node.bound.interrupt_after_nodes:
+            return (f"its subgraph `{path}{name}` is compiled with interrupt_before/interrupt_after, which Baton cannot "
+                    "resume; call interrupt() (or bot.kit.approve()) in the node instead")
+        found = _subgraph_with_breakpoints(node.bound, f"{path}{name}/")
+        if found:
+            return found
+    return None
 
 
 def _subgraph_without_checkpoints(graph: Pregel, path: str = "") -> str | None:

@@ -180,3 +180,31 @@ def test_an_example_that_reaches_its_graph_is_taken(package) -> None:
                     "deploy": "EXAMPLE = 'ship web to prod'\nPATTERNS = [r'^ship ']\n" + GOOD_GRAPH})
     registry = GraphRegistry.discover(name)
     assert [spec.example for spec in registry] == ["ship web to prod", "Rollback web"]
+
+
+SUBGRAPH_WITH_BREAKPOINT = """
+from typing import TypedDict
+from langgraph.graph import END, START, StateGraph
+class S(TypedDict, total=False):
+    text: str
+    reply: str
+inner = StateGraph(S)
+inner.add_node("check", lambda s: {"reply": "checked"})
+inner.add_edge(START, "check")
+inner.add_edge("check", END)
+graph = StateGraph(S)
+graph.add_node("review", inner.compile(interrupt_before=["check"]))
+graph.add_node("ship", lambda s: {"reply": s["reply"] + ", shipped"})
+graph.add_edge(START, "review")
+graph.add_edge("review", "ship")
+graph.add_edge("ship", END)
+"""
+
+
+def test_a_subgraph_with_a_static_breakpoint_is_refused(package) -> None:
+    """The top graph's ``interrupt_before`` was refused, a subgraph's was not: the run ended "Done." at its
+    breakpoint, and neither the subgraph's node nor the parent's nodes after it ever ran."""
+    name = package({"shipit": SUBGRAPH_WITH_BREAKPOINT})
+    with pytest.raises(GraphError, match=r"shipit .*its subgraph `review` is compiled with interrupt_before/"
+                                         r"interrupt_after, which Baton cannot resume"):
+        GraphRegistry.discover(name)
