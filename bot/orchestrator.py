@@ -155,6 +155,7 @@ class LeasedRunServices(RunServices):
         self._effect_starting = False  # the next ``session`` stores an effect's start (``run_effect_once``)
         self._in_effect = False
         self._taken_over = False
+        self.cut_off: str | None = None  # the side effect a cancellation stopped while it ran (its name)
 
     def stop_after_effect(self) -> bool:
         """The thread was taken over: stop after the side effect under way, if one is (true), else not at all."""
@@ -163,8 +164,16 @@ class LeasedRunServices(RunServices):
 
     async def run_effect_once(self, key: str, name: str, fn: Any) -> Any:
         self._effect_starting = self._in_effect = True  # its first write is the "started" entry
+
+        async def watched() -> Any:
+            try:
+                return await fn()
+            except asyncio.CancelledError:
+                self.cut_off = name
+                raise
+
         try:
-            result = await super().run_effect_once(key, name, fn)
+            result = await super().run_effect_once(key, name, watched)
         finally:
             self._in_effect = False
         if self._taken_over:
@@ -402,8 +411,10 @@ class Orchestrator:
         """End ``run`` as cancelled by ``cancel``'s sender, the cancel closed with it (``_finish_run``)."""
         log.info("run %s (%s) was cancelled by %s", run.id, run.graph, cancel.user)
         seconds = (utcnow() - run.started_at).total_seconds()
+        cut_off = services.cut_off if isinstance(services, LeasedRunServices) else None
         await self._finish_run(run, record, event, "failed", replies.cancelled(self._asked_for(run), cancel.user, seconds,
-                                                                               at_cards=at_cards, at_choice=at_choice),
+                                                                               at_cards=at_cards, at_choice=at_choice,
+                                                                               cut_off=cut_off),
                                threads.CANCELLED_BY + cancel.user, services, cancel=cancel)
 
     async def _handle_cancel(self, event: InboundEvent, record: ThreadRecord) -> None:

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from bot import approvals, schedules
 from bot.models import ModelRequired
 from bot.kit import duration
-from bot.messages import ButtonOption, Buttons, Code, Message, Note, Text, ThreadLink, first_line, quoted
+from bot.messages import ButtonOption, Buttons, Code, Message, Note, Text, ThreadLink, first_line, quoted, quoted_code
 from storage.models import Approval
 
 # A longer text in a graph's reply goes as long command output does, a preview and the whole as a file:
@@ -173,14 +173,22 @@ def timed_out(graph: str, limit: float) -> Message:
     ])
 
 
-def cancelled(graph: str, user: str, seconds: float, *, at_cards: bool = False, at_choice: bool = False) -> Message:
-    """``at_choice``: ``graph`` is the request a "Which one?" card asked about, which ran nothing yet."""
+def cancelled(graph: str, user: str, seconds: float, *, at_cards: bool = False, at_choice: bool = False,
+              cut_off: str | None = None) -> Message:
+    """``at_choice``: ``graph`` is the request a "Which one?" card asked about, which ran nothing yet. ``cut_off``:
+    the side effect the cancel stopped while it ran (a runbook's is its ``command``, the assistant's ``tool:...``);
+    without one, no command was said to be killed (a graph with none, a runbook before or after its command)."""
     if at_choice:
         return Message(tone="warning", title="Choice cancelled", parts=[
             Text(text=f"{user} cancelled the choice for `{graph}` after {duration(seconds)}: none of its graphs "
                       "was run.")]).naming(user)
-    how = ("it was waiting for approvals, which are closed now: nothing more of it will run" if at_cards else
-           "I stopped it: nothing more of it will run, and a command it was running was killed")
+    how = "I stopped it: nothing more of it will run"
+    if at_cards:
+        how = "it was waiting for approvals, which are closed now: nothing more of it will run"
+    elif cut_off == "command" or (cut_off or "").startswith("tool:"):
+        how += ", and a command it was running was killed"
+    elif cut_off:
+        how += f", and its side effect `{quoted_code(cut_off)}` was cut off partway"
     return Message(tone="warning", title="Run cancelled", parts=[
         Text(text=f"{user} cancelled `{graph}` after {duration(seconds)}, so {how}. What it did before is not undone."),
     ]).naming(user)

@@ -50,7 +50,8 @@ def test_cancel_with_an_exclamation_mark_stops_the_run_instead_of_waiting_behind
     thread = pg.ask("@baton run sleepy", user="alice")
     pid = started_sleeping(tmp_path)
     pg.say("@baton cancel!", thread=thread, user="alice")
-    pg.wait_reply(thread, "alice cancelled `run sleepy` after")
+    reply = pg.wait_reply(thread, "alice cancelled `run sleepy` after")
+    assert "a command it was running was killed" in reply["text"]
     assert not any("Queued" in m["text"] for m in pg.bot_replies(thread))
     wait_for(lambda: not alive(pid), what="the command to be killed")
 
@@ -160,3 +161,29 @@ def test_a_run_request_with_another_space_between_its_words_is_read_as_written(t
     assert runbook_named(text) == "restart"
     with pytest.raises(RouteError, match="does not match the allowed pattern"):  # quoted, a value keeps it
         route(REQUEST, 'run restart service="web\u00a0"', REGISTRY, CONFIG)
+
+
+async def test_a_cancelled_run_that_ran_no_command_is_not_said_to_have_had_one_killed(
+        tmp_path: Path, config_path: Path) -> None:
+    """Every cancelled run was told "..., so I stopped it: nothing more of it will run, and a command it was
+    running was killed": a graph that runs none (waiting on a model, an HTTP call), or a runbook cancelled before
+    its command started, too."""
+    waiting = asyncio.Event()
+
+    async def node(_state: State) -> State:
+        waiting.set()
+        await asyncio.Event().wait()  # a slow call, never answered
+        return {"reply": "answered"}
+
+    async with _baton(tmp_path, config_path, GraphSpec(name="asker", graph=_one_node(node))) as baton:
+        async def say(event_id: str, text: str) -> None:
+            await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
+                                                      event_id=event_id, user="alice", text=text))
+
+        await say("e1", "asker")
+        await asyncio.wait_for(waiting.wait(), 20)
+        await say("e2", "cancel")
+        (text,) = await _bot_texts(baton, "1", 1)
+        assert "alice cancelled `asker` after" in text, text
+        assert "I stopped it: nothing more of it will run." in text and "killed" not in text, text
+        assert await _runs(baton) == [("asker", "failed", "cancelled by alice")]
