@@ -556,7 +556,7 @@ def _existing(settings: Settings) -> None:
     Baton's tables in whatever PostgreSQL database the URL named (``postgres`` itself)."""
     url = settings.database_url
     shown = check_url(url)
-    if is_sqlite(url) and not Path(sqlite_path(url)).exists():
+    if is_sqlite(url) and not _looked_up(url, Path(sqlite_path(url)).exists):
         _fail(f"Baton cannot use the database {shown}: there is no such file (`baton run` or "
               "`baton db upgrade` makes it; BATON_DATABASE_URL names another)")
     _sqlite_place(url)
@@ -632,10 +632,19 @@ def _sqlite_place(url: str) -> None:
     if not is_sqlite(url):
         return
     path = Path(sqlite_path(url))
-    if path.is_dir():
+    if _looked_up(url, path.is_dir):
         _fail(f"Baton cannot use the database {check_url(url)}: {path} is a directory; name a file in it")
-    if not path.parent.is_dir():
+    if not _looked_up(url, path.parent.is_dir):
         _fail(f"Baton cannot use the database {check_url(url)}: there is no directory {path.parent} for it")
+
+
+def _looked_up(url: str, question: Callable[[], bool]) -> bool:
+    """``question`` about the SQLite file's place (``Path.exists``...), or one line when it cannot be answered: a
+    directory Baton's user may not enter (Permission denied), a name too long. It was a PermissionError traceback."""
+    try:
+        return question()
+    except OSError as exc:
+        _fail(printable(f"Baton cannot use the database {check_url(url)}: {exc.strerror or exc}"))
 
 
 if __name__ == "__main__":

@@ -139,3 +139,16 @@ def test_an_unknown_adapter_is_named_with_the_adapters_baton_has(tmp_path: Path,
     with pytest.raises(ValueError) as refused:
         Baton(settings)
     assert str(refused.value) == "BATON_ADAPTERS names unknown adapters: slak (Baton has discord, playground, slack)"
+
+
+@pytest.mark.parametrize("command", [["threads"], ["db", "upgrade"], ["run"]])
+def test_a_sqlite_file_that_cannot_be_looked_for_is_one_line_not_a_traceback(
+        tmp_path: Path, config_path: Path, command: list[str]) -> None:
+    """BATON_DATABASE_URL naming a SQLite file in a directory Baton's user may not enter (Permission denied)
+    stopped `baton threads`, `baton db upgrade` and `baton run` with a PermissionError traceback: looking for the
+    file failed before SQLite was asked. A name too long for the file system fails the same way, as root too."""
+    url = f"sqlite:///{tmp_path / ('a' * 300)}.db"
+    result = run_cli(*command, cwd=tmp_path, env={**os.environ, "BATON_CONFIG": str(config_path), "BATON_PORT": "0",
+                                                  "BATON_DATABASE_URL": url})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip() == f"Baton cannot use the database {url}: File name too long", result.stderr
