@@ -849,6 +849,9 @@ class Orchestrator:
         spec = self.registry.get(chosen.graph)
         if spec is None:
             return await self._finish_event(event, "no graph", Message.text(f"The `{chosen.graph}` graph is not installed.", tone="error"))
+        if chosen.fingerprint and not chosen.force and (
+                rejected := await self._rejected_while_queued(event, record, request, chosen.fingerprint)) is not None:
+            return await self._finish_event(event, "duplicate request", replies.rejected_above(rejected))
         # Not durable: nothing leaves the process before the run's first durable write (an effect's
         # ledger entry, an approval card, the outcome), which flushes this one too.
         async with self.db.session(durable=False) as session:
@@ -866,6 +869,26 @@ class Orchestrator:
                                             replies.duplicate(twin.channel, twin.thread, twin.status,
                                                               here=twin.id == record.id))
         await self._drive(run, record, spec, chosen.input, event)
+
+    async def _rejected_while_queued(self, event: InboundEvent, record: ThreadRecord, request: Request,
+                                     fingerprint: str) -> str | None:
+        """Who rejected the same request in this thread while ``event`` waited behind it (typed again while its
+        card waited): it was asked again at once, a second card right under the Reject. ``None`` otherwise (a
+        request written after the Reject is asked again, as a rejected one may be)."""
+        async with self.db.read() as session:
+            last = (await session.exec(select(Run).where(Run.thread_record_id == record.id).order_by(
+                Run.id.desc()).limit(1))).first()  # type: ignore[union-attr]
+            if last is None or last.finished_at is None or event.received_at >= last.finished_at:
+                return None
+            rejected = (await session.exec(select(Approval.decided_by).where(
+                Approval.run_id == last.id, Approval.status == "rejected").limit(1))).first()
+        if rejected is None:
+            return None
+        try:
+            earlier = route(request, last.input_text, self.registry, self.config)
+        except (RouteError, ValueError):
+            return None
+        return rejected if earlier.fingerprint == fingerprint else None
 
     async def _run_started_by(self, event: InboundEvent) -> Run | None:
         """The run ``event`` started before Baton stopped, if it got that far."""

@@ -276,6 +276,13 @@ def duplicate(link_channel: str, link_thread: str, status: str, *, here: bool = 
     )
 
 
+def rejected_above(by: str) -> Message:
+    """The answer to a request typed again in its thread while its card waited, once the card was rejected."""
+    return Message(tone="info", parts=[
+        Text(text=f"{by} rejected the same request just above in this thread, so I did not ask for it again."),
+        Note(text="Add `force` as the first or last word of your request to ask anyway.")]).naming(by)
+
+
 # What may follow an opening ``` on its line: a language (```bash), shown by no platform as part of the code.
 FENCE_LANGUAGE = re.compile(r"[\w+#.-]{1,32}[ \t]*")
 

@@ -16,7 +16,7 @@ from bot.registry import GraphSpec
 from bot.replies import age
 from bot.routing import CANCEL_COMMAND, RouteError, is_cancel, is_request, route, runbook_named
 from storage.models import InboundEvent
-from tests.support import alive, has_buttons, until, wait_for, write_config
+from tests.support import alive, has_buttons, runs_in, until, wait_for, write_config
 from tests.test_approvals_hunt import _baton
 from tests.test_cancel import SLEEPY, started_sleeping
 from tests.test_graph_authoring_hunt2 import _bot_texts, _one_node, _runs, _waiting_card
@@ -187,3 +187,23 @@ async def test_a_cancelled_run_that_ran_no_command_is_not_said_to_have_had_one_k
         assert "alice cancelled `asker` after" in text, text
         assert "I stopped it: nothing more of it will run." in text and "killed" not in text, text
         assert await _runs(baton) == [("asker", "failed", "cancelled by alice")]
+
+
+def test_a_request_typed_again_while_its_card_waited_is_not_asked_again_once_rejected(baton, counter) -> None:
+    """Typed again in its thread while its card waited (impatient), a request was queued behind itself; bob
+    rejected the first, and the repeat asked him again at once: a second card right under his Reject. Approved,
+    the repeat was told "finished just above"; typed again in the channel, it got a link. Asked again after the
+    Reject, it is a new request, as a rejected one may be."""
+    pg = baton.client()
+    thread = pg.ask("@baton run restart service=api", user="alice")
+    card = pg.wait_card(thread)
+    pg.say("run restart service=api", thread=thread, user="alice")
+    pg.wait_reply(thread, "Queued: I'll handle this after the approval is decided")
+    pg.click(card, "bob", action="reject")
+    reply = pg.wait_reply(thread, "bob rejected the same request just above in this thread")
+    assert "force" in reply["text"]
+    assert [m["id"] for m in pg.bot_replies(thread) if "Approval needed" in m["text"] or has_buttons(m)] == []
+    pg.say("run restart service=api", thread=thread, user="alice")  # after the Reject: asked again
+    pg.click(pg.wait_card(thread), "bob")
+    pg.wait_reply(thread, "did restart api")
+    assert runs_in(counter) == ["restart api"]
