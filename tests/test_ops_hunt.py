@@ -55,7 +55,8 @@ def test_approvals_lists_an_expired_card_as_expired_as_the_card_says(
                 "'2026-12-05 00:00:00')", (token, token, f"Run `restart` ({token})", json.dumps(["bob"]), status,
                                            decided_by))
     monkeypatch.chdir(tmp_path)
-    result = _cli({"BATON_CONFIG": str(config_path), "BATON_DATABASE_URL": f"sqlite:///{database}"}, "approvals", "--all")
+    env = {"BATON_CONFIG": str(config_path), "BATON_DATABASE_URL": f"sqlite:///{database}"}
+    result = _cli(env, "approvals", "--all")
     assert result.exit_code == 0, result.output
     rows = [re.split(r"\s{2,}", row) for row in result.stdout.splitlines()]
     assert rows[0][2] == "status", rows[0]
@@ -101,7 +102,8 @@ ADAPTER_MISTAKES = {"BATON_ADAPTERS typo": ({"BATON_ADAPTERS": "slak"}, "BATON_A
 
 
 @pytest.mark.parametrize("mistake", ADAPTER_MISTAKES)
-def test_an_adapter_setting_that_stops_baton_run_makes_no_database(tmp_path: Path, config_path: Path, mistake: str) -> None:
+def test_an_adapter_setting_that_stops_baton_run_makes_no_database(
+        tmp_path: Path, config_path: Path, mistake: str) -> None:
     """`baton run` with a typo in BATON_ADAPTERS (or a Slack token without its signing secret) made and migrated
     baton.db and baton.checkpoints.db in the working directory, then said it cannot start."""
     env, said = ADAPTER_MISTAKES[mistake]
@@ -134,8 +136,8 @@ def test_an_unknown_adapter_is_named_with_the_adapters_baton_has(tmp_path: Path,
     from bot.app import Baton
     from bot.settings import Settings
 
-    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'b.db'}", BATON_ADAPTERS="slak,playground",  # type: ignore[call-arg]
-                        BATON_CONFIG=str(config_path))
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'b.db'}",  # type: ignore[call-arg]
+                        BATON_ADAPTERS="slak,playground", BATON_CONFIG=str(config_path))
     with pytest.raises(ValueError) as refused:
         Baton(settings)
     assert str(refused.value) == "BATON_ADAPTERS names unknown adapters: slak (Baton has discord, playground, slack)"
@@ -152,3 +154,17 @@ def test_a_sqlite_file_that_cannot_be_looked_for_is_one_line_not_a_traceback(
                                                   "BATON_DATABASE_URL": url})
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.strip() == f"Baton cannot use the database {url}: File name too long", result.stderr
+
+
+def test_a_baton_db_linked_to_a_volume_that_is_not_there_names_the_missing_directory(
+        tmp_path: Path, config_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README: baton.db may be a symlink to a data volume. With the volume not mounted, `baton db upgrade` and
+    `baton run` said only SQLite's "unable to open database file", where a missing directory is named."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "baton.db").symlink_to(tmp_path / "volume" / "baton.db")
+    result = _cli({"BATON_CONFIG": str(config_path), "BATON_DATABASE_URL": "sqlite:///baton.db"}, "db", "upgrade")
+    assert result.exit_code == 2, result.output
+    volume = tmp_path / "volume"
+    assert result.stderr.strip() == (f"Baton cannot use the database sqlite:///baton.db: there is no directory "
+                                     f"{volume} for it (baton.db is a link to {volume / 'baton.db'})")
+    assert not (tmp_path / "volume").exists()
