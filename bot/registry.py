@@ -180,8 +180,11 @@ class GraphRegistry:
     def discover(cls, package: str = "graphs") -> GraphRegistry:
         root = importlib.import_module(package)
         _check_importable_names(package, root.__path__)
+        modules = list(pkgutil.iter_modules(root.__path__))
+        _check_one_module_per_name(package, [f"{info.name}/" if info.ispkg else f"{info.name}.py" for info in modules
+                                             if not info.name.startswith("_")])
         specs = []
-        for info in pkgutil.iter_modules(root.__path__):
+        for info in modules:
             if info.name.startswith("_"):
                 continue
             _check_not_hidden(package, info)
@@ -214,6 +217,19 @@ def _check_importable_names(package: str, folders: Iterable[str]) -> None:
                 shown = f"{package.replace('.', '/')}/{path.name}"
                 raise GraphError(f"{shown} is no module Python can import (a dot in its name), so it would never be a "
                                  f"graph: name it {path.stem.replace('.', '_').lower()}.py")
+
+
+def _check_one_module_per_name(package: str, files: list[str]) -> None:
+    """Two modules (``deploy.py``, or a package ``deploy/``) chat reads as one graph name (``Deploy.py`` beside
+    ``deploy.py``): the first was refused for its capital, with the advice to name it ``deploy.py``, a name taken."""
+    seen: dict[str, str] = {}
+    for file in sorted(files):
+        name = file.removesuffix("/").removesuffix(".py").lower()
+        other = seen.setdefault(name, file)
+        if other != file:
+            shown = package.replace(".", "/")
+            raise GraphError(f"{shown}/{other} and {shown}/{file} are one graph to chat (`@baton {name}`): "
+                             "remove or rename one of them")
 
 
 def _check_not_hidden(package: str, info: pkgutil.ModuleInfo) -> None:

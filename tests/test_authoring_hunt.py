@@ -208,3 +208,12 @@ def test_a_subgraph_with_a_static_breakpoint_is_refused(package) -> None:
     with pytest.raises(GraphError, match=r"shipit .*its subgraph `review` is compiled with interrupt_before/"
                                          r"interrupt_after, which Baton cannot resume"):
         GraphRegistry.discover(name)
+
+
+def test_two_modules_chat_reads_as_one_graph_are_named(package) -> None:
+    """``Deploy.py`` beside ``deploy.py`` (a copy renamed on a case-sensitive disk): Baton refused ``Deploy.py``
+    saying "name the module deploy.py", the name the other module has."""
+    name = package({"deploy": GOOD_GRAPH, "Deploy": GOOD_GRAPH})
+    with pytest.raises(GraphError, match=r"/Deploy\.py and graphs_under_test_\w+/deploy\.py are one graph to chat "
+                                         r"\(`@baton deploy`\): remove or rename one of them"):
+        GraphRegistry.discover(name)
