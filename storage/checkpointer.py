@@ -87,10 +87,26 @@ def sqlite_checkpoint_path(url: str) -> Path:
     keeps them where they are, so no waiting approval loses its run.
     """
     database = Path(sqlite_path(url))
-    separate = database.with_name(f"{database.stem}.checkpoints{database.suffix or '.db'}")
+    # Beside the file a symlink points to (baton.db linked to a data volume), as SQLite keeps its WAL: beside
+    # the link, the checkpoints stayed in the container's own directory, and a new container lost every run
+    # waiting for an approval while baton.db kept their cards.
+    target = _linked(database)
+    separate = target.with_name(f"{target.stem}.checkpoints{target.suffix or '.db'}")
+    if target != database and not separate.exists():
+        beside_link = database.with_name(f"{database.stem}.checkpoints{database.suffix or '.db'}")
+        if beside_link.exists():  # made there by a Baton before this one: its runs go on from it
+            return beside_link
     if not separate.exists() and database.exists() and _holds_checkpoints(database):
         return database
     return separate
+
+
+def _linked(path: Path) -> Path:
+    """The file ``path`` links to, as far as its links go (``path`` itself when it is no link)."""
+    try:
+        return path.resolve() if path.is_symlink() else path
+    except (OSError, RuntimeError):  # a link to itself (RuntimeError on Python 3.11): SQLite says what is wrong
+        return path
 
 
 def check_sqlite_checkpoints(url: str) -> None:

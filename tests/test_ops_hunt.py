@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from storage.checkpointer import open_checkpointer
+from storage.migrate import upgrade
 from tests.support import ROOT, _cli_command, run_cli, wait_for
 
 
@@ -168,3 +170,25 @@ def test_a_baton_db_linked_to_a_volume_that_is_not_there_names_the_missing_direc
     assert result.stderr.strip() == (f"Baton cannot use the database sqlite:///baton.db: there is no directory "
                                      f"{volume} for it (baton.db is a link to {volume / 'baton.db'})")
     assert not (tmp_path / "volume").exists()
+
+
+async def test_the_checkpoints_of_a_baton_db_linked_to_a_data_volume_are_kept_on_the_volume(tmp_path: Path) -> None:
+    """README: baton.db may be a symlink to a data volume. baton.checkpoints.db was made beside the link, in the
+    container's own directory: a new container found baton.db with its cards waiting and no checkpoint of their
+    runs. It is beside the file the link points to, as SQLite's WAL is; one an older Baton made beside the link
+    is used where it is (its runs go on)."""
+    from storage.checkpointer import sqlite_checkpoint_path
+
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    link = tmp_path / "baton.db"
+    link.symlink_to(volume / "baton.db")
+    url = f"sqlite:///{link}"
+    upgrade(url)
+    assert sqlite_checkpoint_path(url) == volume / "baton.checkpoints.db"
+    async with open_checkpointer(url):
+        pass
+    assert (volume / "baton.checkpoints.db").exists() and not (tmp_path / "baton.checkpoints.db").exists()
+    (volume / "baton.checkpoints.db").unlink()
+    (tmp_path / "baton.checkpoints.db").touch()  # where a Baton before this one made it
+    assert sqlite_checkpoint_path(url) == tmp_path / "baton.checkpoints.db"
