@@ -154,7 +154,7 @@ class Retention:
             if total:
                 deleted[table] = total
         if deleted:
-            log.info("retention: deleted what is older than %d days: %s", self.days,
+            log.info("retention: deleted what is older than %d day%s: %s", self.days, "" if self.days == 1 else "s",
                      ", ".join(f"{count} {table}" for table, count in deleted.items()))
         return deleted
 

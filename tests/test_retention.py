@@ -74,6 +74,15 @@ def message(status: str = "sent", at: Any = OLD, **values: Any) -> OutboxMessage
                             "sent_at": at if status == "sent" else None, **values})
 
 
+async def test_the_log_says_what_went_and_older_than_what(database: Database, database_url: str,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    insert(database_url, *(AuditEntry(at=utcnow() - timedelta(days=3), correlation_id="c", kind="request.received")
+                           for _ in range(2)))  # the newest row always stays
+    with caplog.at_level("INFO", logger="bot.retention"):
+        assert await Retention(database, 1).delete_expired() == {"audit_log": 1}
+    assert "retention: deleted what is older than 1 day: 1 audit_log" in caplog.messages  # not "1 days"
+
+
 async def test_old_finished_rows_go_and_recent_or_unfinished_ones_stay(database: Database, database_url: str) -> None:
     gone_thread, waiting_thread, unpruned_thread, recent_thread = insert(
         database_url, thread(1), thread(2, status="waiting"), thread(3, pruned_at=None), thread(4, updated_at=RECENT))
