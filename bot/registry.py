@@ -340,6 +340,10 @@ def _spec_from_module(name: str, module: ModuleType) -> GraphSpec:
     if make_input is not None and not callable(make_input):
         raise GraphError(f"{where}: make_input must be a function (request, text) -> dict, "
                          f"not {type(make_input).__name__}")
+    if make_input is not None and (inspect.iscoroutinefunction(make_input) or inspect.isasyncgenfunction(make_input)):
+        # its coroutine was taken for the graph's input: "InvalidUpdateError: Expected dict, got <coroutine ...>"
+        raise GraphError(f"{where}: make_input must be a plain function (def, not async def): Baton calls it as it "
+                         "routes the request; do the waiting work in a node")
     if make_input is not None and not _takes_two(make_input):  # each request was told it "could not be read"
         raise GraphError(f"{where}: make_input must take two arguments, (request, text): "
                          f"make_input{inspect.signature(make_input)}")
@@ -473,6 +477,10 @@ def _not_an_input(made: Any, state_graph: bool) -> str | None:
     state (a dict) and failed on anything else after the run had started ("Expected dict, got ...")."""
     if made is None:
         return "None, not the graph's input (a dict of its state)"
+    if inspect.isawaitable(made):  # a plain function handing on an async one's coroutine, never awaited
+        if inspect.iscoroutine(made):
+            made.close()
+        return f"{type(made).__name__}, not the graph's input: make_input is called, not awaited"
     if state_graph and isinstance(made, (str, bytes, int, float, list, tuple, set)):
         return f"{type(made).__name__}, not the graph's input (a dict of its state)"
     return None

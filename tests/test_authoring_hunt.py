@@ -17,9 +17,10 @@ from sqlmodel import select
 from bot.app import Baton
 from bot.kit import approve, progress
 from bot.messages import InboundMessage
-from bot.registry import GraphError, GraphRegistry, GraphSpec
+from bot.registry import GraphError, GraphRegistry, GraphSpec, _spec_from_module
 from bot.settings import Settings
 from storage.models import Approval, PlaygroundMessage
+from tests.test_graph_authoring_hunt import _module
 from tests.test_graph_modules import GOOD_GRAPH, State, _one_node, package  # noqa: F401
 
 
@@ -217,3 +218,26 @@ def test_two_modules_chat_reads_as_one_graph_are_named(package) -> None:
     with pytest.raises(GraphError, match=r"/Deploy\.py and graphs_under_test_\w+/deploy\.py are one graph to chat "
                                          r"\(`@baton deploy`\): remove or rename one of them"):
         GraphRegistry.discover(name)
+
+
+def test_an_async_make_input_is_refused_at_start(package) -> None:
+    """``async def make_input(request, text)``: its coroutine was taken for the graph's input, and each request
+    failed its run with "InvalidUpdateError: Expected dict, got <coroutine object make_input at 0x7f...>"."""
+    name = package({"lookup": GOOD_GRAPH + "async def make_input(request, text):\n    return {'text': text}\n"})
+    with pytest.raises(GraphError, match=r"lookup .*make_input must be a plain function \(def, not async def\)"):
+        GraphRegistry.discover(name)
+
+
+async def test_a_make_input_handing_on_a_coroutine_runs_nothing(sqlite_url, config_path) -> None:
+    """A plain ``make_input`` returning an async function's coroutine (``lambda request, text: lookup(text)``)."""
+    async def lookup(text: str) -> dict[str, Any]:
+        return {"text": text}
+
+    def act(state: State) -> State:
+        return {"reply": f"ran with {state['text']}"}
+
+    spec = _spec_from_module("lookup", _module(graph=_one_node(act), make_input=lambda _request, text: lookup(text)))
+    async with _asked_on(sqlite_url, config_path, spec, "lookup web") as baton:
+        [shown] = await _bot_texts(baton, "1", 1)
+        assert "`lookup` could not read this request: its make_input returned coroutine, not the graph's input: " \
+               "make_input is called, not awaited. Nothing was run." in shown, shown
