@@ -80,10 +80,9 @@ class QuestionUnanswerable(RuntimeError):
     """``interrupt(..., response_schema=...)`` takes an answer no card gives: the approver's click failed the run."""
 
     def __init__(self, question: Any, why: str) -> None:
-        shown = quoted(first_line(question if isinstance(question, str) else json.dumps(question, default=str), 60))
-        super().__init__(f"interrupt({shown!r}, response_schema=...) takes {why}: a card's Approve or Reject resumes it "
-                         "with a dict (approved, by, at, approval_id), or True or False with response_schema=bool. "
-                         "Nobody was asked")
+        shown = quoted(first_line(question if isinstance(question, str) else json.dumps(question, default=str), 40), 40)
+        super().__init__(f"interrupt({shown!r}, response_schema=...) takes {why}; a card's answer is a dict (approved, "
+                         "by, at, approval_id), or a bool with response_schema=bool. Nobody was asked")
 
 
 def _unanswerable(schema: Any) -> str | None:
@@ -97,7 +96,7 @@ def _unanswerable(schema: Any) -> str | None:
     if "boolean" in kinds:
         return None  # True or False (``bot.approvals.resume_value``)
     if "enum" in schema or "const" in schema:
-        return f"one of {json.dumps(schema.get('enum', [schema.get('const')]), default=str)[:100]}"
+        return f"one of {json.dumps(schema.get('enum', [schema.get('const')]), default=str)[:60]}"
     if kinds and "object" not in kinds:
         return " or ".join(sorted(JSON_TYPES.get(str(kind), str(kind)) for kind in kinds))
     unknown = [key for key in schema.get("required", []) if key not in DECISION_TYPES]

@@ -141,8 +141,9 @@ class Verdict(BaseModel):
 
 
 @pytest.mark.parametrize(("schema", "refused"), [
-    (Literal["approve", "reject"], 'takes one of ["approve", "reject"]: a card\'s Approve or Reject resumes it'),
-    (str, "takes text: a card's Approve or Reject resumes it"),
+    (Literal["approve", "reject"], 'takes one of ["approve", "reject"]; a card\'s answer is a dict (approved, by, at, '
+                                   'approval_id), or a bool with response_schema=bool. Nobody was asked'),
+    (str, "takes text; a card's answer is a dict"),
     (Verdict, None),  # a dict with approved and by: the decision fits it
 ])
 async def test_an_interrupt_whose_answer_no_card_gives_is_asked_of_nobody(sqlite_url, config_path, schema,
