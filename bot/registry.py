@@ -242,8 +242,9 @@ def _check_not_hidden(package: str, info: pkgutil.ModuleInfo) -> None:
                          f"package, so {shown}.py would never be used): rename or remove one of them")
 
 
-# What only a graph's module sets: one that sets any of them and defines no ``graph`` meant to be a graph.
-GRAPH_SETTINGS = ("DESCRIPTION", "EXAMPLE", "PATTERNS", "DEDUPE", "ASKS_APPROVAL", "TIMEOUT", "make_input")
+# What only a graph's module sets: one that sets any of them and defines no ``graph`` meant to be a graph. (Not
+# TIMEOUT nor make_input: code the graphs share may well have a TIMEOUT of its own, or the make_input they import.)
+GRAPH_SETTINGS = ("DESCRIPTION", "EXAMPLE", "PATTERNS", "DEDUPE", "ASKS_APPROVAL")
 
 
 def _check_no_graph_meant(module: ModuleType) -> None:

@@ -104,8 +104,9 @@ def test_a_graph_module_that_names_its_graph_otherwise_is_named(package) -> None
     the module was left out without a word, ``baton graphs`` and help did not list it, and ``@baton rollback web``
     was answered with help. A module with none of a graph's settings is still code the graphs share."""
     named = GOOD_GRAPH.replace("graph = StateGraph(S)", "builder = StateGraph(S)").replace("graph.add", "builder.add")
-    name = package({"shared": named, "rollback": f"DESCRIPTION = 'Roll back.'\nEXAMPLE = 'rollback web'\n{named}"
-                                                 "app = builder.compile()\n"})
+    shared = f"TIMEOUT = 10  # for its HTTP calls\ndef make_input(request, text):\n    return {{'text': text}}\n{named}"
+    name = package({"shared": shared, "rollback": f"DESCRIPTION = 'Roll back.'\nEXAMPLE = 'rollback web'\n{named}"
+                                                  "app = builder.compile()\n"})
     with pytest.raises(GraphError, match=r"graphs_under_test_\w+\.rollback .*rollback\.py\): it sets DESCRIPTION, "
                                          r"EXAMPLE but defines no `graph`.*`graph` \(`builder`, `app` are\)"):
         GraphRegistry.discover(name)
