@@ -421,6 +421,9 @@ def _example(module: ModuleType, name: str, patterns: list[re.Pattern[str]], whe
     words = example.split()
     if not words:
         raise GraphError(f"{where}: EXAMPLE is empty: write a whole request help can show, such as `{name}`")
+    if words[0].startswith("@") and len(words) > 1:  # help says to mention the bot, as each platform writes it
+        raise GraphError(f"{where}: EXAMPLE {example!r} begins with a mention: write the request without it, "
+                         f"`{' '.join(words[1:])}`")
     if words[0].lower() not in (name, *CHAT_NAMES.get(name, ())) and not any(p.search(example) for p in patterns):
         raise GraphError(f"{where}: EXAMPLE {example!r} would not reach this graph (`@baton {example}` looks for a "
                          f"graph `{words[0].lower()}`): write the whole request help shows, such as `{name} {example}`")

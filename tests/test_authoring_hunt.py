@@ -170,6 +170,8 @@ async def test_an_interrupt_whose_answer_no_card_gives_is_asked_of_nobody(sqlite
     ("EXAMPLE = 'web'\n", r"EXAMPLE 'web' would not reach this graph \(`@baton web` looks for a graph `web`\): "
                           r"write the whole request help shows, such as `rollback web`"),
     ("EXAMPLE = ' '\n", "EXAMPLE is empty: write a whole request help can show, such as `rollback`"),
+    ("EXAMPLE = '@baton rollback web'\n", "EXAMPLE '@baton rollback web' begins with a mention: write the request "
+                                          "without it, `rollback web`"),
 ])
 def test_an_example_that_does_not_reach_its_graph_is_named(package, settings, expected) -> None:
     name = package({"rollback": "DESCRIPTION = 'Roll back.'\n" + settings + GOOD_GRAPH})
