@@ -145,10 +145,10 @@ def runbook_named(text: str) -> str | None:
     """The runbook a ``run <runbook> ...`` request names, as ``route`` reads it; ``None`` for any other text."""
     text = _leading_force(text)[1]
     try:
-        words = [word for word in _split_words(text) if word != FORCE_WORD]
+        words = [word for word in _split_words(text) if word.lower() != FORCE_WORD]
     except ValueError:
         try:  # `run echo msg=“it's here”`: route read it with its typographic quotes as quotes
-            words = [word for word in _split_words(text.translate(TYPOGRAPHIC_QUOTES)) if word != FORCE_WORD]
+            words = [word for word in _split_words(text.translate(TYPOGRAPHIC_QUOTES)) if word.lower() != FORCE_WORD]
         except ValueError:
             return None
     return words[1].lower() if len(words) > 1 and words[0].lower() in ("run", RUNBOOK_GRAPH) else None
@@ -212,9 +212,9 @@ def _shell_words(text: str) -> list[str]:
 
 def _run_route(text: str, config: BatonConfig, force: bool) -> Route:
     words = _shell_words(text)
-    tokens = [word for word in words if word != FORCE_WORD]
+    tokens = [word for word in words if word.lower() != FORCE_WORD]  # `Force`, as baton.yaml's examples read it
     try:
-        return _runbook_route(tokens, config, force or FORCE_WORD in words)
+        return _runbook_route(tokens, config, force or len(tokens) < len(words))
     except RouteError:
         pasted = _placeholders_pasted(text, tokens, config)
         if pasted is None:

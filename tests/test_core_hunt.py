@@ -207,3 +207,13 @@ def test_a_request_typed_again_while_its_card_waited_is_not_asked_again_once_rej
     pg.click(pg.wait_card(thread), "bob")
     pg.wait_reply(thread, "did restart api")
     assert runs_in(counter) == ["restart api"]
+
+
+@pytest.mark.parametrize("text", ["run restart service=web Force", "run restart service=web FORCE",
+                                  "Force run restart service=web", "run Restart FORCE service=web"])
+def test_force_is_force_however_it_is_capitalised_in_a_run_request(text: str) -> None:
+    """`run uptime Force` was refused ("`Force` is not a `key=value` argument"), though a leading `Force`, a graph's
+    trailing `FORCE` and baton.yaml's check of a runbook's `example` all take the word in any case."""
+    chosen = route(REQUEST, text, REGISTRY, CONFIG)
+    assert chosen.force and chosen.input == {"runbook": "restart", "args": {"service": "web"}}
+    assert runbook_named(text) == "restart"
