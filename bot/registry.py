@@ -380,8 +380,8 @@ def _subgraph_with_breakpoints(graph: Pregel, path: str = "") -> str | None:
         if not isinstance(node.bound, Pregel):
             continue
         if node.bound.interrupt_before_nodes or node.bound.interrupt_after_nodes:
-            return (f"its subgraph `{path}{name}` is compiled with interrupt_before/interrupt_after, which Baton cannot "
-                    "resume; call interrupt() (or bot.kit.approve()) in the node instead")
+            return (f"its subgraph `{path}{name}` is compiled with interrupt_before/interrupt_after, which Baton "
+                    "cannot resume; call interrupt() (or bot.kit.approve()) in the node instead")
         found = _subgraph_with_breakpoints(node.bound, f"{path}{name}/")
         if found:
             return found
@@ -424,9 +424,10 @@ def _example(module: ModuleType, name: str, patterns: list[re.Pattern[str]], whe
     if words[0].startswith("@") and len(words) > 1:  # help says to mention the bot, as each platform writes it
         raise GraphError(f"{where}: EXAMPLE {example!r} begins with a mention: write the request without it, "
                          f"`{' '.join(words[1:])}`")
-    if words[0].lower() not in (name, *CHAT_NAMES.get(name, ())) and not any(p.search(example) for p in patterns):
+    asked = words[1:] if words[0].lower() == "force" and len(words) > 1 else words  # "force" first: run it again
+    if asked[0].lower() not in (name, *CHAT_NAMES.get(name, ())) and not any(p.search(example) for p in patterns):
         raise GraphError(f"{where}: EXAMPLE {example!r} would not reach this graph (`@baton {example}` looks for a "
-                         f"graph `{words[0].lower()}`): write the whole request help shows, such as `{name} {example}`")
+                         f"graph `{asked[0].lower()}`): write the whole request help shows, such as `{name} {example}`")
     return example
 
 

@@ -180,11 +180,12 @@ def test_an_example_that_does_not_reach_its_graph_is_named(package, settings, ex
 
 
 def test_an_example_that_reaches_its_graph_is_taken(package) -> None:
-    """By its name (in any case, after which anything goes), or by one of its patterns."""
+    """By its name (in any case, after which anything goes; after `force` too), or by one of its patterns."""
     name = package({"rollback": "EXAMPLE = 'Rollback web'\n" + GOOD_GRAPH,
+                    "redo": "EXAMPLE = 'force redo web'\n" + GOOD_GRAPH,
                     "deploy": "EXAMPLE = 'ship web to prod'\nPATTERNS = [r'^ship ']\n" + GOOD_GRAPH})
     registry = GraphRegistry.discover(name)
-    assert [spec.example for spec in registry] == ["ship web to prod", "Rollback web"]
+    assert [spec.example for spec in registry] == ["ship web to prod", "force redo web", "Rollback web"]
 
 
 SUBGRAPH_WITH_BREAKPOINT = """
