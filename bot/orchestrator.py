@@ -849,7 +849,8 @@ class Orchestrator:
         spec = self.registry.get(chosen.graph)
         if spec is None:
             return await self._finish_event(event, "no graph", Message.text(f"The `{chosen.graph}` graph is not installed.", tone="error"))
-        if chosen.fingerprint and not chosen.force and (
+        # A rejected request leaves its thread without a fingerprint (``_handle_click``): only then is one looked for.
+        if chosen.fingerprint and not chosen.force and not fresh and record.fingerprint is None and (
                 rejected := await self._rejected_while_queued(event, record, request, chosen.fingerprint)) is not None:
             return await self._finish_event(event, "duplicate request", replies.rejected_above(rejected))
         # Not durable: nothing leaves the process before the run's first durable write (an effect's
