@@ -9,6 +9,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import uuid
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -192,3 +193,38 @@ async def test_the_checkpoints_of_a_baton_db_linked_to_a_data_volume_are_kept_on
     (volume / "baton.checkpoints.db").unlink()
     (tmp_path / "baton.checkpoints.db").touch()  # where a Baton before this one made it
     assert sqlite_checkpoint_path(url) == tmp_path / "baton.checkpoints.db"
+
+
+@pytest.mark.postgres
+def test_a_replica_whose_role_may_not_use_a_table_a_migration_made_stops_naming_it(postgres_url: str) -> None:
+    """README: replicas may run as a role granted the use of the tables, after the owner's `baton db upgrade`.
+    The next upgrade (0010 made forgotten_totals) made tables for the owner alone: a replica started on it as if
+    all were well, and /metrics said baton_database_up 0 for good ("permission denied for table
+    forgotten_totals"). It stops at its start naming what it may not use, and the GRANT that mends it."""
+    import psycopg
+    from alembic.util import CommandError
+    from sqlalchemy.engine import make_url
+
+    upgrade(postgres_url, "0009")
+    role = f"baton_ops_hunt_{uuid.uuid4().hex[:12]}"
+    role_url = make_url(postgres_url).set(username=role, password=None).render_as_string(hide_password=False)
+    grant = [f"GRANT USAGE ON SCHEMA public TO {role}", f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}",
+             f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}"]
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        for statement in grant:
+            admin.execute(statement)
+    try:
+        upgrade(postgres_url)  # the owner's, of the next release
+        with pytest.raises(CommandError) as refused:
+            upgrade(role_url)  # the replica's start
+        assert str(refused.value).startswith(f"the role {role} may not read and write forgotten_totals: as the "
+                                             f"tables' owner, GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            for statement in grant:
+                admin.execute(statement)
+        upgrade(role_url)
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(f"DROP OWNED BY {role}")
+            admin.execute(f"DROP ROLE {role}")
