@@ -33,7 +33,7 @@ from bot.redaction import Redactor
 from bot.registry import GraphError, GraphRegistry
 from bot.settings import Settings, export_env_file
 from storage.checkpointer import check_sqlite_checkpoints, setup_postgres_checkpoints, sqlite_checkpoint_path
-from storage.db import Database, check_url, is_sqlite, sqlite_path, sync_url
+from storage.db import Database, check_url, is_sqlite, linked_file, sqlite_path, sync_url
 from storage.migrate import alembic_config, autogenerate, oldest_reader, upgrade
 from storage.models import Approval, AuditEntry, InboundEvent, Run, ThreadRecord
 
@@ -634,18 +634,10 @@ def _sqlite_place(url: str) -> None:
     path = Path(sqlite_path(url))
     if _looked_up(url, path.is_dir):
         _fail(f"Baton cannot use the database {check_url(url)}: {path} is a directory; name a file in it")
-    place = _target(path).parent  # baton.db linked to a data volume that is not mounted: the volume's directory
+    place = linked_file(path).parent  # baton.db linked to a data volume that is not mounted: the volume's directory
     if not _looked_up(url, place.is_dir):
-        linked = f" ({path} is a link to {_target(path)})" if place != path.parent else ""
+        linked = f" ({path} is a link to {linked_file(path)})" if place != path.parent else ""
         _fail(f"Baton cannot use the database {check_url(url)}: there is no directory {place} for it{linked}")
-
-
-def _target(path: Path) -> Path:
-    """What ``path`` links to, as far as the links go (itself when it is no link): SQLite opens that one."""
-    try:
-        return path.resolve() if path.is_symlink() else path
-    except (OSError, RuntimeError):  # a link to itself (RuntimeError on Python 3.11): SQLite says what it says
-        return path
 
 
 def _looked_up(url: str, question: Callable[[], bool]) -> bool:

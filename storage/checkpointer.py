@@ -22,7 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlalchemy.engine import make_url
 
-from storage.db import SQLITE_BUSY_SECONDS, is_sqlite, pg_connect_params, sqlite_path
+from storage.db import SQLITE_BUSY_SECONDS, is_sqlite, linked_file, pg_connect_params, sqlite_path
 from storage.wal import use_wal_async
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def sqlite_checkpoint_path(url: str) -> Path:
     # Beside the file a symlink points to (baton.db linked to a data volume), as SQLite keeps its WAL: beside
     # the link, the checkpoints stayed in the container's own directory, and a new container lost every run
     # waiting for an approval while baton.db kept their cards.
-    target = _linked(database)
+    target = linked_file(database)
     separate = target.with_name(f"{target.stem}.checkpoints{target.suffix or '.db'}")
     if target != database and not separate.exists():
         beside_link = database.with_name(f"{database.stem}.checkpoints{database.suffix or '.db'}")
@@ -99,14 +99,6 @@ def sqlite_checkpoint_path(url: str) -> Path:
     if not separate.exists() and database.exists() and _holds_checkpoints(database):
         return database
     return separate
-
-
-def _linked(path: Path) -> Path:
-    """The file ``path`` links to, as far as its links go (``path`` itself when it is no link)."""
-    try:
-        return path.resolve() if path.is_symlink() else path
-    except (OSError, RuntimeError):  # a link to itself (RuntimeError on Python 3.11): SQLite says what is wrong
-        return path
 
 
 def check_sqlite_checkpoints(url: str) -> None:

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -107,6 +108,15 @@ def sqlite_path(url: str) -> str:
     if not database or database == ":memory:":
         raise ValueError("Baton needs a SQLite file (several connections share it), not :memory:")
     return database
+
+
+def linked_file(path: Path) -> Path:
+    """The file ``path`` links to, as far as its links go (``path`` itself when it is no link): the one SQLite
+    opens, beside which it keeps its WAL (``baton.db`` linked to a data volume)."""
+    try:
+        return path.resolve() if path.is_symlink() else path
+    except (OSError, RuntimeError):  # a link to itself (RuntimeError on Python 3.11): SQLite says what is wrong
+        return path
 
 
 SQLITE_BUSY_SECONDS = 30.0
