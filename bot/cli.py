@@ -515,6 +515,7 @@ def db_upgrade(revision: str = typer.Argument("head", help="A revision id to upg
     _sqlite_place(settings.database_url)
     try:
         with _database(settings.database_url):
+            before = _revision(settings.database_url)
             upgrade(settings.database_url, revision)
     except CommandError as exc:  # a newer Baton migrated the database
         _fail(f"Baton cannot upgrade to '{revision[:40]}': {exc}")
@@ -525,10 +526,13 @@ def db_upgrade(revision: str = typer.Argument("head", help="A revision id to upg
     if current is not None and current not in revisions:  # else "'head' is not ahead of it", as if asked to downgrade
         typer.echo(f"Database is at revision {printable(current[:40])}, a newer Baton's: its migrations only added "
                    "what this Baton does not read, so this one runs on it as it is; nothing changed.")
-    elif current == _head_revision():
-        typer.echo("Database is up to date." if revision in ("head", "heads", current)
-                   else f"Database is up to date (revision {current}); '{revision[:40]}' is not ahead of it, "
-                        "so nothing changed (Baton does not downgrade).")
+    elif current == _head_revision() and revision not in ("head", "heads", current):
+        typer.echo(f"Database is up to date (revision {current}); '{revision[:40]}' is not ahead of it, "
+                   "so nothing changed (Baton does not downgrade).")
+    elif current == _head_revision():  # what it did: pointed at a database someone migrated already, it did nothing
+        typer.echo(f"Database is up to date (revision {current}): nothing to do." if before == current else
+                   f"Database made at revision {current} (it held no Baton tables): up to date." if before is None
+                   else f"Database migrated from revision {before} to {current}: up to date.")
     elif current == revision:
         typer.echo(f"Database is at revision {current}.")
     elif current is None:  # "base" on a new database

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.cli import _head_revision
 from tests.conftest import PG_SKIP_REASON
 from tests.support import create_postgres_database, run_cli
 
@@ -81,9 +82,18 @@ def test_db_upgrade_says_what_the_database_is_at(tmp_path, config_path) -> None:
     assert baton_cli("db", "upgrade", "0002", cwd=tmp_path, env=env).stdout.strip() == "Database is at revision 0002."
     assert baton_cli("db", "upgrade", "0001", cwd=tmp_path, env=env).stdout.strip() == (
         "Database is at revision 0002; '0001' is not ahead of it, so nothing changed (Baton does not downgrade).")
-    assert baton_cli("db", "upgrade", cwd=tmp_path, env=env).stdout.strip() == "Database is up to date."
+    head = _head_revision()
+    # What it did: the same words for a migration and for nothing done left an operator pointed at a database
+    # someone had migrated already unable to tell.
+    assert baton_cli("db", "upgrade", cwd=tmp_path, env=env).stdout.strip() == (
+        f"Database migrated from revision 0002 to {head}: up to date.")
+    assert baton_cli("db", "upgrade", cwd=tmp_path, env=env).stdout.strip() == (
+        f"Database is up to date (revision {head}): nothing to do.")
     said = baton_cli("db", "upgrade", "base", cwd=tmp_path, env=env).stdout.strip()
     assert said.startswith("Database is up to date (revision ") and "'base' is not ahead of it" in said
+    fresh = {**env, "BATON_DATABASE_URL": f"sqlite:///{tmp_path / 'new.db'}"}
+    assert baton_cli("db", "upgrade", cwd=tmp_path, env=fresh).stdout.strip() == (
+        f"Database made at revision {head} (it held no Baton tables): up to date.")
 
 
 def test_run_on_a_database_a_newer_baton_migrated_is_one_line(tmp_path, config_path) -> None:
