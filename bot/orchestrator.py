@@ -28,7 +28,7 @@ from bot import approvals, audit, model_routing, replies, schedules, threads
 from bot.config import BatonConfig
 from bot.kit import APPROVAL_MARK, APPROVAL_TEXT_LIMIT, Request, duration, people_read
 from bot.digests import Digests
-from bot.messages import Accepted, InboundClick, InboundMessage, Location, Message, Text, quoted_code
+from bot.messages import Accepted, InboundClick, InboundMessage, Location, Message, Text, quoted_code, storable
 from bot.outbox import Delivery, Outbox
 from bot.registry import GraphSpec
 from bot.models import MODEL_ERRORS, ModelFailed, cost_of, usage_of
@@ -1427,6 +1427,7 @@ class Orchestrator:
         A failed run's cards still waiting expire with it. ``cancel``: the event that stopped the run, closed with
         it; an effect the run had started was cut off by that, not left in doubt. ``cancel`` may be ``event``:
         a run whose replica stopped, ended by a cancel (its effects are left as they were, in doubt)."""
+        error = storable(error) if error is not None else None  # a node's exception may hold a NUL, a lone surrogate
         asked = await self._asked_at(run, event)  # before the write transaction: it may read the request's event
         now = utcnow()
         async with (services.session() if services is not None else self.db.session()) as session:

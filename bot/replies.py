@@ -12,7 +12,8 @@ from pydantic import ValidationError
 from bot import approvals, schedules
 from bot.models import ModelRequired
 from bot.kit import duration
-from bot.messages import ButtonOption, Buttons, Code, Message, Note, Text, ThreadLink, first_line, quoted, quoted_code
+from bot.messages import (ButtonOption, Buttons, Code, Message, Note, Text, ThreadLink, first_line, quoted, quoted_code,
+                          storable)
 from storage.models import Approval
 
 # A longer text in a graph's reply goes as long command output does, a preview and the whole as a file:
@@ -161,8 +162,10 @@ def model_error(error: BaseException) -> Message:
 
 
 def failure(graph: str, error: BaseException) -> Message:
+    """A node's exception, its first line: storable, as a file name read with ``os.listdir`` or a command's
+    output may not be (the reply was lost for "Something went wrong")."""
     line = (f"{type(error).__name__}: {error}" if str(error) else type(error).__name__).splitlines()[0][:300]
-    return Message.text(f"`{graph}` failed: {line}", tone="error", title="Run failed")
+    return Message.text(f"`{graph}` failed: {storable(line)}", tone="error", title="Run failed")
 
 
 def timed_out(graph: str, limit: float) -> Message:

@@ -19,6 +19,7 @@ from bot.registry import GraphSpec, _input_told
 from bot.settings import Settings
 from storage.models import Approval, AuditEntry, PlaygroundMessage, Run
 from tests.fake_models import script
+from tests.test_authoring_hunt import _asked_on
 from tests.test_graph_modules import _asked, _one_node, _reply
 
 
@@ -162,3 +163,22 @@ def test_a_fenced_blocks_language_is_not_shown_as_its_first_line(reply: str, cod
     output's first line."""
     message = replies.result(reply, failed=False)
     assert [part.text for part in message.parts if part.kind == "code"] == [code]
+
+
+@pytest.mark.parametrize("said", [
+    "cannot read " + b"caf\xe9.txt".decode("utf-8", "surrogateescape"),  # a file name as os.listdir() gives it
+    "the build printed a\x00b",  # a NUL of a command's output: PostgreSQL's text refuses it
+])
+async def test_a_node_failing_with_text_no_database_stores_shows_its_error(database_url, config_path, said) -> None:
+    """The thread read "Something went wrong while handling this" and the run's error was UnicodeEncodeError or
+    psycopg's DataError: the graph's own error was lost, from the thread and from ``baton threads``."""
+    def act(_state: State) -> State:
+        raise ValueError(said)
+
+    async with _asked_on(database_url, config_path, GraphSpec(name="reader", graph=_one_node(act)), "reader") as baton:
+        shown = await _reply(baton, "1")
+        async with baton.db.read() as session:
+            run = (await session.exec(select(Run))).one()
+    storable = said.replace("\x00", "\ufffd").replace("\udce9", "\ufffd")
+    assert shown == f"*Run failed*\n`reader` failed: ValueError: {storable}", shown
+    assert run.status == "failed" and run.error == storable
