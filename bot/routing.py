@@ -102,7 +102,9 @@ def route(request: Request, text: str, registry: GraphRegistry, config: BatonCon
                 force=force,
                 title=asked[:120],
             )
-    return Route(HELP_GRAPH, _input_for(registry, HELP_GRAPH, request, text), title="help", unmatched=True)
+    # Titled by its words: `baton threads` and `status` listed carol's "hello there" as "help", not to be found.
+    return Route(HELP_GRAPH, _input_for(registry, HELP_GRAPH, request, text), title=text[:120] or "help",
+                 unmatched=True)
 
 
 def is_request(text: str, registry: GraphRegistry, *, addressed: bool = True) -> bool:
@@ -178,7 +180,7 @@ def route_to(registry: GraphRegistry, graph: str, request: Request, text: str) -
     if spec is None:
         raise RouteError(f"The `{graph}` graph is not installed.")
     if graph == HELP_GRAPH:  # help was chosen for it ("what can you do?"): the whole help, not "I don't know how"
-        return Route(graph, spec.make_input(request, ""), title="help")
+        return Route(graph, spec.make_input(request, ""), title=text[:120] or "help")
     return Route(graph, spec.make_input(request, text), fingerprint=_fingerprint(graph, text) if spec.dedupe else None,
                  title=text[:120])
 

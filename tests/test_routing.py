@@ -50,6 +50,8 @@ def test_graph_names_and_fallback():
     assert announce.graph == "announce" and announce.input == {"text": "Lunch is served"}
     fallback = route(REQUEST, "make coffee", REGISTRY, CONFIG)
     assert fallback.graph == "help" and fallback.input["text"] == "make coffee"
+    # its thread is titled by what was asked: `baton threads` and `status` listed every such request as "help"
+    assert fallback.title == "make coffee" and route(REQUEST, "", REGISTRY, CONFIG).title == "help"
 
 
 def test_plain_words_with_apostrophes_are_not_a_quoting_error():
