@@ -40,7 +40,7 @@ from langgraph.types import interrupt
 from pydantic import BaseModel
 
 from bot.config import BatonConfig
-from bot.messages import quoted, quoted_code  # for graph authors: quoting what someone wrote in a reply
+from bot.messages import quoted, quoted_code, storable  # for graph authors: quoting what someone wrote; text to store
 from bot.models import ModelFailed, ModelRequired
 from bot.settings import MODEL_KEY_VARIABLES, SECRET_VARIABLES, exported_variables
 

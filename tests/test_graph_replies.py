@@ -182,3 +182,14 @@ async def test_a_node_failing_with_text_no_database_stores_shows_its_error(datab
     storable = said.replace("\x00", "\ufffd").replace("\udce9", "\ufffd")
     assert shown == f"*Run failed*\n`reader` failed: ValueError: {storable}", shown
     assert run.status == "failed" and run.error == storable
+
+
+async def test_a_reply_made_storable_with_the_kit_is_shown_on_every_database(database_url, config_path) -> None:
+    """README: on PostgreSQL a state's text may hold no NUL (its checkpoint is jsonb): ``bot.kit.storable`` first."""
+    from bot.kit import storable
+
+    def act(_state: State) -> State:
+        return {"reply": storable("build log: a\x00b")}
+
+    async with _asked_on(database_url, config_path, GraphSpec(name="log", graph=_one_node(act)), "log") as baton:
+        assert await _reply(baton, "1") == "build log: a\ufffdb"
