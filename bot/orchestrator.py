@@ -34,7 +34,8 @@ from bot.registry import GraphSpec
 from bot.models import MODEL_ERRORS, ModelFailed, cost_of, usage_of
 from bot.routing import (CANCEL_COMMAND, CHOOSER, DIGEST_COMMAND, ROUTER, RUNBOOK_GRAPH, RouteError, is_cancel,
                           is_request, route, route_to, runbook_named)
-from bot.runtime import GraphOutcome, GraphRuntime, ProgressSink, RunServices, RunTimedOut, Services
+from bot.runtime import (EffectInDoubt, GraphOutcome, GraphRuntime, ProgressSink, RunServices, RunTimedOut,
+                         Services)
 from bot.settings import Settings
 from storage.db import Transaction, insert_new_id, insert_row, lock_for_transaction, prepared, when_committed
 from storage.models import Approval, Effect, InboundEvent, Run, ThreadRecord, loaded, utcnow
@@ -1339,6 +1340,8 @@ class Orchestrator:
             log.warning("run %s (%s) failed: %s", run.id, spec.name, exc)
             if isinstance(exc, RunTimedOut):
                 message = replies.timed_out(spec.name, exc.limit)
+            elif isinstance(exc, EffectInDoubt):
+                message = replies.in_doubt(spec.name, exc.effect)
             elif isinstance(exc, MODEL_ERRORS):
                 message = replies.model_error(exc)
             else:

@@ -168,6 +168,15 @@ def failure(graph: str, error: BaseException) -> Message:
     return Message.text(f"`{graph}` failed: {storable(line)}", tone="error", title="Run failed")
 
 
+def in_doubt(graph: str, effect: str) -> Message:
+    """A run taken over whose side effect had started: told in words, not as "failed: EffectInDoubt: ..."."""
+    return Message(tone="error", title="Run stopped", parts=[
+        Text(text=f"`{graph}` stopped: its step `{effect}` had been started by a Baton that stopped (or lost this "
+                  "thread) while it ran, so its outcome is unknown, and it was not run again. Check what it did "
+                  "before asking for it again."),
+    ])
+
+
 def timed_out(graph: str, limit: float) -> Message:
     return Message(tone="error", title="Run stopped", parts=[
         Text(text=f"`{graph}` ran longer than its limit of {duration(limit)}, so I stopped it. Nothing more of it will run; "

@@ -52,6 +52,10 @@ RUN_METADATA = "baton_run"  # the checkpoint metadata key naming Baton's run
 class EffectInDoubt(RuntimeError):
     """A side effect started before a crash and its outcome is unknown: it is not run again."""
 
+    def __init__(self, effect: str) -> None:
+        super().__init__(f"side effect '{effect}' was started before and its outcome is unknown; it was not run again")
+        self.effect = effect
+
 
 @dataclass
 class GraphOutcome:
@@ -486,8 +490,7 @@ class RunServices:
                 return existing.result  # type: ignore[no-any-return]
             if existing.status == "failed":
                 raise RuntimeError(f"side effect '{name}' failed before ({existing.result}); it is not run again")
-            raise EffectInDoubt(f"side effect '{name}' was started before and its outcome is unknown; "
-                                "it was not run again")
+            raise EffectInDoubt(name)
         try:
             result = await fn()
         except asyncio.CancelledError:
