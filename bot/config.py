@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from bot.schedules import ScheduleError, check_schedule, zone
+from bot.lookalikes import ansi_c_quoted, misleading
 from bot.messages import quoted_code
 from bot.settings import SECRET_VARIABLES
 
@@ -395,7 +396,8 @@ class Runbook(BaseModel):
                 problems.append(f"`{name}` is {len(value):,} characters long; an argument may have {MAX_VALUE_CHARS:,}")
             elif not spec.matches(value):
                 allowed = f" ({spec.description})" if spec.description else ""
-                problems.append(f"`{name}={quoted_code(value)}` does not match the allowed pattern `{spec.pattern}`{allowed}")
+                shown = ansi_c_quoted(value) if misleading(value) else value  # "worker\u200b" read as "worker"
+                problems.append(f"`{name}={quoted_code(shown)}` does not match the allowed pattern `{spec.pattern}`{allowed}")
             else:
                 values[name] = value
         if problems:

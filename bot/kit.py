@@ -40,6 +40,7 @@ from langgraph.types import interrupt
 from pydantic import BaseModel
 
 from bot.config import BatonConfig
+from bot.lookalikes import shown_argument  # for graph authors: an argument as what it is, on a card
 from bot.messages import quoted, quoted_code, storable  # for graph authors: quoting what someone wrote; text to store
 from bot.models import ModelFailed, ModelRequired
 from bot.settings import MODEL_KEY_VARIABLES, SECRET_VARIABLES, exported_variables

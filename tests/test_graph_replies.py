@@ -168,7 +168,7 @@ def test_a_fenced_blocks_language_is_not_shown_as_its_first_line(reply: str, cod
 @pytest.mark.parametrize("said", [
     "cannot read " + b"caf\xe9.txt".decode("utf-8", "surrogateescape"),  # a file name as os.listdir() gives it
     "the build printed a\x00b",  # a NUL of a command's output: PostgreSQL's text refuses it
-])
+], ids=["lone-surrogate", "nul"])  # a test id holding a lone surrogate stops pytest-xdist
 async def test_a_node_failing_with_text_no_database_stores_shows_its_error(database_url, config_path, said) -> None:
     """The thread read "Something went wrong while handling this" and the run's error was UnicodeEncodeError or
     psycopg's DataError: the graph's own error was lost, from the thread and from ``baton threads``."""

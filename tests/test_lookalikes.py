@@ -96,6 +96,22 @@ def test_an_argument_is_shown_as_it_is_unless_it_reads_as_another(value: str, sh
     assert shown_command(["deploy", value]) == f"deploy {shown}"
 
 
+def test_a_refused_value_that_reads_as_an_allowed_one_is_shown_as_what_it_is(tmp_path: Path) -> None:
+    """"`service=worker​` does not match the allowed pattern `^(web|api|worker)$`": a zero-width space pasted from
+    a document made a refusal that looked wrong (found by the core hunt)."""
+    config = tmp_path / "baton.yaml"
+    config.write_text(yaml.safe_dump({"approvers": ["bob"], "runbooks": {"restart": {
+        "description": "Restart", "command": ["true", "{service}"], "risk": "high", "timeout": 5,
+        "args": {"service": {"pattern": "^(web|api|worker)$"}}}}}), encoding="utf-8")
+    runbook = load_config(config).runbooks["restart"]
+    with pytest.raises(ValueError) as refused:
+        runbook.validate_args({"service": "worker\u200b"})
+    assert "`service=$'worker\\u200b'` does not match the allowed pattern `^(web|api|worker)$`" in str(refused.value)
+    with pytest.raises(ValueError) as refused:
+        runbook.validate_args({"service": "mail"})  # an ordinary value stays as it was written
+    assert "`service=mail` does not match" in str(refused.value)
+
+
 def _config(tmp_path: Path, counter: Path) -> Path:
     script = ("import sys; open(sys.argv[1], 'a').write(' '.join(sys.argv[2:]) + '\\n'); "
               "print('did', ascii(sys.argv[2:]))")
@@ -127,10 +143,11 @@ def test_look_alike_values_are_refused_or_shown_for_what_they_are(tmp_path: Path
         mixed = pg.ask(f"@baton run greet city=Z{CYRILLIC_E}rich", user="carol")
         plain = pg.ask("@baton run restart service=web", user="carol")
         city = pg.ask("@baton run greet city=Zürich-Москва", user="carol")  # two scripts, each its own word: shown
+        # refused, each shown as what it is: written as typed, "wеb" read as the "web" the pattern takes
         refused = pg.wait_reply(service, "does not match the allowed pattern")["text"]
-        assert f"`service={WEB}` does not match the allowed pattern `^\\w+$`" in refused, refused
+        assert "`service=$'w\\u0435b'` does not match the allowed pattern `^\\w+$`" in refused, refused
         refused = pg.wait_reply(port, "does not match the allowed pattern")["text"]
-        assert f"`port={ARABIC_80}` does not match the allowed pattern `^\\d+$` (a port number)" in refused, refused
+        assert "`port=$'\\u0668\\u0660'` does not match the allowed pattern `^\\d+$` (a port number)" in refused, refused
 
         card = pg.wait_card(mixed)
         assert "$'Z\\u0435rich'" in card["text"], card["text"]

@@ -1,0 +1,58 @@
+"""Text that reads as other text, shown as what it is: bash's ``$'...'`` with each such character an escape.
+
+A value pasted from a document or typed to deceive (``wеb`` with a Cyrillic ``е``, ``worker`` with a zero-width
+space, a fullwidth ``ｗ``) looks like an allowed one on a card or in a refusal; written ``$'w\\u0435b'`` it does
+not.
+"""
+
+from __future__ import annotations
+
+import shlex
+import unicodedata
+
+
+def shown_argument(arg: str) -> str:
+    """``arg`` as a shell would take it, every character what it looks like: ``$'...'`` when it could be read
+    as another, else ``shlex.quote``."""
+    return ansi_c_quoted(arg) if misleading(arg) else shlex.quote(arg)
+
+
+def misleading(arg: str) -> bool:
+    """Whether ``arg`` holds a character that shows as nothing or as another (a line break, a zero-width space,
+    a bidi override that turns the rest of the line around, a no-break space), one drawn like an ASCII one (a
+    digit other than 0-9, ``٨`` is an 8; a fullwidth ``ｗ``, a mathematical ``𝐰``), or letters of two scripts
+    (``wеb`` with a Cyrillic ``е``)."""
+    return not arg.isprintable() or any(map(_like_ascii, arg)) or len(_scripts(arg)) > 1
+
+
+def _like_ascii(char: str) -> bool:
+    return not char.isascii() and (char.isdigit() or unicodedata.normalize("NFKC", char).isascii())
+
+
+# Written together: Chinese and Japanese mix Han, kana and Latin; Korean Hangul with them (as Unicode's UTS #39).
+_EAST_ASIAN = {"CJK", "IDEOGRAPHIC", "HIRAGANA", "KATAKANA", "KATAKANA-HIRAGANA", "HALFWIDTH", "BOPOMOFO", "HANGUL"}
+
+
+def _scripts(arg: str) -> set[str]:
+    """The scripts of ``arg``'s letters, each the first word of the letter's Unicode name (LATIN, CYRILLIC,
+    GREEK); digits and punctuation have none."""
+    scripts = {unicodedata.name(char, "?").split()[0] for char in arg if char.isalpha()}
+    if scripts & _EAST_ASIAN:
+        scripts = (scripts - _EAST_ASIAN - {"LATIN"}) | {"EAST ASIAN"}
+    return scripts
+
+
+def ansi_c_quoted(arg: str) -> str:
+    """``arg`` in bash's ``$'...'``: printable ASCII as it is, every other character an escape."""
+    return "$'" + "".join(_ANSI_C_ESCAPES.get(char) or (char if char.isascii() and char.isprintable()
+                                                       else _code_point(char)) for char in arg) + "'"
+
+
+_ANSI_C_ESCAPES = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _code_point(char: str) -> str:
+    """``char`` as bash's ``$'...'`` writes it: ``\\x`` is a byte, so only an ASCII one (``\\xa0`` is the byte
+    0xA0, not a no-break space, which is ``\\u00a0``)."""
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
