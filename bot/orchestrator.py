@@ -1337,7 +1337,7 @@ class Orchestrator:
         except LeaseLost:  # an effect found the thread taken over: its new holder answers it
             raise
         except Exception as exc:
-            log.warning("run %s (%s) failed: %s", run.id, spec.name, exc)
+            log.warning("run %s (%s) failed: %s", run.id, spec.name, storable(str(exc)))  # a log file in UTF-8 too
             if isinstance(exc, RunTimedOut):
                 message = replies.timed_out(spec.name, exc.limit)
             elif isinstance(exc, EffectInDoubt):

@@ -161,11 +161,20 @@ def model_error(error: BaseException) -> Message:
                         tone="error", title="Model error")
 
 
+_TASK_NOTE = re.compile(r"During task with name '([^']+)'")  # LangGraph's note on a node's exception
+FAILURE_LINES, FAILURE_CHARS = 3, 300
+
+
 def failure(graph: str, error: BaseException) -> Message:
-    """A node's exception, its first line: storable, as a file name read with ``os.listdir`` or a command's
-    output may not be (the reply was lost for "Something went wrong")."""
-    line = (f"{type(error).__name__}: {error}" if str(error) else type(error).__name__).splitlines()[0][:300]
-    return Message.text(f"`{graph}` failed: {storable(line)}", tone="error", title="Run failed")
+    """A node's exception: the node LangGraph notes on it, and its first lines ("1 validation error for Deploy"
+    alone said nothing of what was wrong), storable, as a file name read with ``os.listdir`` or a command's output
+    may not be (the reply was lost for "Something went wrong")."""
+    said = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    lines = "\n".join([line for line in said.splitlines() if line.strip()][:FAILURE_LINES])[:FAILURE_CHARS]
+    node = next((found.group(1) for note in getattr(error, "__notes__", None) or []
+                 if isinstance(note, str) and (found := _TASK_NOTE.match(note))), None)
+    where = f" in `{node}`" if node and node != graph else ""
+    return Message.text(f"`{graph}` failed{where}: {storable(lines)}", tone="error", title="Run failed")
 
 
 def in_doubt(graph: str, effect: str) -> Message:

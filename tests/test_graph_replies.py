@@ -48,6 +48,28 @@ def test_a_graphs_reply_is_shown_as_it_is(reply: Any, failed: bool, error: Any, 
     assert replies.result(reply, failed=failed, error=error).plain_text() == shown
 
 
+async def test_a_failure_names_its_node_and_shows_what_was_wrong(tmp_path, config_path) -> None:
+    """"`deploy` failed: ValidationError: 1 validation error for Deploy": which field, and which node, were in
+    `baton threads` alone. LangGraph notes the node on the exception; the error's first lines say what."""
+    from pydantic import BaseModel
+
+    class Deploy(BaseModel):
+        service: str
+
+    def check(state: State) -> State:
+        Deploy.model_validate({"text": state.get("text")})
+        return {}
+
+    graph = _one_node(lambda _state: {})
+    graph.add_node("check", check)
+    graph.add_edge("act", "check")
+    async with _asked(tmp_path, config_path, GraphSpec(name="deploy", graph=graph), "deploy web") as baton:
+        shown = await _reply(baton, "1")
+    assert shown.startswith("*Run failed*\n`deploy` failed in `check`: ValidationError: 1 validation error for "
+                            "Deploy\nservice\n  Field required"), shown
+    assert len(shown.splitlines()) == 4, shown  # the title and three lines: not pydantic's link to its docs
+
+
 def test_an_exception_without_a_message_is_named_without_a_dangling_colon() -> None:
     assert replies.failure("probe", RuntimeError()).plain_text().endswith("`probe` failed: RuntimeError")
 
@@ -180,7 +202,7 @@ async def test_a_node_failing_with_text_no_database_stores_shows_its_error(datab
         async with baton.db.read() as session:
             run = (await session.exec(select(Run))).one()
     storable = said.replace("\x00", "\ufffd").replace("\udce9", "\ufffd")
-    assert shown == f"*Run failed*\n`reader` failed: ValueError: {storable}", shown
+    assert shown == f"*Run failed*\n`reader` failed in `act`: ValueError: {storable}", shown
     assert run.status == "failed" and run.error == storable
 
 
