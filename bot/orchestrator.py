@@ -68,6 +68,8 @@ _OVERDUE_APPROVALS = prepared(select(Approval.id, ThreadRecord.platform, ThreadR
 ).order_by(Approval.created_at).limit(SWEEP_BATCH))
 INVISIBLE = {"Cf", "Cc", "Zs", "Zl", "Zp"}  # format characters (U+200B), controls and spaces: no request
 PROGRESS_LINES = 20  # the latest progress lines a run's progress message shows
+# A longer line is cut: every edit stores the whole message, and 50 lines of 100 KB stored 81 MB of outbox rows.
+PROGRESS_LINE_CHARS = 1000
 # A run taken up again after Baton stopped while it ran more often than this is failed instead: the run
 # itself may be what stops Baton (os._exit in a node, the memory it takes), at every start of every replica.
 MAX_TAKEOVERS = 3
@@ -1284,6 +1286,8 @@ class Orchestrator:
         async def post_progress(text: str) -> None:
             """The first update of a run is posted; later ones edit that message (the thread is not flooded)."""
             nonlocal progress_row
+            if len(text) > PROGRESS_LINE_CHARS:
+                text = f"{text[:PROGRESS_LINE_CHARS]}… ({len(text) - PROGRESS_LINE_CHARS:,} more characters)"
             progress_lines.append(text)
             lines = continued_progress(shown, progress_lines) if shown else progress_lines
             if shown and lines == shown:

@@ -7,7 +7,8 @@ from typing import TypedDict
 
 import pytest
 from langgraph.graph import END, START, StateGraph
-from sqlmodel import select
+from sqlalchemy import String, cast
+from sqlmodel import func, select
 
 from bot.app import Baton
 from bot.kit import progress
@@ -15,7 +16,7 @@ from bot.messages import InboundMessage
 from bot.orchestrator import continued_progress
 from bot.registry import GraphSpec
 from bot.settings import Settings
-from storage.models import PlaygroundMessage
+from storage.models import OutboxMessage, PlaygroundMessage
 
 
 class StepsState(TypedDict, total=False):
@@ -75,3 +76,41 @@ async def test_a_long_step_edits_one_progress_message_in_place(tmp_path, config_
 def test_a_continued_run_shows_the_lines_its_cut_short_node_posts_again_once(
         shown: list[str], posted: list[str], expected: list[str]) -> None:
     assert continued_progress(shown, posted) == expected
+
+
+def _loud(_state: StepsState) -> StepsState:
+    for step in range(30):
+        progress(f"step {step}: " + "x" * 100_000)  # a graph handing a whole log to progress()
+    return {"reply": "Done loudly."}
+
+
+async def test_a_huge_progress_line_is_cut_so_that_every_edit_stays_small(tmp_path, config_path) -> None:
+    """Every edit of the progress message stores the whole message: 50 lines of 100 KB stored 81 MB of outbox
+    rows (found by the authoring hunt). A line is cut at 1,000 characters, saying how much more there was."""
+    graph = StateGraph(StepsState)
+    graph.add_node("work", _loud)
+    graph.add_edge(START, "work")
+    graph.add_edge("work", END)
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'p.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground")
+    async with Baton(settings) as baton:
+        baton.registry.add(GraphSpec(name="loud", graph=graph, description="Loud."))
+        await baton.accept_message(InboundMessage(
+            platform="playground", channel="general", thread="1", event_id="e1", user="alice", text="loud"))
+
+        async def settled() -> list[PlaygroundMessage]:
+            while True:
+                async with baton.db.read() as session:
+                    found = list((await session.exec(select(PlaygroundMessage).where(
+                        PlaygroundMessage.thread_id == "1", PlaygroundMessage.is_bot)
+                        .order_by(PlaygroundMessage.id))).all())  # type: ignore[arg-type]
+                if any("Done loudly." in m.text for m in found) and any("step 29:" in m.text for m in found):
+                    return found
+                await baton.outbox.wait("playground-test-never-woken", 0.05)
+
+        progress_message, _final = await asyncio.wait_for(settled(), 30)
+        async with baton.db.read() as session:
+            stored = (await session.exec(select(func.max(func.length(cast(OutboxMessage.payload, String)))))).one()
+    lines = progress_message.text.split("\n")
+    assert len(lines) == 20 and lines[-1] == "step 29: " + "x" * 991 + "… (99,009 more characters)", lines[-1][-60:]
+    assert stored < 30_000, stored  # each edit's row, not 2 MB
