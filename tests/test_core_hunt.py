@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlmodel import select
@@ -16,21 +16,19 @@ from bot.registry import GraphSpec
 from bot.replies import age
 from bot.routing import CANCEL_COMMAND, RouteError, is_cancel, is_request, route, runbook_named
 from storage.models import InboundEvent
-from tests.support import alive, has_buttons, runs_in, until, wait_for, write_config
+from tests.support import alive, has_buttons, runs_in, until, wait_for
 from tests.test_approvals_hunt import _baton
-from tests.test_cancel import SLEEPY, started_sleeping
+from tests.test_cancel import config_path, started_sleeping  # noqa: F401 (config_path: a fixture)
 from tests.test_graph_authoring_hunt2 import _bot_texts, _one_node, _runs, _waiting_card
 from tests.test_graph_modules import State
 from tests.test_models import guess, model_script  # noqa: F401 (a fixture)
 from tests.test_routing import CONFIG, REGISTRY, REQUEST
 
 
-@pytest.fixture
-def config_path(tmp_path: Path, counter: Path) -> Path:
-    config = write_config(tmp_path, counter)
-    config.write_text(config.read_text().replace("runbooks:\n", "runbooks:" + SLEEPY.format(
-        python=sys.executable, pidfile=str(tmp_path / "sleepy.pid")), 1))
-    return config
+async def _say(baton: Any, event_id: str, text: str) -> None:
+    """alice writes ``text`` in thread 1 of #general."""
+    await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
+                                              event_id=event_id, user="alice", text=text))
 
 
 @pytest.mark.parametrize("text", ["cancel!", "Cancel.", "CANCEL!!", "force cancel!"])
@@ -123,19 +121,15 @@ async def test_a_cancel_as_a_run_answers_its_reject_leaves_the_rejection_its_rep
         return {"reply": "not tidied: it was rejected"}
 
     async with _baton(tmp_path, config_path, GraphSpec(name="tidy", graph=_one_node(node))) as baton:
-        async def say(event_id: str, text: str) -> None:
-            await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
-                                                      event_id=event_id, user="alice", text=text))
-
-        await say("e1", "tidy")
+        await _say(baton, "e1", "tidy")
         card = await _waiting_card(baton, 1)
         if first == "reject":
             await baton.accept_click(InboundClick(platform="playground", channel="general", thread="1",
                                                   event_id="c1", user="bob", approval_id=card.id, action="reject"))
         else:
-            await say("e2", "cancel")
+            await _say(baton, "e2", "cancel")
         await asyncio.wait_for(ending.wait(), 20)
-        await say("e3", "cancel")
+        await _say(baton, "e3", "cancel")
         await baton.orchestrator.apply_cancels()  # type: ignore[union-attr]  # the look a sweep makes, at least once
         go.set()
         async def handled() -> bool:  # the run ended, and the cancel was answered
@@ -176,13 +170,9 @@ async def test_a_cancelled_run_that_ran_no_command_is_not_said_to_have_had_one_k
         return {"reply": "answered"}
 
     async with _baton(tmp_path, config_path, GraphSpec(name="asker", graph=_one_node(node))) as baton:
-        async def say(event_id: str, text: str) -> None:
-            await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
-                                                      event_id=event_id, user="alice", text=text))
-
-        await say("e1", "asker")
+        await _say(baton, "e1", "asker")
         await asyncio.wait_for(waiting.wait(), 20)
-        await say("e2", "cancel")
+        await _say(baton, "e2", "cancel")
         (text,) = await _bot_texts(baton, "1", 1)
         assert "alice cancelled `asker` after" in text, text
         assert "I stopped it: nothing more of it will run." in text and "killed" not in text, text
