@@ -359,10 +359,11 @@ def _pack(blocks: list[dict[str, Any]], fallback: str) -> list[dict[str, Any]]:
 
 
 def _fallback(message: Message) -> str:
-    """The notification text (the blocks carry the whole message)."""
+    """The notification text (the blocks carry the whole message), its people as mentions: Slack shows
+    ``<@U0123ABCD>`` as their name there too, where "U0BOB00002 rejected the same request ..." showed the id."""
     first = message.title or next((part.text for part in message.parts if isinstance(part, Text)), "")
     first = first or message.plain_text()
     line = " ".join(first.split())
     if len(line) > FALLBACK_CHARS:
         line = line[:FALLBACK_CHARS - 1].rstrip() + "…"
-    return escape(line) or "Baton"
+    return with_mentions(escape(line), people_of(message)) or "Baton"
