@@ -40,7 +40,8 @@ def test_slack_shows_a_refused_lookalike_value_as_bash_writes_it_in_one_code_spa
     assert section.count("`") % 2 == 0
 
 
-def test_discord_shows_a_refused_lookalike_value_as_bash_writes_it_in_one_code_span(chat: Discord) -> None:  # noqa: F811
+def test_discord_shows_a_refused_lookalike_value_as_bash_writes_it_in_one_code_span(
+        chat: Discord) -> None:  # noqa: F811
     thread = chat.fake.say(f"run restart service={LOOKALIKE}", channel=OPS)["id"]
     reply = chat.reply("does not match", thread)
     assert SHOWN in reply.content and reply.content.count("`") % 2 == 0 and "**x**" not in reply.content
