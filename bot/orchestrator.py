@@ -1286,8 +1286,7 @@ class Orchestrator:
         async def post_progress(text: str) -> None:
             """The first update of a run is posted; later ones edit that message (the thread is not flooded)."""
             nonlocal progress_row
-            if len(text) > PROGRESS_LINE_CHARS:
-                text = f"{text[:PROGRESS_LINE_CHARS]}… ({len(text) - PROGRESS_LINE_CHARS:,} more characters)"
+            text = replies.cut_line(text, PROGRESS_LINE_CHARS)
             progress_lines.append(text)
             lines = continued_progress(shown, progress_lines) if shown else progress_lines
             if shown and lines == shown:

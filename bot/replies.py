@@ -177,12 +177,34 @@ def failure(graph: str, error: BaseException) -> Message:
     return Message.text(f"`{graph}` failed{where}: {storable(lines)}", tone="error", title="Run failed")
 
 
+# A line that opens a fenced block, as ``adapters.contract.FENCE_OPEN`` reads it (bot imports no adapter).
+_FENCE_OPEN = re.compile(r" {0,3}```[\w+#.-]{0,32}[ \t]{0,8}$")
+
+
+def cut_line(text: str, limit: int) -> str:
+    """``text`` cut at ``limit`` characters, saying how many more there were. A ``` block or `code` the cut leaves
+    open is closed first: the note, and the progress lines after it, showed inside the block, and a later line's
+    block was turned inside out (its log shown as prose, its closing fence opening a block never closed)."""
+    if len(text) <= limit:
+        return text
+    kept, more = text[:limit], f"… ({len(text) - limit:,} more characters)"
+    inside = False
+    for line in kept.split("\n"):
+        if not inside:
+            inside = bool(_FENCE_OPEN.match(line))
+        elif line.rstrip().endswith("```") and line.count("```") == 1:
+            inside = False
+    if inside:
+        return f"{kept}\n```\n{more}"
+    return f"{kept}`{more}" if kept.rpartition("\n")[2].count("`") % 2 else kept + more
+
+
 def in_doubt(graph: str, effect: str) -> Message:
     """A run taken over whose side effect had started: told in words, not as "failed: EffectInDoubt: ..."."""
     return Message(tone="error", title="Run stopped", parts=[
-        Text(text=f"`{graph}` stopped: its step `{effect}` had been started by a Baton that stopped (or lost this "
-                  "thread) while it ran, so its outcome is unknown, and it was not run again. Check what it did "
-                  "before asking for it again."),
+        Text(text=f"`{graph}` stopped: its step `{quoted_code(effect)}` had been started by a Baton that stopped "
+                  "(or lost this thread) while it ran, so its outcome is unknown, and it was not run again. Check "
+                  "what it did before asking for it again."),
     ])
 
 

@@ -114,3 +114,19 @@ async def test_a_huge_progress_line_is_cut_so_that_every_edit_stays_small(tmp_pa
     lines = progress_message.text.split("\n")
     assert len(lines) == 20 and lines[-1] == "step 29: " + "x" * 991 + "… (99,009 more characters)", lines[-1][-60:]
     assert stored < 30_000, stored  # each edit's row, not 2 MB
+
+
+def test_a_progress_line_cut_in_its_code_block_closes_it_and_the_next_block_stays_code() -> None:
+    """A graph handing its log to progress() as a fenced block: the cut dropped the closing fence, so the note and
+    the lines after it showed as code, and the next line's block was turned inside out (found by the render hunt)."""
+    from adapters.contract import fenced_segments
+    from bot.replies import cut_line
+
+    log = "```\n" + "\n".join(f"line {i} *ok*" for i in range(4000)) + "\n```"
+    joined = "\n".join([cut_line(log, 1000), "checking `web`", "```\nstep two *fine*\n```"])
+    segments = fenced_segments(joined)
+    assert [opening for opening, _ in segments] == ["```", None, "```"], segments
+    assert segments[1][1].startswith("… (") and segments[2][1] == "step two *fine*\n"
+    assert cut_line("copying `" + "a" * 2000 + "`", 1000).endswith("a`… (1,010 more characters)")
+    assert cut_line("x" * 2000, 1000).endswith("x… (1,000 more characters)")
+    assert cut_line("short", 1000) == "short"
