@@ -253,6 +253,23 @@ def _seconds(text: str) -> str:
     raise ValueError(f"{_TIMEOUT_IS} (at most 86400, a day), not '{text[:40]}'")
 
 
+def _shown_value(value: str, limit: int = 60) -> str:
+    """``value`` as a refusal quotes it: one that reads as another ("worker\u200b" as "worker") in bash's
+    ``$'...'``, cut when long between whole characters, its quote closed and "…" after it (cut as text, it lost
+    its closing quote or ended inside an escape, which bash reads as another character)."""
+    if not misleading(value):
+        return quoted_code(value, limit)
+    pieces: list[str] = []
+    room = limit - len("$''…")
+    for char in value:
+        piece = ansi_c_quoted(char)[2:-1]
+        if len(piece) > room:
+            return "$'" + "".join(pieces) + "'…"
+        pieces.append(piece)
+        room -= len(piece)
+    return ansi_c_quoted(value)
+
+
 class Runbook(BaseModel):
     model_config = ConfigDict(extra="forbid")
     _approver_ids = field_validator("approvers", mode="before")(lambda cls, value: _ids_as_text(value))
@@ -396,8 +413,8 @@ class Runbook(BaseModel):
                 problems.append(f"`{name}` is {len(value):,} characters long; an argument may have {MAX_VALUE_CHARS:,}")
             elif not spec.matches(value):
                 allowed = f" ({spec.description})" if spec.description else ""
-                shown = ansi_c_quoted(value) if misleading(value) else value  # "worker\u200b" read as "worker"
-                problems.append(f"`{name}={quoted_code(shown)}` does not match the allowed pattern `{spec.pattern}`{allowed}")
+                problems.append(f"`{name}={_shown_value(value)}` does not match the allowed pattern `{spec.pattern}`"
+                                f"{allowed}")
             else:
                 values[name] = value
         if problems:

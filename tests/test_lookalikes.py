@@ -110,6 +110,10 @@ def test_a_refused_value_that_reads_as_an_allowed_one_is_shown_as_what_it_is(tmp
     with pytest.raises(ValueError) as refused:
         runbook.validate_args({"service": "mail"})  # an ordinary value stays as it was written
     assert "`service=mail` does not match" in str(refused.value)
+    with pytest.raises(ValueError) as refused:  # a long one is cut between characters, its quote closed
+        runbook.validate_args({"service": "\uff57\uff45\uff42-\uff53\uff45\uff52\uff56\uff45\uff52-01-europe"})
+    assert ("`service=$'\\uff57\\uff45\\uff42-\\uff53\\uff45\\uff52\\uff56\\uff45\\uff52-'…` does not match"
+            in str(refused.value)), str(refused.value)
 
 
 def _config(tmp_path: Path, counter: Path) -> Path:
