@@ -306,8 +306,11 @@ async def summarize(state: DigestState) -> DigestState:
     except ModelFailed as exc:  # the numbers matter more than the prose: post them anyway
         note = {"kind": "note", "text": f"No written summary: the model failed ({str(exc)[:200]})."}
         return {"reply": {**reply, "parts": [*reply["parts"], note]}}
-    summary = {"kind": "text", "text": str(answer.content).strip()}
-    return {"reply": {**reply, "parts": [summary, *reply["parts"]]}}
+    # The text blocks only: providers such as Anthropic answer in a list of blocks, which str() showed as a list
+    written = answer.text.strip()
+    if not written:  # no words: an empty part was a blank line on top of the card
+        return {}
+    return {"reply": {**reply, "parts": [{"kind": "text", "text": written}, *reply["parts"]]}}
 
 
 builder = StateGraph(DigestState)
