@@ -168,13 +168,15 @@ FAILURE_LINES, FAILURE_CHARS = 3, 300
 def failure(graph: str, error: BaseException) -> Message:
     """A node's exception: the node LangGraph notes on it, and its first lines ("1 validation error for Deploy"
     alone said nothing of what was wrong), storable, as a file name read with ``os.listdir`` or a command's output
-    may not be (the reply was lost for "Something went wrong")."""
+    may not be (the reply was lost for "Something went wrong"). The lines are code: an error often quotes what
+    someone wrote (pydantic's ``input_value``), which as prose was markup (a masked link, a mention, a heading)."""
     said = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
     lines = "\n".join([line for line in said.splitlines() if line.strip()][:FAILURE_LINES])[:FAILURE_CHARS]
     node = next((found.group(1) for note in getattr(error, "__notes__", None) or []
                  if isinstance(note, str) and (found := _TASK_NOTE.match(note))), None)
     where = f" in `{node}`" if node and node != graph else ""
-    return Message.text(f"`{graph}` failed{where}: {storable(lines)}", tone="error", title="Run failed")
+    return Message(tone="error", title="Run failed", parts=[Text(text=f"`{graph}` failed{where}:"),
+                                                             Code(text=storable(lines))])
 
 
 # A line that opens a fenced block, as ``adapters.contract.FENCE_OPEN`` reads it (bot imports no adapter).

@@ -160,7 +160,7 @@ async def test_an_interrupt_whose_answer_no_card_gives_is_asked_of_nobody(sqlite
         if refused is None:
             assert shown.startswith("*Approval needed*\nDeploy web?"), shown
             return
-        assert f"`typed` failed: QuestionUnanswerable: interrupt('Deploy web?', response_schema=...) {refused}" in shown
+        assert f"`typed` failed:\n```\nQuestionUnanswerable: interrupt('Deploy web?', response_schema=...) {refused}" in shown
         async with baton.db.read() as session:
             assert (await session.exec(select(Approval))).all() == []
 

@@ -65,13 +65,24 @@ async def test_a_failure_names_its_node_and_shows_what_was_wrong(tmp_path, confi
     graph.add_edge("act", "check")
     async with _asked(tmp_path, config_path, GraphSpec(name="deploy", graph=graph), "deploy web") as baton:
         shown = await _reply(baton, "1")
-    assert shown.startswith("*Run failed*\n`deploy` failed in `check`: ValidationError: 1 validation error for "
-                            "Deploy\nservice\n  Field required"), shown
-    assert len(shown.splitlines()) == 4, shown  # the title and three lines: not pydantic's link to its docs
+    assert shown.startswith("*Run failed*\n`deploy` failed in `check`:\n```\nValidationError: 1 validation error "
+                            "for Deploy\nservice\n  Field required"), shown
+    assert shown.split("```")[1].strip("\n").count("\n") == 2, shown  # three lines, not pydantic's link to its docs
+
+
+def test_a_failure_quoting_what_someone_wrote_shows_it_as_code() -> None:
+    """An error quoting the request (pydantic's ``input_value``) was prose after "failed:": on Discord a masked
+    link, a heading, bold in Baton's own card; on Slack a mention (found by the render hunt)."""
+    error = ValueError("unknown service [login](http://evil.example) *now*\n# Heading")
+    rendered = discord_render.render(replies.failure("deploy", error), "G1")[0].embed.description
+    assert "```\nValueError: unknown service [login](http://evil.example) *now*\n# Heading\n```" in rendered, rendered
+    slack = slack_blocks.render(replies.failure("deploy", ValueError("ask <@U0123ABCD9> *now*")), lambda c, t: "")
+    sections = [block["text"]["text"] for out in slack.messages for block in out["blocks"] if block["type"] == "section"]
+    assert "```\nValueError: ask &lt;@U0123ABCD9&gt; *now*\n```" in sections, sections  # no mention, no bold
 
 
 def test_an_exception_without_a_message_is_named_without_a_dangling_colon() -> None:
-    assert replies.failure("probe", RuntimeError()).plain_text().endswith("`probe` failed: RuntimeError")
+    assert replies.failure("probe", RuntimeError()).plain_text().endswith("`probe` failed:\n```\nRuntimeError\n```")
 
 
 def test_a_reply_too_long_for_a_few_messages_is_a_file_with_a_preview() -> None:
@@ -94,7 +105,8 @@ async def test_a_reply_that_is_no_valid_message_fails_the_run_saying_why(tmp_pat
 
     async with _asked(tmp_path, config_path, GraphSpec(name="odd", graph=_one_node(act)), "odd") as baton:
         shown = await _reply(baton, "1")
-        assert shown.startswith("*Run failed*\n`odd` failed: ReplyNotShown: its reply is not a message: parts.0:"), shown
+        assert shown.startswith("*Run failed*\n`odd` failed:\n```\nReplyNotShown: its reply is not a message: parts.0:"), \
+            shown
         assert "nope" in shown
         async with baton.db.read() as session:
             run = (await session.exec(select(Run))).one()
@@ -202,7 +214,7 @@ async def test_a_node_failing_with_text_no_database_stores_shows_its_error(datab
         async with baton.db.read() as session:
             run = (await session.exec(select(Run))).one()
     storable = said.replace("\x00", "\ufffd").replace("\udce9", "\ufffd")
-    assert shown == f"*Run failed*\n`reader` failed in `act`: ValueError: {storable}", shown
+    assert shown == f"*Run failed*\n`reader` failed in `act`:\n```\nValueError: {storable}\n```", shown
     assert run.status == "failed" and run.error == storable
 
 

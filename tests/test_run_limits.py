@@ -59,7 +59,7 @@ async def test_a_nodes_own_timeout_error_is_its_failure_not_the_limit(tmp_path, 
 
     async with _asked(tmp_path, config_path, GraphSpec(name="late", graph=_one_node(late), timeout=60), "late") as baton:
         reply = await _reply(baton, "1")
-    assert "`late` failed in `act`: TimeoutError: the deploy API did not answer in 10 s" in reply, reply
+    assert "`late` failed in `act`:\n```\nTimeoutError: the deploy API did not answer in 10 s" in reply, reply
 
 
 def test_runbooks_and_the_assistant_keep_their_commands_own_timeouts() -> None:

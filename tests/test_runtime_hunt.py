@@ -262,7 +262,7 @@ async def test_a_node_raising_a_base_exception_fails_its_run_once(tmp_path, conf
         reply = await _reply(baton, "1")
         async with baton.db.read() as session:
             run = (await session.exec(select(Run))).one()
-    assert "`abort` failed: NodeExited: a node raised _Abort: the check gave up" in reply, reply
+    assert "`abort` failed:\n```\nNodeExited: a node raised _Abort: the check gave up" in reply, reply
     assert (run.status, run.takeovers, ran) == ("failed", 0, [1])
 
 
