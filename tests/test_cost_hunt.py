@@ -49,4 +49,5 @@ async def test_a_digest_summary_of_no_words_adds_no_empty_text(sqlite_url, tmp_p
     """A model answering nothing (or blanks) put an empty text part on top of the card, a blank line in chat."""
     card = await _digest_written_by(sqlite_url, tmp_path, {"content": content})
     assert card.parts[0].text.startswith("*1* request"), card.parts  # type: ignore[union-attr]
-    assert all(part.text.strip() for part in card.parts if part.kind in ("text", "note")), card.parts  # type: ignore[union-attr]
+    texts = [part.text for part in card.parts if part.kind in ("text", "note")]  # type: ignore[union-attr]
+    assert all(text.strip() for text in texts), card.parts
