@@ -851,11 +851,12 @@ class Orchestrator:
                                                     spent=usage)
         spec = self.registry.get(chosen.graph)
         if spec is None:
-            return await self._finish_event(event, "no graph", Message.text(f"The `{chosen.graph}` graph is not installed.", tone="error"))
+            return await self._finish_event(event, "no graph", Message.text(
+                f"The `{chosen.graph}` graph is not installed.", tone="error"), spent=usage)
         # A rejected request leaves its thread without a fingerprint (``_handle_click``): only then is one looked for.
         if chosen.fingerprint and not chosen.force and not fresh and record.fingerprint is None and (
                 rejected := await self._rejected_while_queued(event, record, request, chosen.fingerprint)) is not None:
-            return await self._finish_event(event, "duplicate request", replies.rejected_above(rejected))
+            return await self._finish_event(event, "duplicate request", replies.rejected_above(rejected), spent=usage)
         # Not durable: nothing leaves the process before the run's first durable write (an effect's
         # ledger entry, an approval card, the outcome), which flushes this one too.
         async with self.db.session(durable=False) as session:
@@ -869,9 +870,9 @@ class Orchestrator:
                 run = await self._insert_run(session, event, record, spec.name, text, chosen.fingerprint, chosen.title,
                                              usage)
         if twin is not None:
-            return await self._finish_event(event, "duplicate request",
+            return await self._finish_event(event, "duplicate request",  # what routing it cost is kept still
                                             replies.duplicate(twin.channel, twin.thread, twin.status,
-                                                              here=twin.id == record.id))
+                                                              here=twin.id == record.id), spent=usage)
         await self._drive(run, record, spec, chosen.input, event)
 
     async def _rejected_while_queued(self, event: InboundEvent, record: ThreadRecord, request: Request,
