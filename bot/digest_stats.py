@@ -46,10 +46,8 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
     day = _local_date(session, Run.started_at, timezone, start, end)
     per_graph: dict[str, dict[str, int]] = {}
     days: dict[str, list[int]] = {}  # a day's requests, its turnarounds' total and how many
-    tokens, cost, cost_known, with_tokens = None, None, 0, 0
-    for d, graph, status, cancelled, count, tokens_sum, cost_sum, costs, tokened, total, timed in (await session.exec(
-            select(day, Run.graph, Run.status, Run.cancelled, func.count(), func.sum(Run.tokens), func.sum(Run.cost),
-                   func.count(Run.cost), func.count(Run.tokens), func.sum(Run.turnaround_ms),
+    for d, graph, status, cancelled, count, total, timed in (await session.exec(
+            select(day, Run.graph, Run.status, Run.cancelled, func.count(), func.sum(Run.turnaround_ms),
                    func.count(Run.turnaround_ms))
             .where(*in_window).group_by(day, Run.graph, Run.status, Run.cancelled))).all():
         if not _no_request(graph, status):
@@ -60,25 +58,8 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
             one[0] += count
             if not cancelled:  # as the p50/p95, a cancelled run's time (its wait for a card, say) is no turnaround
                 one[1], one[2] = one[1] + int(total or 0), one[2] + timed
-        tokens = (tokens or 0) + tokens_sum if tokens_sum is not None else tokens
-        cost = (cost or 0.0) + cost_sum if cost_sum is not None else cost
-        cost_known += costs
-        with_tokens += tokened
     per_day = [{"day": d, "requests": n, "avg_turnaround_ms": total / timed if timed else None}
                for d, (n, total, timed) in sorted(days.items())]
-    if not graphs or DIGEST_GRAPH in graphs:
-        # The channel's earlier digests' own model summaries: no run holds them (each counted by the
-        # digest whose window its firing falls in, the one after it).
-        tokens_sum, cost_sum, costs, tokened = (await session.exec(
-            select(func.sum(DigestRun.tokens), func.sum(DigestRun.cost), func.count(DigestRun.cost),
-                   func.count(DigestRun.tokens))
-            .where(DigestRun.platform == platform, DigestRun.channel == channel, DigestRun.fire_time >= start,
-                   DigestRun.fire_time < end))).one()
-        tokens = (tokens or 0) + tokens_sum if tokens_sum is not None else tokens
-        cost = (cost or 0.0) + cost_sum if cost_sum is not None else cost
-        cost_known += costs
-        with_tokens += tokened
-
     # Turnarounds and waits of the requests that ended in the window, whenever they were asked for: one asked
     # last evening and approved this morning (the slowest, the longest wait) was in neither digest by its start.
     # And the runs that failed in the window, whenever they started (one asked yesterday, approved and failed
@@ -92,9 +73,27 @@ async def collect(session: AsyncSession, platform: str, channel: str, start: dat
     # a cancelled run has no result: no turnaround (its wait was still someone's wait)
     finished = [Run.turnaround_ms.is_not(None), *_requests(), not_(Run.cancelled)]  # type: ignore[union-attr]
     failed_here = [Run.status == "failed", not_(Run.cancelled)]
-    waited, finished_count, failure_count, cancelled_count = (await session.exec(select(
-        func.sum(Run.waited_seconds), _count_of(*finished), _count_of(*failed_here),
-        _count_of(Run.status == "failed", Run.cancelled)).where(*ended))).one()
+    # A run's model tokens and cost are counted with the runs that ended in the window, as its turnaround is: all
+    # of them, once. By its start, what a run spent after the digest of its start (an assistant's answer once its
+    # card was approved the next morning) was in no digest.
+    waited, finished_count, failure_count, cancelled_count, tokens, cost, cost_known, with_tokens = (
+        await session.exec(select(
+            func.sum(Run.waited_seconds), _count_of(*finished), _count_of(*failed_here),
+            _count_of(Run.status == "failed", Run.cancelled), func.sum(Run.tokens), func.sum(Run.cost),
+            func.count(Run.cost), func.count(Run.tokens)).where(*ended))).one()
+
+    if not graphs or DIGEST_GRAPH in graphs:
+        # The channel's earlier digests' own model summaries: no run holds them (each counted by the
+        # digest whose window its firing falls in, the one after it).
+        tokens_sum, cost_sum, costs, tokened = (await session.exec(
+            select(func.sum(DigestRun.tokens), func.sum(DigestRun.cost), func.count(DigestRun.cost),
+                   func.count(DigestRun.tokens))
+            .where(DigestRun.platform == platform, DigestRun.channel == channel, DigestRun.fire_time >= start,
+                   DigestRun.fire_time < end))).one()
+        tokens = (tokens or 0) + tokens_sum if tokens_sum is not None else tokens
+        cost = (cost or 0.0) + cost_sum if cost_sum is not None else cost
+        cost_known += costs
+        with_tokens += tokened
     p50, p95 = await _percentiles(session, [*ended, *finished], finished_count, (0.50, 0.95))
     turnaround = {"p50_ms": p50, "p95_ms": p95, "count": finished_count}
     failures = [

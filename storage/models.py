@@ -121,7 +121,7 @@ class Run(SQLModel, table=True):
         # A digest's turnarounds, waits and failures are of the runs that ended in its window, whenever they
         # started: read from the index alone (but the failures it lists).
         Index("ix_runs_ended", "platform", "channel", "finished_at", "status", "graph", "turnaround_ms",
-              "waited_seconds", "cancelled"),
+              "waited_seconds", "cancelled", "tokens", "cost"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -82,7 +82,7 @@ def test_the_migration_marks_the_runs_the_digests_took_for_cancelled_and_indexes
                     " correlation_id, started_at, waited_seconds, error, takeovers) VALUES (1, 'playground', 'ops',"
                     " 'deploy', :status, 'alice', '', :correlation, :now, 0, :error, 0)"),
                     {"status": status, "error": error, "correlation": f"c{n}", "now": OLD_TIME})
-        upgrade(database_url)
+        upgrade(database_url, "0014")
         with engine.connect() as connection:
             assert MigrationContext.configure(connection).get_current_revision() == "0014"
             assert oldest_reader(connection) == "0008"  # added only: a Baton of 0009 to 0013 runs on it
