@@ -264,10 +264,13 @@ def _shown_value(value: str, limit: int = 60) -> str:
     for char in value:
         piece = ansi_c_quoted(char)[2:-1]
         if len(piece) > room:
-            return "$'" + "".join(pieces) + "'…"
+            shown = "$'" + "".join(pieces) + "'…"
+            break
         pieces.append(piece)
         room -= len(piece)
-    return ansi_c_quoted(value)
+    else:
+        shown = ansi_c_quoted(value)
+    return quoted_code(shown, len(shown))  # a backtick of the value's own would end the code span
 
 
 class Runbook(BaseModel):
