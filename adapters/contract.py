@@ -6,13 +6,13 @@ import asyncio
 import logging
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from fastapi import FastAPI
 
 from bot.app import StartFailed as StartFailed  # what ``start`` raises when the platform will not have Baton
-from bot.messages import Location
+from bot.messages import Location, Message
 from bot.outbox import Delivery
 from bot.settings import Settings
 
@@ -25,6 +25,30 @@ log = logging.getLogger("baton.adapters")
 # A line that opens a fenced code block in a text (as a model writes one): ``` and a language (one short word), or
 # nothing, after it.
 FENCE_OPEN = re.compile(r" {0,3}```[\w+#.-]{0,32}[ \t]{0,8}$")
+
+
+# What a renderer shows as written, never given mentions or markup: inline code, and a link's address (an id in its
+# query, ``?var-host=WEBPROD01``, became a mention in the middle of the address, and the link ended there).
+AS_WRITTEN = re.compile(r"(`[^`\n]*`|\bhttps?://[^\s<>)\]]+)")
+
+
+def people_of(message: Message, prefix: str) -> frozenset[str]:
+    """The platform's user ids ``message`` names as people (``slack:U0123ABCD`` from baton.yaml as ``U0123ABCD``)."""
+    return frozenset(person.removeprefix(prefix) for person in message.people)
+
+
+def with_mentions(text: str, user_id: re.Pattern[str], people: Collection[str],
+                  prose: Callable[[str], str] = lambda piece: piece) -> str:
+    """Outside ``AS_WRITTEN``, each word ``user_id`` matches (groups: a prefix that makes it a person, the id)
+    becomes ``<@id>`` when it is one of ``people`` or has the prefix; any other word of that shape (a host, an
+    order number) stays as written. ``prose`` renders the rest of each piece (Discord's bold)."""
+
+    def mention(found: re.Match[str]) -> str:
+        prefix, user = found.groups()
+        return f"<@{user}>" if prefix or user in people else found.group()
+
+    pieces = AS_WRITTEN.split(text)
+    return "".join(piece if index % 2 else prose(user_id.sub(mention, piece)) for index, piece in enumerate(pieces))
 
 
 def fenced_segments(text: str) -> list[tuple[str | None, str]]:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import discord
 
+from adapters import contract
 from adapters.contract import FENCE_OPEN, fenced_segments, split_text
 from bot.messages import Buttons, Code, Image, Message, Note, Text, ThreadLink, fence_safe
 
@@ -58,10 +59,6 @@ TONE_COLOUR = {"info": 0x5865F2, "progress": 0x99AAB5, "success": 0x57F287, "war
 # and stays one.
 USER_ID = re.compile(r"(?<![\w/<@#:!&.])(discord:)?([0-9]{17,20})(?![\w>])")
 PLATFORM_PREFIX = "discord:"
-INLINE_CODE = re.compile(r"(`[^`\n]*`)")
-# What is shown as written, never given mentions or bold: inline code, and a link's address (an id in
-# its query, ``?trace=1234567890123456789``, became ``<@...>`` and the link led nowhere).
-AS_WRITTEN = re.compile(r"(`[^`\n]*`|\bhttps?://[^\s<>)\]]+)")
 # ``*words*`` with no star or word character around it (so ``**bold**``, ``a*b*c`` and ``2 * 3`` stay).
 SINGLE_STAR_BOLD = re.compile(r"(?<![*\w])\*(?=[^\s*])([^*\n]*?[^\s*])\*(?![*\w])")
 
@@ -110,23 +107,11 @@ def jump_url(guild: str, channel: str) -> str:
     return f"https://discord.com/channels/{guild or '@me'}/{channel}"
 
 
-def people_of(message: Message) -> frozenset[str]:
-    """The Discord user ids ``message`` names as people (``discord:123...`` from baton.yaml as ``123...``)."""
-    return frozenset(person.removeprefix(PLATFORM_PREFIX) for person in message.people)
-
-
 def with_mentions(text: str, people: Collection[str] = frozenset()) -> str:
     """Outside inline code and links: the user ids of ``people`` and ``discord:123...`` become mentions
     (``123...`` -> ``<@123...>``; any other number stays as written) and the core's ``*bold*`` (Slack's
     markup, which Discord would show in italics) becomes ``**bold**``."""
-
-    def mention(found: re.Match[str]) -> str:
-        prefix, user = found.groups()
-        return f"<@{user}>" if prefix or user in people else found.group()
-
-    pieces = AS_WRITTEN.split(text)
-    return "".join(piece if index % 2 else SINGLE_STAR_BOLD.sub(r"**\1**", USER_ID.sub(mention, piece))
-                   for index, piece in enumerate(pieces))
+    return contract.with_mentions(text, USER_ID, people, lambda piece: SINGLE_STAR_BOLD.sub(r"**\1**", piece))
 
 
 def render(message: Message, guild: str, *, one_message: bool = False) -> list[Outgoing]:
@@ -138,7 +123,7 @@ def render(message: Message, guild: str, *, one_message: bool = False) -> list[O
     blocks: list[str] = []
     files: list[Attachment] = []
     buttons: Buttons | None = None
-    people = people_of(message)
+    people = contract.people_of(message, PLATFORM_PREFIX)
     for part in message.parts:
         if isinstance(part, Text):
             blocks += _text_blocks(part.text, people)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, assert_never
 
+from adapters import contract
 from adapters.contract import fenced_segments, split_text
 from bot.messages import Buttons, Code, Image, Message, Note, Text, ThreadLink, fence_safe
 
@@ -34,9 +35,6 @@ TONE_EMOJI = {"success": ":white_check_mark:", "error": ":x:", "warning": ":warn
 USER_ID = re.compile(r"(?<![\w@<|/])(slack:|@)?((?=[UW][A-Z0-9]*[0-9])[UW][A-Z0-9]{8,11})(?![\w])")
 PLATFORM_PREFIX = "slack:"
 MENTION_GROWTH = 3  # "U0123ABCD" -> "<@U0123ABCD>"
-# What is shown as written, never given mentions: inline code, and a link's address (an id in its query,
-# ``?var-host=WEBPROD01``, became ``<@WEBPROD01>`` in the middle of the address: Slack's link ended there).
-AS_WRITTEN = re.compile(r"(`[^`\n]*`|\bhttps?://[^\s<>)\]]+)")
 FENCE_CHARS = len("```\n\n```")
 # Slack's markup in what people write: <@U0123|name>, <#C0123|name>, <!here>, <!subteam^S0123|@team>,
 # <https://x.io|label>. A "<" a person typed arrives as "&lt;", so every "<...>" is markup.
@@ -100,19 +98,13 @@ def _as_typed(markup: re.Match[str]) -> str:
 
 def people_of(message: Message) -> frozenset[str]:
     """The Slack user ids ``message`` names as people (``slack:U0123ABCD`` from baton.yaml as ``U0123ABCD``)."""
-    return frozenset(person.removeprefix(PLATFORM_PREFIX) for person in message.people)
+    return contract.people_of(message, PLATFORM_PREFIX)
 
 
 def with_mentions(escaped: str, people: Collection[str] = frozenset()) -> str:
     """Outside inline code and links, the user ids of ``people`` become mentions (``U0123ABCD`` ->
     ``<@U0123ABCD>``), as do ``slack:U0123ABCD`` and ``@U0123ABCD``; any other word of that shape stays as written."""
-
-    def mention(found: re.Match[str]) -> str:
-        prefix, user = found.groups()
-        return f"<@{user}>" if prefix or user in people else found.group()
-
-    pieces = AS_WRITTEN.split(escaped)
-    return "".join(piece if index % 2 else USER_ID.sub(mention, piece) for index, piece in enumerate(pieces))
+    return contract.with_mentions(escaped, USER_ID, people)
 
 
 def chunks(text: str, limit: int, *, mentions: bool = False) -> list[str]:
