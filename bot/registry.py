@@ -21,7 +21,7 @@ import pkgutil
 import re
 import threading
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -369,39 +369,27 @@ def _cannot_run(graph: StateGraph | Pregel) -> str | None:
             graph = graph.compile()
         except Exception as exc:  # a builder with no entry, an edge to no node...
             return f"`graph` does not compile: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-    return _subgraph_without_checkpoints(graph) or _subgraph_with_breakpoints(graph)
-
-
-def _subgraph_with_breakpoints(graph: Pregel, path: str = "") -> str | None:
-    """A subgraph node compiled with ``interrupt_before``/``interrupt_after``: its breakpoint ended the run as done
-    ("Done."), the subgraph's nodes from there and the parent's after it never run (the top graph's own are refused
-    in ``_spec_from_module``)."""
-    for name, node in graph.nodes.items():
-        if not isinstance(node.bound, Pregel):
-            continue
-        if node.bound.interrupt_before_nodes or node.bound.interrupt_after_nodes:
-            return (f"its subgraph `{path}{name}` is compiled with interrupt_before/interrupt_after, which Baton "
-                    "cannot resume; call interrupt() (or bot.kit.approve()) in the node instead")
-        found = _subgraph_with_breakpoints(node.bound, f"{path}{name}/")
-        if found:
-            return found
-    return None
-
-
-def _subgraph_without_checkpoints(graph: Pregel, path: str = "") -> str | None:
-    """A subgraph node compiled with ``checkpointer=False``: LangGraph fails it under ``durability="sync"``, which
-    Baton runs every graph with ("'AsyncPregelLoop' object has no attribute '_put_checkpoint_fut'")."""
-    for name, node in graph.nodes.items():
-        if not isinstance(node.bound, Pregel):
-            continue
-        if node.bound.checkpointer is False:
-            return (f"its subgraph `{path}{name}` is compiled with checkpointer=False, which LangGraph cannot run "
+    for path, subgraph in _subgraphs(graph):
+        # checkpointer=False: LangGraph fails it under durability="sync", which Baton runs every graph with
+        # ("'AsyncPregelLoop' object has no attribute '_put_checkpoint_fut'")
+        if subgraph.checkpointer is False:
+            return (f"its subgraph `{path}` is compiled with checkpointer=False, which LangGraph cannot run "
                     "with the durable checkpoints Baton keeps (durability='sync'): compile it without a checkpointer "
                     "(it then keeps its state in Baton's)")
-        found = _subgraph_without_checkpoints(node.bound, f"{path}{name}/")
-        if found:
-            return found
+        # A breakpoint ended the run as done ("Done."): the subgraph's nodes from there and the parent's after it
+        # never ran (the top graph's own are refused in ``_spec_from_module``).
+        if subgraph.interrupt_before_nodes or subgraph.interrupt_after_nodes:
+            return (f"its subgraph `{path}` is compiled with interrupt_before/interrupt_after, which Baton "
+                    "cannot resume; call interrupt() (or bot.kit.approve()) in the node instead")
     return None
+
+
+def _subgraphs(graph: Pregel, path: str = "") -> Iterator[tuple[str, Pregel]]:
+    """Every compiled subgraph that is a node of ``graph``, at any depth, with its path (``review/check``)."""
+    for name, node in graph.nodes.items():
+        if isinstance(node.bound, Pregel):
+            yield f"{path}{name}", node.bound
+            yield from _subgraphs(node.bound, f"{path}{name}/")
 
 
 def _takes_two(function: Callable[..., Any]) -> bool:

@@ -91,14 +91,18 @@ def sqlite_checkpoint_path(url: str) -> Path:
     # the link, the checkpoints stayed in the container's own directory, and a new container lost every run
     # waiting for an approval while baton.db kept their cards.
     target = linked_file(database)
-    separate = target.with_name(f"{target.stem}.checkpoints{target.suffix or '.db'}")
+    separate = _checkpoints_beside(target)
     if target != database and not separate.exists():
-        beside_link = database.with_name(f"{database.stem}.checkpoints{database.suffix or '.db'}")
+        beside_link = _checkpoints_beside(database)
         if beside_link.exists():  # made there by a Baton before this one: its runs go on from it
             return beside_link
     if not separate.exists() and database.exists() and _holds_checkpoints(database):
         return database
     return separate
+
+
+def _checkpoints_beside(database: Path) -> Path:
+    return database.with_name(f"{database.stem}.checkpoints{database.suffix or '.db'}")
 
 
 def check_sqlite_checkpoints(url: str) -> None:
