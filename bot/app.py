@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import bindparam, exists, update
 from sqlmodel import select
 
+from bot.approvals import AnswerKeepingSerializer
 from bot.config import BatonConfig, ConfigError, check_digest_platforms, load_config, load_config_again, printable
 from bot.digests import Digests
 from bot.messages import Accepted, InboundClick, InboundMessage, storable
@@ -106,7 +107,8 @@ class Baton:
 
     async def __aenter__(self) -> Baton:
         await asyncio.to_thread(upgrade, self.settings.database_url)
-        checkpointer = await self._stack.enter_async_context(open_checkpointer(self.settings.database_url))
+        checkpointer = await self._stack.enter_async_context(open_checkpointer(
+            self.settings.database_url, serde=AnswerKeepingSerializer()))
         self.runtime = GraphRuntime(self.registry, checkpointer, self.settings.run_timeout_seconds)
         self.digests = Digests(self.services, self.runtime, self.outbox, self.instance)
         self.orchestrator = Orchestrator(self.settings, self.services, self.runtime, self.outbox, self.instance,

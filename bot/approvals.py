@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from sqlalchemy import update
 
 from storage.db import Transaction
@@ -92,6 +94,37 @@ async def choose(session: Transaction, approval_id: str, choice: str, user: str,
     return bool(result.rowcount)
 
 
+class Answer(dict[str, Any]):
+    """A card's decision as a plain graph's ``interrupt()`` returns it: ``{"approved", "by", "at", "approval_id"}``,
+    and false when the card was rejected. LangGraph's own pattern, ``if interrupt(...):``, went on after a Reject:
+    a dict with keys is true."""
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return self.get("approved") is True
+
+
+_ANSWER_KEYS = frozenset(("approved", "by", "at", "approval_id"))
+
+
+def _revived(value: Any) -> Any:
+    return Answer(value) if type(value) is dict and value.keys() == _ANSWER_KEYS else value
+
+
+class AnswerKeepingSerializer(JsonPlusSerializer):
+    """The checkpointer's serializer, which reads a card's answer back as an ``Answer``. A node's answers so
+    far are read back from its checkpoint when the node runs again (it asks a second question; a replica takes
+    its run over): stored, an ``Answer`` is a plain dict, which is true after a Reject. What is stored is
+    LangGraph's own, so any Baton reads the checkpoints of any other."""
+
+    def loads_typed(self, data: tuple[str, bytes]) -> Any:
+        value = super().loads_typed(data)
+        if type(value) is list and any(type(item) is dict for item in value):  # a node's answers (RESUME)
+            return [_revived(item) for item in value]
+        return _revived(value)
+
+
 def resume_value(approval: Approval, schema: object = None) -> object:
     """What ``interrupt()`` returns to the graph (``bot.kit.Decision.from_resume`` reads it): ``True`` or ``False``
     to a plain graph's ``interrupt(..., response_schema=bool)`` (``schema``, as LangGraph surfaces it: JSON Schema),
@@ -99,5 +132,5 @@ def resume_value(approval: Approval, schema: object = None) -> object:
     assert approval.decided_at is not None
     if isinstance(schema, dict) and schema.get("type") == "boolean":
         return approval.status == "approved"
-    return {"approved": approval.status == "approved", "by": approval.decided_by, "at": approval.decided_at.isoformat(),
-            "approval_id": approval.id}
+    return Answer(approved=approval.status == "approved", by=approval.decided_by, at=approval.decided_at.isoformat(),
+                  approval_id=approval.id)

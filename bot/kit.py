@@ -72,6 +72,9 @@ class Decision:
     by: str
     at: datetime
 
+    def __bool__(self) -> bool:  # ``if approve(...):`` went on after a Reject: a dataclass is always true
+        return self.approved
+
     @classmethod
     def from_resume(cls, value: dict[str, Any]) -> Decision:
         return cls(approved=bool(value["approved"]), by=str(value["by"]), at=datetime.fromisoformat(value["at"]))

@@ -15,6 +15,7 @@ import aiosqlite
 import psycopg
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
@@ -206,14 +207,15 @@ _QUIET_RECONNECTS = _OncePerMinute()
 
 
 @asynccontextmanager
-async def open_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
-    """Yield a ready checkpointer (tables created) and close it on exit."""
+async def open_checkpointer(url: str, serde: SerializerProtocol | None = None) -> AsyncIterator[BaseCheckpointSaver]:
+    """Yield a ready checkpointer (tables created) and close it on exit. ``serde``: LangGraph's own serializer
+    unless given."""
     if is_sqlite(url):
         connection = await aiosqlite.connect(sqlite_checkpoint_path(url), timeout=30)
         try:
             await use_wal_async(connection.execute, SQLITE_BUSY_SECONDS)  # replicas started together on a new file
             await connection.execute("PRAGMA busy_timeout=30000")
-            saver = FencedSqliteSaver(connection)
+            saver = FencedSqliteSaver(connection, serde=serde)
             await saver.setup()
             yield saver
         finally:
@@ -238,7 +240,7 @@ async def open_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
     )
     await pool.open()
     try:
-        saver = FencedPostgresSaver(pool)  # type: ignore[arg-type]
+        saver = FencedPostgresSaver(pool, serde=serde)  # type: ignore[arg-type]
         await setup_postgres_checkpoints(url)
         reconnecting = asyncio.create_task(_reconnect_while_waited_for(pool), name="checkpointer-reconnect")
         try:
