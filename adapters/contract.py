@@ -51,6 +51,25 @@ def with_mentions(text: str, user_id: re.Pattern[str], people: Collection[str],
     return "".join(piece if index % 2 else prose(user_id.sub(mention, piece)) for index, piece in enumerate(pieces))
 
 
+def link_words(label: str, user_id: re.Pattern[str], people: Collection[str]) -> tuple[str, str]:
+    """A thread link's label on one line, as (the words that are the link, what follows them). The link ends
+    before the first person the label names (as ``with_mentions`` tells them), who is shown after it as a
+    mention: inside a link a platform shows the id, not the name (Slack's ``<url|label>`` holds no mention), and
+    ``status`` listed "run deploy — waiting for approval (asked by U0ALICE001, 5m)". A label that begins with a
+    person stays one link (a link needs words)."""
+    line = " ".join(label.split())
+    offset = 0
+    for index, piece in enumerate(AS_WRITTEN.split(line)):
+        for found in [] if index % 2 else user_id.finditer(piece):
+            prefix, user = found.groups()
+            if prefix or user in people:
+                start = offset + found.start()
+                linked = line[:start].rstrip()
+                return (linked, line[len(linked):]) if linked else (line, "")
+        offset += len(piece)
+    return line, ""
+
+
 def fenced_segments(text: str) -> list[tuple[str | None, str]]:
     """``text`` as prose ``(None, text)`` and fenced code ``(opening line, code)``, in order, for a renderer that
     shows code as written (an id in a log is no mention, ``*args*`` no bold) and splits it over messages that each

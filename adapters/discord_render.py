@@ -3,9 +3,10 @@
 Discord's limits shape this: a message holds 2,000 characters of content and 10 files; an
 embed's title 256 characters, its description 4,096, all of its text 6,000. Nothing is cut:
 
-* A message with a title or approval buttons becomes one message with an embed. A card is edited
-  in place after the decision, so it must stay one message: when its text does not fit, the embed
-  shows the beginning and says so, and the whole text is attached as ``message.txt``.
+* A message with a title or approval buttons becomes a message with an embed; a longer text goes on in
+  the embeds of the next messages. A card is edited in place after the decision, so it must stay one
+  message: when its text does not fit, the embed shows the beginning and says so, and the whole text
+  is attached as ``message.txt``.
 * Any other message is markdown content, split at line ends over as many messages as needed.
 * Command output longer than about two messages is shown as a preview and attached in full as a
   file (a 3,000-line log is one file, not 80 messages); images (charts) are attached as files.
@@ -130,21 +131,19 @@ def render(message: Message, guild: str, *, one_message: bool = False) -> list[O
         elif isinstance(part, Code):
             blocks += _code(part.text, files)
         elif isinstance(part, Note):
-            blocks += _pieces(_note(part.text, people))
+            blocks += _note_pieces(part.text, people)
         elif isinstance(part, ThreadLink):
-            # on one line: a line break ended the link, and what followed was markdown of its own (a "# heading")
-            label = " ".join(part.label.split()).replace("[", "(").replace("]", ")")
-            blocks.append(f"[{label}]({jump_url(guild, part.thread or part.channel)})")
+            blocks += _link(jump_url(guild, part.thread or part.channel), part.label, people)
         elif isinstance(part, Buttons):
             for option in part.options:  # fail here, not when Discord rejects the message
                 custom_id(option.value, part.approval_id)
             buttons = part
         elif isinstance(part, Image):
-            blocks.append(_note(_image(part, files)))
+            blocks += _note_pieces(_image(part, files))
         else:
             raise ValueError(f"the Discord adapter cannot show a '{part.kind}' part")
     if message.title or buttons is not None:
-        return _embed_message(message, blocks, files, buttons)
+        return _embed_message(message, blocks, files, buttons, one_message)
     return _content_messages(message, blocks, files, one_message)
 
 
@@ -175,6 +174,26 @@ def _pieces(markdown: str) -> list[str]:
 def _note(text: str, people: Collection[str] = frozenset()) -> str:
     """Discord's subtext (small grey lines)."""
     return "\n".join(f"-# {line}" if line.strip() else line for line in with_mentions(text, people).split("\n"))
+
+
+def _note_pieces(text: str, people: Collection[str] = frozenset()) -> list[str]:
+    """A note in blocks that each fit a message; a line too long for one goes on as subtext in the next (one
+    block, it made the message longer than Discord's 2,000 characters, and Discord refused it whole)."""
+    return [piece if not piece.strip() or piece.startswith("-# ") else f"-# {piece}"
+            for piece in _pieces(_note(text, people))]
+
+
+def _link(url: str, label: str, people: Collection[str] = frozenset()) -> list[str]:
+    """A thread link as markdown blocks, on one line (a line break ended the link, and what followed was markdown
+    of its own, a "# heading"). The people its label names follow the link as mentions (``contract.link_words``);
+    a label too long for one message goes on after the link, as Slack's does."""
+    linked, after = contract.link_words(label, USER_ID, people)
+    first, *rest = split_text(linked.replace("[", "(").replace("]", ")"), PIECE_CHARS - len(url) - len("[]()"))
+    link = f"[{first}]({url})"
+    tail = "".join(rest) + with_mentions(after, people)
+    if len(link) + len(tail) <= PIECE_CHARS:
+        return [link + tail]
+    return [link, *_pieces(tail)]
 
 
 def _fenced(code: str) -> str:
@@ -239,16 +258,41 @@ def _unique(filename: str, files: list[Attachment]) -> str:
 
 
 def _embed_message(message: Message, blocks: list[str], files: list[Attachment],
-                   buttons: Buttons | None) -> list[Outgoing]:
+                   buttons: Buttons | None, one_message: bool) -> list[Outgoing]:
+    """One embed; a text longer than an embed holds goes on in the embeds of the next messages, but in a card
+    (its buttons; its edit after the decision), which must stay one message (``_beginning``). Cut to one embed,
+    ``status`` showed 15 of the 20 threads it lists and ``help`` half of a team's runbooks, the rest in a file
+    with neither links nor names, where Slack shows them all."""
     title = message.title or None
+    colour = TONE_COLOUR.get(message.tone)
     if title and len(title) > EMBED_TITLE_CHARS:
         blocks, title = [f"**{title}**", *blocks], None
     description = "\n".join(blocks)
+    if len(description) > EMBED_DESCRIPTION_CHARS and buttons is None and not one_message:
+        first, *rest = _file_groups(files)
+        outgoing = [Outgoing(embed=discord.Embed(title=title if index == 0 else None, description=piece,
+                                                 colour=colour))
+                    for index, piece in enumerate(_packed(blocks, EMBED_DESCRIPTION_CHARS))]
+        outgoing[-1].files = first
+        return outgoing + [Outgoing(files=group) for group in rest]
     if len(description) > EMBED_DESCRIPTION_CHARS:
         description, files = _beginning(message, blocks, files, "card", EMBED_DESCRIPTION_CHARS)
-    embed = discord.Embed(title=title, description=description or None, colour=TONE_COLOUR.get(message.tone))
+    embed = discord.Embed(title=title, description=description or None, colour=colour)
     first, *rest = _file_groups(files)
     return [Outgoing(embed=embed, files=first, approval=buttons), *(Outgoing(files=group) for group in rest)]
+
+
+def _packed(blocks: list[str], limit: int) -> list[str]:
+    """The blocks joined by line breaks into as few texts of at most ``limit`` as they go in, in order; a block is
+    split only when it is longer than that (a code block split elsewhere showed the rest of the message as code)."""
+    texts: list[str] = []
+    for block in blocks:
+        for piece in split_text(block, limit) if len(block) > limit else [block]:
+            if texts and len(texts[-1]) + 1 + len(piece) <= limit:
+                texts[-1] += "\n" + piece
+            else:
+                texts.append(piece)
+    return texts
 
 
 def _beginning(message: Message, blocks: list[str], files: list[Attachment], shape: str,

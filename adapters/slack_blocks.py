@@ -143,7 +143,7 @@ def render(message: Message, permalink: Permalink, *, files: bool = True) -> Ren
         elif isinstance(part, Note):
             blocks += [_context(piece) for piece in mrkdwn_pieces(part.text, people)]
         elif isinstance(part, ThreadLink):
-            blocks += _link(permalink(part.channel, part.thread), part.label)
+            blocks += _link(permalink(part.channel, part.thread), part.label, people)
         elif isinstance(part, Buttons):
             blocks.append(_buttons(part))
         elif isinstance(part, Image):
@@ -238,10 +238,19 @@ def _picture(data: str) -> bytes | None:
         return None
 
 
-def _link(url: str, label: str) -> list[dict[str, Any]]:
-    """The label's first section is the link; a label too long for one section goes on after it."""
-    first, *rest = chunks(" ".join(label.split()).replace("|", "¦"), SECTION_CHARS - len(url))  # a link is one line
-    return [_section(f"<{url}|{escape(first)}>"), *(_section(escape(piece)) for piece in rest)]
+def _link(url: str, label: str, people: Collection[str] = frozenset()) -> list[dict[str, Any]]:
+    """The label's first section is the link; a label too long for one section goes on after it. The people it
+    names follow the link as mentions (``contract.link_words``): a link's words show an id as the id."""
+    linked, after = contract.link_words(label, USER_ID, people)  # a link is one line
+    first, *rest = chunks(linked.replace("|", "¦"), SECTION_CHARS - len(url))
+    texts = [f"<{url}|{escape(first)}>", *(escape(piece) for piece in rest)]
+    for piece in chunks(after, SECTION_CHARS, mentions=True) if after else []:
+        shown = with_mentions(escape(piece), people)
+        if len(texts[-1]) + len(shown) <= SECTION_CHARS:
+            texts[-1] += shown
+        else:
+            texts.append(shown)
+    return [_section(text) for text in texts]
 
 
 def _buttons(part: Buttons) -> dict[str, Any]:

@@ -1,0 +1,102 @@
+"""What a team sees in Slack and in Discord against the playground: whom ``status`` names, long listings on Discord."""
+
+from __future__ import annotations
+
+import base64
+
+from adapters import discord_render, slack_blocks
+from bot.messages import Image, Message, Note, Text, ThreadLink
+from tests import fake_discord as discord_side
+from tests.fake_discord import FakeDiscord
+from tests.fake_slack import shown_text
+from tests.test_discord import Discord, chat, fake_discord  # noqa: F401 (fixtures)
+from tests.test_slack import ALICE, BOB, Slack, fake_slack, slack  # noqa: F401 (fixtures)
+
+PERSON = "123456789012345678"
+APPROVERS = ["223456789012345678", "323456789012345678"]
+
+
+def test_on_slack_status_names_who_asked_as_a_mention_after_the_threads_link(slack: Slack) -> None:  # noqa: F811
+    """A link's words show an id as the id (Slack's ``<url|label>`` holds no mention): ``status`` listed
+    "run restart service=web — waiting for approval (asked by U0ALICE001, 5s)", where the playground says alice."""
+    waiting = slack.mention("run restart service=web", user=ALICE)["ts"]
+    slack.card(waiting)
+    asked = slack.mention("status", user=BOB)["ts"]
+    shown = shown_text(slack.reply("waiting for approval", asked))
+    assert f"(asked by> <@{ALICE}>, " in shown and f"by {ALICE}" not in shown, shown
+    assert f"/p{waiting.replace('.', '')}|run restart service=web — waiting for approval (asked by>" in shown, shown
+
+
+def test_on_discord_status_names_who_asked_as_a_mention_after_the_threads_link(
+        chat: Discord, fake_discord: FakeDiscord) -> None:  # noqa: F811
+    waiting = fake_discord.say("run restart service=web", user=discord_side.ALICE)["id"]
+    chat.card(waiting)
+    asked = fake_discord.say("status", user=discord_side.BOB)["id"]
+    shown = discord_side.shown_text(chat.reply("waiting for approval", asked))
+    assert f"/{waiting}) <@{discord_side.ALICE}>, " in shown and f"by {discord_side.ALICE}" not in shown, shown
+    assert "[run restart service=web — waiting for approval (asked by](https://discord.com/channels/" in shown, shown
+
+
+def _status(threads: int) -> Message:
+    """``status`` as graphs/status.py writes it for a busy channel (it lists 20 at most)."""
+    parts: list[object] = []
+    for number in range(threads):
+        parts += [ThreadLink(label=f"run deploy service=api{number} — waiting for approval (asked by {PERSON}, 2h)",
+                             channel="1", thread=str(10**17 + number)),
+                  Note(text=f"waiting 2h for {', '.join(APPROVERS)}, expires in 3h: Run `deploy`: Deploys the "
+                            "service to production behind a canary, then to every region")]
+    parts.append(Note(text="…and 40 more (the 20 that have waited longest are listed)."))
+    return Message(title="Status: 60 active threads", parts=parts, people=[PERSON, *APPROVERS])
+
+
+def test_on_discord_a_long_status_goes_on_in_the_next_embeds_not_into_a_file() -> None:
+    """An embed holds 4,096 characters: ``status`` of a busy channel showed 15 of its 20 threads and put the rest in
+    ``message.txt``, without links or names, where Slack shows them all. Only a card must stay one message."""
+    message = _status(20)
+    rendered = discord_render.render(message, discord_side.GUILD_ID)
+    assert len(rendered) > 1 and all(not outgoing.files and outgoing.embed is not None for outgoing in rendered)
+    titles = [outgoing.embed.title for outgoing in rendered if outgoing.embed is not None]
+    assert titles == ["Status: 60 active threads"] + [None] * (len(rendered) - 1)
+    descriptions = [outgoing.embed.description or "" for outgoing in rendered]
+    assert all(len(description) <= 4096 for description in descriptions)
+    shown = "\n".join(descriptions)
+    assert all(f"/{10**17 + number})" in shown for number in range(20)) and "message.txt" not in shown
+    assert shown.count("```") == 0 and shown.endswith("the 20 that have waited longest are listed).")
+    (slack_message,) = slack_blocks.render(message, lambda channel, ts: f"https://x.slack.com/{channel}/{ts}").messages
+    assert len(slack_message["blocks"]) == 42  # Slack showed all along: one message
+
+
+def test_on_discord_a_long_help_keeps_code_blocks_whole_across_embeds() -> None:
+    """Where one embed ends and the next begins is between blocks: a code block is never cut in two."""
+    code = "```\n" + "\n".join(f"line {number}" for number in range(150)) + "\n```"
+    message = Message(title="Baton help", parts=[Text(text="\n".join(f"• `run book{n} host=<...>` — does {n}"
+                                                                      for n in range(120))), Text(text=code)])
+    rendered = discord_render.render(message, discord_side.GUILD_ID)
+    assert len(rendered) > 1
+    for outgoing in rendered:
+        assert outgoing.embed is not None and (outgoing.embed.description or "").count("```") % 2 == 0
+
+
+def test_on_discord_a_long_picture_description_or_link_label_is_split_not_refused() -> None:
+    """Discord refuses a message over 2,000 characters whole; Slack's renderer splits these two already."""
+    picture = base64.b64encode(b"\x89PNG\r\n").decode()
+    alt = "Latency by host over the day: " + "web-17 climbs at noon and falls back by two; " * 60
+    label = "the thread where " + "we looked at it " * 150
+    for message, repeated, times in [
+            (Message(parts=[Text(text="The chart:"), Image(alt=alt, data=picture, filename="latency.png")]),
+             "web-17 climbs at noon", 60),
+            (Message(parts=[ThreadLink(label=label, channel="1", thread="2")]), "we looked at it", 150)]:
+        contents = [outgoing.content or "" for outgoing in discord_render.render(message, discord_side.GUILD_ID)]
+        assert len(contents) > 1 and all(len(content) <= 2000 for content in contents), [len(c) for c in contents]
+        joined = "".join(contents).replace("-# ", "").replace("](https://discord.com/channels/", "](")
+        assert joined.replace(f"]({discord_side.GUILD_ID}/2)", "").count(repeated) == times  # nothing lost
+    assert contents[0].startswith("[the thread where we looked at it") and "](https://discord.com/" in contents[0]
+
+
+def test_on_discord_a_picture_description_split_over_messages_stays_small_print() -> None:
+    picture = base64.b64encode(b"\x89PNG\r\n").decode()
+    alt = "Latency by host over the day: " + "web-17 climbs at noon and falls back by two; " * 60
+    rendered = discord_render.render(Message(parts=[Image(alt=alt, data=picture, filename="latency.png")]),
+                                     discord_side.GUILD_ID)
+    lines = [line for outgoing in rendered for line in (outgoing.content or "").split("\n") if line]
+    assert len(rendered) > 1 and all(line.startswith("-# ") for line in lines), lines
