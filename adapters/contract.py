@@ -109,7 +109,10 @@ def split_text(text: str, limit: int, size: Callable[[str], int] = len) -> list[
     """Split ``text`` into pieces of at most ``limit`` (as measured by ``size``), at line ends when possible.
 
     ``"".join(split_text(text, limit)) == text``: nothing is lost or reordered. ``size`` is how
-    the platform counts (Slack counts the escaped text: ``&`` is five characters there).
+    the platform counts (Slack counts the escaped text: ``&`` is five characters there). A line longer
+    than a piece is split after a space in its second half, when it has one: split anywhere, a word was
+    cut in two, and a `code` span too (``help``'s list of further runbooks showed the names as prose
+    and the commas between them as code from the cut on).
     """
     if limit < 1:  # no piece could hold a character: the loop below would never end
         raise ValueError(f"split_text needs a limit of at least 1, not {limit}")
@@ -122,8 +125,11 @@ def split_text(text: str, limit: int, size: Callable[[str], int] = len) -> list[
             continue
         if current:
             pieces.append(current)
-        while size(line) > limit:  # one line longer than a piece: split it by characters
+        while size(line) > limit:  # one line longer than a piece: split it, after a space where one is near
             cut = _fitting_prefix(line, limit, size)
+            after_space = line.rfind(" ", 0, cut) + 1
+            if line[cut] != " " and after_space > cut // 2:  # a word (a `name` of a list) is not cut in two
+                cut = after_space
             pieces.append(line[:cut])
             line = line[cut:]
         current, used = line, size(line)

@@ -100,3 +100,17 @@ def test_on_discord_a_picture_description_split_over_messages_stays_small_print(
                                      discord_side.GUILD_ID)
     lines = [line for outgoing in rendered for line in (outgoing.content or "").split("\n") if line]
     assert len(rendered) > 1 and all(line.startswith("-# ") for line in lines), lines
+
+
+def test_a_long_line_is_split_between_words_so_a_list_of_names_keeps_its_code_spans() -> None:
+    """``help`` names the runbooks past its first 30 on one line, each as `code`: split at a character count, a
+    name was cut in two, and on Slack the next section showed the names as prose and the commas as code."""
+    names = [f"`restart-service-{number}`" for number in range(270)]
+    message = Message(title="Baton help", parts=[Text(text=f"…and 270 more runbooks: {', '.join(names)}")])
+    (slack_message,) = slack_blocks.render(message, lambda channel, ts: "https://x.slack.com/").messages
+    sections = [block["text"]["text"] for block in slack_message["blocks"][1:]]
+    assert len(sections) > 1 and all(section.count("`") % 2 == 0 for section in sections), sections
+    descriptions = [outgoing.embed.description or "" for outgoing in discord_render.render(message, "1")
+                    if outgoing.embed is not None]
+    shown = [name for description in descriptions for name in description.replace(",", " ").split()]
+    assert shown[4:] == names and all(description.count("`") % 2 == 0 for description in descriptions)
