@@ -60,6 +60,10 @@ TONE_COLOUR = {"info": 0x5865F2, "progress": 0x99AAB5, "success": 0x57F287, "war
 # and stays one.
 USER_ID = re.compile(r"(?<![\w/<@#:!&.])(discord:)?([0-9]{17,20})(?![\w>])")
 PLATFORM_PREFIX = "discord:"
+# What Discord takes for a way to hide something in a masked link's words, showing the whole link as its markdown
+# instead: an address ("https://" and two more characters, discord/discord-api-docs#7721), and its own markup (a
+# mention, a channel, an emoji, a timestamp, a command: "hidden mentions", discord/discord-api-docs#6088).
+UNLINKABLE = re.compile(r"https?://\S\S|<(?:@[!&]?|#|a?:\w+:|t:|/)")
 # ``*words*`` with no star or word character around it (so ``**bold**``, ``a*b*c`` and ``2 * 3`` stay).
 SINGLE_STAR_BOLD = re.compile(r"(?<![*\w])\*(?=[^\s*])([^*\n]*?[^\s*])\*(?![*\w])")
 
@@ -186,8 +190,13 @@ def _note_pieces(text: str, people: Collection[str] = frozenset()) -> list[str]:
 def _link(url: str, label: str, people: Collection[str] = frozenset()) -> list[str]:
     """A thread link as markdown blocks, on one line (a line break ended the link, and what followed was markdown
     of its own, a "# heading"). The people its label names follow the link as mentions (``contract.link_words``);
-    a label too long for one message goes on after the link, as Slack's does."""
+    a label too long for one message goes on after the link, as Slack's does. So does the rest of a label from an
+    address or a mention on (``UNLINKABLE``): ``status`` of "run check url=https://api.example.com" showed
+    "[run check url=https://api.example.com — running (asked by](https://discord.com/channels/...)"."""
     linked, after = contract.link_words(label, USER_ID, people)
+    if (unlinkable := UNLINKABLE.search(linked)) is not None:
+        words = linked[:unlinkable.start()].rstrip()
+        linked, after = (words, linked[len(words):] + after) if words else ("open", f" {linked}{after}")
     first, *rest = split_text(linked.replace("[", "(").replace("]", ")"), PIECE_CHARS - len(url) - len("[]()"))
     link = f"[{first}]({url})"
     tail = "".join(rest) + with_mentions(after, people)

@@ -114,3 +114,20 @@ def test_a_long_line_is_split_between_words_so_a_list_of_names_keeps_its_code_sp
                     if outgoing.embed is not None]
     shown = [name for description in descriptions for name in description.replace(",", " ").split()]
     assert shown[4:] == names and all(description.count("`") % 2 == 0 for description in descriptions)
+
+
+def test_on_discord_a_link_label_holding_an_address_or_a_mention_stays_a_link() -> None:
+    """Discord shows a masked link whose words hold an address (discord/discord-api-docs#7721) or its own markup
+    (a mention, a channel) as its markdown: ``status`` of "run check url=https://..." was "[run check url=https://
+    api.example.com — running (asked by](https://discord.com/channels/...)" in the channel."""
+    def shown(label: str) -> str:
+        message = Message(parts=[ThreadLink(label=label, channel="1", thread="2")], people=[PERSON])
+        (outgoing,) = discord_render.render(message, discord_side.GUILD_ID)
+        return outgoing.content or ""
+
+    link = f"](https://discord.com/channels/{discord_side.GUILD_ID}/2)"
+    assert shown(f"run check url=https://api.example.com — running (asked by {PERSON}, 5m)") == (
+        f"[run check url={link}https://api.example.com — running (asked by <@{PERSON}>, 5m)")
+    assert shown(f"ask <@{APPROVERS[0]}> in <#{APPROVERS[1]}> — running") == (
+        f"[ask{link} <@{APPROVERS[0]}> in <#{APPROVERS[1]}> — running")
+    assert shown("https://grafana.example.com/d/1 — running") == f"[open{link} https://grafana.example.com/d/1 — running"
