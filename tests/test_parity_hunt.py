@@ -130,4 +130,5 @@ def test_on_discord_a_link_label_holding_an_address_or_a_mention_stays_a_link() 
         f"[run check url={link}https://api.example.com — running (asked by <@{PERSON}>, 5m)")
     assert shown(f"ask <@{APPROVERS[0]}> in <#{APPROVERS[1]}> — running") == (
         f"[ask{link} <@{APPROVERS[0]}> in <#{APPROVERS[1]}> — running")
-    assert shown("https://grafana.example.com/d/1 — running") == f"[open{link} https://grafana.example.com/d/1 — running"
+    grafana = "https://grafana.example.com/d/1 — running"
+    assert shown(grafana) == f"[open{link} {grafana}"
