@@ -8,6 +8,7 @@ from typing import Any
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from sqlalchemy import update
 
+from bot import tool_review
 from storage.db import Transaction
 from storage.models import Approval
 
@@ -125,12 +126,14 @@ class AnswerKeepingSerializer(JsonPlusSerializer):
         return _revived(value)
 
 
-def resume_value(approval: Approval, schema: object = None) -> object:
-    """What ``interrupt()`` returns to the graph (``bot.kit.Decision.from_resume`` reads it): ``True`` or ``False``
-    to a plain graph's ``interrupt(..., response_schema=bool)`` (``schema``, as LangGraph surfaces it: JSON Schema),
-    which refuses the dict."""
+def resume_value(approval: Approval, schema: object = None, asked: object = None) -> object:
+    """What ``interrupt(asked)`` returns to the graph (``bot.kit.Decision.from_resume`` reads it): ``True`` or
+    ``False`` to a plain graph's ``interrupt(..., response_schema=bool)`` (``schema``, as LangGraph surfaces it:
+    JSON Schema), which refuses the dict; a LangChain agent's tool review its own decisions (``bot.tool_review``)."""
     assert approval.decided_at is not None
     if isinstance(schema, dict) and schema.get("type") == "boolean":
         return approval.status == "approved"
+    if tool_review.is_review(asked):
+        return tool_review.answer(asked, approval.status == "approved", approval.decided_by or "an approver")
     return Answer(approved=approval.status == "approved", by=approval.decided_by, at=approval.decided_at.isoformat(),
                   approval_id=approval.id)

@@ -24,7 +24,7 @@ from sqlalchemy import Boolean, DateTime, Float, String, bindparam, exists, func
 from sqlalchemy.orm import aliased
 from sqlmodel import select
 
-from bot import approvals, audit, model_routing, replies, schedules, threads
+from bot import approvals, audit, model_routing, replies, schedules, threads, tool_review
 from bot.config import BatonConfig
 from bot.kit import APPROVAL_MARK, APPROVAL_TEXT_LIMIT, Request, duration, people_read
 from bot.digests import Digests
@@ -1260,7 +1260,7 @@ class Orchestrator:
                       event: InboundEvent) -> None:
         asked = _interrupt_of(approval, await self.runtime.state(spec, record.lg_thread_id))
         payload = None if asked is None else Command(  # its response_schema says what it takes (a bool, say)
-            resume={approval.interrupt_id: approvals.resume_value(approval, asked.response_schema)})
+            resume={approval.interrupt_id: approvals.resume_value(approval, asked.response_schema, asked.value)})
         rejected = approval.status == "rejected"
         if rejected:
             self._rejected.add(run.id)  # type: ignore[arg-type]
@@ -1416,8 +1416,9 @@ class Orchestrator:
             summary, details, risk = str(value["summary"]), dict(value.get("details") or {}), value.get("risk", "high")
             approvers = value.get("approvers")
         else:  # a plain graph's interrupt(value): show the value, apply the graph's policy
-            summary = _shown_question(value, spec.name)
-            details, risk, approvers = {}, policy.risk, None
+            summary, details = tool_review.question(value) if tool_review.is_review(value) else (
+                _shown_question(value, spec.name), {})
+            risk, approvers = policy.risk, None
             if len(summary) > APPROVAL_TEXT_LIMIT:  # the approver must see what they decide: the whole, in details
                 details = {"the whole question": summary}
                 summary = summary[:APPROVAL_TEXT_LIMIT - 60].rstrip() + "\n… (cut here: the whole of it is below)"

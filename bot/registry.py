@@ -21,6 +21,7 @@ import pkgutil
 import re
 import threading
 import traceback
+import typing
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,23 @@ log = logging.getLogger(__name__)
 
 def _text_input(_request: Request, args: str) -> dict[str, Any]:
     return {"text": args}
+
+
+def _messages_input(_request: Request, args: str) -> dict[str, Any]:
+    """The default input of a graph on ``messages`` alone (``MessagesState``, LangChain's ``create_agent``)."""
+    return {"messages": [("user", args)]}
+
+
+def _input_keys(graph: Any) -> set[str]:
+    """The keys of ``graph``'s input state, as far as LangGraph says (none when it cannot)."""
+    try:
+        if isinstance(graph, StateGraph):
+            return set(typing.get_type_hints(graph.input_schema))
+        if isinstance(graph, Pregel):
+            return set(graph.get_input_jsonschema().get("properties") or {})
+    except Exception:  # a schema LangGraph cannot describe: the text input, as before
+        log.debug("the input keys of %r are unknown", graph, exc_info=True)
+    return set()
 
 
 # Words chat reads as Baton's own commands before it looks for a graph of that name (bot.routing).
@@ -77,6 +95,12 @@ class GraphSpec:
     asks_approval: bool = False
     make_input: InputMaker = _text_input
     timeout: float | None | Literal["default"] = "default"  # "default": Baton's BATON_RUN_TIMEOUT_SECONDS
+
+    def __post_init__(self) -> None:
+        if self.make_input is _text_input:  # a graph that takes no text but messages is given the words as one
+            keys = _input_keys(self.graph)
+            if "messages" in keys and "text" not in keys:
+                self.make_input = _messages_input
 
     def compile(self, checkpointer: BaseCheckpointSaver) -> Pregel:
         if isinstance(self.graph, StateGraph):

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.pregel import Pregel
@@ -25,7 +25,7 @@ from sqlalchemy import DateTime, bindparam, func, update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot import audit, kit, threads
+from bot import audit, kit, threads, tool_review
 from bot.approvals import waiting_for
 from bot.config import BatonConfig
 from bot.messages import Location, Message, first_line, quoted, storable
@@ -85,6 +85,9 @@ class QuestionUnanswerable(RuntimeError):
 
     def __init__(self, question: Any, why: str) -> None:
         shown = quoted(first_line(question if isinstance(question, str) else json.dumps(question, default=str), 40), 40)
+        if tool_review.is_review(question):
+            super().__init__(f"HumanInTheLoopMiddleware asked for a review no card can give: {why}. Nobody was asked")
+            return
         super().__init__(f"interrupt({shown!r}, response_schema=...) takes {why}; a card's answer is a dict (approved, "
                          "by, at, approval_id), or a bool with response_schema=bool. Nobody was asked")
 
@@ -193,6 +196,9 @@ def _message_as_text(values: dict[str, Any]) -> dict[str, Any]:
     tool_calls=[] ...")."""
     if isinstance(values.get("reply"), BaseMessage):
         values["reply"] = str(values["reply"].text)
+    elif "reply" not in values and isinstance(values.get("messages"), list) and values["messages"] and isinstance(
+            values["messages"][-1], AIMessage):  # a graph on messages alone (LangChain's create_agent): its answer
+        values["reply"] = str(values["messages"][-1].text)
     return values
 
 
@@ -280,7 +286,8 @@ class GraphRuntime:
         if questions and not outcome.waiting:  # it ran on (and ended) as if someone had decided
             raise QuestionCaught(questions[0])
         for asked in outcome.interrupts:
-            why = _unanswerable(asked.response_schema)
+            why = tool_review.unanswerable(asked.value, asked.response_schema) if tool_review.is_review(
+                asked.value) else _unanswerable(asked.response_schema)
             if why is not None:
                 raise QuestionUnanswerable(asked.value, why)
         return outcome
