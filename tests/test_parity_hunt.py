@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
+
+import pytest
 
 from adapters import discord_render, slack_blocks
 from bot.messages import Image, Message, Note, Text, ThreadLink
@@ -10,10 +13,27 @@ from tests import fake_discord as discord_side
 from tests.fake_discord import FakeDiscord
 from tests.fake_slack import shown_text
 from tests.test_discord import Discord, chat, fake_discord  # noqa: F401 (fixtures)
+from tests.support import wait_for, write_config
 from tests.test_slack import ALICE, BOB, Slack, fake_slack, slack  # noqa: F401 (fixtures)
 
 PERSON = "123456789012345678"
 APPROVERS = ["223456789012345678", "323456789012345678"]
+RUNBOOKS = 30  # as many as help lists with their example
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, counter: Path) -> Path:
+    """The usual runbooks, and a team's worth more, each described at the length help shows."""
+    path = write_config(tmp_path, counter)
+    more = "".join(f"""
+  check-{number}:
+    description: Checks that the service number {number} answers on every host of every region, then says which
+      hosts are slow, which are down, and which were not reached at all, with the time each one took.
+    command: ["true"]
+    risk: low
+""" for number in range(RUNBOOKS))
+    path.write_text(path.read_text().replace("runbooks:\n", f"runbooks:{more}", 1))
+    return path
 
 
 def test_on_slack_status_names_who_asked_as_a_mention_after_the_threads_link(slack: Slack) -> None:  # noqa: F811
@@ -132,3 +152,18 @@ def test_on_discord_a_link_label_holding_an_address_or_a_mention_stays_a_link() 
         f"[ask{link} <@{APPROVERS[0]}> in <#{APPROVERS[1]}> — running")
     grafana = "https://grafana.example.com/d/1 — running"
     assert shown(grafana) == f"[open{link} {grafana}"
+
+
+def test_on_discord_help_for_a_team_with_many_runbooks_shows_them_all_in_the_channel(
+        chat: Discord, fake_discord: FakeDiscord) -> None:  # noqa: F811
+    """``help`` lists a team's runbooks with their description: on Discord the second half of them was cut off
+    into ``message.txt``; now it goes on in the next messages' embeds, each within Discord's limits."""
+    asked = fake_discord.say("help")["id"]
+    chat.reply("Here is what I can do", asked)
+    shown = wait_for(lambda: (texts := [discord_side.shown_text(message) for message in fake_discord.messages(asked)])
+                     and all(f"run check-{number}`" in "\n".join(texts) for number in range(RUNBOOKS)) and texts,
+                     what="every runbook in the thread")
+    replies = [message for message in fake_discord.messages(asked) if message.embeds]
+    assert len(replies) > 1 and not any(message.files for message in replies)
+    assert all(len(message.embeds[0].get("description") or "") <= 4096 for message in replies)
+    assert "message.txt" not in "\n".join(shown)
