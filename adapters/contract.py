@@ -149,6 +149,13 @@ def _fitting_prefix(line: str, limit: int, size: Callable[[str], int]) -> int:
     return len(line)
 
 
+# What a person is told, on every platform, when Baton's database cannot take their request or click: a platform that
+# sends it again (Slack's events) needs no word, but a click or a command is sent once, and was lost unsaid.
+DATABASE_AWAY_ANSWER = ("⚠️ I could not take this just now: my database cannot be reached, so nothing was run. "
+                        "Please ask again in a few minutes.")
+DATABASE_AWAY_CLICK = ("⚠️ I could not take your click just now: my database cannot be reached, so nothing was "
+                       "changed. Please click again in a few minutes.")
+
 STOP_GRACE_SECONDS = 5.0  # at a stop, how long a send in flight may take to finish before it is cut off
 AUTH_RETRY_SECONDS = 300.0  # a refused token: its messages wait, tried again this often, until it works again
 

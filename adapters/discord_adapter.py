@@ -72,7 +72,15 @@ import discord
 import yarl
 from discord import app_commands
 
-from adapters.contract import Adapter, DeliveryRejected, RetryLater, StartFailed, Step
+from adapters.contract import (
+    DATABASE_AWAY_ANSWER,
+    DATABASE_AWAY_CLICK,
+    Adapter,
+    DeliveryRejected,
+    RetryLater,
+    StartFailed,
+    Step,
+)
 from adapters.discord_render import (
     BUTTON_LABEL_CHARS,
     BUTTON_STYLE,
@@ -109,10 +117,6 @@ MEMBERSHIP_UNKNOWN = ("⚠️ Discord is having trouble right now, so I could no
 NOT_IN_SERVER = ("⚠️ I am not in the Discord server I work for any more (removed from it?), so I cannot check that you "
                  "are one of its members, and nothing was run. Please tell whoever runs Baton.")
 UNKNOWN_MEMBER = 10007  # Discord's error code: not a member of that server
-DATABASE_AWAY_ANSWER = ("⚠️ I could not take this just now: my database cannot be reached, so nothing was run. "
-                        "Please ask again in a few minutes.")
-DATABASE_AWAY_CLICK = ("⚠️ I could not take your click just now: my database cannot be reached, so nothing was "
-                       "changed. Please click again in a few minutes.")
 THREAD_ARCHIVE_MINUTES = 10080  # the longest: a card may wait days for its approver
 THREAD_ALREADY_CREATED = 160004  # Discord's error code: this message already has a thread
 UNKNOWN_MESSAGE = 10008  # Discord's error code: no such message (any more)

@@ -69,7 +69,15 @@ from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
-from adapters.contract import Adapter, DeliveryRejected, RetryLater, StartFailed, Step
+from adapters.contract import (
+    DATABASE_AWAY_ANSWER,
+    DATABASE_AWAY_CLICK,
+    Adapter,
+    DeliveryRejected,
+    RetryLater,
+    StartFailed,
+    Step,
+)
 from adapters.slack_blocks import (
     BUTTON_ACTION_PREFIX,
     Upload,
@@ -342,12 +350,30 @@ class SlackAdapter(Adapter):
         if not (_all_text(user, channel, thread) and 0 < len(choice) <= 64):
             log.warning("Slack: a click without a user, channel or button was ignored")
             return await ack()
-        await self.baton.accept_click(InboundClick(
-            platform=PLATFORM, workspace=self._workspace((body.get("team") or {}).get("id")), channel=channel,
-            thread=thread,
-            user=user, approval_id=str(action.get("value") or ""), action=choice,
-            event_id=f"click:{body.get('trigger_id') or action.get('action_ts')}"))
+        event_id = f"click:{body.get('trigger_id') or action.get('action_ts')}"
+        try:
+            await self.baton.accept_click(InboundClick(
+                platform=PLATFORM, workspace=self._workspace((body.get("team") or {}).get("id")), channel=channel,
+                thread=thread,
+                user=user, approval_id=str(action.get("value") or ""), action=choice, event_id=event_id))
+        except Exception as exc:
+            # Slack sends a click once (only events come again): unacknowledged, it was lost, and the person saw a
+            # warning sign beside the button and no word of why, where Discord tells them.
+            if (reason := self.baton.db.health.unusable(exc)) is None:
+                raise
+            log.warning("Slack: %s not taken, Baton's database cannot be used (%s); they are told", event_id, reason)
+            await ack()
+            await self._tell_privately(channel, user, thread, DATABASE_AWAY_CLICK)
+            return
         await ack()
+
+    async def _tell_privately(self, channel: str, user: str, thread: str, text: str) -> None:
+        """A message only ``user`` sees, outside the outbox (which lives in the database): said if Slack takes it."""
+        try:
+            await self.client.chat_postEphemeral(channel=channel, user=user, thread_ts=thread, text=text)
+        except (SlackApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.warning("Slack: could not tell %s in %s either (%s)", user, channel,
+                        _error_code(exc) if isinstance(exc, SlackApiError) else type(exc).__name__)
 
     async def _on_command(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any]) -> None:
         """A slash command has no message to reply to: post one (in the channel) and use it as the thread."""
@@ -356,6 +382,16 @@ class SlackAdapter(Adapter):
             await ack()  # not a command Slack sends: nothing to answer, nowhere to answer it
             return
         event_id = f"command:{trigger}"
+        try:
+            await self._take_command(ack, body, channel, user, event_id)
+        except Exception as exc:  # sent once, as a click is: unacknowledged, Slack said only that /baton failed
+            if (reason := self.baton.db.health.unusable(exc)) is None:
+                raise
+            log.warning("Slack: %s not taken, Baton's database cannot be used (%s); they are told", event_id, reason)
+            await ack(text=DATABASE_AWAY_ANSWER, response_type="ephemeral")
+
+    async def _take_command(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any], channel: str, user: str,
+                            event_id: str) -> None:
         if await self.baton.event_received(PLATFORM, event_id):  # a redelivery: its thread was made already
             await ack()
             return

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from adapters import discord_render, slack_blocks
+from adapters.contract import DATABASE_AWAY_ANSWER, DATABASE_AWAY_CLICK
 from bot.messages import Image, Message, Note, Text, ThreadLink
 from tests import fake_discord as discord_side
 from tests.fake_discord import FakeDiscord
-from tests.fake_slack import shown_text
+from tests.fake_slack import FakeSlack, SlackSender, shown_text
 from tests.test_discord import Discord, chat, fake_discord  # noqa: F401 (fixtures)
-from tests.support import wait_for, write_config
-from tests.test_slack import ALICE, BOB, Slack, fake_slack, slack  # noqa: F401 (fixtures)
+from tests.support import runs_in, wait_for, write_config
+from tests.test_database_outage import proxy  # noqa: F401 (a fixture: the database behind a TCP proxy)
+from tests.test_slack import ALICE, BOB, GENERAL, Slack, fake_slack, slack  # noqa: F401 (fixtures)
 
 PERSON = "123456789012345678"
 APPROVERS = ["223456789012345678", "323456789012345678"]
@@ -24,7 +28,7 @@ RUNBOOKS = 30  # as many as help lists with their example
 @pytest.fixture
 def config_path(tmp_path: Path, counter: Path) -> Path:
     """The usual runbooks, and a team's worth more, each described at the length help shows."""
-    path = write_config(tmp_path, counter)
+    path = write_config(tmp_path, counter, approvers=[f"slack:{BOB}", f"discord:{discord_side.BOB}"])
     more = "".join(f"""
   check-{number}:
     description: Checks that the service number {number} answers on every host of every region, then says which
@@ -167,3 +171,31 @@ def test_on_discord_help_for_a_team_with_many_runbooks_shows_them_all_in_the_cha
     assert len(replies) > 1 and not any(message.files for message in replies)
     assert all(len(message.embeds[0].get("description") or "") <= 4096 for message in replies)
     assert "message.txt" not in "\n".join(shown)
+
+
+@pytest.mark.postgres
+def test_on_slack_a_click_or_a_command_while_the_database_is_away_is_answered_with_why(
+        fake_slack: FakeSlack, proxy: Any, start_baton: Any, postgres_url: str, counter: Path) -> None:  # noqa: F811
+    """Slack sends an event again, but a click or a slash command once: taken while the database was away, it was
+    lost, the log said "Slack will retry it", and the person saw a warning sign beside the button (or "/baton
+    failed") and no word of why, where Discord tells them. Now they are told, only them, as on Discord."""
+    baton = start_baton(proxy.url(postgres_url), env=fake_slack.env())
+    sender = SlackSender(baton.url)
+    chat = Slack(baton, fake_slack, sender, Path("unused"))
+    thread = chat.mention("run restart service=web", user=ALICE)["ts"]
+    card = chat.card(thread)
+    proxy.cut()
+    assert sender.click(card, user=BOB).status_code == 200
+    told = wait_for(lambda: next((m for m in fake_slack.messages(GENERAL, thread) if m.ephemeral_to == BOB), None),
+                    30, "bob told why his click was not taken")
+    assert told.text == DATABASE_AWAY_CLICK
+    answer = sender.command("run uptime", user=ALICE)
+    assert answer.status_code == 200 and answer.json() == {"text": DATABASE_AWAY_ANSWER,
+                                                           "response_type": "ephemeral"}, answer.text
+    proxy.restore()
+    wait_for(lambda: httpx.get(f"{baton.url}/readyz", timeout=15).status_code == 200, 30, "the database back")
+    assert sender.click(card, user=BOB).status_code == 200  # clicked again, as told
+    chat.reply("did restart web", thread)
+    assert runs_in(counter) == ["restart web"]
+    log = baton.log.read_text()
+    assert "Traceback" not in log and "not taken, Baton's database cannot be used" in log
