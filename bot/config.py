@@ -676,7 +676,9 @@ def load_config(path: Path, *, required: bool = False, empty: bool = True) -> Ba
             loc = tuple(str(part) for part in error["loc"])
             where = getattr(error.get("ctx", {}).get("error"), "where", ())  # a PartError's part
             line = _line_of(root, loc + where, key=error["type"] == "extra_forbidden")
-            problems.append(f"{path}: line {line}: {'.'.join(loc) or '(top)'}: {error['msg']}{_meant(error, loc)}")
+            # Baton's own words, without pydantic's "Value error, " before them (the settings' refusals drop it too)
+            said = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{path}: line {line}: {'.'.join(loc) or '(top)'}: {said}{_meant(error, loc)}")
         if len(problems) > MAX_PROBLEMS:  # one mistake made in every runbook (desc: for description:) was 80 lines
             problems[MAX_PROBLEMS:] = [f"{path}: and {len(problems) - MAX_PROBLEMS} more problems"]
         raise ConfigError("\n".join(problems)) from exc

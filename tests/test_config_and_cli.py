@@ -27,21 +27,21 @@ def test_shipped_example_config_is_valid():
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("runbooks:\n  up:\n    description: x\n    command: [uptime]\n    risk: medium\n", "line 5: runbooks.up.risk"),
-    ("runbooks:\n  up:\n    command: [echo, '{who}']\n    description: x\n", "line 3: runbooks.up: Value error, command uses {who}"),  # the command's line, not the runbook's
+    ("runbooks:\n  up:\n    command: [echo, '{who}']\n    description: x\n", "line 3: runbooks.up: command uses {who}"),  # the command's line, not the runbook's
     ("runbooks:\n  up:\n    description: x\n    command: [a]\n    args:\n      n:\n        pattern: '(['\n", "line 7: runbooks.up.args.n.pattern"),
     ("approvers: [alice\n", "line 1: not valid YAML"),  # where the bracket is left open (the file has no line 2)
     ("runbooks:\n  ok:\n    description: x\n    command: [a]\n  Bad Name:\n    description: x\n    command: [a]\n",
-     "line 5: runbooks: Value error, runbook name 'Bad Name'"),
+     "line 5: runbooks: runbook name 'Bad Name'"),
     ("runbook:\n  up: {}\n", "line 1: runbook: Extra inputs are not permitted"),
     ("runbooks:\n  up:\n    description: x\n    command: [a]\n  up:\n    description: y\n    command: [b]\n",
      "line 5: runbooks.up is given twice (first on line 2)"),  # YAML would keep the second silently
     # a format or conversion passed validation, then failed in chat ({n:{m}}, {n:d}) or changed the command ({n!r})
     *((f"runbooks:\n  up:\n    description: x\n    command: [echo, '{part}']\n    args:\n      n: {{pattern: '^[0-9]+$'}}\n",
-       f"line 4: runbooks.up: Value error, command part '{part}': a placeholder is just {{n}}")
+       f"line 4: runbooks.up: command part '{part}': a placeholder is just {{n}}")
       for part in ("{n:{m}}", "{n:d}", "{n!r}")),
     ("runbooks:\n  up:\n    description: x\n    command: [awk, '{print $1}']\n", "a brace of its own is written {{ or }}"),
     ("runbooks:\n  up:\n    description: x\n    command: [echo, '{n}']\n    args:\n      n: {pattern: '^[0-9]+$', default: x}\n",
-     "line 6: runbooks.up.args.n: Value error, the default 'x' does not match the pattern"),
+     "line 6: runbooks.up.args.n: the default 'x' does not match the pattern"),
     # each was accepted, then could not work: "could not start : Permission denied", a 1-second timeout,
     # an argument nobody can type in chat, a card only Reject could answer, a cost of infinity
     ("runbooks:\n  up:\n    description: x\n    command: ['']\n", "the program to run, is empty"),
@@ -49,7 +49,7 @@ def test_shipped_example_config_is_valid():
     ("runbooks:\n  up:\n    description: x\n    command: [a]\n    args:\n      a b: {pattern: x}\n",
      "argument name 'a b' must match"),
     ("runbooks:\n  up:\n    description: x\n    command: [a]\n    risk: high\n",
-     "line 2: (top): Value error, runbook 'up' is high risk but has no approvers"),
+     "line 2: (top): runbook 'up' is high risk but has no approvers"),
     ("models:\n  prices:\n    m: {input: .inf, output: 1}\n", "line 3: models.prices.m.input: Input should be a finite"),
 ])
 def test_invalid_config_names_the_line(tmp_path, text, expected):

@@ -33,7 +33,7 @@ def baton_cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Complete
      "line 2: not valid YAML: expected a single document in the stream on line 1, but found another document here"),
     # The program with its arguments in one part: accepted, then "could not start" at every run.
     ("runbooks:\n  disk:\n    description: x\n    command: [\"df -h /\"]\n",
-     "line 4: runbooks.disk: Value error, the program to run is 'df -h /', spaces and all: each argument is a part "
+     "line 4: runbooks.disk: the program to run is 'df -h /', spaces and all: each argument is a part "
      "of its own, without spaces around it ([\"df\", \"-h\", \"/\"])"),
     ("runbooks:\n  up:\n    description: x\n    command: [' uptime']\n", "the program to run is ' uptime', spaces"),
     # a typo said only "Extra inputs are not permitted"
@@ -41,15 +41,15 @@ def baton_cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Complete
     ("runbooks:\n  up:\n    description: x\n    command: [a]\n    timout: 5\n",
      "line 5: runbooks.up.timout: Extra inputs are not permitted (did you mean 'timeout'?)"),
     # "Input should be a valid list", which says nothing of how to write one
-    ("approvers: alice, bob\n", "line 1: approvers: Value error, approvers are a list of user ids: write it as [alice, bob]"),
+    ("approvers: alice, bob\n", "line 1: approvers: approvers are a list of user ids: write it as [alice, bob]"),
     ("approvers: [bob]\nrunbooks:\n  up:\n    description: x\n    command: [a]\n    approvers: alice\n",
-     "line 6: runbooks.up.approvers: Value error, approvers are a list of user ids: write it as [alice]"),
+     "line 6: runbooks.up.approvers: approvers are a list of user ids: write it as [alice]"),
     # nobody's id: taken, and the high-risk runbook it was the only approver of could never be approved
     ("runbooks:\n  up:\n    description: x\n    command: [a]\n    risk: high\n    approvers: [\"\"]\n",
-     "line 6: runbooks.up.approvers: Value error, an approver is empty: remove it, or write the user id"),
-    ("approvers: [\" alice\"]\n", "line 1: approvers: Value error, the approver ' alice' has spaces around it: "
+     "line 6: runbooks.up.approvers: an approver is empty: remove it, or write the user id"),
+    ("approvers: [\" alice\"]\n", "line 1: approvers: the approver ' alice' has spaces around it: "
                                   "write 'alice'"),
-    ("approvers: [\"bo\\u200bb\"]\n", "line 1: approvers: Value error, the approver 'bob' holds an invisible "
+    ("approvers: [\"bo\\u200bb\"]\n", "line 1: approvers: the approver 'bob' holds an invisible "
                                    "character (U+200B): write the id again by hand"),
 ])
 def test_a_config_mistake_is_named_with_its_line(tmp_path: Path, text: str, expected: str) -> None:

@@ -246,5 +246,5 @@ def test_baton_run_names_the_wrong_line(tmp_path):
     result = run_cli("run", cwd=tmp_path, env={**os.environ, "BATON_CONFIG": str(tmp_path / "baton.yaml"),
                                                "BATON_DATABASE_URL": f"sqlite:///{tmp_path / 'b.db'}"})
     assert result.returncode == 2, result.stderr
-    assert f"baton.yaml: line {wrong}: runbooks.restart: Value error, command uses {{service}}" in result.stderr
+    assert f"baton.yaml: line {wrong}: runbooks.restart: command uses {{service}}" in result.stderr
     assert not (tmp_path / "b.db").exists()

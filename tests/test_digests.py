@@ -198,8 +198,8 @@ def test_invalid_digest_in_config_names_the_line(tmp_path: Path):
                     "  - platform: playground\n    channel: ops\n    cron: '0 9 * * *'\n    timezone: Mars/Base\n")
     with pytest.raises(ConfigError) as error:
         load_config(path)
-    assert "line 4: digests.0: Value error, `0 9 * *` is not a cron expression" in str(error.value)  # the cron's line
-    assert "line 8: digests.1: Value error, I don't know the time zone `Mars/Base`" in str(error.value)
+    assert "line 4: digests.0: `0 9 * *` is not a cron expression" in str(error.value)  # the cron's line
+    assert "line 8: digests.1: I don't know the time zone `Mars/Base`" in str(error.value)
 
 
 def test_a_digest_for_a_platform_no_adapter_serves_stops_baton(tmp_path: Path):

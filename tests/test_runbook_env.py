@@ -207,7 +207,7 @@ def test_a_directory_baton_may_not_enter_is_refused(tmp_path: Path, monkeypatch:
         monkeypatch.setattr(os, "access", lambda path, mode, **_: mode != os.X_OK)
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o600)
-    with pytest.raises(ConfigError, match=re.escape(f"line 6: runbooks.deploy.cwd: Value error, Baton's user may not "
+    with pytest.raises(ConfigError, match=re.escape(f"line 6: runbooks.deploy.cwd: Baton's user may not "
                                                     f"enter the directory {locked} (its permissions)")):
         load_config(_config(tmp_path, RUNBOOK + f"    cwd: {locked}\n"))
 

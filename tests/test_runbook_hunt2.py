@@ -83,7 +83,7 @@ def test_a_timeout_that_is_no_number_of_seconds_says_how_to_write_it(tmp_path: P
     path.write_text(f"runbooks:\n  backup:\n    description: Back up.\n    command: [backup]\n    timeout: {timeout}\n")
     with pytest.raises(ConfigError) as refused:
         load_config(path)
-    assert str(refused.value) == f"{path}: line 5: runbooks.backup.timeout: Value error, {said}", str(refused.value)
+    assert str(refused.value) == f"{path}: line 5: runbooks.backup.timeout: {said}", str(refused.value)
 
 
 @pytest.mark.parametrize(("program", "said"), [
@@ -123,7 +123,7 @@ def test_an_example_that_would_be_refused_is_named_with_its_line(tmp_path: Path,
                     f'    args:\n      service: {{pattern: "^(web|api)$"}}\n    example: "{example}"\n')
     with pytest.raises(ConfigError) as refused:
         load_config(path)
-    assert str(refused.value) == (f"{path}: line 7: (top): Value error, runbook 'restart': its example `{example}` "
+    assert str(refused.value) == (f"{path}: line 7: (top): runbook 'restart': its example `{example}` "
                                   f"would be refused if asked: {said}"), str(refused.value)
 
 
@@ -149,11 +149,11 @@ def test_output_cut_at_the_limit_ends_on_a_whole_character() -> None:
 @pytest.mark.parametrize(("lines", "where"), [
     # YAML reads {service} without quotes as a mapping: each said only "Input should be a valid string"
     ("    command:\n      - systemctl\n      - {service}\n    args:\n      service: {pattern: ^web$}\n",
-     "line 6: runbooks.restart.command: Value error, part 1: "),
+     "line 6: runbooks.restart.command: part 1: "),
     ("    command: [systemctl, {service}]\n    args:\n      service: {pattern: ^web$}\n",
-     "line 4: runbooks.restart.command: Value error, part 1: "),
+     "line 4: runbooks.restart.command: part 1: "),
     ('    command: [systemctl, "{service}"]\n    args:\n      service: {pattern: ^web$, default: {service}}\n',
-     "line 6: runbooks.restart.args.service.default: Value error, "),
+     "line 6: runbooks.restart.args.service.default: "),
 ])
 def test_a_placeholder_written_without_quotes_says_to_quote_it(tmp_path: Path, lines: str, where: str) -> None:
     from bot.config import ConfigError, load_config
