@@ -1160,8 +1160,13 @@ def _render(message: Message, guild: str, *, one_message: bool = False) -> list[
 
 
 def _payload(outgoing: Outgoing) -> dict[str, Any]:
-    """``send`` keyword arguments (discord.py wants no ``files``/``view`` at all rather than empty ones)."""
+    """``send`` keyword arguments (discord.py wants no ``files``/``view`` at all rather than empty ones). A message
+    of words is sent without Discord's previews of the links in it, as Slack's posts are (``unfurl_links=False``): a
+    graph's answer naming a dashboard or three runbooks' pages was followed by as many page-sized cards in the
+    thread. (A card is an embed itself, which that flag would hide: not there.) An edit keeps the flag."""
     payload: dict[str, Any] = {"content": outgoing.content, "embed": outgoing.embed}
+    if outgoing.embed is None and outgoing.content:
+        payload["suppress_embeds"] = True
     if outgoing.files:
         payload["files"] = _files(outgoing)
     view = _view(outgoing)

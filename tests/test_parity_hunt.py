@@ -199,3 +199,17 @@ def test_on_slack_a_click_or_a_command_while_the_database_is_away_is_answered_wi
     assert runs_in(counter) == ["restart web"]
     log = baton.log.read_text()
     assert "Traceback" not in log and "not taken, Baton's database cannot be used" in log
+
+
+SUPPRESS_EMBEDS = 1 << 2  # Discord's message flag: no previews of the links in its words
+
+
+def test_on_discord_a_reply_of_words_shows_no_previews_of_its_links_as_slack_shows_none(
+        chat: Discord, fake_discord: FakeDiscord) -> None:  # noqa: F811
+    """Slack's posts are made with ``unfurl_links=False``; on Discord every link in a reply's words (a dashboard an
+    answer names, a runbook's page in its output's note) was followed by Discord's preview card of that page."""
+    thread = fake_discord.say("run uptime")["id"]
+    answer = chat.reply("did uptime", thread)
+    assert answer.flags & SUPPRESS_EMBEDS and not answer.embeds
+    card = chat.card(fake_discord.say("run restart service=web")["id"])
+    assert card.embeds and not card.flags & SUPPRESS_EMBEDS  # a card is an embed: never hidden
