@@ -25,7 +25,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from bot.schedules import ScheduleError, check_schedule, zone
+from bot.schedules import ScheduleError, check_schedule, zone_name
 from bot.lookalikes import ansi_c_quoted, misleading
 from bot.messages import quoted_code
 from bot.settings import SECRET_VARIABLES
@@ -478,6 +478,7 @@ class Digest(BaseModel):
     cron: str
     timezone: str = "UTC"
     graphs: list[str] = Field(default_factory=list)
+    _written_timezone: str = PrivateAttr("")
 
     @field_validator("channel", "workspace", mode="before")
     @classmethod
@@ -488,14 +489,22 @@ class Digest(BaseModel):
     @model_validator(mode="after")
     def _valid_schedule(self) -> Digest:
         try:
-            zone(self.timezone)
+            named = zone_name(self.timezone)
         except ScheduleError as exc:
             raise PartError(str(exc), "timezone") from None
+        # Kept by its IANA name, as chat keeps one: `europe/paris` was shown so in `digest list` and on the cards
+        self._written_timezone, self.timezone = self._written_timezone or self.timezone, named
         try:
             check_schedule(self.cron, self.timezone)
         except ScheduleError as exc:
             raise PartError(str(exc), "cron") from None
         return self
+
+    @property
+    def written_timezone(self) -> str:
+        """The time zone as ``baton.yaml`` writes it: part of the schedule's key, which Batons before the zone was
+        kept by its IANA name made from it (a key made from the name would start the schedule afresh)."""
+        return self._written_timezone or self.timezone
 
 
 class Price(BaseModel):

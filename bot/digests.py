@@ -141,6 +141,10 @@ class Digests:
                 await session.exec(update(DigestSchedule).where(  # type: ignore[arg-type]
                     DigestSchedule.key == key, DigestSchedule.enabled == False)  # noqa: E712
                     .values(enabled=True, created_at=now, updated_at=now))
+                if digest.timezone != digest.written_timezone:  # an earlier Baton stored the zone as written
+                    await session.exec(update(DigestSchedule).where(  # type: ignore[arg-type]
+                        DigestSchedule.key == key, DigestSchedule.timezone != digest.timezone)
+                        .values(timezone=digest.timezone))
             await session.exec(update(DigestSchedule).where(  # type: ignore[arg-type]
                 DigestSchedule.source == "config", DigestSchedule.key.not_in(list(wanted) or [""]))  # type: ignore[attr-defined]
                 .values(enabled=False, updated_at=now))
@@ -499,5 +503,5 @@ def _in_workspace(column: Any, workspace: str) -> Any:
 def _config_key(digest: Digest) -> str:
     """A ``baton.yaml`` schedule's key; its graph filter is part of it only when it has one (the keys
     made before it was, for schedules without a filter, stay the same)."""
-    key = f"config:{digest.platform}:{digest.workspace}:{digest.channel}:{digest.cron}:{digest.timezone}"
+    key = f"config:{digest.platform}:{digest.workspace}:{digest.channel}:{digest.cron}:{digest.written_timezone}"
     return f"{key}:{','.join(sorted(set(digest.graphs)))}" if digest.graphs else key

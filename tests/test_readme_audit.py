@@ -47,3 +47,31 @@ def test_a_config_refusal_is_baton_s_words_without_pydantic_s_prefix(tmp_path: P
     said = _refusal(tmp_path, text)
     assert "Value error" not in said
     assert re.fullmatch(r"\S+baton\.yaml: line \d+: \S+: [a-zA-Z'].*", said, re.S), said
+
+
+async def test_a_digest_time_zone_in_any_case_is_kept_by_its_iana_name(sqlite_url: str) -> None:
+    """The README: "A time zone may be written in any case (`utc`, `europe/paris`); it is kept by its IANA name."
+    Chat did; a baton.yaml digest kept it as written, so `digest list` and its cards read '(europe/paris)'."""
+    from datetime import UTC, datetime
+
+    from sqlmodel import select, update
+
+    from bot.config import BatonConfig, Digest
+    from storage.models import DigestSchedule
+    from tests.test_digests import Clock, digest_service
+
+    assert "`utc`, `europe/paris`); it is kept by its IANA name" in " ".join(README.split())
+    written = Digest(platform="playground", channel="ops", cron="0 9 * * *", timezone="europe/paris")
+    assert written.timezone == "Europe/Paris"
+    assert Digest(platform="playground", channel="ops", cron="0 9 * * *", timezone="utc").timezone == "UTC"
+    async with digest_service(sqlite_url, Clock(datetime(2026, 6, 1, 7, 5, tzinfo=UTC)),
+                              BatonConfig(digests=[written])) as digests:
+        (schedule,) = await digests.enabled()
+        assert schedule.timezone == "Europe/Paris"
+        assert schedule.key.endswith(":0 9 * * *:europe/paris")  # the key earlier Batons made: the same schedule
+        async with digests.db.session() as session:  # the row as an earlier Baton stored it
+            await session.exec(update(DigestSchedule).values(timezone="europe/paris"))  # type: ignore[call-overload]
+        await digests.sync_config()
+        async with digests.db.read() as session:
+            rows = (await session.exec(select(DigestSchedule))).all()
+    assert [(row.key, row.timezone, row.enabled) for row in rows] == [(schedule.key, "Europe/Paris", True)]
