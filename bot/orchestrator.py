@@ -32,8 +32,8 @@ from bot.messages import Accepted, InboundClick, InboundMessage, Location, Messa
 from bot.outbox import Delivery, Outbox
 from bot.registry import GraphSpec
 from bot.models import MODEL_ERRORS, ModelFailed, cost_of, usage_of
-from bot.routing import (CANCEL_COMMAND, CHOOSER, DIGEST_COMMAND, ROUTER, RUNBOOK_GRAPH, RouteError, is_cancel,
-                          is_request, route, route_to, runbook_named)
+from bot.routing import (CANCEL_COMMAND, CHOOSER, DECISION_WORDS, DIGEST_COMMAND, ROUTER, RUNBOOK_GRAPH, RouteError,
+                          aside, is_cancel, is_request, route, route_to, runbook_named)
 from bot.runtime import (EffectInDoubt, GraphOutcome, GraphRuntime, ProgressSink, RunServices, RunTimedOut,
                          Services)
 from bot.settings import Settings
@@ -129,6 +129,10 @@ def continued_progress(shown: list[str], posted: list[str]) -> list[str]:
 def _says_nothing(text: str) -> bool:
     """A message with nothing to read: empty, or only invisible characters."""
     return not text or all(unicodedata.category(char) in INVISIBLE for char in text)
+
+
+async def _no_progress(_line: str) -> None:
+    """Where an aside's graph's progress lines go (``Orchestrator._handle_aside``): its answer is its reply."""
 
 
 def _private(message: InboundMessage) -> dict[str, bool]:
@@ -271,12 +275,16 @@ class Orchestrator:
             if not new_thread and is_cancel(message.text, message.addressed) and (
                     record.status in threads.BUSY or await threads.has_pending(session, record.id)):  # type: ignore[arg-type]
                 kind, text, payload = await self._cancel_kind(session, record, message.text, payload)
+            elif not new_thread and record.status in threads.BUSY and (asked := self._aside(message)) is not None:
+                kind, payload = threads.ASIDE_KIND, {**payload, "aside": asked}
             event = await self._claim(session, message.platform, message.event_id, kind, location, message.user,
                                       text, payload, record.id, correlation)
             if event is None:
                 return Accepted(status="duplicate", reason="this event was already received")
             # A thread made just now has nothing queued before this event.
-            queued = kind == "message" and not new_thread and (
+            # An aside is answered at once at a card; behind a running run it waits for the run's end or card.
+            waits = kind == "message" or (kind == threads.ASIDE_KIND and record.status == "running")
+            queued = waits and not new_thread and (
                 record.status == "waiting" or await self._waits_for_work(session, record, message.event_id))
             if queued and not message.addressed and not self._is_request(message):
                 queued = False  # people talking in the thread ("can you approve?"): it gets no answer, nor this
@@ -505,6 +513,13 @@ class Orchestrator:
         task = asyncio.create_task(job)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _aside(self, message: InboundMessage) -> str | None:
+        """``routing.aside`` of ``message``, written in a thread busy with a run (a request too long is none)."""
+        text = message.text.strip()
+        if len(text) > self.settings.max_message_chars:
+            return None
+        return aside(text, self.registry, addressed=message.addressed)
 
     def _is_request(self, message: InboundMessage) -> bool:
         """Whether ``message``, written in a Baton thread without mentioning the bot, is a request (a command
@@ -775,6 +790,8 @@ class Orchestrator:
                 await self._handle_click(event, record)
             elif event.kind == threads.CANCEL_KIND:
                 await self._handle_cancel(event, record)
+            elif event.kind == threads.ASIDE_KIND:
+                await self._handle_aside(event, record)
             else:
                 await self._handle_message(event, record, fresh)
         except LeaseLost:
@@ -874,6 +891,38 @@ class Orchestrator:
                                             replies.duplicate(twin.channel, twin.thread, twin.status,
                                                               here=twin.id == record.id), spent=usage)
         await self._drive(run, record, spec, chosen.input, event)
+
+    async def _handle_aside(self, event: InboundEvent, record: ThreadRecord) -> None:
+        """``status``, ``help`` or a typed ``approve`` / ``reject`` written while the thread was busy with a run
+        (``routing.aside``): taken before the thread's queued requests, also while it waits at a card, and answered
+        without touching its run. A decision typed is told where decisions are made (the card's buttons, which
+        check who may decide, and whose first decision wins): typed text approves nothing. Status and help run as
+        their graphs, with no run of their own: the thread goes on showing its run (and a run row would pass for
+        its latest, which a request queued behind a rejected card is compared with)."""
+        if event.payload["aside"] in DECISION_WORDS:
+            async with self.db.read() as session:
+                cards = (await session.exec(select(Approval).where(
+                    Approval.thread_record_id == record.id, Approval.status == "pending",
+                ).order_by(Approval.created_at))).all()  # type: ignore[arg-type]
+            return await self._finish_event(event, "typed decision", replies.decide_on_the_card(
+                event.payload["aside"], list(cards), event.user), ephemeral=True)
+        text = event.text.strip()
+        request = Request(platform=event.platform, channel=event.channel, thread=event.thread, user=event.user,
+                          text=text, private=bool(event.payload.get("private")))
+        chosen = route(request, text, self.registry, self.config, addressed=event.payload.get("addressed") is not False)
+        spec = self.registry.get(chosen.graph)
+        if spec is None:  # taken out since (baton.yaml reloaded)
+            return await self._finish_event(event, "no graph", Message.text(
+                f"The `{chosen.graph}` graph is not installed.", tone="error"))
+        services = RunServices(self.services, request, None, record.workspace, event.correlation_id)
+        try:
+            outcome = await self.runtime.run(spec, record.lg_thread_id, chosen.input, services, _no_progress)
+            error = outcome.values.get("error") or None
+            reply = replies.result(outcome.values.get("reply"), failed=bool(error), error=error)
+        except Exception as exc:  # answered here: the thread's run, which may be running, is no part of it
+            log.warning("%s asked beside run of thread %s failed: %s", spec.name, record.id, storable(str(exc)))
+            reply = replies.failure(spec.name, exc)
+        await self._finish_event(event, spec.name, reply.naming(event.user, *sorted(people_read(services))))
 
     async def _rejected_while_queued(self, event: InboundEvent, record: ThreadRecord, request: Request,
                                      fingerprint: str) -> str | None:

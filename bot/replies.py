@@ -271,6 +271,29 @@ def nothing_to_cancel(in_thread: bool) -> Message:
     return Message.text("Nothing is running in this thread, so there is nothing to cancel.", tone="warning")
 
 
+def decide_on_the_card(word: str, cards: list[Approval], user: str) -> Message:
+    """The answer to ``approve`` or ``reject`` (``word``) that ``user`` typed in a thread instead of clicking,
+    ``cards`` the thread's cards waiting for a decision: typed text decides nothing, the card's buttons do (they
+    check who may decide, and the first decision wins)."""
+    approval = next((card for card in cards if card.kind == "approval"), None)
+    if approval is not None:
+        line = first_line(approval.summary)
+        card = f'the approval card above ("{quoted(line)}")' if line else "the approval card above"
+        who = approvals.waiting_for(approval.approvers, approval.requested_by, approval.risk)
+        yours = " You asked for it: its Reject button (or `cancel`) withdraws it." if user == approval.requested_by \
+            else ""
+        return Message.text(f"A typed `{word}` decides nothing: use the Approve or Reject button on {card}. It is "
+                            f"waiting for {who}.{yours}", tone="info").naming(approval.requested_by,
+                                                                              *approval.approvers)
+    if cards:  # a "Which one?" card: nothing waits for an approval
+        return Message.text(f"Nothing here waits for an approval: the \"Which one?\" card above asks "
+                            f"{cards[0].requested_by} which graph they meant, and they pick one with its buttons.",
+                            tone="info").naming(cards[0].requested_by)
+    return Message.text(f"Nothing in this thread waits for a decision now, so a typed `{word}` changes nothing. "
+                        "When a run needs an approval, it posts a card: decide with its Approve or Reject button.",
+                        tone="info")
+
+
 def graph_gone(graph: str) -> Message:
     return Message.text(f"This run cannot go on: the `{graph}` graph is not installed on this Baton any more. "
                         "Nothing more of it runs.", tone="error", title="Run failed")

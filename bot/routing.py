@@ -24,6 +24,9 @@ CANCEL_COMMAND = "cancel"  # stops the thread's run: handled by the core, which 
 ROUTER = "route"
 CHOOSER = "choose"
 COMMAND_WORDS = ("run", RUNBOOK_GRAPH, DIGEST_COMMAND)  # read shell-style, whatever graphs are installed
+# Answered beside a thread's run (``aside``): graphs that only read, and the decisions a card's buttons make.
+ASIDE_GRAPHS = (HELP_GRAPH, "status")
+DECISION_WORDS = ("approve", "reject")
 
 
 class RouteError(ValueError):
@@ -135,6 +138,22 @@ def is_cancel(text: str, addressed: bool) -> bool:
     follows when the bot was mentioned; unmentioned, the word alone ("cancel the meeting" is people talking)."""
     head, rest = _first_word(_leading_force(text)[1])
     return _cancel_word(head) and (addressed or not rest.strip())
+
+
+def aside(text: str, registry: GraphRegistry, *, addressed: bool) -> str | None:
+    """What ``text`` (without the bot mention) asks of a thread busy with a run, when it is answered beside that
+    run rather than after it: ``status`` or ``help`` as ``route`` reads them (they only read), or ``approve`` /
+    ``reject`` typed instead of clicked (answered with where decisions are made; unmentioned, the word alone, as
+    ``is_cancel``). ``None`` for anything else, which waits its turn. A graph of a decision's name is a request."""
+    head, rest = _first_word(_leading_force(text)[1])
+    word = head.lower()
+    decision = word.rstrip("!.")
+    if decision in DECISION_WORDS and registry.get(decision) is None:
+        return decision if addressed or not rest.strip() else None
+    spec = registry.get(word) if word in ASIDE_GRAPHS else None
+    if spec is None or spec.asks_approval or not (addressed or _names_only(spec, rest)):
+        return None
+    return word
 
 
 def _cancel_word(word: str) -> bool:

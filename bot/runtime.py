@@ -431,11 +431,12 @@ class RunServices:
                 )
             )).all() if records else []
             asked = await self._asked_at(session, [r.id for r in records]) if records else {}  # type: ignore[misc]
+        # Not the thread asking, busy with this very run; asked beside the thread's run (at its card), with no run
+        # of its own (``Orchestrator._handle_aside``), it lists the run it asked beside.
+        records = [record for record in records if record.thread != self.request.thread or self._run_id is None]
         activity = []
         # The longest-waiting first: by when each was asked (the thread's last change is a click, a progress line)
         for record in sorted(records, key=lambda r: asked.get(r.id, r.updated_at)):  # type: ignore[arg-type]
-            if record.thread == self.request.thread:
-                continue
             activity.append({
                 "channel": record.channel,
                 "thread": record.thread,
@@ -454,7 +455,7 @@ class RunServices:
             })
         # Whom the activity names: a reply built from it ("asked by X", "waiting for Y") shows them as mentions.
         kit.people_read(self).update(
-            name for record in records if record.thread != self.request.thread
+            name for record in records
             for name in [record.requested_by, *(who for a in approvals if a.thread_record_id == record.id
                                                 for who in [a.requested_by, *a.approvers])] if name)
         return activity

@@ -37,9 +37,13 @@ _PENDING = select(InboundEvent).where(InboundEvent.thread_record_id == bindparam
                                       InboundEvent.status == "pending")
 CANCEL_KIND = "cancel"  # an inbound event that asks to stop the run it names (``Orchestrator._cancel_kind``)
 CANCELLED_BY = "cancelled by "  # + who: the error of a run a cancel ended (a later cancel and the digests read it)
-# Clicks and cancels do not wait their turn behind requests, and are taken while the thread waits at a card (a
-# cancel left behind a run that reached its card, or that ended, hit what ran next). No IN list: prepared.
-URGENT = or_(InboundEvent.kind == "click", InboundEvent.kind == CANCEL_KIND)
+# ``status``, ``help`` or a typed ``approve`` written in a thread busy with a run (``bot.routing.aside``): answered
+# beside the run, without touching it (``Orchestrator._handle_aside``).
+ASIDE_KIND = "aside"
+# Clicks, cancels and asides do not wait their turn behind requests, and are taken while the thread waits at a card
+# (a cancel left behind a run that reached its card, or that ended, hit what ran next; a status waited a day for
+# the card's decision). No IN list: prepared.
+URGENT = or_(InboundEvent.kind == "click", InboundEvent.kind == CANCEL_KIND, InboundEvent.kind == ASIDE_KIND)
 _NEXT_CLICK = prepared(_PENDING.where(URGENT).order_by(InboundEvent.id).limit(1))  # type: ignore[arg-type]
 _NEXT_CLICKS_FIRST = prepared(_PENDING.order_by(case((URGENT, 0), else_=1), InboundEvent.id).limit(1))  # type: ignore[arg-type]
 _MINE = select(InboundEvent.id).where(InboundEvent.platform == bindparam("platform"),
@@ -242,7 +246,7 @@ class Leases:
 
 
 async def next_event(session: Transaction, record: ThreadRecord) -> InboundEvent | None:
-    """The next queued event: clicks first (they unblock the thread), then messages in order.
+    """The next queued event: clicks, cancels and asides first (``URGENT``), then messages in order.
 
     Messages wait while the thread waits for approval: they are handled after the run.
     """

@@ -93,7 +93,7 @@ class InboundEvent(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     platform: str
     event_id: str
-    kind: str  # message | click
+    kind: str  # message | click | cancel | aside (bot.threads)
     workspace: str = ""
     channel: str
     thread: str

@@ -79,7 +79,7 @@ def test_cancel_at_a_which_one_card_withdraws_it(start_baton, sqlite_url, model_
     pg = start_baton(sqlite_url, env=model_script(guess("status", 0.4, "help"))).client()
     thread = pg.ask("@baton hmm, the thing?", user="alice")
     card = pg.wait_card(thread)
-    pg.say("@baton status", thread=thread, user="carol")  # waits for the pick, told so (not "the approval")
+    pg.say("@baton run uptime", thread=thread, user="carol")  # waits for the pick, told so (not "the approval")
     pg.wait_reply(thread, "Queued: I'll handle this after one of the choices above is picked and its run finishes.")
     pg.say("cancel", thread=thread, user="carol")  # neither who asked nor an approver
     pg.wait_reply(thread, "Only alice, who asked for it, or bob can cancel this run.", viewer="carol")
@@ -88,11 +88,11 @@ def test_cancel_at_a_which_one_card_withdraws_it(start_baton, sqlite_url, model_
     assert "none of its graphs was run" in reply["text"]
     wait_for(lambda: not has_buttons(next(m for m in pg.bot_replies(thread) if m["id"] == card["id"])),
              what="the card without its buttons")
-    assert len([m for m in pg.bot_replies(thread) if "Queued" in m["text"]]) == 1  # carol's status, not the cancel
+    assert len([m for m in pg.bot_replies(thread) if "Queued" in m["text"]]) == 1  # carol's request, not the cancel
     assert pg.click(card, "alice", action="status").status_code == 400  # nothing left to pick
-    pg.wait_reply(thread, "Nothing is running or waiting for approval")  # carol's status, in its turn
-    pg.say("run uptime", thread=thread, user="alice")  # the thread goes on as any other
-    pg.wait_reply(thread, "did uptime")
+    pg.wait_reply(thread, "did uptime")  # carol's request, in its turn
+    pg.say("status", thread=thread, user="alice")  # the thread goes on as any other
+    pg.wait_reply(thread, "Nothing is running or waiting for approval")
 
 
 @pytest.mark.parametrize(("seconds", "shown"), [(0.9, "900ms"), (2.94, "2.9s"), (59.7, "1m"), (3599.0, "59m")])
