@@ -128,7 +128,7 @@ def split_text(text: str, limit: int, size: Callable[[str], int] = len) -> list[
         while size(line) > limit:  # one line longer than a piece: split it, after a space where one is near
             cut = _fitting_prefix(line, limit, size)
             after_space = line.rfind(" ", 0, cut) + 1
-            if line[cut] != " " and after_space > cut // 2:  # a word (a `name` of a list) is not cut in two
+            if line[cut:cut + 1] != " " and after_space > cut // 2:  # a word (a `name` of a list) is not cut in two
                 cut = after_space
             pieces.append(line[:cut])
             line = line[cut:]
