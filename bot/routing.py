@@ -147,7 +147,7 @@ def aside(text: str, registry: GraphRegistry, *, addressed: bool) -> str | None:
     ``is_cancel``). ``None`` for anything else, which waits its turn. A graph of a decision's name is a request."""
     head, rest = _first_word(_leading_force(text)[1])
     word = head.lower()
-    decision = word.rstrip("!.")
+    decision = word.rstrip("!.?")
     if decision in DECISION_WORDS and registry.get(decision) is None:
         return decision if addressed or not rest.strip() else None
     spec = registry.get(word) if word in ASIDE_GRAPHS else None

@@ -12,9 +12,30 @@ from __future__ import annotations
 
 import pytest
 
+from bot.registry import GraphRegistry, GraphSpec
+from bot.routing import aside
 from tests.support import has_buttons, runs_in, wait_for
 from tests.test_cancel import config_path, rows, started_sleeping  # noqa: F401 (config_path: a fixture)
 from tests.test_models import guess, model_script  # noqa: F401 (a fixture)
+
+@pytest.mark.parametrize(("text", "addressed", "asked"), [
+    ("status", True, "status"), ("STATUS", False, "status"), ("force status", True, "status"),
+    ("status of web-2 is fine now", False, None), ("help me", True, "help"),
+    ("help me check the logs, carol?", False, None),
+    ("Approve!", True, "approve"), ("approve it please", True, "approve"), ("reject.", False, "reject"),
+    ("approve?", False, "approve"), ("can you approve this, bob?", False, None), ("approve it, bob", False, None),
+    ("run uptime", True, None), ("summarize", True, None), ("cancel", True, None), ("", True, None),
+])
+def test_what_is_answered_beside_a_busy_threads_run(text: str, addressed: bool, asked: str | None) -> None:
+    """Status and help as routing reads them, and a decision typed: unmentioned, people talking stays talk."""
+    assert aside(text, GraphRegistry.discover(), addressed=addressed) == asked
+
+
+def test_a_graph_named_approve_is_a_request_not_a_decision_typed() -> None:
+    registry = GraphRegistry.discover()
+    registry.add(GraphSpec(name="approve", graph=None))
+    assert aside("approve", registry, addressed=True) is None
+
 
 POINTER = "A typed `{}` decides nothing: use the Approve or Reject button on the approval card above"
 
