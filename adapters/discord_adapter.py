@@ -925,8 +925,8 @@ class DiscordAdapter(Adapter):
         except discord.Forbidden as exc:  # 50007: they do not accept direct messages from this server's members
             log.info("Discord: %s takes no direct messages (%s); answering in the thread", user, _said(exc))
         channel = self.client.get_partial_messageable(int(location.thread or location.channel))
-        return await channel.send(**_payload(outgoing), nonce=nonce, allowed_mentions=discord.AllowedMentions(
-            users=[discord.Object(user)]))
+        return await channel.send(**{**_payload(outgoing), "allowed_mentions": discord.AllowedMentions(
+            users=[discord.Object(user)])}, nonce=nonce)
 
 
 async def _start_thread(http: discord.http.HTTPClient, channel_id: int, message_id: int, text: str) -> str:
@@ -1159,12 +1159,19 @@ def _render(message: Message, guild: str, *, one_message: bool = False) -> list[
         raise DeliveryRejected(f"cannot show this message on Discord: {exc}") from exc
 
 
-def _payload(outgoing: Outgoing) -> dict[str, Any]:
+def _payload(outgoing: Outgoing, *, pinging: bool = True) -> dict[str, Any]:
     """``send`` keyword arguments (discord.py wants no ``files``/``view`` at all rather than empty ones). A message
     of words is sent without Discord's previews of the links in it, as Slack's posts are (``unfurl_links=False``): a
     graph's answer naming a dashboard or three runbooks' pages was followed by as many page-sized cards in the
-    thread. (A card is an embed itself, which that flag would hide: not there.) An edit keeps the flag."""
+    thread. (A card is an embed itself, which that flag would hide: not there.) An edit keeps the flag.
+
+    A new card notifies those who may decide it (``Outgoing.pinged``), and nobody else (not everyone, no role,
+    not whom its text names); ``pinging=False`` (a card posted again in place of a deleted one) notifies nobody."""
     payload: dict[str, Any] = {"content": outgoing.content, "embed": outgoing.embed}
+    if outgoing.pinged and pinging:
+        payload["allowed_mentions"] = discord.AllowedMentions(
+            everyone=False, roles=False, replied_user=False,
+            users=[discord.Object(int(user)) for user in outgoing.pinged])
     if outgoing.embed is None and outgoing.content:
         payload["suppress_embeds"] = True
     if outgoing.files:
@@ -1186,13 +1193,14 @@ async def _edit_or_post(message: discord.PartialMessage, outgoing: Outgoing, non
             raise
     log.info("Discord: message %s in %s is gone (deleted?); its new version is posted there", message.id,
              message.channel.id)
-    return await message.channel.send(**_payload(outgoing), nonce=nonce)
+    return await message.channel.send(**_payload(outgoing, pinging=False), nonce=nonce)
 
 
 async def _edit_to(message: discord.PartialMessage, outgoing: Outgoing) -> discord.Message:
-    """``outgoing`` in place of the message (its buttons and files too: none means none any more)."""
+    """``outgoing`` in place of the message (its buttons and files too: none means none any more); an edit pings
+    nobody (a decided card's content, the line that called its deciders, is gone: ``None`` removes it)."""
     return await message.edit(content=outgoing.content, embed=outgoing.embed, view=_view(outgoing),
-                              attachments=_files(outgoing))
+                              attachments=_files(outgoing), allowed_mentions=discord.AllowedMentions.none())
 
 
 def _post(send: Callable[..., Awaitable[Any]], outgoing: Outgoing, **options: Any) -> Step:

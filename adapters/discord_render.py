@@ -16,7 +16,10 @@ embed's title 256 characters, its description 4,096, all of its text 6,000. Noth
 
 The people a message names (``Message.people``: ``123456789012345678``, or ``discord:123...`` from
 baton.yaml) become mentions outside code; any other number, an order or a trace id, stays a number.
-Baton never pings anyone with them: the adapter sends every message with ``allowed_mentions`` off.
+Baton pings nobody with them: the adapter sends every message with ``allowed_mentions`` off. One exception: a new
+card pings those who may decide it (its ``Buttons.deciders`` that are Discord users), once, on a line of content
+above its embed (mentions in an embed never notify, where Slack's on a card do): ``Outgoing.pinged``. Its edits
+(who decided, or that it expired) ping nobody, and leave that line out.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ UPLOAD_BYTES = 8 * 1024 * 1024  # the files of one message, in any server (boost
 CODE_INLINE_CHARS = 3800  # longer output: a preview and the whole text as a file
 CUSTOM_ID_CHARS = 100
 BUTTON_LABEL_CHARS = 80
+PINGED_AT_MOST = 50  # deciders a card pings (Discord's allowed_mentions takes 100 users; 50 mentions fit a message)
 # A button's custom_id carries the option's value (approve, reject, or a graph's name on a "which
 # one?" card) and the approval's opaque id (token_urlsafe): ``baton:<value>:<approval id>``. A value
 # that is not plain (a graph's module may be named in any letters: ``mise_à_jour``) is carried as
@@ -60,6 +64,7 @@ TONE_COLOUR = {"info": 0x5865F2, "progress": 0x99AAB5, "success": 0x57F287, "war
 # and stays one.
 USER_ID = re.compile(r"(?<![\w/<@#:!&.])(discord:)?([0-9]{17,20})(?![\w>])")
 PLATFORM_PREFIX = "discord:"
+DISCORD_USER = re.compile(r"(?:discord:)?([0-9]{17,20})")  # a decider Discord can ping (not ``alice``, ``slack:U1``)
 # What Discord takes for a way to hide something in a masked link's words, showing the whole link as its markdown
 # instead: an address ("https://" and two more characters, discord/discord-api-docs#7721), and its own markup (a
 # mention, a channel, an emoji, a timestamp, a command: "hidden mentions", discord/discord-api-docs#6088).
@@ -76,12 +81,14 @@ class Attachment:
 
 @dataclass
 class Outgoing:
-    """One Discord message: content and/or one embed, files, and the approval buttons if any."""
+    """One Discord message: content and/or one embed, files, and the approval buttons if any. ``pinged``: the
+    users its content mentions whom Discord may notify when it is posted (a new card's deciders); nobody else."""
 
     content: str | None = None
     embed: discord.Embed | None = None
     files: list[Attachment] = field(default_factory=list)
     approval: Buttons | None = None
+    pinged: list[str] = field(default_factory=list)
 
 
 def custom_id(action: str, approval_id: str) -> str:
@@ -288,7 +295,20 @@ def _embed_message(message: Message, blocks: list[str], files: list[Attachment],
         description, files = _beginning(message, blocks, files, "card", EMBED_DESCRIPTION_CHARS)
     embed = discord.Embed(title=title, description=description or None, colour=colour)
     first, *rest = _file_groups(files)
-    return [Outgoing(embed=embed, files=first, approval=buttons), *(Outgoing(files=group) for group in rest)]
+    pinged = _pingable(buttons.deciders) if buttons is not None else []
+    card = Outgoing(content=_calling(pinged), embed=embed, files=first, approval=buttons, pinged=pinged)
+    return [card, *(Outgoing(files=group) for group in rest)]
+
+
+def _pingable(deciders: list[str]) -> list[str]:
+    """The Discord user ids among a card's deciders, each once, at most ``PINGED_AT_MOST``."""
+    users = [found[1] for decider in deciders if (found := DISCORD_USER.fullmatch(decider))]
+    return list(dict.fromkeys(users))[:PINGED_AT_MOST]
+
+
+def _calling(users: list[str]) -> str | None:
+    """The line above a card that notifies those who may decide it (an embed's mentions notify nobody)."""
+    return f"{' '.join(f'<@{user}>' for user in users)}: this waits for your decision" if users else None
 
 
 def _packed(blocks: list[str], limit: int) -> list[str]:

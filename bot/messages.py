@@ -133,11 +133,16 @@ APPROVE_REJECT = [ButtonOption(value="approve", label="Approve", style="primary"
 
 
 class Buttons(BaseModel):
-    """Buttons that all carry ``approval_id``; a click sends back the chosen option's ``value``."""
+    """Buttons that all carry ``approval_id``; a click sends back the chosen option's ``value``.
+
+    ``deciders``: who may decide them, as baton.yaml names them (``alice``, ``slack:U0123ABCD``,
+    ``discord:123...``). A platform where the names on a card notify nobody (Discord shows a card as an embed)
+    notifies those it can name when the card is first posted, as Slack's mentions do; never at its edits."""
 
     kind: Literal["buttons"] = "buttons"
     approval_id: str
     options: list[ButtonOption] = Field(default_factory=lambda: list(APPROVE_REJECT), max_length=5)
+    deciders: list[str] = Field(default_factory=list)
 
     @property
     def approve_label(self) -> str:

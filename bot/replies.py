@@ -62,7 +62,8 @@ def approval_card(approval: Approval) -> Message:
     parts.append(Note(text=f"Requested by {approval.requested_by} · risk {approval.risk} · "
                            f"approvers: {_approvers_shown(approval)}"))
     if approval.status == "pending":
-        parts.append(Buttons(approval_id=approval.id))
+        parts.append(Buttons(approval_id=approval.id, deciders=approvals.who_may_approve(
+            approval.approvers, approval.requested_by, approval.risk)))
         return Message(title="Approval needed", tone="approval", parts=parts).naming(
             approval.requested_by, *approval.approvers)
     assert approval.decided_at is not None
