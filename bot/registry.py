@@ -78,6 +78,14 @@ CHAT_NAMES = {"runbook": ("run",)}
 # Baton's (left out of digests and metrics as a model's routing of chatter, shown as a choice card in status).
 OWN_RUN_NAMES = {"route": "a model's routing of a remark to no graph, kept for what asking cost",
                  "choose": "a \"Which one?\" card waiting for the requester's pick"}
+# A graph's name is what its button on a "Which one?" card (bot.replies.choice_card) sends back, on every platform:
+# a click's choice holds 64 characters (bot.messages.InboundClick.action; Slack's handler drops a longer one), and
+# Discord's custom_id, ``baton:<name>:<approval id>`` in 100 characters (adapters.discord_render), carries a name of
+# a-z, 0-9, '_' and '-' as it is, any other as "~" and its UTF-8 in base64: 57 bytes beside an approval's id of 16.
+# A longer name made the whole card fail: the run waited for a card nobody saw until it expired.
+CHOICE_CHARS = 64
+CHOICE_BYTES = 57
+PLAIN_NAME = re.compile(r"[a-z0-9_-]+")
 
 
 class GraphError(ValueError):
@@ -342,6 +350,11 @@ def _spec_from_module(name: str, module: ModuleType) -> GraphSpec:
     if name != name.lower():
         raise GraphError(f"{where}: chat asks for graphs in lower case (`@baton {name}` looks for "
                          f"`{name.lower()}`): name the module {name.lower()}.py")
+    if len(name) > CHOICE_CHARS or (not PLAIN_NAME.fullmatch(name) and len(name.encode()) > CHOICE_BYTES):
+        raise GraphError(f"{where}: a graph's name is what its button on a \"Which one?\" card sends back, which "
+                         f"holds {CHOICE_CHARS} characters, or {CHOICE_BYTES} bytes of UTF-8 for a name not only of "
+                         f"a-z, 0-9, '_' and '-' (Discord's custom_id): `{name}` has {len(name)} characters, "
+                         f"{len(name.encode())} bytes; name the module shorter")
     patterns = getattr(module, "PATTERNS", [])
     if not isinstance(patterns, (list, tuple)):
         given = "one string" if isinstance(patterns, str) else type(patterns).__name__

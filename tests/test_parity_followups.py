@@ -9,11 +9,13 @@ import pytest
 
 from adapters import discord_render
 from bot.messages import Buttons, Message, Text
+from bot.registry import GraphError, GraphRegistry
 from storage.models import new_token
 from tests import fake_discord as discord_side
 from tests.fake_discord import FakeDiscord
 from tests.support import wait_for, write_config
 from tests.test_discord import Discord, chat, fake_discord  # noqa: F401 (fixtures)
+from tests.test_graph_modules import GOOD_GRAPH, package  # noqa: F401 (a fixture)
 
 ALICE, BOB, CAROL = discord_side.ALICE, discord_side.BOB, discord_side.CAROL
 MESSAGES = "POST /channels/{channel_id}/messages"
@@ -71,3 +73,24 @@ def test_on_discord_a_card_pings_only_its_deciders_that_are_discord_users(risk: 
                                 if pinged else None)
     decided = Message(title="Approved", tone="success", parts=[Text(text="Restart web?")], people=deciders)
     assert [(o.content, o.pinged) for o in discord_render.render(decided, discord_side.GUILD_ID)] == [(None, [])]
+
+
+@pytest.mark.parametrize(("module", "refused"), [
+    ("a" * 64, False),
+    ("a" * 65, True),  # InboundClick.action holds 64 characters, and Slack's click handler drops a longer choice
+    ("é" * 28 + "a", False),  # 57 bytes of UTF-8
+    ("é" * 29, True),  # 58 bytes: Discord's custom_id cannot carry it
+])
+def test_a_graph_whose_name_no_which_one_card_can_carry_is_refused_at_start(package, module: str,  # noqa: F811
+                                                                           refused: bool) -> None:
+    """A "Which one?" card whose options included such a graph was refused whole by the Discord adapter
+    (``custom_id()`` raised), and the run waited for a card nobody saw until it expired."""
+    name = package({module: GOOD_GRAPH})
+    if refused:
+        with pytest.raises(GraphError, match=rf"{name}\.{module} \(.*{module}\.py\): a graph's name is what its button "
+                                             r"on a \"Which one\?\" card sends back, which holds 64 characters, or 57 "
+                                             r"bytes of UTF-8 .*name the module shorter"):
+            GraphRegistry.discover(name)
+        return
+    assert GraphRegistry.discover(name).names() == [module]
+    assert discord_render.option_value(discord_render.custom_id(module, new_token()).split(":")[1]) == module
