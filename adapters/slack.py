@@ -4,11 +4,11 @@ Inbound, the Bolt app runs with ``process_before_response=True`` and every liste
 the event to ``Baton.accept_*`` before returning: Slack's acknowledgement goes out after the
 event is stored (a crash never loses an acknowledged request) and is only as slow as that insert.
 Signatures are verified before Bolt reads the body (a bad or stale one gets a 401); a signed body
-of a shape Slack never sends gets a 400, Baton's own failure a 500 (Slack retries). Bolt has no
-dedupe, so Slack's retries (``X-Slack-Retry-Num``) and Socket Mode redeliveries are stopped by
-the core's unique event id. slack_sdk opens Socket Mode's WebSocket again and again for as long as it
-fails: a start that cannot open it stops, saying so, and a connection down for a minute is named by
-``/healthz`` (``problem``), so that a replica receiving nothing is restarted.
+of a shape Slack never sends gets a 400, Baton's own failure a 500 (Slack retries an event; a click or a
+command it sends once). Bolt has no dedupe, so Slack's retries (``X-Slack-Retry-Num``) and Socket Mode
+redeliveries are stopped by the core's unique event id. slack_sdk opens Socket Mode's WebSocket again and
+again for as long as it fails: a start that cannot open it stops, saying so, and a connection down for a
+minute is named by ``/healthz`` (``problem``), so that a replica receiving nothing is restarted.
 
 The event id of a message is ``<channel>:<ts>``, the message's own identity, not the Slack
 ``event_id``: a mention in a channel arrives twice, as ``app_mention`` and as ``message``, with
@@ -59,6 +59,7 @@ from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.error import BoltUnhandledRequestError
 from slack_bolt.middleware.authorization.async_single_team_authorization import AsyncSingleTeamAuthorization
+from slack_bolt.request.payload_utils import is_action, is_event, is_slash_command
 from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetryHandler
@@ -296,22 +297,24 @@ class SlackAdapter(Adapter):
 
     # -- inbound: listeners only hand the event to the core ------------------------------------
 
-    async def _on_bolt_error(self, error: Exception, response: BoltResponse | None) -> BoltResponse | None:
+    async def _on_bolt_error(self, error: Exception, body: dict[str, Any],
+                             response: BoltResponse | None) -> BoltResponse | None:
         """Every error Bolt catches. Reading a signed request of a shape Slack does not send (``"event":
         null``, a click without actions, ...) fails in Bolt's matchers or in ``bot.messages``: a 400
         with a reason, and no traceback. Anything else (Baton's own work, Bolt's call to Slack) stays a
         500, and Slack delivers the event again later. A request no listener takes (an event the app
         was subscribed to by hand, ``app_rate_limited``) is acknowledged: Bolt's 404 made Slack retry
-        it, count it as a failed delivery, and log a page of suggested code each time."""
+        it, count it as a failed delivery, and log a page of suggested code each time. A failure is logged as
+        what becomes of the request (``_lost_or_retried``): "Slack will retry it" is true of an event only."""
         if isinstance(error, BoltUnhandledRequestError):
             return _acknowledge_unhandled(error.body)
         if isinstance(error, HandlingFailed) or not isinstance(error, UNREADABLE):
             cause = error.__cause__ if isinstance(error, HandlingFailed) else error
+            what, then = _lost_or_retried(body)
             if (reason := self.baton.db.health.unusable(cause)) is not None:  # a PostgreSQL outage: logged once
-                log.warning("Slack: an event was not taken, Baton's database being away (%s); Slack will retry it",
-                            reason)
+                log.warning("Slack: %s was not taken, Baton's database being away (%s); %s", what, reason, then)
             else:
-                log.error("Slack: handling a request failed; Slack will retry it", exc_info=cause)
+                log.error("Slack: handling %s failed; %s", what, then, exc_info=cause)
             return None
         log.warning("Slack: a signed request that could not be read was refused (%s)", type(error).__name__)
         if response is None:  # already acknowledged
@@ -731,6 +734,21 @@ def _acknowledge_unhandled(body: Any) -> BoltResponse:
 
 
 UNREADABLE = (AttributeError, TypeError, KeyError, IndexError, ValueError)
+
+
+def _lost_or_retried(body: Any) -> tuple[str, str]:
+    """What a request whose handling failed was, and what becomes of it: Slack sends an event again (it was not
+    acknowledged), but a click or a slash command once: the log said "Slack will retry it" of those too."""
+    body = body if isinstance(body, dict) else {}
+    if is_action(body):
+        return "a click", ("Slack sends a click once, so it is lost: the person sees a warning sign beside the button "
+                           "and may click again")
+    if is_slash_command(body):
+        return "a slash command", ("Slack sends a command once, so it is lost: the person is told it failed and may "
+                                   "ask again")
+    if is_event(body):
+        return "an event", "Slack will retry it"
+    return "a request", "Slack may not send it again"
 
 
 class HandlingFailed(RuntimeError):

@@ -3,19 +3,32 @@ card could carry is refused at start, and Slack's log says what becomes of a fai
 
 from __future__ import annotations
 
+import json
+import logging
+import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import urlencode
 
 import pytest
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_sdk.signature import SignatureVerifier
 
 from adapters import discord_render
+from adapters.slack import SlackAdapter
 from bot.messages import Buttons, Message, Text
 from bot.registry import GraphError, GraphRegistry
+from bot.settings import Settings
+from storage.db import DatabaseHealth
 from storage.models import new_token
 from tests import fake_discord as discord_side
 from tests.fake_discord import FakeDiscord
+from tests.fake_slack import BOT_TOKEN, SIGNING_SECRET, TEAM_ID, FakeSlack, SlackSender
 from tests.support import wait_for, write_config
 from tests.test_discord import Discord, chat, fake_discord  # noqa: F401 (fixtures)
 from tests.test_graph_modules import GOOD_GRAPH, package  # noqa: F401 (a fixture)
+from tests.test_slack import ALICE as SLACK_ALICE, BOB as SLACK_BOB, fake_slack  # noqa: F401 (a fixture)
 
 ALICE, BOB, CAROL = discord_side.ALICE, discord_side.BOB, discord_side.CAROL
 MESSAGES = "POST /channels/{channel_id}/messages"
@@ -94,3 +107,55 @@ def test_a_graph_whose_name_no_which_one_card_can_carry_is_refused_at_start(pack
         return
     assert GraphRegistry.discover(name).names() == [module]
     assert discord_render.option_value(discord_render.custom_id(module, new_token()).split(":")[1]) == module
+
+
+def _signed(adapter: SlackAdapter, body: str, content_type: str) -> AsyncBoltRequest:
+    stamp = str(int(time.time()))
+    signature = SignatureVerifier(SIGNING_SECRET).generate_signature(timestamp=stamp, body=body)
+    return AsyncBoltRequest(body=body, headers={"content-type": content_type, "x-slack-request-timestamp": stamp,
+                                                "x-slack-signature": signature})
+
+
+@pytest.mark.asyncio
+async def test_slacks_log_says_a_failed_click_or_command_is_lost_and_only_an_event_comes_again(
+        fake_slack: FakeSlack, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    """Slack sends an event again until it is acknowledged, but a click (block_actions) and a slash command
+    once: the log said "Slack will retry it" of every failure, so whoever read it waited for a click to come
+    again that never would."""
+
+    class FailingBaton:
+        settings = Settings(SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_SIGNING_SECRET=SIGNING_SECRET,  # type: ignore[call-arg]
+                            SLACK_API_URL=fake_slack.api_url, BATON_CONFIG=str(tmp_path / "absent.yaml"))
+        db = SimpleNamespace(health=DatabaseHealth("sqlite:///absent.db"))  # a bug, not the database away
+
+        async def accept_message(self, message: Any) -> Any:
+            raise RuntimeError("a bug")
+
+        async def accept_click(self, click: Any) -> Any:
+            raise RuntimeError("a bug")
+
+        async def event_received(self, platform: str, event_id: str) -> bool:
+            raise RuntimeError("a bug")
+
+    adapter = SlackAdapter(FailingBaton())
+    sender = SlackSender("http://unused")
+    click = {"type": "block_actions", "user": {"id": SLACK_BOB}, "team": {"id": TEAM_ID}, "trigger_id": "1.2",
+             "channel": {"id": "C0GENERAL1"}, "container": {"type": "message", "message_ts": "1.1"},
+             "message": {"ts": "1.1"}, "actions": [{"action_id": "baton:approve", "value": new_token(),
+                                                    "type": "button", "action_ts": "1.3"}]}
+    requests = [
+        ("a click", urlencode({"payload": json.dumps(click)}), "application/x-www-form-urlencoded",
+         "Slack sends a click once, so it is lost: the person sees a warning sign beside the button"),
+        ("a slash command", sender.command_body("run uptime", user=SLACK_ALICE), "application/x-www-form-urlencoded",
+         "Slack sends a command once, so it is lost: the person is told it failed"),
+        ("an event", sender.event_body(sender.mention("run uptime", user=SLACK_ALICE)), "application/json",
+         "Slack will retry it"),
+    ]
+    for what, body, content_type, then in requests:
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="baton.slack"):
+            response = await adapter.bolt.async_dispatch(_signed(adapter, body, content_type))
+        assert response.status == 500
+        (logged,) = [record for record in caplog.records if record.name == "baton.slack"]
+        assert logged.getMessage().startswith(f"Slack: handling {what} failed; {then}"), logged.getMessage()
+        assert ("retry" in logged.getMessage()) == (what == "an event")
