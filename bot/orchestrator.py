@@ -1469,7 +1469,7 @@ class Orchestrator:
                 _shown_question(value, spec.name), {})
             risk, approvers = policy.risk, None
             if len(summary) > APPROVAL_TEXT_LIMIT:  # the approver must see what they decide: the whole, in details
-                details = {"the whole question": summary}
+                details = {"the whole question": summary, **details}  # a tool review's arguments stay
                 summary = summary[:APPROVAL_TEXT_LIMIT - 60].rstrip() + "\n… (cut here: the whole of it is below)"
         if approvers is None:
             approvers = self.config.approvers_for_graph(spec.name)

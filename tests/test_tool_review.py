@@ -93,3 +93,15 @@ async def test_a_review_no_card_can_decide_fails_the_run_before_anyone_is_asked(
         assert "the tool `restart` is reviewed with approve, edit allowed, not reject" in reply, reply
         assert [(graph, status) for graph, status, _error in await _runs(baton)] == [("agent", "failed")]
     assert ran == []
+
+
+async def test_a_review_too_long_for_a_card_keeps_the_calls_arguments_below_the_whole_question(
+        tmp_path, config_path) -> None:
+    """The whole of a question longer than a card shows went into its details in place of the calls' arguments."""
+    ran: list[str] = []
+    agent = _agent(tmp_path, [RESTART], ran, interrupt_on={"restart": True}, description_prefix="Check this. " * 400)
+    async with _asked(tmp_path, config_path, GraphSpec(name="agent", graph=agent), "agent restart web") as baton:
+        card = await _waiting_card(baton, 1)
+        assert card.summary.endswith("(cut here: the whole of it is below)"), card.summary[-80:]
+        assert card.details["restart"] == '{"service": "web"}', card.details.keys()
+        assert card.details["the whole question"].endswith("Check this.")
