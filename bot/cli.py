@@ -28,7 +28,7 @@ from sqlmodel import func, select
 
 from bot.approvals import waiting_for, who_may_approve
 from bot.config import ConfigError, check_digest_platforms, load_config, printable
-from bot.messages import first_line
+from bot.messages import first_line, validation_words
 from bot.redaction import Redactor
 from bot.registry import GraphError, GraphRegistry
 from bot.settings import Settings, export_env_file
@@ -87,7 +87,7 @@ def _settings() -> Settings:
     except OSError as exc:  # .env there but unreadable (its permissions)
         _fail(f"Baton's settings: .env cannot be read: {exc.strerror or exc}")
     except ValidationError as exc:  # the messages name the setting, never its value (it may be a secret)
-        problems = "\n".join(f"  {'.'.join(str(part) for part in error['loc'])}: {error['msg'].removeprefix('Value error, ')}"
+        problems = "\n".join(f"  {'.'.join(str(part) for part in error['loc'])}: {validation_words(error)}"
                              for error in exc.errors())
         _fail(f"Baton's settings (environment or .env) are not valid:\n{problems}")
 

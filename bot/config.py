@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from bot.schedules import ScheduleError, check_schedule, zone_name
 from bot.lookalikes import ansi_c_quoted, misleading
-from bot.messages import quoted_code
+from bot.messages import quoted_code, validation_words
 from bot.settings import SECRET_VARIABLES
 
 Risk = Literal["low", "high"]
@@ -686,7 +686,7 @@ def load_config(path: Path, *, required: bool = False, empty: bool = True) -> Ba
             where = getattr(error.get("ctx", {}).get("error"), "where", ())  # a PartError's part
             line = _line_of(root, loc + where, key=error["type"] == "extra_forbidden")
             # Baton's own words, without pydantic's "Value error, " before them (the settings' refusals drop it too)
-            said = error["msg"].removeprefix("Value error, ")
+            said = validation_words(error)
             problems.append(f"{path}: line {line}: {'.'.join(loc) or '(top)'}: {said}{_meant(error, loc)}")
         if len(problems) > MAX_PROBLEMS:  # one mistake made in every runbook (desc: for description:) was 80 lines
             problems[MAX_PROBLEMS:] = [f"{path}: and {len(problems) - MAX_PROBLEMS} more problems"]

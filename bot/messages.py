@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -25,6 +25,12 @@ def quoted(text: str, limit: int = 60) -> str:
     bidi controls shown as U+FFFD. They make a quote read as something else (U+202E shows
     `upt\u202eime` as "uptemi"), which in a bot's reply could pass off one command as another."""
     return _BIDI_CONTROLS.sub("\ufffd", text)[:limit]
+
+
+def validation_words(error: dict[str, Any]) -> str:
+    """What one of pydantic's validation errors says, without the "Value error, " it puts before a validator's own
+    words (``parts.1.image.data: Value error, is not base64`` was shown to a graph's author)."""
+    return str(error.get("msg", "")).removeprefix("Value error, ")
 
 
 def first_line(text: str, limit: int = 80) -> str:

@@ -47,7 +47,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import select
 
 from bot import audit
-from bot.messages import Location, Message, storable
+from bot.messages import Location, Message, storable, validation_words
 from bot.redaction import Redactor
 from storage.db import Database, Transaction, insert_ignore, insert_returning_id, lock_for_transaction, prepared
 from storage.models import ChannelPace, OutboxMessage, utcnow
@@ -494,7 +494,8 @@ class Outbox:
                 log.error("outbox message %s (%s in channel %s, thread %s) was stored by a Baton version this one "
                           "cannot read (%s); it is left for a replica that can, and its thread's later messages wait "
                           "behind it", row.id, row.kind, row.channel, row.thread or "-",
-                          "; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors()))
+                          "; ".join(f"{'.'.join(map(str, error['loc']))}: {validation_words(error)}"
+                                    for error in exc.errors()))
             return None
 
     @staticmethod

@@ -13,7 +13,7 @@ from bot import approvals, schedules
 from bot.models import ModelRequired
 from bot.kit import duration
 from bot.messages import (ButtonOption, Buttons, Code, Message, Note, Text, ThreadLink, first_line, quoted, quoted_code,
-                          storable)
+                          storable, validation_words)
 from storage.models import Approval
 
 # A longer text in a graph's reply goes as long command output does, a preview and the whole as a file:
@@ -106,7 +106,7 @@ def result(reply: Any, *, failed: bool, error: Any = None) -> Message:
         except ValidationError as exc:
             problem = exc.errors()[0]
             where = ".".join(str(part) for part in problem["loc"])
-            raise ReplyNotShown(f"its reply is not a message: {where}: {problem['msg']}") from None
+            raise ReplyNotShown(f"its reply is not a message: {where}: {validation_words(problem)}") from None
     tone = "error" if failed else "success"
     if isinstance(reply, set | frozenset):  # no JSON of its own: its items, in a stable order
         reply = sorted(reply, key=str)

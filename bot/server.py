@@ -31,7 +31,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from bot.app import Baton, StartFailed
 from bot.config import BatonConfig
-from bot.messages import quoted, storable
+from bot.messages import quoted, storable, validation_words
 from bot.metrics import Metrics
 from bot.settings import Settings
 
@@ -403,7 +403,7 @@ async def invalid_request(request: Request, exc: RequestValidationError) -> JSON
     got an answer ten times its size; a field's name is cut as long as a quote (it may be the 900 kB)."""
     errors = exc.errors()
     detail = [{"loc": [storable(quoted(str(part), MAX_NAME_SHOWN)) for part in error.get("loc", ())],
-               "msg": storable(not_an_object(request, error) or str(error.get("msg", ""))),
+               "msg": storable(not_an_object(request, error) or validation_words(error)),
                "type": error.get("type", "")}
               for error in errors[:MAX_ERRORS_SHOWN]]
     if len(errors) > MAX_ERRORS_SHOWN:

@@ -19,7 +19,7 @@ SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>'
                          ids=["a data URL", "the SVG itself"])
 def test_a_reply_whose_picture_is_not_base64_fails_its_run_saying_why(data: str) -> None:
     reply = {"parts": [{"kind": "text", "text": "The chart:"}, {"kind": "image", "alt": "errors", "data": data}]}
-    with pytest.raises(ReplyNotShown, match=r"parts\.1\.image\.data: Value error, is not base64 \(a data URL, or the "
+    with pytest.raises(ReplyNotShown, match=r"parts\.1\.image\.data: is not base64 \(a data URL, or the "
                                             r"picture itself\?\): give base64\.b64encode\(picture_bytes\)\.decode\(\)"):
         result(reply, failed=False)
 
