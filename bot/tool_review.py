@@ -37,8 +37,8 @@ def _calls(value: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def question(value: dict[str, Any]) -> tuple[str, dict[str, str]]:
-    """A review's card: what the agent wants to run (each call's description, else its name) and each call's
-    arguments, as JSON, in the details."""
+    """A review's card: what the agent wants to run (each call's description, else its name) and, in the details,
+    each call's arguments one a line, as a runbook's card shows its command (text as it is, other values as JSON)."""
     calls = _calls(value)
     names = [str(call.get("name", "?")) for call in calls]
     described = [_described(call, name) for call, name in zip(calls, names)]
@@ -50,14 +50,16 @@ def question(value: dict[str, Any]) -> tuple[str, dict[str, str]]:
                            for index, (text, name) in enumerate(zip(described, names), start=1))
     details = {}
     for index, (call, name) in enumerate(zip(calls, names), start=1):
-        key = name if len(calls) == 1 else f"{index}. {name}"
-        details[key] = json.dumps(call.get("args", {}), ensure_ascii=False, sort_keys=True, default=str)
+        args = call.get("args")
+        for arg, given in (args.items() if isinstance(args, dict) else [("arguments", args)] if args else []):
+            key = str(arg) if len(calls) == 1 else f"{index}. {name} {arg}"
+            details[key] = given if isinstance(given, str) else json.dumps(given, ensure_ascii=False, default=str)
     return summary, details
 
 
 def _described(call: dict[str, Any], name: str) -> str:
     """A call's description without the middleware's own "Tool: <name>\\nArgs: <args>" (the card shows the
-    arguments as JSON below)."""
+    arguments below)."""
     text = str(call.get("description") or "").strip()
     return text.split(f"\n\nTool: {name}\nArgs: ", 1)[0].strip()
 

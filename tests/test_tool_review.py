@@ -16,6 +16,7 @@ import pytest
 from langchain.agents import create_agent
 from langchain.agents.middleware import HumanInTheLoopMiddleware
 
+from bot import tool_review
 from bot.registry import GraphSpec
 from tests.fake_models import ScriptedModel, calls
 from tests.test_decision_truth import _decide
@@ -58,7 +59,7 @@ async def test_an_agents_tool_review_is_a_card_and_its_decision_is_the_middlewar
     async with _asked(tmp_path, config_path, GraphSpec(name="agent", graph=agent), "agent restart web please") as baton:
         card = await _waiting_card(baton, 1)
         assert card.summary == "The agent wants to run `restart`.\n\nTool execution requires approval", card.summary
-        assert card.details == {"restart": '{"service": "web"}'}, card.details
+        assert card.details == {"service": "web"}, card.details
         assert calls(tmp_path / "model.json")[0]["said"] == ["human: restart web please"]  # the request, as words
         await _decide(baton, 1, action)
         texts = await _bot_texts(baton, "1", 2)
@@ -77,7 +78,7 @@ async def test_one_card_decides_every_call_of_a_batched_review(tmp_path, config_
     async with _asked(tmp_path, config_path, GraphSpec(name="agent", graph=agent), "agent fix it") as baton:
         card = await _waiting_card(baton, 1)
         assert card.summary.startswith("The agent wants to run 2 tools: `restart`, `clear_cache`."), card.summary
-        assert card.details == {"1. restart": '{"service": "web"}', "2. clear_cache": '{"region": "eu"}'}
+        assert card.details == {"1. restart service": "web", "2. clear_cache region": "eu"}
         await _decide(baton, 1, "approve")
         assert (await _bot_texts(baton, "1", 2))[-1] == "All done."
     assert sorted(ran) == ["clear eu", "restart web"]
@@ -103,5 +104,15 @@ async def test_a_review_too_long_for_a_card_keeps_the_calls_arguments_below_the_
     async with _asked(tmp_path, config_path, GraphSpec(name="agent", graph=agent), "agent restart web") as baton:
         card = await _waiting_card(baton, 1)
         assert card.summary.endswith("(cut here: the whole of it is below)"), card.summary[-80:]
-        assert card.details["restart"] == '{"service": "web"}', card.details.keys()
+        assert card.details["service"] == "web", card.details.keys()
         assert card.details["the whole question"].endswith("Check this.")
+
+
+def test_a_calls_arguments_are_shown_one_a_line_text_as_it_is() -> None:
+    """Shown as one line of JSON, a call's arguments ran off the card's right edge in the playground."""
+    review = {"type": "tool_approval", "tool_call_id": "c1", "name": "scale", "description": "",
+              "args": {"service": "web", "replicas": 3, "zones": ["eu-1", "eu-2"], "note": None}}
+    summary, details = tool_review.question(review)
+    assert summary == "The agent wants to run `scale`."
+    assert details == {"service": "web", "replicas": "3", "zones": '["eu-1", "eu-2"]', "note": "null"}
+    assert tool_review.question({**review, "args": {}}) == ("The agent wants to run `scale`.", {})
