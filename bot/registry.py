@@ -37,6 +37,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.pregel._write import ChannelWrite
 from langgraph.pregel import Pregel
 
+from bot import graph_context
 from bot.kit import Request, in_graph_thread
 
 InputMaker = Callable[[Request, str], dict[str, Any]]
@@ -406,6 +407,16 @@ def _cannot_run(graph: StateGraph | Pregel) -> str | None:
             graph = graph.compile()
         except Exception as exc:  # a builder with no entry, an edge to no node...
             return f"`graph` does not compile: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    uncached = _uncached_node(graph)
+    if uncached is not None:
+        # LangGraph skips a cache_policy when the graph has no cache (Baton compiles a builder with none): the node
+        # ran every time, without a word
+        return (f"its node `{uncached}` has a cache_policy, but the graph has no cache to keep its results in: "
+                "compile it with one (`graph = builder.compile(cache=InMemoryCache())`, from langgraph.cache.memory: "
+                "kept by each Baton process until it stops), or drop the cache_policy")
+    refused_context = graph_context.refusal(graph)
+    if refused_context is not None:
+        return refused_context
     for path, subgraph in _subgraphs(graph):
         # checkpointer=False: LangGraph fails it under durability="sync", which Baton runs every graph with
         # ("'AsyncPregelLoop' object has no attribute '_put_checkpoint_fut'")
@@ -419,6 +430,15 @@ def _cannot_run(graph: StateGraph | Pregel) -> str | None:
             return (f"its subgraph `{path}` is compiled with interrupt_before/interrupt_after, which Baton "
                     "cannot resume; call interrupt() (or bot.kit.approve()) in the node instead")
     return None
+
+
+def _uncached_node(graph: Pregel) -> str | None:
+    """A node (``review/check`` in a subgraph) with a ``cache_policy`` that no cache serves, or ``None``."""
+    if graph.cache is not None:  # the top graph's cache serves its subgraphs' nodes too
+        return None
+    graphs = [("", graph), *((f"{path}/", subgraph) for path, subgraph in _subgraphs(graph))]
+    return next((f"{path}{name}" for path, each in graphs if each.cache is None
+                 for name, node in each.nodes.items() if node.cache_policy is not None), None)
 
 
 def _subgraphs(graph: Pregel, path: str = "") -> Iterator[tuple[str, Pregel]]:

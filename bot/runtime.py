@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from contextlib import aclosing, asynccontextmanager
@@ -21,15 +22,17 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.pregel import Pregel
 from langgraph.types import Command, Interrupt
+from pydantic import BaseModel
 from sqlalchemy import DateTime, bindparam, func, update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot import audit, kit, threads, tool_review
+from bot import audit, graph_context, kit, threads, tool_review
 from bot.approvals import waiting_for
 from bot.config import BatonConfig
 from bot.messages import Location, Message, first_line, quoted, storable
 from bot.models import cost_of, usage_of
+from bot.no_store import NO_STORE
 from bot.redaction import Redactor
 from bot.registry import GraphRegistry, GraphSpec, NodeExited
 from bot.replies import age
@@ -160,6 +163,16 @@ def _contain_exits_of_graph_tasks(loop: asyncio.AbstractEventLoop) -> None:
 _END = object()
 
 
+def _progress_line(chunk: Any) -> str | None:
+    """What a custom stream chunk shows in the thread: ``progress()``'s line, or text a node wrote itself with
+    LangGraph's own ``get_stream_writer()`` (``runtime.stream_writer``, a LangChain tool's ``ToolRuntime``), as
+    LangGraph's docs show it (``writer("Looking up data for city: Paris")``), which was dropped without a word.
+    Other chunks (a dict of a graph's own) are not shown."""
+    if isinstance(chunk, dict) and chunk.get("baton") == kit.PROGRESS_MARK:
+        return str(chunk.get("text", ""))
+    return chunk if isinstance(chunk, str) and chunk.strip() else None
+
+
 async def _next_chunk(stream: AsyncIterator[tuple[Any, Any]]) -> Any:
     """The graph's next custom chunk, or ``_END``. A ``BaseException`` other than cancellation and
     ``GeneratorExit`` (``sys.exit()`` in a step LangGraph ran in this task, a library's own) fails the run:
@@ -196,10 +209,23 @@ def _message_as_text(values: dict[str, Any]) -> dict[str, Any]:
     tool_calls=[] ...")."""
     if isinstance(values.get("reply"), BaseMessage):
         values["reply"] = str(values["reply"].text)
+    elif "reply" not in values and values.get("structured_response") is not None:
+        # LangChain's create_agent(..., response_format=Schema): its answer is the schema's object, its last AI
+        # message a tool call with no text (the reply was "Done.") or, from a provider's native output, the JSON
+        values["reply"] = _as_data(values["structured_response"])
     elif "reply" not in values and isinstance(values.get("messages"), list) and values["messages"] and isinstance(
             values["messages"][-1], AIMessage):  # a graph on messages alone (LangChain's create_agent): its answer
         values["reply"] = str(values["messages"][-1].text)
     return values
+
+
+def _as_data(value: Any) -> Any:
+    """A structured answer (a pydantic model, a dataclass, a dict) as data the reply shows as JSON."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
 
 
 def _storable_value(value: Any) -> Any:
@@ -236,7 +262,10 @@ class GraphRuntime:
         # Keyed by the spec too: a graph added again under its name (``GraphRegistry.add``) ran as it was first.
         cached = self._compiled.get(spec.name)
         if cached is None or cached[0] is not spec:
-            cached = self._compiled[spec.name] = (spec, spec.compile(self.checkpointer))
+            compiled = spec.compile(self.checkpointer)
+            if compiled.store is None:  # get_store() and runtime.store say what to do, not "'NoneType' ... 'put'"
+                compiled = compiled.copy(update={"store": NO_STORE})
+            cached = self._compiled[spec.name] = (spec, compiled)
         return cached[1]
 
     @staticmethod
@@ -259,6 +288,7 @@ class GraphRuntime:
         if run_id is not None:
             config["metadata"] = {RUN_METADATA: run_id}
         limit = self.run_timeout if spec.timeout == "default" else spec.timeout
+        run_context = graph_context.context_for(spec.graph, context.request)  # every start and resume: not kept
         _contain_exits_of_graph_tasks(asyncio.get_running_loop())
         token, inside, fenced = kit.bind(context), _in_graph.set(True), checkpoint_fence.set(fence)
         deadline = asyncio.timeout(limit)
@@ -267,13 +297,14 @@ class GraphRuntime:
         try:
             # subgraphs=True: progress() in a subgraph's node reaches the thread too
             async with deadline, aclosing(graph.astream(payload, config, stream_mode="custom", subgraphs=True,
-                                                        durability="sync")) as stream:
+                                                        durability="sync", context=run_context)) as stream:
                 while (chunk := await _next_chunk(stream)) is not _END:
-                    if isinstance(chunk, dict) and chunk.get("baton") == kit.PROGRESS_MARK:
+                    line = _progress_line(chunk)
+                    if line is not None:
                         # Storable: a file name's lone surrogate (os.listdir), a NUL of a command's output stored by
                         # no database, and the line's message, tried again for ever, held up the run's reply behind it.
                         # Baton's own: what it raises passes as it is.
-                        await on_progress(storable(str(chunk.get("text", ""))))
+                        await on_progress(storable(line))
         except TimeoutError:
             if limit is not None and deadline.expired():
                 raise RunTimedOut(limit) from None
