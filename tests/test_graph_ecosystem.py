@@ -9,13 +9,14 @@ decided in either order), a question in a subgraph, the functional API's, and a 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import operator
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, Literal, TypedDict
 
 import pytest
 from langchain.agents import create_agent
@@ -26,7 +27,7 @@ from langgraph.func import entrypoint, task
 from langgraph.graph import START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.store.memory import InMemoryStore
-from langgraph.types import CachePolicy, Send, interrupt
+from langgraph.types import CachePolicy, Command, Send, interrupt
 from pydantic import BaseModel
 
 from bot import graph_context
@@ -367,3 +368,44 @@ async def test_a_tool_asking_itself_in_an_agent_is_a_card(tmp_path, config_path)
         await _click(baton, 1, "reject")
         assert (await _bot_texts(baton, "1", 2))[-1] == "All done."
     assert ran == [] and calls(tmp_path / "model.json")[-1]["said"][-1] == "tool: not restarted: bob rejected it"
+
+
+async def test_command_goto_routes_and_updates(tmp_path, config_path) -> None:
+    def route(state: State) -> Command[Literal["web", "api"]]:
+        return Command(update={"done": ["routed"]}, goto="api" if "api" in state["text"] else "web")
+
+    def web(state: State) -> State:
+        return {"reply": f"web after {state['done']}"}
+
+    def api(state: State) -> State:
+        return {"reply": f"api after {state['done']}"}
+
+    graph = StateGraph(State)
+    for node in (route, web, api):
+        graph.add_node(node.__name__, node)
+    graph.add_edge(START, "route")
+    async with _asked(tmp_path, config_path, GraphSpec(name="route_to", graph=graph), "route_to api") as baton:
+        assert (await _bot_texts(baton, "1", 1))[-1] == "api after ['routed']"
+
+
+async def test_a_node_timeout_fails_its_run_and_a_plain_node_with_one_is_refused(tmp_path, config_path) -> None:
+    """LangGraph's own node ``timeout=`` (async nodes only: it refuses a plain one when the graph compiles)."""
+    async def slow(_state: State) -> State:
+        await asyncio.sleep(30)
+        return {"reply": "late"}
+
+    def plain(_state: State) -> State:
+        return {}
+
+    refused = StateGraph(State)
+    refused.add_node("plain", plain, timeout=5)
+    refused.add_edge(START, "plain")
+    with pytest.raises(GraphError, match=re.escape("`graph` does not compile: Node timeouts are only supported for "
+                                                   "async nodes")):
+        _spec_from_module("plain", _module(refused))
+    graph = StateGraph(State)
+    graph.add_node("slow", slow, timeout=0.2)
+    graph.add_edge(START, "slow")
+    async with _asked(tmp_path, config_path, GraphSpec(name="slow", graph=graph), "slow") as baton:
+        reply = (await _bot_texts(baton, "1", 1))[-1]
+        assert "NodeTimeoutError: Node 'slow' exceeded its run timeout of 0.200s" in reply, reply
