@@ -304,6 +304,10 @@ class Adapter(ABC):
             if self.baton.db.health.explains(exc):
                 log.warning("recording %s message %s failed, the database being away; it is sent again when its "
                             "claim expires", self.name, delivery.id)
+            elif (reason := self.baton.db.health.unusable(exc)) is not None:  # SQLite's disk full, say
+                log.warning("recording %s message %s failed: Baton's database cannot be written (%s): %s; it is sent "
+                            "again when its claim expires", self.name, delivery.id, reason,
+                            self.baton.db.health.advice(exc))
             else:
                 log.exception("recording %s message %s failed; it is sent again when its claim expires",
                               self.name, delivery.id)

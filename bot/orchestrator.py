@@ -37,7 +37,8 @@ from bot.routing import (CANCEL_COMMAND, CHOOSER, DECISION_WORDS, DIGEST_COMMAND
 from bot.runtime import (EffectInDoubt, GraphOutcome, GraphRuntime, ProgressSink, RunServices, RunTimedOut,
                          Services)
 from bot.settings import Settings
-from storage.db import Transaction, insert_new_id, insert_row, lock_for_transaction, prepared, when_committed
+from storage.db import (Transaction, database_advice, database_unreachable, database_unusable, insert_new_id,
+                        insert_row, lock_for_transaction, prepared, when_committed)
 from storage.models import Approval, Effect, InboundEvent, Run, ThreadRecord, loaded, utcnow
 
 log = logging.getLogger("baton.orchestrator")
@@ -645,6 +646,14 @@ class Orchestrator:
                 with contextlib.suppress(Exception):  # away still: the lease runs out instead
                     await asyncio.shield(self.leases.release(record_id))
                 return
+            if isinstance(exc, Exception) and (reason := database_unusable(exc)) is not None:
+                # SQLite's disk full (say): one line saying what to do, not three tracebacks of the same error. The
+                # event stays queued; the thread is taken up again when its lease runs out, as after a crash.
+                log.warning("draining thread %s stopped: Baton's database cannot be written (%s): %s; the thread is "
+                            "taken up again once it can be", record_id, reason, database_advice(exc))
+                with contextlib.suppress(Exception):  # unwritable still: the lease runs out instead
+                    await asyncio.shield(self.leases.release(record_id))
+                return
             log.exception("draining thread %s stopped; the sweeper will retry", record_id)
             await asyncio.shield(self.leases.release(record_id))
             raise
@@ -797,6 +806,8 @@ class Orchestrator:
         except LeaseLost:
             raise
         except Exception as exc:
+            if database_unusable(exc) is not None:  # its answer cannot be stored either: the drain says why, once
+                raise
             log.exception("event %s failed", event.id)
             await self._finish_event(event, f"error: {type(exc).__name__}",
                                      Message.text("Something went wrong while handling this; it was logged.", tone="error"),
@@ -1358,8 +1369,9 @@ class Orchestrator:
         finally:
             try:
                 await services.flush_effects()
-            except Exception:
-                log.exception("recording the outcomes of run %s's effects failed", run.id)
+            except Exception as exc:
+                if database_unusable(exc) is None:  # else the drain that ends now says why, once
+                    log.exception("recording the outcomes of run %s's effects failed", run.id)
 
     async def _progress_shown(self, location: Location, progress_row: int) -> list[str]:
         """The lines a continued run's progress message shows, as its last stored edit left them."""
@@ -1390,6 +1402,12 @@ class Orchestrator:
         except LeaseLost:  # an effect found the thread taken over: its new holder answers it
             raise
         except Exception as exc:
+            if (reason := database_unusable(exc)) is not None:  # its checkpoint could not be written: no bug of its own
+                log.warning("run %s (%s) stopped: Baton's database cannot be written or reached (%s): %s", run.id,
+                            spec.name, reason, database_advice(exc))
+                await self._finish_run(run, record, event, "failed", replies.database_unusable(
+                    spec.name, reason, unreachable=database_unreachable(exc) is not None), str(exc)[:1000], services)
+                return
             log.warning("run %s (%s) failed: %s", run.id, spec.name, storable(str(exc)))  # a log file in UTF-8 too
             if isinstance(exc, RunTimedOut):
                 message = replies.timed_out(spec.name, exc.limit)

@@ -211,6 +211,17 @@ def in_doubt(graph: str, effect: str) -> Message:
     ])
 
 
+def database_unusable(graph: str, reason: str, *, unreachable: bool) -> Message:
+    """A run stopped because Baton's database (or its checkpoints file) could not be written or reached: said in
+    words, not as "OperationalError: database or disk is full", with what was kept and what to do."""
+    cannot = "reach its database" if unreachable else f"write to its database ({reason})"
+    return Message(tone="error", title="Run stopped", parts=[
+        Text(text=f"`{graph}` stopped: Baton could not {cannot} just now, so it could not keep this run's progress "
+                  "and went no further. A step it had already made is not made again. Please ask again in a few "
+                  "minutes; Baton's log says what its operator can do."),
+    ])
+
+
 def timed_out(graph: str, limit: float) -> Message:
     return Message(tone="error", title="Run stopped", parts=[
         Text(text=f"`{graph}` ran longer than its limit of {duration(limit)}, so I stopped it. Nothing more of it will run; "

@@ -362,8 +362,8 @@ async def database_away(request: Request, exc: Exception) -> JSONResponse:
         raise exc
     detail = DATABASE_AWAY
     if health.problem is None:  # SQLite's (no outage is kept for it): said here, for each request
-        log.warning("%s %s was refused with a 503: Baton's database cannot be written (%s)", request.method,
-                    request.url.path, reason)
+        log.warning("%s %s was refused with a 503: Baton's database cannot be written (%s): %s", request.method,
+                    request.url.path, reason, health.advice(exc))
         detail = DATABASE_UNWRITABLE.format(reason=reason)
     return JSONResponse(status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
                         content={"detail": detail})

@@ -176,6 +176,31 @@ def database_unusable(exc: BaseException | None) -> str | None:
     return None
 
 
+# What an operator does about each of those SQLite errors (``database_advice``).
+_SQLITE_ADVICE = {
+    sqlite3.SQLITE_FULL: "free space on the disk holding it and its checkpoints file",
+    sqlite3.SQLITE_IOERR: "check the disk holding it (dmesg names the device's errors)",
+    sqlite3.SQLITE_READONLY: "make it and its directory writable for Baton's user again",
+    sqlite3.SQLITE_CANTOPEN: "make sure its directory is there (its volume mounted) and writable for Baton's user",
+    sqlite3.SQLITE_BUSY: "another process holds its write lock: see which (fuser) and stop it",
+}
+
+
+def database_advice(exc: BaseException | None) -> str:
+    """What an operator does about ``exc``, an error ``database_unusable`` named: for SQLite by its code (a full
+    disk: free space), for PostgreSQL that the server must be reachable again. Baton goes on by itself once it is."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, sqlite3.Error):
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code is not None and code & 0xFF in _SQLITE_ADVICE:
+                return _SQLITE_ADVICE[code & 0xFF]
+            break
+        exc = exc.orig if isinstance(exc, DBAPIError) else exc.__cause__
+    return "make the database reachable again"
+
+
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
@@ -224,6 +249,11 @@ class DatabaseHealth:
         if exc is not None and self.explains(exc):
             return self.problem
         return database_unusable(exc)
+
+    @staticmethod
+    def advice(exc: BaseException | None) -> str:
+        """What an operator does about ``exc`` (``database_advice``)."""
+        return database_advice(exc)
 
     def reached(self) -> None:
         if self.problem is not None:
