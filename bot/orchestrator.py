@@ -227,6 +227,18 @@ def _shown_question(value: Any, graph: str) -> str:
         return pprint.pformat(value)
 
 
+def _card_question(value: Any, graph: str) -> tuple[str, dict[str, str]]:
+    """A plain graph's ``interrupt(value)`` as its card: the question and the details below it. LangGraph's docs ask
+    ``interrupt({"question": "Do you want to proceed with this action?", "details": ...})``: its ``question`` is the
+    card's and the other keys its details, each a line (text as it is, other values as JSON), as ``approve()``'s
+    are; the card showed the whole dict as one block of JSON, the question inside it."""
+    question = value.get("question") if isinstance(value, dict) else None
+    if not isinstance(question, str) or not question.strip():
+        return _shown_question(value, graph), {}
+    return question, {str(key): given if isinstance(given, str) else json.dumps(given, ensure_ascii=False, default=str)
+                      for key, given in value.items() if key != "question"}
+
+
 class Orchestrator:
     def __init__(self, settings: Settings, services: Services, runtime: GraphRuntime, outbox: Outbox, instance: str,
                  digests: Digests) -> None:
@@ -1483,8 +1495,8 @@ class Orchestrator:
             summary, details, risk = str(value["summary"]), dict(value.get("details") or {}), value.get("risk", "high")
             approvers = value.get("approvers")
         else:  # a plain graph's interrupt(value): show the value, apply the graph's policy
-            summary, details = tool_review.question(value) if tool_review.is_review(value) else (
-                _shown_question(value, spec.name), {})
+            summary, details = tool_review.question(value) if tool_review.is_review(value) else _card_question(
+                value, spec.name)
             risk, approvers = policy.risk, None
             if len(summary) > APPROVAL_TEXT_LIMIT:  # the approver must see what they decide: the whole, in details
                 details = {"the whole question": summary, **details}  # a tool review's arguments stay

@@ -261,6 +261,36 @@ async def test_an_agents_structured_response_is_its_reply(tmp_path, config_path)
         assert json.loads(reply.strip("`\n")) == {"city": "Paris", "degrees": 12}, reply
 
 
+# -- questions asked as LangGraph's docs ask them -------------------------------------------------------------------
+
+@pytest.mark.parametrize("action", ["approve", "reject"])
+async def test_the_docs_question_dict_is_the_cards_question_with_its_details_below(tmp_path, config_path,
+                                                                                 action) -> None:
+    """``interrupt({"question": ..., "details": ...})`` and ``Command(goto=...)`` on the answer, as LangGraph's
+    "approve or reject" pattern: the card showed the whole dict as one block of JSON."""
+    def approval(_state: State) -> Command[Literal["proceed", "cancel"]]:
+        is_approved = interrupt({"question": "Do you want to proceed with this action?",
+                                 "details": {"amount": 500, "to": "acme"}, "note": "from the nightly batch"})
+        return Command(goto="proceed" if is_approved else "cancel")
+
+    def proceed(_state: State) -> State:
+        return {"reply": "proceeded"}
+
+    def cancel(_state: State) -> State:
+        return {"reply": "cancelled"}
+
+    graph = StateGraph(State)
+    for node in (approval, proceed, cancel):
+        graph.add_node(node.__name__, node)
+    graph.add_edge(START, "approval")
+    async with _asked(tmp_path, config_path, GraphSpec(name="pay", graph=graph), "pay") as baton:
+        card = await _waiting_card(baton, 1)
+        assert card.summary == "Do you want to proceed with this action?", card.summary
+        assert card.details == {"details": '{"amount": 500, "to": "acme"}', "note": "from the nightly batch"}
+        await _click(baton, 1, action)
+        assert (await _bot_texts(baton, "1", 2))[-1] == ("proceeded" if action == "approve" else "cancelled")
+
+
 # -- questions LangGraph asks in other ways (these worked: pinned) -------------------------------------------------
 
 @pytest.mark.parametrize("first", ["approve", "reject"])
