@@ -56,6 +56,22 @@ def _messages_input(_request: Request, args: str) -> dict[str, Any]:
     return {"messages": [("user", args)]}
 
 
+def _plain_text_input(_request: Request, args: str) -> str:
+    """The default input of a functional-API ``@entrypoint`` that takes text (``def workflow(topic: str)``)."""
+    return args
+
+
+def _takes_text(graph: Any) -> bool:
+    """Whether ``graph`` is an ``@entrypoint`` (or another graph with no state) whose input is text."""
+    if isinstance(graph, (StateGraph, CompiledStateGraph)) or not isinstance(graph, Pregel):
+        return False
+    try:
+        return graph.get_input_jsonschema().get("type") == "string"
+    except Exception:  # a schema LangGraph cannot describe: the text input, as before
+        log.debug("the input schema of %r is unknown", graph, exc_info=True)
+        return False
+
+
 def _input_keys(graph: Any) -> set[str]:
     """The keys of ``graph``'s input state, as far as LangGraph says (none when it cannot)."""
     try:
@@ -110,6 +126,8 @@ class GraphSpec:
             keys = _input_keys(self.graph)
             if "messages" in keys and "text" not in keys:
                 self.make_input = _messages_input
+            elif _takes_text(self.graph):  # LangGraph's docs' ``def workflow(topic: str)`` got {"text": topic}
+                self.make_input = _plain_text_input  # type: ignore[assignment]
 
     def compile(self, checkpointer: BaseCheckpointSaver) -> Pregel:
         if isinstance(self.graph, StateGraph):

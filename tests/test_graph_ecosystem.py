@@ -361,6 +361,25 @@ async def test_a_question_in_a_subgraph_is_a_card(tmp_path, config_path) -> None
         assert (await _bot_texts(baton, "1", 2))[-1] == "left alone"
 
 
+async def test_an_entrypoint_that_takes_text_is_given_the_request_as_text(tmp_path, config_path) -> None:
+    """The functional API's docs take text (``def workflow(topic: str)``, ``workflow.invoke("cat")``): it was given
+    ``{"text": "cat"}``, and wrote "An essay about {'text': 'cat'}"."""
+    @task
+    def write_essay(topic: str) -> str:
+        return f"An essay about {topic}"
+
+    @entrypoint()
+    def workflow(topic: str) -> dict[str, Any]:
+        essay = write_essay(topic).result()
+        return {"reply": essay if interrupt({"question": "Publish it?", "essay": essay}) else "Not published."}
+
+    async with _asked(tmp_path, config_path, GraphSpec(name="essay", graph=workflow), "essay cats") as baton:
+        card = await _waiting_card(baton, 1)
+        assert card.details == {"essay": "An essay about cats"}, card.details
+        await _click(baton, 1, "approve")
+        assert (await _bot_texts(baton, "1", 2))[-1] == "An essay about cats"
+
+
 async def test_the_functional_apis_questions_in_tasks_are_cards_one_after_another(tmp_path, config_path) -> None:
     """Two tasks that ask, started together: LangGraph asks the second once the first is answered."""
     @task
