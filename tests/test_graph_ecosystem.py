@@ -31,9 +31,11 @@ from langgraph.types import CachePolicy, Command, Send, interrupt
 from pydantic import BaseModel
 
 from bot import graph_context
+from bot.app import Baton
 from bot.kit import Request
 from bot.messages import InboundClick, InboundMessage
 from bot.registry import GraphError, GraphSpec, _spec_from_module
+from bot.settings import Settings
 from tests.fake_models import ScriptedModel, calls
 from tests.test_graph_authoring_hunt2 import _bot_texts, _runs, _waiting_card
 from tests.test_graph_modules import _asked
@@ -458,3 +460,37 @@ async def test_a_node_timeout_fails_its_run_and_a_plain_node_with_one_is_refused
     async with _asked(tmp_path, config_path, GraphSpec(name="slow", graph=graph), "slow") as baton:
         reply = (await _bot_texts(baton, "1", 1))[-1]
         assert "NodeTimeoutError: Node 'slow' exceeded its run timeout of 0.200s" in reply, reply
+
+
+async def test_two_question_dicts_reading_the_context_on_either_database(database_url, config_path) -> None:
+    """The approvals' details and the resumes' context as SQLite and PostgreSQL store and give them back."""
+    def deploy(_state: State, runtime: Runtime[Asker]) -> State:
+        said = interrupt({"question": "Deploy web?", "release": {"web": 42}, "for": runtime.context.user})
+        return {"done": [f"deploy={bool(said)} for {runtime.context.user}"]}
+
+    def migrate(_state: State, runtime: Runtime[Asker]) -> State:
+        said = interrupt({"question": "Migrate the database?", "in": runtime.context.channel})
+        return {"done": [f"migrate={bool(said)} in {runtime.context.channel}"]}
+
+    def report(state: State) -> State:
+        return {"reply": ", ".join(sorted(state["done"]))}
+
+    graph = StateGraph(State, context_schema=Asker)
+    for node in (deploy, migrate, report):
+        graph.add_node(node.__name__, node)
+    graph.add_edge(START, "deploy")
+    graph.add_edge(START, "migrate")
+    graph.add_edge(["deploy", "migrate"], "report")
+    settings = Settings(BATON_DATABASE_URL=database_url, BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground")
+    async with Baton(settings) as baton:
+        baton.registry.add(GraphSpec(name="ship", graph=graph))
+        await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1", event_id="e1",
+                                                  user="alice", text="ship"))
+        cards = {card.summary: card for card in [await _waiting_card(baton, 1), await _waiting_card(baton, 2)]}
+        assert cards["Deploy web?"].details == {"release": '{"web": 42}', "for": "alice"}
+        assert cards["Migrate the database?"].details == {"in": "general"}
+        await _click(baton, list(cards).index("Migrate the database?") + 1, "reject")
+        await _click(baton, list(cards).index("Deploy web?") + 1, "approve")
+        texts = await _bot_texts(baton, "1", 3)
+        assert texts[-1] == "deploy=True for alice, migrate=False in general", texts
