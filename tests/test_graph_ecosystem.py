@@ -2,9 +2,11 @@
 
 Fixed here (each failed before): a ``context_schema`` got no context (``runtime.context`` was ``None``), the
 long-term store was ``None`` (``get_store().put`` failed on "'NoneType' object has no attribute 'put'"),
-``create_agent(..., response_format=Schema)`` replied "Done.", and text a node wrote with LangGraph's own
-stream writer was dropped. The rest pins what already worked: two cards at once (parallel branches, ``Send``,
-decided in either order), a question in a subgraph, the functional API's, and a tool's own ``interrupt()``.
+``create_agent(..., response_format=Schema)`` replied "Done.", text a node wrote with LangGraph's own stream
+writer was dropped, a ``cache_policy`` no cache served was ignored, ``interrupt({"question": ...})`` was a card
+of JSON, and an ``@entrypoint`` taking text was given a dict. The rest pins what already worked: two cards at
+once (parallel branches, ``Send``, decided in either order), a question in a subgraph, the functional API's, a
+tool's own ``interrupt()``, ``Command(goto=...)`` and a node's ``timeout=``.
 """
 
 from __future__ import annotations
