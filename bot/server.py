@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import email.message
+import errno
 import gc
 import hmac
 import json
 import logging
+import resource
 import sqlite3
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import entry_points
@@ -64,6 +67,50 @@ DATABASE_UNWRITABLE = ("Baton's database cannot be written just now ({reason}), 
 # asyncio's loop (Python's own subprocess, vfork where it can), and bench/request_path.py ran
 # 2.4 times slower on uvloop.
 EVENT_LOOP = "asyncio"
+
+
+OUT_OF_FILES_LOG_SECONDS = 60.0  # how often the loop's "cannot accept" is logged while it goes on
+_ACCEPT_OUT_OF_RESOURCE = "socket.accept() out of system resource"  # asyncio's words for it
+_OUT_OF_FILES_ADVICE = {
+    errno.EMFILE: "raise Baton's limit of open files (ulimit -n; systemd's LimitNOFILE=; docker run --ulimit nofile=)",
+    errno.ENFILE: "the machine as a whole has no open files left: raise fs.file-max, or find the process holding them",
+}
+
+
+class OutOfFiles:
+    """The event loop's exception handler: a listening socket that cannot accept (too many open files) is one log
+    line a minute, not a traceback for every try.
+
+    asyncio logs each failed ``accept()`` with its traceback and, past the first, goes on trying through the whole
+    backlog (CPython gh-151615), each try scheduling another retry: a burst of 60 requests to a Baton with
+    ``ulimit -n 28`` wrote 90,059 tracebacks (540,736 lines) in 15 s, a log that fills a small disk in its turn.
+    The connections wait in the kernel's queue meanwhile and are taken as files come free; anything else the
+    loop reports goes to the handler that was there before."""
+
+    def __init__(self, previous: Any = None) -> None:
+        self._previous = previous
+        self._logged_at: float | None = None
+        self.refused = 0  # tries since the last line
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if context.get("message") != _ACCEPT_OUT_OF_RESOURCE or not isinstance(exc, OSError):
+            if self._previous is not None:
+                self._previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+            return
+        self.refused += 1
+        now = time.monotonic()
+        if self._logged_at is not None and now - self._logged_at < OUT_OF_FILES_LOG_SECONDS:
+            return
+        since = "" if self._logged_at is None else f"; {self.refused:,} tries since the last such line"
+        self._logged_at, self.refused = now, 0
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        advice = _OUT_OF_FILES_ADVICE.get(exc.errno or 0, "the machine is short of memory for sockets: free some")
+        log.error("Baton cannot take new connections: %s (its limit: %s open files%s): %s. They wait to be taken "
+                  "until files are free; said again in %g s if it goes on", exc.strerror or exc, limit, since, advice,
+                  OUT_OF_FILES_LOG_SECONDS)
 
 
 def settle_garbage_collector() -> None:
