@@ -700,7 +700,7 @@ class Orchestrator:
             try:
                 renewed = await self.leases.renew(record_id)
             except Exception as exc:
-                if not self.db.health.explains(exc):
+                if not self.db.health.explains(exc) and database_unusable(exc) is None:  # a full disk: the run says so
                     log.exception("renewing the lease on thread %s failed; trying again", record_id)
                 continue
             if not renewed:

@@ -6,7 +6,7 @@ import asyncio
 import contextvars
 import logging
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, closing
 from pathlib import Path
 from typing import Any, Protocol
@@ -71,8 +71,49 @@ async def _confirm_fence() -> None:
         await fence.confirm()
 
 
+# How long a SQLite checkpoint write waits for room on a full disk: as long as a PostgreSQL run's write waits for a
+# connection while its database is away (psycopg_pool's timeout), so that either outage, ended within it, costs no run.
+CHECKPOINT_ROOM_WAIT_SECONDS = 30.0
+LONGEST_ROOM_PAUSE = 1.0
+
+
 class FencedSqliteSaver(_Fenced, AsyncSqliteSaver):
-    pass
+    """The SQLite checkpointer, fenced; a write that finds its disk full waits for room.
+
+    A full disk failed every run at its first checkpoint ("database or disk is full"), an approved one too, while
+    PostgreSQL's checkpointer waits up to 30 s for its database: a disk freed within ``CHECKPOINT_ROOM_WAIT_SECONDS``
+    now costs no run. SQLite rolls a failed commit back; a statement that failed may leave its transaction open, so
+    it is rolled back before the write is tried again (LangGraph's writes are INSERT OR REPLACE / IGNORE: a retry
+    stores each row once)."""
+
+    async def aput(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._with_room(lambda: super(FencedSqliteSaver, self).aput(*args, **kwargs))
+
+    async def aput_writes(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._with_room(lambda: super(FencedSqliteSaver, self).aput_writes(*args, **kwargs))
+
+    async def _with_room(self, write: Callable[[], Awaitable[Any]]) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline, pause = None, 0.05
+        while True:
+            try:
+                return await write()
+            except sqlite3.OperationalError as exc:
+                if (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF != sqlite3.SQLITE_FULL:
+                    raise
+                async with self.lock:
+                    if self.conn.in_transaction:
+                        await self.conn.rollback()
+                now = loop.time()
+                if deadline is None:
+                    deadline = now + CHECKPOINT_ROOM_WAIT_SECONDS
+                    log.warning("a run's checkpoint waits for room (%s): free space on the disk holding Baton's "
+                                "checkpoints file; the run goes on once there is, or stops after %g s", exc,
+                                CHECKPOINT_ROOM_WAIT_SECONDS)
+                if now >= deadline:
+                    raise
+                await asyncio.sleep(min(pause, deadline - now))
+                pause = min(pause * 2, LONGEST_ROOM_PAUSE)
 
 
 class FencedPostgresSaver(_Fenced, AsyncPostgresSaver):

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from storage import checkpointer
 from tests.support import slow_release, until
 
 MOUNT_SIZE = "16m"
@@ -90,12 +91,14 @@ async def reply_with(http: httpx.AsyncClient, thread: str, words: str) -> str:
 
 
 async def test_a_run_whose_checkpoints_cannot_be_written_is_told_so_in_words_and_baton_goes_on(
-        tmp_path: Path, config_path: Path, full_disk: FullDisk, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, config_path: Path, full_disk: FullDisk, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """The checkpoints file on a full disk, Baton's database not (a symlinked ``baton.checkpoints.db``, or the
     disk filling between the two writes): each run's first checkpoint fails. The thread was told
     "Run failed: `runbook` failed: OperationalError: database or disk is full", and the log said the same,
     nothing of what to do."""
     caplog.set_level(logging.WARNING)
+    monkeypatch.setattr(checkpointer, "CHECKPOINT_ROOM_WAIT_SECONDS", 0.5)  # the run's wait for room, run out
     (full_disk.path / "checkpoints.db").touch()
     (tmp_path / "baton.checkpoints.db").symlink_to(full_disk.path / "checkpoints.db")
     async with playground(tmp_path / "baton.db", config_path) as http:
@@ -116,13 +119,14 @@ async def test_a_run_whose_checkpoints_cannot_be_written_is_told_so_in_words_and
 
 async def test_a_disk_that_fills_during_a_run_costs_no_traceback_and_the_run_is_answered_once_after(
         tmp_path: Path, config_path: Path, counter: Path, full_disk: FullDisk,
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """Baton's database and checkpoints on a disk that fills while a command runs: nothing of the run's end can
     be stored. The log had three tracebacks of ~100 lines each for it ("recording the outcomes of run 2's effects
     failed", "event 2 failed", "draining thread 2 stopped"), and tried to store "Something went wrong" too. Now one
     line says what is wrong and what to do; once there is room the thread is taken up again and answered, once,
     and the command is not run again."""
     caplog.set_level(logging.WARNING)
+    monkeypatch.setattr(checkpointer, "CHECKPOINT_ROOM_WAIT_SECONDS", 0.5)  # the run's wait for room, run out
     async with playground(full_disk.path / "baton.db", config_path, BATON_LEASE_SECONDS="3") as http:
         thread = await ask(http, "@baton run slow seconds=9.9")
         await reply_with(http, thread, "Running")  # the command runs: its progress line was delivered
@@ -142,3 +146,27 @@ async def test_a_disk_that_fills_during_a_run_costs_no_traceback_and_the_run_is_
         replies = await bot_replies(http, thread)
         assert sum("stopped" in text for text in replies) == 1, replies
         assert not [record for record in caplog.records if record.exc_info], "a traceback after the disk had room"
+
+
+async def test_a_run_whose_checkpoint_meets_a_full_disk_waits_for_room_and_goes_on(
+        tmp_path: Path, config_path: Path, counter: Path, full_disk: FullDisk,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A disk freed within ``CHECKPOINT_ROOM_WAIT_SECONDS`` (30 s, as PostgreSQL's checkpointer waits for its
+    database) costs no run: it failed at once, an approved one too, and had to be asked for (and approved) again."""
+    caplog.set_level(logging.WARNING)
+    (full_disk.path / "checkpoints.db").touch()
+    (tmp_path / "baton.checkpoints.db").symlink_to(full_disk.path / "checkpoints.db")
+    async with playground(tmp_path / "baton.db", config_path) as http:
+        full_disk.fill()
+        thread = await ask(http, "@baton run uptime")
+
+        async def waiting_or_answered() -> list[str]:
+            return [record.getMessage() for record in caplog.records if "waits for room" in record.getMessage()] or \
+                await bot_replies(http, thread)
+
+        said = await until(waiting_or_answered, "the run to wait for room, or its answer")
+        assert "free space on the disk holding Baton's checkpoints file" in said[0], said
+        full_disk.free()
+        assert "did uptime" in await reply_with(http, thread, "did")
+        assert (counter.read_text().splitlines(), len(await bot_replies(http, thread))) == (["uptime"], 1)
+        assert not [record for record in caplog.records if record.exc_info], "a traceback for a full disk"
