@@ -92,28 +92,36 @@ class FencedSqliteSaver(_Fenced, AsyncSqliteSaver):
     async def aput_writes(self, *args: Any, **kwargs: Any) -> Any:
         return await self._with_room(lambda: super(FencedSqliteSaver, self).aput_writes(*args, **kwargs))
 
+    _waiting_for_room = 0  # writes waiting now: the wait is logged when the first begins, not once per write
+
     async def _with_room(self, write: Callable[[], Awaitable[Any]]) -> Any:
         loop = asyncio.get_running_loop()
         deadline, pause = None, 0.05
-        while True:
-            try:
-                return await write()
-            except sqlite3.OperationalError as exc:
-                if (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF != sqlite3.SQLITE_FULL:
-                    raise
-                async with self.lock:
-                    if self.conn.in_transaction:
-                        await self.conn.rollback()
-                now = loop.time()
-                if deadline is None:
-                    deadline = now + CHECKPOINT_ROOM_WAIT_SECONDS
-                    log.warning("a run's checkpoint waits for room (%s): free space on the disk holding Baton's "
-                                "checkpoints file; the run goes on once there is, or stops after %g s", exc,
-                                CHECKPOINT_ROOM_WAIT_SECONDS)
-                if now >= deadline:
-                    raise
-                await asyncio.sleep(min(pause, deadline - now))
-                pause = min(pause * 2, LONGEST_ROOM_PAUSE)
+        try:
+            while True:
+                try:
+                    return await write()
+                except sqlite3.OperationalError as exc:
+                    if (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF != sqlite3.SQLITE_FULL:
+                        raise
+                    async with self.lock:
+                        if self.conn.in_transaction:
+                            await self.conn.rollback()
+                    now = loop.time()
+                    if deadline is None:
+                        deadline = now + CHECKPOINT_ROOM_WAIT_SECONDS
+                        if not FencedSqliteSaver._waiting_for_room:
+                            log.warning("a run's checkpoint waits for room (%s): free space on the disk holding "
+                                        "Baton's checkpoints file; runs go on once there is, or stop after %g s", exc,
+                                        CHECKPOINT_ROOM_WAIT_SECONDS)
+                        FencedSqliteSaver._waiting_for_room += 1
+                    if now >= deadline:
+                        raise
+                    await asyncio.sleep(min(pause, deadline - now))
+                    pause = min(pause * 2, LONGEST_ROOM_PAUSE)
+        finally:
+            if deadline is not None:
+                FencedSqliteSaver._waiting_for_room -= 1
 
 
 class FencedPostgresSaver(_Fenced, AsyncPostgresSaver):

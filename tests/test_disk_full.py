@@ -159,14 +159,19 @@ async def test_a_run_whose_checkpoint_meets_a_full_disk_waits_for_room_and_goes_
     async with playground(tmp_path / "baton.db", config_path) as http:
         full_disk.fill()
         thread = await ask(http, "@baton run uptime")
+        other = await ask(http, "@baton run restart service=web")
+
+        def waits() -> list[str]:
+            return [record.getMessage() for record in caplog.records if "waits for room" in record.getMessage()]
 
         async def waiting_or_answered() -> list[str]:
-            return [record.getMessage() for record in caplog.records if "waits for room" in record.getMessage()] or \
-                await bot_replies(http, thread)
+            return waits() or await bot_replies(http, thread)
 
         said = await until(waiting_or_answered, "the run to wait for room, or its answer")
         assert "free space on the disk holding Baton's checkpoints file" in said[0], said
         full_disk.free()
         assert "did uptime" in await reply_with(http, thread, "did")
+        assert "Approval needed" in await reply_with(http, other, "Approval needed")  # its card, once there is room
         assert (counter.read_text().splitlines(), len(await bot_replies(http, thread))) == (["uptime"], 1)
+        assert len(waits()) == 1, waits()  # one line for the runs waiting together, not one per write
         assert not [record for record in caplog.records if record.exc_info], "a traceback for a full disk"
