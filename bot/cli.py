@@ -183,7 +183,7 @@ def _server(config: Any) -> Any:
     terminal Baton runs in that hung up: then Baton stops, as it did before SIGHUP meant anything else."""
     import uvicorn
 
-    from bot.server import OutOfFiles
+    from bot.server import OutOfFiles, accept_without_spinning
 
     class StoppingServer(uvicorn.Server):
         reloads: set[asyncio.Task[bool]] = set()
@@ -195,6 +195,7 @@ def _server(config: Any) -> Any:
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             loop = asyncio.get_running_loop()
             loop.set_exception_handler(OutOfFiles(loop.get_exception_handler()))
+            accept_without_spinning(loop)  # before the server starts to listen
             await super().startup(sockets=sockets)
             if self.started and threading.current_thread() is threading.main_thread():
                 asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.hung_up)

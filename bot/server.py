@@ -113,6 +113,49 @@ class OutOfFiles:
                   OUT_OF_FILES_LOG_SECONDS)
 
 
+_OUT_OF_RESOURCE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)  # asyncio's "out of system resource"
+
+
+class _AcceptsUntilOutOfFiles:
+    """A listening socket as asyncio's accept loop sees it for one round: once an ``accept()`` fails for want of
+    files, the round's next try finds nothing waiting (``BlockingIOError``), which ends the round; the loop has
+    scheduled its retry (in a second) already."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self._out = False
+
+    def accept(self) -> Any:
+        if self._out:
+            raise BlockingIOError
+        try:
+            return self.sock.accept()
+        except OSError as exc:
+            self._out = exc.errno in _OUT_OF_RESOURCE
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+def accept_without_spinning(loop: asyncio.AbstractEventLoop) -> None:
+    """Make the loop end a round of ``accept()`` at its first failure for want of files (CPython gh-151615).
+
+    asyncio's selector loop goes on trying through the whole backlog (uvicorn's: 2,048) after such a failure, and
+    each try schedules another retry of its own: the retries multiply, and with ``ulimit -n 40`` and 30 open event
+    streams holding the files the loop made 4.4 million tries in a minute, busy with them (60 with this).
+    Only the loop's own method is wrapped, on this loop, and a loop without it (another kind) is left alone."""
+    original = getattr(loop, "_accept_connection", None)
+    if original is None:
+        return
+
+    def accept_connection(protocol_factory: Any, sock: Any, *args: Any, **kwargs: Any) -> Any:
+        raw = sock.sock if isinstance(sock, _AcceptsUntilOutOfFiles) else sock  # a retry passes the wrapper back
+        return original(protocol_factory, _AcceptsUntilOutOfFiles(raw), *args, **kwargs)
+
+    loop._accept_connection = accept_connection  # type: ignore[attr-defined]
+
+
 def settle_garbage_collector() -> None:
     """Keep what start-up built (modules, mappers, compiled graphs) out of every later collection.
 

@@ -8,8 +8,11 @@ to raise; the connections wait in the kernel's queue and every request is taken 
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import os
 import resource
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import wait_for
+from bot.server import OutOfFiles, accept_without_spinning
+from tests.support import until, wait_for
 
 BURST = 60
 
@@ -56,3 +60,41 @@ def test_a_burst_past_the_open_files_limit_is_one_log_line_and_every_request_is_
     said = [line for line in log.splitlines() if "Baton cannot take new connections" in line]
     assert len(said) == 1, said
     assert "Too many open files (its limit: " in said[0] and "ulimit -n" in said[0], said
+
+
+class RefusingSocket(socket.socket):
+    """A listening socket whose every ``accept()`` fails for want of files, counting the tries."""
+
+    tries = 0
+
+    def accept(self) -> Any:
+        self.tries += 1
+        raise OSError(errno.EMFILE, "Too many open files")
+
+
+async def test_a_round_of_accept_ends_at_its_first_failure_for_want_of_files(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """asyncio's loop went on through the whole backlog after such a failure, each try scheduling a retry of its
+    own: the retries multiplied (4.4 million tries in a minute, with ``ulimit -n 40`` and 30 open event streams,
+    the event loop busy with them). Now a round makes one try and schedules one retry."""
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(OutOfFiles(previous))
+    accept_without_spinning(loop)
+    listening = RefusingSocket(socket.AF_INET, socket.SOCK_STREAM)
+    listening.bind(("127.0.0.1", 0))
+    server = await loop.create_server(asyncio.Protocol, sock=listening, backlog=100)
+    try:
+        with socket.create_connection(listening.getsockname()):  # waits in the kernel's queue: readable now
+            await until(lambda: asyncio.sleep(0, listening.tries), "a try to accept it")
+            assert listening.tries == 1  # a round runs in one go: it is over
+            retries = [handle for handle in loop._scheduled  # type: ignore[attr-defined]
+                       if getattr(handle, "_callback", None) == loop._start_serving]  # type: ignore[attr-defined]
+            assert len(retries) == 1, len(retries)
+        said = [record.getMessage() for record in caplog.records
+                if "cannot take new connections" in record.getMessage()]
+        assert len(said) == 1 and "ulimit -n" in said[0], said
+    finally:
+        server.close()
+        loop.set_exception_handler(previous)
+        loop.__dict__.pop("_accept_connection", None)
