@@ -68,15 +68,14 @@ class DigestContext(RunServices):
 
     def __init__(self, services: Services, request: Request, workspace: str, spent: Spend, correlation_id: str) -> None:
         super().__init__(services, request, None, workspace, correlation_id)
-        self._price = services.config.models.prices.get(services.model_name or "")
         self._spent = spent
 
-    async def record_usage(self, reply: Any) -> None:
+    async def record_usage(self, reply: Any, model: str | None = None) -> None:
         input_tokens, output_tokens = usage_of(reply)
         if not (input_tokens or output_tokens):
             return
         self._spent.tokens += input_tokens + output_tokens
-        cost = cost_of(self._price, input_tokens, output_tokens)
+        cost = cost_of(self.price_of(model), input_tokens, output_tokens)
         if cost is not None:
             self._spent.cost = (self._spent.cost or 0.0) + cost
 

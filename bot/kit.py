@@ -42,6 +42,7 @@ from pydantic import BaseModel
 from bot.config import BatonConfig
 from bot.lookalikes import shown_argument  # for graph authors: an argument as what it is, on a card
 from bot.messages import quoted, quoted_code, storable  # for graph authors: quoting what someone wrote; text to store
+from bot.model_usage import KIT_CALL  # the kit records its replies; bot.model_usage, the others
 from bot.models import ModelFailed, ModelRequired
 from bot.settings import MODEL_KEY_VARIABLES, SECRET_VARIABLES, exported_variables
 
@@ -88,8 +89,9 @@ class RunContext(Protocol):
     model: BaseChatModel | None
     model_deadline: float  # seconds one model call may take, its retries included
 
-    async def record_usage(self, reply: Any) -> None:
-        """Add a model reply's tokens (and their cost, when the price is known) to the run."""
+    async def record_usage(self, reply: Any, model: str | None = None) -> None:
+        """Add a model reply's tokens (and their cost, when the price is known) to the run. ``model``: the
+        ``provider:model`` whose price applies (``bot.model_usage``); ``None``: ``BATON_MODEL``'s."""
 
     async def history(self, scope: Literal["thread", "channel"], limit: int) -> list[dict[str, Any]]:
         """Recent messages (``user``, ``text``, ``is_bot``), oldest first."""
@@ -263,7 +265,8 @@ async def chat(messages: Sequence[BaseMessage], *, tools: Sequence[dict[str, Any
         raise ModelRequired(what)
     model = context.model.bind_tools(list(tools)) if tools else context.model
     try:
-        reply = await asyncio.wait_for(model.ainvoke(_without_secrets(context, messages)), context.model_deadline)
+        reply = await asyncio.wait_for(model.ainvoke(_without_secrets(context, messages), {"tags": [KIT_CALL]}),
+                                       context.model_deadline)
     except TimeoutError as exc:
         raise ModelFailed(f"no answer within {context.model_deadline:g}s") from exc
     except Exception as exc:
@@ -279,7 +282,8 @@ async def structured(messages: Sequence[BaseMessage], schema: type[S], *, what: 
         raise ModelRequired(what)
     try:
         result = await asyncio.wait_for(context.model.with_structured_output(schema, include_raw=True)
-                                        .ainvoke(_without_secrets(context, messages)), context.model_deadline)
+                                        .ainvoke(_without_secrets(context, messages), {"tags": [KIT_CALL]}),
+                                        context.model_deadline)
     except TimeoutError as exc:
         raise ModelFailed(f"no answer within {context.model_deadline:g}s") from exc
     except Exception as exc:

@@ -7,6 +7,7 @@ chat with the exact setting to add (``ModelRequired``).
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -88,6 +89,20 @@ def usage_of(message: Any) -> tuple[int, int]:
     if not usage:
         return 0, 0
     return int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
+
+
+def named(ls_params: Mapping[str, Any]) -> str:
+    """``provider:model`` (as ``BATON_MODEL`` and ``models: prices:`` write it) of a chat model as LangChain names it
+    to its callbacks: its ``ls_provider`` and ``ls_model_name`` (``ChatOpenAI(model="gpt-4o")``: ``openai:gpt-4o``)."""
+    return f"{ls_params.get('ls_provider') or ''}:{ls_params.get('ls_model_name') or ''}"
+
+
+def model_key(model: BaseChatModel) -> str | None:
+    """``named`` of ``model``, ``None`` when it cannot say (a class of one's own whose ``_get_ls_params`` fails)."""
+    try:
+        return named(model._get_ls_params())
+    except Exception:  # the model's own code: its price is then BATON_MODEL's alone, as before
+        return None
 
 
 def cost_of(price: Price | None, input_tokens: int, output_tokens: int) -> float | None:

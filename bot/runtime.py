@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
+import functools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from contextlib import aclosing, asynccontextmanager
@@ -27,11 +28,11 @@ from sqlalchemy import DateTime, bindparam, func, update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot import audit, graph_context, kit, threads, tool_review
+from bot import audit, graph_context, kit, model_usage, threads, tool_review
 from bot.approvals import waiting_for
-from bot.config import BatonConfig
+from bot.config import BatonConfig, Price
 from bot.messages import Location, Message, first_line, quoted, storable
-from bot.models import cost_of, usage_of
+from bot.models import cost_of, model_key, usage_of
 from bot.no_store import NO_STORE
 from bot.redaction import Redactor
 from bot.registry import GraphRegistry, GraphSpec, NodeExited
@@ -291,6 +292,8 @@ class GraphRuntime:
         run_context = graph_context.context_for(spec.graph, context.request)  # every start and resume: not kept
         _contain_exits_of_graph_tasks(asyncio.get_running_loop())
         token, inside, fenced = kit.bind(context), _in_graph.set(True), checkpoint_fence.set(fence)
+        counter = model_usage.UsageCounter(context.record_usage)  # the graph's own models' spend too
+        counted = model_usage.counting(counter)
         deadline = asyncio.timeout(limit)
         questions = kit.asked(context)
         questions.clear()
@@ -310,9 +313,11 @@ class GraphRuntime:
                 raise RunTimedOut(limit) from None
             raise  # the graph's own (a node's deadline)
         finally:
+            model_usage.stop(counted)
             checkpoint_fence.reset(fenced)
             _in_graph.reset(inside)
             kit.unbind(token)
+            await counter.written()
         outcome = await self.state(spec, lg_thread_id)
         if questions and not outcome.waiting:  # it ran on (and ended) as if someone had decided
             raise QuestionCaught(questions[0])
@@ -370,6 +375,11 @@ class Services:
     approval_expiry: float = 0.0  # BATON_APPROVAL_EXPIRY_SECONDS (0: cards wait for good), shown by ``status``
     retention_days: int = 0  # BATON_RETENTION_DAYS (0: kept for good): a digest reaching further back says so
 
+    @functools.cached_property
+    def model_key(self) -> str | None:
+        """The configured model's ``provider:model`` as LangChain names it in its callbacks (``bot.model_usage``)."""
+        return model_key(self.model) if self.model is not None else None
+
 
 class RunServices:
     """The ``kit.RunContext`` of one run."""
@@ -389,16 +399,25 @@ class RunServices:
         self.redact: Callable[[str], str] | None = services.redactor.text if services.redactor else None
         self._settled: list[tuple[str, dict[str, Any]]] = []  # effects' names and outcomes not written yet (session)
 
-    async def record_usage(self, reply: Any) -> None:
+    async def record_usage(self, reply: Any, model: str | None = None) -> None:
         input_tokens, output_tokens = usage_of(reply)
         if self._run_id is None or not (input_tokens or output_tokens):
             return
-        price = self.config.models.prices.get(self._services.model_name or "")
-        cost = cost_of(price, input_tokens, output_tokens)
+        cost = cost_of(self.price_of(model), input_tokens, output_tokens)
         async with self.session() as session:
             await session.exec(update(Run).where(Run.id == self._run_id).values(  # type: ignore[arg-type]
                 tokens=func.coalesce(Run.tokens, 0) + input_tokens + output_tokens,
                 cost=(func.coalesce(Run.cost, 0.0) + cost) if cost is not None else Run.cost))
+
+    def price_of(self, model: str | None) -> Price | None:
+        """The price of ``model`` (``provider:model`` as LangChain names it: ``ls_provider:ls_model_name``) in
+        ``baton.yaml``; ``None``: ``BATON_MODEL``'s, as is that of the configured model when it is called as any
+        other (its provider may name itself otherwise: ``python:``, Azure's ``azure``)."""
+        prices = self.config.models.prices
+        price = prices.get(model) if model is not None else None
+        if price is None and (model is None or model == self._services.model_key):
+            price = prices.get(self._services.model_name or "")
+        return price
 
     async def history(self, scope: Literal["thread", "channel"], limit: int) -> list[dict[str, Any]]:
         location = Location(platform=self.request.platform, workspace=self._workspace, channel=self.request.channel,
