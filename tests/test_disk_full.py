@@ -125,7 +125,7 @@ async def test_a_disk_that_fills_during_a_run_costs_no_traceback_and_the_run_is_
     failed", "event 2 failed", "draining thread 2 stopped"), and tried to store "Something went wrong" too. Now one
     line says what is wrong and what to do; once there is room the thread is taken up again and answered, once,
     and the command is not run again."""
-    caplog.set_level(logging.WARNING)
+    caplog.set_level(logging.INFO)  # the audit log's lines too: none for what the full disk kept from being stored
     monkeypatch.setattr(checkpointer, "CHECKPOINT_ROOM_WAIT_SECONDS", 0.5)  # the run's wait for room, run out
     async with playground(full_disk.path / "baton.db", config_path, BATON_LEASE_SECONDS="3") as http:
         thread = await ask(http, "@baton run slow seconds=9.9")
@@ -138,6 +138,9 @@ async def test_a_disk_that_fills_during_a_run_costs_no_traceback_and_the_run_is_
 
         stopped = await until(drain_stopped, "the drain to stop on the full disk")
         assert "cannot be written (database or disk is full): free space on the disk" in stopped[0], stopped
+        audit_lines = [record.getMessage() for record in caplog.records if record.name == "baton.audit"]
+        never_stored = ("run.failed", "effect.done", "request.answered")
+        assert not [line for line in audit_lines if line.startswith(never_stored)], audit_lines
         assert not [record for record in caplog.records if record.exc_info], "a traceback for a full disk"
 
         full_disk.free()
