@@ -93,6 +93,8 @@ class UsageCounter(BaseCallbackHandler):
 
     async def written(self) -> None:
         """Wait for the usage counted so far to be written; a write that failed is logged (the run goes on)."""
+        if self._calls:  # calls cut off with the run: LangChain tells of them from a task of its own (shielded)
+            await asyncio.sleep(0)
         while self._writes:
             writes, self._writes = self._writes, []
             for outcome in await asyncio.gather(*map(asyncio.wrap_future, writes), return_exceptions=True):

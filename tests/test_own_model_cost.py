@@ -9,6 +9,7 @@ it); the kit's own calls are counted once.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -225,3 +226,33 @@ async def test_a_failed_call_counts_what_the_provider_reported(tmp_path, priced)
         assert (run.status, run.tokens) == ("failed", 54), (run.status, run.error)
         assert run.cost == pytest.approx((50 * 1.0 + 4 * 2.0) / 1_000_000)
 
+
+
+class Hangs(OpenAILike):
+    """A stream that reports its usage, then waits (a provider still writing), until the run is cancelled."""
+
+    reported: Any = None  # an asyncio.Event set once the usage is out
+
+    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
+                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        yield ChatGenerationChunk(message=AIMessageChunk(content="Half", usage_metadata={
+            "input_tokens": 50, "output_tokens": 4, "total_tokens": 54}))
+        self.reported.set()
+        await asyncio.Event().wait()
+
+
+async def test_a_call_cancelled_with_its_run_counts_what_the_provider_reported(tmp_path, priced) -> None:
+    """``cancel`` while the model streams: the run ends cancelled, with the 54 tokens the stream had reported."""
+    model = _model(tmp_path, [], Hangs)
+    model.reported = asyncio.Event()
+
+    async def act(state: State) -> State:
+        return {"reply": "".join([str(chunk.content) async for chunk in model.astream(state["text"])])}
+
+    async with _asked(tmp_path, priced, GraphSpec(name="stream", graph=_graph(act)), "stream") as baton:
+        await asyncio.wait_for(model.reported.wait(), 20)
+        await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1", event_id="e2",
+                                                  user="alice", text="cancel"))
+        run = await _ended(baton, "stream")
+        assert (run.status, run.cancelled, run.tokens) == ("failed", True, 54), (run.status, run.error)
+        assert run.cost == pytest.approx((50 * 1.0 + 4 * 2.0) / 1_000_000)
