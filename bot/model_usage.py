@@ -95,8 +95,10 @@ class UsageCounter(BaseCallbackHandler):
         """Wait for the usage counted so far to be written; a write that failed is logged (the run goes on)."""
         if self._calls:  # calls cut off with the run: LangChain tells of them from a task of its own (shielded)
             await asyncio.sleep(0)
-        while self._writes:
-            writes, self._writes = self._writes, []
+        awaited = 0  # the list only grows (a sync node's thread appends to it): read by position
+        while awaited < len(self._writes):
+            writes = self._writes[awaited:]
+            awaited += len(writes)
             for outcome in await asyncio.gather(*map(asyncio.wrap_future, writes), return_exceptions=True):
                 if isinstance(outcome, BaseException):
                     log.warning("a model call's tokens could not be recorded on its run: %s: %s",
