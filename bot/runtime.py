@@ -404,7 +404,9 @@ class RunServices:
         if self._run_id is None or not (input_tokens or output_tokens):
             return
         cost = cost_of(self.price_of(model), input_tokens, output_tokens)
-        async with self.session() as session:
+        # Not ``self.session()``: a graph's own model call's tokens are written by a task of their own
+        # (``bot.model_usage``) beside the run's writes, and both wrote the effects' outcomes it carries.
+        async with self._db.session() as session:
             await session.exec(update(Run).where(Run.id == self._run_id).values(  # type: ignore[arg-type]
                 tokens=func.coalesce(Run.tokens, 0) + input_tokens + output_tokens,
                 cost=(func.coalesce(Run.cost, 0.0) + cost) if cost is not None else Run.cost))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
+from langchain_core.messages import AIMessage
 from sqlmodel import select
 
 from bot.config import load_config
@@ -13,7 +15,7 @@ from bot.kit import Request
 from bot.registry import GraphRegistry
 from bot.runtime import EffectInDoubt, RunServices, Services
 from storage.db import Database
-from storage.models import AuditEntry, Effect
+from storage.models import AuditEntry, Effect, Run, ThreadRecord
 
 
 @pytest.fixture
@@ -115,3 +117,45 @@ async def test_effects_are_in_the_audit_log_under_their_runs_request(database: D
         ("req-1", "effect.started", "ok"), ("req-1", "effect.done", "ok"),  # with the next write: the next effect's
         ("req-1", "effect.started", "bad"), ("req-1", "effect.failed", "bad"), ("req-1", "effect.started", "lost"), ("req-2", "effect.in_doubt", "lost")]
     assert entries[3].detail["error"] == "OSError: disk full"
+
+
+async def test_a_model_calls_tokens_written_beside_the_runs_next_write_record_no_effect_twice(
+        database: Database, config_path: Path) -> None:
+    """``bot.model_usage`` writes the tokens of a graph's own model call from a task of its own while the run goes
+    on. That write carried the outcomes of the run's effects not written yet, as the run's next write does: both
+    wrote them (two 'effect.done' in the audit log), and the first to end dropped as many outcomes from the list as
+    it had written, which could be a later effect's, never written then."""
+    shared = Services(db=database, config=load_config(config_path), registry=GraphRegistry.discover())
+    async with database.session() as session:
+        record = ThreadRecord(platform="playground", channel="general", thread="1", status="running")
+        session.add(record)
+        await session.flush()
+        row = Run(thread_record_id=record.id, platform="playground", channel="general",  # type: ignore[arg-type]
+                  graph="assistant", requested_by="alice", correlation_id="req-1")
+        session.add(row)
+        await session.flush()
+        run_id = row.id
+    request = Request(platform="playground", channel="general", thread="1", user="alice", text="")
+    run = RunServices(shared, request, run_id, correlation_id="req-1")
+
+    async def works() -> str:
+        return "ok"
+
+    await run.run_effect_once("t|a:1|push", "push", works)  # its outcome rides on the run's next write
+    started = asyncio.Event()
+
+    async def model_call_ended() -> None:  # as UsageCounter has it written
+        started.set()
+        await run.record_usage(AIMessage("hi", usage_metadata={"input_tokens": 10, "output_tokens": 5,
+                                                                "total_tokens": 15}))
+
+    async with run.session():  # the run's next write (a progress line, say), the model call's tokens beside it
+        writing = asyncio.create_task(model_call_ended())
+        await started.wait()
+    await writing
+    async with database.read() as session:
+        kinds = [(e.kind, e.detail["effect"]) for e in (await session.exec(select(AuditEntry))).all()]
+        tokens = (await session.get(Run, run_id)).tokens  # type: ignore[union-attr]
+    assert kinds == [("effect.started", "push"), ("effect.done", "push")], kinds
+    assert tokens == 15
+    assert await _ledger(database) == [("t|a:1|push", "done", "ok")]
