@@ -44,6 +44,8 @@ interaction follow-up webhook, which Discord accepts for 15 minutes. Interaction
 process only (``ClickReplies``). When the follow-up is not possible (the token expired, Baton was
 restarted since the click, another replica received it, or the defer failed), the reply goes to
 the person as a direct message, and if they do not accept DMs, into the thread with a mention.
+A reply meant for the writer of a plain message alone (a refused ``cancel``, a typed ``approve``)
+goes the same way: Discord has no ephemeral message but an interaction's.
 
 Settings: ``DISCORD_API_URL`` and ``DISCORD_GATEWAY_URL`` point discord.py elsewhere (tests,
 proxies). discord.py has no per-client option for either: every REST URL, the interaction
@@ -899,7 +901,9 @@ class DiscordAdapter(Adapter):
         return await _edit_or_post(message, outgoing, nonce)
 
     async def _private_steps(self, delivery: Delivery) -> list[Step]:
-        """Only for the person who clicked: the click's follow-up; else a DM; else the thread, with a mention."""
+        """Only for the person who clicked or wrote: their click's follow-up; else a DM; else the thread, with a
+        mention. The DM opens with a link to the thread it answers (not "your click": a refused ``cancel`` and a
+        typed ``approve`` are messages, and their writer was told "about your click" of a click never made)."""
         user, location = str(delivery.target_user), delivery.location
         if not user.isdigit():
             raise DeliveryRejected(f"{user!r} is not a Discord user id")
@@ -910,7 +914,7 @@ class DiscordAdapter(Adapter):
         where = location.thread or location.channel
         log.info("Discord: no usable interaction for a private reply to %s in %s: sending it as a direct message",
                  user, where)
-        intro = Text(text=f"<@{user}>, about your click in {jump_url(location.workspace, where)}:")
+        intro = Text(text=f"<@{user}>, in reply to you in {jump_url(location.workspace, where)}:")
         message = delivery.message.model_copy(update={"parts": [intro, *delivery.message.parts]})
         return [_step(partial(self._direct_or_mention, int(user), location, outgoing, _nonce(delivery, step)))
                 for step, outgoing in enumerate(_render(message, location.workspace))]

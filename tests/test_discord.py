@@ -323,7 +323,7 @@ def test_refusals_are_shown_only_to_the_person_who_clicked(chat, counter):
     fake.click(card, user=CAROL, age=timedelta(minutes=16))
     direct = fake.direct_channel(CAROL)
     dm = chat.reply(f"Only <@{BOB}> can approve this", direct)
-    assert dm.content.startswith(f"⚠️ <@{CAROL}>, about your click in https://discord.com/channels/{GUILD_ID}/{thread}:")
+    assert dm.content.startswith(f"⚠️ <@{CAROL}>, in reply to you in https://discord.com/channels/{GUILD_ID}/{thread}:")
     # ... and to someone who takes no direct messages, in the thread, mentioning them.
     fake.refuses_direct_messages.add(CAROL)
     fake.click(card, user=CAROL, age=timedelta(minutes=16))

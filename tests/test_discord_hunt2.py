@@ -208,7 +208,7 @@ def test_a_private_reply_whose_answer_was_lost_is_not_posted_twice(chat, counter
     wait_for(lambda: chat.rows("SELECT status FROM outbox WHERE kind = 'ephemeral'") == [("sent",)], 30,
              "the refusal to be recorded as sent")
     refusals = [m for m in fake.messages(where) if f"Only <@{BOB}> can approve this" in m.content]
-    assert len(refusals) == 1 and refusals[0].content.startswith(f"⚠️ <@{CAROL}>, about your click in")
+    assert len(refusals) == 1 and refusals[0].content.startswith(f"⚠️ <@{CAROL}>, in reply to you in")
     statuses = [c.status for c in fake.calls(MESSAGES)]
     assert statuses[-2:] == [503, 200] if takes_direct_messages else statuses[-4:] == [403, 503, 403, 200]
     assert runs_in(counter) == []
