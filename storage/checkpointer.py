@@ -22,6 +22,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from storage.db import SQLITE_BUSY_SECONDS, is_sqlite, linked_file, pg_connect_params, sqlite_path
 from storage.wal import use_wal_async
@@ -101,8 +102,8 @@ class FencedSqliteSaver(_Fenced, AsyncSqliteSaver):
             while True:
                 try:
                     return await write()
-                except sqlite3.OperationalError as exc:
-                    if (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF != sqlite3.SQLITE_FULL:
+                except Exception as exc:
+                    if not _disk_full(exc):
                         raise
                     async with self.lock:
                         if self.conn.in_transaction:
@@ -122,6 +123,16 @@ class FencedSqliteSaver(_Fenced, AsyncSqliteSaver):
         finally:
             if deadline is not None:
                 FencedSqliteSaver._waiting_for_room -= 1
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite's full disk: the checkpoints file's, or that of the lease renewal fencing the write
+    after half a lease without one (``_confirm_fence``; SQLAlchemy's error, wrapping it). On one disk with the
+    checkpoints, Baton's database cannot renew a lease while it is full: a renewal failing so failed the run at
+    most half a lease into its wait for room."""
+    cause = exc.orig if isinstance(exc, DBAPIError) else exc
+    return isinstance(cause, sqlite3.OperationalError) and (
+        getattr(cause, "sqlite_errorcode", None) or 0) & 0xFF == sqlite3.SQLITE_FULL
 
 
 class FencedPostgresSaver(_Fenced, AsyncPostgresSaver):

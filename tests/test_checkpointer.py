@@ -11,13 +11,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy.exc
 from sqlalchemy import update
 from sqlmodel import select
 
 from bot.app import Baton
 from bot.messages import InboundClick, InboundMessage
 from bot.settings import Settings
-from storage.checkpointer import open_checkpointer, sqlite_checkpoint_path
+from storage.checkpointer import checkpoint_fence, open_checkpointer, sqlite_checkpoint_path
 from storage.models import Approval, ThreadRecord, utcnow
 from tests.support import runs_in
 
@@ -116,3 +117,46 @@ async def test_pruning_a_finished_thread_never_deletes_the_checkpoints_of_a_foll
 
 async def _is(value: Awaitable[ThreadRecord], test: Callable[[ThreadRecord], bool]) -> bool:
     return test(await value)
+
+
+def _disk_full() -> sqlalchemy.exc.OperationalError:
+    """SQLite's "database or disk is full" as Baton's database session raises it (SQLAlchemy's, wrapping it)."""
+    with closing(sqlite3.connect(":memory:")) as full:
+        full.execute("PRAGMA max_page_count=1")
+        try:
+            full.execute("CREATE TABLE t (x)")
+        except sqlite3.OperationalError as exc:
+            return sqlalchemy.exc.OperationalError("UPDATE thread_records ...", {}, exc)
+    raise AssertionError("the database took a table without a page for it")
+
+
+class FenceOnAFullDisk:
+    """A run's fence after a stall (not surely held): its lease renewal, a write to Baton's database on the same
+    disk as the checkpoints, meets the full disk once, then finds room."""
+
+    def __init__(self) -> None:
+        self.tries = 0
+
+    def surely_held(self) -> bool:
+        return False
+
+    async def confirm(self) -> None:
+        self.tries += 1
+        if self.tries == 1:
+            raise _disk_full()
+
+
+@pytest.mark.asyncio
+async def test_a_checkpoint_whose_lease_renewal_meets_the_full_disk_waits_for_room_too(tmp_path: Path) -> None:
+    """With Baton's database and its checkpoints on one disk, the heartbeat cannot renew a lease while it is full:
+    half a lease on (15 s), each try of a checkpoint waiting for room renews it first, and the first renewal that
+    met the full disk failed the run, which so waited at most 15 s of the 30 s it is said to."""
+    fence = FenceOnAFullDisk()
+    async with open_checkpointer(f"sqlite:///{tmp_path / 'baton.db'}") as saver:
+        fenced = checkpoint_fence.set(fence)
+        try:
+            await saver.aput_writes({"configurable": {"thread_id": "t", "checkpoint_ns": "", "checkpoint_id": "1"}},
+                                    [("channel", "value")], "task-1")
+        finally:
+            checkpoint_fence.reset(fenced)
+    assert fence.tries == 2
