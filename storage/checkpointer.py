@@ -88,41 +88,52 @@ class FencedSqliteSaver(_Fenced, AsyncSqliteSaver):
     stores each row once)."""
 
     async def aput(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._with_room(lambda: super(FencedSqliteSaver, self).aput(*args, **kwargs))
+        try:  # the write itself, with no layer more: every checkpoint of every run comes here
+            return await super().aput(*args, **kwargs)
+        except Exception as exc:
+            if not _disk_full(exc):
+                raise
+            full = exc
+        return await self._when_room(full, lambda: super(FencedSqliteSaver, self).aput(*args, **kwargs))
 
     async def aput_writes(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._with_room(lambda: super(FencedSqliteSaver, self).aput_writes(*args, **kwargs))
+        try:
+            return await super().aput_writes(*args, **kwargs)
+        except Exception as exc:
+            if not _disk_full(exc):
+                raise
+            full = exc
+        return await self._when_room(full, lambda: super(FencedSqliteSaver, self).aput_writes(*args, **kwargs))
 
     _waiting_for_room = 0  # writes waiting now: the wait is logged when the first begins, not once per write
 
-    async def _with_room(self, write: Callable[[], Awaitable[Any]]) -> Any:
+    async def _when_room(self, full: Exception, write: Callable[[], Awaitable[Any]]) -> Any:
+        """``write`` tried again until it finds room (``full``: its first try's error), for as long as
+        ``CHECKPOINT_ROOM_WAIT_SECONDS``; then its last error is raised."""
         loop = asyncio.get_running_loop()
-        deadline, pause = None, 0.05
+        deadline, pause = loop.time() + CHECKPOINT_ROOM_WAIT_SECONDS, 0.05
+        if not FencedSqliteSaver._waiting_for_room:
+            log.warning("a run's checkpoint waits for room (%s): free space on the disk holding Baton's checkpoints "
+                        "file; runs go on once there is, or stop after %g s", full, CHECKPOINT_ROOM_WAIT_SECONDS)
+        FencedSqliteSaver._waiting_for_room += 1
         try:
             while True:
+                async with self.lock:
+                    if self.conn.in_transaction:
+                        await self.conn.rollback()
+                now = loop.time()
+                if now >= deadline:
+                    raise full
+                await asyncio.sleep(min(pause, deadline - now))
+                pause = min(pause * 2, LONGEST_ROOM_PAUSE)
                 try:
                     return await write()
                 except Exception as exc:
                     if not _disk_full(exc):
                         raise
-                    async with self.lock:
-                        if self.conn.in_transaction:
-                            await self.conn.rollback()
-                    now = loop.time()
-                    if deadline is None:
-                        deadline = now + CHECKPOINT_ROOM_WAIT_SECONDS
-                        if not FencedSqliteSaver._waiting_for_room:
-                            log.warning("a run's checkpoint waits for room (%s): free space on the disk holding "
-                                        "Baton's checkpoints file; runs go on once there is, or stop after %g s", exc,
-                                        CHECKPOINT_ROOM_WAIT_SECONDS)
-                        FencedSqliteSaver._waiting_for_room += 1
-                    if now >= deadline:
-                        raise
-                    await asyncio.sleep(min(pause, deadline - now))
-                    pause = min(pause * 2, LONGEST_ROOM_PAUSE)
+                    full = exc
         finally:
-            if deadline is not None:
-                FencedSqliteSaver._waiting_for_room -= 1
+            FencedSqliteSaver._waiting_for_room -= 1
 
 
 def _disk_full(exc: BaseException) -> bool:
