@@ -264,7 +264,8 @@ class _Click:
 
 
 class ClickReplies:
-    """The interactions of recent clicks, by (thread, person): where a private reply can go."""
+    """The interactions of recent clicks, and of ``/baton`` written in a thread, by (thread, person): where a private
+    reply can go (an ephemeral follow-up shows in the interaction's own channel: the thread)."""
 
     def __init__(self) -> None:
         self._clicks: dict[tuple[str, str], _Click] = {}
@@ -656,6 +657,9 @@ class DiscordAdapter(Adapter):
                 where, thread = conversation(channel or discord.Object(interaction.channel_id or 0))
                 if thread != where:
                     self._baton_threads.add(int(thread))
+                # A reply for them alone (``/baton approve`` at a card: use its buttons) is its ephemeral follow-up,
+                # as Slack's is an ephemeral message in the thread; it was a direct message beside the public echo.
+                self.clicks.expect(thread, str(interaction.user.id), interaction).set_result(True)
             else:
                 anchor_id = echoed.id if echoed is not None else deferred.message_id if deferred is not None else None
                 if anchor_id is None:

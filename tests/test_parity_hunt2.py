@@ -27,7 +27,7 @@ from bot.registry import GraphSpec
 from bot.settings import Settings
 from storage.models import OutboxMessage
 from tests import fake_discord as discord_side
-from tests.fake_discord import ALICE, BOB, CAROL, GENERAL, GUILD_ID, TOKEN, FakeDiscord
+from tests.fake_discord import ALICE, BOB, CAROL, EPHEMERAL, GENERAL, GUILD_ID, TOKEN, FakeDiscord
 from tests.fake_slack import check_message
 from tests.support import runs_in, wait_for, write_config
 from tests.test_discord import Discord, chat, fake_discord  # noqa: F401 (fixtures)
@@ -87,6 +87,20 @@ def test_on_discord_the_asides_are_answered_at_a_card_and_a_typed_approve_privat
     assert discord_side.buttons(fake_discord.message(card.id)) and runs_in(counter) == []  # typed text decided nothing
     wait_for(lambda: chat.rows("SELECT count(*) FROM inbound_events WHERE status = 'pending'") == [(0,)],
              what="every event handled")
+
+
+def test_on_discord_a_slash_approve_in_the_thread_is_answered_ephemerally_as_on_slack(
+        chat: Discord, fake_discord: FakeDiscord) -> None:  # noqa: F811
+    """``/baton approve`` written in the thread: the pointer went as a direct message beside the public "@carol
+    asked" echo, though the command's own interaction could carry it as an ephemeral follow-up, as a click's
+    refusal goes (and as Slack shows it: an ephemeral message in the thread)."""
+    thread = fake_discord.say("run restart service=web", user=ALICE)["id"]
+    chat.card(thread)
+    asked = fake_discord.slash("approve", user=CAROL, channel=thread)
+    told = chat.reply(POINTER, thread)
+    assert told.ephemeral_to == CAROL and told.flags & EPHEMERAL and told.interaction_id == asked["id"], told
+    assert not fake_discord.messages(fake_discord.direct_channel(CAROL))
+    assert chat.reply(f"<@{CAROL}> asked: `/baton approve`", thread).ephemeral_to is None
 
 
 def test_on_slack_the_asides_are_answered_at_a_card_and_a_typed_approve_ephemerally(
