@@ -1,9 +1,10 @@
 """Today's features on Slack and Discord through the fakes (the second parity hunt): a busy thread's asides, the
 cards of LangChain agents' tool reviews and of LangGraph's question dicts, and who a new card pings on Discord.
 
-The one defect: on Discord, where only an interaction's reply can be ephemeral, a reply meant for the writer of a
+The defects, both on Discord, where only an interaction's reply can be ephemeral: a reply meant for the writer of a
 message alone (a typed ``approve`` at a card, a refused ``cancel``) comes as a direct message, which opened "about
-your click in <thread>:" for a click never made. The rest worked, and is pinned here.
+your click in <thread>:" for a click never made; and ``/baton approve`` written in the thread was answered so too,
+though its own interaction could carry the answer as an ephemeral follow-up there. The rest worked, and is pinned.
 """
 
 from __future__ import annotations
