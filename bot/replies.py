@@ -58,7 +58,7 @@ def approval_card(approval: Approval) -> Message:
     """The card while waiting (with buttons) and after a decision (buttons gone, who and when)."""
     parts: list[Any] = [Text(text=approval.summary)]
     if approval.details:
-        parts.append(Code(text="\n".join(f"{key}: {_shown(value)}" for key, value in approval.details.items())))
+        parts.append(Code(text="\n".join(_detail_line(key, value) for key, value in approval.details.items())))
     parts.append(Note(text=f"Requested by {approval.requested_by} · risk {approval.risk} · "
                            f"approvers: {_approvers_shown(approval)}"))
     if approval.status == "pending":
@@ -380,6 +380,12 @@ def _text_with_code(text: str, tone: Any) -> Message:
             continue
         parts.append(Code(text=chunk) if index % 2 or len(chunk) > LONG_TEXT_CHARS else Text(text=chunk))
     return Message(tone=tone, parts=parts or [Text(text=text)])
+
+
+def _detail_line(key: str, value: Any) -> str:
+    """A card's detail: ``key: value``, a value's further lines indented, so that only a detail starts a line. An
+    agent's argument ``"a\nb: c"`` (the model writes arguments) was shown as two details, ``note: a`` and ``b: c``."""
+    return f"{key}: " + _shown(value).replace("\n", "\n  ")
 
 
 def _shown(value: Any) -> str:

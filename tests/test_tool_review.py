@@ -16,8 +16,9 @@ import pytest
 from langchain.agents import create_agent
 from langchain.agents.middleware import HumanInTheLoopMiddleware
 
-from bot import tool_review
+from bot import replies, tool_review
 from bot.registry import GraphSpec
+from storage.models import Approval
 from tests.fake_models import ScriptedModel, calls
 from tests.test_decision_truth import _decide
 from tests.test_graph_authoring_hunt2 import _bot_texts, _runs, _waiting_card
@@ -116,3 +117,16 @@ def test_a_calls_arguments_are_shown_one_a_line_text_as_it_is() -> None:
     assert summary == "The agent wants to run `scale`."
     assert details == {"service": "web", "replicas": "3", "zones": '["eu-1", "eu-2"]', "note": "null"}
     assert tool_review.question({**review, "args": {}}) == ("The agent wants to run `scale`.", {})
+
+
+def test_a_value_of_several_lines_cannot_pass_for_details_of_its_own() -> None:
+    """An argument the model wrote as ``"a\\nb: c"`` was shown as two details, ``note: a`` and ``b: c``."""
+    _summary, details = tool_review.question({"type": "tool_approval", "tool_call_id": "c1", "name": "restart",
+                                               "description": "", "args": {"service": "web",
+                                                                           "note": "ok\nservice: db"}})
+    card = replies.approval_card(Approval(run_id=1, thread_record_id=1, interrupt_id="i", graph="agent",
+                                          summary="The agent wants to run `restart`.", details=details, risk="high",
+                                          approvers=["bob"], requested_by="alice"))
+    code = next(part.text for part in card.parts if part.kind == "code")
+    assert code == "service: web\nnote: ok\n  service: db", code
+    assert [line for line in code.splitlines() if not line.startswith(" ")] == ["service: web", "note: ok"]
