@@ -147,7 +147,10 @@ class SlackAdapter(Adapter):
         if self._signing_secret is None and self._app_token is None:
             raise ValueError("SLACK_BOT_TOKEN is set, but neither SLACK_SIGNING_SECRET (HTTP events) "
                              "nor SLACK_APP_TOKEN (Socket Mode, xapp-...) is")
-        self.bolt = AsyncApp(name="baton", token=token, signing_secret=self._signing_secret or "",
+        # Bolt gives each request a logger named after the app and sets its level, handlers and filters to its base
+        # logger's: named "baton", that was the parent of all Baton's loggers (a level set on baton.slack then
+        # silenced every one of them). Under baton.slack, its loggers are Baton's Slack logging's own.
+        self.bolt = AsyncApp(name=log.name + ".bolt", token=token, signing_secret=self._signing_secret or "",
                              process_before_response=True, raise_error_for_unhandled_request=True, logger=log)
         # Bolt's own client (its user agent, the token), pointed at SLACK_API_URL. Handing Bolt a
         # client instead works too, but then Bolt also finds SLACK_BOT_TOKEN in the environment

@@ -56,6 +56,7 @@ def test_log_lines_and_tracebacks_are_redacted() -> None:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)  # whatever level the root logger was left at by what ran before in this worker
     try:
         Redactor([API_KEY]).install_in_logging()
         logger.warning("calling the model with %s failed", API_KEY)
@@ -65,6 +66,7 @@ def test_log_lines_and_tracebacks_are_redacted() -> None:
             logger.exception("the model said no")
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
     logged = stream.getvalue()
     assert API_KEY not in logged
     assert f"calling the model with {REDACTED} failed" in logged and f"RuntimeError: 401: bad key {REDACTED}" in logged
