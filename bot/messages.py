@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from typing import Annotated, Any, Literal
 
@@ -25,6 +26,11 @@ def quoted(text: str, limit: int = 60) -> str:
     bidi controls shown as U+FFFD. They make a quote read as something else (U+202E shows
     `upt\u202eime` as "uptemi"), which in a bot's reply could pass off one command as another."""
     return _BIDI_CONTROLS.sub("\ufffd", text)[:limit]
+
+
+def shown_value(value: Any) -> str:
+    """A value as a card's detail shows it: text as it is, another value as JSON (accents and emoji as written)."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
 
 
 def validation_words(error: dict[str, Any]) -> str:

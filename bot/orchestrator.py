@@ -28,7 +28,8 @@ from bot import approvals, audit, model_routing, replies, schedules, threads, to
 from bot.config import BatonConfig
 from bot.kit import APPROVAL_MARK, APPROVAL_TEXT_LIMIT, Request, duration, people_read
 from bot.digests import Digests
-from bot.messages import Accepted, InboundClick, InboundMessage, Location, Message, Text, quoted_code, storable
+from bot.messages import (Accepted, InboundClick, InboundMessage, Location, Message, Text, quoted_code, shown_value,
+                          storable)
 from bot.outbox import Delivery, Outbox
 from bot.registry import GraphSpec
 from bot.models import MODEL_ERRORS, ModelFailed, cost_of, usage_of
@@ -235,8 +236,7 @@ def _card_question(value: Any, graph: str) -> tuple[str, dict[str, str]]:
     question = value.get("question") if isinstance(value, dict) else None
     if not isinstance(question, str) or not question.strip():
         return _shown_question(value, graph), {}
-    return question, {str(key): given if isinstance(given, str) else json.dumps(given, ensure_ascii=False, default=str)
-                      for key, given in value.items() if key != "question"}
+    return question, {str(key): shown_value(given) for key, given in value.items() if key != "question"}
 
 
 class Orchestrator:

@@ -13,7 +13,7 @@ from bot import approvals, schedules
 from bot.models import ModelRequired
 from bot.kit import duration
 from bot.messages import (ButtonOption, Buttons, Code, Message, Note, Text, ThreadLink, first_line, quoted, quoted_code,
-                          storable, validation_words)
+                          shown_value, storable, validation_words)
 from storage.models import Approval
 
 # A longer text in a graph's reply goes as long command output does, a preview and the whole as a file:
@@ -385,8 +385,4 @@ def _text_with_code(text: str, tone: Any) -> Message:
 def _detail_line(key: str, value: Any) -> str:
     """A card's detail: ``key: value``, a value's further lines indented, so that only a detail starts a line. An
     agent's argument ``"a\nb: c"`` (the model writes arguments) was shown as two details, ``note: a`` and ``b: c``."""
-    return f"{key}: " + _shown(value).replace("\n", "\n  ")
-
-
-def _shown(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, default=str)
+    return f"{key}: " + shown_value(value).replace("\n", "\n  ")

@@ -16,8 +16,9 @@ that allows neither approve nor reject (only ``edit`` or ``respond``) cannot be 
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from bot.messages import shown_value
 
 CARD_DECISIONS = ("approve", "reject")
 
@@ -53,7 +54,7 @@ def question(value: dict[str, Any]) -> tuple[str, dict[str, str]]:
         args = call.get("args")
         for arg, given in (args.items() if isinstance(args, dict) else [("arguments", args)] if args else []):
             key = str(arg) if len(calls) == 1 else f"{index}. {name} {arg}"
-            details[key] = given if isinstance(given, str) else json.dumps(given, ensure_ascii=False, default=str)
+            details[key] = shown_value(given)
     return summary, details
 
 
