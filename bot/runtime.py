@@ -588,7 +588,9 @@ class RunServices:
                 failed = params["result"]["error"][:500] if params["status"] == "failed" else None
                 await self._audit(session, f"effect.{params['status']}", name, error=failed)
             yield session
-        del self._settled[:len(settled)]
+        # By identity: another session of the run (a parallel branch's) may have written and dropped some of these
+        # meanwhile, and dropping as many from the front lost an outcome settled after this one began.
+        self._settled[:] = [item for item in self._settled if not any(item is done for done in settled)]
 
     async def flush_effects(self) -> None:
         """Record the outcomes still pending, in a transaction of their own: after the run's last write

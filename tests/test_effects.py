@@ -159,3 +159,30 @@ async def test_a_model_calls_tokens_written_beside_the_runs_next_write_record_no
     assert kinds == [("effect.started", "push"), ("effect.done", "push")], kinds
     assert tokens == 15
     assert await _ledger(database) == [("t|a:1|push", "done", "ok")]
+
+
+async def test_two_sessions_of_a_run_at_once_drop_no_effect_outcome_settled_meanwhile(
+        database: Database, config_path: Path) -> None:
+    """Two write sessions of one run open at once (parallel branches) each wrote the outcomes pending when it began
+    and then dropped as many from the front of the list: an outcome settled after the second began was dropped
+    unwritten, and its effect stayed 'started' (in doubt, were its node to run again)."""
+    shared = Services(db=database, config=load_config(config_path), registry=GraphRegistry.discover())
+    request = Request(platform="playground", channel="general", thread="1", user="alice", text="")
+    run = RunServices(shared, request, None, correlation_id="req-1")
+    run._settle("t|a:1|one", "one", "done", 1)
+    first = run.session()
+    await first.__aenter__()  # a branch's write: "one" rides on it
+    run._settle("t|b:1|two", "two", "done", 2)
+    began = asyncio.Event()
+
+    async def other_branch_writes() -> None:
+        began.set()
+        async with run.session():  # takes "one" and "two"; waits for the writer while the first is open
+            pass
+
+    second = asyncio.create_task(other_branch_writes())
+    await began.wait()
+    run._settle("t|c:1|three", "three", "done", 3)  # settled after the second session began
+    await first.__aexit__(None, None, None)
+    await second
+    assert [name for name, _params in run._settled] == ["three"]  # still to be written, not dropped
