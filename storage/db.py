@@ -167,13 +167,32 @@ def database_unusable(exc: BaseException | None) -> str | None:
     if (reason := database_unreachable(exc)) is not None:
         return reason
     seen: set[int] = set()
+    wrapped = False  # by SQLAlchemy: Baton's own sessions
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, sqlite3.Error):
             code = getattr(exc, "sqlite_errorcode", None)
-            return _first_line(exc) if code is not None and code & 0xFF in _SQLITE_UNUSABLE else None
+            if code is None or code & 0xFF not in _SQLITE_UNUSABLE or not (wrapped or _passed_through_storage(exc)):
+                return None
+            return _first_line(exc)
+        wrapped = wrapped or isinstance(exc, DBAPIError)
         exc = exc.orig if isinstance(exc, DBAPIError) else exc.__cause__
     return None
+
+
+_STORAGE = tuple({str(Path(__file__).parent) + os.sep, str(Path(__file__).resolve().parent) + os.sep})
+
+
+def _passed_through_storage(exc: BaseException) -> bool:
+    """Whether ``exc`` came through this package (Baton's database, its checkpointer): a graph's own SQLite file,
+    full or locked, is the graph's failure, not Baton's database ("Baton could not write to its database", and its
+    operator told to free the disk holding it)."""
+    frames = exc.__traceback__
+    while frames is not None:
+        if frames.tb_frame.f_code.co_filename.startswith(_STORAGE):
+            return True
+        frames = frames.tb_next
+    return False
 
 
 # What an operator does about each of those SQLite errors (``database_advice``).
