@@ -64,7 +64,6 @@ TONE_COLOUR = {"info": 0x5865F2, "progress": 0x99AAB5, "success": 0x57F287, "war
 # and stays one.
 USER_ID = re.compile(r"(?<![\w/<@#:!&.])(discord:)?([0-9]{17,20})(?![\w>])")
 PLATFORM_PREFIX = "discord:"
-DISCORD_USER = re.compile(r"(?:discord:)?([0-9]{17,20})")  # a decider Discord can ping (not ``alice``, ``slack:U1``)
 # What Discord takes for a way to hide something in a masked link's words, showing the whole link as its markdown
 # instead: an address ("https://" and two more characters, discord/discord-api-docs#7721), and its own markup (a
 # mention, a channel, an emoji, a timestamp, a command: "hidden mentions", discord/discord-api-docs#6088).
@@ -301,8 +300,9 @@ def _embed_message(message: Message, blocks: list[str], files: list[Attachment],
 
 
 def _pingable(deciders: list[str]) -> list[str]:
-    """The Discord user ids among a card's deciders, each once, at most ``PINGED_AT_MOST``."""
-    users = [found[1] for decider in deciders if (found := DISCORD_USER.fullmatch(decider))]
+    """The Discord user ids among a card's deciders (``discord:123...`` or the bare id; not ``alice`` nor
+    ``slack:U1``), each once, at most ``PINGED_AT_MOST``."""
+    users = [found[2] for decider in deciders if (found := USER_ID.fullmatch(decider))]
     return list(dict.fromkeys(users))[:PINGED_AT_MOST]
 
 
