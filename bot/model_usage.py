@@ -40,32 +40,14 @@ class UsageCounter(BaseCallbackHandler):
     counts what the provider reported of it, if anything (a stream cut off after its usage came)."""
 
     run_inline = True  # called where the event happens: no task per event, no worker thread for a sync handler
+    # Every other kind of event (a node's, each chain's) skipped at once.
+    ignore_chain = ignore_agent = ignore_retriever = ignore_retry = ignore_custom_event = True
 
     def __init__(self, record: Record) -> None:
         self._record = record
         self._loop = asyncio.get_running_loop()
         self._calls: dict[UUID, tuple[str, bool]] = {}  # a started call's run id -> (provider:model, the kit's)
         self._writes: list[concurrent.futures.Future[None]] = []
-
-    @property
-    def ignore_chain(self) -> bool:  # every node's events: skipped at once
-        return True
-
-    @property
-    def ignore_agent(self) -> bool:
-        return True
-
-    @property
-    def ignore_retriever(self) -> bool:
-        return True
-
-    @property
-    def ignore_retry(self) -> bool:
-        return True
-
-    @property
-    def ignore_custom_event(self) -> bool:
-        return True
 
     def on_chat_model_start(self, serialized: dict[str, Any], messages: list[list[Any]], *, run_id: UUID,
                             tags: list[str] | None = None, metadata: dict[str, Any] | None = None,
