@@ -10,14 +10,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlmodel import update
 
-from bot.config import BatonConfig, Digest
+from bot.config import BatonConfig
 from bot.digest_stats import collect
 from bot.messages import Location, Message
 from graphs.digest import compose
 from storage.models import OutboxMessage, Run, ThreadRecord
-from tests.fake_models import ScriptedModel, calls, script
+from tests.fake_models import calls
 from tests.test_digests import Clock, digest_service, firings, posted_messages
-from tests.test_digests_hunt import digest_service_with_model
+from tests.test_cost_hunt import digest_written_by
 
 SVG = "{http://www.w3.org/2000/svg}"
 OPS = Location(platform="playground", workspace="", channel="ops", thread="")
@@ -156,24 +156,10 @@ def test_a_cost_is_shown_with_the_digits_it_deserves(cost, shown):
 async def test_the_written_summary_is_given_the_cost_as_the_card_shows_it(sqlite_url, tmp_path):
     """The model writing the digest's summary was handed the raw sum ("cost": 0.99996) and wrote it back as it
     pleased ("$0.99996", "$1.0000") above a card saying otherwise; it is given "$1.00", as the card says."""
-    clock = Clock(datetime(2026, 6, 1, 6, 0, tzinfo=UTC))
-    script_path = tmp_path / "script.json"
-    script(script_path, [{"content": "A quiet day.", "usage": {"input_tokens": 1, "output_tokens": 1}}])
-    model = ScriptedModel(messages=iter(()), script_path=str(script_path))
-    paris = Digest(platform="playground", channel="ops", cron="0 9 * * *", timezone="Europe/Paris")
-    async with digest_service_with_model(sqlite_url, clock, BatonConfig(digests=[paris]), model) as digests:
-        async with digests.db.session() as session:
-            record = ThreadRecord(platform="playground", channel="ops", thread="1", status="done")
-            session.add(record)
-            await session.flush()
-            session.add(Run(thread_record_id=record.id, platform="playground", channel="ops", graph="assistant",
-                            status="done", requested_by="alice", correlation_id="c1", started_at=clock.now,
-                            finished_at=clock.now + timedelta(seconds=5), turnaround_ms=5000, tokens=9000, cost=0.99996))
-        clock.now = datetime(2026, 6, 1, 7, 0, tzinfo=UTC)
-        assert await digests.run_due(clock.now) == 1
-        [message] = await posted_messages(digests)
-    assert "Model tokens: 9,000, cost $1.00" in Message.model_validate(message.payload).plain_text()
-    [call] = calls(script_path)
+    message = await digest_written_by(sqlite_url, tmp_path, {"content": "A quiet day."}, tokens=9000, cost=0.99996,
+                                      cron="0 9 * * *", timezone="Europe/Paris")
+    assert "Model tokens: 9,000, cost $1.00" in message.plain_text()
+    [call] = calls(tmp_path / "script.json")
     assert '"cost": "$1.00"' in call["last"] and "0.99996" not in call["last"], call["last"]
 
 
