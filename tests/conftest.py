@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 from sqlalchemy.engine import make_url
 
 from storage.db import Database
@@ -12,6 +13,12 @@ from storage.migrate import upgrade
 from tests.support import BatonProcess, create_postgres_database, postgres_reachable, write_config
 
 PG_SKIP_REASON = postgres_reachable()
+
+# Property tests draw the same examples on every run (derandomize): a red CI is then a defect to find, never a
+# roll of the dice, and a failure found once is found again. No deadline: two cores shared with other tests.
+settings.register_profile("baton", derandomize=True, deadline=None, database=None, max_examples=200,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.load_profile("baton")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
