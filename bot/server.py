@@ -37,6 +37,7 @@ from bot.config import BatonConfig
 from bot.messages import quoted, storable, validation_words
 from bot.metrics import Metrics
 from bot.settings import Settings
+from storage.disk_room import short_of_room
 
 log = logging.getLogger("baton.server")
 
@@ -194,6 +195,8 @@ def create_app(settings: Settings, config: BatonConfig | None = None) -> FastAPI
         problems = {adapter.name: problem for adapter in baton.adapters if (problem := adapter.problem())}
         if database and (away := await baton.db.ping()):
             problems["database"] = away
+        if database and (cramped := await asyncio.to_thread(short_of_room, baton.db.url)):
+            problems["disk"] = cramped
         return JSONResponse(status_code=503 if problems else 200, content={
             "ok": not problems, "instance": baton.instance, "adapters": [adapter.name for adapter in baton.adapters],
             "problems": problems, "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0]})
@@ -207,7 +210,8 @@ def create_app(settings: Settings, config: BatonConfig | None = None) -> FastAPI
 
     @app.get("/readyz", tags=["ops"])
     async def readyz() -> JSONResponse:
-        """Readiness: as ``/healthz``, and the database answers (a load balancer sends traffic elsewhere)."""
+        """Readiness: as ``/healthz``, and the database answers and (SQLite) its disk has room to write (a load
+        balancer sends traffic elsewhere)."""
         return await health(database=True)
 
     # HEAD is what many uptime checks send; a route of its own, or the schema names two operations alike

@@ -178,3 +178,27 @@ async def test_a_run_whose_checkpoint_meets_a_full_disk_waits_for_room_and_goes_
         assert (counter.read_text().splitlines(), len(await bot_replies(http, thread))) == (["uptime"], 1)
         assert len(waits()) == 1, waits()  # one line for the runs waiting together, not one per write
         assert not [record for record in caplog.records if record.exc_info], "a traceback for a full disk"
+
+
+async def test_readyz_says_when_the_disk_of_the_database_is_full_and_when_there_is_room_again(
+        full_disk: FullDisk, config_path: Path) -> None:
+    """A full disk refused every request with a 503 while ``/readyz`` said 200 (its ``SELECT 1`` reads), so a load
+    balancer kept sending them. It names the disk (not its path: ``/readyz`` is open to anyone) until there is room."""
+    async with playground(full_disk.path / "baton.db", config_path) as http:
+        assert (await http.get("/readyz")).status_code == 200
+        full_disk.fill()
+        refused = await http.post("/api/messages", json={"channel": "general", "user": "alice", "text": "help"})
+        assert refused.status_code == 503, refused.text
+        ready = await http.get("/readyz")
+        assert ready.status_code == 503, ready.text
+        said = ready.json()["problems"]["disk"]
+        assert said.startswith("the disk holding Baton's database and its checkpoints file has 0 KB free"), said
+        assert str(full_disk.path) not in said, said
+        assert (await http.head("/readyz")).status_code == 503
+        assert (await http.get("/healthz")).status_code == 200  # a restart would not make room: liveness holds
+
+        full_disk.free()
+        ready = await http.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["problems"] == {}, ready.text
+        assert (await http.post("/api/messages", json={"channel": "general", "user": "alice", "text": "help"})
+                ).status_code == 201
