@@ -667,7 +667,7 @@ def load_config(path: Path, *, required: bool = False, empty: bool = True) -> Ba
             return _empty(path, empty)
         _check_size(path, root)  # before anything walks or loads the values the aliases stand for
         _refuse_repeated_keys(path, root)
-        data = yaml.SafeLoader("").construct_document(root)  # which also puts the keys of each merge (<<) in `root`
+        data = _Loader("").construct_document(root)  # which also puts the keys of each merge (<<) in `root`
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: {_yaml_problem(text, exc)}") from exc
     except RecursionError:
@@ -756,6 +756,36 @@ def _last_scalar_start(text: str) -> yaml.Mark | None:
     return token.start_mark if isinstance(token, yaml.ScalarToken) else None
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loading, naming the value it cannot make where it is written: a date that is none
+    (``2024-02-30``, which YAML reads as a date) or a tag asking for what the value is not (``!!int x``) raised
+    Python's own error, and Baton stopped with a traceback instead of the line."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as exc:
+            raise yaml.constructor.ConstructorError(None, None, _unmade(node, exc), node.start_mark) from None
+
+
+_KINDS = {"timestamp": "a date", "int": "a whole number", "float": "a number", "bool": "true or false",
+          "binary": "base64 data"}
+
+
+def _unmade(node: yaml.Node, exc: Exception) -> str:
+    """Why the value of ``node`` cannot be made what its tag (written, or YAML's reading of it) says."""
+    kind = node.tag.rpartition(":")[2]
+    what = _KINDS.get(kind, f"!!{kind}")
+    written = printable(str(node.value))[:40] if isinstance(node, yaml.ScalarNode) else "this value"
+    why = f" ({exc})" if kind == "timestamp" and isinstance(exc, ValueError) and str(exc) else ""
+    if isinstance(node, yaml.ScalarNode) and yaml.SafeLoader("").resolve(yaml.ScalarNode, node.value,
+                                                                        (True, False)) == node.tag:
+        return f"YAML reads '{written}' as {what}, and it is none{why}: put it in quotes if it is text"
+    return f"its tag asks for {what}, and '{written}' is none{why}: remove the tag, or write {what}"
+
+
 MAX_VALUES = 100_000  # what baton.yaml may expand to through aliases (a few hundred in practice)
 
 
@@ -790,7 +820,7 @@ def _key(node: yaml.Node) -> str:
     write it (True as 1)."""
     if node.tag in ("tag:yaml.org,2002:str", "tag:yaml.org,2002:merge") or not isinstance(node, yaml.ScalarNode):
         return str(node.value)
-    value = yaml.SafeLoader("").construct_object(node)
+    value = _Loader("").construct_object(node)
     return str(int(value) if isinstance(value, bool) else value)
 
 
