@@ -36,6 +36,7 @@ ARG_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,40}$"
 VARIABLE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,100}$"  # an environment variable's name, as a shell takes it
 # A pattern is matched in the event loop: on 4,000 characters ^.+@.+\..+$ takes 13 s, on 1,000 0.2 s.
 MAX_VALUE_CHARS = 1000
+FORCE_WORD = "force"  # in a request: "run it even if it ran just now" (read by bot.routing)
 
 
 logger = logging.getLogger(__name__)
@@ -430,7 +431,7 @@ class Runbook(BaseModel):
         if self.example is None:
             return ""
         try:
-            words = [word for word in shlex.split(self.example) if word.lower() != "force"]
+            words = [word for word in shlex.split(self.example) if word.lower() != FORCE_WORD]
         except ValueError as exc:
             return f"it cannot be read ({exc})"
         if len(words) < 2 or words[0].lower() not in ("run", "runbook") or words[1].lower() != name:
@@ -571,6 +572,10 @@ class BatonConfig(BaseModel):
     @field_validator("runbooks")
     @classmethod
     def _runbook_names(cls, value: dict[str, Runbook]) -> dict[str, Runbook]:
+        if FORCE_WORD in value:  # bot.routing drops the word from a `run` request: `run force` asked for no runbook
+            raise PartError(f"the runbook name '{FORCE_WORD}' is a word of Baton's own: in a request it means "
+                            "\"run it even if it ran just now\", so `run force` could never ask for this runbook: "
+                            "name it otherwise", FORCE_WORD)
         return _named_as(value, NAME_PATTERN, "runbook name")
 
     @model_validator(mode="after")

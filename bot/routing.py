@@ -9,12 +9,11 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.config import BatonConfig
+from bot.config import FORCE_WORD, BatonConfig
 from bot.kit import Request
 from bot.messages import quoted_code
 from bot.registry import GraphRegistry, GraphSpec
 
-FORCE_WORD = "force"
 RUNBOOK_GRAPH = "runbook"
 HELP_GRAPH = "help"
 DIGEST_COMMAND = "digest"  # schedules and "digest now": handled by the core (bot.digests), not a graph run

@@ -118,3 +118,15 @@ def test_a_value_yaml_cannot_make_what_it_reads_it_as_is_named_with_its_line(tmp
     with pytest.raises(ConfigError) as refused:
         load_config(path)
     assert f"{path}: {said}" in str(refused.value), str(refused.value)
+
+
+def test_a_runbook_cannot_be_named_force(tmp_path: Path) -> None:
+    """``run force`` drops the word, as any ``force`` of a run request: it answered "Which runbook?" and listed
+    ``run force`` among them, a runbook nobody could ever ask for."""
+    path = tmp_path / "baton.yaml"
+    path.write_text("runbooks:\n  uptime:\n    description: Up.\n    command: [uptime]\n"
+                    "  force:\n    description: Force a sync.\n    command: [sync]\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert str(refused.value).startswith(f"{path}: line 5: runbooks: the runbook name 'force' is a word of "
+                                         "Baton's own"), str(refused.value)
