@@ -26,8 +26,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from bot.schedules import ScheduleError, check_schedule, zone_name
-from bot.lookalikes import ansi_c_quoted, misleading
-from bot.messages import quoted_code, validation_words
+from bot.lookalikes import quoted_as_is
+from bot.messages import validation_words
 from bot.settings import SECRET_VARIABLES
 
 Risk = Literal["low", "high"]
@@ -254,26 +254,6 @@ def _seconds(text: str) -> str:
     raise ValueError(f"{_TIMEOUT_IS} (at most 86400, a day), not '{text[:40]}'")
 
 
-def _shown_value(value: str, limit: int = 60) -> str:
-    """``value`` as a refusal quotes it: one that reads as another ("worker\u200b" as "worker") in bash's
-    ``$'...'``, cut when long between whole characters, its quote closed and "…" after it (cut as text, it lost
-    its closing quote or ended inside an escape, which bash reads as another character)."""
-    if not misleading(value):
-        return quoted_code(value, limit)
-    pieces: list[str] = []
-    room = limit - len("$''…")
-    for char in value:
-        piece = ansi_c_quoted(char)[2:-1]
-        if len(piece) > room:
-            shown = "$'" + "".join(pieces) + "'…"
-            break
-        pieces.append(piece)
-        room -= len(piece)
-    else:
-        shown = ansi_c_quoted(value)
-    return quoted_code(shown, len(shown))  # a backtick of the value's own would end the code span
-
-
 class Runbook(BaseModel):
     model_config = ConfigDict(extra="forbid")
     _approver_ids = field_validator("approvers", mode="before")(lambda cls, value: _ids_as_text(value))
@@ -407,7 +387,8 @@ class Runbook(BaseModel):
 
     def validate_args(self, given: dict[str, str]) -> dict[str, str]:
         """Return the full argument set, or raise ``ValueError`` naming every problem, fit for chat."""
-        problems = [f"unknown argument `{name}`" for name in sorted(set(given) - set(self.args))]
+        # quoted as what it is: a backtick of its own ended the code span, and a line break began a line of its own
+        problems = [f"unknown argument `{quoted_as_is(name)}`" for name in sorted(set(given) - set(self.args))]
         values: dict[str, str] = {}
         for name, spec in self.args.items():
             value = given.get(name, spec.default)
@@ -417,7 +398,7 @@ class Runbook(BaseModel):
                 problems.append(f"`{name}` is {len(value):,} characters long; an argument may have {MAX_VALUE_CHARS:,}")
             elif not spec.matches(value):
                 allowed = f" ({spec.description})" if spec.description else ""
-                problems.append(f"`{name}={_shown_value(value)}` does not match the allowed pattern `{spec.pattern}`"
+                problems.append(f"`{name}={quoted_as_is(value)}` does not match the allowed pattern `{spec.pattern}`"
                                 f"{allowed}")
             else:
                 values[name] = value

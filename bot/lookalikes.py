@@ -10,11 +10,34 @@ from __future__ import annotations
 import shlex
 import unicodedata
 
+from bot.messages import quoted_code
+
 
 def shown_argument(arg: str) -> str:
     """``arg`` as a shell would take it, every character what it looks like: ``$'...'`` when it could be read
     as another, else ``shlex.quote``."""
     return ansi_c_quoted(arg) if misleading(arg) else shlex.quote(arg)
+
+
+def quoted_as_is(value: str, limit: int = 60) -> str:
+    """``value`` as a refusal quotes it in `code`: one that reads as another ("worker\u200b" as "worker") in
+    bash's ``$'...'``, cut when long between whole characters, its quote closed and "…" after it (cut as text, it
+    lost its closing quote or ended inside an escape, which bash reads as another character); any other as
+    ``bot.messages.quoted_code`` quotes it."""
+    if not misleading(value):
+        return quoted_code(value, limit)
+    pieces: list[str] = []
+    room = limit - len("$''…")
+    for char in value:
+        piece = ansi_c_quoted(char)[2:-1]
+        if len(piece) > room:
+            shown = "$'" + "".join(pieces) + "'…"
+            break
+        pieces.append(piece)
+        room -= len(piece)
+    else:
+        shown = ansi_c_quoted(value)
+    return quoted_code(shown, len(shown))  # a backtick of the value's own would end the code span
 
 
 def misleading(arg: str) -> bool:

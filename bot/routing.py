@@ -11,6 +11,7 @@ from typing import Any
 
 from bot.config import FORCE_WORD, BatonConfig
 from bot.kit import Request
+from bot.lookalikes import quoted_as_is, shown_argument
 from bot.messages import quoted_code
 from bot.registry import GraphRegistry, GraphSpec
 
@@ -269,15 +270,16 @@ def _runbook_route(tokens: list[str], config: BatonConfig, force: bool) -> Route
     if runbook is None:
         guess = _closest(name, list(config.runbooks))
         hint = f" Did you mean `{guess}`?" if guess else ""
-        raise RouteError(f"I don't know a runbook called `{quoted_code(name)}`.{hint} Runbooks: {known}.")
+        # As what it is: "I don't know a runbook called `uptime`. Did you mean `uptime`?" of "uptime\u200b"
+        raise RouteError(f"I don't know a runbook called `{quoted_as_is(name)}`.{hint} Runbooks: {known}.")
     given: dict[str, str] = {}
     problems: list[str] = []
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            problems.append(f"`{quoted_code(pair)}` is not a `key=value` argument")
+            problems.append(f"`{quoted_as_is(pair)}` is not a `key=value` argument")
         elif key in given:
-            problems.append(f"`{quoted_code(key)}` is given twice")
+            problems.append(f"`{quoted_as_is(key)}` is given twice")
         else:
             given[key] = value
     # A log pasted after `run uptime` made one problem a word: a 4,000-character request was answered with 20,000.
@@ -296,10 +298,10 @@ def _runbook_route(tokens: list[str], config: BatonConfig, force: bool) -> Route
         problems.insert(1, f"{len(unknown) - PROBLEMS_SHOWN:,} more unknown arguments")
     guesses = {key: _closest(key, [arg for arg in runbook.args if arg not in given])
                for key in unknown[:PROBLEMS_SHOWN]}  # `Service=web`, `sevice=web`: said only "unknown argument"
-    hint = " ".join(f"Did you mean `{guess}=` for `{quoted_code(key)}=`?" for key, guess in guesses.items() if guess)
+    hint = " ".join(f"Did you mean `{guess}=` for `{quoted_as_is(key)}=`?" for key, guess in guesses.items() if guess)
     mended = _mended(pairs, runbook) if problems else None
     if mended is not None:  # `service = web`, `--service web`, `service:web`: the request as it was meant
-        hint = f"Did you mean `{quoted_code(shlex.join(['run', name, *mended]), 300)}`?"
+        hint = f"Did you mean `{quoted_code(' '.join(map(shown_argument, ['run', name, *mended])), 300)}`?"
     if problems:
         usage = f"`run {name} {runbook.usage_args()}`" if runbook.args else f"`run {name}` (no arguments)"
         raise RouteError(f"Runbook `{name}`: {'; '.join(problems)}.{' ' + hint if hint else ''} Usage: {usage}. "

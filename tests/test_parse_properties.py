@@ -51,6 +51,103 @@ def _config(tmp_path: Path) -> BatonConfig:
     return load_config(path, required=True)
 
 
+WORDS = st.sampled_from([
+    "run", "RUN", "runbook", "force", "Force", "help", "?", "list", "status", "cancel", "cancel!", "approve",
+    "reject.", "digest", "now", "announce", "summarize", "echo", "restart", "uptime", "service=web", "a=", "b=",
+    "a=x", "a='x y'", "=", "'", '"', "\\", "\u201c", "\u201d", "\u2019", "\u00a0", "\u200b", "\u202e", "\uff57",
+    "&lt;", "&amp;", "<@U0123ABCD>", "@baton", "{a}", "{b}", "-rf", " ", "\n", "\t", "`", "x" * 70])
+TEXTS = st.one_of(st.text(CHARACTERS, max_size=60),
+                  st.lists(st.one_of(WORDS, st.text(CHARACTERS, max_size=8)), max_size=8).map(" ".join),
+                  st.lists(st.one_of(WORDS, st.text(CHARACTERS, max_size=8)), max_size=8).map("".join))
+
+
+def test_any_text_is_routed_or_refused_in_a_sentence(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+
+    @given(TEXTS, st.booleans())
+    def check(text: str, addressed: bool) -> None:
+        try:
+            route(REQUEST, text, REGISTRY, config, addressed=addressed)
+        except RouteError as refused:
+            said = str(refused)
+            assert said[:1].isupper() and len(said) > 20, said
+        is_request(text, REGISTRY, addressed=addressed)
+        aside(text, REGISTRY, addressed=addressed)
+        is_cancel(text, addressed)
+        runbook_named(text)
+
+    check()
+
+
+VALUES = st.one_of(st.text(CHARACTERS, max_size=40),
+                   st.lists(st.sampled_from(["{a}", "{b}", "{}", "{{", "}}", "-", "--a=", " ", "=", "'", '"', "force",
+                                             "\u00a0", "\u200b", "$(id)", ";", "\n", "x"]), max_size=6).map("".join))
+
+
+def test_a_value_its_pattern_takes_reaches_the_command_as_one_argument_as_typed(tmp_path: Path) -> None:
+    """However it is quoted, split or spaced, and whatever it holds: a placeholder is not filled again, nothing
+    splits it, and its fingerprint is of the values alone (another order or spacing is the same request)."""
+    config = _config(tmp_path)
+    runbook = config.runbooks["echo"]
+
+    @given(VALUES, st.sampled_from(["-", "v1", "x y"]))
+    def check(value: str, other: str) -> None:
+        quoted_value, quoted_other = shlex.quote(value), shlex.quote(other)
+        asked = route(REQUEST, f"run echo a={quoted_value} b={quoted_other}", REGISTRY, config)
+        assert asked.input == {"runbook": "echo", "args": {"a": value, "b": other}}
+        assert runbook.argv(asked.input["args"]) == ["echo", value, f"--a={value}", other + value]
+        again = route(REQUEST, f"  run   echo   b={quoted_other}\u00a0 {shlex.quote('a=' + value)}  ", REGISTRY, config)
+        assert again.input == asked.input and again.fingerprint == asked.fingerprint and not again.force
+        changed = route(REQUEST, f"run echo a={shlex.quote(value + 'x')} b={quoted_other}", REGISTRY, config)
+        assert changed.fingerprint != asked.fingerprint
+
+    check()
+
+
+EVIL = st.sampled_from(["`EVIL`", "EVIL\n", "\nEVIL", "EVIL\u202e", "`**EVIL**`", "\u2028EVIL", "EVIL`"])
+PIECES = st.sampled_from(["restart", "echo", "uptime", "service", "a", "b", "=", "web", "--", "-", ":", "force", "<",
+                          ">", "[", "]", "<one of web, api, worker>", "x" * 70, " ", "'", '"'])
+
+
+def test_the_words_of_a_refused_run_request_stay_in_their_code_spans(tmp_path: Path) -> None:
+    """``run restart a`**[x](https://evil.example)**`=1`` was answered "unknown argument `a`**[x](...)**``": the
+    name's backtick ended the code span, and the link showed as Baton's own words."""
+    config = _config(tmp_path)
+
+    @given(st.sampled_from(["restart", "echo", "uptime", "nope"]),
+           st.lists(st.lists(st.one_of(EVIL, PIECES), min_size=1, max_size=5).map("".join), max_size=5))
+    def check(name: str, words: list[str]) -> None:
+        text = f"run {name} " + " ".join(shlex.quote(word) for word in words)
+        try:
+            route(REQUEST, text, REGISTRY, config)
+        except RouteError as refused:
+            said = str(refused)
+            assert not any("EVIL" in prose for prose in said.split("`")[::2]), said
+            assert not re.search("[\n\u2028\u202e]", said), said
+
+    check()
+    with pytest.raises(RouteError) as refused:
+        route(REQUEST, "run restart a`**[x](https://evil.example)**`=1", REGISTRY, config)
+    assert "unknown argument `aˋ**[x](https://evil.example)**ˋ`;" in str(refused.value), str(refused.value)
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ("run uptime\u200b", "I don't know a runbook called `$'uptime\\u200b'`. Did you mean `uptime`?"),
+    ("run r\u0435start service=web", "I don't know a runbook called `$'r\\u0435start'`. Did you mean `restart`?"),
+    ("run \uff55ptime", "I don't know a runbook called `$'\\uff55ptime'`."),
+    ("run restart s\u0435rvice=web", "unknown argument `$'s\\u0435rvice'`"),
+    ("run restart service\u200b=web", "Did you mean `service=` for `$'service\\u200b'=`?"),
+    ("run restart service web\u200b", "`$'web\\u200b'` is not a `key=value` argument"),
+    ("run restart service=web service\u00ad=api service\u00ad=api", "`$'service\\u00ad'` is given twice"),
+])
+def test_a_name_that_reads_as_another_is_quoted_as_what_it_is(tmp_path: Path, text: str, said: str) -> None:
+    """A name pasted with a zero-width space or typed with a Cyrillic letter was quoted as if it were the right one:
+    "I don't know a runbook called `uptime`. Did you mean `uptime`?". It is shown as a refused value is."""
+    with pytest.raises(RouteError) as refused:
+        route(REQUEST, text, REGISTRY, _config(tmp_path))
+    assert said in str(refused.value), str(refused.value)
+
+
 SHIPPED = (ROOT / "baton.yaml").read_text(encoding="utf-8").splitlines()
 SNIPPETS = st.sampled_from([
     "", "~", "yes", "0", "-1", "1e999", ".nan", "0x10", "0755", "[]", "{}", "[a, b]", "{a: 1}", "'{x}'", "{x}",

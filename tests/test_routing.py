@@ -29,7 +29,7 @@ def test_run_command_validates_arguments_and_fingerprints_them():
 @pytest.mark.parametrize(("text", "message"), [
     ("run", "Which runbook?"),
     ("run nope", "I don't know a runbook called `nope`"),
-    ("run upt\u202eime", "I don't know a runbook called `upt\ufffdime`"),  # no bidi override quoted back
+    ("run upt\u202eime", "I don't know a runbook called `$'upt\\u202eime'`"),  # no bidi override quoted back
     ("run restart web", "is not a `key=value` argument"),
     ("run restart service=web service=api", "`service` is given twice"),
     ("run restart service=db", "does not match the allowed pattern"),
