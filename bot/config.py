@@ -200,8 +200,10 @@ class Argument(BaseModel):
         try:
             parsed = re_parser.parse(value)
             argument_pattern(value)
-        except re.error as exc:
+        except (re.error, OverflowError) as exc:  # OverflowError: a count over 4,294,967,295 ("a{9999999999}")
             raise ValueError(f"invalid regular expression: {exc}") from exc
+        except RecursionError:  # a thousand groups one in another: a traceback, and no line named
+            raise ValueError("invalid regular expression: its groups are nested too deeply to read") from None
         if _repeats_a_repetition(parsed, [], inside=False, ignore_case=bool(parsed.state.flags & re.IGNORECASE)):
             raise ValueError("the pattern repeats a repetition that can split a value in many ways (like (a+)+ or "
                              "(\\w+\\s?)*): on a long value that almost matches, checking it takes minutes, and Baton "

@@ -227,3 +227,18 @@ def test_a_runbook_cannot_be_named_force(tmp_path: Path) -> None:
         load_config(path)
     assert str(refused.value).startswith(f"{path}: line 5: runbooks: the runbook name 'force' is a word of "
                                          "Baton's own"), str(refused.value)
+
+
+@pytest.mark.parametrize(("pattern", "said"), [
+    ("^[0-9]{1,9999999999}$", "invalid regular expression: the repetition number is too large"),
+    ("(" * 1000 + "a" + ")" * 1000, "invalid regular expression: its groups are nested too deeply to read"),
+])
+def test_a_pattern_re_cannot_take_is_named_with_its_line(tmp_path: Path, pattern: str, said: str) -> None:
+    """A count over 4,294,967,295 (OverflowError) or groups nested a thousand deep (RecursionError) are not re.error:
+    Baton stopped with a traceback instead of the pattern's line."""
+    path = tmp_path / "baton.yaml"
+    path.write_text(f"runbooks:\n  x:\n    description: x\n    command: [echo, '{{v}}']\n    args:\n"
+                    f"      v: {{pattern: '{pattern}'}}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert str(refused.value) == f"{path}: line 6: runbooks.x.args.v.pattern: {said}", str(refused.value)
