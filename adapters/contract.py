@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -105,14 +106,17 @@ def fenced_segments(text: str) -> list[tuple[str | None, str]]:
     return segments
 
 
-def split_text(text: str, limit: int, size: Callable[[str], int] = len) -> list[str]:
+def split_text(text: str, limit: int, size: Callable[[str], int] = len, *,
+               keep: re.Pattern[str] | None = None) -> list[str]:
     """Split ``text`` into pieces of at most ``limit`` (as measured by ``size``), at line ends when possible.
 
     ``"".join(split_text(text, limit)) == text``: nothing is lost or reordered. ``size`` is how
     the platform counts (Slack counts the escaped text: ``&`` is five characters there). A line longer
     than a piece is split after a space in its second half, when it has one: split anywhere, a word was
     cut in two, and a `code` span too (``help``'s list of further runbooks showed the names as prose
-    and the commas between them as code from the cut on).
+    and the commas between them as code from the cut on). Nor is it split inside a character as people see
+    one (an emoji of several, a letter and its accent: each piece showed half of it) or inside what ``keep``
+    matches, when the piece can end before it (a mention cut in two showed as ``<@1234`` and ``5678>``).
     """
     if limit < 1:  # no piece could hold a character: the loop below would never end
         raise ValueError(f"split_text needs a limit of at least 1, not {limit}")
@@ -130,12 +134,61 @@ def split_text(text: str, limit: int, size: Callable[[str], int] = len) -> list[
             after_space = line.rfind(" ", 0, cut) + 1
             if line[cut:cut + 1] != " " and after_space > cut // 2:  # a word (a `name` of a list) is not cut in two
                 cut = after_space
+            cut = _unbroken(line, cut, keep)
             pieces.append(line[:cut])
             line = line[cut:]
         current, used = line, size(line)
     if current or not pieces:
         pieces.append(current)
     return pieces
+
+
+# Characters that belong to the one before them, as people see one character (Unicode's grapheme clusters, UAX #29,
+# for the marks, joiners and modifiers chat text has): combining marks, variation selectors, emoji skin tones and
+# tags, the zero-width (non-)joiners, Hangul's vowel and final jamo.
+_EXTENDING = re.compile("[\u200c\u200d\ufe00-\ufe0f\U0001f3fb-\U0001f3ff\U000e0020-\U000e007f"
+                        "\U000e0100-\U000e01ef\u1160-\u11ff\ud7b0-\ud7fb]")
+_REGIONAL = re.compile("[\U0001f1e6-\U0001f1ff]")  # two make a flag
+_UNBROKEN_REACH = 512  # how far before a cut a token ``keep`` keeps whole may begin
+
+
+def _unbroken(line: str, cut: int, keep: re.Pattern[str] | None) -> int:
+    """``cut``, or the nearest place before it that splits neither a token ``keep`` matches nor a character as
+    people see one; ``cut`` itself when the line begins with either (a piece must hold something)."""
+    start = max(cut - _UNBROKEN_REACH, 0)
+    for found in keep.finditer(line, start, min(cut + _UNBROKEN_REACH, len(line))) if keep else []:
+        if found.start() >= cut:
+            break
+        if found.end() > cut and found.start() > 0:
+            cut = found.start()
+            break
+    safe = cut
+    while safe > 0 and _joined(line, safe):
+        safe -= 1
+    return safe or cut
+
+
+def shortened(text: str, limit: int, keep: re.Pattern[str] | None = None) -> str:
+    """``text``, or as much of its beginning as fits in ``limit`` with "…", cut between characters as people see
+    them (a button's label ended in half an emoji, or an accent without its letter) and outside ``keep``'s tokens."""
+    if len(text) <= limit:
+        return text
+    return text[:_unbroken(text, limit - 1, keep)].rstrip() + "…"
+
+
+def _joined(line: str, index: int) -> bool:
+    """Whether ``line[index]`` is part of the character people see in ``line[index - 1]``."""
+    before, char = line[index - 1], line[index]
+    if before == "\r" and char == "\n" or before == "\u200d" or _EXTENDING.match(char):
+        return True
+    if unicodedata.category(char) in ("Mn", "Me", "Mc"):
+        return True
+    if _REGIONAL.match(char) and _REGIONAL.match(before):
+        run = index - 1
+        while run > 0 and _REGIONAL.match(line[run - 1]):
+            run -= 1
+        return (index - run) % 2 == 1  # the second of a pair
+    return False
 
 
 def _fitting_prefix(line: str, limit: int, size: Callable[[str], int]) -> int:

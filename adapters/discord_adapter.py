@@ -82,6 +82,7 @@ from adapters.contract import (
     RetryLater,
     StartFailed,
     Step,
+    shortened,
 )
 from adapters.discord_render import (
     BUTTON_LABEL_CHARS,
@@ -228,7 +229,7 @@ def card_view(buttons: Buttons) -> discord.ui.View:
     """The card's buttons (a label is shortened to Discord's 80 characters; the value is intact)."""
     view = discord.ui.View(timeout=None)
     for option in buttons.options:
-        label = option.label if len(option.label) <= BUTTON_LABEL_CHARS else option.label[:BUTTON_LABEL_CHARS - 1] + "…"
+        label = shortened(option.label, BUTTON_LABEL_CHARS)
         view.add_item(ChoiceButton(option.value, buttons.approval_id, label, BUTTON_STYLE[option.style]))
     return view
 

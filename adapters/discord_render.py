@@ -68,6 +68,11 @@ PLATFORM_PREFIX = "discord:"
 # instead: an address ("https://" and two more characters, discord/discord-api-docs#7721), and its own markup (a
 # mention, a channel, an emoji, a timestamp, a command: "hidden mentions", discord/discord-api-docs#6088).
 UNLINKABLE = re.compile(r"https?://\S\S|<(?:@[!&]?|#|a?:\w+:|t:|/)")
+# What a line of rendered markdown too long for a message is not cut inside, when the piece can end before it: a
+# mention, a channel, an emoji, a timestamp (``<...>``), a masked link, an address (half of each showed as its
+# markup: ``<@1234`` at the end of one message and ``5678>`` at the start of the next).
+UNBROKEN = re.compile(r"<[^<>\s]{1,100}>|\[[^\[\]\n]{0,300}\]\([^()\s]{0,500}\)"
+                      r"|\bhttps?://[^\s<>()\[\]]{1,500}")
 # ``*words*`` with no star or word character around it (so ``**bold**``, ``a*b*c`` and ``2 * 3`` stay).
 SINGLE_STAR_BOLD = re.compile(r"(?<![*\w])\*(?=[^\s*])([^*\n]*?[^\s*])\*(?![*\w])")
 
@@ -167,7 +172,7 @@ def _text_blocks(text: str, people: Collection[str] = frozenset()) -> list[str]:
         if opening is None:
             blocks += _pieces(with_mentions(body, people)) if body else []
             continue
-        body, closing = body.removesuffix("\n"), "```"
+        body, closing = fence_safe(body.removesuffix("\n")), "```"  # a ``` inside would close the block there
         pieces = split_text(body, PIECE_CHARS - len(opening) - max(len(closing), FENCE_CHARS) - 2)
         for index, piece in enumerate(pieces):
             end = closing if index == len(pieces) - 1 else "```"
@@ -178,7 +183,7 @@ def _text_blocks(text: str, people: Collection[str] = frozenset()) -> list[str]:
 def _pieces(markdown: str) -> list[str]:
     """Rendered markdown in blocks that each fit a message (split after rendering: mentions and
     subtext markers make a line longer, and lines are where it is split)."""
-    return [piece.removesuffix("\n") for piece in split_text(markdown, PIECE_CHARS)]
+    return [piece.removesuffix("\n") for piece in split_text(markdown, PIECE_CHARS, keep=UNBROKEN)]
 
 
 def _note(text: str, people: Collection[str] = frozenset()) -> str:

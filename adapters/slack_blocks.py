@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, assert_never
 
 from adapters import contract
-from adapters.contract import fenced_segments, split_text
+from adapters.contract import fenced_segments, shortened, split_text
 from bot.messages import Buttons, Code, Image, Message, Note, Text, ThreadLink, fence_safe
 
 BUTTON_ACTION_PREFIX = "baton:"  # a button's action_id is this and the option's value; its value is the approval id
@@ -33,6 +33,9 @@ TONE_EMOJI = {"success": ":white_check_mark:", "error": ":x:", "warning": ":warn
 # whom it names; a host "WEBPROD01" in prose has the same shape), "slack:U0123ABCD" (baton.yaml's form), or
 # "@U0123ABCD" (how ``typed_text`` gives the core a mention a person typed).
 USER_ID = re.compile(r"(?<![\w@<|/])(slack:|@)?((?=[UW][A-Z0-9]*[0-9])[UW][A-Z0-9]{8,11})(?![\w])")
+# What a line too long for a section is not cut inside, when the piece can end before it: a user id (cut in two, it
+# was a mention no more) and an address (two links, neither of them the page).
+UNBROKEN = re.compile(rf"{USER_ID.pattern}|\bhttps?://[^\s<>()\[\]]{{1,500}}")
 PLATFORM_PREFIX = "slack:"
 MENTION_GROWTH = 3  # "U0123ABCD" -> "<@U0123ABCD>"
 FENCE_CHARS = len("```\n\n```")
@@ -111,7 +114,7 @@ def chunks(text: str, limit: int, *, mentions: bool = False) -> list[str]:
     """Split ``text`` into pieces whose escaped length is at most ``limit``, at line ends when possible.
 
     ``mentions``: the pieces are shown ``with_mentions``, so each may grow by the ids it holds."""
-    return split_text(text, limit, _with_mentions_length if mentions else _escaped_length)
+    return split_text(text, limit, _with_mentions_length if mentions else _escaped_length, keep=UNBROKEN)
 
 
 def _escaped_length(text: str) -> int:
@@ -258,7 +261,7 @@ def _buttons(part: Buttons) -> dict[str, Any]:
     elements = []
     for option in part.options:
         button = {"type": "button", "action_id": f"{BUTTON_ACTION_PREFIX}{option.value}", "value": part.approval_id,
-                  "text": {"type": "plain_text", "text": _label(option.label), "emoji": True}}
+                  "text": {"type": "plain_text", "text": _label(option.label or option.value), "emoji": True}}
         if option.style in ("primary", "danger"):
             button["style"] = option.style
         elements.append(button)
@@ -266,8 +269,9 @@ def _buttons(part: Buttons) -> dict[str, Any]:
 
 
 def _label(label: str) -> str:
-    """Slack refuses a button label over 75 characters: the full label is in the message above it."""
-    return label if len(label) <= BUTTON_LABEL_CHARS else label[:BUTTON_LABEL_CHARS - 1] + "…"
+    """Slack refuses a button label over 75 characters (the full label is in the message above it), and an empty one:
+    a button without a label says its value, as on Discord."""
+    return shortened(label, BUTTON_LABEL_CHARS)
 
 
 def delivery_metadata(delivery_id: int, step: int, stored: datetime | None = None) -> dict[str, Any]:
@@ -365,6 +369,5 @@ def _fallback(message: Message) -> str:
     first = message.title or next((part.text for part in message.parts if isinstance(part, Text)), "")
     first = first or message.plain_text()
     line = " ".join(first.split())
-    if len(line) > FALLBACK_CHARS:
-        line = line[:FALLBACK_CHARS - 1].rstrip() + "…"
+    line = shortened(line, FALLBACK_CHARS, UNBROKEN)
     return with_mentions(escape(line), people_of(message)) or "Baton"
