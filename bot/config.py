@@ -655,6 +655,7 @@ def load_config(path: Path, *, required: bool = False, empty: bool = True) -> Ba
             return _empty(path, empty)
         _check_size(path, root)  # before anything walks or loads the values the aliases stand for
         _refuse_repeated_keys(path, root)
+        _join_surrogates(path, root)
         data = _Loader("").construct_document(root)  # which also puts the keys of each merge (<<) in `root`
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: {_yaml_problem(text, exc)}") from exc
@@ -801,6 +802,33 @@ def _check_size(config: Path, root: yaml.Node | None) -> None:
 
     if root is not None:
         size(root)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_LONE_SURROGATE = re.compile("[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]")
+
+
+def _join_surrogates(config: Path, root: yaml.Node) -> None:
+    """Read ``"\\ud83d\\ude00"`` as JSON does, one character (😀): PyYAML keeps two halves that are no text (no
+    UTF-8), and a description or argument holding them failed wherever it went (pydantic's own error message, a
+    command's arguments, a reply). Half of a character with no other half is refused, with its line."""
+    seen: set[int] = set()
+    nodes = [root]
+    while nodes:
+        node = nodes.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            nodes.extend(part for pair in node.value for part in pair)
+        elif isinstance(node, yaml.SequenceNode):
+            nodes.extend(node.value)
+        elif isinstance(node.value, str) and _SURROGATE.search(node.value):
+            if half := _LONE_SURROGATE.search(node.value):
+                raise ConfigError(f"{config}: line {node.start_mark.line + 1}: \\u{ord(half[0]):04x} is half of a "
+                                  "character (a UTF-16 surrogate) without its other half: write the character "
+                                  "itself, or both halves")
+            node.value = node.value.encode("utf-16", "surrogatepass").decode("utf-16")
 
 
 def _key(node: yaml.Node) -> str:

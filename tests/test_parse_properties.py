@@ -242,3 +242,26 @@ def test_a_pattern_re_cannot_take_is_named_with_its_line(tmp_path: Path, pattern
     with pytest.raises(ConfigError) as refused:
         load_config(path)
     assert str(refused.value) == f"{path}: line 6: runbooks.x.args.v.pattern: {said}", str(refused.value)
+
+
+def test_a_character_escaped_as_json_escapes_it_is_read_as_that_character(tmp_path: Path) -> None:
+    """JSON (and a tool writing YAML as JSON) escapes 😀 as its two UTF-16 halves, ``"\\ud83d\\ude00"``: PyYAML kept
+    the halves, which are no text, and Baton stopped with a UnicodeEncodeError (pydantic's own, quoting the value) or
+    took a runbook whose command could never be passed. A half without its other half is refused with its line."""
+    path = tmp_path / "baton.yaml"
+    path.write_text('runbooks:\n  x:\n    description: "\\ud83d\\ude00 Up."\n    command: [echo, "\\ud83d\\ude00"]\n'
+                    'digests:\n  - {platform: playground, channel: ops, cron: "0 9 * * *",\n'
+                    '     timezone: "\\ud83d\\ude00"}\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert str(refused.value) == (f"{path}: line 7: digests.0: I don't know the time zone `\U0001f600`. Use an IANA "
+                                  "name like `Europe/Paris` or `UTC`."), str(refused.value)
+    path.write_text(path.read_text(encoding="utf-8").split("digests:")[0], encoding="utf-8")
+    runbook = load_config(path).runbooks["x"]
+    assert runbook.description == "\U0001f600 Up." and runbook.command == ["echo", "\U0001f600"]
+    path.write_text('runbooks:\n  x:\n    description: Up.\n    command: [echo, "\\ud83d\\ude00", "a\\ude00"]\n',
+                    encoding="utf-8")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert str(refused.value) == (f"{path}: line 4: \\ude00 is half of a character (a UTF-16 surrogate) without its "
+                                  "other half: write the character itself, or both halves"), str(refused.value)
