@@ -191,15 +191,25 @@ class LeasedRunServices(RunServices):
         return result
 
     def surely_held(self) -> bool:
-        """The run's thread is surely still this process's, by its own clock (``storage.checkpointer``'s fence)."""
-        return not self._taken_over and self._leases.surely_held(self._record_id)
+        """A checkpoint may be written with no statement first (``storage.checkpointer``'s fence): the run's thread
+        is surely still this process's, by its own clock, and no side effect's outcome waits to be written."""
+        return not self._taken_over and not self.outcomes_unwritten() and self._leases.surely_held(self._record_id)
 
     async def confirm(self) -> None:
-        """Before a checkpoint write after a stall: renew the lease, or stop the run with nothing written."""
-        if self._taken_over or not await self._leases.renew(self._record_id):
-            self._taken_over = True
-            raise LeaseLost(f"thread {self._record_id} was taken over while run {self._run_id} was stalled; its "
-                            "step's checkpoint is not written, and the run goes on where the thread is now")
+        """Before a checkpoint write after a side effect: write the outcomes of the effects settled since the run's
+        last write (they happened, whoever holds the thread now). They ride on the run's next write, but once the
+        step's checkpoint is written the step never runs again to find them: killed before a write of Baton's (the
+        run taken up from that checkpoint), an effect that had ended stayed "started" in the ledger for good. Durable:
+        the checkpoint, which follows, is. After a stall: renew the lease, or stop the run with nothing written."""
+        if self.outcomes_unwritten():
+            async with self.session():
+                pass
+        if not self._taken_over and (self._leases.surely_held(self._record_id) or
+                                     await self._leases.renew(self._record_id)):
+            return
+        self._taken_over = True
+        raise LeaseLost(f"thread {self._record_id} was taken over while run {self._run_id} was stalled; its "
+                        "step's checkpoint is not written, and the run goes on where the thread is now")
 
     @contextlib.asynccontextmanager
     async def session(self, *, durable: bool = True) -> AsyncIterator[Transaction]:

@@ -575,22 +575,29 @@ class RunServices:
         its last one.
 
         An effect's outcome rides on the run's next write (its next effect, progress message,
-        approval card or result) instead of a transaction of its own. Only a node that runs again
-        reads it, and a node runs again only when LangGraph has not stored its result yet: after a
-        crash before that, the effect reads as started and is not run again, as it would after a
-        crash between the effect and a write of its own. An outcome whose transaction failed
-        stays pending (``flush_effects``).
+        approval card or result, at the latest the checkpoint of its step: ``LeasedRunServices.confirm``)
+        instead of a transaction of its own. Only a node that runs again reads it, and a node runs again
+        only when LangGraph has not stored its result yet: after a crash before that, the effect reads
+        as started and is not run again, as it would after a crash between the effect and a write of
+        its own. An outcome whose transaction failed stays pending (``flush_effects``).
         """
-        settled = list(self._settled)
-        async with self._db.session(durable=durable) as session:
-            for name, params in settled:
-                await session.exec(_FINISH_EFFECT, params=params)  # type: ignore[call-overload]
-                failed = params["result"]["error"][:500] if params["status"] == "failed" else None
-                await self._audit(session, f"effect.{params['status']}", name, error=failed)
-            yield session
-        # By identity: another session of the run (a parallel branch's) may have written and dropped some of these
-        # meanwhile, and dropping as many from the front lost an outcome settled after this one began.
-        self._settled[:] = [item for item in self._settled if not any(item is done for done in settled)]
+        # Taken at the start: another session of the run begun meanwhile (a parallel branch's checkpoint, its
+        # progress line) writes the outcomes settled since, not these a second time (two 'effect.done').
+        settled, self._settled[:] = self._settled[:], []
+        try:
+            async with self._db.session(durable=durable) as session:
+                for name, params in settled:
+                    await session.exec(_FINISH_EFFECT, params=params)  # type: ignore[call-overload]
+                    failed = params["result"]["error"][:500] if params["status"] == "failed" else None
+                    await self._audit(session, f"effect.{params['status']}", name, error=failed)
+                yield session
+        except BaseException:
+            self._settled[:0] = settled  # not written: the run's next write, or ``flush_effects``, writes them
+            raise
+
+    def outcomes_unwritten(self) -> bool:
+        """Whether effects of this run ended since its last write: their outcomes ride on its next one."""
+        return bool(self._settled)
 
     async def flush_effects(self) -> None:
         """Record the outcomes still pending, in a transaction of their own: after the run's last write

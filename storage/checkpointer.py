@@ -34,13 +34,17 @@ _PG_SETUP_LOCK = 0x62617431  # "bat1": one replica sets LangGraph's checkpoint t
 
 
 class CheckpointFence(Protocol):
-    """Whether the run writing a checkpoint still holds its chat thread (``bot.orchestrator`` gives one per run)."""
+    """What a run's checkpoint write waits for: its chat thread still held, and what the run must store in Baton's
+    database before it (``bot.orchestrator`` gives one per run)."""
 
     def surely_held(self) -> bool:
-        """True while the thread is surely still the run's by this process's own clock: no statement needed."""
+        """True while the write may go ahead with no statement first: the thread is surely still the run's by this
+        process's own clock, and the run has nothing to store before it."""
 
     async def confirm(self) -> None:
-        """Make sure the thread is still the run's (renew its hold), or raise: nothing of the run is written then."""
+        """Make sure the thread is still the run's (renew its hold) and store what must come before the checkpoint
+        (the outcomes of the side effects of the step it ends: once it is written, that step never runs again to
+        find them), or raise: nothing of the run is written then."""
 
 
 # Set for the length of a run (``GraphRuntime.run``): LangGraph's tasks copy it, so its checkpoint writes see it.
