@@ -168,12 +168,16 @@ def _unbroken(line: str, cut: int, keep: re.Pattern[str] | None) -> int:
     return safe or cut
 
 
+def fitting(text: str, limit: int, keep: re.Pattern[str] | None = None) -> str:
+    """The longest beginning of ``text`` in ``limit`` characters that ends between characters as people see them
+    and, when it can, outside ``keep``'s tokens."""
+    return text if len(text) <= limit else text[:_unbroken(text, limit, keep)]
+
+
 def shortened(text: str, limit: int, keep: re.Pattern[str] | None = None) -> str:
     """``text``, or as much of its beginning as fits in ``limit`` with "…", cut between characters as people see
     them (a button's label ended in half an emoji, or an accent without its letter) and outside ``keep``'s tokens."""
-    if len(text) <= limit:
-        return text
-    return text[:_unbroken(text, limit - 1, keep)].rstrip() + "…"
+    return text if len(text) <= limit else fitting(text, limit - 1, keep).rstrip() + "…"
 
 
 def _joined(line: str, index: int) -> bool:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import discord
 
 from adapters import contract
-from adapters.contract import FENCE_OPEN, fenced_segments, split_text
+from adapters.contract import FENCE_OPEN, fenced_segments, fitting, split_text
 from bot.messages import Buttons, Code, Image, Message, Note, Text, ThreadLink, fence_safe
 
 CONTENT_CHARS = 2000
@@ -358,7 +358,7 @@ def _block_start(block: str, room: int) -> str:
     fenced = bool(FENCE_OPEN.match(opening)) and rest.endswith("\n```")
     text = rest[:-4] if fenced else block
     limit = max(room - len(opening) - len("\n\n```"), 0) if fenced else room
-    cut = text[:limit]
+    cut = fitting(text, limit, UNBROKEN)  # no half emoji, no half mention
     if len(text) > limit and "\n" in cut:
         cut = cut[:cut.rfind("\n")]
     return f"{opening}\n{cut}\n```" if fenced else cut

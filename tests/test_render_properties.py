@@ -238,6 +238,20 @@ def test_on_slack_a_long_line_is_never_cut_inside_a_mention_or_an_address(words:
 
 
 @FAST
+@given(st.lists(st.sampled_from([DISCORD_USER, *CLUSTERS, "-", "x" * 29]), min_size=1, max_size=30), st.integers(0, 9))
+def test_on_discord_the_beginning_of_a_progress_message_too_long_for_one_ends_whole(words: list[str],
+                                                                                     more: int) -> None:
+    """A run's progress is one message, edited (``one_message``): too long, it shows its beginning and says so."""
+    text = _long_line(words, more)
+    first, *_ = discord_render.render(Message(parts=[Text(text=text)], people=[DISCORD_USER], tone="progress"),
+                                      "42", one_message=True)
+    shown, _, notice = (first.content or "").removeprefix("⏳ ").partition("\n-# This message is longer")
+    whole = discord_render.with_mentions(text, [DISCORD_USER])
+    spans = [found.span() for pattern in (CLUSTER, re.compile(r"<@\d+>")) for found in pattern.finditer(whole)]
+    assert notice and whole.startswith(shown) and _cut_inside([shown, whole[len(shown):]], whole, spans) == []
+
+
+@FAST
 @given(long_texts, people)
 def test_user_text_mentions_nobody_baton_did_not_name_and_never_everyone(text: str, named: list[str]) -> None:
     """Slack: every ``<@id>`` is one of the message's people, or written as a mention (``@U...``, ``slack:U...``);
