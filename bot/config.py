@@ -97,6 +97,18 @@ def _repeats_a_repetition(items: Sequence[tuple[Any, Any]], after: list[tuple[An
     return False
 
 
+REPEATS_A_REPETITION = "repeats a repetition that can split a text in many ways (like (a+)+ or (\\w+\\s?)*)"
+WRITE_IT_OTHERWISE = ("Write it without the nesting, separate the repetitions by a character the inner one cannot match "
+                      "(([a-z]+-)*), or make the inner one possessive (a++) or atomic ((?>a+))")
+
+
+def repeats_a_repetition(pattern: str, flags: int = 0) -> bool:
+    """Whether ``pattern`` (a valid one) repeats a repetition that can split one text in several ways, as a runbook
+    argument's pattern may not: ``re`` then tries every split of a text that almost matches (ReDoS)."""
+    parsed = re_parser.parse(pattern, flags)
+    return _repeats_a_repetition(parsed, [], inside=False, ignore_case=bool(parsed.state.flags & re.IGNORECASE))
+
+
 def _stops_before(body: Sequence[tuple[Any, Any]], rest: list[tuple[Any, Any]], ignore_case: bool) -> bool:
     """Whether a repetition of the one character class ``body`` must be followed by a character it cannot match."""
     repeated = _character_test(body[0], ignore_case) if len(body) == 1 else None
@@ -205,11 +217,8 @@ class Argument(BaseModel):
         except RecursionError:  # a thousand groups one in another: a traceback, and no line named
             raise ValueError("invalid regular expression: its groups are nested too deeply to read") from None
         if _repeats_a_repetition(parsed, [], inside=False, ignore_case=bool(parsed.state.flags & re.IGNORECASE)):
-            raise ValueError("the pattern repeats a repetition that can split a value in many ways (like (a+)+ or "
-                             "(\\w+\\s?)*): on a long value that almost matches, checking it takes minutes, and Baton "
-                             "answers nobody meanwhile. Write it without the nesting, separate the repetitions by a "
-                             "character the inner one cannot match (([a-z]+-)*), or make the inner one possessive "
-                             "(a++) or atomic ((?>a+))")
+            raise ValueError(f"the pattern {REPEATS_A_REPETITION}: on a long value that almost matches, checking it "
+                             f"takes minutes, and Baton answers nobody meanwhile. {WRITE_IT_OTHERWISE}")
         return value
 
     @model_validator(mode="after")

@@ -38,6 +38,7 @@ from langgraph.pregel._write import ChannelWrite
 from langgraph.pregel import Pregel
 
 from bot import graph_context
+from bot.config import REPEATS_A_REPETITION, WRITE_IT_OTHERWISE, repeats_a_repetition
 from bot.kit import Request, in_graph_thread
 
 InputMaker = Callable[[Request, str], dict[str, Any]]
@@ -386,10 +387,15 @@ def _spec_from_module(name: str, module: ModuleType) -> GraphSpec:
             flags = re.IGNORECASE
         if not isinstance(pattern, str):  # bytes matched no chat text: routing broke for every request
             raise GraphError(f"{where}: PATTERNS: {pattern!r} is not a regular expression: write it as text")
-        try:
+        try:  # OverflowError: a count over 4,294,967,295; RecursionError: groups nested a thousand deep
             compiled.append(re.compile(pattern, flags))
-        except re.error as exc:
+            slow = repeats_a_repetition(pattern, flags)
+        except (re.error, OverflowError, RecursionError) as exc:
             raise GraphError(f"{where}: PATTERNS: {pattern!r} is not a regular expression: {exc}") from None
+        if slow:  # searched in every request, and every remark in a Baton thread: one remark held up all of Baton
+            raise GraphError(f"{where}: PATTERNS: {pattern!r} {REPEATS_A_REPETITION}: on a long remark that almost "
+                             f"matches, searching it takes minutes, and Baton answers nobody meanwhile. "
+                             f"{WRITE_IT_OTHERWISE}")
         if compiled[-1].search(""):
             raise GraphError(f"{where}: PATTERNS: {pattern!r} matches any text (even an empty one): every request "
                              "and every remark in a Baton thread would run this graph")

@@ -265,3 +265,37 @@ def test_a_character_escaped_as_json_escapes_it_is_read_as_that_character(tmp_pa
         load_config(path)
     assert str(refused.value) == (f"{path}: line 4: \\ude00 is half of a character (a UTF-16 surrogate) without its "
                                   "other half: write the character itself, or both halves"), str(refused.value)
+
+
+GRAPH_MODULE = """
+from typing import TypedDict
+from langgraph.graph import END, START, StateGraph
+class S(TypedDict, total=False):
+    text: str
+    reply: str
+graph = StateGraph(S)
+graph.add_node("x", lambda s: {"reply": "ok"})
+graph.add_edge(START, "x")
+graph.add_edge("x", END)
+"""
+
+
+@pytest.mark.parametrize(("patterns", "said"), [
+    (r"[r'^(\w+\s?)+!$']", r"PATTERNS: '^(\\w+\\s?)+!$' repeats a repetition that can split a text in many ways"),
+    (r"[r'^ship (web|api)-? now$', r'(?i)^deploy (\w+\s*)+$']", r"PATTERNS: '(?i)^deploy (\\w+\\s*)+$' repeats a"),
+    ("['a{9999999999}']", "PATTERNS: 'a{9999999999}' is not a regular expression: the repetition number is too large"),
+])
+def test_a_graphs_pattern_that_takes_forever_or_that_re_cannot_take_is_named(tmp_path: Path, monkeypatch,
+                                                                              patterns: str, said: str) -> None:
+    """A graph's PATTERNS are searched in every request and every remark in a Baton thread: ``^(\\w+\\s?)+!$`` was
+    taken, and a remark of 30 letters held up all of Baton for minutes (a runbook argument's pattern of that shape
+    is refused). ``a{9999999999}`` stopped start-up with a traceback (OverflowError), naming no module."""
+    from bot.registry import GraphError
+    name = f"parse_graphs_{abs(hash(patterns))}"
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "__init__.py").write_text("")
+    (tmp_path / name / "deploy.py").write_text(GRAPH_MODULE + f"PATTERNS = {patterns}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(GraphError) as refused:
+        GraphRegistry.discover(name)
+    assert said in str(refused.value) and "deploy.py" in str(refused.value), str(refused.value)
