@@ -107,7 +107,11 @@ def test_requests_in_an_outage_get_a_503_with_the_reason_and_nothing_is_half_sto
     log = log_of(baton)
     assert "Exception in ASGI application" not in log  # the 503s come without a traceback
     assert log.count(OUTAGE_LINE) == 1, log[-3000:]
-    assert log.count(BACK_LINE) == 1 and "Connection refused" in log, log[-3000:]
+    assert log.count(BACK_LINE) == 1, log[-3000:]
+    # The outage's one line says why: a new connection refused, or (when a pooled one met the cut first, as on
+    # a loaded machine) the old one closed under it.
+    outage = next(line for line in log.splitlines() if OUTAGE_LINE in line)
+    assert "Connection refused" in outage or "server closed the connection" in outage, outage
 
 
 @pytest.mark.postgres
