@@ -98,8 +98,8 @@ def _repeats_a_repetition(items: Sequence[tuple[Any, Any]], after: list[tuple[An
 
 
 REPEATS_A_REPETITION = "repeats a repetition that can split a text in many ways (like (a+)+ or (\\w+\\s?)*)"
-WRITE_IT_OTHERWISE = ("Write it without the nesting, separate the repetitions by a character the inner one cannot match "
-                      "(([a-z]+-)*), or make the inner one possessive (a++) or atomic ((?>a+))")
+WRITE_IT_OTHERWISE = ("Write it without the nesting, separate the repetitions by a character the inner one cannot "
+                      "match (([a-z]+-)*), or make the inner one possessive (a++) or atomic ((?>a+))")
 
 
 def repeats_a_repetition(pattern: str, flags: int = 0) -> bool:
