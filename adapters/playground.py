@@ -16,6 +16,7 @@ message handed over twice is a duplicate the bot drops.
 from __future__ import annotations
 
 import asyncio
+import email.message
 import functools
 import ipaddress
 import json
@@ -24,14 +25,15 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import Any, ClassVar
+from pathlib import Path as FilePath
+from typing import Annotated, Any, ClassVar
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, Response, StreamingResponse
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 from sqlalchemy import BigInteger, bindparam, exists, func, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.compiler import compiles
@@ -47,7 +49,7 @@ from storage.models import InboundEvent, PlaygroundMessage, ThreadRecord
 
 log = logging.getLogger("baton.adapters.playground")
 
-PAGE = Path(__file__).parent / "playground_page"
+PAGE = FilePath(__file__).parent / "playground_page"
 PLATFORM = "playground"
 BOT_NAME = "baton"
 CHANNELS = [
@@ -71,9 +73,26 @@ USER_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
 VIEWER = Query(None, pattern=r"^[A-Za-z0-9_.-]{0,64}$", description="whose private (ephemeral) messages to include")
 PAGE_SIZE = 100  # how many of a channel's (or a thread's) newest messages a read returns, unless told
 MAX_PAGE_SIZE = 500
-LIMIT = Query(PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE, description="how many of the newest messages to return")
-BEFORE = Query(None, ge=1, le=MAX_ID, description="only messages older than this message id: the page before "
-                                                   "the first message shown")
+
+
+def _blank_is(default: int | None) -> BeforeValidator:
+    """An empty query parameter (``?limit=&before=``, as the README writes the routes and a web form sends them) is
+    one not given, as ``viewer``'s is: it was a 422, 'unable to parse string as an integer'."""
+    return BeforeValidator(lambda value: default if value == "" else value)
+
+
+_BLANK = {"type": "string", "maxLength": 0}
+Limit = Annotated[int, Query(description="how many of the newest messages to return"), _blank_is(PAGE_SIZE),
+                  Field(ge=1, le=MAX_PAGE_SIZE), WithJsonSchema({"anyOf": [
+                      {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE}, _BLANK], "default": PAGE_SIZE})]
+Before = Annotated[Annotated[int, Field(ge=1, le=MAX_ID)] | None, Query(
+                       description="only messages older than this message id: the page before the first message "
+                                   "shown"), _blank_is(None), WithJsonSchema({"anyOf": [
+                       {"type": "integer", "minimum": 1, "maximum": MAX_ID}, _BLANK]})]
+# What the API refuses in every text field (a 422), said in the schema: a NUL, which no database stores. (An
+# unpaired surrogate neither, which a JSON Schema pattern cannot name.)
+_NO_NUL = r"^[^\x00]*$"
+CHANNEL = Path(description="one of the playground's channels", json_schema_extra={"enum": list(CHANNEL_KINDS)})
 EVENT_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 STREAM_RETRY_SECONDS = 1.0  # how often a live stream looks again while the database cannot be reached
 RESUME_WINDOW = timedelta(hours=1)  # how far back a live stream resumes for a client that lost it (Last-Event-ID)
@@ -198,15 +217,25 @@ class _Body(BaseModel):
 
 
 class PostMessage(_Body):
-    channel: str = Field(max_length=80)
+    # One of the playground's channels (any other is a 404 naming them): said in the schema, a client or a fuzzer
+    # generated from it posts where it can
+    channel: str = Field(max_length=80, json_schema_extra={"enum": list(CHANNEL_KINDS)})
     user: str = Field(pattern=USER_NAME)
-    text: str = Field(max_length=MAX_HTTP_TEXT)
-    thread_id: str | None = Field(None, max_length=40, description="the thread's root message id")
-    event_id: str | None = Field(None, max_length=200, description="Set it to simulate a platform redelivery.")
+    # Not empty, nor only spaces (a 400)
+    text: str = Field(max_length=MAX_HTTP_TEXT, json_schema_extra={"pattern": r"^[^\x00]*[^\s\x00][^\x00]*$"})
+    thread_id: str | None = Field(None, max_length=40, description="the thread's root message id (a number, as text "
+                                  "or as a JSON number)", json_schema_extra={"anyOf": [
+                                      {"type": "string", "maxLength": 40, "pattern": _NO_NUL}, {"type": "integer"},
+                                      {"type": "null"}]})
+    event_id: str | None = Field(None, max_length=200, description="Set it to simulate a platform redelivery.",
+                                 json_schema_extra={"anyOf": [{"type": "string", "maxLength": 200, "pattern": (
+                                     rf"^(?!{CLICK_EVENT_PREFIX})[^\x00]*$")}, {"type": "null"}]})
 
     @field_validator("thread_id", mode="before")
     @classmethod
     def _id_given_as_number(cls, value: object) -> object:
+        if isinstance(value, float) and value.is_integer():  # 7.0, as JSON Schema's integers include it
+            value = int(value)
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @field_validator("event_id")
@@ -220,13 +249,107 @@ class PostMessage(_Body):
 
 
 class PostClick(_Body):
-    message_id: int = Field(ge=1, le=MAX_ID, strict=True)  # `true` is not message 1
-    approval_id: str = Field(max_length=200)
+    message_id: int = Field(ge=1, le=MAX_ID)
+    approval_id: str = Field(max_length=200, json_schema_extra={"pattern": _NO_NUL})
     # Any of the card's own buttons' values (checked against them): a "Which one?" card's are graph names, which
     # may be any lower-case module name (graphs/déploiement.py), not only [a-z0-9_-]
-    action: str = Field(min_length=1, max_length=200)
+    action: str = Field(min_length=1, max_length=200, json_schema_extra={"pattern": _NO_NUL})
     user: str = Field(pattern=USER_NAME)
-    event_id: str | None = Field(None, max_length=200)
+    event_id: str | None = Field(None, max_length=200, json_schema_extra={"anyOf": [
+        {"type": "string", "maxLength": 200, "pattern": _NO_NUL}, {"type": "null"}]})
+
+    @field_validator("message_id", mode="before")
+    @classmethod
+    def _a_number(cls, value: object) -> object:
+        # `true` is not message 1, nor is "1". A number written 7.0 is 7 (JSON Schema's integers include it, and
+        # Python's json.dumps writes an id held as a float so): it was a 422, as `true` is
+        if isinstance(value, (bool, str)):
+            raise ValueError("must be a message id: a number")
+        return value
+
+
+class Refusal(BaseModel):
+    """Why a request was refused, in words (a 422's ``detail`` lists the fields instead)."""
+
+    detail: str
+
+
+def _refusals(reasons: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """The refusals a route answers, in the API's schema with ``Refusal``'s body: it named a 422 alone, and a client
+    made from it took a 404 or a 400 for an answer the API never gives."""
+    return {status: {"model": Refusal, "description": reason} for status, reason in reasons.items()}
+
+
+_FOREIGN = ("a request addressed to another name than localhost, an IP address or BATON_PUBLIC_URL's, or a post "
+            "from another site's page")
+_AWAY = "Baton's database cannot be reached (or written) just now: try again after Retry-After's seconds"
+_UNREADABLE = "a body that is not UTF-8 or is nested too deeply"
+_BODY_REFUSALS = _refusals({403: _FOREIGN, 413: "a body over 1,300,000 bytes",
+                            415: "a body sent compressed (Content-Encoding)", 503: _AWAY})
+READ_REFUSALS = _refusals({403: _FOREIGN})
+# The stream's refusal is JSON, as every other (``model`` would give it the route's text/event-stream); the other
+# routes put ``Refusal`` among the schema's components
+STREAM_REFUSALS: dict[int | str, dict[str, Any]] = {403: {"description": _FOREIGN, "content": {
+    "application/json": {"schema": {"$ref": f"#/components/schemas/{Refusal.__name__}"}}}}}
+CHANNEL_REFUSALS = _refusals({403: _FOREIGN, 404: "no such channel", 503: _AWAY})
+THREAD_REFUSALS = _refusals({403: _FOREIGN, 404: "no such thread (or the id of a reply, not of its thread)",
+                             503: _AWAY})
+# Where a posted message is read back (OpenAPI links: a client, or a fuzzer, follows them to the thread it made)
+_POSTED: dict[int | str, dict[str, Any]] = {201: {"description": "Posted", "links": {
+    "GetThread": {"operationRef": "#/paths/~1api~1threads~1{thread_id}~1messages/get",
+                  "parameters": {"thread_id": "$response.body#/thread_id", "viewer": "$request.body#/user"}},
+    "GetChannel": {"operationRef": "#/paths/~1api~1channels~1{channel}~1messages/get",
+                   "parameters": {"channel": "$response.body#/message/channel"}}}}}
+MESSAGE_REFUSALS = {**_POSTED, **_BODY_REFUSALS, **_refusals({
+    400: f"empty text, a thread of another channel, or {_UNREADABLE}", 404: "no such channel or thread"})}
+CLICK_REFUSALS = {**_BODY_REFUSALS, **_refusals({
+    400: f"the message has no buttons of that approval (any more), or none with that action; or {_UNREADABLE}",
+    404: "no such message"})}
+
+
+class EventStream(StreamingResponse):
+    """Server-sent events (named so in the API's schema, which said JSON)."""
+
+    media_type = "text/event-stream"
+
+
+async def _each_field_once(request: Request) -> None:
+    """Refuse a JSON body that gives a field twice (422, naming it). JSON's decoder keeps the last value without
+    a word: ``{"event_id": "retry-1", ..., "event_id": null}`` lost the redelivery guard, as a misspelled field
+    did before it was refused, and ``"text"`` twice posted whichever came last."""
+    if not _sent_as_json(request.headers.get("content-type", "")):
+        return  # not read as JSON: FastAPI's validation says so
+
+    given_twice: dict[str, None] = {}  # in the order met (a body may hold 100,000 fields: no list scans)
+
+    def object_of(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        taken = dict(pairs)
+        if len(taken) < len(pairs):
+            seen: set[str] = set()
+            for key, _value in pairs:
+                if key in seen:
+                    given_twice[key] = None
+                seen.add(key)
+        return taken
+
+    try:
+        json.loads(await request.body(), object_pairs_hook=object_of)
+    except (ValueError, RecursionError):
+        return  # FastAPI read it (it got here), so this cannot fail but at the edge of the recursion limit
+    if given_twice:
+        raise RequestValidationError([{"loc": ("body", key), "msg": "is given more than once: give each field once",
+                                       "type": "duplicate_field"} for key in given_twice])
+
+
+def _sent_as_json(content_type: str) -> bool:
+    """True when FastAPI reads a body of this Content-Type as JSON: ``application/json``, ``application/*+json``, or
+    none at all."""
+    if not content_type:
+        return True
+    header = email.message.Message()
+    header["content-type"] = content_type
+    subtype = header.get_content_subtype()
+    return header.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
 class PlaygroundAdapter(Adapter):
@@ -246,14 +369,22 @@ class PlaygroundAdapter(Adapter):
 
     def mount(self, app: FastAPI) -> None:
         router = APIRouter(prefix="/api", tags=["playground"], dependencies=[Depends(self._from_this_site)])
-        for path, endpoint in [("/channels", self.channels), ("/channels/{channel}/messages", self.channel_messages),
-                               ("/threads/{thread_id}/messages", self.thread_messages), ("/events", self.events)]:
-            router.add_api_route(path, endpoint, methods=["GET"])
+        for path, endpoint, refusals in [
+                ("/channels", self.channels, READ_REFUSALS),
+                ("/channels/{channel}/messages", self.channel_messages, CHANNEL_REFUSALS),
+                ("/threads/{thread_id}/messages", self.thread_messages, THREAD_REFUSALS),
+                ("/events", self.events, STREAM_REFUSALS)]:
+            stream = endpoint == self.events
+            router.add_api_route(path, endpoint, methods=["GET"], responses=refusals,
+                                 response_class=EventStream if stream else JSONResponse)
             # HEAD answers as GET does, without the body (uptime checks, link checkers, curl -I). A route of
             # its own, left out of the schema: one route for both, and the schema names two operations alike.
             router.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
-        router.add_api_route("/messages", self.post_message, methods=["POST"], status_code=201)
-        router.add_api_route("/clicks", self.post_click, methods=["POST"], status_code=202)
+        once = [Depends(_each_field_once)]
+        router.add_api_route("/messages", self.post_message, methods=["POST"], status_code=201,
+                             responses=MESSAGE_REFUSALS, dependencies=once)
+        router.add_api_route("/clicks", self.post_click, methods=["POST"], status_code=202, responses=CLICK_REFUSALS,
+                             dependencies=once)
         app.include_router(router)
         app.mount("/static", _Revalidated(directory=PAGE), name="playground-static")
         app.add_api_route("/", lambda: FileResponse(PAGE / "index.html", headers=PAGE_HEADERS), methods=["GET", "HEAD"],
@@ -300,8 +431,8 @@ class PlaygroundAdapter(Adapter):
     async def channels(self) -> dict[str, Any]:
         return {"channels": CHANNELS, "users": USERS, "bot": BOT_NAME}
 
-    async def channel_messages(self, channel: str, viewer: str | None = VIEWER, limit: int = LIMIT,
-                               before: int | None = BEFORE) -> dict[str, Any]:
+    async def channel_messages(self, channel: str = CHANNEL, viewer: str | None = VIEWER, limit: Limit = PAGE_SIZE,
+                               before: Before = None) -> dict[str, Any]:
         self._known_channel(channel)
         async with self.baton.db.read() as session:
             query = self._visible(viewer).where(PlaygroundMessage.channel == channel,
@@ -310,8 +441,8 @@ class PlaygroundAdapter(Adapter):
             counts = await self._reply_counts(session, channel, [row.id for row in rows], viewer)  # type: ignore[misc]
         return {"messages": [self._json(row, *counts.get(str(row.id), (0, None))) for row in rows], "has_more": more}
 
-    async def thread_messages(self, thread_id: str, viewer: str | None = VIEWER, limit: int = LIMIT,
-                              before: int | None = BEFORE) -> dict[str, Any]:
+    async def thread_messages(self, thread_id: str, viewer: str | None = VIEWER, limit: Limit = PAGE_SIZE,
+                              before: Before = None) -> dict[str, Any]:
         async with self.baton.db.read() as session:
             root = await self._root(session, thread_id)
             # A reply is in its root's channel, after it: the channel's index finds them, from the newest.
