@@ -11,7 +11,7 @@ from typing import Any
 
 from bot.config import FORCE_WORD, BatonConfig
 from bot.kit import Request
-from bot.lookalikes import quoted_as_is, shown_argument
+from bot.lookalikes import quoted_as_is
 from bot.messages import quoted_code
 from bot.registry import GraphRegistry, GraphSpec
 
@@ -300,8 +300,11 @@ def _runbook_route(tokens: list[str], config: BatonConfig, force: bool) -> Route
                for key in unknown[:PROBLEMS_SHOWN]}  # `Service=web`, `sevice=web`: said only "unknown argument"
     hint = " ".join(f"Did you mean `{guess}=` for `{quoted_as_is(key)}=`?" for key, guess in guesses.items() if guess)
     mended = _mended(pairs, runbook) if problems else None
-    if mended is not None:  # `service = web`, `--service web`, `service:web`: the request as it was meant
-        hint = f"Did you mean `{quoted_code(' '.join(map(shown_argument, ['run', name, *mended])), 300)}`?"
+    meant = shlex.join(["run", name, *mended]) if mended is not None else ""
+    # Offered to be copied back: only when shown whole and as written (code cut at 300 characters, or with a line
+    # break shown as a space, was another request, or one that could not be read)
+    if meant and quoted_code(meant, SUGGESTION_CHARS) == meant:  # `service = web`, `--service web`, `service:web`
+        hint = f"Did you mean `{meant}`?"
     if problems:
         usage = f"`run {name} {runbook.usage_args()}`" if runbook.args else f"`run {name}` (no arguments)"
         raise RouteError(f"Runbook `{name}`: {'; '.join(problems)}.{' ' + hint if hint else ''} Usage: {usage}. "
@@ -316,6 +319,7 @@ def _runbook_route(tokens: list[str], config: BatonConfig, force: bool) -> Route
     )
 
 
+SUGGESTION_CHARS = 300  # of a "Did you mean" request, which is offered whole or not at all
 PROBLEMS_SHOWN = 5  # of each kind (words that are no argument, unknown arguments) in one reply; the rest counted
 HELP_WORDS = ("help", "?", "list")  # after `run`: the runbooks, unless one has that name
 USAGES_SHOWN = 30  # runbooks listed with their usage in one reply; the rest by name

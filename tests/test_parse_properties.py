@@ -299,3 +299,26 @@ def test_a_graphs_pattern_that_takes_forever_or_that_re_cannot_take_is_named(tmp
     with pytest.raises(GraphError) as refused:
         GraphRegistry.discover(name)
     assert said in str(refused.value) and "deploy.py" in str(refused.value), str(refused.value)
+
+
+def test_a_did_you_mean_request_is_the_request_meant_when_copied_back(tmp_path: Path) -> None:
+    """``run echo a = <value>`` is answered "Did you mean `run echo a=<value>`?", to be copied back. The suggestion
+    was cut at 300 characters without a sign (copied back, it ran a shorter value, or could not be read for its
+    unclosed quote), and showed a line break or a tab-like control as a space and a backtick as ˋ (another value)."""
+    config = _config(tmp_path)
+
+    @given(st.text(CHARACTERS, min_size=1, max_size=12) | st.sampled_from(["x" * 400, "a`b", "a\nb", "a\u202eb"]),
+           st.sampled_from(["a = {v}", "a= {v}", "a ={v}", "--a {v}", "--a={v}", "a:{v}", "a {v}"]))
+    def check(value: str, form: str) -> None:
+        try:
+            route(REQUEST, "run echo " + form.format(v=shlex.quote(value)), REGISTRY, config)
+            return
+        except RouteError as refused:
+            offered = re.search(r"Did you mean `(run .*)`\? Usage", str(refused))
+        if offered:
+            assert route(REQUEST, offered[1], REGISTRY, config).input["args"]["a"] == value, offered[1]
+
+    check()
+    with pytest.raises(RouteError) as refused:
+        route(REQUEST, "run echo a = " + "x" * 400, REGISTRY, config)
+    assert "Did you mean" not in str(refused.value) and "Usage: `run echo a=<anything>" in str(refused.value)
