@@ -39,6 +39,7 @@ UNBROKEN = re.compile(rf"{USER_ID.pattern}|\bhttps?://[^\s<>()\[\]]{{1,500}}")
 PLATFORM_PREFIX = "slack:"
 MENTION_GROWTH = 3  # "U0123ABCD" -> "<@U0123ABCD>"
 FENCE_CHARS = len("```\n\n```")
+LINE_BREAK = re.compile("[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]")  # where str.splitlines() splits
 # Slack's markup in what people write: <@U0123|name>, <#C0123|name>, <!here>, <!subteam^S0123|@team>,
 # <https://x.io|label>. A "<" a person typed arrives as "&lt;", so every "<...>" is markup.
 MARKUP = re.compile(r"<([^<>\n]*)>")
@@ -132,8 +133,8 @@ def render(message: Message, permalink: Permalink, *, files: bool = True) -> Ren
     rendered = Rendered()
     blocks: list[dict[str, Any]] = []
     emoji = TONE_EMOJI.get(message.tone)
-    for piece in chunks(message.title or "", SECTION_CHARS) if message.title else []:
-        blocks.append(_section(f"*{escape(piece)}*", emoji))
+    for piece in split_text(message.title, SECTION_CHARS - 2, _title_length, keep=UNBROKEN) if message.title else []:
+        blocks.append(_section(_bold(piece), emoji))
         emoji = None
     people = people_of(message)
     for part in message.parts:
@@ -155,6 +156,18 @@ def render(message: Message, permalink: Permalink, *, files: bool = True) -> Ren
             assert_never(part)
     rendered.messages = _pack(blocks or [_section(escape(message.plain_text()))], _fallback(message))
     return rendered
+
+
+def _bold(title: str) -> str:
+    """A title's mrkdwn: each of its lines bold, without the spaces around it. Slack's ``*bold*`` ends with its line,
+    and does not end after a space: the asterisks of ``*Deploy\nprod*``, and of a long title's first section
+    (``*... the *``, split after a space), showed as written."""
+    return "\n".join(f"*{escape(line.strip())}*" if line.strip() else "" for line in title.splitlines())
+
+
+def _title_length(title: str) -> int:
+    """``len(_bold(title))`` at most, but for the last line's two asterisks."""
+    return len(escape(title)) + 2 * len(LINE_BREAK.findall(title))
 
 
 def _section(mrkdwn: str, emoji: str | None = None) -> dict[str, Any]:

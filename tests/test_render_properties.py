@@ -200,6 +200,18 @@ def test_a_shortened_button_label_or_notification_ends_with_a_whole_character(la
     assert _ends_whole(notification, " ".join(title.split()))  # on one line
 
 
+@FAST
+@given(long_texts.filter(str.strip))
+def test_on_slack_every_line_of_a_title_is_bold_whole(title: str) -> None:
+    """Slack's ``*bold*`` ends with its line and never after a space: a title of two lines, or split after a space
+    over two sections, showed its asterisks."""
+    rendered = slack_blocks.render(Message(title=title, tone="success"), _permalink)
+    sections = [block["text"]["text"] for posted in rendered.messages for block in posted["blocks"]]
+    lines = [line for section in sections for line in section.removeprefix(":white_check_mark: ").split("\n") if line]
+    assert all(re.fullmatch(r"\*\S(.*\S)?\*", line) for line in lines), lines
+    assert _seen("".join(slack_blocks.unescape(line[1:-1]) for line in lines)) == _seen(title)
+
+
 # -- mentions -----------------------------------------------------------------------------------------------
 
 def _long_line(words: list[str], more: int) -> str:
