@@ -163,16 +163,23 @@ def _cancel_word(word: str) -> bool:
 
 
 def runbook_named(text: str) -> str | None:
-    """The runbook a ``run <runbook> ...`` request names, as ``route`` reads it; ``None`` for any other text."""
-    text = _leading_force(text)[1]
-    try:
-        words = [word for word in _split_words(text) if word.lower() != FORCE_WORD]
-    except ValueError:
-        try:  # `run echo msg=“it's here”`: route read it with its typographic quotes as quotes
-            words = [word for word in _split_words(text.translate(TYPOGRAPHIC_QUOTES)) if word.lower() != FORCE_WORD]
+    """The runbook a ``run <runbook> ...`` request names, as ``route`` reads it; ``None`` for any other text.
+
+    Read as ``route`` reads it, its words after the command's, and with typographic quotes as quotes when that is
+    how ``route`` took it (no runbook's name holds one): `run “restart” service=“web”` ran `restart` and was said to
+    name `“restart”`, and `run\u2028restart` was no ``run`` at all; who may cancel it was then the approvers of any
+    runbook, not `restart`'s own."""
+    head, rest = _first_word(_leading_force(text)[1])
+    if head.lower() not in ("run", RUNBOOK_GRAPH):
+        return None
+    for reading in (rest, rest.translate(TYPOGRAPHIC_QUOTES)):
+        try:
+            words = [word for word in _split_words(reading) if word.lower() != FORCE_WORD]
         except ValueError:
-            return None
-    return words[1].lower() if len(words) > 1 and words[0].lower() in ("run", RUNBOOK_GRAPH) else None
+            continue
+        if words and (reading is not rest or not set(words[0]) & set(_TYPOGRAPHIC)):
+            return words[0].lower()
+    return None
 
 
 def _first_word(text: str) -> tuple[str, str]:
@@ -206,6 +213,7 @@ def route_to(registry: GraphRegistry, graph: str, request: Request, text: str) -
 
 # Quotes as phones and word processors type them (iOS's Smart Punctuation, macOS's smart quotes): read as the
 # shell's when a `run` request typed with them cannot be read otherwise.
+_TYPOGRAPHIC = "\u201c\u201d\u201e\u2018\u2019"
 TYPOGRAPHIC_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2018": "'", "\u2019": "'"})
 
 

@@ -322,3 +322,29 @@ def test_a_did_you_mean_request_is_the_request_meant_when_copied_back(tmp_path: 
     with pytest.raises(RouteError) as refused:
         route(REQUEST, "run echo a = " + "x" * 400, REGISTRY, config)
     assert "Did you mean" not in str(refused.value) and "Usage: `run echo a=<anything>" in str(refused.value)
+
+
+def test_the_runbook_a_run_names_is_read_as_route_reads_it(tmp_path: Path) -> None:
+    """``runbook_named`` says which runbook's approvers may cancel a run (and how the run is named): it read
+    `run “restart” service=“web”`, which ran `restart`, as naming `“restart”`, and `run\\u2028restart` as no run at
+    all, so that any runbook's approvers, not `restart`'s own, could cancel it."""
+    config = _config(tmp_path)
+    words = st.sampled_from(["run", "RUN", "runbook", "force", "restart", "uptime", "echo", "service=web", "a=x",
+                             "\u201crestart\u201d", "re\u201cstart\u201d", "\u2018uptime\u2019", "a=it\u2019s",
+                             "service=\u201cweb\u201d", "a=\u201cx y\u201d", "'", '"', "\u201c", "\u2019"])
+    spaces = st.sampled_from([" ", "  ", "\u00a0", "\u2028", "\x85", "\x1c", "\t", "\n", "\u3000"])
+
+    @given(st.sampled_from(["run", "RUN", "runbook", "force run", "run force"]), spaces,
+           st.lists(st.tuples(words, spaces), min_size=1, max_size=4))
+    def check(command: str, space: str, parts: list[tuple[str, str]]) -> None:
+        text = command + space + "".join(word + space for word, space in parts)
+        try:
+            asked = route(REQUEST, text, REGISTRY, config)
+        except RouteError:
+            return
+        if asked.graph == "runbook":
+            assert runbook_named(text) == asked.input["runbook"], text
+
+    check()
+    assert runbook_named("run \u201crestart\u201d service=\u201cweb\u201d") == "restart"
+    assert runbook_named("run\u2028restart service=web") == "restart"
