@@ -92,6 +92,7 @@ Before = Annotated[Annotated[int, Field(ge=1, le=MAX_ID)] | None, Query(
 # What the API refuses in every text field (a 422), said in the schema: a NUL, which no database stores. (An
 # unpaired surrogate neither, which a JSON Schema pattern cannot name.)
 _NO_NUL = r"^[^\x00]*$"
+_SPACES = r"\t\n\v\f\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"  # what str.isspace() is
 CHANNEL = Path(description="one of the playground's channels", json_schema_extra={"enum": list(CHANNEL_KINDS)})
 EVENT_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 STREAM_RETRY_SECONDS = 1.0  # how often a live stream looks again while the database cannot be reached
@@ -221,8 +222,8 @@ class PostMessage(_Body):
     # generated from it posts where it can
     channel: str = Field(max_length=80, json_schema_extra={"enum": list(CHANNEL_KINDS)})
     user: str = Field(pattern=USER_NAME)
-    # Not empty, nor only spaces (a 400)
-    text: str = Field(max_length=MAX_HTTP_TEXT, json_schema_extra={"pattern": r"^[^\x00]*[^\s\x00][^\x00]*$"})
+    # Not empty, nor only spaces (a 400): Python's (str.strip's), which are not JSON Schema's \s
+    text: str = Field(max_length=MAX_HTTP_TEXT, json_schema_extra={"pattern": f"^[^\\x00]*[^\\x00{_SPACES}][^\\x00]*$"})
     thread_id: str | None = Field(None, max_length=40, description="the thread's root message id (a number, as text "
                                   "or as a JSON number)", json_schema_extra={"anyOf": [
                                       {"type": "string", "maxLength": 40, "pattern": _NO_NUL}, {"type": "integer"},

@@ -55,6 +55,16 @@ MAX_HEAD_BYTES = 64 * 1024
 REQUEST_READ_SECONDS = 30.0
 
 ASK_FOR_TOKEN = {"WWW-Authenticate": 'Bearer realm="baton metrics"'}
+# In the API's schema, which named a 200 alone: a health check's 503 (its body as the 200's, naming the problems), and
+# /metrics' text and its 401
+UNHEALTHY: dict[int | str, dict[str, Any]] = {503: {"description": "something does not work: `problems` names it",
+                                                     "content": {"application/json": {"schema": {"type": "object"}}}}}
+METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Prometheus' text format, or OpenMetrics' when Accept asks for it",
+          "content": {"text/plain": {"schema": {"type": "string"}}}},
+    401: {"description": "BATON_METRICS_TOKEN is set, and the request has no 'Authorization: Bearer <it>'",
+          "content": {"application/json": {"schema": {
+              "type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}}}}}
 RETRY_AFTER_SECONDS = 5  # what a 503 for a database that cannot be reached tells the client to wait
 DATABASE_AWAY = ("Baton's database cannot be reached just now, so this request was not carried out; "
                  "try again shortly")
@@ -201,14 +211,14 @@ def create_app(settings: Settings, config: BatonConfig | None = None) -> FastAPI
             "ok": not problems, "instance": baton.instance, "adapters": [adapter.name for adapter in baton.adapters],
             "problems": problems, "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0]})
 
-    @app.get("/healthz", tags=["ops"])
+    @app.get("/healthz", tags=["ops"], responses=UNHEALTHY)
     async def healthz() -> JSONResponse:
         """Liveness: 200 while every adapter works; 503 naming what does not, which a restart of the replica
         mends (a supervisor restarts it). The database is not asked: a replica restarted while its database
         is away cannot even start, and would come back only after the supervisor's back-off."""
         return await health(database=False)
 
-    @app.get("/readyz", tags=["ops"])
+    @app.get("/readyz", tags=["ops"], responses=UNHEALTHY)
     async def readyz() -> JSONResponse:
         """Readiness: as ``/healthz``, and the database answers and (SQLite) its disk has room to write (a load
         balancer sends traffic elsewhere)."""
@@ -244,7 +254,7 @@ def mount_metrics(app: FastAPI, baton: Baton, settings: Settings) -> None:
         return JSONResponse(status_code=401, headers=ASK_FOR_TOKEN, content={
             "detail": "/metrics asks for the token BATON_METRICS_TOKEN names, as 'Authorization: Bearer <token>'"})
 
-    @app.get("/metrics", tags=["ops"], response_class=Response)
+    @app.get("/metrics", tags=["ops"], response_class=Response, responses=METRICS_RESPONSES)
     async def metrics_endpoint(request: Request) -> Response:
         """Prometheus' text format (OpenMetrics when the scraper's Accept asks for it)."""
         if (refusal := refused(request)) is not None:
@@ -288,6 +298,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._head_refused = False
         self._reading_head, self._head_ended = True, False
         self._read_deadline: asyncio.TimerHandle | None = self.loop.call_later(REQUEST_READ_SECONDS, self._read_too_slow)
+        self._refusal: bytes | None = None  # sent once the requests before it are answered
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_deadline()
@@ -297,6 +308,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # Any byte begins the next request's time: the parser skips line breaks before a request line without a
         # word (no on_message_begin), and uvicorn drops its keep-alive timeout at any byte, so a connection that
         # sent "\r\n" after a request was held for ever
+        if self._refusal is not None:
+            return  # what follows a request refused is not read; the refusal is sent after the answers owed
         self._start_deadline()
         in_head, self._head_ended = self._reading_head, False
         super().data_received(data)
@@ -367,11 +380,25 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _refuse(self, status: bytes, reason: str) -> None:
-        """Answer (unless the previous request's answer is still being sent) and close the connection."""
-        if self.cycle is None or self.cycle.response_complete:
-            body = json.dumps({"detail": reason}).encode()
-            self.transport.write(b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\ncontent-length: "
-                                 + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+        """Answer and close the connection, once the requests sent before this one are answered. A request pipelined
+        behind others (sent before their answers came, in one read with them) that HTTP's parser could not read
+        closed the connection at once, unanswered, and the answers still owed to the requests before it were lost:
+        a well-formed request followed by a stray byte got no answer at all."""
+        body = json.dumps({"detail": reason}).encode()
+        self._refusal = (b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\ncontent-length: "
+                         + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+        self._stop_deadline()
+        if self.cycle is None or self.cycle.response_complete:  # the newest request's answer is the last owed
+            self._send_refusal()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._refusal is not None and self.cycle is not None and self.cycle.response_complete:
+            self._send_refusal()
+
+    def _send_refusal(self) -> None:
+        if not self.transport.is_closing() and self._refusal is not None:
+            self.transport.write(self._refusal)
         self.transport.close()
 
 

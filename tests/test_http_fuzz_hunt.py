@@ -4,6 +4,8 @@ the schema, a fuzzer or a careless script tripped over."""
 from __future__ import annotations
 
 import json
+import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from hypothesis import strategies as st
 
 from tests.support import runs_in
 from tests.test_http_hunt2 import _playground
+from tests.test_security_hunt2 import _answer, guarded_server  # noqa: F401 (a fixture)
 
 CHAT = {"channel": "general", "user": "alice", "text": "deploy went fine"}
 
@@ -53,6 +56,29 @@ async def test_the_schema_names_every_refusal_a_route_gives_and_the_stream_as_ev
     assert schema["components"]["schemas"]["Refusal"]["required"] == ["detail"]
     stream = schema["paths"]["/api/events"]["get"]["responses"]["200"]["content"]
     assert list(stream) == ["text/event-stream"], stream
+    # and the ops routes' other answers: a health check's 503, /metrics' text and its 401 (when a token is set)
+    for path in ("/healthz", "/readyz"):
+        assert "503" in schema["paths"][path]["get"]["responses"], path
+    metrics = schema["paths"]["/metrics"]["get"]["responses"]
+    assert list(metrics["200"]["content"]) == ["text/plain"] and "401" in metrics, metrics
+
+
+# What \s is in JSON Schema's patterns (ECMA-262's white space and line terminators), not Python's
+_ECMA_SPACES = "\\t\\n\\v\\f\\r \\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff"
+
+
+async def test_the_schema_says_which_text_a_post_takes_as_the_api_does(tmp_path: Path, config_path: Path) -> None:
+    """A post's text needs a character that is no space, as Python's ``str.strip`` counts spaces (a 400 otherwise),
+    and no NUL (a 422): the schema said any text, so "\\u0085" (a space to Python, not to JSON Schema's ``\\s``) was
+    refused where the schema said it was fine. Its pattern now draws the line where the API does."""
+    async with _playground(tmp_path, config_path) as (http, _):
+        pattern = (await http.get("/openapi.json")).json()["components"]["schemas"]["PostMessage"]["properties"][
+            "text"]["pattern"]
+        as_json_schema = pattern.replace("\\s", _ECMA_SPACES)  # its \s (in a class) as ECMA-262 reads it
+        for text in ("\u0085", " \t\u3000", "\x1c", "", "a\x00", "\ufeff", "x", " hi ", "\u200b"):
+            posted = await http.post("/api/messages", json={**CHAT, "text": text})
+            assert bool(re.search(as_json_schema, text)) == (posted.status_code == 201), (text, posted.status_code,
+                                                                                         pattern)
 
 
 async def test_empty_limit_and_before_are_left_out_as_an_empty_viewer_is(tmp_path: Path, config_path: Path) -> None:
@@ -147,3 +173,22 @@ def test_any_json_body_is_answered_with_a_success_or_a_refusal_that_says_why(tmp
                 assert "Traceback" not in answer.text
 
         answered()
+
+
+def test_a_request_http_cannot_read_behind_others_is_refused_after_their_answers(
+        guarded_server: int) -> None:  # noqa: F811
+    """A request pipelined behind others (sent in one read with them, before their answers came) that HTTP's parser
+    could not read closed the connection at once: the requests before it, read and handled, were never answered,
+    and neither was it (a well-formed GET followed by a stray line got nothing at all). They are answered in order,
+    then it is refused, and the connection closed."""
+    with socket.create_connection(("127.0.0.1", guarded_server)) as connection:
+        connection.sendall(b"GET / HTTP/1.1\r\nHost: baton\r\n\r\n"
+                           b"POST / HTTP/1.1\r\nHost: baton\r\nContent-Length: 3\r\n\r\nabc"
+                           b"NOT HTTP\r\n\r\n")
+        answer = _answer(connection)
+    assert answer.count(b"HTTP/1.1 ") == 3, answer
+    first, second, refusal = answer.split(b"HTTP/1.1 ")[1:]
+    assert first.startswith(b"200 ") and first.endswith(b"\r\n\r\n0"), answer
+    assert second.startswith(b"200 ") and second.endswith(b"\r\n\r\n3"), answer
+    assert refusal.startswith(b"400 ") and b"connection: close" in refusal, answer
+    assert "not HTTP that Baton can read" in json.loads(refusal.partition(b"\r\n\r\n")[2])["detail"]
