@@ -35,6 +35,7 @@ from adapters import contract
 from adapters.contract import FENCE_OPEN, fenced_segments, fitting, split_text
 from bot.messages import Buttons, Code, Image, Message, Note, Text, ThreadLink, fence_safe
 
+BACKSLASH = "\\"
 CONTENT_CHARS = 2000
 PIECE_CHARS = 1900  # one block of a message: leaves room for the tone emoji and the joining newlines
 FENCE_CHARS = len("```\n\n```")
@@ -208,12 +209,19 @@ def _link(url: str, label: str, people: Collection[str] = frozenset()) -> list[s
     if (unlinkable := UNLINKABLE.search(linked)) is not None:
         words = linked[:unlinkable.start()].rstrip()
         linked, after = (words, linked[len(words):] + after) if words else ("open", f" {linked}{after}")
-    first, *rest = split_text(linked.replace("[", "(").replace("]", ")"), PIECE_CHARS - len(url) - len("[]()"))
-    link = f"[{first}]({url})"
+    linked = linked or "open"  # "[](...)" is no link: Discord shows it as written
+    first, *rest = split_text(linked.replace("[", "(").replace("]", ")"), PIECE_CHARS - len(url) - len("[]()"),
+                              _link_words_length)
+    link = f"[{first.replace(BACKSLASH, BACKSLASH * 2)}]({url})"  # "C:\" would escape the "]" ending the words
     tail = "".join(rest) + with_mentions(after, people)
     if len(link) + len(tail) <= PIECE_CHARS:
         return [link + tail]
     return [link, *_pieces(tail)]
+
+
+def _link_words_length(words: str) -> int:
+    """The length of a link's words as its markdown: a backslash, Discord's escape, is written twice."""
+    return len(words) + words.count(BACKSLASH)
 
 
 def _fenced(code: str) -> str:

@@ -212,6 +212,20 @@ def test_on_slack_every_line_of_a_title_is_bold_whole(title: str) -> None:
     assert _seen("".join(slack_blocks.unescape(line[1:-1]) for line in lines)) == _seen(title)
 
 
+@FAST
+@given(long_texts)
+def test_on_discord_a_thread_link_s_words_end_where_its_bracket_does(label: str) -> None:
+    """Discord reads a backslash as an escape in a link's words too: "[backup C:\\](https://...)" was no link, its
+    markdown shown as written; so was "[](https://...)", for a label with no words."""
+    url = discord_render.jump_url("42", "1712.0001")
+    (first, *_) = discord_render.render(Message(parts=[ThreadLink(label=label, channel="C0OPS", thread="1712.0001")]),
+                                        "42")
+    found = re.match(r"\[((?:[^\\\[\]]|\\.)+)\]\(" + re.escape(url) + r"\)", first.content or "")
+    assert found, (first.content or "")[:300]
+    words = re.sub(r"\\(.)", r"\1", found.group(1))  # as Discord shows them
+    assert words == "open" or " ".join(label.split()).replace("[", "(").replace("]", ")").startswith(words)
+
+
 # -- mentions -----------------------------------------------------------------------------------------------
 
 def _long_line(words: list[str], more: int) -> str:
