@@ -220,7 +220,10 @@ TYPOGRAPHIC_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"',
 # The spaces other than ASCII's (Unicode's Zs): a no-break space pasted from a wiki page, or one of two spaces
 # typed in Slack's editor, which sends them as "\u00a0 ". shlex splits on ASCII whitespace only, so
 # `run restart\u00a0service=web` asked for a runbook called "restart service=web" (shown so, with its space).
-OTHER_SPACES = "\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u202f\u205f\u3000"
+# And the other breaks str.split() splits at, as the first word is read (a line or paragraph separator pasted from a
+# web page): `run\u2028restart` was a run of restart, `run restart\u2028service=web` of a runbook of that name.
+OTHER_SPACES = ("\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u202f\u205f\u3000"
+                "\x0b\x0c\x1c\x1d\x1e\x1f\x85\u2028\u2029")
 
 
 def _split_words(text: str) -> list[str]:

@@ -348,3 +348,20 @@ def test_the_runbook_a_run_names_is_read_as_route_reads_it(tmp_path: Path) -> No
     check()
     assert runbook_named("run \u201crestart\u201d service=\u201cweb\u201d") == "restart"
     assert runbook_named("run\u2028restart service=web") == "restart"
+
+
+def test_any_space_between_the_words_of_a_run_separates_them(tmp_path: Path) -> None:
+    """The words of a run were split at ASCII's and Unicode's spaces, but its first word at any break str.split()
+    knows: `run\\u2028restart` ran restart, `run restart\\u2028service=web` asked for a runbook of that name. Inside
+    quotes, a value keeps what it holds."""
+    config = _config(tmp_path)
+    spaces = st.sampled_from([char for char in map(chr, range(0x3001)) if char.isspace()])
+
+    @given(spaces, spaces, spaces)
+    def check(first: str, second: str, inside: str) -> None:
+        asked = route(REQUEST, f"run{first}restart{second}service=web", REGISTRY, config)
+        assert asked.input == {"runbook": "restart", "args": {"service": "web"}}
+        quoted = route(REQUEST, f"run echo{second}a='x{inside}y'", REGISTRY, config)
+        assert quoted.input["args"]["a"] == f"x{inside}y"
+
+    check()
