@@ -193,6 +193,7 @@ def create_app(settings: Settings, config: BatonConfig | None = None) -> FastAPI
     app.add_middleware(RequestBodyLimitMiddleware, max_body_size=MAX_BODY_BYTES)
     app.add_middleware(TooLargeInJSON)  # around the limit, to rewrite its answer
     app.add_middleware(UncompressedBodiesOnly)
+    app.add_middleware(NoWebSockets)
     app.state.baton = baton
     app.add_exception_handler(RequestValidationError, invalid_request)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, unreadable_body)  # type: ignore[arg-type]
@@ -443,6 +444,29 @@ class UncompressedBodiesOnly:
                           f"does not take: send it uncompressed"})
             return await response(scope, receive, send)
         await self.app(scope, receive, send)
+
+
+class NoWebSockets:
+    """A WebSocket handshake gets a 400 in JSON saying that Baton serves none (the playground's live updates are
+    server-sent events, ``GET /api/events``): Starlette closed it, which uvicorn answered with a bare 403, no reason
+    given, as if the client had no right to what it asked for. Where the server cannot answer a handshake with an
+    HTTP response (no ``websocket.http.response`` extension) it is closed, as before."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            return await self.app(scope, receive, send)
+        await receive()  # the handshake (websocket.connect)
+        if "websocket.http.response" not in scope.get("extensions", {}):
+            return await send({"type": "websocket.close", "code": 1008})
+        body = json.dumps({"detail": f"Baton serves no WebSocket (at {quoted(scope.get('path', ''), 80)} or "
+                                     f"elsewhere): the playground's live updates are server-sent events, "
+                                     f"GET /api/events"}).encode()
+        await send({"type": "websocket.http.response.start", "status": 400, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "websocket.http.response.body", "body": body})
 
 
 def content_encoding(scope: Scope) -> str:

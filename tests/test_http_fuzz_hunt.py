@@ -192,3 +192,26 @@ def test_a_request_http_cannot_read_behind_others_is_refused_after_their_answers
     assert second.startswith(b"200 ") and second.endswith(b"\r\n\r\n3"), answer
     assert refusal.startswith(b"400 ") and b"connection: close" in refusal, answer
     assert "not HTTP that Baton can read" in json.loads(refusal.partition(b"\r\n\r\n")[2])["detail"]
+
+
+def test_a_websocket_handshake_is_refused_saying_baton_serves_none(tmp_path: Path, config_path: Path) -> None:
+    """A WebSocket client (pointed at /api/events, which is server-sent events, or anywhere) got a bare 403 with no
+    body: Starlette closes a handshake no route takes, which uvicorn answers so, as if the client had no right to
+    it. It gets a 400 in JSON saying that Baton serves no WebSocket, and where its live updates are."""
+    from fastapi.testclient import TestClient
+    from starlette.testclient import WebSocketDenialResponse
+
+    from bot.server import create_app
+    from bot.settings import Settings
+
+    settings_ = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'baton.db'}",  # type: ignore[call-arg]
+                         BATON_CONFIG=config_path, BATON_ADAPTERS="playground")
+    with TestClient(create_app(settings_), base_url="http://127.0.0.1") as http:
+        for path in ("/api/events", "/api/events?viewer=%00", "/nowhere"):
+            try:
+                with http.websocket_connect(path):
+                    raise AssertionError(f"{path}: a WebSocket was accepted")
+            except WebSocketDenialResponse as refused:
+                assert refused.status_code == 400, (path, refused.status_code)
+                assert "server-sent events, GET /api/events" in refused.json()["detail"], refused.text
+        assert http.get("/api/channels").status_code == 200  # HTTP is served as before
