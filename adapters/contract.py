@@ -149,7 +149,7 @@ def split_text(text: str, limit: int, size: Callable[[str], int] = len, *,
 _EXTENDING = re.compile("[\u200c\u200d\ufe00-\ufe0f\U0001f3fb-\U0001f3ff\U000e0020-\U000e007f"
                         "\U000e0100-\U000e01ef\u1160-\u11ff\ud7b0-\ud7fb]")
 _REGIONAL = re.compile("[\U0001f1e6-\U0001f1ff]")  # two make a flag
-_UNBROKEN_REACH = 512  # how far before a cut a token ``keep`` keeps whole may begin
+_UNBROKEN_REACH = 1024  # how far before a cut a token ``keep`` keeps whole may begin (longer than any one)
 
 
 def _unbroken(line: str, cut: int, keep: re.Pattern[str] | None) -> int:

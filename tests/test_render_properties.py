@@ -250,6 +250,15 @@ def test_on_discord_a_long_line_is_never_cut_inside_a_mention_or_a_link(words: l
     assert _cut_inside(pieces, whole, [found.span() for found in tokens.finditer(whole)]) == []
 
 
+def test_on_discord_a_long_line_is_not_cut_inside_a_long_dashboard_link() -> None:
+    """A masked link to a dashboard, its address long with its query, beginning well before the cut: the line was
+    cut inside it, at its address, leaving '[the board of ...](' at the end of one message."""
+    link = "[the board of " + "w" * 280 + "](https://grafana.example.com/d/x?" + "var-host=web&" * 35 + "to=now)"
+    text = "-" * 1300 + link + "-" * 900
+    contents = [outgoing.content or "" for outgoing in discord_render.render(Message(parts=[Text(text=text)]), "42")]
+    assert contents == ["-" * 1300, link + "-" * 900]
+
+
 @FAST
 @given(st.lists(st.sampled_from([SLACK_USER, f"slack:{SLACK_USER}", f"@{SLACK_USER}", "https://e.x/" + "r" * 30,
                                  "-", "x" * 41]), min_size=1, max_size=40), st.integers(0, 9))
