@@ -433,6 +433,8 @@ class Runbook(BaseModel):
             key, sep, value = word.partition("=")
             if not sep or not key:
                 return f"'{word[:80]}' is not a key=value argument"
+            if key in given:  # chat refuses it; help showed it as how to ask
+                return f"'{key[:80]}' is given twice"
             given[key] = value
         try:
             self.validate_args(given)

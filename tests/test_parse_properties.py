@@ -365,3 +365,18 @@ def test_any_space_between_the_words_of_a_run_separates_them(tmp_path: Path) -> 
         assert quoted.input["args"]["a"] == f"x{inside}y"
 
     check()
+
+
+def test_an_example_chat_would_refuse_for_an_argument_given_twice_is_named(tmp_path: Path) -> None:
+    """``example: run restart service=web service=api`` was taken (the second value read), and help showed it as how
+    to ask; asked, it was refused: "`service` is given twice"."""
+    path = tmp_path / "baton.yaml"
+    path.write_text(RUNBOOKS.replace("    risk: high\n", "    risk: high\n    example: run restart service=web "
+                                     "service=api\n"), encoding="utf-8")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    said = str(refused.value)
+    assert said == (f"{path}: line 15: (top): runbook 'restart': its example `run restart service=web service=api` "
+                    "would be refused if asked: 'service' is given twice"), said
+    with pytest.raises(RouteError, match="`service` is given twice"):
+        route(REQUEST, "run restart service=web service=api", REGISTRY, _config(tmp_path))
