@@ -13,7 +13,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from bot.config import BatonConfig, ConfigError, load_config
 from bot.kit import Request
@@ -185,6 +185,7 @@ def test_any_edit_of_baton_yaml_loads_or_is_refused_naming_a_line(tmp_path: Path
     tag asking for what a value is not (``!!int x``) stopped Baton with Python's own traceback."""
     path = tmp_path / "baton.yaml"
 
+    @settings(max_examples=100)  # a file written and read each: 100 find what 1,000 did
     @given(st.lists(st.tuples(st.integers(0, len(SHIPPED) - 1), EDITS, SNIPPETS), min_size=1, max_size=3))
     def check(edits: list[tuple[int, str, str]]) -> None:
         path.write_text(_edited(edits), encoding="utf-8")
