@@ -201,9 +201,7 @@ class LeasedRunServices(RunServices):
         step's checkpoint is written the step never runs again to find them: killed before a write of Baton's (the
         run taken up from that checkpoint), an effect that had ended stayed "started" in the ledger for good. Durable:
         the checkpoint, which follows, is. After a stall: renew the lease, or stop the run with nothing written."""
-        if self.outcomes_unwritten():
-            async with self.session():
-                pass
+        await self.write_outcomes()
         if not self._taken_over and (self._leases.surely_held(self._record_id) or
                                      await self._leases.renew(self._record_id)):
             return

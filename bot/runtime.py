@@ -398,6 +398,7 @@ class RunServices:
         self.request = request
         self.redact: Callable[[str], str] | None = services.redactor.text if services.redactor else None
         self._settled: list[tuple[str, dict[str, Any]]] = []  # effects' names and outcomes not written yet (session)
+        self._writing: set[asyncio.Event] = set()  # the sessions writing outcomes now: each set once it has ended
 
     async def record_usage(self, reply: Any, model: str | None = None) -> None:
         input_tokens, output_tokens = usage_of(reply)
@@ -584,6 +585,9 @@ class RunServices:
         # Taken at the start: another session of the run begun meanwhile (a parallel branch's checkpoint, its
         # progress line) writes the outcomes settled since, not these a second time (two 'effect.done').
         settled, self._settled[:] = self._settled[:], []
+        ended = asyncio.Event() if settled else None
+        if ended is not None:
+            self._writing.add(ended)
         try:
             async with self._db.session(durable=durable) as session:
                 for name, params in settled:
@@ -594,10 +598,24 @@ class RunServices:
         except BaseException:
             self._settled[:0] = settled  # not written: the run's next write, or ``flush_effects``, writes them
             raise
+        finally:
+            if ended is not None:
+                self._writing.discard(ended)
+                ended.set()
 
     def outcomes_unwritten(self) -> bool:
-        """Whether effects of this run ended since its last write: their outcomes ride on its next one."""
-        return bool(self._settled)
+        """Whether effects of this run ended and their outcomes are not written yet (or are being written now)."""
+        return bool(self._settled or self._writing)
+
+    async def write_outcomes(self) -> None:
+        """Until the outcomes of the effects that ended so far are written: in a transaction of their own, or by
+        the session writing them now (``LeasedRunServices.confirm``, before a checkpoint)."""
+        while self._settled or self._writing:
+            if self._settled:
+                async with self.session():
+                    pass
+            else:
+                await next(iter(self._writing)).wait()
 
     async def flush_effects(self) -> None:
         """Record the outcomes still pending, in a transaction of their own: after the run's last write

@@ -4,14 +4,28 @@ condition, never a time)."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import signal
 from pathlib import Path
+from typing import Any, TypedDict
 
 import pytest
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from langgraph.graph import END, START, StateGraph
+from sqlmodel import select
 
+from bot.app import Baton
+from bot.kit import effect
+from bot.messages import InboundMessage
+from bot.registry import GraphSpec
+from bot.runtime import RunServices
+from bot.settings import Settings
+from storage.models import Effect
 from tests.support import ROOT, BatonProcess, wait_for
 from tests.test_cancel import rows
+from tests.test_recovery import _until_replies
 
 # A side effect, then a step that waits for the test (as a check of what the effect did would take its time).
 AFTER_EFFECT = '''
@@ -91,3 +105,73 @@ def test_killed_after_an_effect_ended_and_its_step_was_checkpointed_the_ledger_h
     assert (name, status, "deployed v2" in str(result)) == ("deploy", "done", True), (name, status, result)
     audited = [kind for (kind,) in rows(database_url, "SELECT kind FROM audit_log ORDER BY id")]
     assert [kind for kind in audited if kind.startswith("effect.")] == ["effect.started", "effect.done"], audited
+
+
+class _Deploy(TypedDict, total=False):
+    text: str
+    reply: str
+
+
+def _deploy_then_check(ended: list[bool]) -> StateGraph:
+    def act() -> str:
+        ended.append(True)
+        return "deployed v2"
+
+    async def deploy(_state: _Deploy) -> _Deploy:
+        return {"reply": await effect("deploy", act)}
+
+    def check(state: _Deploy) -> _Deploy:
+        return {"reply": state["reply"] + ", checked"}
+
+    graph = StateGraph(_Deploy)
+    graph.add_node("deploy", deploy)
+    graph.add_node("check", check)
+    graph.add_edge(START, "deploy")
+    graph.add_edge("deploy", "check")
+    graph.add_edge("check", END)
+    return graph
+
+
+async def test_no_checkpoint_is_written_before_the_outcome_of_an_effect_that_ended_is(
+        database_url: str, config_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LangGraph saves a step's writes and its checkpoint at once, in the background. The effect's outcome was
+    written before the step's writes, but the checkpoint went ahead while that transaction was still under way (a
+    round trip to PostgreSQL): killed then (2 of 10 kill points swept there), the ledger said "started" for good.
+    Every checkpoint write after the effect ended must find its outcome stored."""
+    ended: list[bool] = []
+    seen: list[str] = []
+    settings = Settings(BATON_DATABASE_URL=database_url, BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground")
+    async with Baton(settings) as baton:
+        async def stored_outcome() -> None:
+            if ended:
+                async with baton.db.read() as session:
+                    seen.append((await session.exec(select(Effect.status))).one())
+
+        saver = AsyncSqliteSaver if baton.db.is_sqlite else AsyncPostgresSaver
+        put, put_writes = saver.aput, saver.aput_writes
+
+        async def aput(self: Any, *args: Any, **kwargs: Any) -> Any:  # after Baton's fence (``_Fenced``)
+            await stored_outcome()
+            return await put(self, *args, **kwargs)
+
+        async def aput_writes(self: Any, *args: Any, **kwargs: Any) -> Any:
+            await stored_outcome()
+            return await put_writes(self, *args, **kwargs)
+
+        audit = RunServices._audit
+
+        async def outcome_takes_turns(self: RunServices, session: Any, kind: str, name: str, **detail: Any) -> None:
+            if kind == "effect.done":  # the outcome's transaction, under way a few turns of the event loop
+                for _ in range(20):
+                    await asyncio.sleep(0)
+            await audit(self, session, kind, name, **detail)
+
+        monkeypatch.setattr(saver, "aput", aput)
+        monkeypatch.setattr(saver, "aput_writes", aput_writes)
+        monkeypatch.setattr(RunServices, "_audit", outcome_takes_turns)
+        baton.registry.add(GraphSpec(name="deploy", graph=_deploy_then_check(ended), description="Deploys."))
+        await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
+                                                  event_id="e1", user="alice", text="deploy", addressed=True))
+        assert "deployed v2, checked" in (await _until_replies(baton, "1", 1))[-1]
+    assert seen and set(seen) == {"done"}, seen
