@@ -321,11 +321,12 @@ async def _each_field_once(request: Request) -> None:
     if not _sent_as_json(request.headers.get("content-type", "")):
         return  # not read as JSON: FastAPI's validation says so
 
-    given_twice: dict[str, None] = {}  # in the order met (a body may hold 100,000 fields: no list scans)
+    given_twice: dict[str, None] = {}  # of the object read last: the body's own, read after those inside it
 
     def object_of(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         taken = dict(pairs)
-        if len(taken) < len(pairs):
+        given_twice.clear()
+        if len(taken) < len(pairs):  # (a body may hold 100,000 fields: no list scans)
             seen: set[str] = set()
             for key, _value in pairs:
                 if key in seen:
@@ -334,10 +335,10 @@ async def _each_field_once(request: Request) -> None:
         return taken
 
     try:
-        json.loads(await request.body(), object_pairs_hook=object_of)
+        body = json.loads(await request.body(), object_pairs_hook=object_of)
     except (ValueError, RecursionError):
         return  # FastAPI read it (it got here), so this cannot fail but at the edge of the recursion limit
-    if given_twice:
+    if isinstance(body, dict) and given_twice:  # (twice inside a field's value: no field takes an object)
         raise RequestValidationError([{"loc": ("body", key), "msg": "is given more than once: give each field once",
                                        "type": "duplicate_field"} for key in given_twice])
 

@@ -116,8 +116,11 @@ async def test_a_field_given_twice_is_refused_naming_it_and_nothing_is_stored(tm
         click = '{"message_id": 1, "approval_id": "a", "action": "reject", "action": "approve", "user": "bob"}'
         refused = await http.post("/api/clicks", content=click, headers={"Content-Type": "application/json"})
         assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "action"], refused.text
+        nested = request + ', "thread_id": {"a": 1, "a": 2}}'  # a key twice in a value is no field given twice
+        refused = await http.post("/api/messages", content=nested, headers={"Content-Type": "application/json"})
+        assert [error["loc"] for error in refused.json()["detail"]] == [["body", "thread_id"]], refused.text
         assert await _stored(http) == []
-        # a field in a value, or in another request, is no field given twice
+        # a field in another request is no field given twice
         taken = await http.post("/api/messages", content=request + "}", headers={"Content-Type": "application/json"})
         assert taken.status_code == 201 and taken.json()["delivery"] == "accepted", taken.text
     assert runs_in(counter) in ([], ["uptime"])  # the accepted one may or may not have run by now; nothing else
