@@ -12,9 +12,12 @@ The limits, as the platforms' own documentation gives them:
   1 to 100, 5 buttons a row.
 
 Defects these found: a long line was cut inside a character as people see one (an emoji of several code points,
-a letter and its accent, a flag), on both platforms and in a shortened button label; on Discord, inside a mention
-(``<@1234`` ending one message, ``5678>`` starting the next), and a ``` inside a fenced block of a text was left
-as it was, closing the block there on Discord (the rest of the code shown as markdown).
+a letter and its accent, a flag), on both platforms, and so were a shortened button label, Slack's notification and
+the beginning of a Discord progress message too long for one; inside a mention (on Discord ``<@1234`` ending one
+message and ``5678>`` starting the next; on Slack an id cut in two, a mention no more) or a masked link. On Discord
+a ``` inside a fenced block of a text closed the block there, and a backslash in a thread link's words escaped the
+``]`` ending them. On Slack a title of two lines, or split after a space, showed its asterisks, and a button with
+no label was refused.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ MARKUP = ["*", "_", "~", ">", "<", "&", "|", "`", "\t", "\r\n", "\n", "\u202e", 
           "@here", "<@U0123ABCD>", "<@&123456789012345678>", SLACK_USER, DISCORD_USER, f"slack:{SLACK_USER}",
           f"discord:{DISCORD_USER}", "https://grafana.example.com/d/x?var-host=U0ALICE001&x=1", "[link](https://e.x)",
           "&amp;", "&lt;", "**", "# ", "-# ", "> ", "\\", " ", "a", "é", *CLUSTERS]
+
 
 def _runs(least: int, most: int) -> st.SearchStrategy[str]:
     """Long words, and long lines of words (drawn as a few characters repeated: drawing each one is slow)."""
