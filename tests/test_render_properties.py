@@ -342,3 +342,12 @@ def test_a_fenced_block_in_a_text_is_shown_as_written_whatever_backticks_it_hold
     sections = "\n".join(block["text"]["text"] for posted in rendered.messages for block in posted["blocks"])
     shown = [slack_blocks.unescape(body) for body in re.findall(r"```\n(.*?)\n```", sections, flags=re.DOTALL)]
     assert "\n".join(shown).replace(ZWSP, "") == code
+
+
+@FAST
+@given(st.text(alphabet="&<>;ltgamp|@!#U0 é👍🏽\n", max_size=40))
+def test_what_a_person_types_on_slack_reaches_baton_as_typed_and_is_shown_back_as_typed(typed: str) -> None:
+    """Slack sends ``&``, ``<`` and ``>`` escaped, once; they are read back once (``&amp;lt;`` is the ``&lt;``
+    typed, not ``<``). Shown again, they are escaped once (``test_a_text_split_over_...``)."""
+    sent = slack_blocks.escape(typed)  # what Slack sends of words typed (a "<" typed is never markup)
+    assert slack_blocks.typed_text(sent) == typed
