@@ -1432,7 +1432,7 @@ class Orchestrator:
             if isinstance(exc, RunTimedOut):
                 message = replies.timed_out(spec.name, exc.limit)
             elif isinstance(exc, EffectInDoubt):
-                message = replies.in_doubt(spec.name, exc.effect)
+                message = replies.in_doubt(run.input_text, exc.effect)
             elif isinstance(exc, MODEL_ERRORS):
                 message = replies.model_error(exc)
             else:

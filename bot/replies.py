@@ -202,10 +202,12 @@ def cut_line(text: str, limit: int) -> str:
     return f"{kept}`{more}" if kept.rpartition("\n")[2].count("`") % 2 else kept + more
 
 
-def in_doubt(graph: str, effect: str) -> Message:
-    """A run taken over whose side effect had started: told in words, not as "failed: EffectInDoubt: ..."."""
+def in_doubt(asked: str, effect: str) -> Message:
+    """A run taken over whose side effect had started: told in words, not as "failed: EffectInDoubt: ...".
+    ``asked``: the request as written (``run restart service=web``): a thread whose requests were each cut off by a
+    stop got as many notes, each "`runbook` stopped", and none said which one to check."""
     return Message(tone="error", title="Run stopped", parts=[
-        Text(text=f"`{graph}` stopped: its step `{quoted_code(effect)}` had been started by a Baton that stopped "
+        Text(text=f"`{quoted_code(asked, 120)}` stopped: its step `{quoted_code(effect)}` had been started by a Baton that stopped "
                   "(or lost this thread) while it ran, so its outcome is unknown, and it was not run again. Check "
                   "what it did before asking for it again."),
     ])

@@ -23,7 +23,7 @@ from bot.registry import GraphSpec
 from bot.runtime import RunServices
 from bot.settings import Settings
 from storage.models import Effect
-from tests.support import ROOT, BatonProcess, wait_for
+from tests.support import ROOT, BatonProcess, slow_release, wait_for
 from tests.test_cancel import rows
 from tests.test_recovery import _until_replies
 
@@ -175,3 +175,27 @@ async def test_no_checkpoint_is_written_before_the_outcome_of_an_effect_that_end
                                                   event_id="e1", user="alice", text="deploy", addressed=True))
         assert "deployed v2, checked" in (await _until_replies(baton, "1", 1))[-1]
     assert seen and set(seen) == {"done"}, seen
+
+
+def test_each_request_cut_off_by_a_stop_is_named_in_its_note(crash_baton, sqlite_url, counter) -> None:
+    """Baton killed during a command, and the Baton that took over killed during the command queued behind it: the
+    thread got two notes alike, "`runbook` stopped: its step `command` had been started by a Baton that stopped",
+    and neither said which request to check before asking again (found by a sweep of kill points)."""
+    first = crash_baton(sqlite_url, "first")
+    pg = first.client()
+    thread = pg.ask("@baton run slow seconds=9.9")  # each runs until released below
+    pg.say("run slow seconds=9.8", thread=thread)
+    started = "SELECT count(*) FROM effects WHERE status = 'started'"
+    wait_for(lambda: rows(sqlite_url, started) == [(1,)], what="the first command to start")
+    first.stop(signal.SIGKILL)
+    second = crash_baton(sqlite_url, "second")
+    wait_for(lambda: rows(sqlite_url, started) == [(2,)], timeout=30, what="the queued command to start")
+    second.stop(signal.SIGKILL)
+    slow_release(counter).touch()
+
+    pg = crash_baton(sqlite_url, "third").client()
+    wait_for(lambda: len([m for m in pg.bot_replies(thread) if "outcome is unknown" in m["text"]]) == 2, timeout=30,
+             what="both requests told")
+    notes = [m["text"].split("\n")[1].split(" stopped:")[0] for m in pg.bot_replies(thread)
+             if "outcome is unknown" in m["text"]]
+    assert notes == ["`run slow seconds=9.9`", "`run slow seconds=9.8`"], notes

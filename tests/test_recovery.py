@@ -50,8 +50,8 @@ def test_killed_while_a_command_runs_it_is_not_run_again(start_baton, database_u
     reply = pg.wait_reply(thread, "outcome is unknown", timeout=30)
     assert reply["content"]["tone"] == "error"
     # in words, not a Python class: it read "`runbook` failed: EffectInDoubt: side effect 'command' was started ..."
-    assert reply["text"].startswith("*Run stopped*\n`runbook` stopped: its step `command` had been started by a Baton "
-                                    "that stopped"), reply["text"]
+    assert reply["text"].startswith("*Run stopped*\n`run slow seconds=9.9` stopped: its step `command` had been started "
+                                    "by a Baton that stopped"), reply["text"]
     assert [e.status for e in effects(database_url)] == ["started"]
 
 
