@@ -77,6 +77,8 @@ def _repeats_a_repetition(items: Sequence[tuple[Any, Any]], after: list[tuple[An
         if op in _REPEATS and value[1] > 1:
             if inside and not _stops_before(value[2], rest, ignore_case):
                 return True
+            if _alternatives_split_a_turn(value[2], ignore_case):
+                return True
             if _repeats_a_repetition(value[2], list(value[2]), inside=True, ignore_case=ignore_case):
                 return True
         elif op in _REPEATS:
@@ -97,7 +99,8 @@ def _repeats_a_repetition(items: Sequence[tuple[Any, Any]], after: list[tuple[An
     return False
 
 
-REPEATS_A_REPETITION = "repeats a repetition that can split a text in many ways (like (a+)+ or (\\w+\\s?)*)"
+REPEATS_A_REPETITION = ("repeats a repetition that can split a text in many ways (like (a+)+ or (\\w+\\s?)*, or "
+                        "alternatives one of which the next turn can take, (a|aa)+)")
 WRITE_IT_OTHERWISE = ("Write it without the nesting, separate the repetitions by a character the inner one cannot "
                       "match (([a-z]+-)*), or make the inner one possessive (a++) or atomic ((?>a+))")
 
@@ -107,6 +110,60 @@ def repeats_a_repetition(pattern: str, flags: int = 0) -> bool:
     argument's pattern may not: ``re`` then tries every split of a text that almost matches (ReDoS)."""
     parsed = re_parser.parse(pattern, flags)
     return _repeats_a_repetition(parsed, [], inside=False, ignore_case=bool(parsed.state.flags & re.IGNORECASE))
+
+
+def _alternatives_split_a_turn(body: Sequence[tuple[Any, Any]], ignore_case: bool) -> bool:
+    """Whether a repetition's ``body`` takes one text in two ways at alternatives that follow something it
+    consumed: ``(a|aa)+`` and ``(\\d|\\d\\d)+``, which ``re`` reads as ``a(?:|a)`` (after the ``a``: nothing, and
+    the next turn's ``a``; or the alternative's ``a``), ``(a|a)*``."""
+    items = list(body)
+    consumed = False
+    for index, (op, value) in enumerate(items):
+        if op == re_constants.SUBPATTERN:  # its items, as if written in its place
+            items[index + 1:index + 1] = value[3]
+            continue
+        if op == re_constants.BRANCH and consumed and _splits_two_ways(value[1], [*items[index + 1:], *body],
+                                                                      ignore_case):
+            return True
+        consumed = consumed or not _may_be_empty([(op, value)])
+    return False
+
+
+def _splits_two_ways(branches: Sequence[Sequence[tuple[Any, Any]]], rest: list[tuple[Any, Any]],
+                     ignore_case: bool) -> bool:
+    """Whether alternatives inside a repetition can take one text in two ways, one of them matching nothing:
+    ``(a|aa)+`` and ``(\\d|\\d\\d)+`` (``re`` reads them as ``a(?:|a)``: nothing, or an ``a`` the next turn could
+    take as well), ``(a|a?)+``, ``(a|a)*`` (two alternatives that match nothing)."""
+    empty = [branch for branch in branches if _may_be_empty(branch)]
+    if len(empty) > 1:
+        return True
+    following = _character_test(_first_item(rest), ignore_case)
+    for branch in branches:
+        if empty and branch is not empty[0]:
+            begins = _character_test(_first_item(list(branch)), ignore_case)
+            if begins is None or following is None or any(begins(char) and following(char) for char in _SAMPLE):
+                return True
+    return False
+
+
+def _may_be_empty(items: Sequence[tuple[Any, Any]]) -> bool:
+    """Whether ``items`` can match an empty text (what it does not know, a back reference, it says cannot)."""
+    for op, value in items:
+        if op in _REPEATS or op == re_constants.POSSESSIVE_REPEAT:
+            if value[0] > 0 and not _may_be_empty(value[2]):
+                return False
+        elif op == re_constants.SUBPATTERN:
+            if not _may_be_empty(value[3]):
+                return False
+        elif op == re_constants.ATOMIC_GROUP:
+            if not _may_be_empty(value):
+                return False
+        elif op == re_constants.BRANCH:
+            if not any(_may_be_empty(branch) for branch in value[1]):
+                return False
+        elif op not in (re_constants.AT, re_constants.ASSERT, re_constants.ASSERT_NOT):
+            return False
+    return True
 
 
 def _stops_before(body: Sequence[tuple[Any, Any]], rest: list[tuple[Any, Any]], ignore_case: bool) -> bool:

@@ -381,3 +381,29 @@ def test_an_example_chat_would_refuse_for_an_argument_given_twice_is_named(tmp_p
                     "would be refused if asked: 'service' is given twice"), said
     with pytest.raises(RouteError, match="`service` is given twice"):
         route(REQUEST, "run restart service=web service=api", REGISTRY, _config(tmp_path))
+
+
+@pytest.mark.parametrize("pattern", [r"^(a|aa)+$", r"^(\d|\d\d)+$", r"^(a|a)*$", r"^(a(?=a)|a)+$",
+                                     r"^(?:web|webweb)+$"])
+def test_alternatives_that_split_a_value_two_ways_in_a_repetition_are_refused(tmp_path: Path, pattern: str) -> None:
+    """``^(\\d|\\d\\d)+$`` was taken, and checking 40 digits and a letter took minutes (every split of the digits in
+    ones and twos), in the event loop: ``re`` reads it as ``\\d(?:|\\d)``, nothing or a digit the next turn could
+    take as well."""
+    from bot.config import Argument
+    with pytest.raises(ValueError, match="repeats a repetition that can split a text in many ways"):
+        Argument(pattern=pattern)
+    path = tmp_path / "baton.yaml"
+    path.write_text(f"runbooks:\n  x:\n    description: x\n    command: [echo, '{{v}}']\n    args:\n"
+                    f"      v: {{pattern: '{pattern}'}}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="line 6: runbooks.x.args.v.pattern: the pattern repeats a repetition"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("pattern", [
+    r"^(a|ab)+$", r"^(?:foo|foobar)+$", r"^(?:x(?:web|webweb))+$", r"^(web|api|worker)(,(web|api|worker))*$",
+    r"^(?:x(?:y|)z)+$",
+    r"^((25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(25[0-5]|2[0-4]\d|1?\d?\d)$", r"^(?:[a-z](?:-|))+$", r"^(?:a|b?)+$",
+    r"^(?:(?:dev|staging|prod)-)*(?:web|api)$", r"^(?:Mon|Tue|Wed|Thu|Fri)(?:,(?:Mon|Tue|Wed|Thu|Fri))*$"])
+def test_alternatives_that_take_a_value_one_way_are_kept(pattern: str) -> None:
+    from bot.config import Argument
+    assert Argument(pattern=pattern).pattern == pattern
