@@ -167,11 +167,55 @@ def _may_be_empty(items: Sequence[tuple[Any, Any]]) -> bool:
 
 
 def _stops_before(body: Sequence[tuple[Any, Any]], rest: list[tuple[Any, Any]], ignore_case: bool) -> bool:
-    """Whether a repetition of the one character class ``body`` must be followed by a character it cannot match."""
-    repeated = _character_test(body[0], ignore_case) if len(body) == 1 else None
-    following = _character_test(_first_item(rest), ignore_case)
+    """Whether a repetition of ``body`` must be followed by a character no turn of it can begin with: whether to
+    take another turn is then never a choice. ``(,[a-z]+(-[a-z]+)*)*`` was refused: its ``[a-z]+`` is followed by
+    ``-`` or the next turn's ``,``, and its ``(-[a-z]+)*`` by ``,``."""
+    if _may_be_empty(body):
+        return False
+    repeated, following = _first_chars(body, ignore_case), _first_chars(rest, ignore_case)
     return repeated is not None and following is not None and not any(
         repeated(char) and following(char) for char in _SAMPLE)
+
+
+_ENDS = (re_constants.AT_END, re_constants.AT_END_STRING)  # $ (or before a last line break), \Z
+
+
+def _first_chars(items: Sequence[tuple[Any, Any]], ignore_case: bool) -> Callable[[str], bool] | None:
+    """Whether a character can begin a text that ``items`` match, looking into groups, past what may match nothing
+    (``-?``, ``(a|)``, ``\\b``) and into alternatives; ``None`` when this check cannot say (a back reference)."""
+    tests: list[Callable[[str], bool]] = []
+    items = list(items)
+    while items:
+        op, value = items[0]
+        rest = items[1:]
+        if op == re_constants.SUBPATTERN:
+            items = [*value[3], *rest]
+            continue
+        if op == re_constants.AT and value in _ENDS:
+            tests.append(lambda char: char == "\n")  # $ may stand before a last line break
+            break
+        if op in (re_constants.AT, re_constants.ASSERT, re_constants.ASSERT_NOT):  # matches no character
+            items = rest
+            continue
+        if op in (*_REPEATS, re_constants.POSSESSIVE_REPEAT, re_constants.ATOMIC_GROUP, re_constants.BRANCH):
+            parts = [value] if op == re_constants.ATOMIC_GROUP else value[1] if op == re_constants.BRANCH \
+                else [value[2]]
+            for part in parts:
+                test = _first_chars(part, ignore_case)
+                if test is None:
+                    return None
+                tests.append(test)
+            skipped = (op in _REPEATS or op == re_constants.POSSESSIVE_REPEAT) and value[0] == 0
+            if skipped or any(_may_be_empty(part) for part in parts):
+                items = rest
+                continue
+            break
+        test = _character_test(items[0], ignore_case)
+        if test is None:
+            return None
+        tests.append(test)
+        break
+    return lambda char: any(test(char) for test in tests)
 
 
 def _first_item(items: list[tuple[Any, Any]]) -> tuple[Any, Any] | None:

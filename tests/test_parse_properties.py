@@ -407,3 +407,20 @@ def test_alternatives_that_split_a_value_two_ways_in_a_repetition_are_refused(tm
 def test_alternatives_that_take_a_value_one_way_are_kept(pattern: str) -> None:
     from bot.config import Argument
     assert Argument(pattern=pattern).pattern == pattern
+
+
+@pytest.mark.parametrize("pattern", [
+    r"^([a-z]+(?:-[a-z]+)*)(,[a-z]+(?:-[a-z]+)*)*$",  # web-1,api-eu: names with dashes, a comma between
+    r"^(?:\d{1,3}(?:\.\d{1,3}){3})(?:,\d{1,3}(?:\.\d{1,3}){3})*$",  # addresses, a comma between
+    r"^(?:[a-z]+(?:_[a-z]+)*\.)+[a-z]+$", r"^(-[a-z]+(=[a-z0-9]+)?)+$"])
+def test_a_repetition_in_a_repetition_whose_turns_never_split_a_value_two_ways_is_kept(tmp_path: Path,
+                                                                                       pattern: str) -> None:
+    """Refused as "repeats a repetition": an inner repetition of more than one character (``(-[a-z]+)*``), or one
+    followed by something that may be left out (``[a-z]+`` before ``(-[a-z]+)*``), was taken to be ambiguous, though
+    the next character always says whether another turn begins (``-``, ``,``)."""
+    from bot.config import Argument
+    assert Argument(pattern=pattern).matches("a" * 999 + "!") is False  # decided at once: no turn is a choice
+    path = tmp_path / "baton.yaml"
+    path.write_text(f"runbooks:\n  x:\n    description: x\n    command: [echo, '{{v}}']\n    args:\n"
+                    f"      v: {{pattern: '{pattern}'}}\n", encoding="utf-8")
+    assert load_config(path).runbooks["x"].args["v"].pattern == pattern
