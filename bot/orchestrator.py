@@ -1050,6 +1050,10 @@ class Orchestrator:
         location = Location(platform=event.platform, workspace=event.workspace, channel=event.channel, thread=event.thread)
         action = words[0].lower() if words else ""
         try:
+            if action in ("now", "list", "off") and words[1:]:
+                # "digest off for a week" turned the schedule off for good, saying nothing of the week
+                raise schedules.ScheduleError(f"Unexpected words after `digest {action}`: "
+                                              f"`{quoted_code(' '.join(words[1:]))}` (it takes none).")
             if action == "now":
                 await self.digests.run_now(location, event.event_id, event.user)
                 return await self._finish_event(event, "digest posted")

@@ -274,6 +274,23 @@ def test_chat_commands_create_list_run_and_remove_schedules(start_baton, sqlite_
     pg.wait_reply(empty, "No digests are scheduled in this channel")
 
 
+def test_words_after_digest_off_now_or_list_are_refused_and_the_schedule_stays(start_baton, sqlite_url):
+    """"digest off for a week" turned the channel's schedule off for good without a word about the week, and
+    "digest now for #ops" posted the digest here."""
+    pg = start_baton(sqlite_url).client()
+    pg.wait_reply(pg.ask("@baton digest daily 09:00 Europe/Paris", channel="ops"), "Digest scheduled daily")
+    threads = []
+    for command, words in [("off", "for a week"), ("now", "for #ops"), ("list", "all")]:
+        threads.append(thread := pg.ask(f"@baton digest {command} {words}", channel="ops"))
+        refused = pg.wait_reply(thread, "Unexpected words")
+        assert refused["text"] == (f"Unexpected words after `digest {command}`: `{words}` (it takes none). "
+                                   "Nothing was changed."), refused["text"]
+    pg.wait_reply(pg.ask("@baton digest list", channel="ops"), "daily at 09:00 Europe/Paris (set by alice)")
+    assert [len(pg.bot_replies(thread)) for thread in threads] == [1, 1, 1]  # no digest posted besides
+    posted = pg.http.get("/api/channels/ops/messages").json()["messages"]
+    assert not [m for m in posted if "Digest: " in m["text"]], posted
+
+
 @pytest.mark.parametrize(("command", "answer"), [
     ("digest daily 25:00", "`25:00` is not a time of day"),
     ("digest daily 09:00 Mars/Base", "I don't know the time zone `Mars/Base`"),
