@@ -7,6 +7,7 @@ and every placeholder must be a declared argument with a validation pattern.
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
 import logging
 import os
@@ -141,7 +142,7 @@ def _splits_two_ways(branches: Sequence[Sequence[tuple[Any, Any]]], rest: list[t
     for branch in branches:
         if empty and branch is not empty[0]:
             begins = _character_test(_first_item(list(branch)), ignore_case)
-            if begins is None or following is None or any(begins(char) and following(char) for char in _SAMPLE):
+            if begins is None or following is None or _overlap(begins, following):
                 return True
     return False
 
@@ -173,17 +174,16 @@ def _stops_before(body: Sequence[tuple[Any, Any]], rest: list[tuple[Any, Any]], 
     if _may_be_empty(body):
         return False
     repeated, following = _first_chars(body, ignore_case), _first_chars(rest, ignore_case)
-    return repeated is not None and following is not None and not any(
-        repeated(char) and following(char) for char in _SAMPLE)
+    return repeated is not None and following is not None and not _overlap(repeated, following)
 
 
 _ENDS = (re_constants.AT_END, re_constants.AT_END_STRING)  # $ (or before a last line break), \Z
 
 
-def _first_chars(items: Sequence[tuple[Any, Any]], ignore_case: bool) -> Callable[[str], bool] | None:
+def _first_chars(items: Sequence[tuple[Any, Any]], ignore_case: bool) -> _Chars | None:
     """Whether a character can begin a text that ``items`` match, looking into groups, past what may match nothing
     (``-?``, ``(a|)``, ``\\b``) and into alternatives; ``None`` when this check cannot say (a back reference)."""
-    tests: list[Callable[[str], bool]] = []
+    tests: list[_Chars] = []
     items = list(items)
     while items:
         op, value = items[0]
@@ -192,7 +192,7 @@ def _first_chars(items: Sequence[tuple[Any, Any]], ignore_case: bool) -> Callabl
             items = [*value[3], *rest]
             continue
         if op == re_constants.AT and value in _ENDS:
-            tests.append(lambda char: char == "\n")  # $ may stand before a last line break
+            tests.append(_Chars(lambda char: char == "\n", "\n"))  # $ may stand before a last line break
             break
         if op in (re_constants.AT, re_constants.ASSERT, re_constants.ASSERT_NOT):  # matches no character
             items = rest
@@ -215,7 +215,7 @@ def _first_chars(items: Sequence[tuple[Any, Any]], ignore_case: bool) -> Callabl
             return None
         tests.append(test)
         break
-    return lambda char: any(test(char) for test in tests)
+    return _Chars(lambda char: any(test(char) for test in tests), *(test.named for test in tests))
 
 
 def _first_item(items: list[tuple[Any, Any]]) -> tuple[Any, Any] | None:
@@ -228,7 +228,24 @@ def _first_item(items: list[tuple[Any, Any]]) -> tuple[Any, Any] | None:
     return None
 
 
-def _character_test(item: tuple[Any, Any] | None, ignore_case: bool) -> Callable[[str], bool] | None:
+class _Chars:
+    """A test of characters, with the characters its pattern names: where two tests are compared besides
+    ``_SAMPLE`` (``([가-힣]+ ?)+`` and ``(😀+)+`` were taken, their letters all beyond it)."""
+
+    def __init__(self, test: Callable[[str], bool], *named: str | frozenset[str]) -> None:
+        self.test = test
+        self.named = frozenset(char for chars in named for char in chars)
+
+    def __call__(self, char: str) -> bool:
+        return self.test(char)
+
+
+def _overlap(one: _Chars, other: _Chars) -> bool:
+    """Whether a character passes both tests: two ranges that meet share the higher of their first characters."""
+    return any(one(char) and other(char) for char in itertools.chain(_SAMPLE, one.named, other.named))
+
+
+def _character_test(item: tuple[Any, Any] | None, ignore_case: bool) -> _Chars | None:
     """Whether a character matches ``item``, when it is one character (a literal, a class, ``.``)."""
     if item is None:
         return None
@@ -238,29 +255,31 @@ def _character_test(item: tuple[Any, Any] | None, ignore_case: bool) -> Callable
     elif op == re_constants.NOT_LITERAL:
         test = re.compile(f"[^{re.escape(chr(value))}]", re.IGNORECASE if ignore_case else 0)
     elif op == re_constants.ANY:
-        return lambda char: True
+        return _Chars(lambda char: True)
     elif op == re_constants.IN:
         return _class_test(value, ignore_case)
     else:
         return None
-    return lambda char: test.fullmatch(char) is not None
+    return _Chars(lambda char: test.fullmatch(char) is not None, chr(value))
 
 
-def _class_test(members: list[tuple[Any, Any]], ignore_case: bool) -> Callable[[str], bool]:
-    parts = []
+def _class_test(members: list[tuple[Any, Any]], ignore_case: bool) -> _Chars:
+    parts, named = [], []
     for op, value in members:
         if op == re_constants.NEGATE:
             parts.append("^")
         elif op == re_constants.LITERAL:
             parts.append(re.escape(chr(value)))
+            named.append(chr(value))
         elif op == re_constants.RANGE:
             parts.append(f"{re.escape(chr(value[0]))}-{re.escape(chr(value[1]))}")
+            named.extend(map(chr, value))
         elif op == re_constants.CATEGORY and value in _CATEGORIES:
             parts.append(_CATEGORIES[value])
         else:  # something this check does not know: assume it matches every character
-            return lambda char: True
+            return _Chars(lambda char: True)
     test = re.compile(f"[{''.join(parts)}]", re.IGNORECASE if ignore_case else 0)
-    return lambda char: test.fullmatch(char) is not None
+    return _Chars(lambda char: test.fullmatch(char) is not None, "".join(named))
 
 
 def _read_as(value: object) -> str:

@@ -424,3 +424,19 @@ def test_a_repetition_in_a_repetition_whose_turns_never_split_a_value_two_ways_i
     path.write_text(f"runbooks:\n  x:\n    description: x\n    command: [echo, '{{v}}']\n    args:\n"
                     f"      v: {{pattern: '{pattern}'}}\n", encoding="utf-8")
     assert load_config(path).runbooks["x"].args["v"].pattern == pattern
+
+
+@pytest.mark.parametrize(("pattern", "taken"), [
+    ("^([\uac00-\ud7a3]+ ?)+$", False),  # Korean names, a space between: (\w+\s?)* in Hangul
+    ("^([\u4e00-\u9fff]+)+$", False), ("^(\U0001f600+)+$", False), ("^(?:\uff41|\uff41\uff41)+$", False),
+    ("^([\uac00-\ud7a3]+)( [\uac00-\ud7a3]+)*$", True), ("^([\u4e00-\u9fff]+-)*[\u4e00-\u9fff]+$", True)])
+def test_a_repetition_of_characters_beyond_u3000_is_checked_as_any_other(pattern: str, taken: bool) -> None:
+    """Two character classes were compared on U+0000-U+2FFF alone, so ``(a+)+`` written in Hangul, Han or emoji was
+    taken, and 30 such letters and a "!" held up all of Baton for minutes. The characters a pattern names are
+    compared too (two ranges that meet share the higher of their first characters)."""
+    from bot.config import Argument
+    if taken:
+        assert Argument(pattern=pattern).pattern == pattern
+    else:
+        with pytest.raises(ValueError, match="repeats a repetition"):
+            Argument(pattern=pattern)
