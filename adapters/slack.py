@@ -338,11 +338,13 @@ class SlackAdapter(Adapter):
             return  # not a person's message (or not one Slack would send: nothing to answer, nowhere)
         raw = event.get("text") if isinstance(event.get("text"), str) else ""
         mentioned = mentioned or bool(self._mention.search(raw))
+        # An app_mention carries no channel_type: a mention in a direct message with Baton arrives as one and as a
+        # message.im, in either order, and the first one stored is the request. A DM's id begins with "D".
+        direct = event.get("channel_type") == "im" or (event.get("channel_type") is None and channel.startswith("D"))
         accepted = await self.baton.accept_message(InboundMessage(
             platform=PLATFORM, workspace=self._workspace(body.get("team_id")), channel=channel,
             thread=event.get("thread_ts") or ts, user=user, text=typed_text(self._mention.sub("", raw)).strip(),
-            addressed=mentioned or event.get("channel_type") == "im", private=event.get("channel_type") == "im",
-            event_id=f"{channel}:{ts}"))
+            addressed=mentioned or direct, private=direct, event_id=f"{channel}:{ts}"))
         log.debug("Slack %s %s:%s -> %s", event.get("type"), channel, ts, accepted.status)
 
     async def _on_click(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any], action: dict[str, Any]) -> None:
