@@ -20,7 +20,9 @@ Inbound
   does not stop the request: the thread is opened on the deferred reply (its id came with the defer),
   and the echo is tried again afterwards, while the interaction's token lives. In a private thread Baton
   is not in (Discord offers ``/baton`` there, and refuses Baton's messages), Baton joins it first, or,
-  not allowed to, runs nothing and says how to add it.
+  not allowed to, runs nothing and says how to add it. A ``/baton`` Discord sends in a shape other than the one
+  registered (a person's client keeps an out-of-date copy) is answered, to its writer only, that nothing was run;
+  an autocomplete gets no suggestions; a command of the bot that is not Baton's is left to whoever serves it.
 * Discord's passing troubles (a 5xx, a 429 discord.py gave up on, the network) met while taking a
   request in (reading an unknown channel, opening a thread, the echo) are retried a few times
   (``TRANSIENT_PAUSES``); discord.py itself retries only 500, 502, 504 and 524, not a 503. A request
@@ -144,6 +146,8 @@ CONTENT_INTENT_OFF = ("I can't read messages that don't mention me: my *Message 
                       "Baton to turn that intent on.")
 CONTENT_INTENT_SETTING = ("Developer Portal -> your application -> Bot -> Privileged Gateway Intents -> Message "
                           "Content Intent, then restart Baton")
+COMMAND_OUT_OF_DATE = ("I could not read this /baton: Discord's copy of the command is out of date, so nothing was "
+                       "run. Reloading Discord (Ctrl+R) usually brings the new one; or mention @Baton with your request.")
 NO_THREAD_SENDS = ("⚠️ I can't post in the threads of this channel, so requests asked here run but their answers and "
                    "approval cards are never shown: I need the *Send Messages in Threads* permission here. Please ask "
                    "an admin to grant it to Baton.")
@@ -181,7 +185,7 @@ class BatonClient(discord.Client):
                          max_ratelimit_timeout=RATE_LIMIT_WAIT_SECONDS)
         self.adapter = adapter
         self.connected = asyncio.Event()
-        self.tree = app_commands.CommandTree(self)
+        self.tree = BatonTree(self)
         self.tree.add_command(baton_command)
 
     async def on_connect(self) -> None:
@@ -200,9 +204,40 @@ class BatonClient(discord.Client):
         self._connection._intents.message_content = allowed
 
 
+class BatonTree(app_commands.CommandTree):
+    """discord.py's command tree, with what Discord may send that does not fit ``/baton`` answered or ignored in
+    one log line. discord.py logged each with a traceback ("Ignoring exception in command tree") and answered
+    nothing, so the person saw "The application did not respond": a command of the application that is not
+    Baton's (another program's, on the same bot), a ``/baton`` Discord's copy of which is out of date (no
+    ``request``, or another option), and an autocomplete, which ``/baton`` never asks for."""
+
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        if interaction.type is not discord.InteractionType.autocomplete:
+            return True
+        try:
+            await interaction.response.autocomplete([])  # no suggestions: the person types on
+        except discord.HTTPException as exc:
+            log.info("Discord: autocomplete interaction %s could not be answered: %s", interaction.id, _describe(exc))
+        return False
+
+    async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError, /) -> None:
+        name = str((interaction.data or {}).get("name", ""))[:100]
+        if isinstance(error, app_commands.CommandNotFound):  # whoever registered it answers it
+            log.info("Discord: interaction %s for the command %r ignored: it is not Baton's", interaction.id, name)
+            return
+        if isinstance(error, app_commands.CommandSignatureMismatch):
+            log.warning("Discord: /%s interaction %s ignored: its options are not those Baton registered (Discord's "
+                        "copy of the command is out of date); they are told", name, interaction.id)
+            await _say_privately(interaction, COMMAND_OUT_OF_DATE)
+            return
+        await super().on_error(interaction, error)
+
+
 @app_commands.command(name="baton", description="Ask Baton: run a runbook, start a graph, or `help`.")
 @app_commands.describe(request="What to do, e.g. `run uptime` or `help`")
 async def baton_command(interaction: discord.Interaction, request: str) -> None:
+    if not isinstance(request, str):  # Discord's copy of /baton gives the option another type: out of date too
+        raise app_commands.CommandSignatureMismatch(baton_command)
     await cast(BatonClient, interaction.client).adapter.on_command(interaction, request)
 
 

@@ -1,5 +1,5 @@
-"""What Slack sends Baton, in odd but possible shapes, through the real adapter (slack-bolt)
-and the local fake: a request is taken once, as what it is (a direct message as private), or answered; anything
+"""What Slack and Discord send Baton, in odd but possible shapes, through the real adapters (slack-bolt, discord.py)
+and the local fakes: a request is taken once, as what it is (a direct message as private), or answered; anything
 else is ignored in one log line, never a traceback, a 4xx/5xx or "The application did not respond"."""
 
 from __future__ import annotations
@@ -8,15 +8,26 @@ import asyncio
 import logging
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
+import discord
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.signature import SignatureVerifier
 
+from adapters import discord_adapter
+from adapters.discord_adapter import DiscordAdapter
 from adapters.slack import SlackAdapter
+from bot.messages import Accepted
+from bot.settings import Settings
+from storage.db import DatabaseHealth
+from tests.fake_discord import ALICE as DISCORD_ALICE
+from tests.fake_discord import EPHEMERAL, GUILD_ID, TOKEN, FakeDiscord
+from tests.fake_discord import GENERAL as DISCORD_GENERAL
 from tests.fake_slack import BOT_ID, BOT_USER_ID, SIGNING_SECRET, FakeSlack, SlackSender, buttons, shown_text
 from tests.support import runs_in
 from tests.test_slack import ALICE, BOB, DM, GENERAL, Slack, config_path, fake_slack, slack  # noqa: F401 (fixtures)
@@ -132,3 +143,100 @@ def test_every_message_event_is_taken_as_what_it_is_or_ignored_never_refused(fak
         logging.getLogger("baton").removeHandler(handler)
         loop.run_until_complete(adapter.client.session.close())
         loop.close()
+
+
+# -- Discord ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_discord() -> Any:
+    fake = FakeDiscord().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+async def discord_baton(fake_discord: FakeDiscord, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The adapter signed in to the fake over REST with ``/baton`` registered, and interactions handed to
+    discord.py as the gateway hands them (``ConnectionState.parse_interaction_create``); its Baton keeps what it
+    is handed."""
+    monkeypatch.setattr(discord.http.Route, "BASE", discord.http.Route.BASE)  # the adapter sets it process-wide
+    settings = Settings(DISCORD_TOKEN=TOKEN, DISCORD_API_URL=fake_discord.api_url,  # type: ignore[call-arg]
+                        DISCORD_GUILD_ID=GUILD_ID, BATON_ADAPTERS="discord")
+    taken: list[Any] = []
+
+    async def accept(inbound: Any) -> Accepted:
+        taken.append(inbound)
+        return Accepted(status="accepted")
+
+    adapter = DiscordAdapter(SimpleNamespace(  # type: ignore[arg-type]
+        settings=settings, accept_message=accept, accept_click=accept,
+        db=SimpleNamespace(health=DatabaseHealth("sqlite:///absent.db")), taken=taken))
+    await adapter.client.login(TOKEN)
+    await adapter._sync_commands()
+    yield adapter
+    await adapter.client.close()
+
+
+def _baton_command(fake: FakeDiscord, **data: Any) -> dict[str, Any]:
+    command = next(c for c in fake.commands[GUILD_ID] if c["name"] == "baton")
+    return {"id": command["id"], "name": "baton", "type": 1, "guild_id": GUILD_ID, **data}
+
+
+async def _answers(fake: FakeDiscord, adapter: DiscordAdapter, kind: int, data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The interaction's callbacks, once discord.py's tasks for it are done."""
+    payload = fake._interaction(kind, data, channel=DISCORD_GENERAL, user=DISCORD_ALICE)
+    before = set(asyncio.all_tasks())
+    adapter.client._connection.parse_interaction_create(payload)
+    await asyncio.gather(*(set(asyncio.all_tasks()) - before))
+    with fake._lock:
+        return [callback for callback in fake.callbacks if callback["interaction_id"] == payload["id"]]
+
+
+OUT_OF_DATE = {
+    "no request": {"options": []},
+    "no options at all": {},
+    "another option": {"options": [{"name": "text", "type": 3, "value": "run uptime"}]},
+    "a number": {"options": [{"name": "request", "type": 4, "value": 5}]},
+}
+
+
+@pytest.mark.parametrize("options", list(OUT_OF_DATE.values()), ids=list(OUT_OF_DATE))
+async def test_a_baton_command_discord_sends_in_an_older_shape_is_answered_not_a_traceback(
+        fake_discord: FakeDiscord, discord_baton: DiscordAdapter, caplog: pytest.LogCaptureFixture,
+        options: dict[str, Any]) -> None:
+    """Discord's copy of ``/baton`` (a person's client keeps one) may not be the command Baton registered: without
+    its ``request``, or with an option of another name or type. discord.py raised in its command tree and logged
+    "Ignoring exception in command 'baton'" with a traceback (a number reached Baton and failed there, with its own
+    traceback); nothing answered, so the person saw "The application did not respond". They are told, to them
+    alone, that nothing was run and what to do; one log line says why."""
+    caplog.set_level(logging.INFO)
+    (answer,) = await _answers(fake_discord, discord_baton, 2, _baton_command(fake_discord, **options))
+    assert answer["type"] == 4 and answer["data"]["flags"] & EPHEMERAL
+    assert answer["data"]["content"] == discord_adapter.COMMAND_OUT_OF_DATE
+    assert "nothing was run" in answer["data"]["content"] and discord_baton.baton.taken == []
+    assert not [record for record in caplog.records if record.exc_info or record.levelno >= logging.ERROR]
+    assert any("is out of date" in record.getMessage() for record in caplog.records)
+
+
+async def test_an_autocomplete_or_a_command_not_batons_is_answered_or_left_alone_in_one_line(
+        fake_discord: FakeDiscord, discord_baton: DiscordAdapter, caplog: pytest.LogCaptureFixture) -> None:
+    """``/baton`` asks for no suggestions, but a copy of it out of date may: discord.py logged each keystroke's
+    autocomplete with a traceback, and the person's list of suggestions stayed "Loading options failed". It is an
+    empty list. A command of the application that is not Baton's (a context menu or a slash command another program
+    serves on the same bot) got a traceback in Baton's log each time it was used: it is left to that program, in one
+    line. A well-formed ``/baton`` is taken as before."""
+    caplog.set_level(logging.INFO)
+    typing = _baton_command(fake_discord, options=[{"name": "request", "type": 3, "value": "ru", "focused": True}])
+    assert [(a["type"], a["data"]) for a in await _answers(fake_discord, discord_baton, 4, typing)] == [
+        (8, {"choices": []})]
+    theirs = [{"id": "9", "name": "deploy", "type": 1, "guild_id": GUILD_ID, "options": []},
+              {"id": "8", "name": "Ask Baton", "type": 3, "guild_id": GUILD_ID, "target_id": "1", "resolved": {}}]
+    for command in theirs:
+        assert await _answers(fake_discord, discord_baton, 2, command) == []
+    assert not [record for record in caplog.records if record.exc_info or record.levelno >= logging.ERROR]
+    assert [r.getMessage().split(" ignored")[0].split(" for ")[1] for r in caplog.records if "not Baton's" in
+            r.getMessage()] == ["the command 'deploy'", "the command 'Ask Baton'"]
+    fine = _baton_command(fake_discord, options=[{"name": "request", "type": 3, "value": "help"}])
+    assert [answer["type"] for answer in await _answers(fake_discord, discord_baton, 2, fine)] == [5]
+    assert [message.text for message in discord_baton.baton.taken] == ["help"]
