@@ -23,6 +23,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import regex
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
@@ -35,8 +36,11 @@ Risk = Literal["low", "high"]
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,40}$"
 ARG_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,40}$"
 VARIABLE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,100}$"  # an environment variable's name, as a shell takes it
-# A pattern is matched in the event loop: on 4,000 characters ^.+@.+\..+$ takes 13 s, on 1,000 0.2 s.
+# A pattern is matched in the event loop: on 4,000 characters ^.+@.+\..+$ took re 13 s, on 1,000 up to 1.4 s.
 MAX_VALUE_CHARS = 1000
+# How long a value is checked against its pattern before it is refused: the event loop serves everyone meanwhile,
+# and a pattern the load-time check lets through may still backtrack for minutes on a value that almost matches.
+MATCH_SECONDS = 0.2
 FORCE_WORD = "force"  # in a request: "run it even if it ran just now" (read by bot.routing)
 
 
@@ -332,7 +336,8 @@ class Argument(BaseModel):
         try:
             parsed = re_parser.parse(value)
             argument_pattern(value)
-        except (re.error, OverflowError) as exc:  # OverflowError: a count over 4,294,967,295 ("a{9999999999}")
+        # OverflowError: a count over 4,294,967,295 ("a{9999999999}")
+        except (re.error, regex.error, OverflowError) as exc:
             raise ValueError(f"invalid regular expression: {exc}") from exc
         except RecursionError:  # a thousand groups one in another: a traceback, and no line named
             raise ValueError("invalid regular expression: its groups are nested too deeply to read") from None
@@ -343,27 +348,45 @@ class Argument(BaseModel):
 
     @model_validator(mode="after")
     def _default_fits(self) -> Argument:
-        if self.default is not None and not self.matches(self.default):
+        try:
+            fits = self.default is None or self.matches(self.default)
+        except TimeoutError:
+            raise PartError(f"checking the default '{self.default[:80]}' against the pattern was stopped after "
+                            f"{MATCH_SECONDS:g} s: write the pattern so that it does not try many ways to match the "
+                            "same characters", "default") from None
+        if not fits:
             raise PartError(f"the default '{self.default[:80]}' does not match the pattern (the runbook could "
                             "never run without this argument)", "default")
         return self
 
     def matches(self, value: str) -> bool:
-        """Whether the whole of ``value`` matches the pattern, as ``argument_pattern`` reads it."""
-        return argument_pattern(self.pattern).fullmatch(value) is not None
+        """Whether the whole of ``value`` matches the pattern, as ``argument_pattern`` reads it. ``TimeoutError``
+        when that takes more than ``MATCH_SECONDS``."""
+        return argument_pattern(self.pattern).fullmatch(value, timeout=MATCH_SECONDS) is not None
 
 
-def argument_pattern(pattern: str) -> re.Pattern[str]:
+def _matches_in_time(argument: Argument, value: str) -> bool | None:
+    """``Argument.matches``, ``None`` when the matching was stopped (``MATCH_SECONDS``)."""
+    try:
+        return argument.matches(value)
+    except TimeoutError:
+        return None
+
+
+def argument_pattern(pattern: str) -> regex.Pattern[str]:
     """A runbook argument's pattern, compiled as Baton matches it: ``\\w \\d \\s \\b`` in their ASCII meanings
     (``re.ASCII``), as JSON Schema's (ECMA-262) ``\\w`` and ``\\d`` are. In Unicode's, ``^\\w+$`` took "wеb" with
     a Cyrillic "е" and ``^\\d+$`` took "٨٠" (Arabic-Indic digits): the approver read "web", the command got
     another word. Characters a pattern names itself (``[a-zé]``, ``\\u00e9``) are matched as written; ``(?i)``
     ignores the case of ASCII letters only (write ``[éÉ]``). A pattern that asks for Unicode's meanings
-    (``(?u)``) has them."""
+    (``(?u)``) has them.
+
+    Matched with ``regex`` (its syntax is re's, its matching can be stopped: ``MATCH_SECONDS``); checked with
+    ``re`` at load as well (``repeats_a_repetition``)."""
     try:
-        return re.compile(pattern, re.ASCII)  # re caches compiled patterns: no cache of ours
+        return regex.compile(pattern, regex.ASCII)  # regex caches compiled patterns: no cache of ours
     except ValueError:  # "(?u)" at its start: the ASCII and UNICODE flags are incompatible
-        return re.compile(pattern)
+        return regex.compile(pattern)
 
 
 _TIMEOUT_IS = "the timeout is a number of seconds"
@@ -527,7 +550,11 @@ class Runbook(BaseModel):
                 problems.append(f"missing argument `{name}` ({spec.description or spec.pattern})")
             elif len(value) > MAX_VALUE_CHARS:  # checked first: on a long value even a fair pattern can take seconds
                 problems.append(f"`{name}` is {len(value):,} characters long; an argument may have {MAX_VALUE_CHARS:,}")
-            elif not spec.matches(value):
+            elif (fits := _matches_in_time(spec, value)) is None:
+                problems.append(f"`{name}={quoted_as_is(value)}` could not be checked against the allowed pattern "
+                                f"`{spec.pattern}` in time (stopped after {MATCH_SECONDS:g} s): ask whoever keeps "
+                                "baton.yaml to write that pattern otherwise")
+            elif not fits:
                 allowed = f" ({spec.description})" if spec.description else ""
                 problems.append(f"`{name}={quoted_as_is(value)}` does not match the allowed pattern `{spec.pattern}`"
                                 f"{allowed}")

@@ -440,3 +440,22 @@ def test_a_repetition_of_characters_beyond_u3000_is_checked_as_any_other(pattern
     else:
         with pytest.raises(ValueError, match="repeats a repetition"):
             Argument(pattern=pattern)
+
+
+def test_a_value_whose_check_against_its_pattern_takes_too_long_is_refused_and_baton_goes_on(tmp_path: Path) -> None:
+    """A pattern the load-time check lets through (a back reference it does not analyse) that backtracks without
+    end on a value that almost matches: re held the event loop, and so every chat of every team, for minutes on a
+    40-letter value. The check is stopped (``MATCH_SECONDS``) and the request refused in words; a value that
+    matches, or plainly does not, is read as before."""
+    path = tmp_path / "baton.yaml"
+    path.write_text('runbooks:\n  x:\n    description: X.\n    command: [echo, "{word}"]\n'
+                    '    args:\n      word: {pattern: "^(?:(a)|\\\\1)+$"}\n', encoding="utf-8")
+    runbook = load_config(path).runbooks["x"]
+    assert runbook.validate_args({"word": "aaaa"}) == {"word": "aaaa"}
+    with pytest.raises(ValueError) as refused:
+        runbook.validate_args({"word": "a" * 40 + "b"})
+    assert str(refused.value) == (f"`word={'a' * 40}b` could not be checked against the allowed pattern "
+                                  "`^(?:(a)|\\1)+$` in time (stopped after 0.2 s): ask whoever keeps baton.yaml to "
+                                  "write that pattern otherwise"), str(refused.value)
+    with pytest.raises(ValueError, match="does not match the allowed pattern"):
+        runbook.validate_args({"word": "b"})
