@@ -31,7 +31,8 @@ Inbound
   alone, so a card posted before a restart, or by another replica, still works. A click is stored,
   then deferred; a redelivered interaction is a duplicate and is not answered twice. A click the
   database is slow to store is deferred meanwhile (Discord takes an answer within 3 seconds). A click that
-  cannot be stored (the database away) is answered, to that person only, that nothing was changed.
+  cannot be stored (the database away) is answered, to that person only, that nothing was changed. With
+  DISCORD_GUILD_ID, a click on a card in a direct message is taken from that server's members only, as a message is.
 * Event ids are the message or interaction ids (snowflakes are unique across Discord).
 
 Outbound, ``send`` renders core messages with ``adapters.discord_render`` over REST (no gateway
@@ -117,6 +118,7 @@ SAID_CHARS = 200  # what Discord said about an error, as Baton repeats it (to pe
 MEMBER_CHECK_SECONDS = 600.0  # how long a DISCORD_GUILD_ID membership answer is taken as it is
 REMEMBERED = 10_000  # threads, people or channels a "told once" memory holds; the oldest is forgotten (told again)
 STRANGER_ANSWER = "I work for the members of one Discord server only, so I can't take requests from you here."
+STRANGER_CLICK = "I work for the members of one Discord server only, so I can't take your click; nothing was changed."
 MEMBERSHIP_UNKNOWN = ("⚠️ Discord is having trouble right now, so I could not check that you are a member of the "
                       "server I work for, and nothing was run. Please ask again in a few minutes.")
 NOT_IN_SERVER = ("⚠️ I am not in the Discord server I work for any more (removed from it?), so I cannot check that you "
@@ -147,7 +149,8 @@ CONTENT_INTENT_OFF = ("I can't read messages that don't mention me: my *Message 
 CONTENT_INTENT_SETTING = ("Developer Portal -> your application -> Bot -> Privileged Gateway Intents -> Message "
                           "Content Intent, then restart Baton")
 COMMAND_OUT_OF_DATE = ("I could not read this /baton: Discord's copy of the command is out of date, so nothing was "
-                       "run. Reloading Discord (Ctrl+R) usually brings the new one; or mention @Baton with your request.")
+                       "run. Reloading Discord (Ctrl+R) usually brings the new one; or mention @Baton with your "
+                       "request.")
 NO_THREAD_SENDS = ("⚠️ I can't post in the threads of this channel, so requests asked here run but their answers and "
                    "approval cards are never shown: I need the *Send Messages in Threads* permission here. Please ask "
                    "an admin to grant it to Baton.")
@@ -786,16 +789,26 @@ class DiscordAdapter(Adapter):
         if self._elsewhere(interaction.guild_id, "a click"):
             await _say_privately(interaction, "This Baton serves another Discord server only; nothing was changed.")
             return
+        answer_by = asyncio.get_running_loop().time() + STORE_BEFORE_DEFER_SECONDS
+        deferring: asyncio.Task[bool] | None = None
+        if interaction.guild_id is None:
+            # A card in a direct message (one its requester may decide): with DISCORD_GUILD_ID, a click there is taken
+            # from its members only, as a direct message is; someone removed from the server still had the card.
+            checking = asyncio.ensure_future(self._serves(interaction.user.id, "a click"))
+            deferring = await _answered_meanwhile(interaction, checking, answer_by, "checking its membership")
+            served = await checking
+            if served is not True:
+                if deferring is not None:
+                    await deferring
+                await _say_privately(interaction, STRANGER_CLICK if served is False else served)
+                return
         where, thread = conversation(interaction.channel or discord.Object(interaction.channel_id or 0))
         user = str(interaction.user.id)
         storing = asyncio.ensure_future(self.baton.accept_click(InboundClick(
             platform=PLATFORM, workspace=str(interaction.guild_id or ""), channel=where, thread=thread, user=user,
             approval_id=approval_id, action=action, event_id=str(interaction.id))))
-        deferring: asyncio.Task[bool] | None = None
-        done, _ = await asyncio.wait({storing}, timeout=STORE_BEFORE_DEFER_SECONDS)
-        if not done:  # the database is slow: answer Discord now, before its 3 seconds are over
-            log.info("Discord: click %s is taking long to store; answering Discord meanwhile", interaction.id)
-            deferring = asyncio.create_task(_defer(interaction))
+        if deferring is None:  # the database is slow: answer Discord now, before its 3 seconds are over
+            deferring = await _answered_meanwhile(interaction, storing, answer_by, "storing it")
         try:
             accepted = await storing
         except Exception as exc:  # as for a message: told, not a traceback and "This interaction failed"
@@ -1043,6 +1056,17 @@ def _readable(message: discord.Message, text: str) -> str:
     for channel in message.channel_mentions:
         text = text.replace(f"<#{channel.id}>", f"#{channel.name}")
     return text
+
+
+async def _answered_meanwhile(interaction: discord.Interaction, work: asyncio.Future[Any], answer_by: float,
+                              what: str) -> asyncio.Task[bool] | None:
+    """A defer of ``interaction`` started when ``work`` is not done by ``answer_by`` (loop time; Discord waits 3 s
+    for an answer); ``None`` when it is."""
+    done, _ = await asyncio.wait({work}, timeout=max(answer_by - asyncio.get_running_loop().time(), 0.0))
+    if done:
+        return None
+    log.info("Discord: click %s is taking long (%s); answering Discord meanwhile", interaction.id, what)
+    return asyncio.create_task(_defer(interaction))
 
 
 async def _defer(interaction: discord.Interaction) -> bool:

@@ -22,11 +22,12 @@ from slack_sdk.signature import SignatureVerifier
 from adapters import discord_adapter
 from adapters.discord_adapter import DiscordAdapter
 from adapters.slack import SlackAdapter
-from bot.messages import Accepted
+from bot.messages import Accepted, Buttons, Location, Message, Text
+from bot.outbox import Delivery
 from bot.settings import Settings
 from storage.db import DatabaseHealth
 from tests.fake_discord import ALICE as DISCORD_ALICE
-from tests.fake_discord import EPHEMERAL, GUILD_ID, TOKEN, FakeDiscord
+from tests.fake_discord import EPHEMERAL, GUILD_ID, STRANGER, TOKEN, FakeDiscord, user_json
 from tests.fake_discord import GENERAL as DISCORD_GENERAL
 from tests.fake_slack import BOT_ID, BOT_USER_ID, SIGNING_SECRET, FakeSlack, SlackSender, buttons, shown_text
 from tests.support import runs_in
@@ -240,3 +241,37 @@ async def test_an_autocomplete_or_a_command_not_batons_is_answered_or_left_alone
     fine = _baton_command(fake_discord, options=[{"name": "request", "type": 3, "value": "help"}])
     assert [answer["type"] for answer in await _answers(fake_discord, discord_baton, 2, fine)] == [5]
     assert [message.text for message in discord_baton.baton.taken] == ["help"]
+
+
+async def test_a_card_in_a_direct_message_takes_clicks_from_members_of_the_server_only(
+        fake_discord: FakeDiscord, discord_baton: DiscordAdapter, caplog: pytest.LogCaptureFixture) -> None:
+    """With DISCORD_GUILD_ID, a direct message is taken from that server's members only, but a click on a card in
+    one was taken from anyone: someone removed from the server kept the card of a request they had asked (one
+    they may approve themselves) and approved it, and it ran. Such a click is answered, to them alone, that nothing
+    was changed, and not stored; a member's click is taken as before."""
+    caplog.set_level(logging.INFO)
+    cards = {}
+    approval = {STRANGER: "card-of-a-stranger", DISCORD_ALICE: "card-of-alice"}
+    for person in (STRANGER, DISCORD_ALICE):
+        direct = fake_discord.direct_channel(person)
+        where = Location(platform="discord", workspace="", channel=direct, thread=direct)
+        card = Message(title="Approval needed", tone="approval", parts=[Text(text="restart web"),
+                                                                         Buttons(approval_id=approval[person])])
+        await discord_baton.send(Delivery(len(cards) + 1, "post", where, card, None, None, 1))
+        (cards[person],) = fake_discord.messages(direct)
+    for person, card in cards.items():
+        payload = fake_discord.click(card, user=person)
+        del payload["guild_id"], payload["member"]  # as Discord sends a click in a direct message
+        payload |= {"user": user_json(person), "context": 1}
+        await discord_baton.on_click(discord.Interaction(data=payload, state=discord_baton.client._connection),
+                                     "approve", approval[person])
+        with fake_discord._lock:
+            answers = [c for c in fake_discord.callbacks if c["interaction_id"] == payload["id"]]
+        if person == STRANGER:
+            assert [(a["type"], a["data"]["content"], a["data"]["flags"] & EPHEMERAL) for a in answers] == [
+                (4, discord_adapter.STRANGER_CLICK, EPHEMERAL)]
+        else:
+            assert [a["type"] for a in answers] == [6]  # deferred: the card is edited once decided
+    taken = [(click.user, click.approval_id) for click in discord_baton.baton.taken]
+    assert taken == [(DISCORD_ALICE, "card-of-alice")]
+    assert any("a click from" in r.getMessage() and "not a member" in r.getMessage() for r in caplog.records)
