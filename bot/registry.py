@@ -28,6 +28,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal, TypeVar
 
+import regex
 from langchain_core.runnables.config import run_in_executor
 from langgraph._internal._runnable import RunnableCallable
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -110,25 +111,51 @@ class GraphError(ValueError):
     """A module in ``graphs/`` that cannot be offered as a graph; the message names its file and line."""
 
 
+# How long one of a graph's PATTERNS is searched in a message before it counts as not found: every request and every
+# remark in a Baton thread is searched, in the event loop, and a message may hold 40,000 characters.
+PATTERN_SECONDS = 0.1
+_RE_FLAGS = ("IGNORECASE", "MULTILINE", "DOTALL", "VERBOSE", "ASCII", "UNICODE", "LOCALE")
+
+
+def searchable(pattern: str, flags: int) -> regex.Pattern[str]:
+    """``pattern`` compiled with ``re``'s ``flags`` as ``regex`` reads them (its syntax is re's, and a search can be
+    stopped: ``GraphSpec.matches``). The two modules number their flags differently (re.ASCII is regex.VERSION1)."""
+    return regex.compile(pattern, sum(getattr(regex, name) for name in _RE_FLAGS if flags & getattr(re, name)))
+
+
 @dataclass
 class GraphSpec:
     name: str
     graph: Any
     description: str = ""
     example: str = ""
-    patterns: list[re.Pattern[str]] = field(default_factory=list)
+    patterns: list[re.Pattern[str] | regex.Pattern[str]] = field(default_factory=list)
     dedupe: bool = True
     asks_approval: bool = False
     make_input: InputMaker = _text_input
     timeout: float | None | Literal["default"] = "default"  # "default": Baton's BATON_RUN_TIMEOUT_SECONDS
 
     def __post_init__(self) -> None:
+        self.patterns = [searchable(p.pattern, p.flags) if isinstance(p, re.Pattern) else p for p in self.patterns]
         if self.make_input is _text_input:  # a graph that takes no text but messages is given the words as one
             keys = _input_keys(self.graph)
             if "messages" in keys and "text" not in keys:
                 self.make_input = _messages_input
             elif _takes_text(self.graph):  # LangGraph's docs' ``def workflow(topic: str)`` got {"text": topic}
                 self.make_input = _plain_text_input  # type: ignore[assignment]
+
+    def matches(self, text: str) -> bool:
+        """Whether one of the graph's patterns is found in ``text``. A search that takes over ``PATTERN_SECONDS`` is
+        stopped and counts as not found, said in the log: it held every chat up meanwhile."""
+        for pattern in self.patterns:
+            try:
+                if pattern.search(text, timeout=PATTERN_SECONDS):
+                    return True
+            except TimeoutError:
+                log.warning("graphs.%s: searching PATTERNS %r in a message of %d characters was stopped after %g s "
+                            "(taken as not found): write the pattern so that it does not try many ways to match the "
+                            "same characters", self.name, pattern.pattern, len(text), PATTERN_SECONDS)
+        return False
 
     def compile(self, checkpointer: BaseCheckpointSaver) -> Pregel:
         if isinstance(self.graph, StateGraph):
@@ -388,9 +415,10 @@ def _spec_from_module(name: str, module: ModuleType) -> GraphSpec:
         if not isinstance(pattern, str):  # bytes matched no chat text: routing broke for every request
             raise GraphError(f"{where}: PATTERNS: {pattern!r} is not a regular expression: write it as text")
         try:  # OverflowError: a count over 4,294,967,295; RecursionError: groups nested a thousand deep
-            compiled.append(re.compile(pattern, flags))
+            re.compile(pattern, flags)
+            compiled.append(searchable(pattern, flags))
             slow = repeats_a_repetition(pattern, flags)
-        except (re.error, OverflowError, RecursionError) as exc:
+        except (re.error, regex.error, OverflowError, RecursionError) as exc:
             raise GraphError(f"{where}: PATTERNS: {pattern!r} is not a regular expression: {exc}") from None
         if slow:  # searched in every request, and every remark in a Baton thread: one remark held up all of Baton
             raise GraphError(f"{where}: PATTERNS: {pattern!r} {REPEATS_A_REPETITION}: on a long remark that almost "
@@ -483,7 +511,7 @@ def _takes_two(function: Callable[..., Any]) -> bool:
     return True
 
 
-def _example(module: ModuleType, name: str, patterns: list[re.Pattern[str]], where: str) -> str:
+def _example(module: ModuleType, name: str, patterns: list[regex.Pattern[str]], where: str) -> str:
     """The request help shows for the graph, which must reach it: ``EXAMPLE = "web"`` (the argument only) was shown
     as "`web` — Roll a service back", and `@baton web` was answered "I don't know how to handle `web`"."""
     example = _setting(module, "EXAMPLE", str, name, where)

@@ -94,7 +94,7 @@ def route(request: Request, text: str, registry: GraphRegistry, config: BatonCon
             title=f"{command} {rest}".strip()[:120],
         )
     for spec in registry:
-        if any(pattern.search(text) for pattern in spec.patterns):
+        if spec.matches(text):
             asked = text
             if spec.dedupe:
                 force, asked = _trailing_force(text, force)
@@ -124,7 +124,7 @@ def is_request(text: str, registry: GraphRegistry, *, addressed: bool = True) ->
     spec = registry.get(command)
     if spec is not None and (addressed or _names_only(spec, rest)):
         return True
-    return any(pattern.search(text) for spec in registry for pattern in spec.patterns)
+    return any(spec.matches(text) for spec in registry)
 
 
 def _names_only(spec: GraphSpec, rest: str) -> bool:

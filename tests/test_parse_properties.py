@@ -459,3 +459,27 @@ def test_a_value_whose_check_against_its_pattern_takes_too_long_is_refused_and_b
                                   "write that pattern otherwise"), str(refused.value)
     with pytest.raises(ValueError, match="does not match the allowed pattern"):
         runbook.validate_args({"word": "b"})
+
+
+def test_a_graphs_pattern_whose_search_takes_too_long_is_stopped_and_counts_as_not_found(
+        tmp_path: Path, monkeypatch, caplog) -> None:
+    """A graph's pattern that the start-up check lets through (a back reference it does not analyse) and that
+    backtracks without end on a remark that almost matches: every request and every remark in a Baton thread is
+    searched with it, and re held Baton's event loop, so every chat, for minutes. The search is stopped
+    (``PATTERN_SECONDS``), the remark is not taken for the graph's, and the log says which pattern to rewrite.
+    Flags are kept as re reads them (re.ASCII is another flag's number in regex)."""
+    name = "parse_graphs_slow_search"
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "__init__.py").write_text("")
+    (tmp_path / name / "aaa.py").write_text(GRAPH_MODULE + "import re\nEXAMPLE = 'aaa'\n"
+                                            "PATTERNS = [r'^(?:(a)|\\1)+$', re.compile(r'^\\w+ ok$', re.ASCII)]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = GraphRegistry.discover(name)
+    spec = registry.get("aaa")
+    assert spec is not None and spec.matches("aaa") and is_request("aaa", registry, addressed=False)
+    assert spec.matches("deja ok") and not spec.matches("déjà ok")
+    remark = "a" * 40 + "b"
+    assert not is_request(remark, registry, addressed=False) and not spec.matches(remark)
+    stopped = [r.getMessage() for r in caplog.records if "was stopped after" in r.getMessage()]
+    assert stopped and stopped[0].startswith("graphs.aaa: searching PATTERNS '^(?:(a)|\\\\1)+$' in a message of 41 "
+                                             "characters was stopped after 0.1 s (taken as not found)"), stopped
