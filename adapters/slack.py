@@ -3,7 +3,8 @@
 Inbound, the Bolt app runs with ``process_before_response=True`` and every listener only hands
 the event to ``Baton.accept_*`` before returning: Slack's acknowledgement goes out after the
 event is stored (a crash never loses an acknowledged request) and is only as slow as that insert.
-Signatures are verified before Bolt reads the body (a bad or stale one gets a 401); a signed body
+Signatures are verified before Bolt reads the body (a bad or stale one gets a 401; Slack's check of the
+certificate of a slash command's URL, ``ssl_check=1``, comes unsigned and gets a 200 and nothing else); a signed body
 of a shape Slack never sends gets a 400, Baton's own failure a 500 (Slack retries an event; a click or a
 command it sends once). Bolt has no dedupe, so Slack's retries (``X-Slack-Retry-Num``) and Socket Mode
 redeliveries are stopped by the core's unique event id. slack_sdk opens Socket Mode's WebSocket again and
@@ -48,7 +49,7 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 from fastapi import FastAPI, Request, Response
@@ -101,6 +102,7 @@ HTTP_TIMEOUT_SECONDS = 30
 START_RATE_LIMIT_SECONDS = 120  # how long a start waits out Slack's 429s before giving up
 SIGNATURE_WINDOW_SECONDS = 300  # Slack's: a request signed longer ago (or ahead) is refused
 REFUSAL_LOG_SECONDS = 60
+SSL_CHECK_BYTES = 1024  # Slack's certificate check is "ssl_check=1&token=..."; a longer body is no such check
 ECHO_CHARS = 4000  # of a slash command's request, as "@you asked: `...`" shows it (the request is handed in whole)
 SOCKET_CONNECT_SECONDS = 15.0  # how long a start tries to open the Socket Mode WebSocket (slack_sdk: every 10 s)
 # Socket Mode down this long is named by /healthz: slack_sdk notices a closed connection within 10 s and opens a new
@@ -192,6 +194,8 @@ class SlackAdapter(Adapter):
             # an unsigned body that is not JSON, or a timestamp that is not a number, was a 500 with a
             # traceback, and a bad signature logged the whole body (any size, any line breaks).
             body = await request.body()  # kept by the request: Bolt reads the same bytes
+            if _is_ssl_check(body, request.headers.get("content-type")):
+                return Response(status_code=200)
             problem = _signature_problem(verifier, body, request.headers.get("x-slack-request-timestamp"),
                                          request.headers.get("x-slack-signature"))
             if problem is not None:
@@ -678,6 +682,15 @@ class _RetryBrokenConnections(AsyncConnectionErrorRetryHandler):
         if _POSTING_DELIVERY.get():
             return False
         return await super()._can_retry_async(state=state, request=request, response=response, error=error)
+
+
+def _is_ssl_check(body: bytes, content_type: str | None) -> bool:
+    """Whether a request is Slack's check of the certificate at a slash command's URL (``ssl_check=1``), which Slack
+    sends unsigned: it got a 401, and the log a warning that unsigned requests were being refused. It is answered
+    200 and nothing else (Bolt answers it the same way before checking signatures); nothing in it is read further."""
+    if not (content_type or "").startswith("application/x-www-form-urlencoded") or len(body) > SSL_CHECK_BYTES:
+        return False
+    return parse_qs(body.decode("utf-8", "replace")).get("ssl_check") == ["1"]
 
 
 def _signature_problem(verifier: SignatureVerifier, body: bytes, timestamp: str | None,

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import discord
@@ -53,6 +54,26 @@ def test_a_mention_in_a_direct_message_is_private_whichever_of_its_two_events_co
     assert not any(buttons(message) for message in slack.fake.messages(DM))
     assert slack.rows("SELECT count(*) FROM approvals") == [(0,)]
     assert slack.stored_events() == [f"{DM}:{mention['ts']}"] and runs_in(counter) == []
+
+
+def test_slacks_unsigned_check_of_the_certificate_is_answered_and_nothing_else(slack: Slack,  # noqa: F811
+                                                                              counter: Path) -> None:
+    """Slack checks the certificate at a slash command's URL now and then with ``ssl_check=1``, unsigned (no
+    X-Slack-Signature, as Bolt's maintainers found): Baton answered 401 and logged that unsigned requests were being
+    refused, every minute one came. It is answered 200, and nothing else: a payload sent along with it is not read
+    (bolt-js was found running one), and any other unsigned request is still a 401."""
+    url, form = slack.sender.url, {"Content-Type": "application/x-www-form-urlencoded"}
+    assert slack.sender.http.post(url, content=b"ssl_check=1&token=legacy-verification-token", headers=form
+                                  ).status_code == 200
+    event = SlackSender.event_body(slack.sender.mention("run uptime", user=ALICE))
+    smuggled = urlencode({"ssl_check": "1", "payload": event}).encode()
+    assert slack.sender.http.post(url, content=smuggled, headers=form).status_code == 200
+    assert slack.sender.http.post(url, content=b"ssl_check=0&token=x", headers=form).status_code == 401
+    good = slack.mention("run uptime")  # what comes after is handled as before
+    slack.reply("did uptime", good["ts"])
+    assert slack.stored_events() == [f"{GENERAL}:{good['ts']}"] and runs_in(counter) == ["uptime"]
+    refused = [line for line in slack.baton.log.read_text().splitlines() if "refused (401)" in line]
+    assert len(refused) == 1 and "not signed" in refused[0]  # the ssl_check=0 alone
 
 
 PERSON_SUBTYPES = (None, "thread_broadcast", "file_share")
