@@ -308,6 +308,9 @@ def _as_list(command: str) -> str:
         return '["program", "argument", ...]'
 
 
+_HOLDS_NUL = "holds a NUL character (\\0), which no command can be given: every run would fail; remove it"
+
+
 class Argument(BaseModel):
     model_config = ConfigDict(extra="forbid")
     pattern: str = Field(description="Regular expression the whole value must match.")
@@ -326,6 +329,8 @@ class Argument(BaseModel):
     def _default_is_text(cls, value: object) -> object:
         if value is not None and not isinstance(value, (str, list, dict)):
             raise ValueError(_read_as(value))
+        if isinstance(value, str) and "\0" in value:
+            raise ValueError(f"the default {_HOLDS_NUL}")
         if unquoted := _unquoted_placeholder(value):
             raise ValueError(unquoted)
         return value
@@ -432,6 +437,8 @@ class Runbook(BaseModel):
             for position, part in enumerate(value):
                 if not isinstance(part, (str, list, dict)):
                     raise PartError(f"part {position}: {_read_as(part)}", str(position))
+                if isinstance(part, str) and "\0" in part:  # every run failed: "embedded null byte"
+                    raise PartError(f"part {position}: {_HOLDS_NUL}", str(position))
                 if unquoted := _unquoted_placeholder(part):
                     raise PartError(f"part {position}: {unquoted}", str(position))
         return value

@@ -483,3 +483,19 @@ def test_a_graphs_pattern_whose_search_takes_too_long_is_stopped_and_counts_as_n
     stopped = [r.getMessage() for r in caplog.records if "was stopped after" in r.getMessage()]
     assert stopped and stopped[0].startswith("graphs.aaa: searching PATTERNS '^(?:(a)|\\\\1)+$' in a message of 41 "
                                              "characters was stopped after 0.1 s (taken as not found)"), stopped
+
+
+@pytest.mark.parametrize(("runbook", "said"), [
+    ('    command: [echo, "a\\0b"]\n', "line 4: runbooks.x.command: part 1: holds a NUL character (\\0), which no "
+                                      "command can be given: every run would fail; remove it"),
+    ('    command: [echo, "{w}"]\n    args:\n      w: {pattern: "^.*$", default: "a\\0"}\n',
+     "line 6: runbooks.x.args.w.default: the default holds a NUL character (\\0)"),
+])
+def test_a_nul_in_a_command_part_or_a_default_is_refused_with_its_line(tmp_path: Path, runbook: str, said: str) -> None:
+    """YAML's "\\0" in a command part or an argument's default was taken, and every run of the runbook then failed
+    ('could not start ...: embedded null byte')."""
+    path = tmp_path / "baton.yaml"
+    path.write_text("runbooks:\n  x:\n    description: X.\n" + runbook, encoding="utf-8")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert said in str(refused.value), str(refused.value)
