@@ -199,8 +199,8 @@ class LeasedRunServices(RunServices):
         """Before a checkpoint write after a side effect: write the outcomes of the effects settled since the run's
         last write (they happened, whoever holds the thread now). They ride on the run's next write, but once the
         step's checkpoint is written the step never runs again to find them: killed before a write of Baton's (the
-        run taken up from that checkpoint), an effect that had ended stayed "started" in the ledger for good. Durable:
-        the checkpoint, which follows, is. After a stall: renew the lease, or stop the run with nothing written."""
+        run taken up from that checkpoint), an effect that had ended stayed "started" in the ledger for good. After a
+        stall: renew the lease, or stop the run with nothing written."""
         await self.write_outcomes()
         if not self._taken_over and (self._leases.surely_held(self._record_id) or
                                      await self._leases.renew(self._record_id)):

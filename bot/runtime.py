@@ -612,7 +612,10 @@ class RunServices:
         the session writing them now (``LeasedRunServices.confirm``, before a checkpoint)."""
         while self._settled or self._writing:
             if self._settled:
-                async with self.session():
+                # Not durable: committed, it outlives a killed Baton, and the run's next durable write (at the
+                # latest its end) syncs it with its own. A power cut in between leaves the effect "started", never
+                # run twice; waiting for the disk here cost every request with a side effect one more sync.
+                async with self.session(durable=False):
                     pass
             else:
                 await next(iter(self._writing)).wait()
