@@ -840,7 +840,7 @@ class Orchestrator:
         conversation = event.payload.get("addressed") is False
         if _says_nothing(text):
             return await self._finish_event(event, "empty", None if conversation else Message.text(
-                "You mentioned me without a request. Try `help` to see what I can do.", tone="warning"))
+                "I see no request in your message. Try `help` to see what I can do.", tone="warning"))
         if len(text) > self.settings.max_message_chars:  # in conversation, a log pasted for people: no answer
             return await self._finish_event(event, "too long", None if conversation else Message.text(
                 f"That request is {len(text):,} characters long; I take requests of up to "

@@ -208,9 +208,9 @@ def test_empty_long_and_unknown_messages_get_polite_answers(baton, counter):
     empty = pg.say("   ")
     assert empty.status_code == 400 and "must not be empty" in empty.json()["detail"]
     bare = pg.ask("@baton")
-    pg.wait_reply(bare, "You mentioned me without a request")
+    pg.wait_reply(bare, "I see no request in your message")
     invisible = pg.ask("@baton \u200b\u2060")  # zero-width characters only: quoted back as a request before
-    pg.wait_reply(invisible, "You mentioned me without a request")
+    pg.wait_reply(invisible, "I see no request in your message")
     huge = pg.ask("@baton run uptime " + "x" * 40_000)
     pg.wait_reply(huge, "I take requests of up to 4,000 characters")
     unknown = pg.ask("@baton please make coffee")
