@@ -29,8 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from bot.schedules import ScheduleError, check_schedule, zone_name
 from bot.lookalikes import quoted_as_is
-from bot.messages import validation_words
+from bot.messages import quoted_code, validation_words
 from bot.settings import SECRET_VARIABLES
+from bot.words import split_words
 
 Risk = Literal["low", "high"]
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,40}$"
@@ -572,12 +573,12 @@ class Runbook(BaseModel):
         return values
 
     def example_problem(self, name: str) -> str:
-        """Why ``example``, asked in chat as it is written, would be refused (as ``bot.routing`` reads a
-        ``run`` request), or ``""``."""
+        """Why ``example``, asked in chat as it is written, would be refused (its words read as chat reads them,
+        ``bot.words``), or ``""``."""
         if self.example is None:
             return ""
         try:
-            words = [word for word in shlex.split(self.example) if word.lower() != FORCE_WORD]
+            words = [word for word in split_words(self.example) if word.lower() != FORCE_WORD]
         except ValueError as exc:
             return f"it cannot be read ({exc})"
         if len(words) < 2 or words[0].lower() not in ("run", "runbook") or words[1].lower() != name:
@@ -606,8 +607,14 @@ class Runbook(BaseModel):
 
     def usage_args(self) -> str:
         """``key=<what>`` per argument; one with a default in brackets, since it may be left out."""
-        return " ".join(f"[{name}=<{spec.description or name}>]" if spec.default is not None
-                        else f"{name}=<{spec.description or name}>" for name, spec in self.args.items())
+        return " ".join(f"[{self.placeholder(name)}]" if spec.default is not None else self.placeholder(name)
+                        for name, spec in self.args.items())
+
+    def placeholder(self, name: str) -> str:
+        """``name=<what>`` as the usage line shows it, in `code`: a backtick of the description's own (``use `web```)
+        ended the code span and showed the rest as Baton's words, so it is shown as ``quoted_code`` shows one."""
+        described = self.args[name].description
+        return f"{name}=<{quoted_code(described, len(described)) if described else name}>"
 
 
 class GraphPolicy(BaseModel):

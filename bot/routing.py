@@ -14,6 +14,7 @@ from bot.kit import Request
 from bot.lookalikes import quoted_as_is
 from bot.messages import quoted_code
 from bot.registry import GraphRegistry, GraphSpec
+from bot.words import split_words
 
 RUNBOOK_GRAPH = "runbook"
 HELP_GRAPH = "help"
@@ -174,7 +175,7 @@ def runbook_named(text: str) -> str | None:
         return None
     for reading in (rest, rest.translate(TYPOGRAPHIC_QUOTES)):
         try:
-            words = [word for word in _split_words(reading) if word.lower() != FORCE_WORD]
+            words = [word for word in split_words(reading) if word.lower() != FORCE_WORD]
         except ValueError:
             continue
         if words and (reading is not rest or not set(words[0]) & set(_TYPOGRAPHIC)):
@@ -217,27 +218,9 @@ _TYPOGRAPHIC = "\u201c\u201d\u201e\u2018\u2019"
 TYPOGRAPHIC_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2018": "'", "\u2019": "'"})
 
 
-# The spaces other than ASCII's (Unicode's Zs): a no-break space pasted from a wiki page, or one of two spaces
-# typed in Slack's editor, which sends them as "\u00a0 ". shlex splits on ASCII whitespace only, so
-# `run restart\u00a0service=web` asked for a runbook called "restart service=web" (shown so, with its space).
-# And the other breaks str.split() splits at, as the first word is read (a line or paragraph separator pasted from a
-# web page): `run\u2028restart` was a run of restart, `run restart\u2028service=web` of a runbook of that name.
-OTHER_SPACES = ("\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u202f\u205f\u3000"
-                "\x0b\x0c\x1c\x1d\x1e\x1f\x85\u2028\u2029")
-
-
-def _split_words(text: str) -> list[str]:
-    """``shlex.split``, with any space between words as one (inside quotes, as written). ``ValueError`` as it."""
-    lexer = shlex.shlex(text, posix=True)
-    lexer.whitespace += OTHER_SPACES
-    lexer.whitespace_split = True
-    lexer.commenters = ""
-    return list(lexer)
-
-
 def _shell_words(text: str) -> list[str]:
     try:
-        return _split_words(text)
+        return split_words(text)
     except ValueError as exc:
         raise RouteError(f"I could not read that request ({exc}). Check the quotes.") from None
 
@@ -261,7 +244,7 @@ def _placeholders_pasted(text: str, words: list[str], config: BatonConfig) -> st
     runbook = config.runbooks.get(words[0].lower()) if words else None
     if runbook is None:
         return None
-    shown = [f"{name}=<{spec.description or name}>" for name, spec in runbook.args.items()]
+    shown = [runbook.placeholder(name) for name in runbook.args]
     left = [placeholder for placeholder in shown if placeholder in text]
     if not left:
         return None

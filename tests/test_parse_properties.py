@@ -13,6 +13,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import given, settings, strategies as st
 
 from bot.config import BatonConfig, ConfigError, load_config
@@ -499,3 +500,62 @@ def test_a_nul_in_a_command_part_or_a_default_is_refused_with_its_line(tmp_path:
     with pytest.raises(ConfigError) as refused:
         load_config(path)
     assert said in str(refused.value), str(refused.value)
+
+
+@pytest.mark.parametrize("space", ["\u00a0", "\u2028", "\u3000", "\u00a0 "])
+def test_an_example_whose_words_a_pasted_space_parts_loads_as_chat_takes_it(tmp_path: Path, space: str) -> None:
+    """An ``example:`` was read with shlex.split (ASCII spaces only) while chat reads a request at every space and
+    line break people paste (a no-break space from a wiki page): `run restart\\u00a0service=web` was refused at load
+    ("not a request for this runbook") though chat ran the same request. Both read words as ``bot.words`` does."""
+    example = f"run restart{space}service=web"
+    path = tmp_path / "baton.yaml"
+    path.write_text(RUNBOOKS.replace('    risk: high\n', f'    risk: high\n    example: "{example}"\n'),
+                    encoding="utf-8")
+    config = load_config(path, required=True)
+    assert config.runbooks["restart"].example == example
+    assert route(REQUEST, example, REGISTRY, config).input == {"runbook": "restart", "args": {"service": "web"}}
+
+
+ARGUMENT_WORDS = st.sampled_from(["service=web", "service=db", "a=x", "a='x y'", "a=\"\u00a0\"", "b=", "c=1", "force",
+                                   "'", "\u00a0", "\u200b", "restart"])
+SPACES = st.sampled_from([" ", "  ", "\t", "\n", "\u00a0", "\u00a0 ", "\u2028", "\u3000", "\x1f", "\x85"])
+RUN_REQUESTS = st.builds(lambda head, space, name, pairs: head + space + name + "".join(s + w for s, w in pairs),
+                         st.sampled_from(["run", "runbook", "force run", "RUN"]), SPACES,
+                         st.sampled_from(["restart", "echo", "uptime", "help", "force"]),
+                         st.lists(st.tuples(SPACES, ARGUMENT_WORDS), max_size=4))
+
+
+@settings(max_examples=300)
+@given(st.one_of(RUN_REQUESTS, TEXTS))
+def test_an_example_loads_exactly_when_chat_would_run_it(text: str) -> None:
+    """What the load-time check of ``example:`` takes is what chat runs (typographic quotes aside: chat reads them
+    as quotes only when nothing else reads, and an example is written at a keyboard)."""
+    config = BatonConfig.model_validate(yaml.safe_load(RUNBOOKS))
+    if set(text) & set("\u201c\u201d\u201e\u2018\u2019"):
+        return
+    try:
+        routed = route(REQUEST, text, REGISTRY, config)
+    except RouteError:
+        routed = None
+    for name, runbook in config.runbooks.items():
+        runs = routed is not None and routed.graph == "runbook" and routed.input["runbook"] == name
+        assert (runbook.model_copy(update={"example": text}).example_problem(name) == "") == runs, (name, routed)
+
+
+def test_a_backtick_in_an_arguments_description_keeps_the_usage_lines_code_span_whole(tmp_path: Path) -> None:
+    """An argument's ``description: use `web``` ended the usage line's code span inside it
+    (`run restart service=<use `web`>`): `web` showed as code and the rest as Baton's words. It is shown as
+    ``quoted_code`` shows a backtick (U+02CB), in the usage line, in help, and when the line is pasted back."""
+    path = tmp_path / "baton.yaml"
+    path.write_text(RUNBOOKS.replace('description: "one of web, api, worker"', 'description: "use `web` or `api`"'),
+                    encoding="utf-8")
+    config = load_config(path, required=True)
+    shown = "run restart service=<use \u02cbweb\u02cb or \u02cbapi\u02cb>"
+    assert config.runbooks["restart"].args["service"].description == "use `web` or `api`"
+    for text in ("run restart service=db", "run", "run restart " + shown.split(" ", 2)[2]):
+        with pytest.raises(RouteError) as refused:
+            route(REQUEST, text, REGISTRY, config)
+        said = str(refused.value)
+        assert f"`{shown}`" in said and said.count("`") % 2 == 0, said
+    with pytest.raises(RouteError, match="stands for a value"):
+        route(REQUEST, shown, REGISTRY, config)
