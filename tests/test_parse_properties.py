@@ -21,6 +21,7 @@ from bot.kit import Request
 from bot.registry import GraphRegistry
 from bot.routing import RouteError, aside, is_cancel, is_request, route, runbook_named
 from tests.support import ROOT
+from tests.test_graph_modules import GOOD_GRAPH
 
 REGISTRY = GraphRegistry.discover()
 REQUEST = Request(platform="playground", channel="general", thread="1", user="alice", text="")
@@ -269,17 +270,7 @@ def test_a_character_escaped_as_json_escapes_it_is_read_as_that_character(tmp_pa
                                   "other half: write the character itself, or both halves"), str(refused.value)
 
 
-GRAPH_MODULE = """
-from typing import TypedDict
-from langgraph.graph import END, START, StateGraph
-class S(TypedDict, total=False):
-    text: str
-    reply: str
-graph = StateGraph(S)
-graph.add_node("x", lambda s: {"reply": "ok"})
-graph.add_edge(START, "x")
-graph.add_edge("x", END)
-"""
+GRAPH_MODULE = GOOD_GRAPH  # a module with a graph and nothing else
 
 
 @pytest.mark.parametrize(("patterns", "said"), [
