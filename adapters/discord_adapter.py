@@ -33,6 +33,8 @@ Inbound
   database is slow to store is deferred meanwhile (Discord takes an answer within 3 seconds). A click that
   cannot be stored (the database away) is answered, to that person only, that nothing was changed. With
   DISCORD_GUILD_ID, a click on a card in a direct message is taken from that server's members only, as a message is.
+  A custom_id of Baton's shape whose value cannot be read (tampered) is answered, to that person only, that nothing
+  was changed; any other custom_id is left to whoever made it.
 * Event ids are the message or interaction ids (snowflakes are unique across Discord).
 
 Outbound, ``send`` renders core messages with ``adapters.discord_render`` over REST (no gateway
@@ -118,6 +120,7 @@ SAID_CHARS = 200  # what Discord said about an error, as Baton repeats it (to pe
 MEMBER_CHECK_SECONDS = 600.0  # how long a DISCORD_GUILD_ID membership answer is taken as it is
 REMEMBERED = 10_000  # threads, people or channels a "told once" memory holds; the oldest is forgotten (told again)
 STRANGER_ANSWER = "I work for the members of one Discord server only, so I can't take requests from you here."
+UNREADABLE_CLICK = "I could not read this button of the card (it is not one I made), so nothing was changed."
 STRANGER_CLICK = "I work for the members of one Discord server only, so I can't take your click; nothing was changed."
 MEMBERSHIP_UNKNOWN = ("⚠️ Discord is having trouble right now, so I could not check that you are a member of the "
                       "server I work for, and nothing was run. Please ask again in a few minutes.")
@@ -246,20 +249,34 @@ async def baton_command(interaction: discord.Interaction, request: str) -> None:
 
 class ChoiceButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=CUSTOM_ID_TEMPLATE):
     """A card's button, recognised by its custom_id alone: it works after any restart, with no view
-    kept per message (a view of dynamic items only is never stored by message id)."""
+    kept per message (a view of dynamic items only is never stored by message id).
 
-    def __init__(self, action: str, approval_id: str, label: str | None = None,
-                 style: discord.ButtonStyle = discord.ButtonStyle.secondary) -> None:
-        super().__init__(discord.ui.Button(label=label or action, style=style, custom_id=custom_id(action, approval_id)))
+    ``action`` ``None``: a custom_id of Baton's shape whose value cannot be read (``unread``, its part as it came:
+    broken base64, which only a tampered or foreign id has). Raising in ``from_custom_id`` left a traceback in the
+    log and the click unanswered ("This interaction failed"); the person is told, to them alone, that nothing was
+    changed."""
+
+    def __init__(self, action: str | None, approval_id: str, label: str | None = None,
+                 style: discord.ButtonStyle = discord.ButtonStyle.secondary, *, unread: str = "") -> None:
+        shown = custom_id(action, approval_id) if action is not None else f"baton:{unread}:{approval_id}"
+        super().__init__(discord.ui.Button(label=label or action or "?", style=style, custom_id=shown))
         self.action = action
         self.approval_id = approval_id
 
     @classmethod
     async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
                              match: re.Match[str]) -> ChoiceButton:
-        return cls(option_value(match["action"]), match["approval_id"])
+        try:
+            return cls(option_value(match["action"]), match["approval_id"])
+        except ValueError:
+            return cls(None, match["approval_id"], unread=match["action"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
+        if self.action is None:
+            log.info("Discord: click %s on a button whose custom_id cannot be read (%r) ignored; they are told",
+                     interaction.id, str((interaction.data or {}).get("custom_id", ""))[:100])
+            await _say_privately(interaction, UNREADABLE_CLICK)
+            return
         await cast(BatonClient, interaction.client).adapter.on_click(interaction, self.action, self.approval_id)
 
 

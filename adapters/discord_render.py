@@ -106,11 +106,15 @@ def custom_id(action: str, approval_id: str) -> str:
 
 
 def option_value(carried: str) -> str:
-    """The option's value from the action part of a custom_id (``_carried`` undone)."""
+    """The option's value from the action part of a custom_id (``_carried`` undone). ``ValueError`` when it is
+    no value Baton encoded (broken base64, or bytes that are no UTF-8): a tampered or foreign custom_id."""
     if not carried.startswith(ENCODED_VALUE):
         return carried
     encoded = carried.removeprefix(ENCODED_VALUE)
-    return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode("utf-8", errors="replace")
+    try:
+        return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode("utf-8")
+    except ValueError:  # binascii.Error, UnicodeDecodeError
+        raise ValueError(f"{carried[:100]!r} is not a button value Baton encoded") from None
 
 
 def _carried(value: str) -> str:

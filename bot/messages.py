@@ -156,6 +156,20 @@ class Buttons(BaseModel):
     options: list[ButtonOption] = Field(default_factory=lambda: list(APPROVE_REJECT), max_length=5)
     deciders: list[str] = Field(default_factory=list)
 
+    @field_validator("options")
+    @classmethod
+    def _values_differ(cls, options: list[ButtonOption]) -> list[ButtonOption]:
+        """A click names its option by value, so two of one value would be one choice; and Slack (action_id) and
+        Discord (custom_id) refuse a whole message whose buttons share one: it was never delivered. Checked when a
+        graph's reply is read, so that its run fails saying which."""
+        seen: set[str] = set()
+        for option in options:
+            if option.value in seen:
+                raise ValueError(f"two buttons have the value {option.value!r}: a click names its button by value, "
+                                 "so give each button its own")
+            seen.add(option.value)
+        return options
+
     @property
     def approve_label(self) -> str:
         return next((option.label for option in self.options if option.value == "approve"), "Approve")
