@@ -393,5 +393,26 @@ class Adapter(ABC):
             await outbox.failed(delivery.id, f"{type(exc).__name__}: {exc}")
         else:
             if not self.send_records_delivery:
-                await outbox.delivered(delivery.id, platform_id)
+                await self._record_sent(delivery, platform_id)
         self._steps_done.pop(delivery.id, None)  # settled: a retry will not come
+
+    async def _record_sent(self, delivery: Delivery, platform_id: str | None) -> None:
+        """Mark a sent message delivered; while the database is away, try again for up to half its claim.
+
+        Given up at once, the row kept its claim: the thread's next messages (a run's answer, say) waited
+        behind it until the claim expired, 30 s by default, though the database was back in a second, and then
+        the message was sent a second time. Past half the claim the mark is given up as before (``_deliver_and_
+        carry_on``): by then the claim may run out, and another replica may send it."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self.baton.outbox.claim_seconds / 2
+        pause = 0.1
+        while True:
+            try:
+                return await self.baton.outbox.delivered(delivery.id, platform_id)
+            except Exception as exc:
+                health = self.baton.db.health
+                if self._stopping or loop.time() + pause > give_up_at or (
+                        not health.explains(exc) and health.unusable(exc) is None):
+                    raise
+            await asyncio.sleep(pause)  # the database away: its next connection is checked before use
+            pause = min(pause * 2, 2.0)

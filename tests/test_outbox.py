@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import event, update
 from sqlalchemy.dialects import sqlite
@@ -214,6 +215,47 @@ async def test_the_delivery_loop_goes_on_after_failing_to_record_a_delivery(tmp_
         async with baton.db.read() as session:
             row = await session.get(OutboxMessage, failed[0])
         assert row is not None and row.status == "sending"  # its claim expires, then it is sent again
+
+
+async def test_a_sent_message_whose_mark_meets_the_database_away_is_marked_once_it_is_back(
+        tmp_path: Path, config_path: Path) -> None:
+    """The database away for a moment just as a sent message was to be marked delivered: the mark was given up, the
+    row kept its claim, and the thread's next messages (the run's answer) waited behind it until the claim expired,
+    30 s, though the database was back at once; then it was sent a second time (seen on Slack: an approved run's
+    answer came after the test's 20 s). The mark is tried again while the database is away, for half the claim."""
+    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'd.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground")
+    async with Baton(settings) as baton:
+        playground = next(adapter for adapter in baton.adapters if adapter.name == "playground")
+        playground.send_records_delivery = False  # as Slack and Discord: the loop records each delivery
+        delivered = baton.outbox.delivered
+        refused: list[int] = []
+
+        async def away_twice(delivery_id: int, platform_message_id: str | None) -> None:
+            if len(refused) < 2:
+                refused.append(delivery_id)
+                raise psycopg.OperationalError("connection failed: connection to server at \"127.0.0.1\", port 5432 "
+                                               "failed: Connection refused")
+            await delivered(delivery_id, platform_message_id)
+
+        baton.outbox.delivered = away_twice  # type: ignore[method-assign]
+        accepted = await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
+                                                             event_id="e1", user="alice", text="help", addressed=True))
+        assert accepted.status == "accepted"
+
+        async def sent_rows() -> list[OutboxMessage]:
+            while True:
+                async with baton.db.read() as session:
+                    rows = (await session.exec(select(OutboxMessage))).all()
+                if rows and all(row.status == "sent" for row in rows):
+                    return list(rows)
+                await baton.outbox.wait("test-never-woken", 0.05)
+
+        rows = await asyncio.wait_for(sent_rows(), 10)  # not a claim's 30 s
+        assert refused == [refused[0], refused[0]], refused
+        async with baton.db.read() as session:
+            posted = (await session.exec(select(PlaygroundMessage).where(PlaygroundMessage.is_bot))).all()
+        assert len(posted) == len(rows), [message.text[:40] for message in posted]  # each sent once
 
 
 async def test_a_playground_message_and_its_delivery_mark_are_stored_together_or_not_at_all(
