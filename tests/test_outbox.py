@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from contextlib import closing
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, closing
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -179,12 +180,19 @@ async def test_a_row_stored_behind_a_handed_over_reply_is_claimed_as_soon_as_tha
     assert [d.message.plain_text() for d in claimed] == ["the next message of the thread"]
 
 
-async def test_the_delivery_loop_goes_on_after_failing_to_record_a_delivery(tmp_path: Path, config_path: Path) -> None:
+@asynccontextmanager
+async def _recording_each_delivery(tmp_path: Path, config_path: Path) -> AsyncIterator[Baton]:
+    """A playground Baton whose delivery loop marks each sent message delivered, as Slack's and Discord's do."""
     settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'd.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
                         BATON_ADAPTERS="playground")
     async with Baton(settings) as baton:
         playground = next(adapter for adapter in baton.adapters if adapter.name == "playground")
-        playground.send_records_delivery = False  # as Slack and Discord: the loop records each delivery
+        playground.send_records_delivery = False
+        yield baton
+
+
+async def test_the_delivery_loop_goes_on_after_failing_to_record_a_delivery(tmp_path: Path, config_path: Path) -> None:
+    async with _recording_each_delivery(tmp_path, config_path) as baton:
         delivered = baton.outbox.delivered
         failed: list[int] = []
 
@@ -223,11 +231,7 @@ async def test_a_sent_message_whose_mark_meets_the_database_away_is_marked_once_
     row kept its claim, and the thread's next messages (the run's answer) waited behind it until the claim expired,
     30 s, though the database was back at once; then it was sent a second time (seen on Slack: an approved run's
     answer came after the test's 20 s). The mark is tried again while the database is away, for half the claim."""
-    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'd.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
-                        BATON_ADAPTERS="playground")
-    async with Baton(settings) as baton:
-        playground = next(adapter for adapter in baton.adapters if adapter.name == "playground")
-        playground.send_records_delivery = False  # as Slack and Discord: the loop records each delivery
+    async with _recording_each_delivery(tmp_path, config_path) as baton:
         delivered = baton.outbox.delivered
         refused: list[int] = []
 
