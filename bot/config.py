@@ -340,14 +340,14 @@ class Argument(BaseModel):
     @classmethod
     def _compiles(cls, value: str) -> str:
         try:
-            parsed = re_parser.parse(value)
+            slow = repeats_a_repetition(value)  # re's parser first: its words for what is wrong
             argument_pattern(value)
         # OverflowError: a count over 4,294,967,295 ("a{9999999999}")
         except (re.error, regex.error, OverflowError) as exc:
             raise ValueError(f"invalid regular expression: {exc}") from exc
         except RecursionError:  # a thousand groups one in another: a traceback, and no line named
             raise ValueError("invalid regular expression: its groups are nested too deeply to read") from None
-        if _repeats_a_repetition(parsed, [], inside=False, ignore_case=bool(parsed.state.flags & re.IGNORECASE)):
+        if slow:
             raise ValueError(f"the pattern {REPEATS_A_REPETITION}: on a long value that almost matches, checking it "
                              f"takes minutes, and Baton answers nobody meanwhile. {WRITE_IT_OTHERWISE}")
         return value
