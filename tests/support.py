@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
 
 import httpx
+import pytest
 from aiohttp import web
 from sqlalchemy.engine import make_url
 
@@ -40,6 +41,13 @@ def wait_for(condition: Callable[[], T], timeout: float = 20.0, what: str = "con
             return last
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last value: {last!r})")
+
+
+
+# A test whose subject does not depend on the database (HTTP answers and headers, what a page or a reply says)
+# runs on SQLite only. ``database_url``'s two backends are for what storage decides: locks, ids and types,
+# several replicas, recovery, clocks. Run twice, such tests made a fifth of the suite's time for nothing.
+ON_SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 async def until(condition: Callable[[], Awaitable[T]], what: str = "condition", timeout: float = 20.0) -> T:

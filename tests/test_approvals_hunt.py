@@ -20,7 +20,7 @@ from bot.messages import InboundClick, InboundMessage
 from bot.registry import GraphSpec
 from bot.settings import Settings
 from storage.models import Approval, InboundEvent, OutboxMessage, PlaygroundMessage, Run
-from tests.support import has_buttons, runs_in, wait_for, write_config
+from tests.support import ON_SQLITE_ONLY, has_buttons, runs_in, wait_for, write_config
 
 
 class Two(TypedDict, total=False):
@@ -210,6 +210,7 @@ def test_a_click_on_a_card_only_its_requester_could_approve_is_refused_politely(
     assert runs_in(counter) == []
 
 
+@ON_SQLITE_ONLY
 def test_people_talking_in_a_thread_that_waits_are_not_told_their_words_are_queued(baton, counter) -> None:
     """While a card waited, each line people wrote to each other in its thread ("bob, can you look?"),
     without mentioning Baton, got "Queued: I'll handle this after the approval is decided...", and then no
@@ -229,6 +230,7 @@ def test_people_talking_in_a_thread_that_waits_are_not_told_their_words_are_queu
     assert runs_in(counter) == ["restart web", "uptime"]
 
 
+@ON_SQLITE_ONLY
 def test_a_long_text_pasted_in_a_baton_thread_for_people_gets_no_answer(baton, counter) -> None:
     """A log pasted into a Baton thread, for the people there, without mentioning Baton, was answered
     "That request is 5,017 characters long; I take requests of up to 4,000 characters" (conversation gets
@@ -278,6 +280,7 @@ async def test_a_card_whose_graph_changed_since_fails_its_run_instead_of_leaving
         assert [approval.status for approval in await _approvals(baton)] == ["stale"]
 
 
+@ON_SQLITE_ONLY
 def test_a_failed_request_may_be_asked_again_after_its_thread_answered_something_else(baton, counter) -> None:
     """A request failed; someone asked `status` in its thread, which made the thread "done" again, and the
     same request asked anew within 10 minutes got "The same request finished recently in another thread"

@@ -23,7 +23,7 @@ from bot.messages import Code, Message, Text, fence_safe
 from tests import test_discord
 from tests.fake_discord import OPS, FakeDiscord
 from tests.fake_slack import FakeSlack, SlackSender
-from tests.support import runs_in, wait_for, write_config
+from tests.support import ON_SQLITE_ONLY, runs_in, wait_for, write_config
 
 ZWSP = "\u200b"
 SNOWFLAKE = "123456789012345678"
@@ -120,6 +120,7 @@ def test_a_text_reply_with_a_fence_still_splits_into_code():
 # -- end to end ------------------------------------------------------------------------------------
 
 
+@ON_SQLITE_ONLY
 def test_runbook_output_with_a_fence_is_one_code_part_in_the_playground(baton, counter):
     pg = baton.client()
     thread = pg.ask("@baton run fence")

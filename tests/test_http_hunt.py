@@ -7,12 +7,13 @@ import json
 import httpx
 import pytest
 
-from tests.support import BatonProcess, runs_in
+from tests.support import ON_SQLITE_ONLY, BatonProcess, runs_in
 
 REQUEST = {"channel": "general", "user": "alice", "text": "@baton run uptime"}
 CHAT = {"channel": "general", "user": "alice", "text": "deploy went fine"}
 
 
+@ON_SQLITE_ONLY
 def test_the_page_cannot_be_framed_at_any_address_it_is_served_from(baton: BatonProcess) -> None:
     """The page is also a static file (/static/index.html, a whole working playground: its script and style
     are loaded by absolute path), and there it came without X-Frame-Options or a Content-Security-Policy:
@@ -51,6 +52,7 @@ def test_metrics_asked_for_a_version_it_cannot_read_answer_in_the_text_format(st
     ("/api/messages", {**REQUEST, "thread": "1"}, "thread"),  # a reply meant for a thread
     ("/api/clicks", {"message_id": 1, "approval_id": "a", "action": "approve", "user": "bob", "event": "x"}, "event"),
 ])
+@ON_SQLITE_ONLY
 def test_a_field_the_api_does_not_know_is_refused_naming_it(baton: BatonProcess, counter, route: str,
                                                              body: dict[str, object], unknown: str) -> None:
     """A field the API does not take was dropped without a word: a client that wrote ``eventId`` for
@@ -70,6 +72,7 @@ def test_a_field_the_api_does_not_know_is_refused_naming_it(baton: BatonProcess,
     assert runs_in(counter) == ["uptime"]  # the refused posts ran nothing
 
 
+@ON_SQLITE_ONLY
 def test_a_message_cannot_take_an_event_id_that_names_a_click(baton: BatonProcess, counter) -> None:
     """A click's event id is stored as 'click:<id>' beside the messages' own: a message posted with
     event_id 'click:<that id>', never seen as a message, was answered 'duplicate' and never reached the bot."""
@@ -87,6 +90,7 @@ def test_a_message_cannot_take_an_event_id_that_names_a_click(baton: BatonProces
     assert runs_in(counter) == ["restart web", "uptime"]
 
 
+@ON_SQLITE_ONLY
 def test_a_body_of_many_unknown_fields_gets_a_short_answer_that_does_not_echo_them(baton: BatonProcess) -> None:
     """Each unknown field is an error of its own: a 930 kB body of 100,000 of them got an 8.8 MB 422 (ten
     times what was sent), and an unknown field's name of 900 kB was sent back whole in its ``loc``."""
@@ -103,6 +107,7 @@ def test_a_body_of_many_unknown_fields_gets_a_short_answer_that_does_not_echo_th
         assert http.get("/api/channels/general/messages").json()["messages"] == []
 
 
+@ON_SQLITE_ONLY
 def test_a_body_that_cannot_be_read_as_json_is_refused_saying_why(baton: BatonProcess) -> None:
     """JSON's syntax is answered with where it breaks; a body that is not UTF-8 (text in Latin-1), nested
     too deeply or holding a number too long for Python got a bare 'There was an error parsing the body'."""
@@ -163,6 +168,7 @@ def test_a_public_address_with_capitals_or_its_schemes_port_takes_the_pages_post
             assert http.post("/api/messages", json=CHAT, headers={"Origin": other}).status_code == 403, other
 
 
+@ON_SQLITE_ONLY
 def test_a_body_sent_without_the_json_content_type_is_refused_saying_so(baton: BatonProcess) -> None:
     """``curl -d '{...}'`` without ``-H 'content-type: application/json'`` (sent as a form), or a page's
     ``fetch`` without the header (text/plain): the JSON object was not read, and the 422 said only 'Input
@@ -182,6 +188,7 @@ def test_a_body_sent_without_the_json_content_type_is_refused_saying_so(baton: B
         assert http.post("/api/messages", content=body, headers={"content-type": "application/json"}).status_code == 201
 
 
+@ON_SQLITE_ONLY
 def test_a_thread_id_with_many_leading_zeros_is_still_its_thread(baton: BatonProcess) -> None:
     """'0538' is thread 538, but past 15 characters the zeros made it no thread at all (a 404 for
     '00000000000000000001'). Only the number counts: more than 15 digits of it is still no thread."""

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from tests.fake_models import calls, script
-from tests.support import has_buttons, runs_in, wait_for, write_config
+from tests.support import ON_SQLITE_ONLY, has_buttons, runs_in, wait_for, write_config
 
 MODEL = "python:tests.fake_models:scripted"
 
@@ -148,6 +148,7 @@ def test_model_error_becomes_a_clear_message_and_a_failed_run(start_baton, sqlit
         assert db.execute("SELECT status FROM runs WHERE graph = 'assistant'").fetchall() == [("failed",)]
 
 
+@ON_SQLITE_ONLY
 def test_without_a_model_the_bot_says_what_to_set(baton):
     pg = baton.client()
     thread = pg.ask("@baton assistant hello")
@@ -273,6 +274,7 @@ def test_routing_takes_a_graph_name_as_a_model_writes_it(start_baton, sqlite_url
     assert [o["value"] for o in buttons["options"]] == ["help", "status"]
 
 
+@ON_SQLITE_ONLY
 def test_an_announcement_keeps_its_line_breaks(baton):
     pg = baton.client()
     thread = pg.ask("@baton announce Maintenance tonight at 22:00 UTC\n- web:  down 10 min\n\n\n- api: unaffected")

@@ -18,7 +18,7 @@ from bot.app import Baton
 from bot.settings import Settings
 from storage.db import Database, insert_returning_id
 from storage.models import InboundEvent, PlaygroundMessage, utcnow
-from tests.support import BatonProcess, overrides, runs_in, wait_for
+from tests.support import ON_SQLITE_ONLY, BatonProcess, overrides, runs_in, wait_for
 
 
 async def _listen_until_a_change(http: httpx.AsyncClient) -> None:
@@ -30,6 +30,7 @@ async def _listen_until_a_change(http: httpx.AsyncClient) -> None:
 
 
 @pytest.mark.asyncio
+@ON_SQLITE_ONLY
 async def test_live_update_clients_going_away_never_stall_the_playground(baton: BatonProcess) -> None:
     """Clients leaving while messages were posted once broke the streams' shared lock (Python 3.11's
     ``wait_for`` on an ``asyncio.Condition``): from then on every post hung before reaching the bot."""
@@ -47,6 +48,7 @@ async def test_live_update_clients_going_away_never_stall_the_playground(baton: 
     baton.client().wait_reply(asked.json()["thread_id"], "did uptime")
 
 
+@ON_SQLITE_ONLY
 def test_a_thread_id_written_with_leading_zeros_is_the_same_thread(baton: BatonProcess, counter) -> None:
     """"0538" once made a second thread beside 538, with a queue of its own: a request there ran while
     538's run was still going."""
@@ -59,6 +61,7 @@ def test_a_thread_id_written_with_leading_zeros_is_the_same_thread(baton: BatonP
     assert [m["text"] for m in chat.replies(f"0{thread}")] == [m["text"] for m in chat.replies(thread)]
 
 
+@ON_SQLITE_ONLY
 def test_an_address_with_the_bots_name_is_not_a_mention(baton: BatonProcess) -> None:
     chat = baton.client()
     response = chat.say("send it to ops@baton.io please")
@@ -80,6 +83,7 @@ def test_characters_no_database_stores_get_a_422_naming_the_field(baton: BatonPr
     assert viewer.status_code == 422 and viewer.json()["detail"][0]["loc"] == ["query", "viewer"]
 
 
+@ON_SQLITE_ONLY
 def test_a_refused_body_is_not_echoed_back_and_an_oversized_one_is_a_413(baton: BatonProcess) -> None:
     http = baton.client().http
     too_long = http.post("/api/messages", json={"channel": "general", "user": "alice", "text": "x" * 100_001})
@@ -116,6 +120,7 @@ async def test_an_event_from_a_platform_with_a_nul_is_stored_and_answered(databa
         assert (stored.event_id, stored.thread, stored.text) == ("e\ufffd", "t\ufffd", "run restart service=web\ufffd")
 
 
+@ON_SQLITE_ONLY
 def test_uptime_checks_may_use_head(baton: BatonProcess) -> None:
     http = baton.client().http
     for path in ("/healthz", "/"):
@@ -123,6 +128,7 @@ def test_uptime_checks_may_use_head(baton: BatonProcess) -> None:
         assert response.status_code == 200 and response.content == b"", path
 
 
+@ON_SQLITE_ONLY
 def test_a_click_redelivered_after_its_card_was_decided_is_a_duplicate(baton: BatonProcess, counter) -> None:
     """The card loses its buttons once decided; the same click arriving after that edit was a 400
     (so the answer to a redelivery depended on how fast the run went), now it is a duplicate."""
@@ -159,6 +165,7 @@ def test_ids_are_bounded_and_not_echoed_back_and_a_thread_id_may_be_a_number(bat
     assert numeric.status_code == 201 and numeric.json()["thread_id"] == thread
 
 
+@ON_SQLITE_ONLY
 def test_the_api_schema_names_each_operation_once(baton: BatonProcess) -> None:
     schema = baton.client().http.get("/openapi.json")
     assert schema.status_code == 200 and "healthz" in str(schema.json()["paths"])
@@ -291,6 +298,7 @@ async def test_a_message_the_bot_could_not_take_is_handed_over_again_by_the_runn
         assert list(events) == ["posted-while-away"]
 
 
+@ON_SQLITE_ONLY
 def test_the_get_routes_answer_head_as_get_without_a_body(baton: BatonProcess) -> None:
     """HEAD (uptime checks, link checkers, curl -I) was a 405 on every API route."""
     pg = baton.client()

@@ -6,7 +6,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.support import runs_in, wait_for
+from tests.support import ON_SQLITE_ONLY, runs_in, wait_for
 
 
 def test_low_risk_runbook_runs_at_once(baton, counter):
@@ -46,6 +46,7 @@ def test_high_risk_runbook_rejected(baton, counter):
     assert runs_in(counter) == []
 
 
+@ON_SQLITE_ONLY
 def test_unauthorised_and_self_approval_are_refused(baton, counter):
     pg = baton.client()
     thread = pg.ask("@baton run restart service=web", user="alice")
@@ -65,6 +66,7 @@ def test_unauthorised_and_self_approval_are_refused(baton, counter):
     assert runs_in(counter) == ["restart web"]
 
 
+@ON_SQLITE_ONLY
 def test_the_requester_may_withdraw_a_high_risk_request_by_rejecting_it(baton, counter):
     pg = baton.client()
     thread = pg.ask("@baton run restart service=worker", user="carol")  # carol is no approver
@@ -187,6 +189,7 @@ def test_duplicate_inbound_event_is_ignored(baton, counter):
     assert len(pg.bot_replies(thread)) == 1
 
 
+@ON_SQLITE_ONLY
 def test_argument_failing_its_pattern_is_refused(baton, counter):
     pg = baton.client()
     thread = pg.ask("@baton run restart service='web;rm -rf /'")
@@ -203,6 +206,7 @@ def test_argument_failing_its_pattern_is_refused(baton, counter):
     assert runs_in(counter) == []
 
 
+@ON_SQLITE_ONLY
 def test_empty_long_and_unknown_messages_get_polite_answers(baton, counter):
     pg = baton.client()
     empty = pg.say("   ")
@@ -222,6 +226,7 @@ def test_empty_long_and_unknown_messages_get_polite_answers(baton, counter):
     assert runs_in(counter) == []
 
 
+@ON_SQLITE_ONLY
 def test_failing_hanging_and_missing_commands_are_reported_as_failures(baton, tmp_path):
     pg = baton.client()
     failed = pg.wait_reply(pg.ask("@baton run fails"), "failed with exit code 3")
@@ -268,6 +273,7 @@ def test_help_and_status(baton, counter):
     pg.wait_reply(quiet, "Nothing is running")
 
 
+@ON_SQLITE_ONLY
 def test_plain_langgraph_interrupt_shows_its_value(baton):
     pg = baton.client()
     thread = pg.ask("@baton announce Maintenance tonight at 22:00 UTC")
@@ -277,6 +283,7 @@ def test_plain_langgraph_interrupt_shows_its_value(baton):
     pg.wait_reply(thread, "(approved by bob)")
 
 
+@ON_SQLITE_ONLY
 def test_messages_without_mention_outside_baton_threads_are_ignored(baton):
     pg = baton.client()
     chat = pg.say("just chatting about lunch")
@@ -285,6 +292,7 @@ def test_messages_without_mention_outside_baton_threads_are_ignored(baton):
     pg.wait_reply(dm, "Here is what I can do")
 
 
+@ON_SQLITE_ONLY
 def test_unknown_click_targets_are_refused_over_http(baton):
     pg = baton.client()
     thread = pg.ask("@baton help")
@@ -300,6 +308,7 @@ def test_unknown_click_targets_are_refused_over_http(baton):
     assert wrong.status_code == 400 and "not one of this message's buttons" in wrong.json()["detail"]
 
 
+@ON_SQLITE_ONLY
 def test_unknown_threads_are_404_not_errors(baton):
     pg = baton.client()
     for thread in ("999999999999999999999999", "²", "abc"):

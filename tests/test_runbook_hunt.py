@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from graphs.runbook import MAX_OUTPUT_BYTES, readable, run_command
-from tests.support import alive, runs_in, wait_for
+from tests.support import ON_SQLITE_ONLY, alive, runs_in, wait_for
 
 
 def test_output_without_end_does_not_fill_memory():
@@ -123,6 +123,7 @@ def config_path(tmp_path: Path, counter: Path) -> Path:
     return path
 
 
+@ON_SQLITE_ONLY
 def test_terminal_output_and_a_signal_read_clearly_in_chat(baton):
     pg = baton.client()
     reply = pg.wait_reply(pg.ask("@baton run progress"), "finished")
@@ -252,6 +253,7 @@ def test_a_program_that_cannot_start_says_why(tmp_path: Path, program: str, said
     assert result["output"].startswith(said) and result["started"] is False and result["exit_code"] == 127
 
 
+@ON_SQLITE_ONLY
 def test_a_command_that_could_not_start_is_not_said_to_have_failed_with_an_exit_code(tmp_path: Path, baton):
     """The reply read "`/nonexistent/baton-test-tool --version` failed with exit code 127", a code it never had."""
     pg = baton.client()

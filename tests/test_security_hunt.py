@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import httpx
 
-from tests.support import BatonProcess, runs_in, wait_for
+from tests.support import ON_SQLITE_ONLY, BatonProcess, runs_in, wait_for
+
+pytestmark = ON_SQLITE_ONLY  # origins, framing, addresses: HTTP's, whatever the database
 
 REQUEST = {"channel": "general", "user": "alice", "text": "@baton run uptime"}
 
