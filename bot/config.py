@@ -32,7 +32,7 @@ from bot.schedules import ScheduleError, check_schedule, zone_name
 from bot.lookalikes import quoted_as_is
 from bot.messages import quoted_code, validation_words
 from bot.settings import SECRET_VARIABLES
-from bot.words import split_words
+from bot.words import TYPOGRAPHIC_QUOTES, split_words
 
 Risk = Literal["low", "high"]
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,40}$"
@@ -577,11 +577,20 @@ class Runbook(BaseModel):
 
     def example_problem(self, name: str) -> str:
         """Why ``example``, asked in chat as it is written, would be refused (its words read as chat reads them,
-        ``bot.words``), or ``""``."""
+        ``bot.words``), or ``""``. Chat reads typographic quotes as the shell's when a request cannot be read
+        otherwise (``bot.routing``), and so does this: `example: run deploy msg=“hello world”` was refused at
+        load, though chat took it."""
         if self.example is None:
             return ""
+        problem = self._request_problem(self.example, name)
+        plain = self.example.translate(TYPOGRAPHIC_QUOTES)
+        if problem and plain != self.example and not self._request_problem(plain, name):
+            return ""
+        return problem
+
+    def _request_problem(self, request: str, name: str) -> str:
         try:
-            words = [word for word in split_words(self.example) if word.lower() != FORCE_WORD]
+            words = [word for word in split_words(request) if word.lower() != FORCE_WORD]
         except ValueError as exc:
             return f"it cannot be read ({exc})"
         if len(words) < 2 or words[0].lower() not in ("run", "runbook") or words[1].lower() != name:

@@ -14,7 +14,7 @@ from bot.kit import Request
 from bot.lookalikes import quoted_as_is
 from bot.messages import quoted_code
 from bot.registry import GraphRegistry, GraphSpec
-from bot.words import split_words
+from bot.words import TYPOGRAPHIC, TYPOGRAPHIC_QUOTES, split_words
 
 RUNBOOK_GRAPH = "runbook"
 HELP_GRAPH = "help"
@@ -178,7 +178,7 @@ def runbook_named(text: str) -> str | None:
             words = [word for word in split_words(reading) if word.lower() != FORCE_WORD]
         except ValueError:
             continue
-        if words and (reading is not rest or not set(words[0]) & set(_TYPOGRAPHIC)):
+        if words and (reading is not rest or not set(words[0]) & set(TYPOGRAPHIC)):
             return words[0].lower()
     return None
 
@@ -210,12 +210,6 @@ def route_to(registry: GraphRegistry, graph: str, request: Request, text: str) -
         return Route(graph, spec.make_input(request, ""), title=text[:120] or "help")
     return Route(graph, spec.make_input(request, text), fingerprint=_fingerprint(graph, text) if spec.dedupe else None,
                  title=text[:120])
-
-
-# Quotes as phones and word processors type them (iOS's Smart Punctuation, macOS's smart quotes): read as the
-# shell's when a `run` request typed with them cannot be read otherwise.
-_TYPOGRAPHIC = "\u201c\u201d\u201e\u2018\u2019"
-TYPOGRAPHIC_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2018": "'", "\u2019": "'"})
 
 
 def _shell_words(text: str) -> list[str]:

@@ -17,6 +17,11 @@ import shlex
 OTHER_SPACES = ("\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u202f\u205f\u3000"
                 "\x0b\x0c\x1c\x1d\x1e\x1f\x85\u2028\u2029")
 
+# Quotes as phones and word processors type them (iOS's Smart Punctuation, macOS's smart quotes): read as the
+# shell's when a `run` request typed with them cannot be read otherwise.
+TYPOGRAPHIC = "\u201c\u201d\u201e\u2018\u2019"
+TYPOGRAPHIC_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2018": "'", "\u2019": "'"})
+
 
 def split_words(text: str) -> list[str]:
     """``shlex.split``, with any space between words as one (inside quotes, as written). ``ValueError`` as it."""

@@ -127,6 +127,31 @@ def test_an_example_that_would_be_refused_is_named_with_its_line(tmp_path: Path,
                                   f"would be refused if asked: {said}"), str(refused.value)
 
 
+def test_an_example_typed_with_a_phones_quotes_is_taken_as_chat_takes_it(tmp_path: Path) -> None:
+    """Chat reads `msg=“hello world”` as `msg="hello world"` when it cannot be read as typed; an ``example:``
+    pasted so was refused at load ("'world”' is not a key=value argument"), though asked in chat it ran."""
+    from bot.config import ConfigError, load_config
+    from bot.routing import RouteError, route
+    from tests.test_parse_properties import REGISTRY, REQUEST
+    path = tmp_path / "baton.yaml"
+
+    def written(example: str) -> str:
+        path.write_text('runbooks:\n  say:\n    description: Say something.\n    command: ["echo", "{msg}"]\n'
+                        f'    args:\n      msg: {{pattern: "^[a-z ]+$"}}\n    example: \'{example}\'\n',
+                        encoding="utf-8")
+        return example
+
+    example = written("run say msg=“hello world”")
+    config = load_config(path)
+    assert config.runbooks["say"].example == example
+    assert route(REQUEST, example, REGISTRY, config).input == {"runbook": "say", "args": {"msg": "hello world"}}
+    refused = written("run say msg=“Hello world”")  # either way: named as chat names it, as typed
+    with pytest.raises(ConfigError, match="'world”' is not a key=value argument"):
+        load_config(path)
+    with pytest.raises(RouteError, match="`world”` is not a `key=value` argument"):
+        route(REQUEST, refused, REGISTRY, config)
+
+
 def test_an_example_as_a_teammate_would_ask_it_is_taken(tmp_path: Path) -> None:
     from bot.config import load_config
     path = tmp_path / "baton.yaml"
