@@ -46,7 +46,7 @@ def wait_for(condition: Callable[[], T], timeout: float = 20.0, what: str = "con
 
 # A test whose subject does not depend on the database (HTTP answers and headers, what a page or a reply says)
 # runs on SQLite only. ``database_url``'s two backends are for what storage decides: locks, ids and types,
-# several replicas, recovery, clocks. Run twice, such tests made a fifth of the suite's time for nothing.
+# several replicas, recovery, clocks. Run twice, the 39 such tests took 247 of the suite's 3,463 worker-seconds.
 ON_SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
