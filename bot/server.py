@@ -187,7 +187,9 @@ def create_app(settings: Settings, config: BatonConfig | None = None) -> FastAPI
             settle_garbage_collector()
             yield
 
-    app = FastAPI(title="Baton", lifespan=lifespan)
+    # No /docs or /redoc: FastAPI's pages load their scripts from a CDN (cdn.jsdelivr.net) into Baton's own origin,
+    # where a script may post and approve as anyone through the playground's API; /openapi.json stays.
+    app = FastAPI(title="Baton", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(StartFailureInOneLine)
     # Not FastAPI(max_body_size=...): its 413 is plain text, sent from outside every middleware of ours.
     app.add_middleware(RequestBodyLimitMiddleware, max_body_size=MAX_BODY_BYTES)

@@ -90,6 +90,18 @@ async def test_a_method_a_route_does_not_take_is_answered_with_every_method_it_d
         assert refused.json() == {"detail": "Method Not Allowed"}
 
 
+async def test_no_page_of_baton_loads_a_script_from_another_site(tmp_path: Path, config_path: Path) -> None:
+    """FastAPI's /docs and /redoc load Swagger UI and ReDoc from cdn.jsdelivr.net into Baton's origin, where a script
+    can post and approve as anyone through the playground's API (and, offline, they were blank pages). They are not
+    served; the API's schema is."""
+    async with _playground(tmp_path, config_path) as (http, _):
+        for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+            assert (await http.get(path)).status_code == 404, path
+        assert "/api/messages" in (await http.get("/openapi.json")).json()["paths"]
+        page = (await http.get("/")).text
+        assert "<script" in page and not any(f'src="{scheme}' in page for scheme in ("http:", "https:", "//"))
+
+
 async def test_a_click_on_a_button_whose_value_is_beyond_ascii_is_taken(tmp_path: Path, config_path: Path) -> None:
     """A "Which one?" card's buttons are graph names, and a graph may be any lower-case Python module name
     (``graphs/déploiement.py``): a click on that button was a 422 ('String should match pattern'), so the
