@@ -589,6 +589,7 @@ class Runbook(BaseModel):
         return problem
 
     def _request_problem(self, request: str, name: str) -> str:
+        """Why ``request``, read as its words are, would be refused as a request for runbook ``name``, or ``""``."""
         try:
             words = [word for word in split_words(request) if word.lower() != FORCE_WORD]
         except ValueError as exc:
