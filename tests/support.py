@@ -30,6 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 PG_ADMIN_URL = os.environ.get("BATON_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
+# A test whose subject does not depend on the database (HTTP answers and headers, what a page or a reply says)
+# runs on SQLite only. ``database_url``'s two backends are for what storage decides: locks, ids and types,
+# several replicas, recovery, clocks. Run twice, the 39 such tests took 247 of the suite's 3,463 worker-seconds.
+ON_SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
 
 def wait_for(condition: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
     """Poll ``condition`` until it returns something truthy; fail with ``what`` after ``timeout``."""
@@ -41,13 +46,6 @@ def wait_for(condition: Callable[[], T], timeout: float = 20.0, what: str = "con
             return last
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last value: {last!r})")
-
-
-
-# A test whose subject does not depend on the database (HTTP answers and headers, what a page or a reply says)
-# runs on SQLite only. ``database_url``'s two backends are for what storage decides: locks, ids and types,
-# several replicas, recovery, clocks. Run twice, the 39 such tests took 247 of the suite's 3,463 worker-seconds.
-ON_SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 async def until(condition: Callable[[], Awaitable[T]], what: str = "condition", timeout: float = 20.0) -> T:

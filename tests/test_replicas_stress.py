@@ -164,8 +164,7 @@ async def _left(baton: Baton) -> dict[str, list[Any]]:
             "running": (await session.exec(select(ThreadRecord.thread).where(
                 ThreadRecord.status.in_(("running",))))).all(),  # type: ignore[attr-defined]
         }
-    return {what: [tuple(row) if isinstance(row, tuple) else row for row in rows][:10]
-            for what, rows in left.items() if rows}
+    return {what: list(rows[:10]) for what, rows in left.items() if rows}
 
 
 def _from_another_test(record: logging.LogRecord) -> bool:
