@@ -273,6 +273,10 @@ class Orchestrator:
         self._run_services: dict[int, LeasedRunServices] = {}  # of the runs in ``_running``
         self._taken: set[int] = set()  # threads another replica took while this one ran them: their drains cut off
         self._rejected: set[int] = set()  # runs going on to their end after a Reject: a cancel leaves them to it
+        # Threads whose asides are being answered beside their run here (``_answer_asides_beside``), one task each;
+        # and those where another was stored meanwhile.
+        self._beside: dict[int, asyncio.Task[None]] = {}
+        self._beside_again: set[int] = set()
 
     @property
     def config(self) -> BatonConfig:
@@ -302,9 +306,9 @@ class Orchestrator:
                                       text, payload, record.id, correlation)
             if event is None:
                 return Accepted(status="duplicate", reason="this event was already received")
-            # A thread made just now has nothing queued before this event.
-            # An aside is answered at once at a card; behind a running run it waits for the run's end or card.
-            waits = kind == "message" or (kind == threads.ASIDE_KIND and record.status == "running")
+            # A thread made just now has nothing queued before this event. An aside waits for nothing: at a card
+            # the drain takes it at once, beside a running run the run's replica answers it (``look_beside_runs``).
+            waits = kind == "message"
             queued = waits and not new_thread and (
                 record.status == "waiting" or await self._waits_for_work(session, record, message.event_id))
             if queued and not message.addressed and not self._is_request(message):
@@ -325,7 +329,9 @@ class Orchestrator:
             when_committed(session, lambda: self._schedule(
                 record.id, first=(event, record) if new_thread else None))  # type: ignore[arg-type]
             if kind == threads.CANCEL_KIND and record.id in self._running:  # else the run's replica sees it (``sweep``)
-                when_committed(session, lambda: self._spawn(self.apply_cancels()))
+                when_committed(session, lambda: self._spawn(self.look_beside_runs()))
+            elif kind == threads.ASIDE_KIND and record.id in self._running:
+                when_committed(session, lambda: self._answer_asides_beside(record.id))  # type: ignore[arg-type]
         if queued:
             self.outbox.wake(message.platform)
         return Accepted(status="accepted", correlation_id=correlation)
@@ -360,7 +366,7 @@ class Orchestrator:
     async def _cancel_kind(self, session: Transaction, record: ThreadRecord, text: str,
                            payload: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
         """How a ``cancel`` in a busy thread is stored. Behind a running run it would wait for the run's end, so
-        it is an event of its own kind, which the replica running the run looks for (``apply_cancels``); at a
+        it is an event of its own kind, which the replica running the run looks for (``look_beside_runs``); at a
         card it is a click on Reject (its requester withdraws it, an approver rejects it, anyone else is told
         who may). At a card that offers a choice of graphs it is a message, as before. A cancel names the run it
         is for: one that ends before the cancel reaches it leaves the cancel for the drain to answer, never to
@@ -391,20 +397,26 @@ class Orchestrator:
         ).order_by(Approval.created_at.desc()))).all()  # type: ignore[attr-defined]
         return [(card, run) for card, run in cards if run == cards[0][1]] if cards else []
 
-    async def apply_cancels(self) -> int:
+    async def look_beside_runs(self) -> int:
         """Stop the runs of this process that a ``cancel`` is waiting for, if whoever sent it may stop them
-        (who asked for the run, or an approver of its graph or runbook); tell anyone else who may. How many
-        runs were stopped. Called when a cancel is stored here, and by every sweep for those stored elsewhere."""
+        (who asked for the run, or an approver of its graph or runbook); tell anyone else who may. Answer the
+        asides waiting in their threads (``_answer_asides_beside``). How many runs were stopped. Called when a
+        cancel is stored here, and by every sweep for the cancels and asides stored elsewhere."""
         running = list(self._running)
         if not running:
             return 0
         async with self.db.read() as session:
             asked = (await session.exec(select(InboundEvent).where(
                 InboundEvent.thread_record_id.in_(running), InboundEvent.status == "pending",  # type: ignore[union-attr]
-                InboundEvent.kind == threads.CANCEL_KIND).order_by(InboundEvent.id))).all()
+                or_(InboundEvent.kind == threads.CANCEL_KIND, InboundEvent.kind == threads.ASIDE_KIND),
+            ).order_by(InboundEvent.id))).all()
         stopped = 0
         for event in asked:
             record_id: int = event.thread_record_id  # type: ignore[assignment]
+            if event.kind == threads.ASIDE_KIND:
+                if record_id in self._running and record_id not in self._beside:
+                    self._answer_asides_beside(record_id)
+                continue
             if record_id not in self._running or record_id in self._cancels:
                 continue
             task, run = self._running[record_id]
@@ -723,8 +735,8 @@ class Orchestrator:
             **threads.run_out_params(self.db.now()), "received_before": now - after, "received_after": now + after})).all()
         for record_id in ids:
             self._schedule(record_id)  # type: ignore[arg-type]
-        if self._running:  # a cancel stored by another replica for a run of this one
-            await self.apply_cancels()
+        if self._running:  # a cancel or an aside stored by another replica for a run of this one
+            await self.look_beside_runs()
         await self.db.read_clock()  # once a minute: a clock set meanwhile (NTP) is not taken for a lease's end
         return len(ids)
 
@@ -789,7 +801,7 @@ class Orchestrator:
             await asyncio.wait(list(self._tasks), timeout=min(left, CANCEL_LOOK_SECONDS))
             if self._running:  # the sweep is over: a cancel stored elsewhere still reaches a run in its grace
                 try:
-                    await self.apply_cancels()
+                    await self.look_beside_runs()
                 except Exception as exc:  # the grace runs out as it would have
                     if not self.db.health.explains(exc):
                         log.exception("looking for cancels while stopping failed")
@@ -925,26 +937,38 @@ class Orchestrator:
 
     async def _handle_aside(self, event: InboundEvent, record: ThreadRecord) -> None:
         """``status``, ``help`` or a typed ``approve`` / ``reject`` written while the thread was busy with a run
-        (``routing.aside``): taken before the thread's queued requests, also while it waits at a card, and answered
-        without touching its run. A decision typed is told where decisions are made (the card's buttons, which
-        check who may decide, and whose first decision wins): typed text approves nothing. Status and help run as
-        their graphs, with no run of their own: the thread goes on showing its run (and a run row would pass for
-        its latest, which a request queued behind a rejected card is compared with)."""
+        (``routing.aside``), taken by the drain before the thread's queued requests: while the thread waits at a
+        card, or after the run it was written beside ended before the run's replica answered it
+        (``_answer_asides_beside``)."""
+        beside = self._beside.get(record.id)  # type: ignore[arg-type]
+        if beside is not None:  # answering the thread's asides beside its run, which has just ended: done first
+            await asyncio.wait([beside])
+            async with self.db.read() as session:
+                if (await session.exec(select(InboundEvent.status).where(
+                        InboundEvent.id == event.id))).one() != "pending":
+                    return
+        outcome, reply, ephemeral = await self._aside_answer(event, record)
+        await self._finish_event(event, outcome, reply, ephemeral=ephemeral)
+
+    async def _aside_answer(self, event: InboundEvent, record: ThreadRecord) -> tuple[str, Message, bool]:
+        """What an aside is answered: (outcome, reply, whether only its sender sees it). It does not touch the
+        thread's run. A decision typed is told where decisions are made (the card's buttons, which check who
+        may decide, and whose first decision wins): typed text approves nothing. Status and help run as their
+        graphs, with no run of their own: the thread goes on showing its run (and a run row would pass for its
+        latest, which a request queued behind a rejected card is compared with)."""
         if event.payload["aside"] in DECISION_WORDS:
             async with self.db.read() as session:
                 cards = (await session.exec(select(Approval).where(
                     Approval.thread_record_id == record.id, Approval.status == "pending",
                 ).order_by(Approval.created_at))).all()  # type: ignore[arg-type]
-            return await self._finish_event(event, "typed decision", replies.decide_on_the_card(
-                event.payload["aside"], list(cards), event.user), ephemeral=True)
+            return "typed decision", replies.decide_on_the_card(event.payload["aside"], list(cards), event.user), True
         text = event.text.strip()
         request = Request(platform=event.platform, channel=event.channel, thread=event.thread, user=event.user,
                           text=text, private=bool(event.payload.get("private")))
         chosen = route(request, text, self.registry, self.config, addressed=event.payload.get("addressed") is not False)
         spec = self.registry.get(chosen.graph)
         if spec is None:  # taken out since (baton.yaml reloaded)
-            return await self._finish_event(event, "no graph", Message.text(
-                f"The `{chosen.graph}` graph is not installed.", tone="error"))
+            return "no graph", Message.text(f"The `{chosen.graph}` graph is not installed.", tone="error"), False
         services = RunServices(self.services, request, None, record.workspace, event.correlation_id)
         try:
             outcome = await self.runtime.run(spec, record.lg_thread_id, chosen.input, services, _no_progress)
@@ -953,7 +977,54 @@ class Orchestrator:
         except Exception as exc:  # answered here: the thread's run, which may be running, is no part of it
             log.warning("%s asked beside run of thread %s failed: %s", spec.name, record.id, storable(str(exc)))
             reply = replies.failure(spec.name, exc)
-        await self._finish_event(event, spec.name, reply.naming(event.user, *sorted(people_read(services))))
+        return spec.name, reply.naming(event.user, *sorted(people_read(services))), False
+
+    def _answer_asides_beside(self, record_id: int) -> None:
+        """Answer the asides waiting in thread ``record_id``, whose run runs in this process, beside that run:
+        a ``status`` written during a ten-minute deploy was told "Queued: ..." and answered after it. One task
+        per thread answers them in order; one stored while it works is read at its end."""
+        if self._stopping:
+            return  # taken with the thread's queue by whoever drains it next
+        if record_id in self._beside:
+            self._beside_again.add(record_id)
+            return
+        task = asyncio.create_task(self._asides_beside(record_id), name=f"asides-{record_id}")
+        self._beside[record_id] = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _task: self._beside.pop(record_id, None))
+
+    async def _asides_beside(self, record_id: int) -> None:
+        try:
+            again = True
+            while again:
+                self._beside_again.discard(record_id)
+                async with self.db.read() as session:
+                    record = await session.get(ThreadRecord, record_id)
+                    asides = (await session.exec(select(InboundEvent).where(
+                        InboundEvent.thread_record_id == record_id, InboundEvent.status == "pending",
+                        InboundEvent.kind == threads.ASIDE_KIND).order_by(InboundEvent.id))).all()  # type: ignore[arg-type]
+                for event in asides:
+                    running = self._running.get(record_id)
+                    # The run ended (the drain takes what is left, first), or it is the graph asked for: a second
+                    # run of it beside the first, in its LangGraph thread, could read the other's state.
+                    if running is None or self._stopping or running[1].graph == event.payload["aside"]:
+                        return
+                    outcome, reply, ephemeral = await self._aside_answer(event, record)  # type: ignore[arg-type]
+                    async with self.db.session() as session:
+                        if not (await session.exec(_CLOSE_EVENT, params={  # type: ignore[call-overload]
+                                "closed_id": event.id, "closed_as": outcome[:200], "now": utcnow()})).rowcount:
+                            continue  # answered by the drain meanwhile
+                        if not await self.leases.keep(session, record_id):
+                            raise LeaseLost(f"thread {record_id} is no longer ours; its asides are left to its holder")
+                        delivery = await self._answer(session, event, outcome, reply, ephemeral=ephemeral, close=False)
+                    self.outbox.hand_over(event.platform, delivery)
+                again = record_id in self._beside_again
+        except LeaseLost as exc:
+            log.warning("stopped answering asides: %s", exc)
+        except Exception as exc:  # the drain takes them after the run, as before
+            if not self.db.health.explains(exc) and database_unusable(exc) is None:
+                log.exception("answering the asides of thread %s beside its run failed", record_id)
 
     async def _rejected_while_queued(self, event: InboundEvent, record: ThreadRecord, request: Request,
                                      fingerprint: str) -> str | None:
@@ -1606,9 +1677,9 @@ class Orchestrator:
         self.outbox.hand_over(event.platform, delivery)
 
     async def _answer(self, session: Transaction, event: InboundEvent, outcome: str, reply: Message | None = None,
-                      *, ephemeral: bool = False) -> Delivery | None:
+                      *, ephemeral: bool = False, close: bool = True) -> Delivery | None:
         """Answer ``event`` in the caller's transaction; a reply this process may send at once is returned
-        (``Outbox.hand_over`` it after the commit)."""
+        (``Outbox.hand_over`` it after the commit). ``close=False``: the caller closed the event."""
         delivery = None
         if reply is not None:
             location = Location(platform=event.platform, workspace=event.workspace, channel=event.channel,
@@ -1620,7 +1691,8 @@ class Orchestrator:
                 delivery = await self.outbox.enqueue_claimed(session, location, reply, correlation_id=event.correlation_id)
         await audit.record(session, "request.answered", event.correlation_id, platform=event.platform,
                            channel=event.channel, thread=event.thread, user=event.user, outcome=outcome)
-        await self._mark_done(session, event, outcome)
+        if close:
+            await self._mark_done(session, event, outcome)
         return delivery
 
     async def _mark_done(self, session: Transaction, event: InboundEvent, outcome: str, *,

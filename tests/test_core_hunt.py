@@ -130,7 +130,7 @@ async def test_a_cancel_as_a_run_answers_its_reject_leaves_the_rejection_its_rep
             await _say(baton, "e2", "cancel")
         await asyncio.wait_for(ending.wait(), 20)
         await _say(baton, "e3", "cancel")
-        await baton.orchestrator.apply_cancels()  # type: ignore[union-attr]  # the look a sweep makes, at least once
+        await baton.orchestrator.look_beside_runs()  # type: ignore[union-attr]  # the look a sweep makes, at least once
         go.set()
         async def handled() -> bool:  # the run ended, and the cancel was answered
             async with baton.db.read() as session:

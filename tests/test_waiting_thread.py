@@ -10,12 +10,22 @@ still waits for the decision, in order.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from pathlib import Path
+
 import pytest
+from sqlmodel import select
+
+from bot.app import Baton
+from bot.messages import InboundMessage, Message
+from bot.settings import Settings
+from storage.models import InboundEvent, OutboxMessage, ThreadRecord
 
 from bot.registry import GraphRegistry, GraphSpec
 from bot.routing import aside
-from tests.support import has_buttons, runs_in, wait_for
-from tests.test_cancel import config_path, rows, started_sleeping  # noqa: F401 (config_path: a fixture)
+from tests.support import has_buttons, runs_in, until, wait_for
+from tests.test_cancel import alive, config_path, rows, started_sleeping  # noqa: F401 (config_path: a fixture)
 from tests.test_models import guess, model_script  # noqa: F401 (a fixture)
 
 @pytest.mark.parametrize(("text", "addressed", "asked"), [
@@ -121,43 +131,127 @@ def test_at_a_which_one_card_status_is_answered_and_a_typed_approve_is_told_noth
     pg.wait_reply(thread, "Here is what I can do")
 
 
-def test_behind_a_running_run_a_typed_approve_is_told_there_is_no_card_not_i_dont_know(
+def test_beside_a_running_run_status_help_and_a_typed_approve_are_answered_at_once(
         start_baton, sqlite_url, tmp_path) -> None:
-    """While a run runs, its replica holds the thread: status and a typed decision are answered once it ends
-    (or stops at a card), ahead of the requests queued there, and a typed decision no longer gets "I don't know"."""
+    """While a run runs, status, help and a typed decision are answered by its replica beside it, at once: a
+    ``status`` written during a long command was told "Queued: ..." and answered after it. The run goes on, a
+    request still waits for it, and a typed decision no longer gets "I don't know"."""
     pg = start_baton(sqlite_url).client()
     thread = pg.ask("@baton run sleepy", user="alice")
-    started_sleeping(tmp_path)
+    pid = started_sleeping(tmp_path)
     pg.say("@baton approve", thread=thread, user="bob")
-    pg.say("@baton status", thread=thread, user="carol")
-    pg.wait_reply(thread, "Queued: I'll handle this after the current run finishes.")
-    pg.say("cancel", thread=thread, user="alice")
-    pg.wait_reply(thread, "alice cancelled `run sleepy`")
     pg.wait_reply(thread, "Nothing in this thread waits for a decision now, so a typed `approve` changes nothing.",
                   viewer="bob")
-    pg.wait_reply(thread, "Nothing is running or waiting for approval")
+    pg.say("@baton status", thread=thread, user="carol")
+    status = pg.wait_reply(thread, "Status: 1 active thread")
+    assert "run sleepy — running (asked by alice" in status["text"], status["text"]
+    pg.say("help", thread=thread, user="dave")  # the word alone, without a mention, in the Baton thread
+    pg.wait_reply(thread, "Here is what I can do")
+    pg.say("@baton run uptime", thread=thread, user="carol")  # new work still waits for the run
+    pg.wait_reply(thread, "Queued: I'll handle this after the current run finishes.")
+    assert alive(pid)
+    assert len([text for text in _texts(pg, thread) if "Queued" in text]) == 1  # the request's, not the asides'
+    assert rows(sqlite_url, "SELECT outcome FROM inbound_events WHERE kind = 'aside' ORDER BY id") == \
+        [("typed decision",), ("status",), ("help",)]
+
+    pg.say("cancel", thread=thread, user="alice")
+    pg.wait_reply(thread, "alice cancelled `run sleepy`")
     wait_for(lambda: _pending(sqlite_url) == 0, what="every event handled")
+    texts = _texts(pg, thread)
+    assert texts.index(next(t for t in texts if "alice cancelled" in t)) < texts.index(next(
+        t for t in texts if "did uptime" in t)), texts  # the request ran after the run
     assert not any("I don't know" in text for text in _texts(pg, thread, "bob"))
+    assert rows(sqlite_url, "SELECT graph, status FROM runs ORDER BY id") == [("runbook", "failed"), ("runbook", "done")]
 
 
 @pytest.mark.postgres
-def test_at_a_card_another_replica_answers_status_and_a_typed_approve_once(start_baton, postgres_url,
-                                                                             counter) -> None:
+def test_a_status_sent_to_another_replica_is_answered_beside_the_run_by_the_runs_replica(
+        start_baton, postgres_url, tmp_path) -> None:
     one, two = start_baton(postgres_url, name="one"), start_baton(postgres_url, name="two")
-    thread = one.client().ask("@baton run restart service=web", user="alice")
-    card = one.client().wait_card(thread)
-    other = two.client()
-    other.say("@baton status", thread=thread, user="carol")
-    other.say("@baton approve", thread=thread, user="bob")
-    other.say("@baton run uptime", thread=thread, user="carol")
-    other.wait_reply(thread, "Status: 1 active thread")
-    other.wait_reply(thread, POINTER.format("approve"), viewer="bob")
-    wait_for(lambda: _pending(postgres_url) == 1, what="status and the pointer answered, the request queued")
-    assert runs_in(counter) == []
-    assert one.client().click(card, "bob").status_code == 202
-    one.client().wait_reply(thread, "did uptime")
-    wait_for(lambda: _pending(postgres_url) == 0, what="every event handled")
-    texts = _texts(other, thread, "bob")
-    assert sum("Status: 1 active thread" in text for text in texts) == 1
-    assert sum(POINTER.format("approve") in text for text in texts) == 1
-    assert runs_in(counter) == ["restart web", "uptime"]
+    thread = one.client().ask("@baton run sleepy", user="alice")  # a new thread is drained where it was made
+    pid = started_sleeping(tmp_path)
+    assert two.client().say("@baton status", thread=thread, user="carol").status_code == 201
+    status = two.client().wait_reply(thread, "Status: 1 active thread")  # found by one's sweep, within a second
+    assert "run sleepy — running (asked by alice" in status["text"], status["text"]
+    assert alive(pid)
+    assert not any("Queued" in text for text in _texts(two.client(), thread))
+    assert rows(postgres_url, "SELECT status FROM runs") == [("running",)]
+    two.client().say("cancel", thread=thread, user="alice")
+    two.client().wait_reply(thread, "alice cancelled `run sleepy`")
+
+
+async def test_an_aside_answered_beside_a_run_that_ends_meanwhile_is_answered_once(
+        database_url: str, config_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    """The run ends while its replica is still answering a ``status`` written beside it: the drain, taking the
+    thread's queue next, waits for that answer instead of giving a second one (or failing on the event closed
+    under it), and the thread is given back."""
+    settings = Settings(BATON_DATABASE_URL=database_url, BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground")
+    async with Baton(settings) as baton:
+        orchestrator = baton.orchestrator
+        assert orchestrator is not None
+        answering, go_on = asyncio.Event(), asyncio.Event()
+        answer = orchestrator._aside_answer
+
+        beside: list[asyncio.Task[None]] = []
+
+        async def held_answer(event: InboundEvent, record: ThreadRecord) -> tuple[str, Message, bool]:
+            if not beside:  # the answer beside the run: held until the run has ended
+                beside.append(asyncio.current_task())  # type: ignore[arg-type]
+                answering.set()
+                await go_on.wait()
+            else:  # a second answer (the drain's): made after the first is stored, the order that failed the drain
+                await asyncio.wait(beside)
+            return await answer(event, record)
+
+        orchestrator._aside_answer = held_answer  # type: ignore[method-assign]
+
+        async def say(event_id: str, text: str, user: str) -> None:
+            accepted = await baton.accept_message(InboundMessage(
+                platform="playground", channel="general", thread="t1", event_id=event_id, user=user, text=text,
+                addressed=True))
+            assert accepted.status == "accepted", accepted
+
+        async def events() -> list[tuple[str, str, str | None]]:
+            async with baton.db.read() as session:
+                return [(e.kind, e.status, e.outcome) for e in (await session.exec(
+                    select(InboundEvent).order_by(InboundEvent.id))).all()]  # type: ignore[arg-type]
+
+        await say("e1", "run sleepy", "alice")
+        await until(lambda: _async((tmp_path / "sleepy.pid").exists()), "the command to start")
+        await say("e2", "status", "carol")
+        await asyncio.wait_for(answering.wait(), 20)  # answered beside the run: held there
+        await say("e3", "cancel", "alice")
+        await until(lambda: _async(_drain_at("_handle_aside")), "the drain to take the status, the run ended")
+        assert (await events())[1] == ("aside", "pending", None)
+        go_on.set()
+        await until(lambda: _async(not orchestrator._draining), "the thread's queue drained")
+        kinds = await events()
+        assert kinds[1] == ("aside", "done", "status"), kinds
+        assert all(status == "done" for _kind, status, _outcome in kinds), kinds
+        async with baton.db.read() as session:
+            replies = [str(row.payload) for row in (await session.exec(select(OutboxMessage).where(
+                OutboxMessage.thread == "t1"))).all()]
+            record = (await session.exec(select(ThreadRecord).where(ThreadRecord.thread == "t1"))).one()
+        # Made once go_on was set, after the run ended: it finds nothing running.
+        assert sum("Nothing is running or waiting for approval" in reply for reply in replies) == 1, replies
+        assert record.lease_owner is None  # given back: nothing else is queued
+        assert len(beside) == 1 and beside[0].done()
+    # The drain answering it too found it closed under it: "stopped draining: event 2 was already handled elsewhere"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("baton")] == []
+
+
+async def _async(value: object) -> object:
+    return value
+
+
+def _drain_at(function: str) -> bool:
+    """Whether a thread's drain is awaiting in ``function`` now (its chain of awaited coroutines)."""
+    for task in asyncio.all_tasks():
+        if task.get_name().startswith("drain-"):
+            awaited = task.get_coro()
+            while awaited is not None:
+                if getattr(getattr(awaited, "cr_code", None), "co_name", None) == function:
+                    return True
+                awaited = getattr(awaited, "cr_await", None)
+    return False
