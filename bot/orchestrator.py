@@ -657,6 +657,8 @@ class Orchestrator:
                     self._released.discard(record_id)
                     break
                 if self._stopping:  # the rest of the thread's queue is for whoever takes it next
+                    if (beside := self._beside.get(record_id)) is not None:  # an aside's answer under way: stored
+                        await asyncio.wait([beside])  # while the lease is ours, not thrown away
                     await self.leases.release(record_id)
                     break
                 work = await self.leases.next_or_release(record_id)
@@ -992,9 +994,14 @@ class Orchestrator:
         self._beside[record_id] = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(lambda _task: self._beside.pop(record_id, None))
 
     async def _asides_beside(self, record_id: int) -> None:
+        try:
+            await self._answer_each_beside(record_id)
+        finally:  # in the step that decided to stop: an aside stored after it starts a task of its own
+            self._beside.pop(record_id, None)
+
+    async def _answer_each_beside(self, record_id: int) -> None:
         try:
             again = True
             while again:

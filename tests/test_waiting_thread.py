@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -165,6 +167,29 @@ def test_beside_a_running_run_status_help_and_a_typed_approve_are_answered_at_on
 
 
 @pytest.mark.postgres
+def test_at_a_card_another_replica_answers_status_and_a_typed_approve_once(start_baton, postgres_url,
+                                                                             counter) -> None:
+    one, two = start_baton(postgres_url, name="one"), start_baton(postgres_url, name="two")
+    thread = one.client().ask("@baton run restart service=web", user="alice")
+    card = one.client().wait_card(thread)
+    other = two.client()
+    other.say("@baton status", thread=thread, user="carol")
+    other.say("@baton approve", thread=thread, user="bob")
+    other.say("@baton run uptime", thread=thread, user="carol")
+    other.wait_reply(thread, "Status: 1 active thread")
+    other.wait_reply(thread, POINTER.format("approve"), viewer="bob")
+    wait_for(lambda: _pending(postgres_url) == 1, what="status and the pointer answered, the request queued")
+    assert runs_in(counter) == []
+    assert one.client().click(card, "bob").status_code == 202
+    one.client().wait_reply(thread, "did uptime")
+    wait_for(lambda: _pending(postgres_url) == 0, what="every event handled")
+    texts = _texts(other, thread, "bob")
+    assert sum("Status: 1 active thread" in text for text in texts) == 1
+    assert sum(POINTER.format("approve") in text for text in texts) == 1
+    assert runs_in(counter) == ["restart web", "uptime"]
+
+
+@pytest.mark.postgres
 def test_a_status_sent_to_another_replica_is_answered_beside_the_run_by_the_runs_replica(
         start_baton, postgres_url, tmp_path) -> None:
     one, two = start_baton(postgres_url, name="one"), start_baton(postgres_url, name="two")
@@ -255,3 +280,46 @@ def _drain_at(function: str) -> bool:
                     return True
                 awaited = getattr(awaited, "cr_await", None)
     return False
+
+
+async def test_baton_stopping_keeps_the_thread_until_an_aside_answered_beside_its_run_is_stored(
+        database_url: str, config_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    """Baton stops while a ``status`` is being answered beside a run, and the run ends in the stop's grace: the
+    drain gave the thread back at once, and the answer, made, was thrown away ("stopped answering asides: thread
+    1 is no longer ours"). It now waits for that answer to be stored before giving the thread back."""
+    settings = Settings(BATON_DATABASE_URL=database_url, BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground")
+    async with Baton(settings) as baton:
+        orchestrator = baton.orchestrator
+        assert orchestrator is not None
+        answering, go_on = asyncio.Event(), asyncio.Event()
+        answer = orchestrator._aside_answer
+
+        async def held_answer(event: InboundEvent, record: ThreadRecord) -> tuple[str, Message, bool]:
+            answering.set()
+            await go_on.wait()
+            return await answer(event, record)
+
+        orchestrator._aside_answer = held_answer  # type: ignore[method-assign]
+        for event_id, text, user in (("e1", "run sleepy", "alice"), ("e2", "status", "carol")):
+            if event_id == "e2":
+                pid = int(await until(lambda: _async((tmp_path / "sleepy.pid").exists()
+                                                     and (tmp_path / "sleepy.pid").read_text()), "the command to start"))
+            assert (await baton.accept_message(InboundMessage(
+                platform="playground", channel="general", thread="t1", event_id=event_id, user=user, text=text,
+                addressed=True))).status == "accepted"
+        await asyncio.wait_for(answering.wait(), 20)
+        stopping = asyncio.create_task(orchestrator.stop(grace=20))
+        await until(lambda: _async(orchestrator._stopping), "the stop to begin")
+        os.kill(pid, signal.SIGKILL)  # the run ends in the grace
+        await until(lambda: _async(not orchestrator._running and _drain_at("wait")), "the drain to wait for the answer")
+        go_on.set()
+        await stopping
+        async with baton.db.read() as session:
+            events = [(e.kind, e.status, e.outcome) for e in (await session.exec(
+                select(InboundEvent).order_by(InboundEvent.id))).all()]  # type: ignore[arg-type]
+            record = (await session.exec(select(ThreadRecord).where(ThreadRecord.thread == "t1"))).one()
+        assert events[1] == ("aside", "done", "status"), events
+        assert record.lease_owner is None
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("baton")
+            and "answering asides" in r.getMessage()] == []
