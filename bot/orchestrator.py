@@ -1010,7 +1010,8 @@ class Orchestrator:
                     record = await session.get(ThreadRecord, record_id)
                     asides = (await session.exec(select(InboundEvent).where(
                         InboundEvent.thread_record_id == record_id, InboundEvent.status == "pending",
-                        InboundEvent.kind == threads.ASIDE_KIND).order_by(InboundEvent.id))).all()  # type: ignore[arg-type]
+                        InboundEvent.kind == threads.ASIDE_KIND,
+                    ).order_by(InboundEvent.id))).all()  # type: ignore[arg-type]
                 for event in asides:
                     running = self._running.get(record_id)
                     # The run ended (the drain takes what is left, first), or it is the graph asked for: a second

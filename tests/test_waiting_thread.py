@@ -163,7 +163,8 @@ def test_beside_a_running_run_status_help_and_a_typed_approve_are_answered_at_on
     assert texts.index(next(t for t in texts if "alice cancelled" in t)) < texts.index(next(
         t for t in texts if "did uptime" in t)), texts  # the request ran after the run
     assert not any("I don't know" in text for text in _texts(pg, thread, "bob"))
-    assert rows(sqlite_url, "SELECT graph, status FROM runs ORDER BY id") == [("runbook", "failed"), ("runbook", "done")]
+    assert rows(sqlite_url, "SELECT graph, status FROM runs ORDER BY id") == [
+        ("runbook", "failed"), ("runbook", "done")]
 
 
 @pytest.mark.postgres
@@ -303,8 +304,8 @@ async def test_baton_stopping_keeps_the_thread_until_an_aside_answered_beside_it
         orchestrator._aside_answer = held_answer  # type: ignore[method-assign]
         for event_id, text, user in (("e1", "run sleepy", "alice"), ("e2", "status", "carol")):
             if event_id == "e2":
-                pid = int(await until(lambda: _async((tmp_path / "sleepy.pid").exists()
-                                                     and (tmp_path / "sleepy.pid").read_text()), "the command to start"))
+                pidfile = tmp_path / "sleepy.pid"
+                pid = int(await until(lambda: _async(pidfile.exists() and pidfile.read_text()), "the command to start"))
             assert (await baton.accept_message(InboundMessage(
                 platform="playground", channel="general", thread="t1", event_id=event_id, user=user, text=text,
                 addressed=True))).status == "accepted"
