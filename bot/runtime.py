@@ -197,10 +197,8 @@ class _ProgressPump:
     async def __aexit__(self, *raised: Any) -> None:
         try:
             await self._group.__aexit__(*raised)
-            return
-        except BaseExceptionGroup as group:
-            error = group.exceptions[0]
-        raise error  # the graph's error or the sink's as it came (its own cause kept), not wrapped in a group
+        except BaseExceptionGroup as group:  # the graph's error or the sink's, raised as it came
+            raise group.exceptions[0] from None
 
 
 def _progress_line(chunk: Any) -> str | None:
