@@ -133,7 +133,7 @@ def _says_nothing(text: str) -> bool:
     return not text or all(unicodedata.category(char) in INVISIBLE for char in text)
 
 
-async def _no_progress(_lines: list[str]) -> None:
+async def _no_progress(_line: str) -> None:
     """Where an aside's graph's progress lines go (``Orchestrator._handle_aside``): its answer is its reply."""
 
 
@@ -1447,10 +1447,11 @@ class Orchestrator:
         progress_row = run.progress_outbox_id
         shown = await self._progress_shown(location, progress_row) if progress_row is not None else []
 
-        async def post_progress(texts: list[str]) -> None:
+        async def post_progress(text: str) -> None:
             """The first update of a run is posted; later ones edit that message (the thread is not flooded)."""
             nonlocal progress_row
-            progress_lines.extend(replies.cut_line(text, PROGRESS_LINE_CHARS) for text in texts)
+            text = replies.cut_line(text, PROGRESS_LINE_CHARS)
+            progress_lines.append(text)
             lines = continued_progress(shown, progress_lines) if shown else progress_lines
             if shown and lines == shown:
                 return  # a node cut short by the crash, running again, repeats what the message shows

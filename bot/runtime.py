@@ -49,7 +49,7 @@ _FINISH_EFFECT = prepared(update(_EFFECTS).where(_EFFECTS.c.key == bindparam("ef
     status=bindparam("status"), result=bindparam("result", type_=_EFFECTS.c.result.type),
     finished_at=bindparam("now", type_=DateTime())))
 
-ProgressSink = Callable[[list[str]], Awaitable[None]]  # a run's progress lines come in order, several at a time
+ProgressSink = Callable[[str], Awaitable[None]]
 RUN_METADATA = "baton_run"  # the checkpoint metadata key naming Baton's run
 
 
@@ -162,43 +162,6 @@ def _contain_exits_of_graph_tasks(loop: asyncio.AbstractEventLoop) -> None:
 
 
 _END = object()
-
-
-class _ProgressPump:
-    """Hands a run's progress lines to its sink one write at a time, the lines that came while a write was under
-    way together in the next: a graph writing 1,000 lines made 1,000 durable writes one after another (1.4 s here,
-    seconds more on a slow disk), each showing a state the next replaced. Every line is handed over before the
-    ``async with`` ends; what the sink raises (Baton's own, as it is) ends the run at once, as it did inline."""
-
-    def __init__(self, sink: ProgressSink) -> None:
-        self._sink = sink
-        self._group = asyncio.TaskGroup()
-        self._lines: list[str] = []
-        self._writing = False
-
-    def add(self, line: str) -> None:
-        self._lines.append(line)
-        if not self._writing:
-            self._writing = True
-            self._group.create_task(self._write())
-
-    async def _write(self) -> None:
-        try:
-            while self._lines:
-                lines, self._lines = self._lines, []
-                await self._sink(lines)
-        finally:
-            self._writing = False
-
-    async def __aenter__(self) -> _ProgressPump:
-        await self._group.__aenter__()
-        return self
-
-    async def __aexit__(self, *raised: Any) -> None:
-        try:
-            await self._group.__aexit__(*raised)
-        except BaseExceptionGroup as group:  # the graph's error or the sink's, raised as it came
-            raise group.exceptions[0] from None
 
 
 def _progress_line(chunk: Any) -> str | None:
@@ -335,16 +298,16 @@ class GraphRuntime:
         questions = kit.asked(context)
         questions.clear()
         try:
-            async with _ProgressPump(on_progress) as pump:
-                # subgraphs=True: progress() in a subgraph's node reaches the thread too
-                async with deadline, aclosing(graph.astream(payload, config, stream_mode="custom", subgraphs=True,
-                                                            durability="sync", context=run_context)) as stream:
-                    while (chunk := await _next_chunk(stream)) is not _END:
-                        line = _progress_line(chunk)
-                        if line is not None:
-                            # Storable: a file name's lone surrogate (os.listdir), a NUL of a command's output stored
-                            # by no database, and the line's message, tried again for ever, held up the run's reply.
-                            pump.add(storable(line))
+            # subgraphs=True: progress() in a subgraph's node reaches the thread too
+            async with deadline, aclosing(graph.astream(payload, config, stream_mode="custom", subgraphs=True,
+                                                        durability="sync", context=run_context)) as stream:
+                while (chunk := await _next_chunk(stream)) is not _END:
+                    line = _progress_line(chunk)
+                    if line is not None:
+                        # Storable: a file name's lone surrogate (os.listdir), a NUL of a command's output stored by
+                        # no database, and the line's message, tried again for ever, held up the run's reply behind it.
+                        # Baton's own: what it raises passes as it is.
+                        await on_progress(storable(line))
         except TimeoutError:
             if limit is not None and deadline.expired():
                 raise RunTimedOut(limit) from None

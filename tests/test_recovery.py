@@ -349,8 +349,8 @@ async def test_a_run_taken_over_after_a_stop_edits_its_progress_message_instead_
 
         async def stop_after_the_first_progress(spec, lg_thread_id, payload, context, on_progress, run_id=None,
                                                 **options):
-            async def post_then_stop(lines: list[str]) -> None:
-                await on_progress(lines)
+            async def post_then_stop(text: str) -> None:
+                await on_progress(text)
                 raise _Stopped()
 
             return await graph_run(spec, lg_thread_id, payload, context, post_then_stop, run_id, **options)
