@@ -30,7 +30,7 @@ from storage.models import OutboxMessage
 from tests import fake_discord as discord_side
 from tests.fake_discord import ALICE, BOB, CAROL, EPHEMERAL, GENERAL, GUILD_ID, TOKEN, FakeDiscord
 from tests.fake_slack import check_message
-from tests.support import runs_in, wait_for, write_config
+from tests.support import runs_in, slow_release, wait_for, write_config
 from tests.test_discord import Discord, chat, fake_discord  # noqa: F401 (fixtures)
 from tests.test_graph_authoring_hunt2 import _waiting_card
 from tests.test_graph_modules import _asked
@@ -121,6 +121,46 @@ def test_on_slack_the_asides_are_answered_at_a_card_and_a_typed_approve_ephemera
     assert f"<@{SLACK_BOB}>" in told.text, told.text
     assert slack.reply("can cancel this run. It goes on.", thread).ephemeral_to == SLACK_CAROL
     assert runs_in(counter) == [] and slack.fake.message(card.channel, card.ts).blocks[-1]["type"] == "actions"
+
+
+
+# -- asides beside a running run -------------------------------------------------------------------------------------
+
+NOTHING_WAITS = "Nothing in this thread waits for a decision now, so a typed `approve` changes nothing."
+
+
+def test_on_slack_the_asides_beside_a_running_run_are_answered_at_once_a_typed_approve_ephemerally(
+        slack: Slack, counter: Path) -> None:  # noqa: F811
+    """While a command runs, ``status`` is answered in the thread and a typed ``approve`` to carol alone, at once
+    (they waited for the command's end, told "Queued: ..."); the run goes on to its end."""
+    thread = slack.mention("run slow seconds=9.9", user=SLACK_ALICE)["ts"]
+    wait_for(lambda: slack.rows("SELECT status FROM runs") == [("running",)], what="the command to run")
+    slack.mention("status", user=SLACK_CAROL, thread_ts=thread)
+    status = slack.reply("Status: 1 active thread", thread)
+    assert status.ephemeral_to is None and "running (asked by" in json.dumps(status.blocks), status.blocks
+    assert slack.sender.send_event(slack.sender.message("approve", user=SLACK_CAROL, thread_ts=thread)).status_code \
+        == 200
+    told = slack.reply(NOTHING_WAITS, thread)
+    assert told.ephemeral_to == SLACK_CAROL and told.thread_ts == thread
+    assert slack.rows("SELECT status FROM runs") == [("running",)]  # answered beside it
+    slow_release(counter).touch()
+    slack.reply("slept", thread)
+    assert not any("Queued" in message.text for message in slack.fake.messages(thread=thread))
+
+
+def test_on_discord_the_asides_beside_a_running_run_are_answered_at_once_a_typed_approve_privately(
+        chat: Discord, fake_discord: FakeDiscord, counter: Path) -> None:  # noqa: F811
+    thread = fake_discord.say("run slow seconds=9.9", user=ALICE)["id"]
+    wait_for(lambda: chat.rows("SELECT status FROM runs") == [("running",)], what="the command to run")
+    fake_discord.say("status", user=CAROL, channel=thread)
+    assert "running" in discord_side.shown_text(chat.reply("Status: 1 active thread", thread))
+    fake_discord.say("approve", user=CAROL, channel=thread, mention=False)
+    chat.reply(NOTHING_WAITS, fake_discord.direct_channel(CAROL))  # a message's private reply: a direct message
+    assert chat.rows("SELECT status FROM runs") == [("running",)]
+    slow_release(counter).touch()
+    chat.reply("slept", thread)
+    shown = [discord_side.shown_text(message) for message in fake_discord.messages(thread)]
+    assert not any("Queued" in text or NOTHING_WAITS in text for text in shown), shown
 
 
 # -- the cards of tool reviews and question dicts, on both platforms -------------------------------------------------
