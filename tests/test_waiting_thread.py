@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlmodel import select
@@ -211,32 +212,13 @@ async def test_an_aside_answered_beside_a_run_that_ends_meanwhile_is_answered_on
     """The run ends while its replica is still answering a ``status`` written beside it: the drain, taking the
     thread's queue next, waits for that answer instead of giving a second one (or failing on the event closed
     under it), and the thread is given back."""
-    settings = Settings(BATON_DATABASE_URL=database_url, BATON_CONFIG=config_path,  # type: ignore[call-arg]
-                        BATON_ADAPTERS="playground")
-    async with Baton(settings) as baton:
+    async with Baton(_playground(database_url, config_path)) as baton:
         orchestrator = baton.orchestrator
         assert orchestrator is not None
-        answering, go_on = asyncio.Event(), asyncio.Event()
-        answer = orchestrator._aside_answer
-
-        beside: list[asyncio.Task[None]] = []
-
-        async def held_answer(event: InboundEvent, record: ThreadRecord) -> tuple[str, Message, bool]:
-            if not beside:  # the answer beside the run: held until the run has ended
-                beside.append(asyncio.current_task())  # type: ignore[arg-type]
-                answering.set()
-                await go_on.wait()
-            else:  # a second answer (the drain's): made after the first is stored, the order that failed the drain
-                await asyncio.wait(beside)
-            return await answer(event, record)
-
-        orchestrator._aside_answer = held_answer  # type: ignore[method-assign]
+        held = _HeldAnswers(orchestrator)
 
         async def say(event_id: str, text: str, user: str) -> None:
-            accepted = await baton.accept_message(InboundMessage(
-                platform="playground", channel="general", thread="t1", event_id=event_id, user=user, text=text,
-                addressed=True))
-            assert accepted.status == "accepted", accepted
+            await _say(baton, event_id, text, user)
 
         async def events() -> list[tuple[str, str, str | None]]:
             async with baton.db.read() as session:
@@ -246,11 +228,11 @@ async def test_an_aside_answered_beside_a_run_that_ends_meanwhile_is_answered_on
         await say("e1", "run sleepy", "alice")
         await until(lambda: _async((tmp_path / "sleepy.pid").exists()), "the command to start")
         await say("e2", "status", "carol")
-        await asyncio.wait_for(answering.wait(), 20)  # answered beside the run: held there
+        await asyncio.wait_for(held.answering.wait(), 20)  # answered beside the run: held there
         await say("e3", "cancel", "alice")
         await until(lambda: _async(_drain_at("_handle_aside")), "the drain to take the status, the run ended")
         assert (await events())[1] == ("aside", "pending", None)
-        go_on.set()
+        held.go_on.set()
         await until(lambda: _async(not orchestrator._draining), "the thread's queue drained")
         kinds = await events()
         assert kinds[1] == ("aside", "done", "status"), kinds
@@ -262,13 +244,44 @@ async def test_an_aside_answered_beside_a_run_that_ends_meanwhile_is_answered_on
         # Made once go_on was set, after the run ended: it finds nothing running.
         assert sum("Nothing is running or waiting for approval" in reply for reply in replies) == 1, replies
         assert record.lease_owner is None  # given back: nothing else is queued
-        assert len(beside) == 1 and beside[0].done()
+        assert len(held.first) == 1 and held.first[0].done()  # the drain did not answer it a second time
     # The drain answering it too found it closed under it: "stopped draining: event 2 was already handled elsewhere"
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("baton")] == []
 
 
 async def _async(value: object) -> object:
     return value
+
+
+class _HeldAnswers:
+    """The orchestrator's answers to asides, the first held until ``go_on`` is set (``answering`` says it is
+    there); a second (the drain's) is made once the first is stored, the order that failed the drain."""
+
+    def __init__(self, orchestrator: Any) -> None:
+        self.answering, self.go_on = asyncio.Event(), asyncio.Event()
+        self.first: list[asyncio.Task[Any]] = []
+        self._answer = orchestrator._aside_answer
+        orchestrator._aside_answer = self._held
+
+    async def _held(self, event: InboundEvent, record: ThreadRecord) -> tuple[str, Message, bool]:
+        if not self.first:
+            self.first.append(asyncio.current_task())  # type: ignore[arg-type]
+            self.answering.set()
+            await self.go_on.wait()
+        else:
+            await asyncio.wait(self.first)
+        return await self._answer(event, record)
+
+
+def _playground(database_url: str, config_path: Path) -> Settings:
+    return Settings(BATON_DATABASE_URL=database_url, BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                    BATON_ADAPTERS="playground")
+
+
+async def _say(baton: Baton, event_id: str, text: str, user: str) -> None:
+    accepted = await baton.accept_message(InboundMessage(
+        platform="playground", channel="general", thread="t1", event_id=event_id, user=user, text=text, addressed=True))
+    assert accepted.status == "accepted", accepted
 
 
 def _drain_at(function: str) -> bool:
@@ -288,33 +301,20 @@ async def test_baton_stopping_keeps_the_thread_until_an_aside_answered_beside_it
     """Baton stops while a ``status`` is being answered beside a run, and the run ends in the stop's grace: the
     drain gave the thread back at once, and the answer, made, was thrown away ("stopped answering asides: thread
     1 is no longer ours"). It now waits for that answer to be stored before giving the thread back."""
-    settings = Settings(BATON_DATABASE_URL=database_url, BATON_CONFIG=config_path,  # type: ignore[call-arg]
-                        BATON_ADAPTERS="playground")
-    async with Baton(settings) as baton:
+    async with Baton(_playground(database_url, config_path)) as baton:
         orchestrator = baton.orchestrator
         assert orchestrator is not None
-        answering, go_on = asyncio.Event(), asyncio.Event()
-        answer = orchestrator._aside_answer
-
-        async def held_answer(event: InboundEvent, record: ThreadRecord) -> tuple[str, Message, bool]:
-            answering.set()
-            await go_on.wait()
-            return await answer(event, record)
-
-        orchestrator._aside_answer = held_answer  # type: ignore[method-assign]
-        for event_id, text, user in (("e1", "run sleepy", "alice"), ("e2", "status", "carol")):
-            if event_id == "e2":
-                pidfile = tmp_path / "sleepy.pid"
-                pid = int(await until(lambda: _async(pidfile.exists() and pidfile.read_text()), "the command to start"))
-            assert (await baton.accept_message(InboundMessage(
-                platform="playground", channel="general", thread="t1", event_id=event_id, user=user, text=text,
-                addressed=True))).status == "accepted"
-        await asyncio.wait_for(answering.wait(), 20)
+        held = _HeldAnswers(orchestrator)
+        await _say(baton, "e1", "run sleepy", "alice")
+        pidfile = tmp_path / "sleepy.pid"
+        pid = int(await until(lambda: _async(pidfile.exists() and pidfile.read_text()), "the command to start"))
+        await _say(baton, "e2", "status", "carol")
+        await asyncio.wait_for(held.answering.wait(), 20)
         stopping = asyncio.create_task(orchestrator.stop(grace=20))
         await until(lambda: _async(orchestrator._stopping), "the stop to begin")
         os.kill(pid, signal.SIGKILL)  # the run ends in the grace
         await until(lambda: _async(not orchestrator._running and _drain_at("wait")), "the drain to wait for the answer")
-        go_on.set()
+        held.go_on.set()
         await stopping
         async with baton.db.read() as session:
             events = [(e.kind, e.status, e.outcome) for e in (await session.exec(
