@@ -141,6 +141,10 @@ def _private(message: InboundMessage) -> dict[str, bool]:
     return {"private": True} if message.private else {}  # the usual event's payload stays as it was
 
 
+class _AnsweredElsewhere(Exception):
+    """An aside answered beside its run had been answered meanwhile: the transaction storing this answer is undone."""
+
+
 class LeaseLost(RuntimeError):
     """This process no longer holds the thread it was draining: its results are not written."""
 
@@ -1019,17 +1023,21 @@ class Orchestrator:
                     if running is None or self._stopping or running[1].graph == event.payload["aside"]:
                         return
                     outcome, reply, ephemeral = await self._aside_answer(event, record)  # type: ignore[arg-type]
-                    async with self.db.session() as session:
-                        if not (await session.exec(_CLOSE_EVENT, params={  # type: ignore[call-overload]
-                                "closed_id": event.id, "closed_as": outcome[:200], "now": utcnow()})).rowcount:
-                            continue  # answered by the drain meanwhile
-                        if not await self.leases.keep(session, record_id):
-                            raise LeaseLost(f"thread {record_id} is no longer ours; its asides are left to its holder")
-                        delivery = await self._answer(session, event, outcome, reply, ephemeral=ephemeral, close=False)
+                    try:
+                        # The thread's outbox lock first, then the event's row, as the drain answering an event takes
+                        # them (``_answer``, ``_mark_done``); the thread's row is not taken: the run's own writes take
+                        # it and the outbox lock in either order (its result, its card), and one of them deadlocked
+                        # with this on PostgreSQL. Closing the event is the guard: it is answered by whoever closes it.
+                        async with self.db.session() as session:
+                            delivery = await self._answer(session, event, outcome, reply, ephemeral=ephemeral,
+                                                          close=False)
+                            if not (await session.exec(_CLOSE_EVENT, params={  # type: ignore[call-overload]
+                                    "closed_id": event.id, "closed_as": outcome[:200], "now": utcnow()})).rowcount:
+                                raise _AnsweredElsewhere
+                    except _AnsweredElsewhere:
+                        continue  # by the drain, its run ended meanwhile; or by a replica that took the thread over
                     self.outbox.hand_over(event.platform, delivery)
                 again = record_id in self._beside_again
-        except LeaseLost as exc:
-            log.warning("stopped answering asides: %s", exc)
         except Exception as exc:  # the drain takes them after the run, as before
             if not self.db.health.explains(exc) and database_unusable(exc) is None:
                 log.exception("answering the asides of thread %s beside its run failed", record_id)
