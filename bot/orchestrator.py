@@ -1695,7 +1695,7 @@ class Orchestrator:
     async def _answer(self, session: Transaction, event: InboundEvent, outcome: str, reply: Message | None = None,
                       *, ephemeral: bool = False, close: bool = True) -> Delivery | None:
         """Answer ``event`` in the caller's transaction; a reply this process may send at once is returned
-        (``Outbox.hand_over`` it after the commit). ``close=False``: the caller closed the event."""
+        (``Outbox.hand_over`` it after the commit). ``close=False``: the caller closes the event itself, after."""
         delivery = None
         if reply is not None:
             location = Location(platform=event.platform, workspace=event.workspace, channel=event.channel,
