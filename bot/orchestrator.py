@@ -301,7 +301,7 @@ class Orchestrator:
             if record is None:
                 record, new_thread = await threads.create(session, location, self.leases.lease_for_new_thread())
             kind, text, payload = "message", message.text, {"addressed": message.addressed, **_private(message)}
-            if not new_thread and is_cancel(message.text, message.addressed) and (
+            if not new_thread and is_cancel(message.text, message.addressed, self.registry) and (
                     record.status in threads.BUSY or await threads.has_pending(session, record.id)):  # type: ignore[arg-type]
                 kind, text, payload = await self._cancel_kind(session, record, message.text, payload)
             elif not new_thread and record.status in threads.BUSY and (asked := self._aside(message)) is not None:
@@ -883,7 +883,7 @@ class Orchestrator:
         if chosen.graph == DIGEST_COMMAND:
             return await self._digest_command(event, chosen.input["words"])
         if chosen.graph == CANCEL_COMMAND:  # a thread with a run going on stored it as a cancel (``_cancel_kind``)
-            if conversation and not is_cancel(text, addressed=False):  # "cancel the meeting": people talking
+            if conversation and not is_cancel(text, addressed=False, registry=self.registry):  # people talking
                 return await self._finish_event(event, "conversation")
             return await self._finish_event(event, "nothing to cancel", replies.nothing_to_cancel(
                 in_thread=record.graph is not None))  # a thread that ran nothing is the one this message began

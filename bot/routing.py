@@ -20,6 +20,8 @@ RUNBOOK_GRAPH = "runbook"
 HELP_GRAPH = "help"
 DIGEST_COMMAND = "digest"  # schedules and "digest now": handled by the core (bot.digests), not a graph run
 CANCEL_COMMAND = "cancel"  # stops the thread's run: handled by the core, which holds the run, not a graph
+# The word people reach for first; unlike ``cancel`` a graph may be named so, and then its name is its own.
+STOP_WORD = "stop"
 # Pseudo-graphs of the core's own runs, no request's: a model's routing that started nothing (chatter; its run
 # keeps what it cost), and a choice card waiting for the requester to pick a graph (the pick is a run of its own).
 ROUTER = "route"
@@ -62,7 +64,7 @@ def route(request: Request, text: str, registry: GraphRegistry, config: BatonCon
     if not head:
         return Route(HELP_GRAPH, _input_for(registry, HELP_GRAPH, request, ""), title="help", force=force)
     command = head.lower()
-    if _cancel_word(command):
+    if _cancel_word(command, registry):
         return Route(CANCEL_COMMAND, title=CANCEL_COMMAND)
     if command in COMMAND_WORDS:
         if command == DIGEST_COMMAND:
@@ -118,8 +120,8 @@ def is_request(text: str, registry: GraphRegistry, *, addressed: bool = True) ->
     _force, text = _leading_force(text)
     head, rest = _first_word(text)
     command = head.lower()
-    if _cancel_word(command):
-        return is_cancel(text, addressed=False)
+    if _cancel_word(command, registry):
+        return is_cancel(text, addressed=False, registry=registry)
     if not command or command in COMMAND_WORDS:
         return True
     spec = registry.get(command)
@@ -134,11 +136,12 @@ def _names_only(spec: GraphSpec, rest: str) -> bool:
     return not rest or (spec.dedupe and rest.lower() == FORCE_WORD)
 
 
-def is_cancel(text: str, addressed: bool) -> bool:
-    """Whether ``text`` (without the bot mention) asks to stop the thread's run: ``cancel``, and whatever
-    follows when the bot was mentioned; unmentioned, the word alone ("cancel the meeting" is people talking)."""
+def is_cancel(text: str, addressed: bool, registry: GraphRegistry | None = None) -> bool:
+    """Whether ``text`` (without the bot mention) asks to stop the thread's run: ``cancel`` (or ``stop``, unless
+    ``registry`` has a graph of that name), and whatever follows when the bot was mentioned; unmentioned, the word
+    alone ("cancel the meeting", "stop by later" are people talking)."""
     head, rest = _first_word(_leading_force(text)[1])
-    return _cancel_word(head) and (addressed or not rest.strip())
+    return _cancel_word(head, registry) and (addressed or not rest.strip())
 
 
 def aside(text: str, registry: GraphRegistry, *, addressed: bool) -> str | None:
@@ -157,10 +160,12 @@ def aside(text: str, registry: GraphRegistry, *, addressed: bool) -> str | None:
     return word
 
 
-def _cancel_word(word: str) -> bool:
+def _cancel_word(word: str, registry: GraphRegistry | None) -> bool:
     """``cancel``, written in a hurry or not (``Cancel!``, ``cancel.``): "cancel!" was queued behind the run it
-    was meant to stop, and then answered "I don't know how to handle `cancel!`"."""
-    return word.lower().rstrip("!.") == CANCEL_COMMAND
+    was meant to stop, and then answered "I don't know how to handle `cancel!`". ``stop`` too, as people write it
+    first ("@baton stop" was answered with help, and the run went on), unless a graph is named so."""
+    word = word.lower().rstrip("!.")
+    return word == CANCEL_COMMAND or (word == STOP_WORD and (registry is None or registry.get(STOP_WORD) is None))
 
 
 def runbook_named(text: str) -> str | None:

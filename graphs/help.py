@@ -61,7 +61,7 @@ def answer(state: HelpState) -> HelpState:
         {"kind": "text", "text": intro},
         {"kind": "text", "text": "\n".join(lines)},
         {"kind": "note", "text": "Add `force` as the first or last word of a request to run it again even if the same one ran recently."},
-        {"kind": "note", "text": "Write `cancel` in a run's thread to stop it (whoever asked for it, or an approver)."},
+        {"kind": "note", "text": "Write `cancel` (or `stop`) in a run's thread to stop it (whoever asked for it, or an approver)."},
     ]
     return {"reply": {"title": "Baton help", "tone": "info", "parts": parts}}
 

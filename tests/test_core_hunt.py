@@ -12,7 +12,7 @@ from sqlmodel import select
 
 from bot.kit import approve
 from bot.messages import InboundClick, InboundMessage
-from bot.registry import GraphSpec
+from bot.registry import GraphRegistry, GraphSpec
 from bot.replies import age
 from bot.routing import CANCEL_COMMAND, RouteError, is_cancel, is_request, route, runbook_named
 from storage.models import InboundEvent
@@ -52,6 +52,32 @@ def test_cancel_with_an_exclamation_mark_stops_the_run_instead_of_waiting_behind
     assert "a command it was running was killed" in reply["text"]
     assert not any("Queued" in m["text"] for m in pg.bot_replies(thread))
     wait_for(lambda: not alive(pid), what="the command to be killed")
+
+
+@pytest.mark.parametrize("text", ["stop", "Stop!", "STOP.", "force stop"])
+def test_stop_is_a_cancel_unless_a_graph_is_named_so(text: str) -> None:
+    """The word people write first: "@baton stop" was answered with help, and the run went on."""
+    assert is_cancel(text, addressed=False, registry=REGISTRY) and is_cancel(text, addressed=True, registry=REGISTRY)
+    assert route(REQUEST, text, REGISTRY, CONFIG).graph == CANCEL_COMMAND
+    assert is_request(text, REGISTRY, addressed=False)
+    assert not is_cancel(f"{text} by later", addressed=False, registry=REGISTRY)  # people talking
+    assert not is_cancel("stopped", addressed=True, registry=REGISTRY)
+    registry = GraphRegistry.discover()
+    registry.add(GraphSpec(name="stop", graph=None))  # a graph of that name: its name is its own
+    assert not is_cancel(text, addressed=True, registry=registry)
+    assert route(REQUEST, "stop", registry, CONFIG).graph == "stop"
+
+
+def test_stop_written_in_a_runs_thread_stops_it(start_baton, sqlite_url, tmp_path) -> None:
+    pg = start_baton(sqlite_url).client()
+    thread = pg.ask("@baton run sleepy", user="alice")
+    pid = started_sleeping(tmp_path)
+    pg.say("stop", thread=thread, user="alice")  # the word alone, without a mention
+    reply = pg.wait_reply(thread, "alice cancelled `run sleepy` after")
+    assert "a command it was running was killed" in reply["text"]
+    wait_for(lambda: not alive(pid), what="the command to be killed")
+    top = pg.ask("@baton stop", user="alice")  # in a channel: there is no run to stop
+    pg.wait_reply(top, "`cancel` stops a run that is going on: write it in that run's thread.")
 
 
 @pytest.mark.parametrize("rest", [
