@@ -92,6 +92,13 @@ _RECENT_TWIN = prepared(select(ThreadRecord).where(
 _EVENTS, _THREADS, _RUNS = InboundEvent.__table__, ThreadRecord.__table__, Run.__table__  # type: ignore[attr-defined]
 _CLOSE_EVENT = prepared(update(_EVENTS).where(_EVENTS.c.id == bindparam("closed_id"), _EVENTS.c.status == "pending")
                         .values(status="done", outcome=bindparam("closed_as"), handled_at=bindparam("now", type_=DateTime())))
+# ``_CLOSE_EVENT`` while this replica holds the event's thread, read without taking the thread's row (an aside
+# answered beside its run: the run's own writes take that row, ``_answer_each_beside``). A replica that stalled past
+# its lease and lost the thread answered it beside the new holder, whose drain then stopped on the event closed.
+_CLOSE_EVENT_WHILE_HELD = prepared(update(_EVENTS).where(
+    _EVENTS.c.id == bindparam("closed_id"), _EVENTS.c.status == "pending",
+    exists().where(_THREADS.c.id == _EVENTS.c.thread_record_id, _THREADS.c.lease_owner == bindparam("owner")),
+).values(status="done", outcome=bindparam("closed_as"), handled_at=bindparam("now", type_=DateTime())))
 # A run that answers repeats with no link (help, status, a "thanks!" in the thread) keeps the thread's
 # fingerprint: the request the thread was made for is still found by the duplicate check.
 _START_THREAD = prepared(update(_THREADS).where(_THREADS.c.id == bindparam("record_id")).values(
@@ -142,7 +149,8 @@ def _private(message: InboundMessage) -> dict[str, bool]:
 
 
 class _AnsweredElsewhere(Exception):
-    """An aside answered beside its run had been answered meanwhile: the transaction storing this answer is undone."""
+    """An aside answered beside its run had been answered meanwhile, or its thread is another replica's now: the
+    transaction storing this answer is undone."""
 
 
 class LeaseLost(RuntimeError):
@@ -1025,17 +1033,18 @@ class Orchestrator:
                     outcome, reply, ephemeral = await self._aside_answer(event, record)  # type: ignore[arg-type]
                     try:
                         # The thread's outbox lock first, then the event's row, as the drain answering an event takes
-                        # them (``_answer``, ``_mark_done``); the thread's row is not taken: the run's own writes take
-                        # it and the outbox lock in either order (its result, its card), and one of them deadlocked
-                        # with this on PostgreSQL. Closing the event is the guard: it is answered by whoever closes it.
+                        # them (``_answer``, ``_mark_done``); the thread's row is read, not taken: the run's own writes
+                        # take it and the outbox lock in either order (its result, its card), and one of them
+                        # deadlocked with this on PostgreSQL. The event is answered by whoever closes it.
                         async with self.db.session() as session:
                             delivery = await self._answer(session, event, outcome, reply, ephemeral=ephemeral,
                                                           close=False)
-                            if not (await session.exec(_CLOSE_EVENT, params={  # type: ignore[call-overload]
-                                    "closed_id": event.id, "closed_as": outcome[:200], "now": utcnow()})).rowcount:
+                            if not (await session.exec(_CLOSE_EVENT_WHILE_HELD, params={  # type: ignore[call-overload]
+                                    "closed_id": event.id, "closed_as": outcome[:200], "now": utcnow(),
+                                    "owner": self.leases.owner})).rowcount:
                                 raise _AnsweredElsewhere
                     except _AnsweredElsewhere:
-                        continue  # by the drain, its run ended meanwhile; or by a replica that took the thread over
+                        continue  # by the drain, its run ended meanwhile; or the thread is another replica's now
                     self.outbox.hand_over(event.platform, delivery)
                 again = record_id in self._beside_again
         except Exception as exc:  # the drain takes them after the run, as before

@@ -20,7 +20,8 @@ RUNBOOK_GRAPH = "runbook"
 HELP_GRAPH = "help"
 DIGEST_COMMAND = "digest"  # schedules and "digest now": handled by the core (bot.digests), not a graph run
 CANCEL_COMMAND = "cancel"  # stops the thread's run: handled by the core, which holds the run, not a graph
-# The word people reach for first; unlike ``cancel`` a graph may be named so, and then its name is its own.
+# The word people reach for first. Unlike ``cancel`` it is one only as the whole message ("stop web-2" may be a
+# graph's pattern, "stop the nginx service" a model's to route), and a graph may be named so (then it is its own).
 STOP_WORD = "stop"
 # Pseudo-graphs of the core's own runs, no request's: a model's routing that started nothing (chatter; its run
 # keeps what it cost), and a choice card waiting for the requester to pick a graph (the pick is a run of its own).
@@ -64,7 +65,7 @@ def route(request: Request, text: str, registry: GraphRegistry, config: BatonCon
     if not head:
         return Route(HELP_GRAPH, _input_for(registry, HELP_GRAPH, request, ""), title="help", force=force)
     command = head.lower()
-    if _cancel_word(command, registry):
+    if _cancel_word(command, rest, registry):
         return Route(CANCEL_COMMAND, title=CANCEL_COMMAND)
     if command in COMMAND_WORDS:
         if command == DIGEST_COMMAND:
@@ -120,7 +121,7 @@ def is_request(text: str, registry: GraphRegistry, *, addressed: bool = True) ->
     _force, text = _leading_force(text)
     head, rest = _first_word(text)
     command = head.lower()
-    if _cancel_word(command, registry):
+    if _cancel_word(command, rest, registry):
         return is_cancel(text, addressed=False, registry=registry)
     if not command or command in COMMAND_WORDS:
         return True
@@ -137,11 +138,11 @@ def _names_only(spec: GraphSpec, rest: str) -> bool:
 
 
 def is_cancel(text: str, addressed: bool, registry: GraphRegistry | None = None) -> bool:
-    """Whether ``text`` (without the bot mention) asks to stop the thread's run: ``cancel`` (or ``stop``, unless
-    ``registry`` has a graph of that name), and whatever follows when the bot was mentioned; unmentioned, the word
-    alone ("cancel the meeting", "stop by later" are people talking)."""
+    """Whether ``text`` (without the bot mention) asks to stop the thread's run: ``cancel``, and whatever follows
+    when the bot was mentioned; unmentioned, the word alone ("cancel the meeting" is people talking). ``stop``
+    alone too, unless ``registry`` has a graph of that name."""
     head, rest = _first_word(_leading_force(text)[1])
-    return _cancel_word(head, registry) and (addressed or not rest.strip())
+    return _cancel_word(head, rest, registry) and (addressed or not rest.strip())
 
 
 def aside(text: str, registry: GraphRegistry, *, addressed: bool) -> str | None:
@@ -160,12 +161,15 @@ def aside(text: str, registry: GraphRegistry, *, addressed: bool) -> str | None:
     return word
 
 
-def _cancel_word(word: str, registry: GraphRegistry | None) -> bool:
-    """``cancel``, written in a hurry or not (``Cancel!``, ``cancel.``): "cancel!" was queued behind the run it
-    was meant to stop, and then answered "I don't know how to handle `cancel!`". ``stop`` too, as people write it
-    first ("@baton stop" was answered with help, and the run went on), unless a graph is named so."""
+def _cancel_word(word: str, rest: str, registry: GraphRegistry | None) -> bool:
+    """Whether ``word`` followed by ``rest`` is a cancel: ``cancel``, written in a hurry or not (``Cancel!``,
+    ``cancel.``): "cancel!" was queued behind the run it was meant to stop, and then answered "I don't know how to
+    handle `cancel!`". ``stop`` too, alone, as people write it first ("@baton stop" was queued behind the run it
+    meant to stop), unless a graph is named so (``STOP_WORD``)."""
     word = word.lower().rstrip("!.")
-    return word == CANCEL_COMMAND or (word == STOP_WORD and (registry is None or registry.get(STOP_WORD) is None))
+    if word == CANCEL_COMMAND:
+        return True
+    return word == STOP_WORD and not rest.strip() and (registry is None or registry.get(STOP_WORD) is None)
 
 
 def runbook_named(text: str) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,17 @@ def test_stop_is_a_cancel_unless_a_graph_is_named_so(text: str) -> None:
     registry.add(GraphSpec(name="stop", graph=None))  # a graph of that name: its name is its own
     assert not is_cancel(text, addressed=True, registry=registry)
     assert route(REQUEST, "stop", registry, CONFIG).graph == "stop"
+
+
+def test_stop_followed_by_words_is_left_to_the_graphs_patterns_and_the_model() -> None:
+    """Only ``stop`` alone cancels: "stop web-2" is a graph's pattern here (and "stop the nginx service" a model's
+    to route); as the first word of anything, it took those for a cancel."""
+    registry = GraphRegistry.discover()
+    registry.add(GraphSpec(name="services", graph=None, patterns=[re.compile(r"^(start|stop) (?P<svc>[\w-]+)$")]))
+    assert route(REQUEST, "stop web-2", registry, CONFIG).graph == "services"
+    assert not is_cancel("stop web-2", addressed=True, registry=registry)
+    assert route(REQUEST, "stop the nginx service", registry, CONFIG).unmatched  # the model's, when there is one
+    assert route(REQUEST, "cancel web-2", registry, CONFIG).graph == CANCEL_COMMAND  # as before
 
 
 def test_stop_written_in_a_runs_thread_stops_it(start_baton, sqlite_url, tmp_path) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 from sqlmodel import select
 
 from bot.app import Baton
@@ -278,6 +279,20 @@ def _playground(database_url: str, config_path: Path) -> Settings:
                     BATON_ADAPTERS="playground")
 
 
+async def _status_held_beside_sleepy(baton: Baton, tmp_path: Path) -> tuple[Any, _HeldAnswers, int]:
+    """alice's ``run sleepy`` running, and carol's ``status`` being answered beside it, held there: the
+    orchestrator, the held answers, the command's pid."""
+    orchestrator = baton.orchestrator
+    assert orchestrator is not None
+    held = _HeldAnswers(orchestrator)
+    await _say(baton, "e1", "run sleepy", "alice")
+    pidfile = tmp_path / "sleepy.pid"
+    pid = int(await until(lambda: _async(pidfile.exists() and pidfile.read_text()), "the command to start"))
+    await _say(baton, "e2", "status", "carol")
+    await asyncio.wait_for(held.answering.wait(), 20)
+    return orchestrator, held, pid
+
+
 async def _say(baton: Baton, event_id: str, text: str, user: str) -> None:
     accepted = await baton.accept_message(InboundMessage(
         platform="playground", channel="general", thread="t1", event_id=event_id, user=user, text=text, addressed=True))
@@ -302,14 +317,7 @@ async def test_baton_stopping_keeps_the_thread_until_an_aside_answered_beside_it
     drain gave the thread back at once, and the answer, made, was thrown away ("stopped answering asides: thread
     1 is no longer ours"). It now waits for that answer to be stored before giving the thread back."""
     async with Baton(_playground(database_url, config_path)) as baton:
-        orchestrator = baton.orchestrator
-        assert orchestrator is not None
-        held = _HeldAnswers(orchestrator)
-        await _say(baton, "e1", "run sleepy", "alice")
-        pidfile = tmp_path / "sleepy.pid"
-        pid = int(await until(lambda: _async(pidfile.exists() and pidfile.read_text()), "the command to start"))
-        await _say(baton, "e2", "status", "carol")
-        await asyncio.wait_for(held.answering.wait(), 20)
+        orchestrator, held, pid = await _status_held_beside_sleepy(baton, tmp_path)
         stopping = asyncio.create_task(orchestrator.stop(grace=20))
         await until(lambda: _async(orchestrator._stopping), "the stop to begin")
         os.kill(pid, signal.SIGKILL)  # the run ends in the grace
@@ -324,3 +332,24 @@ async def test_baton_stopping_keeps_the_thread_until_an_aside_answered_beside_it
         assert record.lease_owner is None
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("baton")
             and "answering asides" in r.getMessage()] == []
+
+
+async def test_an_aside_answer_made_after_the_thread_was_taken_over_is_not_stored(
+        database_url: str, config_path: Path, tmp_path: Path) -> None:  # noqa: F811
+    """This replica stalled past its lease while answering a ``status`` beside its run, and another took the thread
+    over: its answer is not stored (the new holder answers the aside). Stored, it closed the event under the new
+    holder's drain, which then stopped ("event 2 was already handled elsewhere") and left the thread stalled."""
+    async with Baton(_playground(database_url, config_path)) as baton:
+        orchestrator, held, pid = await _status_held_beside_sleepy(baton, tmp_path)
+        async with baton.db.session() as session:  # another replica took the thread over meanwhile
+            await session.exec(update(ThreadRecord).where(  # type: ignore[call-overload]
+                ThreadRecord.thread == "t1").values(lease_owner="another replica"))
+        held.go_on.set()
+        await asyncio.wait(held.first)
+        async with baton.db.read() as session:
+            aside = (await session.exec(select(InboundEvent).where(InboundEvent.event_id == "e2"))).one()
+            replies = [str(row.payload) for row in (await session.exec(select(OutboxMessage).where(
+                OutboxMessage.thread == "t1"))).all()]
+        assert (aside.status, aside.outcome) == ("pending", None)
+        assert not any("Status:" in reply for reply in replies), replies
+        os.kill(pid, signal.SIGKILL)  # the run ends here: Baton's stop does not wait out its grace for it
