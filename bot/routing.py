@@ -122,7 +122,7 @@ def is_request(text: str, registry: GraphRegistry, *, addressed: bool = True) ->
     head, rest = _first_word(text)
     command = head.lower()
     if _cancel_word(command, rest, registry):
-        return is_cancel(text, addressed=False, registry=registry)
+        return not rest.strip()  # unmentioned, as ``is_cancel`` reads it: the word alone
     if not command or command in COMMAND_WORDS:
         return True
     spec = registry.get(command)

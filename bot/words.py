@@ -20,7 +20,7 @@ OTHER_SPACES = ("\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2
 # Quotes as phones and word processors type them (iOS's Smart Punctuation, macOS's smart quotes): read as the
 # shell's when a `run` request typed with them cannot be read otherwise.
 TYPOGRAPHIC = "\u201c\u201d\u201e\u2018\u2019"
-TYPOGRAPHIC_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2018": "'", "\u2019": "'"})
+TYPOGRAPHIC_QUOTES = str.maketrans(TYPOGRAPHIC, "\"\"\"''")  # each as the shell's quote it stands for
 
 
 def split_words(text: str) -> list[str]:

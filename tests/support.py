@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import inspect
 import json
 import os
 import select
@@ -48,13 +49,16 @@ def wait_for(condition: Callable[[], T], timeout: float = 20.0, what: str = "con
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last value: {last!r})")
 
 
-async def until(condition: Callable[[], Awaitable[T]], what: str = "condition", timeout: float = 20.0) -> T:
-    """``wait_for`` for a test on the event loop: await ``condition`` until it returns something truthy."""
+async def until(condition: Callable[[], Awaitable[T] | T], what: str = "condition", timeout: float = 20.0) -> T:
+    """``wait_for`` for a test on the event loop: call ``condition`` (awaiting what it returns, if awaitable; a
+    plain one reads the process's own state) until it gives something truthy."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     last: Any = None
     while loop.time() < deadline:
-        last = await condition()
+        last = condition()
+        if inspect.isawaitable(last):
+            last = await last
         if last:
             return last
         await asyncio.sleep(0.02)

@@ -227,14 +227,14 @@ async def test_an_aside_answered_beside_a_run_that_ends_meanwhile_is_answered_on
                     select(InboundEvent).order_by(InboundEvent.id))).all()]  # type: ignore[arg-type]
 
         await say("e1", "run sleepy", "alice")
-        await until(lambda: _async((tmp_path / "sleepy.pid").exists()), "the command to start")
+        await until(lambda: (tmp_path / "sleepy.pid").exists(), "the command to start")
         await say("e2", "status", "carol")
         await asyncio.wait_for(held.answering.wait(), 20)  # answered beside the run: held there
         await say("e3", "cancel", "alice")
-        await until(lambda: _async(_drain_at("_handle_aside")), "the drain to take the status, the run ended")
+        await until(lambda: _drain_at("_handle_aside"), "the drain to take the status, the run ended")
         assert (await events())[1] == ("aside", "pending", None)
         held.go_on.set()
-        await until(lambda: _async(not orchestrator._draining), "the thread's queue drained")
+        await until(lambda: not orchestrator._draining, "the thread's queue drained")
         kinds = await events()
         assert kinds[1] == ("aside", "done", "status"), kinds
         assert all(status == "done" for _kind, status, _outcome in kinds), kinds
@@ -248,10 +248,6 @@ async def test_an_aside_answered_beside_a_run_that_ends_meanwhile_is_answered_on
         assert len(held.first) == 1 and held.first[0].done()  # the drain did not answer it a second time
     # The drain answering it too found it closed under it: "stopped draining: event 2 was already handled elsewhere"
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("baton")] == []
-
-
-async def _async(value: object) -> object:
-    return value
 
 
 class _HeldAnswers:
@@ -287,7 +283,7 @@ async def _status_held_beside_sleepy(baton: Baton, tmp_path: Path) -> tuple[Any,
     held = _HeldAnswers(orchestrator)
     await _say(baton, "e1", "run sleepy", "alice")
     pidfile = tmp_path / "sleepy.pid"
-    pid = int(await until(lambda: _async(pidfile.exists() and pidfile.read_text()), "the command to start"))
+    pid = int(await until(lambda: pidfile.exists() and pidfile.read_text(), "the command to start"))
     await _say(baton, "e2", "status", "carol")
     await asyncio.wait_for(held.answering.wait(), 20)
     return orchestrator, held, pid
@@ -319,9 +315,9 @@ async def test_baton_stopping_keeps_the_thread_until_an_aside_answered_beside_it
     async with Baton(_playground(database_url, config_path)) as baton:
         orchestrator, held, pid = await _status_held_beside_sleepy(baton, tmp_path)
         stopping = asyncio.create_task(orchestrator.stop(grace=20))
-        await until(lambda: _async(orchestrator._stopping), "the stop to begin")
+        await until(lambda: orchestrator._stopping, "the stop to begin")
         os.kill(pid, signal.SIGKILL)  # the run ends in the grace
-        await until(lambda: _async(not orchestrator._running and _drain_at("wait")), "the drain to wait for the answer")
+        await until(lambda: not orchestrator._running and _drain_at("wait"), "the drain to wait for the answer")
         held.go_on.set()
         await stopping
         async with baton.db.read() as session:
