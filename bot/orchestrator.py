@@ -34,7 +34,7 @@ from bot.outbox import Delivery, Outbox
 from bot.registry import GraphSpec
 from bot.models import MODEL_ERRORS, ModelFailed, cost_of, usage_of
 from bot.routing import (CANCEL_COMMAND, CHOOSER, DECISION_WORDS, DIGEST_COMMAND, ROUTER, RUNBOOK_GRAPH, RouteError,
-                          aside, is_cancel, is_request, route, route_to, runbook_named)
+                          aside, cancel_word, is_cancel, is_request, route, route_to, runbook_named)
 from bot.runtime import (EffectInDoubt, GraphOutcome, GraphRuntime, ProgressSink, RunServices, RunTimedOut,
                          Services)
 from bot.settings import Settings
@@ -501,14 +501,14 @@ class Orchestrator:
         if run is not None and (run.error or "").startswith(threads.CANCELLED_BY):
             return await self._finish_event(event, "cancelled already", replies.cancelled_already(
                 run.error.removeprefix(threads.CANCELLED_BY)))  # type: ignore[union-attr]
-        rejected = await self._rejection_of(run) if run is not None else None
+        rejected = await self._rejection_of(run, cancel_word(event.text)) if run is not None else None
         if rejected is not None:
             return await self._finish_event(event, "rejected already", rejected)
-        await self._finish_event(event, "nothing to cancel", replies.cancel_too_late())
+        await self._finish_event(event, "nothing to cancel", replies.cancel_too_late(cancel_word(event.text)))
 
-    async def _rejection_of(self, run: Run) -> Message | None:
-        """What a cancel that came as ``run`` answered a Reject is told: who rejected it (who cancelled it, when
-        the Reject was their ``cancel`` at its card); ``None`` when no card of it was rejected."""
+    async def _rejection_of(self, run: Run, word: str) -> Message | None:
+        """What a cancel (written with ``word``) that came as ``run`` answered a Reject is told: who rejected it (who
+        cancelled it, when the Reject was their ``cancel`` at its card); ``None`` when no card of it was rejected."""
         async with self.db.read() as session:
             card = (await session.exec(select(Approval).where(
                 Approval.run_id == run.id, Approval.status == "rejected",
@@ -518,7 +518,7 @@ class Orchestrator:
             return None
         if decided is not None and decided.payload.get("cancel"):
             return replies.cancelled_already(card.decided_by)  # type: ignore[arg-type]
-        return replies.rejected_already(card.decided_by)  # type: ignore[arg-type]
+        return replies.rejected_already(card.decided_by, word)  # type: ignore[arg-type]
 
     async def _withdraw_queued(self, event: InboundEvent) -> None:
         """A cancel sent while the thread's request waited to start: its sender's requests queued before it go
@@ -532,7 +532,8 @@ class Orchestrator:
             if withdrawn:
                 await audit.record(session, "request.cancelled", event.correlation_id, platform=event.platform,
                                    channel=event.channel, thread=event.thread, user=event.user, requests=withdrawn)
-            reply = replies.withdrawn(event.user, withdrawn) if withdrawn else replies.nothing_to_cancel(in_thread=True)
+            reply = replies.withdrawn(event.user, withdrawn) if withdrawn else \
+                replies.nothing_to_cancel(in_thread=True, word=cancel_word(event.text))
             delivery = await self._answer(session, event, "cancelled before it started" if withdrawn else
                                           "nothing to cancel", reply)
         self.outbox.hand_over(event.platform, delivery)
@@ -894,7 +895,7 @@ class Orchestrator:
             if conversation and not is_cancel(text, addressed=False, registry=self.registry):  # people talking
                 return await self._finish_event(event, "conversation")
             return await self._finish_event(event, "nothing to cancel", replies.nothing_to_cancel(
-                in_thread=record.graph is not None))  # a thread that ran nothing is the one this message began
+                in_thread=record.graph is not None, word=cancel_word(text)))  # a thread that ran nothing is the one this message began
         if chosen.unmatched and conversation and self.services.model is None:
             return await self._finish_event(event, "conversation")
         usage: Any = None

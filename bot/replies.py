@@ -265,13 +265,14 @@ def cancelled_already(by: str) -> Message:
     return Message.text(f"{by} cancelled this run already.", tone="info").naming(by)
 
 
-def rejected_already(by: str) -> Message:
-    return Message.text(f"{by} rejected this request already: nothing was left for your `cancel` to stop.",
+def rejected_already(by: str, word: str = "cancel") -> Message:
+    """``word``: what the cancel was written with (``cancel`` or ``stop``), as in the next answers."""
+    return Message.text(f"{by} rejected this request already: nothing was left for your `{word}` to stop.",
                         tone="info").naming(by)
 
 
-def cancel_too_late() -> Message:
-    return Message.text("The run was over before your `cancel` reached it: nothing was stopped.", tone="warning")
+def cancel_too_late(word: str = "cancel") -> Message:
+    return Message.text(f"The run was over before your `{word}` reached it: nothing was stopped.", tone="warning")
 
 
 def withdrawn(user: str, requests: int) -> Message:
@@ -279,10 +280,11 @@ def withdrawn(user: str, requests: int) -> Message:
     return Message.text(f"{user} cancelled {what} before it started: nothing of it ran.", tone="warning").naming(user)
 
 
-def nothing_to_cancel(in_thread: bool) -> Message:
+def nothing_to_cancel(in_thread: bool, word: str = "cancel") -> Message:
     if not in_thread:
-        return Message.text("`cancel` stops a run that is going on: write it in that run's thread.", tone="warning")
-    return Message.text("Nothing is running in this thread, so there is nothing to cancel.", tone="warning")
+        does = "ends" if word == "stop" else "stops"
+        return Message.text(f"`{word}` {does} a run that is going on: write it in that run's thread.", tone="warning")
+    return Message.text(f"Nothing is running in this thread, so there is nothing to {word}.", tone="warning")
 
 
 def decide_on_the_card(word: str, cards: list[Approval], user: str) -> Message:

@@ -161,6 +161,13 @@ def aside(text: str, registry: GraphRegistry, *, addressed: bool) -> str | None:
     return word
 
 
+def cancel_word(text: str) -> str:
+    """The word a cancel's ``text`` was written with, for its answers to name: ``stop`` or ``cancel`` ("@baton stop"
+    with nothing running was told that "`cancel` stops a run ...")."""
+    head, _rest = _first_word(_leading_force(text)[1])
+    return STOP_WORD if head.lower().rstrip("!.") == STOP_WORD else CANCEL_COMMAND
+
+
 def _cancel_word(word: str, rest: str, registry: GraphRegistry | None) -> bool:
     """Whether ``word`` followed by ``rest`` is a cancel: ``cancel``, written in a hurry or not (``Cancel!``,
     ``cancel.``): "cancel!" was queued behind the run it was meant to stop, and then answered "I don't know how to

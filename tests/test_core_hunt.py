@@ -14,8 +14,9 @@ from sqlmodel import select
 from bot.kit import approve
 from bot.messages import InboundClick, InboundMessage
 from bot.registry import GraphRegistry, GraphSpec
+from bot import replies
 from bot.replies import age
-from bot.routing import CANCEL_COMMAND, RouteError, is_cancel, is_request, route, runbook_named
+from bot.routing import CANCEL_COMMAND, RouteError, cancel_word, is_cancel, is_request, route, runbook_named
 from storage.models import InboundEvent
 from tests.support import alive, has_buttons, runs_in, until, wait_for
 from tests.test_approvals_hunt import _baton
@@ -88,8 +89,17 @@ def test_stop_written_in_a_runs_thread_stops_it(start_baton, sqlite_url, tmp_pat
     reply = pg.wait_reply(thread, "alice cancelled `run sleepy` after")
     assert "a command it was running was killed" in reply["text"]
     wait_for(lambda: not alive(pid), what="the command to be killed")
-    top = pg.ask("@baton stop", user="alice")  # in a channel: there is no run to stop
-    pg.wait_reply(top, "`cancel` stops a run that is going on: write it in that run's thread.")
+    top = pg.ask("@baton stop", user="alice")  # in a channel: there is no run to stop; named as it was written
+    pg.wait_reply(top, "`stop` ends a run that is going on: write it in that run's thread.")
+    pg.say("@baton stop", thread=thread, user="alice")  # the run is over: "nothing to cancel" named another word
+    pg.wait_reply(thread, "Nothing is running in this thread, so there is nothing to stop.")
+
+
+@pytest.mark.parametrize(("text", "word"), [("stop", "stop"), ("Stop!", "stop"), ("force stop", "stop"),
+                                            ("cancel", "cancel"), ("cancel deploy-42", "cancel"), ("", "cancel")])
+def test_a_cancels_answers_name_the_word_it_was_written_with(text: str, word: str) -> None:
+    assert cancel_word(text) == word
+    assert f"your `{word}`" in replies.cancel_too_late(word).plain_text()
 
 
 @pytest.mark.parametrize("rest", [
