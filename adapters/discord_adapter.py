@@ -115,6 +115,9 @@ FOLLOW_UP_MARGIN = timedelta(seconds=60)  # do not start a follow-up this close 
 STORE_BEFORE_DEFER_SECONDS = 1.5  # a click not stored by then is deferred meanwhile (Discord waits 3 s)
 DEFER_WAIT_SECONDS = 5.0  # a refusal waits at most this long for its click's defer to finish
 THREAD_NAME_CHARS = 100
+MEMBER_NAME_SECONDS = 2.0
+THREAD_NAME_MENTIONS = 5  # of a /baton request, looked up for its thread's name (no more fit in its 100 characters)
+MENTION = re.compile(r"<@!?(\d{15,21})>|<@&(\d{15,21})>|<#(\d{15,21})>")  # a person, a role, a channel
 ECHO_CHARS = 1800  # "@you asked: `/baton ...`" stays one message
 SAID_CHARS = 200  # what Discord said about an error, as Baton repeats it (to people and in the log)
 MEMBER_CHECK_SECONDS = 600.0  # how long a DISCORD_GUILD_ID membership answer is taken as it is
@@ -570,6 +573,42 @@ class DiscordAdapter(Adapter):
                         self._guild_id)
         return member
 
+    async def _readable_request(self, interaction: discord.Interaction, request: str) -> str:
+        """A ``/baton`` request with its mentions as people read them, for its thread's name (``_readable`` does it
+        for a message): a slash command's text comes with none of its mentions resolved, and "/baton run uptime for
+        @Bob" opened a thread named "run uptime for <@2222...>". A role or channel is read from the server as
+        Discord sent it; a person is asked of Discord (no members intent), once, without retries: a mention
+        Discord cannot name stays as written. Only those within the name's length are looked up."""
+        guild, names, people = interaction.guild, dict[str, str | None](), dict[str, str | None]()
+        if guild is None:
+            return request
+        for found in list(MENTION.finditer(request[:THREAD_NAME_CHARS * 2]))[:THREAD_NAME_MENTIONS]:
+            person, role, channel = found.groups()
+            if person is not None:
+                if person not in people:  # <@id> and <@!id> are the same person
+                    people[person] = await self._member_name(guild.id, int(person))
+                names[found[0]] = people[person]
+            elif role is not None and (known := guild.get_role(int(role))) is not None:
+                names[found[0]] = f"@{known.name}"
+            elif channel is not None and (place := guild.get_channel_or_thread(int(channel))) is not None:
+                names[found[0]] = f"#{place.name}"
+        return MENTION.sub(lambda found: names.get(found[0]) or found[0], request)
+
+    async def _member_name(self, guild_id: int, user_id: int) -> str | None:
+        """``@nickname`` of ``user_id`` in the server, as Discord shows them there; ``None`` if Discord cannot say."""
+        try:
+            async with asyncio.timeout(MEMBER_NAME_SECONDS):  # the thread waits for it: a name is not worth more
+                member = await self.client.http.get_member(guild_id, user_id)
+        except Exception as exc:
+            if not _transient(exc) and not isinstance(exc, discord.HTTPException):
+                raise
+            log.info("Discord: the name of %s, mentioned in a /baton request, is not known (%s)", user_id,
+                     _describe(exc))
+            return None
+        user = member.get("user") or {}
+        name = member.get("nick") or user.get("global_name") or user.get("username")
+        return f"@{name}" if name else None
+
     def _not_in_server(self, what: str, user_id: int, exc: discord.HTTPException) -> str:
         log.error("Discord: %s from %s not taken: Baton is not in the server DISCORD_GUILD_ID=%s (%s): invite it "
                   "there again, or set DISCORD_GUILD_ID to the server it serves", what, user_id, self._guild_id,
@@ -721,7 +760,8 @@ class DiscordAdapter(Adapter):
                 if anchor_id is None:
                     anchor_id = (await _retrying(interaction.original_response, "finding the deferred reply")).id
                 try:
-                    thread = await _start_thread(self.client.http, interaction.channel_id or 0, anchor_id, request)
+                    thread = await _start_thread(self.client.http, interaction.channel_id or 0, anchor_id,
+                                                 await self._readable_request(interaction, request))
                 except Exception as exc:
                     if not isinstance(exc, discord.HTTPException) and not _transient(exc):
                         raise

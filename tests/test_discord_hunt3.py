@@ -12,7 +12,8 @@ import pytest
 
 from bot.messages import Location, Message, Text
 from bot.outbox import Delivery
-from tests.fake_discord import ALICE, BOB, BOT_ID, GENERAL, GUILD_ID, OPS, FakeMessage, member_json, snowflake, user_json
+from tests.fake_discord import (ALICE, BOB, BOT_ID, GENERAL, GUILD_ID, OPS, STRANGER, FakeMessage, member_json, snowflake,
+                                user_json)
 from tests.support import wait_for
 from tests.test_discord import chat, config_path, fake_discord  # noqa: F401 (fixtures)
 from tests.test_discord_hunt import HERE, adapter, delivery  # noqa: F401 (fixtures)
@@ -145,3 +146,18 @@ def test_a_code_block_whose_closing_line_is_long_is_split_and_nothing_is_lost() 
     assert shown.replace("\n", "") == "first line" + "x" * 2500  # every character, in its order
     with pytest.raises(ValueError):
         split_text("abc", 0)  # no piece could hold a character: refused, not an endless loop
+
+
+def test_a_slash_commands_thread_shows_the_people_and_channels_it_names_as_people_read_them(chat, counter):
+    """``/baton run uptime for @Bob`` opened a thread named "run uptime for <@2222...>": a slash command's text
+    comes with its mentions unresolved. Bob is asked of Discord; a channel is read from the server; someone
+    Discord cannot name (not a member) stays as written."""
+    fake = chat.fake
+    command = fake.slash(f"run uptime for <@!{BOB}> in <#{OPS}>, cc <@{STRANGER}> and <@{BOB}>", channel=OPS)
+    thread = wait_for(lambda: next((thread for thread in fake.threads()
+                                    if (reply := fake.message(thread["id"])) and reply.interaction_id == command["id"]),
+                                   None), what="the /baton's thread")
+    assert thread["name"] == f"run uptime for @Bob in #ops, cc <@{STRANGER}> and @Bob"
+    chat.reply("Nothing was run", thread["id"])  # uptime takes no arguments: the request is answered in it
+    members = [call.path for call in fake.calls("GET /guilds/{guild_id}/members/{user_id}")]
+    assert sum(path.endswith(f"/members/{BOB}") for path in members) == 1  # named twice, asked once
