@@ -92,12 +92,15 @@ _RECENT_TWIN = prepared(select(ThreadRecord).where(
 _EVENTS, _THREADS, _RUNS = InboundEvent.__table__, ThreadRecord.__table__, Run.__table__  # type: ignore[attr-defined]
 _CLOSE_EVENT = prepared(update(_EVENTS).where(_EVENTS.c.id == bindparam("closed_id"), _EVENTS.c.status == "pending")
                         .values(status="done", outcome=bindparam("closed_as"), handled_at=bindparam("now", type_=DateTime())))
-# ``_CLOSE_EVENT`` while this replica holds the event's thread, read without taking the thread's row (an aside
-# answered beside its run: the run's own writes take that row, ``_answer_each_beside``). A replica that stalled past
-# its lease and lost the thread answered it beside the new holder, whose drain then stopped on the event closed.
+# ``_CLOSE_EVENT`` while this replica holds the event's thread and its run still runs, read without taking the
+# thread's row (an aside answered beside its run: the run's own writes take that row, ``_answer_each_beside``). A
+# replica that stalled past its lease and lost the thread answered it beside the new holder, whose drain then stopped
+# on the event closed; and an answer made while the run ran was stored after it had posted its card ("Nothing in this
+# thread waits for a decision now", under the card) or its result (a status saying it runs).
 _CLOSE_EVENT_WHILE_HELD = prepared(update(_EVENTS).where(
     _EVENTS.c.id == bindparam("closed_id"), _EVENTS.c.status == "pending",
-    exists().where(_THREADS.c.id == _EVENTS.c.thread_record_id, _THREADS.c.lease_owner == bindparam("owner")),
+    exists().where(_THREADS.c.id == _EVENTS.c.thread_record_id, _THREADS.c.lease_owner == bindparam("owner"),
+                   _THREADS.c.status == "running"),
 ).values(status="done", outcome=bindparam("closed_as"), handled_at=bindparam("now", type_=DateTime())))
 # A run that answers repeats with no link (help, status, a "thanks!" in the thread) keeps the thread's
 # fingerprint: the request the thread was made for is still found by the duplicate check.
@@ -958,12 +961,25 @@ class Orchestrator:
         beside = self._beside.get(record.id)  # type: ignore[arg-type]
         if beside is not None:  # answering the thread's asides beside its run, which has just ended: done first
             await asyncio.wait([beside])
-            async with self.db.read() as session:
-                if (await session.exec(select(InboundEvent.status).where(
-                        InboundEvent.id == event.id))).one() != "pending":
-                    return
+            if await self._closed_while_ours(event) is not None:
+                return
         outcome, reply, ephemeral = await self._aside_answer(event, record)
-        await self._finish_event(event, outcome, reply, ephemeral=ephemeral)
+        try:
+            await self._finish_event(event, outcome, reply, ephemeral=ephemeral)
+        except LeaseLost:
+            # Answered beside its run by the replica that held the thread before this one (on PostgreSQL, its
+            # close ran as its lease ran out, and committed once this drain had read the aside): this answer is
+            # undone, and the thread, still ours, goes on. It stopped the drain, the lease kept until it ran out.
+            if await self._closed_while_ours(event) is not True:
+                raise
+
+    async def _closed_while_ours(self, event: InboundEvent) -> bool | None:
+        """Whether ``event`` was closed, and its thread is still this replica's; ``None`` while it is pending."""
+        async with self.db.read() as session:
+            status, owner = (await session.exec(select(InboundEvent.status, ThreadRecord.lease_owner).join(
+                ThreadRecord, ThreadRecord.id == InboundEvent.thread_record_id,  # type: ignore[arg-type]
+            ).where(InboundEvent.id == event.id))).one()
+        return None if status == "pending" else owner == self.leases.owner
 
     async def _aside_answer(self, event: InboundEvent, record: ThreadRecord) -> tuple[str, Message, bool]:
         """What an aside is answered: (outcome, reply, whether only its sender sees it). It does not touch the
@@ -980,7 +996,11 @@ class Orchestrator:
         text = event.text.strip()
         request = Request(platform=event.platform, channel=event.channel, thread=event.thread, user=event.user,
                           text=text, private=bool(event.payload.get("private")))
-        chosen = route(request, text, self.registry, self.config, addressed=event.payload.get("addressed") is not False)
+        try:
+            chosen = route(request, text, self.registry, self.config,
+                           addressed=event.payload.get("addressed") is not False)
+        except RouteError as exc:  # a status or help graph of a team's own refusing what it was asked
+            return "rejected input", Message.text(str(exc), tone="warning"), False
         spec = self.registry.get(chosen.graph)
         if spec is None:  # taken out since (baton.yaml reloaded)
             return "no graph", Message.text(f"The `{chosen.graph}` graph is not installed.", tone="error"), False

@@ -149,11 +149,15 @@ def aside(text: str, registry: GraphRegistry, *, addressed: bool) -> str | None:
     """What ``text`` (without the bot mention) asks of a thread busy with a run, when it is answered beside that
     run rather than after it: ``status`` or ``help`` as ``route`` reads them (they only read), or ``approve`` /
     ``reject`` typed instead of clicked (answered with where decisions are made; unmentioned, the word alone, as
-    ``is_cancel``). ``None`` for anything else, which waits its turn. A graph of a decision's name is a request."""
-    head, rest = _first_word(_leading_force(text)[1])
+    ``is_cancel``). ``None`` for anything else, which waits its turn. A graph of a decision's name is a request, as
+    is a decision with words a graph's pattern takes, as ``route`` reads them first."""
+    text = _leading_force(text)[1]
+    head, rest = _first_word(text)
     word = head.lower()
     decision = word.rstrip("!.?")
     if decision in DECISION_WORDS and registry.get(decision) is None:
+        if rest.strip() and any(spec.matches(text) for spec in registry):  # "approve pr 42": a graph's pattern's
+            return None
         return decision if addressed or not rest.strip() else None
     spec = registry.get(word) if word in ASIDE_GRAPHS else None
     if spec is None or spec.asks_approval or not (addressed or _names_only(spec, rest)):

@@ -16,7 +16,8 @@ from bot.messages import InboundClick, InboundMessage
 from bot.registry import GraphRegistry, GraphSpec
 from bot import replies
 from bot.replies import age
-from bot.routing import CANCEL_COMMAND, RouteError, cancel_word, is_cancel, is_request, route, runbook_named
+from bot.routing import (CANCEL_COMMAND, RouteError, aside, cancel_word, is_cancel, is_request, route,
+                         runbook_named)
 from storage.models import InboundEvent
 from tests.support import alive, has_buttons, runs_in, until, wait_for
 from tests.test_approvals_hunt import _baton
@@ -255,3 +256,15 @@ def test_force_is_force_however_it_is_capitalised_in_a_run_request(text: str) ->
     chosen = route(REQUEST, text, REGISTRY, CONFIG)
     assert chosen.force and chosen.input == {"runbook": "restart", "args": {"service": "web"}}
     assert runbook_named(text) == "restart"
+
+
+def test_a_decision_with_words_a_graphs_pattern_takes_is_that_graphs_request_in_a_busy_thread() -> None:
+    """"@baton approve pr 42" runs the ``prs`` graph in an idle thread; written while a run ran (or waited at a
+    card), it was taken for a typed decision ("A typed `approve` decides nothing") and never ran."""
+    registry = GraphRegistry.discover()
+    registry.add(GraphSpec(name="prs", graph=None, patterns=[re.compile(r"^(approve|reject) pr (?P<n>\d+)$")]))
+    assert route(REQUEST, "approve pr 42", registry, CONFIG).graph == "prs"
+    assert aside("approve pr 42", registry, addressed=True) is None
+    assert aside("force approve pr 42", registry, addressed=True) is None
+    assert aside("approve", registry, addressed=True) == "approve"  # the word alone, or with words no graph takes
+    assert aside("approve it please", registry, addressed=True) == "approve"

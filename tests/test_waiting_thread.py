@@ -307,11 +307,13 @@ def _drain_at(function: str) -> bool:
     return False
 
 
-async def test_baton_stopping_keeps_the_thread_until_an_aside_answered_beside_its_run_is_stored(
+async def test_baton_stopping_keeps_the_thread_until_an_aside_answer_under_way_is_settled(
         database_url: str, config_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
     """Baton stops while a ``status`` is being answered beside a run, and the run ends in the stop's grace: the
     drain gave the thread back at once, and the answer, made, was thrown away ("stopped answering asides: thread
-    1 is no longer ours"). It now waits for that answer to be stored before giving the thread back."""
+    1 is no longer ours"). It now waits for that answer's transaction before giving the thread back; made while the
+    run ran, which it does not any more, the answer is not stored (it would say the run runs): the aside waits, in
+    the thread's queue, for whoever takes the thread next."""
     async with Baton(_playground(database_url, config_path)) as baton:
         orchestrator, held, pid = await _status_held_beside_sleepy(baton, tmp_path)
         stopping = asyncio.create_task(orchestrator.stop(grace=20))
@@ -324,7 +326,7 @@ async def test_baton_stopping_keeps_the_thread_until_an_aside_answered_beside_it
             events = [(e.kind, e.status, e.outcome) for e in (await session.exec(
                 select(InboundEvent).order_by(InboundEvent.id))).all()]  # type: ignore[arg-type]
             record = (await session.exec(select(ThreadRecord).where(ThreadRecord.thread == "t1"))).one()
-        assert events[1] == ("aside", "done", "status"), events
+        assert events[1] == ("aside", "pending", None), events
         assert record.lease_owner is None
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("baton")
             and "answering asides" in r.getMessage()] == []
@@ -349,3 +351,176 @@ async def test_an_aside_answer_made_after_the_thread_was_taken_over_is_not_store
         assert (aside.status, aside.outcome) == ("pending", None)
         assert not any("Status:" in reply for reply in replies), replies
         os.kill(pid, signal.SIGKILL)  # the run ends here: Baton's stop does not wait out its grace for it
+
+
+class _GatedThenAsks:
+    """A graph whose node runs until ``gate`` is set, then asks for approval."""
+
+    def __init__(self) -> None:
+        from langgraph.graph import END, START, StateGraph
+
+        from bot.kit import approve
+
+        self.gate = asyncio.Event()
+
+        async def work(state: dict[str, Any]) -> dict[str, Any]:
+            await self.gate.wait()
+            approve("Go on with the gated work?", risk="high")
+            return {"reply": "gated done"}
+
+        builder = StateGraph(dict)  # type: ignore[type-var]
+        builder.add_node("work", work)
+        builder.add_edge(START, "work")
+        builder.add_edge("work", END)
+        self.spec = GraphSpec(name="gated", graph=builder, dedupe=False)
+
+
+async def test_a_typed_approve_answered_beside_a_run_that_posts_its_card_meanwhile_points_at_the_card(
+        database_url: str, config_path: Path) -> None:  # noqa: F811
+    """bob types ``approve`` while alice's run runs; its replica reads the thread's cards (none yet) beside the run,
+    the run posts its card, and then bob's answer was stored: under the card that waits for him, "Nothing in this
+    thread waits for a decision now". An answer made beside a run is stored only while the run still runs; else the
+    drain answers the aside afresh."""
+    gated = _GatedThenAsks()
+    async with Baton(_playground(database_url, config_path)) as baton:
+        orchestrator = baton.orchestrator
+        assert orchestrator is not None
+        orchestrator.registry.add(gated.spec)
+        made, go_on = asyncio.Event(), asyncio.Event()
+        answer = orchestrator._aside_answer
+
+        async def made_then_held(event: InboundEvent, record: ThreadRecord) -> tuple[str, Message, bool]:
+            answered = await answer(event, record)
+            made.set()
+            await go_on.wait()  # the answer is made; the transaction storing it comes a moment later
+            return answered
+
+        orchestrator._aside_answer = made_then_held  # type: ignore[method-assign]
+        await _say(baton, "e1", "gated", "alice")
+        await until(lambda: orchestrator._running, "alice's run to run")
+        await _say(baton, "e2", "approve", "bob")
+        await asyncio.wait_for(made.wait(), 20)  # made beside the run: no card yet
+
+        async def card_posted() -> bool:
+            async with baton.db.read() as session:
+                return (await session.exec(select(ThreadRecord.status).where(
+                    ThreadRecord.thread == "t1"))).one() == "waiting"
+
+        gated.gate.set()
+        await until(card_posted, "the run to post its card")
+        go_on.set()
+
+        async def told_bob() -> list[str]:
+            async with baton.db.read() as session:
+                aside = (await session.exec(select(InboundEvent).where(InboundEvent.event_id == "e2"))).one()
+                return [str(row.payload) for row in (await session.exec(select(OutboxMessage).where(
+                    OutboxMessage.thread == "t1", OutboxMessage.target_user == "bob"))).all()] \
+                    if aside.status == "done" else []
+
+        (told,) = await until(told_bob, "bob's approve answered")
+        assert "Nothing in this thread waits for a decision now" not in told and "Approve or Reject button" in told
+
+
+@pytest.mark.postgres
+async def test_an_aside_closed_beside_the_run_as_another_replica_takes_the_thread_does_not_stop_its_drain(
+        postgres_url: str, config_path: Path, tmp_path: Path, start_baton: Any) -> None:  # noqa: F811
+    """PostgreSQL, two replicas. Replica A answers carol's ``status`` beside its run; its transaction has run the
+    close (the thread's lease read as A's without taking the row) when A stalls past its lease; replica B takes the
+    thread over, reads the aside as pending and answers it, waiting for the outbox lock A holds. A commits: B's
+    close found the event done, and its drain stopped ("stopped draining: event 2 was already handled
+    elsewhere") holding the thread, whose run was then taken up only once that lease ran out. B's answer is undone
+    and it goes on."""
+    import time
+
+    import psycopg
+    from sqlalchemy import event as sa_event
+
+    lease = {"BATON_LEASE_SECONDS": "4"}
+    settings = Settings(BATON_DATABASE_URL=postgres_url, BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground", BATON_INSTANCE_NAME="replica-a", **lease)
+    admin = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    async with Baton(settings) as baton:
+        other = await asyncio.to_thread(start_baton, postgres_url, "two", {**lease, "BATON_INSTANCE_NAME": "replica-b"})
+        await _say(baton, "e1", "run sleepy", "alice")
+        pidfile = tmp_path / "sleepy.pid"
+        pid = int(await until(lambda: pidfile.exists() and pidfile.read_text(), "the command to start"))
+        stalled: list[str] = []
+
+        def stall_after_close(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            """A's event loop held right after its close of the aside, before the commit (as a paused process),
+            until B holds the thread and waits for the thread's outbox lock."""
+            if "UPDATE inbound_events" not in statement or "lease_owner" not in statement or stalled:
+                return
+            stalled.append(statement)
+            deadline = time.monotonic() + 40
+            with psycopg.connect(admin, autocommit=True) as conn:
+                while time.monotonic() < deadline:
+                    owner = conn.execute("SELECT lease_owner FROM thread_records WHERE thread = 't1'").fetchone()
+                    waiting = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                           "AND NOT granted").fetchone()
+                    if owner and owner[0] == "replica-b" and waiting and waiting[0]:
+                        return
+                    time.sleep(0.05)
+
+        engine = baton.db.read_engine.sync_engine
+        sa_event.listen(engine, "after_cursor_execute", stall_after_close)
+        try:
+            await _say(baton, "e2", "status", "carol")
+            await until(lambda: stalled, "A's close of the aside")
+        finally:
+            sa_event.remove(engine, "after_cursor_execute", stall_after_close)
+        try:
+            def taken_up() -> bool:
+                return "already handled elsewhere" in other.log.read_text() or \
+                    rows(postgres_url, "SELECT takeovers FROM runs")[0][0] >= 1
+
+            await asyncio.to_thread(wait_for, taken_up, timeout=30, what="B to take alice's run up")
+            assert "already handled elsewhere" not in other.log.read_text()
+            statuses = rows(postgres_url, "SELECT status FROM inbound_events WHERE event_id = 'e2'")
+            replies = rows(postgres_url, "SELECT payload::text FROM outbox WHERE thread = 't1'")
+            assert statuses == [("done",)] and sum("Status:" in reply for (reply,) in replies) == 1, replies
+        finally:
+            os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_status_graph_refusing_an_aside_beside_a_run_is_answered_with_its_refusal(
+        sqlite_url: str, config_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    """A team's own ``status`` graph whose input maker refuses what it is asked (``RouteError``), asked beside a
+    run: the refusal was raised out of the answer, logged with its traceback at every sweep (each second) while the
+    run ran, and the asides behind it waited for the run's end. It is the aside's answer, as in an idle thread."""
+    import dataclasses
+
+    from bot.routing import RouteError
+
+    def refuse(_request: Any, _rest: str) -> dict[str, Any]:
+        raise RouteError("Say which service: `status web`.")
+
+    async with Baton(_playground(sqlite_url, config_path)) as baton:
+        orchestrator = baton.orchestrator
+        assert orchestrator is not None
+        status = orchestrator.registry.get("status")
+        assert status is not None
+        orchestrator.registry.add(dataclasses.replace(status, make_input=refuse))
+        await _say(baton, "e1", "run sleepy", "alice")
+        pidfile = tmp_path / "sleepy.pid"
+        pid = int(await until(lambda: pidfile.exists() and pidfile.read_text(), "the command to start"))
+        try:
+            await _say(baton, "e2", "status", "carol")
+            await _say(baton, "e3", "help", "carol")
+
+            async def answered() -> list[str]:
+                async with baton.db.read() as session:
+                    return [str(row.payload) for row in (await session.exec(select(OutboxMessage).where(
+                        OutboxMessage.thread == "t1").order_by(OutboxMessage.id))).all()]  # type: ignore[arg-type]
+
+            said = await until(lambda: _two(answered()), "both asides answered while the run runs")
+            assert "Say which service" in said[0] and "Here is what I can do" in said[1], said
+            assert orchestrator._running  # beside the run
+        finally:
+            os.kill(pid, signal.SIGKILL)
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
+
+
+async def _two(answered: Any) -> list[str] | None:
+    said = [text for text in await answered if "Say which service" in text or "Here is what I can do" in text]
+    return said if len(said) == 2 else None
