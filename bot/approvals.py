@@ -40,6 +40,19 @@ def waiting_for(approvers: list[str], requested_by: str, risk: str) -> str:
     return "an approver (baton.yaml names none)"
 
 
+def nobody_may_approve(approval: Approval, platform: str) -> bool:
+    """Whether no click on ``platform``, where its card would be, could ever approve ``approval``: none of its
+    approvers is of that platform, or (high-risk) the only ones there are who asked. Its approvers are kept with
+    it: a reload of baton.yaml adding one does not reach it, and the card waited a day for nobody."""
+    return not may_click(approval.approvers, approval.requested_by, approval.risk, platform)
+
+
+def may_click(approvers: list[str], requested_by: str, risk: str, platform: str) -> list[str]:
+    """``who_may_approve`` of those who can click on ``platform`` (``slack:U1`` clicks on Slack only)."""
+    here = [name for name in approvers if ":" not in name or name.startswith(f"{platform}:")]
+    return who_may_approve(here, requested_by, risk)
+
+
 def _besides(approvers: list[str], asked: str) -> list[str]:
     return [name for name in approvers if name != asked and not name.endswith(f":{asked}")]
 

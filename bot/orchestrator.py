@@ -1582,13 +1582,19 @@ class Orchestrator:
             known = set((await session.exec(select(Approval.interrupt_id).where(Approval.run_id == run.id))).all())
             asked = [self._approval_for(interrupt, run, record, spec) for interrupt in interrupts
                      if interrupt.id not in known]
+            # Nobody who could click there may approve it (its only approver asked for it): the card waited a day.
+            undecidable = next((approval for approval in asked
+                                if approvals.nobody_may_approve(approval, record.platform)), None)
             # Asked in a direct message, of someone else: nobody who may decide would ever see the card.
             unseen = next((approval for approval in asked
                            if approvals.refusal(approval, record.platform, run.requested_by) is not None), None)
-            if unseen is None or not await self._started_in_private(session, run, event):
+            if undecidable is None and (unseen is None or not await self._started_in_private(session, run, event)):
                 await self._post_cards(session, asked, run, record, location)
                 await self._mark_done(session, event, "waiting for approval")
                 unseen = None
+        if undecidable is not None:
+            return await self._finish_run(run, record, event, "failed", replies.approval_nobody_may_give(
+                undecidable, record.platform), "needs an approval nobody may give", services)
         if unseen is None:
             self.outbox.wake(record.platform)
             return

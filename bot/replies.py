@@ -84,6 +84,21 @@ def approval_out_of_sight(approval: Approval) -> Message:
     ).naming(*others)
 
 
+def approval_nobody_may_give(approval: Approval, platform: str) -> Message:
+    """A request whose approval no click on ``platform`` could ever give (``approvals.nobody_may_approve``)."""
+    here = [name for name in approval.approvers if ":" not in name or name.startswith(f"{platform}:")]
+    if here:  # high-risk, and its only approvers here are who asked
+        why = ("it is high-risk, so someone other than you has to approve it, and its only approver in baton.yaml "
+               "is you. Have someone else ask for it (you may approve theirs), or add another approver in baton.yaml.")
+    elif approval.approvers:
+        why = (f"none of its approvers in baton.yaml ({', '.join(approval.approvers)}) can click on {platform}, "
+               "where its card would be. Add an approver who is here.")
+    else:
+        why = "baton.yaml names nobody who may approve it. Add `approvers` there."
+    return Message.text(f"{approval.summary}\n\nI stopped before this: nothing was run. Nobody could ever approve "
+                        f"it: {why}", tone="warning").naming(approval.requested_by)
+
+
 def already_decided(approval: Approval) -> Message:
     if approval.status == "stale":
         return Message.text("This approval is no longer current; nothing was changed.", tone="warning")

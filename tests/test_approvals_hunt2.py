@@ -10,7 +10,7 @@ from bot.kit import approve
 from bot.messages import InboundClick, InboundMessage
 from bot.registry import GraphSpec
 from storage.models import Approval, PlaygroundMessage
-from tests.support import until, write_config
+from tests.support import runs_in, until, write_config
 from tests.test_approvals_hunt import _baton
 from tests.test_graph_authoring_hunt2 import _asking, _bot_texts, _runs, _waiting_card
 from tests.test_graph_modules import State, _asked, _reply
@@ -42,25 +42,22 @@ async def test_approve_naming_an_approver_nobody_is_fails_the_run_saying_so(
         await _no_card(baton)
 
 
-async def test_the_requester_of_a_card_only_they_could_approve_is_not_told_to_wait_for_someone_else(
+async def test_the_requester_of_a_request_only_they_could_approve_is_not_told_to_wait_for_someone_else(
         tmp_path, counter) -> None:
     """alice, the only approver baton.yaml names, asked for a high-risk runbook and clicked Approve: she was told
-    "someone else has to approve it", and waited for nobody (the card names "nobody else")."""
+    "someone else has to approve it", and waited for nobody (the card names "nobody else"). No card is posted: she
+    is told at once why, and what to do."""
     async with _baton(tmp_path, write_config(tmp_path, counter, ["alice"])) as baton:
         await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1", event_id="e1",
                                                   user="alice", text="run restart service=web"))
-        card = await _waiting_card(baton, 1)
-        await baton.accept_click(InboundClick(platform="playground", channel="general", thread="1", event_id="c1",
-                                              user="alice", approval_id=card.id, action="approve"))
-
         async def refusal() -> str | None:
-            async with baton.db.read() as session:
-                return (await session.exec(select(PlaygroundMessage.text).where(
-                    PlaygroundMessage.visible_to == "alice"))).first()
+            return next((text for text in await _bot_texts(baton, "1", 1) if "Nobody could ever" in text), None)
 
-        told = await until(refusal, "alice's refusal")
-        assert told == ("You asked for this high-risk action, and nobody else may approve it: baton.yaml names no "
-                        "other approver (add one there, or Reject to withdraw it)."), told
+        told = await until(refusal, "alice told")
+        assert "Nobody could ever approve it: it is high-risk, so someone other than you has to approve it" in told
+        assert "Have someone else ask for it (you may approve theirs), or add another approver" in told
+        await _no_card(baton)
+        assert runs_in(counter) == []
 
 
 @pytest.mark.parametrize(("approvers", "risk", "expected"), [
