@@ -24,7 +24,8 @@ from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from storage.db import SQLITE_BUSY_SECONDS, is_sqlite, linked_file, pg_connect_params, sqlite_path
+from storage.db import (SQLITE_BUSY_SECONDS, database_unreachable, is_sqlite, linked_file, pg_connect_params,
+                        sqlite_path)
 from storage.wal import use_wal_async
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,54 @@ def _disk_full(exc: BaseException) -> bool:
 
 
 class FencedPostgresSaver(_Fenced, AsyncPostgresSaver):
-    pass
+    """The PostgreSQL checkpointer, fenced; a write that meets the database away is tried again once it is back.
+
+    psycopg_pool waits up to 30 s for a connection, but a write that met one the outage broke, or the fence's own
+    write in Baton's database (the outcome of the command that has just ended, ``CheckpointFence.confirm``), failed
+    at once: a command that ended during a failover of a few seconds had its run stopped, its end could not be
+    stored either, and once its lease ran out the thread was told its outcome was unknown. Both are tried again
+    for up to ``CHECKPOINT_ROOM_WAIT_SECONDS`` (LangGraph's writes are upserts, and the fence writes only what is
+    still unwritten: a retry stores each row once)."""
+
+    async def aput(self, *args: Any, **kwargs: Any) -> Any:
+        return await _when_back(lambda: super(FencedPostgresSaver, self).aput(*args, **kwargs))
+
+    async def aput_writes(self, *args: Any, **kwargs: Any) -> Any:
+        return await _when_back(lambda: super(FencedPostgresSaver, self).aput_writes(*args, **kwargs))
+
+
+_waiting_for_database = 0  # PostgreSQL checkpoint writes waiting now: logged when the first begins
+
+
+async def _when_back(write: Callable[[], Awaitable[Any]]) -> Any:
+    """``write()``, tried again while it meets the database away (``database_unreachable``), for as long as
+    ``CHECKPOINT_ROOM_WAIT_SECONDS``; then its last error is raised."""
+    global _waiting_for_database
+    try:  # the write itself, with no layer more: every checkpoint of every run comes here
+        return await write()
+    except Exception as exc:
+        if database_unreachable(exc) is None:
+            raise
+        away = exc
+    loop = asyncio.get_running_loop()
+    deadline, pause = loop.time() + CHECKPOINT_ROOM_WAIT_SECONDS, 0.05
+    if not _waiting_for_database:
+        log.warning("a run's checkpoint waits for the database (%s); runs go on once it is back, or stop after %g s",
+                    database_unreachable(away), CHECKPOINT_ROOM_WAIT_SECONDS)
+    _waiting_for_database += 1
+    try:
+        while (now := loop.time()) < deadline:
+            await asyncio.sleep(min(pause, deadline - now))
+            pause = min(pause * 2, LONGEST_ROOM_PAUSE)
+            try:
+                return await write()
+            except Exception as exc:
+                if database_unreachable(exc) is None:
+                    raise
+                away = exc
+        raise away
+    finally:
+        _waiting_for_database -= 1
 
 
 def sqlite_checkpoint_path(url: str) -> Path:

@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from storage.db import database_unreachable
 from tests.db_proxy import DatabaseProxy
-from tests.support import BatonProcess, overrides, runs_in, wait_for
+from tests.support import BatonProcess, overrides, runs_in, slow_release, wait_for
 
 OUTAGE_LINE = "Baton cannot reach its database"
 BACK_LINE = "reaches its database"
@@ -141,6 +141,28 @@ def test_a_request_accepted_before_the_outage_is_answered_once_after_it(
     fresh = pg.ask("@baton run uptime force")  # and a new request after it
     pg.wait_reply(fresh, "did uptime")
     assert runs_in(counter) == ["uptime", "uptime"]
+
+
+@pytest.mark.postgres
+def test_a_command_that_ends_while_the_database_is_away_keeps_its_outcome(
+        start_baton: Any, postgres_url: str, proxy: DatabaseProxy, counter: Path) -> None:
+    """The database goes away while a command runs, and the command ends before it is back (a failover of a few
+    seconds): the run's next write, the command's outcome before its step's checkpoint, failed at once, the run
+    stopped ("Baton's database cannot be written or reached"), its end could not be stored either, and once its
+    lease ran out the thread was told the command's "outcome is unknown". The write waits for the database, as a
+    checkpoint's connection does, and the run ends as it would have."""
+    baton = start_baton(proxy.url(postgres_url))
+    pg = baton.client()
+    thread = pg.ask("@baton run slow seconds=9.9")
+    wait_for(lambda: _effects(postgres_url) == ["started"], 20, "the slow command to start")
+    cut_and_wait(proxy, baton)
+    slow_release(counter).touch()  # the command ends now, the database away
+    wait_for(lambda: "checkpoint waits for the database" in log_of(baton) or "cannot be written or reached"
+             in log_of(baton), 20, "the run to meet the outage")
+    assert "cannot be written or reached" not in log_of(baton), log_of(baton)[-2000:]
+    restore_and_wait(proxy, baton)
+    reply = pg.wait_reply(thread, "slept", timeout=30)
+    assert "unknown" not in reply["text"] and _effects(postgres_url) == ["done"], reply["text"]
 
 
 def _effects(database_url: str) -> list[str]:
