@@ -50,7 +50,9 @@ class DigestScheduler:
             await asyncio.sleep(RECONCILE_SECONDS)
             try:
                 await self.reconcile()
-            except Exception:  # a database blip: the next minute tries again
+            except Exception as exc:  # a database blip: the next minute tries again
+                if self.digests.db.health.explains(exc):  # the outage is logged once (storage.db), not each minute
+                    continue
                 log.exception("looking for due digests failed; trying again in %d s", RECONCILE_SECONDS)
 
     async def reconcile(self) -> None:

@@ -261,10 +261,12 @@ def test_what_counts_as_the_database_being_away() -> None:
 def test_an_outage_is_logged_once_not_as_a_traceback_every_half_second(
         start_baton: Any, postgres_url: str, proxy: DatabaseProxy) -> None:
     """124 tracebacks of ~80 lines in a 20 s outage: the outbox's poll (every 0.5 s), the sweeper (every
-    1 s), the lease's renewal and the stranded-message loop each logged the same outage every time."""
-    # The outbox's poll and the sweeper five and ten times as often: the 20 tries come in ~1.5 s, not ~7 s.
+    1 s), the lease's renewal and the stranded-message loop each logged the same outage every time; the digests'
+    scheduler (every minute) still did, with two chained tracebacks on every replica."""
+    # The outbox's poll and the sweeper five and ten times as often: the 20 tries come in ~1.5 s, not ~7 s; the
+    # digests' look for due schedules too.
     quick_polls = overrides({"adapters.playground.PlaygroundAdapter.idle_poll_seconds": 0.1,
-                             "bot.app.SWEEP_INTERVAL": 0.1})
+                             "bot.app.SWEEP_INTERVAL": 0.1, "bot.scheduler.RECONCILE_SECONDS": 0.1})
     baton = start_baton(proxy.url(postgres_url), env=quick_polls)
     pg = baton.client()
     thread = pg.ask("@baton hello")
