@@ -13,6 +13,9 @@ from storage.db import Transaction
 from storage.models import Approval
 
 
+EXPIRED_BY = "Baton"  # who decided a card that nobody decided: it expired, or its run ended otherwise
+
+
 def is_approver(approvers: list[str], platform: str, user: str) -> bool:
     """``alice`` matches alice on every platform; ``slack:U1`` only on Slack."""
     return user in approvers or f"{platform}:{user}" in approvers

@@ -1266,7 +1266,7 @@ class Orchestrator:
         async with self.db.session() as session:
             if approval.interrupt_id not in pending:
                 await session.exec(update(Approval).where(Approval.id == approval.id, Approval.status == "pending")  # type: ignore[arg-type]
-                                   .values(status="stale", decided_by="Baton", decided_at=now))
+                                   .values(status="stale", decided_by=approvals.EXPIRED_BY, decided_at=now))
                 won = False
             else:
                 won = await approvals.decide(session, approval.id, approve, event.user, now, event.id)  # type: ignore[arg-type]
@@ -1409,26 +1409,28 @@ class Orchestrator:
         return max(0.0, (self.db.now() - asked).total_seconds())
 
     async def _expire_cards(self, session: Transaction, record: ThreadRecord, run_id: int,
-                            correlation: str) -> datetime | None:
+                            correlation: str, by: str = approvals.EXPIRED_BY) -> datetime | None:
         """The cards of ``run`` (which ended) still waiting for a decision expire: their buttons go, and a
-        click on them revives nothing. Returns when the oldest of them was posted (the run waited since)."""
+        click on them revives nothing. Returns when the oldest of them was posted (the run waited since).
+        ``by``: who ended the run (a cancel's sender), else Baton."""
         # All locked first (PostgreSQL): a card locked, then the thread's outbox lock taken to edit it, then the
         # next card locked made a cycle with a replica's refresh_approvers (a card, then the same thread).
         waiting = (await session.exec(select(Approval.id, Approval.created_at).where(  # type: ignore[call-overload]
             Approval.run_id == run_id, Approval.status == "pending").with_for_update())).all()
         for approval_id, _posted in waiting:
-            await self._expire_card(session, record, approval_id, correlation)
+            await self._expire_card(session, record, approval_id, correlation, by)
         return min((posted for _id, posted in waiting), default=None)
 
-    async def _expire_card(self, session: Transaction, record: ThreadRecord, approval_id: str, correlation: str) -> None:
+    async def _expire_card(self, session: Transaction, record: ThreadRecord, approval_id: str, correlation: str,
+                           by: str = approvals.EXPIRED_BY) -> None:
         expired = await session.exec(update(Approval).where(  # type: ignore[call-overload]
             Approval.id == approval_id, Approval.status == "pending",  # type: ignore[arg-type]
-        ).values(status="stale", decided_by="Baton", decided_at=utcnow()))
+        ).values(status="stale", decided_by=by, decided_at=utcnow()))
         if expired.rowcount:
             card = await session.get(Approval, approval_id, populate_existing=True)
             await self._edit_card(session, record, card, correlation)  # type: ignore[arg-type]
             await audit.record(session, "approval.expired", correlation, platform=record.platform,
-                               channel=record.channel, thread=record.thread, user="Baton", run_id=card.run_id,  # type: ignore[union-attr]
+                               channel=record.channel, thread=record.thread, user=by, run_id=card.run_id,  # type: ignore[union-attr]
                                approval_id=approval_id)
 
     async def _edit_card(self, session: Transaction, record: ThreadRecord, approval: Approval, correlation: str) -> None:
@@ -1672,7 +1674,8 @@ class Orchestrator:
                                    cancel=cancel.correlation_id)
             waited = 0.0  # a run ending at its cards (expired, cancelled) waited for a decision until now
             if status == "failed":  # a card it left waiting (another branch's question) would revive it
-                since = await self._expire_cards(session, record, run.id, run.correlation_id)  # type: ignore[arg-type]
+                since = await self._expire_cards(session, record, run.id, run.correlation_id,  # type: ignore[arg-type]
+                                                 cancel.user if cancel is not None else approvals.EXPIRED_BY)
                 waited = self._waited_since(since) if since is not None else 0.0
                 await session.exec(_FORGET_REQUEST, params={"record_id": record.id})  # type: ignore[call-overload]
             await session.exec(_FINISH_RUN, params={  # type: ignore[call-overload]

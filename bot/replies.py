@@ -67,7 +67,7 @@ def approval_card(approval: Approval) -> Message:
         return Message(title="Approval needed", tone="approval", parts=parts).naming(
             approval.requested_by, *approval.approvers)
     assert approval.decided_at is not None
-    verdict = {"approved": "Approved", "rejected": "Rejected", "stale": "Expired"}[approval.status]
+    verdict = {"approved": "Approved", "rejected": "Rejected", "stale": _ended(approval)}[approval.status]
     parts.append(Note(text=f"{verdict} by {approval.decided_by} at {when(approval.decided_at)}"))
     tone = "success" if approval.status == "approved" else "warning"
     return Message(title=f"{verdict}", tone=tone, parts=parts).naming(
@@ -97,6 +97,12 @@ def approval_nobody_may_give(approval: Approval, platform: str) -> Message:
         why = "baton.yaml names nobody who may approve it. Add `approvers` there."
     return Message.text(f"{approval.summary}\n\nI stopped before this: nothing was run. Nobody could ever approve "
                         f"it: {why}", tone="warning").naming(approval.requested_by)
+
+
+def _ended(approval: Approval) -> str:
+    """How a card nobody decided ended: it expired (its time, or its run ended), or someone's ``cancel`` ended its
+    run ("Expired by Baton" said of dave's cancel)."""
+    return "Expired" if approval.decided_by == approvals.EXPIRED_BY else "Cancelled"
 
 
 def already_decided(approval: Approval) -> Message:
@@ -154,8 +160,9 @@ def choice_card(approval: Approval) -> Message:
                 for index, name in enumerate(options)])])
     assert approval.decided_at is not None
     if approval.status == "stale":  # nobody picked in time, or its run ended
-        return Message(title="Expired", tone="warning", parts=[
-            Text(text=approval.summary), Note(text=f"Expired by {approval.decided_by} at {when(approval.decided_at)}")
+        ended = _ended(approval)
+        return Message(title=ended, tone="warning", parts=[
+            Text(text=approval.summary), Note(text=f"{ended} by {approval.decided_by} at {when(approval.decided_at)}")
         ]).naming(approval.decided_by)
     return Message(title="Chosen", tone="success", parts=[
         Text(text=approval.summary),

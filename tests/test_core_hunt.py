@@ -135,8 +135,9 @@ def test_cancel_at_a_which_one_card_withdraws_it(start_baton, sqlite_url, model_
     pg.say("cancel", thread=thread, user="alice")
     reply = pg.wait_reply(thread, "alice cancelled the choice for `hmm, the thing?` after")
     assert "none of its graphs was run" in reply["text"]
-    wait_for(lambda: not has_buttons(next(m for m in pg.bot_replies(thread) if m["id"] == card["id"])),
-             what="the card without its buttons")
+    ended = wait_for(lambda: (shown := next(m for m in pg.bot_replies(thread) if m["id"] == card["id"]))
+                     and not has_buttons(shown) and shown, what="the card without its buttons")
+    assert "Cancelled by alice at" in ended["text"], ended["text"]  # it said "Expired by Baton"
     assert len([m for m in pg.bot_replies(thread) if "Queued" in m["text"]]) == 1  # carol's request, not the cancel
     assert pg.click(card, "alice", action="status").status_code == 400  # nothing left to pick
     pg.wait_reply(thread, "did uptime")  # carol's request, in its turn
