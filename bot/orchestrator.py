@@ -750,7 +750,7 @@ class Orchestrator:
         """Schedule every thread that has old pending events and no live lease (crash recovery)."""
         now, after = utcnow(), timedelta(seconds=SWEEP_AFTER_SECONDS)
         ids = (await self.db.fetch(_ORPHANED_THREADS, {  # leases on the database's clock, events on their replica's
-            **threads.run_out_params(self.db.now()), "received_before": now - after, "received_after": now + after})).all()
+            **self.leases.run_out_params(), "received_before": now - after, "received_after": now + after})).all()
         for record_id in ids:
             self._schedule(record_id)  # type: ignore[arg-type]
         if self._running:  # a cancel or an aside stored by another replica for a run of this one

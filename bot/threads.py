@@ -162,6 +162,19 @@ class Leases:
         lease, so only a process that stalled (or whose event loop was held) that long asks the database."""
         return self.clock() < self._held_until.get(record_id, 0.0) - self.seconds / 2
 
+    def run_out_params(self, now: datetime | None = None) -> dict[str, datetime]:
+        """``LEASE_RUN_OUT``'s parameters at ``now`` (the database's time, by default read now). Until a lease
+        after this process's last database outage, a lease that ran out during it is not yet run out: its holder,
+        cut off as this replica was, renews it at its next heartbeat. A 35 s outage let the replica whose sweep
+        came first take over a live run, its command still running on its holder, and run what was queued behind
+        it beside."""
+        now = self._db.now() if now is None else now
+        away = self._db.health.away_lately(self.seconds)
+        params = run_out_params(now)
+        if away is not None:
+            params["now"] = now - timedelta(seconds=away)  # when the outage began
+        return params
+
     def _held_from(self, session: Transaction, record_id: int, asked: float) -> None:
         """Once ``session`` commits: the lease on ``record_id``, set before ``asked`` (by ``clock``), is ours."""
         until = asked + self.seconds
@@ -181,7 +194,7 @@ class Leases:
         async with self._db.session() as session:
             taken = await session.exec(_TAKE, params={  # type: ignore[call-overload]
                 "record_id": record_id, "owner": self.owner, "until": now + timedelta(seconds=self.seconds),
-                **run_out_params(now)})
+                **self.run_out_params(now)})
             if not taken.rowcount:
                 return None
             self._held_from(session, record_id, asked)

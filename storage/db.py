@@ -241,7 +241,8 @@ class DatabaseHealth:
         self.shown_url = shown_url
         self.problem: str | None = None
         self.since: datetime | None = None
-        self._down_at = 0.0
+        self._down_at = 0.0  # by time.monotonic: when the last outage began, and when it ended
+        self._back_at: float | None = None
 
     def failed(self, exc: BaseException | None = None, *, reason: str | None = None) -> None:
         """Note ``exc`` (or a ``reason`` of the caller's): an outage begins if it says the database is away."""
@@ -277,8 +278,17 @@ class DatabaseHealth:
     def reached(self) -> None:
         if self.problem is not None:
             self.problem = self.since = None
+            self._back_at = time.monotonic()
             log.warning("Baton reaches its database %s again, after %.1f s", self.shown_url,
-                        time.monotonic() - self._down_at)
+                        self._back_at - self._down_at)
+
+    def away_lately(self, within: float) -> float | None:
+        """Seconds since the last outage began, while it lasts and for ``within`` seconds after it ended;
+        ``None`` otherwise."""
+        now = time.monotonic()
+        if self.problem is not None or (self._back_at is not None and now - self._back_at < within):
+            return now - self._down_at
+        return None
 
     def summary(self) -> str | None:
         """The problem for ``/healthz``: since when and why in short (the log line has the server's address)."""

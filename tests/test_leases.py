@@ -188,3 +188,37 @@ async def test_a_long_run_keeps_its_thread_when_one_lease_renewal_fails(tmp_path
 
         event = await asyncio.wait_for(handled(), 20)
         assert beats[:2] == ["failed", "renewed"] and event.outcome == "done"
+
+
+@pytest.mark.asyncio
+async def test_a_lease_that_ran_out_during_a_database_outage_is_left_to_its_holder_for_a_lease_after_it(
+        database: Database) -> None:
+    """A 35 s PostgreSQL outage, past the 30 s lease: the replica whose sweep came first once the database was back
+    took over a run still running on its holder (whose heartbeat could renew nothing meanwhile), told its thread the
+    command's outcome was unknown, and ran the request queued behind it beside the command. For a lease after the
+    outage, a lease that ran out during it is its holder's to renew; one that ran out before it is taken as ever."""
+    holder, other = threads.Leases(database, "holder", 30), threads.Leases(database, "other", 30)
+    async with database.session() as session:
+        record, _new = await threads.create(session, HERE, holder.lease_for_new_thread())
+    await _queue_event(database, record.id, "e1")  # type: ignore[arg-type]
+
+    async def lease_ends(at: timedelta) -> None:
+        async with database.session() as session:
+            await session.exec(update(ThreadRecord).where(ThreadRecord.id == record.id)  # type: ignore[call-overload]
+                               .values(lease_until=database.now() + at))
+
+    health = database.health
+    health.failed(reason="connection refused")  # the outage begins; the holder's lease runs out during it
+    await lease_ends(timedelta(seconds=0))
+    health.reached()
+    assert await other.take(record.id) is None  # type: ignore[arg-type]
+    assert await holder.renew(record.id)  # type: ignore[arg-type]  # the holder's next heartbeat
+    await lease_ends(-timedelta(seconds=1))
+    health._back_at -= 31  # type: ignore[operator]  # a lease after the outage: a holder that did not renew is gone
+    taken = await other.take(record.id)  # type: ignore[arg-type]
+    assert taken is not None and taken[1].lease_owner == "other"
+
+    await lease_ends(-timedelta(seconds=5))  # a lease that ran out before an outage began is run out after it
+    health.failed(reason="connection refused")
+    health.reached()
+    assert await holder.take(record.id) is not None  # type: ignore[arg-type]
