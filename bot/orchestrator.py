@@ -469,12 +469,17 @@ class Orchestrator:
                              at_choice: bool = False) -> None:
         """End ``run`` as cancelled by ``cancel``'s sender, the cancel closed with it (``_finish_run``)."""
         log.info("run %s (%s) was cancelled by %s", run.id, run.graph, cancel.user)
-        seconds = (utcnow() - run.started_at).total_seconds()
+        # When it was written: one the drain takes after the run's replica died waited for its lease to run out.
+        seconds = max((min(cancel.received_at, utcnow()) - run.started_at).total_seconds(), 0.0)
         cut_off = services.cut_off if isinstance(services, LeasedRunServices) else None
-        await self._finish_run(run, record, event, "failed", replies.cancelled(self._asked_for(run), cancel.user, seconds,
-                                                                               at_cards=at_cards, at_choice=at_choice,
-                                                                               cut_off=cut_off),
-                               threads.CANCELLED_BY + cancel.user, services, cancel=cancel)
+        in_doubt = None
+        if services is None and not (at_cards or at_choice):  # its replica stopped while it ran: nothing was killed
+            async with self.db.read() as session:
+                in_doubt = (await session.exec(select(Effect.name).where(  # type: ignore[call-overload]
+                    Effect.run_id == run.id, Effect.status == "started"))).first()
+        await self._finish_run(run, record, event, "failed", replies.cancelled(
+            self._asked_for(run), cancel.user, seconds, at_cards=at_cards, at_choice=at_choice, cut_off=cut_off,
+            in_doubt=in_doubt), threads.CANCELLED_BY + cancel.user, services, cancel=cancel)
 
     async def _handle_cancel(self, event: InboundEvent, record: ThreadRecord) -> None:
         """A cancel the drain takes (before the requests queued in the thread): the run it was for is not

@@ -255,15 +255,22 @@ def timed_out(graph: str, limit: float) -> Message:
 
 
 def cancelled(graph: str, user: str, seconds: float, *, at_cards: bool = False, at_choice: bool = False,
-              cut_off: str | None = None) -> Message:
+              cut_off: str | None = None, in_doubt: str | None = None) -> Message:
     """``at_choice``: ``graph`` is the request a "Which one?" card asked about, which ran nothing yet. ``cut_off``:
     the side effect the cancel stopped while it ran (a runbook's is its ``command``, the assistant's ``tool:...``);
-    without one, no command was said to be killed (a graph with none, a runbook before or after its command)."""
+    without one, no command was said to be killed (a graph with none, a runbook before or after its command).
+    ``in_doubt``: the side effect under way when the run's replica stopped, which the cancel could not stop (it
+    was told "so I stopped it", the command having run on to its end)."""
     if at_choice:
         return Message(tone="warning", title="Choice cancelled", parts=[
             Text(text=f"{user} cancelled the choice for `{graph}` after {duration(seconds)}: none of its graphs "
                       "was run.")]).naming(user)
     how = "I stopped it: nothing more of it will run"
+    if in_doubt is not None:
+        return Message(tone="warning", title="Run cancelled", parts=[Text(
+            text=f"{user} cancelled `{graph}` after {duration(seconds)}: nothing more of it will run. Its step "
+                 f"`{quoted_code(in_doubt)}` had been started by a Baton that stopped while it ran, so it may have "
+                 "run on or finished: its outcome is unknown. Check what it did.")]).naming(user)
     if at_cards:
         how = "it was waiting for approvals, which are closed now: nothing more of it will run"
     elif cut_off == "command" or (cut_off or "").startswith("tool:"):

@@ -5,6 +5,8 @@ left pending, no lease held, no run left running."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import signal
 import sys
@@ -546,3 +548,28 @@ def test_a_cancel_at_a_run_waiting_on_two_cards_ends_the_run(hunt_baton, sqlite_
     settled(sqlite_url)
     assert rows(sqlite_url, "SELECT status, error FROM runs") == [("failed", "cancelled by alice")]
     assert rows(sqlite_url, "SELECT count(*) FROM approvals WHERE status = 'pending'") == [(0,)]
+
+
+@pytest.mark.postgres
+def test_a_cancel_of_a_command_whose_replica_died_says_its_outcome_is_unknown(hunt_baton, postgres_url,
+                                                                            tmp_path) -> None:
+    """alice cancels a runbook whose replica was killed while its command ran: she was told "so I stopped it:
+    nothing more of it will run", while the command, which no Baton could stop any more, ran on to its end; and
+    "after 30s", the time the dead replica's lease took to run out, not when she cancelled."""
+    short = {"BATON_LEASE_SECONDS": "4"}
+    one, two = hunt_baton(postgres_url, name="one", env=short), hunt_baton(postgres_url, name="two", env=short)
+    thread = one.client().ask("@baton run sleepy", user="alice")
+    pid = started_sleeping(tmp_path)
+    try:
+        assert one.process is not None
+        one.process.kill()
+        one.process.wait(10)
+        assert two.client().say("cancel", thread=thread, user="alice").status_code == 201
+        told = two.client().wait_reply(thread, "alice cancelled `run sleepy`", timeout=60)["text"]
+        assert "its outcome is unknown" in told and "I stopped it" not in told, told
+        after = re.search(r" after (\d+(?:\.\d+)?)(ms|s)\b", told)
+        assert after is not None, told
+        seconds = float(after[1]) / (1000 if after[2] == "ms" else 1)
+        assert seconds < 4, told  # the run had run for a moment when she cancelled; the lease took 4 s more
+    finally:
+        os.kill(pid, signal.SIGKILL)
