@@ -251,6 +251,9 @@ class Adapter(ABC):
     channel_pace_seconds: ClassVar[float] = 0.0  # minimum gap between two messages in one channel
     max_attempts: ClassVar[int] = 12
     idle_poll_seconds: ClassVar[float] = 0.5
+    # The channels a platform has whatever its workspace (the playground's), which baton.yaml's digests are checked
+    # against at start; ``None``: a workspace's own, known once connected.
+    known_channels: ClassVar[tuple[str, ...] | None] = None
     # True for a platform whose messages are rows in Baton's own database (the playground): its
     # ``send`` marks the delivery in the transaction that stores the message (``Outbox.record_delivery``),
     # so a message is delivered exactly once, even across a crash.

@@ -357,6 +357,7 @@ def _sent_as_json(content_type: str) -> bool:
 class PlaygroundAdapter(Adapter):
     name = PLATFORM
     send_records_delivery = True  # its messages are rows in Baton's database
+    known_channels = tuple(CHANNEL_KINDS)
     stranded_poll_seconds: ClassVar[float] = 10.0  # how often ``hand_over_stranded`` looks
 
     def __init__(self, baton: Any) -> None:

@@ -732,6 +732,7 @@ class BatonConfig(BaseModel):
     _approver_ids = field_validator("approvers", mode="before")(lambda cls, value: _ids_as_text(value))
     # What is likely a mistake but does not stop Baton ("file: line n: what"), as load_config found it.
     _warnings: list[str] = PrivateAttr(default_factory=list)
+    _digest_lines: list[int] = PrivateAttr(default_factory=list)  # of each digest's platform, for what is checked later
 
     @property
     def warnings(self) -> list[str]:
@@ -788,12 +789,23 @@ def _empty(path: Path, allowed: bool) -> BatonConfig:
 def check_digest_platforms(config: BatonConfig, path: Path) -> None:
     """``ConfigError`` for a digest on a platform no installed adapter knows: it would never be posted, and
     is most likely a typo. Apart from ``load_config``: it asks what is installed, not what the file says."""
-    known = {point.name for point in entry_points(group="baton.adapters")}
-    unknown = [f"digests.{index}: {digest.platform}" for index, digest in enumerate(config.digests)
-               if digest.platform not in known]
-    if unknown:  # the file BATON_CONFIG names, which need not be baton.yaml
-        raise ConfigError(f"{path}: digests name platforms no adapter serves: "
-                          f"{', '.join(unknown)} (adapters: {', '.join(sorted(known))})")
+    adapters = {point.name: point for point in entry_points(group="baton.adapters")}
+    problems = []
+    for index, digest in enumerate(config.digests):
+        line = config._digest_lines[index] if index < len(config._digest_lines) else None
+        at = f"{path}: line {line}: digests.{index}" if line is not None else f"{path}: digests.{index}"
+        if digest.platform not in adapters:  # the file BATON_CONFIG names, which need not be baton.yaml
+            problems.append(f"{at}: platform: no adapter serves `{digest.platform}` (adapters: "
+                            f"{', '.join(sorted(adapters))})")
+            continue
+        # A platform whose channels are known before it starts (the playground's): a digest for one it has not
+        # was posted every day where nobody could read it.
+        channels = getattr(adapters[digest.platform].load(), "known_channels", None)
+        if channels is not None and digest.channel not in channels:
+            problems.append(f"{at}: channel: `{digest.channel}` is no {digest.platform} channel (its channels: "
+                            f"{', '.join(channels)})")
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def printable(text: str, *, lines: bool = False) -> str:
@@ -850,7 +862,7 @@ def load_config(path: Path, *, required: bool = False, empty: bool = True) -> Ba
         return _empty(path, empty)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: line {root.start_mark.line + 1}: the top level must be a mapping (approvers, "
-                          "runbooks, graphs)")
+                          "runbooks, graphs, digests, models)")
     try:
         config = BatonConfig.model_validate(data)
     except ValidationError as exc:
@@ -861,10 +873,12 @@ def load_config(path: Path, *, required: bool = False, empty: bool = True) -> Ba
             line = _line_of(root, loc + where, key=error["type"] == "extra_forbidden")
             # Baton's own words, without pydantic's "Value error, " before them (the settings' refusals drop it too)
             said = validation_words(error)
-            problems.append(f"{path}: line {line}: {'.'.join(loc) or '(top)'}: {said}{_meant(error, loc)}")
+            at = f"{'.'.join(loc)}: " if loc else ""  # a rule across the file says where itself ("runbook 'up' ...")
+            problems.append(f"{path}: line {line}: {at}{said}{_meant(error, loc)}")
         if len(problems) > MAX_PROBLEMS:  # one mistake made in every runbook (desc: for description:) was 80 lines
             problems[MAX_PROBLEMS:] = [f"{path}: and {len(problems) - MAX_PROBLEMS} more problems"]
         raise ConfigError("\n".join(problems)) from exc
+    config._digest_lines = [_line_of(root, ("digests", str(index), "platform")) for index in range(len(config.digests))]
     config._warnings = _warnings(config, path, root)
     for warning in config.warnings:
         logger.warning("%s", warning)

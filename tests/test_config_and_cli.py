@@ -49,7 +49,7 @@ def test_shipped_example_config_is_valid():
     ("runbooks:\n  up:\n    description: x\n    command: [a]\n    args:\n      a b: {pattern: x}\n",
      "argument name 'a b' must match"),
     ("runbooks:\n  up:\n    description: x\n    command: [a]\n    risk: high\n",
-     "line 2: (top): runbook 'up' is high risk but has no approvers"),
+     "line 2: runbook 'up' is high risk but has no approvers"),
     ("models:\n  prices:\n    m: {input: .inf, output: 1}\n", "line 3: models.prices.m.input: Input should be a finite"),
 ])
 def test_invalid_config_names_the_line(tmp_path, text, expected):

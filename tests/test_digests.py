@@ -213,8 +213,8 @@ def test_a_digest_for_a_platform_no_adapter_serves_stops_baton(tmp_path: Path):
                         BATON_CONFIG=str(tmp_path / "team.yaml"))
     with pytest.raises(ConfigError) as refused:
         Baton(settings, config)
-    assert str(refused.value).startswith(f"{tmp_path / 'team.yaml'}: digests name platforms no adapter serves: "
-                                         "digests.1: slak (adapters: ")  # the file BATON_CONFIG names, not baton.yaml
+    assert str(refused.value).startswith(f"{tmp_path / 'team.yaml'}: digests.1: platform: no adapter serves "
+                                         "`slak` (adapters: ")  # the file BATON_CONFIG names, not baton.yaml
 
 
 def test_baton_graphs_checks_a_digests_platform_as_baton_run_does(tmp_path: Path) -> None:
@@ -223,7 +223,18 @@ def test_baton_graphs_checks_a_digests_platform_as_baton_run_does(tmp_path: Path
     (tmp_path / "baton.yaml").write_text('digests:\n  - {platform: slak, channel: ops, cron: "0 9 * * *"}\n')
     done = run_cli("graphs", cwd=tmp_path, env={**os.environ, "BATON_DATABASE_URL": f"sqlite:///{tmp_path / 'b.db'}"})
     assert done.returncode == 2
-    assert "baton.yaml: digests name platforms no adapter serves: digests.0: slak" in done.stderr
+    assert "baton.yaml: line 2: digests.0: platform: no adapter serves `slak` (adapters: " in done.stderr
+
+
+def test_a_digest_for_a_playground_channel_there_is_not_stops_baton_with_its_line(tmp_path: Path) -> None:
+    """A digest for the playground's `nochan` loaded without a word, and was posted every day where nobody could
+    read it (``GET /api/channels/nochan/messages``: 404)."""
+    (tmp_path / "baton.yaml").write_text('digests:\n  - {platform: playground, channel: general, cron: "0 9 * * *"}\n'
+                                         '  - {platform: playground, channel: nochan, cron: "0 9 * * *"}\n')
+    done = run_cli("graphs", cwd=tmp_path, env={**os.environ, "BATON_DATABASE_URL": f"sqlite:///{tmp_path / 'b.db'}"})
+    assert done.returncode == 2
+    assert ("baton.yaml: line 3: digests.1: channel: `nochan` is no playground channel (its channels: general, ops, "
+            "random, dm-baton)") in done.stderr, done.stderr
 
 
 def test_a_digest_for_a_platform_this_baton_does_not_serve_is_named_at_start(tmp_path: Path, caplog):

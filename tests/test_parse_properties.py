@@ -369,7 +369,7 @@ def test_an_example_chat_would_refuse_for_an_argument_given_twice_is_named(tmp_p
     with pytest.raises(ConfigError) as refused:
         load_config(path)
     said = str(refused.value)
-    assert said == (f"{path}: line 15: (top): runbook 'restart': its example `run restart service=web service=api` "
+    assert said == (f"{path}: line 15: runbook 'restart': its example `run restart service=web service=api` "
                     "would be refused if asked: 'service' is given twice"), said
     with pytest.raises(RouteError, match="`service` is given twice"):
         route(REQUEST, "run restart service=web service=api", REGISTRY, _config(tmp_path))

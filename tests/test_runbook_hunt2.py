@@ -123,7 +123,7 @@ def test_an_example_that_would_be_refused_is_named_with_its_line(tmp_path: Path,
                     f'    args:\n      service: {{pattern: "^(web|api)$"}}\n    example: "{example}"\n')
     with pytest.raises(ConfigError) as refused:
         load_config(path)
-    assert str(refused.value) == (f"{path}: line 7: (top): runbook 'restart': its example `{example}` "
+    assert str(refused.value) == (f"{path}: line 7: runbook 'restart': its example `{example}` "
                                   f"would be refused if asked: {said}"), str(refused.value)
 
 
