@@ -385,11 +385,12 @@ def _spec_from_module(name: str, module: ModuleType) -> GraphSpec:
         # the nodes after the breakpoint never ran.
         raise GraphError(f"{where}: compiled with interrupt_before/interrupt_after, which Baton cannot resume; "
                          "call interrupt() (or bot.kit.approve()) in the node instead")
-    if name in COMMAND_WORDS:
-        raise GraphError(f"{where}: `{name}` is a command of Baton's own ({COMMAND_WORDS[name]}), read before any "
-                         f"graph: `@baton {name}` would never reach this one; name the module otherwise")
-    if name in OWN_RUN_NAMES:
-        raise GraphError(f"{where}: `{name}` is the name of Baton's own runs ({OWN_RUN_NAMES[name]}): this graph's "
+    # In any case: `Cancel.py` was told to be named cancel.py, which is refused as one of these.
+    if (word := name.lower()) in COMMAND_WORDS:
+        raise GraphError(f"{where}: `{word}` is a command of Baton's own ({COMMAND_WORDS[word]}), read before any "
+                         f"graph: `@baton {word}` would never reach this one; name the module otherwise")
+    if word in OWN_RUN_NAMES:
+        raise GraphError(f"{where}: `{word}` is the name of Baton's own runs ({OWN_RUN_NAMES[word]}): this graph's "
                          "runs would be taken for those in digests, metrics and status; name the module otherwise")
     if any(character.isspace() for character in name):
         raise GraphError(f"{where}: chat reads a request's first word as the graph's name (`@baton {name}` looks for "

@@ -73,6 +73,13 @@ def test_a_graph_named_force_is_refused(package) -> None:
         GraphRegistry.discover(name)
 
 
+def test_a_graph_module_named_a_command_in_capitals_is_told_to_be_named_otherwise(package) -> None:
+    """``Cancel.py`` was told to "name the module cancel.py", which is then refused as a command of Baton's own."""
+    name = package({"Cancel": GOOD_GRAPH})
+    with pytest.raises(GraphError, match="`cancel` is a command of Baton's own .* name the module otherwise"):
+        GraphRegistry.discover(name)
+
+
 def _asking(**kwargs: Any) -> StateGraph:
     def ask(_state: State) -> State:
         decision = approve("Restart web?", **kwargs)
