@@ -13,6 +13,7 @@ import resource
 import sqlite3
 import sys
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import entry_points
@@ -30,7 +31,7 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyPoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from bot.app import Baton, StartFailed
 from bot.config import BatonConfig
@@ -293,13 +294,17 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     and a request not read whole within ``REQUEST_READ_SECONDS`` of its first byte (or of the connection) is cut
     off (a connection that never sent a byte, or sent one a minute, was held for ever: a few thousand of them
     take every file descriptor Baton has, its database's and its runbooks' pipes too). Between requests,
-    uvicorn's keep-alive timeout applies as before."""
+    uvicorn's keep-alive timeout applies as before. The trailer fields after a chunked body are held to the same
+    limit, and are not added to the request's headers (uvicorn added them, as many as were sent, to the headers
+    of a request whose route was running already)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head_bytes = self._parsed_head_bytes = 0
-        self._head_refused = False
+        self._head_refused = self._trailers_refused = False
         self._reading_head, self._head_ended = True, False
+        self._chunk_open = False  # a chunk's size line was read, and nothing after it yet
+        self._previous_cycle: RequestResponseCycle | None = None  # the request answered before the newest one
         self._read_deadline: asyncio.TimerHandle | None = self.loop.call_later(REQUEST_READ_SECONDS, self._read_too_slow)
         self._refusal: bytes | None = None  # sent once the requests before it are answered
 
@@ -314,14 +319,19 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._refusal is not None:
             return  # what follows a request refused is not read; the refusal is sent after the answers owed
         self._start_deadline()
-        in_head, self._head_ended = self._reading_head, False
+        in_head, self._head_ended, in_trailers = self._reading_head, False, self._chunk_open
         super().data_received(data)
-        # Counted while a head is read: not a read that ended one or began one (it may hold a body)
-        if in_head and self._reading_head and not self._head_ended and not self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        # Counted while a head is read: not a read that ended one or began one (it may hold a body); and while the
+        # trailer fields after a chunked body's last chunk are (a read that holds data is a chunk's, not those)
+        if (in_head and self._reading_head and not self._head_ended) or (in_trailers and self._chunk_open):
             self._head_bytes += len(data)
-        if (self._head_bytes > MAX_HEAD_BYTES or self._head_refused) and not self.transport.is_closing():
+        if self._head_bytes > MAX_HEAD_BYTES or self._head_refused or self._trailers_refused:
+            in_head = self._reading_head or self._head_refused
+            fields = "headers" if in_head else "trailer fields, after its chunked body,"
             self._refuse(b"431 Request Header Fields Too Large",
-                         f"the request's headers are larger than {MAX_HEAD_BYTES:,} bytes")
+                         f"the request's {fields} are larger than {MAX_HEAD_BYTES:,} bytes")
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -335,21 +345,33 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # Counted as parsed too: a read that ends the head is not counted in data_received (it may hold a body),
         # so a head of 64 KiB and one read more (up to 256 KiB on asyncio's loop) was let through
         self._parsed_head_bytes += len(name) + len(value) + 4  # ": " and CRLF
-        super().on_header(name, value)
+        if self._reading_head:
+            super().on_header(name, value)
+        else:  # a trailer field: no header of the request's (RFC 9110 6.5.1), and Baton's routes read none
+            self._trailers_refused |= self._parsed_head_bytes > MAX_HEAD_BYTES
 
     def on_headers_complete(self) -> None:
         self._reading_head, self._head_ended = False, True
         if self._parsed_head_bytes > MAX_HEAD_BYTES:
             self._head_refused = True  # not handed to the app; data_received answers once the read is parsed
             return
+        self._head_bytes = self._parsed_head_bytes = 0  # from here on, its trailer fields' (after a chunked body)
+        self._previous_cycle = self.cycle
         super().on_headers_complete()
 
+    def on_chunk_header(self) -> None:
+        self._chunk_open = True  # until its data comes; the last chunk (of size 0) has none: its trailer fields come
+
+    def on_chunk_complete(self) -> None:
+        self._chunk_open = False
+
     def on_body(self, body: bytes) -> None:
+        self._chunk_open = False
         if not self._head_refused:
             super().on_body(body)
 
     def on_message_complete(self) -> None:
-        if self._head_refused:
+        if self._head_refused or self._trailers_refused:
             return
         self._stop_deadline()
         self._reading_head, self._head_bytes, self._parsed_head_bytes = True, 0, 0  # the next request's head
@@ -391,8 +413,26 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._refusal = (b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\ncontent-length: "
                          + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
         self._stop_deadline()
+        self._give_up_body()
         if self.cycle is None or self.cycle.response_complete:  # the newest request's answer is the last owed
             self._send_refusal()
+
+    def _give_up_body(self) -> None:
+        """The newest request, refused while its body was read (a chunk's size that is no hexadecimal number), is
+        answered by the refusal, not by its route: that route waited for the rest of the body for ever, the refusal
+        waited for the route's answer, and the connection stayed open, unanswered. The route sees the client gone,
+        and the refusal is sent once the requests before it are answered; an answer the route had begun is cut off
+        (as when a body comes too slowly): nothing can follow it."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or not cycle.more_body:
+            return  # not refused in its body, or answered without it
+        cycle.disconnected = True  # its receive() gets http.disconnect, and what it sends is dropped
+        cycle.message_event.set()
+        if cycle.response_started:
+            self.transport.close()
+            return
+        self.pipeline = deque(queued for queued in self.pipeline if queued[0] is not cycle)  # never started, then
+        self.cycle = self._previous_cycle
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
