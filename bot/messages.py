@@ -59,6 +59,21 @@ def storable(value: str) -> str:
     return _UNSTORABLE.sub("\ufffd", value)
 
 
+def storable_value(value: Any) -> Any:
+    """``value`` whose texts are ``storable``, in dicts, lists and tuples too (keys included): ``value`` itself
+    when none of them changes (a dict of a class of its own is left as it is)."""
+    if isinstance(value, str):
+        return storable(value)
+    if type(value) is dict:
+        pairs = [(storable_value(key), storable_value(item)) for key, item in value.items()]
+        changed = any(new is not key or shown is not item for (new, shown), (key, item) in zip(pairs, value.items()))
+        return dict(pairs) if changed else value
+    if type(value) in (list, tuple):  # a tuple stays one: it may be a key
+        items = [storable_value(item) for item in value]
+        return type(value)(items) if any(new is not old for new, old in zip(items, value)) else value
+    return value
+
+
 class Location(BaseModel):
     """Where something lives on a platform: a channel and (for replies) a thread."""
 

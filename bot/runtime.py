@@ -31,7 +31,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from bot import audit, graph_context, kit, model_usage, threads, tool_review
 from bot.approvals import waiting_for
 from bot.config import BatonConfig, Price
-from bot.messages import Location, Message, first_line, quoted, storable
+from bot.messages import Location, Message, first_line, quoted, storable, storable_value
 from bot.models import cost_of, model_key, usage_of
 from bot.no_store import NO_STORE
 from bot.redaction import Redactor
@@ -229,15 +229,16 @@ def _as_data(value: Any) -> Any:
     return value
 
 
-def _storable_value(value: Any) -> Any:
-    """``value`` whose texts (in dicts and lists too, keys included) are ``storable``."""
-    if isinstance(value, str):
-        return storable(value)
-    if isinstance(value, dict):
-        return {_storable_value(key): _storable_value(item) for key, item in value.items()}
-    if type(value) in (list, tuple):  # a tuple stays one: it may be a key
-        return type(value)(_storable_value(item) for item in value)
-    return value
+def checkpointed(value: Any) -> Any:
+    """What a checkpoint stores of a value a graph wrote, an ``interrupt()``'s question too: ``storable_value``.
+    Stored as it was, a lone surrogate became "?" (msgpack), and a NUL stayed on SQLite and failed the run on
+    PostgreSQL (jsonb): a reply or a card read "a\\x00b?c"."""
+    if isinstance(value, Interrupt):
+        shown = storable_value(value.value)
+        return value if shown is value.value else Interrupt(shown, value.id, response_schema=value.response_schema)
+    if type(value) in (list, tuple) and any(isinstance(item, Interrupt) for item in value):  # LangGraph's INTERRUPT
+        return type(value)(map(checkpointed, value))
+    return storable_value(value)
 
 
 def _error_as_text(values: dict[str, Any]) -> dict[str, Any]:
@@ -340,12 +341,12 @@ class GraphRuntime:
 
     async def state(self, spec: GraphSpec, lg_thread_id: str) -> GraphOutcome:
         snapshot = await self.compiled(spec).aget_state(self.config_for(lg_thread_id, spec.name))
-        # What each question shows on its card, as a database stores it: an ``interrupt()`` or ``approve()`` whose
-        # text held a NUL (a command's output) failed storing its approval on PostgreSQL, and the thread read
-        # "Something went wrong while handling this".
-        interrupts = [Interrupt(_storable_value(asked.value), asked.id, response_schema=asked.response_schema)
-                      for asked in snapshot.interrupts]
-        return GraphOutcome(interrupts=interrupts, values=_values(snapshot.values))
+        # What each question shows on its card and the reply, as a database stores them: an ``interrupt()`` or
+        # ``approve()`` whose text held a NUL (a command's output) failed storing its approval on PostgreSQL, and the
+        # thread read "Something went wrong while handling this". Checkpoints hold them so (``checkpointed``) when
+        # Baton opened its checkpointer; this is for any other.
+        interrupts = [checkpointed(asked) for asked in snapshot.interrupts]
+        return GraphOutcome(interrupts=interrupts, values=_values(storable_value(snapshot.values)))
 
     async def forget(self, lg_thread_id: str, graphs: Iterable[str] | None = None) -> None:
         """Delete the checkpoints ``graphs`` wrote in the chat thread (default: every installed graph's).

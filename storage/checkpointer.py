@@ -60,15 +60,26 @@ class _Fenced:
     noticed the thread taken over wrote that step's checkpoint beside the new holder's; it became the thread's
     latest, and the card the new holder had posted turned stale. A write after such a stall confirms the hold
     first. While the hold is surely fresh (the heartbeat renews it every third of the lease) a write costs no
-    statement more."""
+    statement more.
 
-    async def aput(self, *args: Any, **kwargs: Any) -> Any:
-        await _confirm_fence()
-        return await super().aput(*args, **kwargs)  # type: ignore[misc]
+    ``storable`` (``open_checkpointer``'s) makes each value written storable first."""
 
-    async def aput_writes(self, *args: Any, **kwargs: Any) -> Any:
+    storable: Callable[[Any], Any] | None = None
+
+    async def aput(self, config: Any, checkpoint: Any, *args: Any, **kwargs: Any) -> Any:
         await _confirm_fence()
-        return await super().aput_writes(*args, **kwargs)  # type: ignore[misc]
+        if self.storable is not None:
+            values = self.storable(checkpoint["channel_values"])
+            if values is not checkpoint["channel_values"]:
+                checkpoint = {**checkpoint, "channel_values": values}
+        return await super().aput(config, checkpoint, *args, **kwargs)  # type: ignore[misc]
+
+    # No ``task_path`` parameter: LangGraph passes one only to a saver whose signature names it.
+    async def aput_writes(self, config: Any, writes: Any, *args: Any, **kwargs: Any) -> Any:
+        await _confirm_fence()
+        if self.storable is not None:
+            writes = [(channel, self.storable(value)) for channel, value in writes]
+        return await super().aput_writes(config, writes, *args, **kwargs)  # type: ignore[misc]
 
 
 async def _confirm_fence() -> None:
@@ -330,15 +341,17 @@ _QUIET_RECONNECTS = _OncePerMinute()
 
 
 @asynccontextmanager
-async def open_checkpointer(url: str, serde: SerializerProtocol | None = None) -> AsyncIterator[BaseCheckpointSaver]:
+async def open_checkpointer(url: str, serde: SerializerProtocol | None = None,
+                           storable: Callable[[Any], Any] | None = None) -> AsyncIterator[BaseCheckpointSaver]:
     """Yield a ready checkpointer (tables created) and close it on exit. ``serde``: LangGraph's own serializer
-    unless given."""
+    unless given. ``storable``: what each value written (a channel's, a task's write) is stored as."""
     if is_sqlite(url):
         connection = await aiosqlite.connect(sqlite_checkpoint_path(url), timeout=30)
         try:
             await use_wal_async(connection.execute, SQLITE_BUSY_SECONDS)  # replicas started together on a new file
             await connection.execute("PRAGMA busy_timeout=30000")
             saver = FencedSqliteSaver(connection, serde=serde)
+            saver.storable = storable
             await saver.setup()
             yield saver
         finally:
@@ -364,6 +377,7 @@ async def open_checkpointer(url: str, serde: SerializerProtocol | None = None) -
     await pool.open()
     try:
         saver = FencedPostgresSaver(pool, serde=serde)  # type: ignore[arg-type]
+        saver.storable = storable
         await setup_postgres_checkpoints(url)
         reconnecting = asyncio.create_task(_reconnect_while_waited_for(pool), name="checkpointer-reconnect")
         try:
