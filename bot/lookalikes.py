@@ -7,6 +7,7 @@ not.
 
 from __future__ import annotations
 
+import re
 import shlex
 import unicodedata
 
@@ -40,6 +41,13 @@ def quoted_as_is(value: str, limit: int = 60) -> str:
     return quoted_code(shown, len(shown))  # a backtick of the value's own would end the code span
 
 
+def controls_escaped(text: str) -> str:
+    """``text`` for a card, its control characters (but line breaks and tabs) and bidi controls written as bash's
+    ``$'...'`` writes them (``\\x1b``, ``\\u202e``), as a runbook's card shows its command: raw, an escape
+    sequence retitled or cleared the terminal of whoever read it there, and U+202E turned the rest around."""
+    return _CONTROLS.sub(lambda found: ansi_c_quoted(found.group())[2:-1], text)
+
+
 def misleading(arg: str) -> bool:
     """Whether ``arg`` holds a character that shows as nothing or as another (a line break, a zero-width space,
     a bidi override that turns the rest of the line around, a no-break space), one drawn like an ASCII one (a
@@ -71,6 +79,7 @@ def ansi_c_quoted(arg: str) -> str:
                                                        else _code_point(char)) for char in arg) + "'"
 
 
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 _ANSI_C_ESCAPES = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 

@@ -27,6 +27,7 @@ from sqlmodel import select
 from bot import approvals, audit, model_routing, replies, schedules, threads, tool_review
 from bot.config import BatonConfig
 from bot.kit import APPROVAL_MARK, APPROVAL_TEXT_LIMIT, Request, duration, people_read
+from bot.lookalikes import controls_escaped
 from bot.digests import Digests
 from bot.messages import (Accepted, InboundClick, InboundMessage, Location, Message, Text, quoted_code, shown_value,
                           storable)
@@ -1639,6 +1640,8 @@ class Orchestrator:
         else:  # a plain graph's interrupt(value): show the value, apply the graph's policy
             summary, details = tool_review.question(value) if tool_review.is_review(value) else _card_question(
                 value, spec.name)
+            summary = controls_escaped(summary)  # as a runbook's card shows its command (approve() shows its own)
+            details = {controls_escaped(key): controls_escaped(shown) for key, shown in details.items()}
             risk, approvers = policy.risk, None
             if len(summary) > APPROVAL_TEXT_LIMIT:  # the approver must see what they decide: the whole, in details
                 details = {"the whole question": summary, **details}  # a tool review's arguments stay

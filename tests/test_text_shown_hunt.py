@@ -86,3 +86,21 @@ async def test_text_no_database_stores_is_shown_as_replacement_characters_everyw
         question
     assert plain["text"].startswith(f"*Approval needed*\nplain {SHOWN}\n"), plain
 
+
+async def test_a_plain_graphs_question_shows_its_control_characters_escaped(sqlite_url: str, config_path: Path) -> None:
+    """A plain LangGraph graph's ``interrupt()`` of text holding an escape sequence (a command's output, what
+    someone wrote) was shown raw on its card, ESC and BEL as they were: read in a terminal (the playground's API,
+    a log) it retitled or cleared it. A runbook's card shows such characters escaped, as bash writes them."""
+    def ask(state: State) -> dict[str, Any]:
+        if state["text"] == "question":
+            return {"reply": str(interrupt({"question": "vote \x1b]0;pwned\x07 now", "log": "done\x1b[2J\r"}))}
+        return {"reply": str(interrupt("vote \x1b]0;pwned\x07 \x1b[2J now\nsecond\tline \u202eenod ton"))}
+
+    async with _playground(sqlite_url, config_path, GraphSpec(name="vote", graph=_one_node(ask))) as (http, _):
+        plain = await _bot_message(http, "@baton vote plain")
+        question = await _bot_message(http, "@baton vote question")
+    assert plain["text"].startswith("*Approval needed*\nvote \\x1b]0;pwned\\x07 \\x1b[2J now\nsecond\tline "
+                                    "\\u202eenod ton\n"), plain
+    assert question["text"].startswith(
+        "*Approval needed*\nvote \\x1b]0;pwned\\x07 now\n```\nlog: done\\x1b[2J\\r\n```"), question
+
