@@ -808,11 +808,19 @@ def check_digest_platforms(config: BatonConfig, path: Path) -> None:
         raise ConfigError("\n".join(problems))
 
 
+# Format characters a terminal shows as nothing or that reorder the line (U+202E, U+200B, U+2066), but a joiner after
+# a character other than ASCII: it joins emoji (👩 U+200D 💻) and letters of some scripts.
+_INVISIBLE = regex.compile(r"(?<![^\x00-\x7f])[\u200c\u200d]|(?![\u200c\u200d])\p{Cf}")
+
+
 def printable(text: str, *, lines: bool = False) -> str:
     """``text`` with its control characters as U+FFFD (line breaks too, unless ``lines``): a message that quotes
-    the file (an escape sequence in a YAML double-quoted value) must not act on the terminal or journal showing it."""
-    return "".join("\ufffd" if unicodedata.category(char) == "Cc" and not (lines and char == "\n") else char
-                   for char in text)
+    the file (an escape sequence in a YAML double-quoted value) must not act on the terminal or journal showing it.
+    Its invisible format characters too, bidi controls as chat shows them (``bot.messages.quoted``): U+202E turned
+    the rest of a line of `baton threads` around, and "web\\u200b" read as "web"."""
+    shown = "".join("\ufffd" if unicodedata.category(char) == "Cc" and not (lines and char == "\n") else char
+                    for char in text)
+    return _INVISIBLE.sub("\ufffd", shown) if not shown.isascii() else shown
 
 
 def load_config_again(path: Path) -> BatonConfig:

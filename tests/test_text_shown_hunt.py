@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from langgraph.types import interrupt
 
 from bot.app import Baton
 from bot.kit import approve
 from bot.registry import GraphSpec
+from tests.test_cli_hunt2 import _cli
 from tests.test_graph_modules import State, _one_node
 
 BROKEN = "a\x00b\ud800c"  # a NUL (a command's output), a lone surrogate (a file name os.listdir read)
@@ -104,3 +106,28 @@ async def test_a_plain_graphs_question_shows_its_control_characters_escaped(sqli
     assert question["text"].startswith(
         "*Approval needed*\nvote \\x1b]0;pwned\\x07 now\n```\nlog: done\\x1b[2J\\r\n```"), question
 
+
+async def test_the_command_line_shows_bidi_and_invisible_characters_as_chat_does(
+        sqlite_url: str, config_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`baton threads` showed U+202E raw, which turned the rest of its line around in the terminal, and U+200B
+    raw ("web\\u200b" read as "web"), while ESC and BEL there were U+FFFD and chat shows U+FFFD for U+202E;
+    `baton approvals` and `baton audit` the same. Each is shown as U+FFFD; emoji joined by U+200D stay whole."""
+    def ask(state: State) -> dict[str, Any]:
+        return {"reply": str(approve(f"Deploy {state['text']}?", risk="low"))}
+
+    async with _playground(sqlite_url, config_path, GraphSpec(name="ship", graph=_one_node(ask))) as (http, _):
+        refused = await _bot_message(http, "\u202e@baton run disk")
+        await _bot_message(http, "@baton run restart service=web\u200b")
+        card = await _bot_message(http, "@baton ship web\u200b \u202eenod ton \U0001f469\u200d\U0001f4bb")
+    assert "\ufffd" in refused["text"] and "\u202e" not in refused["text"], refused  # chat's way
+    assert "Deploy web\u200b \u202eenod ton" in card["text"], card  # approve()'s question is the graph's own
+    monkeypatch.chdir(tmp_path)
+    env = {"BATON_CONFIG": str(config_path), "BATON_DATABASE_URL": sqlite_url}
+    shown = {command: await asyncio.to_thread(_cli, env, command) for command in ("threads", "approvals", "audit")}
+    for command, result in shown.items():
+        assert result.exit_code == 0, result.output
+        assert "\u202e" not in result.stdout and "\u200b" not in result.stdout, (command, result.stdout)
+    assert "\ufffdrun disk" in shown["threads"].stdout, shown["threads"].stdout
+    assert "run restart service=web\ufffd" in shown["threads"].stdout, shown["threads"].stdout
+    assert "Deploy web\ufffd \ufffdenod ton \U0001f469\u200d\U0001f4bb?" in shown["approvals"].stdout, \
+        shown["approvals"].stdout
