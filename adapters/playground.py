@@ -217,6 +217,14 @@ class _Body(BaseModel):
         return value
 
 
+def _a_person(value: str) -> str:
+    """A sender the page tells from the bot: `{"user": "baton"}` was posted as the bot's name, its avatar and
+    all (only the APP badge was missing), the bot answering "baton" as anyone else."""
+    if value.lower() == BOT_NAME:
+        raise ValueError(f"'{value}' is the bot's own name: write as a person")
+    return value
+
+
 class PostMessage(_Body):
     # One of the playground's channels (any other is a 404 naming them): said in the schema, a client or a fuzzer
     # generated from it posts where it can
@@ -239,6 +247,8 @@ class PostMessage(_Body):
             value = int(value)
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
+    _user_a_person = field_validator("user")(_a_person)
+
     @field_validator("event_id")
     @classmethod
     def _not_a_clicks(cls, value: str | None) -> str | None:
@@ -258,6 +268,8 @@ class PostClick(_Body):
     user: str = Field(pattern=USER_NAME)
     event_id: str | None = Field(None, max_length=200, json_schema_extra={"anyOf": [
         {"type": "string", "maxLength": 200, "pattern": _NO_NUL}, {"type": "null"}]})
+
+    _user_a_person = field_validator("user")(_a_person)
 
     @field_validator("message_id", mode="before")
     @classmethod
@@ -320,6 +332,11 @@ async def _each_field_once(request: Request) -> None:
     did before it was refused, and ``"text"`` twice posted whichever came last."""
     if not _sent_as_json(request.headers.get("content-type", "")):
         return  # not read as JSON: FastAPI's validation says so
+    body = await request.body()
+    encoding = json.detect_encoding(body)  # what json.loads, FastAPI's decoder, would read it as
+    if encoding not in ("utf-8", "utf-8-sig"):  # a body in UTF-16 was taken, though the API says JSON is UTF-8
+        raise HTTPException(400, f"the request body cannot be read: it is {encoding.upper()} text (JSON is UTF-8 "
+                                 "text)")
 
     given_twice: dict[str, None] = {}  # of the object read last: the body's own, read after those inside it
 
@@ -335,7 +352,7 @@ async def _each_field_once(request: Request) -> None:
         return taken
 
     try:
-        body = json.loads(await request.body(), object_pairs_hook=object_of)
+        body = json.loads(body, object_pairs_hook=object_of)
     except (ValueError, RecursionError):
         return  # FastAPI read it (it got here), so this cannot fail but at the edge of the recursion limit
     if isinstance(body, dict) and given_twice:  # (twice inside a field's value: no field takes an object)

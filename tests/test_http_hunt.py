@@ -115,7 +115,9 @@ def test_a_body_that_cannot_be_read_as_json_is_refused_saying_why(baton: BatonPr
     with httpx.Client(base_url=baton.url, timeout=15) as http:
         for body, reason in [(start + b'"text": "caf\xe9 @baton help"}', "not UTF-8"),
                              (start + b'"text": "hi", "thread_id": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested"),
-                             (start + b'"text": "hi", "thread_id": ' + b"7" * 5_000 + b"}", "digits")]:
+                             (start + b'"text": "hi", "thread_id": ' + b"7" * 5_000 + b"}", "digits"),
+                             # UTF-16 was read, as json.loads reads it (the README says JSON is UTF-8)
+                             ((start + b'"text": "@baton help"}').decode().encode("utf-16"), "UTF-16")]:
             refused = http.post("/api/messages", content=body, headers={"content-type": "application/json"})
             assert refused.status_code == 400 and reason in refused.json()["detail"], refused.text[:300]
         # every other refusal keeps its own answer
@@ -225,3 +227,17 @@ def test_a_message_within_its_limit_is_taken_however_its_json_is_escaped(start_b
     body = json.dumps({"channel": "general", "user": "alice", "text": "\U0001F600" * 100_000})
     answer = baton.client().http.post("/api/messages", content=body, headers={"content-type": "application/json"})
     assert answer.status_code == 201, answer.text[:200]
+
+
+@ON_SQLITE_ONLY
+def test_a_message_or_click_as_the_bot_is_refused(baton: BatonProcess) -> None:
+    """``{"user": "baton"}`` was posted and shown under the bot's name and avatar (only the APP badge was
+    missing): anyone could write as the bot."""
+    with httpx.Client(base_url=baton.url, timeout=15) as http:
+        for user in ("baton", "Baton"):
+            refused = http.post("/api/messages", json={"channel": "general", "user": user, "text": "@baton help"})
+            assert refused.status_code == 422 and "the bot's own name" in refused.text, refused.text
+            clicked = http.post("/api/clicks", json={"message_id": 1, "approval_id": "x", "action": "approve",
+                                                     "user": user})
+            assert clicked.status_code == 422 and "the bot's own name" in clicked.text, clicked.text
+        assert http.get("/api/channels/general/messages").json()["messages"] == []
