@@ -180,8 +180,10 @@ class Digests:
                                                     first_line(missed[0][1] or "", 200) or "no reason given")
         return refused
 
-    async def set_chat_schedule(self, location: Location, cron: str, timezone: str, user: str, correlation: str) -> None:
-        """The channel's chat-made schedule (one per channel; a new one replaces the old)."""
+    async def set_chat_schedule(self, location: Location, cron: str, timezone: str, user: str,
+                                correlation: str) -> DigestSchedule | None:
+        """The channel's chat-made schedule (one per channel; a new one replaces the old): the one it replaced, if
+        another was on."""
         schedules.check_schedule(cron, timezone)
         key = f"chat:{location.platform}:{location.workspace}:{location.channel}"
         now = self.clock()
@@ -190,11 +192,16 @@ class Digests:
                 "key": key, "source": "chat", "platform": location.platform, "workspace": location.workspace,
                 "channel": location.channel, "cron": cron, "timezone": timezone, "graphs": [], "enabled": True,
                 "created_by": user, "created_at": now, "updated_at": now}, ["key"])
+            replaced = None
             if not inserted:
+                old = (await session.exec(select(DigestSchedule).where(DigestSchedule.key == key))).one()
+                if old.enabled and (old.cron, old.timezone) != (cron, timezone):
+                    replaced = DigestSchedule(**old.model_dump())  # as it was, before the update below
                 await session.exec(update(DigestSchedule).where(DigestSchedule.key == key).values(  # type: ignore[arg-type]
                     cron=cron, timezone=timezone, enabled=True, created_by=user, created_at=now, updated_at=now))
             await audit.record(session, "digest.scheduled", correlation, platform=location.platform, channel=location.channel,
                                user=user, cron=cron, timezone=timezone)
+        return replaced
 
     async def disable_chat_schedule(self, location: Location, user: str, correlation: str) -> bool:
         key = f"chat:{location.platform}:{location.workspace}:{location.channel}"

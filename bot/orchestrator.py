@@ -1188,11 +1188,14 @@ class Orchestrator:
                         "This channel has no digest schedule made in chat (schedules in baton.yaml stay).")
                 return await self._finish_event(event, "digest off", Message.text(text, tone="success" if removed else "info"))
             cron, timezone = schedules.parse_when(words)
-            await self.digests.set_chat_schedule(location, cron, timezone, event.user, event.correlation_id)
+            replaced = await self.digests.set_chat_schedule(location, cron, timezone, event.user, event.correlation_id)
             upcoming = schedules.next_fire(cron, timezone, utcnow())
+            instead = (f" It replaces the one {schedules.describe(replaced.cron, replaced.timezone)} that "
+                       f"{replaced.created_by} set: a channel has one made in chat.") if replaced is not None else ""
             text = (f"Digest scheduled {schedules.describe(cron, timezone)} in this channel; the next one is at "
-                    f"{replies.when_in(upcoming, timezone)}.")
-            return await self._finish_event(event, "digest scheduled", Message.text(text, tone="success"))
+                    f"{replies.when_in(upcoming, timezone)}.{instead}")
+            return await self._finish_event(event, "digest scheduled", Message.text(text, tone="success").naming(
+                replaced.created_by if replaced is not None else None))
         except schedules.ScheduleError as exc:
             return await self._finish_event(event, "rejected input", Message.text(f"{exc} Nothing was changed.", tone="warning"))
 

@@ -459,3 +459,15 @@ async def test_a_digests_failures_are_the_runs_that_failed_in_its_window_wheneve
     assert first_hours["requests"] == 0 and first_hours["failure_count"] == 1
     shown = compose({"stats": first_hours})["reply"]  # type: ignore[typeddict-item]
     assert "failed in thread 0" in str(shown["parts"]), shown
+
+
+def test_a_schedule_made_in_chat_says_which_one_it_replaces(start_baton, sqlite_url):
+    """``digest weekly mon 08:30`` replaced the channel's daily digest that bob had set without a word: the channel
+    has one schedule made in chat, and whoever set the other was not told it was gone."""
+    pg = start_baton(sqlite_url).client()
+    pg.wait_reply(pg.ask("@baton digest daily 09:00 Europe/Paris", channel="ops", user="bob"), "Digest scheduled daily")
+    again = pg.wait_reply(pg.ask("@baton digest daily 09:00 Europe/Paris", channel="ops"), "Digest scheduled daily")
+    assert "replaces" not in again["text"]  # the same schedule again replaces nothing
+    told = pg.wait_reply(pg.ask("@baton digest weekly mon 08:30 UTC", channel="ops"), "Digest scheduled every mon")
+    assert "It replaces the one daily at 09:00 Europe/Paris that alice set: a channel has one made in chat." in \
+        told["text"], told["text"]
