@@ -316,3 +316,35 @@ def test_screen_readers_get_labelled_message_boxes_and_hear_replies_arrive_in_th
     reply.fill("run uptime")  # a Baton thread: no mention needed
     reply.press("Enter")
     expect(thread.get_by_text("did uptime")).to_be_visible()  # arrived in the live region while it was open
+
+
+def test_a_send_error_goes_with_the_text_it_was_about(start_baton, sqlite_url: str,
+                                                      browser: sync_api.Browser) -> None:
+    """100,001 characters sent in #random: the error under the box stayed after the box was emptied, and after
+    switching to #general (or to a channel there is not), about a message that was not there."""
+    baton = start_baton(sqlite_url)
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()  # not the page fixture: the refused post (a 422) is logged as a failed load
+    page.set_default_timeout(WAIT_MS)
+    uncaught: list[str] = []
+    page.on("pageerror", lambda error: uncaught.append(str(error)))
+    open_playground(page, baton.url, "alice")
+    page.locator("#channel-list .channel-link", has_text="random").click()
+    expect(page.locator("#channel-title")).to_have_text("#random")
+    composer, error = page.locator("#composer"), page.locator("#composer-error")
+    for leave in ("empty the box", "switch channel"):
+        composer.fill("x" * 100_001)
+        composer.press("Enter")
+        expect(error).to_contain_text("100000 characters")
+        expect(composer).to_have_value("x" * 100_001)  # put back, as it was not sent
+        if leave == "empty the box":
+            composer.fill("")
+        else:
+            page.locator("#channel-list .channel-link", has_text="general").click()
+            expect(page.locator("#channel-title")).to_have_text("#general")
+        expect(error).to_be_hidden()
+        if leave == "switch channel":  # its draft stays in #random, where it was typed
+            page.locator("#channel-list .channel-link", has_text="random").click()
+            expect(composer).to_have_value("x" * 100_001)
+    context.close()
+    assert not uncaught

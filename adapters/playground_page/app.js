@@ -550,6 +550,9 @@
   // ``from`` is null at the first route: what is in the box then was typed while the page was loading,
   // and belongs where it opens (it was wiped).
   function swapDraft(box, from, to) {
+    // Its error was about the text that stays behind as the draft (a message too long for #random stayed under
+    // the box in #general, and in a channel that does not exist)
+    if (from !== to) showErr($(box.id + '-error'), '');
     if (from) { if (box.value) S.drafts.set(from, box.value); else S.drafts.delete(from); }
     else if (box.value) return;
     box.value = (to && S.drafts.get(to)) || '';
@@ -804,7 +807,10 @@
     box.addEventListener('keydown', (e) => {
       if (e.key === 'Enter' && !e.shiftKey && !composing(e)) { e.preventDefault(); send(box, err, threadOf()); }
     });
-    box.addEventListener('input', () => autosize(box));
+    box.addEventListener('input', () => {
+      autosize(box);
+      if (!box.value.trim()) showErr(err, ''); // the text it was about is gone
+    });
   }
 
   // ---------- boot ----------
