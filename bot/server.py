@@ -590,13 +590,24 @@ async def invalid_request(request: Request, exc: RequestValidationError) -> JSON
     got an answer ten times its size; a field's name is cut as long as a quote (it may be the 900 kB)."""
     errors = exc.errors()
     detail = [{"loc": [storable(quoted(str(part), MAX_NAME_SHOWN)) for part in error.get("loc", ())],
-               "msg": storable(not_an_object(request, error) or validation_words(error)),
+               "msg": storable(not_an_object(request, error) or json_syntax(error) or validation_words(error)),
                "type": error.get("type", "")}
               for error in errors[:MAX_ERRORS_SHOWN]]
     if len(errors) > MAX_ERRORS_SHOWN:
         detail.append({"loc": ["body"], "msg": f"and {len(errors) - MAX_ERRORS_SHOWN:,} more errors",
                        "type": "too_many_errors"})
     return JSONResponse(status_code=422, content={"detail": detail})
+
+
+def json_syntax(error: Any) -> str | None:
+    """What JSON's decoder found wrong, and where (else ``None``): a body that broke JSON's syntax was told
+    "JSON decode error" at a character's position, and not what was wrong there."""
+    said = (error.get("ctx") or {}).get("error") if error.get("type") == "json_invalid" else None
+    if not isinstance(said, str) or not said:
+        return None
+    where = error.get("loc", ())[-1] if error.get("loc") else None
+    at = f" at offset {where:,} (counted from 0, as its loc)" if isinstance(where, int) else ""
+    return f"JSON decode error: {said}{at}"
 
 
 def not_an_object(request: Request, error: Any) -> str | None:

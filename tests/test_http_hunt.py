@@ -120,6 +120,10 @@ def test_a_body_that_cannot_be_read_as_json_is_refused_saying_why(baton: BatonPr
                              ((start + b'"text": "@baton help"}').decode().encode("utf-16"), "UTF-16")]:
             refused = http.post("/api/messages", content=body, headers={"content-type": "application/json"})
             assert refused.status_code == 400 and reason in refused.json()["detail"], refused.text[:300]
+        broken = http.post("/api/messages", content=start + b'"text": "hi" "thread_id": 1}',
+                           headers={"content-type": "application/json"})  # it said only "JSON decode error"
+        assert broken.status_code == 422 and broken.json()["detail"][0]["msg"] == (
+            "JSON decode error: Expecting ',' delimiter at offset 53 (counted from 0, as its loc)"), broken.text
         # every other refusal keeps its own answer
         assert http.get("/nowhere").json() == {"detail": "Not Found"}
         assert http.delete("/api/messages").status_code == 405
