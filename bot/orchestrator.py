@@ -593,8 +593,10 @@ class Orchestrator:
         ``event_id`` waits for it. People's talk there ("thanks!") is passed over without an answer: a request
         behind it alone was told "Queued: ... after the current run finishes" with no run going on."""
         earlier = await threads.pending_before(session, record, event_id)
+        # An aside is answered at once, not waited for: a request written as the run ended, beside it a status
+        # still being answered, was told "Queued: ... after the current run finishes", with no run going on.
         return len(earlier) == threads.EARLIER_LOOKED_AT or any(
-            kind == "click" or payload.get("addressed") or self._is_request_text(text)
+            kind != threads.ASIDE_KIND and (kind == "click" or payload.get("addressed") or self._is_request_text(text))
             for kind, text, payload in earlier)
 
     @staticmethod

@@ -524,3 +524,33 @@ async def test_a_status_graph_refusing_an_aside_beside_a_run_is_answered_with_it
 async def _two(answered: Any) -> list[str] | None:
     said = [text for text in await answered if "Say which service" in text or "Here is what I can do" in text]
     return said if len(said) == 2 else None
+
+
+async def test_a_request_behind_an_aside_alone_is_not_told_it_is_queued(sqlite_url: str, config_path: Path) -> None:
+    """The run ended while a ``status`` written beside it was still being answered: a request written then was told
+    "Queued: I'll handle this after the current run finishes", with no run going on (the aside counted as work)."""
+    from bot import threads
+    from storage.db import insert_new_id
+    from storage.models import utcnow
+
+    async with Baton(_playground(sqlite_url, config_path)) as baton:
+        await _say(baton, "e1", "run uptime", "alice")
+
+        async def ended() -> bool:
+            async with baton.db.read() as session:
+                return (await session.exec(select(ThreadRecord.status).where(ThreadRecord.thread == "t1"))).one() \
+                    == "done"
+
+        await until(ended, "alice's run to end")
+        async with baton.db.session() as session:  # carol's status, stored beside the run, its answer under way
+            record = (await session.exec(select(ThreadRecord).where(ThreadRecord.thread == "t1"))).one()
+            await insert_new_id(session, InboundEvent, {
+                "platform": "playground", "event_id": "e2", "kind": threads.ASIDE_KIND, "workspace": "",
+                "channel": "general", "thread": "t1", "user": "carol", "text": "status",
+                "payload": {"addressed": True, "aside": "status"}, "status": "pending", "thread_record_id": record.id,
+                "correlation_id": "e2", "received_at": utcnow()}, ["platform", "event_id"])
+        await _say(baton, "e3", "run uptime force", "bob")
+        async with baton.db.read() as session:
+            notes = [str(row.payload) for row in (await session.exec(select(OutboxMessage).where(
+                OutboxMessage.thread == "t1"))).all() if "Queued" in str(row.payload)]
+        assert notes == []
