@@ -1055,10 +1055,13 @@ class Orchestrator:
                     ).order_by(InboundEvent.id))).all()  # type: ignore[arg-type]
                 for event in asides:
                     running = self._running.get(record_id)
-                    # The run ended (the drain takes what is left, first), or it is the graph asked for: a second
-                    # run of it beside the first, in its LangGraph thread, could read the other's state.
-                    if running is None or self._stopping or running[1].graph == event.payload["aside"]:
+                    if running is None or self._stopping:  # the run ended: the drain takes what is left, first
                         return
+                    # The graph asked for is the one running (a team's own long `status`): a second run of it beside
+                    # the first, in its LangGraph thread, could read the other's state. It waits for the run's end;
+                    # the asides behind it do not (a `help` waited for the whole run).
+                    if running[1].graph == event.payload["aside"]:
+                        continue
                     outcome, reply, ephemeral = await self._aside_answer(event, record)  # type: ignore[arg-type]
                     try:
                         # The thread's outbox lock first, then the event's row, as the drain answering an event takes

@@ -554,3 +554,46 @@ async def test_a_request_behind_an_aside_alone_is_not_told_it_is_queued(sqlite_u
             notes = [str(row.payload) for row in (await session.exec(select(OutboxMessage).where(
                 OutboxMessage.thread == "t1"))).all() if "Queued" in str(row.payload)]
         assert notes == []
+
+
+async def test_a_help_beside_a_long_status_run_is_answered_while_it_runs(sqlite_url: str, config_path: Path) -> None:
+    """A team's own ``status`` graph runs long in a thread; ``status`` written beside it waits for its end (a second
+    run of the graph beside the first would share its LangGraph thread), and every aside behind it waited too: a
+    ``help`` was answered only once the long status had ended."""
+    from langgraph.graph import END, START, StateGraph
+
+    gate = asyncio.Event()
+
+    async def slow_status(state: dict[str, Any]) -> dict[str, Any]:
+        await gate.wait()
+        return {"reply": "all systems go"}
+
+    builder = StateGraph(dict)  # type: ignore[type-var]
+    builder.add_node("look", slow_status)
+    builder.add_edge(START, "look")
+    builder.add_edge("look", END)
+    async with Baton(_playground(sqlite_url, config_path)) as baton:
+        orchestrator = baton.orchestrator
+        assert orchestrator is not None
+        orchestrator.registry.add(GraphSpec(name="status", graph=builder, dedupe=False))
+        await _say(baton, "e1", "status", "alice")
+        await until(lambda: orchestrator._running, "the long status to run")
+        await _say(baton, "e2", "status", "carol")  # the running graph's: it waits for the run's end
+        await _say(baton, "e3", "help", "carol")
+
+        async def said() -> list[str]:
+            async with baton.db.read() as session:
+                return [str(row.payload) for row in (await session.exec(select(OutboxMessage).where(
+                    OutboxMessage.thread == "t1").order_by(OutboxMessage.id))).all()]  # type: ignore[arg-type]
+
+        async def helped() -> bool:
+            return any("Here is what I can do" in text for text in await said())
+
+        await until(helped, "carol's help answered while the status runs")
+        assert orchestrator._running and not any("all systems go" in text for text in await said())
+        gate.set()
+
+        async def both_done() -> bool:
+            return sum("all systems go" in text for text in await said()) == 2  # alice's, then carol's status
+
+        await until(both_done, "alice's and carol's status answered")
