@@ -640,6 +640,8 @@ class Orchestrator:
 
     async def drain(self, record_id: int) -> None:
         waited = self._drain_slots.locked()
+        if waited:  # every slot busy: a new thread's lease goes back, for a replica with a free slot to take
+            await self._give_back_unstarted(record_id)  # (its sweep): held here, it waited up to a lease for ours
         async with self._drain_slots:
             self._waiting_for_slot.discard(record_id)
             if self._stopping:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import pytest
 from langgraph.graph import END, START, StateGraph
@@ -19,6 +19,7 @@ from bot.registry import GraphSpec
 from bot.settings import Settings
 from storage.db import Database, insert_new_id
 from storage.models import InboundEvent, Run, ThreadRecord, utcnow
+from tests.support import until
 
 HERE = Location(platform="playground", workspace="", channel="general", thread="1")
 
@@ -95,10 +96,11 @@ def _hold_graph(release: asyncio.Event) -> StateGraph:
     return graph
 
 
-async def test_a_new_threads_first_event_that_waited_past_its_lease_is_taken_again_and_handled_once(
+async def test_a_new_thread_that_waits_for_a_drain_slot_gives_its_lease_back_and_is_handled_once(
         tmp_path: Path, config_path: Path) -> None:
-    """The first event rides along with the lease taken when the thread was made, unless the drain
-    waited for a slot so long that the lease is half gone: then it takes the thread like any other."""
+    """The first event rides along with the lease taken when the thread was made, unless every drain slot is
+    busy: then the lease goes back at once, for any replica with a free slot to take the thread (held here, it
+    waited up to a lease while other replicas were idle), and this one takes it again once a slot is free."""
     release = asyncio.Event()
     graph = _hold_graph(release)
     settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'l.db'}", BATON_CONFIG=config_path,  # type: ignore[call-arg]
@@ -131,15 +133,18 @@ async def test_a_new_threads_first_event_that_waited_past_its_lease_is_taken_aga
 
         await ask("1")
         await asyncio.wait_for(runs_with("running", 1), 20)  # thread 1 holds the only slot
-        await ask("2")  # thread 2's first event waits for it
-        [(waiting_id, (_event, record))] = orchestrator._first_work.items()
-        stale = utcnow() - timedelta(seconds=1)  # the wait outlasted the lease
-        record.lease_until = stale
-        async with baton.db.session() as session:
-            await session.exec(update(ThreadRecord).where(ThreadRecord.id == waiting_id)  # type: ignore[call-overload]
-                               .values(lease_until=stale))
+        await ask("2")  # thread 2's first event waits for it, its lease given back meanwhile
+
+        async def lease_of_thread_2() -> str | None:
+            async with baton.db.read() as session:
+                return (await session.exec(select(ThreadRecord.lease_owner).where(ThreadRecord.thread == "2"))).one()
+
+        await until(lambda: _is_none(lease_of_thread_2()), "thread 2's lease given back")
+        assert not orchestrator._first_work
         release.set()
         runs = await asyncio.wait_for(runs_with("done", 2), 20)
+        async with baton.db.read() as session:
+            waiting_id = (await session.exec(select(ThreadRecord.id).where(ThreadRecord.thread == "2"))).one()
         assert waiting_id in {run.thread_record_id for run in runs} and len({run.inbound_id for run in runs}) == 2
         assert taken == [waiting_id]  # thread 1 started with its own lease; thread 2 had to take it again
         async with baton.db.read() as session:
@@ -147,6 +152,10 @@ async def test_a_new_threads_first_event_that_waited_past_its_lease_is_taken_aga
             record_now = await session.get(ThreadRecord, waiting_id)
         assert [(e.event_id, e.status) for e in events] == [("e1", "done"), ("e2", "done")]
         assert record_now is not None and record_now.lease_owner is None  # taken again, then given back
+
+
+async def _is_none(value: Any) -> bool:
+    return await value is None
 
 
 async def test_a_long_run_keeps_its_thread_when_one_lease_renewal_fails(tmp_path: Path, config_path: Path) -> None:
