@@ -17,7 +17,8 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
@@ -536,3 +537,24 @@ runbooks:
 
 def runs_in(counter: Path) -> list[str]:
     return counter.read_text().splitlines() if counter.exists() else []
+
+
+@contextmanager
+def serving_guarded(app: Any) -> Iterator[int]:
+    """uvicorn serving the ASGI ``app`` through ``bot.server.GuardedHttpProtocol``, in a thread; its port."""
+    import uvicorn
+
+    from bot.server import GuardedHttpProtocol
+
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, http=GuardedHttpProtocol, log_level="warning", loop="asyncio",
+                                           lifespan="off"))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[listening])), daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, 10, "the server")
+    try:
+        yield listening.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -3,44 +3,21 @@ that ends in trailer fields: each answered (or cut off) as a head that cannot be
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support import overrides, wait_for
+from tests.support import overrides, serving_guarded
 from tests.test_security_hunt2 import _answer, guarded_server  # noqa: F401 (a fixture)
 
 CHUNKED = b"POST / HTTP/1.1\r\nHost: baton\r\nTransfer-Encoding: chunked\r\n\r\n"
 UNREADABLE = "the request is not HTTP that Baton can read: "
-
-
-@contextmanager
-def _serving(app: Any) -> Iterator[int]:
-    """uvicorn serving ``app`` through ``bot.server.GuardedHttpProtocol``; its port."""
-    import uvicorn
-
-    from bot.server import GuardedHttpProtocol
-
-    listening = socket.socket()
-    listening.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, http=GuardedHttpProtocol, log_level="warning", loop="asyncio",
-                                           lifespan="off"))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[listening])), daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, 10, "the server")
-    try:
-        yield listening.getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def _refusal(answer: bytes) -> tuple[bytes, str]:
@@ -113,7 +90,7 @@ def test_an_answer_begun_before_the_body_broke_is_cut_off_not_held() -> None:
             pass
         gone.set()
 
-    with _serving(app) as port, socket.create_connection(("127.0.0.1", port)) as connection:
+    with serving_guarded(app) as port, socket.create_connection(("127.0.0.1", port)) as connection:
         connection.sendall(CHUNKED + b"3\r\nabc\r\n")
         connection.settimeout(10)
         begun = b""
@@ -157,7 +134,7 @@ def headers_server() -> Iterator[int]:
             (b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]})
         await send({"type": "http.response.body", "body": answer})
 
-    with _serving(app) as port:
+    with serving_guarded(app) as port:
         yield port
 
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.support import BatonProcess, runs_in, wait_for
+from tests.support import BatonProcess, runs_in, serving_guarded, wait_for
 from tests.test_discord import fake_discord  # noqa: F401 (a fixture)
 from tests.test_slack import ALICE, OPS, Slack, config_path, fake_slack, slack  # noqa: F401 (fixtures)
 
@@ -109,13 +109,6 @@ def test_a_slash_command_cannot_make_batons_echo_say_something_else(slack: Slack
 @pytest.fixture
 def guarded_server() -> Iterator[int]:
     """uvicorn serving a small app through ``bot.server.GuardedHttpProtocol``; its port."""
-    import asyncio
-    import threading
-
-    import uvicorn
-
-    from bot.server import GuardedHttpProtocol
-
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
@@ -129,16 +122,8 @@ def guarded_server() -> Iterator[int]:
                     "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(answer)).encode())]})
         await send({"type": "http.response.body", "body": answer})
 
-    listening = socket.socket()
-    listening.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, http=GuardedHttpProtocol, log_level="warning", loop="asyncio",
-                                           lifespan="off"))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[listening])), daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, 10, "the server")
-    yield listening.getsockname()[1]
-    server.should_exit = True
-    thread.join(10)
+    with serving_guarded(app) as port:
+        yield port
 
 
 def _answer(connection: socket.socket) -> bytes:
