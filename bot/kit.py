@@ -370,8 +370,13 @@ def effect(name: str, fn: Callable[[], Awaitable[T] | T]) -> Awaitable[T]:
     return current().run_effect_once(key, name, once)
 
 
-# The effect names a node's current attempt has used, and how often: (the attempt's scratchpad, counts).
-_effects_of_attempt: contextvars.ContextVar[tuple[object, dict[str, int]]] = contextvars.ContextVar("baton_effects")
+# The effect names each attempt of a node has used in a run, and how often: by the run, then by the id of the
+# attempt's scratchpad, (the scratchpad, counts), the newest ``ATTEMPTS_KEPT``. Kept on the run, not in a ContextVar:
+# each task ``asyncio.gather`` starts copies the context, and effects of one name gathered in one node ("restart"
+# on three hosts at once) each counted it as its first: they shared one key, and only the first host restarted.
+_effects_of_attempts: weakref.WeakKeyDictionary[Any, dict[int, tuple[object, dict[str, int]]]] = \
+    weakref.WeakKeyDictionary()
+ATTEMPTS_KEPT = 1024
 
 
 def _repeat_suffix(configurable: dict[str, Any], name: str) -> str:
@@ -382,10 +387,13 @@ def _repeat_suffix(configurable: dict[str, Any], name: str) -> str:
     counts the node's ``interrupt()`` calls on it; effects are counted per attempt the same way.
     """
     attempt = configurable.get(CONFIG_KEY_SCRATCHPAD)
-    known = _effects_of_attempt.get(None)
-    if known is None or known[0] is not attempt:
+    attempts = _effects_of_attempts.setdefault(current(), {})
+    known = attempts.pop(id(attempt), None)
+    if known is None or known[0] is not attempt:  # (the scratchpad kept with it: an id is reused once it is freed)
         known = (attempt, {})
-        _effects_of_attempt.set(known)
+    attempts[id(attempt)] = known  # the newest last
+    if len(attempts) > ATTEMPTS_KEPT:
+        del attempts[next(iter(attempts))]
     counts = known[1]
     counts[name] = counts.get(name, 0) + 1
     return "" if counts[name] == 1 else f"#{counts[name]}"

@@ -137,10 +137,10 @@ def result(reply: Any, *, failed: bool, error: Any = None) -> Message:
         text = reply
     elif isinstance(reply, int | float):  # a count, a flag
         text = str(reply)
-    elif isinstance(reply, bytes | bytearray) and reply:
-        text = reply.decode("utf-8", errors="replace")
+    elif isinstance(reply, bytes | bytearray) and reply:  # a command's output: its NUL stored by no database
+        text = storable(reply.decode("utf-8", errors="replace"))
     elif reply is not None and not isinstance(reply, str | bytes | bytearray | list | tuple | dict):  # (sets: lists)
-        text = str(reply)  # a datetime, a dataclass: as Python shows it (it was "Done.", the reply lost)
+        text = storable(str(reply))  # a datetime, a dataclass: as Python shows it (it was "Done.", the reply lost)
     elif failed:
         text = f"The run failed: {str(error)[:1000]}" if error not in (None, True) else "The run failed."
     else:

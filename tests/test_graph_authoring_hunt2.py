@@ -192,3 +192,47 @@ async def test_approve_with_an_empty_question_fails_the_run_saying_so(tmp_path, 
         assert "approve(): the question is empty" in reply, reply
         async with baton.db.read() as session:
             assert (await session.exec(select(Approval))).all() == []
+
+
+async def test_effects_of_one_name_gathered_in_one_node_each_run(tmp_path, config_path) -> None:
+    """README: "A node may call `effect` with one name several times (a loop over hosts): each call is an effect
+    of its own". Restarting the hosts at once (``asyncio.gather`` over a helper that awaits ``effect``) restarted
+    only the first host: each task gather starts copies the context, where the names' counts were kept, so the
+    three shared one key; the others found its entry and the run failed "side effect 'restart' was started
+    before and its outcome is unknown", of an effect of this very run."""
+    from tests.test_graph_modules import _ledger
+
+    ran: list[str] = []
+
+    async def restart(host: str) -> str:
+        return await effect("restart", lambda: ran.append(host) or f"restarted {host}")
+
+    async def act(_state: State) -> State:
+        done = await asyncio.gather(*(restart(host) for host in ("web", "api", "worker")))
+        return {"reply": "; ".join(done)}
+
+    async with _asked(tmp_path, config_path, GraphSpec(name="many", graph=_one_node(act)), "many") as baton:
+        reply = await _reply(baton, "1")
+        runs = await _runs(baton)
+        ledger = await _ledger(baton)
+    assert sorted(ran) == ["api", "web", "worker"], (ran, reply, runs, ledger)
+    assert reply == "restarted web; restarted api; restarted worker", reply
+    assert runs == [("many", "done", None)], runs
+
+
+async def test_a_bytes_reply_holding_a_nul_is_shown_on_every_database(database_url, config_path) -> None:
+    """``{"reply": subprocess.run(..., capture_output=True).stdout}`` is bytes, decoded with its NUL kept: on
+    PostgreSQL the run's outcome could not be stored ("PostgreSQL text fields cannot contain NUL (0x00) bytes",
+    with a traceback), the thread read "Something went wrong while handling this" and the run failed though the
+    graph ended well; on SQLite the NUL was stored and shown."""
+    from tests.test_authoring_hunt import _asked_on
+
+    def act(_state: State) -> State:
+        return {"reply": b"build log: a\x00b"}
+
+    async with _asked_on(database_url, config_path, GraphSpec(name="log", graph=_one_node(act)), "log") as baton:
+        shown = await _reply(baton, "1")
+        async with baton.db.read() as session:
+            run = (await session.exec(select(Run))).one()
+    assert shown == "build log: a\ufffdb", shown
+    assert (run.status, run.error) == ("done", None), (run.status, run.error)
