@@ -1348,7 +1348,11 @@ def _step(call: Callable[[], Awaitable[Any]]) -> Step:
         try:
             sent = await call()
         except discord.RateLimited as exc:
-            raise RetryLater(exc.retry_after, "Discord rate limit, longer than discord.py waits") from exc
+            # Only this row waits (and its thread's rows after it): Discord's limit is a route's, of one channel, and
+            # a thread is a channel of its own. Holding the parent channel silenced every other thread of it for as
+            # long (discord.py keeps each bucket's state: another row of this one waits there, asking nothing).
+            raise RetryLater(exc.retry_after, "Discord rate limit, longer than discord.py waits",
+                             hold_channel=False) from exc
         except discord.DiscordServerError:
             raise  # 5xx after discord.py's own retries: the outbox retries with backoff
         except discord.HTTPException as exc:

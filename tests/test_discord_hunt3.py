@@ -7,6 +7,7 @@ output (no ping), and mentions in a thread's name (a member's nickname, not a ra
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -161,3 +162,19 @@ def test_a_slash_commands_thread_shows_the_people_and_channels_it_names_as_peopl
     chat.reply("Nothing was run", thread["id"])  # uptime takes no arguments: the request is answered in it
     members = [call.path for call in fake.calls("GET /guilds/{guild_id}/members/{user_id}")]
     assert sum(path.endswith(f"/members/{BOB}") for path in members) == 1  # named twice, asked once
+
+
+def test_a_long_rate_limit_on_one_thread_does_not_silence_the_other_threads_of_its_channel(chat, counter):
+    """On Discord a thread is a channel of its own (its own id, its own rate limits), yet a long 429 on one thread's
+    message (one discord.py does not wait out) held every thread of the parent channel for as long: another
+    request's answer in a sibling thread waited out a rate limit that was never its own."""
+    fake = chat.fake
+    fake.fail("POST /channels/{channel_id}/messages", 429, retry_after=35)  # longer than discord.py waits (30 s)
+    first = fake.say("run uptime")["id"]
+    wait_for(lambda: any(call.status == 429 for call in fake.calls("POST /channels/{channel_id}/messages")),
+             what="the first reply's 429")
+    asked = time.monotonic()
+    second = fake.say("help")["id"]  # another request, another thread of the same channel
+    chat.reply("Here is what I can do", second, timeout=33)
+    waited = time.monotonic() - asked
+    assert waited < 10, f"the sibling thread's answer waited {waited:.0f} s for thread {first}'s rate limit"
