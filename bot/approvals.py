@@ -45,8 +45,8 @@ def waiting_for(approvers: list[str], requested_by: str, risk: str) -> str:
 
 def nobody_may_approve(approval: Approval, platform: str) -> bool:
     """Whether no click on ``platform``, where its card would be, could ever approve ``approval``: none of its
-    approvers is of that platform, or (high-risk) the only ones there are who asked. Its approvers are kept with
-    it: a reload of baton.yaml adding one does not reach it, and the card waited a day for nobody."""
+    approvers is of that platform, or (high-risk) the only ones there are who asked. Its card waited for nobody,
+    a day, holding its thread, unless baton.yaml was changed meanwhile: the requester is told at once instead."""
     return not may_click(approval.approvers, approval.requested_by, approval.risk, platform)
 
 

@@ -66,6 +66,15 @@ def storable_value(value: Any) -> Any:
         return storable(value)
     if type(value) is dict:
         pairs = [(storable_value(key), storable_value(item)) for key, item in value.items()]
+        if len({key for key, _item in pairs}) < len(pairs):  # two keys made one ("a\x00", "a\ud800"): one was lost
+            taken: set[Any] = set()
+            for index, (key, shown) in enumerate(pairs):
+                while key in taken:  # the later one told apart, as storable as the first
+                    key = f"{key}\ufffd" if isinstance(key, str) else key
+                    if not isinstance(key, str):
+                        break
+                taken.add(key)
+                pairs[index] = (key, shown)
         changed = any(new is not key or shown is not item for (new, shown), (key, item) in zip(pairs, value.items()))
         return dict(pairs) if changed else value
     if type(value) in (list, tuple):  # a tuple stays one: it may be a key

@@ -102,6 +102,7 @@ _CLOSE_EVENT_WHILE_HELD = prepared(update(_EVENTS).where(
     _EVENTS.c.id == bindparam("closed_id"), _EVENTS.c.status == "pending",
     exists().where(_THREADS.c.id == _EVENTS.c.thread_record_id, _THREADS.c.lease_owner == bindparam("owner"),
                    _THREADS.c.status == "running"),
+    exists().where(_RUNS.c.id == bindparam("run_id"), _RUNS.c.status == "running"),  # that run, not the next one
 ).values(status="done", outcome=bindparam("closed_as"), handled_at=bindparam("now", type_=DateTime())))
 # A run that answers repeats with no link (help, status, a "thanks!" in the thread) keeps the thread's
 # fingerprint: the request the thread was made for is still found by the duplicate check.
@@ -1075,7 +1076,7 @@ class Orchestrator:
                                                           close=False)
                             if not (await session.exec(_CLOSE_EVENT_WHILE_HELD, params={  # type: ignore[call-overload]
                                     "closed_id": event.id, "closed_as": outcome[:200], "now": utcnow(),
-                                    "owner": self.leases.owner})).rowcount:
+                                    "owner": self.leases.owner, "run_id": running[1].id})).rowcount:
                                 raise _AnsweredElsewhere
                     except _AnsweredElsewhere:
                         continue  # by the drain, its run ended meanwhile; or the thread is another replica's now

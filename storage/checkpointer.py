@@ -186,14 +186,15 @@ async def _when_back(write: Callable[[], Awaitable[Any]]) -> Any:
     """``write()``, tried again while it meets the database away (``database_unreachable``), for as long as
     ``CHECKPOINT_ROOM_WAIT_SECONDS``; then its last error is raised."""
     global _waiting_for_database
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CHECKPOINT_ROOM_WAIT_SECONDS  # from the first try: it may wait the pool's 30 s itself
     try:  # the write itself, with no layer more: every checkpoint of every run comes here
         return await write()
     except Exception as exc:
         if database_unreachable(exc) is None:
             raise
         away = exc
-    loop = asyncio.get_running_loop()
-    deadline, pause = loop.time() + CHECKPOINT_ROOM_WAIT_SECONDS, 0.05
+    pause = 0.05
     if not _waiting_for_database:
         log.warning("a run's checkpoint waits for the database (%s); runs go on once it is back, or stop after %g s",
                     database_unreachable(away), CHECKPOINT_ROOM_WAIT_SECONDS)
@@ -203,7 +204,12 @@ async def _when_back(write: Callable[[], Awaitable[Any]]) -> Any:
             await asyncio.sleep(min(pause, deadline - now))
             pause = min(pause * 2, LONGEST_ROOM_PAUSE)
             try:
-                return await write()
+                async with asyncio.timeout(max(deadline - loop.time(), 0.0)):  # a try waits no longer than is left
+                    return await write()
+            except TimeoutError:
+                if loop.time() < deadline:
+                    raise  # not this deadline's: the write's own
+                break
             except Exception as exc:
                 if database_unreachable(exc) is None:
                     raise

@@ -231,6 +231,9 @@ def _shown(url: str) -> str:
         return "(a database URL Baton cannot use)"
 
 
+KEPT_OUTAGES = 16  # the last outages ``DatabaseHealth.away_lately`` reads
+
+
 class DatabaseHealth:
     """Whether this process reaches its database, from what its sessions and pings last met.
 
@@ -241,8 +244,8 @@ class DatabaseHealth:
         self.shown_url = shown_url
         self.problem: str | None = None
         self.since: datetime | None = None
-        self._down_at = 0.0  # by time.monotonic: when the last outage began, and when it ended
-        self._back_at: float | None = None
+        self._down_at = 0.0  # by time.monotonic: when the outage began
+        self._outages: list[tuple[float, float | None]] = []  # the last ones, (began, ended), newest last
 
     def failed(self, exc: BaseException | None = None, *, reason: str | None = None) -> None:
         """Note ``exc`` (or a ``reason`` of the caller's): an outage begins if it says the database is away."""
@@ -251,6 +254,7 @@ class DatabaseHealth:
             return
         if self.problem is None:
             self.since, self._down_at = datetime.now(timezone.utc), time.monotonic()
+            self._outages = [*self._outages[-(KEPT_OUTAGES - 1):], (self._down_at, None)]
             log.warning("Baton cannot reach its database %s: %s; requests get a 503 and background work is "
                         "retried until it is back", self.shown_url, reason)
         self.problem = reason
@@ -278,17 +282,22 @@ class DatabaseHealth:
     def reached(self) -> None:
         if self.problem is not None:
             self.problem = self.since = None
-            self._back_at = time.monotonic()
-            log.warning("Baton reaches its database %s again, after %.1f s", self.shown_url,
-                        self._back_at - self._down_at)
+            back = time.monotonic()
+            if self._outages:
+                self._outages[-1] = (self._outages[-1][0], back)
+            log.warning("Baton reaches its database %s again, after %.1f s", self.shown_url, back - self._down_at)
 
     def away_lately(self, within: float) -> float | None:
-        """Seconds since the last outage began, while it lasts and for ``within`` seconds after it ended;
-        ``None`` otherwise."""
+        """Seconds since an outage began, while it lasts and for ``within`` seconds after it ended; ``None``
+        otherwise. Outages less than ``within`` apart count as one from the first's start: a blip just after a
+        long outage measured from the blip, and what ran out in the long one counted as run out again."""
         now = time.monotonic()
-        if self.problem is not None or (self._back_at is not None and now - self._back_at < within):
-            return now - self._down_at
-        return None
+        began, after = None, now
+        for down, back in reversed(self._outages):
+            if after - (back if back is not None else now) >= within:
+                break
+            began, after = down, down
+        return None if began is None else now - began
 
     def summary(self) -> str | None:
         """The problem for ``/healthz``: since when and why in short (the log line has the server's address)."""

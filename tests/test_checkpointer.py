@@ -160,3 +160,41 @@ async def test_a_checkpoint_whose_lease_renewal_meets_the_full_disk_waits_for_ro
         finally:
             checkpoint_fence.reset(fenced)
     assert fence.tries == 2
+
+
+async def test_a_checkpoint_write_waiting_for_the_database_gives_up_within_the_stated_wait(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The retries' deadline began after the first try, which itself waits out the pool's wait for a connection
+    (psycopg_pool's 30 s): a try begun just before it waited the pool's 30 s again, about 60 s in all, twice the
+    README's 30 s and a default lease. Scaled down here: the pool's wait 1 s, the stated wait 1 s."""
+    from psycopg.rows import dict_row
+    from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+    import storage.checkpointer as checkpointer
+    from storage.checkpointer import FencedPostgresSaver
+
+    monkeypatch.setattr(checkpointer, "CHECKPOINT_ROOM_WAIT_SECONDS", 1.0)
+    pool = AsyncConnectionPool("host=127.0.0.1 port=1 user=postgres dbname=x connect_timeout=1", min_size=1,
+                               max_size=2, open=False, timeout=1.0,
+                               kwargs={"autocommit": True, "row_factory": dict_row, "prepare_threshold": 0})
+    await pool.open(wait=False)  # nothing listens on port 1: every connection is refused
+    try:
+        saver = FencedPostgresSaver(pool)  # type: ignore[arg-type]
+        config = {"configurable": {"thread_id": "t", "checkpoint_ns": "", "checkpoint_id": "c"}}
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        with pytest.raises(PoolTimeout):
+            await saver.aput_writes(config, [("x", 1)], "task")
+        assert loop.time() - began < 1.5, loop.time() - began
+    finally:
+        await pool.close(timeout=1)
+
+
+def test_keys_a_database_cannot_store_are_told_apart_once_made_storable() -> None:
+    """A NUL and a lone surrogate are both U+FFFD: two keys that differ only there became one, and a value of the
+    graph's state was lost from its checkpoint without a word."""
+    from bot.messages import storable_value
+
+    assert storable_value({"a\x00": 1, "a\ud800": 2, "b": 3}) == {"a\ufffd": 1, "a\ufffd\ufffd": 2, "b": 3}
+    same = {"plain": [1, "two"]}
+    assert storable_value(same) is same  # nothing to change: the value itself

@@ -223,7 +223,8 @@ async def test_a_lease_that_ran_out_during_a_database_outage_is_left_to_its_hold
     assert await other.take(record.id) is None  # type: ignore[arg-type]
     assert await holder.renew(record.id)  # type: ignore[arg-type]  # the holder's next heartbeat
     await lease_ends(-timedelta(seconds=1))
-    health._back_at -= 31  # type: ignore[operator]  # a lease after the outage: a holder that did not renew is gone
+    health._outages = [(began - 31, ended - 31) for began, ended in health._outages]  # type: ignore[operator]
+    # a lease after the outage: a holder that did not renew is gone
     taken = await other.take(record.id)  # type: ignore[arg-type]
     assert taken is not None and taken[1].lease_owner == "other"
 
@@ -231,3 +232,27 @@ async def test_a_lease_that_ran_out_during_a_database_outage_is_left_to_its_hold
     health.failed(reason="connection refused")
     health.reached()
     assert await holder.take(record.id) is not None  # type: ignore[arg-type]
+
+
+@pytest.mark.asyncio
+async def test_a_blip_just_after_a_long_outage_leaves_what_ran_out_in_it_to_its_holder(database: Database) -> None:
+    """A 1 s blip a moment after a 35 s outage measured the outage from the blip: a lease that ran out in the long
+    one counted as run out at once, and another replica took the live run over before its holder's heartbeat."""
+    import time
+
+    holder, other = threads.Leases(database, "holder", 30), threads.Leases(database, "other", 30)
+    async with database.session() as session:
+        record, _new = await threads.create(session, HERE, holder.lease_for_new_thread())
+    await _queue_event(database, record.id, "e1")  # type: ignore[arg-type]
+    health = database.health
+    health.failed(reason="connection refused")
+    health._outages = [(time.monotonic() - 35, None)]  # the outage began 35 s ago
+    health._down_at = health._outages[0][0]
+    async with database.session() as session:  # the holder's lease ran out during it
+        await session.exec(update(ThreadRecord).where(ThreadRecord.id == record.id)  # type: ignore[call-overload]
+                           .values(lease_until=database.now() - timedelta(seconds=5)))
+    health.reached()
+    assert await other.take(record.id) is None  # type: ignore[arg-type]
+    health.failed(reason="connection refused")  # a blip, the holder's heartbeat not due yet
+    health.reached()
+    assert await other.take(record.id) is None  # type: ignore[arg-type]
