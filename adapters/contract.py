@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Collection
@@ -264,6 +265,7 @@ class Adapter(ABC):
         self._pump: asyncio.Task[None] | None = None
         self._stopping = False
         self._steps_done: dict[int, list[str | None]] = {}  # delivery id -> results of the steps already made
+        self._token_refused: tuple[str, float] | None = None  # (what the platform said, since: time.monotonic)
 
     @classmethod
     def is_configured(cls, settings: Settings) -> bool:
@@ -295,6 +297,9 @@ class Adapter(ABC):
         """What keeps this adapter from working now, for ``/healthz`` (``None``: nothing)."""
         if self._pump is not None and self._pump.done():
             return "its outbox delivery loop has stopped"
+        if self._token_refused is not None:  # events still come (signed otherwise), and every reply waits unseen
+            said, since = self._token_refused
+            return f"for {time.monotonic() - since:.0f} s: {said}; replies are not posted"
         return None
 
     async def history(self, location: Location, limit: int) -> list[dict[str, Any]] | None:
@@ -380,6 +385,8 @@ class Adapter(ABC):
         except RetryLater as exc:
             log.log(logging.WARNING if exc.warn else logging.INFO, "%s asked to retry message %s in %.1fs: %s",
                     self.name, delivery.id, exc.seconds, exc)
+            if exc.warn and self._token_refused is None:  # the platform refuses Baton's token: /healthz says so
+                self._token_refused = (str(exc), time.monotonic())
             await outbox.retry(delivery.id, exc.seconds, str(exc), hold_channel=exc.hold_channel)
             return
         except DeliveryRejected as exc:
@@ -395,6 +402,7 @@ class Adapter(ABC):
                       delivery.kind, delivery.location.channel, delivery.attempts, exc)
             await outbox.failed(delivery.id, f"{type(exc).__name__}: {exc}")
         else:
+            self._token_refused = None  # it works (again)
             if not self.send_records_delivery:
                 await self._record_sent(delivery, platform_id)
         self._steps_done.pop(delivery.id, None)  # settled: a retry will not come

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx
 import pytest
 
 from adapters import slack_blocks
@@ -333,3 +334,20 @@ def test_a_card_deleted_before_the_decision_is_posted_again_decided(slack, count
     slack.reply("did restart web", thread)
     decided = slack.reply(f"Approved by <@{BOB}> at", thread)
     assert decided.ts != card.ts and decided.thread_ts == thread and runs_in(counter) == ["restart web"]
+
+
+def test_a_token_slack_refuses_while_baton_runs_is_named_by_healthz(slack, counter):
+    """Slack refusing Baton's bot token while it runs (revoked, rotated, the app uninstalled) left /healthz at 200:
+    requests still ran (events are signed with the signing secret), every reply waited unseen, and only a warning
+    in the log said so. Once a message goes out again, /healthz is well again."""
+    assert httpx.get(f"{slack.baton.url}/healthz").status_code == 200
+    slack.fake.fail("chat.postMessage", 200, error="token_revoked", times=1)
+    slack.mention("run uptime")
+    wait_for(lambda: (rows := slack.rows("SELECT error FROM outbox")) and rows[0][0]
+             and "refused Baton's token" in rows[0][0], what="the reply put off for the refused token")
+    health = httpx.get(f"{slack.baton.url}/healthz")
+    assert health.status_code == 503, health.json()
+    said = health.json()["problems"]["slack"]
+    assert "SLACK_BOT_TOKEN" in said and "replies are not posted" in said and "xoxb" not in said, said
+    slack.reply("Here is what I can do", slack.mention("help")["ts"])  # the token works again: a reply goes out
+    assert httpx.get(f"{slack.baton.url}/healthz").status_code == 200
