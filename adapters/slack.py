@@ -348,7 +348,8 @@ class SlackAdapter(Adapter):
         accepted = await self.baton.accept_message(InboundMessage(
             platform=PLATFORM, workspace=self._workspace(body.get("team_id")), channel=channel,
             thread=event.get("thread_ts") or ts, user=user, text=typed_text(self._mention.sub("", raw)).strip(),
-            addressed=mentioned or direct, private=direct, event_id=f"{channel}:{ts}"))
+            addressed=mentioned or direct, private=direct, event_id=f"{channel}:{ts}",
+            mention_added=mentioned and isinstance(event.get("edited"), dict)))
         log.debug("Slack %s %s:%s -> %s", event.get("type"), channel, ts, accepted.status)
 
     async def _on_click(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any], action: dict[str, Any]) -> None:

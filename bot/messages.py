@@ -105,13 +105,16 @@ class _Inbound(Location):
 
 class InboundMessage(_Inbound):
     """A chat message. ``addressed`` is true for a mention, a DM or a slash command. ``private``: only
-    the sender and Baton see the conversation (a direct message), so nobody else can click a card there."""
+    the sender and Baton see the conversation (a direct message), so nobody else can click a card there.
+    ``mention_added``: an edit of the message ``event_id`` names, which now mentions the bot (Slack sends it as a
+    mention of its own): a request if the message, stored before without one, was people talking."""
 
     event_id: str
     user: str
     text: str
     addressed: bool = True
     private: bool = False
+    mention_added: bool = False
 
 
 class InboundClick(_Inbound):

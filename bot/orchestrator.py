@@ -45,6 +45,8 @@ from storage.models import Approval, Effect, InboundEvent, Run, ThreadRecord, lo
 
 log = logging.getLogger("baton.orchestrator")
 SWEEP_AFTER_SECONDS = 2.0
+MENTION_ADDED = ":mention-added"  # the event id of a message's edit that added the bot's mention (``_passed_over``)
+PASSED_OVER = ("conversation", "empty", "too long")  # outcomes of a message without a mention: no answer
 SWEEP_BATCH = 200
 # Threads with events pending since before ``received_before`` and no live lease: nobody is draining them. An
 # event received after ``received_after`` was stamped by a replica whose clock is ahead of this one's: it counts
@@ -321,6 +323,11 @@ class Orchestrator:
                 kind, payload = threads.ASIDE_KIND, {**payload, "aside": asked}
             event = await self._claim(session, message.platform, message.event_id, kind, location, message.user,
                                       text, payload, record.id, correlation)
+            if event is None and message.mention_added and await self._passed_over(session, message):
+                # Edited to add the mention its writer forgot, where it had been taken for people talking: a
+                # request now, once (the edit's id is its own), its original passed over without an answer.
+                event = await self._claim(session, message.platform, message.event_id + MENTION_ADDED, kind,
+                                          location, message.user, text, payload, record.id, correlation)
             if event is None:
                 return Accepted(status="duplicate", reason="this event was already received")
             # A thread made just now has nothing queued before this event. An aside waits for nothing: at a card
@@ -588,6 +595,14 @@ class Orchestrator:
             return False
         # Asked only of unaddressed messages; in the write transaction: no graph author's code runs.
         return is_request(text, self.registry, addressed=False)
+
+    @staticmethod
+    async def _passed_over(session: Transaction, message: InboundMessage) -> bool:
+        """Whether ``message``'s event was stored without a mention of the bot and passed over as people talking
+        (no answer): a request Baton took is not run again when it is edited."""
+        stored = (await session.exec(select(InboundEvent.payload, InboundEvent.outcome).where(
+            InboundEvent.platform == message.platform, InboundEvent.event_id == message.event_id))).first()
+        return stored is not None and stored[0].get("addressed") is False and stored[1] in PASSED_OVER
 
     async def _waits_for_work(self, session: Transaction, record: ThreadRecord, event_id: str) -> bool:
         """Whether an earlier event of the thread still to be handled is work (a request or a click), so that

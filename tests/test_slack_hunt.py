@@ -351,3 +351,27 @@ def test_a_token_slack_refuses_while_baton_runs_is_named_by_healthz(slack, count
     assert "SLACK_BOT_TOKEN" in said and "replies are not posted" in said and "xoxb" not in said, said
     slack.reply("Here is what I can do", slack.mention("help")["ts"])  # the token works again: a reply goes out
     assert httpx.get(f"{slack.baton.url}/healthz").status_code == 200
+
+
+def test_an_edit_adding_the_mention_to_a_message_in_a_baton_thread_is_a_request(slack, counter):
+    """In a Baton thread, "help me out here" without the mention is people talking (no answer); edited by its
+    writer to add the mention, Slack sends it as a mention of the same message, and it was dropped as a duplicate
+    of itself: the README says such an edit is a request. A request taken, edited, is still not run again."""
+    thread = slack.mention("run uptime")["ts"]
+    slack.reply("did uptime", thread)
+    plain = slack.sender.message("help me out here", user=ALICE, thread_ts=thread)
+    assert slack.sender.send_event(plain).status_code == 200
+    wait_for(lambda: ("conversation",) in slack.rows("SELECT outcome FROM inbound_events"), what="the talk passed over")
+    edited = slack.sender.mention("help", user=ALICE, ts=plain["ts"], thread_ts=thread)
+    edited["edited"] = {"user": ALICE, "ts": f"{float(plain['ts']) + 5:.6f}"}
+    assert slack.sender.send_event(edited).status_code == 200
+    slack.reply("Here is what I can do", thread)
+    assert slack.sender.send_event(edited).status_code == 200  # Slack's retry of the edit: a duplicate
+    asked = slack.mention("run uptime force", thread_ts=thread)  # a request taken, then edited: not run again
+    wait_for(lambda: runs_in(counter) == ["uptime", "uptime"], what="the forced uptime")
+    again = slack.sender.mention("run uptime force", user=ALICE, ts=asked["ts"], thread_ts=thread)
+    again["edited"] = {"user": ALICE, "ts": f"{float(asked['ts']) + 5:.6f}"}
+    assert slack.sender.send_event(again).status_code == 200
+    wait_for(lambda: not slack.rows("SELECT 1 FROM inbound_events WHERE status = 'pending'"), what="all handled")
+    assert runs_in(counter) == ["uptime", "uptime"]
+    assert len(slack.rows("SELECT 1 FROM inbound_events WHERE event_id LIKE '%:mention-added'")) == 1
