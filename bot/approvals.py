@@ -51,9 +51,13 @@ def nobody_may_approve(approval: Approval, platform: str) -> bool:
 
 
 def may_click(approvers: list[str], requested_by: str, risk: str, platform: str) -> list[str]:
-    """``who_may_approve`` of those who can click on ``platform`` (``slack:U1`` clicks on Slack only)."""
-    here = [name for name in approvers if ":" not in name or name.startswith(f"{platform}:")]
-    return who_may_approve(here, requested_by, risk)
+    """``who_may_approve`` of those who can click on ``platform``."""
+    return who_may_approve(clicking_on(approvers, platform), requested_by, risk)
+
+
+def clicking_on(approvers: list[str], platform: str) -> list[str]:
+    """The approvers who can click on ``platform`` (``alice`` on every one, ``slack:U1`` on Slack only)."""
+    return [name for name in approvers if ":" not in name or name.startswith(f"{platform}:")]
 
 
 def _besides(approvers: list[str], asked: str) -> list[str]:

@@ -923,8 +923,9 @@ class Orchestrator:
         if chosen.graph == CANCEL_COMMAND:  # a thread with a run going on stored it as a cancel (``_cancel_kind``)
             if conversation and not is_cancel(text, addressed=False, registry=self.registry):  # people talking
                 return await self._finish_event(event, "conversation")
+            # A thread that ran nothing is the one this message began
             return await self._finish_event(event, "nothing to cancel", replies.nothing_to_cancel(
-                in_thread=record.graph is not None, word=cancel_word(text)))  # a thread that ran nothing is the one this message began
+                in_thread=record.graph is not None, word=cancel_word(text)))
         if chosen.unmatched and conversation and self.services.model is None:
             return await self._finish_event(event, "conversation")
         usage: Any = None

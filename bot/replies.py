@@ -86,8 +86,7 @@ def approval_out_of_sight(approval: Approval) -> Message:
 
 def approval_nobody_may_give(approval: Approval, platform: str) -> Message:
     """A request whose approval no click on ``platform`` could ever give (``approvals.nobody_may_approve``)."""
-    here = [name for name in approval.approvers if ":" not in name or name.startswith(f"{platform}:")]
-    if here:  # high-risk, and its only approvers here are who asked
+    if approvals.clicking_on(approval.approvers, platform):  # high-risk, and its only approvers here are who asked
         why = ("it is high-risk, so someone other than you has to approve it, and its only approver in baton.yaml "
                "is you. Have someone else ask for it (you may approve theirs), or add another approver in baton.yaml.")
     elif approval.approvers:
