@@ -96,7 +96,7 @@ def test_bidi_controls_in_a_slash_request_do_not_disguise_its_echo_or_thread(cha
     echo = wait_for(lambda: next((m for m in fake.messages(OPS) if m.interaction_id == command["id"]
                                   and m.content), None), what="the echo")
     assert echo.content.endswith("asked: `/baton run upt\ufffdime\ufffd now`")
-    (thread,) = fake.threads()
+    (thread,) = wait_for(fake.threads, what="the thread on the echo")  # opened after the echo is filled in
     assert thread["name"] == "run upt\ufffdime\ufffd now"
     chat.reply("I don't know a runbook called", echo.id)
 
