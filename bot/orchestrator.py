@@ -1463,8 +1463,8 @@ class Orchestrator:
             card = await session.get(Approval, approval_id, populate_existing=True)
             await self._edit_card(session, record, card, correlation)  # type: ignore[arg-type]
             await audit.record(session, "approval.expired", correlation, platform=record.platform,
-                               channel=record.channel, thread=record.thread, user=by, run_id=card.run_id,  # type: ignore[union-attr]
-                               approval_id=approval_id)
+                               channel=record.channel, thread=record.thread, user=by,
+                               run_id=card.run_id, approval_id=approval_id)  # type: ignore[union-attr]
 
     async def _edit_card(self, session: Transaction, record: ThreadRecord, approval: Approval, correlation: str) -> None:
         card = replies.choice_card(approval) if approval.kind == "choice" else replies.approval_card(approval)

@@ -13,8 +13,8 @@ import pytest
 
 from bot.messages import Location, Message, Text
 from bot.outbox import Delivery
-from tests.fake_discord import (ALICE, BOB, BOT_ID, GENERAL, GUILD_ID, OPS, STRANGER, FakeMessage, member_json, snowflake,
-                                user_json)
+from tests.fake_discord import (ALICE, BOB, BOT_ID, GENERAL, GUILD_ID, OPS, STRANGER, FakeMessage, member_json,
+                                snowflake, user_json)
 from tests.support import wait_for
 from tests.test_discord import chat, config_path, fake_discord  # noqa: F401 (fixtures)
 from tests.test_discord_hunt import HERE, adapter, delivery  # noqa: F401 (fixtures)
