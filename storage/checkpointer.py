@@ -8,6 +8,7 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -99,57 +100,21 @@ class FencedSqliteSaver(_Fenced, AsyncSqliteSaver):
 
     A full disk failed every run at its first checkpoint ("database or disk is full"), an approved one too, while
     PostgreSQL's checkpointer waits up to 30 s for its database: a disk freed within ``CHECKPOINT_ROOM_WAIT_SECONDS``
-    now costs no run. SQLite rolls a failed commit back; a statement that failed may leave its transaction open, so
-    it is rolled back before the write is tried again (LangGraph's writes are INSERT OR REPLACE / IGNORE: a retry
-    stores each row once)."""
+    now costs no run (``_waiting_out``). SQLite rolls a failed commit back; a statement that failed may leave its
+    transaction open, so it is rolled back before the write is tried again."""
 
     async def aput(self, *args: Any, **kwargs: Any) -> Any:
-        try:  # the write itself, with no layer more: every checkpoint of every run comes here
-            return await super().aput(*args, **kwargs)
-        except Exception as exc:
-            if not _disk_full(exc):
-                raise
-            full = exc
-        return await self._when_room(full, lambda: super(FencedSqliteSaver, self).aput(*args, **kwargs))
+        return await _waiting_out(lambda: super(FencedSqliteSaver, self).aput(*args, **kwargs), _ROOM,
+                                  self._rolled_back)
 
     async def aput_writes(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await super().aput_writes(*args, **kwargs)
-        except Exception as exc:
-            if not _disk_full(exc):
-                raise
-            full = exc
-        return await self._when_room(full, lambda: super(FencedSqliteSaver, self).aput_writes(*args, **kwargs))
+        return await _waiting_out(lambda: super(FencedSqliteSaver, self).aput_writes(*args, **kwargs), _ROOM,
+                                  self._rolled_back)
 
-    _waiting_for_room = 0  # writes waiting now: the wait is logged when the first begins, not once per write
-
-    async def _when_room(self, full: Exception, write: Callable[[], Awaitable[Any]]) -> Any:
-        """``write`` tried again until it finds room (``full``: its first try's error), for as long as
-        ``CHECKPOINT_ROOM_WAIT_SECONDS``; then its last error is raised."""
-        loop = asyncio.get_running_loop()
-        deadline, pause = loop.time() + CHECKPOINT_ROOM_WAIT_SECONDS, 0.05
-        if not FencedSqliteSaver._waiting_for_room:
-            log.warning("a run's checkpoint waits for room (%s): free space on the disk holding Baton's checkpoints "
-                        "file; runs go on once there is, or stop after %g s", full, CHECKPOINT_ROOM_WAIT_SECONDS)
-        FencedSqliteSaver._waiting_for_room += 1
-        try:
-            while True:
-                async with self.lock:
-                    if self.conn.in_transaction:
-                        await self.conn.rollback()
-                now = loop.time()
-                if now >= deadline:
-                    raise full
-                await asyncio.sleep(min(pause, deadline - now))
-                pause = min(pause * 2, LONGEST_ROOM_PAUSE)
-                try:
-                    return await write()
-                except Exception as exc:
-                    if not _disk_full(exc):
-                        raise
-                    full = exc
-        finally:
-            FencedSqliteSaver._waiting_for_room -= 1
+    async def _rolled_back(self) -> None:
+        async with self.lock:
+            if self.conn.in_transaction:
+                await self.conn.rollback()
 
 
 def _disk_full(exc: BaseException) -> bool:
@@ -169,54 +134,77 @@ class FencedPostgresSaver(_Fenced, AsyncPostgresSaver):
     write in Baton's database (the outcome of the command that has just ended, ``CheckpointFence.confirm``), failed
     at once: a command that ended during a failover of a few seconds had its run stopped, its end could not be
     stored either, and once its lease ran out the thread was told its outcome was unknown. Both are tried again
-    for up to ``CHECKPOINT_ROOM_WAIT_SECONDS`` (LangGraph's writes are upserts, and the fence writes only what is
-    still unwritten: a retry stores each row once)."""
+    for up to ``CHECKPOINT_ROOM_WAIT_SECONDS`` (``_waiting_out``)."""
 
     async def aput(self, *args: Any, **kwargs: Any) -> Any:
-        return await _when_back(lambda: super(FencedPostgresSaver, self).aput(*args, **kwargs))
+        return await _waiting_out(lambda: super(FencedPostgresSaver, self).aput(*args, **kwargs), _DATABASE)
 
     async def aput_writes(self, *args: Any, **kwargs: Any) -> Any:
-        return await _when_back(lambda: super(FencedPostgresSaver, self).aput_writes(*args, **kwargs))
+        return await _waiting_out(lambda: super(FencedPostgresSaver, self).aput_writes(*args, **kwargs), _DATABASE)
 
 
-_waiting_for_database = 0  # PostgreSQL checkpoint writes waiting now: logged when the first begins
+@dataclass
+class _Trouble:
+    """What a checkpoint write waits out (a full disk, the database away): ``says`` what an error is of it (``None``
+    for any other error), ``warning`` is logged (with that and the wait) when the first write begins to wait, not
+    once per write; ``bounded``: a try waits no longer than the wait has left (psycopg_pool's own wait for a
+    connection is 30 s: a try begun just before the end waited it all again)."""
+
+    says: Callable[[BaseException], str | None]
+    warning: str
+    bounded: bool = False
+    waiting: int = 0  # writes waiting now
 
 
-async def _when_back(write: Callable[[], Awaitable[Any]]) -> Any:
-    """``write()``, tried again while it meets the database away (``database_unreachable``), for as long as
-    ``CHECKPOINT_ROOM_WAIT_SECONDS``; then its last error is raised."""
-    global _waiting_for_database
+_ROOM = _Trouble(lambda exc: str(exc) if _disk_full(exc) else None,
+                 "a run's checkpoint waits for room (%s): free space on the disk holding Baton's checkpoints file; "
+                 "runs go on once there is, or stop after %g s")
+_DATABASE = _Trouble(database_unreachable,
+                     "a run's checkpoint waits for the database (%s); runs go on once it is back, or stop after %g s",
+                     bounded=True)
+
+
+async def _waiting_out(write: Callable[[], Awaitable[Any]], trouble: _Trouble,
+                       after_failure: Callable[[], Awaitable[None]] | None = None) -> Any:
+    """``write()``, tried again while it meets ``trouble``, for ``CHECKPOINT_ROOM_WAIT_SECONDS`` from the first try;
+    then its last error is raised. ``after_failure``: what a failed try leaves is undone before the next (SQLite: a
+    statement that failed may leave its transaction open). LangGraph's writes are upserts (INSERT OR REPLACE /
+    IGNORE, ON CONFLICT), and the fence writes only what is still unwritten: a retry stores each row once."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + CHECKPOINT_ROOM_WAIT_SECONDS  # from the first try: it may wait the pool's 30 s itself
-    try:  # the write itself, with no layer more: every checkpoint of every run comes here
+    deadline = loop.time() + CHECKPOINT_ROOM_WAIT_SECONDS
+    try:  # the write itself: every checkpoint of every run comes here
         return await write()
     except Exception as exc:
-        if database_unreachable(exc) is None:
+        if (said := trouble.says(exc)) is None:
             raise
-        away = exc
+        last = exc
+    if not trouble.waiting:
+        log.warning(trouble.warning, said, CHECKPOINT_ROOM_WAIT_SECONDS)
+    trouble.waiting += 1
     pause = 0.05
-    if not _waiting_for_database:
-        log.warning("a run's checkpoint waits for the database (%s); runs go on once it is back, or stop after %g s",
-                    database_unreachable(away), CHECKPOINT_ROOM_WAIT_SECONDS)
-    _waiting_for_database += 1
     try:
-        while (now := loop.time()) < deadline:
+        while True:
+            if after_failure is not None:
+                await after_failure()
+            if (now := loop.time()) >= deadline:
+                raise last
             await asyncio.sleep(min(pause, deadline - now))
             pause = min(pause * 2, LONGEST_ROOM_PAUSE)
             try:
-                async with asyncio.timeout(max(deadline - loop.time(), 0.0)):  # a try waits no longer than is left
+                if not trouble.bounded:
+                    return await write()
+                async with asyncio.timeout(max(deadline - loop.time(), 0.0)):
                     return await write()
             except TimeoutError:
-                if loop.time() < deadline:
-                    raise  # not this deadline's: the write's own
-                break
+                if not trouble.bounded or loop.time() < deadline:
+                    raise  # not this wait's: the write's own
+                raise last from None
             except Exception as exc:
-                if database_unreachable(exc) is None:
+                if trouble.says(exc) is None:
                     raise
-                away = exc
-        raise away
+                last = exc
     finally:
-        _waiting_for_database -= 1
+        trouble.waiting -= 1
 
 
 def sqlite_checkpoint_path(url: str) -> Path:
