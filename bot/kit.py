@@ -39,6 +39,7 @@ from langgraph.errors import GraphInterrupt
 from langgraph.types import interrupt
 from pydantic import BaseModel
 
+from bot import approvals
 from bot.config import BatonConfig
 from bot.lookalikes import shown_argument  # for graph authors: an argument as what it is, on a card
 from bot.messages import quoted, quoted_code, storable  # for graph authors: quoting what someone wrote; text to store
@@ -227,11 +228,11 @@ def _approver_problem(name: str) -> str | None:
 def _nobody_may_approve(approvers: Sequence[str], risk: str, request: Request) -> str | None:
     """Why nobody could approve a card the graph named ``approvers`` for, or ``None``: each is another platform's
     (``slack:U1`` on Discord, where no click is his), or, on a high-risk request, the one who asked."""
-    here = [name for name in approvers if ":" not in name or name.startswith(f"{request.platform}:")]
+    here = approvals.clicking_on(list(approvers), request.platform)
     if not here:
         return (f"none of its approvers ({', '.join(approvers)}) can click on {request.platform}, where its card is "
                 f"posted: name one who can")
-    if risk == "high" and all(name in (request.user, f"{request.platform}:{request.user}") for name in here):
+    if not approvals.who_may_approve(here, request.user, risk):
         return (f"its only approver is {request.user}, who asked for it: a high-risk request needs someone else to "
                 "approve it; name another approver, or ask with risk='low'")
     return None
