@@ -11,7 +11,7 @@ import re
 import shlex
 import unicodedata
 
-from bot.messages import quoted_code
+from bot.messages import BIDI_CONTROLS, quoted_code
 
 
 def shown_argument(arg: str) -> str:
@@ -79,7 +79,7 @@ def ansi_c_quoted(arg: str) -> str:
                                                        else _code_point(char)) for char in arg) + "'"
 
 
-_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_CONTROLS = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f{BIDI_CONTROLS}]")  # but line breaks and tabs
 _ANSI_C_ESCAPES = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
