@@ -326,15 +326,16 @@ class EventStream(StreamingResponse):
     media_type = "text/event-stream"
 
 
-async def _each_field_once(request: Request) -> None:
-    """Refuse a JSON body that gives a field twice (422, naming it). JSON's decoder keeps the last value without
-    a word: ``{"event_id": "retry-1", ..., "event_id": null}`` lost the redelivery guard, as a misspelled field
-    did before it was refused, and ``"text"`` twice posted whichever came last."""
+async def _json_as_the_api_takes_it(request: Request) -> None:
+    """Refuse a JSON body in another encoding than UTF-8 (400: json.loads reads UTF-16 too), or one that gives a
+    field twice (422, naming it). JSON's decoder keeps the last value without a word: ``{"event_id": "retry-1",
+    ..., "event_id": null}`` lost the redelivery guard, as a misspelled field did before it was refused, and
+    ``"text"`` twice posted whichever came last."""
     if not _sent_as_json(request.headers.get("content-type", "")):
         return  # not read as JSON: FastAPI's validation says so
     body = await request.body()
     encoding = json.detect_encoding(body)  # what json.loads, FastAPI's decoder, would read it as
-    if encoding not in ("utf-8", "utf-8-sig"):  # a body in UTF-16 was taken, though the API says JSON is UTF-8
+    if encoding not in ("utf-8", "utf-8-sig"):
         raise HTTPException(400, f"the request body cannot be read: it is {encoding.upper()} text (JSON is UTF-8 "
                                  "text)")
 
@@ -400,11 +401,11 @@ class PlaygroundAdapter(Adapter):
             # HEAD answers as GET does, without the body (uptime checks, link checkers, curl -I). A route of
             # its own, left out of the schema: one route for both, and the schema names two operations alike.
             router.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
-        once = [Depends(_each_field_once)]
+        as_json = [Depends(_json_as_the_api_takes_it)]
         router.add_api_route("/messages", self.post_message, methods=["POST"], status_code=201,
-                             responses=MESSAGE_REFUSALS, dependencies=once)
+                             responses=MESSAGE_REFUSALS, dependencies=as_json)
         router.add_api_route("/clicks", self.post_click, methods=["POST"], status_code=202, responses=CLICK_REFUSALS,
-                             dependencies=once)
+                             dependencies=as_json)
         app.include_router(router)
         app.mount("/static", _Revalidated(directory=PAGE), name="playground-static")
         app.add_api_route("/", lambda: FileResponse(PAGE / "index.html", headers=PAGE_HEADERS), methods=["GET", "HEAD"],
