@@ -25,7 +25,7 @@ from bot.redaction import Redactor
 from bot.registry import GraphRegistry
 from bot.retention import Retention
 from bot.models import create_model
-from bot.runtime import GraphRuntime, Services, checkpointed
+from bot.runtime import GraphRuntime, Services
 from bot.scheduler import DigestScheduler
 from bot.settings import Settings
 from bot.threads import lease_run_out, run_out_params
@@ -108,7 +108,7 @@ class Baton:
     async def __aenter__(self) -> Baton:
         await asyncio.to_thread(upgrade, self.settings.database_url)
         checkpointer = await self._stack.enter_async_context(open_checkpointer(
-            self.settings.database_url, serde=AnswerKeepingSerializer(), storable=checkpointed))
+            self.settings.database_url, serde=AnswerKeepingSerializer()))
         self.runtime = GraphRuntime(self.registry, checkpointer, self.settings.run_timeout_seconds)
         self.digests = Digests(self.services, self.runtime, self.outbox, self.instance)
         self.orchestrator = Orchestrator(self.settings, self.services, self.runtime, self.outbox, self.instance,

@@ -259,6 +259,11 @@ class GraphRuntime:
         self.checkpointer = checkpointer
         self.run_timeout = run_timeout  # a graph's own TIMEOUT wins; None: no limit
         self._compiled: dict[str, tuple[GraphSpec, Pregel]] = {}
+        # Baton's checkpointers (storage.checkpointer) store what a graph writes as ``checkpointed`` makes it; any
+        # other's values are made so when read (``state``).
+        self._storing = hasattr(checkpointer, "storable")
+        if self._storing:
+            checkpointer.storable = checkpointed  # type: ignore[attr-defined]
 
     def compiled(self, spec: GraphSpec) -> Pregel:
         # Keyed by the spec too: a graph added again under its name (``GraphRegistry.add``) ran as it was first.
@@ -343,8 +348,9 @@ class GraphRuntime:
         snapshot = await self.compiled(spec).aget_state(self.config_for(lg_thread_id, spec.name))
         # What each question shows on its card and the reply, as a database stores them: an ``interrupt()`` or
         # ``approve()`` whose text held a NUL (a command's output) failed storing its approval on PostgreSQL, and the
-        # thread read "Something went wrong while handling this". Checkpoints hold them so (``checkpointed``) when
-        # Baton opened its checkpointer; this is for any other.
+        # thread read "Something went wrong while handling this". Baton's checkpointers hold them so already.
+        if self._storing:
+            return GraphOutcome(interrupts=list(snapshot.interrupts), values=_values(snapshot.values))
         interrupts = [checkpointed(asked) for asked in snapshot.interrupts]
         return GraphOutcome(interrupts=interrupts, values=_values(storable_value(snapshot.values)))
 

@@ -63,7 +63,8 @@ class _Fenced:
     first. While the hold is surely fresh (the heartbeat renews it every third of the lease) a write costs no
     statement more.
 
-    ``storable`` (``open_checkpointer``'s) makes each value written storable first."""
+    ``storable``, set by whoever runs the graphs (``bot.runtime.GraphRuntime``), makes each value written storable
+    first (storage knows nothing of what a chat message can hold)."""
 
     storable: Callable[[Any], Any] | None = None
 
@@ -335,17 +336,15 @@ _QUIET_RECONNECTS = _OncePerMinute()
 
 
 @asynccontextmanager
-async def open_checkpointer(url: str, serde: SerializerProtocol | None = None,
-                           storable: Callable[[Any], Any] | None = None) -> AsyncIterator[BaseCheckpointSaver]:
+async def open_checkpointer(url: str, serde: SerializerProtocol | None = None) -> AsyncIterator[BaseCheckpointSaver]:
     """Yield a ready checkpointer (tables created) and close it on exit. ``serde``: LangGraph's own serializer
-    unless given. ``storable``: what each value written (a channel's, a task's write) is stored as."""
+    unless given."""
     if is_sqlite(url):
         connection = await aiosqlite.connect(sqlite_checkpoint_path(url), timeout=30)
         try:
             await use_wal_async(connection.execute, SQLITE_BUSY_SECONDS)  # replicas started together on a new file
             await connection.execute("PRAGMA busy_timeout=30000")
             saver = FencedSqliteSaver(connection, serde=serde)
-            saver.storable = storable
             await saver.setup()
             yield saver
         finally:
@@ -371,7 +370,6 @@ async def open_checkpointer(url: str, serde: SerializerProtocol | None = None,
     await pool.open()
     try:
         saver = FencedPostgresSaver(pool, serde=serde)  # type: ignore[arg-type]
-        saver.storable = storable
         await setup_postgres_checkpoints(url)
         reconnecting = asyncio.create_task(_reconnect_while_waited_for(pool), name="checkpointer-reconnect")
         try:
