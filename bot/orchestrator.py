@@ -24,13 +24,12 @@ from sqlalchemy import Boolean, DateTime, Float, String, bindparam, exists, func
 from sqlalchemy.orm import aliased
 from sqlmodel import select
 
-from bot import approvals, audit, model_routing, replies, schedules, threads, tool_review
+from bot import approvals, audit, digest_commands, model_routing, replies, threads, tool_review
 from bot.config import BatonConfig
 from bot.kit import APPROVAL_MARK, APPROVAL_TEXT_LIMIT, Request, duration, people_read
 from bot.lookalikes import controls_escaped
 from bot.digests import Digests
-from bot.messages import (Accepted, InboundClick, InboundMessage, Location, Message, Text, quoted_code, shown_value,
-                          storable)
+from bot.messages import Accepted, InboundClick, InboundMessage, Location, Message, quoted_code, shown_value, storable
 from bot.outbox import Delivery, Outbox
 from bot.registry import GraphSpec
 from bot.models import MODEL_ERRORS, ModelFailed, cost_of, usage_of
@@ -1195,53 +1194,9 @@ class Orchestrator:
 
     async def _digest_command(self, event: InboundEvent, words: list[str]) -> None:
         location = Location(platform=event.platform, workspace=event.workspace, channel=event.channel, thread=event.thread)
-        action = words[0].lower() if words else ""
-        try:
-            if action in ("now", "list", "off") and words[1:]:
-                # "digest off for a week" turned the schedule off for good, saying nothing of the week
-                raise schedules.ScheduleError(f"Unexpected words after `digest {action}`: "
-                                              f"`{quoted_code(' '.join(words[1:]))}` (it takes none).")
-            if action == "now":
-                await self.digests.run_now(location, event.event_id, event.user)
-                return await self._finish_event(event, "digest posted")
-            if action == "list":
-                return await self._finish_event(event, "digest list", await self._digest_list(location))
-            if action == "off":
-                removed = await self.digests.disable_chat_schedule(location, event.user, event.correlation_id)
-                text = ("Done: this channel's digest schedule is off." if removed else
-                        "This channel has no digest schedule made in chat (schedules in baton.yaml stay).")
-                return await self._finish_event(event, "digest off", Message.text(text, tone="success" if removed else "info"))
-            cron, timezone = schedules.parse_when(words)
-            replaced = await self.digests.set_chat_schedule(location, cron, timezone, event.user, event.correlation_id)
-            upcoming = schedules.next_fire(cron, timezone, utcnow())
-            instead = (f" It replaces the one {schedules.describe(replaced.cron, replaced.timezone)} that "
-                       f"{replaced.created_by} set: a channel has one made in chat.") if replaced is not None else ""
-            text = (f"Digest scheduled {schedules.describe(cron, timezone)} in this channel; the next one is at "
-                    f"{replies.when_in(upcoming, timezone)}.{instead}")
-            return await self._finish_event(event, "digest scheduled", Message.text(text, tone="success").naming(
-                replaced.created_by if replaced is not None else None))
-        except schedules.ScheduleError as exc:
-            return await self._finish_event(event, "rejected input", Message.text(f"{exc} Nothing was changed.", tone="warning"))
-
-    async def _digest_list(self, location: Location) -> Message:
-        found = await self.digests.in_channel(location)
-        if not found:
-            return Message.text("No digests are scheduled in this channel. Try `digest daily 09:00 Europe/Paris`.")
-        refused = await self.digests.refused_cards(found)  # a channel that invites Baton back hears what it missed
-        now = utcnow()
-        lines = []
-        for schedule in found:
-            source = "from baton.yaml" if schedule.source == "config" else f"set by {schedule.created_by}"
-            try:
-                upcoming = replies.when_in(schedules.next_fire(schedule.cron, schedule.timezone, now), schedule.timezone)
-            except schedules.ScheduleError as exc:  # stored before a rule it breaks: the scheduler skips it
-                upcoming = f"never, it cannot be used any more ({exc}); set a new one"
-            line = f"• {schedules.describe(schedule.cron, schedule.timezone)} ({source}); next: {upcoming}"
-            if schedule.key in refused:
-                line += f"; {refused[schedule.key].describe(schedule.timezone)}"
-            lines.append(line)
-        return Message(title="Digests in this channel", parts=[Text(text="\n".join(lines))]).naming(
-            *(schedule.created_by for schedule in found if schedule.source != "config"))
+        outcome, reply = await digest_commands.answer(self.digests, location, words, user=event.user,
+                                                      event_id=event.event_id, correlation_id=event.correlation_id)
+        await self._finish_event(event, outcome, reply)
 
     async def _recent_twin(self, session: Transaction, record: ThreadRecord, fingerprint: str) -> ThreadRecord | None:
         since = utcnow() - timedelta(seconds=self.settings.dedupe_window_seconds)
