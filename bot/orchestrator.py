@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import pprint
 import unicodedata
 import uuid
 from datetime import datetime, timedelta
@@ -29,7 +27,7 @@ from bot.kit import APPROVAL_MARK, APPROVAL_TEXT_LIMIT, Request, duration, peopl
 from bot.leased_run import LeasedRunServices, LeaseLost
 from bot.lookalikes import controls_escaped
 from bot.digests import Digests
-from bot.messages import Accepted, InboundClick, InboundMessage, Location, Message, quoted_code, shown_value, storable
+from bot.messages import Accepted, InboundClick, InboundMessage, Location, Message, quoted_code, storable
 from bot.outbox import Delivery, Outbox
 from bot.registry import GraphSpec
 from bot.models import MODEL_ERRORS, ModelFailed, cost_of, usage_of
@@ -162,30 +160,6 @@ class _AnsweredElsewhere(Exception):
 def _interrupt_of(approval: Approval, state: GraphOutcome) -> Interrupt | None:
     """The graph's question ``approval`` is the card of, if the graph still waits on it."""
     return next((interrupt for interrupt in state.interrupts if interrupt.id == approval.interrupt_id), None)
-
-
-def _shown_question(value: Any, graph: str) -> str:
-    """A plain graph's ``interrupt(value)`` as its card's question: text as it is, anything else as JSON (with
-    accents and emoji as written, not \\u00e9), or as Python writes it when it is no JSON (a tuple as a key)."""
-    if value is None or (isinstance(value, str) and not value.strip()):  # else a card with no question, or "null"
-        return f"The `{graph}` graph asks to go on (its interrupt() gave no question to show)."
-    if isinstance(value, str):
-        return value
-    try:
-        return json.dumps(value, indent=2, default=str, ensure_ascii=False)
-    except (TypeError, ValueError):  # else handling the run broke off: "Something went wrong while handling this"
-        return pprint.pformat(value)
-
-
-def _card_question(value: Any, graph: str) -> tuple[str, dict[str, str]]:
-    """A plain graph's ``interrupt(value)`` as its card: the question and the details below it. LangGraph's docs ask
-    ``interrupt({"question": "Do you want to proceed with this action?", "details": ...})``: its ``question`` is the
-    card's and the other keys its details, each a line (text as it is, other values as JSON), as ``approve()``'s
-    are; the card showed the whole dict as one block of JSON, the question inside it."""
-    question = value.get("question") if isinstance(value, dict) else None
-    if not isinstance(question, str) or not question.strip():
-        return _shown_question(value, graph), {}
-    return question, {str(key): shown_value(given) for key, given in value.items() if key != "question"}
 
 
 class Orchestrator:
@@ -1543,7 +1517,7 @@ class Orchestrator:
             summary, details, risk = str(value["summary"]), dict(value.get("details") or {}), value.get("risk", "high")
             approvers = value.get("approvers")
         else:  # a plain graph's interrupt(value): show the value, apply the graph's policy
-            summary, details = tool_review.question(value) if tool_review.is_review(value) else _card_question(
+            summary, details = tool_review.question(value) if tool_review.is_review(value) else replies.card_question(
                 value, spec.name)
             summary = controls_escaped(summary)  # as a runbook's card shows its command (approve() shows its own)
             details = {controls_escaped(key): controls_escaped(shown) for key, shown in details.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pprint
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -145,6 +146,30 @@ def result(reply: Any, *, failed: bool, error: Any = None) -> Message:
     else:
         text = "Done."
     return _text_with_code(text, tone=tone)
+
+
+def _shown_question(value: Any, graph: str) -> str:
+    """A plain graph's ``interrupt(value)`` as its card's question: text as it is, anything else as JSON (with
+    accents and emoji as written, not \\u00e9), or as Python writes it when it is no JSON (a tuple as a key)."""
+    if value is None or (isinstance(value, str) and not value.strip()):  # else a card with no question, or "null"
+        return f"The `{graph}` graph asks to go on (its interrupt() gave no question to show)."
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, indent=2, default=str, ensure_ascii=False)
+    except (TypeError, ValueError):  # else handling the run broke off: "Something went wrong while handling this"
+        return pprint.pformat(value)
+
+
+def card_question(value: Any, graph: str) -> tuple[str, dict[str, str]]:
+    """A plain graph's ``interrupt(value)`` as its card: the question and the details below it. LangGraph's docs ask
+    ``interrupt({"question": "Do you want to proceed with this action?", "details": ...})``: its ``question`` is the
+    card's and the other keys its details, each a line (text as it is, other values as JSON), as ``approve()``'s
+    are; the card showed the whole dict as one block of JSON, the question inside it."""
+    question = value.get("question") if isinstance(value, dict) else None
+    if not isinstance(question, str) or not question.strip():
+        return _shown_question(value, graph), {}
+    return question, {str(key): shown_value(given) for key, given in value.items() if key != "question"}
 
 
 def choice_card(approval: Approval) -> Message:
