@@ -12,11 +12,11 @@
   server's upload limit are refused (413), and the next calls of a route can be answered with a 429
   (with ``retry_after`` and the ``Via`` header discord.py looks for, as Discord's edge sends it).
 * The gateway WebSocket: HELLO, IDENTIFY -> READY and GUILD_CREATE, heartbeat ACKs, and events
-  dispatched on demand (``MESSAGE_CREATE``, ``INTERACTION_CREATE``, ``THREAD_CREATE``), compressed
-  the way the client asks (``zstd-stream`` or ``zlib-stream``), like Discord.
+  dispatched on demand (``MESSAGE_CREATE``, ``MESSAGE_UPDATE``, ``INTERACTION_CREATE``, ``THREAD_CREATE``),
+  compressed the way the client asks (``zstd-stream`` or ``zlib-stream``), like Discord.
 
-People's side is here too: ``say`` (a message, by default mentioning the bot), ``click`` (a button
-on a message the bot posted) and ``slash`` (``/baton``), each returning the payload it dispatched,
+People's side is here too: ``say`` (a message, by default mentioning the bot), ``edit`` (of one), ``click``
+(a button on a message the bot posted) and ``slash`` (``/baton``), each returning the payload it dispatched,
 so that a test can deliver the very same event again.
 """
 
@@ -57,6 +57,7 @@ MESSAGE_CONTENT_INTENT = 1 << 15
 APP_FLAG_MESSAGE_CONTENT = 1 << 18
 EPHEMERAL = 64
 LOADING = 128
+HAS_THREAD = 32  # a message's flag: a thread was opened on it
 CONTENT_CHARS = 2000
 EMBED_DESCRIPTION_CHARS = 4096
 UPLOAD_LIMIT = 10 * 1024 * 1024  # a server's files per message without boosts (Discord answers 413 above)
@@ -109,11 +110,13 @@ class FakeMessage:
     interaction_id: str | None = None
     edits: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    edited_timestamp: str | None = None  # a person's last edit (``edit``)
 
     def json(self) -> dict[str, Any]:
         return {"id": self.id, "channel_id": self.channel_id, "guild_id": GUILD_ID, "author": user_json(self.author_id),
-                "content": self.content, "timestamp": now_iso(), "edited_timestamp": None, "tts": False,
-                "mention_everyone": False, "mentions": [], "mention_roles": [], "pinned": False, "type": 0,
+                "content": self.content, "timestamp": now_iso(), "edited_timestamp": self.edited_timestamp,
+                "tts": False, "mention_everyone": False, "mentions": [], "mention_roles": [], "pinned": False,
+                "type": 0,
                 "flags": self.flags, "embeds": self.embeds, "components": self.components,
                 "attachments": [{"id": str(index), "filename": name, "size": len(data), "url": f"https://cdn.invalid/{name}",
                                  "proxy_url": f"https://cdn.invalid/{name}"} for index, (name, data) in enumerate(self.files.items())]}
@@ -340,6 +343,26 @@ class FakeDiscord(BackgroundServer):
         if user in (BOT_ID, OTHER_BOT):
             payload["author"]["bot"] = True
         self.dispatch("MESSAGE_CREATE", payload)
+        return payload
+
+    def edit(self, said: dict[str, Any], text: str, *, mention: bool = True) -> dict[str, Any]:
+        """Its writer edits a message ``say`` sent (to ``@baton <text>``, by default); returns MESSAGE_UPDATE's data.
+
+        Discord sends the whole message as edited, with its ``edited_timestamp`` and its flags as they are now
+        (``HAS_THREAD`` once a thread was opened on it), and no id of the event's own."""
+        with self._lock:
+            message = self._messages[said["id"]]
+            message.content = f"<@{BOT_ID}> {text}" if mention else text
+            message.edited_timestamp = now_iso()
+            reads_content = bool(self.identifies and self.identifies[-1].get("intents", 0) & MESSAGE_CONTENT_INTENT)
+            direct = self.channels.get(message.channel_id, {}).get("type") == 1
+            payload = said | {key: value for key, value in message.json().items()
+                              if key in ("content", "edited_timestamp", "flags")}
+        if not (mention or direct or reads_content):
+            payload["content"] = ""
+        payload["mentions"] = [{**user_json(BOT_ID), "member": member_json(BOT_ID)}] if mention else []
+        payload["mention_roles"] = []
+        self.dispatch("MESSAGE_UPDATE", payload)
         return payload
 
     def direct_channel(self, user: str) -> str:
@@ -588,6 +611,7 @@ class FakeDiscord(BackgroundServer):
                                           "auto_archive_duration": body.get("auto_archive_duration", 4320),
                                           "create_timestamp": now_iso()}}
             self.channels[message_id] = thread
+            message.flags |= HAS_THREAD
         asyncio.get_running_loop().create_task(self._push("THREAD_CREATE", {**thread, "newly_created": True}))
         return _json(thread, status=201)
 
