@@ -35,7 +35,12 @@ Inbound
   DISCORD_GUILD_ID, a click on a card in a direct message is taken from that server's members only, as a message is.
   A custom_id of Baton's shape whose value cannot be read (tampered) is answered, to that person only, that nothing
   was changed; any other custom_id is left to whoever made it.
-* Event ids are the message or interaction ids (snowflakes are unique across Discord).
+* A message edited to add a mention of Baton is a request, as if it had been sent with it: in a channel Baton
+  opens its thread on it, in a thread (a Baton thread too, where it was passed over as people talking) it is a
+  request there. ``on_raw_message_edit``, not ``on_message_edit``, which discord.py fires only for a message in
+  its cache (the last 1,000 it saw, since it started). The core takes an edit once (``mention_added``): another
+  edit, the same one delivered again, or an edit of a message taken as a request already, is nothing new.
+* Event ids are the message or interaction ids (snowflakes are unique across Discord); an edit's is its message's.
 
 Outbound, ``send`` renders core messages with ``adapters.discord_render`` over REST (no gateway
 cache needed). discord.py waits out 429s itself (up to ``RATE_LIMIT_WAIT_SECONDS``; a longer wait,
@@ -202,6 +207,9 @@ class BatonClient(discord.Client):
 
     async def on_message(self, message: discord.Message) -> None:
         await self.adapter.on_message(message)
+
+    async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
+        await self.adapter.on_message_edit(payload.message)
 
     def allow_message_content(self, allowed: bool) -> None:
         """Request the message content intent or not; called after login, before the gateway connects.
@@ -616,6 +624,21 @@ class DiscordAdapter(Adapter):
         return NOT_IN_SERVER
 
     async def on_message(self, message: discord.Message) -> None:
+        await self._take(message, edited=False)
+
+    async def on_message_edit(self, message: discord.Message) -> None:
+        """A message edited: a request if the edit mentions Baton, as the message would have been had it been sent
+        with the mention (``InboundMessage.mention_added``: the core takes the message once, however often it is
+        edited or the edit delivered). Discord's ``MESSAGE_UPDATE`` carries the whole message, as edited, but no
+        id of its own: the message's id is the event's. Any other update is nothing new: an edit without the
+        mention, one in a direct message (no mention needed there: it was a request already), and what Discord
+        changes itself, with no ``edited_timestamp`` of the person's (a thread opened on it, a link's preview)."""
+        me = self.client.user
+        if (me is not None and message.edited_at is not None and _mentions(message, me.id)
+                and not isinstance(message.channel, discord.DMChannel)):
+            await self._take(message, edited=True)
+
+    async def _take(self, message: discord.Message, *, edited: bool) -> None:
         me = self.client.user
         if (me is None or message.author.bot or message.webhook_id is not None
                 or message.type not in PERSON_MESSAGE_TYPES):
@@ -660,8 +683,8 @@ class DiscordAdapter(Adapter):
             where, thread = conversation(channel)
         elif not addressed:
             return  # chatter in a channel: Baton's conversations there are always threads
-        else:
-            opened = await self._open_thread(message, text)
+        else:  # a message edited after a thread was opened on it (Baton's, or people's) has it under its own id
+            opened = str(message.id) if message.flags.has_thread else await self._open_thread(message, text)
             if opened is None:
                 return
             where, thread = str(channel.id), opened
@@ -670,7 +693,7 @@ class DiscordAdapter(Adapter):
             accepted = await self.baton.accept_message(InboundMessage(
                 platform=PLATFORM, workspace=str(message.guild.id) if message.guild else "", channel=where,
                 thread=thread, user=str(message.author.id), text=text, addressed=addressed, private=direct,
-                event_id=str(message.id)))
+                event_id=str(message.id), mention_added=edited))
         except Exception as exc:
             # Discord does not send a gateway event again: without a word the request would be lost unseen
             # (and a traceback logged for each), so the person is told to ask again.
@@ -683,7 +706,8 @@ class DiscordAdapter(Adapter):
             return
         if addressed and thread != where:
             self._baton_threads.add(int(thread))
-        log.debug("Discord message %s in %s/%s -> %s", message.id, where, thread, accepted.status)
+        log.debug("Discord message %s%s in %s/%s -> %s", message.id, " (edited)" if edited else "", where, thread,
+                  accepted.status)
 
     async def _cannot_read(self, thread: discord.Thread, me: int) -> None:
         """A message in a thread that does not mention Baton, without the Message Content Intent: Discord

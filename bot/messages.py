@@ -108,7 +108,8 @@ class InboundMessage(_Inbound):
     """A chat message. ``addressed`` is true for a mention, a DM or a slash command. ``private``: only
     the sender and Baton see the conversation (a direct message), so nobody else can click a card there.
     ``mention_added``: an edit of the message ``event_id`` names, which now mentions the bot (Slack sends it as a
-    mention of its own): a request if the message, stored before without one, was people talking."""
+    mention of its own, Discord as the message edited): a request if the message, stored before without one, was
+    people talking, or was never stored; else nothing new, however often it is edited."""
 
     event_id: str
     user: str
