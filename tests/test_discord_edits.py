@@ -61,13 +61,17 @@ def test_an_edit_adding_the_mention_in_a_channel_opens_its_thread_once(chat: Dis
     (opened,) = fake.threads()
     assert (opened["id"], opened["parent_id"], opened["name"]) == (thread, OPS, "run uptime")
     fake.dispatch("MESSAGE_UPDATE", edited)
-    wait_for(lambda: [c.status for c in fake.calls(THREADS)][1:] == [400], what="the second attempt at the thread")
+    wait_for(lambda: len(fake.calls(THREADS)) >= 2, what="the second attempt at the thread")
     fake.edit(plain, "run uptime please")
     fake.say("help", channel=thread)
     chat.reply("Here is what I can do", thread)
     assert chat.stored_events()[0] == thread and len(chat.stored_events()) == 2
     assert runs_in(counter) == ["uptime"] and len(fake.threads()) == 1 and fake.messages(OPS) == []
-    assert [c.body["name"] for c in fake.calls(THREADS)] == ["run uptime", "run uptime"]  # none for the last edit
+    # discord.py updates the message it cached in place, so the first edit may reach on_message too when its
+    # MESSAGE_CREATE is handled after it: a third try at the thread, refused too. None for the last edit.
+    opening = fake.calls(THREADS)
+    assert {c.body["name"] for c in opening} == {"run uptime"} and [c.status for c in opening][:2] == [201, 400]
+    assert {c.status for c in opening[1:]} == {400}
 
 
 def test_an_edit_in_a_direct_message_is_nothing_new(chat: Discord, counter):
