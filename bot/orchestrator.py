@@ -42,7 +42,8 @@ from storage.models import Approval, Effect, InboundEvent, Run, ThreadRecord, lo
 
 log = logging.getLogger("baton.orchestrator")
 SWEEP_AFTER_SECONDS = 2.0
-MENTION_ADDED = ":mention-added"  # the event id of a message's edit that added the bot's mention (``_passed_over``)
+MENTION_ADDED = ":mention-added"  # the event id of a message's edit that added the bot's mention (``_talk``)
+EDIT_OF = "edit_of"  # the payload key of such an edit stored while its message was queued: that message's event id
 PASSED_OVER = ("conversation", "empty", "too long")  # outcomes of a message without a mention: no answer
 SWEEP_BATCH = 200
 # Threads with events pending since before ``received_before`` and no live lease: nobody is draining them. An
@@ -219,11 +220,14 @@ class Orchestrator:
                 kind, payload = threads.ASIDE_KIND, {**payload, "aside": asked}
             event = await self._claim(session, message.platform, message.event_id, kind, location, message.user,
                                       text, payload, record.id, correlation)
-            if event is None and message.mention_added and await self._passed_over(session, message):
+            if event is None and message.mention_added and (talk := await self._talk(session, message)):
                 # Edited to add the mention its writer forgot, where it had been taken for people talking: a
-                # request now, once (the edit's id is its own), its original passed over without an answer.
+                # request now, once (the edit's id is its own), its original passed over without an answer. One
+                # still queued (behind a run, at a card) is looked at again once the drain has taken it (a request
+                # taken after it, as this edit is; a status or cancel is answered at once).
+                edited = {**payload, EDIT_OF: message.event_id} if talk == "queued" and kind == "message" else payload
                 event = await self._claim(session, message.platform, message.event_id + MENTION_ADDED, kind,
-                                          location, message.user, text, payload, record.id, correlation)
+                                          location, message.user, text, edited, record.id, correlation)
             if event is None:
                 return Accepted(status="duplicate", reason="this event was already received")
             # A thread made just now has nothing queued before this event. An aside waits for nothing: at a card
@@ -493,12 +497,26 @@ class Orchestrator:
         return is_request(text, self.registry, addressed=False)
 
     @staticmethod
-    async def _passed_over(session: Transaction, message: InboundMessage) -> bool:
-        """Whether ``message``'s event was stored without a mention of the bot and passed over as people talking
-        (no answer): a request Baton took is not run again when it is edited."""
-        stored = (await session.exec(select(InboundEvent.payload, InboundEvent.outcome).where(
+    async def _talk(session: Transaction, message: InboundMessage) -> str | None:
+        """Whether ``message``'s event was stored without a mention of the bot: ``"passed over"`` as people talking
+        (no answer), ``"queued"`` while it waits for the drain (which may yet find a request in it); ``None`` for a
+        request Baton took, which is not run again when it is edited."""
+        stored = (await session.exec(select(InboundEvent.payload, InboundEvent.kind, InboundEvent.status,
+                                            InboundEvent.outcome).where(
             InboundEvent.platform == message.platform, InboundEvent.event_id == message.event_id))).first()
-        return stored is not None and stored[0].get("addressed") is False and stored[1] in PASSED_OVER
+        if stored is None or stored[0].get("addressed") is not False or stored[1] != "message":
+            return None
+        if stored[2] == "pending":
+            return "queued"
+        return "passed over" if stored[3] in PASSED_OVER else None
+
+    async def _edit_of_a_request(self, event: InboundEvent) -> bool:
+        """Whether ``event``, an edit adding the mention stored while its message was queued (``EDIT_OF``), edits a
+        message the drain took as a request after all: that one ran, the edit is nothing new."""
+        async with self.db.read() as session:
+            outcome = (await session.exec(select(InboundEvent.outcome).where(
+                InboundEvent.platform == event.platform, InboundEvent.event_id == event.payload[EDIT_OF]))).first()
+        return outcome not in PASSED_OVER
 
     async def _waits_for_work(self, session: Transaction, record: ThreadRecord, event_id: str) -> bool:
         """Whether an earlier event of the thread still to be handled is work (a request or a click), so that
@@ -786,6 +804,8 @@ class Orchestrator:
                                      failed=f"{type(exc).__name__}: {exc}"[:1000])
 
     async def _handle_message(self, event: InboundEvent, record: ThreadRecord, fresh: bool = False) -> None:
+        if EDIT_OF in event.payload and await self._edit_of_a_request(event):
+            return await self._finish_event(event, "edit of a request")
         text = event.text.strip()
         # Written in a Baton thread without mentioning the bot: a request if a command matches, else
         # conversation ("thanks!", "any update?"), which gets no answer (it got the whole help text).
