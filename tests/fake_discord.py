@@ -182,6 +182,9 @@ class FakeDiscord(BackgroundServer):
         self.callbacks: list[dict[str, Any]] = []  # interaction callbacks Discord accepted, in order
         self.identifies: list[dict[str, Any]] = []
         self.refuses_direct_messages: set[str] = set()
+        # Channels Baton lost access to (removed, its role taken away): posts there and in their threads are refused
+        # with 403 Missing Access (50001)
+        self.shut_out: set[str] = set()
         self.commands: dict[str, list[dict[str, Any]]] = {}  # "global" or a guild id -> the registered commands
         self._connections: list[_Connection] = []
 
@@ -557,6 +560,8 @@ class FakeDiscord(BackgroundServer):
             return _error(404, 10003, "Unknown Channel")
         if channel["type"] == 1 and channel["recipients"][0]["id"] in self.refuses_direct_messages:
             return _error(403, 50007, "Cannot send messages to this user")
+        if {channel_id, channel.get("parent_id")} & self.shut_out:
+            return _error(403, 50001, "Missing Access")
         if self._is_locked(channel_id):  # only people with Manage Threads may write there
             return _error(403, 50013, "Missing Permissions")
         problem = _check_message(body)

@@ -90,6 +90,7 @@ class FakeSlack(BackgroundServer):
         self._holds: dict[str, int] = {}
         self._released: asyncio.Event | None = None  # made in the server's loop
         self.holding = 0  # calls carried out whose answer is held back now
+        self.refusing: dict[str, str] = {}  # channel -> Slack's error for every write there (``shut_out``)
 
     # -- life ------------------------------------------------------------------------------------
 
@@ -158,6 +159,17 @@ class FakeSlack(BackgroundServer):
         if self._released is None:
             self._released = asyncio.Event()
         self._released.set()
+
+    def shut_out(self, channel: str, error: str = "not_in_channel") -> None:
+        """Baton removed from ``channel`` (``not_in_channel``), the channel deleted (``channel_not_found``) or
+        archived (``is_archived``): every post, ephemeral or edit there is refused with ``error`` from now on."""
+        with self._lock:
+            self.refusing[channel] = error
+
+    def let_in(self, channel: str) -> None:
+        """Baton invited back to ``channel``."""
+        with self._lock:
+            self.refusing.pop(channel, None)
 
     def calls(self, method: str | None = None) -> list[Call]:
         with self._lock:
@@ -259,8 +271,12 @@ class FakeSlack(BackgroundServer):
     def _apps_connections_open(self, _args: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "url": f"ws://127.0.0.1:{self.port}/socket"}
 
+    def _refusal(self, args: dict[str, Any]) -> str:
+        with self._lock:
+            return self.refusing.get(str(args.get("channel", "")), "")
+
     def _chat_postMessage(self, args: dict[str, Any]) -> dict[str, Any]:
-        problem = check_message(args)
+        problem = check_message(args) or self._refusal(args)
         if problem:
             return {"ok": False, "error": problem}
         metadata = args.get("metadata")
@@ -277,7 +293,7 @@ class FakeSlack(BackgroundServer):
                 "message": {"text": message.text, "blocks": message.blocks, "ts": message.ts}}
 
     def _chat_postEphemeral(self, args: dict[str, Any]) -> dict[str, Any]:
-        problem = check_message(args) or ("" if args.get("user") else "user_not_found")
+        problem = check_message(args) or self._refusal(args) or ("" if args.get("user") else "user_not_found")
         if problem:
             return {"ok": False, "error": problem}
         message = FakeMessage(channel=args["channel"], ts=new_ts(), thread_ts=args.get("thread_ts") or None,
@@ -292,7 +308,7 @@ class FakeSlack(BackgroundServer):
             self._messages = [m for m in self._messages if not (m.channel == channel and m.ts == ts)]
 
     def _chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
-        problem = check_message(args)
+        problem = check_message(args) or self._refusal(args)
         if problem:
             return {"ok": False, "error": problem}
         with self._lock:
