@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from bot.app import StartFailed as StartFailed  # what ``start`` raises when the platform will not have Baton
 from bot.messages import Location, Message
-from bot.outbox import Delivery
+from bot.outbox import Delivery, Unreachable
 from bot.settings import Settings
 
 if TYPE_CHECKING:
@@ -241,7 +241,15 @@ class RetryLater(Exception):
 
 
 class DeliveryRejected(Exception):
-    """The platform refused the message for good (bad request, unknown channel): do not retry."""
+    """The platform refused the message for good (bad request, unknown channel): do not retry.
+
+    ``unreachable``: the refusal is the channel's, not the message's (one of ``bot.outbox.UNREACHABLE``): Baton was
+    removed from it, it is gone, archived or locked. Every later message there is refused alike, until someone lets
+    Baton in again; the core says so once a channel, and ends a run whose card could not be posted there."""
+
+    def __init__(self, reason: str, *, unreachable: Unreachable | None = None) -> None:
+        super().__init__(reason)
+        self.unreachable = unreachable
 
 
 Step = Callable[[], Awaitable[str | None]]
@@ -390,19 +398,21 @@ class Adapter(ABC):
             await outbox.retry(delivery.id, exc.seconds, str(exc), hold_channel=exc.hold_channel)
             return
         except DeliveryRejected as exc:
-            log.error("%s rejected message %s (%s in channel %s%s): %s", self.name, delivery.id, delivery.kind,
-                      delivery.location.channel, f", thread {delivery.location.thread}" if delivery.location.thread else "",
-                      exc)
-            await outbox.failed(delivery.id, str(exc))
+            if exc.unreachable is None:  # a channel Baton cannot reach is told by the outbox, once a channel
+                log.error("%s rejected message %s (%s in channel %s%s): %s", self.name, delivery.id, delivery.kind,
+                          delivery.location.channel,
+                          f", thread {delivery.location.thread}" if delivery.location.thread else "", exc)
+            await outbox.failed(delivery.id, str(exc), reason=exc.unreachable or "refused")
         except Exception as exc:
             if delivery.attempts < self.max_attempts:
                 await outbox.retry(delivery.id, min(2.0 ** delivery.attempts, 120.0), f"{type(exc).__name__}: {exc}")
                 return
             log.error("giving up on %s message %s (%s in channel %s) after %d attempts: %s", self.name, delivery.id,
                       delivery.kind, delivery.location.channel, delivery.attempts, exc)
-            await outbox.failed(delivery.id, f"{type(exc).__name__}: {exc}")
+            await outbox.failed(delivery.id, f"{type(exc).__name__}: {exc}", reason="gave_up")
         else:
             self._token_refused = None  # it works (again)
+            outbox.reached(delivery.location)
             if not self.send_records_delivery:
                 await self._record_sent(delivery, platform_id)
         self._steps_done.pop(delivery.id, None)  # settled: a retry will not come

@@ -106,7 +106,7 @@ from adapters.discord_render import (
     render,
 )
 from bot.messages import Buttons, InboundClick, InboundMessage, Location, Message, Text, quoted, quoted_code
-from bot.outbox import Delivery
+from bot.outbox import Delivery, Unreachable
 from bot.settings import Settings
 
 log = logging.getLogger("baton.discord")
@@ -142,6 +142,9 @@ THREAD_ARCHIVED = 50083  # Discord's error code: an edit in an archived thread
 THREAD_LOCKED = 160005  # Discord's error code: a locked thread
 INVALID_WEBHOOK_TOKEN = 50027  # Discord's error code: an interaction's follow-up token, not the bot's
 MISSING_ACCESS = 50001  # Discord's error code: Baton cannot see the channel (a private one it was not added to)
+UNKNOWN_CHANNEL = 10003  # Discord's error code: the channel was deleted (or was never one Baton could see)
+# Discord's refusals that are the channel's, not the message's, in the contract's words: every message there is refused.
+UNREACHABLE_CODES: dict[int, Unreachable] = {MISSING_ACCESS: "removed", UNKNOWN_CHANNEL: "gone"}
 MISSING_PERMISSIONS = 50013  # Discord's error code: e.g. a post in a thread without Send Messages in Threads
 NO_THREADS_HERE = 50024  # Discord's error code: not in this kind of channel (a thread on a voice channel's chat)
 THREADS_FULL = (160006, 160007)  # Discord's error codes: as many active (announcement) threads as a server may have
@@ -974,10 +977,11 @@ class DiscordAdapter(Adapter):
         try:
             sent = await self.send_steps(delivery, steps)
         except DeliveryRejected as exc:
-            why = await self._refused_in_thread(location, exc.__cause__)
-            if why is None:
+            refusal = await self._refused_in_thread(location, exc.__cause__)
+            if refusal is None:
                 raise
-            raise DeliveryRejected(f"{exc}: {why}") from exc.__cause__
+            why, unreachable = refusal
+            raise DeliveryRejected(f"{exc}: {why}", unreachable=unreachable or exc.unreachable) from exc.__cause__
         if _in_thread(location):  # it works (again) there: a later refusal is told again
             self._told_no_thread_sends.discard(location.channel)
         return sent[0]
@@ -1005,11 +1009,11 @@ class DiscordAdapter(Adapter):
         if isinstance(thread, discord.Thread) and thread.locked:
             if location.thread not in self._told_locked:
                 self._told_locked.add(location.thread)
-                log.warning("Discord: thread %s of channel %s is locked (a moderator closed it): only members with "
+                log.info("Discord: thread %s of channel %s is locked (a moderator closed it): only members with "
                             "Manage Threads may write there, so Baton's messages for it are not shown (grant Baton "
                             "Manage Threads there, or unlock the thread)", location.thread, location.channel)
             return (f"thread {location.thread} is locked, and Baton lacks the Manage Threads permission that writing "
-                    "in a locked thread takes")
+                    "in a locked thread takes", "locked")
         if not (isinstance(error, discord.Forbidden) and error.code == MISSING_PERMISSIONS):
             return None
         why = f"Baton lacks the Send Messages in Threads permission in channel {location.channel}"
@@ -1019,7 +1023,7 @@ class DiscordAdapter(Adapter):
                         "is told once. Grant Baton Send Messages in Threads there (Server Settings -> Roles, or the "
                         "channel's Permissions)", why)
             await _say_best_effort(self.client.get_partial_messageable(int(location.channel)), NO_THREAD_SENDS)
-        return why
+        return why, None
 
     async def _edit(self, message: discord.PartialMessage, outgoing: Outgoing, nonce: str) -> discord.Message:
         """Edit a message (a card after its decision, a run's progress). Discord refuses an edit in an
@@ -1385,7 +1389,7 @@ def _step(call: Callable[[], Awaitable[Any]]) -> Step:
             if exc.status == 401 and exc.code != INVALID_WEBHOOK_TOKEN:  # the bot's token (reset in the portal)
                 raise RetryLater.token_refused(f"Discord refused Baton's token ({_describe(exc)})", "DISCORD_TOKEN") from exc
             # 400 (invalid form), 403 (no permission), 404 (unknown channel)
-            raise DeliveryRejected(f"Discord: {_describe(exc)}") from exc
+            raise DeliveryRejected(f"Discord: {_describe(exc)}", unreachable=UNREACHABLE_CODES.get(exc.code)) from exc
         return str(sent.id) if sent is not None else None
 
     return step

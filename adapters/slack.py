@@ -91,7 +91,7 @@ from adapters.slack_blocks import (
     typed_text,
 )
 from bot.messages import InboundClick, InboundMessage, Location, Message, quoted_code
-from bot.outbox import Delivery
+from bot.outbox import Delivery, Unreachable
 from bot.settings import Settings
 
 log = logging.getLogger("baton.slack")
@@ -847,6 +847,11 @@ def _all_text(*values: object) -> bool:
     return all(isinstance(value, str) and value for value in values)
 
 
+# Slack's refusals that are the channel's, not the message's, in the contract's words: every message there is refused.
+UNREACHABLE_ERRORS: dict[str, Unreachable] = {"not_in_channel": "removed", "channel_not_found": "gone",
+                                              "is_archived": "archived"}
+
+
 def _error_code(exc: SlackApiError) -> str:
     data = exc.response.data
     return str(data.get("error", "unknown_error")) if isinstance(data, dict) else f"HTTP {exc.response.status_code}"
@@ -861,7 +866,7 @@ def _delivery_error(method: str, exc: SlackApiError) -> Exception:
         return exc
     if error in AUTH_ERRORS:
         return RetryLater.token_refused(f"Slack refused Baton's token on {method} ({error})", "SLACK_BOT_TOKEN")
-    return DeliveryRejected(f"{method}: {error}")
+    return DeliveryRejected(f"{method}: {error}", unreachable=UNREACHABLE_ERRORS.get(error))
 
 
 def _command_refusal(exc: SlackApiError, channel_name: object = None) -> str:

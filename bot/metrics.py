@@ -2,8 +2,9 @@
 
 Most numbers are read from the database at each scrape, so every replica reports the same shared
 truth (a dashboard takes ``max()`` over replicas, never ``sum()``); a few are this process's own
-(``baton_up``, its build, its adapters). Labels are graph, status and platform only (and the
-replica's name on ``baton_build_info``): never a channel, a user, a message or anything secret.
+(``baton_up``, its build, its adapters, the messages they gave up on). Labels are graph, status and platform
+only (and the replica's name on ``baton_build_info``, a bounded reason on ``baton_messages_undeliverable_total``):
+never a channel, a user, a message or anything secret.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
@@ -25,6 +26,7 @@ from sqlalchemy import case, func, insert, literal_column, null, update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from bot.outbox import UNDELIVERABLE as UNDELIVERABLE_REASONS
 from bot.routing import ROUTER
 from storage.db import Database, Transaction
 from storage.models import Approval, DigestRun, ForgottenTotals, InboundEvent, OutboxMessage, Run, utcnow
@@ -243,8 +245,10 @@ class _Families:
 class Metrics:
     """The families of one scrape: shared ones from the database, this process's own beside them."""
 
-    def __init__(self, db: Database, instance: str, adapters: Sequence[Any], platforms: Iterable[str]) -> None:
+    def __init__(self, db: Database, instance: str, adapters: Sequence[Any], platforms: Iterable[str],
+                 undeliverable: Mapping[tuple[str, str], int] | None = None) -> None:
         self.db = db
+        self.undeliverable = undeliverable if undeliverable is not None else {}  # ``Outbox.undeliverable``
         self.instance = instance
         self.adapters = adapters
         self.served = [adapter.name for adapter in adapters]
@@ -305,7 +309,16 @@ class Metrics:
                                     labels=["platform"])
         for adapter in self.adapters:
             healthy.add_metric([adapter.name], 0 if adapter.problem() else 1)
-        return [up, build, healthy]
+        # This process's own count (a replica counts what its adapters gave up): sum it over replicas.
+        undeliverable = CounterMetricFamily(
+            "baton_messages_undeliverable", "Messages this replica gave up on for good, by platform and why: the "
+            "channel cannot be reached (removed, gone, archived, locked), the platform refused that message "
+            "(refused), or it kept failing (gave_up).", labels=["platform", "reason"])
+        counts = {**{(platform, reason): 0 for platform in self.served for reason in UNDELIVERABLE_REASONS},
+                  **self.undeliverable}
+        for (platform, reason), count in sorted(counts.items()):
+            undeliverable.add_metric([platform, reason], count)
+        return [up, build, healthy, undeliverable]
 
     async def _shared(self) -> list[Metric]:
         try:

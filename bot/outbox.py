@@ -36,10 +36,10 @@ import asyncio
 import functools
 import logging
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pydantic import ValidationError
 from sqlalchemy import DateTime, and_, bindparam, exists, func, literal, or_, update
@@ -53,6 +53,20 @@ from storage.db import Database, Transaction, insert_ignore, insert_returning_id
 from storage.models import ChannelPace, OutboxMessage, utcnow
 
 log = logging.getLogger("baton.outbox")
+
+# Why a channel takes none of Baton's messages, in the contract's words (``DeliveryRejected.unreachable``): Baton was
+# removed from it (or never added), it is gone (deleted, unknown), archived, or (a thread) locked.
+Unreachable = Literal["removed", "gone", "archived", "locked"]
+UNREACHABLE: tuple[Unreachable, ...] = get_args(Unreachable)
+# Why a message was given up, as ``baton_messages_undeliverable_total`` counts it: its channel's reason, the platform
+# refused that message itself, or it failed until Baton gave up on it. A bounded set: a label's values.
+UNDELIVERABLE = (*UNREACHABLE, "refused", "gave_up")
+_UNREACHABLE_WORDS = {"removed": "Baton is not a member of it (removed from it, or never added)",
+                      "gone": "it no longer exists (deleted), or Baton cannot see it", "archived": "it is archived",
+                      "locked": "the thread is locked"}
+# A message given up for good, told to the core in the transaction that marks it failed: (that transaction, the row,
+# the error as stored). The orchestrator ends a run whose approval card could not be posted.
+FailedHook = Callable[[Transaction, OutboxMessage, str], Awaitable[None]]
 CLAIM_SECONDS = 30.0  # BATON_LEASE_SECONDS's default; Baton claims for as long as its lease setting says
 # The longest a retry waits, whatever the platform asked (a Retry-After of ``inf`` or of centuries: a broken
 # header, a proxy's): past it, no date could be stored, or the message and its channel waited for ever.
@@ -243,6 +257,10 @@ class Outbox:
         # (platform, channel) -> until when a 429 asked for quiet there, as this process saw it: the straight
         # hand-over of a final reply on an unpaced platform reads no pace row, so it went into the 429.
         self._holds: dict[tuple[str, str], datetime] = {}
+        # (platform, reason) -> messages this process gave up on: ``baton_messages_undeliverable_total``
+        self.undeliverable: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self._unreachable: dict[tuple[str, str], str] = {}  # (platform, channel) -> where it was told unreachable
+        self.on_failed: FailedHook | None = None
 
     def attach(self, platform: str, pace_seconds: float) -> None:
         """This process delivers ``platform``'s messages from now on (its adapter has started)."""
@@ -611,18 +629,43 @@ class Outbox:
                         # over a slot set on a clock that was ahead too: it counts as come, and the hold was lost
                         or_(ChannelPace.next_at < at, ChannelPace.next_at > latest_wait(now))).values(next_at=at))  # type: ignore[arg-type]
 
-    async def failed(self, delivery_id: int, error: str) -> None:
+    async def failed(self, delivery_id: int, error: str, *, reason: str = "refused") -> None:
         """The platform will never show this message: marked failed, and audited under its correlation id
-        (the request's or digest's trail said nothing of a reply that never reached the thread)."""
+        (the request's or digest's trail said nothing of a reply that never reached the thread). ``reason``: one
+        of ``UNDELIVERABLE``; a channel's (``UNREACHABLE``) is said in the log once a channel, until a message
+        gets through there again (``reached``): Baton removed from a busy channel logged an error a message."""
         error = self._stored_error(error)
         async with self._db.session() as session:
             if not await self._settle(session, _FAILED, delivery_id, error=error):
                 return
             row = await session.get(OutboxMessage, delivery_id)
-            if row is not None:
-                await audit.record(session, "message.failed", row.correlation_id or f"outbox-{delivery_id}",
-                                   platform=row.platform, channel=row.channel, thread=row.thread or None,
-                                   outbox_id=delivery_id, message_kind=row.kind, error=error)
+            if row is None:
+                return
+            await audit.record(session, "message.failed", row.correlation_id or f"outbox-{delivery_id}",
+                               platform=row.platform, channel=row.channel, thread=row.thread or None,
+                               outbox_id=delivery_id, message_kind=row.kind, error=error, reason=reason)
+            if self.on_failed is not None:
+                await self.on_failed(session, row, error)
+        self.undeliverable[(row.platform, reason if reason in UNDELIVERABLE else "refused")] += 1
+        if reason in UNREACHABLE:
+            self._tell_unreachable(row, reason, error)
+
+    def _tell_unreachable(self, row: OutboxMessage, reason: str, error: str) -> None:
+        # A locked thread is one thread's trouble: its channel's other threads are told of their own
+        where = f"thread {row.thread} of channel {row.channel}" if reason == "locked" else f"channel {row.channel}"
+        if self._unreachable.get((row.platform, row.channel)) == where:
+            log.info("%s: message %s (%s) given up: %s cannot be reached (%s)", row.platform, row.id, row.kind, where,
+                     error)
+            return
+        self._unreachable[(row.platform, row.channel)] = where
+        log.warning("%s: %s cannot be reached: %s (%s). Baton's messages there are given up, and a run waiting for "
+                    "an approval card there ends; said once until a message gets through there again (invite Baton "
+                    "back, or unarchive it)", row.platform, where, _UNREACHABLE_WORDS[reason], error)
+
+    def reached(self, location: Location) -> None:
+        """A message got through to ``location``'s channel: a later refusal there is told again."""
+        if self._unreachable:
+            self._unreachable.pop((location.platform, location.channel), None)
 
     def _stored_error(self, error: str) -> str:
         """What the platform said, as stored and audited: without Baton's secrets, short, and storable. A lone

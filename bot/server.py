@@ -244,7 +244,7 @@ def mount_metrics(app: FastAPI, baton: Baton, settings: Settings) -> None:
     Slack's events reach, so where that port faces the internet set ``BATON_METRICS_TOKEN`` (or let the
     proxy pass only ``/slack/events``)."""
     metrics = Metrics(baton.db, baton.instance, baton.adapters,
-                      {point.name for point in entry_points(group="baton.adapters")})
+                      {point.name for point in entry_points(group="baton.adapters")}, baton.outbox.undeliverable)
     token = settings.metrics_token.get_secret_value().encode() if settings.metrics_token else None
 
     def refused(request: Request) -> JSONResponse | None:

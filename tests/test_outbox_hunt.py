@@ -255,7 +255,7 @@ async def test_a_message_the_platform_refuses_for_good_is_in_the_audit_log_under
         row = await session.get(OutboxMessage, delivery.id)
     assert (entry.kind, entry.platform, entry.channel) == ("message.failed", "slack", "C0OLD")
     assert entry.detail == {"outbox_id": delivery.id, "message_kind": "post",
-                            "error": "chat.postMessage: is_archived (sent with [redacted])"}
+                            "error": "chat.postMessage: is_archived (sent with [redacted])", "reason": "refused"}
     assert row is not None and row.status == "failed" and secret not in (row.error or "")
 
 
