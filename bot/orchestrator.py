@@ -38,7 +38,7 @@ from bot.runtime import (EffectInDoubt, GraphOutcome, GraphRuntime, ProgressSink
 from bot.settings import Settings
 from storage.db import (Transaction, database_advice, database_unreachable, database_unusable, insert_new_id,
                         insert_row, lock_for_transaction, prepared, when_committed)
-from storage.models import Approval, Effect, InboundEvent, Run, ThreadRecord, loaded, utcnow
+from storage.models import Approval, Effect, InboundEvent, OutboxMessage, Run, ThreadRecord, loaded, utcnow
 
 log = logging.getLogger("baton.orchestrator")
 SWEEP_AFTER_SECONDS = 2.0
@@ -58,6 +58,8 @@ _ORPHANED_THREADS = prepared(select(InboundEvent.thread_record_id).join(ThreadRe
 ).distinct().limit(SWEEP_BATCH))  # a backlog is taken a batch per sweep, never in one long query
 EXPIRY = "expiry"  # the payload key of the event Baton stores when a card's time is up (no platform click has it)
 EXPIRY_EVENT = "baton-expiry:"  # + the approval's id: the event id of that event (one per card)
+UNPOSTED = "unposted"  # the payload key of the event Baton stores when the platform refused a card for good
+UNPOSTED_EVENT = "baton-unposted:"  # + the approval's id
 _EXPIRY_STORED = aliased(InboundEvent)
 # Cards nobody decided on since before ``asked_before`` (``Orchestrator.expire_approvals``) whose expiry is not
 # stored yet: one whose expiry was handled and still shows pending (its handling broke off) is not picked
@@ -193,6 +195,7 @@ class Orchestrator:
         # and those where another was stored meanwhile.
         self._beside: dict[int, asyncio.Task[None]] = {}
         self._beside_again: set[int] = set()
+        outbox.on_failed = self._message_failed
 
     @property
     def config(self) -> BatonConfig:
@@ -722,6 +725,26 @@ class Orchestrator:
             stored += event is not None
         return stored
 
+    async def _message_failed(self, session: Transaction, row: OutboxMessage, error: str) -> None:
+        """A card the platform refused for good (Baton removed from the channel, the channel archived) cannot be
+        clicked: its run waited for a decision nobody could give, until its expiry (a day by default), its thread
+        and ``status`` saying "waiting for approval". An event of its thread, stored with the refusal, ends the run
+        in its turn (``_card_unposted``), as an expiry does."""
+        if row.kind != "post":
+            return
+        found = (await session.exec(select(Approval.id, Approval.thread_record_id).where(  # type: ignore[call-overload]
+            Approval.status == "pending", Approval.card_outbox_id == row.id))).first()
+        record = await session.get(ThreadRecord, found[1]) if found is not None else None
+        if found is None or record is None:
+            return
+        approval_id, record_id = found
+        event = await self._claim(session, record.platform, f"{UNPOSTED_EVENT}{approval_id}", "click",
+                                  threads.location_of(record), "Baton", "expire",
+                                  {"approval_id": approval_id, "action": "expire", UNPOSTED: error}, record_id,
+                                  row.correlation_id or uuid.uuid4().hex)
+        if event is not None:
+            when_committed(session, lambda: self._schedule(record_id))
+
     async def refresh_approvers(self) -> int:
         """At start: the cards waiting for a decision name (and ``status`` and digests list) the approvers
         baton.yaml gives now, not those of when they were posted; how many changed."""
@@ -1129,6 +1152,8 @@ class Orchestrator:
             run = await session.get(Run, approval.run_id) if approval else None
         if EXPIRY in event.payload:
             return await self._expire_request(event, record, approval, run)
+        if UNPOSTED in event.payload:
+            return await self._card_unposted(event, record, approval, run)
         if approval is not None and run is not None and approval.kind == "choice":
             return await self._handle_choice(event, record, approval, run)
         spec = self.registry.get(approval.graph) if approval else None
@@ -1211,6 +1236,16 @@ class Orchestrator:
         waited = duration(float(event.payload[EXPIRY]))
         await self._finish_run(run, record, event, "failed", replies.approval_expired(approval, waited),
                                f"nobody decided on the approval within {waited}")
+
+    async def _card_unposted(self, event: InboundEvent, record: ThreadRecord, approval: Approval | None,
+                             run: Run | None) -> None:
+        """The platform refused ``approval``'s card for good (``_message_failed``): its run ends as failed. A card
+        decided on meanwhile (another of its posts, a typed decision) or whose run ended is left as it is."""
+        if approval is None or run is None or approval.status != "pending" or run.status not in threads.BUSY:
+            return await self._finish_event(event, "card not posted, decided already")
+        said = str(event.payload[UNPOSTED])
+        await self._finish_run(run, record, event, "failed", replies.approval_card_not_posted(approval, said),
+                               f"its approval card could not be posted ({said}), so nobody could decide on it")
 
     async def _with_approvers_now(self, approval: Approval, record: ThreadRecord, spec: GraphSpec, state: GraphOutcome,
                                   correlation: str) -> tuple[Approval, bool]:

@@ -386,6 +386,14 @@ def approval_expired(approval: Approval, waited: str) -> Message:
                         "was done. Ask again if it is still needed.", tone="warning", title="Approval expired")
 
 
+def approval_card_not_posted(approval: Approval, said: str) -> Message:
+    """A card the platform refused for good: nobody could click it, so the run ended without doing it."""
+    asked = "the choices" if approval.kind == "choice" else "the approval card"
+    return Message.text(f"I could not post {asked} here (the platform said `{said}`), so nobody could decide on "
+                        "it and nothing more of this run was done. Ask again once I can post here.", tone="warning",
+                        title="Approval not posted")
+
+
 def stopped_too_often(graph: str, times: int) -> Message:
     return Message(tone="error", title="Run failed", parts=[
         Text(text=f"Baton stopped {times} times while this `{graph}` run was under way, so I am not taking it up "
