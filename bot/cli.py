@@ -35,7 +35,7 @@ from bot.settings import Settings, export_env_file
 from storage.checkpointer import check_sqlite_checkpoints, setup_postgres_checkpoints, sqlite_checkpoint_path
 from storage.db import Database, check_url, is_sqlite, linked_file, sqlite_path, sync_url
 from storage.migrate import alembic_config, autogenerate, oldest_reader, upgrade
-from storage.models import Approval, AuditEntry, InboundEvent, Run, ThreadRecord
+from storage.models import Approval, AuditEntry, InboundEvent, OutboxMessage, Run, ThreadRecord
 
 # A traceback never shows local variables (the database URL with its password): older Typers, which
 # pyproject's typer>=0.12 allows, showed them by default.
@@ -318,6 +318,15 @@ def threads(limit: int = typer.Option(20, min=1, max=10_000, help="How many, new
                     Run.thread_record_id.in_(failed)).group_by(Run.thread_record_id)  # type: ignore[attr-defined]
                 errors = dict((await session.exec(select(Run.thread_record_id, Run.error).where(
                     Run.id.in_(last_run)))).all()) if failed else {}  # type: ignore[union-attr]
+                # Messages the platform refused for good (Baton removed from the channel, say): the thread said
+                # "done" or "waiting" though nobody there saw its reply or its card.
+                where = (OutboxMessage.platform, OutboxMessage.channel, OutboxMessage.thread)
+                refused = (await session.exec(select(*where, func.count(), func.max(OutboxMessage.error)).where(
+                    OutboxMessage.platform.in_({row.platform for row in rows}),  # type: ignore[attr-defined]
+                    OutboxMessage.channel.in_({row.channel for row in rows}),  # type: ignore[attr-defined]
+                    OutboxMessage.status == "failed").group_by(*where))).all()
+                undelivered = {(platform, channel, thread): (count, error)
+                               for platform, channel, thread, count, error in refused}
         finally:
             await database.dispose()
         if not rows:
@@ -336,9 +345,18 @@ def threads(limit: int = typer.Option(20, min=1, max=10_000, help="How many, new
             status = f"answered ({event.outcome})" if event.status == "done" else "queued"
             return status, hide(event.text.strip())
 
+        def not_delivered(row: ThreadRecord) -> str:
+            count, error = undelivered.get((row.platform, row.channel, row.thread), (0, None))
+            if not count:
+                return ""
+            said = first_line(hide(error or ""), FAILURE_CHARS + 1)
+            said = said[:FAILURE_CHARS - 1].rstrip() + "…" if len(said) > FAILURE_CHARS else said
+            return f"; {count} message{'s' if count > 1 else ''} not delivered ({said})"
+
         table = []
         for row in rows:
             status, request = status_and_request(row)
+            status += not_delivered(row)
             table.append([f"{row.updated_at:%Y-%m-%d %H:%M}", f"{row.platform}/{row.channel}/{row.thread}", status,
                           row.graph or "-", request.splitlines()[0][:80] if request else ""])
         _table(["updated (UTC)", "thread", "status", "graph", "request"], table, hide)
