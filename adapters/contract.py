@@ -245,11 +245,14 @@ class DeliveryRejected(Exception):
 
     ``unreachable``: the refusal is the channel's, not the message's (one of ``bot.outbox.UNREACHABLE``): Baton was
     removed from it, it is gone, archived or locked. Every later message there is refused alike, until someone lets
-    Baton in again; the core says so once a channel, and ends a run whose card could not be posted there."""
+    Baton in again; the core says so once a channel, and ends a run whose card could not be posted there.
+    ``thread_only``: what cannot be reached is the message's thread (a Discord thread is a channel of its own), not
+    necessarily its channel."""
 
-    def __init__(self, reason: str, *, unreachable: Unreachable | None = None) -> None:
+    def __init__(self, reason: str, *, unreachable: Unreachable | None = None, thread_only: bool = False) -> None:
         super().__init__(reason)
         self.unreachable = unreachable
+        self.thread_only = thread_only
 
 
 Step = Callable[[], Awaitable[str | None]]
@@ -402,7 +405,7 @@ class Adapter(ABC):
                 log.error("%s rejected message %s (%s in channel %s%s): %s", self.name, delivery.id, delivery.kind,
                           delivery.location.channel,
                           f", thread {delivery.location.thread}" if delivery.location.thread else "", exc)
-            await outbox.failed(delivery.id, str(exc), reason=exc.unreachable or "refused")
+            await outbox.failed(delivery.id, str(exc), reason=exc.unreachable or "refused", thread_only=exc.thread_only)
         except Exception as exc:
             if delivery.attempts < self.max_attempts:
                 await outbox.retry(delivery.id, min(2.0 ** delivery.attempts, 120.0), f"{type(exc).__name__}: {exc}")

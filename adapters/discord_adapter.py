@@ -978,10 +978,13 @@ class DiscordAdapter(Adapter):
             sent = await self.send_steps(delivery, steps)
         except DeliveryRejected as exc:
             refusal = await self._refused_in_thread(location, exc.__cause__)
-            if refusal is None:
+            if refusal is None and not (exc.unreachable and _in_thread(location)):
                 raise
-            why, unreachable = refusal
-            raise DeliveryRejected(f"{exc}: {why}", unreachable=unreachable or exc.unreachable) from exc.__cause__
+            why, unreachable = refusal or (None, exc.unreachable)
+            # A thread is a channel of Discord's: one Baton cannot reach (deleted, private and Baton removed) may be
+            # the thread alone
+            raise DeliveryRejected(f"{exc}: {why}" if why else str(exc), unreachable=unreachable or exc.unreachable,
+                                   thread_only=True) from exc.__cause__
         if _in_thread(location):  # it works (again) there: a later refusal is told again
             self._told_no_thread_sends.discard(location.channel)
         return sent[0]
@@ -1010,8 +1013,8 @@ class DiscordAdapter(Adapter):
             if location.thread not in self._told_locked:
                 self._told_locked.add(location.thread)
                 log.info("Discord: thread %s of channel %s is locked (a moderator closed it): only members with "
-                            "Manage Threads may write there, so Baton's messages for it are not shown (grant Baton "
-                            "Manage Threads there, or unlock the thread)", location.thread, location.channel)
+                         "Manage Threads may write there, so Baton's messages for it are not shown (grant Baton "
+                         "Manage Threads there, or unlock the thread)", location.thread, location.channel)
             return (f"thread {location.thread} is locked, and Baton lacks the Manage Threads permission that writing "
                     "in a locked thread takes", "locked")
         if not (isinstance(error, discord.Forbidden) and error.code == MISSING_PERMISSIONS):

@@ -259,7 +259,7 @@ class Outbox:
         self._holds: dict[tuple[str, str], datetime] = {}
         # (platform, reason) -> messages this process gave up on: ``baton_messages_undeliverable_total``
         self.undeliverable: defaultdict[tuple[str, str], int] = defaultdict(int)
-        self._unreachable: dict[tuple[str, str], str] = {}  # (platform, channel) -> where it was told unreachable
+        self._unreachable: set[tuple[str, str, str]] = set()  # (platform, channel, thread or "") told unreachable
         self.on_failed: FailedHook | None = None
 
     def attach(self, platform: str, pace_seconds: float) -> None:
@@ -629,11 +629,12 @@ class Outbox:
                         # over a slot set on a clock that was ahead too: it counts as come, and the hold was lost
                         or_(ChannelPace.next_at < at, ChannelPace.next_at > latest_wait(now))).values(next_at=at))  # type: ignore[arg-type]
 
-    async def failed(self, delivery_id: int, error: str, *, reason: str = "refused") -> None:
+    async def failed(self, delivery_id: int, error: str, *, reason: str = "refused", thread_only: bool = False) -> None:
         """The platform will never show this message: marked failed, and audited under its correlation id
         (the request's or digest's trail said nothing of a reply that never reached the thread). ``reason``: one
-        of ``UNDELIVERABLE``; a channel's (``UNREACHABLE``) is said in the log once a channel, until a message
-        gets through there again (``reached``): Baton removed from a busy channel logged an error a message."""
+        of ``UNDELIVERABLE``; a channel's (``UNREACHABLE``) is said in the log once a channel (or a thread, with
+        ``thread_only`` as ``DeliveryRejected`` says), until a message gets through there again (``reached``): Baton
+        removed from a busy channel logged an error a message."""
         error = self._stored_error(error)
         async with self._db.session() as session:
             if not await self._settle(session, _FAILED, delivery_id, error=error):
@@ -648,16 +649,16 @@ class Outbox:
                 await self.on_failed(session, row, error)
         self.undeliverable[(row.platform, reason if reason in UNDELIVERABLE else "refused")] += 1
         if reason in UNREACHABLE:
-            self._tell_unreachable(row, reason, error)
+            self._tell_unreachable(row, reason, error, thread_only and bool(row.thread))
 
-    def _tell_unreachable(self, row: OutboxMessage, reason: str, error: str) -> None:
-        # A locked thread is one thread's trouble: its channel's other threads are told of their own
-        where = f"thread {row.thread} of channel {row.channel}" if reason == "locked" else f"channel {row.channel}"
-        if self._unreachable.get((row.platform, row.channel)) == where:
+    def _tell_unreachable(self, row: OutboxMessage, reason: str, error: str, thread_only: bool) -> None:
+        key = (row.platform, row.channel, row.thread if thread_only else "")
+        where = f"thread {row.thread} of channel {row.channel}" if thread_only else f"channel {row.channel}"
+        if key in self._unreachable:
             log.info("%s: message %s (%s) given up: %s cannot be reached (%s)", row.platform, row.id, row.kind, where,
                      error)
             return
-        self._unreachable[(row.platform, row.channel)] = where
+        self._unreachable.add(key)
         log.warning("%s: %s cannot be reached: %s (%s). Baton's messages there are given up, and a run waiting for "
                     "an approval card there ends; said once until a message gets through there again (invite Baton "
                     "back, or unarchive it)", row.platform, where, _UNREACHABLE_WORDS[reason], error)
@@ -665,7 +666,8 @@ class Outbox:
     def reached(self, location: Location) -> None:
         """A message got through to ``location``'s channel: a later refusal there is told again."""
         if self._unreachable:
-            self._unreachable.pop((location.platform, location.channel), None)
+            self._unreachable.discard((location.platform, location.channel, ""))
+            self._unreachable.discard((location.platform, location.channel, location.thread))
 
     def _stored_error(self, error: str) -> str:
         """What the platform said, as stored and audited: without Baton's secrets, short, and storable. A lone

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from tests.fake_discord import OPS
@@ -24,7 +25,11 @@ def test_discord_a_channel_baton_lost_access_to_is_told_once_counted_and_its_car
     assert chat.rows("SELECT status FROM approvals") == [("stale",)]
     wait_for(lambda: chat.rows("SELECT DISTINCT status FROM outbox") == [("failed",)], 20, "every message given up")
     refused = len(chat.rows("SELECT id FROM outbox"))
-    told = _log_lines(chat.baton.log, "WARNING", f"channel {OPS} cannot be reached")
-    assert len(told) == 1 and "Missing Access" in told[0], told
+    # A Discord thread is a channel of its own, which may be the only one Baton cannot reach: told once a thread
+    told = _log_lines(chat.baton.log, "WARNING", f"of channel {OPS} cannot be reached")
+    threads = {thread for (thread,) in chat.rows("SELECT DISTINCT thread FROM outbox")}
+    assert len(told) == len(threads) == 2 and all("403 Missing Access" in line for line in told), told
+    named = {found.group(1) for line in told if (found := re.search(r"thread (\d+) of channel", line))}
+    assert named == threads
     assert _log_lines(chat.baton.log, "ERROR", "rejected message") == []
     assert _undeliverable(chat.baton.url, "discord", "removed") == refused
