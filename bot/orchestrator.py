@@ -589,6 +589,9 @@ class Orchestrator:
                 await self._drain_now(record_id)
             finally:
                 self._draining.discard(record_id)
+                # The lease is given back or lost by now. A take that found nothing queued gave it back in the
+                # transaction whose commit then marked it held: one entry a thread drained again, for good.
+                self.leases.let_go(record_id)
         if record_id in self._drain_again and not self._stopping:
             self._drain_again.discard(record_id)
             self._schedule(record_id)

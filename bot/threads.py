@@ -180,7 +180,8 @@ class Leases:
         until = asked + self.seconds
         when_committed(session, lambda: self._held_until.__setitem__(record_id, until))
 
-    def _let_go(self, record_id: int) -> None:
+    def let_go(self, record_id: int) -> None:
+        """Forget the lease on ``record_id`` as held here (given back, or lost to another replica)."""
         self._held_until.pop(record_id, None)
 
     async def take(self, record_id: int) -> Work | None:
@@ -237,7 +238,7 @@ class Leases:
         kept = await session.exec(_RENEW, params={  # type: ignore[call-overload]
             "record_id": record_id, "owner": self.owner, "until": self._db.now() + timedelta(seconds=self.seconds)})
         if not kept.rowcount:
-            self._let_go(record_id)
+            self.let_go(record_id)
             return False
         self._held_from(session, record_id, asked)
         return True
@@ -248,12 +249,12 @@ class Leases:
         statement = _RELEASE_WHEN_NO_CLICK if status == "waiting" else _RELEASE_WHEN_NOTHING_QUEUED
         released = await session.exec(statement, params={"record_id": record_id, "owner": self.owner})  # type: ignore[call-overload]
         if released.rowcount:
-            self._let_go(record_id)
+            self.let_go(record_id)
         return bool(released.rowcount)
 
     async def give_back(self, session: Transaction, record_id: int) -> bool:
         """Release our lease, in the caller's transaction; false when it was not ours."""
-        self._let_go(record_id)
+        self.let_go(record_id)
         released = await session.exec(_RELEASE, params={"record_id": record_id, "owner": self.owner})  # type: ignore[call-overload]
         return bool(released.rowcount)
 
