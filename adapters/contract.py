@@ -418,7 +418,11 @@ class Adapter(ABC):
             outbox.reached(delivery.location)
             if not self.send_records_delivery:
                 await self._record_sent(delivery, platform_id)
-        self._steps_done.pop(delivery.id, None)  # settled: a retry will not come
+        self.settled(delivery.id)
+
+    def settled(self, delivery_id: int) -> None:
+        """Forget what this adapter kept for the retries of ``delivery_id``: it is settled, and none will come."""
+        self._steps_done.pop(delivery_id, None)
 
     async def _record_sent(self, delivery: Delivery, platform_id: str | None) -> None:
         """Mark a sent message delivered; while the database is away, try again for up to half its claim.

@@ -472,6 +472,10 @@ class SlackAdapter(Adapter):
         clean = self._clean_failures.pop(delivery.id, None) == delivery.attempts - 1
         return _Attempt(delivery, unsure=delivery.attempts > 1 and not clean)
 
+    def settled(self, delivery_id: int) -> None:
+        super().settled(delivery_id)
+        self._clean_failures.pop(delivery_id, None)  # a refusal for good (not_in_channel) is a clean failure too
+
     def _attempt_failed(self, attempt: _Attempt) -> None:
         if not attempt.unanswered and (not attempt.unsure or attempt.found is not None):
             self._clean_failures[attempt.delivery.id] = attempt.delivery.attempts

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 import yaml
 from sqlmodel import func, select
 
+from adapters.slack import SlackAdapter
 from bot.app import Baton
-from bot.messages import InboundMessage
+from bot.messages import InboundMessage, Location, Message
+from bot.outbox import Outbox
 from bot.settings import Settings
-from storage.models import InboundEvent, ThreadRecord
-from tests.support import until
+from storage.db import Database
+from storage.models import InboundEvent, OutboxMessage, ThreadRecord
+from tests.fake_slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack
+from tests.support import ON_SQLITE_ONLY, until
 
 THREADS = 60
 CONFIG = {"approvers": ["bob"], "runbooks": {
@@ -62,3 +67,44 @@ async def test_leases_held_are_forgotten_once_a_thread_with_a_follow_up_is_drain
     await until(lambda: all_handled(baton), what="every request handled", timeout=60)
     assert baton.orchestrator is not None
     assert len(baton.orchestrator.leases._held_until) == 0
+
+
+@pytest.fixture
+def fake_slack() -> Iterator[FakeSlack]:
+    fake = FakeSlack().start()
+    yield fake
+    fake.stop()
+
+
+class _SlackBaton:
+    """What the Slack adapter's delivery reads of Baton: its settings and its outbox."""
+
+    def __init__(self, fake: FakeSlack, tmp_path: Path, outbox: Outbox) -> None:
+        self.settings = Settings(SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_SIGNING_SECRET=SIGNING_SECRET,  # type: ignore[call-arg]
+                                 SLACK_API_URL=fake.api_url, BATON_CONFIG=str(tmp_path / "absent.yaml"))
+        self.outbox = outbox
+
+
+@ON_SQLITE_ONLY
+async def test_slack_forgets_the_deliveries_it_refused_for_good(
+        fake_slack: FakeSlack, tmp_path: Path, database: Database) -> None:
+    """Baton removed from a channel its digests still post to: each post Slack refuses (not_in_channel) is failed
+    for good, and the adapter must not keep its try for a retry that never comes."""
+    outbox = Outbox(database, worker="me")
+    adapter = SlackAdapter(_SlackBaton(fake_slack, tmp_path, outbox))  # type: ignore[arg-type]
+    adapter.client.session = aiohttp.ClientSession()
+    fake_slack.fail("chat.postMessage", 200, error="not_in_channel", times=THREADS)
+    try:
+        async with database.session() as session:
+            for n in range(THREADS):
+                await outbox.enqueue(session, Location(platform="slack", workspace="T1", channel="C0GONE0001",
+                                                       thread=f"{n}.000001"), Message.text(f"digest {n}"))
+        while claimed := await outbox.claim("slack", "me"):
+            for delivery in claimed:
+                await adapter._deliver(delivery)
+    finally:
+        await adapter.client.session.close()
+    async with database.read() as session:
+        statuses = (await session.exec(select(OutboxMessage.status))).all()
+    assert statuses == ["failed"] * THREADS
+    assert len(adapter._clean_failures) == 0
