@@ -1002,6 +1002,7 @@ class Orchestrator:
             await self._answer_each_beside(record_id)
         finally:  # in the step that decided to stop: an aside stored after it starts a task of its own
             self._beside.pop(record_id, None)
+            self._beside_again.discard(record_id)  # asked for as it stopped (its run ended): the drain takes those
 
     async def _answer_each_beside(self, record_id: int) -> None:
         try:

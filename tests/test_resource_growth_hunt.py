@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -24,7 +25,10 @@ from tests.support import ON_SQLITE_ONLY, until
 THREADS = 60
 CONFIG = {"approvers": ["bob"], "runbooks": {
     "noop": {"description": "Does nothing.", "command": ["/bin/true", "{n}"],
-             "args": {"n": {"pattern": "^[0-9]+$"}}, "risk": "low", "timeout": 10}}}
+             "args": {"n": {"pattern": "^[0-9]+$"}}, "risk": "low", "timeout": 10},
+    "gate": {"description": "Runs until its file is there.", "risk": "low", "timeout": 20,
+             "command": ["/bin/sh", "-c", 'while [ ! -e "$0" ]; do sleep 0.01; done', "{file}"],
+             "args": {"file": {"pattern": "^[A-Za-z0-9_./-]+$"}}}}}
 
 
 @pytest.fixture
@@ -56,7 +60,7 @@ async def all_handled(baton: Baton) -> bool:
         busy = (await session.exec(select(func.count()).select_from(ThreadRecord).where(
             ThreadRecord.status == "running"))).one()
     assert baton.orchestrator is not None
-    return not pending and not busy and not baton.orchestrator._tasks
+    return not pending and not busy and not baton.orchestrator._tasks and not baton.orchestrator._beside
 
 
 async def test_leases_held_are_forgotten_once_a_thread_with_a_follow_up_is_drained(baton: Baton) -> None:
@@ -67,6 +71,44 @@ async def test_leases_held_are_forgotten_once_a_thread_with_a_follow_up_is_drain
     await until(lambda: all_handled(baton), what="every request handled", timeout=60)
     assert baton.orchestrator is not None
     assert len(baton.orchestrator.leases._held_until) == 0
+
+
+async def test_threads_whose_asides_were_cut_short_by_their_runs_end_are_forgotten(baton: Baton,
+                                                                                      tmp_path: Path) -> None:
+    """``status`` written beside a run is answered beside it; one written while another is being answered asks for
+    another look. When the run ended meanwhile, the look was left to the drain, and its thread stayed asked for."""
+    orchestrator = baton.orchestrator
+    assert orchestrator is not None
+    answering: list[asyncio.Event] = []  # one an answer begun beside the run, and what lets it go on
+    answer = orchestrator._aside_answer
+
+    async def held_answer(*args: object) -> object:
+        task = asyncio.current_task()
+        if task is not None and task.get_name().startswith("asides-"):  # not the drain's, after the run
+            go_on = asyncio.Event()
+            answering.append(go_on)
+            await go_on.wait()
+        return await answer(*args)  # type: ignore[arg-type]
+
+    orchestrator._aside_answer = held_answer  # type: ignore[method-assign]
+    ask = asker(baton)
+    for n in range(5):
+        thread, release = f"beside-{n}", tmp_path / f"release-{n}"
+        answering.clear()
+        await ask(thread, f"run gate file={release}")
+        await until(lambda: len(orchestrator._running) == 1, what="the run to start")
+        await ask(thread, "help")
+        await until(lambda: len(answering) == 1, what="the first aside to be answered beside the run")
+        await ask(thread, "status")
+        await ask(thread, "help")  # both read at the next look, once the first is answered
+        answering[0].set()
+        await until(lambda: len(answering) == 2, what="the second aside to be answered beside the run")
+        await ask(thread, "status")  # asks for another look, while the third waits behind the second
+        release.touch()
+        await until(lambda: not orchestrator._running, what="the run to end")
+        answering[1].set()
+        await until(lambda: all_handled(baton), what="the asides to be answered")
+    assert len(orchestrator._beside_again) == 0
 
 
 @pytest.fixture
