@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -35,13 +35,15 @@ CONFIG = {"approvers": ["bob"], "runbooks": {
 async def baton(tmp_path: Path) -> AsyncIterator[Baton]:
     config = tmp_path / "baton.yaml"
     config.write_text(yaml.safe_dump(CONFIG), encoding="utf-8")
-    settings = Settings(BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'b.db'}", BATON_CONFIG=config,  # type: ignore[call-arg]
-                        BATON_ADAPTERS="playground", BATON_INSTANCE_NAME="growth")
+    settings = Settings(  # type: ignore[call-arg]
+        BATON_DATABASE_URL=f"sqlite:///{tmp_path / 'b.db'}", BATON_CONFIG=config, BATON_ADAPTERS="playground",
+        BATON_INSTANCE_NAME="growth")
     async with Baton(settings) as started:
         yield started
 
 
-def asker(baton: Baton) -> object:
+def asker(baton: Baton) -> Callable[[str, str], Awaitable[None]]:
+    """Ask Baton as alice in a playground thread, each time with an event id of its own."""
     numbers = itertools.count()
 
     async def ask(thread: str, text: str) -> None:
@@ -122,8 +124,9 @@ class _SlackBaton:
     """What the Slack adapter's delivery reads of Baton: its settings and its outbox."""
 
     def __init__(self, fake: FakeSlack, tmp_path: Path, outbox: Outbox) -> None:
-        self.settings = Settings(SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_SIGNING_SECRET=SIGNING_SECRET,  # type: ignore[call-arg]
-                                 SLACK_API_URL=fake.api_url, BATON_CONFIG=str(tmp_path / "absent.yaml"))
+        self.settings = Settings(  # type: ignore[call-arg]
+            SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_SIGNING_SECRET=SIGNING_SECRET, SLACK_API_URL=fake.api_url,
+            BATON_CONFIG=str(tmp_path / "absent.yaml"))
         self.outbox = outbox
 
 
