@@ -499,18 +499,18 @@ class Orchestrator:
         # Asked only of unaddressed messages; in the write transaction: no graph author's code runs.
         return is_request(text, self.registry, addressed=False)
 
-    @staticmethod
-    async def _talk(session: Transaction, message: InboundMessage) -> str | None:
+    async def _talk(self, session: Transaction, message: InboundMessage) -> str | None:
         """Whether ``message``'s event was stored without a mention of the bot: ``"passed over"`` as people talking
         (no answer), ``"queued"`` while it waits for the drain (which may yet find a request in it); ``None`` for a
-        request Baton took, which is not run again when it is edited."""
+        request Baton took, or one waiting as a request by itself (told "Queued: ..."), which is not run again
+        when it is edited."""
         stored = (await session.exec(select(InboundEvent.payload, InboundEvent.kind, InboundEvent.status,
-                                            InboundEvent.outcome).where(
+                                            InboundEvent.outcome, InboundEvent.text).where(
             InboundEvent.platform == message.platform, InboundEvent.event_id == message.event_id))).first()
         if stored is None or stored[0].get("addressed") is not False or stored[1] != "message":
             return None
         if stored[2] == "pending":
-            return "queued"
+            return None if self._is_request_text(stored[4]) else "queued"
         return "passed over" if stored[3] in PASSED_OVER else None
 
     async def _edit_of_a_request(self, event: InboundEvent) -> bool:
