@@ -23,6 +23,7 @@ import typer
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from pydantic import ValidationError
+from sqlalchemy import and_
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import func, select
 
@@ -320,13 +321,15 @@ def threads(limit: int = typer.Option(20, min=1, max=10_000, help="How many, new
                     Run.id.in_(last_run)))).all()) if failed else {}  # type: ignore[union-attr]
                 # Messages the platform refused for good (Baton removed from the channel, say): the thread said
                 # "done" or "waiting" though nobody there saw its reply or its card.
-                where = (OutboxMessage.platform, OutboxMessage.channel, OutboxMessage.thread)
-                refused = (await session.exec(select(*where, func.count(), func.max(OutboxMessage.error)).where(
-                    OutboxMessage.platform.in_({row.platform for row in rows}),  # type: ignore[attr-defined]
-                    OutboxMessage.channel.in_({row.channel for row in rows}),  # type: ignore[attr-defined]
-                    OutboxMessage.status == "failed").group_by(*where))).all()
-                undelivered = {(platform, channel, thread): (count, error)
-                               for platform, channel, thread, count, error in refused}
+                # By each listed thread (ix_outbox_thread_status): by platform and channel it read every failed row
+                # of the platform, or every row of those channels, however old (retention is off by default).
+                refused = (await session.exec(
+                    select(ThreadRecord.id, func.count(), func.max(OutboxMessage.error)).join(OutboxMessage, and_(
+                        OutboxMessage.platform == ThreadRecord.platform, OutboxMessage.channel == ThreadRecord.channel,
+                        OutboxMessage.thread == ThreadRecord.thread)).where(  # type: ignore[arg-type]
+                        ThreadRecord.id.in_([row.id for row in rows]),  # type: ignore[union-attr]
+                        OutboxMessage.status == "failed").group_by(ThreadRecord.id))).all()
+                undelivered = {record_id: (count, error) for record_id, count, error in refused}
         finally:
             await database.dispose()
         if not rows:
@@ -346,7 +349,7 @@ def threads(limit: int = typer.Option(20, min=1, max=10_000, help="How many, new
             return status, hide(event.text.strip())
 
         def not_delivered(row: ThreadRecord) -> str:
-            count, error = undelivered.get((row.platform, row.channel, row.thread), (0, None))
+            count, error = undelivered.get(row.id, (0, None))  # type: ignore[arg-type]
             if not count:
                 return ""
             said = first_line(hide(error or ""), FAILURE_CHARS + 1)
