@@ -415,7 +415,8 @@ class Adapter(ABC):
             await outbox.failed(delivery.id, f"{type(exc).__name__}: {exc}", reason="gave_up")
         else:
             self._token_refused = None  # it works (again)
-            outbox.reached(delivery.location)
+            if delivery.kind != "ephemeral":  # Discord's goes as a click's follow-up or a DM: not through the thread
+                outbox.reached(delivery.location)
             if not self.send_records_delivery:
                 await self._record_sent(delivery, platform_id)
         self.settled(delivery.id)
