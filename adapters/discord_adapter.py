@@ -989,9 +989,10 @@ class DiscordAdapter(Adapter):
             self._told_no_thread_sends.discard(location.channel)
         return sent[0]
 
-    async def _refused_in_thread(self, location: Location, error: BaseException | None) -> str | None:
-        """Why Discord refuses Baton's messages in a thread, for the log; ``None`` when it is not a refusal
-        explained here.
+    async def _refused_in_thread(self, location: Location, error: BaseException | None
+                                 ) -> tuple[str, Unreachable | None] | None:
+        """Why Discord refuses Baton's messages in a thread, for the log, and whether the thread cannot be reached
+        at all (``"locked"``); ``None`` when it is not a refusal explained here.
 
         A locked thread (a moderator closed it) takes messages only from those with Manage Threads: that
         is the moderator's choice, so only the log says it. Discord has been seen to refuse there with
