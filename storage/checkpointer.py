@@ -25,8 +25,8 @@ from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from storage.db import (SQLITE_BUSY_SECONDS, database_unreachable, is_sqlite, linked_file, pg_connect_params,
-                        sqlite_path)
+from storage.db import (SQLITE_BUSY_SECONDS, WAL_SIZE_LIMIT, database_unreachable, is_sqlite, linked_file,
+                        pg_connect_params, sqlite_path)
 from storage.wal import use_wal_async
 
 log = logging.getLogger(__name__)
@@ -344,6 +344,7 @@ async def open_checkpointer(url: str, serde: SerializerProtocol | None = None) -
         try:
             await use_wal_async(connection.execute, SQLITE_BUSY_SECONDS)  # replicas started together on a new file
             await connection.execute("PRAGMA busy_timeout=30000")
+            await connection.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             saver = FencedSqliteSaver(connection, serde=serde)
             await saver.setup()
             yield saver

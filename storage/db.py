@@ -120,6 +120,10 @@ def linked_file(path: Path) -> Path:
 
 
 SQLITE_BUSY_SECONDS = 30.0
+# SQLite folds its WAL back into the file every 1,000 pages (4 MiB), but not past a read transaction still open (a
+# backup, an operator's query): the WAL grows meanwhile, and SQLite then writes it again from its start, keeping the
+# file at its peak (hundreds of MB) until the last connection closes. Above this it is cut back once written anew.
+WAL_SIZE_LIMIT = 8 * 1024 * 1024
 PING_TIMEOUT_SECONDS = 5.0  # how long ``Database.ping`` (``/healthz``) waits for the database's answer
 # SQLSTATEs of a PostgreSQL server that cannot serve anyone now: shutting down or starting up (57P01-57P03),
 # out of connection slots (53300); class 08 is every connection exception.
@@ -411,6 +415,7 @@ def _sqlite_pragmas(connection: Any, synchronous: str, busy_ms: int) -> None:
     cursor.execute(f"PRAGMA synchronous={synchronous}")
     cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
     cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
     cursor.close()
 
 
