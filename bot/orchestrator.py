@@ -920,7 +920,17 @@ class Orchestrator:
             return await self._finish_event(event, "duplicate request",  # what routing it cost is kept still
                                             replies.duplicate(twin.channel, twin.thread, twin.status,
                                                               here=twin.id == record.id), spent=usage)
+        if not fresh:  # a new thread has no checkpoints yet
+            await self._keep_latest_checkpoint(record, spec.name)
         await self._drive(run, record, spec, chosen.input, event)
+
+    async def _keep_latest_checkpoint(self, record: ThreadRecord, graph: str) -> None:
+        """Before a new run in a thread that had others: their checkpoints go but the latest, which the run goes on
+        from (``GraphRuntime.keep_latest``). A failure costs the run nothing: they go with the next run's."""
+        try:
+            await self.runtime.keep_latest(record.lg_thread_id, graph)
+        except Exception as exc:
+            log.warning("deleting the earlier checkpoints of thread %s failed: %s", record.id, storable(str(exc)))
 
     async def _handle_aside(self, event: InboundEvent, record: ThreadRecord) -> None:
         """``status``, ``help`` or a typed ``approve`` / ``reject`` written while the thread was busy with a run
@@ -1346,6 +1356,7 @@ class Orchestrator:
                                                  chosen.title, user=approval.requested_by)
         if not chosen_first:
             return self.outbox.wake(event.platform)
+        await self._keep_latest_checkpoint(record, spec.name)
         await self._drive(new_run, record, spec, chosen.input, event)
 
     def _waited_since(self, asked: datetime) -> float:

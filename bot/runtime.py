@@ -354,6 +354,15 @@ class GraphRuntime:
         interrupts = [checkpointed(asked) for asked in snapshot.interrupts]
         return GraphOutcome(interrupts=interrupts, values=_values(storable_value(snapshot.values)))
 
+    async def keep_latest(self, lg_thread_id: str, graph: str) -> None:
+        """Delete the checkpoints of the graph's earlier runs in the chat thread but its latest (what a new run
+        goes on from): a thread never left alone for ``BATON_CHECKPOINT_RETENTION_HOURS`` (a DM, one thread for
+        good on Discord) kept every checkpoint of every run. Graphs with a ``DeltaChannel`` keep theirs."""
+        try:
+            await self.checkpointer.aprune([f"{lg_thread_id}:{graph}"], strategy="keep_latest")
+        except NotImplementedError:
+            pass
+
     async def forget(self, lg_thread_id: str, graphs: Iterable[str] | None = None) -> None:
         """Delete the checkpoints ``graphs`` wrote in the chat thread (default: every installed graph's).
 

@@ -117,6 +117,44 @@ class FencedSqliteSaver(_Fenced, AsyncSqliteSaver):
             if self.conn.in_transaction:
                 await self.conn.rollback()
 
+    async def aprune(self, thread_ids: Any, *, strategy: str = "keep_latest") -> None:
+        """LangGraph's ``aprune``, which its SQLite saver lacks: ``keep_latest`` keeps each namespace's latest
+        checkpoint and its parent (an older LangGraph's pending sends are read from the parent's writes), with
+        their writes. A thread of a ``DeltaChannel`` is refused (``NotImplementedError``), as PostgreSQL's does:
+        its channels are rebuilt from every ancestor."""
+        if strategy == "delete":
+            for thread_id in thread_ids:
+                await self.adelete_thread(thread_id)
+            return
+        if strategy != "keep_latest":
+            raise ValueError(f"Unknown prune strategy: {strategy!r}")
+        await self.setup()
+        async with self.lock:
+            try:
+                for thread_id in map(str, thread_ids):
+                    async with self.conn.execute(_USES_DELTA, (thread_id,)) as cursor:
+                        if await cursor.fetchone() is not None:
+                            raise NotImplementedError(f"keep_latest can't prune threads that use a DeltaChannel: "
+                                                      f"{thread_id}")
+                    for statement in _OLDER_THAN_KEPT:
+                        await self.conn.execute(statement, (thread_id,))
+                await self.conn.commit()
+            finally:
+                if self.conn.in_transaction:
+                    await self.conn.rollback()
+
+
+# The oldest checkpoint ``aprune(strategy="keep_latest")`` keeps of a thread's namespace: its latest one's parent
+# (its checkpoint ids grow with time, as LangGraph's own ``ORDER BY checkpoint_id DESC`` takes them to).
+_KEPT_FROM = ("(SELECT coalesce(head.parent_checkpoint_id, head.checkpoint_id) FROM checkpoints AS head "
+              "WHERE head.thread_id = {table}.thread_id AND head.checkpoint_ns = {table}.checkpoint_ns "
+              "ORDER BY head.checkpoint_id DESC LIMIT 1)")
+_OLDER_THAN_KEPT = tuple(f"DELETE FROM {table} WHERE thread_id = ? AND checkpoint_id < {_KEPT_FROM.format(table=table)}"
+                         for table in ("writes", "checkpoints"))  # the writes first: they are found by the checkpoints
+_USES_DELTA = ("SELECT 1 FROM checkpoints WHERE thread_id = ? AND (json_extract(CAST(metadata AS TEXT), "
+               "'$.counters_since_delta_snapshot') IS NOT NULL OR json_extract(CAST(metadata AS TEXT), "
+               "'$.delta_writes_versioned') IS NOT NULL) LIMIT 1")
+
 
 def _disk_full(exc: BaseException) -> bool:
     """Whether ``exc`` is SQLite's full disk: the checkpoints file's, or that of the lease renewal fencing the write

@@ -1,21 +1,28 @@
-"""What a SQLite Baton leaves on its disk after months: the WALs of ``baton.db`` and of its checkpoints file."""
+"""What Baton leaves on its disk after months: the WALs of ``baton.db`` and of its checkpoints file, the checkpoints
+of a thread in use for good."""
 
 from __future__ import annotations
 
 import shutil
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from langgraph.checkpoint.base import empty_checkpoint
+from sqlmodel import select
 
+from bot.app import Baton
+from bot.messages import InboundMessage
+from bot.settings import Settings
 from storage.checkpointer import open_checkpointer, sqlite_checkpoint_path
 from storage.db import WAL_SIZE_LIMIT, Database
-from storage.models import AuditEntry
+from storage.models import AuditEntry, Run, ThreadRecord
+from tests.support import until
 
 BIG = "x" * 60_000  # a row a few pages long: the WAL grows by megabytes in a few dozen commits
 GROWN = 3 * WAL_SIZE_LIMIT
+RUNS = 12
 
 
 def wal_size(path: Path) -> int:
@@ -85,3 +92,31 @@ async def test_the_wal_of_the_checkpoints_file_shrinks_back_after_a_long_read(tm
             if wal_size(path) <= WAL_SIZE_LIMIT:
                 break
         assert wal_size(path) <= WAL_SIZE_LIMIT, f"the WAL grew to {grown} bytes and stayed at {wal_size(path)}"
+
+
+async def test_a_thread_in_use_for_good_keeps_only_its_latest_checkpoints(database_url: str, config_path: Path) -> None:
+    """A thread never left alone for ``BATON_CHECKPOINT_RETENTION_HOURS`` (a Discord DM is one thread for good) is
+    never pruned: it kept every checkpoint of every run, 4 more a run, for ever."""
+    settings = Settings(BATON_DATABASE_URL=database_url, BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground", BATON_DEDUPE_WINDOW_SECONDS=0)  # the same request again runs
+    async with Baton(settings) as baton:
+        async def finished() -> int:
+            async with baton.db.read() as session:
+                return len((await session.exec(select(Run.id).where(Run.status == "done"))).all())
+
+        for n in range(1, RUNS + 1):
+            await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="dm",
+                                                      user="alice", text="run uptime", addressed=True,
+                                                      event_id=f"e{n}"))
+            await until(lambda n=n: _at_least(finished(), n), f"run {n} to finish")
+        async with baton.db.read() as session:
+            record = (await session.exec(select(ThreadRecord))).one()
+        config = {"configurable": {"thread_id": f"{record.lg_thread_id}:runbook"}}
+        kept = [item async for item in baton.runtime.checkpointer.alist(config)]
+        # The last run's own, and the one it went on from (and that one's parent): not 4 for each of the runs.
+        assert len(kept) <= 8, f"{len(kept)} checkpoints kept after {RUNS} runs in one thread"
+        assert kept[0].checkpoint["channel_values"].get("reply")  # the latest stays: a next run goes on from it
+
+
+async def _at_least(count: Awaitable[int], wanted: int) -> bool:
+    return await count >= wanted
