@@ -471,9 +471,18 @@ def _bound(limit: float) -> str:
     return f"{limit:g}" if limit < 1e6 else repr(limit)
 
 
+def digests_rollup() -> Rollup:
+    """What digests' own model summaries cost, for ``forget`` (no group, nothing open: only a firing that ended is
+    deleted)."""
+    return Rollup(DigestRun, keys=(), values=(DigestRun.tokens, DigestRun.cost), born=DigestRun.claimed_at,
+                  name="digests")
+
+
 async def _digest_spend(session: AsyncSession) -> tuple[float, float]:
-    """What digests' own model summaries cost (one row per firing: a small table)."""
+    """What digests' own model summaries cost (one row per firing: a small table), the deleted ones' included."""
     tokens, cost = (await session.exec(select(func.sum(DigestRun.tokens), func.sum(DigestRun.cost)))).one()
+    for (_count, forgotten_tokens, forgotten_cost), _last in (await forgotten_totals(session, "digests")).values():
+        tokens, cost = (tokens or 0) + forgotten_tokens, (cost or 0) + forgotten_cost
     return float(tokens or 0), float(cost or 0)
 
 

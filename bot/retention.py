@@ -10,6 +10,8 @@ What goes once older than the retention (``Retention.delete_expired``, with the 
   or the playground would hand the message over again as never handed over); counted as runs are;
 - outbox rows delivered or given up on, that no undelivered edit, no waiting card and no run under way refers to;
 - audit entries;
+- digest firings that ended, but each schedule's latest (``bot.digests`` counts its next firing from it); what their
+  summaries cost is added to ``forgotten_totals`` as runs' is;
 - thread records with nothing left of them: finished, checkpoints pruned, nobody holding their lease, untouched
   for longer than both the retention and the dedupe window (the same request again still links to its thread).
   A message for the thread stored meanwhile keeps it, or goes to a new record (``Retention._threads``).
@@ -36,11 +38,11 @@ from sqlalchemy import String, cast, delete, exists, func, or_
 from sqlalchemy.orm import aliased
 from sqlmodel import select
 
-from bot.metrics import ACTIVE_RUN, FINAL_RUN, UNDELIVERED, forget, inbound_rollup, runs_rollup
+from bot.metrics import ACTIVE_RUN, FINAL_RUN, UNDELIVERED, digests_rollup, forget, inbound_rollup, runs_rollup
 from bot.threads import BUSY, lease_run_out, run_out_params
 from storage.db import Database, Transaction, lock_for_transaction
-from storage.models import (Approval, AuditEntry, Effect, InboundEvent, OutboxMessage, PlaygroundMessage, Run,
-                            ThreadRecord, utcnow)
+from storage.models import (Approval, AuditEntry, DigestRun, Effect, InboundEvent, OutboxMessage, PlaygroundMessage,
+                            Run, ThreadRecord, utcnow)
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,19 @@ def _message_expired(cutoff: datetime) -> tuple[Any, ...]:
                             _LATER.ref_outbox_id.in_(post)))  # type: ignore[union-attr]
 
 
+_LATER_FIRING = aliased(DigestRun, name="later_firing")
+
+
+def _digest_expired(cutoff: datetime) -> tuple[Any, ...]:
+    """A firing that ended (posted, given up), unless it is its schedule's latest: that one says when the next is
+    due (``bot.digests``). Each ``digest now`` has a key of its own, and goes all the same."""
+    return (DigestRun.status != "claimed", DigestRun.fire_time < cutoff, DigestRun.claimed_at < cutoff,
+            _below_newest(DigestRun),
+            or_(DigestRun.schedule_key.startswith("now:"),  # type: ignore[attr-defined]
+                exists().where(_LATER_FIRING.schedule_key == DigestRun.schedule_key,  # uq_digest_firing
+                               _LATER_FIRING.fire_time > DigestRun.fire_time)))
+
+
 _REPLY = aliased(PlaygroundMessage, name="reply")
 
 
@@ -140,7 +155,8 @@ class Retention:
             return {}
         steps: list[tuple[str, Step]] = [
             ("playground_messages", self._playground), ("runs", self._runs), ("inbound_events", self._events),
-            ("outbox", self._messages), ("audit_log", self._audit), ("thread_records", self._threads)]
+            ("outbox", self._messages), ("audit_log", self._audit), ("digest_runs", self._digests),
+            ("thread_records", self._threads)]
         deleted: dict[str, int] = {}
         for table, step in steps:
             self._table, total = table, 0
@@ -234,6 +250,21 @@ class Retention:
         expired = (AuditEntry.at < cutoff, _below_newest(AuditEntry))
         picked = await self._picked(select(AuditEntry.id).where(*expired).order_by(AuditEntry.at))
         return await self._delete(AuditEntry, picked, *expired)
+
+    async def _digests(self, cutoff: datetime) -> tuple[int, int]:
+        """A batch of digest firings; what their summaries cost is added to ``forgotten_totals``."""
+        picked = await self._picked(select(DigestRun.id).where(*_digest_expired(cutoff)).order_by(DigestRun.id))
+        if not picked:
+            return 0, 0
+        still = (DigestRun.id.in_(picked), *_digest_expired(cutoff))  # type: ignore[union-attr]
+        async with self._writing() as session:
+            ids = list((await session.exec(select(DigestRun.id).where(*still)  # type: ignore[call-overload]
+                                           .with_for_update(of=DigestRun))).all())
+            if ids:
+                await forget(session, digests_rollup(), ids)
+                gone = delete(DigestRun).where(DigestRun.id.in_(ids))  # type: ignore[union-attr]
+                await session.exec(gone)  # type: ignore[call-overload]
+        return len(picked), len(ids)
 
     async def _playground(self, cutoff: datetime) -> tuple[int, int]:
         picked = await self._picked(select(PlaygroundMessage.id).where(*_playground_expired(cutoff))

@@ -7,18 +7,23 @@ import shutil
 import sqlite3
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from langgraph.checkpoint.base import empty_checkpoint
 from sqlmodel import select
 
 from bot.app import Baton
 from bot.messages import InboundMessage
+from bot.metrics import Metrics
+from bot.retention import Retention
 from bot.settings import Settings
 from storage.checkpointer import open_checkpointer, sqlite_checkpoint_path
 from storage.db import WAL_SIZE_LIMIT, Database
-from storage.models import AuditEntry, Run, ThreadRecord
+from storage.models import AuditEntry, DigestRun, Run, ThreadRecord, as_utc
 from tests.support import until
+from tests.test_retention import DAYS, OLD, RECENT, counters, ids_of, insert, samples_of
 
 BIG = "x" * 60_000  # a row a few pages long: the WAL grows by megabytes in a few dozen commits
 GROWN = 3 * WAL_SIZE_LIMIT
@@ -120,3 +125,37 @@ async def test_a_thread_in_use_for_good_keeps_only_its_latest_checkpoints(databa
 
 async def _at_least(count: Awaitable[int], wanted: int) -> bool:
     return await count >= wanted
+
+
+def digest(key: str, fired: datetime, status: str = "posted", **values: Any) -> DigestRun:
+    return DigestRun(**{"schedule_key": key, "fire_time": fired, "platform": "slack", "channel": "C1",
+                        "window_start": fired - timedelta(days=1), "window_end": fired, "status": status,
+                        "claimed_at": fired, "posted_at": fired if status == "posted" else None, "tokens": 100,
+                        "cost": 0.5, **values})
+
+
+async def test_old_digests_go_with_the_retention_and_what_they_cost_stays_counted(database: Database,
+                                                                                    database_url: str) -> None:
+    """``digest_runs`` was the one table of history retention left alone: a row a firing (and a ``digest now``)
+    for good, summary and all."""
+    daily = "config:slack:C1:0 9 * * *:UTC"
+    insert(database_url, *(digest(daily, OLD + timedelta(hours=n)) for n in range(5)),
+           *(digest(f"now:slack:e{n}", OLD + timedelta(hours=n), "failed") for n in range(3)),
+           digest(daily, OLD - timedelta(days=1), "claimed"))  # one being built (its builder's claim taken over)
+    [recent] = insert(database_url, digest("config:slack:C2:0 9 * * *:UTC", RECENT))
+    spend = ("baton_model_tokens_total", frozenset({("graph", "digest")}))
+    before = counters(samples_of(await Metrics(database, "test", [], ["slack"])._shared()))
+    assert before[spend] == 1000
+
+    await Retention(database, DAYS).delete_expired()
+
+    async with database.read() as session:
+        left = (await session.exec(select(DigestRun.schedule_key, DigestRun.fire_time, DigestRun.status))).all()
+    # The schedule's latest firing stays (it is when its next one is due), as does what is still being built.
+    assert sorted((key, status) for key, _fired, status in left) == sorted([
+        (daily, "posted"), (daily, "claimed"), ("config:slack:C2:0 9 * * *:UTC", "posted")]), left
+    assert max(as_utc(fired) for key, fired, status in left if key == daily and status == "posted") == \
+        as_utc(OLD + timedelta(hours=4))
+    assert recent in await ids_of(database, DigestRun)
+    after = counters(samples_of(await Metrics(database, "test", [], ["slack"])._shared()))
+    assert after == before
