@@ -137,7 +137,8 @@ class FencedSqliteSaver(_Fenced, AsyncSqliteSaver):
                             raise NotImplementedError(f"keep_latest can't prune threads that use a DeltaChannel: "
                                                       f"{thread_id}")
                     for statement in _OLDER_THAN_KEPT:
-                        await self.conn.execute(statement, (thread_id,))
+                        async with self.conn.execute(statement, (thread_id,)):
+                            pass
                 await self.conn.commit()
             finally:
                 if self.conn.in_transaction:

@@ -159,3 +159,20 @@ async def test_old_digests_go_with_the_retention_and_what_they_cost_stays_counte
     assert recent in await ids_of(database, DigestRun)
     after = counters(samples_of(await Metrics(database, "test", [], ["slack"])._shared()))
     assert after == before
+
+
+async def test_keep_latest_on_sqlite_keeps_the_latest_checkpoint_its_parent_and_their_writes(tmp_path: Path) -> None:
+    async with open_checkpointer(f"sqlite:///{tmp_path / 'baton.db'}") as saver:
+        config: Any = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+        for n in range(1, 5):
+            config = await saver.aput(config, {**empty_checkpoint(), "id": f"{n:08d}"}, {}, {})
+            await saver.aput_writes(config, [("channel", n)], f"task{n}")
+        await saver.aput({"configurable": {"thread_id": "other", "checkpoint_ns": ""}},
+                         {**empty_checkpoint(), "id": "00000001"}, {}, {})
+        await saver.aprune(["t"], strategy="keep_latest")
+
+        kept = [item async for item in saver.alist({"configurable": {"thread_id": "t"}})]
+        assert [item.checkpoint["id"] for item in kept] == ["00000004", "00000003"]
+        assert [value for _task, _channel, value in kept[0].pending_writes or []] == [4]
+        assert [value for _task, _channel, value in kept[1].pending_writes or []] == [3]
+        assert await saver.aget_tuple({"configurable": {"thread_id": "other"}}) is not None  # other threads stay
