@@ -34,7 +34,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, cast, delete, exists, func, or_
+from sqlalchemy import String, and_, cast, delete, exists, func, or_
 from sqlalchemy.orm import aliased
 from sqlmodel import select
 
@@ -100,10 +100,15 @@ _LATER_FIRING = aliased(DigestRun, name="later_firing")
 
 def _digest_expired(cutoff: datetime) -> tuple[Any, ...]:
     """A firing that ended (posted, given up), unless it is its schedule's latest: that one says when the next is
-    due (``bot.digests``). Each ``digest now`` has a key of its own, and goes all the same."""
+    due (``bot.digests``). Each ``digest now`` has a key of its own: one goes once a later digest was fired in its
+    channel (the next ``digest now`` there covers the time since the channel's latest)."""
     return (DigestRun.status != "claimed", DigestRun.fire_time < cutoff, DigestRun.claimed_at < cutoff,
             _below_newest(DigestRun),
-            or_(DigestRun.schedule_key.startswith("now:"),  # type: ignore[attr-defined]
+            or_(and_(DigestRun.schedule_key.startswith("now:"),  # type: ignore[attr-defined]
+                     exists().where(_LATER_FIRING.platform == DigestRun.platform,
+                                    _LATER_FIRING.workspace == DigestRun.workspace,
+                                    _LATER_FIRING.channel == DigestRun.channel,
+                                    _LATER_FIRING.fire_time > DigestRun.fire_time)),
                 exists().where(_LATER_FIRING.schedule_key == DigestRun.schedule_key,  # uq_digest_firing
                                _LATER_FIRING.fire_time > DigestRun.fire_time)))
 

@@ -142,10 +142,12 @@ async def test_old_digests_go_with_the_retention_and_what_they_cost_stays_counte
     insert(database_url, *(digest(daily, OLD + timedelta(hours=n)) for n in range(5)),
            *(digest(f"now:slack:e{n}", OLD + timedelta(hours=n), "failed") for n in range(3)),
            digest(daily, OLD - timedelta(days=1), "claimed"))  # one being built (its builder's claim taken over)
+    # A channel asked only with `digest now`: its latest stays, for the next one covers the time since it.
+    insert(database_url, *(digest(f"now:slack:c3-{n}", OLD + timedelta(hours=n), channel="C3") for n in range(2)))
     [recent] = insert(database_url, digest("config:slack:C2:0 9 * * *:UTC", RECENT))
     spend = ("baton_model_tokens_total", frozenset({("graph", "digest")}))
     before = counters(samples_of(await Metrics(database, "test", [], ["slack"])._shared()))
-    assert before[spend] == 1000
+    assert before[spend] == 1200
 
     await Retention(database, DAYS).delete_expired()
 
@@ -153,7 +155,8 @@ async def test_old_digests_go_with_the_retention_and_what_they_cost_stays_counte
         left = (await session.exec(select(DigestRun.schedule_key, DigestRun.fire_time, DigestRun.status))).all()
     # The schedule's latest firing stays (it is when its next one is due), as does what is still being built.
     assert sorted((key, status) for key, _fired, status in left) == sorted([
-        (daily, "posted"), (daily, "claimed"), ("config:slack:C2:0 9 * * *:UTC", "posted")]), left
+        (daily, "posted"), (daily, "claimed"), ("config:slack:C2:0 9 * * *:UTC", "posted"),
+        ("now:slack:c3-1", "posted")]), left
     assert max(as_utc(fired) for key, fired, status in left if key == daily and status == "posted") == \
         as_utc(OLD + timedelta(hours=4))
     assert recent in await ids_of(database, DigestRun)
