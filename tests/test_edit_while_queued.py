@@ -72,6 +72,9 @@ async def test_a_mention_added_to_a_message_queued_behind_a_run_makes_it_a_reque
 
 async def test_a_mention_added_to_a_queued_message_that_was_a_request_by_itself_runs_nothing_again(
         sqlite_url: str, config_path: Path, tmp_path: Path, counter: Path) -> None:  # noqa: F811
+    """``run uptime`` written without the mention behind a run is a request by itself, told "Queued: ..." once. Its
+    writer adding the mention was told "Queued: ..." again, for an edit stored to be passed over as nothing new
+    (which a replica of the code before it, in a rolling upgrade, would have run a second time)."""
     async with Baton(_playground(sqlite_url, config_path)) as baton:
         await _say(baton, "e1", "run sleepy", "alice")
         await until(lambda: (tmp_path / "sleepy.pid").exists(), "the command to start")
@@ -84,23 +87,8 @@ async def test_a_mention_added_to_a_queued_message_that_was_a_request_by_itself_
         assert events["e2"] == ("done", "done")  # run as written
         assert "e2:mention-added" not in events  # no event of its own, for an older replica to run again
         assert runs_in(counter) == ["uptime"]
+        assert await _replies(baton, "Queued: ") == 1  # for the message; its edit adds no request, nor a word
 
 
 async def _events_done(baton: Baton, event_id: str) -> bool:
     return (await _events(baton)).get(event_id, ("pending", None))[0] == "done"
-
-
-async def test_a_mention_added_to_a_queued_request_is_not_told_queued_a_second_time(
-        sqlite_url: str, config_path: Path, tmp_path: Path, counter: Path) -> None:  # noqa: F811
-    """``run uptime`` written without the mention behind a run is a request by itself, told "Queued: ..." once. Its
-    writer adding the mention was told "Queued: ..." again, for an edit stored to be passed over as nothing new
-    (which a replica of the code before it, in a rolling upgrade, would have run a second time)."""
-    async with Baton(_playground(sqlite_url, config_path)) as baton:
-        await _say(baton, "e1", "run sleepy", "alice")
-        await until(lambda: (tmp_path / "sleepy.pid").exists(), "the command to start")
-        assert await _message(baton, "e2", "run uptime", "bob", addressed=False) == "accepted"
-        assert await _message(baton, "e2", "run uptime", "bob", addressed=True, mention_added=True) == "duplicate"
-        await _say(baton, "e3", "cancel", "alice")
-        await until(lambda: _events_done(baton, "e2"), "the message to be handled")
-        assert runs_in(counter) == ["uptime"]
-        assert await _replies(baton, "Queued: ") == 1  # for the message; its edit adds no request, nor a word

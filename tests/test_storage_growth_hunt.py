@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -59,19 +59,24 @@ async def test_the_wal_of_baton_db_shrinks_back_after_a_long_read(tmp_path: Path
             session.add(AuditEntry(correlation_id="c", kind="test", detail={"text": BIG}))
 
     try:
-        with reading(path):
-            while wal_size(path) < GROWN:
-                await write()
-        grown = wal_size(path)
-        # Once the reader is gone, SQLite folds the WAL back at its next automatic checkpoint and writes it
-        # again from its start: the file is cut back to the limit then, instead of keeping its peak for good.
-        for _ in range(400):
-            await write()
-            if wal_size(path) <= WAL_SIZE_LIMIT:
-                break
-        assert wal_size(path) <= WAL_SIZE_LIMIT, f"the WAL grew to {grown} bytes and stayed at {wal_size(path)}"
+        await grown_past_a_read_then_cut_back(path, write)
     finally:
         await db.dispose()
+
+
+async def grown_past_a_read_then_cut_back(path: Path, write: Callable[[], Awaitable[None]]) -> None:
+    """``write()`` until the WAL of ``path`` has grown past a long read; then, the reader gone, until SQLite folds
+    the WAL back at its next automatic checkpoint and writes it again from its start: the file is cut back to the
+    limit then, instead of keeping its peak for good."""
+    with reading(path):
+        while wal_size(path) < GROWN:
+            await write()
+    grown = wal_size(path)
+    for _ in range(400):
+        await write()
+        if wal_size(path) <= WAL_SIZE_LIMIT:
+            break
+    assert wal_size(path) <= WAL_SIZE_LIMIT, f"the WAL grew to {grown} bytes and stayed at {wal_size(path)}"
 
 
 async def test_the_wal_of_the_checkpoints_file_shrinks_back_after_a_long_read(tmp_path: Path) -> None:
@@ -88,15 +93,7 @@ async def test_the_wal_of_the_checkpoints_file_shrinks_back_after_a_long_read(tm
                              {}, {})
 
         await write()  # the file and its tables made
-        with reading(path):
-            while wal_size(path) < GROWN:
-                await write()
-        grown = wal_size(path)
-        for _ in range(400):
-            await write()
-            if wal_size(path) <= WAL_SIZE_LIMIT:
-                break
-        assert wal_size(path) <= WAL_SIZE_LIMIT, f"the WAL grew to {grown} bytes and stayed at {wal_size(path)}"
+        await grown_past_a_read_then_cut_back(path, write)
 
 
 async def test_a_thread_in_use_for_good_keeps_only_its_latest_checkpoints(database_url: str, config_path: Path) -> None:
