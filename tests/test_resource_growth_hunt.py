@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import aiohttp
 import pytest
 import yaml
 from sqlmodel import func, select
@@ -19,8 +18,9 @@ from bot.outbox import Outbox
 from bot.settings import Settings
 from storage.db import Database
 from storage.models import InboundEvent, OutboxMessage, ThreadRecord
-from tests.fake_slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack
+from tests.fake_slack import FakeSlack
 from tests.support import ON_SQLITE_ONLY, until
+from tests.test_outbox_hunt import _deliver_due, fake_slack, slack_outbox  # noqa: F401 (fixtures)
 
 THREADS = 60
 CONFIG = {"approvers": ["bob"], "runbooks": {
@@ -113,42 +113,19 @@ async def test_threads_whose_asides_were_cut_short_by_their_runs_end_are_forgott
     assert len(orchestrator._beside_again) == 0
 
 
-@pytest.fixture
-def fake_slack() -> Iterator[FakeSlack]:
-    fake = FakeSlack().start()
-    yield fake
-    fake.stop()
-
-
-class _SlackBaton:
-    """What the Slack adapter's delivery reads of Baton: its settings and its outbox."""
-
-    def __init__(self, fake: FakeSlack, tmp_path: Path, outbox: Outbox) -> None:
-        self.settings = Settings(  # type: ignore[call-arg]
-            SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_SIGNING_SECRET=SIGNING_SECRET, SLACK_API_URL=fake.api_url,
-            BATON_CONFIG=str(tmp_path / "absent.yaml"))
-        self.outbox = outbox
-
-
 @ON_SQLITE_ONLY
 async def test_slack_forgets_the_deliveries_it_refused_for_good(
-        fake_slack: FakeSlack, tmp_path: Path, database: Database) -> None:
+        fake_slack: FakeSlack, slack_outbox: tuple[Outbox, SlackAdapter], database: Database) -> None:
     """Baton removed from a channel its digests still post to: each post Slack refuses (not_in_channel) is failed
     for good, and the adapter must not keep its try for a retry that never comes."""
-    outbox = Outbox(database, worker="me")
-    adapter = SlackAdapter(_SlackBaton(fake_slack, tmp_path, outbox))  # type: ignore[arg-type]
-    adapter.client.session = aiohttp.ClientSession()
+    outbox, adapter = slack_outbox
     fake_slack.fail("chat.postMessage", 200, error="not_in_channel", times=THREADS)
-    try:
-        async with database.session() as session:
-            for n in range(THREADS):
-                await outbox.enqueue(session, Location(platform="slack", workspace="T1", channel="C0GONE0001",
-                                                       thread=f"{n}.000001"), Message.text(f"digest {n}"))
-        while claimed := await outbox.claim("slack", "me"):
-            for delivery in claimed:
-                await adapter._deliver(delivery)
-    finally:
-        await adapter.client.session.close()
+    async with database.session() as session:
+        for n in range(THREADS):
+            await outbox.enqueue(session, Location(platform="slack", workspace="T1", channel="C0GONE0001",
+                                                   thread=f"{n}.000001"), Message.text(f"digest {n}"))
+    while await _deliver_due(outbox, adapter):
+        pass
     async with database.read() as session:
         statuses = (await session.exec(select(OutboxMessage.status))).all()
     assert statuses == ["failed"] * THREADS
