@@ -38,7 +38,8 @@ from sqlalchemy import String, and_, cast, delete, exists, func, or_
 from sqlalchemy.orm import aliased
 from sqlmodel import select
 
-from bot.metrics import ACTIVE_RUN, FINAL_RUN, UNDELIVERED, digests_rollup, forget, inbound_rollup, runs_rollup
+from bot.metrics import (ACTIVE_RUN, FINAL_RUN, UNDELIVERED, Rollup, digests_rollup, forget, inbound_rollup,
+                         runs_rollup)
 from bot.threads import BUSY, lease_run_out, run_out_params
 from storage.db import Database, Transaction, lock_for_transaction
 from storage.models import (Approval, AuditEntry, DigestRun, Effect, InboundEvent, OutboxMessage, PlaygroundMessage,
@@ -202,13 +203,22 @@ class Retention:
         async with self.db.scan() as session:  # SQLite: off the event loop; no lock held
             return list((await session.exec(query.limit(self._size()))).all())
 
-    async def _delete(self, table: Any, ids: Sequence[Any], *still: Any) -> tuple[int, int]:
-        """Delete the rows ``ids`` that still match ``still``: (how many were picked, how many went)."""
+    async def _delete(self, table: Any, ids: Sequence[Any], *still: Any, rollup: Rollup | None = None
+                      ) -> tuple[int, int]:
+        """Delete the rows ``ids`` that still match ``still``: (how many were picked, how many went). ``rollup``:
+        what they counted is added to ``forgotten_totals`` first, the rows locked meanwhile (counted once)."""
         if not ids:
             return 0, 0
         async with self._writing() as session:
-            gone = (await session.exec(delete(table).where(table.id.in_(ids), *still))).rowcount  # type: ignore[call-overload]
-        return len(ids), gone
+            if rollup is None:
+                gone = (await session.exec(delete(table).where(table.id.in_(ids), *still))).rowcount  # type: ignore[call-overload]
+                return len(ids), gone
+            locked = list((await session.exec(select(table.id).where(  # type: ignore[call-overload]
+                table.id.in_(ids), *still).with_for_update(of=table))).all())
+            if locked:
+                await forget(session, rollup, locked)
+                await session.exec(delete(table).where(table.id.in_(locked)))  # type: ignore[call-overload]
+        return len(ids), len(locked)
 
     async def _runs(self, cutoff: datetime) -> tuple[int, int]:
         """A batch of runs, with their approvals and effects (ix_effects_run: an effect stamped on another replica's
@@ -233,15 +243,7 @@ class Retention:
     async def _events(self, cutoff: datetime) -> tuple[int, int]:
         picked = await self._picked(select(InboundEvent.id).where(*_event_expired(cutoff))
                                     .order_by(InboundEvent.received_at))  # ix_inbound_status
-        if not picked:
-            return 0, 0
-        async with self._writing() as session:
-            ids = list((await session.exec(select(InboundEvent.id).where(  # type: ignore[call-overload]
-                InboundEvent.id.in_(picked), *_event_expired(cutoff)).with_for_update(of=InboundEvent))).all())  # type: ignore[union-attr]
-            if ids:
-                await forget(session, inbound_rollup(), ids)
-                await session.exec(delete(InboundEvent).where(InboundEvent.id.in_(ids)))  # type: ignore[call-overload,union-attr]
-        return len(picked), len(ids)
+        return await self._delete(InboundEvent, picked, *_event_expired(cutoff), rollup=inbound_rollup())
 
     async def _messages(self, cutoff: datetime) -> tuple[int, int]:
         async with self.db.scan() as session:
@@ -259,17 +261,7 @@ class Retention:
     async def _digests(self, cutoff: datetime) -> tuple[int, int]:
         """A batch of digest firings; what their summaries cost is added to ``forgotten_totals``."""
         picked = await self._picked(select(DigestRun.id).where(*_digest_expired(cutoff)).order_by(DigestRun.id))
-        if not picked:
-            return 0, 0
-        still = (DigestRun.id.in_(picked), *_digest_expired(cutoff))  # type: ignore[union-attr]
-        async with self._writing() as session:
-            ids = list((await session.exec(select(DigestRun.id).where(*still)  # type: ignore[call-overload]
-                                           .with_for_update(of=DigestRun))).all())
-            if ids:
-                await forget(session, digests_rollup(), ids)
-                gone = delete(DigestRun).where(DigestRun.id.in_(ids))  # type: ignore[union-attr]
-                await session.exec(gone)  # type: ignore[call-overload]
-        return len(picked), len(ids)
+        return await self._delete(DigestRun, picked, *_digest_expired(cutoff), rollup=digests_rollup())
 
     async def _playground(self, cutoff: datetime) -> tuple[int, int]:
         picked = await self._picked(select(PlaygroundMessage.id).where(*_playground_expired(cutoff))

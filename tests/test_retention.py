@@ -242,9 +242,9 @@ class CountingRetention(Retention):
         super().__init__(*args, **kwargs)
         self.given: list[int] = []
 
-    async def _delete(self, table: Any, ids: Any, *still: Any) -> tuple[int, int]:
+    async def _delete(self, table: Any, ids: Any, *still: Any, **options: Any) -> tuple[int, int]:
         self.given.append(len(ids))
-        return await super()._delete(table, ids, *still)
+        return await super()._delete(table, ids, *still, **options)
 
 
 async def test_rows_go_in_bounded_batches(database: Database, database_url: str) -> None:
