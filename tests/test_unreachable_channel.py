@@ -47,10 +47,11 @@ def test_slack_a_channel_baton_was_removed_from_is_told_once_counted_and_its_car
              and len(slack.rows("SELECT id FROM outbox")) >= 4, 20, "every message there given up")
     refused = len(slack.rows("SELECT id FROM outbox"))
 
-    told = _log_lines(slack.baton.log, "WARNING", f"channel {GONE} cannot be reached")
+    # Logged and counted once the row's failure is committed: a moment after it shows
+    told = wait_for(lambda: _log_lines(slack.baton.log, "WARNING", f"channel {GONE} cannot be reached"), 20, "told")
     assert len(told) == 1 and f"chat.postMessage: {error}" in told[0], told
     assert _log_lines(slack.baton.log, "ERROR", "rejected message") == []
-    assert _undeliverable(slack.baton.url, "slack", reason) == refused
+    wait_for(lambda: _undeliverable(slack.baton.url, "slack", reason) == refused, 20, "every refusal counted")
     assert _undeliverable(slack.baton.url, "slack", "refused") == 0
 
     env = {**os.environ, "BATON_DATABASE_URL": slack.baton.database_url, "BATON_CONFIG": str(slack.baton.config)}

@@ -23,13 +23,20 @@ def test_discord_a_channel_baton_lost_access_to_is_told_once_counted_and_its_car
     assert error.startswith("its approval card could not be posted (Discord: 403 Missing Access"), error
     assert runs_in(counter) == ["uptime"]
     assert chat.rows("SELECT status FROM approvals") == [("stale",)]
-    wait_for(lambda: chat.rows("SELECT DISTINCT status FROM outbox") == [("failed",)], 20, "every message given up")
+    # Both runs' replies too (the uptime run's may still be on its way when the other's card was refused)
+    wait_for(lambda: sorted(chat.rows("SELECT status FROM runs")) == [("done",), ("failed",)], 20, "both runs to end")
+    wait_for(lambda: chat.rows("SELECT DISTINCT status FROM outbox") == [("failed",)] and
+             len(chat.rows("SELECT DISTINCT thread FROM outbox")) == 2, 20, "every message of both threads given up")
     refused = len(chat.rows("SELECT id FROM outbox"))
     # A Discord thread is a channel of its own, which may be the only one Baton cannot reach: told once a thread
-    told = _log_lines(chat.baton.log, "WARNING", f"of channel {OPS} cannot be reached")
+    def told_each() -> list[str] | None:
+        lines = _log_lines(chat.baton.log, "WARNING", f"of channel {OPS} cannot be reached")
+        return lines if len(lines) >= 2 else None
+
+    told = wait_for(told_each, 20, "each thread told")
     threads = {thread for (thread,) in chat.rows("SELECT DISTINCT thread FROM outbox")}
     assert len(told) == len(threads) == 2 and all("403 Missing Access" in line for line in told), told
     named = {found.group(1) for line in told if (found := re.search(r"thread (\d+) of channel", line))}
     assert named == threads
     assert _log_lines(chat.baton.log, "ERROR", "rejected message") == []
-    assert _undeliverable(chat.baton.url, "discord", "removed") == refused
+    wait_for(lambda: _undeliverable(chat.baton.url, "discord", "removed") == refused, 20, "every refusal counted")
