@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -8,9 +9,10 @@ import pytest
 from hypothesis import HealthCheck, settings
 from sqlalchemy.engine import make_url
 
+from storage.checkpointer import open_checkpointer
 from storage.db import Database
 from storage.migrate import upgrade
-from tests.support import BatonProcess, create_postgres_database, postgres_reachable, write_config
+from tests.support import LATER_DROPS, BatonProcess, create_postgres_database, postgres_reachable, write_config
 
 PG_SKIP_REASON = postgres_reachable()
 
@@ -24,8 +26,10 @@ settings.load_profile("baton")
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """Each test gets an empty database: a SQLite file, or a fresh PostgreSQL database. A test that asks for
-    ``database`` gets it migrated: a copy of one this worker migrated once (0.2 s / 0.5-1 s less a test)."""
-    migrated = "database" in request.fixturenames
+    ``database`` gets it migrated: a copy of one this worker migrated once (0.2 s / 0.5-1 s less a test); so does
+    one that asks for ``baton`` (its ``baton run`` finds nothing to migrate). A PostgreSQL one is dropped while the
+    next tests run (``LATER_DROPS``)."""
+    migrated = "database" in request.fixturenames or "baton" in request.fixturenames
     if request.param == "sqlite":
         path = tmp_path / "baton.db"
         if migrated:
@@ -34,7 +38,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     else:
         if PG_SKIP_REASON:
             pytest.skip(PG_SKIP_REASON)
-        yield from _fresh_postgres_database(request.getfixturevalue("migrated_postgres") if migrated else None)
+        yield from _fresh_postgres_database(request.getfixturevalue("migrated_postgres") if migrated else None,
+                                            drop_later=True)
 
 
 @pytest.fixture(scope="session")
@@ -47,16 +52,29 @@ def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def migrated_postgres() -> Iterator[str]:
-    """The name of a PostgreSQL database migrated to the head, the template of ``database``'s (nobody connects to
-    it after the migration: PostgreSQL copies a template only then)."""
+    """The name of a PostgreSQL database migrated to the head, LangGraph's checkpoint tables made too, the template
+    of ``database``'s (nobody connects to it after the migration: PostgreSQL copies a template only then)."""
     if PG_SKIP_REASON:
         pytest.skip(PG_SKIP_REASON)
     url, drop = create_postgres_database()
     try:
         upgrade(url)
+        asyncio.run(_checkpoint_tables(url))
         yield str(make_url(url).database)
     finally:
         drop()
+
+
+async def _checkpoint_tables(url: str) -> None:
+    async with open_checkpointer(url):
+        pass
+
+
+@pytest.fixture(scope="session", autouse=True)
+def postgres_databases_dropped() -> Iterator[None]:
+    """Every test database dropped later (``LATER_DROPS``) is dropped by the end of the session."""
+    yield
+    LATER_DROPS.wait()
 
 
 @pytest.fixture
@@ -77,10 +95,10 @@ def postgres_url() -> Iterator[str]:
     yield from _fresh_postgres_database()
 
 
-def _fresh_postgres_database(template: str | None = None) -> Iterator[str]:
+def _fresh_postgres_database(template: str | None = None, *, drop_later: bool = False) -> Iterator[str]:
     if PG_SKIP_REASON:
         pytest.skip(PG_SKIP_REASON)
-    url, drop = create_postgres_database(template)
+    url, drop = create_postgres_database(template, drop_later=drop_later)
     try:
         yield url
     finally:
