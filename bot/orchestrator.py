@@ -350,13 +350,17 @@ class Orchestrator:
             # For a run that ended, or one answering its Reject (a "cancel" sent twice, the first a Reject at the
             # card; a cancel as someone rejects): the drain answers it. Stopped, the rejection's reply was lost
             # for "cancelled ... a command it was running was killed", and the run ended cancelled.
-            if event.payload.get("run_id") != run.id or run.id in self._rejected:
+            if not self._cancel_is_for(event, run) or run.id in self._rejected:
                 continue
             others = self._approvers_of(run)
             if self._may_cancel(run, event, others):
+                if event.payload.get("run_id") is None and not await self._stops_still(event, record_id, run):
+                    continue
                 self._cancels[record_id] = event
                 task.cancel()
                 stopped += 1
+                continue
+            if event.payload.get("run_id") is None:  # it may withdraw its sender's own queued requests: the drain's
                 continue
             async with self.db.session() as session:
                 refused = await session.exec(_CLOSE_EVENT, params={  # type: ignore[call-overload]
@@ -372,6 +376,23 @@ class Orchestrator:
         return stopped
 
     @staticmethod
+    def _cancel_is_for(cancel: InboundEvent, run: Run) -> bool:
+        """Whether ``cancel`` is for ``run``: the run it names, or, naming none (written while the thread's request
+        had not started its run yet: routed by the model, say), the run a request stored before it started."""
+        named = cancel.payload.get("run_id")
+        if named is not None:
+            return bool(named == run.id)
+        return run.inbound_id is not None and cancel.id is not None and run.inbound_id < cancel.id
+
+    async def _stops_still(self, cancel: InboundEvent, record_id: int, run: Run) -> bool:
+        """Whether ``cancel``, naming no run, read before this look's awaits, is pending still and ``run`` still runs
+        here: one that stopped the run its request began is closed by then, and must not stop the next."""
+        async with self.db.read() as session:
+            status = (await session.exec(select(InboundEvent.status).where(InboundEvent.id == cancel.id))).first()
+        running = self._running.get(record_id)
+        return status == "pending" and running is not None and running[1] is run and record_id not in self._cancels
+
+    @staticmethod
     def _may_cancel(run: Run, event: InboundEvent, others: list[str]) -> bool:
         """Whether ``event``'s sender may cancel ``run``: who asked for it, or one of ``others`` (``_approvers_of``)."""
         return event.user == run.requested_by or approvals.is_approver(others, event.platform, event.user)
@@ -382,7 +403,10 @@ class Orchestrator:
         """End ``run`` as cancelled by ``cancel``'s sender, the cancel closed with it (``_finish_run``)."""
         log.info("run %s (%s) was cancelled by %s", run.id, run.graph, cancel.user)
         # When it was written: one the drain takes after the run's replica died waited for its lease to run out.
-        seconds = max((min(cancel.received_at, utcnow()) - run.started_at).total_seconds(), 0.0)
+        written = min(cancel.received_at, utcnow())
+        if written < run.started_at:  # written as its request was routed (``_cancel_is_for``): it ran until now
+            written = utcnow()
+        seconds = max((written - run.started_at).total_seconds(), 0.0)
         cut_off = services.cut_off if isinstance(services, LeasedRunServices) else None
         in_doubt = None
         if services is None and not (at_cards or at_choice):  # its replica stopped while it ran: nothing was killed
@@ -401,7 +425,7 @@ class Orchestrator:
         the reply says so, and who cancelled it if someone did."""
         run_id = event.payload.get("run_id")
         async with self.db.read() as session:
-            run = await session.get(Run, run_id) if run_id is not None else None
+            run = await session.get(Run, run_id) if run_id is not None else await self._run_begun_beside(session, event)
             cards = await self._waiting_cards(session, record.id) if record.status == "waiting" else []  # type: ignore[arg-type]
         waiting = run is not None and run.status == "waiting" and [card for card, of in cards if of == run.id]
         if waiting and len(waiting) == 1:  # its one card: a Reject (its requester withdraws it)
@@ -416,8 +440,9 @@ class Orchestrator:
             # Waiting at its cards, or its replica stopped while it ran. Its own event stays pending (a run taken
             # over); taken next, it finds its run ended ("recovered").
             return await self._end_cancelled(run, record, event, event, at_cards=bool(waiting), at_choice=choosing)
-        if run_id is None:
-            return await self._withdraw_queued(event)
+        if run_id is None:  # its sender's queued requests; else, if it might have, the run it came too late for
+            return await self._withdraw_queued(event, outran=run is not None and self._may_cancel(
+                run, event, self._approvers_of(run)))
         if run is not None and (run.error or "").startswith(threads.CANCELLED_BY):
             return await self._finish_event(event, "cancelled already", replies.cancelled_already(
                 run.error.removeprefix(threads.CANCELLED_BY)))  # type: ignore[union-attr]
@@ -425,6 +450,15 @@ class Orchestrator:
         if rejected is not None:
             return await self._finish_event(event, "rejected already", rejected)
         await self._finish_event(event, "nothing to cancel", replies.cancel_too_late(cancel_word(event.text)))
+
+    @staticmethod
+    async def _run_begun_beside(session: Any, cancel: InboundEvent) -> Run | None:
+        """The run of a cancel naming none (``_cancel_is_for``): one that a request stored before it began as the
+        cancel came (the model routing it), going on still or ended since; ``None`` when no request had begun."""
+        return (await session.exec(select(Run).join(InboundEvent, InboundEvent.id == Run.inbound_id).where(
+            Run.thread_record_id == cancel.thread_record_id, Run.inbound_id < cancel.id,  # type: ignore[operator]
+            or_(*(Run.status == busy for busy in threads.BUSY), InboundEvent.handled_at >= cancel.received_at),
+        ).order_by(Run.id.desc()).limit(1))).first()  # type: ignore[union-attr]
 
     async def _rejection_of(self, run: Run, word: str) -> Message | None:
         """What a cancel (written with ``word``) that came as ``run`` answered a Reject is told: who rejected it (who
@@ -440,9 +474,10 @@ class Orchestrator:
             return replies.cancelled_already(card.decided_by)  # type: ignore[arg-type]
         return replies.rejected_already(card.decided_by, word)  # type: ignore[arg-type]
 
-    async def _withdraw_queued(self, event: InboundEvent) -> None:
+    async def _withdraw_queued(self, event: InboundEvent, *, outran: bool = False) -> None:
         """A cancel sent while the thread's request waited to start: its sender's requests queued before it go
-        unrun (a request of someone else's is theirs to cancel)."""
+        unrun (a request of someone else's is theirs to cancel). ``outran``: with none, it came too late for the run
+        a request begun as it was written made (``_run_begun_beside``), which has ended."""
         now = utcnow()
         async with self.db.session() as session:
             withdrawn = (await session.exec(update(InboundEvent).where(  # type: ignore[call-overload]
@@ -452,8 +487,9 @@ class Orchestrator:
             if withdrawn:
                 await audit.record(session, "request.cancelled", event.correlation_id, platform=event.platform,
                                    channel=event.channel, thread=event.thread, user=event.user, requests=withdrawn)
-            reply = replies.withdrawn(event.user, withdrawn) if withdrawn else \
-                replies.nothing_to_cancel(in_thread=True, word=cancel_word(event.text))
+            word = cancel_word(event.text)
+            reply = replies.withdrawn(event.user, withdrawn) if withdrawn else replies.cancel_too_late(word) \
+                if outran else replies.nothing_to_cancel(in_thread=True, word=word)
             delivery = await self._answer(session, event, "cancelled before it started" if withdrawn else
                                           "nothing to cancel", reply)
         self.outbox.hand_over(event.platform, delivery)

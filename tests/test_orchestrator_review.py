@@ -1,0 +1,157 @@
+"""A fresh-eyes review of the request path (``bot/orchestrator.py``): each test shows a defect it found."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any, TypedDict
+
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langgraph.graph import END, START, StateGraph
+from sqlmodel import select
+
+from bot.app import Baton
+from bot.messages import InboundMessage
+from bot.registry import GraphSpec
+from storage.models import InboundEvent, PlaygroundMessage, Run
+from tests.fake_models import ToolCallingFakeModel
+from tests.support import until
+from tests.test_approvals_hunt import _baton
+
+
+class _State(TypedDict, total=False):
+    text: str
+    reply: str
+
+
+def _recording_graph(ran: list[str], release: asyncio.Event | None = None) -> StateGraph:
+    """A graph that notes it ran, then (given ``release``) waits for it: a long deploy."""
+    async def act(state: _State) -> _State:
+        ran.append(state.get("text", ""))
+        if release is not None:
+            await release.wait()
+        return {"reply": "shipped"}
+
+    graph = StateGraph(_State)
+    graph.add_node("act", act)
+    graph.add_edge(START, "act")
+    graph.add_edge("act", END)
+    return graph
+
+
+class _GatedModel(ToolCallingFakeModel):
+    """A model that routes to ``graph`` once ``gate`` opens (a provider taking its time)."""
+
+    graph: str = "ship"
+    gate: Any = None
+    asked: Any = None
+
+    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
+                         **kwargs: Any) -> ChatResult:
+        self.asked.set()
+        await self.gate.wait()
+        message = AIMessage(content="", tool_calls=[{"name": "GraphGuess", "id": "g1", "type": "tool_call", "args": {
+            "graph": self.graph, "confidence": 0.95, "alternatives": []}}])
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+async def _say(baton: Baton, event_id: str, text: str, user: str = "alice") -> None:
+    await baton.accept_message(InboundMessage(platform="playground", channel="general", thread="1",
+                                              event_id=event_id, user=user, text=text))
+
+
+async def _bot_texts(baton: Baton) -> list[str]:
+    async with baton.db.read() as session:
+        return [row.text for row in (await session.exec(select(PlaygroundMessage).where(
+            PlaygroundMessage.is_bot).order_by(PlaygroundMessage.id))).all()]
+
+
+async def _texts_when(baton: Baton, count: int, word: str = "") -> list[str] | None:
+    """The bot's messages once there are ``count`` of them (with ``word`` in one, if given)."""
+    texts = await _bot_texts(baton)
+    return texts if len(texts) >= count and any(word in text for text in texts) else None
+
+
+async def _pending(baton: Baton) -> list[InboundEvent]:
+    async with baton.db.read() as session:
+        return list((await session.exec(select(InboundEvent).where(InboundEvent.status == "pending"))).all())
+
+
+async def test_a_cancel_written_while_the_model_routes_the_request_stops_its_run(tmp_path, config_path) -> None:
+    """A request the model was still routing (the thread not yet "running") and a ``cancel`` written meanwhile by
+    who asked: the cancel was stored naming no run, so it could neither stop the run that request then started
+    (``look_beside_runs`` skips a cancel naming another run) nor withdraw the request (being handled by then). The
+    run went on to its end, and the cancel was answered "Nothing is running in this thread"."""
+    ran: list[str] = []
+    gate, asked, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    spec = GraphSpec(name="ship", graph=_recording_graph(ran, release), description="Ship the release.")
+    async with _baton(tmp_path, config_path, spec) as baton:
+        baton.services.model = _GatedModel(messages=iter(()), gate=gate, asked=asked)
+        await _say(baton, "e1", "please get the new release out of the door")
+        await asyncio.wait_for(asked.wait(), 20)
+        await _say(baton, "e2", "cancel")
+        gate.set()
+        await until(lambda: ran, "the run to start")
+        try:
+            await until(lambda: _no_pending(baton), "the cancel to be handled", timeout=10)
+        finally:
+            release.set()  # else Baton's stop waits out its grace for the run
+        texts = await until(lambda: _texts_when(baton, 1, "cancelled"), "the cancel's answer")
+        assert not any("Nothing is running" in text for text in texts), texts
+        assert any("alice cancelled `ship` after" in text for text in texts), texts
+        assert not any("after 0ms" in text for text in texts), texts  # it ran until the cancel reached it
+        async with baton.db.read() as session:
+            run = (await session.exec(select(Run))).one()
+        assert (run.status, run.error) == ("failed", "cancelled by alice")
+
+
+async def test_a_cancel_a_routed_request_outran_is_told_so(tmp_path, config_path) -> None:
+    """The same, the run ending before the cancel reached it: the cancel was answered "Nothing is running in this
+    thread, so there is nothing to cancel", as if the request had never run; it is told it came too late."""
+    ran: list[str] = []
+    gate, asked = asyncio.Event(), asyncio.Event()
+    spec = GraphSpec(name="ship", graph=_recording_graph(ran), description="Ship the release.")
+    async with _baton(tmp_path, config_path, spec) as baton:
+        baton.services.model = _GatedModel(messages=iter(()), gate=gate, asked=asked)
+        await _say(baton, "e1", "please get the new release out of the door")
+        await asyncio.wait_for(asked.wait(), 20)
+        await _say(baton, "e2", "cancel")
+        gate.set()
+        await until(lambda: _no_pending(baton), "both events handled")
+        texts = await until(lambda: _texts_when(baton, 2), "both answers")
+        assert ran and not any("Nothing is running" in text for text in texts), texts
+        assert any("The run was over before your `cancel` reached it" in text for text in texts), texts
+
+
+async def _no_pending(baton: Baton) -> bool:
+    return not await _pending(baton)
+
+
+async def test_a_cancel_written_while_anothers_request_is_routed_still_withdraws_the_senders_own(
+        tmp_path, config_path) -> None:
+    """The cancel of someone who may not stop the run being routed (carol, beside alice's request) withdraws the
+    requests carol queued before it, as a cancel written while the thread's request waited to start does; it is
+    not refused as a cancel of alice's run (which goes on)."""
+    ran: list[str] = []
+    noted: list[str] = []
+    gate, asked, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    ship = GraphSpec(name="ship", graph=_recording_graph(ran, release), description="Ship the release.")
+    note = GraphSpec(name="note", graph=_recording_graph(noted), description="Take a note.",
+                     patterns=[re.compile(r"^note (?P<what>.+)$")])
+    async with _baton(tmp_path, config_path, ship, note) as baton:
+        baton.services.model = _GatedModel(messages=iter(()), gate=gate, asked=asked)
+        await _say(baton, "e1", "please get the new release out of the door")
+        await asyncio.wait_for(asked.wait(), 20)
+        await _say(baton, "e2", "note the release went out", user="carol")
+        await _say(baton, "e3", "cancel", user="carol")
+        gate.set()
+        try:
+            await until(lambda: ran, "alice's run to start")
+            assert await baton.orchestrator.look_beside_runs() == 0  # as the sweep does while the run runs
+        finally:
+            release.set()
+        await until(lambda: _no_pending(baton), "every event handled")
+        texts = await until(lambda: _texts_when(baton, 1, "carol cancelled this request before it started"),
+                            "carol's request withdrawn")
+        assert "shipped" in texts and noted == [] and not any("can cancel this run" in text for text in texts), texts
