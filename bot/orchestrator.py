@@ -1352,7 +1352,9 @@ class Orchestrator:
             if chosen_run is not None and chosen_run.status == "running" and chosen_spec is not None:
                 request = Request(platform=record.platform, channel=record.channel, thread=record.thread,
                                   user=chosen_run.requested_by, text=chosen_run.input_text)
-                return await self._continue(chosen_run, record, chosen_spec, event, request)
+                if await self._taken_up_again(chosen_run, record, event):  # not for ever, as any run taken up
+                    await self._continue(chosen_run, record, chosen_spec, event, request)
+                return None
         if approval.status != "pending":
             return await self._finish_event(event, "already chosen", Message.text(
                 f"{approval.decided_by} already chose `{approval.choice}`; nothing was changed.", tone="info"

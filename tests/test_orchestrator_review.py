@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from pathlib import Path
 from typing import Any, TypedDict
 
 from langchain_core.messages import AIMessage, BaseMessage
@@ -12,12 +13,16 @@ from langgraph.graph import END, START, StateGraph
 from sqlmodel import select
 
 from bot.app import Baton
-from bot.messages import InboundMessage
+from bot.messages import InboundClick, InboundMessage
+from bot.orchestrator import MAX_TAKEOVERS
 from bot.registry import GraphSpec
-from storage.models import InboundEvent, PlaygroundMessage, Run
-from tests.fake_models import ToolCallingFakeModel
+from bot.settings import Settings
+from storage.models import Approval, InboundEvent, PlaygroundMessage, Run
+from tests.fake_models import ToolCallingFakeModel, script
 from tests.support import until
 from tests.test_approvals_hunt import _baton
+from tests.test_recovery import _until_replies
+from tests.test_takeovers import _settled, _stops_baton, _taken_up_again
 
 
 class _State(TypedDict, total=False):
@@ -155,3 +160,39 @@ async def test_a_cancel_written_while_anothers_request_is_routed_still_withdraws
         texts = await until(lambda: _texts_when(baton, 1, "carol cancelled this request before it started"),
                             "carol's request withdrawn")
         assert "shipped" in texts and noted == [] and not any("can cancel this run" in text for text in texts), texts
+
+
+def _scripted_model_settings(tmp_path: Path, config_path: Path) -> Settings:
+    """Baton's settings with the scripted model (``tests.fake_models``), on SQLite, with the playground."""
+    database = f"sqlite:///{tmp_path / 'r.db'}"
+    return Settings(BATON_DATABASE_URL=database, BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                    BATON_MODEL="python:tests.fake_models:scripted", BATON_ADAPTERS="playground")
+
+
+async def test_a_run_chosen_on_a_which_one_card_that_stops_baton_each_time_is_not_taken_up_for_ever(
+        tmp_path, config_path, monkeypatch) -> None:
+    """A run chosen on a "Which one?" card and under way each time Baton stopped was taken up again at every start,
+    for good: the click that chose it went on with it (``_handle_choice``) without counting the takeover, so
+    ``MAX_TAKEOVERS`` never failed it, as it fails a run a message or an approval started."""
+    script_path = tmp_path / "script.json"
+    monkeypatch.setenv("BATON_TEST_MODEL_SCRIPT", str(script_path))
+    script(script_path, [{"tool_calls": [{"name": "GraphGuess", "id": "g1", "args": {
+        "graph": "status", "confidence": 0.4, "alternatives": ["help"]}}]}])
+    async with Baton(_scripted_model_settings(tmp_path, config_path)) as baton:
+        await _say(baton, "e1", "hmm, the thing?")
+        await _until_replies(baton, "1", 1)  # the "Which one?" card
+        async with baton.db.read() as session:
+            card = (await session.exec(select(Approval).where(Approval.kind == "choice"))).one()
+        graph_run = baton.runtime.run
+        baton.runtime.run = _stops_baton  # type: ignore[method-assign]
+        await baton.accept_click(InboundClick(platform="playground", channel="general", thread="1", event_id="c1",
+                                              user="alice", approval_id=card.id, action="status"))
+        await _settled(baton)
+        for _ in range(MAX_TAKEOVERS + 1):
+            await _taken_up_again(baton, "c1")
+        baton.runtime.run = graph_run  # type: ignore[method-assign]
+        async with baton.db.read() as session:
+            chosen = (await session.exec(select(Run).where(Run.graph == "status"))).one()
+        assert (chosen.status, chosen.takeovers) == ("failed", MAX_TAKEOVERS + 1)
+        reply = (await _until_replies(baton, "1", 2))[-1]
+    assert f"Baton stopped {MAX_TAKEOVERS + 1} times while this `status` run was under way" in reply, reply
