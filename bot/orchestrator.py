@@ -1349,6 +1349,8 @@ class Orchestrator:
         if approval.status != "pending" and approval.decided_event_id == event.id:  # this click chose, then we stopped
             chosen_run = await self._run_started_by(event)
             chosen_spec = self.registry.get(chosen_run.graph) if chosen_run else None
+            if chosen_run is not None and chosen_run.status == "running" and chosen_spec is None:  # uninstalled since
+                return await self._graph_gone(chosen_run, record, event)
             if chosen_run is not None and chosen_run.status == "running" and chosen_spec is not None:
                 request = Request(platform=record.platform, channel=record.channel, thread=record.thread,
                                   user=chosen_run.requested_by, text=chosen_run.input_text)

@@ -17,7 +17,7 @@ from bot.messages import InboundClick, InboundMessage
 from bot.orchestrator import MAX_TAKEOVERS
 from bot.registry import GraphSpec
 from bot.settings import Settings
-from storage.models import Approval, InboundEvent, PlaygroundMessage, Run
+from storage.models import Approval, InboundEvent, PlaygroundMessage, Run, ThreadRecord
 from tests.fake_models import ToolCallingFakeModel, script
 from tests.support import until
 from tests.test_approvals_hunt import _baton
@@ -196,3 +196,34 @@ async def test_a_run_chosen_on_a_which_one_card_that_stops_baton_each_time_is_no
         assert (chosen.status, chosen.takeovers) == ("failed", MAX_TAKEOVERS + 1)
         reply = (await _until_replies(baton, "1", 2))[-1]
     assert f"Baton stopped {MAX_TAKEOVERS + 1} times while this `status` run was under way" in reply, reply
+
+
+async def test_a_chosen_run_whose_graph_is_gone_after_a_stop_fails_instead_of_running_for_good(
+        tmp_path, config_path, monkeypatch) -> None:
+    """Taken up again after a stop with the graph chosen on its "Which one?" card removed meanwhile, the click was
+    answered "alice already chosen `gone`" and the run and its thread stayed "running" for good (a run a message
+    started fails so: "the `gone` graph is not installed on this Baton any more")."""
+    script_path = tmp_path / "script.json"
+    monkeypatch.setenv("BATON_TEST_MODEL_SCRIPT", str(script_path))
+    script(script_path, [{"tool_calls": [{"name": "GraphGuess", "id": "g1", "args": {
+        "graph": "gone", "confidence": 0.4, "alternatives": ["help"]}}]}])
+    async with Baton(_scripted_model_settings(tmp_path, config_path)) as baton:
+        baton.registry.add(GraphSpec(name="gone", graph=_recording_graph([]), description="Goes away."))
+        await _say(baton, "e1", "hmm, the thing?")
+        await _until_replies(baton, "1", 1)  # the "Which one?" card
+        async with baton.db.read() as session:
+            card = (await session.exec(select(Approval).where(Approval.kind == "choice"))).one()
+        graph_run = baton.runtime.run
+        baton.runtime.run = _stops_baton  # type: ignore[method-assign]
+        await baton.accept_click(InboundClick(platform="playground", channel="general", thread="1", event_id="c1",
+                                              user="alice", approval_id=card.id, action="gone"))
+        await _settled(baton)
+        baton.runtime.run = graph_run  # type: ignore[method-assign]
+        del baton.registry._specs["gone"]
+        await _taken_up_again(baton, "c1")
+        async with baton.db.read() as session:
+            chosen = (await session.exec(select(Run).where(Run.graph == "gone"))).one()
+            record = (await session.exec(select(ThreadRecord))).one()
+        assert (chosen.status, record.status) == ("failed", "failed")
+        reply = (await _until_replies(baton, "1", 2))[-1]
+    assert "the `gone` graph is not installed on this Baton any more" in reply, reply
