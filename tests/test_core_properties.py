@@ -471,7 +471,7 @@ def new_database(request: pytest.FixtureRequest) -> Callable[[Path], tuple[str, 
     if PG_SKIP_REASON:
         pytest.skip(PG_SKIP_REASON)
     template = request.getfixturevalue("migrated_postgres")
-    return lambda _directory: create_postgres_database(template)
+    return lambda _directory: create_postgres_database(template, drop_later=True)
 
 
 @pytest.mark.parametrize("new_database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
