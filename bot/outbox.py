@@ -71,6 +71,9 @@ CLAIM_SECONDS = 30.0  # BATON_LEASE_SECONDS's default; Baton claims for as long 
 # The longest a retry waits, whatever the platform asked (a Retry-After of ``inf`` or of centuries: a broken
 # header, a proxy's): past it, no date could be stored, or the message and its channel waited for ever.
 MAX_RETRY_SECONDS = 3600.0
+# Channels and threads told unreachable that are remembered (so told once): each locked Discord thread Baton had
+# written in added one for good.
+UNREACHABLE_REMEMBERED = 10_000
 
 # The claim's statements are built once, with bound parameters: building them (and their cache
 # keys) on every poll cost more CPU than running them.
@@ -259,7 +262,8 @@ class Outbox:
         self._holds: dict[tuple[str, str], datetime] = {}
         # (platform, reason) -> messages this process gave up on: ``baton_messages_undeliverable_total``
         self.undeliverable: defaultdict[tuple[str, str], int] = defaultdict(int)
-        self._unreachable: set[tuple[str, str, str]] = set()  # (platform, channel, thread or "") told unreachable
+        # (platform, channel, thread or "") told unreachable, the oldest first; at most UNREACHABLE_REMEMBERED
+        self._unreachable: dict[tuple[str, str, str], None] = {}
         self.on_failed: FailedHook | None = None
 
     def attach(self, platform: str, pace_seconds: float) -> None:
@@ -658,7 +662,9 @@ class Outbox:
             log.info("%s: message %s (%s) given up: %s cannot be reached (%s)", row.platform, row.id, row.kind, where,
                      error)
             return
-        self._unreachable.add(key)
+        self._unreachable[key] = None
+        if len(self._unreachable) > UNREACHABLE_REMEMBERED:  # forgotten: told again, once, if it is refused again
+            del self._unreachable[next(iter(self._unreachable))]
         log.warning("%s: %s cannot be reached: %s (%s). Baton's messages there are given up, and a run waiting for "
                     "an approval card there ends; said once until a message gets through there again (invite Baton "
                     "back, or unarchive it)", row.platform, where, _UNREACHABLE_WORDS[reason], error)
@@ -666,8 +672,8 @@ class Outbox:
     def reached(self, location: Location) -> None:
         """A message got through to ``location``'s channel: a later refusal there is told again."""
         if self._unreachable:
-            self._unreachable.discard((location.platform, location.channel, ""))
-            self._unreachable.discard((location.platform, location.channel, location.thread))
+            self._unreachable.pop((location.platform, location.channel, ""), None)
+            self._unreachable.pop((location.platform, location.channel, location.thread), None)
 
     def _stored_error(self, error: str) -> str:
         """What the platform said, as stored and audited: without Baton's secrets, short, and storable. A lone
