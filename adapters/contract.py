@@ -214,6 +214,9 @@ DATABASE_AWAY_ANSWER = ("⚠️ I could not take this just now: my database cann
 DATABASE_AWAY_CLICK = ("⚠️ I could not take your click just now: my database cannot be reached, so nothing was "
                        "changed. Please click again in a few minutes.")
 
+# Deliveries whose steps made so far are kept for their retry (``Adapter.send_steps``), the oldest forgotten first: one
+# whose retry another replica took is never settled here.
+STEPS_KEPT = 10_000
 STOP_GRACE_SECONDS = 5.0  # at a stop, how long a send in flight may take to finish before it is cut off
 AUTH_RETRY_SECONDS = 300.0  # a refused token: its messages wait, tried again this often, until it works again
 
@@ -334,6 +337,8 @@ class Adapter(ABC):
         its adapter looks for what the platform already shows, as Slack's does.)
         """
         done = self._steps_done.setdefault(delivery.id, [])
+        if len(self._steps_done) > STEPS_KEPT:
+            del self._steps_done[next(iter(self._steps_done))]
         for step in steps[len(done):]:
             done.append(await step())
         return list(done)

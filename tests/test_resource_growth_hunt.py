@@ -11,10 +11,11 @@ import pytest
 import yaml
 from sqlmodel import func, select
 
+from adapters.contract import Adapter, RetryLater
 from adapters.slack import SlackAdapter
 from bot.app import Baton
 from bot.messages import InboundMessage, Location, Message
-from bot.outbox import Outbox
+from bot.outbox import Delivery, Outbox
 from bot.settings import Settings
 from storage.db import Database
 from storage.models import InboundEvent, OutboxMessage, ThreadRecord
@@ -130,3 +131,32 @@ async def test_slack_forgets_the_deliveries_it_refused_for_good(
         statuses = (await session.exec(select(OutboxMessage.status))).all()
     assert statuses == ["failed"] * THREADS
     assert len(adapter._clean_failures) == 0
+
+
+async def test_the_steps_kept_for_retries_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delivery cut off after its first step keeps that step's result for its retry (``send_steps``); one whose
+    retry another replica took is never settled here, and stayed for good. The oldest are forgotten past
+    ``STEPS_KEPT``."""
+    monkeypatch.setattr("adapters.contract.STEPS_KEPT", 2)
+
+    class Steps(Adapter):
+        name = "steps"
+
+        async def send(self, delivery: Delivery) -> str | None:
+            raise NotImplementedError
+
+    adapter = Steps(None)  # type: ignore[arg-type]  # send_steps needs no Baton
+    for delivery_id in range(1, 6):
+        delivery = Delivery(id=delivery_id, kind="post", location=Location(platform="x", channel="c", thread="t"),
+                            message=Message.text("two parts"), target_user=None, target_message_id=None,
+                            attempts=0)
+
+        async def first() -> str:
+            return "part-1"
+
+        async def second() -> str:
+            raise RetryLater(1.0, "rate limited")
+
+        with pytest.raises(RetryLater):
+            await adapter.send_steps(delivery, [first, second])
+    assert sorted(adapter._steps_done) == [4, 5]
