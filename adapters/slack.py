@@ -3,6 +3,8 @@
 Inbound, the Bolt app runs with ``process_before_response=True`` and every listener only hands
 the event to ``Baton.accept_*`` before returning: Slack's acknowledgement goes out after the
 event is stored (a crash never loses an acknowledged request) and is only as slow as that insert.
+A slash command, whose thread Baton posts before storing it, is the exception: it is answered within
+``COMMAND_ACK_SECONDS`` however slow that post is, and taken in full after the answer (``_on_command``).
 Signatures are verified before Bolt reads the body (a bad or stale one gets a 401; Slack's check of the
 certificate of a slash command's URL, ``ssl_check=1``, comes unsigned and gets a 200 and nothing else); a signed body
 of a shape Slack never sends gets a 400, Baton's own failure a 500 (Slack retries an event; a click or a
@@ -70,10 +72,12 @@ from slack_sdk.http_retry.state import RetryState
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
+from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from adapters.contract import (
     DATABASE_AWAY_ANSWER,
     DATABASE_AWAY_CLICK,
+    STOP_GRACE_SECONDS,
     Adapter,
     DeliveryRejected,
     RetryLater,
@@ -96,6 +100,7 @@ from bot.settings import Settings
 
 log = logging.getLogger("baton.slack")
 socket_log = logging.getLogger("baton.slack.socket")  # slack_sdk's Socket Mode client's
+webhook_log = logging.getLogger("baton.slack.webhook")  # slack_sdk's client of a command's response_url
 EVENTS_PATH = "/slack/events"
 PLATFORM = "slack"
 HTTP_TIMEOUT_SECONDS = 30
@@ -103,6 +108,11 @@ START_RATE_LIMIT_SECONDS = 120  # how long a start waits out Slack's 429s before
 SIGNATURE_WINDOW_SECONDS = 300  # Slack's: a request signed longer ago (or ahead) is refused
 REFUSAL_LOG_SECONDS = 60
 SSL_CHECK_BYTES = 1024  # Slack's certificate check is "ssl_check=1&token=..."; a longer body is no such check
+# Slack shows "/baton failed with the error operation_timeout" when a slash command is not answered within 3 s: Baton
+# answers by then however long posting the command's thread takes (and says the rest through its response_url).
+COMMAND_ACK_SECONDS = 2.5
+COMMAND_FAILED = ("⚠️ I could not take this request: something went wrong on my side (my log says what). "
+                  "Please ask again in a moment.")
 ECHO_CHARS = 4000  # of a slash command's request, as "@you asked: `...`" shows it (the request is handed in whole)
 SOCKET_CONNECT_SECONDS = 15.0  # how long a start tries to open the Socket Mode WebSocket (slack_sdk: every 10 s)
 # Socket Mode down this long is named by /healthz: slack_sdk notices a closed connection within 10 s and opens a new
@@ -171,6 +181,7 @@ class SlackAdapter(Adapter):
         self._clean_failures: dict[int, int] = {}
         self._lookup_problems_told: set[str] = set()
         self._socket: AsyncSocketModeHandler | None = None
+        self._commands: set[asyncio.Task[dict[str, str]]] = set()  # slash commands being taken (``_on_command``)
         self._socket_down_since: float | None = None  # when /healthz first found the Socket Mode connection down
         self.bot_user_id = ""
         self.team_url = ""
@@ -179,6 +190,7 @@ class SlackAdapter(Adapter):
         # At DEBUG, slack_sdk's Socket Mode client logs each envelope whole: people's messages and DMs, and the
         # response_url of a command or click (which posts in the channel, and replaces Baton's card, for 30 min)
         socket_log.setLevel(max(logging.INFO, socket_log.getEffectiveLevel()))
+        webhook_log.setLevel(max(logging.INFO, webhook_log.getEffectiveLevel()))  # at DEBUG it logs the URL
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -296,6 +308,13 @@ class SlackAdapter(Adapter):
         return super().problem()
 
     async def stop(self) -> None:
+        if self._commands:  # answered already: cut off, a request Slack was told nothing about would be lost
+            _done, running = await asyncio.wait(set(self._commands), timeout=STOP_GRACE_SECONDS)
+            for task in running:
+                log.warning("Slack: %s was still being taken %g s into the stop; it is cut off (the person may have "
+                            "to ask again)", task.get_name().removeprefix("slack-"), STOP_GRACE_SECONDS)
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
         if self._socket is not None:
             await self._socket.close_async()
         await super().stop()
@@ -389,25 +408,59 @@ class SlackAdapter(Adapter):
                         _error_code(exc) if isinstance(exc, SlackApiError) else type(exc).__name__)
 
     async def _on_command(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any]) -> None:
-        """A slash command has no message to reply to: post one (in the channel) and use it as the thread."""
+        """A slash command has no message to reply to: post one (in the channel) and use it as the thread.
+
+        Slack waits 3 s for the answer and sends a command once; the answer goes out when this listener returns
+        (``process_before_response``, in Socket Mode too). Posting the thread can take longer (a slow Slack API,
+        slack_sdk's retry of a broken connection), so the post and storing run in a task of their own: not done
+        within ``COMMAND_ACK_SECONDS``, Slack is answered with nothing, and the task goes on, telling the person
+        through the command's ``response_url`` what the answer would have told them."""
         channel, user, trigger = body.get("channel_id"), body.get("user_id"), body.get("trigger_id")
         if not (channel and user and trigger):
             await ack()  # not a command Slack sends: nothing to answer, nowhere to answer it
             return
-        event_id = f"command:{trigger}"
+        late = asyncio.Event()  # set once Slack has had its answer without this task's
+        work = asyncio.create_task(self._command(body, channel, user, f"command:{trigger}", late),
+                                   name=f"slack-command:{trigger}")
+        self._commands.add(work)
+        work.add_done_callback(self._commands.discard)
         try:
-            await self._take_command(ack, body, channel, user, event_id)
-        except Exception as exc:  # sent once, as a click is: unacknowledged, Slack said only that /baton failed
-            if (reason := self.baton.db.health.unusable(exc)) is None:
-                raise
-            log.warning("Slack: %s not taken, Baton's database cannot be used (%s); they are told", event_id, reason)
-            await ack(text=DATABASE_AWAY_ANSWER, response_type="ephemeral")
-
-    async def _take_command(self, ack: Callable[..., Awaitable[Any]], body: dict[str, Any], channel: str, user: str,
-                            event_id: str) -> None:
-        if await self.baton.event_received(PLATFORM, event_id):  # a redelivery: its thread was made already
+            await asyncio.wait({work}, timeout=COMMAND_ACK_SECONDS)  # never cancels the work
+        finally:
+            if not work.done():  # the deadline, or this listener cancelled: the work answers by itself
+                late.set()
+        if not work.done():
+            log.info("Slack: command:%s is taking over %g s (posting its thread); Slack is answered meanwhile",
+                     trigger, COMMAND_ACK_SECONDS)
             await ack()
             return
+        await ack(**work.result())  # its failure, raised here, is Bolt's (``_on_bolt_error``), as before
+
+    async def _command(self, body: dict[str, Any], channel: str, user: str, event_id: str,
+                       late: asyncio.Event) -> dict[str, str]:
+        """Take a command: what to answer Slack with, or, once it is ``late``, what is said through its
+        ``response_url`` (a failure too: Slack says nothing of one after its answer)."""
+        try:
+            answer = await self._take_command(body, channel, user, event_id)
+        except Exception as exc:  # sent once, as a click is: unacknowledged, Slack said only that /baton failed
+            if (reason := self.baton.db.health.unusable(exc)) is not None:
+                log.warning("Slack: %s not taken, Baton's database cannot be used (%s); they are told", event_id,
+                            reason)
+                answer = {"text": DATABASE_AWAY_ANSWER, "response_type": "ephemeral"}
+            elif not late.is_set():
+                raise
+            else:
+                log.error("Slack: handling a slash command failed after Slack was answered (%s); they are told",
+                          event_id, exc_info=exc)
+                answer = {"text": COMMAND_FAILED, "response_type": "ephemeral"}
+        if late.is_set() and answer:
+            await _respond(body.get("response_url"), answer, event_id)
+        return answer
+
+    async def _take_command(self, body: dict[str, Any], channel: str, user: str, event_id: str) -> dict[str, str]:
+        """Post the command's thread and store the request; what to answer Slack with (``{}``: nothing)."""
+        if await self.baton.event_received(PLATFORM, event_id):  # a redelivery: its thread was made already
+            return {}
         text = typed_text(body.get("text") or "").strip()
         # In Baton's name, in the channel: one line, in one code span (a backtick or a line break of the request's
         # own began text of Baton's: "done\n:white_check_mark: *Approved by bob*"), bidi controls shown
@@ -416,13 +469,12 @@ class SlackAdapter(Adapter):
             anchor = await self.client.chat_postMessage(
                 channel=channel, text=f"<@{user}> asked: `{escape(shown)}`", unfurl_links=False, unfurl_media=False)
         except SlackApiError as exc:
-            await ack(text=_command_refusal(exc, body.get("channel_name")), response_type="ephemeral")
-            return
+            return {"text": _command_refusal(exc, body.get("channel_name")), "response_type": "ephemeral"}
         await self.baton.accept_message(InboundMessage(
             platform=PLATFORM, workspace=self._workspace(body.get("team_id")), channel=channel, thread=anchor["ts"],
             user=user,
             text=text, addressed=True, private=body.get("channel_name") == "directmessage", event_id=event_id))
-        await ack()
+        return {}
 
     # -- outbound --------------------------------------------------------------------------------
 
@@ -871,6 +923,24 @@ def _delivery_error(method: str, exc: SlackApiError) -> Exception:
     if error in AUTH_ERRORS:
         return RetryLater.token_refused(f"Slack refused Baton's token on {method} ({error})", "SLACK_BOT_TOKEN")
     return DeliveryRejected(f"{method}: {error}", unreachable=UNREACHABLE_ERRORS.get(error))
+
+
+async def _respond(response_url: object, answer: dict[str, str], event_id: str) -> None:
+    """Say ``answer`` to the person who typed a command through its ``response_url``, after Slack had its answer
+    (only they see it, as they saw the answer). Said if Slack takes it. The URL is never logged: whoever reads it
+    may post in the channel for half an hour."""
+    if not isinstance(response_url, str) or not response_url.startswith(("https://", "http://")):
+        log.warning("Slack: %s came without a response_url; the person could not be told: %s", event_id,
+                    answer.get("text"))
+        return
+    client = AsyncWebhookClient(url=response_url, timeout=HTTP_TIMEOUT_SECONDS, logger=webhook_log)
+    try:
+        response = await client.send_dict(answer)
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+        log.warning("Slack: could not tell the person who typed %s (%s)", event_id, type(exc).__name__)
+        return
+    if response.status != 200:
+        log.warning("Slack: could not tell the person who typed %s (response_url: HTTP %s)", event_id, response.status)
 
 
 def _command_refusal(exc: SlackApiError, channel_name: object = None) -> str:

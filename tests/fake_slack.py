@@ -5,8 +5,9 @@ WebSocket, served by aiohttp in a thread. It records every call, keeps the messa
 (with their message metadata, returned by ``conversations.*`` when ``include_all_metadata`` asks for it,
 as Slack does), checks Slack's Block Kit limits the way Slack does, and can be told to answer the next
 calls of a method with a 429 (and Retry-After), a 500 or another error, to carry a call out and then
-fail its answer or drop the connection without one ("Slack posted, Baton did not hear"), or to hold
-its answer back until released (Baton stopped while Slack answers).
+fail its answer or drop the connection without one ("Slack posted, Baton did not hear"), to hold
+its answer back until released (Baton stopped while Slack answers), or to answer it slowly (a slow Slack API).
+It keeps what Baton sends to a command's ``response_url`` (``responses``).
 
 ``SlackSender`` is Slack calling Baton: Events API, interactivity and slash-command requests,
 signed with the signing secret like Slack signs them (``slack_sdk.signature``).
@@ -88,6 +89,8 @@ class FakeSlack(BackgroundServer):
         self._sockets: list[web.WebSocketResponse] = []
         self.socket_acks: list[dict[str, Any]] = []
         self._holds: dict[str, int] = {}
+        self._slow: dict[str, list[float]] = {}  # method -> how long each of its next calls takes to answer
+        self.responses: list[dict[str, Any]] = []  # what was sent to ``response_url``, in order
         self._released: asyncio.Event | None = None  # made in the server's loop
         self.holding = 0  # calls carried out whose answer is held back now
         self.refusing: dict[str, str] = {}  # channel -> Slack's error for every write there (``shut_out``)
@@ -99,6 +102,7 @@ class FakeSlack(BackgroundServer):
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_post("/upload/{file_id}", self._upload)
         app.router.add_get("/socket", self._socket)
+        app.router.add_post("/respond", self._respond)
         return app
 
     async def close_connections(self) -> None:
@@ -114,6 +118,11 @@ class FakeSlack(BackgroundServer):
     @property
     def api_url(self) -> str:
         return f"{self.base}/api/"
+
+    @property
+    def response_url(self) -> str:
+        """A command's ``response_url`` that reaches this fake (Slack's is ``hooks.slack.com/commands/...``)."""
+        return f"{self.base}/respond"
 
     @property
     def team_url(self) -> str:
@@ -150,6 +159,12 @@ class FakeSlack(BackgroundServer):
         """Carry out the next ``times`` calls of ``method``, and hold their answers back until ``release``."""
         with self._lock:
             self._holds[method] = self._holds.get(method, 0) + times
+
+    def slow(self, method: str, seconds: float, *, times: int = 1) -> None:
+        """Carry out the next ``times`` calls of ``method`` at once, and answer each ``seconds`` later (counted in
+        ``holding`` meanwhile): a slow Slack API, or a connection that takes that long."""
+        with self._lock:
+            self._slow.setdefault(method, []).extend([seconds] * times)
 
     def release(self) -> None:
         """Send the answers held back (and every later one of a ``hold`` at once)."""
@@ -229,16 +244,23 @@ class FakeSlack(BackgroundServer):
             held = self._holds.get(method, 0) > 0 and failure is None
             if held:
                 self._holds[method] -= 1
+            delay = self._slow[method].pop(0) if self._slow.get(method) else 0.0
+        answer, status = self._answer(method, args, token) if failure is None or failure.after else ({}, 0)
+        if delay:
+            with self._lock:
+                self.holding += 1
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                with self._lock:
+                    self.holding -= 1
         if failure is not None:
-            if failure.after:
-                self._answer(method, args, token)
             if failure.status == DROPPED:
                 request.transport.close()  # type: ignore[union-attr]  # the client sees ServerDisconnectedError
                 return web.Response()
             headers = {"Retry-After": f"{failure.retry_after:g}"} if failure.retry_after is not None else {}
             error = "ratelimited" if failure.status == 429 else failure.error
             return web.json_response({"ok": False, "error": error}, status=failure.status, headers=headers)
-        answer, status = self._answer(method, args, token)
         if held:
             if self._released is None:
                 self._released = asyncio.Event()
@@ -263,6 +285,13 @@ class FakeSlack(BackgroundServer):
         if handler is None:
             return {"ok": False, "error": "unknown_method"}, 404
         return handler(args), 200
+
+    async def _respond(self, request: web.Request) -> web.Response:
+        """A command's ``response_url``: what Baton tells the person who typed it (Slack answers a bare "ok")."""
+        payload = await request.json()
+        with self._lock:
+            self.responses.append(payload)
+        return web.Response(text="ok")
 
     def _auth_test(self, _args: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "url": self.team_url, "team": "Baton Test", "user": "baton", "team_id": TEAM_ID,
@@ -563,18 +592,18 @@ class SlackSender:
         return self.post(urlencode({"payload": json.dumps(payload)}), "application/x-www-form-urlencoded")
 
     def command(self, text: str, *, user: str, channel: str = "C0GENERAL1", command: str = "/baton",
-                trigger_id: str | None = None) -> httpx.Response:
-        return self.post(self.command_body(text, user=user, channel=channel, command=command, trigger_id=trigger_id),
-                         "application/x-www-form-urlencoded")
+                trigger_id: str | None = None, response_url: str | None = None) -> httpx.Response:
+        return self.post(self.command_body(text, user=user, channel=channel, command=command, trigger_id=trigger_id,
+                                           response_url=response_url), "application/x-www-form-urlencoded")
 
     @staticmethod
     def command_body(text: str, *, user: str, channel: str = "C0GENERAL1", command: str = "/baton",
-                     trigger_id: str | None = None) -> str:
+                     trigger_id: str | None = None, response_url: str | None = None) -> str:
         """A slash command's body, form-encoded, as Slack posts it."""
         return urlencode({
             "token": "legacy-verification-token", "team_id": TEAM_ID, "team_domain": "baton-test",
             "channel_id": channel, "channel_name": "general", "user_id": user, "user_name": user.lower(),
             "command": command, "text": text, "api_app_id": "A0BATON000", "is_enterprise_install": "false",
-            "response_url": "https://hooks.slack.invalid/commands/x",
+            "response_url": response_url or "https://hooks.slack.invalid/commands/x",
             "trigger_id": trigger_id or f"{uuid.uuid4().int % 10**12}.{uuid.uuid4().hex[:12]}",
         })
