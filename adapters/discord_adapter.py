@@ -646,6 +646,8 @@ class DiscordAdapter(Adapter):
         if (me is None or message.author.bot or message.webhook_id is not None
                 or message.type not in PERSON_MESSAGE_TYPES):
             return
+        # A server discord.py has not cached (a new session's GUILD_CREATE still to come) leaves no message.guild;
+        # the message's channel still names it
         guild = message.guild.id if message.guild is not None else getattr(message.channel, "guild_id", None)
         if self._elsewhere(guild, "a message"):
             return
@@ -694,7 +696,7 @@ class DiscordAdapter(Adapter):
             answer_in = self.client.get_partial_messageable(int(opened))
         try:
             accepted = await self.baton.accept_message(InboundMessage(
-                platform=PLATFORM, workspace=str(message.guild.id) if message.guild else "", channel=where,
+                platform=PLATFORM, workspace=str(guild) if guild is not None else "", channel=where,
                 thread=thread, user=str(message.author.id), text=text, addressed=addressed, private=direct,
                 event_id=str(message.id), mention_added=edited))
         except Exception as exc:

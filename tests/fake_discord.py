@@ -309,6 +309,19 @@ class FakeDiscord(BackgroundServer):
             "members": [member_json(BOT_ID)], "channels": [channel], "threads": [], "presences": [],
             "voice_states": [], "stage_instances": [], "guild_scheduled_events": []})
 
+    def forget_server(self) -> None:
+        """Leave discord.py without Baton's server in its cache, as between a new session's READY and the server's
+        GUILD_CREATE: its messages then come with no ``message.guild`` (their channel has the server's id). Done with
+        a GUILD_DELETE, which makes discord.py drop the server; ``server_back`` sends it again."""
+        self.dispatch("GUILD_DELETE", {"id": GUILD_ID})
+
+    def server_back(self) -> None:
+        """GUILD_CREATE for Baton's server again, with its channels and threads as they are now."""
+        with self._lock:
+            guild_channels = [c for c in self.channels.values() if c["type"] in (0, 2)]
+            threads = [c for c in self.channels.values() if c["type"] == 11]
+        self.dispatch("GUILD_CREATE", self._guild_create(guild_channels, threads))
+
     def say(self, text: str, *, user: str = ALICE, channel: str = GENERAL, mention: bool = True,
             message_id: str | None = None, reply_to: FakeMessage | None = None,
             role_mention: bool = False) -> dict[str, Any]:
@@ -759,7 +772,12 @@ class FakeDiscord(BackgroundServer):
             "resume_gateway_url": self.gateway_url, "application": {"id": APP_ID, "flags": APP_FLAG_MESSAGE_CONTENT
                                                                     if self.message_content_intent else 0},
             "private_channels": [], "relationships": [], "user_settings": {}, "shard": [0, 1]}, "READY")
-        await connection.send(0, {
+        await connection.send(0, self._guild_create(guild_channels, threads), "GUILD_CREATE")
+
+    @staticmethod
+    def _guild_create(guild_channels: list[dict[str, Any]], threads: list[dict[str, Any]]) -> dict[str, Any]:
+        """GUILD_CREATE's data for Baton's server, with these channels and threads."""
+        return {
             "id": GUILD_ID, "name": "Baton Test", "icon": None, "owner_id": OWNER_ID, "unavailable": False,
             "features": [], "emojis": [], "stickers": [], "large": False, "member_count": 5, "verification_level": 0,
             "default_message_notifications": 0, "explicit_content_filter": 0, "mfa_level": 0, "nsfw_level": 0,
@@ -770,7 +788,7 @@ class FakeDiscord(BackgroundServer):
                        "hoist": False, "managed": True, "mentionable": True, "flags": 0,
                        "tags": {"bot_id": BOT_ID}}],
             "members": [member_json(BOT_ID)], "channels": guild_channels, "threads": threads, "presences": [],
-            "voice_states": [], "stage_instances": [], "guild_scheduled_events": []}, "GUILD_CREATE")
+            "voice_states": [], "stage_instances": [], "guild_scheduled_events": []}
 
 
 async def _body(request: web.Request) -> dict[str, Any]:

@@ -238,3 +238,21 @@ async def test_discords_own_notices_are_not_read_as_what_people_said(fake_discor
     adapter.reads_content = True
     seen = await adapter.history(Location(platform="discord", workspace=GUILD_ID, channel=GENERAL, thread=GENERAL), 4)
     assert [entry["text"] for entry in seen or []] == ["db-1 is down", "step 0", "step 1", "step 2"]
+
+
+def test_a_mention_while_discord_py_lacks_the_server_is_the_server_s_thread(
+        fake_discord: Any, start_baton: Any, sqlite_url: str, counter: Any) -> None:  # noqa: F811
+    """A message whose server discord.py has not cached (between a new session's READY and the server's
+    GUILD_CREATE) has no ``message.guild``: its request was stored as no server's (workspace ""), though its
+    channel names the server (and ``_elsewhere`` read it from there). Once the server was cached again, a reply in
+    the thread was the server's, found no Baton thread, and was ignored as chatter."""
+    chat = start_discord(start_baton, fake_discord, sqlite_url)
+    fake_discord.forget_server()
+    asked = fake_discord.say("run uptime", channel=OPS)
+    thread = asked["id"]
+    chat.reply("did uptime", thread)
+    fake_discord.server_back()
+    fake_discord.say("help", channel=thread, mention=False, user=BOB)  # no mention needed in a Baton thread
+    chat.reply("Here is what I can do", thread)
+    assert chat.rows("SELECT workspace, channel, thread FROM thread_records") == [(GUILD_ID, OPS, thread)]
+    assert runs_in(counter) == ["uptime"]
