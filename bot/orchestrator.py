@@ -418,6 +418,17 @@ class Orchestrator:
             in_doubt=in_doubt), threads.CANCELLED_BY + cancel.user, services, cancel=cancel)
 
     async def _handle_cancel(self, event: InboundEvent, record: ThreadRecord) -> None:
+        """``_answer_cancel``, unless the cancel was refused beside its run meanwhile."""
+        try:
+            await self._answer_cancel(event, record)
+        except LeaseLost:
+            # Refused beside its run by the replica running it (``look_beside_runs``, whose close checks no lease)
+            # as the run ended, once this drain had read it as pending: that answer stands, this one is undone, and
+            # the thread, still ours, goes on. It stopped the drain, the lease kept until it ran out (30 s).
+            if await self._closed_while_ours(event) is not True:
+                raise
+
+    async def _answer_cancel(self, event: InboundEvent, record: ThreadRecord) -> None:
         """A cancel the drain takes (before the requests queued in the thread): the run it was for is not
         running in this process. It reached its card since: the cancel rejects the card (or withdraws it, for
         its requester); it waits at several cards, or it is marked running but its replica stopped: it ends here
