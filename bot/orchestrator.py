@@ -1765,7 +1765,7 @@ class Orchestrator:
         The fence against a lost lease (this process stalled past it and another drain took the
         thread over): raising here rolls the whole transaction back, reply included, so the
         event is answered once, by whoever holds the thread. With nothing else queued on the
-        thread the lease is released in the same transaction (``_released`` tells the drain).
+        thread the lease is released in the same transaction (``_released`` tells the drain, once it commits).
         ``thread_status``: the status this transaction already wrote to the thread's record (its row
         is locked then), so it need not be read.
         """
@@ -1778,12 +1778,14 @@ class Orchestrator:
         if not closed.rowcount:
             raise LeaseLost(f"event {event.id} was already handled elsewhere")
         record_id: int = event.thread_record_id  # type: ignore[assignment]
+        # Marked given back once committed: marked before, a commit refused and ``_handle``'s answer stored instead,
+        # which keeps the lease for an event queued meanwhile, stopped the drain with the lease held (until it ran out).
         if status is not None and await self.leases.give_back_when_idle(session, record_id, status):
-            self._released.add(record_id)  # nothing else queued: the usual case, one statement
+            when_committed(session, lambda: self._released.add(record_id))  # nothing else queued: one statement
             return
         more = status is not None and await threads.next_event_of(session, record_id, status) is not None
         held = await (self.leases.keep if more else self.leases.give_back)(session, record_id)
         if not held:
             raise LeaseLost(f"thread {record_id} is no longer ours; event {event.id} is left to its holder")
         if not more:
-            self._released.add(record_id)
+            when_committed(session, lambda: self._released.add(record_id))

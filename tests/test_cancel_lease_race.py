@@ -4,7 +4,8 @@ A replica refuses a ``cancel`` beside its run (``look_beside_runs``: the sender 
 own, which checks no lease. The run ends as it decides so: the drain, going on with the thread's queue, has read the
 cancel as pending and answers it too; its close finds the event closed already and raised ``LeaseLost``, and the
 drain stopped with the lease still held. A request queued behind the cancel then waited for that lease to run out
-(``BATON_LEASE_SECONDS``, 30 s) and a sweep.
+(``BATON_LEASE_SECONDS``, 30 s) and a sweep. So did one behind an event whose outcome's commit was refused after
+``_mark_done`` had marked the thread given back.
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ async def _event(baton: Baton, event_id: str) -> tuple[str, str | None]:
     async with baton.db.read() as session:
         event = (await session.exec(select(InboundEvent).where(InboundEvent.event_id == event_id))).one()
     return event.status, event.outcome
+
+
+async def _done(baton: Baton, event_id: str) -> bool:
+    return (await _event(baton, event_id))[0] == "done"
 
 
 async def _lease_owner(baton: Baton) -> str | None:
@@ -133,5 +138,53 @@ async def test_a_cancel_refused_beside_a_run_that_ends_meanwhile_does_not_stop_t
     assert not any("stopped draining" in message for message in warned), warned
 
 
-async def _done(baton: Baton, event_id: str) -> bool:
-    return (await _event(baton, event_id))[0] == "done"
+class _CommitRefused(Exception):
+    """A COMMIT the database refused, of a kind that is no outage (``database_unusable`` names none): PostgreSQL's
+    40001 at the commit of a database an operator set to ``default_transaction_isolation = serializable``, say."""
+
+
+async def test_a_commit_refused_after_the_lease_was_marked_given_back_does_not_stop_the_drain_holding_it(
+        database_url: str, config_path: Path, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    """The transaction storing alice's result gives the thread back (nothing else queued) and is refused at its
+    commit; carol's request is stored meanwhile on another replica. ``_handle`` stores the event's failure instead,
+    which keeps the lease (carol's request is queued); but ``_mark_done`` had marked the thread given back before the
+    refused commit, and the drain stopped, holding the lease: carol's request waited for it to run out (30 s)."""
+    def settings(name: str) -> Settings:
+        return Settings(BATON_DATABASE_URL=database_url, BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground", BATON_INSTANCE_NAME=name)
+
+    async with Baton(settings("replica-a")) as baton, Baton(settings("replica-b")) as other:
+        orchestrator = baton.orchestrator
+        assert orchestrator is not None
+        db, session = baton.db, baton.db.session
+        refused: list[str] = []
+        stored = asyncio.Event()
+
+        @contextlib.asynccontextmanager
+        async def refused_once(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+            if refused or not _called_from("_finish_run"):
+                async with session(*args, **kwargs) as transaction:
+                    yield transaction
+                return
+            refused.append("alice's result")
+            with contextlib.suppress(_CommitRefused):
+                async with session(*args, **kwargs) as transaction:
+                    yield transaction
+                    raise _CommitRefused  # rolled back, as a refused COMMIT leaves it
+            await _say(other, "e2", "run uptime", "carol")  # queued: replica-b finds the thread held
+            stored.set()
+            raise _CommitRefused("COMMIT refused")
+
+        db.session = refused_once  # type: ignore[method-assign]
+        try:
+            await _say(baton, "e1", "run uptime", "alice")
+            await asyncio.wait_for(stored.wait(), 20)  # alice's result refused at its commit, carol's request stored
+            # Well within a lease (30 s): the drain takes carol's request next.
+            await until(lambda: _done(baton, "e2"), "carol's request handled", timeout=10)
+            await until(lambda: not orchestrator._draining, "the thread's queue drained")
+            assert await _lease_owner(baton) is None
+            assert await _event(baton, "e1") == ("done", "error: _CommitRefused")
+        finally:
+            db.session = session  # type: ignore[method-assign]
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("baton")]
+    assert warned == ["event 1 failed"], warned
