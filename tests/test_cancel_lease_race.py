@@ -80,6 +80,11 @@ def _gate_sessions_of(baton: Baton, function: str, gate: asyncio.Event, reached:
     return lambda: setattr(db, "session", session)
 
 
+
+def _settings(database_url: str, config: Path, name: str) -> Settings:
+    return Settings(BATON_DATABASE_URL=database_url, BATON_CONFIG=config,  # type: ignore[call-arg]
+                    BATON_ADAPTERS="playground", BATON_INSTANCE_NAME=name)
+
 async def test_a_cancel_refused_beside_a_run_that_ends_meanwhile_does_not_stop_the_drain_holding_the_thread(
         database_url: str, config_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
     """carol (neither who asked nor an approver) writes ``cancel`` beside alice's run, and then ``run uptime``, to
@@ -88,11 +93,8 @@ async def test_a_cancel_refused_beside_a_run_that_ends_meanwhile_does_not_stop_t
     stopped there ("stopped draining: event 2 was already handled elsewhere"), the thread's lease held: carol's
     request waited for it to run out (30 s) and a sweep. Now the cancel is answered once, by the refusal, and the
     drain goes on."""
-    def settings(name: str) -> Settings:
-        return Settings(BATON_DATABASE_URL=database_url, BATON_CONFIG=config_path,  # type: ignore[call-arg]
-                        BATON_ADAPTERS="playground", BATON_INSTANCE_NAME=name)
-
-    async with Baton(settings("replica-a")) as baton, Baton(settings("replica-b")) as other:
+    async with Baton(_settings(database_url, config_path, "replica-a")) as baton, \
+            Baton(_settings(database_url, config_path, "replica-b")) as other:
         orchestrator = baton.orchestrator
         assert orchestrator is not None
         refusing, refuse = asyncio.Event(), asyncio.Event()
@@ -149,11 +151,8 @@ async def test_a_commit_refused_after_the_lease_was_marked_given_back_does_not_s
     commit; carol's request is stored meanwhile on another replica. ``_handle`` stores the event's failure instead,
     which keeps the lease (carol's request is queued); but ``_mark_done`` had marked the thread given back before the
     refused commit, and the drain stopped, holding the lease: carol's request waited for it to run out (30 s)."""
-    def settings(name: str) -> Settings:
-        return Settings(BATON_DATABASE_URL=database_url, BATON_CONFIG=config_path,  # type: ignore[call-arg]
-                        BATON_ADAPTERS="playground", BATON_INSTANCE_NAME=name)
-
-    async with Baton(settings("replica-a")) as baton, Baton(settings("replica-b")) as other:
+    async with Baton(_settings(database_url, config_path, "replica-a")) as baton, \
+            Baton(_settings(database_url, config_path, "replica-b")) as other:
         orchestrator = baton.orchestrator
         assert orchestrator is not None
         db, session = baton.db, baton.db.session

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any, TypedDict
 
+import pytest
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langgraph.graph import END, START, StateGraph
@@ -169,25 +170,36 @@ def _scripted_model_settings(tmp_path: Path, config_path: Path) -> Settings:
                     BATON_MODEL="python:tests.fake_models:scripted", BATON_ADAPTERS="playground")
 
 
+def _guessing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, graph: str) -> None:
+    """The scripted model is unsure between ``graph`` and ``help``: a "Which one?" card."""
+    script_path = tmp_path / "script.json"
+    monkeypatch.setenv("BATON_TEST_MODEL_SCRIPT", str(script_path))
+    script(script_path, [{"tool_calls": [{"name": "GraphGuess", "id": "g1", "args": {
+        "graph": graph, "confidence": 0.4, "alternatives": ["help"]}}]}])
+
+
+async def _chosen_and_stopped(baton: Baton, graph: str) -> Any:
+    """alice chooses ``graph`` on the "Which one?" card, and its run stops Baton; what runs graphs is returned."""
+    await _say(baton, "e1", "hmm, the thing?")
+    await _until_replies(baton, "1", 1)  # the "Which one?" card
+    async with baton.db.read() as session:
+        card = (await session.exec(select(Approval).where(Approval.kind == "choice"))).one()
+    graph_run = baton.runtime.run
+    baton.runtime.run = _stops_baton  # type: ignore[method-assign]
+    await baton.accept_click(InboundClick(platform="playground", channel="general", thread="1", event_id="c1",
+                                          user="alice", approval_id=card.id, action=graph))
+    await _settled(baton)
+    return graph_run
+
+
 async def test_a_run_chosen_on_a_which_one_card_that_stops_baton_each_time_is_not_taken_up_for_ever(
         tmp_path, config_path, monkeypatch) -> None:
     """A run chosen on a "Which one?" card and under way each time Baton stopped was taken up again at every start,
     for good: the click that chose it went on with it (``_handle_choice``) without counting the takeover, so
     ``MAX_TAKEOVERS`` never failed it, as it fails a run a message or an approval started."""
-    script_path = tmp_path / "script.json"
-    monkeypatch.setenv("BATON_TEST_MODEL_SCRIPT", str(script_path))
-    script(script_path, [{"tool_calls": [{"name": "GraphGuess", "id": "g1", "args": {
-        "graph": "status", "confidence": 0.4, "alternatives": ["help"]}}]}])
+    _guessing(tmp_path, monkeypatch, "status")
     async with Baton(_scripted_model_settings(tmp_path, config_path)) as baton:
-        await _say(baton, "e1", "hmm, the thing?")
-        await _until_replies(baton, "1", 1)  # the "Which one?" card
-        async with baton.db.read() as session:
-            card = (await session.exec(select(Approval).where(Approval.kind == "choice"))).one()
-        graph_run = baton.runtime.run
-        baton.runtime.run = _stops_baton  # type: ignore[method-assign]
-        await baton.accept_click(InboundClick(platform="playground", channel="general", thread="1", event_id="c1",
-                                              user="alice", approval_id=card.id, action="status"))
-        await _settled(baton)
+        graph_run = await _chosen_and_stopped(baton, "status")
         for _ in range(MAX_TAKEOVERS + 1):
             await _taken_up_again(baton, "c1")
         baton.runtime.run = graph_run  # type: ignore[method-assign]
@@ -203,21 +215,10 @@ async def test_a_chosen_run_whose_graph_is_gone_after_a_stop_fails_instead_of_ru
     """Taken up again after a stop with the graph chosen on its "Which one?" card removed meanwhile, the click was
     answered "alice already chosen `gone`" and the run and its thread stayed "running" for good (a run a message
     started fails so: "the `gone` graph is not installed on this Baton any more")."""
-    script_path = tmp_path / "script.json"
-    monkeypatch.setenv("BATON_TEST_MODEL_SCRIPT", str(script_path))
-    script(script_path, [{"tool_calls": [{"name": "GraphGuess", "id": "g1", "args": {
-        "graph": "gone", "confidence": 0.4, "alternatives": ["help"]}}]}])
+    _guessing(tmp_path, monkeypatch, "gone")
     async with Baton(_scripted_model_settings(tmp_path, config_path)) as baton:
         baton.registry.add(GraphSpec(name="gone", graph=_recording_graph([]), description="Goes away."))
-        await _say(baton, "e1", "hmm, the thing?")
-        await _until_replies(baton, "1", 1)  # the "Which one?" card
-        async with baton.db.read() as session:
-            card = (await session.exec(select(Approval).where(Approval.kind == "choice"))).one()
-        graph_run = baton.runtime.run
-        baton.runtime.run = _stops_baton  # type: ignore[method-assign]
-        await baton.accept_click(InboundClick(platform="playground", channel="general", thread="1", event_id="c1",
-                                              user="alice", approval_id=card.id, action="gone"))
-        await _settled(baton)
+        graph_run = await _chosen_and_stopped(baton, "gone")
         baton.runtime.run = graph_run  # type: ignore[method-assign]
         del baton.registry._specs["gone"]
         await _taken_up_again(baton, "c1")
