@@ -191,7 +191,7 @@ def approve(
     try:
         value = interrupt({"baton": APPROVAL_MARK, "summary": summary, "details": _shown_details(details or {}),
                            "risk": risk, "approvers": approvers, "runbook": runbook})
-    except GraphInterrupt:  # how the run stops here; a node's `except Exception` may catch it (``asked``)
+    except GraphInterrupt as stop:  # how the run stops here; a node's `except Exception` may catch it (``asked``)
         # Checked only when the question is asked: a node resumed with its decision gets it whatever it says now
         # (the runbook graph asks of nobody when its runbook left baton.yaml since; the decision still counts).
         if not str(summary).strip():  # a card with no question on it, which its approvers could still approve
@@ -207,7 +207,7 @@ def approve(
         if unseen is not None:  # the card waited a day; clicks were told to "add approvers in baton.yaml"
             raise ValueError(f"approve(): {unseen}") from None
         if context is not None:
-            asked(context).append(str(summary))
+            asked(context).append((str(summary), stop.args[0][0].id if stop.args and stop.args[0] else None))
         raise
     return Decision.from_resume(value)
 
@@ -238,12 +238,13 @@ def _nobody_may_approve(approvers: Sequence[str], risk: str, request: Request) -
     return None
 
 
-_asked: weakref.WeakKeyDictionary[RunContext, list[str]] = weakref.WeakKeyDictionary()
+_asked: weakref.WeakKeyDictionary[RunContext, list[tuple[str, str | None]]] = weakref.WeakKeyDictionary()
 
 
-def asked(context: RunContext) -> list[str]:
-    """The questions ``approve()`` stopped the run for since the list was last cleared (``bot.runtime``): a run
-    that ends with none of them waiting caught LangGraph's ``GraphInterrupt`` on its way out."""
+def asked(context: RunContext) -> list[tuple[str, str | None]]:
+    """The questions ``approve()`` stopped the run for since the list was last cleared (``bot.runtime``), with their
+    interrupt ids: one that no checkpoint of the run stored was caught (LangGraph's ``GraphInterrupt``) on its way
+    out."""
     return _asked.setdefault(context, [])
 
 

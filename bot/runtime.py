@@ -229,6 +229,12 @@ def _as_data(value: Any) -> Any:
     return value
 
 
+# The ids of the questions the running run's checkpoints stored (its tasks' INTERRUPT writes, subgraphs' too): an
+# ``approve()`` whose question is among none of them was caught by the graph, even beside another branch's card.
+_stored_questions: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("baton_stored_questions",
+                                                                                     default=None)
+
+
 def checkpointed(value: Any) -> Any:
     """What a checkpoint stores of a value a graph wrote, an ``interrupt()``'s question too: ``storable_value``.
     Stored as it was, a lone surrogate became "?" (msgpack), and a NUL stayed on SQLite and failed the run on
@@ -237,6 +243,8 @@ def checkpointed(value: Any) -> Any:
         shown = storable_value(value.value)
         return value if shown is value.value else Interrupt(shown, value.id, response_schema=value.response_schema)
     if type(value) in (list, tuple) and any(isinstance(item, Interrupt) for item in value):  # LangGraph's INTERRUPT
+        if (stored := _stored_questions.get()) is not None:
+            stored.update(item.id for item in value if isinstance(item, Interrupt))
         return type(value)(map(checkpointed, value))
     return storable_value(value)
 
@@ -298,6 +306,7 @@ class GraphRuntime:
         run_context = graph_context.context_for(spec.graph, context.request)  # every start and resume: not kept
         _contain_exits_of_graph_tasks(asyncio.get_running_loop())
         token, inside, fenced = kit.bind(context), _in_graph.set(True), checkpoint_fence.set(fence)
+        stored = _stored_questions.set(set())
         counter = model_usage.UsageCounter(context.record_usage)  # the graph's own models' spend too
         counted = model_usage.counting(counter)
         deadline = asyncio.timeout(limit)
@@ -321,12 +330,20 @@ class GraphRuntime:
         finally:
             model_usage.stop(counted)
             checkpoint_fence.reset(fenced)
+            stored_ids = _stored_questions.get() or set()
+            _stored_questions.reset(stored)
             _in_graph.reset(inside)
             kit.unbind(token)
             await counter.written()
         outcome = await self.state(spec, lg_thread_id)
-        if questions and not outcome.waiting:  # it ran on (and ended) as if someone had decided
-            raise QuestionCaught(questions[0])
+        # It ran on as if someone had decided: the whole run, or one branch beside another's card. A question that
+        # LangGraph stored and keeps for later (``@task``s started together are asked one after another) was not
+        # caught; with a checkpointer not Baton's, whose writes are not seen here, only a run with none waiting is.
+        waiting = stored_ids | {asked.id for asked in outcome.interrupts}
+        caught = [summary for summary, asked_id in questions if asked_id not in waiting] if self._storing \
+            else [summary for summary, _ in questions] if not outcome.waiting else []
+        if caught:
+            raise QuestionCaught(caught[0])
         for asked in outcome.interrupts:
             why = tool_review.unanswerable(asked.value, asked.response_schema) if tool_review.is_review(
                 asked.value) else _unanswerable(asked.response_schema)
