@@ -23,6 +23,7 @@ import inspect
 import json
 import os
 import queue
+import re
 import threading
 import unicodedata
 import weakref
@@ -383,7 +384,9 @@ ATTEMPTS_KEPT = 1024
 
 def _repeat_suffix(configurable: dict[str, Any], name: str) -> str:
     """``""`` for a node's first effect called ``name``, ``#2``, ``#3``... for the next ones (an effect in a
-    loop over hosts): each is an effect of its own, found again in that order when the node runs again.
+    loop over hosts): each is an effect of its own, found again in that order when the node runs again. A name that
+    ends as such a suffix does (``page#2``) has ``#1`` too, so that it is never the second ``page``'s key: that
+    effect never ran, and returned the second page's result.
 
     LangGraph gives each attempt of a node (a first run, a resume, a retry) a scratchpad of its own and
     counts the node's ``interrupt()`` calls on it; effects are counted per attempt the same way.
@@ -398,7 +401,10 @@ def _repeat_suffix(configurable: dict[str, Any], name: str) -> str:
         del attempts[next(iter(attempts))]
     counts = known[1]
     counts[name] = counts.get(name, 0) + 1
-    return "" if counts[name] == 1 else f"#{counts[name]}"
+    return "" if counts[name] == 1 and not _REPEAT.search(name) else f"#{counts[name]}"
+
+
+_REPEAT = re.compile(r"#[0-9]+$")
 
 
 GRAPH_THREADS = 64  # threads for graphs' blocking code; one that never returns keeps its thread

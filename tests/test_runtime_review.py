@@ -8,11 +8,11 @@ from typing import Annotated, TypedDict
 from langgraph.func import entrypoint, task
 from langgraph.graph import END, START, StateGraph
 
-from bot.kit import approve
+from bot.kit import approve, effect
 from bot.messages import InboundClick
 from bot.registry import GraphSpec
 from tests.test_graph_authoring_hunt2 import _bot_texts, _runs, _waiting_card
-from tests.test_graph_modules import _asked, _reply
+from tests.test_graph_modules import State, _asked, _ledger, _one_node, _reply
 
 
 class Branches(TypedDict, total=False):
@@ -73,3 +73,19 @@ async def test_tasks_started_together_still_ask_one_after_another(tmp_path, conf
         assert "web=True, api=True" in texts, texts
         assert await _runs(baton) == [("restart", "done", None)]
 
+
+async def test_an_effect_named_as_anothers_repeat_runs_too(tmp_path, config_path) -> None:
+    """A node paging twice (``effect("page")`` in a loop) and then ``effect("page#2")``: the second page's key was
+    ``...|page#2``, which the effect named ``page#2`` took for its own, so it never ran and returned "page 2"."""
+    ran: list[str] = []
+
+    async def act(_state: State) -> State:
+        for number in (1, 2):
+            await effect("page", lambda number=number: ran.append(f"page {number}") or f"page {number}")
+        return {"reply": await effect("page#2", lambda: ran.append("escalate") or "escalated")}
+
+    async with _asked(tmp_path, config_path, GraphSpec(name="pages", graph=_one_node(act)), "pages") as baton:
+        assert await _reply(baton, "1") == "escalated"
+        assert ran == ["page 1", "page 2", "escalate"]
+        assert sorted(await _ledger(baton)) == [("page", "done", "page 1"), ("page", "done", "page 2"),
+                                                ("page#2", "done", "escalated")]
