@@ -65,6 +65,7 @@ class EffectInDoubt(RuntimeError):
 class GraphOutcome:
     interrupts: list[Interrupt] = field(default_factory=list)
     values: dict[str, Any] = field(default_factory=dict)
+    next: tuple[str, ...] = ()  # the nodes still to run: none once the graph has ended
 
     @property
     def waiting(self) -> bool:
@@ -117,6 +118,15 @@ def _unanswerable(schema: Any) -> str | None:
     wrong = [key for key, kind in DECISION_TYPES.items()
              if isinstance(properties.get(key), dict) and properties[key].get("type") not in (None, kind)]
     return f"a dict whose {', '.join(wrong)} {'is' if len(wrong) == 1 else 'are'} of another type" if wrong else None
+
+
+class StoppedUnasked(RuntimeError):
+    """The graph stopped before its end with no question waiting (a node raised ``GraphInterrupt()`` itself): no card
+    could make it go on, and it had not ended."""
+
+    def __init__(self, nodes: tuple[str, ...]) -> None:
+        super().__init__(f"the graph stopped at {', '.join(f'`{node}`' for node in nodes)} with no question to ask "
+                         "(a GraphInterrupt raised without one?): call interrupt() or bot.kit.approve() to ask")
 
 
 class RunTimedOut(RuntimeError):
@@ -344,6 +354,8 @@ class GraphRuntime:
             else [summary for summary, _ in questions] if not outcome.waiting else []
         if caught:
             raise QuestionCaught(caught[0])
+        if not outcome.waiting and outcome.next:  # reported "Done." though nothing after the stop ran
+            raise StoppedUnasked(outcome.next)
         for asked in outcome.interrupts:
             why = tool_review.unanswerable(asked.value, asked.response_schema) if tool_review.is_review(
                 asked.value) else _unanswerable(asked.response_schema)
@@ -367,9 +379,11 @@ class GraphRuntime:
         # ``approve()`` whose text held a NUL (a command's output) failed storing its approval on PostgreSQL, and the
         # thread read "Something went wrong while handling this". Baton's checkpointers hold them so already.
         if self._storing:
-            return GraphOutcome(interrupts=list(snapshot.interrupts), values=_values(snapshot.values))
+            return GraphOutcome(interrupts=list(snapshot.interrupts), values=_values(snapshot.values),
+                                next=tuple(snapshot.next))
         interrupts = [checkpointed(asked) for asked in snapshot.interrupts]
-        return GraphOutcome(interrupts=interrupts, values=_values(storable_value(snapshot.values)))
+        return GraphOutcome(interrupts=interrupts, values=_values(storable_value(snapshot.values)),
+                            next=tuple(snapshot.next))
 
     async def keep_latest(self, lg_thread_id: str, graph: str) -> None:
         """Delete the checkpoints of the graph's earlier runs in the chat thread but its latest (what a new run

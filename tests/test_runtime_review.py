@@ -5,6 +5,7 @@ from __future__ import annotations
 import operator
 from typing import Annotated, TypedDict
 
+from langgraph.errors import GraphInterrupt
 from langgraph.func import entrypoint, task
 from langgraph.graph import END, START, StateGraph
 
@@ -89,3 +90,16 @@ async def test_an_effect_named_as_anothers_repeat_runs_too(tmp_path, config_path
         assert ran == ["page 1", "page 2", "escalate"]
         assert sorted(await _ledger(baton)) == [("page", "done", "page 1"), ("page", "done", "page 2"),
                                                 ("page#2", "done", "escalated")]
+
+
+async def test_a_graph_stopping_itself_with_no_question_is_not_done(tmp_path, config_path) -> None:
+    """A node raising LangGraph's ``GraphInterrupt()`` itself, with no question: the run stopped there (nothing after
+    it ran), and Baton reported it "Done.", the run done, though no card asked anything that could go on."""
+    async def act(_state: State) -> State:
+        raise GraphInterrupt()
+
+    async with _asked(tmp_path, config_path, GraphSpec(name="halts", graph=_one_node(act)), "halts") as baton:
+        reply = await _reply(baton, "1")
+        assert "stopped at `act` with no question" in reply, reply
+        [(name, status, _error)] = await _runs(baton)
+        assert (name, status) == ("halts", "failed")
