@@ -161,6 +161,8 @@ class Approval(SQLModel, table=True):
         UniqueConstraint("run_id", "interrupt_id", name="uq_approval_interrupt"),
         Index("ix_approvals_status", "status", "created_at"),
         Index("ix_approvals_thread", "thread_record_id"),  # deleting a thread record (retention) looks here
+        # A digest's approvals granted and rejected: those decided in its window, not every one ever decided.
+        Index("ix_approvals_decided", "status", "decided_at"),
     )
 
     id: str = Field(default_factory=new_token, primary_key=True)
