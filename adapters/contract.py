@@ -395,6 +395,8 @@ class Adapter(ABC):
 
     async def _deliver(self, delivery: Delivery) -> None:
         outbox = self.baton.outbox
+        if outbox.held(delivery.location):  # a 429 earlier in this batch asked for quiet in its channel
+            return await outbox.put_back(delivery.id)
         outbox.begin(delivery.id)
         try:
             platform_id = await self.send(delivery)

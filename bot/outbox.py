@@ -354,6 +354,19 @@ class Outbox:
         return Delivery(id=row_id, kind="post", location=location, message=message, target_user=None,
                         target_message_id=None, attempts=1, created_at=row["created_at"])
 
+    def held(self, location: Location) -> bool:
+        """Whether a 429 this process saw still holds ``location``'s channel: a delivery taken before it (in the
+        same claim, or handed over meanwhile) waits for the hold's end too (``put_back``)."""
+        return bool(self._holds) and self._held(location.platform, location.channel)
+
+    async def put_back(self, delivery_id: int) -> None:
+        """A delivery taken and never begun goes back to the stored queue as it was, not counted as a try: the
+        claim takes it again once its channel allows a message."""
+        worker = self._claimed_as.pop(delivery_id, self.worker)
+        async with self._db.session(durable=False) as session:  # lost, its claim runs out: sent then
+            await session.exec(_GIVE_BACK,  # type: ignore[call-overload]
+                               params={"row_ids": [delivery_id], "worker": worker})
+
     def _held(self, platform: str, channel: str) -> bool:
         """Whether a 429 this process saw still holds ``channel``."""
         self._forget_holds_over(self._db.now())

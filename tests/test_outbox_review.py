@@ -1,0 +1,87 @@
+"""The outbox and its delivery loop, from a fresh-eyes review: what the loop does with a batch after a 429."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlmodel import select
+
+from adapters.contract import Adapter, RetryLater
+from bot.messages import Location, Message
+from bot.outbox import Delivery, Outbox
+from storage.db import Database
+from storage.models import OutboxMessage
+from tests.support import until
+
+
+class _Baton:
+    def __init__(self, database: Database, outbox: Outbox) -> None:
+        self.db, self.outbox = database, outbox
+
+
+class _FirstRateLimited(Adapter):
+    """An unpaced platform (as Discord) whose first call is a 429 that asks the channel to wait half a minute."""
+
+    name = "discord"
+
+    def __init__(self, baton: _Baton) -> None:
+        super().__init__(baton)  # type: ignore[arg-type]
+        self.calls: list[str] = []
+
+    async def send(self, delivery: Delivery) -> str | None:
+        self.calls.append(delivery.message.plain_text())
+        if len(self.calls) == 1:
+            raise RetryLater(30.0, "Discord: 429 Too Many Requests (Cloudflare)")
+        return f"m{delivery.id}"
+
+
+def _at(channel: str, thread: str) -> Location:
+    return Location(platform="discord", workspace="G1", channel=channel, thread=thread)
+
+
+async def _rows(database: Database) -> list[OutboxMessage]:
+    async with database.read() as session:
+        rows = await session.exec(select(OutboxMessage).order_by(OutboxMessage.id))  # type: ignore[arg-type]
+        return list(rows.all())
+
+
+@pytest.fixture
+async def adapter(database: Database) -> AsyncIterator[_FirstRateLimited]:
+    adapter = _FirstRateLimited(_Baton(database, Outbox(database, worker="me")))
+    yield adapter
+    await adapter.stop()
+
+
+@pytest.mark.parametrize("taken", ["claimed", "handed over"])
+async def test_a_429_holds_its_channel_for_the_rest_of_the_batch_it_came_in(
+        database: Database, adapter: _FirstRateLimited, taken: str) -> None:
+    """On an unpaced platform one claim takes the first row of each thread, several of one channel; and the final
+    replies handed over while the loop was busy come as one batch too. A 429 asking the channel to wait (hold_channel)
+    was stored as a hold, but the loop went on through its batch: the next message for that channel, in another
+    thread, went out at once, into the same 429."""
+    outbox = adapter.baton.outbox
+    if taken == "claimed":
+        async with database.session() as session:
+            for thread in ("t1", "t2"):
+                await outbox.enqueue(session, _at("C1", thread), Message.text(f"reply in {thread}"))
+        await adapter.start()
+    else:
+        await adapter.start()
+        handed = []
+        for thread in ("t1", "t2"):
+            async with database.session() as session:
+                handed.append(await outbox.enqueue_claimed(session, _at("C1", thread),
+                                                           Message.text(f"reply in {thread}")))
+        assert all(handed)
+        for delivery in handed:  # after their commits, before the loop wakes: one batch
+            outbox.hand_over("discord", delivery)
+
+    async def settled() -> bool:
+        rows = await _rows(database)
+        return len(rows) == 2 and all(row.status != "sending" for row in rows) and rows[0].error is not None
+    await until(settled, "the rate-limited message put off, and the other settled")
+    assert adapter.calls == ["reply in t1"]  # nothing more to channel C1 while Discord asked for quiet there
+    first, second = await _rows(database)
+    assert (first.status, second.status) == ("pending", "pending")
+    assert second.attempts == 0  # never sent: its first try is still to come (nothing of it to look for)
