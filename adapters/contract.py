@@ -405,7 +405,9 @@ class Adapter(ABC):
                     self.name, delivery.id, exc.seconds, exc)
             if exc.warn and self._token_refused is None:  # the platform refuses Baton's token: /healthz says so
                 self._token_refused = (str(exc), time.monotonic())
-            await outbox.retry(delivery.id, exc.seconds, str(exc), hold_channel=exc.hold_channel)
+            # Nothing of this try posted (no step made): the platform only put it off, no failure of the message.
+            await outbox.retry(delivery.id, exc.seconds, str(exc), hold_channel=exc.hold_channel,
+                               failed=bool(self._steps_done.get(delivery.id)))
             return
         except DeliveryRejected as exc:
             if exc.unreachable is None:  # a channel Baton cannot reach is told by the outbox, once a channel
@@ -414,11 +416,11 @@ class Adapter(ABC):
                           f", thread {delivery.location.thread}" if delivery.location.thread else "", exc)
             await outbox.failed(delivery.id, str(exc), reason=exc.unreachable or "refused", thread_only=exc.thread_only)
         except Exception as exc:
-            if delivery.attempts < self.max_attempts:
-                await outbox.retry(delivery.id, min(2.0 ** delivery.attempts, 120.0), f"{type(exc).__name__}: {exc}")
+            if delivery.failures < self.max_attempts:  # a 429's put-off is no failure: it neither counts nor backs off
+                await outbox.retry(delivery.id, min(2.0 ** delivery.failures, 120.0), f"{type(exc).__name__}: {exc}")
                 return
-            log.error("giving up on %s message %s (%s in channel %s) after %d attempts: %s", self.name, delivery.id,
-                      delivery.kind, delivery.location.channel, delivery.attempts, exc)
+            log.error("giving up on %s message %s (%s in channel %s) after %d failed attempts: %s", self.name,
+                      delivery.id, delivery.kind, delivery.location.channel, delivery.failures, exc)
             await outbox.failed(delivery.id, f"{type(exc).__name__}: {exc}", reason="gave_up")
         else:
             self._token_refused = None  # it works (again)

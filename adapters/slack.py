@@ -576,12 +576,12 @@ class SlackAdapter(Adapter):
             return await self._find_posts(delivery)
         except SlackApiError as exc:
             error = _delivery_error(method, exc)
-            if isinstance(error, RetryLater) or (error is exc and delivery.attempts < self.max_attempts):
+            if isinstance(error, RetryLater) or (error is exc and delivery.failures < self.max_attempts):
                 raise error from exc
             problem = _error_code(exc)
             needed = exc.response.data.get("needed") if isinstance(exc.response.data, dict) else None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            if delivery.attempts < self.max_attempts:
+            if delivery.failures < self.max_attempts:
                 raise
             problem, needed = type(exc).__name__, None
         hint = (f" (the app needs the `{needed}` scope: reinstall it from slack/manifest.yaml)"

@@ -123,6 +123,11 @@ _DELIVERED = prepared(update(_ROWS).where(*_CLAIM_HELD).values(
     claimed_until=None, error=None))
 _RETRY = prepared(update(_ROWS).where(*_CLAIM_HELD).values(
     status="pending", next_attempt_at=bindparam("at", type_=DateTime()), claimed_until=None, error=bindparam("error")))
+# A try the platform only put off (a 429: nothing of it posted): an attempt still (each try has its number, which
+# Slack's adapter tells tries apart by), but no failure: counted apart, and not towards giving the message up.
+_PUT_OFF = prepared(update(_ROWS).where(*_CLAIM_HELD).values(
+    status="pending", next_attempt_at=bindparam("at", type_=DateTime()), claimed_until=None, error=bindparam("error"),
+    put_offs=_ROWS.c.put_offs + 1))
 _FAILED = prepared(update(_ROWS).where(*_CLAIM_HELD).values(status="failed", claimed_until=None, error=bindparam("error")))
 
 
@@ -214,8 +219,9 @@ def _row(location: Location, message: Message, *, kind: str = "post", target_use
     now = utcnow()
     return {"platform": location.platform, "workspace": location.workspace, "channel": location.channel,
             "thread": location.thread, "kind": kind, "target_user": target_user, "ref_outbox_id": ref_outbox_id,
-            "payload": message.model_dump(), "status": "pending", "attempts": 0, "next_attempt_at": now,
-            "claimed_by": None, "claimed_until": None, "correlation_id": correlation_id, "created_at": now}
+            "payload": message.model_dump(), "status": "pending", "attempts": 0, "put_offs": 0,
+            "next_attempt_at": now, "claimed_by": None, "claimed_until": None, "correlation_id": correlation_id,
+            "created_at": now}
 
 
 @dataclass(frozen=True)
@@ -232,6 +238,12 @@ class Delivery:
     # When the row was stored: where an adapter that looks for an earlier try's post (Slack) starts looking,
     # and what tells its row from another database's of the same id (baton.db made anew, a restore).
     created_at: datetime | None = None
+    put_offs: int = 0  # of the tries before this one, those the platform only put off (a 429): nothing posted
+
+    @property
+    def failures(self) -> int:
+        """The tries, this one included, that were no mere put-off: what a delivery is given up after."""
+        return self.attempts - self.put_offs
 
 
 class Outbox:
@@ -595,6 +607,7 @@ class Outbox:
             target_message_id=target,
             attempts=row.attempts + 1,
             created_at=row.created_at,
+            put_offs=row.put_offs,
         )
 
     async def _channel_slot(self, session: Transaction, platform: str, channel: str, pace_seconds: float) -> bool:
@@ -624,15 +637,18 @@ class Outbox:
         if not await self._settle(session, _DELIVERED, delivery_id, platform_id=platform_message_id, now=utcnow()):
             raise ClaimLost(f"outbox message {delivery_id} was taken over by another replica")
 
-    async def retry(self, delivery_id: int, after_seconds: float, error: str, *, hold_channel: bool = False) -> None:
+    async def retry(self, delivery_id: int, after_seconds: float, error: str, *, hold_channel: bool = False,
+                    failed: bool = True) -> None:
         """Try the row again in ``after_seconds``. ``hold_channel``: the platform asked to wait (a 429's
         Retry-After), for its channel, not only this message: no other message goes there before then.
-        The wait is at most ``MAX_RETRY_SECONDS`` (none for a NaN or a negative one)."""
+        The wait is at most ``MAX_RETRY_SECONDS`` (none for a NaN or a negative one). ``failed=False``: the
+        platform posted nothing of this try and only asked to wait (``Delivery.failures`` leaves it out)."""
         after_seconds = min(after_seconds, MAX_RETRY_SECONDS) if after_seconds > 0 else 0.0
         now = self._db.now()
         at = now + timedelta(seconds=after_seconds)
         async with self._db.session() as session:
-            if await self._settle(session, _RETRY, delivery_id, at=at, error=self._stored_error(error)) \
+            if await self._settle(session, _RETRY if failed else _PUT_OFF, delivery_id, at=at,
+                                  error=self._stored_error(error)) \
                     and hold_channel:
                 row = await session.get(OutboxMessage, delivery_id)
                 if row is not None:

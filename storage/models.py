@@ -242,6 +242,8 @@ class OutboxMessage(SQLModel, table=True):
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     status: str = "pending"  # pending | sending | sent | failed
     attempts: int = 0
+    # Of those, the tries the platform only put off (a 429, a refused token: nothing posted): no failure of the message
+    put_offs: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     next_attempt_at: datetime = Field(default_factory=utcnow)
     claimed_by: str | None = None
     claimed_until: datetime | None = None

@@ -85,3 +85,34 @@ async def test_a_429_holds_its_channel_for_the_rest_of_the_batch_it_came_in(
     first, second = await _rows(database)
     assert (first.status, second.status) == ("pending", "pending")
     assert second.attempts == 0  # never sent: its first try is still to come (nothing of it to look for)
+
+
+class _RateLimitedThenBroken(Adapter):
+    """A platform that rate-limits every try (nothing posted) and then fails once, as a 502 does."""
+
+    name = "slack"
+    limited = 0
+
+    async def send(self, delivery: Delivery) -> str | None:
+        if self.limited:
+            self.limited -= 1
+            raise RetryLater(0.0, "Slack rate limit on chat.postMessage", hold_channel=False)
+        raise ConnectionResetError("Connection reset by peer")
+
+
+async def test_a_message_put_off_by_rate_limits_is_not_given_up_at_its_first_failure(database: Database) -> None:
+    """Every try counted towards ``max_attempts``, a 429's too, though the platform posted nothing and asked only
+    to wait: a message rate-limited (or held by a refused token, tried every five minutes) twelve times was given
+    up for good, and never shown, at the first connection reset after that."""
+    outbox = Outbox(database, worker="me")
+    adapter = _RateLimitedThenBroken(_Baton(database, outbox))  # type: ignore[arg-type]
+    adapter.limited = adapter.max_attempts
+    async with database.session() as session:
+        await outbox.enqueue(session, Location(platform="slack", workspace="T1", channel="C1", thread="t1"),
+                             Message.text("the deploy is done"))
+    for _try in range(adapter.max_attempts + 1):
+        [delivery] = await outbox.claim("slack", "me")
+        await adapter._deliver(delivery)
+    [row] = await _rows(database)
+    assert (row.status, row.error) == ("pending", "ConnectionResetError: Connection reset by peer")
+    assert (row.attempts, row.put_offs) == (adapter.max_attempts + 1, adapter.max_attempts)  # its first failure
