@@ -5,14 +5,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from sqlalchemy import update
 from sqlmodel import select
 
 from adapters.contract import Adapter, RetryLater
+from adapters.slack import SlackAdapter
 from bot.messages import Location, Message
 from bot.outbox import Delivery, Outbox
 from storage.db import Database
 from storage.models import OutboxMessage
-from tests.support import until
+from tests.fake_slack import FakeSlack
+from tests.support import ON_SQLITE_ONLY, until
+from tests.test_outbox_hunt import _deliver_due, fake_slack, slack_outbox  # noqa: F401 (fixtures)
 
 
 class _Baton:
@@ -116,3 +120,25 @@ async def test_a_message_put_off_by_rate_limits_is_not_given_up_at_its_first_fai
     [row] = await _rows(database)
     assert (row.status, row.error) == ("pending", "ConnectionResetError: Connection reset by peer")
     assert (row.attempts, row.put_offs) == (adapter.max_attempts + 1, adapter.max_attempts)  # its first failure
+
+
+@ON_SQLITE_ONLY
+async def test_slack_s_clean_failures_kept_for_retries_are_bounded(
+        fake_slack: FakeSlack, slack_outbox: tuple[Outbox, SlackAdapter], database: Database,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A try Slack answered with a 429 is remembered as clean (nothing of it posted), for the next try of the row
+    to skip looking for it. With several replicas, that next try is often another replica's: the row is settled
+    there, never here, and its entry stayed for good, one more for every rate-limited message, for as long as Baton
+    ran (as ``send_steps``'s did, bounded since by ``STEPS_KEPT``). The oldest are forgotten past ``TRIES_KEPT``."""
+    monkeypatch.setattr("adapters.slack.TRIES_KEPT", 2, raising=False)
+    outbox, adapter = slack_outbox
+    fake_slack.fail("chat.postMessage", 429, times=5, retry_after=1)
+    async with database.session() as session:
+        for n in range(5):
+            await outbox.enqueue(session, Location(platform="slack", workspace="T1", channel=f"C0BUSY000{n}",
+                                                   thread="1.000001"), Message.text(f"reply {n}"))
+    assert len(await _deliver_due(outbox, adapter)) == 5
+    async with database.session() as session:  # another replica took each retry, and sent it
+        sent_elsewhere = update(OutboxMessage).values(status="sent", claimed_by="other")
+        await session.exec(sent_elsewhere)  # type: ignore[call-overload]
+    assert len(adapter._clean_failures) <= 2
