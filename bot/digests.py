@@ -469,8 +469,10 @@ class Digests:
 
     @staticmethod
     def _period(schedule: DigestSchedule, fire_time: datetime) -> timedelta:
-        following = schedules.next_fire(schedule.cron, schedule.timezone, fire_time + timedelta(microseconds=1))
-        return (following - fire_time) if following else timedelta(days=1)
+        """The period a firing at ``fire_time`` covers: since the schedule's firing before it (the time to its next
+        one made a weekday digest's first, on a Monday, begin on the Sunday, and a monthly one's go back 31 days)."""
+        previous = schedules.previous_fire(schedule.cron, schedule.timezone, fire_time)
+        return (fire_time - previous) if previous else timedelta(days=1)
 
 
 def _people(stats: dict[str, Any]) -> list[str]:

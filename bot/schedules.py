@@ -19,6 +19,7 @@ DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
 CRONTAB_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # crontab's numbering: 0 (and 7) is Sunday
 MAX_STEPS = 200_000
 MIN_DIGEST_GAP = timedelta(minutes=15)  # more often than this, a digest is noise in its channel
+LOOKBACK_SPANS = tuple(timedelta(days=days) for days in (2, 9, 33, 367, 8 * 366 + 1))  # a day, week, month, year
 CHECKED_FIRINGS = 100  # the gaps between this many coming firings are checked (a cron repeats within days)
 
 
@@ -133,6 +134,16 @@ def latest_due(cron: str, timezone: str, since: datetime, now: datetime) -> date
         fire = _following(cron_trigger, fire)
         steps += 1
     return latest
+
+
+def previous_fire(cron: str, timezone: str, moment: datetime) -> datetime | None:
+    """The last firing before ``moment`` (in UTC), or ``None`` when there is none within 8 years (February 29th's
+    is found). Looked for a few days back first: a frequent cron's are not stepped through for years."""
+    for back in LOOKBACK_SPANS:
+        found = latest_due(cron, timezone, moment - back, moment - timedelta(microseconds=1))
+        if found is not None:
+            return found
+    return None
 
 
 def next_fire(cron: str, timezone: str, now: datetime) -> datetime | None:
