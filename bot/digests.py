@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, true, update
+from sqlalchemy import exists, func, or_, true, update
+from sqlalchemy.orm import aliased
 from sqlmodel import select
 
 from bot import audit, schedules
@@ -287,9 +288,10 @@ class Digests:
         now`` covers the time since the channel's previous digest. A digest given up (``failed``) is
         no previous one: the next covers its window too."""
         before = [DigestRun.window_end <= fire_time, DigestRun.status != "failed"]
+        given_up = await _given_up_from(session, key)
         own = await _shown_until(session, [DigestRun.schedule_key == key, *before])
         if own is not None:
-            return own
+            return min(own, given_up) if given_up is not None else own
         channel = await _shown_until(session, [
             DigestRun.platform == location.platform, _in_workspace(DigestRun.workspace, location.workspace),
             DigestRun.channel == location.channel, *before])
@@ -298,8 +300,6 @@ class Digests:
             start = one_period
         else:
             start = min(channel, one_period) if scheduled else channel
-        given_up = (await session.exec(select(func.min(DigestRun.window_start)).where(
-            DigestRun.schedule_key == key, DigestRun.status == "failed"))).one()
         return min(start, given_up) if given_up is not None else start
 
     async def _retake_lost(self, now: datetime) -> int:
@@ -494,6 +494,17 @@ async def _shown_until(session: Transaction, where: list[Any]) -> datetime | Non
         if summary.get("outbox_id") not in refused:  # None (no card yet) included
             return end
     return rows[-1][0] if rows else None
+
+
+async def _given_up_from(session: Transaction, key: str) -> datetime | None:
+    """Where the oldest of the schedule ``key``'s digests given up that no digest of its covers began: the next
+    covers it. One given up after the next had begun (tried again until then) is covered by none of them."""
+    covering = aliased(DigestRun, name="covering")
+    return (await session.exec(select(func.min(DigestRun.window_start)).where(
+        DigestRun.schedule_key == key, DigestRun.status == "failed",
+        ~exists().where(covering.schedule_key == key, covering.status != "failed",
+                        covering.window_start <= DigestRun.window_start,
+                        covering.window_end >= DigestRun.window_end)))).one()
 
 
 async def _add_spend(session: Transaction, run_id: int, spent: Spend) -> None:

@@ -6,7 +6,7 @@ this module only asks it questions, so the scheduler and the tests agree on ever
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from functools import cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -21,6 +21,7 @@ MAX_STEPS = 200_000
 MIN_DIGEST_GAP = timedelta(minutes=15)  # more often than this, a digest is noise in its channel
 LOOKBACK_SPANS = tuple(timedelta(days=days) for days in (2, 9, 33, 367, 8 * 366 + 1))  # a day, week, month, year
 CHECKED_FIRINGS = 100  # the gaps between this many coming firings are checked (a cron repeats within days)
+CLOCK_CHANGE_MARGIN = timedelta(hours=12)  # and the gaps of the firings this near each clock change of the year
 
 
 class ScheduleError(ValueError):
@@ -110,17 +111,35 @@ def check_schedule(cron: str, timezone: str, now: datetime | None = None) -> Non
     fire = _following(cron_trigger, (now or datetime.now(UTC)) - timedelta(microseconds=1))
     if fire is None:
         raise ScheduleError(f"`{quoted_code(cron, 80)}` never fires: no date matches it.")
-    for _ in range(CHECKED_FIRINGS):
-        following = _following(cron_trigger, fire)
-        if following is None:
-            return
-        if following - fire < MIN_DIGEST_GAP:
-            minutes = max(1, int((following - fire).total_seconds() // 60))
-            raise ScheduleError(
-                f"`{quoted_code(cron, 80)}` would post a digest {minutes} minute{'s' if minutes > 1 else ''} after another; "
-                f"a channel gets one at most every {int(MIN_DIGEST_GAP.total_seconds() // 60)} minutes "
-                "(hourly is `0 * * * *`).")
-        fire = following
+    # The coming firings, and those around the zone's clock changes of the coming year: a change shortens the
+    # gap across it (made in June, `5,55 1,3 * * *` in New York posted at 01:55 and 03:05 on the spring day).
+    starts = [(fire, ""), *((change, f" when the clocks change on {change.astimezone(cron_trigger.timezone):%Y-%m-%d}")
+                            for change in _clock_changes(cron_trigger.timezone, fire))]
+    for start, when in starts:
+        fire = start if not when else _following(cron_trigger, start - CLOCK_CHANGE_MARGIN)
+        for _ in range(CHECKED_FIRINGS):
+            following = _following(cron_trigger, fire) if fire is not None else None
+            if following is None or (when and following > start + CLOCK_CHANGE_MARGIN):
+                break
+            if following - fire < MIN_DIGEST_GAP:  # type: ignore[operator]
+                minutes = max(1, int((following - fire).total_seconds() // 60))  # type: ignore[operator]
+                raise ScheduleError(
+                    f"`{quoted_code(cron, 80)}` would post a digest {minutes} minute{'s' if minutes > 1 else ''} after "
+                    f"another{when}; a channel gets one at most every {int(MIN_DIGEST_GAP.total_seconds() // 60)} "
+                    "minutes (hourly is `0 * * * *`).")
+            fire = following
+
+
+def _clock_changes(zone: tzinfo, start: datetime) -> list[datetime]:
+    """When ``zone``'s clocks change in the year after ``start`` (to the hour after each change)."""
+    changes, at = [], start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    offset = at.astimezone(zone).utcoffset()
+    for _ in range(366 * 24):
+        at += timedelta(hours=1)
+        if (now_offset := at.astimezone(zone).utcoffset()) != offset:
+            changes.append(at)
+            offset = now_offset
+    return changes
 
 
 def latest_due(cron: str, timezone: str, since: datetime, now: datetime) -> datetime | None:
