@@ -132,13 +132,17 @@ def check_schedule(cron: str, timezone: str, now: datetime | None = None) -> Non
 
 def _clock_changes(zone: tzinfo, start: datetime) -> list[datetime]:
     """When ``zone``'s clocks change in the year after ``start`` (to the hour after each change)."""
-    changes, at = [], start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    offset = at.astimezone(zone).utcoffset()
-    for _ in range(366 * 24):
-        at += timedelta(hours=1)
-        if (now_offset := at.astimezone(zone).utcoffset()) != offset:
-            changes.append(at)
-            offset = now_offset
+    changes, day = [], start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    offset = day.astimezone(zone).utcoffset()
+    for _ in range(366):  # a day at a time, then the hour within a day whose offset changed (a zone every config
+        following = day + timedelta(days=1)  # load checks: 8,784 hours each took ~15 ms a schedule)
+        if following.astimezone(zone).utcoffset() != offset:
+            at = day
+            while (at := at + timedelta(hours=1)) <= following:
+                if (now_offset := at.astimezone(zone).utcoffset()) != offset:
+                    changes.append(at)
+                    offset = now_offset
+        day = following
     return changes
 
 
