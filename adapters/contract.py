@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from bot.app import StartFailed as StartFailed  # what ``start`` raises when the platform will not have Baton
 from bot.messages import Location, Message
 from bot.outbox import Delivery, Unreachable
+from bot.recent import REMEMBERED, forget_oldest
 from bot.settings import Settings
 
 if TYPE_CHECKING:
@@ -216,7 +217,7 @@ DATABASE_AWAY_CLICK = ("⚠️ I could not take your click just now: my database
 
 # Deliveries whose steps made so far are kept for their retry (``Adapter.send_steps``), the oldest forgotten first: one
 # whose retry another replica took is never settled here.
-STEPS_KEPT = 10_000
+STEPS_KEPT = REMEMBERED
 STOP_GRACE_SECONDS = 5.0  # at a stop, how long a send in flight may take to finish before it is cut off
 AUTH_RETRY_SECONDS = 300.0  # a refused token: its messages wait, tried again this often, until it works again
 
@@ -337,8 +338,7 @@ class Adapter(ABC):
         its adapter looks for what the platform already shows, as Slack's does.)
         """
         done = self._steps_done.setdefault(delivery.id, [])
-        if len(self._steps_done) > STEPS_KEPT:
-            del self._steps_done[next(iter(self._steps_done))]
+        forget_oldest(self._steps_done, STEPS_KEPT)
         for step in steps[len(done):]:
             done.append(await step())
         return list(done)

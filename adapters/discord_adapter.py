@@ -77,7 +77,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import aiohttp
 import discord
@@ -107,6 +107,7 @@ from adapters.discord_render import (
 )
 from bot.messages import Buttons, InboundClick, InboundMessage, Location, Message, Text, quoted, quoted_code
 from bot.outbox import Delivery, Unreachable
+from bot.recent import Recent
 from bot.settings import Settings
 
 log = logging.getLogger("baton.discord")
@@ -126,7 +127,6 @@ MENTION = re.compile(r"<@!?(\d{15,21})>|<@&(\d{15,21})>|<#(\d{15,21})>")  # a pe
 ECHO_CHARS = 1800  # "@you asked: `/baton ...`" stays one message
 SAID_CHARS = 200  # what Discord said about an error, as Baton repeats it (to people and in the log)
 MEMBER_CHECK_SECONDS = 600.0  # how long a DISCORD_GUILD_ID membership answer is taken as it is
-REMEMBERED = 10_000  # threads, people or channels a "told once" memory holds; the oldest is forgotten (told again)
 STRANGER_ANSWER = "I work for the members of one Discord server only, so I can't take requests from you here."
 UNREADABLE_CLICK = "I could not read this button of the card (it is not one I made), so nothing was changed."
 STRANGER_CLICK = "I work for the members of one Discord server only, so I can't take your click; nothing was changed."
@@ -170,7 +170,6 @@ NO_THREAD_SENDS = ("⚠️ I can't post in the threads of this channel, so reque
                    "an admin to grant it to Baton.")
 
 T = TypeVar("T")
-K = TypeVar("K")
 
 
 def _secret(settings: Settings) -> str | None:
@@ -301,30 +300,6 @@ def card_view(buttons: Buttons) -> discord.ui.View:
         label = shortened(option.label, BUTTON_LABEL_CHARS)
         view.add_item(ChoiceButton(option.value, buttons.approval_id, label, BUTTON_STYLE[option.style]))
     return view
-
-
-class Recent(Generic[K]):
-    """The latest ``REMEMBERED`` keys added: what this process remembers in order to say or log something once
-    (for a thread, a person, a channel). A set grew by one for every thread and stranger for as long as Baton ran;
-    forgetting the oldest only means saying it once more."""
-
-    def __init__(self) -> None:
-        self._keys: dict[K, None] = {}  # in the order added (a dict keeps it)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._keys
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def add(self, key: K) -> None:
-        self._keys.pop(key, None)
-        self._keys[key] = None
-        if len(self._keys) > REMEMBERED:
-            del self._keys[next(iter(self._keys))]
-
-    def discard(self, key: K) -> None:
-        self._keys.pop(key, None)
 
 
 @dataclass

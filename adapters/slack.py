@@ -96,6 +96,7 @@ from adapters.slack_blocks import (
 )
 from bot.messages import InboundClick, InboundMessage, Location, Message, quoted_code
 from bot.outbox import Delivery, Unreachable
+from bot.recent import REMEMBERED, forget_oldest
 from bot.settings import Settings
 
 log = logging.getLogger("baton.slack")
@@ -130,7 +131,7 @@ LOOKUP_WINDOW_SECONDS = 7 * 24 * 3600
 LOOKUP_MARGIN_SECONDS = 600  # looked for from this long before the row was stored: Slack's clock and ours differ
 # Deliveries whose clean failure (a 429: nothing posted) is kept for their next try, the oldest forgotten first: one
 # whose next try another replica made is never settled here. Forgotten, its next try here only looks before posting.
-TRIES_KEPT = 10_000
+TRIES_KEPT = REMEMBERED
 TRANSIENT_ERRORS = {"internal_error", "fatal_error", "service_unavailable", "request_timeout", "ratelimited"}
 # Slack refuses the token itself (revoked, rotated, the app uninstalled): RetryLater.token_refused
 AUTH_ERRORS = {"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired"}
@@ -534,8 +535,7 @@ class SlackAdapter(Adapter):
     def _attempt_failed(self, attempt: _Attempt) -> None:
         if not attempt.unanswered and (not attempt.unsure or attempt.found is not None):
             self._clean_failures[attempt.delivery.id] = attempt.delivery.attempts
-            if len(self._clean_failures) > TRIES_KEPT:
-                del self._clean_failures[next(iter(self._clean_failures))]
+            forget_oldest(self._clean_failures, TRIES_KEPT)
 
     def _poster(self, attempt: _Attempt, step: int, result_key: str | None, **kwargs: Any) -> Step:
         async def call() -> str | None:

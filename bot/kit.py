@@ -42,6 +42,7 @@ from pydantic import BaseModel
 
 from bot import approvals
 from bot.config import BatonConfig
+from bot.recent import forget_oldest
 from bot.lookalikes import shown_argument  # for graph authors: an argument as what it is, on a card
 from bot.messages import quoted, quoted_code, storable  # for graph authors: quoting what someone wrote; text to store
 from bot.model_usage import KIT_CALL  # the kit records its replies; bot.model_usage, the others
@@ -397,8 +398,7 @@ def _repeat_suffix(configurable: dict[str, Any], name: str) -> str:
     if known is None or known[0] is not attempt:  # (the scratchpad kept with it: an id is reused once it is freed)
         known = (attempt, {})
     attempts[id(attempt)] = known  # the newest last
-    if len(attempts) > ATTEMPTS_KEPT:
-        del attempts[next(iter(attempts))]
+    forget_oldest(attempts, ATTEMPTS_KEPT)
     counts = known[1]
     counts[name] = counts.get(name, 0) + 1
     return "" if counts[name] == 1 and not _REPEAT.search(name) else f"#{counts[name]}"

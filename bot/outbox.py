@@ -48,6 +48,7 @@ from sqlmodel import select
 
 from bot import audit
 from bot.messages import Location, Message, storable, validation_words
+from bot.recent import REMEMBERED, Recent
 from bot.redaction import Redactor
 from storage.db import Database, Transaction, insert_ignore, insert_returning_id, lock_for_transaction, prepared
 from storage.models import ChannelPace, OutboxMessage, utcnow
@@ -73,7 +74,7 @@ CLAIM_SECONDS = 30.0  # BATON_LEASE_SECONDS's default; Baton claims for as long 
 MAX_RETRY_SECONDS = 3600.0
 # Channels and threads told unreachable that are remembered (so told once): each locked Discord thread Baton had
 # written in added one for good.
-UNREACHABLE_REMEMBERED = 10_000
+UNREACHABLE_REMEMBERED = REMEMBERED
 
 # The claim's statements are built once, with bound parameters: building them (and their cache
 # keys) on every poll cost more CPU than running them.
@@ -274,8 +275,8 @@ class Outbox:
         self._holds: dict[tuple[str, str], datetime] = {}
         # (platform, reason) -> messages this process gave up on: ``baton_messages_undeliverable_total``
         self.undeliverable: defaultdict[tuple[str, str], int] = defaultdict(int)
-        # (platform, channel, thread or "") told unreachable, the oldest first; at most UNREACHABLE_REMEMBERED
-        self._unreachable: dict[tuple[str, str, str], None] = {}
+        # (platform, channel, thread or "") told unreachable
+        self._unreachable: Recent[tuple[str, str, str]] = Recent(UNREACHABLE_REMEMBERED)
         self.on_failed: FailedHook | None = None
 
     def attach(self, platform: str, pace_seconds: float) -> None:
@@ -691,9 +692,7 @@ class Outbox:
             log.info("%s: message %s (%s) given up: %s cannot be reached (%s)", row.platform, row.id, row.kind, where,
                      error)
             return
-        self._unreachable[key] = None
-        if len(self._unreachable) > UNREACHABLE_REMEMBERED:  # forgotten: told again, once, if it is refused again
-            del self._unreachable[next(iter(self._unreachable))]
+        self._unreachable.add(key)  # forgotten past its bound: told again, once, if it is refused again
         log.warning("%s: %s cannot be reached: %s (%s). Baton's messages there are given up, and a run waiting for "
                     "an approval card there ends; said once until a message gets through there again (invite Baton "
                     "back, or unarchive it)", row.platform, where, _UNREACHABLE_WORDS[reason], error)
@@ -701,8 +700,8 @@ class Outbox:
     def reached(self, location: Location) -> None:
         """A message got through to ``location``'s channel: a later refusal there is told again."""
         if self._unreachable:
-            self._unreachable.pop((location.platform, location.channel, ""), None)
-            self._unreachable.pop((location.platform, location.channel, location.thread), None)
+            self._unreachable.discard((location.platform, location.channel, ""))
+            self._unreachable.discard((location.platform, location.channel, location.thread))
 
     def _stored_error(self, error: str) -> str:
         """What the platform said, as stored and audited: without Baton's secrets, short, and storable. A lone

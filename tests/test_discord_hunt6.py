@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 import tests.fake_discord as fake_module
+from bot import recent
 from bot.messages import Location
 from tests.fake_discord import (
     ALICE,
@@ -197,9 +198,9 @@ async def test_what_the_adapter_remembers_for_saying_something_once_does_not_gro
     remembered = ("_told_strangers", "_baton_threads", "_told_unread", "_told_no_thread_sends", "_told_locked")
     for name in remembered:
         memory = getattr(guild_adapter, name)
-        for key in range(discord_adapter.REMEMBERED + 5):
+        for key in range(recent.REMEMBERED + 5):
             memory.add(key)
-        assert len(memory) == discord_adapter.REMEMBERED and 4 not in memory and 5 in memory, name
+        assert len(memory) == recent.REMEMBERED and 4 not in memory and 5 in memory, name
         memory.add(5)  # told again: now the latest
         memory.add(-1)
         assert 5 in memory and 6 not in memory, name
