@@ -349,9 +349,11 @@ class GraphRuntime:
         # It ran on as if someone had decided: the whole run, or one branch beside another's card. A question that
         # LangGraph stored and keeps for later (``@task``s started together are asked one after another) was not
         # caught; with a checkpointer not Baton's, whose writes are not seen here, only a run with none waiting is.
-        waiting = stored_ids | {asked.id for asked in outcome.interrupts}
-        caught = [summary for summary, asked_id in questions if asked_id not in waiting] if self._storing \
-            else [summary for summary, _ in questions] if not outcome.waiting else []
+        if self._storing:
+            waiting = stored_ids | {asked.id for asked in outcome.interrupts}
+            caught = [summary for summary, asked_id in questions if asked_id not in waiting]
+        else:
+            caught = [] if outcome.waiting else [summary for summary, _ in questions]
         if caught:
             raise QuestionCaught(caught[0])
         if not outcome.waiting and outcome.next:  # reported "Done." though nothing after the stop ran
