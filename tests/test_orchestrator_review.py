@@ -84,20 +84,26 @@ async def _pending(baton: Baton) -> list[InboundEvent]:
         return list((await session.exec(select(InboundEvent).where(InboundEvent.status == "pending"))).all())
 
 
+async def _cancelled_while_routed(baton: Baton) -> None:
+    """alice asks for something the model routes, and writes ``cancel`` while it is still routing it."""
+    gate, asked = asyncio.Event(), asyncio.Event()
+    baton.services.model = _GatedModel(messages=iter(()), gate=gate, asked=asked)
+    await _say(baton, "e1", "please get the new release out of the door")
+    await asyncio.wait_for(asked.wait(), 20)
+    await _say(baton, "e2", "cancel")
+    gate.set()
+
+
 async def test_a_cancel_written_while_the_model_routes_the_request_stops_its_run(tmp_path, config_path) -> None:
     """A request the model was still routing (the thread not yet "running") and a ``cancel`` written meanwhile by
     who asked: the cancel was stored naming no run, so it could neither stop the run that request then started
     (``look_beside_runs`` skips a cancel naming another run) nor withdraw the request (being handled by then). The
     run went on to its end, and the cancel was answered "Nothing is running in this thread"."""
     ran: list[str] = []
-    gate, asked, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    release = asyncio.Event()
     spec = GraphSpec(name="ship", graph=_recording_graph(ran, release), description="Ship the release.")
     async with _baton(tmp_path, config_path, spec) as baton:
-        baton.services.model = _GatedModel(messages=iter(()), gate=gate, asked=asked)
-        await _say(baton, "e1", "please get the new release out of the door")
-        await asyncio.wait_for(asked.wait(), 20)
-        await _say(baton, "e2", "cancel")
-        gate.set()
+        await _cancelled_while_routed(baton)
         await until(lambda: ran, "the run to start")
         try:
             await until(lambda: _no_pending(baton), "the cancel to be handled", timeout=10)
@@ -116,14 +122,9 @@ async def test_a_cancel_a_routed_request_outran_is_told_so(tmp_path, config_path
     """The same, the run ending before the cancel reached it: the cancel was answered "Nothing is running in this
     thread, so there is nothing to cancel", as if the request had never run; it is told it came too late."""
     ran: list[str] = []
-    gate, asked = asyncio.Event(), asyncio.Event()
     spec = GraphSpec(name="ship", graph=_recording_graph(ran), description="Ship the release.")
     async with _baton(tmp_path, config_path, spec) as baton:
-        baton.services.model = _GatedModel(messages=iter(()), gate=gate, asked=asked)
-        await _say(baton, "e1", "please get the new release out of the door")
-        await asyncio.wait_for(asked.wait(), 20)
-        await _say(baton, "e2", "cancel")
-        gate.set()
+        await _cancelled_while_routed(baton)
         await until(lambda: _no_pending(baton), "both events handled")
         texts = await until(lambda: _texts_when(baton, 2), "both answers")
         assert ran and not any("Nothing is running" in text for text in texts), texts
