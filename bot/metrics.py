@@ -325,7 +325,7 @@ class Metrics:
             async with self.db.scan() as session:  # SQLite: off the event loop (aiosqlite's thread)
                 if not self.db.is_sqlite:  # one snapshot (SQLite's read transaction is one): see Rollup.read
                     await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-                families = await self._read(session, utcnow())
+                families = await self._read(session, self.db.now())  # rows are stamped on its clock
         except Exception as exc:  # noqa: BLE001 - the scrape still answers: baton_database_up says what is wrong
             self._troubled(f"{type(exc).__name__}: {_first_line(exc)}")
             families = []

@@ -38,7 +38,7 @@ from bot.runtime import (EffectInDoubt, GraphOutcome, GraphRuntime, ProgressSink
 from bot.settings import Settings
 from storage.db import (Transaction, database_advice, database_unreachable, database_unusable, insert_new_id,
                         insert_row, lock_for_transaction, prepared, when_committed)
-from storage.models import Approval, Effect, InboundEvent, OutboxMessage, Run, ThreadRecord, loaded, utcnow
+from storage.models import Approval, Effect, InboundEvent, OutboxMessage, Run, ThreadRecord, loaded
 
 log = logging.getLogger("baton.orchestrator")
 SWEEP_AFTER_SECONDS = 2.0
@@ -47,8 +47,8 @@ EDIT_OF = "edit_of"  # the payload key of such an edit stored while its message 
 PASSED_OVER = ("conversation", "empty", "too long")  # outcomes of a message without a mention: no answer
 SWEEP_BATCH = 200
 # Threads with events pending since before ``received_before`` and no live lease: nobody is draining them. An
-# event received after ``received_after`` was stamped by a replica whose clock is ahead of this one's: it counts
-# as old (waited for, a dead replica's requests were taken over only once this clock had caught up).
+# event received after ``received_after`` was stamped before the database's clock was set back: it counts as old
+# (waited for, a dead replica's requests were taken over only once the clock had caught up).
 _ORPHANED_THREADS = prepared(select(InboundEvent.thread_record_id).join(ThreadRecord).where(
     InboundEvent.status == "pending",
     or_(InboundEvent.received_at < bindparam("received_before", type_=DateTime()),
@@ -214,7 +214,8 @@ class Orchestrator:
                 return Accepted(status="ignored", reason="not addressed to the bot and not in a Baton thread")
             new_thread = False
             if record is None:
-                record, new_thread = await threads.create(session, location, self.leases.lease_for_new_thread())
+                record, new_thread = await threads.create(session, location, self.db.now(),
+                                                          self.leases.lease_for_new_thread())
             kind, text, payload = "message", message.text, {"addressed": message.addressed, **_private(message)}
             if not new_thread and is_cancel(message.text, message.addressed, self.registry) and (
                     record.status in threads.BUSY or await threads.has_pending(session, record.id)):  # type: ignore[arg-type]
@@ -222,7 +223,7 @@ class Orchestrator:
             elif not new_thread and record.status in threads.BUSY and (asked := self._aside(message)) is not None:
                 kind, payload = threads.ASIDE_KIND, {**payload, "aside": asked}
             event = await self._claim(session, message.platform, message.event_id, kind, location, message.user,
-                                      text, payload, record.id, correlation)
+                                      text, payload, record.id, correlation, self.db.now())
             if event is None and message.mention_added and (talk := await self._talk(session, message)):
                 # Edited to add the mention its writer forgot, where it had been taken for people talking: a
                 # request now, once (the edit's id is its own), its original passed over without an answer. One
@@ -230,7 +231,8 @@ class Orchestrator:
                 # taken after it, as this edit is; a status or cancel is answered at once).
                 edited = {**payload, EDIT_OF: message.event_id} if talk == "queued" and kind == "message" else payload
                 event = await self._claim(session, message.platform, message.event_id + MENTION_ADDED, kind,
-                                          location, message.user, text, edited, record.id, correlation)
+                                          location, message.user, text, edited, record.id, correlation,
+                                          self.db.now())
             if event is None:
                 return Accepted(status="duplicate", reason="this event was already received")
             # A thread made just now has nothing queued before this event. An aside waits for nothing: at a card
@@ -274,7 +276,7 @@ class Orchestrator:
             record_id = approval.thread_record_id if approval else None
             stored = await self._claim(session, click.platform, click.event_id, "click", location, click.user,
                                        click.action, {"approval_id": click.approval_id, "action": click.action},
-                                       record_id, correlation)
+                                       record_id, correlation, self.db.now())
             if stored is None:
                 return Accepted(status="duplicate", reason="this click was already received")
             await audit.record(session, "click.received", correlation, platform=click.platform, channel=click.channel,
@@ -284,7 +286,7 @@ class Orchestrator:
                     "I don't know that approval: it may belong to another Baton or have been removed.", tone="warning"),
                     kind="ephemeral", target_user=click.user, correlation_id=correlation)
                 await session.exec(_CLOSE_EVENT, params={  # type: ignore[call-overload]
-                    "closed_id": stored.id, "closed_as": "unknown approval", "now": utcnow()})
+                    "closed_id": stored.id, "closed_as": "unknown approval", "now": self.db.now()})
             elif record_id is not None:
                 when_committed(session, lambda: self._schedule(record_id))  # as in accept_message
         self.outbox.wake(click.platform)
@@ -364,7 +366,7 @@ class Orchestrator:
                 continue
             async with self.db.session() as session:
                 refused = await session.exec(_CLOSE_EVENT, params={  # type: ignore[call-overload]
-                    "closed_id": event.id, "closed_as": "cancel refused", "now": utcnow()})
+                    "closed_id": event.id, "closed_as": "cancel refused", "now": self.db.now()})
                 if refused.rowcount:  # once, whichever sweep or replica saw it first
                     await self.outbox.enqueue(session, Location(platform=event.platform, workspace=event.workspace,
                                                                 channel=event.channel, thread=event.thread),
@@ -403,9 +405,9 @@ class Orchestrator:
         """End ``run`` as cancelled by ``cancel``'s sender, the cancel closed with it (``_finish_run``)."""
         log.info("run %s (%s) was cancelled by %s", run.id, run.graph, cancel.user)
         # When it was written: one the drain takes after the run's replica died waited for its lease to run out.
-        written = min(cancel.received_at, utcnow())
+        written = min(cancel.received_at, self.db.now())
         if written < run.started_at:  # written as its request was routed (``_cancel_is_for``): it ran until now
-            written = utcnow()
+            written = self.db.now()
         seconds = max((written - run.started_at).total_seconds(), 0.0)
         cut_off = services.cut_off if isinstance(services, LeasedRunServices) else None
         in_doubt = None
@@ -489,7 +491,7 @@ class Orchestrator:
         """A cancel sent while the thread's request waited to start: its sender's requests queued before it go
         unrun (a request of someone else's is theirs to cancel). ``outran``: with none, it came too late for the run
         a request begun as it was written made (``_run_begun_beside``), which has ended."""
-        now = utcnow()
+        now = self.db.now()
         async with self.db.session() as session:
             withdrawn = (await session.exec(update(InboundEvent).where(  # type: ignore[call-overload]
                 InboundEvent.thread_record_id == event.thread_record_id, InboundEvent.kind == "message",
@@ -581,13 +583,15 @@ class Orchestrator:
 
     @staticmethod
     async def _claim(session: Transaction, platform: str, event_id: str, kind: str, location: Location, user: str,
-                     text: str, payload: dict[str, Any], record_id: int | None, correlation: str) -> InboundEvent | None:
-        """Store the event; ``None`` when it was received before (a retry, a redelivery, another replica)."""
+                     text: str, payload: dict[str, Any], record_id: int | None, correlation: str,
+                     received_at: datetime) -> InboundEvent | None:
+        """Store the event, received at ``received_at`` (the database's clock); ``None`` when it was received before
+        (a retry, a redelivery, another replica)."""
         values = {
             "platform": platform, "event_id": event_id, "kind": kind, "workspace": location.workspace,
             "channel": location.channel, "thread": location.thread, "user": user, "text": text, "payload": payload,
             "status": "pending", "thread_record_id": record_id, "correlation_id": correlation,
-            "received_at": utcnow()}
+            "received_at": received_at}
         new_id = await insert_new_id(session, InboundEvent, values, ["platform", "event_id"])
         return None if new_id is None else loaded(InboundEvent, {**values, "id": new_id})
 
@@ -741,8 +745,8 @@ class Orchestrator:
 
     async def sweep(self) -> int:
         """Schedule every thread that has old pending events and no live lease (crash recovery)."""
-        now, after = utcnow(), timedelta(seconds=SWEEP_AFTER_SECONDS)
-        ids = (await self.db.fetch(_ORPHANED_THREADS, {  # leases on the database's clock, events on their replica's
+        now, after = self.db.now(), timedelta(seconds=SWEEP_AFTER_SECONDS)
+        ids = (await self.db.fetch(_ORPHANED_THREADS, {  # leases and events both on the database's clock
             **self.leases.run_out_params(), "received_before": now - after, "received_after": now + after})).all()
         for record_id in ids:
             self._schedule(record_id)  # type: ignore[arg-type]
@@ -769,7 +773,8 @@ class Orchestrator:
             async with self.db.session(durable=False) as session:  # the expiry's own outcome is durable
                 event = await self._claim(session, platform, f"{EXPIRY_EVENT}{approval_id}", "click", location,
                                           "Baton", "expire", {"approval_id": approval_id, "action": "expire",
-                                                              EXPIRY: expiry}, record_id, uuid.uuid4().hex)
+                                                              EXPIRY: expiry}, record_id, uuid.uuid4().hex,
+                                          self.db.now())
                 if event is not None:
                     when_committed(session, lambda: self._schedule(record_id))  # noqa: B023 (called at once)
             stored += event is not None
@@ -791,7 +796,7 @@ class Orchestrator:
         event = await self._claim(session, record.platform, f"{UNPOSTED_EVENT}{approval_id}", "click",
                                   threads.location_of(record), "Baton", "expire",
                                   {"approval_id": approval_id, "action": "expire", UNPOSTED: error}, record_id,
-                                  row.correlation_id or uuid.uuid4().hex)
+                                  row.correlation_id or uuid.uuid4().hex, self.db.now())
         if event is not None:
             when_committed(session, lambda: self._schedule(record_id))
 
@@ -1091,7 +1096,7 @@ class Orchestrator:
                             delivery = await self._answer(session, event, outcome, reply, ephemeral=ephemeral,
                                                           close=False)
                             if not (await session.exec(_CLOSE_EVENT_WHILE_HELD, params={  # type: ignore[call-overload]
-                                    "closed_id": event.id, "closed_as": outcome[:200], "now": utcnow(),
+                                    "closed_id": event.id, "closed_as": outcome[:200], "now": self.db.now(),
                                     "owner": self.leases.owner, "run_id": running[1].id})).rowcount:
                                 raise _AnsweredElsewhere
                     except _AnsweredElsewhere:
@@ -1154,7 +1159,7 @@ class Orchestrator:
         run = await insert_row(session, Run, self._run_row(event, record.id, graph, status, user, text, usage))
         await session.exec(_START_THREAD, params={  # type: ignore[call-overload]
             "record_id": record.id, "status": status, "graph": graph, "fingerprint": fingerprint,
-            "title": title or graph, "user": user, "now": utcnow()})
+            "title": title or graph, "user": user, "now": self.db.now()})
         await audit.record(session, "run.started", event.correlation_id, platform=event.platform, channel=event.channel,
                            thread=event.thread, user=user, run_id=run.id, graph=graph, title=title)
         return run
@@ -1163,7 +1168,7 @@ class Orchestrator:
                  usage: Any) -> dict[str, Any]:
         input_tokens, output_tokens = usage_of(usage)
         price = self.config.models.prices.get(self.services.model_name or "")
-        now = utcnow()
+        now = self.db.now()
         return {
             "thread_record_id": record_id, "inbound_id": event.id, "platform": event.platform,
             "channel": event.channel, "graph": graph, "status": status, "requested_by": user, "input_text": text,
@@ -1200,7 +1205,7 @@ class Orchestrator:
         await self._finish_event(event, outcome, reply)
 
     async def _recent_twin(self, session: Transaction, record: ThreadRecord, fingerprint: str) -> ThreadRecord | None:
-        since = utcnow() - timedelta(seconds=self.settings.dedupe_window_seconds)
+        since = self.db.now() - timedelta(seconds=self.settings.dedupe_window_seconds)
         return (await session.exec(_RECENT_TWIN, params={  # type: ignore[call-overload]
             "platform": record.platform, "workspace": record.workspace, "channel": record.channel,
             "fingerprint": fingerprint, "since": since})).first()
@@ -1253,7 +1258,7 @@ class Orchestrator:
                        else Message.text(reason, tone="warning").naming(approval.requested_by, *approval.approvers))
             return await self._finish_event(event, "refused", refused, ephemeral=True)
         pending = {interrupt.id for interrupt in state.interrupts}
-        now = utcnow()
+        now = self.db.now()
         async with self.db.session() as session:
             if approval.interrupt_id not in pending:
                 await session.exec(update(Approval).where(Approval.id == approval.id, Approval.status == "pending")  # type: ignore[arg-type]
@@ -1389,7 +1394,7 @@ class Orchestrator:
         except RouteError as exc:  # the chosen graph's make_input refused the request: another choice may do
             return await self._finish_event(event, "rejected input", Message.text(str(exc), tone="warning"),
                                             ephemeral=True)
-        now = utcnow()
+        now = self.db.now()
         async with self.db.session() as session:
             chosen_first = await approvals.choose(session, approval.id, choice, event.user, now, event.id)  # type: ignore[arg-type]
             if not chosen_first:
@@ -1431,7 +1436,7 @@ class Orchestrator:
                            by: str = approvals.EXPIRED_BY) -> None:
         expired = await session.exec(update(Approval).where(  # type: ignore[call-overload]
             Approval.id == approval_id, Approval.status == "pending",  # type: ignore[arg-type]
-        ).values(status="stale", decided_by=by, decided_at=utcnow()))
+        ).values(status="stale", decided_by=by, decided_at=self.db.now()))
         if expired.rowcount:
             card = await session.get(Approval, approval_id, populate_existing=True)
             await self._edit_card(session, record, card, correlation)  # type: ignore[arg-type]
@@ -1624,7 +1629,7 @@ class Orchestrator:
         await session.exec(update(Run).where(Run.id == run.id).values(  # type: ignore[arg-type]
             status="waiting", progress_outbox_id=None))
         await session.exec(update(ThreadRecord).where(ThreadRecord.id == record.id)  # type: ignore[arg-type]
-                           .values(status="waiting", updated_at=utcnow()))
+                           .values(status="waiting", updated_at=self.db.now()))
 
     async def _started_in_private(self, session: Transaction, run: Run, event: InboundEvent) -> bool:
         """Whether ``run`` was asked for in a direct message (``InboundMessage.private``)."""
@@ -1661,7 +1666,7 @@ class Orchestrator:
         a run whose replica stopped, ended by a cancel (its effects are left as they were, in doubt)."""
         error = storable(error) if error is not None else None  # a node's exception may hold a NUL, a lone surrogate
         asked = await self._asked_at(run, event)  # before the write transaction: it may read the request's event
-        now = utcnow()
+        now = self.db.now()
         async with (services.session() if services is not None else self.db.session()) as session:
             if cancel is not None:
                 if cancel.id != event.id:  # stopped here while it ran (else its replica had stopped: in doubt)
@@ -1720,7 +1725,7 @@ class Orchestrator:
                 await insert_row(session, Run, self._run_row(event, event.thread_record_id, ROUTER, "done", event.user,
                                                              event.text, spent))
             if failed is not None:
-                now = utcnow()
+                now = self.db.now()
                 broken = (await session.exec(select(Run).where(
                     Run.thread_record_id == event.thread_record_id, Run.status == "running"))).all()
                 for run in broken:  # with its turnaround, or the histogram leaves out what the counters count
@@ -1769,7 +1774,7 @@ class Orchestrator:
         ``thread_status``: the status this transaction already wrote to the thread's record (its row
         is locked then), so it need not be read.
         """
-        now = utcnow()
+        now = self.db.now()
         # The record row first, locked: a replica's ``take`` of this thread waits for this
         # transaction and then finds the lease free, so an event it queued meanwhile is not stranded.
         status = thread_status or await threads.lock_status(session, event.thread_record_id)  # type: ignore[arg-type]

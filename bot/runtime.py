@@ -40,7 +40,7 @@ from bot.replies import age
 from bot.routing import CHOOSER
 from storage.checkpointer import CheckpointFence, checkpoint_fence, fail_waiting_calls
 from storage.db import Database, Transaction, insert_ignore, prepared
-from storage.models import Approval, Effect, InboundEvent, OutboxMessage, Run, ThreadRecord, utcnow
+from storage.models import Approval, Effect, InboundEvent, OutboxMessage, Run, ThreadRecord
 
 T = TypeVar("T")
 
@@ -514,10 +514,9 @@ class RunServices:
         return entries
 
     async def channel_activity(self) -> list[dict[str, Any]]:
-        now = utcnow()
-        # Cards are stamped on the database's clock (``Orchestrator.expire_approvals``); one stamped ahead of it
-        # (a clock set back since) counts as asked now: no negative age, no time left beyond the expiry.
-        db_now = self._db.now()
+        # Rows are stamped on the database's clock (``Database.now``); a card stamped ahead of it (a clock set back
+        # since) counts as asked now: no negative age, no time left beyond the expiry.
+        now = self._db.now()
         async with self._db.read() as session:
             records = (await session.exec(
                 select(ThreadRecord).where(
@@ -556,7 +555,7 @@ class RunServices:
                 "approvals": [
                     {"summary": quoted(first_line(a.summary, 200), 200),
                      "approvers": waiting_for(a.approvers, a.requested_by, a.risk),
-                     "age": age(min(a.created_at, db_now), db_now), "expires_in": self._expires_in(a, db_now)}
+                     "age": age(min(a.created_at, now), now), "expires_in": self._expires_in(a, now)}
                     for a in cards.get(record.id, [])  # type: ignore[arg-type]
                 ],
             })
@@ -595,7 +594,7 @@ class RunServices:
         # written first, so a node that runs again within this run finds its effect done.
         async with self.session() as session:
             fresh = await insert_ignore(session, Effect, {"key": key, "name": name, "run_id": self._run_id,
-                                                          "status": "started", "started_at": utcnow()}, ["key"])
+                                                          "status": "started", "started_at": self._db.now()}, ["key"])
             if not fresh:
                 existing = (await session.exec(select(Effect).where(Effect.key == key))).one()
             if fresh or existing.status == "started":  # run now, or not run again: its outcome is unknown
@@ -617,7 +616,7 @@ class RunServices:
         return result
 
     def _settle(self, key: str, name: str, status: str, result: Any) -> None:
-        self._settled.append((name, {"effect_key": key, "status": status, "result": result, "now": utcnow()}))
+        self._settled.append((name, {"effect_key": key, "status": status, "result": result, "now": self._db.now()}))
 
     async def _audit(self, session: Transaction, kind: str, effect: str, **detail: Any) -> None:
         request = self.request

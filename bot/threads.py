@@ -18,7 +18,7 @@ from sqlmodel import select
 from bot.messages import Location
 from bot.settings import DAY
 from storage.db import Database, Transaction, insert_new_id, prepared, when_committed
-from storage.models import InboundEvent, ThreadRecord, loaded, new_lg_thread_id, utcnow
+from storage.models import InboundEvent, ThreadRecord, loaded, new_lg_thread_id
 
 BUSY = ("running", "waiting")
 
@@ -100,14 +100,14 @@ async def find(session: Transaction, location: Location) -> ThreadRecord | None:
     return (await session.exec(_FIND, params=location.model_dump())).first()
 
 
-async def create(session: Transaction, location: Location, lease: tuple[str, datetime] | None = None,
+async def create(session: Transaction, location: Location, now: datetime, lease: tuple[str, datetime] | None = None,
                  ) -> tuple[ThreadRecord, bool]:
-    """The thread's record, made now unless a concurrent writer made it first; and whether it is new.
+    """The thread's record, made at ``now`` (the database's clock) unless a concurrent writer made it first; and
+    whether it is new.
 
     ``lease`` (owner, until): a new record is made with its lease already held, so the first event
     needs no separate ``Leases.take``.
     """
-    now = utcnow()
     owner, until = lease if lease is not None else (None, None)
     values = {**location.model_dump(), "lg_thread_id": new_lg_thread_id(), "status": "idle",
               "created_at": now, "updated_at": now, "lease_owner": owner, "lease_until": until}

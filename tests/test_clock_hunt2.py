@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import update
@@ -18,7 +19,7 @@ from bot.messages import InboundMessage, Location
 from bot.settings import DAY, Settings
 from storage.db import Database, insert_new_id
 from storage.migrate import upgrade
-from storage.models import Approval, InboundEvent
+from storage.models import Approval, DigestRun, InboundEvent, Run, utcnow
 from tests.support import until
 from tests.test_graph_modules import _reply
 from tests.test_replicas_hunt2 import _replies_with
@@ -91,7 +92,7 @@ async def test_a_card_stamped_before_the_clock_was_set_back_shows_no_more_than_t
 async def _queue_old_request(db: Database, lease: tuple[str, datetime]) -> int:
     """A thread whose lease ``lease`` holds, with a request waiting since a minute ago: its record's id."""
     async with db.session() as session:
-        record, _new = await threads.create(session, HERE, lease)
+        record, _new = await threads.create(session, HERE, utcnow(), lease)
         await insert_new_id(session, InboundEvent, {
             "platform": "playground", "event_id": "e1", "kind": "message", "workspace": "", "channel": "general",
             "thread": "1", "user": "alice", "text": "run uptime", "payload": {"addressed": True}, "status": "pending",
@@ -134,3 +135,41 @@ async def test_a_live_lease_of_a_day_is_not_taken(tmp_path: Path, config_path: P
         record_id = await _queue_old_request(baton.db, threads.Leases(baton.db, "long", DAY).lease_for_new_thread())
         assert await threads.Leases(baton.db, "other", 30).take(record_id) is None, "a live lease was taken"
         assert await baton.orchestrator.sweep() == 0
+
+
+async def _digest_now(baton: Baton, event_id: str) -> int:
+    """The number of requests ``digest now`` in #ops counted, once its digest is posted."""
+    await baton.accept_message(InboundMessage(platform="playground", channel="ops", thread=event_id,
+                                              event_id=event_id, user="alice", text="digest now", addressed=True))
+
+    async def posted() -> dict[str, Any] | None:
+        async with baton.db.read() as session:
+            return (await session.exec(select(DigestRun.summary).where(
+                DigestRun.schedule_key == f"now:playground:{event_id}", DigestRun.status == "posted"))).first()
+
+    return int((await until(posted, f"the digest asked for by {event_id}"))["requests"])
+
+
+@pytest.mark.postgres
+async def test_a_request_asked_through_a_replica_whose_clock_is_behind_is_in_the_next_digest(
+        postgres_url: str, config_path: Path, clock: type[_Clock]) -> None:
+    """A run was stamped with its replica's clock and digests cover windows of the database's: a request asked
+    through a replica 10 minutes behind, just after a digest, began 'before' that digest's end and was counted in
+    neither digest ([0, 0]). A request's rows are stamped on the database's clock."""
+    settings = _settings(postgres_url, config_path, 0)
+    async with Baton(settings) as accurate:
+        counted = [await _digest_now(accurate, "d1")]
+    clock.off = -timedelta(minutes=10)
+    async with Baton(settings) as behind:
+        await behind.accept_message(InboundMessage(platform="playground", channel="ops", thread="r1", event_id="r1",
+                                                   user="alice", text="run uptime", addressed=True))
+
+        async def done() -> bool:
+            async with behind.db.read() as session:
+                return (await session.exec(select(Run.id).where(Run.graph == "runbook", Run.status == "done"))).first()
+
+        await until(done, "the uptime run")
+    clock.off = timedelta(0)
+    async with Baton(settings) as accurate:
+        counted.append(await _digest_now(accurate, "d2"))
+    assert counted == [0, 1]

@@ -39,10 +39,10 @@ async def test_a_thread_made_with_its_lease_is_taken_by_its_maker_and_by_nobody_
         database: Database) -> None:
     maker, other = threads.Leases(database, "maker", 30), threads.Leases(database, "other", 30)
     async with database.session() as session:
-        record, new = await threads.create(session, HERE, maker.lease_for_new_thread())
+        record, new = await threads.create(session, HERE, utcnow(), maker.lease_for_new_thread())
     assert new and record.lease_owner == "maker" and maker.still_fresh(record) and not other.still_fresh(record)
     async with database.session() as session:  # a second create finds it, lease and all, and makes nothing
-        again, new_again = await threads.create(session, HERE, other.lease_for_new_thread())
+        again, new_again = await threads.create(session, HERE, utcnow(), other.lease_for_new_thread())
     assert not new_again and (again.id, again.lease_owner) == (record.id, "maker")
 
     event_id = await _queue_event(database, record.id, "e1")  # type: ignore[arg-type]
@@ -62,7 +62,7 @@ async def test_a_thread_made_with_its_lease_is_taken_by_its_maker_and_by_nobody_
 async def test_the_queue_gives_clicks_first_then_messages_in_order_and_only_clicks_while_waiting(
         database: Database) -> None:
     async with database.session() as session:
-        record, _ = await threads.create(session, HERE)
+        record, _ = await threads.create(session, HERE, utcnow())
     first = await _queue_event(database, record.id, "m1")  # type: ignore[arg-type]
     await _queue_event(database, record.id, "m2")  # type: ignore[arg-type]
     async with database.read() as session:
@@ -208,7 +208,7 @@ async def test_a_lease_that_ran_out_during_a_database_outage_is_left_to_its_hold
     outage, a lease that ran out during it is its holder's to renew; one that ran out before it is taken as ever."""
     holder, other = threads.Leases(database, "holder", 30), threads.Leases(database, "other", 30)
     async with database.session() as session:
-        record, _new = await threads.create(session, HERE, holder.lease_for_new_thread())
+        record, _new = await threads.create(session, HERE, utcnow(), holder.lease_for_new_thread())
     await _queue_event(database, record.id, "e1")  # type: ignore[arg-type]
 
     async def lease_ends(at: timedelta) -> None:
@@ -242,7 +242,7 @@ async def test_a_blip_just_after_a_long_outage_leaves_what_ran_out_in_it_to_its_
 
     holder, other = threads.Leases(database, "holder", 30), threads.Leases(database, "other", 30)
     async with database.session() as session:
-        record, _new = await threads.create(session, HERE, holder.lease_for_new_thread())
+        record, _new = await threads.create(session, HERE, utcnow(), holder.lease_for_new_thread())
     await _queue_event(database, record.id, "e1")  # type: ignore[arg-type]
     health = database.health
     health.failed(reason="connection refused")

@@ -200,13 +200,13 @@ async def test_a_message_arriving_while_its_thread_is_answered_does_not_deadlock
     accept answered the platform 500, or the request failed with "Something went wrong")."""
     one, two = replicas
     async with one.db.session() as session:
-        record, _ = await threads.create(session, THREAD)
+        record, _ = await threads.create(session, THREAD, utcnow())
     inserted, answer_locked = asyncio.Event(), asyncio.Event()
 
     async def accept() -> None:  # accept_message's order: the event (its foreign key), then the note
         async with one.db.session(urgent=True) as session:
             await Orchestrator._claim(session, "playground", "e-1", "message", THREAD, "bob", "run uptime",
-                                      {"addressed": True}, record.id, "c-1")
+                                      {"addressed": True}, record.id, "c-1", utcnow())
             inserted.set()
             await answer_locked.wait()
             await one.outbox.enqueue(session, THREAD, Message.text(QUEUED, tone="progress"))
@@ -242,7 +242,7 @@ async def test_a_take_an_accept_and_a_stalled_drain_do_not_deadlock(
     read waited for the accept: a cycle of three, and PostgreSQL killed one (a 500 to the platform, say)."""
     one, two = replicas
     async with one.db.session() as session:
-        record, _ = await threads.create(session, THREAD, ("stalled", utcnow() - timedelta(minutes=1)))
+        record, _ = await threads.create(session, THREAD, utcnow(), ("stalled", utcnow() - timedelta(minutes=1)))
     updated, inserted = asyncio.Event(), asyncio.Event()
     reading = threads.Leases._next_or_release
 
@@ -266,7 +266,7 @@ async def test_a_take_an_accept_and_a_stalled_drain_do_not_deadlock(
         await updated.wait()
         async with one.db.session(urgent=True) as session:
             await Orchestrator._claim(session, "playground", "e-1", "message", THREAD, "bob", "run uptime",
-                                      {"addressed": True}, record.id, "c-1")
+                                      {"addressed": True}, record.id, "c-1", utcnow())
             inserted.set()
             await one.outbox.enqueue(session, THREAD, Message.text(QUEUED, tone="progress"))
 

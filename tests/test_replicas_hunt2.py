@@ -23,7 +23,7 @@ from bot.registry import GraphSpec
 from bot.settings import Settings
 from storage.db import Database, insert_new_id
 from storage.migrate import upgrade
-from storage.models import Approval, Effect, InboundEvent, PlaygroundMessage, ThreadRecord
+from storage.models import Approval, Effect, InboundEvent, PlaygroundMessage, ThreadRecord, utcnow
 from tests.support import until
 from tests.test_graph_modules import State, _one_node
 
@@ -71,7 +71,7 @@ async def test_a_replica_whose_clock_is_off_by_minutes_neither_takes_nor_loses_a
     try:
         holder = threads.Leases(accurate, "accurate", 30)
         async with accurate.session() as session:
-            record, _new = await threads.create(session, HERE)
+            record, _new = await threads.create(session, HERE, utcnow())
         await _queue_event(accurate, record.id, "e1")  # type: ignore[arg-type]
 
         clock.off = off  # the other replica's machine: its clock is off, and it starts so
@@ -266,7 +266,8 @@ async def test_requests_a_replica_whose_clock_was_ahead_stored_before_it_died_ar
                         BATON_ADAPTERS="playground")
     async with Baton(settings) as survivor:
         async with survivor.db.session() as session:
-            record, _new = await threads.create(session, Location(platform="playground", channel="general", thread="1"))
+            record, _new = await threads.create(session, Location(platform="playground", channel="general", thread="1"),
+                                                utcnow())
         async with survivor.db.session() as session:
             await insert_new_id(session, InboundEvent, {
                 "platform": "playground", "event_id": "e1", "kind": "message", "workspace": "", "channel": "general",
