@@ -500,9 +500,12 @@ class Runbook(BaseModel):
         """Checked when baton.yaml is read: a directory that is not there failed every run of the runbook, with
         "No such file or directory" said of the program. A relative one is taken from Baton's working
         directory, as a relative program is; ``~`` is the home directory (no shell expands it)."""
-        if value is not None and not isinstance(value, str):
+        if value is None:  # `cwd:`, or `cwd: ~` for the home directory, which YAML reads as its null
+            raise ValueError("cwd is empty (YAML reads a bare ~ as null, not as the home directory: write '~' in "
+                             "quotes for that): name the command's working directory, or remove cwd for Baton's own")
+        if not isinstance(value, str):
             raise ValueError(_read_as(value))
-        if value is None or not value.strip():
+        if not value.strip():
             raise ValueError("cwd is empty: name the command's working directory, or remove cwd for Baton's own")
         path = os.path.abspath(os.path.expanduser(value))
         relative = "" if os.path.isabs(os.path.expanduser(value)) else \

@@ -183,6 +183,9 @@ BAD = {
 """, "cwd is empty"),
     "a number for a directory": (RUNBOOK + """    cwd: 2026 #<
 """, "YAML reads this as a number (2026), not as text"),
+    # The README says ~ is Baton's home directory: YAML reads a bare ~ as null, which was refused as "cwd is empty"
+    "a bare ~ for the home directory": (RUNBOOK + """    cwd: ~ #<
+""", "YAML reads a bare ~ as null, not as the home directory: write '~' in quotes"),
     "docker-compose's name for the directory": (RUNBOOK + """    working_dir: /tmp #<
 """, "did you mean 'cwd'?"),
     "docker-compose's name for the variables": (RUNBOOK + """    environment: [DEPLOY_REGION] #<
