@@ -288,8 +288,14 @@ def _class_test(members: list[tuple[Any, Any]], ignore_case: bool) -> _Chars:
     return _Chars(lambda char: test.fullmatch(char) is not None, "".join(named))
 
 
-def _read_as(value: object) -> str:
-    """Why a value YAML did not read as text is refused (``5``, ``0755``, ``yes``, an empty item)."""
+def _read_as(value: object, one: str = "value") -> str:
+    """Why a value YAML did not read as text is refused (``5``, ``0755``, ``yes``, an empty item, ``[a]``,
+    ``{a}``); ``one``: what a text there is (a list, ``cwd: [/srv/ops]``, was called "a number (['/srv/ops'])")."""
+    if isinstance(value, list):
+        return f"YAML reads this as a list ([{', '.join(map(str, value))[:80]}]), not as text: write one {one}"
+    if isinstance(value, dict):
+        return _unquoted_placeholder(value) or "YAML reads this as a mapping (key: value), not as text: put it in " \
+            "quotes, as you mean it"
     kind = "nothing (null)" if value is None else f"true or false ({value})" if isinstance(value, bool) \
         else f"a number ({value})"
     return f"YAML reads this as {kind}, not as text: put it in quotes, as you mean it ('5', '0755', 'yes')"
@@ -504,7 +510,7 @@ class Runbook(BaseModel):
             raise ValueError("cwd is empty (YAML reads a bare ~ as null, not as the home directory: write '~' in "
                              "quotes for that): name the command's working directory, or remove cwd for Baton's own")
         if not isinstance(value, str):
-            raise ValueError(_read_as(value))
+            raise ValueError(_read_as(value, "directory"))
         if not value.strip():
             raise ValueError("cwd is empty: name the command's working directory, or remove cwd for Baton's own")
         path = os.path.abspath(os.path.expanduser(value))

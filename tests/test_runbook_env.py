@@ -183,6 +183,13 @@ BAD = {
 """, "cwd is empty"),
     "a number for a directory": (RUNBOOK + """    cwd: 2026 #<
 """, "YAML reads this as a number (2026), not as text"),
+    # A list or a mapping was called "a number (['/srv/ops'])", and told to be put in quotes as '5' is
+    "a list for a directory": (RUNBOOK + """    cwd: [/srv/ops] #<
+""", "YAML reads this as a list ([/srv/ops]), not as text: write one directory"),
+    "a placeholder for a directory": (RUNBOOK + """    cwd: {workdir} #<
+""", "YAML reads {workdir} without quotes as a mapping, not as text"),
+    "a list among the names": (RUNBOOK + """    env: [[DEPLOY_REGION]] #<
+""", "entry 0 is not a variable name (YAML reads this as a list ([DEPLOY_REGION]), not as text"),
     # The README says ~ is Baton's home directory: YAML reads a bare ~ as null, which was refused as "cwd is empty"
     "a bare ~ for the home directory": (RUNBOOK + """    cwd: ~ #<
 """, "YAML reads a bare ~ as null, not as the home directory: write '~' in quotes"),
