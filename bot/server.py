@@ -590,13 +590,22 @@ async def invalid_request(request: Request, exc: RequestValidationError) -> JSON
     got an answer ten times its size; a field's name is cut as long as a quote (it may be the 900 kB)."""
     errors = exc.errors()
     detail = [{"loc": [storable(quoted(str(part), MAX_NAME_SHOWN)) for part in error.get("loc", ())],
-               "msg": storable(not_an_object(request, error) or json_syntax(error) or validation_words(error)),
+               "msg": storable(not_an_object(request, error) or no_body(error) or json_syntax(error)
+                               or validation_words(error)),
                "type": error.get("type", "")}
               for error in errors[:MAX_ERRORS_SHOWN]]
     if len(errors) > MAX_ERRORS_SHOWN:
         detail.append({"loc": ["body"], "msg": f"and {len(errors) - MAX_ERRORS_SHOWN:,} more errors",
                        "type": "too_many_errors"})
     return JSONResponse(status_code=422, content={"detail": detail})
+
+
+def no_body(error: Any) -> str | None:
+    """What to say of a request that came without a body (else ``None``): ``curl -X POST`` without ``-d`` was told
+    "Field required" of the body, which named no field and did not say that the body was missing."""
+    if tuple(error.get("loc", ())) != ("body",) or error.get("type") != "missing":
+        return None
+    return "the request has no body: send a JSON object with Content-Type: application/json"
 
 
 def json_syntax(error: Any) -> str | None:

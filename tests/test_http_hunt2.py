@@ -169,3 +169,16 @@ async def test_a_replys_id_given_as_a_thread_is_answered_naming_its_thread(tmp_p
             assert refused.status_code == 404, refused.text
             assert refused.json()["detail"] == f"message {reply} is a reply in thread {root}: use thread {root}"
         assert (await http.get("/api/threads/999/messages")).json()["detail"] == "there is no thread '999'"
+
+
+@pytest.mark.parametrize("route", ["/api/messages", "/api/clicks"])
+@pytest.mark.parametrize("headers", [{"content-type": "application/json"}, {}], ids=["json", "no content type"])
+async def test_a_post_without_a_body_is_refused_saying_it_has_none(tmp_path: Path, config_path: Path, route: str,
+                                                                   headers: dict[str, str]) -> None:
+    """``curl -X POST`` without ``-d`` (or a script that forgot its body) was told only "Field required" of the
+    body: the page showed those two words, naming no field, and nothing said that the body was missing."""
+    async with _playground(tmp_path, config_path) as (http, _):
+        refused = await http.post(route, headers=headers)
+    assert refused.status_code == 422, refused.text
+    [error] = refused.json()["detail"]
+    assert error["loc"] == ["body"] and error["msg"].startswith("the request has no body: send a JSON object"), error
