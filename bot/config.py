@@ -716,6 +716,11 @@ def _ids_as_text(value: object) -> object:
         raise ValueError(f"approvers are a list of user ids: write it as [{', '.join(names)}]")
     if not isinstance(value, list):
         return value
+    for position, item in enumerate(value):
+        if isinstance(item, dict) and len(item) == 1:  # "- slack: U0123", a prefix written with a space after it
+            platform, user = next(iter(item.items()))
+            raise PartError(f"the approver '{str(platform)[:40]}: {str(user)[:80]}' is a mapping to YAML (a colon and "
+                            f"a space): write {str(platform)[:40]}:{str(user)[:80]}, without the space", str(position))
     ids = [str(item) if isinstance(item, int) and not isinstance(item, bool) else item for item in value]
     for given in ids:  # nobody's id: such an approver could never approve, and a high-risk runbook none at all
         if isinstance(given, str) and not given.strip():

@@ -51,6 +51,12 @@ def baton_cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Complete
                                   "write 'alice'"),
     ("approvers: [\"bo\\u200bb\"]\n", "line 1: approvers: the approver 'bob' holds an invisible "
                                    "character (U+200B): write the id again by hand"),
+    # a platform's prefix written with a space after its colon: YAML reads a mapping, "Input should be a valid string"
+    ("approvers:\n  - alice\n  - slack: U0123ABCD\n", "line 3: approvers: the approver 'slack: U0123ABCD' is a "
+                                                      "mapping to YAML (a colon and a space): write slack:U0123ABCD"),
+    ("runbooks:\n  up:\n    description: x\n    command: [a]\n    approvers: [{discord: 1234}]\n",
+     "line 5: runbooks.up.approvers: the approver 'discord: 1234' is a mapping to YAML (a colon and a space): "
+     "write discord:1234"),
 ])
 def test_a_config_mistake_is_named_with_its_line(tmp_path: Path, text: str, expected: str) -> None:
     path = tmp_path / "baton.yaml"
