@@ -664,6 +664,18 @@ class Digest(BaseModel):
         """A Discord channel or server id written bare is a number to YAML, as an approver's is."""
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
+    @field_validator("channel", mode="before")
+    @classmethod
+    def _without_its_hash(cls, value: object) -> object:
+        """A channel written as chat shows it, ``#ops``: bare, YAML read the # as a comment's (no channel at all, "Input
+        should be a valid string"); quoted, it was told the pattern a channel must match."""
+        if value is None:
+            raise ValueError("the channel is empty: YAML reads a # after a space, and what follows it, as a comment: "
+                             "write the channel without its # (on Slack and Discord, its id)")
+        if isinstance(value, str) and value.startswith("#") and len(value) > 1:
+            raise ValueError(f"write the channel without its #, as {value[1:81]} (on Slack and Discord, its id)")
+        return value
+
     @model_validator(mode="after")
     def _valid_schedule(self) -> Digest:
         try:

@@ -51,6 +51,13 @@ def baton_cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Complete
                                   "write 'alice'"),
     ("approvers: [\"bo\\u200bb\"]\n", "line 1: approvers: the approver 'bob' holds an invisible "
                                    "character (U+200B): write the id again by hand"),
+    # a channel written as chat shows it: '#' began a YAML comment ("Input should be a valid string"), or quoted, it
+    # was told a regular expression
+    ("digests:\n  - platform: playground\n    channel: #ops\n    cron: '0 9 * * *'\n",
+     "line 3: digests.0.channel: the channel is empty: YAML reads a # after a space, and what follows it, as a "
+     "comment: write the channel without its #"),
+    ("digests:\n  - platform: playground\n    channel: '#ops'\n    cron: '0 9 * * *'\n",
+     "line 3: digests.0.channel: write the channel without its #, as ops"),
     # a platform's prefix written with a space after its colon: YAML reads a mapping, "Input should be a valid string"
     ("approvers:\n  - alice\n  - slack: U0123ABCD\n", "line 3: approvers: the approver 'slack: U0123ABCD' is a "
                                                       "mapping to YAML (a colon and a space): write slack:U0123ABCD"),
