@@ -776,6 +776,10 @@ class BatonConfig(BaseModel):
     @model_validator(mode="after")
     def _high_risk_has_approvers(self) -> BatonConfig:
         for name, runbook in self.runbooks.items():
+            if runbook.risk == "high" and not self.approvers_for_runbook(name) and self.approvers:
+                raise PartError(f"runbook '{name}' is high risk, and its empty approvers list replaces the top-level "
+                                f"one ({', '.join(self.approvers)[:200]}), so nobody could ever approve it: remove it "
+                                "to use those, or name its own", "runbooks", name, "approvers")
             if runbook.risk == "high" and not self.approvers_for_runbook(name):
                 raise PartError(f"runbook '{name}' is high risk but has no approvers, here or at the top: nobody "
                                 "could ever approve it", "runbooks", name)

@@ -51,6 +51,10 @@ def baton_cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Complete
                                   "write 'alice'"),
     ("approvers: [\"bo\\u200bb\"]\n", "line 1: approvers: the approver 'bob' holds an invisible "
                                    "character (U+200B): write the id again by hand"),
+    # an empty list of its own replaces the top-level one: it was said to have none "here or at the top"
+    ("approvers: [alice, bob]\nrunbooks:\n  up:\n    description: x\n    command: [a]\n    risk: high\n"
+     "    approvers: []\n", "line 7: runbook 'up' is high risk, and its empty approvers list replaces the top-level "
+                          "one (alice, bob), so nobody could ever approve it: remove it to use those, or name its own"),
     # a channel written as chat shows it: '#' began a YAML comment ("Input should be a valid string"), or quoted, it
     # was told a regular expression
     ("digests:\n  - platform: playground\n    channel: #ops\n    cron: '0 9 * * *'\n",
