@@ -120,8 +120,10 @@ class FencedSqliteSaver(_Fenced, AsyncSqliteSaver):
     async def aprune(self, thread_ids: Any, *, strategy: str = "keep_latest") -> None:
         """LangGraph's ``aprune``, which its SQLite saver lacks: ``keep_latest`` keeps each namespace's latest
         checkpoint and its parent (an older LangGraph's pending sends are read from the parent's writes), with
-        their writes. A thread of a ``DeltaChannel`` is refused (``NotImplementedError``), as PostgreSQL's does:
-        its channels are rebuilt from every ancestor."""
+        their writes, and deletes the subgraph calls made from the checkpoints it deletes, as PostgreSQL's does
+        (each call has a namespace of its own: a thread in use for good kept 2 checkpoints of every run's call).
+        A thread of a ``DeltaChannel`` is refused (``NotImplementedError``), as PostgreSQL's does: its channels
+        are rebuilt from every ancestor."""
         if strategy == "delete":
             for thread_id in thread_ids:
                 await self.adelete_thread(thread_id)
@@ -136,6 +138,9 @@ class FencedSqliteSaver(_Fenced, AsyncSqliteSaver):
                         if await cursor.fetchone() is not None:
                             raise NotImplementedError(f"keep_latest can't prune threads that use a DeltaChannel: "
                                                       f"{thread_id}")
+                    for statement in _CALLS_NOT_KEPT:
+                        async with self.conn.execute(statement, {"thread": thread_id}):
+                            pass
                     for statement in _OLDER_THAN_KEPT:
                         async with self.conn.execute(statement, (thread_id,)):
                             pass
@@ -152,6 +157,16 @@ _KEPT_FROM = ("(SELECT coalesce(head.parent_checkpoint_id, head.checkpoint_id) F
               "ORDER BY head.checkpoint_id DESC LIMIT 1)")
 _OLDER_THAN_KEPT = tuple(f"DELETE FROM {table} WHERE thread_id = ? AND checkpoint_id < {_KEPT_FROM.format(table=table)}"
                          for table in ("writes", "checkpoints"))  # the writes first: they are found by the checkpoints
+# A subgraph call's namespace ("node:<task id>", unlike a ``checkpointer=True`` subgraph's, whose state outlives each
+# call) goes with the root checkpoint it was made from (``parents[""]`` in its metadata) once that one is older than
+# the oldest the root namespace keeps: deleted now or before. One made from a root checkpoint not written yet stays.
+_ROOT_KEPT_FROM = ("(SELECT coalesce(head.parent_checkpoint_id, head.checkpoint_id) FROM checkpoints AS head "
+                   "WHERE head.thread_id = :thread AND head.checkpoint_ns = '' ORDER BY head.checkpoint_id DESC LIMIT 1)")
+_CALLS_NOT_KEPT = tuple(
+    f"DELETE FROM {table} WHERE thread_id = :thread AND checkpoint_ns IN (SELECT call.checkpoint_ns FROM checkpoints "
+    "AS call WHERE call.thread_id = :thread AND instr(call.checkpoint_ns, ':') > 0 AND "
+    f"json_extract(CAST(call.metadata AS TEXT), '$.parents.\"\"') < {_ROOT_KEPT_FROM})"
+    for table in ("writes", "checkpoints"))  # the writes first: they are found by the checkpoints
 _USES_DELTA = ("SELECT 1 FROM checkpoints WHERE thread_id = ? AND (json_extract(CAST(metadata AS TEXT), "
                "'$.counters_since_delta_snapshot') IS NOT NULL OR json_extract(CAST(metadata AS TEXT), "
                "'$.delta_writes_versioned') IS NOT NULL) LIMIT 1")

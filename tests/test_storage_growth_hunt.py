@@ -9,9 +9,10 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from langgraph.checkpoint.base import empty_checkpoint
+from langgraph.graph import END, START, StateGraph
 from sqlmodel import select
 
 from bot.app import Baton
@@ -176,3 +177,42 @@ async def test_keep_latest_on_sqlite_keeps_the_latest_checkpoint_its_parent_and_
         assert [value for _task, _channel, value in kept[0].pending_writes or []] == [4]
         assert [value for _task, _channel, value in kept[1].pending_writes or []] == [3]
         assert await saver.aget_tuple({"configurable": {"thread_id": "other"}}) is not None  # other threads stay
+
+
+class _Count(TypedDict):
+    n: int
+
+
+def _with_a_subgraph() -> StateGraph[Any]:
+    """A graph whose node is a compiled subgraph: each call of it checkpoints in a namespace of its own
+    (``call:<task id>``), a new one every run."""
+    inner: StateGraph[Any] = StateGraph(_Count)
+    inner.add_node("add", lambda state: {"n": state["n"] + 1})
+    inner.add_edge(START, "add")
+    inner.add_edge("add", END)
+    outer: StateGraph[Any] = StateGraph(_Count)
+    outer.add_node("call", inner.compile())
+    outer.add_edge(START, "call")
+    outer.add_edge("call", END)
+    return outer
+
+
+async def test_a_thread_in_use_for_good_keeps_no_earlier_runs_subgraph_calls(database_url: str) -> None:
+    """``keep_latest`` before each run (``GraphRuntime.keep_latest``) kept, on SQLite, every earlier run's subgraph
+    call (its namespace's latest checkpoint and that one's parent, with their writes): a DM whose graph calls a
+    subgraph grew by 2 checkpoints a run for ever, where PostgreSQL's deletes the calls of the runs gone."""
+    async with open_checkpointer(database_url) as saver:
+        graph = _with_a_subgraph().compile(checkpointer=saver)
+        config: Any = {"configurable": {"thread_id": "dm:graph"}}
+        for n in range(RUNS):
+            await saver.aprune(["dm:graph"], strategy="keep_latest")  # as before each new run in the thread
+            assert (await graph.ainvoke({"n": n * 10}, config))["n"] == n * 10 + 1
+        await saver.aprune(["dm:graph"], strategy="keep_latest")
+
+        kept = [item async for item in saver.alist(config)]  # every namespace's
+        namespaces = {item.config["configurable"]["checkpoint_ns"] for item in kept}
+        # The latest run's end and what it went on from, and at most that run's own call.
+        assert len(kept) <= 4 and len(namespaces) <= 2, \
+            f"{len(kept)} checkpoints in {len(namespaces)} namespaces kept after {RUNS} runs in one thread"
+        assert (await saver.aget_tuple(config)).checkpoint["channel_values"]["n"] == (RUNS - 1) * 10 + 1  # type: ignore[union-attr]
+        assert (await graph.ainvoke({"n": 1000}, config))["n"] == 1001  # the next run goes on
