@@ -18,6 +18,7 @@ from sqlmodel import select
 from bot.approvals import AnswerKeepingSerializer
 from bot.config import BatonConfig, ConfigError, check_digest_platforms, load_config, load_config_again, printable
 from bot.digests import Digests
+from bot.leased_run import LeaseLost
 from bot.messages import Accepted, InboundClick, InboundMessage, storable
 from bot.orchestrator import Orchestrator
 from bot.outbox import Outbox
@@ -28,8 +29,8 @@ from bot.models import create_model
 from bot.runtime import GraphRuntime, Services
 from bot.scheduler import DigestScheduler
 from bot.settings import Settings
-from bot.threads import lease_run_out, run_out_params
-from storage.checkpointer import open_checkpointer
+from bot.threads import Leases, lease_run_out, run_out_params
+from storage.checkpointer import checkpoint_fence, open_checkpointer
 from storage.db import Database, prepared
 from storage.migrate import upgrade
 from storage.models import InboundEvent, Run, ThreadRecord, utcnow
@@ -54,6 +55,25 @@ def _prunable(now: datetime) -> tuple[Any, ...]:
     return (ThreadRecord.status.in_(("done", "failed", "idle")), ThreadRecord.pruned_at.is_(None),  # type: ignore[attr-defined,union-attr]
             lease_run_out(**run_out_params(now)),
             ~exists().where(InboundEvent.thread_record_id == ThreadRecord.id, InboundEvent.status == "pending"))
+
+
+class _PruningHold:
+    """The pruning's lease on a thread, as the ``checkpoint_fence`` of its deletions (``storage.checkpointer``): each
+    deletes only while the lease is surely held, or once it is renewed. A replica stalled past it (SIGSTOP, a frozen
+    VM) while a follow-up took the thread and began a run deleted, once going again, that run's checkpoints, and its
+    approval card turned stale."""
+
+    def __init__(self, leases: Leases, record_id: int) -> None:
+        self._leases = leases
+        self._record_id = record_id
+
+    def surely_held(self) -> bool:
+        return self._leases.surely_held(self._record_id)
+
+    async def confirm(self) -> None:
+        if not await self._leases.renew(self._record_id):
+            raise LeaseLost(f"thread {self._record_id} was taken while its checkpoints were being pruned (a stall "
+                            "past the pruning's lease): the pruning stops, and what the thread holds now stays")
 
 
 def discover_adapters(names: set[str] | None = None) -> dict[str, type[Any]]:
@@ -261,7 +281,9 @@ class Baton:
         """Delete one finished thread's checkpoints while holding its lease, so that no run starts on it
         meanwhile: a follow-up's run started between picking the thread and deleting lost its checkpoints
         (its approval turned stale). False, and nothing deleted, when the thread is no longer finished and
-        free. A follow-up stored meanwhile waits for the lease; the sweeper drains it once it is given back."""
+        free. A follow-up stored meanwhile waits for the lease; the sweeper drains it once it is given back.
+        Each deletion makes sure the lease is still held first (``_PruningHold``): a pruning stalled past it
+        stops there."""
         pruner = f"{self.instance} (pruning)"  # not the drains' name: they count their own name's lease as free
         now = self.db.now()  # the lease's end as every replica reads it: on the database's clock, not ours
         async with self.db.session() as session:
@@ -271,12 +293,18 @@ class Baton:
             if not taken.rowcount:
                 return False
         pruned: dict[str, Any] = {}
+        leases = Leases(self.db, pruner, self.settings.lease_seconds)
+        hold = checkpoint_fence.set(_PruningHold(leases, record.id))  # type: ignore[arg-type]
         try:
             async with self.db.read() as session:  # one uninstalled since it ran is no installed graph
                 ran = (await session.exec(select(Run.graph).where(Run.thread_record_id == record.id).distinct())).all()
             await self.runtime.forget(record.lg_thread_id, {*self.registry.names(), *ran})
             pruned = {"pruned_at": utcnow()}
+        except LeaseLost as exc:  # what the thread holds now is its new holder's
+            log.warning("%s", exc)
+            return False
         finally:
+            checkpoint_fence.reset(hold)
             async with self.db.session() as session:
                 await session.exec(update(ThreadRecord).where(  # type: ignore[call-overload]
                     ThreadRecord.id == record.id, ThreadRecord.lease_owner == pruner,

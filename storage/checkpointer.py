@@ -37,7 +37,8 @@ _PG_SETUP_LOCK = 0x62617431  # "bat1": one replica sets LangGraph's checkpoint t
 
 class CheckpointFence(Protocol):
     """What a run's checkpoint write waits for: its chat thread still held, and what the run must store in Baton's
-    database before it (``bot.orchestrator`` gives one per run)."""
+    database before it (``bot.orchestrator`` gives one per run). The pruning of a finished thread's checkpoints
+    gives one too: each deletion waits for the thread still held (``bot.app``)."""
 
     def surely_held(self) -> bool:
         """True while the write may go ahead with no statement first: the thread is surely still the run's by this
@@ -75,6 +76,10 @@ class _Fenced:
             if values is not checkpoint["channel_values"]:
                 checkpoint = {**checkpoint, "channel_values": values}
         return await super().aput(config, checkpoint, *args, **kwargs)  # type: ignore[misc]
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await _confirm_fence()  # a stalled pruning deleted what the thread's new holder had written meanwhile
+        await super().adelete_thread(thread_id)  # type: ignore[misc]
 
     # No ``task_path`` parameter: LangGraph passes one only to a saver whose signature names it.
     async def aput_writes(self, config: Any, writes: Any, *args: Any, **kwargs: Any) -> Any:

@@ -115,6 +115,55 @@ async def test_pruning_a_finished_thread_never_deletes_the_checkpoints_of_a_foll
         assert (await thread()).lease_owner is None
 
 
+async def test_a_pruning_stalled_past_its_lease_deletes_nothing_of_the_run_that_took_the_thread_meanwhile(
+        database_url: str, config_path: Path, counter: Path) -> None:
+    """The pruning holds the thread while it deletes its checkpoints, but never looked at that hold again: a replica
+    stalled past it (SIGSTOP, a frozen VM) while a follow-up took the thread and started a run deleted, once going
+    again, that run's checkpoints, and its approval card turned stale."""
+    settings = Settings(BATON_DATABASE_URL=database_url, BATON_CONFIG=config_path, BATON_CHECKPOINT_RETENTION_HOURS=1)
+    where = {"platform": "playground", "channel": "general", "thread": "1"}
+    async with Baton(settings) as baton:
+        async def thread() -> ThreadRecord:
+            async with baton.db.read() as session:
+                return (await session.exec(select(ThreadRecord).execution_options(populate_existing=True))).one()
+
+        async def pending_approval() -> Approval | None:
+            async with baton.db.read() as session:
+                return (await session.exec(select(Approval).where(Approval.status == "pending"))).first()
+
+        await baton.accept_message(InboundMessage(**where, event_id="e1", user="alice", text="run uptime"))
+        await until(lambda: _is(thread(), lambda record: record.status == "done"), "the first run to finish")
+        async with baton.db.session() as session:
+            await session.exec(update(ThreadRecord).values(updated_at=utcnow() - timedelta(hours=2)))
+
+        forget = baton.runtime.forget
+
+        async def forget_after_a_stall(lg_thread_id: str, graphs: Iterable[str] | None = None) -> None:
+            """The pruning holds the thread; it stalls before deleting anything, past its lease."""
+            baton.runtime.forget = forget  # type: ignore[method-assign]
+            assert (await thread()).lease_owner == f"{baton.instance} (pruning)"
+            async with baton.db.session() as session:  # the lease runs out while the pruning's replica stands still
+                await session.exec(update(ThreadRecord).values(lease_until=baton.db.now() - timedelta(seconds=1)))
+            await baton.accept_message(InboundMessage(**where, event_id="e2", user="alice", text="run restart service=web",
+                                                      addressed=True))
+            await until(pending_approval, "the follow-up's approval card")
+            await forget(lg_thread_id, graphs)  # going again
+
+        baton.runtime.forget = forget_after_a_stall  # type: ignore[method-assign]
+        pruned = await baton.prune_checkpoints()
+
+        record = await thread()
+        config = {"configurable": {"thread_id": f"{record.lg_thread_id}:runbook", "checkpoint_ns": ""}}
+        assert await baton.runtime.checkpointer.aget_tuple(config) is not None, "the follow-up's checkpoints were deleted"
+        assert pruned == 0 and record.pruned_at is None  # what is there now is the follow-up's, to be pruned once it is finished
+        approval = await pending_approval()
+        assert approval is not None
+        await baton.accept_click(InboundClick(**where, event_id="c1", user="bob", approval_id=approval.id,
+                                              action="approve"))
+        await until(lambda: _is(thread(), lambda record: record.status == "done"), "the approved run to finish")
+        assert runs_in(counter) == ["uptime", "restart web"]
+
+
 async def _is(value: Awaitable[ThreadRecord], test: Callable[[ThreadRecord], bool]) -> bool:
     return test(await value)
 
