@@ -160,6 +160,12 @@ class _AnsweredElsewhere(Exception):
     transaction storing this answer is undone."""
 
 
+def _housekeeping(event: InboundEvent) -> bool:
+    """Whether ``event`` is one Baton stored of itself (a card's expiry, a card the platform refused for good), no
+    person's: what handling it posts waits, in its channel, behind the answers to people (``Outbox.enqueue``)."""
+    return EXPIRY in event.payload or UNPOSTED in event.payload
+
+
 def _interrupt_of(approval: Approval, state: GraphOutcome) -> Interrupt | None:
     """The graph's question ``approval`` is the card of, if the graph still waits on it."""
     return next((interrupt for interrupt in state.interrupts if interrupt.id == approval.interrupt_id), None)
@@ -816,7 +822,8 @@ class Orchestrator:
                 continue
             try:
                 state = await self.runtime.state(spec, record.lg_thread_id)
-                _current, edited = await self._with_approvers_now(approval, record, spec, state, correlation)
+                _current, edited = await self._with_approvers_now(approval, record, spec, state, correlation,
+                                                                  housekeeping=True)
             except Exception:  # this card is brought up to date at its next click; the others go on
                 log.exception("approval %s: its approvers could not be brought up to date", approval.id)
                 continue
@@ -1294,7 +1301,8 @@ class Orchestrator:
         thread is told. A card whose run ended without it just expires; one decided meanwhile is left as it is."""
         if approval is not None and approval.status == "pending" and (run is None or run.status not in threads.BUSY):
             async with self.db.session() as session:  # its run ended without it: it only leaves the waiting cards
-                await self._expire_card(session, record, approval.id, event.correlation_id)  # type: ignore[arg-type]
+                await self._expire_card(session, record, approval.id, event.correlation_id,  # type: ignore[arg-type]
+                                        housekeeping=True)
                 await self._mark_done(session, event, "expired")
             return None
         if approval is None or run is None or approval.status != "pending":
@@ -1314,10 +1322,11 @@ class Orchestrator:
                                f"its approval card could not be posted ({said}), so nobody could decide on it")
 
     async def _with_approvers_now(self, approval: Approval, record: ThreadRecord, spec: GraphSpec, state: GraphOutcome,
-                                  correlation: str) -> tuple[Approval, bool]:
+                                  correlation: str, *, housekeeping: bool = False) -> tuple[Approval, bool]:
         """``approval`` deciding by baton.yaml as it is now: Baton restarted with other approvers since its card
         was posted (someone left the team, say), so the card and the check follow the new list. True when this
-        call changed it (and edited its card)."""
+        call changed it (and edited its card). ``housekeeping``: the edit is Baton's own tidying (at start, at a
+        reload), not an answer to a click."""
         now = self._approvers_now(approval, spec, state)
         now = approval.approvers if now is None else now
         risk = self._risk_now(approval, spec, state) or approval.risk
@@ -1331,7 +1340,7 @@ class Orchestrator:
             if current.status != "pending" or (current.approvers, current.risk) == (now, risk):  # decided, or
                 return current, False  # brought up to date, meanwhile
             current.approvers, current.risk = now, risk
-            await self._edit_card(session, record, current, correlation)
+            await self._edit_card(session, record, current, correlation, housekeeping=housekeeping)
         log.info("approval %s: approvers or risk changed in baton.yaml since it was asked (%s, %s -> %s, %s)",
                  approval.id, approval.approvers, approval.risk, now, risk)
         return current, True
@@ -1420,34 +1429,38 @@ class Orchestrator:
         return max(0.0, (self.db.now() - asked).total_seconds())
 
     async def _expire_cards(self, session: Transaction, record: ThreadRecord, run_id: int,
-                            correlation: str, by: str = approvals.EXPIRED_BY) -> datetime | None:
+                            correlation: str, by: str = approvals.EXPIRED_BY, *,
+                            housekeeping: bool = False) -> datetime | None:
         """The cards of ``run`` (which ended) still waiting for a decision expire: their buttons go, and a
         click on them revives nothing. Returns when the oldest of them was posted (the run waited since).
-        ``by``: who ended the run (a cancel's sender), else Baton."""
+        ``by``: who ended the run (a cancel's sender), else Baton. ``housekeeping``: their edits are Baton's own
+        tidying (``Outbox.enqueue``), not part of an answer to someone."""
         # All locked first (PostgreSQL): a card locked, then the thread's outbox lock taken to edit it, then the
         # next card locked made a cycle with a replica's refresh_approvers (a card, then the same thread).
         waiting = (await session.exec(select(Approval.id, Approval.created_at).where(  # type: ignore[call-overload]
             Approval.run_id == run_id, Approval.status == "pending").with_for_update())).all()
         for approval_id, _posted in waiting:
-            await self._expire_card(session, record, approval_id, correlation, by)
+            await self._expire_card(session, record, approval_id, correlation, by, housekeeping=housekeeping)
         return min((posted for _id, posted in waiting), default=None)
 
     async def _expire_card(self, session: Transaction, record: ThreadRecord, approval_id: str, correlation: str,
-                           by: str = approvals.EXPIRED_BY) -> None:
+                           by: str = approvals.EXPIRED_BY, *, housekeeping: bool = False) -> None:
         expired = await session.exec(update(Approval).where(  # type: ignore[call-overload]
             Approval.id == approval_id, Approval.status == "pending",  # type: ignore[arg-type]
         ).values(status="stale", decided_by=by, decided_at=self.db.now()))
         if expired.rowcount:
             card = await session.get(Approval, approval_id, populate_existing=True)
-            await self._edit_card(session, record, card, correlation)  # type: ignore[arg-type]
+            await self._edit_card(session, record, card, correlation, housekeeping=housekeeping)  # type: ignore[arg-type]
             await audit.record(session, "approval.expired", correlation, platform=record.platform,
                                channel=record.channel, thread=record.thread, user=by,
                                run_id=card.run_id, approval_id=approval_id)  # type: ignore[union-attr]
 
-    async def _edit_card(self, session: Transaction, record: ThreadRecord, approval: Approval, correlation: str) -> None:
+    async def _edit_card(self, session: Transaction, record: ThreadRecord, approval: Approval, correlation: str, *,
+                         housekeeping: bool = False) -> None:
         card = replies.choice_card(approval) if approval.kind == "choice" else replies.approval_card(approval)
         await self.outbox.enqueue(session, threads.location_of(record), card, kind="update",
-                                  ref_outbox_id=approval.card_outbox_id, correlation_id=correlation)
+                                  ref_outbox_id=approval.card_outbox_id, correlation_id=correlation,
+                                  housekeeping=housekeeping)
 
     async def _taken_up_again(self, run: Run, record: ThreadRecord, event: InboundEvent) -> bool:
         """Count that ``run``, under way when Baton stopped, is taken up again; false once that happened more
@@ -1665,6 +1678,7 @@ class Orchestrator:
         it; an effect the run had started was cut off by that, not left in doubt. ``cancel`` may be ``event``:
         a run whose replica stopped, ended by a cancel (its effects are left as they were, in doubt)."""
         error = storable(error) if error is not None else None  # a node's exception may hold a NUL, a lone surrogate
+        housekeeping = _housekeeping(event)
         asked = await self._asked_at(run, event)  # before the write transaction: it may read the request's event
         now = self.db.now()
         async with (services.session() if services is not None else self.db.session()) as session:
@@ -1688,7 +1702,8 @@ class Orchestrator:
             waited = 0.0  # a run ending at its cards (expired, cancelled) waited for a decision until now
             if status == "failed":  # a card it left waiting (another branch's question) would revive it
                 since = await self._expire_cards(session, record, run.id, run.correlation_id,  # type: ignore[arg-type]
-                                                 cancel.user if cancel is not None else approvals.EXPIRED_BY)
+                                                 cancel.user if cancel is not None else approvals.EXPIRED_BY,
+                                                 housekeeping=housekeeping)
                 waited = self._waited_since(since) if since is not None else 0.0
                 await session.exec(_FORGET_REQUEST, params={"record_id": record.id})  # type: ignore[call-overload]
             await session.exec(_FINISH_RUN, params={  # type: ignore[call-overload]
@@ -1697,7 +1712,7 @@ class Orchestrator:
             await session.exec(_FINISH_THREAD, params={  # type: ignore[call-overload]
                 "record_id": record.id, "status": status, "now": now, "result": message.plain_text()[:2000]})
             reply = await self.outbox.enqueue_claimed(session, threads.location_of(record), message,
-                                                      correlation_id=run.correlation_id)
+                                                      correlation_id=run.correlation_id, housekeeping=housekeeping)
             await audit.record(session, f"run.{status}", run.correlation_id, platform=record.platform, channel=record.channel,
                                thread=record.thread, user=run.requested_by, run_id=run.id, graph=run.graph, error=error,
                                seconds=round((now - run.started_at).total_seconds(), 3))

@@ -25,6 +25,13 @@ row and step; a try after one whose post may have reached Slack, or a row taken 
 the thread first). ``Delivery.attempts`` is how an adapter tells a first try (1: nothing to look for)
 from a later one. The playground marks its messages in the transaction that stores them: exactly once.
 
+A channel's answers go before its housekeeping: rows Baton stores of itself (``housekeeping``: an expired card's
+edit and its thread's notice) wait, at the channel's pace, while a row that answers someone waits there, however
+many of them were stored first; they drain whenever the channel has nothing fresher. 10,000 cards expiring together
+stored 20,000 messages in their channel: at Slack's one a second, the answer to whoever asked next came hours late.
+A priority, not a reordering: a thread keeps its order (a housekeeping row ahead of an answer in its thread goes
+with the answers), and the choice is made in the claim, from the stored rows, the same on every replica.
+
 Times another replica compares (claims, retries, a channel's pace and a 429's hold) are on the database's clock
 (``Database.now``), the one clock replicas share. One further ahead than any wait Baton sets was set on a clock
 that was off (or was before it was set back): it counts as come, rather than silencing its channel until then.
@@ -42,7 +49,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, get_args
 
 from pydantic import ValidationError
-from sqlalchemy import DateTime, and_, bindparam, exists, func, literal, or_, update
+from sqlalchemy import DateTime, and_, bindparam, exists, false, func, literal, or_, update
 from sqlalchemy.orm import aliased
 from sqlmodel import select
 
@@ -189,9 +196,21 @@ _BACKLOG = select(OutboxMessage.platform, func.count(), func.min(OutboxMessage.c
     OutboxMessage.status.in_(_UNSENT)).group_by(OutboxMessage.platform)  # type: ignore[attr-defined]
 
 
+# Which rows a claim reads: those that answer someone (a row of a thread where an answer waits, itself or one
+# behind it), then the housekeeping; ``None``: either (whether anything is due at all).
+Lane = Literal["answers", "housekeeping"]
+LANES: tuple[Lane, ...] = get_args(Lane)
+
+
 @functools.cache
-def _due_statement(limit: int) -> Any:
-    """The first claimable row of each thread (a row waits for every earlier row of its thread)."""
+def _due_statement(limit: int, lane: Lane | None = None) -> Any:
+    """The first claimable row of each thread (a row waits for every earlier row of its thread), of ``lane``."""
+    waiting = aliased(OutboxMessage)
+    answer_behind = exists().where(waiting.platform == OutboxMessage.platform, waiting.channel == OutboxMessage.channel,
+                                   waiting.thread == OutboxMessage.thread, waiting.status.in_(_UNSENT),  # type: ignore[attr-defined]
+                                   waiting.housekeeping == false())
+    answers = or_(OutboxMessage.housekeeping == false(), answer_behind)
+    in_lane = {None: (), "answers": (answers,), "housekeeping": (~answers,)}[lane]
     earlier = aliased(OutboxMessage)
     blocked_by_earlier = exists().where(
         earlier.platform == OutboxMessage.platform,
@@ -210,19 +229,20 @@ def _due_statement(limit: int) -> Any:
     unsent = OutboxMessage.status.in_(_UNSENT)  # type: ignore[attr-defined]
     after = OutboxMessage.id > bindparam("after", 0)  # type: ignore[operator]  # the claim reads on past rows it passed over
     return prepared(select(OutboxMessage).where(OutboxMessage.platform == bindparam("platform"), unsent, _CLAIMABLE,
-                                                ~blocked_by_earlier, ~paced_out, after)
+                                                ~blocked_by_earlier, ~paced_out, after, *in_lane)
                     .order_by(OutboxMessage.id).limit(limit))  # type: ignore[arg-type]
 
 
 def _row(location: Location, message: Message, *, kind: str = "post", target_user: str | None = None,
-         ref_outbox_id: int | None = None, correlation_id: str | None = None) -> dict[str, Any]:
+         ref_outbox_id: int | None = None, correlation_id: str | None = None,
+         housekeeping: bool = False) -> dict[str, Any]:
     """A new outbox row's columns (a dict: building an ``OutboxMessage`` costs more than the INSERT)."""
     now = utcnow()
     return {"platform": location.platform, "workspace": location.workspace, "channel": location.channel,
             "thread": location.thread, "kind": kind, "target_user": target_user, "ref_outbox_id": ref_outbox_id,
             "payload": message.model_dump(), "status": "pending", "attempts": 0, "put_offs": 0,
             "next_attempt_at": now, "claimed_by": None, "claimed_until": None, "correlation_id": correlation_id,
-            "created_at": now}
+            "created_at": now, "housekeeping": housekeeping}
 
 
 @dataclass(frozen=True)
@@ -320,12 +340,14 @@ class Outbox:
         target_user: str | None = None,
         ref_outbox_id: int | None = None,
         correlation_id: str | None = None,
+        housekeeping: bool = False,
     ) -> int:
-        """Store a message in the caller's transaction and return its row id; call ``wake`` after it commits."""
+        """Store a message in the caller's transaction and return its row id; call ``wake`` after it commits.
+        ``housekeeping``: Baton's own tidying, no answer to anyone: its channel's answers go first."""
         await self._lock_thread(session, location)
         return int(await insert_returning_id(session, OutboxMessage, _row(
             location, self._redactor.message(message), kind=kind, target_user=target_user, ref_outbox_id=ref_outbox_id,
-            correlation_id=correlation_id)))
+            correlation_id=correlation_id, housekeeping=housekeeping)))
 
     async def _lock_thread(self, session: Transaction, location: Location) -> None:
         """Store rows in ``location``'s thread one transaction at a time, from this row to the commit.
@@ -343,22 +365,24 @@ class Outbox:
             held.add(name)
 
     async def enqueue_claimed(self, session: Transaction, location: Location, message: Message, *,
-                              correlation_id: str | None = None) -> Delivery | None:
+                              correlation_id: str | None = None, housekeeping: bool = False) -> Delivery | None:
         """Post ``message``, claimed by this process in the caller's transaction when it may go at once.
 
         Returns the delivery to ``hand_over`` after the commit; ``None`` when the row was stored
         for the delivery loop instead (no adapter for the platform here, an earlier message of the
         thread still undelivered, or the channel's pace not yet allowing another message): then
-        ``wake`` after the commit, as for ``enqueue``.
+        ``wake`` after the commit, as for ``enqueue``. ``housekeeping`` (as for ``enqueue``) is always
+        stored: taken here, it took its channel's slot from an answer waiting in the stored queue.
         """
         message = self._redactor.message(message)
         pace = self._senders.get(location.platform)
         thread = {"platform": location.platform, "channel": location.channel, "thread": location.thread}
         await self._lock_thread(session, location)  # before the check: it then sees an earlier row still to commit
-        if pace is None or (self._holds and self._held(location.platform, location.channel)) \
+        if pace is None or housekeeping or (self._holds and self._held(location.platform, location.channel)) \
                 or (await session.exec(_UNDELIVERED_IN_THREAD, params=thread)).first() is not None \
                 or (pace > 0 and not await self._channel_slot(session, location.platform, location.channel, pace)):
-            await insert_returning_id(session, OutboxMessage, _row(location, message, correlation_id=correlation_id))
+            await insert_returning_id(session, OutboxMessage, _row(location, message, correlation_id=correlation_id,
+                                                                   housekeeping=housekeeping))
             return None
         row = _row(location, message, correlation_id=correlation_id)
         row.update(status="sending", attempts=1, claimed_by=self.worker,
@@ -491,32 +515,41 @@ class Outbox:
             return []
         deliveries: list[Delivery] = []
         async with self._db.session() as session:
-            paced: set[str] = set()
-            for _page in range(limit):
-                page = (await session.exec(due, params=due_params)).all()
-                passed_over = False
-                for row in page:
-                    if len(deliveries) >= limit:
-                        break
-                    if pace_seconds > 0 and row.channel in paced:  # before reading the message: a backlog's rows
-                        passed_over = True
-                        continue
-                    message = self._readable(row)
-                    if message is None or (pace_seconds > 0 and not await self._slot_for(session, row, pace_seconds,
-                                                                                         paced)):
-                        passed_over = True
-                        continue
-                    if row.kind == "update" and pace_seconds > 0:  # a burst of edits of one message: its last
-                        row, message = await self._latest_edit(session, row, message)
-                    delivery = await self._take(session, row, message, worker, now)
-                    if delivery is not None:
-                        deliveries.append(delivery)
-                # Rows passed over (a channel just paced, a message this version cannot read) filled the LIMIT:
-                # read on after them, or a backlog in one channel starved the rows of every other.
-                if not passed_over or len(page) < limit or len(deliveries) >= limit:
-                    break
-                due_params = {**due_params, "after": page[-1].id}
+            paced: set[str] = set()  # the channels given their slot in this claim
+            for lane in LANES:  # a channel's slot goes to an answer waiting there before any housekeeping
+                if len(deliveries) < limit:
+                    await self._claim_lane(session, _due_statement(limit, lane), due_params, worker, limit,
+                                           pace_seconds, paced, deliveries)
         return deliveries
+
+    async def _claim_lane(self, session: Transaction, due: Any, due_params: dict[str, Any], worker: str, limit: int,
+                          pace_seconds: float, paced: set[str], deliveries: list[Delivery]) -> None:
+        """Claim the rows ``due`` finds (one lane's) into ``deliveries``, until they hold ``limit``."""
+        now = due_params["now"]
+        for _page in range(limit):
+            page = (await session.exec(due, params=due_params)).all()
+            passed_over = False
+            for row in page:
+                if len(deliveries) >= limit:
+                    break
+                if pace_seconds > 0 and row.channel in paced:  # before reading the message: a backlog's rows
+                    passed_over = True
+                    continue
+                message = self._readable(row)
+                if message is None or (pace_seconds > 0 and not await self._slot_for(session, row, pace_seconds,
+                                                                                     paced)):
+                    passed_over = True
+                    continue
+                if row.kind == "update" and pace_seconds > 0:  # a burst of edits of one message: its last
+                    row, message = await self._latest_edit(session, row, message)
+                delivery = await self._take(session, row, message, worker, now)
+                if delivery is not None:
+                    deliveries.append(delivery)
+            # Rows passed over (a channel just paced, a message this version cannot read) filled the LIMIT:
+            # read on after them, or a backlog in one channel starved the rows of every other.
+            if not passed_over or len(page) < limit or len(deliveries) >= limit:
+                return
+            due_params = {**due_params, "after": page[-1].id}
 
     def _worth_claiming(self, due: Sequence[Any], limit: int) -> bool:
         """Whether the due rows (a first page of them) hold one to send: not when each is a row this version

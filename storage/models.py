@@ -244,6 +244,9 @@ class OutboxMessage(SQLModel, table=True):
     attempts: int = 0
     # Of those, the tries the platform only put off (a 429, a refused token: nothing posted): no failure of the message
     put_offs: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # Baton's own tidying (a card's expiry: its edit and its thread's notice), not an answer to anyone: in its
+    # channel it goes after the answers waiting there (``bot.outbox``), however many of it were stored first.
+    housekeeping: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
     next_attempt_at: datetime = Field(default_factory=utcnow)
     claimed_by: str | None = None
     claimed_until: datetime | None = None
