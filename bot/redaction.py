@@ -22,6 +22,8 @@ from bot.settings import Settings
 
 REDACTED = "[redacted]"
 MIN_SECRET_CHARS = 8  # shorter values ("1", "true") would blot out ordinary words
+# What Baton writes where it cut a text short, on the same line (``bot.replies.cut_line``: "… (12 more characters)").
+CUT_MARK = "\u2026"
 # Variables whose values are secrets by their name (OPENAI_API_KEY, GITHUB_TOKEN, PGPASSWORD, ...).
 SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$", re.IGNORECASE)
 # The password of a URL's user (``scheme://user:password@host``), as written in it (percent-encoded).
@@ -66,7 +68,8 @@ class Redactor:
     def _cut_secrets(self, line: str) -> str:
         """``line`` without what a cut left of a secret. Output kept up to a limit, or an error shown up to
         a length, is cut wherever the limit falls, at times inside a secret: its first (or last)
-        ``MIN_SECRET_CHARS`` characters or more, ending (or starting) the line, are no less secret."""
+        ``MIN_SECRET_CHARS`` characters or more, ending (or starting) the line, or followed by the ``CUT_MARK``
+        a cut leaves on the line, are no less secret."""
         for secret in self._secrets:
             if len(line) < MIN_SECRET_CHARS:
                 break
@@ -99,11 +102,12 @@ def url_passwords(*texts: str) -> list[str]:
 
 
 def _without_prefix_cut_from(secret: str, line: str) -> str:
-    """``line`` with a start of ``secret`` that ends it replaced."""
-    at = line.find(secret[:MIN_SECRET_CHARS], max(0, len(line) - len(secret) + 1))
+    """``line`` with a start of ``secret`` that ends it, or that a cut marked with ``CUT_MARK`` ends, replaced."""
+    at = line.find(secret[:MIN_SECRET_CHARS])
     while at != -1:
-        if secret.startswith(line[at:]):
-            return line[:at] + REDACTED
+        kept, mark, _ = line[at:at + len(secret) + len(CUT_MARK)].partition(CUT_MARK)
+        if secret.startswith(kept) and (mark or at + len(kept) == len(line)):
+            line = line[:at] + REDACTED + line[at + len(kept):]
         at = line.find(secret[:MIN_SECRET_CHARS], at + 1)
     return line
 

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from bot import approvals, schedules
 from bot.models import ModelRequired
+from bot.redaction import CUT_MARK
 from bot.kit import duration
 from bot.messages import (ButtonOption, Buttons, Code, Message, Note, Text, ThreadLink, first_line, quoted, quoted_code,
                           shown_value, storable, validation_words)
@@ -236,7 +237,7 @@ def cut_line(text: str, limit: int) -> str:
     block was turned inside out (its log shown as prose, its closing fence opening a block never closed)."""
     if len(text) <= limit:
         return text
-    kept, more = text[:limit], f"… ({len(text) - limit:,} more characters)"
+    kept, more = text[:limit], f"{CUT_MARK} ({len(text) - limit:,} more characters)"  # the redaction knows it
     inside = False
     for line in kept.split("\n"):
         if not inside:
