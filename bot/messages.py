@@ -40,6 +40,16 @@ def validation_words(error: dict[str, Any]) -> str:
     return str(error.get("msg", "")).removeprefix("Value error, ")
 
 
+# What Baton writes where it cut a text short and goes on on the same line ("… (12 more characters)", "…)."): the
+# redaction (``bot.redaction``) takes a secret's start before it as the secret, cut.
+CUT_MARK = "\u2026"
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` in its first ``limit`` characters, followed by ``CUT_MARK`` when there were more."""
+    return text if len(text) <= limit else text[:limit] + CUT_MARK
+
+
 def first_line(text: str, limit: int = 80) -> str:
     """The first line of ``text`` with words, cut at ``limit`` ("" for none: a graph may ask ``interrupt("")``)."""
     return next((line for line in text.splitlines() if line.strip()), "")[:limit]

@@ -17,13 +17,11 @@ from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from bot.messages import Message
+from bot.messages import CUT_MARK, Message
 from bot.settings import Settings
 
 REDACTED = "[redacted]"
 MIN_SECRET_CHARS = 8  # shorter values ("1", "true") would blot out ordinary words
-# What Baton writes where it cut a text short, on the same line (``bot.replies.cut_line``: "… (12 more characters)").
-CUT_MARK = "\u2026"
 # Variables whose values are secrets by their name (OPENAI_API_KEY, GITHUB_TOKEN, PGPASSWORD, ...).
 SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$", re.IGNORECASE)
 # The password of a URL's user (``scheme://user:password@host``), as written in it (percent-encoded).

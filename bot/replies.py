@@ -12,10 +12,9 @@ from pydantic import ValidationError
 
 from bot import approvals, schedules
 from bot.models import ModelRequired
-from bot.redaction import CUT_MARK
 from bot.kit import duration
-from bot.messages import (ButtonOption, Buttons, Code, Message, Note, Text, ThreadLink, first_line, quoted, quoted_code,
-                          shown_value, storable, validation_words)
+from bot.messages import (CUT_MARK, ButtonOption, Buttons, Code, Message, Note, Text, ThreadLink, cut, first_line, quoted,
+                          quoted_code, shown_value, storable, validation_words)
 from storage.models import Approval
 
 # A longer text in a graph's reply goes as long command output does, a preview and the whole as a file:
@@ -204,7 +203,7 @@ def model_error(error: BaseException) -> Message:
         line = f"{type(cause).__name__}: {cause}"
     else:  # Baton's own words ("no answer within 60s"); without them the cause's name, not Baton's wrapper's
         line = str(error) or type(cause if cause is not None else error).__name__
-    line = line.splitlines()[0][:300]
+    line = cut(line.splitlines()[0], 300)
     return Message.text(f"The language model did not answer ({line}). The run stopped; try again later.",
                         tone="error", title="Model error")
 

@@ -20,6 +20,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.graph import END, START, StateGraph
 
 from bot.kit import ModelFailed, Request, chat, current, duration
+from bot.messages import cut
 
 DESCRIPTION = "Digests of this channel: `digest daily 09:00 Europe/Paris`, `digest now`, `digest list`, `digest off`."
 EXAMPLE = "digest now"
@@ -304,7 +305,7 @@ async def summarize(state: DigestState) -> DigestState:
                                                    "no lists."),
                              HumanMessage(content=json.dumps(stats, default=str))], what="The digest summary")
     except ModelFailed as exc:  # the numbers matter more than the prose: post them anyway
-        note = {"kind": "note", "text": f"No written summary: the model failed ({str(exc)[:200]})."}
+        note = {"kind": "note", "text": f"No written summary: the model failed ({cut(str(exc), 200)})."}
         return {"reply": {**reply, "parts": [*reply["parts"], note]}}
     # The text blocks only: providers such as Anthropic answer in a list of blocks, which str() showed as a list
     written = answer.text.strip()
