@@ -178,9 +178,9 @@ async def run_command(argv: list[str], timeout: float, *, cwd: str | None = None
     It runs in ``cwd`` (Baton's own working directory when ``None``), with Baton's environment less what is
     Baton's alone (``bot.kit.command_environment``), but for the variables ``env`` names.
 
-    The command runs in a session of its own. When it outlasts ``timeout``, its whole process group,
-    children included, gets SIGTERM, then SIGKILL ``KILL_GRACE_SECONDS`` later; when the run is stopped
-    (Baton stopping), SIGKILL at once. Only the first
+    The command runs in a session of its own. When it outlasts ``timeout``, its whole session (its process
+    group, children included, and a descendant's group of its own) gets SIGTERM, then SIGKILL
+    ``KILL_GRACE_SECONDS`` later; when the run is stopped (Baton stopping), SIGKILL at once. Only the first
     ``MAX_OUTPUT_BYTES`` are kept: the rest is read and counted, so a command printing without end
     neither fills Baton's memory nor blocks on a full pipe. The run ends when the command does: a process
     it left running in the background (``worker &``) is left alone, and not waited for.
@@ -330,10 +330,34 @@ def _kill_group(pid: int) -> None:
 
 
 def _signal_group(pid: int, number: signal.Signals) -> None:
+    """``number`` to the command's process group, and to the rest of its session: a descendant in a group of its
+    own (GNU timeout(1) makes one, as a shell's job control does for each background job) is out of the group,
+    not of the session. One that left the session (``setsid``) is not reached."""
+    for member in _session_members(pid):
+        try:
+            os.kill(member, number)
+        except (ProcessLookupError, PermissionError):  # it has ended already
+            pass
     try:
         os.killpg(pid, number)
     except (ProcessLookupError, PermissionError):  # the group has ended already
         pass
+
+
+def _session_members(session: int) -> list[int]:
+    """The processes of ``session`` besides its first group, as Linux's ``/proc`` lists them (none elsewhere)."""
+    try:
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return []
+    members = []
+    for pid in pids:
+        try:
+            if os.getsid(pid) == session and os.getpgid(pid) != session:
+                members.append(pid)
+        except OSError:  # it has ended since
+            pass
+    return members
 
 
 # CSI (colours, cursor), OSC (a title, a link), and the rest: ESC, intermediate bytes, one final byte (ESC ( B of
