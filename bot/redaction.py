@@ -7,6 +7,7 @@ passes ``Redactor.message`` (``bot.outbox``), and every log line ``Redactor.inst
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -33,7 +34,8 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str]) -> None:
         kept = {secret.strip() for secret in secrets if len(secret.strip()) >= MIN_SECRET_CHARS}
-        self._secrets = sorted(kept, key=len, reverse=True)
+        self._secrets = sorted({written for secret in kept for written in _as_json_writes(secret)}, key=len,
+                               reverse=True)
 
     @classmethod
     def for_settings(cls, settings: Settings, environ: Mapping[str, str] | None = None) -> Redactor:
@@ -91,6 +93,15 @@ class Redactor:
         for handler in {handler for logger in loggers for handler in logger.handlers}:
             if not any(isinstance(existing, RedactingFilter) for existing in handler.filters):
                 handler.addFilter(RedactingFilter(self))
+
+
+def _as_json_writes(secret: str) -> set[str]:
+    """``secret`` as written, and as JSON writes it in a string (a command printing JSON: ``docker inspect``,
+    ``terraform output -json``): its ``"``, ``\\`` and control characters escaped, the rest beyond ASCII as it is
+    or as ``\\u00e9`` (Python's ``json.dumps``), and ``&``, ``<``, ``>`` as ``\\u0026``... too (Go's)."""
+    escaped = json.dumps(secret)[1:-1]
+    go = escaped.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+    return {secret, escaped, json.dumps(secret, ensure_ascii=False)[1:-1], go}
 
 
 def url_passwords(*texts: str) -> list[str]:

@@ -5,6 +5,7 @@ start at a line's end, let its first characters through."""
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypedDict
@@ -132,3 +133,17 @@ async def test_a_digest_whose_summary_failed_with_a_secret_in_its_error_shows_no
     text = Message.model_validate(message.payload).plain_text()
     assert "No written summary: the model failed (upstream refused" in text
     assert SECRET[:MIN_SECRET_CHARS] not in text, text
+
+
+def test_a_secret_written_as_json_writes_it_is_redacted() -> None:
+    """A command printing JSON (``docker inspect``, ``terraform output -json``, a Python tool's ``json.dumps``)
+    writes a secret's ``"`` and ``\\`` escaped, a character beyond ASCII as ``\\u00e9``, and, as Go does, ``&``,
+    ``<`` and ``>`` as ``\\u0026``, ``\\u003c``, ``\\u003e``: the secret, no longer as written, was posted whole."""
+    password = 'Zürich&"back\\slash<9>'
+    redactor = Redactor.for_settings(Settings(_env_file=None), environ={"DB_PASSWORD": password})  # type: ignore[call-arg]
+    python = json.dumps({"Env": [f"DB_PASSWORD={password}"]})
+    go = python.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+    unicode = json.dumps({"Env": [f"DB_PASSWORD={password}"]}, ensure_ascii=False)
+    for printed in (python, go, unicode):
+        assert redactor.text(printed) == '{"Env": ["DB_PASSWORD=[redacted]"]}', printed
+    assert redactor.text(f"as written: {password}") == "as written: [redacted]"
