@@ -53,7 +53,16 @@ def misleading(arg: str) -> bool:
     a bidi override that turns the rest of the line around, a no-break space), one drawn like an ASCII one (a
     digit other than 0-9, ``٨`` is an 8; a fullwidth ``ｗ``, a mathematical ``𝐰``), or letters of two scripts
     (``wеb`` with a Cyrillic ``е``)."""
-    return not arg.isprintable() or any(map(_like_ascii, arg)) or len(_scripts(arg)) > 1
+    return not arg.isprintable() or bool(_DRAWN_AS_NOTHING.search(arg)) or any(map(_like_ascii, arg)) \
+        or len(_scripts(arg)) > 1
+
+
+# What Unicode calls ignorable (Default_Ignorable_Code_Point: drawn as nothing) that Python counts printable (the
+# rest, format characters such as a zero-width space, it does not): the Hangul fillers, letters that ``(?u)\w``
+# takes; the combining grapheme joiner; the variation selectors; Khmer's inherent vowels; Mongolian's free
+# variation selectors. And the Braille pattern blank, drawn as a space.
+_DRAWN_AS_NOTHING = re.compile("[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180d\u180f\u2800\u3164\ufe00-\ufe0f"
+                               "\uffa0\U000e0100-\U000e01ef]")
 
 
 def _like_ascii(char: str) -> bool:

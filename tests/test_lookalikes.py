@@ -165,3 +165,21 @@ def test_look_alike_values_are_refused_or_shown_for_what_they_are(tmp_path: Path
     finally:
         baton.stop()
     assert sorted(runs_in(counter)) == ["greet Z\u0435rich", "probe 8080"]
+
+
+@pytest.mark.parametrize("invisible", [
+    "\u3164", "\u115f", "\u1160", "\uffa0",  # the Hangul fillers: letters, drawn as nothing
+    "\u034f",  # the combining grapheme joiner
+    "\ufe00", "\U000e0100",  # variation selectors, with no emoji to select a form of
+    "\u17b4", "\u180b",  # a Khmer inherent vowel, a Mongolian free variation selector
+    "\u2800",  # the Braille pattern blank, drawn as a space
+])
+def test_a_character_drawn_as_nothing_that_python_counts_printable_is_shown_as_its_escape(invisible: str) -> None:
+    """A value ``(?u)^\\w+$`` takes (a Hangul filler is a letter) showed on the card as ``'web'``, quoted for the
+    invisible letter only: the approver read "web", the command got another word. Unicode names these
+    characters ignorable (drawn as nothing, as a zero-width space is), but Python counts them printable."""
+    value = f"web{invisible}"
+    code = ord(invisible)
+    escape = f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+    assert shown_command(["restart", value]) == f"restart $'web{escape}'"
+
