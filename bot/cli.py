@@ -573,6 +573,16 @@ def db_upgrade(revision: str = typer.Argument("head", help="A revision id to upg
 def db_revision(message: str = typer.Argument(..., help="What the migration changes.")) -> None:
     """For developers: write a migration from the difference between the models and the database."""
     settings = _settings()
+    url = settings.database_url
+    _sqlite_place(url)
+    with _database(url):
+        current = _revision(url)
+    # Alembic compares the models with the database from the database's revision: one of a newer Baton's (a branch
+    # whose migration only added to it, which `baton run` runs on) stopped it on a traceback ("Can't locate revision").
+    if current is not None and current not in _known_revisions():
+        _fail(f"Baton cannot write a migration from the database {check_url(url)}: it is at revision "
+              f"{printable(current[:40])}, which this Baton does not have (a newer Baton migrated it); point "
+              "BATON_DATABASE_URL at a database this Baton made, such as a new SQLite file")
     _ready(settings)
     with _database(settings.database_url):
         written = autogenerate(settings.database_url, message)
@@ -595,7 +605,7 @@ def _existing(settings: Settings) -> None:
     if revision is None:
         _fail(f"Baton cannot use the database {shown}: it holds no Baton tables (`baton run` or "
               "`baton db upgrade` makes them)")
-    known = {script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+    known = _known_revisions()
     if revision != _head_revision() and revision in known:
         _fail(f"Baton cannot use the database {shown}: its tables are of an older Baton (revision {revision}); "
               "`baton db upgrade` brings them up to date")
@@ -624,6 +634,11 @@ def _revisions(url: str) -> tuple[str | None, str | None]:
             return MigrationContext.configure(connection).get_current_revision(), oldest_reader(connection)
     finally:
         engine.dispose()
+
+
+def _known_revisions() -> set[str]:
+    """The revisions of this Baton's migrations."""
+    return {script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
 
 
 def _head_revision() -> str | None:

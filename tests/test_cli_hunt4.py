@@ -1,0 +1,38 @@
+"""The command line at its edges: a developer's `baton db revision` on a database a newer branch migrated."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+from contextlib import closing
+from pathlib import Path
+
+from storage.migrate import MIGRATIONS
+from tests.support import run_cli
+
+
+def baton_cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return run_cli(*args, cwd=cwd, env={**os.environ, **env})
+
+
+def test_db_revision_on_a_database_a_newer_baton_only_added_to_is_one_line(
+        tmp_path: Path, config_path: Path, migrated_sqlite: Path) -> None:
+    """A developer back on main after a branch whose migration only added to the database (``older_code_compatible``)
+    ran `baton db revision "..."`: `baton run` runs on such a database, so the check passed, and Alembic's
+    autogenerate then stopped on a page of traceback ending in "Can't locate revision identified by '0099'"."""
+    database = tmp_path / "baton.db"
+    shutil.copyfile(migrated_sqlite, database)
+    with closing(sqlite3.connect(database)) as connection, connection:
+        connection.execute("UPDATE alembic_version SET version_num = '0099'")
+    versions = sorted(path.name for path in (MIGRATIONS / "versions").glob("*.py"))
+    result = baton_cli("db", "revision", "add a column", cwd=tmp_path,
+                       env={"BATON_CONFIG": str(config_path), "BATON_DATABASE_URL": f"sqlite:///{database}"})
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "╭" not in result.stderr, result.stderr
+    assert result.stderr.strip() == (
+        f"Baton cannot write a migration from the database sqlite:///{database}: it is at revision 0099, which this "
+        "Baton does not have (a newer Baton migrated it); point BATON_DATABASE_URL at a database this Baton made, "
+        "such as a new SQLite file"), result.stderr
+    assert sorted(path.name for path in (MIGRATIONS / "versions").glob("*.py")) == versions  # nothing written
