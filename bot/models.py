@@ -56,12 +56,26 @@ def create_model(spec: str | None, *, timeout: float, retries: int) -> BaseChatM
             # Not every provider class takes these; the kit's own deadline (``bot.kit.chat``) still applies.
             return init_chat_model(name, model_provider=provider)  # type: ignore[return-value]
     except ImportError as exc:
-        raise ModelSetupError(f"BATON_MODEL={spec} needs the {provider} package: pip install -e '.[{provider}]' ({exc})") from None
+        if provider in _baton_extras():
+            raise ModelSetupError(f"BATON_MODEL={spec} needs the {provider} package: pip install -e '.[{provider}]' "
+                                  f"({exc})") from None
+        raise ModelSetupError(f"BATON_MODEL={spec} needs a package that is not installed: {exc}") from None
     except ValueError as exc:
         raise ModelSetupError(f"BATON_MODEL={spec}: {exc}") from None
     except Exception as exc:  # the provider's client refused (openai.OpenAIError without OPENAI_API_KEY, ...)
         raise ModelSetupError(f"BATON_MODEL={spec}: the {provider} model could not be set up "
                               f"({type(exc).__name__}: {exc})") from None
+
+
+def _baton_extras() -> set[str]:
+    """The extras Baton's package offers (``pip install -e '.[openai]'``). A provider without one was sent to
+    ``.[groq]``, which pip answers with a warning and installs nothing for: LangChain's own words name its package."""
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    try:
+        return set(metadata("baton").get_all("Provides-Extra") or ())
+    except PackageNotFoundError:  # a checkout that was never installed has no extras to offer
+        return set()
 
 
 def _python_model(spec: str) -> BaseChatModel:

@@ -1,7 +1,9 @@
-"""The command line at its edges: a developer's `baton db revision` on a database a newer branch migrated."""
+"""The command line at its edges: a developer's `baton db revision` on a database a newer branch migrated, a
+`BATON_MODEL` whose provider's package is not installed."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sqlite3
@@ -9,6 +11,9 @@ import subprocess
 from contextlib import closing
 from pathlib import Path
 
+import pytest
+
+from bot.models import ModelSetupError, create_model
 from storage.migrate import MIGRATIONS
 from tests.support import run_cli
 
@@ -36,3 +41,30 @@ def test_db_revision_on_a_database_a_newer_baton_only_added_to_is_one_line(
         "Baton does not have (a newer Baton migrated it); point BATON_DATABASE_URL at a database this Baton made, "
         "such as a new SQLite file"), result.stderr
     assert sorted(path.name for path in (MIGRATIONS / "versions").glob("*.py")) == versions  # nothing written
+
+
+@pytest.mark.parametrize("provider, package", [("groq", "langchain_groq"), ("mistralai", "langchain_mistralai")])
+def test_a_model_provider_baton_has_no_extra_for_is_not_sent_to_one(
+        tmp_path: Path, config_path: Path, provider: str, package: str) -> None:
+    """`BATON_MODEL=groq:...` without LangChain's Groq package said to `pip install -e '.[groq]'`: Baton has no such
+    extra (pip warns that it "does not provide the extra" and installs nothing), and the next start said the same.
+    The package LangChain names is what to install; the extras Baton has (openai, anthropic, ollama) are still named."""
+    if importlib.util.find_spec(package) is not None:
+        pytest.skip(f"{package} is installed here")
+    database = tmp_path / "baton.db"
+    result = baton_cli("run", cwd=tmp_path, env={"BATON_CONFIG": str(config_path), "BATON_PORT": "0",
+                                                 "BATON_MODEL": f"{provider}:some-model",
+                                                 "BATON_DATABASE_URL": f"sqlite:///{database}"})
+    assert result.returncode == 2, result.stderr
+    assert f"BATON_MODEL={provider}:some-model needs" in result.stderr, result.stderr
+    assert f"pip install langchain-{provider}" in result.stderr, result.stderr
+    assert f".[{provider}]" not in result.stderr, result.stderr
+    assert not database.exists()
+
+
+def test_a_model_provider_baton_has_an_extra_for_is_sent_to_it() -> None:
+    if importlib.util.find_spec("langchain_ollama") is not None:
+        pytest.skip("langchain_ollama is installed here")
+    with pytest.raises(ModelSetupError) as error:
+        create_model("ollama:llama3.2", timeout=1, retries=0)
+    assert "pip install -e '.[ollama]'" in str(error.value)
