@@ -22,6 +22,7 @@ from psycopg_pool import PoolClosed, PoolTimeout, TooManyRequests
 from sqlalchemy import Engine, event, text
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
+from sqlalchemy.dialects.sqlite import pysqlite as sqlite_pysqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyPoolTimeout
@@ -57,6 +58,12 @@ def _parsed(url: str) -> URL:
                          "postgresql://user:password@host/db")
     if parsed.get_backend_name() == "sqlite":
         sqlite_path(url)
+        # The query as its driver reads it: ?timeout=30s was a traceback at the first connection.
+        for name, value in parsed.query.items():
+            try:
+                sqlite_pysqlite.dialect().create_connect_args(parsed.set(query={name: value}))
+            except (ValueError, TypeError) as exc:  # its words without the value they quote ("... to float: '30s'")
+                raise ValueError(f"SQLite's driver cannot read the URL's {name}= ({str(exc).split(':')[0]})") from None
     else:  # the hosts and ports as the engine reads them: what it refuses was a traceback at the first connection
         try:
             postgresql_psycopg.dialect().create_connect_args(parsed)

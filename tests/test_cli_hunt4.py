@@ -68,3 +68,20 @@ def test_a_model_provider_baton_has_an_extra_for_is_sent_to_it() -> None:
     with pytest.raises(ModelSetupError) as error:
         create_model("ollama:llama3.2", timeout=1, retries=0)
     assert "pip install -e '.[ollama]'" in str(error.value)
+
+
+@pytest.mark.parametrize("command", [["threads"], ["run"], ["db", "upgrade"]])
+def test_a_sqlite_url_whose_query_its_driver_cannot_read_is_a_settings_error(
+        tmp_path: Path, config_path: Path, command: list[str]) -> None:
+    """`BATON_DATABASE_URL=sqlite:///baton.db?timeout=30s` passed the settings' check, and every command stopped on a
+    traceback ending in "ValueError: could not convert string to float: '30s'" when it first opened the database.
+    It is named as the setting it is, as a PostgreSQL URL's hosts and ports that do not go together are."""
+    database = tmp_path / "baton.db"
+    result = baton_cli(*command, cwd=tmp_path, env={"BATON_CONFIG": str(config_path), "BATON_PORT": "0",
+                                                    "BATON_DATABASE_URL": f"sqlite:///{database}?timeout=30s"})
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "╭" not in result.stderr, result.stderr
+    assert "  BATON_DATABASE_URL: SQLite's driver cannot read the URL's timeout= (could not convert string to float)\n" \
+        in result.stderr, result.stderr
+    assert "30s" not in result.stderr  # the setting's name and what is wrong, never its value
+    assert not list(tmp_path.glob("baton.db*"))
