@@ -42,6 +42,10 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+# The query parameters SQLite's driver (SQLAlchemy's pysqlite dialect) reads itself, each as a number or a flag.
+SQLITE_DRIVER_OPTIONS = frozenset({"timeout", "detect_types", "check_same_thread", "cached_statements", "uri"})
+
+
 def _parsed(url: str) -> URL:
     """``url`` parsed, ``postgres://`` read as ``postgresql://``; ``ValueError`` (without the URL, which
     may hold a password) for anything Baton cannot use."""
@@ -59,11 +63,14 @@ def _parsed(url: str) -> URL:
     if parsed.get_backend_name() == "sqlite":
         sqlite_path(url)
         # The query as its driver reads it: ?timeout=30s was a traceback at the first connection.
-        for name, value in parsed.query.items():
+        for name in SQLITE_DRIVER_OPTIONS.intersection(parsed.query):
             try:
-                sqlite_pysqlite.dialect().create_connect_args(parsed.set(query={name: value}))
+                _, options = sqlite_pysqlite.dialect().create_connect_args(parsed.set(query={name: parsed.query[name]}))
             except (ValueError, TypeError) as exc:  # its words without the value they quote ("... to float: '30s'")
                 raise ValueError(f"SQLite's driver cannot read the URL's {name}= ({str(exc).split(':')[0]})") from None
+            if options.get("uri"):  # the driver opened "baton.db?mode=ro", made empty beside the file Baton checked
+                raise ValueError("Baton opens its SQLite file by its path, not as a URI: remove uri= (and mode=, "
+                                 "cache=...)")
     else:  # the hosts and ports as the engine reads them: what it refuses was a traceback at the first connection
         try:
             postgresql_psycopg.dialect().create_connect_args(parsed)

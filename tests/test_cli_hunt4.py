@@ -85,3 +85,19 @@ def test_a_sqlite_url_whose_query_its_driver_cannot_read_is_a_settings_error(
         in result.stderr, result.stderr
     assert "30s" not in result.stderr  # the setting's name and what is wrong, never its value
     assert not list(tmp_path.glob("baton.db*"))
+
+
+def test_a_sqlite_url_asking_for_uri_filenames_is_refused_before_a_file_is_made(
+        tmp_path: Path, config_path: Path, migrated_sqlite: Path) -> None:
+    """`sqlite:///baton.db?mode=ro&uri=true` (a read-only look, as SQLite's URI filenames write it): the reading
+    commands checked that baton.db was there, then SQLite's driver opened a file named 'baton.db?mode=ro', made it
+    empty beside it, and `baton threads` said the database "holds no Baton tables". Baton names the file by its
+    path; what the driver would open another way is refused as a setting."""
+    database = tmp_path / "baton.db"
+    shutil.copyfile(migrated_sqlite, database)
+    result = baton_cli("threads", cwd=tmp_path, env={"BATON_CONFIG": str(config_path),
+                                                     "BATON_DATABASE_URL": f"sqlite:///{database}?mode=ro&uri=true"})
+    assert result.returncode == 2, result.stderr
+    assert "  BATON_DATABASE_URL: Baton opens its SQLite file by its path, not as a URI: remove uri=" \
+        in result.stderr, result.stderr
+    assert sorted(path.name for path in tmp_path.glob("baton.db*")) == ["baton.db"]
