@@ -648,7 +648,8 @@ async def transaction_floor(directory: Path, runs: int) -> str:
     floors: dict[str, tuple[float, float]] = {}
     try:
         async with db.session() as session:
-            record, _ = await create_thread(session, Location(platform="bench", channel=CHANNEL, thread="floor"))
+            record, _ = await create_thread(session, Location(platform="bench", channel=CHANNEL, thread="floor"),
+                                            db.now())
         for durable in (True, False):
             walls: list[float] = []
             cpus: list[float] = []

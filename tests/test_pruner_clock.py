@@ -14,7 +14,6 @@ from sqlalchemy import update
 from sqlmodel import select
 
 import bot.app
-import bot.threads
 import storage.db
 from bot import threads
 from bot.app import Baton
@@ -48,7 +47,7 @@ async def test_a_pruner_whose_clock_is_behind_still_holds_the_thread_it_prunes(
                 await session.exec(update(ThreadRecord).values(  # type: ignore[call-overload]
                     updated_at=datetime.now(UTC) - timedelta(hours=2)))
 
-            for module in (bot.app, bot.threads, storage.db):  # this replica's machine: its clock is behind
+            for module in (bot.app, storage.db):  # this replica's machine: its clock is behind
                 monkeypatch.setattr(module, "utcnow", _five_minutes_behind)
             baton.db.clock.read_at = None
             await baton.db.read_clock()  # it knows the database's time, as every replica does after a minute
