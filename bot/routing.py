@@ -31,6 +31,7 @@ COMMAND_WORDS = ("run", RUNBOOK_GRAPH, DIGEST_COMMAND)  # read shell-style, what
 # Answered beside a thread's run (``aside``): graphs that only read, and the decisions a card's buttons make.
 ASIDE_GRAPHS = (HELP_GRAPH, "status")
 DECISION_WORDS = ("approve", "reject")
+NAME_PUNCTUATION = "!.?"  # after a graph's or a command's name written alone: `help?` is `help`
 
 
 class RouteError(ValueError):
@@ -67,6 +68,7 @@ def route(request: Request, text: str, registry: GraphRegistry, config: BatonCon
     command = head.lower()
     if _cancel_word(command, rest, registry):
         return Route(CANCEL_COMMAND, title=CANCEL_COMMAND)
+    command = _name_written(command, rest, registry)
     if command in COMMAND_WORDS:
         if command == DIGEST_COMMAND:
             # No digest word holds a typographic quote: `cron “0 9 * * 1-5” UTC` (typed on a phone) is the cron
@@ -123,12 +125,23 @@ def is_request(text: str, registry: GraphRegistry, *, addressed: bool = True) ->
     command = head.lower()
     if _cancel_word(command, rest, registry):
         return not rest.strip()  # unmentioned, as ``is_cancel`` reads it: the word alone
+    command = _name_written(command, rest, registry)
     if not command or command in COMMAND_WORDS:
         return True
     spec = registry.get(command)
     if spec is not None and (addressed or _names_only(spec, rest)):
         return True
     return any(spec.matches(text) for spec in registry)
+
+
+def _name_written(word: str, rest: str, registry: GraphRegistry) -> str:
+    """``word`` (lower case), the first of a request, as the graph or command it names: written alone with ``?``,
+    ``!`` or ``.`` after it (``help?``, ``Status!``), the name without them, as ``cancel!`` is ``cancel``. "help?"
+    was answered "I don't know how to handle `help?` yet", and "status?" waited behind a card it was asked beside."""
+    bare = word.rstrip(NAME_PUNCTUATION)
+    if rest.strip() or bare == word or registry.get(word) is not None:
+        return word
+    return bare if bare in COMMAND_WORDS or registry.get(bare) is not None else word
 
 
 def _names_only(spec: GraphSpec, rest: str) -> bool:
@@ -159,6 +172,7 @@ def aside(text: str, registry: GraphRegistry, *, addressed: bool) -> str | None:
         if rest.strip() and any(spec.matches(text) for spec in registry):  # "approve pr 42": a graph's pattern's
             return None
         return decision if addressed or not rest.strip() else None
+    word = _name_written(word, rest, registry)
     spec = registry.get(word) if word in ASIDE_GRAPHS else None
     if spec is None or spec.asks_approval or not (addressed or _names_only(spec, rest)):
         return None
