@@ -236,14 +236,19 @@ def _trailing_force(text: str, force: bool) -> tuple[bool, str]:
 
 
 def route_to(registry: GraphRegistry, graph: str, request: Request, text: str) -> Route:
-    """The route to ``graph`` with the whole request as its text (model routing, choice cards)."""
+    """The route to ``graph`` with the whole request as its text (model routing, choice cards), but for the ``force``
+    of a graph that answers repeated requests with a link."""
     spec = registry.get(graph)
     if spec is None:
         raise RouteError(f"The `{graph}` graph is not installed.")
     if graph == HELP_GRAPH:  # help was chosen for it ("what can you do?"): the whole help, not "I don't know how"
         return Route(graph, spec.make_input(request, ""), title=text[:120] or "help")
-    return Route(graph, spec.make_input(request, text), fingerprint=_fingerprint(graph, text) if spec.dedupe else None,
-                 title=text[:120])
+    force, asked = False, text
+    if spec.dedupe:  # its `force`, first or last word, as ``route`` reads it: "Lunch is served force" was announced
+        leading, asked = _leading_force(text)  # with the word, and a second one linked to the first, not run
+        force, asked = _trailing_force(asked, leading)
+    return Route(graph, spec.make_input(request, asked), fingerprint=_fingerprint(graph, asked) if spec.dedupe else None,
+                 force=force, title=asked[:120])
 
 
 def _shell_words(text: str) -> list[str]:

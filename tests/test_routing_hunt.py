@@ -1,4 +1,5 @@
-"""Routing as people write requests: a graph's name with a question mark after it."""
+"""Routing as people write requests: a graph's name with a question mark after it, `force` in a request the
+model routed."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 from bot.config import load_config
 from bot.kit import Request
 from bot.registry import GraphRegistry
-from bot.routing import aside, is_request, route
+from bot.routing import aside, is_request, route, route_to
+from tests.fake_models import script
 from tests.test_help_hunt import _answer
 
 REGISTRY = GraphRegistry.discover()
@@ -40,3 +42,33 @@ def test_punctuation_after_a_graphs_name_does_not_make_talk_a_request(config_pat
     assert route(REQUEST, "status? still red, bob", REGISTRY, config, addressed=False).unmatched
     assert not is_request("status? still red, bob", REGISTRY, addressed=False)
     assert aside("status? still red, bob", REGISTRY, addressed=False) is None
+
+
+@pytest.mark.parametrize("text", ["Lunch is served force", "force Lunch is served", "FORCE Lunch is served"])
+def test_force_in_a_request_the_model_routed_runs_it_again(text: str) -> None:
+    """A request in plain words the model sent to a graph that answers repeats with a link: its `force` (first or
+    last word, as help says) was taken for part of the request: the graph got "Lunch is served force" to announce,
+    and a second "... force" was answered with a link to the first instead of running again."""
+    request = Request(platform="playground", channel="general", thread="1", user="alice", text=text)
+    chosen = route_to(REGISTRY, "announce", request, text)
+    plain = route_to(REGISTRY, "announce", request, "Lunch is served")
+    assert chosen.force and chosen.input == {"text": "Lunch is served"}
+    assert chosen.fingerprint == plain.fingerprint and not plain.force
+
+
+def test_force_means_nothing_to_a_graph_the_model_routed_that_never_links() -> None:
+    """The assistant answers every request again: its words are its question, `force` included."""
+    request = Request(platform="playground", channel="general", thread="1", user="alice", text="")
+    chosen = route_to(REGISTRY, "assistant", request, "force push is refused, why?")
+    assert chosen.input["text"] == "force push is refused, why?" and not chosen.force
+
+
+async def test_a_model_routed_announcement_with_force_is_drafted_without_the_word(
+        tmp_path: Path, config_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    script_path = tmp_path / "script.json"
+    monkeypatch.setenv("BATON_TEST_MODEL_SCRIPT", str(script_path))
+    script(script_path, [{"tool_calls": [{"name": "GraphGuess", "id": "g1", "args": {
+        "graph": "announce", "confidence": 0.95, "alternatives": []}}]}])
+    reply = await _answer(tmp_path, config_path, "tell everyone lunch is served force",
+                          BATON_MODEL="python:tests.fake_models:scripted")
+    assert "📣 tell everyone lunch is served" in reply and "served force" not in reply, reply
