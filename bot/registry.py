@@ -91,6 +91,8 @@ def _input_keys(graph: Any) -> set[str]:
 COMMAND_WORDS = {"run": "`run <runbook> key=value`",
                  "force": "`<request> force`: run it again even if it ran recently",
                  "cancel": "`cancel` in a run's thread: stop that run"}
+# First words chat reads as commands whatever graphs are installed (bot.routing.COMMAND_WORDS), beside these.
+READ_AS_COMMANDS = ("runbook", "digest")
 # Other words chat reads as a graph's name (bot.routing): `run restart` is the runbook graph's.
 CHAT_NAMES = {"runbook": ("run",)}
 # The graph names of Baton's own runs (bot.routing's ROUTER and CHOOSER): a graph's runs under them were taken for
@@ -262,17 +264,19 @@ class GraphRegistry:
         modules = list(pkgutil.iter_modules(root.__path__))
         _check_one_module_per_name(package, [f"{info.name}/" if info.ispkg else f"{info.name}.py" for info in modules
                                              if not info.name.startswith("_")])
-        specs = []
+        specs: dict[str, tuple[GraphSpec, ModuleType]] = {}
         for info in modules:
             if info.name.startswith("_"):
                 continue
             _check_not_hidden(package, info)
             module = _import(f"{package}.{info.name}")
             if hasattr(module, "graph"):
-                specs.append(_spec_from_module(info.name, module))
+                specs[info.name] = (_spec_from_module(info.name, module), module)
             else:
                 _check_no_graph_meant(module)
-        return cls(specs)
+        for spec, module in specs.values():
+            _check_example_not_taken(spec, module, set(specs))
+        return cls([spec for spec, _module in specs.values()])
 
     def add(self, spec: GraphSpec) -> None:
         """A graph from elsewhere than ``graphs/`` (Baton embedded in another program, tests)."""
@@ -527,6 +531,25 @@ def _example(module: ModuleType, name: str, patterns: list[regex.Pattern[str]], 
         raise GraphError(f"{where}: EXAMPLE {example!r} would not reach this graph (`@baton {example}` looks for a "
                          f"graph `{asked[0].lower()}`): write the whole request help shows, such as `{name} {example}`")
     return example
+
+
+def _check_example_not_taken(spec: GraphSpec, module: ModuleType, names: set[str]) -> None:
+    """An example reached by the graph's PATTERNS, but whose first word chat reads before any pattern (bot.routing):
+    a command of Baton's own or another graph's name. Help listed `run the nightly backup`, which was answered
+    "I don't know a runbook called `the`", and `status of the nightly backup` showed the channel's status."""
+    words = spec.example.split()
+    first = (words[1:] if words[0].lower() == "force" and len(words) > 1 else words)[0].lower()
+    if first == spec.name or first in CHAT_NAMES.get(spec.name, ()):
+        return
+    if first in COMMAND_WORDS or first in READ_AS_COMMANDS:
+        taken = f"`{first}` (a command of Baton's own)"
+    elif first in names:
+        taken = f"the graph `{first}`"
+    else:
+        return
+    raise GraphError(f"the graph module {module.__name__} ({module.__file__}): EXAMPLE {spec.example!r} would not "
+                     f"reach this graph: chat reads its first word as {taken}, before any graph's PATTERNS: write the "
+                     f"request help shows otherwise, such as `{spec.name} {' '.join(words[1:])}`".rstrip())
 
 
 def _timeout(module: ModuleType, where: str) -> float | None | Literal["default"]:

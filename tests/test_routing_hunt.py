@@ -1,17 +1,19 @@
 """Routing as people write requests: a graph's name with a question mark after it, `force` in a request the
-model routed."""
+model routed, a graph's example as help shows it."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from bot.config import load_config
 from bot.kit import Request
-from bot.registry import GraphRegistry
+from bot.registry import GraphError, GraphRegistry
 from bot.routing import aside, is_request, route, route_to
 from tests.fake_models import script
+from tests.test_graph_modules import GOOD_GRAPH, package  # noqa: F401 (package: a fixture)
 from tests.test_help_hunt import _answer
 
 REGISTRY = GraphRegistry.discover()
@@ -72,3 +74,27 @@ async def test_a_model_routed_announcement_with_force_is_drafted_without_the_wor
     reply = await _answer(tmp_path, config_path, "tell everyone lunch is served force",
                           BATON_MODEL="python:tests.fake_models:scripted")
     assert "📣 tell everyone lunch is served" in reply and "served force" not in reply, reply
+
+
+@pytest.mark.parametrize(("example", "taken_by"), [
+    ("run the nightly backup", "`run` (a command of Baton's own)"),
+    ("force run the nightly backup", "`run` (a command of Baton's own)"),
+    ("status of the nightly backup", "the graph `status`"),
+    ("Help with the nightly backup", "the graph `help`"),
+])
+def test_an_example_whose_first_word_is_a_command_or_another_graph_is_refused(package, example: str,
+                                                                              taken_by: str) -> None:
+    """A graph reached by its PATTERNS, with an EXAMPLE beginning with a command or another graph's name: help
+    listed `run the nightly backup`, and asking it as shown was answered "I don't know a runbook called `the`"
+    (`status of the nightly backup` showed the channel's status): chat reads those words before any pattern."""
+    name = package({"backup": f"EXAMPLE = {example!r}\nPATTERNS = [r'nightly backup']\n" + GOOD_GRAPH,
+                    "status": GOOD_GRAPH, "help": GOOD_GRAPH})
+    with pytest.raises(GraphError, match=re.escape(f"EXAMPLE {example!r} would not reach this graph: chat reads its "
+                                                   f"first word as {taken_by}")):
+        GraphRegistry.discover(name)
+
+
+def test_an_example_reached_by_a_pattern_or_its_own_name_is_still_taken(package) -> None:
+    name = package({"backup": "EXAMPLE = 'start the nightly backup'\nPATTERNS = [r'nightly backup']\n" + GOOD_GRAPH,
+                    "restore": "EXAMPLE = 'restore backup'\n" + GOOD_GRAPH})
+    assert [spec.example for spec in GraphRegistry.discover(name)] == ["start the nightly backup", "restore backup"]
