@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import string
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -89,5 +90,6 @@ def _named_in(raw: Any) -> list[str]:
 
 
 def _bare(answer: str) -> str:
-    """A graph name as a model may write it (``Status``, `` `status` ``, ``"status"``), as the registry spells it."""
-    return answer.strip().strip("`'\"").strip().lower()
+    """A graph name as a model may write it (``Status``, `` `status` ``, ``"status"``, ``Status.``), as the registry
+    spells it (no graph's name holds a dot: bot.registry)."""
+    return answer.strip(f"{string.whitespace}`'\".!?").lower()

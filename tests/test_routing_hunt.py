@@ -12,9 +12,11 @@ from bot.config import load_config
 from bot.kit import Request
 from bot.registry import GraphError, GraphRegistry
 from bot.routing import aside, is_request, route, route_to
-from tests.fake_models import script
+from bot.model_routing import guess as route_guess
+from tests.fake_models import script, scripted
 from tests.test_graph_modules import GOOD_GRAPH, package  # noqa: F401 (package: a fixture)
 from tests.test_help_hunt import _answer
+from tests.test_models import guess
 
 REGISTRY = GraphRegistry.discover()
 REQUEST = Request(platform="playground", channel="general", thread="1", user="alice", text="")
@@ -98,3 +100,20 @@ def test_an_example_reached_by_a_pattern_or_its_own_name_is_still_taken(package)
     name = package({"backup": "EXAMPLE = 'start the nightly backup'\nPATTERNS = [r'nightly backup']\n" + GOOD_GRAPH,
                     "restore": "EXAMPLE = 'restore backup'\n" + GOOD_GRAPH})
     assert [spec.example for spec in GraphRegistry.discover(name)] == ["start the nightly backup", "restore backup"]
+
+
+@pytest.mark.parametrize(("answer", "graph", "options"), [
+    (guess("Status.", 0.9), "status", []),
+    (guess("summarize!", 0.9), "summarize", []),
+    (guess(" `status.` ", 0.9), "status", []),
+    (guess("none", 0.3, "status.", "`summarize`."), None, ["status", "summarize"]),
+    ({"content": "status."}, None, ["status"]),  # the name in words, not in the schema: offered, never run
+])
+async def test_a_graph_name_the_model_ends_with_a_full_stop_is_that_graph(tmp_path: Path, monkeypatch, answer,
+                                                                          graph, options) -> None:
+    """A model answered `Status.` (sure of it) and the request was answered "I don't know how to handle" with the
+    whole help: the name was looked up with its full stop. Quotes and capitals were read off it already."""
+    script(tmp_path / "script.json", [answer])
+    monkeypatch.setenv("BATON_TEST_MODEL_SCRIPT", str(tmp_path / "script.json"))
+    routed = await route_guess(scripted(), "is anything running?", REGISTRY)
+    assert (routed.graph, routed.options) == (graph, options)
