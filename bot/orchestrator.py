@@ -31,7 +31,7 @@ from bot.messages import Accepted, InboundClick, InboundMessage, Location, Messa
 from bot.outbox import Delivery, Outbox
 from bot.registry import GraphSpec
 from bot.models import MODEL_ERRORS, ModelFailed, cost_of, usage_of
-from bot.routing import (CANCEL_COMMAND, CHOOSER, DECISION_WORDS, DIGEST_COMMAND, ROUTER, RUNBOOK_GRAPH, RouteError,
+from bot.routing import (CANCEL_COMMAND, CHOOSER, DECISION_WORDS, DIGEST_COMMAND, ROUTER, RUNBOOK_GRAPH, Route, RouteError,
                           aside, cancel_word, is_cancel, is_request, route, route_to, runbook_named)
 from bot.runtime import (EffectInDoubt, GraphOutcome, GraphRuntime, ProgressSink, RunServices, RunTimedOut,
                          Services)
@@ -966,12 +966,7 @@ class Orchestrator:
         # Not durable: nothing leaves the process before the run's first durable write (an effect's
         # ledger entry, an approval card, the outcome), which flushes this one too.
         async with self.db.session(durable=False) as session:
-            twin = None
-            if chosen.fingerprint and not chosen.force:
-                # The same request sent twice at once (to one replica or two): one finds the other's run.
-                await lock_for_transaction(session, f"request:{record.platform}:{record.workspace}:{record.channel}:"
-                                                    f"{chosen.fingerprint}")
-                twin = await self._recent_twin(session, record, chosen.fingerprint)
+            twin = await self._locked_twin(session, record, chosen)
             if twin is None:
                 run = await self._insert_run(session, event, record, spec.name, text, chosen.fingerprint, chosen.title,
                                              usage)
@@ -1211,6 +1206,16 @@ class Orchestrator:
                                                       event_id=event.event_id, correlation_id=event.correlation_id)
         await self._finish_event(event, outcome, reply)
 
+    async def _locked_twin(self, session: Transaction, record: ThreadRecord, chosen: Route) -> ThreadRecord | None:
+        """The thread of the same request as ``chosen`` running or done recently in the channel, unless forced; the
+        request is locked for the rest of ``session``: the same request sent twice at once (to one replica or
+        two), one finds the other's run."""
+        if not chosen.fingerprint or chosen.force:
+            return None
+        await lock_for_transaction(session, f"request:{record.platform}:{record.workspace}:{record.channel}:"
+                                            f"{chosen.fingerprint}")
+        return await self._recent_twin(session, record, chosen.fingerprint)
+
     async def _recent_twin(self, session: Transaction, record: ThreadRecord, fingerprint: str) -> ThreadRecord | None:
         since = self.db.now() - timedelta(seconds=self.settings.dedupe_window_seconds)
         return (await session.exec(_RECENT_TWIN, params={  # type: ignore[call-overload]
@@ -1417,10 +1422,20 @@ class Orchestrator:
                 await session.exec(update(Run).where(Run.id == run.id).values(  # type: ignore[arg-type]
                     status="done", finished_at=now, turnaround_ms=int((now - run.started_at).total_seconds() * 1000),
                     waited_seconds=self._waited_since(approval.created_at)))
-                new_run = await self._insert_run(session, event, record, choice, text, chosen.fingerprint,
-                                                 chosen.title, user=approval.requested_by)
+                # A pick is a route as the model's or a name's: the same request running (or done recently) in the
+                # channel gets a link to it, not a second run (both requesters picked `announce`: it ran twice).
+                twin = await self._locked_twin(session, record, chosen)
+                if twin is None:
+                    new_run = await self._insert_run(session, event, record, choice, text, chosen.fingerprint,
+                                                     chosen.title, user=approval.requested_by)
+                else:  # the choice is all this thread ran
+                    linked = replies.duplicate(twin.channel, twin.thread, twin.status, here=twin.id == record.id)
+                    await session.exec(_FINISH_THREAD, params={  # type: ignore[call-overload]
+                        "record_id": record.id, "status": "done", "now": now, "result": linked.plain_text()[:2000]})
         if not chosen_first:
             return self.outbox.wake(event.platform)
+        if twin is not None:
+            return await self._finish_event(event, "duplicate request", linked)
         await self._keep_latest_checkpoint(record, spec.name)
         await self._drive(new_run, record, spec, chosen.input, event)
 

@@ -7,16 +7,21 @@ import re
 from pathlib import Path
 
 import pytest
+from sqlmodel import select
 
+from adapters.playground import PlaygroundAdapter, PostClick
+from bot.app import Baton
 from bot.config import load_config
 from bot.kit import Request
 from bot.registry import GraphError, GraphRegistry
 from bot.routing import aside, is_request, route, route_to
 from bot.model_routing import guess as route_guess
+from storage.models import Approval, PlaygroundMessage, Run, ThreadRecord
 from tests.fake_models import script, scripted
 from tests.test_graph_modules import GOOD_GRAPH, package  # noqa: F401 (package: a fixture)
 from tests.test_help_hunt import _answer
 from tests.test_models import guess
+from tests.test_models_hunt2 import baton_with_model, bot_said, say
 
 REGISTRY = GraphRegistry.discover()
 REQUEST = Request(platform="playground", channel="general", thread="1", user="alice", text="")
@@ -117,3 +122,35 @@ async def test_a_graph_name_the_model_ends_with_a_full_stop_is_that_graph(tmp_pa
     monkeypatch.setenv("BATON_TEST_MODEL_SCRIPT", str(tmp_path / "script.json"))
     routed = await route_guess(scripted(), "is anything running?", REGISTRY)
     assert (routed.graph, routed.options) == (graph, options)
+
+
+async def test_a_request_picked_on_a_which_one_card_while_the_same_runs_gets_a_link(tmp_path: Path, config_path: Path,
+                                                                                   monkeypatch) -> None:
+    """"Tell everyone lunch is served", asked twice in a channel: the model unsure both times, both requesters picked
+    `announce` on the "Which one?" card, and it ran twice (two announcements to approve). Routed by the model
+    when sure, or by name, the second got a link to the first; a pick is a route as they are."""
+    unsure = guess("announce", 0.4, "status")
+    async with baton_with_model(tmp_path, config_path, monkeypatch, unsure, unsure) as baton:
+        first = await say(baton, "@baton tell everyone lunch is served")
+        await _pick(baton, await bot_said(baton, "Which one?", thread=first), "announce")
+        await bot_said(baton, "Post this announcement?", thread=first)
+        second = await say(baton, "@baton tell everyone lunch is served", user="bob")
+        await _pick(baton, await bot_said(baton, "Which one?", thread=second), "announce", user="bob")
+        await bot_said(baton, "The same request is waiting for approval in another thread, so I did not start it "
+                              "again", thread=second)
+        async with baton.db.read() as session:
+            runs = (await session.exec(select(Run.graph, Run.status))).all()
+            asked = (await session.exec(select(Approval).where(Approval.kind != "choice"))).all()
+            picked = (await session.exec(select(ThreadRecord.status).where(ThreadRecord.thread == second))).one()
+    assert picked == "done"  # its "Which one?" card was all it ran: it waits for nothing
+    assert len(asked) == 1 and sorted(runs) == [("announce", "waiting"), ("choose", "done"), ("choose", "done")], runs
+
+
+async def _pick(baton: Baton, card: str, graph: str, user: str = "alice") -> None:
+    """``user`` picks ``graph`` on the "Which one?" card whose text is ``card``."""
+    playground = next(adapter for adapter in baton.adapters if isinstance(adapter, PlaygroundAdapter))
+    async with baton.db.read() as session:
+        message = (await session.exec(select(PlaygroundMessage).where(PlaygroundMessage.text == card))).one()
+        approval = (await session.exec(select(Approval).where(Approval.status == "pending",
+                                                              Approval.kind == "choice"))).one()
+    await playground.post_click(PostClick(message_id=message.id, approval_id=approval.id, action=graph, user=user))
