@@ -31,8 +31,8 @@ from bot.messages import Accepted, InboundClick, InboundMessage, Location, Messa
 from bot.outbox import Delivery, Outbox
 from bot.registry import GraphSpec
 from bot.models import MODEL_ERRORS, ModelFailed, cost_of, usage_of
-from bot.routing import (CANCEL_COMMAND, CHOOSER, DECISION_WORDS, DIGEST_COMMAND, ROUTER, RUNBOOK_GRAPH, Route, RouteError,
-                          aside, cancel_word, is_cancel, is_request, route, route_to, runbook_named)
+from bot.routing import (CANCEL_COMMAND, CHOOSER, DECISION_WORDS, DIGEST_COMMAND, ROUTER, RUNBOOK_GRAPH, Route,
+                          RouteError, aside, cancel_word, is_cancel, is_request, route, route_to, runbook_named)
 from bot.runtime import (EffectInDoubt, GraphOutcome, GraphRuntime, ProgressSink, RunServices, RunTimedOut,
                          Services)
 from bot.settings import Settings
