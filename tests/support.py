@@ -384,6 +384,9 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str], timeout: float = 60,
                                            stderr.read_text())
 
 
+START_WAIT_SECONDS = 90.0  # a test's ``baton run`` to answer /healthz
+
+
 class BatonProcess:
     """``baton run`` in its own process, as a user would start it."""
 
@@ -425,7 +428,9 @@ class BatonProcess:
                 self.process = subprocess.Popen([*_cli_command(env), "run"], cwd=self.workdir, env=env,
                                                 stdout=log, stderr=subprocess.STDOUT)
         BatonProcess.running.add(self)
-        wait_for(self._healthy, 30, f"{self.name} to answer /healthz (log: {self.log})")
+        # A dead process fails at once (``_healthy``); one started with exec imports everything first: ~6 s on a
+        # quiet machine, past 30 s with the suite's workers and other work on 2 cores.
+        wait_for(self._healthy, START_WAIT_SECONDS, f"{self.name} to answer /healthz (log: {self.log})")
         return self
 
     def _healthy(self) -> bool:

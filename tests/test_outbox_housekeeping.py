@@ -87,7 +87,9 @@ async def test_an_answer_asked_for_now_is_delivered_before_the_backlog_of_expire
             await session.exec(text("UPDATE outbox SET status = 'sent', platform_message_id = 'ts-' || id"))
 
         baton.orchestrator.settings = settings.model_copy(update={"approval_expiry_seconds": 0.001})  # type: ignore[union-attr]
-        assert await baton.orchestrator.expire_approvals() == CARDS  # type: ignore[union-attr]
+        # Baton's own expiry loop, which reads the same settings, may store some of the expiries first: the runs
+        # ending is what tells they all expired (167 of 200 stored by this call on a loaded machine).
+        await baton.orchestrator.expire_approvals()  # type: ignore[union-attr]
 
         async def all_expired() -> bool:
             return await _count(baton, select(func.count()).select_from(Run).where(Run.status == "failed")) == CARDS
