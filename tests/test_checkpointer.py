@@ -7,6 +7,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import closing
+from functools import partial
 from datetime import timedelta
 from pathlib import Path
 
@@ -71,20 +72,9 @@ async def test_pruning_a_finished_thread_never_deletes_the_checkpoints_of_a_foll
     """The pruning picked finished threads, then deleted their checkpoints without holding the thread: a
     follow-up that started a run in between lost that run's checkpoints, and its approval turned stale."""
     settings = Settings(BATON_DATABASE_URL=database_url, BATON_CONFIG=config_path, BATON_CHECKPOINT_RETENTION_HOURS=1)
-    where = {"platform": "playground", "channel": "general", "thread": "1"}
     async with Baton(settings) as baton:
-        async def thread() -> ThreadRecord:
-            async with baton.db.read() as session:
-                return (await session.exec(select(ThreadRecord).execution_options(populate_existing=True))).one()
-
-        async def pending_approval() -> Approval | None:
-            async with baton.db.read() as session:
-                return (await session.exec(select(Approval).where(Approval.status == "pending"))).first()
-
-        await baton.accept_message(InboundMessage(**where, event_id="e1", user="alice", text="run uptime"))
-        await until(lambda: _is(thread(), lambda record: record.status == "done"), "the first run to finish")
-        async with baton.db.session() as session:
-            await session.exec(update(ThreadRecord).values(updated_at=utcnow() - timedelta(hours=2)))
+        thread, pending_approval = partial(_thread, baton), partial(_pending_approval, baton)
+        await _finished_two_hours_ago(baton)
 
         forget = baton.runtime.forget
         drain_owner = baton.orchestrator.leases.owner  # type: ignore[union-attr]
@@ -92,7 +82,7 @@ async def test_pruning_a_finished_thread_never_deletes_the_checkpoints_of_a_foll
         async def forget_after_a_follow_up(lg_thread_id: str, graphs: Iterable[str] | None = None) -> None:
             """The pruning has picked the thread; before it deletes anything, a follow-up comes."""
             baton.runtime.forget = forget  # type: ignore[method-assign]
-            await baton.accept_message(InboundMessage(**where, event_id="e2", user="alice", text="run restart service=web",
+            await baton.accept_message(InboundMessage(**WHERE, event_id="e2", user="alice", text="run restart service=web",
                                                       addressed=True))
             # Its run gets as far as its approval (and checkpoints it), unless the thread is held against it.
             await until(lambda: _is(thread(), lambda record: record.status == "waiting"
@@ -108,7 +98,7 @@ async def test_pruning_a_finished_thread_never_deletes_the_checkpoints_of_a_foll
         assert await baton.runtime.checkpointer.aget_tuple(config) is not None, "the follow-up's checkpoints were deleted"
         approval = await pending_approval()
         assert approval is not None
-        await baton.accept_click(InboundClick(**where, event_id="c1", user="bob", approval_id=approval.id,
+        await baton.accept_click(InboundClick(**WHERE, event_id="c1", user="bob", approval_id=approval.id,
                                               action="approve"))
         await until(lambda: _is(thread(), lambda record: record.status == "done"), "the approved run to finish")
         assert runs_in(counter) == ["uptime", "restart web"]
@@ -121,20 +111,9 @@ async def test_a_pruning_stalled_past_its_lease_deletes_nothing_of_the_run_that_
     stalled past it (SIGSTOP, a frozen VM) while a follow-up took the thread and started a run deleted, once going
     again, that run's checkpoints, and its approval card turned stale."""
     settings = Settings(BATON_DATABASE_URL=database_url, BATON_CONFIG=config_path, BATON_CHECKPOINT_RETENTION_HOURS=1)
-    where = {"platform": "playground", "channel": "general", "thread": "1"}
     async with Baton(settings) as baton:
-        async def thread() -> ThreadRecord:
-            async with baton.db.read() as session:
-                return (await session.exec(select(ThreadRecord).execution_options(populate_existing=True))).one()
-
-        async def pending_approval() -> Approval | None:
-            async with baton.db.read() as session:
-                return (await session.exec(select(Approval).where(Approval.status == "pending"))).first()
-
-        await baton.accept_message(InboundMessage(**where, event_id="e1", user="alice", text="run uptime"))
-        await until(lambda: _is(thread(), lambda record: record.status == "done"), "the first run to finish")
-        async with baton.db.session() as session:
-            await session.exec(update(ThreadRecord).values(updated_at=utcnow() - timedelta(hours=2)))
+        thread, pending_approval = partial(_thread, baton), partial(_pending_approval, baton)
+        await _finished_two_hours_ago(baton)
 
         forget = baton.runtime.forget
 
@@ -144,7 +123,7 @@ async def test_a_pruning_stalled_past_its_lease_deletes_nothing_of_the_run_that_
             assert (await thread()).lease_owner == f"{baton.instance} (pruning)"
             async with baton.db.session() as session:  # the lease runs out while the pruning's replica stands still
                 await session.exec(update(ThreadRecord).values(lease_until=baton.db.now() - timedelta(seconds=1)))
-            await baton.accept_message(InboundMessage(**where, event_id="e2", user="alice", text="run restart service=web",
+            await baton.accept_message(InboundMessage(**WHERE, event_id="e2", user="alice", text="run restart service=web",
                                                       addressed=True))
             await until(pending_approval, "the follow-up's approval card")
             await forget(lg_thread_id, graphs)  # going again
@@ -158,10 +137,31 @@ async def test_a_pruning_stalled_past_its_lease_deletes_nothing_of_the_run_that_
         assert pruned == 0 and record.pruned_at is None  # what is there now is the follow-up's, to be pruned once it is finished
         approval = await pending_approval()
         assert approval is not None
-        await baton.accept_click(InboundClick(**where, event_id="c1", user="bob", approval_id=approval.id,
+        await baton.accept_click(InboundClick(**WHERE, event_id="c1", user="bob", approval_id=approval.id,
                                               action="approve"))
         await until(lambda: _is(thread(), lambda record: record.status == "done"), "the approved run to finish")
         assert runs_in(counter) == ["uptime", "restart web"]
+
+
+WHERE = {"platform": "playground", "channel": "general", "thread": "1"}
+
+
+async def _thread(baton: Baton) -> ThreadRecord:
+    async with baton.db.read() as session:
+        return (await session.exec(select(ThreadRecord).execution_options(populate_existing=True))).one()
+
+
+async def _pending_approval(baton: Baton) -> Approval | None:
+    async with baton.db.read() as session:
+        return (await session.exec(select(Approval).where(Approval.status == "pending"))).first()
+
+
+async def _finished_two_hours_ago(baton: Baton) -> None:
+    """``run uptime`` in ``WHERE``, finished, its thread last changed 2 hours ago (past a 1-hour retention)."""
+    await baton.accept_message(InboundMessage(**WHERE, event_id="e1", user="alice", text="run uptime"))
+    await until(lambda: _is(_thread(baton), lambda record: record.status == "done"), "the first run to finish")
+    async with baton.db.session() as session:
+        await session.exec(update(ThreadRecord).values(updated_at=utcnow() - timedelta(hours=2)))
 
 
 async def _is(value: Awaitable[ThreadRecord], test: Callable[[ThreadRecord], bool]) -> bool:
