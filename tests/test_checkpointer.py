@@ -93,15 +93,7 @@ async def test_pruning_a_finished_thread_never_deletes_the_checkpoints_of_a_foll
         await baton.prune_checkpoints()
 
         await until(pending_approval, "the follow-up's approval card")
-        record = await thread()
-        config = {"configurable": {"thread_id": f"{record.lg_thread_id}:runbook", "checkpoint_ns": ""}}
-        assert await baton.runtime.checkpointer.aget_tuple(config) is not None, "the follow-up's checkpoints were deleted"
-        approval = await pending_approval()
-        assert approval is not None
-        await baton.accept_click(InboundClick(**WHERE, event_id="c1", user="bob", approval_id=approval.id,
-                                              action="approve"))
-        await until(lambda: _is(thread(), lambda record: record.status == "done"), "the approved run to finish")
-        assert runs_in(counter) == ["uptime", "restart web"]
+        await _the_follow_up_goes_on(baton, counter)
         assert (await thread()).lease_owner is None
 
 
@@ -131,16 +123,8 @@ async def test_a_pruning_stalled_past_its_lease_deletes_nothing_of_the_run_that_
         baton.runtime.forget = forget_after_a_stall  # type: ignore[method-assign]
         pruned = await baton.prune_checkpoints()
 
-        record = await thread()
-        config = {"configurable": {"thread_id": f"{record.lg_thread_id}:runbook", "checkpoint_ns": ""}}
-        assert await baton.runtime.checkpointer.aget_tuple(config) is not None, "the follow-up's checkpoints were deleted"
+        record = await _the_follow_up_goes_on(baton, counter)
         assert pruned == 0 and record.pruned_at is None  # what is there now is the follow-up's, to be pruned once it is finished
-        approval = await pending_approval()
-        assert approval is not None
-        await baton.accept_click(InboundClick(**WHERE, event_id="c1", user="bob", approval_id=approval.id,
-                                              action="approve"))
-        await until(lambda: _is(thread(), lambda record: record.status == "done"), "the approved run to finish")
-        assert runs_in(counter) == ["uptime", "restart web"]
 
 
 WHERE = {"platform": "playground", "channel": "general", "thread": "1"}
@@ -162,6 +146,20 @@ async def _finished_two_hours_ago(baton: Baton) -> None:
     await until(lambda: _is(_thread(baton), lambda record: record.status == "done"), "the first run to finish")
     async with baton.db.session() as session:
         await session.exec(update(ThreadRecord).values(updated_at=utcnow() - timedelta(hours=2)))
+
+
+async def _the_follow_up_goes_on(baton: Baton, counter: Path) -> ThreadRecord:
+    """The follow-up waiting at its card kept its checkpoints: bob approves, and its command runs. The thread's record
+    as it was before the click."""
+    record = await _thread(baton)
+    config = {"configurable": {"thread_id": f"{record.lg_thread_id}:runbook", "checkpoint_ns": ""}}
+    assert await baton.runtime.checkpointer.aget_tuple(config) is not None, "the follow-up's checkpoints were deleted"
+    approval = await _pending_approval(baton)
+    assert approval is not None
+    await baton.accept_click(InboundClick(**WHERE, event_id="c1", user="bob", approval_id=approval.id, action="approve"))
+    await until(lambda: _is(_thread(baton), lambda found: found.status == "done"), "the approved run to finish")
+    assert runs_in(counter) == ["uptime", "restart web"]
+    return record
 
 
 async def _is(value: Awaitable[ThreadRecord], test: Callable[[ThreadRecord], bool]) -> bool:
