@@ -378,7 +378,7 @@ class Outbox:
         pace = self._senders.get(location.platform)
         thread = {"platform": location.platform, "channel": location.channel, "thread": location.thread}
         await self._lock_thread(session, location)  # before the check: it then sees an earlier row still to commit
-        if pace is None or housekeeping or (self._holds and self._held(location.platform, location.channel)) \
+        if pace is None or housekeeping or self.held(location) \
                 or (await session.exec(_UNDELIVERED_IN_THREAD, params=thread)).first() is not None \
                 or (pace > 0 and not await self._channel_slot(session, location.platform, location.channel, pace)):
             await insert_returning_id(session, OutboxMessage, _row(location, message, correlation_id=correlation_id,
