@@ -141,14 +141,21 @@ def review(state: AssistantState) -> AssistantState:
     """Ask a human for every high-risk call (one card per call); nothing else happens here."""
     config = current().config
     decisions = dict(state.get("decisions") or {})
+    asked: set[tuple[str, str]] = set()
     for key, call in _keyed_calls(state)[:MAX_CALLS_PER_TURN]:
         runbook = config.runbooks.get(call["name"])
-        if runbook is None or runbook.risk != "high" or key in decisions:
+        if runbook is None or runbook.risk != "high":
             continue
         try:
-            argv = runbook.argv(runbook.validate_args(_string_args(call["args"])))
+            values = runbook.validate_args(_string_args(call["args"]))
         except ValueError:
             continue  # refused in `act`, never shown as runnable
+        if _same_call(call["name"], values) in asked:
+            continue  # one card for it: `act` tells the model the repeat was not run again
+        asked.add(_same_call(call["name"], values))
+        if key in decisions:
+            continue
+        argv = runbook.argv(values)
         decision = approve(f"The assistant wants to run `{call['name']}`: {_described(runbook.description)}\n{_asked()}",
                            details={"tool": call["name"],  # JSON escapes were shown: "d\\u00e9ploiement"
                                     "arguments": _visible(json.dumps(call["args"], sort_keys=True, ensure_ascii=False)),
@@ -164,6 +171,7 @@ async def act(state: AssistantState) -> AssistantState:
     decisions = state.get("decisions") or {}
     results: list[BaseMessage] = []
     ran: list[str] = []
+    told: dict[tuple[str, str], str] = {}  # a call of this answer -> what the model was told of it
     for index, (key, call) in enumerate(_keyed_calls(state)):
         runbook = config.runbooks.get(call["name"])
         if index >= MAX_CALLS_PER_TURN:
@@ -178,17 +186,24 @@ async def act(state: AssistantState) -> AssistantState:
         except ValueError as exc:
             results.append(ToolMessage(content=f"Not run: {exc}.", tool_call_id=call["id"] or key))
             continue
+        same = _same_call(call["name"], values)
+        if same in told:
+            # Models repeat a call in one answer at times (parallel tool calls): `restart web` twice ran it twice.
+            results.append(ToolMessage(content="Not run again: the same call as an earlier one of this answer, "
+                                               f"which gave:\n{told[same]}", tool_call_id=call["id"] or key))
+            continue
         decision = decisions.get(key)
         if runbook.risk == "high" and not (decision and decision["approved"]):
             by = decision["by"] if decision else "nobody"
-            results.append(ToolMessage(content=f"Not run: {by} rejected running `{call['name']}`.",
-                                       tool_call_id=call["id"] or key))
+            told[same] = f"Not run: {by} rejected running `{call['name']}`."
+            results.append(ToolMessage(content=told[same], tool_call_id=call["id"] or key))
             continue
         argv = runbook.argv(values)
         outcome = await effect(f"tool:{key}", lambda argv=argv, runbook=runbook: run_runbook(runbook, argv))
         # bot.kit.chat redacts Baton's secrets from what goes to the model's provider, this output included
         output = clipped(outcome["output"], TOOL_OUTPUT_CHARS)
-        results.append(ToolMessage(content=f"exit code {outcome['exit_code']}\n{output}", tool_call_id=call["id"] or key))
+        told[same] = f"exit code {outcome['exit_code']}\n{output}"
+        results.append(ToolMessage(content=told[same], tool_call_id=call["id"] or key))
         ran.append(f"`{quoted_code(_as_command(call['name'], values), ASKED_CHARS)}` (exit code {outcome['exit_code']})")
     results += [ToolMessage(content=f"Not run: the arguments of `{call.get('name')}` are not valid JSON "
                                     f"({call.get('error') or 'they could not be read'}).",
@@ -245,6 +260,11 @@ def _keyed_calls(state: AssistantState) -> list[tuple[str, dict[str, Any]]]:
     (`call_0` in every reply, or twice in one), and an approval must never pass to another call."""
     turn = state.get("turns", 0)
     return [(f"{turn}:{position}", call) for position, call in enumerate(_calls(state))]
+
+
+def _same_call(name: str, values: dict[str, str]) -> tuple[str, str]:
+    """What tells two calls of one answer apart: the runbook and its arguments as validated (defaults filled in)."""
+    return name, json.dumps(values, sort_keys=True)
 
 
 def _before_this_request(earlier: list[dict[str, Any]]) -> list[dict[str, Any]]:

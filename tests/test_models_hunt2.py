@@ -240,16 +240,44 @@ async def test_one_answer_runs_a_few_tool_calls_not_all_it_asks_for(tmp_path, co
                                                                      counter) -> None:
     """A model that answered with a dozen tool calls had every one run (a slow runbook's timeout each, one
     after another) or put on a card of its own: a model gone astray flooded the host or the thread."""
-    many = {"content": "", "tool_calls": [{"name": "uptime", "id": f"u{n}", "args": {}} for n in range(7)]
+    many = {"content": "", "tool_calls": [{"name": "slow", "id": f"s{n}", "args": {"seconds": f"0.{n}"}}
+                                          for n in range(7)]
             + [{"name": "restart", "id": f"r{n}", "args": {"service": "web"}} for n in range(5)]}
-    async with baton_with_model(tmp_path, config_path, monkeypatch, many, final("Up, 5 times.")) as baton:
-        thread = await say(baton, "@baton assistant is the host up?")
-        await bot_said(baton, "Up, 5 times.", thread=thread)
+    async with baton_with_model(tmp_path, config_path, monkeypatch, many, final("Waited 5 times.")) as baton:
+        thread = await say(baton, "@baton assistant wait a bit, seven ways")
+        await bot_said(baton, "Waited 5 times.", thread=thread)
         async with baton.db.read() as session:
             assert (await session.exec(select(Approval))).all() == []
-    assert runs_in(counter) == ["uptime"] * 5
     said = model_calls(tmp_path)[1]["said"]
+    assert sum(text.startswith("tool: exit code 0\nslept") for text in said) == 5, said
     assert sum("Not run: at most 5 tool calls of one answer are run" in text for text in said) == 7, said
+
+
+async def test_a_call_repeated_in_one_answer_is_asked_about_and_run_once(tmp_path, config_path, monkeypatch,
+                                                                         counter) -> None:
+    """Models repeat a tool call in one answer at times (parallel tool calls): `restart web` twice in one reply put
+    two cards in the thread and ran the restart twice once both were approved; `uptime` twice ran twice."""
+    twice = {"content": "", "tool_calls": [{"name": "restart", "id": "r1", "args": {"service": "web"}},
+                                           {"name": "uptime", "id": "u1", "args": {}},
+                                           {"name": "restart", "id": "r2", "args": {"service": "web"}},
+                                           {"name": "uptime", "id": "u2", "args": {}},
+                                           {"name": "restart", "id": "r3", "args": {"service": "api"}}]}
+    async with baton_with_model(tmp_path, config_path, monkeypatch, twice, final("Restarted.")) as baton:
+        thread = await say(baton, "@baton assistant restart web and api")
+        web = await bot_said(baton, '"service": "web"', thread=thread)
+        await click(baton, web, "bob")
+        api = await bot_said(baton, '"service": "api"', thread=thread)
+        await click(baton, api, "bob", action="reject")
+        await bot_said(baton, "Restarted.", thread=thread)
+        async with baton.db.read() as session:
+            cards = (await session.exec(select(Approval))).all()
+    assert len(cards) == 2, cards  # web's once, api's
+    assert runs_in(counter) == ["restart web", "uptime"]
+    said = model_calls(tmp_path)[1]["said"]
+    again = "tool: Not run again: the same call as an earlier one of this answer, which gave:\n"
+    assert said[-5:] == ["tool: exit code 0\ndid restart web", "tool: exit code 0\ndid uptime",
+                         f"{again}exit code 0\ndid restart web", f"{again}exit code 0\ndid uptime",
+                         "tool: Not run: bob rejected running `restart`."], said
 
 
 async def test_routing_can_keep_secrets_from_the_model(tmp_path, monkeypatch) -> None:
