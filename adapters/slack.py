@@ -142,6 +142,19 @@ def _secret(value: SecretStr | None) -> str | None:
     return text or None
 
 
+
+def _refuse_swapped_tokens(bot_token: str, app_token: str | None) -> None:
+    """Say so before anything starts when Slack's two tokens went into each other's variables (both are long strings
+    copied from the app's pages): found by ``auth.test`` only after baton.db was made and migrated."""
+    if bot_token.startswith("xapp-"):
+        raise ValueError("SLACK_BOT_TOKEN holds an app-level token (xapp-...), which belongs in SLACK_APP_TOKEN; "
+                         "SLACK_BOT_TOKEN is the Bot User OAuth Token (xoxb-...) of OAuth & Permissions")
+    if app_token is not None and app_token.startswith("xox"):
+        raise ValueError(f"SLACK_APP_TOKEN holds an OAuth token ({app_token[:4]}-...), which is not an app-level "
+                         "token: SLACK_APP_TOKEN is the xapp-... token of Basic Information, App-Level Tokens "
+                         "(scope connections:write)")
+
+
 class SlackAdapter(Adapter):
     name = PLATFORM
     channel_pace_seconds = 1.0  # Slack allows about one message per second per channel
@@ -160,6 +173,7 @@ class SlackAdapter(Adapter):
         self._app_token = _secret(settings.slack_app_token)
         if token is None:
             raise ValueError("the Slack adapter needs SLACK_BOT_TOKEN (the bot token, xoxb-...)")
+        _refuse_swapped_tokens(token, self._app_token)
         if self._signing_secret is None and self._app_token is None:
             raise ValueError("SLACK_BOT_TOKEN is set, but neither SLACK_SIGNING_SECRET (HTTP events) "
                              "nor SLACK_APP_TOKEN (Socket Mode, xapp-...) is")

@@ -101,7 +101,12 @@ def _answers(url: str) -> bool:
 
 
 ADAPTER_MISTAKES = {"BATON_ADAPTERS typo": ({"BATON_ADAPTERS": "slak"}, "BATON_ADAPTERS names unknown adapters: slak"),
-                    "Slack token alone": ({"SLACK_BOT_TOKEN": "xoxb-1-2-3"}, "neither SLACK_SIGNING_SECRET")}
+                    "Slack token alone": ({"SLACK_BOT_TOKEN": "xoxb-1-2-3"}, "neither SLACK_SIGNING_SECRET"),
+                    "Slack tokens swapped": ({"SLACK_BOT_TOKEN": "xapp-1-A1-2-abc", "SLACK_APP_TOKEN": "xoxb-1-2-3"},
+                                             "SLACK_BOT_TOKEN holds an app-level token (xapp-...), which belongs in "
+                                             "SLACK_APP_TOKEN"),
+                    "Slack bot token as app token": ({"SLACK_BOT_TOKEN": "xoxb-1-2-3", "SLACK_APP_TOKEN": "xoxb-1-2-3"},
+                                                     "SLACK_APP_TOKEN holds an OAuth token (xoxb-...)")}
 
 
 @pytest.mark.parametrize("mistake", ADAPTER_MISTAKES)
