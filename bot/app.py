@@ -120,12 +120,23 @@ class Baton:
             approval_expiry=settings.approval_expiry_seconds, retention_days=settings.retention_days)
         self._stack = AsyncExitStack()
         self._loops: list[asyncio.Task[None]] = []
+        self._started: list[Any] = []  # the adapters whose start was begun, the one that failed included
         self.orchestrator: Orchestrator | None = None
         self.scheduler: DigestScheduler | None = None
         self.stopping = False  # set when the server is asked to stop: long-lived responses end
         self._reloading = asyncio.Lock()
 
     async def __aenter__(self) -> Baton:
+        try:
+            await self._start()
+        except BaseException:
+            # ``__aexit__`` is not called when this raises: Discord, started before Slack refused its token, stayed
+            # connected (its gateway taking events, its delivery loop polling) in a Baton that said it cannot start.
+            await self._stop_after_failed_start()
+            raise
+        return self
+
+    async def _start(self) -> None:
         await asyncio.to_thread(upgrade, self.settings.database_url)
         checkpointer = await self._stack.enter_async_context(open_checkpointer(
             self.settings.database_url, serde=AnswerKeepingSerializer()))
@@ -134,6 +145,7 @@ class Baton:
         self.orchestrator = Orchestrator(self.settings, self.services, self.runtime, self.outbox, self.instance,
                                          self.digests)
         for adapter in self.adapters:
+            self._started.append(adapter)  # before: one that fails part-way has its connection closed too
             await adapter.start()
         # Diagnostics and tidying (messages no adapter here sends; cards posted before baton.yaml's approvers
         # changed): neither may keep Baton from starting.
@@ -154,7 +166,13 @@ class Baton:
             every = min(EXPIRY_CHECK_SECONDS, max(SWEEP_INTERVAL, self.settings.approval_expiry_seconds / 10))
             self._loops.append(asyncio.create_task(self._every(every, self.orchestrator.expire_approvals)))
         log.info("Baton %s started with adapters: %s", self.instance, ", ".join(a.name for a in self.adapters) or "none")
-        return self
+
+    async def _stop_after_failed_start(self) -> None:
+        """Stop what a start that failed had started; the start's own error is the one the caller sees."""
+        try:
+            await self.__aexit__(None, None, None)
+        except Exception:
+            log.exception("the start failed, and stopping what it had started failed too")
 
     async def __aexit__(self, *exc: object) -> None:
         if self.scheduler is not None:
@@ -162,7 +180,7 @@ class Baton:
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
-        for adapter in reversed(self.adapters):
+        for adapter in reversed(self._started):
             await adapter.stop()
         if self.orchestrator:
             await self.orchestrator.stop()

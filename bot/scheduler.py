@@ -43,7 +43,8 @@ class DigestScheduler:
             self._looking.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._looking
-        self.scheduler.shutdown(wait=False)
+        if self.scheduler.running:  # not when its start failed before it (a start of Baton that failed)
+            self.scheduler.shutdown(wait=False)
 
     async def _reconcile_every_minute(self) -> None:
         while True:
