@@ -406,22 +406,25 @@ class Adapter(ABC):
             if exc.warn and self._token_refused is None:  # the platform refuses Baton's token: /healthz says so
                 self._token_refused = (str(exc), time.monotonic())
             # Nothing of this try posted (no step made): the platform only put it off, no failure of the message.
-            await outbox.retry(delivery.id, exc.seconds, str(exc), hold_channel=exc.hold_channel,
-                               failed=bool(self._steps_done.get(delivery.id)))
+            failed = bool(self._steps_done.get(delivery.id))
+            await self._record(lambda: outbox.retry(delivery.id, exc.seconds, str(exc), hold_channel=exc.hold_channel,
+                                                    failed=failed))
             return
         except DeliveryRejected as exc:
             if exc.unreachable is None:  # a channel Baton cannot reach is told by the outbox, once a channel
                 log.error("%s rejected message %s (%s in channel %s%s): %s", self.name, delivery.id, delivery.kind,
                           delivery.location.channel,
                           f", thread {delivery.location.thread}" if delivery.location.thread else "", exc)
-            await outbox.failed(delivery.id, str(exc), reason=exc.unreachable or "refused", thread_only=exc.thread_only)
+            await self._record(lambda: outbox.failed(delivery.id, str(exc), reason=exc.unreachable or "refused",
+                                                     thread_only=exc.thread_only))
         except Exception as exc:
+            said = f"{type(exc).__name__}: {exc}"
             if delivery.failures < self.max_attempts:  # a 429's put-off is no failure: it neither counts nor backs off
-                await outbox.retry(delivery.id, min(2.0 ** delivery.failures, 120.0), f"{type(exc).__name__}: {exc}")
+                await self._record(lambda: outbox.retry(delivery.id, min(2.0 ** delivery.failures, 120.0), said))
                 return
             log.error("giving up on %s message %s (%s in channel %s) after %d failed attempts: %s", self.name,
                       delivery.id, delivery.kind, delivery.location.channel, delivery.failures, exc)
-            await outbox.failed(delivery.id, f"{type(exc).__name__}: {exc}", reason="gave_up")
+            await self._record(lambda: outbox.failed(delivery.id, said, reason="gave_up"))
         else:
             self._token_refused = None  # it works (again)
             if delivery.kind != "ephemeral":  # Discord's goes as a click's follow-up or a DM: not through the thread
@@ -435,18 +438,23 @@ class Adapter(ABC):
         self._steps_done.pop(delivery_id, None)
 
     async def _record_sent(self, delivery: Delivery, platform_id: str | None) -> None:
-        """Mark a sent message delivered; while the database is away, try again for up to half its claim.
+        await self._record(lambda: self.baton.outbox.delivered(delivery.id, platform_id))
 
-        Given up at once, the row kept its claim: the thread's next messages (a run's answer, say) waited
-        behind it until the claim expired, 30 s by default, though the database was back in a second, and then
-        the message was sent a second time. Past half the claim the mark is given up as before (``_deliver_and_
-        carry_on``): by then the claim may run out, and another replica may send it."""
+    async def _record(self, write: Callable[[], Awaitable[None]]) -> None:
+        """Record a try's outcome (sent, to try again, given up); while the database is away, try again for up to half
+        the delivery's claim.
+
+        Given up at once, the row kept its claim: the thread's next messages (a run's answer, say) waited behind it
+        until the claim expired, 30 s by default, though the database was back in a second, and then the message was
+        sent again: a second time, when it had been sent; a refused one posted after all, where the platform took it
+        then; a 429's put-off counted as a failed try. Past half the claim the record is given up as before
+        (``_deliver_and_carry_on``): by then the claim may run out, and another replica may send it."""
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self.baton.outbox.claim_seconds / 2
         pause = 0.1
         while True:
             try:
-                return await self.baton.outbox.delivered(delivery.id, platform_id)
+                return await write()
             except Exception as exc:
                 health = self.baton.db.health
                 if self._stopping or loop.time() + pause > give_up_at or (

@@ -142,6 +142,10 @@ _FAILED = prepared(update(_ROWS).where(*_CLAIM_HELD).values(status="failed", cla
 _THREADS_LOCKED = "baton_outbox_threads_locked"  # a transaction's ``info``: the threads ``_lock_thread`` locked
 
 
+class _HookFailed(Exception):
+    """``Outbox.on_failed`` raised (its error is the cause): the row is marked failed again, without it."""
+
+
 class ClaimLost(RuntimeError):
     """Another replica took this outbox row over (this one stalled past its claim): it is theirs to send."""
 
@@ -703,20 +707,44 @@ class Outbox:
         ``thread_only`` as ``DeliveryRejected`` says), until a message gets through there again (``reached``): Baton
         removed from a busy channel logged an error a message."""
         error = self._stored_error(error)
-        async with self._db.session() as session:
-            if not await self._settle(session, _FAILED, delivery_id, error=error):
-                return
-            row = await session.get(OutboxMessage, delivery_id)
-            if row is None:
-                return
-            await audit.record(session, "message.failed", row.correlation_id or f"outbox-{delivery_id}",
-                               platform=row.platform, channel=row.channel, thread=row.thread or None,
-                               outbox_id=delivery_id, message_kind=row.kind, error=error, reason=reason)
-            if self.on_failed is not None:
-                await self.on_failed(session, row, error)
+        worker = self._claimed_as.pop(delivery_id, self.worker)
+        try:
+            row = await self._mark_failed(delivery_id, worker, error, reason, self.on_failed)
+        except _HookFailed as exc:
+            # Its error rolled the mark back: the row stayed "sending", and once its claim ran out it was sent again,
+            # refused again, and its hook failed again, for as long as Baton ran, its thread's later messages behind it.
+            log.error("outbox message %s is given up; what Baton does then (ending the run whose approval card it was) "
+                      "failed, and the message is marked failed without it", delivery_id, exc_info=exc.__cause__)
+            row = await self._mark_failed(delivery_id, worker, error, reason, None)
+        if row is None:
+            return
         self.undeliverable[(row.platform, reason if reason in UNDELIVERABLE else "refused")] += 1
         if reason in UNREACHABLE:
             self._tell_unreachable(row, reason, error, thread_only and bool(row.thread))
+
+    async def _mark_failed(self, delivery_id: int, worker: str, error: str, reason: str,
+                           hook: FailedHook | None) -> OutboxMessage | None:
+        """Mark the row failed, audit it and tell ``hook``, in one transaction; the row, or ``None`` when this process's
+        claim on it no longer holds. ``_HookFailed`` when the hook raised, unless the database being away explains it:
+        then the whole write is lost, and the delivery loop makes it again once the database is back
+        (``Adapter._record``)."""
+        async with self._db.session() as session:
+            if not await self._settle(session, _FAILED, delivery_id, worker=worker, error=error):
+                return None
+            row = await session.get(OutboxMessage, delivery_id)
+            if row is None:
+                return None
+            await audit.record(session, "message.failed", row.correlation_id or f"outbox-{delivery_id}",
+                               platform=row.platform, channel=row.channel, thread=row.thread or None,
+                               outbox_id=delivery_id, message_kind=row.kind, error=error, reason=reason)
+            if hook is not None:
+                try:
+                    await hook(session, row, error)
+                except Exception as exc:
+                    if self._db.health.unusable(exc) is not None:
+                        raise
+                    raise _HookFailed from exc
+        return row
 
     def _tell_unreachable(self, row: OutboxMessage, reason: str, error: str, thread_only: bool) -> None:
         key = (row.platform, row.channel, row.thread if thread_only else "")
@@ -742,9 +770,12 @@ class Outbox:
         settles the row: it was sent again at each claim's end, never given up on, and its thread waited."""
         return storable(self._redactor.text(error)[:500])
 
-    async def _settle(self, session: Transaction, statement: Any, delivery_id: int, **values: Any) -> bool:
-        """Run ``statement`` on the row while this process's claim on it holds; false when it does not."""
-        worker = self._claimed_as.pop(delivery_id, self.worker)
+    async def _settle(self, session: Transaction, statement: Any, delivery_id: int, *, worker: str | None = None,
+                      **values: Any) -> bool:
+        """Run ``statement`` on the row while this process's claim on it (as ``worker``, when the caller took it
+        already) holds; false when it does not."""
+        if worker is None:
+            worker = self._claimed_as.pop(delivery_id, self.worker)
         settled = await session.exec(statement, params={  # type: ignore[call-overload]
             "row_id": delivery_id, "worker": worker, **values})
         return bool(settled.rowcount)
