@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, BigInteger, Column, Index, Text, UniqueConstraint, false, inspect
+from sqlalchemy import JSON, BigInteger, Column, Index, Text, UniqueConstraint, false, inspect, text
 from sqlalchemy.orm import configure_mappers
 from sqlmodel import Field, SQLModel
 
@@ -220,6 +220,11 @@ class AuditEntry(SQLModel, table=True):
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
 
+# The outbox's rows still to send, as SQL: ix_outbox_unsent's condition, which a query must state word for word (not
+# as bound values) for SQLite or PostgreSQL to read that index.
+OUTBOX_UNSENT = "status IN ('pending', 'sending')"
+
+
 class OutboxMessage(SQLModel, table=True):
     """A message on its way to a platform: delivered in order per thread, retried, never doubled."""
 
@@ -229,6 +234,13 @@ class OutboxMessage(SQLModel, table=True):
         Index("ix_outbox_thread", "platform", "channel", "thread", "id"),
         # "Anything of this thread still unsent?" (each reply, each claim) without reading what it sent.
         Index("ix_outbox_thread_status", "platform", "channel", "thread", "status", "id"),
+        # The unsent rows alone (partial: a row leaves them once sent or given up), by channel and lane in order, and
+        # by thread: what a claim walks (``bot.outbox``), a channel at a time, and how it tells a thread's first row,
+        # however many rows wait or were ever sent.
+        Index("ix_outbox_unsent", "platform", "channel", "housekeeping", "id",
+              sqlite_where=text(OUTBOX_UNSENT), postgresql_where=text(OUTBOX_UNSENT)),
+        Index("ix_outbox_unsent_thread", "platform", "channel", "thread", "id",
+              sqlite_where=text(OUTBOX_UNSENT), postgresql_where=text(OUTBOX_UNSENT)),
     )
 
     id: int | None = Field(default=None, primary_key=True)

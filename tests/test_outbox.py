@@ -77,8 +77,9 @@ async def test_the_idle_poll_reads_outside_any_session_what_a_session_reads(data
         [(row.id, row.payload, row.status, row.next_attempt_at) for row in in_session]
     assert [Message.model_validate(row.payload).plain_text() for row in fetched] == ["first", "elsewhere"]
 
-    async with database.session() as session:
-        await outbox.enqueue(session, THERE, Message.text("later"))
+    async with database.session() as session:  # in a channel of its own: the poll reads each channel's first due row
+        await outbox.enqueue(session, Location(platform="playground", workspace="", channel="third", thread="4"),
+                             Message.text("later"))
     again = (await database.fetch(due, {"platform": "playground", "now": utcnow()})).all()
     assert [Message.model_validate(row.payload).plain_text() for row in again] == ["first", "elsewhere", "later"]
     assert (await database.fetch(due, {"platform": "slack", "now": utcnow()})).first() is None
@@ -308,14 +309,18 @@ async def test_a_playground_message_and_its_delivery_mark_are_stored_together_or
 
 def test_an_idle_poll_looks_up_unsent_rows_by_index_not_every_row_ever_sent(sqlite_url: str) -> None:
     """The poll runs every half second per platform: walking the outbox's whole history, its cost
-    grew with every message Baton had ever sent (0.85 ms at 5,000 rows)."""
+    grew with every message Baton had ever sent (0.85 ms at 5,000 rows). It walks the channels with unsent
+    rows, and each one's unsent rows, in the partial index of those (ix_outbox_unsent), and reads rows by id."""
     upgrade(sqlite_url)
     due = _due_statement(20).params(platform="playground", now=utcnow())
     sql = str(due.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
     with closing(sqlite3.connect(sqlite_path(sqlite_url))) as connection:
-        outer = [detail for _id, parent, _unused, detail in connection.execute(f"EXPLAIN QUERY PLAN {sql}")
-                 if parent == 0]
-    assert outer[0].startswith("SEARCH outbox USING INDEX ix_outbox_due (platform=? AND status=?)"), outer
+        plan = [detail for _id, _parent, _unused, detail in connection.execute(f"EXPLAIN QUERY PLAN {sql}")]
+    reads = [detail for detail in plan if detail.startswith(("SCAN outbox", "SEARCH outbox"))]
+    assert all(" USING INDEX ix_outbox_unsent " in detail or "ix_outbox_thread_status" in detail
+               or "USING INTEGER PRIMARY KEY" in detail for detail in reads), plan
+    assert any("ix_outbox_unsent (platform=? AND channel>?)" in detail for detail in reads), plan  # the next channel
+    assert any("ix_outbox_unsent (platform=? AND channel=? AND housekeeping=?)" in detail for detail in reads), plan
 
 
 def test_whether_a_thread_has_unsent_rows_is_looked_up_by_index_not_every_row_it_ever_sent(sqlite_url: str) -> None:

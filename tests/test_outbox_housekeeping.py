@@ -13,17 +13,18 @@ import sys
 from contextlib import closing
 from pathlib import Path
 
-from sqlalchemy import func, text, update
+from sqlalchemy import func, insert, text, update
 from sqlalchemy.dialects import sqlite
 from sqlmodel import select
 
 from bot.app import Baton
 from bot.messages import InboundMessage, Location, Message
-from bot.outbox import LANES, Delivery, Outbox, _due_statement
+from bot.outbox import _PROMOTE, LANES, Delivery, Outbox, _due_statement, _row
 from bot.settings import Settings
 from storage.db import Database, sqlite_path
 from storage.migrate import upgrade
 from storage.models import Approval, ChannelPace, OutboxMessage, Run, utcnow
+from storage.sqlite_prepared import plan_for
 from tests.support import until
 
 CARDS = 200  # one expiry pass's batch (SWEEP_BATCH): they all expire together
@@ -143,6 +144,19 @@ async def test_answers_go_before_the_housekeeping_of_their_channel_and_the_house
         ["card 0 expired", "card 9 expired"], ["answer in 2"], ["answer in 0"], ["card 1 expired"]]
 
 
+async def test_housekeeping_an_older_replica_left_ahead_of_an_answer_goes_in_its_threads_order(
+        database: Database) -> None:
+    """Baton of 0018 stores an answer behind its thread's housekeeping without making that housekeeping an answer
+    (``Outbox.enqueue`` does): the thread then goes with the housekeeping, in its order, held up by nothing."""
+    async with database.session() as session:
+        await session.exec(insert(OutboxMessage.__table__), params=[  # type: ignore[attr-defined,call-overload]
+            _row(OPS[0], Message.text("card 0 expired"), kind="update", housekeeping=True),
+            _row(OPS[0], Message.text("answer in 0")), _row(OPS[1], Message.text("answer in 1"))])
+    claims = await _deliver_paced(Outbox(database, worker="me"), database)
+    assert [[delivery.message.plain_text() for delivery in claim] for claim in claims] == [
+        ["answer in 1"], ["card 0 expired"], ["answer in 0"]]
+
+
 async def test_housekeeping_is_never_handed_straight_to_the_adapter(database: Database) -> None:
     """Taken in its own transaction, a notice took its channel's free slot from an answer waiting in the queue."""
     outbox = Outbox(database, worker="me")
@@ -157,13 +171,22 @@ async def test_housekeeping_is_never_handed_straight_to_the_adapter(database: Da
     assert [tuple(row) for row in rows] == [(True, "pending"), (False, "sending")]
 
 
-def test_a_claim_finds_whether_an_answer_waits_in_a_thread_by_index(sqlite_url: str) -> None:
+def test_a_claim_finds_a_channels_answers_and_its_housekeeping_by_index(sqlite_url: str) -> None:
+    """A row's lane is stored, its thread's housekeeping made answers when an answer is stored behind it (by index,
+    in the thread's unsent rows): each lane of a channel is a range of ix_outbox_unsent, walked in order to its first
+    due row, never the housekeeping read to find the answers behind it."""
     upgrade(sqlite_url)
-    expected = "ix_outbox_thread_status (platform=? AND channel=? AND thread=? AND status=?)"
     with closing(sqlite3.connect(sqlite_path(sqlite_url))) as connection:
         for lane in LANES:
             due = _due_statement(20, lane).params(platform=SLACK, now=utcnow())
             sql = str(due.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
             plan = [detail for _id, _parent, _unused, detail in connection.execute(f"EXPLAIN QUERY PLAN {sql}")]
-            assert plan[0].startswith("SEARCH outbox USING INDEX ix_outbox_due (platform=? AND status=?)"), plan
-            assert any(expected in detail for detail in plan), plan
+            assert any("USING INDEX ix_outbox_unsent (platform=? AND channel=? AND housekeeping=?)" in detail
+                       for detail in plan), plan
+            assert not any(detail.startswith("SCAN outbox") for detail in plan), plan
+        thread = {"in_platform": SLACK, "in_channel": CHANNEL, "in_thread": "1.0"}
+        promote = plan_for(_PROMOTE, thread)
+        plan = [detail for _id, _parent, _unused, detail in connection.execute(
+            f"EXPLAIN QUERY PLAN {promote.sql}", {**promote._static, **thread})]  # noqa: SLF001
+    assert plan == ["SEARCH outbox USING INDEX ix_outbox_thread_status (platform=? AND channel=? AND thread=? AND "
+                    "status=?)"], plan
