@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
 from importlib.metadata import entry_points
@@ -176,14 +177,14 @@ class Baton:
 
     async def __aexit__(self, *exc: object) -> None:
         if self.scheduler is not None:
-            await self.scheduler.stop()
+            await self._stop_part("the digest scheduler", self.scheduler.stop)
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         for adapter in reversed(self._started):
-            await adapter.stop()
+            await self._stop_part(f"the {adapter.name} adapter", adapter.stop)
         if self.orchestrator:
-            await self.orchestrator.stop()
+            await self._stop_part("the orchestrator", self.orchestrator.stop)
         try:
             await self.outbox.give_back_unsent()
         except Exception as exc:  # the claims run out by themselves; the rest must still be closed
@@ -191,6 +192,15 @@ class Baton:
                 log.exception("giving the unsent outbox rows back failed")
         await self._stack.aclose()
         await self.db.dispose()
+
+    @staticmethod
+    async def _stop_part(what: str, stop: Callable[[], Awaitable[None]]) -> None:
+        """Stop one part; one that raises is logged and the others are stopped still (the first adapter's stop that
+        raised left the later ones connected, the runs' commands running, the database open)."""
+        try:
+            await stop()
+        except Exception:
+            log.exception("stopping %s failed; the rest of Baton is stopped still", what)
 
     @property
     def config(self) -> BatonConfig:

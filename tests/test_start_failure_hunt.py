@@ -101,3 +101,25 @@ async def test_a_start_step_failing_after_the_adapters_started_stops_them(
         async with Baton(settings):
             pytest.fail("Baton started though its schedules could not be stored")
     await _nothing_left_running(before)
+
+
+async def test_an_adapter_whose_stop_raises_does_not_keep_the_others_running(
+        fake_slack: FakeSlack, sqlite_url: str, config_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Adapters stop in the reverse of their start: Slack's stop raising (a bug, a library's close) left the
+    playground's delivery loops, the orchestrator, the checkpointer and the database's connections running."""
+    for name, value in fake_slack.env().items():
+        monkeypatch.setenv(name, value)
+    settings = Settings(BATON_DATABASE_URL=sqlite_url, BATON_CONFIG=config_path,  # type: ignore[call-arg]
+                        BATON_ADAPTERS="playground,slack")
+    before = _running()
+    async with Baton(settings) as baton:
+        slack = next(adapter for adapter in baton.adapters if adapter.name == "slack")
+        stop = slack.stop
+
+        async def stop_then_raise() -> None:
+            await stop()
+            raise RuntimeError("a library's close raised")
+        monkeypatch.setattr(slack, "stop", stop_then_raise)
+    await _nothing_left_running(before)
+    assert "stopping the slack adapter failed; the rest of Baton is stopped still" in caplog.text
