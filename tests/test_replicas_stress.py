@@ -100,7 +100,9 @@ async def _stress(one: Baton, two: Baton, seed: int) -> dict[str, Any]:
                 linked = (await session.exec(select(InboundEvent.id).where(
                     InboundEvent.thread == f"t{thread}", InboundEvent.outcome == "duplicate request"))).first()
             return found or ("linked" if linked else None)
-        found = await until(asked, f"the approval card of t{thread}", 40)
+        # A bound, not a timing: alone a card comes within seconds; in a fresh clone's suite on a slow evening
+        # (23 min) t5's took over 40 s, behind the other threads' runs on two loaded cores.
+        found = await until(asked, f"the approval card of t{thread}", 120)
         return found if isinstance(found, Approval) else None
 
     async def decide(thread: int, plan: str) -> None:
