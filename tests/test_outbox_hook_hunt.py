@@ -24,17 +24,12 @@ from storage.models import AuditEntry, OutboxMessage
 from tests.db_proxy import DatabaseProxy
 from tests.fake_slack import TEAM_ID, FakeSlack
 from tests.support import until
+from tests.test_outbox_hunt import fake_slack  # noqa: F401 (a fixture)
+from tests.test_outbox_review import _Baton
 
 GONE = "C0GONE0001"  # Baton was removed from it: Slack refuses every message there
 OPEN = "C0OPEN0001"
 CLAIM_SECONDS = 1.0  # BATON_LEASE_SECONDS: how soon a row left "sending" is claimed again
-
-
-@pytest.fixture
-def fake_slack() -> Iterator[FakeSlack]:
-    fake = FakeSlack().start()
-    yield fake
-    fake.stop()
 
 
 @pytest.fixture
@@ -91,11 +86,6 @@ async def test_a_refused_card_is_given_up_once_though_what_ends_its_run_fails(
         audited = (await session.exec(select(AuditEntry.kind).where(AuditEntry.kind == "message.failed"))).all()
     assert audited == ["message.failed", "message.failed"]
     assert "what Baton does then (ending the run whose approval card it was) failed" in caplog.text
-
-
-class _Baton:
-    def __init__(self, database: Database, outbox: Outbox) -> None:
-        self.db, self.outbox = database, outbox
 
 
 class _RefusesTheFirst(Adapter):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -19,20 +18,8 @@ from storage.migrate import upgrade
 from tests.fake_discord import FakeDiscord
 from tests.fake_slack import FakeSlack
 from tests.support import until
-
-
-@pytest.fixture
-def fake_discord() -> Iterator[FakeDiscord]:
-    fake = FakeDiscord().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-def fake_slack() -> Iterator[FakeSlack]:
-    fake = FakeSlack().start()
-    yield fake
-    fake.stop()
+from tests.test_discord import fake_discord  # noqa: F401 (a fixture)
+from tests.test_outbox_hunt import fake_slack  # noqa: F401 (a fixture)
 
 
 def _running() -> set[str]:
