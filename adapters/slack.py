@@ -142,7 +142,6 @@ def _secret(value: SecretStr | None) -> str | None:
     return text or None
 
 
-
 def _refuse_swapped_tokens(bot_token: str, app_token: str | None) -> None:
     """Say so before anything starts when Slack's two tokens went into each other's variables (both are long strings
     copied from the app's pages): found by ``auth.test`` only after baton.db was made and migrated."""

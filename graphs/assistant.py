@@ -150,9 +150,10 @@ def review(state: AssistantState) -> AssistantState:
             values = runbook.validate_args(_string_args(call["args"]))
         except ValueError:
             continue  # refused in `act`, never shown as runnable
-        if _same_call(call["name"], values) in asked:
+        same = _same_call(call["name"], values)
+        if same in asked:
             continue  # one card for it: `act` tells the model the repeat was not run again
-        asked.add(_same_call(call["name"], values))
+        asked.add(same)
         if key in decisions:
             continue
         argv = runbook.argv(values)
