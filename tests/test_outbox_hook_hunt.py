@@ -25,7 +25,7 @@ from tests.db_proxy import DatabaseProxy
 from tests.fake_slack import TEAM_ID, FakeSlack
 from tests.support import until
 from tests.test_outbox_hunt import fake_slack  # noqa: F401 (a fixture)
-from tests.test_outbox_review import _Baton
+from tests.test_outbox_review import FirstSendFails, _Baton
 
 GONE = "C0GONE0001"  # Baton was removed from it: Slack refuses every message there
 OPEN = "C0OPEN0001"
@@ -88,22 +88,6 @@ async def test_a_refused_card_is_given_up_once_though_what_ends_its_run_fails(
     assert "what Baton does then (ending the run whose approval card it was) failed" in caplog.text
 
 
-class _RefusesTheFirst(Adapter):
-    """A platform that refuses the first message for good and posts the others."""
-
-    name = "discord"
-
-    def __init__(self, baton: _Baton) -> None:
-        super().__init__(baton)  # type: ignore[arg-type]
-        self.calls: list[str] = []
-
-    async def send(self, delivery: Delivery) -> str | None:
-        self.calls.append(delivery.message.plain_text())
-        if len(self.calls) == 1:
-            raise DeliveryRejected("400 Invalid Form Body")
-        return f"m{delivery.id}"
-
-
 async def test_a_hook_that_raises_leaves_its_row_failed_and_the_loop_delivering(database: Database) -> None:
     """On PostgreSQL too, where the hook's failed statement aborts the transaction it was given."""
     outbox = Outbox(database, worker="me", claim_seconds=0.5)
@@ -118,7 +102,7 @@ async def test_a_hook_that_raises_leaves_its_row_failed_and_the_loop_delivering(
         for thread in ("t1", "t2"):
             await outbox.enqueue(session, Location(platform="discord", workspace="G1", channel="C1", thread=thread),
                                  Message.text(f"reply in {thread}"))
-    adapter = _RefusesTheFirst(_Baton(database, outbox))
+    adapter = FirstSendFails(_Baton(database, outbox), DeliveryRejected("400 Invalid Form Body"))  # for good
     await adapter.start()
     try:
         async def statuses() -> list[str] | None:

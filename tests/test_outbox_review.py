@@ -24,19 +24,20 @@ class _Baton:
         self.db, self.outbox = database, outbox
 
 
-class _FirstRateLimited(Adapter):
-    """An unpaced platform (as Discord) whose first call is a 429 that asks the channel to wait half a minute."""
+class FirstSendFails(Adapter):
+    """An unpaced platform (as Discord) whose first call raises ``first`` and that posts everything else."""
 
     name = "discord"
 
-    def __init__(self, baton: _Baton) -> None:
+    def __init__(self, baton: _Baton, first: Exception) -> None:
         super().__init__(baton)  # type: ignore[arg-type]
         self.calls: list[str] = []
+        self._first = first
 
     async def send(self, delivery: Delivery) -> str | None:
         self.calls.append(delivery.message.plain_text())
         if len(self.calls) == 1:
-            raise RetryLater(30.0, "Discord: 429 Too Many Requests (Cloudflare)")
+            raise self._first
         return f"m{delivery.id}"
 
 
@@ -51,15 +52,17 @@ async def _rows(database: Database) -> list[OutboxMessage]:
 
 
 @pytest.fixture
-async def adapter(database: Database) -> AsyncIterator[_FirstRateLimited]:
-    adapter = _FirstRateLimited(_Baton(database, Outbox(database, worker="me")))
+async def adapter(database: Database) -> AsyncIterator[FirstSendFails]:
+    # a 429 that asks the channel to wait half a minute
+    adapter = FirstSendFails(_Baton(database, Outbox(database, worker="me")),
+                             RetryLater(30.0, "Discord: 429 Too Many Requests (Cloudflare)"))
     yield adapter
     await adapter.stop()
 
 
 @pytest.mark.parametrize("taken", ["claimed", "handed over"])
 async def test_a_429_holds_its_channel_for_the_rest_of_the_batch_it_came_in(
-        database: Database, adapter: _FirstRateLimited, taken: str) -> None:
+        database: Database, adapter: FirstSendFails, taken: str) -> None:
     """On an unpaced platform one claim takes the first row of each thread, several of one channel; and the final
     replies handed over while the loop was busy come as one batch too. A 429 asking the channel to wait (hold_channel)
     was stored as a hold, but the loop went on through its batch: the next message for that channel, in another
